@@ -1,0 +1,101 @@
+"""Pure pieces of the client side: literal text, formatting, settings precedence, time options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tui import fmt
+from tui.cmds.common import parse_level, parse_time
+from tui.config import ConfigError, Store, resolve
+from tui.textsafe import clean, literal
+
+HOSTILE = ["[link=http://x]x[/link]", "[/b]", "\x1b]52;c;aGk=\x07", "\x1b[31mred\x1b[0m", "a\x9b2Jb",
+           "bell\x07", "rtl\u202eevil", "nul\x00", "osc8 \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\"]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_clean_leaves_no_control_characters(text: str) -> None:
+    out = clean(text)
+    assert not any(ord(c) < 32 and c not in "\n" for c in out)
+    assert not any(0x7F <= ord(c) <= 0x9F for c in out)
+    assert "\u202e" not in out
+
+
+def test_clean_keeps_visible_text_and_marks_controls() -> None:
+    assert clean("\x1b[31mred\x1b[0m") == "red"
+    assert clean("\x1b]52;c;aGk=\x07after") == "after"
+    assert clean("bell\x07") == "bell\u2407"
+    assert clean("a\nb", single_line=True) == "a\u23ce b"
+    assert clean("a\r\nb") == "a\nb"
+
+
+def test_literal_is_never_markup() -> None:
+    console = Console(width=80, record=True, color_system=None)
+    for text in ("[link=http://x]x[/link]", "[/b]", "[bold red]loud[/]"):
+        console.print(literal(text))
+    out = console.export_text()
+    assert "[link=http://x]x[/link]" in out and "[/b]" in out and "[bold red]loud[/]" in out
+    assert not literal("[link=http://x]x[/link]").spans
+
+
+def test_ages_and_sizes() -> None:
+    assert fmt.age(100.0, now=103.4) == "3s"
+    assert fmt.age(0.0, now=300) == "5m"
+    assert fmt.age(0.0, now=7300) == "2h"
+    assert fmt.age(0.0, now=86400 * 3) == "3d"
+    assert fmt.age(None) == "-"
+    assert fmt.age(200.0, now=100.0) == "0s"  # clock skew never shows negative ages
+    assert fmt.duration(90061) == "1d 1h"
+    assert fmt.size(4 * 1024**3) == "4.0G"
+    assert fmt.sparkline([0, 50, 100]) == "▁▅█"
+
+
+def test_table_is_aligned_and_clean() -> None:
+    out = fmt.table(["A", "NUM"], [["x\x1b[2Jy", 5], ["long-name", 12]], right=(1,))
+    assert out.splitlines() == ["A          NUM", "xy           5", "long-name   12"]
+
+
+def test_time_and_level_options() -> None:
+    assert parse_time("10m", now=1000.0) == 400.0
+    assert parse_time("1764000000") == 1764000000.0
+    assert parse_time("2h", now=10000.0) == 2800.0
+    with pytest.raises(argparse.ArgumentTypeError, match="cannot read time"):
+        parse_time("soon")
+    assert parse_level("warn") == "WARNING"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown level"):
+        parse_level("loud")
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    store = Store(tmp_path / "dvic")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    store.save("https://stored:8443", "PEM", "ab" * 32, "stored-token")
+    assert stat.S_IMODE(os.stat(store.dir / "token").st_mode) == 0o600
+    s = resolve(env={}, store=store)
+    assert (s.server, s.token, s.ca) == ("https://stored:8443", "stored-token", str(store.ca_path))
+    s = resolve(env={"DVIC_SERVER": "https://env/", "DVIC_TOKEN": "env-token", "DVIC_CA": str(ca)}, store=store)
+    assert (s.server, s.token, s.ca) == ("https://env", "env-token", str(ca))
+    s = resolve("https://opt", "opt-token", str(ca), env={"DVIC_TOKEN": "env-token"}, store=store)
+    assert (s.server, s.token) == ("https://opt", "opt-token")
+
+
+def test_settings_errors_say_what_to_do(tmp_path: Path) -> None:
+    empty = Store(tmp_path / "none")
+    with pytest.raises(ConfigError, match="dvic login"):
+        resolve(env={}, store=empty)
+    with pytest.raises(ConfigError, match="https://"):
+        resolve("ftp://x", "t", env={}, store=empty)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve("https://x", "t", str(tmp_path / "missing.pem"), env={}, store=empty)
+    broken = Store(tmp_path / "broken")
+    broken.dir.mkdir()
+    (broken.dir / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        resolve(env={}, store=broken)

@@ -1,0 +1,127 @@
+"""The `dvic` command: parses the command line and runs a subcommand or the console.
+
+Exit codes: 0 success, 1 the server refused or failed the request, 2 bad usage or missing
+settings, 3 the server cannot be reached (or its certificate does not match the pinned CA),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import sys
+from collections.abc import Sequence
+
+from tui import __version__
+from tui.client import ApiError, Unreachable
+from tui.cmds import fleet, history, login, operators
+from tui.cmds.common import SettingsFn, UsageError
+from tui.config import ConfigError, Settings, resolve
+from tui.pinning import PinError
+
+
+def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
+    g = parser.add_argument_group("connection (override `dvic login` and DVIC_* variables)")
+    g.add_argument("--server", metavar="URL", default=default, help="server URL (env DVIC_SERVER)")
+    g.add_argument("--token", metavar="T", default=default, help="API token (env DVIC_TOKEN)")
+    g.add_argument("--ca", metavar="FILE", default=default, help="CA certificate to pin (env DVIC_CA)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The connection options work before or after the subcommand: the subcommands' copies use
+    # SUPPRESS so an absent option does not overwrite one given before the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="dvic",
+        description="DVIC Demo Monitor: watch and drive the demo fleet. Without a command: the console.",
+    )
+    parser.add_argument("--version", action="version", version=f"dvic {__version__}")
+    _connection_options(parser, None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("console", parents=[common], help="open the operator console (the default)")
+    p.add_argument("--web", action="store_true", help="serve the console to a browser (textual-serve)")
+    p.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
+    p.set_defaults(handler=run_console)
+    login.add_parsers(sub, common)
+    fleet.add_parsers(sub, common)
+    history.add_parsers(sub, common)
+    operators.add_parsers(sub, common)
+    try:
+        from installer import cli as installer_cli  # lands separately: `add-node` / `remove-node`
+
+        installer_cli.register(sub)
+    except ImportError:
+        pass
+    return parser
+
+
+def run_console(args: argparse.Namespace, settings: SettingsFn) -> int:
+    resolved = settings()
+    if getattr(args, "web", False):
+        from tui.web import serve
+
+        return serve(resolved, args.host, args.port)
+    from tui.app import DvicApp
+
+    DvicApp(resolved).run()
+    return 0
+
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args.handler = run_console
+
+    def settings(need_token: bool = True) -> Settings:
+        return resolve(args.server, args.token, args.ca, need_token=need_token)
+
+    # Subcommands registered by other packages receive the same helper.
+    args.resolve_settings = settings
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        result = handler(args, settings) if getattr(args, "handler", None) else handler(args)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
+        return int(result or 0)
+    except (ConfigError, UsageError, argparse.ArgumentTypeError) as exc:
+        print(f"dvic: {exc}", file=sys.stderr)
+        return 2
+    except PinError as exc:
+        print(f"dvic: {exc}", file=sys.stderr)
+        return 3
+    except Unreachable as exc:
+        print(f"dvic: {exc.message}", file=sys.stderr)
+        return 3
+    except ApiError as exc:
+        hint = ""
+        if exc.status == 401:
+            hint = " (run `dvic login URL` or check --token / DVIC_TOKEN)"
+        elif exc.status == 403 and exc.code in ("pending", "not_approved"):
+            hint = " (your account waits for an administrator's approval)"
+        print(f"dvic: {exc.message or exc.code} [{exc.code}, HTTP {exc.status}]{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `dvic logs | head`: the reader went away; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def _awaited(result: object) -> object:
+    return await result  # type: ignore[misc]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Helpers the `dvic` subcommands share: output, time options, level order, the client factory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TextIO
+
+from tui.client import ApiClient
+from tui.config import Settings
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ROLES = ("viewer", "operator", "admin")
+STATES = ("online", "offline", "maintenance", "failed", "new")
+KINDS = ("desktop", "raspberry", "esp32", "other")
+
+# Each handler gets the parsed args and a function that resolves the connection settings (so a
+# command such as `login` can run without stored settings).
+SettingsFn = Callable[..., Settings]
+
+
+class UsageError(Exception):
+    """Bad option values; reported like argparse errors (exit code 2)."""
+
+
+def level_rank(level: object) -> int:
+    try:
+        return LEVELS.index(str(level).upper())
+    except ValueError:
+        return 1  # unknown levels count as INFO, as the log format says for unparsable lines
+
+
+def parse_level(value: str) -> str:
+    up = value.upper()
+    if up == "WARN":
+        up = "WARNING"
+    if up not in LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {value!r} (one of {', '.join(LEVELS)})")
+    return up
+
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(value: str, now: float | None = None) -> float:
+    """`--since`/`--until`: "90s", "10m", "2h", "7d", "1w" ago; an ISO date/time; or Unix seconds."""
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(value)
+    if m:
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"cannot read time {value!r}: use 30s, 10m, 2h, 7d, an ISO date such as 2026-11-24T10:00, "
+            "or Unix seconds"
+        ) from None
+
+
+def emit_json(doc: Any, out: TextIO | None = None) -> None:
+    """One JSON document (or one JSON line) on stdout. ASCII-escaped so no control byte reaches the tty."""
+    out = out or sys.stdout
+    out.write(json.dumps(doc, ensure_ascii=True, sort_keys=False) + "\n")
+    out.flush()
+
+
+def say(text: str, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    out.write(text + "\n")
+    out.flush()
+
+
+def client(settings: Settings) -> ApiClient:
+    return ApiClient(settings)

@@ -1,0 +1,193 @@
+"""`dvic logs` (history and `--follow` over the live stream) and `dvic events`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from tui import fmt
+from tui.client import ApiClient, ApiError, Unreachable
+from tui.cmds.common import SettingsFn, client, emit_json, level_rank, parse_level, parse_time, say
+from tui.textsafe import clean
+
+FOLLOW_BACKFILL = 1000  # lines fetched to fill the gap after a reconnect
+
+
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("logs", parents=[parent], help="show (and follow) log lines of one node or all")
+    p.add_argument("node", nargs="?", help="node name or UUID (default: every node)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they arrive")
+    p.add_argument("--level", type=parse_level, help="minimum level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    p.add_argument("--grep", metavar="TEXT", help="full-text search (server side; substring for live lines)")
+    p.add_argument("--source", choices=("demo", "system", "daemon"), help="only lines from this source")
+    p.add_argument("--since", type=parse_time, help="start time: 10m, 2h, 7d, ISO date or Unix seconds")
+    p.add_argument("--until", type=parse_time, help="end time (same forms as --since)")
+    p.add_argument("-n", "--limit", type=int, default=100, help="how many history lines (default 100)")
+    p.add_argument("--json", action="store_true", help='{"lines": [...]} oldest first; JSON lines with --follow')
+    p.set_defaults(handler=run_logs)
+
+    p = sub.add_parser("events", parents=[parent], help="show recent events (state changes, gaps, errors)")
+    p.add_argument("--node", help="only this node (name or UUID)")
+    p.add_argument("--kind", help="only this kind of event (state, log_gap, failed, ...)")
+    p.add_argument("--since", type=parse_time, help="start time: 10m, 2h, 7d, ISO date or Unix seconds")
+    p.add_argument("-n", "--limit", type=int, default=50, help="how many events (default 50)")
+    p.add_argument("--json", action="store_true", help='{"events": [...]} oldest first')
+    p.set_defaults(handler=run_events)
+
+
+def format_line(line: dict[str, Any], with_node: bool = True) -> str:
+    """`14:03:07.123 pi-42 demo/robot-arm INFO  msg`; continuation lines of a message are indented."""
+    head = fmt.clock(line.get("ts"))
+    if with_node:
+        head += " " + clean(line.get("node_name") or line.get("node") or "?", single_line=True)
+    unit = clean(line.get("unit") or "", single_line=True)
+    head += f" {clean(line.get('source') or '?', single_line=True)}/{unit}" if unit else ""
+    level = clean(line.get("level") or "INFO", single_line=True)
+    msg = clean(line.get("msg", ""))
+    first, *rest = msg.split("\n") or [""]
+    out = f"{head} {level:<8} {first}"
+    return "\n".join([out, *("    " + r for r in rest)])
+
+
+class Follower:
+    """Prints each log line once, in arrival order, applying the client-side filters of `--follow`."""
+
+    def __init__(self, args: argparse.Namespace, node_id: str | None) -> None:
+        self.args = args
+        self.node_id = node_id
+        self.min_rank = level_rank(args.level) if args.level else 0
+        self.grep = args.grep.lower() if args.grep else None
+        self.seen: set[int] = set()
+        self.order: deque[int] = deque()
+        self.last_ts: float | None = None
+
+    def wants(self, line: dict[str, Any]) -> bool:
+        if self.node_id and line.get("node") != self.node_id:
+            return False
+        if level_rank(line.get("level")) < self.min_rank:
+            return False
+        if self.args.source and line.get("source") != self.args.source:
+            return False
+        return not self.grep or self.grep in str(line.get("msg", "")).lower()
+
+    def show(self, lines: Iterable[dict[str, Any]], filtered: bool = True) -> None:
+        for line in lines:
+            lid = line.get("id")
+            if isinstance(lid, int):
+                if lid in self.seen:
+                    continue
+                self.seen.add(lid)
+                self.order.append(lid)
+                if len(self.order) > 20000:  # bounded memory on long follows
+                    self.seen.discard(self.order.popleft())
+            if filtered and not self.wants(line):
+                continue
+            ts = line.get("ts")
+            if isinstance(ts, int | float):
+                self.last_ts = max(self.last_ts or ts, ts)
+            if self.args.json:
+                emit_json(line)
+            else:
+                say(format_line(line, with_node=self.node_id is None))
+
+
+async def _history(api: ApiClient, args: argparse.Namespace, node: str | None, limit: int,
+                   since: float | None) -> list[dict[str, Any]]:
+    """Up to `limit` lines, newest first from the server, returned oldest first."""
+    out: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while len(out) < limit:
+        page = await api.logs(node=node, source=args.source, level=args.level, q=args.grep, from_=since,
+                              to=getattr(args, "until", None), cursor=cursor, limit=min(500, limit - len(out)))
+        out.extend(page["lines"])
+        cursor = page.get("next_cursor")
+        if not cursor or not page["lines"]:
+            break
+    out.reverse()
+    return out
+
+
+async def run_logs(args: argparse.Namespace, settings: SettingsFn) -> int:
+    if args.limit < 0:
+        raise argparse.ArgumentTypeError("--limit must be >= 0")
+    async with client(settings()) as api:
+        node_id = None
+        if args.node:
+            node_id = str((await api.node(args.node)).get("id"))
+        if not args.follow:
+            lines = await _history(api, args, node_id, args.limit, args.since)
+            if args.json:
+                emit_json({"lines": lines})
+            else:
+                for line in lines:
+                    say(format_line(line, with_node=node_id is None))
+            return 0
+        return await _follow(api, args, node_id)
+
+
+async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None) -> int:
+    follower = Follower(args, node_id)
+    delay = 1.0
+    first = True
+    while True:
+        try:
+            stream = await api.stream()
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                raise
+            print(f"dvic: {exc.message}; retrying in {delay:.0f}s", file=sys.stderr)
+            await asyncio.sleep(delay)  # back-off between reconnect attempts, not synchronisation
+            delay = min(delay * 2, 15.0)
+            continue
+        try:
+            # Subscribe before reading history so no line falls between the two; duplicates are
+            # dropped by id.
+            await stream.subscribe([node_id] if node_id else ["*"])
+            if first:
+                follower.show(await _history(api, args, node_id, args.limit, args.since), filtered=False)
+                first = False
+            else:
+                gap = await _history(api, args, node_id, FOLLOW_BACKFILL, follower.last_ts)
+                follower.show(gap, filtered=False)
+            delay = 1.0
+            async for msg in stream:
+                if msg.get("type") == "logs" and isinstance(msg.get("lines"), list):
+                    follower.show(m for m in msg["lines"] if isinstance(m, dict))
+        except Unreachable as exc:
+            print(f"dvic: {exc.message}", file=sys.stderr)
+        finally:
+            await stream.close()
+        print(f"dvic: live stream closed (code {stream.close_code}); reconnecting", file=sys.stderr)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 15.0)
+
+
+async def run_events(args: argparse.Namespace, settings: SettingsFn) -> int:
+    async with client(settings()) as api:
+        node_id = str((await api.node(args.node)).get("id")) if args.node else None
+        events: list[dict[str, Any]] = []
+        cursor = None
+        while len(events) < args.limit:
+            page = await api.events(node=node_id, kind=args.kind, from_=args.since, cursor=cursor,
+                                    limit=min(500, args.limit - len(events)))
+            events.extend(page["events"])
+            cursor = page.get("next_cursor")
+            if not cursor or not page["events"]:
+                break
+    events.reverse()
+    if args.json:
+        emit_json({"events": events})
+        return 0
+    now = time.time()
+    say(fmt.table(
+        ["TIME", "AGE", "NODE", "KIND", "MESSAGE"],
+        [[fmt.stamp(e.get("ts")), fmt.age(e.get("ts"), now), e.get("node_name") or e.get("node") or "-",
+          e.get("kind", "?"), e.get("message", "")] for e in events],
+        right=(1,),
+    ))
+    return 0

@@ -1,0 +1,80 @@
+"""`dvic login URL`: pin the server's CA after the user confirmed its fingerprint, then store a token."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+
+from tui import pinning
+from tui.client import ApiClient, ApiError
+from tui.cmds.common import SettingsFn, say
+from tui.config import ConfigError, Settings, Store
+
+
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("login", parents=[parent], help="connect to a server: pin its CA and store a token")
+    p.add_argument("url", help="the server, e.g. https://10.0.0.5:8443")
+    p.add_argument("--register", metavar="NAME", help="ask for a new account NAME instead of giving a token")
+    p.add_argument("--yes", action="store_true", help="accept the CA fingerprint without asking")
+    p.add_argument("--fingerprint", metavar="SHA256", help="accept the CA only if its SHA-256 is this")
+    p.set_defaults(handler=run_login)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+async def run_login(args: argparse.Namespace, settings: SettingsFn) -> int:
+    url = args.url.rstrip("/")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(f"server URL must start with https:// (got {url!r})")
+    ca: pinning.PinnedCA | None = None
+    if url.startswith("https://"):
+        if getattr(args, "ca", None):
+            ca = pinning.from_pem_file(args.ca)
+        else:
+            ca = pinning.pick_ca(await pinning.fetch_chain(url))
+        say(f"Server {url}\nCA SHA-256 fingerprint: {pinning.pretty(ca.sha256)}")
+        if args.fingerprint:
+            if pinning.normalise(args.fingerprint) != ca.sha256:
+                raise pinning.PinError(
+                    "the server's CA fingerprint does not match --fingerprint: refusing to pin it "
+                    "(someone may be intercepting the connection)"
+                )
+        elif not args.yes and not _confirm("Trust this CA? Compare with the server's ca.pem [y/N] "):
+            print("dvic: not trusted; nothing stored (use --yes or --fingerprint SHA256 non-interactively)",
+                  file=sys.stderr)
+            return 1
+    # From here on the connection is verified strictly against the pinned CA.
+    pem = ca.pem if ca else None
+    async with ApiClient(Settings(server=url, token=None, ca=None, ca_pem=pem)) as anon:
+        await anon.health()
+        if args.register:
+            doc = await anon.register(args.register)
+            token = str(doc.get("token", ""))
+            if not token:
+                raise ApiError(200, "bad_response", "the server did not return a token")
+        else:
+            token = getattr(args, "token", None) or os.environ.get("DVIC_TOKEN") or ""
+            if not token:
+                if not sys.stdin.isatty():
+                    raise ConfigError("no token: pass --token T, or --register NAME to ask for an account")
+                token = getpass.getpass("API token: ").strip()
+            if not token:
+                raise ConfigError("no token given; nothing stored")
+    async with ApiClient(Settings(server=url, token=token, ca=None, ca_pem=pem)) as api:
+        me = await api.me()
+    Store().save(url, ca.pem if ca else None, ca.sha256 if ca else None, token)
+    name, role, status = me.get("name", "?"), me.get("role", "?"), me.get("status", "?")
+    say(f"Logged in to {url} as {name} (role {role}, {status}); settings in {Store().dir}")
+    if status != "active":
+        say("Your account waits for an administrator's approval: ask one to run "
+            f"`dvic operators approve {name} --role viewer`.")
+    return 0

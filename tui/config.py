@@ -1,0 +1,119 @@
+"""Where `dvic login` keeps the server URL, the pinned CA and the token, and how they are resolved.
+
+Layout: `$XDG_CONFIG_HOME/dvic/` (default `~/.config/dvic/`), directory 0700, files 0600:
+`config.json` (`{"server": URL, "ca_sha256": HEX}`), `ca.pem` (the pinned CA), `token`.
+Precedence for each setting: command-line option, then environment (`DVIC_SERVER`, `DVIC_TOKEN`,
+`DVIC_CA`), then what `dvic login` stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting is missing or unusable; the message tells the user what to do."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved connection settings of one `dvic` run."""
+
+    server: str
+    token: str | None
+    ca: str | None  # path of the CA file to pin; None only for plain-HTTP development servers
+    ca_pem: str | None = None  # the CA itself, when it is not (yet) in a file: `dvic login`
+
+
+def config_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "dvic"
+
+
+def _write_private(path: Path, data: str) -> None:
+    """Writes a 0600 file atomically (temp file + rename) so a crash never leaves half a token."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Store:
+    """The files `dvic login` writes and every later run reads."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = directory or config_dir()
+
+    @property
+    def ca_path(self) -> Path:
+        return self.dir / "ca.pem"
+
+    def load(self) -> dict[str, str]:
+        """Stored values: `server`, `ca_sha256`, `token`, `ca` (path) — only those present."""
+        out: dict[str, str] = {}
+        cfg = self.dir / "config.json"
+        if cfg.exists():
+            try:
+                data = json.loads(cfg.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{cfg} is unreadable ({exc}); run `dvic login URL` again") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"{cfg} is not a JSON object; run `dvic login URL` again")
+            out.update({k: v for k, v in data.items() if isinstance(v, str)})
+        token = self.dir / "token"
+        if token.exists():
+            out["token"] = token.read_text().strip()
+        if self.ca_path.exists():
+            out["ca"] = str(self.ca_path)
+        return out
+
+    def save(self, server: str, ca_pem: str | None, ca_sha256: str | None, token: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        if ca_pem is not None:
+            _write_private(self.ca_path, ca_pem)
+        elif self.ca_path.exists():
+            self.ca_path.unlink()  # a plain-HTTP login must not keep pinning an older server's CA
+        _write_private(self.dir / "token", token + "\n")
+        doc = {"server": server}
+        if ca_sha256:
+            doc["ca_sha256"] = ca_sha256
+        _write_private(self.dir / "config.json", json.dumps(doc, indent=2) + "\n")
+
+
+def resolve(
+    server: str | None = None,
+    token: str | None = None,
+    ca: str | None = None,
+    env: Mapping[str, str] | None = None,
+    store: Store | None = None,
+    need_token: bool = True,
+) -> Settings:
+    """Merges options, environment and stored login into `Settings`, or says what is missing."""
+    env = os.environ if env is None else env
+    stored = (store or Store(config_dir(env))).load()
+    server = server or env.get("DVIC_SERVER") or stored.get("server")
+    token = token or env.get("DVIC_TOKEN") or stored.get("token")
+    ca = ca or env.get("DVIC_CA") or stored.get("ca")
+    if not server:
+        raise ConfigError("no server: run `dvic login URL`, or pass --server URL (or set DVIC_SERVER)")
+    server = server.rstrip("/")
+    if not server.startswith(("https://", "http://")):
+        raise ConfigError(f"server URL must start with https:// (got {server!r})")
+    if server.startswith("https://") and not ca:
+        raise ConfigError("no CA to pin: run `dvic login URL`, or pass --ca FILE (or set DVIC_CA)")
+    if ca and not Path(ca).is_file():
+        raise ConfigError(f"CA file {ca} does not exist")
+    if need_token and not token:
+        raise ConfigError("no token: run `dvic login URL`, or pass --token T (or set DVIC_TOKEN)")
+    return Settings(server=server, token=token, ca=ca)
