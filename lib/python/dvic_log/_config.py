@@ -1,0 +1,73 @@
+"""Settings of the library: the log directory and the size cap, from arguments or the environment."""
+
+import os
+from typing import Mapping, Optional
+
+DEFAULT_DIR = "/tmp"
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+
+#: Smallest cap accepted: a header plus a useful record must always fit in one file.
+MIN_MAX_BYTES = 4096
+
+ENV_DIR = "DVIC_LOG_DIR"
+ENV_MAX_BYTES = "DVIC_LOG_MAX_BYTES"
+
+_MAX_NAME_CHARS = 200
+
+
+class ConfigError(ValueError):
+    """A setting (argument or environment variable) that the library cannot use."""
+
+
+def resolve_dir(directory: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> str:
+    """Return the directory to write in: the argument, else $DVIC_LOG_DIR, else /tmp.
+
+    The directory must already exist: creating it here could create it with the wrong owner or
+    in the wrong place, and the node daemon only watches a known directory.
+    """
+    env = os.environ if environ is None else environ
+    source = "directory argument"
+    if directory is None:
+        directory = env.get(ENV_DIR) or DEFAULT_DIR
+        source = ENV_DIR if env.get(ENV_DIR) else "default directory"
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ConfigError("dvic_log: %s %r is not an existing directory" % (source, directory))
+    return directory
+
+
+def resolve_max_bytes(max_bytes: Optional[int] = None, environ: Optional[Mapping[str, str]] = None) -> int:
+    """Return the per-file cap: the argument, else $DVIC_LOG_MAX_BYTES, else 8 MiB."""
+    env = os.environ if environ is None else environ
+    source = "max_bytes"
+    value: object = max_bytes
+    if value is None:
+        raw = env.get(ENV_MAX_BYTES, "").strip()
+        if not raw:
+            return DEFAULT_MAX_BYTES
+        source = ENV_MAX_BYTES
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(
+                "dvic_log: %s=%r is not a whole number of bytes" % (ENV_MAX_BYTES, raw)
+            ) from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError("dvic_log: %s must be an int, not %s" % (source, type(value).__name__))
+    if value < MIN_MAX_BYTES:
+        raise ConfigError("dvic_log: %s=%d is below the minimum of %d bytes" % (source, value, MIN_MAX_BYTES))
+    return value
+
+
+def check_name(name: object) -> str:
+    """Validate a demo name: the label operators see, so it must be short, printable text."""
+    if not isinstance(name, str):
+        raise ConfigError("dvic_log: the demo name must be a str, not %s" % type(name).__name__)
+    stripped = name.strip()
+    if not stripped:
+        raise ConfigError("dvic_log: the demo name must not be empty")
+    if len(stripped) > _MAX_NAME_CHARS:
+        raise ConfigError("dvic_log: the demo name is longer than %d characters" % _MAX_NAME_CHARS)
+    if any(ch in stripped for ch in "\r\n\x00"):
+        raise ConfigError("dvic_log: the demo name must be one line without NUL characters")
+    return stripped

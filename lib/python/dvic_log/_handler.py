@@ -1,0 +1,113 @@
+"""Bridge to the standard logging module: DvicLogHandler and get_logger()."""
+
+import logging
+import threading
+from typing import Optional, Tuple
+
+from ._config import check_name
+from ._writer import LogFile
+
+_MAX_LOGGER_CHARS = 200
+_DEFAULT_FORMATTER = logging.Formatter()
+_get_logger_lock = threading.Lock()
+
+
+class DvicLogHandler(logging.Handler):
+    """A logging handler that writes every record to its own dvic_log file.
+
+    `name` is the demo name shown to operators (it is not the handler's logging name, which
+    dictConfig may set). Without a formatter, "msg" is the plain message and the traceback goes
+    to "exc"; with a formatter, "msg" is the formatter's rendering of the message line.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        level: int = logging.NOTSET,
+        *,
+        directory: Optional[str] = None,
+        max_bytes: Optional[int] = None,
+    ) -> None:
+        super().__init__(level)
+        self.log_file = LogFile(name, directory=directory, max_bytes=max_bytes)
+
+    @property
+    def demo_name(self) -> str:
+        return self.log_file.name
+
+    @property
+    def path(self) -> str:
+        return self.log_file.path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg, exc = self.render(record)
+            self.log_file.write(
+                record.levelno, msg, logger=record.name[:_MAX_LOGGER_CHARS], exc=exc, ts=record.created
+            )
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def render(self, record: logging.LogRecord) -> Tuple[str, Optional[str]]:
+        """Return (msg, exc) for a record; never raises for a badly formatted message."""
+        try:
+            record.message = record.getMessage()
+        except Exception as err:
+            # logging would drop such a record; keep what the caller passed instead.
+            record.message = "%r %% %r (dvic_log: message formatting failed: %s: %s)" % (
+                record.msg,
+                record.args,
+                type(err).__name__,
+                err,
+            )
+        formatter = self.formatter
+        if formatter is None:
+            msg = record.message
+        else:
+            if formatter.usesTime():
+                record.asctime = formatter.formatTime(record, formatter.datefmt)
+            msg = formatter.formatMessage(record)
+        fmt = formatter or _DEFAULT_FORMATTER
+        parts = []
+        if record.exc_info and record.exc_info[0] is not None:
+            if not record.exc_text:
+                record.exc_text = fmt.formatException(record.exc_info)
+        if record.exc_text:
+            parts.append(record.exc_text)
+        if record.stack_info:
+            parts.append(fmt.formatStack(record.stack_info))
+        return msg, "\n".join(parts) or None
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            self.log_file.close()
+            super().close()
+        finally:
+            self.release()
+
+
+def get_logger(
+    name: str,
+    level: int = logging.DEBUG,
+    *,
+    directory: Optional[str] = None,
+    max_bytes: Optional[int] = None,
+) -> logging.Logger:
+    """Return the logger named `name`, writing to a dvic_log file for the demo `name`.
+
+    Calling it again with the same name returns the same logger without a second file. The
+    logger's level is set to `level` only if it had none, so an application's own setting wins.
+    """
+    name = check_name(name)
+    with _get_logger_lock:
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if isinstance(handler, DvicLogHandler) and handler.demo_name == name:
+                return logger
+        logger.addHandler(DvicLogHandler(name, directory=directory, max_bytes=max_bytes))
+        if logger.level == logging.NOTSET:
+            logger.setLevel(level)
+        return logger

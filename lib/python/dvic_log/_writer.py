@@ -1,0 +1,316 @@
+"""One dvic_log file on disk: exclusive creation, whole-line writes, rotation under a cap, fork safety."""
+
+import errno
+import os
+import secrets
+import sys
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Optional, Union
+
+from ._config import check_name, resolve_dir, resolve_max_bytes
+from ._format import encode_line, fit_record, level_name, make_header, make_record, to_text
+from ._identity import ProcessIdentity, current_identity
+
+FILE_PREFIX = "dvic_log_"
+ROTATED_SUFFIX = ".1"
+# The next file of a rotation is prepared under this name, then renamed over the live path, so
+# the live name never disappears and never shows a file without its header.
+_PREPARE_SUFFIX = ".new"
+
+# O_NOFOLLOW and O_EXCL together refuse any existing name, a symlink planted in /tmp included.
+_CREATE_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | os.O_APPEND
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_FILE_MODE = 0o644
+_TOKEN_ATTEMPTS = 16
+# How often a writer checks that its file still has a name (someone may delete it from /tmp).
+_VANISH_CHECK_SECONDS = 1.0
+# Slack for the '"rotated":N' field that later headers add: keeps every record under the cap.
+_ROTATED_FIELD_SLACK = 24
+
+
+def new_token() -> str:
+    """A fresh random token: 16 lower-case hex characters."""
+    return secrets.token_hex(8)
+
+
+class LogFile:
+    """A dvic_log file written by this process; also the library's small direct API.
+
+    Each write is one os.write() of a whole line on a descriptor opened with O_APPEND, made
+    under a lock so the size accounting that drives rotation stays exact across threads.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        directory: Optional[str] = None,
+        max_bytes: Optional[int] = None,
+        identity: Optional[ProcessIdentity] = None,
+    ) -> None:
+        self.name = check_name(name)
+        self.directory = resolve_dir(directory)
+        self.max_bytes = resolve_max_bytes(max_bytes)
+        self._lock = threading.Lock()
+        self._fd: Optional[int] = None
+        self._closed = False
+        self._open_stream(identity or current_identity())
+        _WRITERS.add(self)
+
+    # ----- public API -------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The 16-hex-character token of the current stream (changes in a forked child)."""
+        return self._token
+
+    @property
+    def path(self) -> str:
+        """Full path of the live file: <directory>/dvic_log_<token>."""
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(
+        self,
+        level: Union[int, str],
+        msg: Any,
+        *,
+        logger: Optional[str] = None,
+        exc: Optional[str] = None,
+        ts: Optional[float] = None,
+    ) -> None:
+        """Append one record; when this call returns the whole line is in the file.
+
+        Raises ValueError after close(), and OSError if the disk refuses the line (in which case
+        no partial line is left behind).
+        """
+        record = make_record(
+            time.time() if ts is None else ts, level_name(level), to_text(msg), logger or None, exc or None
+        )
+        with self._lock:
+            if self._closed:
+                raise ValueError("dvic_log: write to closed log file %s" % self._path)
+            if self._pid != os.getpid():
+                self._reopen_after_fork()
+            line = fit_record(record, self._max_line)
+            self._check_vanished()
+            if self._size + len(line) > self.max_bytes:
+                self._rotate()
+            self._write_line(line)
+
+    def debug(self, msg: Any) -> None:
+        self.write("DEBUG", msg)
+
+    def info(self, msg: Any) -> None:
+        self.write("INFO", msg)
+
+    def warning(self, msg: Any) -> None:
+        self.write("WARNING", msg)
+
+    def error(self, msg: Any) -> None:
+        self.write("ERROR", msg)
+
+    def critical(self, msg: Any) -> None:
+        self.write("CRITICAL", msg)
+
+    def exception(self, msg: Any) -> None:
+        """Write an ERROR record with the traceback of the exception being handled."""
+        info = sys.exc_info()
+        exc = "".join(traceback.format_exception(*info)).rstrip("\n") if info[0] is not None else None
+        self.write("ERROR", msg, exc=exc)
+
+    def close(self) -> None:
+        """Close the descriptor. The file stays: the node daemon still has to read it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
+
+    def __enter__(self) -> "LogFile":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<dvic_log.LogFile name=%r path=%r%s>" % (
+            self.name,
+            self._path,
+            " closed" if self._closed else "",
+        )
+
+    # ----- internals (called with self._lock held, except from __init__) -----------------------
+
+    def _header(self, rotated: int) -> bytes:
+        ident = self._identity
+        return encode_line(
+            make_header(
+                token=self._token,
+                name=self.name,
+                pid=ident.pid,
+                pid_start=ident.pid_start,
+                exe=ident.exe,
+                argv=ident.argv,
+                user=ident.user,
+                host=ident.host,
+                start=self._start,
+                rotated=rotated,
+            )
+        )
+
+    def _open_stream(self, identity: ProcessIdentity) -> None:
+        """Start a new stream: new token, new file, header with rotated = 0."""
+        self._identity = identity
+        self._pid = os.getpid()
+        self._start = time.time()
+        self._rotated = 0
+        last_error: Optional[OSError] = None
+        for _ in range(_TOKEN_ATTEMPTS):
+            self._token = new_token()
+            self._path = os.path.join(self.directory, FILE_PREFIX + self._token)
+            header = self._header(0)
+            try:
+                fd = _create_with_header(self._path, header)
+            except FileExistsError as exc:  # a token collision or a name planted in advance
+                last_error = exc
+                continue
+            self._fd, self._size = fd, len(header)
+            self._max_line = self.max_bytes - len(header) - _ROTATED_FIELD_SLACK
+            self._next_vanish_check = time.monotonic() + _VANISH_CHECK_SECONDS
+            return
+        raise OSError(
+            errno.EEXIST,
+            "dvic_log: no free file name after %d attempts in %s" % (_TOKEN_ATTEMPTS, self.directory),
+        ) from last_error
+
+    def _reopen_after_fork(self) -> None:
+        """A forked child logs: it gets its own file, so each file describes one process."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # the parent's descriptor, inherited: the parent keeps its own copy
+            except OSError:
+                pass
+        self._open_stream(current_identity())
+
+    def _write_line(self, line: bytes) -> None:
+        fd = self._fd
+        assert fd is not None
+        written = os.write(fd, line)
+        if written != len(line):
+            # A short write (disk full, file size limit) would leave half a line: take it back
+            # so readers only ever see whole records.
+            try:
+                os.ftruncate(fd, self._size)
+            except OSError:
+                pass
+            raise OSError(
+                errno.ENOSPC,
+                "dvic_log: short write to %s (%d of %d bytes)" % (self._path, written, len(line)),
+            )
+        self._size += written
+
+    def _check_vanished(self) -> None:
+        """If the file was deleted under us, start a fresh one at the same path (as a rotation)."""
+        now = time.monotonic()
+        if now < self._next_vanish_check:
+            return
+        self._next_vanish_check = now + _VANISH_CHECK_SECONDS
+        assert self._fd is not None
+        if os.fstat(self._fd).st_nlink > 0:
+            return
+        rotated = self._rotated + 1
+        header = self._header(rotated)
+        try:
+            fd = _create_with_header(self._path, header)
+        except FileExistsError:
+            # Something else took the name: continue under a new token rather than lose lines.
+            old = self._fd
+            self._open_stream(self._identity)
+            os.close(old)
+            return
+        old, self._fd = self._fd, fd
+        self._size, self._rotated = len(header), rotated
+        os.close(old)
+
+    def _rotate(self) -> None:
+        """Move the live file to <path>.1 (replacing the older one) and continue in a fresh file."""
+        rotated = self._rotated + 1
+        header = self._header(rotated)
+        prepared = self._path + _PREPARE_SUFFIX
+        _unlink_if_present(prepared)  # left over by a crash in the middle of an earlier rotation
+        new_fd = _create_with_header(prepared, header)
+        try:
+            backup = self._path + ROTATED_SUFFIX
+            _unlink_if_present(backup)
+            try:
+                # A second name for the full file first, then an atomic rename of the new one over
+                # the live name: a reader never finds the live name missing.
+                os.link(self._path, backup, follow_symlinks=False)
+            except OSError:
+                # No hard links here (some filesystems): fall back to a plain rename.
+                try:
+                    os.rename(self._path, backup)
+                except FileNotFoundError:
+                    pass
+            os.rename(prepared, self._path)
+        except BaseException:
+            os.close(new_fd)
+            _unlink_if_present(prepared)
+            raise
+        old, self._fd = self._fd, new_fd
+        self._size, self._rotated = len(header), rotated
+        if old is not None:
+            os.close(old)
+
+
+def _create_with_header(path: str, header: bytes) -> int:
+    """Create path exclusively (never through a symlink), mode 0644, holding only the header."""
+    fd = os.open(path, _CREATE_FLAGS, _FILE_MODE)
+    try:
+        os.fchmod(fd, _FILE_MODE)  # a restrictive umask must not hide the file from the daemon
+        written = os.write(fd, header)
+        if written != len(header):
+            raise OSError(errno.ENOSPC, "dvic_log: short write of the header to %s" % path)
+    except BaseException:
+        os.close(fd)
+        _unlink_if_present(path)
+        raise
+    return fd
+
+
+def _unlink_if_present(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# Every live writer, so a forked child can reset their locks (weak: closing is not required).
+_WRITERS: "weakref.WeakSet[LogFile]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's lock may have been held by another thread at fork time and would stay locked
+    # forever in the child; the file itself is replaced on the child's first write.
+    for writer in list(_WRITERS):
+        writer._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,101 @@
+"""Helpers shared by the dvic_log tests: reading files back, following them, waiting with a deadline."""
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+LIVE_NAME = re.compile(r"^dvic_log_[0-9a-f]{16}$")
+LIB_DIR = Path(__file__).resolve().parents[2] / "lib" / "python"
+PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+
+
+def live_files(directory: Path) -> list[Path]:
+    """The files a reader discovers: only names matching ^dvic_log_[0-9a-f]{16}$."""
+    return sorted(p for p in directory.iterdir() if LIVE_NAME.match(p.name))
+
+
+def parse_lines(data: bytes) -> list[dict[str, Any]]:
+    """Strictly parse a whole file: valid UTF-8, ends with a newline, one JSON object per line."""
+    text = data.decode("utf-8")  # strict: invalid UTF-8 fails the test
+    assert text == "" or text.endswith("\n"), f"file ends in a partial line: {text[-80:]!r}"
+    out = []
+    for line in text.split("\n")[:-1]:
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        out.append(obj)
+    return out
+
+
+def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(header, records) of one dvic_log file."""
+    objs = parse_lines(path.read_bytes())
+    assert objs, f"empty file {path}"
+    assert objs[0].get("dvic_log") == 1, objs[0]
+    return objs[0], objs[1:]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll condition until it returns something truthy; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Follower:
+    """A reader that follows one dvic_log path the way docs/log-format.md tells the daemon to.
+
+    It ships only complete lines, and when the inode at the path changes it drains the old
+    descriptor to EOF before switching to the new file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = os.open(str(path), os.O_RDONLY)
+        self.partial = b""
+        self.objects: list[dict[str, Any]] = []
+        self.switches = 0
+
+    def _drain(self) -> None:
+        assert self.fd is not None
+        while True:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                break
+            self.partial += chunk
+        *lines, self.partial = self.partial.split(b"\n")
+        for line in lines:
+            self.objects.append(json.loads(line.decode("utf-8")))
+
+    def poll(self) -> None:
+        self._drain()
+        try:
+            st = os.stat(str(self.path))
+        except FileNotFoundError:
+            return
+        if self.fd is not None and st.st_ino != os.fstat(self.fd).st_ino:
+            self._drain()
+            assert self.partial == b"", "rotated file ended in a partial line"
+            os.close(self.fd)
+            self.fd = os.open(str(self.path), os.O_RDONLY)
+            self.switches += 1
+            self._drain()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def records(self) -> list[dict[str, Any]]:
+        return [o for o in self.objects if "dvic_log" not in o]
+
+    def headers(self) -> list[dict[str, Any]]:
+        return [o for o in self.objects if "dvic_log" in o]
