@@ -1,0 +1,341 @@
+"""Operator API (/api/v1): nodes, history, operators, audit. Every handler is declared with its role."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__, store
+from .auth import (
+    PENDING,
+    PUBLIC,
+    ROLES,
+    ApiError,
+    current_operator,
+    hash_token,
+    new_token,
+)
+from .enroll import KINDS, enroll_node
+from .queries import QueryError
+from .registry import NodeState
+from .routes import routes
+from .services import SERVICES, Services
+
+STATES = ("online", "offline", "maintenance", "failed", "new")
+OPERATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
+MAX_LIMIT = 1000
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "body must be a JSON object")
+    return body
+
+
+def _float_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name}: expected a number (Unix seconds), got {raw!r}") from None
+    if value < 0:
+        raise ApiError(400, "bad_query", f"{name}: expected a non-negative number")
+    return value
+
+
+def _limit(request: web.Request, default: int = 100) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ApiError(400, "bad_query", f"limit: expected an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def find_node(request: web.Request) -> NodeState:
+    ref = request.match_info["node"]
+    node = _services(request).registry.get(ref)
+    if node is None:
+        raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
+    return node
+
+
+# -- public ------------------------------------------------------------------------------------
+@routes.route("GET", "/api/v1/health", role=PUBLIC, summary="Liveness of the server")
+async def health(request: web.Request) -> web.Response:
+    services = _services(request)
+    return web.json_response({"ok": True, "version": __version__, "nodes": len(services.registry),
+                              "uptime": time.time() - services.started_at})
+
+
+@routes.route("POST", "/api/v1/register", role=PUBLIC, summary="Self-registration: a pending operator",
+              body={"name": "string"})
+async def register(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not OPERATOR_NAME.match(name):
+        raise ApiError(400, "bad_name", "name: 2-32 characters of a-z, 0-9, '.', '_' or '-'")
+    token = await _create_operator(_services(request), name, "viewer", "pending")
+    return web.json_response({"name": name, "status": "pending", "token": token,
+                              "message": "account created; an admin must approve it before it can be used"},
+                             status=201)
+
+
+async def _create_operator(services: Services, name: str, role: str, status: str, by: str = "") -> str:
+    token = new_token()
+    now = time.time()
+
+    def create(conn: sqlite3.Connection) -> None:
+        store.create_operator(name, role, status, now, approved_by=by)(conn)
+        store.add_token(hash_token(token), name, now, label="created")(conn)
+
+    try:
+        await services.writer.submit(create)
+    except sqlite3.IntegrityError:
+        raise ApiError(409, "name_taken", f"an operator named {name!r} already exists") from None
+    return token
+
+
+@routes.route("GET", "/api/v1/me", role=PENDING, summary="The calling operator")
+async def me(request: web.Request) -> web.Response:
+    op = current_operator(request)
+    return web.json_response({"name": op.name, "role": op.role, "status": op.status})
+
+
+# -- nodes -------------------------------------------------------------------------------------
+@routes.route("GET", "/api/v1/nodes", role="viewer", summary="List nodes", query=("group", "kind", "state"))
+async def list_nodes(request: web.Request) -> web.Response:
+    q = request.query
+    state = q.get("state")
+    if state and state not in STATES:
+        raise ApiError(400, "bad_query", f"state: expected one of {', '.join(STATES)}")
+    kind = q.get("kind")
+    if kind and kind not in KINDS:
+        raise ApiError(400, "bad_query", f"kind: expected one of {', '.join(KINDS)}")
+    group = q.get("group")
+    nodes = [
+        n.summary() for n in _services(request).registry.all()
+        if (not state or n.state == state) and (not kind or n.kind == kind) and (group is None or n.group == group)
+    ]
+    return web.json_response({"nodes": nodes})
+
+
+@routes.route("GET", "/api/v1/nodes/{node}", role="viewer", summary="Node detail")
+async def node_detail(request: web.Request) -> web.Response:
+    return web.json_response(find_node(request).detail())
+
+
+@routes.route("POST", "/api/v1/nodes", role="operator", summary="Enroll a node; returns its bundle once",
+              body={"name": "string", "kind": "string", "group": "string"})
+async def enroll(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    bundle = await enroll_node(_services(request), body.get("name"), body.get("kind", "desktop"),
+                               body.get("group", ""))
+    return web.json_response(bundle, status=201)
+
+
+@routes.route("DELETE", "/api/v1/nodes/{node}", role="admin", summary="Revoke a node")
+async def revoke(request: web.Request) -> web.Response:
+    node = find_node(request)
+    if node.revoked:
+        raise ApiError(409, "already_revoked", f"node {node.name!r} is already revoked")
+    await _services(request).registry.revoke(node, current_operator(request).name)
+    return web.json_response(node.summary())
+
+
+@routes.route("POST", "/api/v1/nodes/{node}/maintenance", role="operator", summary="Maintenance on/off",
+              body={"on": "boolean"})
+async def maintenance(request: web.Request) -> web.Response:
+    node = find_node(request)
+    body = await json_body(request)
+    on = body.get("on")
+    if not isinstance(on, bool):
+        raise ApiError(400, "bad_field", "on: expected true or false")
+    await _services(request).registry.set_maintenance(node, on, current_operator(request).name)
+    return web.json_response(node.summary())
+
+
+@routes.route("GET", "/api/v1/nodes/{node}/metrics", role="viewer", summary="Metric history",
+              query=("from", "to", "step", "names"))
+async def node_metrics(request: web.Request) -> web.Response:
+    node = find_node(request)
+    now = time.time()
+    until = _float_param(request, "to") or now
+    since = _float_param(request, "from")
+    since = until - 3600 if since is None else since
+    if since >= until:
+        raise ApiError(400, "bad_query", "from must be before to")
+    raw_step = request.query.get("step", "")
+    if raw_step and not raw_step.isdigit():
+        raise ApiError(400, "bad_query", "step: expected a whole number of seconds")
+    step = int(raw_step) if raw_step else max(5, int((until - since) / 300))
+    if step < 1 or (until - since) / step > 10_000:
+        raise ApiError(400, "bad_query", "step: too small for this range (at most 10,000 points per series)")
+    if step >= 60:
+        step -= step % 60
+    names = [n for n in request.query.get("names", "").split(",") if n] or None
+    series = await _services(request).queries.metrics(node.id, names, since, until, step)
+    return web.json_response({"node": node.id, "from": since, "to": until, "step": step, "series": series})
+
+
+# -- history -----------------------------------------------------------------------------------
+@routes.route("GET", "/api/v1/logs", role="viewer", summary="Log history (newest first)",
+              query=("node", "source", "level", "q", "from", "to", "cursor", "limit", "demo"))
+async def logs(request: web.Request) -> web.Response:
+    services = _services(request)
+    q = request.query
+    node_ids: list[str] | None = None
+    if q.get("node"):
+        node_ids = []
+        for ref in q["node"].split(","):
+            node = services.registry.get(ref)
+            if node is None:
+                raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
+            node_ids.append(node.id)
+    elif q.get("group") is not None:
+        node_ids = [n.id for n in services.registry.all() if n.group == q["group"]]
+    source = q.get("source")
+    if source and source not in ("demo", "system", "daemon"):
+        raise ApiError(400, "bad_query", "source: expected demo, system or daemon")
+    try:
+        page = await services.queries.logs(
+            node_ids=node_ids, source=source, min_level=q.get("level"), text=q.get("q") or None,
+            since=_float_param(request, "from"), until=_float_param(request, "to"), cursor=q.get("cursor"),
+            limit=_limit(request), demo=q.get("demo") or None,
+        )
+    except QueryError as exc:
+        raise ApiError(400, "bad_query", str(exc)) from None
+    return web.json_response({"lines": page.items, "next_cursor": page.next_cursor})
+
+
+@routes.route("GET", "/api/v1/events", role="viewer", summary="Events (newest first)",
+              query=("node", "kind", "from", "to", "cursor", "limit"))
+async def events(request: web.Request) -> web.Response:
+    services = _services(request)
+    node_id = None
+    if request.query.get("node"):
+        node = services.registry.get(request.query["node"])
+        if node is None:
+            raise ApiError(404, "no_such_node", f"no node with id or name {request.query['node']!r}")
+        node_id = node.id
+    try:
+        page = await services.queries.events(
+            node_id=node_id, kind=request.query.get("kind") or None, since=_float_param(request, "from"),
+            until=_float_param(request, "to"), cursor=request.query.get("cursor"), limit=_limit(request),
+        )
+    except QueryError as exc:
+        raise ApiError(400, "bad_query", str(exc)) from None
+    return web.json_response({"events": page.items, "next_cursor": page.next_cursor})
+
+
+# -- operators ---------------------------------------------------------------------------------
+def _role(body: dict[str, Any], default: str | None = None) -> str:
+    role = body.get("role", default)
+    if role not in ROLES:
+        raise ApiError(400, "bad_role", f"role: expected one of {', '.join(ROLES)}")
+    return role
+
+
+async def _operator_or_404(services: Services, name: str) -> dict[str, Any]:
+    row = await services.queries.operator(name)
+    if row is None:
+        raise ApiError(404, "no_such_operator", f"no operator named {name!r}")
+    return row
+
+
+@routes.route("GET", "/api/v1/operators", role="admin", summary="All operator accounts")
+async def list_operators(request: web.Request) -> web.Response:
+    return web.json_response({"operators": await _services(request).queries.operators()})
+
+
+@routes.route("POST", "/api/v1/operators", role="admin", summary="Create an active operator",
+              body={"name": "string", "role": "string"})
+async def create_operator(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not OPERATOR_NAME.match(name):
+        raise ApiError(400, "bad_name", "name: 2-32 characters of a-z, 0-9, '.', '_' or '-'")
+    role = _role(body, "viewer")
+    token = await _create_operator(_services(request), name, role, "active", current_operator(request).name)
+    return web.json_response({"name": name, "role": role, "status": "active", "token": token}, status=201)
+
+
+@routes.route("POST", "/api/v1/operators/{name}/approve", role="admin", summary="Approve a pending operator",
+              body={"role": "string"})
+async def approve_operator(request: web.Request) -> web.Response:
+    services = _services(request)
+    name = request.match_info["name"]
+    row = await _operator_or_404(services, name)
+    if row["status"] != "pending":
+        raise ApiError(409, "not_pending", f"operator {name!r} is {row['status']}, not pending")
+    role = _role(await json_body(request), "viewer")
+    await services.writer.submit(store.update_operator(name, role=role, status="active",
+                                                       approved_by=current_operator(request).name))
+    return web.json_response(await services.queries.operator(name))
+
+
+@routes.route("POST", "/api/v1/operators/{name}/role", role="admin", summary="Change an operator's role",
+              body={"role": "string"})
+async def set_role(request: web.Request) -> web.Response:
+    services = _services(request)
+    name = request.match_info["name"]
+    await _operator_or_404(services, name)
+    role = _role(await json_body(request))
+    if name == current_operator(request).name and role != "admin":
+        raise ApiError(409, "self_demotion", "an admin cannot remove their own admin role")
+    await services.writer.submit(store.update_operator(name, role=role))
+    return web.json_response(await services.queries.operator(name))
+
+
+@routes.route("DELETE", "/api/v1/operators/{name}", role="admin", summary="Disable an operator and its tokens")
+async def disable_operator(request: web.Request) -> web.Response:
+    services = _services(request)
+    name = request.match_info["name"]
+    await _operator_or_404(services, name)
+    if name == current_operator(request).name:
+        raise ApiError(409, "self_disable", "an admin cannot disable their own account")
+    now = time.time()
+
+    def disable(conn: sqlite3.Connection) -> None:
+        store.update_operator(name, status="disabled")(conn)
+        store.revoke_tokens(name, now)(conn)
+
+    await services.writer.submit(disable)
+    return web.json_response(await services.queries.operator(name))
+
+
+@routes.route("POST", "/api/v1/operators/{name}/tokens", role="admin", summary="Issue a new token (shown once)")
+async def issue_token(request: web.Request) -> web.Response:
+    services = _services(request)
+    name = request.match_info["name"]
+    row = await _operator_or_404(services, name)
+    if row["status"] == "disabled":
+        raise ApiError(409, "disabled", f"operator {name!r} is disabled")
+    token = new_token()
+    await services.writer.submit(store.add_token(hash_token(token), name, time.time(),
+                                                 label=f"issued by {current_operator(request).name}"))
+    return web.json_response({"name": name, "token": token}, status=201)
+
+
+@routes.route("GET", "/api/v1/audit", role="admin", summary="Audit trail (newest first)", query=("cursor", "limit"))
+async def audit(request: web.Request) -> web.Response:
+    try:
+        page = await _services(request).queries.audit(cursor=request.query.get("cursor"), limit=_limit(request))
+    except QueryError as exc:
+        raise ApiError(400, "bad_query", str(exc)) from None
+    return web.json_response({"entries": page.items, "next_cursor": page.next_cursor})

@@ -1,0 +1,43 @@
+"""The application factory: builds the aiohttp app for a Config; no module-level state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import api, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
+from .auth import ApiError, auth_middleware, error_response
+from .config import Config
+from .routes import routes
+from .services import SERVICES, services_ctx
+
+API_MAX_BODY = 256 * 1024
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Every error leaves as the documented JSON body, including aiohttp's own 404/405/413."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=API_MAX_BODY)
+    specs = routes.install(app)
+
+    async def lookup(token_hash: str) -> dict | None:
+        return await app[SERVICES].queries.operator_for_token(token_hash)
+
+    async def submit(fn):  # type: ignore[no-untyped-def]
+        return await app[SERVICES].writer.submit(fn)
+
+    app.middlewares.append(errors_middleware)
+    app.middlewares.append(auth_middleware(specs, lookup, submit))
+    app.cleanup_ctx.append(services_ctx(config))
+    return app

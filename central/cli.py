@@ -1,0 +1,272 @@
+"""`dvic-central`: run the server, enroll and revoke nodes, bring up the local quick-start stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .auth import ApiError
+from .config import Config, is_loopback
+from .enroll import KINDS, enroll_node
+from .pki import write_private
+from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
+
+LISTEN_FILE = "listen.json"
+DEFAULT_DATA_DIR = "~/.local/share/dvic-central"
+log = logging.getLogger("dvic-central")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    host, port = args.listen
+    return Config(
+        data_dir=Path(args.data_dir).expanduser(), host=host, port=port, tls=not args.insecure_http,
+        public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
+        interval=args.interval, offline_after=args.offline_after,
+    )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    if not config.tls and not is_loopback(config.host):
+        raise SystemExit("plain HTTP (--insecure-http) is only allowed on a loopback address")
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    services = app[SERVICES]
+    ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096)
+    await site.start()
+    port = runner.addresses[0][1]
+    scheme = "https" if config.tls else "http"
+    dial = config.host if config.host not in ("0.0.0.0", "::") else (config.public_hosts or config.cert_hosts())[0]
+    services.base_url = f"{scheme}://{_url_host(dial)}:{port}"
+    info = {"url": services.base_url, "pid": os.getpid(), "tls": config.tls, "version": __version__}
+    (config.data_dir / LISTEN_FILE).write_text(json.dumps(info) + "\n")
+    log.info("dvic-central %s listening on %s (data dir %s)", __version__, services.base_url, config.data_dir)
+    token_file = config.data_dir / ADMIN_TOKEN_FILE
+    print(f"dvic-central listening on {services.base_url}", flush=True)
+    print(f"  CA to pin:   {services.ca.cert_path}  (sha256 {services.ca.fingerprint})", flush=True)
+    print(f"  admin token: {token_file}", flush=True)
+    if ready is not None:
+        ready.set()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (config.data_dir / LISTEN_FILE).unlink()
+        await runner.cleanup()
+
+
+def running_server(data_dir: Path) -> dict[str, Any] | None:
+    """listen.json of a server that is still alive, else None."""
+    try:
+        info = json.loads((data_dir / LISTEN_FILE).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return info
+
+
+def api_call(data_dir: Path, info: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
+    """Call the running server's API as admin (token and CA from the data dir)."""
+    token = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem")) if info["url"].startswith("https") else None
+    req = urllib.request.Request(
+        info["url"] + path, method=method, data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read())["error"]
+            raise SystemExit(f"error: {err['message']} ({exc.code} {err['code']})") from None
+        except (ValueError, KeyError):
+            raise SystemExit(f"error: HTTP {exc.code} from the server") from None
+
+
+async def _enroll_offline(config: Config, server_url: str, name: str, kind: str, group: str) -> dict[str, Any]:
+    services = await open_services(config)
+    try:
+        services.base_url = server_url
+        return await enroll_node(services, name, kind, group)
+    finally:
+        await close_services(services)
+
+
+def cmd_node_add(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).expanduser()
+    info = running_server(data_dir)
+    if info is not None:
+        bundle = api_call(data_dir, info, "POST", "/api/v1/nodes",
+                          {"name": args.name, "kind": args.kind, "group": args.group})
+    else:
+        url = args.server_url
+        if not url:
+            raise SystemExit("the server is not running: start it, or give --server-url for an offline enrollment")
+        try:
+            bundle = asyncio.run(_enroll_offline(build_config(args), url.rstrip("/"), args.name, args.kind,
+                                                 args.group))
+        except ApiError as exc:
+            raise SystemExit(f"error: {exc.message}") from None
+    out = Path(args.out)
+    write_private(out, (json.dumps(bundle, indent=2) + "\n").encode())
+    print(f"enrolled {bundle['name']} ({bundle['node_id']}); bundle written to {out} (mode 0600, keep it secret)")
+    return 0
+
+
+def cmd_node_remove(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).expanduser()
+    info = running_server(data_dir)
+    if info is None:
+        raise SystemExit("the server is not running: start it first (revocation must reach live connections)")
+    node = api_call(data_dir, info, "DELETE", f"/api/v1/nodes/{urllib.request.quote(args.node)}")
+    print(f"revoked {node['name']} ({node['id']})")
+    return 0
+
+
+def cmd_node_list(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).expanduser()
+    info = running_server(data_dir)
+    if info is None:
+        raise SystemExit("the server is not running")
+    nodes = api_call(data_dir, info, "GET", "/api/v1/nodes")["nodes"]
+    for n in nodes:
+        print(f"{n['name']:<24} {n['id']}  {n['kind']:<10} {n['group'] or '-':<12} {n['state']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    asyncio.run(serve(build_config(args)))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .devstack import run_local_stack
+
+    return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console)
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:8443; port 0 picks a free one)")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="serve plain HTTP (development only, loopback only)")
+    p.add_argument("--public-host", action="append", metavar="NAME",
+                   help="extra DNS name or IP for the server certificate (repeatable)")
+    p.add_argument("--public-url", help="base URL written into bundles (default: the listen address)")
+    p.add_argument("--interval", type=float, default=5.0, help="metrics/keep-alive interval in seconds")
+    p.add_argument("--offline-after", type=float, default=15.0, help="seconds of silence before offline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dvic-central", description="DVIC Demo Monitor central server")
+    parser.add_argument("--version", action="version", version=f"dvic-central {__version__}")
+    parser.add_argument("--data-dir", default=os.environ.get("DVIC_DATA_DIR", DEFAULT_DATA_DIR),
+                        help=f"where the database, CA and tokens live (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("serve", help="run the server (the default command)")
+    _add_server_options(p)
+    p.set_defaults(func=cmd_serve)
+
+    node = sub.add_parser("node", help="enroll, revoke and list nodes").add_subparsers(dest="node_command",
+                                                                                       required=True)
+    p = node.add_parser("add", help="enroll a node and write its bundle")
+    p.add_argument("name")
+    p.add_argument("--kind", default="desktop", choices=KINDS)
+    p.add_argument("--group", default="")
+    p.add_argument("--out", required=True, help="bundle file to write (0600)")
+    p.add_argument("--server-url", help="server URL for the bundle when enrolling with the server stopped")
+    _add_server_options(p)
+    p.set_defaults(func=cmd_node_add)
+    p = node.add_parser("remove", help="revoke a node (its connection is closed, reconnection refused)")
+    p.add_argument("node", help="name or UUID")
+    p.set_defaults(func=cmd_node_remove)
+    p = node.add_parser("list", help="list nodes")
+    p.set_defaults(func=cmd_node_list)
+
+    p = sub.add_parser("up", help="quick start: server + this machine's daemon + console")
+    p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT")
+    p.add_argument("--no-console", action="store_true", help="keep running without opening the console")
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known = {"serve", "node", "up", "-h", "--help", "--version"}
+    # `dvic-central --data-dir D --listen H:P` (no sub-command) means serve.
+    if not any(a in known for a in argv):
+        argv = [*_globals(argv), "serve", *_rest(argv)]
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def _globals(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a == "--data-dir":
+            out += [a, next(it, "")]
+        elif a.startswith("--data-dir=") or a in ("-v", "--verbose"):
+            out.append(a)
+    return out
+
+
+def _rest(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--data-dir":
+            skip = True
+            continue
+        if a.startswith("--data-dir=") or a in ("-v", "--verbose"):
+            continue
+        out.append(a)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Server settings: one frozen dataclass built from the command line, passed to create_app."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Retention:
+    raw_metrics_s: float = 24 * 3600
+    metrics_1m_s: float = 30 * 24 * 3600
+    logs_s: float = 30 * 24 * 3600
+    logs_max_rows: int = 5_000_000
+    events_s: float = 90 * 24 * 3600
+    audit_s: float = 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls: bool = True
+    # Extra names/addresses to put in the server certificate (what nodes and clients will dial).
+    public_hosts: tuple[str, ...] = ()
+    # Public base URL written into enrollment bundles; derived from the listener when empty.
+    public_url: str = ""
+    interval: float = 5.0
+    offline_after: float = 15.0
+    retention: Retention = field(default_factory=Retention)
+    commit_interval: float = 0.02
+    max_client_queue: int = 5000
+
+    def cert_hosts(self) -> list[str]:
+        hosts = [self.host, *self.public_hosts]
+        if self.host in ("0.0.0.0", "::", ""):
+            hosts += _local_names()
+        return hosts
+
+
+def _local_names() -> list[str]:
+    """Names and addresses of this machine, for a server that listens on every interface."""
+    names = {socket.gethostname(), socket.getfqdn()}
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            names.add(str(info[4][0]))
+    except OSError:
+        pass
+    return sorted(n for n in names if n)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

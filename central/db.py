@@ -1,0 +1,170 @@
+"""SQLite schema and migrations: the database file is created and brought up to date on start."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+DB_FILE = "dvic.sqlite3"
+
+# Each entry moves the schema from version i to i+1. Never edit a released step: append one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        grp TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        cert_fp TEXT UNIQUE,
+        cert_pem TEXT,
+        token_hash TEXT UNIQUE,
+        revoked_at REAL,
+        maintenance INTEGER NOT NULL DEFAULT 0,
+        facts TEXT NOT NULL DEFAULT '{}',
+        daemon_version TEXT NOT NULL DEFAULT '',
+        last_seen REAL,
+        state TEXT NOT NULL DEFAULT 'new',
+        state_since REAL
+    );
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        source TEXT NOT NULL,
+        unit TEXT NOT NULL DEFAULT '',
+        demo TEXT NOT NULL DEFAULT '',
+        level INTEGER NOT NULL,
+        msg TEXT NOT NULL,
+        UNIQUE (node_id, seq)
+    );
+    CREATE INDEX logs_node_ts ON logs (node_id, ts);
+    CREATE INDEX logs_ts ON logs (ts);
+    CREATE VIRTUAL TABLE logs_fts USING fts5(msg, content='logs', content_rowid='id');
+    CREATE TRIGGER logs_ai AFTER INSERT ON logs BEGIN
+        INSERT INTO logs_fts (rowid, msg) VALUES (new.id, new.msg);
+    END;
+    CREATE TRIGGER logs_ad AFTER DELETE ON logs BEGIN
+        INSERT INTO logs_fts (logs_fts, rowid, msg) VALUES ('delete', old.id, old.msg);
+    END;
+    CREATE TABLE metrics_raw (
+        node_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        ts REAL NOT NULL,
+        value REAL NOT NULL
+    );
+    CREATE INDEX metrics_raw_key ON metrics_raw (node_id, name, ts);
+    CREATE INDEX metrics_raw_ts ON metrics_raw (ts);
+    CREATE TABLE metrics_1m (
+        node_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        min REAL NOT NULL,
+        avg REAL NOT NULL,
+        max REAL NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (node_id, name, bucket)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        node_id TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_node_ts ON events (node_id, ts);
+    CREATE TABLE demos (
+        node_id TEXT NOT NULL,
+        token TEXT NOT NULL,
+        name TEXT NOT NULL,
+        pid INTEGER,
+        state TEXT NOT NULL,
+        started_at REAL,
+        exited_at REAL,
+        header TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (node_id, token)
+    );
+    CREATE TABLE operators (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        approved_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE tokens (
+        hash TEXT PRIMARY KEY,
+        operator TEXT NOT NULL REFERENCES operators (name),
+        created_at REAL NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        revoked_at REAL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        operator TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        status INTEGER NOT NULL DEFAULT 0,
+        remote TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_ts ON audit (ts);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode is durable against process crashes (what a node ack promises); a power
+    # cut can lose the last commits, which the node then resends.
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    await db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+async def migrate(db: aiosqlite.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; refuse a database from a newer release."""
+    async with db.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this server ({SCHEMA_VERSION}): upgrade the server"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[step]):
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version={step + 1}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (triggers contain ';' inside BEGIN ... END)."""
+    out: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if buf.strip(" \n;") and _complete(buf):
+            out.append(buf.strip())
+            buf = ""
+    return [s for s in out if s.strip(" \n;")]
+
+
+def _complete(sql: str) -> bool:
+    return sqlite3.complete_statement(sql)

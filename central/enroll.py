@@ -1,0 +1,73 @@
+"""Enrollment: a new node's UUID, key pair, client certificate and keep-alive token, as one bundle.
+
+The server stores the certificate and the token's hash; the private key and the token exist only in
+the returned bundle (docs/protocol.md section 1).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+import uuid
+from typing import Any
+
+from . import store
+from .auth import ApiError, hash_token, new_token
+from .registry import NodeState
+from .services import Services
+
+KINDS = ("desktop", "raspberry", "esp32", "other")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+BUNDLE_FORMAT = "dvic-node-bundle/1"
+
+
+def check_node_fields(name: Any, kind: Any, group: Any) -> tuple[str, str, str]:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ApiError(400, "bad_name", "name: 1-63 characters of letters, digits, '.', '_' or '-', "
+                                        "starting with a letter or digit")
+    if kind not in KINDS:
+        raise ApiError(400, "bad_kind", f"kind: expected one of {', '.join(KINDS)}")
+    if not isinstance(group, str) or len(group) > 64 or (group and not NAME_RE.match(group)):
+        raise ApiError(400, "bad_group", "group: empty, or 1-63 characters like a name")
+    return name, kind, group
+
+
+async def enroll_node(services: Services, name: Any, kind: Any = "desktop", group: Any = "") -> dict[str, Any]:
+    name, kind, group = check_node_fields(name, kind, group)
+    if services.registry.get(name) is not None:
+        raise ApiError(409, "name_taken", f"a node named {name!r} already exists")
+    node_id = str(uuid.uuid4())
+    issued = services.ca.issue_node(node_id)
+    token = new_token("dvn")
+    now = time.time()
+    try:
+        await services.writer.submit(store.create_node(
+            node_id, name, kind, group, now, issued.fingerprint, issued.cert_pem, hash_token(token),
+        ))
+    except sqlite3.IntegrityError:
+        raise ApiError(409, "name_taken", f"a node named {name!r} already exists") from None
+    node = NodeState(
+        id=node_id, name=name, kind=kind, group=group, created_at=now, cert_fp=issued.fingerprint,
+        token_hash=hash_token(token), state_since=now,
+    )
+    services.registry.add(node)
+    await services.registry.record_event(node, "enrolled", f"node {name} enrolled", {"kind": kind, "group": group})
+    base = services.public_url()
+    ws_base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    return {
+        "format": BUNDLE_FORMAT,
+        "node_id": node_id,
+        "name": name,
+        "kind": kind,
+        "group": group,
+        "server_url": base,
+        "ws_url": f"{ws_base}/api/v1/node/ws",
+        "keepalive_url": f"{base}/api/v1/keepalive",
+        "ca_pem": services.ca.pem,
+        "ca_sha256": services.ca.fingerprint,
+        "cert_pem": issued.cert_pem,
+        "key_pem": issued.key_pem,
+        "token": token,
+        "interval": services.config.interval,
+    }

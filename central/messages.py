@@ -1,0 +1,275 @@
+"""Node protocol v1 (docs/protocol.md section 2): limits, and a validator per message type.
+
+The server trusts no field a daemon sends: every message goes through `parse_node_message`,
+which returns a cleaned dict or raises ProtocolError with the websocket close code to use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1024 * 1024
+MAX_BATCH_LINES = 500
+MAX_MSG_BYTES = 64 * 1024
+MAX_FACT_CHARS = 256
+MAX_FACT_ITEMS = 64
+MAX_KEEPALIVE_BYTES = 4096
+
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
+SOURCES = ("demo", "system", "daemon")
+DEMO_STATES = ("started", "alive", "exited")
+
+CLOSE_MALFORMED = 4001
+CLOSE_BEFORE_HELLO = 4002
+CLOSE_UNKNOWN_TYPE = 4003
+CLOSE_BAD_VERSION = 4004
+CLOSE_REVOKED = 4403
+CLOSE_REPLACED = 4409
+CLOSE_TOO_SLOW = 4429
+
+
+class ProtocolError(Exception):
+    def __init__(self, close_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+        self.code = code
+        self.message = message
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError(CLOSE_MALFORMED, "bad_message", message)
+
+
+def _number(value: Any, field: str, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(f"{field}: expected a finite number")
+    return float(value)
+
+
+def _string(value: Any, field: str, limit: int, *, default: str | None = None) -> str:
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str):
+        raise _bad(f"{field}: expected a string")
+    if len(value) > limit:
+        raise _bad(f"{field}: longer than {limit} characters")
+    return value
+
+
+def _clip(text: str, limit_bytes: int) -> tuple[str, bool]:
+    """Valid UTF-8 (lone surrogates replaced) of at most limit_bytes; True when it was cut."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit_bytes:
+        return raw.decode("utf-8"), False
+    return raw[:limit_bytes].decode("utf-8", "ignore"), True
+
+
+def clean_facts(facts: Any) -> dict[str, Any]:
+    if not isinstance(facts, dict):
+        raise _bad("facts: expected an object")
+    out: dict[str, Any] = {}
+    for key, value in list(facts.items())[:MAX_FACT_ITEMS]:
+        if not isinstance(key, str) or len(key) > 64:
+            continue
+        if isinstance(value, str):
+            out[key] = value[:MAX_FACT_CHARS]
+        elif isinstance(value, list):
+            out[key] = [v[:MAX_FACT_CHARS] for v in value[:MAX_FACT_ITEMS] if isinstance(v, str)]
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = value
+    return out
+
+
+def parse_hello(msg: dict[str, Any]) -> dict[str, Any]:
+    version = msg.get("protocol")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            CLOSE_BAD_VERSION, "bad_version",
+            f"protocol version {version!r} is not supported (server speaks {PROTOCOL_VERSION})",
+        )
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "daemon_version": _string(msg.get("daemon_version"), "daemon_version", 64, default=""),
+        "facts": clean_facts(msg.get("facts", {})),
+    }
+
+
+def _percent(obj: Any, field: str) -> float | None:
+    if not isinstance(obj, dict) or "percent" not in obj:
+        return None
+    return _number(obj["percent"], f"{field}.percent")
+
+
+def parse_metrics(msg: dict[str, Any]) -> dict[str, Any]:
+    ts = _number(msg.get("ts"), "ts")
+    sample: dict[str, Any] = {"type": "metrics", "ts": ts}
+    for key in ("cpu", "load", "mem", "swap", "disks", "temps", "throttled", "uptime", "procs", "net"):
+        if key in msg:
+            sample[key] = msg[key]
+    # Validate the fields we derive series from; the rest is kept as the node's latest sample.
+    if len(json.dumps(sample)) > 64 * 1024:
+        raise _bad("metrics: sample larger than 64 KiB")
+    return sample
+
+
+def metric_series(sample: dict[str, Any]) -> dict[str, float]:
+    """The stored time series of a metrics sample (see docs/protocol.md section 5)."""
+    series: dict[str, float] = {}
+    cpu = sample.get("cpu")
+    if isinstance(cpu, dict) and "total" in cpu:
+        series["cpu"] = _number(cpu["total"], "cpu.total") or 0.0
+    load = sample.get("load")
+    if isinstance(load, list) and load:
+        series["load1"] = _number(load[0], "load[0]") or 0.0
+    for name in ("mem", "swap"):
+        value = _percent(sample.get(name), name)
+        if value is not None:
+            series[name] = value
+    disks = sample.get("disks")
+    if isinstance(disks, list):
+        percents = [_percent(d, "disks[]") for d in disks[:64]]
+        known = [p for p in percents if p is not None]
+        if known:
+            series["disk"] = max(known)
+    temps = sample.get("temps")
+    if isinstance(temps, list):
+        values = [
+            _number(t["celsius"], "temps[].celsius") for t in temps[:64] if isinstance(t, dict) and "celsius" in t
+        ]
+        known_t = [v for v in values if v is not None]
+        if known_t:
+            series["temp"] = max(known_t)
+    for name in ("uptime", "procs"):
+        if name in sample:
+            series[name] = _number(sample[name], name) or 0.0
+    net = sample.get("net")
+    if isinstance(net, dict):
+        for name in ("rx_bytes", "tx_bytes"):
+            if name in net:
+                series[f"net_{name[:2]}"] = _number(net[name], f"net.{name}") or 0.0
+    return series
+
+
+def parse_log_line(line: Any, index: int) -> dict[str, Any]:
+    where = f"lines[{index}]"
+    if not isinstance(line, dict):
+        raise _bad(f"{where}: expected an object")
+    seq = line.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1 or seq >= 2**63:
+        raise _bad(f"{where}.seq: expected an integer >= 1")
+    source = line.get("source")
+    if source not in SOURCES:
+        raise _bad(f"{where}.source: expected one of {', '.join(SOURCES)}")
+    level = line.get("level")
+    if level not in LEVELS:
+        raise _bad(f"{where}.level: expected one of {', '.join(LEVELS)}")
+    msg = line.get("msg")
+    if not isinstance(msg, str):
+        raise _bad(f"{where}.msg: expected a string")
+    text, clipped = _clip(msg, MAX_MSG_BYTES)
+    return {
+        "seq": seq,
+        "ts": _number(line.get("ts"), f"{where}.ts"),
+        "source": source,
+        "unit": _string(line.get("unit"), f"{where}.unit", 256, default=""),
+        "demo": _string(line.get("demo"), f"{where}.demo", 64, default=""),
+        "level": level,
+        "msg": text,
+        "truncated": bool(line.get("truncated")) or clipped,
+    }
+
+
+def parse_logs(msg: dict[str, Any]) -> dict[str, Any]:
+    lines = msg.get("lines")
+    if not isinstance(lines, list):
+        raise _bad("lines: expected a list")
+    if len(lines) > MAX_BATCH_LINES:
+        raise _bad(f"lines: more than {MAX_BATCH_LINES} lines in one batch")
+    return {"type": "logs", "lines": [parse_log_line(line, i) for i, line in enumerate(lines)]}
+
+
+def parse_demo(msg: dict[str, Any]) -> dict[str, Any]:
+    state = msg.get("state")
+    if state not in DEMO_STATES:
+        raise _bad(f"state: expected one of {', '.join(DEMO_STATES)}")
+    pid = msg.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid < 0):
+        raise _bad("pid: expected a non-negative integer")
+    header = msg.get("header", {})
+    return {
+        "type": "demo",
+        "token": _string(msg.get("token"), "token", 64),
+        "name": _string(msg.get("name"), "name", 256, default=""),
+        "pid": pid,
+        "state": state,
+        "started_at": _number(msg.get("started_at"), "started_at", allow_none=True),
+        "exited_at": _number(msg.get("exited_at"), "exited_at", allow_none=True),
+        "header": clean_facts(header) if isinstance(header, dict) else {},
+    }
+
+
+def parse_event(msg: dict[str, Any]) -> dict[str, Any]:
+    data = msg.get("data", {})
+    if not isinstance(data, dict):
+        raise _bad("data: expected an object")
+    if len(json.dumps(data)) > 16 * 1024:
+        raise _bad("data: larger than 16 KiB")
+    return {
+        "type": "event",
+        "kind": _string(msg.get("kind"), "kind", 64),
+        "message": _string(msg.get("message"), "message", 4096, default=""),
+        "data": data,
+    }
+
+
+PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "hello": parse_hello,
+    "metrics": parse_metrics,
+    "logs": parse_logs,
+    "demo": parse_demo,
+    "event": parse_event,
+}
+
+
+def parse_node_message(text: str) -> dict[str, Any]:
+    """Decode and validate one text frame from a node."""
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise _bad(f"not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise _bad("expected a JSON object")
+    kind = msg.get("type")
+    parser = PARSERS.get(kind) if isinstance(kind, str) else None
+    if parser is None:
+        raise ProtocolError(CLOSE_UNKNOWN_TYPE, "unknown_type", f"unknown message type {kind!r}")
+    return parser(msg)
+
+
+def parse_keepalive(body: Any) -> tuple[dict[str, float], dict[str, str]]:
+    """Keep-alive body -> (metric series, facts). Raises ValueError with a readable reason."""
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    series: dict[str, float] = {}
+    for name in ("uptime", "free_mem", "rssi", "cpu", "temp"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name}: expected a finite number")
+        series[name] = float(value)
+    facts: dict[str, str] = {}
+    firmware = body.get("firmware")
+    if firmware is not None:
+        if not isinstance(firmware, str) or len(firmware) > MAX_FACT_CHARS:
+            raise ValueError(f"firmware: expected a string of at most {MAX_FACT_CHARS} characters")
+        facts["firmware"] = firmware
+    return series, facts

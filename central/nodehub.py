@@ -1,0 +1,225 @@
+"""The node side of the server: the node websocket (protocol v1) and the HTTP keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from . import store
+from .auth import NODE, bearer, error_response, hash_token
+from .messages import (
+    CLOSE_BEFORE_HELLO,
+    CLOSE_REPLACED,
+    MAX_BATCH_LINES,
+    MAX_FRAME_BYTES,
+    MAX_KEEPALIVE_BYTES,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    metric_series,
+    parse_keepalive,
+    parse_node_message,
+)
+from .pki import der_fingerprint
+from .registry import NodeState
+from .routes import routes
+from .services import SERVICES, Services
+from .writer import StorageError
+
+log = logging.getLogger(__name__)
+
+CLOSE_STORAGE = 1011
+HEARTBEAT_S = 10.0
+
+
+def _peer_fingerprint(request: web.Request) -> str | None:
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return der_fingerprint(der) if der else None
+
+
+def authenticate_node(services: Services, request: web.Request) -> NodeState | web.Response:
+    """Who is this node? Its certificate over TLS; its token only in plain-HTTP development mode."""
+    if services.config.tls:
+        fp = _peer_fingerprint(request)
+        if fp is None:
+            return error_response(401, "no_client_certificate", "the node websocket needs a client certificate")
+        node = services.registry.by_fingerprint(fp)
+        if node is None:
+            return error_response(403, "unknown_certificate", "this certificate belongs to no enrolled node")
+    else:
+        token = bearer(request)
+        node = services.registry.by_token_hash(hash_token(token)) if token else None
+        if node is None:
+            return error_response(401, "bad_token", "unknown node token")
+    if node.revoked:
+        return error_response(403, "revoked", f"node {node.name!r} has been revoked")
+    return node
+
+
+@routes.route("GET", "/api/v1/node/ws", role=NODE, summary="Node websocket (protocol v1, mutual TLS)")
+async def node_websocket(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    who = authenticate_node(services, request)
+    if isinstance(who, web.Response):
+        log.warning("node websocket refused from %s: %s", request.remote, who.text)
+        return who
+    node = who
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    session = NodeSession(services, node, ws)
+    await session.run()
+    return ws
+
+
+class NodeSession:
+    """One connected node: reads, validates and stores its messages in order."""
+
+    def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse) -> None:
+        self.services = services
+        self.registry = services.registry
+        self.node = node
+        self.ws = ws
+        self.greeted = False
+        self._closing: asyncio.Task[Any] | None = None
+
+    def _request_close(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()[:120]))
+
+    async def run(self) -> None:
+        node = self.node
+        if node.disconnect is not None:
+            node.disconnect(CLOSE_REPLACED, "replaced by a newer connection")
+        node.disconnect = self._request_close
+        reason = "connection closed"
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self.handle(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    raise ProtocolError(4001, "bad_message", "binary frames are not part of the protocol")
+                elif msg.type == WSMsgType.ERROR:
+                    reason = f"websocket error: {self.ws.exception()}"
+                    break
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc.message}"
+            log.warning("node %s: %s", node.name, exc.message)
+            await self._send({"type": "error", "code": exc.code, "message": exc.message})
+            await self.ws.close(code=exc.close_code, message=exc.message.encode()[:120])
+        except StorageError as exc:
+            reason = "storage unavailable"
+            log.error("node %s: %s", node.name, exc)
+            await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
+            await self.ws.close(code=CLOSE_STORAGE, message=b"storage unavailable")
+        finally:
+            if self._closing is not None:
+                await asyncio.gather(self._closing, return_exceptions=True)
+            if node.disconnect == self._request_close:
+                node.disconnect = None
+                if self.ws.close_code == 1009:
+                    reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                await self.registry.disconnected(node, reason)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            try:
+                await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def handle(self, text: str) -> None:
+        msg = parse_node_message(text)
+        kind = msg["type"]
+        node = self.node
+        if not self.greeted and kind != "hello":
+            raise ProtocolError(CLOSE_BEFORE_HELLO, "hello_first", f"got {kind!r} before 'hello'")
+        if kind == "hello":
+            await self.registry.hello(node, msg["facts"], msg["daemon_version"])
+            self.greeted = True
+            await self._send({
+                "type": "welcome", "protocol": PROTOCOL_VERSION, "node_id": node.id, "name": node.name,
+                "settings": {
+                    "interval": self.services.config.interval,
+                    "keepalive_interval": self.services.config.interval,
+                    "max_batch": MAX_BATCH_LINES,
+                },
+                "last_seq": await self.services.queries.last_seq(node.id),
+                "server_time": time.time(),
+            })
+            return
+        await self.registry.heard(node)
+        if kind == "logs":
+            await self._logs(msg["lines"])
+        elif kind == "metrics":
+            series = metric_series(msg)
+            await self.services.writer.submit(store.insert_metrics(node.id, msg["ts"], series))
+            self.registry.set_metrics(node, msg, series)
+        elif kind == "demo":
+            await self.services.writer.submit(store.upsert_demo(node.id, msg, time.time()))
+            before = node.demos.get(msg["token"], {}).get("state")
+            self.registry.set_demo(node, msg)
+            if before != msg["state"] and msg["state"] in ("started", "exited"):
+                await self.registry.record_event(
+                    node, f"demo_{msg['state']}", f"demo {msg['name'] or msg['token']} {msg['state']}",
+                    {"token": msg["token"], "name": msg["name"], "pid": msg["pid"]},
+                )
+        elif kind == "event":
+            if msg["kind"] == "failed":
+                await self.registry.report_failed(node, msg["message"])
+            elif msg["kind"] == "recovered":
+                await self.registry.report_recovered(node)
+            await self.registry.record_event(node, msg["kind"], msg["message"], msg["data"])
+
+    async def _logs(self, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        await self.services.writer.submit(store.insert_logs(self.node.id, lines))
+        # Acknowledge only after the commit: the daemon may now forget these lines.
+        await self._send({"type": "ack", "seq": max(line["seq"] for line in lines)})
+        node = self.node
+        self.services.bus.publish_logs(node.id, [
+            {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
+            for line in lines
+        ])
+
+
+@routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")
+async def keepalive(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    token = bearer(request)
+    if token is None:
+        return error_response(401, "unauthenticated", "missing 'Authorization: Bearer <node token>' header")
+    node = services.registry.by_token_hash(hash_token(token))
+    if node is None:
+        return error_response(401, "bad_token", "unknown node token")
+    if node.revoked:
+        return error_response(403, "revoked", f"node {node.name!r} has been revoked")
+    if request.content_length is not None and request.content_length > MAX_KEEPALIVE_BYTES:
+        return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
+    raw = await request.content.read(MAX_KEEPALIVE_BYTES + 1)
+    if len(raw) > MAX_KEEPALIVE_BYTES:
+        return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+        series, facts = parse_keepalive(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error_response(400, "bad_json", f"body is not valid JSON: {exc}")
+    except ValueError as exc:
+        return error_response(400, "bad_field", str(exc))
+    now = time.time()
+    if series:
+        await services.writer.submit(store.insert_metrics(node.id, now, series))
+        services.registry.set_metrics(node, node.sample, series)
+    if facts and any(node.facts.get(k) != v for k, v in facts.items()):
+        node.facts.update(facts)
+        await services.writer.submit(store.merge_facts(node.id, facts))
+    await services.registry.keepalive(node, now)
+    return web.json_response({"server_time": now, "interval": services.config.interval, "node_id": node.id})

@@ -1,0 +1,232 @@
+"""Read side of the store: history queries over a read-only aiosqlite connection (WAL lets them
+run beside the writer)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from .messages import LEVEL_NAMES, LEVELS
+
+
+class QueryError(ValueError):
+    """A query parameter the caller got wrong; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, value = raw.split(":", 1)
+        if kind != "id":
+            raise ValueError
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise QueryError("cursor: not a cursor this server issued") from None
+
+
+_FTS_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str) -> str:
+    """User text -> a safe FTS5 query: every word must appear (prefix match on the last one).
+
+    Users type plain words, not FTS syntax; quoting each token means `"`, `-`, `OR`, `*` in their
+    text can never raise an FTS syntax error or change the meaning.
+    """
+    tokens = _FTS_TOKEN.findall(text)
+    if not tokens:
+        raise QueryError("q: give at least one word to search for")
+    quoted = [f'"{t}"' for t in tokens[:16]]
+    quoted[-1] += "*"
+    return " AND ".join(quoted)
+
+
+class Queries:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        async with self.db.execute("SELECT * FROM nodes ORDER BY name") as cur:
+            rows = await cur.fetchall()
+        return [dict(r) for r in rows]
+
+    async def demos(self, node_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM demos" + (" WHERE node_id = ?" if node_id else "") + " ORDER BY started_at"
+        async with self.db.execute(sql, (node_id,) if node_id else ()) as cur:
+            rows = await cur.fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["header"] = json.loads(d["header"] or "{}")
+            out.append(d)
+        return out
+
+    async def last_seq(self, node_id: str) -> int:
+        async with self.db.execute("SELECT max(seq) FROM logs WHERE node_id = ?", (node_id,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0] or 0) if row else 0
+
+    async def logs(
+        self, *, node_ids: list[str] | None = None, source: str | None = None, min_level: str | None = None,
+        text: str | None = None, since: float | None = None, until: float | None = None,
+        cursor: str | None = None, limit: int = 100, demo: str | None = None,
+    ) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        if node_ids is not None:
+            where.append(f"l.node_id IN ({','.join('?' * len(node_ids))})")
+            params += node_ids
+        if source:
+            where.append("l.source = ?")
+            params.append(source)
+        if demo:
+            where.append("l.demo = ?")
+            params.append(demo)
+        if min_level:
+            if min_level.upper() not in LEVELS:
+                raise QueryError(f"level: expected one of {', '.join(LEVELS)}")
+            where.append("l.level >= ?")
+            params.append(LEVELS[min_level.upper()])
+        if since is not None:
+            where.append("l.ts >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("l.ts < ?")
+            params.append(until)
+        before = decode_cursor(cursor)
+        if before is not None:
+            where.append("l.id < ?")
+            params.append(before)
+        joins = ""
+        if text:
+            joins = " JOIN logs_fts f ON f.rowid = l.id"
+            where.append("logs_fts MATCH ?")
+            params.append(fts_query(text))
+        sql = (
+            "SELECT l.id, l.node_id, n.name AS node_name, l.seq, l.ts, l.source, l.unit, l.demo, l.level, l.msg"
+            f" FROM logs l{joins} LEFT JOIN nodes n ON n.id = l.node_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY l.id DESC LIMIT ?"
+        )
+        params.append(limit + 1)
+        async with self.db.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        items = [log_row(r) for r in rows[:limit]]
+        next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None
+        return Page(items, next_cursor)
+
+    async def events(
+        self, *, node_id: str | None = None, kind: str | None = None, since: float | None = None,
+        until: float | None = None, cursor: str | None = None, limit: int = 100,
+    ) -> Page:
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (("e.node_id = ?", node_id), ("e.kind = ?", kind), ("e.ts >= ?", since),
+                              ("e.ts < ?", until), ("e.id < ?", decode_cursor(cursor))):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = (
+            "SELECT e.*, n.name AS node_name FROM events e LEFT JOIN nodes n ON n.id = e.node_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY e.id DESC LIMIT ?"
+        )
+        params.append(limit + 1)
+        async with self.db.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        items = [event_row(r) for r in rows[:limit]]
+        return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None)
+
+    async def metrics(
+        self, node_id: str, names: list[str] | None, since: float, until: float, step: int
+    ) -> dict[str, list[list[float]]]:
+        """Series of [bucket, min, avg, max]; raw samples below one minute, aggregates above."""
+        params: list[Any] = [node_id, since, until]
+        name_filter = ""
+        if names:
+            name_filter = f" AND name IN ({','.join('?' * len(names))})"
+            params += names
+        if step < 60:
+            sql = (
+                f"SELECT name, CAST(ts / {step} AS INTEGER) * {step} AS b, min(value), avg(value), max(value)"
+                f" FROM metrics_raw WHERE node_id = ? AND ts >= ? AND ts < ?{name_filter}"
+                " GROUP BY name, b ORDER BY name, b"
+            )
+        else:
+            sql = (
+                f"SELECT name, (bucket / {step}) * {step} AS b, min(min), sum(avg * count) / sum(count), max(max)"
+                f" FROM metrics_1m WHERE node_id = ? AND bucket >= ? AND bucket < ?{name_filter}"
+                " GROUP BY name, b ORDER BY name, b"
+            )
+        series: dict[str, list[list[float]]] = {}
+        async with self.db.execute(sql, params) as cur:
+            async for row in cur:
+                series.setdefault(row[0], []).append([row[1], row[2], row[3], row[4]])
+        return series
+
+    async def operators(self) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT o.*, (SELECT count(*) FROM tokens t WHERE t.operator = o.name AND t.revoked_at IS NULL)"
+            " AS tokens FROM operators o ORDER BY o.created_at"
+        )
+        async with self.db.execute(sql) as cur:
+            return [dict(r) for r in await cur.fetchall()]
+
+    async def operator(self, name: str) -> dict[str, Any] | None:
+        async with self.db.execute("SELECT * FROM operators WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row else None
+
+    async def operator_for_token(self, token_hash: str) -> dict[str, Any] | None:
+        sql = (
+            "SELECT o.name, o.role, o.status FROM tokens t JOIN operators o ON o.name = t.operator"
+            " WHERE t.hash = ? AND t.revoked_at IS NULL"
+        )
+        async with self.db.execute(sql, (token_hash,)) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row else None
+
+    async def audit(self, *, cursor: str | None = None, limit: int = 100) -> Page:
+        before = decode_cursor(cursor)
+        sql = "SELECT * FROM audit" + (" WHERE id < ?" if before is not None else "") + " ORDER BY id DESC LIMIT ?"
+        params: list[Any] = ([before] if before is not None else []) + [limit + 1]
+        async with self.db.execute(sql, params) as cur:
+            rows = await cur.fetchall()
+        items = []
+        for r in rows[:limit]:
+            d = dict(r)
+            d["detail"] = json.loads(d["detail"] or "{}")
+            items.append(d)
+        return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None)
+
+
+def log_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"], "node": row["node_id"], "node_name": row["node_name"], "seq": row["seq"],
+        "ts": row["ts"], "source": row["source"], "unit": row["unit"], "demo": row["demo"],
+        "level": LEVEL_NAMES.get(row["level"], "INFO"), "msg": row["msg"],
+    }
+
+
+def event_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": row["id"], "ts": row["ts"], "node": row["node_id"], "node_name": row["node_name"],
+        "kind": row["kind"], "message": row["message"], "data": json.loads(row["data"] or "{}"),
+    }

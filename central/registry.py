@@ -1,0 +1,252 @@
+"""The live state map of every node: the one owner of presence (online/offline/maintenance/failed).
+
+State rules (docs/architecture.md, "Presence"):
+- a node is *online* while it was heard from (any websocket message, pong or keep-alive) within
+  `offline_after` seconds; a sweep turns silent nodes *offline*;
+- a websocket that closes turns the node offline at once unless a keep-alive arrived recently;
+- *failed* is reported by the node itself (event kind `failed`) until it recovers or says hello;
+- *maintenance* is set by an operator and overrides how the node is shown.
+Every change of the shown state is stored as an event and pushed to live clients.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import store
+from .bus import Bus
+from .messages import CLOSE_REVOKED
+from .writer import Writer
+
+SUMMARY_METRICS = ("cpu", "mem", "disk", "temp", "load1")
+
+
+@dataclass(eq=False)
+class NodeState:
+    id: str
+    name: str
+    kind: str
+    group: str
+    created_at: float
+    cert_fp: str
+    token_hash: str
+    revoked: bool = False
+    maintenance: bool = False
+    liveness: str = "new"  # new | online | offline | failed
+    state_since: float = 0.0
+    last_seen: float | None = None
+    last_keepalive: float = 0.0
+    facts: dict[str, Any] = field(default_factory=dict)
+    daemon_version: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    sample: dict[str, Any] = field(default_factory=dict)
+    demos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The live websocket handler's close callback, set while the node is connected.
+    disconnect: Callable[[int, str], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.disconnect is not None
+
+    @property
+    def state(self) -> str:
+        return "maintenance" if self.maintenance else self.liveness
+
+    def summary(self) -> dict[str, Any]:
+        alive = sum(1 for d in self.demos.values() if d.get("state") != "exited")
+        return {
+            "id": self.id, "name": self.name, "kind": self.kind, "group": self.group,
+            "state": self.state, "state_since": self.state_since, "last_seen": self.last_seen,
+            "connected": self.connected, "daemon_version": self.daemon_version, "revoked": self.revoked,
+            "metrics": {k: self.metrics[k] for k in SUMMARY_METRICS if k in self.metrics},
+            "demos": {"alive": alive, "total": len(self.demos)},
+        }
+
+    def detail(self) -> dict[str, Any]:
+        out = self.summary()
+        out.update(
+            facts=self.facts, sample=self.sample, created_at=self.created_at,
+            demos_list=sorted(self.demos.values(), key=lambda d: d.get("started_at") or 0),
+            all_metrics=self.metrics,
+        )
+        return out
+
+
+class Registry:
+    def __init__(self, writer: Writer, bus: Bus, offline_after: float, keepalive_interval: float) -> None:
+        self.writer = writer
+        self.bus = bus
+        self.offline_after = offline_after
+        self.keepalive_interval = keepalive_interval
+        self._by_id: dict[str, NodeState] = {}
+        self._by_name: dict[str, NodeState] = {}
+        self._by_fp: dict[str, NodeState] = {}
+        self._by_token: dict[str, NodeState] = {}
+
+    # -- loading and lookups -------------------------------------------------------------------
+    def load(self, rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> None:
+        for row in rows:
+            node = NodeState(
+                id=row["id"], name=row["name"], kind=row["kind"], group=row["grp"],
+                created_at=row["created_at"], cert_fp=row["cert_fp"] or "", token_hash=row["token_hash"] or "",
+                revoked=row["revoked_at"] is not None, maintenance=bool(row["maintenance"]),
+                # After a server restart nobody is connected yet: what was online is offline now.
+                liveness="new" if row["state"] == "new" else ("failed" if row["state"] == "failed" else "offline"),
+                state_since=row["state_since"] or row["created_at"], last_seen=row["last_seen"],
+                facts=json.loads(row["facts"] or "{}"), daemon_version=row["daemon_version"] or "",
+            )
+            self._index(node)
+        for demo in demos:
+            node = self._by_id.get(demo["node_id"])
+            if node is not None:
+                node.demos[demo["token"]] = _demo_view(demo)
+
+    def _index(self, node: NodeState) -> None:
+        self._by_id[node.id] = node
+        self._by_name[node.name] = node
+        if node.cert_fp:
+            self._by_fp[node.cert_fp] = node
+        if node.token_hash:
+            self._by_token[node.token_hash] = node
+
+    def add(self, node: NodeState) -> None:
+        self._index(node)
+        self.bus.publish({"type": "node", "node": node.summary()})
+
+    def all(self) -> list[NodeState]:
+        return sorted(self._by_id.values(), key=lambda n: n.name)
+
+    def get(self, ref: str) -> NodeState | None:
+        return self._by_id.get(ref) or self._by_name.get(ref)
+
+    def by_fingerprint(self, fp: str) -> NodeState | None:
+        """The node holding this certificate (revoked ones too: callers check `revoked`)."""
+        return self._by_fp.get(fp)
+
+    def by_token_hash(self, token_hash: str) -> NodeState | None:
+        return self._by_token.get(token_hash)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    # -- transitions ---------------------------------------------------------------------------
+    async def _transition(self, node: NodeState, liveness: str, now: float, reason: str = "") -> None:
+        before = node.state
+        node.liveness = liveness
+        after = node.state
+        if before == after:
+            return
+        node.state_since = now
+        message = f"{before} -> {after}" + (f": {reason}" if reason else "")
+        data = {"from": before, "to": after, **({"reason": reason} if reason else {})}
+        await self.record_event(node, "state", message, data, now,
+                                also=store.save_presence(node.id, node.liveness, now, node.last_seen))
+        self.publish(node)
+
+    async def record_event(self, node: NodeState | None, kind: str, message: str, data: dict[str, Any],
+                           now: float | None = None, also: store.WriteFn | None = None) -> int:
+        """Store an event (and `also`, in the same commit), then push it to live clients."""
+        ts = time.time() if now is None else now
+        node_id = node.id if node else ""
+        insert = store.insert_event(ts, node_id, kind, message, data)
+
+        def write(conn: Any) -> int:
+            if also is not None:
+                also(conn)
+            return insert(conn)
+
+        event_id = await self.writer.submit(write)
+        self.bus.publish({"type": "event", "event": {
+            "id": event_id, "ts": ts, "node": node_id, "node_name": node.name if node else None,
+            "kind": kind, "message": message, "data": data,
+        }})
+        return event_id
+
+    def publish(self, node: NodeState) -> None:
+        self.bus.publish({"type": "node", "node": node.summary()})
+
+    async def heard(self, node: NodeState, now: float | None = None) -> None:
+        """Any sign of life: refresh last_seen, come back online if the node was not."""
+        now = time.time() if now is None else now
+        node.last_seen = now
+        if node.liveness in ("new", "offline"):
+            await self._transition(node, "online", now)
+
+    async def keepalive(self, node: NodeState, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        node.last_keepalive = now
+        await self.heard(node, now)
+
+    async def hello(self, node: NodeState, facts: dict[str, Any], daemon_version: str) -> None:
+        node.facts = facts
+        node.daemon_version = daemon_version
+        await self.writer.submit(store.save_hello(node.id, facts, daemon_version))
+        now = time.time()
+        node.last_seen = now
+        # A hello is a fresh start: a node that had reported itself failed is online again.
+        await self._transition(node, "online", now)
+        self.publish(node)
+
+    async def report_failed(self, node: NodeState, reason: str) -> None:
+        await self._transition(node, "failed", time.time(), reason)
+
+    async def report_recovered(self, node: NodeState) -> None:
+        if node.liveness == "failed":
+            await self._transition(node, "online", time.time(), "recovered")
+
+    async def disconnected(self, node: NodeState, reason: str) -> None:
+        now = time.time()
+        # Keep-alives (ESP32-style, or the daemon's HTTP ones) still vouch for the node.
+        if now - node.last_keepalive > self.keepalive_interval * 1.5 and node.liveness == "online":
+            await self._transition(node, "offline", now, reason)
+        else:
+            self.publish(node)
+
+    async def set_maintenance(self, node: NodeState, on: bool, by: str) -> None:
+        if node.maintenance == on:
+            return
+        await self.writer.submit(store.set_maintenance(node.id, on))
+        before = node.state
+        node.maintenance = on
+        now = time.time()
+        node.state_since = now
+        await self.record_event(node, "state", f"{before} -> {node.state} (by {by})",
+                                {"from": before, "to": node.state, "by": by}, now)
+        self.publish(node)
+
+    async def revoke(self, node: NodeState, by: str) -> None:
+        now = time.time()
+        await self.writer.submit(store.revoke_node(node.id, now))
+        node.revoked = True
+        if node.disconnect is not None:
+            node.disconnect(CLOSE_REVOKED, "node revoked")
+        await self.record_event(node, "revoked", f"revoked by {by}", {"by": by}, now)
+        if node.liveness == "online":
+            await self._transition(node, "offline", now, "revoked")
+        self.publish(node)
+
+    async def sweep(self, now: float | None = None) -> None:
+        """Turn nodes that have been silent for longer than offline_after offline."""
+        now = time.time() if now is None else now
+        for node in list(self._by_id.values()):
+            if node.liveness == "online" and (node.last_seen or 0) < now - self.offline_after:
+                silent = now - (node.last_seen or now)
+                await self._transition(node, "offline", now, f"silent for {silent:.0f} s")
+
+    # -- data from the node --------------------------------------------------------------------
+    def set_metrics(self, node: NodeState, sample: dict[str, Any], series: dict[str, float]) -> None:
+        node.sample = sample
+        node.metrics.update(series)
+        self.publish(node)
+
+    def set_demo(self, node: NodeState, demo: dict[str, Any]) -> None:
+        node.demos[demo["token"]] = _demo_view(demo)
+        self.publish(node)
+
+
+def _demo_view(demo: dict[str, Any]) -> dict[str, Any]:
+    return {k: demo.get(k) for k in ("token", "name", "pid", "state", "started_at", "exited_at", "header")}

@@ -1,0 +1,128 @@
+"""Everything a request handler needs, opened and closed with the application (aiohttp cleanup_ctx)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+from aiohttp import web
+
+from . import db, store
+from .auth import hash_token, new_token
+from .bus import Bus
+from .config import Config
+from .pki import CertificateAuthority, write_private
+from .queries import Queries
+from .registry import Registry
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+@dataclass
+class Services:
+    config: Config
+    ca: CertificateAuthority
+    writer: Writer
+    read_db: aiosqlite.Connection
+    queries: Queries
+    registry: Registry
+    bus: Bus
+    started_at: float = field(default_factory=time.time)
+    # Set by the listener once bound; used for bundle URLs when no public_url is configured.
+    base_url: str = ""
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def public_url(self) -> str:
+        return (self.config.public_url or self.base_url).rstrip("/")
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+async def open_services(config: Config) -> Services:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.data_dir, 0o700)
+    ca = CertificateAuthority(config.data_dir)
+    path = config.data_dir / db.DB_FILE
+    migrate_conn = await db.connect(path)
+    try:
+        await db.migrate(migrate_conn)
+    finally:
+        await migrate_conn.close()
+    writer = Writer(path, config.commit_interval)
+    await writer.start()
+    read_db = await db.connect(path)
+    await read_db.execute("PRAGMA query_only=ON")
+    queries = Queries(read_db)
+    bus = Bus(config.max_client_queue)
+    registry = Registry(writer, bus, config.offline_after, config.interval)
+    registry.load(await queries.nodes(), await queries.demos())
+    services = Services(config, ca, writer, read_db, queries, registry, bus)
+    await ensure_admin(services)
+    return services
+
+
+async def close_services(services: Services) -> None:
+    for task in services.tasks:
+        task.cancel()
+    for task in services.tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await services.writer.close()
+    await services.read_db.close()
+
+
+async def ensure_admin(services: Services) -> str | None:
+    """First start: create the `admin` operator and its token file (0600). Returns the new token."""
+    if await services.queries.operator("admin") is not None:
+        return None
+    token = new_token()
+    now = time.time()
+    await services.writer.submit(store.create_operator("admin", "admin", "active", now, approved_by="setup"))
+    await services.writer.submit(store.add_token(hash_token(token), "admin", now, label="first start"))
+    write_private(services.config.data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
+    log.warning("first start: admin token written to %s (mode 0600)", services.config.data_dir / ADMIN_TOKEN_FILE)
+    return token
+
+
+async def _sweeper(services: Services) -> None:
+    """Presence sweep once a second, retention once a minute."""
+    last_retention = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await services.registry.sweep()
+            now = time.time()
+            if now - last_retention >= 60:
+                last_retention = now
+                r = services.config.retention
+                deleted = await services.writer.submit(store.apply_retention(
+                    now, r.raw_metrics_s, r.metrics_1m_s, r.logs_s, r.logs_max_rows, r.events_s, r.audit_s,
+                ))
+                if any(deleted.values()):
+                    log.info("retention deleted %s", deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the sweeper must outlive a transient storage error
+            log.exception("presence/retention sweep failed")
+
+
+def services_ctx(config: Config) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        services = await open_services(config)
+        services.tasks.append(asyncio.create_task(_sweeper(services), name="dvic-sweeper"))
+        app[SERVICES] = services
+        yield
+        await close_services(services)
+
+    return ctx

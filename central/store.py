@@ -1,0 +1,233 @@
+"""Write operations: each function returns a closure the batching writer runs inside a group commit.
+
+Plain functions over `sqlite3.Connection` so they are unit-testable without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from .messages import LEVELS
+
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def create_node(
+    node_id: str, name: str, kind: str, group: str, created_at: float, cert_fp: str, cert_pem: str,
+    token_hash: str,
+) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO nodes (id, name, kind, grp, created_at, cert_fp, cert_pem, token_hash, state, state_since)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'new', ?)",
+            (node_id, name, kind, group, created_at, cert_fp, cert_pem, token_hash, created_at),
+        )
+
+    return run
+
+
+def revoke_node(node_id: str, ts: float) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            "UPDATE nodes SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (ts, node_id)
+        ).rowcount
+
+    return run
+
+
+def set_maintenance(node_id: str, on: bool) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE nodes SET maintenance = ? WHERE id = ?", (1 if on else 0, node_id))
+
+    return run
+
+
+def save_presence(node_id: str, state: str, state_since: float, last_seen: float | None) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE nodes SET state = ?, state_since = ?, last_seen = ? WHERE id = ?",
+            (state, state_since, last_seen, node_id),
+        )
+
+    return run
+
+
+def save_hello(node_id: str, facts: Mapping[str, Any], daemon_version: str) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "UPDATE nodes SET facts = ?, daemon_version = ? WHERE id = ?",
+            (_dumps(dict(facts)), daemon_version, node_id),
+        )
+
+    return run
+
+
+def merge_facts(node_id: str, facts: Mapping[str, Any]) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT facts FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        current = json.loads(row[0]) if row and row[0] else {}
+        current.update(facts)
+        conn.execute("UPDATE nodes SET facts = ? WHERE id = ?", (_dumps(current), node_id))
+
+    return run
+
+
+def insert_logs(node_id: str, lines: Sequence[Mapping[str, Any]]) -> WriteFn:
+    """Store a validated batch; a replayed (node, seq) is ignored, so storage is exactly once."""
+    rows = [
+        (
+            node_id, line["seq"], line["ts"], line["source"], line.get("unit", ""), line.get("demo", ""),
+            LEVELS[line["level"]], line["msg"],
+        )
+        for line in lines
+    ]
+
+    def run(conn: sqlite3.Connection) -> int:
+        cur = conn.executemany(
+            "INSERT OR IGNORE INTO logs (node_id, seq, ts, source, unit, demo, level, msg)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        # rowcount sums sqlite3_changes(), which leaves out the FTS trigger's rows.
+        return cur.rowcount
+
+    return run
+
+
+def insert_metrics(node_id: str, ts: float, series: Mapping[str, float]) -> WriteFn:
+    """Raw samples plus the one-minute min/avg/max aggregate, updated in the same commit."""
+    bucket = int(ts // 60) * 60
+    raw = [(node_id, name, ts, value) for name, value in series.items()]
+    agg = [(node_id, name, bucket, value, value, value) for name, value in series.items()]
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT INTO metrics_raw (node_id, name, ts, value) VALUES (?, ?, ?, ?)", raw)
+        conn.executemany(
+            "INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count) VALUES (?, ?, ?, ?, ?, ?, 1)"
+            " ON CONFLICT (node_id, name, bucket) DO UPDATE SET"
+            " min = min(metrics_1m.min, excluded.min), max = max(metrics_1m.max, excluded.max),"
+            " avg = (metrics_1m.avg * metrics_1m.count + excluded.avg) / (metrics_1m.count + 1),"
+            " count = metrics_1m.count + 1",
+            agg,
+        )
+
+    return run
+
+
+def insert_event(ts: float, node_id: str, kind: str, message: str, data: Mapping[str, Any]) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> int:
+        cur = conn.execute(
+            "INSERT INTO events (ts, node_id, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+            (ts, node_id, kind, message, _dumps(dict(data))),
+        )
+        return int(cur.lastrowid or 0)
+
+    return run
+
+
+def upsert_demo(node_id: str, demo: Mapping[str, Any], ts: float) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO demos (node_id, token, name, pid, state, started_at, exited_at, header, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (node_id, token) DO UPDATE SET name = excluded.name, pid = excluded.pid,"
+            " state = excluded.state, started_at = excluded.started_at, exited_at = excluded.exited_at,"
+            " header = excluded.header, updated_at = excluded.updated_at",
+            (
+                node_id, demo["token"], demo["name"], demo.get("pid"), demo["state"], demo.get("started_at"),
+                demo.get("exited_at"), _dumps(demo.get("header", {})), ts,
+            ),
+        )
+
+    return run
+
+
+def create_operator(name: str, role: str, status: str, ts: float, approved_by: str = "") -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO operators (name, role, status, created_at, approved_by) VALUES (?, ?, ?, ?, ?)",
+            (name, role, status, ts, approved_by),
+        )
+
+    return run
+
+
+def update_operator(name: str, *, role: str | None = None, status: str | None = None,
+                    approved_by: str | None = None) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> int:
+        sets: list[str] = []
+        params: list[Any] = []
+        for column, value in (("role", role), ("status", status), ("approved_by", approved_by)):
+            if value is not None:
+                sets.append(f"{column} = ?")
+                params.append(value)
+        if not sets:
+            return 0
+        params.append(name)
+        return conn.execute(f"UPDATE operators SET {', '.join(sets)} WHERE name = ?", params).rowcount
+
+    return run
+
+
+def add_token(token_hash: str, operator: str, ts: float, label: str = "") -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO tokens (hash, operator, created_at, label) VALUES (?, ?, ?, ?)",
+            (token_hash, operator, ts, label),
+        )
+
+    return run
+
+
+def revoke_tokens(operator: str, ts: float) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            "UPDATE tokens SET revoked_at = ? WHERE operator = ? AND revoked_at IS NULL", (ts, operator)
+        ).rowcount
+
+    return run
+
+
+def insert_audit(ts: float, operator: str, action: str, target: str, status: int, remote: str,
+                 detail: Mapping[str, Any]) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> int:
+        cur = conn.execute(
+            "INSERT INTO audit (ts, operator, action, target, status, remote, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ts, operator, action, target, status, remote, _dumps(dict(detail))),
+        )
+        return int(cur.lastrowid or 0)
+
+    return run
+
+
+def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_s: float, logs_max_rows: int,
+                    events_s: float, audit_s: float, chunk: int = 20000) -> WriteFn:
+    """Delete what is past its window, a bounded chunk per table per call so a commit stays short."""
+
+    def run(conn: sqlite3.Connection) -> dict[str, int]:
+        deleted: dict[str, int] = {}
+
+        def trim(table: str, where: str, params: Iterable[Any], key: str = "rowid") -> None:
+            sql = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {chunk})"
+            deleted[table] = deleted.get(table, 0) + conn.execute(sql, tuple(params)).rowcount
+
+        trim("metrics_raw", "ts < ?", (now - raw_metrics_s,))
+        conn.execute("DELETE FROM metrics_1m WHERE bucket < ?", (now - metrics_1m_s,))
+        trim("logs", "ts < ?", (now - logs_s,), key="id")
+        total = conn.execute("SELECT max(id) - min(id) + 1 FROM logs").fetchone()[0] or 0
+        if total > logs_max_rows:
+            # ids grow with arrival, so the oldest rows have the smallest ids.
+            cutoff = conn.execute("SELECT max(id) FROM logs").fetchone()[0] - logs_max_rows
+            trim("logs", "id <= ?", (cutoff,), key="id")
+        trim("events", "ts < ?", (now - events_s,), key="id")
+        trim("audit", "ts < ?", (now - audit_s,), key="id")
+        return deleted
+
+    return run

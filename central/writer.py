@@ -1,0 +1,169 @@
+"""The one batching writer: every write to the database goes through here (group commit).
+
+Callers submit small functions that run against a `sqlite3.Connection`; the writer runs all
+queued functions in one transaction on its own thread, commits, and only then resolves each
+caller's future. So "awaited" means "durably committed", which is what a node's ack promises.
+
+Why a dedicated thread with the standard `sqlite3` instead of aiosqlite here: a group commit is
+then one thread hop for the whole batch instead of one per statement, which is what makes
+tens of thousands of log lines per second cheap. Reads use aiosqlite (see `queries.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH_OPS = 2000
+QUEUE_LIMIT = 20000
+
+
+class StorageError(Exception):
+    """The database could not commit (disk full, I/O error...). Nothing in the batch was stored."""
+
+
+@dataclass
+class _Op:
+    fn: WriteFn
+    future: asyncio.Future[Any]
+
+
+class Writer:
+    def __init__(self, path: Path, commit_interval: float = 0.02) -> None:
+        self.path = path
+        self.commit_interval = commit_interval
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvic-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread_id: int | None = None
+        self.commits = 0
+        self.ops = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open)
+        self._task = asyncio.create_task(self._run(), name="dvic-writer")
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+        self._thread_id = threading.get_ident()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            await loop.run_in_executor(self._executor, self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` inside the next group commit; returns its result once committed.
+
+        An exception raised by `fn` is re-raised here and undoes only that function's changes.
+        A failed commit raises StorageError for every function in the batch.
+        """
+        if self._task is None:
+            raise StorageError("the writer is not running")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Op(fn, future))
+        return await future
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
+        """One statement; returns lastrowid (or rowcount for statements without one)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(sql, params)
+            return cur.lastrowid or cur.rowcount
+
+        return await self.submit(run)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_commit = 0.0
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            # Space commits a little so a busy server batches more per transaction.
+            wait = self.commit_interval - (time.monotonic() - last_commit)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            while len(batch) < MAX_BATCH_OPS:
+                try:
+                    op = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if op is None:
+                    stopping = True
+                    break
+                batch.append(op)
+            live = [op for op in batch if not op.future.cancelled()]
+            try:
+                results = await loop.run_in_executor(self._executor, self._apply, [op.fn for op in live])
+            except StorageError as exc:
+                for op in live:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+            else:
+                for op, (ok, value) in zip(live, results, strict=True):
+                    if op.future.done():
+                        continue
+                    if ok:
+                        op.future.set_result(value)
+                    else:
+                        op.future.set_exception(value)
+            last_commit = time.monotonic()
+
+    def _apply(self, fns: list[WriteFn]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn in fns:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = fn(conn)
+                except Exception as exc:  # one bad write must not sink the others
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            log.error("database commit failed: %s", exc)
+            raise StorageError(f"database commit failed: {exc}") from exc
+        self.commits += 1
+        self.ops += len(fns)
+        return results

@@ -1,0 +1,190 @@
+"""The node websocket against a real server over mutual TLS: hello, logs exactly once, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import aiohttp
+import pytest
+
+from tests.support.fake_node import FakeNode
+from tests.support.server import CentralServer
+from tests.support.wait import wait_for
+
+
+def state_of(server: CentralServer, name: str) -> str:
+    return server.node(name)["state"]
+
+
+async def test_hello_welcome_and_node_goes_online_then_offline_when_it_leaves(central_server: CentralServer):
+    bundle = central_server.enroll("pi-1", kind="raspberry", group="hall-a")
+    assert state_of(central_server, "pi-1") == "new"
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        welcome = await node.hello(os="Debian 12", ips=["10.0.0.4"])
+        assert welcome["node_id"] == bundle["node_id"]
+        assert welcome["last_seq"] == 0
+        assert welcome["settings"]["interval"] == 5.0
+        detail = central_server.node("pi-1")
+        assert detail["state"] == "online" and detail["connected"] is True
+        assert detail["facts"]["os"] == "Debian 12" and detail["daemon_version"] == "test-0"
+    # A closed websocket with no keep-alive turns the node offline at once.
+    wait_for(lambda: state_of(central_server, "pi-1") == "offline", timeout=5, what="offline")
+
+    def messages() -> list[str]:
+        return [e["message"] for e in central_server.api("GET", "/api/v1/events?node=pi-1")[1]["events"]]
+
+    wait_for(lambda: any(m.startswith("online -> offline") for m in messages()), timeout=5, what="offline event")
+    assert any(m.startswith("new -> online") for m in messages())
+
+
+async def test_log_lines_are_acked_after_commit_and_a_replay_is_stored_once(central_server: CentralServer):
+    bundle = central_server.enroll("pi-2")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        lines = [node.line(f"line {i}") for i in range(1, 11)]
+        ack = await node.send_logs(lines)
+        assert ack["seq"] == 10
+        # The same lines again (a daemon that lost the ack) plus two new ones.
+        ack = await node.send_logs(lines[5:] + [node.line("line 11"), node.line("line 12")])
+        assert ack["seq"] == 12
+    status, body = central_server.api("GET", "/api/v1/logs?node=pi-2&limit=100")
+    assert status == 200
+    seqs = sorted(line["seq"] for line in body["lines"])
+    assert seqs == list(range(1, 13))
+    # Reconnecting tells the node what is durably stored.
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        welcome = await node.hello()
+        assert welcome["last_seq"] == 12
+
+
+async def test_a_newer_connection_replaces_the_older_one(central_server: CentralServer):
+    bundle = central_server.enroll("pi-3")
+    async with FakeNode(bundle) as first, FakeNode(bundle) as second:
+        await first.connect()
+        await first.hello()
+        await second.connect()
+        await second.hello()
+        assert await first.closed() == 4409
+        assert central_server.node("pi-3")["connected"] is True
+
+
+async def test_no_client_certificate_is_refused_before_the_upgrade(central_server: CentralServer):
+    bundle = central_server.enroll("pi-4")
+    async with FakeNode(bundle) as node:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await node.connect(with_cert=False)
+        assert info.value.status == 401
+
+
+async def test_certificate_from_another_ca_is_refused(central_server: CentralServer, tmp_path):
+    other = CentralServer(tmp_path / "other").start()
+    try:
+        foreign = other.enroll("pi-x")
+    finally:
+        other.stop()
+    # Same server URL and CA as the real node, but a certificate the real CA never signed.
+    bundle = central_server.enroll("pi-5")
+    forged = {**bundle, "cert_pem": foreign["cert_pem"], "key_pem": foreign["key_pem"]}
+    async with FakeNode(forged) as node:
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            await node.connect()
+            await node.hello()
+
+
+async def test_revoked_node_is_closed_and_refused(central_server: CentralServer):
+    bundle = central_server.enroll("pi-6")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        status, _ = central_server.api("DELETE", "/api/v1/nodes/pi-6")
+        assert status == 200
+        assert await node.closed() == 4403
+    async with FakeNode(bundle) as node:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await node.connect()
+        assert info.value.status == 403
+    assert central_server.node("pi-6")["revoked"] is True
+    status, body = central_server.api("DELETE", "/api/v1/nodes/pi-6")
+    assert status == 409 and body["error"]["code"] == "already_revoked"
+
+
+async def test_metrics_demo_and_event_messages_reach_the_api(central_server: CentralServer):
+    bundle = central_server.enroll("pi-7")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        now = time.time()
+        await node.send({"type": "metrics", "ts": now, "cpu": {"total": 42.0, "per_core": [40.0, 44.0]},
+                         "mem": {"percent": 61.5}, "disks": [{"mount": "/", "percent": 30.0},
+                                                             {"mount": "/data", "percent": 80.0}],
+                         "temps": [{"name": "cpu", "celsius": 55.5}], "load": [0.5, 0.4, 0.3]})
+        await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
+                         "state": "started", "started_at": now, "exited_at": None})
+        await node.send({"type": "event", "kind": "failed", "message": "camera unplugged", "data": {}})
+        wait_for(lambda: state_of(central_server, "pi-7") == "failed", timeout=5, what="failed state")
+        detail = central_server.node("pi-7")
+        assert detail["metrics"] == {"cpu": 42.0, "mem": 61.5, "disk": 80.0, "temp": 55.5, "load1": 0.5}
+        assert detail["sample"]["cpu"]["per_core"] == [40.0, 44.0]
+        assert detail["demos"] == {"alive": 1, "total": 1}
+        assert detail["demos_list"][0]["name"] == "robot-arm"
+        await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
+                         "state": "exited", "started_at": now, "exited_at": now + 1})
+        wait_for(lambda: central_server.node("pi-7")["demos"]["alive"] == 0, timeout=5, what="demo exited")
+    status, body = central_server.api("GET", f"/api/v1/nodes/pi-7/metrics?from={now - 60}&to={now + 60}&step=1")
+    assert status == 200 and body["series"]["cpu"][0][1:] == [42.0, 42.0, 42.0]
+    status, body = central_server.api("GET", f"/api/v1/nodes/pi-7/metrics?from={now - 600}&to={now + 600}&step=60")
+    assert status == 200 and body["series"]["disk"][0][3] == 80.0
+    _, events = central_server.api("GET", "/api/v1/events?node=pi-7")
+    kinds = {e["kind"] for e in events["events"]}
+    assert {"demo_started", "demo_exited", "failed", "state"} <= kinds
+
+
+async def test_keepalive_keeps_a_node_online_after_its_socket_closes(fast_central_server: CentralServer):
+    server = fast_central_server
+    bundle = server.enroll("esp-1", kind="esp32")
+    async with aiohttp.ClientSession() as http:
+        async def beat() -> int:
+            async with http.post(bundle["keepalive_url"], json={"uptime": 12, "rssi": -61, "firmware": "1.2"},
+                                 headers={"Authorization": f"Bearer {bundle['token']}"},
+                                 ssl=server.ssl_context) as resp:
+                body = await resp.json()
+                assert body["node_id"] == bundle["node_id"] and body["interval"] == 1.0
+                return resp.status
+
+        assert await beat() == 200
+        assert state_of(server, "esp-1") == "online"
+        assert server.node("esp-1")["facts"]["firmware"] == "1.2"
+        # Silence: offline after offline_after (2 s in this server).
+        wait_for(lambda: state_of(server, "esp-1") == "offline", timeout=10, what="offline after silence")
+        assert await beat() == 200
+        assert state_of(server, "esp-1") == "online"
+
+
+async def test_silent_but_connected_node_goes_offline(fast_central_server: CentralServer):
+    bundle = fast_central_server.enroll("pi-8")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        wait_for(lambda: state_of(fast_central_server, "pi-8") == "offline", timeout=10, what="offline")
+        # Speaking again brings it back.
+        await node.send({"type": "metrics", "ts": time.time()})
+        wait_for(lambda: state_of(fast_central_server, "pi-8") == "online", timeout=5, what="online again")
+
+
+async def test_many_batches_in_flight_are_all_acked_in_order(central_server: CentralServer):
+    bundle = central_server.enroll("pi-9")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        for _ in range(20):
+            await node.send({"type": "logs", "lines": [node.line(f"x{node.seq}") for _ in range(100)]})
+        acks = [(await node.recv())["seq"] for _ in range(20)]
+        assert acks == sorted(acks) and acks[-1] == 2000
+    _, body = central_server.api("GET", "/api/v1/logs?node=pi-9&limit=1")
+    assert body["lines"][0]["seq"] == 2000
+    await asyncio.sleep(0)
