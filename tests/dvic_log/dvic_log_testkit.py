@@ -53,8 +53,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
 class Follower:
     """A reader that follows one dvic_log path the way docs/log-format.md tells the daemon to.
 
-    It ships only complete lines, and when the inode at the path changes it drains the old
-    descriptor to EOF before switching to the new file.
+    It ships only complete lines. When the inode at the path changes it drains the old
+    descriptor to EOF, reads <path>.1 first if that is a file it never saw (it fell behind by a
+    whole rotation), then switches to the new file. Files it could not catch up with are
+    counted in missed_files, from the headers' "rotated" numbers.
     """
 
     def __init__(self, path: Path) -> None:
@@ -63,6 +65,8 @@ class Follower:
         self.partial = b""
         self.objects: list[dict[str, Any]] = []
         self.switches = 0
+        self.missed_files = 0
+        self.rotated = 0
 
     def _drain(self) -> None:
         assert self.fd is not None
@@ -81,13 +85,39 @@ class Follower:
             st = os.stat(str(self.path))
         except FileNotFoundError:
             return
-        if self.fd is not None and st.st_ino != os.fstat(self.fd).st_ino:
-            self._drain()
-            assert self.partial == b"", "rotated file ended in a partial line"
-            os.close(self.fd)
-            self.fd = os.open(str(self.path), os.O_RDONLY)
-            self.switches += 1
-            self._drain()
+        assert self.fd is not None
+        old_ino = os.fstat(self.fd).st_ino
+        if st.st_ino == old_ino:
+            return
+        self._drain()
+        assert self.partial == b"", "rotated file ended in a partial line"
+        os.close(self.fd)
+        new_fd = os.open(str(self.path), os.O_RDONLY)
+        new_rotated = self._header_rotated(new_fd)
+        caught_up = 0
+        backup = str(self.path) + ".1"
+        try:
+            backup_fd = os.open(backup, os.O_RDONLY)
+        except FileNotFoundError:
+            backup_fd = None
+        if backup_fd is not None:
+            if os.fstat(backup_fd).st_ino != old_ino and self._header_rotated(backup_fd) == new_rotated - 1:
+                os.lseek(backup_fd, 0, os.SEEK_SET)
+                self.fd = backup_fd
+                self._drain()
+                caught_up = 1
+            os.close(backup_fd)
+        self.missed_files += max(0, new_rotated - self.rotated - 1 - caught_up)
+        self.rotated = new_rotated
+        os.lseek(new_fd, 0, os.SEEK_SET)
+        self.fd = new_fd
+        self.switches += 1
+        self._drain()
+
+    @staticmethod
+    def _header_rotated(fd: int) -> int:
+        first = os.pread(fd, 65536, 0).split(b"\n", 1)[0]
+        return int(json.loads(first).get("rotated", 0))
 
     def close(self) -> None:
         if self.fd is not None:

@@ -68,7 +68,10 @@ def _die_like(signum: int) -> int:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the child may have dumped core; we must not
     except (ImportError, ValueError, OSError):
         pass
-    signal.signal(signum, signal.SIG_DFL)
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL and SIGSTOP cannot be handled, so they are already at their default
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
     return 128 + signum  # only reached for a signal whose default action does not terminate
