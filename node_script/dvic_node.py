@@ -1,0 +1,2346 @@
+#!/usr/bin/env python3
+"""DVIC node daemon: reports this machine, its demos' logs and their liveness to the central server.
+
+One file, Python >= 3.8 standard library only (psutil is used when importable). Run in the
+foreground: ``python3 dvic_node.py --config /etc/dvic-node/bundle.json``. See docs/node-daemon.md.
+"""
+
+import argparse
+import asyncio
+import base64
+import collections
+import errno
+import hashlib
+import http.client
+import json
+import logging
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import ssl
+import stat
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+try:  # optional: richer and cheaper metrics when present
+    import psutil  # type: ignore
+except ImportError:  # pragma: no cover - depends on the machine
+    psutil = None
+
+VERSION = "0.1.0"
+PROTOCOL = 1
+LOG = logging.getLogger("dvic-node")
+
+KIB = 1024
+MIB = 1024 * 1024
+MAX_FRAME = 1 * MIB  # protocol: a frame from a node is at most 1 MiB
+MAX_BATCH_LINES = 500  # protocol: a log batch has at most 500 lines
+MAX_MSG_BYTES = 64 * KIB  # protocol: a log message is at most 64 KiB of UTF-8
+BATCH_BYTES = 768 * KIB  # keeps a whole `logs` frame well under MAX_FRAME
+LINE_BUFFER_MAX = 1 * MIB  # longer lines are cut while reading (never buffered whole)
+DEFAULT_SPOOL_BYTES = 64 * MIB
+INFLIGHT_MAX = 5000  # unacknowledged lines on the wire before the sender waits
+PING_INTERVAL = 20.0
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR", "TRACE": "DEBUG"}
+LOG_NAME_RE = re.compile(r"^dvic_log_[0-9a-f]{16}$")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def write_file_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so a crash leaves either the old or the new content."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_text(path: str, limit: int = 64 * KIB) -> Optional[str]:
+    """The text of a small file, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def clip_utf8(text: str, limit: int) -> Tuple[str, bool]:
+    """Cut `text` to at most `limit` bytes of UTF-8 without splitting a character."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True
+
+
+def normalize_level(value: Any) -> str:
+    if isinstance(value, str):
+        up = value.strip().upper()
+        if up in LEVELS:
+            return up
+        if up in LEVEL_ALIASES:
+            return LEVEL_ALIASES[up]
+    return "INFO"
+
+
+def sane_ts(value: Any) -> float:
+    """A record's timestamp if it is a plausible Unix time, else now (bad input never blocks a line)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if 0 < value < 1e11:
+            return round(float(value), 3)
+    return round(time.time(), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# RFC 6455 websocket client
+# ---------------------------------------------------------------------------------------------
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DATA_OPCODES = (OP_CONT, OP_TEXT, OP_BINARY)
+CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
+
+
+class WebSocketError(Exception):
+    """Any failure of the websocket connection."""
+
+
+class HandshakeError(WebSocketError):
+    """The server answered the upgrade request with something other than 101."""
+
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        super().__init__("server refused the websocket upgrade: HTTP %d %s %s" % (status, reason, body.strip()))
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+class WebSocketClosed(WebSocketError):
+    """The connection is closed; `code` is the close code (1006 when it dropped without a close frame)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__("websocket closed: %d %s" % (code, reason))
+        self.code = code
+        self.reason = reason
+
+
+def mask_payload(data: bytes, mask: bytes) -> bytes:
+    """XOR `data` with the 4-byte `mask` (one big-int operation: fast without C helpers)."""
+    n = len(data)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes, fin: bool = True, mask: Optional[bytes] = None) -> bytes:
+    """One client frame (clients must always mask, RFC 6455 section 5.3)."""
+    if mask is None:
+        mask = os.urandom(4)
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head.append(0x80 | n)
+    elif n < 65536:
+        head.append(0x80 | 126)
+        head += struct.pack("!H", n)
+    else:
+        head.append(0x80 | 127)
+        head += struct.pack("!Q", n)
+    return bytes(head) + mask + mask_payload(payload, mask)
+
+
+def valid_close_code(code: int) -> bool:
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
+class WebSocket:
+    """A connected client websocket: send, receive, ping and close over an asyncio stream pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_size: int = MAX_FRAME, fragment_size: int = 256 * KIB) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.max_size = max_size
+        self.fragment_size = fragment_size
+        self.close_code = None  # type: Optional[int]
+        self.close_reason = ""
+        self._close_sent = False
+        self._reading = False
+        self._write_lock = asyncio.Lock()
+        self._closed = asyncio.get_running_loop().create_future()  # type: asyncio.Future
+        self._pings = {}  # type: Dict[bytes, asyncio.Future]
+
+    @property
+    def closed(self) -> bool:
+        return self.close_code is not None
+
+    async def send_text(self, text: str) -> None:
+        await self._send_message(OP_TEXT, text.encode("utf-8"))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send_message(OP_BINARY, data)
+
+    async def send_json(self, obj: Any) -> None:
+        await self.send_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+    async def _send_message(self, opcode: int, data: bytes) -> None:
+        if self._close_sent or self.closed:
+            raise WebSocketClosed(self.close_code or 1006, "connection is closing")
+        async with self._write_lock:
+            if len(data) <= self.fragment_size:
+                self._writer.write(encode_frame(opcode, data))
+            else:  # large messages go out in fragments so pings can interleave on the peer side
+                chunks = [data[i:i + self.fragment_size] for i in range(0, len(data), self.fragment_size)]
+                for i, chunk in enumerate(chunks):
+                    self._writer.write(encode_frame(opcode if i == 0 else OP_CONT, chunk,
+                                                    fin=(i == len(chunks) - 1)))
+            await self._writer.drain()
+
+    async def _send_control(self, opcode: int, payload: bytes) -> None:
+        async with self._write_lock:
+            self._writer.write(encode_frame(opcode, payload[:125]))
+            await self._writer.drain()
+
+    async def ping(self, timeout: float = 10.0) -> float:  # noqa: ASYNC109 - asyncio.timeout is 3.11+
+        """Send a ping and wait for its pong (read by a concurrent recv()); returns the round trip."""
+        payload = os.urandom(8)
+        fut = asyncio.get_running_loop().create_future()
+        self._pings[payload] = fut
+        start = time.monotonic()
+        try:
+            await self._send_control(OP_PING, payload)
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pings.pop(payload, None)
+        return time.monotonic() - start
+
+    async def recv(self) -> Any:
+        """The next text (str) or binary (bytes) message; raises WebSocketClosed at the end."""
+        if self.closed:
+            raise WebSocketClosed(self.close_code or 1006, self.close_reason)
+        self._reading = True
+        try:
+            return await self._recv_message()
+        finally:
+            self._reading = False
+
+    async def _recv_message(self) -> Any:
+        opcode = None  # type: Optional[int]
+        parts = []  # type: List[bytes]
+        total = 0
+        while True:
+            fin, op, payload = await self._read_frame()
+            if op == OP_PING:
+                if not self._close_sent:
+                    await self._send_control(OP_PONG, payload)
+                continue
+            if op == OP_PONG:
+                fut = self._pings.get(payload)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                continue
+            if op == OP_CLOSE:
+                await self._on_close_frame(payload)
+                continue  # not reached: _on_close_frame raises
+            if op == OP_CONT:
+                if opcode is None:
+                    await self._fail(1002, "continuation frame without a message")
+            else:
+                if opcode is not None:
+                    await self._fail(1002, "new message inside a fragmented one")
+                opcode = op
+            total += len(payload)
+            if total > self.max_size:
+                await self._fail(1009, "message larger than %d bytes" % self.max_size)
+            parts.append(payload)
+            if fin:
+                data = b"".join(parts)
+                if opcode == OP_BINARY:
+                    return data
+                try:
+                    return data.decode("utf-8")
+                except UnicodeDecodeError:
+                    await self._fail(1007, "text message is not valid UTF-8")
+
+    async def _read_frame(self) -> Tuple[bool, int, bytes]:
+        try:
+            b0, b1 = await self._reader.readexactly(2)
+            if b0 & 0x70:
+                await self._fail(1002, "reserved bits set (no extension was negotiated)")
+            fin, op = bool(b0 & 0x80), b0 & 0x0F
+            if op not in DATA_OPCODES and op not in CONTROL_OPCODES:
+                await self._fail(1002, "unknown opcode %d" % op)
+            if b1 & 0x80:
+                await self._fail(1002, "server frames must not be masked")
+            n = b1 & 0x7F
+            if op in CONTROL_OPCODES and (n > 125 or not fin):
+                await self._fail(1002, "bad control frame")
+            if n == 126:
+                n = struct.unpack("!H", await self._reader.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self._reader.readexactly(8))[0]
+            if n > self.max_size:
+                await self._fail(1009, "frame of %d bytes exceeds the limit of %d" % (n, self.max_size))
+            payload = await self._reader.readexactly(n) if n else b""
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            detail = "peer closed the connection mid-frame" if isinstance(exc, asyncio.IncompleteReadError) \
+                else "connection lost: %s" % exc
+            self._abort(1006, detail)
+            raise WebSocketClosed(1006, detail) from None
+        return fin, op, payload
+
+    async def _on_close_frame(self, payload: bytes) -> None:
+        code, reason = 1005, ""
+        if len(payload) == 1:
+            await self._fail(1002, "close frame with a 1-byte payload")
+        if len(payload) >= 2:
+            code = struct.unpack("!H", payload[:2])[0]
+            if not valid_close_code(code):
+                await self._fail(1002, "invalid close code %d" % code)
+            try:
+                reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                await self._fail(1007, "close reason is not valid UTF-8")
+        if not self._close_sent:
+            self._close_sent = True
+            try:  # echo the close (RFC 6455 5.5.1), then the server closes TCP
+                await self._send_control(OP_CLOSE, payload[:2])
+            except (ConnectionError, OSError):
+                pass
+        self._abort(code, reason)
+        raise WebSocketClosed(code, reason)
+
+    async def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection: send a close frame with `code` (best effort), drop TCP, raise."""
+        if not self._close_sent:
+            self._close_sent = True
+            try:
+                await asyncio.wait_for(
+                    self._send_control(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120]), 2)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                pass
+        self._abort(code, reason)
+        raise WebSocketClosed(code, reason)
+
+    def _abort(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if not self._closed.done():
+            self._closed.set_result(None)
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(WebSocketClosed(code, reason))
+        try:
+            self._writer.close()
+        except (OSError, RuntimeError):  # already closed or loop closing
+            pass
+
+    async def close(self, code: int = 1000, reason: str = "",
+                    timeout: float = 5.0) -> None:  # noqa: ASYNC109 - asyncio.timeout is 3.11+
+        """The closing handshake: send close, wait for the peer's close (bounded), drop TCP."""
+        if self.closed:
+            return
+        if not self._close_sent:
+            self._close_sent = True
+            try:
+                await self._send_control(OP_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+            except (ConnectionError, OSError):
+                self._abort(1006, "connection lost while closing")
+                return
+        try:
+            if self._reading:  # the reader task will see the peer's close frame
+                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+            else:
+                await asyncio.wait_for(self._drain_until_close(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        except WebSocketClosed:
+            pass
+        self._abort(code, reason)
+
+    async def _drain_until_close(self) -> None:
+        while True:
+            _fin, op, payload = await self._read_frame()
+            if op == OP_CLOSE:
+                await self._on_close_frame(payload)
+
+
+async def ws_connect(url: str, ssl_context: Optional[ssl.SSLContext] = None,
+                     headers: Optional[Dict[str, str]] = None, max_size: int = MAX_FRAME,
+                     timeout: float = 15.0) -> WebSocket:  # noqa: ASYNC109 - asyncio.timeout is 3.11+
+    """Open a websocket to `url` (ws:// or wss://); raises HandshakeError, ssl.SSLError, OSError."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("not a websocket URL: %r" % url)
+    secure = parts.scheme == "wss"
+    if secure and ssl_context is None:
+        raise ValueError("wss:// needs an SSL context")
+    port = parts.port or (443 if secure else 80)
+    host = parts.hostname
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=ssl_context if secure else None,
+                                server_hostname=host if secure else None, limit=64 * KIB), timeout)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        host_header = "[%s]" % host if ":" in host else host
+        if parts.port:
+            host_header += ":%d" % parts.port
+        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        lines = ["GET %s HTTP/1.1" % path, "Host: %s" % host_header, "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: %s" % key, "Sec-WebSocket-Version: 13",
+                 "User-Agent: dvic-node/%s" % VERSION]
+        for name, value in (headers or {}).items():
+            lines.append("%s: %s" % (name, value))
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        status, reason, resp_headers = parse_http_head(head)
+        if status != 101:
+            body = b""
+            length = int(resp_headers.get("content-length", "0") or 0)
+            if 0 < length <= 64 * KIB:
+                try:
+                    body = await asyncio.wait_for(reader.readexactly(length), timeout)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+                    pass
+            raise HandshakeError(status, reason, body.decode("utf-8", "replace"))
+        expected = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        if resp_headers.get("upgrade", "").lower() != "websocket" or \
+                "upgrade" not in resp_headers.get("connection", "").lower():
+            raise WebSocketError("server did not upgrade to websocket")
+        if resp_headers.get("sec-websocket-accept") != expected:
+            raise WebSocketError("bad Sec-WebSocket-Accept from server")
+        if resp_headers.get("sec-websocket-extensions"):
+            raise WebSocketError("server negotiated an extension the client did not offer")
+        return WebSocket(reader, writer, max_size=max_size)
+    except BaseException:
+        writer.close()
+        raise
+
+
+def parse_http_head(head: bytes) -> Tuple[int, str, Dict[str, str]]:
+    """Status, reason and lower-cased headers of an HTTP/1.1 response head."""
+    text = head.decode("latin-1")
+    first, _, rest = text.partition("\r\n")
+    m = re.match(r"HTTP/1\.[01] (\d{3}) ?(.*)$", first)
+    if not m:
+        raise WebSocketError("not an HTTP response: %r" % first[:80])
+    headers = {}  # type: Dict[str, str]
+    for line in rest.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(m.group(1)), m.group(2), headers
+
+
+# ---------------------------------------------------------------------------------------------
+# Enrollment bundle and TLS
+# ---------------------------------------------------------------------------------------------
+
+class BundleError(Exception):
+    """The enrollment bundle is missing, unreadable or malformed."""
+
+
+BUNDLE_STRINGS = ("node_id", "ws_url", "ca_pem", "cert_pem", "key_pem", "token")
+
+
+def load_bundle(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4 * MIB)
+    except OSError as exc:
+        raise BundleError("cannot read bundle %s: %s" % (path, exc.strerror or exc)) from None
+    try:
+        bundle = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BundleError("bundle %s is not valid JSON: %s" % (path, exc)) from None
+    if not isinstance(bundle, dict):
+        raise BundleError("bundle %s is not a JSON object" % path)
+    for name in BUNDLE_STRINGS:
+        if not isinstance(bundle.get(name), str) or not bundle[name]:
+            raise BundleError("bundle %s: field %r is missing or not a string" % (path, name))
+    if not bundle["ws_url"].startswith(("wss://", "ws://")):
+        raise BundleError("bundle %s: ws_url must start with wss:// or ws://" % path)
+    interval = bundle.get("interval", 5)
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not 0.1 <= interval <= 3600:
+        raise BundleError("bundle %s: interval must be a number of seconds in [0.1, 3600]" % path)
+    return bundle
+
+
+def make_ssl_context(bundle: Dict[str, Any], tls_dir: str) -> ssl.SSLContext:
+    """Trust only the bundle's CA and present the node's certificate (files written 0600)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cadata=bundle["ca_pem"])
+    except (ssl.SSLError, ValueError) as exc:
+        raise BundleError("bundle ca_pem is not a valid certificate: %s" % exc) from None
+    os.makedirs(tls_dir, mode=0o700, exist_ok=True)
+    os.chmod(tls_dir, 0o700)
+    cert_path = os.path.join(tls_dir, "node.crt")
+    key_path = os.path.join(tls_dir, "node.key")
+    write_file_atomic(cert_path, bundle["cert_pem"].encode(), 0o600)
+    write_file_atomic(key_path, bundle["key_pem"].encode(), 0o600)
+    try:  # load_cert_chain only takes files, hence the copies above
+        ctx.load_cert_chain(cert_path, key_path)
+    except (ssl.SSLError, ValueError) as exc:
+        raise BundleError("bundle cert_pem/key_pem are not a valid certificate and key: %s" % exc) from None
+    return ctx
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A sentence an operator can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS: the server's certificate is not trusted by the bundle's CA or does not match " \
+               "the server name (%s)" % (exc.verify_message or exc)
+    if isinstance(exc, ssl.SSLError):
+        return "TLS handshake failed (%s); is the node certificate revoked or from another server?" % exc
+    if isinstance(exc, HandshakeError):
+        return str(exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out connecting to the server"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused by the server"
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine facts and metrics (psutil when present, else /proc and /sys)
+# ---------------------------------------------------------------------------------------------
+
+PSEUDO_FS = {"proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "securityfs", "pstore",
+             "debugfs", "tracefs", "configfs", "fusectl", "mqueue", "hugetlbfs", "autofs", "binfmt_misc",
+             "bpf", "rpc_pipefs", "nsfs", "ramfs", "efivarfs", "squashfs", "overlay", "fuse.lxcfs",
+             "fuse.gvfsd-fuse", "fuse.portal", "nfsd", "selinuxfs"}
+
+
+def proc_boot_time() -> Optional[float]:
+    text = read_text("/proc/stat") or ""
+    m = re.search(r"^btime (\d+)", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def machine_model() -> str:
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        text = read_text(path)
+        if text:
+            return text.strip("\x00\n ")
+    vendor = (read_text("/sys/class/dmi/id/sys_vendor") or "").strip()
+    product = (read_text("/sys/class/dmi/id/product_name") or "").strip()
+    return (vendor + " " + product).strip()
+
+
+def os_pretty_name() -> str:
+    text = read_text("/etc/os-release") or ""
+    m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
+    return m.group(1) if m else platform.system()
+
+
+def ip_and_mac_addresses() -> Tuple[List[str], List[str]]:
+    ips, macs = [], []  # type: List[str], List[str]
+    if psutil is not None:
+        for name, addrs in psutil.net_if_addrs().items():
+            if name == "lo":
+                continue
+            for a in addrs:
+                if a.family == socket.AF_INET or a.family == socket.AF_INET6:
+                    ips.append(a.address.split("%")[0])
+                elif a.family == getattr(psutil, "AF_LINK", None) and a.address:
+                    macs.append(a.address.lower())
+    else:
+        try:
+            names = sorted(os.listdir("/sys/class/net"))
+        except OSError:
+            names = []
+        for name in names:
+            mac = (read_text("/sys/class/net/%s/address" % name) or "").strip()
+            if name != "lo" and mac and mac != "00:00:00:00:00:00":
+                macs.append(mac.lower())
+        ips.extend(ipv4_addresses())
+        for line in (read_text("/proc/net/if_inet6") or "").splitlines():
+            fields = line.split()
+            if len(fields) == 6 and fields[5] != "lo":
+                h = fields[0]
+                ips.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(h)))
+    return sorted(set(ips))[:64], sorted(set(m for m in macs if m != "00:00:00:00:00:00"))[:64]
+
+
+def ipv4_addresses() -> List[str]:
+    """IPv4 addresses of the interfaces without psutil: the SIOCGIFADDR ioctl per interface."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Linux
+        return []
+    out = []
+    try:
+        names = [n for _i, n in socket.if_nameindex() if n != "lo"]
+    except OSError:
+        return []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            try:
+                res = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                out.append(socket.inet_ntoa(res[20:24]))
+            except OSError:
+                continue
+    return out
+
+
+def collect_facts() -> Dict[str, Any]:
+    ips, macs = ip_and_mac_addresses()
+    facts = {"hostname": socket.gethostname(), "os": os_pretty_name(), "kernel": platform.release(),
+             "arch": platform.machine(), "model": machine_model(), "ips": ips, "macs": macs,
+             "python": platform.python_version(), "daemon_version": VERSION,
+             "psutil": psutil.__version__ if psutil is not None else ""}  # type: Dict[str, Any]
+    bt = psutil.boot_time() if psutil is not None else proc_boot_time()
+    if bt:
+        facts["boot_time"] = float(bt)
+    for key, value in list(facts.items()):  # protocol bound: strings at most 256 characters
+        if isinstance(value, str):
+            facts[key] = value[:256]
+    return facts
+
+
+def vcgencmd(*args: str) -> Optional[str]:
+    """Output of the Raspberry Pi firmware tool, or None when absent or failing."""
+    exe = shutil.which("vcgencmd")
+    if not exe:
+        return None
+    import subprocess
+    try:
+        out = subprocess.run([exe] + list(args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             timeout=2, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.decode("utf-8", "replace").strip() if out.returncode == 0 else None
+
+
+class MetricsCollector:
+    """One `metrics` message per call to collect(); CPU percentages are over the time since the last call."""
+
+    def __init__(self, use_psutil: bool = True) -> None:
+        self.use_psutil = use_psutil and psutil is not None
+        self._prev_cpu = None  # type: Optional[List[Tuple[int, int]]]
+        self._has_vcgencmd = shutil.which("vcgencmd") is not None
+        if self.use_psutil:
+            psutil.cpu_percent(percpu=True)  # primes psutil's own delta
+        else:
+            self._prev_cpu = self._proc_cpu_times()
+
+    def collect(self) -> Dict[str, Any]:
+        msg = {"type": "metrics", "ts": round(time.time(), 3)}  # type: Dict[str, Any]
+        parts = (("cpu", self._cpu), ("load", self._load), ("mem", self._mem), ("swap", self._swap),
+                 ("disks", self._disks), ("temps", self._temps), ("uptime", self._uptime),
+                 ("procs", self._procs), ("net", self._net))
+        for name, fn in parts:
+            try:  # a node reports what it can: one failing source never hides the others
+                value = fn()
+            except Exception as exc:  # noqa: BLE001 - any odd /proc content
+                LOG.debug("metrics: %s unavailable: %s", name, exc)
+                continue
+            if value is not None:
+                msg[name] = value
+        if self._has_vcgencmd:
+            throttled = vcgencmd("get_throttled")
+            if throttled and "=" in throttled:
+                msg["throttled"] = throttled.split("=", 1)[1]
+        return msg
+
+    @staticmethod
+    def _proc_cpu_times() -> List[Tuple[int, int]]:
+        """(busy, total) jiffies for the whole machine first, then per core."""
+        out = []
+        for line in (read_text("/proc/stat") or "").splitlines():
+            if not line.startswith("cpu"):
+                continue
+            vals = [int(v) for v in line.split()[1:]]
+            idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+            total = sum(vals[:8])  # guest times are already counted in user/nice
+            out.append((total - idle, total))
+        return out
+
+    def _cpu(self) -> Dict[str, Any]:
+        if self.use_psutil:
+            per = [round(float(v), 1) for v in psutil.cpu_percent(percpu=True)]
+            return {"total": round(sum(per) / len(per), 1) if per else 0.0, "per_core": per}
+        now = self._proc_cpu_times()
+        prev, self._prev_cpu = self._prev_cpu or now, now
+        pct = []
+        for (b0, t0), (b1, t1) in zip(prev, now):  # noqa: B905 - zip(strict=) is 3.10+
+            dt = t1 - t0
+            pct.append(round(100.0 * (b1 - b0) / dt, 1) if dt > 0 else 0.0)
+        return {"total": pct[0] if pct else 0.0, "per_core": pct[1:]}
+
+    @staticmethod
+    def _load() -> List[float]:
+        return [round(v, 2) for v in os.getloadavg()]
+
+    @staticmethod
+    def _meminfo() -> Dict[str, int]:
+        out = {}
+        for line in (read_text("/proc/meminfo") or "").splitlines():
+            name, _, rest = line.partition(":")
+            fields = rest.split()
+            if fields and fields[0].isdigit():
+                out[name] = int(fields[0]) * 1024
+        return out
+
+    def _mem(self) -> Dict[str, Any]:
+        if self.use_psutil:
+            vm = psutil.virtual_memory()
+            return {"total": vm.total, "available": vm.available, "percent": round(vm.percent, 1)}
+        info = self._meminfo()
+        total = info["MemTotal"]
+        avail = info.get("MemAvailable", info.get("MemFree", 0) + info.get("Cached", 0))
+        return {"total": total, "available": avail,
+                "percent": round(100.0 * (total - avail) / total, 1) if total else 0.0}
+
+    def _swap(self) -> Dict[str, Any]:
+        if self.use_psutil:
+            sw = psutil.swap_memory()
+            return {"total": sw.total, "used": sw.used, "percent": round(sw.percent, 1)}
+        info = self._meminfo()
+        total = info.get("SwapTotal", 0)
+        used = total - info.get("SwapFree", 0)
+        return {"total": total, "used": used, "percent": round(100.0 * used / total, 1) if total else 0.0}
+
+    def _disks(self) -> List[Dict[str, Any]]:
+        mounts = []  # type: List[Tuple[str, str, str]]
+        if self.use_psutil:
+            mounts = [(p.device, p.mountpoint, p.fstype) for p in psutil.disk_partitions(all=False)]
+        else:
+            for line in (read_text("/proc/mounts", 1 * MIB) or "").splitlines():
+                f = line.split()
+                if len(f) >= 3:
+                    mounts.append((f[0], f[1].replace("\\040", " "), f[2]))
+        out, seen = [], set()
+        for device, mount, fstype in mounts:
+            if fstype in PSEUDO_FS or device in seen:
+                continue
+            try:
+                st = os.statvfs(mount)
+            except OSError:
+                continue
+            total = st.f_blocks * st.f_frsize
+            if total <= 0:
+                continue
+            seen.add(device)
+            used = (st.f_blocks - st.f_bfree) * st.f_frsize
+            avail = st.f_bavail * st.f_frsize
+            pct = 100.0 * used / (used + avail) if used + avail else 0.0
+            out.append({"mount": mount, "total": total, "used": used, "percent": round(pct, 1)})
+        return out[:64]
+
+    def _temps(self) -> List[Dict[str, Any]]:
+        out = []  # type: List[Dict[str, Any]]
+        if self.use_psutil and hasattr(psutil, "sensors_temperatures"):
+            for chip, entries in psutil.sensors_temperatures().items():
+                for e in entries:
+                    out.append({"name": (chip + ("/" + e.label if e.label else ""))[:64],
+                                "celsius": round(float(e.current), 1)})
+        else:
+            base = "/sys/class/thermal"
+            try:
+                zones = sorted(z for z in os.listdir(base) if z.startswith("thermal_zone"))
+            except OSError:
+                zones = []
+            for zone in zones:
+                raw = (read_text(os.path.join(base, zone, "temp")) or "").strip()
+                if raw.lstrip("-").isdigit():
+                    name = (read_text(os.path.join(base, zone, "type")) or zone).strip()
+                    out.append({"name": name[:64], "celsius": round(int(raw) / 1000.0, 1)})
+        if self._has_vcgencmd:
+            text = vcgencmd("measure_temp") or ""
+            m = re.search(r"temp=([-\d.]+)", text)
+            if m:
+                out.append({"name": "vcgencmd", "celsius": float(m.group(1))})
+        return out[:64]
+
+    @staticmethod
+    def _uptime() -> float:
+        if psutil is not None:
+            return round(time.time() - psutil.boot_time(), 1)
+        return round(float((read_text("/proc/uptime") or "0").split()[0]), 1)
+
+    def _procs(self) -> int:
+        if self.use_psutil:
+            return len(psutil.pids())
+        return sum(1 for d in os.listdir("/proc") if d.isdigit())
+
+    def _net(self) -> Dict[str, int]:
+        rx = tx = 0
+        if self.use_psutil:
+            for name, c in psutil.net_io_counters(pernic=True).items():
+                if name != "lo":
+                    rx += c.bytes_recv
+                    tx += c.bytes_sent
+            return {"rx_bytes": rx, "tx_bytes": tx}
+        for line in (read_text("/proc/net/dev") or "").splitlines()[2:]:
+            name, _, rest = line.partition(":")
+            f = rest.split()
+            if name.strip() != "lo" and len(f) >= 9:
+                rx += int(f[0])
+                tx += int(f[8])
+        return {"rx_bytes": rx, "tx_bytes": tx}
+
+
+# ---------------------------------------------------------------------------------------------
+# Spool: bounded on-disk queue of unacknowledged log lines, with the read positions they came from
+# ---------------------------------------------------------------------------------------------
+
+class Segment:
+    __slots__ = ("path", "first_seq", "last_seq", "size", "lines")
+
+    def __init__(self, path: str, first_seq: int) -> None:
+        self.path = path
+        self.first_seq = first_seq
+        self.last_seq = first_seq - 1
+        self.size = 0
+        self.lines = 0
+
+
+class Spool:
+    """At-least-once buffer: every shipped line gets the next seq and is kept here until acknowledged.
+
+    Layout (in `directory`): `seg-<first seq, 20 digits>.jsonl` files, one JSON line per log line,
+    and `state.json` with next_seq, acked and the read positions as of `pos_seq`. A spooled line
+    may carry `_p`: the positions after it; replaying those on start makes positions exact even
+    after kill -9 (a line is either in the spool with its position, or not read yet).
+    """
+
+    def __init__(self, directory: str, max_bytes: int = DEFAULT_SPOOL_BYTES) -> None:
+        self.directory = directory
+        self.max_bytes = max(max_bytes, 16 * KIB)
+        self.segment_bytes = max(4 * KIB, min(1 * MIB, self.max_bytes // 8))
+        self.state_path = os.path.join(directory, "state.json")
+        self.next_seq = 1
+        self.acked = 0
+        self.positions = {}  # type: Dict[str, Any]
+        self.extra = {}  # type: Dict[str, Any]  # other persisted daemon state (demo states, gaps)
+        self.gaps = []  # type: List[Dict[str, int]]
+        self.on_append = None  # type: Optional[Callable[[], None]]
+        self._segments = []  # type: List[Segment]
+        self._fd = None  # type: Optional[int]
+        self._read_cache = None  # type: Optional[Tuple[int, int, int]]
+        self._dirty = False
+
+    # -- lifecycle --
+    def open(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        state = self._load_state()
+        self.next_seq = max(1, int(state.get("next_seq", 1)))
+        self.acked = max(0, int(state.get("acked", 0)))
+        self.positions = dict(state.get("positions") or {})
+        self.extra = dict(state.get("extra") or {})
+        self.gaps = list(state.get("gaps") or [])
+        pos_seq = int(state.get("pos_seq", 0))
+        names = sorted(n for n in os.listdir(self.directory) if re.match(r"^seg-\d{20}\.jsonl$", n))
+        for name in names:
+            seg = self._scan_segment(os.path.join(self.directory, name), pos_seq)
+            if seg is None:
+                continue
+            if seg.lines == 0 or seg.last_seq <= self.acked:
+                os.unlink(seg.path)
+                continue
+            self._segments.append(seg)
+            self.next_seq = max(self.next_seq, seg.last_seq + 1)
+
+    def _load_state(self) -> Dict[str, Any]:
+        try:
+            with open(self.state_path, "rb") as f:
+                state = json.loads(f.read().decode("utf-8"))
+            if isinstance(state, dict):
+                return state
+            LOG.warning("spool state %s is not a JSON object; starting from the spool files", self.state_path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            LOG.warning("spool state %s unreadable (%s); starting from the spool files", self.state_path, exc)
+        return {}
+
+    def _scan_segment(self, path: str, pos_seq: int) -> Optional[Segment]:
+        """Rebuild a segment's bounds; cut a torn last line; replay positions newer than pos_seq."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            LOG.warning("spool segment %s unreadable: %s", path, exc)
+            return None
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a crash mid-write (power loss) leaves a partial line: cut it
+            LOG.warning("spool segment %s: cutting a torn last line (%d bytes)", path, len(data) - end)
+            os.truncate(path, end)
+            data = data[:end]
+        seg = Segment(path, int(os.path.basename(path)[4:24]))
+        seg.size = len(data)
+        raws = data.splitlines()
+        seg.lines = len(raws)
+        first = True
+        for i, raw in enumerate(raws):
+            if 0 < i < len(raws) - 1 and b'"_p"' not in raw:
+                continue  # only the first and last lines' seq matter, and lines with positions
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+                seq = int(rec["seq"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                continue
+            if first:
+                seg.first_seq, first = seq, False
+            seg.last_seq = max(seg.last_seq, seq)
+            if seq > pos_seq and isinstance(rec.get("_p"), dict):
+                self.positions.update(rec["_p"])
+        return seg
+
+    def close(self) -> None:
+        self.checkpoint(force=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- state --
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+    @property
+    def pending(self) -> int:
+        return sum(s.lines for s in self._segments if s.last_seq > self.acked)
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def set_position(self, key: str, value: Any) -> None:
+        if value is None:
+            self.positions.pop(key, None)
+        else:
+            self.positions[key] = value
+        self._dirty = True
+
+    def set_extra(self, key: str, value: Any) -> None:
+        self.extra[key] = value
+        self._dirty = True
+
+    def raise_seq(self, seq: int) -> None:
+        """Never reuse a seq the server already stored (e.g. after the state dir was lost)."""
+        if seq >= self.next_seq:
+            self.next_seq = seq + 1
+            self._dirty = True
+
+    def checkpoint(self, force: bool = False) -> None:
+        if not (self._dirty or force):
+            return
+        state = {"version": 1, "next_seq": self.next_seq, "acked": self.acked, "pos_seq": self.last_seq,
+                 "positions": self.positions, "extra": self.extra, "gaps": self.gaps}
+        write_file_atomic(self.state_path, json.dumps(state, separators=(",", ":")).encode())
+        self._dirty = False
+
+    # -- writing --
+    def append(self, lines: List[Dict[str, Any]], positions: Optional[Dict[str, Any]] = None) -> int:
+        """Spool `lines` (each gets its seq) and, atomically with them, the new read `positions`.
+
+        Raises OSError (e.g. ENOSPC) with nothing written: the caller keeps its old position.
+        """
+        if not lines:
+            if positions:
+                for k, v in positions.items():
+                    self.set_position(k, v)
+            return self.last_seq
+        seg = self._writable_segment()
+        seq = self.next_seq
+        chunks = []
+        for i, line in enumerate(lines):
+            rec = dict(line)
+            rec["seq"] = seq + i
+            if positions and i == len(lines) - 1:
+                rec["_p"] = positions
+            chunks.append(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
+        data = ("\n".join(chunks) + "\n").encode("utf-8", "surrogatepass")
+        assert self._fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            os.ftruncate(self._fd, seg.size)  # never leave a torn line behind
+            raise
+        seg.size += len(data)
+        seg.lines += len(lines)
+        seg.last_seq = seq + len(lines) - 1
+        self.next_seq = seq + len(lines)
+        if positions:
+            self.positions.update(positions)
+        self._enforce_cap()
+        if self.on_append is not None:
+            self.on_append()
+        return self.last_seq
+
+    def _writable_segment(self) -> Segment:
+        seg = self._segments[-1] if self._segments else None
+        if seg is not None and seg.size < self.segment_bytes:
+            if self._fd is None:
+                self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            return seg
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        path = os.path.join(self.directory, "seg-%020d.jsonl" % self.next_seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        seg = Segment(path, self.next_seq)
+        self._segments.append(seg)
+        return seg
+
+    def _enforce_cap(self) -> None:
+        while self.size > self.max_bytes and len(self._segments) > 1:
+            self._drop_segment(self._segments[0])
+
+    def _drop_segment(self, seg: Segment) -> None:
+        """Drop the oldest segment because the spool is full: count and record the lost lines."""
+        dropped, first, last = 0, 0, 0
+        for rec in self._iter_segment(seg, 0):
+            if rec[1]["seq"] > self.acked:
+                dropped += 1
+                first = first or rec[1]["seq"]
+                last = rec[1]["seq"]
+        self._segments.remove(seg)
+        self.checkpoint(force=True)  # positions must cover everything before its lines vanish
+        try:
+            os.unlink(seg.path)
+        except FileNotFoundError:
+            pass
+        if dropped:
+            self.gaps.append({"dropped": dropped, "first_seq": first, "last_seq": last})
+            del self.gaps[:-100]
+            self._dirty = True
+            LOG.warning("spool full (%d bytes): dropped %d unacknowledged lines (seq %d..%d)",
+                        self.max_bytes, dropped, first, last)
+
+    # -- reading and acknowledging --
+    def ack(self, seq: int) -> None:
+        if seq <= self.acked:
+            return
+        self.acked = seq
+        self._dirty = True
+        done = [s for s in self._segments[:-1] if s.last_seq <= self.acked]
+        if done:
+            self.checkpoint(force=True)
+            for seg in done:
+                self._segments.remove(seg)
+                try:
+                    os.unlink(seg.path)
+                except FileNotFoundError:
+                    pass
+
+    def _iter_segment(self, seg: Segment, offset: int) -> Iterator[Tuple[int, Dict[str, Any], int]]:
+        """(offset after the line, record, line length) from `offset` on; unparsable lines skipped."""
+        try:
+            f = open(seg.path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            f.seek(offset)
+            pos = offset
+            for raw in f:
+                pos += len(raw)
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                    int(rec["seq"])
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                    LOG.warning("spool segment %s: skipping an unreadable line at byte %d", seg.path,
+                                pos - len(raw))
+                    continue
+                yield pos, rec, len(raw)
+
+    def read(self, from_seq: int, max_lines: int = MAX_BATCH_LINES,
+             max_bytes: int = BATCH_BYTES) -> List[Dict[str, Any]]:
+        """Spooled lines with seq >= from_seq, in order, as wire dicts (internal keys removed)."""
+        out = []  # type: List[Dict[str, Any]]
+        size = 0
+        for seg in list(self._segments):
+            if seg.last_seq < from_seq:
+                continue
+            offset = 0
+            cache = self._read_cache
+            if cache is not None and cache[0] == seg.first_seq and cache[2] == from_seq:
+                offset = cache[1]  # sequential reads continue where the last batch stopped
+            prev_pos = offset
+            for pos, rec, length in self._iter_segment(seg, offset):
+                if rec["seq"] < from_seq:
+                    prev_pos = pos
+                    continue
+                if out and (len(out) >= max_lines or size + length > max_bytes):
+                    self._read_cache = (seg.first_seq, prev_pos, out[-1]["seq"] + 1)
+                    return out
+                rec.pop("_p", None)
+                out.append(rec)
+                size += length
+                prev_pos = pos
+            if out:
+                self._read_cache = (seg.first_seq, prev_pos, out[-1]["seq"] + 1)
+        return out
+
+    def pop_gaps(self) -> List[Dict[str, int]]:
+        gaps, self.gaps = self.gaps, []
+        if gaps:
+            self._dirty = True
+        return gaps
+
+
+# ---------------------------------------------------------------------------------------------
+# Following files: growth, truncation, rotation, deletion
+# ---------------------------------------------------------------------------------------------
+
+class Line:
+    __slots__ = ("start", "end", "data", "overlong")
+
+    def __init__(self, start: int, end: int, data: bytes, overlong: bool) -> None:
+        self.start = start  # byte offset of the line in its file
+        self.end = end  # offset just after its newline: the position to persist
+        self.data = data  # without the newline; at most LINE_BUFFER_MAX bytes
+        self.overlong = overlong
+
+
+class FileFollower:
+    """Complete lines of one path, following growth, truncation, rotation (inode change) and deletion.
+
+    Opens with O_NOFOLLOW and refuses anything but a regular file with one link, so a symlink
+    or hard link planted in /tmp cannot make the daemon read (and ship) another file.
+    """
+
+    def __init__(self, path: str, rotated_suffix: Optional[str] = ".1") -> None:
+        self.path = path
+        self.rotated_suffix = rotated_suffix
+        self.fd = None  # type: Optional[int]
+        self.ino = 0
+        self.dev = 0
+        self.off = 0  # next byte to read
+        self.gone = False  # path deleted and old descriptor drained
+        self.events = []  # type: List[str]  # notable happenings for the owner to report
+        self._buf = bytearray()
+        self._buf_start = 0
+        self._overlong = False
+
+    def position(self) -> Dict[str, int]:
+        """Where to resume: just after the last complete line handed out (follows a switch of file)."""
+        return {"ino": self.ino, "dev": self.dev, "off": self._buf_start}
+
+    def open(self, saved: Optional[Dict[str, Any]] = None, at_end: bool = False) -> None:
+        """Open the path (raises OSError); resume from `saved` when it still names this file or its .1."""
+        st = os.lstat(self.path)
+        if saved and saved.get("ino") == st.st_ino and saved.get("dev", st.st_dev) == st.st_dev:
+            self._open_fd(self.path, int(saved.get("off", 0)))
+            return
+        if saved and self.rotated_suffix:
+            try:  # rotated while we were away: drain the rest of the old file first
+                rst = os.lstat(self.path + self.rotated_suffix)
+                if rst.st_ino == saved.get("ino"):
+                    self._open_fd(self.path + self.rotated_suffix, int(saved.get("off", 0)))
+                    return
+            except FileNotFoundError:
+                pass
+        if saved:
+            self.events.append("the file was replaced while the daemon was not running; "
+                               "reading the new file from its start")
+        self._open_fd(self.path, 0)
+        if at_end:
+            self.off = os.fstat(self.fd).st_size if self.fd is not None else 0
+
+    def _open_fd(self, path: str, off: int) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            if st.st_nlink > 1:
+                raise OSError(errno.EPERM, "refusing a file with %d hard links" % st.st_nlink, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.close()
+        self.fd, self.ino, self.dev = fd, st.st_ino, st.st_dev
+        self.off = off
+        if off > st.st_size:
+            self.events.append("saved position beyond the end of the file; it was truncated")
+            self.off = 0
+        self._buf = bytearray()
+        self._buf_start = self.off
+        self._overlong = False
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def read_first_line(self, limit: int = LINE_BUFFER_MAX) -> Optional[bytes]:
+        if self.fd is None:
+            return None
+        data = os.pread(self.fd, limit, 0)
+        nl = data.find(b"\n")
+        return data[:nl] if nl >= 0 else None
+
+    def read_lines(self, budget: int = 256 * KIB) -> List[Line]:
+        """Complete lines available now (at most about `budget` bytes read per call)."""
+        out = []  # type: List[Line]
+        if self.fd is None:
+            return out
+        st = os.fstat(self.fd)
+        if st.st_size < self.off:
+            self.events.append("file truncated from %d to %d bytes; reading from its start"
+                               % (self.off, st.st_size))
+            self.off = 0
+            self._buf = bytearray()
+            self._buf_start = 0
+            self._overlong = False
+        data = os.pread(self.fd, budget, self.off) if st.st_size > self.off else b""
+        self._split(data, out)
+        if len(data) < budget:  # at the end of this descriptor: has the path moved on?
+            self._check_path(out)
+        return out
+
+    def _split(self, data: bytes, out: List[Line]) -> None:
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            piece = data[pos:] if nl < 0 else data[pos:nl]
+            room = LINE_BUFFER_MAX - len(self._buf)
+            if len(piece) > room:
+                self._buf += piece[:room]
+                self._overlong = True
+            else:
+                self._buf += piece
+            if nl < 0:
+                self.off += len(data) - pos
+                return
+            self.off += nl + 1 - pos
+            out.append(Line(self._buf_start, self.off, bytes(self._buf), self._overlong))
+            self._buf = bytearray()
+            self._buf_start = self.off
+            self._overlong = False
+            pos = nl + 1
+
+    def _flush_partial(self, out: List[Line]) -> None:
+        """A file that is done (rotated or deleted) may end without a newline: ship that rest too."""
+        if self._buf or self._overlong:
+            out.append(Line(self._buf_start, self.off, bytes(self._buf), self._overlong))
+            self._buf = bytearray()
+            self._buf_start = self.off
+            self._overlong = False
+
+    def _check_path(self, out: List[Line]) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            self._flush_partial(out)
+            self.gone = True
+            return
+        if st.st_ino != self.ino or st.st_dev != self.dev:
+            self._flush_partial(out)
+            try:
+                self._open_fd(self.path, 0)
+                self.events.append("rotated: following the new file")
+            except OSError as exc:
+                self.close()
+                self.events.append("rotated but the new file cannot be opened: %s" % exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Demo logs (dvic_log files) and demo liveness
+# ---------------------------------------------------------------------------------------------
+
+def pid_state(proc_root: str, pid: int, pid_start: Optional[int]) -> bool:
+    """True while `pid` runs and is the same process (start time matches), not a zombie."""
+    try:
+        with open("%s/%d/stat" % (proc_root, pid), "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True  # e.g. hidepid: cannot see it, so do not declare it dead
+    fields = data[data.rfind(b")") + 2:].split()
+    if not fields or fields[0] in (b"Z", b"X", b"x"):
+        return False
+    if pid_start is not None and len(fields) > 19:
+        try:
+            return int(fields[19]) == pid_start
+        except ValueError:
+            return True
+    return True
+
+
+def parse_header(raw: bytes) -> Tuple[Optional[Dict[str, Any]], str]:
+    """A valid dvic_log header, or (None, why not)."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, "first line is not JSON"
+    if not isinstance(obj, dict) or obj.get("dvic_log") != 1:
+        return None, "first line is not a dvic_log version 1 header"
+    pid = obj.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None, "header has no valid pid"
+    if not isinstance(obj.get("name"), str):
+        return None, "header has no name"
+    ps = obj.get("pid_start")
+    if ps is not None and (not isinstance(ps, int) or isinstance(ps, bool)):
+        obj["pid_start"] = None
+    return obj, ""
+
+
+def unescape_partial_json_string(s: str) -> str:
+    """Best effort for a JSON string cut mid-way (overlong line): drop a torn escape at the end."""
+    for cut in range(0, 7):
+        try:
+            return json.loads('"' + (s[:len(s) - cut] if cut else s) + '"')
+        except ValueError:
+            continue
+    return s
+
+
+def parse_record(line: Line) -> Tuple[float, str, str, bool]:
+    """(ts, level, msg, truncated) of one log line; anything that is not a record becomes raw INFO text."""
+    raw = line.data[:-1] if line.data.endswith(b"\r") else line.data
+    truncated = line.overlong
+    ts, level, msg = None, "INFO", None  # type: Optional[float], str, Optional[str]
+    if not line.overlong:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            obj = None
+        if isinstance(obj, dict) and "msg" in obj:
+            ts = sane_ts(obj.get("ts"))
+            level = normalize_level(obj.get("level"))
+            m = obj.get("msg")
+            msg = m if isinstance(m, str) else json.dumps(m, ensure_ascii=False)
+            exc = obj.get("exc")
+            if isinstance(exc, str) and exc:
+                msg = msg + "\n" + exc
+    else:  # cut JSON: recover what the prefix tells (level, ts, start of msg)
+        head = raw[:4 * KIB].decode("utf-8", "replace")
+        m = re.search(r'"level"\s*:\s*"(\w+)"', head)
+        if m:
+            level = normalize_level(m.group(1))
+        t = re.search(r'"ts"\s*:\s*([0-9.]+)', head)
+        if t:
+            try:
+                ts = sane_ts(float(t.group(1)))
+            except ValueError:
+                pass
+        text = raw.decode("utf-8", "replace")
+        mm = re.search(r'"msg"\s*:\s*"', text)
+        if mm and text.startswith("{"):
+            msg = unescape_partial_json_string(text[mm.end():mm.end() + MAX_MSG_BYTES + 16])
+    if msg is None:
+        msg = raw.decode("utf-8", "replace")
+    msg, cut = clip_utf8(msg, MAX_MSG_BYTES)
+    return (ts if ts is not None else round(time.time(), 3)), level, msg, truncated or cut
+
+
+class LogDir:
+    """A directory where demos write dvic_log files: the host's, or one inside a container."""
+
+    def __init__(self, path: str, proc_root: str = "/proc", key_prefix: str = "",
+                 container: str = "") -> None:
+        self.path = path
+        self.proc_root = proc_root  # where the demos' pids are visible (a container's own /proc)
+        self.key_prefix = key_prefix
+        self.container = container
+
+
+class Demo:
+    """One demo: its log file follower, identity from the header, and liveness state."""
+
+    def __init__(self, token: str, logdir: LogDir) -> None:
+        self.token = token
+        self.logdir = logdir
+        self.key = "demo:%s%s" % (logdir.key_prefix, token)
+        self.path = os.path.join(logdir.path, "dvic_log_" + token)
+        self.follower = FileFollower(self.path)
+        self.header = None  # type: Optional[Dict[str, Any]]
+        self.header_error = ""
+        self.state = ""  # "", started/alive, exited
+        self.exited_at = None  # type: Optional[float]
+        self.open_error = ""
+        self.retry_at = 0.0
+
+    @property
+    def name(self) -> str:
+        return str(self.header.get("name"))[:128] if self.header else "unknown"
+
+    def message(self, state: Optional[str] = None) -> Dict[str, Any]:
+        h = self.header or {}
+        header = {k: h.get(k) for k in ("exe", "argv", "user", "host")}
+        if self.logdir.container:
+            header["container"] = self.logdir.container
+        return {"type": "demo", "token": self.token, "name": self.name, "pid": h.get("pid"),
+                "state": state or self.state, "started_at": sane_ts(h.get("start")),
+                "exited_at": self.exited_at, "header": header}
+
+
+class DemoWatcher:
+    """Discovers dvic_log files, ships their lines to the spool and reports demo state changes."""
+
+    def __init__(self, spool: Spool, emit: Callable[[Dict[str, Any]], None],
+                 report_error: Callable[[str, Dict[str, Any]], None]) -> None:
+        self.spool = spool
+        self.emit = emit  # sends a `demo` or `event` message when online
+        self.report_error = report_error
+        self.logdirs = []  # type: List[LogDir]
+        self.demos = {}  # type: Dict[str, Demo]
+        self._states = dict(spool.extra.get("demos") or {})  # key -> {"state", "exited_at"}
+
+    def set_logdirs(self, logdirs: List[LogDir]) -> None:
+        self.logdirs = logdirs
+
+    def scan(self) -> None:
+        """Find new files in every log dir (only names matching ^dvic_log_<16 hex>$)."""
+        for logdir in self.logdirs:
+            try:
+                names = os.listdir(logdir.path)
+            except OSError:
+                continue
+            for name in names:
+                if not LOG_NAME_RE.match(name):
+                    continue
+                token = name[len("dvic_log_"):]
+                key = "demo:%s%s" % (logdir.key_prefix, token)
+                if key not in self.demos:
+                    self.demos[key] = Demo(token, logdir)
+
+    def poll(self, budget: int = 256 * KIB) -> int:
+        """Read new lines of every demo and spool them; returns the number of lines spooled."""
+        total = 0
+        now = time.time()
+        for demo in list(self.demos.values()):
+            if demo.follower.fd is None and not demo.follower.gone:
+                if now < demo.retry_at or not self._open(demo):
+                    continue
+            try:
+                total += self._read(demo, budget)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
+                    LOG.warning("spool: disk full, demo lines wait in their files (%s)", exc)
+                    return total
+                self.report_error("reading %s failed: %s" % (demo.path, exc), {"path": demo.path})
+                demo.follower.close()
+                demo.retry_at = now + 30
+        return total
+
+    def _open(self, demo: Demo) -> bool:
+        saved = self.spool.positions.get(demo.key)
+        try:
+            demo.follower.open(saved if isinstance(saved, dict) else None)
+        except FileNotFoundError:
+            if demo.key not in self._states:
+                del self.demos[demo.key]
+            else:
+                demo.follower.gone = True  # deleted while we were not running
+            return False
+        except OSError as exc:
+            why = "%s: %s" % (exc.strerror or exc, demo.path)
+            if why != demo.open_error:  # report once per distinct problem, retry quietly
+                demo.open_error = why
+                self.report_error("cannot open demo log %s (%s)" % (demo.path, exc.strerror or exc),
+                                  {"path": demo.path, "errno": exc.errno or 0})
+            demo.retry_at = time.time() + 10
+            return False
+        demo.open_error = ""
+        if demo.follower.off > 0 and demo.header is None:
+            first = demo.follower.read_first_line()
+            if first is not None:
+                self._take_header(demo, first)
+        return True
+
+    def _take_header(self, demo: Demo, raw: bytes) -> bool:
+        header, why = parse_header(raw)
+        if header is None:
+            if not demo.header and not demo.header_error:
+                demo.header_error = why
+                self.report_error("broken header in %s: %s; its lines are shipped as raw text"
+                                  % (demo.path, why), {"path": demo.path, "token": demo.token})
+            return False
+        if demo.header is None:
+            demo.header = header
+        return True
+
+    def _read(self, demo: Demo, budget: int) -> int:
+        lines = demo.follower.read_lines(budget)
+        for event in demo.follower.events:
+            LOG.info("demo log %s: %s", demo.path, event)
+        demo.follower.events = []
+        out = []  # type: List[Dict[str, Any]]
+        for line in lines:
+            if line.start == 0 and not line.overlong and self._take_header(demo, line.data):
+                continue  # a header (also the one of a fresh file after rotation) is identity, not a line
+            ts, level, msg, truncated = parse_record(line)
+            out.append({"ts": ts, "source": "demo", "unit": demo.name, "demo": demo.token,
+                        "level": level, "msg": msg, "truncated": truncated})
+        position = demo.follower.position()
+        if out or position != self.spool.positions.get(demo.key):
+            self.spool.append(out, {demo.key: position})
+        if demo.follower.gone:
+            demo.follower.close()
+        return len(out)
+
+    def check_liveness(self) -> None:
+        """Report started/exited transitions; forget demos whose file is gone after they exited."""
+        changed = False
+        for key, demo in list(self.demos.items()):
+            if demo.header is None:
+                if demo.follower.gone:
+                    del self.demos[key]
+                continue
+            known = self._states.get(key)  # as persisted by an earlier run of the daemon
+            alive = pid_state(demo.logdir.proc_root, demo.header["pid"], demo.header.get("pid_start"))
+            if not demo.state:  # first look in this run
+                if known and known.get("state") == "exited":
+                    demo.state, demo.exited_at = "exited", known.get("exited_at")
+                elif alive:
+                    demo.state = "alive" if known else "started"
+                    if not known:
+                        self.emit(demo.message())
+                else:  # exited before we saw it alive: its last write is the best exit time we have
+                    demo.state, demo.exited_at = "exited", self._mtime(demo)
+                    self.emit(demo.message())
+            elif demo.state != "exited" and not alive:
+                demo.state, demo.exited_at = "exited", round(time.time(), 3)
+                self.emit(demo.message())
+            record = {"state": "exited" if demo.state == "exited" else "alive", "exited_at": demo.exited_at}
+            if known != record:
+                self._states[key] = record
+                changed = True
+            if demo.follower.gone and demo.state == "exited":
+                del self.demos[key]
+                self._states.pop(key, None)
+                self.spool.set_position(key, None)
+                changed = True
+        if changed:
+            self.spool.set_extra("demos", self._states)
+
+    @staticmethod
+    def _mtime(demo: Demo) -> float:
+        try:
+            return round(os.stat(demo.path).st_mtime, 3)
+        except OSError:
+            return round(time.time(), 3)
+
+    def announce(self) -> List[Dict[str, Any]]:
+        """`demo` messages for every known demo (sent right after `welcome`)."""
+        out = []
+        recent = time.time() - 86400
+        for demo in self.demos.values():
+            if demo.header is None or not demo.state:
+                continue
+            if demo.state == "exited" and (demo.exited_at or 0) < recent:
+                continue
+            out.append(demo.message("exited" if demo.state == "exited" else "alive"))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# System logs: the journal (journalctl -f -o json) or a syslog file, rate-bounded
+# ---------------------------------------------------------------------------------------------
+
+class RateLimiter:
+    """Token bucket: at most `rate` lines/s on average with bursts of `burst`; counts what it refuses."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.refused = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.refused += 1
+        return False
+
+
+JOURNAL_LEVELS = {0: "CRITICAL", 1: "CRITICAL", 2: "CRITICAL", 3: "ERROR", 4: "WARNING", 5: "INFO", 6: "INFO",
+                  7: "DEBUG"}
+SYSLOG_RE = re.compile(r"^(?:\w{3}\s+\d+\s[\d:]{8}|\d{4}-\d\d-\d\dT\S+)\s+\S+\s+([^:\[\s]+)(?:\[\d+\])?:\s?(.*)$")
+
+
+def journal_entry_to_line(entry: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    msg = entry.get("MESSAGE")
+    if isinstance(msg, list):  # binary messages come as byte arrays
+        try:
+            msg = bytes(msg).decode("utf-8", "replace")
+        except (TypeError, ValueError):
+            msg = None
+    if not isinstance(msg, str):
+        return None
+    try:
+        level = JOURNAL_LEVELS.get(int(entry.get("PRIORITY", 6)), "INFO")
+    except (TypeError, ValueError):
+        level = "INFO"
+    try:
+        ts = sane_ts(int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
+    except (KeyError, TypeError, ValueError):
+        ts = round(time.time(), 3)
+    unit = entry.get("SYSLOG_IDENTIFIER") or entry.get("_SYSTEMD_UNIT") or "journal"
+    msg, cut = clip_utf8(msg, MAX_MSG_BYTES)
+    return {"ts": ts, "source": "system", "unit": str(unit)[:128], "level": level, "msg": msg,
+            "truncated": cut}
+
+
+def syslog_line_to_line(line: Line) -> Dict[str, Any]:
+    text = line.data.decode("utf-8", "replace")
+    unit, msg = "syslog", text
+    m = SYSLOG_RE.match(text)
+    if m:
+        unit, msg = m.group(1), m.group(2)
+    msg, cut = clip_utf8(msg, MAX_MSG_BYTES)
+    return {"ts": round(time.time(), 3), "source": "system", "unit": unit[:128], "level": "INFO",
+            "msg": msg, "truncated": cut or line.overlong}
+
+
+class SystemLogs:
+    """Ships the machine's own logs; `mode` is auto, journal, none or a syslog file path."""
+
+    KEY = "system"
+
+    def __init__(self, spool: Spool, mode: str, rate: float, burst: int) -> None:
+        self.spool = spool
+        self.mode = mode
+        self.limiter = RateLimiter(rate, burst)
+        self.file = None  # type: Optional[FileFollower]
+        self._reported_refused = 0
+        self._last_report = time.monotonic()
+
+    def resolve(self) -> str:
+        """journal, none, or a file path."""
+        if self.mode == "auto":
+            if shutil.which("journalctl") and os.path.isdir("/run/systemd/journal"):
+                return "journal"
+            for path in ("/var/log/syslog", "/var/log/messages"):
+                if os.path.exists(path):
+                    return path
+            return "none"
+        return self.mode
+
+    def report_refused(self) -> None:
+        """Say (as a daemon warning, at most every 10 s) how many lines the rate bound skipped."""
+        now = time.monotonic()
+        refused = self.limiter.refused - self._reported_refused
+        if refused and now - self._last_report >= 10:
+            self._reported_refused = self.limiter.refused
+            self._last_report = now
+            LOG.warning("system logs: rate bound (%.0f lines/s) skipped %d lines", self.limiter.rate, refused)
+
+    # -- syslog file --
+    def poll_file(self, path: str) -> int:
+        if self.file is None:
+            self.file = FileFollower(path, rotated_suffix=".1")
+            saved = self.spool.positions.get(self.KEY)
+            try:  # first start: from the end (history before the daemon is not ours to flood)
+                self.file.open(saved if isinstance(saved, dict) and "ino" in saved else None,
+                               at_end=not isinstance(saved, dict))
+            except OSError as exc:
+                LOG.warning("system logs: cannot open %s: %s", path, exc.strerror or exc)
+                self.file = None
+                return -1
+        lines = self.file.read_lines()
+        self.file.events = []
+        out = [syslog_line_to_line(line) for line in lines if self.limiter.allow()]
+        position = self.file.position()
+        if out or position != self.spool.positions.get(self.KEY):
+            self.spool.append(out, {self.KEY: position})
+        if self.file.gone:
+            self.file.close()
+            self.file = None
+        self.report_refused()
+        return len(out)
+
+    # -- journal --
+    async def run_journal(self, stop: asyncio.Event) -> None:
+        """Follow journalctl until `stop`; restart it (with the saved cursor) if it exits."""
+        own_pid = str(os.getpid())
+        while not stop.is_set():
+            saved = self.spool.positions.get(self.KEY)
+            args = ["journalctl", "-f", "-o", "json", "--no-pager",
+                    "--output-fields=MESSAGE,PRIORITY,SYSLOG_IDENTIFIER,_SYSTEMD_UNIT,_PID"]
+            if isinstance(saved, dict) and isinstance(saved.get("cursor"), str):
+                args.append("--after-cursor=" + saved["cursor"])
+            else:
+                args += ["-n", "0"]
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                    limit=2 * MIB)
+            except OSError as exc:
+                LOG.warning("system logs: cannot run journalctl: %s", exc)
+                return
+            try:
+                await self._read_journal(proc, own_pid)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            if not stop.is_set():
+                LOG.warning("system logs: journalctl exited with code %s; restarting in 30 s", proc.returncode)
+                try:
+                    await asyncio.wait_for(stop.wait(), 30)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _read_journal(self, proc: Any, own_pid: str) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                raw = await proc.stdout.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                LOG.warning("system logs: skipped a journal entry larger than 2 MiB")
+                continue
+            if not raw:
+                return
+            try:
+                entry = json.loads(raw.decode("utf-8", "replace"))
+            except ValueError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            cursor = entry.get("__CURSOR")
+            pos = {self.KEY: {"cursor": cursor}} if isinstance(cursor, str) else {}
+            line = journal_entry_to_line(entry) if entry.get("_PID") != own_pid else None
+            if line is not None and self.limiter.allow():
+                self.spool.append([line], pos)
+            elif pos:
+                self.spool.append([], pos)
+            self.report_refused()
+
+
+# ---------------------------------------------------------------------------------------------
+# Docker: dvic_log files inside running containers, through the Engine API on its unix socket
+# ---------------------------------------------------------------------------------------------
+
+class DockerError(Exception):
+    """The Docker Engine API could not be reached or answered badly."""
+
+
+def docker_get(socket_path: str, path: str, timeout: float = 5.0) -> Any:
+    """GET `path` on the Docker Engine API (HTTP/1.1 over a unix socket) and decode its JSON."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(socket_path)
+        sock.sendall(("GET %s HTTP/1.1\r\nHost: docker\r\nUser-Agent: dvic-node/%s\r\n"
+                      "Accept: application/json\r\nConnection: close\r\n\r\n" % (path, VERSION)).encode())
+        chunks = []
+        total = 0
+        while True:
+            data = sock.recv(64 * KIB)
+            if not data:
+                break
+            chunks.append(data)
+            total += len(data)
+            if total > 16 * MIB:
+                raise DockerError("response to %s larger than 16 MiB" % path)
+    except OSError as exc:
+        raise DockerError("cannot talk to Docker at %s: %s" % (socket_path, exc)) from None
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise DockerError("incomplete HTTP response from Docker")
+    try:
+        status, _reason, headers = parse_http_head(head + b"\r\n")
+    except WebSocketError as exc:
+        raise DockerError(str(exc)) from None
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = decode_chunked(body)
+    if status != 200:
+        raise DockerError("Docker answered %d for %s: %s" % (status, path, body[:200].decode("utf-8", "replace")))
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DockerError("Docker sent invalid JSON for %s: %s" % (path, exc)) from None
+
+
+def decode_chunked(body: bytes) -> bytes:
+    out = bytearray()
+    pos = 0
+    while True:
+        nl = body.find(b"\r\n", pos)
+        if nl < 0:
+            raise DockerError("bad chunked encoding from Docker")
+        try:
+            size = int(body[pos:nl].split(b";")[0], 16)
+        except ValueError:
+            raise DockerError("bad chunk size from Docker") from None
+        if size == 0:
+            return bytes(out)
+        out += body[nl + 2:nl + 2 + size]
+        pos = nl + 2 + size + 2
+
+
+def docker_log_dirs(socket_path: str, inner_dir: str = "/tmp", host_proc: str = "/proc") -> List[LogDir]:
+    """A LogDir per running container: its /tmp seen through /proc/<pid>/root (no copy, no exec)."""
+    out = []
+    for c in docker_get(socket_path, "/containers/json"):
+        cid = c.get("Id") if isinstance(c, dict) else None
+        if not isinstance(cid, str) or not re.match(r"^[0-9a-f]{12,64}$", cid):
+            continue
+        info = docker_get(socket_path, "/containers/%s/json" % cid)
+        pid = (info.get("State") or {}).get("Pid") if isinstance(info, dict) else None
+        if not isinstance(pid, int) or pid <= 0:
+            continue
+        name = str(info.get("Name") or cid[:12]).lstrip("/")
+        root = "%s/%d/root" % (host_proc, pid)
+        out.append(LogDir(root + inner_dir, proc_root=root + "/proc", key_prefix="docker:%s:" % cid[:12],
+                          container=name))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon's own warnings, shipped as source "daemon"
+# ---------------------------------------------------------------------------------------------
+
+class SpoolLogHandler(logging.Handler):
+    """Puts the daemon's WARNING+ records into the spool (bounded: at most 60 a minute)."""
+
+    def __init__(self, spool: Spool) -> None:
+        super().__init__(logging.WARNING)
+        self.spool = spool
+        self._local = threading.local()
+        self._window = 0.0
+        self._count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._local, "busy", False):
+            return  # a warning raised while spooling a warning: stderr already has it
+        now = time.monotonic()
+        if now - self._window > 60:
+            self._window, self._count = now, 0
+        self._count += 1
+        if self._count > 60:
+            return
+        self._local.busy = True
+        try:
+            msg, cut = clip_utf8(record.getMessage(), MAX_MSG_BYTES)
+            self.spool.append([{"ts": round(record.created, 3), "source": "daemon", "unit": "dvic-node",
+                                "level": normalize_level(record.levelname), "msg": msg, "truncated": cut}])
+        except Exception:  # noqa: BLE001 - logging must never take the daemon down
+            pass
+        finally:
+            self._local.busy = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Keep-alive POSTs
+# ---------------------------------------------------------------------------------------------
+
+class KeepAlive:
+    """POSTs to the keep-alive URL over a reused HTTPS connection (runs in a worker thread)."""
+
+    def __init__(self, url: str, token: str, ssl_context: Optional[ssl.SSLContext]) -> None:
+        self.url = urllib.parse.urlsplit(url)
+        self.token = token
+        self.ssl_context = ssl_context
+        self._conn = None  # type: Optional[http.client.HTTPConnection]
+
+    def post(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        data = json.dumps(body).encode()
+        headers = {"Authorization": "Bearer " + self.token, "Content-Type": "application/json",
+                   "User-Agent": "dvic-node/%s" % VERSION}
+        for attempt in (1, 2):  # a reused connection may have been closed by the server: retry once
+            conn = self._connection()
+            try:
+                conn.request("POST", self.url.path or "/", body=data, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read(64 * KIB)
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if attempt == 2:
+                    raise
+                continue
+            if resp.status != 200:
+                raise http.client.HTTPException("keep-alive refused: HTTP %d %s"
+                                                % (resp.status, payload[:200].decode("utf-8", "replace")))
+            try:
+                out = json.loads(payload.decode("utf-8"))
+            except ValueError:
+                return {}
+            return out if isinstance(out, dict) else {}
+        return {}
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            host, port = self.url.hostname or "localhost", self.url.port
+            if self.url.scheme == "https":
+                self._conn = http.client.HTTPSConnection(host, port, timeout=10, context=self.ssl_context)
+            else:
+                self._conn = http.client.HTTPConnection(host, port, timeout=10)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+# ---------------------------------------------------------------------------------------------
+
+class Options:
+    def __init__(self, state_dir: str, log_dir: str, spool_max_bytes: int = DEFAULT_SPOOL_BYTES,
+                 system_log: str = "auto", system_log_rate: float = 20.0, system_log_burst: int = 200,
+                 docker_socket: str = "/var/run/docker.sock", reconnect_max: float = 60.0,
+                 poll_interval: float = 0.2, use_psutil: bool = True) -> None:
+        self.state_dir = state_dir
+        self.log_dir = log_dir
+        self.spool_max_bytes = spool_max_bytes
+        self.system_log = system_log
+        self.system_log_rate = system_log_rate
+        self.system_log_burst = system_log_burst
+        self.docker_socket = docker_socket
+        self.reconnect_max = reconnect_max
+        self.poll_interval = poll_interval
+        self.use_psutil = use_psutil
+
+
+def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter, never below `base`: uniform(base, min(cap, base * 2**n))."""
+    top = min(cap, base * (2 ** min(attempt, 16)))
+    return random.uniform(min(base, top), top)
+
+
+class Daemon:
+    def __init__(self, bundle: Dict[str, Any], options: Options) -> None:
+        self.bundle = bundle
+        self.opts = options
+        self.interval = float(bundle.get("interval", 5))
+        self.keepalive_interval = self.interval
+        self.max_batch = MAX_BATCH_LINES
+        self.spool = Spool(os.path.join(options.state_dir, "spool"), options.spool_max_bytes)
+        self.ssl_context = None  # type: Optional[ssl.SSLContext]
+        self.online = False
+        self.metrics_buffer = collections.deque(maxlen=720)
+        self.outbox = collections.deque(maxlen=2000)
+        self.demos = DemoWatcher(self.spool, self._emit, self.report_error)
+        self.system = SystemLogs(self.spool, options.system_log, options.system_log_rate,
+                                 options.system_log_burst)
+        self._wake = None  # type: Optional[asyncio.Event]
+        self._stop = None  # type: Optional[asyncio.Event]
+        self._last_conn_error = ""
+        self._docker_error = ""
+        self.log_handler = None  # type: Optional[SpoolLogHandler]
+
+    # -- plumbing shared by the parts --
+    def _emit(self, msg: Dict[str, Any]) -> None:
+        """Queue a `demo`/`event` message; offline, demo messages wait for the post-welcome announce."""
+        if msg.get("type") == "demo" and not self.online:
+            return
+        self.outbox.append(msg)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def report_error(self, message: str, data: Dict[str, Any]) -> None:
+        """A problem an operator should see: a daemon warning line and an `error` event."""
+        LOG.warning("%s", message)
+        self.outbox.append({"type": "event", "kind": "error", "message": message[:1000], "data": data})
+        self._poke()
+
+    # -- entry point --
+    async def run(self) -> int:
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+                pass
+        os.makedirs(self.opts.state_dir, mode=0o700, exist_ok=True)
+        if self.bundle["ws_url"].startswith("wss://"):
+            self.ssl_context = make_ssl_context(self.bundle, os.path.join(self.opts.state_dir, "tls"))
+        self.spool.open()
+        self.spool.on_append = self._poke
+        self.log_handler = SpoolLogHandler(self.spool)
+        LOG.addHandler(self.log_handler)
+        self.demos = DemoWatcher(self.spool, self._emit, self.report_error)
+        self.demos.set_logdirs([LogDir(self.opts.log_dir)])
+        LOG.info("dvic-node %s starting: node %s, server %s, logs in %s, state in %s (spool: %d lines pending)",
+                 VERSION, self.bundle["node_id"], self.bundle["ws_url"], self.opts.log_dir,
+                 self.opts.state_dir, self.spool.pending)
+        tasks = [asyncio.ensure_future(c) for c in (
+            self._metrics_loop(), self._tail_loop(), self._connection_loop(), self._keepalive_loop(),
+            self._checkpoint_loop(), self._system_log_loop(), self._docker_loop())]
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait(tasks + [stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop_wait and not t.cancelled() and t.exception() is not None:
+                LOG.error("internal error, stopping: %r", t.exception())
+        for t in tasks + [stop_wait]:
+            t.cancel()
+        await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+        LOG.removeHandler(self.log_handler)
+        self.spool.close()
+        LOG.info("dvic-node stopped")
+        return 0
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless asked to stop; True when stopping."""
+        assert self._stop is not None
+        try:
+            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- collecting --
+    async def _metrics_loop(self) -> None:
+        collector = MetricsCollector(self.opts.use_psutil)
+        loop = asyncio.get_running_loop()
+        next_at = time.monotonic() + min(1.0, self.interval)
+        while not await self._sleep(next_at - time.monotonic()):
+            # in a thread: vcgencmd and statvfs on a hung network mount must not stall the loop
+            sample = await loop.run_in_executor(None, collector.collect)
+            self.metrics_buffer.append(sample)
+            self._poke()
+            next_at = max(next_at + self.interval, time.monotonic())
+
+    async def _tail_loop(self) -> None:
+        next_scan = next_live = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_scan:
+                self.demos.scan()
+                next_scan = now + 2.0
+            n = self.demos.poll()
+            if now >= next_live:
+                self.demos.check_liveness()
+                next_live = now + 1.0
+            wait = 0.0 if n >= 500 else self.opts.poll_interval  # catching up: go again at once
+            if await self._sleep(wait):
+                return
+
+    async def _system_log_loop(self) -> None:
+        source = self.system.resolve()
+        if source == "none":
+            LOG.info("system logs: not shipped")
+            return
+        if source == "journal":
+            LOG.info("system logs: following the journal")
+            assert self._stop is not None
+            await self.system.run_journal(self._stop)
+            return
+        LOG.info("system logs: following %s", source)
+        while True:
+            try:
+                n = self.system.poll_file(source)
+            except OSError as exc:
+                LOG.warning("system logs: reading %s failed: %s", source, exc)
+                n = -1
+            if await self._sleep(30.0 if n < 0 else (0.0 if n >= 200 else 0.5)):
+                return
+
+    async def _docker_loop(self) -> None:
+        path = self.opts.docker_socket
+        if not path or path == "none":
+            return
+        loop = asyncio.get_running_loop()
+        host_dir = LogDir(self.opts.log_dir)
+        inner = os.environ.get("DVIC_DOCKER_LOG_DIR", "/tmp")
+        while True:
+            if os.path.exists(path):  # noqa: ASYNC240 - one stat of a local socket path
+                try:
+                    dirs = await loop.run_in_executor(None, docker_log_dirs, path, inner)
+                    self.demos.set_logdirs([host_dir] + dirs)
+                    self._docker_error = ""
+                except DockerError as exc:
+                    if str(exc) != self._docker_error:
+                        self._docker_error = str(exc)
+                        LOG.warning("docker: %s", exc)
+            if await self._sleep(10.0):
+                return
+
+    async def _checkpoint_loop(self) -> None:
+        while not await self._sleep(2.0):
+            try:
+                self.spool.checkpoint()
+            except OSError as exc:
+                LOG.warning("cannot save state in %s: %s", self.opts.state_dir, exc)
+
+    async def _keepalive_loop(self) -> None:
+        url = self.bundle.get("keepalive_url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            LOG.info("keep-alive: no keepalive_url in the bundle; not sent")
+            return
+        ka = KeepAlive(url, self.bundle["token"], self.ssl_context)
+        loop = asyncio.get_running_loop()
+        last_error = ""
+        try:
+            while not await self._sleep(self.keepalive_interval):
+                body = {"firmware": "dvic-node/%s" % VERSION}  # type: Dict[str, Any]
+                sample = self.metrics_buffer[-1] if self.metrics_buffer else {}
+                if "uptime" in sample:
+                    body["uptime"] = sample["uptime"]
+                if "mem" in sample:
+                    body["free_mem"] = sample["mem"].get("available")
+                if "cpu" in sample:
+                    body["cpu"] = sample["cpu"].get("total")
+                if sample.get("temps"):
+                    body["temp"] = max(t["celsius"] for t in sample["temps"])
+                try:
+                    await loop.run_in_executor(None, ka.post, body)
+                    if last_error:
+                        LOG.info("keep-alive: working again")
+                    last_error = ""
+                except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+                    if str(exc) != last_error:
+                        LOG.info("keep-alive failed: %s", exc)
+                    last_error = str(exc)
+        finally:
+            ka.close()
+
+    # -- connection --
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            welcomed = False
+            ws = None  # type: Optional[WebSocket]
+            try:
+                headers = {}
+                if self.bundle["ws_url"].startswith("ws://"):
+                    headers["Authorization"] = "Bearer " + self.bundle["token"]
+                ws = await ws_connect(self.bundle["ws_url"], self.ssl_context, headers)
+                welcomed = await self._session(ws)
+            except asyncio.CancelledError:
+                if ws is not None and not ws.closed:
+                    try:
+                        await asyncio.wait_for(ws.close(1000, "daemon stopping"), 3)
+                    except (asyncio.TimeoutError, OSError, WebSocketError):
+                        pass
+                raise
+            except (OSError, ssl.SSLError, asyncio.TimeoutError, WebSocketError, ValueError) as exc:
+                self._connection_failed(exc)
+            except Exception:  # noqa: BLE001 - a bug in one session must not stop the daemon
+                LOG.exception("connection: unexpected error")
+            finally:
+                self.online = False
+                if ws is not None and not ws.closed:
+                    ws._abort(1006, "session ended")
+            if welcomed and time.monotonic() - started > 10:
+                attempt = 0
+            delay = backoff_delay(attempt, 1.0, self.opts.reconnect_max)
+            attempt += 1
+            LOG.info("reconnecting in %.1f s", delay)
+            if await self._sleep(delay):
+                return
+
+    def _connection_failed(self, exc: BaseException) -> None:
+        text = describe_connect_error(exc)
+        if isinstance(exc, WebSocketClosed) and exc.code == 4409:
+            text = "replaced by a newer connection of this node (close 4409)"
+        elif isinstance(exc, WebSocketClosed) and exc.code == 4403:
+            text = "the server revoked this node (close 4403)"
+        if text != self._last_conn_error:  # warn (and spool) once per distinct problem
+            self._last_conn_error = text
+            LOG.warning("connection: %s", text)
+        else:
+            LOG.info("connection: %s", text)
+
+    async def _session(self, ws: WebSocket) -> bool:
+        """hello, welcome, then send and receive until the connection ends (raises)."""
+        loop = asyncio.get_running_loop()
+        facts = await loop.run_in_executor(None, collect_facts)
+        await ws.send_json({"type": "hello", "protocol": PROTOCOL, "daemon_version": VERSION, "facts": facts})
+        welcome = self._parse(await asyncio.wait_for(ws.recv(), 30))
+        if welcome.get("type") != "welcome":
+            raise WebSocketError("expected welcome, got %r" % str(welcome.get("type"))[:40])
+        self._apply_settings(welcome.get("settings"))
+        last_seq = welcome.get("last_seq", 0)
+        if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
+            raise WebSocketError("welcome has an invalid last_seq")
+        self.spool.ack(last_seq)
+        self.spool.raise_seq(last_seq)
+        self.online = True
+        if self._last_conn_error:
+            LOG.warning("connection: connected again (was: %s)", self._last_conn_error)
+        else:
+            LOG.info("connected to %s as %s", self.bundle["ws_url"], welcome.get("name", "?"))
+        self._last_conn_error = ""
+        for msg in self.demos.announce():
+            self.outbox.append(msg)
+        tasks = [asyncio.ensure_future(self._receiver(ws)), asyncio.ensure_future(self._sender(ws, last_seq + 1)),
+                 asyncio.ensure_future(self._pinger(ws))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    raise exc
+            raise WebSocketClosed(1006, "session ended")
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return True  # not reached
+
+    @staticmethod
+    def _parse(text: Any) -> Dict[str, Any]:
+        if not isinstance(text, str):
+            raise WebSocketError("server sent a binary frame")
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            raise WebSocketError("server sent invalid JSON: %r" % text[:80]) from None
+        if not isinstance(msg, dict):
+            raise WebSocketError("server sent a JSON value that is not an object")
+        return msg
+
+    def _apply_settings(self, settings: Any) -> None:
+        if not isinstance(settings, dict):
+            return
+        for name, attr, lo, hi in (("interval", "interval", 0.1, 3600), ("keepalive_interval",
+                                   "keepalive_interval", 0.1, 3600), ("max_batch", "max_batch", 1, MAX_BATCH_LINES)):
+            v = settings.get(name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi:
+                setattr(self, attr, int(v) if name == "max_batch" else float(v))
+            elif v is not None:
+                LOG.warning("welcome: ignoring invalid setting %s=%r", name, v)
+
+    async def _receiver(self, ws: WebSocket) -> None:
+        while True:
+            raw = await ws.recv()
+            try:
+                msg = self._parse(raw)
+            except WebSocketError as exc:
+                LOG.warning("connection: %s; ignored", exc)
+                continue
+            kind = msg.get("type")
+            if kind == "ack":
+                seq = msg.get("seq")
+                if isinstance(seq, int) and not isinstance(seq, bool):
+                    self.spool.ack(seq)
+                    self._poke()
+            elif kind == "error":
+                LOG.warning("server error %s: %s", str(msg.get("code"))[:64], str(msg.get("message"))[:500])
+            elif kind == "welcome":
+                self._apply_settings(msg.get("settings"))
+            else:
+                LOG.debug("ignoring server message of type %r", kind)
+
+    async def _sender(self, ws: WebSocket, cursor: int) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            while self.outbox:
+                await ws.send_json(self.outbox[0])
+                self.outbox.popleft()  # only once sent: a failed send keeps it for the next session
+            while self.metrics_buffer:
+                await ws.send_json(self.metrics_buffer[0])
+                self.metrics_buffer.popleft()
+            for gap in self.spool.pop_gaps():
+                await ws.send_json({"type": "event", "kind": "log_gap",
+                                    "message": "spool full: %d lines dropped" % gap["dropped"], "data": gap})
+            if cursor <= self.spool.last_seq and cursor - 1 - self.spool.acked < INFLIGHT_MAX:
+                lines = self.spool.read(cursor, self.max_batch, BATCH_BYTES)
+                if lines:
+                    await ws.send_json({"type": "logs", "lines": lines})
+                    cursor = lines[-1]["seq"] + 1
+                    continue
+                cursor = self.spool.last_seq + 1  # everything at or after cursor was dropped
+            try:
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _pinger(self, ws: WebSocket) -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL)
+            try:
+                await ws.ping(timeout=PING_INTERVAL)
+            except asyncio.TimeoutError:
+                raise WebSocketError("server did not answer a ping within %.0f s" % PING_INTERVAL) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dvic_node.py", description="DVIC node daemon (runs in the foreground).")
+    p.add_argument("--config", required=True, metavar="BUNDLE", help="enrollment bundle (JSON)")
+    p.add_argument("--state-dir", default="/var/lib/dvic-node", help="spool, positions, TLS files")
+    p.add_argument("--log-dir", default=os.environ.get("DVIC_LOG_DIR", "/tmp"),
+                   help="where demos write dvic_log files (default: $DVIC_LOG_DIR or /tmp)")
+    p.add_argument("--spool-max-bytes", type=int, default=DEFAULT_SPOOL_BYTES,
+                   help="bound of the unacknowledged-lines spool (default 64 MiB)")
+    p.add_argument("--system-log", default="auto", metavar="SOURCE",
+                   help="auto, journal, none, or the path of a syslog file")
+    p.add_argument("--system-log-rate", type=float, default=20.0, help="system log lines per second (average)")
+    p.add_argument("--docker-socket", default="/var/run/docker.sock",
+                   help="Docker Engine API socket, or 'none' to not look into containers")
+    p.add_argument("--reconnect-max", type=float, default=60.0, help="longest reconnect delay in seconds")
+    p.add_argument("--poll-interval", type=float, default=0.2, help="seconds between reads of log files")
+    p.add_argument("--no-psutil", action="store_true", help="read /proc and /sys even when psutil is present")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug output on stderr")
+    return p.parse_args(argv)
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # journald timestamps lines itself; elsewhere put the time in
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
+    LOG.propagate = False
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        bundle = load_bundle(args.config)
+    except BundleError as exc:
+        LOG.error("%s", exc)
+        return 2
+    opts = Options(state_dir=args.state_dir, log_dir=args.log_dir, spool_max_bytes=args.spool_max_bytes,
+                   system_log=args.system_log, system_log_rate=args.system_log_rate,
+                   docker_socket=args.docker_socket, reconnect_max=max(1.0, args.reconnect_max),
+                   poll_interval=max(0.01, args.poll_interval), use_psutil=not args.no_psutil)
+    try:
+        return asyncio.run(Daemon(bundle, opts).run())
+    except BundleError as exc:
+        LOG.error("%s", exc)
+        return 2
+    except OSError as exc:
+        LOG.error("cannot start: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
