@@ -151,6 +151,9 @@ class Writer:
                 except Exception as exc:  # one bad write must not sink the others
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
+                    if _storage_failure(exc):
+                        log.error("database write failed: %s", exc)
+                        exc = StorageError(f"database write failed: {exc}")
                     results.append((False, exc))
                 else:
                     conn.execute("RELEASE op")
@@ -167,3 +170,13 @@ class Writer:
         self.commits += 1
         self.ops += len(fns)
         return results
+
+
+# Primary SQLite result codes that mean "the storage is unwell", not "this write was wrong":
+# BUSY, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN.
+_STORAGE_CODES = {5, 7, 8, 10, 11, 13, 14}
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.OperationalError) and code is not None and (code & 0xFF) in _STORAGE_CODES

@@ -1,0 +1,150 @@
+"""Plain-function parts of the server: message validation (shared vectors), writer, bus, retention, PKI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from central import db, store
+from central.bus import Bus
+from central.messages import ProtocolError, metric_series, parse_node_message
+from central.pki import CertificateAuthority, pem_fingerprint
+from central.writer import StorageError, Writer
+
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "node_messages.json").read_text())
+
+
+@pytest.mark.parametrize("message", VECTORS["valid"], ids=lambda m: m["type"])
+def test_valid_vectors_are_accepted(message):
+    parsed = parse_node_message(json.dumps(message))
+    assert parsed["type"] == message["type"]
+
+
+@pytest.mark.parametrize("case", VECTORS["invalid"], ids=lambda c: c["frame"][:30])
+def test_invalid_vectors_are_refused_with_their_close_code(case):
+    with pytest.raises(ProtocolError) as info:
+        parse_node_message(case["frame"])
+    assert info.value.close_code == case["close"]
+    assert info.value.message
+
+
+def test_metric_series_derivation():
+    sample = parse_node_message(json.dumps(VECTORS["valid"][1]))
+    assert metric_series(sample) == {
+        "cpu": 12.5, "load1": 0.5, "mem": 50.0, "swap": 0.0, "disk": 25.0, "temp": 48.3,
+        "uptime": 12345.0, "procs": 143.0, "net_rx": 123456.0, "net_tx": 654321.0,
+    }
+
+
+async def _migrated(tmp_path: Path) -> Path:
+    path = tmp_path / "t.sqlite3"
+    conn = await db.connect(path)
+    await db.migrate(conn)
+    await conn.close()
+    return path
+
+
+async def test_writer_groups_commits_and_isolates_a_failing_write(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.05)
+    await writer.start()
+    try:
+        def bad(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO events (ts, node_id, kind, message) VALUES (1, 'n', 'k', 'ok')")
+            raise ValueError("refused on purpose")
+
+        ops = [writer.submit(store.insert_event(time.time(), "n", "k", f"e{i}", {})) for i in range(200)]
+        results = await asyncio.gather(*ops, writer.submit(bad), return_exceptions=True)
+        assert isinstance(results[-1], ValueError)
+        assert all(isinstance(r, int) for r in results[:-1])
+        assert writer.commits < 20  # 201 writes, grouped
+    finally:
+        await writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 200  # the bad one left nothing
+
+
+async def test_writer_reports_a_full_disk_and_keeps_running(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.0)
+    await writer.start()
+    try:
+        line = {"seq": 1, "ts": 1.0, "source": "demo", "level": "INFO", "msg": "kept"}
+        assert await writer.submit(store.insert_logs("n", [line])) == 1
+        pages = await writer.submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        # A real SQLITE_FULL: cap the database at its current size.
+        await writer.submit(lambda c: c.execute(f"PRAGMA max_page_count={pages}"))
+        big = [{**line, "seq": i, "msg": "x" * 4000} for i in range(2, 400)]
+        with pytest.raises(StorageError, match="full"):
+            await writer.submit(store.insert_logs("n", big))
+        await writer.submit(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
+        assert await writer.submit(store.insert_logs("n", big)) == len(big)
+    finally:
+        await writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 399
+
+
+async def test_bus_cuts_off_a_slow_subscriber_without_blocking_others():
+    bus = Bus(client_queue_limit=10)
+    slow, fast = bus.subscribe(), bus.subscribe()
+    for i in range(10):
+        bus.publish({"type": "node", "i": i})
+        await fast.queue.get()
+    assert not slow.too_slow.is_set()
+    bus.publish({"type": "node", "i": 10})
+    assert slow.too_slow.is_set() and not fast.too_slow.is_set()
+    assert fast.queue.qsize() == 1
+
+
+async def test_retention_trims_old_rows_and_caps_logs(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path)
+    await writer.start()
+    now = time.time()
+    try:
+        lines = [{"seq": i, "ts": now - (100_000 if i <= 5 else 0), "source": "demo", "level": "INFO",
+                  "msg": f"m{i}"} for i in range(1, 21)]
+        await writer.submit(store.insert_logs("n", lines))
+        await writer.submit(store.insert_metrics("n", now - 200_000, {"cpu": 1.0}))
+        await writer.submit(store.insert_metrics("n", now, {"cpu": 2.0}))
+        deleted = await writer.submit(store.apply_retention(now, 86_400, 30 * 86_400, 86_400, 10, 86_400, 86_400))
+    finally:
+        await writer.close()
+    conn = sqlite3.connect(path)
+    seqs = [r[0] for r in conn.execute("SELECT seq FROM logs ORDER BY seq")]
+    assert seqs == list(range(11, 21))  # 5 too old, then the oldest beyond 10 rows
+    assert deleted["metrics_raw"] == 1
+    # Full-text index follows deletions.
+    assert conn.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'm3'").fetchone()[0] == 0
+
+
+async def test_migrations_refuse_a_newer_database(tmp_path):
+    path = await _migrated(tmp_path)
+    sqlite3.connect(path).execute(f"PRAGMA user_version={db.SCHEMA_VERSION + 1}")
+    conn = await db.connect(path)
+    try:
+        with pytest.raises(RuntimeError, match="newer"):
+            await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def test_ca_is_created_once_and_signs_node_and_server_certificates(tmp_path):
+    ca = CertificateAuthority(tmp_path)
+    again = CertificateAuthority(tmp_path)
+    assert ca.fingerprint == again.fingerprint
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
+    issued = ca.issue_node("7b0c2f1e-0000-4000-8000-000000000000")
+    assert pem_fingerprint(issued.cert_pem) == issued.fingerprint
+    cert_path, key_path = ca.ensure_server_cert(["127.0.0.1", "demo.lab"])
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    before = cert_path.read_bytes()
+    assert ca.ensure_server_cert(["demo.lab"])[0].read_bytes() == before  # still covers it: not reissued
+    ca.ensure_server_cert(["other.lab"])
+    assert cert_path.read_bytes() != before
