@@ -1,0 +1,252 @@
+"""``dvic add-node`` and ``dvic remove-node``: argument parsing, prompts and progress printing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from .errors import InstallerError
+from .esp32 import add_esp32
+from .flow import add_node, remove_node
+from .models import (
+    NODE_KINDS,
+    AddNodeRequest,
+    Direct,
+    Esp32Request,
+    HostKeyPrompt,
+    Jump,
+    RemoveNodeRequest,
+    ServerSpec,
+    Source,
+    Step,
+    StepStatus,
+    ViaNode,
+)
+from .paths import DEFAULT_TARGET_PATH
+from .secret import Password
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: when the main `dvic` parser already set these, a subcommand must not reset them to None.
+    parser.add_argument("--server", default=argparse.SUPPRESS, help="central server URL (env DVIC_SERVER)")
+    parser.add_argument("--token", default=argparse.SUPPRESS, help="operator API token (env DVIC_TOKEN)")
+    parser.add_argument("--ca", default=argparse.SUPPRESS, help="server CA file to pin (env DVIC_CA)")
+
+
+def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", "-u", help="SSH user on the target (root, or a sudo user)")
+    parser.add_argument("--port", "-p", type=int, default=22, help="SSH port on the target (default 22)")
+    parser.add_argument("--password-stdin", action="store_true",
+                        help="read the SSH password from the first line of stdin instead of prompting")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--direct", action="store_true", help="connect from this machine (the default)")
+    src.add_argument("--jump", metavar="USER@HOST[:PORT]", help="connect through an SSH jump host (keys/agent)")
+    src.add_argument("--via", metavar="NODE", help="connect through a fleet node's tunnel (not available yet)")
+    parser.add_argument("--jump-identity", action="append", metavar="FILE",
+                        help="private key for the jump host (repeatable; default: ~/.ssh keys and the agent)")
+    parser.add_argument("--expect-host-key", default="", metavar="SHA256:...",
+                        help="the target's host key fingerprint, instead of confirming it interactively")
+    parser.add_argument("--expect-jump-host-key", default="", metavar="SHA256:...",
+                        help="the jump host's key fingerprint, instead of confirming it interactively")
+    parser.add_argument("--known-hosts", type=Path, metavar="FILE",
+                        help="confirmed host keys (default: ~/.config/dvic/known_hosts)")
+    parser.add_argument("--no-systemd", action="store_true",
+                        help="target without systemd: start the daemon with setsid/nohup (not restarted at boot)")
+    parser.add_argument("--prefix", default="", metavar="DIR",
+                        help="install under DIR on the target (with --no-systemd; for tests and unprivileged trials)")
+    parser.add_argument("--target-path", default=DEFAULT_TARGET_PATH, metavar="PATH",
+                        help="PATH the install script uses on the target to find its tools and python3")
+    parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="S", help="SSH timeout (s)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``add-node`` and ``remove-node``; each sets ``func(args) -> int`` (the exit code)."""
+    add = subparsers.add_parser(
+        "add-node", help="enroll a machine and install the node daemon on it over SSH",
+        description="Enroll a new node at the central server and install its daemon over SSH, "
+                    "or (--kind esp32) write a C header for an ESP32 board. See docs/add-node.md.",
+    )
+    add.add_argument("target", nargs="?", help="the machine's address (not for --kind esp32)")
+    add.add_argument("--name", default="", help="node name (default: the target's hostname)")
+    add.add_argument("--kind", default="desktop", choices=NODE_KINDS, help="node kind (default desktop)")
+    add.add_argument("--group", default="", help="group, e.g. a room")
+    add.add_argument("--python", default="", metavar="PATH", help="Python >= 3.8 interpreter on the target")
+    add.add_argument("--online-timeout", type=float, default=60.0, metavar="S",
+                     help="how long to wait for the node to come online (default 60 s)")
+    add.add_argument("--out", type=Path, metavar="FILE.h", help="ESP32: where to write the C header")
+    add.add_argument("--force", action="store_true", help="ESP32: overwrite --out if it exists")
+    _add_ssh_options(add)
+    _add_server_options(add)
+    add.set_defaults(func=cmd_add_node)
+
+    rm = subparsers.add_parser(
+        "remove-node", help="revoke a node (and with --uninstall remove its daemon over SSH)",
+        description="Revoke a node at the central server; with --uninstall also stop and remove its "
+                    "daemon over SSH (--host, --user).",
+    )
+    rm.add_argument("node", help="node name or UUID")
+    rm.add_argument("--uninstall", action="store_true", help="also remove the daemon from the machine over SSH")
+    rm.add_argument("--host", default="", help="with --uninstall: the machine's address")
+    _add_ssh_options(rm)
+    _add_server_options(rm)
+    rm.set_defaults(func=cmd_remove_node)
+
+
+def _server(args: argparse.Namespace) -> ServerSpec:
+    return ServerSpec(
+        url=getattr(args, "server", None) or os.environ.get("DVIC_SERVER", ""),
+        token=getattr(args, "token", None) or os.environ.get("DVIC_TOKEN", ""),
+        ca_path=getattr(args, "ca", None) or os.environ.get("DVIC_CA", ""),
+    )
+
+
+def _source(args: argparse.Namespace) -> Source:
+    if args.via:
+        return ViaNode(args.via)
+    if args.jump:
+        user, _, hostport = args.jump.rpartition("@")
+        host, port = hostport, 22
+        if hostport.startswith("["):  # [v6addr]:port
+            host, _, rest = hostport[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 22
+        elif hostport.count(":") == 1:
+            host, _, p = hostport.partition(":")
+            port = int(p)
+        if not host:
+            raise ValueError(f"--jump {args.jump!r}: expected USER@HOST[:PORT]")
+        return Jump(host=host, port=port, user=user, client_keys=args.jump_identity,
+                    expect_host_key=args.expect_jump_host_key)
+    return Direct()
+
+
+def _read_password(args: argparse.Namespace, user: str, host: str) -> Password:
+    if args.password_stdin:
+        return Password.from_stream(sys.stdin.buffer)
+    return Password.prompt(f"SSH password for {user}@{host}: ")
+
+
+def _ask_tty(prompt: HostKeyPrompt) -> bool:
+    text = (f"The {prompt.role} host {prompt.host}:{prompt.port} is not known yet.\n"
+            f"Its {prompt.key_type} key fingerprint is {prompt.fingerprint}.\n"
+            "Check it on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub).\n"
+            "Trust this key and continue? [y/N] ")
+    try:
+        with open("/dev/tty", "r+", encoding="utf-8") as tty:
+            tty.write(text)
+            tty.flush()
+            return tty.readline().strip().lower() in ("y", "yes")
+    except OSError:
+        return False  # no terminal: never trust silently
+
+
+async def _confirm(prompt: HostKeyPrompt) -> bool:
+    return await asyncio.to_thread(_ask_tty, prompt)
+
+
+class _Printer:
+    """Prints each step as it ends, with its duration, and the total."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.total = 0.0
+
+    def __call__(self, step: Step) -> None:
+        if step.status == StepStatus.RUNNING:
+            if self.out.isatty():
+                print(f"  {step.name:<9} ...", file=self.out, flush=True)
+            return
+        self.total += step.duration
+        mark = {"ok": "ok", "skipped": "skip", "failed": "FAILED"}.get(step.status.value, step.status.value)
+        line = f"  {step.name:<9} {mark:<6} {step.duration:6.2f} s  {step.message or step.error}"
+        print(line.rstrip(), file=self.out, flush=True)
+
+
+def _fail(err: InstallerError, out: TextIO) -> int:
+    print(f"error in step '{err.step}': {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"what to do: {err.hint}", file=sys.stderr)
+    out.flush()
+    return EXIT_FAILED
+
+
+def cmd_add_node(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    printer = _Printer(out)
+    server = _server(args)
+    try:
+        if args.kind == "esp32":
+            if not args.name or not args.out:
+                print("error: --kind esp32 needs --name N and --out FILE.h", file=sys.stderr)
+                return EXIT_USAGE
+            result = asyncio.run(add_esp32(Esp32Request(name=args.name, out=args.out, server=server,
+                                                        group=args.group, force=args.force), printer))
+            print(f"ESP32 node {result.name} ({result.node_id}) enrolled; header written to {result.header_path} "
+                  f"(total {printer.total:.2f} s). Keep that file secret.", file=out)
+            return EXIT_OK
+        if not args.target or not args.user:
+            print("error: add-node needs TARGET and --user (or --kind esp32 --name N --out FILE.h)", file=sys.stderr)
+            return EXIT_USAGE
+        source = _source(args)
+        password = _read_password(args, args.user, args.target)
+        request = AddNodeRequest(
+            host=args.target, user=args.user, password=password, server=server, port=args.port, source=source,
+            name=args.name, kind=args.kind, group=args.group, expect_host_key=args.expect_host_key,
+            confirm_host_key=_confirm, known_hosts=args.known_hosts, prefix=args.prefix,
+            init="none" if args.no_systemd else "systemd", python=args.python, target_path=args.target_path,
+            connect_timeout=args.connect_timeout, online_timeout=args.online_timeout,
+        )
+        print(f"Adding {args.target} as a node:", file=out, flush=True)
+        result = asyncio.run(add_node(request, printer))
+    except InstallerError as err:
+        return _fail(err, out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: a fresh enrollment was revoked", file=sys.stderr)
+        return 130
+    how = "repaired in place (same identity)" if result.reused_identity else "enrolled and installed"
+    print(f"Node {result.name} ({result.node_id}) is online: {how} in {printer.total:.2f} s.", file=out)
+    return EXIT_OK
+
+
+def cmd_remove_node(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    printer = _Printer(out)
+    try:
+        password = None
+        if args.uninstall:
+            if not args.host or not args.user:
+                print("error: --uninstall needs --host and --user", file=sys.stderr)
+                return EXIT_USAGE
+            password = _read_password(args, args.user, args.host)
+        request = RemoveNodeRequest(
+            node=args.node, server=_server(args), uninstall=args.uninstall, host=args.host, user=args.user or "",
+            password=password, port=args.port, source=_source(args), expect_host_key=args.expect_host_key,
+            confirm_host_key=_confirm, known_hosts=args.known_hosts, prefix=args.prefix,
+            init="none" if args.no_systemd else "systemd", target_path=args.target_path,
+            connect_timeout=args.connect_timeout,
+        )
+        asyncio.run(remove_node(request, printer))
+    except InstallerError as err:
+        return _fail(err, out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Node {args.node} removed" + (" and uninstalled." if args.uninstall else " (revoked)."), file=out)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m installer``), same options as under ``dvic``."""
+    parser = argparse.ArgumentParser(prog="dvic")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))

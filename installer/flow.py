@@ -1,0 +1,251 @@
+"""``add_node`` and ``remove_node``: the whole flow, step by step, with rollback on failure."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncssh
+
+from .api import CentralClient, CentralError, ca_sha256
+from .errors import InstallerError
+from .hostkeys import KnownHosts
+from .models import (
+    NODE_KINDS,
+    AddNodeRequest,
+    AddNodeResult,
+    ProgressCallback,
+    RemoveNodeRequest,
+    StepStatus,
+)
+from .paths import NodeLayout, known_hosts_path
+from .remote import run_script
+from .render import INIT_MODES, render_script, render_unit
+from .ssh import open_target
+from .steps import StepRunner, central_error
+
+
+class Central(Protocol):
+    """What the flow needs from the central server (``CentralClient``, or the server itself later)."""
+
+    async def enroll(self, name: str, kind: str, group: str) -> dict[str, Any]: ...
+    async def get_node(self, node: str) -> dict[str, Any] | None: ...
+    async def revoke(self, node: str) -> bool: ...
+    async def wait_online(self, node_id: str, within: float, poll: float = 0.25) -> dict[str, Any]: ...
+
+
+def _validate(req: AddNodeRequest) -> None:
+    def bad(message: str, hint: str = "") -> InstallerError:
+        return InstallerError("connect", "bad_request", message, hint)
+
+    if not req.host:
+        raise bad("no target address given")
+    if not req.user:
+        raise bad("no SSH user given", "pass --user")
+    if not 0 < req.port < 65536:
+        raise bad(f"port {req.port} is out of range")
+    if req.kind not in NODE_KINDS:
+        raise bad(f"unknown kind {req.kind!r}", f"use one of {', '.join(NODE_KINDS)}")
+    if req.kind == "esp32":
+        raise bad("ESP32 boards are not installed over SSH", "use: dvic add-node --kind esp32 --name N --out FILE.h")
+    if req.init not in INIT_MODES:
+        raise bad(f"unknown init mode {req.init!r}")
+    if req.prefix and req.init == "systemd":
+        raise bad("--prefix installs outside the paths systemd reads", "add --no-systemd")
+
+
+def _read_text(step: str, what: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InstallerError(
+            step, "missing_file", f"cannot read the {what} {path}: {exc.strerror or exc}",
+            "run from a complete checkout/installation of dvic (node_script/ must be present)",
+        ) from exc
+
+
+async def add_node(
+    request: AddNodeRequest, progress: ProgressCallback | None = None, central: Central | None = None
+) -> AddNodeResult:
+    """Install a node over SSH and wait until it is online. Raises InstallerError on failure.
+
+    Steps: connect, check, enroll, render, install, online (``models.STEP_NAMES``). On failure a
+    fresh enrollment is revoked and a fresh install removed; the password is wiped on return.
+    """
+    runner = StepRunner(progress)
+    try:
+        _validate(request)
+        async with AsyncExitStack() as stack:
+            if central is None:
+                try:
+                    central = await stack.enter_async_context(CentralClient(request.server))
+                except CentralError as exc:
+                    raise central_error("connect", exc) from exc
+            return await _add_node(request, runner, central, stack)
+    finally:
+        request.password.wipe()
+
+
+async def _add_node(
+    req: AddNodeRequest, runner: StepRunner, api: Central, stack: AsyncExitStack
+) -> AddNodeResult:
+    layout = NodeLayout(req.prefix)
+    store = KnownHosts(req.known_hosts or known_hosts_path())
+
+    def script(mode: str, **extra: Any) -> str:
+        return render_script(mode, layout=layout, init=req.init, python=req.python,
+                             target_path=req.target_path, **extra)
+
+    async with runner.run("connect") as step:
+        conn: asyncssh.SSHClientConnection = await stack.enter_async_context(open_target(
+            host=req.host, port=req.port, user=req.user, password=req.password, source=req.source,
+            known_hosts=store, expect_host_key=req.expect_host_key, confirm=req.confirm_host_key,
+            connect_timeout=req.connect_timeout,
+        ))
+        step.message = f"{req.user}@{req.host}:{req.port}"
+
+    async with runner.run("check") as step:
+        facts = (await run_script(conn, script("check"), "check", password=req.password, step="check")).facts
+        step.message = (f"{facts.get('os', '?')} {facts.get('arch', '?')}, Python {facts.get('python_version')} "
+                        f"({facts.get('python')}), init {facts.get('init')}")
+
+    keep = False
+    bundle: dict[str, Any] | None = None
+    enrolled = ""
+    async with runner.run("enroll") as step:
+        if facts.get("installed") == "yes":
+            keep, why = await _reusable(req, api, facts)
+            step.message = why
+        if keep:
+            node_id, name = facts["node_id"], facts.get("node_name", "")
+        else:
+            name = req.name or facts.get("hostname", "")
+            if not name:
+                raise InstallerError("enroll", "no_name", "the target reported no hostname", "pass --name")
+            bundle = await api.enroll(name, req.kind, req.group)
+            node_id = enrolled = str(bundle["node_id"])
+            name = str(bundle.get("name") or name)
+            step.message = (step.message + "; " if step.message else "") + f"enrolled {name} ({node_id})"
+
+    installed = False
+    try:
+        async with runner.run("render") as step:
+            daemon_text = _read_text("render", "daemon", req.daemon_source)
+            template = _read_text("render", "unit template", req.unit_template)
+            unit = render_unit(template, facts["python"], layout)
+            install_script = script("install", keep_bundle=keep, expect_node_id=node_id,
+                                    daemon_text=daemon_text, bundle=bundle, unit_text=unit)
+            bundle = None  # the secret now lives only in the script text, dropped after the install
+            step.message = f"{len(install_script)} bytes" + (", keeping the installed bundle" if keep else "")
+
+        async with runner.run("install") as step:
+            result = await run_script(conn, install_script, "install", password=req.password, step="install")
+            del install_script
+            installed = True
+            step.message = f"{layout.daemon} ({req.init}" + (
+                f", pid {result.facts['pid']})" if "pid" in result.facts else ")")
+
+        async with runner.run("online") as step:
+            node = await api.wait_online(node_id, req.online_timeout)
+            step.message = f"{node.get('name', name)} ({node_id}) is online"
+    except BaseException as exc:
+        if enrolled:
+            await _roll_back(runner, api, conn, script, enrolled, installed, req, exc)
+        raise
+    return AddNodeResult(node_id=node_id, name=name, reused_identity=keep, steps=runner.steps)
+
+
+async def _reusable(req: AddNodeRequest, api: Central, facts: dict[str, str]) -> tuple[bool, str]:
+    """Whether the identity installed on the target can be kept (re-run = repair/upgrade in place)."""
+    node_id = facts.get("node_id", "")
+    installed_name = facts.get("node_name", "")
+    if req.server.ca_path and facts.get("ca_sha256"):
+        try:
+            ours = ca_sha256(req.server.ca_path)
+        except (OSError, ValueError) as exc:
+            raise InstallerError("enroll", "bad_ca", f"cannot read the CA file {req.server.ca_path}: {exc}",
+                                 "check --ca / DVIC_CA") from exc
+        if facts["ca_sha256"] != ours:
+            return False, f"the installed identity {node_id} belongs to another server: replacing it"
+    node = await api.get_node(node_id)
+    if node is None or node.get("revoked"):
+        return False, f"the installed identity {node_id} is {'revoked' if node else 'unknown'}: replacing it"
+    if req.name and req.name not in (installed_name, node.get("name")):
+        raise InstallerError(
+            "enroll", "name_mismatch",
+            f"the target is already enrolled as {installed_name!r} ({node_id}), not {req.name!r}",
+            f"run again without --name to repair it, or remove it first: dvic remove-node {node_id}",
+        )
+    return True, f"kept the installed identity {installed_name} ({node_id})"
+
+
+async def _roll_back(
+    runner: StepRunner, api: Central, conn: asyncssh.SSHClientConnection, script: Any,
+    node_id: str, installed: bool, req: AddNodeRequest, cause: BaseException,
+) -> None:
+    """Undo a fresh enrollment: remove the install (when it got that far) and revoke the identity."""
+    done: list[str] = []
+    problems: list[str] = []
+    if installed:
+        try:
+            await run_script(conn, script("uninstall", expect_node_id=node_id), "uninstall",
+                             password=req.password, step="rollback", time_limit=60)
+            done.append("removed the install from the target")
+        except InstallerError as exc:
+            problems.append(f"could not remove the install from the target ({exc.message})")
+    try:
+        await asyncio.wait_for(api.revoke(node_id), 30)
+        done.append(f"revoked the enrollment {node_id}")
+    except (TimeoutError, CentralError) as exc:
+        problems.append(f"could not revoke {node_id} ({exc}): run dvic remove-node {node_id}")
+    runner.note("rollback", "; ".join(done + problems), StepStatus.FAILED if problems else StepStatus.OK)
+    if problems and isinstance(cause, InstallerError):
+        cause.hint = (cause.hint + "; " if cause.hint else "") + "; ".join(problems)
+
+
+async def remove_node(
+    request: RemoveNodeRequest, progress: ProgressCallback | None = None, central: Central | None = None
+) -> list[Any]:
+    """Revoke a node and, with ``uninstall``, remove its daemon over SSH. Returns the steps."""
+    runner = StepRunner(progress)
+    try:
+        async with AsyncExitStack() as stack:
+            if central is None:
+                try:
+                    central = await stack.enter_async_context(CentralClient(request.server))
+                except CentralError as exc:
+                    raise central_error("revoke", exc) from exc
+            # Revoke first: the identity is dead at once, even if the machine is unreachable.
+            async with runner.run("revoke") as step:
+                node = await central.get_node(request.node)
+                if node is None:
+                    raise InstallerError("revoke", "unknown_node", f"the server does not know {request.node!r}",
+                                         "list the nodes with: dvic nodes")
+                node_id = str(node.get("id") or request.node)
+                await central.revoke(node_id)
+                step.message = f"revoked {node.get('name', '')} ({node_id})"
+            if not request.uninstall:
+                return runner.steps
+            if request.password is None or not request.host or not request.user:
+                raise InstallerError("connect", "bad_request", "--uninstall needs the target's address, user and "
+                                     "password", "pass --host and --user")
+            password = request.password
+            async with runner.run("connect") as step:
+                conn = await stack.enter_async_context(open_target(
+                    host=request.host, port=request.port, user=request.user, password=password,
+                    source=request.source, known_hosts=KnownHosts(request.known_hosts or known_hosts_path()),
+                    expect_host_key=request.expect_host_key, confirm=request.confirm_host_key,
+                    connect_timeout=request.connect_timeout,
+                ))
+                step.message = f"{request.user}@{request.host}:{request.port}"
+            async with runner.run("uninstall") as step:
+                text = render_script("uninstall", layout=NodeLayout(request.prefix), init=request.init,
+                                     target_path=request.target_path, expect_node_id=node_id)
+                await run_script(conn, text, "uninstall", password=password, step="uninstall")
+                step.message = "daemon stopped and removed"
+            return runner.steps
+    finally:
+        if request.password is not None:
+            request.password.wipe()

@@ -1,0 +1,268 @@
+"""The POSIX sh install script run on the target (as root), kept as text so it ships with the package.
+
+Modes: ``check`` (facts + existing identity, changes nothing), ``install`` (install, repair or upgrade;
+rolls back on failure), ``uninstall``. Values are substituted by ``installer.render`` already
+shell-quoted; payload files are embedded as quoted here-documents. Output for the installer is
+lines ``DVIC key value``; a failure prints one ``DVIC-ERROR code message`` and exits non-zero.
+"""
+
+TEMPLATE = r"""#!/bin/sh
+# dvic-node installer (rendered by `dvic add-node`). Usage: sh install.sh check|install|uninstall
+set -u
+umask 077
+# stdin may still hold the password line when sudo did not need it: never read it.
+exec </dev/null
+
+PATH=@TARGET_PATH@; export PATH
+INIT=@INIT@
+PYTHON_WANT=@PYTHON@
+KEEP_BUNDLE=@KEEP_BUNDLE@
+EXPECT_NODE_ID=@EXPECT_NODE_ID@
+DAEMON=@DAEMON@
+BUNDLE=@BUNDLE@
+STATE_DIR=@STATE_DIR@
+UNIT=@UNIT@
+SERVICE=dvic-node.service
+PIDFILE="$STATE_DIR/dvic-node.pid"
+DAEMON_OUT="$STATE_DIR/daemon.out"
+
+COMMITTING=0
+STAGE=""
+CREATED_DIRS=""
+TOUCHED=""
+STARTED=0
+WAS_RUNNING=0
+
+say() { printf 'DVIC %s %s\n' "$1" "$2"; }
+fail() { printf 'DVIC-ERROR %s %s\n' "$1" "$2"; exit 3; }
+nap() { sleep 0.1 2>/dev/null || sleep 1; }
+
+find_python() {
+    if [ -n "$PYTHON_WANT" ]; then
+        PY=$PYTHON_WANT
+        [ -x "$PY" ] || fail no_python "the interpreter $PY does not exist or is not executable"
+    else
+        PY=$(command -v python3 2>/dev/null) || PY=""
+        [ -n "$PY" ] || fail no_python "python3 was not found in $PATH"
+    fi
+    case "$PY" in /*) ;; *) fail no_python "the interpreter path $PY is not absolute" ;; esac
+    PYVER=$("$PY" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) \
+        || fail no_python "$PY does not run"
+    "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' \
+        || fail old_python "$PY is Python $PYVER; the daemon needs Python 3.8 or newer"
+}
+
+check_system() {
+    [ "$(id -u)" = 0 ] || fail not_root "the install script must run as root"
+    os=$(uname -s)
+    [ "$os" = Linux ] || fail unsupported_os "$os is not supported (Linux only)"
+    pretty=$(sed -n 's/^PRETTY_NAME=//p' /etc/os-release 2>/dev/null | tr -d '"')
+    say os "${pretty:-Linux}"
+    say arch "$(uname -m)"
+    say hostname "$(uname -n)"
+    find_python
+    say python "$PY"
+    say python_version "$PYVER"
+    if [ "$INIT" = systemd ]; then
+        if [ ! -d /run/systemd/system ] || ! command -v systemctl >/dev/null 2>&1; then
+            fail no_systemd "systemd is not running on this machine"
+        fi
+    fi
+    say init "$INIT"
+}
+
+# Validates an installed bundle with the target's own Python and prints its identity (no secrets).
+read_bundle() {
+    "$PY" - "$BUNDLE" <<'DVIC_READ_BUNDLE'
+import json, sys
+need = ("node_id", "name", "ws_url", "ca_pem", "cert_pem", "key_pem", "token")
+try:
+    with open(sys.argv[1]) as f:
+        b = json.load(f)
+    ok = isinstance(b, dict) and b.get("format") == "dvic-node-bundle/1" and all(
+        isinstance(b.get(k), str) and b.get(k) for k in need)
+except (OSError, ValueError):
+    ok = False
+if not ok:
+    print("DVIC installed invalid")
+    sys.exit(0)
+print("DVIC installed yes")
+for key, field in (("node_id", "node_id"), ("node_name", "name"), ("ca_sha256", "ca_sha256")):
+    print("DVIC %s %s" % (key, " ".join(str(b.get(field, "")).split())))
+DVIC_READ_BUNDLE
+}
+
+daemon_pid() {
+    [ -f "$PIDFILE" ] || return 1
+    pid=$(cat "$PIDFILE" 2>/dev/null)
+    case "$pid" in ''|*[!0-9]*) return 1 ;; esac
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    tr '\000' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$DAEMON" || return 1
+    echo "$pid"
+}
+
+service_active() {
+    if [ "$INIT" = systemd ]; then
+        systemctl is-active --quiet "$SERVICE"
+    else
+        daemon_pid >/dev/null
+    fi
+}
+
+stop_daemon() {
+    if [ "$INIT" = systemd ]; then
+        systemctl stop "$SERVICE" >/dev/null 2>&1 || true
+        return 0
+    fi
+    if pid=$(daemon_pid); then
+        kill "$pid" 2>/dev/null
+        i=0
+        while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do nap; i=$((i + 1)); done
+        kill -9 "$pid" 2>/dev/null
+    fi
+    rm -f "$PIDFILE"
+}
+
+start_daemon() {
+    if [ "$INIT" = systemd ]; then
+        systemctl daemon-reload && systemctl enable --quiet "$SERVICE" && systemctl restart "$SERVICE" \
+            || return 1
+        systemctl is-active --quiet "$SERVICE"
+        return
+    fi
+    mkdir -p "$STATE_DIR"
+    if command -v setsid >/dev/null 2>&1; then
+        setsid nohup "$PY" "$DAEMON" --config "$BUNDLE" --state-dir "$STATE_DIR" >>"$DAEMON_OUT" 2>&1 </dev/null &
+    else
+        nohup "$PY" "$DAEMON" --config "$BUNDLE" --state-dir "$STATE_DIR" >>"$DAEMON_OUT" 2>&1 </dev/null &
+    fi
+    echo $! >"$PIDFILE"
+    # A daemon that cannot even start (bad bundle, import error) dies within a moment.
+    i=0
+    while [ "$i" -lt 5 ]; do nap; i=$((i + 1)); done
+    daemon_pid >/dev/null
+}
+
+make_dir() {  # make_dir DIR MODE: create (and remember, for rollback) a directory we own
+    top=""
+    d=$1
+    while [ ! -d "$d" ]; do top=$d; d=$(dirname "$d"); done
+    mkdir -p "$1" || fail install_failed "cannot create $1"
+    # Remember the topmost directory we created: rollback removes it with all it holds.
+    if [ -n "$top" ]; then CREATED_DIRS="$top $CREATED_DIRS"; fi
+    chmod "$2" "$1"
+}
+
+put() {  # put SRC DEST MODE: atomic replace, keeping the old file in the stage for rollback
+    name=$(echo "$2" | tr '/' '_')
+    if [ -e "$2" ]; then cp -p "$2" "$STAGE/old$name" || fail install_failed "cannot back up $2"; fi
+    TOUCHED="$2 $TOUCHED"
+    cp "$1" "$2.dvic-new" && chmod "$3" "$2.dvic-new" && mv -f "$2.dvic-new" "$2" \
+        || fail install_failed "cannot write $2"
+}
+
+rollback() {
+    say rollback started
+    stop_daemon
+    for f in $TOUCHED; do
+        name=$(echo "$f" | tr '/' '_')
+        rm -f "$f.dvic-new"
+        if [ -e "$STAGE/old$name" ]; then mv -f "$STAGE/old$name" "$f"; else rm -f "$f"; fi
+    done
+    if [ "$INIT" = systemd ]; then
+        [ -e "$UNIT" ] || systemctl disable --quiet "$SERVICE" >/dev/null 2>&1
+        systemctl daemon-reload >/dev/null 2>&1
+    fi
+    for d in $CREATED_DIRS; do rm -rf "$d"; done
+    if [ "$WAS_RUNNING" = 1 ]; then start_daemon >/dev/null 2>&1 || true; fi
+    say rollback done
+}
+
+on_exit() {
+    rc=$?
+    trap - EXIT
+    if [ "$COMMITTING" = 1 ] && [ "$rc" != 0 ]; then rollback; fi
+    [ -n "$STAGE" ] && rm -rf "$STAGE"
+    exit "$rc"
+}
+
+verify_unit() {
+    command -v systemd-analyze >/dev/null 2>&1 || { say unit_verify unavailable; return 0; }
+    out=$(systemd-analyze verify "$1" 2>&1)
+    rc=$?
+    # Only complaints about our own file count: a container may warn about unrelated units.
+    ours=$(printf '%s\n' "$out" | grep -F -- "$1")
+    if [ "$rc" != 0 ] || [ -n "$ours" ]; then
+        fail bad_unit "systemd-analyze verify rejected the unit: $(printf '%s' "${ours:-$out}" | tr '\n' ' ')"
+    fi
+    say unit_verify ok
+}
+
+do_check() {
+    check_system
+    if [ -e "$BUNDLE" ]; then read_bundle; else say installed no; fi
+    if service_active; then say service active; else say service inactive; fi
+}
+
+do_install() {
+    check_system
+    trap on_exit EXIT
+    trap 'exit 4' HUP INT TERM
+    STAGE=$(mktemp -d "${TMPDIR:-/tmp}/dvic-node-stage.XXXXXX") || fail install_failed "cannot create a staging dir"
+    write_daemon "$STAGE/dvic_node.py"
+    "$PY" -c 'import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])' "$STAGE/dvic_node.py" \
+        || fail bad_daemon "the daemon file does not parse with $PY ($PYVER)"
+    if [ "$KEEP_BUNDLE" = 1 ]; then
+        [ -e "$BUNDLE" ] || fail bundle_changed "the installed bundle disappeared"
+        ident=$(read_bundle)
+        printf '%s\n' "$ident" | grep -qxF "DVIC node_id $EXPECT_NODE_ID" \
+            || fail bundle_changed "the installed bundle no longer holds node $EXPECT_NODE_ID"
+    else
+        write_bundle "$STAGE/bundle.json"
+    fi
+    mkdir -p "$STAGE/unit"
+    write_unit "$STAGE/unit/$SERVICE"
+    verify_unit "$STAGE/unit/$SERVICE"
+
+    if service_active; then WAS_RUNNING=1; fi
+    COMMITTING=1
+    stop_daemon
+    make_dir "$(dirname "$DAEMON")" 755
+    make_dir "$(dirname "$BUNDLE")" 700
+    make_dir "$STATE_DIR" 700
+    make_dir "$(dirname "$UNIT")" 755
+    put "$STAGE/dvic_node.py" "$DAEMON" 644
+    if [ "$KEEP_BUNDLE" != 1 ]; then put "$STAGE/bundle.json" "$BUNDLE" 600; fi
+    put "$STAGE/unit/$SERVICE" "$UNIT" 644
+    start_daemon || fail start_failed "the daemon did not stay running: $(tail -n 5 "$DAEMON_OUT" 2>/dev/null | tr '\n' ' ')"
+    COMMITTING=0
+    if [ "$INIT" = none ]; then say pid "$(cat "$PIDFILE")"; fi
+    say installed ok
+}
+
+do_uninstall() {
+    [ "$(id -u)" = 0 ] || fail not_root "the install script must run as root"
+    if [ -n "$EXPECT_NODE_ID" ] && [ -e "$BUNDLE" ] && ! grep -qF -- "\"$EXPECT_NODE_ID\"" "$BUNDLE"; then
+        fail wrong_node "this machine holds another node identity than $EXPECT_NODE_ID"
+    fi
+    stop_daemon
+    if [ "$INIT" = systemd ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --quiet "$SERVICE" >/dev/null 2>&1
+    fi
+    rm -f "$UNIT"
+    if [ "$INIT" = systemd ] && command -v systemctl >/dev/null 2>&1; then
+        systemctl daemon-reload >/dev/null 2>&1
+    fi
+    rm -rf "$(dirname "$DAEMON")" "$(dirname "$BUNDLE")" "$STATE_DIR"
+    say uninstalled ok
+}
+
+@PAYLOAD@
+
+case "${1:-}" in
+    check) do_check ;;
+    install) do_install ;;
+    uninstall) do_uninstall ;;
+    *) fail usage "usage: install.sh check|install|uninstall" ;;
+esac
+"""

@@ -1,0 +1,77 @@
+"""A password held in a zeroable buffer: used once, never printed, wiped after use."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import BinaryIO
+
+
+class Password:
+    """Holds a password as a ``bytearray`` so it can be overwritten when no longer needed.
+
+    Python cannot wipe ``str`` objects, and asyncssh takes the SSH password as ``str``; the
+    transient copies made by :meth:`text` and :meth:`line` are handed straight to asyncssh or a
+    channel and dropped. The canonical copy lives here and is zeroed by :meth:`wipe`.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        if b"\n" in data or b"\r" in data or b"\0" in data:
+            raise ValueError("a password cannot contain newline or NUL characters")
+        self._buf = bytearray(data)
+        if isinstance(data, bytearray):
+            data[:] = b"\0" * len(data)
+
+    @classmethod
+    def from_stream(cls, stream: BinaryIO) -> Password:
+        """Read one line (the password) from a binary stream such as ``sys.stdin.buffer``."""
+        raw = bytearray(stream.readline())
+        while raw and raw[-1:] in (b"\n", b"\r"):
+            raw.pop()
+        if not raw:
+            raise ValueError("no password on standard input (expected one line)")
+        return cls(raw)
+
+    @classmethod
+    def prompt(cls, prompt: str = "SSH password: ") -> Password:
+        """Ask on the terminal without echo."""
+        if not sys.stdin.isatty():
+            raise ValueError("no terminal to ask for the password: use --password-stdin")
+        text = getpass.getpass(prompt)
+        if not text:
+            raise ValueError("empty password")
+        return cls(bytearray(text.encode()))
+
+    def text(self) -> str:
+        """A transient ``str`` copy for asyncssh's ``password=`` (drop it right after use)."""
+        self._check()
+        return self._buf.decode("utf-8", errors="strict")
+
+    def line(self) -> bytes:
+        """The password followed by a newline, for ``sudo -S`` on a channel's stdin."""
+        self._check()
+        return bytes(self._buf) + b"\n"
+
+    @property
+    def wiped(self) -> bool:
+        return not self._buf
+
+    def wipe(self) -> None:
+        """Overwrite the buffer with zeros and forget it."""
+        for i in range(len(self._buf)):
+            self._buf[i] = 0
+        self._buf = bytearray()
+
+    def _check(self) -> None:
+        if not self._buf:
+            raise RuntimeError("password already wiped")
+
+    def __repr__(self) -> str:
+        return "Password(***)" if self._buf else "Password(<wiped>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> object:  # never pickle a secret by accident
+        raise TypeError("Password cannot be pickled")

@@ -1,0 +1,158 @@
+"""Opening the SSH session to the target: directly, through a jump host, or (later) through a node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Protocol
+
+import asyncssh
+
+from .errors import InstallerError, NotAvailableError
+from .hostkeys import KnownHosts, trusted_host_keys
+from .models import ConfirmHostKey, Direct, Jump, Source, ViaNode
+from .secret import Password
+
+
+class Tunnel(Protocol):
+    """What asyncssh accepts as ``tunnel=``: anything that opens a TCP stream to host:port.
+
+    A jump host's ``SSHClientConnection`` is one; the ``--via NODE`` tunnel through a node's daemon
+    (issue 4) will be another object with this same method.
+    """
+
+    async def create_connection(
+        self, session_factory: Any, remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]: ...
+
+
+async def open_via_node(source: ViaNode) -> Tunnel:
+    """The TCP tunnel through a fleet node. Plugs in here when the node tunnel exists (issue 4)."""
+    raise NotAvailableError(
+        "connect",
+        "not_available",
+        f"--via {source.node} is not available yet: it needs the TCP tunnel through a node daemon",
+        "connect with --direct (from this machine) or --jump user@host (through an SSH jump host)",
+    )
+
+
+def _describe(exc: BaseException, role: str, host: str, port: int, via: str) -> InstallerError:
+    where = f"{role} {host}:{port}" + (f" (through {via})" if via else "")
+    if isinstance(exc, asyncssh.PermissionDenied):
+        if role == "jump":
+            return InstallerError(
+                "connect", "jump_auth_failed", f"the jump host {host}:{port} refused our SSH keys",
+                "load the right key into ssh-agent or pass --jump-identity FILE",
+            )
+        return InstallerError(
+            "connect", "auth_failed", f"the {where} refused the user name or password",
+            "check the user name and password (nothing was changed on the target or the server)",
+        )
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return InstallerError(
+            "connect", "host_key_changed", f"the {where} host key changed during the connection: {exc.reason}",
+            "run again; if it persists, check the machine's host key on its console",
+        )
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return InstallerError(
+            "connect", "unreachable", f"{via or 'the source'} cannot reach the {where}: {exc.reason}",
+            "check the address and port from the source machine; is sshd running on the target?",
+        )
+    if isinstance(exc, asyncio.TimeoutError):
+        return InstallerError(
+            "connect", "timeout", f"no SSH answer from the {where} in time",
+            "check the address, the port and any firewall between the source and the target",
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return InstallerError(
+            "connect", "unreachable", f"connection refused by the {where}",
+            "is sshd running there and listening on that port (--port)?",
+        )
+    if isinstance(exc, OSError):
+        return InstallerError(
+            "connect", "unreachable", f"cannot reach the {where}: {exc.strerror or exc}",
+            "check the address and the network route from the source",
+        )
+    if isinstance(exc, asyncssh.Error):
+        return InstallerError("connect", "ssh_error", f"SSH error with the {where}: {exc.reason}", "")
+    raise exc
+
+
+@asynccontextmanager
+async def open_target(
+    *,
+    host: str,
+    port: int,
+    user: str,
+    password: Password,
+    source: Source,
+    known_hosts: KnownHosts,
+    expect_host_key: str,
+    confirm: ConfirmHostKey | None,
+    connect_timeout: float,
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """An authenticated connection to the target, closed (with its jump connection) on exit."""
+    async with AsyncExitStack() as stack:
+        tunnel: Any = None
+        via = ""
+        if isinstance(source, ViaNode):
+            tunnel = await open_via_node(source)
+            via = f"node {source.node}"
+        elif isinstance(source, Jump):
+            via = f"jump host {source.host}:{source.port}"
+            try:
+                keys = await trusted_host_keys(
+                    known_hosts, role="jump", host=source.host, port=source.port,
+                    expected=source.expect_host_key, confirm=confirm, tunnel=None, connect_timeout=connect_timeout,
+                )
+                tunnel = await asyncssh.connect(
+                    source.host, source.port,
+                    username=source.user or (),
+                    known_hosts=(keys, [], []),
+                    client_keys=source.client_keys if source.client_keys is not None else (),
+                    preferred_auth=("publickey",),
+                    config=None,
+                    connect_timeout=connect_timeout,
+                    login_timeout=connect_timeout,
+                )
+            except InstallerError:
+                raise
+            except (TimeoutError, asyncssh.Error, OSError) as exc:
+                raise _describe(exc, "jump", source.host, source.port, "") from exc
+            stack.push_async_callback(_close, tunnel)
+        elif not isinstance(source, Direct):
+            raise TypeError(f"unknown source {source!r}")
+
+        try:
+            keys = await trusted_host_keys(
+                known_hosts, role="target", host=host, port=port,
+                expected=expect_host_key, confirm=confirm, tunnel=tunnel, connect_timeout=connect_timeout,
+            )
+            conn = await asyncssh.connect(
+                host, port,
+                tunnel=tunnel if tunnel is not None else (),
+                username=user,
+                password=password.text(),
+                known_hosts=(keys, [], []),
+                client_keys=None,  # the target is reached with the password only
+                agent_path=None,
+                preferred_auth=("password", "keyboard-interactive"),
+                config=None,
+                connect_timeout=connect_timeout,
+                login_timeout=connect_timeout,
+            )
+        except InstallerError:
+            raise
+        except (TimeoutError, asyncssh.Error, OSError) as exc:
+            raise _describe(exc, "target", host, port, via) from exc
+        stack.push_async_callback(_close, conn)
+        yield conn
+
+
+async def _close(conn: asyncssh.SSHClientConnection) -> None:
+    conn.close()
+    try:
+        await asyncio.wait_for(conn.wait_closed(), 5)
+    except (TimeoutError, OSError, asyncssh.Error):
+        pass  # closing is best effort; the socket is gone either way

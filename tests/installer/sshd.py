@@ -1,0 +1,119 @@
+"""A real OpenSSH sshd on a free loopback port, with its own host key and config in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class Sshd:
+    """``Sshd(dir, user).start()``; ``.port``, ``.host_key_pub``; ``.stop()``. Password auth for ``user``."""
+
+    def __init__(self, directory: Path, user: str, authorized_keys: str = "", port: int = 0) -> None:
+        self.dir = directory
+        self.user = user
+        self.authorized_keys = authorized_keys
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "sshd.log"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.host_key = directory / "ssh_host_ed25519_key"
+        self._keys_dir: Path | None = None
+
+    def new_host_key(self) -> None:
+        for path in (self.host_key, Path(str(self.host_key) + ".pub")):
+            path.unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
+
+    @property
+    def fingerprint(self) -> str:
+        out = subprocess.run(["ssh-keygen", "-lf", str(self.host_key) + ".pub"], check=True,
+                             capture_output=True, text=True).stdout
+        return out.split()[1]
+
+    def start(self) -> Sshd:
+        if not self.host_key.exists():
+            self.new_host_key()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        # sshd reads authorized_keys as the user: pytest's temp dirs are root-only, so use a readable dir.
+        self._keys_dir = Path(tempfile.mkdtemp(prefix="dvic-it-keys-"))
+        self._keys_dir.chmod(0o755)
+        auth_keys = self._keys_dir / "authorized_keys"
+        auth_keys.write_text(self.authorized_keys)
+        auth_keys.chmod(0o644)
+        # A port freed by free_port() can be taken by someone else before sshd binds: retry a few times.
+        for _attempt in range(5):
+            port = self.port or free_port()
+            config = self.dir / "sshd_config"
+            config.write_text(
+                f"Port {port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+                f"PidFile {self.dir / 'sshd.pid'}\nAllowUsers {self.user}\n"
+                "UsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n"
+                f"PubkeyAuthentication yes\nAuthorizedKeysFile {auth_keys}\nStrictModes no\n"
+                "AllowTcpForwarding yes\nPermitRootLogin no\nLogLevel VERBOSE\n"
+                "Subsystem sftp internal-sftp\nMaxStartups 50\n"
+            )
+            log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+            log.close()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None and not _listening(port):
+                time.sleep(0.02)
+            if self.proc.poll() is None and _listening(port):
+                self.port = port
+                return self
+            self._stop_proc()
+            if self.port:
+                break
+        self.stop()
+        raise RuntimeError(f"sshd did not start:\n{self.log_path.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        self._stop_proc()
+        if self._keys_dir is not None:
+            shutil.rmtree(self._keys_dir, ignore_errors=True)
+            self._keys_dir = None
+
+    def _stop_proc(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self.proc = None
+
+
+def ensure_user(name: str, password: str) -> None:
+    """Create the test user if missing and set its password (idempotent; the password goes via stdin)."""
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+    subprocess.run(["chpasswd"], input=f"{name}:{password}\n".encode(), check=True)
+    sudoers = Path(f"/etc/sudoers.d/{name}")
+    want = f"{name} ALL=(ALL:ALL) ALL\n"  # a password is required: the tests exercise sudo -S
+    if not sudoers.exists() or sudoers.read_text() != want:
+        sudoers.write_text(want)
+        os.chmod(sudoers, 0o440)

@@ -1,0 +1,278 @@
+"""add_node over real SSH (OpenSSH sshd on loopback) into a prefix on this machine, no systemd."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from installer import (
+    STEP_NAMES,
+    AddNodeRequest,
+    HostKeyPrompt,
+    InstallerError,
+    Jump,
+    Step,
+    StepStatus,
+    add_node,
+)
+
+from .conftest import daemon_pid, tree
+from .fake_central import FakeCentral
+from .sshd import Sshd
+
+
+def _ended(steps: list[Step]) -> list[tuple[str, str]]:
+    return [(s.name, s.status.value) for s in steps if s.status != StepStatus.RUNNING]
+
+
+async def test_direct_install_comes_online(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+) -> None:
+    reported: list[Step] = []
+    request = make_request()
+    result = await add_node(request, lambda s: reported.append(Step(**vars(s))))
+
+    assert [s.name for s in result.steps] == list(STEP_NAMES)
+    assert all(s.status == StepStatus.OK for s in result.steps), result.steps
+    # Each step is reported when it starts and when it ends, in order, with a duration.
+    assert [(s.name, s.status.value) for s in reported] == [
+        pair for name in STEP_NAMES for pair in ((name, "running"), (name, "ok"))]
+    assert all(s.duration > 0 for s in result.steps)
+    assert not result.reused_identity
+    assert central.nodes[result.node_id]["state"] == "online"
+    assert request.password.wiped
+
+    bundle = prefix / "etc/dvic-node/bundle.json"
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    assert json.loads(bundle.read_text())["node_id"] == result.node_id
+    unit = (prefix / "etc/systemd/system/dvic-node.service").read_text()
+    assert f"{prefix}/opt/dvic-node/dvic_node.py" in unit and "@" not in unit
+    assert daemon_pid(prefix) is not None
+
+
+async def test_jump_host(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, jump_sshd: Sshd, jump_key: Path,
+    prefix: Path,
+) -> None:
+    source = Jump(host="127.0.0.1", port=jump_sshd.port, user="dvic-it", client_keys=[str(jump_key)],
+                  expect_host_key=jump_sshd.fingerprint)
+    result = await add_node(make_request(source=source))
+    assert central.nodes[result.node_id]["state"] == "online"
+    assert "Accepted publickey for dvic-it" in jump_sshd.log_path.read_text()
+    assert daemon_pid(prefix) is not None
+
+
+async def test_wrong_password_changes_nothing(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+) -> None:
+    from installer import Password
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(password=Password(b"not-the-password")))
+    assert (err.value.step, err.value.code) == ("connect", "auth_failed")
+    assert central.requests == []
+    assert tree(prefix) == []
+
+
+async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
+    from .sshd import free_port
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(port=free_port()))
+    assert (err.value.step, err.value.code) == ("connect", "unreachable")
+    assert "refused" in err.value.message and err.value.hint
+    assert central.requests == []
+
+
+async def test_via_node_is_not_available_yet(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral
+) -> None:
+    from installer import NotAvailableError, ViaNode
+
+    with pytest.raises(NotAvailableError) as err:
+        await add_node(make_request(source=ViaNode("pi-1")))
+    assert "not available yet" in err.value.message and "--jump" in err.value.hint
+    assert central.requests == []
+
+
+async def test_no_python_on_target(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, tmp_path: Path, prefix: Path
+) -> None:
+    # A PATH holding every tool of this machine but Python.
+    bare = tmp_path / "bin-without-python"
+    bare.mkdir()
+    for directory in (Path("/usr/bin"), Path("/bin")):
+        for tool in directory.iterdir():
+            if not tool.name.startswith("python") and not (bare / tool.name).exists():
+                (bare / tool.name).symlink_to(tool)
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(target_path=str(bare)))
+    assert (err.value.step, err.value.code) == ("check", "no_python")
+    assert "python3" in err.value.message and "--python" in err.value.hint
+    assert central.enroll_count() == 0
+    assert tree(prefix) == []
+
+
+async def test_unknown_host_key_needs_confirmation(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, tmp_path: Path
+) -> None:
+    known_hosts = tmp_path / "known_hosts"
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(expect_host_key="", confirm_host_key=None))
+    assert err.value.code == "host_key_unknown"
+    assert target_sshd.fingerprint in err.value.message and "--expect-host-key" in err.value.hint
+
+    asked: list[str] = []
+
+    async def refuse(prompt: HostKeyPrompt) -> bool:
+        asked.append(prompt.fingerprint)
+        return False
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(expect_host_key="", confirm_host_key=refuse))
+    assert err.value.code == "host_key_rejected"
+    assert asked == [target_sshd.fingerprint]
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(expect_host_key="SHA256:" + "A" * 43))
+    assert err.value.code == "host_key_mismatch"
+    assert not known_hosts.exists() and central.requests == []
+
+
+async def test_changed_host_key_aborts_loudly(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, ssh_user: str, tmp_path: Path
+) -> None:
+    from installer.hostkeys import KnownHosts, trusted_host_keys
+
+    sshd = Sshd(tmp_path / "sshd-changing", ssh_user).start()
+    try:
+        store = KnownHosts(tmp_path / "known_hosts")
+        await trusted_host_keys(store, role="target", host="127.0.0.1", port=sshd.port, expected=sshd.fingerprint,
+                                confirm=None, tunnel=None, connect_timeout=10)
+        saved = store.path.read_text()
+        old = sshd.fingerprint
+        sshd.stop()
+        sshd.new_host_key()  # the "reinstalled" (or impersonated) machine, same address and port
+        sshd.start()
+        with pytest.raises(InstallerError) as err:
+            await add_node(make_request(port=sshd.port, expect_host_key=sshd.fingerprint))
+    finally:
+        sshd.stop()
+    assert err.value.code == "host_key_changed"
+    assert "HOST KEY CHANGED" in err.value.message and old in err.value.message
+    assert sshd.fingerprint in err.value.message
+    assert store.path.read_text() == saved
+    assert central.requests == []
+
+
+async def test_rerun_repairs_in_place_with_the_same_identity(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path,
+    tmp_path: Path,
+) -> None:
+    asked: list[str] = []
+
+    async def accept(prompt: HostKeyPrompt) -> bool:
+        asked.append(prompt.fingerprint)
+        return True
+
+    first = await add_node(make_request(expect_host_key="", confirm_host_key=accept))
+    assert asked == [target_sshd.fingerprint]
+    known = (tmp_path / "known_hosts")
+    assert stat.S_IMODE(known.stat().st_mode) == 0o600 and f"[127.0.0.1]:{target_sshd.port}" in known.read_text()
+    old_pid = daemon_pid(prefix)
+    (prefix / "opt/dvic-node/dvic_node.py").write_text("broken on purpose\n")  # something to repair
+
+    async def must_not_ask(prompt: HostKeyPrompt) -> bool:
+        raise AssertionError("a confirmed host key was asked again")
+
+    second = await add_node(make_request(expect_host_key="", confirm_host_key=must_not_ask))
+    assert second.reused_identity and second.node_id == first.node_id
+    assert central.enroll_count() == 1
+    assert "kept the installed identity" in second.steps[2].message
+    new_pid = daemon_pid(prefix)
+    assert new_pid is not None and new_pid != old_pid
+    assert "keepalive" in (prefix / "opt/dvic-node/dvic_node.py").read_text()
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(name="another-name"))
+    assert err.value.code == "name_mismatch" and first.node_id in err.value.hint
+    assert daemon_pid(prefix) == new_pid and central.enroll_count() == 1
+
+
+async def test_daemon_that_dies_leaves_nothing_and_revokes(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+) -> None:
+    dying = tmp_path / "dying.py"
+    dying.write_text("import sys\nprint('cannot start: no luck')\nsys.exit(1)\n")
+    steps: list[Step] = []
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(daemon_source=dying), lambda s: steps.append(Step(**vars(s))))
+    assert (err.value.step, err.value.code) == ("install", "start_failed")
+    assert "no luck" in err.value.message
+    assert _ended(steps)[-2:] == [("install", "failed"), ("rollback", "ok")]
+    (node,) = central.nodes.values()
+    assert node["revoked"]
+    assert not (prefix / "opt").exists() and not (prefix / "etc").exists() and not (prefix / "var").exists()
+
+
+async def test_failed_upgrade_restores_the_running_install(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+) -> None:
+    first = await add_node(make_request())
+    daemon = prefix / "opt/dvic-node/dvic_node.py"
+    before = daemon.read_text()
+    bad = tmp_path / "bad.py"
+    bad.write_text("def broken(:\n")
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(daemon_source=bad))
+    assert err.value.code == "bad_daemon"
+    assert daemon.read_text() == before and daemon_pid(prefix) is not None
+    assert not central.nodes[first.node_id]["revoked"]  # a kept identity is never revoked
+
+    dying = tmp_path / "dying.py"
+    dying.write_text("raise SystemExit(2)\n")
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(daemon_source=dying))
+    assert err.value.code == "start_failed"
+    assert daemon.read_text() == before and daemon_pid(prefix) is not None  # rolled back and restarted
+    assert not central.nodes[first.node_id]["revoked"]
+
+
+async def test_never_online_is_rolled_back(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+) -> None:
+    silent = tmp_path / "silent.py"
+    silent.write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(daemon_source=silent, online_timeout=1.0))
+    assert (err.value.step, err.value.code) == ("online", "timeout")
+    (node,) = central.nodes.values()
+    assert node["revoked"]
+    assert daemon_pid(prefix) is None and not (prefix / "opt/dvic-node").exists()
+
+
+async def test_remove_node_uninstalls(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path,
+    tmp_path: Path,
+) -> None:
+    from installer import Password, RemoveNodeRequest, remove_node
+
+    from .conftest import PASSWORD
+
+    result = await add_node(make_request())
+    request = RemoveNodeRequest(
+        node="pi-test", server=make_request().server, uninstall=True, host="127.0.0.1", user="dvic-it",
+        password=Password(PASSWORD.encode()), port=target_sshd.port, known_hosts=tmp_path / "known_hosts",
+        prefix=str(prefix), init="none",
+    )
+    steps = await remove_node(request)
+    assert [(s.name, s.status.value) for s in steps] == [("revoke", "ok"), ("connect", "ok"), ("uninstall", "ok")]
+    assert central.nodes[result.node_id]["revoked"]
+    assert daemon_pid(prefix) is None
+    # Only the shared parent directories (like /etc/systemd/system) stay.
+    assert [p for p in tree(prefix) if not p.endswith("/")] == []
+    assert not any("dvic-node" in p for p in tree(prefix))
