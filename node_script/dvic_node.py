@@ -1531,8 +1531,12 @@ class DemoWatcher:
                 self._states.pop(key, None)
                 self.spool.set_position(key, None)
                 changed = True
-        if changed:
+        if changed:  # rare, and a restart must not announce a demo as "started" twice: save now
             self.spool.set_extra("demos", self._states)
+            try:
+                self.spool.checkpoint()
+            except OSError as exc:
+                LOG.warning("cannot save demo states: %s", exc)
 
     @staticmethod
     def _mtime(demo: Demo) -> float:
