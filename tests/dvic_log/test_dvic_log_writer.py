@@ -1,5 +1,6 @@
 """The file on disk: header, exclusive creation, whole lines under threads and fork, rotation, bad input."""
 
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import dvic_log
 import pytest
 from dvic_log import _writer
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import LIB_DIR, Follower, live_files, parse_lines, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, Follower, live_files, read_file, wait_for
 
 
 def test_header_describes_this_process(log_dir: Path):
@@ -335,37 +336,40 @@ def test_a_deleted_file_is_recreated_at_the_same_path(log_dir: Path):
     assert records[-1]["msg"] == "after"
 
 
-def test_a_full_disk_leaves_no_partial_line(log_dir: Path):
-    # RLIMIT_FSIZE makes the kernel refuse bytes past a size, as a full disk would
-    # (Python ignores SIGXFSZ, so the write fails or comes back short instead of killing us).
+def test_a_full_disk_loses_nothing_it_could_keep_and_leaves_no_torn_line(log_dir: Path):
+    # RLIMIT_FSIZE makes the kernel refuse bytes past a size, as a full disk would (Python
+    # ignores SIGXFSZ, so writes fail or come back short instead of killing the process).
     script = textwrap.dedent(
         """
-        import resource, dvic_log
-        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+        import json, resource, dvic_log
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
         log = dvic_log.open_log("full")
-        errors = 0
+        outcome = {}
         for i in range(100):
             try:
                 log.info("record %03d %s" % (i, "z" * 40))
+                outcome[i] = "ok"
             except OSError as exc:
-                errors += 1
-                last = exc
-        print(errors, log.path)
-        print(last)
+                outcome[i] = str(exc)
+        with open(log.path, "rb") as f:
+            torn = not f.read().endswith(b"\\n")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        log.info("space is back")
+        print(json.dumps({"path": log.path, "outcome": outcome, "torn": torn}))
         """
     )
     env = dict(os.environ, PYTHONPATH=str(LIB_DIR))
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    first, error = out.splitlines()
-    errors, path = first.split()
-    assert int(errors) > 0
-    assert "short write" in error or "File too large" in error
-    objs = parse_lines(Path(path).read_bytes())  # whole lines only
-    numbers = [int(o["msg"].split()[1]) for o in objs[1:]]
-    assert numbers == list(range(len(numbers)))
-    assert len(numbers) + int(errors) == 100
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    outcome = {int(k): v for k, v in report["outcome"].items()}
+    partial = [i for i, v in outcome.items() if "the rest follows before the next record" in v]
+    refused = [i for i, v in outcome.items() if "File too large" in v]
+    assert len(partial) == 1 and refused, outcome  # one line cut short, later ones refused outright
+    assert report["torn"]  # while the disk was full, the file ended inside that line
+    _, records = read_file(Path(report["path"]))  # now every line is whole
+    kept = [int(r["msg"].split()[1]) for r in records[:-1]]
+    assert kept == [i for i in range(100) if i not in refused]
+    assert records[-1]["msg"] == "space is back"
 
 
 def test_write_after_close_is_a_clear_error(log_dir: Path):

@@ -144,6 +144,7 @@ class Runner:
         self.use_pty = use_pty
         self.log: Optional[LogFile] = None
         self._signals = _SignalState()
+        self._failed_writes = 0
         self._child: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     # ----- the whole run ------------------------------------------------------------------------
@@ -252,7 +253,17 @@ class Runner:
         try:
             self.log.write(level, msg, logger=logger)
         except (OSError, ValueError) as exc:
-            print("dvic_log run: cannot write the log file: %s" % exc, file=sys.stderr)
+            # Say it once per outage, not once per line: a full disk must not flood stderr.
+            if not self._failed_writes:
+                print("dvic_log run: cannot write the log file: %s" % exc, file=sys.stderr)
+            self._failed_writes += 1
+            return
+        if self._failed_writes:
+            print(
+                "dvic_log run: logging resumed; %d records could not be written" % self._failed_writes,
+                file=sys.stderr,
+            )
+            self._failed_writes = 0
 
     def _relay(self, outputs: List[_Output], wake_r: int) -> None:
         """Relay output and forward signals until the child exits and its output ends.

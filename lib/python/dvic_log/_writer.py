@@ -93,8 +93,9 @@ class LogFile:
     ) -> None:
         """Append one record; when this call returns the whole line is in the file.
 
-        Raises ValueError after close(), and OSError if the disk refuses the line (in which case
-        no partial line is left behind).
+        Raises ValueError after close(), and OSError if the disk refuses the line. If only part
+        of the line fit (disk full), the rest is written before the next record, so the file
+        never holds a torn line once space is back; the caller still gets the OSError.
         """
         record = make_record(
             time.time() if ts is None else ts, level_name(level), to_text(msg), logger or None, exc or None
@@ -106,6 +107,8 @@ class LogFile:
                 self._reopen_after_fork()
             line = fit_record(record, self._max_line)
             self._check_vanished()
+            if self._pending:
+                self._finish_pending()
             if self._size + len(line) > self.max_bytes:
                 self._rotate()
             self._write_line(line)
@@ -136,6 +139,11 @@ class LogFile:
         with self._lock:
             if self._closed:
                 return
+            if self._pending and self._fd is not None and self._pid == os.getpid():
+                try:
+                    self._finish_pending()
+                except OSError:
+                    pass  # still no room: the reader will see the incomplete last line
             self._closed = True
             fd, self._fd = self._fd, None
             if fd is not None:
@@ -179,6 +187,7 @@ class LogFile:
         self._pid = os.getpid()
         self._start = time.time()
         self._rotated = 0
+        self._pending = b""
         last_error: Optional[OSError] = None
         for _ in range(_TOKEN_ATTEMPTS):
             self._token = new_token()
@@ -212,18 +221,25 @@ class LogFile:
         fd = self._fd
         assert fd is not None
         written = os.write(fd, line)
+        self._size += written
         if written != len(line):
-            # A short write (disk full, file size limit) would leave half a line: take it back
-            # so readers only ever see whole records.
-            try:
-                os.ftruncate(fd, self._size)
-            except OSError:
-                pass
+            # Disk full or file size limit: part of the line is on disk. Keep the rest and write
+            # it first next time, so the file stays append-only and the line ends up whole.
+            self._pending = line[written:]
             raise OSError(
                 errno.ENOSPC,
-                "dvic_log: short write to %s (%d of %d bytes)" % (self._path, written, len(line)),
+                "dvic_log: no room in %s: %d of %d bytes of the record written, the rest follows "
+                "before the next record" % (self._path, written, len(line)),
             )
-        self._size += written
+
+    def _finish_pending(self) -> None:
+        """Write what a short write left over; raises OSError while there is still no room."""
+        fd = self._fd
+        assert fd is not None
+        while self._pending:
+            written = os.write(fd, self._pending)
+            self._size += written
+            self._pending = self._pending[written:]
 
     def _check_vanished(self) -> None:
         """If the file was deleted under us, start a fresh one at the same path (as a rotation)."""
@@ -234,6 +250,7 @@ class LogFile:
         assert self._fd is not None
         if os.fstat(self._fd).st_nlink > 0:
             return
+        self._pending = b""  # the unfinished line went away with the deleted file
         rotated = self._rotated + 1
         header = self._header(rotated)
         try:
