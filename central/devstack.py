@@ -1,0 +1,127 @@
+"""`dvic-central up`: the quick-start stack on one machine (server, this machine's daemon, console).
+
+Everything lives in one data dir, so running it again brings back the same fleet: the server's
+database and CA, this machine's enrollment bundle, the daemon's state and both processes' logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .cli import LISTEN_FILE, api_call, running_server
+
+REPO = Path(__file__).resolve().parents[1]
+DAEMON = REPO / "node_script" / "dvic_node.py"
+LOCAL_BUNDLE = "local-node.json"
+
+
+def _node_name() -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63].strip("-.") or "this-machine"
+    return name if name[0].isalnum() else f"n{name}"
+
+
+def _wait_listening(data_dir: Path, proc: subprocess.Popen[bytes], log_path: Path) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise SystemExit(f"the central server exited ({proc.returncode}):\n{tail}")
+        info = running_server(data_dir)
+        if info is not None and info.get("pid") == proc.pid:
+            return info
+        time.sleep(0.1)
+    raise SystemExit(f"the central server did not start within 30 s; see {log_path}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, what: str) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        print(f"{what} did not stop in 10 s: killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
+def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = True) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server_proc: subprocess.Popen[bytes] | None = None
+    daemon_proc: subprocess.Popen[bytes] | None = None
+    try:
+        info = running_server(data_dir)
+        if info is None:
+            (data_dir / LISTEN_FILE).unlink(missing_ok=True)
+            log_path = data_dir / "server.log"
+            host, port = listen
+            with open(log_path, "ab") as log:
+                server_proc = subprocess.Popen(
+                    [sys.executable, "-m", "central.cli", "--data-dir", str(data_dir), "serve",
+                     "--listen", f"{host}:{port}"],
+                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            print(f"starting the central server (log: {log_path}) ...", flush=True)
+            info = _wait_listening(data_dir, server_proc, log_path)
+        else:
+            print(f"using the central server already running on {info['url']}", flush=True)
+        url = info["url"]
+
+        bundle_path = data_dir / LOCAL_BUNDLE
+        if bundle_path.exists():
+            bundle = json.loads(bundle_path.read_text())
+            if not bundle["ws_url"].startswith(url.replace("https://", "wss://").replace("http://", "ws://")):
+                print(f"note: {bundle_path} points at {bundle['server_url']}, the server is on {url}",
+                      file=sys.stderr)
+        else:
+            name = _node_name()
+            existing = api_call(data_dir, info, "GET", "/api/v1/nodes")["nodes"]
+            taken = {n["name"] for n in existing}
+            base, n = name, 2
+            while name in taken:
+                name, n = f"{base}-{n}", n + 1
+            bundle = api_call(data_dir, info, "POST", "/api/v1/nodes", {"name": name, "kind": "desktop",
+                                                                        "group": "local"})
+            from .pki import write_private
+
+            write_private(bundle_path, (json.dumps(bundle, indent=2) + "\n").encode())
+            print(f"enrolled this machine as node {name!r}", flush=True)
+
+        if DAEMON.exists():
+            node_log = data_dir / "node.log"
+            with open(node_log, "ab") as log:
+                daemon_proc = subprocess.Popen(
+                    [sys.executable, str(DAEMON), "--config", str(bundle_path), "--state-dir",
+                     str(data_dir / "node-state")],
+                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            print(f"started this machine's node daemon (log: {node_log})", flush=True)
+        else:
+            print(f"warning: {DAEMON} not found; no node daemon started", file=sys.stderr)
+
+        token = (data_dir / "admin.token").read_text().strip()
+        env = {**os.environ, "DVIC_SERVER": url, "DVIC_TOKEN": token, "DVIC_CA": str(data_dir / "ca.pem")}
+        if not console:
+            print(f"running: server {url}, admin token in {data_dir / 'admin.token'}. Ctrl-C stops.", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                return 0
+        dvic = shutil.which("dvic") or str(Path(sys.executable).with_name("dvic"))
+        try:
+            return subprocess.call([dvic], env=env)
+        except KeyboardInterrupt:
+            return 130
+    finally:
+        _stop(daemon_proc, "the node daemon")
+        _stop(server_proc, "the central server")
