@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from .paths import DEFAULT_DAEMON_SOURCE, DEFAULT_TARGET_PATH, DEFAULT_UNIT_TEMPLATE
+from .paths import DEFAULT_TARGET_PATH, daemon_source, unit_template
 from .secret import Password
 
 # Step names in the order they run. SSH comes before enrollment on purpose: a typo in the
@@ -127,8 +127,8 @@ class AddNodeRequest:
     init: str = "systemd"  # "systemd" or "none"
     python: str = ""  # interpreter on the target; default: python3 found in target_path
     target_path: str = DEFAULT_TARGET_PATH
-    daemon_source: Path = DEFAULT_DAEMON_SOURCE
-    unit_template: Path = DEFAULT_UNIT_TEMPLATE
+    daemon_source: Path = field(default_factory=daemon_source)
+    unit_template: Path = field(default_factory=unit_template)
     connect_timeout: float = 15.0
     online_timeout: float = 60.0
 

@@ -11,6 +11,16 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DAEMON_SOURCE = _REPO_ROOT / "node_script" / "dvic_node.py"
 DEFAULT_UNIT_TEMPLATE = _REPO_ROOT / "node_script" / "dvic-node.service"
 
+
+def daemon_source() -> Path:
+    """The daemon file to install: ``$DVIC_NODE_DAEMON`` (a patched build) or node_script/dvic_node.py."""
+    return Path(os.environ.get("DVIC_NODE_DAEMON") or DEFAULT_DAEMON_SOURCE)
+
+
+def unit_template() -> Path:
+    """The systemd unit template: ``$DVIC_NODE_UNIT_TEMPLATE`` or node_script/dvic-node.service."""
+    return Path(os.environ.get("DVIC_NODE_UNIT_TEMPLATE") or DEFAULT_UNIT_TEMPLATE)
+
 # The PATH the install script uses on the target. Fixed (not the login user's PATH) because the
 # interpreter found here runs as root: a user-writable directory must never be searched.
 DEFAULT_TARGET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -1,0 +1,125 @@
+"""`dvic add-node` end to end: the CLI, a real sshd, the real dvic-central and the real node daemon.
+
+Also the password sentinel: after adding and removing a node, the password appears in no file,
+log, database, process command line or environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.server import CentralServer
+from tests.support.wait import wait_for
+
+from .conftest import PASSWORD, USER, daemon_pid, stop_daemon
+from .sshd import Sshd
+
+REPO = Path(__file__).resolve().parents[2]
+_MAX_SCAN = 64 * 1024 * 1024
+
+
+def _files_containing(secret: bytes, roots: list[Path]) -> list[str]:
+    hits = []
+    for root in roots:
+        if not root.exists():
+            continue
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > _MAX_SCAN:
+                        continue
+                    with open(path, "rb") as fh:
+                        if secret in fh.read():
+                            hits.append(path)
+                except OSError:
+                    continue  # vanished or unreadable while walking: another test's file
+    return hits
+
+
+def _processes_containing(secret: bytes) -> list[str]:
+    hits = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                if secret in (entry / part).read_bytes():
+                    hits.append(f"{entry.name}/{part}")
+            except OSError:
+                continue
+    return hits
+
+
+def _dvic(args: list[str], env_extra: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "installer", *args], input=stdin, capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
+
+
+_REAL_DAEMON_BUG = (
+    "node_script/dvic_node.py stops at once when the machine has no system log source "
+    "(_system_log_loop returns and ends the FIRST_COMPLETED wait); reported to the lead"
+)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("daemon", [
+    "stub",
+    pytest.param("real", marks=pytest.mark.xfail(reason=_REAL_DAEMON_BUG, strict=False)),
+])
+def test_add_node_cli_real_server_then_no_trace_of_the_password(
+    daemon: str, central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    prefix = tmp_path / "target-root"
+    prefix.mkdir()
+    env = {
+        "DVIC_SERVER": central_server.url, "DVIC_TOKEN": central_server.admin_token,
+        "DVIC_CA": str(central_server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+    if daemon == "stub":
+        env["DVIC_NODE_DAEMON"] = str(Path(__file__).with_name("stub_daemon.py"))
+    ssh = ["--user", USER, "--port", str(target_sshd.port), "--password-stdin",
+           "--expect-host-key", target_sshd.fingerprint, "--no-systemd", "--prefix", str(prefix)]
+    try:
+        added = _dvic(["add-node", "127.0.0.1", "--name", "e2e-node", "--group", "lab", *ssh], env, PASSWORD + "\n")
+        print(added.stdout, added.stderr)  # the step timings, visible with pytest -s
+        assert added.returncode == 0, added.stderr
+        for step in ("connect", "check", "enroll", "render", "install", "online"):
+            assert f"  {step}" in added.stdout
+        assert "is online" in added.stdout
+        node = central_server.node("e2e-node")
+        assert node["state"] == "online" and node["group"] == "lab"
+        assert (tmp_path / "config/dvic/known_hosts").exists()
+        pid = daemon_pid(prefix)
+        assert pid is not None
+
+        # Again: repaired in place, same identity.
+        again = _dvic(["add-node", "127.0.0.1", *ssh], env, PASSWORD + "\n")
+        assert again.returncode == 0, again.stderr
+        assert "same identity" in again.stdout
+        assert central_server.node("e2e-node")["id"] == node["id"]
+        status, listing = central_server.api("GET", "/api/v1/nodes")
+        assert status == 200 and [n["name"] for n in listing["nodes"]].count("e2e-node") == 1
+
+        removed = _dvic(["remove-node", "e2e-node", "--uninstall", "--host", "127.0.0.1", *ssh], env,
+                        PASSWORD + "\n")
+        assert removed.returncode == 0, removed.stderr
+        assert central_server.node(node["id"])["revoked"] is True
+        wait_for(lambda: daemon_pid(prefix) is None, timeout=10, what="the daemon to stop")
+    finally:
+        stop_daemon(prefix)
+
+    secret = PASSWORD.encode()
+    outputs = added.stdout + added.stderr + again.stdout + again.stderr + removed.stdout + removed.stderr
+    assert PASSWORD not in outputs
+    roots = [tmp_path_factory.getbasetemp(), Path("/home") / USER, Path("/tmp"), Path("/var/log"), REPO / ".dvic"]
+    assert _files_containing(secret, roots) == []
+    assert _processes_containing(secret) == []
