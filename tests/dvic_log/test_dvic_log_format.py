@@ -8,6 +8,7 @@ from dvic_log._format import (
     LEVELS,
     TRUNCATION_MARK,
     encode_line,
+    encode_record,
     fit_record,
     level_name,
     make_header,
@@ -135,3 +136,26 @@ def test_oversized_records_are_cut_to_fit_and_marked(body):
 def test_records_that_fit_are_untouched():
     rec = make_record(1.0, "INFO", "short")
     assert fit_record(rec, 4000) == encode_line(rec)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        make_record(1764000000.123, "INFO", "plain"),
+        make_record(
+            1764000000.0, "ERROR", 'q"\\\n\t\x00\x1f é 😀 \u2028 \x85', logger="a.b", exc="Trace\nback"
+        ),
+        make_record(1.5, "DEBUG", "lone \udcff pair \ud83d\ude00", logger="\udc80"),
+        {"ts": 1, "level": "INFO", "msg": "int ts"},
+        {"ts": 1.0, "level": "INFO", "msg": "extra field", "other": [1, 2]},
+    ],
+    ids=["plain", "escapes", "surrogates", "int-ts", "extra-field"],
+)
+def test_the_fast_record_encoder_matches_json_dumps(record):
+    assert encode_record(record) == encode_line(record)
+    assert json.loads(encode_record(record)) == json.loads(encode_line(record))
+
+
+def test_a_non_finite_timestamp_is_refused():
+    with pytest.raises(ValueError):
+        encode_record({"ts": float("nan"), "level": "INFO", "msg": "x"})

@@ -424,3 +424,11 @@ def test_env_settings_are_used(log_dir: Path, tmp_path: Path, monkeypatch: pytes
     with dvic_log.open_log("env") as log:
         assert log.max_bytes == 5000
         assert Path(log.path).parent == other
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), "now", True])
+def test_a_bad_timestamp_is_refused_and_nothing_is_written(log_dir: Path, ts):
+    with dvic_log.open_log("ts") as log:
+        with pytest.raises(ValueError, match="ts must be a finite number"):
+            log.write("INFO", "x", ts=ts)
+        assert read_file(Path(log.path))[1] == []

@@ -1,6 +1,7 @@
 """One dvic_log file on disk: exclusive creation, whole-line writes, rotation under a cap, fork safety."""
 
 import errno
+import math
 import os
 import secrets
 import sys
@@ -97,8 +98,16 @@ class LogFile:
         of the line fit (disk full), the rest is written before the next record, so the file
         never holds a torn line once space is back; the caller still gets the OSError.
         """
+        if ts is None:
+            ts = time.time()
+        elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise ValueError("dvic_log: ts must be a finite number of Unix seconds, not %r" % (ts,))
         record = make_record(
-            time.time() if ts is None else ts, level_name(level), to_text(msg), logger or None, exc or None
+            float(ts),
+            level_name(level),
+            to_text(msg),
+            to_text(logger) if logger else None,
+            to_text(exc) if exc else None,
         )
         with self._lock:
             if self._closed:

@@ -1,0 +1,124 @@
+"""Benchmark: records/s written by dvic_log versus the standard logging.FileHandler.
+
+Both write through a logging.Logger, one write(2) per record (FileHandler flushes after every
+record), into files in a temporary directory. Prints records/s for each and the ratio; run
+`python3 bench/dvic_log_bench.py --help` for the knobs. Not part of the test run.
+"""
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib" / "python"))
+
+import dvic_log  # noqa: E402  (imported from the source tree above)
+
+# A comparable text line for FileHandler: time, level, logger and message.
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _timed(threads: int, per_thread: int, emit: Callable[[int], None]) -> float:
+    """Seconds for `threads` threads each calling emit() per_thread times."""
+    barrier = threading.Barrier(threads + 1)
+
+    def work() -> None:
+        barrier.wait()
+        for i in range(per_thread):
+            emit(i)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - started
+
+
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def bench_file_handler(directory: str, threads: int, per_thread: int, message: str) -> float:
+    handler = logging.FileHandler(os.path.join(directory, "plain.log"))
+    handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    logger = _logger("bench.plain", handler)
+    try:
+        return _timed(threads, per_thread, lambda i: logger.info(message, i))
+    finally:
+        handler.close()
+
+
+def bench_dvic_handler(directory: str, threads: int, per_thread: int, message: str) -> float:
+    handler = dvic_log.DvicLogHandler("bench", directory=directory)
+    logger = _logger("bench.dvic", handler)
+    try:
+        return _timed(threads, per_thread, lambda i: logger.info(message, i))
+    finally:
+        handler.close()
+
+
+def bench_dvic_direct(directory: str, threads: int, per_thread: int, message: str) -> float:
+    with dvic_log.open_log("bench-direct", directory=directory) as log:
+        return _timed(threads, per_thread, lambda i: log.info(message % i))
+
+
+Bench = Callable[[str, int, int, str], float]
+
+
+def best_rate(bench: Bench, threads: int, per_thread: int, message: str, repeat: int) -> float:
+    """Best records/s over `repeat` runs, each in a fresh directory."""
+    rates: list[float] = []
+    for _ in range(repeat):
+        directory = tempfile.mkdtemp(prefix="dvic_log_bench_")
+        try:
+            rates.append(threads * per_thread / bench(directory, threads, per_thread, message))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return max(rates)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000, help="records per run (default 100000)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 4], help="thread counts (default 1 4)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per figure; the best is shown (default 3)"
+    )
+    parser.add_argument("--size", type=int, default=60, help="approximate message length (default 60)")
+    args = parser.parse_args()
+    message = "sensor reading %d " + "x" * max(0, args.size - 18)
+
+    print(f"dvic_log {dvic_log.__version__}, Python {sys.version.split()[0]}, {args.records} records per run")
+    print(
+        f"{'threads':>7} {'FileHandler rec/s':>18} {'DvicLogHandler rec/s':>21} {'ratio':>6} "
+        f"{'LogFile (direct) rec/s':>23} {'ratio':>6}"
+    )
+    for threads in args.threads:
+        per_thread = max(1, args.records // threads)
+        plain, handler, direct = (
+            best_rate(bench, threads, per_thread, message, args.repeat)
+            for bench in (bench_file_handler, bench_dvic_handler, bench_dvic_direct)
+        )
+        print(
+            f"{threads:>7} {plain:>18,.0f} {handler:>21,.0f} {handler / plain:>6.2f} "
+            f"{direct:>23,.0f} {direct / plain:>6.2f}"
+        )
+    print("ratio = dvic_log records/s / FileHandler records/s (higher is better for dvic_log)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
