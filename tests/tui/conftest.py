@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tuifake import FakeCentral
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tui.clikit import ROOT
+from tests.tui.tuifake import FakeCentral
 
 
 @pytest.fixture
@@ -29,13 +26,6 @@ async def fake_tls(tmp_path: Path) -> AsyncIterator[FakeCentral]:
     await server.stop()
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def dvic_env(tmp_path: Path) -> dict[str, str]:
     """An environment with an empty config dir and no inherited DVIC_* settings."""
@@ -44,13 +34,3 @@ def dvic_env(tmp_path: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env["COLUMNS"] = "160"
     return env
-
-
-async def run_dvic(env: dict[str, str], *args: str, stdin: bytes | None = None, limit: float = 30) -> Result:
-    """Runs the real `dvic` command (`python -m tui`) as a subprocess."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui", *args, env=env, cwd=str(ROOT),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
-    return Result(proc.returncode or 0, out.decode(), err.decode())

@@ -9,9 +9,8 @@ import stat
 import sys
 from pathlib import Path
 
-from conftest import ROOT, run_dvic
-from tuifake import FakeCentral, wait_for
-
+from tests.tui.clikit import ROOT, run_dvic
+from tests.tui.tuifake import FakeCentral, wait_for
 from tui import pinning
 
 HOSTILE = "[link=http://x]x[/link] [/b] \x1b]52;c;aGk=\x07 \x1b[2J"

@@ -1,0 +1,299 @@
+"""The console driven with Textual's pilot against a server speaking the operator API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.widgets import DataTable, OptionList, Static
+
+from tests.tui.tuifake import FakeCentral, wait_for
+from tui.app import DvicApp
+from tui.config import Settings
+from tui.screens.admin import AdminScreen
+from tui.screens.dialogs import ChoiceDialog, ConfirmDialog
+from tui.screens.fleet import FleetScreen
+from tui.screens.logs import LogsScreen
+from tui.screens.node import NodeScreen
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.log_view import LogView
+
+HOSTILE = "[link=http://x]x[/link] [/b] \x1b]52;c;aGk=\x07 \x1b[2J end"
+HOSTILE_SHOWN = "[link=http://x]x[/link] [/b]   end"
+
+
+def make_app(server: FakeCentral, token: str | None = None) -> DvicApp:
+    return DvicApp(Settings(server.url, token or server.admin_token, None))
+
+
+def cell(table: DataTable[Any], row: str, col: str) -> str:
+    return table.get_cell(row, col).plain
+
+
+def log_text(view: LogView) -> str:
+    return "\n".join("".join(seg.text for seg in strip) for strip in view.lines)
+
+
+def screen_text(app: DvicApp) -> str:
+    """What the user sees, as plain text (from the SVG screenshot's text runs)."""
+    import html
+    import re
+
+    svg = app.export_screenshot()
+    return html.unescape(" ".join(re.findall(r">([^<>]+)</text>", svg))).replace("\xa0", " ")
+
+
+async def test_fleet_lives_filters_and_sorts(fake: FakeCentral) -> None:
+    a = fake.add_node("pi-a", kind="raspberry", group="hall-a")
+    b = fake.add_node("desk-b", group="hall-b", state="offline")
+    app = make_app(fake)
+    async with app.run_test(size=(120, 30)) as pilot:
+        fleet = app.screen
+        assert isinstance(fleet, FleetScreen)
+        table = fleet.query_one(DataTable)
+        await wait_for(lambda: table.row_count == 2, what="two rows")
+        assert fleet.shown_ids() == [b["id"], a["id"]]  # sorted by name
+        summary = str(fleet.query_one("#summary", Static).render())
+        assert "1 online" in summary and "1 offline" in summary
+
+        # Live: a metric change updates the cell in place, a new node adds a row.
+        await fake.update_node(a["id"], metrics={"cpu": 97.0, "mem": 10.0, "disk": 95.0, "temp": 85.0})
+        await wait_for(lambda: cell(table, a["id"], "cpu").startswith(" 97%"), what="cpu update")
+        assert "⚠" in cell(table, a["id"], "name")  # hot and disk full: an alert
+        c = fake.add_node("pi-c", kind="raspberry", group="hall-a")
+        await fake.update_node(c["id"])
+        await wait_for(lambda: table.row_count == 3, what="new node row")
+        await wait_for(lambda: "1 alerts" in str(fleet.query_one("#summary", Static).render()), what="alerts")
+
+        # `/` filter by typing, Escape clears.
+        await pilot.press("slash", "p", "i")
+        await wait_for(lambda: table.row_count == 2, what="filtered rows")
+        assert set(fleet.shown_ids()) == {a["id"], c["id"]}
+        await pilot.press("enter", "escape")
+        await wait_for(lambda: table.row_count == 3, what="filter cleared")
+
+        # Quick filters: state, then group.
+        await pilot.press("t")
+        assert fleet.filter.state == "online"
+        await wait_for(lambda: set(fleet.shown_ids()) == {a["id"], c["id"]}, what="online only")
+        await pilot.press("escape", "g", "g")  # none -> "hall-a"? groups are ["hall-a", "hall-b"]
+        assert fleet.filter.group == "hall-b"
+        assert fleet.shown_ids() == [b["id"]]
+        await pilot.press("escape")
+
+        # Sort: next column is state (online before offline), then reverse.
+        await pilot.press("s")
+        assert fleet.sort_column == "state"
+        assert fleet.shown_ids()[-1] == b["id"]
+        await pilot.press("S")
+        assert fleet.shown_ids()[0] == b["id"]
+
+        # A node that goes offline moves between quick-filter views live.
+        await pilot.press("escape", "t")
+        await fake.update_node(a["id"], state="offline")
+        await wait_for(lambda: fleet.shown_ids() == [c["id"]], what="a left the online view")
+
+
+async def test_hostile_node_text_is_literal(fake: FakeCentral) -> None:
+    evil = fake.add_node(HOSTILE, group="[b]grp[/b]")
+    evil["facts"]["model"] = HOSTILE
+    app = make_app(fake)
+    async with app.run_test(size=(160, 48)) as pilot:
+        table = app.screen.query_one(DataTable)
+        await wait_for(lambda: table.row_count == 1, what="row")
+        assert cell(table, evil["id"], "name") == HOSTILE_SHOWN
+        assert cell(table, evil["id"], "group") == "[b]grp[/b]"
+        await fake.add_logs(evil["id"], [("ERROR", HOSTILE), ("INFO", "two\nlines")], unit="[red]u[/red]")
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node screen")
+        node = app.screen
+        await wait_for(lambda: HOSTILE_SHOWN in str(node.query_one("#facts", Static).render()), what="facts")
+        await pilot.press("l")
+        await wait_for(lambda: isinstance(app.screen, LogsScreen), what="logs screen")
+        view = app.screen.query_one(LogView)
+        await wait_for(lambda: HOSTILE_SHOWN in log_text(view), what="hostile line")
+        text = log_text(view)
+        assert "[red]u[/red]" in text and "\x1b" not in text and "\x07" not in text
+        shown = screen_text(app)
+        assert "[link=http://x]x[/link]" in shown
+        assert "\x1b" not in app.export_screenshot()
+
+
+async def test_node_view_facts_charts_demos_events(fake: FakeCentral) -> None:
+    n = fake.add_node("pi-42", kind="raspberry", group="hall-a")
+    await fake.add_event(n["id"], "state", "offline -> online")
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.screen.query_one(DataTable).row_count == 1, what="row")
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node screen")
+        screen = app.screen
+        await wait_for(lambda: "Debian GNU/Linux 12" in str(screen.query_one("#facts", Static).render()),
+                       what="facts")
+        await wait_for(lambda: "max" in str(screen.query_one("#label-cpu").render()), what="cpu chart")
+        await pilot.press("3")
+        await wait_for(lambda: screen.range_index == 2, what="24h range")
+        await pilot.press("d")
+        demos = screen.query_one("#demo-table", DataTable)
+        await wait_for(lambda: demos.row_count == 2, what="demos")
+        assert demos.get_row_at(0)[1].plain == "● alive" and demos.get_row_at(1)[1].plain == "○ exited"
+        await pilot.press("e")
+        events = screen.query_one("#event-table", DataTable)
+        await wait_for(lambda: events.row_count == 1, what="events")
+        await fake.add_event(n["id"], "log_gap", "spool full")
+        await wait_for(lambda: events.row_count == 2, what="live event")
+        # Maintenance toggles through the API and comes back live.
+        await pilot.press("m")
+        await wait_for(lambda: fake.nodes[n["id"]]["state"] == "maintenance", what="maintenance on")
+        await wait_for(lambda: "maintenance" in str(screen.query_one("#node-title", Static).render()),
+                       what="title shows maintenance")
+        await pilot.press("escape")
+        assert isinstance(app.screen, FleetScreen)
+
+
+async def test_logs_follow_sticks_unless_scrolled_up(fake: FakeCentral) -> None:
+    n = fake.add_node("pi-42")
+    await fake.add_logs(n["id"], [("INFO", f"old {i}") for i in range(50)])
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        await pilot.press("l")
+        await wait_for(lambda: isinstance(app.screen, LogsScreen), what="logs screen")
+        view = app.screen.query_one(LogView)
+        await wait_for(lambda: len(view.lines) == 50, what="history")
+        await wait_for(lambda: "*" in fake.streams.get(next(iter(fake.streams)), []), what="subscribed")
+        await pilot.pause()
+        assert view.at_bottom
+        await fake.add_logs(n["id"], [("WARNING", "new 1")])
+        await wait_for(lambda: "new 1" in log_text(view), what="live line")
+        await pilot.pause()
+        assert view.at_bottom  # followed
+        view.scroll_home(animate=False, immediate=True)
+        await pilot.pause()
+        await fake.add_logs(n["id"], [("WARNING", "new 2")])
+        await wait_for(lambda: "new 2" in log_text(view), what="second live line")
+        await pilot.pause()
+        assert view.scroll_y == 0 and view.behind == 1  # stayed where the user was
+        await wait_for(lambda: "1 new below" in str(app.screen.query_one("#logs-status").render()),
+                       what="behind indicator")
+        await pilot.press("end")
+        await pilot.pause()
+        assert view.at_bottom and view.behind == 0
+
+        # Level filter (client side at once, history refetched server side).
+        await pilot.press("v", "v")
+        assert view.min_level == "WARNING"
+        await wait_for(lambda: "old 1" not in log_text(view) and "new 2" in log_text(view), what="level filter")
+        # Server-side search.
+        await pilot.press("v", "v", "v")
+        assert view.min_level == "DEBUG"
+        await pilot.press("slash")
+        for ch in "old 4":
+            await pilot.press("space" if ch == " " else ch)
+        await pilot.press("enter")
+        await wait_for(lambda: app.screen.query_text == "old 4", what="search set")
+        await wait_for(lambda: "old 4" in log_text(view) and "old 3" not in log_text(view), what="search result")
+
+
+async def test_admin_approves_pending_operator(fake: FakeCentral) -> None:
+    fake.add_operator("dave", "viewer", status="pending")
+    n = fake.add_node("pi-42")
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        await pilot.press("a")
+        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="admin screen")
+        admin = app.screen
+        ops = admin.query_one("#op-table", DataTable)
+        await wait_for(lambda: ops.row_count == 2, what="operators")
+        assert ops.get_row_at(0)[0].plain == "dave"  # pending first
+        ops.focus()
+        await pilot.press("a")
+        await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="role picker")
+        app.screen.query_one(OptionList).highlighted = 1
+        await pilot.press("enter")
+        await wait_for(lambda: fake.operators["dave"]["status"] == "active", what="approved")
+        assert fake.operators["dave"]["role"] == "operator"
+        await wait_for(lambda: ops.row_count == 2 and ops.get_row_at(1)[2].plain == "active", what="refreshed")
+        # Revoking a node asks first; "No" is the default.
+        await pilot.press("D")
+        await pilot.press("D")
+        await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirm")
+        await pilot.press("enter")  # focused button is No
+        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="back to admin")
+        assert not fake.nodes[n["id"]]["revoked"]
+        await pilot.press("D")
+        await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirm again")
+        await pilot.press("y")
+        await wait_for(lambda: fake.nodes[n["id"]]["revoked"], what="revoked")
+        audit = admin.query_one("#audit-table", DataTable)
+        await wait_for(lambda: audit.row_count >= 2, what="audit trail")
+
+
+async def test_viewer_sees_admin_required(fake: FakeCentral) -> None:
+    token = fake.add_operator("val", "viewer")
+    app = make_app(fake, token)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        await pilot.press("a")
+        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="admin screen")
+        await wait_for(lambda: "Admin role required" in str(app.screen.query_one("#admin-status").render()),
+                       what="message")
+
+
+async def test_connection_loss_banner_and_recovery(fake: FakeCentral) -> None:
+    n = fake.add_node("pi-42")
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        banner = app.screen.query_one(ConnectionBanner)
+        await wait_for(lambda: app.connected, what="connected")
+        assert not banner.has_class("-down")
+        port = fake.port
+        await fake.stop()
+        await wait_for(lambda: banner.has_class("-down"), what="banner")
+        assert "Connection to the server lost" in str(banner.render())
+        # While down, a node changes; after the server is back the console shows it without a key press.
+        fake.nodes[n["id"]]["state"] = "failed"
+        await fake.start(port=port)
+        await pilot.press("ctrl+r")  # skip the back-off wait
+        await wait_for(lambda: not banner.has_class("-down"), within=20, what="reconnected")
+        table = app.screen.query_one(DataTable)
+        await wait_for(lambda: "failed" in cell(table, n["id"], "state"), what="snapshot after reconnect")
+
+
+async def test_bad_token_says_not_authorized(fake: FakeCentral) -> None:
+    app = make_app(fake, "nope")
+    async with app.run_test(size=(80, 24)):
+        banner = app.screen.query_one(ConnectionBanner)
+        assert "Connecting" in str(banner.render())
+        await wait_for(lambda: "Not authorized" in str(banner.render()), what="banner")
+
+
+async def test_two_thousand_nodes_update_in_place(fake: FakeCentral) -> None:
+    nodes = [fake.add_node(f"n{i:04d}", group=f"g{i % 20}") for i in range(2000)]
+    app = make_app(fake)
+    async with app.run_test(size=(160, 48)) as pilot:
+        table = app.screen.query_one(DataTable)
+        await wait_for(lambda: table.row_count == 2000, within=30, what="2000 rows")
+        order = app.screen.shown_ids()
+        for node in nodes[:200]:
+            await fake.update_node(node["id"], metrics={"cpu": 55.0, "mem": 1.0, "disk": 1.0, "temp": 30.0})
+        await wait_for(lambda: cell(table, nodes[199]["id"], "cpu").startswith(" 55%"), what="updates")
+        await pilot.pause()
+        assert app.screen.shown_ids() == order and table.row_count == 2000
+
+
+async def test_command_palette_opens_a_node(fake: FakeCentral) -> None:
+    fake.add_node("pi-42")
+    fake.add_node("desk-7")
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.screen.query_one(DataTable).row_count == 2, what="rows")
+        await pilot.press("ctrl+p")
+        for ch in "open node desk":
+            await pilot.press("space" if ch == " " else ch)
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node screen")
+        assert app.fleet.nodes[app.screen.node_id]["name"] == "desk-7"
+        await pilot.press("question_mark")
+        await wait_for(lambda: "Maint." in screen_text(app) and "Everywhere" in screen_text(app), what="help")

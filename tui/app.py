@@ -1,0 +1,170 @@
+"""The operator console: a Textual app that owns the API client, the live feed and the fleet state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import App
+from textual.binding import Binding
+
+from tui.client import ApiClient, ApiError
+from tui.commands import DvicCommands
+from tui.config import Settings
+from tui.fleet import Fleet
+from tui.live import LiveFeed
+from tui.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.screens.admin import AdminScreen
+from tui.screens.base import DvicScreen
+from tui.screens.fleet import FleetScreen
+from tui.screens.help import HelpScreen
+from tui.screens.logs import LogsScreen
+from tui.screens.node import NodeScreen
+
+FLUSH_INTERVAL = 0.25  # how often coalesced node updates reach the screens
+
+
+class DvicApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "DVIC Demo Monitor"
+    COMMANDS = App.COMMANDS | {DvicCommands}
+    BINDINGS = [
+        Binding("question_mark", "help", "Help"),
+        Binding("f", "fleet", "Fleet", show=False),
+        Binding("ctrl+r", "reconnect", "Reconnect", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.api = ApiClient(settings)
+        self.fleet = Fleet()
+        self.me: dict[str, Any] = {}
+        self.feed = LiveFeed(self.api, self.post_message)
+        self.connected = False
+        self.down_reason = ""  # empty while the first connection is being made
+        self.retry_in = 0.0
+        self.down_fatal = False
+
+    async def on_mount(self) -> None:
+        await self.api.open()
+        self.sub_title = self.settings.server
+        await self.push_screen(FleetScreen())
+        self.run_worker(self.feed.run(), name="live-feed", group="live", exclusive=True)
+        self.set_interval(FLUSH_INTERVAL, self._flush_nodes)
+
+    async def on_unmount(self) -> None:
+        await self.api.close()
+
+    # -- live feed -----------------------------------------------------------------------------
+    def _screens(self) -> list[DvicScreen]:
+        return [s for s in self.screen_stack if isinstance(s, DvicScreen)]
+
+    def _flush_nodes(self) -> None:
+        nodes = self.feed.take_nodes()
+        if not nodes:
+            return
+        changed = self.fleet.update(nodes)
+        for screen in self._screens():
+            screen.live_nodes(changed, [])
+
+    @on(Connected)
+    def _connected(self, msg: Connected) -> None:
+        self.connected, self.down_reason, self.down_fatal = True, "", False
+        self.me = msg.me
+        nodes, gone = self.fleet.replace(msg.nodes)
+        for screen in self._screens():
+            screen.live_nodes(nodes, gone)
+            screen.live_connection(True)
+        self.call_later(self.update_subscription)
+
+    @on(Disconnected)
+    def _disconnected(self, msg: Disconnected) -> None:
+        self.connected = False
+        self.down_reason, self.retry_in, self.down_fatal = msg.reason, msg.retry_in, msg.fatal
+        for screen in self._screens():
+            screen.live_connection(False, msg.reason, msg.retry_in, msg.fatal)
+
+    @on(LogsArrived)
+    def _logs(self, msg: LogsArrived) -> None:
+        for screen in self._screens():
+            screen.live_logs(msg.node, msg.lines)
+
+    @on(EventArrived)
+    def _event(self, msg: EventArrived) -> None:
+        for screen in self._screens():
+            screen.live_event(msg.event)
+
+    async def update_subscription(self) -> None:
+        """Subscribes to the union of the log tails the open screens want."""
+        wanted: set[str] = set()
+        for screen in self._screens():
+            wanted.update(screen.log_subscription())
+        await self.feed.subscribe(["*"] if "*" in wanted else sorted(wanted))
+
+    # -- navigation ----------------------------------------------------------------------------
+    def _push(self, screen: DvicScreen) -> None:
+        def popped(_: object = None) -> None:
+            self.call_later(self.update_subscription)
+
+        self.push_screen(screen, popped)
+        self.call_later(self.update_subscription)
+
+    def open_node(self, node_id: str) -> None:
+        if node_id in self.fleet.nodes:
+            self._push(NodeScreen(node_id))
+
+    def open_logs(self, node_id: str | None, group: str | None = None, demo: str | None = None) -> None:
+        self._push(LogsScreen(node_id, group=group, demo=demo))
+
+    def open_admin(self) -> None:
+        self._push(AdminScreen())
+
+    def show_fleet(self) -> None:
+        while len(self.screen_stack) > 2 or not isinstance(self.screen, FleetScreen):
+            if len(self.screen_stack) <= 1:
+                break
+            self.pop_screen()
+        self.call_later(self.update_subscription)
+
+    def fleet_screen(self) -> FleetScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, FleetScreen)), None)
+
+    def filter_fleet(self, state: str | None = None, group: str | None = None) -> None:
+        self.show_fleet()
+        fleet = self.fleet_screen()
+        if fleet is not None:
+            if state is not None:
+                fleet.filter.state = state
+            if group is not None:
+                fleet.filter.group = group
+            fleet.sync_all()
+
+    def toggle_maintenance(self, node_id: str) -> None:
+        node = self.fleet.nodes.get(node_id)
+        if node is None:
+            return
+        on_now = node.get("state") != "maintenance"
+
+        async def call() -> None:
+            try:
+                await self.api.set_maintenance(node_id, on_now)
+            except ApiError as exc:
+                self.notify(f"maintenance: {exc.message} ({exc.code})", severity="error", markup=False)
+                return
+            name = node.get("name", node_id)
+            self.notify(f"{name}: maintenance {'on' if on_now else 'off'}", markup=False)
+
+        self.run_worker(call(), group="actions")
+
+    # -- actions -------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    def action_fleet(self) -> None:
+        self.show_fleet()
+
+    def action_reconnect(self) -> None:
+        self.feed.retry_now()

@@ -1,0 +1,50 @@
+"""Command palette entries (ctrl+p): screens, quick filters, and every node by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from tui.fleet import STATES
+from tui.textsafe import clean
+
+if TYPE_CHECKING:
+    from tui.app import DvicApp
+
+
+class DvicCommands(Provider):
+    def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        app: DvicApp = self.app  # type: ignore[assignment]
+        cmds: list[tuple[str, Callable[[], object], str]] = [
+            ("Fleet view", app.show_fleet, "the table of every node"),
+            ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),
+            ("Admin", app.open_admin, "operators, node revocation, audit trail"),
+            ("Help: keys", app.action_help, "every key of this screen"),
+            ("Reconnect now", app.action_reconnect, "skip the retry wait"),
+        ]
+        for state in STATES:
+            cmds.append((f"Filter fleet: state {state}", partial(app.filter_fleet, state=state), ""))
+        for group in app.fleet.groups():
+            label = clean(group or "(none)", single_line=True)
+            cmds.append((f"Filter fleet: group {label}", partial(app.filter_fleet, group=group), ""))
+            cmds.append((f"Logs: group {label}", partial(app.open_logs, None, group=group), ""))
+        for nid, node in app.fleet.nodes.items():
+            name = clean(node.get("name", nid), single_line=True)
+            cmds.append((f"Open node {name}", partial(app.open_node, nid), ""))
+            cmds.append((f"Logs: node {name}", partial(app.open_logs, nid), ""))
+        return cmds
+
+    async def discover(self) -> Hits:
+        for title, action, help_text in self._commands()[:5]:
+            yield DiscoveryHit(title, action, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, action, help_text in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                # Titles are plain strings built from cleaned node text; highlight() returns Content.
+                yield Hit(score, matcher.highlight(title), action, text=title, help=help_text)

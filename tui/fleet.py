@@ -1,0 +1,161 @@
+"""The console's picture of the fleet: node summaries, short trends, filters, sorting and counts.
+
+Plain data and functions (no widgets), so filtering and sorting 2,000 nodes is tested without a
+screen, and the fleet table only has to apply the differences.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+STATES = ("online", "offline", "maintenance", "failed", "new")
+TREND_LEN = 12
+HOT_C = 80.0
+DISK_FULL = 90.0
+
+Node = dict[str, Any]
+
+
+def metric(node: Node, name: str) -> float | None:
+    value = (node.get("metrics") or {}).get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def alerts(node: Node) -> list[str]:
+    """Why a node needs attention: failed, hot, disk nearly full."""
+    out = []
+    if node.get("state") == "failed":
+        out.append("failed")
+    temp = metric(node, "temp")
+    if temp is not None and temp >= HOT_C:
+        out.append(f"hot {temp:.0f}°C")
+    disk = metric(node, "disk")
+    if disk is not None and disk >= DISK_FULL:
+        out.append(f"disk {disk:.0f}%")
+    return out
+
+
+@dataclass
+class Filter:
+    """What the fleet table shows: free text (`/`), and quick filters by state, group and kind."""
+
+    text: str = ""
+    state: str | None = None
+    group: str | None = None
+    kind: str | None = None
+
+    def matches(self, node: Node) -> bool:
+        if self.state and node.get("state") != self.state:
+            return False
+        if self.group is not None and (node.get("group") or "") != self.group:
+            return False
+        if self.kind and node.get("kind") != self.kind:
+            return False
+        if self.text:
+            needle = self.text.lower()
+            hay = " ".join(str(node.get(k) or "") for k in ("name", "kind", "group", "state", "daemon_version", "id"))
+            return needle in hay.lower()
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.state:
+            parts.append(f"state={self.state}")
+        if self.group is not None:
+            parts.append(f"group={self.group or '(none)'}")
+        if self.kind:
+            parts.append(f"kind={self.kind}")
+        if self.text:
+            parts.append(f"text={self.text!r}")
+        return " ".join(parts)
+
+
+def _num(v: float | None) -> tuple[int, float]:
+    return (1, 0.0) if v is None else (0, v)  # unknown values sort last
+
+
+# Sort keys by fleet-table column; every key is total (no None comparisons).
+SORT_KEYS: dict[str, Callable[[Node], Any]] = {
+    "name": lambda n: str(n.get("name", "")).lower(),
+    "kind": lambda n: (str(n.get("kind", "")), str(n.get("name", "")).lower()),
+    "group": lambda n: (str(n.get("group") or ""), str(n.get("name", "")).lower()),
+    "state": lambda n: (STATES.index(n["state"]) if n.get("state") in STATES else 9, str(n.get("name", ""))),
+    "seen": lambda n: -(n.get("last_seen") or 0.0),
+    "cpu": lambda n: _num(metric(n, "cpu")),
+    "mem": lambda n: _num(metric(n, "mem")),
+    "disk": lambda n: _num(metric(n, "disk")),
+    "temp": lambda n: _num(metric(n, "temp")),
+    "demos": lambda n: ((n.get("demos") or {}).get("alive", 0), (n.get("demos") or {}).get("total", 0)),
+    "version": lambda n: str(n.get("daemon_version") or ""),
+}
+
+
+@dataclass
+class Fleet:
+    """Every node the console knows, by id, with a short client-side trend of its main metrics."""
+
+    nodes: dict[str, Node] = field(default_factory=dict)
+    trends: dict[str, dict[str, deque[float]]] = field(default_factory=dict)
+
+    def _trend(self, node: Node) -> None:
+        series = self.trends.setdefault(str(node["id"]), {})
+        for name in ("cpu", "mem", "temp"):
+            value = metric(node, name)
+            if value is not None:
+                series.setdefault(name, deque(maxlen=TREND_LEN)).append(value)
+
+    def update(self, nodes: Iterable[Node]) -> list[Node]:
+        """Merges node summaries (from the stream or a snapshot); returns the valid ones."""
+        changed = []
+        for node in nodes:
+            if not isinstance(node, dict) or not isinstance(node.get("id"), str):
+                continue  # a summary without an id cannot be placed; ignore it rather than crash
+            self.nodes[node["id"]] = node
+            self._trend(node)
+            changed.append(node)
+        return changed
+
+    def replace(self, nodes: Iterable[Node]) -> tuple[list[Node], list[str]]:
+        """A full snapshot (after (re)connecting): returns (current nodes, ids that disappeared)."""
+        fresh = {n["id"]: n for n in nodes if isinstance(n, dict) and isinstance(n.get("id"), str)}
+        gone = [i for i in self.nodes if i not in fresh]
+        for i in gone:
+            self.nodes.pop(i, None)
+            self.trends.pop(i, None)
+        return self.update(fresh.values()), gone
+
+    def trend(self, node_id: str, name: str) -> list[float]:
+        return list(self.trends.get(node_id, {}).get(name, ()))
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        out["alerts"] = 0
+        for node in self.nodes.values():
+            state = str(node.get("state"))
+            out[state] = out.get(state, 0) + 1
+            if alerts(node):
+                out["alerts"] += 1
+        return out
+
+    def groups(self) -> list[str]:
+        return sorted({str(n.get("group") or "") for n in self.nodes.values()})
+
+    def kinds(self) -> list[str]:
+        return sorted({str(n.get("kind") or "") for n in self.nodes.values()})
+
+    def by_name(self, ref: str) -> Node | None:
+        if ref in self.nodes:
+            return self.nodes[ref]
+        return next((n for n in self.nodes.values() if n.get("name") == ref), None)
+
+
+def cycle(options: list[Any], current: Any) -> Any:
+    """The next quick-filter value: None (all) -> each option -> None."""
+    seq = [None, *options]
+    try:
+        return seq[(seq.index(current) + 1) % len(seq)]
+    except ValueError:
+        return None

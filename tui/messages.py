@@ -1,0 +1,39 @@
+"""Messages the live feed posts to the console app (one place for every custom message)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.message import Message
+
+
+class Connected(Message):
+    """The live stream is up and the node snapshot below was just fetched."""
+
+    def __init__(self, nodes: list[dict[str, Any]], me: dict[str, Any]) -> None:
+        super().__init__()
+        self.nodes = nodes
+        self.me = me
+
+
+class Disconnected(Message):
+    """The stream (or the server) went away; the feed retries in `retry_in` seconds."""
+
+    def __init__(self, reason: str, retry_in: float, fatal: bool = False) -> None:
+        super().__init__()
+        self.reason = reason
+        self.retry_in = retry_in
+        self.fatal = fatal
+
+
+class LogsArrived(Message):
+    def __init__(self, node: str, lines: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.node = node
+        self.lines = lines
+
+
+class EventArrived(Message):
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__()
+        self.event = event

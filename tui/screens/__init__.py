@@ -1,0 +1,1 @@
+"""The console's screens: fleet (home), node, logs, admin, help and dialogs."""

@@ -1,0 +1,40 @@
+"""What every console screen shares: the connection banner and the hooks the live feed calls."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from textual.screen import Screen
+
+from tui.widgets.banner import ConnectionBanner
+
+if TYPE_CHECKING:
+    from tui.app import DvicApp
+
+
+class DvicScreen(Screen[None]):
+    """A console screen. The app calls the `live_*` hooks of every screen on its stack."""
+
+    @property
+    def dvic(self) -> DvicApp:
+        return self.app  # type: ignore[return-value]
+
+    def on_mount(self) -> None:
+        self.live_connection(self.dvic.connected, self.dvic.down_reason, self.dvic.retry_in, self.dvic.down_fatal)
+
+    def live_connection(self, connected: bool, reason: str = "", retry_in: float = 0.0, fatal: bool = False) -> None:
+        for banner in self.query(ConnectionBanner):
+            banner.set_state(connected, reason, retry_in, fatal)
+
+    def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
+        """Nodes changed (or, after a reconnect, a full snapshot with `gone` the vanished ids)."""
+
+    def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
+        """Log lines of a node this screen subscribed to."""
+
+    def live_event(self, event: dict[str, Any]) -> None:
+        """A new event (state change, log gap, failure...)."""
+
+    def log_subscription(self) -> list[str]:
+        """Node ids whose logs this screen wants live (`["*"]`: all)."""
+        return []

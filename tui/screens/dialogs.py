@@ -1,0 +1,88 @@
+"""Small modal dialogs: confirm a destructive action, pick one option, show a secret once."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Label, OptionList
+from textual.widgets.option_list import Option
+
+from tui.textsafe import literal
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Yes/No; `y` confirms, `n`/escape cancels. The default button is No: safe on a stray Enter."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, confirm: str = "Yes") -> None:
+        super().__init__(classes="dialog")
+        self.question = question
+        self.confirm = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(literal(self.question, single_line=False), classes="dialog-title")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("No", id="no", variant="primary")
+                yield Button(self.confirm, id="yes", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class ChoiceDialog(ModalScreen[str | None]):
+    """Pick one of a few options (e.g. a role); escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, options: list[str], current: str | None = None) -> None:
+        super().__init__(classes="dialog")
+        self.title_text = title
+        self.options = options
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(literal(self.title_text), classes="dialog-title")
+            yield OptionList(*[Option(literal(o), id=o) for o in self.options], id="choices")
+
+    def on_mount(self) -> None:
+        choices = self.query_one(OptionList)
+        if self.current in self.options:
+            choices.highlighted = self.options.index(self.current)
+        choices.focus()
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class SecretDialog(ModalScreen[None]):
+    """Shows a token that the server returns once; it is not kept anywhere by the console."""
+
+    BINDINGS = [Binding("escape,enter", "close", "Close")]
+
+    def __init__(self, title: str, secret: str) -> None:
+        super().__init__(classes="dialog")
+        self.title_text = title
+        self.secret = secret
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(literal(self.title_text), classes="dialog-title")
+            yield Label(literal(self.secret), id="secret")
+            yield Label("Shown once: copy it now. Enter or Escape closes.", classes="dim")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,333 @@
+"""The fleet view (home): every node, live, with sorting, filters and a summary bar.
+
+Live updates change table cells in place; rows are only added or removed when a node appears,
+disappears or crosses the current filter, so 2,000 nodes updating every few seconds stay smooth.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Input
+
+from tui import fmt
+from tui.fleet import SORT_KEYS, STATES, Filter, alerts, cycle, metric
+from tui.screens.base import DvicScreen
+from tui.textsafe import literal
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
+
+COLUMNS: list[tuple[str, str, int | None]] = [
+    ("name", "Name", 18), ("state", "State", 12), ("seen", "Seen", 5), ("cpu", "CPU", 14),
+    ("mem", "Mem", 14), ("disk", "Disk", 5), ("temp", "Temp", 12), ("demos", "Demos", 5),
+    ("kind", "Kind", 9), ("group", "Group", 10), ("version", "Version", 8),
+]
+COLUMN_KEYS = [c[0] for c in COLUMNS]
+
+
+class Cell(Text):
+    """A table cell that remembers the value it sorts by (DataTable sorts on cell values)."""
+
+    sort_value: Any = None
+
+
+def _cell(text: Text, sort_value: Any) -> Cell:
+    cell = Cell(text.plain, style=text.style, end="", no_wrap=True)
+    cell.spans = list(text.spans)
+    cell.sort_value = sort_value
+    return cell
+
+
+def _sig(cell: Text) -> tuple[Any, ...]:
+    """What a cell looks like, cheaply comparable: skip updates that would change nothing."""
+    return (cell.plain, str(cell.style), tuple((sp.start, sp.end, str(sp.style)) for sp in cell.spans))
+
+
+def _level_style(value: float | None, warn: float, bad: float) -> str:
+    if value is None:
+        return "dim"
+    return "bold red" if value >= bad else "yellow" if value >= warn else ""
+
+
+class FleetScreen(DvicScreen):
+    BINDINGS = [
+        Binding("enter", "open_node", "Open", show=True),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear", show=False),
+        Binding("t", "cycle_state", "State"),
+        Binding("g", "cycle_group", "Group"),
+        Binding("k", "cycle_kind", "Kind"),
+        Binding("s", "sort_next", "Sort"),
+        Binding("S", "sort_reverse", "Reverse", show=False),
+        Binding("l", "logs", "Logs"),
+        Binding("L", "node_logs", "Node logs", show=False),
+        Binding("m", "maintenance", "Maint.", show=False),
+        Binding("a", "admin", "Admin", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="fleet")
+        self.filter = Filter()
+        self.sort_column = "name"
+        self.sort_reverse = False
+        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}  # what each row shows, to touch only changed cells
+        self._resort = False
+        self._summary_dirty = True
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBanner()
+        yield SummaryBar(id="summary")
+        yield Input(placeholder="filter: name, group, kind, state, version — Enter keeps, Escape clears",
+                    id="filter")
+        table: DataTable[Any] = DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#filter", Input).display = False
+        self.sync_all()
+        self.set_interval(1.0, self._tick)
+        self.query_one(DataTable).focus()
+
+    # -- rows ----------------------------------------------------------------------------------
+    def _row(self, node: dict[str, Any], now: float) -> dict[str, Cell]:
+        nid = str(node["id"])
+        fleet = self.dvic.fleet
+        state = str(node.get("state", "?"))
+        m = {k: metric(node, k) for k in ("cpu", "mem", "disk", "temp")}
+        demos = node.get("demos") or {}
+        alive, total = int(demos.get("alive") or 0), int(demos.get("total") or 0)
+        warn = alerts(node)
+        name = literal(node.get("name", "?"))
+        if warn:
+            name.append(" ⚠", style="bold yellow")
+        state_text = Text(f"{STATE_ICON.get(state, '?')} ", style=STATE_STYLE.get(state, ""))
+        state_text.append_text(literal(state, style=STATE_STYLE.get(state, "")))
+        if node.get("revoked"):
+            state_text.append(" revoked", style="dim")
+
+        def with_trend(key: str, value: str, warn_at: float, bad_at: float, top: float | None) -> Cell:
+            text = Text(f"{value:>4} ", style=_level_style(m[key], warn_at, bad_at))
+            text.append(fmt.sparkline(fleet.trend(nid, key), width=8, top=top), style="blue")
+            return _cell(text, SORT_KEYS[key](node))
+
+        return {
+            "name": _cell(name, SORT_KEYS["name"](node)),
+            "state": _cell(state_text, SORT_KEYS["state"](node)),
+            "seen": _cell(Text(fmt.age(node.get("last_seen"), now), style="dim"), SORT_KEYS["seen"](node)),
+            "cpu": with_trend("cpu", fmt.percent(m["cpu"]), 70, 90, 100),
+            "mem": with_trend("mem", fmt.percent(m["mem"]), 80, 95, 100),
+            "disk": _cell(Text(fmt.percent(m["disk"]), style=_level_style(m["disk"], 80, 90)),
+                          SORT_KEYS["disk"](node)),
+            "temp": with_trend("temp", fmt.celsius(m["temp"]), 70, 80, None),
+            "demos": _cell(Text(f"{alive}/{total}", style="red" if alive < total else ""), SORT_KEYS["demos"](node)),
+            "kind": _cell(literal(node.get("kind", "")), SORT_KEYS["kind"](node)),
+            "group": _cell(literal(node.get("group") or "-"), SORT_KEYS["group"](node)),
+            "version": _cell(literal(node.get("daemon_version") or "-"), SORT_KEYS["version"](node)),
+        }
+
+    def _apply(self, node: dict[str, Any], now: float) -> bool:
+        """Adds, updates in place, or removes one node's row according to the filter; True if added."""
+        table = self.query_one(DataTable)
+        nid = str(node["id"])
+        shown = nid in self._cells
+        if not self.filter.matches(node):
+            if shown:
+                table.remove_row(nid)
+                del self._cells[nid]
+            return False
+        row = self._row(node, now)
+        if not shown:
+            table.add_row(*(row[k] for k in COLUMN_KEYS), key=nid)
+            self._cells[nid] = {k: _sig(v) for k, v in row.items()}
+            self._resort = True
+            return True
+        before = self._cells[nid]
+        for key, cell in row.items():
+            sig = _sig(cell)
+            if before.get(key) != sig:
+                table.update_cell(nid, key, cell)
+                before[key] = sig
+                if key == self.sort_column:
+                    self._resort = True
+        return False
+
+    def sync_all(self) -> None:
+        """Brings the table in line with the fleet and the filter (after a filter change or snapshot)."""
+        table = self.query_one(DataTable)
+        now = time.time()
+        nodes = self.dvic.fleet.nodes
+        for nid in [i for i in self._cells if i not in nodes]:
+            table.remove_row(nid)
+            del self._cells[nid]
+        for node in nodes.values():
+            self._apply(node, now)
+        self._do_sort()
+        self._update_summary()
+
+    def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
+        if not self.is_mounted:
+            return
+        table = self.query_one(DataTable)
+        for nid in gone:
+            if nid in self._cells:
+                table.remove_row(nid)
+                del self._cells[nid]
+        now = time.time()
+        added = False
+        for node in nodes:
+            added = self._apply(node, now) or added
+        if added:  # new rows go to their sorted place at once; value changes re-sort on the tick
+            self._do_sort()
+        self._summary_dirty = True
+        if gone or len(nodes) == len(self.dvic.fleet.nodes):  # a snapshot: show its counts at once
+            self._update_summary()
+
+    # -- periodic work -----------------------------------------------------------------------
+    def _tick(self) -> None:
+        """Once a second: ages of the visible rows, a pending re-sort, the summary."""
+        table = self.query_one(DataTable)
+        if self._resort:
+            self._do_sort()
+        top = int(table.scroll_offset.y)
+        now = time.time()
+        for row in table.ordered_rows[top : top + table.size.height]:
+            nid = str(row.key.value)
+            node = self.dvic.fleet.nodes.get(nid)
+            if node is None or nid not in self._cells:
+                continue
+            age = fmt.age(node.get("last_seen"), now)
+            cell = _cell(Text(age, style="dim"), SORT_KEYS["seen"](node))
+            if self._cells[nid].get("seen") != _sig(cell):
+                table.update_cell(nid, "seen", cell)
+                self._cells[nid]["seen"] = _sig(cell)
+        if self._summary_dirty:
+            self._update_summary()
+
+    def _do_sort(self) -> None:
+        table = self.query_one(DataTable)
+        self._resort = False
+        if table.row_count == 0:
+            return
+        current = self.selected_id()
+        table.sort(self.sort_column, key=lambda cell: cell.sort_value, reverse=self.sort_reverse)
+        if current is not None:
+            table.move_cursor(row=table.get_row_index(current), scroll=False)
+
+    def _update_summary(self) -> None:
+        self._summary_dirty = False
+        arrow = "▼" if self.sort_reverse else "▲"
+        self.query_one(SummaryBar).show(
+            self.dvic.fleet.counts(), len(self._cells), len(self.dvic.fleet.nodes),
+            self.filter.describe(), f"{self.sort_column} {arrow}",
+        )
+
+    # -- selection -----------------------------------------------------------------------------
+    def selected_id(self) -> str | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        try:
+            return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        except Exception:  # noqa: BLE001 - cursor outside the rows while the table changes
+            return None
+
+    def shown_ids(self) -> list[str]:
+        return [str(r.key.value) for r in self.query_one(DataTable).ordered_rows]
+
+    # -- actions -------------------------------------------------------------------------------
+    def action_open_node(self) -> None:
+        nid = self.selected_id()
+        if nid:
+            self.dvic.open_node(nid)
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.dvic.open_node(str(event.row_key.value))
+
+    @on(DataTable.HeaderSelected)
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        key = str(event.column_key.value)
+        if key == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column, self.sort_reverse = key, False
+        self._do_sort()
+        self._update_summary()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter.text = event.value.strip()
+        self.sync_all()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        if not event.value.strip():
+            self.query_one("#filter", Input).display = False
+        self.query_one(DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        changed = bool(self.filter.text or self.filter.state or self.filter.group is not None or self.filter.kind)
+        box.value = ""
+        box.display = False
+        self.filter = Filter()
+        self.query_one(DataTable).focus()
+        if changed:
+            self.sync_all()
+
+    def action_cycle_state(self) -> None:
+        self.filter.state = cycle(list(STATES), self.filter.state)
+        self.sync_all()
+
+    def action_cycle_group(self) -> None:
+        groups = self.dvic.fleet.groups()
+        nxt = cycle(groups, self.filter.group)
+        self.filter.group = nxt
+        self.sync_all()
+
+    def action_cycle_kind(self) -> None:
+        self.filter.kind = cycle(self.dvic.fleet.kinds(), self.filter.kind)
+        self.sync_all()
+
+    def action_sort_next(self) -> None:
+        i = COLUMN_KEYS.index(self.sort_column)
+        self.sort_column = COLUMN_KEYS[(i + 1) % len(COLUMN_KEYS)]
+        self.sort_reverse = self.sort_column in ("cpu", "mem", "disk", "temp")  # busiest first
+        self._do_sort()
+        self._update_summary()
+
+    def action_sort_reverse(self) -> None:
+        self.sort_reverse = not self.sort_reverse
+        self._do_sort()
+        self._update_summary()
+
+    def action_logs(self) -> None:
+        self.dvic.open_logs(None)
+
+    def action_node_logs(self) -> None:
+        nid = self.selected_id()
+        if nid:
+            self.dvic.open_logs(nid)
+
+    def action_maintenance(self) -> None:
+        nid = self.selected_id()
+        if nid:
+            self.dvic.toggle_maintenance(nid)
+
+    def action_admin(self) -> None:
+        self.dvic.open_admin()

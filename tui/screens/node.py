@@ -1,0 +1,251 @@
+"""The node view: facts, metric history charts, demos with liveness, the node's logs and events."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, TabPane
+
+from tui import fmt
+from tui.client import ApiError
+from tui.screens.base import DvicScreen
+from tui.textsafe import literal
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.chart import MetricChart
+from tui.widgets.log_view import LogView
+from tui.widgets.summary import STATE_ICON, STATE_STYLE
+
+# (label, seconds, step): steps under 60 s read raw samples, longer ones the 1-minute aggregates.
+RANGES = [("15m", 900, 15), ("1h", 3600, 60), ("24h", 86400, 900), ("7d", 604800, 7200)]
+CHARTS = [("cpu", "CPU"), ("mem", "Memory"), ("disk", "Disk"), ("temp", "Temperature")]
+DEMO_STYLE = {"alive": "green", "started": "cyan", "exited": "red"}
+DETAIL_REFRESH = 5.0
+
+
+class NodeScreen(DvicScreen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("1", "range(0)", "15m"),
+        Binding("2", "range(1)", "1h"),
+        Binding("3", "range(2)", "24h"),
+        Binding("4", "range(3)", "7d"),
+        Binding("o", "tab('overview')", "Overview", show=False),
+        Binding("d", "tab('demos')", "Demos", show=False),
+        Binding("g", "tab('tail')", "Log tail", show=False),
+        Binding("e", "tab('events')", "Events", show=False),
+        Binding("l", "logs", "Logs"),
+        Binding("m", "maintenance", "Maint."),
+        Binding("r", "refresh", "Refresh", show=False),
+    ]
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(id=f"node-{node_id}")
+        self.node_id = node_id
+        self.detail: dict[str, Any] = {}
+        self.range_index = 1
+        self._last_detail = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBanner()
+        yield Static(id="node-title")
+        with TabbedContent(initial="overview"):
+            with TabPane("Overview", id="overview"), Horizontal():
+                with VerticalScroll(id="facts-box"):
+                    yield Static(id="facts")
+                with Vertical(id="charts"):
+                    yield Label(id="range")
+                    for name, title in CHARTS:
+                        yield MetricChart(name, title)
+            with TabPane("Demos", id="demos"):
+                table: DataTable[Any] = DataTable(id="demo-table", cursor_type="row", zebra_stripes=True)
+                for key, label in (("name", "Demo"), ("state", "State"), ("pid", "PID"),
+                                   ("since", "Since"), ("token", "Token")):
+                    table.add_column(label, key=key)
+                yield table
+            with TabPane("Logs", id="tail"):
+                yield LogView(with_node=False, id="node-log")
+            with TabPane("Events", id="events"):
+                events: DataTable[Any] = DataTable(id="event-table", cursor_type="row")
+                for key, label in (("time", "Time"), ("kind", "Kind"), ("message", "Message")):
+                    events.add_column(label, key=key)
+                yield events
+        yield Footer()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        node = self.dvic.fleet.nodes.get(self.node_id)
+        if node:
+            self.detail = dict(node)
+            self._show_title()
+        self._show_range()
+        self.load_detail()
+        self.load_metrics()
+        self.load_history()
+
+    def log_subscription(self) -> list[str]:
+        return [self.node_id]
+
+    # -- loading -------------------------------------------------------------------------------
+    @work(exclusive=True, group="detail")
+    async def load_detail(self) -> None:
+        self._last_detail = time.monotonic()
+        try:
+            self.detail = await self.dvic.api.node(self.node_id)
+        except ApiError as exc:
+            self.notify(f"node detail: {exc.message}", severity="error", markup=False)
+            return
+        self._show_title()
+        self._show_facts()
+        self._show_demos()
+
+    @work(exclusive=True, group="metrics")
+    async def load_metrics(self) -> None:
+        _, span, step = RANGES[self.range_index]
+        now = time.time()
+        try:
+            doc = await self.dvic.api.metrics(self.node_id, now - span, now, step)
+        except ApiError as exc:
+            self.notify(f"metrics: {exc.message}", severity="error", markup=False)
+            return
+        series = doc.get("series") if isinstance(doc.get("series"), dict) else {}
+        for chart in self.query(MetricChart):
+            points = series.get(chart.metric)
+            chart.set_points(points if isinstance(points, list) else [])
+
+    @work(exclusive=True, group="history")
+    async def load_history(self) -> None:
+        try:
+            logs = await self.dvic.api.logs(node=self.node_id, limit=200)
+            events = await self.dvic.api.events(node=self.node_id, limit=50)
+        except ApiError as exc:
+            self.notify(f"history: {exc.message}", severity="error", markup=False)
+            return
+        self.query_one(LogView).load_history(logs["lines"])
+        table = self.query_one("#event-table", DataTable)
+        table.clear()
+        for ev in reversed(events["events"]):
+            self._add_event(ev)
+
+    # -- rendering -----------------------------------------------------------------------------
+    def _show_title(self) -> None:
+        d = self.detail
+        state = str(d.get("state", "?"))
+        text = Text()
+        text.append_text(literal(d.get("name", "?"), style="bold"))
+        text.append(f"  {STATE_ICON.get(state, '?')} ", style=STATE_STYLE.get(state, ""))
+        text.append_text(literal(state, style=STATE_STYLE.get(state, "")))
+        text.append(f" for {fmt.age(d.get('state_since'))}", style="dim")
+        text.append("  │ ", style="dim")
+        text.append_text(literal(f"{d.get('kind', '')} {d.get('group') or ''}".strip()))
+        text.append(f"  │ seen {fmt.age(d.get('last_seen'))} ago", style="dim")
+        if d.get("revoked"):
+            text.append("  REVOKED", style="bold red")
+        self.query_one("#node-title", Static).update(text)
+
+    def _show_facts(self) -> None:
+        d = self.detail
+        facts = d.get("facts") if isinstance(d.get("facts"), dict) else {}
+        sample = d.get("sample") if isinstance(d.get("sample"), dict) else {}
+        m = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+        boot = facts.get("boot_time")
+        uptime = sample.get("uptime") if isinstance(sample.get("uptime"), int | float) else (
+            time.time() - boot if isinstance(boot, int | float) else None)
+        rows: list[tuple[str, Any]] = [
+            ("Host", facts.get("hostname")), ("OS", facts.get("os")), ("Kernel", facts.get("kernel")),
+            ("Arch", facts.get("arch")), ("Model", facts.get("model")), ("IP", facts.get("ips")),
+            ("MAC", facts.get("macs")), ("Python", facts.get("python")), ("Uptime", fmt.duration(uptime)),
+            ("Load", m.get("load1")), ("Procs", sample.get("procs")), ("Daemon", d.get("daemon_version")),
+            ("Enrolled", fmt.stamp(d.get("created_at")) if d.get("created_at") else None), ("ID", d.get("id")),
+        ]
+        known = {"hostname", "os", "kernel", "arch", "model", "ips", "macs", "python", "boot_time"}
+        rows += [(str(k), v) for k, v in sorted(facts.items()) if k not in known]
+        text = Text()
+        for key, value in rows:
+            if value is None or value == []:
+                continue
+            shown = ", ".join(str(v) for v in value) if isinstance(value, list) else value
+            text.append(f"{key[:10]:<10} ", style="bold")
+            text.append_text(literal(shown))
+            text.append("\n")
+        self.query_one("#facts", Static).update(text)
+
+    def _show_demos(self) -> None:
+        table = self.query_one("#demo-table", DataTable)
+        table.clear()
+        demos = self.detail.get("demos_list") if isinstance(self.detail.get("demos_list"), list) else []
+        order = {"alive": 0, "started": 1, "exited": 2}
+        for demo in sorted((x for x in demos if isinstance(x, dict)),
+                           key=lambda x: (order.get(str(x.get("state")), 3), str(x.get("name")))):
+            state = str(demo.get("state", "?"))
+            since = demo.get("exited_at") if state == "exited" else demo.get("started_at")
+            table.add_row(
+                literal(demo.get("name", "?")),
+                literal(("● " if state != "exited" else "○ ") + state, style=DEMO_STYLE.get(state, "")),
+                literal(demo.get("pid", "-")),
+                Text(fmt.age(since if isinstance(since, int | float) else None), style="dim"),
+                literal(demo.get("token", ""), style="dim"),
+                key=str(demo.get("token") or id(demo)),
+            )
+
+    def _show_range(self) -> None:
+        text = Text("Range: ", style="bold")
+        for i, (label, _, _) in enumerate(RANGES):
+            text.append(f" {i + 1}:{label} ", style="reverse" if i == self.range_index else "dim")
+        self.query_one("#range", Label).update(text)
+
+    def _add_event(self, ev: dict[str, Any]) -> None:
+        table = self.query_one("#event-table", DataTable)
+        table.add_row(Text(fmt.stamp(ev.get("ts")), style="dim"), literal(ev.get("kind", "?")),
+                      literal(ev.get("message", "")))
+        table.move_cursor(row=table.row_count - 1, scroll=True)
+
+    # -- live ----------------------------------------------------------------------------------
+    def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
+        for node in nodes:
+            if node.get("id") == self.node_id:
+                demos_changed = node.get("demos") != self.detail.get("demos")
+                self.detail.update(node)
+                self._show_title()
+                if demos_changed or time.monotonic() - self._last_detail > DETAIL_REFRESH * 6:
+                    self.load_detail()
+
+    def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
+        if node == self.node_id:
+            self.query_one(LogView).add_lines(lines)
+
+    def live_event(self, event: dict[str, Any]) -> None:
+        if event.get("node") == self.node_id:
+            self._add_event(event)
+
+    # -- actions -------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_range(self, index: int) -> None:
+        self.range_index = index
+        self._show_range()
+        self.load_metrics()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_logs(self) -> None:
+        self.dvic.open_logs(self.node_id)
+
+    def action_maintenance(self) -> None:
+        self.dvic.toggle_maintenance(self.node_id)
+
+    def action_refresh(self) -> None:
+        self.load_detail()
+        self.load_metrics()
+        self.load_history()
+
+    @on(DataTable.RowSelected, "#demo-table")
+    def _demo_selected(self, event: DataTable.RowSelected) -> None:
+        self.dvic.open_logs(self.node_id, demo=str(event.row_key.value))

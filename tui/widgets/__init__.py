@@ -1,0 +1,1 @@
+"""Reusable console widgets: connection banner, summary bar, log view, metric chart."""

@@ -1,0 +1,132 @@
+"""A log view that follows new lines, stays put when scrolled up, and re-filters without refetching."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import RichLog
+
+from tui import fmt
+from tui.cmds.common import level_rank
+from tui.textsafe import clean
+
+LEVEL_STYLE = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold white on red"}
+BUFFER = 5000
+
+
+def render_line(line: dict[str, Any], with_node: bool) -> Text:
+    """One log record as Rich text: every node-supplied field is literal (never markup, no escapes)."""
+    level = str(line.get("level") or "INFO")
+    text = Text(no_wrap=False, end="")
+    text.append(fmt.clock(line.get("ts") if isinstance(line.get("ts"), int | float) else None), style="dim")
+    if with_node:
+        text.append(" ")
+        text.append(clean(line.get("node_name") or line.get("node") or "?", single_line=True)[:24], style="cyan")
+    unit = clean(line.get("unit") or line.get("source") or "", single_line=True)
+    if unit:
+        text.append(" ")
+        text.append(unit[:24], style="magenta")
+    text.append(f" {clean(level, single_line=True)[:8]:<8} ", style=LEVEL_STYLE.get(level, ""))
+    text.append(clean(line.get("msg", "")))
+    return text
+
+
+class LogView(RichLog):
+    """Keeps the last lines in memory; shows those passing the level/source/text filters."""
+
+    class Behind(Message):
+        """Lines arrived while the view was scrolled up (count 0: back to following)."""
+
+        def __init__(self, count: int) -> None:
+            super().__init__()
+            self.count = count
+
+    def __init__(self, with_node: bool = True, **kwargs: Any) -> None:
+        super().__init__(max_lines=BUFFER, wrap=True, markup=False, highlight=False, auto_scroll=False,
+                         min_width=20, **kwargs)
+        self.with_node = with_node
+        self.lines_buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER)
+        self._ids: set[int] = set()
+        self.min_level = "DEBUG"
+        self.source: str | None = None
+        self.demo: str | None = None  # a demo's token: only its lines
+        self.text_filter = ""
+        self.behind = 0
+
+    @property
+    def at_bottom(self) -> bool:
+        return self.scroll_y >= self.max_scroll_y - 1
+
+    def passes(self, line: dict[str, Any]) -> bool:
+        if level_rank(line.get("level")) < level_rank(self.min_level):
+            return False
+        if self.source and line.get("source") != self.source:
+            return False
+        if self.demo and line.get("demo") != self.demo:
+            return False
+        return not self.text_filter or self.text_filter.lower() in str(line.get("msg", "")).lower()
+
+    def _remember(self, lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        fresh = []
+        for line in lines:
+            lid = line.get("id")
+            if isinstance(lid, int):
+                if lid in self._ids:
+                    continue
+                self._ids.add(lid)
+            fresh.append(line)
+        if len(self._ids) > BUFFER * 2:  # keep the duplicate filter bounded too
+            self._ids = {x["id"] for x in self.lines_buffer if isinstance(x.get("id"), int)}
+        return fresh
+
+    def add_lines(self, lines: Iterable[dict[str, Any]]) -> None:
+        """Live lines: appended; the view scrolls only if it was at the bottom."""
+        fresh = self._remember(lines)
+        self.lines_buffer.extend(fresh)
+        shown = [x for x in fresh if self.passes(x)]
+        if not shown:
+            return
+        follow = self.at_bottom
+        for line in shown:
+            self.write(render_line(line, self.with_node), scroll_end=follow)
+        if not follow:
+            self.behind += len(shown)
+            self.post_message(self.Behind(self.behind))
+
+    def load_history(self, lines: Iterable[dict[str, Any]]) -> None:
+        """Older lines (any order): merged by time with what is shown, then redrawn."""
+        fresh = self._remember(lines)
+        merged = sorted([*self.lines_buffer, *fresh], key=lambda x: (x.get("ts") or 0, x.get("id") or 0))
+        self.lines_buffer = deque(merged[-BUFFER:], maxlen=BUFFER)
+        self.refilter()
+
+    def replace(self, lines: Iterable[dict[str, Any]]) -> None:
+        self.lines_buffer.clear()
+        self._ids.clear()
+        self.load_history(lines)
+
+    def refilter(self) -> None:
+        self.clear()
+        for line in self.lines_buffer:
+            if self.passes(line):
+                self.write(render_line(line, self.with_node), scroll_end=False)
+        self.follow()
+
+    def follow(self) -> None:
+        self.scroll_end(animate=False, immediate=True)
+        if self.behind:
+            self.behind = 0
+            self.post_message(self.Behind(0))
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if self.behind and self.at_bottom:
+            self.behind = 0
+            self.post_message(self.Behind(0))
+
+    def last_ts(self) -> float | None:
+        return max((x.get("ts") or 0 for x in self.lines_buffer), default=None)
