@@ -22,7 +22,7 @@ from .models import (
 )
 from .paths import NodeLayout, known_hosts_path
 from .remote import run_script
-from .render import INIT_MODES, render_script, render_unit
+from .render import INIT_MODES, RenderError, check_path, render_script, render_unit
 from .ssh import open_target
 from .steps import StepRunner, central_error
 
@@ -54,6 +54,15 @@ def _validate(req: AddNodeRequest) -> None:
         raise bad(f"unknown init mode {req.init!r}")
     if req.prefix and req.init == "systemd":
         raise bad("--prefix installs outside the paths systemd reads", "add --no-systemd")
+    try:
+        if req.prefix:
+            check_path("--prefix", req.prefix)
+        if req.python:
+            check_path("--python", req.python)
+        for part in req.target_path.split(":"):
+            check_path("--target-path entry", part)
+    except RenderError as exc:
+        raise bad(str(exc)) from exc
 
 
 def _read_text(step: str, what: str, path: Path) -> str:
