@@ -302,3 +302,24 @@ def test_a_grandchild_holding_the_output_open_does_not_keep_the_wrapper_alive(lo
     assert records[1]["msg"] == "bye"
     assert records[-1]["msg"] == "sh exited with status 0"
     assert elapsed < 20  # the 2 s drain grace, not the 60 s sleeper
+
+
+def test_a_signal_ignored_by_the_wrapper_stays_ignored_for_the_child(log_dir: Path):
+    # As under nohup: SIGHUP is ignored when the wrapper starts, so it must be for the child too.
+    cmd = script(
+        """
+        import signal
+        print("hup ignored", signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
+        """
+    )
+    result = subprocess.run(
+        wrapper_cmd("-q", "--", *cmd),
+        env=wrapper_env(),
+        capture_output=True,
+        timeout=60,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert result.returncode == 0, result.stderr
+    _, records = only_file(log_dir)
+    assert records[0]["msg"] == "hup ignored True"

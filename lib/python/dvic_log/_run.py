@@ -15,6 +15,7 @@ from types import FrameType
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._config import check_name, resolve_dir, resolve_max_bytes
+from ._format import level_name
 from ._identity import child_identity
 from ._lines import LineSplitter
 from ._writer import LogFile
@@ -138,13 +139,14 @@ class Runner:
         self.directory = resolve_dir(directory)
         self.max_bytes = resolve_max_bytes(max_bytes)
         self.argv = list(argv)
-        self.stdout_level = stdout_level
-        self.stderr_level = stderr_level
+        self.stdout_level = level_name(stdout_level)
+        self.stderr_level = level_name(stderr_level)
         self.echo = echo
         self.use_pty = use_pty
         self.log: Optional[LogFile] = None
         self._signals = _SignalState()
         self._failed_writes = 0
+        self._spawn_failed = 0
         self._child: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     # ----- the whole run ------------------------------------------------------------------------
@@ -324,13 +326,18 @@ class Runner:
 
     def _install_handlers(self) -> None:
         for signum in FORWARDED_SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                # Ignored for us (nohup ignores SIGHUP, "cmd &" ignores SIGINT): leave it so,
+                # and the child inherits the same disposition through exec.
+                continue
             self._signals.previous[signum] = signal.signal(signum, self._signals.handler)
         # A handler (even one doing nothing) makes SIGCHLD write to the wakeup pipe.
         self._signals.previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)
 
     def _restore_handlers(self) -> None:
         for signum, previous in self._signals.previous.items():
-            signal.signal(signum, previous)
+            if previous is not None:  # None: a handler set outside Python, which we cannot restore
+                signal.signal(signum, previous)
 
     def _forward_pending(self) -> None:
         pending, self._signals.pending = self._signals.pending, []

@@ -12,7 +12,7 @@ import weakref
 from typing import Any, Optional, Union
 
 from ._config import check_name, resolve_dir, resolve_max_bytes
-from ._format import encode_line, fit_record, level_name, make_header, make_record, to_text
+from ._format import encode_line, encode_record, fit_record, level_name, make_header, make_record, to_text
 from ._identity import ProcessIdentity, current_identity
 
 FILE_PREFIX = "dvic_log_"
@@ -81,6 +81,7 @@ class LogFile:
 
     @property
     def closed(self) -> bool:
+        """True after close(); writing then raises ValueError."""
         return self._closed
 
     def write(
@@ -109,12 +110,14 @@ class LogFile:
             to_text(logger) if logger else None,
             to_text(exc) if exc else None,
         )
+        line = encode_record(record)  # outside the lock: threads only queue for the write itself
         with self._lock:
             if self._closed:
                 raise ValueError("dvic_log: write to closed log file %s" % self._path)
             if self._pid != os.getpid():
                 self._reopen_after_fork()
-            line = fit_record(record, self._max_line)
+            if len(line) > self._max_line:
+                line = fit_record(record, self._max_line)
             self._check_vanished()
             if self._pending:
                 self._finish_pending()
