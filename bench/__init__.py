@@ -1,0 +1,1 @@
+"""Benchmarks of DVIC Demo Monitor: real server, real sockets, printed figures (not part of the test run)."""

@@ -1,0 +1,222 @@
+"""Sustained log ingest through the real server vs direct batched SQLite inserts of the same rows.
+
+    python3 -m bench.ingest [--nodes 4] [--lines 1000000] [--batch 500] [--window 4]
+
+Both phases run in one invocation on the same machine and disk. The direct phase inserts the
+rows into a fresh file with the server's own schema (central.db) and write code (central.store),
+one transaction per batch. The server phase sends the same lines from a separate process over
+mutual-TLS websockets; a line counts when its ack (sent only after the commit) comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from central import db, store
+
+from . import procstat
+from .common import add_common_args, positive_int, work_dir
+from .enroll import Fleet, enroll_fleet, save_fleet
+from .loglines import batch
+from .report import Report
+from .server import BenchServer
+from .workers import Worker
+
+TARGET_RATIO = 0.5
+TARGET_RATE = 50_000
+
+
+@dataclass(frozen=True)
+class DirectResult:
+    lines: int
+    seconds: float  # time spent inserting and committing only (lines are built outside the clock)
+    commits: int
+
+    @property
+    def rate(self) -> float:
+        return self.lines / self.seconds if self.seconds > 0 else 0.0
+
+
+async def create_schema(path: Path) -> None:
+    conn = await db.connect(path)
+    try:
+        await db.migrate(conn)
+    finally:
+        await conn.close()
+
+
+def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base_ts: float,
+                  batches_per_commit: int, *, bulk_fts: bool = False) -> DirectResult:
+    """Insert every node's lines round-robin, the order the server sees them, in batched commits.
+
+    `bulk_fts` is a what-if, not the server's code: the full-text index is filled with one
+    INSERT ... SELECT per commit instead of the schema's per-row trigger.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    # The writer's own settings (central/writer.py), so both sides pay the same durability.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    if bulk_fts:
+        conn.execute("DROP TRIGGER logs_ai")
+    indexed = 0
+    timed = 0.0
+    commits = 0
+    pending = 0
+    total = 0
+    try:
+        for first in range(1, lines_per_node + 1, size):
+            count = min(size, lines_per_node - first + 1)
+            for node in fleet.nodes:
+                lines = batch(node.index, first, count, base_ts)
+                started = time.perf_counter()
+                if pending == 0:
+                    conn.execute("BEGIN IMMEDIATE")
+                store.insert_logs(node.node_id, lines)(conn)
+                pending += 1
+                if pending >= batches_per_commit:
+                    if bulk_fts:
+                        indexed = _index_new(conn, indexed)
+                    conn.execute("COMMIT")
+                    commits += 1
+                    pending = 0
+                timed += time.perf_counter() - started
+                total += count
+        if pending:
+            started = time.perf_counter()
+            if bulk_fts:
+                indexed = _index_new(conn, indexed)
+            conn.execute("COMMIT")
+            commits += 1
+            timed += time.perf_counter() - started
+    finally:
+        conn.close()
+    return DirectResult(total, timed, commits)
+
+
+def _index_new(conn: sqlite3.Connection, after_id: int) -> int:
+    conn.execute("INSERT INTO logs_fts (rowid, msg) SELECT id, msg FROM logs WHERE id > ?", (after_id,))
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
+
+
+def count_rows(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM logs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def run(args: argparse.Namespace, work: Path) -> Report:
+    lines_per_node = max(1, args.lines // args.nodes)
+    total = lines_per_node * args.nodes
+    base_ts = time.time() - 3600
+    report = Report("Central server: sustained log ingest", params={
+        "nodes": args.nodes, "lines": total, "batch": args.batch, "window": args.window,
+    })
+    server = BenchServer(work / "central").start()
+    worker: Worker | None = None
+    try:
+        creds = work / "nodes"
+        creds.mkdir()
+        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
+                                   prefix="ingest")
+        fleet_file = work / "fleet.json"
+        save_fleet(fleet, fleet_file)
+
+        direct_path = work / "direct.sqlite3"
+        await create_schema(direct_path)
+        direct = await asyncio.to_thread(insert_direct, direct_path, fleet, lines_per_node, args.batch, base_ts, 1)
+        grouped = None
+        if args.grouped:
+            grouped_path = work / "direct-grouped.sqlite3"
+            await create_schema(grouped_path)
+            grouped = await asyncio.to_thread(insert_direct, grouped_path, fleet, lines_per_node, args.batch,
+                                              base_ts, args.nodes * args.window)
+
+        bulk = None
+        if args.fts_whatif:
+            bulk_path = work / "direct-bulk-fts.sqlite3"
+            await create_schema(bulk_path)
+            bulk = await asyncio.to_thread(insert_direct, bulk_path, fleet, lines_per_node, args.batch, base_ts, 1,
+                                           bulk_fts=True)
+
+        worker = Worker("ingest-worker", "bench.ingest_worker", [
+            "--fleet", str(fleet_file), "--lines-per-node", str(lines_per_node), "--batch", str(args.batch),
+            "--window", str(args.window), "--base-ts", repr(base_ts), "--timeout", str(args.timeout),
+        ], work)
+        await worker.start()
+        ready = await worker.expect("ready", timeout=120)
+        before = procstat.read(server.pid)
+        await worker.send("go")
+        result = await worker.expect("result", timeout=args.timeout + 60)
+        after = procstat.read(server.pid)
+        await worker.finish()
+        worker = None
+    finally:
+        if worker is not None:
+            worker.kill()
+        server.stop()
+    stored = count_rows(server.db_path)
+    acked = sum(result.get("acked", []))
+    server_rate = acked / result["seconds"] if result.get("seconds") else 0.0
+    ratio = server_rate / direct.rate if direct.rate else 0.0
+
+    report.add("direct SQLite inserts", direct.rate, "lines/s",)
+    report.add("  (lines, commits)", f"{direct.lines:,} lines in {direct.commits:,} commits of {args.batch}")
+    if grouped is not None:
+        report.add(f"direct, {args.nodes * args.window} batches/commit", grouped.rate, "lines/s")
+    if bulk is not None:
+        report.add("direct, FTS filled per commit", bulk.rate, "lines/s")
+    report.add("through the server (acked)", server_rate, "lines/s", target=f">= {TARGET_RATE:,}",
+               ok=server_rate >= TARGET_RATE)
+    report.add("server / direct", round(ratio, 3), "", target=f">= {TARGET_RATIO}", ok=ratio >= TARGET_RATIO)
+    if grouped is not None and grouped.rate:
+        report.add("server / direct grouped", round(server_rate / grouped.rate, 3))
+    report.add("server run time", round(result.get("seconds", 0.0), 2), "s")
+    report.add("acks received", int(result.get("acks", 0)))
+    report.add("lines sent / acked / stored", f"{total:,} / {acked:,} / {stored:,}", target="all stored",
+               ok=stored == total and acked == total)
+    report.add("server CPU during the run", round(procstat.cpu_percent(before, after), 1), "% of one core")
+    report.add("client CPU during the run", round(result.get("cpu_s", 0.0) / max(result.get("seconds", 1), 1e-9)
+                                                   * 100, 1), "% of one core")
+    report.add("server peak RSS", round(after.peak_rss_bytes / 2**20, 1), "MiB")
+    report.add("client encode (before the clock)", round(ready.get("encode_s", 0.0), 2), "s")
+    if result.get("error"):
+        report.note(f"load generator error: {result['error']}")
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.ingest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=positive_int, default=4, help="simulated nodes sending at once (default 4)")
+    p.add_argument("--lines", type=positive_int, default=1_000_000, help="total lines (default 1,000,000)")
+    p.add_argument("--batch", type=positive_int, default=500, help="lines per batch (protocol max 500)")
+    p.add_argument("--window", type=positive_int, default=4, help="unacknowledged batches per node (default 4)")
+    p.add_argument("--grouped", action="store_true",
+                   help="also time direct inserts with as many batches per commit as the server can group")
+    p.add_argument("--fts-whatif", action="store_true",
+                   help="also time direct inserts that fill the full-text index per commit instead of per row")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up on the server phase after this")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.batch > 500:
+        p.error("--batch: the protocol allows at most 500 lines per batch")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with work_dir(args.work_dir, args.keep, "ingest") as work:
+        report = asyncio.run(run(args, work))
+    report.emit(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

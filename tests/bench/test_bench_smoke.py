@@ -1,0 +1,31 @@
+"""Each benchmark runs end to end at a tiny size, so none of them rots (figures are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 90) -> dict[str, Any]:
+    out = tmp_path / "figures.json"
+    result = subprocess.run([sys.executable, "-m", module, *args, "--json", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["figures"], doc
+    return doc
+
+
+def test_ingest_smoke(tmp_path: Path) -> None:
+    doc = run_bench("bench.ingest", tmp_path, "--nodes", "2", "--lines", "2000", "--grouped", "--fts-whatif")
+    figures = doc["figures"]
+    assert figures["lines sent / acked / stored"]["value"] == "2,000 / 2,000 / 2,000"
+    assert figures["lines sent / acked / stored"]["ok"] is True
+    assert figures["acks received"]["value"] >= 2
+    for name in ("direct SQLite inserts", "through the server (acked)", "server / direct"):
+        assert figures[name]["value"] > 0

@@ -1,0 +1,102 @@
+"""The benchmarks' own building blocks: percentiles, /proc readings, and frames the server accepts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import loglines, procstat
+from bench.report import Report, latency_summary, percentile
+from central.messages import parse_node_message
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_latency_summary_of_unsorted_values() -> None:
+    summary = latency_summary([0.3, 0.1, 0.2, 0.9])
+    assert summary["count"] == 4
+    assert summary["p50"] == 0.2
+    assert summary["max"] == 0.9
+
+
+def test_procstat_reads_this_process() -> None:
+    first = procstat.read(os.getpid())
+    assert first.rss_bytes > 1024 * 1024
+    assert first.peak_rss_bytes >= first.rss_bytes
+    assert first.threads >= 1
+    sum(i * i for i in range(200_000))  # burn a little CPU so the counter moves
+    second = procstat.read(os.getpid())
+    assert second.cpu_s >= first.cpu_s
+    assert procstat.cpu_percent(first, second) >= 0.0
+
+
+def test_procstat_of_a_gone_process_says_so() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    with pytest.raises(ProcessLookupError):
+        procstat.read(child.pid)
+
+
+def test_generated_messages_pass_the_servers_validator() -> None:
+    """Frames the benchmarks send are what a real daemon sends: the server's parser accepts them."""
+    logs = parse_node_message(json.dumps({"type": "logs", "lines": loglines.batch(3, 1, 500, 1.7e9)}))
+    assert [line["seq"] for line in logs["lines"]] == list(range(1, 501))
+    assert parse_node_message(json.dumps(loglines.metrics(1.7e9, 3, 2)))["type"] == "metrics"
+    assert parse_node_message(json.dumps(loglines.hello("node-3")))["protocol"] == 1
+
+
+def test_same_node_and_seq_give_the_same_line() -> None:
+    assert loglines.batch(5, 10, 3, 100.0) == loglines.batch(5, 10, 3, 100.0)
+    assert loglines.message(5, 10) != loglines.message(6, 10)
+
+
+def test_report_renders_targets_and_writes_json(tmp_path: Path) -> None:
+    report = Report("demo", params={"nodes": 5})
+    report.add("rate", 12345.6, "lines/s", target=">= 10,000", ok=True)
+    report.add("ratio", 0.4, target=">= 0.5", ok=False)
+    text = report.render()
+    assert "12,346 lines/s" in text and "PASS" in text and "FAIL" in text
+    out = tmp_path / "r.json"
+    report.emit(out)
+    doc = json.loads(out.read_text())
+    assert doc["figures"]["rate"]["ok"] is True
+    assert doc["machine"]["cpus"] == os.cpu_count()
+
+
+def run_bench(module: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("bench.ingest", ["--batch", "501"], "at most 500 lines per batch"),
+    ("bench.ingest", ["--nodes", "0"], "expected an integer >= 1"),
+])
+def test_bad_options_get_a_specific_error(module: str, args: list[str], message: str) -> None:
+    result = run_bench(module, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_a_non_empty_work_dir_is_refused_and_left_alone(tmp_path: Path) -> None:
+    keep = tmp_path / "precious.txt"
+    keep.write_text("do not delete")
+    result = run_bench("bench.ingest", "--lines", "10", "--work-dir", str(tmp_path))
+    assert result.returncode != 0
+    assert "is not empty" in result.stderr
+    assert keep.read_text() == "do not delete"
