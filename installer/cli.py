@@ -99,6 +99,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _server(args: argparse.Namespace) -> ServerSpec:
+    # Under `dvic`, the main command resolves options, environment and the stored `dvic login`.
+    resolve = getattr(args, "resolve_settings", None)
+    if resolve is not None:
+        settings = resolve()
+        return ServerSpec(url=settings.server, token=settings.token or "", ca_path=settings.ca or "")
     return ServerSpec(
         url=getattr(args, "server", None) or os.environ.get("DVIC_SERVER", ""),
         token=getattr(args, "token", None) or os.environ.get("DVIC_TOKEN", ""),

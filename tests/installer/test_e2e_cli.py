@@ -58,7 +58,8 @@ def _processes_containing(secret: bytes) -> list[str]:
 
 def _dvic(args: list[str], env_extra: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "installer", *args], input=stdin, capture_output=True,
+    # Through the real `dvic` entry point (tui/cli.py registers the installer's subcommands).
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], input=stdin, capture_output=True,
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
