@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import api, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
+from . import api, api_remote, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
 from .auth import ApiError, auth_middleware, error_response
 from .config import Config
 from .routes import routes

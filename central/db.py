@@ -115,6 +115,69 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_ts ON audit (ts);
     """,
+    # 2: remote control (commands and their per-node runs, shell sessions, tracked actions).
+    """
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        operator TEXT NOT NULL,
+        argv TEXT,
+        shell TEXT,
+        timeout REAL NOT NULL,
+        target TEXT NOT NULL
+    );
+    CREATE INDEX commands_created ON commands (created_at);
+    CREATE TABLE command_runs (
+        id TEXT PRIMARY KEY,
+        command_id TEXT NOT NULL REFERENCES commands (id),
+        node_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        code INTEGER,
+        signal INTEGER,
+        message TEXT NOT NULL DEFAULT '',
+        started_at REAL,
+        finished_at REAL,
+        output_bytes INTEGER NOT NULL DEFAULT 0,
+        truncated INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX command_runs_command ON command_runs (command_id);
+    CREATE INDEX command_runs_node ON command_runs (node_id, started_at);
+    CREATE TABLE command_output (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX command_output_run ON command_output (run_id, id);
+    CREATE TABLE shell_sessions (
+        id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        cols INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        recording TEXT NOT NULL,
+        exit_code INTEGER,
+        message TEXT NOT NULL DEFAULT '',
+        bytes_out INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX shell_sessions_started ON shell_sessions (started_at);
+    CREATE TABLE actions (
+        id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        action TEXT NOT NULL,
+        demo TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        requested_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deadline REAL NOT NULL,
+        boot_time REAL
+    );
+    CREATE INDEX actions_node ON actions (node_id, requested_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

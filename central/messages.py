@@ -6,6 +6,8 @@ which returns a cleaned dict or raises ProtocolError with the websocket close co
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from collections.abc import Callable
@@ -230,7 +232,129 @@ def parse_event(msg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+MAX_CHUNK_BYTES = 48 * 1024
+
+
+def _request_id(msg: dict[str, Any]) -> str:
+    return _string(msg.get("id"), "id", 64)
+
+
+def _int_or_none(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"{field}: expected an integer or null")
+    return value
+
+
+def _b64(value: Any, field: str) -> bytes:
+    if not isinstance(value, str) or len(value) > (MAX_CHUNK_BYTES * 4) // 3 + 8:
+        raise _bad(f"{field}: expected base64 text of at most {MAX_CHUNK_BYTES} decoded bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{field}: not valid base64") from None
+
+
+def parse_exec_started(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "exec_started", "id": _request_id(msg), "pid": _int_or_none(msg.get("pid"), "pid")}
+
+
+def parse_exec_output(msg: dict[str, Any]) -> dict[str, Any]:
+    stream = msg.get("stream")
+    if stream not in ("stdout", "stderr"):
+        raise _bad("stream: expected stdout or stderr")
+    data = _string(msg.get("data"), "data", MAX_CHUNK_BYTES)
+    return {"type": "exec_output", "id": _request_id(msg), "stream": stream, "data": _clip(data, MAX_CHUNK_BYTES)[0]}
+
+
+EXIT_REASONS = ("exited", "timeout", "cancelled", "failed", "duplicate", "refused")
+
+
+def parse_exec_exit(msg: dict[str, Any]) -> dict[str, Any]:
+    reason = msg.get("reason", "exited")
+    if reason not in EXIT_REASONS:
+        raise _bad(f"reason: expected one of {', '.join(EXIT_REASONS)}")
+    return {
+        "type": "exec_exit", "id": _request_id(msg), "code": _int_or_none(msg.get("code"), "code"),
+        "signal": _int_or_none(msg.get("signal"), "signal"), "reason": reason,
+        "message": _string(msg.get("message"), "message", 4096, default=""),
+        "truncated": bool(msg.get("truncated")),
+    }
+
+
+def parse_shell_opened(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "shell_opened", "id": _request_id(msg), "pid": _int_or_none(msg.get("pid"), "pid")}
+
+
+def parse_shell_output(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "shell_output", "id": _request_id(msg), "data": _b64(msg.get("data"), "data")}
+
+
+def parse_shell_exit(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "shell_exit", "id": _request_id(msg), "code": _int_or_none(msg.get("code"), "code"),
+            "message": _string(msg.get("message"), "message", 4096, default="")}
+
+
+ACTION_STATES = ("in_progress", "done", "failed")
+
+
+def parse_action_state(msg: dict[str, Any]) -> dict[str, Any]:
+    state = msg.get("state")
+    if state not in ACTION_STATES:
+        raise _bad(f"state: expected one of {', '.join(ACTION_STATES)}")
+    return {"type": "action_state", "id": _request_id(msg), "state": state,
+            "message": _string(msg.get("message"), "message", 4096, default="")}
+
+
+def parse_tunnel_opened(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tunnel_opened", "id": _request_id(msg)}
+
+
+def parse_tunnel_data(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tunnel_data", "id": _request_id(msg), "data": _b64(msg.get("data"), "data")}
+
+
+def parse_tunnel_closed(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tunnel_closed", "id": _request_id(msg),
+            "message": _string(msg.get("message"), "message", 4096, default="")}
+
+
+UPDATE_STATES = ("downloading", "verified", "restarting", "refused", "failed", "rolled_back")
+
+
+def parse_update_state(msg: dict[str, Any]) -> dict[str, Any]:
+    state = msg.get("state")
+    if state not in UPDATE_STATES:
+        raise _bad(f"state: expected one of {', '.join(UPDATE_STATES)}")
+    return {"type": "update_state", "id": _request_id(msg), "state": state,
+            "message": _string(msg.get("message"), "message", 4096, default="")}
+
+
+def parse_unsupported(msg: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "unsupported", "id": _string(msg.get("id"), "id", 64, default=""),
+            "what": _string(msg.get("what"), "what", 64, default="")}
+
+
+# Replies to server requests (docs/protocol.md section 6), routed to the remote-control hubs.
+REMOTE_TYPES = frozenset({
+    "exec_started", "exec_output", "exec_exit", "shell_opened", "shell_output", "shell_exit", "action_state",
+    "tunnel_opened", "tunnel_data", "tunnel_closed", "update_state", "unsupported",
+})
+
 PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "exec_started": parse_exec_started,
+    "exec_output": parse_exec_output,
+    "exec_exit": parse_exec_exit,
+    "shell_opened": parse_shell_opened,
+    "shell_output": parse_shell_output,
+    "shell_exit": parse_shell_exit,
+    "action_state": parse_action_state,
+    "tunnel_opened": parse_tunnel_opened,
+    "tunnel_data": parse_tunnel_data,
+    "tunnel_closed": parse_tunnel_closed,
+    "update_state": parse_update_state,
+    "unsupported": parse_unsupported,
     "hello": parse_hello,
     "metrics": parse_metrics,
     "logs": parse_logs,

@@ -19,6 +19,7 @@ from .messages import (
     MAX_FRAME_BYTES,
     MAX_KEEPALIVE_BYTES,
     PROTOCOL_VERSION,
+    REMOTE_TYPES,
     ProtocolError,
     metric_series,
     parse_keepalive,
@@ -99,6 +100,7 @@ class NodeSession:
         if node.disconnect is not None:
             node.disconnect(CLOSE_REPLACED, "replaced by a newer connection")
         node.disconnect = self._request_close
+        node.send = self.send
         reason = "connection closed"
         try:
             async for msg in self.ws:
@@ -124,9 +126,22 @@ class NodeSession:
                 await asyncio.gather(self._closing, return_exceptions=True)
             if node.disconnect == self._request_close:
                 node.disconnect = None
+                node.send = None
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                await self.services.commands.node_disconnected(node)
+                await self.services.shells.node_disconnected(node)
                 await self.registry.disconnected(node, reason)
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """Send a request to the node (from any task); False when the connection is gone."""
+        if self.ws.closed or not self.greeted:
+            return False
+        try:
+            await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     async def _send(self, message: dict[str, Any]) -> None:
         if not self.ws.closed:
@@ -156,6 +171,12 @@ class NodeSession:
             })
             return
         await self.registry.heard(node)
+        if kind in REMOTE_TYPES:
+            if kind.startswith("exec_") or (kind == "unsupported" and msg["id"] in self.services.commands.runs):
+                await self.services.commands.on_message(node, msg)
+            elif kind.startswith("shell_") or kind == "unsupported":
+                await self.services.shells.on_message(node, msg)
+            return
         if kind == "logs":
             await self._logs(msg["lines"])
         elif kind == "metrics":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +45,9 @@ class NodeState:
     metrics: dict[str, float] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
     demos: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The live websocket handler's close callback, set while the node is connected.
+    # The live websocket handler's close callback and sender, set while the node is connected.
     disconnect: Callable[[int, str], None] | None = None
+    send: Callable[[dict[str, Any]], Awaitable[bool]] | None = None
 
     @property
     def connected(self) -> bool:

@@ -17,10 +17,12 @@ from aiohttp import web
 from . import db, store
 from .auth import hash_token, new_token
 from .bus import Bus
+from .commands import CommandHub
 from .config import Config
 from .pki import CertificateAuthority, write_private
 from .queries import Queries
 from .registry import Registry
+from .shells import ShellHub
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class Services:
     queries: Queries
     registry: Registry
     bus: Bus
+    commands: CommandHub
+    shells: ShellHub
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -67,7 +71,8 @@ async def open_services(config: Config) -> Services:
     bus = Bus(config.max_client_queue)
     registry = Registry(writer, bus, config.offline_after, config.interval)
     registry.load(await queries.nodes(), await queries.demos())
-    services = Services(config, ca, writer, read_db, queries, registry, bus)
+    services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
+                        ShellHub(writer, config.data_dir / "recordings"))
     await ensure_admin(services)
     return services
 

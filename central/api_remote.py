@@ -1,0 +1,277 @@
+"""Remote-control API: commands, shells and their recordings. Operators and admins only.
+
+The audit row is written by each handler *before* anything is sent to a node (so these routes are
+declared with audit=False: the generic after-the-fact audit would only repeat it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from . import store
+from .api import find_node, json_body
+from .auth import ApiError, Operator, current_operator
+from .registry import NodeState
+from .routes import routes
+from .services import SERVICES, Services
+from .shells import MAX_SESSIONS_PER_NODE
+from .stream import origin_allowed
+
+MAX_TIMEOUT_S = 3600.0
+MAX_ARGV_BYTES = 64 * 1024
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def audit(services: Services, request: web.Request, operator: Operator, action: str, target: str,
+                detail: dict[str, Any]) -> None:
+    await services.writer.submit(store.insert_audit(time.time(), operator.name, action, target, 0,
+                                                    request.remote or "", detail))
+
+
+def check_maintenance(node: NodeState, operator: Operator) -> None:
+    if node.maintenance and operator.role != "admin":
+        raise ApiError(403, "maintenance", f"node {node.name!r} is in maintenance: only admins may act on it")
+
+
+def resolve_targets(services: Services, body: dict[str, Any]) -> tuple[list[NodeState], str]:
+    registry = services.registry
+    if body.get("all") is True:
+        nodes = [n for n in registry.all() if not n.revoked and n.kind != "esp32"]
+        return nodes, "all"
+    if isinstance(body.get("group"), str):
+        group = body["group"]
+        nodes = [n for n in registry.all() if n.group == group and not n.revoked and n.kind != "esp32"]
+        if not nodes:
+            raise ApiError(404, "empty_group", f"no node in group {group!r}")
+        return nodes, f"group:{group}"
+    refs = body.get("nodes")
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise ApiError(400, "bad_targets", "give 'nodes' (a list of names or ids), 'group', or 'all': true")
+    nodes = []
+    for ref in refs:
+        node = registry.get(ref)
+        if node is None:
+            raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
+        if node.revoked:
+            raise ApiError(409, "revoked", f"node {node.name!r} is revoked")
+        nodes.append(node)
+    return nodes, "nodes:" + ",".join(n.name for n in nodes)
+
+
+def parse_command(body: dict[str, Any]) -> tuple[list[str] | None, str | None, float]:
+    argv, shell = body.get("argv"), body.get("shell")
+    if (argv is None) == (shell is None):
+        raise ApiError(400, "bad_command", "give exactly one of 'argv' (list of strings) and 'shell' (string)")
+    if argv is not None and (not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv)):
+        raise ApiError(400, "bad_command", "argv: expected a non-empty list of strings")
+    if shell is not None and (not isinstance(shell, str) or not shell.strip()):
+        raise ApiError(400, "bad_command", "shell: expected a non-empty string")
+    if len(json.dumps(argv or shell)) > MAX_ARGV_BYTES:
+        raise ApiError(413, "too_large", f"command longer than {MAX_ARGV_BYTES} bytes")
+    timeout = body.get("timeout", 60)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ApiError(400, "bad_timeout", f"timeout: seconds, more than 0 and at most {MAX_TIMEOUT_S:.0f}")
+    return argv, shell, float(timeout)
+
+
+@routes.route("POST", "/api/v1/commands", role="operator", audit=False,
+              summary="Run a command on nodes (output streams on /api/v1/commands/{id}/stream)",
+              body={"nodes": "array", "group": "string", "all": "boolean", "argv": "array", "shell": "string",
+                    "timeout": "number"})
+async def run_command(request: web.Request) -> web.Response:
+    services = _services(request)
+    operator = current_operator(request)
+    body = await json_body(request)
+    argv, shell, timeout = parse_command(body)
+    nodes, target = resolve_targets(services, body)
+    if target.startswith("nodes:"):
+        for node in nodes:
+            check_maintenance(node, operator)
+    elif operator.role != "admin":
+        # Fleet-wide commands from operators skip nodes in maintenance instead of failing.
+        skipped = [n for n in nodes if n.maintenance]
+        nodes = [n for n in nodes if not n.maintenance]
+        if not nodes:
+            raise ApiError(403, "maintenance", f"every target is in maintenance ({len(skipped)} nodes)")
+    await audit(services, request, operator, "command", target,
+                {"argv": argv, "shell": shell, "timeout": timeout, "nodes": [n.name for n in nodes]})
+    cmd = await services.commands.start(operator.name, nodes, argv, shell, timeout, target)
+    return web.json_response(cmd.view(), status=201)
+
+
+def _command(services: Services, command_id: str) -> Any:
+    cmd = services.commands.commands.get(command_id)
+    if cmd is None:
+        raise ApiError(404, "no_such_command", f"no live command {command_id!r} (finished ones: GET /api/v1/commands/{command_id})")
+    return cmd
+
+
+@routes.route("POST", "/api/v1/commands/{id}/cancel", role="operator", audit=False, summary="Cancel a command")
+async def cancel_command(request: web.Request) -> web.Response:
+    services = _services(request)
+    operator = current_operator(request)
+    cmd = _command(services, request.match_info["id"])
+    await audit(services, request, operator, "cancel", cmd.id, {})
+    await services.commands.cancel(cmd, {n.id: n for n in services.registry.all()})
+    return web.json_response(cmd.view())
+
+
+@routes.route("GET", "/api/v1/commands", role="operator", summary="Recent commands (newest first)",
+              query=("node", "limit"))
+async def list_commands(request: web.Request) -> web.Response:
+    services = _services(request)
+    limit = min(int(request.query.get("limit", "50")) if request.query.get("limit", "50").isdigit() else 50, 500)
+    node_id = find_node_by_query(services, request.query.get("node"))
+    sql = ("SELECT c.*, count(r.id) AS nodes, sum(r.state = 'exited' AND r.code = 0) AS ok"
+           " FROM commands c JOIN command_runs r ON r.command_id = c.id"
+           + (" WHERE c.id IN (SELECT command_id FROM command_runs WHERE node_id = ?)" if node_id else "")
+           + " GROUP BY c.id ORDER BY c.created_at DESC LIMIT ?")
+    params: list[Any] = ([node_id] if node_id else []) + [limit]
+    async with services.read_db.execute(sql, params) as cur:
+        rows = [dict(r) for r in await cur.fetchall()]
+    for row in rows:
+        row["argv"] = json.loads(row["argv"]) if row["argv"] else None
+        live = services.commands.commands.get(row["id"])
+        row["done"] = live.done.is_set() if live else True
+    return web.json_response({"commands": rows})
+
+
+def find_node_by_query(services: Services, ref: str | None) -> str | None:
+    if not ref:
+        return None
+    node = services.registry.get(ref)
+    if node is None:
+        raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
+    return node.id
+
+
+@routes.route("GET", "/api/v1/commands/{id}", role="operator", summary="A command: runs, states and stored output")
+async def get_command(request: web.Request) -> web.Response:
+    services = _services(request)
+    command_id = request.match_info["id"]
+    async with services.read_db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, "no_such_command", f"no command {command_id!r}")
+    out = dict(row)
+    out["argv"] = json.loads(out["argv"]) if out["argv"] else None
+    async with services.read_db.execute(
+        "SELECT r.*, n.name AS node_name FROM command_runs r LEFT JOIN nodes n ON n.id = r.node_id"
+        " WHERE r.command_id = ? ORDER BY n.name", (command_id,)) as cur:
+        runs = [dict(r) for r in await cur.fetchall()]
+    for run in runs:
+        async with services.read_db.execute(
+            "SELECT stream, data FROM command_output WHERE run_id = ? ORDER BY id", (run["id"],)) as cur:
+            run["output"] = [{"stream": s, "data": d} for s, d in await cur.fetchall()]
+        run["truncated"] = bool(run["truncated"])
+    out["runs"] = runs
+    live = services.commands.commands.get(command_id)
+    out["done"] = live.done.is_set() if live else True
+    return web.json_response(out)
+
+
+@routes.route("GET", "/api/v1/commands/{id}/stream", role="operator", summary="Live output of a command (websocket)")
+async def command_stream(request: web.Request) -> web.StreamResponse:
+    if not origin_allowed(request):
+        raise ApiError(403, "bad_origin", "origin not allowed")
+    services = _services(request)
+    cmd = _command(services, request.match_info["id"])
+    queue = services.commands.watch(cmd)
+    ws = web.WebSocketResponse(heartbeat=20.0)
+    await ws.prepare(request)
+    try:
+        await ws.send_str(json.dumps({"type": "command", **cmd.view()}))
+        if cmd.done.is_set():
+            await ws.send_str(json.dumps({"type": "done", "id": cmd.id}))
+            return ws
+        reader = asyncio.create_task(_drain_client(ws))
+        try:
+            while True:
+                get = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                event = get.result()
+                if event is None:
+                    await ws.close(code=4429, message=b"too slow: fell behind the command output")
+                    break
+                await ws.send_str(json.dumps(event))
+                if event["type"] == "done":
+                    break
+        finally:
+            reader.cancel()
+    finally:
+        cmd.watchers.discard(queue)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _drain_client(ws: web.WebSocketResponse) -> None:
+    async for msg in ws:
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break
+
+
+@routes.route("GET", "/api/v1/nodes/{node}/shell", role="operator", audit=False, query=("cols", "rows"),
+              summary="Interactive shell on a node (websocket; binary frames are terminal bytes)")
+async def shell(request: web.Request) -> web.StreamResponse:
+    if not origin_allowed(request):
+        raise ApiError(403, "bad_origin", "origin not allowed")
+    services = _services(request)
+    operator = current_operator(request)
+    node = find_node(request)
+    check_maintenance(node, operator)
+    try:
+        cols = int(request.query.get("cols", "80"))
+        rows = int(request.query.get("rows", "24"))
+    except ValueError:
+        raise ApiError(400, "bad_query", "cols and rows: whole numbers") from None
+    if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
+        raise ApiError(400, "bad_query", "cols and rows: from 1 to 1000")
+    if node.send is None:
+        raise ApiError(409, "node_offline", f"node {node.name!r} is {node.state}: no shell possible")
+    if services.shells.open_on(node.id) >= MAX_SESSIONS_PER_NODE:
+        raise ApiError(429, "too_many_sessions", f"node {node.name!r} already has {MAX_SESSIONS_PER_NODE} shells open")
+    await audit(services, request, operator, "shell", node.name, {"cols": cols, "rows": rows})
+    session = await services.shells.create(node, operator.name, cols, rows)
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+    await ws.prepare(request)
+    await services.shells.relay(session, ws)
+    return ws
+
+
+@routes.route("GET", "/api/v1/sessions", role="operator", summary="Recorded shell sessions (newest first)",
+              query=("node", "limit"))
+async def list_sessions(request: web.Request) -> web.Response:
+    services = _services(request)
+    node_id = find_node_by_query(services, request.query.get("node"))
+    sql = ("SELECT s.*, n.name AS node_name FROM shell_sessions s LEFT JOIN nodes n ON n.id = s.node_id"
+           + (" WHERE s.node_id = ?" if node_id else "") + " ORDER BY s.started_at DESC LIMIT 200")
+    async with services.read_db.execute(sql, [node_id] if node_id else []) as cur:
+        rows = [dict(r) for r in await cur.fetchall()]
+    return web.json_response({"sessions": rows})
+
+
+@routes.route("GET", "/api/v1/sessions/{id}/recording", role="operator",
+              summary="A session's recording (asciicast v2, playable with asciinema)")
+async def recording(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    sid = request.match_info["id"]
+    async with services.read_db.execute("SELECT recording FROM shell_sessions WHERE id = ?", (sid,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, "no_such_session", f"no shell session {sid!r}")
+    path = services.shells.recordings / row[0]
+    if not path.exists():
+        raise ApiError(404, "no_recording", f"the recording of session {sid!r} is gone")
+    return web.FileResponse(path, headers={"Content-Type": "application/x-asciicast"})

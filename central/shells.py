@@ -1,0 +1,214 @@
+"""Interactive shells: relay a client websocket to a PTY on a node, and record it (asciicast v2).
+
+Client protocol (`GET /api/v1/nodes/{node}/shell?cols=80&rows=24`): binary frames are terminal
+bytes both ways; text frames are JSON control messages: client -> server `{"type": "resize",
+"cols": c, "rows": r}`; server -> client `{"type": "opened", "session": id}` and, at the end,
+`{"type": "exit", "code": n, "message": "…"}` before the close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import WSMsgType, web
+
+from .registry import NodeState
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS_PER_NODE = 4
+CLIENT_QUEUE = 1024  # output chunks buffered for a slow client before the session is cut
+CHUNK = 32 * 1024
+OPEN_TIMEOUT_S = 15.0
+
+
+@dataclass(eq=False)
+class ShellSession:
+    id: str
+    node: NodeState
+    operator: str
+    cols: int
+    rows: int
+    recording_path: Path
+    started_at: float = field(default_factory=time.time)
+    to_client: asyncio.Queue[bytes | dict[str, Any] | None] = field(
+        default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int | None = None
+    message: str = ""
+    bytes_out: int = 0
+    _cast: IO[str] | None = None
+    _decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def open_recording(self) -> None:
+        self.recording_path.parent.mkdir(parents=True, exist_ok=True)
+        self._cast = open(self.recording_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close_recording
+        header = {"version": 2, "width": self.cols, "height": self.rows, "timestamp": int(self.started_at),
+                  "title": f"{self.node.name} ({self.operator})", "env": {"TERM": "xterm-256color"}}
+        self._cast.write(json.dumps(header) + "\n")
+
+    def record(self, kind: str, data: str) -> None:
+        if self._cast is not None:
+            self._cast.write(json.dumps([round(time.time() - self.started_at, 6), kind, data]) + "\n")
+
+    def record_output(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text:
+            self.record("o", text)
+
+    def close_recording(self) -> None:
+        if self._cast is not None:
+            self._cast.close()
+            self._cast = None
+
+    def to_client_nowait(self, item: bytes | dict[str, Any] | None) -> bool:
+        try:
+            self.to_client.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+
+class ShellHub:
+    def __init__(self, writer: Writer, recordings: Path) -> None:
+        self.writer = writer
+        self.recordings = recordings
+        self.sessions: dict[str, ShellSession] = {}
+
+    def open_on(self, node_id: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.node.id == node_id)
+
+    async def create(self, node: NodeState, operator: str, cols: int, rows: int) -> ShellSession:
+        sid = str(uuid.uuid4())
+        session = ShellSession(sid, node, operator, cols, rows, self.recordings / f"{sid}.cast")
+        session.open_recording()
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO shell_sessions (id, node_id, operator, started_at, cols, rows, recording)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sid, node.id, operator, session.started_at, cols, rows, session.recording_path.name),
+            )
+
+        await self.writer.submit(insert)
+        self.sessions[sid] = session
+        return session
+
+    async def end(self, session: ShellSession, code: int | None, message: str) -> None:
+        if session.ended.is_set():
+            return
+        session.exit_code, session.message = code, message
+        session.ended.set()
+        self.sessions.pop(session.id, None)
+        session.close_recording()
+        session.to_client_nowait(None)
+        if session.node.send is not None:
+            await session.node.send({"type": "shell_close", "id": session.id})
+
+        def finish(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE shell_sessions SET ended_at = ?, exit_code = ?, message = ?, bytes_out = ? WHERE id = ?",
+                (time.time(), code, message, session.bytes_out, session.id),
+            )
+
+        await self.writer.submit(finish)
+
+    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
+        session = self.sessions.get(msg["id"])
+        if session is None or session.node.id != node.id:
+            return
+        kind = msg["type"]
+        if kind == "shell_opened":
+            session.opened.set()
+        elif kind == "shell_output":
+            data: bytes = msg["data"]
+            session.bytes_out += len(data)
+            session.record_output(data)
+            if not session.to_client_nowait(data):
+                await self.end(session, None, "client too slow: session closed")
+        elif kind == "shell_exit":
+            session.opened.set()
+            await self.end(session, msg["code"], msg["message"] or "shell exited")
+        elif kind == "unsupported":
+            session.opened.set()
+            await self.end(session, None, "the node's daemon does not support shells")
+
+    async def node_disconnected(self, node: NodeState) -> None:
+        for session in [s for s in self.sessions.values() if s.node.id == node.id]:
+            await self.end(session, None, f"node {node.name} went offline")
+
+    async def relay(self, session: ShellSession, ws: web.WebSocketResponse) -> None:
+        """Pump bytes between the client websocket and the node until either side ends."""
+        node = session.node
+        assert node.send is not None
+        sent = await node.send({"type": "shell_open", "id": session.id, "cols": session.cols,
+                                "rows": session.rows, "term": "xterm-256color"})
+        if not sent:
+            await self.end(session, None, "node connection closed while opening the shell")
+        pump = asyncio.create_task(self._to_client(session, ws))
+        try:
+            try:
+                await asyncio.wait_for(session.opened.wait(), OPEN_TIMEOUT_S)
+            except TimeoutError:
+                await self.end(session, None, "the node did not open a shell in time")
+            if not session.ended.is_set():
+                await ws.send_str(json.dumps({"type": "opened", "session": session.id}))
+            async for msg in ws:
+                if session.ended.is_set():
+                    break
+                if msg.type == WSMsgType.BINARY:
+                    for i in range(0, len(msg.data), CHUNK):
+                        piece = msg.data[i:i + CHUNK]
+                        if node.send is None or not await node.send({
+                            "type": "shell_input", "id": session.id, "data": base64.b64encode(piece).decode()}):
+                            break
+                elif msg.type == WSMsgType.TEXT:
+                    await self._control(session, msg.data)
+            if not session.ended.is_set():
+                await self.end(session, None, "client closed the session")
+        finally:
+            if not pump.done():
+                try:
+                    await asyncio.wait_for(pump, 5)
+                except TimeoutError:
+                    pump.cancel()
+
+    async def _control(self, session: ShellSession, text: str) -> None:
+        try:
+            body = json.loads(text)
+            cols, rows = int(body["cols"]), int(body["rows"])
+            if body.get("type") != "resize" or not (1 <= cols <= 1000 and 1 <= rows <= 1000):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return  # a garbled control frame is ignored; terminal bytes go as binary frames
+        session.cols, session.rows = cols, rows
+        session.record("r", f"{cols}x{rows}")
+        if session.node.send is not None:
+            await session.node.send({"type": "shell_resize", "id": session.id, "cols": cols, "rows": rows})
+
+    async def _to_client(self, session: ShellSession, ws: web.WebSocketResponse) -> None:
+        try:
+            while True:
+                item = await session.to_client.get()
+                if item is None:
+                    break
+                if isinstance(item, bytes):
+                    await ws.send_bytes(item)
+                else:
+                    await ws.send_str(json.dumps(item))
+            await ws.send_str(json.dumps({"type": "exit", "code": session.exit_code, "message": session.message}))
+            await ws.close()
+        except (ConnectionError, RuntimeError):
+            pass

@@ -1,0 +1,162 @@
+"""Remote control on the server side: commands and shells relayed to a scripted node over mTLS."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import aiohttp
+
+from tests.support.fake_node import FakeNode
+from tests.support.server import CentralServer
+
+
+def headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_command_runs_streams_output_and_reports_offline_nodes(central_server: CentralServer):
+    server = central_server
+    online = server.enroll("pi-cmd", group="lab")
+    server.enroll("pi-away", group="lab")
+    async with FakeNode(online) as node, aiohttp.ClientSession() as http:
+        await node.connect()
+        await node.hello()
+        status, cmd = server.api("POST", "/api/v1/commands", {"group": "lab", "argv": ["uname", "-a"], "timeout": 30})
+        assert status == 201, cmd
+        runs = {r["node_name"]: r for r in cmd["runs"]}
+        assert runs["pi-away"]["state"] == "offline" and "offline" not in runs["pi-cmd"]["state"]
+        request = await node.recv()
+        assert request["type"] == "exec" and request["argv"] == ["uname", "-a"] and request["timeout"] == 30
+        # The audit row exists before the node hears of the command.
+        _, audit = server.api("GET", "/api/v1/audit")
+        assert audit["entries"][0]["action"] == "command" and audit["entries"][0]["detail"]["argv"] == ["uname", "-a"]
+        async with http.ws_connect(f"{server.url}/api/v1/commands/{cmd['id']}/stream",
+                                   headers=headers(server.admin_token), ssl=server.ssl_context) as ws:
+            first = json.loads((await ws.receive(timeout=5)).data)
+            assert first["type"] == "command"
+            rid = request["id"]
+            await node.send({"type": "exec_started", "id": rid, "pid": 99})
+            await node.send({"type": "exec_output", "id": rid, "stream": "stdout", "data": "Linux pi 6.1\n"})
+            await node.send({"type": "exec_output", "id": rid, "stream": "stderr", "data": "warn\n"})
+            await node.send({"type": "exec_exit", "id": rid, "code": 0, "reason": "exited"})
+            events = []
+            while not events or events[-1]["type"] != "done":
+                events.append(json.loads((await ws.receive(timeout=5)).data))
+        outputs = [(e["stream"], e["data"]) for e in events if e["type"] == "output"]
+        assert outputs == [("stdout", "Linux pi 6.1\n"), ("stderr", "warn\n")]
+    status, stored = server.api("GET", f"/api/v1/commands/{cmd['id']}")
+    runs = {r["node_name"]: r for r in stored["runs"]}
+    assert runs["pi-cmd"]["state"] == "exited" and runs["pi-cmd"]["code"] == 0
+    assert [o["data"] for o in runs["pi-cmd"]["output"]] == ["Linux pi 6.1\n", "warn\n"]
+    assert stored["done"] is True
+    _, listing = server.api("GET", "/api/v1/commands?node=pi-cmd")
+    assert listing["commands"][0]["id"] == cmd["id"]
+
+
+async def test_node_leaving_mid_command_marks_the_run_lost(central_server: CentralServer):
+    server = central_server
+    bundle = server.enroll("pi-gone")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-gone"], "shell": "sleep 100"})
+        request = await node.recv()
+        assert request["shell"] == "sleep 100"
+        await node.send({"type": "exec_started", "id": request["id"], "pid": 1})
+    for _ in range(100):
+        _, stored = server.api("GET", f"/api/v1/commands/{cmd['id']}")
+        if stored["runs"][0]["state"] == "lost":
+            break
+        await asyncio.sleep(0.05)
+    assert stored["runs"][0]["state"] == "lost" and "offline" in stored["runs"][0]["message"]
+
+
+async def test_cancel_reaches_the_node(central_server: CentralServer):
+    server = central_server
+    bundle = server.enroll("pi-cancel")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-cancel"], "argv": ["sleep", "60"]})
+        request = await node.recv()
+        status, _ = server.api("POST", f"/api/v1/commands/{cmd['id']}/cancel")
+        assert status == 200
+        assert await node.recv() == {"type": "cancel", "id": request["id"]}
+
+
+def test_viewers_and_bad_commands_are_refused(central_server: CentralServer):
+    server = central_server
+    server.enroll("pi-v")
+    _, viewer = server.api("POST", "/api/v1/operators", {"name": "vera", "role": "viewer"})
+    assert server.api("POST", "/api/v1/commands", {"nodes": ["pi-v"], "argv": ["id"]},
+                      token=viewer["token"])[0] == 403
+    assert server.api("GET", "/api/v1/commands", token=viewer["token"])[0] == 403
+    cases = [
+        ({"nodes": ["pi-v"]}, "bad_command"),
+        ({"nodes": ["pi-v"], "argv": ["id"], "shell": "id"}, "bad_command"),
+        ({"nodes": ["pi-v"], "argv": "id"}, "bad_command"),
+        ({"nodes": ["pi-v"], "argv": ["id"], "timeout": 0}, "bad_timeout"),
+        ({"argv": ["id"]}, "bad_targets"),
+        ({"nodes": ["ghost"], "argv": ["id"]}, "no_such_node"),
+    ]
+    for body, code in cases:
+        status, reply = server.api("POST", "/api/v1/commands", body)
+        assert reply["error"]["code"] == code, (body, reply)
+    # Maintenance: operators may not act on the node, admins may.
+    _, olga = server.api("POST", "/api/v1/operators", {"name": "olga", "role": "operator"})
+    server.api("POST", "/api/v1/nodes/pi-v/maintenance", {"on": True})
+    status, reply = server.api("POST", "/api/v1/commands", {"nodes": ["pi-v"], "argv": ["id"]}, token=olga["token"])
+    assert status == 403 and reply["error"]["code"] == "maintenance"
+    assert server.api("POST", "/api/v1/commands", {"nodes": ["pi-v"], "argv": ["id"]})[0] == 201
+
+
+async def test_shell_relays_bytes_and_resizes_and_is_recorded(central_server: CentralServer):
+    server = central_server
+    bundle = server.enroll("pi-sh")
+    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
+        await node.connect()
+        await node.hello()
+        ws = await http.ws_connect(f"{server.url}/api/v1/nodes/pi-sh/shell?cols=100&rows=30",
+                                   headers=headers(server.admin_token), ssl=server.ssl_context)
+        opened = await node.recv()
+        assert opened["type"] == "shell_open" and (opened["cols"], opened["rows"]) == (100, 30)
+        sid = opened["id"]
+        await node.send({"type": "shell_opened", "id": sid, "pid": 7})
+        assert json.loads((await ws.receive(timeout=5)).data) == {"type": "opened", "session": sid}
+        await ws.send_bytes(b"ls\r")
+        got = await node.recv()
+        assert got["type"] == "shell_input" and base64.b64decode(got["data"]) == b"ls\r"
+        await ws.send_str(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+        assert await node.recv() == {"type": "shell_resize", "id": sid, "cols": 120, "rows": 40}
+        await node.send({"type": "shell_output", "id": sid, "data": base64.b64encode("café\r\n".encode()).decode()})
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.BINARY and msg.data == "café\r\n".encode()
+        await node.send({"type": "shell_exit", "id": sid, "code": 0})
+        final = json.loads((await ws.receive(timeout=5)).data)
+        assert final["type"] == "exit" and final["code"] == 0
+        assert (await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await ws.close()
+    _, sessions = server.api("GET", "/api/v1/sessions")
+    assert sessions["sessions"][0]["id"] == sid and sessions["sessions"][0]["exit_code"] == 0
+    cast = (server.data_dir / "recordings" / f"{sid}.cast").read_text().splitlines()
+    header = json.loads(cast[0])
+    assert header["version"] == 2 and header["width"] == 100
+    events = [json.loads(line) for line in cast[1:]]
+    assert ["r", "120x40"] in [e[1:] for e in events]
+    assert "café\r\n" in [e[2] for e in events if e[1] == "o"]
+    # Keystrokes are not recorded (they may be passwords).
+    assert not any(e[1] == "i" for e in events)
+
+
+async def test_shell_on_offline_node_is_refused_before_upgrade(central_server: CentralServer):
+    server = central_server
+    server.enroll("pi-off")
+    async with aiohttp.ClientSession() as http:
+        try:
+            await http.ws_connect(f"{server.url}/api/v1/nodes/pi-off/shell", headers=headers(server.admin_token),
+                                  ssl=server.ssl_context)
+            raise AssertionError("shell on an offline node was accepted")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 409
