@@ -17,4 +17,5 @@ def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory.mkdir()
     monkeypatch.setenv("DVIC_LOG_DIR", str(directory))
     monkeypatch.delenv("DVIC_LOG_MAX_BYTES", raising=False)
+    monkeypatch.delenv("DVIC_LOG_KEEP_DAYS", raising=False)
     return directory

@@ -14,8 +14,10 @@ from typing import Optional
 
 from ._config import (
     DEFAULT_DIR,
+    DEFAULT_KEEP_DAYS,
     DEFAULT_MAX_BYTES,
     ENV_DIR,
+    ENV_KEEP_DAYS,
     ENV_MAX_BYTES,
     MIN_MAX_BYTES,
     ConfigError,
@@ -35,8 +37,10 @@ def open_log(name: str, *, directory: Optional[str] = None, max_bytes: Optional[
 
 __all__ = [
     "DEFAULT_DIR",
+    "DEFAULT_KEEP_DAYS",
     "DEFAULT_MAX_BYTES",
     "ENV_DIR",
+    "ENV_KEEP_DAYS",
     "ENV_MAX_BYTES",
     "FILE_PREFIX",
     "FORMAT_VERSION",

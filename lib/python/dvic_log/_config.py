@@ -11,6 +11,10 @@ MIN_MAX_BYTES = 4096
 
 ENV_DIR = "DVIC_LOG_DIR"
 ENV_MAX_BYTES = "DVIC_LOG_MAX_BYTES"
+ENV_KEEP_DAYS = "DVIC_LOG_KEEP_DAYS"
+
+#: Files of exited writers are removed after this many days without a write (0: never).
+DEFAULT_KEEP_DAYS = 7.0
 
 _MAX_NAME_CHARS = 200
 
@@ -57,6 +61,29 @@ def resolve_max_bytes(max_bytes: Optional[int] = None, environ: Optional[Mapping
     if value < MIN_MAX_BYTES:
         raise ConfigError("dvic_log: %s=%d is below the minimum of %d bytes" % (source, value, MIN_MAX_BYTES))
     return value
+
+
+def resolve_keep_seconds(
+    keep_days: Optional[float] = None, environ: Optional[Mapping[str, str]] = None
+) -> float:
+    """Return the retention period in seconds: the argument, else $DVIC_LOG_KEEP_DAYS, else 7 days."""
+    env = os.environ if environ is None else environ
+    source = "keep_days"
+    value: object = keep_days
+    if value is None:
+        raw = env.get(ENV_KEEP_DAYS, "").strip()
+        if not raw:
+            return DEFAULT_KEEP_DAYS * 86400
+        source = ENV_KEEP_DAYS
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError("dvic_log: %s=%r is not a number of days" % (ENV_KEEP_DAYS, raw)) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError("dvic_log: %s must be a number of days, not %s" % (source, type(value).__name__))
+    if not value >= 0 or value == float("inf"):  # also refuses NaN
+        raise ConfigError("dvic_log: %s=%r must be a finite number of days >= 0" % (source, value))
+    return float(value) * 86400
 
 
 def check_name(name: object) -> str:

@@ -14,7 +14,7 @@ import time
 from types import FrameType
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._config import check_name, resolve_dir, resolve_max_bytes
+from ._config import check_name, resolve_dir, resolve_keep_seconds, resolve_max_bytes
 from ._format import level_name
 from ._identity import child_identity
 from ._lines import LineSplitter
@@ -138,6 +138,7 @@ class Runner:
         self.name = check_name(name)
         self.directory = resolve_dir(directory)
         self.max_bytes = resolve_max_bytes(max_bytes)
+        resolve_keep_seconds()  # LogFile reads it later; a bad value must stop us before the start
         self.argv = list(argv)
         self.stdout_level = level_name(stdout_level)
         self.stderr_level = level_name(stderr_level)

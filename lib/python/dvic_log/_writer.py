@@ -11,9 +11,10 @@ import traceback
 import weakref
 from typing import Any, Optional, Union
 
-from ._config import check_name, resolve_dir, resolve_max_bytes
+from ._config import check_name, resolve_dir, resolve_keep_seconds, resolve_max_bytes
 from ._format import encode_line, encode_record, fit_record, level_name, make_header, make_record, to_text
 from ._identity import ProcessIdentity, current_identity
+from ._prune import prune_once
 
 FILE_PREFIX = "dvic_log_"
 ROTATED_SUFFIX = ".1"
@@ -57,15 +58,18 @@ class LogFile:
         directory: Optional[str] = None,
         max_bytes: Optional[int] = None,
         identity: Optional[ProcessIdentity] = None,
+        keep_days: Optional[float] = None,
     ) -> None:
         self.name = check_name(name)
         self.directory = resolve_dir(directory)
         self.max_bytes = resolve_max_bytes(max_bytes)
+        keep_seconds = resolve_keep_seconds(keep_days)
         self._lock = threading.Lock()
         self._fd: Optional[int] = None
         self._closed = False
         self._open_stream(identity or current_identity())
         _WRITERS.add(self)
+        prune_once(self.directory, keep_seconds)
 
     # ----- public API -------------------------------------------------------------------------
 
