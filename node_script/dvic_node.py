@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -1098,10 +1099,18 @@ class Spool:
         return out
 
     def pop_gaps(self) -> List[Dict[str, int]]:
+        """Dropped ranges not yet reported; adjacent ones merged (one event per outage, not per segment)."""
         gaps, self.gaps = self.gaps, []
+        merged = []  # type: List[Dict[str, int]]
+        for g in gaps:
+            if merged and g["first_seq"] == merged[-1]["last_seq"] + 1:
+                merged[-1] = {"dropped": merged[-1]["dropped"] + g["dropped"],
+                              "first_seq": merged[-1]["first_seq"], "last_seq": g["last_seq"]}
+            else:
+                merged.append(dict(g))
         if gaps:
             self._dirty = True
-        return gaps
+        return merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1998,18 +2007,27 @@ class Daemon:
         tasks = [asyncio.ensure_future(c) for c in (
             self._metrics_loop(), self._tail_loop(), self._connection_loop(), self._keepalive_loop(),
             self._checkpoint_loop(), self._system_log_loop(), self._docker_loop())]
-        stop_wait = asyncio.ensure_future(self._stop.wait())
-        done, _ = await asyncio.wait(tasks + [stop_wait], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not stop_wait and not t.cancelled() and t.exception() is not None:
-                LOG.error("internal error, stopping: %r", t.exception())
-        for t in tasks + [stop_wait]:
+        failed = []  # type: List[BaseException]
+
+        def on_done(task: "asyncio.Future[None]") -> None:
+            # parts may finish normally (e.g. no system logs); an exception is a bug: stop, systemd restarts
+            if not task.cancelled() and task.exception() is not None:
+                failed.append(task.exception())  # type: ignore[arg-type]
+                self._stop.set()  # type: ignore[union-attr]
+
+        for t in tasks:
+            t.add_done_callback(on_done)
+        await self._stop.wait()
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, stop_wait, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         LOG.removeHandler(self.log_handler)
         self.spool.close()
+        for exc in failed:
+            LOG.error("internal error, stopping: %s", "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
         LOG.info("dvic-node stopped")
-        return 0
+        return 1 if failed else 0
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless asked to stop; True when stopping."""
@@ -2039,7 +2057,8 @@ class Daemon:
             if now >= next_scan:
                 self.demos.scan()
                 next_scan = now + 2.0
-            n = self.demos.poll()
+            # read at most a segment per file and round so a small spool bound still drops only the oldest
+            n = self.demos.poll(min(256 * KIB, self.spool.segment_bytes))
             if now >= next_live:
                 self.demos.check_liveness()
                 next_live = now + 1.0

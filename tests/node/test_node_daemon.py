@@ -1,0 +1,186 @@
+"""The real daemon against the real central server: online, metrics, demo lines exactly once, restarts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon_support import DaemonProcess, Demo, all_logs, events, interpreters, write_bundle
+from node_support import wait_until_sync
+
+from tests.support.server import CentralServer
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[CentralServer]:
+    server = CentralServer(tmp_path / "central", interval=1.0, offline_after=5.0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def logs_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"
+    d.mkdir()
+    return d
+
+
+def enrolled_daemon(central: CentralServer, tmp_path: Path, logs_dir: Path, name: str = "node-a",
+                    python: str | None = None, extra: tuple[str, ...] = (),
+                    bundle_overrides: dict | None = None) -> tuple[str, DaemonProcess]:
+    import sys
+
+    bundle = central.enroll(name)
+    bundle.update(bundle_overrides or {})
+    path = write_bundle(tmp_path / f"{name}.json", bundle)
+    daemon = DaemonProcess(python or sys.executable, path, tmp_path / f"state-{name}", logs_dir, extra)
+    return bundle["node_id"], daemon
+
+
+def demo_lines(central: CentralServer, node_id: str) -> list[dict]:
+    return all_logs(central, node_id, source="demo")
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_node_online_metrics_lines_once_and_demo_exit(central: CentralServer, tmp_path: Path, logs_dir: Path,
+                                                      python: str) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
+    demo = Demo(logs_dir, "robot-arm", 50)
+    daemon.start()
+    try:
+        token = demo.wait_written()
+        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+        detail = wait_until_sync(lambda: (d := central.node(node_id)).get("sample") and d, 20, "metrics")
+        assert "cpu" in detail["sample"] and "mem" in detail["sample"]
+        assert detail["facts"]["hostname"] and detail["daemon_version"] == "0.1.0"
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 50, 20, "50 demo lines")
+        lines = demo_lines(central, node_id)
+        assert [ln["msg"] for ln in lines] == demo.expected()  # each exactly once, in order
+        assert {(ln["unit"], ln["demo"], ln["level"]) for ln in lines} == {("robot-arm", token, "INFO")}
+
+        def demo_state() -> str:
+            found = [d for d in central.node(node_id).get("demos_list", []) if d["token"] == token]
+            return found[0]["state"] if found else ""
+
+        assert wait_until_sync(lambda: demo_state() in ("started", "alive"), 20, "demo alive")
+        demo.finish()
+        wait_until_sync(lambda: demo_state() == "exited", 20, "demo exited")
+        assert daemon.running()
+    finally:
+        demo.kill()
+        code = daemon.stop()
+    assert code == 0, daemon.log()
+
+
+def test_kill9_of_daemon_and_server_mid_stream_loses_and_duplicates_nothing(
+        central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+    daemon.start()
+    demo = Demo(logs_dir, "streamer", 3000, pause=0.001)
+    try:
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 200, 30, "the stream to start")
+        daemon.kill()  # kill -9 mid-stream
+        daemon.start()
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 1200, 30, "the stream to resume")
+        central.kill()  # kill -9 of the server mid-stream
+        central.start()
+        demo.wait_written()
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 3000, 60, "all 3000 lines")
+        lines = demo_lines(central, node_id)
+        assert [ln["msg"] for ln in lines] == demo.expected()
+        seqs = [ln["seq"] for ln in all_logs(central, node_id)]
+        assert len(seqs) == len(set(seqs))
+        assert daemon.running()
+    finally:
+        demo.kill()
+        daemon.stop()
+
+
+def test_full_spool_drops_oldest_and_reports_the_gap(central: CentralServer, tmp_path: Path,
+                                                     logs_dir: Path) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--spool-max-bytes", "65536"))
+    central.stop()  # the daemon starts offline and must keep collecting
+    daemon.start()
+    demo = Demo(logs_dir, "chatty", 3000)
+    try:
+        demo.wait_written()
+        wait_until_sync(lambda: "spool full" in daemon.log(), 30, "the spool to overflow")
+        central.start()
+        wait_until_sync(lambda: demo_lines(central, node_id)
+                        and demo_lines(central, node_id)[-1]["msg"] == demo.expected()[-1], 30, "the last line")
+        stored = demo_lines(central, node_id)
+        msgs = [ln["msg"] for ln in stored]
+        assert msgs == demo.expected()[-len(msgs):]  # the newest lines survive, once each, in order
+        seqs = {ln["seq"] for ln in all_logs(central, node_id)}
+
+        def unaccounted() -> set[int]:
+            dropped: set[int] = set()
+            for ev in events(central, node_id, "log_gap"):
+                dropped |= set(range(ev["data"]["first_seq"], ev["data"]["last_seq"] + 1))
+            return set(range(1, max(seqs) + 1)) - seqs - dropped
+
+        # every seq is either stored or inside a reported gap
+        wait_until_sync(lambda: not unaccounted(), 20, "log_gap events covering every missing seq")
+        gaps = events(central, node_id, "log_gap")
+        assert all(g["message"].startswith("spool full:") for g in gaps)
+        assert daemon.running()
+    finally:
+        demo.kill()
+        daemon.stop()
+
+
+def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: CentralServer, tmp_path: Path,
+                                                                 logs_dir: Path) -> None:
+    now = b"%.3f" % time.time()  # the server's retention forgets old lines: use fresh timestamps
+    (logs_dir / "dvic_log_00000000000000aa").write_bytes(b"not a header\nsecond line\n")
+    (logs_dir / "dvic_log_00000000000000bb").write_bytes(b"\x00\xff\xfe\x89garbage\x00\n")
+    huge = logs_dir / "dvic_log_00000000000000cc"
+    huge.write_bytes(b'{"dvic_log": 1, "token": "00000000000000cc", "name": "huge", "pid": 1, "pid_start": null}\n'
+                     + b'{"ts": ' + now + b', "level": "ERROR", "msg": "' + b"y" * (10 * 1024 * 1024) + b'"}\n'
+                     + b'{"ts": ' + now + b', "level": "INFO", "msg": "after the huge line"}\n')
+    vanishing = logs_dir / "dvic_log_00000000000000dd"
+    vanishing.write_bytes(b'{"dvic_log": 1, "token": "00000000000000dd", "name": "ghost", "pid": 1}\n'
+                          + b"".join(b'{"ts": %s, "level": "INFO", "msg": "ghost %d"}\n' % (now, i)
+                                     for i in range(20000)))
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+    daemon.start()
+    try:
+        wait_until_sync(lambda: any(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)), 30,
+                        "the first ghost lines")
+        vanishing.unlink()  # mid-read: the open descriptor still has all of it
+        wait_until_sync(lambda: sum(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)) == 20000, 60,
+                        "every line of the vanished file")
+        lines = demo_lines(central, node_id)
+        by_demo: dict[str, list[str]] = {}
+        for ln in lines:
+            by_demo.setdefault(ln["demo"], []).append(ln["msg"])
+        assert by_demo["00000000000000aa"] == ["not a header", "second line"]
+        assert by_demo["00000000000000bb"] == ["\x00\ufffd\ufffd\ufffdgarbage\x00"]
+        huge_msgs = by_demo["00000000000000cc"]
+        assert huge_msgs[1] == "after the huge line"
+        assert huge_msgs[0].startswith("yyyy") and len(huge_msgs[0].encode()) <= 64 * 1024
+        errors = wait_until_sync(lambda: events(central, node_id, "error"), 20, "error events")
+        assert any("broken header" in e["message"] and "dvic_log_00000000000000aa" in e["message"]
+                   for e in errors)
+        assert daemon.running()
+    finally:
+        daemon.stop()
+
+
+def test_wrong_ca_keeps_running_and_says_why(central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
+    from node_support import make_pki
+
+    (tmp_path / "rogue-pki").mkdir()
+    rogue = make_pki(tmp_path / "rogue-pki")
+    _, daemon = enrolled_daemon(central, tmp_path, logs_dir, bundle_overrides={"ca_pem": rogue.ca_pem})
+    daemon.start()
+    try:
+        wait_until_sync(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two failed attempts")
+        assert "not trusted by the bundle's CA" in daemon.log()
+        assert daemon.running()
+    finally:
+        daemon.stop()
