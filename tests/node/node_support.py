@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import hashlib
 import ipaddress
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import dvic_node
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -147,3 +151,39 @@ async def start_app(app: web.Application, ssl_context: ssl.SSLContext | None = N
     real_port = sockets[0].getsockname()[1]
     scheme = "https" if ssl_context else "http"
     return runner, f"{scheme}://127.0.0.1:{real_port}"
+
+
+# -- a raw websocket peer, to send what a well-behaved server never would -----------------------
+
+async def accept_upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """Answer a websocket upgrade request with 101; returns the request head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = [ln.split(":", 1)[1].strip() for ln in head.decode().split("\r\n")
+           if ln.lower().startswith("sec-websocket-key:")][0]
+    accept = base64.b64encode(hashlib.sha1((key + dvic_node.WS_GUID).encode()).digest()).decode()
+    writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+    await writer.drain()
+    return head
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    if n < 126:
+        return head + bytes([n]) + payload
+    if n < 65536:
+        return head + bytes([126]) + struct.pack("!H", n) + payload
+    return head + bytes([127]) + struct.pack("!Q", n) + payload
+
+
+async def read_client_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await reader.readexactly(2)
+    assert b1 & 0x80, "client frames must be masked"
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    mask = await reader.readexactly(4)
+    return b0 & 0x0F, dvic_node.mask_payload(await reader.readexactly(n), mask)

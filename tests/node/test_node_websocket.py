@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -14,7 +12,7 @@ import aiohttp
 import dvic_node
 import pytest
 from aiohttp import web
-from node_support import Pki, start_app
+from node_support import Pki, accept_upgrade, read_client_frame, server_frame, start_app
 
 
 def client_context(pki: Pki, tmp_path: Path, **overrides: str) -> ssl.SSLContext:
@@ -201,12 +199,7 @@ def test_tls_files_are_private(pki: Pki, tmp_path: Path) -> None:
 async def raw_peer(script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
                    ) -> tuple[asyncio.base_events.Server, str]:
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = [ln.split(":", 1)[1].strip() for ln in head.decode().split("\r\n")
-               if ln.lower().startswith("sec-websocket-key:")][0]
-        accept = base64.b64encode(hashlib.sha1((key + dvic_node.WS_GUID).encode()).digest()).decode()
-        writer.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        await accept_upgrade(reader, writer)
         try:
             await script(reader, writer)
         finally:
@@ -215,28 +208,6 @@ async def raw_peer(script: Callable[[asyncio.StreamReader, asyncio.StreamWriter]
     server = await asyncio.start_server(on_client, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return server, f"ws://127.0.0.1:{port}/ws"
-
-
-def server_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> bytes:
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    n = len(payload)
-    if n < 126:
-        return head + bytes([n]) + payload
-    if n < 65536:
-        return head + bytes([126]) + struct.pack("!H", n) + payload
-    return head + bytes([127]) + struct.pack("!Q", n) + payload
-
-
-async def read_client_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    b0, b1 = await reader.readexactly(2)
-    assert b1 & 0x80, "client frames must be masked"
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await reader.readexactly(8))[0]
-    mask = await reader.readexactly(4)
-    return b0 & 0x0F, dvic_node.mask_payload(await reader.readexactly(n), mask)
 
 
 async def test_fragmented_message_with_interleaved_ping() -> None:

@@ -1,0 +1,115 @@
+"""A misbehaving server (garbage frames, closing mid-frame, non-JSON, refusals): the daemon survives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import dvic_node
+from daemon_support import DaemonProcess, write_bundle
+from node_support import Pki, accept_upgrade, read_client_frame, server_frame, wait_until
+
+
+async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pki, tmp_path: Path) -> None:
+    connections: list[str] = []
+    after_welcome: list[dict] = []
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = len(connections)
+        try:
+            head = await accept_upgrade(reader, writer)
+            connections.append(head.split(b" ")[1].decode())
+            op, payload = await read_client_frame(reader)
+            assert op == dvic_node.OP_TEXT and json.loads(payload)["type"] == "hello"
+            if n == 0:  # a frame with a reserved opcode
+                writer.write(server_frame(0x3, b"\x00garbage"))
+            elif n == 1:  # half a frame, then the TCP connection ends
+                writer.write(server_frame(dvic_node.OP_TEXT, b'{"type": "welcome", "last_seq": 0}')[:9])
+            elif n == 2:  # a text frame that is not JSON
+                writer.write(server_frame(dvic_node.OP_TEXT, b"<html>oops</html>"))
+            else:  # finally a proper server
+                writer.write(server_frame(dvic_node.OP_TEXT, json.dumps(
+                    {"type": "welcome", "protocol": 1, "node_id": "x", "name": "n",
+                     "settings": {"interval": 0.2}, "last_seq": 0}).encode()))
+                for _ in range(200):  # bounded: read what the daemon sends until it has sent metrics
+                    op, payload = await read_client_frame(reader)
+                    if op == dvic_node.OP_TEXT:
+                        after_welcome.append(json.loads(payload))
+                        if after_welcome[-1]["type"] == "metrics":
+                            break
+            await writer.drain()
+            if n < 3:
+                await asyncio.sleep(0.2)  # let the daemon's close frame arrive before TCP goes away
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=pki.server_context())
+    port = server.sockets[0].getsockname()[1]
+    bundle = pki.bundle(f"https://127.0.0.1:{port}")
+    del bundle["keepalive_url"]  # this peer only speaks websocket
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "b.json", bundle), tmp_path / "state", logs)
+    async with server:
+        daemon.start()
+        try:
+            await wait_until(lambda: any(m["type"] == "metrics" for m in after_welcome), 30,
+                             "metrics after three broken sessions")
+            log = daemon.log()
+            assert "unknown opcode 3" in log
+            assert "mid-frame" in log
+            assert "invalid JSON" in log
+            assert connections[:4] == ["/api/v1/node/ws"] * 4
+            assert daemon.running()
+        finally:
+            code = await asyncio.get_running_loop().run_in_executor(None, daemon.stop)
+    assert code == 0
+
+
+async def test_refused_upgrade_is_logged_with_the_servers_reason(pki: Pki, tmp_path: Path) -> None:
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            body = b'{"error": {"code": "revoked", "message": "node \'n\' has been revoked"}}'
+            writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=pki.server_context())
+    port = server.sockets[0].getsockname()[1]
+    bundle = pki.bundle(f"https://127.0.0.1:{port}")
+    del bundle["keepalive_url"]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "b.json", bundle), tmp_path / "state", logs)
+    async with server:
+        daemon.start()
+        try:
+            await wait_until(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two refusals")
+            assert "HTTP 403 Forbidden" in daemon.log() and "has been revoked" in daemon.log()
+            assert daemon.running()
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, daemon.stop)
+
+
+def test_bad_bundle_exits_with_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+
+    for content, expected in [("{", "not valid JSON"), ("[]", "not a JSON object"),
+                              ('{"node_id": "x"}', "'ws_url' is missing")]:
+        path = tmp_path / "bundle.json"
+        path.write_text(content)
+        out = subprocess.run([sys.executable, str(Path(dvic_node.__file__)), "--config", str(path),
+                              "--state-dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and expected in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, str(Path(dvic_node.__file__)), "--config", str(tmp_path / "nope.json")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "cannot read bundle" in out.stderr
