@@ -16,6 +16,9 @@ class ProcSample:
     peak_rss_bytes: int  # VmHWM: the highest RSS since the process started
     cpu_s: float  # user + system CPU seconds, all threads
     threads: int
+    main_cpu_s: float = 0.0  # the main thread alone: the server's event loop
+    # Time the main thread was ready to run but waited for a CPU (other processes had them).
+    main_wait_s: float = 0.0
 
 
 def read(pid: int) -> ProcSample:
@@ -32,21 +35,55 @@ def read(pid: int) -> ProcSample:
         key, _, value = line.partition(":")
         fields[key] = value.strip()
     # The command name in field 2 may hold spaces or ')': fields after the last ')' are fixed.
-    rest = stat[stat.rindex(")") + 2:].split()
-    utime, stime = int(rest[11]), int(rest[12])
     return ProcSample(
         at=time.monotonic(),
         rss_bytes=_kib(fields.get("VmRSS", "0 kB")),
         peak_rss_bytes=_kib(fields.get("VmHWM", "0 kB")),
-        cpu_s=(utime + stime) / CLOCK_TICKS,
+        cpu_s=_stat_cpu(stat),
         threads=int(fields.get("Threads", "0") or 0),
+        main_cpu_s=_thread_cpu(pid, pid),
+        main_wait_s=_run_queue_wait(pid),
     )
+
+
+def _stat_cpu(stat: str) -> float:
+    # The command name in field 2 may hold spaces or ')': fields after the last ')' are fixed.
+    rest = stat[stat.rindex(")") + 2:].split()
+    return (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
+
+
+def _run_queue_wait(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (FileNotFoundError, IndexError, ValueError):
+        return 0.0
+
+
+def _thread_cpu(pid: int, tid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii", errors="replace") as fh:
+            return _stat_cpu(fh.read())
+    except FileNotFoundError:
+        return 0.0
 
 
 def cpu_percent(before: ProcSample, after: ProcSample) -> float:
     """Average CPU use between two samples, in percent of one core (200 = both cores of this machine)."""
     wall = after.at - before.at
     return 100.0 * (after.cpu_s - before.cpu_s) / wall if wall > 0 else 0.0
+
+
+def main_wait_percent(before: ProcSample, after: ProcSample) -> float:
+    """Share of the wall time the event loop was runnable but had no CPU (machine oversubscribed)."""
+    wall = after.at - before.at
+    return 100.0 * (after.main_wait_s - before.main_wait_s) / wall if wall > 0 else 0.0
+
+
+def main_thread_percent(before: ProcSample, after: ProcSample) -> float:
+    """Like cpu_percent, for the main thread only: near 100 means the event loop is the limit."""
+    wall = after.at - before.at
+    return 100.0 * (after.main_cpu_s - before.main_cpu_s) / wall if wall > 0 else 0.0
 
 
 def _kib(value: str) -> int:

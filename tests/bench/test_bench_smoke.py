@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,3 +32,20 @@ def test_ingest_smoke(tmp_path: Path) -> None:
     assert figures["acks received"]["value"] >= 2
     for name in ("direct SQLite inserts", "through the server (acked)", "server / direct"):
         assert figures[name]["value"] > 0
+
+
+def test_keepalive_smoke_with_the_python_client(tmp_path: Path) -> None:
+    doc = run_bench("bench.keepalive", tmp_path, "--client", "python", "--conns", "4", "--duration", "1",
+                    "--nodes", "3")
+    figures = doc["figures"]
+    assert figures["[python] requests"]["value"] > 0
+    assert figures["[python] non-2xx responses"]["value"] == 0
+    assert figures["keep-alives answered / stored"]["ok"] is True
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (the Python client is tested above)")
+def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
+    doc = run_bench("bench.keepalive", tmp_path, "--client", "wrk", "--conns", "4", "--duration", "1",
+                    "--nodes", "3")
+    assert doc["figures"]["[wrk] requests"]["value"] > 0
+    assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
