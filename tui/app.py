@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from textual import on
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 
 from tui.client import ApiClient, ApiError
 from tui.commands import DvicCommands
@@ -59,42 +61,46 @@ class DvicApp(App[None]):
 
     # -- live feed -----------------------------------------------------------------------------
     def _screens(self) -> list[DvicScreen]:
-        return [s for s in self.screen_stack if isinstance(s, DvicScreen)]
+        # Only screens whose widgets exist: a screen being composed or torn down is skipped, and
+        # picks up the current state from the app when it mounts.
+        return [s for s in self.screen_stack if isinstance(s, DvicScreen) and s.is_mounted]
+
+    def _each(self, call: Callable[[DvicScreen], object]) -> None:
+        for screen in self._screens():
+            try:
+                call(screen)
+            except NoMatches:
+                pass  # the screen is being torn down; nothing left to update
 
     def _flush_nodes(self) -> None:
         nodes = self.feed.take_nodes()
         if not nodes:
             return
         changed = self.fleet.update(nodes)
-        for screen in self._screens():
-            screen.live_nodes(changed, [])
+        self._each(lambda s: s.live_nodes(changed, []))
 
     @on(Connected)
     def _connected(self, msg: Connected) -> None:
         self.connected, self.down_reason, self.down_fatal = True, "", False
         self.me = msg.me
         nodes, gone = self.fleet.replace(msg.nodes)
-        for screen in self._screens():
-            screen.live_nodes(nodes, gone)
-            screen.live_connection(True)
+        self._each(lambda s: s.live_nodes(nodes, gone))
+        self._each(lambda s: s.live_connection(True))
         self.call_later(self.update_subscription)
 
     @on(Disconnected)
     def _disconnected(self, msg: Disconnected) -> None:
         self.connected = False
         self.down_reason, self.retry_in, self.down_fatal = msg.reason, msg.retry_in, msg.fatal
-        for screen in self._screens():
-            screen.live_connection(False, msg.reason, msg.retry_in, msg.fatal)
+        self._each(lambda s: s.live_connection(False, msg.reason, msg.retry_in, msg.fatal))
 
     @on(LogsArrived)
     def _logs(self, msg: LogsArrived) -> None:
-        for screen in self._screens():
-            screen.live_logs(msg.node, msg.lines)
+        self._each(lambda s: s.live_logs(msg.node, msg.lines))
 
     @on(EventArrived)
     def _event(self, msg: EventArrived) -> None:
-        for screen in self._screens():
-            screen.live_event(msg.event)
+        self._each(lambda s: s.live_event(msg.event))
 
     async def update_subscription(self) -> None:
         """Subscribes to the union of the log tails the open screens want."""

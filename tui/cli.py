@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = ""
         if exc.status == 401:
             hint = " (run `dvic login URL` or check --token / DVIC_TOKEN)"
-        elif exc.status == 403 and exc.code in ("pending", "not_approved"):
+        elif exc.status == 403 and exc.code in ("pending", "pending_approval"):
             hint = " (your account waits for an administrator's approval)"
         print(f"dvic: {exc.message or exc.code} [{exc.code}, HTTP {exc.status}]{hint}", file=sys.stderr)
         return 1

@@ -84,6 +84,11 @@ class LiveFeed:
                 kind = msg.get("type")
                 if kind == "node" and isinstance(msg.get("node"), dict) and "id" in msg["node"]:
                     self.pending[str(msg["node"]["id"])] = msg["node"]
+                elif kind == "hello" and isinstance(msg.get("nodes"), list):
+                    # The server's greeting snapshot: newer than or equal to the GET above.
+                    for node in msg["nodes"]:
+                        if isinstance(node, dict) and "id" in node:
+                            self.pending[str(node["id"])] = node
                 elif kind == "logs" and isinstance(msg.get("lines"), list):
                     lines = [x for x in msg["lines"] if isinstance(x, dict)]
                     self.post(LogsArrived(str(msg.get("node", "")), lines))

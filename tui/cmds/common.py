@@ -35,6 +35,15 @@ def level_rank(level: object) -> int:
         return 1  # unknown levels count as INFO, as the log format says for unparsable lines
 
 
+def line_key(line: dict[str, Any]) -> tuple[str, int] | None:
+    """A log line's identity: (node, seq) is unique per node; live lines may come without `id`."""
+    seq = line.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool):
+        return (str(line.get("node", "")), seq)
+    lid = line.get("id")
+    return ("#id", lid) if isinstance(lid, int) else None
+
+
 def parse_level(value: str) -> str:
     up = value.upper()
     if up == "WARN":

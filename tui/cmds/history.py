@@ -12,7 +12,7 @@ from typing import Any
 
 from tui import fmt
 from tui.client import ApiClient, ApiError, Unreachable
-from tui.cmds.common import SettingsFn, client, emit_json, level_rank, parse_level, parse_time, say
+from tui.cmds.common import SettingsFn, client, emit_json, level_rank, line_key, parse_level, parse_time, say
 from tui.textsafe import clean
 
 FOLLOW_BACKFILL = 1000  # lines fetched to fill the gap after a reconnect
@@ -62,8 +62,8 @@ class Follower:
         self.node_id = node_id
         self.min_rank = level_rank(args.level) if args.level else 0
         self.grep = args.grep.lower() if args.grep else None
-        self.seen: set[int] = set()
-        self.order: deque[int] = deque()
+        self.seen: set[tuple[str, int]] = set()
+        self.order: deque[tuple[str, int]] = deque()
         self.last_ts: float | None = None
 
     def wants(self, line: dict[str, Any]) -> bool:
@@ -77,8 +77,8 @@ class Follower:
 
     def show(self, lines: Iterable[dict[str, Any]], filtered: bool = True) -> None:
         for line in lines:
-            lid = line.get("id")
-            if isinstance(lid, int):
+            lid = line_key(line)
+            if lid is not None:
                 if lid in self.seen:
                     continue
                 self.seen.add(lid)
@@ -146,7 +146,7 @@ async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None)
             continue
         try:
             # Subscribe before reading history so no line falls between the two; duplicates are
-            # dropped by id.
+            # dropped by (node, seq).
             await stream.subscribe([node_id] if node_id else ["*"])
             if first:
                 follower.show(await _history(api, args, node_id, args.limit, args.since), filtered=False)

@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import RichLog
 
 from tui import fmt
-from tui.cmds.common import level_rank
+from tui.cmds.common import level_rank, line_key
 from tui.textsafe import clean
 
 LEVEL_STYLE = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold white on red"}
@@ -50,7 +50,7 @@ class LogView(RichLog):
                          min_width=20, **kwargs)
         self.with_node = with_node
         self.lines_buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER)
-        self._ids: set[int] = set()
+        self._ids: set[tuple[str, int]] = set()
         self.min_level = "DEBUG"
         self.source: str | None = None
         self.demo: str | None = None  # a demo's token: only its lines
@@ -73,14 +73,14 @@ class LogView(RichLog):
     def _remember(self, lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         fresh = []
         for line in lines:
-            lid = line.get("id")
-            if isinstance(lid, int):
+            lid = line_key(line)
+            if lid is not None:
                 if lid in self._ids:
                     continue
                 self._ids.add(lid)
             fresh.append(line)
         if len(self._ids) > BUFFER * 2:  # keep the duplicate filter bounded too
-            self._ids = {x["id"] for x in self.lines_buffer if isinstance(x.get("id"), int)}
+            self._ids = {k for k in map(line_key, self.lines_buffer) if k is not None}
         return fresh
 
     def add_lines(self, lines: Iterable[dict[str, Any]]) -> None:
@@ -100,7 +100,7 @@ class LogView(RichLog):
     def load_history(self, lines: Iterable[dict[str, Any]]) -> None:
         """Older lines (any order): merged by time with what is shown, then redrawn."""
         fresh = self._remember(lines)
-        merged = sorted([*self.lines_buffer, *fresh], key=lambda x: (x.get("ts") or 0, x.get("id") or 0))
+        merged = sorted([*self.lines_buffer, *fresh], key=lambda x: (x.get("ts") or 0, x.get("seq") or 0))
         self.lines_buffer = deque(merged[-BUFFER:], maxlen=BUFFER)
         self.refilter()
 

@@ -1,0 +1,174 @@
+"""The console (Textual pilot) against the real central server with real node traffic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from textual.widgets import DataTable, OptionList, Static
+
+from tests.support.server import CentralServer
+from tests.tui.realkit import DEMO_TOKEN, HOSTILE, HOSTILE_SHOWN, connected, demo, metrics, online_node
+from tests.tui.tuifake import wait_for
+from tui.app import DvicApp
+from tui.config import Settings
+from tui.screens.admin import AdminScreen
+from tui.screens.dialogs import ChoiceDialog
+from tui.screens.fleet import FleetScreen
+from tui.screens.logs import LogsScreen
+from tui.screens.node import NodeScreen
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.log_view import LogView
+
+
+def make_app(server: CentralServer, token: str | None = None) -> DvicApp:
+    return DvicApp(Settings(server.url, token or server.admin_token, str(server.ca_path)))
+
+
+def cell(table: DataTable[Any], row: str, col: str) -> str:
+    return table.get_cell(row, col).plain
+
+
+def log_text(view: LogView) -> str:
+    return "\n".join("".join(seg.text for seg in strip) for strip in view.lines)
+
+
+def shot(app: DvicApp, name: str, tmp_path: Path) -> str:
+    """Saves an SVG screenshot (into $DVIC_SCREENSHOT_DIR when set: docs/console/) and returns it."""
+    directory = os.environ.get("DVIC_SCREENSHOT_DIR") or str(tmp_path)
+    app.save_screenshot(f"{name}.svg", path=directory)
+    return (Path(directory) / f"{name}.svg").read_text()
+
+
+async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServer, tmp_path: Path) -> None:
+    server = central_server
+    other = server.enroll("desk-7", kind="desktop", group="lab")  # enrolled, never seen: "new"
+    async with online_node(server, "pi-42", model=HOSTILE) as node:
+        await node.send(demo())
+        await node.send(demo("old-demo", "exited", token="00001111aaaabbbb", pid=99))
+        await node.send_logs([node.line("calibrated", demo=DEMO_TOKEN),
+                              node.line(HOSTILE, level="ERROR", demo=DEMO_TOKEN)])
+        app = make_app(server)
+        async with app.run_test(size=(80, 24)) as pilot:
+            fleet = app.screen
+            assert isinstance(fleet, FleetScreen)
+            table = fleet.query_one(DataTable)
+            await wait_for(lambda: table.row_count == 2, what="two nodes")
+            nid = node.bundle["node_id"]
+            assert fleet.shown_ids() == [other["node_id"], nid]  # by name
+            await wait_for(lambda: "online" in cell(table, nid, "state"), what="online")
+            await wait_for(lambda: cell(table, nid, "cpu").startswith(" 12%"), what="cpu")
+            assert cell(table, nid, "demos") == "1/2"
+            assert "new" in cell(table, other["node_id"], "state")
+            # Live metrics: the cell changes in place.
+            await node.send(metrics(cpu=77.0, temp=85.0))
+            await wait_for(lambda: cell(table, nid, "cpu").startswith(" 77%"), what="live cpu")
+            await wait_for(lambda: "1 alerts" in str(fleet.query_one("#summary", Static).render()), what="alert")
+            svg = shot(app, "fleet-80x24", tmp_path)
+            assert "pi-42" in svg and "desk-7" in svg
+
+            table.move_cursor(row=table.get_row_index(nid))
+            await pilot.press("enter")
+            await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node view")
+            view = app.screen
+            facts = view.query_one("#facts", Static)
+            await wait_for(lambda: HOSTILE_SHOWN in str(facts.render()), what="facts")
+            assert "aarch64" in str(facts.render())
+            await pilot.press("1")
+            await wait_for(lambda: "max 77%" in str(view.query_one("#label-cpu").render()), what="cpu chart")
+            shot(app, "node-80x24", tmp_path)
+            await pilot.press("d")
+            demos = view.query_one("#demo-table", DataTable)
+            await wait_for(lambda: demos.row_count == 2, what="demos")
+            assert demos.get_row_at(0)[1].plain == "● alive" and demos.get_row_at(1)[1].plain == "○ exited"
+            await pilot.press("g")
+            tail = view.query_one(LogView)
+            await wait_for(lambda: HOSTILE_SHOWN in log_text(tail), what="node log tail")
+            await node.send_logs([node.line("tail line", demo=DEMO_TOKEN)])
+            await wait_for(lambda: "tail line" in log_text(tail), what="live tail")
+            await pilot.press("e")
+            events = view.query_one("#event-table", DataTable)
+            await wait_for(lambda: events.row_count >= 1, what="events")
+
+            await pilot.press("l")
+            await wait_for(lambda: isinstance(app.screen, LogsScreen), what="logs screen")
+            logs = app.screen.query_one(LogView)
+            await wait_for(lambda: "tail line" in log_text(logs), what="logs history")
+            await node.send_logs([node.line("followed", level="WARNING", demo=DEMO_TOKEN)])
+            await wait_for(lambda: "followed" in log_text(logs), what="followed line")
+            text = log_text(logs)
+            assert HOSTILE_SHOWN in text and "\x1b" not in text and "\x07" not in text
+            svg = shot(app, "logs-80x24", tmp_path)
+            assert "\x1b" not in svg and "[link=http://x]x[/link]" in svg.replace("&#160;", " ")
+            # Server-side full-text search.
+            await pilot.press("slash")
+            for key in "calibrated":
+                await pilot.press(key)
+            await pilot.press("enter")
+            await wait_for(lambda: "calibrated" in log_text(logs) and "followed" not in log_text(logs),
+                           what="search results")
+            await pilot.press("escape", "escape")
+            assert isinstance(app.screen, FleetScreen)
+
+
+async def test_admin_approves_and_revokes_on_real_server(central_server: CentralServer, tmp_path: Path) -> None:
+    server = central_server
+    status, body = server.api("POST", "/api/v1/register", {"name": "erin"}, token="")
+    assert status == 201, body
+    bundle = server.enroll("pi-9", kind="raspberry", group="hall-b")
+    app = make_app(server)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        shot(app, "fleet-160x48", tmp_path)
+        await pilot.press("a")
+        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="admin")
+        admin = app.screen
+        ops = admin.query_one("#op-table", DataTable)
+        await wait_for(lambda: ops.row_count == 2, what="operators")
+        assert ops.get_row_at(0)[0].plain == "erin" and ops.get_row_at(0)[2].plain == "pending"
+        ops.focus()
+        await pilot.press("a")
+        await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="role picker")
+        app.screen.query_one(OptionList).highlighted = 1
+        await pilot.press("enter")
+
+        def erin() -> dict[str, Any]:
+            return next(o for o in server.api("GET", "/api/v1/operators")[1]["operators"] if o["name"] == "erin")
+
+        await wait_for(lambda: erin()["status"] == "active", what="approved")
+        assert erin()["role"] == "operator"
+        audit = admin.query_one("#audit-table", DataTable)
+        await wait_for(lambda: audit.row_count >= 1, what="audit")
+        shot(app, "admin-160x48", tmp_path)
+        await pilot.press("D")  # to the Nodes tab
+        await pilot.press("D")
+        await wait_for(lambda: app.screen is not admin, what="confirm")
+        await pilot.press("y")
+        await wait_for(lambda: server.node("pi-9")["revoked"], what="revoked")
+        # A revoked node's connection is refused.
+        try:
+            async with connected(bundle):
+                raise AssertionError("a revoked node connected")
+        except Exception as exc:  # noqa: BLE001 - the handshake fails one way or another
+            assert not isinstance(exc, AssertionError)
+
+
+async def test_console_survives_server_restart(central_server: CentralServer) -> None:
+    server = central_server
+    async with online_node(server, "pi-42"):
+        app = make_app(server)
+        async with app.run_test(size=(80, 24)) as pilot:
+            banner = app.screen.query_one(ConnectionBanner)
+            await wait_for(lambda: app.connected, what="connected")
+            table = app.screen.query_one(DataTable)
+            await wait_for(lambda: table.row_count == 1, what="row")
+            server.stop()
+            await wait_for(lambda: banner.has_class("-down"), what="banner")
+            assert "Connection to the server lost" in str(banner.render())
+            server.start()
+            await pilot.press("ctrl+r")  # skip the back-off wait; it would also retry by itself
+            await wait_for(lambda: not banner.has_class("-down"), within=30, what="reconnected")
+            # After a restart nobody is connected yet: the snapshot shows the node offline.
+            nid = next(iter(app.fleet.nodes))
+            await wait_for(lambda: "offline" in cell(table, nid, "state"), what="fresh snapshot")
