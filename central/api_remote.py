@@ -14,13 +14,16 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from . import store
+from .actions import ACTIONS
 from .api import find_node, json_body
-from .auth import ApiError, Operator, current_operator
+from .auth import PUBLIC, ApiError, Operator, current_operator
 from .registry import NodeState
+from .release import ReleaseError, daemon_version, parse_version
 from .routes import routes
 from .services import SERVICES, Services
 from .shells import MAX_SESSIONS_PER_NODE
 from .stream import origin_allowed
+from .tunnels import MAX_TUNNELS_PER_NODE
 
 MAX_TIMEOUT_S = 3600.0
 MAX_ARGV_BYTES = 64 * 1024
@@ -275,3 +278,143 @@ async def recording(request: web.Request) -> web.StreamResponse:
     if not path.exists():
         raise ApiError(404, "no_recording", f"the recording of session {sid!r} is gone")
     return web.FileResponse(path, headers={"Content-Type": "application/x-asciicast"})
+
+
+@routes.route("GET", "/api/v1/nodes/{node}/tunnel", role="operator", audit=False, query=("host", "port"),
+              summary="TCP tunnel through a node (websocket; binary frames are the TCP bytes)")
+async def tunnel(request: web.Request) -> web.StreamResponse:
+    if not origin_allowed(request):
+        raise ApiError(403, "bad_origin", "origin not allowed")
+    services = _services(request)
+    operator = current_operator(request)
+    node = find_node(request)
+    check_maintenance(node, operator)
+    host = request.query.get("host", "")
+    if not host or len(host) > 253 or any(c.isspace() for c in host):
+        raise ApiError(400, "bad_query", "host: a host name or IP address")
+    port_text = request.query.get("port", "22")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ApiError(400, "bad_query", "port: a TCP port number")
+    port = int(port_text)
+    if port not in services.config.tunnel_ports:
+        allowed = ", ".join(map(str, services.config.tunnel_ports))
+        raise ApiError(403, "port_not_allowed", f"tunnels may reach ports {allowed} only (--tunnel-port)")
+    if node.send is None:
+        raise ApiError(409, "node_offline", f"node {node.name!r} is {node.state}: no tunnel possible")
+    if services.tunnels.open_on(node.id) >= MAX_TUNNELS_PER_NODE:
+        raise ApiError(429, "too_many_tunnels", f"node {node.name!r} already has {MAX_TUNNELS_PER_NODE} tunnels open")
+    await audit(services, request, operator, "tunnel", node.name, {"host": host, "port": port})
+    tun = services.tunnels.create(node, host, port)
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+    await ws.prepare(request)
+    await services.tunnels.relay(tun, ws)
+    return ws
+
+
+@routes.route("POST", "/api/v1/nodes/{node}/actions", role="operator", audit=False,
+              summary="Request a tracked action (reboot, restart_demo, stop_demo, start_demo)",
+              body={"action": "string", "demo": "string", "timeout": "number"})
+async def request_action(request: web.Request) -> web.Response:
+    services = _services(request)
+    operator = current_operator(request)
+    node = find_node(request)
+    check_maintenance(node, operator)
+    body = await json_body(request)
+    kind = body.get("action")
+    if kind not in ACTIONS or kind == "update":
+        raise ApiError(400, "bad_action", "action: one of reboot, restart_demo, stop_demo, start_demo")
+    demo = body.get("demo") or ""
+    if not isinstance(demo, str) or len(demo) > 256:
+        raise ApiError(400, "bad_demo", "demo: a demo name")
+    timeout = body.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not 1 <= timeout <= 86400):
+        raise ApiError(400, "bad_timeout", "timeout: seconds from 1 to 86400")
+    await audit(services, request, operator, kind, node.name, {"demo": demo})
+    action = await services.actions.request(node, operator.name, kind, demo, timeout)
+    return web.json_response(action.view(), status=201)
+
+
+@routes.route("GET", "/api/v1/actions", role="viewer", summary="Tracked actions (newest first)",
+              query=("node", "limit"))
+async def list_actions(request: web.Request) -> web.Response:
+    services = _services(request)
+    node_id = find_node_by_query(services, request.query.get("node"))
+    sql = ("SELECT a.*, n.name AS node_name FROM actions a LEFT JOIN nodes n ON n.id = a.node_id"
+           + (" WHERE a.node_id = ?" if node_id else "") + " ORDER BY a.requested_at DESC LIMIT 200")
+    async with services.read_db.execute(sql, [node_id] if node_id else []) as cur:
+        rows = [dict(r) for r in await cur.fetchall()]
+    for row in rows:
+        row.pop("boot_time", None)
+    return web.json_response({"actions": rows})
+
+
+@routes.route("POST", "/api/v1/update", role="operator", audit=False,
+              summary="Update the daemon on nodes to the server's release",
+              body={"nodes": "array", "group": "string", "all": "boolean"})
+async def update_nodes(request: web.Request) -> web.Response:
+    services = _services(request)
+    operator = current_operator(request)
+    release = services.release.current()
+    if release is None:
+        raise ApiError(409, "no_release", "the server holds no daemon release (POST /api/v1/release)")
+    nodes, target = resolve_targets(services, await json_body(request))
+    if target.startswith("nodes:"):
+        for node in nodes:
+            check_maintenance(node, operator)
+    elif operator.role != "admin":
+        nodes = [n for n in nodes if not n.maintenance]
+    await audit(services, request, operator, "update", target, {"version": release.version,
+                                                                "nodes": [n.name for n in nodes]})
+    url = services.public_url() + "/api/v1/release/daemon"
+    actions = []
+    for node in nodes:
+        if node.daemon_version == release.version:
+            continue
+        actions.append((await services.actions.request(node, operator.name, "update", release=release,
+                                                       download_url=url)).view())
+    return web.json_response({"version": release.version, "actions": actions}, status=201)
+
+
+@routes.route("GET", "/api/v1/release", role="viewer", summary="The daemon release nodes update to")
+async def release_info(request: web.Request) -> web.Response:
+    services = _services(request)
+    current = services.release.current()
+    return web.json_response({
+        "version": current.version if current else None, "sha256": current.sha256 if current else None,
+        "size": current.size if current else 0, "release_key": services.release.public,
+        "endorsements": services.release.endorsements(),
+    })
+
+
+@routes.route("GET", "/api/v1/release/daemon", role=PUBLIC,
+              summary="The daemon file (signed; verify with the release key before use)")
+async def release_file(request: web.Request) -> web.StreamResponse:
+    current = _services(request).release.current()
+    if current is None:
+        raise ApiError(404, "no_release", "no daemon release")
+    return web.FileResponse(current.path, headers={
+        "Content-Type": "text/x-python", "X-Dvic-Version": current.version, "X-Dvic-Signature": current.signature})
+
+
+@routes.route("POST", "/api/v1/release", role="admin", summary="Publish a new daemon file (raw body), signed")
+async def publish_release(request: web.Request) -> web.Response:
+    services = _services(request)
+    data = await request.read()
+    try:
+        version = daemon_version(data)
+        current = services.release.current()
+        if current is not None and parse_version(version) < parse_version(current.version):
+            raise ReleaseError(f"version {version} is older than the current release {current.version}")
+        release = services.release.publish(data)
+    except ReleaseError as exc:
+        raise ApiError(400, "bad_release", str(exc)) from None
+    return web.json_response({"version": release.version, "sha256": release.sha256, "size": release.size},
+                             status=201)
+
+
+@routes.route("POST", "/api/v1/release/rotate-key", role="admin",
+              summary="Rotate the release key (the new key is endorsed by the old one)")
+async def rotate_release_key(request: web.Request) -> web.Response:
+    endorsement = _services(request).release.rotate()
+    return web.json_response(endorsement, status=201)

@@ -44,6 +44,7 @@ def build_config(args: argparse.Namespace) -> Config:
         data_dir=Path(args.data_dir).expanduser(), host=host, port=port, tls=not args.insecure_http,
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
+        tunnel_ports=tuple(args.tunnel_port or (22,)),
     )
 
 
@@ -188,6 +189,8 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-url", help="base URL written into bundles (default: the listen address)")
     p.add_argument("--interval", type=float, default=5.0, help="metrics/keep-alive interval in seconds")
     p.add_argument("--offline-after", type=float, default=15.0, help="seconds of silence before offline")
+    p.add_argument("--tunnel-port", type=int, action="append", metavar="PORT",
+                   help="TCP port a tunnel through a node may reach (repeatable; default 22)")
 
 
 def build_parser() -> argparse.ArgumentParser:

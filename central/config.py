@@ -33,6 +33,8 @@ class Config:
     retention: Retention = field(default_factory=Retention)
     commit_interval: float = 0.02
     max_client_queue: int = 5000
+    # Ports a tunnel through a node may reach (the installer needs SSH).
+    tunnel_ports: tuple[int, ...] = (22,)
 
     def cert_hosts(self) -> list[str]:
         hosts = [self.host, *self.public_hosts]

@@ -70,4 +70,5 @@ async def enroll_node(services: Services, name: Any, kind: Any = "desktop", grou
         "key_pem": issued.key_pem,
         "token": token,
         "interval": services.config.interval,
+        "release_key": services.release.public,
     }

@@ -131,6 +131,7 @@ class NodeSession:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
+                await self.services.tunnels.node_disconnected(node)
                 await self.registry.disconnected(node, reason)
 
     async def send(self, message: dict[str, Any]) -> bool:
@@ -159,6 +160,7 @@ class NodeSession:
         if kind == "hello":
             await self.registry.hello(node, msg["facts"], msg["daemon_version"])
             self.greeted = True
+            await self.services.actions.on_hello(node)
             await self._send({
                 "type": "welcome", "protocol": PROTOCOL_VERSION, "node_id": node.id, "name": node.name,
                 "settings": {
@@ -172,10 +174,7 @@ class NodeSession:
             return
         await self.registry.heard(node)
         if kind in REMOTE_TYPES:
-            if kind.startswith("exec_") or (kind == "unsupported" and msg["id"] in self.services.commands.runs):
-                await self.services.commands.on_message(node, msg)
-            elif kind.startswith("shell_") or kind == "unsupported":
-                await self.services.shells.on_message(node, msg)
+            await self._remote(msg)
             return
         if kind == "logs":
             await self._logs(msg["lines"])
@@ -198,6 +197,26 @@ class NodeSession:
             elif msg["kind"] == "recovered":
                 await self.registry.report_recovered(node)
             await self.registry.record_event(node, msg["kind"], msg["message"], msg["data"])
+
+    async def _remote(self, msg: dict[str, Any]) -> None:
+        """A reply to one of our requests: hand it to the hub that owns the request id."""
+        kind, s = msg["type"], self.services
+        if kind == "unsupported":
+            rid = msg["id"]
+            hub = (s.commands if rid in s.commands.runs else s.shells if rid in s.shells.sessions
+                   else s.tunnels if rid in s.tunnels.tunnels else s.actions if rid in s.actions.pending else None)
+            if hub is not None:
+                await hub.on_message(self.node, msg)
+        elif kind.startswith("exec_"):
+            await s.commands.on_message(self.node, msg)
+        elif kind.startswith("shell_"):
+            await s.shells.on_message(self.node, msg)
+        elif kind.startswith("tunnel_"):
+            await s.tunnels.on_message(self.node, msg)
+        elif kind == "action_state":
+            await s.actions.on_message(self.node, msg)
+        elif kind == "update_state":
+            await s.actions.on_update_state(self.node, msg)
 
     async def _logs(self, lines: list[dict[str, Any]]) -> None:
         if not lines:

@@ -9,12 +9,14 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
 from aiohttp import web
 
 from . import db, store
+from .actions import ActionHub
 from .auth import hash_token, new_token
 from .bus import Bus
 from .commands import CommandHub
@@ -22,12 +24,15 @@ from .config import Config
 from .pki import CertificateAuthority, write_private
 from .queries import Queries
 from .registry import Registry
+from .release import ReleaseStore
 from .shells import ShellHub
+from .tunnels import TunnelHub
 from .writer import Writer
 
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"
+SHIPPED_DAEMON = Path(__file__).resolve().parents[1] / "node_script" / "dvic_node.py"
 
 
 @dataclass
@@ -41,6 +46,9 @@ class Services:
     bus: Bus
     commands: CommandHub
     shells: ShellHub
+    tunnels: TunnelHub
+    actions: ActionHub
+    release: ReleaseStore
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -72,7 +80,10 @@ async def open_services(config: Config) -> Services:
     registry = Registry(writer, bus, config.offline_after, config.interval)
     registry.load(await queries.nodes(), await queries.demos())
     services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
-                        ShellHub(writer, config.data_dir / "recordings"))
+                        ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
+                        ActionHub(writer, registry), ReleaseStore(config.data_dir))
+    # The daemon shipped beside this server becomes the release nodes update to (when newer).
+    services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
     return services
 

@@ -1,0 +1,153 @@
+"""Tracked actions on nodes (reboot, restart/stop/start a demo, daemon update) and their states.
+
+States: requested -> in_progress -> done | failed, or lost when no final state comes before the
+deadline. A reboot is done when the node says hello again with a new boot time; an update is done
+when it says hello with the target daemon version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .registry import NodeState, Registry
+from .release import Release
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("reboot", "restart_demo", "stop_demo", "start_demo", "update")
+FINAL = frozenset({"done", "failed", "lost"})
+DEFAULT_DEADLINE_S = {"reboot": 600.0, "update": 300.0}
+
+
+@dataclass(eq=False)
+class Action:
+    id: str
+    node_id: str
+    node_name: str
+    operator: str
+    action: str
+    demo: str
+    state: str
+    message: str
+    requested_at: float
+    updated_at: float
+    deadline: float
+    boot_time: float | None = None
+    target_version: str = ""
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "node": self.node_id, "node_name": self.node_name, "operator": self.operator,
+            "action": self.action, "demo": self.demo, "state": self.state, "message": self.message,
+            "requested_at": self.requested_at, "updated_at": self.updated_at, "deadline": self.deadline,
+        }
+
+
+class ActionHub:
+    def __init__(self, writer: Writer, registry: Registry) -> None:
+        self.writer = writer
+        self.registry = registry
+        self.pending: dict[str, Action] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    async def _save(self, action: Action, *, insert: bool = False) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            if insert:
+                conn.execute(
+                    "INSERT INTO actions (id, node_id, operator, action, demo, state, message, requested_at,"
+                    " updated_at, deadline, boot_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (action.id, action.node_id, action.operator, action.action, action.demo, action.state,
+                     action.message, action.requested_at, action.updated_at, action.deadline, action.boot_time),
+                )
+            else:
+                conn.execute("UPDATE actions SET state = ?, message = ?, updated_at = ? WHERE id = ?",
+                             (action.state, action.message, action.updated_at, action.id))
+
+        await self.writer.submit(write)
+
+    async def _set(self, action: Action, state: str, message: str = "") -> None:
+        if action.state in FINAL:
+            return
+        action.state, action.message, action.updated_at = state, message or action.message, time.time()
+        await self._save(action)
+        node = self.registry.get(action.node_id)
+        await self.registry.record_event(node, f"action_{state}", f"{action.action} {state}"
+                                         + (f": {action.message}" if action.message else ""),
+                                         {"action": action.action, "id": action.id, "state": state})
+        if state in FINAL:
+            self.pending.pop(action.id, None)
+            timer = self._timers.pop(action.id, None)
+            if timer is not None:
+                timer.cancel()
+
+    async def request(self, node: NodeState, operator: str, kind: str, demo: str = "",
+                      deadline_s: float | None = None, release: Release | None = None,
+                      download_url: str = "") -> Action:
+        now = time.time()
+        deadline_s = deadline_s or DEFAULT_DEADLINE_S.get(kind, 120.0)
+        boot_time = node.facts.get("boot_time")
+        action = Action(str(uuid.uuid4()), node.id, node.name, operator, kind, demo, "requested", "", now, now,
+                        now + deadline_s, boot_time if isinstance(boot_time, int | float) else None,
+                        release.version if release else "")
+        await self._save(action, insert=True)
+        self.pending[action.id] = action
+        if node.send is None:
+            await self._set(action, "failed", f"node {node.name} is {node.state}")
+            return action
+        if kind == "update":
+            assert release is not None
+            message = {"type": "update", "id": action.id, "version": release.version, "url": download_url,
+                       "sha256": release.sha256, "signature": release.signature}
+        else:
+            message = {"type": "action", "id": action.id, "action": kind, "demo": demo or None}
+        if not await node.send(message):
+            await self._set(action, "failed", "node connection closed while sending")
+            return action
+        loop = asyncio.get_running_loop()
+        self._timers[action.id] = loop.call_later(deadline_s, lambda: asyncio.ensure_future(self._expire(action)))
+        return action
+
+    async def _expire(self, action: Action) -> None:
+        if action.state not in FINAL:
+            what = "the node did not come back" if action.action in ("reboot", "update") else "no result"
+            await self._set(action, "lost", f"{what} within {action.deadline - action.requested_at:.0f} s")
+
+    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
+        action = self.pending.get(msg["id"])
+        if action is None or action.node_id != node.id:
+            return
+        if msg["type"] == "unsupported":
+            await self._set(action, "failed", "the node's daemon does not support this action")
+            return
+        state = msg["state"]
+        # A reboot is only done when the node is back (see on_hello), whatever it says before going.
+        if action.action == "reboot" and state == "done":
+            state = "in_progress"
+        await self._set(action, state, msg["message"])
+
+    async def on_update_state(self, node: NodeState, msg: dict[str, Any]) -> None:
+        action = self.pending.get(msg["id"])
+        if action is None or action.node_id != node.id:
+            return
+        state = msg["state"]
+        if state in ("refused", "failed", "rolled_back"):
+            await self._set(action, "failed", f"{state}: {msg['message']}")
+        else:
+            await self._set(action, "in_progress", f"{state}: {msg['message']}" if msg["message"] else state)
+
+    async def on_hello(self, node: NodeState) -> None:
+        for action in [a for a in self.pending.values() if a.node_id == node.id]:
+            if action.action == "reboot" and action.state == "in_progress":
+                boot = node.facts.get("boot_time")
+                if action.boot_time is None or boot != action.boot_time:
+                    await self._set(action, "done", "the node came back after rebooting")
+            elif action.action == "update" and action.state in ("requested", "in_progress"):
+                if node.daemon_version == action.target_version:
+                    await self._set(action, "done", f"running daemon {node.daemon_version}")

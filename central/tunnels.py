@@ -1,0 +1,130 @@
+"""TCP tunnels through a node: a client websocket relayed to a TCP connection the node opens.
+
+The installer reaches a new machine's SSH port this way (`dvic add-node --via NODE`). Client
+protocol (`GET /api/v1/nodes/{node}/tunnel?host=H&port=P`): binary frames are the TCP bytes both
+ways; the server sends `{"type": "opened"}` once the node is connected, and
+`{"type": "closed", "message": "…"}` before it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .registry import NodeState
+
+MAX_TUNNELS_PER_NODE = 8
+CLIENT_QUEUE = 512
+CHUNK = 32 * 1024
+OPEN_TIMEOUT_S = 20.0
+
+
+@dataclass(eq=False)
+class Tunnel:
+    id: str
+    node: NodeState
+    host: str
+    port: int
+    to_client: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    message: str = ""
+
+
+class TunnelHub:
+    def __init__(self) -> None:
+        self.tunnels: dict[str, Tunnel] = {}
+
+    def open_on(self, node_id: str) -> int:
+        return sum(1 for t in self.tunnels.values() if t.node.id == node_id)
+
+    def create(self, node: NodeState, host: str, port: int) -> Tunnel:
+        tunnel = Tunnel(str(uuid.uuid4()), node, host, port)
+        self.tunnels[tunnel.id] = tunnel
+        return tunnel
+
+    async def end(self, tunnel: Tunnel, message: str, *, tell_node: bool = True) -> None:
+        if tunnel.ended.is_set():
+            return
+        tunnel.message = message
+        tunnel.ended.set()
+        tunnel.opened.set()
+        self.tunnels.pop(tunnel.id, None)
+        try:
+            tunnel.to_client.put_nowait(None)
+        except asyncio.QueueFull:
+            pass
+        if tell_node and tunnel.node.send is not None:
+            await tunnel.node.send({"type": "tunnel_close", "id": tunnel.id})
+
+    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
+        tunnel = self.tunnels.get(msg["id"])
+        if tunnel is None or tunnel.node.id != node.id:
+            return
+        kind = msg["type"]
+        if kind == "tunnel_opened":
+            tunnel.opened.set()
+        elif kind == "tunnel_data":
+            try:
+                tunnel.to_client.put_nowait(msg["data"])
+            except asyncio.QueueFull:
+                await self.end(tunnel, "client too slow: tunnel closed")
+        elif kind == "tunnel_closed":
+            await self.end(tunnel, msg["message"] or "closed by the node", tell_node=False)
+        elif kind == "unsupported":
+            await self.end(tunnel, "the node's daemon does not support tunnels", tell_node=False)
+
+    async def node_disconnected(self, node: NodeState) -> None:
+        for tunnel in [t for t in self.tunnels.values() if t.node.id == node.id]:
+            await self.end(tunnel, f"node {node.name} went offline", tell_node=False)
+
+    async def relay(self, tunnel: Tunnel, ws: web.WebSocketResponse) -> None:
+        node = tunnel.node
+        if node.send is None or not await node.send(
+                {"type": "tunnel_open", "id": tunnel.id, "host": tunnel.host, "port": tunnel.port}):
+            await self.end(tunnel, "node connection closed", tell_node=False)
+        try:
+            await asyncio.wait_for(tunnel.opened.wait(), OPEN_TIMEOUT_S)
+        except TimeoutError:
+            await self.end(tunnel, f"the node did not connect to {tunnel.host}:{tunnel.port} in time")
+        if tunnel.ended.is_set():
+            await ws.send_str(json.dumps({"type": "closed", "message": tunnel.message}))
+            await ws.close()
+            return
+        await ws.send_str(json.dumps({"type": "opened"}))
+        pump = asyncio.create_task(self._to_client(tunnel, ws))
+        try:
+            async for msg in ws:
+                if tunnel.ended.is_set():
+                    break
+                if msg.type == WSMsgType.BINARY:
+                    for i in range(0, len(msg.data), CHUNK):
+                        data = base64.b64encode(msg.data[i:i + CHUNK]).decode()
+                        if node.send is None or not await node.send(
+                                {"type": "tunnel_data", "id": tunnel.id, "data": data}):
+                            break
+            await self.end(tunnel, "client closed the tunnel")
+        finally:
+            if not pump.done():
+                try:
+                    await asyncio.wait_for(pump, 5)
+                except TimeoutError:
+                    pump.cancel()
+
+    async def _to_client(self, tunnel: Tunnel, ws: web.WebSocketResponse) -> None:
+        try:
+            while True:
+                item = await tunnel.to_client.get()
+                if item is None:
+                    break
+                await ws.send_bytes(item)
+            await ws.send_str(json.dumps({"type": "closed", "message": tunnel.message}))
+            await ws.close()
+        except (ConnectionError, RuntimeError):
+            pass
