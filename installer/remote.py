@@ -94,9 +94,9 @@ async def run_script(
             )
         uid, tmpdir = out
         quoted = shlex.quote(tmpdir + "/install.sh")
+        stdin: bytes | None = None
         if uid == "0":
-            runner = f"/bin/sh {quoted} {mode}"
-            stdin: bytes = b""
+            runner = f"/bin/sh {quoted} {mode}"  # root: no sudo, and the password is not sent again
         else:
             # -k: always ask (so the line we send is consumed by sudo), -p '': no prompt text.
             runner = (
@@ -106,8 +106,10 @@ async def run_script(
             stdin = password.line()
         command = f"{runner}; rc=$?; rm -rf {shlex.quote(tmpdir)}; exit $rc"
         try:
+            # An empty input sends no EOF: give root's command an explicitly empty stdin instead.
+            feed: dict[str, object] = {"input": stdin} if stdin is not None else {"stdin": asyncssh.DEVNULL}
             proc = await asyncio.wait_for(
-                conn.run("/bin/sh -c " + shlex.quote(command), input=stdin, encoding=None), time_limit
+                conn.run("/bin/sh -c " + shlex.quote(command), encoding=None, **feed), time_limit
             )
         finally:
             del stdin

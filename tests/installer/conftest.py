@@ -21,6 +21,7 @@ from .sshd import Sshd, ensure_user
 
 HERE = Path(__file__).resolve().parent
 USER = "dvic-it"
+NOSUDO_USER = "dvic-it-nosudo"  # same password, but not allowed to use sudo
 # Unique per run: the sentinel test proves it appears nowhere afterwards.
 PASSWORD = "dvicSentinel-" + secrets.token_hex(12)
 
@@ -53,6 +54,7 @@ def ssh_user() -> str:
     if reason:
         pytest.skip(reason)
     ensure_user(USER, PASSWORD)
+    ensure_user(NOSUDO_USER, PASSWORD, sudo=False)
     return USER
 
 
@@ -63,7 +65,7 @@ def password() -> Password:
 
 @pytest.fixture(scope="session")
 def target_sshd(ssh_user: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    sshd = Sshd(tmp_path_factory.mktemp("sshd-target"), ssh_user).start()
+    sshd = Sshd(tmp_path_factory.mktemp("sshd-target"), f"{ssh_user} {NOSUDO_USER}").start()
     yield sshd
     sshd.stop()
 

@@ -28,7 +28,7 @@ def _listening(port: int) -> bool:
 
 
 class Sshd:
-    """``Sshd(dir, user).start()``; ``.port``, ``.host_key_pub``; ``.stop()``. Password auth for ``user``."""
+    """``Sshd(dir, user).start()``; ``.port``, ``.fingerprint``; ``.stop()``. ``user`` may list several."""
 
     def __init__(self, directory: Path, user: str, authorized_keys: str = "", port: int = 0) -> None:
         self.dir = directory
@@ -107,12 +107,15 @@ class Sshd:
             self.proc = None
 
 
-def ensure_user(name: str, password: str) -> None:
+def ensure_user(name: str, password: str, sudo: bool = True) -> None:
     """Create the test user if missing and set its password (idempotent; the password goes via stdin)."""
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
     subprocess.run(["chpasswd"], input=f"{name}:{password}\n".encode(), check=True)
     sudoers = Path(f"/etc/sudoers.d/{name}")
+    if not sudo:
+        sudoers.unlink(missing_ok=True)
+        return
     want = f"{name} ALL=(ALL:ALL) ALL\n"  # a password is required: the tests exercise sudo -S
     if not sudoers.exists() or sudoers.read_text() != want:
         sudoers.write_text(want)

@@ -78,6 +78,33 @@ async def test_wrong_password_changes_nothing(
     assert tree(prefix) == []
 
 
+async def test_user_without_sudo_is_told_what_to_do(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+) -> None:
+    from .conftest import NOSUDO_USER
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(user=NOSUDO_USER))
+    assert (err.value.step, err.value.code) == ("check", "not_sudoer")
+    assert "sudo" in err.value.hint
+    assert central.requests == [] and tree(prefix) == []
+
+
+async def test_name_taken_at_the_server(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+) -> None:
+    from installer.api import CentralClient
+
+    request = make_request()
+    async with CentralClient(request.server) as api:
+        await api.enroll("pi-test", "desktop", "")
+    with pytest.raises(InstallerError) as err:
+        await add_node(request)
+    assert err.value.step == "enroll" and "remove-node" in err.value.hint
+    assert central.enroll_count() == 2 and len(central.nodes) == 1
+    assert tree(prefix) == []
+
+
 async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
     from .sshd import free_port
 
