@@ -102,6 +102,9 @@ async def _add_node(
 ) -> AddNodeResult:
     layout = NodeLayout(req.prefix)
     store = KnownHosts(req.known_hosts or known_hosts_path())
+    # Read the payload before touching anything: a missing file must not cost an enrollment.
+    daemon_text = _read_text("render", "daemon", req.daemon_source)
+    template = _read_text("render", "unit template", req.unit_template)
 
     def script(mode: str, **extra: Any) -> str:
         return render_script(mode, layout=layout, init=req.init, python=req.python,
@@ -141,8 +144,6 @@ async def _add_node(
     installed = False
     try:
         async with runner.run("render") as step:
-            daemon_text = _read_text("render", "daemon", req.daemon_source)
-            template = _read_text("render", "unit template", req.unit_template)
             unit = render_unit(template, facts["python"], layout)
             install_script = script("install", keep_bundle=keep, expect_node_id=node_id,
                                     daemon_text=daemon_text, bundle=bundle, unit_text=unit)

@@ -105,6 +105,23 @@ async def test_name_taken_at_the_server(
     assert tree(prefix) == []
 
 
+async def test_missing_daemon_file_fails_before_anything(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, tmp_path: Path
+) -> None:
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(daemon_source=tmp_path / "nope.py"))
+    assert (err.value.step, err.value.code) == ("render", "missing_file")
+    assert central.requests == []
+
+
+async def test_remove_unknown_node(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
+    from installer import RemoveNodeRequest, remove_node
+
+    with pytest.raises(InstallerError) as err:
+        await remove_node(RemoveNodeRequest(node="nope", server=make_request().server))
+    assert (err.value.step, err.value.code) == ("revoke", "unknown_node")
+
+
 async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
     from .sshd import free_port
 

@@ -121,3 +121,22 @@ def test_install_leaves_no_script_or_stage_behind(tmp_path: Path) -> None:
         "etc/dvic-node/bundle.json", "etc/dvic-node", "opt/dvic-node/dvic_node.py", "var/lib/dvic-node")}
     assert modes == {"etc/dvic-node/bundle.json": "0o600", "etc/dvic-node": "0o700",
                      "opt/dvic-node/dvic_node.py": "0o644", "var/lib/dvic-node": "0o700"}
+
+
+PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+
+
+@pytest.mark.skipif(not PY38.exists(), reason="no Python 3.8 here")
+def test_the_daemon_must_parse_with_the_targets_python(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    layout = NodeLayout(str(root))
+    script = render_script("check", layout=layout, init="none", python=str(PY38), target_path=DEFAULT_TARGET_PATH)
+    rc, facts, error = _run(script, "check", tmp_path)
+    assert (rc, error, facts["python_version"]) == (0, None, "3.8.18")
+
+    newer_syntax = "match 1:\n    case 1:\n        pass\n"  # Python 3.10+
+    script = _install(layout, python=str(PY38), daemon_text=newer_syntax,
+                      unit_text=render_unit(MINIMAL_UNIT, str(PY38), layout))
+    rc, _, error = _run(script, "install", tmp_path)
+    assert rc != 0 and error is not None and error[0] == "bad_daemon" and "3.8.18" in error[1]
+    assert not root.exists()
