@@ -1,4 +1,4 @@
-"""Command line: `python3 -m dvic_log run --name NAME -- CMD ARGS` logs any program's output."""
+"""Command line: `run` logs any program's output; `cat` and `ls` read demo logs by hand."""
 
 import argparse
 import os
@@ -6,9 +6,10 @@ import signal
 import sys
 from typing import List, Optional, Tuple
 
-from ._config import ConfigError
+from ._config import ConfigError, resolve_dir
 from ._format import LEVELS
 from ._run import Runner
+from ._show import cat, ls, resolve
 
 EXIT_USAGE = 2
 
@@ -49,6 +50,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-q", "--quiet", action="store_true", help="do not echo CMD's output")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    cat = sub.add_parser(
+        "cat",
+        help="print demo logs readably",
+        description="Print dvic_log files as readable text (time, level, [logger], message, traceback).",
+    )
+    cat.add_argument("targets", nargs="+", metavar="FILE|TOKEN|NAME", help="a file, a token, or a demo name")
+    cat.add_argument("-f", "--follow", action="store_true", help="keep printing new lines, across rotations")
+    cat.add_argument("-a", "--all", action="store_true", help="start with the previous (.1) file")
+    cat.add_argument(
+        "--dir", dest="directory", help="where to look up tokens and names (default: $DVIC_LOG_DIR)"
+    )
+
+    ls = sub.add_parser("ls", help="list the demo logs of this machine", description="List dvic_log files.")
+    ls.add_argument("--dir", dest="directory", help="log directory (default: $DVIC_LOG_DIR or /tmp)")
+    ls.add_argument("--json", action="store_true", help="print one JSON array (for scripts)")
     return parser
 
 
@@ -77,11 +94,7 @@ def _die_like(signum: int) -> int:
     return 128 + signum  # only reached for a signal whose default action does not terminate
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    options, command = _split_command(args)
-    parser = _parser()
-    ns = parser.parse_args(options)
+def _run(parser: argparse.ArgumentParser, ns: argparse.Namespace, command: Optional[List[str]]) -> int:
     if command is None:
         command = ns.cmd
     elif ns.cmd:
@@ -107,6 +120,50 @@ def main(argv: Optional[List[str]] = None) -> int:
     if returncode < 0:
         return _die_like(-returncode)
     return returncode
+
+
+def _reader_closed() -> int:
+    """Our stdout reader went away (`| head`): stop quietly, like cat(1)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the final flush at exit cannot fail again
+    os.close(devnull)
+    return 0
+
+
+def _cat(ns: argparse.Namespace) -> int:
+    try:
+        directory = resolve_dir(ns.directory)
+        paths = [resolve(target, directory) for target in ns.targets]
+        return cat(paths, follow=ns.follow, include_previous=ns.all)
+    except BrokenPipeError:
+        return _reader_closed()
+    except (ConfigError, OSError) as exc:
+        print("dvic_log cat: %s" % exc, file=sys.stderr)
+        return 1
+
+
+def _ls(ns: argparse.Namespace) -> int:
+    try:
+        return ls(resolve_dir(ns.directory), as_json=ns.json)
+    except BrokenPipeError:
+        return _reader_closed()
+    except ConfigError as exc:
+        print("dvic_log ls: %s" % exc, file=sys.stderr)
+        return 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    options, command = _split_command(args)
+    parser = _parser()
+    ns = parser.parse_args(options)
+    if ns.command_name == "run":
+        return _run(parser, ns, command)
+    if command:  # `cat -- FILE`: after "--" come only targets
+        ns = parser.parse_args(options + ["--"] + command)
+    if ns.command_name == "cat":
+        return _cat(ns)
+    return _ls(ns)
 
 
 if __name__ == "__main__":
