@@ -182,6 +182,34 @@ def check_run_signal(work, lib_dir):
     assert [r["msg"] for r in parse(path)[1]][:2] == ["ready", "got 15"]
 
 
+def check_cat_and_ls(work, lib_dir):
+    import dvic_log
+
+    fresh_dir(work, "readers")
+    with dvic_log.open_log("readable", max_bytes=4096) as log:
+        for i in range(100):
+            log.info(f"line {i}")
+    env = dict(os.environ, PYTHONPATH=lib_dir)
+    cat = subprocess.run(
+        [sys.executable, "-m", "dvic_log", "cat", "--all", "readable"],
+        env=env,
+        stdout=subprocess.PIPE,
+        timeout=60,
+        check=True,
+    )
+    lines = cat.stdout.decode().splitlines()
+    assert lines[-1].endswith("INFO     line 99"), lines[-1:]
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvic_log", "ls", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        timeout=60,
+        check=True,
+    )
+    (row,) = json.loads(listed.stdout)
+    assert row["name"] == "readable" and row["state"] == "alive"
+
+
 def main():
     lib_dir, work = sys.argv[1], sys.argv[2]
     sys.path.insert(0, lib_dir)
@@ -192,6 +220,7 @@ def main():
         ("rotation", lambda: check_rotation(work)),
         ("run exit code", lambda: check_run_exit_code(work, lib_dir)),
         ("run signal", lambda: check_run_signal(work, lib_dir)),
+        ("cat and ls", lambda: check_cat_and_ls(work, lib_dir)),
     ]
     failed = 0
     for name, check in checks:
