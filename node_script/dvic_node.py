@@ -2121,8 +2121,10 @@ class Daemon:
         ka = KeepAlive(url, self.bundle["token"], self.ssl_context)
         loop = asyncio.get_running_loop()
         last_error = ""
+        delay = min(1.0, self.keepalive_interval)  # the first one early: a liveness signal even without wss
         try:
-            while not await self._sleep(self.keepalive_interval):
+            while not await self._sleep(delay):
+                delay = self.keepalive_interval
                 body = {"firmware": "dvic-node/%s" % VERSION}  # type: Dict[str, Any]
                 sample = self.metrics_buffer[-1] if self.metrics_buffer else {}
                 if "uptime" in sample:

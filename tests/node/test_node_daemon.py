@@ -57,6 +57,8 @@ def test_node_online_metrics_lines_once_and_demo_exit(central: CentralServer, tm
         detail = wait_until_sync(lambda: (d := central.node(node_id)).get("sample") and d, 20, "metrics")
         assert "cpu" in detail["sample"] and "mem" in detail["sample"]
         assert detail["facts"]["hostname"] and detail["daemon_version"] == "0.1.0"
+        wait_until_sync(lambda: central.node(node_id)["facts"].get("firmware") == "dvic-node/0.1.0", 20,
+                        "a keep-alive POST")  # the server keeps the keep-alive's firmware as a fact
         wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 50, 20, "50 demo lines")
         lines = demo_lines(central, node_id)
         assert [ln["msg"] for ln in lines] == demo.expected()  # each exactly once, in order
@@ -166,6 +168,9 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
         errors = wait_until_sync(lambda: events(central, node_id, "error"), 20, "error events")
         assert any("broken header" in e["message"] and "dvic_log_00000000000000aa" in e["message"]
                    for e in errors)
+        own = all_logs(central, node_id, source="daemon")  # the daemon's own warnings are shipped too
+        assert any("broken header" in ln["msg"] and ln["unit"] == "dvic-node" and ln["level"] == "WARNING"
+                   for ln in own)
         assert daemon.running()
     finally:
         daemon.stop()
