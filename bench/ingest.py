@@ -184,7 +184,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report.add("server CPU during the run", round(procstat.cpu_percent(before, after), 1), "% of one core")
     report.add("client CPU during the run", round(result.get("cpu_s", 0.0) / max(result.get("seconds", 1), 1e-9)
                                                    * 100, 1), "% of one core")
-    report.add("server peak RSS", round(after.peak_rss_bytes / 2**20, 1), "MiB")
+    report.add("server peak RSS", round(after.peak_rss_bytes / 1e6, 1), "MB")
     report.add("client encode (before the clock)", round(ready.get("encode_s", 0.0), 2), "s")
     if result.get("error"):
         report.note(f"load generator error: {result['error']}")

@@ -178,7 +178,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     stored = stored_keepalives(server.db_path)
     report.add("keep-alives answered / stored", f"{completed:,} / {stored:,}", target="stored >= answered",
                ok=stored >= completed)
-    report.add("server peak RSS", round(peak / 2**20, 1), "MiB")
+    report.add("server peak RSS", round(peak / 1e6, 1), "MB")
     return report
 
 

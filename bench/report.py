@@ -32,6 +32,16 @@ def latency_summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def cpu_pressure() -> str:
+    """The kernel's share of the last 10 s in which some task waited for a CPU (PSI), or n/a."""
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as fh:
+            first = fh.readline().split()
+        return next(f.split("=")[1] + "%" for f in first if f.startswith("avg10="))
+    except (OSError, StopIteration, IndexError):
+        return "n/a"
+
+
 def machine() -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -58,6 +68,7 @@ class Report:
     params: dict[str, Any] = field(default_factory=dict)
     # Other work on a shared machine skews figures: say how busy it was when the run began.
     load_at_start: float = field(default_factory=lambda: os.getloadavg()[0])
+    cpu_pressure_at_start: str = field(default_factory=lambda: cpu_pressure())
 
     def add(self, name: str, value: Any, unit: str = "", *, target: str = "", ok: bool | None = None) -> None:
         self.figures.append(Figure(name, value, unit, target, ok))
@@ -67,7 +78,8 @@ class Report:
 
     def render(self) -> str:
         width = max((len(f.name) for f in self.figures), default=10) + 2
-        params = {**self.params, "load average at start": f"{self.load_at_start:.2f}"}
+        params = {**self.params, "load average at start": f"{self.load_at_start:.2f}",
+                  "CPU pressure at start": self.cpu_pressure_at_start}
         out = [f"== {self.title} ==", "  " + ", ".join(f"{k}={v}" for k, v in params.items())]
         for f in self.figures:
             line = f"  {f.name:<{width}}{_fmt(f.value)} {f.unit}".rstrip()
@@ -80,7 +92,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "title": self.title, "machine": {**machine(), "load_at_start": self.load_at_start},
+            "title": self.title, "machine": {**machine(), "load_at_start": self.load_at_start,
+                                             "cpu_pressure_at_start": self.cpu_pressure_at_start},
             "params": self.params,
             "figures": {f.name: {"value": f.value, "unit": f.unit, "target": f.target, "ok": f.ok}
                         for f in self.figures},

@@ -49,3 +49,13 @@ def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
                     "--nodes", "3")
     assert doc["figures"]["[wrk] requests"]["value"] > 0
     assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
+
+
+def test_fleet_smoke(tmp_path: Path) -> None:
+    doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1")
+    figures = doc["figures"]
+    assert figures["nodes connected (mTLS websocket + hello)"]["ok"] is True
+    assert figures["lines sent / acked / stored"]["ok"] is True
+    assert figures["subscriber lines received"]["ok"] is True
+    assert figures["  timed lines (after warm-up)"]["value"] > 0
+    assert figures["connections dropped during the run"]["value"] == 0

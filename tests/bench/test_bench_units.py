@@ -88,6 +88,8 @@ def run_bench(module: str, *args: str, timeout: float = 60) -> subprocess.Comple
     ("bench.ingest", ["--nodes", "0"], "expected an integer >= 1"),
     ("bench.keepalive", ["--conns", "2", "--procs", "3"], "more processes than connections"),
     ("bench.keepalive", ["--duration", "-1"], "expected a number > 0"),
+    ("bench.fleet", ["--nodes", "2", "--procs", "3"], "more processes than nodes"),
+    ("bench.fleet", ["--duration", "2", "--warmup", "3"], "shorter than --duration"),
 ])
 def test_bad_options_get_a_specific_error(module: str, args: list[str], message: str) -> None:
     result = run_bench(module, *args)

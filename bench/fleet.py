@@ -1,0 +1,221 @@
+"""Fleet simulator: N nodes over real mutual-TLS websockets, timed from node to an operator's stream.
+
+    python3 -m bench.fleet [--nodes 2000] [--lines-per-s 5] [--duration 60] [--interval 5]
+
+Starts a real server, enrolls the nodes through the API (concurrently, timed), runs them from
+separate processes (--procs), and subscribes to every node's logs on GET /api/v1/stream. Prints
+the node-to-subscriber latency (p50/p99/max), the server's RSS and CPU, acks, and lines sent vs
+stored (read from the database after the server stopped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from . import procstat
+from .common import add_common_args, positive_float, positive_int, work_dir
+from .enroll import enroll_fleet, save_fleet
+from .report import Report, latency_summary
+from .server import BenchServer
+from .subscriber import LatencySubscriber
+from .workers import Worker
+
+TARGET_P99_S = 0.250
+TARGET_RSS_MB = 400
+
+
+def stored_by_node(db_path: Path) -> dict[str, tuple[int, int]]:
+    """node id -> (rows, highest seq) in the server's database."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT node_id, count(*), max(seq) FROM logs GROUP BY node_id").fetchall()
+    finally:
+        conn.close()
+    return {node: (int(count), int(top)) for node, count, top in rows}
+
+
+async def sample_peak(tracker: procstat.PeakTracker, until: float) -> None:
+    """RSS once a second until `until` (monotonic): the peak during the run, not only at the end."""
+    for _ in range(100_000):
+        if time.monotonic() >= until or tracker.sample() is None:
+            return
+        await asyncio.sleep(1.0)
+
+
+async def run(args: argparse.Namespace, work: Path) -> Report:
+    report = Report("Central server: fleet of simulated nodes", params={
+        "nodes": args.nodes, "lines_per_s": args.lines_per_s, "duration_s": args.duration,
+        "interval_s": args.interval, "batch_interval_s": args.batch_interval, "procs": args.procs,
+    })
+    server = BenchServer(work / "central").start()
+    workers: list[Worker] = []
+    subscriber: LatencySubscriber | None = None
+    try:
+        creds = work / "nodes"
+        creds.mkdir()
+        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
+                                   prefix="sim", concurrency=args.enroll_concurrency)
+        report.add("enrollment (POST /api/v1/nodes)", f"{len(fleet.nodes):,} nodes in {fleet.seconds:.1f} s "
+                   f"({fleet.rate:.0f}/s, {args.enroll_concurrency} at a time)")
+        fleet_file = work / "fleet.json"
+        save_fleet(fleet, fleet_file)
+        report.add("server RSS after enrollment", round(procstat.read(server.pid).rss_bytes / 1e6, 1), "MB")
+
+        share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
+        first = 0
+        for i, count in enumerate(share):
+            workers.append(Worker(f"fleet-worker-{i}", "bench.fleet_worker", [
+                "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
+                "--lines-per-s", str(args.lines_per_s), "--batch-interval", str(args.batch_interval),
+                "--interval", str(args.interval), "--duration", str(args.duration), "--warmup", str(args.warmup),
+                "--connect-concurrency", str(args.connect_concurrency),
+            ], work))
+            first += count
+        connect_started = time.monotonic()
+        for w in workers:
+            await w.start()
+        ready = [await w.expect("ready", timeout=args.connect_timeout) for w in workers]
+        connect_s = time.monotonic() - connect_started
+        connected = sum(r["connected"] for r in ready)
+        report.add("nodes connected (mTLS websocket + hello)", f"{connected:,} of {args.nodes:,} in {connect_s:.1f} s",
+                   target="all", ok=connected == args.nodes)
+        for r in ready:
+            for err in r.get("errors", []):
+                report.note(f"connect error: {err}")
+
+        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context())
+        await subscriber.start()
+        idle = procstat.read(server.pid)
+        report.add("server RSS, all connected, idle", round(idle.rss_bytes / 1e6, 1), "MB")
+
+        tracker = procstat.PeakTracker(server.pid)
+        go_wall = time.time()
+        go = time.monotonic()
+        subscriber.measure_from = go_wall + args.warmup
+        for w in workers:
+            await w.send("go")
+        sampler = asyncio.create_task(sample_peak(tracker, go + args.duration))
+        await asyncio.sleep(args.warmup)
+        before = procstat.read(server.pid)
+        await asyncio.sleep(max(0.0, go + args.duration - time.monotonic()))
+        after = procstat.read(server.pid)
+        results = [await w.expect("result", timeout=args.duration + 120) for w in workers]
+        for w in workers:
+            await w.finish()
+        workers = []
+        await sampler
+        acked_total = sum(r.get("lines_acked", 0) for r in results)
+        await subscriber.wait_for_lines(acked_total, timeout=15)
+        peak = procstat.read(server.pid)
+        await subscriber.stop()
+    finally:
+        for w in workers:
+            w.kill()
+        if subscriber is not None:
+            await subscriber.stop()
+        server.stop()
+
+    stored = stored_by_node(server.db_path)
+    _add_results(report, args, results, subscriber, stored, before, after, peak, tracker, connected)
+    return report
+
+
+def _add_results(report: Report, args: argparse.Namespace, results: list[dict[str, Any]],
+                 sub: LatencySubscriber, stored: dict[str, tuple[int, int]], before: procstat.ProcSample,
+                 after: procstat.ProcSample, peak: procstat.ProcSample, tracker: procstat.PeakTracker,
+                 connected: int) -> None:
+    for r in results:
+        if r.get("error"):
+            report.note(f"worker error: {r['error']}")
+    sent = sum(r.get("lines_sent", 0) for r in results)
+    acked = sum(r.get("lines_acked", 0) for r in results)
+    send_s = max((r.get("send_seconds", 0.0) for r in results), default=0.0)
+    sent_by_node: dict[str, int] = {}
+    for r in results:
+        sent_by_node.update(r.get("sent_by_node", {}))
+    rows = sum(count for count, _ in stored.values())
+    short = [node for node, seq in sent_by_node.items() if stored.get(node, (0, 0))[0] < seq]
+    lat = latency_summary(sub.latencies)
+
+    offered = connected * args.lines_per_s
+    report.add("log lines sent", f"{sent:,} ({sent / send_s if send_s else 0:,.0f}/s; offered {offered:,.0f}/s)")
+    report.add("frames sent (logs / metrics)", f"{sum(r.get('frames', 0) for r in results):,} / "
+                                               f"{sum(r.get('metrics_sent', 0) for r in results):,}")
+    acks_ms = sorted(v for r in results for v in r.get("ack_latencies_ms", []))
+    ack = latency_summary(acks_ms)
+    report.add("latency frame sent -> ack p50 / p99 / max",
+               f"{ack['p50']:.1f} / {ack['p99']:.1f} / {ack['max']:.1f}", "ms")
+    report.add("latency node -> subscriber p50", round(lat["p50"] * 1000, 1), "ms")
+    report.add("latency node -> subscriber p99", round(lat["p99"] * 1000, 1), "ms",
+               target=f"< {TARGET_P99_S * 1000:.0f} ms", ok=lat["p99"] < TARGET_P99_S)
+    report.add("latency node -> subscriber max", round(lat["max"] * 1000, 1), "ms")
+    report.add("  timed lines (after warm-up)", int(lat["count"]))
+    report.add("subscriber lines received", f"{sub.lines:,} of {acked:,} acked",
+               target="all, never cut off", ok=sub.lines >= acked and not sub.cut_off)
+    if sub.cut_off:
+        report.note(f"the subscriber was disconnected by the server (close code {sub.close_code})")
+    report.add("acks received", sum(r.get("acks", 0) for r in results))
+    report.add("lines sent / acked / stored", f"{sent:,} / {acked:,} / {rows:,}", target="nothing lost",
+               ok=rows == sent == acked and not short)
+    if short:
+        report.note(f"{len(short)} nodes have fewer stored lines than sent, e.g. {short[:3]}")
+    dropped = {k: v for r in results for k, v in r.get("dropped_during_run", {}).items()}
+    report.add("connections dropped during the run", len(dropped), target="0", ok=not dropped)
+    if dropped:
+        codes = sorted({str(v) for v in dropped.values()})
+        report.note(f"close codes of dropped connections: {', '.join(codes)}")
+    report.add("server peak RSS (VmHWM, whole run)", round(peak.peak_rss_bytes / 1e6, 1), "MB",
+               target=f"< {TARGET_RSS_MB} MB", ok=peak.peak_rss_bytes < TARGET_RSS_MB * 1e6)
+    report.add("server RSS at the end", round(peak.rss_bytes / 1e6, 1), "MB")
+    report.add("server CPU, all threads", round(procstat.cpu_percent(before, after), 1), "% of one core")
+    report.add("server CPU, event loop", round(procstat.main_thread_percent(before, after), 1), "% of one core")
+    report.add("event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
+    client_cpu = sum(r.get("cpu_s", 0.0) for r in results)
+    report.add("load generators' CPU", round(100 * client_cpu / send_s if send_s else 0.0, 1), "% of one core")
+    report.add("worst send-schedule lateness", round(max((r.get("worst_tick_lateness", 0.0) for r in results),
+                                                         default=0.0) * 1000, 1), "ms")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.fleet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=positive_int, default=2000, help="simulated nodes (2000)")
+    p.add_argument("--lines-per-s", type=positive_float, default=5.0, help="log lines per second per node (5)")
+    p.add_argument("--duration", type=positive_float, default=60.0, help="seconds of sending (60)")
+    p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
+    p.add_argument("--batch-interval", type=positive_float, default=0.2,
+                   help="seconds between a node's log flushes, like the daemon's --poll-interval (0.2)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds at the start not timed for latency (default: 10%% of --duration, at most 5)")
+    p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")
+    p.add_argument("--enroll-concurrency", type=positive_int, default=32, help="enrollments in flight (32)")
+    p.add_argument("--connect-concurrency", type=positive_int, default=64,
+                   help="TLS connects in flight per process (64)")
+    p.add_argument("--connect-timeout", type=positive_float, default=600.0,
+                   help="give up when the nodes are not all connected after this (600 s)")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.procs > args.nodes:
+        p.error("--procs: more processes than nodes")
+    if args.warmup is None:
+        args.warmup = min(5.0, args.duration / 10)
+    if not 0 <= args.warmup < args.duration:
+        p.error("--warmup: must be at least 0 and shorter than --duration")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with work_dir(args.work_dir, args.keep, "fleet") as work:
+        report = asyncio.run(run(args, work))
+    report.emit(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Fleet benchmark load: a slice of the simulated nodes, each on its own mutual-TLS websocket.
+
+Every node says hello, sends a metrics sample every `interval` seconds and `lines-per-s` log
+lines a second, flushed every `batch-interval` seconds like the daemon's file poll. Each line's
+text ends with `sent=<unix time>` stamped just before its frame is written, so a subscriber can
+measure the time from a line leaving its node to reaching it.
+Run by bench/fleet.py (stdin/stdout protocol of bench/workers.py), never by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from . import loglines
+from .enroll import NodeCreds, load_fleet
+from .workers import emit, wait_for_go
+from .wsnode import NodeConnectError, connect_node
+
+TICK_S = 0.01
+
+
+@dataclass(eq=False)
+class SimNode:
+    creds: NodeCreds
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    seq: int = 0  # last seq sent
+    acked: int = 0
+    acks: int = 0
+    budget: float = 0.0
+    next_metrics: float = 0.0
+    metrics_sent: int = 0
+    frames: int = 0
+    close_code: int | None = None
+    reader: asyncio.Task[None] | None = field(default=None, repr=False)
+    # (last seq of a frame, monotonic send time) until its ack: the server's commit latency.
+    unacked: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
+    ack_latencies: list[float] | None = field(default=None, repr=False)
+
+    async def read(self) -> None:
+        """Count acks until the connection ends (the server's pings are answered by aiohttp)."""
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            reply = json.loads(msg.data)
+            if reply.get("type") == "ack":
+                self.acks += 1
+                self.acked = max(self.acked, int(reply["seq"]))
+                now = time.monotonic()
+                while self.unacked and self.unacked[0][0] <= self.acked:
+                    _, sent = self.unacked.popleft()
+                    if self.ack_latencies is not None:
+                        self.ack_latencies.append(now - sent)
+        self.close_code = self.ws.close_code
+
+    async def flush(self, lines_per_flush: float, spread: float) -> int:
+        """Send the lines that piled up since the last flush; returns how many."""
+        self.budget += lines_per_flush
+        count = int(self.budget)
+        if count == 0 or self.ws is None or self.ws.closed:
+            return 0
+        self.budget -= count
+        sent_at = time.time()
+        lines = []
+        for k in range(count):
+            seq = self.seq + 1 + k
+            made_at = sent_at - spread * (count - 1 - k) / count
+            text = f"{loglines.message(self.creds.index, seq)} sent={sent_at:.6f}"
+            lines.append(loglines.line(self.creds.index, seq, made_at, text))
+        frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
+        self.unacked.append((self.seq + count, time.monotonic()))
+        await self.ws.send_str(frame)
+        self.seq += count
+        self.frames += 1
+        return count
+
+    async def send_metrics(self, interval: float) -> None:
+        if self.ws is None or self.ws.closed:
+            return
+        await self.ws.send_str(json.dumps(loglines.metrics(time.time(), self.creds.index, self.metrics_sent)))
+        self.metrics_sent += 1
+        self.next_metrics += interval
+
+
+async def connect_all(session: aiohttp.ClientSession, ca_path: str, nodes: list[SimNode],
+                      concurrency: int) -> list[str]:
+    gate = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+
+    async def one(node: SimNode) -> None:
+        async with gate:
+            try:
+                node.ws, _ = await connect_node(session, ca_path, node.creds)
+            except (NodeConnectError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                errors.append(str(exc))
+                return
+        node.reader = asyncio.create_task(node.read())
+
+    await asyncio.gather(*(one(n) for n in nodes))
+    return errors
+
+
+async def drive(nodes: list[SimNode], args: argparse.Namespace) -> tuple[float, list[float]]:
+    """The send schedule; returns the worst lateness of a tick (how far the loop fell behind), and
+    the ack latencies of frames sent after the warm-up (filled in while acks arrive)."""
+    loop = asyncio.get_running_loop()
+    slots = max(1, round(args.batch_interval / TICK_S))
+    by_slot: list[list[SimNode]] = [[] for _ in range(slots)]
+    live = [n for n in nodes if n.ws is not None]
+    for i, node in enumerate(live):
+        by_slot[i % slots].append(node)
+    start = loop.time()
+    for i, node in enumerate(live):
+        node.next_metrics = start + args.interval * i / max(1, len(live))  # spread, as real nodes are
+    per_flush = args.lines_per_s * args.batch_interval
+    worst = 0.0
+    ack_latencies: list[float] = []
+    for tick in range(int(args.duration / TICK_S) + 1):
+        due = start + tick * TICK_S
+        now = loop.time()
+        if now >= start + args.duration:
+            break
+        worst = max(worst, now - due)
+        if tick == int(args.warmup / TICK_S):
+            for node in live:  # time acks only after the warm-up, like the subscriber
+                node.ack_latencies = ack_latencies
+        for node in by_slot[tick % slots]:
+            try:
+                await node.flush(per_flush, args.batch_interval)
+                if now >= node.next_metrics:
+                    await node.send_metrics(args.interval)
+            except (ConnectionError, RuntimeError):
+                pass  # the reader records the close; the node's lines stay counted as unsent
+        delay = start + (tick + 1) * TICK_S - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return worst, ack_latencies
+
+
+async def drain(nodes: list[SimNode], timeout: float) -> None:
+    """Wait (bounded) until every open node has its last line acknowledged."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if all(n.acked >= n.seq for n in nodes if n.ws is not None and not n.ws.closed):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def main(args: argparse.Namespace, fleet_nodes: list[NodeCreds], ca_path: str) -> int:
+    nodes = [SimNode(c) for c in fleet_nodes[args.start:args.start + args.count]]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.monotonic()
+        errors = await connect_all(session, ca_path, nodes, args.connect_concurrency)
+        emit("ready", connected=sum(1 for n in nodes if n.ws is not None), failed=len(errors),
+             errors=errors[:5], connect_s=time.monotonic() - started)
+        if not await wait_for_go(args.ready_timeout):
+            emit("result", error="no go from the parent")
+            return 1
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        sent_from = time.time()
+        worst, ack_latencies = await drive(nodes, args)
+        send_seconds = time.time() - sent_from
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        await drain(nodes, args.drain_timeout)
+        dropped = {n.creds.node_id: n.close_code for n in nodes if n.ws is not None and n.ws.closed}
+        await asyncio.wait_for(asyncio.gather(*(n.ws.close() for n in nodes if n.ws is not None),
+                                              return_exceptions=True), 30)
+        readers = [n.reader for n in nodes if n.reader is not None]
+        if readers:
+            await asyncio.wait(readers, timeout=10)
+    emit("result", send_seconds=send_seconds, worst_tick_lateness=worst,
+         lines_sent=sum(n.seq for n in nodes), frames=sum(n.frames for n in nodes),
+         metrics_sent=sum(n.metrics_sent for n in nodes), acks=sum(n.acks for n in nodes),
+         lines_acked=sum(n.acked for n in nodes), dropped_during_run=dropped,
+         sent_by_node={n.creds.node_id: n.seq for n in nodes},
+         ack_latencies_ms=[round(v * 1000, 2) for v in ack_latencies],
+         cpu_s=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime))
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--start", type=int, required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--lines-per-s", type=float, default=5.0)
+    p.add_argument("--batch-interval", type=float, default=0.2)
+    p.add_argument("--interval", type=float, default=5.0)
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--connect-concurrency", type=int, default=64)
+    p.add_argument("--drain-timeout", type=float, default=15.0)
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    options = parse_args()
+    fleet = load_fleet(Path(options.fleet))
+    raise SystemExit(asyncio.run(main(options, fleet.nodes, fleet.ca_path)))
