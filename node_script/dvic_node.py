@@ -807,6 +807,23 @@ class MetricsCollector:
 # Spool: bounded on-disk queue of unacknowledged log lines, with the read positions they came from
 # ---------------------------------------------------------------------------------------------
 
+SOURCES = ("demo", "system", "daemon")
+
+
+def wire_line(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """A spooled record as a protocol `logs` line; anything odd is normalised, never a poison line that
+    the server would refuse on every reconnect."""
+    source = rec.get("source") if rec.get("source") in SOURCES else "daemon"
+    msg = rec.get("msg")
+    msg, cut = clip_utf8(msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False), MAX_MSG_BYTES)
+    out = {"seq": int(rec["seq"]), "ts": sane_ts(rec.get("ts")), "source": source,
+           "unit": str(rec.get("unit") or "")[:256], "level": normalize_level(rec.get("level")), "msg": msg,
+           "truncated": bool(rec.get("truncated")) or cut}  # type: Dict[str, Any]
+    if source == "demo":
+        out["demo"] = str(rec.get("demo") or "")[:64]
+    return out
+
+
 class Segment:
     __slots__ = ("path", "first_seq", "last_seq", "size", "lines")
 
@@ -1090,8 +1107,7 @@ class Spool:
                 if out and (len(out) >= max_lines or size + length > max_bytes):
                     self._read_cache = (seg.first_seq, prev_pos, out[-1]["seq"] + 1)
                     return out
-                rec.pop("_p", None)
-                out.append(rec)
+                out.append(wire_line(rec))
                 size += length
                 prev_pos = pos
             if out:
@@ -1844,8 +1860,8 @@ class SpoolLogHandler(logging.Handler):
         self._count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        if getattr(self._local, "busy", False):
-            return  # a warning raised while spooling a warning: stderr already has it
+        if getattr(self._local, "busy", False) or threading.current_thread() is not threading.main_thread():
+            return  # re-entered, or a worker thread (the spool is the event loop's): stderr has it anyway
         now = time.monotonic()
         if now - self._window > 60:
             self._window, self._count = now, 0

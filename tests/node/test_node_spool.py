@@ -145,3 +145,13 @@ def test_unreadable_spool_lines_are_skipped(tmp_path: Path, bad: bytes) -> None:
     spool2 = opened(tmp_path)
     spool2.append([line(3)])
     assert [r["seq"] for r in spool2.read(1)] == [1, 2]
+
+
+def test_odd_spooled_records_are_normalised_for_the_wire(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    spool.append([{"ts": "yesterday", "source": "alien", "level": "loud", "msg": {"k": 1}, "unit": 7},
+                  {"ts": 5.0, "source": "demo", "demo": "t" * 100, "level": "ERROR", "msg": "ok"}])
+    a, b = spool.read(1)
+    assert a["source"] == "daemon" and a["level"] == "INFO" and a["msg"] == '{"k": 1}' and a["unit"] == "7"
+    assert isinstance(a["ts"], float) and "demo" not in a
+    assert b["ts"] == 5.0 and len(b["demo"]) == 64 and b["truncated"] is False
