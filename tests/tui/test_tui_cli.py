@@ -137,31 +137,6 @@ async def test_events_table(fake: FakeCentral, dvic_env: dict[str, str]) -> None
     assert [e["kind"] for e in json.loads(res.out)["events"]] == ["state", "log_gap"]
 
 
-async def test_operators_lifecycle(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    env = env_for(dvic_env, fake)
-    res = await run_dvic(env, "operators", "add", "alice", "--role", "operator")
-    assert res.code == 0, res.err
-    assert "token (shown once" in res.out
-    token = res.out.strip().split()[-1]
-    assert fake.tokens[token] == "alice"
-    fake.add_operator("bob", "viewer", status="pending")
-    res = await run_dvic(env, "operators", "approve", "bob", "--role", "viewer")
-    assert res.code == 0 and fake.operators["bob"]["status"] == "active"
-    res = await run_dvic(env, "operators", "role", "bob", "admin")
-    assert res.code == 0 and fake.operators["bob"]["role"] == "admin"
-    res = await run_dvic(env, "operators", "token", "bob", "--json")
-    assert fake.tokens[json.loads(res.out)["token"]] == "bob"
-    res = await run_dvic(env, "operators", "disable", "bob")
-    assert res.code == 0 and fake.operators["bob"]["status"] == "disabled"
-    res = await run_dvic(env, "operators", "list")
-    table = {line.split()[0]: line.split()[1:3] for line in res.out.splitlines()[1:]}
-    assert table["alice"] == ["operator", "active"] and table["bob"] == ["admin", "disabled"]
-    res = await run_dvic(env, "operators", "approve", "alice")
-    assert res.code == 1 and "not_pending" in res.err
-    res = await run_dvic(env_for(dvic_env, fake, token=token), "operators", "list")
-    assert res.code == 1 and "HTTP 403" in res.err
-
-
 async def test_login_pins_ca_after_fingerprint(fake_tls: FakeCentral, dvic_env: dict[str, str]) -> None:
     assert fake_tls.ca_path is not None
     expected = pinning.from_pem_file(str(fake_tls.ca_path)).sha256
@@ -189,17 +164,6 @@ async def test_login_pins_ca_after_fingerprint(fake_tls: FakeCentral, dvic_env: 
     assert res.code == 1 and "HTTP 401" in res.err
     res = await run_dvic(dict(dvic_env, DVIC_TOKEN="bad"), "nodes")
     assert res.code == 1
-
-
-async def test_login_register_waits_for_approval(fake_tls: FakeCentral, dvic_env: dict[str, str]) -> None:
-    assert fake_tls.ca_path is not None
-    res = await run_dvic(dvic_env, "login", fake_tls.url, "--ca", str(fake_tls.ca_path), "--yes",
-                         "--register", "carol")
-    assert res.code == 0, res.err
-    assert "waits for an administrator's approval" in res.out
-    assert fake_tls.operators["carol"]["status"] == "pending"
-    res = await run_dvic(dvic_env, "nodes")
-    assert res.code == 1 and "approval" in res.err
 
 
 async def test_wrong_ca_is_refused(fake_tls: FakeCentral, dvic_env: dict[str, str], tmp_path: Path) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.widgets import DataTable, OptionList, Static
+from textual.widgets import DataTable, Static
 
 from tests.tui.tuifake import FakeCentral, wait_for
 from tui.app import DvicApp
 from tui.config import Settings
 from tui.screens.admin import AdminScreen
-from tui.screens.dialogs import ChoiceDialog, ConfirmDialog
 from tui.screens.fleet import FleetScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.node import NodeScreen
@@ -118,38 +117,6 @@ async def test_hostile_node_text_is_literal(fake: FakeCentral) -> None:
         assert "\x1b" not in app.export_screenshot()
 
 
-async def test_node_view_facts_charts_demos_events(fake: FakeCentral) -> None:
-    n = fake.add_node("pi-42", kind="raspberry", group="hall-a")
-    await fake.add_event(n["id"], "state", "offline -> online")
-    app = make_app(fake)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(lambda: app.screen.query_one(DataTable).row_count == 1, what="row")
-        await pilot.press("enter")
-        await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node screen")
-        screen = app.screen
-        await wait_for(lambda: "Debian GNU/Linux 12" in str(screen.query_one("#facts", Static).render()),
-                       what="facts")
-        await wait_for(lambda: "max" in str(screen.query_one("#label-cpu").render()), what="cpu chart")
-        await pilot.press("3")
-        await wait_for(lambda: screen.range_index == 2, what="24h range")
-        await pilot.press("d")
-        demos = screen.query_one("#demo-table", DataTable)
-        await wait_for(lambda: demos.row_count == 2, what="demos")
-        assert demos.get_row_at(0)[1].plain == "● alive" and demos.get_row_at(1)[1].plain == "○ exited"
-        await pilot.press("e")
-        events = screen.query_one("#event-table", DataTable)
-        await wait_for(lambda: events.row_count == 1, what="events")
-        await fake.add_event(n["id"], "log_gap", "spool full")
-        await wait_for(lambda: events.row_count == 2, what="live event")
-        # Maintenance toggles through the API and comes back live.
-        await pilot.press("m")
-        await wait_for(lambda: fake.nodes[n["id"]]["state"] == "maintenance", what="maintenance on")
-        await wait_for(lambda: "maintenance" in str(screen.query_one("#node-title", Static).render()),
-                       what="title shows maintenance")
-        await pilot.press("escape")
-        assert isinstance(app.screen, FleetScreen)
-
-
 async def test_logs_follow_sticks_unless_scrolled_up(fake: FakeCentral) -> None:
     n = fake.add_node("pi-42")
     await fake.add_logs(n["id"], [("INFO", f"old {i}") for i in range(50)])
@@ -192,41 +159,6 @@ async def test_logs_follow_sticks_unless_scrolled_up(fake: FakeCentral) -> None:
         await pilot.press("enter")
         await wait_for(lambda: app.screen.query_text == "old 4", what="search set")
         await wait_for(lambda: "old 4" in log_text(view) and "old 3" not in log_text(view), what="search result")
-
-
-async def test_admin_approves_pending_operator(fake: FakeCentral) -> None:
-    fake.add_operator("dave", "viewer", status="pending")
-    n = fake.add_node("pi-42")
-    app = make_app(fake)
-    async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(lambda: app.connected, what="connected")
-        await pilot.press("a")
-        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="admin screen")
-        admin = app.screen
-        ops = admin.query_one("#op-table", DataTable)
-        await wait_for(lambda: ops.row_count == 2, what="operators")
-        assert ops.get_row_at(0)[0].plain == "dave"  # pending first
-        ops.focus()
-        await pilot.press("a")
-        await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="role picker")
-        app.screen.query_one(OptionList).highlighted = 1
-        await pilot.press("enter")
-        await wait_for(lambda: fake.operators["dave"]["status"] == "active", what="approved")
-        assert fake.operators["dave"]["role"] == "operator"
-        await wait_for(lambda: ops.row_count == 2 and ops.get_row_at(1)[2].plain == "active", what="refreshed")
-        # Revoking a node asks first; "No" is the default.
-        await pilot.press("D")
-        await pilot.press("D")
-        await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirm")
-        await pilot.press("enter")  # focused button is No
-        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="back to admin")
-        assert not fake.nodes[n["id"]]["revoked"]
-        await pilot.press("D")
-        await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirm again")
-        await pilot.press("y")
-        await wait_for(lambda: fake.nodes[n["id"]]["revoked"], what="revoked")
-        audit = admin.query_one("#audit-table", DataTable)
-        await wait_for(lambda: audit.row_count >= 2, what="audit trail")
 
 
 async def test_viewer_sees_admin_required(fake: FakeCentral) -> None:

@@ -55,7 +55,7 @@ async def test_login_then_nodes_logs_follow_offline(central_server: CentralServe
             assert live["msg"] == "live line" and live["node_name"] == "pi-42"
             await node.close()
             # The server restarts: the follower reconnects and prints what was sent meanwhile, once.
-            server.stop()
+            server.kill()  # a crash: the quickest way down, and the harshest for clients
             server.start()
             async with connected(bundle) as again:
                 await again.send_logs([again.line("after restart")])

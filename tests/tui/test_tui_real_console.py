@@ -90,6 +90,13 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
             await pilot.press("e")
             events = view.query_one("#event-table", DataTable)
             await wait_for(lambda: events.row_count >= 1, what="events")
+            # Maintenance through the API; the state change comes back live, as a title and an event.
+            before = events.row_count
+            await pilot.press("m")
+            await wait_for(lambda: server.node("pi-42")["state"] == "maintenance", what="maintenance on")
+            await wait_for(lambda: "maintenance" in str(view.query_one("#node-title", Static).render()),
+                           what="title shows maintenance")
+            await wait_for(lambda: events.row_count > before, what="live state event")
 
             await pilot.press("l")
             await wait_for(lambda: isinstance(app.screen, LogsScreen), what="logs screen")
@@ -163,7 +170,7 @@ async def test_console_survives_server_restart(central_server: CentralServer) ->
             await wait_for(lambda: app.connected, what="connected")
             table = app.screen.query_one(DataTable)
             await wait_for(lambda: table.row_count == 1, what="row")
-            server.stop()
+            server.kill()  # a crash: the quickest way down, and the harshest for clients
             await wait_for(lambda: banner.has_class("-down"), what="banner")
             assert "Connection to the server lost" in str(banner.render())
             server.start()

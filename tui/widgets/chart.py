@@ -44,5 +44,8 @@ class MetricChart(Vertical):
         text = Text(f"{self.title} ", style="bold")
         text.append(f"now {avgs[-1]:.0f}{unit}  avg {sum(avgs) / len(avgs):.0f}{unit}  "
                     f"min {low:.0f}{unit}  max {high:.0f}{unit}", style="dim")
+        if len(avgs) < 2:
+            text.append("  (one sample so far)", style="dim italic")
         label.update(text)
-        spark.data = avgs
+        # One point would fill the whole chart with a single bar: wait for a second one.
+        spark.data = avgs if len(avgs) >= 2 else []
