@@ -12,6 +12,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from .models import ServerSpec
+from .tunnel import read_opened, tunnel_error
 
 _TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 
@@ -139,3 +140,20 @@ class CentralClient:
                 state = last.get("state") if last else "unknown to the server"
                 raise CentralError(0, "timeout", f"node not online after {within:.0f} s (state: {state})")
             await asyncio.sleep(poll)
+
+    async def open_tunnel(self, node: str, host: str, port: int, wait: float = 25.0) -> aiohttp.ClientWebSocketResponse:
+        """``GET /api/v1/nodes/{node}/tunnel``: a websocket carrying a TCP stream the node opened to host:port."""
+        if self._session is None:
+            raise RuntimeError("CentralClient used outside 'async with'")
+        url = f"{self._base}/api/v1/nodes/{quote(node, safe='')}/tunnel"
+        try:
+            ws = await self._session.ws_connect(
+                url, params={"host": host, "port": str(port)}, ssl=self._ssl, heartbeat=20.0,
+                max_msg_size=1024 * 1024,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise tunnel_error(node, host, port, exc.status, exc.message) from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise CentralError(0, "unreachable", f"cannot reach the central server at {self._base}: {exc}") from exc
+        await read_opened(ws, node, host, port, wait)
+        return ws

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,8 +24,17 @@ from .models import (
 from .paths import NodeLayout, known_hosts_path
 from .remote import run_script
 from .render import INIT_MODES, RenderError, check_path, render_script, render_unit
-from .ssh import open_target
+from .ssh import ViaFactory, open_target
 from .steps import StepRunner, central_error
+from .tunnel import NodeTunnel
+
+
+def _via_factory(api: object) -> ViaFactory | None:
+    """How to reach a target through a node: needs a central client that can open tunnels."""
+    open_tunnel = getattr(api, "open_tunnel", None)
+    if open_tunnel is None:
+        return None
+    return lambda source: NodeTunnel(source.node, functools.partial(open_tunnel, source.node))
 
 
 class Central(Protocol):
@@ -114,7 +124,7 @@ async def _add_node(
         conn: asyncssh.SSHClientConnection = await stack.enter_async_context(open_target(
             host=req.host, port=req.port, user=req.user, password=req.password, source=req.source,
             known_hosts=store, expect_host_key=req.expect_host_key, confirm=req.confirm_host_key,
-            connect_timeout=req.connect_timeout,
+            connect_timeout=req.connect_timeout, via_factory=_via_factory(api),
         ))
         step.message = f"{req.user}@{req.host}:{req.port}"
 
@@ -247,7 +257,7 @@ async def remove_node(
                     host=request.host, port=request.port, user=request.user, password=password,
                     source=request.source, known_hosts=KnownHosts(request.known_hosts or known_hosts_path()),
                     expect_host_key=request.expect_host_key, confirm=request.confirm_host_key,
-                    connect_timeout=request.connect_timeout,
+                    connect_timeout=request.connect_timeout, via_factory=_via_factory(central),
                 ))
                 step.message = f"{request.user}@{request.host}:{request.port}"
             async with runner.run("uninstall") as step:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
@@ -13,13 +13,14 @@ from .errors import InstallerError, NotAvailableError
 from .hostkeys import KnownHosts, trusted_host_keys
 from .models import ConfirmHostKey, Direct, Jump, Source, ViaNode
 from .secret import Password
+from .tunnel import NodeTunnel
 
 
 class Tunnel(Protocol):
     """What asyncssh accepts as ``tunnel=``: anything that opens a TCP stream to host:port.
 
-    A jump host's ``SSHClientConnection`` is one; the ``--via NODE`` tunnel through a node's daemon
-    (issue 4) will be another object with this same method.
+    A jump host's ``SSHClientConnection`` is one; ``tunnel.NodeTunnel`` (``--via NODE``, through a
+    node's daemon) is another.
     """
 
     async def create_connection(
@@ -27,14 +28,19 @@ class Tunnel(Protocol):
     ) -> tuple[Any, Any]: ...
 
 
-async def open_via_node(source: ViaNode) -> Tunnel:
-    """The TCP tunnel through a fleet node. Plugs in here when the node tunnel exists (issue 4)."""
-    raise NotAvailableError(
-        "connect",
-        "not_available",
-        f"--via {source.node} is not available yet: it needs the TCP tunnel through a node daemon",
-        "connect with --direct (from this machine) or --jump user@host (through an SSH jump host)",
-    )
+ViaFactory = Callable[[ViaNode], NodeTunnel]
+
+
+def open_via_node(source: ViaNode, via: ViaFactory | None) -> NodeTunnel:
+    """The TCP tunnel through a fleet node, when the caller can open one (the central client can)."""
+    if via is None:
+        raise NotAvailableError(
+            "connect",
+            "not_available",
+            f"--via {source.node} is not available here: it needs the central server's node tunnel",
+            "connect with --direct (from this machine) or --jump user@host (through an SSH jump host)",
+        )
+    return via(source)
 
 
 def _describe(exc: BaseException, role: str, host: str, port: int, via: str) -> InstallerError:
@@ -91,13 +97,15 @@ async def open_target(
     expect_host_key: str,
     confirm: ConfirmHostKey | None,
     connect_timeout: float,
+    via_factory: ViaFactory | None = None,
 ) -> AsyncIterator[asyncssh.SSHClientConnection]:
     """An authenticated connection to the target, closed (with its jump connection) on exit."""
     async with AsyncExitStack() as stack:
         tunnel: Any = None
         via = ""
         if isinstance(source, ViaNode):
-            tunnel = await open_via_node(source)
+            tunnel = open_via_node(source, via_factory)
+            stack.push_async_callback(tunnel.aclose)
             via = f"node {source.node}"
         elif isinstance(source, Jump):
             via = f"jump host {source.host}:{source.port}"

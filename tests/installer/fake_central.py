@@ -6,9 +6,11 @@ marks a node online when it posts a keep-alive with its token, so the stub daemo
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import ipaddress
+import json
 import secrets
 import ssl
 import time
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -131,12 +133,46 @@ class FakeCentral:
         node["last_seen"] = time.time()
         return web.json_response({"server_time": time.time(), "interval": 5, "node_id": node["id"]})
 
+    async def _tunnel(self, request: web.Request) -> web.StreamResponse:
+        """Like the real relay, but this process stands in for the node and opens the TCP stream."""
+        self._auth(request)
+        self.requests.append(("TUNNEL", request.path, dict(request.query)))
+        node = self._find(request.match_info["node"])
+        if node is None:
+            return web.json_response({"error": {"code": "not_found", "message": "no such node"}}, status=404)
+        if node["state"] != "online":
+            return web.json_response({"error": {"code": "node_offline", "message": "offline"}}, status=409)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            reader, writer = await asyncio.open_connection(request.query["host"], int(request.query["port"]))
+        except OSError as exc:
+            await ws.send_str(json.dumps({"type": "closed", "message": exc.strerror or str(exc)}))
+            await ws.close()
+            return ws
+        await ws.send_str(json.dumps({"type": "opened"}))
+
+        async def to_client() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(data)
+            await ws.close()
+
+        pump = asyncio.create_task(to_client())
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                writer.write(msg.data)
+                await writer.drain()
+        writer.close()
+        pump.cancel()
+        return ws
+
     async def start(self) -> FakeCentral:
         app = web.Application()
         app.router.add_post("/api/v1/nodes", self._enroll)
         app.router.add_get("/api/v1/nodes/{node}", self._get)
         app.router.add_delete("/api/v1/nodes/{node}", self._delete)
         app.router.add_post("/api/v1/keepalive", self._keepalive)
+        app.router.add_get("/api/v1/nodes/{node}/tunnel", self._tunnel)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.directory / "server.pem", self.directory / "server.key")
         self._runner = web.AppRunner(app)

@@ -132,15 +132,50 @@ async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], c
     assert central.requests == []
 
 
-async def test_via_node_is_not_available_yet(
+async def _relay_node(central: FakeCentral, request: AddNodeRequest, online: bool = True) -> None:
+    from installer.api import CentralClient
+
+    async with CentralClient(request.server) as api:
+        bundle = await api.enroll("relay", "desktop", "")
+    central.nodes[bundle["node_id"]]["state"] = "online" if online else "offline"
+
+
+async def test_via_node(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path
+) -> None:
+    from installer import ViaNode
+
+    request = make_request(source=ViaNode("relay"))
+    await _relay_node(central, request)
+    result = await add_node(request)
+    assert central.nodes[result.node_id]["state"] == "online" and daemon_pid(prefix) is not None
+    tunnels = [q for kind, _, q in central.requests if kind == "TUNNEL"]
+    # One stream for the host key check, one for the session itself.
+    assert tunnels == [{"host": "127.0.0.1", "port": str(target_sshd.port)}] * 2
+
+
+async def test_via_node_failures_are_clear(
     make_request: Callable[..., AddNodeRequest], central: FakeCentral
 ) -> None:
-    from installer import NotAvailableError, ViaNode
+    from installer import ViaNode
 
-    with pytest.raises(NotAvailableError) as err:
-        await add_node(make_request(source=ViaNode("pi-1")))
-    assert "not available yet" in err.value.message and "--jump" in err.value.hint
-    assert central.requests == []
+    from .sshd import free_port
+
+    request = make_request(source=ViaNode("relay"))
+    with pytest.raises(InstallerError) as err:
+        await add_node(request)
+    assert (err.value.code, "dvic nodes" in err.value.hint) == ("via_unknown", True)
+
+    await _relay_node(central, request, online=False)
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(source=ViaNode("relay")))
+    assert err.value.code == "via_offline" and "online node" in err.value.hint
+
+    next(iter(central.nodes.values()))["state"] = "online"
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(source=ViaNode("relay"), port=free_port()))
+    assert err.value.code == "unreachable" and "cannot reach 127.0.0.1:" in err.value.message
+    assert central.enroll_count() == 1  # only the relay: the failed adds enrolled nothing
 
 
 async def test_no_python_on_target(

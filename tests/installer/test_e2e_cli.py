@@ -63,17 +63,8 @@ def _dvic(args: list[str], env_extra: dict[str, str], stdin: str = "") -> subpro
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
-_REAL_DAEMON_BUG = (
-    "node_script/dvic_node.py stops at once when the machine has no system log source "
-    "(_system_log_loop returns and ends the FIRST_COMPLETED wait); reported to the lead"
-)
-
-
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("daemon", [
-    "stub",
-    pytest.param("real", marks=pytest.mark.xfail(reason=_REAL_DAEMON_BUG, strict=False)),
-])
+@pytest.mark.parametrize("daemon", ["stub", "real"])
 def test_add_node_cli_real_server_then_no_trace_of_the_password(
     daemon: str, central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
