@@ -78,16 +78,21 @@ def bench_dvic_direct(directory: str, threads: int, per_thread: int, message: st
 Bench = Callable[[str, int, int, str], float]
 
 
-def best_rate(bench: Bench, threads: int, per_thread: int, message: str, repeat: int) -> float:
-    """Best records/s over `repeat` runs, each in a fresh directory."""
-    rates: list[float] = []
+def best_rates(benches: list[Bench], threads: int, per_thread: int, message: str, repeat: int) -> list[float]:
+    """Best records/s of each bench over `repeat` rounds, each run in a fresh directory.
+
+    Rounds interleave the benches (A B C, A B C ...) so that load from other processes on the
+    machine weighs on all of them alike.
+    """
+    best = [0.0] * len(benches)
     for _ in range(repeat):
-        directory = tempfile.mkdtemp(prefix="dvic_log_bench_")
-        try:
-            rates.append(threads * per_thread / bench(directory, threads, per_thread, message))
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-    return max(rates)
+        for k, bench in enumerate(benches):
+            directory = tempfile.mkdtemp(prefix="dvic_log_bench_")
+            try:
+                best[k] = max(best[k], threads * per_thread / bench(directory, threads, per_thread, message))
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+    return best
 
 
 def main() -> int:
@@ -108,9 +113,12 @@ def main() -> int:
     )
     for threads in args.threads:
         per_thread = max(1, args.records // threads)
-        plain, handler, direct = (
-            best_rate(bench, threads, per_thread, message, args.repeat)
-            for bench in (bench_file_handler, bench_dvic_handler, bench_dvic_direct)
+        plain, handler, direct = best_rates(
+            [bench_file_handler, bench_dvic_handler, bench_dvic_direct],
+            threads,
+            per_thread,
+            message,
+            args.repeat,
         )
         print(
             f"{threads:>7} {plain:>18,.0f} {handler:>21,.0f} {handler / plain:>6.2f} "

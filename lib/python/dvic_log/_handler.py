@@ -2,7 +2,7 @@
 
 import logging
 import threading
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from ._config import check_name
 from ._writer import LogFile
@@ -38,6 +38,20 @@ class DvicLogHandler(logging.Handler):
     @property
     def path(self) -> str:
         return self.log_file.path
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        """Filter, then emit without the handler-wide lock.
+
+        LogFile already serialises the write itself; taking logging's per-handler lock as well
+        would make every thread queue twice. (A filter may return a replacement record, as
+        Python 3.12 allows.)
+        """
+        rv = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv
+        if rv:
+            self.emit(record)
+        return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
