@@ -432,3 +432,21 @@ def test_a_bad_timestamp_is_refused_and_nothing_is_written(log_dir: Path, ts):
         with pytest.raises(ValueError, match="ts must be a finite number"):
             log.write("INFO", "x", ts=ts)
         assert read_file(Path(log.path))[1] == []
+
+
+def test_a_huge_command_line_keeps_the_header_small(log_dir: Path):
+    from dvic_log._identity import child_identity
+
+    ident = child_identity(os.getpid(), ["demo"] + ["x" * 5000] * 500)
+    assert len(ident.argv) == 65 and ident.argv[-1] == "... (437 more arguments)"
+    assert all(len(a) <= 259 for a in ident.argv)
+    with dvic_log.LogFile("big-argv", identity=ident, max_bytes=4096) as log:
+        log.info("fits")
+    header, records = read_file(Path(log.path))
+    # With the smallest cap the header shrinks further, to a quarter of the file at most.
+    assert len(json.dumps(header)) <= 1024 and header["argv"][0] == "demo"
+    assert header["argv"][-1].endswith("more arguments)")
+    assert records[0]["msg"] == "fits"
+    with dvic_log.LogFile("big-argv", identity=ident) as roomy:  # 8 MiB: the 64 x 256 bound only
+        pass
+    assert read_file(Path(roomy.path))[0]["argv"] == ident.argv

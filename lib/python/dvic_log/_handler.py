@@ -1,6 +1,7 @@
 """Bridge to the standard logging module: DvicLogHandler and get_logger()."""
 
 import logging
+import os
 import threading
 from typing import Any, Optional, Tuple
 
@@ -10,6 +11,16 @@ from ._writer import LogFile
 _MAX_LOGGER_CHARS = 200
 _DEFAULT_FORMATTER = logging.Formatter()
 _get_logger_lock = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    # Another thread may have held it at fork time; in the child it would never be released.
+    global _get_logger_lock
+    _get_logger_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
 class DvicLogHandler(logging.Handler):

@@ -78,7 +78,7 @@ def current_identity() -> ProcessIdentity:
         pid=pid,
         pid_start=read_pid_start(pid),
         exe=exe,
-        argv=_bounded_argv(sys.argv),
+        argv=_bounded_argv(getattr(sys, "argv", None) or []),  # embedded interpreters may lack argv
         user=_user_name(),
         host=socket.gethostname(),
     )

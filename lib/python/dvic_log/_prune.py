@@ -27,6 +27,15 @@ _done: Set[str] = set()
 _done_lock = threading.Lock()
 
 
+def _reset_lock_after_fork() -> None:
+    global _done_lock
+    _done_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_after_fork)
+
+
 def _read_header(path: str) -> Optional[Dict[str, Any]]:
     try:
         fd = os.open(

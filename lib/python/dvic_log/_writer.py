@@ -197,11 +197,31 @@ class LogFile:
             )
         )
 
+    def _fit_identity(self, identity: ProcessIdentity) -> ProcessIdentity:
+        """Shorten argv and exe until the header takes at most a quarter of the cap.
+
+        With the smallest caps a long command line would otherwise leave no room for records.
+        """
+        budget = self.max_bytes // 4
+        # Measured with a stand-in token of the real length and the largest "rotated" value.
+        self._identity, self._token = identity, "0" * 16
+        for max_args, max_chars in ((None, None), (16, 64), (4, 32), (1, 32), (0, 0)):
+            if len(self._header(10**9)) <= budget:
+                break
+            argv = identity.argv
+            if max_args is not None and max_chars is not None:
+                kept = [a[:max_chars] for a in argv[:max_args]]
+                if len(argv) > max_args:
+                    kept.append("... (%d more arguments)" % (len(argv) - max_args))
+                argv = kept
+            self._identity = identity._replace(argv=argv, exe=identity.exe[:256])
+        return self._identity
+
     def _open_stream(self, identity: ProcessIdentity) -> None:
         """Start a new stream: new token, new file, header with rotated = 0."""
-        self._identity = identity
         self._pid = os.getpid()
         self._start = time.time()
+        self._identity = self._fit_identity(identity)
         self._rotated = 0
         self._pending = b""
         last_error: Optional[OSError] = None
