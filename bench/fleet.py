@@ -52,7 +52,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         "nodes": args.nodes, "lines_per_s": args.lines_per_s, "duration_s": args.duration,
         "interval_s": args.interval, "batch_interval_s": args.batch_interval, "procs": args.procs,
     })
-    server = BenchServer(work / "central").start()
+    if args.whatif_ssl_buffer:
+        report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
+    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
     try:
@@ -198,8 +200,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="TLS connects in flight per process (64)")
     p.add_argument("--connect-timeout", type=positive_float, default=600.0,
                    help="give up when the nodes are not all connected after this (600 s)")
+    p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
+                   help="run the server with asyncio's per-connection TLS read buffer at BYTES instead of "
+                        "256 KiB (a proposed fix, see bench/whatif_server.py); 0 = the server as is")
     add_common_args(p)
     args = p.parse_args(argv)
+    if args.whatif_ssl_buffer < 0:
+        p.error("--whatif-ssl-buffer: expected 0 or a size in bytes")
     if args.procs > args.nodes:
         p.error("--procs: more processes than nodes")
     if args.warmup is None:

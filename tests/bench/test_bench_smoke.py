@@ -51,8 +51,9 @@ def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
     assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
 
 
-def test_fleet_smoke(tmp_path: Path) -> None:
-    doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1")
+@pytest.mark.parametrize("whatif", [[], ["--whatif-ssl-buffer", "16384"]], ids=["as-is", "whatif-ssl-buffer"])
+def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
+    doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1", *whatif)
     figures = doc["figures"]
     assert figures["nodes connected (mTLS websocket + hello)"]["ok"] is True
     assert figures["lines sent / acked / stored"]["ok"] is True
