@@ -92,12 +92,17 @@ for key, field in (("node_id", "node_id"), ("node_name", "name"), ("ca_sha256", 
 DVIC_READ_BUNDLE
 }
 
+# True while PID runs our daemon. Not `kill -0`: an exited daemon may linger as a zombie until init
+# reaps it, and a zombie's cmdline is empty.
+is_our_daemon() {
+    [ -r "/proc/$1/cmdline" ] && tr '\000' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF -- "$DAEMON"
+}
+
 daemon_pid() {
     [ -f "$PIDFILE" ] || return 1
     pid=$(cat "$PIDFILE" 2>/dev/null)
     case "$pid" in ''|*[!0-9]*) return 1 ;; esac
-    [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\000' '\n' <"/proc/$pid/cmdline" | grep -qxF -- "$DAEMON" || return 1
+    is_our_daemon "$pid" || return 1
     echo "$pid"
 }
 
@@ -117,8 +122,8 @@ stop_daemon() {
     if pid=$(daemon_pid); then
         kill "$pid" 2>/dev/null
         i=0
-        while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do nap; i=$((i + 1)); done
-        kill -9 "$pid" 2>/dev/null
+        while is_our_daemon "$pid" && [ "$i" -lt 50 ]; do nap; i=$((i + 1)); done
+        if is_our_daemon "$pid"; then kill -9 "$pid" 2>/dev/null; fi
     fi
     rm -f "$PIDFILE"
 }

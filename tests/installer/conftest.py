@@ -130,10 +130,11 @@ def stop_daemon(root: Path) -> None:
     if pid is None:
         return
     os.kill(pid, signal.SIGTERM)
+    # daemon_pid() is None once it exited, even while it waits as a zombie for init to reap it.
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+    while time.monotonic() < deadline and daemon_pid(root) == pid:
         time.sleep(0.02)
-    if Path(f"/proc/{pid}").exists():
+    if daemon_pid(root) == pid:
         os.kill(pid, signal.SIGKILL)
 
 
