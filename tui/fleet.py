@@ -113,6 +113,9 @@ class Fleet:
         for node in nodes:
             if not isinstance(node, dict) or not isinstance(node.get("id"), str):
                 continue  # a summary without an id cannot be placed; ignore it rather than crash
+            for key in ("metrics", "demos"):
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}  # every view reads these as mappings
             self.nodes[node["id"]] = node
             self._trend(node)
             changed.append(node)

@@ -100,6 +100,8 @@ class LiveFeed:
             return f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message
         except (ConnectionError, OSError) as exc:
             return f"connection lost: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the feed must outlive any surprise and retry
+            return f"unexpected error in the live feed: {exc!r}"
         finally:
             self._stream = None
             await stream.close()

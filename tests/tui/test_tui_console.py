@@ -229,3 +229,20 @@ async def test_command_palette_opens_a_node(fake: FakeCentral) -> None:
         assert app.fleet.nodes[app.screen.node_id]["name"] == "desk-7"
         await pilot.press("question_mark")
         await wait_for(lambda: "Maint." in screen_text(app) and "Everywhere" in screen_text(app), what="help")
+
+
+async def test_garbage_on_the_stream_loses_nothing(fake: FakeCentral) -> None:
+    n = fake.add_node("pi-42")
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)):
+        table = app.screen.query_one(DataTable)
+        await wait_for(lambda: table.row_count == 1 and app.connected, what="row")
+        for frame in ("not json", "[1, 2]", '{"type": "node", "node": {"id": 5}}',
+                      '{"type": "node", "node": {"id": "odd", "name": "odd", "metrics": [1], "demos": 3}}',
+                      '{"type": "logs", "node": "x", "lines": "nope"}', '{"type": "event", "event": []}',
+                      '{"type": "mystery"}'):
+            await fake.send_raw(frame)
+        await fake.update_node(n["id"], metrics={"cpu": 66.0})
+        await wait_for(lambda: cell(table, n["id"], "cpu").startswith(" 66%"), what="valid update after garbage")
+        assert app.connected and table.row_count == 2  # the odd-but-valid node shows, with empty metrics
+        assert cell(table, "odd", "cpu").startswith("   -")

@@ -99,3 +99,25 @@ def test_settings_errors_say_what_to_do(tmp_path: Path) -> None:
     (broken.dir / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         resolve(env={}, store=broken)
+
+
+def test_fleet_model_tolerates_odd_summaries_and_counts() -> None:
+    from tui.fleet import Filter, Fleet, cycle
+
+    fleet = Fleet()
+    changed = fleet.update([
+        {"id": "a", "name": "pi-1", "state": "online", "group": "g1", "metrics": [1, 2], "demos": None},
+        {"name": "no-id"},
+        "not a dict",  # type: ignore[list-item]
+        {"id": "b", "name": "pi-2", "state": "failed", "group": "", "metrics": {"cpu": 5, "temp": 90.0}},
+    ])
+    assert [n["id"] for n in changed] == ["a", "b"]
+    assert fleet.nodes["a"]["metrics"] == {} and fleet.nodes["a"]["demos"] == {}
+    counts = fleet.counts()
+    assert counts["online"] == 1 and counts["failed"] == 1 and counts["alerts"] == 1
+    assert fleet.groups() == ["", "g1"]
+    assert Filter(text="PI-2").matches(fleet.nodes["b"]) and not Filter(group="g1").matches(fleet.nodes["b"])
+    assert cycle(["x", "y"], None) == "x" and cycle(["x", "y"], "y") is None and cycle(["x"], "gone") is None
+    nodes, gone = fleet.replace([{"id": "b", "name": "pi-2", "state": "online"}])
+    assert gone == ["a"] and list(fleet.nodes) == ["b"]
+    assert fleet.trend("b", "cpu") == [5.0]

@@ -144,6 +144,12 @@ class FakeCentral:
         await self._broadcast({"type": "event", "event": ev})
         return ev
 
+    async def send_raw(self, text: str) -> None:
+        """Sends one frame as is to every stream client (for bad-input tests)."""
+        for ws in list(self.streams):
+            if not ws.closed:
+                await ws.send_str(text)
+
     async def drop_streams(self) -> None:
         for ws in list(self.streams):
             await ws.close(code=1012, message=b"restarting")
