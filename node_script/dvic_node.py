@@ -11,7 +11,6 @@ import base64
 import collections
 import errno
 import hashlib
-import http.client
 import json
 import logging
 import math
@@ -413,7 +412,10 @@ async def ws_connect(url: str, ssl_context: Optional[ssl.SSLContext] = None,
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-        status, reason, resp_headers = parse_http_head(head)
+        try:
+            status, reason, resp_headers = parse_http_head(head)
+        except ValueError as exc:
+            raise WebSocketError(str(exc)) from None
         if status != 101:
             body = b""
             length = int(resp_headers.get("content-length", "0") or 0)
@@ -443,7 +445,7 @@ def parse_http_head(head: bytes) -> Tuple[int, str, Dict[str, str]]:
     first, _, rest = text.partition("\r\n")
     m = re.match(r"HTTP/1\.[01] (\d{3}) ?(.*)$", first)
     if not m:
-        raise WebSocketError("not an HTTP response: %r" % first[:80])
+        raise ValueError("not an HTTP response: %r" % first[:80])
     headers = {}  # type: Dict[str, str]
     for line in rest.split("\r\n"):
         name, sep, value = line.partition(":")
@@ -1798,7 +1800,7 @@ def docker_get(socket_path: str, path: str, timeout: float = 5.0) -> Any:
         raise DockerError("incomplete HTTP response from Docker")
     try:
         status, _reason, headers = parse_http_head(head + b"\r\n")
-    except WebSocketError as exc:
+    except ValueError as exc:
         raise DockerError(str(exc)) from None
     if "chunked" in headers.get("transfer-encoding", "").lower():
         body = decode_chunked(body)
@@ -1883,52 +1885,73 @@ class SpoolLogHandler(logging.Handler):
 # Keep-alive POSTs
 # ---------------------------------------------------------------------------------------------
 
+class KeepAliveError(Exception):
+    """A keep-alive POST failed (network, TLS, or a refusal by the server)."""
+
+
 class KeepAlive:
-    """POSTs to the keep-alive URL over a reused HTTPS connection (runs in a worker thread)."""
+    """POSTs to the keep-alive URL over one reused HTTP/1.1 connection.
+
+    Plain asyncio streams rather than http.client: no worker thread, and http.client (with the
+    email package it pulls in) would cost the daemon a sixth of its memory.
+    """
 
     def __init__(self, url: str, token: str, ssl_context: Optional[ssl.SSLContext]) -> None:
         self.url = urllib.parse.urlsplit(url)
+        if self.url.scheme not in ("http", "https") or not self.url.hostname:
+            raise ValueError("not an http(s) URL: %r" % url)
         self.token = token
         self.ssl_context = ssl_context
-        self._conn = None  # type: Optional[http.client.HTTPConnection]
+        self._conn = None  # type: Optional[Tuple[asyncio.StreamReader, asyncio.StreamWriter]]
 
-    def post(self, body: Dict[str, Any]) -> Dict[str, Any]:
+    async def post(self, body: Dict[str, Any], timeout: float = 10.0) -> Dict[str, Any]:  # noqa: ASYNC109
         data = json.dumps(body).encode()
-        headers = {"Authorization": "Bearer " + self.token, "Content-Type": "application/json",
-                   "User-Agent": "dvic-node/%s" % VERSION}
+        host = self.url.hostname or ""
+        host_header = ("[%s]" % host if ":" in host else host) + (":%d" % self.url.port if self.url.port else "")
+        request = ("POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\nUser-Agent: dvic-node/%s\r\n\r\n"
+                   % (self.url.path or "/", host_header, self.token, len(data), VERSION)).encode() + data
         for attempt in (1, 2):  # a reused connection may have been closed by the server: retry once
-            conn = self._connection()
             try:
-                conn.request("POST", self.url.path or "/", body=data, headers=headers)
-                resp = conn.getresponse()
-                payload = resp.read(64 * KIB)
-            except (OSError, http.client.HTTPException):
+                status, headers, payload = await asyncio.wait_for(self._exchange(request), timeout)
+            except (OSError, EOFError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    asyncio.TimeoutError, ssl.SSLError) as exc:
                 self.close()
                 if attempt == 2:
-                    raise
+                    raise KeepAliveError(describe_connect_error(exc)) from None
                 continue
-            if resp.status != 200:
-                raise http.client.HTTPException("keep-alive refused: HTTP %d %s"
-                                                % (resp.status, payload[:200].decode("utf-8", "replace")))
+            if "close" in headers.get("connection", "").lower():
+                self.close()
+            if status != 200:
+                raise KeepAliveError("keep-alive refused: HTTP %d %s"
+                                     % (status, payload[:200].decode("utf-8", "replace")))
             try:
                 out = json.loads(payload.decode("utf-8"))
             except ValueError:
                 return {}
             return out if isinstance(out, dict) else {}
-        return {}
+        return {}  # not reached
 
-    def _connection(self) -> http.client.HTTPConnection:
+    async def _exchange(self, request: bytes) -> Tuple[int, Dict[str, str], bytes]:
         if self._conn is None:
-            host, port = self.url.hostname or "localhost", self.url.port
-            if self.url.scheme == "https":
-                self._conn = http.client.HTTPSConnection(host, port, timeout=10, context=self.ssl_context)
-            else:
-                self._conn = http.client.HTTPConnection(host, port, timeout=10)
-        return self._conn
+            secure = self.url.scheme == "https"
+            self._conn = await asyncio.open_connection(
+                self.url.hostname, self.url.port or (443 if secure else 80),
+                ssl=self.ssl_context if secure else None, server_hostname=self.url.hostname if secure else None)
+        reader, writer = self._conn
+        writer.write(request)
+        await writer.drain()
+        status, _reason, headers = parse_http_head(await reader.readuntil(b"\r\n\r\n"))
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= 64 * KIB:
+            return status, headers, await reader.readexactly(int(length))
+        payload = await reader.read(64 * KIB)  # no usable length: read what comes, then start afresh
+        self.close()
+        return status, headers, payload
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            self._conn[1].close()
             self._conn = None
 
 
@@ -2135,7 +2158,6 @@ class Daemon:
             LOG.info("keep-alive: no keepalive_url in the bundle; not sent")
             return
         ka = KeepAlive(url, self.bundle["token"], self.ssl_context)
-        loop = asyncio.get_running_loop()
         last_error = ""
         delay = min(1.0, self.keepalive_interval)  # the first one early: a liveness signal even without wss
         try:
@@ -2152,11 +2174,11 @@ class Daemon:
                 if sample.get("temps"):
                     body["temp"] = max(t["celsius"] for t in sample["temps"])
                 try:
-                    await loop.run_in_executor(None, ka.post, body)
+                    await ka.post(body)
                     if last_error:
                         LOG.info("keep-alive: working again")
                     last_error = ""
-                except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+                except KeepAliveError as exc:
                     if str(exc) != last_error:
                         LOG.info("keep-alive failed: %s", exc)
                     last_error = str(exc)

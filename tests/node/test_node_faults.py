@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import dvic_node
+import pytest
 from daemon_support import DaemonProcess, write_bundle
 from node_support import Pki, accept_upgrade, read_client_frame, server_frame, wait_until
 
@@ -113,3 +114,36 @@ def test_bad_bundle_exits_with_a_clear_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(Path(dvic_node.__file__)), "--config", str(tmp_path / "nope.json")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "cannot read bundle" in out.stderr
+
+
+async def test_keepalive_reuses_its_connection_and_reports_refusals(pki: Pki, tmp_path: Path) -> None:
+    from aiohttp import web
+    from node_support import start_app
+
+    seen: list[tuple[object, str, dict]] = []
+
+    async def keepalive(request: web.Request) -> web.Response:
+        seen.append((request.transport, request.headers.get("Authorization", ""), await request.json()))
+        if request.headers.get("Authorization") != "Bearer node-token-1":
+            return web.json_response({"error": {"code": "bad_token", "message": "unknown node token"}}, status=401)
+        return web.json_response({"server_time": 1.0, "interval": 5, "node_id": "x"})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/keepalive", keepalive)
+    runner, url = await start_app(app, pki.server_context())
+    try:
+        ctx = dvic_node.make_ssl_context(pki.bundle(url), str(tmp_path / "tls"))
+        ka = dvic_node.KeepAlive(url + "/api/v1/keepalive", "node-token-1", ctx)
+        assert (await ka.post({"uptime": 1.0}))["node_id"] == "x"
+        assert (await ka.post({"uptime": 2.0}))["interval"] == 5
+        assert seen[0][0] is seen[1][0]  # one TLS connection, reused
+        assert seen[1][2] == {"uptime": 2.0}
+        ka.close()
+        bad = dvic_node.KeepAlive(url + "/api/v1/keepalive", "wrong", ctx)
+        with pytest.raises(dvic_node.KeepAliveError, match="HTTP 401 .*unknown node token"):
+            await bad.post({})
+        bad.close()
+    finally:
+        await runner.cleanup()
+    with pytest.raises(dvic_node.KeepAliveError, match="refused"):
+        await dvic_node.KeepAlive(url + "/api/v1/keepalive", "node-token-1", ctx).post({}, timeout=5)
