@@ -7,6 +7,7 @@ message (or `Unreachable` when there is no answer at all). `stream()` opens the 
 from __future__ import annotations
 
 import json
+import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -145,7 +146,9 @@ class ApiClient:
     async def metrics(
         self, node: str, from_: float, to: float, step: int, names: list[str] | None = None
     ) -> Json:
-        params = _params(from_=int(from_), to=int(to), step=step, names=",".join(names) if names else None)
+        # Whole seconds, widened outwards: truncating `to` would hide the newest second's samples.
+        params = _params(from_=math.floor(from_), to=math.ceil(to), step=step,
+                         names=",".join(names) if names else None)
         return await self.request("GET", f"/nodes/{_seg(node)}/metrics", params)
 
     # -- history ------------------------------------------------------------------------------
