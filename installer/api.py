@@ -128,16 +128,25 @@ class CentralClient:
             raise self._error(status, body, f"revoking node {node!r} failed")
         return True
 
-    async def wait_online(self, node_id: str, within: float, poll: float = 0.25) -> dict[str, Any]:
-        """Poll the node until its state is ``online``; CentralError(code="timeout") after ``within`` seconds."""
+    async def wait_online(
+        self, node_id: str, within: float, poll: float = 0.25, version: str = ""
+    ) -> dict[str, Any]:
+        """Poll the node until it is ``online`` (and, given ``version``, runs that daemon version).
+
+        The version matters on an upgrade: the old daemon may still look online for a while.
+        CentralError(code="timeout") after ``within`` seconds.
+        """
         deadline = time.monotonic() + within
         last: dict[str, Any] | None = None
         while True:
             last = await self.get_node(node_id)
-            if last is not None and last.get("state") == "online":
+            if last is not None and last.get("state") == "online" and (
+                    not version or last.get("daemon_version", version) == version):
                 return last
             if time.monotonic() >= deadline:
                 state = last.get("state") if last else "unknown to the server"
+                if last and state == "online" and version:
+                    state += f", but running daemon {last.get('daemon_version') or '?'}, not {version}"
                 raise CentralError(0, "timeout", f"node not online after {within:.0f} s (state: {state})")
             await asyncio.sleep(poll)
 

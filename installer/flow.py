@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,7 +44,9 @@ class Central(Protocol):
     async def enroll(self, name: str, kind: str, group: str) -> dict[str, Any]: ...
     async def get_node(self, node: str) -> dict[str, Any] | None: ...
     async def revoke(self, node: str) -> bool: ...
-    async def wait_online(self, node_id: str, within: float, poll: float = 0.25) -> dict[str, Any]: ...
+    async def wait_online(
+        self, node_id: str, within: float, poll: float = 0.25, version: str = ""
+    ) -> dict[str, Any]: ...
 
 
 def _validate(req: AddNodeRequest) -> None:
@@ -73,6 +76,15 @@ def _validate(req: AddNodeRequest) -> None:
             check_path("--target-path entry", part)
     except RenderError as exc:
         raise bad(str(exc)) from exc
+
+
+_VERSION = re.compile(r"""^VERSION\s*=\s*["']([^"'\n]+)["']""", re.M)
+
+
+def daemon_version(text: str) -> str:
+    """The ``VERSION = "x.y.z"`` of a daemon file ("" when it has none)."""
+    match = _VERSION.search(text)
+    return match.group(1) if match else ""
 
 
 def _read_text(step: str, what: str, path: Path) -> str:
@@ -168,7 +180,7 @@ async def _add_node(
                 f", pid {result.facts['pid']})" if "pid" in result.facts else ")")
 
         async with runner.run("online") as step:
-            node = await api.wait_online(node_id, req.online_timeout)
+            node = await api.wait_online(node_id, req.online_timeout, version=daemon_version(daemon_text))
             step.message = f"{node.get('name', name)} ({node_id}) is online"
     except BaseException as exc:
         if enrolled:

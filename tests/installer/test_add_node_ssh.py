@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from collections.abc import Callable
@@ -355,3 +356,46 @@ async def test_remove_node_uninstalls(
     # Only the shared parent directories (like /etc/systemd/system) stay.
     assert [p for p in tree(prefix) if not p.endswith("/")] == []
     assert not any("dvic-node" in p for p in tree(prefix))
+
+
+async def test_online_means_the_installed_daemon_version(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+) -> None:
+    from .conftest import HERE
+
+    versioned = tmp_path / "versioned.py"
+    versioned.write_text('VERSION = "9.9.9"\n' + (HERE / "stub_daemon.py").read_text())
+
+    def old_daemon_reports(step: Step) -> None:
+        # As if an older daemon with this identity were still the one connected.
+        if step.name == "online" and step.status == StepStatus.RUNNING:
+            for node in central.nodes.values():
+                node["daemon_version"] = "0.0.1"
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(daemon_source=versioned, online_timeout=1.0), old_daemon_reports)
+    assert err.value.code == "timeout" and "running daemon 0.0.1, not 9.9.9" in err.value.message
+
+    def new_daemon_reports(step: Step) -> None:
+        if step.name == "online" and step.status == StepStatus.RUNNING:
+            for node in central.nodes.values():
+                node["daemon_version"] = "9.9.9"
+
+    result = await add_node(make_request(daemon_source=versioned), new_daemon_reports)
+    assert central.nodes[result.node_id]["state"] == "online"
+
+
+async def test_cancelling_revokes_the_fresh_enrollment(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral
+) -> None:
+    task: asyncio.Task[object] | None = None
+
+    def cancel_at_install(step: Step) -> None:
+        if step.name == "install" and step.status == StepStatus.RUNNING and task is not None:
+            task.cancel()  # what Ctrl-C does to `dvic add-node`
+
+    task = asyncio.create_task(add_node(make_request(), cancel_at_install))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (node,) = central.nodes.values()
+    assert node["revoked"]

@@ -195,3 +195,13 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--out" in capsys.readouterr().err
     assert main(["remove-node", "pi-1", "--uninstall"]) == 2
     assert "--host" in capsys.readouterr().err
+
+
+def test_daemon_version() -> None:
+    from installer.flow import daemon_version
+    from installer.paths import DEFAULT_DAEMON_SOURCE
+
+    assert daemon_version('"""doc"""\nimport os\nVERSION = "1.2.3"\n') == "1.2.3"
+    assert daemon_version("print('no version')\n") == ""
+    if DEFAULT_DAEMON_SOURCE.exists():
+        assert daemon_version(DEFAULT_DAEMON_SOURCE.read_text())
