@@ -30,7 +30,9 @@ def _listening(port: int) -> bool:
 class Sshd:
     """``Sshd(dir, user).start()``; ``.port``, ``.fingerprint``; ``.stop()``. ``user`` may list several."""
 
-    def __init__(self, directory: Path, user: str, authorized_keys: str = "", port: int = 0) -> None:
+    def __init__(self, directory: Path, user: str, authorized_keys: str = "", port: int = 0,
+                 netns: str = "") -> None:
+        self.netns = netns  # run inside this network namespace (a /proc/PID/ns/net path)
         self.dir = directory
         self.user = user
         self.authorized_keys = authorized_keys
@@ -65,7 +67,7 @@ class Sshd:
         # A port freed by free_port() can be taken by someone else before sshd binds: retry a few times.
         for _attempt in range(5):
             port = self.port or free_port()
-            config = self.dir / "sshd_config"
+            config = self.config
             config.write_text(
                 f"Port {port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
                 f"PidFile {self.dir / 'sshd.pid'}\nAllowUsers {self.user}\n"
@@ -75,12 +77,13 @@ class Sshd:
                 "Subsystem sftp internal-sftp\nMaxStartups 50\n"
             )
             log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+            self.proc = subprocess.Popen([*self.ns_prefix, SSHD, "-D", "-e", "-f", str(config)],
+                                         stdout=log, stderr=log)
             log.close()
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None and not _listening(port):
+            while time.monotonic() < deadline and self.proc.poll() is None and not self._ready(port):
                 time.sleep(0.02)
-            if self.proc.poll() is None and _listening(port):
+            if self.proc.poll() is None and self._ready(port):
                 self.port = port
                 return self
             self._stop_proc()
@@ -88,6 +91,21 @@ class Sshd:
                 break
         self.stop()
         raise RuntimeError(f"sshd did not start:\n{self.log_path.read_text(errors='replace')}")
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "sshd_config"
+
+    @property
+    def ns_prefix(self) -> list[str]:
+        return ["nsenter", f"--net={self.netns}"] if self.netns else []
+
+    def _ready(self, port: int) -> bool:
+        if not self.netns:
+            return _listening(port)
+        # Inside another namespace we cannot connect to it: trust its own word.
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"Server listening on 127.0.0.1 port {port}." in text
 
     def stop(self) -> None:
         self._stop_proc()
