@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Input
 from tui import fmt
 from tui.fleet import SORT_KEYS, STATES, Filter, alerts, cycle, metric
 from tui.screens.base import DvicScreen
-from tui.textsafe import literal
+from tui.textsafe import clean
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
 
@@ -36,9 +36,9 @@ class Cell(Text):
     sort_value: Any = None
 
 
-def _cell(text: Text, sort_value: Any) -> Cell:
-    cell = Cell(text.plain, style=text.style, end="", no_wrap=True)
-    cell.spans = list(text.spans)
+def _cell(plain: str, style: str, sort_value: Any) -> Cell:
+    """`plain` must already be safe (cleaned node text or our own formatting)."""
+    cell = Cell(plain, style=style, end="", no_wrap=True)
     cell.sort_value = sort_value
     return cell
 
@@ -91,6 +91,7 @@ class FleetScreen(DvicScreen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._table = self.query_one(DataTable)
         super().on_mount()
         self.query_one("#filter", Input).display = False
         self.sync_all()
@@ -101,42 +102,41 @@ class FleetScreen(DvicScreen):
     def _row(self, node: dict[str, Any], now: float) -> dict[str, Cell]:
         nid = str(node["id"])
         fleet = self.dvic.fleet
-        state = str(node.get("state", "?"))
+        state = clean(node.get("state", "?"), single_line=True)
+        state_style = STATE_STYLE.get(state, "")
         m = {k: metric(node, k) for k in ("cpu", "mem", "disk", "temp")}
-        demos = node.get("demos") or {}
+        demos = node["demos"]
         alive, total = int(demos.get("alive") or 0), int(demos.get("total") or 0)
-        warn = alerts(node)
-        name = literal(node.get("name", "?"))
-        if warn:
+        name = _cell(clean(node.get("name", "?"), single_line=True), "", SORT_KEYS["name"](node))
+        if alerts(node):
             name.append(" ⚠", style="bold yellow")
-        state_text = Text(f"{STATE_ICON.get(state, '?')} ", style=STATE_STYLE.get(state, ""))
-        state_text.append_text(literal(state, style=STATE_STYLE.get(state, "")))
+        state_cell = _cell(f"{STATE_ICON.get(state, '?')} {state}", state_style, SORT_KEYS["state"](node))
         if node.get("revoked"):
-            state_text.append(" revoked", style="dim")
+            state_cell.append(" revoked", style="dim")
 
         def with_trend(key: str, value: str, warn_at: float, bad_at: float, top: float | None) -> Cell:
-            text = Text(f"{value:>4} ", style=_level_style(m[key], warn_at, bad_at))
-            text.append(fmt.sparkline(fleet.trend(nid, key), width=8, top=top), style="blue")
-            return _cell(text, SORT_KEYS[key](node))
+            cell = _cell(f"{value:>4} ", _level_style(m[key], warn_at, bad_at), SORT_KEYS[key](node))
+            cell.append(fmt.sparkline(fleet.trend(nid, key), width=8, top=top), style="blue")
+            return cell
 
         return {
-            "name": _cell(name, SORT_KEYS["name"](node)),
-            "state": _cell(state_text, SORT_KEYS["state"](node)),
-            "seen": _cell(Text(fmt.age(node.get("last_seen"), now), style="dim"), SORT_KEYS["seen"](node)),
+            "name": name,
+            "state": state_cell,
+            "seen": _cell(fmt.age(node.get("last_seen"), now), "dim", SORT_KEYS["seen"](node)),
             "cpu": with_trend("cpu", fmt.percent(m["cpu"]), 70, 90, 100),
             "mem": with_trend("mem", fmt.percent(m["mem"]), 80, 95, 100),
-            "disk": _cell(Text(fmt.percent(m["disk"]), style=_level_style(m["disk"], 80, 90)),
-                          SORT_KEYS["disk"](node)),
+            "disk": _cell(fmt.percent(m["disk"]), _level_style(m["disk"], 80, 90), SORT_KEYS["disk"](node)),
             "temp": with_trend("temp", fmt.celsius(m["temp"]), 70, 80, None),
-            "demos": _cell(Text(f"{alive}/{total}", style="red" if alive < total else ""), SORT_KEYS["demos"](node)),
-            "kind": _cell(literal(node.get("kind", "")), SORT_KEYS["kind"](node)),
-            "group": _cell(literal(node.get("group") or "-"), SORT_KEYS["group"](node)),
-            "version": _cell(literal(node.get("daemon_version") or "-"), SORT_KEYS["version"](node)),
+            "demos": _cell(f"{alive}/{total}", "red" if alive < total else "", SORT_KEYS["demos"](node)),
+            "kind": _cell(clean(node.get("kind", ""), single_line=True), "", SORT_KEYS["kind"](node)),
+            "group": _cell(clean(node.get("group") or "-", single_line=True), "", SORT_KEYS["group"](node)),
+            "version": _cell(clean(node.get("daemon_version") or "-", single_line=True), "",
+                             SORT_KEYS["version"](node)),
         }
 
     def _apply(self, node: dict[str, Any], now: float) -> bool:
         """Adds, updates in place, or removes one node's row according to the filter; True if added."""
-        table = self.query_one(DataTable)
+        table = self._table
         nid = str(node["id"])
         shown = nid in self._cells
         if not self.filter.matches(node):
@@ -183,8 +183,9 @@ class FleetScreen(DvicScreen):
                 del self._cells[nid]
         now = time.time()
         added = False
-        for node in nodes:
-            added = self._apply(node, now) or added
+        with self.app.batch_update():
+            for node in nodes:
+                added = self._apply(node, now) or added
         if added:  # new rows go to their sorted place at once; value changes re-sort on the tick
             self._do_sort()
         self._summary_dirty = True
@@ -205,7 +206,7 @@ class FleetScreen(DvicScreen):
             if node is None or nid not in self._cells:
                 continue
             age = fmt.age(node.get("last_seen"), now)
-            cell = _cell(Text(age, style="dim"), SORT_KEYS["seen"](node))
+            cell = _cell(age, "dim", SORT_KEYS["seen"](node))
             if self._cells[nid].get("seen") != _sig(cell):
                 table.update_cell(nid, "seen", cell)
                 self._cells[nid]["seen"] = _sig(cell)
