@@ -38,8 +38,10 @@ def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return objs[0], objs[1:]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll condition until it returns something truthy; fail after timeout seconds."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.01
+) -> Any:
+    """Poll condition every `interval` s until it returns something truthy; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -47,7 +49,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(interval)
 
 
 class Follower:

@@ -1,0 +1,172 @@
+"""dvic_log end to end: real demos -> real node daemon -> real central server -> operator API.
+
+The node daemon and the server are started exactly as in production (the daemon with the
+documented command line), so these tests pin the file contract between dvic_log and the daemon.
+"""
+
+import os
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dvic_log_testkit import LIB_DIR, live_files, read_file, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+DAEMON = REPO / "node_script" / "dvic_node.py"
+
+
+@pytest.fixture
+def node(central_server, tmp_path: Path, log_dir: Path):
+    """An enrolled node whose daemon watches log_dir; yields (server, node id)."""
+    bundle = central_server.enroll("dvic-log-e2e")
+    bundle_path = central_server.write_bundle(bundle, tmp_path / "bundle.json")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with open(tmp_path / "daemon.log", "ab") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, str(DAEMON), "--config", str(bundle_path), "--state-dir", str(tmp_path / "state"),
+             "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none", "-v"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: central_server.node(bundle["node_id"]).get("connected"), 30, "the daemon to connect")
+        yield central_server, bundle["node_id"]
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+def demo_lines(server, node_id: str, unit: str) -> list[dict[str, Any]]:
+    """Every stored demo line of `unit`, oldest first (follows the API's pages)."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(100):  # bounded paging
+        query = {"node": node_id, "source": "demo", "limit": "1000"}
+        if cursor:
+            query["cursor"] = cursor
+        status, body = server.api("GET", "/api/v1/logs?" + urllib.parse.urlencode(query))
+        assert status == 200, body
+        out += [line for line in body["lines"] if line["unit"] == unit]
+        cursor = body.get("next_cursor")
+        if not cursor:
+            break
+    return sorted(out, key=lambda line: line["seq"])
+
+
+def demo_state(server, node_id: str, token: str) -> dict[str, Any] | None:
+    for demo in server.node(node_id).get("demos_list") or []:
+        if demo.get("token") == token:
+            return demo
+    return None
+
+
+def env_for_demos() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(LIB_DIR))
+
+
+def test_a_wrapped_program_is_followed_alive_and_then_exited(node, log_dir: Path):
+    server, node_id = node
+    child = "import sys; print('hello from stdout'); print('trouble', file=sys.stderr); sys.stdin.readline(); print('bye')"
+    wrapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dvic_log",
+            "run",
+            "-q",
+            "--name",
+            "wrapped",
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ],
+        env=env_for_demos(),
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        (path,) = wait_for(lambda: live_files(log_dir), 20, "the wrapper's log file")
+        header, _ = read_file(path)
+        assert header["pid"] != wrapper.pid  # the child is the demo
+        token = header["token"]
+
+        def shipped(*msgs: str):
+            got = [(line["level"], line["msg"]) for line in demo_lines(server, node_id, "wrapped")]
+            return got if all(any(m == msg for _, m in got) for msg in msgs) else None
+
+        got = wait_for(lambda: shipped("hello from stdout", "trouble"), 30, "the first lines at the server")
+        assert ("INFO", "hello from stdout") in got and ("ERROR", "trouble") in got
+        alive = wait_for(lambda: demo_state(server, node_id, token), 30, "the demo to be announced")
+        assert alive["pid"] == header["pid"] and alive["state"] in ("started", "alive")
+        assert alive["name"] == "wrapped"
+
+        assert wrapper.stdin is not None
+        wrapper.stdin.write(b"go\n")
+        wrapper.stdin.close()
+        assert wrapper.wait(timeout=30) == 0
+        got = wait_for(lambda: shipped("bye", f"{sys.executable} exited with status 0"), 30, "the last lines")
+        assert [m for _, m in got][-2:] == ["bye", f"{sys.executable} exited with status 0"]
+
+        def exited():
+            state = demo_state(server, node_id, token)
+            return state if state and state["state"] == "exited" else None
+
+        assert wait_for(exited, 30, "the demo to show as exited")["exited_at"] is not None
+    finally:
+        wrapper.kill()
+        wrapper.wait()
+
+
+def test_every_line_of_a_rotating_demo_arrives_once_and_in_order(node, log_dir: Path):
+    server, node_id = node
+    count = 3000
+    code = (
+        "import sys, time, dvic_log\n"
+        "log = dvic_log.get_logger('rotating')\n"
+        "log.info('ready')\n"
+        "sys.stdin.readline()\n"
+        f"for i in range({count}):\n"
+        "    log.info('line %05d ' % i + 'z' * 40)\n"
+        "    if i % 100 == 99:\n"
+        "        time.sleep(0.05)  # paces the demo (about 2,000 lines/s), not the test\n"
+        "sys.stdin.readline()\n"
+    )
+    demo = subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=dict(env_for_demos(), DVIC_LOG_MAX_BYTES=str(64 * 1024)),  # a rotation every ~700 lines
+        stdin=subprocess.PIPE,
+    )
+    try:
+        # As in production the daemon knows the demo before its output gets busy.
+        wait_for(lambda: demo_lines(server, node_id, "rotating"), 30, "the demo's first line", interval=0.2)
+        assert demo.stdin is not None
+        demo.stdin.write(b"go\n")
+        demo.stdin.flush()
+
+        def all_there():
+            lines = demo_lines(server, node_id, "rotating")
+            return lines if len(lines) >= count + 1 else None
+
+        try:
+            lines = wait_for(all_there, 60, f"{count} lines at the server", interval=0.5)
+        except AssertionError:
+            got = [line["msg"] for line in demo_lines(server, node_id, "rotating")]
+            missing = sorted(set(range(count)) - {int(m[5:10]) for m in got if m.startswith("line ")})
+            raise AssertionError(
+                f"{len(got)} lines arrived; missing {len(missing)}: {missing[:20]}..."
+            ) from None
+        assert [line["msg"][:10] for line in lines] == ["ready"] + [f"line {i:05d}" for i in range(count)]
+        (path,) = live_files(log_dir)
+        assert read_file(path)[0]["rotated"] >= 3
+    finally:
+        demo.kill()
+        demo.wait()
