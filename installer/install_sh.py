@@ -128,10 +128,26 @@ stop_daemon() {
     rm -f "$PIDFILE"
 }
 
+# A daemon that cannot even start (bad bundle, import error) dies within a moment.
+settle() {
+    i=0
+    while [ "$i" -lt 5 ]; do nap; i=$((i + 1)); done
+}
+
+daemon_tail() {
+    if [ "$INIT" = systemd ]; then
+        journalctl -u "$SERVICE" -n 5 -o cat --no-pager 2>/dev/null | tr '\n' ' '
+    else
+        tail -n 5 "$DAEMON_OUT" 2>/dev/null | tr '\n' ' '
+    fi
+}
+
 start_daemon() {
     if [ "$INIT" = systemd ]; then
         systemctl daemon-reload && systemctl enable --quiet "$SERVICE" && systemctl restart "$SERVICE" \
             || return 1
+        settle
+        # A crashed daemon is "activating (auto-restart)" here, which is-active reports as not active.
         systemctl is-active --quiet "$SERVICE"
         return
     fi
@@ -142,9 +158,7 @@ start_daemon() {
         nohup "$PY" "$DAEMON" --config "$BUNDLE" --state-dir "$STATE_DIR" >>"$DAEMON_OUT" 2>&1 </dev/null &
     fi
     echo $! >"$PIDFILE"
-    # A daemon that cannot even start (bad bundle, import error) dies within a moment.
-    i=0
-    while [ "$i" -lt 5 ]; do nap; i=$((i + 1)); done
+    settle
     daemon_pid >/dev/null
 }
 
@@ -169,15 +183,16 @@ put() {  # put SRC DEST MODE: atomic replace, keeping the old file in the stage 
 rollback() {
     say rollback started
     stop_daemon
+    # A fresh unit is disabled while its file still exists (disable needs it to find the links).
+    if [ "$INIT" = systemd ] && [ ! -e "$STAGE/old$(echo "$UNIT" | tr '/' '_')" ]; then
+        systemctl disable --quiet "$SERVICE" >/dev/null 2>&1
+    fi
     for f in $TOUCHED; do
         name=$(echo "$f" | tr '/' '_')
         rm -f "$f.dvic-new"
         if [ -e "$STAGE/old$name" ]; then mv -f "$STAGE/old$name" "$f"; else rm -f "$f"; fi
     done
-    if [ "$INIT" = systemd ]; then
-        [ -e "$UNIT" ] || systemctl disable --quiet "$SERVICE" >/dev/null 2>&1
-        systemctl daemon-reload >/dev/null 2>&1
-    fi
+    if [ "$INIT" = systemd ]; then systemctl daemon-reload >/dev/null 2>&1; fi
     for d in $CREATED_DIRS; do rm -rf "$d"; done
     if [ "$WAS_RUNNING" = 1 ]; then start_daemon >/dev/null 2>&1 || true; fi
     say rollback done
@@ -239,7 +254,7 @@ do_install() {
     put "$STAGE/dvic_node.py" "$DAEMON" 644
     if [ "$KEEP_BUNDLE" != 1 ]; then put "$STAGE/bundle.json" "$BUNDLE" 600; fi
     put "$STAGE/unit/$SERVICE" "$UNIT" 644
-    start_daemon || fail start_failed "the daemon did not stay running: $(tail -n 5 "$DAEMON_OUT" 2>/dev/null | tr '\n' ' ')"
+    start_daemon || fail start_failed "the daemon did not stay running: $(daemon_tail)"
     COMMITTING=0
     if [ "$INIT" = none ]; then say pid "$(cat "$PIDFILE")"; fi
     say installed ok
