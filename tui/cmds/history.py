@@ -138,7 +138,7 @@ async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None)
         try:
             stream = await api.stream()
         except ApiError as exc:
-            if exc.status in (401, 403):
+            if 400 <= exc.status < 500:
                 raise
             print(f"dvic: {exc.message}; retrying in {delay:.0f}s", file=sys.stderr)
             await asyncio.sleep(delay)  # back-off between reconnect attempts, not synchronisation
@@ -160,6 +160,10 @@ async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None)
                     follower.show(m for m in msg["lines"] if isinstance(m, dict))
         except Unreachable as exc:
             print(f"dvic: {exc.message}", file=sys.stderr)
+        except ApiError as exc:
+            if exc.status < 500:
+                raise  # bad token, revoked access, unknown node: retrying will not help
+            print(f"dvic: the server failed ({exc.code}): {exc.message}", file=sys.stderr)
         finally:
             await stream.close()
         print(f"dvic: live stream closed (code {stream.close_code}); reconnecting", file=sys.stderr)
