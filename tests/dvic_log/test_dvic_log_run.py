@@ -323,3 +323,30 @@ def test_a_signal_ignored_by_the_wrapper_stays_ignored_for_the_child(log_dir: Pa
     assert result.returncode == 0, result.stderr
     _, records = only_file(log_dir)
     assert records[0]["msg"] == "hup ignored True"
+
+
+def test_a_child_that_closes_its_output_is_still_supervised(log_dir: Path, tmp_path: Path):
+    # No more output to relay, but the wrapper must still forward signals and pass the status on.
+    marker = tmp_path / "closed"
+    cmd = script(
+        f"""
+        import os, signal, sys, time
+        print("closing", flush=True)
+        os.close(1)
+        os.close(2)
+        signal.signal(signal.SIGTERM, lambda s, f: os._exit(9))
+        open({str(marker)!r}, "w").close()
+        for _ in range(600):
+            time.sleep(0.1)
+        """
+    )
+    proc = start_wrapper("-q", "--", *cmd)
+    try:
+        wait_for(marker.exists, timeout=20, what="the child to close its output")
+        proc.terminate()
+        assert proc.wait(timeout=20) == 9
+    finally:
+        proc.kill()
+        proc.wait()
+    _, records = only_file(log_dir)
+    assert [r["msg"] for r in records] == ["closing", f"{PY} exited with status 9"]

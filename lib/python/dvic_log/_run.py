@@ -114,7 +114,23 @@ def _open_pty_stdout() -> Tuple[int, int]:
     attrs = termios.tcgetattr(slave)
     attrs[1] &= ~termios.ONLCR
     termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    _copy_window_size(slave)
     return master, slave
+
+
+def _copy_window_size(pty_fd: int) -> None:
+    """Give the pty our terminal's size, so the child formats its output for the real width."""
+    import fcntl
+    import termios
+
+    for fd in (1, 0, 2):
+        if os.isatty(fd):
+            try:
+                size = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+                fcntl.ioctl(pty_fd, termios.TIOCSWINSZ, size)
+            except OSError:
+                pass
+            return
 
 
 class Runner:
