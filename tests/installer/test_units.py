@@ -205,3 +205,13 @@ def test_daemon_version() -> None:
     assert daemon_version("print('no version')\n") == ""
     if DEFAULT_DAEMON_SOURCE.exists():
         assert daemon_version(DEFAULT_DAEMON_SOURCE.read_text())
+
+
+def test_host_key_checking_is_never_switched_off() -> None:
+    import installer
+
+    package = Path(installer.__file__).parent
+    for source in package.rglob("*.py"):
+        text = source.read_text()
+        assert "known_hosts=None" not in text.replace(" ", ""), source
+        assert "known_hosts=()" not in text.replace(" ", ""), source
