@@ -78,9 +78,10 @@ def test_node_online_metrics_lines_once_and_demo_exit(central: CentralServer, tm
     assert code == 0, daemon.log()
 
 
+@pytest.mark.parametrize("python", interpreters())
 def test_kill9_of_daemon_and_server_mid_stream_loses_and_duplicates_nothing(
-        central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
-    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+        central: CentralServer, tmp_path: Path, logs_dir: Path, python: str) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
     daemon.start()
     demo = Demo(logs_dir, "streamer", 3000, pause=0.001)
     try:
@@ -135,8 +136,9 @@ def test_full_spool_drops_oldest_and_reports_the_gap(central: CentralServer, tmp
         daemon.stop()
 
 
+@pytest.mark.parametrize("python", interpreters())
 def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: CentralServer, tmp_path: Path,
-                                                                 logs_dir: Path) -> None:
+                                                                 logs_dir: Path, python: str) -> None:
     now = b"%.3f" % time.time()  # the server's retention forgets old lines: use fresh timestamps
     (logs_dir / "dvic_log_00000000000000aa").write_bytes(b"not a header\nsecond line\n")
     (logs_dir / "dvic_log_00000000000000bb").write_bytes(b"\x00\xff\xfe\x89garbage\x00\n")
@@ -148,7 +150,7 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
     vanishing.write_bytes(b'{"dvic_log": 1, "token": "00000000000000dd", "name": "ghost", "pid": 1}\n'
                           + b"".join(b'{"ts": %s, "level": "INFO", "msg": "ghost %d"}\n' % (now, i)
                                      for i in range(20000)))
-    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
     daemon.start()
     try:
         wait_until_sync(lambda: any(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)), 30,

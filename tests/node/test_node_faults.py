@@ -9,11 +9,13 @@ from pathlib import Path
 
 import dvic_node
 import pytest
-from daemon_support import DaemonProcess, write_bundle
+from daemon_support import DaemonProcess, interpreters, write_bundle
 from node_support import Pki, accept_upgrade, read_client_frame, server_frame, wait_until
 
 
-async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pki, tmp_path: Path) -> None:
+@pytest.mark.parametrize("python", interpreters())
+async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pki, tmp_path: Path,
+                                                                         python: str) -> None:
     connections: list[str] = []
     after_welcome: list[dict] = []
 
@@ -54,7 +56,7 @@ async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pk
     del bundle["keepalive_url"]  # this peer only speaks websocket
     logs = tmp_path / "logs"
     logs.mkdir()
-    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "b.json", bundle), tmp_path / "state", logs)
+    daemon = DaemonProcess(python, write_bundle(tmp_path / "b.json", bundle), tmp_path / "state", logs)
     async with server:
         daemon.start()
         try:
