@@ -450,3 +450,42 @@ def test_a_huge_command_line_keeps_the_header_small(log_dir: Path):
     with dvic_log.LogFile("big-argv", identity=ident) as roomy:  # 8 MiB: the 64 x 256 bound only
         pass
     assert read_file(Path(roomy.path))[0]["argv"] == ident.argv
+
+
+def rotate_a_few_times(log: dvic_log.LogFile, n: int = 200) -> None:
+    for i in range(n):
+        log.info(f"record {i:04d} " + "y" * 50)
+        assert os.path.getsize(log.path) <= log.max_bytes
+
+
+def test_rotation_without_hard_links_falls_back_to_rename(log_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    def no_links(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")  # as on filesystems without links
+
+    monkeypatch.setattr(os, "link", no_links)
+    with dvic_log.open_log("nolinks", max_bytes=4096) as log:
+        rotate_a_few_times(log)
+    header, records = read_file(Path(log.path))
+    old_header, old_records = read_file(Path(log.path + ".1"))
+    assert header["rotated"] == old_header["rotated"] + 1
+    numbers = [int(r["msg"].split()[1]) for r in old_records + records]
+    assert numbers == list(range(200 - len(numbers), 200))
+
+
+def test_a_directory_planted_at_the_prepare_name_does_not_stop_rotation(log_dir: Path):
+    with dvic_log.open_log("blocked-new", max_bytes=4096) as log:
+        Path(log.path + ".new").mkdir()
+        rotate_a_few_times(log)
+        assert read_file(Path(log.path))[0]["rotated"] > 1
+        assert read_file(Path(log.path))[1][-1]["msg"].startswith("record 0199")
+
+
+def test_a_directory_planted_at_the_backup_name_starts_a_new_stream(log_dir: Path):
+    with dvic_log.open_log("blocked-backup", max_bytes=4096) as log:
+        first = log.path
+        Path(first + ".1").mkdir()
+        rotate_a_few_times(log)
+        assert log.path != first  # went on under a new token
+    files = live_files(log_dir)
+    assert len(files) >= 2 and all(f.stat().st_size <= 4096 for f in files)
+    assert read_file(Path(log.path))[1][-1]["msg"].startswith("record 0199")

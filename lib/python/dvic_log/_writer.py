@@ -35,6 +35,8 @@ _FILE_MODE = 0o644
 _TOKEN_ATTEMPTS = 16
 # How often a writer checks that its file still has a name (someone may delete it from /tmp).
 _VANISH_CHECK_SECONDS = 1.0
+# Errors that mean "no room": reported to the caller, never worked around by another rotation.
+_NO_ROOM = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
 # Slack for the '"rotated":N' field that later headers add: keeps every record under the cap.
 _ROTATED_FIELD_SLACK = 24
 
@@ -302,34 +304,62 @@ class LogFile:
         os.close(old)
 
     def _rotate(self) -> None:
-        """Move the live file to <path>.1 (replacing the older one) and continue in a fresh file."""
+        """Move the live file to <path>.1 (replacing the older one) and continue in a fresh file.
+
+        Preferred: the new file is prepared under .new, the full one gets the second name .1
+        (a hard link), and .new is renamed over the live name, so the live name never disappears.
+        Without hard links, or when .new is unusable: the live file is renamed to .1 and the live
+        name created again. If .1 is unusable too (something else occupies it), the writer goes
+        on under a new token rather than stop logging. A full disk is reported, not worked around.
+        """
         rotated = self._rotated + 1
         header = self._header(rotated)
+        try:
+            new_fd = self._rotate_with_link(header)
+        except OSError as exc:
+            if exc.errno in _NO_ROOM:
+                raise
+            try:
+                new_fd = self._rotate_with_rename(header)
+            except OSError as exc2:
+                if exc2.errno in _NO_ROOM:
+                    raise
+                old = self._fd
+                self._open_stream(self._identity)
+                if old is not None:
+                    os.close(old)
+                return
+        old, self._fd = self._fd, new_fd
+        self._size, self._rotated = len(header), rotated
+        if old is not None:
+            os.close(old)
+
+    def _rotate_with_link(self, header: bytes) -> int:
         prepared = self._path + _PREPARE_SUFFIX
         _unlink_if_present(prepared)  # left over by a crash in the middle of an earlier rotation
         new_fd = _create_with_header(prepared, header)
         try:
             backup = self._path + ROTATED_SUFFIX
             _unlink_if_present(backup)
-            try:
-                # A second name for the full file first, then an atomic rename of the new one over
-                # the live name: a reader never finds the live name missing.
-                os.link(self._path, backup, follow_symlinks=False)
-            except OSError:
-                # No hard links here (some filesystems): fall back to a plain rename.
-                try:
-                    os.rename(self._path, backup)
-                except FileNotFoundError:
-                    pass
+            os.link(self._path, backup, follow_symlinks=False)
             os.rename(prepared, self._path)
         except BaseException:
             os.close(new_fd)
-            _unlink_if_present(prepared)
+            try:
+                os.unlink(prepared)
+            except OSError:
+                pass
             raise
-        old, self._fd = self._fd, new_fd
-        self._size, self._rotated = len(header), rotated
-        if old is not None:
-            os.close(old)
+        return new_fd
+
+    def _rotate_with_rename(self, header: bytes) -> int:
+        backup = self._path + ROTATED_SUFFIX
+        _unlink_if_present(backup)
+        try:
+            os.rename(self._path, backup)
+        except FileNotFoundError:
+            pass  # deleted under us: nothing to keep
+        return _create_with_header(self._path, header)
 
 
 def _create_with_header(path: str, header: bytes) -> int:
