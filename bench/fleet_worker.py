@@ -184,6 +184,7 @@ async def main(args: argparse.Namespace, fleet_nodes: list[NodeCreds], ca_path: 
          metrics_sent=sum(n.metrics_sent for n in nodes), acks=sum(n.acks for n in nodes),
          lines_acked=sum(n.acked for n in nodes), dropped_during_run=dropped,
          sent_by_node={n.creds.node_id: n.seq for n in nodes},
+         acked_by_node={n.creds.node_id: n.acked for n in nodes},
          ack_latencies_ms=[round(v * 1000, 2) for v in ack_latencies],
          cpu_s=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime))
     return 0

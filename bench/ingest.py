@@ -182,6 +182,10 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report.add("lines sent / acked / stored", f"{total:,} / {acked:,} / {stored:,}", target="all stored",
                ok=stored == total and acked == total)
     report.add("server CPU during the run", round(procstat.cpu_percent(before, after), 1), "% of one core")
+    report.add("server event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1),
+               "% of the time")
+    report.add("machine CPU pressure (PSI some)", round(procstat.machine_stall_percent(before, after), 1),
+               "% of the time")
     report.add("client CPU during the run", round(result.get("cpu_s", 0.0) / max(result.get("seconds", 1), 1e-9)
                                                    * 100, 1), "% of one core")
     report.add("server peak RSS", round(after.peak_rss_bytes / 1e6, 1), "MB")

@@ -197,6 +197,8 @@ def _add_result(report: Report, client: str, r: dict[str, Any], before: procstat
                f"{procstat.main_thread_percent(before, after):.0f}", "% of one core")
     report.add(f"[{client}] event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1),
                "% of the time")
+    report.add(f"[{client}] machine CPU pressure (PSI some)",
+               round(procstat.machine_stall_percent(before, after), 1), "% of the time")
     if "client_cpu_s" in r and r["seconds"]:
         report.add(f"[{client}] client CPU", round(100 * r["client_cpu_s"] / r["seconds"], 1), "% of one core")
 

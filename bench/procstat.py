@@ -19,6 +19,7 @@ class ProcSample:
     main_cpu_s: float = 0.0  # the main thread alone: the server's event loop
     # Time the main thread was ready to run but waited for a CPU (other processes had them).
     main_wait_s: float = 0.0
+    machine_stall_s: float = 0.0  # see machine_cpu_stall_s
 
 
 def read(pid: int) -> ProcSample:
@@ -43,6 +44,7 @@ def read(pid: int) -> ProcSample:
         threads=int(fields.get("Threads", "0") or 0),
         main_cpu_s=_thread_cpu(pid, pid),
         main_wait_s=_run_queue_wait(pid),
+        machine_stall_s=machine_cpu_stall_s(),
     )
 
 
@@ -52,11 +54,21 @@ def _stat_cpu(stat: str) -> float:
     return (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
 
 
-def _run_queue_wait(pid: int) -> float:
+def _run_queue_wait(pid: int, tid: int | None = None) -> float:
     try:
-        with open(f"/proc/{pid}/task/{pid}/schedstat", encoding="ascii") as fh:
+        with open(f"/proc/{pid}/task/{tid or pid}/schedstat", encoding="ascii") as fh:
             return int(fh.read().split()[1]) / 1e9
     except (FileNotFoundError, IndexError, ValueError):
+        return 0.0
+
+
+def machine_cpu_stall_s() -> float:
+    """Seconds (since boot) in which some runnable task had no CPU, machine-wide (PSI); 0 if unknown."""
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as fh:
+            first = fh.readline().split()
+        return next(int(f.split("=")[1]) for f in first if f.startswith("total=")) / 1e6
+    except (OSError, StopIteration, ValueError):
         return 0.0
 
 
@@ -78,6 +90,12 @@ def main_wait_percent(before: ProcSample, after: ProcSample) -> float:
     """Share of the wall time the event loop was runnable but had no CPU (machine oversubscribed)."""
     wall = after.at - before.at
     return 100.0 * (after.main_wait_s - before.main_wait_s) / wall if wall > 0 else 0.0
+
+
+def machine_stall_percent(before: ProcSample, after: ProcSample) -> float:
+    """Share of the wall time in which some task on the machine waited for a CPU (any process)."""
+    wall = after.at - before.at
+    return 100.0 * (after.machine_stall_s - before.machine_stall_s) / wall if wall > 0 else 0.0
 
 
 def main_thread_percent(before: ProcSample, after: ProcSample) -> float:

@@ -57,6 +57,7 @@ def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     figures = doc["figures"]
     assert figures["nodes connected (mTLS websocket + hello)"]["ok"] is True
     assert figures["lines sent / acked / stored"]["ok"] is True
+    assert figures["acked lines missing from the database"]["value"] == 0
     assert figures["subscriber lines received"]["ok"] is True
     assert figures["  timed lines (after warm-up)"]["value"] > 0
     assert figures["connections dropped during the run"]["value"] == 0
