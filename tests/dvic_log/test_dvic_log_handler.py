@@ -2,11 +2,15 @@
 
 import logging
 import logging.config
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import dvic_log
 import pytest
-from dvic_log_testkit import live_files, read_file
+from dvic_log_testkit import LIB_DIR, live_files, read_file
 
 
 @pytest.fixture
@@ -130,11 +134,61 @@ def test_dict_config_can_build_the_handler(log_dir: Path, fresh_logger_name: str
     assert [r["msg"] for r in read_file(Path(handler.path))[1]] == ["configured"]
 
 
-def test_a_write_failure_goes_to_handle_error_not_to_the_caller(
-    log_dir: Path, fresh_logger_name: str, capsys: pytest.CaptureFixture
-):
+def test_a_write_failure_goes_to_handle_error_not_to_the_caller(log_dir: Path):
+    script = textwrap.dedent(
+        """
+        import resource, dvic_log
+        log = dvic_log.get_logger("full-disk-demo")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+        for i in range(40):
+            log.info("record %d %s", i, "w" * 40)  # must never raise into the demo
+        print("demo still running")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, PYTHONPATH=str(LIB_DIR)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "demo still running\n"
+    assert "--- Logging error ---" in result.stderr and "no room in" in result.stderr
+
+
+def test_logging_after_shutdown_still_reaches_the_same_file(log_dir: Path):
+    # atexit runs last-registered first: this function is registered before logging's own
+    # shutdown hook, so it logs after logging.shutdown() closed every handler.
+    script = textwrap.dedent(
+        """
+        import atexit
+        atexit.register(lambda: log.info("from atexit, after logging.shutdown()"))
+        import dvic_log
+        log = dvic_log.get_logger("late-demo")
+        log.info("during the run")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, PYTHONPATH=str(LIB_DIR)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    (path,) = live_files(log_dir)
+    assert [r["msg"] for r in read_file(path)[1]] == [
+        "during the run",
+        "from atexit, after logging.shutdown()",
+    ]
+
+
+def test_a_closed_handler_reopens_its_own_file(log_dir: Path, fresh_logger_name: str):
     log = dvic_log.get_logger(fresh_logger_name)
     (handler,) = log.handlers
-    handler.log_file.close()  # any later write fails
-    log.info("after close")  # must not raise into the demo
-    assert "write to closed log file" in capsys.readouterr().err
+    log.info("one")
+    handler.close()
+    log.info("two")
+    assert live_files(log_dir) == [Path(handler.path)]
+    assert [r["msg"] for r in records_of(log)] == ["one", "two"]

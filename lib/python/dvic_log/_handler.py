@@ -66,6 +66,8 @@ class DvicLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.log_file.closed:  # closed by logging.shutdown() while the program still logs
+                self.log_file.reopen()
             msg, exc = self.render(record)
             self.log_file.write(
                 record.levelno, msg, logger=record.name[:_MAX_LOGGER_CHARS], exc=exc, ts=record.created

@@ -4,12 +4,13 @@ import errno
 import math
 import os
 import secrets
+import stat
 import sys
 import threading
 import time
 import traceback
 import weakref
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 from ._config import check_name, resolve_dir, resolve_keep_seconds, resolve_max_bytes
 from ._format import encode_line, encode_record, fit_record, level_name, make_header, make_record, to_text
@@ -22,15 +23,10 @@ ROTATED_SUFFIX = ".1"
 # the live name never disappears and never shows a file without its header.
 _PREPARE_SUFFIX = ".new"
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # O_NOFOLLOW and O_EXCL together refuse any existing name, a symlink planted in /tmp included.
-_CREATE_FLAGS = (
-    os.O_WRONLY
-    | os.O_CREAT
-    | os.O_EXCL
-    | os.O_APPEND
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _NOFOLLOW | _CLOEXEC
 _FILE_MODE = 0o644
 _TOKEN_ATTEMPTS = 16
 # How often a writer checks that its file still has a name (someone may delete it from /tmp).
@@ -69,6 +65,7 @@ class LogFile:
         self._lock = threading.Lock()
         self._fd: Optional[int] = None
         self._closed = False
+        self._closed_file: Optional[Tuple[int, int]] = None  # (inode, device) at close(), for reopen()
         self._open_stream(identity or current_identity())
         _WRITERS.add(self)
         prune_once(self.directory, keep_seconds)
@@ -165,7 +162,36 @@ class LogFile:
             self._closed = True
             fd, self._fd = self._fd, None
             if fd is not None:
-                os.close(fd)
+                try:
+                    st = os.fstat(fd)
+                    self._closed_file = (st.st_ino, st.st_dev)
+                finally:
+                    os.close(fd)
+
+    def reopen(self) -> None:
+        """Continue a closed LogFile in the same file (or a new stream if that file is gone).
+
+        logging.shutdown() closes handlers at exit while other threads or atexit functions may
+        still log; like logging.FileHandler, the handler then reopens instead of losing records.
+        """
+        with self._lock:
+            if not self._closed:
+                return
+            self._closed = False
+            if self._pid != os.getpid():
+                self._open_stream(current_identity())
+                return
+            try:
+                fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | _NOFOLLOW | _CLOEXEC)
+            except OSError:
+                self._open_stream(self._identity)
+                return
+            st = os.fstat(fd)
+            if (st.st_ino, st.st_dev) != self._closed_file or not stat.S_ISREG(st.st_mode):
+                os.close(fd)  # not the file we closed (rotated away, replaced): start afresh
+                self._open_stream(self._identity)
+                return
+            self._fd, self._size = fd, st.st_size
 
     def __enter__(self) -> "LogFile":
         return self
