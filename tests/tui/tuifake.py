@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+OP = web.RequestKey("op", dict)
 ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -213,7 +214,7 @@ class FakeCentral:
         if op["status"] == "disabled":
             return _err(401, "unauthorized", "account disabled")
         if request.path == "/api/v1/me":
-            request["op"] = op
+            request[OP] = op
             return await handler(request)
         if op["status"] != "active":
             return _err(403, "pending", "account waits for approval")
@@ -224,7 +225,7 @@ class FakeCentral:
             need = "operator"
         if ROLE_RANK[op["role"]] < ROLE_RANK[need]:
             return _err(403, "forbidden", f"needs role {need}")
-        request["op"] = op
+        request[OP] = op
         if request.method in ("POST", "DELETE"):
             self.audit.append({"id": len(self.audit) + 1, "ts": time.time(), "operator": name,
                                "action": f"{request.method} {request.path}", "target": "", "data": {}})
@@ -269,7 +270,7 @@ class FakeCentral:
         return web.json_response({"name": name, "status": "pending", "token": token}, status=201)
 
     async def _me(self, request: web.Request) -> web.Response:
-        op = request["op"]
+        op = request[OP]
         return web.json_response({"name": op["name"], "role": op["role"], "status": op["status"]})
 
     async def _nodes(self, request: web.Request) -> web.Response:
