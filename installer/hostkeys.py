@@ -106,7 +106,15 @@ async def trusted_host_keys(
         options["tunnel"] = tunnel
     if algs:
         options["server_host_key_algs"] = algs
-    presented = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, **options), connect_timeout)
+    try:
+        presented = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, **options), connect_timeout)
+    except (asyncssh.KeyExchangeFailed, asyncssh.ConnectionLost, ConnectionResetError, BrokenPipeError):
+        if not known:
+            raise
+        # Asked only for the confirmed key's type, the server refused (OpenSSH just disconnects):
+        # look at what it offers now; any key at all is a change.
+        options.pop("server_host_key_algs", None)
+        presented = await asyncio.wait_for(asyncssh.get_server_host_key(host, port, **options), connect_timeout)
     if presented is None:
         raise InstallerError("connect", "no_host_key", f"{role} {host}:{port} presented no host key")
     shown = fingerprint(presented)

@@ -249,6 +249,29 @@ async def test_changed_host_key_aborts_loudly(
     assert central.requests == []
 
 
+async def test_host_key_of_another_type_is_a_change(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, ssh_user: str, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from installer.hostkeys import KnownHosts
+
+    sshd = Sshd(tmp_path / "sshd-rsa", ssh_user)
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(sshd.host_key)], check=True)
+    store = KnownHosts(tmp_path / "known_hosts")
+    sshd.start()
+    try:
+        import asyncssh
+
+        store.add("127.0.0.1", sshd.port, asyncssh.generate_private_key("ssh-ed25519"))  # confirmed earlier
+        with pytest.raises(InstallerError) as err:
+            await add_node(make_request(port=sshd.port))
+    finally:
+        sshd.stop()
+    assert err.value.code == "host_key_changed" and "it now presents SHA256:" in err.value.message
+    assert central.requests == []
+
+
 async def test_rerun_repairs_in_place_with_the_same_identity(
     make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path,
     tmp_path: Path,
