@@ -63,8 +63,15 @@ def _dvic(args: list[str], env_extra: dict[str, str], stdin: str = "") -> subpro
                           text=True, env=env, cwd=REPO, timeout=120)
 
 
+PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
+
+
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("daemon", ["stub", "real"])
+@pytest.mark.parametrize("daemon", [
+    "stub",
+    "real",
+    pytest.param("real-py3.8", marks=pytest.mark.skipif(not PY38.exists(), reason="no Python 3.8 here")),
+])
 def test_add_node_cli_real_server_then_no_trace_of_the_password(
     daemon: str, central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -80,8 +87,10 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
         env["DVIC_NODE_DAEMON"] = str(Path(__file__).with_name("stub_daemon.py"))
     ssh = ["--user", USER, "--port", str(target_sshd.port), "--password-stdin",
            "--expect-host-key", target_sshd.fingerprint, "--no-systemd", "--prefix", str(prefix)]
+    python = ["--python", str(PY38)] if daemon == "real-py3.8" else []
     try:
-        added = _dvic(["add-node", "127.0.0.1", "--name", "e2e-node", "--group", "lab", *ssh], env, PASSWORD + "\n")
+        added = _dvic(["add-node", "127.0.0.1", "--name", "e2e-node", "--group", "lab", *python, *ssh], env,
+                      PASSWORD + "\n")
         print(added.stdout, added.stderr)  # the step timings, visible with pytest -s
         assert added.returncode == 0, added.stderr
         for step in ("connect", "check", "enroll", "render", "install", "online"):
@@ -94,7 +103,9 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
         assert pid is not None
 
         # Again: repaired in place, same identity.
-        again = _dvic(["add-node", "127.0.0.1", *ssh], env, PASSWORD + "\n")
+        if python:
+            assert "Python 3.8.18" in added.stdout
+        again = _dvic(["add-node", "127.0.0.1", *python, *ssh], env, PASSWORD + "\n")
         assert again.returncode == 0, again.stderr
         assert "same identity" in again.stdout
         assert central_server.node("e2e-node")["id"] == node["id"]
