@@ -68,8 +68,11 @@ def write_file_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(tmp)  # a full disk must not also leak half-written temp files
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 
@@ -1164,6 +1167,8 @@ class FileFollower:
         self._buf = bytearray()
         self._buf_start = 0
         self._overlong = False
+        self._last_start = 0
+        self._switch_pending = False  # rotated: open the new file at the next call, not mid-batch
 
     def position(self) -> Dict[str, int]:
         """Where to resume: just after the last complete line handed out (follows a switch of file)."""
@@ -1226,6 +1231,14 @@ class FileFollower:
     def read_lines(self, budget: int = 256 * KIB) -> List[Line]:
         """Complete lines available now (at most about `budget` bytes read per call)."""
         out = []  # type: List[Line]
+        if self._switch_pending:  # one call never spans two files, so rewind() stays possible
+            self._switch_pending = False
+            try:
+                self._open_fd(self.path, 0)
+                self.events.append("rotated: following the new file")
+            except OSError as exc:
+                self.close()
+                self.events.append("rotated but the new file cannot be opened: %s" % exc)
         if self.fd is None:
             return out
         st = os.fstat(self.fd)
@@ -1236,6 +1249,7 @@ class FileFollower:
             self._buf = bytearray()
             self._buf_start = 0
             self._overlong = False
+        self._last_start = self._buf_start
         data = os.pread(self.fd, budget, self.off) if st.st_size > self.off else b""
         self._split(data, out)
         if len(data) < budget:  # at the end of this descriptor: has the path moved on?
@@ -1280,12 +1294,15 @@ class FileFollower:
             return
         if st.st_ino != self.ino or st.st_dev != self.dev:
             self._flush_partial(out)
-            try:
-                self._open_fd(self.path, 0)
-                self.events.append("rotated: following the new file")
-            except OSError as exc:
-                self.close()
-                self.events.append("rotated but the new file cannot be opened: %s" % exc)
+            self._switch_pending = True
+
+    def rewind(self) -> None:
+        """Take back the lines the last read_lines() returned (they could not be stored): read again later."""
+        self.off = self._buf_start = self._last_start
+        self._buf = bytearray()
+        self._overlong = False
+        self.gone = False
+        self._switch_pending = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1406,6 +1423,7 @@ class Demo:
         self.exited_at = None  # type: Optional[float]
         self.open_error = ""
         self.retry_at = 0.0
+        self.next_read = 0.0
 
     @property
     def name(self) -> str:
@@ -1432,6 +1450,8 @@ class DemoWatcher:
         self.logdirs = []  # type: List[LogDir]
         self.demos = {}  # type: Dict[str, Demo]
         self._states = dict(spool.extra.get("demos") or {})  # key -> {"state", "exited_at"}
+        self.disk_full = False
+        self._pruned = False
 
     def set_logdirs(self, logdirs: List[LogDir]) -> None:
         self.logdirs = logdirs
@@ -1456,18 +1476,29 @@ class DemoWatcher:
         total = 0
         now = time.time()
         for demo in list(self.demos.values()):
+            if demo.state == "exited" and now < demo.next_read:
+                continue  # an exited demo's file rarely grows: look every 5 s, not every round
             if demo.follower.fd is None and not demo.follower.gone:
                 if now < demo.retry_at or not self._open(demo):
                     continue
             try:
-                total += self._read(demo, budget)
+                n = self._read(demo, budget)
             except OSError as exc:
-                if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
-                    LOG.warning("spool: disk full, demo lines wait in their files (%s)", exc)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    if not self.disk_full:  # once per episode: the lines wait in their files meanwhile
+                        self.disk_full = True
+                        LOG.error("spool: cannot write (%s); demo lines wait in their files", exc.strerror)
                     return total
                 self.report_error("reading %s failed: %s" % (demo.path, exc), {"path": demo.path})
                 demo.follower.close()
                 demo.retry_at = now + 30
+                continue
+            if self.disk_full:
+                self.disk_full = False
+                LOG.warning("spool: writable again")
+            total += n
+            if n == 0 and demo.state == "exited":
+                demo.next_read = now + 5.0
         return total
 
     def _open(self, demo: Demo) -> bool:
@@ -1477,6 +1508,7 @@ class DemoWatcher:
         except FileNotFoundError:
             if demo.key not in self._states:
                 del self.demos[demo.key]
+                self.spool.set_position(demo.key, None)
             else:
                 demo.follower.gone = True  # deleted while we were not running
             return False
@@ -1521,7 +1553,11 @@ class DemoWatcher:
                         "level": level, "msg": msg, "truncated": truncated})
         position = demo.follower.position()
         if out or position != self.spool.positions.get(demo.key):
-            self.spool.append(out, {demo.key: position})
+            try:
+                self.spool.append(out, {demo.key: position})
+            except OSError:
+                demo.follower.rewind()  # nothing was spooled: these lines stay in the file for later
+                raise
         if demo.follower.gone:
             demo.follower.close()
         return len(out)
@@ -1529,13 +1565,20 @@ class DemoWatcher:
     def check_liveness(self) -> None:
         """Report started/exited transitions; forget demos whose file is gone after they exited."""
         changed = False
+        if not self._pruned:  # once, after the first scan: demos whose file vanished while we were down
+            self._pruned = True
+            for key in [k for k in self._states if k not in self.demos and not k.startswith("demo:docker:")]:
+                del self._states[key]
+                self.spool.set_position(key, None)
+                changed = True
         for key, demo in list(self.demos.items()):
             if demo.header is None:
                 if demo.follower.gone:
                     del self.demos[key]
                 continue
             known = self._states.get(key)  # as persisted by an earlier run of the daemon
-            alive = pid_state(demo.logdir.proc_root, demo.header["pid"], demo.header.get("pid_start"))
+            alive = demo.state != "exited" and pid_state(demo.logdir.proc_root, demo.header["pid"],
+                                                         demo.header.get("pid_start"))
             if not demo.state:  # first look in this run
                 if known and known.get("state") == "exited":
                     demo.state, demo.exited_at = "exited", known.get("exited_at")
@@ -1699,7 +1742,11 @@ class SystemLogs:
         out = [syslog_line_to_line(line) for line in lines if self.limiter.allow()]
         position = self.file.position()
         if out or position != self.spool.positions.get(self.KEY):
-            self.spool.append(out, {self.KEY: position})
+            try:
+                self.spool.append(out, {self.KEY: position})
+            except OSError:
+                self.file.rewind()
+                raise
         if self.file.gone:
             self.file.close()
             self.file = None
@@ -1725,14 +1772,18 @@ class SystemLogs:
             except OSError as exc:
                 LOG.warning("system logs: cannot run journalctl: %s", exc)
                 return
+            why = ""
             try:
                 await self._read_journal(proc, own_pid)
+            except OSError as exc:  # the spool cannot take lines: resume later from the last stored cursor
+                why = "cannot spool (%s)" % (exc.strerror or exc)
             finally:
                 if proc.returncode is None:
                     proc.kill()
                     await proc.wait()
             if not stop.is_set():
-                LOG.warning("system logs: journalctl exited with code %s; restarting in 30 s", proc.returncode)
+                LOG.warning("system logs: %s; restarting journalctl in 30 s",
+                            why or "journalctl exited with code %s" % proc.returncode)
                 try:
                     await asyncio.wait_for(stop.wait(), 30)
                 except asyncio.TimeoutError:
@@ -2061,10 +2112,13 @@ class Daemon:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         LOG.removeHandler(self.log_handler)
-        self.spool.close()
         for exc in failed:
             LOG.error("internal error, stopping: %s", "".join(
                 traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+        try:
+            self.spool.close()
+        except OSError as exc:  # e.g. a full disk: the spool files are still consistent
+            LOG.error("could not save the state on exit: %s", exc)
         LOG.info("dvic-node stopped")
         return 1 if failed else 0
 
@@ -2146,11 +2200,18 @@ class Daemon:
                 return
 
     async def _checkpoint_loop(self) -> None:
+        failing = False
         while not await self._sleep(2.0):
             try:
                 self.spool.checkpoint()
             except OSError as exc:
-                LOG.warning("cannot save state in %s: %s", self.opts.state_dir, exc)
+                if not failing:  # once per episode; the spooled positions still cover a crash
+                    LOG.warning("cannot save state in %s: %s", self.opts.state_dir, exc)
+                failing = True
+                continue
+            if failing:
+                LOG.warning("state saved again in %s", self.opts.state_dir)
+            failing = False
 
     async def _keepalive_loop(self) -> None:
         url = self.bundle.get("keepalive_url")
@@ -2401,7 +2462,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         LOG.error("%s", exc)
         return 2
     except OSError as exc:
-        LOG.error("cannot start: %s", exc)
+        LOG.error("stopped by a system error: %s", exc, exc_info=args.verbose)
         return 1
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,5 +192,58 @@ def test_wrong_ca_keeps_running_and_says_why(central: CentralServer, tmp_path: P
         wait_until_sync(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two failed attempts")
         assert "not trusted by the bundle's CA" in daemon.log()
         assert daemon.running()
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs) to fill up; skipped where mounting is not allowed."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of the file system holding `directory`."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(10_000):  # bounded: 1 MiB disk, 4 KiB at a time
+            try:
+                os.write(fd, b"\0" * 4096)
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_loses_nothing(central: CentralServer, tmp_path: Path, logs_dir: Path, small_disk: Path) -> None:
+    bundle = central.enroll("node-full")
+    path = write_bundle(tmp_path / "node-full.json", bundle)
+    daemon = DaemonProcess(sys.executable, path, small_disk / "state", logs_dir)
+    daemon.log_path = tmp_path / "daemon.log"  # not on the full disk
+    daemon.start()
+    try:
+        wait_until_sync(lambda: "connected to" in daemon.log(), 20, "the daemon to connect")
+        filler = fill(small_disk)
+        demo = Demo(logs_dir, "while-full", 500)
+        demo.wait_written()
+        wait_until_sync(lambda: "spool: cannot write" in daemon.log(), 20, "the daemon to notice the full disk")
+        assert daemon.running()
+        assert demo_lines(central, bundle["node_id"]) == []  # nothing could be spooled, nothing was lost
+        filler.unlink()
+        wait_until_sync(lambda: len(demo_lines(central, bundle["node_id"])) >= 500, 30, "the lines to follow")
+        assert [ln["msg"] for ln in demo_lines(central, bundle["node_id"])] == demo.expected()
+        assert "spool: writable again" in daemon.log()
+        demo.kill()
     finally:
         daemon.stop()

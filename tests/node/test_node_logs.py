@@ -77,9 +77,28 @@ def test_rotation_drains_the_old_file_before_the_new(tmp_path: Path) -> None:
         w.write(b"old2\nunterminated")
     os.rename(p, str(p) + ".1")
     p.write_bytes(b"new1\n")
+    old = f.position()
     assert texts(f.read_lines()) == [b"old2", b"unterminated"]  # nothing of the old file is lost
-    assert f.position() == {"ino": p.stat().st_ino, "dev": p.stat().st_dev, "off": 0}
+    assert f.position()["ino"] == old["ino"]  # one call never mixes two files
     assert texts(f.read_lines()) == [b"new1"]
+    assert f.position() == {"ino": p.stat().st_ino, "dev": p.stat().st_dev, "off": 5}
+
+
+def test_rewind_gives_the_same_lines_again(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"a\npart")
+    f = dvic_node.FileFollower(str(p))
+    f.open()
+    assert texts(f.read_lines()) == [b"a"]
+    with open(p, "ab") as w:
+        w.write(b"ial\nb\n")
+    assert texts(f.read_lines()) == [b"partial", b"b"]
+    f.rewind()  # e.g. the spool was full: nothing of that call was stored
+    assert texts(f.read_lines()) == [b"partial", b"b"]
+    p.unlink()
+    assert f.read_lines() == [] and f.gone
+    f.rewind()
+    assert not f.gone and f.read_lines() == [] and f.gone
 
 
 def test_deletion_drains_then_reports_gone(tmp_path: Path) -> None:
