@@ -36,9 +36,12 @@ class Pki:
     rogue_node_cert_pem: str
     rogue_node_key_pem: str
 
-    def server_context(self, require_client_cert: bool = True) -> ssl.SSLContext:
+    def server_context(self, require_client_cert: bool = True, expired: bool = False) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(self.server_cert, self.server_key)
+        if expired:
+            ctx.load_cert_chain(self.dir / "expired.crt", self.dir / "expired.key")
+        else:
+            ctx.load_cert_chain(self.server_cert, self.server_key)
         if require_client_cert:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cadata=self.ca_pem)
@@ -88,9 +91,9 @@ def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 
 def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
-          server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+          server: bool, expired: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=60 if expired else 0)
     b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
@@ -111,6 +114,9 @@ def make_pki(d: Path) -> Pki:
     node, node_key = _leaf(ca, ca_key, "6b0f7c52-0000-4000-8000-000000000001", server=False)
     rogue, rogue_key = _ca("rogue CA")
     rnode, rnode_key = _leaf(rogue, rogue_key, "rogue-node", server=False)
+    old, old_key = _leaf(ca, ca_key, "127.0.0.1", server=True, expired=True)
+    (d / "expired.crt").write_text(_pem(old))
+    (d / "expired.key").write_text(_key_pem(old_key))
     (d / "server.crt").write_text(_pem(srv))
     (d / "server.key").write_text(_key_pem(srv_key))
     return Pki(dir=d, ca_pem=_pem(ca), server_cert=d / "server.crt", server_key=d / "server.key",

@@ -174,6 +174,17 @@ async def test_wrong_ca_is_refused_with_a_clear_error(pki: Pki, tmp_path: Path) 
         await runner.cleanup()
 
 
+async def test_expired_server_certificate_is_refused_with_a_clear_error(pki: Pki, tmp_path: Path) -> None:
+    app = web.Application()
+    runner, url = await start_app(app, pki.server_context(expired=True))
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError) as info:
+            await dvic_node.ws_connect(url.replace("https://", "wss://") + "/ws", client_context(pki, tmp_path))
+        assert "certificate has expired" in dvic_node.describe_connect_error(info.value)
+    finally:
+        await runner.cleanup()
+
+
 async def test_unknown_client_certificate_is_refused(pki: Pki, tmp_path: Path) -> None:
     async def handler(request: web.Request) -> web.WebSocketResponse:
         raise AssertionError("must not get here")
