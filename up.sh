@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source ./scripts/venv.sh
-exec .venv/bin/dvic-central up --data-dir "${DVIC_DATA_DIR:-.dvic}" "$@"
+exec .venv/bin/dvic-central --data-dir "${DVIC_DATA_DIR:-.dvic}" up "$@"
