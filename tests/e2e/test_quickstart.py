@@ -1,0 +1,59 @@
+"""The README's first command, headless: `dvic-central up --no-console` brings up the server and this
+machine's daemon; the machine shows online with metrics; Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.support.server import REPO
+from tests.support.wait import wait_for
+
+
+def _api(data_dir: Path, path: str) -> dict:
+    info = json.loads((data_dir / "listen.json").read_text())
+    token = (data_dir / "admin.token").read_text().strip()
+    req = urllib.request.Request(info["url"] + path, headers={"Authorization": f"Bearer {token}"})
+    ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_up_brings_this_machine_online_and_stops_cleanly(tmp_path: Path):
+    data_dir = tmp_path / "dvic"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "central.cli", "--data-dir", str(data_dir), "up", "--listen", "127.0.0.1:0",
+         "--no-console"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for(lambda: (data_dir / "listen.json").exists() and (data_dir / "local-node.json").exists(),
+                 timeout=60, what="server up and this machine enrolled")
+
+        def online_with_metrics() -> dict | None:
+            nodes = _api(data_dir, "/api/v1/nodes")["nodes"]
+            node = nodes[0] if nodes else None
+            return node if node and node["state"] == "online" and "cpu" in node["metrics"] else None
+
+        node = wait_for(online_with_metrics, timeout=60, what="this machine online with metrics")
+        assert node["group"] == "local" and node["daemon_version"]
+        assert (data_dir / "local-node.json").stat().st_mode & 0o777 == 0o600
+        server_pid = json.loads((data_dir / "listen.json").read_text())["pid"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert "enrolled this machine" in out
+    # Everything it started is gone.
+    try:
+        os.kill(server_pid, 0)
+        raise AssertionError("the central server outlived `up`")
+    except ProcessLookupError:
+        pass
+    assert not (data_dir / "listen.json").exists()
