@@ -15,6 +15,7 @@ from .models import ServerSpec
 from .tunnel import read_opened, tunnel_error
 
 _TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+_RANK = {"viewer": 1, "operator": 2, "admin": 3}
 
 
 class CentralError(Exception):
@@ -99,6 +100,19 @@ class CentralClient:
             code = str(body["error"].get("code") or code)
             message = str(body["error"].get("message") or "")
         return CentralError(status, code, f"{what}: HTTP {status}" + (f" ({message})" if message else ""))
+
+    async def require_role(self, role: str) -> str:
+        """``GET /api/v1/me``: fail early unless the token's account is active with at least ``role``."""
+        status, body = await self._call("GET", "/api/v1/me")
+        if status != 200 or not isinstance(body, dict):
+            raise self._error(status, body, "checking your operator token failed")
+        if body.get("status") != "active":
+            raise CentralError(403, "http_403", f"the account {body.get('name')!r} is {body.get('status')}, "
+                                                "not active: an admin must approve it")
+        if _RANK.get(str(body.get("role")), 0) < _RANK[role]:
+            raise CentralError(403, "http_403", f"the account {body.get('name')!r} has the role "
+                                                f"{body.get('role')!r}; this needs {role!r}")
+        return f"{body.get('name')} ({body.get('role')})"
 
     async def enroll(self, name: str, kind: str, group: str) -> dict[str, Any]:
         """``POST /api/v1/nodes``: enroll a node and return its bundle (protocol.md section 1)."""

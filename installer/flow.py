@@ -133,6 +133,10 @@ async def _add_node(
                              target_path=req.target_path, **extra)
 
     async with runner.run("connect") as step:
+        # The server first: a bad token or a too-low role must fail before the target is touched.
+        require_role = getattr(api, "require_role", None)
+        if require_role is not None:
+            await require_role("operator")
         conn: asyncssh.SSHClientConnection = await stack.enter_async_context(open_target(
             host=req.host, port=req.port, user=req.user, password=req.password, source=req.source,
             known_hosts=store, expect_host_key=req.expect_host_key, confirm=req.confirm_host_key,
@@ -251,6 +255,9 @@ async def remove_node(
                     raise central_error("revoke", exc) from exc
             # Revoke first: the identity is dead at once, even if the machine is unreachable.
             async with runner.run("revoke") as step:
+                require_role = getattr(central, "require_role", None)
+                if require_role is not None:
+                    await require_role("admin")
                 node = await central.get_node(request.node)
                 if node is None:
                     raise InstallerError("revoke", "unknown_node", f"the server does not know {request.node!r}",

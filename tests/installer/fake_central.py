@@ -133,6 +133,12 @@ class FakeCentral:
         node["last_seen"] = time.time()
         return web.json_response({"server_time": time.time(), "interval": 5, "node_id": node["id"]})
 
+    role: str = "operator"
+
+    async def _me(self, request: web.Request) -> web.Response:
+        self._auth(request)
+        return web.json_response({"name": "tester", "role": self.role, "status": "active"})
+
     async def _tunnel(self, request: web.Request) -> web.StreamResponse:
         """Like the real relay, but this process stands in for the node and opens the TCP stream."""
         self._auth(request)
@@ -173,6 +179,7 @@ class FakeCentral:
         app.router.add_delete("/api/v1/nodes/{node}", self._delete)
         app.router.add_post("/api/v1/keepalive", self._keepalive)
         app.router.add_get("/api/v1/nodes/{node}/tunnel", self._tunnel)
+        app.router.add_get("/api/v1/me", self._me)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(self.directory / "server.pem", self.directory / "server.key")
         self._runner = web.AppRunner(app)

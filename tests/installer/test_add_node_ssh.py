@@ -123,6 +123,26 @@ async def test_remove_unknown_node(make_request: Callable[..., AddNodeRequest], 
     assert (err.value.step, err.value.code) == ("revoke", "unknown_node")
 
 
+async def test_bad_token_or_role_fails_before_ssh(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd
+) -> None:
+    from dataclasses import replace
+
+    request = make_request()
+    request.server = replace(request.server, token="not-a-token")
+    logins_before = target_sshd.log_path.read_text().count("Accepted password")
+    with pytest.raises(InstallerError) as err:
+        await add_node(request)
+    assert (err.value.step, err.value.code) == ("connect", "unauthorized") and "token" in err.value.hint
+
+    central.role = "viewer"
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request())
+    assert err.value.code == "http_403" and "'viewer'" in err.value.message
+    assert target_sshd.log_path.read_text().count("Accepted password") == logins_before
+    assert central.requests == []
+
+
 async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
     from .sshd import free_port
 
