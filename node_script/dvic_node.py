@@ -1453,6 +1453,10 @@ class DemoWatcher:
         self.disk_full = False
         self._pruned = False
 
+    def restore_states(self) -> None:
+        """Take the demo states an earlier run saved (call once the spool is open)."""
+        self._states = dict(self.spool.extra.get("demos") or {})
+
     def set_logdirs(self, logdirs: List[LogDir]) -> None:
         self.logdirs = logdirs
 
@@ -2034,6 +2038,8 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
 
 
 class Daemon:
+    """Runs the parts side by side on one event loop: collectors, followers, connection, keep-alive."""
+
     def __init__(self, bundle: Dict[str, Any], options: Options) -> None:
         self.bundle = bundle
         self.opts = options
@@ -2089,7 +2095,7 @@ class Daemon:
         self.spool.on_append = self._poke
         self.log_handler = SpoolLogHandler(self.spool)
         LOG.addHandler(self.log_handler)
-        self.demos = DemoWatcher(self.spool, self._emit, self.report_error)
+        self.demos.restore_states()
         self.demos.set_logdirs([LogDir(self.opts.log_dir)])
         LOG.info("dvic-node %s starting: node %s, server %s, logs in %s, state in %s (spool: %d lines pending)",
                  VERSION, self.bundle["node_id"], self.bundle["ws_url"], self.opts.log_dir,
@@ -2145,16 +2151,23 @@ class Daemon:
 
     async def _tail_loop(self) -> None:
         next_scan = next_live = 0.0
+        last_bug = ""
         while True:
             now = time.monotonic()
-            if now >= next_scan:
-                self.demos.scan()
-                next_scan = now + 2.0
-            # read at most a segment per file and round so a small spool bound still drops only the oldest
-            n = self.demos.poll(min(256 * KIB, self.spool.segment_bytes))
-            if now >= next_live:
-                self.demos.check_liveness()
-                next_live = now + 1.0
+            n = 0
+            try:
+                if now >= next_scan:
+                    self.demos.scan()
+                    next_scan = now + 2.0
+                # at most a segment per file and round: a small spool bound still drops only the oldest
+                n = self.demos.poll(min(256 * KIB, self.spool.segment_bytes))
+                if now >= next_live:
+                    self.demos.check_liveness()
+                    next_live = now + 1.0
+            except Exception as exc:  # noqa: BLE001 - a bug on one odd file must not stop everything else
+                if repr(exc) != last_bug:
+                    last_bug = repr(exc)
+                    LOG.exception("demo logs: unexpected error (continuing)")
             wait = 0.0 if n >= 500 else self.opts.poll_interval  # catching up: go again at once
             if await self._sleep(wait):
                 return
