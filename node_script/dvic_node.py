@@ -2062,9 +2062,8 @@ class Daemon:
 
     # -- plumbing shared by the parts --
     def _emit(self, msg: Dict[str, Any]) -> None:
-        """Queue a `demo`/`event` message; offline, demo messages wait for the post-welcome announce."""
-        if msg.get("type") == "demo" and not self.online:
-            return
+        """Queue a `demo`/`event` message (bounded); sent in order once connected, so a demo that
+        started and exited while the link was down still shows both transitions."""
         self.outbox.append(msg)
         self._poke()
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import DaemonProcess, Demo, all_logs, events, interpreters, write_bundle
+from daemon_support import REPO, DaemonProcess, Demo, all_logs, events, interpreters, write_bundle
 from node_support import wait_until_sync
 
 from tests.support.server import CentralServer
@@ -246,4 +246,31 @@ def test_full_disk_loses_nothing(central: CentralServer, tmp_path: Path, logs_di
         assert "spool: writable again" in daemon.log()
         demo.kill()
     finally:
+        daemon.stop()
+
+
+def test_a_non_python_demo_run_through_the_dvic_log_wrapper(central: CentralServer, tmp_path: Path,
+                                                             logs_dir: Path) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+    daemon.start()
+    env = dict(os.environ, DVIC_LOG_DIR=str(logs_dir), PYTHONPATH=str(REPO / "lib" / "python"))
+    wrapper = subprocess.Popen([sys.executable, "-m", "dvic_log", "run", "--name", "shell-demo", "--",
+                                "sh", "-c", "echo hello from sh; read _; echo oops >&2; exit 3"],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    try:
+        def demo() -> dict:
+            found = [d for d in central.node(node_id).get("demos_list", []) if d["name"] == "shell-demo"]
+            return found[0] if found else {}
+
+        assert wait_until_sync(lambda: demo().get("state") in ("started", "alive"), 20, "the wrapped demo alive")
+        wrapper.communicate(b"go\n", timeout=20)
+        assert wrapper.returncode == 3
+        wait_until_sync(lambda: demo().get("state") == "exited", 20, "the wrapped demo exited")
+        lines = wait_until_sync(lambda: len(ls := demo_lines(central, node_id)) >= 3 and ls, 20, "its lines")
+        assert [(ln["level"], ln["msg"]) for ln in lines[:2]] == [("INFO", "hello from sh"), ("ERROR", "oops")]
+        assert {ln["unit"] for ln in lines} == {"shell-demo"}
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
         daemon.stop()
