@@ -1,14 +1,16 @@
 """Benchmark: records/s written by dvic_log versus the standard logging.FileHandler.
 
 Both write through a logging.Logger, one write(2) per record (FileHandler flushes after every
-record), into files in a temporary directory. Prints records/s for each and the ratio; run
-`python3 bench/dvic_log_bench.py --help` for the knobs. Not part of the test run.
+record), into files in a temporary directory. Prints records/s for each and the ratio, then the
+throughput of the `run` wrapper; `python3 bench/dvic_log_bench.py --help` lists the knobs. Not
+part of the test run.
 """
 
 import argparse
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -95,6 +97,35 @@ def best_rates(benches: list[Bench], threads: int, per_thread: int, message: str
     return best
 
 
+def bench_wrapper(lines: int, repeat: int) -> tuple[float, float]:
+    """(lines/s through `python3 -m dvic_log run`, lines/s of the same child writing to a file).
+
+    The child prints `lines` lines as fast as it can; the first figure is end to end (child,
+    pipe, wrapper, log file), the second the child alone with its stdout on a plain file.
+    """
+    child = [
+        sys.executable,
+        "-c",
+        f"import sys\nfor i in range({lines}): print('sensor reading', i, 'x' * 40)",
+    ]
+    lib = str(Path(__file__).resolve().parents[1] / "lib" / "python")
+    best_wrapped = best_plain = 0.0
+    for _ in range(repeat):
+        directory = tempfile.mkdtemp(prefix="dvic_log_bench_")
+        try:
+            env = dict(os.environ, PYTHONPATH=lib, DVIC_LOG_DIR=directory)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "dvic_log", "run", "-q", "--", *child], env=env, check=True)
+            best_wrapped = max(best_wrapped, lines / (time.perf_counter() - started))
+            with open(os.path.join(directory, "plain.out"), "wb") as out:
+                started = time.perf_counter()
+                subprocess.run(child, stdout=out, check=True)
+                best_plain = max(best_plain, lines / (time.perf_counter() - started))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return best_wrapped, best_plain
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000, help="records per run (default 100000)")
@@ -103,6 +134,9 @@ def main() -> int:
         "--repeat", type=int, default=3, help="runs per figure; the best is shown (default 3)"
     )
     parser.add_argument("--size", type=int, default=60, help="approximate message length (default 60)")
+    parser.add_argument(
+        "--wrapper-lines", type=int, default=200_000, help="lines for the run-wrapper figure (0: skip)"
+    )
     args = parser.parse_args()
     message = "sensor reading %d " + "x" * max(0, args.size - 18)
 
@@ -125,6 +159,12 @@ def main() -> int:
             f"{direct:>23,.0f} {direct / plain:>6.2f}"
         )
     print("ratio = dvic_log records/s / FileHandler records/s (higher is better for dvic_log)")
+    if args.wrapper_lines:
+        wrapped, plain_child = bench_wrapper(args.wrapper_lines, args.repeat)
+        print(
+            f"run wrapper: {wrapped:,.0f} lines/s end to end, the child alone {plain_child:,.0f} lines/s "
+            f"(ratio {wrapped / plain_child:.2f}; {args.wrapper_lines} lines, process start-up included)"
+        )
     return 0
 
 

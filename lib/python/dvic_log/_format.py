@@ -64,9 +64,10 @@ def to_text(value: Any) -> str:
 
 def _to_utf8_line(text: str) -> bytes:
     """Finish a JSON text: escape Unicode line breaks, make it valid UTF-8, add the newline."""
-    for raw, escaped in _LINE_BREAK_ESCAPES:
-        if raw in text:
-            text = text.replace(raw, escaped)
+    if not text.isascii():  # O(1) in CPython: pure-ASCII text skips the scans below
+        for raw, escaped in _LINE_BREAK_ESCAPES:
+            if raw in text:
+                text = text.replace(raw, escaped)
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
@@ -94,27 +95,31 @@ _quote = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _RECORD_KEYS = frozenset(("ts", "level", "msg", "logger", "exc"))
 
 
-def encode_record(record: Dict[str, Any]) -> bytes:
-    """encode_line() for a record, built directly: the hot path, about 3x faster than json.dumps."""
-    ts = record.get("ts")
-    if record.keys() - _RECORD_KEYS or not isinstance(ts, float) or not math.isfinite(ts):
-        return encode_line(record)  # anything unusual takes the general (and strict) path
-    parts = [
-        '{"ts":',
-        repr(record["ts"]),
-        ',"level":',
-        _quote(record["level"]),
-        ',"msg":',
-        _quote(record["msg"]),
-    ]
-    logger = record.get("logger")
-    if logger is not None:
+def record_line(
+    ts: float, level: str, msg: str, logger: Optional[str] = None, exc: Optional[str] = None
+) -> bytes:
+    """The line of one record, built directly (the hot path, ~3x faster than json.dumps).
+
+    Same bytes as encode_line(make_record(...)); ts must be a finite float, the rest str.
+    """
+    parts = ['{"ts":', repr(round(ts, 3)), ',"level":', _quote(level), ',"msg":', _quote(msg)]
+    if logger:
         parts += (',"logger":', _quote(logger))
-    exc = record.get("exc")
-    if exc is not None:
+    if exc:
         parts += (',"exc":', _quote(exc))
     parts.append("}")
     return _to_utf8_line("".join(parts))
+
+
+def encode_record(record: Dict[str, Any]) -> bytes:
+    """encode_line() for a record dict, through record_line() when it has the usual shape."""
+    ts = record.get("ts")
+    if record.keys() - _RECORD_KEYS or not isinstance(ts, float) or not math.isfinite(ts):
+        return encode_line(record)  # anything unusual takes the general (and strict) path
+    fields = [record.get(key) for key in ("level", "msg", "logger", "exc")]
+    if not all(value is None or isinstance(value, str) for value in fields):
+        return encode_line(record)
+    return record_line(ts, *fields)  # type: ignore[arg-type]
 
 
 def make_header(

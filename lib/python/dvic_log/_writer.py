@@ -13,7 +13,7 @@ import weakref
 from typing import Any, Optional, Tuple, Union
 
 from ._config import check_name, resolve_dir, resolve_keep_seconds, resolve_max_bytes
-from ._format import encode_line, encode_record, fit_record, level_name, make_header, make_record, to_text
+from ._format import encode_line, fit_record, level_name, make_header, make_record, record_line, to_text
 from ._identity import ProcessIdentity, current_identity
 from ._prune import prune_once
 
@@ -106,21 +106,21 @@ class LogFile:
             ts = time.time()
         elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
             raise ValueError("dvic_log: ts must be a finite number of Unix seconds, not %r" % (ts,))
-        record = make_record(
+        fields = (
             float(ts),
             level_name(level),
             to_text(msg),
             to_text(logger) if logger else None,
             to_text(exc) if exc else None,
         )
-        line = encode_record(record)  # outside the lock: threads only queue for the write itself
+        line = record_line(*fields)  # outside the lock: threads only queue for the write itself
         with self._lock:
             if self._closed:
                 raise ValueError("dvic_log: write to closed log file %s" % self._path)
             if self._pid != os.getpid():
                 self._reopen_after_fork()
             if len(line) > self._max_line:
-                line = fit_record(record, self._max_line)
+                line = fit_record(make_record(*fields), self._max_line)
             self._check_vanished()
             if self._pending:
                 self._finish_pending()
