@@ -33,7 +33,12 @@ def node(central_server, tmp_path: Path, log_dir: Path):
             env=env,
         )  # fmt: skip
     try:
-        wait_for(lambda: central_server.node(bundle["node_id"]).get("connected"), 30, "the daemon to connect")
+        wait_for(
+            lambda: central_server.node(bundle["node_id"]).get("connected"),
+            30,
+            "the daemon to connect",
+            interval=0.2,
+        )
         yield central_server, bundle["node_id"]
     finally:
         daemon.terminate()
@@ -103,9 +108,13 @@ def test_a_wrapped_program_is_followed_alive_and_then_exited(node, log_dir: Path
             got = [(line["level"], line["msg"]) for line in demo_lines(server, node_id, "wrapped")]
             return got if all(any(m == msg for _, m in got) for msg in msgs) else None
 
-        got = wait_for(lambda: shipped("hello from stdout", "trouble"), 30, "the first lines at the server")
+        got = wait_for(
+            lambda: shipped("hello from stdout", "trouble"), 30, "the first lines at the server", interval=0.2
+        )
         assert ("INFO", "hello from stdout") in got and ("ERROR", "trouble") in got
-        alive = wait_for(lambda: demo_state(server, node_id, token), 30, "the demo to be announced")
+        alive = wait_for(
+            lambda: demo_state(server, node_id, token), 30, "the demo to be announced", interval=0.2
+        )
         assert alive["pid"] == header["pid"] and alive["state"] in ("started", "alive")
         assert alive["name"] == "wrapped"
 
@@ -113,14 +122,19 @@ def test_a_wrapped_program_is_followed_alive_and_then_exited(node, log_dir: Path
         wrapper.stdin.write(b"go\n")
         wrapper.stdin.close()
         assert wrapper.wait(timeout=30) == 0
-        got = wait_for(lambda: shipped("bye", f"{sys.executable} exited with status 0"), 30, "the last lines")
+        got = wait_for(
+            lambda: shipped("bye", f"{sys.executable} exited with status 0"),
+            30,
+            "the last lines",
+            interval=0.2,
+        )
         assert [m for _, m in got][-2:] == ["bye", f"{sys.executable} exited with status 0"]
 
         def exited():
             state = demo_state(server, node_id, token)
             return state if state and state["state"] == "exited" else None
 
-        assert wait_for(exited, 30, "the demo to show as exited")["exited_at"] is not None
+        assert wait_for(exited, 30, "the demo to show as exited", interval=0.2)["exited_at"] is not None
     finally:
         wrapper.kill()
         wrapper.wait()
