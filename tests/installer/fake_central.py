@@ -133,7 +133,7 @@ class FakeCentral:
         node["last_seen"] = time.time()
         return web.json_response({"server_time": time.time(), "interval": 5, "node_id": node["id"]})
 
-    role: str = "operator"
+    role: str = "admin"
 
     async def _me(self, request: web.Request) -> web.Response:
         self._auth(request)
