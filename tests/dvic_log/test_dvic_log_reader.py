@@ -165,6 +165,8 @@ def test_cat_all_and_unknown_targets(log_dir: Path):
     missing = run_cli("cat", "nosuchdemo")
     assert missing.returncode == 1
     assert "no dvic_log file, token or demo name 'nosuchdemo'" in missing.stderr
+    no_file = run_cli("cat", str(log_dir / "dvic_log_ffffffffffffffff"))
+    assert no_file.returncode == 1 and "no such file" in no_file.stderr
 
 
 def read_lines_until(proc: subprocess.Popen, count: int, timeout: float = 20) -> list[str]:

@@ -41,8 +41,10 @@ def format_entry(entry: Entry, prefix: str = "") -> Optional[str]:
 
 def resolve(target: str, directory: str) -> str:
     """A path, or a token / demo name found in the log directory."""
-    if os.sep in target or os.path.exists(target):
+    if os.path.exists(target):
         return target
+    if os.sep in target:
+        raise FileNotFoundError("no such file: %s" % target)
     by_token = os.path.join(directory, "dvic_log_" + target)
     if os.path.exists(by_token):
         return by_token
