@@ -15,8 +15,9 @@ HOSTILE_SHOWN = "[link=http://x]x[/link] [/b]   end"
 DEMO_TOKEN = "a1b2c3d4a1b2c3d4"
 
 
-def metrics(cpu: float = 12.5, mem: float = 50.0, disk: float = 25.0, temp: float = 48.3) -> dict[str, Any]:
-    return {"type": "metrics", "ts": time.time(), "cpu": {"total": cpu, "per_core": [cpu, cpu]},
+def metrics(cpu: float = 12.5, mem: float = 50.0, disk: float = 25.0, temp: float = 48.3,
+            ts: float | None = None) -> dict[str, Any]:
+    return {"type": "metrics", "ts": time.time() if ts is None else ts, "cpu": {"total": cpu, "per_core": [cpu, cpu]},
             "load": [0.5, 0.4, 0.3], "mem": {"total": 4096000000, "available": 2048000000, "percent": mem},
             "disks": [{"mount": "/", "total": 32000000000, "used": 8000000000, "percent": disk}],
             "temps": [{"name": "cpu-thermal", "celsius": temp}], "uptime": 12345.0, "procs": 143}
@@ -48,3 +49,15 @@ async def online_node(server: CentralServer, name: str, kind: str = "raspberry",
     """Enrolls `name` and connects it (see `connected`)."""
     async with connected(server.enroll(name, kind=kind, group=group), **facts) as node:
         yield node
+
+
+async def send_history(node: FakeNode, minutes: int = 14, every: float = 20.0) -> None:
+    """Backdated samples (the server stores each at its own `ts`), so charts have a shape."""
+    import math
+
+    now = time.time()
+    count = int(minutes * 60 / every)
+    for i in range(count, 0, -1):
+        phase = i / 6.0
+        await node.send(metrics(cpu=40 + 35 * math.sin(phase), mem=45 + 10 * math.sin(phase / 3),
+                                disk=25 + i % 3, temp=50 + 8 * math.cos(phase), ts=now - i * every))

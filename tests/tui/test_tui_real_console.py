@@ -9,7 +9,16 @@ from typing import Any
 from textual.widgets import DataTable, OptionList, Static
 
 from tests.support.server import CentralServer
-from tests.tui.realkit import DEMO_TOKEN, HOSTILE, HOSTILE_SHOWN, connected, demo, metrics, online_node
+from tests.tui.realkit import (
+    DEMO_TOKEN,
+    HOSTILE,
+    HOSTILE_SHOWN,
+    connected,
+    demo,
+    metrics,
+    online_node,
+    send_history,
+)
 from tests.tui.tuifake import wait_for
 from tui.app import DvicApp
 from tui.config import Settings
@@ -45,6 +54,8 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
     server = central_server
     other = server.enroll("desk-7", kind="desktop", group="lab")  # enrolled, never seen: "new"
     async with online_node(server, "pi-42", model=HOSTILE) as node:
+        await send_history(node)
+        await node.send(metrics())  # the latest sample is what the fleet shows
         await node.send(demo())
         await node.send(demo("old-demo", "exited", token="00001111aaaabbbb", pid=99))
         await node.send_logs([node.line("calibrated", demo=DEMO_TOKEN),
@@ -78,6 +89,11 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
             await pilot.press("1")
             await wait_for(lambda: "max 77%" in str(view.query_one("#label-cpu").render()), what="cpu chart")
             shot(app, "node-80x24", tmp_path)
+            await pilot.resize_terminal(160, 48)
+            await pilot.pause()
+            shot(app, "node-160x48", tmp_path)
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
             await pilot.press("d")
             demos = view.query_one("#demo-table", DataTable)
             await wait_for(lambda: demos.row_count == 2, what="demos")
@@ -108,6 +124,11 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
             assert HOSTILE_SHOWN in text and "\x1b" not in text and "\x07" not in text
             svg = shot(app, "logs-80x24", tmp_path)
             assert "\x1b" not in svg and "[link=http://x]x[/link]" in svg.replace("&#160;", " ")
+            await pilot.resize_terminal(160, 48)
+            await pilot.pause()
+            shot(app, "logs-160x48", tmp_path)
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
             # Server-side full-text search.
             await pilot.press("slash")
             for key in "calibrated":
@@ -135,6 +156,8 @@ async def test_admin_approves_and_revokes_on_real_server(central_server: Central
         await wait_for(lambda: ops.row_count == 2, what="operators")
         assert ops.get_row_at(0)[0].plain == "erin" and ops.get_row_at(0)[2].plain == "pending"
         ops.focus()
+        await pilot.pause()
+        shot(app, "admin-160x48", tmp_path)
         await pilot.press("a")
         await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="role picker")
         app.screen.query_one(OptionList).highlighted = 1
@@ -144,10 +167,14 @@ async def test_admin_approves_and_revokes_on_real_server(central_server: Central
             return next(o for o in server.api("GET", "/api/v1/operators")[1]["operators"] if o["name"] == "erin")
 
         await wait_for(lambda: erin()["status"] == "active", what="approved")
+        await pilot.press("escape")
+        await pilot.press("a")  # back in: the screen reloads
+        await wait_for(lambda: isinstance(app.screen, AdminScreen), what="admin again")
+        admin = app.screen
+        ops = admin.query_one("#op-table", DataTable)
         assert erin()["role"] == "operator"
         audit = admin.query_one("#audit-table", DataTable)
         await wait_for(lambda: audit.row_count >= 1, what="audit")
-        shot(app, "admin-160x48", tmp_path)
         await pilot.press("D")  # to the Nodes tab
         await pilot.press("D")
         await wait_for(lambda: app.screen is not admin, what="confirm")
