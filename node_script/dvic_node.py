@@ -29,6 +29,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 try:  # optional: richer and cheaper metrics when present
@@ -1138,6 +1139,13 @@ class Spool:
 # Following files: growth, truncation, rotation, deletion
 # ---------------------------------------------------------------------------------------------
 
+def first_line_crc(fd: int) -> Optional[int]:
+    """CRC-32 of a file's first line (None while it has no complete first line within 4 KiB)."""
+    data = os.pread(fd, 4 * KIB, 0)
+    nl = data.find(b"\n")
+    return zlib.crc32(data[:nl]) if nl >= 0 else None
+
+
 class Line:
     __slots__ = ("start", "end", "data", "overlong")
 
@@ -1169,25 +1177,49 @@ class FileFollower:
         self._overlong = False
         self._last_start = 0
         self._switch_pending = False  # rotated: open the new file at the next call, not mid-batch
+        self.head = None  # type: Optional[int]
 
     def position(self) -> Dict[str, int]:
-        """Where to resume: just after the last complete line handed out (follows a switch of file)."""
-        return {"ino": self.ino, "dev": self.dev, "off": self._buf_start}
+        """Where to resume: just after the last complete line handed out (follows a switch of file).
+
+        `h` (a CRC of the first line) tells this file from a later one that got the same inode number.
+        """
+        if self.head is None and self.fd is not None:
+            self.head = first_line_crc(self.fd)
+        pos = {"ino": self.ino, "dev": self.dev, "off": self._buf_start}
+        if self.head is not None:
+            pos["h"] = self.head
+        return pos
+
+    def _same_file(self, path: str, saved: Dict[str, Any]) -> bool:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if saved.get("ino") != st.st_ino or saved.get("dev", st.st_dev) != st.st_dev:
+            return False
+        if saved.get("h") is None:
+            return True
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return True  # let the real open report the problem
+        try:
+            head = first_line_crc(fd)
+        finally:
+            os.close(fd)
+        return head is None or head == saved.get("h")
 
     def open(self, saved: Optional[Dict[str, Any]] = None, at_end: bool = False) -> None:
         """Open the path (raises OSError); resume from `saved` when it still names this file or its .1."""
-        st = os.lstat(self.path)
-        if saved and saved.get("ino") == st.st_ino and saved.get("dev", st.st_dev) == st.st_dev:
+        os.lstat(self.path)  # FileNotFoundError before anything else
+        if saved and self._same_file(self.path, saved):
             self._open_fd(self.path, int(saved.get("off", 0)))
             return
-        if saved and self.rotated_suffix:
-            try:  # rotated while we were away: drain the rest of the old file first
-                rst = os.lstat(self.path + self.rotated_suffix)
-                if rst.st_ino == saved.get("ino"):
-                    self._open_fd(self.path + self.rotated_suffix, int(saved.get("off", 0)))
-                    return
-            except FileNotFoundError:
-                pass
+        if saved and self.rotated_suffix and self._same_file(self.path + self.rotated_suffix, saved):
+            # rotated while we were away: drain the rest of the old file first
+            self._open_fd(self.path + self.rotated_suffix, int(saved.get("off", 0)))
+            return
         if saved:
             self.events.append("the file was replaced while the daemon was not running; "
                                "reading the new file from its start")
@@ -1208,6 +1240,7 @@ class FileFollower:
             raise
         self.close()
         self.fd, self.ino, self.dev = fd, st.st_ino, st.st_dev
+        self.head = first_line_crc(fd)
         self.off = off
         if off > st.st_size:
             self.events.append("saved position beyond the end of the file; it was truncated")
@@ -1289,12 +1322,24 @@ class FileFollower:
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
+            if self._rotating():
+                return  # renamed to .1, the new file is not created yet: wait for it
             self._flush_partial(out)
             self.gone = True
             return
         if st.st_ino != self.ino or st.st_dev != self.dev:
             self._flush_partial(out)
             self._switch_pending = True
+
+    def _rotating(self) -> bool:
+        """True when our file now lives at the rotated name (a writer's rename-then-create)."""
+        if not self.rotated_suffix:
+            return False
+        try:
+            st = os.lstat(self.path + self.rotated_suffix)
+        except OSError:
+            return False
+        return st.st_ino == self.ino and st.st_dev == self.dev
 
     def rewind(self) -> None:
         """Take back the lines the last read_lines() returned (they could not be stored): read again later."""
@@ -1482,6 +1527,8 @@ class DemoWatcher:
         for demo in list(self.demos.values()):
             if demo.state == "exited" and now < demo.next_read:
                 continue  # an exited demo's file rarely grows: look every 5 s, not every round
+            if demo.follower.gone and os.path.lexists(demo.path):
+                demo.follower.gone = False  # a new file under the same name: follow it too
             if demo.follower.fd is None and not demo.follower.gone:
                 if now < demo.retry_at or not self._open(demo):
                     continue
@@ -1564,6 +1611,8 @@ class DemoWatcher:
                 raise
         if demo.follower.gone:
             demo.follower.close()
+            # deleted: its position means nothing now, and a new file may get the same inode number
+            self.spool.set_position(demo.key, None)
         return len(out)
 
     def check_liveness(self) -> None:

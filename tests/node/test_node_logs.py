@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def test_rotation_drains_the_old_file_before_the_new(tmp_path: Path) -> None:
     assert texts(f.read_lines()) == [b"old2", b"unterminated"]  # nothing of the old file is lost
     assert f.position()["ino"] == old["ino"]  # one call never mixes two files
     assert texts(f.read_lines()) == [b"new1"]
-    assert f.position() == {"ino": p.stat().st_ino, "dev": p.stat().st_dev, "off": 5}
+    assert f.position() == {"ino": p.stat().st_ino, "dev": p.stat().st_dev, "off": 5, "h": zlib.crc32(b"new1")}
 
 
 def test_rewind_gives_the_same_lines_again(tmp_path: Path) -> None:
@@ -99,6 +100,21 @@ def test_rewind_gives_the_same_lines_again(tmp_path: Path) -> None:
     assert f.read_lines() == [] and f.gone
     f.rewind()
     assert not f.gone and f.read_lines() == [] and f.gone
+
+
+def test_rotation_caught_between_rename_and_create(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"a\n")
+    f = dvic_node.FileFollower(str(p))
+    f.open()
+    assert texts(f.read_lines()) == [b"a"]
+    with open(p, "ab") as w:
+        w.write(b"b\n")
+    os.rename(p, str(p) + ".1")
+    assert texts(f.read_lines()) == [b"b"] and not f.gone  # the writer has not created the new file yet
+    p.write_bytes(b"c\n")
+    assert f.read_lines() == []  # the switch happens at the next call
+    assert texts(f.read_lines()) == [b"c"]
 
 
 def test_deletion_drains_then_reports_gone(tmp_path: Path) -> None:
@@ -137,6 +153,21 @@ def test_resume_from_saved_position_and_from_rotated_file(tmp_path: Path) -> Non
     h.open(saved)
     assert texts(h.read_lines()) == [b"d"]
     assert texts(h.read_lines()) == [b"e"]
+
+
+def test_a_new_file_with_a_reused_inode_number_is_read_from_its_start(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"header one\nline\n")
+    f = dvic_node.FileFollower(str(p))
+    f.open()
+    f.read_lines()
+    saved = f.position()
+    f.close()
+    with open(p, "r+b") as w:  # same inode, other content: what a reused inode number looks like
+        w.write(b"header TWO\nline\n")
+    g = dvic_node.FileFollower(str(p))
+    g.open(saved)
+    assert texts(g.read_lines()) == [b"header TWO", b"line"]
 
 
 def test_ten_megabyte_line_is_cut_not_buffered(tmp_path: Path) -> None:
@@ -305,6 +336,22 @@ def test_rotation_by_the_writer_keeps_identity_and_order(tmp_path: Path,
         step(w)
     assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c"]  # the new header is not a line
     assert [m["state"] for m in rec.messages] == ["started"]
+
+
+def test_a_file_recreated_after_deletion_is_followed(tmp_path: Path,
+                                                    demo_proc: subprocess.Popen[bytes]) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    path.write_bytes(header(demo_proc.pid) + record("first life"))
+    w, spool, rec = make_watcher(tmp_path)
+    step(w)
+    path.unlink()
+    step(w)
+    path.write_bytes(header(demo_proc.pid) + record("second life"))
+    step(w)
+    step(w)
+    assert [ln["msg"] for ln in spool.read(1)] == ["first life", "second life"]
 
 
 def test_broken_header_and_garbage_are_shipped_and_reported(tmp_path: Path) -> None:
