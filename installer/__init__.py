@@ -2,6 +2,7 @@
 
 from .errors import InstallerError, NotAvailableError
 from .esp32 import add_esp32, render_header
+from .events import add_node_events, parse_add_node_body
 from .flow import add_node, remove_node
 from .models import (
     STEP_NAMES,
@@ -39,6 +40,8 @@ __all__ = [
     "ViaNode",
     "add_esp32",
     "add_node",
+    "add_node_events",
     "remove_node",
+    "parse_add_node_body",
     "render_header",
 ]

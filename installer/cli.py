@@ -214,7 +214,7 @@ def cmd_add_node(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: a fresh enrollment was revoked", file=sys.stderr)
+        print("interrupted: an enrollment made by this run was revoked and the target rolled back", file=sys.stderr)
         return 130
     how = "repaired in place (same identity)" if result.reused_identity else "enrolled and installed"
     print(f"Node {result.name} ({result.node_id}) is online: {how} in {printer.total:.2f} s.", file=out)

@@ -442,3 +442,59 @@ async def test_cancelling_revokes_the_fresh_enrollment(
         await task
     (node,) = central.nodes.values()
     assert node["revoked"]
+
+
+async def test_events_stream_for_a_server_endpoint(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, tmp_path: Path,
+    prefix: Path, unit_template: Path,
+) -> None:
+    from dataclasses import replace
+
+    from installer.events import add_node_events, parse_add_node_body
+
+    from .conftest import HERE, PASSWORD
+
+    server = make_request().server
+    body = {"host": "127.0.0.1", "port": target_sshd.port, "user": "dvic-it", "password": PASSWORD,
+            "name": "from-form"}
+    request = parse_add_node_body(body, server, known_hosts=tmp_path / "known_hosts")
+    request = replace(request, prefix=str(prefix), init="none", daemon_source=HERE / "stub_daemon.py",
+                      unit_template=unit_template)
+    shown: list[str] = []
+
+    async def operator_says_yes(prompt: HostKeyPrompt) -> bool:
+        shown.append(prompt.fingerprint)
+        return True
+
+    events = [e async for e in add_node_events(request, confirm=operator_says_yes)]
+    assert events[0]["type"] == "step" and events[0]["step"]["name"] == "connect"
+    assert events[1] == {"type": "host_key", "role": "target", "host": "127.0.0.1", "port": target_sshd.port,
+                         "key_type": "ssh-ed25519", "fingerprint": target_sshd.fingerprint}
+    assert shown == [target_sshd.fingerprint]
+    steps = [(e["step"]["name"], e["step"]["status"]) for e in events if e["type"] == "step"]
+    assert len(events) == len(steps) + 2
+    assert steps == [pair for name in STEP_NAMES for pair in ((name, "running"), (name, "ok"))]
+    assert events[-1]["type"] == "done" and events[-1]["name"] == "from-form"
+
+    failing = parse_add_node_body({**body, "port": 1}, server, known_hosts=tmp_path / "known_hosts")
+    events = [e async for e in add_node_events(failing)]
+    assert events[-1]["type"] == "error" and events[-1]["step"] == "connect"
+    assert events[-1]["code"] in ("unreachable", "host_key_unknown")
+
+
+def test_parse_add_node_body_errors() -> None:
+    from installer import ServerSpec
+    from installer.events import parse_add_node_body
+
+    server = ServerSpec("https://127.0.0.1:1", "t")
+    good = {"host": "10.0.0.2", "user": "pi", "password": "pw"}
+    assert parse_add_node_body(good, server).port == 22
+    assert parse_add_node_body({**good, "jump": "ops@gw:2200"}, server).source == Jump("gw", 2200, "ops")
+    for bad, field in (
+        ([], "JSON object"), ({**good, "password": ""}, "password"), ({**good, "port": "22"}, "port"),
+        ({**good, "kind": "esp32"}, "kind"), ({**good, "via": "a", "jump": "b"}, "at most one"),
+        ({**good, "shell": "x"}, "unknown field"), ({**good, "host": 5}, "host"), ({"user": "pi"}, "host"),
+        ({**good, "jump": "gw:x"}, "jump"), ({**good, "online_timeout": 0}, "online_timeout"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            parse_add_node_body(bad, server)
