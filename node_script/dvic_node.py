@@ -1233,7 +1233,7 @@ class FileFollower:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
-            if st.st_nlink > 1:
+            if st.st_nlink > 1 and not self._rotation_link(path, st):
                 raise OSError(errno.EPERM, "refusing a file with %d hard links" % st.st_nlink, path)
         except BaseException:
             os.close(fd)
@@ -1248,6 +1248,18 @@ class FileFollower:
         self._buf = bytearray()
         self._buf_start = self.off
         self._overlong = False
+
+    def _rotation_link(self, path: str, st: os.stat_result) -> bool:
+        """A dvic_log rotation briefly gives the full file a second name, `<path>.1`: that link is fine."""
+        if st.st_nlink != 2 or not self.rotated_suffix:
+            return False
+        other = path[:-len(self.rotated_suffix)] if path.endswith(self.rotated_suffix) \
+            else path + self.rotated_suffix
+        try:
+            ost = os.lstat(other)
+        except OSError:
+            return False
+        return ost.st_ino == st.st_ino and ost.st_dev == st.st_dev
 
     def close(self) -> None:
         if self.fd is not None:
@@ -1464,6 +1476,7 @@ class Demo:
         self.follower = FileFollower(self.path)
         self.header = None  # type: Optional[Dict[str, Any]]
         self.header_error = ""
+        self.rotated = 0  # the `rotated` number of the newest header seen
         self.state = ""  # "", started/alive, exited
         self.exited_at = None  # type: Optional[float]
         self.open_error = ""
@@ -1586,8 +1599,15 @@ class DemoWatcher:
                 self.report_error("broken header in %s: %s; its lines are shipped as raw text"
                                   % (demo.path, why), {"path": demo.path, "token": demo.token})
             return False
+        rotated = header.get("rotated") if isinstance(header.get("rotated"), int) else 0
         if demo.header is None:
             demo.header = header
+        elif rotated > demo.rotated + 1:  # whole files went by unread (docs/log-format.md, reader step 5)
+            self.report_error("demo %s (%s): %d rotated log file(s) were never read; the demo logged "
+                              "faster than they could be shipped" % (demo.name, demo.token,
+                                                                     rotated - demo.rotated - 1),
+                              {"token": demo.token, "missed_files": rotated - demo.rotated - 1})
+        demo.rotated = max(demo.rotated, rotated)
         return True
 
     def _read(self, demo: Demo, budget: int) -> int:

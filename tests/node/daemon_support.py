@@ -89,8 +89,10 @@ sys.stdin.readline()
 class Demo:
     """A demo process that logs `count` lines through the dvic_log library, then waits for stdin."""
 
-    def __init__(self, log_dir: Path, name: str, count: int, pause: float = 0.0) -> None:
+    def __init__(self, log_dir: Path, name: str, count: int, pause: float = 0.0, max_bytes: int = 0) -> None:
         env = dict(os.environ, DVIC_LOG_DIR=str(log_dir), PYTHONPATH=str(REPO / "lib" / "python"))
+        if max_bytes:
+            env["DVIC_LOG_MAX_BYTES"] = str(max_bytes)
         self.name = name
         self.count = count
         self.proc = subprocess.Popen([sys.executable, "-c", DEMO_CODE, name, str(count), str(pause)],

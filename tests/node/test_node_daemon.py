@@ -274,3 +274,19 @@ def test_a_non_python_demo_run_through_the_dvic_log_wrapper(central: CentralServ
             wrapper.kill()
             wrapper.wait()
         daemon.stop()
+
+
+def test_lines_across_the_writers_rotations_arrive_once_in_order(central: CentralServer, tmp_path: Path,
+                                                                 logs_dir: Path) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+    daemon.start()
+    demo = Demo(logs_dir, "rotator", 2000, pause=0.002, max_bytes=16384)  # about 9 rotations
+    try:
+        token = demo.wait_written()
+        assert (logs_dir / f"dvic_log_{token}.1").exists()
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 2000, 60, "every line")
+        assert [ln["msg"] for ln in demo_lines(central, node_id)] == demo.expected()
+        assert not events(central, node_id, "error")
+    finally:
+        demo.kill()
+        daemon.stop()

@@ -196,6 +196,12 @@ def test_symlinks_and_hard_links_are_refused(tmp_path: Path) -> None:
     os.link(secret, hard)
     with pytest.raises(OSError, match="hard links"):
         dvic_node.FileFollower(str(hard)).open()
+    # ...except the second name a dvic_log rotation gives the full file for a moment
+    live = tmp_path / "dvic_log_x"
+    live.write_bytes(b"h\n")
+    os.link(live, str(live) + ".1")
+    dvic_node.FileFollower(str(live)).open()
+    dvic_node.FileFollower(str(live) + ".1").open()
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -352,6 +358,21 @@ def test_a_file_recreated_after_deletion_is_followed(tmp_path: Path,
     step(w)
     step(w)
     assert [ln["msg"] for ln in spool.read(1)] == ["first life", "second life"]
+
+
+def test_rotations_never_read_are_reported(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    path.write_bytes(header(demo_proc.pid) + record("a"))
+    w, spool, rec = make_watcher(tmp_path)
+    step(w)
+    os.replace(path, str(path) + ".1")  # two rotations between two reads: rotated 1 was never seen
+    path.write_bytes(header(demo_proc.pid, rotated=2) + record("c"))
+    for _ in range(3):
+        step(w)
+    assert [ln["msg"] for ln in spool.read(1)] == ["a", "c"]
+    assert len(rec.errors) == 1 and "1 rotated log file(s) were never read" in rec.errors[0]
 
 
 def test_broken_header_and_garbage_are_shipped_and_reported(tmp_path: Path) -> None:
