@@ -16,6 +16,7 @@ from tui.config import Settings
 from tui.fleet import Fleet
 from tui.live import LiveFeed
 from tui.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.screens.add_node import AddNodeScreen
 from tui.screens.admin import AdminScreen
 from tui.screens.base import DvicScreen
 from tui.screens.fleet import FleetScreen
@@ -126,6 +127,9 @@ class DvicApp(App[None]):
 
     def open_admin(self) -> None:
         self._push(AdminScreen())
+
+    def open_add_node(self) -> None:
+        self._push(AddNodeScreen())
 
     def show_fleet(self) -> None:
         while len(self.screen_stack) > 2 or not isinstance(self.screen, FleetScreen):

@@ -22,6 +22,7 @@ class DvicCommands(Provider):
             ("Fleet view", app.show_fleet, "the table of every node"),
             ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),
             ("Admin", app.open_admin, "operators, node revocation, audit trail"),
+            ("Add node", app.open_add_node, "enroll a machine and install its daemon over SSH"),
             ("Help: keys", app.action_help, "every key of this screen"),
             ("Reconnect now", app.action_reconnect, "skip the retry wait"),
         ]
@@ -38,7 +39,7 @@ class DvicCommands(Provider):
         return cmds
 
     async def discover(self) -> Hits:
-        for title, action, help_text in self._commands()[:5]:
+        for title, action, help_text in self._commands()[:6]:
             yield DiscoveryHit(title, action, help=help_text)
 
     async def search(self, query: str) -> Hits:

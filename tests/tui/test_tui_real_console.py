@@ -206,3 +206,39 @@ async def test_console_survives_server_restart(central_server: CentralServer) ->
             # After a restart nobody is connected yet: the snapshot shows the node offline.
             nid = next(iter(app.fleet.nodes))
             await wait_for(lambda: "offline" in cell(table, nid, "state"), what="fresh snapshot")
+
+
+async def test_add_node_form_reports_each_step(central_server: CentralServer, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening: the connect step must fail clearly
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    app = make_app(central_server)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        await pilot.press("n")
+        await wait_for(lambda: type(app.screen).__name__ == "AddNodeScreen", what="add-node form")
+        form = app.screen
+        result = form.query_one("#add-result", Static)
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: "Target:" in str(result.render()), what="validation message")
+        form.query_one("#host").value = "127.0.0.1"
+        form.query_one("#port").value = str(closed_port)
+        form.query_one("#user").value = "nobody-here"
+        form.query_one("#password").value = "s3cret-once"
+        form.query_one("#name").value = "lab-pc-1"
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: form.query_one("#password").value == "", what="password cleared at once")
+        await wait_for(lambda: form.error is not None, within=30, what="the install to fail")
+        assert form.error.step == "connect"
+        assert "connect" in str(result.render())
+        steps = form.query_one("#steps", DataTable)
+        assert steps.get_cell("connect", "mark").plain == "✖"
+        assert steps.get_cell("enroll", "mark").plain == "○"  # never reached: nothing enrolled
+        assert form.query_one("#host").value == "127.0.0.1"  # the form keeps what was typed
+        status, body = central_server.api("GET", "/api/v1/nodes")
+        assert status == 200 and body["nodes"] == []
+        shot(app, "add-node-80x24", tmp_path)
+        await pilot.press("escape")
+        assert isinstance(app.screen, FleetScreen)

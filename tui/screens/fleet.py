@@ -68,6 +68,7 @@ class FleetScreen(DvicScreen):
         Binding("L", "node_logs", "Node logs", show=False),
         Binding("m", "maintenance", "Maint.", show=False),
         Binding("a", "admin", "Admin", show=False),
+        Binding("n", "add_node", "Add node", show=False),
     ]
 
     def __init__(self) -> None:
@@ -332,3 +333,6 @@ class FleetScreen(DvicScreen):
 
     def action_admin(self) -> None:
         self.dvic.open_admin()
+
+    def action_add_node(self) -> None:
+        self.dvic.open_add_node()
