@@ -80,6 +80,9 @@ async def run_script(
     script file is private to the login user (0600 in a 0700 dir) and deleted after the run.
     """
     upload = (
+        # A run cut off between upload and run leaves its dir behind: clear this user's old ones.
+        'find "${TMPDIR:-/tmp}" -maxdepth 1 -name "dvic-install.*" -user "$(id -u)" -mmin +60 '
+        '-exec rm -rf {} + 2>/dev/null; '
         'umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/dvic-install.XXXXXX") && cat >"$d/install.sh" '
         '&& printf "%s %s\\n" "$(id -u)" "$d"'
     )

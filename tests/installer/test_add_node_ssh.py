@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,18 @@ from installer import (
 from .conftest import daemon_pid, tree
 from .fake_central import FakeCentral
 from .sshd import Sshd
+
+
+def _install_dirs(owner: str, age: float) -> Path:
+    import pwd
+    import tempfile
+    import time
+
+    path = Path(tempfile.mkdtemp(prefix="dvic-install.", dir="/tmp"))
+    user = pwd.getpwnam(owner)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
 
 
 def _ended(steps: list[Step]) -> list[tuple[str, str]]:
@@ -209,8 +223,13 @@ async def test_no_python_on_target(
         for tool in directory.iterdir():
             if not tool.name.startswith("python") and not (bare / tool.name).exists():
                 (bare / tool.name).symlink_to(tool)
+    # Left by runs cut off between upload and run: the user's old ones go, nothing else.
+    stale, fresh, others = _install_dirs("dvic-it", age=7200), _install_dirs("dvic-it", 0), _install_dirs("root", 7200)
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(target_path=str(bare)))
+    assert (stale.exists(), fresh.exists(), others.exists()) == (False, True, True)
+    shutil.rmtree(fresh)
+    shutil.rmtree(others)
     assert (err.value.step, err.value.code) == ("check", "no_python")
     assert "python3" in err.value.message and "--python" in err.value.hint
     assert central.enroll_count() == 0
