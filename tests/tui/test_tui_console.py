@@ -69,6 +69,10 @@ async def test_fleet_lives_filters_and_sorts(fake: FakeCentral) -> None:
         assert set(fleet.shown_ids()) == {a["id"], c["id"]}
         await pilot.press("enter", "escape")
         await wait_for(lambda: table.row_count == 3, what="filter cleared")
+        # Keys typed into the filter are text, not commands (q would quit, ? open help).
+        await pilot.press("slash", "q", "question_mark")
+        assert fleet.query_one("#filter").value == "q?" and app.is_running and app.screen is fleet
+        await pilot.press("escape")
 
         # Quick filters: state, then group.
         await pilot.press("t")

@@ -121,3 +121,15 @@ def test_fleet_model_tolerates_odd_summaries_and_counts() -> None:
     nodes, gone = fleet.replace([{"id": "b", "name": "pi-2", "state": "online"}])
     assert gone == ["a"] and list(fleet.nodes) == ["b"]
     assert fleet.trend("b", "cpu") == [5.0]
+
+
+def test_jump_host_parsing() -> None:
+    from tui.screens.add_node import parse_jump
+
+    assert parse_jump("ops@gw") == ("ops", "gw", 22)
+    assert parse_jump("ops@gw:2222") == ("ops", "gw", 2222)
+    assert parse_jump("[fd00::1]:2200") == ("", "fd00::1", 2200)
+    with pytest.raises(ValueError, match="USER@HOST"):
+        parse_jump("ops@")
+    with pytest.raises(ValueError, match="port must be a number"):
+        parse_jump("ops@gw:ssh")

@@ -30,16 +30,17 @@ MARK = {"pending": ("○", "dim"), "running": ("◌", "yellow"), "ok": ("✔", "
 def parse_jump(value: str) -> tuple[str, str, int]:
     """`USER@HOST[:PORT]` (or `[v6]:PORT`) -> (user, host, port)."""
     user, _, hostport = value.strip().rpartition("@")
-    host, port = hostport, 22
+    host, raw = hostport, "22"
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else 22
+        raw = rest[1:] if rest.startswith(":") else "22"
     elif hostport.count(":") == 1:
         host, _, raw = hostport.partition(":")
-        port = int(raw)
     if not host:
         raise ValueError("jump host: expected USER@HOST[:PORT]")
-    return user, host, port
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError(f"jump host: port must be a number from 1 to 65535, not {raw!r}")
+    return user, host, int(raw)
 
 
 class AddNodeScreen(DvicScreen):
