@@ -71,9 +71,6 @@ def run_console(args: argparse.Namespace, settings: SettingsFn) -> int:
     return 0
 
 
-
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
