@@ -65,6 +65,8 @@ async def test_unknown_node_and_bad_token_are_clear(fake: FakeCentral, dvic_env:
 async def test_missing_settings_and_unreachable(dvic_env: dict[str, str], tmp_path: Path) -> None:
     res = await run_dvic(dvic_env, "nodes")
     assert res.code == 2 and "dvic login" in res.err
+    res = await run_dvic(dvic_env)  # the console needs settings too, and says so before it starts
+    assert res.code == 2 and "dvic login" in res.err
     res = await run_dvic(dvic_env, "nodes", "--server", "https://127.0.0.1:1", "--token", "t")
     assert res.code == 2 and "no CA to pin" in res.err
     res = await run_dvic(dvic_env, "--server", "http://127.0.0.1:1", "--token", "t", "nodes")
