@@ -30,7 +30,7 @@ import time
 import traceback
 import urllib.parse
 import zlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 try:  # optional: richer and cheaper metrics when present
     import psutil  # type: ignore
@@ -2106,6 +2106,9 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     return random.uniform(min(base, top), top)
 
 
+ServerMessageHandler = Callable[[WebSocket, Dict[str, Any]], Awaitable[None]]
+
+
 class Daemon:
     """Runs the parts side by side on one event loop: collectors, followers, connection, keep-alive."""
 
@@ -2128,6 +2131,11 @@ class Daemon:
         self._last_conn_error = ""
         self._docker_error = ""
         self.log_handler = None  # type: Optional[SpoolLogHandler]
+        # server -> node messages this daemon handles (after `welcome`); anything else with an `id` is
+        # answered `unsupported` (docs/protocol.md section 6)
+        self._handlers = {
+            "ack": self._on_ack, "error": self._on_error, "welcome": self._on_welcome,
+        }  # type: Dict[str, ServerMessageHandler]
 
     # -- plumbing shared by the parts --
     def _emit(self, msg: Dict[str, Any]) -> None:
@@ -2444,17 +2452,27 @@ class Daemon:
                 LOG.warning("connection: %s; ignored", exc)
                 continue
             kind = msg.get("type")
-            if kind == "ack":
-                seq = msg.get("seq")
-                if isinstance(seq, int) and not isinstance(seq, bool):
-                    self.spool.ack(seq)
-                    self._poke()
-            elif kind == "error":
-                LOG.warning("server error %s: %s", str(msg.get("code"))[:64], str(msg.get("message"))[:500])
-            elif kind == "welcome":
-                self._apply_settings(msg.get("settings"))
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
+            if handler is not None:
+                await handler(ws, msg)
+            elif isinstance(msg.get("id"), str):
+                # protocol section 6: a request this daemon does not implement is answered, not fatal
+                LOG.info("server asked for %r, which this daemon does not support", str(kind)[:64])
+                await ws.send_json({"type": "unsupported", "id": msg["id"][:64], "what": str(kind)[:64]})
             else:
                 LOG.debug("ignoring server message of type %r", kind)
+
+    async def _on_ack(self, ws: WebSocket, msg: Dict[str, Any]) -> None:
+        seq = msg.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self.spool.ack(seq)
+            self._poke()
+
+    async def _on_error(self, ws: WebSocket, msg: Dict[str, Any]) -> None:
+        LOG.warning("server error %s: %s", str(msg.get("code"))[:64], str(msg.get("message"))[:500])
+
+    async def _on_welcome(self, ws: WebSocket, msg: Dict[str, Any]) -> None:
+        self._apply_settings(msg.get("settings"))
 
     async def _sender(self, ws: WebSocket, cursor: int) -> None:
         assert self._wake is not None

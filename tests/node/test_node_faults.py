@@ -36,11 +36,14 @@ async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pk
                 writer.write(server_frame(dvic_node.OP_TEXT, json.dumps(
                     {"type": "welcome", "protocol": 1, "node_id": "x", "name": "n",
                      "settings": {"interval": 0.2}, "last_seq": 0}).encode()))
-                for _ in range(200):  # bounded: read what the daemon sends until it has sent metrics
+                writer.write(server_frame(dvic_node.OP_TEXT, json.dumps(  # a request from a newer server
+                    {"type": "teleport", "id": "req-1", "where": "moon"}).encode()))
+                for _ in range(200):  # bounded: read what the daemon sends until metrics and the answer
                     op, payload = await read_client_frame(reader)
                     if op == dvic_node.OP_TEXT:
                         after_welcome.append(json.loads(payload))
-                        if after_welcome[-1]["type"] == "metrics":
+                        kinds = {m["type"] for m in after_welcome}
+                        if {"metrics", "unsupported"} <= kinds:
                             break
             await writer.drain()
             if n < 3:
@@ -60,8 +63,9 @@ async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pk
     async with server:
         daemon.start()
         try:
-            await wait_until(lambda: any(m["type"] == "metrics" for m in after_welcome), 30,
+            await wait_until(lambda: {"metrics", "unsupported"} <= {m["type"] for m in after_welcome}, 30,
                              "metrics after three broken sessions")
+            assert {"type": "unsupported", "id": "req-1", "what": "teleport"} in after_welcome
             log = daemon.log()
             assert "unknown opcode 3" in log
             assert "mid-frame" in log
