@@ -250,3 +250,18 @@ async def test_garbage_on_the_stream_loses_nothing(fake: FakeCentral) -> None:
         await wait_for(lambda: cell(table, n["id"], "cpu").startswith(" 66%"), what="valid update after garbage")
         assert app.connected and table.row_count == 2  # the odd-but-valid node shows, with empty metrics
         assert cell(table, "odd", "cpu").startswith("   -")
+
+
+async def test_a_flood_of_lines_is_kept_but_drawn_in_part(fake: FakeCentral) -> None:
+    n = fake.add_node("chatty")
+    app = make_app(fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        await pilot.press("l")
+        await wait_for(lambda: isinstance(app.screen, LogsScreen), what="logs screen")
+        view = app.screen.query_one(LogView)
+        await wait_for(lambda: any("*" in subs for subs in fake.streams.values()), what="subscribed")
+        await fake.add_logs(n["id"], [("INFO", f"line {i}") for i in range(1000)])
+        await wait_for(lambda: "line 999" in log_text(view), what="newest line drawn")
+        assert "700 lines not drawn" in log_text(view)
+        assert len(view.lines_buffer) == 1000 and "line 0\n" not in log_text(view) + "\n"

@@ -16,6 +16,8 @@ from tui.textsafe import clean
 
 LEVEL_STYLE = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold white on red"}
 BUFFER = 5000
+DRAW_INTERVAL = 0.1  # seconds between two drawing rounds of live lines
+DRAW_MAX = 300  # most lines drawn per round
 
 
 def render_line(line: dict[str, Any], with_node: bool) -> Text:
@@ -56,6 +58,7 @@ class LogView(RichLog):
         self.demo: str | None = None  # a demo's token: only its lines
         self.text_filter = ""
         self.behind = 0
+        self._pending: list[dict[str, Any]] = []
 
     @property
     def at_bottom(self) -> bool:
@@ -83,14 +86,31 @@ class LogView(RichLog):
             self._ids = {k for k in map(line_key, self.lines_buffer) if k is not None}
         return fresh
 
+    def on_mount(self) -> None:
+        self.set_interval(DRAW_INTERVAL, self._draw)
+
     def add_lines(self, lines: Iterable[dict[str, Any]]) -> None:
-        """Live lines: appended; the view scrolls only if it was at the bottom."""
+        """Live lines: kept at once, drawn by the next `_draw` (a few times a second)."""
         fresh = self._remember(lines)
         self.lines_buffer.extend(fresh)
-        shown = [x for x in fresh if self.passes(x)]
-        if not shown:
+        self._pending.extend(x for x in fresh if self.passes(x))
+
+    def _draw(self) -> None:
+        """Draws the lines that arrived; the view scrolls only if it was at the bottom.
+
+        Drawing is what costs: when lines come faster than a person can read (every node of a big
+        fleet at once), only the newest `DRAW_MAX` of a round are drawn and a marker says how
+        many were not; all of them stay in the buffer and the history.
+        """
+        if not self._pending:
             return
+        shown, self._pending = self._pending, []
         follow = self.at_bottom
+        if len(shown) > DRAW_MAX:
+            skipped = len(shown) - DRAW_MAX
+            shown = shown[-DRAW_MAX:]
+            self.write(Text(f"⋯ {skipped} lines not drawn (arriving faster than they can be read); "
+                            "filter, search or scroll back for them", style="italic yellow"), scroll_end=follow)
         for line in shown:
             self.write(render_line(line, self.with_node), scroll_end=follow)
         if not follow:
@@ -110,6 +130,7 @@ class LogView(RichLog):
         self.load_history(lines)
 
     def refilter(self) -> None:
+        self._pending = []  # everything in the buffer is redrawn below
         self.clear()
         for line in self.lines_buffer:
             if self.passes(line):
