@@ -831,6 +831,8 @@ def wire_line(rec: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class Segment:
+    """Bounds of one spool file, kept in memory so reads and acks need not open it."""
+
     __slots__ = ("path", "first_seq", "last_seq", "size", "lines")
 
     def __init__(self, path: str, first_seq: int) -> None:
@@ -1147,6 +1149,8 @@ def first_line_crc(fd: int) -> Optional[int]:
 
 
 class Line:
+    """One line read from a followed file."""
+
     __slots__ = ("start", "end", "data", "overlong")
 
     def __init__(self, start: int, end: int, data: bytes, overlong: bool) -> None:
@@ -2084,6 +2088,8 @@ class KeepAlive:
 # ---------------------------------------------------------------------------------------------
 
 class Options:
+    """The command line, as the daemon's parts use it."""
+
     def __init__(self, state_dir: str, log_dir: str, spool_max_bytes: int = DEFAULT_SPOOL_BYTES,
                  system_log: str = "auto", system_log_rate: float = 20.0, system_log_burst: int = 200,
                  docker_socket: str = "/var/run/docker.sock", reconnect_max: float = 60.0,
