@@ -162,7 +162,7 @@ async def _add_node(
             name = req.name or facts.get("hostname", "")
             if not name:
                 raise InstallerError("enroll", "no_name", "the target reported no hostname", "pass --name")
-            bundle = await api.enroll(name, req.kind, req.group)
+            bundle = await _enroll(api, name, req.kind, req.group)
             node_id = enrolled = str(bundle["node_id"])
             name = str(bundle.get("name") or name)
             step.message = (step.message + "; " if step.message else "") + f"enrolled {name} ({node_id})"
@@ -191,6 +191,28 @@ async def _add_node(
             await _roll_back(runner, api, conn, script, enrolled, installed, req, exc)
         raise
     return AddNodeResult(node_id=node_id, name=name, reused_identity=keep, steps=runner.steps)
+
+
+async def _enroll(api: Central, name: str, kind: str, group: str) -> dict[str, Any]:
+    """Enroll, saying precisely why a taken name is taken."""
+    try:
+        return await api.enroll(name, kind, group)
+    except CentralError as exc:
+        if exc.status != 409:
+            raise
+        holder = await api.get_node(name)
+        if holder is not None and holder.get("revoked"):
+            # The server keeps revoked nodes, names included (e.g. from an earlier failed run).
+            raise InstallerError(
+                "enroll", "name_revoked",
+                f"the name {name!r} belongs to a revoked node ({holder.get('id')}); the server does not reuse it",
+                "pick another --name",
+            ) from exc
+        raise InstallerError(
+            "enroll", "name_taken", f"a node named {name!r} already exists"
+            + (f" ({holder.get('id')}, {holder.get('state')})" if holder else ""),
+            f"pick another --name, or remove that node first: dvic remove-node {name}",
+        ) from exc
 
 
 async def _reusable(req: AddNodeRequest, api: Central, facts: dict[str, str]) -> tuple[bool, str]:
@@ -263,8 +285,12 @@ async def remove_node(
                     raise InstallerError("revoke", "unknown_node", f"the server does not know {request.node!r}",
                                          "list the nodes with: dvic nodes")
                 node_id = str(node.get("id") or request.node)
-                await central.revoke(node_id)
-                step.message = f"revoked {node.get('name', '')} ({node_id})"
+                if node.get("revoked"):
+                    # A second run (say, after the uninstall failed) goes on to the uninstall.
+                    step.message = f"{node.get('name', '')} ({node_id}) was already revoked"
+                else:
+                    await central.revoke(node_id)
+                    step.message = f"revoked {node.get('name', '')} ({node_id})"
             if not request.uninstall:
                 return runner.steps
             if request.password is None or not request.host or not request.user:

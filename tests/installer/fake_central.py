@@ -74,7 +74,8 @@ class FakeCentral:
     def _find(self, ref: str) -> dict[str, Any] | None:
         if ref in self.nodes:
             return self.nodes[ref]
-        return next((n for n in self.nodes.values() if n["name"] == ref and not n["revoked"]), None)
+        named = [n for n in self.nodes.values() if n["name"] == ref]
+        return next((n for n in named if not n["revoked"]), named[-1] if named else None)
 
     def _auth(self, request: web.Request) -> None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -118,6 +119,8 @@ class FakeCentral:
         node = self._find(request.match_info["node"])
         if node is None:
             return web.json_response({"error": {"code": "not_found", "message": "no such node"}}, status=404)
+        if node["revoked"]:
+            return web.json_response({"error": {"code": "already_revoked", "message": "revoked"}}, status=409)
         node["revoked"] = True
         node["state"] = "offline"
         return web.json_response({"ok": True})

@@ -406,12 +406,16 @@ async def test_remove_node_uninstalls(
     from .conftest import PASSWORD
 
     result = await add_node(make_request())
+    # Revoked first, alone; then the uninstall on a second run (as after a failed uninstall).
+    assert [s.message for s in await remove_node(RemoveNodeRequest(node="pi-test", server=make_request().server))
+            ] == [f"revoked pi-test ({result.node_id})"]
     request = RemoveNodeRequest(
         node="pi-test", server=make_request().server, uninstall=True, host="127.0.0.1", user="dvic-it",
         password=Password(PASSWORD.encode()), port=target_sshd.port, known_hosts=tmp_path / "known_hosts",
         prefix=str(prefix), init="none",
     )
     steps = await remove_node(request)
+    assert "already revoked" in steps[0].message
     assert [(s.name, s.status.value) for s in steps] == [("revoke", "ok"), ("connect", "ok"), ("uninstall", "ok")]
     assert central.nodes[result.node_id]["revoked"]
     assert daemon_pid(prefix) is None

@@ -126,3 +126,24 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
     roots = [tmp_path_factory.getbasetemp(), Path("/home") / USER, Path("/tmp"), Path("/var/log"), REPO / ".dvic"]
     assert _files_containing(secret, roots) == []
     assert _processes_containing(secret) == []
+
+
+def test_retry_after_a_failed_add_needs_a_new_name(
+    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path
+) -> None:
+    prefix = tmp_path / "target-root"
+    prefix.mkdir()
+    dying = tmp_path / "dying.py"
+    dying.write_text("raise SystemExit('no luck')\n")
+    env = {"DVIC_SERVER": central_server.url, "DVIC_TOKEN": central_server.admin_token,
+           "DVIC_CA": str(central_server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
+           "DVIC_NODE_DAEMON": str(dying), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    args = ["add-node", "127.0.0.1", "--name", "retry-me", "--user", USER, "--port", str(target_sshd.port),
+            "--password-stdin", "--expect-host-key", target_sshd.fingerprint, "--no-systemd", "--prefix",
+            str(prefix)]
+    first = _dvic(args, env, PASSWORD + "\n")
+    assert first.returncode == 1 and "no luck" in first.stderr
+    assert central_server.node("retry-me")["revoked"] is True  # the unused enrollment is revoked
+    second = _dvic(args, env, PASSWORD + "\n")
+    assert second.returncode == 1
+    assert "belongs to a revoked node" in second.stderr and "another --name" in second.stderr
