@@ -180,3 +180,18 @@ async def test_wrong_ca_is_refused(fake_tls: FakeCentral, dvic_env: dict[str, st
         assert res.code == 3 and "TLS verification" in res.err
     finally:
         await other.stop()
+
+
+async def test_login_asks_for_the_ca_file_when_the_server_sends_no_chain(
+    dvic_env: dict[str, str], tmp_path: Path
+) -> None:
+    server = await FakeCentral().start(tls_dir=tmp_path, send_chain=False)
+    try:
+        res = await run_dvic(dvic_env, "login", server.url, "--yes", "--token", server.admin_token)
+        assert res.code == 3 and "--ca FILE" in res.err and "ca.pem" in res.err
+        assert server.ca_path is not None
+        res = await run_dvic(dvic_env, "login", server.url, "--ca", str(server.ca_path), "--yes",
+                             "--token", server.admin_token)
+        assert res.code == 0, res.err
+    finally:
+        await server.stop()
