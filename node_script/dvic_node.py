@@ -1780,7 +1780,7 @@ class SystemLogs:
         self.limiter = RateLimiter(rate, burst)
         self.file = None  # type: Optional[FileFollower]
         self._reported_refused = 0
-        self._last_report = time.monotonic()
+        self._last_report = -1e9  # the first skip is reported at once, later ones at most every 10 s
 
     def resolve(self) -> str:
         """journal, none, or a file path."""

@@ -290,3 +290,25 @@ def test_lines_across_the_writers_rotations_arrive_once_in_order(central: Centra
     finally:
         demo.kill()
         daemon.stop()
+
+
+def test_system_log_lines_are_shipped_rate_bounded(central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
+    syslog = tmp_path / "syslog"
+    syslog.write_text("Nov 24 09:00:00 host old[1]: before the daemon: not shipped\n")
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=(
+        "--system-log", str(syslog), "--system-log-rate", "5"))
+    daemon.start()
+    try:
+        wait_until_sync(lambda: "system logs: following" in daemon.log(), 20, "the syslog follower")
+        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+        with open(syslog, "a") as f:
+            f.write("Nov 24 10:00:01 host sshd[42]: Accepted publickey for pi\n")
+            for i in range(400):
+                f.write(f"Nov 24 10:00:02 host spam[7]: flood {i}\n")
+        lines = wait_until_sync(lambda: all_logs(central, node_id, source="system"), 20, "system lines")
+        assert (lines[0]["unit"], lines[0]["msg"]) == ("sshd", "Accepted publickey for pi")
+        assert len(lines) <= 200 + 5 * 30  # burst plus the rate over the test's length: never the flood
+        wait_until_sync(lambda: any("rate bound" in ln["msg"] for ln in all_logs(central, node_id, "daemon")),
+                        30, "the skipped lines to be reported")
+    finally:
+        daemon.stop()
