@@ -2470,9 +2470,15 @@ class Daemon:
 
     async def _on_ack(self, ws: WebSocket, msg: Dict[str, Any]) -> None:
         seq = msg.get("seq")
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            self.spool.ack(seq)
-            self._poke()
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            LOG.warning("server sent an ack without an integer seq; ignored")
+            return
+        if seq > self.spool.last_seq:  # only sent lines can be acknowledged: never forget unsent ones
+            LOG.warning("server acknowledged seq %d, beyond the last line sent (%d); ignored", seq,
+                        self.spool.last_seq)
+            return
+        self.spool.ack(seq)
+        self._poke()
 
     async def _on_error(self, ws: WebSocket, msg: Dict[str, Any]) -> None:
         LOG.warning("server error %s: %s", str(msg.get("code"))[:64], str(msg.get("message"))[:500])

@@ -38,6 +38,7 @@ async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pk
                      "settings": {"interval": 0.2}, "last_seq": 0}).encode()))
                 writer.write(server_frame(dvic_node.OP_TEXT, json.dumps(  # a request from a newer server
                     {"type": "teleport", "id": "req-1", "where": "moon"}).encode()))
+                writer.write(server_frame(dvic_node.OP_TEXT, b'{"type": "ack", "seq": 999999999}'))  # bogus
                 for _ in range(200):  # bounded: read what the daemon sends until metrics and the answer
                     op, payload = await read_client_frame(reader)
                     if op == dvic_node.OP_TEXT:
@@ -66,6 +67,7 @@ async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pk
             await wait_until(lambda: {"metrics", "unsupported"} <= {m["type"] for m in after_welcome}, 30,
                              "metrics after three broken sessions")
             assert {"type": "unsupported", "id": "req-1", "what": "teleport"} in after_welcome
+            await wait_until(lambda: "beyond the last line sent" in daemon.log(), 10, "the bogus ack refused")
             log = daemon.log()
             assert "unknown opcode 3" in log
             assert "mid-frame" in log
