@@ -2136,6 +2136,7 @@ class Daemon:
         self._stop = None  # type: Optional[asyncio.Event]
         self._last_conn_error = ""
         self._docker_error = ""
+        self._sent_max = 0  # highest seq sent on the current connection (or stored, per welcome)
         self.log_handler = None  # type: Optional[SpoolLogHandler]
         # server -> node messages this daemon handles (after `welcome`); anything else with an `id` is
         # answered `unsupported` (docs/protocol.md section 6)
@@ -2403,6 +2404,7 @@ class Daemon:
             raise WebSocketError("welcome has an invalid last_seq")
         self.spool.ack(last_seq)
         self.spool.raise_seq(last_seq)
+        self._sent_max = last_seq
         self.online = True
         if self._last_conn_error:
             LOG.warning("connection: connected again (was: %s)", self._last_conn_error)
@@ -2473,9 +2475,9 @@ class Daemon:
         if not isinstance(seq, int) or isinstance(seq, bool):
             LOG.warning("server sent an ack without an integer seq; ignored")
             return
-        if seq > self.spool.last_seq:  # only sent lines can be acknowledged: never forget unsent ones
+        if seq > self._sent_max:  # only sent lines can be acknowledged: never forget unsent ones
             LOG.warning("server acknowledged seq %d, beyond the last line sent (%d); ignored", seq,
-                        self.spool.last_seq)
+                        self._sent_max)
             return
         self.spool.ack(seq)
         self._poke()
@@ -2504,6 +2506,7 @@ class Daemon:
                 if lines:
                     await ws.send_json({"type": "logs", "lines": lines})
                     cursor = lines[-1]["seq"] + 1
+                    self._sent_max = max(self._sent_max, lines[-1]["seq"])
                     continue
                 cursor = self.spool.last_seq + 1  # everything at or after cursor was dropped
             try:
