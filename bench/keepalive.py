@@ -149,7 +149,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: keep-alives", params={
         "conns": args.conns, "duration_s": args.duration, "nodes": args.nodes, "clients": "+".join(clients),
     })
-    server = BenchServer(work / "central").start()
+    if args.whatif_ssl_buffer:
+        report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
+    if args.whatif_metrics_nowait:
+        report.params["WHAT-IF keep-alive answered before its commit"] = "yes"
+    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer,
+                         metrics_nowait=args.whatif_metrics_nowait).start()
     completed = 0
     try:
         creds = work / "nodes"
@@ -213,8 +218,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="load generator: wrk if installed (auto), wrk, python, or both in turn")
     p.add_argument("--threads", type=positive_int, default=1, help="wrk threads (1: leave a core to the server)")
     p.add_argument("--procs", type=positive_int, default=1, help="Python load processes (1)")
+    p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
+                   help="run the server with asyncio's per-connection TLS read buffer at BYTES (0: as is)")
+    p.add_argument("--whatif-metrics-nowait", action="store_true",
+                   help="run the server answering keep-alives without waiting for their metrics commit")
     add_common_args(p)
     args = p.parse_args(argv)
+    if args.whatif_ssl_buffer < 0:
+        p.error("--whatif-ssl-buffer: expected 0 or a size in bytes")
     if args.procs > args.conns:
         p.error("--procs: more processes than connections")
     return args

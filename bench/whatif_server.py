@@ -1,24 +1,59 @@
-"""dvic-central with one what-if change to the Python runtime, to measure a proposed fix.
+"""dvic-central with what-if changes applied at start-up, to measure proposed fixes.
 
-    DVIC_BENCH_SSL_READ_BUFFER=16384 python3 -m bench.whatif_server --data-dir D serve ...
+    DVIC_BENCH_SSL_READ_BUFFER=16384 DVIC_BENCH_METRICS_NOWAIT=1 python3 -m bench.whatif_server ...
 
-asyncio allocates a read buffer of `SSLProtocol.max_size` (256 KiB on Python 3.11) for every TLS
-connection and fills it with zeros, so each idle node websocket costs the server about a quarter
-of a megabyte. This runs the unchanged server with a smaller buffer. Used by `bench.fleet
---whatif-ssl-buffer`; the server code itself (central/) is not touched.
+- DVIC_BENCH_SSL_READ_BUFFER=BYTES: asyncio allocates a read buffer of `SSLProtocol.max_size`
+  (256 KiB on Python 3.11) for every TLS connection and fills it with zeros, so each idle node
+  websocket costs about a quarter of a megabyte. This sets a smaller one.
+- DVIC_BENCH_METRICS_NOWAIT=1: metrics writes (keep-alive bodies, `metrics` messages) are queued
+  to the batching writer without waiting for their commit; everything else is unchanged.
+
+The server code itself (central/) is not touched; without these variables this is dvic-central.
+Used by `bench.fleet --whatif-ssl-buffer` and `bench.keepalive --whatif-*`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import asyncio.sslproto
 import os
+import sqlite3
+from collections.abc import Callable
+from typing import Any
 
 from central.cli import main
+from central.writer import Writer
 
-ENV = "DVIC_BENCH_SSL_READ_BUFFER"
+SSL_BUFFER_ENV = "DVIC_BENCH_SSL_READ_BUFFER"
+METRICS_NOWAIT_ENV = "DVIC_BENCH_METRICS_NOWAIT"
+
+_in_flight: set[asyncio.Future[Any]] = set()
+
+
+def metrics_without_waiting() -> None:
+    submit = Writer.submit
+
+    async def queue_metrics(self: Writer, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if not getattr(fn, "__qualname__", "").startswith("insert_metrics."):
+            return await submit(self, fn)
+        task = asyncio.ensure_future(submit(self, fn))
+        _in_flight.add(task)  # a reference until done; the writer logs a failed commit itself
+        task.add_done_callback(_forget)
+        return None
+
+    Writer.submit = queue_metrics  # type: ignore[method-assign]
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _in_flight.discard(task)
+    if not task.cancelled():
+        task.exception()
+
 
 if __name__ == "__main__":
-    size = int(os.environ.get(ENV, "0"))
+    size = int(os.environ.get(SSL_BUFFER_ENV, "0") or 0)
     if size > 0:
         asyncio.sslproto.SSLProtocol.max_size = size
+    if os.environ.get(METRICS_NOWAIT_ENV) == "1":
+        metrics_without_waiting()
     raise SystemExit(main())

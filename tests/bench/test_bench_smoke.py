@@ -34,9 +34,11 @@ def test_ingest_smoke(tmp_path: Path) -> None:
         assert figures[name]["value"] > 0
 
 
-def test_keepalive_smoke_with_the_python_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whatif", [[], ["--whatif-metrics-nowait", "--whatif-ssl-buffer", "16384"]],
+                         ids=["as-is", "whatif"])
+def test_keepalive_smoke_with_the_python_client(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.keepalive", tmp_path, "--client", "python", "--conns", "4", "--duration", "1",
-                    "--nodes", "3")
+                    "--nodes", "3", *whatif)
     figures = doc["figures"]
     assert figures["[python] requests"]["value"] > 0
     assert figures["[python] non-2xx responses"]["value"] == 0
