@@ -122,7 +122,7 @@ class CentralClient:
         missing = [k for k in ("node_id", "name", "token") if not isinstance(body, dict) or not body.get(k)]
         if missing:
             raise CentralError(status, "bad_bundle", f"the server's bundle lacks {', '.join(missing)}")
-        return body
+        return dict(body)
 
     async def get_node(self, node: str) -> dict[str, Any] | None:
         """``GET /api/v1/nodes/{node}``: the node detail, or None when the server does not know it."""

@@ -54,6 +54,12 @@ def parse_output(stdout: str) -> tuple[dict[str, str], tuple[str, str] | None]:
     return facts, error
 
 
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return data or ""
+
+
 def _sudo_error(stderr: str) -> tuple[str, str] | None:
     low = stderr.lower()
     if "incorrect password" in low or "sorry, try again" in low or "no password was provided" in low:
@@ -109,11 +115,12 @@ async def run_script(
             stdin = password.line()
         command = f"{runner}; rc=$?; rm -rf {shlex.quote(tmpdir)}; exit $rc"
         try:
-            # An empty input sends no EOF: give root's command an explicitly empty stdin instead.
-            feed: dict[str, object] = {"input": stdin} if stdin is not None else {"stdin": asyncssh.DEVNULL}
-            proc = await asyncio.wait_for(
-                conn.run("/bin/sh -c " + shlex.quote(command), encoding=None, **feed), time_limit
-            )
+            remote = "/bin/sh -c " + shlex.quote(command)
+            if stdin is not None:
+                run = conn.run(remote, encoding=None, input=stdin)
+            else:  # an empty input sends no EOF: give root's command an explicitly empty stdin
+                run = conn.run(remote, encoding=None, stdin=asyncssh.DEVNULL)
+            proc = await asyncio.wait_for(run, time_limit)
         finally:
             del stdin
     except TimeoutError as exc:
@@ -127,8 +134,7 @@ async def run_script(
             "run the command again: a half-done install is rolled back on the target",
         ) from exc
 
-    stdout = bytes(proc.stdout or b"").decode("utf-8", errors="replace")
-    stderr = bytes(proc.stderr or b"").decode("utf-8", errors="replace")
+    stdout, stderr = (_text(proc.stdout), _text(proc.stderr))
     facts, error = parse_output(stdout)
     if error is None and proc.exit_status != 0:
         error = _sudo_error(stderr) or (

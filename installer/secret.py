@@ -28,7 +28,7 @@ class Password:
     def from_stream(cls, stream: BinaryIO) -> Password:
         """Read one line (the password) from a binary stream such as ``sys.stdin.buffer``."""
         raw = bytearray(stream.readline())
-        while raw and raw[-1:] in (b"\n", b"\r"):
+        while raw.endswith((b"\n", b"\r")):
             raw.pop()
         if not raw:
             raise ValueError("no password on standard input (expected one line)")
@@ -73,5 +73,5 @@ class Password:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:  # never pickle a secret by accident
+    def __reduce__(self) -> str | tuple[object, ...]:  # never pickle a secret by accident
         raise TypeError("Password cannot be pickled")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import shutil
@@ -22,8 +24,33 @@ from .sshd import Sshd, ensure_user
 HERE = Path(__file__).resolve().parent
 USER = "dvic-it"
 NOSUDO_USER = "dvic-it-nosudo"  # same password, but not allowed to use sudo
-# Unique per run: the sentinel test proves it appears nowhere afterwards.
-PASSWORD = "dvicSentinel-" + secrets.token_hex(12)
+
+
+def _sentinel_password() -> str:
+    """The test user's password: a sentinel the tests prove appears nowhere afterwards.
+
+    Several test sessions may run at once on one machine and share the user, so the password
+    must be the same for all of them: it is derived from a random key made once per machine
+    (root-only file), so the password itself is never written anywhere.
+    """
+    key_path = Path("/var/lib/dvic-it-tests/key")
+    try:
+        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    except FileExistsError:
+        pass
+    except PermissionError:  # not root: the SSH tests skip anyway
+        return "dvicSentinel-" + secrets.token_hex(12)
+    # Another session may be writing the key right now: wait for the whole of it.
+    deadline = time.monotonic() + 5
+    while len(key := key_path.read_text().strip()) < 64 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "dvicSentinel-" + hmac.new(key.encode(), b"dvic-it password", hashlib.sha256).hexdigest()[:24]
+
+
+PASSWORD = _sentinel_password()
 
 # A minimal unit, used only while node_script/dvic-node.service does not exist yet.
 MINIMAL_UNIT = """[Unit]

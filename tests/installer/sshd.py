@@ -127,8 +127,11 @@ class Sshd:
 
 def ensure_user(name: str, password: str, sudo: bool = True) -> None:
     """Create the test user if missing and set its password (idempotent; the password goes via stdin)."""
+    # Other test sessions may do the same at the same moment: every step tolerates that.
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], check=True)
+        made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], capture_output=True)
+        if made.returncode != 0 and subprocess.run(["id", name], capture_output=True).returncode != 0:
+            raise RuntimeError(f"useradd {name} failed: {made.stderr.decode(errors='replace')}")
     subprocess.run(["chpasswd"], input=f"{name}:{password}\n".encode(), check=True)
     sudoers = Path(f"/etc/sudoers.d/{name}")
     if not sudo:
@@ -136,5 +139,8 @@ def ensure_user(name: str, password: str, sudo: bool = True) -> None:
         return
     want = f"{name} ALL=(ALL:ALL) ALL\n"  # a password is required: the tests exercise sudo -S
     if not sudoers.exists() or sudoers.read_text() != want:
-        sudoers.write_text(want)
-        os.chmod(sudoers, 0o440)
+        # sudo skips files with a dot in their name, so a half-written temp file is never read.
+        tmp = sudoers.with_name(f"{name}.{os.getpid()}.tmp")
+        tmp.write_text(want)
+        os.chmod(tmp, 0o440)
+        os.replace(tmp, sudoers)
