@@ -26,7 +26,10 @@ SLEEPER = "import time\nwhile True:\n    time.sleep(1)\n"
 def _run(script: str, mode: str, tmp_path: Path) -> tuple[int, dict[str, str], tuple[str, str] | None]:
     path = tmp_path / f"install-{mode}.sh"
     path.write_text(script)
-    proc = subprocess.run(["sh", str(path), mode], capture_output=True, text=True, timeout=60)
+    stage_dir = tmp_path / "tmpdir"  # the script stages under $TMPDIR: keep ours apart from other runs
+    stage_dir.mkdir(exist_ok=True)
+    proc = subprocess.run(["sh", str(path), mode], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TMPDIR": str(stage_dir)})
     facts, error = parse_output(proc.stdout)
     return proc.returncode, facts, error
 
@@ -112,11 +115,10 @@ def test_keeping_a_bundle_that_vanished_fails_cleanly(tmp_path: Path) -> None:
 
 def test_install_leaves_no_script_or_stage_behind(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    stages_before = {p.name for p in Path("/tmp").glob("dvic-node-stage.*")}
     rc, _, error = _run(_install(NodeLayout(str(root))), "install", tmp_path)
     stop_daemon(root)
     assert (rc, error) == (0, None)
-    assert {p.name for p in Path("/tmp").glob("dvic-node-stage.*")} - stages_before == set()
+    assert list((tmp_path / "tmpdir").iterdir()) == []  # the stage is gone
     modes = {p: oct(os.stat(root / p).st_mode & 0o777) for p in (
         "etc/dvic-node/bundle.json", "etc/dvic-node", "opt/dvic-node/dvic_node.py", "var/lib/dvic-node")}
     assert modes == {"etc/dvic-node/bundle.json": "0o600", "etc/dvic-node": "0o700",
