@@ -2115,6 +2115,13 @@ def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
 ServerMessageHandler = Callable[[WebSocket, Dict[str, Any]], Awaitable[None]]
 
 
+def next_attempt(attempt: int, welcomed_at: Optional[float], now: float) -> int:
+    """The backoff step for the next reconnect: back to 0 after a session that worked for 10 s."""
+    if welcomed_at is not None and now - welcomed_at > 10:
+        return 0
+    return attempt
+
+
 class Daemon:
     """Runs the parts side by side on one event loop: collectors, followers, connection, keep-alive."""
 
@@ -2137,6 +2144,7 @@ class Daemon:
         self._last_conn_error = ""
         self._docker_error = ""
         self._sent_max = 0  # highest seq sent on the current connection (or stored, per welcome)
+        self._welcomed_at = None  # type: Optional[float]
         self.log_handler = None  # type: Optional[SpoolLogHandler]
         # server -> node messages this daemon handles (after `welcome`); anything else with an `id` is
         # answered `unsupported` (docs/protocol.md section 6)
@@ -2346,15 +2354,14 @@ class Daemon:
     async def _connection_loop(self) -> None:
         attempt = 0
         while True:
-            started = time.monotonic()
-            welcomed = False
             ws = None  # type: Optional[WebSocket]
+            self._welcomed_at = None
             try:
                 headers = {}
                 if self.bundle["ws_url"].startswith("ws://"):
                     headers["Authorization"] = "Bearer " + self.bundle["token"]
                 ws = await ws_connect(self.bundle["ws_url"], self.ssl_context, headers)
-                welcomed = await self._session(ws)
+                await self._session(ws)
             except asyncio.CancelledError:
                 if ws is not None and not ws.closed:
                     try:
@@ -2370,8 +2377,7 @@ class Daemon:
                 self.online = False
                 if ws is not None and not ws.closed:
                     ws._abort(1006, "session ended")
-            if welcomed and time.monotonic() - started > 10:
-                attempt = 0
+            attempt = next_attempt(attempt, self._welcomed_at, time.monotonic())
             delay = backoff_delay(attempt, 1.0, self.opts.reconnect_max)
             attempt += 1
             LOG.info("reconnecting in %.1f s", delay)
@@ -2390,8 +2396,8 @@ class Daemon:
         else:
             LOG.info("connection: %s", text)
 
-    async def _session(self, ws: WebSocket) -> bool:
-        """hello, welcome, then send and receive until the connection ends (raises)."""
+    async def _session(self, ws: WebSocket) -> None:
+        """hello, welcome, then send and receive until the connection ends (always raises)."""
         loop = asyncio.get_running_loop()
         facts = await loop.run_in_executor(None, collect_facts)
         await ws.send_json({"type": "hello", "protocol": PROTOCOL, "daemon_version": VERSION, "facts": facts})
@@ -2405,6 +2411,7 @@ class Daemon:
         self.spool.ack(last_seq)
         self.spool.raise_seq(last_seq)
         self._sent_max = last_seq
+        self._welcomed_at = time.monotonic()
         self.online = True
         if self._last_conn_error:
             LOG.warning("connection: connected again (was: %s)", self._last_conn_error)
@@ -2426,7 +2433,6 @@ class Daemon:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return True  # not reached
 
     @staticmethod
     def _parse(text: Any) -> Dict[str, Any]:

@@ -64,6 +64,9 @@ def test_backoff_is_full_jitter_between_1_and_60_seconds() -> None:
             d = dvic_node.backoff_delay(attempt, 1.0, 60.0)
             assert 1.0 <= d <= min(60.0, 2 ** attempt)
     assert max(dvic_node.backoff_delay(10) for _ in range(200)) > 30  # jitter spreads the fleet
+    assert dvic_node.next_attempt(7, None, 100.0) == 7  # never welcomed: keep backing off
+    assert dvic_node.next_attempt(7, 95.0, 100.0) == 7  # welcomed, but dropped within 10 s
+    assert dvic_node.next_attempt(7, 80.0, 100.0) == 0  # a session that worked: start over at 1 s
 
 
 # -- system logs -------------------------------------------------------------------------------
