@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -48,7 +49,8 @@ class StepRunner:
         if self._progress is None:
             return
         try:
-            self._progress(step)
+            # A snapshot: the step object itself changes when it ends.
+            self._progress(dataclasses.replace(step))
         except Exception:  # a broken display must not abort an install halfway
             log.exception("progress callback failed for step %s", step.name)
 

@@ -49,7 +49,7 @@ async def test_direct_install_comes_online(
 ) -> None:
     reported: list[Step] = []
     request = make_request()
-    result = await add_node(request, lambda s: reported.append(Step(**vars(s))))
+    result = await add_node(request, reported.append)
 
     assert [s.name for s in result.steps] == list(STEP_NAMES)
     assert all(s.status == StepStatus.OK for s in result.steps), result.steps
@@ -352,7 +352,7 @@ async def test_daemon_that_dies_leaves_nothing_and_revokes(
     dying.write_text("import sys\nprint('cannot start: no luck')\nsys.exit(1)\n")
     steps: list[Step] = []
     with pytest.raises(InstallerError) as err:
-        await add_node(make_request(daemon_source=dying), lambda s: steps.append(Step(**vars(s))))
+        await add_node(make_request(daemon_source=dying), steps.append)
     assert (err.value.step, err.value.code) == ("install", "start_failed")
     assert "no luck" in err.value.message
     assert _ended(steps)[-2:] == [("install", "failed"), ("rollback", "ok")]
