@@ -1,0 +1,117 @@
+"""`dvic run`, `dvic commands` and `dvic command` against the real server and executor nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+from tests.support.server import CentralServer
+from tests.tui_remote.clikit import DvicRunner
+from tests.tui_remote.executor_node import ExecutorNode
+
+
+async def test_run_on_one_node_streams_output_and_returns_its_code(central_server: CentralServer,
+                                                                      dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-1")):
+        ok = await dvic("run", "pi-1", "--", "sh", "-c", "echo hello; echo oops >&2")
+        assert ok.code == 0, ok.err
+        assert ok.out == "hello\n"
+        assert "oops\n" in ok.err
+        failed = await dvic("run", "pi-1", "--", "sh", "-c", "echo partial; exit 3")
+        assert failed.code == 3
+        assert failed.out == "partial\n"
+        # --shell sends one string run by /bin/sh -c on the node.
+        shell = await dvic("run", "--shell", "pi-1", "--", "echo $((6*7))", "|", "tr", "2", "X")
+        assert shell.code == 0 and shell.out == "4X\n", shell
+
+
+async def test_run_on_several_nodes_prefixes_lines_and_summarises(central_server: CentralServer,
+                                                                  dvic: DvicRunner):
+    central_server.enroll("lab-away", group="lab")
+    async with ExecutorNode(central_server.enroll("lab-a", group="lab")), \
+            ExecutorNode(central_server.enroll("lab-bb", group="lab")):
+        res = await dvic("run", "--group", "lab", "--yes", "--", "sh", "-c",
+                         "printf 'one\\ntwo'; echo err >&2; test $(hostname) = never")
+        assert res.code == 255, res  # the offline node counts as not run
+        out_lines = res.out.splitlines()
+        for name in ("lab-a", "lab-bb"):
+            name = name.ljust(len("lab-away"))  # prefixes are aligned on the longest target name
+            assert f"{name} | one" in out_lines and f"{name} | two" in out_lines, res.out
+            assert f"{name} ! err" in res.err
+        summary = res.err[res.err.index("---"):]
+        assert "lab-away" in summary and "offline" in summary
+        assert "lab-a     exited 1" in summary and "lab-bb    exited 1" in summary, summary
+        assert "2 exited, 1 offline" in summary
+        # Without --yes and without a terminal to ask on, a group run is refused before anything is sent.
+        refused = await dvic("run", "--group", "lab", "--", "true")
+        assert refused.code == 2 and "--yes" in refused.err
+        _, listing = central_server.api("GET", "/api/v1/commands")
+        assert len(listing["commands"]) == 1
+
+
+async def test_run_reports_timeout_and_unknown_programs(central_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-slow")):
+        res = await dvic("run", "pi-slow", "--timeout", "1", "--", "sh", "-c", "echo started; sleep 30")
+        assert res.code == 124, res
+        assert res.out == "started\n" and "timeout" in res.err
+        missing = await dvic("run", "pi-slow", "--", "/no/such/program")
+        assert missing.code == 255 and "failed" in missing.err and "/no/such/program" in missing.err
+
+
+async def test_offline_node_and_unknown_node_are_clear(central_server: CentralServer, dvic: DvicRunner):
+    central_server.enroll("pi-off")
+    res = await dvic("run", "pi-off", "--", "true")
+    assert res.code == 255 and "offline" in res.err
+    unknown = await dvic("run", "pi-nope", "--", "true")
+    assert unknown.code == 1 and "pi-nope" in unknown.err and "no_such_node" in unknown.err
+    usage = await dvic("run", "pi-off")
+    assert usage.code == 2 and "no command" in usage.err
+
+
+async def test_ctrl_c_cancels_on_the_node(central_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-c")) as node:
+        proc = await dvic.start("run", "pi-c", "--", "sh", "-c", "echo ready; sleep 60")
+        assert proc.stdout is not None and proc.stderr is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert line == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 130, err
+        assert b"cancelling" in err and b"cancelled" in err
+        assert any(m["type"] == "cancel" for m in node.received)
+    _, listing = central_server.api("GET", "/api/v1/commands")
+    _, stored = central_server.api("GET", f"/api/v1/commands/{listing['commands'][0]['id']}")
+    assert stored["runs"][0]["state"] == "cancelled"
+
+
+async def test_commands_and_command_show_stored_output(central_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-s")):
+        res = await dvic("run", "--json", "pi-s", "--", "sh", "-c", "echo stored-line; echo e >&2; exit 2")
+    assert res.code == 2
+    events = [json.loads(line) for line in res.out.splitlines()]
+    assert events[0]["type"] == "command" and events[-1]["type"] == "summary" and events[-1]["status"] == 2
+    data = "".join(e["data"] for e in events if e["type"] == "output" and e["stream"] == "stdout")
+    assert data == "stored-line\n"
+    cid = events[0]["id"]
+    listing = await dvic("commands", "--node", "pi-s")
+    assert cid in listing.out and "sh -c echo stored-line" in listing.out and "0/1" in listing.out
+    as_json = json.loads((await dvic("commands", "--json")).out)
+    assert as_json["commands"][0]["id"] == cid
+    shown = await dvic("command", cid)
+    assert shown.code == 2
+    assert "pi-s: exited 2" in shown.out and "pi-s | stored-line" in shown.out and "pi-s ! e" in shown.out
+    missing = await dvic("command", "0000")
+    assert missing.code == 1 and "no_such_command" in missing.err
+
+
+async def test_viewer_is_refused_with_a_clear_message(central_server: CentralServer, dvic: DvicRunner):
+    viewer = dvic.operator("vera", "viewer")
+    async with ExecutorNode(central_server.enroll("pi-v")):
+        res = await dvic("run", "pi-v", "--", "true", token=viewer)
+        assert res.code == 1 and "HTTP 403" in res.err
+        started = time.monotonic()
+        shell = await dvic("shell", "pi-v", token=viewer, stdin=b"exit\n")
+        assert shell.code == 1 and "only operators and admins may open a shell" in shell.err, shell
+        assert time.monotonic() - started < 20
