@@ -47,7 +47,8 @@ def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--direct", action="store_true", help="connect from this machine (the default)")
     src.add_argument("--jump", metavar="USER@HOST[:PORT]", help="connect through an SSH jump host (keys/agent)")
-    src.add_argument("--via", metavar="NODE", help="connect through a fleet node's tunnel (not available yet)")
+    src.add_argument("--via", metavar="NODE",
+                     help="connect through a node already in the fleet (its daemon opens the TCP connection)")
     parser.add_argument("--jump-identity", action="append", metavar="FILE",
                         help="private key for the jump host (repeatable; default: ~/.ssh keys and the agent)")
     parser.add_argument("--expect-host-key", default="", metavar="SHA256:...",
@@ -59,7 +60,7 @@ def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-systemd", action="store_true",
                         help="target without systemd: start the daemon with setsid/nohup (not restarted at boot)")
     parser.add_argument("--prefix", default="", metavar="DIR",
-                        help="install under DIR on the target (with --no-systemd; for tests and unprivileged trials)")
+                        help="install under DIR on the target (with --no-systemd; for tests and trials)")
     parser.add_argument("--target-path", default=DEFAULT_TARGET_PATH, metavar="PATH",
                         help="PATH the install script uses on the target to find its tools and python3")
     parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="S", help="SSH timeout (s)")
