@@ -520,7 +520,9 @@ def describe_connect_error(exc: BaseException) -> str:
                "the server name (%s)" % (exc.verify_message or exc)
     if isinstance(exc, ssl.SSLError):
         return "TLS handshake failed (%s); is the node certificate revoked or from another server?" % exc
-    if isinstance(exc, HandshakeError):
+    if isinstance(exc, WebSocketClosed):
+        return "the connection ended (close code %d%s)" % (exc.code, ": " + exc.reason if exc.reason else "")
+    if isinstance(exc, WebSocketError):  # HandshakeError included: its text has the status and body
         return str(exc)
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out connecting to the server"
