@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tui import fmt
-from tui.client import ApiError, Unreachable
+from tui.client import ApiError, Stream, Unreachable
 from tui.cmds.common import SettingsFn, UsageError, emit_json, say
 from tui.config import ConfigError, Settings, resolve
 from tui.remote_client import ACTION_FINAL, RUN_FINAL, RemoteClient, StreamCut
@@ -32,6 +32,7 @@ EXIT_CANCELLED = 130  # as for Ctrl-C
 EXIT_UNREACHED = 255  # as ssh(1) when the remote side could not run it
 CANCEL_WAIT_S = 10.0
 POLL_S = 0.5
+ACTION_POLL_S = 2.0  # --wait polls this often in case the live stream misses a change
 ACTION_CHOICES = {"restart-demo": "restart_demo", "stop-demo": "stop_demo", "start-demo": "start_demo"}
 
 
@@ -566,42 +567,84 @@ def _action_line(action: Json) -> str:
            f"{action.get('action')}{demo}: {action.get('state')}{message}"
 
 
-async def follow_actions(api: RemoteClient, actions: list[Json], as_json: bool, node: str | None = None) -> int:
-    """Polls the actions until each is final, printing every state change. 0 when all are done."""
-    last = {a["id"]: a.get("state") for a in actions}
-    final: dict[str, Json] = {a["id"]: a for a in actions if a.get("state") in ACTION_FINAL}
+async def follow_actions(api: RemoteClient, stream: Stream | None, actions: list[Json], as_json: bool) -> int:
+    """Prints every state change of the actions until each is final. 0 when all are done.
+
+    Changes come from the live stream's `action_<state>` events (opened before the request, so
+    none is missed); a poll of GET /actions every few seconds covers a stream that drops.
+    """
+    current: dict[str, Json] = {a["id"]: dict(a) for a in actions}
     deadline = max((float(a.get("deadline") or 0) for a in actions), default=0.0) + 60.0
-    while len(final) < len(last):
-        if time.time() > deadline:
-            sys.stderr.write("dvic: the server did not finish the action(s) in time (still shown as pending)\n")
-            return 1
-        await asyncio.sleep(POLL_S)
-        for action in await api.actions(node=node):
-            aid = action.get("id")
-            if aid not in last or aid in final:
+    events: asyncio.Queue[Json] = asyncio.Queue()
+
+    async def read_stream() -> None:
+        assert stream is not None
+        async for msg in stream:
+            event = msg.get("event") if msg.get("type") == "event" else None
+            if isinstance(event, dict) and isinstance(event.get("data"), dict):
+                events.put_nowait(event)
+
+    def change(aid: str, state: str, fields: Json) -> None:
+        action = current[aid]
+        if action.get("state") in ACTION_FINAL or action.get("state") == state:
+            return
+        action.update(fields, state=state)
+        if as_json:
+            emit_json({"type": "action", **action})
+        else:
+            say(_action_line(action))
+
+    reader = asyncio.ensure_future(read_stream()) if stream is not None else None
+    try:
+        while any(a.get("state") not in ACTION_FINAL for a in current.values()):
+            if time.time() > deadline:
+                sys.stderr.write("dvic: no final state from the server in time; see `dvic actions`\n")
+                return 1
+            try:
+                event = await asyncio.wait_for(events.get(), ACTION_POLL_S)
+            except TimeoutError:
+                for row in await api.actions():
+                    if row.get("id") in current:
+                        change(row["id"], str(row.get("state")), row)
                 continue
-            if action.get("state") != last[aid]:
-                last[aid] = action.get("state")
-                if as_json:
-                    emit_json({"type": "action", **action})
-                else:
-                    say(_action_line(action))
-            if action.get("state") in ACTION_FINAL:
-                final[aid] = action
-    return 0 if all(a.get("state") == "done" for a in final.values()) else 1
+            data = event["data"]
+            if data.get("id") in current and isinstance(data.get("state"), str):
+                text = str(event.get("message") or "")
+                _, _, message = text.partition(": ")
+                change(data["id"], data["state"], {"message": message, "updated_at": event.get("ts")})
+    finally:
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+    return 0 if all(a.get("state") == "done" for a in current.values()) else 1
+
+
+async def _open_stream(api: RemoteClient) -> Stream | None:
+    """The live events stream for --wait; None (polling only) when the server refuses it."""
+    try:
+        stream = await api.stream()
+        await stream.subscribe([])
+        return stream
+    except ApiError:
+        return None
 
 
 async def request_action(args: argparse.Namespace, settings: SettingsFn) -> int:
     kind = ACTION_CHOICES.get(args.action, args.action)
     async with _client(settings) as api:
-        action = await api.request_action(args.node, kind, demo=args.demo, timeout=args.timeout)
-        if args.json:
-            emit_json({"type": "action", **action})
-        else:
-            say(_action_line(action) + f"  (id {action.get('id')})")
-        if not args.wait:
-            return 0 if action.get("state") not in ("failed", "lost") else 1
-        return await follow_actions(api, [action], args.json, node=args.node)
+        stream = await _open_stream(api) if args.wait else None
+        try:
+            action = await api.request_action(args.node, kind, demo=args.demo, timeout=args.timeout)
+            if args.json:
+                emit_json({"type": "action", **action})
+            else:
+                say(_action_line(action) + f"  (id {action.get('id')})")
+            if not args.wait:
+                return 0 if action.get("state") not in ("failed", "lost") else 1
+            return await follow_actions(api, stream, [action], args.json)
+        finally:
+            if stream is not None:
+                await stream.close()
 
 
 async def list_actions(args: argparse.Namespace, settings: SettingsFn) -> int:
@@ -632,19 +675,24 @@ async def update(args: argparse.Namespace, settings: SettingsFn) -> int:
     targets, _label = targets_of(args, args.nodes)
     async with _client(settings) as api:
         await confirm(api, args, targets, "update the daemon")
-        doc = await api.update(targets)
-        actions = doc.get("actions") or []
-        if args.json:
-            emit_json(doc)
-        else:
-            for action in actions:
-                say(f"{clean(action.get('node_name'), single_line=True)}: update to {doc.get('version')} "
-                    f"{action.get('state')} (id {action.get('id')})")
-            if not actions:
-                say(f"every target already runs {doc.get('version')} (or none is eligible): nothing to do")
-        if not args.wait or not actions:
-            return 0 if all(a.get("state") not in ("failed", "lost") for a in actions) else 1
-        return await follow_actions(api, actions, args.json)
+        stream = await _open_stream(api) if args.wait else None
+        try:
+            doc = await api.update(targets)
+            actions = doc.get("actions") or []
+            if args.json:
+                emit_json(doc)
+            else:
+                for action in actions:
+                    say(f"{clean(action.get('node_name'), single_line=True)}: update to {doc.get('version')} "
+                        f"{action.get('state')} (id {action.get('id')})")
+                if not actions:
+                    say(f"every target already runs {doc.get('version')} (or none is eligible): nothing to do")
+            if not args.wait or not actions:
+                return 0 if all(a.get("state") not in ("failed", "lost") for a in actions) else 1
+            return await follow_actions(api, stream, actions, args.json)
+        finally:
+            if stream is not None:
+                await stream.close()
 
 
 async def release(args: argparse.Namespace, settings: SettingsFn) -> int:

@@ -1,0 +1,95 @@
+"""`dvic shell` in a real terminal (PTY) through the real server to a real PTY shell; sessions and replay."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.support.server import CentralServer
+from tests.tui_remote.clikit import DvicRunner, PtyProcess
+from tests.tui_remote.executor_node import ExecutorNode
+
+
+async def until_size(term: PtyProcess, cols: int, rows: int, timeout: float = 15.0) -> None:
+    """Asks the remote shell for its size until it matches (the resize travels asynchronously)."""
+    want = f"{rows} {cols}".encode()
+    deadline = time.monotonic() + timeout
+    while True:
+        mark = len(term.output)
+        term.type(b"stty size\r")
+        try:
+            await term.expect(b"\n" + want, timeout=1.0)
+            if want in term.output[mark:]:
+                return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_shell_round_trip_resize_ctrl_c_and_exit_code(central_server: CentralServer, dvic: DvicRunner,
+                                                            dvic_env: dict[str, str]):
+    async with ExecutorNode(central_server.enroll("pi-sh")):
+        term = PtyProcess(dvic.argv(("shell", "pi-sh"), None), dvic_env, cols=100, rows=30)
+        try:
+            await term.expect(b"$ ")
+            term.type(b"echo $((6*7))\r")
+            await term.expect(b"42")
+            await until_size(term, 100, 30)  # the shell starts at the operator's terminal size
+            term.resize(120, 40)
+            await until_size(term, 120, 40)
+            # Raw mode: Ctrl-C goes to the remote foreground job instead of stopping dvic.
+            term.type(b"sleep 30\r")
+            await term.expect(b"sleep 30")
+            term.type(b"\x03")
+            mark = len(term.output)
+            term.type(b"echo after-$((1+1))\r")
+            await term.expect(b"after-2")
+            assert b"after-2" in term.output[mark:]
+            term.type(b"exit 3\r")
+            assert await term.wait() == 3
+            assert term.attrs() == term.saved, "the terminal was not restored"
+        finally:
+            term.close()
+
+    sessions = json.loads((await dvic("sessions", "--node", "pi-sh", "--json")).out)["sessions"]
+    assert len(sessions) == 1 and sessions[0]["exit_code"] == 3
+    sid = sessions[0]["id"]
+    table = await dvic("sessions")
+    assert sid in table.out and "pi-sh" in table.out
+    replayed = await dvic("replay", sid, "--speed", "50", "--idle-limit", "0.05")
+    assert replayed.code == 0, replayed.err
+    assert "42" in replayed.out and "after-2" in replayed.out
+
+
+async def test_shell_ends_cleanly_when_the_node_goes_away(central_server: CentralServer, dvic: DvicRunner,
+                                                          dvic_env: dict[str, str]):
+    node = ExecutorNode(central_server.enroll("pi-gone"))
+    await node.__aenter__()
+    term = PtyProcess(dvic.argv(("shell", "pi-gone"), None), dvic_env)
+    try:
+        await term.expect(b"$ ")
+        await node.close()
+        assert await term.wait() == 255
+        assert b"went offline" in term.output
+        assert term.attrs() == term.saved, "the terminal was not restored"
+    finally:
+        term.close()
+        await node.close()
+
+
+async def test_shell_on_offline_or_unknown_node_is_refused_clearly(central_server: CentralServer,
+                                                                   dvic: DvicRunner):
+    central_server.enroll("pi-off")
+    offline = await dvic("shell", "pi-off", stdin=b"")
+    assert offline.code == 1 and "'pi-off' is new: cannot open a shell" in offline.err, offline
+    unknown = await dvic("shell", "pi-none", stdin=b"")
+    assert unknown.code == 1 and "pi-none" in unknown.err
+    missing = await dvic("replay", "no-such-session")
+    assert missing.code == 1 and "no_such_session" in missing.err
+
+
+async def test_shell_with_piped_input_runs_the_script(central_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-pipe")):
+        res = await dvic("shell", "pi-pipe", stdin=b"echo piped-$((2*3))\nexit 4\n")
+    assert res.code == 4, res
+    assert "piped-6" in res.out
