@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     rm.add_argument("node", help="node name or UUID")
     rm.add_argument("--uninstall", action="store_true", help="also remove the daemon from the machine over SSH")
-    rm.add_argument("--host", default="", help="with --uninstall: the machine's address")
+    rm.add_argument("--host", default="",
+                    help="with --uninstall: the machine's address (default: the first one the node reported)")
     _add_ssh_options(rm)
     _add_server_options(rm)
     rm.set_defaults(func=cmd_remove_node)
@@ -228,10 +229,11 @@ def cmd_remove_node(args: argparse.Namespace) -> int:
     try:
         password = None
         if args.uninstall:
-            if not args.host or not args.user:
-                print("error: --uninstall needs --host and --user", file=sys.stderr)
+            if not args.user:
+                print("error: --uninstall needs --user (and --host, unless the node reported its address)",
+                      file=sys.stderr)
                 return EXIT_USAGE
-            password = _read_password(args, args.user, args.host)
+            password = _read_password(args, args.user, args.host or args.node)
         request = RemoveNodeRequest(
             node=args.node, server=_server(args), uninstall=args.uninstall, host=args.host, user=args.user or "",
             password=password, port=args.port, source=_source(args), expect_host_key=args.expect_host_key,

@@ -263,6 +263,12 @@ async def _roll_back(
         cause.hint = (cause.hint + "; " if cause.hint else "") + "; ".join(problems)
 
 
+def _reported_address(node: dict[str, Any]) -> str:
+    """The first non-loopback address the node reported in its facts ("" when none)."""
+    ips = (node.get("facts") or {}).get("ips") or []
+    return next((ip for ip in ips if isinstance(ip, str) and not ip.startswith(("127.", "::1"))), "")
+
+
 async def remove_node(
     request: RemoveNodeRequest, progress: ProgressCallback | None = None, central: Central | None = None
 ) -> list[Any]:
@@ -293,18 +299,19 @@ async def remove_node(
                     step.message = f"revoked {node.get('name', '')} ({node_id})"
             if not request.uninstall:
                 return runner.steps
-            if request.password is None or not request.host or not request.user:
+            host = request.host or _reported_address(node)
+            if request.password is None or not host or not request.user:
                 raise InstallerError("connect", "bad_request", "--uninstall needs the target's address, user and "
                                      "password", "pass --host and --user")
             password = request.password
             async with runner.run("connect") as step:
                 conn = await stack.enter_async_context(open_target(
-                    host=request.host, port=request.port, user=request.user, password=password,
+                    host=host, port=request.port, user=request.user, password=password,
                     source=request.source, known_hosts=KnownHosts(request.known_hosts or known_hosts_path()),
                     expect_host_key=request.expect_host_key, confirm=request.confirm_host_key,
                     connect_timeout=request.connect_timeout, via_factory=_via_factory(central),
                 ))
-                step.message = f"{request.user}@{request.host}:{request.port}"
+                step.message = f"{request.user}@{host}:{request.port}"
             async with runner.run("uninstall") as step:
                 text = render_script("uninstall", layout=NodeLayout(request.prefix), init=request.init,
                                      target_path=request.target_path, expect_node_id=node_id)

@@ -194,7 +194,7 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["add-node", "--kind", "esp32", "--name", "b1"]) == 2
     assert "--out" in capsys.readouterr().err
     assert main(["remove-node", "pi-1", "--uninstall"]) == 2
-    assert "--host" in capsys.readouterr().err
+    assert "--user" in capsys.readouterr().err
 
 
 def test_daemon_version() -> None:
@@ -215,3 +215,10 @@ def test_host_key_checking_is_never_switched_off() -> None:
         text = source.read_text()
         assert "known_hosts=None" not in text.replace(" ", ""), source
         assert "known_hosts=()" not in text.replace(" ", ""), source
+
+
+def test_reported_address() -> None:
+    from installer.flow import _reported_address
+
+    assert _reported_address({"facts": {"ips": ["127.0.0.1", "::1", "10.0.0.42", "10.0.0.43"]}}) == "10.0.0.42"
+    assert _reported_address({"facts": {}}) == "" and _reported_address({}) == ""
