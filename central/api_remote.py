@@ -225,15 +225,25 @@ async def _drain_client(ws: web.WebSocketResponse) -> None:
             break
 
 
-@routes.route("GET", "/api/v1/nodes/{node}/shell", role="operator", audit=False, query=("cols", "rows"),
-              summary="Interactive shell on a node (websocket; binary frames are terminal bytes)")
-async def shell(request: web.Request) -> web.StreamResponse:
+def _live_node_for(request: web.Request) -> tuple[Services, Operator, NodeState]:
+    """Common gate of the relayed websockets (shell, tunnel): origin, role, maintenance, node online."""
     if not origin_allowed(request):
         raise ApiError(403, "bad_origin", "origin not allowed")
-    services = _services(request)
     operator = current_operator(request)
     node = find_node(request)
     check_maintenance(node, operator)
+    return _services(request), operator, node
+
+
+def _require_connected(node: NodeState, what: str) -> None:
+    if node.send is None:
+        raise ApiError(409, "node_offline", f"node {node.name!r} is {node.state}: no {what} possible")
+
+
+@routes.route("GET", "/api/v1/nodes/{node}/shell", role="operator", audit=False, query=("cols", "rows"),
+              summary="Interactive shell on a node (websocket; binary frames are terminal bytes)")
+async def shell(request: web.Request) -> web.StreamResponse:
+    services, operator, node = _live_node_for(request)
     try:
         cols = int(request.query.get("cols", "80"))
         rows = int(request.query.get("rows", "24"))
@@ -241,8 +251,7 @@ async def shell(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "bad_query", "cols and rows: whole numbers") from None
     if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
         raise ApiError(400, "bad_query", "cols and rows: from 1 to 1000")
-    if node.send is None:
-        raise ApiError(409, "node_offline", f"node {node.name!r} is {node.state}: no shell possible")
+    _require_connected(node, "shell")
     if services.shells.open_on(node.id) >= MAX_SESSIONS_PER_NODE:
         raise ApiError(429, "too_many_sessions", f"node {node.name!r} already has {MAX_SESSIONS_PER_NODE} shells open")
     await audit(services, request, operator, "shell", node.name, {"cols": cols, "rows": rows})
@@ -283,12 +292,7 @@ async def recording(request: web.Request) -> web.StreamResponse:
 @routes.route("GET", "/api/v1/nodes/{node}/tunnel", role="operator", audit=False, query=("host", "port"),
               summary="TCP tunnel through a node (websocket; binary frames are the TCP bytes)")
 async def tunnel(request: web.Request) -> web.StreamResponse:
-    if not origin_allowed(request):
-        raise ApiError(403, "bad_origin", "origin not allowed")
-    services = _services(request)
-    operator = current_operator(request)
-    node = find_node(request)
-    check_maintenance(node, operator)
+    services, operator, node = _live_node_for(request)
     host = request.query.get("host", "")
     if not host or len(host) > 253 or any(c.isspace() for c in host):
         raise ApiError(400, "bad_query", "host: a host name or IP address")
@@ -299,8 +303,7 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
     if port not in services.config.tunnel_ports:
         allowed = ", ".join(map(str, services.config.tunnel_ports))
         raise ApiError(403, "port_not_allowed", f"tunnels may reach ports {allowed} only (--tunnel-port)")
-    if node.send is None:
-        raise ApiError(409, "node_offline", f"node {node.name!r} is {node.state}: no tunnel possible")
+    _require_connected(node, "tunnel")
     if services.tunnels.open_on(node.id) >= MAX_TUNNELS_PER_NODE:
         raise ApiError(429, "too_many_tunnels", f"node {node.name!r} already has {MAX_TUNNELS_PER_NODE} tunnels open")
     await audit(services, request, operator, "tunnel", node.name, {"host": host, "port": port})
