@@ -1267,6 +1267,26 @@ class FileFollower:
             return False
         return ost.st_ino == st.st_ino and ost.st_dev == st.st_dev
 
+    def previous_first_line(self) -> Optional[bytes]:
+        """The first line of the rotated file (`<path>.1`), or None."""
+        if not self.rotated_suffix:
+            return None
+        try:
+            fd = os.open(self.path + self.rotated_suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, LINE_BUFFER_MAX, 0)
+        finally:
+            os.close(fd)
+        nl = data.find(b"\n")
+        return data[:nl] if nl >= 0 else None
+
+    def open_previous(self) -> None:
+        """Follow `<path>.1` from its start; at its end the live path (another inode) takes over."""
+        assert self.rotated_suffix
+        self._open_fd(self.path + self.rotated_suffix, 0)
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -1591,11 +1611,26 @@ class DemoWatcher:
             demo.retry_at = time.time() + 10
             return False
         demo.open_error = ""
+        if not saved and demo.follower.off == 0:
+            self._start_with_previous(demo)
         if demo.follower.off > 0 and demo.header is None:
             first = demo.follower.read_first_line()
             if first is not None:
                 self._take_header(demo, first)
         return True
+
+    def _start_with_previous(self, demo: Demo) -> None:
+        """Discovered after a rotation: `.1` holds the demo's lines just before the live file; read it
+        first when its header says it is that rotation (docs/log-format.md, reader notes)."""
+        live, _ = parse_header(demo.follower.read_first_line() or b"")
+        if not live or not isinstance(live.get("rotated"), int) or live["rotated"] < 1:
+            return
+        prev, _ = parse_header(demo.follower.previous_first_line() or b"")
+        if prev and prev.get("token") == live.get("token") and prev.get("rotated", 0) == live["rotated"] - 1:
+            try:
+                demo.follower.open_previous()
+            except OSError as exc:  # the live file alone, then
+                LOG.info("demo log %s: cannot read the previous file first: %s", demo.path, exc)
 
     def _take_header(self, demo: Demo, raw: bytes) -> bool:
         header, why = parse_header(raw)

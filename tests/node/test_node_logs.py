@@ -360,6 +360,20 @@ def test_a_file_recreated_after_deletion_is_followed(tmp_path: Path,
     assert [ln["msg"] for ln in spool.read(1)] == ["first life", "second life"]
 
 
+def test_late_discovery_reads_the_previous_file_first(tmp_path: Path,
+                                                      demo_proc: subprocess.Popen[bytes]) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    (logs / f"dvic_log_{TOKEN}.1").write_bytes(header(demo_proc.pid) + record("a") + record("b"))
+    path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
+    w, spool, rec = make_watcher(tmp_path)
+    for _ in range(3):
+        step(w)
+    assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c"]
+    assert rec.errors == [] and [m["state"] for m in rec.messages] == ["started"]
+
+
 def test_rotations_never_read_are_reported(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
