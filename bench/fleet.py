@@ -54,7 +54,10 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     })
     if args.whatif_ssl_buffer:
         report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
-    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
+    if args.whatif_server_fts:
+        report.params["WHAT-IF server fills FTS per batch"] = "yes"
+    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer,
+                         fts_bulk=args.whatif_server_fts).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
     try:
@@ -192,6 +195,8 @@ def _add_results(report: Report, args: argparse.Namespace, results: list[dict[st
     report.add("server CPU, all threads", round(procstat.cpu_percent(before, after), 1), "% of one core")
     report.add("server CPU, event loop", round(procstat.main_thread_percent(before, after), 1), "% of one core")
     report.add("event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
+    report.add("server, all threads waiting for a CPU", round(procstat.all_wait_percent(before, after), 1),
+               "% of the time (summed)")
     report.add("machine CPU pressure (PSI some)", round(procstat.machine_stall_percent(before, after), 1),
                "% of the time")
     client_cpu = sum(r.get("cpu_s", 0.0) for r in results)
@@ -222,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
                    help="run the server with asyncio's per-connection TLS read buffer at BYTES instead of "
                         "256 KiB (a proposed fix, see bench/whatif_server.py); 0 = the server as is")
+    p.add_argument("--whatif-server-fts", action="store_true",
+                   help="run the server with the FTS index filled per batch instead of per row")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.whatif_ssl_buffer < 0:

@@ -118,7 +118,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: sustained log ingest", params={
         "nodes": args.nodes, "lines": total, "batch": args.batch, "window": args.window,
     })
-    server = BenchServer(work / "central").start()
+    if args.whatif_server_fts:
+        report.params["WHAT-IF server fills FTS per batch"] = "yes"
+    if args.whatif_ssl_buffer:
+        report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
+    server = BenchServer(work / "central", fts_bulk=args.whatif_server_fts,
+                         ssl_read_buffer=args.whatif_ssl_buffer).start()
     worker: Worker | None = None
     try:
         creds = work / "nodes"
@@ -184,10 +189,17 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report.add("server CPU during the run", round(procstat.cpu_percent(before, after), 1), "% of one core")
     report.add("server event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1),
                "% of the time")
+    report.add("server, all threads waiting for a CPU", round(procstat.all_wait_percent(before, after), 1),
+               "% of the time (summed)")
     report.add("machine CPU pressure (PSI some)", round(procstat.machine_stall_percent(before, after), 1),
                "% of the time")
     report.add("client CPU during the run", round(result.get("cpu_s", 0.0) / max(result.get("seconds", 1), 1e-9)
                                                    * 100, 1), "% of one core")
+    if acked:
+        # CPU time per line hardly depends on other work on the machine, unlike the rate.
+        per_line = (after.cpu_s - before.cpu_s) / acked
+        report.add("server CPU per 1,000 lines", round(per_line * 1e6, 1), "ms")
+        report.add("  => lines/s one free core could carry", round(1 / per_line) if per_line > 0 else 0, "lines/s")
     report.add("server peak RSS", round(after.peak_rss_bytes / 1e6, 1), "MB")
     report.add("client encode (before the clock)", round(ready.get("encode_s", 0.0), 2), "s")
     if result.get("error"):
@@ -206,6 +218,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time direct inserts with as many batches per commit as the server can group")
     p.add_argument("--fts-whatif", action="store_true",
                    help="also time direct inserts that fill the full-text index per commit instead of per row")
+    p.add_argument("--whatif-server-fts", action="store_true",
+                   help="run the server with the FTS index filled per batch instead of per row "
+                        "(bench/whatif_server.py)")
+    p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
+                   help="run the server with asyncio's per-connection TLS read buffer at BYTES (0: as is)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up on the server phase after this")
     add_common_args(p)
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ class ProcSample:
     # Time the main thread was ready to run but waited for a CPU (other processes had them).
     main_wait_s: float = 0.0
     machine_stall_s: float = 0.0  # see machine_cpu_stall_s
+    all_wait_s: float = 0.0  # run-queue wait summed over every thread of the process
 
 
 def read(pid: int) -> ProcSample:
@@ -45,7 +46,15 @@ def read(pid: int) -> ProcSample:
         main_cpu_s=_thread_cpu(pid, pid),
         main_wait_s=_run_queue_wait(pid),
         machine_stall_s=machine_cpu_stall_s(),
+        all_wait_s=sum(_run_queue_wait(pid, int(tid)) for tid in _tasks(pid)),
     )
+
+
+def _tasks(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
 
 
 def _stat_cpu(stat: str) -> float:
@@ -96,6 +105,12 @@ def machine_stall_percent(before: ProcSample, after: ProcSample) -> float:
     """Share of the wall time in which some task on the machine waited for a CPU (any process)."""
     wall = after.at - before.at
     return 100.0 * (after.machine_stall_s - before.machine_stall_s) / wall if wall > 0 else 0.0
+
+
+def all_wait_percent(before: ProcSample, after: ProcSample) -> float:
+    """Run-queue wait of all the process's threads, in percent of the wall time (may exceed 100)."""
+    wall = after.at - before.at
+    return 100.0 * (after.all_wait_s - before.all_wait_s) / wall if wall > 0 else 0.0
 
 
 def main_thread_percent(before: ProcSample, after: ProcSample) -> float:

@@ -7,9 +7,11 @@
   websocket costs about a quarter of a megabyte. This sets a smaller one.
 - DVIC_BENCH_METRICS_NOWAIT=1: metrics writes (keep-alive bodies, `metrics` messages) are queued
   to the batching writer without waiting for their commit; everything else is unchanged.
+- DVIC_BENCH_FTS_BULK=1: the per-row full-text trigger `logs_ai` is dropped and each log batch
+  fills the FTS index with one INSERT ... SELECT of the rows it added.
 
 The server code itself (central/) is not touched; without these variables this is dvic-central.
-Used by `bench.fleet --whatif-ssl-buffer` and `bench.keepalive --whatif-*`.
+Used by the `--whatif-*` options of bench.fleet, bench.ingest and bench.keepalive.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from central import db, store
 from central.cli import main
 from central.writer import Writer
 
 SSL_BUFFER_ENV = "DVIC_BENCH_SSL_READ_BUFFER"
 METRICS_NOWAIT_ENV = "DVIC_BENCH_METRICS_NOWAIT"
+FTS_BULK_ENV = "DVIC_BENCH_FTS_BULK"
 
 _in_flight: set[asyncio.Future[Any]] = set()
 
@@ -44,6 +48,31 @@ def metrics_without_waiting() -> None:
     Writer.submit = queue_metrics  # type: ignore[method-assign]
 
 
+def fts_in_bulk() -> None:
+    migrate = db.migrate
+    insert_logs = store.insert_logs
+
+    async def migrate_without_trigger(conn: Any) -> int:
+        version = await migrate(conn)
+        await conn.execute("DROP TRIGGER IF EXISTS logs_ai")
+        return version
+
+    def insert_then_index(node_id: str, lines: Any) -> store.WriteFn:
+        insert = insert_logs(node_id, lines)
+
+        def run(conn: sqlite3.Connection) -> int:
+            before = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
+            count = insert(conn)
+            # Replayed lines are ignored by INSERT OR IGNORE and get no id: only new rows are indexed.
+            conn.execute("INSERT INTO logs_fts (rowid, msg) SELECT id, msg FROM logs WHERE id > ?", (before,))
+            return count
+
+        return run
+
+    db.migrate = migrate_without_trigger  # type: ignore[assignment]
+    store.insert_logs = insert_then_index  # type: ignore[assignment]
+
+
 def _forget(task: asyncio.Future[Any]) -> None:
     _in_flight.discard(task)
     if not task.cancelled():
@@ -56,4 +85,6 @@ if __name__ == "__main__":
         asyncio.sslproto.SSLProtocol.max_size = size
     if os.environ.get(METRICS_NOWAIT_ENV) == "1":
         metrics_without_waiting()
+    if os.environ.get(FTS_BULK_ENV) == "1":
+        fts_in_bulk()
     raise SystemExit(main())

@@ -24,8 +24,10 @@ def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 90) -> d
     return doc
 
 
-def test_ingest_smoke(tmp_path: Path) -> None:
-    doc = run_bench("bench.ingest", tmp_path, "--nodes", "2", "--lines", "2000", "--grouped", "--fts-whatif")
+@pytest.mark.parametrize("whatif", [[], ["--whatif-server-fts"]], ids=["as-is", "whatif-server-fts"])
+def test_ingest_smoke(tmp_path: Path, whatif: list[str]) -> None:
+    doc = run_bench("bench.ingest", tmp_path, "--nodes", "2", "--lines", "2000", "--grouped", "--fts-whatif",
+                    *whatif)
     figures = doc["figures"]
     assert figures["lines sent / acked / stored"]["value"] == "2,000 / 2,000 / 2,000"
     assert figures["lines sent / acked / stored"]["ok"] is True

@@ -104,3 +104,28 @@ def test_a_non_empty_work_dir_is_refused_and_left_alone(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "is not empty" in result.stderr
     assert keep.read_text() == "do not delete"
+
+
+def test_whatif_fts_fills_the_index_once_per_batch_and_skips_replays(tmp_path: Path) -> None:
+    """The what-if write path finds the same lines as the shipped trigger, and never twice."""
+    script = f"""
+import asyncio, sqlite3
+from bench import whatif_server
+from central import db, store
+whatif_server.fts_in_bulk()
+async def setup():
+    conn = await db.connect({str(tmp_path / 'w.sqlite3')!r})
+    await db.migrate(conn)
+    await conn.close()
+asyncio.run(setup())
+conn = sqlite3.connect({str(tmp_path / 'w.sqlite3')!r}, isolation_level=None)
+lines = [dict(seq=s, ts=1.0, source="demo", level="INFO", msg=f"servo {{s}}") for s in (1, 2, 3)]
+store.insert_logs("n1", lines)(conn)
+store.insert_logs("n1", lines[1:] + [dict(lines[0], seq=4)])(conn)  # 2 and 3 replayed
+print(conn.execute("SELECT count(*) FROM logs").fetchone()[0],
+      conn.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'servo'").fetchone()[0],
+      conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'logs_ai'").fetchone()[0])
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4", "4", "0"]
