@@ -24,6 +24,7 @@ from tui.client import ApiError
 from tui.config import Settings
 from tui.remote_client import RemoteClient
 
+FRAME = 32 * 1024  # bytes per websocket frame: the server accepts frames up to 256 KiB
 HIGH_WATER = 256 * 1024  # bytes queued for the websocket before the protocol is asked to pause
 LOW_WATER = 64 * 1024
 
@@ -189,7 +190,8 @@ class WebSocketTransport(asyncio.Transport):
                 chunk = await self._queue.get()
                 if chunk is None:
                     break
-                await self.ws.send_bytes(chunk)
+                for i in range(0, len(chunk), FRAME):
+                    await self.ws.send_bytes(chunk[i:i + FRAME])
                 self._buffered -= len(chunk)
                 if self._write_paused and self._buffered <= self._low:
                     self._write_paused = False

@@ -1,0 +1,142 @@
+"""`tui.tunnel.NodeTunnel`: TCP through the real server and an executor node, raw and under asyncssh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.support.server import CentralServer
+from tests.tui_remote.executor_node import ExecutorNode
+from tui.config import Settings
+from tui.tunnel import NodeTunnel, TunnelError
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            if data == b"bye\n":
+                break  # the far side hangs up: the tunnel's reader sees EOF
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+class _SSHServer(asyncssh.SSHServer):
+    def begin_auth(self, username: str) -> bool:
+        return False  # no authentication: this server only proves the bytes get through
+
+
+async def _ssh_process(process: asyncssh.SSHServerProcess) -> None:
+    process.stdout.write(f"ran {process.command} as {process.get_extra_info('username')}\n")
+    process.exit(7)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TunnelWorld:
+    server: CentralServer
+    echo_port: int
+    ssh_port: int
+    closed_port: int
+
+    def settings(self, token: str | None = None) -> Settings:
+        return Settings(server=self.server.url, token=token or self.server.admin_token, ca=str(self.server.ca_path))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[TunnelWorld]:
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    ssh = await asyncssh.create_server(_SSHServer, "127.0.0.1", 0, process_factory=_ssh_process,
+                                       server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+    echo_port = echo.sockets[0].getsockname()[1]
+    ssh_port = ssh.sockets[0].getsockname()[1]
+    closed_port = _free_port()
+    ports = [arg for p in (echo_port, ssh_port, closed_port) for arg in ("--tunnel-port", str(p))]
+    server = CentralServer(tmp_path / "central", extra_args=tuple(ports)).start()
+    try:
+        yield TunnelWorld(server, echo_port, ssh_port, closed_port)
+    finally:
+        server.stop()
+        echo.close()
+        ssh.close()
+        with contextlib.suppress(Exception):
+            await echo.wait_closed()
+
+
+
+
+async def test_echo_through_the_node_both_ways_and_eof(world: TunnelWorld):
+    async with ExecutorNode(world.server.enroll("pi-t")), NodeTunnel(world.settings(), "pi-t") as via:
+        reader, writer = await via.open_connection("127.0.0.1", world.echo_port)
+        assert writer.get_extra_info("peername") == ("127.0.0.1", world.echo_port)
+        writer.write(b"ping\n")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"ping\n"
+        # More than one frame (48 KiB) and more than the write buffer: chunking and flow control.
+        big = bytes(range(256)) * 4096
+        writer.write(big)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readexactly(len(big)), 20) == big
+        writer.write(b"bye\n")
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_asyncssh_connects_through_the_tunnel(world: TunnelWorld):
+    async with ExecutorNode(world.server.enroll("pi-ssh")), NodeTunnel(world.settings(), "pi-ssh") as via:
+        async with asyncssh.connect("127.0.0.1", world.ssh_port, tunnel=via, username="demo", known_hosts=None,
+                                    client_keys=None, agent_path=None) as conn:
+            result = await asyncio.wait_for(conn.run("uname -a"), 20)
+        assert result.stdout == "ran uname -a as demo\n"
+        assert result.exit_status == 7
+
+
+async def test_refusals_say_why(world: TunnelWorld):
+    server = world.server
+    status, body = server.api("POST", "/api/v1/operators", {"name": "val", "role": "viewer"})
+    assert status == 201
+    server.enroll("pi-off")
+    async with ExecutorNode(server.enroll("pi-no")):
+        async with NodeTunnel(world.settings(), "pi-no") as via:
+            with pytest.raises(TunnelError, match="could not connect to 127.0.0.1"):
+                await via.open_connection("127.0.0.1", world.closed_port)
+            with pytest.raises(TunnelError, match="--tunnel-port"):
+                await via.open_connection("127.0.0.1", 23)
+        async with NodeTunnel(world.settings(body["token"]), "pi-no") as via:
+            with pytest.raises(TunnelError, match="only operators and admins"):
+                await via.open_connection("127.0.0.1", world.echo_port)
+        async with NodeTunnel(world.settings(), "pi-off") as via:
+            with pytest.raises(TunnelError, match="'pi-off' is new"):
+                await via.open_connection("127.0.0.1", world.echo_port)
+        # A TunnelError is a ConnectionError, which is what asyncssh callers expect from a connect.
+        async with NodeTunnel(world.settings(), "pi-off") as via:
+            with pytest.raises(ConnectionError):
+                await asyncssh.connect("127.0.0.1", world.ssh_port, tunnel=via, known_hosts=None)
+
+
+async def test_closing_the_tunnel_object_aborts_open_connections(world: TunnelWorld):
+    async with ExecutorNode(world.server.enroll("pi-x")) as node:
+        via = NodeTunnel(world.settings(), "pi-x")
+        reader, writer = await via.open_connection("127.0.0.1", world.echo_port)
+        writer.write(b"x\n")
+        assert await asyncio.wait_for(reader.readexactly(2), 10) == b"x\n"
+        await via.close()
+        assert writer.is_closing()
+        # The node hears the close and drops its TCP connection.
+        deadline = asyncio.get_running_loop().time() + 10
+        while node.tunnels:
+            assert asyncio.get_running_loop().time() < deadline, "the node kept the tunnel open"
+            await asyncio.sleep(0.05)
