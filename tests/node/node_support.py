@@ -136,13 +136,15 @@ async def wait_until(cond: Callable[[], object], timeout: float = 10.0,  # noqa:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def wait_until_sync(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+def wait_until_sync(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition",
+                    interval: float = 0.1) -> object:
+    """Poll `cond` (every `interval` s: conditions that page through the server's API are not free)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
-        time.sleep(0.02)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 

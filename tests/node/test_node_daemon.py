@@ -91,11 +91,12 @@ def test_kill9_of_daemon_and_server_mid_stream_loses_and_duplicates_nothing(
         wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 200, 30, "the stream to start")
         daemon.kill()  # kill -9 mid-stream
         daemon.start()
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 1200, 30, "the stream to resume")
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 1200, 30, "the stream to resume",
+                        interval=0.2)
         central.kill()  # kill -9 of the server mid-stream
         central.start()
         demo.wait_written()
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 3000, 60, "all 3000 lines")
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 3000, 60, "all 3000 lines", interval=0.3)
         lines = demo_lines(central, node_id)
         assert [ln["msg"] for ln in lines] == demo.expected()
         seqs = [ln["seq"] for ln in all_logs(central, node_id)]
@@ -160,7 +161,7 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
                         "the first ghost lines")
         vanishing.unlink()  # mid-read: the open descriptor still has all of it
         wait_until_sync(lambda: sum(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)) == 20000, 60,
-                        "every line of the vanished file")
+                        "every line of the vanished file", interval=0.5)
         lines = demo_lines(central, node_id)
         by_demo: dict[str, list[str]] = {}
         for ln in lines:
@@ -284,7 +285,7 @@ def test_lines_across_the_writers_rotations_arrive_once_in_order(central: Centra
     try:
         token = demo.wait_written()
         assert (logs_dir / f"dvic_log_{token}.1").exists()
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 2000, 60, "every line")
+        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 2000, 60, "every line", interval=0.3)
         assert [ln["msg"] for ln in demo_lines(central, node_id)] == demo.expected()
         assert not events(central, node_id, "error")
     finally:
