@@ -282,7 +282,12 @@ class OutputPrinter:
 
 
 class CommandFollower:
-    """Follows one command to its end: live output, late output from the store, cancel on Ctrl-C."""
+    """Follows one command to its end: live output, output from the store, cancel on Ctrl-C.
+
+    The stream carries only what happens after it connected, so a run that already had output by
+    then is printed from the store instead (GET /commands/{id}, polled while it runs): stored
+    chunks are append-only, so "print chunks[n:]" never repeats or skips one.
+    """
 
     def __init__(self, api: RemoteClient, command: Json, as_json: bool) -> None:
         self.api = api
@@ -290,11 +295,9 @@ class CommandFollower:
         self.runs: dict[str, Json] = {r["run_id"]: r for r in command.get("runs", [])}
         self.as_json = as_json
         self.printer = OutputPrinter([str(r.get("node_name")) for r in self.runs.values()], sys.stdout, sys.stderr)
-        self.live_chunks: dict[str, int] = {rid: 0 for rid in self.runs}
-        # Output produced before the stream was open is missing from it: such runs are printed from
-        # the store once they end (the stream only carries what happens after it connected).
+        self.printed_chunks: dict[str, int] = {rid: 0 for rid in self.runs}
         self.from_store: set[str] = set()
-        self.printed: set[str] = set()
+        self.finished: set[str] = set()  # runs whose output is complete on screen
         self.cancelling = False
         self.interrupts = 0
         self.cancel_deadline: float | None = None
@@ -340,14 +343,22 @@ class CommandFollower:
             await asyncio.gather(stream, aborted, return_exceptions=True)
 
     async def _stream(self) -> None:
+        poller: asyncio.Task[None] | None = None
         try:
             async for event in self.api.command_stream(self.id):
                 await self._on_event(event)
+                if poller is None and self.from_store:
+                    poller = asyncio.ensure_future(self._poll_store())
         except (StreamCut, Unreachable) as exc:
             sys.stderr.write(f"dvic: live output interrupted ({exc}); reading the rest from the server\n")
+            self.from_store.update(self.runs)
             await self._poll_to_end()
             return
-        await self._print_stored(set(self.runs) - self.printed)
+        finally:
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
+        await self._sync_store(set(self.runs) - self.finished, final=True)
 
     async def _on_event(self, event: Json) -> None:
         kind = event.get("type")
@@ -360,15 +371,14 @@ class CommandFollower:
                     self.runs[rid] = run
                     if int(run.get("output_bytes") or 0) > 0:
                         self.from_store.add(rid)
-            await self._print_stored({rid for rid in self.from_store if self.runs[rid].get("state") in RUN_FINAL})
+            await self._sync_store({r for r in self.from_store if self.runs[r].get("state") in RUN_FINAL}, final=True)
         elif kind == "output":
             rid = str(event.get("run_id"))
-            if rid not in self.runs:
-                return
-            self.live_chunks[rid] += 1
-            if rid not in self.from_store and not self.as_json:
-                self.printer.write(str(self.runs[rid].get("node_name")), str(event.get("stream")),
-                                   str(event.get("data", "")))
+            if rid in self.runs and rid not in self.from_store:
+                self.printed_chunks[rid] += 1
+                if not self.as_json:
+                    self.printer.write(str(self.runs[rid].get("node_name")), str(event.get("stream")),
+                                       str(event.get("data", "")))
         elif kind == "state":
             rid = str(event.get("run_id"))
             if rid not in self.runs:
@@ -376,25 +386,34 @@ class CommandFollower:
             self.runs[rid] = {k: v for k, v in event.items() if k != "type"}
             if event.get("state") in RUN_FINAL:
                 if rid in self.from_store:
-                    await self._print_stored({rid})
+                    await self._sync_store({rid}, final=True)
                 else:
-                    self.printed.add(rid)
-                    self.printer.flush_run(str(self.runs[rid].get("node_name")))
+                    self._finish(rid)
 
-    async def _print_stored(self, run_ids: set[str]) -> None:
-        """Prints what the stream did not carry of runs' output, from the store."""
-        run_ids = run_ids - self.printed
+    def _finish(self, rid: str) -> None:
+        self.finished.add(rid)
+        if not self.as_json:
+            self.printer.flush_run(str(self.runs[rid].get("node_name")))
+
+    async def _poll_store(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            running = {rid for rid in self.from_store - self.finished if self.runs[rid].get("state") not in RUN_FINAL}
+            if running:
+                await self._sync_store(running)
+
+    async def _sync_store(self, run_ids: set[str], final: bool = False) -> Json | None:
+        """Prints the stored chunks of these runs not printed yet; with `final`, closes them."""
+        run_ids = run_ids - self.finished
         if not run_ids:
-            return
+            return None
         doc = await self.api.command(self.id)
         for run in doc.get("runs", []):
             rid = run.get("id")
             if rid not in run_ids:
                 continue
-            self.printed.add(rid)
-            chunks = run.get("output") or []
-            if rid not in self.from_store:
-                chunks = chunks[self.live_chunks.get(rid, 0):]
+            chunks = (run.get("output") or [])[self.printed_chunks[rid]:]
+            self.printed_chunks[rid] += len(chunks)
             name = str(run.get("node_name"))
             for chunk in chunks:
                 if self.as_json:
@@ -402,22 +421,16 @@ class CommandFollower:
                                "data": chunk.get("data", ""), "from_store": True})
                 else:
                     self.printer.write(name, str(chunk.get("stream")), str(chunk.get("data", "")))
-            if not self.as_json:
-                self.printer.flush_run(name)
-            merged = dict(self.runs.get(rid, {}))
-            merged.update({k: run.get(k) for k in ("state", "code", "signal", "message", "output_bytes", "truncated")})
-            self.runs[rid] = merged
+            self.runs[rid].update({k: run.get(k) for k in ("state", "code", "signal", "message", "output_bytes",
+                                                           "truncated")})
+            if final and run.get("state") in RUN_FINAL:
+                self._finish(rid)
+        return doc
 
     async def _poll_to_end(self) -> None:
         while True:
-            doc = await self.api.command(self.id)
-            for run in doc.get("runs", []):
-                rid = run.get("id")
-                if rid in self.runs:
-                    self.runs[rid].update({k: run.get(k) for k in ("state", "code", "signal", "message",
-                                                                    "output_bytes", "truncated")})
-            if doc.get("done"):
-                await self._print_stored(set(self.runs) - self.printed)
+            doc = await self._sync_store(set(self.runs), final=True)
+            if doc is None or doc.get("done"):
                 return
             await asyncio.sleep(POLL_S)
 

@@ -1,0 +1,68 @@
+"""The command follower when output came before its stream connected (printed from the store, once)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.support.server import CentralServer
+from tests.tui_remote.executor_node import ExecutorNode
+from tui.config import Settings
+from tui.remote_cli import CommandFollower
+from tui.remote_client import RemoteClient
+
+
+def _settings(server: CentralServer) -> Settings:
+    return Settings(server=server.url, token=server.admin_token, ca=str(server.ca_path))
+
+
+async def _stored_output(server: CentralServer, cid: str, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        _, doc = server.api("GET", f"/api/v1/commands/{cid}")
+        if doc["runs"][0]["output"]:
+            return doc
+        assert time.monotonic() < deadline, "no output stored"
+        await asyncio.sleep(0.05)
+
+
+async def test_output_before_the_stream_is_printed_once_and_in_order(central_server: CentralServer,
+                                                                     capsys: pytest.CaptureFixture[str]):
+    async with ExecutorNode(central_server.enroll("pi-f")):
+        # The command starts and prints before anyone follows it; the rest comes while following.
+        status, started = central_server.api("POST", "/api/v1/commands", {
+            "nodes": ["pi-f"], "shell": "echo first; sleep 1; echo second; echo third >&2; exit 5", "timeout": 30})
+        assert status == 201
+        doc = await _stored_output(central_server, started["id"])
+        assert not doc["done"]
+        async with RemoteClient(_settings(central_server)) as api:
+            follower = CommandFollower(api, started, as_json=False)
+            await asyncio.wait_for(follower.follow(), 20)
+            assert follower.from_store == {started["runs"][0]["run_id"]}
+            assert follower.summary() == 5
+    captured = capsys.readouterr()
+    assert captured.out == "first\nsecond\n"
+    assert captured.err.startswith("third\n")
+
+
+async def test_following_a_finished_command_prints_all_of_it(central_server: CentralServer,
+                                                             capsys: pytest.CaptureFixture[str]):
+    central_server.enroll("lab-off", group="g")
+    async with ExecutorNode(central_server.enroll("lab-on", group="g")):
+        status, started = central_server.api("POST", "/api/v1/commands", {
+            "group": "g", "argv": ["sh", "-c", "echo out; echo err >&2"]})
+        assert status == 201
+        deadline = time.monotonic() + 15
+        while not central_server.api("GET", f"/api/v1/commands/{started['id']}")[1]["done"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        async with RemoteClient(_settings(central_server)) as api:
+            follower = CommandFollower(api, started, as_json=False)
+            await asyncio.wait_for(follower.follow(), 20)
+            assert follower.summary() == 255  # one node offline
+    captured = capsys.readouterr()
+    assert captured.out == "lab-on  | out\n"
+    assert captured.err.startswith("lab-on  ! err\n")
+    assert "lab-off  offline" in captured.err
