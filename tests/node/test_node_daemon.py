@@ -313,3 +313,18 @@ def test_system_log_lines_are_shipped_rate_bounded(central: CentralServer, tmp_p
                         30, "the skipped lines to be reported")
     finally:
         daemon.stop()
+
+
+def test_a_revoked_node_is_told_why_and_keeps_trying(central: CentralServer, tmp_path: Path,
+                                                     logs_dir: Path) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+    daemon.start()
+    try:
+        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+        status, _ = central.api("DELETE", f"/api/v1/nodes/{node_id}")
+        assert status in (200, 204)
+        wait_until_sync(lambda: "has been revoked" in daemon.log(), 20, "the refusal to be logged")
+        assert "close 4403" in daemon.log() or "HTTP 403" in daemon.log()
+        assert daemon.running()
+    finally:
+        daemon.stop()
