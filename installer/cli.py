@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .errors import InstallerError
 from .esp32 import add_esp32
@@ -134,7 +134,9 @@ def _source(args: argparse.Namespace) -> Source:
 
 def _read_password(args: argparse.Namespace, user: str, host: str) -> Password:
     if args.password_stdin:
-        return Password.from_stream(sys.stdin.buffer)
+        # The raw stream: the buffered one would keep a read-ahead copy of the line.
+        raw: Any = getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
+        return Password.from_stream(raw)
     return Password.prompt(f"SSH password for {user}@{host}: ")
 
 

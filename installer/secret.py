@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import getpass
 import sys
-from typing import BinaryIO
+from typing import Protocol
+
+_MAX_LINE = 4096
+
+
+class _ReadInto(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
 class Password:
@@ -25,14 +31,31 @@ class Password:
             data[:] = b"\0" * len(data)
 
     @classmethod
-    def from_stream(cls, stream: BinaryIO) -> Password:
-        """Read one line (the password) from a binary stream such as ``sys.stdin.buffer``."""
-        raw = bytearray(stream.readline())
-        while raw.endswith((b"\n", b"\r")):
-            raw.pop()
-        if not raw:
-            raise ValueError("no password on standard input (expected one line)")
-        return cls(raw)
+    def from_stream(cls, stream: _ReadInto) -> Password:
+        """Read one line (the password) from a binary stream, e.g. ``sys.stdin.buffer.raw``.
+
+        Byte by byte straight into a bytearray: no intermediate ``bytes`` copy is left behind
+        (an unbuffered stream also leaves nothing in a read-ahead buffer).
+        """
+        buf = bytearray(_MAX_LINE)
+        view = memoryview(buf)
+        n = 0
+        try:
+            while n < _MAX_LINE and stream.readinto(view[n:n + 1]):
+                if buf[n] == 0x0A:
+                    break
+                n += 1
+            else:
+                if n == _MAX_LINE:
+                    raise ValueError(f"the password line is longer than {_MAX_LINE} bytes")
+            while n and buf[n - 1] == 0x0D:
+                n -= 1
+            if not n:
+                raise ValueError("no password on standard input (expected one line)")
+            return cls(buf[:n])  # the slice is zeroed by __init__ once copied
+        finally:
+            view.release()
+            buf[:] = bytes(len(buf))
 
     @classmethod
     def prompt(cls, prompt: str = "SSH password: ") -> Password:

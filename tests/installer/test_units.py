@@ -113,7 +113,12 @@ def test_password_is_wiped_and_never_shown() -> None:
 
 
 def test_password_from_stream() -> None:
-    assert Password.from_stream(io.BytesIO(b"pw with spaces\r\nrest")).text() == "pw with spaces"
+    stream = io.BytesIO(b"pw with spaces\r\nrest")
+    assert Password.from_stream(stream).text() == "pw with spaces"
+    assert stream.read() == b"rest"  # only the line is consumed
+    assert Password.from_stream(io.BytesIO(b"no-newline")).text() == "no-newline"
+    with pytest.raises(ValueError, match="longer than"):
+        Password.from_stream(io.BytesIO(b"x" * 5000))
     with pytest.raises(ValueError, match="no password"):
         Password.from_stream(io.BytesIO(b"\n"))
     with pytest.raises(ValueError, match="newline"):
