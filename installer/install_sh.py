@@ -30,7 +30,6 @@ COMMITTING=0
 STAGE=""
 CREATED_DIRS=""
 TOUCHED=""
-STARTED=0
 WAS_RUNNING=0
 
 say() { printf 'DVIC %s %s\n' "$1" "$2"; }
