@@ -251,8 +251,8 @@ def describe_run(run: Json) -> str:
 class OutputPrinter:
     """Writes runs' output: raw for one node; `name | line` (stderr: `name ! line`) for several."""
 
-    def __init__(self, names: list[str], out: TextIO, err: TextIO) -> None:
-        self.prefixed = len(names) > 1
+    def __init__(self, names: list[str], out: TextIO, err: TextIO, prefixed: bool | None = None) -> None:
+        self.prefixed = len(names) > 1 if prefixed is None else prefixed
         self.width = max((len(n) for n in names), default=0)
         self.out, self.err = out, err
         self.partial: dict[tuple[str, str], str] = {}
@@ -508,7 +508,7 @@ async def show_command(args: argparse.Namespace, settings: SettingsFn) -> int:
         + ("" if doc.get("done") else "  (still running)"))
     say(f"$ {clean(command_text(doc), single_line=True)}")
     runs = doc.get("runs") or []
-    printer = OutputPrinter([str(r.get("node_name")) for r in runs] + ["", ""], sys.stdout, sys.stdout)
+    printer = OutputPrinter([str(r.get("node_name")) for r in runs], sys.stdout, sys.stdout, prefixed=True)
     for run in runs:
         name = str(run.get("node_name"))
         say(f"\n== {clean(name, single_line=True)}: {describe_run(run)}")

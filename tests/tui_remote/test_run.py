@@ -115,3 +115,28 @@ async def test_viewer_is_refused_with_a_clear_message(central_server: CentralSer
         shell = await dvic("shell", "pi-v", token=viewer, stdin=b"exit\n")
         assert shell.code == 1 and "only operators and admins may open a shell" in shell.err, shell
         assert time.monotonic() - started < 20
+
+
+async def test_group_run_asks_first_on_a_terminal(central_server: CentralServer, dvic: DvicRunner,
+                                                  dvic_env: dict[str, str]):
+    from tests.tui_remote.clikit import PtyProcess
+
+    async with ExecutorNode(central_server.enroll("g-1", group="g")):
+        no = PtyProcess(dvic.argv(("run", "--group", "g", "--", "echo", "asked"), None), dvic_env)
+        try:
+            await no.expect(b"on 1 node(s) of group 'g'? [y/N]")
+            no.type(b"n\r")
+            assert await no.wait() == 2
+            assert b"nothing was sent" in no.output
+        finally:
+            no.close()
+        yes = PtyProcess(dvic.argv(("run", "--group", "g", "--", "echo", "asked"), None), dvic_env)
+        try:
+            await yes.expect(b"[y/N]")
+            yes.type(b"y\r")
+            assert await yes.wait() == 0
+            assert b"asked" in yes.output
+        finally:
+            yes.close()
+    _, listing = central_server.api("GET", "/api/v1/commands")
+    assert len(listing["commands"]) == 1

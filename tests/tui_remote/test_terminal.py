@@ -1,0 +1,120 @@
+"""tui.terminal without a server: asciicast parsing and timed playback, raw mode restored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import termios
+import time
+
+import pytest
+
+from tui import terminal
+
+
+def _cast(*events: object, header: dict | None = None) -> str:
+    head = header if header is not None else {"version": 2, "width": 80, "height": 24}
+    return "\n".join([json.dumps(head), *(e if isinstance(e, str) else json.dumps(e) for e in events)]) + "\n"
+
+
+def _read_all(fd: int) -> bytes:
+    out = b""
+    os.set_blocking(fd, False)
+    try:
+        while chunk := os.read(fd, 65536):
+            out += chunk
+    except BlockingIOError:
+        pass
+    return out
+
+
+async def test_play_keeps_the_order_caps_idle_pauses_and_scales_speed():
+    cast = _cast([0.1, "o", "one "], [0.2, "r", "100x30"], [30.0, "o", "two "], [30.1, "i", "secret"],
+                 [60.0, "o", "three\r\n"])
+    read_fd, write_fd = os.pipe()
+    try:
+        started = time.monotonic()
+        # 0.1 + (0.1 + 0.2 capped) + 0.2 capped, at double speed: about 0.25 s instead of a minute.
+        result = await terminal.play(cast, write_fd, speed=2.0, idle_limit=0.2)
+        elapsed = time.monotonic() - started
+        assert _read_all(read_fd) == b"one two three\r\n"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert result.events == 5 and result.skipped == 0
+    assert 0.2 <= elapsed < 5.0
+
+
+async def test_play_uses_the_header_idle_limit_and_skips_bad_lines():
+    cast = _cast([0.0, "o", "a"], "not json", [1, "o"], [5.0, "o", "b"],
+                 header={"version": 2, "width": 80, "height": 24, "idle_time_limit": 0.05})
+    read_fd, write_fd = os.pipe()
+    try:
+        started = time.monotonic()
+        result = await terminal.play(cast, write_fd)
+        assert time.monotonic() - started < 3.0
+        assert _read_all(read_fd) == b"ab"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    assert (result.skipped, result.first_bad) == (2, 3)
+
+
+def test_parse_cast_refuses_what_is_not_asciicast_v2():
+    with pytest.raises(ValueError, match="empty"):
+        terminal.parse_cast("")
+    with pytest.raises(ValueError, match="asciicast v2"):
+        terminal.parse_cast('{"version": 1}\n')
+    with pytest.raises(ValueError, match="asciicast v2"):
+        terminal.parse_cast("[0, \"o\", \"x\"]\n")
+
+
+def test_raw_mode_is_restored_even_after_an_error():
+    master, slave = pty.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+        with pytest.raises(RuntimeError), terminal.RawMode(slave):
+            raw = termios.tcgetattr(slave)
+            assert not raw[3] & termios.ECHO and not raw[3] & termios.ICANON
+            raise RuntimeError("boom")
+        assert termios.tcgetattr(slave) == before
+        # Not a terminal: nothing to do, nothing to break.
+        read_fd, write_fd = os.pipe()
+        with terminal.RawMode(read_fd):
+            pass
+        os.close(read_fd)
+        os.close(write_fd)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_size_falls_back_to_80x24_off_a_terminal():
+    read_fd, write_fd = os.pipe()
+    try:
+        assert terminal.size(write_fd) == (80, 24)
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    master, slave = pty.openpty()
+    try:
+        from tests.tui_remote.clikit import set_size
+
+        set_size(master, 132, 43)
+        assert terminal.size(slave) == (132, 43)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_play_needs_a_running_loop_only():
+    # `play` is a coroutine; a plain asyncio.run drives it (as `dvic replay` does).
+    read_fd, write_fd = os.pipe()
+    try:
+        asyncio.run(terminal.play(_cast([0, "o", "x"]), write_fd))
+        assert _read_all(read_fd) == b"x"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
