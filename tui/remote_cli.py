@@ -186,9 +186,28 @@ async def confirm(api: RemoteClient, args: argparse.Namespace, targets: Json, wh
         raise UsageError(f"{what} on {count} node(s) of {where}: confirm with --yes (stdin is not a terminal)")
     sys.stderr.write(question)
     sys.stderr.flush()
-    answer = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    answer = await read_line(sys.stdin.fileno())
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("cancelled: nothing was sent")
+
+
+async def read_line(fd: int) -> str:
+    """One line from a terminal without blocking the loop (so Ctrl-C at the prompt ends at once)."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        if not got.done():
+            try:
+                got.set_result(os.read(fd, 4096))
+            except OSError as exc:
+                got.set_exception(exc)
+
+    loop.add_reader(fd, readable)
+    try:
+        return (await got).decode(errors="replace")
+    finally:
+        loop.remove_reader(fd)
 
 
 # -- dvic run ------------------------------------------------------------------------------------
