@@ -368,8 +368,9 @@ class CommandFollower:
                 await self._on_event(event)
                 if poller is None and self.from_store:
                     poller = asyncio.ensure_future(self._poll_store())
-        except (StreamCut, Unreachable) as exc:
-            sys.stderr.write(f"dvic: live output interrupted ({exc}); reading the rest from the server\n")
+        except (StreamCut, ApiError) as exc:  # ApiError includes Unreachable
+            reason = exc.message if isinstance(exc, ApiError) else str(exc)
+            sys.stderr.write(f"dvic: live output interrupted ({reason}); reading the rest from the server\n")
             self.from_store.update(self.runs)
             await self._poll_to_end()
             return
