@@ -55,6 +55,8 @@ class BenchServer:
         return ssl.create_default_context(cafile=str(self.ca_path))
 
     def start(self, timeout: float = 60.0) -> BenchServer:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ServerError(f"data dir {self.data_dir} exists and is not a directory")
         listen_file = self.data_dir / "listen.json"
         listen_file.unlink(missing_ok=True)
         whatif = bool(self.ssl_read_buffer or self.metrics_nowait or self.fts_bulk)

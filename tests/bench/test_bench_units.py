@@ -129,3 +129,25 @@ print(conn.execute("SELECT count(*) FROM logs").fetchone()[0],
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["4", "4", "0"]
+
+
+def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    from bench.server import BenchServer, ServerError
+
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("a file where the data dir should be")
+    with pytest.raises(ServerError, match="exists and is not a directory"):
+        BenchServer(not_a_dir).start(timeout=30)
+    assert not_a_dir.read_text() == "a file where the data dir should be"
+    with pytest.raises(ServerError, match=r"exited with 2:(.|\n)*--interval"):
+        BenchServer(tmp_path / "central", extra_args=("--interval", "soon")).start(timeout=30)
+
+
+async def test_a_worker_that_dies_early_is_reported_with_its_log(tmp_path: Path) -> None:
+    from bench.workers import Worker, WorkerError
+
+    worker = Worker("broken", "bench.no_such_module", [], tmp_path)
+    await worker.start()
+    with pytest.raises(WorkerError, match="No module named"):
+        await worker.expect("ready", timeout=30)
+    assert await worker.finish(timeout=10) != 0
