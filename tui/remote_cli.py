@@ -159,19 +159,19 @@ def _client(settings: SettingsFn) -> RemoteClient:
 
 
 # -- targets and confirmation --------------------------------------------------------------------
-def targets_of(args: argparse.Namespace, nodes: Sequence[str]) -> tuple[Json, str]:
-    """The API's target object and a human label; exactly one kind of target."""
+def targets_of(args: argparse.Namespace, nodes: Sequence[str]) -> Json:
+    """The API's target object (`nodes`, `group` or `all`); exactly one kind must be given."""
     given = sum([bool(nodes), args.group is not None, bool(args.all)])
     if given != 1:
         raise UsageError("give the targets once: NODE[,NODE...], --group G or --all")
     if args.all:
-        return {"all": True}, "every node"
+        return {"all": True}
     if args.group is not None:
-        return {"group": args.group}, f"group {args.group!r}"
+        return {"group": args.group}
     names = [n for ref in nodes for n in ref.split(",") if n]
     if not names:
         raise UsageError("no node given")
-    return {"nodes": names}, ", ".join(names)
+    return {"nodes": names}
 
 
 async def confirm(api: RemoteClient, args: argparse.Namespace, targets: Json, what: str) -> None:
@@ -474,14 +474,14 @@ class CommandFollower:
             sys.stderr.write(f"dvic: stopped waiting; {len(unfinished)} run(s) still going: dvic command {self.id}\n")
             status = max(status, EXIT_CANCELLED)
         if self.cancelling:
-            status = max(status, EXIT_CANCELLED) if status else EXIT_CANCELLED
+            status = max(status, EXIT_CANCELLED)
         sys.stderr.flush()
         return status
 
 
 async def run_command(args: argparse.Namespace, settings: SettingsFn) -> int:
     nodes, command = split_run_words(args)
-    targets, label = targets_of(args, nodes)
+    targets = targets_of(args, nodes)
     argv, shell = (None, " ".join(command)) if args.shell else (command, None)
     async with _client(settings) as api:
         await confirm(api, args, targets, f"run {' '.join(command)!r}")
@@ -705,7 +705,7 @@ async def maintenance(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def update(args: argparse.Namespace, settings: SettingsFn) -> int:
-    targets, _label = targets_of(args, args.nodes)
+    targets = targets_of(args, args.nodes)
     async with _client(settings) as api:
         await confirm(api, args, targets, "update the daemon")
         stream = await _open_stream(api) if args.wait else None

@@ -140,3 +140,23 @@ async def test_group_run_asks_first_on_a_terminal(central_server: CentralServer,
             yes.close()
     _, listing = central_server.api("GET", "/api/v1/commands")
     assert len(listing["commands"]) == 1
+
+
+async def test_node_lost_mid_run_and_truncated_output_are_reported(central_server: CentralServer,
+                                                                   dvic: DvicRunner):
+    node = ExecutorNode(central_server.enroll("pi-lost"))
+    await node.__aenter__()
+    try:
+        proc = await dvic.start("run", "pi-lost", "--", "sh", "-c", "echo ready; sleep 60")
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 15) == b"ready\n"
+        await node.close()
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        assert proc.returncode == 255 and b"lost (node pi-lost went offline)" in err, err
+    finally:
+        await node.close()
+    async with ExecutorNode(central_server.enroll("pi-big")):
+        big = await dvic("run", "pi-big", "--", "sh", "-c", "head -c 1100000 /dev/zero | tr '\\0' a")
+    assert big.code == 0
+    assert len(big.out) == 1024 * 1024 and set(big.out) == {"a"}
+    assert "[output truncated: 1.0M produced, 1 MiB kept]" in big.err, big.err
