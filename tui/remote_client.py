@@ -90,7 +90,8 @@ class RemoteClient(ApiClient):
             return await self.websocket(f"/nodes/{_seg(node)}/tunnel", params=_params(host=host, port=port),
                                         what="the tunnel", max_msg_size=1024 * 1024)
         except ApiError as exc:
-            raise await self.explain_refusal(exc, node, f"open a tunnel to {host}:{port}") from None
+            raise await self.explain_refusal(exc, node, f"open a tunnel to {host}:{port}",
+                                             " (the port is not among the server's --tunnel-port ports)") from None
 
     # -- actions, maintenance, updates ----------------------------------------------------------
     async def request_action(self, node: str, action: str, demo: str | None = None,
@@ -160,7 +161,7 @@ class RemoteClient(ApiClient):
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot open {what} at {self.base}: {exc or type(exc).__name__}") from exc
 
-    async def explain_refusal(self, exc: ApiError, node: str, doing: str) -> ApiError:
+    async def explain_refusal(self, exc: ApiError, node: str, doing: str, otherwise: str = "") -> ApiError:
         """Turns a refused websocket upgrade into the reason, asked of the API (the upgrade has no body).
 
         Only read-only calls are made, so explaining never opens a session by accident.
@@ -183,8 +184,7 @@ class RemoteClient(ApiClient):
                 if detail.get("state") == "maintenance" and me.get("role") != "admin":
                     return ApiError(403, "maintenance", f"node {detail.get('name')!r} is in maintenance: only "
                                                         f"admins may {doing} on it")
-                return ApiError(403, "forbidden", f"the server does not allow you to {doing} (port not allowed "
-                                                  "by the server's --tunnel-port, or a browser origin)")
+                return ApiError(403, "forbidden", f"the server does not allow you to {doing}{otherwise}")
             if status == 409:
                 detail = await self.node(node)
                 return ApiError(409, "node_offline", f"node {detail.get('name')!r} is {detail.get('state')}: "
