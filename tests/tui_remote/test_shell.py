@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from pathlib import Path
 
 from tests.support.server import CentralServer
 from tests.tui_remote.clikit import DvicRunner, PtyProcess
@@ -105,3 +107,34 @@ async def test_shell_with_piped_input_runs_the_script(central_server: CentralSer
         res = await dvic("shell", "pi-pipe", stdin=b"echo piped-$((2*3))\nexit 4\n")
     assert res.code == 4, res
     assert "piped-6" in res.out
+
+
+async def test_full_screen_vim_and_sigterm_restore_the_terminal(central_server: CentralServer, dvic: DvicRunner,
+                                                                dvic_env: dict[str, str], tmp_path: Path):
+    target = tmp_path / "note.txt"
+    async with ExecutorNode(central_server.enroll("pi-vim")) as node:
+        term = PtyProcess(dvic.argv(("shell", "pi-vim"), None), dvic_env, cols=90, rows=20)
+        try:
+            await term.expect(b"$ ")
+            term.type(f"vim -u NONE -N {target}\r".encode())
+            await term.expect(b"\x1b[?1049h")  # vim switched to the alternate screen: it runs full-screen
+            term.resize(100, 30)
+            term.type(b"ihello from vim\x1b:wq\r")
+            deadline = time.monotonic() + 15
+            while not (target.exists() and target.read_text() == "hello from vim\n"):
+                assert time.monotonic() < deadline, f"vim did not write the file: {term.output[-500:]!r}"
+                await asyncio.sleep(0.05)
+                term.read_some()
+            await until_size(term, 100, 30)
+            # A polite kill of dvic ends the session and still restores the terminal.
+            term.proc.terminate()
+            assert await term.wait() == 255
+            assert b"stopped by signal SIGTERM" in term.output
+            assert term.attrs() == term.saved, "the terminal was not restored"
+        finally:
+            term.close()
+        # The server closed the shell on the node too: no orphan shell left behind.
+        deadline = time.monotonic() + 10
+        while node.shells:
+            assert time.monotonic() < deadline, "the node's shell is still open"
+            await asyncio.sleep(0.05)
