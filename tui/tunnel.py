@@ -228,6 +228,7 @@ class WebSocketTransport(asyncio.Transport):
     def _finish(self, error: Exception | None) -> None:
         if self.closed.done():
             return
+        self._closing = True  # later writes are dropped, as on a closed socket
         self.closed.set_result(None)
         for task in self._tasks:
             if task is not asyncio.current_task():

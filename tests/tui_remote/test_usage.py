@@ -1,0 +1,46 @@
+"""Usage errors of the remote-control commands: exit 2, a specific message, nothing sent to a server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tui_remote.clikit import DVIC, ROOT
+
+# Nothing listens there: a command that got as far as the network would fail with exit 3 instead.
+SERVER = "https://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("run", "--all", "pi-1", "--", "true"), "give the targets once"),
+    (("run", "pi-1"), "no command"),
+    (("run", "--", "true"), "give the targets once"),
+    (("run", "pi-1", "--timeout", "soon", "--", "true"), "invalid float value"),
+    (("replay", "abc", "--speed", "0"), "expected a number above 0"),
+    (("replay", "abc", "--idle-limit", "x"), "expected a number"),
+    (("action", "pi-1", "reboot-demo"), "invalid choice"),
+    (("maintenance", "pi-1", "maybe"), "invalid choice"),
+    (("update",), "give the targets once"),
+    (("update", "pi-1", "--group", "g"), "give the targets once"),
+])
+async def test_usage_errors_exit_2_before_any_request(args: tuple[str, ...], message: str,
+                                                      dvic_env: dict[str, str], tmp_path: Path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used: nothing is sent\n")
+    proc = await asyncio.create_subprocess_exec(
+        *DVIC, "--server", SERVER, "--ca", str(ca), "--token", "t", *args, env=dvic_env, cwd=str(ROOT),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2, (out, err)
+    assert message in err.decode(), err
+
+
+def test_entry_point_without_a_command_prints_help():
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "tui.remote_cli"], cwd=str(ROOT), capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 2 and "run" in res.stdout and "shell" in res.stdout
