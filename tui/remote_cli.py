@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from tui import fmt
+from tui import fmt, terminal
 from tui.client import ApiError, Stream, Unreachable
 from tui.cmds.common import SettingsFn, UsageError, emit_json, say
 from tui.config import ConfigError, Settings, resolve
@@ -540,8 +540,6 @@ async def show_command(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 # -- dvic shell ----------------------------------------------------------------------------------
 async def open_shell(args: argparse.Namespace, settings: SettingsFn) -> int:
-    from tui import terminal
-
     cols, rows = terminal.size(sys.stdout.fileno())
     async with _client(settings) as api:
         ws = await api.shell(args.node, cols, rows)
@@ -573,12 +571,13 @@ async def list_sessions(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def replay(args: argparse.Namespace, settings: SettingsFn) -> int:
-    from tui import terminal
-
     async with _client(settings) as api:
         cast = await api.recording(args.id)
     if args.out is not None:
-        args.out.write_text(cast)
+        try:
+            args.out.write_text(cast)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
         say(f"saved {args.out} (asciicast v2: play it with `asciinema play {args.out}`)")
         return 0
     try:

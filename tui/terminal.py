@@ -158,7 +158,11 @@ async def relay(ws: aiohttp.ClientWebSocketResponse, in_fd: int, out_fd: int) ->
     try:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
-                write_all(out_fd, msg.data)
+                try:
+                    write_all(out_fd, msg.data)
+                except OSError as exc:
+                    end.message = f"the local terminal is gone ({exc.strerror or exc})"
+                    break
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 try:
                     doc = json.loads(msg.data)

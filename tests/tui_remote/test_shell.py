@@ -45,7 +45,7 @@ async def interrupt_until(term: PtyProcess, line: bytes, shows: bytes, timeout: 
 
 
 async def test_shell_round_trip_resize_ctrl_c_and_exit_code(central_server: CentralServer, dvic: DvicRunner,
-                                                            dvic_env: dict[str, str]):
+                                                            dvic_env: dict[str, str], tmp_path: Path):
     async with ExecutorNode(central_server.enroll("pi-sh")):
         term = PtyProcess(dvic.argv(("shell", "pi-sh"), None), dvic_env, cols=100, rows=30)
         try:
@@ -73,6 +73,12 @@ async def test_shell_round_trip_resize_ctrl_c_and_exit_code(central_server: Cent
     replayed = await dvic("replay", sid, "--speed", "50", "--idle-limit", "0.05")
     assert replayed.code == 0, replayed.err
     assert "42" in replayed.out and "after-2" in replayed.out
+    saved = await dvic("replay", sid, "--out", str(tmp_path / "s.cast"))
+    assert saved.code == 0 and "asciinema play" in saved.out
+    lines = (tmp_path / "s.cast").read_text().splitlines()
+    assert json.loads(lines[0])["version"] == 2 and any(json.loads(x)[1] == "r" for x in lines[1:])
+    nowhere = await dvic("replay", sid, "--out", str(tmp_path / "no" / "dir" / "s.cast"))
+    assert nowhere.code == 2 and "cannot write" in nowhere.err
 
 
 async def test_shell_ends_cleanly_when_the_node_goes_away(central_server: CentralServer, dvic: DvicRunner,
