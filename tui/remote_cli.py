@@ -32,6 +32,7 @@ EXIT_CANCELLED = 130  # as for Ctrl-C
 EXIT_UNREACHED = 255  # as ssh(1) when the remote side could not run it
 CANCEL_WAIT_S = 10.0
 POLL_S = 0.5
+SERVER_GONE_S = 60.0  # how long `dvic run` waits for a restarting server, beyond the command's timeout
 ACTION_POLL_S = 2.0  # --wait polls this often in case the live stream misses a change
 ACTION_CHOICES = {"restart-demo": "restart_demo", "stop-demo": "stop_demo", "start-demo": "start_demo"}
 
@@ -312,6 +313,7 @@ class CommandFollower:
         self.api = api
         self.id = str(command["id"])
         self.runs: dict[str, Json] = {r["run_id"]: r for r in command.get("runs", [])}
+        self.timeout = float(command.get("timeout") or 60)
         self.as_json = as_json
         self.printer = OutputPrinter([str(r.get("node_name")) for r in self.runs.values()], sys.stdout, sys.stderr)
         self.printed_chunks: dict[str, int] = {rid: 0 for rid in self.runs}
@@ -321,6 +323,7 @@ class CommandFollower:
         self.interrupts = 0
         self.cancel_deadline: float | None = None
         self.abort = asyncio.Event()
+        self.stopped_early = False  # we stopped waiting (Ctrl-C); the runs may still go on
 
     def on_interrupt(self) -> None:
         self.interrupts += 1
@@ -355,6 +358,7 @@ class CommandFollower:
                     stream.result()
                     return
                 if aborted in done or (self.cancel_deadline is not None and time.monotonic() >= self.cancel_deadline):
+                    self.stopped_early = True
                     return
         finally:
             for task in (stream, aborted):
@@ -448,8 +452,16 @@ class CommandFollower:
         return doc
 
     async def _poll_to_end(self) -> None:
+        """Follows the command through the store; rides out a server restart for a while."""
+        deadline = time.monotonic() + float(self.timeout) + SERVER_GONE_S
         while True:
-            doc = await self._sync_store(set(self.runs), final=True)
+            try:
+                doc = await self._sync_store(set(self.runs), final=True)
+            except Unreachable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(POLL_S)
+                continue
             if doc is None or doc.get("done"):
                 return
             await asyncio.sleep(POLL_S)
@@ -470,9 +482,14 @@ class CommandFollower:
             lines = [f"--- {self.id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
             lines += [f"{str(r.get('node_name')).ljust(width)}  {describe_run(r)}" for r in runs]
             sys.stderr.write("\n".join(lines) + "\n")
-        if unfinished:
+        if unfinished and self.stopped_early:
             sys.stderr.write(f"dvic: stopped waiting; {len(unfinished)} run(s) still going: dvic command {self.id}\n")
             status = max(status, EXIT_CANCELLED)
+        elif unfinished:
+            # The server says the command is over but never heard how these ended (it restarted).
+            sys.stderr.write(f"dvic: the server lost track of {len(unfinished)} run(s) (did it restart?): "
+                             "their result is unknown\n")
+            status = max(status, EXIT_UNREACHED)
         if self.cancelling:
             status = max(status, EXIT_CANCELLED)
         sys.stderr.flush()

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.support.server import CentralServer
+from tests.tui_remote.clikit import DvicRunner
 from tests.tui_remote.executor_node import ExecutorNode
 from tui.config import Settings
 from tui.remote_cli import CommandFollower
@@ -66,3 +67,19 @@ async def test_following_a_finished_command_prints_all_of_it(central_server: Cen
     assert captured.out == "lab-on  | out\n"
     assert captured.err.startswith("lab-on  ! err\n")
     assert "lab-off  offline" in captured.err
+
+
+async def test_run_rides_out_a_server_restart(central_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-rs")):
+        proc = await dvic.start("run", "pi-rs", "--", "sh", "-c", "echo before; sleep 3; echo after")
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 15) == b"before\n"
+        central_server.kill()
+        central_server.start()
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    # The live stream is gone and the restarted server no longer follows the run: dvic says so.
+    assert b"live output interrupted" in err, err
+    # Today the run stays "running" in the store ("lost track"); a server that marks such runs
+    # `lost` when it starts would show that state instead. Either way the result is unknown: 255.
+    assert b"lost track of 1 run(s)" in err or b"pi-rs  lost" in err, err
+    assert proc.returncode == 255
