@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_parsers(sub, common)
     history.add_parsers(sub, common)
     operators.add_parsers(sub, common)
+    from tui import remote_cli  # run, shell, commands, sessions, replay, actions, maintenance, update
+
+    remote_cli.register(sub)
     try:
         from installer import cli as installer_cli  # lands separately: `add-node` / `remove-node`
 

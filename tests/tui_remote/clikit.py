@@ -19,7 +19,7 @@ from tests.support.server import CentralServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # `dvic` itself once tui/cli.py registers these commands; their own entry point until then.
-DVIC = [sys.executable, "-m", "tui.remote_cli"]
+DVIC = [sys.executable, "-m", "tui"]
 
 
 @dataclass
