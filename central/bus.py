@@ -61,6 +61,10 @@ class Bus:
         for sub in self._subscribers:
             sub.offer(frame)
 
+    def wants_logs(self, node_id: str) -> bool:
+        """Is anyone subscribed to this node's lines? (Lets callers skip building them.)"""
+        return any(s.wants_logs(node_id) for s in self._subscribers)
+
     def publish_logs(self, node_id: str, lines: list[dict[str, Any]]) -> None:
         targets = [s for s in self._subscribers if s.wants_logs(node_id)]
         if not targets or not lines:

@@ -225,10 +225,11 @@ class NodeSession:
         # Acknowledge only after the commit: the daemon may now forget these lines.
         await self._send({"type": "ack", "seq": max(line["seq"] for line in lines)})
         node = self.node
-        self.services.bus.publish_logs(node.id, [
-            {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
-            for line in lines
-        ])
+        if self.services.bus.wants_logs(node.id):
+            self.services.bus.publish_logs(node.id, [
+                {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
+                for line in lines
+            ])
 
 
 @routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")

@@ -90,12 +90,15 @@ def insert_logs(node_id: str, lines: Sequence[Mapping[str, Any]]) -> WriteFn:
     ]
 
     def run(conn: sqlite3.Connection) -> int:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
         cur = conn.executemany(
             "INSERT OR IGNORE INTO logs (node_id, seq, ts, source, unit, demo, level, msg)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-        # rowcount sums sqlite3_changes(), which leaves out the FTS trigger's rows.
+        if cur.rowcount:
+            # Rows get increasing ids, so the batch's new (not replayed) rows are exactly these.
+            conn.execute("INSERT INTO logs_fts (rowid, msg) SELECT id, msg FROM logs WHERE id > ?", (before,))
         return cur.rowcount
 
     return run

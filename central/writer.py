@@ -149,6 +149,9 @@ class Writer:
                 try:
                     value = fn(conn)
                 except Exception as exc:  # one bad write must not sink the others
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (e.g. disk full): the batch is lost.
+                        raise StorageError(f"database write failed: {exc}") from exc
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     if _storage_failure(exc):
@@ -159,6 +162,9 @@ class Writer:
                     conn.execute("RELEASE op")
                     results.append((True, value))
             conn.execute("COMMIT")
+        except StorageError:
+            log.error("database transaction rolled back by SQLite; %d writes failed", len(fns))
+            raise
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 try:

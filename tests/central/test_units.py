@@ -148,3 +148,23 @@ def test_ca_is_created_once_and_signs_node_and_server_certificates(tmp_path):
     assert ca.ensure_server_cert(["demo.lab"])[0].read_bytes() == before  # still covers it: not reissued
     ca.ensure_server_cert(["other.lab"])
     assert cert_path.read_bytes() != before
+
+
+async def test_fts_index_follows_batches_and_ignores_replayed_lines(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.0)
+    await writer.start()
+    try:
+        def line(seq: int, msg: str) -> dict:
+            return {"seq": seq, "ts": 1.0, "source": "demo", "level": "INFO", "msg": msg}
+
+        assert await writer.submit(store.insert_logs("n", [line(1, "alpha one"), line(2, "beta two")])) == 2
+        replay = [line(2, "beta two"), line(3, "gamma three")]
+        assert await writer.submit(store.insert_logs("n", replay)) == 1
+        assert await writer.submit(store.insert_logs("n", replay)) == 0
+    finally:
+        await writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM logs_fts").fetchone()[0] == 3
+    found = conn.execute("SELECT l.seq FROM logs_fts f JOIN logs l ON l.id = f.rowid WHERE logs_fts MATCH 'beta'")
+    assert [r[0] for r in found] == [2]
