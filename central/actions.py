@@ -50,6 +50,13 @@ class Action:
         }
 
 
+def lose_unfinished(conn: sqlite3.Connection) -> int:
+    """At start-up: actions a previous server process was tracking cannot be followed any more."""
+    return conn.execute(
+        "UPDATE actions SET state = 'lost', message = 'the server restarted while it was pending', updated_at = ?"
+        " WHERE state IN ('requested', 'in_progress')", (time.time(),)).rowcount
+
+
 class ActionHub:
     def __init__(self, writer: Writer, registry: Registry) -> None:
         self.writer = writer

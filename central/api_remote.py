@@ -17,6 +17,7 @@ from . import store
 from .actions import ACTIONS
 from .api import find_node, json_body
 from .auth import PUBLIC, ApiError, Operator, current_operator
+from .commands import output_event
 from .registry import NodeState
 from .release import ReleaseError, daemon_version, parse_version
 from .routes import routes
@@ -104,9 +105,10 @@ async def run_command(request: web.Request) -> web.Response:
         nodes = [n for n in nodes if not n.maintenance]
         if not nodes:
             raise ApiError(403, "maintenance", f"every target is in maintenance ({len(skipped)} nodes)")
-    await audit(services, request, operator, "command", target,
-                {"argv": argv, "shell": shell, "timeout": timeout, "nodes": [n.name for n in nodes]})
-    cmd = await services.commands.start(operator.name, nodes, argv, shell, timeout, target)
+    # The audit row commits with the command, before anything is sent to a node.
+    audit_row = store.insert_audit(time.time(), operator.name, "command", target, 0, request.remote or "",
+                                   {"argv": argv, "shell": shell, "timeout": timeout, "nodes": [n.name for n in nodes]})
+    cmd = await services.commands.start(operator.name, nodes, argv, shell, timeout, target, also=audit_row)
     return web.json_response(cmd.view(), status=201)
 
 
@@ -192,6 +194,17 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     try:
         await ws.send_str(json.dumps({"type": "command", **cmd.view()}))
+        # Output stored before this client came (watching started first, so nothing falls between).
+        replayed = 0
+        names = {r.id: r for r in cmd.runs.values()}
+        marks = ",".join("?" * len(names))
+        async with services.read_db.execute(
+                f"SELECT id, run_id, stream, data FROM command_output WHERE run_id IN ({marks}) ORDER BY id",
+                list(names)) as cur:
+            async for chunk, run_id, stream, data in cur:
+                run = names[run_id]
+                await ws.send_str(json.dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
+                replayed = max(replayed, chunk)
         if cmd.done.is_set():
             await ws.send_str(json.dumps({"type": "done", "id": cmd.id}))
             return ws
@@ -207,6 +220,8 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
                 if event is None:
                     await ws.close(code=4429, message=b"too slow: fell behind the command output")
                     break
+                if event["type"] == "output" and event["chunk"] <= replayed:
+                    continue
                 await ws.send_str(json.dumps(event))
                 if event["type"] == "done":
                     break
@@ -350,6 +365,21 @@ async def list_actions(request: web.Request) -> web.Response:
     for row in rows:
         row.pop("boot_time", None)
     return web.json_response({"actions": rows})
+
+
+@routes.route("GET", "/api/v1/actions/{id}", role="viewer", summary="One tracked action")
+async def get_action(request: web.Request) -> web.Response:
+    services = _services(request)
+    action_id = request.match_info["id"]
+    async with services.read_db.execute(
+            "SELECT a.*, n.name AS node_name FROM actions a LEFT JOIN nodes n ON n.id = a.node_id WHERE a.id = ?",
+            (action_id,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise ApiError(404, "no_such_action", f"no action {action_id!r}")
+    out = dict(row)
+    out.pop("boot_time", None)
+    return web.json_response(out)
 
 
 @routes.route("POST", "/api/v1/update", role="operator", audit=False,

@@ -43,7 +43,10 @@ def same_secret(a: str, b: str) -> bool:
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+    # The header repeats the reason for websocket clients, whose libraries drop a refused upgrade's body.
+    header = f"{code}: {message}".encode("ascii", "replace").decode()[:300]
+    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status,
+                             headers={"X-Dvic-Error": header})
 
 
 class ApiError(Exception):

@@ -75,6 +75,13 @@ class Command:
         }
 
 
+def lose_unfinished(conn: sqlite3.Connection) -> int:
+    """At start-up: runs a previous server process left unfinished can never finish now."""
+    return conn.execute(
+        "UPDATE command_runs SET state = 'lost', message = 'the server restarted during the command',"
+        " finished_at = ? WHERE state IN ('pending', 'running')", (time.time(),)).rowcount
+
+
 class CommandHub:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
@@ -86,7 +93,8 @@ class CommandHub:
         return sum(1 for r in self.runs.values() if r.node_id == node_id and r.state in ("pending", "running"))
 
     async def start(self, operator: str, targets: list[NodeState], argv: list[str] | None, shell: str | None,
-                    timeout: float, target: str) -> Command:
+                    timeout: float, target: str, also: Callable[[sqlite3.Connection], Any] | None = None) -> Command:
+        """Create the command and its runs (with `also`, e.g. the audit row, in the same commit), then send."""
         now = time.time()
         cmd = Command(str(uuid.uuid4()), now, operator, argv, shell, timeout, target)
         for node in targets:
@@ -95,6 +103,8 @@ class CommandHub:
         rows = [(r.id, cmd.id, r.node_id, r.state) for r in cmd.runs.values()]
 
         def create(conn: sqlite3.Connection) -> None:
+            if also is not None:
+                also(conn)
             conn.execute(
                 "INSERT INTO commands (id, created_at, operator, argv, shell, timeout, target) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (cmd.id, now, operator, json.dumps(argv) if argv is not None else None, shell, timeout, target),
@@ -155,6 +165,10 @@ class CommandHub:
         return queue
 
     async def _save_run(self, run: Run) -> None:
+        await self.writer.submit(self._run_saver(run))
+
+    @staticmethod
+    def _run_saver(run: Run) -> Callable[[sqlite3.Connection], None]:
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE command_runs SET state = ?, code = ?, signal = ?, message = ?, started_at = ?,"
@@ -163,7 +177,7 @@ class CommandHub:
                  int(run.truncated), run.id),
             )
 
-        await self.writer.submit(save)
+        return save
 
     async def _finish(self, run: Run, state: str, *, code: int | None = None, signal: int | None = None,
                       message: str = "", truncated: bool = False) -> None:
@@ -199,7 +213,7 @@ class CommandHub:
         if kind == "exec_started":
             run.state = "running"
             run.started_at = time.time()
-            await self._save_run(run)
+            self.writer.submit_later(self._run_saver(run))
             cmd = self.commands.get(run.command_id)
             if cmd is not None:
                 self._publish(cmd, {"type": "state", **run.view()})
@@ -222,15 +236,22 @@ class CommandHub:
             data = data.encode()[:room].decode("utf-8", "ignore")
             run.truncated = True
 
-        def store_chunk(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO command_output (run_id, stream, data) VALUES (?, ?, ?)", (run.id, stream, data))
+        def store_chunk(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("INSERT INTO command_output (run_id, stream, data) VALUES (?, ?, ?)",
+                               (run.id, stream, data))
+            return int(cur.lastrowid or 0)
 
-        await self.writer.submit(store_chunk)
+        chunk = await self.writer.submit(store_chunk)
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
-            self._publish(cmd, {"type": "output", "run_id": run.id, "node": run.node_id, "node_name": run.node_name,
-                                "stream": stream, "data": data})
+            self._publish(cmd, output_event(chunk, run.id, run.node_id, run.node_name, stream, data))
 
     async def node_disconnected(self, node: NodeState) -> None:
         for run in [r for r in self.runs.values() if r.node_id == node.id and r.state not in FINAL]:
             await self._finish(run, "lost", message=f"node {node.name} went offline")
+
+
+def output_event(chunk: int, run_id: str, node_id: str, node_name: str, stream: str, data: str) -> dict[str, Any]:
+    """A piece of output as clients see it; `chunk` orders pieces and lets a late client skip repeats."""
+    return {"type": "output", "chunk": chunk, "run_id": run_id, "node": node_id, "node_name": node_name,
+            "stream": stream, "data": data}

@@ -31,7 +31,7 @@ class Config:
     interval: float = 5.0
     offline_after: float = 15.0
     retention: Retention = field(default_factory=Retention)
-    commit_interval: float = 0.02
+    commit_interval: float = 0.01
     max_client_queue: int = 5000
     # Ports a tunnel through a node may reach (the installer needs SSH).
     tunnel_ports: tuple[int, ...] = (22,)

@@ -15,7 +15,7 @@ from typing import Any
 import aiosqlite
 from aiohttp import web
 
-from . import db, store
+from . import actions, commands, db, store
 from .actions import ActionHub
 from .auth import hash_token, new_token
 from .bus import Bus
@@ -85,6 +85,8 @@ async def open_services(config: Config) -> Services:
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
+    await writer.submit(commands.lose_unfinished)
+    await writer.submit(actions.lose_unfinished)
     return services
 
 

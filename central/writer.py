@@ -52,6 +52,7 @@ class Writer:
         self._thread_id: int | None = None
         self.commits = 0
         self.ops = 0
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,6 +69,8 @@ class Writer:
         self._thread_id = threading.get_ident()
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._task is not None:
             await self._queue.put(None)
             await self._task
@@ -89,6 +92,20 @@ class Writer:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Op(fn, future))
         return await future
+
+    def submit_later(self, fn: WriteFn) -> None:
+        """Queue a write without waiting for its commit (state worth keeping, nobody waiting on it).
+
+        Writes still commit in submission order with the rest; a failure is logged.
+        """
+        task = asyncio.ensure_future(self.submit(fn))
+        self._background.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background write failed: %s", task.exception())
 
     async def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
         """One statement; returns lastrowid (or rowcount for statements without one)."""

@@ -160,3 +160,54 @@ async def test_shell_on_offline_node_is_refused_before_upgrade(central_server: C
             raise AssertionError("shell on an offline node was accepted")
         except aiohttp.WSServerHandshakeError as exc:
             assert exc.status == 409
+
+
+async def test_late_stream_client_gets_stored_output_first_without_repeats(central_server: CentralServer):
+    server = central_server
+    bundle = server.enroll("pi-late")
+    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
+        await node.connect()
+        await node.hello()
+        _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-late"], "argv": ["echo"]})
+        rid = (await node.recv())["id"]
+        await node.send({"type": "exec_started", "id": rid, "pid": 5})
+        await node.send({"type": "exec_output", "id": rid, "stream": "stdout", "data": "early\n"})
+        for _ in range(100):  # stored before the client connects
+            if server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]["output"]:
+                break
+            await asyncio.sleep(0.05)
+        async with http.ws_connect(f"{server.url}/api/v1/commands/{cmd['id']}/stream",
+                                   headers=headers(server.admin_token), ssl=server.ssl_context) as ws:
+            await node.send({"type": "exec_output", "id": rid, "stream": "stdout", "data": "late\n"})
+            await node.send({"type": "exec_exit", "id": rid, "code": 0, "reason": "exited"})
+            events = []
+            while not events or events[-1]["type"] != "done":
+                events.append(json.loads((await ws.receive(timeout=5)).data))
+    outputs = [e for e in events if e["type"] == "output"]
+    assert [e["data"] for e in outputs] == ["early\n", "late\n"]
+    assert outputs[0]["chunk"] < outputs[1]["chunk"]
+
+
+async def test_server_restart_marks_unfinished_runs_lost_and_refusals_carry_a_header(central_server: CentralServer):
+    server = central_server
+    bundle = server.enroll("pi-restart")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-restart"], "argv": ["sleep", "9"]})
+        await node.recv()
+        server.kill()  # mid-command, node still connected
+    server.start()
+    _, stored = server.api("GET", f"/api/v1/commands/{cmd['id']}")
+    assert stored["runs"][0]["state"] == "lost" and "restarted" in stored["runs"][0]["message"]
+    async with aiohttp.ClientSession() as http:
+        try:
+            await http.ws_connect(f"{server.url}/api/v1/nodes/pi-restart/shell", headers=headers(server.admin_token),
+                                  ssl=server.ssl_context)
+            raise AssertionError("shell on an offline node was accepted")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 409 and exc.headers["X-Dvic-Error"].startswith("node_offline:")
+    _, action = server.api("POST", "/api/v1/nodes/pi-restart/actions", {"action": "reboot"})
+    status, got = server.api("GET", f"/api/v1/actions/{action['id']}")
+    assert status == 200 and got["state"] == "failed" and got["node_name"] == "pi-restart"
+    assert server.api("GET", "/api/v1/actions/nope")[0] == 404
