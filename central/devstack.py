@@ -54,7 +54,15 @@ def _stop(proc: subprocess.Popen[bytes] | None, what: str) -> None:
         proc.wait()
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = True) -> int:
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop what we started: the
+    # children run in their own sessions, so nothing else would.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     data_dir.mkdir(parents=True, exist_ok=True)
     server_proc: subprocess.Popen[bytes] | None = None
     daemon_proc: subprocess.Popen[bytes] | None = None

@@ -12,6 +12,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.support.server import REPO
 from tests.support.wait import wait_for
 
@@ -25,7 +27,9 @@ def _api(data_dir: Path, path: str) -> dict:
         return json.loads(resp.read())
 
 
-def test_up_brings_this_machine_online_and_stops_cleanly(tmp_path: Path):
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
+def test_up_brings_this_machine_online_and_stops_cleanly(tmp_path: Path, stop_signal: int):
     data_dir = tmp_path / "dvic"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -47,7 +51,7 @@ def test_up_brings_this_machine_online_and_stops_cleanly(tmp_path: Path):
         assert (data_dir / "local-node.json").stat().st_mode & 0o777 == 0o600
         server_pid = json.loads((data_dir / "listen.json").read_text())["pid"]
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         out, _ = proc.communicate(timeout=30)
     assert "enrolled this machine" in out
     # Everything it started is gone.
