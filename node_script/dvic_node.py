@@ -8,14 +8,18 @@ foreground: ``python3 dvic_node.py --config /etc/dvic-node/bundle.json``. See do
 import argparse
 import asyncio
 import base64
+import codecs
 import collections
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import pty
+import pwd
 import random
 import re
 import shutil
@@ -24,7 +28,9 @@ import socket
 import ssl
 import stat
 import struct
+import subprocess
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -620,6 +626,12 @@ def collect_facts() -> Dict[str, Any]:
              "python": platform.python_version(), "daemon_version": VERSION,
              "psutil": psutil.__version__ if psutil is not None else ""}  # type: Dict[str, Any]
     bt = psutil.boot_time() if psutil is not None else proc_boot_time()
+    override = os.environ.get("DVIC_NODE_TEST_BOOT_TIME")  # test-only: simulates a reboot (docs/node-daemon.md)
+    if override:
+        try:
+            bt = float(override)
+        except ValueError:
+            pass
     if bt:
         facts["boot_time"] = float(bt)
     for key, value in list(facts.items()):  # protocol bound: strings at most 256 characters
@@ -2121,6 +2133,1102 @@ class KeepAlive:
 
 
 # ---------------------------------------------------------------------------------------------
+# Remote control (docs/protocol.md section 6): commands, shells, tunnels, actions, self-update
+# ---------------------------------------------------------------------------------------------
+
+MAX_PAYLOAD = 48 * KIB  # protocol: decoded payload per frame
+READ_CHUNK = 16 * KIB  # raw bytes per read: decoded with U+FFFD (3 bytes each) it stays <= 48 KiB
+MAX_COMMANDS = 8
+MAX_SHELLS = 4
+MAX_TUNNELS = 16
+KILL_GRACE = 5.0  # SIGTERM, then SIGKILL this much later
+PIPE_GRACE = 2.0  # after a command exits, how long its pipes may stay open (background children)
+EXEC_IDS_KEEP = 10000
+SHELL_INPUT_MAX = 1 * MIB  # keystrokes not yet written to the PTY
+TUNNEL_BUFFER_MAX = 8 * MIB  # bytes waiting for a destination that does not read
+TUNNEL_CONNECT_TIMEOUT = 10.0
+DEFAULT_CAP = 1 * MIB
+UPDATE_MAX_BYTES = 4 * MIB
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+VERSION_LINE_RE = re.compile(rb'^(?:__version__|VERSION)\s*=\s*["\']([0-9A-Za-z.+-]+)["\']', re.M)
+DIGEST_INFO_SHA256 = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+class RequestError(Exception):
+    """A server request that cannot be served as asked; the message goes back to the operator."""
+
+
+def request_id(msg: Dict[str, Any]) -> str:
+    rid = msg.get("id")
+    if not isinstance(rid, str) or not REQUEST_ID_RE.match(rid):
+        raise RequestError("id: expected a request id (1-64 letters, digits, '.', '_', ':' or '-')")
+    return rid
+
+
+def int_field(msg: Dict[str, Any], name: str, lo: int, hi: int, default: Optional[int] = None) -> int:
+    value = msg.get(name, default)
+    if value is None and default is not None:
+        value = default
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise RequestError("%s: expected an integer from %d to %d, got %r" % (name, lo, hi, value))
+    return value
+
+
+def parse_version(text: str) -> Tuple[int, ...]:
+    """'0.2.10' -> (0, 2, 10); the numeric prefix of each part counts (as the server compares)."""
+    parts = []
+    for piece in text.split("."):
+        digits = re.match(r"\d+", piece)
+        parts.append(int(digits.group()) if digits else 0)
+    return tuple(parts)
+
+
+def rsa_verify_sha256(data: bytes, signature_b64: str, key: Dict[str, Any]) -> bool:
+    """RSA PKCS#1 v1.5 with SHA-256, checked with integer arithmetic (no dependency)."""
+    try:
+        n, e = int(str(key["n"]), 16), int(key["e"])
+        sig = base64.b64decode(signature_b64, validate=True)
+    except (KeyError, TypeError, ValueError):
+        return False
+    k = (n.bit_length() + 7) // 8
+    s = int.from_bytes(sig, "big")
+    if n < 2 ** 1024 or e < 3 or len(sig) != k or s >= n:
+        return False
+    em = pow(s, e, n).to_bytes(k, "big")
+    t = DIGEST_INFO_SHA256 + hashlib.sha256(data).digest()
+    # the whole encoded message is rebuilt and compared: no parsing, so no lenient-parser forgeries
+    return em == b"\x00\x01" + b"\xff" * (k - len(t) - 3) + b"\x00" + t
+
+
+def key_statement(key: Dict[str, Any]) -> bytes:
+    """The bytes an endorsement signs: the new public key as canonical JSON (central/release.py)."""
+    return json.dumps({"n": key["n"], "e": key["e"]}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def follow_endorsements(pinned: Dict[str, Any], endorsements: Any) -> List[Dict[str, Any]]:
+    """The keys trusted from `pinned` on: each endorsement signed by the key before it."""
+    chain = [pinned]
+    if not isinstance(endorsements, list):
+        return chain
+    for item in endorsements[:64]:
+        if not isinstance(item, dict) or not isinstance(item.get("key"), dict):
+            continue
+        key = item["key"]
+        if not isinstance(key.get("n"), str) or not isinstance(key.get("e"), int):
+            continue
+        if rsa_verify_sha256(key_statement(key), str(item.get("signature", "")), chain[-1]):
+            chain.append({"n": key["n"], "e": key["e"]})
+    return chain
+
+
+def session_pids(sid: int, proc_root: str = "/proc") -> List[int]:
+    """Every process of a session (job-control shells put each job in its own process group)."""
+    out = []
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        raw = read_text(os.path.join(proc_root, name, "stat"), 4096)
+        if not raw or ")" not in raw:
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        # after the command: state, ppid, pgrp, session
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+            out.append(int(name))
+    return out
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_session(sid: int, sig: int) -> None:
+    kill_group(sid, sig)
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+async def wait_fd(fd: int, writable: bool = False) -> None:
+    """Wait until a non-blocking fd is readable (or writable) without a thread."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if writable else loop.add_reader)(fd, ready)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if writable else loop.remove_reader)(fd)
+
+
+def tail_text(data: bytes, limit: int = 500) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return ("..." + text[-limit:]) if len(text) > limit else text
+
+
+class Link:
+    """The current node websocket as the remote-control parts see it: send when connected."""
+
+    def __init__(self) -> None:
+        self.ws = None  # type: Optional[WebSocket]
+        self.online = asyncio.Event()
+        self.on_lost = []  # type: List[Callable[[], None]]
+
+    def attach(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.online.set()
+
+    def detach(self) -> None:
+        self.ws = None
+        self.online.clear()
+        for cb in self.on_lost:
+            cb()
+
+    async def send(self, msg: Dict[str, Any], wait: float = 0.0) -> bool:
+        """Send on the current connection; with `wait`, wait that long for one. False when not sent."""
+        if self.ws is None and wait > 0:
+            try:
+                await asyncio.wait_for(self.online.wait(), wait)
+            except asyncio.TimeoutError:
+                return False
+        ws = self.ws
+        if ws is None:
+            return False
+        try:
+            await ws.send_json(msg)
+            return True
+        except (OSError, WebSocketError):
+            return False
+
+
+class ExecJournal:
+    """The exec ids this node has started, on disk, so an id runs at most once across restarts."""
+
+    def __init__(self, path: str, keep: int = EXEC_IDS_KEEP) -> None:
+        self.path = path
+        self.keep = keep
+        self.ids = collections.OrderedDict()  # type: collections.OrderedDict[str, None]
+        self.lines = 0
+        self.loaded = False
+
+    def load(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raw = b""
+        for line in raw.decode("utf-8", "replace").splitlines():
+            line = line.strip()
+            if REQUEST_ID_RE.match(line):  # a torn last line (crash mid-write) is ignored
+                self._remember(line)
+        self.lines = raw.count(b"\n")
+        self.loaded = True
+
+    def _remember(self, rid: str) -> None:
+        self.ids[rid] = None
+        self.ids.move_to_end(rid)
+        while len(self.ids) > self.keep:
+            self.ids.popitem(last=False)
+
+    def seen(self, rid: str) -> bool:
+        if not self.loaded:
+            self.load()
+        return rid in self.ids
+
+    def record(self, rid: str) -> None:
+        """Durably note `rid` before it runs (raises OSError when that is impossible)."""
+        if not self.loaded:
+            self.load()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, (rid + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._remember(rid)
+        self.lines += 1
+        if self.lines > 2 * self.keep:  # compact: keep the newest ids only
+            write_file_atomic(self.path, "".join(i + "\n" for i in self.ids).encode())
+            self.lines = len(self.ids)
+
+
+class RunningCommand:
+    def __init__(self, rid: str, proc: "asyncio.subprocess.Process") -> None:
+        self.id = rid
+        self.proc = proc
+        self.reason = ""  # set by timeout or cancel
+        self.kill_timer = None  # type: Optional[asyncio.TimerHandle]
+
+    def stop(self, reason: str) -> None:
+        """SIGTERM to the command's process group, SIGKILL KILL_GRACE seconds later."""
+        if self.reason or self.proc.returncode is not None:
+            return
+        self.reason = reason
+        kill_group(self.proc.pid, signal.SIGTERM)
+        kill_group(self.proc.pid, signal.SIGCONT)  # a stopped process must see the SIGTERM
+        self.kill_timer = asyncio.get_running_loop().call_later(KILL_GRACE, kill_group, self.proc.pid,
+                                                                signal.SIGKILL)
+
+
+class CommandRunner:
+    """`exec` and `cancel`: argv or /bin/sh -c in its own session, output streamed, at most once."""
+
+    def __init__(self, link: Link, journal: ExecJournal, spawn: Callable[[Awaitable[None]], None],
+                 max_running: int = MAX_COMMANDS) -> None:
+        self.link = link
+        self.journal = journal
+        self.spawn = spawn
+        self.max_running = max_running
+        self.running = {}  # type: Dict[str, RunningCommand]
+        self.starting = 0
+
+    async def _exit(self, rid: str, reason: str, message: str, code: Optional[int] = None,
+                    sig: Optional[int] = None, truncated: bool = False, wait: float = 0.0) -> None:
+        await self.link.send({"type": "exec_exit", "id": rid, "code": code, "signal": sig, "reason": reason,
+                              "message": message[:4000], "truncated": truncated}, wait)
+
+    async def on_exec(self, msg: Dict[str, Any]) -> None:
+        rid = request_id(msg)
+        if rid in self.running or self.journal.seen(rid):
+            await self._exit(rid, "duplicate", "command %s was already run on this node" % rid)
+            return
+        try:
+            argv = self._argv(msg)
+            timeout = msg.get("timeout")
+            if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                        or not 0 < timeout <= 7 * 86400):
+                raise RequestError("timeout: expected seconds from 0 to 604800, got %r" % (timeout,))
+            cap = int_field(msg, "cap", 0, 1 << 40, DEFAULT_CAP)
+        except RequestError as exc:
+            await self._exit(rid, "failed", "bad request: %s" % exc)
+            return
+        if len(self.running) + self.starting >= self.max_running:
+            await self._exit(rid, "refused", "this node already runs %d commands (the limit)" % self.max_running)
+            return
+        try:
+            self.journal.record(rid)
+        except OSError as exc:  # without the record, running could break at-most-once: refuse
+            await self._exit(rid, "failed", "cannot record the command id in %s: %s" % (self.journal.path,
+                                                                                      exc.strerror or exc))
+            return
+        self.starting += 1
+        self.spawn(self._run(rid, argv, float(timeout) if timeout else None, cap))
+
+    @staticmethod
+    def _argv(msg: Dict[str, Any]) -> List[str]:
+        argv, shell = msg.get("argv"), msg.get("shell")
+        if (argv is None) == (shell is None):
+            raise RequestError("exactly one of argv and shell must be given")
+        if shell is not None:
+            if not isinstance(shell, str) or not shell.strip() or "\0" in shell:
+                raise RequestError("shell: expected a non-empty command string")
+            return ["/bin/sh", "-c", shell]
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise RequestError("argv: expected a non-empty list of strings")
+        return argv
+
+    async def on_cancel(self, msg: Dict[str, Any]) -> None:
+        rid = request_id(msg)
+        cmd = self.running.get(rid)
+        if cmd is not None:
+            LOG.info("command %s: cancelled by the server", rid)
+            cmd.stop("cancelled")
+
+    async def _run(self, rid: str, argv: List[str], timeout: Optional[float], cap: int) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=64 * KIB)
+        except OSError as exc:
+            await self._exit(rid, "failed", "cannot run %s: %s" % (argv[0], exc.strerror or exc), wait=30)
+            return
+        finally:
+            self.starting -= 1
+        cmd = RunningCommand(rid, proc)
+        self.running[rid] = cmd
+        LOG.info("command %s: started pid %d: %s", rid, proc.pid, " ".join(argv)[:200])
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, cmd.stop, "timeout") if timeout else None
+        budget = {"left": cap, "truncated": False}
+        try:
+            await self.link.send({"type": "exec_started", "id": rid, "pid": proc.pid}, 30)
+            pumps = [asyncio.ensure_future(self._pump(rid, proc.stdout, "stdout", budget)),  # type: ignore[arg-type]
+                     asyncio.ensure_future(self._pump(rid, proc.stderr, "stderr", budget))]  # type: ignore[arg-type]
+            rc = await proc.wait()
+            # a background child may keep the pipes open: read what comes for a moment, then stop
+            _, late = await asyncio.wait(pumps, timeout=PIPE_GRACE)
+            for p in late:
+                p.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+        except asyncio.CancelledError:  # the daemon is stopping
+            kill_group(proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if cmd.kill_timer is not None:
+                cmd.kill_timer.cancel()
+            if cmd.reason:  # timeout/cancel: nothing of the group outlives the command
+                kill_group(proc.pid, signal.SIGKILL)
+            self.running.pop(rid, None)
+        code, sig = (rc, None) if rc >= 0 else (None, -rc)
+        reason = cmd.reason or "exited"
+        message = {"timeout": "killed after the %s s timeout" % (("%g" % timeout) if timeout else "?"),
+                   "cancelled": "cancelled"}.get(reason, "exit code %d" % rc if rc >= 0 else "killed by signal %d" % -rc)
+        if budget["truncated"]:
+            message += "; output truncated at %d bytes" % cap
+        LOG.info("command %s: %s", rid, message)
+        await self._exit(rid, reason, message, code, sig, bool(budget["truncated"]), wait=300)
+
+    async def _pump(self, rid: str, stream: asyncio.StreamReader, name: str, budget: Dict[str, Any]) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        while True:
+            # reading only after the previous chunk is sent: a chatty command fills its pipe and waits,
+            # the websocket reader never does
+            data = await stream.read(READ_CHUNK)
+            text = decoder.decode(data, final=not data)
+            if text:
+                raw = text.encode("utf-8")
+                if len(raw) > budget["left"]:
+                    budget["truncated"] = True
+                    raw = raw[:budget["left"]]
+                    text = raw.decode("utf-8", "ignore")
+                budget["left"] -= len(raw)
+                if text:
+                    await self.link.send({"type": "exec_output", "id": rid, "stream": name, "data": text}, 60)
+            if not data:
+                return
+
+    def stop_all(self) -> None:
+        for cmd in list(self.running.values()):
+            kill_group(cmd.proc.pid, signal.SIGKILL)
+
+
+class ShellSession:
+    def __init__(self, rid: str, proc: subprocess.Popen, master: int) -> None:  # type: ignore[type-arg]
+        self.id = rid
+        self.proc = proc
+        self.master = master
+        self.input = bytearray()
+        self.input_ready = asyncio.Event()
+        self.tasks = []  # type: List[asyncio.Future]
+        self.closed = False
+        self.ended = asyncio.Event()
+        self.message = ""
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class ShellManager:
+    """Interactive shells: the configured user's login shell on a PTY, in its own session."""
+
+    def __init__(self, link: Link, user: Optional[str], max_sessions: int = MAX_SHELLS) -> None:
+        self.link = link
+        self.user = user
+        self.max_sessions = max_sessions
+        self.sessions = {}  # type: Dict[str, ShellSession]
+
+    def _account(self) -> Any:
+        if self.user is None:
+            return pwd.getpwuid(os.getuid())
+        try:
+            account = pwd.getpwnam(self.user)
+        except KeyError:
+            raise RequestError("no user %r on this node (--shell-user)" % self.user) from None
+        if os.getuid() != 0 and account.pw_uid != os.getuid():
+            raise RequestError("the daemon runs as uid %d and cannot start a shell as %s" % (os.getuid(), self.user))
+        return account
+
+    async def on_open(self, msg: Dict[str, Any]) -> None:
+        rid = request_id(msg)
+        try:
+            if rid in self.sessions:
+                raise RequestError("shell %s is already open" % rid)
+            if len(self.sessions) >= self.max_sessions:
+                raise RequestError("this node already has %d shells open (the limit)" % self.max_sessions)
+            cols = int_field(msg, "cols", 1, 1000, 80)
+            rows = int_field(msg, "rows", 1, 1000, 24)
+            term = msg.get("term") or "xterm-256color"
+            if not isinstance(term, str) or not re.match(r"^[A-Za-z0-9._+-]{1,64}$", term):
+                raise RequestError("term: expected a terminal type name like xterm-256color")
+            session = self._start(rid, self._account(), cols, rows, term)
+        except RequestError as exc:
+            await self.link.send({"type": "shell_exit", "id": rid, "code": None, "message": str(exc)})
+            return
+        except OSError as exc:
+            await self.link.send({"type": "shell_exit", "id": rid, "code": None,
+                                  "message": "cannot start a shell: %s" % (exc.strerror or exc)})
+            return
+        self.sessions[rid] = session
+        LOG.info("shell %s: opened pid %d (%dx%d)", rid, session.proc.pid, cols, rows)
+        await self.link.send({"type": "shell_opened", "id": rid, "pid": session.proc.pid})
+        session.tasks = [asyncio.ensure_future(self._output(session)), asyncio.ensure_future(self._input(session))]
+
+    def _start(self, rid: str, account: Any, cols: int, rows: int, term: str) -> ShellSession:
+        shell = account.pw_shell if account.pw_shell and os.access(account.pw_shell, os.X_OK) else "/bin/sh"
+        home = account.pw_dir if os.path.isdir(account.pw_dir) else "/"
+        env = {"HOME": home, "USER": account.pw_name, "LOGNAME": account.pw_name, "SHELL": shell, "TERM": term,
+               "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")}
+        for name in ("LANG", "LC_ALL", "TZ"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        drop = os.getuid() == 0 and account.pw_uid != 0
+        name, uid, gid = account.pw_name, account.pw_uid, account.pw_gid
+
+        def child_setup() -> None:  # runs in the child between fork and exec: system calls only
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # after setsid: the PTY becomes the controlling terminal
+            os.umask(0o022)
+            if drop:
+                os.setgid(gid)
+                os.initgroups(name, gid)
+                os.setuid(uid)
+
+        master, slave = pty.openpty()
+        try:
+            set_winsize(slave, rows, cols)
+            proc = subprocess.Popen(["-" + os.path.basename(shell)], executable=shell, stdin=slave, stdout=slave,
+                                    stderr=slave, cwd=home, env=env, start_new_session=True,
+                                    preexec_fn=child_setup, close_fds=True)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        os.set_blocking(master, False)
+        return ShellSession(rid, proc, master)
+
+    async def _output(self, s: ShellSession) -> None:
+        exited = asyncio.ensure_future(self._wait_exit(s))
+        hung = asyncio.ensure_future(s.ended.wait())
+        try:
+            while not s.closed:
+                reader = asyncio.ensure_future(wait_fd(s.master))
+                await asyncio.wait([reader, exited, hung], return_when=asyncio.FIRST_COMPLETED)
+                if not reader.done():
+                    reader.cancel()
+                    await asyncio.gather(reader, return_exceptions=True)
+                    if not s.closed:  # the shell exited: send what is left, then hang up
+                        self._drain(s)
+                    break
+                try:
+                    data = os.read(s.master, MAX_PAYLOAD)
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO: every process holding the terminal has gone
+                    break
+                if not data:
+                    break
+                await self.link.send({"type": "shell_output", "id": s.id, "data": base64.b64encode(data).decode()})
+            self.hang_up(s)
+            try:  # the hang-up ends the shell; its exit status is worth a short wait
+                await asyncio.wait_for(asyncio.shield(exited), 2.0)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            hung.cancel()
+            exited.cancel()
+        rc = s.proc.poll()
+        if not s.message:
+            s.message = ("exit code %d" % rc) if rc is not None and rc >= 0 else \
+                ("ended by signal %d" % -rc) if rc is not None else "closed"
+        LOG.info("shell %s: %s", s.id, s.message)
+        await self.link.send({"type": "shell_exit", "id": s.id, "code": rc if rc is not None and rc >= 0 else None,
+                              "message": s.message})
+
+    def _drain(self, s: ShellSession) -> None:
+        for _ in range(64):  # bounded: at most 3 MiB of late output
+            try:
+                data = os.read(s.master, MAX_PAYLOAD)
+            except OSError:
+                return
+            if not data:
+                return
+            asyncio.ensure_future(self.link.send({"type": "shell_output", "id": s.id,
+                                                  "data": base64.b64encode(data).decode()}))
+
+    @staticmethod
+    async def _wait_exit(s: ShellSession) -> None:
+        while s.proc.poll() is None:  # noqa: ASYNC110 - a Popen child: polled, no thread per shell
+            await asyncio.sleep(0.1)
+
+    async def _input(self, s: ShellSession) -> None:
+        while not s.closed:
+            await s.input_ready.wait()
+            s.input_ready.clear()
+            while s.input and not s.closed:
+                try:
+                    n = os.write(s.master, bytes(s.input[:MAX_PAYLOAD]))
+                except BlockingIOError:
+                    await wait_fd(s.master, writable=True)
+                    continue
+                except OSError:
+                    return
+                del s.input[:n]
+
+    def _get(self, msg: Dict[str, Any]) -> Optional[ShellSession]:
+        return self.sessions.get(msg.get("id"))  # type: ignore[arg-type]
+
+    async def on_input(self, msg: Dict[str, Any]) -> None:
+        s = self._get(msg)
+        if s is None:
+            return
+        try:
+            data = base64.b64decode(str(msg.get("data", "")), validate=True)
+        except ValueError:
+            LOG.warning("shell %s: input that is not base64; ignored", s.id)
+            return
+        if len(s.input) + len(data) > SHELL_INPUT_MAX:
+            s.message = "closed: more than %d bytes of input the shell did not read" % SHELL_INPUT_MAX
+            self.hang_up(s)
+            return
+        s.input += data
+        s.input_ready.set()
+
+    async def on_resize(self, msg: Dict[str, Any]) -> None:
+        s = self._get(msg)
+        if s is None:
+            return
+        try:
+            set_winsize(s.master, int_field(msg, "rows", 1, 1000), int_field(msg, "cols", 1, 1000))
+        except (RequestError, OSError) as exc:
+            LOG.warning("shell %s: resize ignored: %s", s.id, exc)
+
+    async def on_close(self, msg: Dict[str, Any]) -> None:
+        s = self._get(msg)
+        if s is not None:
+            s.message = "closed by the server"
+            self.hang_up(s)
+
+    def hang_up(self, s: ShellSession) -> None:
+        """End a session: SIGHUP to everything in it, the PTY closed, SIGKILL for what remains."""
+        if s.closed:
+            return
+        s.closed = True
+        self.sessions.pop(s.id, None)
+        s.input_ready.set()
+        s.ended.set()
+        kill_session(s.proc.pid, signal.SIGHUP)
+        kill_session(s.proc.pid, signal.SIGCONT)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(s.master)  # before the close: the fd number may be reused at once
+        loop.remove_writer(s.master)
+        try:
+            os.close(s.master)
+        except OSError:
+            pass
+        loop.call_later(1.0, self._reap, s, 0)
+
+    def _reap(self, s: ShellSession, attempt: int) -> None:
+        kill_session(s.proc.pid, signal.SIGKILL)
+        if s.proc.poll() is None and attempt < 50:
+            asyncio.get_running_loop().call_later(0.2, self._reap, s, attempt + 1)
+
+    def close_all(self, message: str) -> None:
+        for s in list(self.sessions.values()):
+            s.message = message
+            self.hang_up(s)
+
+
+class Tunnel:
+    def __init__(self, rid: str, writer: asyncio.StreamWriter) -> None:
+        self.id = rid
+        self.writer = writer
+        self.task = None  # type: Optional[asyncio.Future]
+        self.closed = False
+
+
+class TunnelManager:
+    """TCP tunnels: a connection from this node to HOST:PORT, relayed over the websocket."""
+
+    def __init__(self, link: Link, spawn: Callable[[Awaitable[None]], None], max_tunnels: int = MAX_TUNNELS) -> None:
+        self.link = link
+        self.spawn = spawn
+        self.max_tunnels = max_tunnels
+        self.tunnels = {}  # type: Dict[str, Tunnel]
+        self.opening = set()  # type: set
+
+    async def _closed(self, rid: str, message: str) -> None:
+        await self.link.send({"type": "tunnel_closed", "id": rid, "message": message})
+
+    async def on_open(self, msg: Dict[str, Any]) -> None:
+        rid = request_id(msg)
+        try:
+            host = msg.get("host")
+            if not isinstance(host, str) or not 0 < len(host) <= 255 or not re.match(r"^[A-Za-z0-9.:_%-]+$", host):
+                raise RequestError("host: expected a host name or address")
+            port = int_field(msg, "port", 1, 65535)
+            if rid in self.tunnels or rid in self.opening:
+                raise RequestError("tunnel %s is already open" % rid)
+            if len(self.tunnels) + len(self.opening) >= self.max_tunnels:
+                raise RequestError("this node already has %d tunnels open (the limit)" % self.max_tunnels)
+        except RequestError as exc:
+            await self._closed(rid, str(exc))
+            return
+        self.opening.add(rid)
+        self.spawn(self._open(rid, host, port))
+
+    async def _open(self, rid: str, host: str, port: int) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TUNNEL_CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self._closed(rid, "%s:%d did not answer within %.0f s" % (host, port, TUNNEL_CONNECT_TIMEOUT))
+            return
+        except OSError as exc:
+            await self._closed(rid, "cannot connect to %s:%d: %s" % (host, port, describe_connect_error(exc)))
+            return
+        finally:
+            self.opening.discard(rid)
+        t = Tunnel(rid, writer)
+        self.tunnels[rid] = t
+        LOG.info("tunnel %s: connected to %s:%d", rid, host, port)
+        if not await self.link.send({"type": "tunnel_opened", "id": rid}):
+            self._close(t)
+            return
+        t.task = asyncio.ensure_future(self._pump(t, reader, "%s:%d" % (host, port)))
+
+    async def _pump(self, t: Tunnel, reader: asyncio.StreamReader, where: str) -> None:
+        message = "closed by %s" % where
+        try:
+            while True:
+                data = await reader.read(MAX_PAYLOAD)
+                if not data:
+                    break
+                if not await self.link.send({"type": "tunnel_data", "id": t.id,
+                                             "data": base64.b64encode(data).decode()}):
+                    self._close(t)
+                    return
+        except OSError as exc:
+            message = "connection to %s failed: %s" % (where, exc.strerror or exc)
+        if not t.closed:
+            self._close(t)
+            await self._closed(t.id, message)
+
+    async def on_data(self, msg: Dict[str, Any]) -> None:
+        t = self.tunnels.get(msg.get("id"))  # type: ignore[arg-type]
+        if t is None:
+            return
+        try:
+            data = base64.b64decode(str(msg.get("data", "")), validate=True)
+        except ValueError:
+            self._close(t)
+            await self._closed(t.id, "tunnel data that is not base64")
+            return
+        t.writer.write(data)
+        if t.writer.transport.get_write_buffer_size() > TUNNEL_BUFFER_MAX:
+            self._close(t)
+            await self._closed(t.id, "the destination does not read: more than %d bytes waiting" % TUNNEL_BUFFER_MAX)
+
+    async def on_close(self, msg: Dict[str, Any]) -> None:
+        t = self.tunnels.get(msg.get("id"))  # type: ignore[arg-type]
+        if t is not None:
+            self._close(t)
+
+    def _close(self, t: Tunnel) -> None:
+        if t.closed:
+            return
+        t.closed = True
+        self.tunnels.pop(t.id, None)
+        if t.task is not None and t.task is not asyncio.current_task():
+            t.task.cancel()
+        t.writer.close()
+
+    def close_all(self) -> None:
+        for t in list(self.tunnels.values()):
+            self._close(t)
+
+
+class ActionRunner:
+    """Tracked actions: reboot (a configurable command) and start/stop/restart of configured demos.
+
+    Demos are configured in a JSON file (default STATE_DIR/demos.json):
+    {"robot-arm": {"unit": "robot-arm.service"}, "kiosk": {"start": "...", "stop": "...", "restart": "..."}}
+    """
+
+    VERBS = {"restart_demo": "restart", "stop_demo": "stop", "start_demo": "start"}
+
+    def __init__(self, link: Link, spawn: Callable[[Awaitable[None]], None], reboot_command: str,
+                 demos_path: str, timeout: float = 120.0) -> None:
+        self.link = link
+        self.spawn = spawn
+        self.reboot_command = reboot_command
+        self.demos_path = demos_path
+        self.timeout = timeout
+
+    async def _state(self, rid: str, state: str, message: str) -> None:
+        LOG.info("action %s: %s %s", rid, state, message)
+        await self.link.send({"type": "action_state", "id": rid, "state": state, "message": message[:4000]}, 30)
+
+    async def on_action(self, msg: Dict[str, Any]) -> None:
+        rid = request_id(msg)
+        action = msg.get("action")
+        if action == "reboot":
+            self.spawn(self._reboot(rid))
+        elif action in self.VERBS:
+            demo = msg.get("demo")
+            if not isinstance(demo, str) or not demo:
+                await self._state(rid, "failed", "%s needs a demo name" % action)
+                return
+            self.spawn(self._demo(rid, self.VERBS[action], demo[:128]))
+        else:
+            await self._state(rid, "failed", "unknown action %r" % str(action)[:64])
+
+    async def _run(self, argv: List[str]) -> Tuple[Optional[int], str]:
+        """Run a short command; (exit code or None on timeout, a tail of its output)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            return 127, "cannot run %s: %s" % (argv[0], exc.strerror or exc)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except asyncio.TimeoutError:
+            kill_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return None, "no result within %.0f s" % self.timeout
+        return proc.returncode, tail_text(out)
+
+    async def _reboot(self, rid: str) -> None:
+        await self._state(rid, "in_progress", "rebooting: %s" % self.reboot_command)
+        code, out = await self._run(["/bin/sh", "-c", self.reboot_command])
+        if code != 0:
+            await self._state(rid, "failed", "the reboot command %s: %s" % (
+                "timed out" if code is None else "exited with %d" % code, out or "(no output)"))
+        # on success the machine goes down; the server says done when the node is back with a new boot time
+
+    def _demo_config(self, demo: str) -> Dict[str, Any]:
+        try:
+            with open(self.demos_path, "rb") as f:
+                config = json.loads(f.read(1 * MIB).decode("utf-8"))
+        except FileNotFoundError:
+            raise RequestError("demo %r is not configured on this node (no %s)" % (demo, self.demos_path)) from None
+        except (OSError, ValueError) as exc:
+            raise RequestError("cannot read %s: %s" % (self.demos_path, exc)) from None
+        entry = config.get(demo) if isinstance(config, dict) else None
+        if not isinstance(entry, dict):
+            raise RequestError("demo %r is not configured on this node (add it to %s)" % (demo, self.demos_path))
+        return entry
+
+    async def _demo(self, rid: str, verb: str, demo: str) -> None:
+        try:
+            entry = self._demo_config(demo)
+            unit = entry.get("unit")
+            if isinstance(unit, str) and unit:
+                steps = [["systemctl", verb, "--", unit]]
+            elif isinstance(entry.get(verb), str):
+                steps = [["/bin/sh", "-c", entry[verb]]]
+            elif verb == "restart" and isinstance(entry.get("stop"), str) and isinstance(entry.get("start"), str):
+                steps = [["/bin/sh", "-c", entry["stop"]], ["/bin/sh", "-c", entry["start"]]]
+            else:
+                raise RequestError("demo %r has no unit and no %s command in %s" % (demo, verb, self.demos_path))
+        except RequestError as exc:
+            await self._state(rid, "failed", str(exc))
+            return
+        await self._state(rid, "in_progress", "%s %s" % (verb, demo))
+        for argv in steps:
+            code, out = await self._run(argv)
+            if code != 0:
+                await self._state(rid, "failed", "%s %s: %s%s" % (
+                    verb, demo, "timed out" if code is None else "exit code %d" % code, (": " + out) if out else ""))
+                return
+        await self._state(rid, "done", "%s %s: ok" % (verb, demo))
+
+
+async def http_get(url: str, ssl_context: Optional[ssl.SSLContext], limit: int, timeout: float = 60.0,
+                   headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes]:
+    """One GET (HTTP/1.0, no redirects) with a size bound: (status, body)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("not an http(s) URL: %r" % url[:200])
+    secure = parts.scheme == "https"
+    host = parts.hostname
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
+    request = ("GET %s HTTP/1.0\r\nHost: %s\r\nUser-Agent: dvic-node/%s\r\n%s\r\n"
+               % (path, parts.netloc, VERSION, extra)).encode()
+
+    async def exchange() -> Tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, parts.port or (443 if secure else 80),
+                                                       ssl=ssl_context if secure else None,
+                                                       server_hostname=host if secure else None)
+        try:
+            writer.write(request)
+            await writer.drain()
+            status, _reason, head = parse_http_head(await reader.readuntil(b"\r\n\r\n"))
+            body = await reader.read(limit + 1)
+            while len(body) <= limit:
+                more = await reader.read(limit + 1 - len(body))
+                if not more:
+                    break
+                body += more
+            if len(body) > limit:
+                raise ValueError("response larger than %d bytes" % limit)
+            if "chunked" in head.get("transfer-encoding", "").lower():
+                body = decode_chunked(body)
+            return status, body
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+class Updater:
+    """Self-update: download, verify (sha256 + RSA signature), replace this file, restart, roll back.
+
+    STATE_DIR/update.json carries an update across the restart: {"id", "version", "from", "deadline",
+    "phase": "restarting" | "rolled_back", "message"}. The new daemon deletes it once welcomed; if it is
+    not welcomed before the deadline it restores dvic_node.py.prev and restarts; a watchdog process
+    forked before the restart does the same if the new file cannot even run.
+    """
+
+    def __init__(self, daemon: "Daemon", path: str, deadline: float) -> None:
+        self.daemon = daemon
+        self.path = path  # this daemon's own file
+        self.deadline = deadline
+        self.state_path = os.path.join(daemon.opts.state_dir, "update.json")
+        self.key_path = os.path.join(daemon.opts.state_dir, "release_key.json")
+        self.busy = False
+        self.pending = None  # type: Optional[Dict[str, Any]]
+        self._rollback_timer = None  # type: Optional[asyncio.TimerHandle]
+
+    def trusted_key(self) -> Dict[str, Any]:
+        """The newest release key this node trusts: the persisted rotation, else the bundle's."""
+        raw = read_text(self.key_path)
+        if raw:
+            try:
+                key = json.loads(raw)
+                if isinstance(key, dict) and isinstance(key.get("n"), str) and isinstance(key.get("e"), int):
+                    return key
+            except ValueError:
+                LOG.warning("update: ignoring an unreadable %s", self.key_path)
+        key = self.daemon.bundle.get("release_key")
+        return key if isinstance(key, dict) else {}
+
+    async def _state(self, rid: str, state: str, message: str, wait: float = 0.0) -> None:
+        (LOG.warning if state in ("refused", "failed", "rolled_back") else LOG.info)(
+            "update %s: %s: %s", rid, state, message)
+        await self.daemon.link.send({"type": "update_state", "id": rid, "state": state, "message": message[:4000]},
+                                    wait)
+
+    async def on_update(self, msg: Dict[str, Any]) -> None:
+        rid = request_id(msg)
+        version, url, sha, sig = msg.get("version"), msg.get("url"), msg.get("sha256"), msg.get("signature")
+        if not all(isinstance(v, str) and v for v in (version, url, sha, sig)):
+            await self._state(rid, "refused", "bad request: version, url, sha256 and signature are required")
+            return
+        if parse_version(version) <= parse_version(VERSION):  # type: ignore[arg-type]
+            await self._state(rid, "refused", "version %s is not newer than the running %s" % (version, VERSION))
+            return
+        if self.busy:
+            await self._state(rid, "refused", "an update is already in progress")
+            return
+        self.busy = True
+        try:
+            await self._update(rid, version, url, sha.lower(), sig, msg.get("endorsements"))  # type: ignore[arg-type]
+        finally:
+            self.busy = False
+
+    async def _update(self, rid: str, version: str, url: str, sha: str, sig: str, endorsements: Any) -> None:
+        await self._state(rid, "downloading", url)
+        if url.startswith("http://") and not self.daemon.bundle["ws_url"].startswith("ws://"):
+            await self._state(rid, "refused", "plain-HTTP download refused: the server is reached over TLS")
+            return
+        try:
+            status, data = await http_get(url, self.daemon.ssl_context, UPDATE_MAX_BYTES)
+        except (OSError, ValueError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.TimeoutError, ssl.SSLError) as exc:
+            await self._state(rid, "failed", "download failed: %s" % describe_connect_error(exc))
+            return
+        if status != 200:
+            await self._state(rid, "failed", "download failed: HTTP %d %s" % (status, tail_text(data, 200)))
+            return
+        problem = await self.verify(data, version, sha, sig, endorsements)
+        if problem:
+            await self._state(rid, "refused", problem)
+            return
+        await self._state(rid, "verified", "%d bytes, sha256 %s, signed by the release key" % (len(data), sha[:16]))
+        try:
+            self.install(data)
+            self.save_state({"id": rid, "version": version, "from": VERSION, "phase": "restarting",
+                             "deadline": time.time() + self.deadline, "message": ""})
+        except OSError as exc:
+            await self._state(rid, "failed", "cannot replace %s: %s" % (self.path, exc.strerror or exc))
+            return
+        await self._state(rid, "restarting", "restarting into version %s" % version)
+        self.daemon.restart(watchdog=True)
+
+    async def verify(self, data: bytes, version: str, sha: str, sig: str, endorsements: Any) -> str:
+        """'' when the file may be installed, else why not."""
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            return "sha256 mismatch: the file has %s, the server announced %s" % (actual, sha[:64])
+        key = self.trusted_key()
+        if not key:
+            return "no release key is pinned in the bundle"
+        if not rsa_verify_sha256(data, sig, key):
+            if endorsements is None:
+                endorsements = await self._fetch_endorsements()
+            chain = follow_endorsements(key, endorsements)
+            if not rsa_verify_sha256(data, sig, chain[-1]):
+                return "bad signature: the file is not signed by the pinned release key or a key it endorsed"
+            write_file_atomic(self.key_path, json.dumps(chain[-1]).encode())  # rotation: trust the newest key
+            LOG.warning("update: the release key was rotated; now trusting key %s...", chain[-1]["n"][:16])
+        match = VERSION_LINE_RE.search(data)
+        if match is None:
+            return "the downloaded file has no VERSION line"
+        if match.group(1).decode() != version:
+            return "the file says version %s, the server announced %s" % (match.group(1).decode(), version)
+        try:
+            compile(data, self.path, "exec")
+        except (SyntaxError, ValueError) as exc:
+            return "the file is not valid Python: %s" % exc
+        return ""
+
+    async def _fetch_endorsements(self) -> Any:
+        """GET /api/v1/release for the key rotation endorsements (None when not available)."""
+        base = str(self.daemon.bundle.get("server_url") or "")
+        if not base:
+            return None
+        try:
+            status, body = await http_get(base.rstrip("/") + "/api/v1/release", self.daemon.ssl_context, 1 * MIB,
+                                          headers={"Authorization": "Bearer " + str(self.daemon.bundle["token"])})
+            if status == 200:
+                return json.loads(body.decode("utf-8")).get("endorsements")
+            LOG.info("update: endorsements not available: HTTP %d", status)
+        except (OSError, ValueError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.TimeoutError, ssl.SSLError, AttributeError) as exc:
+            LOG.info("update: endorsements not available: %s", exc)
+        return None
+
+    def install(self, data: bytes) -> None:
+        """Replace this file atomically, keeping the running one as dvic_node.py.prev."""
+        with open(self.path, "rb") as f:
+            current = f.read()
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        write_file_atomic(self.path + ".prev", current, mode)
+        write_file_atomic(self.path, data, mode)
+
+    def save_state(self, state: Optional[Dict[str, Any]]) -> None:
+        if state is None:
+            try:
+                os.unlink(self.state_path)
+            except FileNotFoundError:
+                pass
+        else:
+            write_file_atomic(self.state_path, json.dumps(state).encode())
+
+    def load_state(self) -> Optional[Dict[str, Any]]:
+        raw = read_text(self.state_path)
+        if raw is None:
+            return None
+        try:
+            state = json.loads(raw)
+        except ValueError:
+            state = None
+        if not isinstance(state, dict) or not isinstance(state.get("id"), str):
+            LOG.warning("update: ignoring an unreadable %s", self.state_path)
+            self.save_state(None)
+            return None
+        return state
+
+    def on_start(self) -> None:
+        """After a restart: arm the rollback deadline, or remember a rollback to report."""
+        state = self.load_state()
+        if state is None:
+            return
+        self.pending = state
+        if state.get("phase") == "restarting":
+            if state.get("version") != VERSION:  # not the file we installed (restarted by hand?)
+                self.pending = dict(state, phase="rolled_back",
+                                    message="the daemon restarted at version %s, not %s" % (VERSION, state.get("version")))
+                self.save_state(self.pending)
+                return
+            left = float(state.get("deadline", 0)) - time.time()
+            LOG.info("update: running the new version %s; rolling back unless welcomed within %.0f s", VERSION, left)
+            self._rollback_timer = asyncio.get_running_loop().call_later(max(0.0, left), self.roll_back)
+
+    def roll_back(self) -> None:
+        state = self.pending or {}
+        why = "version %s was not welcomed by the server within %.0f s" % (VERSION, self.deadline)
+        if self.daemon._last_conn_error:
+            why += " (%s)" % self.daemon._last_conn_error
+        try:
+            with open(self.path + ".prev", "rb") as f:
+                previous = f.read()
+            write_file_atomic(self.path, previous, stat.S_IMODE(os.stat(self.path).st_mode))
+            self.save_state(dict(state, phase="rolled_back", message=why))
+        except OSError as exc:
+            LOG.error("update: cannot roll back to %s.prev: %s", self.path, exc)
+            return
+        LOG.warning("update: %s; rolled back to the previous file, restarting", why)
+        self.daemon.restart(watchdog=False)
+
+    async def on_welcome(self) -> None:
+        state = self.pending
+        if state is None:
+            return
+        self.pending = None
+        if self._rollback_timer is not None:
+            self._rollback_timer.cancel()
+        self.save_state(None)  # confirmed (or reported below): the watchdog stands down
+        if state.get("phase") == "rolled_back":
+            await self._state(state["id"], "rolled_back", str(state.get("message", ""))[:3000], 30)
+        else:
+            LOG.info("update: version %s welcomed by the server", VERSION)
+
+
+def update_watchdog(state_path: str, daemon_path: str, pid: int, argv: List[str], grace: float = 10.0) -> None:
+    """Forked before the restart, with this (old) code in memory: if the new file never gets as far as
+    being welcomed or rolling itself back (it crashes or hangs), restore the previous file and run it."""
+    try:
+        os.setsid()  # not killed with the terminal/process group of the daemon
+    except OSError:
+        pass
+    deadline = None  # type: Optional[float]
+    while True:
+        raw = read_text(state_path)
+        try:
+            state = json.loads(raw) if raw else None
+        except ValueError:
+            state = None
+        if not isinstance(state, dict) or state.get("phase") != "restarting":
+            os._exit(0)  # welcomed, or already rolled back
+        if deadline is None:
+            deadline = float(state.get("deadline", 0)) + grace
+        if time.time() > deadline:
+            break
+        time.sleep(0.5)  # a lone watchdog process, not a test: polling a file is all it does
+    try:
+        with open(daemon_path + ".prev", "rb") as f:
+            write_file_atomic(daemon_path, f.read(), stat.S_IMODE(os.stat(daemon_path).st_mode))
+        write_file_atomic(state_path, json.dumps(dict(state, phase="rolled_back", message=(
+            "the new version did not start or hung; restored by the watchdog"))).encode())
+    except OSError:
+        os._exit(1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    os.execv(argv[0], argv)
+
+
+# ---------------------------------------------------------------------------------------------
 # The daemon
 # ---------------------------------------------------------------------------------------------
 
@@ -2130,7 +3238,9 @@ class Options:
     def __init__(self, state_dir: str, log_dir: str, spool_max_bytes: int = DEFAULT_SPOOL_BYTES,
                  system_log: str = "auto", system_log_rate: float = 20.0, system_log_burst: int = 200,
                  docker_socket: str = "/var/run/docker.sock", reconnect_max: float = 60.0,
-                 poll_interval: float = 0.2, use_psutil: bool = True) -> None:
+                 poll_interval: float = 0.2, use_psutil: bool = True, shell_user: Optional[str] = None,
+                 reboot_command: str = "systemctl reboot", demos_config: str = "",
+                 update_deadline: float = 60.0) -> None:
         self.state_dir = state_dir
         self.log_dir = log_dir
         self.spool_max_bytes = spool_max_bytes
@@ -2141,6 +3251,10 @@ class Options:
         self.reconnect_max = reconnect_max
         self.poll_interval = poll_interval
         self.use_psutil = use_psutil
+        self.shell_user = shell_user
+        self.reboot_command = reboot_command
+        self.demos_config = demos_config or os.path.join(state_dir, "demos.json")
+        self.update_deadline = update_deadline
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
@@ -2188,6 +3302,66 @@ class Daemon:
         self._handlers = {
             "ack": self._on_ack, "error": self._on_error, "welcome": self._on_welcome,
         }  # type: Dict[str, ServerMessageHandler]
+        self.restart_request = None  # type: Optional[Dict[str, Any]]
+        self._remote_tasks = set()  # type: set
+
+    def _setup_remote(self) -> None:
+        """The remote-control parts (section 6); built inside the loop (asyncio objects bind to it)."""
+        self.link = Link()
+        self.commands = CommandRunner(self.link, ExecJournal(os.path.join(self.opts.state_dir, "exec_ids")),
+                                      self.spawn)
+        self.shells = ShellManager(self.link, self.opts.shell_user)
+        self.tunnels = TunnelManager(self.link, self.spawn)
+        self.actions = ActionRunner(self.link, self.spawn, self.opts.reboot_command, self.opts.demos_config)
+        self.updater = Updater(self, os.path.realpath(os.path.abspath(sys.argv[0] if __name__ == "__main__"
+                                                                      else __file__)), self.opts.update_deadline)
+        self.link.on_lost.append(lambda: self.shells.close_all("the node lost its connection to the server"))
+        self.link.on_lost.append(self.tunnels.close_all)
+        self._handlers.update({
+            "exec": self._spawned(self.commands.on_exec), "cancel": self._spawned(self.commands.on_cancel),
+            "shell_open": self._spawned(self.shells.on_open), "shell_input": self._spawned(self.shells.on_input),
+            "shell_resize": self._spawned(self.shells.on_resize), "shell_close": self._spawned(self.shells.on_close),
+            "tunnel_open": self._spawned(self.tunnels.on_open), "tunnel_data": self._spawned(self.tunnels.on_data),
+            "tunnel_close": self._spawned(self.tunnels.on_close), "action": self._spawned(self.actions.on_action),
+            "update": self._detached(self.updater.on_update),
+        })
+
+    def spawn(self, coro: Awaitable[None]) -> None:
+        """Run a remote-control task beside the receiver; a bug in it is logged, never fatal."""
+        task = asyncio.ensure_future(coro)
+        self._remote_tasks.add(task)
+
+        def done(t: "asyncio.Future[None]") -> None:
+            self._remote_tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                LOG.error("remote control: unexpected error: %s", "".join(
+                    traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())  # type: ignore[arg-type]
+
+        task.add_done_callback(done)
+
+    def _spawned(self, handler: Callable[[Dict[str, Any]], Awaitable[None]]) -> ServerMessageHandler:
+        """A request handler run in order by the receiver (they only queue work; never block)."""
+        async def run(ws: WebSocket, msg: Dict[str, Any]) -> None:
+            try:
+                await handler(msg)
+            except RequestError as exc:
+                LOG.warning("server sent a bad %s request: %s; ignored", str(msg.get("type"))[:32], exc)
+        return run
+
+    def _detached(self, handler: Callable[[Dict[str, Any]], Awaitable[None]]) -> ServerMessageHandler:
+        """A long request handler (download, verification) run beside the receiver."""
+        inner = self._spawned(handler)
+
+        async def run(ws: WebSocket, msg: Dict[str, Any]) -> None:
+            self.spawn(inner(ws, msg))
+        return run
+
+    def restart(self, watchdog: bool) -> None:
+        """Stop cleanly, then re-execute this file with the same command line (see main)."""
+        self.restart_request = {"watchdog": watchdog}
+        if self._stop is not None:
+            self._stop.set()
 
     # -- plumbing shared by the parts --
     def _emit(self, msg: Dict[str, Any]) -> None:
@@ -2225,6 +3399,8 @@ class Daemon:
         LOG.addHandler(self.log_handler)
         self.demos.restore_states()
         self.demos.set_logdirs([LogDir(self.opts.log_dir)])
+        self._setup_remote()
+        self.updater.on_start()
         LOG.info("dvic-node %s starting: node %s, server %s, logs in %s, state in %s (spool: %d lines pending)",
                  VERSION, self.bundle["node_id"], self.bundle["ws_url"], self.opts.log_dir,
                  self.opts.state_dir, self.spool.pending)
@@ -2245,6 +3421,13 @@ class Daemon:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # nothing the operators started outlives the daemon
+        self.commands.stop_all()
+        self.shells.close_all("the node daemon stopped")
+        self.tunnels.close_all()
+        for t in list(self._remote_tasks):
+            t.cancel()
+        await asyncio.gather(*self._remote_tasks, return_exceptions=True)
         LOG.removeHandler(self.log_handler)
         for exc in failed:
             LOG.error("internal error, stopping: %s", "".join(
@@ -2457,6 +3640,8 @@ class Daemon:
         self._last_conn_error = ""
         for msg in self.demos.announce():
             self.outbox.append(msg)
+        self.link.attach(ws)
+        self.spawn(self.updater.on_welcome())
         tasks = [asyncio.ensure_future(self._receiver(ws)), asyncio.ensure_future(self._sender(ws, last_seq + 1)),
                  asyncio.ensure_future(self._pinger(ws))]
         try:
@@ -2467,6 +3652,7 @@ class Daemon:
                     raise exc
             raise WebSocketClosed(1006, "session ended")
         finally:
+            self.link.detach()  # shells and tunnels end with the connection; commands wait for the next
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -2586,6 +3772,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--reconnect-max", type=float, default=60.0, help="longest reconnect delay in seconds")
     p.add_argument("--poll-interval", type=float, default=0.2, help="seconds between reads of log files")
     p.add_argument("--no-psutil", action="store_true", help="read /proc and /sys even when psutil is present")
+    p.add_argument("--shell-user", default=None, metavar="USER",
+                   help="user whose login shell remote shells run (default: the daemon's user)")
+    p.add_argument("--reboot-command", default="systemctl reboot", metavar="CMD",
+                   help="what the reboot action runs with /bin/sh -c (default: systemctl reboot)")
+    p.add_argument("--demos-config", default="", metavar="FILE",
+                   help="demo start/stop/restart configuration (default: STATE_DIR/demos.json)")
+    p.add_argument("--update-deadline", type=float, default=60.0, metavar="S",
+                   help="seconds a self-updated daemon has to be welcomed before it rolls back (default 60)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug output on stderr")
     return p.parse_args(argv)
 
@@ -2612,15 +3806,39 @@ def main(argv: Optional[List[str]] = None) -> int:
     opts = Options(state_dir=args.state_dir, log_dir=args.log_dir, spool_max_bytes=args.spool_max_bytes,
                    system_log=args.system_log, system_log_rate=args.system_log_rate,
                    docker_socket=args.docker_socket, reconnect_max=max(1.0, args.reconnect_max),
-                   poll_interval=max(0.01, args.poll_interval), use_psutil=not args.no_psutil)
+                   poll_interval=max(0.01, args.poll_interval), use_psutil=not args.no_psutil,
+                   shell_user=args.shell_user, reboot_command=args.reboot_command,
+                   demos_config=args.demos_config, update_deadline=max(1.0, args.update_deadline))
+    daemon = Daemon(bundle, opts)
     try:
-        return asyncio.run(Daemon(bundle, opts).run())
+        code = asyncio.run(daemon.run())
     except BundleError as exc:
         LOG.error("%s", exc)
         return 2
     except OSError as exc:
         LOG.error("stopped by a system error: %s", exc, exc_info=args.verbose)
         return 1
+    if daemon.restart_request is not None:
+        reexec(daemon)
+    return code
+
+
+def reexec(daemon: "Daemon") -> None:
+    """Replace this process with the (new or restored) daemon file, same pid, same command line."""
+    argv = [sys.executable, daemon.updater.path] + sys.argv[1:]
+    for h in LOG.handlers:
+        h.flush()
+    if daemon.restart_request and daemon.restart_request.get("watchdog"):
+        pid = os.getpid()
+        if os.fork() == 0:  # the watchdog: old code, in memory, outliving the exec below
+            try:
+                update_watchdog(daemon.updater.state_path, daemon.updater.path, pid, argv)
+            finally:
+                os._exit(1)
+    LOG.info("restarting: %s", " ".join(argv))
+    for h in LOG.handlers:
+        h.flush()
+    os.execv(argv[0], argv)
 
 
 if __name__ == "__main__":

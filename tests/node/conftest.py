@@ -15,3 +15,7 @@ from node_support import Pki, make_pki  # noqa: E402
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes several seconds by nature (a kill grace, a deadline)")

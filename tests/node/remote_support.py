@@ -1,0 +1,160 @@
+"""A scripted stand-in for the central server's node websocket, to drive the real daemon's remote control.
+
+The daemon connects to it over plain ws:// on 127.0.0.1 (development mode, bearer token), says
+hello and is welcomed; the test then sends section-6 requests (docs/protocol.md) with ids of its
+choosing (replays, floods, malformed ones) and reads the daemon's replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from daemon_support import NODE_SCRIPT, DaemonProcess, write_bundle
+from node_support import start_app
+
+NODE_ID = "6b0f7c52-0000-4000-8000-0000000000aa"
+QUIET = {"metrics", "demo", "event", "logs"}  # not remote-control replies
+
+
+class ScriptedServer:
+    """`async with ScriptedServer() as srv:` serves /ws; `srv.send(...)`, `await srv.reply(...)`."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.runner: web.AppRunner | None = None
+        self.ws: web.WebSocketResponse | None = None
+        self.hellos: list[dict[str, Any]] = []
+        self.replies: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self.connections = 0
+
+    async def __aenter__(self) -> ScriptedServer:
+        app = web.Application()
+        app.router.add_get("/ws", self._handler)
+        self.runner, base = await start_app(app)
+        self.url = base.replace("http://", "ws://") + "/ws"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    def bundle(self) -> dict[str, Any]:
+        return {"format": "dvic-node-bundle/1", "node_id": NODE_ID, "name": "scripted", "kind": "desktop",
+                "group": "", "ws_url": self.url, "keepalive_url": "", "ca_pem": "unused", "cert_pem": "unused",
+                "key_pem": "unused", "token": "dvn_test", "interval": 5}
+
+    async def _handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
+        await ws.prepare(request)
+        hello = json.loads((await ws.receive()).data)
+        self.hellos.append(hello)
+        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": NODE_ID, "name": "scripted",
+                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
+        self.ws = ws
+        self.connections += 1
+        self._notify()
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            body = json.loads(msg.data)
+            if body.get("type") == "logs":
+                await ws.send_json({"type": "ack", "seq": body["lines"][-1]["seq"]})
+            elif body.get("type") not in QUIET:
+                self.replies.append(body)
+                self._notify()
+        if self.ws is ws:
+            self.ws = None
+        return ws
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None, "no daemon connected"
+        await self.ws.send_json(msg)
+
+    async def drop(self) -> None:
+        """Close the daemon's connection, as a network loss would end it."""
+        assert self.ws is not None
+        ws, self.ws = self.ws, None
+        await ws.close()
+
+    async def wait(self, cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = cond()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
+            except TimeoutError:
+                pass
+
+    async def connected(self, count: int = 1, timeout: float = 20.0) -> None:
+        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
+
+    def of(self, rid: str, kind: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.replies if m.get("id") == rid and (kind is None or m["type"] == kind)]
+
+    async def reply(self, rid: str, kind: str, timeout: float = 15.0) -> dict[str, Any]:
+        found = await self.wait(lambda: self.of(rid, kind), timeout, f"{kind} for {rid}")
+        return found[0]
+
+    def output(self, rid: str, stream: str | None = None) -> str:
+        return "".join(m["data"] for m in self.of(rid, "exec_output") if stream in (None, m["stream"]))
+
+    def shell_text(self, rid: str) -> str:
+        return b"".join(base64.b64decode(m["data"]) for m in self.of(rid, "shell_output")).decode(errors="replace")
+
+    async def shell_input(self, rid: str, text: str) -> None:
+        await self.send({"type": "shell_input", "id": rid, "data": base64.b64encode(text.encode()).decode()})
+
+
+def scripted_daemon(srv: ScriptedServer, tmp_path: Path, extra: tuple[str, ...] = (),
+                    copy_script: bool = False) -> DaemonProcess:
+    """The real daemon, configured for `srv` (optionally running from a copy of its file)."""
+    state = tmp_path / "state"
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
+    daemon = DaemonProcess(sys.executable, bundle, state, logs, extra)
+    if copy_script:
+        copy = tmp_path / "opt" / "dvic_node.py"
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(NODE_SCRIPT, copy)
+        daemon.args[1] = str(copy)
+    return daemon
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes whose session id is `sid` (a shell's leader pid), from /proc."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        if fields[3] == str(sid) and fields[0] != "Z":
+            out.append(int(name))
+    return out
