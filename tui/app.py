@@ -6,23 +6,29 @@ from collections.abc import Callable
 from typing import Any
 
 from textual import on
-from textual.app import App
+from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
 from textual.css.query import NoMatches
 
-from tui.client import ApiClient, ApiError
+from tui import handover
+from tui.act import ACTIONS, describe_targets
+from tui.client import ApiError
 from tui.commands import DvicCommands
 from tui.config import Settings
 from tui.fleet import Fleet
 from tui.live import LiveFeed
 from tui.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.remote_client import RemoteClient
+from tui.screens.actions import ActionsScreen
 from tui.screens.add_node import AddNodeScreen
 from tui.screens.admin import AdminScreen
 from tui.screens.base import DvicScreen
+from tui.screens.dialogs import ConfirmDialog
 from tui.screens.fleet import FleetScreen
 from tui.screens.help import HelpScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.node import NodeScreen
+from tui.screens.run import RunScreen
 
 FLUSH_INTERVAL = 0.25  # how often coalesced node updates reach the screens
 
@@ -41,7 +47,7 @@ class DvicApp(App[None]):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.api = ApiClient(settings)
+        self.api = RemoteClient(settings)  # the operator API plus remote control (commands, shells...)
         self.fleet = Fleet()
         self.me: dict[str, Any] = {}
         self.feed = LiveFeed(self.api, self.post_message)
@@ -118,9 +124,9 @@ class DvicApp(App[None]):
         self.push_screen(screen, popped)
         self.call_later(self.update_subscription)
 
-    def open_node(self, node_id: str) -> None:
+    def open_node(self, node_id: str, tab: str = "overview") -> None:
         if node_id in self.fleet.nodes:
-            self._push(NodeScreen(node_id))
+            self._push(NodeScreen(node_id, tab))
 
     def open_logs(self, node_id: str | None, group: str | None = None, demo: str | None = None) -> None:
         self._push(LogsScreen(node_id, group=group, demo=demo))
@@ -167,6 +173,104 @@ class DvicApp(App[None]):
             self.notify(f"{name}: maintenance {'on' if on_now else 'off'}", markup=False)
 
         self.run_worker(call(), group="actions")
+
+    # -- act -----------------------------------------------------------------------------------
+    def _names(self) -> dict[str, str]:
+        return {nid: str(n.get("name", nid)) for nid, n in self.fleet.nodes.items()}
+
+    def open_run(self, targets: dict[str, Any] | None = None, command_id: str | None = None) -> None:
+        """The run screen on `targets` (`{"nodes": [...]}`, `{"group": G}`, `{"all": True}`) or a past command."""
+        self._push(RunScreen(targets, command_id))
+
+    def open_actions(self, node_id: str | None = None, highlight: list[str] | None = None) -> None:
+        self._push(ActionsScreen(node_id, highlight))
+
+    def open_shell(self, node_id: str) -> None:
+        async def run() -> None:
+            try:
+                said = await handover.shell(self, node_id)
+            except SuspendNotSupported:
+                self.notify("this terminal cannot hand over to a shell (use `dvic shell` in a terminal)",
+                            severity="error")
+                return
+            except ApiError as exc:
+                self.notify(f"shell: {exc.message}", severity="error", markup=False)
+                return
+            self.notify(said, markup=False)
+
+        self.run_worker(run(), group="shell", exclusive=True)
+
+    def replay_session(self, session_id: str) -> None:
+        async def run() -> None:
+            try:
+                said = await handover.replay(self, session_id)
+            except SuspendNotSupported:
+                self.notify("this terminal cannot replay (use `dvic replay` in a terminal)", severity="error")
+                return
+            except ApiError as exc:
+                self.notify(f"replay: {exc.message}", severity="error", markup=False)
+                return
+            self.notify(said, markup=False)
+
+        self.run_worker(run(), group="shell", exclusive=True)
+
+    def request_action(self, node_ids: list[str], action: str, demo: str | None = None) -> None:
+        """Asks for a tracked action on each node (confirmed unless it only starts a demo on one node)."""
+        if not node_ids or action not in ACTIONS:
+            return
+
+        async def run() -> None:
+            where = describe_targets({"nodes": node_ids}, self._names())
+            what = ACTIONS[action] + (f" {demo}" if demo else "")
+            if action != "start_demo" or len(node_ids) > 1:
+                question = f"{what} on {where}?"
+                if action == "reboot":
+                    question += "\n\nRunning demos stop until the machine is back."
+                if not await self.push_screen_wait(ConfirmDialog(question, ACTIONS[action])):
+                    return
+            ids: list[str] = []
+            for nid in node_ids:
+                try:
+                    doc = await self.api.request_action(nid, action, demo=demo)
+                except ApiError as exc:
+                    name = self._names().get(nid, nid)
+                    self.notify(f"{what} on {name}: {exc.message} ({exc.code})", severity="error", markup=False)
+                    continue
+                ids.append(str(doc.get("id")))
+            if ids:
+                self.open_actions(node_ids[0] if len(node_ids) == 1 else None, ids)
+
+        self.run_worker(run(), group="actions")
+
+    def update_daemon(self, targets: dict[str, Any]) -> None:
+        """Asks the server to update the targets' daemon to its release, after a confirmation."""
+
+        async def run() -> None:
+            try:
+                release = await self.api.release()
+            except ApiError as exc:
+                self.notify(f"update: {exc.message} ({exc.code})", severity="error", markup=False)
+                return
+            version = str(release.get("version") or "?")
+            where = describe_targets(targets, self._names())
+            ids = targets.get("nodes") or [nid for nid, n in self.fleet.nodes.items()
+                                            if targets.get("all") or n.get("group") == targets.get("group")]
+            current = sorted({str(self.fleet.nodes.get(n, {}).get("daemon_version") or "?") for n in ids})
+            question = (f"Update the daemon on {where} to release {version}?\n\n"
+                        f"Running now: {', '.join(current[:6]) or '-'}. Each daemon restarts itself.")
+            if not await self.push_screen_wait(ConfirmDialog(question, "Update")):
+                return
+            try:
+                doc = await self.api.update(targets)
+            except ApiError as exc:
+                self.notify(f"update: {exc.message} ({exc.code})", severity="error", markup=False)
+                return
+            actions = [a for a in doc.get("actions") or [] if isinstance(a, dict)]
+            self.notify(f"update to {version} requested on {len(actions)} node(s)", markup=False)
+            single = targets.get("nodes") if len(targets.get("nodes") or []) == 1 else None
+            self.open_actions(single[0] if single else None, [str(a.get("id")) for a in actions])
+
+        self.run_worker(run(), group="actions")
 
     # -- actions -------------------------------------------------------------------------------
     def action_help(self) -> None:

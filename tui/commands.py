@@ -25,6 +25,9 @@ class DvicCommands(Provider):
             ("Add node", app.open_add_node, "enroll a machine and install its daemon over SSH"),
             ("Help: keys", app.action_help, "every key of this screen"),
             ("Reconnect now", app.action_reconnect, "skip the retry wait"),
+            ("Actions: all nodes", app.open_actions, "reboots, demo actions and daemon updates, live"),
+            ("Run a command on all nodes", partial(app.open_run, {"all": True}), "fleet-wide: confirmed first"),
+            ("Update daemon: all nodes", partial(app.update_daemon, {"all": True}), "confirmed first"),
         ]
         for state in STATES:
             cmds.append((f"Filter fleet: state {state}", partial(app.filter_fleet, state=state), ""))
@@ -32,10 +35,16 @@ class DvicCommands(Provider):
             label = clean(group or "(none)", single_line=True)
             cmds.append((f"Filter fleet: group {label}", partial(app.filter_fleet, group=group), ""))
             cmds.append((f"Logs: group {label}", partial(app.open_logs, None, group=group), ""))
+            cmds.append((f"Run on group {label}", partial(app.open_run, {"group": group}), "confirmed first"))
         for nid, node in app.fleet.nodes.items():
             name = clean(node.get("name", nid), single_line=True)
             cmds.append((f"Open node {name}", partial(app.open_node, nid), ""))
             cmds.append((f"Logs: node {name}", partial(app.open_logs, nid), ""))
+            cmds.append((f"Run on node {name}", partial(app.open_run, {"nodes": [nid]}), ""))
+            cmds.append((f"Shell on node {name}", partial(app.open_shell, nid), "the console comes back after"))
+            cmds.append((f"Reboot node {name}", partial(app.request_action, [nid], "reboot"), "confirmed first"))
+            cmds.append((f"Update daemon on {name}", partial(app.update_daemon, {"nodes": [nid]}), "confirmed"))
+            cmds.append((f"Actions of node {name}", partial(app.open_actions, nid), ""))
         return cmds
 
     async def discover(self) -> Hits:

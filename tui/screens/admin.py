@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.text import Text
@@ -38,6 +39,8 @@ class AdminScreen(DvicScreen):
         Binding("x", "disable", "Disable"),
         Binding("D", "revoke", "Revoke node"),
         Binding("r", "reload", "Reload"),
+        Binding("s", "sessions", "Recordings", show=False),
+        Binding("p", "replay", "Replay"),
     ]
 
     def __init__(self) -> None:
@@ -64,6 +67,12 @@ class AdminScreen(DvicScreen):
                 for key, label in (("time", "Time"), ("who", "Operator"), ("action", "Action"), ("target", "Target")):
                     audit.add_column(label, key=key)
                 yield audit
+            with TabPane("Recordings", id="recordings"):
+                rec: DataTable[Any] = DataTable(id="session-table", cursor_type="row", zebra_stripes=True)
+                for key, label in (("started", "Started"), ("node", "Node"), ("who", "Operator"),
+                                   ("length", "Length"), ("exit", "Exit"), ("output", "Output")):
+                    rec.add_column(label, key=key)
+                yield rec
         yield Footer()
 
     def on_mount(self) -> None:
@@ -101,6 +110,39 @@ class AdminScreen(DvicScreen):
                 literal(entry.get("target") or ""),
             )
         self._show_nodes()
+        self.load_sessions()
+
+    @work(exclusive=True, group="admin-sessions")
+    async def load_sessions(self) -> None:
+        """Recorded shell sessions, newest first (operators and admins may list them)."""
+        try:
+            sessions = await self.dvic.api.sessions()
+        except ApiError as exc:
+            self.notify(f"recordings: {exc.message}", severity="error", markup=False)
+            return
+        table = self.query_one("#session-table", DataTable)
+        table.clear()
+        now = time.time()
+        for rec in sorted(sessions, key=lambda r: -float(r.get("started_at") or 0)):
+            started, ended = rec.get("started_at"), rec.get("ended_at")
+            length = fmt.duration((ended or now) - started) if isinstance(started, int | float) else "-"
+            code = rec.get("exit_code")
+            table.add_row(Text(fmt.stamp(started), style="dim"),
+                          literal(rec.get("node_name") or rec.get("node_id") or "?", style="bold"),
+                          literal(rec.get("operator", "")), Text(length + ("" if ended else " (open)")),
+                          literal("-" if code is None else code), Text(fmt.size(rec.get("bytes_out")), style="dim"),
+                          key=str(rec.get("id")))
+
+    def action_sessions(self) -> None:
+        self.query_one(TabbedContent).active = "recordings"
+
+    def action_replay(self) -> None:
+        if self._active_tab() != "recordings":
+            self.query_one(TabbedContent).active = "recordings"
+            return
+        sid = self._selected("#session-table")
+        if sid:
+            self.dvic.replay_session(sid)
 
     def _show_nodes(self) -> None:
         table = self.query_one("#revoke-table", DataTable)

@@ -69,6 +69,16 @@ class FleetScreen(DvicScreen):
         Binding("m", "maintenance", "Maint.", show=False),
         Binding("a", "admin", "Admin", show=False),
         Binding("n", "add_node", "Add node", show=False),
+        Binding("space", "mark", "Mark"),
+        Binding("x", "run", "Run"),
+        Binding("X", "run_group", "Run on group/all", show=False),
+        Binding("h", "shell", "Shell"),
+        Binding("b", "reboot", "Reboot", show=False),
+        Binding("D", "demo_action", "Demo action", show=False),
+        Binding("u", "update", "Update daemon", show=False),
+        Binding("U", "update_group", "Update group/all", show=False),
+        Binding("A", "actions", "Actions", show=False),
+        Binding("c", "clear_marks", "Clear marks", show=False),
     ]
 
     def __init__(self) -> None:
@@ -79,6 +89,7 @@ class FleetScreen(DvicScreen):
         self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}  # what each row shows, to touch only changed cells
         self._resort = False
         self._summary_dirty = True
+        self.marked: set[str] = set()  # node ids marked with space: the targets of run/reboot/update
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
@@ -108,7 +119,8 @@ class FleetScreen(DvicScreen):
         m = {k: metric(node, k) for k in ("cpu", "mem", "disk", "temp")}
         demos = node["demos"]
         alive, total = int(demos.get("alive") or 0), int(demos.get("total") or 0)
-        name = _cell(clean(node.get("name", "?"), single_line=True), "", SORT_KEYS["name"](node))
+        name = _cell(("✓ " if nid in self.marked else "") + clean(node.get("name", "?"), single_line=True),
+                     "bold magenta" if nid in self.marked else "", SORT_KEYS["name"](node))
         if alerts(node):
             name.append(" ⚠", style="bold yellow")
         state_cell = _cell(f"{STATE_ICON.get(state, '?')} {state}", state_style, SORT_KEYS["state"](node))
@@ -229,7 +241,8 @@ class FleetScreen(DvicScreen):
         arrow = "▼" if self.sort_reverse else "▲"
         self.query_one(SummaryBar).show(
             self.dvic.fleet.counts(), len(self._cells), len(self.dvic.fleet.nodes),
-            self.filter.describe(), f"{self.sort_column} {arrow}",
+            " ".join(x for x in (self.filter.describe(), f"{len(self.marked)} marked" if self.marked else "") if x),
+            f"{self.sort_column} {arrow}",
         )
 
     # -- selection -----------------------------------------------------------------------------
@@ -241,6 +254,14 @@ class FleetScreen(DvicScreen):
             return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
         except Exception:  # noqa: BLE001 - cursor outside the rows while the table changes
             return None
+
+    def targets(self) -> list[str]:
+        """The marked nodes that still exist, or else the node under the cursor."""
+        marked = [nid for nid in self.marked if nid in self.dvic.fleet.nodes]
+        if marked:
+            return sorted(marked, key=lambda n: str(self.dvic.fleet.nodes[n].get("name")))
+        nid = self.selected_id()
+        return [nid] if nid else []
 
     def shown_ids(self) -> list[str]:
         return [str(r.key.value) for r in self.query_one(DataTable).ordered_rows]
@@ -330,6 +351,67 @@ class FleetScreen(DvicScreen):
         nid = self.selected_id()
         if nid:
             self.dvic.toggle_maintenance(nid)
+
+    # -- act ---------------------------------------------------------------------------------
+    def _refresh_row(self, nid: str) -> None:
+        node = self.dvic.fleet.nodes.get(nid)
+        if node is not None:
+            self._apply(node, time.time())
+        self._update_summary()
+
+    def action_mark(self) -> None:
+        nid = self.selected_id()
+        if nid is None:
+            return
+        self.marked.symmetric_difference_update({nid})
+        self._refresh_row(nid)
+        table = self.query_one(DataTable)
+        table.move_cursor(row=min(table.cursor_row + 1, table.row_count - 1))
+
+    def action_clear_marks(self) -> None:
+        marked, self.marked = self.marked, set()
+        for nid in marked:
+            self._refresh_row(nid)
+
+    def action_run(self) -> None:
+        nodes = self.targets()
+        if nodes:
+            self.dvic.open_run({"nodes": nodes})
+
+    def _group_target(self) -> dict[str, Any]:
+        """The fleet-wide target: the group filtered on, or every node."""
+        if self.filter.group is not None:
+            return {"group": self.filter.group}
+        return {"all": True}
+
+    def action_run_group(self) -> None:
+        self.dvic.open_run(self._group_target())
+
+    def action_shell(self) -> None:
+        nid = self.selected_id()
+        if nid:
+            self.dvic.open_shell(nid)
+
+    def action_reboot(self) -> None:
+        self.dvic.request_action(self.targets(), "reboot")
+
+    def action_demo_action(self) -> None:
+        nodes = self.targets()
+        if len(nodes) == 1:
+            self.dvic.open_node(nodes[0], tab="demos")
+        elif nodes:
+            self.notify("demo actions are chosen per node: open the node (enter), Demos tab, D", markup=False)
+
+    def action_update(self) -> None:
+        nodes = self.targets()
+        if nodes:
+            self.dvic.update_daemon({"nodes": nodes})
+
+    def action_update_group(self) -> None:
+        self.dvic.update_daemon(self._group_target())
+
+    def action_actions(self) -> None:
+        self.dvic.open_actions()
 
     def action_admin(self) -> None:
         self.dvic.open_admin()

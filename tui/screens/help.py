@@ -15,16 +15,27 @@ ABOUT = ("DVIC Demo Monitor — keys below; ctrl+p opens the command palette (ev
 
 
 def key_table(title: str, bindings: list[Binding]) -> Table:
-    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(style="bold cyan", no_wrap=True)
-    table.add_column()
+    """The keys and what they do; long lists in two column pairs so the help fits 80x24."""
+    rows: list[tuple[str, str]] = []
     seen: set[str] = set()
     for b in bindings:
         if b.key in seen or not b.description:
             continue
         seen.add(b.key)
         keys = ", ".join(k.replace("slash", "/").replace("question_mark", "?") for k in b.key.split(","))
-        table.add_row(keys, b.description)
+        rows.append((keys, b.description))
+    pairs = 2 if len(rows) > 8 else 1
+    table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))
+    for _ in range(pairs):
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column()
+    per_column = -(-len(rows) // pairs)
+    for i in range(per_column):
+        cells: list[str] = []
+        for p in range(pairs):
+            j = i + p * per_column
+            cells += list(rows[j]) if j < len(rows) else ["", ""]
+        table.add_row(*cells)
     return table
 
 

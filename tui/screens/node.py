@@ -13,9 +13,14 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, TabPane
 
 from tui import fmt
+from tui.act import ACTIONS, DEMO_ACTIONS
 from tui.client import ApiError
+from tui.remote_cli import command_text
+from tui.screens.actions import COLUMNS as ACTION_COLUMNS
+from tui.screens.actions import fill_actions_table
 from tui.screens.base import DvicScreen
-from tui.textsafe import literal
+from tui.screens.dialogs import ChoiceDialog
+from tui.textsafe import clean, literal
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.chart import MetricChart
 from tui.widgets.log_view import LogView
@@ -42,11 +47,20 @@ class NodeScreen(DvicScreen):
         Binding("l", "logs", "Logs"),
         Binding("m", "maintenance", "Maint."),
         Binding("r", "refresh", "Refresh", show=False),
+        Binding("x", "run", "Run"),
+        Binding("h", "shell", "Shell"),
+        Binding("b", "reboot", "Reboot", show=False),
+        Binding("D", "demo_action", "Demo action", show=False),
+        Binding("u", "update", "Update daemon", show=False),
+        Binding("c", "tab('commands')", "Commands", show=False),
+        Binding("a", "tab('actions')", "Actions", show=False),
     ]
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, tab: str = "overview") -> None:
         super().__init__(id=f"node-{node_id}")
         self.node_id = node_id
+        self.initial_tab = tab
+        self.actions: list[dict[str, Any]] = []
         self.detail: dict[str, Any] = {}
         self.range_index = 1
         self._last_detail = 0.0
@@ -54,7 +68,7 @@ class NodeScreen(DvicScreen):
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
         yield Static(id="node-title")
-        with TabbedContent(initial="overview"):
+        with TabbedContent(initial=self.initial_tab):
             with TabPane("Overview", id="overview"), Horizontal():
                 with VerticalScroll(id="facts-box"):
                     yield Static(id="facts")
@@ -75,6 +89,17 @@ class NodeScreen(DvicScreen):
                 for key, label in (("time", "Time"), ("kind", "Kind"), ("message", "Message")):
                     events.add_column(label, key=key)
                 yield events
+            with TabPane("Commands", id="commands"):
+                cmds: DataTable[Any] = DataTable(id="cmd-table", cursor_type="row", zebra_stripes=True)
+                for key, label in (("time", "Time"), ("who", "Operator"), ("command", "Command"),
+                                   ("ok", "OK"), ("state", "State")):
+                    cmds.add_column(label, key=key)
+                yield cmds
+            with TabPane("Actions", id="actions"):
+                acts: DataTable[Any] = DataTable(id="node-actions", cursor_type="row", zebra_stripes=True)
+                for key, label, width in ACTION_COLUMNS:
+                    acts.add_column(label, key=key, width=width)
+                yield acts
         yield Footer()
 
     def on_mount(self) -> None:
@@ -87,6 +112,7 @@ class NodeScreen(DvicScreen):
         self.load_detail()
         self.load_metrics()
         self.load_history()
+        self.load_acts()
 
     def log_subscription(self) -> list[str]:
         return [self.node_id]
@@ -131,6 +157,31 @@ class NodeScreen(DvicScreen):
         table.clear()
         for ev in reversed(events["events"]):
             self._add_event(ev)
+
+    @work(exclusive=True, group="acts")
+    async def load_acts(self) -> None:
+        """Commands and actions history of this node."""
+        try:
+            commands = await self.dvic.api.commands(node=self.node_id, limit=100)
+            self.actions = await self.dvic.api.actions(node=self.node_id)
+        except ApiError as exc:
+            if exc.status != 403:  # viewers may not list commands: the tab stays empty
+                self.notify(f"commands/actions: {exc.message}", severity="error", markup=False)
+            return
+        table = self.query_one("#cmd-table", DataTable)
+        table.clear()
+        for cmd in commands:
+            done = bool(cmd.get("done"))
+            ok, total = int(cmd.get("ok") or 0), int(cmd.get("nodes") or 0)
+            table.add_row(Text(fmt.stamp(cmd.get("created_at")), style="dim"), literal(cmd.get("operator", "")),
+                          literal(command_text(cmd)), Text(f"{ok}/{total}", style="green" if ok == total else "red"),
+                          Text("done" if done else "running", style="dim" if done else "yellow"),
+                          key=str(cmd.get("id")))
+        self._show_actions()
+
+    def _show_actions(self) -> None:
+        version = str(self.detail.get("daemon_version") or "-")
+        fill_actions_table(self.query_one("#node-actions", DataTable), self.actions, {self.node_id: version})
 
     # -- rendering -----------------------------------------------------------------------------
     def _show_title(self) -> None:
@@ -222,6 +273,8 @@ class NodeScreen(DvicScreen):
     def live_event(self, event: dict[str, Any]) -> None:
         if event.get("node") == self.node_id:
             self._add_event(event)
+            if str(event.get("kind", "")).startswith("action_"):
+                self.load_acts()
 
     # -- actions -------------------------------------------------------------------------------
     def action_back(self) -> None:
@@ -234,6 +287,9 @@ class NodeScreen(DvicScreen):
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        tables = self.query_one(f"#{tab}", TabPane).query(DataTable)
+        if tables:  # keys like enter and D act on the tab's table
+            tables.first().focus()
 
     def action_logs(self) -> None:
         self.dvic.open_logs(self.node_id)
@@ -245,6 +301,54 @@ class NodeScreen(DvicScreen):
         self.load_detail()
         self.load_metrics()
         self.load_history()
+        self.load_acts()
+
+    def action_run(self) -> None:
+        self.dvic.open_run({"nodes": [self.node_id]})
+
+    def action_shell(self) -> None:
+        self.dvic.open_shell(self.node_id)
+
+    def action_reboot(self) -> None:
+        self.dvic.request_action([self.node_id], "reboot")
+
+    def action_update(self) -> None:
+        self.dvic.update_daemon({"nodes": [self.node_id]})
+
+    def selected_demo(self) -> str | None:
+        """The name of the demo under the cursor of the Demos tab."""
+        table = self.query_one("#demo-table", DataTable)
+        if table.row_count == 0:
+            return None
+        key = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        demos = self.detail.get("demos_list") if isinstance(self.detail.get("demos_list"), list) else []
+        return next((str(d.get("name")) for d in demos if isinstance(d, dict) and str(d.get("token")) == key), None)
+
+    @work(group="node-act")
+    async def action_demo_action(self) -> None:
+        tabs = self.query_one(TabbedContent)
+        if tabs.active != "demos":
+            tabs.active = "demos"
+            self.notify("pick a demo, then D again", markup=False)
+            return
+        demo = self.selected_demo()
+        if demo is None:
+            self.notify("this node reports no demo", severity="warning")
+            return
+        labels = [ACTIONS[a] for a in DEMO_ACTIONS]
+        picked = await self.app.push_screen_wait(ChoiceDialog(f"Demo {clean(demo, single_line=True)}:", labels))
+        if picked:
+            self.dvic.request_action([self.node_id], DEMO_ACTIONS[labels.index(picked)], demo=demo)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id in ("commands", "actions"):
+            self.load_acts()
+
+    @on(DataTable.RowSelected, "#cmd-table")
+    def _command_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.dvic.open_run(command_id=str(event.row_key.value))
 
     @on(DataTable.RowSelected, "#demo-table")
     def _demo_selected(self, event: DataTable.RowSelected) -> None:

@@ -1,0 +1,124 @@
+"""Tracked actions (reboot, demo start/stop/restart, daemon updates) with their states, live.
+
+States come from `GET /api/v1/actions`, re-read when an `action_*` event arrives on the live
+stream and, while any action is unfinished, every few seconds (a lost action has no event until
+its deadline). Each row also shows the node's daemon version, so an update can be watched landing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Static
+
+from tui import fmt
+from tui.act import ACTION_STYLE, action_final
+from tui.client import ApiError
+from tui.screens.base import DvicScreen
+from tui.textsafe import literal
+from tui.widgets.banner import ConnectionBanner
+
+REFRESH_S = 2.0
+
+COLUMNS = (("when", "Updated", 9), ("node", "Node", 18), ("action", "Action", 14), ("demo", "Demo", 14),
+           ("state", "State", 12), ("version", "Daemon", 9), ("message", "Message", None))
+
+
+def fill_actions_table(table: DataTable[Any], actions: list[dict[str, Any]], versions: dict[str, str]) -> None:
+    """(Re)fills a table made with `COLUMNS`: newest first, literal node text."""
+    table.clear()
+    for act in sorted(actions, key=lambda a: -float(a.get("requested_at") or 0)):
+        state = str(act.get("state", "?"))
+        table.add_row(
+            Text(fmt.clock(act.get("updated_at")), style="dim"),
+            literal(act.get("node_name") or act.get("node") or "?", style="bold"),
+            literal(act.get("action", "?")),
+            literal(act.get("demo") or "-"),
+            literal(state, style=ACTION_STYLE.get(state, "")),
+            literal(versions.get(str(act.get("node")), "-")),
+            literal(act.get("message") or ""),
+            key=str(act.get("id")),
+        )
+
+
+class ActionsScreen(DvicScreen):
+    BINDINGS = [Binding("escape", "back", "Back"), Binding("r", "reload", "Reload")]
+
+    def __init__(self, node_id: str | None = None, highlight: list[str] | None = None) -> None:
+        super().__init__(classes="actions-screen")
+        self.node_id = node_id
+        self.highlight = set(highlight or [])  # ids just requested: the title counts them
+        self.actions: list[dict[str, Any]] = []
+        self._last = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBanner()
+        yield Static(id="actions-title")
+        table: DataTable[Any] = DataTable(id="actions-table", cursor_type="row", zebra_stripes=True)
+        for key, label, width in COLUMNS:
+            table.add_column(label, key=key, width=width)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one(DataTable).focus()
+        self.reload()
+        self.set_interval(REFRESH_S, self._tick)
+
+    def _versions(self) -> dict[str, str]:
+        return {nid: str(n.get("daemon_version") or "-") for nid, n in self.dvic.fleet.nodes.items()}
+
+    @work(exclusive=True, group="actions")
+    async def reload(self) -> None:
+        self._last = time.monotonic()
+        try:
+            self.actions = await self.dvic.api.actions(node=self.node_id)
+        except ApiError as exc:
+            self.notify(f"actions: {exc.message}", severity="error", markup=False)
+            return
+        fill_actions_table(self.query_one(DataTable), self.actions, self._versions())
+        self._title()
+
+    def _title(self) -> None:
+        where = "all nodes"
+        if self.node_id:
+            where = str(self.dvic.fleet.nodes.get(self.node_id, {}).get("name", self.node_id))
+        text = Text("Actions on ", style="bold")
+        text.append_text(literal(where))
+        mine = [a for a in self.actions if a.get("id") in self.highlight]
+        if mine:
+            done = sum(1 for a in mine if a.get("state") == "done")
+            final = sum(1 for a in mine if action_final(a))
+            text.append(f"  │ requested now: {done}/{len(mine)} done, {final}/{len(mine)} finished",
+                        style="green" if final == len(mine) else "yellow")
+        open_ = sum(1 for a in self.actions if not action_final(a))
+        if open_:
+            text.append(f"  │ {open_} in progress", style="yellow")
+        self.query_one("#actions-title", Static).update(text)
+
+    def _tick(self) -> None:
+        if any(not action_final(a) for a in self.actions) and time.monotonic() - self._last >= REFRESH_S:
+            self.reload()
+
+    def live_event(self, event: dict[str, Any]) -> None:
+        if str(event.get("kind", "")).startswith("action_") and (
+                self.node_id is None or event.get("node") == self.node_id):
+            self.reload()
+
+    def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
+        # A daemon version changes when an update lands: show it.
+        mentioned = {str(a.get("node")) for a in self.actions}
+        if self.is_mounted and any(str(n.get("id")) in mentioned for n in nodes):
+            fill_actions_table(self.query_one(DataTable), self.actions, self._versions())
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_reload(self) -> None:
+        self.reload()
