@@ -18,9 +18,11 @@ from .models import (
     NODE_KINDS,
     AddNodeRequest,
     AddNodeResult,
+    Jump,
     ProgressCallback,
     RemoveNodeRequest,
     StepStatus,
+    ViaNode,
 )
 from .paths import NodeLayout, known_hosts_path
 from .remote import run_script
@@ -87,6 +89,14 @@ def daemon_version(text: str) -> str:
     return match.group(1) if match else ""
 
 
+def _through(source: object) -> str:
+    if isinstance(source, ViaNode):
+        return f" through node {source.node}"
+    if isinstance(source, Jump):
+        return f" through jump host {source.host}:{source.port}"
+    return ""
+
+
 def _read_text(step: str, what: str, path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -142,7 +152,7 @@ async def _add_node(
             known_hosts=store, expect_host_key=req.expect_host_key, confirm=req.confirm_host_key,
             connect_timeout=req.connect_timeout, via_factory=_via_factory(api),
         ))
-        step.message = f"{req.user}@{req.host}:{req.port}"
+        step.message = f"{req.user}@{req.host}:{req.port}" + _through(req.source)
 
     async with runner.run("check") as step:
         facts = (await run_script(conn, script("check"), "check", password=req.password, step="check")).facts

@@ -19,9 +19,6 @@ from .sshd import Sshd
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Until the daemon opens tunnels (protocol.md section 6) it answers "unsupported": then the
-# test checks that the operator is told so, clearly, and that nothing was enrolled.
-DAEMON_HAS_TUNNELS = "tunnel_open" in DEFAULT_DAEMON_SOURCE.read_text()
 
 
 @pytest.fixture
@@ -63,13 +60,8 @@ def test_add_node_via_a_fleet_node(
              target_sshd.fingerprint, "--no-systemd", "--prefix", str(prefix)],
             input=PASSWORD + "\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=90)
         print(done.stdout, done.stderr)
-        if not DAEMON_HAS_TUNNELS:
-            assert done.returncode == 1
-            assert "does not support tunnels" in done.stderr and "--jump" in done.stderr
-            status, _ = tunnel_server.api("GET", "/api/v1/nodes/behind-relay")
-            assert status == 404
-            return
         assert done.returncode == 0, done.stderr
+        assert "through node relay" in done.stdout
         assert tunnel_server.node("behind-relay")["state"] == "online"
         assert daemon_pid(prefix) is not None
     finally:
