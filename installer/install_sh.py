@@ -194,7 +194,7 @@ rollback() {
     if [ "$INIT" = systemd ]; then systemctl daemon-reload >/dev/null 2>&1; fi
     for d in $CREATED_DIRS; do rm -rf "$d"; done
     if [ "$WAS_RUNNING" = 1 ]; then start_daemon >/dev/null 2>&1 || true; fi
-    say rollback done
+    say rollback finished
 }
 
 on_exit() {

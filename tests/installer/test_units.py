@@ -227,3 +227,17 @@ def test_reported_address() -> None:
 
     assert _reported_address({"facts": {"ips": ["127.0.0.1", "::1", "10.0.0.42", "10.0.0.43"]}}) == "10.0.0.42"
     assert _reported_address({"facts": {}}) == "" and _reported_address({}) == ""
+
+
+def test_install_script_passes_shellcheck(tmp_path: Path) -> None:
+    import shutil
+
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed")
+    for init in ("systemd", "none"):
+        script = tmp_path / f"install-{init}.sh"
+        script.write_text(render_script("install", layout=LAYOUT, init=init, target_path=PATH, daemon_text="x\n",
+                                        unit_text="[Service]\n", bundle={"node_id": "n"}))
+        done = subprocess.run(["shellcheck", "-s", "sh", "-S", "warning", str(script)], capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stdout
