@@ -1,0 +1,214 @@
+"""Remote control end to end: the real central server, the real daemon, an operator's API calls and websockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import socketserver
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from daemon_support import DaemonProcess, write_bundle
+from node_support import wait_until_sync
+
+from tests.support.server import CentralServer
+
+
+class EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            if data.startswith(b"quit"):
+                return
+            self.request.sendall(data)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fleet:
+    """One server that allows tunnels to an echo port and a closed port, and one connected daemon."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.echo = socketserver.ThreadingTCPServer(("127.0.0.1", 0), EchoHandler)
+        self.echo.daemon_threads = True
+        threading.Thread(target=self.echo.serve_forever, daemon=True).start()
+        self.echo_port = self.echo.server_address[1]
+        self.closed_port = free_port()
+        self.server = CentralServer(tmp / "central", interval=1.0, extra_args=(
+            "--tunnel-port", str(self.echo_port), "--tunnel-port", str(self.closed_port))).start()
+        bundle = self.server.enroll("remote-a")
+        self.node_id = bundle["node_id"]
+        (tmp / "logs").mkdir()
+        self.daemon = DaemonProcess(sys.executable, write_bundle(tmp / "remote-a.json", bundle), tmp / "state",
+                                    tmp / "logs").start()
+        wait_until_sync(lambda: self.server.node(self.node_id)["connected"], 20, "the daemon connected")
+
+    def close(self) -> None:
+        self.daemon.stop()
+        self.server.stop()
+        self.echo.shutdown()
+        self.echo.server_close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    f = Fleet(tmp_path_factory.mktemp("remote-e2e"))
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def finished(server: CentralServer, command_id: str, timeout: float = 30) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status, body = server.api("GET", f"/api/v1/commands/{command_id}")
+        assert status == 200, body
+        return body if body["done"] else None
+
+    return wait_until_sync(done, timeout, "the command to finish", interval=0.1)  # type: ignore[return-value]
+
+
+def test_a_command_runs_streams_and_is_stored(fleet: Fleet) -> None:
+    server = fleet.server
+    status, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["remote-a"], "timeout": 20,
+                                                          "argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]})
+    assert status == 201, cmd
+    run = finished(server, cmd["id"])["runs"][0]
+    assert (run["state"], run["code"]) == ("exited", 3)
+    assert {(o["stream"], o["data"]) for o in run["output"]} == {("stdout", "out\n"), ("stderr", "err\n")}
+
+    status, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["remote-a"], "timeout": 1, "shell": "sleep 30"})
+    assert finished(server, cmd["id"])["runs"][0]["state"] == "timeout"
+
+    status, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["remote-a"], "timeout": 60, "shell": "sleep 30"})
+    wait_until_sync(lambda: server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]["state"] == "running",
+                    15, "the command running")
+    assert server.api("POST", f"/api/v1/commands/{cmd['id']}/cancel")[0] == 200
+    assert finished(server, cmd["id"])["runs"][0]["state"] == "cancelled"
+
+
+async def ws_text(ws: aiohttp.ClientWebSocketResponse, timeout: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # skips binary frames
+        msg = await ws.receive(timeout=deadline - time.monotonic())
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            return json.loads(msg.data)
+        assert msg.type == aiohttp.WSMsgType.BINARY, msg
+    raise AssertionError("no text frame")
+
+
+async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout: float = 15) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        assert msg.type == aiohttp.WSMsgType.BINARY, (msg, seen[-300:])
+        seen += msg.data
+    return seen
+
+
+def session(server: CentralServer) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.admin_token}"},
+                                 connector=aiohttp.TCPConnector(ssl=server.ssl_context))
+
+
+async def test_a_shell_through_the_server(fleet: Fleet) -> None:
+    server = fleet.server
+    async with session(server) as http, http.ws_connect(
+            f"{server.url}/api/v1/nodes/remote-a/shell", params={"cols": "90", "rows": "25"}) as ws:
+        assert (await ws_text(ws))["type"] == "opened"
+        await ws.send_bytes(b"unset HISTFILE; stty size\n")
+        await read_until(ws, b"25 90")
+        await ws.send_str(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+        await ws.send_bytes(b"stty size\n")
+        await read_until(ws, b"40 120")
+        await ws.send_bytes(b"exit 5\n")
+        end = await ws_text(ws)
+        assert end["type"] == "exit" and end["code"] == 5
+
+
+async def test_a_tunnel_to_an_echo_server_and_a_refused_port(fleet: Fleet) -> None:
+    server = fleet.server
+    async with session(server) as http:
+        async with http.ws_connect(f"{server.url}/api/v1/nodes/remote-a/tunnel",
+                                   params={"host": "127.0.0.1", "port": str(fleet.echo_port)}) as ws:
+            assert (await ws_text(ws))["type"] == "opened"
+            payload = bytes(range(256)) * 800  # 200 KiB: several 48 KiB frames each way
+            await ws.send_bytes(payload)
+            got = b""
+            while len(got) < len(payload):
+                msg = await ws.receive(timeout=15)
+                assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                got += msg.data
+            assert got == payload
+            await ws.send_bytes(b"quit")  # the echo server hangs up: the node says so
+            end = await ws_text(ws)
+            assert end["type"] == "closed" and f"127.0.0.1:{fleet.echo_port}" in end["message"]
+        async with http.ws_connect(f"{server.url}/api/v1/nodes/remote-a/tunnel",
+                                   params={"host": "127.0.0.1", "port": str(fleet.closed_port)}) as ws:
+            end = await ws_text(ws)
+            assert end["type"] == "closed" and "refused" in end["message"], end
+    assert fleet.daemon.running()
+
+
+def action_of(server: CentralServer, node: str, action_id: str) -> dict[str, Any]:
+    status, body = server.api("GET", f"/api/v1/actions?node={node}")
+    assert status == 200, body
+    return next(a for a in body["actions"] if a["id"] == action_id)
+
+
+def test_reboot_goes_through_its_states_and_demo_actions_run_as_configured(
+        fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = fleet.server
+    bundle = server.enroll("remote-b")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    started = tmp_path / "kiosk-started"
+    (state / "demos.json").write_text(json.dumps({
+        "kiosk": {"start": f"echo yes > {started}", "stop": "echo cannot stop >&2; exit 4"},
+        "robot": {"unit": "dvic-test-no-such-unit.service"}}))
+    # the simulated reboot: the daemon is stopped by its own reboot command; it comes back with a new boot time
+    (tmp_path / "logs").mkdir()
+    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "b.json", bundle), state, tmp_path / "logs",
+                           ("--reboot-command", "kill -TERM $PPID"))
+    monkeypatch.setenv("DVIC_NODE_TEST_BOOT_TIME", "1000.0")
+    daemon.start()
+    try:
+        wait_until_sync(lambda: server.node("remote-b")["connected"], 20, "remote-b connected")
+        assert server.node("remote-b")["facts"]["boot_time"] == 1000.0
+
+        status, action = server.api("POST", "/api/v1/nodes/remote-b/actions", {"action": "start_demo", "demo": "kiosk"})
+        assert status == 201, action
+        wait_until_sync(lambda: action_of(server, "remote-b", action["id"])["state"] == "done", 20, "start done")
+        assert started.read_text() == "yes\n"
+        for kind, demo, words in (("stop_demo", "kiosk", "exit code 4: cannot stop"),
+                                  ("restart_demo", "ghost", "'ghost' is not configured on this node"),
+                                  ("restart_demo", "kiosk", "restart kiosk: exit code 4"),  # stop, then start
+                                  ("start_demo", "robot", "start robot: ")):
+            _, action = server.api("POST", "/api/v1/nodes/remote-b/actions", {"action": kind, "demo": demo})
+            final = wait_until_sync(lambda a=action: (x := action_of(server, "remote-b", a["id"]))["state"]
+                                    in ("done", "failed") and x, 20, f"{kind} {demo} final")
+            assert final["state"] == "failed" and words in final["message"], final
+
+        _, action = server.api("POST", "/api/v1/nodes/remote-b/actions", {"action": "reboot"})
+        wait_until_sync(lambda: action_of(server, "remote-b", action["id"])["state"] == "in_progress", 20,
+                        "reboot in progress")
+        assert daemon.proc is not None
+        daemon.proc.wait(timeout=30)  # the reboot command stopped it
+        daemon.proc = None
+        monkeypatch.setenv("DVIC_NODE_TEST_BOOT_TIME", "2000.0")
+        daemon.start()
+        final = wait_until_sync(lambda: (a := action_of(server, "remote-b", action["id"]))["state"] == "done" and a,
+                                30, "reboot done")
+        assert "came back" in final["message"]
+    finally:
+        daemon.stop()
