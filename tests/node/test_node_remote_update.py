@@ -1,0 +1,156 @@
+"""Self-update of the real daemon from the real server: rolled out, refused when unsafe, rolled back when broken."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dvic_node
+import pytest
+from daemon_support import NODE_SCRIPT, DaemonProcess, write_bundle
+from node_support import wait_until_sync
+
+from tests.support.server import CentralServer
+
+ORIGINAL = NODE_SCRIPT.read_bytes()
+
+
+def variant(version: str, replace: tuple[bytes, bytes] | None = None) -> bytes:
+    data = ORIGINAL.replace(b'VERSION = "0.1.0"', b'VERSION = "%s"' % version.encode(), 1)
+    if replace:
+        assert replace[0] in data
+        data = data.replace(*replace, 1)
+    return data
+
+
+def publish(server: CentralServer, data: bytes) -> dict[str, Any]:
+    req = urllib.request.Request(server.url + "/api/v1/release", data=data, method="POST",
+                                 headers={"Authorization": f"Bearer {server.admin_token}"})
+    with urllib.request.urlopen(req, context=server.ssl_context, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
+    srv = CentralServer(tmp_path_factory.mktemp("update") / "central", interval=1.0).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class Node:
+    """A daemon running from its own copy of dvic_node.py (the file an update replaces)."""
+
+    def __init__(self, server: CentralServer, tmp: Path, name: str, source: bytes = ORIGINAL,
+                 deadline: float = 60) -> None:
+        self.server = server
+        self.name = name
+        bundle = server.enroll(name)
+        self.file = tmp / "opt" / "dvic_node.py"
+        self.file.parent.mkdir(parents=True)
+        self.file.write_bytes(source)
+        (tmp / "logs").mkdir(parents=True)
+        self.state = tmp / "state"
+        self.daemon = DaemonProcess(sys.executable, write_bundle(tmp / "bundle.json", bundle), self.state,
+                                    tmp / "logs", ("--update-deadline", str(deadline)))
+        self.daemon.args[1] = str(self.file)
+
+    def __enter__(self) -> Node:
+        self.daemon.start()
+        wait_until_sync(lambda: self.server.node(self.name)["connected"], 20, f"{self.name} connected")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.daemon.stop()
+
+    def update(self) -> dict[str, Any]:
+        """POST /api/v1/update for this node; returns the action once final."""
+        status, body = self.server.api("POST", "/api/v1/update", {"nodes": [self.name]})
+        assert status == 201, body
+        (action,) = body["actions"]
+
+        def final() -> dict[str, Any] | None:
+            _, acts = self.server.api("GET", f"/api/v1/actions?node={self.name}")
+            found = next(a for a in acts["actions"] if a["id"] == action["id"])
+            return found if found["state"] in ("done", "failed", "lost") else None
+
+        return wait_until_sync(final, 60, "the update to finish", interval=0.2)  # type: ignore[return-value]
+
+
+def test_a_signed_newer_release_rolls_out(server: CentralServer, tmp_path: Path) -> None:
+    publish(server, variant("0.2.0"))
+    with Node(server, tmp_path, "up-good") as node:
+        pid = node.daemon.proc.pid  # type: ignore[union-attr]
+        action = node.update()
+        assert action["state"] == "done" and "0.2.0" in action["message"], action
+        assert server.node("up-good")["daemon_version"] == "0.2.0"
+        assert node.file.read_bytes() == variant("0.2.0")
+        assert (node.file.parent / "dvic_node.py.prev").read_bytes() == ORIGINAL
+        assert node.daemon.proc.pid == pid and node.daemon.running()  # type: ignore[union-attr]  # re-executed
+        wait_until_sync(lambda: not (node.state / "update.json").exists(), 10, "the update confirmed")
+        log = node.daemon.log()
+        assert "verified" in log and "restarting into version 0.2.0" in log
+
+
+def test_tampered_unsigned_and_older_releases_are_refused(server: CentralServer, tmp_path: Path) -> None:
+    meta_path = server.data_dir / "daemon" / "release.json"
+    file_path = server.data_dir / "daemon" / "dvic_node.py"
+    publish(server, variant("0.3.0"))
+    with Node(server, tmp_path / "a", "up-refuse") as node:
+        file_path.write_bytes(variant("0.3.0") + b"# tampered\n")  # the announced sha256 no longer matches
+        action = node.update()
+        assert action["state"] == "failed" and "refused: sha256 mismatch" in action["message"], action
+
+        meta = json.loads(meta_path.read_text())  # a matching hash, but a signature of other bytes
+        meta["sha256"] = __import__("hashlib").sha256(file_path.read_bytes()).hexdigest()
+        meta_path.write_text(json.dumps(meta))
+        action = node.update()
+        assert action["state"] == "failed" and "refused: bad signature" in action["message"], action
+        assert node.file.read_bytes() == ORIGINAL and not (node.file.parent / "dvic_node.py.prev").exists()
+    publish(server, variant("0.3.1"))
+    with Node(server, tmp_path / "b", "up-newer", source=variant("9.9.9")) as node:
+        action = node.update()
+        assert action["state"] == "failed" and "not newer than the running 9.9.9" in action["message"], action
+        assert node.file.read_bytes() == variant("9.9.9")
+
+
+@pytest.mark.slow
+def test_a_release_that_cannot_connect_is_rolled_back(server: CentralServer, tmp_path: Path) -> None:
+    # signed and newer, but it speaks a protocol the server refuses: it never gets a welcome
+    publish(server, variant("0.4.0", (b"PROTOCOL = 1\n", b"PROTOCOL = 77\n")))
+    with Node(server, tmp_path, "up-broken", deadline=3) as node:
+        pid = node.daemon.proc.pid  # type: ignore[union-attr]
+        action = node.update()
+        assert action["state"] == "failed" and action["message"].startswith("rolled_back: version 0.4.0 was not "
+                                                                            "welcomed"), action
+        assert node.file.read_bytes() == ORIGINAL
+        assert server.node("up-broken")["daemon_version"] == "0.1.0"
+        assert node.daemon.proc.pid == pid and node.daemon.running()  # type: ignore[union-attr]
+        wait_until_sync(lambda: not (node.state / "update.json").exists(), 10, "the rollback reported")
+
+
+def test_key_rotation_endorsements_lead_from_the_pinned_key_to_the_new_one(tmp_path: Path) -> None:
+    srv = CentralServer(tmp_path / "central").start()
+    try:
+        pinned = srv.enroll("rot")["release_key"]
+        publish(srv, variant("0.5.0"))
+        assert srv.api("POST", "/api/v1/release/rotate-key")[0] == 201
+        assert srv.api("POST", "/api/v1/release/rotate-key")[0] == 201
+        _, info = srv.api("GET", "/api/v1/release")
+        data = (srv.data_dir / "daemon" / "dvic_node.py").read_bytes()
+        signature = json.loads((srv.data_dir / "daemon" / "release.json").read_text())["signature"]
+        assert not dvic_node.rsa_verify_sha256(data, signature, pinned)  # signed by the newest key only
+        chain = dvic_node.follow_endorsements(pinned, info["endorsements"])
+        assert len(chain) == 3 and chain[-1] == info["release_key"]
+        assert dvic_node.rsa_verify_sha256(data, signature, chain[-1])
+        # an endorsement not signed by the key before it is not followed
+        forged = [dict(info["endorsements"][1])]
+        assert dvic_node.follow_endorsements(pinned, forged) == [pinned]
+        assert not dvic_node.rsa_verify_sha256(data[:-1] + b"#", signature, chain[-1])
+    finally:
+        srv.stop()
