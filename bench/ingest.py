@@ -54,16 +54,13 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
                   batches_per_commit: int, *, bulk_fts: bool = False) -> DirectResult:
     """Insert every node's lines round-robin, the order the server sees them, in batched commits.
 
-    `bulk_fts` is a what-if, not the server's code: the full-text index is filled with one
-    INSERT ... SELECT per commit instead of the schema's per-row trigger.
+    `bulk_fts` was a what-if for indexing the full-text table once per batch; the server does that
+    itself since schema migration 3 (store.insert_logs), so it no longer changes anything.
     """
     conn = sqlite3.connect(path, isolation_level=None)
     # The writer's own settings (central/writer.py), so both sides pay the same durability.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
-    if bulk_fts:
-        conn.execute("DROP TRIGGER logs_ai")
-    indexed = 0
     timed = 0.0
     commits = 0
     pending = 0
@@ -79,8 +76,6 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
                 store.insert_logs(node.node_id, lines)(conn)
                 pending += 1
                 if pending >= batches_per_commit:
-                    if bulk_fts:
-                        indexed = _index_new(conn, indexed)
                     conn.execute("COMMIT")
                     commits += 1
                     pending = 0
@@ -88,8 +83,6 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
                 total += count
         if pending:
             started = time.perf_counter()
-            if bulk_fts:
-                indexed = _index_new(conn, indexed)
             conn.execute("COMMIT")
             commits += 1
             timed += time.perf_counter() - started

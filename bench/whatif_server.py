@@ -23,7 +23,6 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from central import db, store
 from central.cli import main
 from central.writer import Writer
 
@@ -49,29 +48,7 @@ def metrics_without_waiting() -> None:
 
 
 def fts_in_bulk() -> None:
-    migrate = db.migrate
-    insert_logs = store.insert_logs
-
-    async def migrate_without_trigger(conn: Any) -> int:
-        version = await migrate(conn)
-        await conn.execute("DROP TRIGGER IF EXISTS logs_ai")
-        return version
-
-    def insert_then_index(node_id: str, lines: Any) -> store.WriteFn:
-        insert = insert_logs(node_id, lines)
-
-        def run(conn: sqlite3.Connection) -> int:
-            before = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
-            count = insert(conn)
-            # Replayed lines are ignored by INSERT OR IGNORE and get no id: only new rows are indexed.
-            conn.execute("INSERT INTO logs_fts (rowid, msg) SELECT id, msg FROM logs WHERE id > ?", (before,))
-            return count
-
-        return run
-
-    db.migrate = migrate_without_trigger  # type: ignore[assignment]
-    store.insert_logs = insert_then_index  # type: ignore[assignment]
-
+    """Formerly a what-if; the server indexes full text once per batch itself (schema migration 3)."""
 
 def _forget(task: asyncio.Future[Any]) -> None:
     _in_flight.discard(task)
