@@ -91,11 +91,6 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
     return DirectResult(total, timed, commits)
 
 
-def _index_new(conn: sqlite3.Connection, after_id: int) -> int:
-    conn.execute("INSERT INTO logs_fts (rowid, msg) SELECT id, msg FROM logs WHERE id > ?", (after_id,))
-    return int(conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0])
-
-
 def count_rows(path: Path) -> int:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
