@@ -2,7 +2,8 @@
 
 The console suspends itself (`App.suspend()`: its screen, input thread and terminal modes are put
 away), the shell relay of `tui/terminal.py` owns the terminal until the session ends, then the
-console resumes and repaints. Screen updates are batched meanwhile so nothing is drawn over the shell.
+console resumes and repaints. Live updates keep arriving meanwhile; the suspended driver does not
+draw them, and the repaint on resume shows the current state.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ async def shell(app: DvicApp, node_id: str) -> str:
     # Open before suspending: a refusal (maintenance, offline, role) is shown in the console.
     ws = await app.api.shell(node_id, cols, rows)
     try:
-        with app.batch_update(), app.suspend():
+        with app.suspend():
             _say(out_fd, BANNER.format(what=f"shell on {name}"))
             with terminal.RawMode(in_fd):
                 end = await terminal.relay(ws, in_fd, out_fd)
@@ -57,7 +58,7 @@ async def replay(app: DvicApp, session_id: str, speed: float = 1.0) -> str:
     except ValueError as exc:
         raise ApiError(0, "bad_recording", f"session {session_id}: {exc}") from None
     out_fd = sys.__stdout__.fileno()  # type: ignore[union-attr]
-    with app.batch_update(), app.suspend():
+    with app.suspend():
         _say(out_fd, BANNER.format(what=f"replay of session {session_id}") + "\r\n")
         result = await terminal.play(cast, out_fd, speed=speed, idle_limit=2.0)
         _say(out_fd, "\r\n[dvic] end of the recording.\r\n")
