@@ -3193,14 +3193,23 @@ class Updater:
             LOG.info("update: version %s welcomed by the server", VERSION)
 
 
+def process_gone(pid: int) -> bool:
+    """True when `pid` has exited (a zombie waiting for its parent counts as gone)."""
+    raw = read_text("/proc/%d/stat" % pid, 4096)
+    return raw is None or raw.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
 def update_watchdog(state_path: str, daemon_path: str, pid: int, argv: List[str], grace: float = 10.0) -> None:
-    """Forked before the restart, with this (old) code in memory: if the new file never gets as far as
-    being welcomed or rolling itself back (it crashes or hangs), restore the previous file and run it."""
+    """Forked before the restart, with this (old) code in memory: if the new file dies, or neither gets
+    welcomed nor rolls itself back by the deadline (+ grace), restore the previous file and run it.
+    Under systemd (INVOCATION_ID set) the restart is left to systemd; elsewhere this process becomes
+    the daemon."""
     try:
         os.setsid()  # not killed with the terminal/process group of the daemon
     except OSError:
         pass
     deadline = None  # type: Optional[float]
+    why = "the new version did not start"
     while True:
         raw = read_text(state_path)
         try:
@@ -3211,20 +3220,27 @@ def update_watchdog(state_path: str, daemon_path: str, pid: int, argv: List[str]
             os._exit(0)  # welcomed, or already rolled back
         if deadline is None:
             deadline = float(state.get("deadline", 0)) + grace
-        if time.time() > deadline:
+        if process_gone(pid):
+            why = "version %s exited before it was welcomed" % state.get("version")
             break
-        time.sleep(0.5)  # a lone watchdog process, not a test: polling a file is all it does
+        if time.time() > deadline:
+            why = "version %s hung: not welcomed and not rolled back" % state.get("version")
+            break
+        time.sleep(0.2)  # a lone watchdog process, not a test: polling a file is all it does
     try:
         with open(daemon_path + ".prev", "rb") as f:
             write_file_atomic(daemon_path, f.read(), stat.S_IMODE(os.stat(daemon_path).st_mode))
-        write_file_atomic(state_path, json.dumps(dict(state, phase="rolled_back", message=(
-            "the new version did not start or hung; restored by the watchdog"))).encode())
+        write_file_atomic(state_path, json.dumps(dict(state, phase="rolled_back",
+                                                      message=why + "; restored by the watchdog")).encode())
     except OSError:
         os._exit(1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    if not process_gone(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if os.environ.get("INVOCATION_ID"):  # systemd restarts the unit with the restored file
+        os._exit(0)
     os.execv(argv[0], argv)
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -107,7 +110,7 @@ def test_tampered_unsigned_and_older_releases_are_refused(server: CentralServer,
         assert action["state"] == "failed" and "refused: sha256 mismatch" in action["message"], action
 
         meta = json.loads(meta_path.read_text())  # a matching hash, but a signature of other bytes
-        meta["sha256"] = __import__("hashlib").sha256(file_path.read_bytes()).hexdigest()
+        meta["sha256"] = hashlib.sha256(file_path.read_bytes()).hexdigest()
         meta_path.write_text(json.dumps(meta))
         action = node.update()
         assert action["state"] == "failed" and "refused: bad signature" in action["message"], action
@@ -154,3 +157,36 @@ def test_key_rotation_endorsements_lead_from_the_pinned_key_to_the_new_one(tmp_p
         assert not dvic_node.rsa_verify_sha256(data[:-1] + b"#", signature, chain[-1])
     finally:
         srv.stop()
+
+
+def daemons_running(path: Path) -> list[int]:
+    """Pids of processes running the daemon file `path` (the watchdog's replacement is not our child)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and str(path).encode() in (d / "cmdline").read_bytes().split(b"\0"):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_a_release_that_dies_at_start_is_restored_by_the_watchdog(server: CentralServer, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INVOCATION_ID", raising=False)  # not under systemd: the watchdog restarts it itself
+    publish(server, variant("0.6.0", (b"\nimport argparse\n", b"\nraise SystemExit('broken release')\nimport argparse\n")))
+    with Node(server, tmp_path, "up-dies", deadline=60) as node:
+        first = node.daemon.proc.pid  # type: ignore[union-attr]
+        try:
+            action = node.update()
+            assert action["state"] == "failed", action
+            assert "rolled_back: version 0.6.0 exited before it was welcomed" in action["message"], action
+            assert node.file.read_bytes() == ORIGINAL
+            assert node.daemon.proc.wait(timeout=10) != 0  # type: ignore[union-attr]  # the broken one
+            assert "broken release" in node.daemon.log()
+            (replacement,) = daemons_running(node.file)  # the watchdog became the restored daemon
+            assert replacement != first and server.node("up-dies")["daemon_version"] == "0.1.0"
+        finally:
+            for pid in daemons_running(node.file):
+                os.kill(pid, signal.SIGTERM)
+            wait_until_sync(lambda: not daemons_running(node.file), 20, "the restored daemon stopped")
