@@ -35,8 +35,13 @@ def check_node_fields(name: Any, kind: Any, group: Any) -> tuple[str, str, str]:
 
 async def enroll_node(services: Services, name: Any, kind: Any = "desktop", group: Any = "") -> dict[str, Any]:
     name, kind, group = check_node_fields(name, kind, group)
-    if services.registry.get(name) is not None:
+    existing = services.registry.get(name)
+    if existing is not None and not existing.revoked:
         raise ApiError(409, "name_taken", f"a node named {name!r} already exists")
+    if existing is not None:
+        # A revoked node gives its name up (its history stays, under a suffixed name), so a
+        # machine can be enrolled again under the name people know it by.
+        await services.registry.rename(existing, f"{name}~revoked-{existing.id[:8]}")
     node_id = str(uuid.uuid4())
     issued = services.ca.issue_node(node_id)
     token = new_token("dvn")

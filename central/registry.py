@@ -118,6 +118,13 @@ class Registry:
         self._index(node)
         self.bus.publish({"type": "node", "node": node.summary()})
 
+    async def rename(self, node: NodeState, new_name: str) -> None:
+        await self.writer.submit(store.rename_node(node.id, new_name))
+        self._by_name.pop(node.name, None)
+        node.name = new_name
+        self._by_name[new_name] = node
+        self.publish(node)
+
     def all(self) -> list[NodeState]:
         return sorted(self._by_id.values(), key=lambda n: n.name)
 

@@ -42,6 +42,13 @@ def revoke_node(node_id: str, ts: float) -> WriteFn:
     return run
 
 
+def rename_node(node_id: str, name: str) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE nodes SET name = ? WHERE id = ?", (name, node_id))
+
+    return run
+
+
 def set_maintenance(node_id: str, on: bool) -> WriteFn:
     def run(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE nodes SET maintenance = ? WHERE id = ?", (1 if on else 0, node_id))

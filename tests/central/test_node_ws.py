@@ -111,6 +111,10 @@ async def test_revoked_node_is_closed_and_refused(central_server: CentralServer)
     assert central_server.node("pi-6")["revoked"] is True
     status, body = central_server.api("DELETE", "/api/v1/nodes/pi-6")
     assert status == 409 and body["error"]["code"] == "already_revoked"
+    # The machine can be enrolled again under its name; the revoked record keeps its history.
+    again = central_server.enroll("pi-6")
+    assert again["node_id"] != bundle["node_id"] and central_server.node("pi-6")["state"] == "new"
+    assert central_server.node(bundle["node_id"])["name"].startswith("pi-6~revoked-")
 
 
 async def test_metrics_demo_and_event_messages_reach_the_api(central_server: CentralServer):
