@@ -1374,12 +1374,24 @@ class FileFollower:
         except FileNotFoundError:
             if self._rotating():
                 return  # renamed to .1, the new file is not created yet: wait for it
-            self._flush_partial(out)
-            self.gone = True
+            if not self._drain_old(out):
+                self._flush_partial(out)
+                self.gone = True
             return
         if st.st_ino != self.ino or st.st_dev != self.dev:
-            self._flush_partial(out)
-            self._switch_pending = True
+            if not self._drain_old(out):
+                self._flush_partial(out)
+                self._switch_pending = True
+
+    def _drain_old(self, out: List[Line]) -> bool:
+        """Lines the writer appended between our read and its rotation (or deletion): read them from
+        the old descriptor first; True when there were some (the switch waits for the next call)."""
+        assert self.fd is not None
+        data = os.pread(self.fd, LINE_BUFFER_MAX, self.off)
+        if not data:
+            return False
+        self._split(data, out)
+        return True
 
     def _rotating(self) -> bool:
         """True when our file now lives at the rotated name (a writer's rename-then-create)."""
@@ -1656,10 +1668,13 @@ class DemoWatcher:
         if demo.header is None:
             demo.header = header
         elif rotated > demo.rotated + 1:  # whole files went by unread (docs/log-format.md, reader step 5)
-            self.report_error("demo %s (%s): %d rotated log file(s) were never read; the demo logged "
-                              "faster than they could be shipped" % (demo.name, demo.token,
-                                                                     rotated - demo.rotated - 1),
-                              {"token": demo.token, "missed_files": rotated - demo.rotated - 1})
+            missed = rotated - demo.rotated - 1
+            message = ("demo %s (%s): %d rotated log file(s) were never read; the demo logged faster than "
+                       "they could be shipped" % (demo.name, demo.token, missed))
+            LOG.warning("%s", message)
+            self.emit({"type": "event", "kind": "log_gap", "message": message,
+                       "data": {"token": demo.token, "demo": demo.name, "missed_files": missed,
+                                "from_rotation": demo.rotated + 1, "to_rotation": rotated - 1}})
         demo.rotated = max(demo.rotated, rotated)
         return True
 

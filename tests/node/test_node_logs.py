@@ -386,7 +386,48 @@ def test_rotations_never_read_are_reported(tmp_path: Path, demo_proc: subprocess
     for _ in range(3):
         step(w)
     assert [ln["msg"] for ln in spool.read(1)] == ["a", "c"]
-    assert len(rec.errors) == 1 and "1 rotated log file(s) were never read" in rec.errors[0]
+    (gap,) = [m for m in rec.messages if m["type"] == "event"]
+    assert gap["kind"] == "log_gap" and "1 rotated log file(s) were never read" in gap["message"]
+    assert gap["data"] == {"token": TOKEN, "demo": "robot-arm", "missed_files": 1, "from_rotation": 1,
+                           "to_rotation": 1}
+
+
+class RacingFollower(dvic_node.FileFollower):
+    """The writer appends a line and rotates exactly between our read to EOF and our look at the path."""
+
+    def __init__(self, path: str, race: list) -> None:
+        super().__init__(path)
+        self.race = race
+
+    def _check_path(self, out: list) -> None:
+        while self.race:
+            self.race.pop(0)()
+        super()._check_path(out)
+
+
+@pytest.mark.parametrize("then", ["rotate", "delete"])
+def test_a_line_written_just_before_a_rotation_or_deletion_is_not_lost(tmp_path: Path, then: str) -> None:
+    path = tmp_path / f"dvic_log_{TOKEN}"
+    path.write_bytes(record("a"))
+    race: list = []
+    f = RacingFollower(str(path), race)
+    f.open()
+    assert texts(f.read_lines()) == [record("a").rstrip(b"\n")]
+
+    def append_then_move() -> None:
+        with open(path, "ab") as w:
+            w.write(record("b") + b"partial")
+        if then == "rotate":
+            os.replace(path, str(path) + ".1")
+            path.write_bytes(record("c"))
+        else:
+            path.unlink()
+
+    race.append(append_then_move)
+    got = texts(f.read_lines()) + texts(f.read_lines()) + texts(f.read_lines())
+    want = [record("b").rstrip(b"\n"), b"partial"] + ([record("c").rstrip(b"\n")] if then == "rotate" else [])
+    assert got == want
+    assert f.gone == (then == "delete")
 
 
 def test_broken_header_and_garbage_are_shipped_and_reported(tmp_path: Path) -> None:
