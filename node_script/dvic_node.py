@@ -1279,12 +1279,37 @@ class FileFollower:
             return False
         return ost.st_ino == st.st_ino and ost.st_dev == st.st_dev
 
+    def _open_skipped_previous(self) -> bool:
+        """Catch-up (docs/log-format.md, reader step 4): when more than one rotation went by, `.1` is a
+        file we never saw; open it (from its start) when its header says it is the live file's
+        predecessor. True when it was opened."""
+        if not self.rotated_suffix:
+            return False
+        try:
+            st = os.lstat(self.path + self.rotated_suffix)
+        except OSError:
+            return False
+        if st.st_ino == self.ino and st.st_dev == self.dev:
+            return False  # .1 is the file we just drained: one rotation only
+        live, _ = parse_header(self.first_line_of(self.path) or b"")
+        prev, _ = parse_header(self.previous_first_line() or b"")
+        if not live or not prev or not isinstance(live.get("rotated"), int):
+            return False
+        if prev.get("token") != live.get("token") or prev.get("rotated", 0) != live["rotated"] - 1:
+            return False
+        self.open_previous()
+        return True
+
     def previous_first_line(self) -> Optional[bytes]:
         """The first line of the rotated file (`<path>.1`), or None."""
         if not self.rotated_suffix:
             return None
+        return self.first_line_of(self.path + self.rotated_suffix)
+
+    @staticmethod
+    def first_line_of(path: str) -> Optional[bytes]:
         try:
-            fd = os.open(self.path + self.rotated_suffix, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             return None
         try:
@@ -1317,8 +1342,12 @@ class FileFollower:
         if self._switch_pending:  # one call never spans two files, so rewind() stays possible
             self._switch_pending = False
             try:
-                self._open_fd(self.path, 0)
-                self.events.append("rotated: following the new file")
+                if self._open_skipped_previous():
+                    self.events.append("rotated more than once since the last read: reading the previous "
+                                       "file first")
+                else:
+                    self._open_fd(self.path, 0)
+                    self.events.append("rotated: following the new file")
             except OSError as exc:
                 self.close()
                 self.events.append("rotated but the new file cannot be opened: %s" % exc)

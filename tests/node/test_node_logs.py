@@ -493,3 +493,23 @@ def test_permission_denied_is_reported_once_and_retried() -> None:
                 proc.wait()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_two_rotations_between_reads_read_the_skipped_file_first(tmp_path: Path,
+                                                                 demo_proc: subprocess.Popen[bytes]) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    path.write_bytes(header(demo_proc.pid) + record("a"))
+    w, spool, rec = make_watcher(tmp_path)
+    step(w)
+    with open(path, "ab") as f:
+        f.write(record("b"))  # still in the file we hold, read before the switch
+    os.replace(path, str(path) + ".1")
+    path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
+    os.replace(path, str(path) + ".1")  # rotation 1 is now .1; the file we hold is deleted
+    path.write_bytes(header(demo_proc.pid, rotated=2) + record("d"))
+    for _ in range(5):
+        step(w)
+    assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c", "d"]
+    assert not [m for m in rec.messages if m["type"] == "event"] and rec.errors == []
