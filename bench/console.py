@@ -1,0 +1,313 @@
+"""Console benchmark: the real `dvic` console on a real terminal (PTY) watching a live simulated fleet.
+
+    python3 -m bench.console [--nodes 2000] [--interval 5] [--measure 30] [--keys 40]
+
+Starts a real server, enrolls N nodes and runs them from bench.fleet_worker processes (a metrics
+sample every --interval seconds each, so the console receives N/interval node updates a second).
+Then starts the console (`DvicApp`, Textual's normal Linux driver) in a child process whose
+terminal is a PTY of the given size, drained by this process like a terminal emulator would.
+Prints:
+- start-up: from spawning the console process to its fleet table holding every node;
+- CPU of the console process while it follows the live fleet (no keys pressed), % of one core;
+- input latency: a cursor key written to the PTY -> the table's cursor moved and the screen
+  refreshed (stamped by the console after the refresh that shows it), p50/p90/max.
+Figures only: nothing here asserts on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import signal
+import struct
+import sys
+import termios
+import time
+from pathlib import Path
+from typing import Any
+
+from . import procstat
+from .common import add_common_args, positive_float, positive_int, work_dir
+from .enroll import enroll_fleet, save_fleet
+from .report import Report, latency_summary
+from .server import BenchServer
+from .workers import REPO, Worker
+
+TARGET_CPU_PERCENT = 25.0
+TARGET_LATENCY_MS = 100.0
+TARGET_START_S = 1.5
+KEYS = ("\x1b[B", "\x1b[A")  # down, up: the cursor moves every time and stays near the top
+
+
+# -- the console's side (child process) -------------------------------------------------------------
+
+def child_main(args: argparse.Namespace) -> int:
+    """Runs the console on this process's terminal and writes stamps to --stamps (JSON lines)."""
+    from textual.widgets import DataTable
+
+    import tui.app
+    from tui.app import DvicApp
+    from tui.config import Settings
+
+    stamps = open(args.stamps, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed on exit
+
+    def stamp(event: str, **data: Any) -> None:
+        stamps.write(json.dumps({"event": event, "t": time.time(), **data}) + "\n")
+
+    class BenchConsole(DvicApp):
+        """The console with probes: first full table, and each cursor move once it is on screen."""
+
+        CSS_PATH = str(Path(tui.app.__file__).with_name("app.tcss"))  # relative paths follow the subclass
+
+        def on_ready(self) -> None:
+            self._probe = self.set_interval(0.005, self._check_table)
+
+        def _check_table(self) -> None:
+            fleet = self.fleet_screen()
+            if fleet is None or not fleet.is_mounted:
+                return
+            table = fleet.query_one(DataTable)
+            if table.row_count >= args.expect:
+                self._probe.stop()
+                # The table is full in memory; stamp once it has been painted.
+                self.call_after_refresh(stamp, "table", rows=table.row_count)
+                self.watch(table, "cursor_coordinate", self._moved, init=False)
+
+        def _moved(self) -> None:
+            self.call_after_refresh(stamp, "key")
+
+    settings = Settings(args.server, args.token, args.ca)
+    try:
+        BenchConsole(settings).run()
+    finally:
+        stamps.close()
+    return 0
+
+
+# -- the bench's side -------------------------------------------------------------------------------
+
+class ConsoleProcess:
+    """The console in a child process on a PTY; the master side is drained like a terminal would."""
+
+    def __init__(self, cols: int, rows: int, argv: list[str]) -> None:
+        self.cols, self.rows, self.argv = cols, rows, argv
+        self.tail = b""  # the last bytes drawn: what the terminal shows when something goes wrong
+        self.master = -1
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output_bytes = 0
+
+    async def start(self) -> None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", self.rows, self.cols, 0, 0))
+        env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(self.cols), "LINES": str(self.rows),
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {k: v for k, v in env.items() if not k.startswith("DVIC_")}
+        # Textual's driver draws on stderr: all three go to the terminal, as in a real session.
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO, start_new_session=True)
+        finally:
+            os.close(slave)
+        self.master = master
+        os.set_blocking(master, False)
+        asyncio.get_running_loop().add_reader(master, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            data = os.read(self.master, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.master)
+            return
+        self.output_bytes += len(data)
+        self.tail = (self.tail + data)[-4000:]
+
+    def press(self, key: str) -> None:
+        os.write(self.master, key.encode())
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(OSError):
+                self.press("q")
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await self.proc.wait()
+        if self.master >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.master)
+            os.close(self.master)
+            self.master = -1
+
+
+def read_stamps(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if isinstance(doc, dict):
+                out.append(doc)
+    return out
+
+
+async def wait_stamps(path: Path, event: str, count: int, timeout: float, console: ConsoleProcess) -> list[float]:
+    """The times of the first `count` stamps of `event`, polled until they are there or `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    got: list[float] = []
+    while loop.time() < deadline:
+        got = [float(s["t"]) for s in read_stamps(path) if s.get("event") == event]
+        if len(got) >= count:
+            return got[:count]
+        if console.proc is not None and console.proc.returncode is not None:
+            break
+        await asyncio.sleep(0.02)
+    return got
+
+
+async def run(args: argparse.Namespace, work: Path) -> Report:
+    report = Report("Operator console: live fleet on a real terminal", params={
+        "nodes": args.nodes, "interval_s": args.interval, "terminal": f"{args.cols}x{args.rows}",
+        "measure_s": args.measure, "keys": args.keys,
+    })
+    server = BenchServer(work / "central").start()
+    workers: list[Worker] = []
+    console: ConsoleProcess | None = None
+    try:
+        creds = work / "nodes"
+        creds.mkdir()
+        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
+                                   prefix="sim", concurrency=32)
+        fleet_file = work / "fleet.json"
+        save_fleet(fleet, fleet_file)
+        # Long enough for the settle time, start-up, the CPU window and the key presses.
+        duration = args.settle + 30 + args.measure + args.keys * args.key_gap + 30
+        share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
+        first = 0
+        for i, count in enumerate(share):
+            workers.append(Worker(f"console-fleet-{i}", "bench.fleet_worker", [
+                "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
+                "--lines-per-s", "0.01", "--interval", str(args.interval), "--duration", str(duration),
+                "--warmup", "0",
+            ], work))
+            first += count
+        for w in workers:
+            await w.start()
+        ready = [await w.expect("ready", timeout=600) for w in workers]
+        connected = sum(r["connected"] for r in ready)
+        report.add("simulated nodes connected", f"{connected:,} of {args.nodes:,}", target="all",
+                   ok=connected == args.nodes)
+        for w in workers:
+            await w.send("go")
+        await asyncio.sleep(args.settle)  # every node has sent metrics: the stream is at its steady rate
+        report.add("node updates offered to the console", round(connected / args.interval), "updates/s")
+
+        stamps = work / "stamps.jsonl"
+        argv = [sys.executable, "-m", "bench.console", "--child", "--server", server.url, "--token",
+                server.admin_token, "--ca", str(server.ca_path), "--expect", str(connected), "--stamps", str(stamps)]
+        console = ConsoleProcess(args.cols, args.rows, argv)
+        spawned = time.time()
+        await console.start()
+        assert console.proc is not None
+        table = await wait_stamps(stamps, "table", 1, 60, console)
+        if not table:
+            shown = console.tail.decode("utf-8", "replace")[-1500:]
+            report.note(f"the console did not show the full table within 60 s; its terminal ended with: {shown!r}")
+            return report
+        report.add("start-up to the first full table", round(table[0] - spawned, 2), "s",
+                   target=f"< {TARGET_START_S} s", ok=table[0] - spawned < TARGET_START_S)
+
+        await asyncio.sleep(3.0)  # past the start-up burst
+        before = procstat.read(console.proc.pid)
+        drained_before = console.output_bytes
+        await asyncio.sleep(args.measure)
+        after = procstat.read(console.proc.pid)
+        cpu = procstat.cpu_percent(before, after)
+        report.add("console CPU, following the live fleet", round(cpu, 1), "% of one core",
+                   target=f"<= {TARGET_CPU_PERCENT:.0f} %", ok=cpu <= TARGET_CPU_PERCENT)
+        report.add("console CPU, event loop thread", round(procstat.main_thread_percent(before, after), 1),
+                   "% of one core")
+        report.add("console waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
+        report.add("terminal output", round((console.output_bytes - drained_before) / args.measure / 1024, 1),
+                   "KiB/s")
+        report.add("console RSS", round(after.rss_bytes / 1e6, 1), "MB")
+
+        sent: list[float] = []
+        for i in range(args.keys):
+            sent.append(time.time())
+            console.press(KEYS[i % 2])
+            got = await wait_stamps(stamps, "key", i + 1, 5, console)
+            if len(got) <= i:
+                report.note(f"key {i + 1}: no screen update within 5 s")
+                break
+            await asyncio.sleep(args.key_gap)
+        moved = await wait_stamps(stamps, "key", len(sent), 1, console)
+        lat = latency_summary([(b - a) * 1000 for a, b in zip(sent, moved, strict=False)])
+        report.add("input latency key -> screen p50 / p90 / max",
+                   f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['max']:.1f}", "ms",
+                   target=f"< {TARGET_LATENCY_MS:.0f} ms", ok=lat["max"] < TARGET_LATENCY_MS)
+        report.add("  key presses timed", int(lat["count"]))
+        server_cpu = procstat.read(server.pid)
+        report.add("server RSS at the end", round(server_cpu.rss_bytes / 1e6, 1), "MB")
+    finally:
+        if console is not None:
+            await console.stop()
+        for w in workers:
+            w.kill()
+        server.stop()
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.console", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=positive_int, default=2000, help="simulated nodes (2000)")
+    p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
+    p.add_argument("--measure", type=positive_float, default=30.0, help="seconds of the CPU window (30)")
+    p.add_argument("--keys", type=positive_int, default=40, help="cursor keys pressed, one at a time (40)")
+    p.add_argument("--key-gap", type=positive_float, default=0.3, help="seconds between key presses (0.3)")
+    p.add_argument("--settle", type=positive_float, default=None,
+                   help="seconds of live load before the console starts (default: 1.5 x --interval)")
+    p.add_argument("--cols", type=positive_int, default=160, help="terminal columns (160)")
+    p.add_argument("--rows", type=positive_int, default=48, help="terminal rows (48)")
+    p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")
+    add_common_args(p)
+    # The console's own process (started by the bench, not by hand).
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--server", help=argparse.SUPPRESS)
+    p.add_argument("--token", help=argparse.SUPPRESS)
+    p.add_argument("--ca", help=argparse.SUPPRESS)
+    p.add_argument("--expect", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--stamps", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.procs > args.nodes:
+        p.error("--procs: more processes than nodes")
+    if args.settle is None:
+        args.settle = 1.5 * args.interval
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    with work_dir(args.work_dir, args.keep, "console") as work:
+        report = asyncio.run(run(args, work))
+    report.emit(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""bench.console runs end to end at a tiny size (the figures themselves are not checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_console_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.console", "--nodes", "6", "--interval", "1", "--settle", "1.5",
+         "--measure", "1", "--keys", "3", "--key-gap", "0.1", "--procs", "1", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(out.read_text())["figures"]
+    assert figures["simulated nodes connected"]["value"] == "6 of 6"
+    for name in ("start-up to the first full table", "console CPU, following the live fleet"):
+        assert figures[name]["value"] > 0, figures
+    assert figures["  key presses timed"]["value"] == 3, figures
+    assert figures["terminal output"]["value"] > 0  # the console really drew on its terminal
+
+
+def test_console_bench_rejects_bad_options() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.console", "--nodes", "0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--nodes" in result.stderr and "expected an integer >= 1" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "bench.console", "--nodes", "1", "--procs", "2"], cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "more processes than nodes" in result.stderr
