@@ -150,6 +150,8 @@ class CommandBoard:
         out = self.runs.get(rid)
         if out is None:
             out = self.runs[rid] = RunOutput(rid, str(run.get("node") or ""), str(run.get("node_name") or rid))
+        elif not out.node and run.get("node"):
+            out.node = str(run["node"])
         return out
 
     def output(self, run_id: str, stream: str, data: str) -> tuple[RunOutput | None, list[tuple[str, str]]]:
