@@ -6,6 +6,8 @@ maintenance, daemon update with its confirmation, history on the node view; node
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from textual.widgets import DataTable, Static
@@ -27,6 +29,13 @@ def make_app(server: CentralServer, token: str | None = None) -> DvicApp:
     return DvicApp(Settings(server.url, token or server.admin_token, str(server.ca_path)))
 
 
+def shot(app: DvicApp, name: str, tmp_path: Path) -> None:
+    """An SVG screenshot, into $DVIC_SCREENSHOT_DIR when set (docs/console/)."""
+    directory = os.environ.get("DVIC_SCREENSHOT_DIR") or str(tmp_path)
+    app.save_screenshot(f"{name}.svg", path=directory)
+    assert (Path(directory) / f"{name}.svg").stat().st_size > 0
+
+
 def states(screen: RunScreen) -> dict[str, str]:
     """Node name -> state text as the run table shows them."""
     table: DataTable[Any] = screen.query_one("#run-table", DataTable)
@@ -41,7 +50,8 @@ async def fleet_ready(app: DvicApp, count: int) -> FleetScreen:
     return fleet
 
 
-async def test_run_on_two_marked_nodes_shows_both_outputs_then_cancel(central_server: CentralServer) -> None:
+async def test_run_on_two_marked_nodes_shows_both_outputs_then_cancel(central_server: CentralServer,
+                                                                      tmp_path: Path) -> None:
     server = central_server
     async with ExecutorNode(server.enroll("pi-a")), ExecutorNode(server.enroll("pi-b")):
         app = make_app(server)
@@ -67,6 +77,13 @@ async def test_run_on_two_marked_nodes_shows_both_outputs_then_cancel(central_se
             await pilot.press("y")
             await wait_for(lambda: run.board.done, within=20, what="command done")
             assert states(run) == {"pi-a": "exited 0", "pi-b": "exited 0"}
+            await pilot.resize_terminal(160, 48)
+            await pilot.pause()
+            shot(app, "run-160x48", tmp_path)
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
+            shot(app, "run-80x24", tmp_path)
+            await pilot.resize_terminal(120, 36)
             text = run.output_text()
             for name in ("pi-a", "pi-b"):
                 assert f"{name} │ out-42" in text and f"{name} │ err" in text
@@ -107,7 +124,8 @@ async def test_hostile_output_is_shown_literally(central_server: CentralServer) 
             assert "\x1b" not in run.output_text()
 
 
-async def test_reboot_reaches_done_and_history_on_the_node_view(central_server: CentralServer) -> None:
+async def test_reboot_reaches_done_and_history_on_the_node_view(central_server: CentralServer,
+                                                                tmp_path: Path) -> None:
     async with ExecutorNode(central_server.enroll("pi-r")) as node:
         app = make_app(central_server)
         async with app.run_test(size=(120, 36)) as pilot:
@@ -123,6 +141,10 @@ async def test_reboot_reaches_done_and_history_on_the_node_view(central_server: 
                            what="reboot done")
             assert node.reboots == 1
             assert "1/1 done" in str(acts.query_one("#actions-title", Static).render())
+            await pilot.resize_terminal(160, 48)
+            await pilot.pause()
+            shot(app, "actions-160x48", tmp_path)
+            await pilot.resize_terminal(120, 36)
             await pilot.press("escape")
             await pilot.press("enter")
             await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node view")
