@@ -1,0 +1,160 @@
+"""Node daemon footprint: CPU and RSS of dvic_node.py at the default interval, beside Glances, in one run.
+
+    python3 -m bench.daemon_footprint [--minutes 2] [--interval 5] [--demos 10] [--no-glances]
+
+Starts a real dvic-central on 127.0.0.1 (metrics interval --interval), enrolls one node, starts
+--demos idle demos (each a process that wrote its dvic_log file's header and one line), and the
+real daemon as systemd runs it (default poll interval). Glances runs at the same time, headless,
+with only the plugins that collect what the daemon reports, refreshing every --interval seconds.
+After a warm-up both processes are measured over the same window from /proc/<pid>/stat and
+status: CPU in percent of one core, RSS at the end and at its peak, samples taken. Prints both
+and the ratios; Glances is skipped (said so) when it is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from . import procstat
+from .common import add_common_args, positive_float, positive_int, work_dir
+from .daemon_rig import NodeRig, RigError, demo_lines, metric_samples, start_demos, stop_demos, wait_until
+from .glances_probe import GlancesRun, glances_command, glances_version
+from .report import Report
+
+TARGET_CPU_PERCENT = 1.0
+TARGET_RSS_MB = 30.0
+MB = 1024 * 1024
+
+
+def measure(args: argparse.Namespace, work: Path) -> Report:
+    report = Report("Node daemon footprint (idle demos) beside Glances", params={
+        "minutes": args.minutes, "interval_s": args.interval, "demos": args.demos,
+        "python": args.python, "psutil": "no" if args.no_psutil else "if installed",
+    })
+    command = None if args.no_glances else glances_command(args.interval, args.glances)
+    if command is None:
+        report.note("Glances not measured: " + ("--no-glances given" if args.no_glances else
+                                                "not installed (pip install glances)"))
+    rig = NodeRig(work, interval=args.interval, python=args.python, no_psutil=args.no_psutil)
+    glances: GlancesRun | None = None
+    demos = []
+    try:
+        rig.start_server()
+        demos = start_demos(rig.log_dir, [f"idle-{i:02d}" for i in range(args.demos)], count=1)
+        for demo in demos:
+            demo.go()  # one line each, then idle
+        for demo in demos:
+            demo.wait_done(timeout=30)
+        daemon = rig.start_daemon()
+        rig.wait_demos_alive(args.demos)
+        if command is not None:
+            report.params["glances"] = glances_version(command[0])
+            glances = GlancesRun(command, work).start()
+            wait_until(lambda: _glances_up(glances), 60, "Glances' first sample")
+        time.sleep(args.warmup)  # both past start-up (imports, first connection) before the window
+
+        tracked = [procstat.PeakTracker(daemon.pid)] + ([procstat.PeakTracker(glances.pid)] if glances else [])
+        first = [t.sample() for t in tracked]
+        wall_from = time.time()
+        glances_from = glances.samples() if glances else 0
+        end = time.monotonic() + args.minutes * 60
+        for _ in range(int(args.minutes * 60) + 10):  # once a second: the RSS peak within the window
+            now = time.monotonic()
+            if now >= end:
+                break
+            time.sleep(min(1.0, end - now))
+            daemon.check_alive()
+            if glances is not None and not glances.alive():
+                raise RigError(f"Glances exited:\n{glances.error_tail()}")
+            for t in tracked:
+                t.sample()
+        last = [t.sample() for t in tracked]
+        wall_to = time.time()
+        if any(s is None for s in first + last):
+            raise RigError("a measured process disappeared during the window")
+        daemon_samples = metric_samples(rig.server, rig.node_id, wall_from, wall_to)
+        glances_samples = glances.samples() - glances_from if glances else 0
+        lines = len(demo_lines(rig.server, rig.node_id))
+    finally:
+        if glances is not None:
+            glances.stop()
+        stop_demos(demos)
+        rig.close()
+
+    assert first[0] is not None and last[0] is not None
+    window = last[0].at - first[0].at
+    d_cpu = procstat.cpu_percent(first[0], last[0])
+    d_rss = last[0].rss_bytes / MB
+    d_peak = tracked[0].peak_rss_bytes / MB
+    report.params["window_s"] = round(window, 1)
+    report.add("daemon CPU", d_cpu, "% of one core", target=f"<= {TARGET_CPU_PERCENT:g} %",
+               ok=d_cpu <= TARGET_CPU_PERCENT)
+    report.add("daemon RSS at the end", d_rss, "MB", target=f"<= {TARGET_RSS_MB:g} MB", ok=d_rss <= TARGET_RSS_MB)
+    report.add("daemon RSS peak in the window", d_peak, "MB")
+    report.add("daemon RSS peak since start (VmHWM)", last[0].peak_rss_bytes / MB, "MB")
+    report.add("daemon metrics samples stored", daemon_samples, f"(expected ~{window / args.interval:.0f})")
+    report.add("daemon CPU per sample", 1000 * (last[0].cpu_s - first[0].cpu_s) / max(1, daemon_samples), "ms")
+    report.add("demo lines stored", lines, target=f"== {args.demos}", ok=lines == args.demos)
+    if glances is not None:
+        g_first, g_last = first[1], last[1]
+        assert g_first is not None and g_last is not None
+        g_cpu = procstat.cpu_percent(g_first, g_last)
+        g_rss = g_last.rss_bytes / MB
+        report.add("Glances CPU", g_cpu, "% of one core")
+        report.add("Glances RSS at the end", g_rss, "MB")
+        report.add("Glances RSS peak in the window", tracked[1].peak_rss_bytes / MB, "MB")
+        report.add("Glances samples", glances_samples, f"(expected ~{window / args.interval:.0f})")
+        report.add("Glances CPU per sample", 1000 * (g_last.cpu_s - g_first.cpu_s) / max(1, glances_samples), "ms")
+        cpu_ratio = g_cpu / d_cpu if d_cpu > 0 else math.inf
+        rss_ratio = g_rss / d_rss if d_rss > 0 else math.inf
+        report.add("Glances / daemon CPU", cpu_ratio, "x", target="> 1 (daemon cheaper)", ok=cpu_ratio > 1)
+        report.add("Glances / daemon RSS", rss_ratio, "x", target="> 1 (daemon cheaper)", ok=rss_ratio > 1)
+    report.add("machine CPU pressure in the window", procstat.machine_stall_percent(first[0], last[0]), "%")
+    report.note("the daemon does its whole job meanwhile (TLS websocket, keep-alives, tailing the demo files "
+                "every poll, demo liveness every second); Glances only collects and prints")
+    return report
+
+
+def _glances_up(glances: GlancesRun) -> bool:
+    if not glances.alive():
+        raise RigError(f"Glances exited at start:\n{glances.error_tail()}")
+    return glances.samples() >= 1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.daemon_footprint", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=positive_float, default=2.0, help="length of the measured window")
+    p.add_argument("--interval", type=positive_float, default=5.0,
+                   help="metrics interval the server sets, and Glances' refresh (s)")
+    p.add_argument("--demos", type=positive_int, default=10, help="idle demos (one dvic_log file each)")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds after start-up before measuring")
+    p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
+    p.add_argument("--no-psutil", action="store_true", help="run the daemon with --no-psutil (/proc and /sys)")
+    p.add_argument("--glances", metavar="PATH", help="the glances executable (default: from PATH)")
+    p.add_argument("--no-glances", action="store_true", help="measure the daemon alone")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with work_dir(args.work_dir, args.keep, "footprint") as work:
+        try:
+            report = measure(args, work)
+        except RigError as exc:
+            print(f"daemon_footprint: {exc}", file=sys.stderr)
+            return 1
+    report.emit(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
