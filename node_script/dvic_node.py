@@ -57,6 +57,7 @@ LINE_BUFFER_MAX = 1 * MIB  # longer lines are cut while reading (never buffered 
 DEFAULT_SPOOL_BYTES = 64 * MIB
 INFLIGHT_MAX = 5000  # unacknowledged lines on the wire before the sender waits
 PING_INTERVAL = 20.0
+COALESCE_S = 0.25  # a pending log line waits this long for more before a `logs` message goes out
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR", "TRACE": "DEBUG"}
 LOG_NAME_RE = re.compile(r"^dvic_log_[0-9a-f]{16}$")
@@ -3779,6 +3780,7 @@ class Daemon:
 
     async def _sender(self, ws: WebSocket, cursor: int) -> None:
         assert self._wake is not None
+        pending_since = None  # type: Optional[float]  # when unsent lines were first seen
         while True:
             self._wake.clear()
             while self.outbox:
@@ -3790,16 +3792,28 @@ class Daemon:
             for gap in self.spool.pop_gaps():
                 await ws.send_json({"type": "event", "kind": "log_gap",
                                     "message": "spool full: %d lines dropped" % gap["dropped"], "data": gap})
+            wait = 1.0
             if cursor <= self.spool.last_seq and cursor - 1 - self.spool.acked < INFLIGHT_MAX:
-                lines = self.spool.read(cursor, self.max_batch, BATCH_BYTES)
-                if lines:
-                    await ws.send_json({"type": "logs", "lines": lines})
-                    cursor = lines[-1]["seq"] + 1
-                    self._sent_max = max(self._sent_max, lines[-1]["seq"])
-                    continue
-                cursor = self.spool.last_seq + 1  # everything at or after cursor was dropped
+                # coalesce: a lone line waits up to COALESCE_S for company (the server's cost is per
+                # message); a full batch goes at once, and so does anything while the spool is half
+                # full (waiting must never make it drop lines)
+                now = time.monotonic()
+                if pending_since is None:
+                    pending_since = now
+                if self.spool.last_seq - cursor + 1 < self.max_batch and now - pending_since < COALESCE_S \
+                        and self.spool.size < self.spool.max_bytes // 2:
+                    wait = COALESCE_S - (now - pending_since)
+                else:
+                    pending_since = None
+                    lines = self.spool.read(cursor, self.max_batch, BATCH_BYTES)
+                    if lines:
+                        await ws.send_json({"type": "logs", "lines": lines})
+                        cursor = lines[-1]["seq"] + 1
+                        self._sent_max = max(self._sent_max, lines[-1]["seq"])
+                        continue
+                    cursor = self.spool.last_seq + 1  # everything at or after cursor was dropped
             try:
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 

@@ -38,6 +38,7 @@ class ScriptedServer:
         self.replies: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
         self.connections = 0
+        self.logs: list[tuple[float, dict[str, Any]]] = []  # (arrival time, `logs` message)
 
     async def __aenter__(self) -> ScriptedServer:
         app = web.Application()
@@ -72,6 +73,7 @@ class ScriptedServer:
                 continue
             body = json.loads(msg.data)
             if body.get("type") == "logs":
+                self.logs.append((time.time(), body))
                 await ws.send_json({"type": "ack", "seq": body["lines"][-1]["seq"]})
             elif body.get("type") not in QUIET:
                 self.replies.append(body)
