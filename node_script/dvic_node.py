@@ -2589,7 +2589,10 @@ class ShellManager:
 
     def _account(self) -> Any:
         if self.user is None:
-            return pwd.getpwuid(os.getuid())
+            try:
+                return pwd.getpwuid(os.getuid())
+            except KeyError:
+                raise RequestError("the daemon's uid %d has no passwd entry: give --shell-user" % os.getuid()) from None
         try:
             account = pwd.getpwnam(self.user)
         except KeyError:
@@ -2782,10 +2785,14 @@ class ShellManager:
         if s.proc.poll() is None and attempt < 50:
             asyncio.get_running_loop().call_later(0.2, self._reap, s, attempt + 1)
 
-    def close_all(self, message: str) -> None:
+    def close_all(self, message: str, kill: bool = False) -> None:
+        """Hang up every session; with `kill` (the daemon is stopping) SIGKILL what is left at once."""
         for s in list(self.sessions.values()):
             s.message = message
             self.hang_up(s)
+            if kill:
+                kill_session(s.proc.pid, signal.SIGKILL)
+                s.proc.poll()
 
 
 class Tunnel:
@@ -3408,6 +3415,10 @@ class Daemon:
                 await handler(msg)
             except RequestError as exc:
                 LOG.warning("server sent a bad %s request: %s; ignored", str(msg.get("type"))[:32], exc)
+            except (asyncio.CancelledError, WebSocketError):
+                raise
+            except Exception:  # noqa: BLE001 - a bug serving one request must not end the connection
+                LOG.exception("remote control: unexpected error serving %s", str(msg.get("type"))[:32])
         return run
 
     def _detached(self, handler: Callable[[Dict[str, Any]], Awaitable[None]]) -> ServerMessageHandler:
@@ -3484,7 +3495,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         # nothing the operators started outlives the daemon
         self.commands.stop_all()
-        self.shells.close_all("the node daemon stopped")
+        self.shells.close_all("the node daemon stopped", kill=True)
         self.tunnels.close_all()
         for t in list(self._remote_tasks):
             t.cancel()
@@ -3904,11 +3915,14 @@ def reexec(daemon: "Daemon") -> None:
         h.flush()
     if daemon.restart_request and daemon.restart_request.get("watchdog"):
         pid = os.getpid()
-        if os.fork() == 0:  # the watchdog: old code, in memory, outliving the exec below
+        child = os.fork()
+        if child == 0:  # the watchdog: old code, in memory, outliving the exec below
             try:
-                update_watchdog(daemon.updater.state_path, daemon.updater.path, pid, argv)
+                if os.fork() == 0:  # twice: orphaned at once, so the new daemon has no zombie to reap
+                    update_watchdog(daemon.updater.state_path, daemon.updater.path, pid, argv)
             finally:
-                os._exit(1)
+                os._exit(0)
+        os.waitpid(child, 0)
     LOG.info("restarting: %s", " ".join(argv))
     for h in LOG.handlers:
         h.flush()

@@ -131,13 +131,13 @@ class ScriptedServer:
 
 
 def scripted_daemon(srv: ScriptedServer, tmp_path: Path, extra: tuple[str, ...] = (),
-                    copy_script: bool = False) -> DaemonProcess:
+                    copy_script: bool = False, python: str = sys.executable) -> DaemonProcess:
     """The real daemon, configured for `srv` (optionally running from a copy of its file)."""
     state = tmp_path / "state"
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
-    daemon = DaemonProcess(sys.executable, bundle, state, logs, extra)
+    daemon = DaemonProcess(python, bundle, state, logs, extra)
     if copy_script:
         copy = tmp_path / "opt" / "dvic_node.py"
         copy.parent.mkdir(exist_ok=True)

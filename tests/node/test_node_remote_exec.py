@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from daemon_support import DaemonProcess
+from daemon_support import PY38, DaemonProcess
 from remote_support import ScriptedServer, scripted_daemon
 
 
@@ -178,3 +179,25 @@ async def test_bad_requests_get_a_specific_answer_and_lose_nothing(
     _, exit_ = await run(srv, argv=["true"])
     assert exit_["code"] == 0 and daemon.running()
     assert "bad exec request" in daemon.log()
+
+
+@pytest.mark.skipif(not os.path.exists(PY38), reason="python3.8 not installed")
+async def test_remote_control_on_the_oldest_supported_python(tmp_path: Path) -> None:
+    async with ScriptedServer() as srv:
+        daemon = scripted_daemon(srv, tmp_path, python=PY38).start()
+        try:
+            await srv.connected()
+            r, exit_ = await run(srv, shell="echo $((6*7)); sleep 0.1; echo err >&2; exit 2")
+            assert (exit_["code"], srv.output(r, "stdout"), srv.output(r, "stderr")) == (2, "42\n", "err\n")
+            _, exit_ = await run(srv, timeout=0.5, argv=["sleep", "30"])
+            assert exit_["reason"] == "timeout"
+            shell = rid()
+            await srv.send({"type": "shell_open", "id": shell, "cols": 77, "rows": 21, "term": "xterm"})
+            await srv.reply(shell, "shell_opened")
+            await srv.shell_input(shell, "unset HISTFILE; stty size; exit 4\n")
+            assert (await srv.reply(shell, "shell_exit"))["code"] == 4
+            assert "21 77" in srv.shell_text(shell)
+            await srv.send({"type": "tunnel_open", "id": "t1", "host": "127.0.0.1", "port": 1})
+            assert "refused" in (await srv.reply("t1", "tunnel_closed"))["message"]
+        finally:
+            await asyncio.to_thread(daemon.stop)
