@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_support import DaemonProcess, write_bundle
+from daemon_support import REPO, DaemonProcess, write_bundle
 from node_support import wait_until_sync
 
 from tests.support.server import CentralServer
@@ -212,3 +214,21 @@ def test_reboot_goes_through_its_states_and_demo_actions_run_as_configured(
         assert "came back" in final["message"]
     finally:
         daemon.stop()
+
+
+def dvic_cli(server: CentralServer, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The operators' `dvic` command line (tui/), as a user runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["XDG_CONFIG_HOME"] = str(server.data_dir.parent / "xdg")
+    return subprocess.run([sys.executable, "-m", "tui", "--server", server.url, "--ca", str(server.ca_path),
+                           "--token", server.admin_token, *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(not (REPO / "tui" / "remote_cli.py").exists(), reason="no dvic remote-control CLI yet")
+def test_the_dvic_command_line_drives_the_real_daemon(fleet: Fleet) -> None:
+    out = dvic_cli(fleet.server, "run", "remote-a", "--", "sh", "-c", "echo from-the-node; exit 7")
+    assert "from-the-node" in out.stdout and out.returncode == 7, (out.returncode, out.stdout, out.stderr)
+    out = dvic_cli(fleet.server, "run", "remote-a", "--timeout", "1", "--", "sleep", "20")
+    assert out.returncode == 124, (out.returncode, out.stdout, out.stderr)  # like timeout(1)
