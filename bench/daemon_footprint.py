@@ -21,7 +21,17 @@ from pathlib import Path
 
 from . import procstat
 from .common import add_common_args, positive_float, positive_int, work_dir
-from .daemon_rig import NodeRig, RigError, demo_lines, metric_samples, start_demos, stop_demos, wait_until
+from .daemon_rig import (
+    NODE_SCRIPT,
+    NodeRig,
+    RigError,
+    compile_daemon,
+    demo_lines,
+    metric_samples,
+    start_demos,
+    stop_demos,
+    wait_until,
+)
 from .glances_probe import GlancesRun, glances_command, glances_version
 from .report import Report
 
@@ -34,12 +44,19 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Node daemon footprint (idle demos) beside Glances", params={
         "minutes": args.minutes, "interval_s": args.interval, "demos": args.demos,
         "python": args.python, "psutil": "no" if args.no_psutil else "if installed",
+        "daemon poll_interval_s": args.poll_interval or "default (0.2)",
     })
     command = None if args.no_glances else glances_command(args.interval, args.glances)
     if command is None:
         report.note("Glances not measured: " + ("--no-glances given" if args.no_glances else
                                                 "not installed (pip install glances)"))
-    rig = NodeRig(work, interval=args.interval, python=args.python, no_psutil=args.no_psutil)
+    script = NODE_SCRIPT
+    if args.whatif_pyc:
+        # python3 runs a .pyc as a script: the same code, without compiling the source at start
+        script = compile_daemon(args.python, work / "dvic_node.pyc")
+        report.params["WHAT-IF daemon run from a .pyc"] = "yes"
+    rig = NodeRig(work, interval=args.interval, python=args.python, no_psutil=args.no_psutil,
+                  poll_interval=args.poll_interval, script=script)
     glances: GlancesRun | None = None
     demos = []
     try:
@@ -74,6 +91,7 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
                 t.sample()
         last = [t.sample() for t in tracked]
         wall_to = time.time()
+        splits = [memory_split(t.pid) for t in tracked]
         if any(s is None for s in first + last):
             raise RigError("a measured process disappeared during the window")
         daemon_samples = metric_samples(rig.server, rig.node_id, wall_from, wall_to)
@@ -96,6 +114,8 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
     report.add("daemon RSS at the end", d_rss, "MB", target=f"<= {TARGET_RSS_MB:g} MB", ok=d_rss <= TARGET_RSS_MB)
     report.add("daemon RSS peak in the window", d_peak, "MB")
     report.add("daemon RSS peak since start (VmHWM)", last[0].peak_rss_bytes / MB, "MB")
+    report.add("daemon RSS own (anon) / shared files", f"{splits[0][0]:.1f} / {splits[0][1]:.1f}", "MB")
+    report.add("daemon threads", splits[0][2])
     report.add("daemon metrics samples stored", daemon_samples, f"(expected ~{window / args.interval:.0f})")
     report.add("daemon CPU per sample", 1000 * (last[0].cpu_s - first[0].cpu_s) / max(1, daemon_samples), "ms")
     report.add("demo lines stored", lines, target=f"== {args.demos}", ok=lines == args.demos)
@@ -107,6 +127,8 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
         report.add("Glances CPU", g_cpu, "% of one core")
         report.add("Glances RSS at the end", g_rss, "MB")
         report.add("Glances RSS peak in the window", tracked[1].peak_rss_bytes / MB, "MB")
+        report.add("Glances RSS own (anon) / shared files", f"{splits[1][0]:.1f} / {splits[1][1]:.1f}", "MB")
+        report.add("Glances threads", splits[1][2])
         report.add("Glances samples", glances_samples, f"(expected ~{window / args.interval:.0f})")
         report.add("Glances CPU per sample", 1000 * (g_last.cpu_s - g_first.cpu_s) / max(1, glances_samples), "ms")
         cpu_ratio = g_cpu / d_cpu if d_cpu > 0 else math.inf
@@ -117,6 +139,21 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
     report.note("the daemon does its whole job meanwhile (TLS websocket, keep-alives, tailing the demo files "
                 "every poll, demo liveness every second); Glances only collects and prints")
     return report
+
+
+def memory_split(pid: int) -> tuple[float, float, int]:
+    """(anonymous MB, file-backed + shared MB, threads) of a process from /proc/<pid>/status.
+
+    File-backed pages are the interpreter and shared libraries (libpython, libssl, libcrypto):
+    other Python processes on the machine share them, the anonymous part is the process's own.
+    """
+    fields: dict[str, str] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    kib = {k: int(fields.get(k, "0 kB").split()[0]) for k in ("RssAnon", "RssFile", "RssShmem")}
+    return kib["RssAnon"] / 1024, (kib["RssFile"] + kib["RssShmem"]) / 1024, int(fields.get("Threads", "0"))
 
 
 def _glances_up(glances: GlancesRun) -> bool:
@@ -134,6 +171,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demos", type=positive_int, default=10, help="idle demos (one dvic_log file each)")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds after start-up before measuring")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
+    p.add_argument("--poll-interval", type=positive_float, default=None,
+                   help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
+    p.add_argument("--whatif-pyc", action="store_true",
+                   help="run the daemon from a .pyc compiled beforehand instead of its source")
     p.add_argument("--no-psutil", action="store_true", help="run the daemon with --no-psutil (/proc and /sys)")
     p.add_argument("--glances", metavar="PATH", help="the glances executable (default: from PATH)")
     p.add_argument("--no-glances", action="store_true", help="measure the daemon alone")

@@ -63,6 +63,16 @@ def api(server: BenchServer, method: str, path: str, body: Any = None) -> tuple[
             return exc.code, raw.decode(errors="replace")
 
 
+def compile_daemon(python: str, out: Path) -> Path:
+    """The daemon compiled to a .pyc by `python` (what-if: run it without compiling at every start)."""
+    code = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
+    done = subprocess.run([python, "-c", code, str(NODE_SCRIPT), str(out)], capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        raise RigError(f"compiling the daemon with {python} failed: {done.stderr.strip()}")
+    return out
+
+
 def enroll(server: BenchServer, name: str, bundle_path: Path) -> dict[str, Any]:
     """Enroll one node through POST /api/v1/nodes and write its bundle (0600) for the daemon."""
     status, bundle = api(server, "POST", "/api/v1/nodes", {"name": name, "kind": "desktop", "group": "bench"})
@@ -143,8 +153,8 @@ class DaemonRun:
     """node_script/dvic_node.py as a subprocess, as systemd runs it (default timings unless given)."""
 
     def __init__(self, python: str, bundle: Path, state_dir: Path, log_dir: Path, *,
-                 poll_interval: float | None = None, no_psutil: bool = False) -> None:
-        self.args = [python, str(NODE_SCRIPT), "--config", str(bundle), "--state-dir", str(state_dir),
+                 poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT) -> None:
+        self.args = [python, str(script), "--config", str(bundle), "--state-dir", str(state_dir),
                      "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none"]
         if poll_interval is not None:
             self.args += ["--poll-interval", str(poll_interval)]
@@ -258,8 +268,9 @@ class NodeRig:
     """Server + one enrolled node + its daemon, under `work`; `close()` stops them all."""
 
     def __init__(self, work: Path, *, interval: float = 5.0, python: str = sys.executable,
-                 poll_interval: float | None = None, no_psutil: bool = False) -> None:
+                 poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT) -> None:
         self.work = work
+        self.script = script
         self.log_dir = work / "demo-logs"
         self.log_dir.mkdir(mode=0o755)
         self.server = BenchServer(work / "central", extra_args=("--interval", f"{interval:g}"))
@@ -277,7 +288,8 @@ class NodeRig:
     def start_daemon(self, timeout: float = 60.0) -> DaemonRun:
         state = self.work / "node-state"
         self.daemon = DaemonRun(self.python, self.work / "bundle.json", state, self.log_dir,
-                                poll_interval=self.poll_interval, no_psutil=self.no_psutil).start()
+                                poll_interval=self.poll_interval, no_psutil=self.no_psutil,
+                                script=self.script).start()
 
         def connected() -> bool:
             assert self.daemon is not None

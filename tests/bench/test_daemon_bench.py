@@ -29,10 +29,12 @@ def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 90) -> d
     return doc
 
 
-def test_footprint_smoke_without_glances(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whatif", [[], ["--whatif-pyc"]], ids=["as-is", "whatif-pyc"])
+def test_footprint_smoke_without_glances(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.daemon_footprint", tmp_path, "--minutes", "0.05", "--interval", "1", "--demos", "2",
-                    "--warmup", "0", "--no-glances")
+                    "--warmup", "0", "--no-glances", *whatif)
     figures = doc["figures"]
+    assert ("WHAT-IF daemon run from a .pyc" in doc["params"]) == bool(whatif)
     assert figures["demo lines stored"]["value"] == 2 and figures["demo lines stored"]["ok"] is True
     assert figures["daemon metrics samples stored"]["value"] >= 1
     assert figures["daemon CPU"]["value"] >= 0
