@@ -82,10 +82,19 @@ def child_main(args: argparse.Namespace) -> int:
             self.call_after_refresh(stamp, "key")
 
     settings = Settings(args.server, args.token, args.ca)
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         BenchConsole(settings).run()
     finally:
         stamps.close()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
     return 0
 
 
@@ -217,6 +226,8 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         stamps = work / "stamps.jsonl"
         argv = [sys.executable, "-m", "bench.console", "--child", "--server", server.url, "--token",
                 server.admin_token, "--ca", str(server.ca_path), "--expect", str(connected), "--stamps", str(stamps)]
+        if args.profile:
+            argv += ["--profile", args.profile]
         console = ConsoleProcess(args.cols, args.rows, argv)
         spawned = time.time()
         await console.start()
@@ -283,6 +294,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cols", type=positive_int, default=160, help="terminal columns (160)")
     p.add_argument("--rows", type=positive_int, default=48, help="terminal rows (48)")
     p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="write a cProfile of the console process to FILE (read it with python3 -m pstats)")
     add_common_args(p)
     # The console's own process (started by the bench, not by hand).
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -296,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--procs: more processes than nodes")
     if args.settle is None:
         args.settle = 1.5 * args.interval
+    if args.profile:
+        args.profile = os.path.abspath(args.profile)  # the console runs in the repository root
     return args
 
 

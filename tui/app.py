@@ -30,7 +30,9 @@ from tui.screens.logs import LogsScreen
 from tui.screens.node import NodeScreen
 from tui.screens.run import RunScreen
 
-FLUSH_INTERVAL = 0.25  # how often coalesced node updates reach the screens
+# How often coalesced node updates reach the screens, with the screens' once-a-tick work (ages,
+# re-sorts) in the same pass: one repaint a second, since every table change repaints what is visible.
+FLUSH_INTERVAL = 1.0
 
 
 class DvicApp(App[None]):
@@ -81,10 +83,11 @@ class DvicApp(App[None]):
 
     def _flush_nodes(self) -> None:
         nodes = self.feed.take_nodes()
-        if not nodes:
-            return
-        changed = self.fleet.update(nodes)
-        self._each(lambda s: s.live_nodes(changed, []))
+        with self.batch_update():
+            if nodes:
+                changed = self.fleet.update(nodes)
+                self._each(lambda s: s.live_nodes(changed, []))
+            self._each(lambda s: s.live_tick())
 
     @on(Connected)
     def _connected(self, msg: Connected) -> None:

@@ -213,9 +213,19 @@ async def test_two_thousand_nodes_update_in_place(fake: FakeCentral) -> None:
         order = app.screen.shown_ids()
         for node in nodes[:200]:
             await fake.update_node(node["id"], metrics={"cpu": 55.0, "mem": 1.0, "disk": 1.0, "temp": 30.0})
-        await wait_for(lambda: cell(table, nodes[199]["id"], "cpu").startswith(" 55%"), what="updates")
+        await wait_for(lambda: cell(table, nodes[10]["id"], "cpu").startswith(" 55%"), what="visible updates")
+        # Rows out of sight are brought up to date when they scroll into view, not before.
+        await wait_for(lambda: nodes[199]["id"] in app.screen._stale, what="off-screen row marked stale")
+        assert not cell(table, nodes[199]["id"], "cpu").startswith(" 55%")
+        table.move_cursor(row=199)
+        await wait_for(lambda: cell(table, nodes[199]["id"], "cpu").startswith(" 55%"), what="row shown when in view")
         await pilot.pause()
         assert app.screen.shown_ids() == order and table.row_count == 2000
+        # A sort on a live value uses every row's current value.
+        await pilot.press("s", "s", "s")  # name -> state -> seen -> cpu (busiest first)
+        await wait_for(lambda: app.screen.sort_column == "cpu", what="sorted by cpu")
+        await wait_for(lambda: set(app.screen.shown_ids()[:200]) == {n["id"] for n in nodes[:200]},
+                       what="the 200 busy nodes first")
 
 
 async def test_command_palette_opens_a_node(fake: FakeCentral) -> None:

@@ -29,6 +29,9 @@ class DvicScreen(Screen[None]):
     def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
         """Nodes changed (or, after a reconnect, a full snapshot with `gone` the vanished ids)."""
 
+    def live_tick(self) -> None:
+        """Once a second, right after the node updates: periodic work painted in the same frame."""
+
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         """Log lines of a node this screen subscribed to."""
 
