@@ -36,9 +36,12 @@ class Subscriber:
 
 
 class Bus:
-    def __init__(self, client_queue_limit: int = 5000) -> None:
+    def __init__(self, client_queue_limit: int = 5000, flush_interval: float = 0.02) -> None:
         self.client_queue_limit = client_queue_limit
+        self.flush_interval = flush_interval
         self._subscribers: set[Subscriber] = set()
+        self._pending_logs: dict[str, list[dict[str, Any]]] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
         self.published = 0
 
     def subscribe(self) -> Subscriber:
@@ -66,14 +69,46 @@ class Bus:
         return any(s.wants_logs(node_id) for s in self._subscribers)
 
     def publish_logs(self, node_id: str, lines: list[dict[str, Any]]) -> None:
-        targets = [s for s in self._subscribers if s.wants_logs(node_id)]
-        if not targets or not lines:
+        """Queue committed lines; they leave in one frame per subscriber per flush window, not one
+        frame per node batch (2,000 nodes would otherwise mean thousands of frames a second)."""
+        if not lines:
             return
-        frame = _encode({"type": "logs", "node": node_id, "lines": lines})
+        self._pending_logs.setdefault(node_id, []).extend(lines)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self.flush_interval, self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        self._flush_handle = None
+        pending, self._pending_logs = self._pending_logs, {}
+        everything: list[str] | None = None
+        for sub in self._subscribers:
+            if "*" in sub.log_nodes:
+                if everything is None:
+                    everything = _log_frames(pending)
+                frames = everything
+            else:
+                frames = _log_frames({n: ls for n, ls in pending.items() if n in sub.log_nodes})
+            for frame in frames:
+                sub.offer(frame)
         self.published += 1
-        for sub in targets:
-            sub.offer(frame)
 
 
 def _encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+MAX_LINES_PER_FRAME = 1000
+
+
+def _log_frames(by_node: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """`logs` frames for these nodes' lines; `node` is named when a frame holds one node only."""
+    frames: list[str] = []
+    lines = [line for node_lines in by_node.values() for line in node_lines]
+    single = next(iter(by_node)) if len(by_node) == 1 else None
+    for start in range(0, len(lines), MAX_LINES_PER_FRAME):
+        chunk = lines[start:start + MAX_LINES_PER_FRAME]
+        frame: dict[str, Any] = {"type": "logs", "lines": chunk}
+        if single is not None:
+            frame["node"] = single
+        frames.append(_encode(frame))
+    return frames

@@ -90,8 +90,13 @@ class LiveFeed:
                         if isinstance(node, dict) and "id" in node:
                             self.pending[str(node["id"])] = node
                 elif kind == "logs" and isinstance(msg.get("lines"), list):
-                    lines = [x for x in msg["lines"] if isinstance(x, dict)]
-                    self.post(LogsArrived(str(msg.get("node", "")), lines))
+                    # One frame may carry several nodes' lines (then it names no node): split them.
+                    by_node: dict[str, list[dict[str, Any]]] = {}
+                    for line in msg["lines"]:
+                        if isinstance(line, dict):
+                            by_node.setdefault(str(msg.get("node") or line.get("node", "")), []).append(line)
+                    for node_id, lines in by_node.items():
+                        self.post(LogsArrived(node_id, lines))
                 elif kind == "event" and isinstance(msg.get("event"), dict):
                     self.post(EventArrived(msg["event"]))
             code = stream.close_code

@@ -168,3 +168,17 @@ async def test_fts_index_follows_batches_and_ignores_replayed_lines(tmp_path):
     assert conn.execute("SELECT count(*) FROM logs_fts").fetchone()[0] == 3
     found = conn.execute("SELECT l.seq FROM logs_fts f JOIN logs l ON l.id = f.rowid WHERE logs_fts MATCH 'beta'")
     assert [r[0] for r in found] == [2]
+
+
+async def test_bus_sends_one_log_frame_per_subscriber_per_flush():
+    bus = Bus(flush_interval=0.01)
+    everyone, only_a = bus.subscribe(), bus.subscribe()
+    everyone.log_nodes, only_a.log_nodes = frozenset({"*"}), frozenset({"a"})
+    for i in range(3):
+        bus.publish_logs("a", [{"node": "a", "seq": i}])
+        bus.publish_logs("b", [{"node": "b", "seq": i}])
+    frame_all = json.loads(await asyncio.wait_for(everyone.queue.get(), 2))
+    frame_a = json.loads(await asyncio.wait_for(only_a.queue.get(), 2))
+    assert "node" not in frame_all and len(frame_all["lines"]) == 6
+    assert frame_a["node"] == "a" and [x["seq"] for x in frame_a["lines"]] == [0, 1, 2]
+    assert everyone.queue.empty() and only_a.queue.empty()
