@@ -3823,10 +3823,13 @@ class Daemon:
                         self._sent_max = max(self._sent_max, lines[-1]["seq"])
                         continue
                     cursor = self.spool.last_seq + 1  # everything at or after cursor was dropped
+            # a timer rather than wait_for: wait_for with a tiny timeout racing a cancellation can leave
+            # the task unable to finish on some Pythons (seen on 3.11), which hangs the daemon's stop
+            timer = asyncio.get_running_loop().call_later(wait, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def _pinger(self, ws: WebSocket) -> None:
         while True:

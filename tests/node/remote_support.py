@@ -39,10 +39,13 @@ class ScriptedServer:
         self.changed = asyncio.Event()
         self.connections = 0
         self.logs: list[tuple[float, dict[str, Any]]] = []  # (arrival time, `logs` message)
+        self.files: dict[str, bytes] = {}  # served at /files/{name} (e.g. a daemon release)
+        self.release_key: dict[str, Any] = {}
 
     async def __aenter__(self) -> ScriptedServer:
         app = web.Application()
         app.router.add_get("/ws", self._handler)
+        app.router.add_get("/files/{name}", self._file)
         self.runner, base = await start_app(app)
         self.url = base.replace("http://", "ws://") + "/ws"
         return self
@@ -56,7 +59,14 @@ class ScriptedServer:
     def bundle(self) -> dict[str, Any]:
         return {"format": "dvic-node-bundle/1", "node_id": NODE_ID, "name": "scripted", "kind": "desktop",
                 "group": "", "ws_url": self.url, "keepalive_url": "", "ca_pem": "unused", "cert_pem": "unused",
-                "key_pem": "unused", "token": "dvn_test", "interval": 5}
+                "key_pem": "unused", "token": "dvn_test", "interval": 5, "release_key": self.release_key}
+
+    def file_url(self, name: str) -> str:
+        return self.url.replace("ws://", "http://").rsplit("/ws", 1)[0] + "/files/" + name
+
+    async def _file(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["name"])
+        return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def _handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)

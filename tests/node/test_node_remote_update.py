@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -190,3 +191,42 @@ def test_a_release_that_dies_at_start_is_restored_by_the_watchdog(server: Centra
             for pid in daemons_running(node.file):
                 os.kill(pid, signal.SIGTERM)
             wait_until_sync(lambda: not daemons_running(node.file), 20, "the restored daemon stopped")
+
+
+async def test_an_endorsed_key_sent_with_the_update_is_followed_and_remembered(tmp_path: Path) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from remote_support import ScriptedServer, scripted_daemon
+
+    def public(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+        nums = key.public_key().public_numbers()
+        return {"n": format(nums.n, "x"), "e": nums.e}
+
+    def sign(key: rsa.RSAPrivateKey, data: bytes) -> str:
+        return base64.b64encode(key.sign(data, padding.PKCS1v15(), hashes.SHA256())).decode()
+
+    old, new, rogue = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3))
+    release = variant("0.2.0")
+    endorse = [{"key": public(new), "signature": sign(old, dvic_node.key_statement(public(new)))}]
+    forged = [{"key": public(new), "signature": sign(rogue, dvic_node.key_statement(public(new)))}]
+    async with ScriptedServer() as srv:
+        srv.release_key = public(old)
+        srv.files["dvic_node.py"] = release
+        daemon = scripted_daemon(srv, tmp_path, copy_script=True).start()
+        try:
+            await srv.connected()
+            update = {"type": "update", "version": "0.2.0", "url": srv.file_url("dvic_node.py"),
+                      "sha256": hashlib.sha256(release).hexdigest(), "signature": sign(new, release)}
+            await srv.send({**update, "id": "u1", "endorsements": forged})
+            refused = await srv.wait(lambda: [m for m in srv.of("u1", "update_state") if m["state"] == "refused"])
+            assert "bad signature" in refused[0]["message"]
+            await srv.send({**update, "id": "u2", "endorsements": endorse})
+            await srv.wait(lambda: any(m["state"] == "restarting" for m in srv.of("u2", "update_state")))
+            await srv.wait(lambda: srv.hellos[-1]["daemon_version"] == "0.2.0", 30, "the new version's hello")
+            saved = json.loads((tmp_path / "state" / "release_key.json").read_text())
+            assert saved == public(new)
+            assert [m["state"] for m in srv.of("u2", "update_state")] == ["downloading", "verified", "restarting"]
+        finally:
+            await asyncio.to_thread(daemon.stop)
