@@ -3492,14 +3492,17 @@ class Daemon:
         await self._stop.wait()
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        _, stuck = await asyncio.wait(tasks, timeout=10)  # bounded: a stop (or an update) must finish
+        if stuck:
+            LOG.error("%d part(s) did not stop within 10 s; stopping anyway", len(stuck))
         # nothing the operators started outlives the daemon
         self.commands.stop_all()
         self.shells.close_all("the node daemon stopped", kill=True)
         self.tunnels.close_all()
         for t in list(self._remote_tasks):
             t.cancel()
-        await asyncio.gather(*self._remote_tasks, return_exceptions=True)
+        if self._remote_tasks:
+            await asyncio.wait(list(self._remote_tasks), timeout=5)
         LOG.removeHandler(self.log_handler)
         for exc in failed:
             LOG.error("internal error, stopping: %s", "".join(
