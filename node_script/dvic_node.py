@@ -2237,7 +2237,7 @@ def rsa_verify_sha256(data: bytes, signature_b64: str, key: Dict[str, Any]) -> b
         return False
     k = (n.bit_length() + 7) // 8
     s = int.from_bytes(sig, "big")
-    if n < 2 ** 1024 or e < 3 or len(sig) != k or s >= n:
+    if n.bit_length() < 2048 or e < 3 or len(sig) != k or s >= n:
         return False
     em = pow(s, e, n).to_bytes(k, "big")
     t = DIGEST_INFO_SHA256 + hashlib.sha256(data).digest()
@@ -2446,7 +2446,13 @@ class CommandRunner:
 
     async def on_exec(self, msg: Dict[str, Any]) -> None:
         rid = request_id(msg)
-        if rid in self.running or self.journal.seen(rid):
+        try:
+            duplicate = rid in self.running or self.journal.seen(rid)
+        except OSError as exc:  # unknown whether it ran: at most once means not running it
+            await self._exit(rid, "failed", "cannot read the command id journal %s: %s" % (
+                self.journal.path, exc.strerror or exc))
+            return
+        if duplicate:
             await self._exit(rid, "duplicate", "command %s was already run on this node" % rid)
             return
         try:

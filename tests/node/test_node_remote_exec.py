@@ -201,3 +201,18 @@ async def test_remote_control_on_the_oldest_supported_python(tmp_path: Path) -> 
             assert "refused" in (await srv.reply("t1", "tunnel_closed"))["message"]
         finally:
             await asyncio.to_thread(daemon.stop)
+
+
+async def test_no_command_runs_when_its_id_cannot_be_recorded(tmp_path: Path) -> None:
+    (tmp_path / "state" / "exec_ids").mkdir(parents=True)  # where the journal file should be
+    (tmp_path / "state").chmod(0o700)
+    marker = tmp_path / "ran"
+    async with ScriptedServer() as srv:
+        daemon = scripted_daemon(srv, tmp_path).start()
+        try:
+            await srv.connected()
+            _, exit_ = await run(srv, shell=f"touch {marker}")
+            assert exit_["reason"] == "failed" and "command id journal" in exit_["message"], exit_
+            assert not marker.exists() and daemon.running()
+        finally:
+            await asyncio.to_thread(daemon.stop)
