@@ -24,6 +24,7 @@ from tui.fleet import SORT_KEYS, STATES, Filter, alerts, cycle, metric
 from tui.screens.base import DvicScreen
 from tui.textsafe import clean
 from tui.widgets.banner import ConnectionBanner
+from tui.widgets.fleet_table import FleetTable
 from tui.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
 
 COLUMNS: list[tuple[str, str, int | None]] = [
@@ -102,7 +103,7 @@ class FleetScreen(DvicScreen):
         yield SummaryBar(id="summary")
         yield Input(placeholder="filter: name, group, kind, state, version — Enter keeps, Escape clears",
                     id="filter")
-        table: DataTable[Any] = DataTable(id="nodes", cursor_type="row", zebra_stripes=True)
+        table: DataTable[Any] = FleetTable(id="nodes", cursor_type="row", zebra_stripes=True)
         for key, label, width in COLUMNS:
             table.add_column(label, key=key, width=width)
         yield table
