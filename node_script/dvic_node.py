@@ -2676,7 +2676,7 @@ class ShellManager:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
                     if not s.closed:  # the shell exited: send what is left, then hang up
-                        self._drain(s)
+                        await self._drain(s)
                     break
                 try:
                     data = os.read(s.master, MAX_PAYLOAD)
@@ -2703,7 +2703,7 @@ class ShellManager:
         await self.link.send({"type": "shell_exit", "id": s.id, "code": rc if rc is not None and rc >= 0 else None,
                               "message": s.message})
 
-    def _drain(self, s: ShellSession) -> None:
+    async def _drain(self, s: ShellSession) -> None:
         for _ in range(64):  # bounded: at most 3 MiB of late output
             try:
                 data = os.read(s.master, MAX_PAYLOAD)
@@ -2711,8 +2711,7 @@ class ShellManager:
                 return
             if not data:
                 return
-            asyncio.ensure_future(self.link.send({"type": "shell_output", "id": s.id,
-                                                  "data": base64.b64encode(data).decode()}))
+            await self.link.send({"type": "shell_output", "id": s.id, "data": base64.b64encode(data).decode()})
 
     @staticmethod
     async def _wait_exit(s: ShellSession) -> None:
