@@ -67,8 +67,9 @@ LOG_NAME_RE = re.compile(r"^dvic_log_[0-9a-f]{16}$")
 # Small helpers
 # ---------------------------------------------------------------------------------------------
 
-def write_file_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new content."""
+def write_file_atomic(path: str, data: bytes, mode: int = 0o600, sync: bool = False) -> None:
+    """Replace `path` with `data` so a crash leaves either the old or the new content (`sync`: also
+    after a power cut, for files the node cannot do without, like the daemon itself)."""
     tmp = "%s.tmp.%d" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
@@ -76,12 +77,20 @@ def write_file_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         os.unlink(tmp)  # a full disk must not also leak half-written temp files
         raise
     os.close(fd)
     os.replace(tmp, path)
+    if sync:
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def read_text(path: str, limit: int = 64 * KIB) -> Optional[str]:
@@ -3178,8 +3187,8 @@ class Updater:
         with open(self.path, "rb") as f:
             current = f.read()
         mode = stat.S_IMODE(os.stat(self.path).st_mode)
-        write_file_atomic(self.path + ".prev", current, mode)
-        write_file_atomic(self.path, data, mode)
+        write_file_atomic(self.path + ".prev", current, mode, sync=True)
+        write_file_atomic(self.path, data, mode, sync=True)
 
     def save_state(self, state: Optional[Dict[str, Any]]) -> None:
         if state is None:
@@ -3228,7 +3237,7 @@ class Updater:
         try:
             with open(self.path + ".prev", "rb") as f:
                 previous = f.read()
-            write_file_atomic(self.path, previous, stat.S_IMODE(os.stat(self.path).st_mode))
+            write_file_atomic(self.path, previous, stat.S_IMODE(os.stat(self.path).st_mode), sync=True)
             self.save_state(dict(state, phase="rolled_back", message=why))
         except OSError as exc:
             LOG.error("update: cannot roll back to %s.prev: %s", self.path, exc)
@@ -3286,7 +3295,7 @@ def update_watchdog(state_path: str, daemon_path: str, pid: int, argv: List[str]
         time.sleep(0.2)  # a lone watchdog process, not a test: polling a file is all it does
     try:
         with open(daemon_path + ".prev", "rb") as f:
-            write_file_atomic(daemon_path, f.read(), stat.S_IMODE(os.stat(daemon_path).st_mode))
+            write_file_atomic(daemon_path, f.read(), stat.S_IMODE(os.stat(daemon_path).st_mode), sync=True)
         write_file_atomic(state_path, json.dumps(dict(state, phase="rolled_back",
                                                       message=why + "; restored by the watchdog")).encode())
     except OSError:
