@@ -3197,7 +3197,7 @@ class Updater:
             except FileNotFoundError:
                 pass
         else:
-            write_file_atomic(self.state_path, json.dumps(state).encode())
+            write_file_atomic(self.state_path, json.dumps(state).encode(), sync=True)
 
     def load_state(self) -> Optional[Dict[str, Any]]:
         raw = read_text(self.state_path)
