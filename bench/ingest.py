@@ -61,6 +61,7 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
     # The writer's own settings (central/writer.py), so both sides pay the same durability.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
+    fts = store.FtsIndexer()
     timed = 0.0
     commits = 0
     pending = 0
@@ -76,14 +77,18 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
                 store.insert_logs(node.node_id, lines)(conn)
                 pending += 1
                 if pending >= batches_per_commit:
+                    fts.before_commit(conn)  # what the server's writer does before each commit
                     conn.execute("COMMIT")
+                    fts.committed()
                     commits += 1
                     pending = 0
                 timed += time.perf_counter() - started
                 total += count
         if pending:
             started = time.perf_counter()
+            fts.before_commit(conn)
             conn.execute("COMMIT")
+            fts.committed()
             commits += 1
             timed += time.perf_counter() - started
     finally:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .store import FtsIndexer
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -44,6 +46,7 @@ class _Op:
 class Writer:
     def __init__(self, path: Path, commit_interval: float = 0.02) -> None:
         self.path = path
+        self.fts = FtsIndexer()
         self.commit_interval = commit_interval
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue(QUEUE_LIMIT)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvic-writer")
@@ -178,11 +181,15 @@ class Writer:
                 else:
                     conn.execute("RELEASE op")
                     results.append((True, value))
+            self.fts.before_commit(conn)
             conn.execute("COMMIT")
+            self.fts.committed()
         except StorageError:
+            self.fts.rolled_back()
             log.error("database transaction rolled back by SQLite; %d writes failed", len(fns))
             raise
         except sqlite3.Error as exc:
+            self.fts.rolled_back()
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")

@@ -106,13 +106,11 @@ def test_a_non_empty_work_dir_is_refused_and_left_alone(tmp_path: Path) -> None:
     assert keep.read_text() == "do not delete"
 
 
-def test_whatif_fts_fills_the_index_once_per_batch_and_skips_replays(tmp_path: Path) -> None:
-    """The what-if write path finds the same lines as the shipped trigger, and never twice."""
+def test_fts_indexer_fills_the_index_once_and_skips_replays(tmp_path: Path) -> None:
+    """The write path the direct-SQLite baseline shares with the server indexes each line once."""
     script = f"""
 import asyncio, sqlite3
-from bench import whatif_server
 from central import db, store
-whatif_server.fts_in_bulk()
 async def setup():
     conn = await db.connect({str(tmp_path / 'w.sqlite3')!r})
     await db.migrate(conn)
@@ -121,7 +119,11 @@ asyncio.run(setup())
 conn = sqlite3.connect({str(tmp_path / 'w.sqlite3')!r}, isolation_level=None)
 lines = [dict(seq=s, ts=1.0, source="demo", level="INFO", msg=f"servo {{s}}") for s in (1, 2, 3)]
 store.insert_logs("n1", lines)(conn)
+fts = store.FtsIndexer()
+fts.before_commit(conn)
 store.insert_logs("n1", lines[1:] + [dict(lines[0], seq=4)])(conn)  # 2 and 3 replayed
+fts.committed()
+fts.before_commit(conn)
 print(conn.execute("SELECT count(*) FROM logs").fetchone()[0],
       conn.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'servo'").fetchone()[0],
       conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'logs_ai'").fetchone()[0])
