@@ -201,3 +201,81 @@ async def test_maintenance_toggle_and_update_confirmation(central_server: Centra
             await wait_for(lambda: table.row_count == 1 and table.get_row_at(0)[4].plain == "failed", within=30,
                            what="update state")
             assert table.get_row_at(0)[2].plain == "update"
+
+
+async def test_demo_actions_recordings_and_refusals(central_server: CentralServer) -> None:
+    from tests.tui.realkit import demo
+    from tests.tui_remote.executor_node import UNKNOWN_DEMO
+    from tui.screens.admin import AdminScreen
+    from tui.screens.dialogs import ChoiceDialog
+
+    async with ExecutorNode(central_server.enroll("pi-d")) as node:
+        await node.send(demo("robot-arm", token="a1b2c3d4a1b2c3d4"))
+        await node.send(demo(UNKNOWN_DEMO, token="0000111122223333"))
+        # A recorded shell session, opened through the API as `dvic shell` would.
+        app = make_app(central_server)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await fleet_ready(app, 1)
+            ws = await app.api.shell(node.bundle["node_id"], 80, 24)
+            await ws.send_bytes(b"echo recorded; exit\n")
+            async for _ in ws:
+                pass  # until the node closes the session
+            await pilot.press("enter")
+            await wait_for(lambda: isinstance(app.screen, NodeScreen), what="node view")
+            view = app.screen
+            assert isinstance(view, NodeScreen)
+            await pilot.press("D")  # first D: to the Demos tab
+            demos = view.query_one("#demo-table", DataTable)
+            await wait_for(lambda: demos.row_count == 2, what="demos")
+            demos.move_cursor(row=[demos.get_row_at(i)[0].plain for i in range(2)].index("robot-arm"))
+            await pilot.press("D")
+            await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="demo action choice")
+            await pilot.press("enter")  # the first option: Restart demo
+            await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="restart confirmation")
+            await pilot.press("y")
+            await wait_for(lambda: isinstance(app.screen, ActionsScreen), what="actions")
+            table = app.screen.query_one(DataTable)
+            await wait_for(lambda: table.row_count == 1 and table.get_row_at(0)[4].plain == "done", within=20,
+                           what="restart done")
+            assert [table.get_row_at(0)[i].plain for i in (2, 3)] == ["restart_demo", "robot-arm"]
+            await pilot.press("escape")
+            demos.move_cursor(row=[demos.get_row_at(i)[0].plain for i in range(2)].index(UNKNOWN_DEMO))
+            await pilot.press("D")
+            await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="demo action choice")
+            await pilot.press("down", "enter")  # Stop demo
+            await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="stop confirmation")
+            await pilot.press("y")
+            await wait_for(lambda: isinstance(app.screen, ActionsScreen), what="actions")
+            table = app.screen.query_one(DataTable)
+            await wait_for(lambda: any(table.get_row_at(i)[4].plain == "failed" for i in range(table.row_count)),
+                           within=20, what="stop of an unknown demo failed")
+
+            # Recordings in the admin screen; replay needs a real terminal, said plainly here.
+            app.open_admin()
+            await wait_for(lambda: isinstance(app.screen, AdminScreen), what="admin")
+            await pilot.pause()
+            await pilot.press("s")
+            recs = app.screen.query_one("#session-table", DataTable)
+            await wait_for(lambda: recs.row_count == 1, what="one recording")
+            assert recs.get_row_at(0)[1].plain == "pi-d"
+            await pilot.press("p")
+            await wait_for(lambda: any("cannot replay" in str(n.message) for n in app._notifications),
+                           what="replay refused in a headless terminal")
+
+
+async def test_viewer_cannot_act(central_server: CentralServer) -> None:
+    status, body = central_server.api("POST", "/api/v1/operators", {"name": "vera", "role": "viewer"})
+    assert status in (200, 201), body
+    async with ExecutorNode(central_server.enroll("pi-v")):
+        app = make_app(central_server, token=body["token"])
+        async with app.run_test(size=(120, 36)) as pilot:
+            await fleet_ready(app, 1)
+            await pilot.press("x")
+            await wait_for(lambda: isinstance(app.screen, RunScreen), what="run screen")
+            await pilot.pause()
+            run = app.screen
+            run.query_one("#run-input").value = "echo nope"  # type: ignore[attr-defined]
+            await pilot.press("enter")
+            await wait_for(lambda: any("run:" in str(n.message) and "forbidden" in str(n.message)
+                                       for n in app._notifications), what="refusal shown")
+            assert isinstance(run, RunScreen) and run.command_id is None
