@@ -56,6 +56,24 @@ async def test_shell_round_trip_from_the_console(
             # The session was a real one: recorded by the server with the shell's exit code.
             sessions = central_server.api("GET", "/api/v1/sessions")[1]["sessions"]
             assert [(s["node_name"], s["exit_code"]) for s in sessions] == [("pi-s", 3)]
+            # Admin -> Recordings -> replay: the console hands the terminal to the playback, then comes back.
+            keys("a")
+            await wait_for(lambda: "Operators" in pane(), what="admin screen")
+            keys("s")
+            await wait_for(lambda: "Recordings" in pane() and "pi-s" in pane(), what="recordings")
+            seen: list[str] = []
+
+            def replayed() -> bool:
+                seen.append(pane())
+                return "[dvic] end of the recording" in seen[-1] or (
+                    "Recordings" in seen[-1] and any("[dvic] replay of session" in p for p in seen[:-1]))
+
+            keys("p")
+            await wait_for(replayed, within=20, what="replay")
+            assert any("round-23" in p for p in seen), "the replay shows the session's output"
+            await wait_for(lambda: "Recordings" in pane(), within=15, what="console back after the replay")
+            keys("Escape")
+            await wait_for(lambda: "sort name" in pane(), what="fleet again")
             keys("q")
             await wait_for(lambda: run("has-session", "-t", "dvic").returncode != 0, within=15, what="quit")
         except AssertionError as exc:
