@@ -96,7 +96,7 @@ class ActionHub:
 
     async def request(self, node: NodeState, operator: str, kind: str, demo: str = "",
                       deadline_s: float | None = None, release: Release | None = None,
-                      download_url: str = "") -> Action:
+                      download_url: str = "", endorsements: list[dict[str, Any]] | None = None) -> Action:
         now = time.time()
         deadline_s = deadline_s or DEFAULT_DEADLINE_S.get(kind, 120.0)
         boot_time = node.facts.get("boot_time")
@@ -111,7 +111,9 @@ class ActionHub:
         if kind == "update":
             assert release is not None
             message = {"type": "update", "id": action.id, "version": release.version, "url": download_url,
-                       "sha256": release.sha256, "signature": release.signature}
+                       "sha256": release.sha256, "signature": release.signature,
+                       # Nodes pinned an older key follow the rotations through these (release.py).
+                       "endorsements": endorsements or []}
         else:
             message = {"type": "action", "id": action.id, "action": kind, "demo": demo or None}
         if not await node.send(message):

@@ -405,7 +405,8 @@ async def update_nodes(request: web.Request) -> web.Response:
         if node.daemon_version == release.version:
             continue
         actions.append((await services.actions.request(node, operator.name, "update", release=release,
-                                                       download_url=url)).view())
+                                                       download_url=url,
+                                                       endorsements=services.release.endorsements())).view())
     return web.json_response({"version": release.version, "actions": actions}, status=201)
 
 
