@@ -27,6 +27,7 @@ from .server import BenchServer
 REPO = Path(__file__).resolve().parents[1]
 NODE_SCRIPT = REPO / "node_script" / "dvic_node.py"
 DEMO_WRITER = Path(__file__).resolve().parent / "demo_writer.py"
+WHATIF_DAEMON = Path(__file__).resolve().parent / "whatif_daemon.py"
 T = TypeVar("T")
 
 
@@ -153,8 +154,9 @@ class DaemonRun:
     """node_script/dvic_node.py as a subprocess, as systemd runs it (default timings unless given)."""
 
     def __init__(self, python: str, bundle: Path, state_dir: Path, log_dir: Path, *,
-                 poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT) -> None:
-        self.args = [python, str(script), "--config", str(bundle), "--state-dir", str(state_dir),
+                 poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT,
+                 script_args: tuple[str, ...] = ()) -> None:
+        self.args = [python, str(script), *script_args, "--config", str(bundle), "--state-dir", str(state_dir),
                      "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none"]
         if poll_interval is not None:
             self.args += ["--poll-interval", str(poll_interval)]
@@ -268,9 +270,13 @@ class NodeRig:
     """Server + one enrolled node + its daemon, under `work`; `close()` stops them all."""
 
     def __init__(self, work: Path, *, interval: float = 5.0, python: str = sys.executable,
-                 poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT) -> None:
+                 poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT,
+                 coalesce: float | None = None) -> None:
         self.work = work
         self.script = script
+        self.script_args: tuple[str, ...] = ()
+        if coalesce is not None:  # what-if: the unchanged daemon with another COALESCE_S
+            self.script, self.script_args = WHATIF_DAEMON, ("--coalesce", f"{coalesce:g}", "--")
         self.log_dir = work / "demo-logs"
         self.log_dir.mkdir(mode=0o755)
         self.server = BenchServer(work / "central", extra_args=("--interval", f"{interval:g}"))
@@ -289,7 +295,7 @@ class NodeRig:
         state = self.work / "node-state"
         self.daemon = DaemonRun(self.python, self.work / "bundle.json", state, self.log_dir,
                                 poll_interval=self.poll_interval, no_psutil=self.no_psutil,
-                                script=self.script).start()
+                                script=self.script, script_args=self.script_args).start()
 
         def connected() -> bool:
             assert self.daemon is not None

@@ -31,7 +31,9 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
         "rate_lines_per_s": args.rate, "demos": args.demos, "duration_s": args.duration,
         "lines": per_demo * args.demos, "python": args.python,
     })
-    rig = NodeRig(work, python=args.python, poll_interval=args.poll_interval)
+    if args.whatif_coalesce is not None:
+        report.params["WHAT-IF daemon COALESCE_S"] = args.whatif_coalesce
+    rig = NodeRig(work, python=args.python, poll_interval=args.poll_interval, coalesce=args.whatif_coalesce)
     try:
         await asyncio.to_thread(rig.start_server)
         await asyncio.to_thread(rig.start_daemon)
@@ -79,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="how long to wait for the last lines after the writers finish")
     p.add_argument("--poll-interval", type=positive_float, default=None,
                    help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
+    p.add_argument("--whatif-coalesce", type=float, metavar="S", default=None,
+                   help="run the unchanged daemon with COALESCE_S = S (bench/whatif_daemon.py; default 0.25 s)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
     add_common_args(p)
     return p.parse_args(argv)

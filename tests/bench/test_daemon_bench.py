@@ -64,9 +64,11 @@ def test_tailing_smoke_every_line_once(tmp_path: Path) -> None:
     assert figures["daemon CPU while the demos write"]["value"] >= 0
 
 
-def test_line_latency_smoke_times_every_line(tmp_path: Path) -> None:
-    doc = run_bench("bench.line_latency", tmp_path, "--demos", "1", "--rate", "20", "--duration", "1")
+@pytest.mark.parametrize("whatif", [[], ["--whatif-coalesce", "0.05"]], ids=["as-is", "whatif-coalesce"])
+def test_line_latency_smoke_times_every_line(tmp_path: Path, whatif: list[str]) -> None:
+    doc = run_bench("bench.line_latency", tmp_path, "--demos", "1", "--rate", "20", "--duration", "1", *whatif)
     figures = doc["figures"]
+    assert (doc["params"].get("WHAT-IF daemon COALESCE_S") == 0.05) == bool(whatif)
     assert figures["lines written / timed on the stream"]["value"] == "20 / 20"
     assert figures["lines written / stored (API)"]["ok"] is True
     assert 0 < figures["latency p50"]["value"] <= figures["latency max"]["value"]
@@ -112,6 +114,12 @@ def test_demo_writer_refuses_bad_options(args: list[str], message: str) -> None:
                             capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_whatif_daemon_refuses_a_negative_coalesce() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "whatif_daemon.py"), "--coalesce", "-1", "--",
+                             "--config", "x"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "--coalesce must be >= 0" in result.stderr
 
 
 def test_footprint_refuses_a_negative_warmup_and_a_used_work_dir(tmp_path: Path) -> None:
