@@ -180,7 +180,7 @@ class NodeSession:
             await self._logs(msg["lines"])
         elif kind == "metrics":
             series = metric_series(msg)
-            await self.services.writer.submit(store.insert_metrics(node.id, msg["ts"], series))
+            self.services.writer.add_metrics(node.id, msg["ts"], series)
             self.registry.set_metrics(node, msg, series)
         elif kind == "demo":
             await self.services.writer.submit(store.upsert_demo(node.id, msg, time.time()))
@@ -257,7 +257,7 @@ async def keepalive(request: web.Request) -> web.Response:
         return error_response(400, "bad_field", str(exc))
     now = time.time()
     if series:
-        await services.writer.submit(store.insert_metrics(node.id, now, series))
+        services.writer.add_metrics(node.id, now, series)
         services.registry.set_metrics(node, node.sample, series)
     if facts and any(node.facts.get(k) != v for k, v in facts.items()):
         node.facts.update(facts)

@@ -138,9 +138,12 @@ class FtsIndexer:
 
 def insert_metrics(node_id: str, ts: float, series: Mapping[str, float]) -> WriteFn:
     """Raw samples plus the one-minute min/avg/max aggregate, updated in the same commit."""
-    bucket = int(ts // 60) * 60
-    raw = [(node_id, name, ts, value) for name, value in series.items()]
-    agg = [(node_id, name, bucket, value, value, value) for name, value in series.items()]
+    return insert_metric_rows([(node_id, name, ts, value) for name, value in series.items()])
+
+
+def insert_metric_rows(raw: Sequence[tuple[str, str, float, float]]) -> WriteFn:
+    """Many samples (node, name, ts, value) in two statements: how MetricsBuffer flushes a commit's worth."""
+    agg = [(node_id, name, int(ts // 60) * 60, value, value, value) for node_id, name, ts, value in raw]
 
     def run(conn: sqlite3.Connection) -> None:
         conn.executemany("INSERT INTO metrics_raw (node_id, name, ts, value) VALUES (?, ?, ?, ?)", raw)
