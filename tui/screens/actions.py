@@ -30,7 +30,10 @@ COLUMNS = (("when", "Updated", 9), ("node", "Node", 18), ("action", "Action", 14
 
 
 def fill_actions_table(table: DataTable[Any], actions: list[dict[str, Any]], versions: dict[str, str]) -> None:
-    """(Re)fills a table made with `COLUMNS`: newest first, literal node text."""
+    """(Re)fills a table made with `COLUMNS`: newest first, literal node text, the cursor kept on its action."""
+    current = None
+    if table.row_count:
+        current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
     table.clear()
     for act in sorted(actions, key=lambda a: -float(a.get("requested_at") or 0)):
         state = str(act.get("state", "?"))
@@ -44,6 +47,8 @@ def fill_actions_table(table: DataTable[Any], actions: list[dict[str, Any]], ver
             literal(act.get("message") or ""),
             key=str(act.get("id")),
         )
+    if current is not None and current in {str(a.get("id")) for a in actions}:
+        table.move_cursor(row=table.get_row_index(str(current)), scroll=False)
 
 
 class ActionsScreen(DvicScreen):
@@ -55,6 +60,7 @@ class ActionsScreen(DvicScreen):
         self.highlight = set(highlight or [])  # ids just requested: the title counts them
         self.actions: list[dict[str, Any]] = []
         self._last = 0.0
+        self._shown_versions: dict[str, str] = {}  # the daemon versions the table shows
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
@@ -82,7 +88,8 @@ class ActionsScreen(DvicScreen):
         except ApiError as exc:
             self.notify(f"actions: {exc.message}", severity="error", markup=False)
             return
-        fill_actions_table(self.query_one(DataTable), self.actions, self._versions())
+        self._shown_versions = self._versions()
+        fill_actions_table(self.query_one(DataTable), self.actions, self._shown_versions)
         self._title()
 
     def _title(self) -> None:
@@ -112,10 +119,12 @@ class ActionsScreen(DvicScreen):
             self.reload()
 
     def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
-        # A daemon version changes when an update lands: show it.
+        # A daemon version changes when an update lands: show it (only then: metrics change constantly).
+        versions = self._versions()
         mentioned = {str(a.get("node")) for a in self.actions}
-        if self.is_mounted and any(str(n.get("id")) in mentioned for n in nodes):
-            fill_actions_table(self.query_one(DataTable), self.actions, self._versions())
+        if self.is_mounted and any(self._shown_versions.get(n) != versions.get(n) for n in mentioned):
+            fill_actions_table(self.query_one(DataTable), self.actions, versions)
+            self._shown_versions = versions
 
     def action_back(self) -> None:
         self.dismiss()
