@@ -209,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.glances and not (os.path.isfile(args.glances) and os.access(args.glances, os.X_OK)):
+        p.error(f"--glances {args.glances}: not an executable file")
     return args
 
 

@@ -51,6 +51,7 @@ def test_footprint_smoke_beside_glances(tmp_path: Path) -> None:
     assert figures["Glances samples"]["value"] >= 1
     assert figures["Glances RSS at the end"]["value"] > 1
     assert figures["Glances / daemon RSS"]["value"] > 0
+    assert figures["Glances / daemon CPU (schedstat)"]["ok"] in (True, False)  # a verdict, whichever it is
     assert doc["params"]["glances"] != "unknown"
 
 
@@ -122,10 +123,13 @@ def test_whatif_daemon_refuses_a_negative_coalesce() -> None:
     assert result.returncode == 2 and "--coalesce must be >= 0" in result.stderr
 
 
-def test_footprint_refuses_a_negative_warmup_and_a_used_work_dir(tmp_path: Path) -> None:
+def test_footprint_refuses_bad_options_and_a_used_work_dir(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "bench.daemon_footprint", "--warmup", "-1"], cwd=REPO,
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--warmup must be >= 0" in bad.stderr
+    missing = subprocess.run([sys.executable, "-m", "bench.daemon_footprint", "--glances", str(tmp_path / "nope")],
+                             cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 2 and "nope: not an executable file" in missing.stderr
     (tmp_path / "leftover").write_text("x")
     used = subprocess.run([sys.executable, "-m", "bench.daemon_tailing", "--work-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=30)
