@@ -1,0 +1,417 @@
+"""Remote-control benchmarks: `dvic run` round trip, shell keystroke-to-echo, `run --all` on N daemons.
+
+Everything is a real process on 127.0.0.1: dvic-central (bench/server.py), node daemons
+(node_script/dvic_node.py, each with its own enrolled bundle, state dir and log dir) and, for the
+CLI figures, `python3 -m tui run` itself. Nothing is timed inside tests; this prints figures.
+
+    python3 -m bench.remote [--runs 100] [--cli-runs 30] [--keystrokes 200] [--nodes 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import pty
+import pwd
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tui.config import Settings
+from tui.remote_client import RUN_FINAL, RemoteClient
+
+from .common import add_common_args, positive_float, positive_int, work_dir
+from .daemon_rig import NODE_SCRIPT, REPO, NodeRig, RigError, enroll
+from .server import BenchServer
+
+ECHO_TIMEOUT = 5.0  # one keystroke's echo; far above any plausible figure, only guards a hang
+
+
+@dataclass
+class Figures:
+    """Latencies in milliseconds (p50/p99/max) and the fleet timings in seconds."""
+    date: str = ""
+    load_before: str = ""
+    api_run_ms: dict[str, float] = field(default_factory=dict)
+    cli_run_ms: dict[str, float] = field(default_factory=dict)
+    python_start_ms: dict[str, float] = field(default_factory=dict)
+    shell_echo_ms: dict[str, float] = field(default_factory=dict)
+    local_pty_echo_ms: dict[str, float] = field(default_factory=dict)
+    fleet_nodes: int = 0
+    fleet_start_s: float = 0.0
+    fleet_api_s: list[float] = field(default_factory=list)
+    fleet_cli_s: list[float] = field(default_factory=list)
+    fleet_exited: list[int] = field(default_factory=list)
+    fleet_cli_failures: list[str] = field(default_factory=list)
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    """p50/p99/max in ms (nearest rank), and the sample count."""
+    if not samples_s:
+        return {}
+    ordered = sorted(samples_s)
+
+    def rank(p: float) -> float:
+        return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1] * 1000
+
+    return {"n": len(ordered), "p50": rank(50), "p99": rank(99), "max": ordered[-1] * 1000}
+
+
+def fmt(stats: dict[str, float]) -> str:
+    if not stats:
+        return "not measured"
+    return f"p50 {stats['p50']:.1f} ms, p99 {stats['p99']:.1f} ms, max {stats['max']:.1f} ms ({int(stats['n'])} samples)"
+
+
+def settings_of(server: BenchServer) -> Settings:
+    return Settings(server=server.url, token=server.admin_token, ca=str(server.ca_path))
+
+
+def cli_env(server: BenchServer) -> dict[str, str]:
+    return {**os.environ, "DVIC_SERVER": server.url, "DVIC_TOKEN": server.admin_token,
+            "DVIC_CA": str(server.ca_path), "PYTHONPATH": str(REPO)}
+
+
+# -- 1. dvic run NODE -- true -------------------------------------------------------------------
+async def run_to_end(api: RemoteClient, targets: dict[str, Any], argv: list[str]) -> tuple[list[dict[str, Any]], float]:
+    """Start a command and follow its stream to `done`: the final runs and the seconds to `done`."""
+    t0 = time.perf_counter()
+    started = await api.run_command(targets, argv=argv)
+    runs = {r["run_id"]: r for r in started.get("runs", [])}
+    async for event in api.command_stream(started["id"]):
+        # runs that ended before the stream opened are only in its first `command` message
+        updates = event.get("runs", []) if event.get("type") == "command" else [event]
+        for run in updates:
+            if run.get("type", "state") == "state" and run.get("run_id") in runs:
+                runs[run["run_id"]] = run
+    elapsed = time.perf_counter() - t0
+    deadline = time.monotonic() + 10
+    while any(r.get("state") not in RUN_FINAL for r in runs.values()) and time.monotonic() < deadline:
+        # A stream that opens while the last runs finish can send `done` without their final
+        # `state` (reported to the server's owner): read them from the stored command, which the
+        # group-commit writer may store a moment after `done` (polled, bounded; not timed).
+        stored = (await api.command(started["id"])).get("runs", [])
+        runs = {r.get("run_id") or r["id"]: r for r in stored}
+        await asyncio.sleep(0.05)
+    return list(runs.values()), elapsed
+
+
+async def api_round_trips(server: BenchServer, node: str, count: int) -> list[float]:
+    samples: list[float] = []
+    async with RemoteClient(settings_of(server)) as api:
+        await run_to_end(api, {"nodes": [node]}, ["true"])  # warm-up: TLS session, imports on the node
+        for _ in range(count):
+            runs, elapsed = await run_to_end(api, {"nodes": [node]}, ["true"])
+            samples.append(elapsed)
+            if len(runs) != 1 or runs[0].get("state") != "exited" or runs[0].get("code") != 0:
+                raise RigError(f"`true` did not exit 0: {runs}")
+    return samples
+
+
+def cli_round_trips(server: BenchServer, node: str, count: int) -> tuple[list[float], list[float]]:
+    """The real CLI process per run, and a bare `python3 -c pass` for its start-up share."""
+    env = cli_env(server)
+    runs: list[float] = []
+    bare: list[float] = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=60)
+        bare.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tui", "run", node, "--", "true"], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        runs.append(time.perf_counter() - t0)
+        if done.returncode != 0:
+            raise RigError(f"`dvic run {node} -- true` exited {done.returncode}: {done.stderr.strip()}")
+    return runs, bare
+
+
+# -- 2. keystroke to echo -----------------------------------------------------------------------
+# Each keystroke is a printable byte then a backspace erasing it, so the line never grows; each is
+# timed from the send to the first output that holds its echo.
+KEYS: list[tuple[bytes, bytes]] = [(b"x", b"x"), (b"\x7f", b"\x08")]
+READY = b"printf 'RE%sDY\\n' A\n"  # the output says READY; the echoed input does not
+
+
+async def remote_echo(server: BenchServer, node: str, count: int) -> list[float]:
+    samples: list[float] = []
+    async with RemoteClient(settings_of(server)) as api:
+        ws = await api.shell(node, 80, 24)
+        try:
+            buf = bytearray()
+
+            async def until(marker: bytes, timeout: float) -> None:
+                deadline = time.monotonic() + timeout
+                while marker not in buf:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise RigError(f"shell: no {marker!r} within {timeout:.0f} s (got {bytes(buf[-200:])!r})")
+                    msg = await ws.receive(timeout=left)
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        buf.extend(msg.data)
+                    elif msg.type == aiohttp.WSMsgType.TEXT:
+                        doc = json.loads(msg.data)
+                        if doc.get("type") == "exit":
+                            raise RigError(f"the shell ended: {doc}")
+                    else:
+                        raise RigError(f"shell websocket closed ({ws.close_code})")
+
+            async def quiet(period: float, limit: float) -> None:
+                # the prompt may be written after READY: wait until output pauses (bounded)
+                deadline = time.monotonic() + limit
+                while time.monotonic() < deadline:
+                    try:
+                        msg = await ws.receive(timeout=period)
+                    except TimeoutError:
+                        return
+                    if msg.type != aiohttp.WSMsgType.BINARY and msg.type != aiohttp.WSMsgType.TEXT:
+                        raise RigError(f"shell websocket closed ({ws.close_code})")
+
+            await ws.send_bytes(READY)
+            await until(b"READY", 30)
+            await quiet(0.3, 10)
+            for i in range(count):
+                key, echo = KEYS[i % 2]
+                buf.clear()
+                t0 = time.perf_counter()
+                await ws.send_bytes(key)
+                await until(echo, ECHO_TIMEOUT)
+                samples.append(time.perf_counter() - t0)
+            await ws.send_bytes(b"exit\n")
+        finally:
+            await ws.close()
+    return samples
+
+
+@contextmanager
+def local_shell(shell: str) -> Iterator[int]:
+    """The same login shell on a local PTY, in its own session; yields the master fd."""
+    master, slave = pty.openpty()
+    account = pwd.getpwuid(os.getuid())
+    env = {"HOME": account.pw_dir, "USER": account.pw_name, "SHELL": shell, "TERM": "xterm-256color",
+           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    proc = subprocess.Popen([shell, "-l"], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            cwd=account.pw_dir, start_new_session=True)
+    os.close(slave)
+    try:
+        yield master
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        os.close(master)
+
+
+def local_echo(shell: str, count: int) -> list[float]:
+    samples: list[float] = []
+    with local_shell(shell) as fd:
+        buf = bytearray()
+
+        def until(marker: bytes, timeout: float) -> None:
+            deadline = time.monotonic() + timeout
+            while marker not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RigError(f"local pty: no {marker!r} within {timeout:.0f} s (got {bytes(buf[-200:])!r})")
+                ready, _, _ = select.select([fd], [], [], left)
+                if ready:
+                    buf.extend(os.read(fd, 65536))
+
+        os.write(fd, READY)
+        until(b"READY", 30)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and select.select([fd], [], [], 0.3)[0]:
+            os.read(fd, 65536)  # drain the prompt until output pauses (bounded)
+        for i in range(count):
+            key, echo = KEYS[i % 2]
+            buf.clear()
+            t0 = time.perf_counter()
+            os.write(fd, key)
+            until(echo, ECHO_TIMEOUT)
+            samples.append(time.perf_counter() - t0)
+    return samples
+
+
+# -- 3. run --all on N daemons ------------------------------------------------------------------
+class Fleet:
+    """N dvic_node.py subprocesses, each in its own process group; `stop()` leaves none behind."""
+
+    def __init__(self, root: Path, python: str) -> None:
+        self.root = root
+        self.python = python
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, bundles: list[Path]) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the daemon is standard library only
+        for bundle in bundles:
+            home = bundle.parent
+            (home / "logs").mkdir(mode=0o755, exist_ok=True)
+            args = [self.python, str(NODE_SCRIPT), "--config", str(bundle), "--state-dir", str(home / "state"),
+                    "--log-dir", str(home / "logs"), "--system-log", "none", "--docker-socket", "none"]
+            with open(home / "daemon.log", "ab") as log:
+                self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                   cwd=home, start_new_session=True))
+
+    def dead(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is not None]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in self.procs:
+                try:
+                    os.killpg(proc.pid, sig)  # the group: shells or commands the daemon started too
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + timeout
+            for proc in self.procs:
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            if all(p.poll() is not None for p in self.procs):
+                return
+
+
+async def connected_count(api: RemoteClient) -> int:
+    return sum(1 for n in await api.nodes() if n.get("connected"))
+
+
+async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_timeout: float,
+                      figures: Figures) -> None:
+    server = BenchServer(root / "central")
+    fleet = Fleet(root, python)
+    try:
+        server.start()
+        bundles = []
+        for i in range(count):
+            home = root / f"node-{i:04d}"
+            home.mkdir(parents=True)
+            bundles.append(home / "bundle.json")
+        names = [f"fleet-{i:04d}" for i in range(count)]
+        with ThreadPoolExecutor(8) as pool:  # enrollment makes a key and certificate per node
+            list(pool.map(lambda name, path: enroll(server, name, path), names, bundles))
+        t0 = time.perf_counter()
+        fleet.start(bundles)
+        async with RemoteClient(settings_of(server)) as api:
+            deadline = time.monotonic() + online_timeout
+            online = 0
+            while online < count:
+                if fleet.dead():
+                    raise RigError(f"{len(fleet.dead())} daemon(s) exited; see {root}/node-*/daemon.log")
+                if time.monotonic() > deadline:
+                    raise RigError(f"only {online} of {count} daemons online after {online_timeout:.0f} s")
+                online = await connected_count(api)
+                await asyncio.sleep(0.5)  # poll interval of the online check, not a synchronisation
+            figures.fleet_start_s = time.perf_counter() - t0
+            figures.fleet_nodes = count
+            print(f"fleet: {count} daemons online in {figures.fleet_start_s:.1f} s")
+            await run_to_end(api, {"all": True}, ["true"])  # warm-up: every daemon's first exec
+            for _ in range(repeats):
+                runs, elapsed = await run_to_end(api, {"all": True}, ["uname", "-a"])
+                figures.fleet_api_s.append(elapsed)
+                exited = sum(1 for r in runs if r.get("state") == "exited" and r.get("code") == 0)
+                figures.fleet_exited.append(exited)
+                if exited != count:
+                    states = sorted({str(r.get("state")) for r in runs if r.get("state") in RUN_FINAL})
+                    print(f"  warning: {exited}/{count} exited 0 (states seen: {states})")
+                print(f"  run --all -- uname -a (API): {figures.fleet_api_s[-1]:.2f} s, {exited}/{count} exited 0")
+        env = cli_env(server)
+        for _ in range(repeats):
+            t1 = time.perf_counter()
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "tui", "run", "--all", "--yes", "--", "uname", "-a"],
+                env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+            figures.fleet_cli_s.append(time.perf_counter() - t1)
+            if done.returncode != 0:  # counted, not fatal: the figures of the other runs still hold
+                figures.fleet_cli_failures.append(done.stderr.strip().splitlines()[-1:][0] if done.stderr.strip()
+                                                  else f"exit {done.returncode}")
+                print(f"  warning: `dvic run --all` exited {done.returncode}: {figures.fleet_cli_failures[-1]}")
+            lines = done.stdout.count("\n")
+            print(f"  run --all -- uname -a (CLI process): {figures.fleet_cli_s[-1]:.2f} s, {lines} output lines")
+    finally:
+        fleet.stop()
+        server.stop()
+
+
+# -- main ---------------------------------------------------------------------------------------
+async def single_node_phase(work: Path, args: argparse.Namespace, figures: Figures) -> None:
+    (work / "single").mkdir()
+    rig = NodeRig(work / "single", python=args.python)
+    try:
+        rig.start_server()
+        await asyncio.to_thread(rig.start_daemon)
+        if args.runs:
+            figures.api_run_ms = percentiles(await api_round_trips(rig.server, "bench-node", args.runs))
+            print(f"dvic run NODE -- true, API + command stream: {fmt(figures.api_run_ms)}")
+        if args.cli_runs:
+            runs, bare = await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs)
+            figures.cli_run_ms, figures.python_start_ms = percentiles(runs), percentiles(bare)
+            print(f"dvic run NODE -- true, CLI process:          {fmt(figures.cli_run_ms)}")
+            print(f"  of which bare `python3 -c pass`:           {fmt(figures.python_start_ms)}")
+        if args.keystrokes:
+            shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
+            figures.shell_echo_ms = percentiles(await remote_echo(rig.server, "bench-node", args.keystrokes))
+            figures.local_pty_echo_ms = percentiles(await asyncio.to_thread(local_echo, shell, args.keystrokes))
+            print(f"keystroke to echo via server + daemon ({shell}): {fmt(figures.shell_echo_ms)}")
+            print(f"keystroke to echo on a local PTY ({shell}):       {fmt(figures.local_pty_echo_ms)}")
+            added50 = figures.shell_echo_ms["p50"] - figures.local_pty_echo_ms["p50"]
+            added99 = figures.shell_echo_ms["p99"] - figures.local_pty_echo_ms["p99"]
+            print(f"  added by server + daemon: p50 {added50:.1f} ms, p99 {added99:.1f} ms (target < 10 ms at p99)")
+    finally:
+        await asyncio.to_thread(rig.close)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.remote", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=100, help="`run NODE -- true` through the API (0: skip)")
+    p.add_argument("--cli-runs", type=int, default=30, help="the same as CLI processes (0: skip)")
+    p.add_argument("--keystrokes", type=int, default=200, help="keystrokes timed, remote and local (0: skip)")
+    p.add_argument("--nodes", type=int, default=200, help="daemons for `run --all` (0: skip)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="`run --all` timings (API and CLI each)")
+    p.add_argument("--online-timeout", type=positive_float, default=300.0,
+                   help="seconds for all N daemons to connect")
+    p.add_argument("--python", default=sys.executable, help="interpreter of the daemons")
+    add_common_args(p)
+    args = p.parse_args(argv)
+    for name in ("runs", "cli_runs", "keystrokes", "nodes"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    figures = Figures(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      load_before=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(f"{figures.date}, {os.cpu_count()} CPUs, load average before: {figures.load_before}")
+    with work_dir(args.work_dir, args.keep, "remote") as work:
+        if args.runs or args.cli_runs or args.keystrokes:
+            asyncio.run(single_node_phase(work, args, figures))
+        if args.nodes:
+            asyncio.run(fleet_phase(work / "fleet", args.nodes, args.repeats, args.python,
+                                    args.online_timeout, figures))
+    if figures.fleet_api_s:
+        print(f"run --all -- uname -a on {figures.fleet_nodes} daemons: API best {min(figures.fleet_api_s):.2f} s, "
+              f"worst {max(figures.fleet_api_s):.2f} s; CLI best {min(figures.fleet_cli_s):.2f} s (target < 3 s)")
+    if args.json:
+        args.json.write_text(json.dumps(asdict(figures), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
