@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from .demos import Demo, check_demos, check_shell_user, parse_demo, parse_demo_cmd
 from .errors import InstallerError
 from .esp32 import add_esp32
 from .flow import add_node, remove_node
@@ -80,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add.add_argument("--python", default="", metavar="PATH", help="Python >= 3.8 interpreter on the target")
     add.add_argument("--online-timeout", type=float, default=60.0, metavar="S",
                      help="how long to wait for the node to come online (default 60 s)")
+    add.add_argument("--demo", action="append", default=[], metavar="NAME=UNIT",
+                     help="a demo the console can start/stop/restart through its systemd unit (repeatable); "
+                          "any --demo/--demo-cmd replaces the node's demos.json, none keeps it")
+    add.add_argument("--demo-cmd", action="append", default=[], metavar="NAME=COMMAND",
+                     help="a demo started with a shell command and stopped by a signal (TERM, then KILL after 10 s; "
+                          "repeatable)")
+    add.add_argument("--shell-user", default="", metavar="USER",
+                     help="user whose login shell remote shells run (default: root); must exist on the target")
     add.add_argument("--out", type=Path, metavar="FILE.h", help="ESP32: where to write the C header")
     add.add_argument("--force", action="store_true", help="ESP32: overwrite --out if it exists")
     _add_ssh_options(add)
@@ -130,6 +139,13 @@ def _source(args: argparse.Namespace) -> Source:
         return Jump(host=host, port=port, user=user, client_keys=args.jump_identity,
                     expect_host_key=args.expect_jump_host_key)
     return Direct()
+
+
+def _demos(args: argparse.Namespace) -> list[Demo] | None:
+    """The demos to write (None: keep the node's demos.json); bad values fail before any prompt."""
+    if not args.demo and not args.demo_cmd:
+        return None
+    return check_demos([parse_demo(v) for v in args.demo] + [parse_demo_cmd(v) for v in args.demo_cmd])
 
 
 def _read_password(args: argparse.Namespace, user: str, host: str) -> Password:
@@ -202,6 +218,8 @@ def cmd_add_node(args: argparse.Namespace) -> int:
             print("error: add-node needs TARGET and --user (or --kind esp32 --name N --out FILE.h)", file=sys.stderr)
             return EXIT_USAGE
         source = _source(args)
+        demos = _demos(args)
+        check_shell_user(args.shell_user)
         password = _read_password(args, args.user, args.target)
         request = AddNodeRequest(
             host=args.target, user=args.user, password=password, server=server, port=args.port, source=source,
@@ -209,6 +227,7 @@ def cmd_add_node(args: argparse.Namespace) -> int:
             confirm_host_key=_confirm, known_hosts=args.known_hosts, prefix=args.prefix,
             init="none" if args.no_systemd else "systemd", python=args.python, target_path=args.target_path,
             connect_timeout=args.connect_timeout, online_timeout=args.online_timeout,
+            demos=demos, shell_user=args.shell_user,
         )
         print(f"Adding {args.target} as a node:", file=out, flush=True)
         result = asyncio.run(add_node(request, printer))

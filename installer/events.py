@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .demos import Demo, check_demos, check_shell_user
 from .errors import InstallerError
 from .flow import Central, add_node
 from .models import (
@@ -28,18 +29,35 @@ from .models import (
 )
 from .secret import Password
 
-_STRINGS = ("host", "user", "name", "kind", "group", "expect_host_key", "via", "jump", "python")
+_STRINGS = ("host", "user", "name", "kind", "group", "expect_host_key", "via", "jump", "python", "shell_user")
+
+
+def _parse_demos(value: Any) -> list[Demo]:
+    """``demos``: a list of {"name", "unit"} or {"name", "command"} objects."""
+    if not isinstance(value, list):
+        raise ValueError("demos: expected a list of {name, unit} or {name, command} objects")
+    demos = []
+    for i, item in enumerate(value):
+        if (not isinstance(item, Mapping) or set(item) - {"name", "unit", "command"}
+                or not all(isinstance(v, str) for v in item.values())):
+            raise ValueError(f"demos[{i}]: expected an object with string fields name and unit or command")
+        demos.append(Demo(name=item.get("name", ""), unit=item.get("unit", ""), command=item.get("command", "")))
+    try:
+        return check_demos(demos)
+    except ValueError as exc:
+        raise ValueError(f"demos: {exc}") from exc
 
 
 def parse_add_node_body(body: Any, server: ServerSpec, known_hosts: Path | None = None) -> AddNodeRequest:
     """Build an AddNodeRequest from a JSON object; ValueError names the first bad field and why.
 
     Fields: ``host``, ``user``, ``password`` (required); ``port``, ``name``, ``kind``, ``group``,
-    ``expect_host_key``, ``python``; at most one of ``via`` (node) and ``jump`` (``user@host[:port]``).
+    ``expect_host_key``, ``python``, ``shell_user``, ``demos`` (absent: keep the node's demos.json);
+    at most one of ``via`` (node) and ``jump`` (``user@host[:port]``).
     """
     if not isinstance(body, Mapping):
         raise ValueError("the body must be a JSON object")
-    unknown = sorted(set(body) - {*_STRINGS, "password", "port", "online_timeout"})
+    unknown = sorted(set(body) - {*_STRINGS, "password", "port", "online_timeout", "demos"})
     if unknown:
         raise ValueError(f"unknown field(s): {', '.join(unknown)}")
     for key in _STRINGS:
@@ -60,6 +78,11 @@ def parse_add_node_body(body: Any, server: ServerSpec, known_hosts: Path | None 
     timeout = body.get("online_timeout", 60)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 600:
         raise ValueError("online_timeout: seconds, more than 0 and at most 600")
+    demos = _parse_demos(body["demos"]) if "demos" in body else None
+    try:
+        shell_user = check_shell_user(body.get("shell_user", ""))
+    except ValueError as exc:
+        raise ValueError(f"shell_user: {exc}") from exc
     if body.get("via") and body.get("jump"):
         raise ValueError("via, jump: give at most one")
     source: Source = Direct()
@@ -75,7 +98,7 @@ def parse_add_node_body(body: Any, server: ServerSpec, known_hosts: Path | None 
         host=body["host"], user=body["user"], password=Password(password.encode()), server=server, port=port,
         source=source, name=body.get("name", ""), kind=kind, group=body.get("group", ""),
         expect_host_key=body.get("expect_host_key", ""), known_hosts=known_hosts,
-        python=body.get("python", ""), online_timeout=float(timeout),
+        python=body.get("python", ""), online_timeout=float(timeout), demos=demos, shell_user=shell_user,
     )
 
 

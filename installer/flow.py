@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from .api import CentralClient, CentralError, ca_sha256
+from .demos import DemoError, check_demos, check_shell_user, demos_json
 from .errors import InstallerError
 from .hostkeys import KnownHosts
 from .models import (
@@ -69,6 +70,12 @@ def _validate(req: AddNodeRequest) -> None:
         raise bad(f"unknown init mode {req.init!r}")
     if req.prefix and req.init == "systemd":
         raise bad("--prefix installs outside the paths systemd reads", "add --no-systemd")
+    try:
+        check_shell_user(req.shell_user)
+        if req.demos is not None:
+            check_demos(req.demos)
+    except DemoError as exc:
+        raise bad(str(exc)) from exc
     try:
         if req.prefix:
             check_path("--prefix", req.prefix)
@@ -140,7 +147,7 @@ async def _add_node(
 
     def script(mode: str, **extra: Any) -> str:
         return render_script(mode, layout=layout, init=req.init, python=req.python,
-                             target_path=req.target_path, **extra)
+                             target_path=req.target_path, shell_user=req.shell_user, **extra)
 
     async with runner.run("connect") as step:
         # The server first: a bad token or a too-low role must fail before the target is touched.
@@ -180,9 +187,10 @@ async def _add_node(
     installed = False
     try:
         async with runner.run("render") as step:
-            unit = render_unit(template, facts["python"], layout)
+            unit = render_unit(template, facts["python"], layout, req.shell_user)
+            demos = None if req.demos is None else demos_json(req.demos, layout.state_dir)
             install_script = script("install", keep_bundle=keep, expect_node_id=node_id,
-                                    daemon_text=daemon_text, bundle=bundle, unit_text=unit)
+                                    daemon_text=daemon_text, bundle=bundle, unit_text=unit, demos=demos)
             bundle = None  # the secret now lives only in the script text, dropped after the install
             step.message = f"{len(install_script)} bytes" + (", keeping the installed bundle" if keep else "")
 
@@ -192,6 +200,8 @@ async def _add_node(
             installed = True
             step.message = f"{layout.daemon} ({req.init}" + (
                 f", pid {result.facts['pid']})" if "pid" in result.facts else ")")
+            step.message += {"written": f"; demos.json written ({len(req.demos or [])} demos)",
+                             "kept": "; demos.json kept"}.get(result.facts.get("demos", ""), "")
 
         async with runner.run("online") as step:
             node = await api.wait_online(node_id, req.online_timeout, version=daemon_version(daemon_text))

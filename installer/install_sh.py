@@ -22,6 +22,9 @@ DAEMON=@DAEMON@
 BUNDLE=@BUNDLE@
 STATE_DIR=@STATE_DIR@
 UNIT=@UNIT@
+SHELL_USER=@SHELL_USER@
+WRITE_DEMOS=@WRITE_DEMOS@
+DEMOS="$STATE_DIR/demos.json"
 SERVICE=dvic-node.service
 PIDFILE="$STATE_DIR/dvic-node.pid"
 DAEMON_OUT="$STATE_DIR/daemon.out"
@@ -68,6 +71,10 @@ check_system() {
         fi
     fi
     say init "$INIT"
+    if [ -n "$SHELL_USER" ]; then
+        id -u "$SHELL_USER" >/dev/null 2>&1 \
+            || fail no_shell_user "the shell user $SHELL_USER does not exist on this machine"
+    fi
 }
 
 # Validates an installed bundle with the target's own Python and prints its identity (no secrets).
@@ -151,10 +158,13 @@ start_daemon() {
         return
     fi
     mkdir -p "$STATE_DIR"
+    # The same command line as the unit's ExecStart.
+    set -- "$PY" "$DAEMON" --config "$BUNDLE" --state-dir "$STATE_DIR"
+    if [ -n "$SHELL_USER" ]; then set -- "$@" --shell-user "$SHELL_USER"; fi
     if command -v setsid >/dev/null 2>&1; then
-        setsid nohup "$PY" "$DAEMON" --config "$BUNDLE" --state-dir "$STATE_DIR" >>"$DAEMON_OUT" 2>&1 </dev/null &
+        setsid nohup "$@" >>"$DAEMON_OUT" 2>&1 </dev/null &
     else
-        nohup "$PY" "$DAEMON" --config "$BUNDLE" --state-dir "$STATE_DIR" >>"$DAEMON_OUT" 2>&1 </dev/null &
+        nohup "$@" >>"$DAEMON_OUT" 2>&1 </dev/null &
     fi
     echo $! >"$PIDFILE"
     settle
@@ -239,6 +249,11 @@ do_install() {
     else
         write_bundle "$STAGE/bundle.json"
     fi
+    if [ "$WRITE_DEMOS" = 1 ]; then
+        write_demos "$STAGE/demos.json"
+        "$PY" -c 'import json, sys; json.load(open(sys.argv[1]))' "$STAGE/demos.json" \
+            || fail bad_demos "the rendered demos.json is not valid JSON"
+    fi
     mkdir -p "$STAGE/unit"
     write_unit "$STAGE/unit/$SERVICE"
     verify_unit "$STAGE/unit/$SERVICE"
@@ -253,6 +268,15 @@ do_install() {
     put "$STAGE/dvic_node.py" "$DAEMON" 644
     if [ "$KEEP_BUNDLE" != 1 ]; then put "$STAGE/bundle.json" "$BUNDLE" 600; fi
     put "$STAGE/unit/$SERVICE" "$UNIT" 644
+    # demos.json is replaced only when demos were given: a re-run keeps the operator's file.
+    if [ "$WRITE_DEMOS" = 1 ]; then
+        put "$STAGE/demos.json" "$DEMOS" 644
+        say demos written
+    elif [ -e "$DEMOS" ]; then
+        say demos kept
+    else
+        say demos none
+    fi
     start_daemon || fail start_failed "the daemon did not stay running: $(daemon_tail)"
     COMMITTING=0
     if [ "$INIT" = none ]; then say pid "$(cat "$PIDFILE")"; fi

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from .demos import Demo
 from .paths import DEFAULT_TARGET_PATH, daemon_source, unit_template
 from .secret import Password
 
@@ -127,6 +128,9 @@ class AddNodeRequest:
     init: str = "systemd"  # "systemd" or "none"
     python: str = ""  # interpreter on the target; default: python3 found in target_path
     target_path: str = DEFAULT_TARGET_PATH
+    # Demo actions (STATE_DIR/demos.json): None keeps the installed file; a list replaces it.
+    demos: list[Demo] | None = None
+    shell_user: str = ""  # user of remote shells (--shell-user); "" = the daemon's default (root)
     daemon_source: Path = field(default_factory=daemon_source)
     unit_template: Path = field(default_factory=unit_template)
     connect_timeout: float = 15.0

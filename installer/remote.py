@@ -29,6 +29,8 @@ HINTS: dict[str, str] = {
     "install_failed": "check free disk space and permissions on the target; the install was rolled back",
     "bundle_changed": "the target's identity changed during the run; run the command again",
     "wrong_node": "this machine belongs to another node: check the address, or remove that node instead",
+    "no_shell_user": "create that user on the target first (adduser NAME), or pick another --shell-user",
+    "bad_demos": "check the --demo/--demo-cmd values; nothing was changed",
     "script_failed": "run again; if it persists, run the check by hand with sh -x",
 }
 

@@ -9,6 +9,7 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from .demos import check_shell_user
 from .install_sh import TEMPLATE
 from .paths import NodeLayout
 
@@ -29,8 +30,11 @@ def check_path(what: str, path: str) -> str:
     return path
 
 
-def render_unit(template: str, python: str, layout: NodeLayout) -> str:
-    """Fill the unit template's placeholders; every placeholder must be present exactly as documented."""
+def render_unit(template: str, python: str, layout: NodeLayout, shell_user: str = "") -> str:
+    """Fill the unit template's placeholders; every placeholder must be present exactly as documented.
+
+    ``shell_user`` (already checked by ``demos.check_shell_user``) is appended to the one ExecStart line.
+    """
     missing = [p for p in UNIT_PLACEHOLDERS if p not in template]
     if "@DAEMON@" in missing or "@BUNDLE@" in missing:
         raise RenderError(f"the unit template lacks {', '.join(missing)}")
@@ -46,7 +50,22 @@ def render_unit(template: str, python: str, layout: NodeLayout) -> str:
     leftover = re.findall(r"@[A-Z_]+@", text)
     if leftover:
         raise RenderError(f"the unit template has unknown placeholders: {', '.join(sorted(set(leftover)))}")
+    if check_shell_user(shell_user):
+        text = _add_exec_arg(text, f"--shell-user {shell_user}")
     return text
+
+
+def _add_exec_arg(unit: str, arg: str) -> str:
+    """Append an argument to the unit's single ExecStart= line (the template is not ours to edit)."""
+    lines = unit.split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("ExecStart=")]
+    if len(starts) != 1:
+        raise RenderError(f"the unit template must have exactly one ExecStart= line to add {arg} (has {len(starts)})")
+    i = starts[0]
+    if lines[i].rstrip().endswith("\\"):
+        raise RenderError("the unit template's ExecStart= line continues on the next line: cannot add " + arg)
+    lines[i] = lines[i].rstrip() + " " + arg
+    return "\n".join(lines)
 
 
 def _heredoc_function(name: str, content: str) -> str:
@@ -75,8 +94,14 @@ def render_script(
     daemon_text: str = "",
     bundle: Mapping[str, Any] | None = None,
     unit_text: str = "",
+    shell_user: str = "",
+    demos: Mapping[str, Any] | None = None,
 ) -> str:
-    """The install script for one mode. Only ``install`` without ``keep_bundle`` carries the secret bundle."""
+    """The install script for one mode. Only ``install`` without ``keep_bundle`` carries the secret bundle.
+
+    ``demos`` (the content of demos.json) replaces the installed file; None keeps whatever is there.
+    ``shell_user`` must exist on the target (checked in every mode) and goes on the daemon's command line.
+    """
     if mode not in SCRIPT_MODES:
         raise RenderError(f"unknown script mode {mode!r}")
     if init not in INIT_MODES:
@@ -101,6 +126,8 @@ def render_script(
         payload += _heredoc_function("write_unit", unit_text)
         if not keep_bundle:
             payload += _heredoc_function("write_bundle", json.dumps(bundle, separators=(",", ":")) + "\n")
+        if demos is not None:
+            payload += _heredoc_function("write_demos", json.dumps(demos, indent=2, sort_keys=True) + "\n")
 
     values = {
         "@TARGET_PATH@": target_path,
@@ -112,6 +139,8 @@ def render_script(
         "@BUNDLE@": layout.bundle,
         "@STATE_DIR@": layout.state_dir,
         "@UNIT@": layout.unit,
+        "@SHELL_USER@": check_shell_user(shell_user),
+        "@WRITE_DEMOS@": "1" if mode == "install" and demos is not None else "0",
     }
     text = TEMPLATE
     for key, value in values.items():

@@ -1,7 +1,7 @@
 """A stand-in node daemon for installer tests: posts keep-alives with the bundle's token until stopped.
 
 Standard library only and Python 3.8 syntax, like the real daemon; same command line
-(--config BUNDLE [--state-dir DIR]).
+(--config BUNDLE [--state-dir DIR] [--shell-user USER]).
 """
 
 import argparse
@@ -19,6 +19,7 @@ def main() -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--state-dir", default="/var/lib/dvic-node")
     parser.add_argument("--log-dir", default="")
+    parser.add_argument("--shell-user", default=None)
     parser.add_argument("-v", action="store_true")
     args = parser.parse_args()
     with open(args.config) as fh:
