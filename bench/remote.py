@@ -48,6 +48,7 @@ class Figures:
     api_run_ms: dict[str, float] = field(default_factory=dict)
     cli_run_ms: dict[str, float] = field(default_factory=dict)
     python_start_ms: dict[str, float] = field(default_factory=dict)
+    cli_imports_ms: dict[str, float] = field(default_factory=dict)
     shell_echo_ms: dict[str, float] = field(default_factory=dict)
     local_pty_echo_ms: dict[str, float] = field(default_factory=dict)
     fleet_nodes: int = 0
@@ -121,22 +122,24 @@ async def api_round_trips(server: BenchServer, node: str, count: int) -> list[fl
     return samples
 
 
-def cli_round_trips(server: BenchServer, node: str, count: int) -> tuple[list[float], list[float]]:
-    """The real CLI process per run, and a bare `python3 -c pass` for its start-up share."""
+def cli_round_trips(server: BenchServer, node: str, count: int) -> tuple[list[float], list[float], list[float]]:
+    """The real CLI process per run, plus its start-up shares: bare `python3 -c pass`, then the CLI's imports."""
     env = cli_env(server)
     runs: list[float] = []
     bare: list[float] = []
+    imports: list[float] = []
     for _ in range(count):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=60)
-        bare.append(time.perf_counter() - t0)
+        for share, code in ((bare, "pass"), (imports, "import tui.cli")):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=60)
+            share.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "tui", "run", node, "--", "true"], env=env, cwd=REPO,
                               capture_output=True, text=True, timeout=60)
         runs.append(time.perf_counter() - t0)
         if done.returncode != 0:
             raise RigError(f"`dvic run {node} -- true` exited {done.returncode}: {done.stderr.strip()}")
-    return runs, bare
+    return runs, bare, imports
 
 
 # -- 2. keystroke to echo -----------------------------------------------------------------------
@@ -359,10 +362,12 @@ async def single_node_phase(work: Path, args: argparse.Namespace, figures: Figur
             figures.api_run_ms = percentiles(await api_round_trips(rig.server, "bench-node", args.runs))
             print(f"dvic run NODE -- true, API + command stream: {fmt(figures.api_run_ms)}")
         if args.cli_runs:
-            runs, bare = await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs)
+            runs, bare, imports = await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs)
             figures.cli_run_ms, figures.python_start_ms = percentiles(runs), percentiles(bare)
+            figures.cli_imports_ms = percentiles(imports)
             print(f"dvic run NODE -- true, CLI process:          {fmt(figures.cli_run_ms)}")
-            print(f"  of which bare `python3 -c pass`:           {fmt(figures.python_start_ms)}")
+            print(f"  start-up share, bare `python3 -c pass`:    {fmt(figures.python_start_ms)}")
+            print(f"  start-up share, `python3 -c 'import tui.cli'`: {fmt(figures.cli_imports_ms)}")
         if args.keystrokes:
             shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
             figures.shell_echo_ms = percentiles(await remote_echo(rig.server, "bench-node", args.keystrokes))

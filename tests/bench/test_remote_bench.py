@@ -40,7 +40,7 @@ def test_remote_bench_smoke(tmp_path: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=170)
     assert result.returncode == 0, result.stdout + result.stderr
     doc = json.loads(out.read_text())
-    assert doc["api_run_ms"]["n"] == 3 and doc["cli_run_ms"]["n"] == 1
+    assert doc["api_run_ms"]["n"] == 3 and doc["cli_run_ms"]["n"] == 1 and doc["cli_imports_ms"]["n"] == 1
     assert doc["shell_echo_ms"]["n"] == 6 and doc["local_pty_echo_ms"]["n"] == 6
     assert doc["fleet_nodes"] == 3 and doc["fleet_exited"] == [3]
     assert len(doc["fleet_api_s"]) == 1 and len(doc["fleet_cli_s"]) == 1
