@@ -17,6 +17,7 @@ import os
 import pty
 import pwd
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,20 +275,25 @@ class Fleet:
         return [p.pid for p in self.procs if p.poll() is not None]
 
     def stop(self, timeout: float = 20.0) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.procs:
-                try:
-                    os.killpg(proc.pid, sig)  # the group: shells or commands the daemon started too
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + timeout
-            for proc in self.procs:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            if all(p.poll() is not None for p in self.procs):
-                return
+        """SIGTERM every group and wait (bounded); then SIGKILL every group, whatever is left in it."""
+        self._signal_groups(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        # also reaches a command or shell a daemon left behind in its group after the daemon exited
+        self._signal_groups(signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(timeout=timeout)
+
+    def _signal_groups(self, sig: signal.Signals) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass  # the whole group is gone already
 
 
 async def connected_count(api: RemoteClient) -> int:
@@ -393,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--python", default=sys.executable, help="interpreter of the daemons")
     add_common_args(p)
     args = p.parse_args(argv)
+    if shutil.which(args.python) is None:
+        p.error(f"--python {args.python}: no such executable")
     for name in ("runs", "cli_runs", "keystrokes", "nodes"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

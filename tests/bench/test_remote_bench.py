@@ -56,6 +56,15 @@ def test_bad_sizes_are_refused_plainly() -> None:
     assert "--nodes must be >= 0, got -1" in result.stderr
 
 
+def test_missing_daemon_interpreter_is_refused_before_starting(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    result = subprocess.run([sys.executable, "-m", "bench.remote", "--python", str(tmp_path / "nopython"),
+                             "--work-dir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"--python {tmp_path / 'nopython'}: no such executable" in result.stderr
+    assert not work.exists()  # nothing was started or created
+
+
 def test_percentiles_nearest_rank() -> None:
     stats = percentiles([i / 1000 for i in range(1, 101)])  # 1..100 ms
     assert stats["n"] == 100
