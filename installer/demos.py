@@ -107,7 +107,15 @@ def _start_script(demo: Demo, pidfile: str, outfile: str) -> str:
         f'mkdir -p "$(dirname "$pidf")" || exit 1; '
         # Output goes to a file, not to the daemon: the action would otherwise wait for it to close.
         f"setsid /bin/sh -c {q(demo.command)} </dev/null >{q(outfile)} 2>&1 & "
-        f'echo "$! $boot" >"$pidf"; echo "{demo.name} started (process group $!)"'
+        f'pid=$!; echo "$pid $boot" >"$pidf"; '
+        # The child becomes its own group only once setsid has run: wait for that (bounded), so a
+        # stop right after this start finds the group. A child that ended already cannot get there.
+        f'i=0; while kill -s 0 "$pid" 2>/dev/null && ! kill -s 0 -- "-$pid" 2>/dev/null && [ "$i" -lt 50 ]; '
+        f'do sleep 0.1; i=$((i + 1)); done; '
+        f'if kill -s 0 -- "-$pid" 2>/dev/null; then echo "{demo.name} started (process group $pid)"; exit 0; fi; '
+        f'wait "$pid"; rc=$?; rm -f "$pidf"; '
+        f'echo "{demo.name} exited at once with status $rc: $(tail -c 2000 {q(outfile)} 2>/dev/null)"; '
+        f'[ "$rc" = 0 ]'
     )
 
 

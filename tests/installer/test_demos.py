@@ -192,6 +192,17 @@ def test_command_demo_starts_stops_and_restarts_as_a_group(tmp_path: Path) -> No
             os.killpg(pgid, signal.SIGKILL)
 
 
+def test_a_demo_that_ends_at_once_is_reported(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    entry = demos_json([Demo("bad", command="echo no such thing >&2; exit 3"),
+                        Demo("oneshot", command="true")], str(state))
+    code, out = _act(entry["bad"]["start"])
+    assert code == 1 and out == "bad exited at once with status 3: no such thing"
+    assert not (state / "demos/bad.pid").exists()
+    code, out = _act(entry["oneshot"]["start"])
+    assert code == 0 and out.startswith("oneshot exited at once with status 0")
+
+
 def test_a_stale_pid_file_never_signals_another_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
     entry = demos_json([Demo("kiosk", command="exec sleep 300")], str(state))["kiosk"]
