@@ -112,6 +112,8 @@ def _start_script(demo: Demo, pidfile: str, outfile: str) -> str:
         # stop right after this start finds the group. A child that ended already cannot get there.
         f'i=0; while kill -s 0 "$pid" 2>/dev/null && ! kill -s 0 -- "-$pid" 2>/dev/null && [ "$i" -lt 50 ]; '
         f'do sleep 0.1; i=$((i + 1)); done; '
+        # Half a second of grace: a demo that fails on start (bad path, missing file) is reported.
+        f'sleep 0.5; '
         f'if kill -s 0 -- "-$pid" 2>/dev/null; then echo "{demo.name} started (process group $pid)"; exit 0; fi; '
         f'wait "$pid"; rc=$?; rm -f "$pidf"; '
         f'echo "{demo.name} exited at once with status $rc: $(tail -c 2000 {q(outfile)} 2>/dev/null)"; '

@@ -194,7 +194,7 @@ def test_command_demo_starts_stops_and_restarts_as_a_group(tmp_path: Path) -> No
 
 def test_a_demo_that_ends_at_once_is_reported(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    entry = demos_json([Demo("bad", command="echo no such thing >&2; exit 3"),
+    entry = demos_json([Demo("bad", command="sleep 0.1; echo no such thing >&2; exit 3"),
                         Demo("oneshot", command="true")], str(state))
     code, out = _act(entry["bad"]["start"])
     assert code == 1 and out == "bad exited at once with status 3: no such thing"
