@@ -173,6 +173,8 @@ async def get_command(request: web.Request) -> web.Response:
         " WHERE r.command_id = ? ORDER BY n.name", (command_id,)) as cur:
         runs = [dict(r) for r in await cur.fetchall()]
     for run in runs:
+        # Same names as the POST answer and the stream use.
+        run["run_id"], run["node"] = run["id"], run["node_id"]
         async with services.read_db.execute(
             "SELECT stream, data FROM command_output WHERE run_id = ? ORDER BY id", (run["id"],)) as cur:
             run["output"] = [{"stream": s, "data": d} for s, d in await cur.fetchall()]
@@ -189,6 +191,9 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "bad_origin", "origin not allowed")
     services = _services(request)
     cmd = _command(services, request.match_info["id"])
+    # Finished before we watch: no event will come, and the first frame's runs are final.
+    # Otherwise every later state and the `done` arrive through the queue, in order.
+    done_before = cmd.done.is_set()
     queue = services.commands.watch(cmd)
     ws = web.WebSocketResponse(heartbeat=20.0)
     await ws.prepare(request)
@@ -205,7 +210,7 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
                 run = names[run_id]
                 await ws.send_str(json.dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
                 replayed = max(replayed, chunk)
-        if cmd.done.is_set():
+        if done_before:
             await ws.send_str(json.dumps({"type": "done", "id": cmd.id}))
             return ws
         reader = asyncio.create_task(_drain_client(ws))
