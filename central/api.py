@@ -58,13 +58,23 @@ def _float_param(request: web.Request, name: str) -> float | None:
     return value
 
 
-def _limit(request: web.Request, default: int = 100) -> int:
+def limit_param(request: web.Request, default: int = 100) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(400, "bad_query", f"limit: expected an integer from 1 to {MAX_LIMIT}")
     return int(raw)
+
+
+def node_id_param(services: Services, ref: str | None) -> str | None:
+    """The id of the node a `node` query parameter names (name or id); None when not given."""
+    if not ref:
+        return None
+    node = services.registry.get(ref)
+    if node is None:
+        raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
+    return node.id
 
 
 def find_node(request: web.Request) -> NodeState:
@@ -216,7 +226,7 @@ async def logs(request: web.Request) -> web.Response:
         page = await services.queries.logs(
             node_ids=node_ids, source=source, min_level=q.get("level"), text=q.get("q") or None,
             since=_float_param(request, "from"), until=_float_param(request, "to"), cursor=q.get("cursor"),
-            limit=_limit(request), demo=q.get("demo") or None,
+            limit=limit_param(request), demo=q.get("demo") or None,
         )
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
@@ -227,16 +237,11 @@ async def logs(request: web.Request) -> web.Response:
               query=("node", "kind", "from", "to", "cursor", "limit"))
 async def events(request: web.Request) -> web.Response:
     services = _services(request)
-    node_id = None
-    if request.query.get("node"):
-        node = services.registry.get(request.query["node"])
-        if node is None:
-            raise ApiError(404, "no_such_node", f"no node with id or name {request.query['node']!r}")
-        node_id = node.id
+    node_id = node_id_param(services, request.query.get("node"))
     try:
         page = await services.queries.events(
             node_id=node_id, kind=request.query.get("kind") or None, since=_float_param(request, "from"),
-            until=_float_param(request, "to"), cursor=request.query.get("cursor"), limit=_limit(request),
+            until=_float_param(request, "to"), cursor=request.query.get("cursor"), limit=limit_param(request),
         )
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
@@ -335,7 +340,7 @@ async def issue_token(request: web.Request) -> web.Response:
 @routes.route("GET", "/api/v1/audit", role="admin", summary="Audit trail (newest first)", query=("cursor", "limit"))
 async def audit(request: web.Request) -> web.Response:
     try:
-        page = await _services(request).queries.audit(cursor=request.query.get("cursor"), limit=_limit(request))
+        page = await _services(request).queries.audit(cursor=request.query.get("cursor"), limit=limit_param(request))
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
     return web.json_response({"entries": page.items, "next_cursor": page.next_cursor})

@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 
 from . import store
 from .actions import ACTIONS
-from .api import find_node, json_body
+from .api import find_node, json_body, limit_param, node_id_param
 from .auth import PUBLIC, ApiError, Operator, current_operator
 from .commands import output_event
 from .registry import NodeState
@@ -133,53 +133,20 @@ async def cancel_command(request: web.Request) -> web.Response:
               query=("node", "limit"))
 async def list_commands(request: web.Request) -> web.Response:
     services = _services(request)
-    limit = min(int(request.query.get("limit", "50")) if request.query.get("limit", "50").isdigit() else 50, 500)
-    node_id = find_node_by_query(services, request.query.get("node"))
-    sql = ("SELECT c.*, count(r.id) AS nodes, sum(r.state = 'exited' AND r.code = 0) AS ok"
-           " FROM commands c JOIN command_runs r ON r.command_id = c.id"
-           + (" WHERE c.id IN (SELECT command_id FROM command_runs WHERE node_id = ?)" if node_id else "")
-           + " GROUP BY c.id ORDER BY c.created_at DESC LIMIT ?")
-    params: list[Any] = ([node_id] if node_id else []) + [limit]
-    async with services.read_db.execute(sql, params) as cur:
-        rows = [dict(r) for r in await cur.fetchall()]
+    node_id = node_id_param(services, request.query.get("node"))
+    rows = await services.queries.recent_commands(node_id, limit_param(request, 50))
     for row in rows:
-        row["argv"] = json.loads(row["argv"]) if row["argv"] else None
         live = services.commands.commands.get(row["id"])
         row["done"] = live.done.is_set() if live else True
     return web.json_response({"commands": rows})
-
-
-def find_node_by_query(services: Services, ref: str | None) -> str | None:
-    if not ref:
-        return None
-    node = services.registry.get(ref)
-    if node is None:
-        raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
-    return node.id
-
 
 @routes.route("GET", "/api/v1/commands/{id}", role="operator", summary="A command: runs, states and stored output")
 async def get_command(request: web.Request) -> web.Response:
     services = _services(request)
     command_id = request.match_info["id"]
-    async with services.read_db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)) as cur:
-        row = await cur.fetchone()
-    if row is None:
+    out = await services.queries.command(command_id)
+    if out is None:
         raise ApiError(404, "no_such_command", f"no command {command_id!r}")
-    out = dict(row)
-    out["argv"] = json.loads(out["argv"]) if out["argv"] else None
-    async with services.read_db.execute(
-        "SELECT r.*, n.name AS node_name FROM command_runs r LEFT JOIN nodes n ON n.id = r.node_id"
-        " WHERE r.command_id = ? ORDER BY n.name", (command_id,)) as cur:
-        runs = [dict(r) for r in await cur.fetchall()]
-    for run in runs:
-        # Same names as the POST answer and the stream use.
-        run["run_id"], run["node"] = run["id"], run["node_id"]
-        async with services.read_db.execute(
-            "SELECT stream, data FROM command_output WHERE run_id = ? ORDER BY id", (run["id"],)) as cur:
-            run["output"] = [{"stream": s, "data": d} for s, d in await cur.fetchall()]
-        run["truncated"] = bool(run["truncated"])
-    out["runs"] = runs
     live = services.commands.commands.get(command_id)
     out["done"] = live.done.is_set() if live else True
     return web.json_response(out)
@@ -201,15 +168,10 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
         await ws.send_str(json.dumps({"type": "command", **cmd.view()}))
         # Output stored before this client came (watching started first, so nothing falls between).
         replayed = 0
-        names = {r.id: r for r in cmd.runs.values()}
-        marks = ",".join("?" * len(names))
-        async with services.read_db.execute(
-                f"SELECT id, run_id, stream, data FROM command_output WHERE run_id IN ({marks}) ORDER BY id",
-                list(names)) as cur:
-            async for chunk, run_id, stream, data in cur:
-                run = names[run_id]
-                await ws.send_str(json.dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
-                replayed = max(replayed, chunk)
+        for chunk, run_id, stream, data in await services.queries.command_chunks(cmd.id):
+            run = cmd.runs[run_id]
+            await ws.send_str(json.dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
+            replayed = max(replayed, chunk)
         if done_before:
             await ws.send_str(json.dumps({"type": "done", "id": cmd.id}))
             return ws
@@ -286,12 +248,8 @@ async def shell(request: web.Request) -> web.StreamResponse:
               query=("node", "limit"))
 async def list_sessions(request: web.Request) -> web.Response:
     services = _services(request)
-    node_id = find_node_by_query(services, request.query.get("node"))
-    sql = ("SELECT s.*, n.name AS node_name FROM shell_sessions s LEFT JOIN nodes n ON n.id = s.node_id"
-           + (" WHERE s.node_id = ?" if node_id else "") + " ORDER BY s.started_at DESC LIMIT 200")
-    async with services.read_db.execute(sql, [node_id] if node_id else []) as cur:
-        rows = [dict(r) for r in await cur.fetchall()]
-    return web.json_response({"sessions": rows})
+    node_id = node_id_param(services, request.query.get("node"))
+    return web.json_response({"sessions": await services.queries.recent_sessions(node_id, limit_param(request, 200))})
 
 
 @routes.route("GET", "/api/v1/sessions/{id}/recording", role="operator",
@@ -299,11 +257,10 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def recording(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     sid = request.match_info["id"]
-    async with services.read_db.execute("SELECT recording FROM shell_sessions WHERE id = ?", (sid,)) as cur:
-        row = await cur.fetchone()
-    if row is None:
+    name = await services.queries.session_recording(sid)
+    if name is None:
         raise ApiError(404, "no_such_session", f"no shell session {sid!r}")
-    path = services.shells.recordings / row[0]
+    path = services.shells.recordings / name
     if not path.exists():
         raise ApiError(404, "no_recording", f"the recording of session {sid!r} is gone")
     return web.FileResponse(path, headers={"Content-Type": "application/x-asciicast"})
@@ -362,29 +319,17 @@ async def request_action(request: web.Request) -> web.Response:
               query=("node", "limit"))
 async def list_actions(request: web.Request) -> web.Response:
     services = _services(request)
-    node_id = find_node_by_query(services, request.query.get("node"))
-    sql = ("SELECT a.*, n.name AS node_name FROM actions a LEFT JOIN nodes n ON n.id = a.node_id"
-           + (" WHERE a.node_id = ?" if node_id else "") + " ORDER BY a.requested_at DESC LIMIT 200")
-    async with services.read_db.execute(sql, [node_id] if node_id else []) as cur:
-        rows = [dict(r) for r in await cur.fetchall()]
-    for row in rows:
-        row.pop("boot_time", None)
-    return web.json_response({"actions": rows})
+    node_id = node_id_param(services, request.query.get("node"))
+    return web.json_response({"actions": await services.queries.recent_actions(node_id, limit_param(request, 200))})
 
 
 @routes.route("GET", "/api/v1/actions/{id}", role="viewer", summary="One tracked action")
 async def get_action(request: web.Request) -> web.Response:
-    services = _services(request)
     action_id = request.match_info["id"]
-    async with services.read_db.execute(
-            "SELECT a.*, n.name AS node_name FROM actions a LEFT JOIN nodes n ON n.id = a.node_id WHERE a.id = ?",
-            (action_id,)) as cur:
-        row = await cur.fetchone()
-    if row is None:
+    action = await _services(request).queries.action(action_id)
+    if action is None:
         raise ApiError(404, "no_such_action", f"no action {action_id!r}")
-    out = dict(row)
-    out.pop("boot_time", None)
-    return web.json_response(out)
+    return web.json_response(action)
 
 
 @routes.route("POST", "/api/v1/update", role="operator", audit=False,

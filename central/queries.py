@@ -203,6 +203,79 @@ class Queries:
             row = await cur.fetchone()
         return dict(row) if row else None
 
+    # -- remote control history ---------------------------------------------------------------
+    async def recent_commands(self, node_id: str | None, limit: int) -> list[dict[str, Any]]:
+        sql = ("SELECT c.*, count(r.id) AS nodes, sum(r.state = 'exited' AND r.code = 0) AS ok"
+               " FROM commands c JOIN command_runs r ON r.command_id = c.id"
+               + (" WHERE c.id IN (SELECT command_id FROM command_runs WHERE node_id = ?)" if node_id else "")
+               + " GROUP BY c.id ORDER BY c.created_at DESC LIMIT ?")
+        params: list[Any] = ([node_id] if node_id else []) + [limit]
+        async with self.db.execute(sql, params) as cur:
+            rows = [dict(r) for r in await cur.fetchall()]
+        for row in rows:
+            row["argv"] = json.loads(row["argv"]) if row["argv"] else None
+        return rows
+
+    async def command(self, command_id: str) -> dict[str, Any] | None:
+        """A command with its runs and their stored output (three queries, whatever the node count)."""
+        async with self.db.execute("SELECT * FROM commands WHERE id = ?", (command_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        out = dict(row)
+        out["argv"] = json.loads(out["argv"]) if out["argv"] else None
+        async with self.db.execute(
+                "SELECT r.*, n.name AS node_name FROM command_runs r LEFT JOIN nodes n ON n.id = r.node_id"
+                " WHERE r.command_id = ? ORDER BY n.name", (command_id,)) as cur:
+            runs = [dict(r) for r in await cur.fetchall()]
+        by_id = {}
+        for run in runs:
+            # Same names as the POST answer and the stream use.
+            run["run_id"], run["node"] = run["id"], run["node_id"]
+            run["truncated"] = bool(run["truncated"])
+            run["output"] = []
+            by_id[run["id"]] = run
+        async with self.db.execute(
+                "SELECT o.run_id, o.stream, o.data FROM command_output o JOIN command_runs r ON r.id = o.run_id"
+                " WHERE r.command_id = ? ORDER BY o.id", (command_id,)) as cur:
+            async for run_id, stream, data in cur:
+                by_id[run_id]["output"].append({"stream": stream, "data": data})
+        out["runs"] = runs
+        return out
+
+    async def command_chunks(self, command_id: str) -> list[tuple[int, str, str, str]]:
+        """Stored output of a command as (chunk id, run id, stream, data), in order."""
+        async with self.db.execute(
+                "SELECT o.id, o.run_id, o.stream, o.data FROM command_output o JOIN command_runs r ON r.id = o.run_id"
+                " WHERE r.command_id = ? ORDER BY o.id", (command_id,)) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def recent_sessions(self, node_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self._recent("shell_sessions", "started_at", node_id, limit)
+
+    async def session_recording(self, session_id: str) -> str | None:
+        async with self.db.execute("SELECT recording FROM shell_sessions WHERE id = ?", (session_id,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def recent_actions(self, node_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return [_public_action(r) for r in await self._recent("actions", "requested_at", node_id, limit)]
+
+    async def action(self, action_id: str) -> dict[str, Any] | None:
+        async with self.db.execute(
+                "SELECT a.*, n.name AS node_name FROM actions a LEFT JOIN nodes n ON n.id = a.node_id WHERE a.id = ?",
+                (action_id,)) as cur:
+            row = await cur.fetchone()
+        return _public_action(dict(row)) if row else None
+
+    async def _recent(self, table: str, order: str, node_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest rows of a per-node history table, with the node's name."""
+        sql = (f"SELECT t.*, n.name AS node_name FROM {table} t LEFT JOIN nodes n ON n.id = t.node_id"
+               + (" WHERE t.node_id = ?" if node_id else "") + f" ORDER BY t.{order} DESC LIMIT ?")
+        params: list[Any] = ([node_id] if node_id else []) + [limit]
+        async with self.db.execute(sql, params) as cur:
+            return [dict(r) for r in await cur.fetchall()]
+
     async def audit(self, *, cursor: str | None = None, limit: int = 100) -> Page:
         before = decode_cursor(cursor)
         sql = "SELECT * FROM audit" + (" WHERE id < ?" if before is not None else "") + " ORDER BY id DESC LIMIT ?"
@@ -215,6 +288,11 @@ class Queries:
             d["detail"] = json.loads(d["detail"] or "{}")
             items.append(d)
         return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None)
+
+
+def _public_action(row: dict[str, Any]) -> dict[str, Any]:
+    row.pop("boot_time", None)  # internal: how the server tells a reboot happened
+    return row
 
 
 def log_row(row: Any) -> dict[str, Any]:

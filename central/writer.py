@@ -124,15 +124,6 @@ class Writer:
         if not task.cancelled() and task.exception() is not None:
             log.error("background write failed: %s", task.exception())
 
-    async def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
-        """One statement; returns lastrowid (or rowcount for statements without one)."""
-
-        def run(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(sql, params)
-            return cur.lastrowid or cur.rowcount
-
-        return await self.submit(run)
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         last_commit = 0.0

@@ -110,6 +110,12 @@ def test_viewers_and_bad_commands_are_refused(central_server: CentralServer):
     status, reply = server.api("POST", "/api/v1/commands", {"nodes": ["pi-v"], "argv": ["id"]}, token=olga["token"])
     assert status == 403 and reply["error"]["code"] == "maintenance"
     assert server.api("POST", "/api/v1/commands", {"nodes": ["pi-v"], "argv": ["id"]})[0] == 201
+    assert server.api("POST", "/api/v1/commands", {"nodes": ["pi-v"], "argv": ["id"]})[0] == 201
+    # History listings honour `limit` and refuse a bad one, like the other listings.
+    assert len(server.api("GET", "/api/v1/commands?limit=1")[1]["commands"]) == 1
+    for path in ("/api/v1/commands", "/api/v1/sessions", "/api/v1/actions"):
+        status, reply = server.api("GET", f"{path}?limit=0")
+        assert status == 400 and reply["error"]["code"] == "bad_query", path
 
 
 async def test_shell_relays_bytes_and_resizes_and_is_recorded(central_server: CentralServer):
