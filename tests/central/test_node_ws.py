@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 
@@ -191,4 +190,3 @@ async def test_many_batches_in_flight_are_all_acked_in_order(central_server: Cen
         assert acks == sorted(acks) and acks[-1] == 2000
     _, body = central_server.api("GET", "/api/v1/logs?node=pi-9&limit=1")
     assert body["lines"][0]["seq"] == 2000
-    await asyncio.sleep(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -189,4 +188,3 @@ async def test_stream_refuses_foreign_origin_and_bad_subscribe(central_server: C
             await ws.send_str('{"type": "subscribe", "logs": "everything"}')
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
-    await asyncio.sleep(0)

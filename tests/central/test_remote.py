@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 
@@ -10,6 +9,7 @@ import aiohttp
 
 from tests.support.fake_node import FakeNode
 from tests.support.server import CentralServer
+from tests.support.wait import wait_for
 
 
 def headers(token: str) -> dict[str, str]:
@@ -65,12 +65,12 @@ async def test_node_leaving_mid_command_marks_the_run_lost(central_server: Centr
         request = await node.recv()
         assert request["shell"] == "sleep 100"
         await node.send({"type": "exec_started", "id": request["id"], "pid": 1})
-    for _ in range(100):
-        _, stored = server.api("GET", f"/api/v1/commands/{cmd['id']}")
-        if stored["runs"][0]["state"] == "lost":
-            break
-        await asyncio.sleep(0.05)
-    assert stored["runs"][0]["state"] == "lost" and "offline" in stored["runs"][0]["message"]
+
+    def lost_run() -> dict | None:
+        run = server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]
+        return run if run["state"] == "lost" else None
+
+    assert "offline" in wait_for(lost_run, timeout=5, what="the run marked lost")["message"]
 
 
 async def test_cancel_reaches_the_node(central_server: CentralServer):
@@ -178,10 +178,8 @@ async def test_late_stream_client_gets_stored_output_first_without_repeats(centr
         rid = (await node.recv())["id"]
         await node.send({"type": "exec_started", "id": rid, "pid": 5})
         await node.send({"type": "exec_output", "id": rid, "stream": "stdout", "data": "early\n"})
-        for _ in range(100):  # stored before the client connects
-            if server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]["output"]:
-                break
-            await asyncio.sleep(0.05)
+        wait_for(lambda: server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]["output"],
+                 timeout=5, what="the early output stored before the client connects")
         async with http.ws_connect(f"{server.url}/api/v1/commands/{cmd['id']}/stream",
                                    headers=headers(server.admin_token), ssl=server.ssl_context) as ws:
             await node.send({"type": "exec_output", "id": rid, "stream": "stdout", "data": "late\n"})
