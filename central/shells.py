@@ -23,6 +23,7 @@ from typing import IO, Any
 from aiohttp import WSMsgType, web
 
 from .registry import NodeState
+from .relay import finish_pump, pump_to_client
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,9 @@ class ShellHub:
                                 "rows": session.rows, "term": "xterm-256color"})
         if not sent:
             await self.end(session, None, "node connection closed while opening the shell")
-        pump = asyncio.create_task(self._to_client(session, ws))
+        pump = asyncio.create_task(pump_to_client(
+            session.to_client, ws,
+            lambda: {"type": "exit", "code": session.exit_code, "message": session.message}))
         try:
             try:
                 await asyncio.wait_for(session.opened.wait(), OPEN_TIMEOUT_S)
@@ -179,11 +182,7 @@ class ShellHub:
             if not session.ended.is_set():
                 await self.end(session, None, "client closed the session")
         finally:
-            if not pump.done():
-                try:
-                    await asyncio.wait_for(pump, 5)
-                except TimeoutError:
-                    pump.cancel()
+            await finish_pump(pump)
 
     async def _control(self, session: ShellSession, text: str) -> None:
         try:
@@ -197,18 +196,3 @@ class ShellHub:
         session.record("r", f"{cols}x{rows}")
         if session.node.send is not None:
             await session.node.send({"type": "shell_resize", "id": session.id, "cols": cols, "rows": rows})
-
-    async def _to_client(self, session: ShellSession, ws: web.WebSocketResponse) -> None:
-        try:
-            while True:
-                item = await session.to_client.get()
-                if item is None:
-                    break
-                if isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:
-                    await ws.send_str(json.dumps(item))
-            await ws.send_str(json.dumps({"type": "exit", "code": session.exit_code, "message": session.message}))
-            await ws.close()
-        except (ConnectionError, RuntimeError):
-            pass

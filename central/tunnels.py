@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .registry import NodeState
+from .relay import finish_pump, pump_to_client
 
 MAX_TUNNELS_PER_NODE = 8
 CLIENT_QUEUE = 512
@@ -98,7 +99,8 @@ class TunnelHub:
             await ws.close()
             return
         await ws.send_str(json.dumps({"type": "opened"}))
-        pump = asyncio.create_task(self._to_client(tunnel, ws))
+        pump = asyncio.create_task(pump_to_client(
+            tunnel.to_client, ws, lambda: {"type": "closed", "message": tunnel.message}))
         try:
             async for msg in ws:
                 if tunnel.ended.is_set():
@@ -111,20 +113,4 @@ class TunnelHub:
                             break
             await self.end(tunnel, "client closed the tunnel")
         finally:
-            if not pump.done():
-                try:
-                    await asyncio.wait_for(pump, 5)
-                except TimeoutError:
-                    pump.cancel()
-
-    async def _to_client(self, tunnel: Tunnel, ws: web.WebSocketResponse) -> None:
-        try:
-            while True:
-                item = await tunnel.to_client.get()
-                if item is None:
-                    break
-                await ws.send_bytes(item)
-            await ws.send_str(json.dumps({"type": "closed", "message": tunnel.message}))
-            await ws.close()
-        except (ConnectionError, RuntimeError):
-            pass
+            await finish_pump(pump)
