@@ -100,7 +100,6 @@ class NodeSession:
         if node.disconnect is not None:
             node.disconnect(CLOSE_REPLACED, "replaced by a newer connection")
         node.disconnect = self._request_close
-        node.send = self.send
         reason = "connection closed"
         try:
             async for msg in self.ws:
@@ -171,6 +170,9 @@ class NodeSession:
                 "last_seq": await self.services.queries.last_seq(node.id),
                 "server_time": time.time(),
             })
+            # Only now can the node take requests: it is `connected` from here on.
+            node.send = self.send
+            self.registry.publish(node)
             return
         await self.registry.heard(node)
         if kind in REMOTE_TYPES:

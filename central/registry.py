@@ -51,7 +51,8 @@ class NodeState:
 
     @property
     def connected(self) -> bool:
-        return self.disconnect is not None
+        """Greeted and able to take requests (a socket still before its hello does not count)."""
+        return self.send is not None
 
     @property
     def state(self) -> str:
