@@ -8,18 +8,34 @@ settings, 3 the server cannot be reached (or its certificate does not match the 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import inspect
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from tui import __version__
 from tui.client import ApiError, Unreachable
-from tui.cmds import fleet, history, login, operators
-from tui.cmds.common import SettingsFn, UsageError
+from tui.cmds.common import Parser, SettingsFn, UsageError
 from tui.config import ConfigError, Settings, resolve
 from tui.pinning import PinError
+
+Registrar = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]  # type: ignore[type-arg]
+
+# The module that registers each sub-command, by `register_<name>` below. Only the module of the
+# command given is imported: start-up is part of every command's time (`dvic run` answers in tens
+# of milliseconds; the installer's module alone imports asyncssh). `--help`, no command or an
+# unknown word build the whole tree. tests/tui_remote/test_usage.py checks this table.
+COMMAND_MODULES: dict[str, str] = {
+    "console": "console",
+    "login": "login",
+    "nodes": "fleet", "node": "fleet",
+    "logs": "history", "events": "history",
+    "operators": "operators",
+    "run": "run",
+    **{name: "remote" for name in ("commands", "command", "shell", "sessions", "replay", "reboot", "action",
+                                   "actions", "maintenance", "update", "release")},
+    "add-node": "installer", "remove-node": "installer",
+}
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
@@ -29,36 +45,77 @@ def _connection_options(parser: argparse.ArgumentParser, default: object) -> Non
     g.add_argument("--ca", metavar="FILE", default=default, help="CA certificate to pin (env DVIC_CA)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def register_console(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("console", parents=[common], help="open the operator console (the default)")
+    p.add_argument("--web", action="store_true", help="serve the console to a browser (textual-serve)")
+    p.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
+    p.set_defaults(handler=run_console)
+
+
+def _cmds_module(name: str) -> Registrar:
+    def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+        importlib.import_module(f"tui.cmds.{name}").add_parsers(sub, common)
+
+    return register
+
+
+def register_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    from tui import remote_cli  # shell, commands, sessions, replay, actions, maintenance, update, release
+
+    remote_cli.register(sub)
+
+
+def register_installer(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    try:
+        from installer import cli as installer_cli  # `add-node` / `remove-node`
+    except ImportError:
+        return
+    installer_cli.register(sub)
+
+
+# In the order `dvic --help` lists them.
+REGISTRARS: dict[str, Registrar] = {
+    "console": register_console,
+    **{name: _cmds_module(name) for name in ("login", "fleet", "history", "operators", "run")},
+    "remote": register_remote,
+    "installer": register_installer,
+}
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The sub-command word of `argv` after the main options ("console" when there is none), or None
+    when an option such as --help needs the whole tree."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--server", "--token", "--ca"):
+            next(words, None)
+        elif word.startswith(("--server=", "--token=", "--ca=")):
+            continue
+        elif word.startswith("-"):
+            return None  # --help, --version, an unknown option: argparse answers with the whole tree
+        else:
+            return word
+    return "console"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `dvic` parser: only `command`'s module registered when it is a known one, else all."""
     # The connection options work before or after the subcommand: the subcommands' copies use
     # SUPPRESS so an absent option does not overwrite one given before the subcommand.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dvic",
         description="DVIC Demo Monitor: watch and drive the demo fleet. Without a command: the console.",
     )
     parser.add_argument("--version", action="version", version=f"dvic {__version__}")
     _connection_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("console", parents=[common], help="open the operator console (the default)")
-    p.add_argument("--web", action="store_true", help="serve the console to a browser (textual-serve)")
-    p.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
-    p.set_defaults(handler=run_console)
-    login.add_parsers(sub, common)
-    fleet.add_parsers(sub, common)
-    history.add_parsers(sub, common)
-    operators.add_parsers(sub, common)
-    from tui import remote_cli  # run, shell, commands, sessions, replay, actions, maintenance, update
-
-    remote_cli.register(sub)
-    try:
-        from installer import cli as installer_cli  # lands separately: `add-node` / `remove-node`
-
-        installer_cli.register(sub)
-    except ImportError:
-        pass
+    module = COMMAND_MODULES.get(command or "")
+    for name, register in REGISTRARS.items():
+        if module is None or name == module:
+            register(sub, common)
     return parser
 
 
@@ -75,7 +132,8 @@ def run_console(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         args.handler = run_console
@@ -91,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = handler(args, settings) if getattr(args, "handler", None) else handler(args)
-        if inspect.isawaitable(result):
+        if isinstance(result, Awaitable):  # most handlers are coroutines; `dvic run` is not (no asyncio)
+            import asyncio
+
             result = asyncio.run(_awaited(result))
         return int(result or 0)
     except (ConfigError, UsageError, argparse.ArgumentTypeError) as exc:

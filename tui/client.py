@@ -2,6 +2,9 @@
 
 Every call returns the decoded JSON body or raises `ApiError` with the server's error code and
 message (or `Unreachable` when there is no answer at all). `stream()` opens the live events websocket.
+
+aiohttp is imported when a client opens, not with this module: `dvic` commands that import only the
+errors and helpers (`dvic run`, tui/lean_http.py) start without paying for it.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from tui.config import Settings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 API = "/api/v1"
 Json = dict[str, Any]
@@ -63,7 +67,7 @@ class ApiClient:
     def __init__(self, settings: Settings, timeout: float = 15.0) -> None:
         self.settings = settings
         self.base = settings.server.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        self._timeout_s = timeout
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
@@ -77,11 +81,14 @@ class ApiClient:
 
     async def open(self) -> None:
         if self._session is None:
+            import aiohttp
+
             headers = {"User-Agent": "dvic/0.1"}
             if self.settings.token:
                 headers["Authorization"] = f"Bearer {self.settings.token}"
             connector = aiohttp.TCPConnector(ssl=ssl_context(self.settings))
-            self._session = aiohttp.ClientSession(connector=connector, headers=headers, timeout=self._timeout)
+            timeout = aiohttp.ClientTimeout(total=self._timeout_s, connect=min(self._timeout_s, 10.0))
+            self._session = aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -97,6 +104,8 @@ class ApiClient:
     async def request(
         self, method: str, path: str, params: Mapping[str, str] | None = None, body: Json | None = None
     ) -> Json:
+        import aiohttp
+
         url = f"{self.base}{API}{path}"
         try:
             async with self.session.request(method, url, params=params, json=body) as resp:
@@ -208,6 +217,8 @@ class ApiClient:
     # -- live ---------------------------------------------------------------------------------
     async def stream(self, heartbeat: float = 10.0) -> Stream:
         """Opens `/api/v1/stream`; the caller closes the returned `Stream`."""
+        import aiohttp
+
         url = self.base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + API + "/stream"
         try:
             ws = await self.session.ws_connect(url, heartbeat=heartbeat, max_msg_size=16 * 1024 * 1024)
@@ -236,6 +247,8 @@ class Stream:
 
     async def _messages(self) -> AsyncIterator[Json]:
         """Yields each JSON object; ends when the socket closes (see `close_code`)."""
+        import aiohttp
+
         async for msg in self.ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 try:

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 class ConfigError(Exception):
     """A setting is missing or unusable; the message tells the user what to do."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The resolved connection settings of one `dvic` run."""
+class Settings(NamedTuple):
+    """The resolved connection settings of one `dvic` run (a NamedTuple: `dataclasses` is slow to import)."""
 
     server: str
     token: str | None

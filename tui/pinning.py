@@ -2,26 +2,27 @@
 
 The chain is read with verification off — the only moment it is — and nothing is trusted until the
 user confirmed the CA's SHA-256 fingerprint (or passed it with `--fingerprint`).
+
+Every `dvic` command imports this module (for `PinError`), so `cryptography` and `asyncio` are
+imported only by the functions that use them: they are slow to import.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ssl
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 class PinError(Exception):
     """The CA could not be obtained or does not match what the user expects."""
 
 
-@dataclass(frozen=True)
-class PinnedCA:
+class PinnedCA(NamedTuple):
     pem: str
     sha256: str  # lower-case hex of the DER bytes, as in the enrollment bundle's `ca_sha256`
 
@@ -40,6 +41,9 @@ def normalise(sha256: str) -> str:
 
 
 def from_pem_file(path: str) -> PinnedCA:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
         data = open(path, "rb").read()
         cert = x509.load_pem_x509_certificate(data)
@@ -50,6 +54,8 @@ def from_pem_file(path: str) -> PinnedCA:
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    from cryptography import x509
+
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
@@ -58,6 +64,9 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 def pick_ca(chain: list[bytes]) -> PinnedCA:
     """The top-most CA certificate of the chain the server sent."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     certs = [x509.load_der_x509_certificate(der) for der in chain]
     cas = [c for c in certs if _is_ca(c)]
     if not cas:
@@ -72,6 +81,8 @@ def pick_ca(chain: list[bytes]) -> PinnedCA:
 
 async def fetch_chain(url: str, wait: float = 10.0) -> list[bytes]:
     """The DER certificates the server presents, leaf first (unverified!)."""
+    import asyncio
+
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise PinError(f"{url} is not an https:// URL")

@@ -2,21 +2,37 @@
 
 `RemoteClient` extends the shared `ApiClient` (same settings, TLS pinning and error handling) with
 the remote-control endpoints of docs/protocol.md sections 4.3 and 4.4. Websocket upgrades that the
-server refuses raise `ApiError` with a message that says why (see `explain_refusal`).
+server refuses raise `ApiError` with a message that says why (see `explain_refusal`). As in
+tui/client.py, aiohttp is imported by the calls that use it, not with the module.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from tui.client import API, ApiClient, ApiError, Json, Unreachable, _list, _params, _seg
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # Final states of a command run and of a tracked action (docs/protocol.md 4.3, central/actions.py).
 RUN_FINAL = frozenset({"exited", "timeout", "cancelled", "failed", "duplicate", "offline", "lost", "refused"})
 ACTION_FINAL = frozenset({"done", "failed", "lost"})
+
+
+def command_body(targets: Json, argv: list[str] | None = None, shell: str | None = None,
+                 timeout: float | None = None) -> Json:
+    """The body of POST /commands (shared with the start-up-lean `dvic run`, tui/cmds/run.py)."""
+    body: Json = dict(targets)
+    if shell is not None:
+        body["shell"] = shell
+    else:
+        body["argv"] = argv
+    if timeout is not None:
+        body["timeout"] = timeout
+    return body
 
 
 class RemoteClient(ApiClient):
@@ -26,14 +42,7 @@ class RemoteClient(ApiClient):
     async def run_command(self, targets: Json, argv: list[str] | None = None, shell: str | None = None,
                           timeout: float | None = None) -> Json:
         """Starts a command; `targets` is `{"nodes": [...]}`, `{"group": G}` or `{"all": True}`."""
-        body: Json = dict(targets)
-        if shell is not None:
-            body["shell"] = shell
-        else:
-            body["argv"] = argv
-        if timeout is not None:
-            body["timeout"] = timeout
-        return await self.request("POST", "/commands", body=body)
+        return await self.request("POST", "/commands", body=command_body(targets, argv, shell, timeout))
 
     async def commands(self, node: str | None = None, limit: int | None = None) -> list[Json]:
         return _list(await self.request("GET", "/commands", _params(node=node, limit=limit)), "commands")
@@ -49,6 +58,8 @@ class RemoteClient(ApiClient):
 
         Raises `StreamCut` when the socket closes before `done` (the caller falls back to polling).
         """
+        import aiohttp
+
         ws = await self.websocket(f"/commands/{_seg(command_id)}/stream", what="the command stream")
         try:
             async for msg in ws:
@@ -125,6 +136,8 @@ class RemoteClient(ApiClient):
     # -- plumbing -------------------------------------------------------------------------------
     async def raw(self, method: str, path: str, data: bytes | None = None, content_type: str = "") -> bytes:
         """A request whose body (sent or received) is not JSON; errors decoded as in `request`."""
+        import aiohttp
+
         url = f"{self.base}{API}{path}"
         headers = {"Content-Type": content_type} if content_type else None
         try:
@@ -150,11 +163,13 @@ class RemoteClient(ApiClient):
 
     async def websocket(self, path: str, params: dict[str, str] | None = None, what: str = "the websocket",
                         max_msg_size: int = 16 * 1024 * 1024) -> aiohttp.ClientWebSocketResponse:
+        import aiohttp
+
         try:
             return await self.session.ws_connect(self.ws_url(path), params=params, heartbeat=20.0,
                                                  max_msg_size=max_msg_size)
         except aiohttp.WSServerHandshakeError as exc:
-            raise ApiError(exc.status, _STATUS_CODES.get(exc.status, "refused"),
+            raise ApiError(exc.status, STATUS_CODES.get(exc.status, "refused"),
                            f"the server refused {what} (HTTP {exc.status})") from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             raise Unreachable(f"TLS verification of {self.base} failed against the pinned CA: {exc}") from exc
@@ -204,5 +219,5 @@ class StreamCut(Exception):
         self.close_code = close_code
 
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  409: "conflict", 429: "too_many"}

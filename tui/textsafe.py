@@ -9,9 +9,11 @@ and every CLI table builds its cells through these helpers.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from rich.style import Style
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported by `literal` only: `dvic` commands use `clean` and start faster without it
+    from rich.style import Style
+    from rich.text import Text
 
 # ESC-introduced sequences: CSI (ESC [ ... final), OSC/DCS/SOS/PM/APC (terminated by BEL or ST),
 # and the two-byte forms (ESC + one char). The 8-bit C1 introducers (0x9b CSI, 0x9d OSC...) too.
@@ -54,4 +56,6 @@ def clean(value: object, *, single_line: bool = False) -> str:
 
 def literal(value: object, style: str | Style = "", *, single_line: bool = True) -> Text:
     """A Rich `Text` holding `value` literally (never interpreted as markup), cleaned by `clean`."""
+    from rich.text import Text
+
     return Text(clean(value, single_line=single_line), style=style, end="")

@@ -10,9 +10,9 @@ import pytest
 from tests.support.server import CentralServer
 from tests.tui_remote.clikit import DvicRunner
 from tests.tui_remote.executor_node import ExecutorNode
+from tui.cmds.run import CommandFollower
 from tui.config import Settings
-from tui.remote_cli import CommandFollower
-from tui.remote_client import RemoteClient
+from tui.lean_http import LeanClient
 
 
 def _settings(server: CentralServer) -> Settings:
@@ -38,9 +38,10 @@ async def test_output_before_the_stream_is_printed_once_and_in_order(central_ser
         assert status == 201
         doc = await _stored_output(central_server, started["id"])
         assert not doc["done"]
-        async with RemoteClient(_settings(central_server)) as api:
+        with LeanClient(_settings(central_server)) as api:
+            # `dvic run` follows with blocking calls; here in a thread, while the node serves on the loop.
             follower = CommandFollower(api, started, as_json=False)
-            await asyncio.wait_for(follower.follow(), 20)
+            await asyncio.wait_for(asyncio.to_thread(follower.follow), 20)
             assert follower.from_store == {started["runs"][0]["run_id"]}
             assert follower.summary() == 5
     captured = capsys.readouterr()
@@ -59,9 +60,9 @@ async def test_following_a_finished_command_prints_all_of_it(central_server: Cen
         while not central_server.api("GET", f"/api/v1/commands/{started['id']}")[1]["done"]:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        async with RemoteClient(_settings(central_server)) as api:
+        with LeanClient(_settings(central_server)) as api:
             follower = CommandFollower(api, started, as_json=False)
-            await asyncio.wait_for(follower.follow(), 20)
+            await asyncio.wait_for(asyncio.to_thread(follower.follow), 20)
             assert follower.summary() == 255  # one node offline
     captured = capsys.readouterr()
     assert captured.out == "lab-on  | out\n"

@@ -1,0 +1,468 @@
+"""`dvic run`: a command on nodes, its output live, and its exit status (docs/remote-control.md).
+
+Blocking code on tui/lean_http.py on purpose: an operator types `dvic run NODE -- CMD` at a prompt,
+so the process's start-up is part of the round trip, and asyncio plus aiohttp cost more to import
+than the command takes (docs/performance.md, "Remote control"). Nothing here imports them.
+Ctrl-C is caught with a signal handler that only counts; a wake-up pipe (`signal.set_wakeup_fd`)
+makes the wait on the stream return at once so the loop acts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from tui import fmt
+from tui.client import ApiError, Unreachable, _list, _params, _seg
+from tui.cmds.common import Parser, SettingsFn, UsageError, emit_json
+from tui.lean_http import LeanClient, WebSocketClosed
+from tui.remote_client import RUN_FINAL, command_body
+from tui.textsafe import clean
+
+Json = dict[str, Any]
+
+# Exit statuses of `dvic run` per node (the command's own code when it exited).
+EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_CANCELLED = 130  # as for Ctrl-C
+EXIT_UNREACHED = 255  # as ssh(1) when the remote side could not run it
+CANCEL_WAIT_S = 10.0
+POLL_S = 0.5
+SERVER_GONE_S = 60.0  # how long `dvic run` waits for a restarting server, beyond the command's timeout
+
+
+def targets_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group", metavar="G", help="every node of group G")
+    p.add_argument("--all", action="store_true", help="every node of the fleet")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask before acting on a group or all nodes")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    targets_options(p)
+    p.add_argument("--timeout", type=float, metavar="S", help="seconds before the nodes kill it (default 60)")
+    p.add_argument("--shell", action="store_true", help="run CMD as one /bin/sh -c string on the node")
+    p.add_argument("--json", action="store_true", help="print the stream's events as JSON lines")
+
+
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run", parents=[parent], help="run a command on nodes, output live",
+        usage="dvic run NODE[,NODE...]|--group G|--all [--timeout S] [--shell] [--yes] [--json] -- CMD [ARGS...]",
+        description="Run a command on one node, several (comma-separated), a group or all nodes. Output "
+                    "streams live (prefixed by the node name when several nodes run it). Ctrl-C cancels on "
+                    "the nodes. Exit status: the command's code on one node; with several, the highest.")
+    _run_options(p)
+    p.add_argument("words", nargs=argparse.REMAINDER, metavar="NODE -- CMD", help="target and command")
+    p.set_defaults(handler=run_command)
+
+
+# -- targets and confirmation --------------------------------------------------------------------
+def targets_of(args: argparse.Namespace, nodes: Sequence[str]) -> Json:
+    """The API's target object (`nodes`, `group` or `all`); exactly one kind must be given."""
+    given = sum([bool(nodes), args.group is not None, bool(args.all)])
+    if given != 1:
+        raise UsageError("give the targets once: NODE[,NODE...], --group G or --all")
+    if args.all:
+        return {"all": True}
+    if args.group is not None:
+        return {"group": args.group}
+    names = [n for ref in nodes for n in ref.split(",") if n]
+    if not names:
+        raise UsageError("no node given")
+    return {"nodes": names}
+
+
+def confirmation_question(nodes: list[Json], targets: Json, what: str) -> str:
+    """The question asked before acting on a group or the fleet; refused when stdin cannot answer."""
+    count = sum(1 for n in nodes if n.get("kind") != "esp32" and not n.get("revoked"))
+    where = f"group {targets['group']!r}" if "group" in targets else "the whole fleet"
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what} on {count} node(s) of {where}: confirm with --yes (stdin is not a terminal)")
+    return f"{what} on {count} node(s) of {where}? [y/N] "
+
+
+def check_answer(answer: str) -> None:
+    if answer.strip().lower() not in ("y", "yes"):
+        raise UsageError("cancelled: nothing was sent")
+
+
+def confirm(api: LeanClient, args: argparse.Namespace, targets: Json, what: str) -> None:
+    """Asks before a fleet-wide run unless --yes (Ctrl-C at the prompt ends `dvic` at once)."""
+    if "nodes" in targets or args.yes:
+        return
+    nodes = _list(api.request("GET", "/nodes", _params(group=targets.get("group"))), "nodes")
+    sys.stderr.write(confirmation_question(nodes, targets, what))
+    sys.stderr.flush()
+    check_answer(os.read(sys.stdin.fileno(), 4096).decode(errors="replace"))
+
+
+# -- the command line ----------------------------------------------------------------------------
+def split_run_words(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Node refs and the command from `words`; options written between NODE and `--` are parsed here."""
+    words = list(args.words)
+    if "--" in words:
+        cut = words.index("--")
+        pre, command = words[:cut], words[cut + 1:]
+    elif args.group is not None or args.all:
+        pre, command = [], words
+    else:
+        pre, command = words[:1], words[1:]
+    extra = Parser(prog="dvic run", add_help=False, exit_on_error=False)
+    _run_options(extra)
+    extra.add_argument("nodes", nargs="*")
+    try:
+        more = extra.parse_args(pre)
+    except argparse.ArgumentError as exc:
+        raise UsageError(f"run: {exc}") from None
+    for key in ("group", "timeout"):
+        if getattr(more, key) is not None:
+            setattr(args, key, getattr(more, key))
+    for key in ("all", "yes", "shell", "json"):
+        if getattr(more, key):
+            setattr(args, key, True)
+    if not command:
+        raise UsageError("no command: dvic run NODE -- CMD [ARGS...]")
+    return more.nodes, command
+
+
+def run_status(run: Json) -> int:
+    """One run's exit status (see EXIT_* for the runs that did not exit by themselves)."""
+    state = run.get("state")
+    if state == "exited":
+        code, sig = run.get("code"), run.get("signal")
+        if isinstance(code, int):
+            return code & 0xFF
+        return 128 + sig if isinstance(sig, int) else EXIT_UNREACHED
+    if state == "timeout":
+        return EXIT_TIMEOUT
+    if state == "cancelled":
+        return EXIT_CANCELLED
+    return EXIT_UNREACHED
+
+
+def describe_run(run: Json) -> str:
+    state = str(run.get("state"))
+    if state == "exited":
+        text = f"exited {run['code']}" if isinstance(run.get("code"), int) else f"killed by signal {run.get('signal')}"
+    else:
+        text = state
+    if run.get("message"):
+        text += f" ({clean(run['message'], single_line=True)})"
+    if run.get("truncated"):
+        text += f" [output truncated: {fmt.size(run.get('output_bytes'))} produced, 1 MiB kept]"
+    return text
+
+
+class OutputPrinter:
+    """Writes runs' output: raw for one node; `name | line` (stderr: `name ! line`) for several."""
+
+    def __init__(self, names: list[str], out: TextIO, err: TextIO, prefixed: bool | None = None) -> None:
+        self.prefixed = len(names) > 1 if prefixed is None else prefixed
+        self.width = max((len(n) for n in names), default=0)
+        self.out, self.err = out, err
+        self.partial: dict[tuple[str, str], str] = {}
+
+    def write(self, name: str, stream: str, data: str) -> None:
+        target = self.err if stream == "stderr" else self.out
+        if not self.prefixed:
+            target.write(data)
+            target.flush()
+            return
+        key = (name, stream)
+        text = self.partial.pop(key, "") + data
+        lines = text.split("\n")
+        if lines[-1]:
+            self.partial[key] = lines[-1]
+        mark = "!" if stream == "stderr" else "|"
+        for line in lines[:-1]:
+            target.write(f"{name.ljust(self.width)} {mark} {line}\n")
+        target.flush()
+
+    def flush_run(self, name: str) -> None:
+        """A run ended: its unterminated last lines are written (a run's output never merges with another's)."""
+        for stream in ("stdout", "stderr"):
+            rest = self.partial.pop((name, stream), None)
+            if rest is not None:
+                self.write(name, stream, rest + "\n")
+
+
+# -- following a command -------------------------------------------------------------------------
+class _StopWaiting(Exception):
+    """A second Ctrl-C, or the cancel wait ran out: stop following (the runs may still go on)."""
+
+
+class CommandFollower:
+    """Follows one command to its end: live output, output from the store, cancel on Ctrl-C.
+
+    The stream carries only what happens after it connected, so a run that already had output by
+    then is printed from the store instead (GET /commands/{id}, polled while it runs): stored
+    chunks are append-only, so "print chunks[n:]" never repeats or skips one.
+
+    `interrupted()` is what a SIGINT handler calls; `wake_fd` (the read end of the wake-up pipe)
+    makes waits return when a signal came. Without one, waits simply time out.
+    """
+
+    def __init__(self, api: LeanClient, command: Json, as_json: bool, wake_fd: int | None = None) -> None:
+        self.api = api
+        self.id = str(command["id"])
+        self.runs: dict[str, Json] = {r["run_id"]: r for r in command.get("runs", [])}
+        self.timeout = float(command.get("timeout") or 60)
+        self.as_json = as_json
+        self.wake_fd = wake_fd
+        self.printer = OutputPrinter([str(r.get("node_name")) for r in self.runs.values()], sys.stdout, sys.stderr)
+        self.printed_chunks: dict[str, int] = {rid: 0 for rid in self.runs}
+        self.from_store: set[str] = set()
+        self.finished: set[str] = set()  # runs whose output is complete on screen
+        self.next_poll: float | None = None  # when the runs printed from the store are read again
+        self.cancelling = False
+        self.interrupts = 0  # Ctrl-Cs received (by the signal handler)
+        self.interrupts_seen = 0  # Ctrl-Cs acted upon
+        self.cancel_deadline: float | None = None
+        self.stopped_early = False  # we stopped waiting (Ctrl-C); the runs may still go on
+
+    # -- Ctrl-C ----------------------------------------------------------------------------------
+    def interrupted(self, signum: int = signal.SIGINT, frame: object = None) -> None:
+        """The SIGINT handler: only counts (it may run in the middle of any write)."""
+        self.interrupts += 1
+
+    def _tick(self) -> None:
+        """Acts on new Ctrl-Cs; `_StopWaiting` after a second one or when the cancel wait is over."""
+        while self.interrupts_seen < self.interrupts:
+            self.interrupts_seen += 1
+            if self.interrupts_seen > 1:
+                raise _StopWaiting
+            self.cancelling = True
+            self.cancel_deadline = time.monotonic() + CANCEL_WAIT_S
+            sys.stderr.write(f"\ndvic: cancelling on the nodes (Ctrl-C again to stop waiting, {CANCEL_WAIT_S:.0f} s max)\n")
+            sys.stderr.flush()
+            try:
+                self.api.request("POST", f"/commands/{_seg(self.id)}/cancel")
+            except ApiError as exc:
+                # 404: it finished meanwhile; anything else is said but the wait goes on.
+                if exc.status != 404:
+                    sys.stderr.write(f"dvic: cancel failed: {exc.message}\n")
+        if self.cancel_deadline is not None and time.monotonic() >= self.cancel_deadline:
+            raise _StopWaiting
+
+    def _wait_s(self, limit: float | None) -> float | None:
+        """How long a wait may last: up to `limit`, the cancel deadline, the next store poll."""
+        ends = [t for t in (self.cancel_deadline, self.next_poll) if t is not None]
+        if limit is not None:
+            ends.append(time.monotonic() + limit)
+        return max(0.0, min(ends) - time.monotonic()) if ends else None
+
+    def _pause(self, seconds: float) -> None:
+        """Waits `seconds` (less if Ctrl-C comes or the cancel wait ends)."""
+        wait = self._wait_s(seconds)
+        if self.wake_fd is None:
+            time.sleep(wait or 0)
+            return
+        if select.select([self.wake_fd], [], [], wait)[0]:
+            try:
+                os.read(self.wake_fd, 512)
+            except BlockingIOError:
+                pass
+
+    # -- the stream ------------------------------------------------------------------------------
+    def follow(self) -> None:
+        try:
+            self._stream()
+        except _StopWaiting:
+            self.stopped_early = True
+
+    def _stream(self) -> None:
+        try:
+            ws = self.api.websocket(f"/commands/{_seg(self.id)}/stream", what="the command stream")
+        except ApiError as exc:  # includes Unreachable
+            self._cut(exc.message)
+            return
+        try:
+            while True:
+                self._tick()
+                if self.next_poll is not None and time.monotonic() >= self.next_poll:
+                    self._poll_running()
+                text = ws.receive(self._wait_s(None), self.wake_fd)
+                if text is None:
+                    continue
+                try:
+                    event = json.loads(text)
+                except ValueError:
+                    continue  # a garbled frame must not end the command
+                if not isinstance(event, dict):
+                    continue
+                self._on_event(event)
+                if event.get("type") == "done":
+                    break
+        except WebSocketClosed as exc:
+            self._cut(f"the command stream closed (code {exc.code})" if exc.code is not None else str(exc))
+            return
+        except ApiError as exc:
+            self._cut(exc.message)
+            return
+        finally:
+            ws.close()
+        self._sync_store(set(self.runs) - self.finished, final=True)
+
+    def _cut(self, reason: str) -> None:
+        sys.stderr.write(f"dvic: live output interrupted ({reason}); reading the rest from the server\n")
+        self.from_store.update(self.runs)
+        self._poll_to_end()
+
+    def _on_event(self, event: Json) -> None:
+        kind = event.get("type")
+        if self.as_json and not (kind == "output" and event.get("run_id") in self.from_store):
+            emit_json(event)
+        if kind == "command":
+            for run in event.get("runs", []):
+                rid = run.get("run_id")
+                if rid in self.runs:
+                    self.runs[rid] = run
+                    if int(run.get("output_bytes") or 0) > 0:
+                        self.from_store.add(rid)
+            self._sync_store({r for r in self.from_store if self.runs[r].get("state") in RUN_FINAL}, final=True)
+        elif kind == "output":
+            rid = str(event.get("run_id"))
+            if rid in self.runs and rid not in self.from_store:
+                self.printed_chunks[rid] += 1
+                if not self.as_json:
+                    self.printer.write(str(self.runs[rid].get("node_name")), str(event.get("stream")),
+                                       str(event.get("data", "")))
+        elif kind == "state":
+            rid = str(event.get("run_id"))
+            if rid not in self.runs:
+                return
+            self.runs[rid] = {k: v for k, v in event.items() if k != "type"}
+            if event.get("state") in RUN_FINAL:
+                if rid in self.from_store:
+                    self._sync_store({rid}, final=True)
+                else:
+                    self._finish(rid)
+        if self.from_store and self.next_poll is None:
+            self.next_poll = time.monotonic() + POLL_S
+
+    def _finish(self, rid: str) -> None:
+        self.finished.add(rid)
+        if not self.as_json:
+            self.printer.flush_run(str(self.runs[rid].get("node_name")))
+
+    # -- the store -------------------------------------------------------------------------------
+    def _poll_running(self) -> None:
+        """The runs printed from the store that still run: their new chunks (a failed read waits for the next)."""
+        self.next_poll = time.monotonic() + POLL_S
+        running = {rid for rid in self.from_store - self.finished if self.runs[rid].get("state") not in RUN_FINAL}
+        if running:
+            try:
+                self._sync_store(running)
+            except ApiError:
+                pass
+
+    def _sync_store(self, run_ids: set[str], final: bool = False) -> Json | None:
+        """Prints the stored chunks of these runs not printed yet; with `final`, closes them."""
+        run_ids = run_ids - self.finished
+        if not run_ids:
+            return None
+        doc = self.api.request("GET", f"/commands/{_seg(self.id)}")
+        for run in doc.get("runs", []):
+            rid = run.get("id")
+            if rid not in run_ids:
+                continue
+            chunks = (run.get("output") or [])[self.printed_chunks[rid]:]
+            self.printed_chunks[rid] += len(chunks)
+            name = str(run.get("node_name"))
+            for chunk in chunks:
+                if self.as_json:
+                    emit_json({"type": "output", "run_id": rid, "node_name": name, "stream": chunk.get("stream"),
+                               "data": chunk.get("data", ""), "from_store": True})
+                else:
+                    self.printer.write(name, str(chunk.get("stream")), str(chunk.get("data", "")))
+            self.runs[rid].update({k: run.get(k) for k in ("state", "code", "signal", "message", "output_bytes",
+                                                           "truncated")})
+            if final and run.get("state") in RUN_FINAL:
+                self._finish(rid)
+        return doc
+
+    def _poll_to_end(self) -> None:
+        """Follows the command through the store; rides out a server restart for a while."""
+        self.next_poll = None
+        deadline = time.monotonic() + float(self.timeout) + SERVER_GONE_S
+        while True:
+            self._tick()
+            try:
+                doc = self._sync_store(set(self.runs), final=True)
+            except Unreachable:
+                if time.monotonic() > deadline:
+                    raise
+                self._pause(POLL_S)
+                continue
+            if doc is None or doc.get("done"):
+                return
+            self._pause(POLL_S)
+
+    def summary(self) -> int:
+        runs = sorted(self.runs.values(), key=lambda r: str(r.get("node_name")))
+        status = max((run_status(r) for r in runs), default=0)
+        if self.as_json:
+            emit_json({"type": "summary", "id": self.id, "status": status, "runs": runs})
+            return status
+        unfinished = [r for r in runs if r.get("state") not in RUN_FINAL]
+        if len(runs) > 1 or any(r.get("state") != "exited" or r.get("truncated") for r in runs):
+            counts: dict[str, int] = {}
+            for r in runs:
+                label = "ok" if r.get("state") == "exited" and r.get("code") == 0 else str(r.get("state"))
+                counts[label] = counts.get(label, 0) + 1
+            width = max(len(str(r.get("node_name"))) for r in runs)
+            lines = [f"--- {self.id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
+            lines += [f"{str(r.get('node_name')).ljust(width)}  {describe_run(r)}" for r in runs]
+            sys.stderr.write("\n".join(lines) + "\n")
+        if unfinished and self.stopped_early:
+            sys.stderr.write(f"dvic: stopped waiting; {len(unfinished)} run(s) still going: dvic command {self.id}\n")
+            status = max(status, EXIT_CANCELLED)
+        elif unfinished:
+            # The server says the command is over but never heard how these ended (it restarted).
+            sys.stderr.write(f"dvic: the server lost track of {len(unfinished)} run(s) (did it restart?): "
+                             "their result is unknown\n")
+            status = max(status, EXIT_UNREACHED)
+        if self.cancelling:
+            status = max(status, EXIT_CANCELLED)
+        sys.stderr.flush()
+        return status
+
+
+@contextmanager
+def interrupts_to(follower: CommandFollower) -> Iterator[None]:
+    """SIGINT counted by `follower` and waking its waits (through a pipe), restored afterwards."""
+    read_fd, write_fd = os.pipe()
+    for fd in (read_fd, write_fd):
+        os.set_blocking(fd, False)
+    old_wakeup = signal.set_wakeup_fd(write_fd)
+    old_handler = signal.signal(signal.SIGINT, follower.interrupted)
+    follower.wake_fd = read_fd
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        signal.set_wakeup_fd(old_wakeup)
+        follower.wake_fd = None
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def run_command(args: argparse.Namespace, settings: SettingsFn) -> int:
+    nodes, command = split_run_words(args)
+    targets = targets_of(args, nodes)
+    argv, shell = (None, " ".join(command)) if args.shell else (command, None)
+    with LeanClient(settings()) as api:
+        confirm(api, args, targets, f"run {' '.join(command)!r}")
+        started = api.request("POST", "/commands", body=command_body(targets, argv=argv, shell=shell,
+                                                                      timeout=args.timeout))
+        follower = CommandFollower(api, started, args.json)
+        with interrupts_to(follower):
+            follower.follow()
+        return follower.summary()
