@@ -17,12 +17,8 @@ import json
 import logging
 import math
 import os
-import platform
-import pty
 import pwd
-import random
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -57,10 +53,26 @@ LINE_BUFFER_MAX = 1 * MIB  # longer lines are cut while reading (never buffered 
 DEFAULT_SPOOL_BYTES = 64 * MIB
 INFLIGHT_MAX = 5000  # unacknowledged lines on the wire before the sender waits
 PING_INTERVAL = 20.0
-COALESCE_S = 0.25  # a pending log line waits this long for more before a `logs` message goes out
+COALESCE_S = 0.25  # longest a partial `logs` batch waits for the ack of the one before (see Daemon._sender)
+# Following demo files (see DemoWatcher.poll): with inotify a write wakes the daemon at once; these bound the rest
+# after a read that found lines the next one waits a little, the longer the more lines it found (1 ms a line,
+# 20-100 ms): a trickle is read at once, a flood in chunks (fewer, bigger spool writes and `logs` messages)
+READ_GAP_S, READ_GAP_MAX_S, READ_GAP_PER_LINE_S = 0.02, 0.1, 0.001
+QUIET_AFTER_S = 2.0  # polling: a file without new lines for this long is read only every IDLE_POLL_S
+IDLE_POLL_S = 1.0
+WATCHED_POLL_S = 5.0  # a file inotify watches is still read this often, in case an event never comes
+WATCHED_SCAN_S = 10.0  # likewise, a watched log dir is listed this often (2 s when not watched)
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR", "TRACE": "DEBUG"}
 LOG_NAME_RE = re.compile(r"^dvic_log_[0-9a-f]{16}$")
+# How the daemon is started (the systemd unit, the installer, a restart): `python3 -c LAUNCHER DAEMON ARGS`
+# imports this file as the module dvic_node, so Python loads its compiled bytecode
+# (__pycache__/dvic_node.cpython-3X.pyc, written by the installer and after a self-update) instead of
+# compiling 4,000 lines at every start, which costs time and, on Python 3.11, ~10 MB of heap that stays.
+# A stale or missing .pyc does no harm: the import then compiles the source. sys.argv and sys.path end up
+# as for `python3 DAEMON ARGS` (the daemon's directory first, no current directory).
+LAUNCHER = ("import os, sys; del sys.argv[0]; sys.path[:] = [os.path.dirname(sys.argv[0])] + "
+            "[p for p in sys.path if p]; import dvic_node; sys.exit(dvic_node.main())")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +103,29 @@ def write_file_atomic(path: str, data: bytes, mode: int = 0o600, sync: bool = Fa
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def compile_bytecode(path: str) -> str:
+    """Write the .pyc the LAUNCHER's import loads for `path` (checked-hash: a later change of the file is
+    noticed however quickly it comes); '' when done, else why not (the daemon then compiles its source)."""
+    try:
+        import py_compile  # rare (install, update, rollback): not worth its memory the rest of the time
+    except ImportError as exc:  # pragma: no cover - a stripped Python
+        return str(exc)
+    try:
+        py_compile.compile(path, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    except (OSError, py_compile.PyCompileError) as exc:
+        return str(exc)
+    return ""
+
+
+def which(name: str) -> Optional[str]:
+    """The executable `name` on $PATH, or None (shutil.which, without shutil's 0.2 MB of memory)."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory, name)
+        if directory and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def read_text(path: str, limit: int = 64 * KIB) -> Optional[str]:
@@ -576,7 +611,7 @@ def machine_model() -> str:
 def os_pretty_name() -> str:
     text = read_text("/etc/os-release") or ""
     m = re.search(r'^PRETTY_NAME="?([^"\n]*)"?', text, re.M)
-    return m.group(1) if m else platform.system()
+    return m.group(1) if m else os.uname().sysname
 
 
 def ip_and_mac_addresses() -> Tuple[List[str], List[str]]:
@@ -631,9 +666,10 @@ def ipv4_addresses() -> List[str]:
 
 def collect_facts() -> Dict[str, Any]:
     ips, macs = ip_and_mac_addresses()
-    facts = {"hostname": socket.gethostname(), "os": os_pretty_name(), "kernel": platform.release(),
-             "arch": platform.machine(), "model": machine_model(), "ips": ips, "macs": macs,
-             "python": platform.python_version(), "daemon_version": VERSION,
+    uname = os.uname()  # not the platform module: 0.14 MB of memory for these three strings
+    facts = {"hostname": socket.gethostname(), "os": os_pretty_name(), "kernel": uname.release,
+             "arch": uname.machine, "model": machine_model(), "ips": ips, "macs": macs,
+             "python": sys.version.split()[0], "daemon_version": VERSION,
              "psutil": psutil.__version__ if psutil is not None else ""}  # type: Dict[str, Any]
     bt = psutil.boot_time() if psutil is not None else proc_boot_time()
     override = os.environ.get("DVIC_NODE_TEST_BOOT_TIME")  # test-only: simulates a reboot (docs/node-daemon.md)
@@ -652,7 +688,7 @@ def collect_facts() -> Dict[str, Any]:
 
 def vcgencmd(*args: str) -> Optional[str]:
     """Output of the Raspberry Pi firmware tool, or None when absent or failing."""
-    exe = shutil.which("vcgencmd")
+    exe = which("vcgencmd")
     if not exe:
         return None
     import subprocess
@@ -670,7 +706,7 @@ class MetricsCollector:
     def __init__(self, use_psutil: bool = True) -> None:
         self.use_psutil = use_psutil and psutil is not None
         self._prev_cpu = None  # type: Optional[List[Tuple[int, int]]]
-        self._has_vcgencmd = shutil.which("vcgencmd") is not None
+        self._has_vcgencmd = which("vcgencmd") is not None
         if self.use_psutil:
             psutil.cpu_percent(percpu=True)  # primes psutil's own delta
         else:
@@ -1205,6 +1241,7 @@ class FileFollower:
         self._overlong = False
         self._last_start = 0
         self._switch_pending = False  # rotated: open the new file at the next call, not mid-batch
+        self.more = False  # the last call left work for the next one at once (a full budget, a switch)
         self.head = None  # type: Optional[int]
 
     def position(self) -> Dict[str, int]:
@@ -1349,6 +1386,7 @@ class FileFollower:
     def read_lines(self, budget: int = 256 * KIB) -> List[Line]:
         """Complete lines available now (at most about `budget` bytes read per call)."""
         out = []  # type: List[Line]
+        self.more = False
         if self._switch_pending:  # one call never spans two files, so rewind() stays possible
             self._switch_pending = False
             try:
@@ -1376,6 +1414,7 @@ class FileFollower:
         self._split(data, out)
         if len(data) < budget:  # at the end of this descriptor: has the path moved on?
             self._check_path(out)
+        self.more = self.more or len(data) >= budget or self._switch_pending
         return out
 
     def _split(self, data: bytes, out: List[Line]) -> None:
@@ -1413,12 +1452,16 @@ class FileFollower:
         except FileNotFoundError:
             if self._rotating():
                 return  # renamed to .1, the new file is not created yet: wait for it
-            if not self._drain_old(out):
+            if self._drain_old(out):
+                self.more = True
+            else:
                 self._flush_partial(out)
                 self.gone = True
             return
         if st.st_ino != self.ino or st.st_dev != self.dev:
-            if not self._drain_old(out):
+            if self._drain_old(out):
+                self.more = True  # look at the path again at once, after these lines
+            else:
                 self._flush_partial(out)
                 self._switch_pending = True
 
@@ -1449,6 +1492,96 @@ class FileFollower:
         self._overlong = False
         self.gone = False
         self._switch_pending = False
+
+
+# ---------------------------------------------------------------------------------------------
+# inotify (Linux, through ctypes): wake on writes instead of reading idle files over and over
+# ---------------------------------------------------------------------------------------------
+
+IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
+IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
+# a log dir: names appearing and disappearing (new demos, rotations, deletions), never its other files' writes
+DIR_EVENTS = IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ONLYDIR
+# one followed file (watched through /proc/self/fd/N: exactly the inode we hold open)
+FILE_EVENTS = IN_MODIFY | IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF
+INOTIFY_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
+
+
+class Inotify:
+    """The kernel's inotify through ctypes (standard library): tells which watched files changed.
+
+    Raises OSError when it is not available (not Linux, no ctypes, the per-user instance limit
+    reached); the caller then polls instead.
+    """
+
+    def __init__(self) -> None:
+        try:
+            import ctypes  # only here: a machine without it (or without inotify) polls
+        except ImportError as exc:  # pragma: no cover - depends on the Python build
+            raise OSError(errno.ENOSYS, "ctypes is not available: %s" % exc) from None
+        self._ctypes = ctypes
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._add = libc.inotify_add_watch
+            self._rm = libc.inotify_rm_watch
+            init = libc.inotify_init1
+        except (OSError, AttributeError) as exc:
+            raise OSError(errno.ENOSYS, "inotify is not available: %s" % exc) from None
+        self._add.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        self._rm.argtypes = [ctypes.c_int, ctypes.c_int]
+        fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "inotify_init1: %s" % os.strerror(err))
+        self.fd = fd  # type: Optional[int]
+
+    def add_watch(self, path: str, mask: int) -> int:
+        """The watch descriptor of `path` (the same one again for an inode already watched)."""
+        wd = self._add(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            err = self._ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        return int(wd)
+
+    def rm_watch(self, wd: int) -> None:
+        self._rm(self.fd, wd)  # fails harmlessly when the kernel already dropped it
+
+    def read_events(self) -> List[Tuple[int, int, bytes]]:
+        """Every queued event as (wd, mask, name); [] when none is waiting."""
+        out = []  # type: List[Tuple[int, int, bytes]]
+        if self.fd is None:
+            return out
+        while True:
+            try:
+                data = os.read(self.fd, 64 * KIB)
+            except BlockingIOError:
+                return out
+            pos = 0
+            while pos + INOTIFY_EVENT.size <= len(data):
+                wd, mask, _cookie, size = INOTIFY_EVENT.unpack_from(data, pos)
+                pos += INOTIFY_EVENT.size
+                out.append((wd, mask, bytes(data[pos:pos + size]).rstrip(b"\0")))
+                pos += size
+            if len(data) < 60 * KIB:  # room for more events was left: the queue is empty, spare a syscall
+                return out
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def open_inotify() -> Optional[Inotify]:
+    """An inotify instance, or None (logged) when this machine cannot give one: then files are polled."""
+    if os.environ.get("DVIC_NODE_TEST_NO_INOTIFY"):  # test only: exercise the polling fallback
+        LOG.info("demo logs: inotify disabled by DVIC_NODE_TEST_NO_INOTIFY; polling the files")
+        return None
+    try:
+        return Inotify()
+    except OSError as exc:
+        LOG.info("demo logs: inotify not available (%s); polling the files", exc.strerror or exc)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1552,6 +1685,7 @@ class LogDir:
         self.proc_root = proc_root  # where the demos' pids are visible (a container's own /proc)
         self.key_prefix = key_prefix
         self.container = container
+        self.wd = None  # type: Optional[int]  # inotify watch of the directory (the host's log dir only)
 
 
 class Demo:
@@ -1569,8 +1703,11 @@ class Demo:
         self.state = ""  # "", started/alive, exited
         self.exited_at = None  # type: Optional[float]
         self.open_error = ""
-        self.retry_at = 0.0
-        self.next_read = 0.0
+        self.retry_at = 0.0  # time.monotonic() before which a failed open is not retried
+        self.next_read = 0.0  # time.monotonic() when the file is read next (DemoWatcher.poll(due_only=True))
+        self.active_at = time.monotonic()  # when it last gave lines
+        self.watched_ino = 0  # the inode inotify watches for this demo (0: none, polled)
+        self.unwatchable_ino = 0  # an inode whose watch failed: not retried
 
     @property
     def name(self) -> str:
@@ -1599,6 +1736,11 @@ class DemoWatcher:
         self._states = dict(spool.extra.get("demos") or {})  # key -> {"state", "exited_at"}
         self.disk_full = False
         self._pruned = False
+        self.poll_interval = 0.2  # --poll-interval: how often a file that is not watched is read while active
+        self.notify = None  # type: Optional[Inotify]
+        self._file_wds = {}  # type: Dict[int, Tuple[str, int]]  # watch -> (demo key, inode)
+        self._dir_wds = {}  # type: Dict[int, LogDir]
+        self.rescan = False  # a watched log dir gained or lost a dvic_log name: scan() it soon
 
     def restore_states(self) -> None:
         """Take the demo states an earlier run saved (call once the spool is open)."""
@@ -1607,9 +1749,21 @@ class DemoWatcher:
     def set_logdirs(self, logdirs: List[LogDir]) -> None:
         self.logdirs = logdirs
 
+    @property
+    def dirs_watched(self) -> bool:
+        """True when every log dir is watched by inotify (then scan() is needed only on its events)."""
+        return all(d.wd is not None for d in self.logdirs)
+
     def scan(self) -> None:
         """Find new files in every log dir (only names matching ^dvic_log_<16 hex>$)."""
+        self.rescan = False
         for logdir in self.logdirs:
+            if self.notify is not None and logdir.wd is None and not logdir.key_prefix:
+                try:  # before listing it: a file created meanwhile is then seen one way or the other
+                    logdir.wd = self.notify.add_watch(logdir.path, DIR_EVENTS)
+                    self._dir_wds[logdir.wd] = logdir
+                except OSError as exc:
+                    LOG.debug("demo logs: cannot watch %s (%s); listing it every 2 s", logdir.path, exc)
             try:
                 names = os.listdir(logdir.path)
             except OSError:
@@ -1622,17 +1776,19 @@ class DemoWatcher:
                 if key not in self.demos:
                     self.demos[key] = Demo(token, logdir)
 
-    def poll(self, budget: int = 256 * KIB) -> int:
-        """Read new lines of every demo and spool them; returns the number of lines spooled."""
+    def poll(self, budget: int = 256 * KIB, due_only: bool = False) -> int:
+        """Read new lines of every demo (`due_only`: of those whose next_read has come) and spool them;
+        returns the number of lines spooled."""
         total = 0
-        now = time.time()
+        now = time.monotonic()
         for demo in list(self.demos.values()):
-            if demo.state == "exited" and now < demo.next_read:
-                continue  # an exited demo's file rarely grows: look every 5 s, not every round
+            if due_only and now < demo.next_read:
+                continue
             if demo.follower.gone and os.path.lexists(demo.path):
                 demo.follower.gone = False  # a new file under the same name: follow it too
             if demo.follower.fd is None and not demo.follower.gone:
                 if now < demo.retry_at or not self._open(demo):
+                    demo.next_read = max(demo.retry_at, self._next_read(demo, 0, now))
                     continue
             try:
                 n = self._read(demo, budget)
@@ -1641,18 +1797,84 @@ class DemoWatcher:
                     if not self.disk_full:  # once per episode: the lines wait in their files meanwhile
                         self.disk_full = True
                         LOG.error("spool: cannot write (%s); demo lines wait in their files", exc.strerror)
-                    return total
+                    return total  # every demo stays due: the next round tries again
                 self.report_error("reading %s failed: %s" % (demo.path, exc), {"path": demo.path})
                 demo.follower.close()
-                demo.retry_at = now + 30
+                demo.retry_at = demo.next_read = now + 30
                 continue
             if self.disk_full:
                 self.disk_full = False
                 LOG.warning("spool: writable again")
             total += n
-            if n == 0 and demo.state == "exited":
-                demo.next_read = now + 5.0
+            demo.next_read = self._next_read(demo, n, now)
+            self._watch_file(demo)
         return total
+
+    def _next_read(self, demo: Demo, lines: int, now: float) -> float:
+        """When to read a file again after a read that gave `lines`: at once while it is busy; when it
+        is quiet, inotify says when it changes, else it is polled, less often once it stays quiet."""
+        if lines or demo.follower.more:
+            if lines:
+                demo.active_at = now
+            return now  # a burst usually goes on, and a rotation or a full budget needs another call
+        if demo.follower.fd is not None and demo.watched_ino == demo.follower.ino:
+            return now + WATCHED_POLL_S
+        if demo.state == "exited":
+            return now + 5.0  # an exited demo's file rarely grows
+        return now + (self.poll_interval if now - demo.active_at < QUIET_AFTER_S else IDLE_POLL_S)
+
+    def next_due(self) -> float:
+        """The time.monotonic() when poll(due_only=True) has a file to read (inf: none)."""
+        return min((d.next_read for d in self.demos.values()), default=math.inf)
+
+    def take_events(self, events: List[Tuple[int, int, bytes]]) -> None:
+        """Mark the demos inotify says changed as due (and ask for a scan when a log dir changed)."""
+        for wd, mask, name in events:
+            if mask & IN_Q_OVERFLOW:  # events were lost: look at everything
+                self.rescan = True
+                for demo in self.demos.values():
+                    demo.next_read = 0.0
+                continue
+            watched = self._file_wds.get(wd)
+            if watched is not None:
+                demo = self.demos.get(watched[0])
+                if mask & IN_IGNORED:  # the inode is gone (or the watch removed)
+                    del self._file_wds[wd]
+                    if demo is not None and demo.watched_ino == watched[1]:
+                        demo.watched_ino = 0
+                if demo is not None:
+                    demo.next_read = 0.0
+                continue
+            logdir = self._dir_wds.get(wd)
+            if logdir is None:
+                continue
+            if mask & IN_IGNORED:  # the directory itself went away: list it again until it is back
+                del self._dir_wds[wd]
+                logdir.wd = None
+                self.rescan = True
+            elif name.startswith(b"dvic_log_"):  # the live name or its .1: a rotation, a new file, a deletion
+                demo = self.demos.get("demo:" + name[9:25].decode("ascii", "replace"))
+                if demo is not None:
+                    demo.next_read = 0.0
+                if demo is None or demo.follower.gone:
+                    self.rescan = True
+
+    def _watch_file(self, demo: Demo) -> None:
+        """Have inotify watch the inode the demo's follower holds open (host files only: a container's
+        files are polled). A new watch makes the file due once more: a write just before it is read."""
+        f = demo.follower
+        if self.notify is None or f.fd is None or demo.logdir.key_prefix \
+                or f.ino in (demo.watched_ino, demo.unwatchable_ino):
+            return
+        try:
+            wd = self.notify.add_watch("/proc/self/fd/%d" % f.fd, FILE_EVENTS)
+        except OSError as exc:  # e.g. fs.inotify.max_user_watches reached: this file is polled
+            demo.unwatchable_ino, demo.watched_ino = f.ino, 0
+            LOG.info("demo log %s: cannot watch it (%s); polling it", demo.path, exc.strerror or exc)
+            return
+        self._file_wds[wd] = (demo.key, f.ino)
+        demo.watched_ino = f.ino
+        demo.next_read = 0.0
 
     def _open(self, demo: Demo) -> bool:
         saved = self.spool.positions.get(demo.key)
@@ -1671,7 +1893,7 @@ class DemoWatcher:
                 demo.open_error = why
                 self.report_error("cannot open demo log %s (%s)" % (demo.path, exc.strerror or exc),
                                   {"path": demo.path, "errno": exc.errno or 0})
-            demo.retry_at = time.time() + 10
+            demo.retry_at = time.monotonic() + 10
             return False
         demo.open_error = ""
         if not saved and demo.follower.off == 0:
@@ -1888,7 +2110,7 @@ class SystemLogs:
     def resolve(self) -> str:
         """journal, none, or a file path."""
         if self.mode == "auto":
-            if shutil.which("journalctl") and os.path.isdir("/run/systemd/journal"):
+            if which("journalctl") and os.path.isdir("/run/systemd/journal"):
                 return "journal"
             for path in ("/var/log/syslog", "/var/log/messages"):
                 if os.path.exists(path):
@@ -2660,6 +2882,8 @@ class ShellManager:
                 os.initgroups(name, gid)
                 os.setuid(uid)
 
+        import pty  # shells only
+
         master, slave = pty.openpty()
         try:
             set_winsize(slave, rows, cols)
@@ -3183,12 +3407,20 @@ class Updater:
         return None
 
     def install(self, data: bytes) -> None:
-        """Replace this file atomically, keeping the running one as dvic_node.py.prev."""
+        """Replace this file atomically, keeping the running one as dvic_node.py.prev, and compile it."""
         with open(self.path, "rb") as f:
             current = f.read()
         mode = stat.S_IMODE(os.stat(self.path).st_mode)
         write_file_atomic(self.path + ".prev", current, mode, sync=True)
         write_file_atomic(self.path, data, mode, sync=True)
+        self.compile()
+
+    def compile(self) -> None:
+        """The bytecode the restarted daemon loads (without it, it compiles the source: slower, more memory)."""
+        problem = compile_bytecode(self.path)
+        if problem:
+            LOG.warning("update: cannot write the bytecode of %s (%s); the daemon compiles it at each start",
+                        self.path, problem)
 
     def save_state(self, state: Optional[Dict[str, Any]]) -> None:
         if state is None:
@@ -3242,6 +3474,7 @@ class Updater:
         except OSError as exc:
             LOG.error("update: cannot roll back to %s.prev: %s", self.path, exc)
             return
+        self.compile()
         LOG.warning("update: %s; rolled back to the previous file, restarting", why)
         self.daemon.restart(watchdog=False)
 
@@ -3300,6 +3533,7 @@ def update_watchdog(state_path: str, daemon_path: str, pid: int, argv: List[str]
                                                       message=why + "; restored by the watchdog")).encode())
     except OSError:
         os._exit(1)
+    compile_bytecode(daemon_path)  # best effort: a stale .pyc is only ignored
     if not process_gone(pid):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -3341,6 +3575,8 @@ class Options:
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter, never below `base`: uniform(base, min(cap, base * 2**n))."""
+    import random  # reconnects only
+
     top = min(cap, base * (2 ** min(attempt, 16)))
     return random.uniform(min(base, top), top)
 
@@ -3370,6 +3606,7 @@ class Daemon:
         self.metrics_buffer = collections.deque(maxlen=720)
         self.outbox = collections.deque(maxlen=2000)
         self.demos = DemoWatcher(self.spool, self._emit, self.report_error)
+        self.demos.poll_interval = options.poll_interval
         self.system = SystemLogs(self.spool, options.system_log, options.system_log_rate,
                                  options.system_log_burst)
         self._wake = None  # type: Optional[asyncio.Event]
@@ -3550,17 +3787,33 @@ class Daemon:
             next_at = max(next_at + self.interval, time.monotonic())
 
     async def _tail_loop(self) -> None:
+        """Reads the demo files that changed: inotify wakes it on a write (a burst is then read every
+        READ_GAP_S); without inotify, files are polled (every --poll-interval, IDLE_POLL_S when quiet)."""
+        notify = open_inotify()
+        self.demos.notify = notify
+        try:
+            await self._follow_demos(notify)
+        finally:
+            self.demos.notify = None
+            if notify is not None:
+                notify.close()
+
+    async def _follow_demos(self, notify: Optional[Inotify]) -> None:
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
         next_scan = next_live = 0.0
         last_bug = ""
         while True:
             now = time.monotonic()
             n = 0
             try:
-                if now >= next_scan:
+                if notify is not None:
+                    self.demos.take_events(notify.read_events())
+                if now >= next_scan or self.demos.rescan:
                     self.demos.scan()
-                    next_scan = now + 2.0
+                    next_scan = now + (WATCHED_SCAN_S if self.demos.dirs_watched else 2.0)
                 # at most a segment per file and round: a small spool bound still drops only the oldest
-                n = self.demos.poll(min(256 * KIB, self.spool.segment_bytes))
+                n = self.demos.poll(min(256 * KIB, self.spool.segment_bytes), due_only=True)
                 if now >= next_live:
                     self.demos.check_liveness()
                     next_live = now + 1.0
@@ -3568,9 +3821,31 @@ class Daemon:
                 if repr(exc) != last_bug:
                     last_bug = repr(exc)
                     LOG.exception("demo logs: unexpected error (continuing)")
-            wait = 0.0 if n >= 500 else self.opts.poll_interval  # catching up: go again at once
-            if await self._sleep(wait):
+            # a pause between rounds: while catching up none; after lines, READ_GAP_S or more so that a
+            # burst is read in chunks (the kernel merges its events meanwhile); polling, the poll interval
+            if n >= 500:
+                gap = 0.0
+            elif notify is None:
+                gap = self.opts.poll_interval
+            else:
+                gap = min(READ_GAP_MAX_S, max(READ_GAP_S, n * READ_GAP_PER_LINE_S)) if n else 0.0
+            if gap and await self._sleep(gap):
                 return
+            wait = min(self.demos.next_due(), next_scan, next_live) - time.monotonic()
+            if wait <= 0:
+                continue
+            # sleep until then or until inotify has news (the reader is registered only while waiting,
+            # so events arriving during a round or a gap never make the loop spin)
+            woken.clear()
+            timer = loop.call_later(wait, woken.set)  # not wait_for: see _sender
+            if notify is not None and notify.fd is not None:
+                loop.add_reader(notify.fd, woken.set)
+            try:
+                await woken.wait()
+            finally:
+                timer.cancel()
+                if notify is not None and notify.fd is not None:
+                    loop.remove_reader(notify.fd)
 
     async def _system_log_loop(self) -> None:
         source = self.system.resolve()
@@ -3808,7 +4083,7 @@ class Daemon:
 
     async def _sender(self, ws: WebSocket, cursor: int) -> None:
         assert self._wake is not None
-        pending_since = None  # type: Optional[float]  # when unsent lines were first seen
+        last_logs_at = 0.0  # when the last `logs` message went out
         while True:
             self._wake.clear()
             while self.outbox:
@@ -3822,17 +4097,18 @@ class Daemon:
                                     "message": "spool full: %d lines dropped" % gap["dropped"], "data": gap})
             wait = 1.0
             if cursor <= self.spool.last_seq and cursor - 1 - self.spool.acked < INFLIGHT_MAX:
-                # coalesce: a lone line waits up to COALESCE_S for company (the server's cost is per
-                # message); a full batch goes at once, and so does anything while the spool is half
-                # full (waiting must never make it drop lines)
+                # adaptive batching (Nagle-like; the server's cost is per message): lines go at once while
+                # no `logs` message awaits its ack; while one does, they gather until its ack comes or
+                # for at most COALESCE_S. A full batch goes at once, and so does anything while the
+                # spool is half full (waiting must never make it drop lines).
                 now = time.monotonic()
-                if pending_since is None:
-                    pending_since = now
-                if self.spool.last_seq - cursor + 1 < self.max_batch and now - pending_since < COALESCE_S \
+                held = now - last_logs_at
+                if self._sent_max > self.spool.acked and held < COALESCE_S \
+                        and self.spool.last_seq - cursor + 1 < self.max_batch \
                         and self.spool.size < self.spool.max_bytes // 2:
-                    wait = COALESCE_S - (now - pending_since)
+                    wait = COALESCE_S - held  # the ack wakes us earlier
                 else:
-                    pending_since = None
+                    last_logs_at = now
                     lines = self.spool.read(cursor, self.max_batch, BATCH_BYTES)
                     if lines:
                         await ws.send_json({"type": "logs", "lines": lines})
@@ -3929,8 +4205,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def reexec(daemon: "Daemon") -> None:
-    """Replace this process with the (new or restored) daemon file, same pid, same command line."""
-    argv = [sys.executable, daemon.updater.path] + sys.argv[1:]
+    """Replace this process with the (new or restored) daemon file, same pid, same arguments, started
+    through the LAUNCHER (from its bytecode) whether this one was or was run as a script."""
+    argv = [sys.executable, "-c", LAUNCHER, daemon.updater.path] + sys.argv[1:]
     for h in LOG.handlers:
         h.flush()
     if daemon.restart_request and daemon.restart_request.get("watchdog"):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import dvic_node
 import pytest
 
 from installer.paths import DEFAULT_TARGET_PATH, NodeLayout
@@ -142,3 +143,35 @@ def test_the_daemon_must_parse_with_the_targets_python(tmp_path: Path) -> None:
     rc, _, error = _run(script, "install", tmp_path)
     assert rc != 0 and error is not None and error[0] == "bad_daemon" and "3.8.18" in error[1]
     assert not root.exists()
+
+
+def _bytecode_hash(python: str, daemon: Path) -> tuple[int, bytes, bytes]:
+    """(flags, stored source hash, hash of the file now) of the .pyc `python` loads for `daemon`."""
+    code = ("import importlib.util as u, sys; p = sys.argv[1]; data = open(u.cache_from_source(p), 'rb').read(16); "
+            "print(int.from_bytes(data[4:8], 'little'), data[8:16].hex(), u.source_hash(open(p, 'rb').read()).hex())")
+    out = subprocess.run([python, "-c", code, str(daemon)], capture_output=True, text=True, timeout=60, check=True)
+    flags, stored, now = out.stdout.split()
+    return int(flags), bytes.fromhex(stored), bytes.fromhex(now)
+
+
+def test_the_daemon_starts_from_the_bytecode_compiled_at_install_and_at_rollback(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    layout = NodeLayout(str(root))
+    daemon = root / "opt/dvic-node/dvic_node.py"
+    try:
+        rc, facts, error = _run(_install(layout), "install", tmp_path)
+        assert (rc, error, facts["bytecode"]) == (0, None, "compiled")
+        flags, stored, now = _bytecode_hash(facts["python"], daemon)
+        assert flags == 0b11 and stored == now  # checked-hash: a later change of the file is noticed
+        pid = (root / "var/lib/dvic-node/dvic-node.pid").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert argv[:4] == [facts["python"], "-c", dvic_node.LAUNCHER, str(daemon)]  # as the unit starts it
+
+        # an upgrade whose daemon dies: the old file is back, and so is its bytecode
+        rc, facts, error = _run(_install(layout, daemon_text="raise SystemExit(2)\n", keep_bundle=True,
+                                         expect_node_id="n-1"), "install", tmp_path)
+        assert rc != 0 and error is not None and error[0] == "start_failed"
+        assert daemon.read_text() == SLEEPER
+        assert _bytecode_hash(facts["python"], daemon)[1:] == (now, now)
+    finally:
+        stop_daemon(root)

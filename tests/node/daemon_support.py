@@ -11,11 +11,14 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import dvic_node
+
 from tests.support.server import CentralServer
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = REPO / "node_script" / "dvic_node.py"
 PY38 = "/root/.pyenv/versions/3.8.18/bin/python3.8"
+DAEMON_LAUNCHER = dvic_node.LAUNCHER  # the unit's `python3 -c LAUNCHER DAEMON ARGS`
 
 
 def interpreters() -> list[Any]:
@@ -28,19 +31,27 @@ def interpreters() -> list[Any]:
 
 
 class DaemonProcess:
-    """dvic_node.py as systemd would run it, with test-friendly timings."""
+    """dvic_node.py as systemd runs it (imported by the unit's launcher, so from its bytecode), with
+    test-friendly timings. `script` is the daemon file; `env` is added to the environment."""
 
     def __init__(self, python: str, bundle_path: Path, state_dir: Path, log_dir: Path,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.python = python
-        self.args = [python, str(NODE_SCRIPT), "--config", str(bundle_path), "--state-dir", str(state_dir),
-                     "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none",
-                     "--reconnect-max", "1", "--poll-interval", "0.05", "-v", *extra]
+        self.script = NODE_SCRIPT
+        self.options = ["--config", str(bundle_path), "--state-dir", str(state_dir), "--log-dir", str(log_dir),
+                        "--system-log", "none", "--docker-socket", "none", "--reconnect-max", "1",
+                        "--poll-interval", "0.05", "-v", *extra]
+        self.env = env or {}
         self.log_path = state_dir.parent / f"{state_dir.name}-daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def args(self) -> list[str]:
+        return [self.python, "-c", DAEMON_LAUNCHER, str(self.script), *self.options]
+
     def start(self) -> DaemonProcess:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the stdlib (+psutil)
+        env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self

@@ -41,6 +41,7 @@ class ScriptedServer:
         self.logs: list[tuple[float, dict[str, Any]]] = []  # (arrival time, `logs` message)
         self.files: dict[str, bytes] = {}  # served at /files/{name} (e.g. a daemon release)
         self.release_key: dict[str, Any] = {}
+        self.ack_delay = 0.0  # seconds before each `logs` message is acknowledged (a busy server)
 
     async def __aenter__(self) -> ScriptedServer:
         app = web.Application()
@@ -84,13 +85,23 @@ class ScriptedServer:
             body = json.loads(msg.data)
             if body.get("type") == "logs":
                 self.logs.append((time.time(), body))
-                await ws.send_json({"type": "ack", "seq": body["lines"][-1]["seq"]})
+                ack = {"type": "ack", "seq": body["lines"][-1]["seq"]}
+                if self.ack_delay:
+                    asyncio.get_running_loop().call_later(
+                        self.ack_delay, lambda a=ack: asyncio.ensure_future(self._late_ack(ws, a)))
+                else:
+                    await ws.send_json(ack)
             elif body.get("type") not in QUIET:
                 self.replies.append(body)
                 self._notify()
         if self.ws is ws:
             self.ws = None
         return ws
+
+    @staticmethod
+    async def _late_ack(ws: web.WebSocketResponse, ack: dict[str, Any]) -> None:
+        if not ws.closed:
+            await ws.send_json(ack)
 
     def _notify(self) -> None:
         self.changed.set()
@@ -152,7 +163,7 @@ def scripted_daemon(srv: ScriptedServer, tmp_path: Path, extra: tuple[str, ...] 
         copy = tmp_path / "opt" / "dvic_node.py"
         copy.parent.mkdir(exist_ok=True)
         shutil.copy(NODE_SCRIPT, copy)
-        daemon.args[1] = str(copy)
+        daemon.script = copy
     return daemon
 
 

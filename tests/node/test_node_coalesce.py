@@ -1,36 +1,57 @@
-"""Log lines that trickle in are sent a few per `logs` message (the server's cost is per message), promptly."""
+"""Log lines go out at once while the link is idle, and gather while a `logs` message awaits its ack
+(the server's cost is per message), never for long."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from pathlib import Path
 
 from daemon_support import Demo
 from remote_support import ScriptedServer, scripted_daemon
 
 
-async def test_a_slow_demo_is_sent_in_batches_within_the_coalescing_window(tmp_path: Path) -> None:
+async def trickle(srv: ScriptedServer, tmp_path: Path, count: int, pause: float) -> list[tuple[float, dict]]:
+    """`count` demo lines written `pause` apart; returns each `logs` message with its arrival time."""
+    daemon = scripted_daemon(srv, tmp_path).start()
+    demo = None
+    try:
+        await srv.connected()
+        demo = Demo(tmp_path / "logs", "trickle", count, pause=pause)
+        await asyncio.to_thread(demo.wait_written)
+
+        def demo_lines() -> list[dict]:
+            return [ln for _, msg in srv.logs for ln in msg["lines"] if ln["source"] == "demo"]
+
+        await srv.wait(lambda: len(demo_lines()) == count, what=f"the {count} demo lines")
+        assert [ln["msg"] for ln in demo_lines()] == demo.expected()
+        return [(at, m) for at, m in srv.logs if any(ln["source"] == "demo" for ln in m["lines"])]
+    finally:
+        if demo is not None:
+            demo.kill()
+        await asyncio.to_thread(daemon.stop)
+
+
+def delays(messages: list[tuple[float, dict]]) -> list[float]:
+    """Write -> arrival of each line after the first message (a new file is found by a scan)."""
+    first = messages[0][0]
+    return sorted(at - ln["ts"] for at, m in messages for ln in m["lines"] if ln["ts"] > first)
+
+
+async def test_a_slow_demo_on_an_idle_link_is_sent_line_by_line_at_once(tmp_path: Path) -> None:
     async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path).start()
-        demo = None
-        try:
-            await srv.connected()
-            demo = Demo(tmp_path / "logs", "trickle", 120, pause=0.025)  # 40 lines/s for 3 s
-            await asyncio.to_thread(demo.wait_written)
+        messages = await trickle(srv, tmp_path, 20, pause=0.1)
+    waited = delays(messages)
+    # inotify wakes the daemon on the write and nothing awaits an ack: no coalescing window (it was 0.25 s)
+    assert len(waited) > 10 and statistics.median(waited) < 0.1 and waited[-1] < 1.0, waited
 
-            def demo_lines() -> list[tuple[float, dict]]:
-                return [(at, ln) for at, msg in srv.logs for ln in msg["lines"] if ln["source"] == "demo"]
 
-            await srv.wait(lambda: len(demo_lines()) == 120, what="the 120 demo lines")
-            assert [ln["msg"] for _, ln in demo_lines()] == demo.expected()
-            messages = [m for _, m in srv.logs if any(ln["source"] == "demo" for ln in m["lines"])]
-            # polled every 0.05 s here, so without coalescing ~60 messages; with it, about 12
-            assert len(messages) <= 25, [len(m["lines"]) for m in messages]
-            first = demo_lines()[0][0]  # new files are found by a scan every 2 s: time lines written after
-            delays = sorted(at - ln["ts"] for at, ln in demo_lines() if ln["ts"] > first)
-            # the window (0.25 s) plus one poll and a loaded machine; never seconds
-            assert len(delays) > 20 and delays[-1] < 1.0, delays[-5:]
-        finally:
-            if demo is not None:
-                demo.kill()
-            await asyncio.to_thread(daemon.stop)
+async def test_lines_gather_while_an_ack_is_awaited_but_never_for_long(tmp_path: Path) -> None:
+    async with ScriptedServer() as srv:
+        srv.ack_delay = 0.5  # a busy server
+        messages = await trickle(srv, tmp_path, 120, pause=0.025)  # 40 lines/s for 3 s
+    # line by line that would be 120 messages; a batch at most every 0.25 s while acks are awaited
+    assert len(messages) <= 25, [len(m["lines"]) for _, m in messages]
+    waited = delays(messages)
+    # at most the 0.25 s hold plus a read; never the 0.5 s ack delay piled up, never seconds
+    assert len(waited) > 20 and waited[-1] < 1.0, waited[-5:]

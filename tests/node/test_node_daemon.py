@@ -280,9 +280,13 @@ def test_a_non_python_demo_run_through_the_dvic_log_wrapper(central: CentralServ
         daemon.stop()
 
 
+@pytest.mark.parametrize("python", interpreters())
+@pytest.mark.parametrize("follow", ["inotify", "polling"])
 def test_lines_across_the_writers_rotations_arrive_once_in_order(central: CentralServer, tmp_path: Path,
-                                                                 logs_dir: Path) -> None:
-    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
+                                                                 logs_dir: Path, python: str, follow: str) -> None:
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
+    if follow == "polling":  # the fallback when inotify is not available
+        daemon.env["DVIC_NODE_TEST_NO_INOTIFY"] = "1"
     daemon.start()
     demo = Demo(logs_dir, "rotator", 2000, pause=0.002, max_bytes=16384)  # about 9 rotations
     try:
@@ -291,6 +295,7 @@ def test_lines_across_the_writers_rotations_arrive_once_in_order(central: Centra
         wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 2000, 60, "every line", interval=0.3)
         assert [ln["msg"] for ln in demo_lines(central, node_id)] == demo.expected()
         assert not events(central, node_id, "error")
+        assert ("inotify disabled" in daemon.log()) == (follow == "polling")
     finally:
         demo.kill()
         daemon.stop()

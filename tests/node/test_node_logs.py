@@ -513,3 +513,50 @@ def test_two_rotations_between_reads_read_the_skipped_file_first(tmp_path: Path,
         step(w)
     assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c", "d"]
     assert not [m for m in rec.messages if m["type"] == "event"] and rec.errors == []
+
+
+# -- inotify: only the files that changed are read --------------------------------------------
+
+def inotify_step(w: dvic_node.DemoWatcher, notify: dvic_node.Inotify) -> None:
+    """One round of the daemon's tail loop: the kernel's news, a scan if asked, the files now due."""
+    w.take_events(notify.read_events())
+    if w.rescan:
+        w.scan()
+    w.poll(due_only=True)
+    w.check_liveness()
+
+
+def test_inotify_wakes_on_writes_rotations_and_new_files_and_leaves_idle_files_alone(
+        tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    path.write_bytes(header(demo_proc.pid) + record("a"))
+    w, spool, rec = make_watcher(tmp_path)
+    notify = dvic_node.Inotify()
+    w.notify = notify
+    try:
+        w.scan()
+        assert w.dirs_watched
+        for _ in range(3):  # read, watched (one more read for a write just before the watch), idle
+            inotify_step(w, notify)
+        demo = w.demos[f"demo:{TOKEN}"]
+        assert demo.watched_ino == os.stat(path).st_ino
+        assert w.next_due() > time.monotonic() + 4  # an idle watched file waits for the kernel (5 s check)
+        with open(path, "ab") as f:
+            f.write(record("b"))
+        inotify_step(w, notify)
+        assert [ln["msg"] for ln in spool.read(1)] == ["a", "b"]
+
+        os.replace(path, str(path) + ".1")  # the writer rotates
+        path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
+        for _ in range(3):
+            inotify_step(w, notify)
+        other = logs / "dvic_log_fedcba9876543210"  # a new demo is found without waiting for a scan
+        other.write_bytes(header(demo_proc.pid, name="second") + record("d"))
+        inotify_step(w, notify)
+        assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c", "d"]
+        assert rec.errors == []
+    finally:
+        w.notify = None
+        notify.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -29,6 +30,16 @@ def variant(version: str, replace: tuple[bytes, bytes] | None = None) -> bytes:
         assert replace[0] in data
         data = data.replace(*replace, 1)
     return data
+
+
+def bytecode_is_current(path: Path) -> bool:
+    """True when the .pyc the launcher loads for `path` is a checked-hash one of its current content."""
+    pyc = Path(importlib.util.cache_from_source(str(path)))
+    if not pyc.exists():
+        return False
+    head = pyc.read_bytes()[:16]
+    flags = int.from_bytes(head[4:8], "little")  # 0b11: hash-based and checked
+    return flags == 0b11 and head[8:16] == importlib.util.source_hash(path.read_bytes())
 
 
 def publish(server: CentralServer, data: bytes) -> dict[str, Any]:
@@ -62,7 +73,7 @@ class Node:
         self.state = tmp / "state"
         self.daemon = DaemonProcess(sys.executable, write_bundle(tmp / "bundle.json", bundle), self.state,
                                     tmp / "logs", ("--update-deadline", str(deadline)))
-        self.daemon.args[1] = str(self.file)
+        self.daemon.script = self.file
 
     def __enter__(self) -> Node:
         self.daemon.start()
@@ -95,6 +106,7 @@ def test_a_signed_newer_release_rolls_out(server: CentralServer, tmp_path: Path)
         assert server.node("up-good")["daemon_version"] == "0.2.0"
         assert node.file.read_bytes() == variant("0.2.0")
         assert (node.file.parent / "dvic_node.py.prev").read_bytes() == ORIGINAL
+        assert bytecode_is_current(node.file)  # the restarted daemon started from the new bytecode
         assert node.daemon.proc.pid == pid and node.daemon.running()  # type: ignore[union-attr]  # re-executed
         wait_until_sync(lambda: not (node.state / "update.json").exists(), 10, "the update confirmed")
         log = node.daemon.log()
@@ -132,7 +144,7 @@ def test_a_release_that_cannot_connect_is_rolled_back(server: CentralServer, tmp
         action = node.update()
         assert action["state"] == "failed" and action["message"].startswith("rolled_back: version 0.4.0 was not "
                                                                             "welcomed"), action
-        assert node.file.read_bytes() == ORIGINAL
+        assert node.file.read_bytes() == ORIGINAL and bytecode_is_current(node.file)
         assert server.node("up-broken")["daemon_version"] == "0.1.0"
         assert node.daemon.proc.pid == pid and node.daemon.running()  # type: ignore[union-attr]
         wait_until_sync(lambda: not (node.state / "update.json").exists(), 10, "the rollback reported")
@@ -182,7 +194,7 @@ def test_a_release_that_dies_at_start_is_restored_by_the_watchdog(server: Centra
             action = node.update()
             assert action["state"] == "failed", action
             assert "rolled_back: version 0.6.0 exited before it was welcomed" in action["message"], action
-            assert node.file.read_bytes() == ORIGINAL
+            assert node.file.read_bytes() == ORIGINAL and bytecode_is_current(node.file)
             assert node.daemon.proc.wait(timeout=10) != 0  # type: ignore[union-attr]  # the broken one
             assert "broken release" in node.daemon.log()
             (replacement,) = daemons_running(node.file)  # the watchdog became the restored daemon
