@@ -14,15 +14,17 @@ import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 from tui.config import Settings
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
+    from typing import Any
+
     import aiohttp
 
 API = "/api/v1"
-Json = dict[str, Any]
+Json = dict[str, "Any"]
 
 
 class ApiError(Exception):

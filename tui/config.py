@@ -12,20 +12,44 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NamedTuple
 
 
 class ConfigError(Exception):
     """A setting is missing or unusable; the message tells the user what to do."""
 
 
-class Settings(NamedTuple):
-    """The resolved connection settings of one `dvic` run (a NamedTuple: `dataclasses` is slow to import)."""
+class Settings:
+    """The resolved connection settings of one `dvic` run; immutable, compared by value.
 
+    A plain class, not a dataclass or NamedTuple: every `dvic` command reads it, and `dataclasses`
+    or `typing` take milliseconds to import (`dvic run` answers in tens of them).
+    """
+
+    __slots__ = ("server", "token", "ca", "ca_pem")
     server: str
     token: str | None
     ca: str | None  # path of the CA file to pin; None only for plain-HTTP development servers
-    ca_pem: str | None = None  # the CA itself, when it is not (yet) in a file: `dvic login`
+    ca_pem: str | None  # the CA itself, when it is not (yet) in a file: `dvic login`
+
+    def __init__(self, server: str, token: str | None, ca: str | None, ca_pem: str | None = None) -> None:
+        for name, value in zip(self.__slots__, (server, token, ca, ca_pem), strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Settings are read-only (cannot set {name})")
+
+    def _values(self) -> tuple[str | None, ...]:
+        return (self.server, self.token, self.ca, self.ca_pem)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:  # the token stays out of logs and tracebacks
+        token = "None" if self.token is None else "'***'"
+        return f"Settings(server={self.server!r}, token={token}, ca={self.ca!r}, ca_pem={'…' if self.ca_pem else None})"
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:

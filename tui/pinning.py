@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -22,9 +22,12 @@ class PinError(Exception):
     """The CA could not be obtained or does not match what the user expects."""
 
 
-class PinnedCA(NamedTuple):
-    pem: str
-    sha256: str  # lower-case hex of the DER bytes, as in the enrollment bundle's `ca_sha256`
+class PinnedCA:
+    __slots__ = ("pem", "sha256")
+
+    def __init__(self, pem: str, sha256: str) -> None:
+        self.pem = pem
+        self.sha256 = sha256  # lower-case hex of the DER bytes, as in the enrollment bundle's `ca_sha256`
 
 
 def fingerprint(der: bytes) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from tui.client import API, ApiClient, ApiError, Json, Unreachable, _list, _params, _seg
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
     import aiohttp
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import time
 
 from tests.support.server import CentralServer
@@ -160,3 +161,22 @@ async def test_node_lost_mid_run_and_truncated_output_are_reported(central_serve
     assert big.code == 0
     assert len(big.out) == 1024 * 1024 and set(big.out) == {"a"}
     assert "[output truncated: 1.0M produced, 1 MiB kept]" in big.err, big.err
+
+
+async def test_run_starts_without_the_heavy_imports(central_server: CentralServer, dvic: DvicRunner,
+                                                    dvic_env: dict[str, str]):
+    """`dvic run` is typed at a prompt: its start-up is part of the round trip (docs/performance.md,
+    "Remote control"), so it must not import what only the console and the other commands need."""
+    heavy = {"asyncio", "aiohttp", "textual", "rich", "cryptography", "asyncssh", "installer", "typing",
+             "dataclasses", "inspect", "shutil"}
+    async with ExecutorNode(central_server.enroll("pi-lean")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-X", "importtime", *dvic.argv(("run", "pi-lean", "--", "echo", "lean"), None)[1:],
+            env=dvic_env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and out == b"lean\n", err[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in err.decode().splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "tui" in imported  # the -X importtime output was read
+    assert not heavy & imported, f"`dvic run` imports {sorted(heavy & imported)}: see tui/cmds/run.py"

@@ -44,3 +44,38 @@ def test_entry_point_without_a_command_prints_help():
     res = subprocess.run([sys.executable, "-m", "tui.remote_cli"], cwd=str(ROOT), capture_output=True, text=True,
                          timeout=30)
     assert res.returncode == 2 and "run" in res.stdout and "shell" in res.stdout
+
+
+def _commands(parser: object) -> set[str]:
+    import argparse
+
+    assert isinstance(parser, argparse.ArgumentParser)
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(subs[0].choices) if subs else set()
+
+
+def test_each_command_is_registered_by_the_module_the_table_names():
+    """`dvic` imports only the module of the command given (tui/cli.py COMMAND_MODULES): the table
+    must list every command, each with the module that registers it."""
+    from tui import cli
+
+    every = _commands(cli.build_parser(None))
+    assert every == set(cli.COMMAND_MODULES)
+    for module in set(cli.COMMAND_MODULES.values()):
+        named = {command for command, owner in cli.COMMAND_MODULES.items() if owner == module}
+        for command in named:
+            assert _commands(cli.build_parser(command)) == named, f"{command} -> {module}"
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["run", "pi", "--", "true"], "run"),
+    (["--server", "https://x:1", "--token=t", "shell", "pi"], "shell"),
+    (["--ca", "run"], "console"),  # "run" is the value of --ca: no command word, the console
+    ([], "console"),
+    (["--help", "run"], None),  # None: the whole tree (help lists every command)
+    (["--version"], None),
+])
+def test_the_command_word_is_found_after_the_main_options(argv: list[str], command: str | None):
+    from tui.cli import command_of
+
+    assert command_of(argv) == command

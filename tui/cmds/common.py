@@ -9,10 +9,13 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
 
 from tui.client import ApiClient
 from tui.config import Settings
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ROLES = ("viewer", "operator", "admin")

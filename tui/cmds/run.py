@@ -18,16 +18,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
 
 from tui import fmt
-from tui.client import ApiError, Unreachable, _list, _params, _seg
+from tui.client import ApiError, Json, Unreachable, _list, _params, _seg
 from tui.cmds.common import Parser, SettingsFn, UsageError, emit_json
 from tui.lean_http import LeanClient, WebSocketClosed
 from tui.remote_client import RUN_FINAL, command_body
 from tui.textsafe import clean
 
-Json = dict[str, Any]
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
+if TYPE_CHECKING:
+    from typing import TextIO
 
 # Exit statuses of `dvic run` per node (the command's own code when it exited).
 EXIT_TIMEOUT = 124  # as timeout(1)
