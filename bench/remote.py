@@ -2,7 +2,10 @@
 
 Everything is a real process on 127.0.0.1: dvic-central (bench/server.py), node daemons
 (node_script/dvic_node.py, each with its own enrolled bundle, state dir and log dir) and, for the
-CLI figures, `python3 -m tui run` itself. Nothing is timed inside tests; this prints figures.
+CLI figures, `dvic run` itself: the console script next to the interpreter (`.venv/bin/dvic`), a
+fresh process each time, as an operator types it. Its bytecode is cached (in the work dir, not the
+repo) as after any install, even when PYTHONDONTWRITEBYTECODE is set here. Nothing is timed inside
+tests; this prints figures.
 
     python3 -m bench.remote [--runs 100] [--cli-runs 30] [--keystrokes 200] [--nodes 200]
 """
@@ -16,6 +19,7 @@ import math
 import os
 import pty
 import pwd
+import resource
 import select
 import shutil
 import signal
@@ -36,9 +40,13 @@ from tui.remote_client import RUN_FINAL, RemoteClient
 
 from .common import add_common_args, positive_float, positive_int, work_dir
 from .daemon_rig import NODE_SCRIPT, REPO, NodeRig, RigError, enroll
+from .procstat import machine_cpu_stall_s
 from .server import BenchServer
 
 ECHO_TIMEOUT = 5.0  # one keystroke's echo; far above any plausible figure, only guards a hang
+# Issue 4: `dvic run NODE -- true` round trip on loopback, in ms.
+RUN_TARGET_P50_MS = 50.0
+RUN_TARGET_P99_MS = 150.0
 
 
 @dataclass
@@ -48,6 +56,9 @@ class Figures:
     load_before: str = ""
     api_run_ms: dict[str, float] = field(default_factory=dict)
     cli_run_ms: dict[str, float] = field(default_factory=dict)
+    cli_run_cpu_ms: dict[str, float] = field(default_factory=dict)  # user + system CPU of each process
+    cli_cpu_pressure: float = 0.0  # % of the CLI phase in which some task waited for a CPU (PSI some)
+    cli_command: str = ""
     python_start_ms: dict[str, float] = field(default_factory=dict)
     cli_imports_ms: dict[str, float] = field(default_factory=dict)
     shell_echo_ms: dict[str, float] = field(default_factory=dict)
@@ -78,13 +89,41 @@ def fmt(stats: dict[str, float]) -> str:
     return f"p50 {stats['p50']:.1f} ms, p99 {stats['p99']:.1f} ms, max {stats['max']:.1f} ms ({int(stats['n'])} samples)"
 
 
+def verdict(stats: dict[str, float]) -> str:
+    """PASS/FAIL against issue 4's round-trip targets."""
+    if not stats:
+        return "not measured"
+    ok = stats["p50"] < RUN_TARGET_P50_MS and stats["p99"] < RUN_TARGET_P99_MS
+    return f"{'PASS' if ok else 'FAIL'} (target p50 < {RUN_TARGET_P50_MS:.0f} ms, p99 < {RUN_TARGET_P99_MS:.0f} ms)"
+
+
 def settings_of(server: BenchServer) -> Settings:
     return Settings(server=server.url, token=server.admin_token, ca=str(server.ca_path))
 
 
-def cli_env(server: BenchServer) -> dict[str, str]:
-    return {**os.environ, "DVIC_SERVER": server.url, "DVIC_TOKEN": server.admin_token,
-            "DVIC_CA": str(server.ca_path), "PYTHONPATH": str(REPO)}
+def dvic_command() -> list[str]:
+    """The `dvic` console script of this interpreter's environment, as an operator runs it."""
+    script = Path(sys.executable).parent / "dvic"
+    if not script.exists():
+        raise RigError(f"no `dvic` console script next to {sys.executable}: install the project (pip install -e .)")
+    return [str(script)]
+
+
+def cli_env(server: BenchServer, pycache: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "DVIC_SERVER": server.url, "DVIC_TOKEN": server.admin_token, "DVIC_CA": str(server.ca_path),
+            "PYTHONPYCACHEPREFIX": str(pycache)}
+
+
+def timed_process(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[
+        subprocess.CompletedProcess[str], float, float]:
+    """Runs one process to its end: the result, its wall-clock seconds and its CPU seconds (user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return done, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 # -- 1. dvic run NODE -- true -------------------------------------------------------------------
@@ -123,24 +162,36 @@ async def api_round_trips(server: BenchServer, node: str, count: int) -> list[fl
     return samples
 
 
-def cli_round_trips(server: BenchServer, node: str, count: int) -> tuple[list[float], list[float], list[float]]:
-    """The real CLI process per run, plus its start-up shares: bare `python3 -c pass`, then the CLI's imports."""
-    env = cli_env(server)
+def cli_round_trips(server: BenchServer, node: str, count: int, pycache: Path, figures: Figures) -> None:
+    """`dvic run NODE -- true` as a fresh process each time, plus its start-up shares: a bare
+    `python3 -c pass`, then `python3 -c 'import tui.cli, tui.cmds.run'` (the run path's imports)."""
+    env = cli_env(server, pycache)
+    argv = [*dvic_command(), "run", node, "--", "true"]
+    figures.cli_command = " ".join(argv)
+    warm, _, _ = timed_process(argv, env)  # writes the bytecode caches, as any first run after an install
+    if warm.returncode != 0:
+        raise RigError(f"`dvic run {node} -- true` exited {warm.returncode}: {warm.stderr.strip()}")
+    timed_process([sys.executable, "-c", "import tui.cli, tui.cmds.run"], env)
     runs: list[float] = []
+    cpu: list[float] = []
     bare: list[float] = []
     imports: list[float] = []
+    stall0, t0 = machine_cpu_stall_s(), time.monotonic()
     for _ in range(count):
-        for share, code in ((bare, "pass"), (imports, "import tui.cli")):
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, check=True, timeout=60)
-            share.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "tui", "run", node, "--", "true"], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
-        runs.append(time.perf_counter() - t0)
+        for share, code in ((bare, "pass"), (imports, "import tui.cli, tui.cmds.run")):
+            done, wall, _ = timed_process([sys.executable, "-c", code], env)
+            if done.returncode != 0:
+                raise RigError(f"python3 -c {code!r} exited {done.returncode}: {done.stderr.strip()}")
+            share.append(wall)
+        done, wall, cpu_s = timed_process(argv, env)
+        runs.append(wall)
+        cpu.append(cpu_s)
         if done.returncode != 0:
             raise RigError(f"`dvic run {node} -- true` exited {done.returncode}: {done.stderr.strip()}")
-    return runs, bare, imports
+    elapsed = time.monotonic() - t0
+    figures.cli_cpu_pressure = 100.0 * (machine_cpu_stall_s() - stall0) / elapsed if elapsed > 0 else 0.0
+    figures.cli_run_ms, figures.cli_run_cpu_ms = percentiles(runs), percentiles(cpu)
+    figures.python_start_ms, figures.cli_imports_ms = percentiles(bare), percentiles(imports)
 
 
 # -- 2. keystroke to echo -----------------------------------------------------------------------
@@ -301,7 +352,7 @@ async def connected_count(api: RemoteClient) -> int:
 
 
 async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_timeout: float,
-                      figures: Figures) -> None:
+                      pycache: Path, figures: Figures) -> None:
     server = BenchServer(root / "central")
     fleet = Fleet(root, python)
     try:
@@ -339,13 +390,12 @@ async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_
                     states = sorted({str(r.get("state")) for r in runs if r.get("state") in RUN_FINAL})
                     print(f"  warning: {exited}/{count} exited 0 (states seen: {states})")
                 print(f"  run --all -- uname -a (API): {figures.fleet_api_s[-1]:.2f} s, {exited}/{count} exited 0")
-        env = cli_env(server)
+        env = cli_env(server, pycache)
+        await asyncio.to_thread(timed_process, [*dvic_command(), "--help"], env)  # bytecode caches of every module
         for _ in range(repeats):
-            t1 = time.perf_counter()
-            done = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "tui", "run", "--all", "--yes", "--", "uname", "-a"],
-                env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-            figures.fleet_cli_s.append(time.perf_counter() - t1)
+            done, wall, _ = await asyncio.to_thread(
+                timed_process, [*dvic_command(), "run", "--all", "--yes", "--", "uname", "-a"], env, 120)
+            figures.fleet_cli_s.append(wall)
             if done.returncode != 0:  # counted, not fatal: the figures of the other runs still hold
                 figures.fleet_cli_failures.append(done.stderr.strip().splitlines()[-1:][0] if done.stderr.strip()
                                                   else f"exit {done.returncode}")
@@ -367,13 +417,15 @@ async def single_node_phase(work: Path, args: argparse.Namespace, figures: Figur
         if args.runs:
             figures.api_run_ms = percentiles(await api_round_trips(rig.server, "bench-node", args.runs))
             print(f"dvic run NODE -- true, API + command stream: {fmt(figures.api_run_ms)}")
+            print(f"  {verdict(figures.api_run_ms)}")
         if args.cli_runs:
-            runs, bare, imports = await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs)
-            figures.cli_run_ms, figures.python_start_ms = percentiles(runs), percentiles(bare)
-            figures.cli_imports_ms = percentiles(imports)
-            print(f"dvic run NODE -- true, CLI process:          {fmt(figures.cli_run_ms)}")
+            await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs, work / "pycache", figures)
+            print(f"dvic run NODE -- true, fresh `dvic` process: {fmt(figures.cli_run_ms)}")
+            print(f"  {verdict(figures.cli_run_ms)}")
+            print(f"  CPU per process (user + system):           {fmt(figures.cli_run_cpu_ms)}")
             print(f"  start-up share, bare `python3 -c pass`:    {fmt(figures.python_start_ms)}")
-            print(f"  start-up share, `python3 -c 'import tui.cli'`: {fmt(figures.cli_imports_ms)}")
+            print(f"  start-up share, `import tui.cli, tui.cmds.run`: {fmt(figures.cli_imports_ms)}")
+            print(f"  machine CPU pressure during these runs (PSI some): {figures.cli_cpu_pressure:.0f} %")
         if args.keystrokes:
             shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
             figures.shell_echo_ms = percentiles(await remote_echo(rig.server, "bench-node", args.keystrokes))
@@ -417,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(single_node_phase(work, args, figures))
         if args.nodes:
             asyncio.run(fleet_phase(work / "fleet", args.nodes, args.repeats, args.python,
-                                    args.online_timeout, figures))
+                                    args.online_timeout, work / "pycache", figures))
     if figures.fleet_api_s:
         print(f"run --all -- uname -a on {figures.fleet_nodes} daemons: API best {min(figures.fleet_api_s):.2f} s, "
               f"worst {max(figures.fleet_api_s):.2f} s; CLI best {min(figures.fleet_cli_s):.2f} s (target < 3 s)")
