@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DVIC = [sys.executable, "-m", "tui"]
 
 
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for `dvic`: an empty config dir under `tmp_path`, no inherited DVIC_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["PYTHONPATH"] = str(ROOT)
+    env["COLUMNS"] = "160"
+    return env
+
+
 @dataclass
 class Result:
     code: int

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.support.server import CentralServer
-from tests.tui_remote.clikit import DvicRunner
+from tests.tui_remote.clikit import DvicRunner, clean_env
 
 
 @pytest.fixture
 def dvic_env(tmp_path: Path) -> dict[str, str]:
     """An environment with an empty config dir and no inherited DVIC_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_")}
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    env["COLUMNS"] = "160"
-    return env
+    return clean_env(tmp_path)
 
 
 @pytest.fixture
