@@ -4,7 +4,7 @@
 
 Starts a real dvic-central on 127.0.0.1 (metrics interval --interval), enrolls one node, starts
 --demos idle demos (each a process that wrote its dvic_log file's header and one line), and the
-real daemon as systemd runs it (default poll interval). Glances runs at the same time, headless,
+real daemon as systemd runs it (through its launcher, from its bytecode). Glances runs at the same time, headless,
 with only the plugins that collect what the daemon reports, refreshing every --interval seconds.
 After a warm-up both processes are measured over the same window from /proc/<pid>/stat and
 status: CPU in percent of one core, RSS at the end and at its peak, samples taken. Prints both
@@ -23,10 +23,8 @@ from pathlib import Path
 from . import procstat
 from .common import add_common_args, positive_float, positive_int, work_dir
 from .daemon_rig import (
-    NODE_SCRIPT,
     NodeRig,
     RigError,
-    compile_daemon,
     demo_lines,
     metric_samples,
     start_demos,
@@ -51,13 +49,14 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
     if command is None:
         report.note("Glances not measured: " + ("--no-glances given" if args.no_glances else
                                                 "not installed (pip install glances)"))
-    script = NODE_SCRIPT
-    if args.whatif_pyc:
-        # python3 runs a .pyc as a script: the same code, without compiling the source at start
-        script = compile_daemon(args.python, work / "dvic_node.pyc")
-        report.params["WHAT-IF daemon run from a .pyc"] = "yes"
+    if args.from_source:
+        report.params["daemon started"] = "from its source (python3 dvic_node.py), not the launcher"
+    if args.no_inotify:
+        report.params["daemon follows files"] = "by polling (DVIC_NODE_TEST_NO_INOTIFY)"
     rig = NodeRig(work, interval=args.interval, python=args.python, no_psutil=args.no_psutil,
-                  poll_interval=args.poll_interval, script=script)
+                  poll_interval=args.poll_interval, from_source=args.from_source)
+    if args.no_inotify:
+        rig.env["DVIC_NODE_TEST_NO_INOTIFY"] = "1"
     glances: GlancesRun | None = None
     demos = []
     try:
@@ -146,8 +145,8 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
                    ok=exact_ratio > 1)
         report.add("Glances / daemon RSS", rss_ratio, "x", target="> 1 (daemon cheaper)", ok=rss_ratio > 1)
     report.add("machine CPU pressure in the window", procstat.machine_stall_percent(first[0], last[0]), "%")
-    report.note("the daemon does its whole job meanwhile (TLS websocket, keep-alives, tailing the demo files "
-                "every poll, demo liveness every second); Glances only collects and prints")
+    report.note("the daemon does its whole job meanwhile (TLS websocket, keep-alives, following the demo files "
+                "(inotify, or polling with --no-inotify), demo liveness every second); Glances only collects and prints")
     return report
 
 
@@ -200,8 +199,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
     p.add_argument("--poll-interval", type=positive_float, default=None,
                    help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
-    p.add_argument("--whatif-pyc", action="store_true",
-                   help="run the daemon from a .pyc compiled beforehand instead of its source")
+    p.add_argument("--from-source", action="store_true",
+                   help="run the daemon as a script (compiled at start) instead of through its launcher")
+    p.add_argument("--no-inotify", action="store_true", help="make the daemon poll its files (the fallback)")
     p.add_argument("--no-psutil", action="store_true", help="run the daemon with --no-psutil (/proc and /sys)")
     p.add_argument("--glances", metavar="PATH", help="the glances executable (default: from PATH)")
     p.add_argument("--no-glances", action="store_true", help="measure the daemon alone")

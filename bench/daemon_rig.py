@@ -1,13 +1,15 @@
 """One real node for the daemon benchmarks: a dvic-central, an enrolled bundle, dvic_node.py and demos.
 
 Everything is a real process on 127.0.0.1: the server (bench/server.py), the daemon as systemd
-runs it (node_script/dvic_node.py), and demos that log through the dvic_log library
+runs it (node_script/dvic_node.py imported by its launcher, from the bytecode the installer
+compiles), and demos that log through the dvic_log library
 (bench/demo_writer.py). API calls are plain blocking urllib calls; async callers run them in a
 thread so a live stream subscriber is never held up.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -64,14 +66,22 @@ def api(server: BenchServer, method: str, path: str, body: Any = None) -> tuple[
             return exc.code, raw.decode(errors="replace")
 
 
-def compile_daemon(python: str, out: Path) -> Path:
-    """The daemon compiled to a .pyc by `python` (what-if: run it without compiling at every start)."""
-    code = "import py_compile, sys; py_compile.compile(sys.argv[1], cfile=sys.argv[2], doraise=True)"
-    done = subprocess.run([python, "-c", code, str(NODE_SCRIPT), str(out)], capture_output=True, text=True,
-                          timeout=120)
+def daemon_launcher(script: Path = NODE_SCRIPT) -> str:
+    """The daemon's LAUNCHER (`python3 -c LAUNCHER DAEMON ARGS`, as its systemd unit starts it), read from
+    the file without importing it."""
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["LAUNCHER"]:
+            return str(ast.literal_eval(node.value))
+    raise RigError(f"{script} has no LAUNCHER")
+
+
+def compile_daemon(python: str, script: Path = NODE_SCRIPT) -> None:
+    """Compile the daemon's bytecode next to it with `python`, as the installer does."""
+    code = ("import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True, "
+            "invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)")
+    done = subprocess.run([python, "-c", code, str(script)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RigError(f"compiling the daemon with {python} failed: {done.stderr.strip()}")
-    return out
 
 
 def enroll(server: BenchServer, name: str, bundle_path: Path) -> dict[str, Any]:
@@ -151,12 +161,21 @@ def check_lines(stored: list[dict[str, Any]], written: dict[str, int]) -> LineCh
 
 
 class DaemonRun:
-    """node_script/dvic_node.py as a subprocess, as systemd runs it (default timings unless given)."""
+    """node_script/dvic_node.py as a subprocess, as systemd runs it (default timings unless given).
+
+    `from_source`: run as a script (`python3 dvic_node.py`), compiled at start, as before the launcher;
+    `script_args`: a wrapper script's own arguments (then it is run as a script).
+    """
 
     def __init__(self, python: str, bundle: Path, state_dir: Path, log_dir: Path, *,
                  poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT,
-                 script_args: tuple[str, ...] = ()) -> None:
-        self.args = [python, str(script), *script_args, "--config", str(bundle), "--state-dir", str(state_dir),
+                 script_args: tuple[str, ...] = (), from_source: bool = False) -> None:
+        if from_source or script_args:
+            start = [python, str(script), *script_args]
+        else:
+            compile_daemon(python, script)
+            start = [python, "-c", daemon_launcher(script), str(script)]
+        self.args = [*start, "--config", str(bundle), "--state-dir", str(state_dir),
                      "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none"]
         if poll_interval is not None:
             self.args += ["--poll-interval", str(poll_interval)]
@@ -171,8 +190,9 @@ class DaemonRun:
             raise RigError("the daemon is not running")
         return self.proc.pid
 
-    def start(self) -> DaemonRun:
+    def start(self, extra_env: dict[str, str] | None = None) -> DaemonRun:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # standard library (+ psutil) only
+        env.update(extra_env or {})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return self
@@ -271,7 +291,7 @@ class NodeRig:
 
     def __init__(self, work: Path, *, interval: float = 5.0, python: str = sys.executable,
                  poll_interval: float | None = None, no_psutil: bool = False, script: Path = NODE_SCRIPT,
-                 coalesce: float | None = None) -> None:
+                 coalesce: float | None = None, from_source: bool = False) -> None:
         self.work = work
         self.script = script
         self.script_args: tuple[str, ...] = ()
@@ -283,6 +303,8 @@ class NodeRig:
         self.python = python
         self.poll_interval = poll_interval
         self.no_psutil = no_psutil
+        self.from_source = from_source
+        self.env: dict[str, str] = {}  # added to the daemon's environment
         self.daemon: DaemonRun | None = None
         self.node_id = ""
 
@@ -295,7 +317,8 @@ class NodeRig:
         state = self.work / "node-state"
         self.daemon = DaemonRun(self.python, self.work / "bundle.json", state, self.log_dir,
                                 poll_interval=self.poll_interval, no_psutil=self.no_psutil,
-                                script=self.script, script_args=self.script_args).start()
+                                script=self.script, script_args=self.script_args,
+                                from_source=self.from_source).start(self.env)
 
         def connected() -> bool:
             assert self.daemon is not None

@@ -6,12 +6,18 @@ differ only in load and in the figures they print.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import procstat
+from .common import add_common_args, positive_float, work_dir
 from .daemon_rig import LineCheck, NodeRig, RigError, check_lines, demo_lines, start_demos, stop_demos
+from .report import Report
 from .subscriber import LatencySubscriber
 
 
@@ -89,3 +95,40 @@ async def run_stream(rig: NodeRig, names: list[str], per_demo: int, rate_per_dem
         if subscriber is not None:
             await subscriber.stop()
         await asyncio.to_thread(stop_demos, demos)
+
+
+def add_stream_args(p: argparse.ArgumentParser, drain_timeout: float) -> None:
+    """The options bench.daemon_tailing and bench.line_latency share (after their load options)."""
+    p.add_argument("--drain-timeout", type=positive_float, default=drain_timeout,
+                   help="how long to wait for the last lines after the writers finish")
+    p.add_argument("--poll-interval", type=positive_float, default=None,
+                   help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
+    p.add_argument("--whatif-coalesce", type=float, metavar="S", default=None,
+                   help="run the unchanged daemon with COALESCE_S = S (bench/whatif_daemon.py; default 0.25 s)")
+    p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
+    add_common_args(p)
+
+
+def run_bench(args: argparse.Namespace, name: str, prefix: str,
+              measure: Callable[[argparse.Namespace, Path], Awaitable[Report]]) -> int:
+    """Run `measure` in a fresh work dir and print its report; 1 with the reason when the rig fails."""
+    with work_dir(args.work_dir, args.keep, prefix) as work:
+        try:
+            report = asyncio.run(measure(args, work))
+        except RigError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return 1
+    report.emit(args.json)
+    return 0
+
+
+def finish_report(report: Report, result: StreamResult) -> Report:
+    """The rows and notes every stream benchmark ends with: machine load and what went wrong."""
+    report.add("writers' worst lag behind schedule", result.writer_behind_max_s, "s")
+    w0, w1 = result.daemon_writing
+    report.add("machine CPU pressure while writing", procstat.machine_stall_percent(w0, w1), "%")
+    for note in result.notes:
+        report.note(note)
+    if result.stream_cut_off:
+        report.note("the operator's stream was cut off by the server (too slow)")
+    return report

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .daemon_rig import NodeRig, RigError
-from .daemon_stream import run_stream
+from .common import positive_float, positive_int
+from .daemon_rig import NodeRig
+from .daemon_stream import add_stream_args, finish_report, run_bench, run_stream
 from .report import Report, latency_summary
 
 TARGET_CPU_PERCENT = 10.0
@@ -62,13 +62,7 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
     lat = latency_summary(result.latencies)
     report.add("write -> stream p50 / p99 / max",
                f"{lat['p50'] * 1000:.0f} / {lat['p99'] * 1000:.0f} / {lat['max'] * 1000:.0f}", "ms")
-    report.add("writers' worst lag behind schedule", result.writer_behind_max_s, "s")
-    report.add("machine CPU pressure while writing", procstat.machine_stall_percent(w0, w1), "%")
-    for note in result.notes:
-        report.note(note)
-    if result.stream_cut_off:
-        report.note("the operator's stream was cut off by the server (too slow)")
-    return report
+    return finish_report(report, result)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,27 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=positive_float, default=2000.0, help="lines per second, all demos together")
     p.add_argument("--demos", type=positive_int, default=4, help="demo processes (one file each)")
     p.add_argument("--duration", type=positive_float, default=30.0, help="seconds of writing")
-    p.add_argument("--drain-timeout", type=positive_float, default=60.0,
-                   help="how long to wait for the last lines after the writers finish")
-    p.add_argument("--poll-interval", type=positive_float, default=None,
-                   help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
-    p.add_argument("--whatif-coalesce", type=float, metavar="S", default=None,
-                   help="run the unchanged daemon with COALESCE_S = S (bench/whatif_daemon.py; default 0.25 s)")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
-    add_common_args(p)
+    add_stream_args(p, drain_timeout=60.0)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with work_dir(args.work_dir, args.keep, "tailing") as work:
-        try:
-            report = asyncio.run(measure(args, work))
-        except RigError as exc:
-            print(f"daemon_tailing: {exc}", file=sys.stderr)
-            return 1
-    report.emit(args.json)
-    return 0
+    return run_bench(parse_args(argv), "daemon_tailing", "tailing", measure)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Starts a real dvic-central on 127.0.0.1, enrolls one node, runs the real daemon 
 interval) and --demos demo processes writing --rate lines/s each through dvic_log. Each message
 ends with ` sent=<unix time>` taken just before its write; a subscriber of GET /api/v1/stream
 (`{"type":"subscribe","logs":["*"]}`) subtracts it from the arrival time. The path timed: the
-file, the daemon's next poll, its spool, the websocket, the server's commit, the fan-out.
+file, the daemon's read (woken by inotify), its spool, the websocket, the server's commit, the fan-out.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .daemon_rig import NodeRig, RigError
-from .daemon_stream import run_stream
+from .common import positive_float, positive_int
+from .daemon_rig import NodeRig
+from .daemon_stream import add_stream_args, finish_report, run_bench, run_stream
 from .report import Report, latency_summary
 
 TARGET_P99_S = 1.0
@@ -54,16 +53,9 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
     check = result.check
     report.add("lines written / stored (API)", f"{check.written:,} / {check.stored:,}", ok=check.ok,
                target="all, once")
-    report.add("writers' worst lag behind schedule", result.writer_behind_max_s, "s")
-    w0, w1 = result.daemon_writing
-    report.add("machine CPU pressure while writing", procstat.machine_stall_percent(w0, w1), "%")
-    report.note("by design a line waits for the daemon's next read of its file (--poll-interval, 0.2 s) and "
-                "then, when alone, up to COALESCE_S (0.25 s) for company before its `logs` message goes out")
-    for note in result.notes:
-        report.note(note)
-    if result.stream_cut_off:
-        report.note("the operator's stream was cut off by the server (too slow)")
-    return report
+    report.note("the daemon reads a file when inotify reports a write (polling: every --poll-interval) and sends "
+                "at once unless a `logs` message awaits its ack (then at most COALESCE_S, 0.25 s, later)")
+    return finish_report(report, result)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,27 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demos", type=positive_int, default=2, help="demo processes (one file each)")
     p.add_argument("--rate", type=positive_float, default=10.0, help="lines per second per demo")
     p.add_argument("--duration", type=positive_float, default=30.0, help="seconds of writing")
-    p.add_argument("--drain-timeout", type=positive_float, default=30.0,
-                   help="how long to wait for the last lines after the writers finish")
-    p.add_argument("--poll-interval", type=positive_float, default=None,
-                   help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
-    p.add_argument("--whatif-coalesce", type=float, metavar="S", default=None,
-                   help="run the unchanged daemon with COALESCE_S = S (bench/whatif_daemon.py; default 0.25 s)")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
-    add_common_args(p)
+    add_stream_args(p, drain_timeout=30.0)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with work_dir(args.work_dir, args.keep, "latency") as work:
-        try:
-            report = asyncio.run(measure(args, work))
-        except RigError as exc:
-            print(f"line_latency: {exc}", file=sys.stderr)
-            return 1
-    report.emit(args.json)
-    return 0
+    return run_bench(parse_args(argv), "line_latency", "latency", measure)
 
 
 if __name__ == "__main__":
