@@ -8,6 +8,7 @@ repo) as after any install, even when PYTHONDONTWRITEBYTECODE is set here. Nothi
 tests; this prints figures.
 
     python3 -m bench.remote [--runs 100] [--cli-runs 30] [--keystrokes 200] [--nodes 200]
+                            [--cli-also /usr/bin/python3]
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class Figures:
     cli_run_cpu_ms: dict[str, float] = field(default_factory=dict)  # user + system CPU of each process
     cli_cpu_pressure: float = 0.0  # % of the CLI phase in which some task waited for a CPU (PSI some)
     cli_command: str = ""
+    also_python: str = ""  # --cli-also: the same `dvic run` path on another interpreter
+    also_run_ms: dict[str, float] = field(default_factory=dict)
+    also_run_cpu_ms: dict[str, float] = field(default_factory=dict)
     python_start_ms: dict[str, float] = field(default_factory=dict)
     cli_imports_ms: dict[str, float] = field(default_factory=dict)
     shell_echo_ms: dict[str, float] = field(default_factory=dict)
@@ -162,36 +166,45 @@ async def api_round_trips(server: BenchServer, node: str, count: int) -> list[fl
     return samples
 
 
-def cli_round_trips(server: BenchServer, node: str, count: int, pycache: Path, figures: Figures) -> None:
+def cli_round_trips(server: BenchServer, node: str, count: int, pycache: Path, also: str | None,
+                    figures: Figures) -> None:
     """`dvic run NODE -- true` as a fresh process each time, plus its start-up shares: a bare
-    `python3 -c pass`, then `python3 -c 'import tui.cli, tui.cmds.run'` (the run path's imports)."""
+    `python3 -c pass`, then `python3 -c 'import tui.cli, tui.cmds.run'` (the run path's imports).
+    With `also`, the same run path on that interpreter too, in the same loop (same conditions)."""
     env = cli_env(server, pycache)
     argv = [*dvic_command(), "run", node, "--", "true"]
     figures.cli_command = " ".join(argv)
-    warm, _, _ = timed_process(argv, env)  # writes the bytecode caches, as any first run after an install
-    if warm.returncode != 0:
-        raise RigError(f"`dvic run {node} -- true` exited {warm.returncode}: {warm.stderr.strip()}")
+    # `dvic run` needs only the standard library: any Python >= 3.11 runs it from the repo.
+    launch = f"import sys; sys.path.insert(0, {str(REPO)!r}); from tui.cli import main; sys.exit(main())"
+    also_argv = [also, "-c", launch, "run", node, "--", "true"] if also else []
+    figures.also_python = also or ""
+    for warm_argv in filter(None, (argv, also_argv)):  # writes the bytecode caches, as a first run would
+        warm, _, _ = timed_process(warm_argv, env)
+        if warm.returncode != 0:
+            raise RigError(f"`{' '.join(warm_argv[:1])} ... run {node} -- true` exited {warm.returncode}: "
+                           f"{warm.stderr.strip()}")
     timed_process([sys.executable, "-c", "import tui.cli, tui.cmds.run"], env)
-    runs: list[float] = []
-    cpu: list[float] = []
-    bare: list[float] = []
-    imports: list[float] = []
+    samples: dict[str, list[float]] = {k: [] for k in ("runs", "cpu", "bare", "imports", "also", "also_cpu")}
     stall0, t0 = machine_cpu_stall_s(), time.monotonic()
     for _ in range(count):
-        for share, code in ((bare, "pass"), (imports, "import tui.cli, tui.cmds.run")):
+        for share, code in (("bare", "pass"), ("imports", "import tui.cli, tui.cmds.run")):
             done, wall, _ = timed_process([sys.executable, "-c", code], env)
             if done.returncode != 0:
                 raise RigError(f"python3 -c {code!r} exited {done.returncode}: {done.stderr.strip()}")
-            share.append(wall)
-        done, wall, cpu_s = timed_process(argv, env)
-        runs.append(wall)
-        cpu.append(cpu_s)
-        if done.returncode != 0:
-            raise RigError(f"`dvic run {node} -- true` exited {done.returncode}: {done.stderr.strip()}")
+            samples[share].append(wall)
+        for key, cmd in (("runs", argv), ("also", also_argv)):
+            if not cmd:
+                continue
+            done, wall, cpu_s = timed_process(cmd, env)
+            if done.returncode != 0:
+                raise RigError(f"`dvic run {node} -- true` exited {done.returncode}: {done.stderr.strip()}")
+            samples[key].append(wall)
+            samples["cpu" if key == "runs" else "also_cpu"].append(cpu_s)
     elapsed = time.monotonic() - t0
     figures.cli_cpu_pressure = 100.0 * (machine_cpu_stall_s() - stall0) / elapsed if elapsed > 0 else 0.0
-    figures.cli_run_ms, figures.cli_run_cpu_ms = percentiles(runs), percentiles(cpu)
-    figures.python_start_ms, figures.cli_imports_ms = percentiles(bare), percentiles(imports)
+    figures.cli_run_ms, figures.cli_run_cpu_ms = percentiles(samples["runs"]), percentiles(samples["cpu"])
+    figures.python_start_ms, figures.cli_imports_ms = percentiles(samples["bare"]), percentiles(samples["imports"])
+    figures.also_run_ms, figures.also_run_cpu_ms = percentiles(samples["also"]), percentiles(samples["also_cpu"])
 
 
 # -- 2. keystroke to echo -----------------------------------------------------------------------
@@ -419,12 +432,16 @@ async def single_node_phase(work: Path, args: argparse.Namespace, figures: Figur
             print(f"dvic run NODE -- true, API + command stream: {fmt(figures.api_run_ms)}")
             print(f"  {verdict(figures.api_run_ms)}")
         if args.cli_runs:
-            await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs, work / "pycache", figures)
+            await asyncio.to_thread(cli_round_trips, rig.server, "bench-node", args.cli_runs, work / "pycache",
+                                    args.cli_also, figures)
             print(f"dvic run NODE -- true, fresh `dvic` process: {fmt(figures.cli_run_ms)}")
             print(f"  {verdict(figures.cli_run_ms)}")
             print(f"  CPU per process (user + system):           {fmt(figures.cli_run_cpu_ms)}")
             print(f"  start-up share, bare `python3 -c pass`:    {fmt(figures.python_start_ms)}")
             print(f"  start-up share, `import tui.cli, tui.cmds.run`: {fmt(figures.cli_imports_ms)}")
+            if args.cli_also:
+                print(f"  what-if, the same run path on {args.cli_also}: {fmt(figures.also_run_ms)}; "
+                      f"CPU p50 {figures.also_run_cpu_ms['p50']:.1f} ms")
             print(f"  machine CPU pressure during these runs (PSI some): {figures.cli_cpu_pressure:.0f} %")
         if args.keystrokes:
             shell = pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh"
@@ -449,10 +466,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--online-timeout", type=positive_float, default=300.0,
                    help="seconds for all N daemons to connect")
     p.add_argument("--python", default=sys.executable, help="interpreter of the daemons")
+    p.add_argument("--cli-also", metavar="PYTHON",
+                   help="also time `dvic run` on this interpreter (>= 3.11; the run path is standard library only)")
     add_common_args(p)
     args = p.parse_args(argv)
     if shutil.which(args.python) is None:
         p.error(f"--python {args.python}: no such executable")
+    if args.cli_also is not None and shutil.which(args.cli_also) is None:
+        p.error(f"--cli-also {args.cli_also}: no such executable")
     for name in ("runs", "cli_runs", "keystrokes", "nodes"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
