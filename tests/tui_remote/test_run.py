@@ -180,3 +180,20 @@ async def test_run_starts_without_the_heavy_imports(central_server: CentralServe
                 if line.startswith("import time:") and "|" in line}
     assert "tui" in imported  # the -X importtime output was read
     assert not heavy & imported, f"`dvic run` imports {sorted(heavy & imported)}: see tui/cmds/run.py"
+
+
+async def test_a_second_ctrl_c_stops_waiting_with_status_130(central_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(central_server.enroll("pi-stubborn")):
+        # The command ignores SIGTERM, so the node's cancel needs its 5 s SIGKILL: dvic would wait.
+        proc = await dvic.start("run", "pi-stubborn", "--", "sh", "-c", "trap '' TERM; echo ready; sleep 60")
+        assert proc.stdout is not None and proc.stderr is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 15) == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        line = b""
+        while b"cancelling" not in line:
+            line = await asyncio.wait_for(proc.stderr.readline(), 15)
+            assert line, "dvic ended before saying it cancels"
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 130, err
+    assert b"stopped waiting; 1 run(s) still going: dvic command" in err and b"pi-stubborn  running" in err

@@ -407,12 +407,18 @@ class CommandFollower:
             self._pause(POLL_S)
 
     def summary(self) -> int:
+        """Prints the summary (when due) and returns the exit status: the highest of the finished
+        runs'; 130 when Ctrl-C cancelled or stopped the wait; 255 for runs the server lost track of."""
         runs = sorted(self.runs.values(), key=lambda r: str(r.get("node_name")))
-        status = max((run_status(r) for r in runs), default=0)
+        unfinished = [r for r in runs if r.get("state") not in RUN_FINAL]
+        status = max((run_status(r) for r in runs if r.get("state") in RUN_FINAL), default=0)
+        if unfinished:
+            status = max(status, EXIT_CANCELLED if self.stopped_early else EXIT_UNREACHED)
+        if self.cancelling:
+            status = max(status, EXIT_CANCELLED)
         if self.as_json:
             emit_json({"type": "summary", "id": self.id, "status": status, "runs": runs})
             return status
-        unfinished = [r for r in runs if r.get("state") not in RUN_FINAL]
         if len(runs) > 1 or any(r.get("state") != "exited" or r.get("truncated") for r in runs):
             counts: dict[str, int] = {}
             for r in runs:
@@ -424,14 +430,10 @@ class CommandFollower:
             sys.stderr.write("\n".join(lines) + "\n")
         if unfinished and self.stopped_early:
             sys.stderr.write(f"dvic: stopped waiting; {len(unfinished)} run(s) still going: dvic command {self.id}\n")
-            status = max(status, EXIT_CANCELLED)
         elif unfinished:
             # The server says the command is over but never heard how these ended (it restarted).
             sys.stderr.write(f"dvic: the server lost track of {len(unfinished)} run(s) (did it restart?): "
                              "their result is unknown\n")
-            status = max(status, EXIT_UNREACHED)
-        if self.cancelling:
-            status = max(status, EXIT_CANCELLED)
         sys.stderr.flush()
         return status
 
