@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import pty
@@ -29,14 +30,18 @@ import sys
 import termios
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import procstat
 from .common import add_common_args, positive_float, positive_int, work_dir
-from .enroll import enroll_fleet, save_fleet
 from .report import Report, latency_summary
-from .server import BenchServer
-from .workers import REPO, Worker
+
+# The console's child process runs this module too: what only the bench's side needs (aiohttp
+# among it) is imported there, so the child's start-up is the console's own.
+if TYPE_CHECKING:
+    from .server import BenchServer
+
+REPO = Path(__file__).resolve().parent.parent
 
 TARGET_CPU_PERCENT = 25.0
 TARGET_LATENCY_MS = 100.0
@@ -48,11 +53,15 @@ KEYS = ("\x1b[B", "\x1b[A")  # down, up: the cursor moves every time and stays n
 
 def child_main(args: argparse.Namespace) -> int:
     """Runs the console on this process's terminal and writes stamps to --stamps (JSON lines)."""
+    from textual import events
+    from textual.message import Message
+    from textual.screen import Screen
     from textual.widgets import DataTable
 
     import tui.app
     from tui.app import DvicApp
     from tui.config import Settings
+    from tui.messages import Connected
 
     stamps = open(args.stamps, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed on exit
 
@@ -61,13 +70,48 @@ def child_main(args: argparse.Namespace) -> int:
 
     stamp("imported")  # Python started and the console's modules are loaded
 
+    def gc_probe(phase: str, info: dict[str, Any]) -> None:
+        # Collections run inside whatever code allocates: a long one stalls the event loop.
+        nonlocal gc_started
+        if phase == "start":
+            gc_started = time.perf_counter()
+        else:
+            stamp("gc", ms=(time.perf_counter() - gc_started) * 1000, gen=info.get("generation"))
+
+    gc_started = 0.0
+    gc.callbacks.append(gc_probe)
+
     class BenchConsole(DvicApp):
-        """The console with probes: first full table, and each cursor move once it is on screen."""
+        """The console with probes: first full table, each cursor move once it is on screen, and
+        what may hold a key up (node-update passes and their repaint, garbage collections)."""
 
         CSS_PATH = str(Path(tui.app.__file__).with_name("app.tcss"))  # relative paths follow the subclass
+        _first_shown = _full_shown = False
+
+        def on_mount(self) -> None:
+            stamp("mount")  # Textual calls DvicApp.on_mount as well (handlers run for each class)
 
         def on_ready(self) -> None:
             self._probe = self.set_interval(0.005, self._check_table)
+
+        async def _on_message(self, message: Message) -> None:
+            if not isinstance(message, Connected):
+                await super()._on_message(message)
+                return
+            stamp("snapshot", nodes=len(message.nodes))  # connected, subscribed, the node list read
+            await super()._on_message(message)
+            stamp("rows")  # the fleet's rows built
+
+        async def on_event(self, event: events.Event) -> None:
+            if isinstance(event, events.Key):
+                stamp("key_in")  # the key reached the app: the wait before it is the event loop's
+            await super().on_event(event)
+
+        def _flush_nodes(self) -> None:
+            started = time.time()
+            super()._flush_nodes()
+            stamp("flush", start=started, ms=(time.time() - started) * 1000)
+            self.call_after_refresh(lambda: stamp("flush_painted", start=started))
 
         def _check_table(self) -> None:
             fleet = self.fleet_screen()
@@ -76,16 +120,35 @@ def child_main(args: argparse.Namespace) -> int:
             table = fleet.query_one(DataTable)
             if table.row_count >= args.expect:
                 self._probe.stop()
-                # The table is full in memory; stamp once it has been painted.
-                self.call_after_refresh(stamp, "table", rows=table.row_count)
                 self.watch(table, "cursor_coordinate", self._moved, init=False)
+
+        def _display(self, screen: Screen[Any], renderable: Any) -> None:
+            """Stamps the first frame written with rows in the fleet table, and the first with all."""
+            super()._display(screen, renderable)
+            if renderable is None or self._full_shown or self._batch_count:
+                return
+            fleet = self.fleet_screen()
+            if fleet is None or not fleet.is_mounted or screen is not fleet:
+                return
+            rows = fleet.query_one(DataTable).row_count
+            if rows and not self._first_shown:
+                self._first_shown = True
+                stamp("first_rows", rows=rows)
+            if rows >= args.expect:
+                self._full_shown = True
+                stamp("table", rows=rows)
 
         def _moved(self) -> None:
             self.call_after_refresh(stamp, "key")
 
     settings = Settings(args.server, args.token, args.ca)
     profiler = None
-    if args.profile:
+    if args.profile and args.profile.endswith((".txt", ".html", ".pyisession")):
+        from pyinstrument import Profiler  # a sampling profiler: pip install pyinstrument
+
+        profiler = Profiler(interval=0.001)
+        profiler.start()
+    elif args.profile:
         import cProfile
 
         profiler = cProfile.Profile()
@@ -93,8 +156,20 @@ def child_main(args: argparse.Namespace) -> int:
     try:
         BenchConsole(settings).run()
     finally:
+        gc.callbacks.remove(gc_probe)
         stamps.close()
-        if profiler is not None:
+        if profiler is None:
+            pass
+        elif args.profile.endswith(".html"):
+            profiler.stop()
+            Path(args.profile).write_text(profiler.output_html(), encoding="utf-8")
+        elif args.profile.endswith(".txt"):
+            profiler.stop()
+            Path(args.profile).write_text(profiler.output_text(unicode=True, show_all=False), encoding="utf-8")
+        elif args.profile.endswith(".pyisession"):
+            profiler.stop()
+            profiler.last_session.save(args.profile)  # render later: pyinstrument --load FILE
+        else:
             profiler.disable()
             profiler.dump_stats(args.profile)
     return 0
@@ -188,6 +263,50 @@ async def wait_stamps(path: Path, event: str, count: int, timeout: float, consol
     return got
 
 
+SLOW_KEY_MS = 50.0
+
+
+def explain_latency(report: Report, stamps: list[dict[str, Any]], keys: list[tuple[float, float]],
+                    started: float) -> None:
+    """Where a slow key's time went: waiting for the event loop (a node-update pass, its repaint, a
+    garbage collection) or the key's own handling and repaint. Only stamps after `started` count."""
+    def after(event: str) -> list[dict[str, Any]]:
+        return [s for s in stamps if s.get("event") == event and float(s["t"]) >= started]
+
+    flushes = after("flush")
+    painted = {float(s["start"]): float(s["t"]) for s in after("flush_painted")}
+    windows = [(float(f["start"]), painted.get(float(f["start"]), float(f["t"]))) for f in flushes]
+    if flushes:
+        compute = latency_summary([float(f["ms"]) for f in flushes])
+        whole = latency_summary([(b - a) * 1000 for a, b in windows])
+        report.add("node-update pass: apply p50 / max", f"{compute['p50']:.1f} / {compute['max']:.1f}", "ms")
+        report.add("node-update pass: apply + repaint p50 / max", f"{whole['p50']:.1f} / {whole['max']:.1f}", "ms")
+    pauses = [(float(g["t"]) - float(g["ms"]) / 1000, float(g["t"]), int(g.get("gen") or 0)) for g in after("gc")]
+    if pauses:
+        longest = max(pauses, key=lambda p: p[1] - p[0])
+        report.add("garbage collections: count / longest (generation)",
+                   f"{len(pauses)} / {(longest[1] - longest[0]) * 1000:.1f} ({longest[2]})", "ms")
+    arrived = sorted(float(s["t"]) for s in after("key_in"))
+    waits = []
+    for sent_at, shown_at in keys:
+        seen = next((t for t in arrived if sent_at <= t <= shown_at), None)
+        if seen is not None:
+            waits.append(((seen - sent_at) * 1000, (shown_at - seen) * 1000))
+    if waits:
+        queued = latency_summary([w for w, _ in waits])
+        handled = latency_summary([h for _, h in waits])
+        report.add("  key waiting for the event loop p50 / max", f"{queued['p50']:.1f} / {queued['max']:.1f}", "ms")
+        report.add("  key handled and repainted p50 / max", f"{handled['p50']:.1f} / {handled['max']:.1f}", "ms")
+    slow = [(a, b) for a, b in keys if (b - a) * 1000 >= SLOW_KEY_MS]
+    if slow:
+        def overlaps(spans: list[tuple[float, float]], a: float, b: float) -> bool:
+            return any(x < b and y > a for x, y in spans)
+        in_flush = sum(overlaps(windows, a, b) for a, b in slow)
+        in_gc = sum(overlaps([(x, y) for x, y, _ in pauses], a, b) for a, b in slow)
+        report.add(f"  keys >= {SLOW_KEY_MS:.0f} ms: count / during a node-update pass / during a GC",
+                   f"{len(slow)} / {in_flush} / {in_gc}")
+
+
 async def time_node_list(server: BenchServer) -> float:
     """How long the loaded server takes to list every node: the part of start-up that is not the console's."""
     import aiohttp
@@ -205,6 +324,10 @@ async def time_node_list(server: BenchServer) -> float:
 
 
 async def run(args: argparse.Namespace, work: Path) -> Report:
+    from .enroll import enroll_fleet, save_fleet
+    from .server import BenchServer
+    from .workers import Worker
+
     report = Report("Operator console: live fleet on a real terminal", params={
         "nodes": args.nodes, "interval_s": args.interval, "terminal": f"{args.cols}x{args.rows}",
         "measure_s": args.measure, "keys": args.keys,
@@ -257,15 +380,22 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
             shown = console.tail.decode("utf-8", "replace")[-1500:]
             report.note(f"the console did not show the full table within 60 s; its terminal ended with: {shown!r}")
             return report
-        report.add("start-up to the first full table", round(table[0] - spawned, 2), "s",
-                   target=f"< {TARGET_START_S} s", ok=table[0] - spawned < TARGET_START_S)
+        first = (await wait_stamps(stamps, "first_rows", 1, 1, console) or table)[0]  # the same frame if all at once
+        report.add("start-up to the first paint of the fleet with rows", round(first - spawned, 2), "s",
+                   target=f"< {TARGET_START_S} s", ok=first - spawned < TARGET_START_S)
         imported = await wait_stamps(stamps, "imported", 1, 1, console)
-        if imported:
-            report.add("  of which Python start and imports", round(imported[0] - spawned, 2), "s")
-            report.add("  of which connect, snapshot, table, first paint", round(table[0] - imported[0], 2), "s")
+        phases = {s["event"]: float(s["t"]) for s in read_stamps(stamps) if s.get("event") in ("mount", "snapshot", "rows")}
+        if imported and len(phases) == 3:
+            report.add("  Python start and imports", round(imported[0] - spawned, 2), "s")
+            report.add("  app set-up (imports done -> mounted)", round(phases["mount"] - imported[0], 2), "s")
+            report.add("  connect, subscribe, receive the fleet", round(phases["snapshot"] - phases["mount"], 2), "s")
+            report.add("  first rows built", round(phases["rows"] - phases["snapshot"], 2), "s")
+            report.add("  until painted", round(first - phases["rows"], 2), "s")
+        report.add(f"start-up to the full table ({connected:,} rows) painted", round(table[0] - spawned, 2), "s")
 
         await asyncio.sleep(3.0)  # past the start-up burst
         before = procstat.read(console.proc.pid)
+        before_t = time.time()
         drained_before = console.output_bytes
         await asyncio.sleep(args.measure)
         after = procstat.read(console.proc.pid)
@@ -294,6 +424,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
                    f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['max']:.1f}", "ms",
                    target=f"< {TARGET_LATENCY_MS:.0f} ms", ok=lat["max"] < TARGET_LATENCY_MS)
         report.add("  key presses timed", int(lat["count"]))
+        explain_latency(report, read_stamps(stamps), list(zip(sent, moved, strict=False)), started=before_t)
         server_cpu = procstat.read(server.pid)
         report.add("server RSS at the end", round(server_cpu.rss_bytes / 1e6, 1), "MB")
     finally:
@@ -319,7 +450,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=positive_int, default=48, help="terminal rows (48)")
     p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")
     p.add_argument("--profile", metavar="FILE",
-                   help="write a cProfile of the console process to FILE (read it with python3 -m pstats)")
+                   help="profile the console process into FILE: pyinstrument if FILE ends with .txt, "
+                        ".html or .pyisession (pip install pyinstrument), else a cProfile (read it with python3 -m pstats)")
     add_common_args(p)
     # The console's own process (started by the bench, not by hand).
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
