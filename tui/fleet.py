@@ -99,6 +99,9 @@ class Fleet:
 
     nodes: dict[str, Node] = field(default_factory=dict)
     trends: dict[str, dict[str, deque[float]]] = field(default_factory=dict)
+    # Ids of nodes with an alert, kept as summaries arrive: the summary bar counts them every
+    # second, and checking 2,000 nodes' alerts each time cost ~10 ms of the console's pass.
+    alerting: set[str] = field(default_factory=set)
 
     def _trend(self, node: Node) -> None:
         series = self.trends.setdefault(str(node["id"]), {})
@@ -118,6 +121,10 @@ class Fleet:
                     node[key] = {}  # every view reads these as mappings
             self.nodes[node["id"]] = node
             self._trend(node)
+            if alerts(node):
+                self.alerting.add(node["id"])
+            else:
+                self.alerting.discard(node["id"])
             changed.append(node)
         return changed
 
@@ -128,6 +135,7 @@ class Fleet:
         for i in gone:
             self.nodes.pop(i, None)
             self.trends.pop(i, None)
+            self.alerting.discard(i)
         return self.update(fresh.values()), gone
 
     def trend(self, node_id: str, name: str) -> list[float]:
@@ -135,12 +143,10 @@ class Fleet:
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
-        out["alerts"] = 0
         for node in self.nodes.values():
             state = str(node.get("state"))
             out[state] = out.get(state, 0) + 1
-            if alerts(node):
-                out["alerts"] += 1
+        out["alerts"] = len(self.alerting)
         return out
 
     def groups(self) -> list[str]:

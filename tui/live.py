@@ -66,39 +66,36 @@ class LiveFeed:
     async def _session(self) -> str:
         """One connection's life; returns why it ended."""
         self._had_session = False
+        # Who we are is asked while the stream opens: start-up waits for one round trip, not two.
+        me_call = asyncio.ensure_future(self.api.me())
         try:
             stream = await self.api.stream()
         except ApiError as exc:
+            _drop(me_call)
             return f"HTTP {exc.status}: {exc.message}" if exc.status else exc.message
         self._stream = stream
         try:
-            # Subscribe and take the snapshot after the socket is open, so no change is missed.
             await stream.subscribe(self.subscription)
-            me = await self.api.me()
-            nodes = await self.api.nodes()
+            me = await me_call
+            messages = aiter(stream)
+            # The stream's first message, `hello`, is the whole fleet as of the connection: the
+            # snapshot, with no separate GET /nodes (docs/protocol.md 4.2). Every change after it
+            # follows on the same socket, so none is missed.
+            nodes = None
+            async for msg in messages:
+                if msg.get("type") == "hello" and isinstance(msg.get("nodes"), list):
+                    nodes = [n for n in msg["nodes"] if isinstance(n, dict) and "id" in n]
+                    break
+                self._handle(msg)
+            if nodes is None:
+                code = stream.close_code
+                return "the server closed the stream before its greeting" + (f" (code {code})" if code else "")
             self.pending.clear()
             self.connected = True
             self._had_session = True
             self.post(Connected(nodes, me))
-            async for msg in stream:
-                kind = msg.get("type")
-                if kind == "node" and isinstance(msg.get("node"), dict) and "id" in msg["node"]:
-                    self.pending[str(msg["node"]["id"])] = msg["node"]
-                elif kind == "hello" and isinstance(msg.get("nodes"), list):
-                    # The server's greeting snapshot: newer than or equal to the GET above.
-                    for node in msg["nodes"]:
-                        if isinstance(node, dict) and "id" in node:
-                            self.pending[str(node["id"])] = node
-                elif kind == "logs" and isinstance(msg.get("lines"), list):
-                    # One frame may carry several nodes' lines (then it names no node): split them.
-                    by_node: dict[str, list[dict[str, Any]]] = {}
-                    for line in msg["lines"]:
-                        if isinstance(line, dict):
-                            by_node.setdefault(str(msg.get("node") or line.get("node", "")), []).append(line)
-                    for node_id, lines in by_node.items():
-                        self.post(LogsArrived(node_id, lines))
-                elif kind == "event" and isinstance(msg.get("event"), dict):
-                    self.post(EventArrived(msg["event"]))
+            async for msg in messages:
+                self._handle(msg)
             code = stream.close_code
             return "the server closed the stream" + (f" (code {code})" if code else "")
         except ApiError as exc:
@@ -108,5 +105,29 @@ class LiveFeed:
         except Exception as exc:  # noqa: BLE001 - the feed must outlive any surprise and retry
             return f"unexpected error in the live feed: {exc!r}"
         finally:
+            _drop(me_call)
             self._stream = None
             await stream.close()
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        """One stream message: node updates wait in `pending` for the next pass, the rest is posted."""
+        kind = msg.get("type")
+        if kind == "node" and isinstance(msg.get("node"), dict) and "id" in msg["node"]:
+            if self.connected:  # before the greeting's snapshot, an update is older than it
+                self.pending[str(msg["node"]["id"])] = msg["node"]
+        elif kind == "logs" and isinstance(msg.get("lines"), list):
+            # One frame may carry several nodes' lines (then it names no node): split them.
+            by_node: dict[str, list[dict[str, Any]]] = {}
+            for line in msg["lines"]:
+                if isinstance(line, dict):
+                    by_node.setdefault(str(msg.get("node") or line.get("node", "")), []).append(line)
+            for node_id, lines in by_node.items():
+                self.post(LogsArrived(node_id, lines))
+        elif kind == "event" and isinstance(msg.get("event"), dict):
+            self.post(EventArrived(msg["event"]))
+
+
+def _drop(call: asyncio.Future[Any]) -> None:
+    """Cancels a call whose answer is no longer wanted, and takes its error so none is reported."""
+    call.cancel()
+    call.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from textual.widgets import DataTable, Static
+from textual.widgets.data_table import ColumnKey, RowKey
 
 from tests.tui.tuifake import FakeCentral, wait_for
 from tui.app import DvicApp
@@ -14,6 +15,7 @@ from tui.screens.fleet import FleetScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.node import NodeScreen
 from tui.widgets.banner import ConnectionBanner
+from tui.widgets.fleet_table import FleetTable
 from tui.widgets.log_view import LogView
 
 HOSTILE = "[link=http://x]x[/link] [/b] \x1b]52;c;aGk=\x07 \x1b[2J end"
@@ -204,13 +206,46 @@ async def test_bad_token_says_not_authorized(fake: FakeCentral) -> None:
         await wait_for(lambda: "Not authorized" in str(banner.render()), what="banner")
 
 
+async def test_a_changed_cell_is_repainted_alone(fake: FakeCentral) -> None:
+    nodes = [fake.add_node(f"n{i:02d}") for i in range(30)]
+    app = make_app(fake)
+    async with app.run_test(size=(160, 40)) as pilot:
+        table = app.screen.query_one(FleetTable)
+        await wait_for(lambda: table.row_count == 30, what="rows")
+        assert table.in_place  # this Textual has the internals the fast path needs
+        row = RowKey(nodes[3]["id"])
+
+        def painted() -> bool:  # the row's cpu cell is in the render cache, keyed on the current count
+            return any(k[0] == row and k[1] == ColumnKey("cpu") and k[6] == table._update_count
+                       for k in table._cell_render_cache.keys())
+
+        await pilot.pause()  # the table's size settles (its resize bumps the count once)
+        table.refresh()  # a full paint at the current count
+        await wait_for(painted, what="the row painted")
+        before = table._update_count  # every render cache of the table is keyed on it
+        await fake.update_node(nodes[3]["id"], metrics={"cpu": 87.0, "mem": 50.0, "disk": 25.0, "temp": 48.3})
+        await wait_for(lambda: cell(table, nodes[3]["id"], "cpu").startswith(" 87%"), what="cpu update")
+        assert table._update_count == before  # no table-wide invalidation: only that row is drawn again
+        await wait_for(lambda: " 87%" in screen_text(app), what="the new value painted")
+        # A sort still moves rows (and redraws them all): busiest first puts the changed node on top.
+        await pilot.press("s", "s", "s")
+        await wait_for(lambda: app.screen.sort_column == "cpu", what="sorted by cpu")
+        await wait_for(lambda: app.screen.shown_ids()[0] == nodes[3]["id"], what="busiest first")
+        assert table._update_count > before
+
+
 async def test_two_thousand_nodes_update_in_place(fake: FakeCentral) -> None:
     nodes = [fake.add_node(f"n{i:04d}", group=f"g{i % 20}") for i in range(2000)]
     app = make_app(fake)
     async with app.run_test(size=(160, 48)) as pilot:
         table = app.screen.query_one(DataTable)
-        await wait_for(lambda: table.row_count == 2000, within=30, what="2000 rows")
+        # The first screenful comes first, sorted; the rest follow in steps, then one sort.
+        await wait_for(lambda: table.row_count > 0, within=30, what="first rows")
+        assert app.screen.shown_ids()[:40] == [n["id"] for n in nodes[:40]]
+        await wait_for(lambda: table.row_count == 2000 and not app.screen._backlog, within=30, what="2000 rows")
         order = app.screen.shown_ids()
+        assert order == [n["id"] for n in nodes]  # by name
+        assert table.cursor_row == 0
         for node in nodes[:200]:
             await fake.update_node(node["id"], metrics={"cpu": 55.0, "mem": 1.0, "disk": 1.0, "temp": 30.0})
         await wait_for(lambda: cell(table, nodes[10]["id"], "cpu").startswith(" 55%"), what="visible updates")

@@ -118,9 +118,22 @@ def test_fleet_model_tolerates_odd_summaries_and_counts() -> None:
     assert fleet.groups() == ["", "g1"]
     assert Filter(text="PI-2").matches(fleet.nodes["b"]) and not Filter(group="g1").matches(fleet.nodes["b"])
     assert cycle(["x", "y"], None) == "x" and cycle(["x", "y"], "y") is None and cycle(["x"], "gone") is None
+    fleet.update([{"id": "c", "name": "pi-3", "state": "online", "metrics": {"disk": 95.0}}])
+    assert fleet.counts()["alerts"] == 2
     nodes, gone = fleet.replace([{"id": "b", "name": "pi-2", "state": "online"}])
-    assert gone == ["a"] and list(fleet.nodes) == ["b"]
+    assert gone == ["a", "c"] and list(fleet.nodes) == ["b"]
     assert fleet.trend("b", "cpu") == [5.0]
+    assert fleet.counts()["alerts"] == 0  # b recovered, c is gone
+
+
+def test_seen_ticks_only_for_late_nodes() -> None:
+    from tui.screens.fleet import _seen
+
+    now = 1_000_000.0
+    assert _seen({"last_seen": now - 4.2}, now) == "<10s"  # on time: the same text every second
+    assert _seen({"last_seen": now - 12.5}, now) == "12s"
+    assert _seen({"last_seen": now - 600}, now) == "10m"
+    assert _seen({"last_seen": None}, now) == "-" and _seen({}, now) == "-"
 
 
 def test_jump_host_parsing() -> None:

@@ -386,6 +386,8 @@ class FakeCentral:
         await ws.prepare(request)
         self.streams[ws] = []
         try:
+            # As the real server: the whole fleet first (docs/protocol.md 4.2); the console's snapshot.
+            await self._send(ws, {"type": "hello", "nodes": [self.summary(n) for n in self.nodes.values()]})
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     doc = json.loads(msg.data)

@@ -3,8 +3,11 @@
 Live updates change table cells in place; rows are only added or removed when a node appears,
 disappears or crosses the current filter. Rows out of sight are not touched when their node
 changes: they are marked stale and brought up to date when they scroll into view or before a
-sort needs their values. Any cell change makes the table repaint every visible row, so this is
-what keeps 2,000 nodes updating every few seconds smooth.
+sort needs their values. The table repaints only the cells that changed (FleetTable).
+
+Many new rows at once (the first snapshot, a filter cleared) are added a screenful first, in
+sorted order, so the first paint shows them at once; the rest follow a step per frame, and one
+sort at the end puts every row in its place.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ COLUMNS: list[tuple[str, str, int | None]] = [
 ]
 COLUMN_KEYS = [c[0] for c in COLUMNS]
 STATIC_COLUMNS = frozenset({"name", "kind", "group"})  # a sort on these never needs a stale row's values
+FRESH_S = 10  # a node seen this recently shows "<10s" in the Seen column
+FILL_STEP = 250  # new rows added per frame after the first screenful (~50 ms of work each)
 
 
 class Cell(Text):
@@ -52,6 +57,16 @@ def _cell(plain: str, style: str, sort_value: Any) -> Cell:
 def _sig(cell: Text) -> tuple[Any, ...]:
     """What a cell looks like, cheaply comparable: skip updates that would change nothing."""
     return (cell.plain, str(cell.style), tuple((sp.start, sp.end, str(sp.style)) for sp in cell.spans))
+
+
+def _seen(node: dict[str, Any], now: float) -> str:
+    """When the node last reported. A node reporting on time (every few seconds) reads "<10s"
+    instead of a count that changes every second: only late nodes' ages tick, so a healthy fleet's
+    rows need no repaint each second."""
+    last = node.get("last_seen")
+    if isinstance(last, int | float) and now - last < FRESH_S:
+        return f"<{FRESH_S}s"
+    return fmt.age(last, now)
 
 
 def _level_style(value: float | None, warn: float, bad: float) -> str:
@@ -97,6 +112,7 @@ class FleetScreen(DvicScreen):
         self._summary_dirty = True
         self.marked: set[str] = set()  # node ids marked with space: the targets of run/reboot/update
         self._stale: set[str] = set()  # rows out of sight whose node changed since they were drawn
+        self._backlog: dict[str, None] = {}  # ids of matching nodes waiting for their row, in sorted order
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
@@ -142,7 +158,7 @@ class FleetScreen(DvicScreen):
         return {
             "name": name,
             "state": state_cell,
-            "seen": _cell(fmt.age(node.get("last_seen"), now), "dim", SORT_KEYS["seen"](node)),
+            "seen": _cell(_seen(node, now), "dim", SORT_KEYS["seen"](node)),
             "cpu": with_trend("cpu", fmt.percent(m["cpu"]), 70, 90, 100),
             "mem": with_trend("mem", fmt.percent(m["mem"]), 80, 95, 100),
             "disk": _cell(fmt.percent(m["disk"]), _level_style(m["disk"], 80, 90), SORT_KEYS["disk"](node)),
@@ -188,10 +204,47 @@ class FleetScreen(DvicScreen):
         for nid in [i for i in self._cells if i not in nodes]:
             table.remove_row(nid)
             del self._cells[nid]
-        for node in nodes.values():
+        self._backlog.clear()
+        shown = [n for n in nodes.values() if str(n["id"]) in self._cells]
+        for node in shown:
             self._apply(node, now)
+        self._add_rows([n for n in nodes.values() if str(n["id"]) not in self._cells], now)
         self._do_sort()
         self._update_summary()
+
+    def _add_rows(self, nodes: list[dict[str, Any]], now: float) -> None:
+        """Rows for nodes not shown yet: all at once if few, else a screenful now and the rest later."""
+        new = [n for n in nodes if self.filter.matches(n)]
+        if len(new) <= FILL_STEP:
+            for node in new:
+                self._apply(node, now)
+            return
+        key = SORT_KEYS[self.sort_column]
+        new.sort(key=key, reverse=self.sort_reverse)
+        first = max(self._table.size.height, 24) + 10
+        for node in new[:first]:
+            self._apply(node, now)
+        self._backlog.update((str(n["id"]), None) for n in new[first:])
+        self.call_after_refresh(self._fill_step)
+
+    def _fill_step(self) -> None:
+        """Adds the next rows of the backlog (one step a frame); sorts once the last is in."""
+        if not self._backlog or not self.is_mounted:
+            return
+        nodes = self.dvic.fleet.nodes
+        now = time.time()
+        step = list(self._backlog)[:FILL_STEP]
+        with self.app.batch_update():
+            for nid in step:
+                del self._backlog[nid]
+                if nid in nodes and nid not in self._cells:
+                    self._apply(nodes[nid], now)
+        if self._backlog:
+            self.call_after_refresh(self._fill_step)
+            return
+        self._do_sort()
+        self._update_summary()
+        self.dvic.fleet_shown()
 
     def live_nodes(self, nodes: list[dict[str, Any]], gone: list[str]) -> None:
         if not self.is_mounted:
@@ -199,17 +252,23 @@ class FleetScreen(DvicScreen):
         table = self.query_one(DataTable)
         for nid in gone:
             self._stale.discard(nid)
+            self._backlog.pop(nid, None)
             if nid in self._cells:
                 table.remove_row(nid)
                 del self._cells[nid]
         now = time.time()
-        added = False
         first, last = self._viewport()
         locations = table._row_locations  # noqa: SLF001 - O(1) row index lookup, public get_row_index raises
+        new: list[dict[str, Any]] = []
         with self.app.batch_update():
             for node in nodes:
                 nid = str(node["id"])
-                if nid in self._cells and self.filter.matches(node):
+                if nid in self._backlog:
+                    continue  # its row is on the way, built from the fleet's latest data
+                if nid not in self._cells:
+                    new.append(node)
+                    continue
+                if self.filter.matches(node):
                     index = locations.get(RowKey(nid))
                     if index is not None and not first <= index < last:
                         self._stale.add(nid)  # out of sight: drawn when it scrolls into view
@@ -217,9 +276,14 @@ class FleetScreen(DvicScreen):
                             self._resort = True
                         continue
                 self._stale.discard(nid)
-                added = self._apply(node, now) or added
+                self._apply(node, now)
+            shown = len(self._cells)
+            self._add_rows(new, now)
+            added = len(self._cells) > shown
         if added:  # new rows go to their sorted place at once; value changes re-sort on the tick
             self._do_sort()
+        if not self._backlog:
+            self.dvic.fleet_shown()
         self._summary_dirty = True
         if gone or len(nodes) == len(self.dvic.fleet.nodes):  # a snapshot: show its counts at once
             self._update_summary()
@@ -266,8 +330,7 @@ class FleetScreen(DvicScreen):
             node = self.dvic.fleet.nodes.get(nid)
             if node is None or nid not in self._cells:
                 continue
-            age = fmt.age(node.get("last_seen"), now)
-            cell = _cell(age, "dim", SORT_KEYS["seen"](node))
+            cell = _cell(_seen(node, now), "dim", SORT_KEYS["seen"](node))
             if self._cells[nid].get("seen") != _sig(cell):
                 table.update_cell(nid, "seen", cell)
                 self._cells[nid]["seen"] = _sig(cell)
@@ -290,7 +353,7 @@ class FleetScreen(DvicScreen):
         self._summary_dirty = False
         arrow = "▼" if self.sort_reverse else "▲"
         self.query_one(SummaryBar).show(
-            self.dvic.fleet.counts(), len(self._cells), len(self.dvic.fleet.nodes),
+            self.dvic.fleet.counts(), len(self._cells) + len(self._backlog), len(self.dvic.fleet.nodes),
             " ".join(x for x in (self.filter.describe(), f"{len(self.marked)} marked" if self.marked else "") if x),
             f"{self.sort_column} {arrow}",
         )
