@@ -242,3 +242,64 @@ async def test_add_node_form_reports_each_step(central_server: CentralServer, tm
         shot(app, "add-node-80x24", tmp_path)
         await pilot.press("escape")
         assert isinstance(app.screen, FleetScreen)
+
+
+async def test_add_node_form_takes_demos_and_a_shell_user(central_server: CentralServer, tmp_path: Path) -> None:
+    import socket
+
+    from textual.widgets import TextArea
+
+    from installer.demos import Demo
+
+    with socket.socket() as s:  # nothing listening: the install starts, then fails at connect
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    app = make_app(central_server)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(lambda: app.connected, what="connected")
+        await pilot.press("n")
+        await wait_for(lambda: type(app.screen).__name__ == "AddNodeScreen", what="add-node form")
+        form = app.screen
+        result = form.query_one("#add-result", Static)
+        for widget, value in (("#host", "127.0.0.1"), ("#port", str(closed_port)), ("#user", "nobody-here"),
+                              ("#password", "s3cret-once")):
+            form.query_one(widget).value = value
+        commands = form.query_one("#demo-cmds", TextArea)
+
+        # Each bad value is named with its field, nothing is attempted, the password stays typed.
+        cases = [
+            ("arm=robot-arm kiosk", "", "", "Demos: 'kiosk': expected NAME=UNIT"),
+            ("arm=robot/arm", "", "", "Demos: 'arm=robot/arm': 'robot/arm.service' is not a systemd unit name"),
+            ("", "kiosk /opt/kiosk/run", "", "Commands: 'kiosk /opt/kiosk/run': expected NAME=COMMAND"),
+            ("arm=robot-arm", "arm=/opt/arm/run", "", "Demos: demo 'arm' is given twice"),
+            ("", "", "Bad User", "Shell user: 'Bad User': expected a user name"),
+        ]
+        for demos, cmds, user, error in cases:
+            form.query_one("#demos").value = demos
+            commands.text = cmds
+            form.query_one("#shell-user").value = user
+            await pilot.press("ctrl+s")
+            await wait_for(lambda error=error: error in str(result.render()), what=f"error {error!r}")
+            assert form.request is None and form.query_one("#password").value == "s3cret-once"
+
+        # Valid: both kinds of demo and the shell user go to the installer in its own request.
+        form.query_one("#demos").value = "arm=robot-arm, cam=camera@0.service"
+        commands.text = "kiosk=/opt/kiosk/run --full\n\n"
+        form.query_one("#shell-user").value = "pi"
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: form.error is not None, within=30, what="the install to fail at connect")
+        assert form.error.step == "connect"
+        assert form.request.demos == [Demo("arm", unit="robot-arm.service"), Demo("cam", unit="camera@0.service"),
+                                      Demo("kiosk", command="/opt/kiosk/run --full")]
+        assert form.request.shell_user == "pi" and form.request.password.wiped
+        shot(app, "add-node-demos-100x40", tmp_path)
+
+        # None given: demos.json is kept (None), and the daemon's default shell user.
+        form.query_one("#demos").value = ""
+        commands.text = ""
+        form.query_one("#shell-user").value = ""
+        form.query_one("#password").value = "s3cret-once"
+        form.error = None
+        await pilot.press("ctrl+s")
+        await wait_for(lambda: form.error is not None, within=30, what="the second install to fail")
+        assert form.request.demos is None and form.request.shell_user == ""

@@ -3,6 +3,10 @@
 The password is read from the form once, handed to the installer as a wipeable `Password` and the
 input is cleared at once; nothing keeps it. Host keys seen for the first time are shown to the
 operator to confirm, like `dvic add-node` does on a terminal.
+
+Demos and the shell user are the command line's `--demo NAME=UNIT`, `--demo-cmd NAME=COMMAND` and
+`--shell-user USER` (docs/add-node.md), checked by the installer's own parsers before anything
+connects; no demo given keeps the node's demos.json, as on the command line.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static, TextArea
 
 from tui.screens.base import DvicScreen
 from tui.screens.dialogs import ConfirmDialog
@@ -54,6 +58,7 @@ class AddNodeScreen(DvicScreen):
         self.running = False
         self.result: Any = None
         self.error: Any = None
+        self.request: Any = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
@@ -81,6 +86,19 @@ class AddNodeScreen(DvicScreen):
             with Horizontal(classes="form-row"):
                 yield Label("Via", classes="form-label")
                 yield Input(placeholder="jump host USER@HOST[:PORT] (optional; default: direct)", id="jump", compact=True)
+            with Horizontal(classes="form-row"):
+                yield Label("Demos", classes="form-label")
+                yield Input(placeholder="NAME=UNIT ... systemd units, space-separated (optional)", id="demos",
+                            compact=True)
+            with Horizontal(classes="form-row", id="demo-cmds-row"):
+                yield Label("Commands", classes="form-label")
+                yield TextArea(placeholder="NAME=COMMAND, one demo a line, stopped by a signal (optional)",
+                               id="demo-cmds", compact=True, soft_wrap=False, show_cursor=True,
+                               highlight_cursor_line=False)
+            with Horizontal(classes="form-row"):
+                yield Label("Shell user", classes="form-label")
+                yield Input(placeholder="user of remote shells (default root; must exist on the target)",
+                            id="shell-user", compact=True)
             yield Button("Install (ctrl+s)", id="install", variant="primary", compact=True)
             steps: DataTable[Any] = DataTable(id="steps", cursor_type="none")
             steps.add_column("", key="mark", width=2)
@@ -108,10 +126,41 @@ class AddNodeScreen(DvicScreen):
         result.update(text)
         self.call_after_refresh(result.scroll_visible, animate=False)
 
+    def _demos(self) -> tuple[Any, str]:
+        """(demos or None to keep the node's demos.json, shell user), or ValueError naming the field."""
+        from installer.demos import DemoError, check_demos, check_shell_user, parse_demo, parse_demo_cmd
+
+        def field_error(label: str, exc: DemoError) -> ValueError:
+            message = str(exc)
+            for option in ("--demo-cmd ", "--demo ", "--shell-user "):
+                message = message.removeprefix(option)
+            return ValueError(f"{label}: {message}")
+
+        demos = []
+        try:
+            demos += [parse_demo(v) for v in self._value("demos").replace(",", " ").split()]
+        except DemoError as exc:
+            raise field_error("Demos", exc) from None
+        lines = self.query_one("#demo-cmds", TextArea).text.splitlines()
+        try:
+            demos += [parse_demo_cmd(line.strip()) for line in lines if line.strip()]
+        except DemoError as exc:
+            raise field_error("Commands", exc) from None
+        try:
+            check_demos(demos)
+        except DemoError as exc:
+            raise field_error("Demos", exc) from None
+        try:
+            shell_user = check_shell_user(self._value("shell-user"))
+        except DemoError as exc:
+            raise field_error("Shell user", exc) from None
+        return demos or None, shell_user
+
     def _request(self) -> Any:
         """Builds the installer request from the form, or raises ValueError saying what is wrong."""
         from installer import AddNodeRequest, Direct, Jump, Password, ServerSpec
 
+        demos, shell_user = self._demos()  # before the password is taken: a typo costs no retyping
         host, user = self._value("host"), self._value("user")
         if not host:
             raise ValueError("Target: give the machine's IP address or host name")
@@ -138,6 +187,7 @@ class AddNodeScreen(DvicScreen):
             server=ServerSpec(url=settings.server, token=settings.token or "", ca_path=settings.ca or ""),
             name=self._value("name"), kind=str(self.query_one("#kind", Select).value),
             group=self._value("group"), confirm_host_key=self._confirm_host_key,
+            demos=demos, shell_user=shell_user,
         )
 
     async def _confirm_host_key(self, prompt: Any) -> bool:
@@ -175,6 +225,7 @@ class AddNodeScreen(DvicScreen):
         except ValueError as exc:
             self._say(literal(f"✖ {exc}", style="bold red"))
             return
+        self.request = request  # what the installer was given (without the password, wiped after use)
         self.run_install(request)
 
     @work(exclusive=True, group="add-node")
