@@ -223,7 +223,7 @@ class NodeSession:
     async def _logs(self, lines: list[dict[str, Any]]) -> None:
         if not lines:
             return
-        await self.services.writer.submit(store.insert_logs(self.node.id, lines))
+        await self.services.writer.add_logs(self.node.id, lines)
         # Acknowledge only after the commit: the daemon may now forget these lines.
         await self._send({"type": "ack", "seq": max(line["seq"] for line in lines)})
         node = self.node

@@ -82,12 +82,59 @@ async def test_writer_reports_a_full_disk_and_keeps_running(tmp_path):
         big = [{**line, "seq": i, "msg": "x" * 4000} for i in range(2, 400)]
         with pytest.raises(StorageError, match="full"):
             await writer.submit(store.insert_logs("n", big))
+        with pytest.raises(StorageError, match="full"):
+            await writer.add_logs("n", big)  # the merged path of node batches says the same
         await writer.submit(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
         assert await writer.submit(store.insert_logs("n", big)) == len(big)
     finally:
         await writer.close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 399
+
+
+def _line(seq: int, msg: str) -> dict:
+    return {"seq": seq, "ts": 1000.0 + seq, "source": "demo", "demo": "cam", "level": "WARNING", "msg": msg}
+
+
+async def test_writer_merges_log_batches_exactly_once_and_keeps_any_text_whole(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.05)
+    await writer.start()
+    texts = ["plain", "\x00starts with NUL", "mid\x00dle", "ünïcödé 日本語 🚀", 'quote " and \\ backslash', "line\nbreak"]
+    try:
+        batches = [writer.add_logs(f"node-{n}", [_line(i, f"{t} #{n}") for i, t in enumerate(texts, 1)])
+                   for n in range(20)]
+        await asyncio.gather(*batches)
+        assert writer.commits <= 3  # twenty node batches, one or two commits
+        # A replay (a daemon that missed the ack) is stored once; a new line in the same batch is kept.
+        await writer.add_logs("node-0", [_line(1, "plain #0"), _line(7, "new")])
+    finally:
+        await writer.close()
+    conn = sqlite3.connect(path)
+    stored = dict(conn.execute("SELECT seq, msg FROM logs WHERE node_id = 'node-3'").fetchall())
+    assert stored == {i: f"{t} #3" for i, t in enumerate(texts, 1)}
+    assert conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 20 * len(texts) + 1
+    assert conn.execute("SELECT level, demo, ts FROM logs WHERE node_id = 'node-0' AND seq = 7").fetchone() == (30, "cam", 1007.0)
+
+
+async def test_a_log_batch_that_cannot_be_stored_fails_alone(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.05)
+    await writer.start()
+    try:
+        bad = {**_line(1, "x"), "msg": b"bytes are not text"}  # past validation only by a bug
+        results = await asyncio.gather(
+            writer.add_logs("good-1", [_line(1, "kept")]),
+            writer.add_logs("bad", [bad]),
+            writer.add_logs("good-2", [_line(1, "kept too")]),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], TypeError)
+    conn = sqlite3.connect(path)
+    assert sorted(r[0] for r in conn.execute("SELECT node_id FROM logs")) == ["good-1", "good-2"]
 
 
 async def test_bus_cuts_off_a_slow_subscriber_without_blocking_others():
