@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,16 @@ class DvicApp(App[None]):
         self.down_fatal = False
         self._gc_paused = False
         self._gc_frozen = False
+
+    def run(self, *args: Any, **kwargs: Any) -> None:
+        # Textual sizes its screen with shutil.get_terminal_size(), which prefers $COLUMNS/$LINES
+        # to the terminal and keeps preferring them after a resize: an exported value (stale, or a
+        # test's) laid the console out wider than the window, so what sits at the right edge
+        # (notifications, the footer's palette hint) was drawn outside it. The terminal decides.
+        if sys.__stdout__ is not None and sys.__stdout__.isatty():
+            for name in ("COLUMNS", "LINES"):
+                os.environ.pop(name, None)
+        super().run(*args, **kwargs)
 
     async def on_mount(self) -> None:
         # Start-up builds objects that live as long as the console (the screens, 2,000 rows): the

@@ -40,6 +40,13 @@ async def test_shell_round_trip_from_the_console(
         run(*cmd, sys.executable, "-m", "tui", check=True, cwd=ROOT, env=env)
         try:
             await wait_for(lambda: "pi-s" in pane() and "online" in pane(), within=30, what="fleet in tmux")
+            # Laid out for the pane's 100 columns, not for $COLUMNS (160 here): the right edge shows.
+            assert pane().splitlines()[-1].rstrip().endswith("^p palette")
+            keys("m")
+            await wait_for(lambda: "pi-s: maintenance on" in pane(), what="a notification in the pane")
+            await wait_for(lambda: "◐ maintenanc" in pane(), what="the row in maintenance")
+            keys("m")
+            await wait_for(lambda: "pi-s: maintenance off" in pane() and "online" in pane(), what="maintenance off")
             keys("h")
             # capture-pane drops trailing blanks: the prompt "$ " shows as a line "$".
             await wait_for(lambda: "[dvic] shell on pi-s" in pane() and "\n$" in pane(), within=15,
@@ -49,6 +56,9 @@ async def test_shell_round_trip_from_the_console(
             assert "sort name" not in pane()  # the console's table is put away meanwhile
             keys("exit 3", "Enter")
             await wait_for(lambda: "sort name" in pane() and "pi-s" in pane(), within=15, what="console back")
+            # The console says how the shell ended, in a notification at the pane's bottom right.
+            await wait_for(lambda: "shell on pi-s ended (exit 3)" in pane(), what="the shell's end notified")
+            assert pane().splitlines()[-1].rstrip().endswith("^p palette")
             keys("?")
             await wait_for(lambda: "Everywhere" in pane(), what="keys work again")
             keys("Escape")
