@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 CLOSE_STORAGE = 1011
 HEARTBEAT_S = 10.0
+# Log batches of one node stored but not yet acknowledged; past this the session stops reading
+# the node's socket until a commit catches up (TCP backpressure).
+MAX_BATCHES_IN_FLIGHT = 64
 
 
 def _peer_fingerprint(request: web.Request) -> str | None:
@@ -90,6 +93,9 @@ class NodeSession:
         self.ws = ws
         self.greeted = False
         self._closing: asyncio.Task[Any] | None = None
+        self._unacked: asyncio.Queue[tuple[asyncio.Future[None], list[dict[str, Any]]]] = (
+            asyncio.Queue(MAX_BATCHES_IN_FLIGHT))
+        self._acker: asyncio.Task[None] | None = None
 
     def _request_close(self, code: int, reason: str) -> None:
         if self._closing is None:
@@ -121,6 +127,9 @@ class NodeSession:
             await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
             await self.ws.close(code=CLOSE_STORAGE, message=b"storage unavailable")
         finally:
+            if self._acker is not None:
+                self._acker.cancel()  # the socket is gone: unsent acks are replayed by the node
+                await asyncio.gather(self._acker, return_exceptions=True)
             if self._closing is not None:
                 await asyncio.gather(self._closing, return_exceptions=True)
             if node.disconnect == self._request_close:
@@ -144,9 +153,12 @@ class NodeSession:
         return True
 
     async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_text(json.dumps(message, separators=(",", ":")))
+
+    async def _send_text(self, text: str) -> None:
         if not self.ws.closed:
             try:
-                await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+                await self.ws.send_str(text)
             except (ConnectionError, RuntimeError):
                 pass
 
@@ -221,17 +233,41 @@ class NodeSession:
             await s.actions.on_update_state(self.node, msg)
 
     async def _logs(self, lines: list[dict[str, Any]]) -> None:
+        """Queue the batch for the next commit and go on reading: the ack follows the commit.
+
+        Not waiting for the commit here is what lets one commit carry several batches of a busy
+        node, instead of one batch per node per commit.
+        """
         if not lines:
             return
-        await self.services.writer.add_logs(self.node.id, lines)
-        # Acknowledge only after the commit: the daemon may now forget these lines.
-        await self._send({"type": "ack", "seq": max(line["seq"] for line in lines)})
-        node = self.node
-        if self.services.bus.wants_logs(node.id):
-            self.services.bus.publish_logs(node.id, [
-                {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
-                for line in lines
-            ])
+        committed = await self.services.writer.queue_logs(self.node.id, lines)
+        if self._acker is None:
+            self._acker = asyncio.create_task(self._ack_when_committed(), name=f"acks {self.node.name}")
+        await self._unacked.put((committed, lines))
+
+    async def _ack_when_committed(self) -> None:
+        """Acknowledge batches in order once committed, then hand their lines to live subscribers."""
+        node, bus = self.node, self.services.bus
+        while True:
+            committed, lines = await self._unacked.get()
+            try:
+                await committed
+            except StorageError as exc:
+                log.error("node %s: %s", node.name, exc)
+                await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
+                self._request_close(CLOSE_STORAGE, "storage unavailable")
+                return
+            except Exception as exc:  # a batch the database refused: no ack, the node sends it again
+                log.error("node %s: log batch not stored: %s", node.name, exc)
+                self._request_close(CLOSE_STORAGE, "log batch not stored")
+                return
+            # Acknowledge only after the commit: the daemon may now forget these lines.
+            await self._send_text(f'{{"type":"ack","seq":{max(line["seq"] for line in lines)}}}')
+            if bus.wants_logs(node.id):
+                bus.publish_logs(node.id, [
+                    {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
+                    for line in lines
+                ])
 
 
 @routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")

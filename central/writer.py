@@ -126,24 +126,31 @@ class Writer:
             self.submit_later(_nothing)  # make sure a commit comes soon, even if nothing else is queued
 
     async def add_logs(self, node_id: str, lines: list[dict[str, Any]]) -> None:
-        """Store a node's validated log batch in the next commit; returns once it is committed.
+        """Store a node's validated log batch; returns once it is committed."""
+        await (await self.queue_logs(node_id, lines))
 
-        Every batch waiting for a commit is inserted by one statement (see store.insert_log_rows):
-        at thousands of small node batches a second, per-batch statements would cost the writer
-        thread a GIL hand-over per row.
+    async def queue_logs(self, node_id: str, lines: list[dict[str, Any]]) -> asyncio.Future[None]:
+        """Queue a node's validated log batch for the next commit; the future resolves once committed.
+
+        Waits only while too many lines are already waiting (backpressure). Every batch waiting
+        for a commit is inserted by one statement (see store.insert_log_rows): at thousands of
+        small node batches a second, per-batch statements would cost the writer thread a GIL
+        hand-over per row.
         """
         if self._task is None:
             raise StorageError("the writer is not running")
         while self._log_rows_pending >= PENDING_LOG_ROWS_LIMIT:
             self._logs_taken.clear()
             await self._logs_taken.wait()
-        batch = _LogBatch(log_rows(node_id, lines), asyncio.get_running_loop().create_future())
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # a caller that went away must not leave a warning behind
+        batch = _LogBatch(log_rows(node_id, lines), future)
         first = not self._logs
         self._logs.append(batch)
         self._log_rows_pending += len(batch.rows)
         if first:
             self.submit_later(_nothing)  # make sure a commit comes soon
-        await batch.future
+        return future
 
     def submit_later(self, fn: WriteFn) -> None:
         """Queue a write without waiting for its commit (state worth keeping, nobody waiting on it).
@@ -304,6 +311,11 @@ def _settle_log_batches(batches: list[_LogBatch], failure: Exception | None) -> 
             batch.future.set_exception(error)
         else:
             batch.future.set_result(None)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _nothing(conn: sqlite3.Connection) -> None:
