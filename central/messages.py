@@ -110,15 +110,17 @@ def _percent(obj: Any, field: str) -> float | None:
     return _number(obj["percent"], f"{field}.percent")
 
 
+MAX_METRICS_CHARS = 64 * 1024
+
+
 def parse_metrics(msg: dict[str, Any]) -> dict[str, Any]:
     ts = _number(msg.get("ts"), "ts")
     sample: dict[str, Any] = {"type": "metrics", "ts": ts}
     for key in ("cpu", "load", "mem", "swap", "disks", "temps", "throttled", "uptime", "procs", "net"):
         if key in msg:
             sample[key] = msg[key]
-    # Validate the fields we derive series from; the rest is kept as the node's latest sample.
-    if len(json.dumps(sample)) > 64 * 1024:
-        raise _bad("metrics: sample larger than 64 KiB")
+    # The fields we derive series from are validated by metric_series; the rest is kept as the
+    # node's latest sample, whose size parse_node_message bounds by the frame's (MAX_METRICS_CHARS).
     return sample
 
 
@@ -375,6 +377,8 @@ def parse_node_message(text: str) -> dict[str, Any]:
     parser = PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         raise ProtocolError(CLOSE_UNKNOWN_TYPE, "unknown_type", f"unknown message type {kind!r}")
+    if kind == "metrics" and len(text) > MAX_METRICS_CHARS:
+        raise _bad(f"metrics: sample larger than {MAX_METRICS_CHARS // 1024} KiB")
     return parser(msg)
 
 

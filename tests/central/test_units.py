@@ -229,3 +229,11 @@ async def test_bus_sends_one_log_frame_per_subscriber_per_flush():
     assert "node" not in frame_all and len(frame_all["lines"]) == 6
     assert frame_a["node"] == "a" and [x["seq"] for x in frame_a["lines"]] == [0, 1, 2]
     assert everyone.queue.empty() and only_a.queue.empty()
+
+
+def test_an_oversized_metrics_sample_is_refused_by_its_frame_size():
+    small = parse_node_message(json.dumps({"type": "metrics", "ts": 1.0, "throttled": "x" * 1000}))
+    assert small["throttled"] == "x" * 1000
+    with pytest.raises(ProtocolError, match="larger than 64 KiB") as info:
+        parse_node_message(json.dumps({"type": "metrics", "ts": 1.0, "throttled": "x" * 70_000}))
+    assert info.value.close_code == 4001
