@@ -6,7 +6,7 @@ screen, and the fleet table only has to apply the differences.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,9 +143,7 @@ class Fleet:
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
-        for node in self.nodes.values():
-            state = str(node.get("state"))
-            out[state] = out.get(state, 0) + 1
+        out.update(Counter(str(node.get("state")) for node in self.nodes.values()))
         out["alerts"] = len(self.alerting)
         return out
 
