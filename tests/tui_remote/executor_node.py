@@ -73,6 +73,9 @@ class ExecutorNode:
                 task.cancel()
         for proc in self.procs.values():
             _killpg(proc.pid, signal.SIGKILL)
+        for proc in self.procs.values():  # reaped here: a process left to the GC outlives the test's loop
+            with contextlib.suppress(TimeoutError, ProcessLookupError):
+                await asyncio.wait_for(proc.wait(), 10)
         for writer in self.tunnels.values():
             writer.close()
         await self.fake.close()
