@@ -19,12 +19,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from tui import fmt
 from tui.client import ApiError, Json, Unreachable, _list, _params, _seg
 from tui.cmds.common import Parser, SettingsFn, UsageError, emit_json
 from tui.lean_http import LeanClient, WebSocketClosed
 from tui.remote_client import RUN_FINAL, command_body
-from tui.textsafe import clean
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
@@ -149,6 +147,10 @@ def run_status(run: Json) -> int:
 
 
 def describe_run(run: Json) -> str:
+    # Imported here: a run that simply exited prints no summary, and most `dvic run`s are such runs.
+    from tui import fmt
+    from tui.textsafe import clean
+
     state = str(run.get("state"))
     if state == "exited":
         text = f"exited {run['code']}" if isinstance(run.get("code"), int) else f"killed by signal {run.get('signal')}"
