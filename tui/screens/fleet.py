@@ -126,7 +126,7 @@ class FleetScreen(DvicScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._table = self.query_one(DataTable)
+        self._table = self.query_one(FleetTable)
         self.watch(self._table, "scroll_y", self._scrolled, init=False)
         super().on_mount()
         self.query_one("#filter", Input).display = False
@@ -187,13 +187,16 @@ class FleetScreen(DvicScreen):
             self._resort = True
             return True
         before = self._cells[nid]
+        changed = {}
         for key, cell in row.items():
             sig = _sig(cell)
             if before.get(key) != sig:
-                table.update_cell(nid, key, cell)
+                changed[key] = cell
                 before[key] = sig
                 if key == self.sort_column:
                     self._resort = True
+        if changed:
+            table.update_cells(nid, changed)
         return False
 
     def sync_all(self) -> None:

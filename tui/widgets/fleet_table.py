@@ -47,16 +47,26 @@ class FleetTable(DataTable[Any]):
 
     def update_cell(self, row_key: RowKey | str, column_key: ColumnKey | str, value: Any, *,
                     update_width: bool = False) -> None:
+        if update_width:
+            super().update_cell(row_key, column_key, value, update_width=True)
+        else:
+            self.update_cells(row_key, {column_key: value})
+
+    def update_cells(self, row_key: RowKey | str, values: dict[Any, Any]) -> None:
+        """Sets several cells of one row (by column key), with one repaint of that row."""
         row_key = RowKey(row_key) if isinstance(row_key, str) else row_key
-        column_key = ColumnKey(column_key) if isinstance(column_key, str) else column_key
         row = self.rows.get(row_key)
-        if row is None or row.height != 1 or update_width or self.fixed_rows or not self.in_place:
-            super().update_cell(row_key, column_key, value, update_width=update_width)
+        if row is None or row.height != 1 or self.fixed_rows or not self.in_place:
+            for column_key, value in values.items():
+                super().update_cell(row_key, column_key, value)
             return
-        if column_key not in self._column_locations:
-            raise CellDoesNotExist(f"No cell exists for row_key={row_key!r}, column_key={column_key!r}.")
-        self._data[row_key][column_key] = value
-        self._changed.add((row_key, column_key))
+        data = self._data[row_key]
+        for key, value in values.items():
+            column_key = ColumnKey(key) if isinstance(key, str) else key
+            if column_key not in self._column_locations:
+                raise CellDoesNotExist(f"No cell exists for row_key={row_key!r}, column_key={column_key!r}.")
+            data[column_key] = value
+            self._changed.add((row_key, column_key))
         # Rows are one line high and none is fixed: row i is line i under the header. A row out of
         # sight needs no repaint (`_refresh_region` skips it); its caches are dropped all the same.
         y = self._row_locations.get(row_key) + (self.header_height if self.show_header else 0)
