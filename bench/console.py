@@ -107,9 +107,9 @@ def child_main(args: argparse.Namespace) -> int:
                 stamp("key_in")  # the key reached the app: the wait before it is the event loop's
             await super().on_event(event)
 
-        def _flush_nodes(self) -> None:
+        def _flush_nodes(self, tick: bool = True) -> None:
             started = time.time()
-            super()._flush_nodes()
+            super()._flush_nodes(tick)
             stamp("flush", start=started, ms=(time.time() - started) * 1000)
             self.call_after_refresh(lambda: stamp("flush_painted", start=started))
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # re-sorts, the summary) in the same pass: one table refresh a second, of the changed cells only.
 # Four passes a second were tried: more CPU (fixed costs per pass) and more keys waiting for one.
 FLUSH_INTERVAL = 1.0
+FLUSH_STEP = 500  # node updates applied per frame; more wait for the next frames
 
 
 class DvicApp(App[None]):
@@ -58,6 +59,7 @@ class DvicApp(App[None]):
         self.down_fatal = False
         self._gc_paused = False
         self._gc_frozen = False
+        self._flush_due = False  # a share of a burst of node updates waits for the next frame
 
     def run(self, *args: Any, **kwargs: Any) -> None:
         # Textual sizes its screen with shutil.get_terminal_size(), which prefers $COLUMNS/$LINES
@@ -123,13 +125,24 @@ class DvicApp(App[None]):
             except NoMatches:
                 pass  # the screen is being torn down; nothing left to update
 
-    def _flush_nodes(self) -> None:
-        nodes = self.feed.take_nodes()
+    def _flush_nodes(self, tick: bool = True) -> None:
+        # A burst (every node reporting at once, e.g. after a server restart) is applied a share
+        # per frame, so no single pass holds the event loop (and a key) for long.
+        burst = len(self.feed.pending) > FLUSH_STEP
+        nodes = self.feed.take_nodes(FLUSH_STEP)
         with self.batch_update():
             if nodes:
                 changed = self.fleet.update(nodes)
                 self._each(lambda s: s.live_nodes(changed, []))
-            self._each(lambda s: s.live_tick())
+            if tick:
+                self._each(lambda s: s.live_tick())
+        if burst and not self._flush_due:
+            self._flush_due = True
+            self.call_after_refresh(self._flush_more)
+
+    def _flush_more(self) -> None:
+        self._flush_due = False
+        self._flush_nodes(tick=False)
 
     @on(Connected)
     def _connected(self, msg: Connected) -> None:

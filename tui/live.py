@@ -7,6 +7,7 @@ console one table pass every fraction of a second instead of one message per upd
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +30,14 @@ class LiveFeed:
         self._stream: Stream | None = None
         self._wake = asyncio.Event()
 
-    def take_nodes(self) -> list[dict[str, Any]]:
-        nodes = list(self.pending.values())
-        self.pending.clear()
-        return nodes
+    def take_nodes(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The latest summary of each node updated since the last take (at most `limit`, oldest first)."""
+        if limit is None or len(self.pending) <= limit:
+            nodes = list(self.pending.values())
+            self.pending.clear()
+            return nodes
+        ids = list(itertools.islice(self.pending, limit))
+        return [self.pending.pop(i) for i in ids]
 
     async def subscribe(self, logs: list[str]) -> None:
         if logs == self.subscription:

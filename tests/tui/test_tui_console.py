@@ -261,6 +261,14 @@ async def test_two_thousand_nodes_update_in_place(fake: FakeCentral) -> None:
         await wait_for(lambda: app.screen.sort_column == "cpu", what="sorted by cpu")
         await wait_for(lambda: set(app.screen.shown_ids()[:200]) == {n["id"] for n in nodes[:200]},
                        what="the 200 busy nodes first")
+        # A burst (every node at once) is applied a share per frame; all of it lands.
+        await pilot.press("s", "S")  # sort by memory, least first: the rows in view are any 40
+        for node in nodes:
+            await fake.update_node(node["id"], metrics={"cpu": 11.0, "mem": 2.0, "disk": 1.0, "temp": 30.0})
+        await wait_for(lambda: all(n["metrics"]["cpu"] == 11.0 for n in app.fleet.nodes.values()), what="burst in")
+        in_view = app.screen.shown_ids()[:40]
+        await wait_for(lambda: all(cell(table, nid, "cpu").startswith(" 11%") for nid in in_view),
+                       what="every row in view drawn")
 
 
 async def test_command_palette_opens_a_node(fake: FakeCentral) -> None:

@@ -146,3 +146,15 @@ def test_jump_host_parsing() -> None:
         parse_jump("ops@")
     with pytest.raises(ValueError, match="port must be a number"):
         parse_jump("ops@gw:ssh")
+
+
+def test_node_updates_are_taken_oldest_first_in_shares() -> None:
+    from tui.live import LiveFeed
+
+    feed = LiveFeed(None, lambda message: None)  # type: ignore[arg-type]
+    for i in range(5):
+        feed.pending[f"n{i}"] = {"id": f"n{i}", "v": 1}
+    feed.pending["n1"] = {"id": "n1", "v": 2}  # a newer summary keeps the node's place in line
+    assert [n["id"] for n in feed.take_nodes(2)] == ["n0", "n1"]
+    assert list(feed.pending) == ["n2", "n3", "n4"]
+    assert [n["id"] for n in feed.take_nodes()] == ["n2", "n3", "n4"] and not feed.pending

@@ -38,6 +38,7 @@ COLUMNS: list[tuple[str, str, int | None]] = [
 COLUMN_KEYS = [c[0] for c in COLUMNS]
 STATIC_COLUMNS = frozenset({"name", "kind", "group"})  # a sort on these never needs a stale row's values
 FRESH_S = 10  # a node seen this recently shows "<10s" in the Seen column
+ROWS_PER_FRAME = 12  # visible rows redrawn per frame for live updates (~40 cells, ~10 ms)
 FILL_STEP = 250  # new rows added per frame after the first screenful (~50 ms of work each)
 
 
@@ -112,6 +113,7 @@ class FleetScreen(DvicScreen):
         self._summary_dirty = True
         self.marked: set[str] = set()  # node ids marked with space: the targets of run/reboot/update
         self._stale: set[str] = set()  # rows out of sight whose node changed since they were drawn
+        self._freshen_due = False  # a step of visible stale rows is scheduled for the next frame
         self._backlog: dict[str, None] = {}  # ids of matching nodes waiting for their row, in sorted order
 
     def compose(self) -> ComposeResult:
@@ -263,6 +265,7 @@ class FleetScreen(DvicScreen):
         first, last = self._viewport()
         locations = table._row_locations  # noqa: SLF001 - O(1) row index lookup, public get_row_index raises
         new: list[dict[str, Any]] = []
+        drawn, deferred = 0, False
         with self.app.batch_update():
             for node in nodes:
                 nid = str(node["id"])
@@ -273,11 +276,17 @@ class FleetScreen(DvicScreen):
                     continue
                 if self.filter.matches(node):
                     index = locations.get(RowKey(nid))
-                    if index is not None and not first <= index < last:
-                        self._stale.add(nid)  # out of sight: drawn when it scrolls into view
+                    in_view = index is not None and first <= index < last
+                    if not in_view or drawn >= ROWS_PER_FRAME:
+                        # Out of sight: drawn when it scrolls into view. In view beyond this
+                        # frame's share: drawn in the next frames (`_freshen`).
+                        self._stale.add(nid)
                         if self.sort_column not in STATIC_COLUMNS:
                             self._resort = True
+                        if in_view:
+                            deferred = True
                         continue
+                    drawn += 1
                 self._stale.discard(nid)
                 self._apply(node, now)
             shown = len(self._cells)
@@ -285,6 +294,9 @@ class FleetScreen(DvicScreen):
             added = len(self._cells) > shown
         if added:  # new rows go to their sorted place at once; value changes re-sort on the tick
             self._do_sort()
+        if deferred and not self._freshen_due:
+            self._freshen_due = True
+            self.call_after_refresh(self._freshen_step)
         if not self._backlog:
             self.dvic.fleet_shown()
         self._summary_dirty = True
@@ -299,8 +311,12 @@ class FleetScreen(DvicScreen):
         height = max(table.size.height, 1)
         return max(top - 5, 0), top + height + 5
 
-    def _freshen(self, only_visible: bool = True) -> None:
-        """Applies the stale rows (on screen only, or all of them before a sort)."""
+    def _freshen(self, only_visible: bool = True, limit: int | None = None) -> None:
+        """Applies the stale rows (on screen only, or all of them before a sort).
+
+        With `limit`, at most that many rows now and the rest in the next frames: a burst that
+        changes every visible row is drawn over a few frames, and a key never waits for all of it.
+        """
         if not self._stale:
             return
         nodes = self.dvic.fleet.nodes
@@ -310,12 +326,22 @@ class FleetScreen(DvicScreen):
             due = [nid for nid in (str(r.key.value) for r in rows) if nid in self._stale]
         else:
             due = list(self._stale)
+        if limit is not None and len(due) > limit:
+            due = due[:limit]
+            if not self._freshen_due:
+                self._freshen_due = True
+                self.call_after_refresh(self._freshen_step)
         now = time.time()
         with self.app.batch_update():
             for nid in due:
                 self._stale.discard(nid)
                 if nid in nodes:
                     self._apply(nodes[nid], now)
+
+    def _freshen_step(self) -> None:
+        self._freshen_due = False
+        if self.is_mounted:
+            self._freshen(limit=ROWS_PER_FRAME)
 
     def _scrolled(self) -> None:
         self._freshen()
@@ -325,7 +351,7 @@ class FleetScreen(DvicScreen):
         table = self.query_one(DataTable)
         if self._resort:
             self._do_sort()
-        self._freshen()
+        self._freshen(limit=ROWS_PER_FRAME)
         top = int(table.scroll_offset.y)
         now = time.time()
         for row in table.ordered_rows[top : top + table.size.height]:
