@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -93,8 +94,11 @@ class NodeSession:
         self.ws = ws
         self.greeted = False
         self._closing: asyncio.Task[Any] | None = None
-        self._unacked: asyncio.Queue[tuple[asyncio.Future[None], list[dict[str, Any]]]] = (
-            asyncio.Queue(MAX_BATCHES_IN_FLIGHT))
+        # Log batches in the writer (count) and those whose commit is over (lines, error), in order.
+        self._in_flight = 0
+        self._settled: list[tuple[list[dict[str, Any]], Exception | None]] = []
+        self._settled_event = asyncio.Event()
+        self._room = asyncio.Event()
         self._acker: asyncio.Task[None] | None = None
 
     def _request_close(self, code: int, reason: str) -> None:
@@ -240,33 +244,50 @@ class NodeSession:
         """
         if not lines:
             return
-        committed = await self.services.writer.queue_logs(self.node.id, lines)
+        while self._in_flight >= MAX_BATCHES_IN_FLIGHT:
+            if self._closing is not None:
+                return  # no ack will come: the node sends these lines again when it reconnects
+            self._room.clear()
+            await self._room.wait()
         if self._acker is None:
             self._acker = asyncio.create_task(self._ack_when_committed(), name=f"acks {self.node.name}")
-        await self._unacked.put((committed, lines))
+        self._in_flight += 1
+        await self.services.writer.queue_logs(self.node.id, lines, partial(self._committed, lines))
+
+    def _committed(self, lines: list[dict[str, Any]], error: Exception | None) -> None:
+        self._settled.append((lines, error))
+        self._settled_event.set()  # wakes the acker once for everything one commit settled
 
     async def _ack_when_committed(self) -> None:
-        """Acknowledge batches in order once committed, then hand their lines to live subscribers."""
+        """Acknowledge committed batches in order, then hand their lines to live subscribers."""
         node, bus = self.node, self.services.bus
         while True:
-            committed, lines = await self._unacked.get()
-            try:
-                await committed
-            except StorageError as exc:
-                log.error("node %s: %s", node.name, exc)
-                await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
-                self._request_close(CLOSE_STORAGE, "storage unavailable")
-                return
-            except Exception as exc:  # a batch the database refused: no ack, the node sends it again
-                log.error("node %s: log batch not stored: %s", node.name, exc)
-                self._request_close(CLOSE_STORAGE, "log batch not stored")
-                return
-            # Acknowledge only after the commit: the daemon may now forget these lines.
-            await self._send_text(f'{{"type":"ack","seq":{max(line["seq"] for line in lines)}}}')
+            await self._settled_event.wait()
+            self._settled_event.clear()
+            settled, self._settled = self._settled, []
+            self._in_flight -= len(settled)
+            self._room.set()
+            stored: list[dict[str, Any]] = []
+            for lines, error in settled:
+                if isinstance(error, StorageError):
+                    log.error("node %s: %s", node.name, error)
+                    await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
+                    self._request_close(CLOSE_STORAGE, "storage unavailable")
+                    self._room.set()
+                    return
+                if error is not None:  # a batch the database refused: no ack, the node sends it again
+                    log.error("node %s: log batch not stored: %s", node.name, error)
+                    self._request_close(CLOSE_STORAGE, "log batch not stored")
+                    self._room.set()
+                    return
+                stored += lines
+            # Acks are cumulative: one for every batch this commit stored. The daemon may now
+            # forget these lines.
+            await self._send_text(f'{{"type":"ack","seq":{max(line["seq"] for line in stored)}}}')
             if bus.wants_logs(node.id):
                 bus.publish_logs(node.id, [
                     {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
-                    for line in lines
+                    for line in stored
                 ])
 
 

@@ -186,7 +186,9 @@ async def test_many_batches_in_flight_are_all_acked_in_order(central_server: Cen
         await node.hello()
         for _ in range(20):
             await node.send({"type": "logs", "lines": [node.line(f"x{node.seq}") for _ in range(100)]})
-        acks = [(await node.recv())["seq"] for _ in range(20)]
-        assert acks == sorted(acks) and acks[-1] == 2000
+        acks = [(await node.recv())["seq"]]
+        while acks[-1] < 2000:  # one ack may cover several batches committed together
+            acks.append((await node.recv())["seq"])
+        assert acks == sorted(set(acks)) and len(acks) <= 20 and all(a % 100 == 0 for a in acks)
     _, body = central_server.api("GET", "/api/v1/logs?node=pi-9&limit=1")
     assert body["lines"][0]["seq"] == 2000
