@@ -67,6 +67,8 @@ def _string(value: Any, field: str, limit: int, *, default: str | None = None) -
 
 def _clip(text: str, limit_bytes: int) -> tuple[str, bool]:
     """Valid UTF-8 (lone surrogates replaced) of at most limit_bytes; True when it was cut."""
+    if len(text) <= limit_bytes and text.isascii():
+        return text, False  # the common case, without encoding the text twice
     raw = text.encode("utf-8", "replace")
     if len(raw) <= limit_bytes:
         return raw.decode("utf-8"), False
@@ -163,28 +165,41 @@ def metric_series(sample: dict[str, Any]) -> dict[str, float]:
 
 
 def parse_log_line(line: Any, index: int) -> dict[str, Any]:
-    where = f"lines[{index}]"
+    # Runs for every line the fleet sends: checks first, error text only when one fails.
     if not isinstance(line, dict):
-        raise _bad(f"{where}: expected an object")
+        raise _bad(f"lines[{index}]: expected an object")
     seq = line.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1 or seq >= 2**63:
-        raise _bad(f"{where}.seq: expected an integer >= 1")
+    if type(seq) is not int or seq < 1 or seq >= 2**63:
+        raise _bad(f"lines[{index}].seq: expected an integer >= 1")
+    ts = line.get("ts")
+    if (type(ts) is not float and type(ts) is not int) or not math.isfinite(ts):
+        raise _bad(f"lines[{index}].ts: expected a finite number")
     source = line.get("source")
     if source not in SOURCES:
-        raise _bad(f"{where}.source: expected one of {', '.join(SOURCES)}")
+        raise _bad(f"lines[{index}].source: expected one of {', '.join(SOURCES)}")
     level = line.get("level")
-    if level not in LEVELS:
-        raise _bad(f"{where}.level: expected one of {', '.join(LEVELS)}")
+    if type(level) is not str or level not in LEVELS:  # (an unhashable value must not raise TypeError)
+        raise _bad(f"lines[{index}].level: expected one of {', '.join(LEVELS)}")
     msg = line.get("msg")
     if not isinstance(msg, str):
-        raise _bad(f"{where}.msg: expected a string")
+        raise _bad(f"lines[{index}].msg: expected a string")
+    unit = line.get("unit")
+    if unit is None:
+        unit = ""
+    elif not isinstance(unit, str) or len(unit) > 256:
+        unit = _string(unit, f"lines[{index}].unit", 256)
+    demo = line.get("demo")
+    if demo is None:
+        demo = ""
+    elif not isinstance(demo, str) or len(demo) > 64:
+        demo = _string(demo, f"lines[{index}].demo", 64)
     text, clipped = _clip(msg, MAX_MSG_BYTES)
     return {
         "seq": seq,
-        "ts": _number(line.get("ts"), f"{where}.ts"),
+        "ts": float(ts),
         "source": source,
-        "unit": _string(line.get("unit"), f"{where}.unit", 256, default=""),
-        "demo": _string(line.get("demo"), f"{where}.demo", 64, default=""),
+        "unit": unit,
+        "demo": demo,
         "level": level,
         "msg": text,
         "truncated": bool(line.get("truncated")) or clipped,
