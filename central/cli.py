@@ -15,8 +15,9 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -31,6 +32,7 @@ from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 LISTEN_FILE = "listen.json"
 SSL_READ_BUFFER = 16 * 1024
 DEFAULT_DATA_DIR = "~/.local/share/dvic-central"
+T = TypeVar("T")
 log = logging.getLogger("dvic-central")
 
 
@@ -187,8 +189,24 @@ def cmd_node_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the server on uvloop when it is installed (DVIC_EVENT_LOOP=asyncio: the standard loop).
+
+    At 2,000 nodes uvloop's TLS transport saves about a tenth of the event loop's time
+    (docs/performance.md); everything else behaves the same on either loop.
+    """
+    if os.environ.get("DVIC_EVENT_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    asyncio.run(serve(build_config(args)))
+    run_event_loop(serve(build_config(args)))
     return 0
 
 
