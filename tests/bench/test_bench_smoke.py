@@ -65,3 +65,11 @@ def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     assert figures["subscriber lines received"]["ok"] is True
     assert figures["  timed lines (after warm-up)"]["value"] > 0
     assert figures["connections dropped during the run"]["value"] == 0
+
+
+def test_writer_paths_smoke() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.writer_paths", "--rows", "2000", "--nodes", "50"],
+                            cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("rows/s with a busy main thread") == 2
+    assert result.stdout.count("ms CPU per 1,000 lines") == 2
