@@ -19,7 +19,7 @@ def test_console_bench_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(out.read_text())["figures"]
     assert figures["simulated nodes connected"]["value"] == "6 of 6"
-    for name in ("start-up to the first full table", "console CPU, following the live fleet"):
+    for name in ("start-up to the first paint of the fleet with rows", "console CPU, following the live fleet"):
         assert figures[name]["value"] > 0, figures
     assert figures["  key presses timed"]["value"] == 3, figures
     assert figures["terminal output"]["value"] > 0  # the console really drew on its terminal

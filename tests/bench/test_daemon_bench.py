@@ -29,12 +29,13 @@ def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 90) -> d
     return doc
 
 
-@pytest.mark.parametrize("whatif", [[], ["--whatif-pyc"]], ids=["as-is", "whatif-pyc"])
-def test_footprint_smoke_without_glances(tmp_path: Path, whatif: list[str]) -> None:
+@pytest.mark.parametrize("variant", [[], ["--from-source", "--no-inotify"]], ids=["as-installed", "source-polling"])
+def test_footprint_smoke_without_glances(tmp_path: Path, variant: list[str]) -> None:
     doc = run_bench("bench.daemon_footprint", tmp_path, "--minutes", "0.05", "--interval", "1", "--demos", "2",
-                    "--warmup", "0", "--no-glances", *whatif)
+                    "--warmup", "0", "--no-glances", *variant)
     figures = doc["figures"]
-    assert ("WHAT-IF daemon run from a .pyc" in doc["params"]) == bool(whatif)
+    assert ("daemon started" in doc["params"]) == bool(variant)
+    assert ("daemon follows files" in doc["params"]) == bool(variant)
     assert figures["demo lines stored"]["value"] == 2 and figures["demo lines stored"]["ok"] is True
     assert figures["daemon metrics samples stored"]["value"] >= 1
     assert figures["daemon CPU"]["value"] >= 0

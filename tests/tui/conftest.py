@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.tui.clikit import ROOT
 from tests.tui.tuifake import FakeCentral
+from tests.tui_remote.clikit import clean_env
 
 
 @pytest.fixture
@@ -29,8 +28,4 @@ async def fake_tls(tmp_path: Path) -> AsyncIterator[FakeCentral]:
 @pytest.fixture
 def dvic_env(tmp_path: Path) -> dict[str, str]:
     """An environment with an empty config dir and no inherited DVIC_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_")}
-    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
-    env["PYTHONPATH"] = str(ROOT)
-    env["COLUMNS"] = "160"
-    return env
+    return clean_env(tmp_path)

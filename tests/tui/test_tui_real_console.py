@@ -208,19 +208,27 @@ async def test_console_survives_server_restart(central_server: CentralServer) ->
             await wait_for(lambda: "offline" in cell(table, nid, "state"), what="fresh snapshot")
 
 
-async def test_add_node_form_reports_each_step(central_server: CentralServer, tmp_path: Path) -> None:
+def _closed_port() -> int:
+    """A loopback port with nothing listening: an install there starts, then fails at connect."""
     import socket
 
-    with socket.socket() as s:  # a port with nothing listening: the connect step must fail clearly
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+async def _open_add_node_form(app: DvicApp, pilot: Any) -> tuple[Any, Static]:
+    await wait_for(lambda: app.connected, what="connected")
+    await pilot.press("n")
+    await wait_for(lambda: type(app.screen).__name__ == "AddNodeScreen", what="add-node form")
+    return app.screen, app.screen.query_one("#add-result", Static)
+
+
+async def test_add_node_form_reports_each_step(central_server: CentralServer, tmp_path: Path) -> None:
+    closed_port = _closed_port()
     app = make_app(central_server)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(lambda: app.connected, what="connected")
-        await pilot.press("n")
-        await wait_for(lambda: type(app.screen).__name__ == "AddNodeScreen", what="add-node form")
-        form = app.screen
-        result = form.query_one("#add-result", Static)
+        form, result = await _open_add_node_form(app, pilot)
         await pilot.press("ctrl+s")
         await wait_for(lambda: "Target:" in str(result.render()), what="validation message")
         form.query_one("#host").value = "127.0.0.1"
@@ -245,22 +253,14 @@ async def test_add_node_form_reports_each_step(central_server: CentralServer, tm
 
 
 async def test_add_node_form_takes_demos_and_a_shell_user(central_server: CentralServer, tmp_path: Path) -> None:
-    import socket
-
     from textual.widgets import TextArea
 
     from installer.demos import Demo
 
-    with socket.socket() as s:  # nothing listening: the install starts, then fails at connect
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+    closed_port = _closed_port()
     app = make_app(central_server)
     async with app.run_test(size=(100, 40)) as pilot:
-        await wait_for(lambda: app.connected, what="connected")
-        await pilot.press("n")
-        await wait_for(lambda: type(app.screen).__name__ == "AddNodeScreen", what="add-node form")
-        form = app.screen
-        result = form.query_one("#add-result", Static)
+        form, result = await _open_add_node_form(app, pilot)
         for widget, value in (("#host", "127.0.0.1"), ("#port", str(closed_port)), ("#user", "nobody-here"),
                               ("#password", "s3cret-once")):
             form.query_one(widget).value = value
