@@ -50,7 +50,18 @@ def build_config(args: argparse.Namespace) -> Config:
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)),
+        max_client_queue=getattr(args, "max_client_queue", None) or Config.max_client_queue,
     )
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def _url_host(host: str) -> str:
@@ -233,6 +244,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline-after", type=float, default=15.0, help="seconds of silence before offline")
     p.add_argument("--tunnel-port", type=int, action="append", metavar="PORT",
                    help="TCP port a tunnel through a node may reach (repeatable; default 22)")
+    p.add_argument("--max-client-queue", type=_at_least_one, metavar="FRAMES",
+                   help=f"live-stream frames queued for one client before it is cut off as too slow"
+                        f" (default {Config.max_client_queue})")
 
 
 def build_parser() -> argparse.ArgumentParser:

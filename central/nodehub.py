@@ -285,8 +285,11 @@ class NodeSession:
             # forget these lines.
             await self._send_text(f'{{"type":"ack","seq":{max(line["seq"] for line in stored)}}}')
             if bus.wants_logs(node.id):
-                bus.publish_logs(node.id, [
-                    {"node": node.id, "node_name": node.name, **{k: v for k, v in line.items() if k != "truncated"}}
+                node_id, name = node.id, node.name
+                bus.publish_logs(node_id, [  # the stream's line fields (docs/protocol.md), no `truncated`
+                    {"node": node_id, "node_name": name, "seq": line["seq"], "ts": line["ts"],
+                     "source": line["source"], "unit": line["unit"], "demo": line["demo"],
+                     "level": line["level"], "msg": line["msg"]}
                     for line in stored
                 ])
 

@@ -66,19 +66,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _pump(ws: web.WebSocketResponse, sub: Subscriber) -> None:
-    """Send queued frames; cut the client off when it fell too far behind."""
-    slow = asyncio.ensure_future(sub.too_slow.wait())
+    """Send queued frames; cut the client off when it fell too far behind.
+
+    A client is marked too slow only when its queue is full, so the next `get` returns at once
+    and the cut-off is not delayed by waiting for a frame.
+    """
     try:
         while not ws.closed:
-            get = asyncio.ensure_future(sub.queue.get())
-            done, _ = await asyncio.wait({get, slow}, return_when=asyncio.FIRST_COMPLETED)
-            if slow in done:
-                get.cancel()
+            frame = await sub.queue.get()
+            if sub.too_slow.is_set():
                 log.warning("stream client too slow: disconnecting")
                 await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: fell behind the live stream")
                 return
-            await ws.send_str(get.result())
+            await ws.send_str(frame)
     except (ConnectionError, RuntimeError):
         return
-    finally:
-        slow.cancel()

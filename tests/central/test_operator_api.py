@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -188,3 +189,46 @@ async def test_stream_refuses_foreign_origin_and_bad_subscribe(central_server: C
             await ws.send_str('{"type": "subscribe", "logs": "everything"}')
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4001
+
+
+async def test_a_stream_client_that_stops_reading_is_cut_off_and_slows_nobody(tmp_path):
+    # A small queue so the cut-off comes after megabytes, not after the default 5,000 frames.
+    server = CentralServer(tmp_path / "central", extra_args=("--max-client-queue", "8")).start()
+    try:
+        bundle = server.enroll("pi-chatty")
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        async with aiohttp.ClientSession() as http:
+            slow = await http.ws_connect(server.url + "/api/v1/stream", headers=headers, ssl=server.ssl_context)
+            fast = await http.ws_connect(server.url + "/api/v1/stream", headers=headers, ssl=server.ssl_context)
+            for ws in (slow, fast):
+                assert json.loads((await ws.receive(timeout=5)).data)["type"] == "hello"
+                await ws.send_str(json.dumps({"type": "subscribe", "logs": ["*"]}))
+                assert json.loads((await ws.receive(timeout=5)).data)["type"] == "subscribed"
+            # From here `slow` is not read: its socket fills, then its queue on the server.
+            seen: list[int] = []
+
+            async def read_fast() -> None:
+                while len(seen) < 40 * 500:
+                    msg = json.loads((await fast.receive(timeout=30)).data)
+                    if msg["type"] == "logs":
+                        seen.extend(line["seq"] for line in msg["lines"])
+
+            reader = asyncio.create_task(read_fast())
+            async with FakeNode(bundle) as node:
+                await node.connect()
+                await node.hello()
+                for _ in range(40):  # 40 batches of 500 lines of 1 KB: about 20 MB to every subscriber
+                    ack = await node.send_logs([node.line("x" * 1000) for _ in range(500)])
+                assert ack["seq"] == 40 * 500  # the node was acked all along
+            await asyncio.wait_for(reader, 60)
+            assert seen == list(range(1, 40 * 500 + 1))  # the reading client got every line, in order
+            closed = None
+            while closed is None:  # what the slow client had buffered, then the cut-off
+                msg = await slow.receive(timeout=30)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    closed = slow.close_code
+            # 4429, or a dropped connection when the close frame sat behind what it never read.
+            assert closed in (4429, aiohttp.WSCloseCode.ABNORMAL_CLOSURE)
+            await fast.close()
+    finally:
+        server.stop()
