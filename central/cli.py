@@ -50,7 +50,7 @@ def build_config(args: argparse.Namespace) -> Config:
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)),
-        max_client_queue=getattr(args, "max_client_queue", None) or Config.max_client_queue,
+        max_client_queue=args.max_client_queue,
     )
 
 
@@ -244,7 +244,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline-after", type=float, default=15.0, help="seconds of silence before offline")
     p.add_argument("--tunnel-port", type=int, action="append", metavar="PORT",
                    help="TCP port a tunnel through a node may reach (repeatable; default 22)")
-    p.add_argument("--max-client-queue", type=_at_least_one, metavar="FRAMES",
+    p.add_argument("--max-client-queue", type=_at_least_one, default=Config.max_client_queue, metavar="FRAMES",
                    help=f"live-stream frames queued for one client before it is cut off as too slow"
                         f" (default {Config.max_client_queue})")
 

@@ -39,6 +39,7 @@ HEARTBEAT_S = 10.0
 # Log batches of one node stored but not yet acknowledged; past this the session stops reading
 # the node's socket until a commit catches up (TCP backpressure).
 MAX_BATCHES_IN_FLIGHT = 64
+STORAGE_ERROR = {"type": "error", "code": "storage", "message": "storage unavailable, retry later"}
 
 
 def _peer_fingerprint(request: web.Request) -> str | None:
@@ -128,7 +129,7 @@ class NodeSession:
         except StorageError as exc:
             reason = "storage unavailable"
             log.error("node %s: %s", node.name, exc)
-            await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
+            await self._send(STORAGE_ERROR)
             await self.ws.close(code=CLOSE_STORAGE, message=b"storage unavailable")
         finally:
             if self._acker is not None:
@@ -258,6 +259,17 @@ class NodeSession:
         self._settled.append((lines, error))
         self._settled_event.set()  # wakes the acker once for everything one commit settled
 
+    async def _stop_after_failed_store(self, error: Exception) -> None:
+        """No ack for lines that were not stored: close, and the node sends them again later."""
+        if isinstance(error, StorageError):
+            log.error("node %s: %s", self.node.name, error)
+            await self._send(STORAGE_ERROR)
+            self._request_close(CLOSE_STORAGE, "storage unavailable")
+        else:  # a batch the database refused
+            log.error("node %s: log batch not stored: %s", self.node.name, error)
+            self._request_close(CLOSE_STORAGE, "log batch not stored")
+        self._room.set()  # a read waiting for room sees the session closing
+
     async def _ack_when_committed(self) -> None:
         """Acknowledge committed batches in order, then hand their lines to live subscribers."""
         node, bus = self.node, self.services.bus
@@ -269,16 +281,8 @@ class NodeSession:
             self._room.set()
             stored: list[dict[str, Any]] = []
             for lines, error in settled:
-                if isinstance(error, StorageError):
-                    log.error("node %s: %s", node.name, error)
-                    await self._send({"type": "error", "code": "storage", "message": "storage unavailable, retry later"})
-                    self._request_close(CLOSE_STORAGE, "storage unavailable")
-                    self._room.set()
-                    return
-                if error is not None:  # a batch the database refused: no ack, the node sends it again
-                    log.error("node %s: log batch not stored: %s", node.name, error)
-                    self._request_close(CLOSE_STORAGE, "log batch not stored")
-                    self._room.set()
+                if error is not None:
+                    await self._stop_after_failed_store(error)
                     return
                 stored += lines
             # Acks are cumulative: one for every batch this commit stored. The daemon may now

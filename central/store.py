@@ -121,7 +121,7 @@ def insert_log_rows(conn: sqlite3.Connection, rows: Sequence[LogRow]) -> int:
 
 
 def insert_logs(node_id: str, lines: Sequence[Mapping[str, Any]]) -> WriteFn:
-    """One node's validated batch as a write of its own (the writer also merges batches: Writer.add_logs)."""
+    """One node's validated batch as a write of its own (node sessions use Writer.queue_logs, which merges batches)."""
     rows = log_rows(node_id, lines)
     return lambda conn: insert_log_rows(conn, rows)
 

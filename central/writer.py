@@ -31,7 +31,7 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH_OPS = 2000
 QUEUE_LIMIT = 20000
-# Log rows waiting for the next commit; past this, add_logs waits (backpressure on the nodes).
+# Log rows waiting for the next commit; past this, queue_logs waits (backpressure on the nodes).
 PENDING_LOG_ROWS_LIMIT = 50_000
 WAL_CHECKPOINT_PAGES = 16384
 
@@ -139,8 +139,12 @@ class Writer:
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def done(error: Exception | None) -> None:
-            if not committed.done():
-                committed.set_result(None) if error is None else committed.set_exception(error)
+            if committed.done():
+                return
+            if error is None:
+                committed.set_result(None)
+            else:
+                committed.set_exception(error)
 
         await self.queue_logs(node_id, lines, done)
         await committed

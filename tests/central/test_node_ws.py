@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import ssl
 import time
 
@@ -192,3 +193,33 @@ async def test_many_batches_in_flight_are_all_acked_in_order(central_server: Cen
         assert acks == sorted(set(acks)) and len(acks) <= 20 and all(a % 100 == 0 for a in acks)
     _, body = central_server.api("GET", "/api/v1/logs?node=pi-9&limit=1")
     assert body["lines"][0]["seq"] == 2000
+
+
+async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_is_stored_once(
+        central_server: CentralServer):
+    bundle = central_server.enroll("pi-full")
+    wal = central_server.data_dir / "dvic.sqlite3-wal"
+    batch_lines: list[dict] = []
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        await node.hello()
+        await node.send_logs([node.line("before")])
+        # A real write error: the server may not grow its files any more (SQLite sees EFBIG).
+        pid = central_server.proc.pid
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (wal.stat().st_size, resource.RLIM_INFINITY))
+        try:
+            batch_lines = [node.line("y" * 1000) for _ in range(300)]
+            await node.send({"type": "logs", "lines": batch_lines})
+            error = await node.recv()
+            assert error == {"type": "error", "code": "storage", "message": "storage unavailable, retry later"}
+            assert await node.closed() == 1011  # closed without an ack for the batch
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    async with FakeNode(bundle) as node:  # what a daemon does: reconnect and resend what was not acked
+        await node.connect()
+        welcome = await node.hello()
+        assert welcome["last_seq"] == 1
+        ack = await node.send_logs(batch_lines)
+        assert ack["seq"] == 301
+    _, body = central_server.api("GET", "/api/v1/logs?node=pi-full&limit=500")
+    assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 302))
