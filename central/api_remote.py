@@ -134,21 +134,27 @@ async def cancel_command(request: web.Request) -> web.Response:
 async def list_commands(request: web.Request) -> web.Response:
     services = _services(request)
     node_id = node_id_param(services, request.query.get("node"))
+    # `done` is read before the store (see get_command); a command that appears after this
+    # snapshot has just started.
+    done = {cid: cmd.done.is_set() for cid, cmd in services.commands.commands.items()}
     rows = await services.queries.recent_commands(node_id, limit_param(request, 50))
     for row in rows:
-        live = services.commands.commands.get(row["id"])
-        row["done"] = live.done.is_set() if live else True
+        row["done"] = done.get(row["id"], row["id"] not in services.commands.commands)
     return web.json_response({"commands": rows})
 
 @routes.route("GET", "/api/v1/commands/{id}", role="operator", summary="A command: runs, states and stored output")
 async def get_command(request: web.Request) -> web.Response:
     services = _services(request)
     command_id = request.match_info["id"]
+    # `done` before the store: a command is marked done only after its runs' final states are
+    # committed, so a read that starts after it sees them. Read after, `done` could come with a
+    # run still "running" in the answer.
+    live = services.commands.commands.get(command_id)
+    done = live.done.is_set() if live else True
     out = await services.queries.command(command_id)
     if out is None:
         raise ApiError(404, "no_such_command", f"no command {command_id!r}")
-    live = services.commands.commands.get(command_id)
-    out["done"] = live.done.is_set() if live else True
+    out["done"] = done
     return web.json_response(out)
 
 
