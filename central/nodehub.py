@@ -177,6 +177,9 @@ class NodeSession:
             await self.registry.hello(node, msg["facts"], msg["daemon_version"])
             self.greeted = True
             await self.services.actions.on_hello(node)
+            last_seq = await self.services.queries.last_seq(node.id)
+            # Lines already stored were shown before (or before this server started): not again.
+            node.published_seq = max(node.published_seq, last_seq)
             await self._send({
                 "type": "welcome", "protocol": PROTOCOL_VERSION, "node_id": node.id, "name": node.name,
                 "settings": {
@@ -184,7 +187,7 @@ class NodeSession:
                     "keepalive_interval": self.services.config.interval,
                     "max_batch": MAX_BATCH_LINES,
                 },
-                "last_seq": await self.services.queries.last_seq(node.id),
+                "last_seq": last_seq,
                 "server_time": time.time(),
             })
             # Only now can the node take requests: it is `connected` from here on.
@@ -254,6 +257,30 @@ class NodeSession:
             self._acker = asyncio.create_task(self._ack_when_committed(), name=f"acks {self.node.name}")
         self._in_flight += 1
         await self.services.writer.queue_logs(self.node.id, lines, partial(self._committed, lines))
+        self._publish_live(lines)
+
+    def _publish_live(self, lines: list[dict[str, Any]]) -> None:
+        """Hand accepted lines to live subscribers now, not after their commit.
+
+        A live tail should not wait for the disk (the commit is most of a line's way to the
+        screen under load). A line shown here and then not stored (the disk filled up) comes back
+        when the node resends it; lines at or below the node's published high-water mark (a
+        resend, a replay after reconnect) are stored once and not shown twice.
+        """
+        node = self.node
+        fresh = [line for line in lines if line["seq"] > node.published_seq]
+        if not fresh:
+            return
+        node.published_seq = max(line["seq"] for line in fresh)
+        bus = self.services.bus
+        if bus.wants_logs(node.id):
+            node_id, name = node.id, node.name
+            bus.publish_logs(node_id, [  # the stream's line fields (docs/protocol.md), no `truncated`
+                {"node": node_id, "node_name": name, "seq": line["seq"], "ts": line["ts"],
+                 "source": line["source"], "unit": line["unit"], "demo": line["demo"],
+                 "level": line["level"], "msg": line["msg"]}
+                for line in fresh
+            ])
 
     def _committed(self, lines: list[dict[str, Any]], error: Exception | None) -> None:
         self._settled.append((lines, error))
@@ -271,8 +298,7 @@ class NodeSession:
         self._room.set()  # a read waiting for room sees the session closing
 
     async def _ack_when_committed(self) -> None:
-        """Acknowledge committed batches in order, then hand their lines to live subscribers."""
-        node, bus = self.node, self.services.bus
+        """Acknowledge committed batches in order."""
         while True:
             await self._settled_event.wait()
             self._settled_event.clear()
@@ -288,14 +314,6 @@ class NodeSession:
             # Acks are cumulative: one for every batch this commit stored. The daemon may now
             # forget these lines.
             await self._send_text(f'{{"type":"ack","seq":{max(line["seq"] for line in stored)}}}')
-            if bus.wants_logs(node.id):
-                node_id, name = node.id, node.name
-                bus.publish_logs(node_id, [  # the stream's line fields (docs/protocol.md), no `truncated`
-                    {"node": node_id, "node_name": name, "seq": line["seq"], "ts": line["ts"],
-                     "source": line["source"], "unit": line["unit"], "demo": line["demo"],
-                     "level": line["level"], "msg": line["msg"]}
-                    for line in stored
-                ])
 
 
 @routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")

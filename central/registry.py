@@ -45,6 +45,8 @@ class NodeState:
     metrics: dict[str, float] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
     demos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Highest log seq handed to live subscribers: a resent line is not shown twice.
+    published_seq: int = 0
     # The live websocket handler's close callback and sender, set while the node is connected.
     disconnect: Callable[[int, str], None] | None = None
     send: Callable[[dict[str, Any]], Awaitable[bool]] | None = None

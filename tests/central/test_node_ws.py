@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import ssl
 import time
@@ -223,3 +224,52 @@ async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_i
         assert ack["seq"] == 301
     _, body = central_server.api("GET", "/api/v1/logs?node=pi-full&limit=500")
     assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 302))
+
+
+async def test_live_subscribers_see_each_line_once_across_replays_and_a_failed_store(
+        central_server: CentralServer):
+    # Lines go to subscribers when received, before their commit: a replayed batch, and a batch
+    # that could not be stored and comes back on reconnect, must not be shown a second time.
+    server = central_server
+    bundle = server.enroll("pi-tail")
+    wal = server.data_dir / "dvic.sqlite3-wal"
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    shown: list[int] = []
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url + "/api/v1/stream", headers=headers, ssl=server.ssl_context) as ws:
+            assert json.loads((await ws.receive(timeout=5)).data)["type"] == "hello"
+            await ws.send_str(json.dumps({"type": "subscribe", "logs": ["pi-tail"]}))
+            assert json.loads((await ws.receive(timeout=5)).data)["type"] == "subscribed"
+
+            async def read_until(last_seq: int) -> None:
+                while not shown or shown[-1] < last_seq:
+                    msg = json.loads((await ws.receive(timeout=10)).data)
+                    if msg["type"] == "logs":
+                        shown.extend(line["seq"] for line in msg["lines"])
+
+            async with FakeNode(bundle) as node:
+                await node.connect()
+                await node.hello()
+                lines = [node.line(f"line {i}") for i in range(1, 11)]
+                assert (await node.send_logs(lines))["seq"] == 10
+                assert (await node.send_logs(lines[5:] + [node.line("line 11")]))["seq"] == 11
+                await read_until(11)
+                pid = server.proc.pid
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (wal.stat().st_size, resource.RLIM_INFINITY))
+                try:
+                    unstored = [node.line("z" * 1000) for _ in range(300)]
+                    await node.send({"type": "logs", "lines": unstored})
+                    assert (await node.recv())["code"] == "storage"
+                    assert await node.closed() == 1011
+                finally:
+                    resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+                await read_until(311)  # shown live although the disk refused them
+            async with FakeNode(bundle) as node:
+                await node.connect()
+                assert (await node.hello())["last_seq"] == 11
+                node.seq = 311
+                assert (await node.send_logs(unstored + [node.line("after")]))["seq"] == 312
+                await read_until(312)
+    assert shown == list(range(1, 313))
+    _, body = server.api("GET", "/api/v1/logs?node=pi-tail&limit=500")
+    assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 313))
