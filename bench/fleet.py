@@ -50,7 +50,8 @@ async def sample_peak(tracker: procstat.PeakTracker, until: float) -> None:
 async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: fleet of simulated nodes", params={
         "nodes": args.nodes, "lines_per_s": args.lines_per_s, "duration_s": args.duration,
-        "interval_s": args.interval, "batch_interval_s": args.batch_interval, "procs": args.procs,
+        "interval_s": args.interval, "batching": args.batching,
+        "batch_interval_s": args.batch_interval if args.batching == "interval" else "-", "procs": args.procs,
     })
     if args.whatif_ssl_buffer:
         report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
@@ -77,6 +78,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
             workers.append(Worker(f"fleet-worker-{i}", "bench.fleet_worker", [
                 "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
                 "--lines-per-s", str(args.lines_per_s), "--batch-interval", str(args.batch_interval),
+                "--batching", args.batching,
                 "--interval", str(args.interval), "--duration", str(args.duration), "--warmup", str(args.warmup),
                 "--connect-concurrency", str(args.connect_concurrency), "--drain-timeout", str(args.drain_timeout),
             ], work))
@@ -212,8 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lines-per-s", type=positive_float, default=5.0, help="log lines per second per node (5)")
     p.add_argument("--duration", type=positive_float, default=60.0, help="seconds of sending (60)")
     p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
+    p.add_argument("--batching", choices=("daemon", "interval"), default="daemon",
+                   help="how a node frames its lines: as the daemon does (at once while no frame awaits its "
+                        "ack, else gathered until the ack or for 0.25 s; the default), or every --batch-interval")
     p.add_argument("--batch-interval", type=positive_float, default=0.2,
-                   help="seconds between a node's log flushes, like the daemon's --poll-interval (0.2)")
+                   help="--batching interval: seconds between a node's log flushes (0.2)")
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds at the start not timed for latency (default: 10%% of --duration, at most 5)")
     p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")

@@ -1,7 +1,9 @@
 """Fleet benchmark load: a slice of the simulated nodes, each on its own mutual-TLS websocket.
 
 Every node says hello, sends a metrics sample every `interval` seconds and `lines-per-s` log
-lines a second, flushed every `batch-interval` seconds like the daemon's file poll. Each line's
+lines a second. `--batching daemon` sends them as node_script/dvic_node.py does (a line goes at
+once while no `logs` frame awaits its ack; while one does, lines gather until that ack or for at
+most COALESCE_S); `--batching interval` flushes every `batch-interval` seconds. Each line's
 text ends with `sent=<unix time>` stamped just before its frame is written, so a subscriber can
 measure the time from a line leaving its node to reaching it.
 Run by bench/fleet.py (stdin/stdout protocol of bench/workers.py), never by hand.
@@ -12,9 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import resource
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from .workers import emit, wait_for_go
 from .wsnode import NodeConnectError, connect_node
 
 TICK_S = 0.01
+COALESCE_S = 0.25  # as the daemon's COALESCE_S
 
 
 @dataclass(eq=False)
@@ -44,6 +49,12 @@ class SimNode:
     # (last seq of a frame, monotonic send time) until its ack: the server's commit latency.
     unacked: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
     ack_latencies: list[float] | None = field(default=None, repr=False)
+    # --batching daemon: lines made but not sent yet (their unix times), when the last frame
+    # left (loop time), whether a coalescing deadline is booked, and where to report "all acked".
+    held: list[float] = field(default_factory=list, repr=False)
+    last_send: float = 0.0
+    deadline_booked: bool = False
+    all_acked: list[SimNode] | None = field(default=None, repr=False)
 
     async def read(self) -> None:
         """Count acks until the connection ends (the server's pings are answered by aiohttp)."""
@@ -60,6 +71,8 @@ class SimNode:
                     _, sent = self.unacked.popleft()
                     if self.ack_latencies is not None:
                         self.ack_latencies.append(now - sent)
+                if not self.unacked and self.held and self.all_acked is not None:
+                    self.all_acked.append(self)  # the daemon sends what it holds when the ack comes
         self.close_code = self.ws.close_code
 
     async def flush(self, lines_per_flush: float, spread: float) -> int:
@@ -70,10 +83,28 @@ class SimNode:
             return 0
         self.budget -= count
         sent_at = time.time()
+        return await self._send_lines([sent_at - spread * (count - 1 - k) / count for k in range(count)], sent_at)
+
+    def make_lines(self, lines_per_tick: float) -> None:
+        """--batching daemon: this tick's new lines join the held ones."""
+        self.budget += lines_per_tick
+        count = int(self.budget)
+        self.budget -= count
+        self.held.extend([time.time()] * count)
+
+    async def send_held(self, now: float) -> int:
+        self.deadline_booked = False
+        if not self.held or self.ws is None or self.ws.closed:
+            return 0
+        made, self.held = self.held, []
+        self.last_send = now
+        return await self._send_lines(made, time.time())
+
+    async def _send_lines(self, made: list[float], sent_at: float) -> int:
+        count = len(made)
         lines = []
-        for k in range(count):
+        for k, made_at in enumerate(made):
             seq = self.seq + 1 + k
-            made_at = sent_at - spread * (count - 1 - k) / count
             text = f"{loglines.message(self.creds.index, seq)} sent={sent_at:.6f}"
             lines.append(loglines.line(self.creds.index, seq, made_at, text))
         frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
@@ -112,6 +143,8 @@ async def connect_all(session: aiohttp.ClientSession, ca_path: str, nodes: list[
 async def drive(nodes: list[SimNode], args: argparse.Namespace) -> tuple[float, list[float]]:
     """The send schedule; returns the worst lateness of a tick (how far the loop fell behind), and
     the ack latencies of frames sent after the warm-up (filled in while acks arrive)."""
+    if args.batching == "daemon":
+        return await drive_like_daemon(nodes, args)
     loop = asyncio.get_running_loop()
     slots = max(1, round(args.batch_interval / TICK_S))
     by_slot: list[list[SimNode]] = [[] for _ in range(slots)]
@@ -144,6 +177,64 @@ async def drive(nodes: list[SimNode], args: argparse.Namespace) -> tuple[float, 
         if delay > 0:
             await asyncio.sleep(delay)
     return worst, ack_latencies
+
+
+async def drive_like_daemon(nodes: list[SimNode], args: argparse.Namespace) -> tuple[float, list[float]]:
+    """--batching daemon: each node makes its lines at their own times (1 / lines-per-s apart, phases
+    spread over the fleet) and sends them by the daemon's rule (node_script/dvic_node.py,
+    Daemon._sender): at once while none of its frames awaits an ack; otherwise when the ack comes or
+    COALESCE_S after its last frame, whichever is first. So frames grow when acks slow down."""
+    loop = asyncio.get_running_loop()
+    period = 1 / args.lines_per_s
+    slots = max(1, round(period / TICK_S))
+    lines_per_tick = args.lines_per_s * slots * TICK_S
+    by_slot: list[list[SimNode]] = [[] for _ in range(slots)]
+    live = [n for n in nodes if n.ws is not None]
+    all_acked: list[SimNode] = []
+    for i, node in enumerate(live):
+        by_slot[i % slots].append(node)
+        node.all_acked = all_acked
+    deadlines: dict[int, list[SimNode]] = {}
+    start = loop.time()
+    for i, node in enumerate(live):
+        node.next_metrics = start + args.interval * i / max(1, len(live))
+    worst = 0.0
+    ack_latencies: list[float] = []
+    for tick in range(int(args.duration / TICK_S) + 1):
+        due = start + tick * TICK_S
+        now = loop.time()
+        if now >= start + args.duration:
+            break
+        worst = max(worst, now - due)
+        if tick == int(args.warmup / TICK_S):
+            for node in live:
+                node.ack_latencies = ack_latencies
+        acked_now, all_acked[:] = list(all_acked), []
+        for node in acked_now + deadlines.pop(tick, []):
+            await _unless_closed(node.send_held(now))
+        for node in by_slot[tick % slots]:
+            node.make_lines(lines_per_tick)
+            if not node.unacked or now - node.last_send >= COALESCE_S:
+                await _unless_closed(node.send_held(now))
+            elif not node.deadline_booked:
+                node.deadline_booked = True
+                at = max(tick + 1, math.ceil((node.last_send + COALESCE_S - start) / TICK_S))
+                deadlines.setdefault(at, []).append(node)
+            if now >= node.next_metrics:
+                await _unless_closed(node.send_metrics(args.interval))
+        delay = start + (tick + 1) * TICK_S - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    for node in live:  # what the last ticks made still goes out, as a daemon's would
+        await _unless_closed(node.send_held(loop.time()))
+    return worst, ack_latencies
+
+
+async def _unless_closed(send: Awaitable[object]) -> None:
+    try:
+        await send
+    except (ConnectionError, RuntimeError):
+        pass  # the reader records the close; the node's lines stay counted as unsent
 
 
 async def drain(nodes: list[SimNode], timeout: float) -> None:
@@ -197,6 +288,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--lines-per-s", type=float, default=5.0)
     p.add_argument("--batch-interval", type=float, default=0.2)
+    p.add_argument("--batching", choices=("daemon", "interval"), default="daemon")
     p.add_argument("--interval", type=float, default=5.0)
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=5.0)

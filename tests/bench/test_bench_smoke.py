@@ -55,7 +55,8 @@ def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
     assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
 
 
-@pytest.mark.parametrize("whatif", [[], ["--whatif-ssl-buffer", "16384"]], ids=["as-is", "whatif-ssl-buffer"])
+@pytest.mark.parametrize("whatif", [[], ["--batching", "interval"], ["--whatif-ssl-buffer", "16384"]],
+                         ids=["as-is", "interval-batching", "whatif-ssl-buffer"])
 def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1", *whatif)
     figures = doc["figures"]
