@@ -64,7 +64,7 @@ class ActionHub:
         self.pending: dict[str, Action] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
-    async def _save(self, action: Action, *, insert: bool = False) -> None:
+    async def _save(self, action: Action, *, insert: bool = False, urgent: bool = False) -> None:
         def write(conn: sqlite3.Connection) -> None:
             if insert:
                 conn.execute(
@@ -77,7 +77,7 @@ class ActionHub:
                 conn.execute("UPDATE actions SET state = ?, message = ?, updated_at = ? WHERE id = ?",
                              (action.state, action.message, action.updated_at, action.id))
 
-        await self.writer.submit(write)
+        await self.writer.submit(write, urgent=urgent)
 
     async def _set(self, action: Action, state: str, message: str = "") -> None:
         if action.state in FINAL:
@@ -103,7 +103,7 @@ class ActionHub:
         action = Action(str(uuid.uuid4()), node.id, node.name, operator, kind, demo, "requested", "", now, now,
                         now + deadline_s, boot_time if isinstance(boot_time, int | float) else None,
                         release.version if release else "")
-        await self._save(action, insert=True)
+        await self._save(action, insert=True, urgent=True)  # the operator's request waits on it
         self.pending[action.id] = action
         if node.send is None:
             await self._set(action, "failed", f"node {node.name} is {node.state}")

@@ -36,8 +36,9 @@ def _services(request: web.Request) -> Services:
 
 async def audit(services: Services, request: web.Request, operator: Operator, action: str, target: str,
                 detail: dict[str, Any]) -> None:
+    # Urgent: the operator's request waits on it (central/writer.py).
     await services.writer.submit(store.insert_audit(time.time(), operator.name, action, target, 0,
-                                                    request.remote or "", detail))
+                                                    request.remote or "", detail), urgent=True)
 
 
 def check_maintenance(node: NodeState, operator: Operator) -> None:

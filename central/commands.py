@@ -111,7 +111,9 @@ class CommandHub:
             )
             conn.executemany("INSERT INTO command_runs (id, command_id, node_id, state) VALUES (?, ?, ?, ?)", rows)
 
-        await self.writer.submit(create)
+        # Urgent (here and for the runs' states and output): an operator waits on each of these
+        # writes in turn, so none of them waits for the writer's commit spacing (central/writer.py).
+        await self.writer.submit(create, urgent=True)
         self.commands[cmd.id] = cmd
         by_id = {n.id: n for n in targets}
         for run in list(cmd.runs.values()):
@@ -165,7 +167,7 @@ class CommandHub:
         return queue
 
     async def _save_run(self, run: Run) -> None:
-        await self.writer.submit(self._run_saver(run))
+        await self.writer.submit(self._run_saver(run), urgent=True)
 
     @staticmethod
     def _run_saver(run: Run) -> Callable[[sqlite3.Connection], None]:
@@ -213,6 +215,8 @@ class CommandHub:
         if kind == "exec_started":
             run.state = "running"
             run.started_at = time.time()
+            # Not urgent: nobody waits for it, and the run's next write (output or exit) is, and
+            # takes it along in the same commit.
             self.writer.submit_later(self._run_saver(run))
             cmd = self.commands.get(run.command_id)
             if cmd is not None:
@@ -241,7 +245,7 @@ class CommandHub:
                                (run.id, stream, data))
             return int(cur.lastrowid or 0)
 
-        chunk = await self.writer.submit(store_chunk)
+        chunk = await self.writer.submit(store_chunk, urgent=True)
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
             self._publish(cmd, output_event(chunk, run.id, run.node_id, run.node_name, stream, data))

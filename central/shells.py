@@ -103,7 +103,7 @@ class ShellHub:
                 (sid, node.id, operator, session.started_at, cols, rows, session.recording_path.name),
             )
 
-        await self.writer.submit(insert)
+        await self.writer.submit(insert, urgent=True)  # the operator's shell opens after it
         self.sessions[sid] = session
         return session
 

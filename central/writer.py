@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -44,6 +45,7 @@ class StorageError(Exception):
 class _Op:
     fn: WriteFn
     future: asyncio.Future[Any]
+    urgent: bool = False
 
 
 # Told once a log batch's commit is over: None when the lines are stored, else why they are not.
@@ -74,6 +76,9 @@ class Writer:
         self._logs: list[_LogBatch] = []
         self._log_rows_pending = 0
         self._logs_taken = asyncio.Event()
+        self._urgent_queued = 0  # urgent ops in the queue, not yet taken into a batch
+        self._spacing: asyncio.Future[None] | None = None  # set while a batch is held back for the interval
+        self._closing = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,7 +101,15 @@ class Writer:
         self._conn = conn
         self._thread_id = threading.get_ident()
 
+    @property
+    def holding_back(self) -> bool:
+        """True while the writer holds a batch back for `commit_interval` (diagnostics, tests)."""
+        return self._spacing is not None and not self._spacing.done()
+
     async def close(self) -> None:
+        # Nobody gains from spacing commits any more: what is queued commits at once.
+        self._closing = True
+        self._end_hold_back()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._task is not None:
@@ -109,16 +122,25 @@ class Writer:
             self._conn = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def submit(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
         """Run `fn` inside the next group commit; returns its result once committed.
 
         An exception raised by `fn` is re-raised here and undoes only that function's changes.
         A failed commit raises StorageError for every function in the batch.
+
+        `urgent`: an operator is waiting on this write (a command, its runs' states and output, a
+        shell): the next commit starts as soon as the writer is free instead of after
+        `commit_interval`, and a writer holding a batch back for the interval commits at once.
+        Everything queued goes in that commit, in submission order, as always. Urgent writes still
+        group: those arriving while a commit runs go together in the next one.
         """
         if self._task is None:
             raise StorageError("the writer is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Op(fn, future))
+        await self._queue.put(_Op(fn, future, urgent))
+        if urgent:
+            self._urgent_queued += 1
+            self._end_hold_back()
         return await future
 
     def add_metrics(self, node_id: str, ts: float, series: dict[str, float]) -> None:
@@ -170,12 +192,13 @@ class Writer:
         if first:
             self.submit_later(_nothing)  # make sure a commit comes soon
 
-    def submit_later(self, fn: WriteFn) -> None:
+    def submit_later(self, fn: WriteFn, *, urgent: bool = False) -> None:
         """Queue a write without waiting for its commit (state worth keeping, nobody waiting on it).
 
-        Writes still commit in submission order with the rest; a failure is logged.
+        Writes still commit in submission order with the rest; a failure is logged. `urgent` as
+        for `submit` (a later awaited write of the same story would otherwise wait behind it).
         """
-        task = asyncio.ensure_future(self.submit(fn))
+        task = asyncio.ensure_future(self.submit(fn, urgent=urgent))
         self._background.add(task)
         task.add_done_callback(self._forget)
 
@@ -186,17 +209,18 @@ class Writer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        last_commit = 0.0
+        last_commit = -math.inf
         stopping = False
         while not stopping:
             first = await self._queue.get()
             if first is None:
                 break
             batch = [first]
-            # Space commits a little so a busy server batches more per transaction.
+            # Space commits a little so a busy server batches more per transaction (node logs and
+            # metrics); an urgent write, queued or arriving meanwhile, ends the wait.
             wait = self.commit_interval - (time.monotonic() - last_commit)
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0 and not self._urgent_queued and not self._closing:
+                await self._hold_back(loop, wait)
             while len(batch) < MAX_BATCH_OPS:
                 try:
                     op = self._queue.get_nowait()
@@ -206,6 +230,7 @@ class Writer:
                     stopping = True
                     break
                 batch.append(op)
+            self._urgent_queued -= sum(1 for op in batch if op.urgent)
             live = [op for op in batch if not op.future.cancelled()]
             fns = [op.fn for op in live]
             # Metric samples and waiting log batches go first, each as one write.
@@ -240,6 +265,20 @@ class Writer:
                     else:
                         op.future.set_exception(value)
             last_commit = time.monotonic()
+
+    async def _hold_back(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Waits `seconds`, or less if an urgent write comes or the writer closes."""
+        self._spacing = loop.create_future()
+        timer = loop.call_later(seconds, self._end_hold_back)
+        try:
+            await self._spacing
+        finally:
+            timer.cancel()
+            self._spacing = None
+
+    def _end_hold_back(self) -> None:
+        if self._spacing is not None and not self._spacing.done():
+            self._spacing.set_result(None)
 
     def _apply(self, fns: list[WriteFn]) -> list[tuple[bool, Any]]:
         conn = self._conn

@@ -137,6 +137,52 @@ async def test_a_log_batch_that_cannot_be_stored_fails_alone(tmp_path):
     assert sorted(r[0] for r in conn.execute("SELECT node_id FROM logs")) == ["good-1", "good-2"]
 
 
+async def _until(condition, what: str, timeout: float = 10.0) -> None:
+    """Waits for `condition()` on the event loop, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_urgent_writes_do_not_wait_for_the_commit_interval(tmp_path):
+    """An hour between commits: a plain write is held back for it, an urgent one commits at once and
+    takes the held-back write with it (submission order kept). 30 s deadlines only guard a hang."""
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=3600)
+    await writer.start()
+
+    def event(msg: str):
+        return store.insert_event(time.time(), "n", "k", msg, {})
+
+    try:
+        first = await asyncio.wait_for(writer.submit(event("first"), urgent=True), 30)
+        assert writer.commits == 1
+        # A plain write after a commit waits for the interval...
+        held = asyncio.ensure_future(writer.submit(event("held")))
+        await _until(lambda: writer.holding_back, "the writer to hold the plain write back")
+        assert not held.done() and writer.commits == 1
+        # ...until an urgent one comes: one commit for both, in order.
+        urgent = await asyncio.wait_for(writer.submit(event("urgent"), urgent=True), 30)
+        assert held.done() and held.result() < urgent and first < held.result()
+        assert writer.commits == 2 and not writer.holding_back
+        # An urgent write queued behind a plain one: no hold-back at all (submit_later too).
+        writer.submit_later(event("later"), urgent=True)
+        await asyncio.wait_for(asyncio.gather(writer.submit(event("plain")), writer.submit(event("u"), urgent=True)), 30)
+        assert writer.commits == 3
+        # Node log batches keep the spacing; closing the writer ends the wait and stores them.
+        logs = asyncio.ensure_future(writer.add_logs("node", [_line(1, "batched")]))
+        await _until(lambda: writer.holding_back, "the writer to hold the log batch back")
+        assert not logs.done()
+    finally:
+        await asyncio.wait_for(writer.close(), 30)
+    assert logs.done() and logs.exception() is None
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT message FROM events ORDER BY id")] == [
+        "first", "held", "urgent", "later", "plain", "u"]
+    assert conn.execute("SELECT msg FROM logs").fetchall() == [("batched",)]
+
+
 async def test_bus_cuts_off_a_slow_subscriber_without_blocking_others():
     bus = Bus(client_queue_limit=10)
     slow, fast = bus.subscribe(), bus.subscribe()
