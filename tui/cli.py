@@ -7,19 +7,25 @@ settings, 3 the server cannot be reached (or its certificate does not match the 
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from tui import __version__
 from tui.client import ApiError, Unreachable
-from tui.cmds.common import Parser, SettingsFn, UsageError
+from tui.cmds.common import SettingsFn, UsageError
 from tui.config import ConfigError, Settings, resolve
 from tui.pinning import PinError
 
-Registrar = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]  # type: ignore[type-arg]
+# argparse (with re and gettext) is imported by the functions that build parsers: `dvic run`'s usual
+# command line is read without it (tui/cmds/run.py, `parse_fast`).
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
+
+    Registrar = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]  # type: ignore[type-arg]
+    Args = argparse.Namespace | SimpleNamespace
 
 # The module that registers each sub-command, by `register_<name>` below. Only the module of the
 # command given is imported: start-up is part of every command's time (`dvic run` answers in tens
@@ -39,6 +45,7 @@ COMMAND_MODULES: dict[str, str] = {
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
+    # tui/cmds/run.py's `parse_fast` reads these options too: keep both in step.
     g = parser.add_argument_group("connection (override `dvic login` and DVIC_* variables)")
     g.add_argument("--server", metavar="URL", default=default, help="server URL (env DVIC_SERVER)")
     g.add_argument("--token", metavar="T", default=default, help="API token (env DVIC_TOKEN)")
@@ -55,6 +62,8 @@ def register_console(sub: argparse._SubParsersAction, common: argparse.ArgumentP
 
 def _cmds_module(name: str) -> Registrar:
     def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+        import importlib
+
         importlib.import_module(f"tui.cmds.{name}").add_parsers(sub, common)
 
     return register
@@ -101,6 +110,10 @@ def command_of(argv: Sequence[str]) -> str | None:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `dvic` parser: only `command`'s module registered when it is a known one, else all."""
+    import argparse
+
+    from tui.cmds.parsing import Parser
+
     # The connection options work before or after the subcommand: the subcommands' copies use
     # SUPPRESS so an absent option does not overwrite one given before the subcommand.
     common = Parser(add_help=False)
@@ -157,9 +170,27 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-def _main(argv: list[str], command: str | None) -> int:
+def parse(argv: list[str], command: str | None) -> tuple[Args, argparse.ArgumentParser | None]:
+    """The parsed command line, and the parser when argparse read it (`dvic run`'s usual line is read
+    without it: `parse_fast` gives the same result, tests/tui_remote/test_run_args.py)."""
+    if command == "run":
+        from tui.cmds.run import parse_fast
+
+        fast = parse_fast(argv)
+        if fast is not None:
+            return fast, None
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv), parser
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """What a handler raises for bad usage (exit 2); argparse's own error only if argparse is loaded."""
+    loaded = sys.modules.get("argparse")
+    return (ConfigError, UsageError) + ((loaded.ArgumentTypeError,) if loaded is not None else ())
+
+
+def _main(argv: list[str], command: str | None) -> int:
+    args, parser = parse(argv, command)
     if args.command is None:
         args.handler = run_console
 
@@ -170,7 +201,7 @@ def _main(argv: list[str], command: str | None) -> int:
     args.resolve_settings = settings
     handler = getattr(args, "handler", None) or getattr(args, "func", None)
     if handler is None:
-        parser.print_help()
+        (parser or build_parser()).print_help()
         return 2
     try:
         result = handler(args, settings) if getattr(args, "handler", None) else handler(args)
@@ -179,7 +210,7 @@ def _main(argv: list[str], command: str | None) -> int:
 
             result = asyncio.run(_awaited(result))
         return int(result or 0)
-    except (ConfigError, UsageError, argparse.ArgumentTypeError) as exc:
+    except _usage_errors() as exc:
         print(f"dvic: {exc}", file=sys.stderr)
         return 2
     except PinError as exc:

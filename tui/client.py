@@ -10,7 +10,6 @@ errors and helpers (`dvic run`, tui/lean_http.py) start without paying for it.
 from __future__ import annotations
 
 import json
-import math
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
@@ -157,6 +156,8 @@ class ApiClient:
     async def metrics(
         self, node: str, from_: float, to: float, step: int, names: list[str] | None = None
     ) -> Json:
+        import math
+
         # Whole seconds, widened outwards: truncating `to` would hide the newest second's samples.
         params = _params(from_=math.floor(from_), to=math.ceil(to), step=step,
                          names=",".join(names) if names else None)
@@ -264,11 +265,19 @@ class Stream:
         self.close_code = self.ws.close_code
 
 
-def _seg(value: str) -> str:
-    """A URL path segment: node and operator names may hold characters that need quoting."""
-    from urllib.parse import quote
+# Bytes `urllib.parse.quote` never escapes (RFC 3986 unreserved).
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
 
-    return quote(value, safe="")
+
+def _seg(value: str) -> str:
+    """A URL path segment: node and operator names may hold characters that need quoting.
+
+    `urllib.parse.quote(value, safe="")`, without importing urllib.parse (with ipaddress, a few
+    milliseconds of every `dvic run`): UTF-8, every byte but the unreserved ones as %XX."""
+    data = value.encode()
+    if all(b in _UNRESERVED for b in data):
+        return value
+    return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in data)
 
 
 def _list(doc: Json, key: str) -> list[Json]:

@@ -8,10 +8,17 @@ Precedence for each setting: command-line option, then environment (`DVIC_SERVER
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Mapping
-from pathlib import Path
+
+# pathlib (with urllib.parse and ipaddress) is imported only where a `Path` is handed out: every
+# `dvic` command resolves its settings, `dvic run` in tens of milliseconds, and os.path does it.
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -53,9 +60,69 @@ class Settings:
 
 
 def config_dir(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(base) / "dvic"
+    from pathlib import Path
+
+    return Path(_config_dir(os.environ if env is None else env))
+
+
+def _config_dir(env: Mapping[str, str]) -> str:
+    """The directory as a string, the way `config_dir` finds it (os.path joins where it used pathlib)."""
+    base = env.get("XDG_CONFIG_HOME")
+    if not base:
+        home = env.get("HOME")
+        if not home:
+            home = os.path.expanduser("~")
+            if home.startswith("~"):  # as Path.home()
+                raise RuntimeError("Could not determine home directory.")
+        base = os.path.join(home, ".config")
+    return os.path.join(base, "dvic")
+
+
+# Errors that mean "no such file" to pathlib's exists() and is_file(); any other (a directory we
+# may not search) is raised, as they do.
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        if exc.errno not in _MISSING:
+            raise
+        return None
+    except ValueError:  # a NUL in the name
+        return None
+
+
+def _is_file(path: str) -> bool:
+    found = _stat(path)
+    return found is not None and stat.S_ISREG(found.st_mode)
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _load(directory: str) -> dict[str, str]:
+    """Stored values in `directory` (see Store.load)."""
+    out: dict[str, str] = {}
+    cfg = os.path.join(directory, "config.json")
+    if _stat(cfg) is not None:
+        try:
+            data = json.loads(_read_text(cfg))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{cfg} is unreadable ({exc}); run `dvic login URL` again") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cfg} is not a JSON object; run `dvic login URL` again")
+        out.update({k: v for k, v in data.items() if isinstance(v, str)})
+    token = os.path.join(directory, "token")
+    if _stat(token) is not None:
+        out["token"] = _read_text(token).strip()
+    ca = os.path.join(directory, "ca.pem")
+    if _stat(ca) is not None:
+        out["ca"] = ca
+    return out
 
 
 def _write_private(path: Path, data: str) -> None:
@@ -83,22 +150,7 @@ class Store:
 
     def load(self) -> dict[str, str]:
         """Stored values: `server`, `ca_sha256`, `token`, `ca` (path) — only those present."""
-        out: dict[str, str] = {}
-        cfg = self.dir / "config.json"
-        if cfg.exists():
-            try:
-                data = json.loads(cfg.read_text())
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"{cfg} is unreadable ({exc}); run `dvic login URL` again") from exc
-            if not isinstance(data, dict):
-                raise ConfigError(f"{cfg} is not a JSON object; run `dvic login URL` again")
-            out.update({k: v for k, v in data.items() if isinstance(v, str)})
-        token = self.dir / "token"
-        if token.exists():
-            out["token"] = token.read_text().strip()
-        if self.ca_path.exists():
-            out["ca"] = str(self.ca_path)
-        return out
+        return _load(str(self.dir))
 
     def save(self, server: str, ca_pem: str | None, ca_sha256: str | None, token: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +176,7 @@ def resolve(
 ) -> Settings:
     """Merges options, environment and stored login into `Settings`, or says what is missing."""
     env = os.environ if env is None else env
-    stored = (store or Store(config_dir(env))).load()
+    stored = store.load() if store is not None else _load(_config_dir(env))
     server = server or env.get("DVIC_SERVER") or stored.get("server")
     token = token or env.get("DVIC_TOKEN") or stored.get("token")
     ca = ca or env.get("DVIC_CA") or stored.get("ca")
@@ -135,7 +187,7 @@ def resolve(
         raise ConfigError(f"server URL must start with https:// (got {server!r})")
     if server.startswith("https://") and not ca:
         raise ConfigError("no CA to pin: run `dvic login URL`, or pass --ca FILE (or set DVIC_CA)")
-    if ca and not Path(ca).is_file():
+    if ca and not _is_file(ca):
         raise ConfigError(f"CA file {ca} does not exist")
     if need_token and not token:
         raise ConfigError("no token: run `dvic login URL`, or pass --token T (or set DVIC_TOKEN)")

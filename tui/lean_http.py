@@ -13,7 +13,6 @@ and `Unreachable` as `tui.client.ApiClient` raises, with the same messages.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import select
@@ -21,10 +20,16 @@ import socket
 import ssl
 import time
 from types import TracebackType
-from urllib.parse import urlencode, urlsplit
 
 from tui.client import API, ApiError, Json, Unreachable, ssl_context
 from tui.config import Settings
+
+try:
+    # SHA-1 for the handshake check alone: the module hashlib falls back on, without hashlib's own
+    # import (it loads OpenSSL's and BLAKE2's modules), a few milliseconds of every `dvic run`.
+    from _sha1 import sha1
+except ImportError:  # an interpreter built without it
+    from hashlib import sha1
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_HEAD_BYTES = 64 * 1024
@@ -106,20 +111,20 @@ class LeanClient:
 
     def __init__(self, settings: Settings, timeout: float = 15.0) -> None:
         self.base = settings.server.rstrip("/")
-        parts = urlsplit(self.base)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
+        scheme, netloc, hostname, port = split_url(self.base)
+        if scheme not in ("https", "http") or not hostname:
             raise Unreachable(f"cannot reach {self.base}: not an http(s) URL")
-        self.host = parts.hostname
+        self.host = hostname
         # As bytes: a str host name goes through the "idna" codec (socket and ssl both), whose import
         # (encodings.idna, stringprep, unicodedata) costs more than the TLS handshake to a local server.
-        self.host_bytes = parts.hostname.encode("ascii" if parts.hostname.isascii() else "idna")
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host_bytes = hostname.encode("ascii" if hostname.isascii() else "idna")
+        self.port = port or (443 if scheme == "https" else 80)
         self.timeout = timeout
         self.tls: ssl.SSLContext | None = None
-        if parts.scheme == "https":
+        if scheme == "https":
             ctx = ssl_context(settings)  # only the pinned CA (no system trust store to load)
             self.tls = ctx if isinstance(ctx, ssl.SSLContext) else ssl.create_default_context()
-        self.fixed_headers = f"Host: {parts.netloc}\r\nUser-Agent: dvic/0.1\r\n"
+        self.fixed_headers = f"Host: {netloc}\r\nUser-Agent: dvic/0.1\r\n"
         if settings.token:
             self.fixed_headers += f"Authorization: Bearer {settings.token}\r\n"
         self.idle: list[Connection] = []
@@ -160,7 +165,7 @@ class LeanClient:
         answer: the request is then sent again on a new connection, once.
         """
         deadline = time.monotonic() + self.timeout
-        target = f"{API}{path}" + (f"?{urlencode(params)}" if params else "")
+        target = f"{API}{path}" + (f"?{_urlencode(params)}" if params else "")
         head = (f"{method} {target} HTTP/1.1\r\n{self.fixed_headers}{headers}"
                 f"Content-Length: {len(data)}\r\n\r\n").encode()
         while True:
@@ -271,11 +276,45 @@ class LeanClient:
             raise err
         conn = resp.conn
         assert conn is not None
-        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-        if resp.headers.get("sec-websocket-accept") != accept or resp.headers.get("upgrade", "").lower() != "websocket":
+        if resp.headers.get("sec-websocket-accept") != websocket_accept(key) or resp.headers.get("upgrade", "").lower() != "websocket":
             conn.close()
             raise ApiError(101, "bad_response", f"the server's answer to {what} is not a websocket handshake")
         return WebSocket(conn)
+
+
+def websocket_accept(key: str) -> str:
+    """The Sec-WebSocket-Accept a server must answer to `key` (RFC 6455 section 4.2.2)."""
+    return base64.b64encode(sha1((key + WS_GUID).encode()).digest()).decode()
+
+
+# Characters of a URL's authority that `split_url` reads itself: a host name or IPv4 address and a port.
+_PLAIN_AUTHORITY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
+
+
+def split_url(url: str) -> tuple[str, str, str | None, int | None]:
+    """(scheme, netloc, hostname, port) as `urllib.parse.urlsplit` gives them.
+
+    The usual server URL (`https://host:port`, maybe a path) is read here: urllib.parse and the
+    ipaddress module it imports cost a few milliseconds of every `dvic run`. Anything else (user
+    info, IPv6 brackets, a query, odd characters) goes to urlsplit itself."""
+    scheme, sep, rest = url.partition("://")
+    netloc = rest.partition("/")[0]
+    host, colon, port_text = netloc.partition(":")
+    if (sep and scheme in ("https", "http") and host and set(netloc) <= _PLAIN_AUTHORITY
+            and (not colon or port_text.isdigit()) and not any(c in rest for c in "?#\t\r\n")):
+        port = int(port_text) if port_text else None
+        if port is None or port <= 65535:
+            return scheme, netloc, host.lower(), port
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc, parts.hostname, parts.port
+
+
+def _urlencode(params: dict[str, str]) -> str:
+    from urllib.parse import urlencode  # only requests with a query: none on `dvic run`'s usual path
+
+    return urlencode(params)
 
 
 class WebSocketClosed(Exception):

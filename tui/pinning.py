@@ -3,15 +3,13 @@
 The chain is read with verification off — the only moment it is — and nothing is trusted until the
 user confirmed the CA's SHA-256 fingerprint (or passed it with `--fingerprint`).
 
-Every `dvic` command imports this module (for `PinError`), so `cryptography` and `asyncio` are
-imported only by the functions that use them: they are slow to import.
+Every `dvic` command imports this module (for `PinError`), so `cryptography`, `asyncio`, `hashlib`
+and `urllib.parse` are imported only by the functions that use them: they are slow to import.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ssl
-from urllib.parse import urlsplit
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
@@ -31,6 +29,8 @@ class PinnedCA:
 
 
 def fingerprint(der: bytes) -> str:
+    import hashlib
+
     return hashlib.sha256(der).hexdigest()
 
 
@@ -85,6 +85,7 @@ def pick_ca(chain: list[bytes]) -> PinnedCA:
 async def fetch_chain(url: str, wait: float = 10.0) -> list[bytes]:
     """The DER certificates the server presents, leaf first (unverified!)."""
     import asyncio
+    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:

@@ -21,7 +21,8 @@ from typing import Any
 from tui import fmt, terminal
 from tui.client import ApiError, Stream, Unreachable
 from tui.cmds import run as run_cmd
-from tui.cmds.common import Parser, SettingsFn, UsageError, emit_json, say
+from tui.cmds.common import SettingsFn, UsageError, emit_json, say
+from tui.cmds.parsing import Parser
 from tui.cmds.run import (
     EXIT_UNREACHED,
     OutputPrinter,

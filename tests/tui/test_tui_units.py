@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tui import fmt
 from tui.cmds.common import parse_level, parse_time
-from tui.config import ConfigError, Store, resolve
+from tui.config import ConfigError, Store, config_dir, resolve
 from tui.textsafe import clean, literal
 
 HOSTILE = ["[link=http://x]x[/link]", "[/b]", "\x1b]52;c;aGk=\x07", "\x1b[31mred\x1b[0m", "a\x9b2Jb",
@@ -84,6 +84,22 @@ def test_settings_precedence(tmp_path: Path) -> None:
     assert (s.server, s.token, s.ca) == ("https://env", "env-token", str(ca))
     s = resolve("https://opt", "opt-token", str(ca), env={"DVIC_TOKEN": "env-token"}, store=store)
     assert (s.server, s.token) == ("https://opt", "opt-token")
+
+
+def test_settings_from_the_default_directory(tmp_path: Path) -> None:
+    """Without a Store, resolve() reads the directory `dvic login` writes (with os.path, not pathlib)."""
+    for env, where in (({"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg" / "dvic"),
+                       ({"HOME": str(tmp_path / "home")}, tmp_path / "home" / ".config" / "dvic")):
+        assert config_dir(env) == where
+        with pytest.raises(ConfigError, match="dvic login"):
+            resolve(env=env)
+        Store(config_dir(env)).save("https://stored:8443", "PEM", "ab" * 32, f"token-{where.parent.name}")
+        s = resolve(env=env)
+        assert (s.server, s.token, s.ca) == ("https://stored:8443", f"token-{where.parent.name}", str(where / "ca.pem"))
+        assert s == resolve(env=env, store=Store(config_dir(env)))
+    (tmp_path / "xdg" / "dvic" / "config.json").write_text("[]")
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        resolve(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")})
 
 
 def test_settings_errors_say_what_to_do(tmp_path: Path) -> None:

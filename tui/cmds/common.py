@@ -1,11 +1,12 @@
-"""Helpers the `dvic` subcommands share: output, time options, level order, the client factory."""
+"""Helpers the `dvic` subcommands share: output, time options, level order, the client factory.
+
+No argparse here (its classes are in tui/cmds/parsing.py): `dvic run` starts without it.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -45,24 +46,6 @@ def terminal_columns() -> int:
         return 80
 
 
-class Formatter(argparse.HelpFormatter):
-    """argparse's help formatter; it measures the terminal itself instead of through shutil, a few
-    milliseconds of every `dvic` start (argparse makes a formatter for each `add_argument`)."""
-
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position,
-                         terminal_columns() - 2 if width is None else width)
-
-
-class Parser(argparse.ArgumentParser):
-    """The parser class of every `dvic` parser (sub-parsers inherit it): `Formatter` by default."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", Formatter)
-        super().__init__(*args, **kwargs)
-
-
 def level_rank(level: object) -> int:
     try:
         return LEVELS.index(str(level).upper())
@@ -84,24 +67,29 @@ def parse_level(value: str) -> str:
     if up == "WARN":
         up = "WARNING"
     if up not in LEVELS:
+        import argparse  # loaded already: this is an argparse `type`
+
         raise argparse.ArgumentTypeError(f"unknown level {value!r} (one of {', '.join(LEVELS)})")
     return up
 
 
-_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_RELATIVE = r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$"
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_time(value: str, now: float | None = None) -> float:
     """`--since`/`--until`: "90s", "10m", "2h", "7d", "1w" ago; an ISO date/time; or Unix seconds."""
+    import re  # only here: compiling the pattern is a cost of every `dvic` start otherwise
+
     now = time.time() if now is None else now
-    m = _RELATIVE.match(value)
+    m = re.match(_RELATIVE, value)
     if m:
         return now - float(m.group(1)) * _UNIT[m.group(2)]
     try:
         return float(value)
     except ValueError:
         pass
+    import argparse  # loaded already: this is an argparse `type`
     from datetime import datetime  # only here: a few hundred microseconds off every other start
 
     try:

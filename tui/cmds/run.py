@@ -9,23 +9,24 @@ makes the wait on the stream return at once so the loop acts on it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from types import SimpleNamespace
 
 from tui.client import ApiError, Json, Unreachable, _list, _params, _seg
-from tui.cmds.common import Parser, SettingsFn, UsageError, emit_json
+from tui.cmds.common import SettingsFn, UsageError, emit_json
 from tui.lean_http import LeanClient, WebSocketClosed
 from tui.remote_client import RUN_FINAL, command_body
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
+    import argparse
+    from types import TracebackType
     from typing import TextIO
 
 # Exit statuses of `dvic run` per node (the command's own code when it exited).
@@ -51,6 +52,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    import argparse
+
+    # `parse_fast` below reads the usual `dvic run` line without argparse: keep both in step.
     p = sub.add_parser(
         "run", parents=[parent], help="run a command on nodes, output live",
         usage="dvic run NODE[,NODE...]|--group G|--all [--timeout S] [--shell] [--yes] [--json] -- CMD [ARGS...]",
@@ -103,7 +107,66 @@ def confirm(api: LeanClient, args: argparse.Namespace, targets: Json, what: str)
 
 
 # -- the command line ----------------------------------------------------------------------------
-def split_run_words(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+# `dvic [--server URL] [--token T] [--ca FILE] run [OPTIONS] NODE ... -- CMD`, read without argparse:
+# importing argparse (with gettext and locale) and building the parser is about a tenth of a
+# `dvic run` process's CPU. `parse_fast` takes only the line it reads exactly as argparse does
+# (tests/tui_remote/test_run_args.py compares both on many lines) and leaves the rest to argparse:
+# help, errors, abbreviated or combined options, values that start with "-".
+_CONNECTION_OPTIONS = ("--server", "--token", "--ca")  # as tui/cli.py's _connection_options
+_RUN_VALUES = {"--server": "server", "--token": "token", "--ca": "ca", "--group": "group", "--timeout": "timeout"}
+_RUN_FLAGS = {"--all": "all", "--yes": "yes", "-y": "yes", "--shell": "shell", "--json": "json"}
+
+
+def parse_fast(argv: Sequence[str]) -> SimpleNamespace | None:
+    """What `tui.cli.build_parser("run").parse_args(argv)` returns, or None to leave it to argparse."""
+    ns: dict[str, object] = {"server": None, "token": None, "ca": None}
+    i = 0
+    while i < len(argv) and argv[i] != "run":  # the main parser's options, before the command
+        name, eq, value = argv[i].partition("=")
+        if name not in _CONNECTION_OPTIONS:
+            return None
+        if not eq:
+            if i + 1 == len(argv) or argv[i + 1].startswith("-"):
+                return None
+            value = argv[i + 1]
+            i += 1
+        ns[name[2:]] = value
+        i += 1
+    if i == len(argv):
+        return None
+    i += 1
+    ns.update(command="run", group=None, all=False, yes=False, timeout=None, shell=False, json=False)
+    while i < len(argv) and argv[i].startswith("-"):  # run's options, before the first word
+        word = argv[i]
+        if word == "--":  # the words start here, `--` included (`dvic run --group G -- CMD`)
+            break
+        if word in _RUN_FLAGS:
+            ns[_RUN_FLAGS[word]] = True
+            i += 1
+            continue
+        name, eq, value = word.partition("=")
+        if name not in _RUN_VALUES:
+            return None
+        if not eq:
+            if i + 1 == len(argv) or argv[i + 1].startswith("-"):
+                return None
+            value = argv[i + 1]
+            i += 1
+        if name == "--timeout":
+            try:
+                ns["timeout"] = float(value)
+            except ValueError:
+                return None
+        else:
+            ns[_RUN_VALUES[name]] = value
+        i += 1
+    if i == len(argv):
+        return None
+    # argparse's REMAINDER: the first word and everything after it, options and `--` included.
+    return SimpleNamespace(**ns, words=list(argv[i:]), handler=run_command)
+
+
+def split_run_words(args: argparse.Namespace | SimpleNamespace) -> tuple[list[str], list[str]]:
     """Node refs and the command from `words`; options written between NODE and `--` are parsed here."""
     words = list(args.words)
     if "--" in words:
@@ -113,6 +176,21 @@ def split_run_words(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         pre, command = [], words
     else:
         pre, command = words[:1], words[1:]
+    if any(word.startswith("-") for word in pre):
+        nodes = _run_options_between(args, pre)
+    else:
+        nodes = pre  # what argparse makes of plain words (`nodes`, nargs="*"), without importing it
+    if not command:
+        raise UsageError("no command: dvic run NODE -- CMD [ARGS...]")
+    return nodes, command
+
+
+def _run_options_between(args: argparse.Namespace | SimpleNamespace, pre: list[str]) -> list[str]:
+    """`dvic run NODE --timeout 5 -- CMD`: options after NODE update `args`; the node refs."""
+    import argparse
+
+    from tui.cmds.parsing import Parser
+
     extra = Parser(prog="dvic run", add_help=False, exit_on_error=False)
     _run_options(extra)
     extra.add_argument("nodes", nargs="*")
@@ -126,9 +204,7 @@ def split_run_words(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     for key in ("all", "yes", "shell", "json"):
         if getattr(more, key):
             setattr(args, key, True)
-    if not command:
-        raise UsageError("no command: dvic run NODE -- CMD [ARGS...]")
-    return more.nodes, command
+    return list(more.nodes)
 
 
 def run_status(run: Json) -> int:
@@ -440,26 +516,32 @@ class CommandFollower:
         return status
 
 
-@contextmanager
-def interrupts_to(follower: CommandFollower) -> Iterator[None]:
-    """SIGINT counted by `follower` and waking its waits (through a pipe), restored afterwards."""
-    read_fd, write_fd = os.pipe()
-    for fd in (read_fd, write_fd):
-        os.set_blocking(fd, False)
-    old_wakeup = signal.set_wakeup_fd(write_fd)
-    old_handler = signal.signal(signal.SIGINT, follower.interrupted)
-    follower.wake_fd = read_fd
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_handler)
-        signal.set_wakeup_fd(old_wakeup)
-        follower.wake_fd = None
-        os.close(read_fd)
-        os.close(write_fd)
+class InterruptsTo:
+    """`with InterruptsTo(follower):` SIGINT counted by `follower` and waking its waits (through a
+    pipe), restored afterwards. A class, not a `contextlib.contextmanager`: contextlib is not
+    imported otherwise."""
+
+    def __init__(self, follower: CommandFollower) -> None:
+        self.follower = follower
+
+    def __enter__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        for fd in (self.read_fd, self.write_fd):
+            os.set_blocking(fd, False)
+        self.old_wakeup = signal.set_wakeup_fd(self.write_fd)
+        self.old_handler = signal.signal(signal.SIGINT, self.follower.interrupted)
+        self.follower.wake_fd = self.read_fd
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        signal.signal(signal.SIGINT, self.old_handler)
+        signal.set_wakeup_fd(self.old_wakeup)
+        self.follower.wake_fd = None
+        os.close(self.read_fd)
+        os.close(self.write_fd)
 
 
-def run_command(args: argparse.Namespace, settings: SettingsFn) -> int:
+def run_command(args: argparse.Namespace | SimpleNamespace, settings: SettingsFn) -> int:
     nodes, command = split_run_words(args)
     targets = targets_of(args, nodes)
     argv, shell = (None, " ".join(command)) if args.shell else (command, None)
@@ -468,6 +550,6 @@ def run_command(args: argparse.Namespace, settings: SettingsFn) -> int:
         started = api.request("POST", "/commands", body=command_body(targets, argv=argv, shell=shell,
                                                                       timeout=args.timeout))
         follower = CommandFollower(api, started, args.json)
-        with interrupts_to(follower):
+        with InterruptsTo(follower):
             follower.follow()
         return follower.summary()

@@ -1,0 +1,33 @@
+"""The argparse classes of every `dvic` parser.
+
+Apart from tui/cmds/common.py so that importing the shared helpers does not import argparse:
+`dvic run` reads its usual command line without it (tui/cmds/run.py, `parse_fast`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tui.cmds.common import terminal_columns
+
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class Formatter(argparse.HelpFormatter):
+    """argparse's help formatter; it measures the terminal itself instead of through shutil, a few
+    milliseconds of every `dvic` start (argparse makes a formatter for each `add_argument`)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser class of every `dvic` parser (sub-parsers inherit it): `Formatter` by default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", Formatter)
+        super().__init__(*args, **kwargs)
