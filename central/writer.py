@@ -196,7 +196,7 @@ class Writer:
         """Queue a write without waiting for its commit (state worth keeping, nobody waiting on it).
 
         Writes still commit in submission order with the rest; a failure is logged. `urgent` as
-        for `submit` (a later awaited write of the same story would otherwise wait behind it).
+        for `submit`.
         """
         task = asyncio.ensure_future(self.submit(fn, urgent=urgent))
         self._background.add(task)
@@ -209,7 +209,7 @@ class Writer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        last_commit = -math.inf
+        last_commit = -math.inf  # the first commit never waits (monotonic() may start near 0)
         stopping = False
         while not stopping:
             first = await self._queue.get()
