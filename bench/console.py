@@ -407,6 +407,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         report.add("console waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
         report.add("terminal output", round((console.output_bytes - drained_before) / args.measure / 1024, 1),
                    "KiB/s")
+        report.add("  terminal output before that (start-up, first paints)", round(drained_before / 1024, 1), "KiB")
         report.add("console RSS", round(after.rss_bytes / 1e6, 1), "MB")
 
         sent: list[float] = []

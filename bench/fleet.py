@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from central.cli import run_event_loop
+
 from . import procstat
 from .common import add_common_args, positive_float, positive_int, work_dir
 from .enroll import enroll_fleet, save_fleet
@@ -250,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with work_dir(args.work_dir, args.keep, "fleet") as work:
-        report = asyncio.run(run(args, work))
+        report = run_event_loop(run(args, work))  # uvloop when installed, as the server and the nodes
     report.emit(args.json)
     return 0
 

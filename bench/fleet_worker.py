@@ -24,6 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
+from central.cli import run_event_loop
+
 from . import loglines
 from .enroll import NodeCreds, load_fleet
 from .workers import emit, wait_for_go
@@ -301,4 +303,6 @@ def parse_args() -> argparse.Namespace:
 if __name__ == "__main__":
     options = parse_args()
     fleet = load_fleet(Path(options.fleet))
-    raise SystemExit(asyncio.run(main(options, fleet.nodes, fleet.ca_path)))
+    # The server's own loop choice (uvloop when installed): the load is the server's to carry,
+    # the simulator should take as little of the shared CPU as it can.
+    raise SystemExit(run_event_loop(main(options, fleet.nodes, fleet.ca_path)))

@@ -36,10 +36,10 @@ _in_flight: set[asyncio.Future[Any]] = set()
 def metrics_without_waiting() -> None:
     submit = Writer.submit
 
-    async def queue_metrics(self: Writer, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def queue_metrics(self: Writer, fn: Callable[[sqlite3.Connection], Any], *, urgent: bool = False) -> Any:
         if not getattr(fn, "__qualname__", "").startswith("insert_metrics."):
-            return await submit(self, fn)
-        task = asyncio.ensure_future(submit(self, fn))
+            return await submit(self, fn, urgent=urgent)
+        task = asyncio.ensure_future(submit(self, fn, urgent=urgent))
         _in_flight.add(task)  # a reference until done; the writer logs a failed commit itself
         task.add_done_callback(_forget)
         return None

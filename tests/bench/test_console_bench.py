@@ -19,10 +19,14 @@ def test_console_bench_smoke(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     figures = json.loads(out.read_text())["figures"]
     assert figures["simulated nodes connected"]["value"] == "6 of 6"
-    for name in ("start-up to the first paint of the fleet with rows", "console CPU, following the live fleet"):
-        assert figures[name]["value"] > 0, figures
+    assert figures["start-up to the first paint of the fleet with rows"]["value"] > 0, figures
+    # CPU is read in clock ticks (10 ms): six quiet nodes for one second may cost less than one.
+    assert figures["console CPU, following the live fleet"]["value"] >= 0, figures
     assert figures["  key presses timed"]["value"] == 3, figures
-    assert figures["terminal output"]["value"] > 0  # the console really drew on its terminal
+    # The console really drew on its terminal. (While following, a small quiet fleet may change
+    # so few cells that the rate rounds to 0 KiB/s: cells are repainted only when they change.)
+    assert figures["  terminal output before that (start-up, first paints)"]["value"] > 0
+    assert figures["terminal output"]["value"] >= 0
 
 
 def test_console_bench_rejects_bad_options() -> None:
