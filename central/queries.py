@@ -24,21 +24,27 @@ class Page:
     next_cursor: str | None
 
 
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+def encode_cursor(last: int, kind: str = "id") -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{last}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str | None) -> int | None:
+def decode_cursor(cursor: str | None, kinds: tuple[str, ...] = ("id",)) -> tuple[str, int] | None:
+    """(kind, value) of a cursor this server issued for this kind of query; None for no cursor."""
     if not cursor:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, value = raw.split(":", 1)
-        if kind != "id":
+        if kind not in kinds:
             raise ValueError
-        return int(value)
+        return kind, int(value)
     except (ValueError, UnicodeDecodeError):
-        raise QueryError("cursor: not a cursor this server issued") from None
+        raise QueryError("cursor: not a cursor this server issued for this query") from None
+
+
+def before_id(cursor: str | None) -> int | None:
+    decoded = decode_cursor(cursor)
+    return decoded[1] if decoded else None
 
 
 _FTS_TOKEN = re.compile(r"\w+", re.UNICODE)
@@ -88,48 +94,15 @@ class Queries:
         text: str | None = None, since: float | None = None, until: float | None = None,
         cursor: str | None = None, limit: int = 100, demo: str | None = None,
     ) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        if node_ids is not None:
-            where.append(f"l.node_id IN ({','.join('?' * len(node_ids))})")
-            params += node_ids
-        if source:
-            where.append("l.source = ?")
-            params.append(source)
-        if demo:
-            where.append("l.demo = ?")
-            params.append(demo)
-        if min_level:
-            if min_level.upper() not in LEVELS:
-                raise QueryError(f"level: expected one of {', '.join(LEVELS)}")
-            where.append("l.level >= ?")
-            params.append(LEVELS[min_level.upper()])
-        if since is not None:
-            where.append("l.ts >= ?")
-            params.append(since)
-        if until is not None:
-            where.append("l.ts < ?")
-            params.append(until)
-        before = decode_cursor(cursor)
-        if before is not None:
-            where.append("l.id < ?")
-            params.append(before)
-        joins = ""
-        if text:
-            joins = " JOIN logs_fts f ON f.rowid = l.id"
-            where.append("logs_fts MATCH ?")
-            params.append(fts_query(text))
-        sql = (
-            "SELECT l.id, l.node_id, n.name AS node_name, l.seq, l.ts, l.source, l.unit, l.demo, l.level, l.msg"
-            f" FROM logs l{joins} LEFT JOIN nodes n ON n.id = l.node_id"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY l.id DESC LIMIT ?"
-        )
-        params.append(limit + 1)
+        sql, params = log_query(node_ids=node_ids, source=source, min_level=min_level, text=text, since=since,
+                                until=until, cursor=cursor, limit=limit, demo=demo)
         async with self.db.execute(sql, params) as cur:
             rows = await cur.fetchall()
         items = [log_row(r) for r in rows[:limit]]
-        next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None
+        next_cursor = None
+        if len(rows) > limit and items:
+            one_node = node_ids is not None and len(node_ids) == 1
+            next_cursor = encode_cursor(items[-1]["seq"], "seq") if one_node else encode_cursor(items[-1]["id"])
         return Page(items, next_cursor)
 
     async def events(
@@ -139,7 +112,7 @@ class Queries:
         where: list[str] = []
         params: list[Any] = []
         for clause, value in (("e.node_id = ?", node_id), ("e.kind = ?", kind), ("e.ts >= ?", since),
-                              ("e.ts < ?", until), ("e.id < ?", decode_cursor(cursor))):
+                              ("e.ts < ?", until), ("e.id < ?", before_id(cursor))):
             if value is not None:
                 where.append(clause)
                 params.append(value)
@@ -277,7 +250,7 @@ class Queries:
             return [dict(r) for r in await cur.fetchall()]
 
     async def audit(self, *, cursor: str | None = None, limit: int = 100) -> Page:
-        before = decode_cursor(cursor)
+        before = before_id(cursor)
         sql = "SELECT * FROM audit" + (" WHERE id < ?" if before is not None else "") + " ORDER BY id DESC LIMIT ?"
         params: list[Any] = ([before] if before is not None else []) + [limit + 1]
         async with self.db.execute(sql, params) as cur:
@@ -308,3 +281,54 @@ def event_row(row: Any) -> dict[str, Any]:
         "id": row["id"], "ts": row["ts"], "node": row["node_id"], "node_name": row["node_name"],
         "kind": row["kind"], "message": row["message"], "data": json.loads(row["data"] or "{}"),
     }
+
+
+def log_query(
+    *, node_ids: list[str] | None = None, source: str | None = None, min_level: str | None = None,
+    text: str | None = None, since: float | None = None, until: float | None = None,
+    cursor: str | None = None, limit: int = 100, demo: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of a log query (one row more than `limit`: is there a next page?)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if node_ids is not None:
+        where.append(f"l.node_id IN ({','.join('?' * len(node_ids))})")
+        params += node_ids
+    if source:
+        where.append("l.source = ?")
+        params.append(source)
+    if demo:
+        where.append("l.demo = ?")
+        params.append(demo)
+    if min_level:
+        if min_level.upper() not in LEVELS:
+            raise QueryError(f"level: expected one of {', '.join(LEVELS)}")
+        where.append("l.level >= ?")
+        params.append(LEVELS[min_level.upper()])
+    if since is not None:
+        where.append("l.ts >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("l.ts < ?")
+        params.append(until)
+    # One node's lines come newest first from UNIQUE (node_id, seq): a node's seq grows with the
+    # row id (lines are stored in the order the node numbered them; a replay is not stored
+    # again), so it is the same order as id without sorting all of the node's lines. Its pages
+    # go by seq; an id cursor (several nodes, or an older page) still works.
+    one_node = node_ids is not None and len(node_ids) == 1
+    before = decode_cursor(cursor, ("id", "seq") if one_node else ("id",))
+    if before is not None:
+        where.append(f"l.{before[0]} < ?")
+        params.append(before[1])
+    joins = ""
+    if text:
+        joins = " JOIN logs_fts f ON f.rowid = l.id"
+        where.append("logs_fts MATCH ?")
+        params.append(fts_query(text))
+    sql = (
+        "SELECT l.id, l.node_id, n.name AS node_name, l.seq, l.ts, l.source, l.unit, l.demo, l.level, l.msg"
+        f" FROM logs l{joins} LEFT JOIN nodes n ON n.id = l.node_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + (" ORDER BY l.seq DESC LIMIT ?" if one_node else " ORDER BY l.id DESC LIMIT ?")
+    )
+    return sql, params + [limit + 1]

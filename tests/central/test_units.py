@@ -14,6 +14,7 @@ from central import db, store
 from central.bus import Bus
 from central.messages import ProtocolError, metric_series, parse_node_message
 from central.pki import CertificateAuthority, pem_fingerprint
+from central.queries import Queries, QueryError, encode_cursor, log_query
 from central.writer import StorageError, Writer
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "node_messages.json").read_text())
@@ -283,3 +284,46 @@ def test_an_oversized_metrics_sample_is_refused_by_its_frame_size():
     with pytest.raises(ProtocolError, match="larger than 64 KiB") as info:
         parse_node_message(json.dumps({"type": "metrics", "ts": 1.0, "throttled": "x" * 70_000}))
     assert info.value.close_code == 4001
+
+
+async def test_one_nodes_latest_lines_come_from_its_index_without_a_sort(tmp_path):
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.001)
+    await writer.start()
+    try:
+        for first in range(1, 301, 50):  # two nodes interleaved, as a fleet writes them
+            for node in ("node-a", "node-b"):
+                await writer.add_logs(node, [_line(seq, f"{node} {seq}") for seq in range(first, first + 50)])
+    finally:
+        await writer.close()
+    conn = await db.connect(path)
+    try:
+        queries = Queries(conn)
+        for window in ({}, {"since": 1100.0, "until": 1200.0}, {"cursor": encode_cursor(100, "seq")}):
+            sql, params = log_query(node_ids=["node-a"], limit=5, **window)
+            async with conn.execute("EXPLAIN QUERY PLAN " + sql, params) as cur:
+                plan = " ".join(str(row[-1]) for row in await cur.fetchall())
+            assert "sqlite_autoindex_logs" in plan and "TEMP B-TREE" not in plan, plan
+        seen: list[int] = []
+        cursor = None
+        while True:  # newest first, every line once, pages by seq
+            page = await queries.logs(node_ids=["node-a"], cursor=cursor, limit=70)
+            seen += [line["seq"] for line in page.items]
+            assert all(line["msg"] == f"node-a {line['seq']}" for line in page.items)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert seen == list(range(300, 0, -1))
+        # Lines ordered by seq are ordered by id too (the order the index stands in for).
+        ids = [line["id"] for line in (await queries.logs(node_ids=["node-b"], limit=300)).items]
+        assert ids == sorted(ids, reverse=True)
+        # A node's seq cursor means nothing across nodes: refused, not misread.
+        page = await queries.logs(node_ids=["node-a"], limit=10)
+        with pytest.raises(QueryError, match="cursor"):
+            await queries.logs(node_ids=["node-a", "node-b"], cursor=page.next_cursor)
+        # An id cursor (several nodes' pages) still works for one node.
+        both = await queries.logs(node_ids=["node-a", "node-b"], limit=10)
+        rest = await queries.logs(node_ids=["node-a"], cursor=both.next_cursor, limit=500)
+        assert rest.items and all(line["id"] < both.items[-1]["id"] for line in rest.items)
+    finally:
+        await conn.close()

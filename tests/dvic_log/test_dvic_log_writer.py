@@ -364,8 +364,10 @@ def test_a_full_disk_loses_nothing_it_could_keep_and_leaves_no_torn_line(log_dir
     outcome = {int(k): v for k, v in report["outcome"].items()}
     partial = [i for i, v in outcome.items() if "the rest follows before the next record" in v]
     refused = [i for i, v in outcome.items() if "File too large" in v]
-    assert len(partial) == 1 and refused, outcome  # one line cut short, later ones refused outright
-    assert report["torn"]  # while the disk was full, the file ended inside that line
+    # One line cut short, later ones refused outright; or none cut short when the limit happened to
+    # fall exactly between two records (record sizes vary with the time stamp).
+    assert len(partial) <= 1 and refused, outcome
+    assert report["torn"] == bool(partial)  # while the disk was full, the file ended inside that line
     _, records = read_file(Path(report["path"]))  # now every line is whole
     kept = [int(r["msg"].split()[1]) for r in records[:-1]]
     assert kept == [i for i in range(100) if i not in refused]
