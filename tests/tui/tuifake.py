@@ -84,7 +84,7 @@ class FakeCentral:
 
     # -- test helpers ------------------------------------------------------------------------
     def add_operator(self, name: str, role: str, status: str = "active") -> str:
-        token = secrets.token_urlsafe(16)
+        token = f"dvo_{secrets.token_urlsafe(16)}"  # as the real server: never starts with "-"
         self.operators[name] = {"name": name, "role": role, "status": status, "created_at": time.time()}
         self.tokens[token] = name
         return token
@@ -374,7 +374,7 @@ class FakeCentral:
         op = self._op(request)
         if op is None:
             return _err(404, "not_found", "no such operator")
-        token = secrets.token_urlsafe(16)
+        token = f"dvo_{secrets.token_urlsafe(16)}"  # as the real server: never starts with "-"
         self.tokens[token] = op["name"]
         return web.json_response({"name": op["name"], "token": token}, status=201)
 
