@@ -18,7 +18,7 @@ import math
 import resource
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,43 +142,53 @@ async def connect_all(session: aiohttp.ClientSession, ca_path: str, nodes: list[
     return errors
 
 
+class Schedule:
+    """The tick clock both send schedules share: nodes spread over `slots` ticks, metrics spread over
+    the interval, the worst lateness of a tick, and ack latencies timed from the warm-up on."""
+
+    def __init__(self, nodes: list[SimNode], slots: int, args: argparse.Namespace) -> None:
+        self.args = args
+        self.loop = asyncio.get_running_loop()
+        self.live = [n for n in nodes if n.ws is not None]
+        self.by_slot: list[list[SimNode]] = [[] for _ in range(slots)]
+        for i, node in enumerate(self.live):
+            self.by_slot[i % slots].append(node)
+        self.start = self.loop.time()
+        for i, node in enumerate(self.live):  # spread, as real nodes are
+            node.next_metrics = self.start + args.interval * i / max(1, len(self.live))
+        self.worst = 0.0
+        self.ack_latencies: list[float] = []
+
+    async def ticks(self) -> AsyncIterator[tuple[int, float, list[SimNode]]]:
+        """(tick, its start, the nodes of its slot) every TICK_S until the duration is over."""
+        args, loop = self.args, self.loop
+        for tick in range(int(args.duration / TICK_S) + 1):
+            now = loop.time()
+            if now >= self.start + args.duration:
+                return
+            self.worst = max(self.worst, now - (self.start + tick * TICK_S))
+            if tick == int(args.warmup / TICK_S):
+                for node in self.live:  # time acks only after the warm-up, like the subscriber
+                    node.ack_latencies = self.ack_latencies
+            yield tick, now, self.by_slot[tick % len(self.by_slot)]
+            delay = self.start + (tick + 1) * TICK_S - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+
 async def drive(nodes: list[SimNode], args: argparse.Namespace) -> tuple[float, list[float]]:
     """The send schedule; returns the worst lateness of a tick (how far the loop fell behind), and
     the ack latencies of frames sent after the warm-up (filled in while acks arrive)."""
     if args.batching == "daemon":
         return await drive_like_daemon(nodes, args)
-    loop = asyncio.get_running_loop()
-    slots = max(1, round(args.batch_interval / TICK_S))
-    by_slot: list[list[SimNode]] = [[] for _ in range(slots)]
-    live = [n for n in nodes if n.ws is not None]
-    for i, node in enumerate(live):
-        by_slot[i % slots].append(node)
-    start = loop.time()
-    for i, node in enumerate(live):
-        node.next_metrics = start + args.interval * i / max(1, len(live))  # spread, as real nodes are
+    schedule = Schedule(nodes, max(1, round(args.batch_interval / TICK_S)), args)
     per_flush = args.lines_per_s * args.batch_interval
-    worst = 0.0
-    ack_latencies: list[float] = []
-    for tick in range(int(args.duration / TICK_S) + 1):
-        due = start + tick * TICK_S
-        now = loop.time()
-        if now >= start + args.duration:
-            break
-        worst = max(worst, now - due)
-        if tick == int(args.warmup / TICK_S):
-            for node in live:  # time acks only after the warm-up, like the subscriber
-                node.ack_latencies = ack_latencies
-        for node in by_slot[tick % slots]:
-            try:
-                await node.flush(per_flush, args.batch_interval)
-                if now >= node.next_metrics:
-                    await node.send_metrics(args.interval)
-            except (ConnectionError, RuntimeError):
-                pass  # the reader records the close; the node's lines stay counted as unsent
-        delay = start + (tick + 1) * TICK_S - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    return worst, ack_latencies
+    async for _, now, slot in schedule.ticks():
+        for node in slot:
+            await _unless_closed(node.flush(per_flush, args.batch_interval))
+            if now >= node.next_metrics:
+                await _unless_closed(node.send_metrics(args.interval))
+    return schedule.worst, schedule.ack_latencies
 
 
 async def drive_like_daemon(nodes: list[SimNode], args: argparse.Namespace) -> tuple[float, list[float]]:
@@ -186,50 +196,30 @@ async def drive_like_daemon(nodes: list[SimNode], args: argparse.Namespace) -> t
     spread over the fleet) and sends them by the daemon's rule (node_script/dvic_node.py,
     Daemon._sender): at once while none of its frames awaits an ack; otherwise when the ack comes or
     COALESCE_S after its last frame, whichever is first. So frames grow when acks slow down."""
-    loop = asyncio.get_running_loop()
-    period = 1 / args.lines_per_s
-    slots = max(1, round(period / TICK_S))
+    slots = max(1, round(1 / args.lines_per_s / TICK_S))
     lines_per_tick = args.lines_per_s * slots * TICK_S
-    by_slot: list[list[SimNode]] = [[] for _ in range(slots)]
-    live = [n for n in nodes if n.ws is not None]
+    schedule = Schedule(nodes, slots, args)
     all_acked: list[SimNode] = []
-    for i, node in enumerate(live):
-        by_slot[i % slots].append(node)
+    for node in schedule.live:
         node.all_acked = all_acked
     deadlines: dict[int, list[SimNode]] = {}
-    start = loop.time()
-    for i, node in enumerate(live):
-        node.next_metrics = start + args.interval * i / max(1, len(live))
-    worst = 0.0
-    ack_latencies: list[float] = []
-    for tick in range(int(args.duration / TICK_S) + 1):
-        due = start + tick * TICK_S
-        now = loop.time()
-        if now >= start + args.duration:
-            break
-        worst = max(worst, now - due)
-        if tick == int(args.warmup / TICK_S):
-            for node in live:
-                node.ack_latencies = ack_latencies
+    async for tick, now, slot in schedule.ticks():
         acked_now, all_acked[:] = list(all_acked), []
         for node in acked_now + deadlines.pop(tick, []):
             await _unless_closed(node.send_held(now))
-        for node in by_slot[tick % slots]:
+        for node in slot:
             node.make_lines(lines_per_tick)
             if not node.unacked or now - node.last_send >= COALESCE_S:
                 await _unless_closed(node.send_held(now))
             elif not node.deadline_booked:
                 node.deadline_booked = True
-                at = max(tick + 1, math.ceil((node.last_send + COALESCE_S - start) / TICK_S))
+                at = max(tick + 1, math.ceil((node.last_send + COALESCE_S - schedule.start) / TICK_S))
                 deadlines.setdefault(at, []).append(node)
             if now >= node.next_metrics:
                 await _unless_closed(node.send_metrics(args.interval))
-        delay = start + (tick + 1) * TICK_S - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-    for node in live:  # what the last ticks made still goes out, as a daemon's would
-        await _unless_closed(node.send_held(loop.time()))
-    return worst, ack_latencies
+    for node in schedule.live:  # what the last ticks made still goes out, as a daemon's would
+        await _unless_closed(node.send_held(schedule.loop.time()))
+    return schedule.worst, schedule.ack_latencies
 
 
 async def _unless_closed(send: Awaitable[object]) -> None:

@@ -15,7 +15,7 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 
 from tui.client import ApiError, Json, Unreachable, _list, _params, _seg
@@ -122,16 +122,11 @@ def parse_fast(argv: Sequence[str]) -> SimpleNamespace | None:
     ns: dict[str, object] = {"server": None, "token": None, "ca": None}
     i = 0
     while i < len(argv) and argv[i] != "run":  # the main parser's options, before the command
-        name, eq, value = argv[i].partition("=")
-        if name not in _CONNECTION_OPTIONS:
+        option = _option_value(argv, i, _CONNECTION_OPTIONS)
+        if option is None:
             return None
-        if not eq:
-            if i + 1 == len(argv) or argv[i + 1].startswith("-"):
-                return None
-            value = argv[i + 1]
-            i += 1
+        name, value, i = option
         ns[name[2:]] = value
-        i += 1
     if i == len(argv):
         return None
     i += 1
@@ -144,14 +139,10 @@ def parse_fast(argv: Sequence[str]) -> SimpleNamespace | None:
             ns[_RUN_FLAGS[word]] = True
             i += 1
             continue
-        name, eq, value = word.partition("=")
-        if name not in _RUN_VALUES:
+        option = _option_value(argv, i, _RUN_VALUES)
+        if option is None:
             return None
-        if not eq:
-            if i + 1 == len(argv) or argv[i + 1].startswith("-"):
-                return None
-            value = argv[i + 1]
-            i += 1
+        name, value, i = option
         if name == "--timeout":
             try:
                 ns["timeout"] = float(value)
@@ -159,11 +150,23 @@ def parse_fast(argv: Sequence[str]) -> SimpleNamespace | None:
                 return None
         else:
             ns[_RUN_VALUES[name]] = value
-        i += 1
     if i == len(argv):
         return None
     # argparse's REMAINDER: the first word and everything after it, options and `--` included.
     return SimpleNamespace(**ns, words=list(argv[i:]), handler=run_command)
+
+
+def _option_value(argv: Sequence[str], i: int, names: Collection[str]) -> tuple[str, str, int] | None:
+    """`--name=value` or `--name value` at argv[i]: (name, value, index after it), or None when
+    it is not one of `names` or its value is missing or looks like an option (argparse's cases)."""
+    name, eq, value = argv[i].partition("=")
+    if name not in names:
+        return None
+    if eq:
+        return name, value, i + 1
+    if i + 1 == len(argv) or argv[i + 1].startswith("-"):
+        return None
+    return name, argv[i + 1], i + 2
 
 
 def split_run_words(args: argparse.Namespace | SimpleNamespace) -> tuple[list[str], list[str]]:
