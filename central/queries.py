@@ -101,8 +101,8 @@ class Queries:
         items = [log_row(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit and items:
-            one_node = node_ids is not None and len(node_ids) == 1
-            next_cursor = encode_cursor(items[-1]["seq"], "seq") if one_node else encode_cursor(items[-1]["id"])
+            kind = "seq" if pages_by_seq(node_ids) else "id"
+            next_cursor = encode_cursor(items[-1][kind], kind)
         return Page(items, next_cursor)
 
     async def events(
@@ -283,6 +283,11 @@ def event_row(row: Any) -> dict[str, Any]:
     }
 
 
+def pages_by_seq(node_ids: list[str] | None) -> bool:
+    """A query on one node reads (and pages) its lines by seq; any other query by id."""
+    return node_ids is not None and len(node_ids) == 1
+
+
 def log_query(
     *, node_ids: list[str] | None = None, source: str | None = None, min_level: str | None = None,
     text: str | None = None, since: float | None = None, until: float | None = None,
@@ -315,7 +320,7 @@ def log_query(
     # row id (lines are stored in the order the node numbered them; a replay is not stored
     # again), so it is the same order as id without sorting all of the node's lines. Its pages
     # go by seq; an id cursor (several nodes, or an older page) still works.
-    one_node = node_ids is not None and len(node_ids) == 1
+    one_node = pages_by_seq(node_ids)
     before = decode_cursor(cursor, ("id", "seq") if one_node else ("id",))
     if before is not None:
         where.append(f"l.{before[0]} < ?")
