@@ -95,9 +95,10 @@ class NodeSession:
         self.ws = ws
         self.greeted = False
         self._closing: asyncio.Task[Any] | None = None
-        # Log batches in the writer (count) and those whose commit is over (lines, error), in order.
+        # Log batches in the writer (count) and those whose commit is over, in order.
         self._in_flight = 0
-        self._settled: list[tuple[list[dict[str, Any]], Exception | None]] = []
+        # (highest seq of a batch, why it was not stored or None), per batch one commit settled
+        self._settled: list[tuple[int, Exception | None]] = []
         self._settled_event = asyncio.Event()
         self._room = asyncio.Event()
         self._acker: asyncio.Task[None] | None = None
@@ -256,7 +257,9 @@ class NodeSession:
         if self._acker is None:
             self._acker = asyncio.create_task(self._ack_when_committed(), name=f"acks {self.node.name}")
         self._in_flight += 1
-        await self.services.writer.queue_logs(self.node.id, lines, partial(self._committed, lines))
+        # Only the batch's highest seq waits for the commit: the ack needs nothing else.
+        last_seq = max(line["seq"] for line in lines)
+        await self.services.writer.queue_logs(self.node.id, lines, partial(self._committed, last_seq))
         self._publish_live(lines)
 
     def _publish_live(self, lines: list[dict[str, Any]]) -> None:
@@ -282,8 +285,8 @@ class NodeSession:
                 for line in fresh
             ])
 
-    def _committed(self, lines: list[dict[str, Any]], error: Exception | None) -> None:
-        self._settled.append((lines, error))
+    def _committed(self, last_seq: int, error: Exception | None) -> None:
+        self._settled.append((last_seq, error))
         self._settled_event.set()  # wakes the acker once for everything one commit settled
 
     async def _stop_after_failed_store(self, error: Exception) -> None:
@@ -305,15 +308,13 @@ class NodeSession:
             settled, self._settled = self._settled, []
             self._in_flight -= len(settled)
             self._room.set()
-            stored: list[dict[str, Any]] = []
-            for lines, error in settled:
+            for _, error in settled:
                 if error is not None:
                     await self._stop_after_failed_store(error)
                     return
-                stored += lines
             # Acks are cumulative: one for every batch this commit stored. The daemon may now
             # forget these lines.
-            await self._send_text(f'{{"type":"ack","seq":{max(line["seq"] for line in stored)}}}')
+            await self._send_text(f'{{"type":"ack","seq":{max(seq for seq, _ in settled)}}}')
 
 
 @routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")

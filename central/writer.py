@@ -35,6 +35,8 @@ QUEUE_LIMIT = 20000
 # Log rows waiting for the next commit; past this, queue_logs waits (backpressure on the nodes).
 PENDING_LOG_ROWS_LIMIT = 50_000
 WAL_CHECKPOINT_PAGES = 16384
+# Log batches whose owners are told of their commit per turn of the event loop (_settle_log_batches).
+SETTLE_PER_TURN = 256
 
 
 class StorageError(Exception):
@@ -248,11 +250,11 @@ class Writer:
                 for op in live:
                     if not op.future.done():
                         op.future.set_exception(exc)
-                _settle_log_batches(logs, exc)
+                await _settle_log_batches(logs, exc)
             else:
                 if logs:
                     ok, value = results.pop(0)
-                    _settle_log_batches(logs, None if ok else value)
+                    await _settle_log_batches(logs, None if ok else value)
                 if samples:
                     ok, value = results.pop(0)
                     if not ok:
@@ -359,13 +361,22 @@ def _insert_log_batches(batches: list[_LogBatch]) -> WriteFn:
     return run
 
 
-def _settle_log_batches(batches: list[_LogBatch], failure: Exception | None) -> None:
-    """After the commit: tell each batch's owner whether its lines are stored."""
-    for batch in batches:
-        try:
-            batch.done(failure or batch.error)
-        except Exception:  # one owner's bug must not keep the others from hearing
-            log.exception("log batch callback failed")
+async def _settle_log_batches(batches: list[_LogBatch], failure: Exception | None) -> None:
+    """After the commit: tell each batch's owner whether its lines are stored.
+
+    A few hundred owners per turn of the event loop: each one wakes a node session that sends an
+    ack, and the nodes answer an ack with their waiting lines. Settling a commit of 2,000 nodes
+    in one turn made one burst of acks, then one burst of frames, and held the loop (everyone's
+    live lines, shells, API calls) for 100-200 ms at a time.
+    """
+    for start in range(0, len(batches), SETTLE_PER_TURN):
+        if start:
+            await asyncio.sleep(0)  # let the loop read sockets between chunks
+        for batch in batches[start:start + SETTLE_PER_TURN]:
+            try:
+                batch.done(failure or batch.error)
+            except Exception:  # one owner's bug must not keep the others from hearing
+                log.exception("log batch callback failed")
 
 
 def _nothing(conn: sqlite3.Connection) -> None:

@@ -15,7 +15,7 @@ from central.bus import Bus
 from central.messages import ProtocolError, metric_series, parse_node_message
 from central.pki import CertificateAuthority, pem_fingerprint
 from central.queries import Queries, QueryError, encode_cursor, log_query
-from central.writer import StorageError, Writer
+from central.writer import SETTLE_PER_TURN, StorageError, Writer
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "node_messages.json").read_text())
 
@@ -116,6 +116,77 @@ async def test_writer_merges_log_batches_exactly_once_and_keeps_any_text_whole(t
     assert stored == {i: f"{t} #3" for i, t in enumerate(texts, 1)}
     assert conn.execute("SELECT count(*) FROM logs").fetchone()[0] == 20 * len(texts) + 1
     assert conn.execute("SELECT level, demo, ts FROM logs WHERE node_id = 'node-0' AND seq = 7").fetchone() == (30, "cam", 1007.0)
+
+
+async def test_metric_samples_of_one_commit_add_up_in_their_minute(tmp_path):
+    """All samples of a commit go in as one statement per table: samples of the same node, series
+    and minute in that one statement still fold into one min/avg/max row, as do later ones."""
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.05)
+    await writer.start()
+    minute = 60 * 29_000_000
+    try:
+        for ts, cpu in ((minute + 1, 10.0), (minute + 2, 30.0), (minute + 61, 5.0)):
+            writer.add_metrics("a", ts, {"cpu": cpu, "temp": 40.0 + cpu})
+        writer.add_metrics("b", minute + 3, {"cpu": 99.5})
+        await writer.submit(lambda conn: None)  # after the samples' commit
+        writer.add_metrics("a", minute + 4, {"cpu": 20.0})
+        await writer.submit(lambda conn: None)
+    finally:
+        await writer.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 8
+    assert conn.execute("SELECT ts, value FROM metrics_raw WHERE node_id = 'b'").fetchall() == [(minute + 3.0, 99.5)]
+    rows = conn.execute("SELECT node_id, name, bucket, min, avg, max, count FROM metrics_1m ORDER BY 1, 2, 3").fetchall()
+    assert rows == [
+        ("a", "cpu", minute, 10.0, 20.0, 30.0, 3), ("a", "cpu", minute + 60, 5.0, 5.0, 5.0, 1),
+        ("a", "temp", minute, 50.0, 60.0, 70.0, 2), ("a", "temp", minute + 60, 45.0, 45.0, 45.0, 1),
+        ("b", "cpu", minute, 99.5, 99.5, 99.5, 1),
+    ]
+
+
+async def test_a_big_commit_settles_every_batch_in_order_across_loop_turns(tmp_path):
+    """More node batches than are settled per loop turn: every one is stored and told so, and the
+    loop keeps turning while they are (other tasks run between chunks)."""
+    path = await _migrated(tmp_path)
+    writer = Writer(path, commit_interval=0.05)
+    await writer.start()
+    told: list[int] = []
+    told_at_turn: list[int] = []
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    try:
+        committed = asyncio.get_running_loop().create_future()
+        nodes = 3 * SETTLE_PER_TURN + 5
+        for n in range(nodes):
+            def done(error: Exception | None, n: int = n) -> None:
+                assert error is None
+                told.append(n)
+                told_at_turn.append(turns)
+                if len(told) == nodes:
+                    committed.set_result(None)
+            await writer.queue_logs(f"node-{n}", [_line(1, f"line of {n}")], done)
+        await asyncio.wait_for(committed, 10)
+        assert len(set(told_at_turn)) == 4  # four chunks, each in a turn of its own
+    finally:
+        counter.cancel()
+        await writer.close()
+    assert told == list(range(nodes))
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT count(*) FROM logs").fetchone()[0] == nodes
+
+
+def test_rows_are_sent_to_sqlite_as_the_json_of_one_array():
+    rows = [(f"n{i % 7}", i, 1.5 * i, "demo", "", "cam", 20, f"m\\u {i} ü \\") for i in range(2 * store.ROWS_PER_DUMP + 3)]
+    assert json.loads(store._json_array(rows)) == [list(r) for r in rows]
+    assert store._json_array(rows[:3]) == store._dumps(rows[:3])
 
 
 async def test_a_log_batch_that_cannot_be_stored_fails_alone(tmp_path):
