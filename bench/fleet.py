@@ -57,10 +57,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     })
     if args.whatif_ssl_buffer:
         report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
-    if args.whatif_server_fts:
-        report.params["WHAT-IF server fills FTS per batch"] = "yes"
-    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer,
-                         fts_bulk=args.whatif_server_fts).start()
+    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
     try:
@@ -234,8 +231,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
                    help="run the server with asyncio's per-connection TLS read buffer at BYTES instead of "
                         "256 KiB (a proposed fix, see bench/whatif_server.py); 0 = the server as is")
-    p.add_argument("--whatif-server-fts", action="store_true",
-                   help="run the server with the FTS index filled per batch instead of per row")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.whatif_ssl_buffer < 0:

@@ -111,12 +111,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: sustained log ingest", params={
         "nodes": args.nodes, "lines": total, "batch": args.batch, "window": args.window,
     })
-    if args.whatif_server_fts:
-        report.params["WHAT-IF server fills FTS per batch"] = "yes"
     if args.whatif_ssl_buffer:
         report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
-    server = BenchServer(work / "central", fts_bulk=args.whatif_server_fts,
-                         ssl_read_buffer=args.whatif_ssl_buffer).start()
+    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
     worker: Worker | None = None
     try:
         creds = work / "nodes"
@@ -211,9 +208,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time direct inserts with as many batches per commit as the server can group")
     p.add_argument("--fts-whatif", action="store_true",
                    help="also time direct inserts that fill the full-text index per commit instead of per row")
-    p.add_argument("--whatif-server-fts", action="store_true",
-                   help="run the server with the FTS index filled per batch instead of per row "
-                        "(bench/whatif_server.py)")
     p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
                    help="run the server with asyncio's per-connection TLS read buffer at BYTES (0: as is)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up on the server phase after this")

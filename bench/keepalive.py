@@ -151,10 +151,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     })
     if args.whatif_ssl_buffer:
         report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
-    if args.whatif_metrics_nowait:
-        report.params["WHAT-IF keep-alive answered before its commit"] = "yes"
-    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer,
-                         metrics_nowait=args.whatif_metrics_nowait).start()
+    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
     completed = 0
     try:
         creds = work / "nodes"
@@ -220,8 +217,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--procs", type=positive_int, default=1, help="Python load processes (1)")
     p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
                    help="run the server with asyncio's per-connection TLS read buffer at BYTES (0: as is)")
-    p.add_argument("--whatif-metrics-nowait", action="store_true",
-                   help="run the server answering keep-alives without waiting for their metrics commit")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.whatif_ssl_buffer < 0:

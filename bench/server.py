@@ -20,15 +20,12 @@ class ServerError(RuntimeError):
 
 
 class BenchServer:
-    def __init__(self, data_dir: Path, *, extra_args: tuple[str, ...] = (), ssl_read_buffer: int = 0,
-                 metrics_nowait: bool = False, fts_bulk: bool = False) -> None:
+    def __init__(self, data_dir: Path, *, extra_args: tuple[str, ...] = (), ssl_read_buffer: int = 0) -> None:
         self.data_dir = data_dir
         self.extra_args = extra_args
-        # What-ifs (bench/whatif_server.py): a smaller asyncio TLS read buffer, metrics writes not
-        # awaited, the FTS index filled per batch. Without them the server runs as shipped.
+        # What-if (bench/whatif_server.py): another asyncio TLS read buffer size. Without it the
+        # server runs as shipped.
         self.ssl_read_buffer = ssl_read_buffer
-        self.metrics_nowait = metrics_nowait
-        self.fts_bulk = fts_bulk
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -59,14 +56,12 @@ class BenchServer:
             raise ServerError(f"data dir {self.data_dir} exists and is not a directory")
         listen_file = self.data_dir / "listen.json"
         listen_file.unlink(missing_ok=True)
-        whatif = bool(self.ssl_read_buffer or self.metrics_nowait or self.fts_bulk)
+        whatif = bool(self.ssl_read_buffer)
         module = "bench.whatif_server" if whatif else "central.cli"
         cmd = [sys.executable, "-m", module, "--data-dir", str(self.data_dir), "serve",
                "--listen", "127.0.0.1:0", *self.extra_args]
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "DVIC_BENCH_SSL_READ_BUFFER": str(self.ssl_read_buffer),
-               "DVIC_BENCH_METRICS_NOWAIT": "1" if self.metrics_nowait else "0",
-               "DVIC_BENCH_FTS_BULK": "1" if self.fts_bulk else "0"}
+               "DVIC_BENCH_SSL_READ_BUFFER": str(self.ssl_read_buffer)}
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -24,7 +24,7 @@ def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 90) -> d
     return doc
 
 
-@pytest.mark.parametrize("whatif", [[], ["--whatif-server-fts"]], ids=["as-is", "whatif-server-fts"])
+@pytest.mark.parametrize("whatif", [[], ["--whatif-ssl-buffer", "16384"]], ids=["as-is", "whatif"])
 def test_ingest_smoke(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.ingest", tmp_path, "--nodes", "2", "--lines", "2000", "--grouped", "--fts-whatif",
                     *whatif)
@@ -36,7 +36,7 @@ def test_ingest_smoke(tmp_path: Path, whatif: list[str]) -> None:
         assert figures[name]["value"] > 0
 
 
-@pytest.mark.parametrize("whatif", [[], ["--whatif-metrics-nowait", "--whatif-ssl-buffer", "16384"]],
+@pytest.mark.parametrize("whatif", [[], ["--whatif-ssl-buffer", "16384"]],
                          ids=["as-is", "whatif"])
 def test_keepalive_smoke_with_the_python_client(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.keepalive", tmp_path, "--client", "python", "--conns", "4", "--duration", "1",
