@@ -203,8 +203,15 @@ def _main(argv: list[str], command: str | None) -> int:
     if handler is None:
         (parser or build_parser()).print_help()
         return 2
+    return run_handler(lambda: handler(args, settings) if getattr(args, "handler", None) else handler(args))
+
+
+def run_handler(call: Callable[[], object]) -> int:
+    """Runs a command's handler (awaiting it when it is a coroutine) and turns what it raises into
+    `dvic`'s exit codes (docs/cli.md): 2 usage, 3 server unreachable or not the pinned one, 1 refused
+    by the server, 130 interrupted. Both entry points (`dvic`, `python -m tui.remote_cli`) use it."""
     try:
-        result = handler(args, settings) if getattr(args, "handler", None) else handler(args)
+        result = call()
         if isinstance(result, Awaitable):  # most handlers are coroutines; `dvic run` is not (no asyncio)
             import asyncio
 

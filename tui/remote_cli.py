@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tui import fmt, terminal
-from tui.client import ApiError, Stream, Unreachable
+from tui.client import ApiError, Stream
 from tui.cmds import run as run_cmd
 from tui.cmds.common import SettingsFn, UsageError, emit_json, say
 from tui.cmds.parsing import Parser
@@ -33,8 +32,7 @@ from tui.cmds.run import (
     targets_of,
     targets_options,
 )
-from tui.config import ConfigError, Settings, resolve
-from tui.pinning import PinError
+from tui.config import Settings, resolve
 from tui.remote_client import ACTION_FINAL, RUN_FINAL, RemoteClient
 from tui.textsafe import clean
 
@@ -457,29 +455,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def settings(need_token: bool = True) -> Settings:
         return resolve(args.server, args.token, args.ca, need_token=need_token)
 
-    try:
-        result = args.handler(args, settings)  # `run` answers at once; the others are coroutines
-        if inspect.isawaitable(result):
-            result = asyncio.run(result)
-        return int(result or 0)
-    except (ConfigError, UsageError) as exc:
-        print(f"dvic: {exc}", file=sys.stderr)
-        return 2
-    except PinError as exc:
-        print(f"dvic: {exc}", file=sys.stderr)
-        return 3
-    except Unreachable as exc:
-        print(f"dvic: {exc.message}", file=sys.stderr)
-        return 3
-    except ApiError as exc:
-        hint = " (run `dvic login URL` or check --token / DVIC_TOKEN)" if exc.status == 401 else ""
-        print(f"dvic: {exc.message or exc.code} [{exc.code}, HTTP {exc.status}]{hint}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    from tui.cli import run_handler  # not at the top: tui.cli imports this module for its commands
+
+    return run_handler(lambda: args.handler(args, settings))
 
 
 if __name__ == "__main__":
