@@ -105,29 +105,39 @@ class ApiClient:
     async def request(
         self, method: str, path: str, params: Mapping[str, str] | None = None, body: Json | None = None
     ) -> Json:
+        status, raw = await self.exchange(method, path, params=params, json=body)
+        try:
+            doc = json.loads(raw) if raw else {}
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise ApiError(status, "bad_response", f"{method} {path}: the server's answer is not a JSON object")
+        return doc
+
+    async def exchange(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        """One request (`kwargs` as for aiohttp's `request`): the status and the body of a success.
+
+        Raises Unreachable when the server cannot be reached or fails the pinned-CA check, and
+        ApiError with the server's own error code and message for a status >= 400."""
         import aiohttp
 
-        url = f"{self.base}{API}{path}"
         try:
-            async with self.session.request(method, url, params=params, json=body) as resp:
+            async with self.session.request(method, f"{self.base}{API}{path}", **kwargs) as resp:
                 raw = await resp.read()
                 status = resp.status
         except aiohttp.ClientConnectorCertificateError as exc:
             raise Unreachable(f"TLS verification of {self.base} failed against the pinned CA: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
-        try:
-            doc = json.loads(raw) if raw else {}
-        except ValueError:
-            doc = None
         if status >= 400:
-            err = doc.get("error") if isinstance(doc, dict) else None
+            try:
+                err = json.loads(raw).get("error")
+            except (ValueError, AttributeError):
+                err = None
             if isinstance(err, dict):
                 raise ApiError(status, str(err.get("code", "error")), str(err.get("message", "")))
             raise ApiError(status, "http_error", f"HTTP {status} from {path}: {raw[:200]!r}")
-        if not isinstance(doc, dict):
-            raise ApiError(status, "bad_response", f"{method} {path}: the server's answer is not a JSON object")
-        return doc
+        return status, raw
 
     # -- public and account -------------------------------------------------------------------
     async def health(self) -> Json:

@@ -136,27 +136,8 @@ class RemoteClient(ApiClient):
     # -- plumbing -------------------------------------------------------------------------------
     async def raw(self, method: str, path: str, data: bytes | None = None, content_type: str = "") -> bytes:
         """A request whose body (sent or received) is not JSON; errors decoded as in `request`."""
-        import aiohttp
-
-        url = f"{self.base}{API}{path}"
         headers = {"Content-Type": content_type} if content_type else None
-        try:
-            async with self.session.request(method, url, data=data, headers=headers) as resp:
-                body = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise Unreachable(f"TLS verification of {self.base} failed against the pinned CA: {exc}") from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
-        if status >= 400:
-            try:
-                err = json.loads(body).get("error")
-            except (ValueError, AttributeError):
-                err = None
-            if isinstance(err, dict):
-                raise ApiError(status, str(err.get("code", "error")), str(err.get("message", "")))
-            raise ApiError(status, "http_error", f"HTTP {status} from {path}: {body[:200]!r}")
-        return body
+        return (await self.exchange(method, path, data=data, headers=headers))[1]
 
     def ws_url(self, path: str) -> str:
         return self.base.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + API + path
