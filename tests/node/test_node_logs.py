@@ -41,26 +41,34 @@ def texts(lines: list[dvic_node.Line]) -> list[bytes]:
     return [ln.data for ln in lines]
 
 
+def following(path: Path, content: bytes) -> dvic_node.FileFollower:
+    """`path` written with `content`, and a follower opened on it."""
+    path.write_bytes(content)
+    follower = dvic_node.FileFollower(str(path))
+    follower.open()
+    return follower
+
+
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as w:
+        w.write(data)
+
+
 # -- FileFollower ------------------------------------------------------------------------------
 
 def test_growth_and_partial_lines(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"a\nb")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"a\nb")
     assert texts(f.read_lines()) == [b"a"]
     assert f.position()["off"] == 2  # a restart resumes before the incomplete "b"
-    with open(p, "ab") as w:
-        w.write(b"c\n")
+    append(p, b"c\n")
     lines = f.read_lines()
     assert texts(lines) == [b"bc"] and (lines[0].start, lines[0].end) == (2, 5)
 
 
 def test_truncation_restarts_from_the_top(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"one\ntwo\nthree\n")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"one\ntwo\nthree\n")
     f.read_lines()
     with open(p, "wb") as w:
         w.write(b"new\n")
@@ -70,12 +78,9 @@ def test_truncation_restarts_from_the_top(tmp_path: Path) -> None:
 
 def test_rotation_drains_the_old_file_before_the_new(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"old1\n")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"old1\n")
     assert texts(f.read_lines()) == [b"old1"]
-    with open(p, "ab") as w:
-        w.write(b"old2\nunterminated")
+    append(p, b"old2\nunterminated")
     os.rename(p, str(p) + ".1")
     p.write_bytes(b"new1\n")
     old = f.position()
@@ -87,12 +92,9 @@ def test_rotation_drains_the_old_file_before_the_new(tmp_path: Path) -> None:
 
 def test_rewind_gives_the_same_lines_again(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"a\npart")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"a\npart")
     assert texts(f.read_lines()) == [b"a"]
-    with open(p, "ab") as w:
-        w.write(b"ial\nb\n")
+    append(p, b"ial\nb\n")
     assert texts(f.read_lines()) == [b"partial", b"b"]
     f.rewind()  # e.g. the spool was full: nothing of that call was stored
     assert texts(f.read_lines()) == [b"partial", b"b"]
@@ -104,12 +106,9 @@ def test_rewind_gives_the_same_lines_again(tmp_path: Path) -> None:
 
 def test_rotation_caught_between_rename_and_create(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"a\n")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"a\n")
     assert texts(f.read_lines()) == [b"a"]
-    with open(p, "ab") as w:
-        w.write(b"b\n")
+    append(p, b"b\n")
     os.rename(p, str(p) + ".1")
     assert texts(f.read_lines()) == [b"b"] and not f.gone  # the writer has not created the new file yet
     p.write_bytes(b"c\n")
@@ -119,12 +118,9 @@ def test_rotation_caught_between_rename_and_create(tmp_path: Path) -> None:
 
 def test_deletion_drains_then_reports_gone(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"x\n")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"x\n")
     f.read_lines()
-    with open(p, "ab") as w:
-        w.write(b"last words\n")
+    append(p, b"last words\n")
     p.unlink()  # the open descriptor still reads the vanished file
     assert texts(f.read_lines()) == [b"last words"]
     assert f.gone
@@ -132,21 +128,17 @@ def test_deletion_drains_then_reports_gone(tmp_path: Path) -> None:
 
 def test_resume_from_saved_position_and_from_rotated_file(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"a\nb\n")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"a\nb\n")
     f.read_lines()
     saved = f.position()
     f.close()
-    with open(p, "ab") as w:
-        w.write(b"c\n")
+    append(p, b"c\n")
     g = dvic_node.FileFollower(str(p))
     g.open(saved)
     assert texts(g.read_lines()) == [b"c"]  # neither re-sent nor skipped
     saved = g.position()
     g.close()
-    with open(p, "ab") as w:
-        w.write(b"d\n")
+    append(p, b"d\n")
     os.rename(p, str(p) + ".1")  # rotated while the daemon was down
     p.write_bytes(b"e\n")
     h = dvic_node.FileFollower(str(p))
@@ -157,9 +149,7 @@ def test_resume_from_saved_position_and_from_rotated_file(tmp_path: Path) -> Non
 
 def test_a_new_file_with_a_reused_inode_number_is_read_from_its_start(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    p.write_bytes(b"header one\nline\n")
-    f = dvic_node.FileFollower(str(p))
-    f.open()
+    f = following(p, b"header one\nline\n")
     f.read_lines()
     saved = f.position()
     f.close()
