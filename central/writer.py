@@ -250,11 +250,12 @@ class Writer:
                 for op in live:
                     if not op.future.done():
                         op.future.set_exception(exc)
-                await _settle_log_batches(logs, exc)
+                logs_failure: Exception | None = exc
             else:
+                logs_failure = None
                 if logs:
                     ok, value = results.pop(0)
-                    await _settle_log_batches(logs, None if ok else value)
+                    logs_failure = None if ok else value
                 if samples:
                     ok, value = results.pop(0)
                     if not ok:
@@ -266,6 +267,9 @@ class Writer:
                         op.future.set_result(value)
                     else:
                         op.future.set_exception(value)
+            # Whoever awaits a write (an operator's command, a shell) hears at once; the node
+            # batches, told over several loop turns, after them.
+            await _settle_log_batches(logs, logs_failure)
             last_commit = time.monotonic()
 
     async def _hold_back(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:

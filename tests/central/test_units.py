@@ -146,8 +146,9 @@ async def test_metric_samples_of_one_commit_add_up_in_their_minute(tmp_path):
 
 
 async def test_a_big_commit_settles_every_batch_in_order_across_loop_turns(tmp_path):
-    """More node batches than are settled per loop turn: every one is stored and told so, and the
-    loop keeps turning while they are (other tasks run between chunks)."""
+    """More node batches than are settled per loop turn: every one is stored and told so, the loop
+    keeps turning while they are (other tasks run between chunks), and a write awaited in the same
+    commit is answered before them."""
     path = await _migrated(tmp_path)
     writer = Writer(path, commit_interval=0.05)
     await writer.start()
@@ -173,8 +174,15 @@ async def test_a_big_commit_settles_every_batch_in_order_across_loop_turns(tmp_p
                 if len(told) == nodes:
                     committed.set_result(None)
             await writer.queue_logs(f"node-{n}", [_line(1, f"line of {n}")], done)
+
+        async def told_once_written() -> int:
+            await writer.submit(lambda conn: None)  # in the same commit
+            return len(told)
+
+        write = asyncio.create_task(told_once_written())
         await asyncio.wait_for(committed, 10)
         assert len(set(told_at_turn)) == 4  # four chunks, each in a turn of its own
+        assert await write < nodes  # an awaited write does not wait for the node batches
     finally:
         counter.cancel()
         await writer.close()
