@@ -56,7 +56,11 @@ def register_console(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     p = sub.add_parser("console", parents=[common], help="open the operator console (the default)")
     p.add_argument("--web", action="store_true", help="serve the console to a browser (textual-serve)")
     p.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
+    p.add_argument("--port", type=int, default=8000, help="--web: port (default 8000; 0 picks a free one)")
+    p.add_argument("--tls-cert", metavar="FILE", help="--web: serve HTTPS with this certificate (needed off loopback)")
+    p.add_argument("--tls-key", metavar="FILE", help="--web: the certificate's private key")
+    p.add_argument("--public-url", metavar="URL", help="--web: the URL browsers open, when not http(s)://HOST:PORT/ "
+                   "(the only origin accepted)")
     p.set_defaults(handler=run_console)
 
 
@@ -137,7 +141,8 @@ def run_console(args: argparse.Namespace, settings: SettingsFn) -> int:
     if getattr(args, "web", False):
         from tui.web import serve
 
-        return serve(resolved, args.host, args.port)
+        return serve(resolved, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                     public_url=args.public_url)
     from tui.app import DvicApp
 
     DvicApp(resolved).run()

@@ -1,13 +1,10 @@
-"""The real `dvic` console in a real terminal (tmux) and in a browser session server (--web)."""
+"""The real `dvic` console in a real terminal (tmux); in a browser (--web): tests/tui/test_tui_web.py."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,31 +55,3 @@ async def test_dvic_without_arguments_opens_the_console_in_a_terminal(
             await wait_for(ended, within=15, what="console to quit")
         finally:
             run("kill-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def test_console_web_serves_a_page(central_server: CentralServer, dvic_env: dict[str, str]) -> None:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui", "console", "--web", "--port", str(port),
-        env=_env(central_server, dvic_env), cwd=str(ROOT),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-
-    def page() -> str:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
-                return resp.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-    try:
-        await wait_for(lambda: "DVIC Demo Monitor" in page(), within=30, what="textual-serve page")
-    finally:
-        proc.terminate()
-        await proc.wait()
