@@ -32,7 +32,7 @@ import time
 import traceback
 import urllib.parse
 import zlib
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 try:  # optional: richer and cheaper metrics when present
     import psutil  # type: ignore
@@ -562,6 +562,23 @@ def make_ssl_context(bundle: Dict[str, Any], tls_dir: str) -> ssl.SSLContext:
     except (ssl.SSLError, ValueError) as exc:
         raise BundleError("bundle cert_pem/key_pem are not a valid certificate and key: %s" % exc) from None
     return ctx
+
+
+def error_code(body: Union[str, bytes]) -> str:
+    """The `error.code` of a server's JSON error body ("" when it is not one)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ""
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return str(err.get("code") or "") if isinstance(err, dict) else ""
+
+
+def is_revocation(exc: BaseException) -> bool:
+    """Whether the server said this node is revoked: HTTP 403 `revoked` on connect, or close 4403."""
+    if isinstance(exc, WebSocketClosed):
+        return exc.code == 4403
+    return isinstance(exc, HandshakeError) and exc.status == 403 and error_code(exc.body) == "revoked"
 
 
 def describe_connect_error(exc: BaseException) -> str:
@@ -2339,7 +2356,11 @@ class SpoolLogHandler(logging.Handler):
 # ---------------------------------------------------------------------------------------------
 
 class KeepAliveError(Exception):
-    """A keep-alive POST failed (network, TLS, or a refusal by the server)."""
+    """A keep-alive POST failed (network, TLS, or a refusal by the server; `revoked`: refused for good)."""
+
+    def __init__(self, message: str, revoked: bool = False) -> None:
+        super().__init__(message)
+        self.revoked = revoked
 
 
 class KeepAlive:
@@ -2377,7 +2398,8 @@ class KeepAlive:
                 self.close()
             if status != 200:
                 raise KeepAliveError("keep-alive refused: HTTP %d %s"
-                                     % (status, payload[:200].decode("utf-8", "replace")))
+                                     % (status, payload[:200].decode("utf-8", "replace")),
+                                     revoked=status == 403 and error_code(payload) == "revoked")
             try:
                 out = json.loads(payload.decode("utf-8"))
             except ValueError:
@@ -3612,6 +3634,7 @@ class Daemon:
         self._wake = None  # type: Optional[asyncio.Event]
         self._stop = None  # type: Optional[asyncio.Event]
         self._last_conn_error = ""
+        self._revoked = False  # the server's last word was "revoked": reconnect at the longest delay
         self._docker_error = ""
         self._sent_max = 0  # highest seq sent on the current connection (or stored, per welcome)
         self._welcomed_at = None  # type: Optional[float]
@@ -3928,6 +3951,8 @@ class Daemon:
                         LOG.info("keep-alive: working again")
                     last_error = ""
                 except KeepAliveError as exc:
+                    if exc.revoked:  # refused for good: ask no more often than the websocket does
+                        delay = max(delay, self.opts.reconnect_max)
                     if str(exc) != last_error:
                         LOG.info("keep-alive failed: %s", exc)
                     last_error = str(exc)
@@ -3961,10 +3986,14 @@ class Daemon:
                 self.online = False
                 if ws is not None and not ws.closed:
                     ws._abort(1006, "session ended")
-            attempt = next_attempt(attempt, self._welcomed_at, time.monotonic())
-            delay = backoff_delay(attempt, 1.0, self.opts.reconnect_max)
-            attempt += 1
-            LOG.info("reconnecting in %.1f s", delay)
+            if self._revoked:  # said once by _connection_failed; no backoff ladder to climb again
+                delay = self.opts.reconnect_max
+                LOG.debug("reconnecting in %.1f s (revoked)", delay)
+            else:
+                attempt = next_attempt(attempt, self._welcomed_at, time.monotonic())
+                delay = backoff_delay(attempt, 1.0, self.opts.reconnect_max)
+                attempt += 1
+                LOG.info("reconnecting in %.1f s", delay)
             if await self._sleep(delay):
                 return
 
@@ -3974,6 +4003,16 @@ class Daemon:
             text = "replaced by a newer connection of this node (close 4409)"
         elif isinstance(exc, WebSocketClosed) and exc.code == 4403:
             text = "the server revoked this node (close 4403)"
+        was_revoked, self._revoked = self._revoked, is_revocation(exc)
+        if self._revoked:
+            if not was_revoked:  # once: a revoked node stays revoked, and it would otherwise say so forever
+                LOG.warning("connection: %s; this node is revoked: retrying only every %.0f s (the longest "
+                            "reconnect delay); re-add the machine (dvic add-node) to give it a new identity",
+                            text, self.opts.reconnect_max)
+            else:
+                LOG.debug("connection: %s", text)
+            self._last_conn_error = text
+            return
         if text != self._last_conn_error:  # warn (and spool) once per distinct problem
             self._last_conn_error = text
             LOG.warning("connection: %s", text)

@@ -336,3 +336,98 @@ def test_a_revoked_node_is_told_why_and_keeps_trying(central: CentralServer, tmp
         assert daemon.running()
     finally:
         daemon.stop()
+
+
+def _refusal_times(server_log: str, marker: str) -> list[float]:
+    """When the server refused a node's websocket for `marker` (its log lines start with asctime)."""
+    import datetime
+
+    times = []
+    for line in server_log.splitlines():
+        if "node websocket refused" in line and marker in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            times.append(stamp.timestamp())
+    return times
+
+
+@pytest.mark.slow
+def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
+        central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
+    longest = 3.0
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--reconnect-max", str(longest)))
+    daemon.start()
+    try:
+        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+        status, _ = central.api("DELETE", f"/api/v1/nodes/{node_id}")
+        assert status in (200, 204)
+        name = central.node(node_id)["name"]
+        # Four refused reconnects, as the server saw them: three gaps to measure.
+
+        def four_refusals() -> list[float] | None:
+            times = _refusal_times(central.log(), repr(name))
+            return times if len(times) >= 4 else None
+
+        times = wait_until_sync(four_refusals, 30, "four refused reconnects")
+        gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]  # type: ignore[arg-type]
+        assert all(gap >= longest * 0.9 for gap in gaps), gaps  # not climbing 1 s, 2 s, ... again
+        log = daemon.log()
+        assert log.count("this node is revoked") == 1, log
+        after = log[log.index("this node is revoked"):]
+        assert "INFO reconnecting in" not in after and "INFO connection:" not in after
+        assert daemon.running()
+    finally:
+        daemon.stop()
+
+
+class _RefusingKeepAlive:
+    """Counts keep-alive POSTs and answers each as the server answers a revoked node's (403 `revoked`)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.times: list[float] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                outer.times.append(time.monotonic())
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"error": {"code": "revoked", "message": "node 'x' has been revoked"}}).encode()
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v1/keepalive"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_a_keepalive_refused_as_revoked_is_sent_at_the_longest_delay(
+        central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
+    longest = 3.0
+    refusing = _RefusingKeepAlive()
+    try:
+        _, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--reconnect-max", str(longest)),
+                                    bundle_overrides={"keepalive_url": refusing.url})
+        daemon.start()
+        try:
+            wait_until_sync(lambda: len(refusing.times) >= 4, 30, "four keep-alives")
+            gaps = [round(b - a, 2) for a, b in zip(refusing.times, refusing.times[1:4])]
+            # The server's interval here is 1 s: a revoked answer stretches it to the longest delay.
+            assert all(gap >= longest * 0.9 for gap in gaps), gaps
+        finally:
+            daemon.stop()
+    finally:
+        refusing.close()
