@@ -1,6 +1,6 @@
 """``dvic add-node``: enroll a machine at the central server and install the node daemon over SSH."""
 
-from .errors import InstallerError, NotAvailableError
+from .errors import CannotAsk, InstallerError, NotAvailableError
 from .esp32 import add_esp32, render_header
 from .events import add_node_events, parse_add_node_body
 from .flow import add_node, remove_node
@@ -25,6 +25,7 @@ __all__ = [
     "STEP_NAMES",
     "AddNodeRequest",
     "AddNodeResult",
+    "CannotAsk",
     "Direct",
     "Esp32Request",
     "HostKeyPrompt",

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from .demos import Demo, check_demos, check_shell_user, parse_demo, parse_demo_cmd
-from .errors import InstallerError
+from .errors import CannotAsk, InstallerError
 from .esp32 import add_esp32
 from .flow import add_node, remove_node
+from .hostkeys import check_pin
 from .models import (
     NODE_KINDS,
     AddNodeRequest,
+    ConfirmAddress,
     Direct,
     Esp32Request,
     HostKeyPrompt,
@@ -103,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rm.add_argument("node", help="node name or UUID")
     rm.add_argument("--uninstall", action="store_true", help="also remove the daemon from the machine over SSH")
     rm.add_argument("--host", default="",
-                    help="with --uninstall: the machine's address (default: the first one the node reported)")
+                    help="with --uninstall: the machine's address (without it, the address the node reported "
+                         "is used only once you confirm it on the terminal)")
     _add_ssh_options(rm)
     _add_server_options(rm)
     rm.set_defaults(func=cmd_remove_node)
@@ -156,22 +160,83 @@ def _read_password(args: argparse.Namespace, user: str, host: str) -> Password:
     return Password.prompt(f"SSH password for {user}@{host}: ")
 
 
-def _ask_tty(prompt: HostKeyPrompt) -> bool:
-    text = (f"The {prompt.role} host {prompt.host}:{prompt.port} is not known yet.\n"
-            f"Its {prompt.key_type} key fingerprint is {prompt.fingerprint}.\n"
-            "Check it on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub).\n"
-            "Trust this key and continue? [y/N] ")
+# Text from the target (os name, hostname, script output) and from the server reaches the terminal:
+# every control character is shown as a visible mark, so no escape sequence in it can act (an OSC 52
+# would write the operator's clipboard). The installer does not import tui (docs/add-node.md), hence
+# this small local filter rather than tui.textsafe.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(text: str) -> str:
+    def mark(match: re.Match[str]) -> str:
+        code = ord(match.group())
+        return chr(0x2400 + code) if code < 0x20 else "\u2421" if code == 0x7F else "\ufffd"
+
+    return _UNPRINTABLE.sub(mark, text)
+
+
+def _say(text: str, out: TextIO) -> None:
+    print(_printable(text), file=out, flush=True)
+
+
+_TTY = "/dev/tty"
+
+
+async def _ask_tty(question: str) -> bool:
+    """Ask a yes/no question on the controlling terminal (stdin may carry --password-stdin's line).
+
+    The terminal is read through the event loop, so Ctrl-C cancels the question at once. No
+    terminal raises CannotAsk: nobody said yes.
+    """
     try:
-        with open("/dev/tty", "r+", encoding="utf-8") as tty:
-            tty.write(text)
-            tty.flush()
-            return tty.readline().strip().lower() in ("y", "yes")
-    except OSError:
-        return False  # no terminal: never trust silently
+        fd = os.open(_TTY, os.O_RDWR | os.O_NOCTTY)
+    except OSError as exc:
+        raise CannotAsk(f"there is no terminal to ask on: {exc.strerror or exc}") from exc
+    try:
+        os.write(fd, _printable(question).encode())
+        os.set_blocking(fd, False)
+        return (await _read_line(fd)).strip().lower() in ("y", "yes")
+    finally:
+        os.close(fd)
+
+
+async def _read_line(fd: int) -> str:
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)
+    line = bytearray()
+    try:
+        while b"\n" not in line:
+            await readable.wait()
+            readable.clear()
+            try:
+                chunk = os.read(fd, 256)
+            except BlockingIOError:
+                continue
+            if not chunk:  # end of input (Ctrl-D): no answer
+                break
+            line += chunk
+    finally:
+        loop.remove_reader(fd)
+    return line.split(b"\n", 1)[0].decode(errors="replace")
 
 
 async def _confirm(prompt: HostKeyPrompt) -> bool:
-    return await asyncio.to_thread(_ask_tty, prompt)
+    return await _ask_tty(
+        f"The {prompt.role} host {prompt.host}:{prompt.port} is not known yet.\n"
+        f"Its {prompt.key_type} key fingerprint is {prompt.fingerprint}.\n"
+        "Check it on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub).\n"
+        "Trust this key and continue? [y/N] ")
+
+
+def _confirm_address(user: str, port: int) -> ConfirmAddress:
+    async def confirm(node: str, address: str) -> bool:
+        return await _ask_tty(
+            f"No --host given: {node} reported its own address as {address}.\n"
+            "A node's report is not proof: a compromised node can name a machine that collects the password.\n"
+            f"Connect to {user}@{address}:{port} and send the SSH password there? [y/N] ")
+
+    return confirm
 
 
 class _Printer:
@@ -183,21 +248,28 @@ class _Printer:
 
     def __call__(self, step: Step) -> None:
         if step.status == StepStatus.RUNNING:
-            if self.out.isatty():
-                print(f"  {step.name:<9} ...", file=self.out, flush=True)
+            # A step that says what it is about to do (where it connects) always says it.
+            if step.message or self.out.isatty():
+                _say(f"  {step.name:<9} ...    {step.message}".rstrip(), self.out)
             return
         self.total += step.duration
         mark = {"ok": "ok", "skipped": "skip", "failed": "FAILED"}.get(step.status.value, step.status.value)
-        line = f"  {step.name:<9} {mark:<6} {step.duration:6.2f} s  {step.message or step.error}"
-        print(line.rstrip(), file=self.out, flush=True)
+        detail = step.error if step.status == StepStatus.FAILED and step.error else step.message or step.error
+        _say(f"  {step.name:<9} {mark:<6} {step.duration:6.2f} s  {detail}".rstrip(), self.out)
 
 
 def _fail(err: InstallerError, out: TextIO) -> int:
-    print(f"error in step '{err.step}': {err.message}", file=sys.stderr)
-    if err.hint:
-        print(f"what to do: {err.hint}", file=sys.stderr)
     out.flush()
+    _say(f"error in step '{err.step}': {err.message}", sys.stderr)
+    if err.hint:
+        _say(f"what to do: {err.hint}", sys.stderr)
     return EXIT_FAILED
+
+
+def _check_pins(args: argparse.Namespace) -> None:
+    """Malformed fingerprints are usage errors, found before any password prompt or connection."""
+    check_pin("--expect-host-key", args.expect_host_key)
+    check_pin("--expect-jump-host-key", args.expect_jump_host_key)
 
 
 def cmd_add_node(args: argparse.Namespace) -> int:
@@ -211,12 +283,13 @@ def cmd_add_node(args: argparse.Namespace) -> int:
                 return EXIT_USAGE
             result = asyncio.run(add_esp32(Esp32Request(name=args.name, out=args.out, server=server,
                                                         group=args.group, force=args.force), printer))
-            print(f"ESP32 node {result.name} ({result.node_id}) enrolled; header written to {result.header_path} "
-                  f"(total {printer.total:.2f} s). Keep that file secret.", file=out)
+            _say(f"ESP32 node {result.name} ({result.node_id}) enrolled; header written to {result.header_path} "
+                 f"(total {printer.total:.2f} s). Keep that file secret.", out)
             return EXIT_OK
         if not args.target or not args.user:
             print("error: add-node needs TARGET and --user (or --kind esp32 --name N --out FILE.h)", file=sys.stderr)
             return EXIT_USAGE
+        _check_pins(args)
         source = _source(args)
         demos = _demos(args)
         check_shell_user(args.shell_user)
@@ -229,18 +302,18 @@ def cmd_add_node(args: argparse.Namespace) -> int:
             connect_timeout=args.connect_timeout, online_timeout=args.online_timeout,
             demos=demos, shell_user=args.shell_user,
         )
-        print(f"Adding {args.target} as a node:", file=out, flush=True)
+        _say(f"Adding {args.target} as a node:", out)
         result = asyncio.run(add_node(request, printer))
     except InstallerError as err:
         return _fail(err, out)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}", sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: an enrollment made by this run was revoked and the target rolled back", file=sys.stderr)
         return 130
     how = "repaired in place (same identity)" if result.reused_identity else "enrolled and installed"
-    print(f"Node {result.name} ({result.node_id}) is online: {how} in {printer.total:.2f} s.", file=out)
+    _say(f"Node {result.name} ({result.node_id}) is online: {how} in {printer.total:.2f} s.", out)
     return EXIT_OK
 
 
@@ -251,14 +324,16 @@ def cmd_remove_node(args: argparse.Namespace) -> int:
         password = None
         if args.uninstall:
             if not args.user:
-                print("error: --uninstall needs --user (and --host, unless the node reported its address)",
-                      file=sys.stderr)
+                print("error: --uninstall needs --user (and --host ADDRESS, or your confirmation of the address "
+                      "the node reported)", file=sys.stderr)
                 return EXIT_USAGE
-            password = _read_password(args, args.user, args.host or args.node)
+            _check_pins(args)
+            password = _read_password(args, args.user, args.host or f"{args.node}'s machine")
         request = RemoveNodeRequest(
             node=args.node, server=_server(args), uninstall=args.uninstall, host=args.host, user=args.user or "",
             password=password, port=args.port, source=_source(args), expect_host_key=args.expect_host_key,
-            confirm_host_key=_confirm, known_hosts=args.known_hosts, prefix=args.prefix,
+            confirm_host_key=_confirm, confirm_address=_confirm_address(args.user, args.port),
+            known_hosts=args.known_hosts, prefix=args.prefix,
             init="none" if args.no_systemd else "systemd", target_path=args.target_path,
             connect_timeout=args.connect_timeout,
         )
@@ -266,9 +341,9 @@ def cmd_remove_node(args: argparse.Namespace) -> int:
     except InstallerError as err:
         return _fail(err, out)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}", sys.stderr)
         return EXIT_USAGE
-    print(f"Node {args.node} removed" + (" and uninstalled." if args.uninstall else " (revoked)."), file=out)
+    _say(f"Node {args.node} removed" + (" and uninstalled." if args.uninstall else " (revoked)."), out)
     return EXIT_OK
 
 

@@ -27,3 +27,7 @@ class InstallerError(Exception):
 
 class NotAvailableError(InstallerError):
     """A feature that is designed but not built yet (``--via NODE`` until the node tunnel lands)."""
+
+
+class CannotAsk(Exception):
+    """Raised by a confirmation callback that has nobody to ask (no terminal): never taken as a yes."""

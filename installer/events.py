@@ -16,6 +16,7 @@ from typing import Any
 from .demos import Demo, check_demos, check_shell_user
 from .errors import InstallerError
 from .flow import Central, add_node
+from .hostkeys import check_pin
 from .models import (
     NODE_KINDS,
     AddNodeRequest,
@@ -83,6 +84,10 @@ def parse_add_node_body(body: Any, server: ServerSpec, known_hosts: Path | None 
         shell_user = check_shell_user(body.get("shell_user", ""))
     except ValueError as exc:
         raise ValueError(f"shell_user: {exc}") from exc
+    try:
+        check_pin("expect_host_key", body.get("expect_host_key", ""))
+    except ValueError as exc:
+        raise ValueError(f"expect_host_key: {exc}") from exc
     if body.get("via") and body.get("jump"):
         raise ValueError("via, jump: give at most one")
     source: Source = Direct()

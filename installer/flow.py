@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,8 +14,8 @@ import asyncssh
 
 from .api import CentralClient, CentralError, ca_sha256
 from .demos import DemoError, check_demos, check_shell_user, demos_json
-from .errors import InstallerError
-from .hostkeys import KnownHosts
+from .errors import CannotAsk, InstallerError
+from .hostkeys import KnownHosts, check_pin
 from .models import (
     NODE_KINDS,
     AddNodeRequest,
@@ -22,6 +23,7 @@ from .models import (
     Jump,
     ProgressCallback,
     RemoveNodeRequest,
+    Source,
     StepStatus,
     ViaNode,
 )
@@ -70,6 +72,7 @@ def _validate(req: AddNodeRequest) -> None:
         raise bad(f"unknown init mode {req.init!r}")
     if req.prefix and req.init == "systemd":
         raise bad("--prefix installs outside the paths systemd reads", "add --no-systemd")
+    _check_pins(req.expect_host_key, req.source, "connect")
     try:
         check_shell_user(req.shell_user)
         if req.demos is not None:
@@ -85,6 +88,28 @@ def _validate(req: AddNodeRequest) -> None:
             check_path("--target-path entry", part)
     except RenderError as exc:
         raise bad(str(exc)) from exc
+
+
+def _check_pins(expect_host_key: str, source: Source, step: str) -> None:
+    """Malformed --expect-host-key / --expect-jump-host-key values stop the run before anything connects."""
+    pins = [("--expect-host-key", expect_host_key)]
+    if isinstance(source, Jump):
+        pins.append(("--expect-jump-host-key", source.expect_host_key))
+    for option, value in pins:
+        try:
+            check_pin(option, value)
+        except ValueError as exc:
+            raise InstallerError(step, "bad_pin", str(exc), f"fix {option}") from exc
+
+
+@asynccontextmanager
+async def _say_what_changed(changed: str) -> AsyncIterator[None]:
+    """Add to a failure's hint what this run already changed (or that it changed nothing)."""
+    try:
+        yield
+    except InstallerError as exc:
+        exc.hint = f"{exc.hint}; {changed}" if exc.hint else changed
+        raise
 
 
 _VERSION = re.compile(r"""^VERSION\s*=\s*["']([^"'\n]+)["']""", re.M)
@@ -149,7 +174,7 @@ async def _add_node(
         return render_script(mode, layout=layout, init=req.init, python=req.python,
                              target_path=req.target_path, shell_user=req.shell_user, **extra)
 
-    async with runner.run("connect") as step:
+    async with runner.run("connect") as step, _say_what_changed("nothing was changed on the target or the server"):
         # The server first: a bad token or a too-low role must fail before the target is touched.
         require_role = getattr(api, "require_role", None)
         if require_role is not None:
@@ -209,6 +234,10 @@ async def _add_node(
     except BaseException as exc:
         if enrolled:
             await _roll_back(runner, api, conn, script, enrolled, installed, req, exc)
+        elif installed and isinstance(exc, InstallerError) and exc.step == "online":
+            # A kept identity stays installed: its log is still there to read.
+            where = "journalctl -u dvic-node" if req.init == "systemd" else f"{layout.state_dir}/daemon.out"
+            exc.hint = (exc.hint + "; " if exc.hint else "") + f"the daemon's log on the node: {where}"
         raise
     return AddNodeResult(node_id=node_id, name=name, reused_identity=keep, steps=runner.steps)
 
@@ -266,10 +295,12 @@ async def _roll_back(
     """Undo a fresh enrollment: remove the install (when it got that far) and revoke the identity."""
     done: list[str] = []
     problems: list[str] = []
+    tail = ""
     if installed:
         try:
-            await run_script(conn, script("uninstall", expect_node_id=node_id), "uninstall",
-                             password=req.password, step="rollback", time_limit=60)
+            removed = await run_script(conn, script("uninstall", expect_node_id=node_id), "uninstall",
+                                       password=req.password, step="rollback", time_limit=60)
+            tail = removed.facts.get("daemon_tail", "").strip()
             done.append("removed the install from the target")
         except InstallerError as exc:
             problems.append(f"could not remove the install from the target ({exc.message})")
@@ -279,8 +310,17 @@ async def _roll_back(
     except (TimeoutError, CentralError) as exc:
         problems.append(f"could not revoke {node_id} ({exc}): run dvic remove-node {node_id}")
     runner.note("rollback", "; ".join(done + problems), StepStatus.FAILED if problems else StepStatus.OK)
-    if problems and isinstance(cause, InstallerError):
+    if not isinstance(cause, InstallerError):
+        return
+    if cause.step == "online" and installed:
+        # The rollback deleted the daemon's log file: show its end now, or the operator has nothing to read.
+        cause.message += (f". The daemon's last lines, read before the rollback removed it: {tail[-_TAIL_CHARS:]}"
+                          if tail else ". The daemon wrote nothing before the rollback removed it")
+    if problems:
         cause.hint = (cause.hint + "; " if cause.hint else "") + "; ".join(problems)
+
+
+_TAIL_CHARS = 1500
 
 
 def _reported_address(node: dict[str, Any]) -> str:
@@ -292,9 +332,18 @@ def _reported_address(node: dict[str, Any]) -> str:
 async def remove_node(
     request: RemoveNodeRequest, progress: ProgressCallback | None = None, central: Central | None = None
 ) -> list[Any]:
-    """Revoke a node and, with ``uninstall``, remove its daemon over SSH. Returns the steps."""
+    """Revoke a node and, with ``uninstall``, remove its daemon over SSH. Returns the steps.
+
+    Everything that can refuse without changing anything (the options, the role, the address to
+    uninstall from) is settled before the revocation; a failure after it says the node is revoked.
+    """
     runner = StepRunner(progress)
     try:
+        if request.uninstall:
+            if request.password is None or not request.user:
+                raise InstallerError("revoke", "bad_request", "--uninstall needs the target's user and password",
+                                     "pass --user (and --host)")
+            _check_pins(request.expect_host_key, request.source, "revoke")
         async with AsyncExitStack() as stack:
             if central is None:
                 try:
@@ -311,33 +360,74 @@ async def remove_node(
                     raise InstallerError("revoke", "unknown_node", f"the server does not know {request.node!r}",
                                          "list the nodes with: dvic nodes")
                 node_id = str(node.get("id") or request.node)
+                label = f"{node.get('name', '')} ({node_id})"
+                host, reported = (await _uninstall_address(request, node, label)) if request.uninstall else ("", False)
                 if node.get("revoked"):
                     # A second run (say, after the uninstall failed) goes on to the uninstall.
-                    step.message = f"{node.get('name', '')} ({node_id}) was already revoked"
+                    step.message = f"{label} was already revoked"
                 else:
                     await central.revoke(node_id)
-                    step.message = f"revoked {node.get('name', '')} ({node_id})"
-            if not request.uninstall:
+                    step.message = f"revoked {label}"
+            if not request.uninstall or request.password is None:
                 return runner.steps
-            host = request.host or _reported_address(node)
-            if request.password is None or not host or not request.user:
-                raise InstallerError("connect", "bad_request", "--uninstall needs the target's address, user and "
-                                     "password", "pass --host and --user")
-            password = request.password
-            async with runner.run("connect") as step:
-                conn = await stack.enter_async_context(open_target(
-                    host=host, port=request.port, user=request.user, password=password,
-                    source=request.source, known_hosts=KnownHosts(request.known_hosts or known_hosts_path()),
-                    expect_host_key=request.expect_host_key, confirm=request.confirm_host_key,
-                    connect_timeout=request.connect_timeout, via_factory=_via_factory(central),
-                ))
-                step.message = f"{request.user}@{host}:{request.port}"
-            async with runner.run("uninstall") as step:
-                text = render_script("uninstall", layout=NodeLayout(request.prefix), init=request.init,
-                                     target_path=request.target_path, expect_node_id=node_id)
-                await run_script(conn, text, "uninstall", password=password, step="uninstall")
-                step.message = "daemon stopped and removed"
+            await _uninstall(request, runner, stack, central, node_id, label, host, reported)
             return runner.steps
     finally:
         if request.password is not None:
             request.password.wipe()
+
+
+async def _uninstall_address(request: RemoveNodeRequest, node: dict[str, Any], label: str) -> tuple[str, bool]:
+    """Where to send the SSH password: ``--host``, or the node's own report once the operator confirms it.
+
+    A node is often removed because it is suspect; one under an attacker's control can report the
+    address of a machine the attacker runs, to collect the password (security review L7).
+    """
+    if request.host:
+        return request.host, False
+    reported = _reported_address(node)
+    if not reported:
+        raise InstallerError("revoke", "no_address", f"{label} reported no address to uninstall from; "
+                             "nothing was changed", "pass --host ADDRESS")
+    unconfirmed = (f"{label} reported the address {reported} itself, and a node's own report is not trusted "
+                   "with the SSH password without your confirmation")
+    hint = f"check that {reported} is that machine, then pass --host {reported}; nothing was changed"
+    if request.confirm_address is None:
+        raise InstallerError("revoke", "address_unconfirmed", unconfirmed, hint)
+    try:
+        confirmed = await request.confirm_address(label, reported)
+    except CannotAsk as exc:
+        raise InstallerError("revoke", "address_unconfirmed", f"{unconfirmed} ({exc})", hint) from exc
+    if not confirmed:
+        raise InstallerError("revoke", "address_rejected", f"the address {reported} reported by {label} was not "
+                             "confirmed", "pass --host with the machine's address; nothing was changed")
+    return reported, True
+
+
+async def _uninstall(
+    request: RemoveNodeRequest, runner: StepRunner, stack: AsyncExitStack, central: Central,
+    node_id: str, label: str, host: str, reported: bool,
+) -> None:
+    """The SSH part of remove-node, run after the revocation (which its failures must mention)."""
+    assert request.password is not None
+    password = request.password
+    where = f"{request.user}@{host}:{request.port}" + _through(request.source)
+    again = "run the same dvic remove-node --uninstall command again once that is fixed (the node stays revoked)"
+    connect_changed = (f"{label} is revoked at the server (its daemon is refused from now on) but nothing was "
+                       f"changed on the target (its daemon still runs there); {again}")
+    async with runner.run("connect", f"connecting to {where}" + (
+            " (the address the node reported, confirmed)" if reported else "")) as step, \
+            _say_what_changed(connect_changed):
+        conn = await stack.enter_async_context(open_target(
+            host=host, port=request.port, user=request.user, password=password,
+            source=request.source, known_hosts=KnownHosts(request.known_hosts or known_hosts_path()),
+            expect_host_key=request.expect_host_key, confirm=request.confirm_host_key,
+            connect_timeout=request.connect_timeout, via_factory=_via_factory(central),
+        ))
+        step.message = where
+    uninstall_changed = f"{label} is revoked at the server, but the uninstall did not finish on the target; {again}"
+    async with runner.run("uninstall") as step, _say_what_changed(uninstall_changed):
+        text = render_script("uninstall", layout=NodeLayout(request.prefix), init=request.init,
+                             target_path=request.target_path, expect_node_id=node_id)
+        await run_script(conn, text, "uninstall", password=password, step="uninstall")
+        step.message = "daemon stopped and removed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import asyncssh
 
-from .errors import InstallerError
+from .errors import CannotAsk, InstallerError
 from .models import ConfirmHostKey, HostKeyPrompt
 
 
@@ -78,9 +79,24 @@ class KnownHosts:
             raise
 
 
-def _normalise_fp(value: str) -> str:
-    value = value.strip()
-    return value if value.startswith("SHA256:") else "SHA256:" + value
+# As OpenSSH prints it: "SHA256:" and the unpadded base64 of a 32-byte digest (43 characters).
+_PIN = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+
+
+def check_pin(option: str, value: str) -> str:
+    """A ``--expect-host-key`` style pin, checked before anything connects ("" means none given).
+
+    Raises ValueError naming ``option`` when the value is not ``SHA256:`` + 43 base64 characters.
+    """
+    pin = value.strip().rstrip("=")
+    if not pin:
+        return ""
+    if not _PIN.fullmatch(pin):
+        raise ValueError(
+            f"{option} {value!r} is not a SHA256 fingerprint: expected SHA256: and 43 base64 characters, "
+            "as `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints it on the machine"
+        )
+    return pin
 
 
 async def trusted_host_keys(
@@ -99,6 +115,10 @@ async def trusted_host_keys(
     The key shown to the operator is fetched with a separate key exchange; the real connection is
     then made trusting only the confirmed key, so a key swapped in between is still refused.
     """
+    try:
+        pin = check_pin(_PIN_OPTION[role], expected)
+    except ValueError as exc:
+        raise InstallerError("connect", "bad_pin", str(exc), f"fix {_PIN_OPTION[role]}") from exc
     known = store.keys_for(host, port)
     algs: Sequence[str] = [alg.decode() for key in known for alg in key.sig_algorithms] if known else ()
     options: dict[str, Any] = {"config": None}
@@ -120,6 +140,13 @@ async def trusted_host_keys(
     shown = fingerprint(presented)
     who = f"{role} host {host_pattern(host, port)}"
 
+    if pin and pin != shown:  # a pin given for this run is always checked, whatever known_hosts holds
+        raise InstallerError(
+            "connect",
+            "host_key_mismatch",
+            f"{who} presents {shown}, not the expected {pin}",
+            "check the fingerprint on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)",
+        )
     if known:
         if any(k.public_data == presented.public_data for k in known):
             return known
@@ -133,28 +160,33 @@ async def trusted_host_keys(
             f"legitimate, delete the {host_pattern(host, port)} line from {store.path} and run again",
         )
 
-    if expected:
-        if _normalise_fp(expected) != shown:
-            raise InstallerError(
-                "connect",
-                "host_key_mismatch",
-                f"{who} presents {shown}, not the expected {_normalise_fp(expected)}",
-                "check the fingerprint on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)",
-            )
-    elif confirm is not None:
+    if not pin:
+        if confirm is None:
+            raise _not_known(role, who, shown, "")
         prompt = HostKeyPrompt(role, host, port, presented.get_algorithm(), shown)
-        if not await confirm(prompt):
+        try:
+            confirmed = await confirm(prompt)
+        except CannotAsk as exc:
+            raise _not_known(role, who, shown, str(exc)) from exc
+        if not confirmed:
             raise InstallerError(
-                "connect", "host_key_rejected", f"the {who} key {shown} was not confirmed", "nothing was changed"
+                "connect", "host_key_rejected", f"the {who} key {shown} was not confirmed",
+                f"check the key on the machine (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then run again "
+                f"and confirm it, or pass {_PIN_OPTION[role]}",
             )
-    else:
-        raise InstallerError(
-            "connect",
-            "host_key_unknown",
-            f"{who} is not known yet; it presents {shown}",
-            f"check that fingerprint on the machine, then pass --expect-host-key {shown}"
-            if role == "target"
-            else f"check that fingerprint on the jump host, then pass --expect-jump-host-key {shown}",
-        )
     store.add(host, port, presented)
     return [presented]
+
+
+_PIN_OPTION = {"target": "--expect-host-key", "jump": "--expect-jump-host-key"}
+
+
+def _not_known(role: str, who: str, shown: str, why: str) -> InstallerError:
+    """First contact that nobody confirmed: say which option carries the fingerprint instead."""
+    return InstallerError(
+        "connect",
+        "host_key_unknown",
+        f"{who} is not known yet; it presents {shown}" + (f" ({why})" if why else ""),
+        f"check that fingerprint on the {'machine' if role == 'target' else 'jump host'} "
+        f"(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then pass {_PIN_OPTION[role]} {shown}",
+    )

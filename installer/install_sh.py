@@ -304,6 +304,9 @@ do_uninstall() {
     if [ -n "$EXPECT_NODE_ID" ] && [ -e "$BUNDLE" ] && ! grep -qF -- "\"$EXPECT_NODE_ID\"" "$BUNDLE"; then
         fail wrong_node "this machine holds another node identity than $EXPECT_NODE_ID"
     fi
+    # Its last lines, before the log file goes with the state dir (add-node's rollback shows them).
+    tail=$(daemon_tail)
+    if [ -n "$tail" ]; then say daemon_tail "$tail"; fi
     stop_daemon
     if [ "$INIT" = systemd ] && command -v systemctl >/dev/null 2>&1; then
         systemctl disable --quiet "$SERVICE" >/dev/null 2>&1

@@ -105,6 +105,9 @@ class HostKeyPrompt:
 
 
 ConfirmHostKey = Callable[[HostKeyPrompt], Awaitable[bool]]
+# remove-node --uninstall without --host: (node name, address the node reported) -> may the
+# password be sent there? May raise errors.CannotAsk (no terminal).
+ConfirmAddress = Callable[[str, str], Awaitable[bool]]
 
 
 @dataclass
@@ -168,6 +171,8 @@ class RemoveNodeRequest:
     source: Source = field(default_factory=Direct)
     expect_host_key: str = ""
     confirm_host_key: ConfirmHostKey | None = None
+    # Without ``host``, the address the node reported is used only if this confirms it (L7).
+    confirm_address: ConfirmAddress | None = None
     known_hosts: Path | None = None
     prefix: str = ""
     init: str = "systemd"

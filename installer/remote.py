@@ -24,8 +24,9 @@ HINTS: dict[str, str] = {
     "sudo_tty": "allow sudo without a terminal for this user (remove 'Defaults requiretty')",
     "bad_daemon": "the daemon file does not parse with the target's Python: use a newer Python (--python)",
     "bad_unit": "the unit template in node_script/dvic-node.service is invalid: fix it and run again",
-    "start_failed": "see the daemon's output on the target (journalctl -u dvic-node, or STATE_DIR/daemon.out "
-    "with --no-systemd); nothing is left installed",
+    # The script's rollback may have deleted STATE_DIR/daemon.out: its last lines are in the message.
+    "start_failed": "the daemon's last lines are in the message (with systemd, journalctl -u dvic-node on the "
+    "target keeps the rest); nothing is left installed",
     "install_failed": "check free disk space and permissions on the target; the install was rolled back",
     "bundle_changed": "the target's identity changed during the run; run the command again",
     "wrong_node": "this machine belongs to another node: check the address, or remove that node instead",
@@ -46,7 +47,9 @@ def parse_output(stdout: str) -> tuple[dict[str, str], tuple[str, str] | None]:
     """Read ``DVIC key value`` facts and a ``DVIC-ERROR code message`` line from the script output."""
     facts: dict[str, str] = {}
     error: tuple[str, str] | None = None
-    for line in stdout.splitlines():
+    # "\n" only: splitlines() would also split on "\r", "\x1c", "\u2028"... that text from the target may hold.
+    for line in stdout.split("\n"):
+        line = line.rstrip("\r")
         if line.startswith("DVIC-ERROR "):
             code, _, message = line[len("DVIC-ERROR "):].partition(" ")
             error = (code, message)

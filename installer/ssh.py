@@ -53,7 +53,7 @@ def _describe(exc: BaseException, role: str, host: str, port: int, via: str) -> 
             )
         return InstallerError(
             "connect", "auth_failed", f"the {where} refused the user name or password",
-            "check the user name and password (nothing was changed on the target or the server)",
+            "check the user name and password",
         )
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return InstallerError(

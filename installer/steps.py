@@ -27,8 +27,8 @@ _CENTRAL_HINTS = {
     "http_401": "the operator token is unknown: check --token / DVIC_TOKEN",
     "http_403": "your account's role is too low (enrolling needs operator, revoking needs admin) or pending",
     "http_409": "a node with that name exists: pick another --name, or remove the old one (dvic remove-node)",
-    "timeout": "the daemon runs but does not reach the server: check the server URL in the bundle is reachable "
-    "from the node and see the daemon's log on the node (journalctl -u dvic-node)",
+    "timeout": "the daemon runs but does not reach the server: check that the server URL (--server) is "
+    "reachable from the node (address, port, firewall)",
 }
 
 
@@ -55,8 +55,9 @@ class StepRunner:
             log.exception("progress callback failed for step %s", step.name)
 
     @asynccontextmanager
-    async def run(self, name: str) -> AsyncIterator[Step]:
-        step = Step(name)
+    async def run(self, name: str, message: str = "") -> AsyncIterator[Step]:
+        """``message``: what the step is about to do, reported with its start (e.g. where it connects)."""
+        step = Step(name, message=message)
         self.steps.append(step)
         started = time.monotonic()
         self.emit(step)
