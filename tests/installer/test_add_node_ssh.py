@@ -262,6 +262,53 @@ async def test_unknown_host_key_needs_confirmation(
     assert not known_hosts.exists() and central.requests == []
 
 
+async def test_a_pin_is_checked_even_when_known_hosts_has_the_key(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, jump_sshd: Sshd,
+    jump_key: Path, tmp_path: Path, prefix: Path,
+) -> None:
+    import asyncssh
+
+    from installer.hostkeys import KnownHosts
+
+    store = KnownHosts(tmp_path / "known_hosts")
+    for sshd in (target_sshd, jump_sshd):  # both confirmed on an earlier run
+        store.add("127.0.0.1", sshd.port, asyncssh.read_public_key(str(sshd.host_key) + ".pub"))
+    saved = store.path.read_text()
+    logins = target_sshd.log_path.read_text().count("Accepted password")
+    jump_logins = jump_sshd.log_path.read_text().count("Accepted publickey")
+    wrong = "SHA256:" + "A" * 43
+
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(expect_host_key=wrong))
+    assert err.value.code == "host_key_mismatch" and wrong in err.value.message
+    assert target_sshd.fingerprint in err.value.message
+
+    jump = Jump(host="127.0.0.1", port=jump_sshd.port, user="dvic-it", client_keys=[str(jump_key)],
+                expect_host_key=wrong)
+    with pytest.raises(InstallerError) as err:
+        await add_node(make_request(source=jump))
+    assert err.value.code == "host_key_mismatch" and f"jump host [127.0.0.1]:{jump_sshd.port}" in err.value.message
+
+    assert target_sshd.log_path.read_text().count("Accepted password") == logins
+    assert jump_sshd.log_path.read_text().count("Accepted publickey") == jump_logins
+    assert central.requests == [] and tree(prefix) == [] and store.path.read_text() == saved
+
+
+@pytest.mark.parametrize("pin", ["MD5:aa:bb", "SHA256:AAAA", "SHA256:" + "A" * 44])
+async def test_a_malformed_pin_fails_before_connecting(
+    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, pin: str
+) -> None:
+    connections = target_sshd.log_path.read_text().count("Connection from")
+    for request in (make_request(expect_host_key=pin),
+                    make_request(source=Jump(host="127.0.0.1", port=target_sshd.port, expect_host_key=pin))):
+        with pytest.raises(InstallerError) as err:
+            await add_node(request)
+        assert (err.value.step, err.value.code) == ("connect", "bad_pin")
+        assert "is not a SHA256 fingerprint" in err.value.message and "--expect-" in err.value.hint
+    assert target_sshd.log_path.read_text().count("Connection from") == connections
+    assert central.requests == []
+
+
 async def test_changed_host_key_aborts_loudly(
     make_request: Callable[..., AddNodeRequest], central: FakeCentral, ssh_user: str, tmp_path: Path
 ) -> None:
@@ -384,17 +431,22 @@ async def test_failed_upgrade_restores_the_running_install(
     assert not central.nodes[first.node_id]["revoked"]
 
 
-async def test_never_online_is_rolled_back(
+async def test_never_online_is_rolled_back_and_shows_the_daemons_last_lines(
     make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
 ) -> None:
     silent = tmp_path / "silent.py"
-    silent.write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    silent.write_text("import sys, time\nprint('connection: cannot reach the server (a marker)', file=sys.stderr, "
+                      "flush=True)\nwhile True:\n    time.sleep(1)\n")
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(daemon_source=silent, online_timeout=1.0))
     assert (err.value.step, err.value.code) == ("online", "timeout")
     (node,) = central.nodes.values()
     assert node["revoked"]
     assert daemon_pid(prefix) is None and not (prefix / "opt/dvic-node").exists()
+    # The rollback deleted the daemon's log: the error carries its end instead of pointing to it.
+    assert not (prefix / "var/lib/dvic-node/daemon.out").exists()
+    assert "read before the rollback removed it: connection: cannot reach the server (a marker)" in err.value.message
+    assert "daemon.out" not in err.value.hint and "journalctl" not in err.value.hint
 
 
 async def test_remove_node_uninstalls(
