@@ -4006,8 +4006,8 @@ class Daemon:
         was_revoked, self._revoked = self._revoked, is_revocation(exc)
         if self._revoked:
             if not was_revoked:  # once: a revoked node stays revoked, and it would otherwise say so forever
-                LOG.warning("connection: %s; this node is revoked: retrying only every %.0f s (the longest "
-                            "reconnect delay); re-add the machine (dvic add-node) to give it a new identity",
+                LOG.warning("connection: %s; retrying only every %.0f s (the longest reconnect delay) while this "
+                            "node is revoked; re-add the machine (dvic add-node) to give it a new identity",
                             text, self.opts.reconnect_max)
             else:
                 LOG.debug("connection: %s", text)
