@@ -30,6 +30,7 @@ from .models import (
 from .paths import NodeLayout, known_hosts_path
 from .remote import run_script
 from .render import INIT_MODES, RenderError, check_path, render_script, render_unit
+from .secret import Password
 from .ssh import ViaFactory, open_target
 from .steps import StepRunner, central_error
 from .tunnel import NodeTunnel
@@ -295,7 +296,7 @@ async def _roll_back(
     """Undo a fresh enrollment: remove the install (when it got that far) and revoke the identity."""
     done: list[str] = []
     problems: list[str] = []
-    tail = ""
+    tail: str | None = None  # the daemon's last lines, once the rollback removed its log with the install
     if installed:
         try:
             removed = await run_script(conn, script("uninstall", expect_node_id=node_id), "uninstall",
@@ -312,7 +313,7 @@ async def _roll_back(
     runner.note("rollback", "; ".join(done + problems), StepStatus.FAILED if problems else StepStatus.OK)
     if not isinstance(cause, InstallerError):
         return
-    if cause.step == "online" and installed:
+    if cause.step == "online" and tail is not None:
         # The rollback deleted the daemon's log file: show its end now, or the operator has nothing to read.
         cause.message += (f". The daemon's last lines, read before the rollback removed it: {tail[-_TAIL_CHARS:]}"
                           if tail else ". The daemon wrote nothing before the rollback removed it")
@@ -370,7 +371,7 @@ async def remove_node(
                     step.message = f"revoked {label}"
             if not request.uninstall or request.password is None:
                 return runner.steps
-            await _uninstall(request, runner, stack, central, node_id, label, host, reported)
+            await _uninstall(request, request.password, runner, stack, central, node_id, label, host, reported)
             return runner.steps
     finally:
         if request.password is not None:
@@ -405,16 +406,14 @@ async def _uninstall_address(request: RemoveNodeRequest, node: dict[str, Any], l
 
 
 async def _uninstall(
-    request: RemoveNodeRequest, runner: StepRunner, stack: AsyncExitStack, central: Central,
+    request: RemoveNodeRequest, password: Password, runner: StepRunner, stack: AsyncExitStack, central: Central,
     node_id: str, label: str, host: str, reported: bool,
 ) -> None:
     """The SSH part of remove-node, run after the revocation (which its failures must mention)."""
-    assert request.password is not None
-    password = request.password
     where = f"{request.user}@{host}:{request.port}" + _through(request.source)
     again = "run the same dvic remove-node --uninstall command again once that is fixed (the node stays revoked)"
     connect_changed = (f"{label} is revoked at the server (its daemon is refused from now on) but nothing was "
-                       f"changed on the target (its daemon still runs there); {again}")
+                       f"changed on the target (its daemon, if it runs, was not removed); {again}")
     async with runner.run("connect", f"connecting to {where}" + (
             " (the address the node reported, confirmed)" if reported else "")) as step, \
             _say_what_changed(connect_changed):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -368,7 +369,7 @@ def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
             return times if len(times) >= 4 else None
 
         times = wait_until_sync(four_refusals, 30, "four refused reconnects")
-        gaps = [round(b - a, 2) for a, b in zip(times, times[1:])]  # type: ignore[arg-type]
+        gaps = [round(b - a, 2) for a, b in pairwise(times)]  # type: ignore[arg-type]
         assert all(gap >= longest * 0.9 for gap in gaps), gaps  # not climbing 1 s, 2 s, ... again
         log = daemon.log()
         assert log.count("this node is revoked") == 1, log
@@ -424,7 +425,7 @@ def test_a_keepalive_refused_as_revoked_is_sent_at_the_longest_delay(
         daemon.start()
         try:
             wait_until_sync(lambda: len(refusing.times) >= 4, 30, "four keep-alives")
-            gaps = [round(b - a, 2) for a, b in zip(refusing.times, refusing.times[1:4])]
+            gaps = [round(b - a, 2) for a, b in pairwise(refusing.times[:4])]
             # The server's interval here is 1 s: a revoked answer stretches it to the longest delay.
             assert all(gap >= longest * 0.9 for gap in gaps), gaps
         finally:
