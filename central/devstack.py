@@ -17,10 +17,14 @@ import sys
 import time
 from pathlib import Path
 
+import node_script
+
 from .cli import LISTEN_FILE, api_call, running_server
 
-REPO = Path(__file__).resolve().parents[1]
-DAEMON = REPO / "node_script" / "dvic_node.py"
+DAEMON = node_script.DAEMON
+# The directory holding this package (a checkout or site-packages): `python -m central.cli` run
+# from there starts the same code as this process, installed or not.
+CODE_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_BUNDLE = "local-node.json"
 
 
@@ -63,6 +67,8 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
     # children run in their own sessions, so nothing else would.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
+    # The children run elsewhere (CODE_ROOT): a relative --data-dir must name the same directory.
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     server_proc: subprocess.Popen[bytes] | None = None
     daemon_proc: subprocess.Popen[bytes] | None = None
@@ -76,7 +82,7 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
                 server_proc = subprocess.Popen(
                     [sys.executable, "-m", "central.cli", "--data-dir", str(data_dir), "serve",
                      "--listen", f"{host}:{port}"],
-                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    cwd=CODE_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             print(f"starting the central server (log: {log_path}) ...", flush=True)
             info = _wait_listening(data_dir, server_proc, log_path)
@@ -110,7 +116,7 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
                 daemon_proc = subprocess.Popen(
                     [sys.executable, str(DAEMON), "--config", str(bundle_path), "--state-dir",
                      str(data_dir / "node-state")],
-                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                    cwd=CODE_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 )
             print(f"started this machine's node daemon (log: {node_log})", flush=True)
         else:

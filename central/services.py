@@ -9,11 +9,12 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
 from aiohttp import web
+
+import node_script
 
 from . import actions, commands, db, store
 from .actions import ActionHub
@@ -32,7 +33,7 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 ADMIN_TOKEN_FILE = "admin.token"
-SHIPPED_DAEMON = Path(__file__).resolve().parents[1] / "node_script" / "dvic_node.py"
+SHIPPED_DAEMON = node_script.DAEMON
 
 
 @dataclass

@@ -6,10 +6,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# The daemon and its unit template ship in node_script/ next to this package (see DESIGN.md).
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DAEMON_SOURCE = _REPO_ROOT / "node_script" / "dvic_node.py"
-DEFAULT_UNIT_TEMPLATE = _REPO_ROOT / "node_script" / "dvic-node.service"
+import node_script
+
+# The daemon and its unit template ship as the node_script package's data, wherever it is installed.
+DEFAULT_DAEMON_SOURCE = node_script.DAEMON
+DEFAULT_UNIT_TEMPLATE = node_script.UNIT_TEMPLATE
 
 
 def daemon_source() -> Path:
