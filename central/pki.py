@@ -7,11 +7,13 @@ in the enrollment bundle and never stored by the server.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
 import os
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,15 +37,23 @@ def _now() -> dt.datetime:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file that is 0600 from its first byte (no window where it is readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a secret file that is 0600 from its first byte (no window where it is readable).
+
+    The temp file is a new one with a random name in the target's directory (mkstemp: O_CREAT|O_EXCL,
+    and O_NOFOLLOW), so a file or symlink planted there by someone else is never written through;
+    the rename then replaces `path` itself (a symlink at `path` is replaced, not followed).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
