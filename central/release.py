@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,21 @@ def daemon_version(data: bytes) -> str:
     return match.group(1).decode()
 
 
+def check_daemon(data: bytes) -> str:
+    """The version of a daemon file fit to publish; a ReleaseError says why it is not."""
+    if len(data) > MAX_DAEMON_BYTES:
+        raise ReleaseError(f"daemon file larger than {MAX_DAEMON_BYTES} bytes")
+    try:
+        compile(data, "dvic_node.py", "exec")
+    except (SyntaxError, ValueError) as exc:
+        raise ReleaseError(f"the daemon file is not valid Python: {exc}") from None
+    except (MemoryError, RecursionError) as exc:
+        # CPython's parser gives up on deep nesting (e.g. thousands of unary minus) this way.
+        raise ReleaseError(f"the daemon file is not valid Python: nested too deeply to compile "
+                           f"({type(exc).__name__})") from None
+    return daemon_version(data)
+
+
 def public_numbers(key: rsa.RSAPublicKey) -> dict[str, Any]:
     nums = key.public_numbers()
     return {"n": format(nums.n, "x"), "e": nums.e}
@@ -67,6 +83,8 @@ class ReleaseStore:
         self.data_dir = data_dir
         self.key_path = data_dir / RELEASE_KEY
         self.dir = data_dir / RELEASE_DIR
+        # publish() may run in a worker thread: one writer of the key and the release at a time.
+        self._lock = threading.RLock()
         if not self.key_path.exists():
             self._write_key(rsa.generate_private_key(public_exponent=65537, key_size=3072))
         self.key = self._load_key()
@@ -90,6 +108,10 @@ class ReleaseStore:
 
     def rotate(self) -> dict[str, Any]:
         """New key; returns the endorsement nodes need: the new public key signed by the old key."""
+        with self._lock:
+            return self._rotate()
+
+    def _rotate(self) -> dict[str, Any]:
         old = self.key
         new = rsa.generate_private_key(public_exponent=65537, key_size=3072)
         new_public = public_numbers(new.public_key())
@@ -113,22 +135,24 @@ class ReleaseStore:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def publish(self, data: bytes) -> Release:
-        if len(data) > MAX_DAEMON_BYTES:
-            raise ReleaseError(f"daemon file larger than {MAX_DAEMON_BYTES} bytes")
-        try:
-            compile(data, "dvic_node.py", "exec")
-        except (SyntaxError, ValueError) as exc:
-            raise ReleaseError(f"the daemon file is not valid Python: {exc}") from None
-        version = daemon_version(data)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / "dvic_node.py"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        meta = {"version": version, "sha256": hashlib.sha256(data).hexdigest(), "signature": self.sign(data),
-                "size": len(data)}
-        (self.dir / "release.json").write_text(json.dumps(meta))
-        return Release(path=path, **meta)
+        """Sign and hold `data` as the release; refused if invalid or older than the current one.
+
+        Safe to call from a worker thread (the API compiles an upload off the event loop).
+        """
+        version = check_daemon(data)
+        with self._lock:
+            current = self.current()
+            if current is not None and parse_version(version) < parse_version(current.version):
+                raise ReleaseError(f"version {version} is older than the current release {current.version}")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path = self.dir / "dvic_node.py"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+            meta = {"version": version, "sha256": hashlib.sha256(data).hexdigest(), "signature": self.sign(data),
+                    "size": len(data)}
+            (self.dir / "release.json").write_text(json.dumps(meta))
+            return Release(path=path, **meta)
 
     def current(self) -> Release | None:
         meta_path = self.dir / "release.json"
