@@ -16,8 +16,9 @@ from aiohttp import WSMsgType, web
 from . import store
 from .actions import ACTIONS
 from .api import find_node, json_body, limit_param, node_id_param
-from .auth import PUBLIC, ApiError, Operator, current_operator
+from .auth import NODE, PUBLIC, ApiError, Operator, current_operator
 from .commands import output_event
+from .nodehub import authenticate_node
 from .registry import NodeState
 from .release import MAX_DAEMON_BYTES, ReleaseError
 from .routes import routes
@@ -367,15 +368,28 @@ async def update_nodes(request: web.Request) -> web.Response:
     return web.json_response({"version": release.version, "actions": actions}, status=201)
 
 
-@routes.route("GET", "/api/v1/release", role="viewer", summary="The daemon release nodes update to")
-async def release_info(request: web.Request) -> web.Response:
-    services = _services(request)
+def _release_view(services: Services) -> dict[str, Any]:
     current = services.release.current()
-    return web.json_response({
+    return {
         "version": current.version if current else None, "sha256": current.sha256 if current else None,
         "size": current.size if current else 0, "release_key": services.release.public,
         "endorsements": services.release.endorsements(),
-    })
+    }
+
+
+@routes.route("GET", "/api/v1/release", role="viewer", summary="The daemon release nodes update to")
+async def release_info(request: web.Request) -> web.Response:
+    return web.json_response(_release_view(_services(request)))
+
+
+@routes.route("GET", "/api/v1/node/release", role=NODE,
+              summary="The same, for a node (client certificate): how it follows release-key rotations")
+async def node_release_info(request: web.Request) -> web.Response:
+    services = _services(request)
+    who = authenticate_node(services, request)
+    if isinstance(who, web.Response):
+        return who
+    return web.json_response(_release_view(services))
 
 
 @routes.route("GET", "/api/v1/release/daemon", role=PUBLIC,

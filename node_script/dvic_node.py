@@ -3413,12 +3413,17 @@ class Updater:
         return ""
 
     async def _fetch_endorsements(self) -> Any:
-        """GET /api/v1/release for the key rotation endorsements (None when not available)."""
+        """GET /api/v1/node/release for the key rotation endorsements (None when not available).
+
+        The node route: this node authenticates as on its websocket, with its client certificate
+        (the token only counts in plain-HTTP development mode).
+        """
         base = str(self.daemon.bundle.get("server_url") or "")
         if not base:
             return None
         try:
-            status, body = await http_get(base.rstrip("/") + "/api/v1/release", self.daemon.ssl_context, 1 * MIB,
+            status, body = await http_get(base.rstrip("/") + "/api/v1/node/release", self.daemon.ssl_context,
+                                          1 * MIB,
                                           headers={"Authorization": "Bearer " + str(self.daemon.bundle["token"])})
             if status == 200:
                 return json.loads(body.decode("utf-8")).get("endorsements")
