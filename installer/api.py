@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from .models import ServerSpec
-from .tunnel import read_opened, tunnel_error
+from .tunnel import read_opened, refusal_reason, tunnel_error
 
 _TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 _RANK = {"viewer": 1, "operator": 2, "admin": 3}
@@ -175,7 +175,7 @@ class CentralClient:
                 max_msg_size=1024 * 1024,
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise tunnel_error(node, host, port, exc.status, exc.message) from exc
+            raise tunnel_error(node, host, port, exc.status, refusal_reason(exc)) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise CentralError(0, "unreachable", f"cannot reach the central server at {self._base}: {exc}") from exc
         await read_opened(ws, node, host, port, wait)

@@ -98,18 +98,27 @@ class NodeTunnel:
                 task.cancel()
 
 
-def tunnel_error(node: str, host: str, port: int, status: int, message: str) -> InstallerError:
-    """The server's refusal of a tunnel, said for an operator."""
+def refusal_reason(exc: aiohttp.WSServerHandshakeError) -> str:
+    """The server's `code: message` for a refused upgrade (aiohttp drops its body; the header repeats it)."""
+    header = (exc.headers or {}).get("X-Dvic-Error", "")
+    return header if ": " in header else f"HTTP {exc.status}"
+
+
+def tunnel_error(node: str, host: str, port: int, status: int, reason: str) -> InstallerError:
+    """The server's refusal of a tunnel (`reason`: its `code: message`), said for an operator."""
     where = f"{host}:{port} through node {node}"
+    refused_hint = "tunnels need the operator role and a port the server allows (dvic-central --tunnel-port)"
+    if reason.startswith("port_not_allowed:"):
+        refused_hint = (f"port {port} is not among the ports the server lets tunnels reach: an admin can add it "
+                        f"(dvic-central serve --tunnel-port {port}), or use --jump/--direct")
     table = {
         404: ("via_unknown", f"the server knows no node {node!r}", "check the name with: dvic nodes"),
         409: ("via_offline", f"node {node} is not connected, so it cannot reach {host}:{port}",
               "pick an online node for --via, or bring that node back"),
-        403: ("via_refused", f"the server refused a tunnel to {where}: {message}",
-              "tunnels need the operator role and a port the server allows (dvic-central --tunnel-port)"),
+        403: ("via_refused", f"the server refused a tunnel to {where}: {reason}", refused_hint),
         429: ("via_busy", f"node {node} has too many tunnels open", "wait a moment and run again"),
     }
-    code, text, hint = table.get(status, ("via_failed", f"the tunnel to {where} failed: {message}", ""))
+    code, text, hint = table.get(status, ("via_failed", f"the tunnel to {where} failed: {reason}", ""))
     return InstallerError("connect", code, text, hint)
 
 

@@ -43,6 +43,24 @@ class Unreachable(ApiError):
         super().__init__(0, "unreachable", message)
 
 
+# Error codes of refused requests whose answer carries no error of the server's (an old server, a proxy).
+STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                409: "conflict", 429: "too_many"}
+
+
+def refused_upgrade(exc: aiohttp.WSServerHandshakeError, what: str) -> ApiError:
+    """A refused websocket upgrade with the server's code and message.
+
+    aiohttp drops the body of a refused upgrade (its own message is "Invalid response status"),
+    so the reason comes from the `X-Dvic-Error: <code>: <message>` header the server repeats it in.
+    """
+    code, _, message = (exc.headers or {}).get("X-Dvic-Error", "").partition(": ")
+    if code and message:
+        return ApiError(exc.status, code, message)
+    return ApiError(exc.status, STATUS_CODES.get(exc.status, "refused"),
+                    f"the server refused {what} (HTTP {exc.status})")
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | bool:
     """Strict TLS trusting only the pinned CA (no system roots); `True` for plain-HTTP servers."""
     if settings.ca_pem is not None:
@@ -236,7 +254,7 @@ class ApiClient:
         try:
             ws = await self.session.ws_connect(url, heartbeat=heartbeat, max_msg_size=16 * 1024 * 1024)
         except aiohttp.WSServerHandshakeError as exc:
-            raise ApiError(exc.status, "stream_refused", f"the server refused the stream: {exc.message}") from exc
+            raise refused_upgrade(exc, "the stream") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot open the stream at {url}: {exc or type(exc).__name__}") from exc
         return Stream(ws)

@@ -21,7 +21,7 @@ import ssl
 import time
 from types import TracebackType
 
-from tui.client import API, ApiError, Json, Unreachable, ssl_context
+from tui.client import API, STATUS_CODES, ApiError, Json, Unreachable, ssl_context
 from tui.config import Settings
 
 try:
@@ -37,9 +37,6 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # as aiohttp's default, which the other cl
 # The server pings every 20 s (heartbeat): this long without any frame means it or the path is gone.
 WS_SILENCE_S = 45.0
 READ_CHUNK = 65536
-# Error codes of refused websocket upgrades whose answer carries no JSON error.
-STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                409: "conflict", 429: "too_many"}
 
 
 class _Closed(Exception):

@@ -11,7 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from tui.client import API, ApiClient, ApiError, Json, Unreachable, _list, _params, _seg
+from tui.client import (
+    API,
+    STATUS_CODES,
+    ApiClient,
+    ApiError,
+    Json,
+    Unreachable,
+    _list,
+    _params,
+    _seg,
+    refused_upgrade,
+)
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
@@ -33,6 +44,10 @@ def command_body(targets: Json, argv: list[str] | None = None, shell: str | None
     if timeout is not None:
         body["timeout"] = timeout
     return body
+
+
+# Refusals about the caller's account, which `explain_refusal` details (role, approval, maintenance).
+ACCOUNT_REFUSALS = frozenset({"forbidden", "pending_approval", "maintenance"})
 
 
 class RemoteClient(ApiClient):
@@ -150,17 +165,18 @@ class RemoteClient(ApiClient):
             return await self.session.ws_connect(self.ws_url(path), params=params, heartbeat=20.0,
                                                  max_msg_size=max_msg_size)
         except aiohttp.WSServerHandshakeError as exc:
-            raise ApiError(exc.status, STATUS_CODES.get(exc.status, "refused"),
-                           f"the server refused {what} (HTTP {exc.status})") from exc
+            raise refused_upgrade(exc, what) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             raise Unreachable(f"TLS verification of {self.base} failed against the pinned CA: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot open {what} at {self.base}: {exc or type(exc).__name__}") from exc
 
     async def explain_refusal(self, exc: ApiError, node: str, doing: str, otherwise: str = "") -> ApiError:
-        """Turns a refused websocket upgrade into the reason, asked of the API (the upgrade has no body).
+        """Turns a refused websocket upgrade into the reason an operator can act on.
 
-        Only read-only calls are made, so explaining never opens a session by accident.
+        About the caller's account or the node's state, the API is asked for the details; about the
+        request itself (a port not allowed, too many tunnels), the server's own code and message
+        stand. Only read-only calls are made, so explaining never opens a session by accident.
         """
         status = exc.status
         try:
@@ -169,7 +185,7 @@ class RemoteClient(ApiClient):
             if status == 404:
                 await self.node(node)  # raises the server's own "no such node" error
                 return ApiError(404, "not_found", f"cannot {doing}: not found")
-            if status == 403:
+            if status == 403 and exc.code in ACCOUNT_REFUSALS:
                 me = await self.me()
                 if me.get("status") != "active":
                     return ApiError(403, "pending_approval", f"your account {me.get('name')!r} is not active yet")
@@ -185,10 +201,12 @@ class RemoteClient(ApiClient):
                 detail = await self.node(node)
                 return ApiError(409, "node_offline", f"node {detail.get('name')!r} is {detail.get('state')}: "
                                                      f"cannot {doing}")
-            if status == 429:
+            if status == 429 and exc.code == "too_many":  # an older server, which did not say what
                 return ApiError(429, "too_many", f"node {node!r} has too many sessions open: cannot {doing}")
         except ApiError as inner:
             return inner
+        if exc.code != STATUS_CODES.get(status, "refused"):  # the server said why
+            return ApiError(status, exc.code, f"cannot {doing}: {exc.message}")
         return exc
 
 
@@ -200,5 +218,3 @@ class StreamCut(Exception):
         self.close_code = close_code
 
 
-STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 409: "conflict", 429: "too_many"}

@@ -64,7 +64,7 @@ class NodeTunnel:
         try:
             ws = await self.api.tunnel(self.node, host, int(port))
         except ApiError as exc:
-            raise TunnelError(f"tunnel through {self.node} to {host}:{port}: {exc.message}") from exc
+            raise TunnelError(f"tunnel through {self.node} to {host}:{port}: {exc.message} [{exc.code}]") from exc
         try:
             first = await ws.receive()
             doc = _control(first)

@@ -66,3 +66,22 @@ def test_add_node_via_a_fleet_node(
         assert daemon_pid(prefix) is not None
     finally:
         stop_daemon(prefix)
+
+
+def test_a_port_the_server_does_not_allow_is_refused_with_the_servers_reason(
+    tunnel_server: CentralServer, relay: str, target_sshd: Sshd, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DVIC_SERVER": tunnel_server.url,
+           "DVIC_TOKEN": tunnel_server.admin_token, "DVIC_CA": str(tunnel_server.ca_path),
+           "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    not_allowed = target_sshd.port + 1  # the server allows the target's port only
+    done = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "add-node", "127.0.0.1", "--via", relay, "--name", "never",
+         "--user", USER, "--port", str(not_allowed), "--password-stdin", "--expect-host-key",
+         target_sshd.fingerprint, "--no-systemd", "--prefix", str(tmp_path / "target-root")],
+        input=PASSWORD + "\n", capture_output=True, text=True, env=env, cwd=REPO, timeout=90)
+    shown = done.stdout + done.stderr
+    print(shown)
+    assert done.returncode != 0, shown
+    assert "port_not_allowed: tunnels may reach ports" in shown, shown
+    assert f"--tunnel-port {not_allowed}" in shown and "Invalid response status" not in shown, shown
