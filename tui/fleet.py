@@ -46,8 +46,11 @@ class Filter:
     state: str | None = None
     group: str | None = None
     kind: str | None = None
+    revoked: bool = False  # show revoked nodes too (they never come back: hidden by default)
 
     def matches(self, node: Node) -> bool:
+        if node.get("revoked") and not self.revoked:
+            return False
         if self.state and node.get("state") != self.state:
             return False
         if self.group is not None and (node.get("group") or "") != self.group:
@@ -70,6 +73,8 @@ class Filter:
             parts.append(f"kind={self.kind}")
         if self.text:
             parts.append(f"text={self.text!r}")
+        if self.revoked:
+            parts.append("+revoked")
         return " ".join(parts)
 
 
@@ -142,8 +147,10 @@ class Fleet:
         return list(self.trends.get(node_id, {}).get(name, ()))
 
     def counts(self) -> dict[str, int]:
+        """Nodes by state, revoked ones apart (they are not offline nodes to look after), and alerts."""
         out = dict.fromkeys(STATES, 0)
-        out.update(Counter(str(node.get("state")) for node in self.nodes.values()))
+        out.update(Counter(str(node.get("state")) for node in self.nodes.values() if not node.get("revoked")))
+        out["revoked"] = sum(1 for node in self.nodes.values() if node.get("revoked"))
         out["alerts"] = len(self.alerting)
         return out
 

@@ -16,6 +16,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p.add_argument("--group", help="only this group")
     p.add_argument("--kind", choices=KINDS, help="only this kind")
     p.add_argument("--state", choices=STATES, help="only this state")
+    p.add_argument("--all", action="store_true", help="also revoked nodes (hidden by default)")
     p.add_argument("--json", action="store_true", help='print {"nodes": [...]} as the API returns it')
     p.set_defaults(handler=run_nodes)
 
@@ -25,6 +26,11 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p.set_defaults(handler=run_node)
 
 
+def shown_state(n: dict[str, Any]) -> str:
+    """A revoked node is no ordinary offline node: it will never come back."""
+    return "revoked" if n.get("revoked") else str(n.get("state", "?"))
+
+
 def node_row(n: dict[str, Any], now: float) -> list[str]:
     m = n.get("metrics") or {}
     demos = n.get("demos") or {}
@@ -32,7 +38,7 @@ def node_row(n: dict[str, Any], now: float) -> list[str]:
         n.get("name", "?"),
         n.get("kind", ""),
         n.get("group", "") or "-",
-        n.get("state", "?"),
+        shown_state(n),
         fmt.age(n.get("last_seen"), now),
         fmt.percent(m.get("cpu")),
         fmt.percent(m.get("mem")),
@@ -49,6 +55,9 @@ NODE_HEADERS = ["NAME", "KIND", "GROUP", "STATE", "SEEN", "CPU", "MEM", "DISK", 
 async def run_nodes(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         nodes = await api.nodes(group=args.group, kind=args.kind, state=args.state)
+    hidden = 0 if args.all else sum(1 for n in nodes if n.get("revoked"))
+    if hidden:
+        nodes = [n for n in nodes if not n.get("revoked")]
     if args.json:
         emit_json({"nodes": nodes})
         return 0
@@ -57,9 +66,10 @@ async def run_nodes(args: argparse.Namespace, settings: SettingsFn) -> int:
     say(fmt.table(NODE_HEADERS, [node_row(n, now) for n in nodes], right=(4, 5, 6, 7, 8, 9)))
     counts: dict[str, int] = {}
     for n in nodes:
-        counts[str(n.get("state"))] = counts.get(str(n.get("state")), 0) + 1
+        counts[shown_state(n)] = counts.get(shown_state(n), 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    say(f"\n{len(nodes)} nodes" + (f": {clean(summary, single_line=True)}" if summary else ""))
+    say(f"\n{len(nodes)} nodes" + (f": {clean(summary, single_line=True)}" if summary else "")
+        + (f" ({hidden} revoked not shown: --all shows them)" if hidden else ""))
     return 0
 
 

@@ -84,6 +84,7 @@ class FleetScreen(DvicScreen):
         Binding("t", "cycle_state", "State"),
         Binding("g", "cycle_group", "Group"),
         Binding("k", "cycle_kind", "Kind"),
+        Binding("R", "toggle_revoked", "Show revoked", show=False),
         Binding("s", "sort_next", "Sort"),
         Binding("S", "sort_reverse", "Reverse", show=False),
         Binding("l", "logs", "Logs"),
@@ -148,9 +149,10 @@ class FleetScreen(DvicScreen):
                      "bold magenta" if nid in self.marked else "", SORT_KEYS["name"](node))
         if alerts(node):
             name.append(" ⚠", style="bold yellow")
-        state_cell = _cell(f"{STATE_ICON.get(state, '?')} {state}", state_style, SORT_KEYS["state"](node))
-        if node.get("revoked"):
-            state_cell.append(" revoked", style="dim")
+        if node.get("revoked"):  # shown only on request (R): it will never come back, whatever its state
+            state_cell = _cell("⊘ revoked", "dim", SORT_KEYS["state"](node))
+        else:
+            state_cell = _cell(f"{STATE_ICON.get(state, '?')} {state}", state_style, SORT_KEYS["state"](node))
 
         def with_trend(key: str, value: str, warn_at: float, bad_at: float, top: float | None) -> Cell:
             cell = _cell(f"{value:>4} ", _level_style(m[key], warn_at, bad_at), SORT_KEYS[key](node))
@@ -447,7 +449,8 @@ class FleetScreen(DvicScreen):
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
-        changed = bool(self.filter.text or self.filter.state or self.filter.group is not None or self.filter.kind)
+        changed = bool(self.filter.text or self.filter.state or self.filter.group is not None or self.filter.kind
+                       or self.filter.revoked)
         box.value = ""
         box.display = False
         self.filter = Filter()
@@ -467,6 +470,10 @@ class FleetScreen(DvicScreen):
 
     def action_cycle_kind(self) -> None:
         self.filter.kind = cycle(self.dvic.fleet.kinds(), self.filter.kind)
+        self.sync_all()
+
+    def action_toggle_revoked(self) -> None:
+        self.filter.revoked = not self.filter.revoked
         self.sync_all()
 
     def action_sort_next(self) -> None:

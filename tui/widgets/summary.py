@@ -26,6 +26,8 @@ class SummaryBar(Static):
             n = counts.get(state, 0)
             if n or state in ("online", "offline"):
                 text.append(f"{STATE_ICON[state]} {n} {state}  ", style=STATE_STYLE[state] if n else "dim")
+        if counts.get("revoked"):
+            text.append(f"⊘ {counts['revoked']} revoked  ", style="dim")
         text.append(f"⚠ {counts.get('alerts', 0)} alerts", style="bold yellow" if counts.get("alerts") else "dim")
         text.append(f"  │ {shown}/{total} shown", style="dim")
         if filters:
