@@ -113,8 +113,12 @@ def stack(venv: Path, tmp_path: Path) -> Iterator[Path]:
         assert proc.poll() is None, proc.communicate()[0]
         yield data_dir
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C: `up` stops the server and daemon it started
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
         print(out)
 
 
