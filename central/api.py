@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from typing import Any
 
 from aiohttp import web
 
-from . import __version__, store
+from . import __version__, accounts, store
 from .auth import (
     PENDING,
     PUBLIC,
+    RANK,
     ROLES,
     ApiError,
+    Operator,
     current_operator,
     hash_token,
     new_token,
 )
-from .enroll import KINDS, enroll_node
+from .enroll import KINDS, enroll_node, ever_connected
 from .queries import QueryError
 from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
 
 STATES = ("online", "offline", "maintenance", "failed", "new")
-OPERATOR_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,31}$")
 MAX_LIMIT = 1000
 
 
@@ -93,32 +93,78 @@ async def health(request: web.Request) -> web.Response:
                               "uptime": time.time() - services.started_at})
 
 
-@routes.route("POST", "/api/v1/register", role=PUBLIC, summary="Self-registration: a pending operator",
+@routes.route("POST", "/api/v1/register", role=PUBLIC,
+              summary="Self-registration (when the server allows it): a pending operator and its one-time code",
               body={"name": "string"})
 async def register(request: web.Request) -> web.Response:
+    services = _services(request)
+    gate = request.app[accounts.REGISTRATION]
+    if not gate.enabled:
+        raise ApiError(403, "registration_closed",
+                       "self-registration is off on this server: ask an admin to create your account")
+    wait = gate.attempt(request.remote or "")
+    if wait:
+        raise ApiError(429, "rate_limited", f"too many registrations: try again in {wait / 60:.0f} min")
     body = await json_body(request)
+    name = _operator_name(body)
+    if await accounts.pending_count(services.read_db) >= services.config.max_pending:
+        raise ApiError(429, "too_many_pending",
+                       f"{services.config.max_pending} accounts already wait for approval: ask an admin")
+    code = accounts.new_code()
+    token = await _create_operator(services, name, "viewer", "pending",
+                                   also=accounts.add_registration(name, accounts.hash_code(code), request.remote or "",
+                                                                  time.time()))
+    gate.created()
+    return web.json_response({
+        "name": name, "status": "pending", "token": token, "code": code,
+        "message": f"account created; tell an admin your code {code}: they need it to approve you",
+    }, status=201)
+
+
+def _operator_name(body: dict[str, Any]) -> str:
     name = body.get("name")
-    if not isinstance(name, str) or not OPERATOR_NAME.match(name):
-        raise ApiError(400, "bad_name", "name: 2-32 characters of a-z, 0-9, '.', '_' or '-'")
-    token = await _create_operator(_services(request), name, "viewer", "pending")
-    return web.json_response({"name": name, "status": "pending", "token": token,
-                              "message": "account created; an admin must approve it before it can be used"},
-                             status=201)
+    if not accounts.valid_operator_name(name):
+        raise ApiError(400, "bad_name", accounts.OPERATOR_NAME_RULE)
+    return str(name)
 
 
-async def _create_operator(services: Services, name: str, role: str, status: str, by: str = "") -> str:
+def _expires_in(body: dict[str, Any]) -> float | None:
+    """`expires_in` (seconds from now) of a new token; None: it does not expire."""
+    value = body.get("expires_in")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 < value <= accounts.MAX_TOKEN_LIFETIME_S):
+        raise ApiError(400, "bad_field", f"expires_in: seconds from now, more than 0 and at most "
+                                         f"{accounts.MAX_TOKEN_LIFETIME_S:.0f} (ten years)")
+    return float(value)
+
+
+async def _create_operator(services: Services, name: str, role: str, status: str, by: str = "",
+                           expires_in: float | None = None, also: store.WriteFn | None = None) -> str:
     token = new_token()
     now = time.time()
 
     def create(conn: sqlite3.Connection) -> None:
         store.create_operator(name, role, status, now, approved_by=by)(conn)
-        store.add_token(hash_token(token), name, now, label="created")(conn)
+        _add_token(token, name, now, "created", expires_in)(conn)
+        if also is not None:
+            also(conn)
 
     try:
         await services.writer.submit(create)
     except sqlite3.IntegrityError:
         raise ApiError(409, "name_taken", f"an operator named {name!r} already exists") from None
     return token
+
+
+def _add_token(token: str, name: str, now: float, label: str, expires_in: float | None) -> store.WriteFn:
+    def add(conn: sqlite3.Connection) -> None:
+        store.add_token(hash_token(token), name, now, label=label)(conn)
+        if expires_in is not None:
+            accounts.set_token_expiry(hash_token(token), now + expires_in)(conn)
+
+    return add
 
 
 @routes.route("GET", "/api/v1/me", role=PENDING, summary="The calling operator")
@@ -155,17 +201,34 @@ async def node_detail(request: web.Request) -> web.Response:
 async def enroll(request: web.Request) -> web.Response:
     body = await json_body(request)
     bundle = await enroll_node(_services(request), body.get("name"), body.get("kind", "desktop"),
-                               body.get("group", ""))
+                               body.get("group", ""), by=current_operator(request).name)
     return web.json_response(bundle, status=201)
 
 
-@routes.route("DELETE", "/api/v1/nodes/{node}", role="admin", summary="Revoke a node")
+@routes.route("DELETE", "/api/v1/nodes/{node}", role="operator",
+              summary="Revoke a node (an operator: only its own enrollment that never connected)")
 async def revoke(request: web.Request) -> web.Response:
     node = find_node(request)
     if node.revoked:
         raise ApiError(409, "already_revoked", f"node {node.name!r} is already revoked")
-    await _services(request).registry.revoke(node, current_operator(request).name)
+    operator = current_operator(request)
+    if operator.rank < RANK["admin"]:
+        await _check_own_enrollment(_services(request), node, operator)
+    await _services(request).registry.revoke(node, operator.name)
     return web.json_response(node.summary())
+
+
+async def _check_own_enrollment(services: Services, node: NodeState, operator: Operator) -> None:
+    """An operator may undo its own enrollment (say, a failed add-node) until the node connects."""
+    by = await accounts.enrolled_by(services.read_db, node.id)
+    if by != operator.name:
+        raise ApiError(403, "not_your_enrollment",
+                       f"node {node.name!r} was not enrolled by {operator.name!r}: an operator may revoke only "
+                       f"a node it enrolled itself that never connected; ask an admin to revoke it")
+    if ever_connected(node):
+        raise ApiError(403, "node_has_connected",
+                       f"node {node.name!r} has connected to the server, so only an admin may revoke it now: "
+                       f"ask an admin to run `dvic remove-node {node.name}`")
 
 
 @routes.route("POST", "/api/v1/nodes/{node}/maintenance", role="operator", summary="Maintenance on/off",
@@ -265,32 +328,66 @@ async def _operator_or_404(services: Services, name: str) -> dict[str, Any]:
 
 @routes.route("GET", "/api/v1/operators", role="admin", summary="All operator accounts")
 async def list_operators(request: web.Request) -> web.Response:
-    return web.json_response({"operators": await _services(request).queries.operators()})
+    services = _services(request)
+    operators = await services.queries.operators()
+    tokens = await accounts.token_summaries(services.read_db, time.time())
+    pending = await accounts.registrations(services.read_db)
+    for op in operators:
+        summary = tokens.get(op["name"], {})
+        op["last_used_at"] = summary.get("last_used_at")
+        op["token_expires_at"] = summary.get("expires_at")
+        if op["name"] in pending:
+            # Approving this account needs the code its requester was shown (and tells the admin).
+            op["registered_from"] = pending[op["name"]]["remote"]
+            op["needs_code"] = True
+    return web.json_response({"operators": operators})
 
 
 @routes.route("POST", "/api/v1/operators", role="admin", summary="Create an active operator",
-              body={"name": "string", "role": "string"})
+              body={"name": "string", "role": "string", "expires_in": "integer"})
 async def create_operator(request: web.Request) -> web.Response:
     body = await json_body(request)
-    name = body.get("name")
-    if not isinstance(name, str) or not OPERATOR_NAME.match(name):
-        raise ApiError(400, "bad_name", "name: 2-32 characters of a-z, 0-9, '.', '_' or '-'")
+    name = _operator_name(body)
     role = _role(body, "viewer")
-    token = await _create_operator(_services(request), name, role, "active", current_operator(request).name)
-    return web.json_response({"name": name, "role": role, "status": "active", "token": token}, status=201)
+    expires_in = _expires_in(body)
+    token = await _create_operator(_services(request), name, role, "active", current_operator(request).name,
+                                   expires_in)
+    return web.json_response({"name": name, "role": role, "status": "active", "token": token,
+                              "expires_at": _expiry(expires_in)}, status=201)
 
 
-@routes.route("POST", "/api/v1/operators/{name}/approve", role="admin", summary="Approve a pending operator",
-              body={"role": "string"})
+def _expiry(expires_in: float | None) -> float | None:
+    return None if expires_in is None else time.time() + expires_in
+
+
+@routes.route("POST", "/api/v1/operators/{name}/approve", role="admin",
+              summary="Approve a pending operator (with the code its requester was shown)",
+              body={"role": "string", "code": "string"})
 async def approve_operator(request: web.Request) -> web.Response:
     services = _services(request)
     name = request.match_info["name"]
     row = await _operator_or_404(services, name)
     if row["status"] != "pending":
         raise ApiError(409, "not_pending", f"operator {name!r} is {row['status']}, not pending")
-    role = _role(await json_body(request), "viewer")
-    await services.writer.submit(store.update_operator(name, role=role, status="active",
-                                                       approved_by=current_operator(request).name))
+    body = await json_body(request)
+    role = _role(body, "viewer")
+    registration = await accounts.registration(services.read_db, name)
+    if registration is not None:
+        # The code ties the approval to the person who registered: a squatter cannot tell it.
+        code = body.get("code")
+        if not isinstance(code, str) or not code.strip():
+            raise ApiError(400, "code_required", f"approving {name!r} needs the code shown to them when they "
+                                                 f"registered: ask them for it (dvic operators approve {name} "
+                                                 "--code CODE)")
+        if not accounts.code_matches(code, registration["code_hash"]):
+            raise ApiError(403, "wrong_code", f"that is not the code {name!r} was given: nothing changed; "
+                                              "check it with the person, or delete the account if nobody has it")
+
+    def approve(conn: sqlite3.Connection) -> None:
+        store.update_operator(name, role=role, status="active", approved_by=current_operator(request).name)(conn)
+        accounts.drop_registration(name)(conn)
+
+    await services.writer.submit(approve)
     return web.json_response(await services.queries.operator(name))
 
 
@@ -324,17 +421,37 @@ async def disable_operator(request: web.Request) -> web.Response:
     return web.json_response(await services.queries.operator(name))
 
 
-@routes.route("POST", "/api/v1/operators/{name}/tokens", role="admin", summary="Issue a new token (shown once)")
+@routes.route("POST", "/api/v1/operators/{name}/delete", role="admin",
+              summary="Delete a pending or disabled account and its tokens (its name becomes free)")
+async def delete_operator(request: web.Request) -> web.Response:
+    services = _services(request)
+    name = request.match_info["name"]
+    row = await _operator_or_404(services, name)
+    if row["status"] == "active":
+        raise ApiError(409, "still_active", f"operator {name!r} is active: disable it first "
+                                            f"(dvic operators disable {name})")
+    await services.writer.submit(accounts.delete_operator(name))
+    return web.json_response({"name": name, "deleted": True, "was": row["status"]})
+
+
+@routes.route("POST", "/api/v1/operators/{name}/tokens", role="admin", summary="Issue a new token (shown once)",
+              body={"expires_in": "integer"})
 async def issue_token(request: web.Request) -> web.Response:
     services = _services(request)
     name = request.match_info["name"]
     row = await _operator_or_404(services, name)
     if row["status"] == "disabled":
         raise ApiError(409, "disabled", f"operator {name!r} is disabled")
+    expires_in = _expires_in(await _optional_body(request))
     token = new_token()
-    await services.writer.submit(store.add_token(hash_token(token), name, time.time(),
-                                                 label=f"issued by {current_operator(request).name}"))
-    return web.json_response({"name": name, "token": token}, status=201)
+    await services.writer.submit(_add_token(token, name, time.time(), f"issued by {current_operator(request).name}",
+                                            expires_in))
+    return web.json_response({"name": name, "token": token, "expires_at": _expiry(expires_in)}, status=201)
+
+
+async def _optional_body(request: web.Request) -> dict[str, Any]:
+    """The JSON body, or {} when there is none (the route worked without one before)."""
+    return await json_body(request) if request.can_read_body else {}
 
 
 @routes.route("GET", "/api/v1/audit", role="admin", summary="Audit trail (newest first)", query=("cursor", "limit"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import api, api_remote, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
+from . import accounts, api, api_remote, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
+from .accesslog import access_middleware
 from .auth import ApiError, auth_middleware, error_response
 from .config import Config
 from .routes import routes
@@ -32,12 +33,19 @@ def create_app(config: Config) -> web.Application:
     specs = routes.install(app)
 
     async def lookup(token_hash: str) -> dict | None:
-        return await app[SERVICES].queries.operator_for_token(token_hash)
+        return await accounts.token_owner(app[SERVICES].read_db, token_hash)
 
     async def submit(fn):  # type: ignore[no-untyped-def]
         return await app[SERVICES].writer.submit(fn)
 
+    def submit_later(fn) -> None:  # type: ignore[no-untyped-def]
+        app[SERVICES].writer.submit_later(fn)
+
+    if config.access_log != "off":
+        app.middlewares.append(access_middleware(config.access_log, specs))
     app.middlewares.append(errors_middleware)
-    app.middlewares.append(auth_middleware(specs, lookup, submit))
+    app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later))
+    app[accounts.REGISTRATION] = accounts.RegistrationGate(
+        config.self_register, config.register_per_address, config.register_total, config.max_pending)
     app.cleanup_ctx.append(services_ctx(config))
     return app

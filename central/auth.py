@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import store
+from . import accounts, store
 
 ROLES = ("viewer", "operator", "admin")
 RANK = {"pending": 0, "viewer": 1, "operator": 2, "admin": 3}
@@ -80,6 +81,13 @@ class RouteSpec:
     audit: bool
     query: tuple[str, ...] = ()
     body: dict[str, str] = field(default_factory=dict)
+    # Declared audit=False: the handler writes its own audit row (remote control, before acting).
+    audited_by_handler: bool = False
+
+    @property
+    def changes_state(self) -> bool:
+        """A call worth an audit row: refused ones are recorded by the middleware for both kinds."""
+        return self.audit or self.audited_by_handler
 
 
 class RouteTable:
@@ -95,7 +103,7 @@ class RouteTable:
             self.specs.append(RouteSpec(
                 method, path, role, summary, handler,
                 audit=method not in ("GET", "HEAD") if audit is None else audit,
-                query=query, body=body or {},
+                query=query, body=body or {}, audited_by_handler=audit is False,
             ))
             return handler
 
@@ -125,48 +133,168 @@ def bearer(request: web.Request) -> str | None:
 
 LookupToken = Callable[[str], Awaitable[dict[str, Any] | None]]
 SubmitWrite = Callable[[store.WriteFn], Awaitable[Any]]
+SubmitLater = Callable[[store.WriteFn], None]
+# Who a refused call without a known token is recorded as.
+ANONYMOUS = "anonymous"
+log = logging.getLogger("dvic-central.auth")
 
 
-def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: SubmitWrite) -> Any:
+class Refusals:
+    """Requests refused for a missing, unknown or expired token (401), counted per client address.
+
+    The first refusal from an address in a window is logged at once and the rest as one count when
+    the window is over, so a token-guessing loop costs one log line a minute. Refused calls by
+    nobody known get at most AUDIT_PER_WINDOW audit rows per address and window: the audit trail
+    records the attempt without letting an anonymous flood write a row per request. Guessed tokens
+    are never kept, not even hashed.
+    """
+
+    WINDOW_S = 60.0
+    AUDIT_PER_WINDOW = 10
+
+    def __init__(self, max_addresses: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_addresses = max_addresses
+        self.clock = clock
+        # address -> [window start, 401s, anonymous refusals audited or not]
+        self._windows: dict[str, list[float]] = {}
+        self._last_sweep = clock()
+
+    def unauthenticated(self, remote: str) -> None:
+        window = self._window(remote)
+        window[1] += 1
+        if window[1] == 1:
+            log.warning("refused a request from %s: missing, unknown or expired token", remote or "?")
+
+    def may_audit_anonymous(self, remote: str) -> bool:
+        window = self._window(remote)
+        window[2] += 1
+        return window[2] <= self.AUDIT_PER_WINDOW
+
+    def sweep(self) -> None:
+        """Report and forget the windows that are over (cheap: does work once per window)."""
+        now = self.clock()
+        if now - self._last_sweep < self.WINDOW_S:
+            return
+        self._last_sweep = now
+        for remote, window in list(self._windows.items()):
+            if now - window[0] >= self.WINDOW_S:
+                self._report(remote, window)
+                del self._windows[remote]
+
+    def _window(self, remote: str) -> list[float]:
+        now = self.clock()
+        window = self._windows.get(remote)
+        if window is not None and now - window[0] < self.WINDOW_S:
+            return window
+        if window is not None:
+            self._report(remote, window)
+        elif len(self._windows) >= self.max_addresses:
+            self._last_sweep = now - self.WINDOW_S
+            self.sweep()
+            for old in list(self._windows)[: max(len(self._windows) - self.max_addresses // 2, 0)]:
+                self._report(old, self._windows.pop(old))
+        window = self._windows[remote] = [now, 0, 0]
+        return window
+
+    def _report(self, remote: str, window: list[float]) -> None:
+        if window[1] > 1:
+            log.warning("refused %d requests from %s in %.0f s: missing, unknown or expired token",
+                        window[1], remote or "?", self.WINDOW_S)
+        if window[2] > self.AUDIT_PER_WINDOW:
+            log.warning("%d refused calls from %s were not audited (at most %d per %.0f s per address)",
+                        window[2] - self.AUDIT_PER_WINDOW, remote or "?", self.AUDIT_PER_WINDOW, self.WINDOW_S)
+
+
+def error_code(response: web.StreamResponse) -> str:
+    """The error code of one of our error responses ("" for anything else)."""
+    return response.headers.get("X-Dvic-Error", "").partition(":")[0]
+
+
+def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: SubmitWrite,
+                    submit_later: SubmitLater | None = None, refusals: Refusals | None = None) -> Any:
+    refusals = refusals or Refusals()
+    last_use = accounts.LastUse()
+
+    async def audit(request: web.Request, spec: RouteSpec, who: str, response: web.StreamResponse,
+                    detail: dict[str, Any]) -> None:
+        target = "/".join(f"{k}={v}" for k, v in request.match_info.items())
+        if response.status >= 400:
+            detail = {"error": error_code(response), **detail}
+        await submit(store.insert_audit(time.time(), who, f"{request.method} {spec.path}", target, response.status,
+                                        request.remote or "", detail))
+
+    async def authenticate(spec: RouteSpec, token: str | None) -> tuple[web.Response | None, Operator | None]:
+        """(refusal, operator): the refusal is None when the token may call this route."""
+        if token is None:
+            return error_response(401, "unauthenticated", "missing 'Authorization: Bearer <token>' header"), None
+        token_hash = hash_token(token)
+        row = await lookup(token_hash)
+        if row is None:
+            return error_response(401, "bad_token", "unknown or revoked token"), None
+        operator = Operator(row["name"], row["role"], row["status"])
+        now = time.time()
+        expires_at = row.get("expires_at")
+        if expires_at is not None and now >= expires_at:
+            return error_response(
+                401, "token_expired",
+                f"this token of {operator.name!r} expired on {_utc(expires_at)}: ask an admin for a new one",
+            ), operator
+        if submit_later is not None and last_use.due(token_hash, row.get("last_used_at"), now):
+            submit_later(accounts.touch_token(token_hash, now))
+        if operator.status == "disabled":
+            return error_response(403, "disabled", f"account {operator.name!r} is disabled"), operator
+        if spec.role != PENDING:
+            if operator.status == "pending":
+                return error_response(
+                    403, "pending_approval", f"account {operator.name!r} is waiting for an admin's approval",
+                ), operator
+            if operator.rank < RANK[spec.role]:
+                return error_response(
+                    403, "forbidden", f"this needs the {spec.role} role; {operator.name!r} is {operator.role}"
+                ), operator
+        return None, operator
+
+    async def refused(request: web.Request, spec: RouteSpec, response: web.Response, operator: Operator | None,
+                      token: str | None) -> web.Response:
+        remote = request.remote or ""
+        if response.status == 401:
+            refusals.unauthenticated(remote)
+        if spec.changes_state and (operator is not None or refusals.may_audit_anonymous(remote)):
+            # The token's hash prefix tells an admin which token was used; the token is not kept.
+            detail = {"token": hash_token(token)[:8]} if token and operator is not None else {}
+            await audit(request, spec, operator.name if operator else ANONYMOUS, response, detail)
+        return response
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         spec = specs.get(request.match_info.route)
         if spec is None:
             # Not declared in the route table: unreachable by construction (404/405 from aiohttp).
             return await _guard(request, handler)
-        operator: Operator | None = None
-        if spec.role not in (PUBLIC, NODE):
-            token = bearer(request)
-            if token is None:
-                return error_response(401, "unauthenticated", "missing 'Authorization: Bearer <token>' header")
-            row = await lookup(hash_token(token))
-            if row is None:
-                return error_response(401, "bad_token", "unknown or revoked token")
-            operator = Operator(row["name"], row["role"], row["status"])
-            if operator.status == "disabled":
-                return error_response(403, "disabled", f"account {operator.name!r} is disabled")
-            if spec.role != PENDING:
-                if operator.status == "pending":
-                    return error_response(
-                        403, "pending_approval",
-                        f"account {operator.name!r} is waiting for an admin's approval",
-                    )
-                if operator.rank < RANK[spec.role]:
-                    return error_response(
-                        403, "forbidden", f"this needs the {spec.role} role; {operator.name!r} is {operator.role}"
-                    )
-            request[OPERATOR_KEY] = operator
+        refusals.sweep()
+        if spec.role in (PUBLIC, NODE):
+            response = await _guard(request, handler)
+            if response.status == 401:
+                refusals.unauthenticated(request.remote or "")
+            if spec.audit and spec.role == PUBLIC and (
+                    response.status < 400 or refusals.may_audit_anonymous(request.remote or "")):
+                await audit(request, spec, ANONYMOUS, response, {})
+            return response
+        token = bearer(request)
+        refusal, operator = await authenticate(spec, token)
+        if refusal is not None:
+            return await refused(request, spec, refusal, operator, token)
+        request[OPERATOR_KEY] = operator
         response = await _guard(request, handler)
-        if spec.audit and spec.role != NODE:
-            who = operator.name if operator else "-"
-            target = "/".join(f"{k}={v}" for k, v in request.match_info.items())
-            await submit(store.insert_audit(
-                time.time(), who, f"{request.method} {spec.path}", target, response.status,
-                request.remote or "", {},
-            ))
+        if spec.audit:
+            await audit(request, spec, operator.name if operator else ANONYMOUS, response, {})
         return response
 
     return middleware
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
 
 
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from . import __version__
+from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
 from .config import Config, is_loopback
@@ -51,6 +52,8 @@ def build_config(args: argparse.Namespace) -> Config:
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)),
         max_client_queue=args.max_client_queue,
+        self_register=args.self_register, register_per_address=args.register_per_address,
+        register_total=args.register_total, access_log=args.access_log,
     )
 
 
@@ -247,6 +250,16 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-client-queue", type=_at_least_one, default=Config.max_client_queue, metavar="FRAMES",
                    help=f"live-stream frames queued for one client before it is cut off as too slow"
                         f" (default {Config.max_client_queue})")
+    p.add_argument("--self-register", action="store_true",
+                   help="let people ask for an account (POST /api/v1/register); off by default")
+    p.add_argument("--register-per-address", type=_at_least_one, default=Config.register_per_address, metavar="N",
+                   help=f"with --self-register: attempts per hour from one address (default"
+                        f" {Config.register_per_address})")
+    p.add_argument("--register-total", type=_at_least_one, default=Config.register_total, metavar="N",
+                   help=f"with --self-register: new accounts per hour in total (default {Config.register_total})")
+    p.add_argument("--access-log", choices=ACCESS_LOG_MODES, default=Config.access_log,
+                   help="one log line per request: on (node keep-alives summed up per minute; the default),"
+                        " all, or off")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,15 @@ class Config:
     max_client_queue: int = 5000
     # Ports a tunnel through a node may reach (the installer needs SSH).
     tunnel_ports: tuple[int, ...] = (22,)
+    # Self-registration (POST /api/v1/register): off unless asked for; then per hour at most
+    # `register_per_address` attempts from one address and `register_total` new accounts, and at
+    # most `max_pending` accounts waiting for an admin (docs/security.md).
+    self_register: bool = False
+    register_per_address: int = 5
+    register_total: int = 30
+    max_pending: int = 100
+    # The access log: "on" (every request; node keep-alives counted per minute), "all", or "off".
+    access_log: str = "on"
 
     def cert_hosts(self) -> list[str]:
         hosts = [self.host, *self.public_hosts]

@@ -190,6 +190,21 @@ MIGRATIONS: list[str] = [
     """
     DROP INDEX logs_node_ts;
     """,
+    # 5: accounts and enrollments (docs/security.md): who enrolled a node (an operator may revoke
+    # its own enrollment while the node has never connected), operator token expiry and coarse
+    # last use, and the one-time code a self-registered account must tell the approving admin
+    # (only its hash is kept; the row goes when the account is approved or deleted).
+    """
+    ALTER TABLE nodes ADD COLUMN enrolled_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tokens ADD COLUMN expires_at REAL;
+    ALTER TABLE tokens ADD COLUMN last_used_at REAL;
+    CREATE TABLE registrations (
+        name TEXT PRIMARY KEY REFERENCES operators (name),
+        code_hash TEXT NOT NULL,
+        remote TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,28 +12,40 @@ import time
 import uuid
 from typing import Any
 
-from . import store
+from . import accounts, store
 from .auth import ApiError, hash_token, new_token
 from .registry import NodeState
 from .services import Services
 
 KINDS = ("desktop", "raspberry", "esp32", "other")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# `fullmatch`: with `re.match`, `$` also matches before a final newline ("pi-1\n" passed).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 BUNDLE_FORMAT = "dvic-node-bundle/1"
 
 
 def check_node_fields(name: Any, kind: Any, group: Any) -> tuple[str, str, str]:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ApiError(400, "bad_name", "name: 1-63 characters of letters, digits, '.', '_' or '-', "
                                         "starting with a letter or digit")
     if kind not in KINDS:
         raise ApiError(400, "bad_kind", f"kind: expected one of {', '.join(KINDS)}")
-    if not isinstance(group, str) or len(group) > 64 or (group and not NAME_RE.match(group)):
+    if not isinstance(group, str) or len(group) > 64 or (group and not NAME_RE.fullmatch(group)):
         raise ApiError(400, "bad_group", "group: empty, or 1-63 characters like a name")
     return name, kind, group
 
 
-async def enroll_node(services: Services, name: Any, kind: Any = "desktop", group: Any = "") -> dict[str, Any]:
+def ever_connected(node: NodeState) -> bool:
+    """Whether the node ever reached the server with its identity (a websocket or a keep-alive).
+
+    The registry keeps this: a node leaves the `new` state and gets a `last_seen` on its first
+    hello or keep-alive, and both are stored; a socket before its hello counts too.
+    """
+    return node.liveness != "new" or node.last_seen is not None or node.disconnect is not None
+
+
+async def enroll_node(services: Services, name: Any, kind: Any = "desktop", group: Any = "",
+                      by: str = "") -> dict[str, Any]:
+    """Enroll a node; `by` is the operator who asked ("" when enrolled offline from the data dir)."""
     name, kind, group = check_node_fields(name, kind, group)
     existing = services.registry.get(name)
     if existing is not None and not existing.revoked:
@@ -46,10 +58,16 @@ async def enroll_node(services: Services, name: Any, kind: Any = "desktop", grou
     issued = services.ca.issue_node(node_id)
     token = new_token("dvn")
     now = time.time()
+    create = store.create_node(node_id, name, kind, group, now, issued.fingerprint, issued.cert_pem,
+                               hash_token(token))
+    remember_who = accounts.set_enrolled_by(node_id, by)
+
+    def write(conn: sqlite3.Connection) -> None:
+        create(conn)
+        remember_who(conn)
+
     try:
-        await services.writer.submit(store.create_node(
-            node_id, name, kind, group, now, issued.fingerprint, issued.cert_pem, hash_token(token),
-        ))
+        await services.writer.submit(write)
     except sqlite3.IntegrityError:
         raise ApiError(409, "name_taken", f"a node named {name!r} already exists") from None
     node = NodeState(
@@ -57,7 +75,8 @@ async def enroll_node(services: Services, name: Any, kind: Any = "desktop", grou
         token_hash=hash_token(token), state_since=now,
     )
     services.registry.add(node)
-    await services.registry.record_event(node, "enrolled", f"node {name} enrolled", {"kind": kind, "group": group})
+    await services.registry.record_event(node, "enrolled", f"node {name} enrolled" + (f" by {by}" if by else ""),
+                                         {"kind": kind, "group": group, "by": by})
     base = services.public_url()
     ws_base = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     return {

@@ -167,15 +167,6 @@ class Queries:
             row = await cur.fetchone()
         return dict(row) if row else None
 
-    async def operator_for_token(self, token_hash: str) -> dict[str, Any] | None:
-        sql = (
-            "SELECT o.name, o.role, o.status FROM tokens t JOIN operators o ON o.name = t.operator"
-            " WHERE t.hash = ? AND t.revoked_at IS NULL"
-        )
-        async with self.db.execute(sql, (token_hash,)) as cur:
-            row = await cur.fetchone()
-        return dict(row) if row else None
-
     # -- remote control history ---------------------------------------------------------------
     async def recent_commands(self, node_id: str | None, limit: int) -> list[dict[str, Any]]:
         sql = ("SELECT c.*, count(r.id) AS nodes, sum(r.state = 'exited' AND r.code = 0) AS ok"

@@ -16,7 +16,7 @@ SPECS = [s for s in routes.specs if s.role not in (PUBLIC, NODE)]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> CentralServer:
-    srv = CentralServer(tmp_path_factory.mktemp("roles") / "central").start()
+    srv = CentralServer(tmp_path_factory.mktemp("roles") / "central", extra_args=("--self-register",)).start()
     srv.enroll("pi-roles")
     tokens = {}
     for role in ("viewer", "operator", "admin"):

@@ -1,0 +1,232 @@
+"""Account rules beyond store.py's rows: registration codes and limits, token expiry and last use,
+deleting an account, and who enrolled a node (schema step 5, docs/security.md).
+
+Writes are `store.WriteFn`s for the one writer; reads take the read-only connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections import deque
+from typing import Any
+
+import aiosqlite
+from aiohttp import web
+
+from .store import WriteFn
+
+# 2-32 characters; `fullmatch`, because `$` in `re.match` also matches before a final newline.
+OPERATOR_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,31}")
+OPERATOR_NAME_RULE = "name: 2-32 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+# No 0/O, 1/I/L: the code is read out loud or copied from a chat.
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 8
+# How often a token's last use is written at most: a write per request would double the writes.
+LAST_USE_RESOLUTION_S = 60.0
+# Longest expiry an operator token may be given at creation (ten years: "never" is no expiry).
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400.0
+
+
+def valid_operator_name(name: object) -> bool:
+    return isinstance(name, str) and OPERATOR_NAME.fullmatch(name) is not None
+
+
+# -- registration codes ----------------------------------------------------------------------
+def new_code() -> str:
+    """A one-time code such as `K7QM-3XPA` (40 bits), shown once to the person registering."""
+    raw = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+    return f"{raw[:4]}-{raw[4:]}"
+
+
+def hash_code(code: str) -> str:
+    """Hash of a code as typed: case, spaces and dashes do not matter."""
+    normal = re.sub(r"[\s-]", "", code).upper()
+    return hashlib.sha256(normal.encode()).hexdigest()
+
+
+def code_matches(code: str, code_hash: str) -> bool:
+    return hmac.compare_digest(hash_code(code), code_hash)
+
+
+def add_registration(name: str, code_hash: str, remote: str, ts: float) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO registrations (name, code_hash, remote, created_at) VALUES (?, ?, ?, ?)",
+                     (name, code_hash, remote, ts))
+
+    return run
+
+
+def drop_registration(name: str) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM registrations WHERE name = ?", (name,))
+
+    return run
+
+
+async def registration(db: aiosqlite.Connection, name: str) -> dict[str, Any] | None:
+    async with db.execute("SELECT * FROM registrations WHERE name = ?", (name,)) as cur:
+        row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def registrations(db: aiosqlite.Connection) -> dict[str, dict[str, Any]]:
+    async with db.execute("SELECT name, remote, created_at FROM registrations") as cur:
+        return {row["name"]: dict(row) for row in await cur.fetchall()}
+
+
+async def pending_count(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT count(*) FROM operators WHERE status = 'pending'") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+class SlidingLimit:
+    """At most `limit` events per `window` seconds, per key (a client address) or for one key ("")."""
+
+    def __init__(self, limit: int, window: float, max_keys: int = 10_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._events: dict[str, deque[float]] = {}
+
+    def retry_after(self, key: str, now: float) -> float:
+        """0 when one more event is allowed now, else the seconds until it is."""
+        events = self._events.get(key)
+        if events is None:
+            return 0.0
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        if len(events) < self.limit:
+            return 0.0
+        return max(events[0] + self.window - now, 1.0)
+
+    def add(self, key: str, now: float) -> None:
+        events = self._events.get(key)
+        if events is None:
+            if len(self._events) >= self.max_keys:
+                self._forget_idle(now)
+            events = self._events[key] = deque(maxlen=max(self.limit, 1))
+        events.append(now)
+
+    def _forget_idle(self, now: float) -> None:
+        idle = [k for k, ev in self._events.items() if not ev or ev[-1] <= now - self.window]
+        for key in idle:
+            del self._events[key]
+        if len(self._events) >= self.max_keys:
+            # Every key is busy (a flood from many addresses): the oldest go; the total limit holds.
+            for key in list(self._events)[: len(self._events) // 2]:
+                del self._events[key]
+
+
+class RegistrationGate:
+    """Self-registration: off unless the server was started with it, then rate-limited.
+
+    Per client address every attempt counts (names cannot be probed quickly); in total only
+    accounts actually created count, and the pending accounts waiting for an admin are capped.
+    """
+
+    WINDOW_S = 3600.0
+
+    def __init__(self, enabled: bool, per_address: int, total: int, max_pending: int) -> None:
+        self.enabled = enabled
+        self.max_pending = max_pending
+        self.per_address = SlidingLimit(per_address, self.WINDOW_S)
+        self.total = SlidingLimit(total, self.WINDOW_S)
+
+    def attempt(self, remote: str, now: float | None = None) -> float:
+        """Counts an attempt from `remote`; returns 0 when it may proceed, else seconds to wait."""
+        now = time.monotonic() if now is None else now
+        wait = max(self.per_address.retry_after(remote, now), self.total.retry_after("", now))
+        if wait == 0:
+            self.per_address.add(remote, now)
+        return wait
+
+    def created(self, now: float | None = None) -> None:
+        self.total.add("", time.monotonic() if now is None else now)
+
+
+REGISTRATION = web.AppKey("registration", RegistrationGate)
+
+
+# -- operators and tokens -------------------------------------------------------------------
+def delete_operator(name: str) -> WriteFn:
+    """Remove an account with its tokens; its name becomes free. The audit trail keeps its rows."""
+
+    def run(conn: sqlite3.Connection) -> int:
+        conn.execute("DELETE FROM registrations WHERE name = ?", (name,))
+        conn.execute("DELETE FROM tokens WHERE operator = ?", (name,))
+        return conn.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount
+
+    return run
+
+
+def set_token_expiry(token_hash: str, expires_at: float | None) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE tokens SET expires_at = ? WHERE hash = ?", (expires_at, token_hash))
+
+    return run
+
+
+def touch_token(token_hash: str, ts: float) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE tokens SET last_used_at = ? WHERE hash = ?", (ts, token_hash))
+
+    return run
+
+
+async def token_owner(db: aiosqlite.Connection, token_hash: str) -> dict[str, Any] | None:
+    """The account of an unrevoked token, with the token's expiry and last use."""
+    sql = (
+        "SELECT o.name, o.role, o.status, t.expires_at, t.last_used_at FROM tokens t"
+        " JOIN operators o ON o.name = t.operator WHERE t.hash = ? AND t.revoked_at IS NULL"
+    )
+    async with db.execute(sql, (token_hash,)) as cur:
+        row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def token_summaries(db: aiosqlite.Connection, now: float) -> dict[str, dict[str, Any]]:
+    """Per operator: the last use of any of its tokens and the soonest expiry of a usable one."""
+    sql = (
+        "SELECT operator, max(last_used_at) AS last_used_at,"
+        " min(CASE WHEN revoked_at IS NULL AND expires_at > ? THEN expires_at END) AS expires_at"
+        " FROM tokens GROUP BY operator"
+    )
+    async with db.execute(sql, (now,)) as cur:
+        return {row["operator"]: dict(row) for row in await cur.fetchall()}
+
+
+class LastUse:
+    """Which tokens' last use is worth writing now: at most once per LAST_USE_RESOLUTION_S each."""
+
+    def __init__(self, max_tokens: int = 10_000) -> None:
+        self.max_tokens = max_tokens
+        self._written: dict[str, float] = {}
+
+    def due(self, token_hash: str, stored: float | None, now: float) -> bool:
+        last = max(self._written.get(token_hash, 0.0), stored or 0.0)
+        if now - last < LAST_USE_RESOLUTION_S:
+            return False
+        if len(self._written) >= self.max_tokens:
+            self._written.clear()  # the stored value still spaces the writes out
+        self._written[token_hash] = now
+        return True
+
+
+# -- node enrollment ------------------------------------------------------------------------
+def set_enrolled_by(node_id: str, by: str) -> WriteFn:
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE nodes SET enrolled_by = ? WHERE id = ?", (by, node_id))
+
+    return run
+
+
+async def enrolled_by(db: aiosqlite.Connection, node_id: str) -> str:
+    async with db.execute("SELECT enrolled_by FROM nodes WHERE id = ?", (node_id,)) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row and row[0] else ""
