@@ -261,7 +261,8 @@ async def _enroll(api: Central, name: str, kind: str, group: str) -> dict[str, A
         raise InstallerError(
             "enroll", "name_taken", f"a node named {name!r} already exists"
             + (f" ({holder.get('id')}, {holder.get('state')})" if holder else ""),
-            f"pick another --name, or remove that node first: dvic remove-node {name}",
+            f"pick another --name, or have that node revoked first: an admin may run dvic remove-node {name} "
+            "(so may the operator who enrolled it, while it has never connected)",
         ) from exc
 
 
@@ -284,7 +285,7 @@ async def _reusable(req: AddNodeRequest, api: Central, facts: dict[str, str]) ->
         raise InstallerError(
             "enroll", "name_mismatch",
             f"the target is already enrolled as {installed_name!r} ({node_id}), not {req.name!r}",
-            f"run again without --name to repair it, or remove it first: dvic remove-node {node_id}",
+            f"run again without --name to repair it, or ask an admin to revoke it first: dvic remove-node {node_id}",
         )
     return True, f"kept the installed identity {installed_name} ({node_id})"
 
@@ -309,7 +310,9 @@ async def _roll_back(
         await asyncio.wait_for(api.revoke(node_id), 30)
         done.append(f"revoked the enrollment {node_id}")
     except (TimeoutError, CentralError) as exc:
-        problems.append(f"could not revoke {node_id} ({exc}): run dvic remove-node {node_id}")
+        # This run made the enrollment, so its operator may revoke it unless the node has connected.
+        who = "ask an admin to run" if isinstance(exc, CentralError) and exc.status == 403 else "run"
+        problems.append(f"could not revoke {node_id} ({exc}): {who} dvic remove-node {node_id}")
     runner.note("rollback", "; ".join(done + problems), StepStatus.FAILED if problems else StepStatus.OK)
     if not isinstance(cause, InstallerError):
         return
@@ -355,7 +358,8 @@ async def remove_node(
             async with runner.run("revoke") as step:
                 require_role = getattr(central, "require_role", None)
                 if require_role is not None:
-                    await require_role("admin")
+                    # An operator may revoke its own enrollment that never connected; the server decides.
+                    await require_role("operator")
                 node = await central.get_node(request.node)
                 if node is None:
                     raise InstallerError("revoke", "unknown_node", f"the server does not know {request.node!r}",

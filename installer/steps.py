@@ -25,7 +25,10 @@ _CENTRAL_HINTS = {
     "insecure_url": "use the server's https:// URL",
     "bad_url": "use the server's https:// URL",
     "http_401": "the operator token is unknown: check --token / DVIC_TOKEN",
-    "http_403": "your account's role is too low (enrolling needs operator, revoking needs admin) or pending",
+    "http_403": "your account's role is too low or still pending (enrolling needs operator; revoking needs admin, "
+    "or the operator who enrolled the node while it has never connected)",
+    "not_your_enrollment": "ask an admin to revoke it: an operator may revoke only its own enrollments",
+    "node_has_connected": "ask an admin to revoke it: a node that has connected is revoked by an admin",
     "http_409": "a node with that name exists: pick another --name, or remove the old one (dvic remove-node)",
     "timeout": "the daemon runs but does not reach the server: check that the server URL (--server) is "
     "reachable from the node (address, port, firewall)",

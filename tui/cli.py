@@ -48,8 +48,18 @@ def _connection_options(parser: argparse.ArgumentParser, default: object) -> Non
     # tui/cmds/run.py's `parse_fast` reads these options too: keep both in step.
     g = parser.add_argument_group("connection (override `dvic login` and DVIC_* variables)")
     g.add_argument("--server", metavar="URL", default=default, help="server URL (env DVIC_SERVER)")
-    g.add_argument("--token", metavar="T", default=default, help="API token (env DVIC_TOKEN)")
+    g.add_argument("--token", metavar="T", default=default,
+                   help="API token (env DVIC_TOKEN); other users see it in the process list: prefer --token-file")
+    g.add_argument("--token-file", metavar="FILE", default=default,
+                   help="read the API token from FILE (env DVIC_TOKEN_FILE)")
     g.add_argument("--ca", metavar="FILE", default=default, help="CA certificate to pin (env DVIC_CA)")
+
+
+def warn_token_in_argv(args: object) -> None:
+    """Once per run: a token given as --token is visible to every user of the machine (`ps`)."""
+    if getattr(args, "token", None):
+        print("dvic: warning: --token shows the token to every user of this machine (process list); "
+              "use --token-file FILE or DVIC_TOKEN instead", file=sys.stderr)
 
 
 def register_console(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -101,9 +111,9 @@ def command_of(argv: Sequence[str]) -> str | None:
     when an option such as --help needs the whole tree."""
     words = iter(argv)
     for word in words:
-        if word in ("--server", "--token", "--ca"):
+        if word in ("--server", "--token", "--token-file", "--ca"):
             next(words, None)
-        elif word.startswith(("--server=", "--token=", "--ca=")):
+        elif word.startswith(("--server=", "--token=", "--token-file=", "--ca=")):
             continue
         elif word.startswith("-"):
             return None  # --help, --version, an unknown option: argparse answers with the whole tree
@@ -198,9 +208,11 @@ def _main(argv: list[str], command: str | None) -> int:
     args, parser = parse(argv, command)
     if args.command is None:
         args.handler = run_console
+    warn_token_in_argv(args)
 
     def settings(need_token: bool = True) -> Settings:
-        return resolve(args.server, args.token, args.ca, need_token=need_token)
+        return resolve(args.server, args.token, args.ca, need_token=need_token,
+                       token_file=getattr(args, "token_file", None))
 
     # Subcommands registered by other packages receive the same helper.
     args.resolve_settings = settings
@@ -233,8 +245,10 @@ def run_handler(call: Callable[[], object]) -> int:
         return 3
     except ApiError as exc:
         hint = ""
-        if exc.status == 401:
-            hint = " (run `dvic login URL` or check --token / DVIC_TOKEN)"
+        if exc.code == "token_expired":
+            hint = " (ask an admin for a new token, then run `dvic login URL` with it)"
+        elif exc.status == 401:
+            hint = " (run `dvic login URL` or check --token-file / DVIC_TOKEN)"
         elif exc.status == 403 and exc.code in ("pending", "pending_approval"):
             hint = " (your account waits for an administrator's approval)"
         print(f"dvic: {exc.message or exc.code} [{exc.code}, HTTP {exc.status}]{hint}", file=sys.stderr)

@@ -230,11 +230,17 @@ class ApiClient:
     async def operators(self) -> list[Json]:
         return _list(await self.request("GET", "/operators"), "operators")
 
-    async def add_operator(self, name: str, role: str) -> Json:
-        return await self.request("POST", "/operators", body={"name": name, "role": role})
+    async def add_operator(self, name: str, role: str, expires_in: int | None = None) -> Json:
+        body: Json = {"name": name, "role": role}
+        if expires_in is not None:
+            body["expires_in"] = expires_in
+        return await self.request("POST", "/operators", body=body)
 
-    async def approve_operator(self, name: str, role: str) -> Json:
-        return await self.request("POST", f"/operators/{_seg(name)}/approve", body={"role": role})
+    async def approve_operator(self, name: str, role: str, code: str | None = None) -> Json:
+        body: Json = {"role": role}
+        if code is not None:
+            body["code"] = code
+        return await self.request("POST", f"/operators/{_seg(name)}/approve", body=body)
 
     async def set_role(self, name: str, role: str) -> Json:
         return await self.request("POST", f"/operators/{_seg(name)}/role", body={"role": role})
@@ -242,8 +248,13 @@ class ApiClient:
     async def disable_operator(self, name: str) -> Json:
         return await self.request("DELETE", f"/operators/{_seg(name)}")
 
-    async def new_token(self, name: str) -> Json:
-        return await self.request("POST", f"/operators/{_seg(name)}/tokens")
+    async def delete_operator(self, name: str) -> Json:
+        """Deletes a pending or disabled account (its name becomes free)."""
+        return await self.request("POST", f"/operators/{_seg(name)}/delete")
+
+    async def new_token(self, name: str, expires_in: int | None = None) -> Json:
+        body = None if expires_in is None else {"expires_in": expires_in}
+        return await self.request("POST", f"/operators/{_seg(name)}/tokens", body=body)
 
     # -- live ---------------------------------------------------------------------------------
     async def stream(self, heartbeat: float = 10.0) -> Stream:

@@ -3,7 +3,9 @@
 Layout: `$XDG_CONFIG_HOME/dvic/` (default `~/.config/dvic/`), directory 0700, files 0600:
 `config.json` (`{"server": URL, "ca_sha256": HEX}`), `ca.pem` (the pinned CA), `token`.
 Precedence for each setting: command-line option, then environment (`DVIC_SERVER`, `DVIC_TOKEN`,
-`DVIC_CA`), then what `dvic login` stored.
+`DVIC_CA`), then what `dvic login` stored. The token can also come from a file (`--token-file`,
+`DVIC_TOKEN_FILE`), which keeps it out of the process list that `--token` shows to every user.
+Plain `http://` is accepted only for a loopback server: anywhere else it would send the token in clear.
 """
 
 from __future__ import annotations
@@ -166,6 +168,47 @@ class Store:
         _write_private(self.dir / "config.json", json.dumps(doc, indent=2) + "\n")
 
 
+def read_token_file(path: str, what: str = "--token-file") -> str:
+    """The token in `path` (surrounding whitespace dropped), or a ConfigError saying what is wrong."""
+    try:
+        token = _read_text(path).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read the token file {path} ({what}): {reason}") from None
+    if not token:
+        raise ConfigError(f"the token file {path} ({what}) is empty")
+    return token
+
+
+def check_plain_http(server: str) -> None:
+    """A ConfigError unless an `http://` URL names a loopback host (the token would go in clear)."""
+    if not server.startswith("http://"):
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(server).hostname or ""
+    except ValueError:
+        host = ""
+    if not _is_loopback(host):
+        raise ConfigError(
+            f"refusing plain http:// to {host or server!r}: the token would cross the network in clear; "
+            "use the server's https:// URL (plain http:// is for a server on this machine only: "
+            "127.0.0.1, ::1 or localhost)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def resolve(
     server: str | None = None,
     token: str | None = None,
@@ -173,11 +216,18 @@ def resolve(
     env: Mapping[str, str] | None = None,
     store: Store | None = None,
     need_token: bool = True,
+    token_file: str | None = None,
 ) -> Settings:
     """Merges options, environment and stored login into `Settings`, or says what is missing."""
     env = os.environ if env is None else env
     stored = store.load() if store is not None else _load(_config_dir(env))
     server = server or env.get("DVIC_SERVER") or stored.get("server")
+    if token and token_file:
+        raise ConfigError("give either --token or --token-file, not both")
+    if token_file:
+        token = read_token_file(token_file)
+    elif not token and not env.get("DVIC_TOKEN") and env.get("DVIC_TOKEN_FILE"):
+        token = read_token_file(env["DVIC_TOKEN_FILE"], "DVIC_TOKEN_FILE")
     token = token or env.get("DVIC_TOKEN") or stored.get("token")
     ca = ca or env.get("DVIC_CA") or stored.get("ca")
     if not server:
@@ -185,10 +235,11 @@ def resolve(
     server = server.rstrip("/")
     if not server.startswith(("https://", "http://")):
         raise ConfigError(f"server URL must start with https:// (got {server!r})")
+    check_plain_http(server)
     if server.startswith("https://") and not ca:
         raise ConfigError("no CA to pin: run `dvic login URL`, or pass --ca FILE (or set DVIC_CA)")
     if ca and not _is_file(ca):
         raise ConfigError(f"CA file {ca} does not exist")
     if need_token and not token:
-        raise ConfigError("no token: run `dvic login URL`, or pass --token T (or set DVIC_TOKEN)")
+        raise ConfigError("no token: run `dvic login URL`, or pass --token-file FILE (or set DVIC_TOKEN)")
     return Settings(server=server, token=token, ca=ca)

@@ -47,6 +47,7 @@ def _connection_options(parser: argparse.ArgumentParser, default: object) -> Non
     g = parser.add_argument_group("connection (override `dvic login` and DVIC_* variables)")
     g.add_argument("--server", metavar="URL", default=default, help="server URL (env DVIC_SERVER)")
     g.add_argument("--token", metavar="T", default=default, help="API token (env DVIC_TOKEN)")
+    g.add_argument("--token-file", metavar="FILE", default=default, help="read the API token from FILE")
     g.add_argument("--ca", metavar="FILE", default=default, help="CA certificate to pin (env DVIC_CA)")
 
 
@@ -453,10 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def settings(need_token: bool = True) -> Settings:
-        return resolve(args.server, args.token, args.ca, need_token=need_token)
+        return resolve(args.server, args.token, args.ca, need_token=need_token,
+                       token_file=getattr(args, "token_file", None))
 
-    from tui.cli import run_handler  # not at the top: tui.cli imports this module for its commands
+    from tui.cli import run_handler, warn_token_in_argv  # not at the top: tui.cli imports this module
 
+    warn_token_in_argv(args)
     return run_handler(lambda: args.handler(args, settings))
 
 

@@ -23,7 +23,7 @@ from tests.tui.tuifake import wait_for
 from tui.app import DvicApp
 from tui.config import Settings
 from tui.screens.admin import AdminScreen
-from tui.screens.dialogs import ChoiceDialog
+from tui.screens.dialogs import ChoiceDialog, InputDialog
 from tui.screens.fleet import FleetScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.node import NodeScreen
@@ -140,10 +140,18 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
             assert isinstance(app.screen, FleetScreen)
 
 
-async def test_admin_approves_and_revokes_on_real_server(central_server: CentralServer, tmp_path: Path) -> None:
-    server = central_server
+async def test_admin_approves_and_revokes_on_real_server(tmp_path: Path) -> None:
+    server = CentralServer(tmp_path / "central", extra_args=("--self-register",)).start()
+    try:
+        await _approve_and_revoke(server, tmp_path)
+    finally:
+        server.stop()
+
+
+async def _approve_and_revoke(server: CentralServer, tmp_path: Path) -> None:
     status, body = server.api("POST", "/api/v1/register", {"name": "erin"}, token="")
     assert status == 201, body
+    code = body["code"]
     bundle = server.enroll("pi-9", kind="raspberry", group="hall-b")
     app = make_app(server)
     async with app.run_test(size=(160, 48)) as pilot:
@@ -159,6 +167,11 @@ async def test_admin_approves_and_revokes_on_real_server(central_server: Central
         await pilot.pause()
         shot(app, "admin-160x48", tmp_path)
         await pilot.press("a")
+        # Erin registered with a one-time code: the admin is asked for it before the role.
+        await wait_for(lambda: isinstance(app.screen, InputDialog), what="code prompt")
+        for key in code.lower():
+            await pilot.press("minus" if key == "-" else key)
+        await pilot.press("enter")
         await wait_for(lambda: isinstance(app.screen, ChoiceDialog), what="role picker")
         app.screen.query_one(OptionList).highlighted = 1
         await pilot.press("enter")

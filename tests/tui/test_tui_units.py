@@ -117,6 +117,29 @@ def test_settings_errors_say_what_to_do(tmp_path: Path) -> None:
         resolve(env={}, store=broken)
 
 
+def test_token_files_and_plain_http(tmp_path: Path) -> None:
+    empty = Store(tmp_path / "none")
+    token_file = tmp_path / "token"
+    token_file.write_text("  file-token\n")
+    s = resolve("https://x", None, str(token_file), env={}, store=empty, token_file=str(token_file))
+    assert s.token == "file-token"
+    # The option first, then DVIC_TOKEN, then DVIC_TOKEN_FILE, then the stored login.
+    env = {"DVIC_TOKEN": "env-token", "DVIC_TOKEN_FILE": str(token_file)}
+    assert resolve("https://x", None, str(token_file), env=env, store=empty).token == "env-token"
+    env = {"DVIC_TOKEN_FILE": str(token_file)}
+    assert resolve("https://x", None, str(token_file), env=env, store=empty).token == "file-token"
+    (tmp_path / "blank").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve("https://x", None, str(token_file), env={}, store=empty, token_file=str(tmp_path / "blank"))
+    with pytest.raises(ConfigError, match="DVIC_TOKEN_FILE"):
+        resolve("https://x", None, str(token_file), env={"DVIC_TOKEN_FILE": str(tmp_path / "nope")}, store=empty)
+    for url in ("http://127.0.0.1:8443", "http://127.9.9.9:1", "http://[::1]:8443", "http://localhost:8443"):
+        assert resolve(url, "t", env={}, store=empty).server == url
+    for url in ("http://10.0.0.5:8443", "http://monitor.lab", "http://[::ffff:10.0.0.5]:1", "http://127.0.0.1.evil"):
+        with pytest.raises(ConfigError, match="refusing plain http://"):
+            resolve(url, "t", env={}, store=empty)
+
+
 def test_fleet_model_tolerates_odd_summaries_and_counts() -> None:
     from tui.fleet import Filter, Fleet, cycle
 

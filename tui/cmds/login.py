@@ -10,7 +10,8 @@ import sys
 from tui import pinning
 from tui.client import ApiClient, ApiError
 from tui.cmds.common import SettingsFn, say
-from tui.config import ConfigError, Settings, Store
+from tui.config import ConfigError, Settings, Store, check_plain_http, read_token_file
+from tui.textsafe import clean
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ async def run_login(args: argparse.Namespace, settings: SettingsFn) -> int:
     url = args.url.rstrip("/")
     if not url.startswith(("https://", "http://")):
         raise ConfigError(f"server URL must start with https:// (got {url!r})")
+    check_plain_http(url)  # before anything is sent: a token must not cross the network in clear
     ca: pinning.PinnedCA | None = None
     if url.startswith("https://"):
         if getattr(args, "ca", None):
@@ -56,16 +58,19 @@ async def run_login(args: argparse.Namespace, settings: SettingsFn) -> int:
     pem = ca.pem if ca else None
     async with ApiClient(Settings(server=url, token=None, ca=None, ca_pem=pem)) as anon:
         await anon.health()
+        code = ""
         if args.register:
             doc = await anon.register(args.register)
             token = str(doc.get("token", ""))
+            code = clean(str(doc.get("code", "")), single_line=True)
             if not token:
                 raise ApiError(200, "bad_response", "the server did not return a token")
         else:
-            token = getattr(args, "token", None) or os.environ.get("DVIC_TOKEN") or ""
+            token = _given_token(args)
             if not token:
                 if not sys.stdin.isatty():
-                    raise ConfigError("no token: pass --token T, or --register NAME to ask for an account")
+                    raise ConfigError("no token: pass --token-file FILE (or set DVIC_TOKEN), "
+                                      "or --register NAME to ask for an account")
                 token = getpass.getpass("API token: ").strip()
             if not token:
                 raise ConfigError("no token given; nothing stored")
@@ -74,7 +79,25 @@ async def run_login(args: argparse.Namespace, settings: SettingsFn) -> int:
     Store().save(url, ca.pem if ca else None, ca.sha256 if ca else None, token)
     name, role, status = me.get("name", "?"), me.get("role", "?"), me.get("status", "?")
     say(f"Logged in to {url} as {name} (role {role}, {status}); settings in {Store().dir}")
-    if status != "active":
-        say("Your account waits for an administrator's approval: ask one to run "
-            f"`dvic operators approve {name} --role viewer`.")
+    if status != "active" and code:
+        say(f"Your one-time code: {code}\n"
+            "Tell it to an administrator yourself (in person, or by a channel they know is yours): "
+            f"they need it to approve your account (`dvic operators approve {name} --code {code}`).")
+    elif status != "active":
+        say("Your account waits for an administrator's approval.")
     return 0
+
+
+def _given_token(args: argparse.Namespace) -> str:
+    """--token, --token-file, DVIC_TOKEN or DVIC_TOKEN_FILE, in that order ("" when none)."""
+    token = getattr(args, "token", None)
+    path = getattr(args, "token_file", None)
+    if token and path:
+        raise ConfigError("give either --token or --token-file, not both")
+    if path:
+        return read_token_file(path)
+    if token or os.environ.get("DVIC_TOKEN"):
+        return token or os.environ["DVIC_TOKEN"]
+    if os.environ.get("DVIC_TOKEN_FILE"):
+        return read_token_file(os.environ["DVIC_TOKEN_FILE"], "DVIC_TOKEN_FILE")
+    return ""

@@ -1,12 +1,26 @@
-"""`dvic operators list|add|approve|role|disable|token`: operator accounts (admin role)."""
+"""`dvic operators list|add|approve|role|disable|delete|token`: operator accounts (admin role)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import re
+import sys
 import time
 
 from tui import fmt
-from tui.cmds.common import ROLES, SettingsFn, client, emit_json, say
+from tui.client import ApiClient
+from tui.cmds.common import _RELATIVE, _UNIT, ROLES, SettingsFn, UsageError, client, emit_json, say
+from tui.textsafe import clean
+
+
+def parse_expiry(value: str) -> int:
+    """`--expires`: a lifetime such as 12h, 30d or 52w (whole seconds from now)."""
+    m = re.match(_RELATIVE, value)
+    seconds = float(m.group(1)) * _UNIT[m.group(2)] if m else 0
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"cannot read lifetime {value!r}: use e.g. 12h, 30d or 52w")
+    return int(seconds)
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -17,10 +31,13 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     q = ops.add_parser("add", parents=[parent], help="create an active account; prints its token once")
     q.add_argument("name")
     q.add_argument("--role", choices=ROLES, default="viewer")
+    q.add_argument("--expires", type=parse_expiry, metavar="LIFETIME",
+                   help="the token stops working after this long, e.g. 30d (default: no expiry)")
     q.add_argument("--json", action="store_true")
     q = ops.add_parser("approve", parents=[parent], help="activate a pending (self-registered) account")
     q.add_argument("name")
     q.add_argument("--role", choices=ROLES, default="viewer")
+    q.add_argument("--code", help="the one-time code the person was shown when registering (asked for if omitted)")
     q.add_argument("--json", action="store_true")
     q = ops.add_parser("role", parents=[parent], help="change an account's role")
     q.add_argument("name")
@@ -29,8 +46,14 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     q = ops.add_parser("disable", parents=[parent], help="disable an account and all its tokens")
     q.add_argument("name")
     q.add_argument("--json", action="store_true")
+    q = ops.add_parser("delete", parents=[parent],
+                       help="delete a pending or disabled account and its tokens; its name becomes free")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
     q = ops.add_parser("token", parents=[parent], help="issue a new token for an account (shown once)")
     q.add_argument("name")
+    q.add_argument("--expires", type=parse_expiry, metavar="LIFETIME",
+                   help="the token stops working after this long, e.g. 30d (default: no expiry)")
     q.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_operators)
 
@@ -42,23 +65,20 @@ async def run_operators(args: argparse.Namespace, settings: SettingsFn) -> int:
             if args.json:
                 emit_json({"operators": ops})
             else:
-                now = time.time()
-                say(fmt.table(
-                    ["NAME", "ROLE", "STATUS", "CREATED"],
-                    [[o.get("name", "?"), o.get("role", "-"), o.get("status", "-"),
-                      fmt.age(o.get("created_at"), now) + " ago" if o.get("created_at") else "-"] for o in ops],
-                ))
+                say(_operators_table(ops, time.time()))
             return 0
         if args.op == "add":
-            doc = await api.add_operator(args.name, args.role)
+            doc = await api.add_operator(args.name, args.role, args.expires)
         elif args.op == "approve":
-            doc = await api.approve_operator(args.name, args.role)
+            doc = await api.approve_operator(args.name, args.role, await _approval_code(api, args))
         elif args.op == "role":
             doc = await api.set_role(args.name, args.role)
         elif args.op == "disable":
             doc = await api.disable_operator(args.name)
+        elif args.op == "delete":
+            doc = await api.delete_operator(args.name)
         else:
-            doc = await api.new_token(args.name)
+            doc = await api.new_token(args.name, args.expires)
     if args.json:
         emit_json(doc)
         return 0
@@ -67,9 +87,44 @@ async def run_operators(args: argparse.Namespace, settings: SettingsFn) -> int:
         "approve": f"approved {args.name} as {getattr(args, 'role', '')}",
         "role": f"{args.name} is now {getattr(args, 'role', '')}",
         "disable": f"disabled {args.name} and its tokens",
+        "delete": f"deleted the {clean(str(doc.get('was', '')))} account {args.name} and its tokens; the name is free",
         "token": f"new token for {args.name}",
     }
     say(messages[args.op])
+    expires = doc.get("expires_at")
+    if isinstance(expires, (int, float)):
+        say(f"the token expires: {fmt.stamp(expires)}")
     if doc.get("token"):
         say(f"token (shown once, keep it secret): {doc['token']}")
     return 0
+
+
+def _operators_table(ops: list[dict], now: float) -> str:
+    def ago(ts: object) -> str:
+        return fmt.age(ts, now) + " ago" if isinstance(ts, (int, float)) else "-"
+
+    rows = []
+    for o in ops:
+        status = str(o.get("status", "-")) + (" (code)" if o.get("needs_code") else "")
+        rows.append([o.get("name", "?"), o.get("role", "-"), status, ago(o.get("created_at")),
+                     ago(o.get("last_used_at"))])
+    return fmt.table(["NAME", "ROLE", "STATUS", "CREATED", "LAST USED"], rows)
+
+
+async def _approval_code(api: ApiClient, args: argparse.Namespace) -> str | None:
+    """--code, or asked for on a terminal when the account registered with one."""
+    if args.code is not None:
+        return str(args.code)
+    account = next((o for o in await api.operators() if o.get("name") == args.name), None)
+    if account is None or not account.get("needs_code"):
+        return None  # the server says what is wrong (unknown, not pending), or no code is needed
+    if not sys.stdin.isatty():
+        raise UsageError(f"{args.name} registered with a one-time code: ask them for it and pass --code CODE")
+    try:
+        code = (await asyncio.to_thread(input, f"One-time code {args.name} was shown when registering "
+                                                "(ask them): ")).strip()
+    except EOFError:
+        code = ""
+    if not code:
+        raise UsageError("no code given; nothing changed")
+    return code

@@ -119,7 +119,7 @@ _RUN_FLAGS = {"--all": "all", "--yes": "yes", "-y": "yes", "--shell": "shell", "
 
 def parse_fast(argv: Sequence[str]) -> SimpleNamespace | None:
     """What `tui.cli.build_parser("run").parse_args(argv)` returns, or None to leave it to argparse."""
-    ns: dict[str, object] = {"server": None, "token": None, "ca": None}
+    ns: dict[str, object] = {"server": None, "token": None, "token_file": None, "ca": None}  # --token-file: argparse
     i = 0
     while i < len(argv) and argv[i] != "run":  # the main parser's options, before the command
         option = _option_value(argv, i, _CONNECTION_OPTIONS)

@@ -15,7 +15,7 @@ from tui import fmt
 from tui.client import ApiError
 from tui.cmds.common import ROLES
 from tui.screens.base import DvicScreen
-from tui.screens.dialogs import ChoiceDialog, ConfirmDialog, SecretDialog
+from tui.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
 from tui.textsafe import literal
 from tui.widgets.banner import ConnectionBanner
 
@@ -184,9 +184,17 @@ class AdminScreen(DvicScreen):
         name = self._selected("#op-table")
         if not name or self._active_tab() != "ops":
             return
+        account = next((o for o in self.operators if o.get("name") == name), {})
+        code = None
+        if account.get("needs_code"):
+            # The code its requester was shown ties the account to a person: ask them for it.
+            code = await self.app.push_screen_wait(InputDialog(
+                f"One-time code {name} was shown when registering (ask them):", "XXXX-XXXX"))
+            if not code:
+                return
         role = await self.app.push_screen_wait(ChoiceDialog(f"Approve {name} with role:", list(ROLES), "viewer"))
         if role:
-            await self._call(f"approved {name} as {role}", self.dvic.api.approve_operator(name, role))
+            await self._call(f"approved {name} as {role}", self.dvic.api.approve_operator(name, role, code))
 
     @work(group="admin-act")
     async def action_role(self) -> None:
