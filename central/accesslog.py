@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import NODE, OPERATOR_KEY, Handler, RouteSpec, bearer, hash_token
+from .auth import CALLER_KEY, bearer, hash_token
 from .pki import der_fingerprint
 from .services import SERVICES
 
@@ -67,7 +67,8 @@ class KeepaliveTally:
 
     def add(self, status: int) -> None:
         self.counts[status] += 1
-        self.flush()
+        if self.clock() - self.since >= SUMMARY_WINDOW_S:
+            self.flush()
 
     def flush(self, force: bool = False) -> None:
         now = self.clock()
@@ -81,35 +82,41 @@ class KeepaliveTally:
         self.since = now
 
 
-def access_middleware(mode: str, specs: dict[Any, RouteSpec]) -> Any:
-    if mode not in MODES:
-        raise ValueError(f"access log mode must be one of {', '.join(MODES)}, got {mode!r}")
-    tally = KeepaliveTally()
+class _Line:
+    """One request's line, written when the request is over (a websocket: when it closes)."""
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        spec = specs.get(request.match_info.route)
-        keepalive = spec is not None and spec.role == NODE and spec.method == "POST"
-        if keepalive and mode != "all":
-            response = await handler(request)
-            tally.add(response.status)
-            return response
-        tally.flush()
-        started = time.monotonic()
+    __slots__ = ("request", "identity", "started", "status")
+
+    def __init__(self, request: web.Request, identity: str) -> None:
+        self.request = request
+        self.identity = identity
+        self.started = time.monotonic()
+        self.status = 500
+
+    def __enter__(self) -> _Line:
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, web.HTTPException):
+            self.status = exc.status  # aiohttp's 404/405/413, answered by the errors middleware
+        request = self.request
+        url = request.rel_url
+        log.info("%s %s %s %s %d %.1f ms", request.remote or "-",
+                 self.identity or request.get(CALLER_KEY, "-"), request.method,
+                 loggable_target(url.raw_path, url.raw_query_string), self.status,
+                 (time.monotonic() - self.started) * 1000)
+
+
+class AccessLog:
+    """What the auth middleware (central/auth.py) calls for the access log of one server."""
+
+    def __init__(self, mode: str) -> None:
+        if mode not in MODES or mode == "off":
+            raise ValueError(f"access log mode must be 'on' or 'all', got {mode!r}")
+        self.log_keepalives = mode == "all"
+        self.tally = KeepaliveTally()
+
+    def request(self, request: web.Request, node: bool) -> _Line:
+        self.tally.flush()
         # A node websocket's transport is gone once it closes: say who it is first.
-        identity = _node_identity(request) if spec is not None and spec.role == NODE else ""
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            operator = request.get(OPERATOR_KEY)
-            log.info("%s %s %s %s %d %.1f ms", request.remote or "-", identity or (operator.name if operator else "-"),
-                     request.method, loggable_target(request.rel_url.raw_path, request.rel_url.raw_query_string),
-                     status, (time.monotonic() - started) * 1000)
-
-    return middleware
+        return _Line(request, _node_identity(request) if node else "")

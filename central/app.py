@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import accounts, api, api_remote, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
-from .accesslog import access_middleware
+from .accesslog import AccessLog
 from .auth import ApiError, auth_middleware, error_response
 from .config import Config
 from .routes import routes
@@ -41,10 +41,9 @@ def create_app(config: Config) -> web.Application:
     def submit_later(fn) -> None:  # type: ignore[no-untyped-def]
         app[SERVICES].writer.submit_later(fn)
 
-    if config.access_log != "off":
-        app.middlewares.append(access_middleware(config.access_log, specs))
+    access = AccessLog(config.access_log) if config.access_log != "off" else None
     app.middlewares.append(errors_middleware)
-    app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later))
+    app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later, access=access))
     app[accounts.REGISTRATION] = accounts.RegistrationGate(
         config.self_register, config.register_per_address, config.register_total, config.max_pending)
     app.cleanup_ctx.append(services_ctx(config))

@@ -14,11 +14,14 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from . import accounts, store
+
+if TYPE_CHECKING:
+    from .accesslog import AccessLog
 
 ROLES = ("viewer", "operator", "admin")
 RANK = {"pending": 0, "viewer": 1, "operator": 2, "admin": 3}
@@ -114,6 +117,8 @@ class RouteTable:
         return {app.router.add_route(s.method, s.path, s.handler): s for s in self.specs}
 
 OPERATOR_KEY = "dvic_operator"
+# The name of the account whose token came with the request, even when the call was refused (logs).
+CALLER_KEY = "dvic_caller"
 
 
 def current_operator(request: web.Request) -> Operator:
@@ -211,7 +216,9 @@ def error_code(response: web.StreamResponse) -> str:
 
 
 def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: SubmitWrite,
-                    submit_later: SubmitLater | None = None, refusals: Refusals | None = None) -> Any:
+                    submit_later: SubmitLater | None = None, refusals: Refusals | None = None,
+                    access: AccessLog | None = None) -> Any:
+    """Role checks, audit rows (refusals included), 401 counts and, given `access`, the access log."""
     refusals = refusals or Refusals()
     last_use = accounts.LastUse()
 
@@ -265,9 +272,7 @@ def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: Su
             await audit(request, spec, operator.name if operator else ANONYMOUS, response, detail)
         return response
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        spec = specs.get(request.match_info.route)
+    async def handle(request: web.Request, handler: Handler, spec: RouteSpec | None) -> web.StreamResponse:
         if spec is None:
             # Not declared in the route table: unreachable by construction (404/405 from aiohttp).
             return await _guard(request, handler)
@@ -282,6 +287,8 @@ def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: Su
             return response
         token = bearer(request)
         refusal, operator = await authenticate(spec, token)
+        if operator is not None:
+            request[CALLER_KEY] = operator.name
         if refusal is not None:
             return await refused(request, spec, refusal, operator, token)
         request[OPERATOR_KEY] = operator
@@ -289,6 +296,32 @@ def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: Su
         if spec.audit:
             await audit(request, spec, operator.name if operator else ANONYMOUS, response, {})
         return response
+
+    # Keep-alives are a fleet's hot path (thousands a second): their route is checked first and
+    # costs a counter, not a log line. The node route's handler authenticates the node itself.
+    keepalive_routes = {route for route, spec in specs.items() if spec.role == NODE and spec.method == "POST"}
+    if access is not None and access.log_keepalives:
+        keepalive_routes = set()
+
+    # Access logging lives in this middleware rather than its own: one more middleware layer costs
+    # each keep-alive more than this whole middleware does.
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        if route in keepalive_routes:
+            response = await _guard(request, handler)
+            if response.status == 401:
+                refusals.unauthenticated(request.remote or "")
+            if access is not None:
+                access.tally.add(response.status)
+            return response
+        spec = specs.get(route)
+        if access is None:
+            return await handle(request, handler, spec)
+        with access.request(request, node=spec is not None and spec.role == NODE) as line:
+            response = await handle(request, handler, spec)
+            line.status = response.status
+            return response
 
     return middleware
 

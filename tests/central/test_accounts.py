@@ -228,6 +228,12 @@ async def test_access_log_one_line_per_request_keepalives_summed_up(central_serv
     line = wait_for(lambda: _line_with(server, "GET /api/v1/logs"), what="the access log line")
     assert "127.0.0.1 admin GET /api/v1/logs?node=pi-acc&token=***&limit=5 200 " in line and line.endswith(" ms")
     assert "s3cret-value" not in server.log()
+    # Refused calls name who was refused; undeclared paths are logged with aiohttp's answer.
+    viewer = make_operator(server, "vic", "viewer")
+    assert server.api("GET", "/api/v1/operators", token=viewer)[0] == 403
+    assert server.api("GET", "/api/v1/no-such-thing", token="")[0] == 404
+    wait_for(lambda: _line_with(server, "127.0.0.1 vic GET /api/v1/operators 403 "), what="the refused call's line")
+    wait_for(lambda: _line_with(server, "127.0.0.1 - GET /api/v1/no-such-thing 404 "), what="the 404's line")
     wait_for(lambda: _line_with(server, "node:pi-acc GET /api/v1/node/ws 101"), what="the websocket's line")
     # Keep-alives are not logged one by one by default.
     assert "/api/v1/keepalive" not in server.log()
