@@ -128,8 +128,8 @@ def _operator_name(body: dict[str, Any]) -> str:
     return str(name)
 
 
-def _expires_in(body: dict[str, Any]) -> float | None:
-    """`expires_in` (seconds from now) of a new token; None: it does not expire."""
+def _expires_at(body: dict[str, Any]) -> float | None:
+    """When a new token stops working, from the body's `expires_in` (seconds); None: never."""
     value = body.get("expires_in")
     if value is None:
         return None
@@ -137,17 +137,17 @@ def _expires_in(body: dict[str, Any]) -> float | None:
             0 < value <= accounts.MAX_TOKEN_LIFETIME_S):
         raise ApiError(400, "bad_field", f"expires_in: seconds from now, more than 0 and at most "
                                          f"{accounts.MAX_TOKEN_LIFETIME_S:.0f} (ten years)")
-    return float(value)
+    return time.time() + value
 
 
 async def _create_operator(services: Services, name: str, role: str, status: str, by: str = "",
-                           expires_in: float | None = None, also: store.WriteFn | None = None) -> str:
+                           expires_at: float | None = None, also: store.WriteFn | None = None) -> str:
     token = new_token()
     now = time.time()
 
     def create(conn: sqlite3.Connection) -> None:
         store.create_operator(name, role, status, now, approved_by=by)(conn)
-        _add_token(token, name, now, "created", expires_in)(conn)
+        _add_token(token, name, now, "created", expires_at)(conn)
         if also is not None:
             also(conn)
 
@@ -158,11 +158,11 @@ async def _create_operator(services: Services, name: str, role: str, status: str
     return token
 
 
-def _add_token(token: str, name: str, now: float, label: str, expires_in: float | None) -> store.WriteFn:
+def _add_token(token: str, name: str, now: float, label: str, expires_at: float | None) -> store.WriteFn:
     def add(conn: sqlite3.Connection) -> None:
         store.add_token(hash_token(token), name, now, label=label)(conn)
-        if expires_in is not None:
-            accounts.set_token_expiry(hash_token(token), now + expires_in)(conn)
+        if expires_at is not None:
+            accounts.set_token_expiry(hash_token(token), expires_at)(conn)
 
     return add
 
@@ -349,15 +349,11 @@ async def create_operator(request: web.Request) -> web.Response:
     body = await json_body(request)
     name = _operator_name(body)
     role = _role(body, "viewer")
-    expires_in = _expires_in(body)
+    expires_at = _expires_at(body)
     token = await _create_operator(_services(request), name, role, "active", current_operator(request).name,
-                                   expires_in)
+                                   expires_at)
     return web.json_response({"name": name, "role": role, "status": "active", "token": token,
-                              "expires_at": _expiry(expires_in)}, status=201)
-
-
-def _expiry(expires_in: float | None) -> float | None:
-    return None if expires_in is None else time.time() + expires_in
+                              "expires_at": expires_at}, status=201)
 
 
 @routes.route("POST", "/api/v1/operators/{name}/approve", role="admin",
@@ -442,11 +438,11 @@ async def issue_token(request: web.Request) -> web.Response:
     row = await _operator_or_404(services, name)
     if row["status"] == "disabled":
         raise ApiError(409, "disabled", f"operator {name!r} is disabled")
-    expires_in = _expires_in(await _optional_body(request))
+    expires_at = _expires_at(await _optional_body(request))
     token = new_token()
     await services.writer.submit(_add_token(token, name, time.time(), f"issued by {current_operator(request).name}",
-                                            expires_in))
-    return web.json_response({"name": name, "token": token, "expires_at": _expiry(expires_in)}, status=201)
+                                            expires_at))
+    return web.json_response({"name": name, "token": token, "expires_at": expires_at}, status=201)
 
 
 async def _optional_body(request: web.Request) -> dict[str, Any]:

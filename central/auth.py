@@ -1,8 +1,9 @@
 """Operator authentication and the route table: every endpoint is declared with who may call it.
 
 A handler becomes reachable only through `RouteTable.route(...)`, which requires a role; the
-auth middleware enforces it before the handler runs, and records every state-changing call in
-the audit table.
+auth middleware enforces it before the handler runs, records every state-changing call in the
+audit table (refused ones too), counts refusals for a missing or unknown token per client address,
+and writes the access log (central/accesslog.py).
 """
 
 from __future__ import annotations
@@ -178,13 +179,14 @@ class Refusals:
     def sweep(self) -> None:
         """Report and forget the windows that are over (cheap: does work once per window)."""
         now = self.clock()
-        if now - self._last_sweep < self.WINDOW_S:
-            return
+        if now - self._last_sweep >= self.WINDOW_S:
+            self._drop_finished(now)
+
+    def _drop_finished(self, now: float) -> None:
         self._last_sweep = now
         for remote, window in list(self._windows.items()):
             if now - window[0] >= self.WINDOW_S:
-                self._report(remote, window)
-                del self._windows[remote]
+                self._report(remote, self._windows.pop(remote))
 
     def _window(self, remote: str) -> list[float]:
         now = self.clock()
@@ -194,8 +196,8 @@ class Refusals:
         if window is not None:
             self._report(remote, window)
         elif len(self._windows) >= self.max_addresses:
-            self._last_sweep = now - self.WINDOW_S
-            self.sweep()
+            self._drop_finished(now)
+            # Still full (refusals from very many addresses): the oldest half is reported early.
             for old in list(self._windows)[: max(len(self._windows) - self.max_addresses // 2, 0)]:
                 self._report(old, self._windows.pop(old))
         window = self._windows[remote] = [now, 0, 0]

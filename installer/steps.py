@@ -29,7 +29,8 @@ _CENTRAL_HINTS = {
     "or the operator who enrolled the node while it has never connected)",
     "not_your_enrollment": "ask an admin to revoke it: an operator may revoke only its own enrollments",
     "node_has_connected": "ask an admin to revoke it: a node that has connected is revoked by an admin",
-    "http_409": "a node with that name exists: pick another --name, or remove the old one (dvic remove-node)",
+    "http_409": "a node with that name exists: pick another --name, or have the old one revoked (dvic remove-node: "
+    "an admin, or the operator who enrolled it while it has never connected)",
     "timeout": "the daemon runs but does not reach the server: check that the server URL (--server) is "
     "reachable from the node (address, port, firewall)",
 }
