@@ -10,8 +10,11 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
+
+from .strictjson import MAX_INT, JsonError, check_numbers, loads
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024
@@ -20,6 +23,10 @@ MAX_MSG_BYTES = 64 * 1024
 MAX_FACT_CHARS = 256
 MAX_FACT_ITEMS = 64
 MAX_KEEPALIVE_BYTES = 4096
+MAX_FACT_KEY_CHARS = 64
+# The largest magnitude a stored metric may have: room for byte counters up to a petabyte, and
+# far from where SQLite's avg()/sum() of many samples could overflow to Infinity.
+MAX_METRIC_ABS = 1e15
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
@@ -47,11 +54,31 @@ def _bad(message: str) -> ProtocolError:
     return ProtocolError(CLOSE_MALFORMED, "bad_message", message)
 
 
+def _is_finite(value: int | float) -> bool:
+    """math.isfinite, without its OverflowError for an integer too large for a float."""
+    return math.isfinite(value) if isinstance(value, float) else -MAX_INT - 1 <= value <= MAX_INT
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and _is_finite(value)
+
+
 def _number(value: Any, field: str, *, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not _is_number(value):
         raise _bad(f"{field}: expected a finite number")
+    return float(value)
+
+
+def _in_metric_range(value: Any) -> bool:
+    return _is_number(value) and -MAX_METRIC_ABS <= value <= MAX_METRIC_ABS
+
+
+def _metric(value: Any, field: str) -> float:
+    """A value the server stores as a metric (or its timestamp): finite and within MAX_METRIC_ABS."""
+    if not _in_metric_range(value):
+        raise _bad(f"{field}: expected a number from -{MAX_METRIC_ABS:.0e} to {MAX_METRIC_ABS:.0e}")
     return float(value)
 
 
@@ -75,18 +102,25 @@ def _clip(text: str, limit_bytes: int) -> tuple[str, bool]:
     return raw[:limit_bytes].decode("utf-8", "ignore"), True
 
 
+# C0 and C1 controls, DEL and the bidi overrides: a key holding one could drive the terminal of
+# whoever prints it (an OSC 52 clipboard write) or reorder what is shown.
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def clean_facts(facts: Any) -> dict[str, Any]:
+    """Facts (and demo headers) as kept: keys of at most 64 characters without control characters,
+    values cut to size; other keys and value types are dropped, as docs/protocol.md says."""
     if not isinstance(facts, dict):
         raise _bad("facts: expected an object")
     out: dict[str, Any] = {}
     for key, value in list(facts.items())[:MAX_FACT_ITEMS]:
-        if not isinstance(key, str) or len(key) > 64:
+        if not isinstance(key, str) or len(key) > MAX_FACT_KEY_CHARS or _KEY_CONTROL.search(key):
             continue
         if isinstance(value, str):
             out[key] = value[:MAX_FACT_CHARS]
         elif isinstance(value, list):
             out[key] = [v[:MAX_FACT_CHARS] for v in value[:MAX_FACT_ITEMS] if isinstance(v, str)]
-        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        elif _in_metric_range(value):  # (boot_time: a timestamp clients can still format)
             out[key] = value
     return out
 
@@ -109,14 +143,14 @@ def parse_hello(msg: dict[str, Any]) -> dict[str, Any]:
 def _percent(obj: Any, field: str) -> float | None:
     if not isinstance(obj, dict) or "percent" not in obj:
         return None
-    return _number(obj["percent"], f"{field}.percent")
+    return _metric(obj["percent"], f"{field}.percent")
 
 
 MAX_METRICS_CHARS = 64 * 1024
 
 
 def parse_metrics(msg: dict[str, Any]) -> dict[str, Any]:
-    ts = _number(msg.get("ts"), "ts")
+    ts = _metric(msg.get("ts"), "ts")
     sample: dict[str, Any] = {"type": "metrics", "ts": ts}
     for key in ("cpu", "load", "mem", "swap", "disks", "temps", "throttled", "uptime", "procs", "net"):
         if key in msg:
@@ -131,10 +165,10 @@ def metric_series(sample: dict[str, Any]) -> dict[str, float]:
     series: dict[str, float] = {}
     cpu = sample.get("cpu")
     if isinstance(cpu, dict) and "total" in cpu:
-        series["cpu"] = _number(cpu["total"], "cpu.total") or 0.0
+        series["cpu"] = _metric(cpu["total"], "cpu.total")
     load = sample.get("load")
     if isinstance(load, list) and load:
-        series["load1"] = _number(load[0], "load[0]") or 0.0
+        series["load1"] = _metric(load[0], "load[0]")
     for name in ("mem", "swap"):
         value = _percent(sample.get(name), name)
         if value is not None:
@@ -148,19 +182,19 @@ def metric_series(sample: dict[str, Any]) -> dict[str, float]:
     temps = sample.get("temps")
     if isinstance(temps, list):
         values = [
-            _number(t["celsius"], "temps[].celsius") for t in temps[:64] if isinstance(t, dict) and "celsius" in t
+            _metric(t["celsius"], "temps[].celsius") for t in temps[:64] if isinstance(t, dict) and "celsius" in t
         ]
         known_t = [v for v in values if v is not None]
         if known_t:
             series["temp"] = max(known_t)
     for name in ("uptime", "procs"):
         if name in sample:
-            series[name] = _number(sample[name], name) or 0.0
+            series[name] = _metric(sample[name], name)
     net = sample.get("net")
     if isinstance(net, dict):
         for name in ("rx_bytes", "tx_bytes"):
             if name in net:
-                series[f"net_{name[:2]}"] = _number(net[name], f"net.{name}") or 0.0
+                series[f"net_{name[:2]}"] = _metric(net[name], f"net.{name}")
     return series
 
 
@@ -172,7 +206,7 @@ def parse_log_line(line: Any, index: int) -> dict[str, Any]:
     if type(seq) is not int or seq < 1 or seq >= 2**63:
         raise _bad(f"lines[{index}].seq: expected an integer >= 1")
     ts = line.get("ts")
-    if (type(ts) is not float and type(ts) is not int) or not math.isfinite(ts):
+    if not ((type(ts) is float and math.isfinite(ts)) or (type(ts) is int and -MAX_INT - 1 <= ts <= MAX_INT)):
         raise _bad(f"lines[{index}].ts: expected a finite number")
     source = line.get("source")
     if source not in SOURCES:
@@ -383,8 +417,8 @@ PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 def parse_node_message(text: str) -> dict[str, Any]:
     """Decode and validate one text frame from a node."""
     try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = loads(text)
+    except JsonError as exc:
         raise _bad(f"not valid JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise _bad("expected a JSON object")
@@ -394,6 +428,14 @@ def parse_node_message(text: str) -> dict[str, Any]:
         raise ProtocolError(CLOSE_UNKNOWN_TYPE, "unknown_type", f"unknown message type {kind!r}")
     if kind == "metrics" and len(text) > MAX_METRICS_CHARS:
         raise _bad(f"metrics: sample larger than {MAX_METRICS_CHARS // 1024} KiB")
+    if kind != "logs":
+        # Parts of these are kept as sent (the latest sample, event data): no number in them may
+        # be one that SQLite or strict JSON cannot hold. Log lines, the bulk of the traffic, are
+        # checked field by field by parse_log_line instead (it keeps no other field).
+        try:
+            check_numbers(msg)
+        except JsonError as exc:
+            raise _bad(str(exc)) from None
     return parser(msg)
 
 
@@ -406,8 +448,8 @@ def parse_keepalive(body: Any) -> tuple[dict[str, float], dict[str, str]]:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number")
+        if not _in_metric_range(value):
+            raise ValueError(f"{name}: expected a number from -{MAX_METRIC_ABS:.0e} to {MAX_METRIC_ABS:.0e}")
         series[name] = float(value)
     facts: dict[str, str] = {}
     firmware = body.get("firmware")
