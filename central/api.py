@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import sqlite3
 import time
 from typing import Any
@@ -26,6 +26,7 @@ from .queries import QueryError
 from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
+from .strictjson import JsonError, check_numbers, json_response, loads
 
 STATES = ("online", "offline", "maintenance", "failed", "new")
 MAX_LIMIT = 1000
@@ -36,13 +37,23 @@ def _services(request: web.Request) -> Services:
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; strict JSON only (no NaN/Infinity, 64-bit integers, bounded nesting)."""
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = loads(await request.read())
+        check_numbers(body)
+    except JsonError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "body must be a JSON object")
     return body
+
+
+def whole_number(raw: str, max_digits: int = 9) -> int | None:
+    """`raw` as a plain decimal of at most `max_digits` ASCII digits, else None (`str.isdigit` alone
+    also accepts '²', which int() then refuses)."""
+    if not raw or len(raw) > max_digits or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)
 
 
 def _float_param(request: web.Request, name: str) -> float | None:
@@ -53,8 +64,8 @@ def _float_param(request: web.Request, name: str) -> float | None:
         value = float(raw)
     except ValueError:
         raise ApiError(400, "bad_query", f"{name}: expected a number (Unix seconds), got {raw!r}") from None
-    if value < 0:
-        raise ApiError(400, "bad_query", f"{name}: expected a non-negative number")
+    if not math.isfinite(value) or value < 0:
+        raise ApiError(400, "bad_query", f"{name}: expected a finite, non-negative number (Unix seconds)")
     return value
 
 
@@ -62,9 +73,10 @@ def limit_param(request: web.Request, default: int = 100) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    limit = whole_number(raw, 4)
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise ApiError(400, "bad_query", f"limit: expected an integer from 1 to {MAX_LIMIT}")
-    return int(raw)
+    return limit
 
 
 def node_id_param(services: Services, ref: str | None) -> str | None:
@@ -89,8 +101,8 @@ def find_node(request: web.Request) -> NodeState:
 @routes.route("GET", "/api/v1/health", role=PUBLIC, summary="Liveness of the server")
 async def health(request: web.Request) -> web.Response:
     services = _services(request)
-    return web.json_response({"ok": True, "version": __version__, "nodes": len(services.registry),
-                              "uptime": time.time() - services.started_at})
+    return json_response({"ok": True, "version": __version__, "nodes": len(services.registry),
+                          "uptime": time.time() - services.started_at})
 
 
 @routes.route("POST", "/api/v1/register", role=PUBLIC,
@@ -115,7 +127,7 @@ async def register(request: web.Request) -> web.Response:
                                    also=accounts.add_registration(name, accounts.hash_code(code), request.remote or "",
                                                                   time.time()))
     gate.created()
-    return web.json_response({
+    return json_response({
         "name": name, "status": "pending", "token": token, "code": code,
         "message": f"account created; tell an admin your code {code}: they need it to approve you",
     }, status=201)
@@ -170,7 +182,7 @@ def _add_token(token: str, name: str, now: float, label: str, expires_at: float 
 @routes.route("GET", "/api/v1/me", role=PENDING, summary="The calling operator")
 async def me(request: web.Request) -> web.Response:
     op = current_operator(request)
-    return web.json_response({"name": op.name, "role": op.role, "status": op.status})
+    return json_response({"name": op.name, "role": op.role, "status": op.status})
 
 
 # -- nodes -------------------------------------------------------------------------------------
@@ -188,12 +200,12 @@ async def list_nodes(request: web.Request) -> web.Response:
         n.summary() for n in _services(request).registry.all()
         if (not state or n.state == state) and (not kind or n.kind == kind) and (group is None or n.group == group)
     ]
-    return web.json_response({"nodes": nodes})
+    return json_response({"nodes": nodes})
 
 
 @routes.route("GET", "/api/v1/nodes/{node}", role="viewer", summary="Node detail")
 async def node_detail(request: web.Request) -> web.Response:
-    return web.json_response(find_node(request).detail())
+    return json_response(find_node(request).detail())
 
 
 @routes.route("POST", "/api/v1/nodes", role="operator", summary="Enroll a node; returns its bundle once",
@@ -202,7 +214,7 @@ async def enroll(request: web.Request) -> web.Response:
     body = await json_body(request)
     bundle = await enroll_node(_services(request), body.get("name"), body.get("kind", "desktop"),
                                body.get("group", ""), by=current_operator(request).name)
-    return web.json_response(bundle, status=201)
+    return json_response(bundle, status=201)
 
 
 @routes.route("DELETE", "/api/v1/nodes/{node}", role="operator",
@@ -215,7 +227,7 @@ async def revoke(request: web.Request) -> web.Response:
     if operator.rank < RANK["admin"]:
         await _check_own_enrollment(_services(request), node, operator)
     await _services(request).registry.revoke(node, operator.name)
-    return web.json_response(node.summary())
+    return json_response(node.summary())
 
 
 async def _check_own_enrollment(services: Services, node: NodeState, operator: Operator) -> None:
@@ -240,7 +252,7 @@ async def maintenance(request: web.Request) -> web.Response:
     if not isinstance(on, bool):
         raise ApiError(400, "bad_field", "on: expected true or false")
     await _services(request).registry.set_maintenance(node, on, current_operator(request).name)
-    return web.json_response(node.summary())
+    return json_response(node.summary())
 
 
 @routes.route("GET", "/api/v1/nodes/{node}/metrics", role="viewer", summary="Metric history",
@@ -254,16 +266,17 @@ async def node_metrics(request: web.Request) -> web.Response:
     if since >= until:
         raise ApiError(400, "bad_query", "from must be before to")
     raw_step = request.query.get("step", "")
-    if raw_step and not raw_step.isdigit():
+    given_step = whole_number(raw_step, 12)
+    if raw_step and given_step is None:
         raise ApiError(400, "bad_query", "step: expected a whole number of seconds")
-    step = int(raw_step) if raw_step else max(5, int((until - since) / 300))
+    step = given_step if given_step is not None else max(5, int((until - since) / 300))
     if step < 1 or (until - since) / step > 10_000:
         raise ApiError(400, "bad_query", "step: too small for this range (at most 10,000 points per series)")
     if step >= 60:
         step -= step % 60
     names = [n for n in request.query.get("names", "").split(",") if n] or None
     series = await _services(request).queries.metrics(node.id, names, since, until, step)
-    return web.json_response({"node": node.id, "from": since, "to": until, "step": step, "series": series})
+    return json_response({"node": node.id, "from": since, "to": until, "step": step, "series": series})
 
 
 # -- history -----------------------------------------------------------------------------------
@@ -293,7 +306,7 @@ async def logs(request: web.Request) -> web.Response:
         )
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
-    return web.json_response({"lines": page.items, "next_cursor": page.next_cursor})
+    return json_response({"lines": page.items, "next_cursor": page.next_cursor})
 
 
 @routes.route("GET", "/api/v1/events", role="viewer", summary="Events (newest first)",
@@ -308,7 +321,7 @@ async def events(request: web.Request) -> web.Response:
         )
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
-    return web.json_response({"events": page.items, "next_cursor": page.next_cursor})
+    return json_response({"events": page.items, "next_cursor": page.next_cursor})
 
 
 # -- operators ---------------------------------------------------------------------------------
@@ -340,7 +353,7 @@ async def list_operators(request: web.Request) -> web.Response:
             # Approving this account needs the code its requester was shown (and tells the admin).
             op["registered_from"] = pending[op["name"]]["remote"]
             op["needs_code"] = True
-    return web.json_response({"operators": operators})
+    return json_response({"operators": operators})
 
 
 @routes.route("POST", "/api/v1/operators", role="admin", summary="Create an active operator",
@@ -352,7 +365,7 @@ async def create_operator(request: web.Request) -> web.Response:
     expires_at = _expires_at(body)
     token = await _create_operator(_services(request), name, role, "active", current_operator(request).name,
                                    expires_at)
-    return web.json_response({"name": name, "role": role, "status": "active", "token": token,
+    return json_response({"name": name, "role": role, "status": "active", "token": token,
                               "expires_at": expires_at}, status=201)
 
 
@@ -384,7 +397,7 @@ async def approve_operator(request: web.Request) -> web.Response:
         accounts.drop_registration(name)(conn)
 
     await services.writer.submit(approve)
-    return web.json_response(await services.queries.operator(name))
+    return json_response(await services.queries.operator(name))
 
 
 @routes.route("POST", "/api/v1/operators/{name}/role", role="admin", summary="Change an operator's role",
@@ -397,7 +410,7 @@ async def set_role(request: web.Request) -> web.Response:
     if name == current_operator(request).name and role != "admin":
         raise ApiError(409, "self_demotion", "an admin cannot remove their own admin role")
     await services.writer.submit(store.update_operator(name, role=role))
-    return web.json_response(await services.queries.operator(name))
+    return json_response(await services.queries.operator(name))
 
 
 @routes.route("DELETE", "/api/v1/operators/{name}", role="admin", summary="Disable an operator and its tokens")
@@ -414,7 +427,7 @@ async def disable_operator(request: web.Request) -> web.Response:
         store.revoke_tokens(name, now)(conn)
 
     await services.writer.submit(disable)
-    return web.json_response(await services.queries.operator(name))
+    return json_response(await services.queries.operator(name))
 
 
 @routes.route("POST", "/api/v1/operators/{name}/delete", role="admin",
@@ -427,7 +440,7 @@ async def delete_operator(request: web.Request) -> web.Response:
         raise ApiError(409, "still_active", f"operator {name!r} is active: disable it first "
                                             f"(dvic operators disable {name})")
     await services.writer.submit(accounts.delete_operator(name))
-    return web.json_response({"name": name, "deleted": True, "was": row["status"]})
+    return json_response({"name": name, "deleted": True, "was": row["status"]})
 
 
 @routes.route("POST", "/api/v1/operators/{name}/tokens", role="admin", summary="Issue a new token (shown once)",
@@ -442,7 +455,7 @@ async def issue_token(request: web.Request) -> web.Response:
     token = new_token()
     await services.writer.submit(_add_token(token, name, time.time(), f"issued by {current_operator(request).name}",
                                             expires_at))
-    return web.json_response({"name": name, "token": token, "expires_at": expires_at}, status=201)
+    return json_response({"name": name, "token": token, "expires_at": expires_at}, status=201)
 
 
 async def _optional_body(request: web.Request) -> dict[str, Any]:
@@ -456,4 +469,4 @@ async def audit(request: web.Request) -> web.Response:
         page = await _services(request).queries.audit(cursor=request.query.get("cursor"), limit=limit_param(request))
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
-    return web.json_response({"entries": page.items, "next_cursor": page.next_cursor})
+    return json_response({"entries": page.items, "next_cursor": page.next_cursor})

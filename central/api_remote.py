@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 
 from . import store
 from .actions import ACTIONS
-from .api import find_node, json_body, limit_param, node_id_param
+from .api import find_node, json_body, limit_param, node_id_param, whole_number
 from .auth import NODE, PUBLIC, ApiError, Operator, current_operator
 from .commands import output_event
 from .nodehub import authenticate_node
@@ -25,6 +25,7 @@ from .routes import routes
 from .services import SERVICES, Services
 from .shells import MAX_SESSIONS_PER_NODE
 from .stream import origin_allowed
+from .strictjson import dumps, json_response
 from .tunnels import MAX_TUNNELS_PER_NODE
 
 MAX_TIMEOUT_S = 3600.0
@@ -111,7 +112,7 @@ async def run_command(request: web.Request) -> web.Response:
     audit_row = store.insert_audit(time.time(), operator.name, "command", target, 0, request.remote or "",
                                    {"argv": argv, "shell": shell, "timeout": timeout, "nodes": [n.name for n in nodes]})
     cmd = await services.commands.start(operator.name, nodes, argv, shell, timeout, target, also=audit_row)
-    return web.json_response(cmd.view(), status=201)
+    return json_response(cmd.view(), status=201)
 
 
 def _command(services: Services, command_id: str) -> Any:
@@ -128,7 +129,7 @@ async def cancel_command(request: web.Request) -> web.Response:
     cmd = _command(services, request.match_info["id"])
     await audit(services, request, operator, "cancel", cmd.id, {})
     await services.commands.cancel(cmd, {n.id: n for n in services.registry.all()})
-    return web.json_response(cmd.view())
+    return json_response(cmd.view())
 
 
 @routes.route("GET", "/api/v1/commands", role="operator", summary="Recent commands (newest first)",
@@ -142,7 +143,7 @@ async def list_commands(request: web.Request) -> web.Response:
     rows = await services.queries.recent_commands(node_id, limit_param(request, 50))
     for row in rows:
         row["done"] = done.get(row["id"], row["id"] not in services.commands.commands)
-    return web.json_response({"commands": rows})
+    return json_response({"commands": rows})
 
 @routes.route("GET", "/api/v1/commands/{id}", role="operator", summary="A command: runs, states and stored output")
 async def get_command(request: web.Request) -> web.Response:
@@ -157,7 +158,7 @@ async def get_command(request: web.Request) -> web.Response:
     if out is None:
         raise ApiError(404, "no_such_command", f"no command {command_id!r}")
     out["done"] = done
-    return web.json_response(out)
+    return json_response(out)
 
 
 @routes.route("GET", "/api/v1/commands/{id}/stream", role="operator", summary="Live output of a command (websocket)")
@@ -173,15 +174,15 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=20.0)
     await ws.prepare(request)
     try:
-        await ws.send_str(json.dumps({"type": "command", **cmd.view()}))
+        await ws.send_str(dumps({"type": "command", **cmd.view()}))
         # Output stored before this client came (watching started first, so nothing falls between).
         replayed = 0
         for chunk, run_id, stream, data in await services.queries.command_chunks(cmd.id):
             run = cmd.runs[run_id]
-            await ws.send_str(json.dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
+            await ws.send_str(dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
             replayed = max(replayed, chunk)
         if done_before:
-            await ws.send_str(json.dumps({"type": "done", "id": cmd.id}))
+            await ws.send_str(dumps({"type": "done", "id": cmd.id}))
             return ws
         reader = asyncio.create_task(_drain_client(ws))
         try:
@@ -197,7 +198,7 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
                     break
                 if event["type"] == "output" and event["chunk"] <= replayed:
                     continue
-                await ws.send_str(json.dumps(event))
+                await ws.send_str(dumps(event))
                 if event["type"] == "done":
                     break
         finally:
@@ -257,7 +258,7 @@ async def shell(request: web.Request) -> web.StreamResponse:
 async def list_sessions(request: web.Request) -> web.Response:
     services = _services(request)
     node_id = node_id_param(services, request.query.get("node"))
-    return web.json_response({"sessions": await services.queries.recent_sessions(node_id, limit_param(request, 200))})
+    return json_response({"sessions": await services.queries.recent_sessions(node_id, limit_param(request, 200))})
 
 
 @routes.route("GET", "/api/v1/sessions/{id}/recording", role="operator",
@@ -281,10 +282,9 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
     host = request.query.get("host", "")
     if not host or len(host) > 253 or any(c.isspace() for c in host):
         raise ApiError(400, "bad_query", "host: a host name or IP address")
-    port_text = request.query.get("port", "22")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    port = whole_number(request.query.get("port", "22"), 5)
+    if port is None or not 0 < port < 65536:
         raise ApiError(400, "bad_query", "port: a TCP port number")
-    port = int(port_text)
     if port not in services.config.tunnel_ports:
         allowed = ", ".join(map(str, services.config.tunnel_ports))
         raise ApiError(403, "port_not_allowed", f"tunnels may reach ports {allowed} only (--tunnel-port)")
@@ -320,7 +320,7 @@ async def request_action(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_timeout", "timeout: seconds from 1 to 86400")
     await audit(services, request, operator, kind, node.name, {"demo": demo})
     action = await services.actions.request(node, operator.name, kind, demo, timeout)
-    return web.json_response(action.view(), status=201)
+    return json_response(action.view(), status=201)
 
 
 @routes.route("GET", "/api/v1/actions", role="viewer", summary="Tracked actions (newest first)",
@@ -328,7 +328,7 @@ async def request_action(request: web.Request) -> web.Response:
 async def list_actions(request: web.Request) -> web.Response:
     services = _services(request)
     node_id = node_id_param(services, request.query.get("node"))
-    return web.json_response({"actions": await services.queries.recent_actions(node_id, limit_param(request, 200))})
+    return json_response({"actions": await services.queries.recent_actions(node_id, limit_param(request, 200))})
 
 
 @routes.route("GET", "/api/v1/actions/{id}", role="viewer", summary="One tracked action")
@@ -337,7 +337,7 @@ async def get_action(request: web.Request) -> web.Response:
     action = await _services(request).queries.action(action_id)
     if action is None:
         raise ApiError(404, "no_such_action", f"no action {action_id!r}")
-    return web.json_response(action)
+    return json_response(action)
 
 
 @routes.route("POST", "/api/v1/update", role="operator", audit=False,
@@ -365,7 +365,7 @@ async def update_nodes(request: web.Request) -> web.Response:
         actions.append((await services.actions.request(node, operator.name, "update", release=release,
                                                        download_url=url,
                                                        endorsements=services.release.endorsements())).view())
-    return web.json_response({"version": release.version, "actions": actions}, status=201)
+    return json_response({"version": release.version, "actions": actions}, status=201)
 
 
 def _release_view(services: Services) -> dict[str, Any]:
@@ -379,7 +379,7 @@ def _release_view(services: Services) -> dict[str, Any]:
 
 @routes.route("GET", "/api/v1/release", role="viewer", summary="The daemon release nodes update to")
 async def release_info(request: web.Request) -> web.Response:
-    return web.json_response(_release_view(_services(request)))
+    return json_response(_release_view(_services(request)))
 
 
 @routes.route("GET", "/api/v1/node/release", role=NODE,
@@ -389,7 +389,7 @@ async def node_release_info(request: web.Request) -> web.Response:
     who = authenticate_node(services, request)
     if isinstance(who, web.Response):
         return who
-    return web.json_response(_release_view(services))
+    return json_response(_release_view(services))
 
 
 @routes.route("GET", "/api/v1/release/daemon", role=PUBLIC,
@@ -426,12 +426,12 @@ async def publish_release(request: web.Request) -> web.Response:
         release = await asyncio.to_thread(services.release.publish, data)
     except ReleaseError as exc:
         raise ApiError(400, "bad_release", str(exc)) from None
-    return web.json_response({"version": release.version, "sha256": release.sha256, "size": release.size},
-                             status=201)
+    return json_response({"version": release.version, "sha256": release.sha256, "size": release.size},
+                         status=201)
 
 
 @routes.route("POST", "/api/v1/release/rotate-key", role="admin",
               summary="Rotate the release key (the new key is endorsed by the old one)")
 async def rotate_release_key(request: web.Request) -> web.Response:
     endorsement = _services(request).release.rotate()
-    return web.json_response(endorsement, status=201)
+    return json_response(endorsement, status=201)

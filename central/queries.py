@@ -11,7 +11,8 @@ from typing import Any
 
 import aiosqlite
 
-from .messages import LEVEL_NAMES, LEVELS
+from .messages import LEVEL_NAMES, LEVELS, MAX_METRIC_ABS
+from .strictjson import MAX_INT
 
 
 class QueryError(ValueError):
@@ -35,9 +36,10 @@ def decode_cursor(cursor: str | None, kinds: tuple[str, ...] = ("id",)) -> tuple
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, value = raw.split(":", 1)
-        if kind not in kinds:
+        number = int(value)
+        if kind not in kinds or not 0 <= number <= MAX_INT:  # (beyond it SQLite raises OverflowError)
             raise ValueError
-        return kind, int(value)
+        return kind, number
     except (ValueError, UnicodeDecodeError):
         raise QueryError("cursor: not a cursor this server issued for this query") from None
 
@@ -130,7 +132,12 @@ class Queries:
     async def metrics(
         self, node_id: str, names: list[str] | None, since: float, until: float, step: int
     ) -> dict[str, list[list[float]]]:
-        """Series of [bucket, min, avg, max]; raw samples below one minute, aggregates above."""
+        """Series of [bucket, min, avg, max]; raw samples below one minute, aggregates above.
+
+        Values beyond MAX_METRIC_ABS are left out: the server stores none since it refuses them, but
+        a database from before that holds some, and their average overflows to Infinity.
+        """
+        bound = repr(MAX_METRIC_ABS)
         params: list[Any] = [node_id, since, until]
         name_filter = ""
         if names:
@@ -139,13 +146,14 @@ class Queries:
         if step < 60:
             sql = (
                 f"SELECT name, CAST(ts / {step} AS INTEGER) * {step} AS b, min(value), avg(value), max(value)"
-                f" FROM metrics_raw WHERE node_id = ? AND ts >= ? AND ts < ?{name_filter}"
+                f" FROM metrics_raw WHERE node_id = ? AND ts >= ? AND ts < ?{name_filter} AND abs(value) <= {bound}"
                 " GROUP BY name, b ORDER BY name, b"
             )
         else:
             sql = (
                 f"SELECT name, (bucket / {step}) * {step} AS b, min(min), sum(avg * count) / sum(count), max(max)"
                 f" FROM metrics_1m WHERE node_id = ? AND bucket >= ? AND bucket < ?{name_filter}"
+                f" AND abs(min) <= {bound} AND abs(max) <= {bound} AND abs(avg) <= {bound}"
                 " GROUP BY name, b ORDER BY name, b"
             )
         series: dict[str, list[list[float]]] = {}
