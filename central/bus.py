@@ -7,9 +7,10 @@ whose queue is full is marked too slow and cut off by its own connection task.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from .strictjson import dumps
 
 
 @dataclass(eq=False)
@@ -94,7 +95,7 @@ class Bus:
 
 
 def _encode(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return dumps(message, separators=(",", ":"), ensure_ascii=False)
 
 
 MAX_LINES_PER_FRAME = 1000

@@ -4,11 +4,12 @@ final control frame, and waiting for that pump when the relay ends."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from .strictjson import dumps
 
 PUMP_GRACE_S = 5.0
 
@@ -24,8 +25,8 @@ async def pump_to_client(queue: asyncio.Queue[Any], ws: web.WebSocketResponse,
             if isinstance(item, bytes):
                 await ws.send_bytes(item)
             else:
-                await ws.send_str(json.dumps(item))
-        await ws.send_str(json.dumps(final()))
+                await ws.send_str(dumps(item))
+        await ws.send_str(dumps(final()))
         await ws.close()
     except (ConnectionError, RuntimeError):
         pass  # the client is gone: nothing left to tell it
