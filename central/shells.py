@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 
 from .registry import NodeState
 from .relay import finish_pump, pump_to_client
+from .strictjson import JsonError, loads
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class ShellHub:
         pump = asyncio.create_task(pump_to_client(
             session.to_client, ws,
             lambda: {"type": "exit", "code": session.exit_code, "message": session.message}))
+        ending = "the session ended on a server error"
         try:
             try:
                 await asyncio.wait_for(session.opened.wait(), OPEN_TIMEOUT_S)
@@ -179,20 +181,38 @@ class ShellHub:
                             break
                 elif msg.type == WSMsgType.TEXT:
                     await self._control(session, msg.data)
-            if not session.ended.is_set():
-                await self.end(session, None, "client closed the session")
+            ending = "client closed the session"
         finally:
+            # Whatever ended the relay (even an error or a cancelled handler), the session ends:
+            # its slot is freed, the node hangs up the PTY, the history gets its end.
+            if not session.ended.is_set():
+                await asyncio.shield(self.end(session, None, ending))
             await finish_pump(pump)
 
     async def _control(self, session: ShellSession, text: str) -> None:
-        try:
-            body = json.loads(text)
-            cols, rows = int(body["cols"]), int(body["rows"])
-            if body.get("type") != "resize" or not (1 <= cols <= 1000 and 1 <= rows <= 1000):
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
+        size = parse_resize(text)
+        if size is None:
             return  # a garbled control frame is ignored; terminal bytes go as binary frames
-        session.cols, session.rows = cols, rows
-        session.record("r", f"{cols}x{rows}")
+        session.cols, session.rows = size
+        session.record("r", f"{size[0]}x{size[1]}")
         if session.node.send is not None:
-            await session.node.send({"type": "shell_resize", "id": session.id, "cols": cols, "rows": rows})
+            await session.node.send({"type": "shell_resize", "id": session.id, "cols": size[0], "rows": size[1]})
+
+
+def _dimension(value: Any) -> int | None:
+    """A terminal size from 1 to 1000 (compared before int(): int(1e999) raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 1000:
+        return None
+    return int(value)
+
+
+def parse_resize(text: str) -> tuple[int, int] | None:
+    """(cols, rows) of a client's `{"type": "resize", ...}` text frame; None for anything else."""
+    try:
+        body = loads(text)
+    except JsonError:
+        return None
+    if not isinstance(body, dict) or body.get("type") != "resize":
+        return None
+    cols, rows = _dimension(body.get("cols")), _dimension(body.get("rows"))
+    return None if cols is None or rows is None else (cols, rows)
