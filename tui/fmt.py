@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 
@@ -26,7 +27,7 @@ def age(ts: float | None, now: float | None = None) -> str:
 
 def duration(seconds: float | None) -> str:
     """A duration such as an uptime: "3d 4h", "2h 5m", "45s"."""
-    if seconds is None:
+    if seconds is None or (isinstance(seconds, float) and not math.isfinite(seconds)):
         return "-"
     s = int(max(0, seconds))
     days, s = divmod(s, 86400)
@@ -73,7 +74,10 @@ def stamp(ts: float | None) -> str:
     """Local date and time: "2026-11-24 14:03:07"."""
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a node's absurd time (1e308, NaN) is no reason to crash
+        return "?"
 
 
 def sparkline(values: Sequence[float], width: int = 8, top: float | None = 100.0) -> str:

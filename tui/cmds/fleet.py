@@ -99,7 +99,7 @@ def describe_node(d: dict[str, Any], now: float) -> str:
             value = f"{fmt.stamp(value)} (up {fmt.duration(now - value)})"
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
-        rows.append((f"fact {key}", value))
+        rows.append((f"fact {clean(key, single_line=True)}", value))  # keys come from the node too
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {clean(v if v is not None else '-', single_line=True)}" for k, v in rows]
     demo_list = d.get("demos_list") or []

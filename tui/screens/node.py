@@ -215,7 +215,8 @@ class NodeScreen(DvicScreen):
             ("Enrolled", fmt.stamp(d.get("created_at")) if d.get("created_at") else None), ("ID", d.get("id")),
         ]
         known = {"hostname", "os", "kernel", "arch", "model", "ips", "macs", "python", "boot_time"}
-        rows += [(str(k), v) for k, v in sorted(facts.items()) if k not in known]
+        # Keys come from the node like values: cleaned before they are cut to the column.
+        rows += [(clean(k, single_line=True), v) for k, v in sorted(facts.items()) if k not in known]
         text = Text()
         for key, value in rows:
             if value is None or value == []:

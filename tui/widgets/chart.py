@@ -10,6 +10,15 @@ from textual.containers import Vertical
 from textual.widgets import Label, Sparkline
 
 UNITS = {"cpu": "%", "mem": "%", "disk": "%", "temp": "°C", "load1": ""}
+# The largest value the server stores (docs/protocol.md section 5). Anything else in a point (NaN,
+# Infinity, 1e308 from an older server) is skipped: Sparkline scales by max - min, which such
+# values turn into NaN, and it then raises.
+MAX_VALUE = 1e15
+
+
+def plottable(value: Any) -> bool:
+    """A number the chart can show (comparisons, not float(): an integer may be too large for one)."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and -MAX_VALUE <= value <= MAX_VALUE
 
 
 class MetricChart(Vertical):
@@ -30,8 +39,7 @@ class MetricChart(Vertical):
 
     def set_points(self, points: list[Any]) -> None:
         """Points are `[bucket_start, min, avg, max]`; the line shows averages, the label the range."""
-        rows = [p for p in points if isinstance(p, list | tuple) and len(p) >= 4
-                and all(isinstance(v, int | float) for v in p[1:4])]
+        rows = [p for p in points if isinstance(p, list | tuple) and len(p) >= 4 and all(map(plottable, p[1:4]))]
         label = self.query_one(Label)
         spark = self.query_one(Sparkline)
         unit = UNITS.get(self.metric, "")
