@@ -95,6 +95,8 @@ def tokens(server: CentralServer) -> dict[str, str]:
 
 
 # -- L3: bad query values and bodies get a 400, never a 500 ---------------------------------------
+# Every route reads its body through json_body: the maintenance route stands for them all (the
+# review used /register, which refuses before reading a body where self-registration is off).
 HTTP_CASES = [
     ("viewer", "GET", f"/api/v1/logs?cursor={cursor('id:99999999999999999999')}", None, "bad_query"),
     ("viewer", "GET", f"/api/v1/events?cursor={cursor('id:99999999999999999999')}", None, "bad_query"),
@@ -110,9 +112,6 @@ HTTP_CASES = [
     ("viewer", "GET", "/api/v1/nodes/node-a/metrics?step=%C2%B2", None, "bad_query"),
     ("viewer", "GET", "/api/v1/nodes/node-a/metrics?step=" + "9" * 5000, None, "bad_query"),
     ("operator", "GET", "/api/v1/nodes/node-a/tunnel?host=x&port=%C2%B2", None, "bad_query"),
-    (None, "POST", "/api/v1/register", b"[" * 100_000, "bad_json"),
-    (None, "POST", "/api/v1/register", b'{"name": ' + b"9" * 5000 + b"}", "bad_json"),
-    (None, "POST", "/api/v1/register", b'{"name": NaN}', "bad_json"),
     ("operator", "POST", "/api/v1/nodes/node-a/maintenance", b"[" * 100_000, "bad_json"),
     ("operator", "POST", "/api/v1/nodes/node-a/maintenance", b'{"on": ' + b"9" * 5000 + b"}", "bad_json"),
     ("operator", "POST", "/api/v1/nodes/node-a/maintenance", b'{"on": true, "x": ' + b"[" * 40 + b"]" * 40 + b"}",
@@ -128,8 +127,7 @@ HTTP_CASES = [
                               "logs-seq-cursor-beyond-64-bits", "negative-cursor", "5000-digit-cursor",
                               "logs-limit-superscript-2", "actions-limit-superscript-2", "5000-digit-limit",
                               "metrics-from-nan", "metrics-to-inf", "logs-from-minus-inf", "metrics-step-superscript-2",
-                              "5000-digit-step", "tunnel-port-superscript-2", "register-100k-brackets",
-                              "register-5000-digit-int", "register-NaN", "maintenance-100k-brackets",
+                              "5000-digit-step", "tunnel-port-superscript-2", "maintenance-100k-brackets",
                               "maintenance-5000-digit-int", "maintenance-nested-40-deep", "command-timeout-1e999",
                               "command-timeout-400-digits"])
 def test_bad_values_get_a_400_not_a_500(server: CentralServer, tokens: dict[str, str], role: str | None,
