@@ -65,6 +65,14 @@ WATCHED_SCAN_S = 10.0  # likewise, a watched log dir is listed this often (2 s w
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR", "TRACE": "DEBUG"}
 LOG_NAME_RE = re.compile(r"^dvic_log_[0-9a-f]{16}$")
+# Demo files followed at once (see DemoWatcher.scan): per owner (the file's uid, per log dir) and in all. Any
+# local user can create dvic_log_ names in /tmp; the per-owner bound keeps them from crowding out the files of
+# other users' demos, and both bound the daemon's descriptors and what it announces to the server.
+MAX_DEMO_FILES_PER_OWNER = 32
+MAX_DEMO_FILES = 128
+HEADER_PEEK_BYTES = 64 * 1024  # how much of a waiting file is read to find its header
+WRITERS_CACHED = 20000  # headers of waiting files remembered (pid, pid_start), so a full scan reads none again
+RESCAN_GAP_S = 0.5  # new dvic_log_ names seen by inotify are looked at no more often than this
 # How the daemon is started (the systemd unit, the installer, a restart): `python3 -c LAUNCHER DAEMON ARGS`
 # imports this file as the module dvic_node, so Python loads its compiled bytecode
 # (__pycache__/dvic_node.cpython-3X.pyc, written by the installer and after a self-update) instead of
@@ -1625,6 +1633,20 @@ def pid_state(proc_root: str, pid: int, pid_start: Optional[int]) -> bool:
     return True
 
 
+def writer_owns(proc_root: str, pid: int, file_uid: int) -> bool:
+    """Can process `pid` have written a file owned by `file_uid`? A file is created with its writer's uid, so a
+    header naming another user's process was planted (any local user can create names in /tmp). A root-owned
+    file is believed (a demo may drop privileges after opening its log), and so is a pid we cannot see."""
+    if file_uid <= 0:
+        return True
+    try:
+        return os.stat("%s/%d" % (proc_root, pid)).st_uid == file_uid
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except OSError:
+        return True
+
+
 def parse_header(raw: bytes) -> Tuple[Optional[Dict[str, Any]], str]:
     """A valid dvic_log header, or (None, why not)."""
     try:
@@ -1725,6 +1747,8 @@ class Demo:
         self.active_at = time.monotonic()  # when it last gave lines
         self.watched_ino = 0  # the inode inotify watches for this demo (0: none, polled)
         self.unwatchable_ino = 0  # an inode whose watch failed: not retried
+        self.owner = (logdir.key_prefix, -1)  # (log dir, uid of the file) its place counts against
+        self.mtime = 0.0  # the file's when it was taken on
 
     @property
     def name(self) -> str:
@@ -1758,6 +1782,14 @@ class DemoWatcher:
         self._file_wds = {}  # type: Dict[int, Tuple[str, int]]  # watch -> (demo key, inode)
         self._dir_wds = {}  # type: Dict[int, LogDir]
         self.rescan = False  # a watched log dir gained or lost a dvic_log name: scan() it soon
+        self.max_files = MAX_DEMO_FILES
+        self.max_per_owner = MAX_DEMO_FILES_PER_OWNER
+        # files listed but not followed: waiting for a place, or retired (key -> log dir path, owner)
+        self._passed = {}  # type: Dict[str, Tuple[str, Tuple[str, int]]]
+        self._retired = set()  # type: set  # gave their place up in this run: not taken on again
+        self._crowded = {}  # type: Dict[Tuple[str, int], int]  # owner -> files waiting (reported once)
+        # (key, inode) -> the header's (pid, pid_start) of files looked at for a place, None: no valid header
+        self._writers = {}  # type: Dict[Tuple[str, int], Optional[Tuple[int, Optional[int]]]]
 
     def restore_states(self) -> None:
         """Take the demo states an earlier run saved (call once the spool is open)."""
@@ -1771,9 +1803,13 @@ class DemoWatcher:
         """True when every log dir is watched by inotify (then scan() is needed only on its events)."""
         return all(d.wd is not None for d in self.logdirs)
 
-    def scan(self) -> None:
-        """Find new files in every log dir (only names matching ^dvic_log_<16 hex>$)."""
+    def scan(self, full: bool = True) -> None:
+        """Find new files in every log dir (only names matching ^dvic_log_<16 hex>$) and follow those that fit
+        (see _take_on); `full`: look again at the files waiting for a place (else only at new names)."""
         self.rescan = False
+        fresh = []  # type: List[Tuple[str, str, LogDir]]
+        listed = set()  # the log dirs listed this time
+        seen = set()  # the demo keys found in them
         for logdir in self.logdirs:
             if self.notify is not None and logdir.wd is None and not logdir.key_prefix:
                 try:  # before listing it: a file created meanwhile is then seen one way or the other
@@ -1785,13 +1821,162 @@ class DemoWatcher:
                 names = os.listdir(logdir.path)
             except OSError:
                 continue
+            listed.add(logdir.path)
             for name in names:
                 if not LOG_NAME_RE.match(name):
                     continue
                 token = name[len("dvic_log_"):]
                 key = "demo:%s%s" % (logdir.key_prefix, token)
-                if key not in self.demos:
-                    self.demos[key] = Demo(token, logdir)
+                seen.add(key)
+                if key not in self.demos and key not in self._retired and (full or key not in self._passed):
+                    fresh.append((key, token, logdir))
+        if full:
+            self._forget_passed(listed, seen)
+        if fresh:
+            self._take_on(fresh, full)
+
+    def _take_on(self, fresh: List[Tuple[str, str, LogDir]], full: bool) -> None:
+        """Follow new files within the bounds: at most max_per_owner per owner (the file's uid, per log dir) and
+        max_files in all. Running demos first (the header's pid runs, as the file's owner, or the file is root's),
+        then the newest files. A full bound makes room only by retiring a followed demo that has exited and whose
+        file was read to its end (nothing is lost); a demo still running is never pushed out. A file that does
+        not fit waits and is looked at again at each full scan."""
+        candidates = []  # type: List[Tuple[bool, float, str, str, LogDir, Tuple[str, int]]]
+        for key, token, logdir in fresh:
+            path = os.path.join(logdir.path, "dvic_log_" + token)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            owner = (logdir.key_prefix, st.st_uid)
+            candidates.append((self._runs(key, path, st, logdir), st.st_mtime, key, token, logdir, owner))
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        counts = {}  # type: Dict[Tuple[str, int], int]  # owner -> files followed
+        for demo in self.demos.values():
+            counts[demo.owner] = counts.get(demo.owner, 0) + 1
+        waiting = {}  # type: Dict[Tuple[str, int], int]
+        for running, mtime, key, token, logdir, owner in candidates:
+            retired = None  # type: Optional[Tuple[str, int]]  # the owner of a place given up for this file
+            if counts.get(owner, 0) >= self.max_per_owner:
+                retired = self._retire_for(running, mtime, owner)
+                fits = retired is not None
+            elif len(self.demos) >= self.max_files:
+                retired = self._retire_for(running, mtime, None)
+                fits = retired is not None
+            else:
+                fits = True
+            if not fits:
+                self._passed[key] = (logdir.path, owner)
+                waiting[owner] = waiting.get(owner, 0) + 1
+                continue
+            if retired is not None:
+                counts[retired] -= 1
+            counts[owner] = counts.get(owner, 0) + 1
+            demo = Demo(token, logdir)
+            demo.owner, demo.mtime = owner, mtime
+            self.demos[key] = demo
+            self._passed.pop(key, None)
+        if full:
+            self._report_crowded(waiting)
+
+    def _runs(self, key: str, path: str, st: os.stat_result, logdir: LogDir) -> bool:
+        """Does the file's header name a running process of the file's owner (any, for a root-owned file)?
+        A name planted by another local user cannot claim someone else's running process."""
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        cache_key = (key, st.st_ino)
+        if cache_key not in self._writers:
+            writer = None
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    data = os.pread(fd, HEADER_PEEK_BYTES, 0)
+                finally:
+                    os.close(fd)
+                nl = data.find(b"\n")
+                header = parse_header(data[:nl])[0] if nl >= 0 else None
+                if header is not None:
+                    writer = (header["pid"], header.get("pid_start"))
+            except OSError:
+                pass
+            if len(self._writers) >= WRITERS_CACHED:  # waiting files come and go: keep it bounded
+                self._writers.clear()
+            self._writers[cache_key] = writer
+        writer = self._writers[cache_key]
+        return writer is not None and pid_state(logdir.proc_root, writer[0], writer[1]) \
+            and writer_owns(logdir.proc_root, writer[0], st.st_uid)
+
+    def _retire_for(self, running: bool, mtime: float, owner: Optional[Tuple[str, int]]) -> Optional[Tuple[str, int]]:
+        """Make room for a file (of `owner`, or of anyone when None): retire the followed demo that exited first,
+        if its file is read to its end and the newcomer runs or is newer. Returns the owner of the place freed."""
+        best = None  # type: Optional[Demo]
+        for demo in self.demos.values():
+            if (owner is None or demo.owner == owner) and self._drained(demo) \
+                    and (best is None or (demo.exited_at or 0) < (best.exited_at or 0)):
+                best = demo
+        if best is None or not (running or mtime > (best.exited_at or best.mtime)):
+            return None
+        self._retire(best)
+        return best.owner
+
+    @staticmethod
+    def _drained(demo: Demo) -> bool:
+        """Exited, and every byte of its file read (a partial last line stays there, after its position)."""
+        f = demo.follower
+        if demo.state != "exited" or f.fd is None or f.more or f.gone:
+            return False
+        try:
+            return os.fstat(f.fd).st_size <= f.off
+        except OSError:
+            return False
+
+    def _retire(self, demo: Demo) -> None:
+        """Stop following an exited demo. Its state and position stay: a restart that takes the file on again
+        reads nothing twice and does not announce its exit again."""
+        for wd, (key, _) in list(self._file_wds.items()):
+            if key == demo.key:
+                del self._file_wds[wd]
+                if self.notify is not None:
+                    try:
+                        self.notify.rm_watch(wd)
+                    except OSError:
+                        pass
+        demo.follower.close()
+        del self.demos[demo.key]
+        self._passed[demo.key] = (demo.logdir.path, demo.owner)
+        self._retired.add(demo.key)
+
+    def _forget_passed(self, listed: set, seen: set) -> None:
+        """Files not followed that are gone from a log dir just listed: forget them with their state."""
+        changed = False
+        for key, (path, _) in list(self._passed.items()):
+            if path in listed and key not in seen:
+                del self._passed[key]
+                self._retired.discard(key)
+                if self._states.pop(key, None) is not None:
+                    changed = True
+                self.spool.set_position(key, None)
+        if changed:
+            self.spool.set_extra("demos", self._states)
+
+    def _report_crowded(self, waiting: Dict[Tuple[str, int], int]) -> None:
+        """Once per episode and owner: files that wait for a place (likely planted, or a crash loop)."""
+        for owner, count in waiting.items():
+            if owner not in self._crowded:
+                prefix, uid = owner
+                try:
+                    user = pwd.getpwuid(uid).pw_name
+                except (KeyError, OverflowError):
+                    user = str(uid)
+                where = ("container " + prefix.rstrip(":")) if prefix else "the log dir"
+                self.report_error(
+                    "demo logs: %d dvic_log file(s) of user %s in %s are not followed: at most %d per owner "
+                    "(--max-demo-files-per-owner) and %d in all (--max-demo-files), running demos first"
+                    % (count, user, where, self.max_per_owner, self.max_files),
+                    {"uid": uid, "waiting": count, "container": prefix.rstrip(":")})
+        for owner in [o for o in self._crowded if o not in waiting]:
+            LOG.info("demo logs: no more files of uid %d wait for a place", owner[1])
+        self._crowded = dict(waiting)
 
     def poll(self, budget: int = 256 * KIB, due_only: bool = False) -> int:
         """Read new lines of every demo (`due_only`: of those whose next_read has come) and spool them;
@@ -1986,7 +2171,8 @@ class DemoWatcher:
         changed = False
         if not self._pruned:  # once, after the first scan: demos whose file vanished while we were down
             self._pruned = True
-            for key in [k for k in self._states if k not in self.demos and not k.startswith("demo:docker:")]:
+            for key in [k for k in self._states if k not in self.demos and k not in self._passed
+                        and not k.startswith("demo:docker:")]:
                 del self._states[key]
                 self.spool.set_position(key, None)
                 changed = True
@@ -1999,6 +2185,7 @@ class DemoWatcher:
             alive = demo.state != "exited" and pid_state(demo.logdir.proc_root, demo.header["pid"],
                                                          demo.header.get("pid_start"))
             if not demo.state:  # first look in this run
+                alive = alive and writer_owns(demo.logdir.proc_root, demo.header["pid"], demo.owner[1])
                 if known and known.get("state") == "exited":
                     demo.state, demo.exited_at = "exited", known.get("exited_at")
                 elif alive:
@@ -3583,7 +3770,8 @@ class Options:
                  docker_socket: str = "/var/run/docker.sock", reconnect_max: float = 60.0,
                  poll_interval: float = 0.2, use_psutil: bool = True, shell_user: Optional[str] = None,
                  reboot_command: str = "systemctl reboot", demos_config: str = "",
-                 update_deadline: float = 60.0) -> None:
+                 update_deadline: float = 60.0, max_demo_files: int = MAX_DEMO_FILES,
+                 max_demo_files_per_owner: int = MAX_DEMO_FILES_PER_OWNER) -> None:
         self.state_dir = state_dir
         self.log_dir = log_dir
         self.spool_max_bytes = spool_max_bytes
@@ -3598,6 +3786,8 @@ class Options:
         self.reboot_command = reboot_command
         self.demos_config = demos_config or os.path.join(state_dir, "demos.json")
         self.update_deadline = update_deadline
+        self.max_demo_files = max_demo_files
+        self.max_demo_files_per_owner = max_demo_files_per_owner
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
@@ -3634,6 +3824,8 @@ class Daemon:
         self.outbox = collections.deque(maxlen=2000)
         self.demos = DemoWatcher(self.spool, self._emit, self.report_error)
         self.demos.poll_interval = options.poll_interval
+        self.demos.max_files = options.max_demo_files
+        self.demos.max_per_owner = options.max_demo_files_per_owner
         self.system = SystemLogs(self.spool, options.system_log, options.system_log_rate,
                                  options.system_log_burst)
         self._wake = None  # type: Optional[asyncio.Event]
@@ -3829,7 +4021,7 @@ class Daemon:
     async def _follow_demos(self, notify: Optional[Inotify]) -> None:
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
-        next_scan = next_live = 0.0
+        next_scan = next_live = last_scan = 0.0
         last_bug = ""
         while True:
             now = time.monotonic()
@@ -3837,9 +4029,14 @@ class Daemon:
             try:
                 if notify is not None:
                     self.demos.take_events(notify.read_events())
-                if now >= next_scan or self.demos.rescan:
+                if now >= next_scan:
                     self.demos.scan()
-                    next_scan = now + (WATCHED_SCAN_S if self.demos.dirs_watched else 2.0)
+                    last_scan, next_scan = now, now + (WATCHED_SCAN_S if self.demos.dirs_watched else 2.0)
+                elif self.demos.rescan and now >= last_scan + RESCAN_GAP_S:
+                    # new names only, and not more often than RESCAN_GAP_S: a user creating files without end
+                    # must not keep the daemon listing /tmp
+                    self.demos.scan(full=False)
+                    last_scan = now
                 # at most a segment per file and round: a small spool bound still drops only the oldest
                 n = self.demos.poll(min(256 * KIB, self.spool.segment_bytes), due_only=True)
                 if now >= next_live:
@@ -3859,7 +4056,8 @@ class Daemon:
                 gap = min(READ_GAP_MAX_S, max(READ_GAP_S, n * READ_GAP_PER_LINE_S)) if n else 0.0
             if gap and await self._sleep(gap):
                 return
-            wait = min(self.demos.next_due(), next_scan, next_live) - time.monotonic()
+            rescan_at = last_scan + RESCAN_GAP_S if self.demos.rescan else math.inf
+            wait = min(self.demos.next_due(), next_scan, next_live, rescan_at) - time.monotonic()
             if wait <= 0:
                 continue
             # sleep until then or until inotify has news (the reader is registered only while waiting,
@@ -4205,6 +4403,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="demo start/stop/restart configuration (default: STATE_DIR/demos.json)")
     p.add_argument("--update-deadline", type=float, default=60.0, metavar="S",
                    help="seconds a self-updated daemon has to be welcomed before it rolls back (default 60)")
+    p.add_argument("--max-demo-files", type=int, default=MAX_DEMO_FILES, metavar="N",
+                   help="demo log files followed at once, in all (default %d)" % MAX_DEMO_FILES)
+    p.add_argument("--max-demo-files-per-owner", type=int, default=MAX_DEMO_FILES_PER_OWNER, metavar="N",
+                   help="demo log files followed at once per file owner (uid) and log dir (default %d)"
+                   % MAX_DEMO_FILES_PER_OWNER)
     p.add_argument("-v", "--verbose", action="store_true", help="debug output on stderr")
     return p.parse_args(argv)
 
@@ -4233,7 +4436,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    docker_socket=args.docker_socket, reconnect_max=max(1.0, args.reconnect_max),
                    poll_interval=max(0.01, args.poll_interval), use_psutil=not args.no_psutil,
                    shell_user=args.shell_user, reboot_command=args.reboot_command,
-                   demos_config=args.demos_config, update_deadline=max(1.0, args.update_deadline))
+                   demos_config=args.demos_config, update_deadline=max(1.0, args.update_deadline),
+                   max_demo_files=max(1, args.max_demo_files),
+                   max_demo_files_per_owner=max(1, args.max_demo_files_per_owner))
     daemon = Daemon(bundle, opts)
     try:
         code = asyncio.run(daemon.run())

@@ -1,0 +1,225 @@
+"""The daemon follows a bounded number of demo files: per owner, in all, running demos first.
+
+Any local user can create `dvic_log_<16 hex>` names in /tmp (the default log dir). These tests plant
+such files next to real demos and check what the daemon follows and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dvic_node
+import pytest
+from daemon_support import DaemonProcess, Demo, all_logs, events, write_bundle
+from node_support import wait_until_sync
+
+from tests.support.server import CentralServer
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant files owned by another user")
+
+
+def pid_start(pid: int) -> int:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(data[data.rfind(b")") + 2:].split()[19])
+
+
+def plant(logs: Path, pid: int, *, pid_start: int | None = None, name: str = "planted", lines: int = 0,
+          mtime: float | None = None, uid: int | None = None, argv_items: int = 1) -> str:
+    """A dvic_log file as anyone may write one; returns its token."""
+    token = secrets.token_hex(8)
+    head = {"dvic_log": 1, "token": token, "name": name, "pid": pid, "pid_start": pid_start,
+            "exe": "/x", "argv": ["a" * 255] * argv_items, "user": "u", "host": "h", "start": time.time()}
+    body = [json.dumps({"ts": time.time(), "level": "INFO", "msg": f"{name} line {i}"}) for i in range(lines)]
+    path = logs / f"dvic_log_{token}"
+    path.write_text("\n".join([json.dumps(head), *body]) + "\n")
+    if uid is not None:
+        os.chown(path, uid, uid)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return token
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.errors: list[str] = []
+
+    def emit(self, msg: dict) -> None:
+        self.messages.append(msg)
+
+    def error(self, message: str, data: dict) -> None:
+        self.errors.append(message)
+
+    def states(self) -> dict[str, str]:
+        return {m["token"]: m["state"] for m in self.messages if m["type"] == "demo"}
+
+
+def watcher(tmp_path: Path, per_owner: int, total: int = 128) -> tuple[dvic_node.DemoWatcher, dvic_node.Spool,
+                                                                         Recorder]:
+    spool = dvic_node.Spool(str(tmp_path / "spool"))
+    spool.open()
+    rec = Recorder()
+    w = dvic_node.DemoWatcher(spool, rec.emit, rec.error)
+    w.restore_states()
+    w.set_logdirs([dvic_node.LogDir(str(tmp_path / "logs"))])
+    w.max_per_owner, w.max_files = per_owner, total
+    return w, spool, rec
+
+
+def step(w: dvic_node.DemoWatcher) -> None:
+    w.scan()
+    w.poll()
+    w.check_liveness()
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    d = tmp_path / "logs"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def running() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that stands for a running demo."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_path: Path, logs: Path) -> None:
+    me = os.getpid()
+    now = time.time()
+    # 200 files whose writer has exited (the pid's start time does not match), of one owner, one a second older
+    tokens = [plant(logs, me, pid_start=pid_start(me) + 1, mtime=now - i) for i in range(200)]
+    w, _, rec = watcher(tmp_path, per_owner=32)
+    step(w)
+    followed = {d.token for d in w.demos.values()}
+    assert followed == set(tokens[:32])  # the newest
+    assert set(rec.states()) == followed and set(rec.states().values()) == {"exited"}
+    assert len(rec.errors) == 1 and "168 dvic_log file(s)" in rec.errors[0] and "at most 32 per owner" in rec.errors[0]
+    for _ in range(3):  # later scans: the same files, no new message and no second report
+        step(w)
+    assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 32 and len(rec.errors) == 1
+
+
+def test_running_demos_are_taken_first_and_never_pushed_out(tmp_path: Path, logs: Path,
+                                                            running: subprocess.Popen[bytes]) -> None:
+    me = os.getpid()
+    now = time.time()
+    real = plant(logs, running.pid, pid_start=pid_start(running.pid), name="real", lines=3, mtime=now - 3600)
+    for i in range(50):
+        plant(logs, me, pid_start=pid_start(me) + 1, mtime=now - i)  # newer, but their writer is gone
+    w, spool, rec = watcher(tmp_path, per_owner=4)
+    step(w)
+    assert real in {d.token for d in w.demos.values()} and len(w.demos) == 4
+    assert rec.states()[real] == "started"
+    # a new file (newest of all) does not push the running demo out
+    plant(logs, me, pid_start=pid_start(me) + 1, mtime=now + 10)
+    step(w)
+    assert real in {d.token for d in w.demos.values()} and len(w.demos) == 4
+    assert [ln["msg"] for ln in spool.read(1) if ln["demo"] == real] == ["real line 0", "real line 1", "real line 2"]
+
+
+def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path, logs: Path,
+                                                                  running: subprocess.Popen[bytes]) -> None:
+    me = os.getpid()
+    gone = pid_start(me) + 1
+    now = time.time()
+    first = plant(logs, me, pid_start=gone, name="first", lines=2, mtime=now - 20)
+    second = plant(logs, me, pid_start=gone, name="second", lines=2, mtime=now - 10)
+    w, spool, rec = watcher(tmp_path, per_owner=2)
+    step(w)
+    assert {d.token for d in w.demos.values()} == {first, second}
+    # a demo starts: the demo that exited first gives its place (its file was read to its end)
+    third = plant(logs, running.pid, pid_start=pid_start(running.pid), name="third", lines=2)
+    step(w)
+    assert {d.token for d in w.demos.values()} == {second, third}
+    for _ in range(3):
+        step(w)  # the retired file is not taken on again
+    assert {d.token for d in w.demos.values()} == {second, third} and rec.errors == []
+    shipped = [ln["msg"] for ln in spool.read(1)]
+    assert sorted(shipped) == sorted(f"{n} line {i}" for n in ("first", "second", "third") for i in range(2))
+    spool.checkpoint(force=True)
+    # a restart takes the files on afresh: nothing is shipped twice, no exit is told twice
+    w2, spool2, rec2 = watcher(tmp_path, per_owner=2)
+    for _ in range(3):
+        step(w2)
+    assert [ln["msg"] for ln in spool2.read(1)] == shipped
+    assert rec2.messages == []
+    assert third in {d.token for d in w2.demos.values()}
+
+
+@as_root
+def test_files_planted_by_another_user_cannot_crowd_out_or_impersonate_a_running_demo(
+        tmp_path: Path, logs: Path, running: subprocess.Popen[bytes]) -> None:
+    now = time.time()
+    # another user's files claim a running process that is not theirs (pid 1, and our own demo's pid)
+    for i in range(100):
+        plant(logs, 1 if i % 2 else running.pid, uid=NOBODY, mtime=now - i)
+    real = plant(logs, running.pid, pid_start=pid_start(running.pid), name="real", lines=1, mtime=now - 3600)
+    w, _, rec = watcher(tmp_path, per_owner=8, total=10)
+    step(w)
+    owners = sorted(d.owner[1] for d in w.demos.values())
+    assert real in {d.token for d in w.demos.values()} and owners == [0] + [NOBODY] * 8
+    states = rec.states()
+    assert states.pop(real) == "started"
+    assert set(states.values()) == {"exited"}  # a header naming another user's process is not that process
+    assert len(rec.errors) == 1 and "of user nobody" in rec.errors[0]
+    # a second real demo still finds a place: the total bound is full, an exited planted file gives its place
+    other = plant(logs, running.pid, pid_start=pid_start(running.pid), name="other", lines=1)
+    step(w)
+    assert {real, other} <= {d.token for d in w.demos.values()} and len(w.demos) == 10
+
+
+@pytest.fixture
+def central(tmp_path: Path) -> Iterator[CentralServer]:
+    server = CentralServer(tmp_path / "central", interval=1.0, offline_after=5.0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_real_daemon_with_3000_planted_files_reports_at_most_its_bound(central: CentralServer, tmp_path: Path,
+                                                                          logs: Path) -> None:
+    # What any local user can do in the shared log dir (security review M6): 3,000 files with big headers
+    # naming a running process. As root, they belong to another user, as an attacker's would.
+    uid = NOBODY if os.geteuid() == 0 else None
+    for i in range(3000):
+        plant(logs, 1, name=f"demo-{i}-" + "n" * 200, argv_items=64, uid=uid)
+    bundle = central.enroll("node-flood")
+    node_id = bundle["node_id"]
+    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), tmp_path / "state", logs)
+    demo = Demo(logs, "real-demo", 20)  # a real demo (dvic_log), started after the flood
+    daemon.start()
+    try:
+        token = demo.wait_written()
+        wait_until_sync(lambda: len([ln for ln in all_logs(central, node_id, "demo") if ln["demo"] == token]) == 20,
+                        60, "the real demo's lines")
+        detail = wait_until_sync(lambda: (d := central.node(node_id))["demos"]["total"] > 1 and d, 30, "demos")
+        bound = dvic_node.MAX_DEMO_FILES_PER_OWNER + 1  # the planted files' owner, and the real demo's
+        assert detail["demos"]["total"] <= bound, detail["demos"]
+        real = [d for d in detail["demos_list"] if d["token"] == token]
+        assert real and real[0]["state"] in ("started", "alive")
+        wait_until_sync(lambda: any("not followed" in e["message"] for e in events(central, node_id, "error")),
+                        30, "the daemon's report of the files it does not follow")
+        assert daemon.proc is not None
+        open_fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+        assert open_fds < bound + 40, open_fds  # not a descriptor per planted file
+        assert len(events(central, node_id, "error")) < 10
+    finally:
+        demo.kill()
+        daemon.stop()
+    assert central.node(node_id)["demos"]["total"] <= bound
