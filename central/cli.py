@@ -54,6 +54,8 @@ def build_config(args: argparse.Namespace) -> Config:
         max_client_queue=args.max_client_queue,
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
+
+        max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
     )
 
 
@@ -64,6 +66,16 @@ def _at_least_one(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
 
 
@@ -260,6 +272,13 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", choices=ACCESS_LOG_MODES, default=Config.access_log,
                    help="one log line per request: on (node keep-alives summed up per minute; the default),"
                         " all, or off")
+
+    p.add_argument("--max-demos", type=_at_least_one, default=Config.max_demos, metavar="N",
+                   help=f"demos kept per node; past it an exited one makes room, a new one is refused when all"
+                        f" run (default {Config.max_demos})")
+    p.add_argument("--forget-demos-after", type=_positive_seconds, default=Config.forget_demos_after, metavar="S",
+                   help="seconds after its exit a demo is forgotten (default 86400: the daemon re-announces"
+                        " the exits of the last 24 h)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,10 @@ class Config:
     # The access log: "on" (every request; node keep-alives counted per minute), "all", or "off".
     access_log: str = "on"
 
+    # Demos kept per node, and how long an exited one is kept (docs/operations.md).
+    max_demos: int = 128
+    forget_demos_after: float = 24 * 3600
+
     def cert_hosts(self) -> list[str]:
         hosts = [self.host, *self.public_hosts]
         if self.host in ("0.0.0.0", "::", ""):

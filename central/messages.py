@@ -40,6 +40,8 @@ CLOSE_BAD_VERSION = 4004
 CLOSE_REVOKED = 4403
 CLOSE_REPLACED = 4409
 CLOSE_TOO_SLOW = 4429
+# A node far over its limits (central/nodelimits.py) for a minute.
+CLOSE_RATE_LIMITED = 4429
 
 
 class ProtocolError(Exception):
@@ -249,6 +251,49 @@ def parse_logs(msg: dict[str, Any]) -> dict[str, Any]:
     return {"type": "logs", "lines": [parse_log_line(line, i) for i, line in enumerate(lines)]}
 
 
+# A demo's header as kept by the server (in memory, in the table, in every node detail): at most
+# this many characters of JSON. The daemon sends exe, argv, user, host (and container), which fit
+# unless argv is long; what does not fit is left out and the header says "truncated": true.
+MAX_DEMO_HEADER_CHARS = 2048
+DEMO_HEADER_FIRST = ("exe", "user", "host", "container", "argv")
+
+
+def _json_chars(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False))
+
+
+def clean_demo_header(header: Any) -> dict[str, Any]:
+    """The header cleaned like facts, then cut to MAX_DEMO_HEADER_CHARS (the daemon's keys first)."""
+    facts = clean_facts(header) if isinstance(header, dict) else {}
+    keys = [k for k in DEMO_HEADER_FIRST if k in facts] + [k for k in facts if k not in DEMO_HEADER_FIRST]
+    room = MAX_DEMO_HEADER_CHARS - len('{"truncated": true}')
+    out: dict[str, Any] = {}
+    cut = False
+    for key in keys:
+        value = facts[key]
+        cost = _json_chars(key) + 4 + _json_chars(value)  # "key": value,
+        if cost > room and isinstance(value, list):
+            kept: list[str] = []
+            left = room - _json_chars(key) - 6
+            for item in value:
+                left -= _json_chars(item) + 2
+                if left < 0:
+                    break
+                kept.append(item)
+            if kept:
+                value, cost = kept, _json_chars(key) + 4 + _json_chars(kept)
+        if cost > room:
+            cut = True
+            continue
+        if value is not facts[key]:
+            cut = True
+        out[key] = value
+        room -= cost
+    if cut:
+        out["truncated"] = True
+    return out
+
+
 def parse_demo(msg: dict[str, Any]) -> dict[str, Any]:
     state = msg.get("state")
     if state not in DEMO_STATES:
@@ -265,7 +310,7 @@ def parse_demo(msg: dict[str, Any]) -> dict[str, Any]:
         "state": state,
         "started_at": _number(msg.get("started_at"), "started_at", allow_none=True),
         "exited_at": _number(msg.get("exited_at"), "exited_at", allow_none=True),
-        "header": clean_facts(header) if isinstance(header, dict) else {},
+        "header": clean_demo_header(header),
     }
 
 

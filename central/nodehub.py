@@ -15,6 +15,7 @@ from . import store
 from .auth import NODE, bearer, error_response, hash_token
 from .messages import (
     CLOSE_BEFORE_HELLO,
+    CLOSE_RATE_LIMITED,
     CLOSE_REPLACED,
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -25,6 +26,13 @@ from .messages import (
     metric_series,
     parse_keepalive,
     parse_node_message,
+)
+from .nodelimits import (
+    EVENTS_BURST,
+    EVENTS_PER_MINUTE,
+    KEEPALIVES_PER_INTERVAL,
+    METRICS_BURST,
+    METRICS_PER_INTERVAL,
 )
 from .pki import der_fingerprint
 from .registry import NodeState
@@ -203,23 +211,78 @@ class NodeSession:
             await self._logs(msg["lines"])
         elif kind == "metrics":
             series = metric_series(msg)
+            if not await self._allowed("metrics"):
+                return
             self.services.writer.add_metrics(node.id, msg["ts"], series)
             self.registry.set_metrics(node, msg, series)
         elif kind == "demo":
-            await self.services.writer.submit(store.upsert_demo(node.id, msg, time.time()))
-            before = node.demos.get(msg["token"], {}).get("state")
-            self.registry.set_demo(node, msg)
-            if before != msg["state"] and msg["state"] in ("started", "exited"):
-                await self.registry.record_event(
-                    node, f"demo_{msg['state']}", f"demo {msg['name'] or msg['token']} {msg['state']}",
-                    {"token": msg["token"], "name": msg["name"], "pid": msg["pid"]},
-                )
+            await self._demo(msg)
         elif kind == "event":
+            if not await self._allowed("events"):
+                return
             if msg["kind"] == "failed":
                 await self.registry.report_failed(node, msg["message"])
             elif msg["kind"] == "recovered":
                 await self.registry.report_recovered(node)
             await self.registry.record_event(node, msg["kind"], msg["message"], msg["data"])
+
+    async def _allowed(self, kind: str) -> bool:
+        """Within the node's limits for `kind`? If not, the frame is dropped (and counted)."""
+        now = time.monotonic()
+        limits = self.registry.limits(self.node, now)
+        if limits.allow(kind, now):
+            return True
+        await self._dropped(kind, now)
+        return False
+
+    async def _dropped(self, kind: str, now: float, *, frame: bool = True) -> None:
+        """Count a drop; once per window tell the node, the log and the operators; close on abuse."""
+        limits = self.registry.limits(self.node, now)
+        count = limits.drop(kind, now, frame=frame)
+        if count:
+            await self._report_drops(kind, count)
+        if limits.abusive:
+            raise ProtocolError(CLOSE_RATE_LIMITED, "rate_limited",
+                                "far over the node's limits for a minute: closing (see the earlier rate_limited errors)")
+
+    async def _report_drops(self, kind: str, count: int) -> None:
+        interval = self.services.config.interval
+        why = {
+            "metrics": f"metrics samples beyond {METRICS_PER_INTERVAL:g} per {interval:g} s interval per node "
+                       f"(bursts of {METRICS_BURST}) are dropped",
+            "events": f"events beyond {EVENTS_PER_MINUTE:g} per minute per node (bursts of {EVENTS_BURST}) "
+                      "are not stored",
+            "demos": f"new demos are refused: the node already has {self.registry.max_demos} running demos, "
+                     "the most the server keeps per node (dvic-central serve --max-demos)",
+        }[kind] + f" ({count} since the last report; told at most once a minute)"
+        code = "too_many_demos" if kind == "demos" else "rate_limited"
+        log.warning("node %s: %s", self.node.name, why)
+        await self._send({"type": "error", "code": code, "message": why})
+        # Once per window per kind: not itself subject to the event limit.
+        await self.registry.record_event(self.node, code, why, {"what": kind, "dropped": count})
+
+    async def _demo(self, msg: dict[str, Any]) -> None:
+        """Record a demo's state: at most max_demos per node (an exited one makes room for a new one)."""
+        node, registry, now = self.node, self.registry, time.time()
+        known = node.demos.get(msg["token"])
+        if known is None and registry.exited_long_ago(msg, now):
+            return  # already forgotten (or never worth keeping): a reconnect's announcement of an old exit
+        room, evicted = registry.demo_room(node, msg["token"])
+        if not room:
+            await self._dropped("demos", time.monotonic())
+            return
+        await self.services.writer.submit(store.upsert_demo_evicting(node.id, msg, now, evicted))
+        before = (known or {}).get("state")
+        registry.set_demo(node, msg, now, evicted)
+        if before != msg["state"] and msg["state"] in ("started", "exited"):
+            mono = time.monotonic()
+            if not registry.limits(node, mono).allow("events", mono):
+                await self._dropped("events", mono, frame=False)  # the demo's state is kept, its event row is not
+                return
+            await registry.record_event(
+                node, f"demo_{msg['state']}", f"demo {msg['name'] or msg['token']} {msg['state']}",
+                {"token": msg["token"], "name": msg["name"], "pid": msg["pid"]},
+            )
 
     async def _remote(self, msg: dict[str, Any]) -> None:
         """A reply to one of our requests: hand it to the hub that owns the request id."""
@@ -328,6 +391,15 @@ async def keepalive(request: web.Request) -> web.Response:
         return error_response(401, "bad_token", "unknown node token")
     if node.revoked:
         return error_response(403, "revoked", f"node {node.name!r} has been revoked")
+    mono = time.monotonic()
+    if not services.registry.limits(node, mono).allow("keepalives", mono):
+        interval = services.config.interval
+        response = error_response(
+            429, "rate_limited",
+            f"at most {KEEPALIVES_PER_INTERVAL:g} keep-alives per {interval:g} s interval: send one every {interval:g} s",
+        )
+        response.headers["Retry-After"] = str(max(1, round(interval)))
+        return response
     if request.content_length is not None and request.content_length > MAX_KEEPALIVE_BYTES:
         return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
     raw = await request.content.read(MAX_KEEPALIVE_BYTES + 1)

@@ -11,6 +11,7 @@ Every change of the shown state is stored as an event and pushed to live clients
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -20,9 +21,15 @@ from typing import Any
 from . import store
 from .bus import Bus
 from .messages import CLOSE_REVOKED
+from .nodelimits import NodeLimits
 from .writer import Writer
 
 SUMMARY_METRICS = ("cpu", "mem", "disk", "temp", "load1")
+# Metrics and demo updates reach live clients at most once per node per window (the latest wins):
+# a node sending faster than that costs every console one frame per window, not one per message.
+PUBLISH_WINDOW_S = 0.5
+# The node detail lists at most this many demos (running ones first); `demos.total` counts them all.
+DEMOS_LIST_MAX = 200
 
 
 @dataclass(eq=False)
@@ -45,6 +52,13 @@ class NodeState:
     metrics: dict[str, float] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
     demos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Server time of each demo's latest message: what forgetting and eviction go by.
+    demo_seen: dict[str, float] = field(default_factory=dict)
+    # What the node may still send (created on first use: Registry.limits).
+    limits: NodeLimits | None = None
+    # When the node's summary last went to live clients, and the publication waiting for its window.
+    published_at: float = 0.0
+    publish_timer: asyncio.TimerHandle | None = None
     # Highest log seq handed to live subscribers: a resent line is not shown twice.
     published_seq: int = 0
     # The live websocket handler's close callback and sender, set while the node is connected.
@@ -74,18 +88,29 @@ class NodeState:
         out = self.summary()
         out.update(
             facts=self.facts, sample=self.sample, created_at=self.created_at,
-            demos_list=sorted(self.demos.values(), key=lambda d: d.get("started_at") or 0),
-            all_metrics=self.metrics,
+            demos_list=self.demos_list(), all_metrics=self.metrics,
         )
         return out
 
+    def demos_list(self) -> list[dict[str, Any]]:
+        """At most DEMOS_LIST_MAX demos, running ones and then the latest heard of, by start time."""
+        shown = self.demos.values()
+        if len(self.demos) > DEMOS_LIST_MAX:
+            shown = sorted(shown, key=lambda d: (d.get("state") != "exited", self.demo_seen.get(d["token"], 0.0)),
+                           reverse=True)[:DEMOS_LIST_MAX]
+        return sorted(shown, key=lambda d: d.get("started_at") or 0)
+
 
 class Registry:
-    def __init__(self, writer: Writer, bus: Bus, offline_after: float, keepalive_interval: float) -> None:
+    def __init__(self, writer: Writer, bus: Bus, offline_after: float, keepalive_interval: float,
+                 max_demos: int = 128, forget_demos_after: float = 24 * 3600) -> None:
         self.writer = writer
         self.bus = bus
         self.offline_after = offline_after
         self.keepalive_interval = keepalive_interval
+        self.max_demos = max_demos
+        self.forget_demos_after = forget_demos_after
+        self._next_forget = 0.0
         self._by_id: dict[str, NodeState] = {}
         self._by_name: dict[str, NodeState] = {}
         self._by_fp: dict[str, NodeState] = {}
@@ -108,6 +133,7 @@ class Registry:
             node = self._by_id.get(demo["node_id"])
             if node is not None:
                 node.demos[demo["token"]] = _demo_view(demo)
+                node.demo_seen[demo["token"]] = demo["updated_at"]
 
     def _index(self, node: NodeState) -> None:
         self._by_id[node.id] = node
@@ -178,7 +204,30 @@ class Registry:
         return event_id
 
     def publish(self, node: NodeState) -> None:
+        if node.publish_timer is not None:  # this one carries the latest: the waiting one is not needed
+            node.publish_timer.cancel()
+            node.publish_timer = None
+        node.published_at = time.monotonic()
         self.bus.publish({"type": "node", "node": node.summary()})
+
+    def publish_soon(self, node: NodeState) -> None:
+        """Publish now, or at the end of the node's publication window (the latest state then wins)."""
+        if node.publish_timer is not None:
+            return
+        wait = node.published_at + PUBLISH_WINDOW_S - time.monotonic()
+        if wait <= 0:
+            self.publish(node)
+        else:
+            node.publish_timer = asyncio.get_running_loop().call_later(wait, self._publish_waiting, node)
+
+    def _publish_waiting(self, node: NodeState) -> None:
+        node.publish_timer = None
+        self.publish(node)
+
+    def limits(self, node: NodeState, now: float) -> NodeLimits:
+        if node.limits is None:
+            node.limits = NodeLimits.for_interval(self.keepalive_interval, now)
+        return node.limits
 
     async def heard(self, node: NodeState, now: float | None = None) -> None:
         """Any sign of life: refresh last_seen, come back online if the node was not."""
@@ -241,22 +290,78 @@ class Registry:
         self.publish(node)
 
     async def sweep(self, now: float | None = None) -> None:
-        """Turn nodes that have been silent for longer than offline_after offline."""
+        """Turn nodes that have been silent for longer than offline_after offline; forget old demos."""
         now = time.time() if now is None else now
         for node in list(self._by_id.values()):
             if node.liveness == "online" and (node.last_seen or 0) < now - self.offline_after:
                 silent = now - (node.last_seen or now)
                 await self._transition(node, "offline", now, f"silent for {silent:.0f} s")
+        if now >= self._next_forget:
+            # A tenth of the age, at most a minute apart: a demo is forgotten soon after its time.
+            self._next_forget = now + min(60.0, max(1.0, self.forget_demos_after / 10))
+            await self.forget_demos(now)
 
     # -- data from the node --------------------------------------------------------------------
     def set_metrics(self, node: NodeState, sample: dict[str, Any], series: dict[str, float]) -> None:
         node.sample = sample
         node.metrics.update(series)
-        self.publish(node)
+        self.publish_soon(node)
 
-    def set_demo(self, node: NodeState, demo: dict[str, Any]) -> None:
+    # -- demos: at most max_demos per node, exited ones forgotten after forget_demos_after -------
+    def demo_room(self, node: NodeState, token: str) -> tuple[bool, str | None]:
+        """May `token` be recorded, and which demo makes room for it?
+
+        (True, None): known, or under the cap; (True, victim): the exited demo heard of longest
+        ago gives its place; (False, None): the cap is full of running demos.
+        """
+        if token in node.demos or len(node.demos) < self.max_demos:
+            return True, None
+        exited = [t for t, d in node.demos.items() if d.get("state") == "exited"]
+        if not exited:
+            return False, None
+        return True, min(exited, key=lambda t: node.demo_seen.get(t, 0.0))
+
+    def exited_long_ago(self, demo: dict[str, Any], now: float) -> bool:
+        """An exit older than the forget age (a daemon announces exits of the last 24 h at each
+        connection): not worth recording again once forgotten."""
+        exited_at = demo.get("exited_at")
+        return demo["state"] == "exited" and exited_at is not None and exited_at < now - self.forget_demos_after
+
+    def set_demo(self, node: NodeState, demo: dict[str, Any], now: float, evicted: str | None = None) -> None:
+        if evicted is not None:
+            node.demos.pop(evicted, None)
+            node.demo_seen.pop(evicted, None)
         node.demos[demo["token"]] = _demo_view(demo)
-        self.publish(node)
+        node.demo_seen[demo["token"]] = now
+        self.publish_soon(node)
+
+    async def forget_demos(self, now: float) -> None:
+        """Forget exited demos last heard of before the forget age, and trim nodes above the cap
+        (a lowered --max-demos, or a table filled before there was one), in memory and in the table."""
+        cutoff = now - self.forget_demos_after
+        aged = False
+        trimmed: dict[str, list[str]] = {}
+        for node in self._by_id.values():
+            old = [t for t, d in node.demos.items()
+                   if d.get("state") == "exited" and node.demo_seen.get(t, 0.0) < cutoff]
+            for token in old:
+                del node.demos[token]
+                node.demo_seen.pop(token, None)
+            over = len(node.demos) - self.max_demos
+            if over > 0:  # exited ones first, then the ones heard of longest ago
+                order = sorted(node.demos, key=lambda t: (node.demos[t].get("state") != "exited",
+                                                          node.demo_seen.get(t, 0.0)))
+                trimmed[node.id] = order[:over]
+                for token in trimmed[node.id]:
+                    del node.demos[token]
+                    node.demo_seen.pop(token, None)
+            if old or over > 0:
+                aged = aged or bool(old)
+                self.publish_soon(node)
+        if aged:  # the same rule in the table (its updated_at is the demo_seen kept here)
+            await self.writer.submit(store.forget_exited_demos(cutoff))
+        for node_id, tokens in trimmed.items():
+            await self.writer.submit(store.forget_demos(node_id, tokens))
 
 
 def _demo_view(demo: dict[str, Any]) -> dict[str, Any]:

@@ -78,7 +78,8 @@ async def open_services(config: Config) -> Services:
     await read_db.execute("PRAGMA query_only=ON")
     queries = Queries(read_db)
     bus = Bus(config.max_client_queue)
-    registry = Registry(writer, bus, config.offline_after, config.interval)
+    registry = Registry(writer, bus, config.offline_after, config.interval,
+                        max_demos=config.max_demos, forget_demos_after=config.forget_demos_after)
     registry.load(await queries.nodes(), await queries.demos())
     services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),

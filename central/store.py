@@ -235,6 +235,38 @@ def upsert_demo(node_id: str, demo: Mapping[str, Any], ts: float) -> WriteFn:
     return run
 
 
+def forget_exited_demos(before: float) -> WriteFn:
+    """Exited demos last heard of before `before` (the registry forgets the same ones in memory)."""
+    def run(conn: sqlite3.Connection) -> int:
+        return conn.execute("DELETE FROM demos WHERE state = 'exited' AND updated_at < ?", (before,)).rowcount
+
+    return run
+
+
+def forget_demos(node_id: str, tokens: Sequence[str]) -> WriteFn:
+    """These demos of one node (evicted to make room, or above the cap)."""
+    def run(conn: sqlite3.Connection) -> int:
+        return conn.executemany(
+            "DELETE FROM demos WHERE node_id = ? AND token = ?", [(node_id, token) for token in tokens]
+        ).rowcount
+
+    return run
+
+
+def upsert_demo_evicting(node_id: str, demo: Mapping[str, Any], ts: float, evicted: str | None) -> WriteFn:
+    """upsert_demo, and the demo it takes the place of forgotten in the same commit."""
+    upsert = upsert_demo(node_id, demo, ts)
+    if evicted is None:
+        return upsert
+    forget = forget_demos(node_id, [evicted])
+
+    def run(conn: sqlite3.Connection) -> None:
+        forget(conn)
+        upsert(conn)
+
+    return run
+
+
 def create_operator(name: str, role: str, status: str, ts: float, approved_by: str = "") -> WriteFn:
     def run(conn: sqlite3.Connection) -> None:
         conn.execute(
