@@ -1842,6 +1842,7 @@ class DemoWatcher:
         file was read to its end (nothing is lost); a demo still running is never pushed out. A file that does
         not fit waits and is looked at again at each full scan."""
         candidates = []  # type: List[Tuple[bool, float, str, str, LogDir, Tuple[str, int]]]
+        seen = {}  # type: Dict[Tuple[str, int, Optional[int], int], bool]
         for key, token, logdir in fresh:
             path = os.path.join(logdir.path, "dvic_log_" + token)
             try:
@@ -1849,22 +1850,26 @@ class DemoWatcher:
             except OSError:
                 continue
             owner = (logdir.key_prefix, st.st_uid)
-            candidates.append((self._runs(key, path, st, logdir), st.st_mtime, key, token, logdir, owner))
+            candidates.append((self._runs(key, path, st, logdir, seen), st.st_mtime, key, token, logdir, owner))
         candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
         counts = {}  # type: Dict[Tuple[str, int], int]  # owner -> files followed
         for demo in self.demos.values():
             counts[demo.owner] = counts.get(demo.owner, 0) + 1
         waiting = {}  # type: Dict[Tuple[str, int], int]
+        # shares where a file that does not run found no place: older ones will not either (newest come first)
+        stuck = set()  # type: set
         for running, mtime, key, token, logdir, owner in candidates:
             retired = None  # type: Optional[Tuple[str, int]]  # the owner of a place given up for this file
-            if counts.get(owner, 0) >= self.max_per_owner:
-                retired = self._retire_for(running, mtime, owner)
-                fits = retired is not None
-            elif len(self.demos) >= self.max_files:
-                retired = self._retire_for(running, mtime, None)
-                fits = retired is not None
-            else:
+            share = owner if counts.get(owner, 0) >= self.max_per_owner else None  # None: the bound in all
+            if counts.get(owner, 0) < self.max_per_owner and len(self.demos) < self.max_files:
                 fits = True
+            elif not running and share in stuck:
+                fits = False
+            else:
+                retired = self._retire_for(running, mtime, share)
+                fits = retired is not None
+                if not fits and not running:
+                    stuck.add(share)
             if not fits:
                 self._passed[key] = (logdir.path, owner)
                 waiting[owner] = waiting.get(owner, 0) + 1
@@ -1879,7 +1884,8 @@ class DemoWatcher:
         if full:
             self._report_crowded(waiting)
 
-    def _runs(self, key: str, path: str, st: os.stat_result, logdir: LogDir) -> bool:
+    def _runs(self, key: str, path: str, st: os.stat_result, logdir: LogDir,
+              seen: Dict[Tuple[str, int, Optional[int], int], bool]) -> bool:
         """Does the file's header name a running process of the file's owner (any, for a root-owned file)?
         A name planted by another local user cannot claim someone else's running process."""
         if not stat.S_ISREG(st.st_mode):
@@ -1903,18 +1909,26 @@ class DemoWatcher:
                 self._writers.clear()
             self._writers[cache_key] = writer
         writer = self._writers[cache_key]
-        return writer is not None and pid_state(logdir.proc_root, writer[0], writer[1]) \
-            and writer_owns(logdir.proc_root, writer[0], st.st_uid)
+        if writer is None:
+            return False
+        # many planted files may name one process: look at each (process, owner) once per scan
+        seen_key = (logdir.proc_root, writer[0], writer[1], st.st_uid)
+        if seen_key not in seen:
+            seen[seen_key] = writer_owns(logdir.proc_root, writer[0], st.st_uid) \
+                and pid_state(logdir.proc_root, writer[0], writer[1])
+        return seen[seen_key]
 
     def _retire_for(self, running: bool, mtime: float, owner: Optional[Tuple[str, int]]) -> Optional[Tuple[str, int]]:
         """Make room for a file (of `owner`, or of anyone when None): retire the followed demo that exited first,
-        if its file is read to its end and the newcomer runs or is newer. Returns the owner of the place freed."""
+        if its file is read to its end and the newcomer runs or is newer than both that file and its exit (a file
+        left waiting is older than every one taken on, so waiting files never take turns). Returns the owner of the
+        place freed."""
         best = None  # type: Optional[Demo]
         for demo in self.demos.values():
             if (owner is None or demo.owner == owner) and self._drained(demo) \
                     and (best is None or (demo.exited_at or 0) < (best.exited_at or 0)):
                 best = demo
-        if best is None or not (running or mtime > (best.exited_at or best.mtime)):
+        if best is None or not (running or mtime > max(best.exited_at or 0.0, best.mtime)):
             return None
         self._retire(best)
         return best.owner

@@ -6,6 +6,7 @@ such files next to real demos and check what the daemon follows and reports.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -112,6 +113,18 @@ def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_pat
     for _ in range(3):  # later scans: the same files, no new message and no second report
         step(w)
     assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 32 and len(rec.errors) == 1
+
+
+def test_files_left_waiting_never_take_turns(tmp_path: Path, logs: Path) -> None:
+    me = os.getpid()
+    for _ in range(500):  # created as fast as can be: their times differ by less than a millisecond
+        plant(logs, me, pid_start=pid_start(me) + 1)
+    w, _, rec = watcher(tmp_path, per_owner=8)
+    step(w)
+    followed = {d.token for d in w.demos.values()}
+    for _ in range(5):
+        step(w)
+    assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 8
 
 
 def test_running_demos_are_taken_first_and_never_pushed_out(tmp_path: Path, logs: Path,
@@ -223,3 +236,49 @@ def test_the_real_daemon_with_3000_planted_files_reports_at_most_its_bound(centr
         demo.kill()
         daemon.stop()
     assert central.node(node_id)["demos"]["total"] <= bound
+
+
+def test_the_real_daemons_rates_stay_within_the_servers_limits(tmp_path: Path, logs: Path) -> None:
+    # One sample per interval, the backlog of an outage at once, keep-alives, demo states: nothing is limited.
+    server = CentralServer(tmp_path / "central", interval=0.1, offline_after=5.0).start()
+    try:
+        bundle = server.enroll("steady-node")
+        node_id = bundle["node_id"]
+        daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), tmp_path / "state", logs)
+        demos = [Demo(logs, f"demo-{i}", 5) for i in range(5)]
+        daemon.start()
+        try:
+            wait_until_sync(lambda: central_demos(server, node_id) == 5, 30, "the demos")
+            server.stop()  # an outage: the daemon buffers its samples meanwhile
+            outage = time.time()
+            time.sleep(3)  # the outage's length (not a synchronisation: the daemon samples every 0.1 s meanwhile)
+            back = time.time()
+            server.start()
+            wait_until_sync(lambda: sample_gap(server, node_id, outage, back) < 1.0, 30, "the outage's samples")
+        finally:
+            for demo in demos:
+                demo.kill()
+            daemon.stop()
+        assert events(server, node_id, "rate_limited") == [] and events(server, node_id, "too_many_demos") == []
+        assert "rate_limited" not in daemon.log() and "rate_limited" not in server.log()
+    finally:
+        server.stop()
+
+
+def central_demos(server: CentralServer, node_id: str) -> int:
+    return int(server.node(node_id)["demos"]["total"])
+
+
+def sample_gap(server: CentralServer, node_id: str, start: float, end: float) -> float:
+    """The longest time between two stored cpu samples of the node from start to end."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{server.data_dir / 'dvic.sqlite3'}?mode=ro", uri=True)
+    try:
+        stamps = [row[0] for row in db.execute(
+            "SELECT ts FROM metrics_raw WHERE node_id = ? AND name = 'cpu' AND ts BETWEEN ? AND ? ORDER BY ts",
+            (node_id, start - 1, end + 1))]
+    finally:
+        db.close()
+    points = [start, *stamps, end]
+    return max(b - a for a, b in itertools.pairwise(points))
