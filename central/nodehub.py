@@ -38,6 +38,8 @@ from .pki import der_fingerprint
 from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
+from .strictjson import JsonError, check_numbers, json_response
+from .strictjson import loads as strict_loads
 from .writer import StorageError
 
 log = logging.getLogger(__name__)
@@ -406,9 +408,10 @@ async def keepalive(request: web.Request) -> web.Response:
     if len(raw) > MAX_KEEPALIVE_BYTES:
         return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        body = strict_loads(raw) if raw.strip() else {}
+        check_numbers(body)
         series, facts = parse_keepalive(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except JsonError as exc:
         return error_response(400, "bad_json", f"body is not valid JSON: {exc}")
     except ValueError as exc:
         return error_response(400, "bad_field", str(exc))
@@ -420,4 +423,4 @@ async def keepalive(request: web.Request) -> web.Response:
         node.facts.update(facts)
         await services.writer.submit(store.merge_facts(node.id, facts))
     await services.registry.keepalive(node, now)
-    return web.json_response({"server_time": now, "interval": services.config.interval, "node_id": node.id})
+    return json_response({"server_time": now, "interval": services.config.interval, "node_id": node.id})

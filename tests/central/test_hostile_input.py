@@ -217,7 +217,8 @@ async def test_keepalive_metrics_out_of_range_are_refused(server: CentralServer)
     bundle = server.enroll("esp-huge", kind="esp32")
     logged = len(server.log())
     async with aiohttp.ClientSession() as http:
-        for body in (b'{"cpu": 1e308}', b'{"temp": 1e999}', b'{"rssi": ' + b"9" * 400 + b"}", b'{"uptime": NaN}'):
+        for body in (b'{"cpu": 1e308}', b'{"temp": 1e999}', b'{"rssi": ' + b"9" * 400 + b"}", b'{"uptime": NaN}',
+                     b"[" * 4000, b'{"cpu": 5, "x": ' + b"[" * 40 + b"]" * 40 + b"}"):
             async with http.post(bundle["keepalive_url"], data=body, ssl=server.ssl_context,
                                  headers={"Authorization": f"Bearer {bundle['token']}"}) as resp:
                 assert resp.status == 400, (body, await resp.text())
