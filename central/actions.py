@@ -15,14 +15,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from dvic_core.constants import ACTION_FINAL
+
 from .registry import NodeState, Registry
 from .release import Release
 from .writer import Writer
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("reboot", "restart_demo", "stop_demo", "start_demo", "update")
-FINAL = frozenset({"done", "failed", "lost"})
 DEFAULT_DEADLINE_S = {"reboot": 600.0, "update": 300.0}
 
 
@@ -80,7 +80,7 @@ class ActionHub:
         await self.writer.submit(write, urgent=urgent)
 
     async def _set(self, action: Action, state: str, message: str = "") -> None:
-        if action.state in FINAL:
+        if action.state in ACTION_FINAL:
             return
         action.state, action.message, action.updated_at = state, message or action.message, time.time()
         await self._save(action)
@@ -88,7 +88,7 @@ class ActionHub:
         await self.registry.record_event(node, f"action_{state}", f"{action.action} {state}"
                                          + (f": {action.message}" if action.message else ""),
                                          {"action": action.action, "id": action.id, "state": state})
-        if state in FINAL:
+        if state in ACTION_FINAL:
             self.pending.pop(action.id, None)
             timer = self._timers.pop(action.id, None)
             if timer is not None:
@@ -124,7 +124,7 @@ class ActionHub:
         return action
 
     async def _expire(self, action: Action) -> None:
-        if action.state not in FINAL:
+        if action.state not in ACTION_FINAL:
             what = "the node did not come back" if action.action in ("reboot", "update") else "no result"
             await self._set(action, "lost", f"{what} within {action.deadline - action.requested_at:.0f} s")
 

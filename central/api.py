@@ -9,26 +9,25 @@ from typing import Any
 
 from aiohttp import web
 
+from dvic_core.constants import LOG_SOURCES, NODE_KINDS, NODE_STATES, RANK, ROLES
+
 from . import __version__, accounts, store
 from .auth import (
     PENDING,
     PUBLIC,
-    RANK,
-    ROLES,
     ApiError,
     Operator,
     current_operator,
     hash_token,
     new_token,
 )
-from .enroll import KINDS, enroll_node, ever_connected
+from .enroll import enroll_node, ever_connected
 from .queries import QueryError
 from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
 from .strictjson import JsonError, check_numbers, json_response, loads
 
-STATES = ("online", "offline", "maintenance", "failed", "new")
 MAX_LIMIT = 1000
 
 
@@ -190,11 +189,11 @@ async def me(request: web.Request) -> web.Response:
 async def list_nodes(request: web.Request) -> web.Response:
     q = request.query
     state = q.get("state")
-    if state and state not in STATES:
-        raise ApiError(400, "bad_query", f"state: expected one of {', '.join(STATES)}")
+    if state and state not in NODE_STATES:
+        raise ApiError(400, "bad_query", f"state: expected one of {', '.join(NODE_STATES)}")
     kind = q.get("kind")
-    if kind and kind not in KINDS:
-        raise ApiError(400, "bad_query", f"kind: expected one of {', '.join(KINDS)}")
+    if kind and kind not in NODE_KINDS:
+        raise ApiError(400, "bad_query", f"kind: expected one of {', '.join(NODE_KINDS)}")
     group = q.get("group")
     nodes = [
         n.summary() for n in _services(request).registry.all()
@@ -296,7 +295,7 @@ async def logs(request: web.Request) -> web.Response:
     elif q.get("group") is not None:
         node_ids = [n.id for n in services.registry.all() if n.group == q["group"]]
     source = q.get("source")
-    if source and source not in ("demo", "system", "daemon"):
+    if source and source not in LOG_SOURCES:
         raise ApiError(400, "bad_query", "source: expected demo, system or daemon")
     try:
         page = await services.queries.logs(

@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from dvic_core.constants import ACTIONS, CLOSE_TOO_SLOW, OPERATOR_HEARTBEAT_S
+
 from . import store
-from .actions import ACTIONS
 from .api import find_node, json_body, limit_param, node_id_param, whole_number
 from .auth import NODE, PUBLIC, ApiError, Operator, current_operator
 from .commands import output_event
@@ -171,7 +172,7 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
     # Otherwise every later state and the `done` arrive through the queue, in order.
     done_before = cmd.done.is_set()
     queue = services.commands.watch(cmd)
-    ws = web.WebSocketResponse(heartbeat=20.0)
+    ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S)
     await ws.prepare(request)
     try:
         await ws.send_str(dumps({"type": "command", **cmd.view()}))
@@ -194,7 +195,7 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
                     break
                 event = get.result()
                 if event is None:
-                    await ws.close(code=4429, message=b"too slow: fell behind the command output")
+                    await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: fell behind the command output")
                     break
                 if event["type"] == "output" and event["chunk"] <= replayed:
                     continue
@@ -247,7 +248,7 @@ async def shell(request: web.Request) -> web.StreamResponse:
         raise ApiError(429, "too_many_sessions", f"node {node.name!r} already has {MAX_SESSIONS_PER_NODE} shells open")
     await audit(services, request, operator, "shell", node.name, {"cols": cols, "rows": rows})
     session = await services.shells.create(node, operator.name, cols, rows)
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+    ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S, max_msg_size=256 * 1024)
     await ws.prepare(request)
     await services.shells.relay(session, ws)
     return ws
@@ -293,7 +294,7 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
         raise ApiError(429, "too_many_tunnels", f"node {node.name!r} already has {MAX_TUNNELS_PER_NODE} tunnels open")
     await audit(services, request, operator, "tunnel", node.name, {"host": host, "port": port})
     tun = services.tunnels.create(node, host, port)
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=256 * 1024)
+    ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S, max_msg_size=256 * 1024)
     await ws.prepare(request)
     await services.tunnels.relay(tun, ws)
     return ws
@@ -310,7 +311,7 @@ async def request_action(request: web.Request) -> web.Response:
     body = await json_body(request)
     kind = body.get("action")
     if kind not in ACTIONS or kind == "update":
-        raise ApiError(400, "bad_action", "action: one of reboot, restart_demo, stop_demo, start_demo")
+        raise ApiError(400, "bad_action", f"action: one of {', '.join(a for a in ACTIONS if a != 'update')}")
     demo = body.get("demo") or ""
     if not isinstance(demo, str) or len(demo) > 256:
         raise ApiError(400, "bad_demo", "demo: a demo name")

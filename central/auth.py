@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from dvic_core.constants import RANK, ROLES
+
 from . import accounts, store
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
 
-ROLES = ("viewer", "operator", "admin")
-RANK = {"pending": 0, "viewer": 1, "operator": 2, "admin": 3}
 PUBLIC = "public"
 PENDING = "pending"
 # Routes a node calls: the handler itself authenticates the node (certificate or node token).

@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from dvic_core.constants import NODE_KINDS
+
 from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
 from .config import Config, is_loopback
-from .enroll import KINDS, enroll_node
+from .enroll import enroll_node
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
@@ -297,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                        required=True)
     p = node.add_parser("add", help="enroll a node and write its bundle")
     p.add_argument("name")
-    p.add_argument("--kind", default="desktop", choices=KINDS)
+    p.add_argument("--kind", default="desktop", choices=NODE_KINDS)
     p.add_argument("--group", default="")
     p.add_argument("--out", required=True, help="bundle file to write (0600)")
     p.add_argument("--server-url", help="server URL for the bundle when enrolling with the server stopped")

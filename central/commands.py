@@ -17,13 +17,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dvic_core.constants import RUN_FINAL
+
 from .registry import NodeState
 from .writer import Writer
 
 log = logging.getLogger(__name__)
 
 OUTPUT_CAP = 1024 * 1024  # bytes of output stored per run; the rest is counted, not kept
-FINAL = frozenset({"exited", "timeout", "cancelled", "failed", "duplicate", "offline", "lost", "refused"})
 MAX_RUNNING_PER_NODE = 8
 WATCH_QUEUE = 2000
 DEADLINE_GRACE_S = 20.0
@@ -138,12 +139,12 @@ class CommandHub:
         return cmd
 
     async def _expire(self, run: Run) -> None:
-        if run.state not in FINAL:
+        if run.state not in RUN_FINAL:
             await self._finish(run, "lost", message="no result from the node before the deadline")
 
     async def cancel(self, cmd: Command, nodes: dict[str, NodeState]) -> None:
         for run in cmd.runs.values():
-            if run.state in FINAL:
+            if run.state in RUN_FINAL:
                 continue
             node = nodes.get(run.node_id)
             if node is not None and node.send is not None:
@@ -183,7 +184,7 @@ class CommandHub:
 
     async def _finish(self, run: Run, state: str, *, code: int | None = None, signal: int | None = None,
                       message: str = "", truncated: bool = False) -> None:
-        if run.state in FINAL:
+        if run.state in RUN_FINAL:
             return
         run.state, run.code, run.signal, run.message = state, code, signal, message
         run.truncated = run.truncated or truncated
@@ -198,7 +199,7 @@ class CommandHub:
             self._check_done(cmd)
 
     def _check_done(self, cmd: Command) -> None:
-        if not cmd.done.is_set() and all(r.state in FINAL for r in cmd.runs.values()):
+        if not cmd.done.is_set() and all(r.state in RUN_FINAL for r in cmd.runs.values()):
             cmd.done.set()
             self._publish(cmd, {"type": "done", "id": cmd.id})
             for run_id in cmd.runs:
@@ -251,7 +252,7 @@ class CommandHub:
             self._publish(cmd, output_event(chunk, run.id, run.node_id, run.node_name, stream, data))
 
     async def node_disconnected(self, node: NodeState) -> None:
-        for run in [r for r in self.runs.values() if r.node_id == node.id and r.state not in FINAL]:
+        for run in [r for r in self.runs.values() if r.node_id == node.id and r.state not in RUN_FINAL]:
             await self._finish(run, "lost", message=f"node {node.name} went offline")
 
 

@@ -12,12 +12,13 @@ import time
 import uuid
 from typing import Any
 
+from dvic_core.constants import NODE_KINDS
+
 from . import accounts, store
 from .auth import ApiError, hash_token, new_token
 from .registry import NodeState
 from .services import Services
 
-KINDS = ("desktop", "raspberry", "esp32", "other")
 # `fullmatch`: with `re.match`, `$` also matches before a final newline ("pi-1\n" passed).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 BUNDLE_FORMAT = "dvic-node-bundle/1"
@@ -27,8 +28,8 @@ def check_node_fields(name: Any, kind: Any, group: Any) -> tuple[str, str, str]:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ApiError(400, "bad_name", "name: 1-63 characters of letters, digits, '.', '_' or '-', "
                                         "starting with a letter or digit")
-    if kind not in KINDS:
-        raise ApiError(400, "bad_kind", f"kind: expected one of {', '.join(KINDS)}")
+    if kind not in NODE_KINDS:
+        raise ApiError(400, "bad_kind", f"kind: expected one of {', '.join(NODE_KINDS)}")
     if not isinstance(group, str) or len(group) > 64 or (group and not NAME_RE.fullmatch(group)):
         raise ApiError(400, "bad_group", "group: empty, or 1-63 characters like a name")
     return name, kind, group

@@ -14,9 +14,19 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from dvic_core.constants import (
+    ACTION_STATES,
+    CLOSE_BAD_VERSION,
+    CLOSE_MALFORMED,
+    CLOSE_UNKNOWN_TYPE,
+    DEMO_STATES,
+    LEVELS,
+    LOG_SOURCES,
+    PROTOCOL_VERSION,
+)
+
 from .strictjson import MAX_INT, JsonError, check_numbers, loads
 
-PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 1024 * 1024
 MAX_BATCH_LINES = 500
 MAX_MSG_BYTES = 64 * 1024
@@ -27,21 +37,6 @@ MAX_FACT_KEY_CHARS = 64
 # The largest magnitude a stored metric may have: room for byte counters up to a petabyte, and
 # far from where SQLite's avg()/sum() of many samples could overflow to Infinity.
 MAX_METRIC_ABS = 1e15
-
-LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
-LEVEL_NAMES = {v: k for k, v in LEVELS.items()}
-SOURCES = ("demo", "system", "daemon")
-DEMO_STATES = ("started", "alive", "exited")
-
-CLOSE_MALFORMED = 4001
-CLOSE_BEFORE_HELLO = 4002
-CLOSE_UNKNOWN_TYPE = 4003
-CLOSE_BAD_VERSION = 4004
-CLOSE_REVOKED = 4403
-CLOSE_REPLACED = 4409
-CLOSE_TOO_SLOW = 4429
-# A node far over its limits (central/nodelimits.py) for a minute.
-CLOSE_RATE_LIMITED = 4429
 
 
 class ProtocolError(Exception):
@@ -211,8 +206,8 @@ def parse_log_line(line: Any, index: int) -> dict[str, Any]:
     if not ((type(ts) is float and math.isfinite(ts)) or (type(ts) is int and -MAX_INT - 1 <= ts <= MAX_INT)):
         raise _bad(f"lines[{index}].ts: expected a finite number")
     source = line.get("source")
-    if source not in SOURCES:
-        raise _bad(f"lines[{index}].source: expected one of {', '.join(SOURCES)}")
+    if source not in LOG_SOURCES:
+        raise _bad(f"lines[{index}].source: expected one of {', '.join(LOG_SOURCES)}")
     level = line.get("level")
     if type(level) is not str or level not in LEVELS:  # (an unhashable value must not raise TypeError)
         raise _bad(f"lines[{index}].level: expected one of {', '.join(LEVELS)}")
@@ -390,9 +385,6 @@ def parse_shell_output(msg: dict[str, Any]) -> dict[str, Any]:
 def parse_shell_exit(msg: dict[str, Any]) -> dict[str, Any]:
     return {"type": "shell_exit", "id": _request_id(msg), "code": _int_or_none(msg.get("code"), "code"),
             "message": _string(msg.get("message"), "message", 4096, default="")}
-
-
-ACTION_STATES = ("in_progress", "done", "failed")
 
 
 def parse_action_state(msg: dict[str, Any]) -> dict[str, Any]:

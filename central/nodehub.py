@@ -11,16 +11,21 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from . import store
-from .auth import NODE, bearer, error_response, hash_token
-from .messages import (
+from dvic_core.constants import (
     CLOSE_BEFORE_HELLO,
     CLOSE_RATE_LIMITED,
     CLOSE_REPLACED,
+    CLOSE_STORAGE,
+    NODE_HEARTBEAT_S,
+    PROTOCOL_VERSION,
+)
+
+from . import store
+from .auth import NODE, bearer, error_response, hash_token
+from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
     MAX_KEEPALIVE_BYTES,
-    PROTOCOL_VERSION,
     REMOTE_TYPES,
     ProtocolError,
     metric_series,
@@ -44,8 +49,6 @@ from .writer import StorageError
 
 log = logging.getLogger(__name__)
 
-CLOSE_STORAGE = 1011
-HEARTBEAT_S = 10.0
 # Log batches of one node stored but not yet acknowledged; past this the session stops reading
 # the node's socket until a commit catches up (TCP backpressure).
 MAX_BATCHES_IN_FLIGHT = 64
@@ -88,7 +91,7 @@ async def node_websocket(request: web.Request) -> web.StreamResponse:
         log.warning("node websocket refused from %s: %s", request.remote, who.text)
         return who
     node = who
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    ws = web.WebSocketResponse(heartbeat=NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     session = NodeSession(services, node, ws)
     await session.run()

@@ -11,8 +11,13 @@ from typing import Any
 
 import aiosqlite
 
-from .messages import LEVEL_NAMES, LEVELS, MAX_METRIC_ABS
+from dvic_core.constants import LEVEL_NUMBERS, LEVELS
+
+from .messages import MAX_METRIC_ABS
 from .strictjson import MAX_INT
+
+# A stored level number back to its name.
+LEVEL_NAMES = {number: name for name, number in LEVEL_NUMBERS.items()}
 
 
 class QueryError(ValueError):
@@ -305,10 +310,10 @@ def log_query(
         where.append("l.demo = ?")
         params.append(demo)
     if min_level:
-        if min_level.upper() not in LEVELS:
+        if min_level.upper() not in LEVEL_NUMBERS:
             raise QueryError(f"level: expected one of {', '.join(LEVELS)}")
         where.append("l.level >= ?")
-        params.append(LEVELS[min_level.upper()])
+        params.append(LEVEL_NUMBERS[min_level.upper()])
     if since is not None:
         where.append("l.ts >= ?")
         params.append(since)

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dvic_core.constants import CLOSE_REVOKED
+
 from . import store
 from .bus import Bus
-from .messages import CLOSE_REVOKED
 from .nodelimits import NodeLimits
 from .writer import Writer
 

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .messages import LEVELS
+from dvic_core.constants import LEVEL_NUMBERS
 
 WriteFn = Callable[[sqlite3.Connection], Any]
 
@@ -110,7 +110,7 @@ def log_rows(node_id: str, lines: Sequence[Mapping[str, Any]]) -> list[LogRow]:
     """Validated lines as rows in the column order of `insert_log_rows`."""
     return [
         (node_id, line["seq"], line["ts"], line["source"], line.get("unit", ""), line.get("demo", ""),
-         LEVELS[line["level"]], line["msg"])
+         LEVEL_NUMBERS[line["level"]], line["msg"])
         for line in lines
     ]
 

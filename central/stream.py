@@ -9,9 +9,10 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from dvic_core.constants import CLOSE_MALFORMED, CLOSE_TOO_SLOW, OPERATOR_HEARTBEAT_S
+
 from .auth import error_response
 from .bus import Subscriber
-from .messages import CLOSE_MALFORMED, CLOSE_TOO_SLOW
 from .routes import routes
 from .services import SERVICES
 
@@ -32,7 +33,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request):
         return error_response(403, "bad_origin", f"origin {request.headers.get('Origin')!r} is not allowed")
     services = request.app[SERVICES]
-    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=MAX_CLIENT_FRAME)
+    ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S, max_msg_size=MAX_CLIENT_FRAME)
     await ws.prepare(request)
     sub = services.bus.subscribe()
     sender = asyncio.create_task(_pump(ws, sub))

@@ -11,11 +11,12 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from dvic_core.constants import OPERATOR_HEARTBEAT_S, RANK
+
 from .models import ServerSpec
 from .tunnel import read_opened, refusal_reason, tunnel_error
 
 _TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
-_RANK = {"viewer": 1, "operator": 2, "admin": 3}
 
 
 class CentralError(Exception):
@@ -109,7 +110,7 @@ class CentralClient:
         if body.get("status") != "active":
             raise CentralError(403, "http_403", f"the account {body.get('name')!r} is {body.get('status')}, "
                                                 "not active: an admin must approve it")
-        if _RANK.get(str(body.get("role")), 0) < _RANK[role]:
+        if RANK.get(str(body.get("role")), 0) < RANK[role]:
             raise CentralError(403, "http_403", f"the account {body.get('name')!r} has the role "
                                                 f"{body.get('role')!r}; this needs {role!r}")
         return f"{body.get('name')} ({body.get('role')})"
@@ -171,7 +172,7 @@ class CentralClient:
         url = f"{self._base}/api/v1/nodes/{quote(node, safe='')}/tunnel"
         try:
             ws = await self._session.ws_connect(
-                url, params={"host": host, "port": str(port)}, ssl=self._ssl, heartbeat=20.0,
+                url, params={"host": host, "port": str(port)}, ssl=self._ssl, heartbeat=OPERATOR_HEARTBEAT_S,
                 max_msg_size=1024 * 1024,
             )
         except aiohttp.WSServerHandshakeError as exc:

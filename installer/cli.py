@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from dvic_core.constants import NODE_KINDS
+
 from .demos import Demo, check_demos, check_shell_user, parse_demo, parse_demo_cmd
 from .errors import CannotAsk, InstallerError
 from .esp32 import add_esp32
 from .flow import add_node, remove_node
 from .hostkeys import check_pin
 from .models import (
-    NODE_KINDS,
     AddNodeRequest,
     ConfirmAddress,
     Direct,

@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from dvic_core.constants import NODE_KINDS
+
 from .demos import Demo, check_demos, check_shell_user
 from .errors import InstallerError
 from .flow import Central, add_node
 from .hostkeys import check_pin
 from .models import (
-    NODE_KINDS,
     AddNodeRequest,
     ConfirmHostKey,
     Direct,

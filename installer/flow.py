@@ -12,12 +12,13 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from dvic_core.constants import NODE_KINDS
+
 from .api import CentralClient, CentralError, ca_sha256
 from .demos import DemoError, check_demos, check_shell_user, demos_json
 from .errors import CannotAsk, InstallerError
 from .hostkeys import KnownHosts, check_pin
 from .models import (
-    NODE_KINDS,
     AddNodeRequest,
     AddNodeResult,
     Jump,

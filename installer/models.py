@@ -18,7 +18,6 @@ STEP_NAMES = ("connect", "check", "enroll", "render", "install", "online")
 ESP32_STEP_NAMES = ("enroll", "render", "write")
 REMOVE_STEP_NAMES = ("revoke", "connect", "uninstall")
 
-NODE_KINDS = ("desktop", "raspberry", "esp32", "other")
 
 
 class StepStatus(StrEnum):

@@ -41,6 +41,9 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 VERSION = "0.1.0"
 PROTOCOL = 1
+# Close codes the server ends this node's websocket with (dvic_core/constants.py holds the originals).
+CLOSE_REVOKED = 4403
+CLOSE_REPLACED = 4409
 LOG = logging.getLogger("dvic-node")
 
 KIB = 1024
@@ -585,7 +588,7 @@ def error_code(body: Union[str, bytes]) -> str:
 def is_revocation(exc: BaseException) -> bool:
     """Whether the server said this node is revoked: HTTP 403 `revoked` on connect, or close 4403."""
     if isinstance(exc, WebSocketClosed):
-        return exc.code == 4403
+        return exc.code == CLOSE_REVOKED
     return isinstance(exc, HandshakeError) and exc.status == 403 and error_code(exc.body) == "revoked"
 
 
@@ -4216,9 +4219,9 @@ class Daemon:
 
     def _connection_failed(self, exc: BaseException) -> None:
         text = describe_connect_error(exc)
-        if isinstance(exc, WebSocketClosed) and exc.code == 4409:
+        if isinstance(exc, WebSocketClosed) and exc.code == CLOSE_REPLACED:
             text = "replaced by a newer connection of this node (close 4409)"
-        elif isinstance(exc, WebSocketClosed) and exc.code == 4403:
+        elif isinstance(exc, WebSocketClosed) and exc.code == CLOSE_REVOKED:
             text = "the server revoked this node (close 4403)"
         was_revoked, self._revoked = self._revoked, is_revocation(exc)
         if self._revoked:

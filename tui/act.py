@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tui.remote_client import ACTION_FINAL, RUN_FINAL
+from dvic_core.constants import ACTION_FINAL, RUN_FINAL
 from tui.textsafe import clean
 
 Json = dict[str, Any]

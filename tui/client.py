@@ -14,6 +14,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
+from dvic_core.constants import STATUS_CODES
 from tui.config import Settings
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
@@ -41,11 +42,6 @@ class Unreachable(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(0, "unreachable", message)
-
-
-# Error codes of refused requests whose answer carries no error of the server's (an old server, a proxy).
-STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                409: "conflict", 429: "too_many"}
 
 
 def refused_upgrade(exc: aiohttp.WSServerHandshakeError, what: str) -> ApiError:

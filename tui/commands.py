@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from tui.fleet import STATES
+from dvic_core.constants import NODE_STATES
 from tui.textsafe import clean
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class DvicCommands(Provider):
             ("Run a command on all nodes", partial(app.open_run, {"all": True}), "fleet-wide: confirmed first"),
             ("Update daemon: all nodes", partial(app.update_daemon, {"all": True}), "confirmed first"),
         ]
-        for state in STATES:
+        for state in NODE_STATES:
             cmds.append((f"Filter fleet: state {state}", partial(app.filter_fleet, state=state), ""))
         for group in app.fleet.groups():
             label = clean(group or "(none)", single_line=True)

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-STATES = ("online", "offline", "maintenance", "failed", "new")
+from dvic_core.constants import NODE_STATES
+
 TREND_LEN = 12
 HOT_C = 80.0
 DISK_FULL = 90.0
@@ -87,7 +88,7 @@ SORT_KEYS: dict[str, Callable[[Node], Any]] = {
     "name": lambda n: str(n.get("name", "")).lower(),
     "kind": lambda n: (str(n.get("kind", "")), str(n.get("name", "")).lower()),
     "group": lambda n: (str(n.get("group") or ""), str(n.get("name", "")).lower()),
-    "state": lambda n: (STATES.index(n["state"]) if n.get("state") in STATES else 9, str(n.get("name", ""))),
+    "state": lambda n: (NODE_STATES.index(n["state"]) if n.get("state") in NODE_STATES else 9, str(n.get("name", ""))),
     "seen": lambda n: -(n.get("last_seen") or 0.0),
     "cpu": lambda n: _num(metric(n, "cpu")),
     "mem": lambda n: _num(metric(n, "mem")),
@@ -148,7 +149,7 @@ class Fleet:
 
     def counts(self) -> dict[str, int]:
         """Nodes by state, revoked ones apart (they are not offline nodes to look after), and alerts."""
-        out = dict.fromkeys(STATES, 0)
+        out = dict.fromkeys(NODE_STATES, 0)
         out.update(Counter(str(node.get("state")) for node in self.nodes.values() if not node.get("revoked")))
         out["revoked"] = sum(1 for node in self.nodes.values() if node.get("revoked"))
         out["alerts"] = len(self.alerting)

@@ -21,7 +21,8 @@ import ssl
 import time
 from types import TracebackType
 
-from tui.client import API, STATUS_CODES, ApiError, Json, Unreachable, ssl_context
+from dvic_core.constants import STATUS_CODES
+from tui.client import API, ApiError, Json, Unreachable, ssl_context
 from tui.config import Settings
 
 try:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dvic_core.constants import ACTION_FINAL, RUN_FINAL
 from tui import fmt, terminal
 from tui.client import ApiError, Stream
 from tui.cmds import run as run_cmd
@@ -33,7 +34,7 @@ from tui.cmds.run import (
     targets_options,
 )
 from tui.config import Settings, resolve
-from tui.remote_client import ACTION_FINAL, RUN_FINAL, RemoteClient
+from tui.remote_client import RemoteClient
 from tui.textsafe import clean
 
 Json = dict[str, Any]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from dvic_core.constants import OPERATOR_HEARTBEAT_S, STATUS_CODES
 from tui.client import (
     API,
-    STATUS_CODES,
     ApiClient,
     ApiError,
     Json,
@@ -27,10 +27,6 @@ from tui.client import (
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
     import aiohttp
-
-# Final states of a command run and of a tracked action (docs/protocol.md 4.3, central/actions.py).
-RUN_FINAL = frozenset({"exited", "timeout", "cancelled", "failed", "duplicate", "offline", "lost", "refused"})
-ACTION_FINAL = frozenset({"done", "failed", "lost"})
 
 
 def command_body(targets: Json, argv: list[str] | None = None, shell: str | None = None,
@@ -162,7 +158,7 @@ class RemoteClient(ApiClient):
         import aiohttp
 
         try:
-            return await self.session.ws_connect(self.ws_url(path), params=params, heartbeat=20.0,
+            return await self.session.ws_connect(self.ws_url(path), params=params, heartbeat=OPERATOR_HEARTBEAT_S,
                                                  max_msg_size=max_msg_size)
         except aiohttp.WSServerHandshakeError as exc:
             raise refused_upgrade(exc, what) from exc

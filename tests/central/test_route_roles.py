@@ -7,8 +7,9 @@ import re
 import pytest
 
 import central.app  # noqa: F401  (importing the app registers every route)
-from central.auth import NODE, PUBLIC, RANK
+from central.auth import NODE, PUBLIC
 from central.routes import routes
+from dvic_core.constants import RANK
 from tests.support.server import CentralServer
 
 SPECS = [s for s in routes.specs if s.role not in (PUBLIC, NODE)]

@@ -29,7 +29,7 @@ from .sshd import Sshd
 REPO = Path(__file__).resolve().parents[2]
 # What the distribution is built from (pyproject.toml's packages): a copy, so the build leaves no
 # build/ or egg-info in the checkout and cannot pick up anything else lying in it.
-DIST_SOURCES = ("pyproject.toml", "README.md", "central", "tui", "installer", "node_script")
+DIST_SOURCES = ("pyproject.toml", "README.md", "central", "dvic_core", "tui", "installer", "node_script")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

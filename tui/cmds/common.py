@@ -11,17 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 
+from dvic_core.constants import LEVELS
 from tui.client import ApiClient
 from tui.config import Settings
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
     from typing import Any, TextIO
-
-LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-ROLES = ("viewer", "operator", "admin")
-STATES = ("online", "offline", "maintenance", "failed", "new")
-KINDS = ("desktop", "raspberry", "esp32", "other")
 
 # Each handler gets the parsed args and a function that resolves the connection settings (so a
 # command such as `login` can run without stored settings).

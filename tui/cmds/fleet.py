@@ -6,16 +6,17 @@ import argparse
 import time
 from typing import Any
 
+from dvic_core.constants import NODE_KINDS, NODE_STATES
 from tui import fmt
-from tui.cmds.common import KINDS, STATES, SettingsFn, client, emit_json, say
+from tui.cmds.common import SettingsFn, client, emit_json, say
 from tui.textsafe import clean
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("nodes", parents=[parent], help="list the nodes of the fleet")
     p.add_argument("--group", help="only this group")
-    p.add_argument("--kind", choices=KINDS, help="only this kind")
-    p.add_argument("--state", choices=STATES, help="only this state")
+    p.add_argument("--kind", choices=NODE_KINDS, help="only this kind")
+    p.add_argument("--state", choices=NODE_STATES, help="only this state")
     p.add_argument("--all", action="store_true", help="also revoked nodes (hidden by default)")
     p.add_argument("--json", action="store_true", help='print {"nodes": [...]} as the API returns it')
     p.set_defaults(handler=run_nodes)

@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+from dvic_core.constants import LOG_SOURCES
 from tui import fmt
 from tui.client import ApiClient, ApiError, Unreachable
 from tui.cmds.common import SettingsFn, client, emit_json, level_rank, line_key, parse_level, parse_time, say
@@ -24,7 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they arrive")
     p.add_argument("--level", type=parse_level, help="minimum level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     p.add_argument("--grep", metavar="TEXT", help="full-text search (server side; substring for live lines)")
-    p.add_argument("--source", choices=("demo", "system", "daemon"), help="only lines from this source")
+    p.add_argument("--source", choices=LOG_SOURCES, help="only lines from this source")
     p.add_argument("--since", type=parse_time, help="start time: 10m, 2h, 7d, ISO date or Unix seconds")
     p.add_argument("--until", type=parse_time, help="end time (same forms as --since)")
     p.add_argument("-n", "--limit", type=int, default=100, help="how many history lines (default 100)")

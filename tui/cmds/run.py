@@ -18,10 +18,11 @@ import time
 from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 
+from dvic_core.constants import RUN_FINAL
 from tui.client import ApiError, Json, Unreachable, _list, _params, _seg
 from tui.cmds.common import SettingsFn, UsageError, emit_json
 from tui.lean_http import LeanClient, WebSocketClosed
-from tui.remote_client import RUN_FINAL, command_body
+from tui.remote_client import command_body
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:

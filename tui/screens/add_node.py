@@ -20,13 +20,15 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static, TextArea
 
+from dvic_core.constants import NODE_KINDS
 from tui.screens.base import DvicScreen
 from tui.screens.dialogs import ConfirmDialog
 from tui.textsafe import literal
 from tui.widgets.banner import ConnectionBanner
 
 STEPS = ("connect", "check", "enroll", "render", "install", "online")
-KINDS = ("desktop", "raspberry", "other")  # ESP32 boards get a header file: `dvic add-node --kind esp32`
+# ESP32 boards get a header file: `dvic add-node --kind esp32`.
+KINDS = tuple(kind for kind in NODE_KINDS if kind != "esp32")
 MARK = {"pending": ("○", "dim"), "running": ("◌", "yellow"), "ok": ("✔", "green"),
         "skipped": ("–", "dim"), "failed": ("✖", "bold red")}
 

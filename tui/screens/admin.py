@@ -11,9 +11,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
+from dvic_core.constants import ROLES
 from tui import fmt
 from tui.client import ApiError
-from tui.cmds.common import ROLES
 from tui.screens.base import DvicScreen
 from tui.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
 from tui.textsafe import literal

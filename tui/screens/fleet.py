@@ -22,8 +22,9 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input
 from textual.widgets.data_table import RowKey
 
+from dvic_core.constants import NODE_STATES
 from tui import fmt
-from tui.fleet import SORT_KEYS, STATES, Filter, alerts, cycle, metric
+from tui.fleet import SORT_KEYS, Filter, alerts, cycle, metric
 from tui.screens.base import DvicScreen
 from tui.textsafe import clean
 from tui.widgets.banner import ConnectionBanner
@@ -459,7 +460,7 @@ class FleetScreen(DvicScreen):
             self.sync_all()
 
     def action_cycle_state(self) -> None:
-        self.filter.state = cycle(list(STATES), self.filter.state)
+        self.filter.state = cycle(list(NODE_STATES), self.filter.state)
         self.sync_all()
 
     def action_cycle_group(self) -> None:

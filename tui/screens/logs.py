@@ -10,14 +10,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Input, Static
 
+from dvic_core.constants import LEVELS, LOG_SOURCES
 from tui.client import ApiError
-from tui.cmds.common import LEVELS
 from tui.screens.base import DvicScreen
 from tui.textsafe import literal
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.log_view import LogView
 
-SOURCES: list[str | None] = [None, "demo", "system", "daemon"]
+SOURCES: list[str | None] = [None, *LOG_SOURCES]
 HISTORY = 500
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from dvic_core.constants import NODE_STATES
 from tui.textsafe import literal
 
 STATE_STYLE = {
@@ -22,7 +23,7 @@ class SummaryBar(Static):
 
     def show(self, counts: dict[str, int], shown: int, total: int, filters: str, sort: str) -> None:
         text = Text()
-        for state in ("online", "offline", "maintenance", "failed", "new"):
+        for state in NODE_STATES:
             n = counts.get(state, 0)
             if n or state in ("online", "offline"):
                 text.append(f"{STATE_ICON[state]} {n} {state}  ", style=STATE_STYLE[state] if n else "dim")
