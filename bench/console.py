@@ -58,10 +58,10 @@ def child_main(args: argparse.Namespace) -> int:
     from textual.screen import Screen
     from textual.widgets import DataTable
 
-    import tui.app
-    from tui.app import DvicApp
-    from tui.config import Settings
-    from tui.messages import Connected
+    import tui.console.app
+    from tui.api.config import Settings
+    from tui.console.app import DvicApp
+    from tui.console.messages import Connected
 
     stamps = open(args.stamps, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed on exit
 
@@ -85,7 +85,7 @@ def child_main(args: argparse.Namespace) -> int:
         """The console with probes: first full table, each cursor move once it is on screen, and
         what may hold a key up (node-update passes and their repaint, garbage collections)."""
 
-        CSS_PATH = str(Path(tui.app.__file__).with_name("app.tcss"))  # relative paths follow the subclass
+        CSS_PATH = str(Path(tui.console.app.__file__).with_name("app.tcss"))  # relative paths follow the subclass
         _first_shown = _full_shown = False
 
         def on_mount(self) -> None:

@@ -37,8 +37,8 @@ from typing import Any
 import aiohttp
 
 from dvic_core.constants import RUN_FINAL
-from tui.config import Settings
-from tui.remote_client import RemoteClient
+from tui.api.config import Settings
+from tui.api.remote_client import RemoteClient
 
 from .common import add_common_args, positive_float, positive_int, work_dir
 from .daemon_rig import NODE_SCRIPT, REPO, NodeRig, RigError, enroll

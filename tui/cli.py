@@ -12,10 +12,10 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from tui import __version__
-from tui.client import ApiError, Unreachable
-from tui.cmds.common import SettingsFn, UsageError
-from tui.config import ConfigError, Settings, resolve
-from tui.pinning import PinError
+from tui.api.client import ApiError, Unreachable
+from tui.api.config import ConfigError, Settings, resolve
+from tui.api.pinning import PinError
+from tui.cmds.common import UsageError
 
 # argparse (with re and gettext) is imported by the functions that build parsers: `dvic run`'s usual
 # command line is read without it (tui/cmds/run.py, `parse_fast`).
@@ -24,10 +24,9 @@ if TYPE_CHECKING:
     import argparse
     from types import SimpleNamespace
 
-    Registrar = Callable[[argparse._SubParsersAction, argparse.ArgumentParser], None]  # type: ignore[type-arg]
     Args = argparse.Namespace | SimpleNamespace
 
-# The module that registers each sub-command, by `register_<name>` below. Only the module of the
+# The module of tui/cmds/ that registers each sub-command (its `add_parsers`). Only the module of the
 # command given is imported: start-up is part of every command's time (`dvic run` answers in tens
 # of milliseconds; the installer's module alone imports asyncssh). `--help`, no command or an
 # unknown word build the whole tree. tests/tui_remote/test_usage.py checks this table.
@@ -38,10 +37,15 @@ COMMAND_MODULES: dict[str, str] = {
     "logs": "history", "events": "history",
     "operators": "operators",
     "run": "run",
-    **{name: "remote" for name in ("commands", "command", "shell", "sessions", "replay", "reboot", "action",
-                                   "actions", "maintenance", "update", "release")},
+    "commands": "commands", "command": "commands",
+    "shell": "shell", "sessions": "shell", "replay": "shell",
+    **{name: "actions" for name in ("reboot", "action", "actions", "maintenance", "update")},
+    "release": "release",
     "add-node": "installer", "remove-node": "installer",
 }
+# The modules in the order `dvic --help` lists their commands.
+MODULES = ("console", "login", "fleet", "history", "operators", "run", "commands", "shell", "actions", "release",
+           "installer")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
@@ -62,48 +66,10 @@ def warn_token_in_argv(args: object) -> None:
               "use --token-file FILE or DVIC_TOKEN instead", file=sys.stderr)
 
 
-def register_console(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("console", parents=[common], help="open the operator console (the default)")
-    p.add_argument("--web", action="store_true", help="serve the console to a browser (textual-serve)")
-    p.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="--web: port (default 8000; 0 picks a free one)")
-    p.add_argument("--tls-cert", metavar="FILE", help="--web: serve HTTPS with this certificate (needed off loopback)")
-    p.add_argument("--tls-key", metavar="FILE", help="--web: the certificate's private key")
-    p.add_argument("--public-url", metavar="URL", help="--web: the URL browsers open, when not http(s)://HOST:PORT/ "
-                   "(the only origin accepted)")
-    p.set_defaults(handler=run_console)
+def _register(name: str, sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    import importlib
 
-
-def _cmds_module(name: str) -> Registrar:
-    def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-        import importlib
-
-        importlib.import_module(f"tui.cmds.{name}").add_parsers(sub, common)
-
-    return register
-
-
-def register_remote(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    from tui import remote_cli  # shell, commands, sessions, replay, actions, maintenance, update, release
-
-    remote_cli.register(sub)
-
-
-def register_installer(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    try:
-        from installer import cli as installer_cli  # `add-node` / `remove-node`
-    except ImportError:
-        return
-    installer_cli.register(sub)
-
-
-# In the order `dvic --help` lists them.
-REGISTRARS: dict[str, Registrar] = {
-    "console": register_console,
-    **{name: _cmds_module(name) for name in ("login", "fleet", "history", "operators", "run")},
-    "remote": register_remote,
-    "installer": register_installer,
-}
+    importlib.import_module(f"tui.cmds.{name}").add_parsers(sub, common)
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -140,23 +106,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _connection_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     module = COMMAND_MODULES.get(command or "")
-    for name, register in REGISTRARS.items():
+    for name in MODULES:
         if module is None or name == module:
-            register(sub, common)
+            _register(name, sub, common)
     return parser
-
-
-def run_console(args: argparse.Namespace, settings: SettingsFn) -> int:
-    resolved = settings()
-    if getattr(args, "web", False):
-        from tui.web import serve
-
-        return serve(resolved, args.host, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                     public_url=args.public_url)
-    from tui.app import DvicApp
-
-    DvicApp(resolved).run()
-    return 0
 
 
 # Commands that end their process without the interpreter's teardown when `main` runs as the
@@ -207,6 +160,8 @@ def _usage_errors() -> tuple[type[Exception], ...]:
 def _main(argv: list[str], command: str | None) -> int:
     args, parser = parse(argv, command)
     if args.command is None:
+        from tui.cmds.console import run_console
+
         args.handler = run_console
     warn_token_in_argv(args)
 
@@ -226,7 +181,7 @@ def _main(argv: list[str], command: str | None) -> int:
 def run_handler(call: Callable[[], object]) -> int:
     """Runs a command's handler (awaiting it when it is a coroutine) and turns what it raises into
     `dvic`'s exit codes (docs/cli.md): 2 usage, 3 server unreachable or not the pinned one, 1 refused
-    by the server, 130 interrupted. Both entry points (`dvic`, `python -m tui.remote_cli`) use it."""
+    by the server, 130 interrupted."""
     try:
         result = call()
         if isinstance(result, Awaitable):  # most handlers are coroutines; `dvic run` is not (no asyncio)

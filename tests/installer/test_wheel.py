@@ -72,7 +72,7 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_wheel_ships_the_node_files_and_the_commands_run(wheel: Path, venv: Path, tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"node_script/dvic_node.py", "node_script/dvic-node.service", "tui/app.tcss"} <= names
+    assert {"node_script/dvic_node.py", "node_script/dvic-node.service", "tui/console/app.tcss"} <= names
     env = _outside_env()
     where = _run([str(venv / "bin/python"), "-c",
                   "import node_script, installer.paths as p; print(node_script.DAEMON); print(p.unit_template())"],

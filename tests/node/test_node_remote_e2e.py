@@ -226,7 +226,6 @@ def dvic_cli(server: CentralServer, *args: str, timeout: float = 60) -> subproce
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.skipif(not (REPO / "tui" / "remote_cli.py").exists(), reason="no dvic remote-control CLI yet")
 def test_the_dvic_command_line_drives_the_real_daemon(fleet: Fleet) -> None:
     out = dvic_cli(fleet.server, "run", "remote-a", "--", "sh", "-c", "echo from-the-node; exit 7")
     assert "from-the-node" in out.stdout and out.returncode == 7, (out.returncode, out.stdout, out.stderr)

@@ -16,13 +16,13 @@ from tests.support.server import CentralServer
 from tests.tui.realkit import HOSTILE, HOSTILE_SHOWN
 from tests.tui.tuifake import wait_for
 from tests.tui_remote.executor_node import ExecutorNode
-from tui.app import DvicApp
-from tui.config import Settings
-from tui.screens.actions import ActionsScreen
-from tui.screens.dialogs import ConfirmDialog
-from tui.screens.fleet import FleetScreen
-from tui.screens.node import NodeScreen
-from tui.screens.run import RunScreen
+from tui.api.config import Settings
+from tui.console.app import DvicApp
+from tui.console.screens.actions import ActionsScreen
+from tui.console.screens.dialogs import ConfirmDialog
+from tui.console.screens.fleet import FleetScreen
+from tui.console.screens.node import NodeScreen
+from tui.console.screens.run import RunScreen
 
 
 def make_app(server: CentralServer, token: str | None = None) -> DvicApp:
@@ -206,8 +206,8 @@ async def test_maintenance_toggle_and_update_confirmation(central_server: Centra
 async def test_demo_actions_recordings_and_refusals(central_server: CentralServer) -> None:
     from tests.tui.realkit import demo
     from tests.tui_remote.executor_node import UNKNOWN_DEMO
-    from tui.screens.admin import AdminScreen
-    from tui.screens.dialogs import ChoiceDialog
+    from tui.console.screens.admin import AdminScreen
+    from tui.console.screens.dialogs import ChoiceDialog
 
     async with ExecutorNode(central_server.enroll("pi-d")) as node:
         await node.send(demo("robot-arm", token="a1b2c3d4a1b2c3d4"))

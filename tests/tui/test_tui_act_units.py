@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from tui.act import CommandBoard, describe_targets, needs_confirmation, normal_run, run_state_text
+from tui.api.follow_command import (
+    CommandBoard,
+    describe_targets,
+    needs_confirmation,
+    normal_run,
+    run_state_text,
+)
 
 
 def test_targets_and_confirmation() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.tui.clikit import ROOT, run_dvic
 from tests.tui.tuifake import FakeCentral, wait_for
-from tui import pinning
+from tui.api import pinning
 
 HOSTILE = "[link=http://x]x[/link] [/b] \x1b]52;c;aGk=\x07 \x1b[2J"
 

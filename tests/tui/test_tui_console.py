@@ -8,15 +8,15 @@ from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey, RowKey
 
 from tests.tui.tuifake import FakeCentral, wait_for
-from tui.app import DvicApp
-from tui.config import Settings
-from tui.screens.admin import AdminScreen
-from tui.screens.fleet import FleetScreen
-from tui.screens.logs import LogsScreen
-from tui.screens.node import NodeScreen
-from tui.widgets.banner import ConnectionBanner
-from tui.widgets.fleet_table import FleetTable
-from tui.widgets.log_view import LogView
+from tui.api.config import Settings
+from tui.console.app import DvicApp
+from tui.console.screens.admin import AdminScreen
+from tui.console.screens.fleet import FleetScreen
+from tui.console.screens.logs import LogsScreen
+from tui.console.screens.node import NodeScreen
+from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.fleet_table import FleetTable
+from tui.console.widgets.log_view import LogView
 
 HOSTILE = "[link=http://x]x[/link] [/b] \x1b]52;c;aGk=\x07 \x1b[2J end"
 HOSTILE_SHOWN = "[link=http://x]x[/link] [/b]   end"

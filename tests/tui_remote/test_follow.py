@@ -10,9 +10,9 @@ import pytest
 from tests.support.server import CentralServer
 from tests.tui_remote.clikit import DvicRunner
 from tests.tui_remote.executor_node import ExecutorNode
+from tui.api.config import Settings
+from tui.api.lean_http import LeanClient
 from tui.cmds.run import CommandFollower
-from tui.config import Settings
-from tui.lean_http import LeanClient
 
 
 def _settings(server: CentralServer) -> Settings:

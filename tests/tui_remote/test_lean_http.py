@@ -1,4 +1,4 @@
-"""tui/lean_http.py, the blocking stdlib client of `dvic run`, against real servers on 127.0.0.1.
+"""tui/api/lean_http.py, the blocking stdlib client of `dvic run`, against real servers on 127.0.0.1.
 
 A small aiohttp app covers what the central server does not show on demand (chunked bodies, pings,
 close codes, idle keep-alive closes); a raw asyncio server writes frames byte by byte where aiohttp
@@ -22,9 +22,9 @@ from aiohttp import WSMsgType, web
 
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tui.client import ApiError, Unreachable
-from tui.config import Settings
-from tui.lean_http import WS_GUID, LeanClient, WebSocketClosed
+from tui.api.client import ApiError, Unreachable
+from tui.api.config import Settings
+from tui.api.lean_http import WS_GUID, LeanClient, WebSocketClosed
 
 
 class Site:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.server import CentralServer
-from tui.client import ApiClient, ApiError
-from tui.config import Settings
+from tui.api.client import ApiClient, ApiError
+from tui.api.config import Settings
 
 
 async def test_a_refused_stream_carries_the_servers_code_and_message(central_server: CentralServer):

@@ -13,11 +13,11 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
+from tui.api.client import _seg
+from tui.api.lean_http import WS_GUID, split_url, websocket_accept
 from tui.cli import build_parser, command_of
-from tui.client import _seg
 from tui.cmds.common import UsageError
 from tui.cmds.run import _run_options_between, parse_fast, split_run_words
-from tui.lean_http import WS_GUID, split_url, websocket_accept
 
 CONNECTION = [
     [], ["--server", "https://a:1"], ["--server=https://a:1"], ["--token", "t", "--ca", "c.pem"],

@@ -1,4 +1,4 @@
-"""`tui.tunnel.NodeTunnel`: TCP through the real server and an executor node, raw and under asyncssh."""
+"""`tui.api.tunnel.NodeTunnel`: TCP through the real server and an executor node, raw and under asyncssh."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 from tests.support.server import CentralServer
 from tests.tui_remote.executor_node import ExecutorNode
-from tui.config import Settings
-from tui.tunnel import NodeTunnel, TunnelError
+from tui.api.config import Settings
+from tui.api.tunnel import NodeTunnel, TunnelError
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -38,12 +38,15 @@ async def test_usage_errors_exit_2_before_any_request(args: tuple[str, ...], mes
     assert message in err.decode(), err
 
 
-def test_entry_point_without_a_command_prints_help():
+def test_help_lists_the_remote_control_commands():
     import subprocess
 
-    res = subprocess.run([sys.executable, "-m", "tui.remote_cli"], cwd=str(ROOT), capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "tui", "--help"], cwd=str(ROOT), capture_output=True, text=True,
                          timeout=30)
-    assert res.returncode == 2 and "run" in res.stdout and "shell" in res.stdout
+    assert res.returncode == 0, res.stderr
+    for command in ("run", "commands", "command", "shell", "sessions", "replay", "reboot", "action", "actions",
+                    "maintenance", "update", "release"):
+        assert f"    {command} " in res.stdout, command
 
 
 def _commands(parser: object) -> set[str]:

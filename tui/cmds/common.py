@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 
 from dvic_core.constants import LEVELS
-from tui.client import ApiClient
-from tui.config import Settings
+from tui.api.client import ApiClient
+from tui.api.config import Settings
+from tui.api.remote_client import RemoteClient
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
@@ -112,3 +113,8 @@ def say(text: str, out: TextIO | None = None) -> None:
 
 def client(settings: Settings) -> ApiClient:
     return ApiClient(settings)
+
+
+def remote_client(settings: Settings) -> RemoteClient:
+    """The client of the remote-control commands (commands, shells, actions, releases)."""
+    return RemoteClient(settings)

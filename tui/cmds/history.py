@@ -12,7 +12,7 @@ from typing import Any
 
 from dvic_core.constants import LOG_SOURCES
 from tui import fmt
-from tui.client import ApiClient, ApiError, Unreachable
+from tui.api.client import ApiClient, ApiError, Unreachable
 from tui.cmds.common import SettingsFn, client, emit_json, level_rank, line_key, parse_level, parse_time, say
 from tui.textsafe import clean
 

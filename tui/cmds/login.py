@@ -7,10 +7,10 @@ import getpass
 import os
 import sys
 
-from tui import pinning
-from tui.client import ApiClient, ApiError
+from tui.api import pinning
+from tui.api.client import ApiClient, ApiError
+from tui.api.config import ConfigError, Settings, Store, check_plain_http, read_token_file
 from tui.cmds.common import SettingsFn, say
-from tui.config import ConfigError, Settings, Store, check_plain_http, read_token_file
 from tui.textsafe import clean
 
 

@@ -10,7 +10,7 @@ import time
 
 from dvic_core.constants import ROLES
 from tui import fmt
-from tui.client import ApiClient
+from tui.api.client import ApiClient
 from tui.cmds.common import _RELATIVE, _UNIT, SettingsFn, UsageError, client, emit_json, say
 from tui.textsafe import clean
 

@@ -1,6 +1,6 @@
 """`dvic run`: a command on nodes, its output live, and its exit status (docs/remote-control.md).
 
-Blocking code on tui/lean_http.py on purpose: an operator types `dvic run NODE -- CMD` at a prompt,
+Blocking code on tui/api/lean_http.py on purpose: an operator types `dvic run NODE -- CMD` at a prompt,
 so the process's start-up is part of the round trip, and asyncio plus aiohttp cost more to import
 than the command takes (docs/performance.md, "Remote control"). Nothing here imports them.
 Ctrl-C is caught with a signal handler that only counts; a wake-up pipe (`signal.set_wakeup_fd`)
@@ -19,10 +19,10 @@ from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 
 from dvic_core.constants import RUN_FINAL
-from tui.client import ApiError, Json, Unreachable, _list, _params, _seg
+from tui.api.client import ApiError, Json, Unreachable, _list, _params, _seg
+from tui.api.lean_http import LeanClient, WebSocketClosed
+from tui.api.remote_client import command_body
 from tui.cmds.common import SettingsFn, UsageError, emit_json
-from tui.lean_http import LeanClient, WebSocketClosed
-from tui.remote_client import command_body
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:

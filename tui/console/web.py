@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from tui.config import Settings
+from tui.api.config import Settings
 
 SECRET_PARAM = "key"  # the query parameter of the printed URL that carries the secret
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -13,11 +13,11 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from dvic_core.constants import ROLES
 from tui import fmt
-from tui.client import ApiError
-from tui.screens.base import DvicScreen
-from tui.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
+from tui.api.client import ApiError
+from tui.console.screens.base import DvicScreen
+from tui.console.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
+from tui.console.widgets.banner import ConnectionBanner
 from tui.textsafe import literal
-from tui.widgets.banner import ConnectionBanner
 
 STATUS_STYLE = {"pending": "bold yellow", "active": "green", "disabled": "dim"}
 

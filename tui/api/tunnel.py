@@ -20,9 +20,9 @@ from typing import Any
 
 import aiohttp
 
-from tui.client import ApiError
-from tui.config import Settings
-from tui.remote_client import RemoteClient
+from tui.api.client import ApiError
+from tui.api.config import Settings
+from tui.api.remote_client import RemoteClient
 
 FRAME = 32 * 1024  # bytes per websocket frame: the server accepts frames up to 256 KiB
 HIGH_WATER = 256 * 1024  # bytes queued for the websocket before the protocol is asked to pause

@@ -12,7 +12,7 @@ from dvic_core.constants import NODE_STATES
 from tui.textsafe import clean
 
 if TYPE_CHECKING:
-    from tui.app import DvicApp
+    from tui.console.app import DvicApp
 
 
 class DvicCommands(Provider):

@@ -3,7 +3,7 @@
 `RemoteClient` extends the shared `ApiClient` (same settings, TLS pinning and error handling) with
 the remote-control endpoints of docs/protocol.md sections 4.3 and 4.4. Websocket upgrades that the
 server refuses raise `ApiError` with a message that says why (see `explain_refusal`). As in
-tui/client.py, aiohttp is imported by the calls that use it, not with the module.
+tui/api/client.py, aiohttp is imported by the calls that use it, not with the module.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 
 from dvic_core.constants import OPERATOR_HEARTBEAT_S, STATUS_CODES
-from tui.client import (
+from tui.api.client import (
     API,
     ApiClient,
     ApiError,

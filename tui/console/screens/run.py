@@ -16,13 +16,20 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
-from tui.act import RUN_STYLE, CommandBoard, RunOutput, describe_targets, needs_confirmation, run_state_text
-from tui.client import ApiError
-from tui.remote_client import RemoteClient, StreamCut
-from tui.screens.base import DvicScreen
-from tui.screens.dialogs import ConfirmDialog
+from tui.api.client import ApiError
+from tui.api.follow_command import (
+    CommandBoard,
+    RunOutput,
+    describe_targets,
+    needs_confirmation,
+    run_state_text,
+)
+from tui.api.remote_client import RemoteClient, StreamCut
+from tui.console.act import RUN_STYLE
+from tui.console.screens.base import DvicScreen
+from tui.console.screens.dialogs import ConfirmDialog
+from tui.console.widgets.banner import ConnectionBanner
 from tui.textsafe import clean, literal
-from tui.widgets.banner import ConnectionBanner
 
 POLL_S = 1.0  # how often the stored command is read when there is no stream
 MAX_SHOWN = 20000  # lines in the output pane (the per-node lines are kept in the board)

@@ -13,20 +13,20 @@ from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
 from textual.css.query import NoMatches
 
-from tui.client import ApiError
-from tui.fleet import Fleet
-from tui.live import LiveFeed
-from tui.messages import Connected, Disconnected, EventArrived, LogsArrived
-from tui.remote_client import RemoteClient
-from tui.screens.base import DvicScreen
-from tui.screens.fleet import FleetScreen
+from tui.api.client import ApiError
+from tui.api.remote_client import RemoteClient
+from tui.console.fleet import Fleet
+from tui.console.live import LiveFeed
+from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.console.screens.base import DvicScreen
+from tui.console.screens.fleet import FleetScreen
 
 # The other screens, the command palette's entries and the shell hand-over are imported when
 # first used: start-up only needs the fleet view.
 if TYPE_CHECKING:
     from textual.command import Provider
 
-    from tui.config import Settings
+    from tui.api.config import Settings
 
 # How often coalesced node updates reach the screens, with the screens' once-a-tick work (ages,
 # re-sorts, the summary) in the same pass: one table refresh a second, of the changed cells only.
@@ -184,23 +184,23 @@ class DvicApp(App[None]):
         self.call_later(self.update_subscription)
 
     def open_node(self, node_id: str, tab: str = "overview") -> None:
-        from tui.screens.node import NodeScreen
+        from tui.console.screens.node import NodeScreen
 
         if node_id in self.fleet.nodes:
             self._push(NodeScreen(node_id, tab))
 
     def open_logs(self, node_id: str | None, group: str | None = None, demo: str | None = None) -> None:
-        from tui.screens.logs import LogsScreen
+        from tui.console.screens.logs import LogsScreen
 
         self._push(LogsScreen(node_id, group=group, demo=demo))
 
     def open_admin(self) -> None:
-        from tui.screens.admin import AdminScreen
+        from tui.console.screens.admin import AdminScreen
 
         self._push(AdminScreen())
 
     def open_add_node(self) -> None:
-        from tui.screens.add_node import AddNodeScreen
+        from tui.console.screens.add_node import AddNodeScreen
 
         self._push(AddNodeScreen())
 
@@ -247,17 +247,17 @@ class DvicApp(App[None]):
 
     def open_run(self, targets: dict[str, Any] | None = None, command_id: str | None = None) -> None:
         """The run screen on `targets` (`{"nodes": [...]}`, `{"group": G}`, `{"all": True}`) or a past command."""
-        from tui.screens.run import RunScreen
+        from tui.console.screens.run import RunScreen
 
         self._push(RunScreen(targets, command_id))
 
     def open_actions(self, node_id: str | None = None, highlight: list[str] | None = None) -> None:
-        from tui.screens.actions import ActionsScreen
+        from tui.console.screens.actions import ActionsScreen
 
         self._push(ActionsScreen(node_id, highlight))
 
     def open_shell(self, node_id: str) -> None:
-        from tui import handover
+        from tui.console import handover
 
         async def run() -> None:
             try:
@@ -274,7 +274,7 @@ class DvicApp(App[None]):
         self.run_worker(run(), group="shell", exclusive=True)
 
     def replay_session(self, session_id: str) -> None:
-        from tui import handover
+        from tui.console import handover
 
         async def run() -> None:
             try:
@@ -291,8 +291,9 @@ class DvicApp(App[None]):
 
     def request_action(self, node_ids: list[str], action: str, demo: str | None = None) -> None:
         """Asks for a tracked action on each node (confirmed unless it only starts a demo on one node)."""
-        from tui.act import ACTIONS, describe_targets
-        from tui.screens.dialogs import ConfirmDialog
+        from tui.api.follow_command import describe_targets
+        from tui.console.act import ACTIONS
+        from tui.console.screens.dialogs import ConfirmDialog
 
         if not node_ids or action not in ACTIONS:
             return
@@ -322,8 +323,8 @@ class DvicApp(App[None]):
 
     def update_daemon(self, targets: dict[str, Any]) -> None:
         """Asks the server to update the targets' daemon to its release, after a confirmation."""
-        from tui.act import describe_targets
-        from tui.screens.dialogs import ConfirmDialog
+        from tui.api.follow_command import describe_targets
+        from tui.console.screens.dialogs import ConfirmDialog
 
 
         async def run() -> None:
@@ -355,7 +356,7 @@ class DvicApp(App[None]):
 
     # -- actions -------------------------------------------------------------------------------
     def action_help(self) -> None:
-        from tui.screens.help import HelpScreen
+        from tui.console.screens.help import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.screen))
@@ -368,6 +369,6 @@ class DvicApp(App[None]):
 
 
 def _palette() -> type[Provider]:
-    from tui.commands import DvicCommands
+    from tui.console.palette import DvicCommands
 
     return DvicCommands

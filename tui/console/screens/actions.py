@@ -17,11 +17,12 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from tui import fmt
-from tui.act import ACTION_STYLE, action_final
-from tui.client import ApiError
-from tui.screens.base import DvicScreen
+from tui.api.client import ApiError
+from tui.api.follow_command import action_final
+from tui.console.act import ACTION_STYLE
+from tui.console.screens.base import DvicScreen
+from tui.console.widgets.banner import ConnectionBanner
 from tui.textsafe import literal
-from tui.widgets.banner import ConnectionBanner
 
 REFRESH_S = 2.0
 

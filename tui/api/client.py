@@ -4,7 +4,7 @@ Every call returns the decoded JSON body or raises `ApiError` with the server's 
 message (or `Unreachable` when there is no answer at all). `stream()` opens the live events websocket.
 
 aiohttp is imported when a client opens, not with this module: `dvic` commands that import only the
-errors and helpers (`dvic run`, tui/lean_http.py) start without paying for it.
+errors and helpers (`dvic run`, tui/api/lean_http.py) start without paying for it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 
 from dvic_core.constants import STATUS_CODES
-from tui.config import Settings
+from tui.api.config import Settings
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:

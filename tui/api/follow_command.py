@@ -1,7 +1,9 @@
-"""What the console's Act screens share: target descriptions, action names, per-run command state.
+"""Following a command: target descriptions, the confirmation rule, per-run state and output lines.
 
-Plain functions and small classes without widgets or sockets, so the rules (what needs a
+Plain functions and small classes without widgets or sockets, shared by the console's Act screens
+(tui/console/screens/run.py, actions.py) and the `dvic` commands, so the rules (what needs a
 confirmation, how a run's output is split into lines, what a state looks like) are unit-tested alone.
+How the console draws them (labels, styles) is tui/console/act.py.
 """
 
 from __future__ import annotations
@@ -14,20 +16,15 @@ from tui.textsafe import clean
 
 Json = dict[str, Any]
 
-# Tracked actions the console can request (docs/protocol.md 4, POST /nodes/{node}/actions).
-ACTIONS: dict[str, str] = {
-    "reboot": "Reboot",
-    "restart_demo": "Restart demo",
-    "stop_demo": "Stop demo",
-    "start_demo": "Start demo",
-}
-DEMO_ACTIONS = ("restart_demo", "stop_demo", "start_demo")
-ACTION_STYLE = {"requested": "cyan", "in_progress": "yellow", "done": "green", "failed": "bold red",
-                "lost": "bold red", "downloading": "yellow", "verified": "yellow", "restarting": "yellow"}
-RUN_STYLE = {"pending": "cyan", "running": "yellow", "exited": "green", "timeout": "bold red",
-             "cancelled": "magenta", "failed": "bold red", "duplicate": "dim", "offline": "dim", "lost": "bold red",
-             "refused": "bold red"}
 MAX_LINES_PER_RUN = 5000  # what the screen keeps per node; the server keeps the full (1 MiB) output
+
+
+def command_text(doc: Json) -> str:
+    """What a command ran, as one line of text: its shell string or its argv joined."""
+    if doc.get("shell"):
+        return str(doc["shell"])
+    argv = doc.get("argv") or []
+    return " ".join(str(a) for a in argv)
 
 
 def describe_targets(targets: Json, names: dict[str, str] | None = None) -> str:

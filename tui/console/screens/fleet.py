@@ -24,12 +24,12 @@ from textual.widgets.data_table import RowKey
 
 from dvic_core.constants import NODE_STATES
 from tui import fmt
-from tui.fleet import SORT_KEYS, Filter, alerts, cycle, metric
-from tui.screens.base import DvicScreen
+from tui.console.fleet import SORT_KEYS, Filter, alerts, cycle, metric
+from tui.console.screens.base import DvicScreen
+from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.fleet_table import FleetTable
+from tui.console.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
 from tui.textsafe import clean
-from tui.widgets.banner import ConnectionBanner
-from tui.widgets.fleet_table import FleetTable
-from tui.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
 
 COLUMNS: list[tuple[str, str, int | None]] = [
     ("name", "Name", 18), ("state", "State", 12), ("seen", "Seen", 5), ("cpu", "CPU", 14),

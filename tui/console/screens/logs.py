@@ -11,11 +11,11 @@ from textual.binding import Binding
 from textual.widgets import Footer, Input, Static
 
 from dvic_core.constants import LEVELS, LOG_SOURCES
-from tui.client import ApiError
-from tui.screens.base import DvicScreen
+from tui.api.client import ApiError
+from tui.console.screens.base import DvicScreen
+from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.log_view import LogView
 from tui.textsafe import literal
-from tui.widgets.banner import ConnectionBanner
-from tui.widgets.log_view import LogView
 
 SOURCES: list[str | None] = [None, *LOG_SOURCES]
 HISTORY = 500

@@ -6,8 +6,8 @@ importing asyncio and aiohttp costs several times what the command itself takes
 HTTP/1.1 with keep-alive (Content-Length or chunked bodies) and the client side of RFC 6455
 websockets (unmasked frames in, masked control frames out, ping answered, close echoed).
 
-TLS trusts only the pinned CA, as `tui.client.ssl_context` does; errors are the same `ApiError`
-and `Unreachable` as `tui.client.ApiClient` raises, with the same messages.
+TLS trusts only the pinned CA, as `tui.api.client.ssl_context` does; errors are the same `ApiError`
+and `Unreachable` as `tui.api.client.ApiClient` raises, with the same messages.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 from types import TracebackType
 
 from dvic_core.constants import STATUS_CODES
-from tui.client import API, ApiError, Json, Unreachable, ssl_context
-from tui.config import Settings
+from tui.api.client import API, ApiError, Json, Unreachable, ssl_context
+from tui.api.config import Settings
 
 try:
     # SHA-1 for the handshake check alone: the module hashlib falls back on, without hashlib's own

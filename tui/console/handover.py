@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from textual.app import SuspendNotSupported
 
 from tui import terminal
-from tui.client import ApiError
+from tui.api.client import ApiError
 from tui.textsafe import clean
 
 if TYPE_CHECKING:
-    from tui.app import DvicApp
+    from tui.console.app import DvicApp
 
 BANNER = "\r\n[dvic] {what}: the console comes back when it ends.\r\n"
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from textual.message import Message
 
-from tui.client import ApiClient, ApiError, Stream
-from tui.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.api.client import ApiClient, ApiError, Stream
+from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 15.0

@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from textual.screen import Screen
 
-from tui.widgets.banner import ConnectionBanner
+from tui.console.widgets.banner import ConnectionBanner
 
 if TYPE_CHECKING:
-    from tui.app import DvicApp
+    from tui.console.app import DvicApp
 
 
 class DvicScreen(Screen[None]):

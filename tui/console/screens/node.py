@@ -13,18 +13,18 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, TabPane
 
 from tui import fmt
-from tui.act import ACTIONS, DEMO_ACTIONS
-from tui.client import ApiError
-from tui.remote_cli import command_text
-from tui.screens.actions import COLUMNS as ACTION_COLUMNS
-from tui.screens.actions import fill_actions_table
-from tui.screens.base import DvicScreen
-from tui.screens.dialogs import ChoiceDialog
+from tui.api.client import ApiError
+from tui.api.follow_command import command_text
+from tui.console.act import ACTIONS, DEMO_ACTIONS
+from tui.console.screens.actions import COLUMNS as ACTION_COLUMNS
+from tui.console.screens.actions import fill_actions_table
+from tui.console.screens.base import DvicScreen
+from tui.console.screens.dialogs import ChoiceDialog
+from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.chart import MetricChart
+from tui.console.widgets.log_view import LogView
+from tui.console.widgets.summary import STATE_ICON, STATE_STYLE
 from tui.textsafe import clean, literal
-from tui.widgets.banner import ConnectionBanner
-from tui.widgets.chart import MetricChart
-from tui.widgets.log_view import LogView
-from tui.widgets.summary import STATE_ICON, STATE_STYLE
 
 # (label, seconds, step): steps under 60 s read raw samples, longer ones the 1-minute aggregates.
 RANGES = [("15m", 900, 15), ("1h", 3600, 60), ("24h", 86400, 900), ("7d", 604800, 7200)]

@@ -21,10 +21,10 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static, TextArea
 
 from dvic_core.constants import NODE_KINDS
-from tui.screens.base import DvicScreen
-from tui.screens.dialogs import ConfirmDialog
+from tui.console.screens.base import DvicScreen
+from tui.console.screens.dialogs import ConfirmDialog
+from tui.console.widgets.banner import ConnectionBanner
 from tui.textsafe import literal
-from tui.widgets.banner import ConnectionBanner
 
 STEPS = ("connect", "check", "enroll", "render", "install", "online")
 # ESP32 boards get a header file: `dvic add-node --kind esp32`.

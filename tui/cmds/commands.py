@@ -1,0 +1,63 @@
+"""`dvic commands` and `dvic command`: recent commands, and one command's per-node results and output.
+
+The server side is docs/protocol.md section 4.3; `dvic run` (tui/cmds/run.py) starts commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dvic_core.constants import RUN_FINAL
+from tui import fmt
+from tui.api.follow_command import command_text
+from tui.cmds.common import SettingsFn, emit_json, remote_client, say
+from tui.cmds.run import OutputPrinter, describe_run, run_status
+from tui.textsafe import clean
+
+
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("commands", parents=[parent], help="recent commands")
+    p.add_argument("--node", help="only commands that ran on this node")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument("--json", action="store_true", help='print {"commands": [...]}')
+    p.set_defaults(handler=list_commands)
+
+    p = sub.add_parser("command", parents=[parent], help="one command: per-node results and stored output")
+    p.add_argument("id", help="the command id (from `dvic commands`)")
+    p.add_argument("--json", action="store_true", help="print the command document")
+    p.set_defaults(handler=show_command)
+
+
+async def list_commands(args: argparse.Namespace, settings: SettingsFn) -> int:
+    async with remote_client(settings()) as api:
+        rows = await api.commands(node=args.node, limit=args.limit)
+    if args.json:
+        emit_json({"commands": rows})
+        return 0
+    table = [[r.get("id", ""), fmt.stamp(r.get("created_at")), r.get("operator", ""), r.get("target", ""),
+              command_text(r)[:60], f"{r.get('ok') or 0}/{r.get('nodes') or 0}",
+              "done" if r.get("done") else "running"] for r in rows]
+    say(fmt.table(["ID", "WHEN", "OPERATOR", "TARGET", "COMMAND", "OK", "STATE"], table))
+    return 0
+
+
+async def show_command(args: argparse.Namespace, settings: SettingsFn) -> int:
+    async with remote_client(settings()) as api:
+        doc = await api.command(args.id)
+    if args.json:
+        emit_json(doc)
+        return 0
+    say(f"command {clean(doc.get('id'))}  by {clean(doc.get('operator'))}  at {fmt.stamp(doc.get('created_at'))}")
+    say(f"target  {clean(doc.get('target'), single_line=True)}  timeout {doc.get('timeout')} s"
+        + ("" if doc.get("done") else "  (still running)"))
+    say(f"$ {clean(command_text(doc), single_line=True)}")
+    runs = doc.get("runs") or []
+    printer = OutputPrinter([str(r.get("node_name")) for r in runs], sys.stdout, sys.stdout, prefixed=True)
+    for run in runs:
+        name = str(run.get("node_name"))
+        say(f"\n== {clean(name, single_line=True)}: {describe_run(run)}")
+        for chunk in run.get("output") or []:
+            printer.write(name, str(chunk.get("stream")), clean(chunk.get("data", "")))
+        printer.flush_run(name)
+    return max((run_status(r) for r in runs if r.get("state") in RUN_FINAL), default=0) if doc.get("done") else 0
