@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import CALLER_KEY, bearer, hash_token
 from .pki import der_fingerprint
 from .services import SERVICES
+from .tokens import CALLER_KEY, bearer, hash_token
 
 MODES = ("on", "all", "off")
 SUMMARY_WINDOW_S = 60.0

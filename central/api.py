@@ -18,8 +18,6 @@ from .auth import (
     ApiError,
     Operator,
     current_operator,
-    hash_token,
-    new_token,
 )
 from .enroll import enroll_node, ever_connected
 from .queries import QueryError
@@ -27,6 +25,7 @@ from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
 from .strictjson import JsonError, check_numbers, json_response, loads
+from .tokens import hash_token, new_token
 
 MAX_LIMIT = 1000
 

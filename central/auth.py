@@ -8,10 +8,8 @@ and writes the access log (central/accesslog.py).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from aiohttp import web
 from dvic_core.constants import RANK, ROLES
 
 from . import accounts, store
+from .tokens import CALLER_KEY, bearer, hash_token
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
@@ -32,15 +31,6 @@ PENDING = "pending"
 NODE = "node"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def new_token(prefix: str = "dvo") -> str:
-    """A random bearer token; the prefix tells operator (dvo) and node (dvn) tokens apart."""
-    return f"{prefix}_{secrets.token_urlsafe(32)}"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def same_secret(a: str, b: str) -> bool:
@@ -118,8 +108,6 @@ class RouteTable:
         return {app.router.add_route(s.method, s.path, s.handler): s for s in self.specs}
 
 OPERATOR_KEY = "dvic_operator"
-# The name of the account whose token came with the request, even when the call was refused (logs).
-CALLER_KEY = "dvic_caller"
 
 
 def current_operator(request: web.Request) -> Operator:
@@ -127,14 +115,6 @@ def current_operator(request: web.Request) -> Operator:
     if operator is None:
         raise ApiError(401, "unauthenticated", "this endpoint needs an operator token")
     return operator
-
-
-def bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
 
 
 LookupToken = Callable[[str], Awaitable[dict[str, Any] | None]]

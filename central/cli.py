@@ -11,9 +11,7 @@ import json
 import logging
 import os
 import signal
-import ssl
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
@@ -29,10 +27,10 @@ from .app import create_app
 from .auth import ApiError
 from .config import Config, is_loopback
 from .enroll import enroll_node
+from .local import LISTEN_FILE, api_call, running_server
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
-LISTEN_FILE = "listen.json"
 SSL_READ_BUFFER = 16 * 1024
 DEFAULT_DATA_DIR = "~/.local/share/dvic-central"
 T = TypeVar("T")
@@ -140,35 +138,6 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
         with contextlib.suppress(FileNotFoundError):
             (config.data_dir / LISTEN_FILE).unlink()
         await runner.cleanup()
-
-
-def running_server(data_dir: Path) -> dict[str, Any] | None:
-    """listen.json of a server that is still alive, else None."""
-    try:
-        info = json.loads((data_dir / LISTEN_FILE).read_text())
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return info
-
-
-def api_call(data_dir: Path, info: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
-    """Call the running server's API as admin (token and CA from the data dir)."""
-    token = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
-    ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem")) if info["url"].startswith("https") else None
-    req = urllib.request.Request(
-        info["url"] + path, method=method, data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.loads(exc.read())["error"]
-            raise SystemExit(f"error: {err['message']} ({exc.code} {err['code']})") from None
-        except (ValueError, KeyError):
-            raise SystemExit(f"error: HTTP {exc.code} from the server") from None
 
 
 async def _enroll_offline(config: Config, server_url: str, name: str, kind: str, group: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import node_script
 
-from .cli import LISTEN_FILE, api_call, running_server
+from .local import LISTEN_FILE, api_call, running_server
 
 DAEMON = node_script.DAEMON
 # The directory holding this package (a checkout or site-packages): `python -m central.cli` run

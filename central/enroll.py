@@ -15,9 +15,10 @@ from typing import Any
 from dvic_core.constants import NODE_KINDS
 
 from . import accounts, store
-from .auth import ApiError, hash_token, new_token
+from .auth import ApiError
 from .registry import NodeState
 from .services import Services
+from .tokens import hash_token, new_token
 
 # `fullmatch`: with `re.match`, `$` also matches before a final newline ("pi-1\n" passed).
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

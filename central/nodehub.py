@@ -21,7 +21,7 @@ from dvic_core.constants import (
 )
 
 from . import store
-from .auth import NODE, bearer, error_response, hash_token
+from .auth import NODE, error_response
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -45,6 +45,7 @@ from .routes import routes
 from .services import SERVICES, Services
 from .strictjson import JsonError, check_numbers, json_response
 from .strictjson import loads as strict_loads
+from .tokens import bearer, hash_token
 from .writer import StorageError
 
 log = logging.getLogger(__name__)

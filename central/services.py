@@ -18,7 +18,6 @@ import node_script
 
 from . import actions, commands, db, store
 from .actions import ActionHub
-from .auth import hash_token, new_token
 from .bus import Bus
 from .commands import CommandHub
 from .config import Config
@@ -27,6 +26,7 @@ from .queries import Queries
 from .registry import Registry
 from .release import ReleaseStore
 from .shells import ShellHub
+from .tokens import hash_token, new_token
 from .tunnels import TunnelHub
 from .writer import Writer
 

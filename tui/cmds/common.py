@@ -1,4 +1,4 @@
-"""Helpers the `dvic` subcommands share: output, time options, level order, the client factory.
+"""Helpers the `dvic` subcommands share: output, time and level options, the client factories.
 
 No argparse here (its classes are in tui/cmds/parsing.py): `dvic run` starts without it.
 """
@@ -41,22 +41,6 @@ def terminal_columns() -> int:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
     except (AttributeError, ValueError, OSError):
         return 80
-
-
-def level_rank(level: object) -> int:
-    try:
-        return LEVELS.index(str(level).upper())
-    except ValueError:
-        return 1  # unknown levels count as INFO, as the log format says for unparsable lines
-
-
-def line_key(line: dict[str, Any]) -> tuple[str, int] | None:
-    """A log line's identity: (node, seq) is unique per node; live lines may come without `id`."""
-    seq = line.get("seq")
-    if isinstance(seq, int) and not isinstance(seq, bool):
-        return (str(line.get("node", "")), seq)
-    lid = line.get("id")
-    return ("#id", lid) if isinstance(lid, int) else None
 
 
 def parse_level(value: str) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 from dvic_core.constants import LOG_SOURCES
 from tui import fmt
 from tui.api.client import ApiClient, ApiError, Unreachable
-from tui.cmds.common import SettingsFn, client, emit_json, level_rank, line_key, parse_level, parse_time, say
+from tui.api.follow_logs import level_rank, line_key
+from tui.cmds.common import SettingsFn, client, emit_json, parse_level, parse_time, say
 from tui.textsafe import clean
 
 FOLLOW_BACKFILL = 1000  # lines fetched to fill the gap after a reconnect

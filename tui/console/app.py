@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from textual.command import Provider
 
     from tui.api.config import Settings
+    from tui.console.host import ConsoleHost
 
 # How often coalesced node updates reach the screens, with the screens' once-a-tick work (ages,
 # re-sorts, the summary) in the same pass: one table refresh a second, of the changed cells only.
@@ -372,3 +373,8 @@ def _palette() -> type[Provider]:
     from tui.console.palette import DvicCommands
 
     return DvicCommands
+
+
+if TYPE_CHECKING:
+    def _host(app: DvicApp) -> ConsoleHost:
+        return app  # the type checker's proof that the app offers what its screens use (tui/console/host.py)

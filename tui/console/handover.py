@@ -18,7 +18,7 @@ from tui.api.client import ApiError
 from tui.textsafe import clean
 
 if TYPE_CHECKING:
-    from tui.console.app import DvicApp
+    from tui.console.host import ConsoleHost
 
 BANNER = "\r\n[dvic] {what}: the console comes back when it ends.\r\n"
 
@@ -30,7 +30,7 @@ def _say(fd: int, text: str) -> None:
         pass  # the terminal is gone: the console's own exit handles that
 
 
-async def shell(app: DvicApp, node_id: str) -> str:
+async def shell(app: ConsoleHost, node_id: str) -> str:
     """Opens a shell on `node_id` in this terminal; returns how it ended (for a notification)."""
     name = clean(app.fleet.nodes.get(node_id, {}).get("name", node_id), single_line=True)
     in_fd, out_fd = sys.__stdin__.fileno(), sys.__stdout__.fileno()  # type: ignore[union-attr]
@@ -50,7 +50,7 @@ async def shell(app: DvicApp, node_id: str) -> str:
     return f"shell on {name} ended: {clean(end.message or 'connection closed', single_line=True)}"
 
 
-async def replay(app: DvicApp, session_id: str, speed: float = 1.0) -> str:
+async def replay(app: ConsoleHost, session_id: str, speed: float = 1.0) -> str:
     """Plays a recorded session in this terminal at `speed`, idle pauses capped at 2 s."""
     try:
         cast = await app.api.recording(session_id)

@@ -12,12 +12,12 @@ from dvic_core.constants import NODE_STATES
 from tui.textsafe import clean
 
 if TYPE_CHECKING:
-    from tui.console.app import DvicApp
+    from tui.console.host import ConsoleHost
 
 
 class DvicCommands(Provider):
     def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
-        app: DvicApp = self.app  # type: ignore[assignment]
+        app: ConsoleHost = self.app  # type: ignore[assignment]
         cmds: list[tuple[str, Callable[[], object], str]] = [
             ("Fleet view", app.show_fleet, "the table of every node"),
             ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),

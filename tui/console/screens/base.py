@@ -9,15 +9,15 @@ from textual.screen import Screen
 from tui.console.widgets.banner import ConnectionBanner
 
 if TYPE_CHECKING:
-    from tui.console.app import DvicApp
+    from tui.console.host import ConsoleHost
 
 
 class DvicScreen(Screen[None]):
     """A console screen. The app calls the `live_*` hooks of every screen on its stack."""
 
     @property
-    def dvic(self) -> DvicApp:
-        return self.app  # type: ignore[return-value]
+    def dvic(self) -> ConsoleHost:
+        return self.app  # type: ignore[return-value]  # DvicApp, which the screens do not import
 
     def on_mount(self) -> None:
         self.live_connection(self.dvic.connected, self.dvic.down_reason, self.dvic.retry_in, self.dvic.down_fatal)

@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widgets import RichLog
 
 from tui import fmt
-from tui.cmds.common import level_rank, line_key
+from tui.api.follow_logs import level_rank, line_key
 from tui.textsafe import clean
 
 LEVEL_STYLE = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold white on red"}
