@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source ./scripts/venv.sh
 .venv/bin/ruff check .
+.venv/bin/mypy
 .venv/bin/python -m pytest "$@"

@@ -110,7 +110,7 @@ class ActionHub:
             return action
         if kind == "update":
             assert release is not None
-            message = {"type": "update", "id": action.id, "version": release.version, "url": download_url,
+            message: dict[str, Any] = {"type": "update", "id": action.id, "version": release.version, "url": download_url,
                        "sha256": release.sha256, "signature": release.signature,
                        # Nodes pinned an older key follow the rotations through these (release.py).
                        "endorsements": endorsements or []}

@@ -327,7 +327,7 @@ def _role(body: dict[str, Any], default: str | None = None) -> str:
     role = body.get("role", default)
     if role not in ROLES:
         raise ApiError(400, "bad_role", f"role: expected one of {', '.join(ROLES)}")
-    return role
+    return str(role)
 
 
 async def _operator_or_404(services: Services, name: str) -> dict[str, Any]:

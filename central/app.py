@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from . import accounts, api, api_remote, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
 from .accesslog import AccessLog
-from .auth import ApiError, auth_middleware, error_response
+from .auth import ApiError, Handler, auth_middleware, error_response
 from .config import Config
 from .routes import routes
 from .services import SERVICES, services_ctx
@@ -15,7 +17,7 @@ API_MAX_BODY = 256 * 1024
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as the documented JSON body, including aiohttp's own 404/405/413."""
     try:
         return await handler(request)
@@ -32,7 +34,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=API_MAX_BODY)
     specs = routes.install(app)
 
-    async def lookup(token_hash: str) -> dict | None:
+    async def lookup(token_hash: str) -> dict[str, Any] | None:
         return await accounts.token_owner(app[SERVICES].read_db, token_hash)
 
     async def submit(fn):  # type: ignore[no-untyped-def]

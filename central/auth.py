@@ -111,7 +111,7 @@ OPERATOR_KEY = "dvic_operator"
 
 
 def current_operator(request: web.Request) -> Operator:
-    operator = request.get(OPERATOR_KEY)
+    operator: Operator | None = request.get(OPERATOR_KEY)
     if operator is None:
         raise ApiError(401, "unauthenticated", "this endpoint needs an operator token")
     return operator

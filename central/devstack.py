@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import node_script
 
@@ -33,7 +34,7 @@ def _node_name() -> str:
     return name if name[0].isalnum() else f"n{name}"
 
 
-def _wait_listening(data_dir: Path, proc: subprocess.Popen[bytes], log_path: Path) -> dict:
+def _wait_listening(data_dir: Path, proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -23,7 +23,7 @@ LISTEN_FILE = "listen.json"
 def running_server(data_dir: Path) -> dict[str, Any] | None:
     """listen.json of a server that is still alive, else None."""
     try:
-        info = json.loads((data_dir / LISTEN_FILE).read_text())
+        info: dict[str, Any] = json.loads((data_dir / LISTEN_FILE).read_text())
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return None

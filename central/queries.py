@@ -104,7 +104,7 @@ class Queries:
         sql, params = log_query(node_ids=node_ids, source=source, min_level=min_level, text=text, since=since,
                                 until=until, cursor=cursor, limit=limit, demo=demo)
         async with self.db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         items = [log_row(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit and items:
@@ -130,7 +130,7 @@ class Queries:
         )
         params.append(limit + 1)
         async with self.db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         items = [event_row(r) for r in rows[:limit]]
         return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None)
 
@@ -258,7 +258,7 @@ class Queries:
         sql = "SELECT * FROM audit" + (" WHERE id < ?" if before is not None else "") + " ORDER BY id DESC LIMIT ?"
         params: list[Any] = ([before] if before is not None else []) + [limit + 1]
         async with self.db.execute(sql, params) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         items = []
         for r in rows[:limit]:
             d = dict(r)

@@ -19,7 +19,7 @@ from tui.api.config import Settings
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Self
 
     import aiohttp
 
@@ -85,7 +85,7 @@ class ApiClient:
         self._timeout_s = timeout
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> ApiClient:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

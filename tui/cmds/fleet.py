@@ -12,7 +12,7 @@ from tui.cmds.common import SettingsFn, client, emit_json, say
 from tui.textsafe import clean
 
 
-def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("nodes", parents=[parent], help="list the nodes of the fleet")
     p.add_argument("--group", help="only this group")
     p.add_argument("--kind", choices=NODE_KINDS, help="only this kind")

@@ -20,7 +20,7 @@ from tui.textsafe import clean
 FOLLOW_BACKFILL = 1000  # lines fetched to fill the gap after a reconnect
 
 
-def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("logs", parents=[parent], help="show (and follow) log lines of one node or all")
     p.add_argument("node", nargs="?", help="node name or UUID (default: every node)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they arrive")

@@ -14,7 +14,7 @@ from tui.cmds.common import SettingsFn, say
 from tui.textsafe import clean
 
 
-def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("login", parents=[parent], help="connect to a server: pin its CA and store a token")
     p.add_argument("url", help="the server, e.g. https://10.0.0.5:8443")
     p.add_argument("--register", metavar="NAME", help="ask for a new account NAME instead of giving a token")

@@ -7,6 +7,7 @@ import asyncio
 import re
 import sys
 import time
+from typing import Any
 
 from dvic_core.constants import ROLES
 from tui import fmt
@@ -24,7 +25,7 @@ def parse_expiry(value: str) -> int:
     return int(seconds)
 
 
-def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("operators", parents=[parent], help="manage operator accounts (admin)")
     ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
     q = ops.add_parser("list", parents=[parent], help="every account with its role and status")
@@ -100,7 +101,7 @@ async def run_operators(args: argparse.Namespace, settings: SettingsFn) -> int:
     return 0
 
 
-def _operators_table(ops: list[dict], now: float) -> str:
+def _operators_table(ops: list[dict[str, Any]], now: float) -> str:
     def ago(ts: object) -> str:
         return fmt.age(ts, now) + " ago" if isinstance(ts, (int, float)) else "-"
 
