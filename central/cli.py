@@ -51,10 +51,9 @@ def build_config(args: argparse.Namespace) -> Config:
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)),
-        max_client_queue=args.max_client_queue,
+        max_client_queue=args.max_client_queue, max_client_bytes=args.max_client_bytes,
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
-
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
     )
 
@@ -77,6 +76,19 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
+def _byte_size(text: str) -> int:
+    """A size in bytes, with an optional K, M or G suffix (powers of 1024): 1048576, 512K, 32M."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in _SIZE_UNITS and number[-1:].isalpha():
+        number, unit = number[:-1], number[-1:].upper()
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 1048576, 512K or 32M, got {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def _url_host(host: str) -> str:
@@ -272,13 +284,15 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", choices=ACCESS_LOG_MODES, default=Config.access_log,
                    help="one log line per request: on (node keep-alives summed up per minute; the default),"
                         " all, or off")
-
     p.add_argument("--max-demos", type=_at_least_one, default=Config.max_demos, metavar="N",
                    help=f"demos kept per node; past it an exited one makes room, a new one is refused when all"
                         f" run (default {Config.max_demos})")
     p.add_argument("--forget-demos-after", type=_positive_seconds, default=Config.forget_demos_after, metavar="S",
                    help="seconds after its exit a demo is forgotten (default 86400: the daemon re-announces"
                         " the exits of the last 24 h)")
+    p.add_argument("--max-client-bytes", type=_byte_size, default=Config.max_client_bytes, metavar="SIZE",
+                   help=f"live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
+                        f" (default {Config.max_client_bytes >> 20}M)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,8 @@ class Config:
     retention: Retention = field(default_factory=Retention)
     commit_interval: float = 0.01
     max_client_queue: int = 5000
+    # Bytes of live-stream frames queued for one client before it is cut off as too slow.
+    max_client_bytes: int = 32 * 1024 * 1024
     # Ports a tunnel through a node may reach (the installer needs SSH).
     tunnel_ports: tuple[int, ...] = (22,)
     # Self-registration (POST /api/v1/register): off unless asked for; then per hour at most

@@ -77,7 +77,7 @@ async def open_services(config: Config) -> Services:
     read_db = await db.connect(path)
     await read_db.execute("PRAGMA query_only=ON")
     queries = Queries(read_db)
-    bus = Bus(config.max_client_queue)
+    bus = Bus(config.max_client_queue, client_byte_budget=config.max_client_bytes)
     registry = Registry(writer, bus, config.offline_after, config.interval,
                         max_demos=config.max_demos, forget_demos_after=config.forget_demos_after)
     registry.load(await queries.nodes(), await queries.demos())
