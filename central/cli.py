@@ -25,8 +25,9 @@ from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
-from .config import Config, is_loopback
+from .config import Config, ConnectionLimits, is_loopback
 from .enroll import KINDS, enroll_node
+from .listener import ConnectionGuard, GuardedSite, fit_to_fd_limit
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
@@ -55,6 +56,10 @@ def build_config(args: argparse.Namespace) -> Config:
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
+        connections=ConnectionLimits(
+            head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
+        ),
     )
 
 
@@ -119,11 +124,18 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     # cost 630 MB. Node frames are small; 16 KiB keeps them at about 200 MB (bench/fleet.py).
     asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    limits = fit_to_fd_limit(config.connections)
+    # keepalive_timeout: aiohttp closes a kept-alive connection idle this long (the head timeout
+    # and the connection limits are ConnectionGuard's).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                           keepalive_timeout=limits.idle_timeout)
     await runner.setup()
+    assert runner.server is not None
+    ConnectionGuard(runner.server, limits)
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096)
+    site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
+                       handshake_timeout=limits.head_timeout)
     await site.start()
     port = runner.addresses[0][1]
     scheme = "https" if config.tls else "http"
@@ -293,6 +305,19 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-client-bytes", type=_byte_size, default=Config.max_client_bytes, metavar="SIZE",
                    help=f"live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
                         f" (default {Config.max_client_bytes >> 20}M)")
+    limits = ConnectionLimits()
+    p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
+                   help=f"seconds for the TLS handshake, then for the first request's head, before a"
+                        f" connection is dropped (default {limits.head_timeout:g})")
+    p.add_argument("--idle-timeout", type=_positive_seconds, default=limits.idle_timeout, metavar="S",
+                   help=f"seconds a kept-alive connection may wait for its next request"
+                        f" (default {limits.idle_timeout:g})")
+    p.add_argument("--max-connections", type=_at_least_one, default=limits.max_connections, metavar="N",
+                   help=f"open connections in all (default {limits.max_connections}; the open-file limit"
+                        f" must allow it, see docs/operations.md)")
+    p.add_argument("--max-connections-per-address", type=_at_least_one, default=limits.max_per_address,
+                   metavar="N", help=f"open connections from one client address, not counting nodes"
+                                     f" (default {limits.max_per_address})")
 
 
 def build_parser() -> argparse.ArgumentParser:
