@@ -131,7 +131,7 @@ async def _sweeper(services: Services) -> None:
 # minute. Each commit spends at most RETENTION_SLICE_S deleting; the writer then gets as long for
 # everything else.
 RETENTION_EVERY_S = 60.0
-RETENTION_SLICE_S = 0.05
+RETENTION_SLICE_S = 0.025
 
 
 async def _retention(services: Services) -> None:

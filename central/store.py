@@ -335,7 +335,7 @@ class Trimmed(dict[str, int]):
 
 
 def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_s: float, logs_max_rows: int,
-                    events_s: float, audit_s: float, chunk: int = 1000,
+                    events_s: float, audit_s: float, chunk: int = 500,
                     time_budget: float | None = None) -> WriteFn:
     """Delete what is past its window, `chunk` rows per statement, until nothing expired is left
     or `time_budget` seconds are spent: the caller keeps each commit short by giving a budget and
