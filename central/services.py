@@ -152,7 +152,7 @@ async def _retention(services: Services) -> None:
         else:
             if any(trimmed.values()):
                 log.info("retention deleted %s", dict(trimmed))
-            behind = await _say_if_behind(services, behind, trimmed)
+            behind = await say_if_behind(services.registry, behind, trimmed)
         await asyncio.sleep(max(1.0, RETENTION_EVERY_S - (time.monotonic() - started)))
 
 
@@ -184,7 +184,7 @@ async def trim_expired(writer: Writer, retention: Retention, now: float, *, slic
         await asyncio.sleep(min(trimmed.seconds, 1.0) if now_mono - started < polite_s else 0)
 
 
-async def _say_if_behind(services: Services, behind: bool, trimmed: store.Trimmed) -> bool:
+async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed) -> bool:
     """Warn (log, and a server event when it starts or ends) while passes cannot finish: rows then
     expire faster than they are deleted and the database grows. Returns whether it is behind."""
     now_behind = not trimmed.done
@@ -195,8 +195,8 @@ async def _say_if_behind(services: Services, behind: bool, trimmed: store.Trimme
         message = "retention is behind: expired rows remain after a full pass" if now_behind \
             else "retention caught up"
         try:
-            await services.registry.record_event(None, "retention", message,
-                                                 {"behind": now_behind, "deleted": sum(trimmed.values())})
+            await registry.record_event(None, "retention", message,
+                                        {"behind": now_behind, "deleted": sum(trimmed.values())})
         except Exception:  # a warning that cannot be stored is still in the log
             log.exception("could not record the retention event")
     return now_behind

@@ -4,13 +4,16 @@ real SQLite file through the real writer (security review M3)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
 
 from central import db, store
+from central.bus import Bus
 from central.config import Retention
-from central.services import trim_expired
+from central.registry import Registry
+from central.services import say_if_behind, trim_expired
 from central.writer import Writer
 
 DAY = 86_400.0
@@ -143,3 +146,37 @@ def test_a_time_budget_stops_a_call_early_and_says_so(tmp_path):
         assert calls > 1 and conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 0
     finally:
         conn.close()
+
+
+async def test_a_pass_that_cannot_finish_says_retention_is_behind_until_it_catches_up(tmp_path, caplog):
+    path = await _migrated(tmp_path)
+    now = time.time()
+    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=20_000, fresh_samples=0)
+    writer = Writer(path)
+    await writer.start()
+    bus = Bus()
+    watcher = bus.subscribe()
+    registry = Registry(writer, bus, offline_after=15, keepalive_interval=5)
+    try:
+        # A pass given no time at all stops after its first slice, with expired rows left.
+        trimmed = await trim_expired(writer, Retention(), now, slice_s=0.0, max_pass_s=0.0)
+        assert not trimmed.done and 0 < trimmed["metrics_raw"] < 20_000
+        behind = await say_if_behind(registry, False, trimmed)
+        assert behind and "retention is behind" in caplog.text
+        behind = await say_if_behind(registry, behind, trimmed)  # still behind: logged, no new event
+        trimmed = await trim_expired(writer, Retention(), now)
+        assert trimmed.done
+        assert not await say_if_behind(registry, behind, trimmed)
+    finally:
+        await writer.close()
+        bus.unsubscribe(watcher)
+    conn = sqlite3.connect(path)
+    try:
+        events = conn.execute("SELECT node_id, message FROM events WHERE kind = 'retention' ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert events == [("", "retention is behind: expired rows remain after a full pass"),
+                      ("", "retention caught up")]
+    # Operators watching the live stream see both.
+    frames = [json.loads(watcher.queue.get_nowait()) for _ in range(watcher.queue.qsize())]
+    assert [f["event"]["message"] for f in frames if f["type"] == "event"] == [m for _, m in events]
