@@ -131,7 +131,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
                            keepalive_timeout=limits.idle_timeout)
     await runner.setup()
     assert runner.server is not None
-    ConnectionGuard(runner.server, limits)
+    ConnectionGuard.install(runner.server, limits)
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,

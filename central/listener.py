@@ -11,7 +11,8 @@ and every request head arrive, so it costs nothing per websocket frame:
   connections without a node certificate, a new connection is answered 503 and closed. Nodes are
   exempt from the per-address bound (a lab's nodes often share one NAT address), and a tenth of
   `max_connections` is kept for them alone, so a flood of anonymous connections cannot keep a
-  node from reconnecting.
+  node from reconnecting. A connection is counted once its TLS handshake is over (its client
+  certificate is known then); until then only the handshake timeout bounds it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class _Conn:
 
 class ConnectionGuard:
     """Counts, limits and times out the connections of one aiohttp `Server` (see the module doc)."""
+
+    @classmethod
+    def install(cls, server: web.Server, limits: ConnectionLimits) -> ConnectionGuard:
+        """Guard every connection `server` gets from now on (before the listener starts)."""
+        return cls(server, limits)
 
     def __init__(self, server: web.Server, limits: ConnectionLimits) -> None:
         self.limits = limits
