@@ -25,8 +25,9 @@ from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
-from .config import Config, is_loopback
+from .config import Config, ConnectionLimits, is_loopback
 from .enroll import enroll_node
+from .listener import ConnectionGuard, GuardedSite, fit_to_fd_limit
 from .local import LISTEN_FILE, api_call, running_server
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
@@ -51,11 +52,14 @@ def build_config(args: argparse.Namespace) -> Config:
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)),
-        max_client_queue=args.max_client_queue,
+        max_client_queue=args.max_client_queue, max_client_bytes=args.max_client_bytes,
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
-
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
+        connections=ConnectionLimits(
+            head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
+            max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
+        ),
     )
 
 
@@ -77,6 +81,19 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
+def _byte_size(text: str) -> int:
+    """A size in bytes, with an optional K, M or G suffix (powers of 1024): 1048576, 512K, 32M."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in _SIZE_UNITS and number[-1:].isalpha():
+        number, unit = number[:-1], number[-1:].upper()
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 1048576, 512K or 32M, got {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def _url_host(host: str) -> str:
@@ -107,11 +124,18 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     # cost 630 MB. Node frames are small; 16 KiB keeps them at about 200 MB (bench/fleet.py).
     asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    limits = fit_to_fd_limit(config.connections)
+    # keepalive_timeout: aiohttp closes a kept-alive connection idle this long (the head timeout
+    # and the connection limits are ConnectionGuard's).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                           keepalive_timeout=limits.idle_timeout)
     await runner.setup()
+    assert runner.server is not None
+    ConnectionGuard.install(runner.server, limits)
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096)
+    site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
+                       handshake_timeout=limits.head_timeout)
     await site.start()
     port = runner.addresses[0][1]
     scheme = "https" if config.tls else "http"
@@ -243,13 +267,28 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-log", choices=ACCESS_LOG_MODES, default=Config.access_log,
                    help="one log line per request: on (node keep-alives summed up per minute; the default),"
                         " all, or off")
-
     p.add_argument("--max-demos", type=_at_least_one, default=Config.max_demos, metavar="N",
                    help=f"demos kept per node; past it an exited one makes room, a new one is refused when all"
                         f" run (default {Config.max_demos})")
     p.add_argument("--forget-demos-after", type=_positive_seconds, default=Config.forget_demos_after, metavar="S",
                    help="seconds after its exit a demo is forgotten (default 86400: the daemon re-announces"
                         " the exits of the last 24 h)")
+    p.add_argument("--max-client-bytes", type=_byte_size, default=Config.max_client_bytes, metavar="SIZE",
+                   help=f"live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
+                        f" (default {Config.max_client_bytes >> 20}M)")
+    limits = ConnectionLimits()
+    p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
+                   help=f"seconds for the TLS handshake, then for the first request's head, before a"
+                        f" connection is dropped (default {limits.head_timeout:g})")
+    p.add_argument("--idle-timeout", type=_positive_seconds, default=limits.idle_timeout, metavar="S",
+                   help=f"seconds a kept-alive connection may wait for its next request"
+                        f" (default {limits.idle_timeout:g})")
+    p.add_argument("--max-connections", type=_at_least_one, default=limits.max_connections, metavar="N",
+                   help=f"open connections in all (default {limits.max_connections}; the open-file limit"
+                        f" must allow it, see docs/operations.md)")
+    p.add_argument("--max-connections-per-address", type=_at_least_one, default=limits.max_per_address,
+                   metavar="N", help=f"open connections from one client address, not counting nodes"
+                                     f" (default {limits.max_per_address})")
 
 
 def build_parser() -> argparse.ArgumentParser:

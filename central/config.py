@@ -19,6 +19,20 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What the listener lets in (central/listener.py, docs/operations.md "Connection limits")."""
+
+    # Seconds for the TLS handshake, then again for the first request's head (line and headers).
+    head_timeout: float = 10.0
+    # Seconds a kept-alive connection may wait for its next request.
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    # Connections without a node certificate, per client address (IPv6: per /64). Nodes are not
+    # counted here: a lab's nodes often share one NAT address.
+    max_per_address: int = 512
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -33,6 +47,9 @@ class Config:
     retention: Retention = field(default_factory=Retention)
     commit_interval: float = 0.01
     max_client_queue: int = 5000
+    # Bytes of live-stream frames queued for one client before it is cut off as too slow.
+    max_client_bytes: int = 32 * 1024 * 1024
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     # Ports a tunnel through a node may reach (the installer needs SSH).
     tunnel_ports: tuple[int, ...] = (22,)
     # Self-registration (POST /api/v1/register): off unless asked for; then per hour at most

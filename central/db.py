@@ -205,6 +205,12 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 6: retention deletes in short chunks, oldest first (store.apply_retention): without an index
+    # on the time column each chunk of one-minute aggregates or events scanned the whole table.
+    """
+    CREATE INDEX metrics_1m_bucket ON metrics_1m (bucket);
+    CREATE INDEX events_ts ON events (ts);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

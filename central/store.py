@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -325,30 +326,62 @@ def insert_audit(ts: float, operator: str, action: str, target: str, status: int
     return run
 
 
+class Trimmed(dict[str, int]):
+    """Rows deleted per table by `apply_retention`; `done` is False when its time budget ran out
+    with expired rows left (the caller comes back for them in a later commit)."""
+
+    done: bool = True
+    seconds: float = 0.0  # time spent deleting
+
+
 def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_s: float, logs_max_rows: int,
-                    events_s: float, audit_s: float, chunk: int = 20000) -> WriteFn:
-    """Delete what is past its window, a bounded chunk per table per call so a commit stays short."""
+                    events_s: float, audit_s: float, chunk: int = 500,
+                    time_budget: float | None = None) -> WriteFn:
+    """Delete what is past its window, `chunk` rows per statement, until nothing expired is left
+    or `time_budget` seconds are spent: the caller keeps each commit short by giving a budget and
+    coming back until `done` (services.trim_expired)."""
 
-    def run(conn: sqlite3.Connection) -> dict[str, int]:
-        deleted: dict[str, int] = {}
+    def run(conn: sqlite3.Connection) -> Trimmed:
+        started = time.perf_counter()
+        deleted = Trimmed()
 
-        def trim(table: str, where: str, params: Iterable[Any], key: str = "rowid") -> None:
-            sql = f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {where} LIMIT {chunk})"
-            deleted[table] = deleted.get(table, 0) + conn.execute(sql, tuple(params)).rowcount
+        def trim(table: str, where: str, params: Iterable[Any], key: str = "rowid") -> bool:
+            """Delete chunk by chunk; False if the time budget ran out first."""
+            sql = f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {where} LIMIT {chunk})"
+            args = tuple(params)
+            while True:
+                count = conn.execute(sql, args).rowcount
+                deleted[table] = deleted.get(table, 0) + count
+                if count < chunk:
+                    return True
+                if time_budget is not None and time.perf_counter() - started >= time_budget:
+                    deleted.done = False
+                    return False
 
-        trim("metrics_raw", "ts < ?", (now - raw_metrics_s,))
-        conn.execute("DELETE FROM metrics_1m WHERE bucket < ?", (now - metrics_1m_s,))
         # Only rows already in the full-text index (FtsIndexer fills it at commit): deleting a row
         # the index has not seen would feed it a 'delete' for a document it does not hold.
         indexed = conn.execute("SELECT coalesce(max(id), 0) FROM logs_fts_docsize").fetchone()[0]
-        trim("logs", "ts < ? AND id <= ?", (now - logs_s, indexed), key="id")
-        total = conn.execute("SELECT max(id) - min(id) + 1 FROM logs").fetchone()[0] or 0
-        if total > logs_max_rows:
-            # ids grow with arrival, so the oldest rows have the smallest ids.
-            cutoff = conn.execute("SELECT max(id) FROM logs").fetchone()[0] - logs_max_rows
-            trim("logs", "id <= ? AND id <= ?", (cutoff, indexed), key="id")
-        trim("events", "ts < ?", (now - events_s,), key="id")
-        trim("audit", "ts < ?", (now - audit_s,), key="id")
+        steps: list[tuple[str, str, Callable[[], Iterable[Any]], str]] = [
+            ("metrics_raw", "ts < ?", lambda: (now - raw_metrics_s,), "rowid"),
+            ("metrics_1m", "bucket < ?", lambda: (now - metrics_1m_s,), "node_id, name, bucket"),
+            ("logs", "ts < ? AND id <= ?", lambda: (now - logs_s, indexed), "id"),
+            # ids grow with arrival, so beyond the cap the oldest rows have the smallest ids.
+            ("logs", "id <= ? AND id <= ?", lambda: (_logs_cap_cutoff(conn, logs_max_rows), indexed), "id"),
+            ("events", "ts < ?", lambda: (now - events_s,), "id"),
+            ("audit", "ts < ?", lambda: (now - audit_s,), "id"),
+        ]
+        for table, where, params, key in steps:
+            if not trim(table, where, params(), key):
+                break
+        deleted.seconds = time.perf_counter() - started
         return deleted
 
     return run
+
+
+def _logs_cap_cutoff(conn: sqlite3.Connection, logs_max_rows: int) -> int:
+    """The highest log id to delete so that at most `logs_max_rows` remain (0: nothing to delete)."""
+    low, high = conn.execute("SELECT min(id), max(id) FROM logs").fetchone()
+    if high is None or high - low + 1 <= logs_max_rows:
+        return 0
+    return int(high - logs_max_rows)

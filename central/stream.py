@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 from dvic_core.constants import CLOSE_MALFORMED, CLOSE_TOO_SLOW, OPERATOR_HEARTBEAT_S
 
 from .auth import error_response
-from .bus import Subscriber
+from .bus import Subscriber, encode_frame
 from .routes import routes
 from .services import SERVICES
 
@@ -35,10 +35,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S, max_msg_size=MAX_CLIENT_FRAME)
     await ws.prepare(request)
+    transport = request.transport
     sub = services.bus.subscribe()
+    if transport is not None:
+        sub.hang_up = transport.abort
+    # Every frame to the client goes through its queue and `_pump`, so what it has not read is
+    # counted against its budget and a client that stops reading never blocks this task.
+    sub.offer(encode_frame({"type": "hello", "nodes": [n.summary() for n in services.registry.all()]}))
     sender = asyncio.create_task(_pump(ws, sub))
     try:
-        await ws.send_str(json.dumps({"type": "hello", "nodes": [n.summary() for n in services.registry.all()]}))
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
@@ -50,6 +55,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 if not isinstance(wanted, list) or not all(isinstance(x, str) for x in wanted):
                     raise ValueError("logs: expected a list of node ids or names, or [\"*\"]")
             except ValueError as exc:
+                sub.sending_since = asyncio.get_running_loop().time()  # the watchdog ends a stuck close
                 await ws.close(code=CLOSE_MALFORMED, message=str(exc).encode()[:120])
                 break
             ids = set()
@@ -57,7 +63,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 node = services.registry.get(ref)
                 ids.add("*" if ref == "*" else (node.id if node else ref))
             sub.log_nodes = frozenset(ids)
-            await ws.send_str(json.dumps({"type": "subscribed", "logs": sorted(ids)}))
+            sub.offer(encode_frame({"type": "subscribed", "logs": sorted(ids)}))
     finally:
         services.bus.unsubscribe(sub)
         sender.cancel()
@@ -69,16 +75,22 @@ async def stream(request: web.Request) -> web.StreamResponse:
 async def _pump(ws: web.WebSocketResponse, sub: Subscriber) -> None:
     """Send queued frames; cut the client off when it fell too far behind.
 
-    A client is marked too slow only when its queue is full, so the next `get` returns at once
-    and the cut-off is not delayed by waiting for a frame.
+    A client is marked too slow only when its queue is over a bound, so the next `get` returns at
+    once and the cut-off is not delayed by waiting for a frame. `sending_since` tells the bus's
+    watchdog when a send waits on a client that does not read: the watchdog then hangs up, which
+    ends the send.
     """
+    loop = asyncio.get_running_loop()
     try:
         while not ws.closed:
             frame = await sub.queue.get()
             if sub.too_slow.is_set():
-                log.warning("stream client too slow: disconnecting")
+                log.warning("stream client too slow (%d bytes queued): disconnecting", sub.queued_bytes)
+                sub.sending_since = loop.time()  # a close frame the client does not read ends in a hang-up
                 await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: fell behind the live stream")
                 return
-            await ws.send_str(frame)
+            sub.sending_since = loop.time()
+            await ws.send_frame(frame, WSMsgType.TEXT)
+            sub.sent(frame)
     except (ConnectionError, RuntimeError):
         return

@@ -74,3 +74,13 @@ def test_writer_paths_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("rows/s with a busy main thread") == 2
     assert result.stdout.count("ms CPU per 1,000 lines") == 2
+
+
+def test_retention_smoke(tmp_path: Path) -> None:
+    doc = run_bench("bench.retention", tmp_path, "--rows", "3000", "--ingest", "500", "--calm", "0.5")
+    figures = doc["figures"]
+    for mode in ("polite", "catch-up"):
+        assert "(3,000 rows in" in figures[f"{mode} pass, logs: rows/s"]["unit"]  # every expired line
+        assert "(3,000 rows in" in figures[f"{mode} pass, metrics_raw: rows/s"]["unit"]  # and sample
+    for name in ("statements: metrics_raw", "statements: logs", "polite pass, logs: rows/s"):
+        assert figures[name]["value"] > 0

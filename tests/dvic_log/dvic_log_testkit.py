@@ -30,6 +30,12 @@ def parse_lines(data: bytes) -> list[dict[str, Any]]:
     return out
 
 
+def headed_files(directory: Path) -> list[Path]:
+    """The live files whose header is written: a writer creates its file, then writes the header
+    (two calls), so a reader can see it empty for a moment."""
+    return [path for path in live_files(directory) if path.stat().st_size > 0]
+
+
 def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(header, records) of one dvic_log file."""
     objs = parse_lines(path.read_bytes())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import LIB_DIR, live_files, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, headed_files, live_files, read_file, wait_for
 
 PY = sys.executable
 
@@ -152,7 +152,7 @@ def test_rotation_applies_to_wrapped_programs(log_dir: Path):
 
 def wait_for_record(log_dir: Path, text: str) -> tuple[dict, list[dict]]:
     def found():
-        files = live_files(log_dir)
+        files = headed_files(log_dir)
         if not files:
             return None
         header, records = read_file(files[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dvic_log_testkit import LIB_DIR, live_files, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, headed_files, live_files, read_file, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMON = REPO / "node_script" / "dvic_node.py"
@@ -99,7 +99,7 @@ def test_a_wrapped_program_is_followed_alive_and_then_exited(node, log_dir: Path
         start_new_session=True,
     )
     try:
-        (path,) = wait_for(lambda: live_files(log_dir), 20, "the wrapper's log file")
+        (path,) = wait_for(lambda: headed_files(log_dir), 20, "the wrapper's log file and its header")
         header, _ = read_file(path)
         assert header["pid"] != wrapper.pid  # the child is the demo
         token = header["token"]

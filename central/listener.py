@@ -1,0 +1,226 @@
+"""The listening socket and what it lets in: timeouts and connection limits (docs/operations.md).
+
+aiohttp closes a kept-alive connection that stays idle (`keepalive_timeout`, our idle timeout),
+but nothing closes a connection that finished TLS and never sends a whole request head, nor bounds
+how many connections are open: a few hundred idle sockets used up the server's file descriptors.
+`ConnectionGuard` hooks aiohttp's low-level `Server`, which sees every connection come and go
+and every request head arrive, so it costs nothing per websocket frame:
+- the TLS handshake must end within `head_timeout` (asyncio's `ssl_handshake_timeout`), then the
+  first request's head must arrive within `head_timeout` again, or the connection is dropped;
+- beyond `max_connections` open connections, or `max_per_address` from one client address for
+  connections without a node certificate, a new connection is answered 503 and closed. Nodes are
+  exempt from the per-address bound (a lab's nodes often share one NAT address), and a tenth of
+  `max_connections` is kept for them alone, so a flood of anonymous connections cannot keep a
+  node from reconnecting. A connection is counted once its TLS handshake is over (its client
+  certificate is known then); until then only the handshake timeout bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import resource
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from .config import ConnectionLimits
+
+log = logging.getLogger(__name__)
+
+# File descriptors kept for everything but client sockets: the database, its WAL, recordings,
+# releases, the event loop's own.
+FD_RESERVE = 256
+# Refusals are logged at most this often (a flood must not flood the log too).
+REFUSAL_LOG_EVERY_S = 60.0
+
+
+@dataclass
+class _Conn:
+    address: str
+    node: bool  # presented a client certificate our CA signed
+    head_timer: asyncio.TimerHandle | None
+
+
+class ConnectionGuard:
+    """Counts, limits and times out the connections of one aiohttp `Server` (see the module doc)."""
+
+    @classmethod
+    def install(cls, server: web.Server, limits: ConnectionLimits) -> ConnectionGuard:
+        """Guard every connection `server` gets from now on (before the listener starts)."""
+        return cls(server, limits)
+
+    def __init__(self, server: web.Server, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self._server = server
+        self._open: dict[RequestHandler, _Conn] = {}
+        self._per_address: Counter[str] = Counter()
+        self.refused = 0
+        self.timed_out = 0
+        self._last_refusal_log = -REFUSAL_LOG_EVERY_S
+        # aiohttp offers no per-connection hook; its Server is told of every connection by each
+        # RequestHandler, and builds every request through `request_factory` (read by handlers
+        # when created: this must run before the listener starts).
+        self._server_made = server.connection_made
+        self._server_lost = server.connection_lost
+        self._make_request = server.request_factory
+        server.connection_made = self._connection_made  # type: ignore[method-assign]
+        server.connection_lost = self._connection_lost  # type: ignore[method-assign]
+        server.request_factory = self._request_factory
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def _connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        self._server_made(handler, transport)
+        address = address_key(transport.get_extra_info("peername"))
+        node = bool(transport.get_extra_info("peercert"))
+        reason = refusal(self.limits, len(self._open), self._per_address[address], node)
+        if reason is not None:
+            self._refuse(transport, address, reason)
+            return
+        timer = asyncio.get_running_loop().call_later(self.limits.head_timeout, self._head_overdue, handler)
+        self._open[handler] = _Conn(address, node, timer)
+        if not node:
+            self._per_address[address] += 1
+
+    def _connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._server_lost(handler, exc)
+        conn = self._open.pop(handler, None)
+        if conn is None:
+            return
+        if conn.head_timer is not None:
+            conn.head_timer.cancel()
+        if not conn.node:
+            self._per_address[conn.address] -= 1
+            if self._per_address[conn.address] <= 0:
+                del self._per_address[conn.address]
+
+    def _request_factory(self, message: Any, payload: Any, protocol: RequestHandler, writer: Any,
+                         task: Any) -> web.BaseRequest:
+        conn = self._open.get(protocol)
+        if conn is not None and conn.head_timer is not None:
+            conn.head_timer.cancel()
+            conn.head_timer = None
+        return self._make_request(message, payload, protocol, writer, task)
+
+    def _head_overdue(self, handler: RequestHandler) -> None:
+        conn = self._open.get(handler)
+        if conn is None:
+            return
+        conn.head_timer = None
+        self.timed_out += 1
+        log.debug("no request head from %s within %.0f s: dropped", conn.address, self.limits.head_timeout)
+        # Abort, not close: a TLS close would wait for the client's close_notify.
+        if handler.transport is not None:
+            handler.transport.abort()
+
+    def _refuse(self, transport: asyncio.Transport, address: str, reason: str) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log >= REFUSAL_LOG_EVERY_S:
+            self._last_refusal_log = now
+            log.warning("refusing connections: %s (from %s; %d open; %d refused so far)",
+                        reason, address, len(self._open), self.refused)
+        body = json.dumps({"error": {"code": "too_many_connections", "message": reason}}).encode()
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        b"Retry-After: 10\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        transport.close()
+
+
+def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, node: bool) -> str | None:
+    """Why a new connection is refused, or None to let it in."""
+    if open_total >= limits.max_connections:
+        return f"the server has {limits.max_connections} connections open (--max-connections)"
+    if node:
+        return None
+    anonymous_cap = limits.max_connections - max(1, limits.max_connections // 10)
+    if open_total >= anonymous_cap:
+        return (f"the server has {open_total} connections open; the rest of --max-connections"
+                f" ({limits.max_connections}) is kept for nodes")
+    if open_from_address >= limits.max_per_address:
+        return f"{limits.max_per_address} connections are already open from this address (--max-connections-per-address)"
+    return None
+
+
+def address_key(peername: Any) -> str:
+    """The client address connections are counted under: IPv4 as is, IPv6 by its /64 (one
+    host usually holds a whole /64), IPv4-mapped IPv6 as IPv4."""
+    if not isinstance(peername, tuple) or not peername:
+        return "local"
+    try:
+        address = ipaddress.ip_address(str(peername[0]).split("%", 1)[0])
+    except ValueError:
+        return str(peername[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def fit_to_fd_limit(limits: ConnectionLimits) -> ConnectionLimits:
+    """Raise the soft file-descriptor limit to what `max_connections` needs (up to the hard limit,
+    which needs no privilege); if the hard limit is lower, lower `max_connections` to fit and say so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_soft, fitted = fd_budget(limits, soft, hard)
+    if new_soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, new_soft, exc)
+            new_soft, fitted = fd_budget(limits, soft, soft)
+    if fitted.max_connections < limits.max_connections:
+        log.warning("the open-file limit (%d) allows %d connections, not %d (--max-connections):"
+                    " raise LimitNOFILE (docs/operations.md)", new_soft, fitted.max_connections,
+                    limits.max_connections)
+    return fitted
+
+
+def fd_budget(limits: ConnectionLimits, soft: int, hard: int) -> tuple[int, ConnectionLimits]:
+    """The soft limit to set and the limits that fit in it (pure: see fit_to_fd_limit)."""
+    needed = limits.max_connections + FD_RESERVE
+    ceiling = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    new_soft = max(soft, ceiling)
+    reserve = min(FD_RESERVE, new_soft // 4)
+    if limits.max_connections + reserve <= new_soft:
+        return new_soft, limits
+    return new_soft, replace(limits, max_connections=max(1, new_soft - reserve))
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
+                 backlog: int, handshake_timeout: float) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            # A client that never finishes the handshake, or never answers our close_notify,
+            # holds a socket only this long.
+            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._handshake_timeout,
+                   "ssl_shutdown_timeout": self._handshake_timeout}
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, backlog=self._backlog, **tls,
+        )
