@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.support.server import CentralServer
 
 ROOT = Path(__file__).resolve().parents[2]
-# `dvic` itself once tui/cli.py registers these commands; their own entry point until then.
+# The `dvic` command (tui/cli.py), its one entry point.
 DVIC = [sys.executable, "-m", "tui"]
 
 
