@@ -111,6 +111,18 @@ def record_line(
     return _to_utf8_line("".join(parts))
 
 
+def heartbeat_line(ts: float) -> bytes:
+    """The line of a heartbeat record (docs/log-format.md, "Heartbeats"): a DEBUG record that
+    version-1 readers show as "heartbeat" and newer readers recognise by "heartbeat": 1."""
+    return ('{"ts":%s,"level":"DEBUG","msg":"heartbeat","heartbeat":1}\n' % repr(round(ts, 3))).encode("ascii")
+
+
+def is_heartbeat(record: Dict[str, Any]) -> bool:
+    """Whether a parsed record is a heartbeat (its "heartbeat" field is 1)."""
+    value = record.get("heartbeat")
+    return value == 1 and not isinstance(value, bool)
+
+
 def encode_record(record: Dict[str, Any]) -> bytes:
     """encode_line() for a record dict, through record_line() when it has the usual shape."""
     ts = record.get("ts")
