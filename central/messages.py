@@ -311,6 +311,8 @@ def parse_demo(msg: dict[str, Any]) -> dict[str, Any]:
         "started_at": _number(msg.get("started_at"), "started_at", allow_none=True),
         "exited_at": _number(msg.get("exited_at"), "exited_at", allow_none=True),
         "header": clean_demo_header(header),
+        # The ts of the demo's latest dvic_log record (docs/log-format.md "Heartbeats"); absent from older daemons.
+        "last_heartbeat": _number(msg.get("last_heartbeat"), "last_heartbeat", allow_none=True),
     }
 
 

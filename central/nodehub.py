@@ -273,7 +273,8 @@ class NodeSession:
         if not room:
             await self._dropped("demos", time.monotonic())
             return
-        await self.services.writer.submit(store.upsert_demo_evicting(node.id, msg, now, evicted))
+        if not _only_heartbeat_changed(known, msg):
+            await self.services.writer.submit(store.upsert_demo_evicting(node.id, msg, now, evicted))
         before = (known or {}).get("state")
         registry.set_demo(node, msg, now, evicted)
         if before != msg["state"] and msg["state"] in ("started", "exited"):
@@ -380,6 +381,14 @@ class NodeSession:
             # Acks are cumulative: one for every batch this commit stored. The daemon may now
             # forget these lines.
             await self._send_text(f'{{"type":"ack","seq":{max(seq for seq, _ in settled)}}}')
+
+
+def _only_heartbeat_changed(known: dict[str, Any] | None, msg: dict[str, Any]) -> bool:
+    """A daemon's liveness report (every few seconds per running demo) changes nothing the table keeps:
+    last_heartbeat lives in memory and comes back with the daemon's announcements after a reconnect."""
+    if known is None:
+        return False
+    return all(known.get(k) == msg.get(k) for k in ("name", "pid", "state", "started_at", "exited_at", "header"))
 
 
 @routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")
