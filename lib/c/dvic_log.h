@@ -549,7 +549,7 @@ static void dl_report(const char *fmt, ...) DVIC_LOG_PRINTF(1, 2);
 static void dl_report(const char *fmt, ...) {
     char text[1024];
     va_list ap;
-    int n;
+    int n, i;
     int saved = errno;
     memcpy(text, "dvic_log: ", 10);
     va_start(ap, fmt);
@@ -557,6 +557,8 @@ static void dl_report(const char *fmt, ...) {
     va_end(ap);
     if (n < 0) n = 0;
     if (DL_CAST(size_t, n) > sizeof text - 12) n = DL_CAST(int, sizeof text - 12);
+    for (i = 10; i < 10 + n; i++) /* one line, and nothing that drives a terminal */
+        if (DL_CAST(unsigned char, text[i]) < 0x20 || text[i] == 0x7f) text[i] = '?';
     text[10 + n] = '\n';
     if (write(2, text, DL_CAST(size_t, 11 + n)) < 0) { /* nothing more can be done */
     }
