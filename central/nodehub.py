@@ -13,6 +13,7 @@ from aiohttp import WSMsgType, web
 
 from . import store
 from .auth import NODE, bearer, error_response, hash_token
+from .boardlogs import store_board_logs
 from .messages import (
     CLOSE_BEFORE_HELLO,
     CLOSE_RATE_LIMITED,
@@ -25,6 +26,7 @@ from .messages import (
     ProtocolError,
     metric_series,
     parse_keepalive,
+    parse_keepalive_logs,
     parse_node_message,
 )
 from .nodelimits import (
@@ -420,6 +422,7 @@ async def keepalive(request: web.Request) -> web.Response:
         body = strict_loads(raw) if raw.strip() else {}
         check_numbers(body)
         series, facts = parse_keepalive(body)
+        board_logs = parse_keepalive_logs(body)
     except JsonError as exc:
         return error_response(400, "bad_json", f"body is not valid JSON: {exc}")
     except ValueError as exc:
@@ -431,5 +434,12 @@ async def keepalive(request: web.Request) -> web.Response:
     if facts and any(node.facts.get(k) != v for k, v in facts.items()):
         node.facts.update(facts)
         await services.writer.submit(store.merge_facts(node.id, facts))
+    answer: dict[str, Any] = {"server_time": now, "interval": services.config.interval, "node_id": node.id}
+    if board_logs is not None:
+        try:
+            answer["logs"] = {"last_seq": await store_board_logs(services, node, board_logs, now, mono)}
+        except StorageError as exc:
+            log.error("node %s: board log lines not stored: %s", node.name, exc)
+            return error_response(503, "storage", "storage unavailable, send these lines again later")
     await services.registry.keepalive(node, now)
-    return json_response({"server_time": now, "interval": services.config.interval, "node_id": node.id})
+    return json_response(answer)
