@@ -134,3 +134,63 @@ def test_valgrind_finds_no_error_or_leak_in_the_conformance_run(tmp_path: Path) 
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["skipped"], done.stdout  # (it ran the script: surrogate op skipped)
     assert len(list(logs.glob("dvic_log_" + "?" * 16))) == 5
+
+
+def test_a_running_example_shows_its_lines_and_heartbeat_in_dvic_logs_and_dvic_node(central_server, tmp_path: Path):
+    """docs/libraries.md's C quick start, end to end: the example, the real daemon and server, the `dvic` CLI."""
+    import sys
+
+    from tests.support.wait import wait_for
+
+    need("g++")
+    binary = tmp_path / "heartbeat_demo"
+    run(["g++", "-std=c++11", "-pthread", f"-I{LIB}", "-DDVIC_LOG_EXAMPLE_STANDALONE",
+         str(LIB / "examples/heartbeat_demo.cpp"), "-o", str(binary)])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    bundle = central_server.enroll("c-node")
+    bundle_path = central_server.write_bundle(bundle, tmp_path / "bundle.json")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with open(tmp_path / "daemon.log", "ab") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, str(REPO / "node_script/dvic_node.py"), "--config", str(bundle_path),
+             "--state-dir", str(tmp_path / "state"), "--log-dir", str(logs), "--system-log", "none",
+             "--docker-socket", "none"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    demo = None
+    cli_env = dict(os.environ, DVIC_SERVER=central_server.url, DVIC_CA=str(central_server.ca_path),
+                   DVIC_TOKEN=central_server.admin_token, DVIC_CONFIG_DIR=str(tmp_path / "cfg"),
+                   XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    dvic = str(Path(sys.executable).parent / "dvic")
+    try:
+        wait_for(lambda: central_server.node("c-node").get("connected"), 30, "the daemon")
+        demo = subprocess.Popen([str(binary), "30"], env=dict(os.environ, DVIC_LOG_DIR=str(logs)))
+
+        def beating_row() -> str | None:
+            out = run([dvic, "node", "c-node"], env=cli_env).stdout
+            row = next((line for line in out.splitlines() if line.startswith("c-example")), "")
+            cells = row.split()  # c-example alive PID 3s ago 1s ago TOKEN
+            return row if len(cells) == 8 and cells[1] == "alive" and cells[5].endswith("s") else None
+
+        row = wait_for(beating_row, 30, "c-example alive with a heartbeat in `dvic node`", interval=0.5)
+        assert row.split()[2] == str(demo.pid)
+        detail = central_server.node("c-node")
+        (state,) = [d for d in detail["demos_list"] if d["name"] == "c-example"]
+        assert time.time() - state["last_heartbeat"] < 10
+        demo.send_signal(15)
+        assert demo.wait(timeout=10) == 0
+
+        def all_lines() -> list[str] | None:
+            out = run([dvic, "logs", "c-node", "--source", "demo", "--json"], env=cli_env).stdout
+            lines = [(line["level"], line["msg"]) for line in json.loads(out)["lines"]]
+            return lines if lines and lines[-1] == ("ERROR", "stopping: signal received") else None
+
+        lines = wait_for(all_lines, 30, "the example's last line in `dvic logs`", interval=0.5)
+        assert lines[:3] == [("INFO", f"starting (pid {demo.pid})"), ("DEBUG", "settings: frame every 100 ms"),
+                             ("INFO", "camera 0 opened")]
+        assert not any(msg == "heartbeat" for _, msg in lines)  # liveness, not lines
+    finally:
+        if demo is not None and demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        daemon.terminate()
+        daemon.wait(timeout=15)
