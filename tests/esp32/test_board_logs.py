@@ -281,3 +281,14 @@ def test_enqueueing_a_record_takes_under_20_microseconds(board_binary: Path, boa
         assert ns < 20_000, f"{ns:.0f} ns per record (sanitizers on)"
     finally:
         board.close()
+
+
+def test_the_core_builds_as_cpp11_too(tmp_path: Path) -> None:
+    # Arduino sketches are C++: the header must build there without warnings as well.
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is missing") if os.environ.get("CI") != "true" else pytest.fail("g++ is missing")
+    done = subprocess.run(
+        ["g++", "-x", "c++", "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{REPO / 'lib/esp32'}",
+         str(REPO / "tests/esp32/board_host.c"), "-o", str(tmp_path / "board_cpp")],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
