@@ -385,6 +385,19 @@ class NodeSession:
             await self._send_text(f'{{"type":"ack","seq":{max(seq for seq, _ in settled)}}}')
 
 
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body up to `limit` bytes: one read() returns only what has arrived (16 KiB chunks)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _only_heartbeat_changed(known: dict[str, Any] | None, msg: dict[str, Any]) -> bool:
     """A daemon's liveness report (every few seconds per running demo) changes nothing the table keeps:
     last_heartbeat lives in memory and comes back with the daemon's announcements after a reconnect."""
@@ -415,7 +428,7 @@ async def keepalive(request: web.Request) -> web.Response:
         return response
     if request.content_length is not None and request.content_length > MAX_KEEPALIVE_BYTES:
         return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
-    raw = await request.content.read(MAX_KEEPALIVE_BYTES + 1)
+    raw = await _read_at_most(request, MAX_KEEPALIVE_BYTES + 1)
     if len(raw) > MAX_KEEPALIVE_BYTES:
         return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
     try:
