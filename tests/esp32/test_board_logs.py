@@ -265,12 +265,12 @@ def test_a_bad_logs_object_gets_a_clear_400_and_stores_nothing(board_node, logs:
 def test_a_body_near_64_kib_is_read_whole_and_stored(board_node) -> None:
     # It arrives in several chunks: one read() of the request gave only the first 16 KiB.
     server, bundle = board_node
-    lines = [{"seq": i + 1, "ms": 1, "level": "INFO", "msg": f"{i:04d} " + "z" * 150} for i in range(350)]
+    lines = [{"seq": i + 1, "ms": 1, "level": "INFO", "msg": f"{i:04d} " + "z" * 150} for i in range(300)]
     body = json.dumps({"logs": {"v": 1, "token": "t", "now_ms": 2, "lines": lines}}).encode()
     assert 48 * 1024 < len(body) <= 64 * 1024
     status, answer = post_keepalive(server, bundle, body)
-    assert status == 200 and answer["logs"]["last_seq"] == 350, answer
-    assert len(stored(server)) == 350
+    assert status == 200 and answer["logs"]["last_seq"] == 300, answer
+    assert len(stored(server)) == 300
 
 
 def test_a_keepalive_body_over_64_kib_is_refused(board_node) -> None:
