@@ -279,8 +279,8 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-host", action="append", metavar="NAME",
                    help="extra DNS name or IP for the server certificate (repeatable)")
     p.add_argument("--public-url", help="base URL written into bundles (default: the listen address)")
-    p.add_argument("--interval", type=float, default=5.0, help="metrics/keep-alive interval in seconds")
-    p.add_argument("--offline-after", type=float, default=15.0, help="seconds of silence before offline")
+    p.add_argument("--interval", type=_positive_seconds, default=5.0, help="metrics/keep-alive interval in seconds")
+    p.add_argument("--offline-after", type=_positive_seconds, default=15.0, help="seconds of silence before offline")
     p.add_argument("--tunnel-port", type=int, action="append", metavar="PORT",
                    help="TCP port a tunnel through a node may reach (repeatable; default 22)")
     p.add_argument("--max-client-queue", type=_at_least_one, default=Config.max_client_queue, metavar="FRAMES",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from functools import partial
@@ -40,7 +39,7 @@ from .pki import der_fingerprint
 from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
-from .strictjson import JsonError, check_numbers, json_response
+from .strictjson import JsonError, check_numbers, dumps, json_response
 from .strictjson import loads as strict_loads
 from .writer import StorageError
 
@@ -165,13 +164,13 @@ class NodeSession:
         if self.ws.closed or not self.greeted:
             return False
         try:
-            await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+            await self.ws.send_str(dumps(message, separators=(",", ":")))
         except (ConnectionError, RuntimeError):
             return False
         return True
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self._send_text(json.dumps(message, separators=(",", ":")))
+        await self._send_text(dumps(message, separators=(",", ":")))
 
     async def _send_text(self, text: str) -> None:
         if not self.ws.closed:
