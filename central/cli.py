@@ -27,7 +27,7 @@ from .app import create_app
 from .auth import ApiError
 from .config import Config, ConnectionLimits, is_loopback
 from .enroll import KINDS, enroll_node
-from .listener import ConnectionGuard, GuardedSite, fit_to_fd_limit
+from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
@@ -132,6 +132,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     await runner.setup()
     assert runner.server is not None
     ConnectionGuard.install(runner.server, limits)
+    MalformedRequestLog.install()
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
