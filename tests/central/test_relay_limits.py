@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 from typing import Any
 
 import aiohttp
@@ -29,9 +28,10 @@ COMMAND_NODES = 6  # a command's output is capped at 1 MiB a node: six nodes out
 class ScriptedNode:
     """Answers the server like a daemon (shell, tunnel, command) and floods each with output."""
 
-    def __init__(self, node: FakeNode, flood: int) -> None:
+    def __init__(self, node: FakeNode, flood: int, chunk: int = CHUNK) -> None:
         self.node = node
         self.flood = flood
+        self.chunk = chunk
         self.closed: list[str] = []  # shell_close / tunnel_close received
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -58,8 +58,9 @@ class ScriptedNode:
         task.add_done_callback(self.tasks.discard)
 
     async def _flood(self, kind: str, rid: str) -> None:
-        data = base64.b64encode(os.urandom(CHUNK)).decode()
-        for _ in range(self.flood // CHUNK):
+        # Printable bytes: the recording holds them as they are (random bytes would be U+FFFD escapes).
+        data = base64.b64encode(b"x" * self.chunk).decode()
+        for _ in range(self.flood // self.chunk):
             if self.closed:
                 return
             await self.node.send({"type": kind, "id": rid, "data": data})
@@ -156,7 +157,8 @@ async def test_a_shell_client_that_reads_late_is_told_its_session_ended_and_is_c
                 aiohttp.ClientSession(connector=slow_connector) as slow_http:
             await node.connect()
             await node.hello()
-            scripted = ScriptedNode(node, 64 * 1024 * 1024)  # more than a shell client may leave queued
+            # Small chunks: once the socket's buffers are full, 1,024 of them queued end the shell.
+            scripted = ScriptedNode(node, 32 * 1024 * 1024, chunk=8 * 1024)
             serving = asyncio.create_task(scripted.serve())
             ws = await slow_http.ws_connect(server.url.replace("https://", "wss://") + "/api/v1/nodes/pi-chatty/shell",
                                             headers=headers, ssl=server.ssl_context)
