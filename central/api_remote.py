@@ -7,6 +7,7 @@ declared with audit=False: the generic after-the-fact audit would only repeat it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from .auth import NODE, PUBLIC, ApiError, Operator, current_operator
 from .commands import output_event
 from .nodehub import authenticate_node
 from .registry import NodeState
+from .relay import hang_up_of, stall_guard
 from .release import MAX_DAEMON_BYTES, ReleaseError
 from .routes import routes
 from .services import SERVICES, Services
@@ -174,16 +176,23 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
     queue = services.commands.watch(cmd)
     ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S)
     await ws.prepare(request)
+    hang_up = hang_up_of(request)
+
+    async def send(message: dict[str, Any]) -> None:
+        # A client that stopped reading is hung up rather than waited for (docs/security.md).
+        async with stall_guard(hang_up, "command output"):
+            await ws.send_str(dumps(message))
+
     try:
-        await ws.send_str(dumps({"type": "command", **cmd.view()}))
+        await send({"type": "command", **cmd.view()})
         # Output stored before this client came (watching started first, so nothing falls between).
         replayed = 0
         for chunk, run_id, stream, data in await services.queries.command_chunks(cmd.id):
             run = cmd.runs[run_id]
-            await ws.send_str(dumps(output_event(chunk, run_id, run.node_id, run.node_name, stream, data)))
+            await send(output_event(chunk, run_id, run.node_id, run.node_name, stream, data))
             replayed = max(replayed, chunk)
         if done_before:
-            await ws.send_str(dumps({"type": "done", "id": cmd.id}))
+            await send({"type": "done", "id": cmd.id})
             return ws
         reader = asyncio.create_task(_drain_client(ws))
         try:
@@ -195,26 +204,32 @@ async def command_stream(request: web.Request) -> web.StreamResponse:
                     break
                 event = get.result()
                 if event is None:
-                    await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: fell behind the command output")
+                    async with stall_guard(hang_up, "command output"):
+                        await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: fell behind the command output")
                     break
                 if event["type"] == "output" and event["chunk"] <= replayed:
                     continue
-                await ws.send_str(dumps(event))
+                await send(event)
                 if event["type"] == "done":
                     break
         finally:
             reader.cancel()
+    except ConnectionError:
+        pass  # the client is gone (or was hung up): nothing left to tell it
     finally:
         cmd.watchers.discard(queue)
         if not ws.closed:
-            await ws.close()
+            with contextlib.suppress(ConnectionError):
+                async with stall_guard(hang_up, "command output"):
+                    await ws.close()
     return ws
 
 
 async def _drain_client(ws: web.WebSocketResponse) -> None:
-    async for msg in ws:
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
-            break
+    with contextlib.suppress(ConnectionError):  # e.g. the answer to a ping after a hang-up
+        async for msg in ws:
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                break
 
 
 def _live_node_for(request: web.Request) -> tuple[Services, Operator, NodeState]:
@@ -250,7 +265,7 @@ async def shell(request: web.Request) -> web.StreamResponse:
     session = await services.shells.create(node, operator.name, cols, rows)
     ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S, max_msg_size=256 * 1024)
     await ws.prepare(request)
-    await services.shells.relay(session, ws)
+    await services.shells.relay(session, ws, hang_up_of(request))
     return ws
 
 
@@ -296,7 +311,7 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
     tun = services.tunnels.create(node, host, port)
     ws = web.WebSocketResponse(heartbeat=OPERATOR_HEARTBEAT_S, max_msg_size=256 * 1024)
     await ws.prepare(request)
-    await services.tunnels.relay(tun, ws)
+    await services.tunnels.relay(tun, ws, hang_up_of(request))
     return ws
 
 

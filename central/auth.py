@@ -20,6 +20,7 @@ from aiohttp import web
 from dvic_core.constants import RANK, ROLES
 
 from . import accounts, store
+from .strictjson import json_response
 from .tokens import CALLER_KEY, bearer, hash_token
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ def same_secret(a: str, b: str) -> bool:
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     # The header repeats the reason for websocket clients, whose libraries drop a refused upgrade's body.
     header = f"{code}: {message}".encode("ascii", "replace").decode()[:300]
-    return web.json_response({"error": {"code": code, "message": message, **extra}}, status=status,
-                             headers={"X-Dvic-Error": header})
+    return json_response({"error": {"code": code, "message": message, **extra}}, status=status,
+                         headers={"X-Dvic-Error": header})
 
 
 class ApiError(Exception):

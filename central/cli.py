@@ -27,7 +27,7 @@ from .app import create_app
 from .auth import ApiError
 from .config import Config, ConnectionLimits, is_loopback
 from .enroll import enroll_node
-from .listener import ConnectionGuard, GuardedSite, fit_to_fd_limit
+from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import LISTEN_FILE, api_call, running_server
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
@@ -132,6 +132,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     await runner.setup()
     assert runner.server is not None
     ConnectionGuard.install(runner.server, limits)
+    MalformedRequestLog.install()
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
@@ -250,8 +251,8 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-host", action="append", metavar="NAME",
                    help="extra DNS name or IP for the server certificate (repeatable)")
     p.add_argument("--public-url", help="base URL written into bundles (default: the listen address)")
-    p.add_argument("--interval", type=float, default=5.0, help="metrics/keep-alive interval in seconds")
-    p.add_argument("--offline-after", type=float, default=15.0, help="seconds of silence before offline")
+    p.add_argument("--interval", type=_positive_seconds, default=5.0, help="metrics/keep-alive interval in seconds")
+    p.add_argument("--offline-after", type=_positive_seconds, default=15.0, help="seconds of silence before offline")
     p.add_argument("--tunnel-port", type=int, action="append", metavar="PORT",
                    help="TCP port a tunnel through a node may reach (repeatable; default 22)")
     p.add_argument("--max-client-queue", type=_at_least_one, default=Config.max_client_queue, metavar="FRAMES",

@@ -25,10 +25,12 @@ import resource
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
@@ -134,6 +136,45 @@ class ConnectionGuard:
         transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                         b"Retry-After: 10\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         transport.close()
+
+
+class MalformedRequestLog(logging.Filter):
+    """aiohttp answers a malformed request head (a repeated Content-Type, a bad header line) 400
+    and logs it at ERROR with a traceback, so anyone who reaches the port could fill the log with
+    them. On aiohttp's server logger, such a record becomes one warning line at most once a minute,
+    with a count; every other record passes unchanged."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+        self.count = 0
+        self._last_log = -REFUSAL_LOG_EVERY_S
+
+    @classmethod
+    def install(cls) -> MalformedRequestLog:
+        server_log = logging.getLogger("aiohttp.server")
+        for old in [f for f in server_log.filters if isinstance(f, cls)]:
+            server_log.removeFilter(old)
+        instance = cls()
+        server_log.addFilter(instance)
+        return instance
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.count += 1
+        now = self.clock()
+        if now - self._last_log < REFUSAL_LOG_EVERY_S:
+            return False
+        self._last_log = now
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        reason = " ".join(str(exc.message).split())[:200]  # the client's bytes: one line, bounded
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = "malformed request from %s answered 400: %s (%d so far; told once a minute)"
+        record.args = (remote, reason, self.count)
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, node: bool) -> str | None:

@@ -32,7 +32,8 @@ MAX_BATCH_LINES = 500
 MAX_MSG_BYTES = 64 * 1024
 MAX_FACT_CHARS = 256
 MAX_FACT_ITEMS = 64
-MAX_KEEPALIVE_BYTES = 4096
+# A keep-alive body: 4 KiB were plenty until boards sent their log lines with it (docs/esp32.md).
+MAX_KEEPALIVE_BYTES = 64 * 1024
 MAX_FACT_KEY_CHARS = 64
 # The largest magnitude a stored metric may have: room for byte counters up to a petabyte, and
 # far from where SQLite's avg()/sum() of many samples could overflow to Infinity.
@@ -306,6 +307,8 @@ def parse_demo(msg: dict[str, Any]) -> dict[str, Any]:
         "started_at": _number(msg.get("started_at"), "started_at", allow_none=True),
         "exited_at": _number(msg.get("exited_at"), "exited_at", allow_none=True),
         "header": clean_demo_header(header),
+        # The ts of the demo's latest dvic_log record (docs/log-format.md "Heartbeats"); absent from older daemons.
+        "last_heartbeat": _number(msg.get("last_heartbeat"), "last_heartbeat", allow_none=True),
     }
 
 
@@ -495,3 +498,68 @@ def parse_keepalive(body: Any) -> tuple[dict[str, float], dict[str, str]]:
             raise ValueError(f"firmware: expected a string of at most {MAX_FACT_CHARS} characters")
         facts["firmware"] = firmware
     return series, facts
+
+
+# The `logs` object of a keep-alive body (docs/protocol.md section 3): an ESP32 board's log lines.
+KEEPALIVE_LOGS_VERSION = 1
+
+
+def _whole(value: Any, field: str, low: int, high: int = MAX_INT) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{field}: expected an integer from {low} to {high}")
+    return value
+
+
+def _keepalive_line(line: Any, index: int, now_ms: int) -> dict[str, Any]:
+    field = f"logs.lines[{index}]"
+    if not isinstance(line, dict):
+        raise ValueError(f"{field}: expected an object")
+    level = line.get("level")
+    if type(level) is not str or level not in LEVELS:
+        raise ValueError(f"{field}.level: expected one of {', '.join(LEVELS)}")
+    msg = line.get("msg")
+    if not isinstance(msg, str):
+        raise ValueError(f"{field}.msg: expected a string")
+    text, clipped = _clip(msg, MAX_MSG_BYTES)
+    return {
+        "seq": _whole(line.get("seq"), f"{field}.seq", 1),
+        # how long before the keep-alive it was logged: a board may not know the date, only its uptime
+        "age_ms": max(0, now_ms - _whole(line.get("ms"), f"{field}.ms", 0)),
+        "level": level,
+        "msg": text,
+        "truncated": bool(line.get("truncated")) or clipped,
+    }
+
+
+def parse_keepalive_logs(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The board's log lines of a keep-alive body, validated; None when it has no `logs`.
+
+    Raises ValueError with a readable reason (the keep-alive answers 400 bad_field). A board sends
+    `{"v": 1, "token", "name", "now_ms", "lines": [...], "gap": {...}}`; see docs/esp32.md.
+    """
+    logs = body.get("logs")
+    if logs is None:
+        return None
+    if not isinstance(logs, dict):
+        raise ValueError("logs: expected an object")
+    version = logs.get("v")
+    if version != KEEPALIVE_LOGS_VERSION:
+        raise ValueError(f"logs.v: version {version!r} is not supported (this server reads {KEEPALIVE_LOGS_VERSION})")
+    token = logs.get("token")
+    if not isinstance(token, str) or not 1 <= len(token) <= 64:
+        raise ValueError("logs.token: expected a string of 1 to 64 characters (the board's boot token)")
+    name = logs.get("name", "")
+    if not isinstance(name, str) or len(name) > 256:
+        raise ValueError("logs.name: expected a string of at most 256 characters")
+    now_ms = _whole(logs.get("now_ms"), "logs.now_ms", 0)
+    lines = logs.get("lines", [])
+    if not isinstance(lines, list) or len(lines) > MAX_BATCH_LINES:
+        raise ValueError(f"logs.lines: expected a list of at most {MAX_BATCH_LINES} lines")
+    gap = logs.get("gap")
+    if gap is not None:
+        if not isinstance(gap, dict):
+            raise ValueError("logs.gap: expected an object")
+        first = _whole(gap.get("first_seq"), "logs.gap.first_seq", 1)
+        gap = {"first_seq": first, "last_seq": _whole(gap.get("last_seq"), "logs.gap.last_seq", first)}
+    return {"token": token, "name": name, "gap": gap,
+            "lines": [_keepalive_line(line, i, now_ms) for i, line in enumerate(lines)]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from functools import partial
@@ -22,6 +21,7 @@ from dvic_core.constants import (
 
 from . import store
 from .auth import NODE, error_response
+from .boardlogs import store_board_logs
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -30,6 +30,7 @@ from .messages import (
     ProtocolError,
     metric_series,
     parse_keepalive,
+    parse_keepalive_logs,
     parse_node_message,
 )
 from .nodelimits import (
@@ -43,7 +44,7 @@ from .pki import der_fingerprint
 from .registry import NodeState
 from .routes import routes
 from .services import SERVICES, Services
-from .strictjson import JsonError, check_numbers, json_response
+from .strictjson import JsonError, check_numbers, dumps, json_response
 from .strictjson import loads as strict_loads
 from .tokens import bearer, hash_token
 from .writer import StorageError
@@ -167,13 +168,13 @@ class NodeSession:
         if self.ws.closed or not self.greeted:
             return False
         try:
-            await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+            await self.ws.send_str(dumps(message, separators=(",", ":")))
         except (ConnectionError, RuntimeError):
             return False
         return True
 
     async def _send(self, message: dict[str, Any]) -> None:
-        await self._send_text(json.dumps(message, separators=(",", ":")))
+        await self._send_text(dumps(message, separators=(",", ":")))
 
     async def _send_text(self, text: str) -> None:
         if not self.ws.closed:
@@ -277,7 +278,8 @@ class NodeSession:
         if not room:
             await self._dropped("demos", time.monotonic())
             return
-        await self.services.writer.submit(store.upsert_demo_evicting(node.id, msg, now, evicted))
+        if not _only_heartbeat_changed(known, msg):
+            await self.services.writer.submit(store.upsert_demo_evicting(node.id, msg, now, evicted))
         before = (known or {}).get("state")
         registry.set_demo(node, msg, now, evicted)
         if before != msg["state"] and msg["state"] in ("started", "exited"):
@@ -386,6 +388,27 @@ class NodeSession:
             await self._send_text(f'{{"type":"ack","seq":{max(seq for seq, _ in settled)}}}')
 
 
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body up to `limit` bytes: one read() returns only what has arrived (16 KiB chunks)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _only_heartbeat_changed(known: dict[str, Any] | None, msg: dict[str, Any]) -> bool:
+    """A daemon's liveness report (every few seconds per running demo) changes nothing the table keeps:
+    last_heartbeat lives in memory and comes back with the daemon's announcements after a reconnect."""
+    if known is None:
+        return False
+    return all(known.get(k) == msg.get(k) for k in ("name", "pid", "state", "started_at", "exited_at", "header"))
+
+
 @routes.route("POST", "/api/v1/keepalive", role=NODE, summary="Keep-alive from a node (bearer node token)")
 async def keepalive(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
@@ -408,13 +431,14 @@ async def keepalive(request: web.Request) -> web.Response:
         return response
     if request.content_length is not None and request.content_length > MAX_KEEPALIVE_BYTES:
         return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
-    raw = await request.content.read(MAX_KEEPALIVE_BYTES + 1)
+    raw = await _read_at_most(request, MAX_KEEPALIVE_BYTES + 1)
     if len(raw) > MAX_KEEPALIVE_BYTES:
         return error_response(413, "too_large", f"keep-alive body over {MAX_KEEPALIVE_BYTES} bytes")
     try:
         body = strict_loads(raw) if raw.strip() else {}
         check_numbers(body)
         series, facts = parse_keepalive(body)
+        board_logs = parse_keepalive_logs(body)
     except JsonError as exc:
         return error_response(400, "bad_json", f"body is not valid JSON: {exc}")
     except ValueError as exc:
@@ -426,5 +450,12 @@ async def keepalive(request: web.Request) -> web.Response:
     if facts and any(node.facts.get(k) != v for k, v in facts.items()):
         node.facts.update(facts)
         await services.writer.submit(store.merge_facts(node.id, facts))
+    answer: dict[str, Any] = {"server_time": now, "interval": services.config.interval, "node_id": node.id}
+    if board_logs is not None:
+        try:
+            answer["logs"] = {"last_seq": await store_board_logs(services, node, board_logs, now, mono)}
+        except StorageError as exc:
+            log.error("node %s: board log lines not stored: %s", node.name, exc)
+            return error_response(503, "storage", "storage unavailable, send these lines again later")
     await services.registry.keepalive(node, now)
-    return json_response({"server_time": now, "interval": services.config.interval, "node_id": node.id})
+    return json_response(answer)

@@ -332,7 +332,10 @@ class Registry:
         if evicted is not None:
             node.demos.pop(evicted, None)
             node.demo_seen.pop(evicted, None)
-        node.demos[demo["token"]] = _demo_view(demo)
+        view = _demo_view(demo)
+        if view["last_heartbeat"] is None:  # a state message that says nothing of it keeps what we knew
+            view["last_heartbeat"] = (node.demos.get(demo["token"]) or {}).get("last_heartbeat")
+        node.demos[demo["token"]] = view
         node.demo_seen[demo["token"]] = now
         self.publish_soon(node)
 
@@ -366,4 +369,5 @@ class Registry:
 
 
 def _demo_view(demo: dict[str, Any]) -> dict[str, Any]:
-    return {k: demo.get(k) for k in ("token", "name", "pid", "state", "started_at", "exited_at", "header")}
+    return {k: demo.get(k) for k in ("token", "name", "pid", "state", "started_at", "exited_at", "header",
+                                     "last_heartbeat")}

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -23,8 +24,8 @@ from typing import IO, Any
 from aiohttp import WSMsgType, web
 
 from .registry import NodeState
-from .relay import finish_pump, pump_to_client
-from .strictjson import JsonError, loads
+from .relay import finish_pump, offer, pump_to_client, stall_guard
+from .strictjson import JsonError, dumps, loads
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ class ShellSession:
     rows: int
     recording_path: Path
     started_at: float = field(default_factory=time.time)
-    to_client: asyncio.Queue[bytes | dict[str, Any] | None] = field(
-        default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    # Bounded by CLIENT_QUEUE through to_client_nowait (the end marker always fits).
+    to_client: asyncio.Queue[bytes | dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
@@ -76,11 +77,7 @@ class ShellSession:
             self._cast = None
 
     def to_client_nowait(self, item: bytes | dict[str, Any] | None) -> bool:
-        try:
-            self.to_client.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
-            return False
+        return offer(self.to_client, item, CLIENT_QUEUE)
 
 
 class ShellHub:
@@ -151,17 +148,25 @@ class ShellHub:
         for session in [s for s in self.sessions.values() if s.node.id == node.id]:
             await self.end(session, None, f"node {node.name} went offline")
 
-    async def relay(self, session: ShellSession, ws: web.WebSocketResponse) -> None:
-        """Pump bytes between the client websocket and the node until either side ends."""
+    async def relay(self, session: ShellSession, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> None:
+        """Pump bytes between the client websocket and the node until either side ends.
+        `hang_up` drops the client's connection (used when it stops reading)."""
         node = session.node
         assert node.send is not None
+        stopped_reading: list[bool] = []
+
+        def hang_up_client() -> None:
+            stopped_reading.append(True)
+            hang_up()
+
         sent = await node.send({"type": "shell_open", "id": session.id, "cols": session.cols,
                                 "rows": session.rows, "term": "xterm-256color"})
         if not sent:
             await self.end(session, None, "node connection closed while opening the shell")
         pump = asyncio.create_task(pump_to_client(
             session.to_client, ws,
-            lambda: {"type": "exit", "code": session.exit_code, "message": session.message}))
+            lambda: {"type": "exit", "code": session.exit_code, "message": session.message},
+            hang_up_client, "shell"))
         ending = "the session ended on a server error"
         try:
             try:
@@ -169,7 +174,8 @@ class ShellHub:
             except TimeoutError:
                 await self.end(session, None, "the node did not open a shell in time")
             if not session.ended.is_set():
-                await ws.send_str(json.dumps({"type": "opened", "session": session.id}))
+                async with stall_guard(hang_up_client, "shell"):
+                    await ws.send_str(dumps({"type": "opened", "session": session.id}))
             async for msg in ws:
                 if session.ended.is_set():
                     break
@@ -177,14 +183,18 @@ class ShellHub:
                     for i in range(0, len(msg.data), CHUNK):
                         piece = msg.data[i:i + CHUNK]
                         if node.send is None or not await node.send({
-                            "type": "shell_input", "id": session.id, "data": base64.b64encode(piece).decode()}):
+                                "type": "shell_input", "id": session.id, "data": base64.b64encode(piece).decode()}):
                             break
                 elif msg.type == WSMsgType.TEXT:
                     await self._control(session, msg.data)
             ending = "client closed the session"
+        except ConnectionError:
+            ending = "client connection lost"  # e.g. an answer to its ping that could not be sent
         finally:
             # Whatever ended the relay (even an error or a cancelled handler), the session ends:
             # its slot is freed, the node hangs up the PTY, the history gets its end.
+            if stopped_reading:
+                ending = "client stopped reading: hung up"
             if not session.ended.is_set():
                 await asyncio.shield(self.end(session, None, ending))
             await finish_pump(pump)

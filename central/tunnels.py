@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from .registry import NodeState
-from .relay import finish_pump, pump_to_client
+from .relay import finish_pump, offer, pump_to_client, stall_guard
+from .strictjson import dumps
 
 MAX_TUNNELS_PER_NODE = 8
 CLIENT_QUEUE = 512
@@ -32,7 +33,8 @@ class Tunnel:
     node: NodeState
     host: str
     port: int
-    to_client: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
+    # Bounded by CLIENT_QUEUE through `offer` (the end marker always fits).
+    to_client: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     message: str = ""
@@ -57,10 +59,7 @@ class TunnelHub:
         tunnel.ended.set()
         tunnel.opened.set()
         self.tunnels.pop(tunnel.id, None)
-        try:
-            tunnel.to_client.put_nowait(None)
-        except asyncio.QueueFull:
-            pass
+        offer(tunnel.to_client, None, CLIENT_QUEUE)
         if tell_node and tunnel.node.send is not None:
             await tunnel.node.send({"type": "tunnel_close", "id": tunnel.id})
 
@@ -72,9 +71,7 @@ class TunnelHub:
         if kind == "tunnel_opened":
             tunnel.opened.set()
         elif kind == "tunnel_data":
-            try:
-                tunnel.to_client.put_nowait(msg["data"])
-            except asyncio.QueueFull:
+            if not offer(tunnel.to_client, msg["data"], CLIENT_QUEUE):
                 await self.end(tunnel, "client too slow: tunnel closed")
         elif kind == "tunnel_closed":
             await self.end(tunnel, msg["message"] or "closed by the node", tell_node=False)
@@ -85,7 +82,9 @@ class TunnelHub:
         for tunnel in [t for t in self.tunnels.values() if t.node.id == node.id]:
             await self.end(tunnel, f"node {node.name} went offline", tell_node=False)
 
-    async def relay(self, tunnel: Tunnel, ws: web.WebSocketResponse) -> None:
+    async def relay(self, tunnel: Tunnel, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> None:
+        """Pump bytes between the client websocket and the node's TCP connection until either side
+        ends. `hang_up` drops the client's connection (used when it stops reading)."""
         node = tunnel.node
         if node.send is None or not await node.send(
                 {"type": "tunnel_open", "id": tunnel.id, "host": tunnel.host, "port": tunnel.port}):
@@ -95,12 +94,18 @@ class TunnelHub:
         except TimeoutError:
             await self.end(tunnel, f"the node did not connect to {tunnel.host}:{tunnel.port} in time")
         if tunnel.ended.is_set():
-            await ws.send_str(json.dumps({"type": "closed", "message": tunnel.message}))
+            await ws.send_str(dumps({"type": "closed", "message": tunnel.message}))
             await ws.close()
             return
-        await ws.send_str(json.dumps({"type": "opened"}))
+        ending = "client closed the tunnel"
+        try:
+            async with stall_guard(hang_up, "tunnel"):
+                await ws.send_str(dumps({"type": "opened"}))  # before any of the tunnel's bytes
+        except ConnectionError:
+            await self.end(tunnel, "client connection lost")
+            return
         pump = asyncio.create_task(pump_to_client(
-            tunnel.to_client, ws, lambda: {"type": "closed", "message": tunnel.message}))
+            tunnel.to_client, ws, lambda: {"type": "closed", "message": tunnel.message}, hang_up, "tunnel"))
         try:
             async for msg in ws:
                 if tunnel.ended.is_set():
@@ -111,6 +116,10 @@ class TunnelHub:
                         if node.send is None or not await node.send(
                                 {"type": "tunnel_data", "id": tunnel.id, "data": data}):
                             break
-            await self.end(tunnel, "client closed the tunnel")
+        except ConnectionError:
+            ending = "client connection lost"
         finally:
+            # Whatever ended the relay, the node closes its side and the tunnel's slot is freed.
+            if not tunnel.ended.is_set():
+                await asyncio.shield(self.end(tunnel, ending))
             await finish_pump(pump)

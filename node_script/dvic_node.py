@@ -65,6 +65,9 @@ QUIET_AFTER_S = 2.0  # polling: a file without new lines for this long is read o
 IDLE_POLL_S = 1.0
 WATCHED_POLL_S = 5.0  # a file inotify watches is still read this often, in case an event never comes
 WATCHED_SCAN_S = 10.0  # likewise, a watched log dir is listed this often (2 s when not watched)
+# A demo's last_heartbeat (the ts of its latest record, docs/log-format.md "Heartbeats") goes to the server at once
+# when it first changes, then at most this often while it keeps changing: liveness, not a line per record.
+HEARTBEAT_REPORT_S = 2.0
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "CRIT": "CRITICAL", "ERR": "ERROR", "TRACE": "DEBUG"}
 LOG_NAME_RE = re.compile(r"^dvic_log_[0-9a-f]{16}$")
@@ -1679,6 +1682,19 @@ def unescape_partial_json_string(s: str) -> str:
     return s
 
 
+def is_heartbeat(line: Line) -> bool:
+    """A dvic_log heartbeat record (`"heartbeat":1`, docs/log-format.md): liveness, never shipped as a line.
+    The substring test is exact enough to skip parsing other lines: inside a JSON string a quote is escaped."""
+    if line.overlong or len(line.data) > 256 or b'"heartbeat":1' not in line.data:
+        return False
+    try:
+        obj = json.loads(line.data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("heartbeat") == 1 and obj.get("heartbeat") is not True \
+        and "dvic_log" not in obj
+
+
 def parse_record(line: Line) -> Tuple[float, str, str, bool]:
     """(ts, level, msg, truncated) of one log line; anything that is not a record becomes raw INFO text."""
     raw = line.data[:-1] if line.data.endswith(b"\r") else line.data
@@ -1752,6 +1768,9 @@ class Demo:
         self.unwatchable_ino = 0  # an inode whose watch failed: not retried
         self.owner = (logdir.key_prefix, -1)  # (log dir, uid of the file) its place counts against
         self.mtime = 0.0  # the file's when it was taken on
+        self.last_heartbeat = None  # type: Optional[float]  # ts of the latest record (heartbeat or not)
+        self.sent_heartbeat = None  # type: Optional[float]  # the last_heartbeat the server was last told
+        self.heartbeat_sent_at = -1e9  # time.monotonic() of that report
 
     @property
     def name(self) -> str:
@@ -1762,9 +1781,10 @@ class Demo:
         header = {k: h.get(k) for k in ("exe", "argv", "user", "host")}
         if self.logdir.container:
             header["container"] = self.logdir.container
+        self.sent_heartbeat, self.heartbeat_sent_at = self.last_heartbeat, time.monotonic()
         return {"type": "demo", "token": self.token, "name": self.name, "pid": h.get("pid"),
                 "state": state or self.state, "started_at": sane_ts(h.get("start")),
-                "exited_at": self.exited_at, "header": header}
+                "exited_at": self.exited_at, "header": header, "last_heartbeat": self.last_heartbeat}
 
 
 class DemoWatcher:
@@ -2167,9 +2187,13 @@ class DemoWatcher:
         for line in lines:
             if line.start == 0 and not line.overlong and self._take_header(demo, line.data):
                 continue  # a header (also the one of a fresh file after rotation) is identity, not a line
+            heartbeat = is_heartbeat(line)
             ts, level, msg, truncated = parse_record(line)
-            out.append({"ts": ts, "source": "demo", "unit": demo.name, "demo": demo.token,
-                        "level": level, "msg": msg, "truncated": truncated})
+            if demo.last_heartbeat is None or ts > demo.last_heartbeat:
+                demo.last_heartbeat = ts  # any record shows the demo is running
+            if not heartbeat:  # a heartbeat only says so: no line for it
+                out.append({"ts": ts, "source": "demo", "unit": demo.name, "demo": demo.token,
+                            "level": level, "msg": msg, "truncated": truncated})
         position = demo.follower.position()
         if out or position != self.spool.positions.get(demo.key):
             try:
@@ -2230,6 +2254,16 @@ class DemoWatcher:
                 self.spool.checkpoint()
             except OSError as exc:
                 LOG.warning("cannot save demo states: %s", exc)
+
+    def report_heartbeats(self) -> None:
+        """Tell the server a running demo's new last_heartbeat: at once the first time, then at most every
+        HEARTBEAT_REPORT_S while it keeps changing (call only while online: `announce` covers the rest)."""
+        now = time.monotonic()
+        for demo in self.demos.values():
+            if demo.header is None or demo.state in ("", "exited") or demo.last_heartbeat == demo.sent_heartbeat:
+                continue
+            if demo.sent_heartbeat is None or now - demo.heartbeat_sent_at >= HEARTBEAT_REPORT_S:
+                self.emit(demo.message("alive"))
 
     @staticmethod
     def _mtime(demo: Demo) -> float:
@@ -4059,6 +4093,8 @@ class Daemon:
                 if now >= next_live:
                     self.demos.check_liveness()
                     next_live = now + 1.0
+                if self.online:
+                    self.demos.report_heartbeats()
             except Exception as exc:  # noqa: BLE001 - a bug on one odd file must not stop everything else
                 if repr(exc) != last_bug:
                     last_bug = repr(exc)

@@ -122,7 +122,7 @@ async def test_lone_surrogates_are_stored_as_valid_text(central_server: CentralS
         ({"Authorization": "Bearer dvn_not-a-token"}, b"{}", 401, "bad_token"),
         (None, b"{oops", 400, "bad_json"),
         (None, b'{"rssi": "strong"}', 400, "bad_field"),
-        (None, b'{"firmware": "' + b"x" * 5000 + b'"}', 413, "too_large"),
+        (None, b'{"firmware": "' + b"x" * 70000 + b'"}', 413, "too_large"),
     ],
     ids=["no-token", "bad-token", "bad-json", "bad-field", "too-large"],
 )

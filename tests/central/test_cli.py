@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.server import REPO, CentralServer
 
 
@@ -68,6 +70,18 @@ def test_node_add_with_the_server_stopped(tmp_path: Path):
 def test_plain_http_is_refused_off_loopback(tmp_path: Path):
     result = run_cli("--data-dir", str(tmp_path / "d"), "serve", "--listen", "0.0.0.0:0", "--insecure-http")
     assert result.returncode != 0 and "loopback" in result.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--interval", "nan"), ("--interval", "inf"), ("--interval", "0"),
+                                           ("--offline-after", "nan"), ("--offline-after", "-5")])
+def test_serve_refuses_an_interval_that_is_not_a_positive_number_of_seconds(tmp_path: Path, option: str,
+                                                                              value: str):
+    # `--interval nan` used to start a server whose welcome frame told nodes `"interval": NaN`
+    # (not JSON) and whose bundles said `"interval": null`.
+    result = subprocess.run([sys.executable, "-m", "central.cli", "--data-dir", str(tmp_path / "d"), "serve",
+                             "--listen", "127.0.0.1:0", option, value], cwd=REPO, capture_output=True, text=True,
+                            timeout=20)
+    assert result.returncode == 2 and option in result.stderr and "positive number of seconds" in result.stderr
 
 
 def test_plain_http_on_loopback_lets_nodes_use_their_token(tmp_path: Path):

@@ -236,3 +236,22 @@ def test_the_connection_limit_fits_the_open_file_limit():
     soft, fitted = fd_budget(limits, 256, 256)
     assert fitted.max_connections == 256 - 64  # a quarter kept for files on a tiny limit
     assert fd_budget(limits, 1024, resource.RLIM_INFINITY)[0] == 10_000 + FD_RESERVE
+
+
+async def test_malformed_request_heads_get_a_400_and_one_log_line_not_a_traceback_each(tmp_path: Path):
+    # aiohttp logged each one at ERROR with a 12-line traceback: anyone who reached the port could
+    # fill the server log with them.
+    server = CentralServer(tmp_path / "central").start()
+    try:
+        for _ in range(3):
+            stream = await _open(server)
+            stream[1].write(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Type: a\r\nContent-Type: b\r\n\r\n")
+            assert (await _closed_by_server(stream)).split(b" ", 2)[1] == b"400"
+        wait_for(lambda: "malformed request" in server.log(), what="the malformed request in the server log")
+        log = server.log()
+        assert "Traceback" not in log and log.count("malformed request") == 1, log
+        assert "Duplicate 'Content-Type' header" in log
+        status, _ = server.api("GET", "/api/v1/health")
+        assert status == 200
+    finally:
+        server.stop()

@@ -189,6 +189,24 @@ async def test_hostile_numbers_from_a_node_get_bad_message(server: CentralServer
     assert "Traceback" not in new_log(server, logged)
 
 
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "node_messages.json").read_text())["invalid"]
+
+
+@pytest.mark.parametrize("case", VECTORS, ids=[f"vector-{i}" for i in range(len(VECTORS))])
+async def test_every_invalid_vector_gets_an_error_frame_then_its_close_code(server: CentralServer,
+                                                                          case: dict[str, Any]) -> None:
+    # The shared vectors, against the real server: never a silent close.
+    bundle = server.enroll(f"v-{time.monotonic_ns()}")
+    async with FakeNode(bundle) as node:
+        await node.connect()
+        if '"hello"' not in case["frame"]:
+            await node.hello()
+        await node.send_raw(case["frame"])
+        error = await node.recv()
+        assert error["type"] == "error" and error["code"] and error["message"], error
+        assert await node.closed() == case["close"]
+
+
 async def test_the_reviews_overflowing_samples_are_not_stored(server: CentralServer) -> None:
     """l1.py: finite samples (1e308) whose average overflows. None is stored; a good sample after is."""
     bundle = server.enroll("pi-l1")

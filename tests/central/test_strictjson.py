@@ -53,3 +53,12 @@ def test_fact_keys_with_controls_and_absurd_numbers_are_dropped() -> None:
     facts = {"\x1b]52;c;aGk=\x07": "x", "a\x9bb": "c1 csi", "rtl\u202eevil": "bidi", "\x7f": "del",
              "k" * 65: "long", "ok-key": "\x1b[2J kept", "boot_time": 1e308, "uptime": 12.0, "caf\u00e9": "accent"}
     assert clean_facts(facts) == {"ok-key": "\x1b[2J kept", "uptime": 12.0, "caf\u00e9": "accent"}
+
+
+def test_error_bodies_are_strict_json_too() -> None:
+    # Every error body goes through error_response; whatever a caller adds to it stays strict JSON.
+    from central.auth import error_response
+
+    response = error_response(400, "bad_field", "m", limit=float("inf"))
+    assert json.loads(response.text, parse_constant=lambda name: pytest.fail(f"bare {name}")) == {
+        "error": {"code": "bad_field", "message": "m", "limit": None}}

@@ -108,10 +108,13 @@ def describe_node(d: dict[str, Any], now: float) -> str:
         lines.append("")
         lines.append(
             fmt.table(
-                ["DEMO", "STATE", "PID", "STARTED", "TOKEN"],
+                ["DEMO", "STATE", "PID", "STARTED", "LAST BEAT", "TOKEN"],
                 [
                     [x.get("name", "?"), x.get("state", "?"), x.get("pid", "-"),
-                     fmt.age(x.get("started_at"), now) + " ago", x.get("token", "")]
+                     fmt.age(x.get("started_at"), now) + " ago",
+                     # the demo's latest dvic_log record or heartbeat (docs/log-format.md "Heartbeats")
+                     fmt.age(x["last_heartbeat"], now) + " ago" if x.get("last_heartbeat") else "-",
+                     x.get("token", "")]
                     for x in demo_list
                 ],
             )

@@ -5,6 +5,7 @@ Typical use::
     import dvic_log
     log = dvic_log.get_logger("robot-arm")
     log.info("calibrated")
+    dvic_log.heartbeat(log)  # in the main loop: "still running", at most one record a second
 
 The node daemon discovers these files and ships every line. The file format is described in
 docs/log-format.md; this package needs nothing but the standard library (Python >= 3.8).
@@ -23,7 +24,7 @@ from ._config import (
     ConfigError,
 )
 from ._format import FORMAT_VERSION, LEVELS
-from ._handler import DvicLogHandler, get_logger
+from ._handler import DvicLogHandler, get_logger, heartbeat
 from ._identity import ProcessIdentity
 from ._writer import FILE_PREFIX, ROTATED_SUFFIX, LogFile
 
@@ -52,6 +53,7 @@ __all__ = [
     "LogFile",
     "ProcessIdentity",
     "get_logger",
+    "heartbeat",
     "open_log",
     "__version__",
 ]

@@ -9,7 +9,7 @@ import os
 import re
 from typing import Any, Dict, List, NamedTuple, Optional
 
-from ._format import LEVELS
+from ._format import LEVELS, is_heartbeat
 from ._prune import writer_alive
 
 LIVE_NAME = re.compile(r"^dvic_log_[0-9a-f]{16}$")
@@ -19,7 +19,7 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class Entry(NamedTuple):
-    """One thing read from a file: kind is "header", "record", "raw" or "gap"."""
+    """One thing read from a file: kind is "header", "record", "heartbeat", "raw" or "gap"."""
 
     kind: str
     data: Dict[str, Any]
@@ -45,7 +45,7 @@ def parse_line(raw: bytes) -> Entry:
             record["level"] = level if level in LEVELS else "INFO"
             ts = obj.get("ts")
             record["ts"] = ts if isinstance(ts, (int, float)) and not isinstance(ts, bool) else None
-            return Entry("record", record)
+            return Entry("heartbeat" if is_heartbeat(obj) else "record", record)
     return Entry("raw", {"ts": None, "level": "INFO", "msg": text})
 
 

@@ -23,7 +23,7 @@ def _clock(ts: Optional[float]) -> str:
 def format_entry(entry: Entry, prefix: str = "") -> Optional[str]:
     """One entry as text lines: time, level, [logger], message; continuation lines indented."""
     data = entry.data
-    if entry.kind == "header":
+    if entry.kind in ("header", "heartbeat"):  # identity and liveness, not log lines
         return None
     if entry.kind == "gap":
         return "%s-- %d file(s) rotated away before they could be read --" % (prefix, data["files"])

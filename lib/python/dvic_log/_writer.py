@@ -13,7 +13,16 @@ import weakref
 from typing import Any, Optional, Tuple, Union
 
 from ._config import check_name, resolve_dir, resolve_keep_seconds, resolve_max_bytes
-from ._format import encode_line, fit_record, level_name, make_header, make_record, record_line, to_text
+from ._format import (
+    encode_line,
+    fit_record,
+    heartbeat_line,
+    level_name,
+    make_header,
+    make_record,
+    record_line,
+    to_text,
+)
 from ._identity import ProcessIdentity, current_identity
 from ._prune import prune_once
 
@@ -35,6 +44,8 @@ _VANISH_CHECK_SECONDS = 1.0
 _NO_ROOM = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name))
 # Slack for the '"rotated":N' field that later headers add: keeps every record under the cap.
 _ROTATED_FIELD_SLACK = 24
+#: A heartbeat call within this many seconds of the last heartbeat record writes nothing.
+HEARTBEAT_MIN_INTERVAL = 1.0
 
 
 def new_token() -> str:
@@ -66,6 +77,7 @@ class LogFile:
         self._fd: Optional[int] = None
         self._closed = False
         self._closed_file: Optional[Tuple[int, int]] = None  # (inode, device) at close(), for reopen()
+        self._last_heartbeat: Optional[float] = None  # time.monotonic() of the last heartbeat record
         self._open_stream(identity or current_identity())
         _WRITERS.add(self)
         prune_once(self.directory, keep_seconds)
@@ -127,6 +139,31 @@ class LogFile:
             if self._size + len(line) > self.max_bytes:
                 self._rotate()
             self._write_line(line)
+
+    def heartbeat(self) -> bool:
+        """Say the demo is alive: a heartbeat record, at most one per second (more calls are free).
+
+        Returns True when a record was written. Raises like write() (ValueError after close,
+        OSError when the disk refuses it).
+        """
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                raise ValueError("dvic_log: heartbeat on closed log file %s" % self._path)
+            if self._pid != os.getpid():
+                self._reopen_after_fork()
+                self._last_heartbeat = None
+            if self._last_heartbeat is not None and now - self._last_heartbeat < HEARTBEAT_MIN_INTERVAL:
+                return False
+            line = heartbeat_line(time.time())
+            self._check_vanished()
+            if self._pending:
+                self._finish_pending()
+            if self._size + len(line) > self.max_bytes:
+                self._rotate()
+            self._write_line(line)
+            self._last_heartbeat = now
+            return True
 
     def debug(self, msg: Any) -> None:
         self.write("DEBUG", msg)
