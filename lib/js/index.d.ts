@@ -36,6 +36,8 @@ export declare class Logger {
   critical(msg: unknown, ...args: unknown[]): boolean;
   /** A level name (also WARN, FATAL) or a Python logging number (25 -> INFO). Throws on an unknown name. */
   log(level: LevelName | 'WARN' | 'FATAL' | number, msg: unknown, ...args: unknown[]): boolean;
+  /** One record with its fields as they are: a Buffer message is decoded as UTF-8 (invalid bytes -> U+FFFD); exc is traceback text. */
+  write(level: LevelName | 'WARN' | 'FATAL' | number, msg: unknown, options?: { exc?: string }): boolean;
   /** A heartbeat record, at most one per second per file; returns whether one was written. */
   heartbeat(): boolean;
   /** A logger on the same file whose records say logger "<name>.<suffix>". */

@@ -148,6 +148,16 @@ class Logger {
     return this._write(format.levelName(level), msg, args); // an unknown level name is the caller's bug: throws
   }
 
+  /**
+   * One record with its fields given as they are: a level name or number, the message (a
+   * Buffer is decoded as UTF-8, invalid bytes becoming U+FFFD) and options.exc, traceback text.
+   */
+  write(level, msg, options) {
+    const exc = options && options.exc ? format.toText(options.exc) : undefined;
+    const rec = { ts: Date.now() / 1000, level: format.levelName(level), msg: format.toText(msg), logger: this.name, exc };
+    return this._demo.write(rec);
+  }
+
   debug(msg, ...args) {
     return this._write('DEBUG', msg, args);
   }

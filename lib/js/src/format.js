@@ -42,7 +42,7 @@ function toText(value) {
   try {
     if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('utf8');
     if (value instanceof Error) return errorLine(value);
-    return util.format('%s', value);
+    return util.format(value); // what console.log shows for it
   } catch (err) {
     return `<unprintable ${typeof value}: ${safeName(err)}>`;
   }

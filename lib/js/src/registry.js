@@ -5,8 +5,10 @@
 // file". Node's worker threads do not share modules, but they do share descriptors and can share
 // a SharedArrayBuffer: the main thread creates this table when it loads the package and hands it
 // to the workers it starts afterwards (worker_threads.setEnvironmentData). Each slot holds the
-// state one writer needs (descriptor, size, rotation count, token ...) and a lock, so any thread
-// can append, rotate or reopen the file, exactly one at a time. A worker started before the main
+// state of one file (token, inode, size, rotation count ...) and a lock, so any thread can
+// append, rotate or reopen the file, exactly one at a time. Descriptors are not shared: Node
+// closes the descriptors a worker opened when that worker exits, so each thread opens its own
+// on the slot's current file (checked by inode) and notices a rotation by the slot's GEN. A worker started before the main
 // thread loaded the package, or a table that is full, gets a private table: then that worker
 // writes its own file (a second stream of the same demo, with the same pid).
 
@@ -19,13 +21,13 @@ const HEAP_BYTES = 512 * 1024;
 
 // Int32 fields of a slot.
 const I = {
-  LOCK: 0, STATE: 1, FD: 2, ROTATED: 3, CLOSED: 4, TORN_OWNER: 5, TOKEN_HI: 6, TOKEN_LO: 7,
+  LOCK: 0, STATE: 1, GEN: 2, ROTATED: 3, CLOSED: 4, TORN_OWNER: 5, TOKEN_HI: 6, TOKEN_LO: 7,
   NAME_OFF: 8, NAME_LEN: 9, DIR_OFF: 10, DIR_LEN: 11, IDENT_OFF: 12, IDENT_LEN: 13,
 };
 const SLOT_INTS = 16;
 // Float64 fields of a slot.
 const F = {
-  SIZE: 0, START: 1, MAX_BYTES: 2, MAX_LINE: 3, NEXT_CHECK: 4, CLOSED_INO: 5, CLOSED_DEV: 6, KEEP: 7, LAST_HEARTBEAT: 8,
+  SIZE: 0, START: 1, MAX_BYTES: 2, MAX_LINE: 3, NEXT_CHECK: 4, INO: 5, DEV: 6, KEEP: 7, LAST_HEARTBEAT: 8,
 };
 const SLOT_FLOATS = 9;
 // Table-wide Int32 fields, before the slots.

@@ -116,6 +116,8 @@ class LogFile {
     this.name = slot.stringField(I.NAME_OFF, I.NAME_LEN);
     this.directory = slot.stringField(I.DIR_OFF, I.DIR_LEN);
     this.fragment = slot.stringField(I.IDENT_OFF, I.IDENT_LEN);
+    this.fd = -1; // this thread's descriptor on the slot's file ...
+    this.gen = -1; // ... as it was at this generation of the slot
     this.pending = null; // the rest of a line cut short by a full disk (this thread's own)
   }
 
@@ -142,7 +144,6 @@ class LogFile {
     });
     slot.setFloat(F.MAX_BYTES, maxBytes);
     slot.setFloat(F.KEEP, keepSeconds);
-    slot.setInt(I.FD, -1);
     slot.setFloat(F.LAST_HEARTBEAT, -Infinity);
     const file = new LogFile(slot);
     file.openStream();
@@ -170,12 +171,9 @@ class LogFile {
   writeRecord(rec) {
     const line = recordLine(rec.ts, rec.level, rec.msg, rec.logger, rec.exc); // outside the lock
     this.locked(() => {
-      if (this.closed) this.reopenLocked();
-      const fitted = line.length > this.slot.float(F.MAX_LINE) ? fitRecord(rec, this.slot.float(F.MAX_LINE)) : line;
-      this.checkVanished();
-      this.finishPending();
-      if (this.slot.float(F.SIZE) + fitted.length > this.maxBytes) this.rotate();
-      this.writeLine(fitted);
+      this.ready();
+      const maxLine = this.slot.float(F.MAX_LINE);
+      this.append(line.length > maxLine ? fitRecord(rec, maxLine) : line);
     });
   }
 
@@ -186,39 +184,26 @@ class LogFile {
   heartbeat() {
     const now = monotonicMs();
     return this.locked(() => {
-      if (this.closed) this.reopenLocked();
+      this.ready();
       if (now - this.slot.float(F.LAST_HEARTBEAT) < HEARTBEAT_MIN_INTERVAL_MS) return false;
-      const line = heartbeatLine(Date.now() / 1000);
-      this.checkVanished();
-      this.finishPending();
-      if (this.slot.float(F.SIZE) + line.length > this.maxBytes) this.rotate();
-      this.writeLine(line);
+      this.append(heartbeatLine(Date.now() / 1000));
       this.slot.setFloat(F.LAST_HEARTBEAT, now);
       return true;
     });
   }
 
-  /** Close the descriptor (the file stays for the daemon); a later write reopens it. */
+  /** Close the file (it stays for the daemon); a later write reopens it. */
   close() {
     this.locked(() => {
       if (this.closed) return;
       try {
+        this.ready();
         this.finishPending();
       } catch (_) {
         // still no room: the reader will see the incomplete last line
       }
-      const fd = this.slot.int(I.FD);
       this.slot.setInt(I.CLOSED, 1);
-      this.slot.setInt(I.FD, -1);
-      if (fd >= 0) {
-        try {
-          const st = fs.fstatSync(fd);
-          this.slot.setFloat(F.CLOSED_INO, st.ino);
-          this.slot.setFloat(F.CLOSED_DEV, st.dev);
-        } finally {
-          fs.closeSync(fd);
-        }
-      }
+      this.dropFd();
     });
   }
 
@@ -234,18 +219,90 @@ class LogFile {
   // ----- internals (the slot's lock is held) ---------------------------------------------------
 
   header(rotated) {
-    const start = this.slot.float(F.START);
     let line = '{"dvic_log":1,"token":"' + this.token + '","name":' + quote(this.name) + this.fragment;
-    line += ',"start":' + pyFloat(start);
+    line += ',"start":' + pyFloat(this.slot.float(F.START));
     if (rotated) line += ',"rotated":' + rotated;
     return Buffer.from(line + '}\n', 'utf8');
+  }
+
+  /** Make this thread's descriptor point at the slot's current file. */
+  ready() {
+    if (this.closed) {
+      this.reopenClosed();
+    } else if (this.gen !== this.slot.int(I.GEN) || this.fd < 0) {
+      this.dropFd();
+      const fd = this.openCurrent();
+      if (fd < 0) {
+        this.replaceVanished(); // the slot's file is gone (deleted, or replaced by someone else)
+      } else {
+        this.fd = fd;
+        this.gen = this.slot.int(I.GEN);
+      }
+    }
+  }
+
+  /** The slot's file opened for appending, or -1 if its path no longer names it. */
+  openCurrent() {
+    let fd;
+    try {
+      fd = fs.openSync(this.path, O_WRONLY | O_APPEND | O_NOFOLLOW);
+    } catch (err) {
+      if (err.code === 'ENOENT' || err.code === 'ELOOP') return -1;
+      throw err;
+    }
+    const st = fs.fstatSync(fd);
+    if (st.ino !== this.slot.float(F.INO) || st.dev !== this.slot.float(F.DEV) || !st.isFile()) {
+      closeQuietly(fd);
+      return -1;
+    }
+    return fd;
+  }
+
+  /** A closed file continues where it was, or as a new stream if that file is gone. */
+  reopenClosed() {
+    this.dropFd();
+    const fd = this.openCurrent();
+    if (fd < 0) {
+      this.openStream();
+      return;
+    }
+    this.fd = fd;
+    this.gen = this.slot.int(I.GEN);
+    this.slot.setInt(I.CLOSED, 0);
+    this.slot.setFloat(F.SIZE, fs.fstatSync(fd).size);
+  }
+
+  /** The steps of one append: deleted file, torn line, rotation, then the single write. */
+  append(line) {
+    this.checkVanished();
+    this.finishPending();
+    if (this.slot.float(F.SIZE) + line.length > this.maxBytes) this.rotate();
+    this.writeLine(line);
+  }
+
+  dropFd() {
+    if (this.fd >= 0) closeQuietly(this.fd);
+    this.fd = -1;
+  }
+
+  /** Make fd (holding a fresh header) the slot's file, for every thread. */
+  adopt(fd, size, rotated) {
+    const st = fs.fstatSync(fd);
+    this.dropFd();
+    this.fd = fd;
+    this.slot.setFloat(F.INO, st.ino);
+    this.slot.setFloat(F.DEV, st.dev);
+    this.slot.setFloat(F.SIZE, size);
+    this.slot.setInt(I.ROTATED, rotated);
+    this.slot.setInt(I.CLOSED, 0);
+    this.slot.setInt(I.GEN, this.slot.int(I.GEN) + 1);
+    this.gen = this.slot.int(I.GEN);
   }
 
   /** Start a new stream: new token, new start time, new file, header with rotated = 0. */
   openStream() {
     const slot = this.slot;
-    slot.setFloat(F.START, Math.round(Date.now()) / 1000);
-    slot.setInt(I.ROTATED, 0);
+    slot.setFloat(F.START, Date.now() / 1000);
     slot.setInt(I.TORN_OWNER, 0);
     this.pending = null;
     let lastError = null;
@@ -262,13 +319,9 @@ class LogFile {
         lastError = err; // a token collision or a name planted in advance
         continue;
       }
-      const old = slot.int(I.FD);
-      slot.setInt(I.FD, fd);
-      slot.setInt(I.CLOSED, 0);
-      slot.setFloat(F.SIZE, header.length);
+      this.adopt(fd, header.length, 0);
       slot.setFloat(F.MAX_LINE, this.maxBytes - header.length - ROTATED_FIELD_SLACK);
       slot.setFloat(F.NEXT_CHECK, monotonicMs() + VANISH_CHECK_MS);
-      if (old >= 0) closeQuietly(old);
       return;
     }
     const err = new DvicLogError(
@@ -279,27 +332,8 @@ class LogFile {
     throw err;
   }
 
-  reopenLocked() {
-    let fd;
-    try {
-      fd = fs.openSync(this.path, O_WRONLY | O_APPEND | O_NOFOLLOW);
-    } catch (_) {
-      this.openStream();
-      return;
-    }
-    const st = fs.fstatSync(fd);
-    if (st.ino !== this.slot.float(F.CLOSED_INO) || st.dev !== this.slot.float(F.CLOSED_DEV) || !st.isFile()) {
-      fs.closeSync(fd); // not the file we closed (rotated away, replaced): start afresh
-      this.openStream();
-      return;
-    }
-    this.slot.setInt(I.FD, fd);
-    this.slot.setInt(I.CLOSED, 0);
-    this.slot.setFloat(F.SIZE, st.size);
-  }
-
   writeLine(line) {
-    const written = fs.writeSync(this.slot.int(I.FD), line);
+    const written = fs.writeSync(this.fd, line);
     this.slot.setFloat(F.SIZE, this.slot.float(F.SIZE) + written);
     if (written !== line.length) {
       // Disk full or file size limit: part of the line is on disk. Keep the rest and write it
@@ -319,12 +353,11 @@ class LogFile {
     const owner = this.slot.int(I.TORN_OWNER);
     if (owner !== ME) this.pending = null; // another thread finished or ended our torn line
     if (owner === 0) return;
-    // The rest of the line is held by the thread that wrote its start. This thread can only end
-    // it with a newline (the reader ships the fragment as a raw line), never glue a record to it.
-    let rest = owner === ME ? this.pending : Buffer.from('\n');
-    const fd = this.slot.int(I.FD);
-    while (rest && rest.length) {
-      const written = fs.writeSync(fd, rest);
+    // The rest of the line is held by the thread that wrote its start. Another thread can only
+    // end it with a newline (the reader ships the fragment as a raw line), never glue a record to it.
+    let rest = owner === ME && this.pending ? this.pending : Buffer.from('\n');
+    while (rest.length) {
+      const written = fs.writeSync(this.fd, rest);
       this.slot.setFloat(F.SIZE, this.slot.float(F.SIZE) + written);
       rest = rest.subarray(written);
       if (owner === ME) this.pending = rest;
@@ -338,7 +371,11 @@ class LogFile {
     const now = monotonicMs();
     if (now < this.slot.float(F.NEXT_CHECK)) return;
     this.slot.setFloat(F.NEXT_CHECK, now + VANISH_CHECK_MS);
-    if (fs.fstatSync(this.slot.int(I.FD)).nlink > 0) return;
+    if (fs.fstatSync(this.fd).nlink > 0) return;
+    this.replaceVanished();
+  }
+
+  replaceVanished() {
     this.pending = null; // the unfinished line went away with the deleted file
     this.slot.setInt(I.TORN_OWNER, 0);
     const rotated = this.slot.int(I.ROTATED) + 1;
@@ -351,17 +388,7 @@ class LogFile {
       this.openStream(); // something else took the name: continue under a new token
       return;
     }
-    this.switchTo(fd, header.length, rotated);
-  }
-
-  switchTo(fd, size, rotated) {
-    const old = this.slot.int(I.FD);
-    // The slot always names an open descriptor: a thread terminated between these steps leaks
-    // at worst one descriptor, it never leaves a number that a later open() may reuse.
-    this.slot.setInt(I.FD, fd);
-    this.slot.setFloat(F.SIZE, size);
-    this.slot.setInt(I.ROTATED, rotated);
-    if (old >= 0) closeQuietly(old);
+    this.adopt(fd, header.length, rotated);
   }
 
   /**
@@ -386,7 +413,7 @@ class LogFile {
         return;
       }
     }
-    this.switchTo(fd, header.length, rotated);
+    this.adopt(fd, header.length, rotated);
   }
 
   rotateWithLink(header) {
