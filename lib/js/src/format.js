@@ -122,13 +122,33 @@ function encodedSize(text) {
   return Buffer.byteLength(JSON.stringify(text.replace(LONE_SURROGATE, '\ufffd')), 'utf8') - 2;
 }
 
-/** The longest prefix of text whose UTF-8 form fits in maxBytes (never half a character). */
+const HAS_LONE_SURROGATE = new RegExp(LONE_SURROGATE.source);
+
+/**
+ * The longest prefix of text whose UTF-8 form fits in maxBytes (never half a character). As in
+ * the Python library (bytes cut, then decoded with errors="ignore"), a lone surrogate counts as
+ * three bytes and is dropped from a prefix that had to be cut.
+ */
 function cutUtf8(text, maxBytes) {
-  const data = Buffer.from(text.replace(LONE_SURROGATE, '\ufffd'), 'utf8');
-  if (data.length <= maxBytes) return text;
-  let end = Math.max(0, maxBytes);
-  while (end > 0 && (data[end] & 0xc0) === 0x80) end -= 1;
-  return data.subarray(0, end).toString('utf8');
+  if (!HAS_LONE_SURROGATE.test(text)) {
+    const data = Buffer.from(text, 'utf8');
+    if (data.length <= maxBytes) return text;
+    let end = Math.max(0, maxBytes);
+    while (end > 0 && (data[end] & 0xc0) === 0x80) end -= 1;
+    return data.subarray(0, end).toString('utf8');
+  }
+  if (Buffer.byteLength(text, 'utf8') <= maxBytes) return text; // a lone surrogate is 3 bytes here too
+  let bytes = 0;
+  let i = 0;
+  while (i < text.length) {
+    const c = text.charCodeAt(i);
+    const pair = c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
+    const size = c < 0x80 ? 1 : c < 0x800 ? 2 : pair ? 4 : 3;
+    if (bytes + size > maxBytes) break;
+    bytes += size;
+    i += pair ? 2 : 1;
+  }
+  return text.slice(0, i).replace(LONE_SURROGATE, '');
 }
 
 /** A prefix of text whose JSON-escaped UTF-8 form fits in budget bytes. */
