@@ -1006,7 +1006,7 @@ namespace DvicLog
     abstract class FileSystem
     {
         static FileSystem chosen;
-        internal static bool ForceManaged; // tests run the managed fallback on Linux with this
+        internal static bool ForceManaged = false; // tests run the managed fallback on Linux with this
 
         public static FileSystem Get()
         {
@@ -1909,16 +1909,16 @@ namespace DvicLog
                 return null;
             int nl = Array.IndexOf(head, (byte)'\n');
             string first = Json.DecodeUtf8(nl < 0 ? head : SubArray(head, nl));
-            if (!first.StartsWith("{\"dvic_log\":", StringComparison.Ordinal))
-                return null;
+            if (!first.TrimStart().StartsWith("{", StringComparison.Ordinal))
+                return null; // not a JSON object: a writer that counts as gone, as in Python
             var fields = new Dictionary<string, string>();
             foreach (string key in new[] { "pid", "pid_start" })
             {
-                Match m = Regex.Match(first, ",\"" + key + "\":(-?[0-9]+|null)[,}]");
+                Match m = Regex.Match(first, "[{,]\\s*\"" + key + "\"\\s*:\\s*(-?[0-9]+|null)\\s*[,}]");
                 if (m.Success)
                     fields[key] = m.Groups[1].Value;
             }
-            Match user = Regex.Match(first, ",\"user\":\"((?:[^\"\\\\]|\\\\.)*)\"");
+            Match user = Regex.Match(first, "[{,]\\s*\"user\"\\s*:\\s*\"((?:[^\"\\\\]|\\\\.)*)\"");
             if (user.Success)
                 fields["user"] = Regex.Unescape(user.Groups[1].Value);
             return fields;

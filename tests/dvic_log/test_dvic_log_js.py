@@ -38,7 +38,8 @@ def tool(name: str) -> str:
 
 def node_env(log_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_LOG_")}
-    env.update(DVIC_LOG_DIR=str(log_dir), DVIC_LOG_KEEP_DAYS="0", **extra)
+    env.update(DVIC_LOG_DIR=str(log_dir), DVIC_LOG_KEEP_DAYS="0")
+    env.update(extra)
     return env
 
 
