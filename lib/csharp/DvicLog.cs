@@ -639,102 +639,57 @@ namespace DvicLog
             return text.Substring(0, i);
         }
 
-        static int Utf8Size(string text, int i, out int width)
+        /// <summary>Bytes one character takes inside a line: JSON escapes, escaped line breaks, U+FFFD for a lone surrogate.</summary>
+        static int CharSize(string text, int i, out int width)
         {
             char c = text[i];
             width = 1;
-            if (c < 0x80) return 1;
-            if (c < 0x800) return 2;
+            if (c < 0x80)
+            {
+                if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f')
+                    return 2;
+                return c < 0x20 ? 6 : 1;
+            }
+            if (c == '\u0085' || c == '\u2028' || c == '\u2029')
+                return 6;
+            if (c < 0x800)
+                return 2;
             if (char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]))
             {
                 width = 2;
                 return 4;
             }
-            return 3; // a lone surrogate too (Python encodes it with surrogatepass)
+            return 3; // a lone surrogate is written as U+FFFD
         }
 
-        static int Utf8Length(string text)
-        {
-            int n = 0;
-            int width;
-            for (int i = 0; i < text.Length; i += width)
-                n += Utf8Size(text, i, out width);
-            return n;
-        }
-
-        /// <summary>Bytes of text once JSON-escaped, without the quotes (Python's _encoded_size).</summary>
+        /// <summary>Bytes text takes inside a line (its encoded size), without the quotes.</summary>
         public static int EncodedSize(string text)
         {
             int n = 0;
             int width;
             for (int i = 0; i < text.Length; i += width)
-            {
-                char c = text[i];
-                width = 1;
-                if (c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f')
-                    n += 2;
-                else if (c < 0x20)
-                    n += 6;
-                else
-                    n += Utf8Size(text, i, out width); // U+2028 & co. count raw here, as in Python
-            }
+                n += CharSize(text, i, out width);
             return n;
         }
 
         /// <summary>
-        /// The longest prefix of whole characters whose UTF-8 form fits in maxBytes; as in Python (bytes cut,
-        /// then decoded with errors="ignore") lone surrogates are dropped from a prefix that had to be cut.
+        /// The longest prefix of whole characters of text whose encoded size is at most budget bytes (sizes
+        /// add up character by character: one pass finds what the Python library's binary search finds).
         /// </summary>
-        static string CutUtf8(string text, int maxBytes)
+        static string CutEncoded(string text, int budget)
         {
-            if (Utf8Length(text) <= maxBytes)
-                return text;
-            int bytes = 0;
+            int n = 0;
             int i = 0;
             int width;
             while (i < text.Length)
             {
-                int size = Utf8Size(text, i, out width);
-                if (bytes + size > maxBytes)
+                int size = CharSize(text, i, out width);
+                if (n + size > budget)
                     break;
-                bytes += size;
+                n += size;
                 i += width;
             }
-            var kept = new StringBuilder(i);
-            for (int k = 0; k < i; k++)
-            {
-                char c = text[k];
-                if (char.IsHighSurrogate(c) && k + 1 < i && char.IsLowSurrogate(text[k + 1]))
-                {
-                    kept.Append(c).Append(text[k + 1]);
-                    k++;
-                }
-                else if (!char.IsSurrogate(c))
-                {
-                    kept.Append(c);
-                }
-            }
-            return kept.ToString();
-        }
-
-        static string CutEncoded(string text, int budget)
-        {
-            int size = EncodedSize(text);
-            if (size <= budget)
-                return text;
-            int raw = Utf8Length(text);
-            // Escaping expands text unevenly (NUL takes 6 bytes, "a" one): scale by this text's ratio.
-            long keep = FloorDiv((long)budget * raw, Math.Max(1, size));
-            string cut = CutUtf8(text, (int)Math.Max(0, keep));
-            for (int i = 0; i < 16; i++)
-            {
-                int excess = EncodedSize(cut) - budget;
-                if (excess <= 0)
-                    break;
-                keep -= Math.Max(1, FloorDiv((long)excess * raw, Math.Max(1, size)));
-                cut = CutUtf8(text, (int)Math.Max(0, keep));
-            }
-            return cut;
+            return text.Substring(0, i);
         }
 
         static long FloorDiv(long a, long b)
@@ -777,7 +732,8 @@ namespace DvicLog
                 outv[key] = text;
             }
             line = RecordBytes(Build(r, outv));
-            // Escaped characters take more room than their bytes: trim the longest field by the overflow.
+            // Only when even the marks do not fit (a tiny cap, a long logger name) is the line still too long:
+            // then the longest field is trimmed by the overflow, as the Python library does.
             for (int i = 0; i < 16; i++)
             {
                 long overflow = line.Length - maxLine;

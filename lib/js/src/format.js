@@ -115,57 +115,51 @@ function headerLine(h, rotated) {
   return Buffer.from(line + '}\n', 'utf8');
 }
 
-// ----- cutting a record under the size cap (a port of the Python library's fit_record) --------
+// ----- cutting a record under the size cap (docs/log-format.md "Size of one record") -----------
 
-/** Bytes of text once JSON-escaped, without the quotes (lone surrogates count as U+FFFD). */
-function encodedSize(text) {
-  return Buffer.byteLength(JSON.stringify(text.replace(LONE_SURROGATE, '\ufffd')), 'utf8') - 2;
+/** Bytes one code point takes inside a line: JSON escapes, escaped line breaks, U+FFFD for a lone surrogate. */
+function charSize(c, pair) {
+  if (pair) return 4;
+  if (c < 0x80) {
+    if (c === 0x22 || c === 0x5c || c === 0x0a || c === 0x0d || c === 0x09 || c === 0x08 || c === 0x0c) return 2;
+    return c < 0x20 ? 6 : 1;
+  }
+  if (c === 0x85 || c === 0x2028 || c === 0x2029) return 6;
+  return c < 0x800 ? 2 : 3; // a lone surrogate is written as U+FFFD: 3 bytes
 }
 
-const HAS_LONE_SURROGATE = new RegExp(LONE_SURROGATE.source);
+function isPairAt(text, i) {
+  const c = text.charCodeAt(i);
+  return c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
+}
+
+/** Bytes text takes inside a line (its encoded size), without the quotes. */
+function encodedSize(text) {
+  let n = 0;
+  for (let i = 0; i < text.length; i += 1) {
+    const pair = isPairAt(text, i);
+    n += charSize(text.charCodeAt(i), pair);
+    if (pair) i += 1;
+  }
+  return n;
+}
 
 /**
- * The longest prefix of text whose UTF-8 form fits in maxBytes (never half a character). As in
- * the Python library (bytes cut, then decoded with errors="ignore"), a lone surrogate counts as
- * three bytes and is dropped from a prefix that had to be cut.
+ * The longest prefix of whole characters of text whose encoded size is at most budget bytes.
+ * Sizes add up character by character, so one pass finds what the Python library's binary
+ * search over prefixes finds.
  */
-function cutUtf8(text, maxBytes) {
-  if (!HAS_LONE_SURROGATE.test(text)) {
-    const data = Buffer.from(text, 'utf8');
-    if (data.length <= maxBytes) return text;
-    let end = Math.max(0, maxBytes);
-    while (end > 0 && (data[end] & 0xc0) === 0x80) end -= 1;
-    return data.subarray(0, end).toString('utf8');
-  }
-  if (Buffer.byteLength(text, 'utf8') <= maxBytes) return text; // a lone surrogate is 3 bytes here too
-  let bytes = 0;
+function cutEncoded(text, budget) {
+  let n = 0;
   let i = 0;
   while (i < text.length) {
-    const c = text.charCodeAt(i);
-    const pair = c >= 0xd800 && c <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
-    const size = c < 0x80 ? 1 : c < 0x800 ? 2 : pair ? 4 : 3;
-    if (bytes + size > maxBytes) break;
-    bytes += size;
+    const pair = isPairAt(text, i);
+    const size = charSize(text.charCodeAt(i), pair);
+    if (n + size > budget) break;
+    n += size;
     i += pair ? 2 : 1;
   }
-  return text.slice(0, i).replace(LONE_SURROGATE, '');
-}
-
-/** A prefix of text whose JSON-escaped UTF-8 form fits in budget bytes. */
-function cutEncoded(text, budget) {
-  const size = encodedSize(text);
-  if (size <= budget) return text;
-  const raw = Buffer.byteLength(text.replace(LONE_SURROGATE, '\ufffd'), 'utf8');
-  // Escaping expands text unevenly (NUL takes 6 bytes, "a" one): scale by this text's ratio.
-  let keep = Math.floor((budget * raw) / Math.max(1, size));
-  let cut = cutUtf8(text, keep);
-  for (let i = 0; i < 16; i += 1) {
-    const excess = encodedSize(cut) - budget;
-    if (excess <= 0) break;
-    keep -= Math.max(1, Math.floor((excess * raw) / Math.max(1, size)));
-    cut = cutUtf8(text, keep);
-  }
-  return cut;
+  return text.slice(0, i);
 }
 
 /** Split room bytes between fields: small fields keep all they need, big ones share the rest. */
@@ -203,7 +197,8 @@ function fitRecord(rec, maxLine) {
     out[key] = text;
   }
   line = encode(out);
-  // Escaped characters take more room than their bytes: trim the longest field by the overflow.
+  // Only when even the marks do not fit (a tiny cap, a long logger name) is the line still too
+  // long: then the longest field is trimmed by the overflow, as the Python library does.
   for (let i = 0; i < 16; i += 1) {
     const overflow = line.length - maxLine;
     if (overflow <= 0) return line;
