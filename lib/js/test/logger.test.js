@@ -328,3 +328,46 @@ test('the ESM entry point exports the same API', (t) => {
   assert.equal(done.stdout.trim(), 'true true', done.stderr);
   assert.deepEqual(readLog(liveFiles(dir)[0]).records.map((r) => r.msg), ['from esm']);
 });
+
+test('a worker terminated while it logs leaves whole lines and never blocks the others for long', (t) => {
+  const dir = scratchDir(t);
+  const done = runNode(
+    `const { Worker } = require('worker_threads');
+     const log = dvicLog.getLogger('terminated');
+     const code = "const log = require(" + JSON.stringify(${JSON.stringify(PACKAGE)}) + ").getLogger('terminated');" +
+       "require('worker_threads').parentPort.postMessage('go');" +
+       "for (let i = 0; ; i++) log.info('worker record ' + i + ' ' + 'w'.repeat(200));";
+     const workers = [0, 1, 2].map(() => new Worker(code, { eval: true }));
+     let started = 0;
+     workers.forEach((w) => w.on('message', () => {
+       if (++started < workers.length) return;
+       setTimeout(async () => {
+         await Promise.all(workers.map((x) => x.terminate()));
+         const t0 = Date.now();
+         for (let i = 0; i < 100; i++) log.info('main after ' + i);
+         console.log(Date.now() - t0 < 5000, log.path);
+       }, 200);
+     }));`,
+    { DVIC_LOG_DIR: dir, DVIC_LOG_MAX_BYTES: String(1024 * 1024) },
+  );
+  assert.equal(done.status, 0, done.stderr);
+  const [quick, live] = done.stdout.trim().split(' ');
+  assert.equal(quick, 'true');
+  const files = [live, `${live}.1`].filter((f) => fs.existsSync(f));
+  const records = files.flatMap((f) => parseFile(f).slice(1)); // strict: every line whole JSON
+  const after = records.filter((r) => r.msg.startsWith('main after ')).map((r) => r.msg);
+  assert.deepEqual(after, Array.from({ length: 100 }, (_, i) => `main after ${i}`));
+});
+
+test('more demos than the shared table holds still each get their file', (t) => {
+  const dir = scratchDir(t);
+  const done = runNode(
+    `for (let i = 0; i < 40; i++) dvicLog.getLogger('demo ' + i).info('hello ' + i);
+     console.log(new Set(Array.from({ length: 40 }, (_, i) => dvicLog.getLogger('demo ' + i).path)).size);`,
+    { DVIC_LOG_DIR: dir },
+  );
+  assert.equal(done.stdout.trim(), '40', done.stderr);
+  const names = liveFiles(dir).map((f) => readLog(f)).map((l) => [l.header.name, l.records[0].msg]);
+  assert.equal(names.length, 40);
+  for (const [name, msg] of names) assert.equal(msg, `hello ${name.slice(5)}`);
+});
