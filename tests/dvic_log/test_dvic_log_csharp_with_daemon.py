@@ -7,8 +7,9 @@ levels and logger names, and its liveness (alive while it runs, exited after).
 import subprocess
 from pathlib import Path
 
-from dvic_log_testkit import live_files, read_file, wait_for
+from dvic_log_testkit import read_file, wait_for
 from test_dvic_log_csharp import CS_DIR, build, cs_env, tool
+from test_dvic_log_js import headed_files
 from test_dvic_log_with_daemon import demo_lines, demo_state, node  # noqa: F401  (node is a fixture)
 
 
@@ -20,7 +21,7 @@ def test_the_csharp_example_is_seen_with_its_levels_then_as_exited(node, log_dir
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        (path,) = wait_for(lambda: live_files(log_dir), 20, "the demo's log file")
+        (path,) = wait_for(lambda: headed_files(log_dir), 20, "the demo's log file")
         header, _ = read_file(path)
         assert header["pid"] == demo.pid and header["name"] == "cs-demo"
         state = wait_for(lambda: demo_state(server, node_id, header["token"]), 30, "the demo to be announced",

@@ -9,8 +9,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from dvic_log_testkit import live_files, read_file, wait_for
-from test_dvic_log_js import JS_DIR, node_env, tool
+from dvic_log_testkit import read_file, wait_for
+from test_dvic_log_js import JS_DIR, headed_files, node_env, tool
 from test_dvic_log_with_daemon import demo_lines, demo_state, node  # noqa: F401  (node is a fixture)
 
 
@@ -21,7 +21,7 @@ def test_the_node_example_is_seen_with_its_levels_then_as_exited(node, log_dir: 
         env=node_env(log_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        (path,) = wait_for(lambda: live_files(log_dir), 20, "the demo's log file")
+        (path,) = wait_for(lambda: headed_files(log_dir), 20, "the demo's log file")
         header, _ = read_file(path)
         assert header["pid"] == demo.pid and header["name"] == "js-demo"
 
