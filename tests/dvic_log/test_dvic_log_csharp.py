@@ -61,9 +61,10 @@ def cs_env(log_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def run(checks: Path, log_dir: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    # Run from the log directory: a path mixed up in a scenario lands there, never in the checkout.
     return subprocess.run(
         [tool("mono"), str(checks), *args], env=cs_env(log_dir, **env), input=stdin, capture_output=True, text=True,
-        timeout=120,
+        timeout=120, cwd=log_dir,
     )  # fmt: skip
 
 

@@ -7,6 +7,7 @@ using System;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.IO;
+using System.Linq;
 using System.Text;
 using System.Threading;
 using DvicLog;
@@ -28,12 +29,12 @@ static class LibraryChecks
 
     static int Main(string[] args)
     {
-        string scenario = args[0];
-        if (scenario == "managed")
+        if (args[0] == "managed")
         {
             FileSystem.ForceManaged = true; // the fallback without libc, on this Linux machine
-            scenario = args[1];
+            args = args.Skip(1).ToArray();
         }
+        string scenario = args[0];
         switch (scenario)
         {
             case "filesystem": Print(FileSystem.Get().Kind); break;
@@ -42,7 +43,7 @@ static class LibraryChecks
             case "same-name": SameName(); break;
             case "bad-names": BadNames(); break;
             case "bad-env": BadEnv(); break;
-            case "rotate": Rotate(int.Parse(args[args.Length - 1])); break;
+            case "rotate": Rotate(int.Parse(args[1])); break;
             case "big": Big(); break;
             case "vanish": Vanish(); break;
             case "threads": Threads(); break;
