@@ -7,7 +7,8 @@
  *
  * Each record is one synchronous write(2) of a whole line: when a call returns, the line is in
  * the file, so a crash loses nothing already logged. Logging never throws into the caller: a
- * failure (no log directory, a full disk, a bad name) is reported once on stderr.
+ * failure (no log directory, a full disk) is reported once on stderr. Only a bad demo name or
+ * option (a programming error) throws, from getLogger.
  */
 
 const fs = require('fs');
@@ -93,7 +94,7 @@ function openFile(name, options) {
     const index = registry.find(name);
     file = index >= 0
       ? new LogFile(new Slot(registry, index))
-      : LogFile.open(registry, name, directory, maxBytes, keepSeconds, currentIdentity());
+      : LogFile.open(registry, name, directory, maxBytes, currentIdentity());
   } finally {
     registry.unlockTable();
   }

@@ -117,7 +117,6 @@ module.exports = {
   ENV_MAX_BYTES,
   ENV_KEEP_DAYS,
   MAX_NAME_CHARS,
-  pyStrip: (text) => text.replace(STRIP, ''),
   resolveDir,
   resolveMaxBytes,
   resolveKeepSeconds,

@@ -80,11 +80,6 @@ function pyFloat(x) {
   return String(x);
 }
 
-/** round(x, 3) as Python does it for the values a logger makes (whole milliseconds). */
-function roundMs(seconds) {
-  return Math.round(seconds * 1000) / 1000;
-}
-
 /** The bytes of one record line; `ts` in Unix seconds (already rounded), the rest strings. */
 function recordLine(ts, level, msg, logger, exc) {
   let line = '{"ts":' + pyFloat(ts) + ',"level":"' + level + '","msg":' + quote(msg);
@@ -235,7 +230,6 @@ module.exports = {
   quote,
   pyFloat,
   pyLength,
-  roundMs,
   recordLine,
   heartbeatLine,
   headerLine,

@@ -27,9 +27,9 @@ const I = {
 const SLOT_INTS = 16;
 // Float64 fields of a slot.
 const F = {
-  SIZE: 0, START: 1, MAX_BYTES: 2, MAX_LINE: 3, NEXT_CHECK: 4, INO: 5, DEV: 6, KEEP: 7, LAST_HEARTBEAT: 8,
+  SIZE: 0, START: 1, MAX_BYTES: 2, MAX_LINE: 3, NEXT_CHECK: 4, INO: 5, DEV: 6, LAST_HEARTBEAT: 7,
 };
-const SLOT_FLOATS = 9;
+const SLOT_FLOATS = 8;
 // Table-wide Int32 fields, before the slots.
 const G = { LOCK: 0, MAGIC: 1, HEAP_TOP: 2 };
 const HEAD_INTS = 4;

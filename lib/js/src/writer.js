@@ -125,7 +125,7 @@ class LogFile {
    * Open a new file for name in a free slot of registry (the table is locked by the caller);
    * with no free slot or no heap room, in a private one-slot table (not shared with workers).
    */
-  static open(registry, name, directory, maxBytes, keepSeconds, ident) {
+  static open(registry, name, directory, maxBytes, ident) {
     const heapShare = 128 * 1024; // far above any real header
     const fitted = fitIdentity(name, ident, maxBytes, heapShare);
     const strings = [name, directory, identityFragment(fitted)].map((s) => Buffer.from(s, 'utf8'));
@@ -143,7 +143,6 @@ class LogFile {
       slot.setInt(fields[k][1], bytes.length);
     });
     slot.setFloat(F.MAX_BYTES, maxBytes);
-    slot.setFloat(F.KEEP, keepSeconds);
     slot.setFloat(F.LAST_HEARTBEAT, -Infinity);
     const file = new LogFile(slot);
     file.openStream();
