@@ -7,9 +7,8 @@ levels and logger names, and its liveness (alive while it runs, exited after).
 import subprocess
 from pathlib import Path
 
-from dvic_log_testkit import read_file, wait_for
+from dvic_log_testkit import headed_files, read_file, wait_for
 from test_dvic_log_csharp import CS_DIR, build, cs_env, tool
-from test_dvic_log_js import headed_files
 from test_dvic_log_with_daemon import demo_lines, demo_state, node  # noqa: F401  (node is a fixture)
 
 

@@ -26,11 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 JS_DIR = REPO / "lib" / "js"
 
 
-def headed_files(directory: Path) -> list[Path]:
-    """Live files whose header is written (a writer creates its file, then writes the header)."""
-    return [path for path in live_files(directory) if path.stat().st_size > 0]
-
-
 def tool(name: str) -> str:
     """Path of a tool the test needs; skipped without it, except on CI where it must be installed."""
     path = shutil.which(name)

@@ -9,8 +9,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from dvic_log_testkit import read_file, wait_for
-from test_dvic_log_js import JS_DIR, headed_files, node_env, tool
+from dvic_log_testkit import headed_files, read_file, wait_for
+from test_dvic_log_js import JS_DIR, node_env, tool
 from test_dvic_log_with_daemon import demo_lines, demo_state, node  # noqa: F401  (node is a fixture)
 
 
