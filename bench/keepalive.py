@@ -157,7 +157,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
                          # A tiny interval lifts the per-board keep-alive limit (2 per interval): the
                          # bench's few boards stand for a fleet thousands of times larger.
                          extra_args=("--max-connections-per-address", str(args.conns + 64),
-                                     "--interval", "0.001", "--offline-after", "3600")).start()
+                                     "--interval", "0.0001", "--offline-after", "3600")).start()
     completed = 0
     try:
         creds = work / "nodes"
