@@ -40,7 +40,7 @@ def test_ingest_smoke(tmp_path: Path, whatif: list[str]) -> None:
                          ids=["as-is", "whatif"])
 def test_keepalive_smoke_with_the_python_client(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.keepalive", tmp_path, "--client", "python", "--conns", "4", "--duration", "1",
-                    "--nodes", "3", *whatif)
+                    "--nodes", "20", *whatif)
     figures = doc["figures"]
     assert figures["[python] requests"]["value"] > 0
     assert figures["[python] non-2xx responses"]["value"] == 0
@@ -50,7 +50,7 @@ def test_keepalive_smoke_with_the_python_client(tmp_path: Path, whatif: list[str
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (the Python client is tested above)")
 def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
     doc = run_bench("bench.keepalive", tmp_path, "--client", "wrk", "--conns", "4", "--duration", "1",
-                    "--nodes", "3")
+                    "--nodes", "20")
     assert doc["figures"]["[wrk] requests"]["value"] > 0
     assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
 
