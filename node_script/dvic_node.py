@@ -19,6 +19,7 @@ import math
 import os
 import pwd
 import re
+import select
 import signal
 import socket
 import ssl
@@ -3411,8 +3412,9 @@ class ActionRunner:
     VERBS = {"restart_demo": "restart", "stop_demo": "stop", "start_demo": "start"}
 
     def __init__(self, link: Link, spawn: Callable[[Awaitable[None]], None], reboot_command: str,
-                 demos_path: str, timeout: float = 120.0) -> None:
+                 demos_path: str, timeout: float = 120.0, supervisor: Optional["Supervisor"] = None) -> None:
         self.link = link
+        self.supervisor = supervisor  # demos installed by the daemon (demos_desired) come before demos.json
         self.spawn = spawn
         self.reboot_command = reboot_command
         self.demos_path = demos_path
@@ -3474,6 +3476,11 @@ class ActionRunner:
         return entry
 
     async def _demo(self, rid: str, verb: str, demo: str) -> None:
+        if self.supervisor is not None and self.supervisor.knows(demo):
+            await self._state(rid, "in_progress", "%s %s (supervised by the daemon)" % (verb, demo))
+            ok, message = await self.supervisor.act(verb, demo)
+            await self._state(rid, "done" if ok else "failed", message)
+            return
         try:
             entry = self._demo_config(demo)
             unit = entry.get("unit")
@@ -3810,6 +3817,1892 @@ def update_watchdog(state_path: str, daemon_path: str, pid: int, argv: List[str]
 
 
 # ---------------------------------------------------------------------------------------------
+# The demo shim: runs one supervised demo and writes its output as a dvic_log file
+# ---------------------------------------------------------------------------------------------
+# The daemon starts it for every run of a supervised demo (see Supervisor._spawn) as
+# `python3 -I -S -c SHIM_LAUNCHER dvic_node.py SPEC`: the launcher executes only the lines between
+# the two markers below, so a shim costs a bare interpreter (about 10 MB) instead of the whole
+# daemon's imports (about 24 MB). The section may use only the modules SHIM_LAUNCHER imports and what
+# it defines itself. `python3 dvic_node.py --run-demo SPEC` runs the same code (imported whole).
+# The shim owns the demo's stdout/stderr pipes, so a daemon restart does not break them (the demo would
+# get SIGPIPE); it is the session leader, the demo runs in its own process group of that session.
+
+# >>> demo shim
+SHIM_LINE_MAX = 64 * 1024  # a longer output line is written as several records (as dvic_log run does)
+SHIM_DRAIN_S = 2.0  # after the demo exits, how long a background child may keep its output open
+SHIM_LOG_MAX_BYTES = 8 * 1024 * 1024  # the size cap of each log file (dvic_log's default)
+SHIM_EXIT_BUSY = 75  # another shim holds this demo's lock: nothing was started
+SHIM_EXIT_CANNOT_START = 127
+SHIM_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")  # passed on to the demo
+SHIM_LOGGER = "dvic-node"  # the logger of the shim's own records (the demo's exit)
+
+
+def shim_pid_start(pid: int) -> Optional[int]:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), None when unknown."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def shim_write_json(path: str, obj: Dict[str, Any]) -> None:
+    """Replace `path` atomically (the daemon reads it at any moment)."""
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def shim_record(level: str, msg: str, logger: Optional[str] = None) -> bytes:
+    """One dvic_log record line (docs/log-format.md): UTF-8, the line separators JSON leaves raw escaped."""
+    record = {"ts": round(time.time(), 3), "level": level, "msg": msg}  # type: Dict[str, Any]
+    if logger:
+        record["logger"] = logger
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
+    return (text + "\n").encode("utf-8", "replace")
+
+
+class ShimLog:
+    """A dvic_log version 1 file of the demo (header pid = the demo's process), with the format's rotation."""
+
+    def __init__(self, directory: str, header: Dict[str, Any], max_bytes: int) -> None:
+        self.max_bytes = max(4096, max_bytes)
+        self.header = dict(header)
+        self.rotated = 0
+        self.fd = -1
+        for _ in range(16):  # a name that exists (even a planted symlink) is never opened: draw again
+            token = os.urandom(8).hex()
+            self.path = os.path.join(directory, "dvic_log_" + token)
+            self.header["token"] = token
+            try:
+                self.fd = self._create(self.path, self._header_line())
+                break
+            except FileExistsError:
+                continue
+        if self.fd < 0:
+            raise OSError("no free dvic_log name in %s" % directory)
+
+    def _header_line(self) -> bytes:
+        header = dict(self.header, rotated=self.rotated) if self.rotated else self.header
+        return (json.dumps(header, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8", "replace")
+
+    @staticmethod
+    def _create(path: str, first: bytes) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, first)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def write(self, level: str, msg: str, logger: Optional[str] = None) -> None:
+        """Append one record (cut to fit the cap, as dvic_log does); rotate first when the file is full."""
+        line = shim_record(level, msg, logger)
+        room = self.max_bytes - len(self._header_line()) - 24
+        text = msg
+        while len(line) > room and text:  # rare: output lines are at most 64 KiB
+            raw = text.encode("utf-8")
+            text = raw[:max(0, len(raw) - (len(line) - room) - 32)].decode("utf-8", "ignore")
+            line = shim_record(level, text + " [dvic_log: truncated]", logger)
+        if os.fstat(self.fd).st_size + len(line) > self.max_bytes:
+            self._rotate()
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def _rotate(self) -> None:
+        """The full file gets the name .1 (a hard link), a prepared .new replaces the live name."""
+        self.rotated += 1
+        prepared = self.path + ".new"
+        for stale in (prepared, self.path + ".1"):
+            try:
+                os.unlink(stale)
+            except FileNotFoundError:
+                pass
+        new_fd = self._create(prepared, self._header_line())
+        os.link(self.path, self.path + ".1", follow_symlinks=False)
+        os.rename(prepared, self.path)
+        os.close(self.fd)
+        self.fd = new_fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def shim_spawn(spec: Dict[str, Any], out_w: int, err_w: int) -> Tuple[int, str]:
+    """Fork and exec the demo in its own process group: (pid, '' or why it could not start)."""
+    err_r, err_pipe = os.pipe()  # close-on-exec: empty at EOF means the exec worked
+    pid = os.fork()
+    if pid == 0:  # the child: system calls only, then exec or _exit
+        step = "start"
+        try:
+            os.close(err_r)
+            os.setpgid(0, 0)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            for name in ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+                         "SIGCHLD"):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)  # Python ignores SIGPIPE and SIGXFSZ
+            signal.set_wakeup_fd(-1)
+            if spec.get("uid") is not None:
+                step = "switch to user %s" % spec["user"]
+                os.setgid(spec["gid"])
+                os.initgroups(spec["user"], spec["gid"])
+                os.setuid(spec["uid"])
+            step = "enter the directory %s" % spec["cwd"]
+            os.chdir(spec["cwd"])
+            os.umask(0o022)
+            step = "run %s" % spec["argv"][0]
+            os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
+        except OSError as exc:
+            os.write(err_pipe, ("cannot %s: %s" % (step, exc.strerror or exc)).encode("utf-8", "replace"))
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, the parent must hear it
+            os.write(err_pipe, ("cannot %s: %r" % (step, exc)).encode("utf-8", "replace"))
+        finally:
+            os._exit(SHIM_EXIT_CANNOT_START)
+    os.close(err_pipe)
+    why = b""
+    while True:
+        chunk = os.read(err_r, 4096)
+        if not chunk:
+            break
+        why += chunk
+    os.close(err_r)
+    if why:
+        os.waitpid(pid, 0)
+    return pid, why.decode("utf-8", "replace")
+
+
+def shim_exit_text(argv0: str, code: Optional[int], sig: Optional[int]) -> str:
+    if sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "signal %d" % sig
+        return "%s was killed by %s" % (argv0, name)
+    return "%s exited with status %s" % (argv0, code)
+
+
+class ShimOutput:
+    """One output stream of the demo: complete lines become records at its level."""
+
+    def __init__(self, fd: int, level: str) -> None:
+        self.fd = fd
+        self.level = level
+        self.buf = b""
+
+    def lines(self, data: bytes) -> List[str]:
+        self.buf += data
+        out = []
+        while True:
+            end = self.buf.find(b"\n")
+            if end < 0 or end > SHIM_LINE_MAX:
+                break
+            out.append(self._text(self.buf[:end]))
+            self.buf = self.buf[end + 1:]
+        while len(self.buf) > SHIM_LINE_MAX:  # no newline in sight: write it in pieces, never hold it all
+            out.append(self._text(self.buf[:SHIM_LINE_MAX]))
+            self.buf = self.buf[SHIM_LINE_MAX:]
+        return out
+
+    def rest(self) -> List[str]:
+        rest, self.buf = self.buf, b""
+        return [self._text(rest)] if rest else []
+
+    @staticmethod
+    def _text(raw: bytes) -> str:
+        return (raw[:-1] if raw.endswith(b"\r") else raw).decode("utf-8", "replace")
+
+
+def shim_main(argv: List[str]) -> int:
+    """`--run-demo SPEC`: run the demo the daemon described in SPEC (JSON), write its stdout (INFO) and
+    stderr (ERROR) lines to a dvic_log file, pass on stop signals, record its exit; exit with its status.
+
+    SPEC: name, version, release, argv, cwd, env, user/uid/gid (only to drop privileges), log_dir,
+    log_max_bytes, status (the JSON file this shim keeps up to date), lock (held while this shim runs).
+    """
+    with open(argv[0], encoding="utf-8") as f:
+        spec = json.load(f)
+    lock = os.open(spec["lock"], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return SHIM_EXIT_BUSY  # another shim runs this demo: never two at once
+    status = {"shim_pid": os.getpid(), "shim_start": shim_pid_start(os.getpid()), "name": spec["name"],
+              "version": spec["version"], "release": spec["release"], "pid": None, "pid_start": None,
+              "started_at": round(time.time(), 3), "log": None, "exit": None, "error": None}  # type: Dict[str, Any]
+    shim_write_json(spec["status"], status)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    pending = []  # type: List[int]
+    for name in SHIM_SIGNALS:
+        signal.signal(getattr(signal, name), lambda signum, frame: pending.append(signum))
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler makes SIGCHLD wake the select
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid, why = shim_spawn(spec, out_w, err_w)
+    os.close(out_w)
+    os.close(err_w)
+    status["pid"], status["pid_start"] = pid, shim_pid_start(pid)
+    log = shim_open_log(spec, pid, status["pid_start"])
+    status["log"] = log.path if log is not None else None
+    if why:
+        status["error"] = why
+        status["exit"] = {"code": SHIM_EXIT_CANNOT_START, "signal": None, "at": round(time.time(), 3)}
+        if log is not None:
+            shim_log_write(log, "CRITICAL", why, SHIM_LOGGER)
+            log.close()
+        shim_write_json(spec["status"], status)
+        return SHIM_EXIT_CANNOT_START
+    shim_write_json(spec["status"], status)
+    code, sig = shim_relay(pid, [ShimOutput(out_r, "INFO"), ShimOutput(err_r, "ERROR")], wake_r, pending, log)
+    if log is not None:
+        shim_log_write(log, "INFO" if code == 0 else "ERROR", shim_exit_text(spec["argv"][0], code, sig),
+                       SHIM_LOGGER)
+        log.close()
+    status["exit"] = {"code": code, "signal": sig, "at": round(time.time(), 3)}
+    shim_write_json(spec["status"], status)
+    return code if code is not None else 128 + (sig or 0)
+
+
+def shim_open_log(spec: Dict[str, Any], pid: int, pid_start: Optional[int]) -> Optional[ShimLog]:
+    """The demo's log file; without one (a full disk, a bad log dir) the demo still runs, unlogged."""
+    try:
+        exe = os.readlink("/proc/%d/exe" % pid)
+    except OSError:
+        exe = spec["argv"][0]
+    header = {"dvic_log": 1, "token": "", "name": spec["name"], "pid": pid, "pid_start": pid_start, "exe": exe,
+              "argv": [a[:256] for a in spec["argv"][:64]], "user": spec.get("user") or str(os.getuid()),
+              "host": os.uname().nodename, "start": round(time.time(), 3)}
+    try:
+        return ShimLog(spec["log_dir"], header, int(spec.get("log_max_bytes") or SHIM_LOG_MAX_BYTES))
+    except OSError as exc:
+        sys.stderr.write("dvic-node demo shim %s: cannot create its log file in %s: %s\n"
+                         % (spec["name"], spec["log_dir"], exc))
+        return None
+
+
+def shim_log_write(log: ShimLog, level: str, msg: str, logger: Optional[str] = None) -> bool:
+    try:
+        log.write(level, msg, logger)
+        return True
+    except OSError:  # a full disk: the line is lost, the demo keeps running (dvic_log run does the same)
+        return False
+
+
+def shim_relay(pid: int, outputs: List[ShimOutput], wake_r: int, pending: List[int],
+               log: Optional[ShimLog]) -> Tuple[Optional[int], Optional[int]]:
+    """Write the demo's output until it exited and its pipes closed (or SHIM_DRAIN_S after its exit);
+    pass on the stop signals meanwhile. (exit code, signal) of the demo."""
+    open_fds = {o.fd: o for o in outputs}
+    result = None  # type: Optional[Tuple[Optional[int], Optional[int]]]
+    drain_until = 0.0
+    while open_fds or result is None:
+        if result is None:
+            done, wstatus = os.waitpid(pid, os.WNOHANG)
+            if done:
+                result = ((os.WEXITSTATUS(wstatus), None) if os.WIFEXITED(wstatus)
+                          else (None, os.WTERMSIG(wstatus)))
+                drain_until = time.monotonic() + SHIM_DRAIN_S
+        while pending:
+            signum = pending.pop(0)
+            if result is None:
+                try:
+                    os.killpg(pid, signum)
+                except OSError:
+                    pass
+        if result is not None and (not open_fds or time.monotonic() >= drain_until):
+            break
+        timeout = 5.0 if result is None else max(0.0, drain_until - time.monotonic())
+        try:
+            ready, _, _ = select.select(list(open_fds) + [wake_r], [], [], timeout)
+        except InterruptedError:
+            continue
+        for fd in ready:
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 512)
+                except BlockingIOError:
+                    pass
+                continue
+            out = open_fds[fd]
+            data = os.read(fd, 65536)
+            lines = out.lines(data) if data else out.rest()
+            if not data:
+                del open_fds[fd]
+                os.close(fd)
+            for text in lines:
+                if log is not None:
+                    shim_log_write(log, out.level, text)
+    for fd, out in open_fds.items():
+        for text in out.rest():
+            if log is not None:
+                shim_log_write(log, out.level, text)
+        os.close(fd)
+    assert result is not None
+    return result
+# <<< demo shim
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervised demos: releases (manifest, download, verification, unpacking)
+# ---------------------------------------------------------------------------------------------
+# The server pushes the complete desired set (`demos_desired`, docs/protocol.md section 6); the daemon
+# installs each release and runs it through the shim above. Layout, states and the decisions taken:
+# docs/node-daemon.md, "Supervised demos".
+
+# `python3 -I -S -c SHIM_LAUNCHER dvic_node.py SPEC`: only the shim's section of the file runs (see above)
+SHIM_LAUNCHER = (
+    "import errno, fcntl, json, os, select, signal, sys, time\n"
+    "from typing import Any, Dict, List, Optional, Tuple\n"
+    "_p = sys.argv[1]\n"
+    "with open(_p, encoding='utf-8') as _f:\n"
+    "    _t = _f.read()\n"
+    "_s, _e = _t.index('\\n# >>> demo shim\\n'), _t.index('\\n# <<< demo shim\\n')\n"
+    "exec(compile('\\n' * _t.count('\\n', 0, _s) + _t[_s:_e], _p, 'exec'))\n"
+    "del _f, _t, _s, _e\n"
+    "sys.exit(shim_main(sys.argv[2:]))\n")
+DEMO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # the server's rule for names
+DEMO_VERSION_RE = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,7}(-[A-Za-z0-9._]{1,64})?$")
+SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+RESTART_POLICIES = ("always", "on-failure", "never")
+INSTALL_STATES = ("queued", "downloading", "verifying", "installing", "stopping_old", "starting")
+DEMO_MAX_UNPACKED = 4 * 1024 * MIB  # archive limits when the server sends none (it sends its own)
+DEMO_MAX_MEMBERS = 100000
+DEMO_HEADER_MAX = 1 * MIB  # a tar extended header (long name, pax record) larger than this is refused
+MAX_DESIRED_DEMOS = 64
+BACKOFF_MAX_S = 60.0  # restarts: at once, then 1 s doubling to this; in a crash loop always this
+STABLE_RUN_S = 60.0  # a run this long resets the backoff and ends a crash loop
+CRASHLOOP_EXITS, CRASHLOOP_WINDOW_S = 5, 60.0
+HEALTHY_AFTER_S = 3.0  # without heartbeat_s a demo alive this long is healthy (at most start_timeout_s / 2)
+STATUS_HEARTBEAT_REPORT_S = 10.0  # a demo_status only for a newer last_heartbeat: at most this often
+DOWNLOAD_PROGRESS_S = 2.0  # demo_install downloading progress: at most this often
+DOWNLOAD_STALL_S = 60.0  # no byte for this long ends a download attempt (it resumes)
+DOWNLOAD_ATTEMPTS = 5
+DOWNLOAD_CHUNK = 256 * KIB
+SUPERVISE_TICK_S = 1.0  # liveness of re-adopted shims and health: checked this often (own shims: SIGCHLD)
+SHIM_LOG_RUNS_KEPT = 5  # log files of earlier runs of a supervised demo kept (older ones: once read)
+RESULTS_KEPT = 16  # final install results remembered per demo (a failed rollout is not retried)
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class InstallError(Exception):
+    """An install step failed; the message is the reason the server is told. `retry`: a later push of
+    the same rollout tries again (a network problem); otherwise the rollout's result stands."""
+
+    def __init__(self, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class BadArchive(Exception):
+    """The release archive breaks a member rule or a limit (docs/node-daemon.md, "Unpacking")."""
+
+
+def install_pause(state: str, version: str) -> bool:
+    """Test only (DVIC_NODE_TEST_INSTALL_PAUSE=STATE or STATE@VERSION): stop installs at that state so a test
+    can kill -9 the daemon there (docs/node-daemon.md). Never set it on a real node."""
+    want = os.environ.get("DVIC_NODE_TEST_INSTALL_PAUSE", "")
+    return bool(want) and want in (state, "%s@%s" % (state, version))
+
+
+def boot_id() -> str:
+    """This boot's id (changes at each reboot, not with the clock); DVIC_NODE_TEST_BOOT_TIME, which simulates a
+    reboot for the facts, also gives another id here (test only)."""
+    override = os.environ.get("DVIC_NODE_TEST_BOOT_TIME")  # test-only: simulates a reboot (docs/node-daemon.md)
+    if override:
+        return "test:" + override
+    return (read_text("/proc/sys/kernel/random/boot_id") or "").strip() or str(proc_boot_time())
+
+
+def number_field(doc: Dict[str, Any], key: str, lo: float, hi: float, default: Optional[float]) -> Optional[float]:
+    value = doc.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
+        raise InstallError("manifest: %s: expected a number of seconds from %g to %g, got %r"
+                           % (key, lo, hi, value))
+    return float(value)
+
+
+def relative_path(value: Any, what: str) -> str:
+    """A path inside the release: relative, no '..' (the manifest's workdir and keep entries)."""
+    if not isinstance(value, str) or not value or len(value) > 1024 or "\x00" in value:
+        raise InstallError("manifest: %s: expected a relative path, got %r" % (what, value))
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if value.startswith("/") or ".." in parts:
+        raise InstallError("manifest: %s: %r must stay inside the release (relative, no '..')" % (what, value))
+    return "/".join(parts)
+
+
+class DemoSpec:
+    """How to run one release: its manifest (as the server sends it, JSON), checked again here."""
+
+    def __init__(self, manifest: Any) -> None:
+        if not isinstance(manifest, dict):
+            raise InstallError("manifest: expected an object")
+        self.manifest = manifest
+        self.name = str(manifest.get("name"))
+        self.version = str(manifest.get("version"))
+        run = manifest.get("run")
+        if isinstance(run, str) and run.strip():
+            self.argv = ["/bin/sh", "-c", run]
+        elif isinstance(run, list) and run and len(run) <= 256 and all(isinstance(a, str) for a in run) and run[0]:
+            self.argv = list(run)
+        else:
+            raise InstallError("manifest: run: expected a command line or a list of arguments, got %r"
+                               % (run if not isinstance(run, str) else "an empty line",))
+        self.workdir = relative_path(manifest.get("workdir", "."), "workdir") if manifest.get("workdir", ".") \
+            not in (".", "./") else ""
+        env = manifest.get("env") or {}
+        if not isinstance(env, dict) or len(env) > 256 or not all(
+                isinstance(k, str) and ENV_NAME_RE.match(k) and isinstance(v, str) and "\x00" not in v
+                for k, v in env.items()):
+            raise InstallError("manifest: env: expected a table of NAME = \"text\" entries")
+        self.env = dict(env)  # type: Dict[str, str]
+        user = manifest.get("user")
+        if user is not None and (not isinstance(user, str) or not re.match(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$",
+                                                                            user)):
+            raise InstallError("manifest: user: expected a user name, got %r" % (user,))
+        self.user = user  # type: Optional[str]
+        self.restart = manifest.get("restart", "always")
+        if self.restart not in RESTART_POLICIES:
+            raise InstallError("manifest: restart: expected one of %s, got %r"
+                               % (", ".join(RESTART_POLICIES), self.restart))
+        self.start_timeout_s = number_field(manifest, "start_timeout_s", 1, 3600, 30) or 30.0
+        self.heartbeat_s = number_field(manifest, "heartbeat_s", 1, 86400, None)
+        self.stop_grace_s = number_field(manifest, "stop_grace_s", 0, 600, 10) or 0.0
+        keep = manifest.get("keep") or []
+        if not isinstance(keep, list) or len(keep) > 64:
+            raise InstallError("manifest: keep: expected a list of relative paths")
+        self.keep = [(relative_path(k, "keep"), k.endswith("/")) for k in keep]  # (path, is a directory)
+
+    @property
+    def healthy_after(self) -> float:
+        return min(HEALTHY_AFTER_S, self.start_timeout_s / 2)
+
+
+def parse_desired(item: Any) -> Dict[str, Any]:
+    """One entry of `demos_desired.demos`, checked (InstallError says which field is wrong)."""
+    if not isinstance(item, dict):
+        raise InstallError("expected an object")
+    out = {}  # type: Dict[str, Any]
+    for key, rule in (("name", DEMO_NAME_RE), ("version", DEMO_VERSION_RE), ("sha256", SHA256_HEX_RE)):
+        value = item.get(key)
+        if not isinstance(value, str) or not rule.match(value):
+            raise InstallError("%s: invalid value %r" % (key, str(value)[:80]))
+        out[key] = value
+    size = item.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= 1024 * 1024 * MIB:
+        raise InstallError("size: expected a number of bytes, got %r" % (size,))
+    out["size"] = size
+    url = item.get("url")
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        raise InstallError("url: expected the release's URL")
+    out["url"] = url
+    rollout = item.get("rollout")
+    if rollout is not None and (not isinstance(rollout, str) or len(rollout) > 128):
+        raise InstallError("rollout: expected a deployment id")
+    out["rollout"] = rollout
+    for key, default in (("max_unpacked_bytes", DEMO_MAX_UNPACKED), ("max_members", DEMO_MAX_MEMBERS)):
+        value = item.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InstallError("%s: expected a positive integer, got %r" % (key, value))
+        out[key] = value
+    manifest = item.get("manifest")
+    spec = DemoSpec(manifest)
+    if spec.name != out["name"] or spec.version != out["version"]:
+        raise InstallError("manifest: its name and version (%s %s) are not the release's (%s %s)"
+                           % (spec.name, spec.version, out["name"], out["version"]))
+    out["manifest"] = manifest
+    return out
+
+
+def release_dir_name(entry: Dict[str, Any]) -> str:
+    return "%s-%s" % (entry["version"], entry["sha256"][:8])
+
+
+def release_record(entry: Dict[str, Any]) -> Dict[str, Any]:
+    """What state.json keeps of an installed release."""
+    return {"version": entry["version"], "sha256": entry["sha256"], "dir": release_dir_name(entry),
+            "manifest": entry["manifest"], "rollout": entry.get("rollout")}
+
+
+def server_base(bundle: Dict[str, Any]) -> str:
+    """https://host:port of the server (the bundle's server_url, else from ws_url)."""
+    base = bundle.get("server_url")
+    if isinstance(base, str) and base.startswith(("https://", "http://")):
+        return base.rstrip("/")
+    parts = urllib.parse.urlsplit(bundle["ws_url"])
+    return "%s://%s" % ("https" if parts.scheme == "wss" else "http", parts.netloc)
+
+
+def release_url(bundle: Dict[str, Any], url: str) -> str:
+    """The absolute URL of a release; only on the server itself (the node presents its certificate there)."""
+    base = server_base(bundle)
+    full = urllib.parse.urljoin(base + "/", url)
+    if urllib.parse.urlsplit(full)[:2] != urllib.parse.urlsplit(base)[:2]:
+        raise InstallError("url: %s is not on the server %s" % (url[:200], base), retry=False)
+    return full
+
+
+class DownloadError(Exception):
+    """A download attempt ended early (network, server); the next attempt resumes with a Range request."""
+
+
+async def http_download(url: str, ssl_context: Optional[ssl.SSLContext], path: str, size: int,
+                        headers: Dict[str, str], progress: Callable[[int], None], pause: bool = False) -> None:
+    """GET `url` into `path`, resuming from its current length with `Range: bytes=N-` (206), or from
+    the start when the server answers 200. DownloadError: try again; InstallError: the server refused;
+    OSError: the local disk (a full disk)."""
+    try:
+        have = os.stat(path).st_size
+    except FileNotFoundError:
+        have = 0
+    if have > size:
+        have = 0
+    if have == size:
+        return  # complete already (a restart after the last byte)
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme == "https"
+    target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    head_lines = ["GET %s HTTP/1.0" % target, "Host: %s" % parts.netloc, "User-Agent: dvic-node/%s" % VERSION]
+    if have:
+        head_lines.append("Range: bytes=%d-" % have)
+    head_lines.extend("%s: %s" % kv for kv in headers.items())
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            parts.hostname, parts.port or (443 if secure else 80), ssl=ssl_context if secure else None,
+            server_hostname=parts.hostname if secure else None), 30)
+    except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        raise DownloadError(describe_connect_error(exc)) from None
+    fd = -1
+    try:
+        writer.write(("\r\n".join(head_lines) + "\r\n\r\n").encode())
+        status, reason, head = parse_http_head(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
+                                                                      DOWNLOAD_STALL_S))
+        if status == 206:
+            m = re.match(r"bytes (\d+)-(\d+)/(\d+)$", head.get("content-range", ""))
+            if not m or int(m.group(1)) != have or int(m.group(3)) != size:
+                raise DownloadError("the server resumed at another place (%s)" % head.get("content-range"))
+            start = have
+        elif status == 200:
+            start = 0
+        elif status == 416:
+            os.truncate(path, 0)  # our partial file does not match the server's: start again
+            raise DownloadError("the server could not resume the partial download; starting again")
+        else:
+            body = await asyncio.wait_for(reader.read(2048), 10)
+            raise InstallError("download refused: HTTP %d %s%s" % (status, reason, (": " + tail_text(body, 300))
+                                                                   if body else ""), retry=True)
+        if "chunked" in head.get("transfer-encoding", "").lower():
+            raise DownloadError("the server sent a chunked response")
+        length = head.get("content-length")
+        if length is not None and (not length.isdigit() or start + int(length) != size):
+            raise InstallError("the server sends %s bytes from %d, the release has %d" % (length, start, size))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.ftruncate(fd, start)  # whatever lies beyond the resume point is not ours
+        os.lseek(fd, start, os.SEEK_SET)
+        got = start
+        paused = False
+        while got < size:
+            try:
+                chunk = await asyncio.wait_for(reader.read(min(DOWNLOAD_CHUNK, size - got)), DOWNLOAD_STALL_S)
+            except asyncio.TimeoutError:
+                raise DownloadError("no data for %.0f s after %d of %d bytes" % (DOWNLOAD_STALL_S, got, size)) \
+                    from None
+            if not chunk:
+                raise DownloadError("the connection closed after %d of %d bytes" % (got, size))
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            got += len(chunk)
+            progress(got)
+            if pause and not paused:  # test only: a partial download
+                paused = True
+                LOG.warning("test pause in the download (DVIC_NODE_TEST_INSTALL_PAUSE=downloading)")
+                await asyncio.sleep(3600)
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, EOFError, ssl.SSLError,
+            asyncio.TimeoutError) as exc:
+        raise DownloadError(describe_connect_error(exc)) from None
+    except ValueError as exc:  # not an HTTP response
+        raise DownloadError(str(exc)) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        writer.close()
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 * MIB)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a directory tree (never following a symlink out of it); a missing path is fine."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    for top, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(top, name))
+        for name in dirs:
+            full = os.path.join(top, name)
+            if os.path.islink(full):
+                os.unlink(full)
+            else:
+                os.rmdir(full)
+    os.rmdir(path)
+
+
+def make_dir(path: str, mode: int = 0o755) -> None:
+    """mkdir with exactly `mode` (whatever the umask: a demo running as another user must read its files)."""
+    os.mkdir(path, mode)
+    os.chmod(path, mode)
+
+
+def member_path(raw: str) -> Optional[str]:
+    """An archive member's path inside the release ('a/b'), None for the root itself; BadArchive for a
+    path that could land outside it."""
+    if "\x00" in raw or len(raw) > 4096:
+        raise BadArchive("bad archive member %r: the name is too long or holds a NUL" % raw[:200])
+    if raw.startswith("/"):
+        raise BadArchive("bad archive member %r: absolute path" % raw)
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise BadArchive("bad archive member %r: '..' component" % raw)
+    if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        raise BadArchive("bad archive member %r: a name component is longer than 255 bytes" % raw[:200])
+    return "/".join(parts) if parts else None
+
+
+class BoundedReader:
+    """The decompressed tar stream, refusing to go past `limit` bytes: an archive bomb stops here, also in
+    reads tarfile makes on its own (a huge extended header)."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self.raw = raw
+        self.limit = limit
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0 or self.count + n > self.limit:
+            n = self.limit - self.count + 1
+        data = self.raw.read(n)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise BadArchive("the archive unpacks to more than %d bytes (an archive bomb?)" % self.limit)
+        return data
+
+
+def unpack_release(archive: str, dest: str, max_bytes: int, max_members: int,
+                   cancelled: threading.Event, pause: bool = False) -> None:
+    """Unpack a tar.gz into `dest` (created here), checking every member as the server did at publish:
+    regular files and directories; symlinks only to a target inside the release (and no member below a
+    symlink); hard links only to a file unpacked before; no absolute path, no '..', no device, FIFO or
+    other type; at most `max_bytes` of file content and `max_members` members. Files are fsynced, the
+    directories too at the end. Runs in a worker thread (`cancelled` stops it between members)."""
+    import gzip  # installs only: not worth their memory the rest of the time
+    import tarfile
+
+    class CheckedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tar: Any) -> Any:  # tarfile's hook for every header it reads
+            if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK,
+                             tarfile.SOLARIS_XHDTYPE) and self.size > DEMO_HEADER_MAX:
+                raise BadArchive("bad archive: an extended header of %d bytes (an archive bomb?)" % self.size)
+            return super()._proc_member(tar)  # type: ignore[misc]
+
+    regular = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+    kinds = {}  # type: Dict[str, str]  # member path -> "dir" | "file" | "link"
+    make_dir(dest)
+    dirs = [dest]
+    total = members = 0
+    paused = False
+    # the stream itself: file content, plus 512-byte headers and padding for each member, plus slack
+    limit = max_bytes + 2048 * max_members + 1 * MIB
+    with gzip.open(archive, "rb") as raw:
+        tar = tarfile.open(fileobj=BoundedReader(raw, limit), mode="r|", tarinfo=CheckedTarInfo)  # type: ignore
+        for m in tar:
+            if cancelled.is_set():
+                raise InstallError("cancelled")
+            members += 1
+            if members > max_members:
+                raise BadArchive("the archive has more than %d members (an archive bomb?)" % max_members)
+            name = member_path(m.name)
+            if name is None:
+                continue
+            what = "bad archive member %r: " % m.name
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                above = "/".join(parts[:i])
+                if kinds.get(above) == "link":
+                    raise BadArchive(what + "it lies below the symlink %r" % above)
+                if kinds.get(above) == "file":
+                    raise BadArchive(what + "it lies below the file %r" % above)
+                if above not in kinds:
+                    kinds[above] = "dir"
+                    make_dir(os.path.join(dest, above))
+                    dirs.append(os.path.join(dest, above))
+            if name in kinds and not (kinds[name] == "dir" and m.isdir()):
+                raise BadArchive(what + "it appears twice")
+            path = os.path.join(dest, name)
+            if m.isdir():
+                if name not in kinds:
+                    make_dir(path)
+                    dirs.append(path)
+                kinds[name] = "dir"
+            elif m.type in regular:
+                total += m.size
+                if total > max_bytes:
+                    raise BadArchive("the archive unpacks to more than %d bytes (an archive bomb?)" % max_bytes)
+                write_member(tar.extractfile(m), path, 0o755 if m.mode & 0o111 else 0o644, m.mtime)
+                kinds[name] = "file"
+                if pause and not paused:  # test only: a half-written directory
+                    paused = True
+                    LOG.warning("test pause while unpacking (DVIC_NODE_TEST_INSTALL_PAUSE=installing)")
+                    cancelled.wait(3600)
+            elif m.issym():
+                target = m.linkname
+                resolved = os.path.normpath(os.path.join(os.path.dirname(name), target)) if target else ".."
+                if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
+                    raise BadArchive(what + "a symlink to %r, outside the release" % target)
+                os.symlink(target, path)
+                kinds[name] = "link"
+            elif m.islnk():
+                target = member_path(m.linkname)
+                if target is None or kinds.get(target) != "file":
+                    raise BadArchive(what + "a hard link to %r, which is not a file unpacked before it" % m.linkname)
+                os.link(os.path.join(dest, target), path, follow_symlinks=False)
+                kinds[name] = "file"
+            else:
+                kind = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+                        tarfile.FIFOTYPE: "a FIFO", tarfile.GNUTYPE_SPARSE: "a sparse file"}.get(
+                            m.type, "a member of type %r" % m.type)
+                raise BadArchive(what + "%s (only files, directories and links are allowed)" % kind)
+    for d in reversed(dirs):
+        fsync_dir(d)
+
+
+def write_member(src: Any, path: str, mode: int, mtime: float) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        while True:
+            chunk = src.read(1 * MIB)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.utime(path, (mtime, mtime))
+    except (OSError, OverflowError, ValueError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervised demos: the install pipeline, supervision (restarts, crash loops) and health
+# ---------------------------------------------------------------------------------------------
+
+def restart_delay(step: int, crashloop: bool) -> float:
+    """The wait before a restart: at once after a stable run (step 0), then 1 s doubling to
+    BACKOFF_MAX_S; always BACKOFF_MAX_S in a crash loop."""
+    if crashloop:
+        return BACKOFF_MAX_S
+    return 0.0 if step <= 0 else min(BACKOFF_MAX_S, 2.0 ** (step - 1))
+
+
+def process_group(pid: Any) -> Optional[int]:
+    """The process group of `pid` (field 5 of /proc/<pid>/stat), None when it is gone."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    raw = read_text("/proc/%d/stat" % pid, 4096)
+    try:
+        return int(raw.rsplit(")", 1)[1].split()[2]) if raw else None
+    except (IndexError, ValueError):
+        return None
+
+
+def running(pid: Any, start: Any) -> bool:
+    """`pid` runs and is the process that started at `start` (never a reused pid)."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and isinstance(start, int) \
+        and pid_state("/proc", pid, start)
+
+
+def lock_held(path: str) -> bool:
+    """Whether a shim holds this demo's lock (it runs the demo)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+    raw = read_text(path, 4 * MIB)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class SupervisedDemo:
+    """One demo the daemon installs and runs: its releases, its install in progress, its process, its health.
+
+    STATE_DIR/demos/<name>/state.json keeps what must survive a restart (PERSISTED); proc.json is the shim's
+    own record of the run (pids, exit), run.lock is held by the running shim.
+    """
+
+    PERSISTED = ("installed", "previous", "install", "results", "wanted", "stopped_by", "stop_reason",
+                 "restarts", "exits", "step", "crashloop", "alarm", "logs", "boot_id", "seen_exit", "last_exit")
+
+    def __init__(self, root: str, name: str) -> None:
+        self.name = name
+        self.dir = os.path.join(root, name)
+        self.state_path = os.path.join(self.dir, "state.json")
+        self.proc_path = os.path.join(self.dir, "proc.json")
+        self.lock_path = os.path.join(self.dir, "run.lock")
+        self.spec_path = os.path.join(self.dir, "run-spec.json")
+        self.installed = None  # type: Optional[Dict[str, Any]]  # the release last healthy (release_record)
+        self.previous = None  # type: Optional[Dict[str, Any]]  # the one before it: where a rollback goes
+        self.install = None  # type: Optional[Dict[str, Any]]  # in progress: {"entry", "state", "deadline", ...}
+        self.results = []  # type: List[Dict[str, Any]]  # final install results, newest last
+        self.wanted = False  # should run (the restart policy, an operator's stop or a failed start say no)
+        self.stopped_by = ""  # "operator" | "policy" | "failed" | "" (why not wanted)
+        self.stop_reason = ""
+        self.restarts = 0
+        self.exits = []  # type: List[float]  # times of the exits within the crash-loop window
+        self.step = 0  # backoff step
+        self.crashloop = False
+        self.alarm = ""  # "unhealthy" | "crashloop" while one of those events awaits its demo_recovered
+        self.logs = []  # type: List[str]  # log files of the recent runs
+        self.boot_id = ""
+        self.seen_exit = 0  # shim pid whose exit was handled
+        self.last_exit = None  # type: Optional[Dict[str, Any]]
+        # at run time only
+        self.release = None  # type: Optional[Dict[str, Any]]  # the release the process runs (or is to run)
+        self.spec = None  # type: Optional[DemoSpec]
+        self.popen = None  # type: Optional[subprocess.Popen]  # type: ignore[type-arg]  # a shim of this daemon
+        self.proc = {}  # type: Dict[str, Any]  # proc.json of the running shim
+        self.running = False
+        self.started_mono = 0.0
+        self.next_start = None  # type: Optional[float]  # time.monotonic() of a scheduled (re)start
+        self.status = "stopped"
+        self.message = ""
+        self.since = time.time()
+        self.tokens = {}  # type: Dict[str, bool]  # dvic_log files (demo keys) -> written by this run
+        self.task = None  # type: Optional[asyncio.Future]  # type: ignore[type-arg]  # install or removal
+        self.target = ""  # sha256 the task installs ("" for a removal)
+        self.superseded = ""  # why the task was cancelled
+        self.sent = None  # type: Optional[Tuple[Any, ...]]  # the last demo_status, as compared
+        self.sent_heartbeat = None  # type: Optional[float]
+        self.sent_at = 0.0
+        self.progress_at = 0.0
+
+    def load(self) -> bool:
+        doc = read_json(self.state_path)
+        if doc is None:
+            return False
+        for key in self.PERSISTED:
+            if key in doc:
+                setattr(self, key, doc[key])
+        return True
+
+    def save(self, sync: bool = False) -> None:
+        doc = {key: getattr(self, key) for key in self.PERSISTED}
+        write_file_atomic(self.state_path, json.dumps(doc).encode(), 0o600, sync=sync)
+
+    def release_path(self, release: Dict[str, Any]) -> str:
+        return os.path.join(self.dir, "releases", release["dir"])
+
+    def child(self) -> Tuple[Optional[int], Optional[int]]:
+        """(pid, start) of the demo process of the current run, once its shim has recorded them."""
+        if self.running and not self.proc.get("pid"):
+            doc = read_json(self.proc_path)
+            if doc and doc.get("shim_pid") == self.proc.get("shim_pid"):
+                self.proc = doc
+        return self.proc.get("pid"), self.proc.get("pid_start")
+
+
+class Supervisor:
+    """Converges to the server's desired set of demos and keeps each one running (docs/node-daemon.md)."""
+
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+        self.root = os.path.join(daemon.opts.state_dir, "demos")
+        self.downloads = os.path.join(daemon.opts.state_dir, "downloads")
+        self.demos = {}  # type: Dict[str, SupervisedDemo]
+        self.heavy = asyncio.Semaphore(1)  # one download/verification/unpacking at a time (disk, network)
+        self.converging = asyncio.Lock()
+        self.changed = asyncio.Event()  # woken by SIGCHLD, a start, an action
+        self.stopping = False  # the daemon stops: tasks are cancelled, nothing is rolled back or stopped
+        self.boot = boot_id()
+
+    # -- start and stop of the daemon --
+    def load(self) -> None:
+        """After the daemon (re)started: re-adopt running demos, start the others, resume installs."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError:
+            return
+        for name in names:
+            if not DEMO_NAME_RE.match(name):
+                continue
+            sd = SupervisedDemo(self.root, name)
+            if not sd.load():
+                continue
+            self.demos[name] = sd
+            try:
+                self._recover(sd)
+            except (OSError, InstallError) as exc:
+                LOG.error("demo %s: cannot take it back after the restart: %s", name, exc)
+
+    def _recover(self, sd: SupervisedDemo) -> None:
+        releases = os.path.join(sd.dir, "releases")
+        for leftover in os.listdir(releases) if os.path.isdir(releases) else []:
+            if leftover.startswith(".tmp-"):  # an unpacking the daemon was killed in: never a release
+                remove_tree(os.path.join(releases, leftover))
+        rebooted = bool(sd.boot_id) and sd.boot_id != self.boot
+        proc = None if rebooted else read_json(sd.proc_path)
+        target = sd.installed
+        if proc and running(proc.get("shim_pid"), proc.get("shim_start")):
+            target = self._release_named(sd, proc.get("release")) or target
+            self._use_release(sd, target, keep_counters=True)
+            self._adopt(sd, proc)
+            LOG.info("demo %s: re-adopted the running version %s (pid %s)", sd.name, proc.get("version"),
+                     proc.get("pid"))
+        else:
+            if proc:
+                self._reap_orphan(proc)
+            self._use_release(sd, target, keep_counters=True)
+            if sd.release is not None and not sd.install:
+                self._start_after_restart(sd, proc, rebooted)
+        sd.boot_id = self.boot
+        sd.save()
+        if sd.install:
+            entry = sd.install["entry"]
+            LOG.info("demo %s: resuming the install of %s at %s", sd.name, entry["version"], sd.install.get("state"))
+            self._launch(sd, entry["sha256"], self._install(sd, entry, resume=True))
+
+    def _start_after_restart(self, sd: SupervisedDemo, proc: Optional[Dict[str, Any]], rebooted: bool) -> None:
+        if rebooted:  # a reboot starts every installed demo an operator did not stop
+            sd.wanted = sd.stopped_by != "operator"
+            if sd.wanted:
+                sd.stopped_by = sd.stop_reason = ""
+                LOG.info("demo %s: starting it after the machine's reboot", sd.name)
+                sd.next_start = time.monotonic()
+            return
+        if not sd.wanted:
+            self._set_status(sd, "failed" if sd.stopped_by == "failed" else "stopped", sd.stop_reason)
+            return
+        if proc and proc.get("shim_pid") != sd.seen_exit and proc.get("exit"):  # it ended while we were away
+            sd.proc = proc
+            self._handle_exit(sd, proc, ran_for=max(0.0, float(proc["exit"].get("at") or 0)
+                                                    - float(proc.get("started_at") or 0)))
+        else:
+            sd.next_start = time.monotonic()
+
+    async def shutdown(self) -> None:
+        """The daemon stops: installs are interrupted where they are (the next start resumes them) and
+        the demos keep running (the next daemon re-adopts them)."""
+        self.stopping = True
+        tasks = [sd.task for sd in self.demos.values() if sd.task is not None and not sd.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    # -- the supervision loop --
+    def wake(self) -> None:
+        self.changed.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGCHLD, self.wake)  # a shim of ours ended: restart within ms
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover - not the main thread
+            pass
+        try:
+            while True:
+                self.changed.clear()
+                try:
+                    self.tick()
+                except Exception:  # noqa: BLE001 - one demo's bug must not end the supervision of all
+                    LOG.exception("demos: unexpected error in the supervision (continuing)")
+                await self._nap(self._next_tick())
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGCHLD)
+            except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                pass
+
+    def _next_tick(self) -> float:
+        now = time.monotonic()
+        due = [sd.next_start for sd in self.demos.values() if sd.next_start is not None and sd.wanted]
+        return max(0.0, min([SUPERVISE_TICK_S] + [d - now for d in due]))
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep `seconds` or until something happens (a child exited, a start is due)."""
+        timer = asyncio.get_running_loop().call_later(seconds, self.changed.set)
+        try:
+            await self.changed.wait()
+        finally:
+            timer.cancel()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for sd in list(self.demos.values()):
+            if sd.running and self._gone(sd):
+                self._exited(sd)
+            if not sd.running and sd.wanted and sd.release is not None and sd.next_start is not None \
+                    and now >= sd.next_start:
+                self._spawn(sd)
+            if sd.running:
+                self._health(sd)
+            self._report_status(sd)
+            self._prune_logs(sd)
+
+    def _gone(self, sd: SupervisedDemo) -> bool:
+        if sd.popen is not None:
+            return sd.popen.poll() is not None
+        pid = sd.proc.get("shim_pid")
+        try:  # still our child after an update's re-exec (same pid): reap it, or /proc keeps a zombie
+            os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, TypeError):
+            pass
+        return not running(pid, sd.proc.get("shim_start"))
+
+    # -- starting, exits, stopping --
+    def _spawn(self, sd: SupervisedDemo) -> None:
+        """Start a run of the demo through its shim (never a second one: see lock_held)."""
+        sd.next_start = None
+        assert sd.release is not None and sd.spec is not None
+        if lock_held(sd.lock_path):  # a shim runs it already (e.g. started just before a kill -9 of ours)
+            proc = read_json(sd.proc_path)
+            if proc and running(proc.get("shim_pid"), proc.get("shim_start")):
+                self._adopt(sd, proc)
+                return
+        self._reap_orphan(read_json(sd.proc_path))
+        try:
+            account = self.account(sd.spec)
+            shim_spec = self._shim_spec(sd, account)
+            self._allow_traversal(account)
+            write_file_atomic(sd.spec_path, json.dumps(shim_spec).encode(), 0o600)
+            popen = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", SHIM_LAUNCHER, self.daemon.updater.path, sd.spec_path],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd="/", start_new_session=True,
+                close_fds=True)
+        except InstallError as exc:
+            self._cannot_start(sd, str(exc))
+            return
+        except OSError as exc:
+            self._cannot_start(sd, "cannot start its shim: %s" % (exc.strerror or exc))
+            return
+        sd.popen, sd.running = popen, True
+        sd.proc = {"shim_pid": popen.pid, "shim_start": shim_pid_start(popen.pid), "pid": None}
+        sd.started_mono = time.monotonic()
+        sd.tokens = {}
+        LOG.info("demo %s: started version %s (shim pid %d)", sd.name, sd.release["version"], popen.pid)
+        self._set_status(sd, "crashloop" if sd.crashloop else "running", "")
+        sd.save()
+
+    def _shim_spec(self, sd: SupervisedDemo, account: Dict[str, Any]) -> Dict[str, Any]:
+        assert sd.release is not None and sd.spec is not None
+        base = sd.release_path(sd.release)
+        cwd = os.path.join(base, sd.spec.workdir) if sd.spec.workdir else base
+        if not os.path.isdir(cwd):
+            raise InstallError("workdir %s is not a directory of the release" % (sd.spec.workdir or "."))
+        env = {"PATH": os.environ.get("PATH") or "/usr/local/bin:/usr/bin:/bin", "HOME": account["home"],
+               "USER": account["name"], "LOGNAME": account["name"], "SHELL": account["shell"],
+               "PYTHONUNBUFFERED": "1"}
+        for name in ("LANG", "LC_ALL", "TZ"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.update({"DVIC_LOG_DIR": self.daemon.opts.log_dir, "DVIC_DEMO_NAME": sd.name,
+                    "DVIC_DEMO_VERSION": sd.release["version"], "DVIC_DEMO_DIR": base,
+                    "DVIC_DEMO_DATA": os.path.join(sd.dir, "data")})
+        env.update(sd.spec.env)
+        out = {"name": sd.name, "version": sd.release["version"], "release": sd.release["dir"],
+               "argv": sd.spec.argv, "cwd": cwd, "env": env, "user": account["name"], "log_dir": self.daemon.opts.log_dir,
+               "log_max_bytes": SHIM_LOG_MAX_BYTES, "status": sd.proc_path, "lock": sd.lock_path}
+        if account["drop"]:
+            out.update(uid=account["uid"], gid=account["gid"])
+        return out
+
+    def account(self, spec: DemoSpec) -> Dict[str, Any]:
+        """Who the demo runs as: `user` (only a root daemon may switch), else the daemon's own user."""
+        me = os.getuid()
+        try:
+            pw = pwd.getpwnam(spec.user) if spec.user else pwd.getpwuid(me)
+        except KeyError:
+            if spec.user:
+                raise InstallError("user %r does not exist on this node" % spec.user) from None
+            return {"name": str(me), "uid": me, "gid": os.getgid(), "home": "/", "shell": "/bin/sh", "drop": False}
+        if me != 0 and pw.pw_uid != me:
+            raise InstallError("user %r: the daemon runs as uid %d, not root, so its demos run as that user "
+                               "(leave user out, or give that user)" % (spec.user, me))
+        return {"name": pw.pw_name, "uid": pw.pw_uid, "gid": pw.pw_gid, "home": pw.pw_dir or "/",
+                "shell": pw.pw_shell or "/bin/sh", "drop": me == 0 and pw.pw_uid != 0}
+
+    def _allow_traversal(self, account: Dict[str, Any]) -> None:
+        """A demo running as another user must reach its release below STATE_DIR (0700): let others
+        traverse (not list) the directories on the way."""
+        if not account["drop"]:
+            return
+        for path in (self.daemon.opts.state_dir, self.root):
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o011 != 0o011:
+                os.chmod(path, mode | 0o011)
+
+    def _adopt(self, sd: SupervisedDemo, proc: Dict[str, Any]) -> None:
+        sd.proc, sd.popen, sd.running, sd.next_start = proc, None, True, None
+        sd.started_mono = time.monotonic() - max(0.0, time.time() - float(proc.get("started_at") or time.time()))
+        sd.tokens = {}
+        self.wake()
+
+    @staticmethod
+    def _reap_orphan(proc: Optional[Dict[str, Any]]) -> None:
+        """A shim killed under its demo leaves the demo running: end it before another run starts."""
+        if proc and running(proc.get("pid"), proc.get("pid_start")):
+            LOG.warning("demo %s: its shim is gone but pid %d still runs; killing its process group",
+                        proc.get("name"), proc["pid"])
+            kill_group(proc["pid"], signal.SIGKILL)
+
+    def _exited(self, sd: SupervisedDemo) -> None:
+        code = sd.popen.returncode if sd.popen is not None else None
+        sd.popen, sd.running = None, False
+        proc = read_json(sd.proc_path) or {}
+        if code == SHIM_EXIT_BUSY and running(proc.get("shim_pid"), proc.get("shim_start")):
+            self._adopt(sd, proc)  # another shim had it (a start raced with a kill -9 of the daemon)
+            return
+        if proc.get("shim_pid") != sd.proc.get("shim_pid"):
+            proc = dict(sd.proc, exit=None)
+        sd.proc = proc
+        self._handle_exit(sd, proc, ran_for=time.monotonic() - sd.started_mono)
+
+    def _handle_exit(self, sd: SupervisedDemo, proc: Dict[str, Any], ran_for: float) -> None:
+        sd.running = False
+        sd.seen_exit = proc.get("shim_pid") or 0
+        if proc.get("log") and proc["log"] not in sd.logs:
+            sd.logs.append(proc["log"])
+        end = proc.get("exit")
+        if not isinstance(end, dict):
+            self._reap_orphan(proc)
+            end = {"code": None, "signal": None, "at": round(time.time(), 3)}
+            why = "its shim (pid %s) ended without recording the demo's exit" % proc.get("shim_pid")
+        else:
+            why = shim_exit_text("it", end.get("code"), end.get("signal"))[3:]
+        sd.last_exit = {"code": end.get("code"), "signal": end.get("signal"), "at": end.get("at")}
+        if proc.get("error"):
+            self._cannot_start(sd, str(proc["error"]))
+            return
+        if not sd.wanted:
+            self._set_status(sd, "stopped", sd.stop_reason or "stopped")
+            sd.save()
+            return
+        assert sd.spec is not None
+        failure = end.get("code") != 0
+        restart = sd.spec.restart == "always" or (sd.spec.restart == "on-failure" and failure)
+        if ran_for >= STABLE_RUN_S:
+            sd.step = 0
+        now = time.time()
+        sd.exits = [t for t in sd.exits if now - t < CRASHLOOP_WINDOW_S] + [now]
+        if not restart:
+            LOG.info("demo %s: %s; restart policy %s: not restarted", sd.name, why, sd.spec.restart)
+            self._not_wanted(sd, "policy", "%s (restart policy: %s)" % (why, sd.spec.restart))
+            self._set_status(sd, "stopped", sd.stop_reason)
+            sd.save()
+            return
+        sd.restarts += 1
+        if len(sd.exits) >= CRASHLOOP_EXITS and not sd.crashloop:
+            sd.crashloop, sd.alarm = True, "crashloop"
+            self._event(sd, "demo_crashloop", "demo %s %s: %d exits within %.0f s; restarting every %.0f s"
+                        % (sd.name, sd.spec.version, len(sd.exits), CRASHLOOP_WINDOW_S, BACKOFF_MAX_S),
+                        exits=len(sd.exits), window_s=CRASHLOOP_WINDOW_S, last_exit=sd.last_exit)
+        delay = restart_delay(sd.step, sd.crashloop)
+        sd.step += 1
+        sd.next_start = time.monotonic() + delay
+        LOG.info("demo %s: %s; restart %d in %.0f s", sd.name, why, sd.restarts, delay)
+        self._set_status(sd, "crashloop" if sd.crashloop else "unhealthy",
+                         "%s; restarting in %.0f s" % (why, delay) if delay else "%s; restarting" % why)
+        sd.save()
+        self.wake()
+
+    def _cannot_start(self, sd: SupervisedDemo, why: str) -> None:
+        LOG.warning("demo %s: cannot start: %s", sd.name, why)
+        sd.running, sd.popen = False, None
+        self._not_wanted(sd, "failed", why)
+        self._set_status(sd, "failed", why)
+        sd.save()
+
+    @staticmethod
+    def _not_wanted(sd: SupervisedDemo, by: str, why: str) -> None:
+        sd.wanted, sd.stopped_by, sd.stop_reason, sd.next_start = False, by, why, None
+
+    def _signal(self, sd: SupervisedDemo, sig: int) -> None:
+        pid, start = sd.child()
+        if running(pid, start):
+            kill_group(pid, sig)  # type: ignore[arg-type]  # the demo's own process group
+        elif running(sd.proc.get("shim_pid"), sd.proc.get("shim_start")) and sig != signal.SIGKILL:
+            os.kill(sd.proc["shim_pid"], sig)  # not started yet: the shim passes it on
+
+    async def stop_process(self, sd: SupervisedDemo, why: str, by: str = "") -> None:
+        """SIGTERM to the demo's process group, SIGKILL after stop_grace_s; not restarted afterwards."""
+        self._not_wanted(sd, by, why)
+        if not sd.running:
+            self._set_status(sd, "stopped", why)
+            sd.save()
+            return
+        grace = sd.spec.stop_grace_s if sd.spec is not None else 10.0
+        LOG.info("demo %s: stopping it (%s)", sd.name, why)
+        self._signal(sd, signal.SIGTERM)
+        if not await self._ended(sd, grace):
+            LOG.warning("demo %s: still running %.0f s after SIGTERM; sending SIGKILL", sd.name, grace)
+            self._signal(sd, signal.SIGKILL)
+            if not await self._ended(sd, 5.0) and running(sd.proc.get("shim_pid"), sd.proc.get("shim_start")):
+                os.kill(sd.proc["shim_pid"], signal.SIGKILL)
+                await self._ended(sd, 5.0)
+        if sd.running:  # neither signal helped (a process stuck in the kernel): forget it rather than hang
+            LOG.error("demo %s: its processes did not end", sd.name)
+            sd.running, sd.popen = False, None
+        self._set_status(sd, "stopped", why)
+        sd.save()
+
+    async def _ended(self, sd: SupervisedDemo, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if sd.running and self._gone(sd):
+                self._exited(sd)
+            if not sd.running:
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(0.05, left))
+
+    # -- health --
+    def _health(self, sd: SupervisedDemo) -> None:
+        assert sd.spec is not None
+        ran = time.monotonic() - sd.started_mono
+        if ran >= STABLE_RUN_S:
+            sd.step = 0
+            if sd.crashloop:
+                sd.crashloop = False
+                sd.exits = []
+                sd.save()
+        beat = self._heartbeat(sd)
+        message = ""
+        if sd.spec.heartbeat_s is None:
+            state = "healthy" if ran >= sd.spec.healthy_after else "running"
+        elif beat is not None and time.time() - beat <= sd.spec.heartbeat_s:
+            state = "healthy"
+        elif ran < sd.spec.heartbeat_s:
+            state = "running"
+        else:
+            state = "unhealthy"  # the message stays the same while it lasts: one demo_status, not one a second
+            message = ("silent: no dvic_log record within heartbeat_s (%g s) since %s" % (
+                sd.spec.heartbeat_s, time.strftime("%H:%M:%S", time.localtime(beat))) if beat is not None
+                else "silent: no dvic_log record since it started (heartbeat_s %g s)" % sd.spec.heartbeat_s)
+        if sd.crashloop:
+            state, message = "crashloop", "%d exits within %.0f s" % (len(sd.exits), CRASHLOOP_WINDOW_S)
+        if state == "unhealthy" and not sd.alarm:
+            sd.alarm = "unhealthy"
+            self._event(sd, "demo_unhealthy", "demo %s %s: %s" % (sd.name, sd.spec.version, message),
+                        heartbeat_s=sd.spec.heartbeat_s, last_heartbeat=beat)
+        elif state == "healthy" and sd.alarm:
+            self._event(sd, "demo_recovered", "demo %s %s is healthy again (was %s)"
+                        % (sd.name, sd.spec.version, sd.alarm), was=sd.alarm)
+            sd.alarm = ""
+            sd.save()
+        self._set_status(sd, state, message)
+
+    def _heartbeat(self, sd: SupervisedDemo) -> Optional[float]:
+        """The ts of the latest dvic_log record of this run: its shim's file (stdout/stderr lines) and any
+        file written by a process of its process group (a demo logging through dvic_log)."""
+        pid, _ = sd.child()
+        if not pid:
+            return None
+        best = None  # type: Optional[float]
+        for key, demo in self.daemon.demos.demos.items():
+            if demo.header is None:
+                continue
+            mine = sd.tokens.get(key)
+            if mine is None:
+                writer = demo.header.get("pid")
+                mine = sd.tokens[key] = writer == pid or process_group(writer) == pid
+            if mine and demo.last_heartbeat is not None and (best is None or demo.last_heartbeat > best):
+                best = demo.last_heartbeat
+        return best
+
+    def _prune_logs(self, sd: SupervisedDemo) -> None:
+        """Delete the log files of old runs (all but the last few) once the daemon follows them: it holds
+        them open, so whatever was not read yet is still read (docs/node-daemon.md)."""
+        while len(sd.logs) > SHIM_LOG_RUNS_KEPT:
+            path = sd.logs[0]
+            demo = self.daemon.demos.demos.get("demo:" + os.path.basename(path)[len("dvic_log_"):])
+            if os.path.exists(path) and (demo is None or demo.follower.fd is None):
+                return  # not followed (yet): keep it
+            for name in (path, path + ".1"):
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
+            sd.logs.pop(0)
+
+    # -- messages --
+    def _set_status(self, sd: SupervisedDemo, state: str, message: str) -> None:
+        if (state, message) != (sd.status, sd.message):
+            if state != sd.status:
+                sd.since = round(time.time(), 3)
+            sd.status, sd.message = state, message
+            self._report_status(sd)
+
+    def status_message(self, sd: SupervisedDemo) -> Dict[str, Any]:
+        pid, _ = sd.child() if sd.running else (None, None)
+        return {"type": "demo_status", "demo": sd.name, "version": sd.release["version"] if sd.release else None,
+                "state": sd.status, "pid": pid, "restarts": sd.restarts, "since": sd.since,
+                "last_exit": sd.last_exit, "last_heartbeat": self._heartbeat(sd) if sd.running else None,
+                "message": sd.message[:1000]}
+
+    def _report_status(self, sd: SupervisedDemo) -> None:
+        if sd.release is None and sd.sent is None:
+            return
+        msg = self.status_message(sd)
+        key = tuple(msg[k] for k in ("version", "state", "pid", "restarts", "message")) + (json.dumps(sd.last_exit),)
+        beat = msg["last_heartbeat"]
+        if key == sd.sent and (beat == sd.sent_heartbeat or time.monotonic() - sd.sent_at < STATUS_HEARTBEAT_REPORT_S):
+            return
+        sd.sent, sd.sent_heartbeat, sd.sent_at = key, beat, time.monotonic()
+        self.daemon._emit(msg)
+
+    def _event(self, sd: SupervisedDemo, kind: str, message: str, **data: Any) -> None:
+        (LOG.info if kind == "demo_recovered" else LOG.warning)("%s", message)
+        data.update(demo=sd.name, version=sd.release["version"] if sd.release else None, restarts=sd.restarts)
+        self.daemon._emit({"type": "event", "kind": kind, "message": message[:1000], "data": data})
+
+    def _report_install(self, sd: SupervisedDemo, entry: Dict[str, Any], state: str, message: str = "",
+                        **extra: Any) -> None:
+        msg = {"type": "demo_install", "demo": sd.name, "version": entry["version"], "rollout": entry.get("rollout"),
+               "state": state, "message": message[:2000]}
+        msg.update(extra)
+        if state != "downloading" or message:  # not every progress report
+            (LOG.warning if state in ("failed", "rolled_back") else LOG.info)(
+                "demo %s %s: %s%s", sd.name, entry["version"], state, (": " + message) if message else "")
+        self.daemon._emit(msg)
+
+    def announce(self) -> List[Dict[str, Any]]:
+        """Right after `welcome`: the state of every supervised demo and of every install in progress."""
+        out = []
+        for sd in self.demos.values():
+            if sd.release is not None:
+                out.append(self.status_message(sd))
+            if sd.install:
+                entry = sd.install["entry"]
+                out.append({"type": "demo_install", "demo": sd.name, "version": entry["version"],
+                            "rollout": entry.get("rollout"), "state": sd.install.get("state", "queued"),
+                            "message": "in progress"})
+        return out
+
+    # -- the desired set --
+    async def on_desired(self, msg: Dict[str, Any]) -> None:
+        """`demos_desired`: converge to the complete desired set (a new push supersedes the old one)."""
+        items = msg.get("demos")
+        if not isinstance(items, list) or len(items) > MAX_DESIRED_DEMOS:
+            # never read a malformed push as "no demos": that would remove them all
+            LOG.warning("server sent demos_desired without a list of at most %d demos; ignored", MAX_DESIRED_DEMOS)
+            return
+        entries = []  # type: List[Dict[str, Any]]
+        for item in items:
+            try:
+                entry = parse_desired(item)
+            except InstallError as exc:
+                name = item.get("name") if isinstance(item, dict) else None
+                if isinstance(name, str) and DEMO_NAME_RE.match(name):
+                    self.daemon._emit({"type": "demo_install", "demo": name, "version": str(item.get("version"))[:64],
+                                      "rollout": item.get("rollout") if isinstance(item.get("rollout"), str) else None,
+                                      "state": "failed", "message": "bad demos_desired entry: %s" % exc})
+                LOG.warning("demos_desired: bad entry %r: %s", str(name)[:64], exc)
+                if isinstance(name, str):
+                    entries.append({"name": name, "invalid": True})  # keeps what runs: not a removal
+                continue
+            entries.append(entry)
+        last = {e["name"]: e for e in entries}  # the same name twice: the last entry counts
+        self.daemon.spawn(self._converge(list(last.values())))
+
+    async def _converge(self, entries: List[Dict[str, Any]]) -> None:
+        async with self.converging:
+            names = {e["name"] for e in entries}
+            for entry in entries:
+                if not entry.get("invalid"):
+                    await self._want(entry)
+            for sd in list(self.demos.values()):
+                if sd.name not in names and (sd.installed or sd.install or sd.release) and sd.target != "":
+                    await self._cancel(sd, "removed from the desired set")
+                    self._launch(sd, "", self._remove(sd))
+            self._prune_downloads({e["sha256"] for e in entries if not e.get("invalid")})
+
+    async def _want(self, entry: Dict[str, Any]) -> None:
+        sd = self.demos.get(entry["name"])
+        if sd is None:
+            sd = self.demos[entry["name"]] = SupervisedDemo(self.root, entry["name"])
+        busy = sd.task is not None and not sd.task.done()
+        if busy and sd.target == entry["sha256"]:  # already on its way: the new rollout follows it
+            if sd.install and sd.install["entry"].get("rollout") != entry.get("rollout"):
+                sd.install["entry"]["rollout"] = entry.get("rollout")
+                sd.save()
+                self._report_install(sd, entry, sd.install.get("state", "queued"), "in progress")
+            return
+        if not busy and sd.installed and sd.installed["sha256"] == entry["sha256"] and sd.release is not None:
+            self._report_install(sd, entry, "healthy", "version %s is installed" % entry["version"])
+            return
+        for result in reversed(sd.results):
+            if result["sha256"] == entry["sha256"] and result.get("rollout") == entry.get("rollout") \
+                    and result["state"] in ("failed", "rolled_back"):
+                self._report_install(sd, entry, result["state"], result.get("message", ""))
+                return  # this rollout ended (failed, rolled back): a new deployment tries again
+        await self._cancel(sd, "superseded by version %s" % entry["version"])
+        self._launch(sd, entry["sha256"], self._install(sd, entry))
+
+    def _launch(self, sd: SupervisedDemo, target: str, coro: Awaitable[None]) -> None:
+        sd.target, sd.superseded = target, ""
+        sd.task = asyncio.ensure_future(coro)
+
+        def done(task: "asyncio.Future[None]") -> None:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                LOG.error("demo %s: unexpected error: %s", sd.name, "".join(traceback.format_exception(
+                    type(exc), exc, exc.__traceback__)).rstrip())  # type: ignore[arg-type]
+
+        sd.task.add_done_callback(done)
+
+    async def _cancel(self, sd: SupervisedDemo, why: str) -> None:
+        if sd.task is not None and not sd.task.done():
+            sd.superseded = why
+            sd.task.cancel()
+            await asyncio.wait([sd.task])
+
+    def _prune_downloads(self, keep: set) -> None:
+        try:
+            names = os.listdir(self.downloads)
+        except OSError:
+            return
+        for name in names:
+            if name.split(".")[0] not in keep:
+                try:
+                    os.unlink(os.path.join(self.downloads, name))
+                except OSError:
+                    pass
+
+    # -- the install pipeline --
+    async def _install(self, sd: SupervisedDemo, entry: Dict[str, Any], resume: bool = False) -> None:
+        try:
+            try:
+                spec = DemoSpec(entry["manifest"])
+                if resume and sd.install and sd.install.get("rollback"):
+                    await self._roll_back(sd, entry, str(sd.install.get("message") or "rolling back"))
+                    return
+                self.account(spec)  # a user that cannot be used fails now, before the download
+                if not resume or sd.install is None:
+                    sd.install = {"entry": entry, "state": "queued"}
+                    self._step(sd, "queued")
+                if not self._unpacked(sd, release_dir_name(entry)):
+                    async with self.heavy:
+                        part = await self._download(sd, entry)
+                        await self._verify(sd, entry, part)
+                        await self._unpack(sd, entry, spec, part)
+                await self._activate(sd, entry, spec)
+            except InstallError as exc:
+                await self._abandon(sd, entry)
+                self._finish(sd, entry, "failed", str(exc), remember=not exc.retry)
+            except OSError as exc:  # the state directory itself (a full disk while switching, saving)
+                await self._abandon(sd, entry)
+                self._finish(sd, entry, "failed", self._disk_problem("installing", exc), remember=False)
+        except asyncio.CancelledError:
+            if not self.stopping:  # superseded or removed (a stopping daemon leaves it all for the next start)
+                await self._abandon(sd, entry)
+                self._finish(sd, entry, "failed", sd.superseded or "cancelled", remember=False)
+            raise
+
+    def _step(self, sd: SupervisedDemo, state: str, message: str = "", **extra: Any) -> None:
+        assert sd.install is not None
+        sd.install["state"] = state
+        self.make_dirs(sd)
+        sd.save(sync=True)
+        self._report_install(sd, sd.install["entry"], state, message, **extra)
+
+    def make_dirs(self, sd: SupervisedDemo) -> None:
+        """STATE_DIR/demos/<name>: others may pass through (a demo running as another user), not list."""
+        for path in (self.root, sd.dir):
+            if not os.path.isdir(path):
+                make_dir(path, 0o711)
+
+    async def _pause(self, state: str, entry: Dict[str, Any]) -> None:
+        if install_pause(state, entry["version"]):  # test only (DVIC_NODE_TEST_INSTALL_PAUSE)
+            LOG.warning("test pause at install state %s (DVIC_NODE_TEST_INSTALL_PAUSE)", state)
+            await asyncio.sleep(3600)
+
+    async def _download(self, sd: SupervisedDemo, entry: Dict[str, Any]) -> str:
+        os.makedirs(self.downloads, 0o700, exist_ok=True)
+        part = os.path.join(self.downloads, entry["sha256"] + ".part")
+        url = release_url(self.daemon.bundle, entry["url"])
+        if url.startswith("http://") and not self.daemon.bundle["ws_url"].startswith("ws://"):
+            raise InstallError("plain-HTTP download refused: the server is reached over TLS")
+        # the node authenticates with its client certificate; the token counts only in plain-HTTP development
+        headers = {"Authorization": "Bearer " + self.daemon.bundle["token"]} if url.startswith("http://") else {}
+        have = self._size(part)
+        self._step(sd, "downloading", "resuming at byte %d" % have if have else url, bytes=have, total=entry["size"])
+
+        def progress(got: int) -> None:
+            now = time.monotonic()
+            if self.daemon.online and now - sd.progress_at >= DOWNLOAD_PROGRESS_S:
+                sd.progress_at = now
+                self._report_install(sd, entry, "downloading", "", bytes=got, total=entry["size"])
+
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            try:
+                await http_download(url, self.daemon.ssl_context, part, entry["size"], headers, progress,
+                                    install_pause("downloading", entry["version"]))
+                return part
+            except DownloadError as exc:
+                if attempt == DOWNLOAD_ATTEMPTS:
+                    raise InstallError("download failed %d times, last: %s (the partial file is kept)"
+                                       % (attempt, exc), retry=True) from None
+                delay = min(30.0, 2.0 ** attempt)
+                LOG.info("demo %s: download interrupted (%s); resuming in %.0f s", sd.name, exc, delay)
+                await asyncio.sleep(delay)
+            except OSError as exc:  # the local disk
+                self._unlink(part)
+                raise InstallError(self._disk_problem("saving the download", exc)) from None
+        raise AssertionError("unreachable")
+
+    async def _verify(self, sd: SupervisedDemo, entry: Dict[str, Any], part: str) -> None:
+        self._step(sd, "verifying")
+        await self._pause("verifying", entry)
+        actual = await asyncio.get_running_loop().run_in_executor(None, file_sha256, part)
+        if actual != entry["sha256"]:
+            self._unlink(part)  # a bad copy is no use for resuming
+            raise InstallError("sha256 mismatch: the download has %s, the release is %s" % (actual, entry["sha256"]))
+
+    async def _unpack(self, sd: SupervisedDemo, entry: Dict[str, Any], spec: DemoSpec, part: str) -> None:
+        self._step(sd, "installing")
+        cancelled = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(None, self._build, sd, entry, spec, part, cancelled)
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled.set()  # the thread stops at the next member and removes its directory
+            await asyncio.wait([future])
+            raise
+        except BadArchive as exc:
+            raise InstallError(str(exc)) from None
+        except OSError as exc:
+            raise InstallError(self._disk_problem("unpacking", exc)) from None
+        except (EOFError, ValueError, zlib.error) as exc:
+            raise InstallError("the archive is damaged or not a tar.gz: %s" % exc) from None
+        except Exception as exc:  # noqa: BLE001 - tarfile.ReadError and friends: a damaged archive
+            if type(exc).__module__ in ("tarfile", "gzip"):
+                raise InstallError("the archive is damaged or not a tar.gz: %s" % exc) from None
+            raise
+        self._unlink(part)
+
+    def _build(self, sd: SupervisedDemo, entry: Dict[str, Any], spec: DemoSpec, part: str,
+               cancelled: threading.Event) -> None:
+        """In a worker thread: unpack into releases/.tmp-<name>, link the kept paths, then rename it into
+        place, so the release's own name only ever holds a complete directory."""
+        releases = os.path.join(sd.dir, "releases")
+        if not os.path.isdir(releases):
+            make_dir(releases, 0o711)
+        name = release_dir_name(entry)
+        tmp = os.path.join(releases, ".tmp-" + name)
+        remove_tree(tmp)
+        try:
+            unpack_release(part, tmp, entry["max_unpacked_bytes"], entry["max_members"], cancelled,
+                           install_pause("installing", entry["version"]))
+            if not os.path.isfile(os.path.join(tmp, "dvic-demo.toml")):
+                raise BadArchive("the archive has no dvic-demo.toml at its root")
+            self._link_kept(sd, spec, tmp)
+            fsync_dir(tmp)
+            os.rename(tmp, os.path.join(releases, name))
+            fsync_dir(releases)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+    def _link_kept(self, sd: SupervisedDemo, spec: DemoSpec, tmp: str) -> None:
+        """Each `keep` path of the release becomes a link into STATE_DIR/demos/<name>/data/, which outlives
+        releases; the first release's own content seeds it."""
+        if not spec.keep:
+            return
+        account = self.account(spec)
+        data = os.path.join(sd.dir, "data")
+        if not os.path.isdir(data):
+            make_dir(data, 0o711)
+        for path, is_dir in spec.keep:
+            kept, here = os.path.join(data, path), os.path.join(tmp, path)
+            if not os.path.lexists(kept):
+                os.makedirs(os.path.dirname(kept), 0o755, exist_ok=True)
+                if os.path.lexists(here) and not os.path.islink(here):
+                    os.rename(here, kept)
+                elif is_dir:
+                    make_dir(kept)
+                if account["drop"] and os.path.lexists(kept):
+                    for top, dirs, files in os.walk(kept):
+                        for name in [top] + [os.path.join(top, n) for n in dirs + files]:
+                            os.lchown(name, account["uid"], account["gid"])
+            remove_tree(here)
+            os.makedirs(os.path.dirname(here), 0o755, exist_ok=True)
+            # relative: the same from the release's final name, at the same depth as this temp name
+            os.symlink(os.path.relpath(kept, os.path.dirname(here)), here)
+
+    @staticmethod
+    def _unpacked(sd: SupervisedDemo, dirname: str) -> bool:
+        """Whether releases/<dirname> exists: only ever a complete release (see _build)."""
+        return os.path.isdir(os.path.join(sd.dir, "releases", dirname))
+
+    @staticmethod
+    def _size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+    @staticmethod
+    def _disk_problem(what: str, exc: OSError) -> str:
+        if exc.errno in NO_ROOM:
+            return "disk full while %s: %s%s" % (what, exc.strerror or exc, (" (%s)" % exc.filename)
+                                                 if exc.filename else "")
+        return "%s failed: %s" % (what, exc)
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    async def _activate(self, sd: SupervisedDemo, entry: Dict[str, Any], spec: DemoSpec) -> None:
+        """stopping_old -> starting -> healthy, or back to the previous release (rolled_back)."""
+        assert sd.install is not None
+        new = release_record(entry)
+        self._step(sd, "stopping_old", "stopping version %s" % sd.release["version"]
+                   if sd.running and sd.release else "nothing runs")
+        if sd.running and (sd.release is None or sd.release["dir"] != new["dir"]):
+            await self.stop_process(sd, "replaced by version %s" % entry["version"])
+        await self._pause("stopping_old", entry)
+        self.switch_current(sd, new["dir"])
+        deadline = sd.install.get("deadline") or time.time() + spec.start_timeout_s
+        sd.install["deadline"] = deadline
+        adopted = sd.running and sd.release is not None and sd.release["dir"] == new["dir"]
+        self._use_release(sd, new, keep_counters=adopted)
+        sd.wanted, sd.stopped_by, sd.stop_reason = True, "", ""
+        self._step(sd, "starting", "healthy within %.0f s" % max(0.0, deadline - time.time()))
+        if not adopted:
+            self._spawn(sd)
+        await self._pause("starting", entry)
+        why = await self._healthy_by(sd, deadline)
+        if why:
+            await self._roll_back(sd, entry, why)
+            return
+        old = sd.installed
+        if old is not None and old["dir"] != new["dir"]:
+            sd.previous = old
+        sd.installed = new
+        self._finish(sd, entry, "healthy", "version %s is healthy" % entry["version"], remember=True)
+        self._prune_releases(sd)
+
+    async def _healthy_by(self, sd: SupervisedDemo, deadline: float) -> str:
+        """'' once the new release is healthy, else why it will not be (in time)."""
+        version = sd.release["version"] if sd.release else "?"
+        while True:
+            if sd.running and sd.status == "healthy":
+                return ""
+            if sd.crashloop:
+                return "version %s is in a crash loop (%d exits within %.0f s; last: %s)" % (
+                    version, len(sd.exits), CRASHLOOP_WINDOW_S, sd.message)
+            if not sd.wanted:
+                return "version %s stopped: %s" % (version, sd.stop_reason or sd.message)
+            if time.time() >= deadline:
+                return "version %s did not become healthy within %.0f s (it is %s%s)" % (
+                    version, sd.spec.start_timeout_s if sd.spec else 0, sd.status,
+                    ": " + sd.message if sd.message else "")
+            await asyncio.sleep(0.1)
+
+    async def _roll_back(self, sd: SupervisedDemo, entry: Dict[str, Any], why: str) -> None:
+        """The new release did not become healthy: stop it, start the previous one again (rolled_back), or
+        with none to go back to, leave the demo stopped (failed)."""
+        assert sd.install is not None
+        sd.install.update(rollback=True, message=why)
+        sd.save(sync=True)
+        await self._pause("rolling_back", entry)
+        await self.stop_process(sd, why, by="failed")
+        old = sd.installed
+        if old is None or not self._unpacked(sd, old["dir"]):
+            self._clear_current(sd)
+            self._use_release(sd, None)
+            self._not_wanted(sd, "failed", why)
+            self._set_status(sd, "failed", why)
+            remove_tree(os.path.join(sd.dir, "releases", release_dir_name(entry)))
+            self._finish(sd, entry, "failed", why + "; there is no previous release to go back to", remember=True)
+            return
+        self.switch_current(sd, old["dir"])
+        self._use_release(sd, old)
+        sd.wanted, sd.stopped_by, sd.stop_reason = True, "", ""
+        self._spawn(sd)
+        remove_tree(os.path.join(sd.dir, "releases", release_dir_name(entry)))
+        self._finish(sd, entry, "rolled_back", "%s; version %s runs again" % (why, old["version"]), remember=True)
+
+    async def _abandon(self, sd: SupervisedDemo, entry: Dict[str, Any]) -> None:
+        """An install that ends early (failed, superseded): the last healthy release runs again if the new
+        one had already replaced it; an unpacked, unused release is removed."""
+        if sd.release is not None and sd.release["sha256"] == entry["sha256"] and sd.installed \
+                and sd.installed["sha256"] != entry["sha256"]:
+            await self.stop_process(sd, "install of %s abandoned" % entry["version"])
+            self.switch_current(sd, sd.installed["dir"])
+            self._use_release(sd, sd.installed)
+            sd.wanted, sd.stopped_by, sd.stop_reason = True, "", ""
+            self._spawn(sd)
+        if not sd.installed or sd.installed["sha256"] != entry["sha256"]:
+            if sd.release is None or sd.release["sha256"] != entry["sha256"]:
+                remove_tree(os.path.join(sd.dir, "releases", release_dir_name(entry)))
+
+    def _finish(self, sd: SupervisedDemo, entry: Dict[str, Any], state: str, message: str, remember: bool) -> None:
+        sd.install = None
+        if remember:
+            sd.results = (sd.results + [{"sha256": entry["sha256"], "rollout": entry.get("rollout"),
+                                         "version": entry["version"], "state": state, "message": message[:2000],
+                                         "at": round(time.time(), 3)}])[-RESULTS_KEPT:]
+        if remember:  # the rollout has its result: its download is of no more use
+            self._unlink(os.path.join(self.downloads, entry["sha256"] + ".part"))
+        try:
+            sd.save(sync=True)
+        except OSError as exc:
+            LOG.error("demo %s: cannot save its state: %s", sd.name, exc)
+        self._report_install(sd, entry, state, message)
+
+    def _use_release(self, sd: SupervisedDemo, release: Optional[Dict[str, Any]], keep_counters: bool = False) -> None:
+        """The release the supervision runs from now on (counters start again with a new release)."""
+        if release is not None and (sd.release is None or release["dir"] != sd.release["dir"]) and not keep_counters:
+            sd.restarts, sd.exits, sd.step, sd.crashloop, sd.alarm, sd.last_exit = 0, [], 0, False, "", None
+        sd.release = release
+        sd.spec = DemoSpec(release["manifest"]) if release is not None else None
+
+    @staticmethod
+    def _release_named(sd: SupervisedDemo, dirname: Any) -> Optional[Dict[str, Any]]:
+        for release in (sd.installed, sd.previous, release_record(sd.install["entry"]) if sd.install else None):
+            if release is not None and release["dir"] == dirname:
+                return release
+        return None
+
+    @staticmethod
+    def switch_current(sd: SupervisedDemo, dirname: str) -> None:
+        """Point `current` at releases/<dirname> atomically (a symlink under a temp name renamed over it)."""
+        tmp = os.path.join(sd.dir, ".current.tmp")
+        Supervisor._unlink_path(tmp)
+        os.symlink(os.path.join("releases", dirname), tmp)
+        os.rename(tmp, os.path.join(sd.dir, "current"))
+        fsync_dir(sd.dir)
+
+    @staticmethod
+    def _clear_current(sd: SupervisedDemo) -> None:
+        Supervisor._unlink_path(os.path.join(sd.dir, "current"))
+
+    @staticmethod
+    def _unlink_path(path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _prune_releases(self, sd: SupervisedDemo) -> None:
+        keep = {r["dir"] for r in (sd.installed, sd.previous) if r is not None}
+        releases = os.path.join(sd.dir, "releases")
+        for name in os.listdir(releases) if os.path.isdir(releases) else []:
+            if name not in keep:
+                try:
+                    remove_tree(os.path.join(releases, name))
+                except OSError as exc:
+                    LOG.warning("demo %s: cannot remove the old release %s: %s", sd.name, name, exc)
+
+    async def _remove(self, sd: SupervisedDemo) -> None:
+        """Undeployed: stop it, delete its releases; its kept data stays for a later install."""
+        version = (sd.installed or sd.release or {}).get("version") or "?"
+        await self.stop_process(sd, "removed from this node")
+        self._clear_current(sd)
+        for name in ("releases", "state.json", "proc.json", "run-spec.json", "run.lock"):
+            try:
+                remove_tree(os.path.join(sd.dir, name))
+            except OSError as exc:
+                LOG.warning("demo %s: cannot remove %s: %s", sd.name, name, exc)
+        self._set_status(sd, "stopped", "removed from this node")
+        self.demos.pop(sd.name, None)
+        self.daemon._emit({"type": "demo_install", "demo": sd.name, "version": version, "rollout": None,
+                          "state": "removed", "message": "stopped and removed; its kept data stays"})
+        LOG.info("demo %s: removed (its data directory stays)", sd.name)
+
+    # -- operator actions (start_demo, stop_demo, restart_demo) --
+    def knows(self, name: str) -> bool:
+        sd = self.demos.get(name)
+        return sd is not None and sd.release is not None
+
+    async def act(self, verb: str, name: str) -> Tuple[bool, str]:
+        sd = self.demos[name]
+        if sd.task is not None and not sd.task.done():
+            return False, "%s: an install or removal is in progress; try again when it ends" % name
+        version = sd.release["version"] if sd.release else "?"
+        if verb == "start" and sd.running:
+            return True, "%s %s already runs" % (name, version)
+        if verb in ("stop", "restart"):
+            await self.stop_process(sd, "stopped by an operator", by="operator")
+        if verb == "stop":
+            return True, "%s %s stopped; it stays stopped (also across restarts and reboots) until start_demo" % (
+                name, version)
+        sd.wanted, sd.stopped_by, sd.stop_reason = True, "", ""
+        sd.step, sd.crashloop, sd.exits = 0, False, []
+        self._spawn(sd)
+        if not sd.running:
+            return False, "%s %s cannot start: %s" % (name, version, sd.message)
+        return True, "%s %s %s" % (name, version, "restarted" if verb == "restart" else "started")
+
+
+# ---------------------------------------------------------------------------------------------
 # The daemon
 # ---------------------------------------------------------------------------------------------
 
@@ -3902,9 +5795,11 @@ class Daemon:
                                       self.spawn)
         self.shells = ShellManager(self.link, self.opts.shell_user)
         self.tunnels = TunnelManager(self.link, self.spawn)
-        self.actions = ActionRunner(self.link, self.spawn, self.opts.reboot_command, self.opts.demos_config)
         self.updater = Updater(self, os.path.realpath(os.path.abspath(sys.argv[0] if __name__ == "__main__"
                                                                       else __file__)), self.opts.update_deadline)
+        self.supervisor = Supervisor(self)
+        self.actions = ActionRunner(self.link, self.spawn, self.opts.reboot_command, self.opts.demos_config,
+                                    supervisor=self.supervisor)
         self.link.on_lost.append(lambda: self.shells.close_all("the node lost its connection to the server"))
         self.link.on_lost.append(self.tunnels.close_all)
         self._handlers.update({
@@ -3914,6 +5809,7 @@ class Daemon:
             "tunnel_open": self._spawned(self.tunnels.on_open), "tunnel_data": self._spawned(self.tunnels.on_data),
             "tunnel_close": self._spawned(self.tunnels.on_close), "action": self._spawned(self.actions.on_action),
             "update": self._detached(self.updater.on_update),
+            "demos_desired": self._spawned(self.supervisor.on_desired),
         })
 
     def spawn(self, coro: Awaitable[None]) -> None:
@@ -3995,12 +5891,13 @@ class Daemon:
         self.demos.set_logdirs([LogDir(self.opts.log_dir)])
         self._setup_remote()
         self.updater.on_start()
+        self.supervisor.load()  # re-adopt or start the supervised demos, resume an install
         LOG.info("dvic-node %s starting: node %s, server %s, logs in %s, state in %s (spool: %d lines pending)",
                  VERSION, self.bundle["node_id"], self.bundle["ws_url"], self.opts.log_dir,
                  self.opts.state_dir, self.spool.pending)
         tasks = [asyncio.ensure_future(c) for c in (
             self._metrics_loop(), self._tail_loop(), self._connection_loop(), self._keepalive_loop(),
-            self._checkpoint_loop(), self._system_log_loop(), self._docker_loop())]
+            self._checkpoint_loop(), self._system_log_loop(), self._docker_loop(), self.supervisor.run())]
         failed = []  # type: List[BaseException]
 
         def on_done(task: "asyncio.Future[None]") -> None:
@@ -4012,6 +5909,7 @@ class Daemon:
         for t in tasks:
             t.add_done_callback(on_done)
         await self._stop.wait()
+        await self.supervisor.shutdown()  # installs stop where they are; the demos keep running
         for t in tasks:
             t.cancel()
         _, stuck = await asyncio.wait(tasks, timeout=10)  # bounded: a stop (or an update) must finish
@@ -4299,6 +6197,8 @@ class Daemon:
         self._last_conn_error = ""
         for msg in self.demos.announce():
             self.outbox.append(msg)
+        for msg in self.supervisor.announce():
+            self.outbox.append(msg)
         self.link.attach(ws)
         self.spawn(self.updater.on_welcome())
         tasks = [asyncio.ensure_future(self._receiver(ws)), asyncio.ensure_future(self._sender(ws, last_seq + 1)),
@@ -4477,6 +6377,9 @@ def setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--run-demo"]:  # the demo shim (the daemon itself starts it through SHIM_LAUNCHER)
+        return shim_main(argv[1:])
     args = parse_args(argv)
     setup_logging(args.verbose)
     try:

@@ -1,0 +1,341 @@
+"""Supervised demos (issue 14) against a thin stand-in of the server: releases, real demo processes.
+
+`DemoServer` speaks the node protocol over wss:// with mutual TLS (the node's client certificate is
+required, as on the real server's mTLS listener): it welcomes the daemon, pushes the desired set
+(`demos_desired`) after every welcome and whenever a test changes it, records what the daemon sends,
+and serves release archives at /api/v1/node/releases/{sha256} with aiohttp's FileResponse (HTTP Range,
+206). It holds no deployment logic: the test decides the desired set. `make_release` builds real
+tar.gz releases whose demo is DEMO_PROGRAM, a small Python program that behaves as told (runs, crashes
+N times, stays silent, ignores SIGTERM, logs heartbeats through dvic_log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import signal
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from daemon_support import REPO, DaemonProcess, write_bundle
+from node_support import Pki, start_app
+
+DEMO_PROGRAM = r'''
+import os, signal, sys, time
+mode, tag = sys.argv[1], sys.argv[2]   # the tag only marks this test's processes in /proc
+arg = sys.argv[3] if len(sys.argv) > 3 else ""
+if mode == "crash":  # crash `arg` times (counted in the kept directory "state/"), then run
+    path = os.path.join("state", "count")
+    n = int(open(path).read()) if os.path.exists(path) else 0
+    open(path, "w").write(str(n + 1))
+    if n < int(arg):
+        print("crash %d" % (n + 1), file=sys.stderr, flush=True)
+        sys.exit(3)
+if mode == "exit":
+    print("bye", flush=True)
+    sys.exit(int(arg or 0))
+if mode == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "beat":  # a dvic_log file of its own, with heartbeats
+    import dvic_log
+    log = dvic_log.open_log(os.environ["DVIC_DEMO_NAME"])
+    log.info("beating")
+    while True:
+        dvic_log.heartbeat(log)
+        time.sleep(0.3)
+if mode != "silent":
+    print("up %s pid %d user %s" % (os.environ.get("DVIC_DEMO_VERSION"), os.getpid(), os.getuid()), flush=True)
+while True:
+    time.sleep(3600)
+'''
+
+
+@dataclass
+class Release:
+    name: str
+    version: str
+    path: Path
+    sha256: str
+    size: int
+    manifest: dict[str, Any]
+
+    def entry(self, rollout: str | None = None, **extra: Any) -> dict[str, Any]:
+        """This release as one item of `demos_desired.demos` (docs/protocol.md section 6)."""
+        out = {"name": self.name, "version": self.version, "sha256": self.sha256, "size": self.size,
+               "url": f"/api/v1/node/releases/{self.sha256}", "manifest": self.manifest,
+               "rollout": rollout or f"rollout-{self.version}-{uuid.uuid4().hex[:6]}"}
+        out.update(extra)
+        return out
+
+
+def toml_of(manifest: dict[str, Any]) -> str:
+    """A dvic-demo.toml for the manifest (the daemon reads the JSON the server sends; the file is in the
+    archive as published)."""
+    lines = []
+    for key, value in manifest.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {json.dumps(value)}")
+    for key, value in manifest.items():
+        if isinstance(value, dict):
+            lines.append(f"[{key}]")
+            lines.extend(f"{k} = {json.dumps(v)}" for k, v in value.items())
+    return "\n".join(lines) + "\n"
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_release(directory: Path, name: str, version: str, mode: str = "run", arg: str = "",
+                 python: str = sys.executable, tag: str = "", extra_members: Callable[[tarfile.TarFile], None]
+                 | None = None, files: dict[str, bytes] | None = None, **manifest: Any) -> Release:
+    """A real release archive: dvic-demo.toml + demo.py run as `python demo.py MODE TAG ARG`."""
+    doc: dict[str, Any] = {"name": name, "version": version,
+                           "run": [python, "demo.py", mode, tag or "untagged"] + ([arg] if arg else [])}
+    doc.update(manifest)
+    path = directory / f"{name}-{version}-{uuid.uuid4().hex[:6]}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        add_bytes(tar, "dvic-demo.toml", toml_of(doc).encode())
+        add_bytes(tar, "demo.py", DEMO_PROGRAM.encode(), 0o755)
+        for fname, data in (files or {}).items():
+            add_bytes(tar, fname, data)
+        if extra_members is not None:
+            extra_members(tar)
+    data = path.read_bytes()
+    return Release(name, version, path, hashlib.sha256(data).hexdigest(), len(data), doc)
+
+
+def demo_env_manifest() -> dict[str, str]:
+    """`env` for demos that import dvic_log (the library lives in the repository)."""
+    return {"PYTHONPATH": str(REPO / "lib" / "python")}
+
+
+class DemoServer:
+    """`async with DemoServer(pki) as srv:` a node websocket and release downloads on https://127.0.0.1."""
+
+    def __init__(self, pki: Pki) -> None:
+        self.pki = pki
+        self.base = ""
+        self.runner: web.AppRunner | None = None
+        self.ws: web.WebSocketResponse | None = None
+        self.desired: list[dict[str, Any]] | None = None  # pushed after every welcome when set
+        self.messages: list[dict[str, Any]] = []  # everything but `logs` and `metrics`, in arrival order
+        self.lines: list[dict[str, Any]] = []  # every log line
+        self.releases: dict[str, Path] = {}
+        self.requests: list[dict[str, Any]] = []  # release downloads: sha256, Range header, client cert seen
+        self.cut: dict[str, int] = {}  # sha256 -> serve only this many bytes once, then drop the connection
+        self.connections = 0
+        self.changed = asyncio.Event()
+
+    async def __aenter__(self) -> DemoServer:
+        app = web.Application()
+        app.router.add_get("/api/v1/node/ws", self._ws)
+        app.router.add_get("/api/v1/node/releases/{sha256}", self._release)
+        self.runner, self.base = await start_app(app, self.pki.server_context(require_client_cert=True))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    def bundle(self) -> dict[str, Any]:
+        return self.pki.bundle(self.base, keepalive_url="")
+
+    def serve(self, *releases: Release) -> None:
+        for r in releases:
+            self.releases[r.sha256] = r.path
+
+    async def push(self, entries: list[dict[str, Any]]) -> None:
+        """Make `entries` the desired set and push it now if the daemon is connected."""
+        self.desired = entries
+        if self.ws is not None and not self.ws.closed:
+            await self.ws.send_json({"type": "demos_desired", "id": str(uuid.uuid4()), "demos": entries})
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None, "no daemon connected"
+        await self.ws.send_json(msg)
+
+    async def _release(self, request: web.Request) -> web.StreamResponse:
+        sha = request.match_info["sha256"]
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        self.requests.append({"sha256": sha, "range": request.headers.get("Range"), "client_cert": bool(peer)})
+        self._notify()
+        path = self.releases.get(sha)
+        if path is None:
+            return web.json_response({"error": {"code": "not_found", "message": "no such release"}}, status=404)
+        if sha in self.cut:  # a download cut in the middle: bytes, then the connection drops
+            limit = self.cut.pop(sha)
+            resp = web.StreamResponse(status=200, headers={"Content-Length": str(path.stat().st_size)})
+            await resp.prepare(request)
+            await resp.write(path.read_bytes()[:limit])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        return web.FileResponse(path)
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
+        await ws.prepare(request)
+        hello = json.loads((await ws.receive()).data)
+        assert hello["type"] == "hello", hello
+        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": self.bundle()["node_id"], "name": "demo-node",
+                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
+        self.ws = ws
+        self.connections += 1
+        if self.desired is not None:
+            await ws.send_json({"type": "demos_desired", "id": str(uuid.uuid4()), "demos": self.desired})
+        self._notify()
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            body = json.loads(msg.data)
+            if body.get("type") == "logs":
+                self.lines.extend(body["lines"])
+                await ws.send_json({"type": "ack", "seq": body["lines"][-1]["seq"]})
+            elif body.get("type") != "metrics":
+                body["_at"] = time.time()
+                self.messages.append(body)
+            self._notify()
+        if self.ws is ws:
+            self.ws = None
+        return ws
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = cond()
+            if value:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(left, 0.25))
+            except TimeoutError:
+                pass
+
+    async def connected(self, count: int = 1, timeout: float = 30.0) -> None:
+        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
+
+    # -- what the daemon said --
+    def of(self, kind: str, demo: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == kind and (demo is None or m.get("demo") == demo)]
+
+    def installs(self, demo: str, version: str | None = None, rollout: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.of("demo_install", demo) if (version is None or m["version"] == version)
+                and (rollout is None or m.get("rollout") == rollout)]
+
+    def install_states(self, demo: str, version: str | None = None) -> list[str]:
+        states = [m["state"] for m in self.installs(demo, version)]
+        return [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]  # progress repeats downloading
+
+    async def install_result(self, demo: str, version: str, timeout: float = 60.0) -> dict[str, Any]:
+        """The final demo_install (healthy, failed, rolled_back) of that version."""
+        def final() -> dict[str, Any] | None:
+            found = [m for m in self.installs(demo, version) if m["state"] in ("healthy", "failed", "rolled_back")]
+            return found[-1] if found else None
+        return await self.wait(final, timeout, f"the end of the install of {demo} {version}")
+
+    def status(self, demo: str) -> dict[str, Any]:
+        found = self.of("demo_status", demo)
+        return found[-1] if found else {}
+
+    async def status_is(self, demo: str, cond: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
+                        what: str = "a demo_status") -> dict[str, Any]:
+        return await self.wait(lambda: (s := self.status(demo)) and cond(s) and s, timeout, what)
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "event" and m.get("kind") == kind]
+
+    def demo_lines(self, demo: str) -> list[dict[str, Any]]:
+        return [ln for ln in self.lines if ln.get("source") == "demo" and ln.get("unit") == demo]
+
+
+@dataclass
+class Node:
+    """The real daemon for a DemoServer, with its own state and log directories."""
+
+    daemon: DaemonProcess
+    state: Path
+    logs: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def demo_dir(self, name: str) -> Path:
+        return self.state / "demos" / name
+
+    def proc(self, name: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.demo_dir(name) / "proc.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def current(self, name: str) -> Path:
+        return (self.demo_dir(name) / "current").resolve()
+
+
+def demo_node(srv: DemoServer, tmp_path: Path, python: str = sys.executable, env: dict[str, str] | None = None,
+              extra: tuple[str, ...] = ()) -> Node:
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
+    return Node(DaemonProcess(python, bundle, state, logs, extra, env=dict(env or {})), state, logs)
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes whose command line holds `tag` (this test's demo processes)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if tag.encode() in cmd and state != "Z":
+            out.append(int(name))
+    return sorted(out)
+
+
+def kill_demos(state: Path, tag: str = "") -> None:
+    """End every shim and demo the test's daemon started (they outlive the daemon by design)."""
+    for proc_json in (state / "demos").glob("*/proc.json") if (state / "demos").exists() else []:
+        try:
+            proc = json.loads(proc_json.read_text())
+        except (OSError, ValueError):
+            continue
+        for pid, group in ((proc.get("pid"), True), (proc.get("shim_pid"), False)):
+            if isinstance(pid, int) and pid > 0:
+                try:
+                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+    if tag:
+        for pid in tagged_pids(tag):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def new_tag() -> str:
+    return "dvic-test-" + uuid.uuid4().hex[:12]
