@@ -4598,7 +4598,10 @@ def unpack_release(archive: str, dest: str, max_bytes: int, max_members: int,
                 os.symlink(target, path)
                 kinds[name] = "link"
             elif m.islnk():
-                target = member_path(m.linkname)
+                try:
+                    target = member_path(m.linkname)  # type: Optional[str]
+                except BadArchive:  # absolute, '..': outside the release in any case
+                    target = None
                 if target is None or kinds.get(target) != "file":
                     raise BadArchive(what + "a hard link to %r, which is not a file unpacked before it" % m.linkname)
                 os.link(os.path.join(dest, target), path, follow_symlinks=False)
@@ -5522,9 +5525,10 @@ class Supervisor:
         """stopping_old -> starting -> healthy, or back to the previous release (rolled_back)."""
         assert sd.install is not None
         new = release_record(entry)
-        self._step(sd, "stopping_old", "stopping version %s" % sd.release["version"]
-                   if sd.running and sd.release else "nothing runs")
-        if sd.running and (sd.release is None or sd.release["dir"] != new["dir"]):
+        replace = sd.running and (sd.release is None or sd.release["dir"] != new["dir"])
+        self._step(sd, "stopping_old", "stopping version %s" % sd.release["version"] if replace and sd.release
+                   else "version %s runs already" % entry["version"] if sd.running else "nothing runs")
+        if replace:
             await self.stop_process(sd, "replaced by version %s" % entry["version"])
         await self._pause("stopping_old", entry)
         self.switch_current(sd, new["dir"])
@@ -5891,10 +5895,10 @@ class Daemon:
         self.demos.set_logdirs([LogDir(self.opts.log_dir)])
         self._setup_remote()
         self.updater.on_start()
-        self.supervisor.load()  # re-adopt or start the supervised demos, resume an install
         LOG.info("dvic-node %s starting: node %s, server %s, logs in %s, state in %s (spool: %d lines pending)",
                  VERSION, self.bundle["node_id"], self.bundle["ws_url"], self.opts.log_dir,
                  self.opts.state_dir, self.spool.pending)
+        self.supervisor.load()  # re-adopt or start the supervised demos, resume an install
         tasks = [asyncio.ensure_future(c) for c in (
             self._metrics_loop(), self._tail_loop(), self._connection_loop(), self._keepalive_loop(),
             self._checkpoint_loop(), self._system_log_loop(), self._docker_loop(), self.supervisor.run())]
