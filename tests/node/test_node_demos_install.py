@@ -82,7 +82,7 @@ async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tm
                 statuses = len(srv.of("demo_status", "robot"))
                 await restart(node)
                 node.daemon.start()
-                await srv.wait(lambda: len(srv.installs("robot", "1.0.0")) > said, 30, "the re-push answered")
+                await srv.wait(lambda n=said: len(srv.installs("robot", "1.0.0")) > n, 30, "the re-push answered")
                 assert srv.installs("robot", "1.0.0")[-1]["state"] == "healthy"  # installed already: said again
                 again = srv.of("demo_status", "robot")[statuses:]  # announced after the welcome
                 assert again and again[0]["pid"] == first["pid"] and again[0]["version"] == "1.0.0"
