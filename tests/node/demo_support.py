@@ -35,12 +35,29 @@ DEMO_PROGRAM = r'''
 import os, signal, sys, time
 mode, tag = sys.argv[1], sys.argv[2]   # the tag only marks this test's processes in /proc
 arg = sys.argv[3] if len(sys.argv) > 3 else ""
-if mode == "crash":  # crash `arg` times (counted in the kept directory "state/"), then run
-    path = os.path.join("state", "count")
-    n = int(open(path).read()) if os.path.exists(path) else 0
-    open(path, "w").write(str(n + 1))
-    if n < int(arg):
-        print("crash %d" % (n + 1), file=sys.stderr, flush=True)
+state = "state" if os.path.isdir("state") else None   # the kept directory, when the manifest keeps "state/"
+
+
+def control(name):
+    # a file the test drops into the kept directory: its content, once
+    try:
+        with open(os.path.join(state, name)) as f:
+            text = f.read()
+        os.unlink(os.path.join(state, name))
+        return text
+    except (FileNotFoundError, TypeError):
+        return None
+
+
+if state:
+    count = os.path.join(state, "count")  # runs so far
+    runs = int(open(count).read()) if os.path.exists(count) else 0
+    open(count, "w").write(str(runs + 1))
+    crashes = os.path.join(state, "crashes")  # crash at start this many more times
+    left = int(open(crashes).read()) if os.path.exists(crashes) else 0
+    if left > 0:
+        open(crashes, "w").write(str(left - 1))
+        print("crash %d" % left, file=sys.stderr, flush=True)
         sys.exit(3)
 if mode == "exit":
     print("bye", flush=True)
@@ -55,9 +72,15 @@ if mode == "beat":  # a dvic_log file of its own, with heartbeats
         dvic_log.heartbeat(log)
         time.sleep(0.3)
 if mode != "silent":
-    print("up %s pid %d user %s" % (os.environ.get("DVIC_DEMO_VERSION"), os.getpid(), os.getuid()), flush=True)
+    print("up %s pid %d uid %d" % (os.environ.get("DVIC_DEMO_VERSION"), os.getpid(), os.getuid()), flush=True)
 while True:
-    time.sleep(3600)
+    code = control("exit")
+    if code is not None:
+        sys.exit(int(code))
+    text = control("say")
+    if text is not None:
+        print(text, flush=True)
+    time.sleep(0.1)
 '''
 
 
@@ -102,7 +125,7 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -
 def make_release(directory: Path, name: str, version: str, mode: str = "run", arg: str = "",
                  python: str = sys.executable, tag: str = "", extra_members: Callable[[tarfile.TarFile], None]
                  | None = None, files: dict[str, bytes] | None = None, **manifest: Any) -> Release:
-    """A real release archive: dvic-demo.toml + demo.py run as `python demo.py MODE TAG ARG`."""
+    """A real release archive: dvic-demo.toml + demo.py run as `python demo.py MODE TAG ARG` (DEMO_PROGRAM)."""
     doc: dict[str, Any] = {"name": name, "version": version,
                            "run": [python, "demo.py", mode, tag or "untagged"] + ([arg] if arg else [])}
     doc.update(manifest)
@@ -298,6 +321,14 @@ def demo_node(srv: DemoServer, tmp_path: Path, python: str = sys.executable, env
     logs.mkdir(exist_ok=True)
     bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
     return Node(DaemonProcess(python, bundle, state, logs, extra, env=dict(env or {})), state, logs)
+
+
+def control(node: Node, name: str, file: str, text: str) -> None:
+    """Tell a running demo something through its kept directory (see DEMO_PROGRAM)."""
+    path = node.demo_dir(name) / "data" / "state" / file
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.rename(path)
 
 
 def tagged_pids(tag: str) -> list[int]:

@@ -61,8 +61,8 @@ async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tm
     tag = new_tag()
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path, python=python)
-        v1 = make_release(tmp_path, "robot", "1.0.0", "crash", "0", tag=tag, keep=["state/"])
-        v2 = make_release(tmp_path, "robot", "2.0.0", "crash", "0", tag=tag, keep=["state/"])
+        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
+        v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag, keep=["state/"])
         srv.serve(v1, v2)
         await srv.push([v1.entry()])
         node.daemon.start()
@@ -306,7 +306,7 @@ async def test_removed_from_the_desired_set_it_stops_and_its_data_stays(pki: Pki
     tag = new_tag()
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", "crash", "0", tag=tag, keep=["state/"])
+        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
         srv.serve(v1)
         await srv.push([v1.entry()])
         node.daemon.start()
