@@ -4264,8 +4264,7 @@ class DemoSpec:
         else:
             raise InstallError("manifest: run: expected a command line or a list of arguments, got %r"
                                % (run if not isinstance(run, str) else "an empty line",))
-        self.workdir = relative_path(manifest.get("workdir", "."), "workdir") if manifest.get("workdir", ".") \
-            not in (".", "./") else ""
+        self.workdir = relative_path(manifest.get("workdir", "."), "workdir")  # "" for the release's root
         env = manifest.get("env") or {}
         if not isinstance(env, dict) or len(env) > 256 or not all(
                 isinstance(k, str) and ENV_NAME_RE.match(k) and isinstance(v, str) and "\x00" not in v
@@ -4925,6 +4924,8 @@ class Supervisor:
                 return
         self._reap_orphan(read_json(sd.proc_path))
         try:
+            if not os.path.isdir(os.path.join(sd.dir, "data")):  # DVIC_DEMO_DATA: the kept paths live there
+                make_dir(os.path.join(sd.dir, "data"), 0o711)
             account = self.account(sd.spec)
             shim_spec = self._shim_spec(sd, account)
             self._allow_traversal(account)
@@ -5277,15 +5278,21 @@ class Supervisor:
                 if not entry.get("invalid"):
                     await self._want(entry)
             for sd in list(self.demos.values()):
-                if sd.name not in names and (sd.installed or sd.install or sd.release) and sd.target != "":
+                removing = sd.task is not None and not sd.task.done() and not sd.target
+                if sd.name in names or removing:
+                    continue
+                if sd.installed or sd.install or sd.release or sd.task is not None:
                     await self._cancel(sd, "removed from the desired set")
                     self._launch(sd, "", self._remove(sd))
+                else:  # only the results of installs that never succeeded: forget them quietly
+                    self._forget(sd)
             self._prune_downloads({e["sha256"] for e in entries if not e.get("invalid")})
 
     async def _want(self, entry: Dict[str, Any]) -> None:
         sd = self.demos.get(entry["name"])
         if sd is None:
             sd = self.demos[entry["name"]] = SupervisedDemo(self.root, entry["name"])
+            sd.boot_id = self.boot
         busy = sd.task is not None and not sd.task.done()
         if busy and sd.target == entry["sha256"]:  # already on its way: the new rollout follows it
             if sd.install and sd.install["entry"].get("rollout") != entry.get("rollout"):
@@ -5409,7 +5416,8 @@ class Supervisor:
                     raise InstallError("download failed %d times, last: %s (the partial file is kept)"
                                        % (attempt, exc), retry=True) from None
                 delay = min(30.0, 2.0 ** attempt)
-                LOG.info("demo %s: download interrupted (%s); resuming in %.0f s", sd.name, exc, delay)
+                self._report_install(sd, entry, "downloading", "interrupted (%s); resuming in %.0f s" % (exc, delay),
+                                     bytes=self._size(part), total=entry["size"])
                 await asyncio.sleep(delay)
             except OSError as exc:  # the local disk
                 self._unlink(part)
@@ -5669,17 +5677,21 @@ class Supervisor:
         """Undeployed: stop it, delete its releases; its kept data stays for a later install."""
         version = (sd.installed or sd.release or {}).get("version") or "?"
         await self.stop_process(sd, "removed from this node")
+        self._set_status(sd, "stopped", "removed from this node")
+        self._forget(sd)
+        self.daemon._emit({"type": "demo_install", "demo": sd.name, "version": version, "rollout": None,
+                          "state": "removed", "message": "stopped and removed; its kept data stays"})
+        LOG.info("demo %s: removed (its data directory stays)", sd.name)
+
+    def _forget(self, sd: SupervisedDemo) -> None:
+        """Delete everything of a demo but its kept data (data/)."""
         self._clear_current(sd)
         for name in ("releases", "state.json", "proc.json", "run-spec.json", "run.lock"):
             try:
                 remove_tree(os.path.join(sd.dir, name))
             except OSError as exc:
                 LOG.warning("demo %s: cannot remove %s: %s", sd.name, name, exc)
-        self._set_status(sd, "stopped", "removed from this node")
         self.demos.pop(sd.name, None)
-        self.daemon._emit({"type": "demo_install", "demo": sd.name, "version": version, "rollout": None,
-                          "state": "removed", "message": "stopped and removed; its kept data stays"})
-        LOG.info("demo %s: removed (its data directory stays)", sd.name)
 
     # -- operator actions (start_demo, stop_demo, restart_demo) --
     def knows(self, name: str) -> bool:

@@ -316,6 +316,9 @@ async def test_removed_from_the_desired_set_it_stops_and_its_data_stays(pki: Pki
             await srv.wait(lambda: [m for m in srv.installs("robot") if "bad demos_desired" in m["message"]], 20,
                            "the bad entry refused")
             assert len(tagged_pids(tag)) == 1
+            await stop(node)  # a demo the daemon took back after a restart is removed as well
+            node.daemon.start()
+            await srv.connected(2)
             await srv.push([])
             await srv.wait(lambda: [m for m in srv.installs("robot") if m["state"] == "removed"], 30, "removed")
             assert tagged_pids(tag) == []
