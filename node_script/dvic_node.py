@@ -4163,14 +4163,15 @@ def shim_relay(pid: int, outputs: List[ShimOutput], wake_r: int, pending: List[i
 # docs/node-daemon.md, "Supervised demos".
 
 # `python3 -I -S -c SHIM_LAUNCHER dvic_node.py SPEC`: only the shim's section of the file runs (see above)
+# (annotations are compiled lazily, as with `from __future__ import annotations`: no typing module, 0.6 MB less)
 SHIM_LAUNCHER = (
-    "import errno, fcntl, json, os, select, signal, sys, time\n"
-    "from typing import Any, Dict, List, Optional, Tuple\n"
+    "import __future__, errno, fcntl, json, os, select, signal, sys, time\n"
     "_p = sys.argv[1]\n"
     "with open(_p, encoding='utf-8') as _f:\n"
     "    _t = _f.read()\n"
     "_s, _e = _t.index('\\n# >>> demo shim\\n'), _t.index('\\n# <<< demo shim\\n')\n"
-    "exec(compile('\\n' * _t.count('\\n', 0, _s) + _t[_s:_e], _p, 'exec'))\n"
+    "exec(compile('\\n' * _t.count('\\n', 0, _s) + _t[_s:_e], _p, 'exec',\n"
+    "             __future__.annotations.compiler_flag, True))\n"
     "del _f, _t, _s, _e\n"
     "sys.exit(shim_main(sys.argv[2:]))\n")
 DEMO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # the server's rule for names

@@ -73,6 +73,8 @@ if mode == "beat":  # a dvic_log file of its own, with heartbeats
         time.sleep(0.3)
 if mode != "silent":
     print("up %s pid %d uid %d" % (os.environ.get("DVIC_DEMO_VERSION"), os.getpid(), os.getuid()), flush=True)
+while state is None:  # nothing to be told: idle
+    time.sleep(3600)
 while True:
     code = control("exit")
     if code is not None:
