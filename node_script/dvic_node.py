@@ -4866,10 +4866,7 @@ class Supervisor:
         try:
             while True:
                 self.changed.clear()
-                try:
-                    self.tick()
-                except Exception:  # noqa: BLE001 - one demo's bug must not end the supervision of all
-                    LOG.exception("demos: unexpected error in the supervision (continuing)")
+                self.tick()
                 await self._nap(self._next_tick())
         finally:
             try:
@@ -4891,17 +4888,22 @@ class Supervisor:
             timer.cancel()
 
     def tick(self) -> None:
-        now = time.monotonic()
         for sd in list(self.demos.values()):
-            if sd.running and self._gone(sd):
-                self._exited(sd)
-            if not sd.running and sd.wanted and sd.release is not None and sd.next_start is not None \
-                    and now >= sd.next_start:
-                self._spawn(sd)
-            if sd.running:
-                self._health(sd)
-            self._report_status(sd)
-            self._prune_logs(sd)
+            try:
+                self._tick(sd, time.monotonic())
+            except Exception:  # noqa: BLE001 - one demo's bug must not end the supervision of the others
+                LOG.exception("demo %s: unexpected error in its supervision (continuing)", sd.name)
+
+    def _tick(self, sd: SupervisedDemo, now: float) -> None:
+        if sd.running and self._gone(sd):
+            self._exited(sd)
+        if not sd.running and sd.wanted and sd.release is not None and sd.next_start is not None \
+                and now >= sd.next_start:
+            self._spawn(sd)
+        if sd.running:
+            self._health(sd)
+        self._report_status(sd)
+        self._prune_logs(sd)
 
     def _gone(self, sd: SupervisedDemo) -> bool:
         if sd.popen is not None:
@@ -5092,9 +5094,9 @@ class Supervisor:
     async def stop_process(self, sd: SupervisedDemo, why: str, by: str = "") -> None:
         """SIGTERM to the demo's process group, SIGKILL after stop_grace_s; not restarted afterwards."""
         self._not_wanted(sd, by, why)
+        sd.save()  # a daemon stopped meanwhile must not start it again
         if not sd.running:
             self._set_status(sd, "stopped", why)
-            sd.save()
             return
         grace = sd.spec.stop_grace_s if sd.spec is not None else 10.0
         LOG.info("demo %s: stopping it (%s)", sd.name, why)
