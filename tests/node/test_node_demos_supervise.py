@@ -90,7 +90,7 @@ async def test_a_crashing_demo_restarts_at_once_then_backs_off_into_a_crash_loop
             assert starts[0] - killed_at < 1.0  # the first restart at once
             gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
             for gap, delay in zip(gaps, (1, 2, 4), strict=True):  # then 1 s, doubling
-                assert delay <= gap < delay + 0.9, gaps
+                assert delay <= gap < 2 * delay, gaps  # the wait, plus starting a process: not the next step
             assert tagged_pids(tag) == []  # waiting 60 s for the next try
             statuses = srv.of("demo_status", "robot")
             assert [s["restarts"] for s in statuses if s["state"] == "unhealthy"] == [1, 2, 3, 4]
