@@ -5289,7 +5289,8 @@ class Supervisor:
                     self._launch(sd, "", self._remove(sd))
                 else:  # only the results of installs that never succeeded: forget them quietly
                     self._forget(sd)
-            self._prune_downloads({e["sha256"] for e in entries if not e.get("invalid")})
+            self._prune_downloads({e["sha256"] for e in entries if not e.get("invalid")}
+                                  | {sd.target for sd in self.demos.values() if sd.task and not sd.task.done()})
 
     async def _want(self, entry: Dict[str, Any]) -> None:
         sd = self.demos.get(entry["name"])
@@ -5303,7 +5304,10 @@ class Supervisor:
                 sd.save()
                 self._report_install(sd, entry, sd.install.get("state", "queued"), "in progress")
             return
-        if not busy and sd.installed and sd.installed["sha256"] == entry["sha256"] and sd.release is not None:
+        if busy:  # another release: that install ends (and what ran before it runs again)
+            await self._cancel(sd, "superseded by version %s" % entry["version"])
+        if sd.installed and sd.installed["sha256"] == entry["sha256"] and sd.release is not None \
+                and sd.release["sha256"] == entry["sha256"]:
             self._report_install(sd, entry, "healthy", "version %s is installed" % entry["version"])
             return
         for result in reversed(sd.results):
@@ -5311,7 +5315,6 @@ class Supervisor:
                     and result["state"] in ("failed", "rolled_back"):
                 self._report_install(sd, entry, result["state"], result.get("message", ""))
                 return  # this rollout ended (failed, rolled back): a new deployment tries again
-        await self._cancel(sd, "superseded by version %s" % entry["version"])
         self._launch(sd, entry["sha256"], self._install(sd, entry))
 
     def _launch(self, sd: SupervisedDemo, target: str, coro: Awaitable[None]) -> None:

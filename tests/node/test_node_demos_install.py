@@ -330,6 +330,37 @@ async def test_removed_from_the_desired_set_it_stops_and_its_data_stays(pki: Pki
             kill_demos(node.state, tag)
 
 
+async def test_a_new_push_supersedes_an_install_in_progress(pki: Pki, tmp_path: Path) -> None:
+    tag = new_tag()
+    async with DemoServer(pki) as srv:
+        node = demo_node(srv, tmp_path)
+        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+        v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag)
+        srv.serve(v1, v2)
+        await srv.push([v1.entry()])
+        node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"] = "starting@2.0.0"  # 2.0.0 started, not yet healthy
+        node.daemon.start()
+        try:
+            await healthy(srv, v1)
+            await srv.push([v2.entry()])
+            await srv.wait(lambda: "test pause" in node.daemon.log(), 30, "2.0.0 starting")
+            assert node.current("robot").name.startswith("2.0.0")
+            said = len(srv.installs("robot", "1.0.0"))
+            await srv.push([v1.entry()])  # the operator goes back before 2.0.0 is done
+            result = await srv.install_result("robot", "2.0.0")
+            assert result["state"] == "failed" and result["message"] == "superseded by version 1.0.0", result
+            await srv.wait(lambda n=said: len(srv.installs("robot", "1.0.0")) > n, 30, "1.0.0 answered")
+            assert srv.installs("robot", "1.0.0")[-1]["state"] == "healthy"
+            back = await srv.status_is("robot", lambda s: s["version"] == "1.0.0" and s["state"] == "healthy", 30,
+                                       "1.0.0 running again")
+            assert tagged_pids(tag) == [back["pid"]]
+            assert node.current("robot").name.startswith("1.0.0")
+            assert not (node.demo_dir("robot") / "releases" / f"2.0.0-{v2.sha256[:8]}").exists()
+        finally:
+            await stop(node)
+            kill_demos(node.state, tag)
+
+
 KILL_STATES = ["downloading", "verifying", "installing", "stopping_old", "starting", "rolling_back"]
 
 
