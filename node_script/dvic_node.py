@@ -5623,11 +5623,10 @@ class Supervisor:
 
     def _finish(self, sd: SupervisedDemo, entry: Dict[str, Any], state: str, message: str, remember: bool) -> None:
         sd.install = None
-        if remember:
+        if remember:  # the rollout has its result (not retried), and its download is of no more use
             sd.results = (sd.results + [{"sha256": entry["sha256"], "rollout": entry.get("rollout"),
                                          "version": entry["version"], "state": state, "message": message[:2000],
                                          "at": round(time.time(), 3)}])[-RESULTS_KEPT:]
-        if remember:  # the rollout has its result: its download is of no more use
             self._unlink(os.path.join(self.downloads, entry["sha256"] + ".part"))
         try:
             sd.save(sync=True)
