@@ -213,10 +213,11 @@ class Queries:
             run["output"] = []
             by_id[run["id"]] = run
         async with self.db.execute(
-                "SELECT o.run_id, o.stream, o.data FROM command_output o JOIN command_runs r ON r.id = o.run_id"
+                "SELECT o.id, o.run_id, o.stream, o.data FROM command_output o JOIN command_runs r ON r.id = o.run_id"
                 " WHERE r.command_id = ? ORDER BY o.id", (command_id,)) as cur:
-            async for run_id, stream, data in cur:
-                by_id[run_id]["output"].append({"stream": stream, "data": data})
+            async for chunk, run_id, stream, data in cur:
+                # `chunk` as the stream's output events name it: a follower applies each piece once.
+                by_id[run_id]["output"].append({"chunk": chunk, "stream": stream, "data": data})
         out["runs"] = runs
         return out
 

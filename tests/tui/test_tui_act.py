@@ -57,6 +57,18 @@ async def test_run_on_two_marked_nodes_shows_both_outputs_then_cancel(central_se
         app = make_app(server)
         async with app.run_test(size=(120, 36)) as pilot:
             fleet = await fleet_ready(app, 2)
+            # The whole fleet (X, no group filtered on) is confirmed first; "n" leaves nothing started.
+            await pilot.press("X")
+            await wait_for(lambda: isinstance(app.screen, RunScreen), what="run screen on all")
+            everywhere = app.screen
+            assert isinstance(everywhere, RunScreen)
+            await pilot.press(*"echo everywhere", "enter")
+            await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirmation")
+            await pilot.press("n")
+            await wait_for(lambda: app.screen is everywhere, what="back to run")
+            assert everywhere.command_id is None
+            await pilot.press("escape")
+            await wait_for(lambda: app.screen is fleet, what="back to the fleet")
             table = fleet.query_one(DataTable)
             table.move_cursor(row=0)
             await pilot.press("space", "space")  # marks pi-a, then pi-b (the cursor moves down)
@@ -66,16 +78,10 @@ async def test_run_on_two_marked_nodes_shows_both_outputs_then_cancel(central_se
             await wait_for(lambda: isinstance(app.screen, RunScreen), what="run screen")
             run = app.screen
             assert isinstance(run, RunScreen)
+            # Named nodes are what the operator chose: no confirmation (docs/remote-control.md).
             await pilot.press(*"echo out-$((6*7)); echo err >&2; printf '%s' ", "enter")
-            # Two nodes: fleet-wide, so a confirmation comes first; "n" leaves nothing started.
-            await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirmation")
-            await pilot.press("n")
-            await wait_for(lambda: app.screen is run, what="back to run")
-            assert run.command_id is None
-            await pilot.press("enter")
-            await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirmation again")
-            await pilot.press("y")
             await wait_for(lambda: run.board.done, within=20, what="command done")
+            assert not isinstance(app.screen, ConfirmDialog)
             assert states(run) == {"pi-a": "exited 0", "pi-b": "exited 0"}
             await pilot.resize_terminal(160, 48)
             await pilot.pause()
@@ -98,8 +104,6 @@ async def test_run_on_two_marked_nodes_shows_both_outputs_then_cancel(central_se
             box = run.query_one("#run-input")
             box.value = "echo started; sleep 30; echo never"  # type: ignore[attr-defined]
             await pilot.press("enter")
-            await wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="confirmation")
-            await pilot.press("y")
             await wait_for(lambda: run.output_text().count("started") == 2, within=15, what="both started")
             await pilot.press("ctrl+x")
             await wait_for(lambda: run.board.done, within=20, what="cancelled")

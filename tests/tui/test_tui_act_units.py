@@ -1,76 +1,68 @@
-"""The Act rules without a server: targets, confirmations, run states, output lines from stream and store."""
+"""The Act rules without a server: targets, the confirmation rule, run states and statuses, actions."""
 
 from __future__ import annotations
 
 from tui.api.follow_command import (
-    CommandBoard,
+    ActionTracker,
+    command_text,
+    confirmation_subject,
     describe_targets,
     needs_confirmation,
-    normal_run,
-    run_state_text,
+    run_status,
+    state_text,
 )
 
 
-def test_targets_and_confirmation() -> None:
+def test_targets_and_the_one_confirmation_rule() -> None:
     names = {"id-1": "pi-1", "id-2": "[b]pi-2\x1b[2J"}
     assert describe_targets({"nodes": ["id-1"]}, names) == "pi-1"
     assert describe_targets({"nodes": ["id-1", "id-2"]}, names) == "pi-1, [b]pi-2"  # literal, no escape
     assert describe_targets({"nodes": [f"n{i}" for i in range(7)]}) == "n0, n1, n2 and 4 more"
     assert describe_targets({"group": "hall-a"}) == "group hall-a"
     assert describe_targets({"all": True}) == "ALL nodes"
+    # Named nodes are what the operator typed: never asked, however many (docs/remote-control.md).
     assert not needs_confirmation({"nodes": ["id-1"]})
-    assert needs_confirmation({"nodes": ["id-1", "id-2"]})
+    assert not needs_confirmation({"nodes": ["id-1", "id-2", "id-3"]})
     assert needs_confirmation({"group": ""}) and needs_confirmation({"all": True})
+    nodes = [{"kind": "desktop"}, {"kind": "esp32"}, {"kind": "raspberry", "revoked": True}, {"kind": "other"}]
+    assert confirmation_subject({"group": "hall-a"}, nodes, "run 'uptime'") == \
+        "run 'uptime' on 2 node(s) of group 'hall-a'"
+    assert confirmation_subject({"all": True}, [], "update the daemon") == "update the daemon on 0 node(s) of the whole fleet"
 
 
-def test_run_state_text() -> None:
-    assert run_state_text({"state": "exited", "code": 0}) == "exited 0"
-    assert run_state_text({"state": "exited", "code": None, "signal": 9}) == "killed by signal 9"
-    assert run_state_text({"state": "timeout", "truncated": True}) == "timeout (truncated)"
-    assert run_state_text({}) == "?"
+def test_state_text_short_and_detailed() -> None:
+    assert state_text({"state": "exited", "code": 0}) == "exited 0"
+    assert state_text({"state": "exited", "code": None, "signal": 9}) == "killed by signal 9"
+    assert state_text({"state": "timeout", "truncated": True}) == "timeout (truncated)"
+    assert state_text({}) == "?"
+    lost = {"state": "lost", "message": "node pi went\x1b[2J offline", "truncated": True, "output_bytes": 1100000}
+    assert state_text(lost, detail=True) == \
+        "lost (node pi went offline) [output truncated: 1.0M produced, 1 MiB kept]"
+    assert state_text(lost) == "lost (truncated)"
 
 
-def test_stream_output_is_cut_into_lines_and_flushed_at_the_end() -> None:
-    board = CommandBoard()
-    board.set_command({"id": "c", "runs": [{"run_id": "r1", "node": "n1", "node_name": "pi", "state": "running"}]})
-    run, lines = board.output("r1", "stdout", "one\ntw")
-    assert run is not None and lines == [("stdout", "one")]
-    assert board.output("r1", "stdout", "o\x1b]52;c;aGk=\x07\nthr")[1] == [("stdout", "two")]
-    assert board.output("nope", "stdout", "x\n") == (None, [])  # an unknown run loses nothing of the others
-    run, tail = board.state({"run_id": "r1", "state": "exited", "code": 0})
-    assert tail == [("stdout", "thr")] and run.final
-    assert [line for _, line in run.lines] == ["one", "two", "thr"]
-    assert "1/1 ok" in board.summary()
+def test_run_statuses() -> None:
+    assert run_status({"state": "exited", "code": 3}) == 3
+    assert run_status({"state": "exited", "code": 256 + 7}) == 7
+    assert run_status({"state": "exited", "code": None, "signal": 9}) == 137
+    assert run_status({"state": "timeout"}) == 124
+    assert run_status({"state": "cancelled"}) == 130
+    for state in ("offline", "lost", "failed", "refused", "duplicate"):
+        assert run_status({"state": state}) == 255
+    assert command_text({"shell": "df -h"}) == "df -h" and command_text({"argv": ["ls", "-l"]}) == "ls -l"
 
 
-def test_store_adds_only_new_chunks_and_runs_with_earlier_output_come_from_the_store() -> None:
-    board = CommandBoard()
-    # As the stream's first message: r2 already had output, so the stream's pieces of it are skipped.
-    board.set_command({"runs": [{"run_id": "r1", "node_name": "a", "state": "running", "output_bytes": 0},
-                                {"run_id": "r2", "node_name": "b", "state": "running", "output_bytes": 4}]})
-    assert board.store_pending()
-    board.output("r1", "stdout", "live\n")
-    assert board.output("r2", "stdout", "dup\n") == (None, [])
-    stored = {"done": False, "runs": [
-        {"id": "r1", "node_id": "n1", "node_name": "a", "state": "running",
-         "output": [{"stream": "stdout", "data": "live\n"}]},
-        {"id": "r2", "node_id": "n2", "node_name": "b", "state": "running",
-         "output": [{"stream": "stdout", "data": "old\n"}, {"stream": "stderr", "data": "dup\n"}]},
-    ]}
-    changes = {run.run_id: lines for run, lines in board.stored(stored)}
-    assert changes == {"r1": [], "r2": [("stdout", "old"), ("stderr", "dup")]}
-    stored["runs"][1]["output"].append({"stream": "stdout", "data": "last"})  # type: ignore[index]
-    stored["runs"][1]["state"] = "exited"  # type: ignore[index]
-    stored["done"] = True
-    changes = {run.run_id: lines for run, lines in board.stored(stored)}
-    assert changes["r2"] == [("stdout", "last")] and board.done
-    assert board.runs["r2"].node == "n2"
-
-
-def test_normal_run_and_bounded_lines() -> None:
-    assert normal_run({"id": "x", "node_id": "n"}) == {"id": "x", "node_id": "n", "run_id": "x", "node": "n"}
-    board = CommandBoard()
-    board.set_command({"runs": [{"run_id": "r", "node_name": "a", "state": "running"}]})
-    board.output("r", "stdout", "x\n" * 6000)
-    run = board.runs["r"]
-    assert len(run.lines) == 5000 and run.dropped == 1000
+def test_action_tracker_reports_each_change_once_and_never_leaves_a_final_state() -> None:
+    tracker = ActionTracker([{"id": "a1", "state": "requested", "deadline": 1000.0},
+                             {"id": "a2", "state": "requested", "deadline": 1500.0}])
+    assert tracker.deadline == 1560.0 and not tracker.done
+    event = {"kind": "action_in_progress", "data": {"id": "a1", "state": "in_progress"},
+             "message": "pi-1: rebooting", "ts": 5.0}
+    assert tracker.on_event(event) == [{"id": "a1", "state": "in_progress", "deadline": 1000.0,
+                                        "message": "rebooting", "updated_at": 5.0}]
+    assert tracker.on_event(event) == []  # the same state again
+    assert tracker.on_event({"kind": "state", "data": {"id": "other", "state": "done"}}) == []
+    rows = [{"id": "a1", "state": "done"}, {"id": "a2", "state": "failed"}, {"id": "zz", "state": "done"}]
+    assert [a["id"] for a in tracker.on_rows(rows)] == ["a1", "a2"]
+    assert tracker.on_rows([{"id": "a2", "state": "done"}]) == []  # final: never changed again
+    assert tracker.done and not tracker.ok and tracker.progress() == (1, 2, 2)

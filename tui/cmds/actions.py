@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any
 
-from dvic_core.constants import ACTION_FINAL
 from tui import fmt
 from tui.api.client import ApiError, Stream
+from tui.api.follow_command import ACTION_POLL_S, ActionTracker, needs_confirmation
 from tui.api.remote_client import RemoteClient
 from tui.cmds.common import SettingsFn, emit_json, remote_client, say
 from tui.cmds.parsing import positive
@@ -24,7 +24,6 @@ from tui.textsafe import clean
 
 Json = dict[str, Any]
 
-ACTION_POLL_S = 2.0  # --wait polls this often in case the live stream misses a change
 ACTION_CHOICES = {"restart-demo": "restart_demo", "stop-demo": "stop_demo", "start-demo": "start_demo"}
 
 
@@ -68,8 +67,9 @@ def _action_options(p: argparse.ArgumentParser) -> None:
 
 # -- confirmation --------------------------------------------------------------------------------
 async def confirm(api: RemoteClient, args: argparse.Namespace, targets: Json, what: str) -> None:
-    """Asks before a fleet-wide action unless --yes; refuses when nobody can answer."""
-    if "nodes" in targets or args.yes:
+    """Asks before a fleet-wide action unless --yes; refuses when nobody can answer (the rule of
+    tui/api/follow_command.py `needs_confirmation`)."""
+    if args.yes or not needs_confirmation(targets):
         return
     question = confirmation_question(await api.nodes(group=targets.get("group")), targets, what)
     sys.stderr.write(question)
@@ -110,50 +110,40 @@ async def follow_actions(api: RemoteClient, stream: Stream | None, actions: list
     Changes come from the live stream's `action_<state>` events (opened before the request, so
     none is missed); a poll of GET /actions every few seconds covers a stream that drops.
     """
-    current: dict[str, Json] = {a["id"]: dict(a) for a in actions}
-    deadline = max((float(a.get("deadline") or 0) for a in actions), default=0.0) + 60.0
+    tracker = ActionTracker(actions)
     events: asyncio.Queue[Json] = asyncio.Queue()
 
     async def read_stream() -> None:
         assert stream is not None
         async for msg in stream:
             event = msg.get("event") if msg.get("type") == "event" else None
-            if isinstance(event, dict) and isinstance(event.get("data"), dict):
+            if isinstance(event, dict):
                 events.put_nowait(event)
 
-    def change(aid: str, state: str, fields: Json) -> None:
-        action = current[aid]
-        if action.get("state") in ACTION_FINAL or action.get("state") == state:
-            return
-        action.update(fields, state=state)
-        if as_json:
-            emit_json({"type": "action", **action})
-        else:
-            say(_action_line(action))
+    def show(changed: list[Json]) -> None:
+        for action in changed:
+            if as_json:
+                emit_json({"type": "action", **action})
+            else:
+                say(_action_line(action))
 
     reader = asyncio.ensure_future(read_stream()) if stream is not None else None
     try:
-        while any(a.get("state") not in ACTION_FINAL for a in current.values()):
-            if time.time() > deadline:
+        while not tracker.done:
+            if time.time() > tracker.deadline:
                 sys.stderr.write("dvic: no final state from the server in time; see `dvic actions`\n")
                 return 1
             try:
                 event = await asyncio.wait_for(events.get(), ACTION_POLL_S)
             except TimeoutError:
-                for row in await api.actions():
-                    if row.get("id") in current:
-                        change(row["id"], str(row.get("state")), row)
+                show(tracker.on_rows(await api.actions()))
                 continue
-            data = event["data"]
-            if data.get("id") in current and isinstance(data.get("state"), str):
-                text = str(event.get("message") or "")
-                _, _, message = text.partition(": ")
-                change(data["id"], data["state"], {"message": message, "updated_at": event.get("ts")})
+            show(tracker.on_event(event))
     finally:
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-    return 0 if all(a.get("state") == "done" for a in current.values()) else 1
+    return 0 if tracker.ok else 1
 
 
 async def _open_stream(api: RemoteClient) -> Stream | None:

@@ -10,9 +10,9 @@ import sys
 
 from dvic_core.constants import RUN_FINAL
 from tui import fmt
-from tui.api.follow_command import command_text
+from tui.api.follow_command import command_text, run_status, state_text
 from tui.cmds.common import SettingsFn, emit_json, remote_client, say
-from tui.cmds.run import OutputPrinter, describe_run, run_status
+from tui.cmds.run import OutputPrinter
 from tui.textsafe import clean
 
 
@@ -56,7 +56,7 @@ async def show_command(args: argparse.Namespace, settings: SettingsFn) -> int:
     printer = OutputPrinter([str(r.get("node_name")) for r in runs], sys.stdout, sys.stdout, prefixed=True)
     for run in runs:
         name = str(run.get("node_name"))
-        say(f"\n== {clean(name, single_line=True)}: {describe_run(run)}")
+        say(f"\n== {clean(name, single_line=True)}: {state_text(run, detail=True)}")
         for chunk in run.get("output") or []:
             printer.write(name, str(chunk.get("stream")), clean(chunk.get("data", "")))
         printer.flush_run(name)

@@ -6,18 +6,14 @@ import argparse
 import asyncio
 import sys
 import time
-from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
 from dvic_core.constants import LOG_SOURCES
 from tui import fmt
 from tui.api.client import ApiClient, ApiError, Unreachable
-from tui.api.follow_logs import level_rank, line_key
+from tui.api.follow_logs import Backoff, HistoryPages, LogFilter, LogFollower
 from tui.cmds.common import SettingsFn, client, emit_json, parse_level, parse_time, say
 from tui.textsafe import clean
-
-FOLLOW_BACKFILL = 1000  # lines fetched to fill the gap after a reconnect
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -56,62 +52,23 @@ def format_line(line: dict[str, Any], with_node: bool = True) -> str:
     return "\n".join([out, *("    " + r for r in rest)])
 
 
-class Follower:
-    """Prints each log line once, in arrival order, applying the client-side filters of `--follow`."""
-
-    def __init__(self, args: argparse.Namespace, node_id: str | None) -> None:
-        self.args = args
-        self.node_id = node_id
-        self.min_rank = level_rank(args.level) if args.level else 0
-        self.grep = args.grep.lower() if args.grep else None
-        self.seen: set[tuple[str, int]] = set()
-        self.order: deque[tuple[str, int]] = deque()
-        self.last_ts: float | None = None
-
-    def wants(self, line: dict[str, Any]) -> bool:
-        if self.node_id and line.get("node") != self.node_id:
-            return False
-        if level_rank(line.get("level")) < self.min_rank:
-            return False
-        if self.args.source and line.get("source") != self.args.source:
-            return False
-        return not self.grep or self.grep in str(line.get("msg", "")).lower()
-
-    def show(self, lines: Iterable[dict[str, Any]], filtered: bool = True) -> None:
-        for line in lines:
-            lid = line_key(line)
-            if lid is not None:
-                if lid in self.seen:
-                    continue
-                self.seen.add(lid)
-                self.order.append(lid)
-                if len(self.order) > 20000:  # bounded memory on long follows
-                    self.seen.discard(self.order.popleft())
-            if filtered and not self.wants(line):
-                continue
-            ts = line.get("ts")
-            if isinstance(ts, int | float):
-                self.last_ts = max(self.last_ts or ts, ts)
-            if self.args.json:
-                emit_json(line)
-            else:
-                say(format_line(line, with_node=self.node_id is None))
+def _log_filter(args: argparse.Namespace, node_id: str | None) -> LogFilter:
+    return LogFilter(node=node_id, source=args.source, min_level=args.level or "DEBUG", text=args.grep or "")
 
 
-async def _history(api: ApiClient, args: argparse.Namespace, node: str | None, limit: int,
-                   since: float | None) -> list[dict[str, Any]]:
-    """Up to `limit` lines, newest first from the server, returned oldest first."""
-    out: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while len(out) < limit:
-        page = await api.logs(node=node, source=args.source, level=args.level, q=args.grep, from_=since,
-                              to=getattr(args, "until", None), cursor=cursor, limit=min(500, limit - len(out)))
-        out.extend(page["lines"])
-        cursor = page.get("next_cursor")
-        if not cursor or not page["lines"]:
-            break
-    out.reverse()
-    return out
+def _show(lines: list[dict[str, Any]], args: argparse.Namespace, with_node: bool) -> None:
+    for line in lines:
+        if args.json:
+            emit_json(line)
+        else:
+            say(format_line(line, with_node=with_node))
+
+
+async def _history(api: ApiClient, pages: HistoryPages) -> list[dict[str, Any]]:
+    """The pages' lines, oldest first (GET /logs is read newest first)."""
+    while (params := pages.next_params()) is not None:
+        pages.add(await api.request("GET", "/logs", params))
+    return pages.lines()
 
 
 async def run_logs(args: argparse.Namespace, settings: SettingsFn) -> int:
@@ -121,20 +78,20 @@ async def run_logs(args: argparse.Namespace, settings: SettingsFn) -> int:
         node_id = None
         if args.node:
             node_id = str((await api.node(args.node)).get("id"))
+        follower = LogFollower(_log_filter(args, node_id))
         if not args.follow:
-            lines = await _history(api, args, node_id, args.limit, args.since)
+            lines = await _history(api, follower.history(args.limit, args.since, args.until))
             if args.json:
                 emit_json({"lines": lines})
             else:
-                for line in lines:
-                    say(format_line(line, with_node=node_id is None))
+                _show(lines, args, with_node=node_id is None)
             return 0
-        return await _follow(api, args, node_id)
+        return await _follow(api, args, follower)
 
 
-async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None) -> int:
-    follower = Follower(args, node_id)
-    delay = 1.0
+async def _follow(api: ApiClient, args: argparse.Namespace, follower: LogFollower) -> int:
+    with_node = follower.filter.node is None
+    backoff = Backoff()
     first = True
     while True:
         try:
@@ -142,24 +99,21 @@ async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None)
         except ApiError as exc:
             if 400 <= exc.status < 500:
                 raise
+            delay = backoff.next()
             print(f"dvic: {exc.message}; retrying in {delay:.0f}s", file=sys.stderr)
             await asyncio.sleep(delay)  # back-off between reconnect attempts, not synchronisation
-            delay = min(delay * 2, 15.0)
             continue
         try:
             # Subscribe before reading history so no line falls between the two; duplicates are
             # dropped by (node, seq).
-            await stream.subscribe([node_id] if node_id else ["*"])
-            if first:
-                follower.show(await _history(api, args, node_id, args.limit, args.since), filtered=False)
-                first = False
-            else:
-                gap = await _history(api, args, node_id, FOLLOW_BACKFILL, follower.last_ts)
-                follower.show(gap, filtered=False)
-            delay = 1.0
+            await stream.subscribe([follower.filter.node] if follower.filter.node else ["*"])
+            pages = follower.history(args.limit, args.since, args.until) if first else follower.gap()
+            first = False
+            _show(follower.take(await _history(api, pages), filtered=False), args, with_node)
+            backoff.reset()
             async for msg in stream:
                 if msg.get("type") == "logs" and isinstance(msg.get("lines"), list):
-                    follower.show(m for m in msg["lines"] if isinstance(m, dict))
+                    _show(follower.take(m for m in msg["lines"] if isinstance(m, dict)), args, with_node)
         except Unreachable as exc:
             print(f"dvic: {exc.message}", file=sys.stderr)
         except ApiError as exc:
@@ -169,8 +123,7 @@ async def _follow(api: ApiClient, args: argparse.Namespace, node_id: str | None)
         finally:
             await stream.close()
         print(f"dvic: live stream closed (code {stream.close_code}); reconnecting", file=sys.stderr)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 15.0)
+        await asyncio.sleep(backoff.next())
 
 
 async def run_events(args: argparse.Namespace, settings: SettingsFn) -> int:

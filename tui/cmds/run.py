@@ -18,8 +18,16 @@ import time
 from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 
-from dvic_core.constants import RUN_FINAL
 from tui.api.client import ApiError, Json, Unreachable, _list, _params, _seg
+from tui.api.follow_command import (
+    POLL_S,
+    CommandTracker,
+    LineSplitter,
+    Update,
+    confirmation_subject,
+    needs_confirmation,
+    state_text,
+)
 from tui.api.lean_http import LeanClient, WebSocketClosed
 from tui.api.remote_client import command_body
 from tui.cmds.common import SettingsFn, UsageError, emit_json
@@ -30,13 +38,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import TextIO
 
-# Exit statuses of `dvic run` per node (the command's own code when it exited).
-EXIT_TIMEOUT = 124  # as timeout(1)
-EXIT_CANCELLED = 130  # as for Ctrl-C
-EXIT_UNREACHED = 255  # as ssh(1) when the remote side could not run it
-CANCEL_WAIT_S = 10.0
-POLL_S = 0.5
-SERVER_GONE_S = 60.0  # how long `dvic run` waits for a restarting server, beyond the command's timeout
+CANCEL_WAIT_S = 10.0  # after Ctrl-C: how long the final states are waited for
 
 
 def targets_options(p: argparse.ArgumentParser) -> None:
@@ -68,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 
 # -- targets and confirmation --------------------------------------------------------------------
-def targets_of(args: argparse.Namespace, nodes: Sequence[str]) -> Json:
+def targets_of(args: argparse.Namespace | SimpleNamespace, nodes: Sequence[str]) -> Json:
     """The API's target object (`nodes`, `group` or `all`); exactly one kind must be given."""
     given = sum([bool(nodes), args.group is not None, bool(args.all)])
     if given != 1:
@@ -85,11 +87,10 @@ def targets_of(args: argparse.Namespace, nodes: Sequence[str]) -> Json:
 
 def confirmation_question(nodes: list[Json], targets: Json, what: str) -> str:
     """The question asked before acting on a group or the fleet; refused when stdin cannot answer."""
-    count = sum(1 for n in nodes if n.get("kind") != "esp32" and not n.get("revoked"))
-    where = f"group {targets['group']!r}" if "group" in targets else "the whole fleet"
+    subject = confirmation_subject(targets, nodes, what)
     if not sys.stdin.isatty():
-        raise UsageError(f"{what} on {count} node(s) of {where}: confirm with --yes (stdin is not a terminal)")
-    return f"{what} on {count} node(s) of {where}? [y/N] "
+        raise UsageError(f"{subject}: confirm with --yes (stdin is not a terminal)")
+    return f"{subject}? [y/N] "
 
 
 def check_answer(answer: str) -> None:
@@ -97,9 +98,9 @@ def check_answer(answer: str) -> None:
         raise UsageError("cancelled: nothing was sent")
 
 
-def confirm(api: LeanClient, args: argparse.Namespace, targets: Json, what: str) -> None:
+def confirm(api: LeanClient, args: argparse.Namespace | SimpleNamespace, targets: Json, what: str) -> None:
     """Asks before a fleet-wide run unless --yes (Ctrl-C at the prompt ends `dvic` at once)."""
-    if "nodes" in targets or args.yes:
+    if args.yes or not needs_confirmation(targets):
         return
     nodes = _list(api.request("GET", "/nodes", _params(group=targets.get("group"))), "nodes")
     sys.stderr.write(confirmation_question(nodes, targets, what))
@@ -211,38 +212,6 @@ def _run_options_between(args: argparse.Namespace | SimpleNamespace, pre: list[s
     return list(more.nodes)
 
 
-def run_status(run: Json) -> int:
-    """One run's exit status (see EXIT_* for the runs that did not exit by themselves)."""
-    state = run.get("state")
-    if state == "exited":
-        code, sig = run.get("code"), run.get("signal")
-        if isinstance(code, int):
-            return code & 0xFF
-        return 128 + sig if isinstance(sig, int) else EXIT_UNREACHED
-    if state == "timeout":
-        return EXIT_TIMEOUT
-    if state == "cancelled":
-        return EXIT_CANCELLED
-    return EXIT_UNREACHED
-
-
-def describe_run(run: Json) -> str:
-    # Imported here: a run that simply exited prints no summary, and most `dvic run`s are such runs.
-    from tui import fmt
-    from tui.textsafe import clean
-
-    state = str(run.get("state"))
-    if state == "exited":
-        text = f"exited {run['code']}" if isinstance(run.get("code"), int) else f"killed by signal {run.get('signal')}"
-    else:
-        text = state
-    if run.get("message"):
-        text += f" ({clean(run['message'], single_line=True)})"
-    if run.get("truncated"):
-        text += f" [output truncated: {fmt.size(run.get('output_bytes'))} produced, 1 MiB kept]"
-    return text
-
-
 class OutputPrinter:
     """Writes runs' output: raw for one node; `name | line` (stderr: `name ! line`) for several."""
 
@@ -250,30 +219,32 @@ class OutputPrinter:
         self.prefixed = len(names) > 1 if prefixed is None else prefixed
         self.width = max((len(n) for n in names), default=0)
         self.out, self.err = out, err
-        self.partial: dict[tuple[str, str], str] = {}
+        self.lines: dict[str, LineSplitter] = {}  # per node name: a run's output never merges with another's
 
     def write(self, name: str, stream: str, data: str) -> None:
-        target = self.err if stream == "stderr" else self.out
         if not self.prefixed:
+            target = self.err if stream == "stderr" else self.out
             target.write(data)
             target.flush()
             return
-        key = (name, stream)
-        text = self.partial.pop(key, "") + data
-        lines = text.split("\n")
-        if lines[-1]:
-            self.partial[key] = lines[-1]
-        mark = "!" if stream == "stderr" else "|"
-        for line in lines[:-1]:
-            target.write(f"{name.ljust(self.width)} {mark} {line}\n")
-        target.flush()
+        self._lines(name, self.lines.setdefault(name, LineSplitter()).feed(stream, data))
 
     def flush_run(self, name: str) -> None:
-        """A run ended: its unterminated last lines are written (a run's output never merges with another's)."""
-        for stream in ("stdout", "stderr"):
-            rest = self.partial.pop((name, stream), None)
-            if rest is not None:
-                self.write(name, stream, rest + "\n")
+        """A run ended: its unterminated last lines are written."""
+        splitter = self.lines.pop(name, None)
+        if splitter is not None:
+            self._lines(name, splitter.flush())
+
+    def flush_all(self) -> None:
+        for name in list(self.lines):
+            self.flush_run(name)
+
+    def _lines(self, name: str, lines: list[tuple[str, str]]) -> None:
+        for stream, line in lines:
+            target, mark = (self.err, "!") if stream == "stderr" else (self.out, "|")
+            target.write(f"{name.ljust(self.width)} {mark} {line}\n")
+        self.out.flush()
+        self.err.flush()
 
 
 # -- following a command -------------------------------------------------------------------------
@@ -282,11 +253,11 @@ class _StopWaiting(Exception):
 
 
 class CommandFollower:
-    """Follows one command to its end: live output, output from the store, cancel on Ctrl-C.
+    """Follows one command to its end: the blocking driver of a `CommandTracker` (tui/api/follow_command.py).
 
-    The stream carries only what happens after it connected, so a run that already had output by
-    then is printed from the store instead (GET /commands/{id}, polled while it runs): stored
-    chunks are append-only, so "print chunks[n:]" never repeats or skips one.
+    Reads the command stream (which replays the output stored before it connected); when the stream
+    is cut, reads the stored command every POLL_S until it is done, riding out a restarting server
+    for the command's timeout + SERVER_GONE_S. Ctrl-C cancels on the nodes; a second one stops waiting.
 
     `interrupted()` is what a SIGINT handler calls; `wake_fd` (the read end of the wake-up pipe)
     makes waits return when a signal came. Without one, waits simply time out.
@@ -295,15 +266,11 @@ class CommandFollower:
     def __init__(self, api: LeanClient, command: Json, as_json: bool, wake_fd: int | None = None) -> None:
         self.api = api
         self.id = str(command["id"])
-        self.runs: dict[str, Json] = {r["run_id"]: r for r in command.get("runs", [])}
-        self.timeout = float(command.get("timeout") or 60)
+        self.tracker = CommandTracker(command)
         self.as_json = as_json
         self.wake_fd = wake_fd
-        self.printer = OutputPrinter([str(r.get("node_name")) for r in self.runs.values()], sys.stdout, sys.stderr)
-        self.printed_chunks: dict[str, int] = {rid: 0 for rid in self.runs}
-        self.from_store: set[str] = set()
-        self.finished: set[str] = set()  # runs whose output is complete on screen
-        self.next_poll: float | None = None  # when the runs printed from the store are read again
+        names = [run.node_name for run in self.tracker.runs.values()]
+        self.printer = OutputPrinter(names, sys.stdout, sys.stderr)
         self.cancelling = False
         self.interrupts = 0  # Ctrl-Cs received (by the signal handler)
         self.interrupts_seen = 0  # Ctrl-Cs acted upon
@@ -335,10 +302,8 @@ class CommandFollower:
             raise _StopWaiting
 
     def _wait_s(self, limit: float | None) -> float | None:
-        """How long a wait may last: up to `limit`, the cancel deadline, the next store poll."""
-        ends = [t for t in (self.cancel_deadline, self.next_poll) if t is not None]
-        if limit is not None:
-            ends.append(time.monotonic() + limit)
+        """How long a wait may last: up to `limit` and the cancel deadline."""
+        ends = [t for t in (self.cancel_deadline, None if limit is None else time.monotonic() + limit) if t is not None]
         return max(0.0, min(ends) - time.monotonic()) if ends else None
 
     def _pause(self, seconds: float) -> None:
@@ -353,162 +318,103 @@ class CommandFollower:
             except BlockingIOError:
                 pass
 
-    # -- the stream ------------------------------------------------------------------------------
+    # -- following -------------------------------------------------------------------------------
     def follow(self) -> None:
         try:
             self._stream()
+            if not self.tracker.done:
+                self._poll_to_end()
+            elif self.tracker.wants_snapshot:
+                self._settle()
         except _StopWaiting:
             self.stopped_early = True
+        if not self.as_json:
+            self.printer.flush_all()  # runs whose end is unknown: their last unterminated line
 
     def _stream(self) -> None:
+        """The command stream until `done`; a cut is said, and the store takes over."""
         try:
             ws = self.api.websocket(f"/commands/{_seg(self.id)}/stream", what="the command stream")
         except ApiError as exc:  # includes Unreachable
             self._cut(exc.message)
             return
         try:
-            while True:
+            while not self.tracker.done:
                 self._tick()
-                if self.next_poll is not None and time.monotonic() >= self.next_poll:
-                    self._poll_running()
                 text = ws.receive(self._wait_s(None), self.wake_fd)
                 if text is None:
                     continue
                 try:
-                    event = json.loads(text)
+                    frame = json.loads(text)
                 except ValueError:
                     continue  # a garbled frame must not end the command
-                if not isinstance(event, dict):
-                    continue
-                self._on_event(event)
-                if event.get("type") == "done":
-                    break
+                if isinstance(frame, dict):
+                    self._apply(self.tracker.on_frame(frame), frame)
         except WebSocketClosed as exc:
             self._cut(f"the command stream closed (code {exc.code})" if exc.code is not None else str(exc))
-            return
         except ApiError as exc:
             self._cut(exc.message)
-            return
         finally:
             ws.close()
-        self._sync_store(set(self.runs) - self.finished, final=True)
 
     def _cut(self, reason: str) -> None:
         sys.stderr.write(f"dvic: live output interrupted ({reason}); reading the rest from the server\n")
-        self.from_store.update(self.runs)
-        self._poll_to_end()
-
-    def _on_event(self, event: Json) -> None:
-        kind = event.get("type")
-        if self.as_json and not (kind == "output" and event.get("run_id") in self.from_store):
-            emit_json(event)
-        if kind == "command":
-            for run in event.get("runs", []):
-                rid = run.get("run_id")
-                if rid in self.runs:
-                    self.runs[rid] = run
-                    if int(run.get("output_bytes") or 0) > 0:
-                        self.from_store.add(rid)
-            self._sync_store({r for r in self.from_store if self.runs[r].get("state") in RUN_FINAL}, final=True)
-        elif kind == "output":
-            rid = str(event.get("run_id"))
-            if rid in self.runs and rid not in self.from_store:
-                self.printed_chunks[rid] += 1
-                if not self.as_json:
-                    self.printer.write(str(self.runs[rid].get("node_name")), str(event.get("stream")),
-                                       str(event.get("data", "")))
-        elif kind == "state":
-            rid = str(event.get("run_id"))
-            if rid not in self.runs:
-                return
-            self.runs[rid] = {k: v for k, v in event.items() if k != "type"}
-            if event.get("state") in RUN_FINAL:
-                if rid in self.from_store:
-                    self._sync_store({rid}, final=True)
-                else:
-                    self._finish(rid)
-        if self.from_store and self.next_poll is None:
-            self.next_poll = time.monotonic() + POLL_S
-
-    def _finish(self, rid: str) -> None:
-        self.finished.add(rid)
-        if not self.as_json:
-            self.printer.flush_run(str(self.runs[rid].get("node_name")))
-
-    # -- the store -------------------------------------------------------------------------------
-    def _poll_running(self) -> None:
-        """The runs printed from the store that still run: their new chunks (a failed read waits for the next)."""
-        self.next_poll = time.monotonic() + POLL_S
-        running = {rid for rid in self.from_store - self.finished if self.runs[rid].get("state") not in RUN_FINAL}
-        if running:
-            try:
-                self._sync_store(running)
-            except ApiError:
-                pass
-
-    def _sync_store(self, run_ids: set[str], final: bool = False) -> Json | None:
-        """Prints the stored chunks of these runs not printed yet; with `final`, closes them."""
-        run_ids = run_ids - self.finished
-        if not run_ids:
-            return None
-        doc = self.api.request("GET", f"/commands/{_seg(self.id)}")
-        for run in doc.get("runs", []):
-            rid = run.get("id")
-            if rid not in run_ids:
-                continue
-            chunks = (run.get("output") or [])[self.printed_chunks[rid]:]
-            self.printed_chunks[rid] += len(chunks)
-            name = str(run.get("node_name"))
-            for chunk in chunks:
-                if self.as_json:
-                    emit_json({"type": "output", "run_id": rid, "node_name": name, "stream": chunk.get("stream"),
-                               "data": chunk.get("data", ""), "from_store": True})
-                else:
-                    self.printer.write(name, str(chunk.get("stream")), str(chunk.get("data", "")))
-            self.runs[rid].update({k: run.get(k) for k in ("state", "code", "signal", "message", "output_bytes",
-                                                           "truncated")})
-            if final and run.get("state") in RUN_FINAL:
-                self._finish(rid)
-        return doc
+        self.tracker.on_cut(time.monotonic())
 
     def _poll_to_end(self) -> None:
         """Follows the command through the store; rides out a server restart for a while."""
-        self.next_poll = None
-        deadline = time.monotonic() + float(self.timeout) + SERVER_GONE_S
         while True:
             self._tick()
             try:
-                doc = self._sync_store(set(self.runs), final=True)
+                doc = self.api.request("GET", f"/commands/{_seg(self.id)}")
             except Unreachable:
-                if time.monotonic() > deadline:
+                if not self.tracker.keep_trying(time.monotonic()):
                     raise
                 self._pause(POLL_S)
                 continue
-            if doc is None or doc.get("done"):
+            self._apply(self.tracker.on_snapshot(doc))
+            if self.tracker.done:
                 return
             self._pause(POLL_S)
 
-    def summary(self) -> int:
-        """Prints the summary (when due) and returns the exit status: the highest of the finished
-        runs'; 130 when Ctrl-C cancelled or stopped the wait; 255 for runs the server lost track of."""
-        runs = sorted(self.runs.values(), key=lambda r: str(r.get("node_name")))
-        unfinished = [r for r in runs if r.get("state") not in RUN_FINAL]
-        status = max((run_status(r) for r in runs if r.get("state") in RUN_FINAL), default=0)
-        if unfinished:
-            status = max(status, EXIT_CANCELLED if self.stopped_early else EXIT_UNREACHED)
-        if self.cancelling:
-            status = max(status, EXIT_CANCELLED)
+    def _settle(self) -> None:
+        """One read of the store for the final states the stream did not carry; without it, those
+        runs' results are reported unknown."""
+        try:
+            self._apply(self.tracker.on_snapshot(self.api.request("GET", f"/commands/{_seg(self.id)}")))
+        except ApiError as exc:
+            sys.stderr.write(f"dvic: cannot read the final states: {exc.message}\n")
+
+    def _apply(self, updates: list[Update], frame: Json | None = None) -> None:
+        """Prints what the tracker says is new (as JSON lines: the stream's frames, once each)."""
         if self.as_json:
-            emit_json({"type": "summary", "id": self.id, "status": status, "runs": runs})
+            if frame is not None and (frame.get("type") != "output" or updates):
+                emit_json(frame)
+            for update in updates:
+                if update.kind == "output" and update.stored:
+                    emit_json({"type": "output", "chunk": update.chunk, "run_id": update.run.run_id,
+                               "node_name": update.run.node_name, "stream": update.stream, "data": update.data,
+                               "from_store": True})
+            return
+        for update in updates:
+            if update.kind == "output":
+                self.printer.write(update.run.node_name, update.stream, update.data)
+            elif update.kind == "finished":
+                self.printer.flush_run(update.run.node_name)
+
+    def summary(self) -> int:
+        """Prints the summary (when due) and returns the exit status (`CommandTracker.exit_status`)."""
+        runs = self.tracker.ordered()
+        unfinished = self.tracker.unfinished()
+        status = self.tracker.exit_status(self.stopped_early, self.cancelling)
+        if self.as_json:
+            emit_json({"type": "summary", "id": self.id, "status": status, "runs": [r.fields for r in runs]})
             return status
-        if len(runs) > 1 or any(r.get("state") != "exited" or r.get("truncated") for r in runs):
-            counts: dict[str, int] = {}
-            for r in runs:
-                label = "ok" if r.get("state") == "exited" and r.get("code") == 0 else str(r.get("state"))
-                counts[label] = counts.get(label, 0) + 1
-            width = max(len(str(r.get("node_name"))) for r in runs)
-            lines = [f"--- {self.id}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
-            lines += [f"{str(r.get('node_name')).ljust(width)}  {describe_run(r)}" for r in runs]
+        if len(runs) > 1 or any(r.state != "exited" or r.fields.get("truncated") for r in runs):
+            counts = self.tracker.counts()
+            width = max(len(r.node_name) for r in runs)
+            lines = [f"--- {self.id}: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+            lines += [f"{r.node_name.ljust(width)}  {state_text(r.fields, detail=True)}" for r in runs]
             sys.stderr.write("\n".join(lines) + "\n")
         if unfinished and self.stopped_early:
             sys.stderr.write(f"dvic: stopped waiting; {len(unfinished)} run(s) still going: dvic command {self.id}\n")

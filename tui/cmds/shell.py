@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from tui import fmt, terminal
+from tui.api.follow_command import EXIT_UNREACHED
 from tui.cmds.common import SettingsFn, UsageError, emit_json, remote_client, say
 from tui.cmds.parsing import positive
-from tui.cmds.run import EXIT_UNREACHED
 from tui.textsafe import clean
 
 

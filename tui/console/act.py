@@ -1,9 +1,20 @@
-"""How the console's Act screens show actions and runs: the action labels and the state styles.
+"""How the console's Act screens show actions and runs: keys, action labels and state styles.
 
 The rules themselves (confirmation, run states, output lines) are tui/api/follow_command.py.
 """
 
 from __future__ import annotations
+
+from textual.binding import Binding
+
+# The keys that act on the node(s) a screen is about (fleet: the marked nodes or the cursor's).
+ACT_BINDINGS = [
+    Binding("x", "run", "Run"),
+    Binding("h", "shell", "Shell"),
+    Binding("b", "reboot", "Reboot", show=False),
+    Binding("D", "demo_action", "Demo action", show=False),
+    Binding("u", "update", "Update daemon", show=False),
+]
 
 # Tracked actions the console can request (docs/protocol.md 4, POST /nodes/{node}/actions).
 ACTIONS: dict[str, str] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from textual import on
@@ -260,31 +260,26 @@ class DvicApp(App[None]):
     def open_shell(self, node_id: str) -> None:
         from tui.console import handover
 
-        async def run() -> None:
-            try:
-                said = await handover.shell(self, node_id)
-            except SuspendNotSupported:
-                self.notify("this terminal cannot hand over to a shell (use `dvic shell` in a terminal)",
-                            severity="error")
-                return
-            except ApiError as exc:
-                self.notify(f"shell: {exc.message}", severity="error", markup=False)
-                return
-            self.notify(said, markup=False)
-
-        self.run_worker(run(), group="shell", exclusive=True)
+        self._hand_over("shell", lambda: handover.shell(self, node_id),
+                        "this terminal cannot hand over to a shell (use `dvic shell` in a terminal)")
 
     def replay_session(self, session_id: str) -> None:
         from tui.console import handover
 
+        self._hand_over("replay", lambda: handover.replay(self, session_id),
+                        "this terminal cannot replay (use `dvic replay` in a terminal)")
+
+    def _hand_over(self, what: str, session: Callable[[], Awaitable[str]], unsupported: str) -> None:
+        """Gives the terminal to `session` (tui/console/handover.py); says how it ended, or why it could not."""
+
         async def run() -> None:
             try:
-                said = await handover.replay(self, session_id)
+                said = await session()
             except SuspendNotSupported:
-                self.notify("this terminal cannot replay (use `dvic replay` in a terminal)", severity="error")
+                self.notify(unsupported, severity="error")
                 return
             except ApiError as exc:
-                self.notify(f"replay: {exc.message}", severity="error", markup=False)
+                self.notify(f"{what}: {exc.message}", severity="error", markup=False)
                 return
             self.notify(said, markup=False)
 

@@ -14,10 +14,10 @@ from typing import Any
 from textual.message import Message
 
 from tui.api.client import ApiClient, ApiError, Stream
+from tui.api.follow_logs import Backoff
 from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
 
-BACKOFF_START = 1.0
-BACKOFF_MAX = 15.0
+REFUSED_WAIT_S = 30.0  # after a 401/403: retrying sooner would not change the answer
 
 
 class LiveFeed:
@@ -54,19 +54,20 @@ class LiveFeed:
         self._wake.set()
 
     async def run(self) -> None:
-        delay = BACKOFF_START
+        backoff = Backoff()  # the reconnect rule of `dvic logs --follow` too
         while True:
             reason = await self._session()
             self.connected = False
+            if self._had_session:
+                backoff.reset()
             fatal = reason.startswith(("HTTP 401", "HTTP 403"))
-            wait = BACKOFF_MAX * 2 if fatal else delay
+            wait = REFUSED_WAIT_S if fatal else backoff.next()
             self.post(Disconnected(reason, wait, fatal))
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)  # back-off, cut short by retry_now()
             except TimeoutError:
                 pass
-            delay = BACKOFF_START if self._had_session else min(delay * 2, BACKOFF_MAX)
 
     async def _session(self) -> str:
         """One connection's life; returns why it ended."""

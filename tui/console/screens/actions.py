@@ -18,13 +18,12 @@ from textual.widgets import DataTable, Footer, Static
 
 from tui import fmt
 from tui.api.client import ApiError
-from tui.api.follow_command import action_final
+from tui.api.follow_command import ACTION_POLL_S, ActionTracker, action_final
 from tui.console.act import ACTION_STYLE
 from tui.console.screens.base import DvicScreen
 from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.tables import data_table
 from tui.textsafe import literal
-
-REFRESH_S = 2.0
 
 COLUMNS = (("when", "Updated", 9), ("node", "Node", 18), ("action", "Action", 14), ("demo", "Demo", 14),
            ("state", "State", 12), ("version", "Daemon", 9), ("message", "Message", None))
@@ -58,7 +57,7 @@ class ActionsScreen(DvicScreen):
     def __init__(self, node_id: str | None = None, highlight: list[str] | None = None) -> None:
         super().__init__(classes="actions-screen")
         self.node_id = node_id
-        self.highlight = set(highlight or [])  # ids just requested: the title counts them
+        self.requested = ActionTracker({"id": aid} for aid in highlight or [])  # just requested: the title counts them
         self.actions: list[dict[str, Any]] = []
         self._last = 0.0
         self._shown_versions: dict[str, str] = {}  # the daemon versions the table shows
@@ -66,17 +65,14 @@ class ActionsScreen(DvicScreen):
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
         yield Static(id="actions-title")
-        table: DataTable[Any] = DataTable(id="actions-table", cursor_type="row", zebra_stripes=True)
-        for key, label, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
-        yield table
+        yield data_table("actions-table", COLUMNS)
         yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one(DataTable).focus()
         self.reload()
-        self.set_interval(REFRESH_S, self._tick)
+        self.set_interval(ACTION_POLL_S, self._tick)
 
     def _versions(self) -> dict[str, str]:
         return {nid: str(n.get("daemon_version") or "-") for nid, n in self.dvic.fleet.nodes.items()}
@@ -89,6 +85,7 @@ class ActionsScreen(DvicScreen):
         except ApiError as exc:
             self.notify(f"actions: {exc.message}", severity="error", markup=False)
             return
+        self.requested.on_rows(self.actions)
         self._shown_versions = self._versions()
         fill_actions_table(self.query_one(DataTable), self.actions, self._shown_versions)
         self._title()
@@ -99,19 +96,17 @@ class ActionsScreen(DvicScreen):
             where = str(self.dvic.fleet.nodes.get(self.node_id, {}).get("name", self.node_id))
         text = Text("Actions on ", style="bold")
         text.append_text(literal(where))
-        mine = [a for a in self.actions if a.get("id") in self.highlight]
-        if mine:
-            done = sum(1 for a in mine if a.get("state") == "done")
-            final = sum(1 for a in mine if action_final(a))
-            text.append(f"  │ requested now: {done}/{len(mine)} done, {final}/{len(mine)} finished",
-                        style="green" if final == len(mine) else "yellow")
+        done, final, total = self.requested.progress()
+        if total:
+            text.append(f"  │ requested now: {done}/{total} done, {final}/{total} finished",
+                        style="green" if final == total else "yellow")
         open_ = sum(1 for a in self.actions if not action_final(a))
         if open_:
             text.append(f"  │ {open_} in progress", style="yellow")
         self.query_one("#actions-title", Static).update(text)
 
     def _tick(self) -> None:
-        if any(not action_final(a) for a in self.actions) and time.monotonic() - self._last >= REFRESH_S:
+        if any(not action_final(a) for a in self.actions) and time.monotonic() - self._last >= ACTION_POLL_S:
             self.reload()
 
     def live_event(self, event: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from rich.text import Text
@@ -17,9 +18,15 @@ from tui.api.client import ApiError
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
 from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.tables import data_table
 from tui.textsafe import literal
 
 STATUS_STYLE = {"pending": "bold yellow", "active": "green", "disabled": "dim"}
+OPERATOR_COLUMNS = (("name", "Name"), ("role", "Role"), ("status", "Status"), ("created", "Created"))
+NODE_COLUMNS = (("name", "Name"), ("kind", "Kind"), ("group", "Group"), ("state", "State"), ("revoked", "Revoked"))
+AUDIT_COLUMNS = (("time", "Time"), ("who", "Operator"), ("action", "Action"), ("target", "Target"))
+SESSION_COLUMNS = (("started", "Started"), ("node", "Node"), ("who", "Operator"), ("length", "Length"),
+                   ("exit", "Exit"), ("output", "Output"))
 
 
 def audit_entries(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -52,27 +59,13 @@ class AdminScreen(DvicScreen):
         yield Static(id="admin-status")
         with TabbedContent(initial="ops"):
             with TabPane("Operators", id="ops"):
-                ops: DataTable[Any] = DataTable(id="op-table", cursor_type="row", zebra_stripes=True)
-                for key, label in (("name", "Name"), ("role", "Role"), ("status", "Status"), ("created", "Created")):
-                    ops.add_column(label, key=key)
-                yield ops
+                yield data_table("op-table", OPERATOR_COLUMNS)
             with TabPane("Nodes", id="admin-nodes"):
-                nodes: DataTable[Any] = DataTable(id="revoke-table", cursor_type="row", zebra_stripes=True)
-                for key, label in (("name", "Name"), ("kind", "Kind"), ("group", "Group"), ("state", "State"),
-                                   ("revoked", "Revoked")):
-                    nodes.add_column(label, key=key)
-                yield nodes
+                yield data_table("revoke-table", NODE_COLUMNS)
             with TabPane("Audit", id="audit"):
-                audit: DataTable[Any] = DataTable(id="audit-table", cursor_type="row")
-                for key, label in (("time", "Time"), ("who", "Operator"), ("action", "Action"), ("target", "Target")):
-                    audit.add_column(label, key=key)
-                yield audit
+                yield data_table("audit-table", AUDIT_COLUMNS, zebra=False)
             with TabPane("Recordings", id="recordings"):
-                rec: DataTable[Any] = DataTable(id="session-table", cursor_type="row", zebra_stripes=True)
-                for key, label in (("started", "Started"), ("node", "Node"), ("who", "Operator"),
-                                   ("length", "Length"), ("exit", "Exit"), ("output", "Output")):
-                    rec.add_column(label, key=key)
-                yield rec
+                yield data_table("session-table", SESSION_COLUMNS)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -162,6 +155,10 @@ class AdminScreen(DvicScreen):
     def _active_tab(self) -> str:
         return str(self.query_one(TabbedContent).active)
 
+    def _selected_operator(self) -> str | None:
+        """The operator under the cursor, when the Operators tab is the one shown."""
+        return self._selected("#op-table") if self._active_tab() == "ops" else None
+
     # -- actions -------------------------------------------------------------------------------
     def action_back(self) -> None:
         self.dismiss()
@@ -169,7 +166,7 @@ class AdminScreen(DvicScreen):
     def action_reload(self) -> None:
         self.reload()
 
-    async def _call(self, what: str, coro: Any) -> dict[str, Any] | None:
+    async def _call(self, what: str, coro: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
         try:
             result = await coro
         except ApiError as exc:
@@ -181,8 +178,8 @@ class AdminScreen(DvicScreen):
 
     @work(group="admin-act")
     async def action_approve(self) -> None:
-        name = self._selected("#op-table")
-        if not name or self._active_tab() != "ops":
+        name = self._selected_operator()
+        if not name:
             return
         account = next((o for o in self.operators if o.get("name") == name), {})
         code = None
@@ -198,8 +195,8 @@ class AdminScreen(DvicScreen):
 
     @work(group="admin-act")
     async def action_role(self) -> None:
-        name = self._selected("#op-table")
-        if not name or self._active_tab() != "ops":
+        name = self._selected_operator()
+        if not name:
             return
         current = next((o.get("role") for o in self.operators if o.get("name") == name), None)
         role = await self.app.push_screen_wait(ChoiceDialog(f"Role for {name}:", list(ROLES), current))
@@ -208,8 +205,8 @@ class AdminScreen(DvicScreen):
 
     @work(group="admin-act")
     async def action_token(self) -> None:
-        name = self._selected("#op-table")
-        if not name or self._active_tab() != "ops":
+        name = self._selected_operator()
+        if not name:
             return
         if not await self.app.push_screen_wait(ConfirmDialog(f"Issue a new API token for {name}?", "Issue")):
             return
@@ -219,8 +216,8 @@ class AdminScreen(DvicScreen):
 
     @work(group="admin-act")
     async def action_disable(self) -> None:
-        name = self._selected("#op-table")
-        if not name or self._active_tab() != "ops":
+        name = self._selected_operator()
+        if not name:
             return
         if await self.app.push_screen_wait(
             ConfirmDialog(f"Disable operator {name} and all its tokens?", "Disable")

@@ -24,11 +24,13 @@ from textual.widgets.data_table import RowKey
 
 from dvic_core.constants import NODE_STATES
 from tui import fmt
+from tui.console.act import ACT_BINDINGS
 from tui.console.fleet import SORT_KEYS, Filter, alerts, cycle, metric
 from tui.console.screens.base import DvicScreen
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.fleet_table import FleetTable
 from tui.console.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
+from tui.console.widgets.tables import data_table
 from tui.textsafe import clean
 
 COLUMNS: list[tuple[str, str, int | None]] = [
@@ -94,12 +96,8 @@ class FleetScreen(DvicScreen):
         Binding("a", "admin", "Admin", show=False),
         Binding("n", "add_node", "Add node", show=False),
         Binding("space", "mark", "Mark"),
-        Binding("x", "run", "Run"),
+        *ACT_BINDINGS,
         Binding("X", "run_group", "Run on group/all", show=False),
-        Binding("h", "shell", "Shell"),
-        Binding("b", "reboot", "Reboot", show=False),
-        Binding("D", "demo_action", "Demo action", show=False),
-        Binding("u", "update", "Update daemon", show=False),
         Binding("U", "update_group", "Update group/all", show=False),
         Binding("A", "actions", "Actions", show=False),
         Binding("c", "clear_marks", "Clear marks", show=False),
@@ -123,10 +121,7 @@ class FleetScreen(DvicScreen):
         yield SummaryBar(id="summary")
         yield Input(placeholder="filter: name, group, kind, state, version — Enter keeps, Escape clears",
                     id="filter")
-        table: DataTable[Any] = FleetTable(id="nodes", cursor_type="row", zebra_stripes=True)
-        for key, label, width in COLUMNS:
-            table.add_column(label, key=key, width=width)
-        yield table
+        yield data_table("nodes", COLUMNS, cls=FleetTable)
         yield Footer()
 
     def on_mount(self) -> None:

@@ -1,7 +1,12 @@
-"""The logs screen: follow one node, a group or every node; level/source filters; server-side search."""
+"""The logs screen: follow one node, a group or every node; level/source filters; server-side search.
+
+The filter, the history query and the gap after a reconnect are tui/api/follow_logs.py's
+(`LogFilter`, `LogFollower`), shared with `dvic logs --follow`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -10,15 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Input, Static
 
-from dvic_core.constants import LEVELS, LOG_SOURCES
 from tui.api.client import ApiError
 from tui.console.screens.base import DvicScreen
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.log_view import LogView
 from tui.textsafe import literal
 
-SOURCES: list[str | None] = [None, *LOG_SOURCES]
-HISTORY = 500
+HISTORY = 500  # lines read when the screen opens or a filter changes
 
 
 class LogsScreen(DvicScreen):
@@ -49,7 +52,7 @@ class LogsScreen(DvicScreen):
     def on_mount(self) -> None:
         super().on_mount()
         view = self.query_one(LogView)
-        view.demo = self.demo
+        view.filter.node, view.filter.group, view.filter.demo = self.node_id, self.group, self.demo
         self.query_one("#search", Input).display = False
         self._show_status()
         self.load_history()
@@ -57,12 +60,8 @@ class LogsScreen(DvicScreen):
 
     # -- scope ---------------------------------------------------------------------------------
     def _in_scope(self, node: str) -> bool:
-        if self.node_id:
-            return node == self.node_id
-        if self.group is not None:
-            n = self.dvic.fleet.nodes.get(node)
-            return n is not None and (n.get("group") or "") == self.group
-        return True
+        known = self.dvic.fleet.nodes.get(node)
+        return self.query_one(LogView).filter.in_scope(node, None if known is None else known.get("group") or "")
 
     def log_subscription(self) -> list[str]:
         if self.node_id:
@@ -85,11 +84,11 @@ class LogsScreen(DvicScreen):
         return Text("all nodes", style="bold cyan")
 
     def _show_status(self, behind: int = 0) -> None:
-        view = self.query_one(LogView)
+        log_filter = self.query_one(LogView).filter
         text = Text("Logs: ")
         text.append_text(self.scope_label())
-        text.append(f"  │ level ≥ {view.min_level}", style="bold" if view.min_level != "DEBUG" else "dim")
-        text.append(f"  │ source {view.source or 'all'}", style="bold" if view.source else "dim")
+        text.append(f"  │ level ≥ {log_filter.min_level}", style="bold" if log_filter.min_level != "DEBUG" else "dim")
+        text.append(f"  │ source {log_filter.source or 'all'}", style="bold" if log_filter.source else "dim")
         if self.query_text:
             text.append("  │ search ")
             text.append_text(literal(self.query_text, style="bold yellow"))
@@ -101,22 +100,21 @@ class LogsScreen(DvicScreen):
 
     # -- data ----------------------------------------------------------------------------------
     @work(exclusive=True, group="logs-history")
-    async def load_history(self, since: float | None = None) -> None:
+    async def load_history(self, gap: bool = False) -> None:
+        """The history the filter asks for (`gap`: since the last line taken, after an outage)."""
         view = self.query_one(LogView)
+        pages = view.follower.gap() if gap else view.follower.history(HISTORY)
         try:
-            page = await self.dvic.api.logs(
-                node=self.node_id, source=view.source or ("demo" if self.demo else None),
-                level=view.min_level if view.min_level != "DEBUG" else None,
-                q=self.query_text or None, from_=since, limit=HISTORY,
-            )
+            while (params := pages.next_params()) is not None:
+                pages.add(await self.dvic.api.request("GET", "/logs", params))
         except ApiError as exc:
             self.notify(f"log history: {exc.message}", severity="error", markup=False)
             return
-        lines = [x for x in page["lines"] if self._in_scope(str(x.get("node")))]
-        if since is None:
-            view.replace(lines)
-        else:
+        lines = [x for x in pages.lines() if self._in_scope(str(x.get("node")))]
+        if gap:
             view.load_history(lines)
+        else:
+            view.replace(lines)
 
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         if self._in_scope(node):
@@ -128,7 +126,7 @@ class LogsScreen(DvicScreen):
             self._was_down = True
         elif self._was_down and self.is_mounted:
             self._was_down = False
-            self.load_history(self.query_one(LogView).last_ts())  # fill the gap the outage left
+            self.load_history(gap=True)  # fill the gap the outage left
 
     @on(LogView.Behind)
     def _behind(self, event: LogView.Behind) -> None:
@@ -154,7 +152,7 @@ class LogsScreen(DvicScreen):
         self.query_text = event.value.strip()
         event.input.display = False
         view = self.query_one(LogView)
-        view.text_filter = self.query_text  # live lines: substring; history: the server's full-text search
+        view.filter.text = self.query_text  # live lines: substring; history: the server's full-text search
         view.focus()
         self._show_status()
         self.load_history()
@@ -162,21 +160,20 @@ class LogsScreen(DvicScreen):
     def action_clear_search(self) -> None:
         if self.query_text:
             self.query_text = ""
-            self.query_one(LogView).text_filter = ""
+            self.query_one(LogView).filter.text = ""
             self._show_status()
             self.load_history()
 
     def action_level(self) -> None:
-        view = self.query_one(LogView)
-        view.min_level = LEVELS[(LEVELS.index(view.min_level) + 1) % len(LEVELS)]
-        view.refilter()
-        self._show_status()
-        self.load_history()
+        self._change_filter(self.query_one(LogView).filter.next_level)
 
     def action_source(self) -> None:
-        view = self.query_one(LogView)
-        view.source = SOURCES[(SOURCES.index(view.source) + 1) % len(SOURCES)]
-        view.refilter()
+        self._change_filter(self.query_one(LogView).filter.next_source)
+
+    def _change_filter(self, change: Callable[[], None]) -> None:
+        """Re-filters what is shown at once, and reads the history with the filter applied by the server."""
+        change()
+        self.query_one(LogView).refilter()
         self._show_status()
         self.load_history()
 

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, Tab
 from tui import fmt
 from tui.api.client import ApiError
 from tui.api.follow_command import command_text
-from tui.console.act import ACTIONS, DEMO_ACTIONS
+from tui.console.act import ACT_BINDINGS, ACTIONS, DEMO_ACTIONS
 from tui.console.screens.actions import COLUMNS as ACTION_COLUMNS
 from tui.console.screens.actions import fill_actions_table
 from tui.console.screens.base import DvicScreen
@@ -24,6 +24,7 @@ from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.chart import MetricChart
 from tui.console.widgets.log_view import LogView
 from tui.console.widgets.summary import STATE_ICON, STATE_STYLE
+from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
 
 # (label, seconds, step): steps under 60 s read raw samples, longer ones the 1-minute aggregates.
@@ -31,6 +32,21 @@ RANGES = [("15m", 900, 15), ("1h", 3600, 60), ("24h", 86400, 900), ("7d", 604800
 CHARTS = [("cpu", "CPU"), ("mem", "Memory"), ("disk", "Disk"), ("temp", "Temperature")]
 DEMO_STYLE = {"alive": "green", "started": "cyan", "exited": "red"}
 DETAIL_REFRESH = 5.0
+DEMO_COLUMNS = (("name", "Demo"), ("state", "State"), ("pid", "PID"), ("since", "Since"), ("token", "Token"))
+EVENT_COLUMNS = (("time", "Time"), ("kind", "Kind"), ("message", "Message"))
+COMMAND_COLUMNS = (("time", "Time"), ("who", "Operator"), ("command", "Command"), ("ok", "OK"), ("state", "State"))
+
+
+def _part(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """A nested object of the node detail ({} when the node sent something else)."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _entries(doc: dict[str, Any], key: str) -> list[Any]:
+    """A nested list of the node detail ([] when the node sent something else)."""
+    value = doc.get(key)
+    return value if isinstance(value, list) else []
 
 
 class NodeScreen(DvicScreen):
@@ -47,11 +63,7 @@ class NodeScreen(DvicScreen):
         Binding("l", "logs", "Logs"),
         Binding("m", "maintenance", "Maint."),
         Binding("r", "refresh", "Refresh", show=False),
-        Binding("x", "run", "Run"),
-        Binding("h", "shell", "Shell"),
-        Binding("b", "reboot", "Reboot", show=False),
-        Binding("D", "demo_action", "Demo action", show=False),
-        Binding("u", "update", "Update daemon", show=False),
+        *ACT_BINDINGS,
         Binding("c", "tab('commands')", "Commands", show=False),
         Binding("a", "tab('actions')", "Actions", show=False),
     ]
@@ -77,29 +89,15 @@ class NodeScreen(DvicScreen):
                     for name, title in CHARTS:
                         yield MetricChart(name, title)
             with TabPane("Demos", id="demos"):
-                table: DataTable[Any] = DataTable(id="demo-table", cursor_type="row", zebra_stripes=True)
-                for key, label in (("name", "Demo"), ("state", "State"), ("pid", "PID"),
-                                   ("since", "Since"), ("token", "Token")):
-                    table.add_column(label, key=key)
-                yield table
+                yield data_table("demo-table", DEMO_COLUMNS)
             with TabPane("Logs", id="tail"):
                 yield LogView(with_node=False, id="node-log")
             with TabPane("Events", id="events"):
-                events: DataTable[Any] = DataTable(id="event-table", cursor_type="row")
-                for key, label in (("time", "Time"), ("kind", "Kind"), ("message", "Message")):
-                    events.add_column(label, key=key)
-                yield events
+                yield data_table("event-table", EVENT_COLUMNS, zebra=False)
             with TabPane("Commands", id="commands"):
-                cmds: DataTable[Any] = DataTable(id="cmd-table", cursor_type="row", zebra_stripes=True)
-                for key, label in (("time", "Time"), ("who", "Operator"), ("command", "Command"),
-                                   ("ok", "OK"), ("state", "State")):
-                    cmds.add_column(label, key=key)
-                yield cmds
+                yield data_table("cmd-table", COMMAND_COLUMNS)
             with TabPane("Actions", id="actions"):
-                acts: DataTable[Any] = DataTable(id="node-actions", cursor_type="row", zebra_stripes=True)
-                for key, label, width in ACTION_COLUMNS:
-                    acts.add_column(label, key=key, width=width)
-                yield acts
+                yield data_table("node-actions", ACTION_COLUMNS)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -139,7 +137,7 @@ class NodeScreen(DvicScreen):
         except ApiError as exc:
             self.notify(f"metrics: {exc.message}", severity="error", markup=False)
             return
-        series = doc.get("series") if isinstance(doc.get("series"), dict) else {}
+        series = _part(doc, "series")
         for chart in self.query(MetricChart):
             points = series.get(chart.metric)
             chart.set_points(points if isinstance(points, list) else [])
@@ -201,9 +199,7 @@ class NodeScreen(DvicScreen):
 
     def _show_facts(self) -> None:
         d = self.detail
-        facts = d.get("facts") if isinstance(d.get("facts"), dict) else {}
-        sample = d.get("sample") if isinstance(d.get("sample"), dict) else {}
-        m = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
+        facts, sample, m = _part(d, "facts"), _part(d, "sample"), _part(d, "metrics")
         boot = facts.get("boot_time")
         uptime = sample.get("uptime") if isinstance(sample.get("uptime"), int | float) else (
             time.time() - boot if isinstance(boot, int | float) else None)
@@ -230,7 +226,7 @@ class NodeScreen(DvicScreen):
     def _show_demos(self) -> None:
         table = self.query_one("#demo-table", DataTable)
         table.clear()
-        demos = self.detail.get("demos_list") if isinstance(self.detail.get("demos_list"), list) else []
+        demos = _entries(self.detail, "demos_list")
         order = {"alive": 0, "started": 1, "exited": 2}
         for demo in sorted((x for x in demos if isinstance(x, dict)),
                            key=lambda x: (order.get(str(x.get("state")), 3), str(x.get("name")))):
@@ -322,7 +318,7 @@ class NodeScreen(DvicScreen):
         if table.row_count == 0:
             return None
         key = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
-        demos = self.detail.get("demos_list") if isinstance(self.detail.get("demos_list"), list) else []
+        demos = _entries(self.detail, "demos_list")
         return next((str(d.get("name")) for d in demos if isinstance(d, dict) and str(d.get("token")) == key), None)
 
     @work(group="node-act")

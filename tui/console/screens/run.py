@@ -1,13 +1,15 @@
 """Run a command on nodes: the command input, live per-node output and states, cancel.
 
 Opened on the marked fleet nodes, one node, a group or every node; or on a past command (from a
-node's history) to read its stored output and follow it if it still runs. Output comes from the
-command stream; when the stream is refused or cut, the stored command is polled instead.
+node's history) to read its stored output and follow it if it still runs. The screen drives a
+`CommandTracker` (tui/api/follow_command.py, shared with `dvic run`): the command stream, which
+replays the stored output first; when the stream is refused or cut, the stored command, polled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from rich.text import Text
@@ -16,23 +18,29 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
-from tui.api.client import ApiError
+from tui.api.client import ApiError, Unreachable
 from tui.api.follow_command import (
-    CommandBoard,
-    RunOutput,
+    POLL_S,
+    CommandTracker,
+    LineSplitter,
+    Run,
+    Update,
+    command_text,
     describe_targets,
     needs_confirmation,
-    run_state_text,
+    state_text,
 )
 from tui.api.remote_client import RemoteClient, StreamCut
 from tui.console.act import RUN_STYLE
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog
 from tui.console.widgets.banner import ConnectionBanner
+from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
 
-POLL_S = 1.0  # how often the stored command is read when there is no stream
-MAX_SHOWN = 20000  # lines in the output pane (the per-node lines are kept in the board)
+MAX_SHOWN = 20000  # lines in the output pane
+MAX_LINES_PER_RUN = 5000  # lines kept per node (for "only this node"); the server keeps the full 1 MiB
+COLUMNS = (("node", "Node", 20), ("state", "State", 22), ("lines", "Lines", 7))
 
 
 class RunScreen(DvicScreen):
@@ -48,7 +56,8 @@ class RunScreen(DvicScreen):
         super().__init__(classes="run-screen")
         self.targets = targets or {}
         self.command_id = command_id
-        self.board = CommandBoard()
+        self.board = CommandTracker()
+        self.lines: dict[str, LineSplitter] = {}  # per run id: its output lines
         self.only: str | None = None  # run id whose output alone is shown
 
     @property
@@ -59,10 +68,7 @@ class RunScreen(DvicScreen):
         yield ConnectionBanner()
         yield Static(id="run-title")
         yield Input(placeholder="shell command, run with /bin/sh -c on each node — Enter runs", id="run-input")
-        table: DataTable[Any] = DataTable(id="run-table", cursor_type="row", zebra_stripes=True)
-        for key, label, width in (("node", "Node", 20), ("state", "State", 22), ("lines", "Lines", 7)):
-            table.add_column(label, key=key, width=width)
-        yield table
+        yield data_table("run-table", COLUMNS)
         yield RichLog(id="run-output", markup=False, highlight=False, wrap=True, max_lines=MAX_SHOWN)
         yield Footer()
 
@@ -85,9 +91,8 @@ class RunScreen(DvicScreen):
         cmd = self.board.command
         if cmd:
             text.append_text(literal(cmd.get("target") or describe_targets(self.targets, self._names())))
-            shown = cmd.get("shell") or " ".join(str(a) for a in cmd.get("argv") or [])
             text.append("  $ ", style="dim")
-            text.append_text(literal(shown, style="bold"))
+            text.append_text(literal(command_text(cmd), style="bold"))
             text.append(f"  │ {self.board.summary()}", style="green" if self.board.done else "yellow")
         else:
             text.append_text(literal(describe_targets(self.targets, self._names())))
@@ -107,7 +112,7 @@ class RunScreen(DvicScreen):
 
     @work(group="run-start")
     async def start(self, command: str) -> None:
-        if needs_confirmation(self.targets):
+        if needs_confirmation(self.targets):  # the one rule (docs/remote-control.md, "Confirmation")
             where = describe_targets(self.targets, self._names())
             question = f"Run on {where}?\n\n$ {clean(command, single_line=True)}"
             if not await self.app.push_screen_wait(ConfirmDialog(question, "Run")):
@@ -117,12 +122,13 @@ class RunScreen(DvicScreen):
         except ApiError as exc:
             self.notify(f"run: {exc.message} ({exc.code})", severity="error", markup=False)
             return
-        self.board = CommandBoard()
+        self.board = CommandTracker()
+        self.lines = {}
         self.only = None
         self.query_one("#run-table", DataTable).clear()
         self.query_one("#run-output", RichLog).clear()
         self.command_id = str(doc.get("id"))
-        self._apply_command(doc)
+        self._apply(self.board.on_frame({"type": "command", **doc}))
         self.query_one("#run-input", Input).display = False
         self.query_one("#run-table", DataTable).focus()
         self.follow(self.command_id)
@@ -130,94 +136,79 @@ class RunScreen(DvicScreen):
     # -- following -----------------------------------------------------------------------------
     @work(exclusive=True, group="run-follow")
     async def follow(self, command_id: str) -> None:
-        """Streams the command's output; the store fills in what the stream cannot carry."""
-        poller: asyncio.Task[None] | None = None
+        """Streams the command's output; after a cut (or a refusal), the store until it is done."""
         try:
             async for msg in self.api.command_stream(command_id):
-                self._on_stream(msg)
-                if msg.get("type") == "command" and self.board.store_pending() and poller is None:
-                    poller = asyncio.ensure_future(self._poll_store(command_id))
+                self._apply(self.board.on_frame(msg))
+                if self.board.done:
+                    break
         except (StreamCut, ApiError):
             pass  # read the store instead: the server keeps every chunk
-        finally:
-            if poller is not None:
-                poller.cancel()
-        # The store has the last word: final states, and output the stream missed.
-        self.board.done = False
-        await self._poll_store(command_id)
+        if not self.board.done:
+            self.board.on_cut(time.monotonic())
+        if not self.board.done or self.board.wants_snapshot:
+            await self._poll_store(command_id)
 
     async def _poll_store(self, command_id: str) -> None:
         while True:
             try:
-                self._apply_stored(await self.api.command(command_id))
+                self._apply(self.board.on_snapshot(await self.api.command(command_id)))
+            except Unreachable as exc:
+                if not self.board.keep_trying(time.monotonic()):
+                    self.notify(f"command {command_id}: {exc.message}", severity="warning", markup=False)
+                    return
             except ApiError as exc:
                 self.notify(f"command {command_id}: {exc.message}", severity="warning", markup=False)
+                return
             if self.board.done:
                 return
             await asyncio.sleep(POLL_S)
 
-    def _on_stream(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind == "command":
-            self._apply_command(msg)
-        elif kind == "output":
-            run, lines = self.board.output(str(msg.get("run_id")), str(msg.get("stream")), str(msg.get("data", "")))
-            if run is not None:
-                self._show(run, lines)
-        elif kind == "state":
-            run, lines = self.board.state(msg)
-            self._show(run, lines)
-        elif kind == "done":
-            self.board.done = True
-
-    def _apply_command(self, doc: dict[str, Any]) -> None:
-        self.board.set_command({k: v for k, v in doc.items() if k != "type"})
-        for run in self.board.runs.values():
+    def _apply(self, updates: list[Update]) -> None:
+        for update in updates:
+            run = update.run
+            lines = self.lines.setdefault(run.run_id, LineSplitter(keep=MAX_LINES_PER_RUN))
+            if update.kind == "output":
+                self._show(run, lines.feed(update.stream, update.data))
+            elif update.kind == "finished":
+                self._show(run, lines.flush())
             self._row(run)
         self._title()
 
-    def _apply_stored(self, doc: dict[str, Any]) -> None:
-        if not self.board.command:
-            self.board.set_command({k: v for k, v in doc.items() if k != "runs"})
-        for run, lines in self.board.stored(doc):
-            self._show(run, lines)
-        self._title()
-
     # -- showing -------------------------------------------------------------------------------
-    def _row(self, run: RunOutput) -> None:
+    def _row(self, run: Run) -> None:
         table = self.query_one("#run-table", DataTable)
-        state = str(run.state.get("state"))
+        lines = self.lines.get(run.run_id)
         cells = (literal(run.node_name, style="bold"),
-                 literal(run_state_text(run.state), style=RUN_STYLE.get(state, "")),
-                 Text(str(len(run.lines) + run.dropped), style="dim"))
+                 literal(state_text(run.fields), style=RUN_STYLE.get(run.state, "")),
+                 Text(str(lines.count() if lines else 0), style="dim"))
         if run.run_id in table.rows:
             for key, cell in zip(("node", "state", "lines"), cells, strict=True):
                 table.update_cell(run.run_id, key, cell)
         else:
             table.add_row(*cells, key=run.run_id)
 
-    def _line(self, run: RunOutput, stream: str, line: str) -> Text:
+    def _line(self, run_id: str, stream: str, line: str) -> Text:
+        run = self.board.runs.get(run_id)
         text = Text(no_wrap=False, end="")
-        text.append(f"{clean(run.node_name, single_line=True)}", style="bold cyan")
+        text.append(clean(run.node_name if run else run_id, single_line=True), style="bold cyan")
         text.append(" │ ", style="dim")
-        text.append(line, style="red" if stream == "stderr" else "")  # already cleaned by the board
+        text.append(clean(line, single_line=True), style="red" if stream == "stderr" else "")
         return text
 
-    def _show(self, run: RunOutput, lines: list[tuple[str, str]]) -> None:
-        self._row(run)
-        if self.only in (None, run.run_id):
+    def _show(self, run: Run, lines: list[tuple[str, str]]) -> None:
+        if lines and self.only in (None, run.run_id):
             log = self.query_one("#run-output", RichLog)
             for stream, line in lines:
-                log.write(self._line(run, stream, line))
-        self._title()
+                log.write(self._line(run.run_id, stream, line))
 
     def _redraw(self) -> None:
         log = self.query_one("#run-output", RichLog)
         log.clear()
-        for run in self.board.runs.values():
-            if self.only in (None, run.run_id):
-                for stream, line in run.lines:
-                    log.write(self._line(run, stream, line))
+        for run_id, lines in self.lines.items():
+            if self.only in (None, run_id):
+                for stream, line in lines.lines:
+                    log.write(self._line(run_id, stream, line))
 
     def output_text(self) -> str:
         """What the output pane holds, as plain text (for tests and copying)."""

@@ -1,4 +1,8 @@
-"""A log view that follows new lines, stays put when scrolled up, and re-filters without refetching."""
+"""A log view that follows new lines, stays put when scrolled up, and re-filters without refetching.
+
+What a line must hold (`LogFilter`) and which lines are repeats (`LogFollower`) are the rules of
+tui/api/follow_logs.py, shared with `dvic logs --follow`; this widget keeps and draws the lines.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from textual.message import Message
 from textual.widgets import RichLog
 
 from tui import fmt
-from tui.api.follow_logs import level_rank, line_key
+from tui.api.follow_logs import LogFilter, LogFollower
 from tui.textsafe import clean
 
 LEVEL_STYLE = {"DEBUG": "dim", "INFO": "green", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold white on red"}
@@ -52,48 +56,30 @@ class LogView(RichLog):
                          min_width=20, **kwargs)
         self.with_node = with_node
         self.lines_buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER)
-        self._ids: set[tuple[str, int]] = set()
-        self.min_level = "DEBUG"
-        self.source: str | None = None
-        self.demo: str | None = None  # a demo's token: only its lines
-        self.text_filter = ""
+        self.follower = LogFollower(LogFilter())  # the filter is the screen's (level, source, demo, search)
         self.behind = 0
         self._pending: list[dict[str, Any]] = []
 
     @property
+    def filter(self) -> LogFilter:
+        return self.follower.filter
+
+    @property
+    def min_level(self) -> str:
+        return self.filter.min_level
+
+    @property
     def at_bottom(self) -> bool:
         return self.scroll_y >= self.max_scroll_y - 1
-
-    def passes(self, line: dict[str, Any]) -> bool:
-        if level_rank(line.get("level")) < level_rank(self.min_level):
-            return False
-        if self.source and line.get("source") != self.source:
-            return False
-        if self.demo and line.get("demo") != self.demo:
-            return False
-        return not self.text_filter or self.text_filter.lower() in str(line.get("msg", "")).lower()
-
-    def _remember(self, lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        fresh = []
-        for line in lines:
-            lid = line_key(line)
-            if lid is not None:
-                if lid in self._ids:
-                    continue
-                self._ids.add(lid)
-            fresh.append(line)
-        if len(self._ids) > BUFFER * 2:  # keep the duplicate filter bounded too
-            self._ids = {k for k in map(line_key, self.lines_buffer) if k is not None}
-        return fresh
 
     def on_mount(self) -> None:
         self.set_interval(DRAW_INTERVAL, self._draw)
 
     def add_lines(self, lines: Iterable[dict[str, Any]]) -> None:
         """Live lines: kept at once, drawn by the next `_draw` (a few times a second)."""
-        fresh = self._remember(lines)
+        fresh = self.follower.take(lines, filtered=False)
         self.lines_buffer.extend(fresh)
-        self._pending.extend(x for x in fresh if self.passes(x))
+        self._pending.extend(x for x in fresh if self.filter.matches(x))
 
     def _draw(self) -> None:
         """Draws the lines that arrived; the view scrolls only if it was at the bottom.
@@ -119,21 +105,21 @@ class LogView(RichLog):
 
     def load_history(self, lines: Iterable[dict[str, Any]]) -> None:
         """Older lines (any order): merged by time with what is shown, then redrawn."""
-        fresh = self._remember(lines)
+        fresh = self.follower.take(lines, filtered=False)
         merged = sorted([*self.lines_buffer, *fresh], key=lambda x: (x.get("ts") or 0, x.get("seq") or 0))
         self.lines_buffer = deque(merged[-BUFFER:], maxlen=BUFFER)
         self.refilter()
 
     def replace(self, lines: Iterable[dict[str, Any]]) -> None:
         self.lines_buffer.clear()
-        self._ids.clear()
+        self.follower.reset()
         self.load_history(lines)
 
     def refilter(self) -> None:
         self._pending = []  # everything in the buffer is redrawn below
         self.clear()
         for line in self.lines_buffer:
-            if self.passes(line):
+            if self.filter.matches(line):
                 self.write(render_line(line, self.with_node), scroll_end=False)
         self.follow()
 
@@ -150,4 +136,5 @@ class LogView(RichLog):
             self.post_message(self.Behind(0))
 
     def last_ts(self) -> float | None:
-        return max((x.get("ts") or 0 for x in self.lines_buffer), default=None)
+        """The newest line taken in (shown or filtered out): where the history of a gap starts."""
+        return self.follower.last_ts
