@@ -216,6 +216,9 @@ def test_done_before_a_runs_last_state_asks_for_one_snapshot() -> None:
     frames = [f for f in recorded("live_frames") if not (f["type"] == "state" and f["node_name"] == "pi-a")]
     feed(tracker, frames)
     assert tracker.done and tracker.wants_snapshot and tracker.unfinished()[0].node_name == "pi-a"
+    not_yet = recorded("live_snapshot")  # read before the server's writer stored that state
+    not_yet["runs"][0].update(state="running", code=None)
+    assert [u.kind for u in tracker.on_snapshot(not_yet)] == ["state"] and tracker.wants_snapshot
     settled = tracker.on_snapshot(recorded("live_snapshot"))
     assert [(u.kind, u.run.node_name) for u in settled] == [("finished", "pi-a")]
     assert not tracker.wants_snapshot and tracker.exit_status() == 0

@@ -33,6 +33,8 @@ EXIT_CANCELLED = 130  # as for Ctrl-C
 EXIT_UNREACHED = 255  # as ssh(1) when the remote side could not run it
 
 POLL_S = 1.0  # after the stream is cut: how often the stored command is read
+SETTLE_S = 3.0  # after `done` without some final states: how long the store is read for them
+SETTLE_POLL_S = 0.1  # ... and how often (the server's writer commits within milliseconds)
 SERVER_GONE_S = 60.0  # how long an unreachable server is retried, beyond the command's timeout
 DEFAULT_TIMEOUT_S = 60.0  # the server's default command timeout
 ACTION_POLL_S = 2.0  # tracked actions: how often their rows are read while one is unfinished
@@ -210,7 +212,7 @@ class CommandTracker:
         self.done = False
         self.cut = False  # the stream ended before `done`: the store is read instead
         self.gone_by: float | None = None  # after a cut: when an unreachable server stops being retried
-        self.wants_snapshot = False  # done, but a run's final state is only in the store
+        self.wants_snapshot = False  # done, but a run's final state is only in the store (SETTLE_S)
         self._replaying: list[Run] = []  # final in the `command` frame: finished once their output is in
         if command:
             self._describe(command)
@@ -234,8 +236,8 @@ class CommandTracker:
         elif kind == "done":
             self.done = True
             updates += [self._finish(r) for r in self.runs.values() if r.final and not r.finished]
-            # The server can say `done` before a run's last `state` frame (two runs ending at once):
-            # the store has that state.
+            # The server can say `done` before a run's last `state` frame (runs ending at once, or
+            # while the stream opens): the store has that state, or will in a moment.
             self.wants_snapshot = any(not r.final for r in self.runs.values())
         return updates
 
@@ -258,7 +260,7 @@ class CommandTracker:
             updates += self._state(run, run.merge(fields))
         if doc.get("done") or (self.runs and all(r.final for r in self.runs.values())):
             self.done = True
-        self.wants_snapshot = False
+        self.wants_snapshot = self.wants_snapshot and any(not r.final for r in self.runs.values())
         return updates
 
     def on_cut(self, now: float) -> None:

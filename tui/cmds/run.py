@@ -21,6 +21,8 @@ from types import SimpleNamespace
 from tui.api.client import ApiError, Json, Unreachable, _list, _params, _seg
 from tui.api.follow_command import (
     POLL_S,
+    SETTLE_POLL_S,
+    SETTLE_S,
     CommandTracker,
     LineSplitter,
     Update,
@@ -378,12 +380,18 @@ class CommandFollower:
             self._pause(POLL_S)
 
     def _settle(self) -> None:
-        """One read of the store for the final states the stream did not carry; without it, those
-        runs' results are reported unknown."""
-        try:
-            self._apply(self.tracker.on_snapshot(self.api.request("GET", f"/commands/{_seg(self.id)}")))
-        except ApiError as exc:
-            sys.stderr.write(f"dvic: cannot read the final states: {exc.message}\n")
+        """Reads the store for the final states the stream did not carry (for SETTLE_S at most:
+        runs still without one are reported unknown)."""
+        deadline = time.monotonic() + SETTLE_S
+        while self.tracker.wants_snapshot and time.monotonic() < deadline:
+            self._tick()
+            try:
+                self._apply(self.tracker.on_snapshot(self.api.request("GET", f"/commands/{_seg(self.id)}")))
+            except ApiError as exc:
+                sys.stderr.write(f"dvic: cannot read the final states: {exc.message}\n")
+                return
+            if self.tracker.wants_snapshot:
+                self._pause(SETTLE_POLL_S)
 
     def _apply(self, updates: list[Update], frame: Json | None = None) -> None:
         """Prints what the tracker says is new (as JSON lines: the stream's frames, once each)."""

@@ -21,6 +21,8 @@ from textual.widgets import DataTable, Footer, Input, RichLog, Static
 from tui.api.client import ApiError, Unreachable
 from tui.api.follow_command import (
     POLL_S,
+    SETTLE_POLL_S,
+    SETTLE_S,
     CommandTracker,
     LineSplitter,
     Run,
@@ -146,11 +148,13 @@ class RunScreen(DvicScreen):
             pass  # read the store instead: the server keeps every chunk
         if not self.board.done:
             self.board.on_cut(time.monotonic())
-        if not self.board.done or self.board.wants_snapshot:
-            await self._poll_store(command_id)
+        await self._poll_store(command_id)
 
     async def _poll_store(self, command_id: str) -> None:
-        while True:
+        """Reads the stored command until it is done (after a cut), or for the final states the
+        stream did not carry (for SETTLE_S at most)."""
+        settle_by = time.monotonic() + SETTLE_S
+        while not self.board.done or (self.board.wants_snapshot and time.monotonic() < settle_by):
             try:
                 self._apply(self.board.on_snapshot(await self.api.command(command_id)))
             except Unreachable as exc:
@@ -160,9 +164,10 @@ class RunScreen(DvicScreen):
             except ApiError as exc:
                 self.notify(f"command {command_id}: {exc.message}", severity="warning", markup=False)
                 return
-            if self.board.done:
-                return
-            await asyncio.sleep(POLL_S)
+            if not self.board.done:
+                await asyncio.sleep(POLL_S)
+            elif self.board.wants_snapshot:
+                await asyncio.sleep(SETTLE_POLL_S)
 
     def _apply(self, updates: list[Update]) -> None:
         for update in updates:
