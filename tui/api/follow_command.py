@@ -184,12 +184,7 @@ class Update:
 
     def __init__(self, kind: str, run: Run, stream: str = "", data: str = "", chunk: int | None = None,
                  stored: bool = False) -> None:
-        self.kind = kind
-        self.run = run
-        self.stream = stream
-        self.data = data
-        self.chunk = chunk
-        self.stored = stored
+        self.kind, self.run, self.stream, self.data, self.chunk, self.stored = kind, run, stream, data, chunk, stored
 
     def __repr__(self) -> str:
         return f"Update({self.kind!r}, {self.run.run_id!r}, {self.stream!r}, {self.data!r})"

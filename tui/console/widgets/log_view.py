@@ -56,13 +56,10 @@ class LogView(RichLog):
                          min_width=20, **kwargs)
         self.with_node = with_node
         self.lines_buffer: deque[dict[str, Any]] = deque(maxlen=BUFFER)
-        self.follower = LogFollower(LogFilter())  # the filter is the screen's (level, source, demo, search)
+        self.filter = LogFilter()  # set by the screen: scope, level, source, demo, search
+        self.follower = LogFollower(self.filter)
         self.behind = 0
         self._pending: list[dict[str, Any]] = []
-
-    @property
-    def filter(self) -> LogFilter:
-        return self.follower.filter
 
     @property
     def min_level(self) -> str:
