@@ -11,7 +11,10 @@ from typing import Any
 from tui.api.follow_command import (
     EXIT_CANCELLED,
     EXIT_UNREACHED,
+    POLL_S,
     SERVER_GONE_S,
+    SETTLE_POLL_S,
+    SETTLE_S,
     CommandTracker,
     LineSplitter,
     Update,
@@ -83,6 +86,7 @@ def test_a_stream_cut_then_snapshots_until_done() -> None:
     tracker.on_cut(now=100.0)
     assert tracker.cut and tracker.keep_trying(100.0 + 30 + SERVER_GONE_S)
     assert not tracker.keep_trying(100.0 + 30 + SERVER_GONE_S + 1)  # the command's timeout is 30 s
+    assert tracker.next_read_in(100.0) == POLL_S
     later = tracker.on_snapshot(recorded("cut_snapshot"))
     assert [(u.kind, u.data, u.stored) for u in later] == [("output", "third\n", True), ("finished", "", False)]
     assert tracker.done and tracker.exit_status() == 1
@@ -107,6 +111,7 @@ def test_a_command_done_before_the_stream_finishes_its_runs_after_the_replay() -
     rest = feed(tracker, frames[1:])
     assert [(u.kind, u.data) for u in rest] == [("output", "early\n"), ("finished", "")]
     assert tracker.done and tracker.exit_status() == 3
+    assert tracker.report() == []  # one run that simply exited: its status says it all
 
 
 def test_a_past_command_read_from_the_store_alone() -> None:
@@ -133,6 +138,9 @@ def test_states_exit_statuses_and_a_truncated_run() -> None:
     assert tracker.on_frame({"type": "state", "run_id": b, "state": "timeout"})[0].kind == "finished"
     assert tracker.exit_status() == 124 and tracker.exit_status(cancelling=True) == EXIT_CANCELLED
     assert tracker.counts() == {"ok": 1, "timeout": 1}
+    assert tracker.report() == [f"--- {tracker.command['id']}: 1 ok, 1 timeout",
+                                "pi-a  exited 0 [output truncated: 1.0M produced, 1 MiB kept]",
+                                "pi-b  timeout"]
     assert tracker.on_frame({"type": "state", "run_id": b, "state": "timeout"}) == []  # nothing new
     assert tracker.on_frame({"type": "output", "run_id": "unknown", "chunk": 99, "data": "x"}) == []
 
@@ -219,6 +227,9 @@ def test_done_before_a_runs_last_state_asks_for_one_snapshot() -> None:
     not_yet = recorded("live_snapshot")  # read before the server's writer stored that state
     not_yet["runs"][0].update(state="running", code=None)
     assert [u.kind for u in tracker.on_snapshot(not_yet)] == ["state"] and tracker.wants_snapshot
+    assert tracker.next_read_in(now=50.0) == SETTLE_POLL_S  # the store is read again, for SETTLE_S at most
+    assert tracker.next_read_in(now=50.0 + SETTLE_S) is None
     settled = tracker.on_snapshot(recorded("live_snapshot"))
     assert [(u.kind, u.run.node_name) for u in settled] == [("finished", "pi-a")]
     assert not tracker.wants_snapshot and tracker.exit_status() == 0
+    assert tracker.next_read_in(now=51.0) is None

@@ -209,6 +209,7 @@ class CommandTracker:
         self.gone_by: float | None = None  # after a cut: when an unreachable server stops being retried
         self.wants_snapshot = False  # done, but a run's final state is only in the store (SETTLE_S)
         self._replaying: list[Run] = []  # final in the `command` frame: finished once their output is in
+        self._settle_by: float | None = None
         if command:
             self._describe(command)
 
@@ -265,6 +266,19 @@ class CommandTracker:
         timeout_s = float(timeout) if isinstance(timeout, int | float) else DEFAULT_TIMEOUT_S
         self.gone_by = now + timeout_s + SERVER_GONE_S
 
+    def next_read_in(self, now: float) -> float | None:
+        """When the driver reads the store next, in seconds: every POLL_S after a cut until `done`;
+        after a `done` that left final states to the store, every SETTLE_POLL_S for SETTLE_S at most
+        (runs still without one are reported unknown); None when no read is due."""
+        if not self.done:
+            return POLL_S
+        if self.wants_snapshot:
+            if self._settle_by is None:
+                self._settle_by = now + SETTLE_S
+            if now < self._settle_by:
+                return SETTLE_POLL_S
+        return None
+
     def keep_trying(self, now: float) -> bool:
         """After a cut, whether an unreachable server is still worth retrying (it may be restarting)."""
         return self.gone_by is None or now <= self.gone_by
@@ -294,6 +308,16 @@ class CommandTracker:
             label = "ok" if run_ok(run.fields) else run.state
             counts[label] = counts.get(label, 0) + 1
         return dict(sorted(counts.items()))
+
+    def report(self) -> list[str]:
+        """`dvic run`'s summary: a line of counts, then each run's state in detail. Only when there is
+        something to say: several runs, or one that did not simply exit (or lost output)."""
+        runs = self.ordered()
+        if len(runs) <= 1 and all(r.state == "exited" and not r.fields.get("truncated") for r in runs):
+            return []
+        width = max(len(r.node_name) for r in runs)
+        lines = [f"--- {self.command.get('id')}: " + ", ".join(f"{v} {k}" for k, v in self.counts().items())]
+        return lines + [f"{r.node_name.ljust(width)}  {state_text(r.fields, detail=True)}" for r in runs]
 
     def summary(self) -> str:
         """`1/2 ok, 2/2 finished` (`, running` until done): the console's title."""

@@ -19,17 +19,7 @@ from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 
 from tui.api.client import ApiError, Json, Unreachable, _list, _params, _seg
-from tui.api.follow_command import (
-    POLL_S,
-    SETTLE_POLL_S,
-    SETTLE_S,
-    CommandTracker,
-    LineSplitter,
-    Update,
-    confirmation_subject,
-    needs_confirmation,
-    state_text,
-)
+from tui.api.follow_command import CommandTracker, LineSplitter, confirmation_subject, needs_confirmation
 from tui.api.lean_http import LeanClient, WebSocketClosed
 from tui.api.remote_client import command_body
 from tui.cmds.common import SettingsFn, UsageError, emit_json
@@ -39,6 +29,8 @@ if TYPE_CHECKING:
     import argparse
     from types import TracebackType
     from typing import TextIO
+
+    from tui.api.follow_command import Update
 
 CANCEL_WAIT_S = 10.0  # after Ctrl-C: how long the final states are waited for
 
@@ -324,10 +316,8 @@ class CommandFollower:
     def follow(self) -> None:
         try:
             self._stream()
-            if not self.tracker.done:
-                self._poll_to_end()
-            elif self.tracker.wants_snapshot:
-                self._settle()
+            if not self.tracker.done or self.tracker.wants_snapshot:
+                self._read_store()
         except _StopWaiting:
             self.stopped_early = True
         if not self.as_json:
@@ -363,35 +353,20 @@ class CommandFollower:
         sys.stderr.write(f"dvic: live output interrupted ({reason}); reading the rest from the server\n")
         self.tracker.on_cut(time.monotonic())
 
-    def _poll_to_end(self) -> None:
-        """Follows the command through the store; rides out a server restart for a while."""
+    def _read_store(self) -> None:
+        """The stored command, as often as the tracker says: after a cut until it is done (riding out
+        a restarting server for a while), or for final states the stream did not carry."""
         while True:
             self._tick()
             try:
-                doc = self.api.request("GET", f"/commands/{_seg(self.id)}")
+                self._apply(self.tracker.on_snapshot(self.api.request("GET", f"/commands/{_seg(self.id)}")))
             except Unreachable:
                 if not self.tracker.keep_trying(time.monotonic()):
                     raise
-                self._pause(POLL_S)
-                continue
-            self._apply(self.tracker.on_snapshot(doc))
-            if self.tracker.done:
+            wait = self.tracker.next_read_in(time.monotonic())
+            if wait is None:
                 return
-            self._pause(POLL_S)
-
-    def _settle(self) -> None:
-        """Reads the store for the final states the stream did not carry (for SETTLE_S at most:
-        runs still without one are reported unknown)."""
-        deadline = time.monotonic() + SETTLE_S
-        while self.tracker.wants_snapshot and time.monotonic() < deadline:
-            self._tick()
-            try:
-                self._apply(self.tracker.on_snapshot(self.api.request("GET", f"/commands/{_seg(self.id)}")))
-            except ApiError as exc:
-                sys.stderr.write(f"dvic: cannot read the final states: {exc.message}\n")
-                return
-            if self.tracker.wants_snapshot:
-                self._pause(SETTLE_POLL_S)
+            self._pause(wait)
 
     def _apply(self, updates: list[Update], frame: Json | None = None) -> None:
         """Prints what the tracker says is new (as JSON lines: the stream's frames, once each)."""
@@ -418,12 +393,8 @@ class CommandFollower:
         if self.as_json:
             emit_json({"type": "summary", "id": self.id, "status": status, "runs": [r.fields for r in runs]})
             return status
-        if len(runs) > 1 or any(r.state != "exited" or r.fields.get("truncated") for r in runs):
-            counts = self.tracker.counts()
-            width = max(len(r.node_name) for r in runs)
-            lines = [f"--- {self.id}: " + ", ".join(f"{v} {k}" for k, v in counts.items())]
-            lines += [f"{r.node_name.ljust(width)}  {state_text(r.fields, detail=True)}" for r in runs]
-            sys.stderr.write("\n".join(lines) + "\n")
+        for line in self.tracker.report():
+            sys.stderr.write(line + "\n")
         if unfinished and self.stopped_early:
             sys.stderr.write(f"dvic: stopped waiting; {len(unfinished)} run(s) still going: dvic command {self.id}\n")
         elif unfinished:

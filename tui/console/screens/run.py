@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on, work
@@ -20,13 +20,8 @@ from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
 from tui.api.client import ApiError, Unreachable
 from tui.api.follow_command import (
-    POLL_S,
-    SETTLE_POLL_S,
-    SETTLE_S,
     CommandTracker,
     LineSplitter,
-    Run,
-    Update,
     command_text,
     describe_targets,
     needs_confirmation,
@@ -39,6 +34,9 @@ from tui.console.screens.dialogs import ConfirmDialog
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
+
+if TYPE_CHECKING:
+    from tui.api.follow_command import Run, Update
 
 MAX_SHOWN = 20000  # lines in the output pane
 MAX_LINES_PER_RUN = 5000  # lines kept per node (for "only this node"); the server keeps the full 1 MiB
@@ -148,13 +146,13 @@ class RunScreen(DvicScreen):
             pass  # read the store instead: the server keeps every chunk
         if not self.board.done:
             self.board.on_cut(time.monotonic())
-        await self._poll_store(command_id)
+        if not self.board.done or self.board.wants_snapshot:
+            await self._poll_store(command_id)
 
     async def _poll_store(self, command_id: str) -> None:
-        """Reads the stored command until it is done (after a cut), or for the final states the
-        stream did not carry (for SETTLE_S at most)."""
-        settle_by = time.monotonic() + SETTLE_S
-        while not self.board.done or (self.board.wants_snapshot and time.monotonic() < settle_by):
+        """The stored command, as often as the tracker says: after a cut until it is done, or for
+        final states the stream did not carry."""
+        while True:
             try:
                 self._apply(self.board.on_snapshot(await self.api.command(command_id)))
             except Unreachable as exc:
@@ -164,10 +162,10 @@ class RunScreen(DvicScreen):
             except ApiError as exc:
                 self.notify(f"command {command_id}: {exc.message}", severity="warning", markup=False)
                 return
-            if not self.board.done:
-                await asyncio.sleep(POLL_S)
-            elif self.board.wants_snapshot:
-                await asyncio.sleep(SETTLE_POLL_S)
+            wait = self.board.next_read_in(time.monotonic())
+            if wait is None:
+                return
+            await asyncio.sleep(wait)
 
     def _apply(self, updates: list[Update]) -> None:
         for update in updates:
