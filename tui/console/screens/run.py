@@ -56,7 +56,7 @@ class RunScreen(DvicScreen):
         super().__init__(classes="run-screen")
         self.targets = targets or {}
         self.command_id = command_id
-        self.board = CommandTracker()
+        self.board = CommandTracker()  # the command followed (tui/api/follow_command.py)
         self.lines: dict[str, LineSplitter] = {}  # per run id: its output lines
         self.only: str | None = None  # run id whose output alone is shown
 
