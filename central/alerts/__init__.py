@@ -1,0 +1,1 @@
+"""Alerts: rules the server evaluates, the alert lifecycle, and notifications to channels."""
