@@ -25,7 +25,7 @@ from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
-from .config import Config, ConnectionLimits, is_loopback
+from .config import Config, ConnectionLimits, Notify, is_loopback
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import LISTEN_FILE, api_call, running_server
@@ -56,6 +56,11 @@ def build_config(args: argparse.Namespace) -> Config:
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
+        notify=Notify(
+            group_window=args.notify_group_window, group_quiet=args.notify_group_quiet,
+            max_lines=args.notify_max_lines, attempts=args.notify_attempts, backoff=args.notify_backoff,
+            timeout=args.notify_timeout, per_channel=args.notify_per_channel,
+        ),
         connections=ConnectionLimits(
             head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
             max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
@@ -290,6 +295,28 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-connections-per-address", type=_at_least_one, default=limits.max_per_address,
                    metavar="N", help=f"open connections from one client address, not counting nodes"
                                      f" (default {limits.max_per_address})")
+    _add_notify_options(p)
+
+
+def _add_notify_options(p: argparse.ArgumentParser) -> None:
+    """Notification delivery (docs/operations.md "Notifications")."""
+    n = Notify()
+    p.add_argument("--notify-group-window", type=_positive_seconds, default=n.group_window, metavar="S",
+                   help=f"notices on one route starting within S seconds go out as one message"
+                        f" (default {n.group_window:g})")
+    p.add_argument("--notify-group-quiet", type=_positive_seconds, default=n.group_quiet, metavar="S",
+                   help=f"a group goes out once nothing joined it for S seconds (default {n.group_quiet:g})")
+    p.add_argument("--notify-max-lines", type=_at_least_one, default=n.max_lines, metavar="N",
+                   help=f"subjects a message lists before 'and K more' (default {n.max_lines})")
+    p.add_argument("--notify-attempts", type=_at_least_one, default=n.attempts, metavar="N",
+                   help=f"tries per message before it is kept as failed (default {n.attempts})")
+    p.add_argument("--notify-backoff", type=_positive_seconds, default=n.backoff, metavar="S",
+                   help=f"wait before the first retry, doubled at each (at most {n.backoff_max:g} s;"
+                        f" default {n.backoff:g})")
+    p.add_argument("--notify-timeout", type=_positive_seconds, default=n.timeout, metavar="S",
+                   help=f"seconds a receiver has to answer one attempt (default {n.timeout:g})")
+    p.add_argument("--notify-per-channel", type=_at_least_one, default=n.per_channel, metavar="N",
+                   help=f"attempts in flight at once for one channel (default {n.per_channel})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,29 @@ class ConnectionLimits:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """Notification delivery (central/alerts/dispatcher.py; docs/operations.md "Notifications")."""
+
+    # Notices on the same route that start within `group_window` seconds go out as one message; a
+    # group goes out early once nothing joined it for `group_quiet` seconds (one alert alone is
+    # not held back for the whole window).
+    group_window: float = 10.0
+    group_quiet: float = 2.0
+    # Subject lines a message lists before "and K more".
+    max_lines: int = 20
+    # Tries per message; the n-th retry waits backoff * 2**(n-1) seconds (at most backoff_max).
+    attempts: int = 8
+    backoff: float = 2.0
+    backoff_max: float = 300.0
+    # Seconds a receiver has to answer one attempt.
+    timeout: float = 10.0
+    # Attempts in flight at once for one channel.
+    per_channel: int = 2
+    # Sent and failed notifications are kept this long.
+    keep_s: float = 30 * 24 * 3600
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -61,6 +84,8 @@ class Config:
     max_pending: int = 100
     # The access log: "on" (every request; node keep-alives counted per minute), "all", or "off".
     access_log: str = "on"
+
+    notify: Notify = field(default_factory=Notify)
 
     # Demos kept per node, and how long an exited one is kept (docs/operations.md).
     max_demos: int = 128

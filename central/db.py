@@ -211,6 +211,56 @@ MIGRATIONS: list[str] = [
     CREATE INDEX metrics_1m_bucket ON metrics_1m (bucket);
     CREATE INDEX events_ts ON events (ts);
     """,
+    # 7: notifications (issue 15, delivery half; docs/alerts.md "Notifications"): channels (their
+    # secrets in a column no read for the API selects), routes from (group, minimum severity) to a
+    # channel, and the delivery queue: one row per grouped message and channel, written before it
+    # is tried, with the notices it lists.
+    """
+    CREATE TABLE channels (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        settings TEXT NOT NULL DEFAULT '{}',
+        secrets TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE alert_routes (
+        id INTEGER PRIMARY KEY,
+        grp TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        channel TEXT NOT NULL REFERENCES channels (name) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL DEFAULT '',
+        UNIQUE (grp, severity, channel)
+    );
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY,
+        channel TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        sealed INTEGER NOT NULL DEFAULT 0,
+        subjects INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        group_until REAL NOT NULL,
+        due_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        answer TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX notifications_open ON notifications (channel, group_key, state);
+    CREATE INDEX notifications_state ON notifications (state, due_at);
+    CREATE INDEX notifications_created ON notifications (created_at);
+    CREATE TABLE notification_notices (
+        id INTEGER PRIMARY KEY,
+        notification_id INTEGER NOT NULL REFERENCES notifications (id) ON DELETE CASCADE,
+        notice TEXT NOT NULL
+    );
+    CREATE INDEX notification_notices_of ON notification_notices (notification_id, id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

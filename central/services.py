@@ -18,6 +18,7 @@ import node_script
 
 from . import actions, commands, db, store
 from .actions import ActionHub
+from .alerts.dispatcher import Dispatcher
 from .bus import Bus
 from .commands import CommandHub
 from .config import Config, Retention
@@ -50,6 +51,8 @@ class Services:
     tunnels: TunnelHub
     actions: ActionHub
     release: ReleaseStore
+    # The alert engine's NoticeSink: routes, groups and delivers notifications (started by services_ctx).
+    notices: Dispatcher
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -83,7 +86,8 @@ async def open_services(config: Config) -> Services:
     registry.load(await queries.nodes(), await queries.demos())
     services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        ActionHub(writer, registry), ReleaseStore(config.data_dir))
+                        ActionHub(writer, registry), ReleaseStore(config.data_dir),
+                        Dispatcher(writer, read_db, config.notify))
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
@@ -98,6 +102,7 @@ async def close_services(services: Services) -> None:
     for task in services.tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await services.notices.close()
     await services.writer.close()
     await services.read_db.close()
 
@@ -205,6 +210,8 @@ async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed
 def services_ctx(config: Config) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
+        # What a stop or a crash left queued is sent now.
+        await services.notices.start()
         services.tasks.append(asyncio.create_task(_sweeper(services), name="dvic-sweeper"))
         services.tasks.append(asyncio.create_task(_retention(services), name="dvic-retention"))
         app[SERVICES] = services
