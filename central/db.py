@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -264,6 +266,16 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def make_private(path: Path) -> None:
+    """The database holds notification channels' secrets (docs/security.md): readable by the
+    server's user only, as are its WAL and shared-memory files, which SQLite creates with the
+    database file's mode. Creates the file when missing."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path.with_name(name), 0o600)
 
 
 async def connect(path: Path) -> aiosqlite.Connection:

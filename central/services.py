@@ -70,6 +70,7 @@ async def open_services(config: Config) -> Services:
     os.chmod(config.data_dir, 0o700)
     ca = CertificateAuthority(config.data_dir)
     path = config.data_dir / db.DB_FILE
+    db.make_private(path)
     migrate_conn = await db.connect(path)
     try:
         await db.migrate(migrate_conn)

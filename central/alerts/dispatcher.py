@@ -34,6 +34,8 @@ from .routing import ANY, ROUTE_SEVERITIES
 log = logging.getLogger("dvic-central.notify")
 
 RETENTION_EVERY_S = 3600.0
+# A stopping server lets attempts in flight finish this long (within their own timeout).
+CLOSE_GRACE_S = 3.0
 
 
 class RouteInvalid(ValueError):
@@ -67,13 +69,13 @@ class Dispatcher:
             self._schedule(item)
         self._tasks.append(asyncio.create_task(self._retention(), name="dvic-notify-retention"))
 
-    async def close(self) -> None:
-        """Stop sending; whatever is in flight stays pending in the database for the next start."""
+    async def close(self, grace: float = CLOSE_GRACE_S) -> None:
+        """Stop sending: attempts in flight get `grace` seconds to end; whatever is not sent stays
+        pending in the database for the next start."""
         self._closed = True
         workers = list(self._workers.values())
         self._workers.clear()
-        for worker in workers:
-            await worker.stop()
+        await asyncio.gather(*(worker.stop(grace) for worker in workers))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -222,12 +224,16 @@ class ChannelWorker:
     def queued(self) -> int:
         return len(self._due) + len(self._in_flight)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Start nothing more; attempts in flight get `grace` seconds to finish and be recorded
+        (one cut short stays pending and is tried again at the next start)."""
         self._task.cancel()
-        tasks = [self._task, *self._in_flight.values()]
-        for task in self._in_flight.values():
+        in_flight = list(self._in_flight.values())
+        if in_flight and grace > 0:
+            await asyncio.wait(in_flight, timeout=grace)
+        for task in in_flight:
             task.cancel()
-        for task in tasks:
+        for task in [self._task, *in_flight]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

@@ -3,7 +3,7 @@ each on 127.0.0.1 port 0 in its own thread and event loop, so sync tests (a serv
 blocking waits) and async tests (a dispatcher in the test's loop) use them alike.
 
 The HTTP receiver records every request and answers as `mode` says: "ok" (200), "fail" (500),
-"hang" (no answer), "close" (closes the connection without answering); `stop()` then `start()`
+"gone" (410), "hang" (no answer), "close" (closes the connection without answering); `stop()` then `start()`
 brings it back on the same port (a receiver that was down and restarted).
 """
 
@@ -104,6 +104,8 @@ class HttpReceiver:
             self.requests.append(received)
         if mode == "fail":
             return web.Response(status=500, text="receiver broken")
+        if mode == "gone":
+            return web.Response(status=410, text="no such webhook")
         if mode == "hang":
             await self._release.wait()
             return web.Response(status=503)
