@@ -36,6 +36,8 @@ def test_pending_notifications_survive_kill_9_and_go_out_after_start(tmp_path: P
     finally:
         harness.send_signal(signal.SIGKILL)
         harness.wait()
+        assert harness.stdout is not None
+        harness.stdout.close()
     receiver.start()
     server = CentralServer(data_dir).start()
     try:
