@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 from ..model import SEVERITIES, Alert, Notice, NoticeKind, Severity
 
@@ -115,13 +115,16 @@ def line_for(notice: Notice) -> str:
     return clean(line)
 
 
+_ALERT_FIELDS = tuple(f.name for f in fields(Alert))
+
+
 def alert_json(alert: Alert) -> dict[str, object]:
-    return asdict(alert)
+    # Not dataclasses.asdict: it deep-copies every value, a third of queuing 500 notices.
+    return {name: getattr(alert, name) for name in _ALERT_FIELDS}
 
 
 def alert_from_json(data: dict[str, object]) -> Alert:
-    fields = Alert.__dataclass_fields__
-    return Alert(**{k: v for k, v in data.items() if k in fields})  # type: ignore[arg-type]
+    return Alert(**{k: v for k, v in data.items() if k in _ALERT_FIELDS})  # type: ignore[arg-type]
 
 
 def notice_json(notice: Notice) -> dict[str, object]:

@@ -120,45 +120,61 @@ def enqueue(notices: Sequence[Notice], now: float, window: float, quiet: float) 
     def run(conn: sqlite3.Connection) -> list[Scheduled]:
         routes = _routes(conn)
         channels = [r[0] for r in conn.execute("SELECT name FROM channels ORDER BY name")]
-        touched: dict[int, Scheduled] = {}
+        groups: dict[tuple[str, str], _Group] = {}
+        rows: list[tuple[int, str]] = []
         for notice in notices:
+            encoded = _dumps(notice_json(notice))
             for channel, route_key in targets(notice.alert, routes, channels).items():
-                scheduled = _join_or_open(conn, channel, f"{route_key}:{notice.kind}", notice, now, window, quiet)
-                touched[scheduled.id] = scheduled
-        return list(touched.values())
+                key = (channel, f"{route_key}:{notice.kind}")
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _open_group(conn, channel, key[1], notice, now, window)
+                group.add(notice)
+                rows.append((group.id, encoded))
+        conn.executemany("INSERT INTO notification_notices (notification_id, notice) VALUES (?, ?)", rows)
+        out = []
+        for (channel, _), group in groups.items():
+            due = min(group.until, now + quiet)
+            conn.execute(
+                "UPDATE notifications SET subjects = subjects + ?, due_at = ?, severity = ?, updated_at = ? WHERE id = ?",
+                (group.added, due, group.severity, now, group.id),
+            )
+            out.append(Scheduled(group.id, channel, due))
+        return out
 
     return run
 
 
-def _join_or_open(conn: sqlite3.Connection, channel: str, key: str, notice: Notice, now: float, window: float,
-                  quiet: float) -> Scheduled:
+@dataclass
+class _Group:
+    id: int
+    until: float
+    severity: str
+    added: int = 0
+
+    def add(self, notice: Notice) -> None:
+        self.added += 1
+        self.severity = min(self.severity, notice.alert.severity, key=SEVERITIES.index)
+
+
+def _open_group(conn: sqlite3.Connection, channel: str, key: str, notice: Notice, now: float,
+                window: float) -> _Group:
+    """The channel's open group for `key`, or a new one."""
     row = conn.execute(
         "SELECT id, group_until, severity FROM notifications"
         " WHERE channel = ? AND group_key = ? AND state = ? AND sealed = 0 AND group_until > ?"
         " ORDER BY id DESC LIMIT 1",
         (channel, key, PENDING, now),
     ).fetchone()
-    severity = notice.alert.severity
-    if row is None:
-        until = now + window
-        due = min(until, now + quiet)
-        cur = conn.execute(
-            "INSERT INTO notifications (channel, group_key, kind, severity, state, subjects, created_at, group_until,"
-            " due_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-            (channel, key, notice.kind, severity, PENDING, now, until, due, now),
-        )
-        notification_id = int(cur.lastrowid or 0)
-    else:
-        notification_id, until = int(row[0]), float(row[1])
-        due = min(until, now + quiet)
-        severity = min(severity, row[2], key=SEVERITIES.index)
-        conn.execute(
-            "UPDATE notifications SET subjects = subjects + 1, due_at = ?, severity = ?, updated_at = ? WHERE id = ?",
-            (due, severity, now, notification_id),
-        )
-    conn.execute("INSERT INTO notification_notices (notification_id, notice) VALUES (?, ?)",
-                 (notification_id, _dumps(notice_json(notice))))
-    return Scheduled(notification_id, channel, due)
+    if row is not None:
+        return _Group(int(row[0]), float(row[1]), row[2])
+    until = now + window
+    cur = conn.execute(
+        "INSERT INTO notifications (channel, group_key, kind, severity, state, subjects, created_at, group_until,"
+        " due_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+        (channel, key, notice.kind, notice.alert.severity, PENDING, now, until, until, now),
+    )
+    return _Group(int(cur.lastrowid or 0), until, notice.alert.severity)
 
 
 def claim(notification_id: int, now: float) -> WriteFn:
