@@ -94,3 +94,16 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     delays = [retry_delay(settings, n) for n in range(1, 6)]
     for delay, base in zip(delays, [2, 4, 8, 10, 10], strict=True):
         assert base * 0.9 <= delay <= base * 1.1
+
+
+def test_server_options_reach_the_dispatcher_settings() -> None:
+    from central.cli import build_config, build_parser
+
+    args = build_parser().parse_args([
+        "serve", "--notify-group-window", "30", "--notify-group-quiet", "5", "--notify-max-lines", "7",
+        "--notify-attempts", "3", "--notify-backoff", "0.5", "--notify-timeout", "4", "--notify-per-channel", "1"])
+    assert build_config(args).notify == Notify(group_window=30, group_quiet=5, max_lines=7, attempts=3, backoff=0.5,
+                                               timeout=4, per_channel=1)
+    assert build_config(build_parser().parse_args(["serve"])).notify == Notify()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--notify-attempts", "0"])
