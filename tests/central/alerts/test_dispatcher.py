@@ -182,6 +182,8 @@ async def test_a_broken_receiver_blocks_neither_submit_nor_other_channels(
             await sink.submit([notice(f"pi-{i}", "firing" if i % 2 else "resolved")])
             assert time.monotonic() - started < 1.0
         await until(lambda: second_receiver.got(2), "the fine channel's messages", timeout=2.5)
+        if mode == "hang":  # per_channel=1: the broken channel's other messages wait for the hung attempt
+            assert len(receiver.requests) == 1
         receiver.mode = "ok"  # a hanging request is released when the receiver stops at teardown
 
 
