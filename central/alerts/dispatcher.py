@@ -250,8 +250,11 @@ class ChannelWorker:
                 self._in_flight[notification_id] = asyncio.create_task(
                     self._attempt(notification_id), name=f"dvic-notify-{self.channel}-{notification_id}")
             timeout = self._heap[0][0] - time.time() if self._heap else None
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that comes
+            # as the event is set, and stop() would then wait for this loop forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), None if timeout is None else max(0.0, timeout))
+                async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
+                    await self._wake.wait()
 
     async def _attempt(self, notification_id: int) -> None:
         try:

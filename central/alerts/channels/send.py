@@ -109,7 +109,8 @@ class Transport:
                                       channel.secrets.get("password", ""), email, self.timeout)
         try:
             # Each socket operation has the timeout; the whole dialogue gets a few of them.
-            return await asyncio.wait_for(future, self.timeout * 4)
+            async with asyncio.timeout(self.timeout * 4):
+                return await future
         except TimeoutError:
             host = channel.settings["host"]
             raise DeliveryFailed(f"SMTP server {host} did not finish within {self.timeout * 4:g} s") from None
