@@ -72,7 +72,7 @@ async def test_500_nodes_offline_is_one_message_per_route(database: Database, re
         await sink.submit([notice("desk-1", group="hall-b", severity="warning")])  # no route matches it
         assert time.monotonic() - started < 2.0
         await until(lambda: receiver.got() and second_receiver.got(), "one message per route")
-        await until(lambda: not sink.queued(), "the queue to drain")
+        await until(lambda: not sink.pending_notifications(), "the queue to drain")
     for got in (receiver, second_receiver):
         [message] = got.requests
         body = message.json()
@@ -115,7 +115,7 @@ async def test_500_then_success_is_retried_with_backoff(database: Database, rece
         await until(lambda: len(receiver.requests) >= 2, "two failed attempts")
         receiver.mode = "ok"
         await until(receiver.got, "the retry to succeed")
-        await until(lambda: not sink.queued(), "the attempt to be recorded")
+        await until(lambda: not sink.pending_notifications(), "the attempt to be recorded")
     [row] = await rows(database)
     assert row["state"] == "sent" and row["attempts"] == len(receiver.requests) >= 3
     assert row["answer"] == "HTTP 200 ok" and row["last_error"] == ""
@@ -137,7 +137,7 @@ async def test_failed_after_the_last_try_then_resent(database: Database, receive
         receiver.mode = "ok"
         assert await sink.resend(None) == [row["id"]]
         await until(receiver.got, "the resent notification")
-        await until(lambda: not sink.queued(), "the attempt to be recorded")
+        await until(lambda: not sink.pending_notifications(), "the attempt to be recorded")
     [row] = await rows(database)
     assert row["state"] == "sent" and row["attempts"] == 1
 
@@ -258,3 +258,17 @@ async def test_channel_test_reports_the_answer(database: Database, receiver: Htt
         assert receiver.accepted[0].json()["kind"] == "test"
         with pytest.raises(LookupError):
             await sink.test("nope")
+
+
+async def test_pending_notifications_counts_the_queue(database: Database, receiver: HttpReceiver) -> None:
+    receiver.stop()
+    async with dispatcher(database, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
+        await add_webhook(sink, "a", receiver)
+        assert sink.pending_notifications() == 0
+        await sink.submit([notice("pi-1"), notice("pi-2", "resolved")])
+        assert sink.pending_notifications() == 2  # two groups: firing, resolved
+
+        async def tried() -> bool:
+            return all(r["attempts"] >= 1 for r in await rows(database))
+        await async_wait_for(tried, what="a failed attempt of each")
+        assert sink.pending_notifications() == 2  # failed attempts wait for their retry: still pending
