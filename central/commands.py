@@ -132,11 +132,13 @@ class CommandHub:
             if not sent:
                 await self._finish(run, "lost", message="node connection closed while sending")
                 continue
-            loop = asyncio.get_running_loop()
-            self._deadlines[run.id] = loop.call_later(
-                timeout + DEADLINE_GRACE_S, lambda r=run: asyncio.ensure_future(self._expire(r)))
+            self._deadlines[run.id] = asyncio.get_running_loop().call_later(
+                timeout + DEADLINE_GRACE_S, self._expire_soon, run)
         self._check_done(cmd)
         return cmd
+
+    def _expire_soon(self, run: Run) -> None:
+        asyncio.ensure_future(self._expire(run))
 
     async def _expire(self, run: Run) -> None:
         if run.state not in RUN_FINAL:
