@@ -8,9 +8,7 @@ answered before the deadline).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +17,7 @@ from typing import Any
 
 from dvic_core.constants import RUN_FINAL
 
+from . import store
 from .registry import NodeState
 from .writer import Writer
 
@@ -76,13 +75,6 @@ class Command:
         }
 
 
-def lose_unfinished(conn: sqlite3.Connection) -> int:
-    """At start-up: runs a previous server process left unfinished can never finish now."""
-    return conn.execute(
-        "UPDATE command_runs SET state = 'lost', message = 'the server restarted during the command',"
-        " finished_at = ? WHERE state IN ('pending', 'running')", (time.time(),)).rowcount
-
-
 class CommandHub:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
@@ -94,27 +86,18 @@ class CommandHub:
         return sum(1 for r in self.runs.values() if r.node_id == node_id and r.state in ("pending", "running"))
 
     async def start(self, operator: str, targets: list[NodeState], argv: list[str] | None, shell: str | None,
-                    timeout: float, target: str, also: Callable[[sqlite3.Connection], Any] | None = None) -> Command:
+                    timeout: float, target: str, also: store.WriteFn | None = None) -> Command:
         """Create the command and its runs (with `also`, e.g. the audit row, in the same commit), then send."""
         now = time.time()
         cmd = Command(str(uuid.uuid4()), now, operator, argv, shell, timeout, target)
         for node in targets:
             run = Run(str(uuid.uuid4()), cmd.id, node.id, node.name)
             cmd.runs[run.id] = run
-        rows = [(r.id, cmd.id, r.node_id, r.state) for r in cmd.runs.values()]
-
-        def create(conn: sqlite3.Connection) -> None:
-            if also is not None:
-                also(conn)
-            conn.execute(
-                "INSERT INTO commands (id, created_at, operator, argv, shell, timeout, target) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (cmd.id, now, operator, json.dumps(argv) if argv is not None else None, shell, timeout, target),
-            )
-            conn.executemany("INSERT INTO command_runs (id, command_id, node_id, state) VALUES (?, ?, ?, ?)", rows)
-
+        create = store.create_command(cmd.id, now, operator, argv, shell, timeout, target,
+                                      [(r.id, r.node_id) for r in cmd.runs.values()])
         # Urgent (here and for the runs' states and output): an operator waits on each of these
         # writes in turn, so none of them waits for the writer's commit spacing (central/writer.py).
-        await self.writer.submit(create, urgent=True)
+        await self.writer.submit(store.after(also, create), urgent=True)
         self.commands[cmd.id] = cmd
         by_id = {n.id: n for n in targets}
         for run in list(cmd.runs.values()):
@@ -170,19 +153,7 @@ class CommandHub:
         return queue
 
     async def _save_run(self, run: Run) -> None:
-        await self.writer.submit(self._run_saver(run), urgent=True)
-
-    @staticmethod
-    def _run_saver(run: Run) -> Callable[[sqlite3.Connection], None]:
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE command_runs SET state = ?, code = ?, signal = ?, message = ?, started_at = ?,"
-                " finished_at = ?, output_bytes = ?, truncated = ? WHERE id = ?",
-                (run.state, run.code, run.signal, run.message, run.started_at, run.finished_at, run.output_bytes,
-                 int(run.truncated), run.id),
-            )
-
-        return save
+        await self.writer.submit(store.save_run(run.view), urgent=True)
 
     async def _finish(self, run: Run, state: str, *, code: int | None = None, signal: int | None = None,
                       message: str = "", truncated: bool = False) -> None:
@@ -220,7 +191,7 @@ class CommandHub:
             run.started_at = time.time()
             # Not urgent: nobody waits for it, and the run's next write (output or exit) is, and
             # takes it along in the same commit.
-            self.writer.submit_later(self._run_saver(run))
+            self.writer.submit_later(store.save_run(run.view))
             cmd = self.commands.get(run.command_id)
             if cmd is not None:
                 self._publish(cmd, {"type": "state", **run.view()})
@@ -242,13 +213,7 @@ class CommandHub:
         if size > room:
             data = data.encode()[:room].decode("utf-8", "ignore")
             run.truncated = True
-
-        def store_chunk(conn: sqlite3.Connection) -> int:
-            cur = conn.execute("INSERT INTO command_output (run_id, stream, data) VALUES (?, ?, ?)",
-                               (run.id, stream, data))
-            return int(cur.lastrowid or 0)
-
-        chunk = await self.writer.submit(store_chunk, urgent=True)
+        chunk = await self.writer.submit(store.add_command_output(run.id, stream, data), urgent=True)
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
             self._publish(cmd, output_event(chunk, run.id, run.node_id, run.node_name, stream, data))

@@ -13,7 +13,6 @@ import base64
 import codecs
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import IO, Any
 
 from aiohttp import WSMsgType, web
 
+from . import store
 from .registry import NodeState
 from .relay import finish_pump, offer, pump_to_client, stall_guard
 from .strictjson import JsonError, dumps, loads
@@ -93,15 +93,9 @@ class ShellHub:
         sid = str(uuid.uuid4())
         session = ShellSession(sid, node, operator, cols, rows, self.recordings / f"{sid}.cast")
         session.open_recording()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO shell_sessions (id, node_id, operator, started_at, cols, rows, recording)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sid, node.id, operator, session.started_at, cols, rows, session.recording_path.name),
-            )
-
-        await self.writer.submit(insert, urgent=True)  # the operator's shell opens after it
+        await self.writer.submit(  # the operator's shell opens after it
+            store.open_shell_session(sid, node.id, operator, session.started_at, cols, rows,
+                                     session.recording_path.name), urgent=True)
         self.sessions[sid] = session
         return session
 
@@ -115,14 +109,7 @@ class ShellHub:
         session.to_client_nowait(None)
         if session.node.send is not None:
             await session.node.send({"type": "shell_close", "id": session.id})
-
-        def finish(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE shell_sessions SET ended_at = ?, exit_code = ?, message = ?, bytes_out = ? WHERE id = ?",
-                (time.time(), code, message, session.bytes_out, session.id),
-            )
-
-        await self.writer.submit(finish)
+        await self.writer.submit(store.end_shell_session(session.id, time.time(), code, message, session.bytes_out))
 
     async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
         session = self.sessions.get(msg["id"])
