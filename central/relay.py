@@ -96,11 +96,16 @@ class Channel:
     """A client websocket relayed to what a node opened for it: a PTY (shells.py) or a TCP
     connection (tunnels.py). Binary frames carry the bytes both ways."""
 
-    # Each kind's: its name in the node messages (`<kind>_open`, `<kind>_close`), the message
-    # that carries the client's bytes to the node, and how many items may wait for the client.
+    # Each kind's, given as class arguments: its name in the node messages (`<kind>_open`,
+    # `<kind>_close`), the message that carries the client's bytes to the node, and how many
+    # items may wait for the client.
     kind: ClassVar[str]
     input_type: ClassVar[str]
     client_queue: ClassVar[int]
+
+    def __init_subclass__(cls, *, kind: str, input_type: str, client_queue: int, **rest: Any) -> None:
+        super().__init_subclass__(**rest)
+        cls.kind, cls.input_type, cls.client_queue = kind, input_type, client_queue
 
     id: str
     node: NodeState
@@ -154,6 +159,19 @@ class ChannelHub(Generic[C]):
         """The channel a node's message is about, if it is one of that node's."""
         channel = self.channels.get(msg["id"])
         return channel if channel is not None and channel.node.id == node.id else None
+
+    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
+        """A node's message about one of its channels: `<kind>_opened` here, the rest by the kind."""
+        channel = self.addressed(node, msg)
+        if channel is None:
+            return
+        if msg["type"] == f"{channel.kind}_opened":
+            channel.opened.set()
+        else:
+            await self.on_channel_message(channel, msg)
+
+    async def on_channel_message(self, channel: C, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     async def end(self, channel: C, message: str, *, tell_node: bool = True) -> bool:
         """End the channel: its slot is freed, a relay waiting for the node to open stops waiting,

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
 from aiohttp import web
 
@@ -35,10 +35,8 @@ OPEN_TIMEOUT_S = 15.0
 
 
 @dataclass(eq=False)
-class ShellSession(Channel):
-    kind: ClassVar[str] = "shell"
-    input_type: ClassVar[str] = "shell_input"
-    client_queue: ClassVar[int] = CLIENT_QUEUE
+class ShellSession(Channel, kind="shell", input_type="shell_input", client_queue=CLIENT_QUEUE):
+    """A PTY on a node, recorded (asciicast v2) while it runs."""
 
     operator: str
     cols: int
@@ -108,14 +106,9 @@ class ShellHub(ChannelHub[ShellSession]):
         await self.writer.submit(store.end_shell_session(session.id, time.time(), code, message, session.bytes_out))
         return True
 
-    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
-        session = self.addressed(node, msg)
-        if session is None:
-            return
+    async def on_channel_message(self, session: ShellSession, msg: dict[str, Any]) -> None:
         kind = msg["type"]
-        if kind == "shell_opened":
-            session.opened.set()
-        elif kind == "shell_output":
+        if kind == "shell_output":
             data: bytes = msg["data"]
             session.bytes_out += len(data)
             session.record_output(data)

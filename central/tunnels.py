@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from aiohttp import web
 
@@ -26,11 +26,7 @@ OPEN_TIMEOUT_S = 20.0
 
 
 @dataclass(eq=False)
-class Tunnel(Channel):
-    kind: ClassVar[str] = "tunnel"
-    input_type: ClassVar[str] = "tunnel_data"
-    client_queue: ClassVar[int] = CLIENT_QUEUE
-
+class Tunnel(Channel, kind="tunnel", input_type="tunnel_data", client_queue=CLIENT_QUEUE):
     host: str
     port: int
 
@@ -49,14 +45,9 @@ class TunnelHub(ChannelHub[Tunnel]):
         self.channels[tunnel.id] = tunnel
         return tunnel
 
-    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
-        tunnel = self.addressed(node, msg)
-        if tunnel is None:
-            return
+    async def on_channel_message(self, tunnel: Tunnel, msg: dict[str, Any]) -> None:
         kind = msg["type"]
-        if kind == "tunnel_opened":
-            tunnel.opened.set()
-        elif kind == "tunnel_data":
+        if kind == "tunnel_data":
             if not tunnel.to_client_nowait(msg["data"]):
                 await self.end(tunnel, "client too slow: tunnel closed")
         elif kind == "tunnel_closed":

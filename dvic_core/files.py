@@ -33,11 +33,7 @@ def write_private(path: str | PathLike[str], data: bytes | str, mode: int = 0o60
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data.encode() if isinstance(data, str) else data)
-            while view:
-                view = view[os.write(fd, view):]
-            if sync:
-                os.fsync(fd)
+            _write_all(fd, data.encode() if isinstance(data, str) else data, sync)
         finally:
             os.close(fd)
         os.replace(tmp, target)
@@ -49,6 +45,15 @@ def write_private(path: str | PathLike[str], data: bytes | str, mode: int = 0o60
         raise
     if sync:
         _sync_directory(directory)
+
+
+def _write_all(fd: int, data: bytes, sync: bool) -> None:
+    """Every byte of `data` (os.write may write less than asked), then to the disk if `sync`."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    if sync:
+        os.fsync(fd)
 
 
 def _sync_directory(directory: str) -> None:

@@ -16,15 +16,12 @@ import pytest
 from central import db, store
 from central.actions import Action
 from central.writer import Writer
+from tests.central.test_units import _migrated
 
 
 @pytest.fixture
 async def migrated(tmp_path: Path) -> Path:
-    path = tmp_path / "t.sqlite3"
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    return path
+    return await _migrated(tmp_path)
 
 
 @pytest.fixture
