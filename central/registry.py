@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -191,14 +190,7 @@ class Registry:
         """Store an event (and `also`, in the same commit), then push it to live clients."""
         ts = time.time() if now is None else now
         node_id = node.id if node else ""
-        insert = store.insert_event(ts, node_id, kind, message, data)
-
-        def write(conn: sqlite3.Connection) -> int:
-            if also is not None:
-                also(conn)
-            return int(insert(conn))
-
-        event_id = await self.writer.submit(write)
+        event_id = int(await self.writer.submit(store.after(also, store.insert_event(ts, node_id, kind, message, data))))
         self.bus.publish({"type": "event", "event": {
             "id": event_id, "ts": ts, "node": node_id, "node_name": node.name if node else None,
             "kind": kind, "message": message, "data": data,
