@@ -22,16 +22,17 @@ async def _last_frames(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, ob
     return frames
 
 
+async def _open(http: aiohttp.ClientSession, server: CentralServer, what: str) -> aiohttp.ClientWebSocketResponse:
+    return await http.ws_connect(f"{server.url}/api/v1/nodes/pi-old/{what}", ssl=server.ssl_context,
+                                 headers={"Authorization": f"Bearer {server.admin_token}"})
+
+
 async def test_a_daemon_without_shells_or_tunnels_ends_each_as_its_kind(central_server: CentralServer) -> None:
-    server = central_server
-    bundle = server.enroll("pi-old")
-    auth = {"Authorization": f"Bearer {server.admin_token}"}
-    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
+    async with FakeNode(central_server.enroll("pi-old")) as node, aiohttp.ClientSession() as http:
         await node.connect()
         await node.hello()
         for attempt in range(5):  # more than the 4 shells a node may have open: each slot is freed
-            shell = await http.ws_connect(f"{server.url}/api/v1/nodes/pi-old/shell", headers=auth,
-                                          ssl=server.ssl_context)
+            shell = await _open(http, central_server, "shell")
             request = await node.recv()
             assert request["type"] == "shell_open", attempt
             await node.send({"type": "unsupported", "id": request["id"], "what": "shell_open"})
@@ -39,8 +40,7 @@ async def test_a_daemon_without_shells_or_tunnels_ends_each_as_its_kind(central_
                 {"type": "exit", "code": None, "message": "the node's daemon does not support shells"}]
             assert await node.recv() == {"type": "shell_close", "id": request["id"]}
             await shell.close()
-        tunnel = await http.ws_connect(f"{server.url}/api/v1/nodes/pi-old/tunnel?host=127.0.0.1&port=22",
-                                       headers=auth, ssl=server.ssl_context)
+        tunnel = await _open(http, central_server, "tunnel?host=127.0.0.1&port=22")
         request = await node.recv()
         assert request["type"] == "tunnel_open"
         await node.send({"type": "unsupported", "id": request["id"], "what": "tunnel_open"})
@@ -49,7 +49,7 @@ async def test_a_daemon_without_shells_or_tunnels_ends_each_as_its_kind(central_
         await tunnel.close()
 
     def ended_sessions() -> list[str] | None:
-        messages = [s["message"] for s in server.api("GET", "/api/v1/sessions?node=pi-old")[1]["sessions"]]
+        messages = [s["message"] for s in central_server.api("GET", "/api/v1/sessions?node=pi-old")[1]["sessions"]]
         return messages if all(messages) else None
 
     assert wait_for(ended_sessions, timeout=5, what="the sessions' ends stored") == [
