@@ -45,6 +45,9 @@ class Run:
     finished_at: float | None = None
     output_bytes: int = 0
     truncated: bool = False
+    # Its final state has gone to the watchers: `done` waits for this on every run, not just for
+    # the final states, which are set before their (awaited) write and so before they are told.
+    told_final: bool = False
 
     def view(self) -> dict[str, Any]:
         return {
@@ -100,25 +103,31 @@ class CommandHub:
         await self.writer.submit(store.after(also, create), urgent=True)
         self.commands[cmd.id] = cmd
         by_id = {n.id: n for n in targets}
+        sends = []
         for run in list(cmd.runs.values()):
             self.runs[run.id] = run
             node = by_id[run.node_id]
             if node.send is None:
                 await self._finish(run, "offline", message=f"node {node.name} is {node.state}")
-                continue
-            if self.running_on(node.id) > MAX_RUNNING_PER_NODE:
+            elif self.running_on(node.id) > MAX_RUNNING_PER_NODE:
                 await self._finish(run, "refused", message=f"node {node.name} already runs "
                                                             f"{MAX_RUNNING_PER_NODE} commands")
-                continue
-            sent = await node.send({"type": "exec", "id": run.id, "argv": argv, "shell": shell,
-                                    "timeout": timeout, "cap": OUTPUT_CAP})
-            if not sent:
-                await self._finish(run, "lost", message="node connection closed while sending")
-                continue
-            self._deadlines[run.id] = asyncio.get_running_loop().call_later(
-                timeout + DEADLINE_GRACE_S, self._expire_soon, run)
+            else:
+                sends.append(self._send_exec(run, node.send, {
+                    "type": "exec", "id": run.id, "argv": argv, "shell": shell, "timeout": timeout,
+                    "cap": OUTPUT_CAP}))
+        # All at once: a node that does not read its socket (a send waiting for room) must not
+        # hold up the requests to the others.
+        await asyncio.gather(*sends)
         self._check_done(cmd)
         return cmd
+
+    async def _send_exec(self, run: Run, send: SendFn, request: dict[str, Any]) -> None:
+        # The deadline runs from now, so a send that never completes still ends the run as lost.
+        self._deadlines[run.id] = asyncio.get_running_loop().call_later(
+            request["timeout"] + DEADLINE_GRACE_S, self._expire_soon, run)
+        if not await send(request):
+            await self._finish(run, "lost", message="node connection closed while sending")
 
     def _expire_soon(self, run: Run) -> None:
         asyncio.ensure_future(self._expire(run))
@@ -169,10 +178,12 @@ class CommandHub:
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
             self._publish(cmd, {"type": "state", **run.view()})
+        run.told_final = True
+        if cmd is not None:
             self._check_done(cmd)
 
     def _check_done(self, cmd: Command) -> None:
-        if not cmd.done.is_set() and all(r.state in RUN_FINAL for r in cmd.runs.values()):
+        if not cmd.done.is_set() and all(r.told_final for r in cmd.runs.values()):
             cmd.done.set()
             self._publish(cmd, {"type": "done", "id": cmd.id})
             for run_id in cmd.runs:
