@@ -1,7 +1,8 @@
 """Account rules beyond store.py's rows: registration codes and limits, token expiry and last use,
 deleting an account, and who enrolled a node (schema step 5, docs/security.md).
 
-Writes are `store.WriteFn`s for the one writer; reads take the read-only connection.
+The rows are written by store.py (`WriteFn`s for the one writer) and read by queries.py (over the
+read-only connection); the routes reach those functions through this module's names too.
 """
 
 from __future__ import annotations
@@ -10,15 +11,23 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from collections import deque
-from typing import Any
 
-import aiosqlite
 from aiohttp import web
 
-from .store import WriteFn
+from .queries import enrolled_by as enrolled_by
+from .queries import pending_count as pending_count
+from .queries import registration as registration
+from .queries import registrations as registrations
+from .queries import token_owner as token_owner
+from .queries import token_summaries as token_summaries
+from .store import add_registration as add_registration
+from .store import delete_operator as delete_operator
+from .store import drop_registration as drop_registration
+from .store import set_enrolled_by as set_enrolled_by
+from .store import set_token_expiry as set_token_expiry
+from .store import touch_token as touch_token
 
 # 2-32 characters; `fullmatch`, because `$` in `re.match` also matches before a final newline.
 OPERATOR_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,31}")
@@ -51,38 +60,6 @@ def hash_code(code: str) -> str:
 
 def code_matches(code: str, code_hash: str) -> bool:
     return hmac.compare_digest(hash_code(code), code_hash)
-
-
-def add_registration(name: str, code_hash: str, remote: str, ts: float) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO registrations (name, code_hash, remote, created_at) VALUES (?, ?, ?, ?)",
-                     (name, code_hash, remote, ts))
-
-    return run
-
-
-def drop_registration(name: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
-        conn.execute("DELETE FROM registrations WHERE name = ?", (name,))
-
-    return run
-
-
-async def registration(db: aiosqlite.Connection, name: str) -> dict[str, Any] | None:
-    async with db.execute("SELECT * FROM registrations WHERE name = ?", (name,)) as cur:
-        row = await cur.fetchone()
-    return dict(row) if row else None
-
-
-async def registrations(db: aiosqlite.Connection) -> dict[str, dict[str, Any]]:
-    async with db.execute("SELECT name, remote, created_at FROM registrations") as cur:
-        return {row["name"]: dict(row) for row in await cur.fetchall()}
-
-
-async def pending_count(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT count(*) FROM operators WHERE status = 'pending'") as cur:
-        row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 class SlidingLimit:
@@ -153,54 +130,7 @@ class RegistrationGate:
 REGISTRATION = web.AppKey("registration", RegistrationGate)
 
 
-# -- operators and tokens -------------------------------------------------------------------
-def delete_operator(name: str) -> WriteFn:
-    """Remove an account with its tokens; its name becomes free. The audit trail keeps its rows."""
-
-    def run(conn: sqlite3.Connection) -> int:
-        conn.execute("DELETE FROM registrations WHERE name = ?", (name,))
-        conn.execute("DELETE FROM tokens WHERE operator = ?", (name,))
-        return conn.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount
-
-    return run
-
-
-def set_token_expiry(token_hash: str, expires_at: float | None) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE tokens SET expires_at = ? WHERE hash = ?", (expires_at, token_hash))
-
-    return run
-
-
-def touch_token(token_hash: str, ts: float) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE tokens SET last_used_at = ? WHERE hash = ?", (ts, token_hash))
-
-    return run
-
-
-async def token_owner(db: aiosqlite.Connection, token_hash: str) -> dict[str, Any] | None:
-    """The account of an unrevoked token, with the token's expiry and last use."""
-    sql = (
-        "SELECT o.name, o.role, o.status, t.expires_at, t.last_used_at FROM tokens t"
-        " JOIN operators o ON o.name = t.operator WHERE t.hash = ? AND t.revoked_at IS NULL"
-    )
-    async with db.execute(sql, (token_hash,)) as cur:
-        row = await cur.fetchone()
-    return dict(row) if row else None
-
-
-async def token_summaries(db: aiosqlite.Connection, now: float) -> dict[str, dict[str, Any]]:
-    """Per operator: the last use of any of its tokens and the soonest expiry of a usable one."""
-    sql = (
-        "SELECT operator, max(last_used_at) AS last_used_at,"
-        " min(CASE WHEN revoked_at IS NULL AND expires_at > ? THEN expires_at END) AS expires_at"
-        " FROM tokens GROUP BY operator"
-    )
-    async with db.execute(sql, (now,)) as cur:
-        return {row["operator"]: dict(row) for row in await cur.fetchall()}
-
-
+# -- tokens ----------------------------------------------------------------------------------
 class LastUse:
     """Which tokens' last use is worth writing now: at most once per LAST_USE_RESOLUTION_S each."""
 
@@ -216,17 +146,3 @@ class LastUse:
             self._written.clear()  # the stored value still spaces the writes out
         self._written[token_hash] = now
         return True
-
-
-# -- node enrollment ------------------------------------------------------------------------
-def set_enrolled_by(node_id: str, by: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
-        conn.execute("UPDATE nodes SET enrolled_by = ? WHERE id = ?", (by, node_id))
-
-    return run
-
-
-async def enrolled_by(db: aiosqlite.Connection, node_id: str) -> str:
-    async with db.execute("SELECT enrolled_by FROM nodes WHERE id = ?", (node_id,)) as cur:
-        row = await cur.fetchone()
-    return str(row[0]) if row and row[0] else ""

@@ -8,8 +8,8 @@ when it says hello with the target daemon version.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from typing import Any
 
 from dvic_core.constants import ACTION_FINAL
 
+from . import store
 from .registry import NodeState, Registry
 from .release import Release
 from .writer import Writer
@@ -50,13 +51,6 @@ class Action:
         }
 
 
-def lose_unfinished(conn: sqlite3.Connection) -> int:
-    """At start-up: actions a previous server process was tracking cannot be followed any more."""
-    return conn.execute(
-        "UPDATE actions SET state = 'lost', message = 'the server restarted while it was pending', updated_at = ?"
-        " WHERE state IN ('requested', 'in_progress')", (time.time(),)).rowcount
-
-
 class ActionHub:
     def __init__(self, writer: Writer, registry: Registry) -> None:
         self.writer = writer
@@ -65,18 +59,8 @@ class ActionHub:
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     async def _save(self, action: Action, *, insert: bool = False, urgent: bool = False) -> None:
-        def write(conn: sqlite3.Connection) -> None:
-            if insert:
-                conn.execute(
-                    "INSERT INTO actions (id, node_id, operator, action, demo, state, message, requested_at,"
-                    " updated_at, deadline, boot_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (action.id, action.node_id, action.operator, action.action, action.demo, action.state,
-                     action.message, action.requested_at, action.updated_at, action.deadline, action.boot_time),
-                )
-            else:
-                conn.execute("UPDATE actions SET state = ?, message = ?, updated_at = ? WHERE id = ?",
-                             (action.state, action.message, action.updated_at, action.id))
-
+        write = (store.insert_action(dataclasses.asdict(action)) if insert
+                 else store.update_action(action.id, action.state, action.message, action.updated_at))
         await self.writer.submit(write, urgent=urgent)
 
     async def _set(self, action: Action, state: str, message: str = "") -> None:

@@ -8,9 +8,7 @@ answered before the deadline).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +17,7 @@ from typing import Any
 
 from dvic_core.constants import RUN_FINAL
 
+from . import store
 from .registry import NodeState
 from .writer import Writer
 
@@ -46,6 +45,9 @@ class Run:
     finished_at: float | None = None
     output_bytes: int = 0
     truncated: bool = False
+    # Its final state has gone to the watchers: `done` waits for this on every run, not just for
+    # the final states, which are set before their (awaited) write and so before they are told.
+    told_final: bool = False
 
     def view(self) -> dict[str, Any]:
         return {
@@ -76,13 +78,6 @@ class Command:
         }
 
 
-def lose_unfinished(conn: sqlite3.Connection) -> int:
-    """At start-up: runs a previous server process left unfinished can never finish now."""
-    return conn.execute(
-        "UPDATE command_runs SET state = 'lost', message = 'the server restarted during the command',"
-        " finished_at = ? WHERE state IN ('pending', 'running')", (time.time(),)).rowcount
-
-
 class CommandHub:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
@@ -94,49 +89,48 @@ class CommandHub:
         return sum(1 for r in self.runs.values() if r.node_id == node_id and r.state in ("pending", "running"))
 
     async def start(self, operator: str, targets: list[NodeState], argv: list[str] | None, shell: str | None,
-                    timeout: float, target: str, also: Callable[[sqlite3.Connection], Any] | None = None) -> Command:
+                    timeout: float, target: str, also: store.WriteFn | None = None) -> Command:
         """Create the command and its runs (with `also`, e.g. the audit row, in the same commit), then send."""
         now = time.time()
         cmd = Command(str(uuid.uuid4()), now, operator, argv, shell, timeout, target)
         for node in targets:
             run = Run(str(uuid.uuid4()), cmd.id, node.id, node.name)
             cmd.runs[run.id] = run
-        rows = [(r.id, cmd.id, r.node_id, r.state) for r in cmd.runs.values()]
-
-        def create(conn: sqlite3.Connection) -> None:
-            if also is not None:
-                also(conn)
-            conn.execute(
-                "INSERT INTO commands (id, created_at, operator, argv, shell, timeout, target) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (cmd.id, now, operator, json.dumps(argv) if argv is not None else None, shell, timeout, target),
-            )
-            conn.executemany("INSERT INTO command_runs (id, command_id, node_id, state) VALUES (?, ?, ?, ?)", rows)
-
+        create = store.create_command(cmd.id, now, operator, argv, shell, timeout, target,
+                                      [(r.id, r.node_id) for r in cmd.runs.values()])
         # Urgent (here and for the runs' states and output): an operator waits on each of these
         # writes in turn, so none of them waits for the writer's commit spacing (central/writer.py).
-        await self.writer.submit(create, urgent=True)
+        await self.writer.submit(store.after(also, create), urgent=True)
         self.commands[cmd.id] = cmd
         by_id = {n.id: n for n in targets}
+        sends = []
         for run in list(cmd.runs.values()):
             self.runs[run.id] = run
             node = by_id[run.node_id]
             if node.send is None:
                 await self._finish(run, "offline", message=f"node {node.name} is {node.state}")
-                continue
-            if self.running_on(node.id) > MAX_RUNNING_PER_NODE:
+            elif self.running_on(node.id) > MAX_RUNNING_PER_NODE:
                 await self._finish(run, "refused", message=f"node {node.name} already runs "
                                                             f"{MAX_RUNNING_PER_NODE} commands")
-                continue
-            sent = await node.send({"type": "exec", "id": run.id, "argv": argv, "shell": shell,
-                                    "timeout": timeout, "cap": OUTPUT_CAP})
-            if not sent:
-                await self._finish(run, "lost", message="node connection closed while sending")
-                continue
-            loop = asyncio.get_running_loop()
-            self._deadlines[run.id] = loop.call_later(
-                timeout + DEADLINE_GRACE_S, lambda r=run: asyncio.ensure_future(self._expire(r)))
+            else:
+                sends.append(self._send_exec(run, node.send, {
+                    "type": "exec", "id": run.id, "argv": argv, "shell": shell, "timeout": timeout,
+                    "cap": OUTPUT_CAP}))
+        # All at once: a node that does not read its socket (a send waiting for room) must not
+        # hold up the requests to the others.
+        await asyncio.gather(*sends)
         self._check_done(cmd)
         return cmd
+
+    async def _send_exec(self, run: Run, send: SendFn, request: dict[str, Any]) -> None:
+        # The deadline runs from now, so a send that never completes still ends the run as lost.
+        self._deadlines[run.id] = asyncio.get_running_loop().call_later(
+            request["timeout"] + DEADLINE_GRACE_S, self._expire_soon, run)
+        if not await send(request):
+            await self._finish(run, "lost", message="node connection closed while sending")
+
+    def _expire_soon(self, run: Run) -> None:
+        asyncio.ensure_future(self._expire(run))
 
     async def _expire(self, run: Run) -> None:
         if run.state not in RUN_FINAL:
@@ -168,19 +162,7 @@ class CommandHub:
         return queue
 
     async def _save_run(self, run: Run) -> None:
-        await self.writer.submit(self._run_saver(run), urgent=True)
-
-    @staticmethod
-    def _run_saver(run: Run) -> Callable[[sqlite3.Connection], None]:
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE command_runs SET state = ?, code = ?, signal = ?, message = ?, started_at = ?,"
-                " finished_at = ?, output_bytes = ?, truncated = ? WHERE id = ?",
-                (run.state, run.code, run.signal, run.message, run.started_at, run.finished_at, run.output_bytes,
-                 int(run.truncated), run.id),
-            )
-
-        return save
+        await self.writer.submit(store.save_run(run.view), urgent=True)
 
     async def _finish(self, run: Run, state: str, *, code: int | None = None, signal: int | None = None,
                       message: str = "", truncated: bool = False) -> None:
@@ -196,10 +178,12 @@ class CommandHub:
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
             self._publish(cmd, {"type": "state", **run.view()})
+        run.told_final = True
+        if cmd is not None:
             self._check_done(cmd)
 
     def _check_done(self, cmd: Command) -> None:
-        if not cmd.done.is_set() and all(r.state in RUN_FINAL for r in cmd.runs.values()):
+        if not cmd.done.is_set() and all(r.told_final for r in cmd.runs.values()):
             cmd.done.set()
             self._publish(cmd, {"type": "done", "id": cmd.id})
             for run_id in cmd.runs:
@@ -218,7 +202,7 @@ class CommandHub:
             run.started_at = time.time()
             # Not urgent: nobody waits for it, and the run's next write (output or exit) is, and
             # takes it along in the same commit.
-            self.writer.submit_later(self._run_saver(run))
+            self.writer.submit_later(store.save_run(run.view))
             cmd = self.commands.get(run.command_id)
             if cmd is not None:
                 self._publish(cmd, {"type": "state", **run.view()})
@@ -240,13 +224,7 @@ class CommandHub:
         if size > room:
             data = data.encode()[:room].decode("utf-8", "ignore")
             run.truncated = True
-
-        def store_chunk(conn: sqlite3.Connection) -> int:
-            cur = conn.execute("INSERT INTO command_output (run_id, stream, data) VALUES (?, ?, ?)",
-                               (run.id, stream, data))
-            return int(cur.lastrowid or 0)
-
-        chunk = await self.writer.submit(store_chunk, urgent=True)
+        chunk = await self.writer.submit(store.add_command_output(run.id, stream, data), urgent=True)
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
             self._publish(cmd, output_event(chunk, run.id, run.node_id, run.node_name, stream, data))

@@ -7,13 +7,10 @@ in the enrollment bundle and never stored by the server.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# Re-exported: central/cli.py and central/devstack.py write node bundles with it.
+from dvic_core.files import write_private as write_private
 
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
@@ -34,26 +34,6 @@ _NODE_YEARS = 10
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file that is 0600 from its first byte (no window where it is readable).
-
-    The temp file is a new one with a random name in the target's directory (mkstemp: O_CREAT|O_EXCL,
-    and O_NOFOLLOW), so a file or symlink planted there by someone else is never written through;
-    the rename then replaces `path` itself (a symlink at `path` is replaced, not followed).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

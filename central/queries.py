@@ -268,6 +268,52 @@ class Queries:
         return Page(items, encode_cursor(items[-1]["id"]) if len(rows) > limit and items else None)
 
 
+# -- accounts and enrollments (schema step 5), over the read-only connection -----------------------
+async def registration(db: aiosqlite.Connection, name: str) -> dict[str, Any] | None:
+    async with db.execute("SELECT * FROM registrations WHERE name = ?", (name,)) as cur:
+        row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def registrations(db: aiosqlite.Connection) -> dict[str, dict[str, Any]]:
+    async with db.execute("SELECT name, remote, created_at FROM registrations") as cur:
+        return {row["name"]: dict(row) for row in await cur.fetchall()}
+
+
+async def pending_count(db: aiosqlite.Connection) -> int:
+    async with db.execute("SELECT count(*) FROM operators WHERE status = 'pending'") as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def token_owner(db: aiosqlite.Connection, token_hash: str) -> dict[str, Any] | None:
+    """The account of an unrevoked token, with the token's expiry and last use."""
+    sql = (
+        "SELECT o.name, o.role, o.status, t.expires_at, t.last_used_at FROM tokens t"
+        " JOIN operators o ON o.name = t.operator WHERE t.hash = ? AND t.revoked_at IS NULL"
+    )
+    async with db.execute(sql, (token_hash,)) as cur:
+        row = await cur.fetchone()
+    return dict(row) if row else None
+
+
+async def token_summaries(db: aiosqlite.Connection, now: float) -> dict[str, dict[str, Any]]:
+    """Per operator: the last use of any of its tokens and the soonest expiry of a usable one."""
+    sql = (
+        "SELECT operator, max(last_used_at) AS last_used_at,"
+        " min(CASE WHEN revoked_at IS NULL AND expires_at > ? THEN expires_at END) AS expires_at"
+        " FROM tokens GROUP BY operator"
+    )
+    async with db.execute(sql, (now,)) as cur:
+        return {row["operator"]: dict(row) for row in await cur.fetchall()}
+
+
+async def enrolled_by(db: aiosqlite.Connection, node_id: str) -> str:
+    async with db.execute("SELECT enrolled_by FROM nodes WHERE id = ?", (node_id,)) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row and row[0] else ""
+
+
 def _public_action(row: dict[str, Any]) -> dict[str, Any]:
     row.pop("boot_time", None)  # internal: how the server tells a reboot happened
     return row

@@ -95,7 +95,7 @@ class NodeState:
 
     def demos_list(self) -> list[dict[str, Any]]:
         """At most DEMOS_LIST_MAX demos, running ones and then the latest heard of, by start time."""
-        shown = self.demos.values()
+        shown = list(self.demos.values())
         if len(self.demos) > DEMOS_LIST_MAX:
             shown = sorted(shown, key=lambda d: (d.get("state") != "exited", self.demo_seen.get(d["token"], 0.0)),
                            reverse=True)[:DEMOS_LIST_MAX]
@@ -131,10 +131,10 @@ class Registry:
             )
             self._index(node)
         for demo in demos:
-            node = self._by_id.get(demo["node_id"])
-            if node is not None:
-                node.demos[demo["token"]] = _demo_view(demo)
-                node.demo_seen[demo["token"]] = demo["updated_at"]
+            owner = self._by_id.get(demo["node_id"])
+            if owner is not None:
+                owner.demos[demo["token"]] = _demo_view(demo)
+                owner.demo_seen[demo["token"]] = demo["updated_at"]
 
     def _index(self, node: NodeState) -> None:
         self._by_id[node.id] = node
@@ -190,14 +190,7 @@ class Registry:
         """Store an event (and `also`, in the same commit), then push it to live clients."""
         ts = time.time() if now is None else now
         node_id = node.id if node else ""
-        insert = store.insert_event(ts, node_id, kind, message, data)
-
-        def write(conn: Any) -> int:
-            if also is not None:
-                also(conn)
-            return insert(conn)
-
-        event_id = await self.writer.submit(write)
+        event_id = int(await self.writer.submit(store.after(also, store.insert_event(ts, node_id, kind, message, data))))
         self.bus.publish({"type": "event", "event": {
             "id": event_id, "ts": ts, "node": node_id, "node_name": node.name if node else None,
             "kind": kind, "message": message, "data": data,

@@ -1,23 +1,28 @@
 """What the shell and tunnel relays and the command-output stream share: sending to a client
 websocket without ever waiting for ever on a client that stopped reading, a bounded queue whose
-end marker always fits, and waiting for the pump when the relay ends."""
+end marker always fits, and waiting for the pump when the relay ends; for shells and tunnels, the
+relayed channel itself (`Channel`) and the hub of the open ones (`ChannelHub`)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from .bus import SEND_STALL_S
+from .registry import NodeState
 from .strictjson import dumps
 
 log = logging.getLogger(__name__)
 
 PUMP_GRACE_S = 5.0
+CHUNK = 32 * 1024  # client bytes per message to the node
 
 
 class ClientGone(ConnectionError):
@@ -84,3 +89,112 @@ async def finish_pump(pump: asyncio.Task[None]) -> None:
         await asyncio.wait_for(pump, PUMP_GRACE_S)
     except TimeoutError:
         pump.cancel()
+
+
+@dataclass(eq=False)
+class Channel:
+    """A client websocket relayed to what a node opened for it: a PTY (shells.py) or a TCP
+    connection (tunnels.py). Binary frames carry the bytes both ways."""
+
+    # Each kind's, given as class arguments: its name in the node messages (`<kind>_open`,
+    # `<kind>_close`), the message that carries the client's bytes to the node, and how many
+    # items may wait for the client.
+    kind: ClassVar[str]
+    input_type: ClassVar[str]
+    client_queue: ClassVar[int]
+
+    def __init_subclass__(cls, *, kind: str, input_type: str, client_queue: int, **rest: Any) -> None:
+        super().__init_subclass__(**rest)
+        cls.kind, cls.input_type, cls.client_queue = kind, input_type, client_queue
+
+    id: str
+    node: NodeState
+    _: KW_ONLY
+    # Bounded by `client_queue` through to_client_nowait (the end marker always fits).
+    to_client: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    opened: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    message: str = ""
+
+    def to_client_nowait(self, item: Any) -> bool:
+        return offer(self.to_client, item, self.client_queue)
+
+    def final_frame(self) -> dict[str, Any]:
+        """The client's last frame, sent before the close."""
+        raise NotImplementedError
+
+    def start_pump(self, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> asyncio.Task[None]:
+        return asyncio.create_task(pump_to_client(self.to_client, ws, self.final_frame, hang_up, self.kind))
+
+    async def to_node(self, ws: web.WebSocketResponse,
+                      on_text: Callable[[str], Awaitable[None]] | None = None) -> None:
+        """The client's binary frames to the node, CHUNK bytes a message, until the client or the
+        channel ends; its text frames to `on_text` (ignored without one)."""
+        async for msg in ws:
+            if self.ended.is_set():
+                break
+            if msg.type == WSMsgType.BINARY:
+                for i in range(0, len(msg.data), CHUNK):
+                    data = base64.b64encode(msg.data[i:i + CHUNK]).decode()
+                    if self.node.send is None or not await self.node.send(
+                            {"type": self.input_type, "id": self.id, "data": data}):
+                        break
+            elif msg.type == WSMsgType.TEXT and on_text is not None:
+                await on_text(msg.data)
+
+
+C = TypeVar("C", bound=Channel)
+
+
+class ChannelHub(Generic[C]):
+    """The open channels of one kind, by id."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, C] = {}
+
+    def open_on(self, node_id: str) -> int:
+        return sum(1 for c in self.channels.values() if c.node.id == node_id)
+
+    def addressed(self, node: NodeState, msg: dict[str, Any]) -> C | None:
+        """The channel a node's message is about, if it is one of that node's."""
+        channel = self.channels.get(msg["id"])
+        return channel if channel is not None and channel.node.id == node.id else None
+
+    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
+        """A node's message about one of its channels: `<kind>_opened` here, the rest by the kind."""
+        channel = self.addressed(node, msg)
+        if channel is None:
+            return
+        if msg["type"] == f"{channel.kind}_opened":
+            channel.opened.set()
+        else:
+            await self.on_channel_message(channel, msg)
+
+    async def on_channel_message(self, channel: C, msg: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def end(self, channel: C, message: str, *, tell_node: bool = True) -> bool:
+        """End the channel: its slot is freed, a relay waiting for the node to open stops waiting,
+        the pump sends the final frame, and the node closes its side (`tell_node`: unless it is
+        the one that ended it). False when it had ended already."""
+        if channel.ended.is_set():
+            return False
+        channel.message = message
+        channel.ended.set()
+        channel.opened.set()
+        self.channels.pop(channel.id, None)
+        channel.to_client_nowait(None)
+        if tell_node and channel.node.send is not None:
+            await channel.node.send({"type": f"{channel.kind}_close", "id": channel.id})
+        return True
+
+    async def node_disconnected(self, node: NodeState) -> None:
+        for channel in [c for c in self.channels.values() if c.node.id == node.id]:
+            await self.end(channel, f"node {node.name} went offline", tell_node=False)
+
+    async def finish_relay(self, channel: C, pump: asyncio.Task[None], ending: str) -> None:
+        """Whatever ended the relay (even an error or a cancelled handler), the channel ends: its
+        slot is freed and the node closes its side; then the pump gets a moment to finish."""
+        if not channel.ended.is_set():
+            await asyncio.shield(self.end(channel, ending))
+        await finish_pump(pump)

@@ -21,12 +21,13 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .pki import write_private
+from dvic_core.files import write_private
 
 RELEASE_KEY = "release.key"
 RELEASE_DIR = "daemon"
 VERSION_RE = re.compile(rb'^(?:__version__|VERSION)\s*=\s*["\']([0-9A-Za-z.+-]+)["\']', re.M)
 MAX_DAEMON_BYTES = 2 * 1024 * 1024
+PUBLIC_MODE = 0o644  # the published daemon and its metadata
 
 
 class ReleaseError(ValueError):
@@ -76,6 +77,10 @@ class Release:
     signature: str  # base64
     size: int
     path: Path
+
+    def meta(self) -> dict[str, Any]:
+        """What release.json holds (`path` is where the file lies)."""
+        return {"version": self.version, "sha256": self.sha256, "signature": self.signature, "size": self.size}
 
 
 class ReleaseStore:
@@ -145,14 +150,13 @@ class ReleaseStore:
             if current is not None and parse_version(version) < parse_version(current.version):
                 raise ReleaseError(f"version {version} is older than the current release {current.version}")
             self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / "dvic_node.py"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-            meta = {"version": version, "sha256": hashlib.sha256(data).hexdigest(), "signature": self.sign(data),
-                    "size": len(data)}
-            (self.dir / "release.json").write_text(json.dumps(meta))
-            return Release(path=path, **meta)
+            release = Release(version, hashlib.sha256(data).hexdigest(), self.sign(data), len(data),
+                              self.dir / "dvic_node.py")
+            # Not secret (every node downloads them), but each written whole or not at all, durably,
+            # and never through a file planted in the directory.
+            write_private(release.path, data, mode=PUBLIC_MODE)
+            write_private(self.dir / "release.json", json.dumps(release.meta()), mode=PUBLIC_MODE)
+            return release
 
     def current(self) -> Release | None:
         meta_path = self.dir / "release.json"

@@ -15,14 +15,15 @@ import aiosqlite
 from aiohttp import web
 
 import node_script
+from dvic_core.files import write_private
 
-from . import actions, commands, db, store
+from . import db, store
 from .actions import ActionHub
 from .alerts.dispatcher import Dispatcher
 from .bus import Bus
 from .commands import CommandHub
 from .config import Config, Retention
-from .pki import CertificateAuthority, write_private
+from .pki import CertificateAuthority
 from .queries import Queries
 from .registry import Registry
 from .release import ReleaseStore
@@ -78,8 +79,7 @@ async def open_services(config: Config) -> Services:
         await migrate_conn.close()
     writer = Writer(path, config.commit_interval)
     await writer.start()
-    read_db = await db.connect(path)
-    await read_db.execute("PRAGMA query_only=ON")
+    read_db = await db.connect(path, read_only=True)
     queries = Queries(read_db)
     bus = Bus(config.max_client_queue, client_byte_budget=config.max_client_bytes)
     registry = Registry(writer, bus, config.offline_after, config.interval,
@@ -92,8 +92,8 @@ async def open_services(config: Config) -> Services:
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
-    await writer.submit(commands.lose_unfinished)
-    await writer.submit(actions.lose_unfinished)
+    await writer.submit(store.lose_unfinished_runs(time.time()))
+    await writer.submit(store.lose_unfinished_actions(time.time()))
     return services
 
 

@@ -9,11 +9,9 @@ bytes both ways; text frames are JSON control messages: client -> server `{"type
 from __future__ import annotations
 
 import asyncio
-import base64
 import codecs
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -21,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
+from . import store
 from .registry import NodeState
-from .relay import finish_pump, offer, pump_to_client, stall_guard
+from .relay import Channel, ChannelHub, stall_guard
 from .strictjson import JsonError, dumps, loads
 from .writer import Writer
 
@@ -32,28 +31,25 @@ log = logging.getLogger(__name__)
 
 MAX_SESSIONS_PER_NODE = 4
 CLIENT_QUEUE = 1024  # output chunks buffered for a slow client before the session is cut
-CHUNK = 32 * 1024
 OPEN_TIMEOUT_S = 15.0
 
 
 @dataclass(eq=False)
-class ShellSession:
-    id: str
-    node: NodeState
+class ShellSession(Channel, kind="shell", input_type="shell_input", client_queue=CLIENT_QUEUE):
+    """A PTY on a node, recorded (asciicast v2) while it runs."""
+
     operator: str
     cols: int
     rows: int
     recording_path: Path
     started_at: float = field(default_factory=time.time)
-    # Bounded by CLIENT_QUEUE through to_client_nowait (the end marker always fits).
-    to_client: asyncio.Queue[bytes | dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-    opened: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
-    message: str = ""
     bytes_out: int = 0
     _cast: IO[str] | None = None
     _decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    def final_frame(self) -> dict[str, Any]:
+        return {"type": "exit", "code": self.exit_code, "message": self.message}
 
     def open_recording(self) -> None:
         self.recording_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,77 +72,52 @@ class ShellSession:
             self._cast.close()
             self._cast = None
 
-    def to_client_nowait(self, item: bytes | dict[str, Any] | None) -> bool:
-        return offer(self.to_client, item, CLIENT_QUEUE)
 
-
-class ShellHub:
+class ShellHub(ChannelHub[ShellSession]):
     def __init__(self, writer: Writer, recordings: Path) -> None:
+        super().__init__()
         self.writer = writer
         self.recordings = recordings
-        self.sessions: dict[str, ShellSession] = {}
 
-    def open_on(self, node_id: str) -> int:
-        return sum(1 for s in self.sessions.values() if s.node.id == node_id)
+    @property
+    def sessions(self) -> dict[str, ShellSession]:
+        """The open sessions by id."""
+        return self.channels
 
     async def create(self, node: NodeState, operator: str, cols: int, rows: int) -> ShellSession:
         sid = str(uuid.uuid4())
         session = ShellSession(sid, node, operator, cols, rows, self.recordings / f"{sid}.cast")
         session.open_recording()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO shell_sessions (id, node_id, operator, started_at, cols, rows, recording)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sid, node.id, operator, session.started_at, cols, rows, session.recording_path.name),
-            )
-
-        await self.writer.submit(insert, urgent=True)  # the operator's shell opens after it
-        self.sessions[sid] = session
+        await self.writer.submit(  # the operator's shell opens after it
+            store.open_shell_session(sid, node.id, operator, session.started_at, cols, rows,
+                                     session.recording_path.name), urgent=True)
+        self.channels[sid] = session
         return session
 
-    async def end(self, session: ShellSession, code: int | None, message: str) -> None:
+    async def end(self, session: ShellSession, message: str, *, tell_node: bool = True,
+                  code: int | None = None) -> bool:
+        """ChannelHub.end, with the shell's exit code; the recording is closed and the history
+        gets the session's end."""
         if session.ended.is_set():
-            return
-        session.exit_code, session.message = code, message
-        session.ended.set()
-        self.sessions.pop(session.id, None)
+            return False
+        session.exit_code = code
         session.close_recording()
-        session.to_client_nowait(None)
-        if session.node.send is not None:
-            await session.node.send({"type": "shell_close", "id": session.id})
+        await super().end(session, message, tell_node=tell_node)
+        await self.writer.submit(store.end_shell_session(session.id, time.time(), code, message, session.bytes_out))
+        return True
 
-        def finish(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE shell_sessions SET ended_at = ?, exit_code = ?, message = ?, bytes_out = ? WHERE id = ?",
-                (time.time(), code, message, session.bytes_out, session.id),
-            )
-
-        await self.writer.submit(finish)
-
-    async def on_message(self, node: NodeState, msg: dict[str, Any]) -> None:
-        session = self.sessions.get(msg["id"])
-        if session is None or session.node.id != node.id:
-            return
+    async def on_channel_message(self, session: ShellSession, msg: dict[str, Any]) -> None:
         kind = msg["type"]
-        if kind == "shell_opened":
-            session.opened.set()
-        elif kind == "shell_output":
+        if kind == "shell_output":
             data: bytes = msg["data"]
             session.bytes_out += len(data)
             session.record_output(data)
             if not session.to_client_nowait(data):
-                await self.end(session, None, "client too slow: session closed")
+                await self.end(session, "client too slow: session closed")
         elif kind == "shell_exit":
-            session.opened.set()
-            await self.end(session, msg["code"], msg["message"] or "shell exited")
+            await self.end(session, msg["message"] or "shell exited", code=msg["code"])
         elif kind == "unsupported":
-            session.opened.set()
-            await self.end(session, None, "the node's daemon does not support shells")
-
-    async def node_disconnected(self, node: NodeState) -> None:
-        for session in [s for s in self.sessions.values() if s.node.id == node.id]:
-            await self.end(session, None, f"node {node.name} went offline")
+            await self.end(session, "the node's daemon does not support shells")
 
     async def relay(self, session: ShellSession, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> None:
         """Pump bytes between the client websocket and the node until either side ends.
@@ -162,42 +133,25 @@ class ShellHub:
         sent = await node.send({"type": "shell_open", "id": session.id, "cols": session.cols,
                                 "rows": session.rows, "term": "xterm-256color"})
         if not sent:
-            await self.end(session, None, "node connection closed while opening the shell")
-        pump = asyncio.create_task(pump_to_client(
-            session.to_client, ws,
-            lambda: {"type": "exit", "code": session.exit_code, "message": session.message},
-            hang_up_client, "shell"))
+            await self.end(session, "node connection closed while opening the shell")
+        pump = session.start_pump(ws, hang_up_client)
         ending = "the session ended on a server error"
         try:
             try:
                 await asyncio.wait_for(session.opened.wait(), OPEN_TIMEOUT_S)
             except TimeoutError:
-                await self.end(session, None, "the node did not open a shell in time")
+                await self.end(session, "the node did not open a shell in time")
             if not session.ended.is_set():
                 async with stall_guard(hang_up_client, "shell"):
                     await ws.send_str(dumps({"type": "opened", "session": session.id}))
-            async for msg in ws:
-                if session.ended.is_set():
-                    break
-                if msg.type == WSMsgType.BINARY:
-                    for i in range(0, len(msg.data), CHUNK):
-                        piece = msg.data[i:i + CHUNK]
-                        if node.send is None or not await node.send({
-                                "type": "shell_input", "id": session.id, "data": base64.b64encode(piece).decode()}):
-                            break
-                elif msg.type == WSMsgType.TEXT:
-                    await self._control(session, msg.data)
+            await session.to_node(ws, lambda text: self._control(session, text))
             ending = "client closed the session"
         except ConnectionError:
             ending = "client connection lost"  # e.g. an answer to its ping that could not be sent
         finally:
-            # Whatever ended the relay (even an error or a cancelled handler), the session ends:
-            # its slot is freed, the node hangs up the PTY, the history gets its end.
             if stopped_reading:
                 ending = "client stopped reading: hung up"
-            if not session.ended.is_set():
-                await asyncio.shield(self.end(session, None, ending))
-            await finish_pump(pump)
+            await self.finish_relay(session, pump, ending)
 
     async def _control(self, session: ShellSession, text: str) -> None:
         size = parse_resize(text)

@@ -20,6 +20,28 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _changes(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> WriteFn:
+    """A write of one statement; its result is the number of rows the statement changed."""
+    return lambda conn: conn.execute(sql, params).rowcount
+
+
+def _new_row(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> WriteFn:
+    """A write of one INSERT; its result is the new row's id."""
+    return lambda conn: int(conn.execute(sql, params).lastrowid or 0)
+
+
+def after(also: WriteFn | None, write: WriteFn) -> WriteFn:
+    """`also`, then `write`, in the same commit; the result is `write`'s."""
+    if also is None:
+        return write
+
+    def run(conn: sqlite3.Connection) -> Any:
+        also(conn)
+        return write(conn)
+
+    return run
+
+
 def create_node(
     node_id: str, name: str, kind: str, group: str, created_at: float, cert_fp: str, cert_pem: str,
     token_hash: str,
@@ -35,12 +57,7 @@ def create_node(
 
 
 def revoke_node(node_id: str, ts: float) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> int:
-        return conn.execute(
-            "UPDATE nodes SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (ts, node_id)
-        ).rowcount
-
-    return run
+    return _changes("UPDATE nodes SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (ts, node_id))
 
 
 def rename_node(node_id: str, name: str) -> WriteFn:
@@ -256,16 +273,7 @@ def forget_demos(node_id: str, tokens: Sequence[str]) -> WriteFn:
 
 def upsert_demo_evicting(node_id: str, demo: Mapping[str, Any], ts: float, evicted: str | None) -> WriteFn:
     """upsert_demo, and the demo it takes the place of forgotten in the same commit."""
-    upsert = upsert_demo(node_id, demo, ts)
-    if evicted is None:
-        return upsert
-    forget = forget_demos(node_id, [evicted])
-
-    def run(conn: sqlite3.Connection) -> None:
-        forget(conn)
-        upsert(conn)
-
-    return run
+    return after(None if evicted is None else forget_demos(node_id, [evicted]), upsert_demo(node_id, demo, ts))
 
 
 def create_operator(name: str, role: str, status: str, ts: float, approved_by: str = "") -> WriteFn:
@@ -306,12 +314,7 @@ def add_token(token_hash: str, operator: str, ts: float, label: str = "") -> Wri
 
 
 def revoke_tokens(operator: str, ts: float) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> int:
-        return conn.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE operator = ? AND revoked_at IS NULL", (ts, operator)
-        ).rowcount
-
-    return run
+    return _changes("UPDATE tokens SET revoked_at = ? WHERE operator = ? AND revoked_at IS NULL", (ts, operator))
 
 
 def insert_audit(ts: float, operator: str, action: str, target: str, status: int, remote: str,
@@ -324,6 +327,116 @@ def insert_audit(ts: float, operator: str, action: str, target: str, status: int
         return int(cur.lastrowid or 0)
 
     return run
+
+
+# -- accounts and enrollments (schema step 5; the rules are in accounts.py) ---------------------
+def add_registration(name: str, code_hash: str, remote: str, ts: float) -> WriteFn:
+    return _changes("INSERT INTO registrations (name, code_hash, remote, created_at) VALUES (?, ?, ?, ?)",
+                    (name, code_hash, remote, ts))
+
+
+def drop_registration(name: str) -> WriteFn:
+    return _changes("DELETE FROM registrations WHERE name = ?", (name,))
+
+
+def delete_operator(name: str) -> WriteFn:
+    """Remove an account with its tokens; its name becomes free. The audit trail keeps its rows."""
+
+    def run(conn: sqlite3.Connection) -> int:
+        conn.execute("DELETE FROM registrations WHERE name = ?", (name,))
+        conn.execute("DELETE FROM tokens WHERE operator = ?", (name,))
+        return conn.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount
+
+    return run
+
+
+def set_token_expiry(token_hash: str, expires_at: float | None) -> WriteFn:
+    return _changes("UPDATE tokens SET expires_at = ? WHERE hash = ?", (expires_at, token_hash))
+
+
+def touch_token(token_hash: str, ts: float) -> WriteFn:
+    return _changes("UPDATE tokens SET last_used_at = ? WHERE hash = ?", (ts, token_hash))
+
+
+def set_enrolled_by(node_id: str, by: str) -> WriteFn:
+    return _changes("UPDATE nodes SET enrolled_by = ? WHERE id = ?", (by, node_id))
+
+
+# -- remote control: commands and their runs, shell sessions, tracked actions --------------------
+def lose_unfinished_runs(ts: float) -> WriteFn:
+    """At start-up: runs a previous server process left unfinished can never finish now."""
+    return _changes("UPDATE command_runs SET state = 'lost', message = 'the server restarted during the command',"
+                    " finished_at = ? WHERE state IN ('pending', 'running')", (ts,))
+
+
+def create_command(command_id: str, created_at: float, operator: str, argv: list[str] | None, shell: str | None,
+                   timeout: float, target: str, runs: Sequence[tuple[str, str]]) -> WriteFn:
+    """A command and its runs, given as (run id, node id), each in state pending."""
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO commands (id, created_at, operator, argv, shell, timeout, target) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (command_id, created_at, operator, json.dumps(argv) if argv is not None else None, shell, timeout,
+             target),
+        )
+        conn.executemany("INSERT INTO command_runs (id, command_id, node_id, state) VALUES (?, ?, ?, 'pending')",
+                         [(run_id, command_id, node_id) for run_id, node_id in runs])
+
+    return run
+
+
+def save_run(current: Callable[[], Mapping[str, Any]]) -> WriteFn:
+    """A run's state as it is when the write runs (`current`: `commands.Run.view`). Read then, not
+    when queued: a write queued without waiting (the run started) may commit after the run ended,
+    and must then store the end, not the start over it."""
+
+    def run(conn: sqlite3.Connection) -> int:
+        row = current()
+        return conn.execute(
+            "UPDATE command_runs SET state = :state, code = :code, signal = :signal, message = :message,"
+            " started_at = :started_at, finished_at = :finished_at, output_bytes = :output_bytes,"
+            " truncated = :truncated WHERE id = :run_id",
+            {**row, "truncated": int(row["truncated"])},
+        ).rowcount
+
+    return run
+
+
+def add_command_output(run_id: str, stream: str, data: str) -> WriteFn:
+    """A piece of a run's output; the result is its id (the `chunk` clients order output by)."""
+    return _new_row("INSERT INTO command_output (run_id, stream, data) VALUES (?, ?, ?)", (run_id, stream, data))
+
+
+def open_shell_session(session_id: str, node_id: str, operator: str, started_at: float, cols: int, rows: int,
+                       recording: str) -> WriteFn:
+    return _changes(
+        "INSERT INTO shell_sessions (id, node_id, operator, started_at, cols, rows, recording)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)", (session_id, node_id, operator, started_at, cols, rows, recording))
+
+
+def end_shell_session(session_id: str, ended_at: float, exit_code: int | None, message: str,
+                      bytes_out: int) -> WriteFn:
+    return _changes("UPDATE shell_sessions SET ended_at = ?, exit_code = ?, message = ?, bytes_out = ? WHERE id = ?",
+                    (ended_at, exit_code, message, bytes_out, session_id))
+
+
+def lose_unfinished_actions(ts: float) -> WriteFn:
+    """At start-up: actions a previous server process was tracking cannot be followed any more."""
+    return _changes("UPDATE actions SET state = 'lost', message = 'the server restarted while it was pending',"
+                    " updated_at = ? WHERE state IN ('requested', 'in_progress')", (ts,))
+
+
+def insert_action(action: Mapping[str, Any]) -> WriteFn:
+    """A new tracked action, its fields named as the columns (as `dataclasses.asdict(actions.Action)`)."""
+    return _changes(
+        "INSERT INTO actions (id, node_id, operator, action, demo, state, message, requested_at, updated_at,"
+        " deadline, boot_time) VALUES (:id, :node_id, :operator, :action, :demo, :state, :message, :requested_at,"
+        " :updated_at, :deadline, :boot_time)", dict(action))
+
+
+def update_action(action_id: str, state: str, message: str, updated_at: float) -> WriteFn:
+    return _changes("UPDATE actions SET state = ?, message = ?, updated_at = ? WHERE id = ?",
+                    (state, message, updated_at, action_id))
 
 
 class Trimmed(dict[str, int]):

@@ -1,8 +1,9 @@
 """The one batching writer: every write to the database goes through here (group commit).
 
-Callers submit small functions that run against a `sqlite3.Connection`; the writer runs all
-queued functions in one transaction on its own thread, commits, and only then resolves each
-caller's future. So "awaited" means "durably committed", which is what a node's ack promises.
+Callers submit small functions that run against a `sqlite3.Connection` (store.py's `WriteFn`s: the
+SQL is there; this module only opens, commits and rolls back); the writer runs all queued
+functions in one transaction on its own thread, commits, and only then resolves each caller's
+future. So "awaited" means "durably committed", which is what a node's ack promises.
 
 Why a dedicated thread with the standard `sqlite3` instead of aiosqlite here: a group commit is
 then one thread hop for the whole batch instead of one per statement, which is what makes
@@ -23,18 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .store import FtsIndexer, LogRow, insert_log_rows, insert_metric_rows, log_rows
+from .db import connect_writer
+from .store import FtsIndexer, LogRow, WriteFn, insert_log_rows, insert_metric_rows, log_rows
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WriteFn = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH_OPS = 2000
 QUEUE_LIMIT = 20000
 # Log rows waiting for the next commit; past this, queue_logs waits (backpressure on the nodes).
 PENDING_LOG_ROWS_LIMIT = 50_000
-WAL_CHECKPOINT_PAGES = 16384
 # Log batches whose owners are told of their commit per turn of the event loop (_settle_log_batches).
 SETTLE_PER_TURN = 256
 
@@ -88,19 +88,7 @@ class Writer:
         self._task = asyncio.create_task(self._run(), name="dvic-writer")
 
     def _open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # Statement and savepoint journals in memory: on disk they cost a file write per page a
-        # multi-row insert touches (about a third of the writer's system calls at fleet load).
-        conn.execute("PRAGMA temp_store=MEMORY")
-        # Checkpoint every 64 MiB of WAL instead of 4 MiB: the pages a busy fleet rewrites at every
-        # commit (each node's tail in the per-node indexes) are then copied to the database once
-        # per checkpoint instead of sixteen times.
-        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
-        self._conn = conn
+        self._conn = connect_writer(self.path)
         self._thread_id = threading.get_ident()
 
     @property

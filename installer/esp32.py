@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from contextlib import AsyncExitStack
 from typing import Any
+
+from dvic_core.files import write_private
 
 from .api import CentralClient, CentralError
 from .errors import InstallerError
@@ -66,23 +67,6 @@ def _check_out(request: Esp32Request) -> None:
     parent = out.parent if str(out.parent) else type(out)(".")
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise InstallerError("enroll", "bad_out", f"cannot write into {parent}", "pick a writable --out path")
-
-
-def write_private(path: os.PathLike[str] | str, text: str) -> None:
-    """Write atomically with mode 0600 (temp file in the same dir, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".dvic-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 async def add_esp32(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+
+from dvic_core.files import write_private
 
 from .errors import CannotAsk, InstallerError
 from .models import ConfirmHostKey, HostKeyPrompt
@@ -67,16 +67,7 @@ class KnownHosts:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         line = host_pattern(host, port) + " " + key.export_public_key("openssh").decode().strip()
         text = "\n".join(self._lines() + [line]) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".known_hosts.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_private(self.path, text)
 
 
 # As OpenSSH prints it: "SHA256:" and the unpadded base64 of a 32-byte digest (43 characters).

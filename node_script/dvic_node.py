@@ -100,18 +100,19 @@ def write_file_atomic(path: str, data: bytes, mode: int = 0o600, sync: bool = Fa
     tmp = "%s.tmp.%d" % (path, os.getpid())
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)  # a full disk must not also leak half-written temp files
+        os.unlink(tmp)  # a full disk or a failed rename must not leak the temp file
         raise
-    os.close(fd)
-    os.replace(tmp, path)
     if sync:
         dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:

@@ -16,6 +16,8 @@ import os
 import stat
 from collections.abc import Mapping
 
+from dvic_core.files import write_private
+
 # pathlib (with urllib.parse and ipaddress) is imported only where a `Path` is handed out: every
 # `dvic` command resolves its settings, `dvic run` in tens of milliseconds, and os.path does it.
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
@@ -127,19 +129,6 @@ def _load(directory: str) -> dict[str, str]:
     return out
 
 
-def _write_private(path: Path, data: str) -> None:
-    """Writes a 0600 file atomically (temp file + rename) so a crash never leaves half a token."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class Store:
     """The files `dvic login` writes and every later run reads."""
 
@@ -158,14 +147,14 @@ class Store:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         if ca_pem is not None:
-            _write_private(self.ca_path, ca_pem)
+            write_private(self.ca_path, ca_pem)
         elif self.ca_path.exists():
             self.ca_path.unlink()  # a plain-HTTP login must not keep pinning an older server's CA
-        _write_private(self.dir / "token", token + "\n")
+        write_private(self.dir / "token", token + "\n")
         doc = {"server": server}
         if ca_sha256:
             doc["ca_sha256"] = ca_sha256
-        _write_private(self.dir / "config.json", json.dumps(doc, indent=2) + "\n")
+        write_private(self.dir / "config.json", json.dumps(doc, indent=2) + "\n")
 
 
 def read_token_file(path: str, what: str = "--token-file") -> str:

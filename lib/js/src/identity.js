@@ -19,6 +19,11 @@ function readPidStart(pid) {
   } catch (_) {
     return null;
   }
+  return statStartTime(stat);
+}
+
+/** Field 22 (the start time) of the text of a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat. */
+function statStartTime(stat) {
   // Field 2 (comm) is in parentheses and may hold spaces and ")": split after the last one.
   const end = stat.lastIndexOf(')');
   if (end < 0) return null;
@@ -67,4 +72,4 @@ function currentIdentity() {
   };
 }
 
-module.exports = { readPidStart, boundedArgv, currentIdentity };
+module.exports = { readPidStart, statStartTime, boundedArgv, currentIdentity };

@@ -3,6 +3,10 @@
 // deleted under the writer re-created (docs/log-format.md "Files", "The size cap and rotation").
 // The state lives in a registry slot (shared memory) so that every thread of the process that
 // logs under the same name appends to the same file; every step runs under the slot's lock.
+// A worker can be terminated at any point of a step: every switch to another file (rotation,
+// re-creation, new stream) is first staged in the slot (NEXT_*) and then committed, so the thread
+// that takes the lock over from it can finish or drop the switch (recover) and no thread goes on
+// writing into a file that is no longer the live one.
 
 const crypto = require('crypto');
 const fs = require('fs');
@@ -28,6 +32,8 @@ const NO_ROOM = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 // Room kept for the '"rotated":N' field later headers add: keeps every record under the cap.
 const ROTATED_FIELD_SLACK = 24;
 const ME = wt.threadId + 1; // 0 means "nobody" in the slot's TORN_OWNER
+// TORN_OWNER of a line a terminated thread left without its newline: any thread ends it.
+const ORPHAN_LINE = -1;
 
 class DvicLogError extends Error {
   constructor(code, message) {
@@ -43,6 +49,27 @@ function newToken() {
 
 function tokenHex(hi, lo) {
   return (hi >>> 0).toString(16).padStart(8, '0') + (lo >>> 0).toString(16).padStart(8, '0');
+}
+
+/** fd and fstat of an existing regular file opened read-only (never through a symlink), or null. */
+function openToCheck(file) {
+  let fd;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | O_NOFOLLOW);
+  } catch (err) {
+    if (err.code === 'ENOENT' || err.code === 'ELOOP') return null;
+    throw err;
+  }
+  const st = fs.fstatSync(fd);
+  if (st.isFile()) return { fd, st };
+  closeQuietly(fd);
+  return null;
+}
+
+function endsWithNewline(fd, size) {
+  if (size === 0) return true;
+  const last = Buffer.alloc(1);
+  return fs.readSync(fd, last, 0, 1, size - 1) === 1 && last[0] === 0x0a;
 }
 
 function unlinkIfPresent(file) {
@@ -144,6 +171,8 @@ class LogFile {
     });
     slot.setFloat(F.MAX_BYTES, maxBytes);
     slot.setFloat(F.LAST_HEARTBEAT, -Infinity);
+    slot.setInt(I.RECOVER, 0); // a free slot may hold the leftovers of a terminated open
+    slot.setInt(I.NEXT_VALID, 0);
     const file = new LogFile(slot);
     file.openStream();
     slot.setInt(I.STATE, STATE_READY); // only now may other threads find it
@@ -155,7 +184,11 @@ class LogFile {
   }
 
   get path() {
-    return path.join(this.directory, FILE_PREFIX + this.token);
+    return this.pathOf(this.token);
+  }
+
+  pathOf(token) {
+    return path.join(this.directory, FILE_PREFIX + token);
   }
 
   get maxBytes() {
@@ -209,6 +242,7 @@ class LogFile {
   locked(fn) {
     this.slot.lock();
     try {
+      if (this.slot.int(I.RECOVER) === 1) this.recover();
       return fn();
     } finally {
       this.slot.unlock();
@@ -217,11 +251,48 @@ class LogFile {
 
   // ----- internals (the slot's lock is held) ---------------------------------------------------
 
-  header(rotated) {
-    let line = '{"dvic_log":1,"token":"' + this.token + '","name":' + quote(this.name) + this.fragment;
-    line += ',"start":' + pyFloat(this.slot.float(F.START));
+  /** The header of this stream (or of the stream token, start) at rotation count `rotated`. */
+  header(rotated, token = this.token, start = this.slot.float(F.START)) {
+    let line = '{"dvic_log":1,"token":"' + token + '","name":' + quote(this.name) + this.fragment;
+    line += ',"start":' + pyFloat(start);
     if (rotated) line += ',"rotated":' + rotated;
     return Buffer.from(line + '}\n', 'utf8');
+  }
+
+  /**
+   * The previous holder of the lock exited inside it (a terminated worker): make the slot agree
+   * with the files again before anything is written. A switch it staged is finished if its file
+   * is in place and dropped if not; the size is read again (a write may have landed uncounted); a
+   * line it left without its newline will get one; a file that is not the slot's any more makes
+   * every thread find the live file again (ready), as after a deletion.
+   */
+  recover() {
+    const slot = this.slot;
+    if (slot.int(I.NEXT_VALID) === 1) {
+      const token = tokenHex(slot.int(I.NEXT_TOKEN_HI), slot.int(I.NEXT_TOKEN_LO));
+      const staged = openToCheck(this.pathOf(token));
+      if (staged !== null) {
+        closeQuietly(staged.fd);
+        const inPlace = staged.st.ino === slot.float(F.NEXT_INO) && staged.st.dev === slot.float(F.NEXT_DEV);
+        if (inPlace) this.commit(staged.st.size);
+      }
+      slot.setInt(I.NEXT_VALID, 0);
+    }
+    const live = openToCheck(this.path);
+    if (live !== null && live.st.ino === slot.float(F.INO) && live.st.dev === slot.float(F.DEV)) {
+      try {
+        slot.setFloat(F.SIZE, live.st.size);
+        if (slot.int(I.TORN_OWNER) === 0 && !endsWithNewline(live.fd, live.st.size)) {
+          slot.setInt(I.TORN_OWNER, ORPHAN_LINE);
+        }
+      } finally {
+        closeQuietly(live.fd);
+      }
+    } else {
+      if (live !== null) closeQuietly(live.fd);
+      slot.setInt(I.GEN, slot.int(I.GEN) + 1);
+    }
+    slot.setInt(I.RECOVER, 0);
   }
 
   /** Make this thread's descriptor point at the slot's current file. */
@@ -284,43 +355,78 @@ class LogFile {
     this.fd = -1;
   }
 
-  /** Make fd (holding a fresh header) the slot's file, for every thread. */
-  adopt(fd, size, rotated) {
+  /**
+   * Write down the file fd (just created, holding only its header) as the one about to become the
+   * slot's file: stream token, start, rotation count. Until commit the slot's file is the old one.
+   */
+  stage(fd, token, start, rotated) {
+    const slot = this.slot;
     const st = fs.fstatSync(fd);
+    slot.setInt(I.NEXT_VALID, 0);
+    slot.setInt(I.NEXT_TOKEN_HI, token.readInt32BE(0));
+    slot.setInt(I.NEXT_TOKEN_LO, token.readInt32BE(4));
+    slot.setFloat(F.NEXT_START, start);
+    slot.setInt(I.NEXT_ROTATED, rotated);
+    slot.setFloat(F.NEXT_INO, st.ino);
+    slot.setFloat(F.NEXT_DEV, st.dev);
+    slot.setInt(I.NEXT_VALID, 1);
+  }
+
+  /** Make the staged file the slot's file, for every thread; all of it can be done again. */
+  commit(size) {
+    const slot = this.slot;
+    const [hi, lo] = [slot.int(I.NEXT_TOKEN_HI), slot.int(I.NEXT_TOKEN_LO)];
+    const start = slot.float(F.NEXT_START);
+    slot.setInt(I.TOKEN_HI, hi);
+    slot.setInt(I.TOKEN_LO, lo);
+    slot.setFloat(F.START, start);
+    slot.setInt(I.ROTATED, slot.int(I.NEXT_ROTATED));
+    slot.setFloat(F.INO, slot.float(F.NEXT_INO));
+    slot.setFloat(F.DEV, slot.float(F.NEXT_DEV));
+    slot.setFloat(F.SIZE, size);
+    slot.setInt(I.TORN_OWNER, 0); // the new file holds whole lines only
+    slot.setInt(I.CLOSED, 0);
+    const firstHeader = this.header(0, tokenHex(hi, lo), start).length;
+    slot.setFloat(F.MAX_LINE, this.maxBytes - firstHeader - ROTATED_FIELD_SLACK);
+    slot.setInt(I.GEN, slot.int(I.GEN) + 1);
+    slot.setInt(I.NEXT_VALID, 0);
+  }
+
+  /** Commit the staged file fd (holding its header of `size` bytes), this thread writing to it. */
+  adopt(fd, size) {
+    this.commit(size);
     this.dropFd();
     this.fd = fd;
-    this.slot.setFloat(F.INO, st.ino);
-    this.slot.setFloat(F.DEV, st.dev);
-    this.slot.setFloat(F.SIZE, size);
-    this.slot.setInt(I.ROTATED, rotated);
-    this.slot.setInt(I.CLOSED, 0);
-    this.slot.setInt(I.GEN, this.slot.int(I.GEN) + 1);
     this.gen = this.slot.int(I.GEN);
+  }
+
+  /** This stream's token as 8 bytes, for stage. */
+  tokenBytes() {
+    const bytes = Buffer.alloc(8);
+    bytes.writeInt32BE(this.slot.int(I.TOKEN_HI), 0);
+    bytes.writeInt32BE(this.slot.int(I.TOKEN_LO), 4);
+    return bytes;
   }
 
   /** Start a new stream: new token, new start time, new file, header with rotated = 0. */
   openStream() {
-    const slot = this.slot;
-    slot.setFloat(F.START, Date.now() / 1000);
-    slot.setInt(I.TORN_OWNER, 0);
+    const start = Date.now() / 1000;
     this.pending = null;
     let lastError = null;
     for (let attempt = 0; attempt < TOKEN_ATTEMPTS; attempt += 1) {
       const token = newToken();
-      slot.setInt(I.TOKEN_HI, token.readInt32BE(0));
-      slot.setInt(I.TOKEN_LO, token.readInt32BE(4));
-      const header = this.header(0);
+      const header = this.header(0, token.toString('hex'), start);
       let fd;
       try {
-        fd = createWithHeader(this.path, header);
+        fd = createWithHeader(this.pathOf(token.toString('hex')), header);
       } catch (err) {
         if (err.code !== 'EEXIST') throw err;
         lastError = err; // a token collision or a name planted in advance
         continue;
       }
-      this.adopt(fd, header.length, 0);
-      slot.setFloat(F.MAX_LINE, this.maxBytes - header.length - ROTATED_FIELD_SLACK);
-      slot.setFloat(F.NEXT_CHECK, monotonicMs() + VANISH_CHECK_MS);
+      this.stage(fd, token, start, 0);
+      this.adopt(fd, header.length);
+      this.slot.setFloat(F.NEXT_CHECK, monotonicMs() + VANISH_CHECK_MS);
       return;
     }
     const err = new DvicLogError(
@@ -376,7 +482,6 @@ class LogFile {
 
   replaceVanished() {
     this.pending = null; // the unfinished line went away with the deleted file
-    this.slot.setInt(I.TORN_OWNER, 0);
     const rotated = this.slot.int(I.ROTATED) + 1;
     const header = this.header(rotated);
     let fd;
@@ -387,7 +492,8 @@ class LogFile {
       this.openStream(); // something else took the name: continue under a new token
       return;
     }
-    this.adopt(fd, header.length, rotated);
+    this.stage(fd, this.tokenBytes(), this.slot.float(F.START), rotated);
+    this.adopt(fd, header.length);
   }
 
   /**
@@ -401,26 +507,30 @@ class LogFile {
     const header = this.header(rotated);
     let fd;
     try {
-      fd = this.rotateWithLink(header);
+      fd = this.rotateWithLink(header, rotated);
     } catch (err) {
+      this.slot.setInt(I.NEXT_VALID, 0);
       if (NO_ROOM.has(err.code)) throw err;
       try {
-        fd = this.rotateWithRename(header);
+        fd = this.rotateWithRename(header, rotated);
       } catch (err2) {
+        this.slot.setInt(I.NEXT_VALID, 0);
         if (NO_ROOM.has(err2.code)) throw err2;
         this.openStream();
         return;
       }
     }
-    this.adopt(fd, header.length, rotated);
+    this.adopt(fd, header.length);
   }
 
-  rotateWithLink(header) {
+  rotateWithLink(header, rotated) {
     const live = this.path;
     const prepared = live + PREPARE_SUFFIX;
     unlinkIfPresent(prepared); // left over by a crash in the middle of an earlier rotation
     const fd = createWithHeader(prepared, header);
     try {
+      // From here a thread taking over from us finds the new file once it is at the live name.
+      this.stage(fd, this.tokenBytes(), this.slot.float(F.START), rotated);
       const backup = live + ROTATED_SUFFIX;
       unlinkIfPresent(backup);
       fs.linkSync(live, backup);
@@ -437,7 +547,7 @@ class LogFile {
     return fd;
   }
 
-  rotateWithRename(header) {
+  rotateWithRename(header, rotated) {
     const live = this.path;
     const backup = live + ROTATED_SUFFIX;
     unlinkIfPresent(backup);
@@ -446,7 +556,14 @@ class LogFile {
     } catch (err) {
       if (err.code !== 'ENOENT') throw err; // deleted under us: nothing to keep
     }
-    return createWithHeader(live, header);
+    const fd = createWithHeader(live, header);
+    try {
+      this.stage(fd, this.tokenBytes(), this.slot.float(F.START), rotated);
+    } catch (err) {
+      closeQuietly(fd);
+      throw err;
+    }
+    return fd;
   }
 }
 

@@ -371,3 +371,160 @@ test('more demos than the shared table holds still each get their file', (t) => 
   assert.equal(names.length, 40);
   for (const [name, msg] of names) assert.equal(msg, `hello ${name.slice(5)}`);
 });
+
+// A worker logging 240-byte records under 'held' whose own fs[fn] (a worker has its own fs module)
+// stops right after the nth call whose first argument ends with `suffix`: inside the library's
+// lock, at that step of a write or a rotation. The main thread terminates it there (`terminate`),
+// or lets it stay stopped, alive, for `stopMs` and then stop logging; then it logs 100 records.
+function stopWorkerInside(t, { fn, suffix = '', nth = 1, terminate = true, stopMs = 0 }) {
+  const dir = scratchDir(t);
+  const worker = `const fs = require('fs'); const wt = require('worker_threads');
+    const real = fs[${JSON.stringify(fn)}]; let calls = 0; let stopped = false; let logged = 0;
+    fs[${JSON.stringify(fn)}] = function (...args) {
+      try {
+        return real.apply(this, args);
+      } finally {
+        if (String(args[0]).endsWith(${JSON.stringify(suffix)}) && ++calls === ${nth}) {
+          stopped = true;
+          wt.parentPort.postMessage(logged);
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ${terminate ? 'Infinity' : stopMs});
+        }
+      }
+    };
+    const log = require(${JSON.stringify(PACKAGE)}).getLogger('held');
+    for (; !stopped; logged++) log.info('worker record ' + logged + ' ' + 'w'.repeat(200));`;
+  const done = runNode(
+    `const { Worker } = require('worker_threads');
+     const log = dvicLog.getLogger('held');
+     const first = log.token;
+     const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+     const exited = new Promise((resolve) => w.on('exit', resolve));
+     w.on('message', async (logged) => {
+       if (${terminate}) await w.terminate();
+       const t0 = Date.now();
+       for (let i = 0; i < 100; i++) log.info('main after ' + i);
+       const ms = Date.now() - t0;
+       await exited;
+       console.log(JSON.stringify({ ms, first, logged, path: log.path }));
+     });`,
+    { DVIC_LOG_DIR: dir, DVIC_LOG_MAX_BYTES: '16384' }, // a rotation every ~65 worker records
+  );
+  assert.equal(done.status, 0, done.stderr);
+  return JSON.parse(done.stdout);
+}
+
+/** The stream ended where it should: one token, rotation counts in order, every record kept. */
+function assertOneStreamWithEveryRecord(out, what) {
+  const live = readLog(out.path);
+  const rotated = fs.existsSync(`${out.path}.1`);
+  const older = rotated ? readLog(`${out.path}.1`) : { header: { token: out.first, rotated: -1 }, records: [] };
+  const msgs = [...older.records, ...live.records].map((r) => r.msg);
+  const after = msgs.filter((m) => m.startsWith('main after '));
+  assert.deepEqual(after, Array.from({ length: 100 }, (_, i) => `main after ${i}`), `${what}: main records`);
+  // The worker's records up to the last it logged (or the one it was writing when stopped).
+  const worker = msgs.filter((m) => m.startsWith('worker record ')).map((m) => Number(m.split(' ')[2]));
+  const last = worker[worker.length - 1];
+  assert.ok(last === out.logged - 1 || last === out.logged, `${what}: worker records lost`);
+  const expected = Array.from({ length: worker.length }, (_, i) => last - worker.length + 1 + i);
+  assert.deepEqual(worker, expected, `${what}: worker records`);
+  assert.equal(live.header.token, out.first, `${what}: the stream goes on under its token`);
+  assert.equal(older.header.token, out.first, what);
+  assert.equal(live.header.rotated || 0, (older.header.rotated || 0) + 1, `${what}: rotation counts`);
+}
+
+test('a worker terminated at any step of a write or a rotation: the others lose nothing and wait no 2 s', (t) => {
+  const problems = [];
+  for (const step of [
+    { fn: 'writeSync' }, // a record written, its size not yet counted
+    { fn: 'openSync', suffix: '.new' }, // the next file created under its temporary name
+    { fn: 'unlinkSync', suffix: '.1' },
+    { fn: 'linkSync' }, // the full file also named .1
+    { fn: 'renameSync' }, // the next file at the live name, the slot not yet told: records went to .1
+    { fn: 'renameSync', nth: 2 }, // ... at a later rotation: a new stream began
+  ]) {
+    const what = `stopped after ${step.fn}${step.suffix ? ` ${step.suffix}` : ''} #${step.nth || 1}`;
+    const out = stopWorkerInside(t, step);
+    if (out.ms >= 1500) problems.push(`${what}: the main thread waited ${out.ms} ms for the lock`);
+    try {
+      assertOneStreamWithEveryRecord(out, what);
+    } catch (err) {
+      problems.push(err.message.split('\n')[0]);
+    }
+  }
+  assert.deepEqual(problems, []);
+});
+
+test('a worker that is slow inside the lock keeps it: nobody takes it over while it lives', (t) => {
+  // The old rule took over any lock held 2 s: the main thread rotated under a live worker, which
+  // then rotated again and the first records went away.
+  const out = stopWorkerInside(t, { fn: 'linkSync', terminate: false, stopMs: 3000 });
+  assertOneStreamWithEveryRecord(out, 'slow worker');
+});
+
+test('a line a terminated worker left half written is ended before the next record', (t) => {
+  const dir = scratchDir(t);
+  // The disk was full: the worker's write(2) took half of its record, then it was terminated.
+  const worker = `const fs = require('fs'); const wt = require('worker_threads');
+    const real = fs.writeSync;
+    fs.writeSync = function (fd, data, ...rest) {
+      if (!Buffer.isBuffer(data) || !data.includes('worker record 20 ')) return real.call(this, fd, data, ...rest);
+      real.call(this, fd, data.subarray(0, 50));
+      wt.parentPort.postMessage('stopped');
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+    };
+    const log = require(${JSON.stringify(PACKAGE)}).getLogger('torn');
+    for (let i = 0; ; i++) log.info('worker record ' + i + ' ' + 'w'.repeat(200));`;
+  const done = runNode(
+    `const { Worker } = require('worker_threads');
+     const log = dvicLog.getLogger('torn');
+     const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+     w.on('message', async () => {
+       await w.terminate();
+       for (let i = 0; i < 100; i++) log.info('main after ' + i);
+       console.log(log.path);
+     });`,
+    { DVIC_LOG_DIR: dir },
+  );
+  assert.equal(done.status, 0, done.stderr);
+  const lines = fs.readFileSync(done.stdout.trim(), 'utf8').split('\n');
+  assert.equal(lines.pop(), '');
+  const whole = (line) => { try { return JSON.parse(line); } catch (_) { return null; } };
+  const fragment = lines.findIndex((line) => whole(line) === null);
+  assert.equal(lines.filter((line) => whole(line) === null).length, 1);
+  assert.match(lines[fragment], /^\{"ts":[\d.]+,"level":"INFO","msg":"wor/); // the 50 bytes written
+  assert.equal(lines[fragment].length, 50);
+  const after = lines.slice(fragment + 1).map((line) => JSON.parse(line).msg);
+  assert.deepEqual(after, Array.from({ length: 100 }, (_, i) => `main after ${i}`));
+});
+
+test('a worker terminated while it opens a demo\'s file does not hold up the other threads', (t) => {
+  const dir = scratchDir(t);
+  const worker = `const fs = require('fs'); const wt = require('worker_threads');
+    const real = fs.openSync;
+    fs.openSync = function (...args) {
+      const fd = real.apply(this, args);
+      if (String(args[0]).includes('dvic_log_')) {
+        wt.parentPort.postMessage('stopped'); // inside getLogger: the table of files is locked
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+      }
+      return fd;
+    };
+    require(${JSON.stringify(PACKAGE)}).getLogger('late');`;
+  const done = runNode(
+    `const { Worker } = require('worker_threads');
+     dvicLog.getLogger('first');
+     const w = new Worker(${JSON.stringify(worker)}, { eval: true });
+     w.on('message', async () => {
+       await w.terminate();
+       const t0 = Date.now();
+       const log = dvicLog.getLogger('late');
+       log.info('main after');
+       console.log(JSON.stringify({ ms: Date.now() - t0, path: log.path }));
+     });`,
+    { DVIC_LOG_DIR: dir },
+  );
+  assert.equal(done.status, 0, done.stderr);
+  const out = JSON.parse(done.stdout);
+  assert.ok(out.ms < 1500, `getLogger waited ${out.ms} ms for the table a terminated worker locked`);
+  assert.deepEqual(readLog(out.path).records.map((r) => r.msg), ['main after']);
+});
