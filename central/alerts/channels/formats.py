@@ -123,7 +123,8 @@ def email_message(channel: Channel, message: Message) -> EmailMessage:
     footer = ("\n\n-- \nDVIC Demo Monitor"
               + (f", notification {message.id}" if message.id else "")
               + f"\nSent by {socket.gethostname()}\n")
-    email.set_content(message.text() + footer)
+    # Quoted-printable: 7-bit on the wire, so a relay without 8BITMIME still takes "température".
+    email.set_content(message.text() + footer, cte="quoted-printable")
     return email
 
 

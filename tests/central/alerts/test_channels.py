@@ -151,6 +151,21 @@ async def test_email_over_starttls_with_auth(tmp_path: Path) -> None:
         server.close()
 
 
+async def test_email_text_in_any_language_is_7bit_on_the_wire(tmp_path: Path) -> None:
+    server = smtp_server(tmp_path, "plain")
+    try:
+        message = Message(id=3, kind="firing", notices=(notice("pi-1", summary="température 85 °C — 日本"),))
+        await deliver("smtp", {"host": "127.0.0.1", "port": server.port, "to": "ops@lab.test", "security": "plain"},
+                      message)
+        [mail] = server.inbox
+        assert mail.data.isascii()
+        email = mail.message()
+        assert email["Subject"] == "[DVIC] FIRING (critical): température 85 °C — 日本"
+        assert email.get_content().startswith("température 85 °C — 日本 (node:pi-1, group hall-a)")
+    finally:
+        server.close()
+
+
 async def test_email_over_implicit_tls(tmp_path: Path) -> None:
     server = smtp_server(tmp_path, "tls", {"bob": "pw-2"})
     try:
