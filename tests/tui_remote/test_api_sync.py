@@ -1,4 +1,4 @@
-"""tui/api/lean_http.py, the blocking stdlib client of `dvic run`, against real servers on 127.0.0.1.
+"""tui/api/sync.py, the blocking stdlib transport of `dvic run`, against real servers on 127.0.0.1.
 
 A small aiohttp app covers what the central server does not show on demand (chunked bodies, pings,
 close codes, idle keep-alive closes); a raw asyncio server writes frames byte by byte where aiohttp
@@ -22,9 +22,10 @@ from aiohttp import WSMsgType, web
 
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tui.api.client import ApiError, Unreachable
+from tui.api import calls
 from tui.api.config import Settings
-from tui.api.lean_http import WS_GUID, LeanClient, WebSocketClosed
+from tui.api.errors import ApiError, StreamClosed, Unreachable
+from tui.api.sync import WS_GUID, SyncClient
 
 
 class Site:
@@ -103,8 +104,8 @@ async def site() -> AsyncIterator[Site]:
         await runner.cleanup()
 
 
-def _client(url: str, token: str | None = "t0k") -> LeanClient:
-    return LeanClient(Settings(server=url, token=token, ca=None))
+def _client(url: str, token: str | None = "t0k") -> SyncClient:
+    return SyncClient(Settings(server=url, token=token, ca=None))
 
 
 async def test_json_requests_share_a_connection_and_carry_the_token(site: Site):
@@ -126,7 +127,7 @@ async def test_chunked_bodies_and_error_answers_are_decoded(site: Site):
         assert refused.value.message == "node 'x' is in maintenance"
         with pytest.raises(ApiError) as bare:
             await asyncio.to_thread(api.request, "GET", "/bare")
-        assert bare.value.status == 502 and "bad gateway" in bare.value.message
+        assert (bare.value.status, bare.value.code) == (502, "http_error") and "bad gateway" in bare.value.message
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced(site: Site):
@@ -152,7 +153,7 @@ async def test_websocket_answers_pings_skips_binary_and_reports_the_close_code(s
         ws = await asyncio.to_thread(api.websocket, "/ws")
         assert await asyncio.to_thread(ws.receive, 10) == '{"type": "after-pong"}'
         assert await asyncio.to_thread(ws.receive, 10) == "second"
-        with pytest.raises(WebSocketClosed) as closed:
+        with pytest.raises(StreamClosed) as closed:
             await asyncio.to_thread(ws.receive, 10)
     assert closed.value.code == 4429
     assert site.pongs == [b"are-you-there"]
@@ -224,7 +225,7 @@ async def test_fragmented_and_long_frames_from_a_raw_server():
             assert await asyncio.to_thread(ws.receive, 10) == "hello world"
             assert await asyncio.to_thread(ws.receive, 10) == long16.decode()
             assert await asyncio.to_thread(ws.receive, 10) == long64.decode()
-            with pytest.raises(WebSocketClosed) as bad:
+            with pytest.raises(StreamClosed) as bad:
                 await asyncio.to_thread(ws.receive, 10)
             assert bad.value.code == 1002 and "protocol error" in str(bad.value)
     finally:
@@ -234,16 +235,16 @@ async def test_fragmented_and_long_frames_from_a_raw_server():
 
 async def test_tls_trusts_only_the_pinned_ca(central_server: CentralServer, tmp_path: Path):
     good = Settings(server=central_server.url, token=central_server.admin_token, ca=str(central_server.ca_path))
-    with LeanClient(good) as api:
-        me = await asyncio.to_thread(api.request, "GET", "/me")
+    with SyncClient(good) as api:
+        me = await asyncio.to_thread(api.send, calls.me())
     assert me["name"] == "admin"
     # Another CA (a second server's) must not be trusted, nor the system's roots.
     other = CentralServer(tmp_path / "other").start()
     try:
         wrong = Settings(server=central_server.url, token=central_server.admin_token, ca=str(other.ca_path))
-        with LeanClient(wrong) as api, pytest.raises(Unreachable) as refused:
+        with SyncClient(wrong) as api, pytest.raises(Unreachable) as refused:
             await asyncio.to_thread(api.request, "GET", "/me")
-        assert "failed against the pinned CA" in refused.value.message
+        assert refused.value.code == "tls" and "failed against the pinned CA" in refused.value.message
     finally:
         other.stop()
 
