@@ -12,6 +12,7 @@ import hashlib
 import ssl
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from dvic_core.constants import RANK
@@ -126,6 +127,14 @@ class CentralClient:
     def via(self, node: str) -> ViaTunnel:
         """TCP connections from ``node``'s network (``--via NODE``), on this client's session."""
         return ViaTunnel(self.api, node)
+
+
+async def connect_central(stack: AsyncExitStack, spec: ServerSpec, step: str) -> CentralClient:
+    """A `CentralClient` open until `stack` closes; an unusable setting fails `step` with a hint."""
+    try:
+        return await stack.enter_async_context(CentralClient(spec))
+    except ApiError as exc:
+        raise central_error(step, exc) from exc
 
 
 class ViaTunnel(NodeTunnel):

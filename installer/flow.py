@@ -14,7 +14,7 @@ import asyncssh
 from dvic_core.constants import NODE_KINDS
 from tui.api.errors import ApiError
 
-from .api import CentralClient, ca_sha256
+from .api import ca_sha256, connect_central
 from .demos import DemoError, check_demos, check_shell_user, demos_json
 from .errors import CannotAsk, InstallerError
 from .hostkeys import KnownHosts, check_pin
@@ -33,7 +33,7 @@ from .remote import run_script
 from .render import INIT_MODES, RenderError, check_path, render_script, render_unit
 from .secret import Password
 from .ssh import ViaFactory, open_target
-from .steps import StepRunner, central_error
+from .steps import StepRunner
 
 
 def _via_factory(api: object) -> ViaFactory | None:
@@ -153,10 +153,7 @@ async def add_node(
         _validate(request)
         async with AsyncExitStack() as stack:
             if central is None:
-                try:
-                    central = await stack.enter_async_context(CentralClient(request.server))
-                except ApiError as exc:
-                    raise central_error("connect", exc) from exc
+                central = await connect_central(stack, request.server, "connect")
             return await _add_node(request, runner, central, stack)
     finally:
         request.password.wipe()
@@ -350,10 +347,7 @@ async def remove_node(
             _check_pins(request.expect_host_key, request.source, "revoke")
         async with AsyncExitStack() as stack:
             if central is None:
-                try:
-                    central = await stack.enter_async_context(CentralClient(request.server))
-                except ApiError as exc:
-                    raise central_error("revoke", exc) from exc
+                central = await connect_central(stack, request.server, "revoke")
             # Revoke first: the identity is dead at once, even if the machine is unreachable.
             async with runner.run("revoke") as step:
                 require_role = getattr(central, "require_role", None)

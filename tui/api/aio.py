@@ -19,6 +19,7 @@ from tui.api.config import Settings
 from tui.api.core import (
     API,
     CONNECT_S,
+    ERROR_HEADER,
     HEARTBEAT_S,
     TIMEOUT_S,
     Generic,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     R = TypeVar("R")
 else:
     P = R = None
-DVIC_ERROR = "X-Dvic-Error"  # the server's `code: message` of a refusal, on answers whose body aiohttp drops
 
 
 class Endpoint(Generic[P, R]):
@@ -119,7 +119,7 @@ class AsyncClient:
                                             data=data, headers={"Content-Type": content_type} if content_type else None
                                             ) as resp:
                 body = await resp.read()
-                return decode(req, resp.status, body, resp.headers.get(DVIC_ERROR, ""))
+                return decode(req, resp.status, body, resp.headers.get(ERROR_HEADER, ""))
         except aiohttp.ClientConnectorCertificateError as exc:
             raise self._untrusted(exc) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -139,7 +139,7 @@ class AsyncClient:
             return await self.session.ws_connect(ws_url(self.base, up.path), params=up.params,
                                                  heartbeat=HEARTBEAT_S, max_msg_size=up.max_size)
         except aiohttp.WSServerHandshakeError as exc:
-            header = exc.headers.get(DVIC_ERROR, "") if isinstance(exc.headers, Mapping) else ""
+            header = exc.headers.get(ERROR_HEADER, "") if isinstance(exc.headers, Mapping) else ""
             raise refused(up, exc.status, b"", str(header)) from exc
         except aiohttp.ClientConnectorCertificateError as exc:
             raise self._untrusted(exc) from exc

@@ -49,6 +49,9 @@ SILENCE_S = 2 * OPERATOR_HEARTBEAT_S + 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a websocket message: the live stream, a command's stream
 RELAY_MAX_BYTES = 1024 * 1024  # a shell's or a tunnel's websocket message
 
+# The server repeats a refusal's `code: message` in this header: aiohttp drops a refused upgrade's body.
+ERROR_HEADER = "X-Dvic-Error"
+
 Json = dict[str, "Any"]
 
 

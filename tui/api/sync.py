@@ -27,6 +27,7 @@ from types import TracebackType
 from tui.api import tls
 from tui.api.core import (
     CONNECT_S,
+    ERROR_HEADER,
     SILENCE_S,
     TIMEOUT_S,
     Json,
@@ -164,7 +165,7 @@ class SyncClient:
         data, content_type = payload(req)
         extra = f"Content-Type: {content_type}\r\n" if content_type else ""
         resp = self.exchange(req.method, req.path, req.params, extra, data or b"")
-        return decode(req, resp.status, resp.body, resp.headers.get("x-dvic-error", ""))
+        return decode(req, resp.status, resp.body, resp.headers.get(ERROR_HEADER.lower(), ""))
 
     def request(self, method: str, path: str, params: Mapping[str, str] | None = None,
                 body: Json | None = None) -> Json:
@@ -285,7 +286,7 @@ class SyncClient:
                  "Sec-WebSocket-Version: 13\r\n")
         resp = self.exchange("GET", up.path, up.params, extra, upgrade=True)
         if resp.status != 101:
-            raise refused(up, resp.status, resp.body, resp.headers.get("x-dvic-error", ""))
+            raise refused(up, resp.status, resp.body, resp.headers.get(ERROR_HEADER.lower(), ""))
         conn = resp.conn
         assert conn is not None
         if (resp.headers.get("sec-websocket-accept") != websocket_accept(key)
