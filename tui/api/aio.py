@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING, Generic, ParamSpec, Self, TypeVar
 
 from tui.api import calls, refusals, tls
 from tui.api.config import Settings
@@ -22,7 +23,6 @@ from tui.api.core import (
     ERROR_HEADER,
     HEARTBEAT_S,
     TIMEOUT_S,
-    Generic,
     Json,
     Request,
     Upgrade,
@@ -36,18 +36,11 @@ from tui.api.core import (
 )
 from tui.api.errors import ApiError, StreamClosed, Unreachable
 
-# As typing.TYPE_CHECKING: `dvic run` imports this module (through tui/cmds/common.py) and `typing`
-# is slow to import (see tui/cmds/run.py); aiohttp is imported when a client opens.
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import ParamSpec, Self, TypeVar
-
     import aiohttp
 
-    P = ParamSpec("P")
-    R = TypeVar("R")
-else:
-    P = R = None
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Endpoint(Generic[P, R]):
