@@ -24,6 +24,7 @@ from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 from tui.api import calls
 from tui.api.config import Settings
+from tui.api.core import Upgrade
 from tui.api.errors import ApiError, StreamClosed, Unreachable
 from tui.api.sync import WS_GUID, SyncClient
 
@@ -150,7 +151,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(site: Site)
 
 async def test_websocket_answers_pings_skips_binary_and_reports_the_close_code(site: Site):
     with _client(site.url) as api:
-        ws = await asyncio.to_thread(api.websocket, "/ws")
+        ws = await asyncio.to_thread(api.websocket, Upgrade("/ws"))
         assert await asyncio.to_thread(ws.receive, 10) == '{"type": "after-pong"}'
         assert await asyncio.to_thread(ws.receive, 10) == "second"
         with pytest.raises(StreamClosed) as closed:
@@ -162,10 +163,10 @@ async def test_websocket_answers_pings_skips_binary_and_reports_the_close_code(s
 async def test_refused_upgrade_says_why(site: Site):
     with _client(site.url) as api:
         with pytest.raises(ApiError) as refused:
-            await asyncio.to_thread(api.websocket, "/refused", None, "the shell")
+            await asyncio.to_thread(api.websocket, Upgrade("/refused", what="the shell"))
         assert refused.value.code == "maintenance" and "in maintenance" in refused.value.message
         with pytest.raises(ApiError) as bare:
-            await asyncio.to_thread(api.websocket, "/bare", None, "the shell")
+            await asyncio.to_thread(api.websocket, Upgrade("/bare", what="the shell"))
         assert bare.value.status == 502 and bare.value.message == "the server refused the shell (HTTP 502)"
 
 
@@ -175,7 +176,7 @@ async def test_receive_returns_when_the_wake_fd_is_written(site: Site):
     os.set_blocking(read_fd, False)
     try:
         with _client(site.url) as api:
-            ws = await asyncio.to_thread(api.websocket, "/quiet")
+            ws = await asyncio.to_thread(api.websocket, Upgrade("/quiet"))
             os.write(write_fd, b"\x02")
             # No timeout: without the wake-up it would wait for the 45 s silence limit, then raise.
             assert await asyncio.wait_for(asyncio.to_thread(ws.receive, None, read_fd), 30) is None
@@ -221,7 +222,7 @@ async def test_fragmented_and_long_frames_from_a_raw_server():
     port = server.sockets[0].getsockname()[1]
     try:
         with _client(f"http://127.0.0.1:{port}") as api:
-            ws = await asyncio.to_thread(api.websocket, "/raw")
+            ws = await asyncio.to_thread(api.websocket, Upgrade("/raw"))
             assert await asyncio.to_thread(ws.receive, 10) == "hello world"
             assert await asyncio.to_thread(ws.receive, 10) == long16.decode()
             assert await asyncio.to_thread(ws.receive, 10) == long64.decode()

@@ -120,9 +120,10 @@ def new_token(name: str, expires_in: int | None = None) -> Request[Json]:
 
 
 # -- commands, shells, sessions --------------------------------------------------------------------
-def command_body(targets: Json, argv: list[str] | None = None, shell: str | None = None,
-                 timeout: float | None = None) -> Json:
-    """The body of POST /commands: `targets` is `{"nodes": [...]}`, `{"group": G}` or `{"all": True}`."""
+def run_command(targets: Json, argv: list[str] | None = None, shell: str | None = None,
+                timeout: float | None = None) -> Request[Json]:
+    """Starts a command (`argv`, or `shell` for /bin/sh -c) on `targets`: `{"nodes": [...]}`,
+    `{"group": G}` or `{"all": True}`. The answer is the command with one run per target node."""
     body: Json = dict(targets)
     if shell is not None:
         body["shell"] = shell
@@ -130,13 +131,7 @@ def command_body(targets: Json, argv: list[str] | None = None, shell: str | None
         body["argv"] = argv
     if timeout is not None:
         body["timeout"] = timeout
-    return body
-
-
-def run_command(targets: Json, argv: list[str] | None = None, shell: str | None = None,
-                timeout: float | None = None) -> Request[Json]:
-    """Starts a command: the command with one run per target node."""
-    return Request("POST", "/commands", json_object, body=command_body(targets, argv, shell, timeout))
+    return Request("POST", "/commands", json_object, body=body)
 
 
 def commands(node: str | None = None, limit: int | None = None) -> Request[list[Json]]:

@@ -275,12 +275,9 @@ class SyncClient:
                 raise ValueError("bad chunk framing")
 
     # -- websockets ------------------------------------------------------------------------------
-    def websocket(self, up: Upgrade | str, params: Mapping[str, str] | None = None,
-                  what: str = "the websocket") -> WebSocket:
-        """Opens a websocket (`up`, or the older form: a path, its params and what it is called);
-        a refused upgrade raises `ApiError` with the server's reason."""
-        if isinstance(up, str):
-            up = Upgrade(up, params, what)
+    def websocket(self, up: Upgrade) -> WebSocket:
+        """Opens the websocket `up` (tui/api/calls.py); a refused upgrade raises `ApiError` with the
+        server's reason."""
         key = base64.b64encode(os.urandom(16)).decode()
         extra = (f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                  "Sec-WebSocket-Version: 13\r\n")

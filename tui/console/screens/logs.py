@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Input, Static
 
-from tui.api.client import ApiError
+from tui.api.errors import ApiError
 from tui.console.screens.base import DvicScreen
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.log_view import LogView
