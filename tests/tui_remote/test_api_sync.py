@@ -24,7 +24,7 @@ from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 from tui.api import calls
 from tui.api.config import Settings
-from tui.api.core import Upgrade
+from tui.api.core import Json, Request, Upgrade, json_object
 from tui.api.errors import ApiError, StreamClosed, Unreachable
 from tui.api.sync import WS_GUID, SyncClient
 
@@ -109,10 +109,15 @@ def _client(url: str, token: str | None = "t0k") -> SyncClient:
     return SyncClient(Settings(server=url, token=token, ca=None))
 
 
+def _fetch(api: SyncClient, path: str, query: dict[str, str] | None = None, body: Json | None = None) -> Json:
+    """The test app's JSON object at `path` (POST when there is a body)."""
+    return api.send(Request("POST" if body is not None else "GET", path, json_object, query, body))
+
+
 async def test_json_requests_share_a_connection_and_carry_the_token(site: Site):
     with _client(site.url) as api:
-        first = await asyncio.to_thread(api.request, "POST", "/doc", {"group": "a b"}, {"argv": ["true"]})
-        second = await asyncio.to_thread(api.request, "GET", "/doc")
+        first = await asyncio.to_thread(_fetch, api, "/doc", {"group": "a b"}, {"argv": ["true"]})
+        second = await asyncio.to_thread(_fetch, api, "/doc")
     assert first == {"path": "/api/v1/doc", "query": {"group": "a b"}, "body": {"argv": ["true"]},
                      "auth": "Bearer t0k"}
     assert second["body"] is None
@@ -121,19 +126,19 @@ async def test_json_requests_share_a_connection_and_carry_the_token(site: Site):
 
 async def test_chunked_bodies_and_error_answers_are_decoded(site: Site):
     with _client(site.url) as api:
-        assert await asyncio.to_thread(api.request, "GET", "/chunked") == {"parts": ["a", "b"]}
+        assert await asyncio.to_thread(_fetch, api, "/chunked") == {"parts": ["a", "b"]}
         with pytest.raises(ApiError) as refused:
-            await asyncio.to_thread(api.request, "GET", "/refused")
+            await asyncio.to_thread(_fetch, api, "/refused")
         assert (refused.value.status, refused.value.code) == (403, "maintenance")
         assert refused.value.message == "node 'x' is in maintenance"
         with pytest.raises(ApiError) as bare:
-            await asyncio.to_thread(api.request, "GET", "/bare")
+            await asyncio.to_thread(_fetch, api, "/bare")
         assert (bare.value.status, bare.value.code) == (502, "http_error") and "bad gateway" in bare.value.message
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced(site: Site):
     with _client(site.url) as api:
-        await asyncio.to_thread(api.request, "GET", "/doc")
+        await asyncio.to_thread(_fetch, api, "/doc")
         idle = api.idle[0]
         idle.sock.setblocking(False)  # peeked from the loop's thread: must not block the server
 
@@ -144,7 +149,7 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(site: Site)
                 return False
 
         await async_wait_for(closed_by_server, timeout=10, what="the server to close the idle connection")
-        again = await asyncio.to_thread(api.request, "GET", "/doc")
+        again = await asyncio.to_thread(_fetch, api, "/doc")
     assert again["path"] == "/api/v1/doc"
     assert len(site.peers) == 2 and site.peers[0] != site.peers[1]
 
@@ -244,7 +249,7 @@ async def test_tls_trusts_only_the_pinned_ca(central_server: CentralServer, tmp_
     try:
         wrong = Settings(server=central_server.url, token=central_server.admin_token, ca=str(other.ca_path))
         with SyncClient(wrong) as api, pytest.raises(Unreachable) as refused:
-            await asyncio.to_thread(api.request, "GET", "/me")
+            await asyncio.to_thread(api.send, calls.me())
         assert refused.value.code == "tls" and "failed against the pinned CA" in refused.value.message
     finally:
         other.stop()
@@ -255,5 +260,5 @@ async def test_nothing_listening_is_unreachable():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with _client(f"http://127.0.0.1:{port}") as api, pytest.raises(Unreachable) as exc:
-        await asyncio.to_thread(api.request, "GET", "/me")
+        await asyncio.to_thread(api.send, calls.me())
     assert exc.value.message.startswith(f"cannot reach http://127.0.0.1:{port}")

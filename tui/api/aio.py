@@ -29,7 +29,6 @@ from tui.api.core import (
     base_headers,
     decode,
     decode_frame,
-    json_object,
     payload,
     refused,
     ws_url,
@@ -117,11 +116,6 @@ class AsyncClient:
             raise self._untrusted(exc) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
-
-    async def request(self, method: str, path: str, params: Mapping[str, str] | None = None,
-                      body: Json | None = None) -> Json:
-        """A call not in tui/api/calls.py: the JSON object of its answer."""
-        return await self.send(Request(method, path, json_object, params, body))
 
     # -- websockets -----------------------------------------------------------------------------
     async def websocket(self, up: Upgrade) -> aiohttp.ClientWebSocketResponse:

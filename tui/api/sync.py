@@ -30,12 +30,10 @@ from tui.api.core import (
     ERROR_HEADER,
     SILENCE_S,
     TIMEOUT_S,
-    Json,
     Request,
     Upgrade,
     base_headers,
     decode,
-    json_object,
     payload,
     refused,
     split_url,
@@ -166,11 +164,6 @@ class SyncClient:
         extra = f"Content-Type: {content_type}\r\n" if content_type else ""
         resp = self.exchange(req.method, req.path, req.params, extra, data or b"")
         return decode(req, resp.status, resp.body, resp.headers.get(ERROR_HEADER.lower(), ""))
-
-    def request(self, method: str, path: str, params: Mapping[str, str] | None = None,
-                body: Json | None = None) -> Json:
-        """A call not in tui/api/calls.py: the JSON object of its answer."""
-        return self.send(Request(method, path, json_object, params, body))
 
     def exchange(self, method: str, path: str, params: Mapping[str, str] | None = None, extra: str = "",
                  data: bytes = b"", upgrade: bool = False) -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 from dvic_core.constants import LOG_SOURCES
 from tui import fmt
+from tui.api import calls
 from tui.api.aio import AsyncClient
 from tui.api.errors import ApiError, Unreachable
 from tui.api.follow_logs import Backoff, HistoryPages, LogFilter, LogFollower
@@ -68,7 +69,7 @@ def _show(lines: list[dict[str, Any]], args: argparse.Namespace, with_node: bool
 async def _history(api: AsyncClient, pages: HistoryPages) -> list[dict[str, Any]]:
     """The pages' lines, oldest first (GET /logs is read newest first)."""
     while (params := pages.next_params()) is not None:
-        pages.add(await api.request("GET", "/logs", params))
+        pages.add(await api.send(calls.logs(**params)))
     return pages.lines()
 
 
