@@ -37,8 +37,9 @@ from typing import Any
 import aiohttp
 
 from dvic_core.constants import RUN_FINAL
+from tui.api import calls
+from tui.api.aio import AsyncClient
 from tui.api.config import Settings
-from tui.api.remote_client import RemoteClient
 
 from .common import add_common_args, positive_float, positive_int, work_dir
 from .daemon_rig import NODE_SCRIPT, REPO, NodeRig, RigError, enroll
@@ -132,10 +133,10 @@ def timed_process(argv: list[str], env: dict[str, str], timeout: float = 60) -> 
 
 
 # -- 1. dvic run NODE -- true -------------------------------------------------------------------
-async def run_to_end(api: RemoteClient, targets: dict[str, Any], argv: list[str]) -> tuple[list[dict[str, Any]], float]:
+async def run_to_end(api: AsyncClient, targets: dict[str, Any], argv: list[str]) -> tuple[list[dict[str, Any]], float]:
     """Start a command and follow its stream to `done`: the final runs and the seconds to `done`."""
     t0 = time.perf_counter()
-    started = await api.run_command(targets, argv=argv)
+    started = await api.send(calls.run_command(targets, argv=argv))
     runs = {r["run_id"]: r for r in started.get("runs", [])}
     async for event in api.command_stream(started["id"]):
         # runs that ended before the stream opened are only in its first `command` message
@@ -149,7 +150,7 @@ async def run_to_end(api: RemoteClient, targets: dict[str, Any], argv: list[str]
         # A stream that opens while the last runs finish can send `done` without their final
         # `state` (reported to the server's owner): read them from the stored command, which the
         # group-commit writer may store a moment after `done` (polled, bounded; not timed).
-        stored = (await api.command(started["id"])).get("runs", [])
+        stored = (await api.send(calls.command(started["id"]))).get("runs", [])
         runs = {r.get("run_id") or r["id"]: r for r in stored}
         await asyncio.sleep(0.05)
     return list(runs.values()), elapsed
@@ -157,7 +158,7 @@ async def run_to_end(api: RemoteClient, targets: dict[str, Any], argv: list[str]
 
 async def api_round_trips(server: BenchServer, node: str, count: int) -> list[float]:
     samples: list[float] = []
-    async with RemoteClient(settings_of(server)) as api:
+    async with AsyncClient(settings_of(server)) as api:
         await run_to_end(api, {"nodes": [node]}, ["true"])  # warm-up: TLS session, imports on the node
         for _ in range(count):
             runs, elapsed = await run_to_end(api, {"nodes": [node]}, ["true"])
@@ -217,7 +218,7 @@ READY = b"printf 'RE%sDY\\n' A\n"  # the output says READY; the echoed input doe
 
 async def remote_echo(server: BenchServer, node: str, count: int) -> list[float]:
     samples: list[float] = []
-    async with RemoteClient(settings_of(server)) as api:
+    async with AsyncClient(settings_of(server)) as api:
         ws = await api.shell(node, 80, 24)
         try:
             buf = bytearray()
@@ -361,8 +362,8 @@ class Fleet:
                 pass  # the whole group is gone already
 
 
-async def connected_count(api: RemoteClient) -> int:
-    return sum(1 for n in await api.nodes() if n.get("connected"))
+async def connected_count(api: AsyncClient) -> int:
+    return sum(1 for n in await api.send(calls.nodes()) if n.get("connected"))
 
 
 async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_timeout: float,
@@ -381,7 +382,7 @@ async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_
             list(pool.map(lambda name, path: enroll(server, name, path), names, bundles))
         t0 = time.perf_counter()
         fleet.start(bundles)
-        async with RemoteClient(settings_of(server)) as api:
+        async with AsyncClient(settings_of(server)) as api:
             deadline = time.monotonic() + online_timeout
             online = 0
             while online < count:

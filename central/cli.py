@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import urllib.request
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from dvic_core.constants import NODE_KINDS
+from tui.api import calls
 
 from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
@@ -28,7 +28,7 @@ from .auth import ApiError
 from .config import Config, ConnectionLimits, Notify, is_loopback
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
-from .local import LISTEN_FILE, api_call, running_server
+from .local import LISTEN_FILE, admin_call, call_running, running_server
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
@@ -183,8 +183,7 @@ def cmd_node_add(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).expanduser()
     info = running_server(data_dir)
     if info is not None:
-        bundle = api_call(data_dir, info, "POST", "/api/v1/nodes",
-                          {"name": args.name, "kind": args.kind, "group": args.group})
+        bundle = admin_call(data_dir, info, calls.enroll(args.name, args.kind, args.group))
     else:
         url = args.server_url
         if not url:
@@ -201,21 +200,14 @@ def cmd_node_add(args: argparse.Namespace) -> int:
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir).expanduser()
-    info = running_server(data_dir)
-    if info is None:
-        raise SystemExit("the server is not running: start it first (revocation must reach live connections)")
-    node = api_call(data_dir, info, "DELETE", f"/api/v1/nodes/{urllib.request.quote(args.node)}")
+    node = call_running(Path(args.data_dir).expanduser(), calls.revoke_node(args.node),
+                        "the server is not running: start it first (revocation must reach live connections)")
     print(f"revoked {node['name']} ({node['id']})")
     return 0
 
 
 def cmd_node_list(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir).expanduser()
-    info = running_server(data_dir)
-    if info is None:
-        raise SystemExit("the server is not running")
-    nodes = api_call(data_dir, info, "GET", "/api/v1/nodes")["nodes"]
+    nodes = call_running(Path(args.data_dir).expanduser(), calls.nodes(), "the server is not running")
     for n in nodes:
         print(f"{n['name']:<24} {n['id']}  {n['kind']:<10} {n['group'] or '-':<12} {n['state']}")
     return 0

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import node_script
+from tui.api import calls
 
-from .local import LISTEN_FILE, api_call, running_server
+from .local import LISTEN_FILE, admin_call, running_server
 
 DAEMON = node_script.DAEMON
 # The directory holding this package (a checkout or site-packages): `python -m central.cli` run
@@ -99,13 +100,12 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
                       file=sys.stderr)
         else:
             name = _node_name()
-            existing = api_call(data_dir, info, "GET", "/api/v1/nodes")["nodes"]
+            existing = admin_call(data_dir, info, calls.nodes())
             taken = {n["name"] for n in existing}
             base, n = name, 2
             while name in taken:
                 name, n = f"{base}-{n}", n + 1
-            bundle = api_call(data_dir, info, "POST", "/api/v1/nodes", {"name": name, "kind": "desktop",
-                                                                        "group": "local"})
+            bundle = admin_call(data_dir, info, calls.enroll(name, "desktop", "local"))
             from .pki import write_private
 
             write_private(bundle_path, (json.dumps(bundle, indent=2) + "\n").encode())

@@ -2,22 +2,25 @@
 
 `dvic-central serve` writes LISTEN_FILE there while it runs; `dvic-central node ...` (cli.py) and
 `dvic-central up` (devstack.py) find it with `running_server` and call it with the admin token and
-the CA of the same data dir.
+the CA of the same data dir, through the client library's standard-library transport (tui/api/sync.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import ssl
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from tui.api.config import Settings
+from tui.api.core import ENROLL_TIMEOUT_S, Request
+from tui.api.errors import ApiError, ConfigError
+from tui.api.sync import SyncClient
 
 from .services import ADMIN_TOKEN_FILE
 
 LISTEN_FILE = "listen.json"
+T = TypeVar("T")
 
 
 def running_server(data_dir: Path) -> dict[str, Any] | None:
@@ -30,20 +33,25 @@ def running_server(data_dir: Path) -> dict[str, Any] | None:
     return info
 
 
-def api_call(data_dir: Path, info: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
-    """Call the running server's API as admin (token and CA from the data dir)."""
-    token = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
-    ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem")) if info["url"].startswith("https") else None
-    req = urllib.request.Request(
-        info["url"] + path, method=method, data=None if body is None else json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
+def admin_call(data_dir: Path, info: dict[str, Any], req: Request[T]) -> T:
+    """Send `req` (tui/api/calls.py) to the running server as admin; a refusal ends the command."""
+    url = str(info["url"])
+    ca = data_dir / "ca.pem"
+    settings = Settings(url, (data_dir / ADMIN_TOKEN_FILE).read_text().strip(),
+                        str(ca) if url.startswith("https://") else None)
     try:
-        with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.loads(exc.read())["error"]
-            raise SystemExit(f"error: {err['message']} ({exc.code} {err['code']})") from None
-        except (ValueError, KeyError):
-            raise SystemExit(f"error: HTTP {exc.code} from the server") from None
+        with SyncClient(settings, timeout=ENROLL_TIMEOUT_S) as api:
+            return api.send(req)
+    except ApiError as exc:
+        where = f" ({exc.status} {exc.code})" if exc.status else ""
+        raise SystemExit(f"error: {exc.message}{where}") from None
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def call_running(data_dir: Path, req: Request[T], not_running: str) -> T:
+    """`admin_call` on the server running from `data_dir`; `not_running` ends the command when none is."""
+    info = running_server(data_dir)
+    if info is None:
+        raise SystemExit(not_running)
+    return admin_call(data_dir, info, req)

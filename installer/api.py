@@ -1,4 +1,9 @@
-"""A small client for the three central-server calls the installer needs (enroll, look up, revoke)."""
+"""The installer's side of the operator API, on the client library (tui/api): the calls the flow
+needs (enroll, look up, revoke, wait until online, the role check) and `--via NODE` tunnels.
+
+Errors are the client library's `ApiError` (status 0 with a code when there was no answer, or a
+setting is unusable); steps.py turns them into InstallerErrors with a hint.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,21 @@ import asyncio
 import hashlib
 import ssl
 import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
-from urllib.parse import quote, urlsplit
 
-import aiohttp
+from dvic_core.constants import RANK
+from tui.api import calls
+from tui.api.aio import AsyncClient
+from tui.api.config import Settings
+from tui.api.core import ENROLL_TIMEOUT_S, Json, Request
+from tui.api.errors import ApiError, ConfigError, Unreachable
+from tui.api.tunnel import NodeTunnel, TunnelError
 
-from dvic_core.constants import OPERATOR_HEARTBEAT_S, RANK
-
+from .errors import InstallerError
 from .models import ServerSpec
-from .tunnel import read_opened, refusal_reason, tunnel_error
-
-_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
-
-
-class CentralError(Exception):
-    """The server refused or could not be reached. ``status`` is 0 when there was no HTTP answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+from .steps import central_error
 
 
 def ca_sha256(ca_path: str) -> str:
@@ -35,113 +34,73 @@ def ca_sha256(ca_path: str) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _ssl_context(spec: ServerSpec) -> ssl.SSLContext | bool:
-    scheme = urlsplit(spec.url).scheme
-    if scheme == "http":
-        host = urlsplit(spec.url).hostname or ""
-        if host not in ("127.0.0.1", "::1", "localhost"):
-            raise CentralError(0, "insecure_url", f"plain HTTP is allowed only on loopback, not {host!r}")
-        return False
-    if scheme != "https":
-        raise CentralError(0, "bad_url", f"server URL must start with https:// (got {spec.url!r})")
-    if spec.ca_path:
-        try:
-            return ssl.create_default_context(cafile=spec.ca_path)
-        except (OSError, ssl.SSLError) as exc:
-            raise CentralError(0, "bad_ca", f"cannot load the CA file {spec.ca_path}: {exc}") from exc
-    return ssl.create_default_context()
-
-
 class CentralClient:
-    """Operator-API client. Use as ``async with CentralClient(spec) as api: ...``."""
+    """What the flow needs from the server. Use as ``async with CentralClient(spec) as api: ...``.
+
+    The URL and CA follow the clients' one TLS policy (tui/api/tls.py): https with the pinned CA,
+    plain http only on loopback; anything else is refused here, before any connection."""
 
     def __init__(self, spec: ServerSpec) -> None:
         if not spec.url:
-            raise CentralError(0, "no_server", "no central server URL (use --server or DVIC_SERVER)")
+            raise ApiError(0, "no_server", "no central server URL (use --server or DVIC_SERVER)")
         if not spec.token:
-            raise CentralError(0, "no_token", "no operator token (use --token or DVIC_TOKEN)")
-        self.spec = spec
-        self._base = spec.url.rstrip("/")
-        self._ssl = _ssl_context(spec)
-        self._session: aiohttp.ClientSession | None = None
+            raise ApiError(0, "no_token", "no operator token (use --token or DVIC_TOKEN)")
+        try:
+            self.api = AsyncClient(Settings(spec.url, spec.token, spec.ca_path or None), timeout=ENROLL_TIMEOUT_S)
+        except ConfigError as exc:
+            raise ApiError(0, exc.code, str(exc)) from exc
 
     async def __aenter__(self) -> CentralClient:
-        self._session = aiohttp.ClientSession(
-            timeout=_TIMEOUT, headers={"Authorization": f"Bearer {self.spec.token}"}
-        )
+        await self.api.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.api.close()
 
-    async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> tuple[int, Any]:
-        if self._session is None:
-            raise RuntimeError("CentralClient used outside 'async with'")
-        url = self._base + path
+    async def _send(self, req: Request[Json], what: str) -> Json:
+        """The answer; a refusal's message says what failed (``what``) and how the server put it."""
         try:
-            async with self._session.request(method, url, json=json, ssl=self._ssl) as resp:
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
-                return resp.status, body
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise CentralError(
-                0, "tls", f"the server's certificate is not signed by the pinned CA: {exc.certificate_error}"
-            ) from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise CentralError(0, "unreachable", f"cannot reach the central server at {self._base}: {exc}") from exc
-
-    @staticmethod
-    def _error(status: int, body: Any, what: str) -> CentralError:
-        code, message = f"http_{status}", ""
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            code = str(body["error"].get("code") or code)
-            message = str(body["error"].get("message") or "")
-        return CentralError(status, code, f"{what}: HTTP {status}" + (f" ({message})" if message else ""))
+            return await self.api.send(req)
+        except Unreachable:
+            raise
+        except ApiError as exc:
+            said = f" ({exc.message})" if exc.message else ""
+            raise ApiError(exc.status, exc.code, f"{what}: HTTP {exc.status}{said}") from exc
 
     async def require_role(self, role: str) -> str:
         """``GET /api/v1/me``: fail early unless the token's account is active with at least ``role``."""
-        status, body = await self._call("GET", "/api/v1/me")
-        if status != 200 or not isinstance(body, dict):
-            raise self._error(status, body, "checking your operator token failed")
-        if body.get("status") != "active":
-            raise CentralError(403, "http_403", f"the account {body.get('name')!r} is {body.get('status')}, "
-                                                "not active: an admin must approve it")
-        if RANK.get(str(body.get("role")), 0) < RANK[role]:
-            raise CentralError(403, "http_403", f"the account {body.get('name')!r} has the role "
-                                                f"{body.get('role')!r}; this needs {role!r}")
-        return f"{body.get('name')} ({body.get('role')})"
+        me = await self._send(calls.me(), "checking your operator token failed")
+        if me.get("status") != "active":
+            raise ApiError(403, "http_403", f"the account {me.get('name')!r} is {me.get('status')}, "
+                                            "not active: an admin must approve it")
+        if RANK.get(str(me.get("role")), 0) < RANK[role]:
+            raise ApiError(403, "http_403", f"the account {me.get('name')!r} has the role "
+                                            f"{me.get('role')!r}; this needs {role!r}")
+        return f"{me.get('name')} ({me.get('role')})"
 
     async def enroll(self, name: str, kind: str, group: str) -> dict[str, Any]:
         """``POST /api/v1/nodes``: enroll a node and return its bundle (protocol.md section 1)."""
-        status, body = await self._call("POST", "/api/v1/nodes", {"name": name, "kind": kind, "group": group})
-        if status not in (200, 201):
-            raise self._error(status, body, f"enrolling {name!r} failed")
-        missing = [k for k in ("node_id", "name", "token") if not isinstance(body, dict) or not body.get(k)]
+        bundle = await self._send(calls.enroll(name, kind, group), f"enrolling {name!r} failed")
+        missing = [k for k in ("node_id", "name", "token") if not bundle.get(k)]
         if missing:
-            raise CentralError(status, "bad_bundle", f"the server's bundle lacks {', '.join(missing)}")
-        return dict(body)
+            raise ApiError(200, "bad_bundle", f"the server's bundle lacks {', '.join(missing)}")
+        return bundle
 
     async def get_node(self, node: str) -> dict[str, Any] | None:
         """``GET /api/v1/nodes/{node}``: the node detail, or None when the server does not know it."""
-        status, body = await self._call("GET", "/api/v1/nodes/" + quote(node, safe=""))
-        if status == 404:
-            return None
-        if status != 200 or not isinstance(body, dict):
-            raise self._error(status, body, f"looking up node {node!r} failed")
-        return body
+        return await self._unless_missing(calls.node(node), f"looking up node {node!r} failed")
 
     async def revoke(self, node: str) -> bool:
         """``DELETE /api/v1/nodes/{node}``. Returns False when the node was not found."""
-        status, body = await self._call("DELETE", "/api/v1/nodes/" + quote(node, safe=""))
-        if status == 404:
-            return False
-        if status not in (200, 204):
-            raise self._error(status, body, f"revoking node {node!r} failed")
-        return True
+        return await self._unless_missing(calls.revoke_node(node), f"revoking node {node!r} failed") is not None
+
+    async def _unless_missing(self, req: Request[Json], what: str) -> Json | None:
+        try:
+            return await self._send(req, what)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     async def wait_online(
         self, node_id: str, within: float, poll: float = 0.25, version: str = ""
@@ -149,7 +108,7 @@ class CentralClient:
         """Poll the node until it is ``online`` (and, given ``version``, runs that daemon version).
 
         The version matters on an upgrade: the old daemon may still look online for a while.
-        CentralError(code="timeout") after ``within`` seconds.
+        ApiError(code="timeout") after ``within`` seconds.
         """
         deadline = time.monotonic() + within
         last: dict[str, Any] | None = None
@@ -162,22 +121,58 @@ class CentralClient:
                 state = last.get("state") if last else "unknown to the server"
                 if last and state == "online" and version:
                     state += f", but running daemon {last.get('daemon_version') or '?'}, not {version}"
-                raise CentralError(0, "timeout", f"node not online after {within:.0f} s (state: {state})")
+                raise ApiError(0, "timeout", f"node not online after {within:.0f} s (state: {state})")
             await asyncio.sleep(poll)
 
-    async def open_tunnel(self, node: str, host: str, port: int, wait: float = 25.0) -> aiohttp.ClientWebSocketResponse:
-        """``GET /api/v1/nodes/{node}/tunnel``: a websocket carrying a TCP stream the node opened to host:port."""
-        if self._session is None:
-            raise RuntimeError("CentralClient used outside 'async with'")
-        url = f"{self._base}/api/v1/nodes/{quote(node, safe='')}/tunnel"
+    def via(self, node: str) -> ViaTunnel:
+        """TCP connections from ``node``'s network (``--via NODE``), on this client's session."""
+        return ViaTunnel(self.api, node)
+
+
+async def connect_central(stack: AsyncExitStack, spec: ServerSpec, step: str) -> CentralClient:
+    """A `CentralClient` open until `stack` closes; an unusable setting fails `step` with a hint."""
+    try:
+        return await stack.enter_async_context(CentralClient(spec))
+    except ApiError as exc:
+        raise central_error(step, exc) from exc
+
+
+class ViaTunnel(NodeTunnel):
+    """``--via NODE``: the client library's node tunnel, its failures said as the installer's steps say them."""
+
+    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str,
+                                port: int, **_ignored: Any) -> tuple[Any, asyncio.BaseProtocol]:
         try:
-            ws = await self._session.ws_connect(
-                url, params={"host": host, "port": str(port)}, ssl=self._ssl, heartbeat=OPERATOR_HEARTBEAT_S,
-                max_msg_size=1024 * 1024,
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise tunnel_error(node, host, port, exc.status, refusal_reason(exc)) from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise CentralError(0, "unreachable", f"cannot reach the central server at {self._base}: {exc}") from exc
-        await read_opened(ws, node, host, port, wait)
-        return ws
+            return await super().create_connection(protocol_factory, host, port)
+        except TunnelError as exc:
+            raise via_error(exc, self.node, host, int(port)) from exc
+
+
+def via_error(exc: TunnelError, node: str, host: str, port: int) -> InstallerError:
+    """A tunnel that did not open, said for an operator (with what to do about it)."""
+    where = f"{host}:{port} through node {node}"
+    if exc.code == "timeout":
+        return InstallerError("connect", "via_timeout", f"node {node} did not open {host}:{port} in time",
+                              "check that the node can reach the target")
+    if exc.code == "not_opened":
+        if "does not support" in exc.reason:
+            return InstallerError("connect", "via_unsupported", f"node {node}: {exc.reason}", "upgrade that node's "
+                                  "daemon (run dvic add-node on it again), or use --jump/--direct")
+        return InstallerError("connect", "unreachable", f"node {node} cannot reach {host}:{port}: {exc.reason}",
+                              "check the address and port from that node; is sshd running on the target?")
+    if exc.status == 0:  # the server itself could not be reached
+        return central_error("connect", ApiError(0, exc.code, exc.reason))
+    reason = f"{exc.code}: {exc.reason}"
+    refused_hint = "tunnels need the operator role and a port the server allows (dvic-central --tunnel-port)"
+    if exc.code == "port_not_allowed":
+        refused_hint = (f"port {port} is not among the ports the server lets tunnels reach: an admin can add it "
+                        f"(dvic-central serve --tunnel-port {port}), or use --jump/--direct")
+    table = {
+        404: ("via_unknown", f"the server knows no node {node!r}", "check the name with: dvic nodes"),
+        409: ("via_offline", f"node {node} is not connected, so it cannot reach {host}:{port}",
+              "pick an online node for --via, or bring that node back"),
+        403: ("via_refused", f"the server refused a tunnel to {where}: {reason}", refused_hint),
+        429: ("via_busy", f"node {node} has too many tunnels open", "wait a moment and run again"),
+    }
+    code, text, hint = table.get(exc.status, ("via_failed", f"the tunnel to {where} failed: {reason}", ""))
+    return InstallerError("connect", code, text, hint)

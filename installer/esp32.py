@@ -8,11 +8,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from dvic_core.files import write_private
+from tui.api.errors import ApiError
 
-from .api import CentralClient, CentralError
+from .api import connect_central
 from .errors import InstallerError
 from .models import AddNodeResult, Esp32Request, ProgressCallback
-from .steps import StepRunner, central_error
+from .steps import StepRunner
 
 
 def c_string(text: str) -> str:
@@ -77,10 +78,7 @@ async def add_esp32(
     _check_out(request)  # before enrolling: a bad path must cost nothing at the server
     async with AsyncExitStack() as stack:
         if central is None:
-            try:
-                central = await stack.enter_async_context(CentralClient(request.server))
-            except CentralError as exc:
-                raise central_error("enroll", exc) from exc
+            central = await connect_central(stack, request.server, "enroll")
         async with runner.run("enroll") as step:
             bundle = await central.enroll(request.name, "esp32", request.group)
             node_id = str(bundle["node_id"])
@@ -100,7 +98,7 @@ async def add_esp32(
             try:
                 await central.revoke(node_id)
                 runner.note("rollback", f"revoked the enrollment {node_id}")
-            except CentralError as exc:
+            except ApiError as exc:
                 runner.note("rollback", f"could not revoke {node_id} ({exc}): run dvic remove-node {node_id}")
             raise
     return AddNodeResult(node_id=node_id, name=str(bundle.get("name", request.name)), reused_identity=False,

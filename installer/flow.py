@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -13,8 +12,9 @@ from typing import Any, Protocol
 import asyncssh
 
 from dvic_core.constants import NODE_KINDS
+from tui.api.errors import ApiError
 
-from .api import CentralClient, CentralError, ca_sha256
+from .api import ca_sha256, connect_central
 from .demos import DemoError, check_demos, check_shell_user, demos_json
 from .errors import CannotAsk, InstallerError
 from .hostkeys import KnownHosts, check_pin
@@ -33,16 +33,15 @@ from .remote import run_script
 from .render import INIT_MODES, RenderError, check_path, render_script, render_unit
 from .secret import Password
 from .ssh import ViaFactory, open_target
-from .steps import StepRunner, central_error
-from .tunnel import NodeTunnel
+from .steps import StepRunner
 
 
 def _via_factory(api: object) -> ViaFactory | None:
     """How to reach a target through a node: needs a central client that can open tunnels."""
-    open_tunnel = getattr(api, "open_tunnel", None)
-    if open_tunnel is None:
+    via = getattr(api, "via", None)
+    if via is None:
         return None
-    return lambda source: NodeTunnel(source.node, functools.partial(open_tunnel, source.node))
+    return lambda source: via(source.node)
 
 
 class Central(Protocol):
@@ -154,10 +153,7 @@ async def add_node(
         _validate(request)
         async with AsyncExitStack() as stack:
             if central is None:
-                try:
-                    central = await stack.enter_async_context(CentralClient(request.server))
-                except CentralError as exc:
-                    raise central_error("connect", exc) from exc
+                central = await connect_central(stack, request.server, "connect")
             return await _add_node(request, runner, central, stack)
     finally:
         request.password.wipe()
@@ -248,7 +244,7 @@ async def _enroll(api: Central, name: str, kind: str, group: str) -> dict[str, A
     """Enroll, saying precisely why a taken name is taken."""
     try:
         return await api.enroll(name, kind, group)
-    except CentralError as exc:
+    except ApiError as exc:
         if exc.status != 409:
             raise
         holder = await api.get_node(name)
@@ -310,9 +306,9 @@ async def _roll_back(
     try:
         await asyncio.wait_for(api.revoke(node_id), 30)
         done.append(f"revoked the enrollment {node_id}")
-    except (TimeoutError, CentralError) as exc:
+    except (TimeoutError, ApiError) as exc:
         # This run made the enrollment, so its operator may revoke it unless the node has connected.
-        who = "ask an admin to run" if isinstance(exc, CentralError) and exc.status == 403 else "run"
+        who = "ask an admin to run" if isinstance(exc, ApiError) and exc.status == 403 else "run"
         problems.append(f"could not revoke {node_id} ({exc}): {who} dvic remove-node {node_id}")
     runner.note("rollback", "; ".join(done + problems), StepStatus.FAILED if problems else StepStatus.OK)
     if not isinstance(cause, InstallerError):
@@ -351,10 +347,7 @@ async def remove_node(
             _check_pins(request.expect_host_key, request.source, "revoke")
         async with AsyncExitStack() as stack:
             if central is None:
-                try:
-                    central = await stack.enter_async_context(CentralClient(request.server))
-                except CentralError as exc:
-                    raise central_error("revoke", exc) from exc
+                central = await connect_central(stack, request.server, "revoke")
             # Revoke first: the identity is dead at once, even if the machine is unreachable.
             async with runner.run("revoke") as step:
                 require_role = getattr(central, "require_role", None)

@@ -60,7 +60,7 @@ class ServerSpec:
 
     url: str
     token: str
-    ca_path: str = ""  # PEM file to pin; empty: the system trust store
+    ca_path: str = ""  # PEM file to pin; an https server needs one (tui/api/tls.py: no system trust store)
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
         return f"ServerSpec(url={self.url!r}, ca_path={self.ca_path!r})"

@@ -9,11 +9,12 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from tui.api.tunnel import NodeTunnel
+
 from .errors import InstallerError, NotAvailableError
 from .hostkeys import KnownHosts, trusted_host_keys
 from .models import ConfirmHostKey, Direct, Jump, Source, ViaNode
 from .secret import Password
-from .tunnel import NodeTunnel
 
 
 class Tunnel(Protocol):
@@ -105,7 +106,7 @@ async def open_target(
         via = ""
         if isinstance(source, ViaNode):
             tunnel = open_via_node(source, via_factory)
-            stack.push_async_callback(tunnel.aclose)
+            stack.push_async_callback(tunnel.close)
             via = f"node {source.node}"
         elif isinstance(source, Jump):
             via = f"jump host {source.host}:{source.port}"

@@ -9,7 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .api import CentralError
+from tui.api.errors import ApiError
+
 from .errors import InstallerError
 from .models import ProgressCallback, Step, StepStatus
 from .render import RenderError
@@ -20,6 +21,7 @@ _CENTRAL_HINTS = {
     "unreachable": "check --server / DVIC_SERVER and that dvic-central is running",
     "tls": "check --ca / DVIC_CA: it must be the server's ca.pem",
     "bad_ca": "check --ca / DVIC_CA: it must be a readable PEM file",
+    "no_ca": "pass --ca FILE (the server's ca.pem) or set DVIC_CA: the installer trusts only that CA",
     "no_server": "pass --server https://HOST:PORT or set DVIC_SERVER",
     "no_token": "pass --token or set DVIC_TOKEN (an operator token)",
     "insecure_url": "use the server's https:// URL",
@@ -36,7 +38,7 @@ _CENTRAL_HINTS = {
 }
 
 
-def central_error(step: str, exc: CentralError) -> InstallerError:
+def central_error(step: str, exc: ApiError) -> InstallerError:
     code = exc.code
     hint = _CENTRAL_HINTS.get(code) or _CENTRAL_HINTS.get(f"http_{exc.status}", "")
     return InstallerError(step, code, exc.message, hint)
@@ -89,7 +91,7 @@ class StepRunner:
     def _as_installer_error(name: str, exc: BaseException) -> InstallerError | None:
         if isinstance(exc, InstallerError):
             return exc
-        if isinstance(exc, CentralError):
+        if isinstance(exc, ApiError):
             return central_error(name, exc)
         if isinstance(exc, RenderError):
             return InstallerError(name, "render", str(exc), "fix the input named in the message")

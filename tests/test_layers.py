@@ -49,7 +49,7 @@ class Imports:
             self._read(name, path)
 
     def _project(self, dotted: str) -> str | None:
-        """The project module a dotted name is, or is inside of (`tui.api.client.ApiError` -> tui.api.client)."""
+        """The project module a dotted name is, or is inside of (`tui.api.errors.ApiError` -> tui.api.errors)."""
         while dotted and dotted not in self.files:
             dotted = dotted.rpartition(".")[0]
         return dotted or None

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from tui import __version__
-from tui.api.client import ApiError, Unreachable
 from tui.api.config import ConfigError, Settings, resolve
+from tui.api.errors import ApiError, Unreachable
 from tui.api.pinning import PinError
 from tui.cmds.common import UsageError
 

@@ -11,7 +11,7 @@ from tests.support.server import CentralServer
 from tests.tui_remote.clikit import DvicRunner
 from tests.tui_remote.executor_node import ExecutorNode
 from tui.api.config import Settings
-from tui.api.lean_http import LeanClient
+from tui.api.sync import SyncClient
 from tui.cmds.run import CommandFollower
 
 
@@ -38,7 +38,7 @@ async def test_output_before_the_stream_is_printed_once_and_in_order(central_ser
         assert status == 201
         doc = await _stored_output(central_server, started["id"])
         assert not doc["done"]
-        with LeanClient(_settings(central_server)) as api:
+        with SyncClient(_settings(central_server)) as api:
             # `dvic run` follows with blocking calls; here in a thread, while the node serves on the loop.
             follower = CommandFollower(api, started, as_json=False)
             await asyncio.wait_for(asyncio.to_thread(follower.follow), 20)
@@ -60,7 +60,7 @@ async def test_following_a_finished_command_prints_all_of_it(central_server: Cen
         while not central_server.api("GET", f"/api/v1/commands/{started['id']}")[1]["done"]:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        with LeanClient(_settings(central_server)) as api:
+        with SyncClient(_settings(central_server)) as api:
             follower = CommandFollower(api, started, as_json=False)
             await asyncio.wait_for(asyncio.to_thread(follower.follow), 20)
             assert follower.summary() == 255  # one node offline

@@ -9,17 +9,18 @@ import time
 
 from tests.support.server import CentralServer
 from tests.tui_remote.executor_node import ExecutorNode
+from tui.api import calls
 from tui.api.config import Settings
 from tui.api.follow_command import CommandTracker
-from tui.api.lean_http import LeanClient
+from tui.api.sync import SyncClient
 
 
 def _stream_frames(server: CentralServer, command_id: str, outputs: int) -> list[dict]:
     """The command stream's frames up to its `outputs`-th output, then the socket is dropped (a cut)."""
     frames: list[dict] = []
     settings = Settings(server=server.url, token=server.admin_token, ca=str(server.ca_path))
-    with LeanClient(settings) as api:
-        ws = api.websocket(f"/commands/{command_id}/stream")
+    with SyncClient(settings) as api:
+        ws = api.websocket(calls.command_stream(command_id))
         try:
             while sum(f["type"] == "output" for f in frames) < outputs:
                 text = ws.receive(15)

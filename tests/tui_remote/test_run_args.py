@@ -13,8 +13,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tui.api.client import _seg
-from tui.api.lean_http import WS_GUID, split_url, websocket_accept
+from tui.api.core import seg, split_url
+from tui.api.sync import WS_GUID, websocket_accept
 from tui.cli import build_parser, command_of
 from tui.cmds.common import UsageError
 from tui.cmds.run import _run_options_between, parse_fast, split_run_words
@@ -123,7 +123,7 @@ def test_the_usual_lines_take_the_fast_path():
     "\x00\x7f", "🚀", "a\u0301",
 ])
 def test_path_segments_are_quoted_as_urllib_does(value: str):
-    assert _seg(value) == quote(value, safe="")
+    assert seg(value) == quote(value, safe="")
 
 
 @pytest.mark.parametrize("url", [

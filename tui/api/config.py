@@ -5,7 +5,7 @@ Layout: `$XDG_CONFIG_HOME/dvic/` (default `~/.config/dvic/`), directory 0700, fi
 Precedence for each setting: command-line option, then environment (`DVIC_SERVER`, `DVIC_TOKEN`,
 `DVIC_CA`), then what `dvic login` stored. The token can also come from a file (`--token-file`,
 `DVIC_TOKEN_FILE`), which keeps it out of the process list that `--token` shows to every user.
-Plain `http://` is accepted only for a loopback server: anywhere else it would send the token in clear.
+Plain `http://` is accepted only for a loopback server (tui/api/tls.py, the one TLS policy).
 """
 
 from __future__ import annotations
@@ -17,16 +17,14 @@ import stat
 from collections.abc import Mapping
 
 from dvic_core.files import write_private
+from tui.api import tls
+from tui.api.errors import ConfigError as ConfigError  # where the commands have always found it
 
 # pathlib (with urllib.parse and ipaddress) is imported only where a `Path` is handed out: every
 # `dvic` command resolves its settings, `dvic run` in tens of milliseconds, and os.path does it.
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-class ConfigError(Exception):
-    """A setting is missing or unusable; the message tells the user what to do."""
 
 
 class Settings:
@@ -171,31 +169,8 @@ def read_token_file(path: str, what: str = "--token-file") -> str:
 
 def check_plain_http(server: str) -> None:
     """A ConfigError unless an `http://` URL names a loopback host (the token would go in clear)."""
-    if not server.startswith("http://"):
-        return
-    from urllib.parse import urlsplit
-
-    try:
-        host = urlsplit(server).hostname or ""
-    except ValueError:
-        host = ""
-    if not _is_loopback(host):
-        raise ConfigError(
-            f"refusing plain http:// to {host or server!r}: the token would cross the network in clear; "
-            "use the server's https:// URL (plain http:// is for a server on this machine only: "
-            "127.0.0.1, ::1 or localhost)"
-        )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    if server.startswith("http://"):
+        tls.check(server, None)
 
 
 def resolve(
@@ -222,11 +197,7 @@ def resolve(
     if not server:
         raise ConfigError("no server: run `dvic login URL`, or pass --server URL (or set DVIC_SERVER)")
     server = server.rstrip("/")
-    if not server.startswith(("https://", "http://")):
-        raise ConfigError(f"server URL must start with https:// (got {server!r})")
-    check_plain_http(server)
-    if server.startswith("https://") and not ca:
-        raise ConfigError("no CA to pin: run `dvic login URL`, or pass --ca FILE (or set DVIC_CA)")
+    tls.check(server, ca)  # https with a CA to pin; plain http only to this machine
     if ca and not _is_file(ca):
         raise ConfigError(f"CA file {ca} does not exist")
     if need_token and not token:

@@ -8,37 +8,54 @@ travel as the websocket's binary frames. asyncssh only needs that method:
         async with asyncssh.connect("10.0.0.9", tunnel=via, ...) as conn: ...
 
 The server allows only its `--tunnel-port` ports (22 by default) and only operators and admins.
+`dvic add-node --via NODE` (installer/api.py) uses it with the installer's own client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
-from tui.api.client import ApiError
+from tui.api import calls
+from tui.api.aio import AsyncClient
 from tui.api.config import Settings
-from tui.api.remote_client import RemoteClient
+from tui.api.core import Json, decode_frame
+from tui.api.errors import ApiError
 
 FRAME = 32 * 1024  # bytes per websocket frame: the server accepts frames up to 256 KiB
 HIGH_WATER = 256 * 1024  # bytes queued for the websocket before the protocol is asked to pause
 LOW_WATER = 64 * 1024
+# The server gives the node 20 s to connect before it says `closed` (central/tunnels.py): a little more.
+OPEN_WAIT_S = 25.0
+NOT_ALLOWED = " (the port is not among the server's --tunnel-port ports)"  # a refusal nothing else explains
 
 
 class TunnelError(ConnectionError):
-    """The tunnel could not be opened (refused by the server, or the node could not connect)."""
+    """The tunnel could not be opened; the message says why for an operator. `status`, `code` and
+    `reason` are the server's refusal as it came (status 0: `code` "timeout", no `opened` in time;
+    "not_opened", the node could not connect and `reason` is its word; or the client's own error)."""
+
+    def __init__(self, message: str, status: int, code: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.reason = reason
 
 
 class NodeTunnel:
-    """Opens TCP connections from a node's network; one websocket per connection."""
+    """Opens TCP connections from a node's network; one websocket per connection.
 
-    def __init__(self, settings: Settings, node: str) -> None:
+    Given `Settings`, it opens (and closes) its own client; given an `AsyncClient`, it uses that one."""
+
+    def __init__(self, source: Settings | AsyncClient, node: str, opened_within: float = OPEN_WAIT_S) -> None:
         self.node = node
-        self.api = RemoteClient(settings)
+        self.own_client = isinstance(source, Settings)
+        self.api = AsyncClient(source) if isinstance(source, Settings) else source
+        self.opened_within = opened_within
         self._transports: set[WebSocketTransport] = set()
 
     async def __aenter__(self) -> NodeTunnel:
@@ -50,36 +67,50 @@ class NodeTunnel:
         await self.close()
 
     async def close(self) -> None:
-        """Aborts the connections still open and closes the HTTP session."""
+        """Aborts the connections still open (and closes its own client)."""
         for transport in list(self._transports):
             transport.abort()
         for transport in list(self._transports):
             await transport.wait_closed()
-        await self.api.close()
+        if self.own_client:
+            await self.api.close()
 
     async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str,
                                 port: int, **_ignored: Any) -> tuple[WebSocketTransport, asyncio.BaseProtocol]:
         """Like `loop.create_connection`: the node connects to host:port; raises `TunnelError`."""
-        await self.api.open()
-        try:
-            ws = await self.api.tunnel(self.node, host, int(port))
-        except ApiError as exc:
-            raise TunnelError(f"tunnel through {self.node} to {host}:{port}: {exc.message} [{exc.code}]") from exc
-        try:
-            first = await ws.receive()
-            doc = _control(first)
-            if doc is None or doc.get("type") != "opened":
-                reason = (doc or {}).get("message") or f"closed before opening (code {ws.close_code})"
-                raise TunnelError(f"node {self.node} could not connect to {host}:{port}: {reason}")
-        except BaseException:
-            await ws.close()
-            raise
+        ws = await self._open(host, int(port))
         protocol = protocol_factory()
         transport = WebSocketTransport(ws, protocol, (host, int(port)))
         self._transports.add(transport)
         transport.closed.add_done_callback(lambda _f: self._transports.discard(transport))
         transport.start()
         return transport, protocol
+
+    async def _open(self, host: str, port: int) -> aiohttp.ClientWebSocketResponse:
+        """The tunnel's websocket once the server said `opened`."""
+        where = f"{host}:{port}"
+        await self.api.open()
+        try:
+            ws = await self.api.websocket(calls.tunnel(self.node, host, port))
+        except ApiError as exc:
+            shown = await self.api.explain(exc, self.node, f"open a tunnel to {where}", NOT_ALLOWED)
+            raise TunnelError(f"tunnel through {self.node} to {where}: {shown.message} [{shown.code}]",
+                              exc.status, exc.code, exc.message) from exc
+        try:
+            try:
+                first = await asyncio.wait_for(ws.receive(), self.opened_within)
+            except TimeoutError:
+                raise TunnelError(f"node {self.node} did not open {where} within {self.opened_within:.0f} s",
+                                  0, "timeout", "") from None
+            doc = _control(first)
+            if doc is None or doc.get("type") != "opened":
+                reason = str((doc or {}).get("message") or f"closed before opening (code {ws.close_code})")
+                raise TunnelError(f"node {self.node} could not connect to {where}: {reason}", 0, "not_opened",
+                                  reason)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
 
     async def open_connection(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Like `asyncio.open_connection`, through the node."""
@@ -90,18 +121,12 @@ class NodeTunnel:
         assert isinstance(protocol, asyncio.StreamReaderProtocol)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    def __repr__(self) -> str:
-        return f"NodeTunnel({self.node!r} via {self.api.base})"
+    def __repr__(self) -> str:  # asyncssh logs "via <tunnel>"
+        return f"node {self.node} (via {self.api.base})"
 
 
-def _control(msg: aiohttp.WSMessage) -> dict[str, Any] | None:
-    if msg.type != aiohttp.WSMsgType.TEXT:
-        return None
-    try:
-        doc = json.loads(msg.data)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+def _control(msg: aiohttp.WSMessage) -> Json | None:
+    return decode_frame(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
 
 
 class WebSocketTransport(asyncio.Transport):

@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 from tui import fmt
-from tui.api.client import ApiError, Stream
+from tui.api.aio import AsyncClient, Stream
+from tui.api.errors import ApiError
 from tui.api.follow_command import ACTION_POLL_S, ActionTracker, needs_confirmation
-from tui.api.remote_client import RemoteClient
 from tui.cmds.common import SettingsFn, emit_json, remote_client, say
 from tui.cmds.parsing import positive
 from tui.cmds.run import check_answer, confirmation_question, targets_of, targets_options
@@ -66,7 +66,7 @@ def _action_options(p: argparse.ArgumentParser) -> None:
 
 
 # -- confirmation --------------------------------------------------------------------------------
-async def confirm(api: RemoteClient, args: argparse.Namespace, targets: Json, what: str) -> None:
+async def confirm(api: AsyncClient, args: argparse.Namespace, targets: Json, what: str) -> None:
     """Asks before a fleet-wide action unless --yes; refuses when nobody can answer (the rule of
     tui/api/follow_command.py `needs_confirmation`)."""
     if args.yes or not needs_confirmation(targets):
@@ -104,7 +104,7 @@ def _action_line(action: Json) -> str:
            f"{action.get('action')}{demo}: {action.get('state')}{message}"
 
 
-async def follow_actions(api: RemoteClient, stream: Stream | None, actions: list[Json], as_json: bool) -> int:
+async def follow_actions(api: AsyncClient, stream: Stream | None, actions: list[Json], as_json: bool) -> int:
     """Prints every state change of the actions until each is final. 0 when all are done.
 
     Changes come from the live stream's `action_<state>` events (opened before the request, so
@@ -146,7 +146,7 @@ async def follow_actions(api: RemoteClient, stream: Stream | None, actions: list
     return 0 if tracker.ok else 1
 
 
-async def _open_stream(api: RemoteClient) -> Stream | None:
+async def _open_stream(api: AsyncClient) -> Stream | None:
     """The live events stream for --wait; None (polling only) when the server refuses it."""
     try:
         stream = await api.stream()

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 
 from dvic_core.constants import LEVELS
-from tui.api.client import ApiClient
 from tui.api.config import Settings
-from tui.api.remote_client import RemoteClient
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
 if TYPE_CHECKING:
     from typing import Any, TextIO
+
+    from tui.api.aio import AsyncClient
 
 # Each handler gets the parsed args and a function that resolves the connection settings (so a
 # command such as `login` can run without stored settings).
@@ -95,10 +95,12 @@ def say(text: str, out: TextIO | None = None) -> None:
     out.flush()
 
 
-def client(settings: Settings) -> ApiClient:
-    return ApiClient(settings)
+def client(settings: Settings) -> AsyncClient:
+    from tui.api.aio import AsyncClient  # not with this module: `dvic run` uses the stdlib transport
+
+    return AsyncClient(settings)
 
 
-def remote_client(settings: Settings) -> RemoteClient:
+def remote_client(settings: Settings) -> AsyncClient:
     """The client of the remote-control commands (commands, shells, actions, releases)."""
-    return RemoteClient(settings)
+    return client(settings)

@@ -10,7 +10,9 @@ from typing import Any
 
 from dvic_core.constants import LOG_SOURCES
 from tui import fmt
-from tui.api.client import ApiClient, ApiError, Unreachable
+from tui.api import calls
+from tui.api.aio import AsyncClient
+from tui.api.errors import ApiError, Unreachable
 from tui.api.follow_logs import Backoff, HistoryPages, LogFilter, LogFollower
 from tui.cmds.common import SettingsFn, client, emit_json, parse_level, parse_time, say
 from tui.textsafe import clean
@@ -64,10 +66,10 @@ def _show(lines: list[dict[str, Any]], args: argparse.Namespace, with_node: bool
             say(format_line(line, with_node=with_node))
 
 
-async def _history(api: ApiClient, pages: HistoryPages) -> list[dict[str, Any]]:
+async def _history(api: AsyncClient, pages: HistoryPages) -> list[dict[str, Any]]:
     """The pages' lines, oldest first (GET /logs is read newest first)."""
     while (params := pages.next_params()) is not None:
-        pages.add(await api.request("GET", "/logs", params))
+        pages.add(await api.send(calls.logs(**params)))
     return pages.lines()
 
 
@@ -89,7 +91,7 @@ async def run_logs(args: argparse.Namespace, settings: SettingsFn) -> int:
         return await _follow(api, args, follower)
 
 
-async def _follow(api: ApiClient, args: argparse.Namespace, follower: LogFollower) -> int:
+async def _follow(api: AsyncClient, args: argparse.Namespace, follower: LogFollower) -> int:
     with_node = follower.filter.node is None
     backoff = Backoff()
     first = True

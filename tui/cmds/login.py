@@ -8,8 +8,9 @@ import os
 import sys
 
 from tui.api import pinning
-from tui.api.client import ApiClient, ApiError
+from tui.api.aio import AsyncClient
 from tui.api.config import ConfigError, Settings, Store, check_plain_http, read_token_file
+from tui.api.errors import ApiError
 from tui.cmds.common import SettingsFn, say
 from tui.textsafe import clean
 
@@ -56,7 +57,7 @@ async def run_login(args: argparse.Namespace, settings: SettingsFn) -> int:
             return 1
     # From here on the connection is verified strictly against the pinned CA.
     pem = ca.pem if ca else None
-    async with ApiClient(Settings(server=url, token=None, ca=None, ca_pem=pem)) as anon:
+    async with AsyncClient(Settings(server=url, token=None, ca=None, ca_pem=pem)) as anon:
         await anon.health()
         code = ""
         if args.register:
@@ -74,7 +75,7 @@ async def run_login(args: argparse.Namespace, settings: SettingsFn) -> int:
                 token = getpass.getpass("API token: ").strip()
             if not token:
                 raise ConfigError("no token given; nothing stored")
-    async with ApiClient(Settings(server=url, token=token, ca=None, ca_pem=pem)) as api:
+    async with AsyncClient(Settings(server=url, token=token, ca=None, ca_pem=pem)) as api:
         me = await api.me()
     Store().save(url, ca.pem if ca else None, ca.sha256 if ca else None, token)
     name, role, status = me.get("name", "?"), me.get("role", "?"), me.get("status", "?")

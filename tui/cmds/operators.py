@@ -11,7 +11,7 @@ from typing import Any
 
 from dvic_core.constants import ROLES
 from tui import fmt
-from tui.api.client import ApiClient
+from tui.api.aio import AsyncClient
 from tui.cmds.common import _RELATIVE, _UNIT, SettingsFn, UsageError, client, emit_json, say
 from tui.textsafe import clean
 
@@ -113,7 +113,7 @@ def _operators_table(ops: list[dict[str, Any]], now: float) -> str:
     return fmt.table(["NAME", "ROLE", "STATUS", "CREATED", "LAST USED"], rows)
 
 
-async def _approval_code(api: ApiClient, args: argparse.Namespace) -> str | None:
+async def _approval_code(api: AsyncClient, args: argparse.Namespace) -> str | None:
     """--code, or asked for on a terminal when the account registered with one."""
     if args.code is not None:
         return str(args.code)

@@ -1,6 +1,6 @@
 """`dvic run`: a command on nodes, its output live, and its exit status (docs/remote-control.md).
 
-Blocking code on tui/api/lean_http.py on purpose: an operator types `dvic run NODE -- CMD` at a prompt,
+Blocking code on tui/api/sync.py on purpose: an operator types `dvic run NODE -- CMD` at a prompt,
 so the process's start-up is part of the round trip, and asyncio plus aiohttp cost more to import
 than the command takes (docs/performance.md, "Remote control"). Nothing here imports them.
 Ctrl-C is caught with a signal handler that only counts; a wake-up pipe (`signal.set_wakeup_fd`)
@@ -9,7 +9,6 @@ makes the wait on the stream return at once so the loop acts on it.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -18,10 +17,11 @@ import time
 from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 
-from tui.api.client import ApiError, Json, Unreachable, _list, _params, _seg
+from tui.api import calls
+from tui.api.core import Json, decode_frame
+from tui.api.errors import ApiError, StreamClosed, Unreachable
 from tui.api.follow_command import CommandTracker, LineSplitter, confirmation_subject, needs_confirmation
-from tui.api.lean_http import LeanClient, WebSocketClosed
-from tui.api.remote_client import command_body
+from tui.api.sync import SyncClient
 from tui.cmds.common import SettingsFn, UsageError, emit_json
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
@@ -92,11 +92,11 @@ def check_answer(answer: str) -> None:
         raise UsageError("cancelled: nothing was sent")
 
 
-def confirm(api: LeanClient, args: argparse.Namespace | SimpleNamespace, targets: Json, what: str) -> None:
+def confirm(api: SyncClient, args: argparse.Namespace | SimpleNamespace, targets: Json, what: str) -> None:
     """Asks before a fleet-wide run unless --yes (Ctrl-C at the prompt ends `dvic` at once)."""
     if args.yes or not needs_confirmation(targets):
         return
-    nodes = _list(api.request("GET", "/nodes", _params(group=targets.get("group"))), "nodes")
+    nodes = api.send(calls.nodes(group=targets.get("group")))
     sys.stderr.write(confirmation_question(nodes, targets, what))
     sys.stderr.flush()
     check_answer(os.read(sys.stdin.fileno(), 4096).decode(errors="replace"))
@@ -257,7 +257,7 @@ class CommandFollower:
     makes waits return when a signal came. Without one, waits simply time out.
     """
 
-    def __init__(self, api: LeanClient, command: Json, as_json: bool, wake_fd: int | None = None) -> None:
+    def __init__(self, api: SyncClient, command: Json, as_json: bool, wake_fd: int | None = None) -> None:
         self.api = api
         self.id = str(command["id"])
         self.tracker = CommandTracker(command)
@@ -287,7 +287,7 @@ class CommandFollower:
             sys.stderr.write(f"\ndvic: cancelling on the nodes (Ctrl-C again to stop waiting, {CANCEL_WAIT_S:.0f} s max)\n")
             sys.stderr.flush()
             try:
-                self.api.request("POST", f"/commands/{_seg(self.id)}/cancel")
+                self.api.send(calls.cancel_command(self.id))
             except ApiError as exc:
                 # 404: it finished meanwhile; anything else is said but the wait goes on.
                 if exc.status != 404:
@@ -326,7 +326,7 @@ class CommandFollower:
     def _stream(self) -> None:
         """The command stream until `done`; a cut is said, and the store takes over."""
         try:
-            ws = self.api.websocket(f"/commands/{_seg(self.id)}/stream", what="the command stream")
+            ws = self.api.websocket(calls.command_stream(self.id))
         except ApiError as exc:  # includes Unreachable
             self._cut(exc.message)
             return
@@ -336,13 +336,10 @@ class CommandFollower:
                 text = ws.receive(self._wait_s(None), self.wake_fd)
                 if text is None:
                     continue
-                try:
-                    frame = json.loads(text)
-                except ValueError:
-                    continue  # a garbled frame must not end the command
-                if isinstance(frame, dict):
+                frame = decode_frame(text)  # None for a garbled frame: it must not end the command
+                if frame is not None:
                     self._apply(self.tracker.on_frame(frame), frame)
-        except WebSocketClosed as exc:
+        except StreamClosed as exc:
             self._cut(f"the command stream closed (code {exc.code})" if exc.code is not None else str(exc))
         except ApiError as exc:
             self._cut(exc.message)
@@ -359,7 +356,7 @@ class CommandFollower:
         while True:
             self._tick()
             try:
-                self._apply(self.tracker.on_snapshot(self.api.request("GET", f"/commands/{_seg(self.id)}")))
+                self._apply(self.tracker.on_snapshot(self.api.send(calls.command(self.id))))
             except Unreachable:
                 if not self.tracker.keep_trying(time.monotonic()):
                     raise
@@ -434,10 +431,9 @@ def run_command(args: argparse.Namespace | SimpleNamespace, settings: SettingsFn
     nodes, command = split_run_words(args)
     targets = targets_of(args, nodes)
     argv, shell = (None, " ".join(command)) if args.shell else (command, None)
-    with LeanClient(settings()) as api:
+    with SyncClient(settings()) as api:
         confirm(api, args, targets, f"run {' '.join(command)!r}")
-        started = api.request("POST", "/commands", body=command_body(targets, argv=argv, shell=shell,
-                                                                      timeout=args.timeout))
+        started = api.send(calls.run_command(targets, argv=argv, shell=shell, timeout=args.timeout))
         follower = CommandFollower(api, started, args.json)
         with InterruptsTo(follower):
             follower.follow()

@@ -13,8 +13,8 @@ from textual.app import App, SuspendNotSupported
 from textual.binding import Binding
 from textual.css.query import NoMatches
 
-from tui.api.client import ApiError
-from tui.api.remote_client import RemoteClient
+from tui.api.aio import AsyncClient
+from tui.api.errors import ApiError
 from tui.console.fleet import Fleet
 from tui.console.live import LiveFeed
 from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
@@ -50,7 +50,7 @@ class DvicApp(App[None]):
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.settings = settings
-        self.api = RemoteClient(settings)  # the operator API plus remote control (commands, shells...)
+        self.api = AsyncClient(settings)  # the operator API plus remote control (commands, shells...)
         self.fleet = Fleet()
         self.me: dict[str, Any] = {}
         self.feed = LiveFeed(self.api, self.post_message)

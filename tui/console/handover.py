@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from textual.app import SuspendNotSupported
 
 from tui import terminal
-from tui.api.client import ApiError
+from tui.api.errors import ApiError
 from tui.textsafe import clean
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from tui.api.aio import AsyncClient
     from tui.api.config import Settings
-    from tui.api.remote_client import RemoteClient
     from tui.console.fleet import Fleet
 
 
@@ -19,7 +19,7 @@ class ConsoleHost(Protocol):
     """The console app as its screens see it: the client, the fleet, the connection, the navigation."""
 
     settings: Settings
-    api: RemoteClient
+    api: AsyncClient
     fleet: Fleet
     connected: bool
     down_reason: str

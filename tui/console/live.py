@@ -13,7 +13,8 @@ from typing import Any
 
 from textual.message import Message
 
-from tui.api.client import ApiClient, ApiError, Stream
+from tui.api.aio import AsyncClient, Stream
+from tui.api.errors import ApiError
 from tui.api.follow_logs import Backoff
 from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
 
@@ -21,7 +22,7 @@ REFUSED_WAIT_S = 30.0  # after a 401/403: retrying sooner would not change the a
 
 
 class LiveFeed:
-    def __init__(self, api: ApiClient, post: Callable[[Message], Any]) -> None:
+    def __init__(self, api: AsyncClient, post: Callable[[Message], Any]) -> None:
         self.api = api
         self.post = post
         self.subscription: list[str] = []

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from tui import fmt
-from tui.api.client import ApiError
+from tui.api.errors import ApiError
 from tui.api.follow_command import ACTION_POLL_S, ActionTracker, action_final
 from tui.console.act import ACTION_STYLE
 from tui.console.screens.base import DvicScreen

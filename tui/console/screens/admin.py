@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from dvic_core.constants import ROLES
 from tui import fmt
-from tui.api.client import ApiError
+from tui.api.errors import ApiError
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
 from tui.console.widgets.banner import ConnectionBanner

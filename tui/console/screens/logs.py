@@ -15,7 +15,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Input, Static
 
-from tui.api.client import ApiError
+from tui.api import calls
+from tui.api.errors import ApiError
 from tui.console.screens.base import DvicScreen
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.log_view import LogView
@@ -106,7 +107,7 @@ class LogsScreen(DvicScreen):
         pages = view.follower.gap() if gap else view.follower.history(HISTORY)
         try:
             while (params := pages.next_params()) is not None:
-                pages.add(await self.dvic.api.request("GET", "/logs", params))
+                pages.add(await self.dvic.api.send(calls.logs(**params)))
         except ApiError as exc:
             self.notify(f"log history: {exc.message}", severity="error", markup=False)
             return

@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, TabPane
 
 from tui import fmt
-from tui.api.client import ApiError
+from tui.api.errors import ApiError
 from tui.api.follow_command import command_text
 from tui.console.act import ACT_BINDINGS, ACTIONS, DEMO_ACTIONS
 from tui.console.screens.actions import COLUMNS as ACTION_COLUMNS

@@ -18,7 +18,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Input, RichLog, Static
 
-from tui.api.client import ApiError, Unreachable
+from tui.api.aio import AsyncClient
+from tui.api.errors import ApiError, StreamClosed, Unreachable
 from tui.api.follow_command import (
     CommandTracker,
     LineSplitter,
@@ -27,7 +28,6 @@ from tui.api.follow_command import (
     needs_confirmation,
     state_text,
 )
-from tui.api.remote_client import RemoteClient, StreamCut
 from tui.console.act import RUN_STYLE
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog
@@ -61,7 +61,7 @@ class RunScreen(DvicScreen):
         self.only: str | None = None  # run id whose output alone is shown
 
     @property
-    def api(self) -> RemoteClient:
+    def api(self) -> AsyncClient:
         return self.dvic.api
 
     def compose(self) -> ComposeResult:
@@ -142,7 +142,7 @@ class RunScreen(DvicScreen):
                 self._apply(self.board.on_frame(msg))
                 if self.board.done:
                     break
-        except (StreamCut, ApiError):
+        except (StreamClosed, ApiError):
             pass  # read the store instead: the server keeps every chunk
         if not self.board.done:
             self.board.on_cut(time.monotonic())

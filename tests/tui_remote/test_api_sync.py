@@ -1,4 +1,4 @@
-"""tui/api/lean_http.py, the blocking stdlib client of `dvic run`, against real servers on 127.0.0.1.
+"""tui/api/sync.py, the blocking stdlib transport of `dvic run`, against real servers on 127.0.0.1.
 
 A small aiohttp app covers what the central server does not show on demand (chunked bodies, pings,
 close codes, idle keep-alive closes); a raw asyncio server writes frames byte by byte where aiohttp
@@ -22,9 +22,11 @@ from aiohttp import WSMsgType, web
 
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tui.api.client import ApiError, Unreachable
+from tui.api import calls
 from tui.api.config import Settings
-from tui.api.lean_http import WS_GUID, LeanClient, WebSocketClosed
+from tui.api.core import Json, Request, Upgrade, json_object
+from tui.api.errors import ApiError, StreamClosed, Unreachable
+from tui.api.sync import WS_GUID, SyncClient
 
 
 class Site:
@@ -103,14 +105,19 @@ async def site() -> AsyncIterator[Site]:
         await runner.cleanup()
 
 
-def _client(url: str, token: str | None = "t0k") -> LeanClient:
-    return LeanClient(Settings(server=url, token=token, ca=None))
+def _client(url: str, token: str | None = "t0k") -> SyncClient:
+    return SyncClient(Settings(server=url, token=token, ca=None))
+
+
+def _fetch(api: SyncClient, path: str, query: dict[str, str] | None = None, body: Json | None = None) -> Json:
+    """The test app's JSON object at `path` (POST when there is a body)."""
+    return api.send(Request("POST" if body is not None else "GET", path, json_object, query, body))
 
 
 async def test_json_requests_share_a_connection_and_carry_the_token(site: Site):
     with _client(site.url) as api:
-        first = await asyncio.to_thread(api.request, "POST", "/doc", {"group": "a b"}, {"argv": ["true"]})
-        second = await asyncio.to_thread(api.request, "GET", "/doc")
+        first = await asyncio.to_thread(_fetch, api, "/doc", {"group": "a b"}, {"argv": ["true"]})
+        second = await asyncio.to_thread(_fetch, api, "/doc")
     assert first == {"path": "/api/v1/doc", "query": {"group": "a b"}, "body": {"argv": ["true"]},
                      "auth": "Bearer t0k"}
     assert second["body"] is None
@@ -119,19 +126,19 @@ async def test_json_requests_share_a_connection_and_carry_the_token(site: Site):
 
 async def test_chunked_bodies_and_error_answers_are_decoded(site: Site):
     with _client(site.url) as api:
-        assert await asyncio.to_thread(api.request, "GET", "/chunked") == {"parts": ["a", "b"]}
+        assert await asyncio.to_thread(_fetch, api, "/chunked") == {"parts": ["a", "b"]}
         with pytest.raises(ApiError) as refused:
-            await asyncio.to_thread(api.request, "GET", "/refused")
+            await asyncio.to_thread(_fetch, api, "/refused")
         assert (refused.value.status, refused.value.code) == (403, "maintenance")
         assert refused.value.message == "node 'x' is in maintenance"
         with pytest.raises(ApiError) as bare:
-            await asyncio.to_thread(api.request, "GET", "/bare")
-        assert bare.value.status == 502 and "bad gateway" in bare.value.message
+            await asyncio.to_thread(_fetch, api, "/bare")
+        assert (bare.value.status, bare.value.code) == (502, "http_error") and "bad gateway" in bare.value.message
 
 
 async def test_a_connection_the_server_closed_while_idle_is_replaced(site: Site):
     with _client(site.url) as api:
-        await asyncio.to_thread(api.request, "GET", "/doc")
+        await asyncio.to_thread(_fetch, api, "/doc")
         idle = api.idle[0]
         idle.sock.setblocking(False)  # peeked from the loop's thread: must not block the server
 
@@ -142,17 +149,17 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(site: Site)
                 return False
 
         await async_wait_for(closed_by_server, timeout=10, what="the server to close the idle connection")
-        again = await asyncio.to_thread(api.request, "GET", "/doc")
+        again = await asyncio.to_thread(_fetch, api, "/doc")
     assert again["path"] == "/api/v1/doc"
     assert len(site.peers) == 2 and site.peers[0] != site.peers[1]
 
 
 async def test_websocket_answers_pings_skips_binary_and_reports_the_close_code(site: Site):
     with _client(site.url) as api:
-        ws = await asyncio.to_thread(api.websocket, "/ws")
+        ws = await asyncio.to_thread(api.websocket, Upgrade("/ws"))
         assert await asyncio.to_thread(ws.receive, 10) == '{"type": "after-pong"}'
         assert await asyncio.to_thread(ws.receive, 10) == "second"
-        with pytest.raises(WebSocketClosed) as closed:
+        with pytest.raises(StreamClosed) as closed:
             await asyncio.to_thread(ws.receive, 10)
     assert closed.value.code == 4429
     assert site.pongs == [b"are-you-there"]
@@ -161,10 +168,10 @@ async def test_websocket_answers_pings_skips_binary_and_reports_the_close_code(s
 async def test_refused_upgrade_says_why(site: Site):
     with _client(site.url) as api:
         with pytest.raises(ApiError) as refused:
-            await asyncio.to_thread(api.websocket, "/refused", None, "the shell")
+            await asyncio.to_thread(api.websocket, Upgrade("/refused", what="the shell"))
         assert refused.value.code == "maintenance" and "in maintenance" in refused.value.message
         with pytest.raises(ApiError) as bare:
-            await asyncio.to_thread(api.websocket, "/bare", None, "the shell")
+            await asyncio.to_thread(api.websocket, Upgrade("/bare", what="the shell"))
         assert bare.value.status == 502 and bare.value.message == "the server refused the shell (HTTP 502)"
 
 
@@ -174,7 +181,7 @@ async def test_receive_returns_when_the_wake_fd_is_written(site: Site):
     os.set_blocking(read_fd, False)
     try:
         with _client(site.url) as api:
-            ws = await asyncio.to_thread(api.websocket, "/quiet")
+            ws = await asyncio.to_thread(api.websocket, Upgrade("/quiet"))
             os.write(write_fd, b"\x02")
             # No timeout: without the wake-up it would wait for the 45 s silence limit, then raise.
             assert await asyncio.wait_for(asyncio.to_thread(ws.receive, None, read_fd), 30) is None
@@ -220,11 +227,11 @@ async def test_fragmented_and_long_frames_from_a_raw_server():
     port = server.sockets[0].getsockname()[1]
     try:
         with _client(f"http://127.0.0.1:{port}") as api:
-            ws = await asyncio.to_thread(api.websocket, "/raw")
+            ws = await asyncio.to_thread(api.websocket, Upgrade("/raw"))
             assert await asyncio.to_thread(ws.receive, 10) == "hello world"
             assert await asyncio.to_thread(ws.receive, 10) == long16.decode()
             assert await asyncio.to_thread(ws.receive, 10) == long64.decode()
-            with pytest.raises(WebSocketClosed) as bad:
+            with pytest.raises(StreamClosed) as bad:
                 await asyncio.to_thread(ws.receive, 10)
             assert bad.value.code == 1002 and "protocol error" in str(bad.value)
     finally:
@@ -234,16 +241,16 @@ async def test_fragmented_and_long_frames_from_a_raw_server():
 
 async def test_tls_trusts_only_the_pinned_ca(central_server: CentralServer, tmp_path: Path):
     good = Settings(server=central_server.url, token=central_server.admin_token, ca=str(central_server.ca_path))
-    with LeanClient(good) as api:
-        me = await asyncio.to_thread(api.request, "GET", "/me")
+    with SyncClient(good) as api:
+        me = await asyncio.to_thread(api.send, calls.me())
     assert me["name"] == "admin"
     # Another CA (a second server's) must not be trusted, nor the system's roots.
     other = CentralServer(tmp_path / "other").start()
     try:
         wrong = Settings(server=central_server.url, token=central_server.admin_token, ca=str(other.ca_path))
-        with LeanClient(wrong) as api, pytest.raises(Unreachable) as refused:
-            await asyncio.to_thread(api.request, "GET", "/me")
-        assert "failed against the pinned CA" in refused.value.message
+        with SyncClient(wrong) as api, pytest.raises(Unreachable) as refused:
+            await asyncio.to_thread(api.send, calls.me())
+        assert refused.value.code == "tls" and "failed against the pinned CA" in refused.value.message
     finally:
         other.stop()
 
@@ -253,5 +260,5 @@ async def test_nothing_listening_is_unreachable():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with _client(f"http://127.0.0.1:{port}") as api, pytest.raises(Unreachable) as exc:
-        await asyncio.to_thread(api.request, "GET", "/me")
+        await asyncio.to_thread(api.send, calls.me())
     assert exc.value.message.startswith(f"cannot reach http://127.0.0.1:{port}")

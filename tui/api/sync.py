@@ -1,19 +1,22 @@
-"""A small blocking HTTPS and websocket client on the standard library, for `dvic run`.
+"""The blocking transport of the operator API client, on the standard library: `dvic run` and
+`dvic-central node ...` use it.
 
 `dvic run NODE -- CMD` is typed at a prompt, so the process's start-up is part of its round trip:
 importing asyncio and aiohttp costs several times what the command itself takes
-(docs/performance.md, "Remote control"). This client speaks just what the operator API needs:
+(docs/performance.md, "Remote control"). This transport speaks just what the operator API needs:
 HTTP/1.1 with keep-alive (Content-Length or chunked bodies) and the client side of RFC 6455
 websockets (unmasked frames in, masked control frames out, ping answered, close echoed).
 
-TLS trusts only the pinned CA, as `tui.api.client.ssl_context` does; errors are the same `ApiError`
-and `Unreachable` as `tui.api.client.ApiClient` raises, with the same messages.
+    with SyncClient(settings) as api:
+        nodes = api.send(calls.nodes(group="lab"))
+
+Requests, answers, errors and the TLS policy are tui/api/core.py's and tui/api/tls.py's, as for the
+aiohttp transport (tui/api/aio.py): the same `ApiError`, `Unreachable` and messages.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import os
 import select
 import socket
@@ -21,9 +24,22 @@ import ssl
 import time
 from types import TracebackType
 
-from dvic_core.constants import STATUS_CODES
-from tui.api.client import API, ApiError, Json, Unreachable, ssl_context
-from tui.api.config import Settings
+from tui.api import tls
+from tui.api.core import (
+    CONNECT_S,
+    ERROR_HEADER,
+    SILENCE_S,
+    TIMEOUT_S,
+    Request,
+    Upgrade,
+    base_headers,
+    decode,
+    payload,
+    refused,
+    split_url,
+    target,
+)
+from tui.api.errors import BadResponse, StreamClosed, Unreachable
 
 try:
     # SHA-1 for the handshake check alone: the module hashlib falls back on, without hashlib's own
@@ -32,11 +48,17 @@ try:
 except ImportError:  # an interpreter built without it
     from hashlib import sha1
 
+TYPE_CHECKING = False  # as typing.TYPE_CHECKING; `typing` itself is slow to import (see tui/cmds/run.py)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import TypeVar
+
+    from tui.api.config import Settings
+
+    R = TypeVar("R")
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 MAX_HEAD_BYTES = 64 * 1024
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # as aiohttp's default, which the other clients use
-# The server pings every 20 s (heartbeat): this long without any frame means it or the path is gone.
-WS_SILENCE_S = 45.0
 READ_CHUNK = 65536
 
 
@@ -104,30 +126,27 @@ class Response:
         self.conn: Connection | None = None
 
 
-class LeanClient:
-    """Requests to one server's operator API. Use as `with LeanClient(settings) as api: ...`."""
+class SyncClient:
+    """Requests to one server's operator API. Use as `with SyncClient(settings) as api: ...`.
 
-    def __init__(self, settings: Settings, timeout: float = 15.0) -> None:
+    The settings must pass the TLS policy (tui/api/tls.py): a ConfigError says why not."""
+
+    def __init__(self, settings: Settings, timeout: float = TIMEOUT_S) -> None:
         self.base = settings.server.rstrip("/")
-        scheme, netloc, hostname, port = split_url(self.base)
-        if scheme not in ("https", "http") or not hostname:
-            raise Unreachable(f"cannot reach {self.base}: not an http(s) URL")
+        self.tls = tls.context(settings.server, settings.ca, settings.ca_pem)
+        _, netloc, hostname, port = split_url(self.base)
+        assert hostname  # tls.context refuses a URL without one
         self.host = hostname
         # As bytes: a str host name goes through the "idna" codec (socket and ssl both), whose import
         # (encodings.idna, stringprep, unicodedata) costs more than the TLS handshake to a local server.
         self.host_bytes = hostname.encode("ascii" if hostname.isascii() else "idna")
-        self.port = port or (443 if scheme == "https" else 80)
+        self.port = port or (443 if self.tls is not None else 80)
         self.timeout = timeout
-        self.tls: ssl.SSLContext | None = None
-        if scheme == "https":
-            ctx = ssl_context(settings)  # only the pinned CA (no system trust store to load)
-            self.tls = ctx if isinstance(ctx, ssl.SSLContext) else ssl.create_default_context()
-        self.fixed_headers = f"Host: {netloc}\r\nUser-Agent: dvic/0.1\r\n"
-        if settings.token:
-            self.fixed_headers += f"Authorization: Bearer {settings.token}\r\n"
+        self.fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in base_headers(settings.token).items())
+        self.fixed_headers = f"Host: {netloc}\r\n{self.fixed_headers}"
         self.idle: list[Connection] = []
 
-    def __enter__(self) -> LeanClient:
+    def __enter__(self) -> SyncClient:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -138,33 +157,24 @@ class LeanClient:
         while self.idle:
             self.idle.pop().close()
 
-    # -- JSON requests ---------------------------------------------------------------------------
-    def request(self, method: str, path: str, params: dict[str, str] | None = None,
-                body: Json | None = None) -> Json:
-        """The decoded JSON object of the answer; `ApiError` / `Unreachable` as `ApiClient.request`."""
-        data = json.dumps(body).encode() if body is not None else b""
-        headers = "Content-Type: application/json\r\n" if body is not None else ""
-        resp = self.exchange(method, path, params, headers, data)
-        try:
-            doc = json.loads(resp.body) if resp.body else {}
-        except ValueError:
-            doc = None
-        if resp.status >= 400:
-            raise _error(resp.status, doc, f"HTTP {resp.status} from {path}: {resp.body[:200]!r}")
-        if not isinstance(doc, dict):
-            raise ApiError(resp.status, "bad_response", f"{method} {path}: the server's answer is not a JSON object")
-        return doc
+    # -- requests --------------------------------------------------------------------------------
+    def send(self, req: Request[R]) -> R:
+        """The decoded answer; `ApiError` / `Unreachable` as tui/api/aio.py's `send` raises them."""
+        data, content_type = payload(req)
+        extra = f"Content-Type: {content_type}\r\n" if content_type else ""
+        resp = self.exchange(req.method, req.path, req.params, extra, data or b"")
+        return decode(req, resp.status, resp.body, resp.headers.get(ERROR_HEADER.lower(), ""))
 
-    def exchange(self, method: str, path: str, params: dict[str, str] | None = None, headers: str = "",
+    def exchange(self, method: str, path: str, params: Mapping[str, str] | None = None, extra: str = "",
                  data: bytes = b"", upgrade: bool = False) -> Response:
-        """One request and its whole answer (only the head when `upgrade` and the server switches).
+        """One request (`extra`: header lines) and its whole answer (only the head when `upgrade` and
+        the server switches).
 
         A keep-alive connection the server closed while it was idle fails before any byte of the
         answer: the request is then sent again on a new connection, once.
         """
         deadline = time.monotonic() + self.timeout
-        target = f"{API}{path}" + (f"?{_urlencode(params)}" if params else "")
-        head = (f"{method} {target} HTTP/1.1\r\n{self.fixed_headers}{headers}"
+        head = (f"{method} {target(path, params)} HTTP/1.1\r\n{self.fixed_headers}{extra}"
                 f"Content-Length: {len(data)}\r\n\r\n").encode()
         while True:
             conn = self.idle.pop() if self.idle else self._connect(deadline)
@@ -180,7 +190,7 @@ class LeanClient:
                 raise Unreachable(f"cannot reach {self.base}: {what}") from exc
             except ValueError as exc:
                 conn.close()
-                raise ApiError(0, "bad_response", f"{method} {path}: unreadable answer ({exc})") from exc
+                raise BadResponse(0, f"{method} {path}: unreadable answer ({exc})") from exc
             if upgrade and resp.status == 101:
                 resp.conn = conn
             elif resp.reusable:
@@ -192,7 +202,8 @@ class LeanClient:
 
     def _connect(self, deadline: float) -> Connection:
         try:
-            sock = socket.create_connection((self.host_bytes, self.port), timeout=min(_left(deadline), 10.0))
+            sock = socket.create_connection((self.host_bytes, self.port),  # type: ignore[arg-type]
+                                            timeout=min(_left(deadline), CONNECT_S))
         except OSError as exc:
             raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
         try:
@@ -201,7 +212,7 @@ class LeanClient:
                 sock = self.tls.wrap_socket(sock, server_hostname=self.host_bytes)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
-            raise Unreachable(f"TLS verification of {self.base} failed against the pinned CA: {exc}") from exc
+            raise Unreachable(f"TLS verification of {self.base} failed against the pinned CA: {exc}", "tls") from exc
         except OSError as exc:
             sock.close()
             raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
@@ -213,21 +224,21 @@ class LeanClient:
         if not version.startswith("HTTP/1."):
             raise ValueError(f"not an HTTP/1.x answer: {status_line[:60]!r}")
         status = int(rest[:3])
-        headers: dict[str, str] = {}
+        fields: dict[str, str] = {}
         size = 0
         while line := conn.read_line(deadline):
             size += len(line)
             if size > MAX_HEAD_BYTES:
                 raise ValueError("answer head too long")
             name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
+            fields[name.strip().lower()] = value.strip()
         if upgrade and status == 101:
-            return Response(status, headers, b"", reusable=False)
-        keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return Response(status, fields, b"", reusable=False)
+        keep = version == "HTTP/1.1" and "close" not in fields.get("connection", "").lower()
+        if "chunked" in fields.get("transfer-encoding", "").lower():
             body = self._read_chunked(conn, deadline)
-        elif "content-length" in headers:
-            body = conn.read_exact(int(headers["content-length"]), deadline)
+        elif "content-length" in fields:
+            body = conn.read_exact(int(fields["content-length"]), deadline)
         elif status in (204, 304) or 100 <= status < 200:
             body = b""
         else:  # no length: the body runs to the end of the connection
@@ -241,7 +252,7 @@ class LeanClient:
             except _Closed:
                 pass
             body, keep = b"".join(chunks), False
-        return Response(status, headers, body, keep)
+        return Response(status, fields, body, keep)
 
     @staticmethod
     def _read_chunked(conn: Connection, deadline: float) -> bytes:
@@ -257,27 +268,22 @@ class LeanClient:
                 raise ValueError("bad chunk framing")
 
     # -- websockets ------------------------------------------------------------------------------
-    def websocket(self, path: str, params: dict[str, str] | None = None, what: str = "the websocket") -> WebSocket:
-        """Upgrades a connection to a websocket; a refusal raises `ApiError` with the server's reason."""
+    def websocket(self, up: Upgrade) -> WebSocket:
+        """Opens the websocket `up` (tui/api/calls.py); a refused upgrade raises `ApiError` with the
+        server's reason."""
         key = base64.b64encode(os.urandom(16)).decode()
-        headers = (f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                   "Sec-WebSocket-Version: 13\r\n")
-        resp = self.exchange("GET", path, params, headers, upgrade=True)
+        extra = (f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 "Sec-WebSocket-Version: 13\r\n")
+        resp = self.exchange("GET", up.path, up.params, extra, upgrade=True)
         if resp.status != 101:
-            try:
-                doc = json.loads(resp.body)
-            except ValueError:
-                doc = None
-            err = _error(resp.status, doc, f"the server refused {what} (HTTP {resp.status})")
-            if err.code == "http_error":
-                err = ApiError(resp.status, STATUS_CODES.get(resp.status, "refused"), err.message)
-            raise err
+            raise refused(up, resp.status, resp.body, resp.headers.get(ERROR_HEADER.lower(), ""))
         conn = resp.conn
         assert conn is not None
-        if resp.headers.get("sec-websocket-accept") != websocket_accept(key) or resp.headers.get("upgrade", "").lower() != "websocket":
+        if (resp.headers.get("sec-websocket-accept") != websocket_accept(key)
+                or resp.headers.get("upgrade", "").lower() != "websocket"):
             conn.close()
-            raise ApiError(101, "bad_response", f"the server's answer to {what} is not a websocket handshake")
-        return WebSocket(conn)
+            raise BadResponse(101, f"the server's answer to {up.what} is not a websocket handshake")
+        return WebSocket(conn, up.max_size)
 
 
 def websocket_accept(key: str) -> str:
@@ -285,49 +291,12 @@ def websocket_accept(key: str) -> str:
     return base64.b64encode(sha1((key + WS_GUID).encode()).digest()).decode()
 
 
-# Characters of a URL's authority that `split_url` reads itself: a host name or IPv4 address and a port.
-_PLAIN_AUTHORITY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
-
-
-def split_url(url: str) -> tuple[str, str, str | None, int | None]:
-    """(scheme, netloc, hostname, port) as `urllib.parse.urlsplit` gives them.
-
-    The usual server URL (`https://host:port`, maybe a path) is read here: urllib.parse and the
-    ipaddress module it imports cost a few milliseconds of every `dvic run`. Anything else (user
-    info, IPv6 brackets, a query, odd characters) goes to urlsplit itself."""
-    scheme, sep, rest = url.partition("://")
-    netloc = rest.partition("/")[0]
-    host, colon, port_text = netloc.partition(":")
-    if (sep and scheme in ("https", "http") and host and set(netloc) <= _PLAIN_AUTHORITY
-            and (not colon or port_text.isdigit()) and not any(c in rest for c in "?#\t\r\n")):
-        port = int(port_text) if port_text else None
-        if port is None or port <= 65535:
-            return scheme, netloc, host.lower(), port
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc, parts.hostname, parts.port
-
-
-def _urlencode(params: dict[str, str]) -> str:
-    from urllib.parse import urlencode  # only requests with a query: none on `dvic run`'s usual path
-
-    return urlencode(params)
-
-
-class WebSocketClosed(Exception):
-    """The websocket ended: `code` is the close code the server sent (None: no close frame)."""
-
-    def __init__(self, code: int | None, reason: str = "") -> None:
-        super().__init__(reason or f"closed (code {code})")
-        self.code = code
-
-
 class WebSocket:
     """The client end of an upgraded connection: `receive()` text messages until it closes."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, max_size: int) -> None:
         self.conn = conn
+        self.max_size = max_size
         self.close_code: int | None = None
         self.closed = False
         self.last_frame = time.monotonic()
@@ -336,9 +305,9 @@ class WebSocket:
 
     def receive(self, timeout: float | None = None, wake_fd: int | None = None) -> str | None:
         """The next text message; None when `timeout` passed or `wake_fd` became readable (it is
-        drained). Binary messages are skipped. Raises `WebSocketClosed` when the socket ends."""
+        drained). Binary messages are skipped. Raises `StreamClosed` when the socket ends."""
         if self.closed:
-            raise WebSocketClosed(self.close_code)
+            raise StreamClosed(self.close_code)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             message = self._next_message()
@@ -347,14 +316,14 @@ class WebSocket:
             if self.conn.pending():
                 self._fill()
                 continue
-            silent_until = self.last_frame + WS_SILENCE_S
+            silent_until = self.last_frame + SILENCE_S
             wait_until = silent_until if deadline is None else min(deadline, silent_until)
             left = wait_until - time.monotonic()
             if left <= 0:
                 if deadline is not None and deadline <= silent_until:
                     return None
-                self._lost(f"no frame from the server for {WS_SILENCE_S:.0f} s")
-            fds = [self.conn.sock] if wake_fd is None else [self.conn.sock, wake_fd]
+                self._lost(f"no frame from the server for {SILENCE_S:.0f} s")
+            fds: list[socket.socket | int] = [self.conn.sock] if wake_fd is None else [self.conn.sock, wake_fd]
             readable, _, _ = select.select(fds, [], [], left)
             if wake_fd is not None and wake_fd in readable:
                 _drain(wake_fd)
@@ -374,34 +343,34 @@ class WebSocket:
     def _fill(self) -> None:
         try:
             # a TLS record may still be arriving after select() said readable: bounded wait for it
-            self.conn.fill(time.monotonic() + WS_SILENCE_S)
+            self.conn.fill(time.monotonic() + SILENCE_S)
         except (OSError, _Closed) as exc:
             self._lost(str(exc) or type(exc).__name__)
 
     def _lost(self, reason: str) -> None:
         self.closed = True
         self.conn.close()
-        raise WebSocketClosed(None, reason)
+        raise StreamClosed(None, reason)
 
     def _next_message(self) -> str | None:
         """Handles the complete frames in the buffer; the first complete text message, if any."""
         while (frame := self._take_frame()) is not None:
             self.last_frame = time.monotonic()
-            fin, opcode, payload = frame
+            fin, opcode, content = frame
             if opcode == 0x9:  # ping
                 try:
-                    self._send(0xA, payload)
+                    self._send(0xA, content)
                 except OSError as exc:
                     self._lost(str(exc) or type(exc).__name__)
             elif opcode == 0x8:  # close: echo it, and the socket is done
-                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.close_code = int.from_bytes(content[:2], "big") if len(content) >= 2 else 1005
                 self.close(self.close_code if self.close_code not in (1005, 1006) else 1000)
-                raise WebSocketClosed(self.close_code)
+                raise StreamClosed(self.close_code)
             elif opcode in (0x0, 0x1, 0x2):  # continuation, text, binary (pong and others: nothing to do)
                 if opcode != 0:
                     self._kind, self._parts = opcode, []
-                self._parts.append(payload)
-                if sum(len(p) for p in self._parts) > MAX_MESSAGE_BYTES:
+                self._parts.append(content)
+                if sum(len(p) for p in self._parts) > self.max_size:
                     self._protocol_error("message too big")
                 if fin:
                     data, kind = b"".join(self._parts), self._kind
@@ -426,33 +395,25 @@ class WebSocket:
             if len(buf) < 10:
                 return None
             length, pos = int.from_bytes(buf[2:10], "big"), 10
-        if length > MAX_MESSAGE_BYTES:
+        if length > self.max_size:
             self._protocol_error("frame too big")
         if len(buf) < pos + length:
             return None
-        payload = bytes(buf[pos : pos + length])
+        content = bytes(buf[pos : pos + length])
         del buf[: pos + length]
-        return bool(first & 0x80), first & 0x0F, payload
+        return bool(first & 0x80), first & 0x0F, content
 
     def _protocol_error(self, reason: str) -> None:
         self.close(1002)
-        raise WebSocketClosed(1002, f"websocket protocol error: {reason}")
+        raise StreamClosed(1002, f"websocket protocol error: {reason}")
 
-    def _send(self, opcode: int, payload: bytes) -> None:
+    def _send(self, opcode: int, content: bytes) -> None:
         """A masked control frame (the only frames this client sends: pong and close)."""
         mask = os.urandom(4)
-        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(payload[:125]))
+        masked = bytes(b ^ mask[i & 3] for i, b in enumerate(content[:125]))
         frame = bytes([0x80 | opcode, 0x80 | len(masked)]) + mask + masked
         self.conn.sock.settimeout(5.0)
         self.conn.sock.sendall(frame)
-
-
-def _error(status: int, doc: object, fallback: str) -> ApiError:
-    """The server's JSON error (`{"error": {"code", "message"}}`), or a generic one."""
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict):
-        return ApiError(status, str(err.get("code", "error")), str(err.get("message", "")))
-    return ApiError(status, "http_error", fallback)
 
 
 def _left(deadline: float) -> float:
