@@ -434,7 +434,7 @@ class Array(Schema):
         if isinstance(self.of, Object):
             # One call per item, as a hand-written loop would; the item's place is built on failure only.
             place = g.local("where")
-            g.line(f"{place} = {loc}")
+            g.line(f"{place} = {g.root_place(loc)}")
             g.line(f"{v} = [{g.const(self.of.parser())}(x, {place}, i) for i, x in enumerate({v})]")
         elif not (isinstance(self.of, Json) and not self.of.json_kind and self.of.max_chars is None):
             item, index, items = g.local("item"), g.local("i"), g.local("items")
@@ -554,6 +554,7 @@ class _Gen:
             "_isfinite": math.isfinite, "_clip": clip_utf8, "_b64decode": base64.b64decode, "_dumps": json.dumps,
         }
         self.marks: dict[str, str] = {}
+        self.field: tuple[str, str] | None = None  # (place expression, name) of the field being read
         self._count = 0
         self._scopes: list[tuple[Schema, str]] = []  # fields whose message covers what is inside them
 
@@ -565,6 +566,13 @@ class _Gen:
         name = self.local("c")
         self.ns[name] = value
         return name
+
+    def root_place(self, loc: str) -> str:
+        """`loc` evaluated now: just the field's name when the object is the parsed value itself
+        (a frame's `lines`: no string is built per frame)."""
+        if self.field is not None and loc == self.field[0]:
+            return f"{self.field[1]!r} if not where and key is None else {loc}"
+        return loc
 
     def mark(self, field: str) -> str:
         return self.marks.setdefault(field, self.local("mark"))
@@ -624,17 +632,17 @@ def _default(g: _Gen, schema: Schema) -> str:
 def _compile(obj: Object) -> Parser:
     g = _Gen()
     here = "where_is(where, key)"
-    g.line("if type(value) is not dict:" if not obj.text else "get = value.get")
     if not obj.text:
+        g.line("if type(value) is not dict:")
         g.line(f"    {g.fail(obj, here, obj.expected())}")
-        g.line("get = value.get")
     names: dict[str, str] = {}
     for position, (field, schema) in enumerate(obj.fields.items()):
         v = names[field] = f"f{position}"
         if isinstance(schema, Const):
             g.line(f"{v} = {schema.value!r}")
             continue
-        _emit_field(g, obj, field, schema, v, f"where_is({here}, {field!r})")
+        g.field = (f"where_is({here}, {field!r})", field)
+        _emit_field(g, obj, field, schema, v, g.field[0])
     for field, flag in g.marks.items():
         g.lines.insert(0, f"    {flag} = False")
         g.line(f"if {flag}: {names[field]} = True")
@@ -649,22 +657,22 @@ def _compile(obj: Object) -> Parser:
 def _emit_field(g: _Gen, obj: Object, field: str, schema: Schema, v: str, loc: str) -> None:
     """Read one field into local `v`: absent (or blank text, or a nullable null) gives the default."""
     if isinstance(schema, Bool) and schema.coerce and schema.default is False and not obj.text:
-        g.line(f"{v} = bool(get({field!r}))")  # absent: bool(None), the default
+        g.line(f"{v} = bool(value.get({field!r}))")  # absent: bool(None), the default
         return
     if obj.text:
         blank_ok = isinstance(schema, Str) and schema.blank_is_value
-        g.line(f"{v} = get({field!r})")
+        g.line(f"{v} = value.get({field!r})")
         g.line(f"if {v} is None{'' if blank_ok else f' or {v} == {chr(39) * 2}'}:")
     elif schema.required and not schema.nullable and schema.refuses_none:
-        g.line(f"{v} = get({field!r})")  # absent: None, which the first check refuses
+        g.line(f"{v} = value.get({field!r})")  # absent: None, which the first check refuses
         with g.inside(schema, loc):
             schema.emit(g, v, loc)
         return
     elif schema.nullable or schema.required:
-        g.line(f"{v} = get({field!r}{'' if schema.nullable else ', _MISSING'})")
+        g.line(f"{v} = value.get({field!r}{'' if schema.nullable else ', _MISSING'})")
         g.line(f"if {v} is {'None' if schema.nullable else '_MISSING'}:")
     else:
-        g.line(f"{v} = get({field!r}, _MISSING)")
+        g.line(f"{v} = value.get({field!r}, _MISSING)")
         g.line(f"if {v} is _MISSING:")
     if schema.required:
         g.line(f"    {g.fail(schema, loc, schema.expected(), raw='None')}")
