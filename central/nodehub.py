@@ -93,9 +93,14 @@ def _to_hub(hub: str) -> SessionHandler:
     return reply
 
 
-for _kind, _message in NODE_MESSAGES.items():
-    if _message.hub is not None:
-        node_message(_kind)(_to_hub(_message.hub))
+def _register_replies() -> None:
+    """A node's replies to server requests go to the hub the registry names for their type."""
+    for kind, message in NODE_MESSAGES.items():
+        if message.hub is not None:
+            node_message(kind)(_to_hub(message.hub))
+
+
+_register_replies()
 
 
 def _peer_fingerprint(request: web.Request) -> str | None:
