@@ -64,6 +64,12 @@ def where_is(where: str, key: str | int | None) -> str:
     return f"{where}.{key}" if where else key
 
 
+def _given(out: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """`out` with the values that are not None (an OpenAPI description's optional keywords)."""
+    out.update((k, v) for k, v in values.items() if v is not None)
+    return out
+
+
 def _say(where: str, text: str) -> str:
     return f"{where}: {text}" if where else text
 
@@ -136,13 +142,11 @@ class Str(Schema):
                  nonblank: bool = False, max_bytes: int | None = None, marks: str | None = None,
                  blank_is_value: bool = False, **options: Any) -> None:
         super().__init__(**options)
-        self.min_len = min_len
-        self.max_len = max_len
+        self.min_len, self.max_len = min_len, max_len
         self.pattern = pattern
         self.nonblank = nonblank
         # Cut (never refused) to this many bytes of UTF-8; `marks` names a boolean field set when cut.
-        self.max_bytes = max_bytes
-        self.marks = marks
+        self.max_bytes, self.marks = max_bytes, marks
         # In a query: an empty value is this value, not "not given" (`group=` is the empty group).
         self.blank_is_value = blank_is_value
 
@@ -191,8 +195,7 @@ class Int(Schema):
 
     def __init__(self, *, min: int | None = None, max: int | None = None, **options: Any) -> None:
         super().__init__(**options)
-        self.min = min
-        self.max = max
+        self.min, self.max = min, max
 
     def expected(self) -> str:
         if self.min is not None and self.max is not None:
@@ -217,12 +220,7 @@ class Int(Schema):
             g.check(" or ".join(self._out_of_range(v)), self, loc, self.expected())
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "integer"}
-        if self.min is not None:
-            out["minimum"] = self.min
-        if self.max is not None:
-            out["maximum"] = self.max
-        return out
+        return _given({"type": "integer"}, minimum=self.min, maximum=self.max)
 
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -238,8 +236,7 @@ class Number(Schema):
     def __init__(self, *, min: float | None = None, max: float | None = None, above: float | None = None,
                  unit: str = "", **options: Any) -> None:
         super().__init__(**options)
-        self.min = min
-        self.max = max
+        self.min, self.max = min, max
         self.above = above
         self.unit = unit
 
@@ -288,14 +285,7 @@ class Number(Schema):
         g.check(f"not ({self._in_range(v)})", self, loc, self.expected())
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "number"}
-        if self.min is not None:
-            out["minimum"] = self.min
-        if self.above is not None:
-            out["exclusiveMinimum"] = self.above
-        if self.max is not None:
-            out["maximum"] = self.max
-        return out
+        return _given({"type": "number"}, minimum=self.min, exclusiveMinimum=self.above, maximum=self.max)
 
 
 class Bool(Schema):
@@ -415,8 +405,7 @@ class Array(Schema):
                  too_many: str | None = None, **options: Any) -> None:
         super().__init__(**options)
         self.of = of
-        self.min_items = min_items
-        self.max_items = max_items
+        self.min_items, self.max_items = min_items, max_items
         self.too_many = too_many
 
     def expected(self) -> str:
@@ -448,12 +437,8 @@ class Array(Schema):
             g.line(f"{v} = {items}")
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "array", "items": self.of.openapi()}
-        if self.min_items:
-            out["minItems"] = self.min_items
-        if self.max_items is not None:
-            out["maxItems"] = self.max_items
-        return out
+        return _given({"type": "array", "items": self.of.openapi()}, minItems=self.min_items or None,
+                      maxItems=self.max_items)
 
 
 class Csv(Array):

@@ -20,20 +20,8 @@ import central.app  # noqa: F401  (importing the app registers every route)
 from central.auth import NODE, RouteSpec
 from central.release import MAX_DAEMON_BYTES
 from central.routes import routes
-from dvic_core.schema import (
-    Array,
-    Base64,
-    Bool,
-    Csv,
-    Enum,
-    Int,
-    Json,
-    Number,
-    Object,
-    Query,
-    Schema,
-    Str,
-)
+from dvic_core import schema as schemas
+from dvic_core.schema import Schema
 
 from .inproc import InProcess, in_process
 
@@ -347,22 +335,22 @@ async def test_approving_with_the_code_works_after_the_refusals(world: World) ->
 def wrong_values(schema: Schema, *, text: bool) -> list[Any]:
     """Values `schema` must refuse: of another type (a JSON body), or text it cannot read (a query)."""
     if text:
-        if isinstance(schema, Int | Number):
+        if isinstance(schema, schemas.Int | schemas.Number):
             return ["not-a-number"]
-        if isinstance(schema, Enum):
+        if isinstance(schema, schemas.Enum):
             return ["no-such-value"]
-        if isinstance(schema, Str) and schema.pattern is not None:
+        if isinstance(schema, schemas.Str) and schema.pattern is not None:
             return ["has a space"]
         return []
-    if isinstance(schema, Str | Enum | Base64):
-        return [12] + (["no-such-value"] if isinstance(schema, Enum) else [])
-    if isinstance(schema, Int | Number):
+    if isinstance(schema, schemas.Str | schemas.Enum | schemas.Base64):
+        return [12] + (["no-such-value"] if isinstance(schema, schemas.Enum) else [])
+    if isinstance(schema, schemas.Int | schemas.Number):
         return ["12", True]
-    if isinstance(schema, Bool):
+    if isinstance(schema, schemas.Bool):
         return [] if schema.coerce else ["yes"]
-    if isinstance(schema, Array):
+    if isinstance(schema, schemas.Array):
         return ["x"]
-    if isinstance(schema, Object) or (isinstance(schema, Json) and schema.json_kind):
+    if isinstance(schema, schemas.Object) or (isinstance(schema, schemas.Json) and schema.json_kind):
         return [[1]]
     return []
 
@@ -382,7 +370,7 @@ def declared_fields() -> list[tuple[RouteSpec, str, Schema, bool]]:
     out = []
     for spec in routes.specs:
         for schema_of, text in ((spec.query, True), (spec.body, False)):
-            if isinstance(schema_of, Object):
+            if isinstance(schema_of, schemas.Object):
                 out += [(spec, name, schema, text) for name, schema in schema_of.fields.items()
                         if wrong_values(schema, text=text)]
     return out
@@ -414,8 +402,8 @@ async def test_a_declared_field_refuses_a_wrong_value_before_the_handler(world: 
 
 def test_the_logs_group_parameter_is_declared() -> None:
     spec = next(s for s in routes.specs if s.path == f"{V1}/logs")
-    assert isinstance(spec.query, Query) and "group" in spec.query.fields
-    assert isinstance(spec.query.fields["node"], Csv)
+    assert isinstance(spec.query, schemas.Query) and "group" in spec.query.fields
+    assert isinstance(spec.query.fields["node"], schemas.Csv)
 
 
 @in_module_loop
