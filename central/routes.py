@@ -67,7 +67,11 @@ async def parse_params(request: web.Request, spec: RouteSpec) -> dict[str, Any]:
     if isinstance(spec.body, Raw):
         parsed["body"] = await _read_raw(request, spec.body)
     elif spec.body is not None:
-        parsed.update(_checked(spec.body.parse, await _json_body(request, spec), "bad_field"))
+        body = await _json_body(request, spec)
+        if not isinstance(body, dict) and spec.body.expects is None:
+            # (a body whose schema says what it expects instead, the keep-alive's, answers bad_field)
+            raise ApiError(400, "bad_json", "body must be a JSON object")
+        parsed.update(_checked(spec.body.parse, body, "bad_field"))
     return parsed
 
 
@@ -80,7 +84,7 @@ def _checked(parse: Any, value: Any, default_code: str) -> dict[str, Any]:
 
 
 async def _json_body(request: web.Request, spec: RouteSpec) -> Any:
-    """The body as strict JSON (no NaN/Infinity, 64-bit integers, bounded nesting): an object."""
+    """The body as strict JSON (no NaN/Infinity, 64-bit integers, bounded nesting)."""
     raw = await _read_json_text(request, spec.body_limit)
     if spec.optional_body and not raw.strip():
         return {}
@@ -89,8 +93,6 @@ async def _json_body(request: web.Request, spec: RouteSpec) -> Any:
         check_numbers(body)
     except JsonError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "body must be a JSON object")
     return body
 
 

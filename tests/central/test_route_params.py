@@ -287,6 +287,7 @@ CASES = dict([
           Case(f"{V1}/keepalive", 400, "bad_field", "logs.v: version 2 is not supported (this server reads 1)",
                body={"logs": {"v": 2}}, who="node"),
           Case(f"{V1}/keepalive", 400, "bad_json", "~body is not valid JSON: ", raw=b"{oops", who="node"),
+          Case(f"{V1}/keepalive", 400, "bad_field", "expected a JSON object", raw=b"[]", who="node"),
           Case(f"{V1}/keepalive", 413, "too_large", "keep-alive body over 65536 bytes",
                raw=b" " * (64 * 1024 + 1), who="node"),
           Case(f"{V1}/keepalive", 200, raw=b"", who="node"),
