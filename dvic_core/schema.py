@@ -482,6 +482,7 @@ class Object(Schema):
         return "expected an object"
 
     def parse(self, value: Any, where: str = "") -> dict[str, Any]:
+        """The object's fields, checked; `where` is its place in messages ("" for a whole body)."""
         result: dict[str, Any] = self.parser()(value, where, None)
         return result
 
@@ -492,7 +493,7 @@ class Object(Schema):
         return self._parse
 
     def emit(self, g: _Gen, v: str, loc: str) -> None:
-        g.line(f"{v} = {g.const(self.parser())}({v}, {loc}, None)")
+        g.line(f"{v} = {g.const(self.parser())}({v}, {g.root_place(loc)}, None)")
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "object", "properties": {k: s.openapi() for k, s in self.fields.items()}}
