@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from dvic_core.constants import NODE_KINDS
+from dvic_core.constants import NAME_PATTERN, NODE_KINDS
 from dvic_core.schema import Enum, Object, SchemaError, Str
 
 from . import accounts, store
@@ -20,8 +20,8 @@ from .registry import NodeState
 from .services import Services
 from .tokens import hash_token, new_token
 
-# A node's name (matched whole: with `re.match`, `$` also matched before a final newline, "pi-1\n").
-NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+# A node's name, matched whole (with `re.match`, `$` also matched before a final newline, "pi-1\n").
+NAME = NAME_PATTERN
 BUNDLE_FORMAT = "dvic-node-bundle/1"
 
 # What an enrollment names: the body of POST /api/v1/nodes, and `dvic-central node add`'s arguments.

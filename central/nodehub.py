@@ -293,6 +293,12 @@ class NodeSession:
                 await handler(self.node, msg)
                 return
 
+    @node_message("demo_install")
+    @node_message("demo_status")
+    async def _supervised_demo(self, msg: dict[str, Any]) -> None:
+        """A supervised demo's install or run state (issue 14): checked by its schema, then kept
+        nowhere yet; the server's deployments (which push demos_desired) will take these over."""
+
     async def _allowed(self, kind: str) -> bool:
         """Within the node's limits for `kind`? If not, the frame is dropped (and counted)."""
         now = time.monotonic()

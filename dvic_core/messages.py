@@ -10,7 +10,15 @@ against it. The daemon keeps its copies (one file, Python 3.8, standard library 
 
 from __future__ import annotations
 
-from .constants import ACTION_STATES, ACTIONS, DEMO_STATES, LEVELS, LOG_SOURCES, PROTOCOL_VERSION
+from .constants import (
+    ACTION_STATES,
+    ACTIONS,
+    DEMO_STATES,
+    LEVELS,
+    LOG_SOURCES,
+    NAME_PATTERN,
+    PROTOCOL_VERSION,
+)
 from .schema import (
     OMIT,
     Array,
@@ -45,6 +53,18 @@ MAX_INT = 2**63 - 1  # SQLite's INTEGER
 
 EXIT_REASONS = ("exited", "timeout", "cancelled", "failed", "duplicate", "refused")
 UPDATE_STATES = ("downloading", "verified", "restarting", "refused", "failed", "rolled_back")
+
+# Supervised demos (section 6): the daemon holds copies (DEMO_VERSION_RE, INSTALL_STATES, MAX_DESIRED_DEMOS).
+DEMO_VERSION = r"[0-9]{1,9}(\.[0-9]{1,9}){0,7}(-[A-Za-z0-9._]{1,64})?"
+MAX_DEMO_VERSION_CHARS = 9 * 8 + 7 + 1 + 64  # the longest DEMO_VERSION
+SHA256_HEX = r"[0-9a-f]{64}"
+MAX_RELEASE_BYTES = 1024**4
+MAX_DESIRED_DEMOS = 64
+MAX_ROLLOUT_CHARS = 128
+# An install in progress, then how it ended (healthy, failed, rolled_back) or the demo's removal.
+DEMO_INSTALL_STATES = ("queued", "downloading", "verifying", "installing", "stopping_old", "starting",
+                       "healthy", "failed", "rolled_back", "removed")
+DEMO_RUN_STATES = ("running", "healthy", "unhealthy", "crashloop", "stopped", "failed")
 
 NODE = "node"
 SERVER = "server"
@@ -182,6 +202,32 @@ _declare("tunnel_closed", (NODE,), {"id": _request_id(), "message": _text()}, hu
 _declare("update_state", (NODE,), {
     "id": _request_id(), "state": Enum(UPDATE_STATES, required=True), "message": _text(),
 }, hub="updates")
+
+# A supervised demo's install (each state change) and its run state (each change): not replies to a
+# request id, so no hub.
+_declare("demo_install", (NODE,), {
+    "demo": Str(pattern=NAME_PATTERN, required=True),
+    # Any text: a push entry the node could not read is answered with its version cut to 64 characters.
+    "version": Str(max_len=MAX_DEMO_VERSION_CHARS, required=True),
+    "rollout": Str(max_len=MAX_ROLLOUT_CHARS, nullable=True),
+    "state": Enum(DEMO_INSTALL_STATES, required=True),
+    "message": _text(2000),
+    # Download progress (downloading only).
+    "bytes": Int(min=0, max=MAX_INT, default=OMIT),
+    "total": Int(min=0, max=MAX_INT, default=OMIT),
+})
+_declare("demo_status", (NODE,), {
+    "demo": Str(pattern=NAME_PATTERN, required=True),
+    "version": Str(max_len=MAX_DEMO_VERSION_CHARS, nullable=True),
+    "state": Enum(DEMO_RUN_STATES, required=True),
+    "pid": Int(min=0, nullable=True, expects="expected a non-negative integer"),
+    "restarts": Int(min=0, max=MAX_INT, default=0),
+    "since": Number(nullable=True),
+    "last_exit": Object({"code": _int_or_null(), "signal": _int_or_null(), "at": Number(nullable=True)},
+                        nullable=True),
+    "last_heartbeat": Number(nullable=True),
+    "message": _text(1000),
+})
 # A request this daemon does not implement: it goes to whichever hub owns the id.
 _declare("unsupported", (NODE,), {"id": Str(max_len=64, nullable=True, default=""),
                                   "what": Str(max_len=64, nullable=True, default="")})
@@ -221,6 +267,22 @@ _declare("action", (SERVER,), {
 _declare("update", (SERVER,), {
     "id": _request_id(), "version": Str(required=True), "url": Str(required=True),
     "sha256": Str(required=True), "signature": Str(required=True), "endorsements": Array(Json(json_kind="object")),
+})
+
+DESIRED_DEMO = Object({
+    "name": Str(pattern=NAME_PATTERN, required=True),
+    "version": Str(pattern=DEMO_VERSION, required=True),
+    "sha256": Str(pattern=SHA256_HEX, required=True),
+    "size": Int(min=1, max=MAX_RELEASE_BYTES, required=True),
+    "url": Str(min_len=1, max_len=2048, required=True),
+    "manifest": Json(json_kind="object", required=True, doc="the release's dvic-demo.toml as JSON"),
+    "rollout": Str(max_len=MAX_ROLLOUT_CHARS, nullable=True),
+    "max_unpacked_bytes": Int(min=1, default=OMIT),
+    "max_members": Int(min=1, default=OMIT),
+})
+# The complete set of supervised demos the node should run (an empty list removes them all).
+_declare("demos_desired", (SERVER,), {
+    "id": _request_id(), "demos": Array(DESIRED_DEMO, max_items=MAX_DESIRED_DEMOS, required=True),
 })
 
 

@@ -15,6 +15,7 @@ import pytest
 from central import nodehub
 from central.messages import parse_node_message
 from dvic_core import messages as registry
+from dvic_core.constants import NAME_PATTERN
 from dvic_core.messages import MESSAGES, NODE, SERVER, sent_by
 from dvic_core.schema import SchemaError
 
@@ -55,6 +56,19 @@ def test_the_daemon_limits_are_the_protocols() -> None:
     assert dvic_node.MAX_BATCH_LINES == registry.MAX_BATCH_LINES
     assert dvic_node.MAX_MSG_BYTES == registry.MAX_MSG_BYTES
     assert dvic_node.MAX_PAYLOAD == registry.MAX_CHUNK_BYTES
+
+
+def test_the_daemon_demo_rules_are_the_protocols() -> None:
+    assert dvic_node.DEMO_NAME_RE.pattern == f"^{NAME_PATTERN}$"
+    assert dvic_node.DEMO_VERSION_RE.pattern == f"^{registry.DEMO_VERSION}$"
+    assert dvic_node.SHA256_HEX_RE.pattern == f"^{registry.SHA256_HEX}$"
+    assert dvic_node.INSTALL_STATES == registry.DEMO_INSTALL_STATES[:len(dvic_node.INSTALL_STATES)]
+    assert dvic_node.MAX_DESIRED_DEMOS == registry.MAX_DESIRED_DEMOS
+
+
+def test_the_daemon_takes_a_desired_demo_the_registry_declares() -> None:
+    push = next(m for m in VECTORS["server"] if m["type"] == "demos_desired")
+    assert dvic_node.parse_desired(push["demos"][0])["name"] == "robot-arm"
 
 
 def test_every_node_message_has_one_handler_on_the_server() -> None:
