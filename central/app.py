@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import accounts, api, api_remote, nodehub, openapi, stream  # noqa: F401  (modules register their routes)
+from . import accounts, api, nodehub, openapi, store, stream  # noqa: F401  (modules register their routes)
 from .accesslog import AccessLog
 from .auth import ApiError, Handler, auth_middleware, error_response
 from .config import Config
-from .routes import routes
+from .routes import install
 from .services import SERVICES, services_ctx
 
 API_MAX_BODY = 256 * 1024
@@ -32,15 +32,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=API_MAX_BODY)
-    specs = routes.install(app)
+    # Each route's parameters are parsed after the auth middleware below has let the caller in.
+    specs = install(app)
 
     async def lookup(token_hash: str) -> dict[str, Any] | None:
         return await accounts.token_owner(app[SERVICES].read_db, token_hash)
 
-    async def submit(fn):  # type: ignore[no-untyped-def]
+    async def submit(fn: store.WriteFn) -> Any:
         return await app[SERVICES].writer.submit(fn)
 
-    def submit_later(fn) -> None:  # type: ignore[no-untyped-def]
+    def submit_later(fn: store.WriteFn) -> None:
         app[SERVICES].writer.submit_later(fn)
 
     access = AccessLog(config.access_log) if config.access_log != "off" else None

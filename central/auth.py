@@ -1,7 +1,8 @@
 """Operator authentication and the route table: every endpoint is declared with who may call it.
 
-A handler becomes reachable only through `RouteTable.route(...)`, which requires a role; the
-auth middleware enforces it before the handler runs, records every state-changing call in the
+A handler becomes reachable only through `RouteTable.route(...)`, which requires a role and
+declares the schemas of the route's parameters (checked next, by central/routes.py); the auth
+middleware enforces the role before the handler runs, records every state-changing call in the
 audit table (refused ones too), counts refusals for a missing or unknown token per client address,
 and writes the access log (central/accesslog.py).
 """
@@ -12,12 +13,13 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from dvic_core.constants import RANK, ROLES
+from dvic_core.schema import Object, Query, Raw
 
 from . import accounts, store
 from .strictjson import json_response
@@ -68,14 +70,28 @@ class Operator:
 
 @dataclass(frozen=True)
 class RouteSpec:
+    """One endpoint: who may call it, what it audits, and the schemas of its parameters.
+
+    `query` and `body` are checked before the handler runs (central/routes.py), after this
+    module's role check, so a caller without the role gets 401/403, never a 400 about its input.
+    Routes a node calls (role NODE) authenticate in the handler, which parses its body after that.
+    """
+
     method: str
     path: str
     role: str
     summary: str
     handler: Handler
     audit: bool
-    query: tuple[str, ...] = ()
-    body: dict[str, str] = field(default_factory=dict)
+    query: Query | None = None
+    body: Object | Raw | None = None
+    # An empty (or all-whitespace) body counts as `{}` (a body that was added to a route later).
+    optional_body: bool = False
+    # The most bytes of a JSON body, and the message past it; None: the app's client_max_size.
+    body_limit: tuple[int, str] | None = None
+    # Runs before the parameters are parsed: a gate whose answer must not depend on the input
+    # (self-registration counts every attempt, well-formed or not).
+    gate: Callable[[web.Request], None] | None = None
     # Declared audit=False: the handler writes its own audit row (remote control, before acting).
     audited_by_handler: bool = False
 
@@ -84,31 +100,45 @@ class RouteSpec:
         """A call worth an audit row: refused ones are recorded by the middleware for both kinds."""
         return self.audit or self.audited_by_handler
 
+    @property
+    def declares_params(self) -> bool:
+        return self.query is not None or self.body is not None or self.gate is not None
+
+
+Wrap = Callable[[RouteSpec], Handler]
+
 
 class RouteTable:
     def __init__(self) -> None:
         self.specs: list[RouteSpec] = []
 
     def route(self, method: str, path: str, *, role: str, summary: str, audit: bool | None = None,
-              query: tuple[str, ...] = (), body: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
+              query: Query | None = None, body: Object | Raw | None = None, optional_body: bool = False,
+              body_limit: tuple[int, str] | None = None,
+              gate: Callable[[web.Request], None] | None = None) -> Callable[[Handler], Handler]:
         if role not in (PUBLIC, NODE, PENDING, *ROLES):
             raise ValueError(f"unknown role {role!r} for {method} {path}")
+        if query is not None and isinstance(body, Object) and set(query.fields) & set(body.fields):
+            raise ValueError(f"{method} {path}: a name is both a query parameter and a body field")
 
         def register(handler: Handler) -> Handler:
             self.specs.append(RouteSpec(
                 method, path, role, summary, handler,
                 audit=method not in ("GET", "HEAD") if audit is None else audit,
-                query=query, body=body or {}, audited_by_handler=audit is False,
+                query=query, body=body, optional_body=optional_body, body_limit=body_limit, gate=gate,
+                audited_by_handler=audit is False,
             ))
             return handler
 
         return register
 
-    def install(self, app: web.Application) -> dict[Any, RouteSpec]:
-        """Add every declared route to the app; returns aiohttp route -> declaration."""
-        return {app.router.add_route(s.method, s.path, s.handler): s for s in self.specs}
+    def install(self, app: web.Application, wrap: Wrap) -> dict[Any, RouteSpec]:
+        """Add every declared route to the app, each handler as `wrap` makes it; returns aiohttp
+        route -> declaration."""
+        return {app.router.add_route(s.method, s.path, wrap(s)): s for s in self.specs}
 
-OPERATOR_KEY = "dvic_operator"
+
+OPERATOR_KEY = web.RequestKey("operator", Operator)
 
 
 def current_operator(request: web.Request) -> Operator:
@@ -274,6 +304,7 @@ def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: Su
             request[CALLER_KEY] = operator.name
         if refusal is not None:
             return await refused(request, spec, refusal, operator, token)
+        assert operator is not None  # authenticate() refuses every call it finds no operator for
         request[OPERATOR_KEY] = operator
         response = await _guard(request, handler)
         if spec.audit:

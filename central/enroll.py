@@ -6,13 +6,13 @@ the returned bundle (docs/protocol.md section 1).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 import uuid
 from typing import Any
 
-from dvic_core.constants import NODE_KINDS
+from dvic_core.constants import NAME_PATTERN, NODE_KINDS
+from dvic_core.schema import Enum, Object, SchemaError, Str
 
 from . import accounts, store
 from .auth import ApiError
@@ -20,20 +20,27 @@ from .registry import NodeState
 from .services import Services
 from .tokens import hash_token, new_token
 
-# `fullmatch`: with `re.match`, `$` also matches before a final newline ("pi-1\n" passed).
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# A node's name, matched whole (with `re.match`, `$` also matched before a final newline, "pi-1\n").
+NAME = NAME_PATTERN
 BUNDLE_FORMAT = "dvic-node-bundle/1"
+
+# What an enrollment names: the body of POST /api/v1/nodes, and `dvic-central node add`'s arguments.
+NODE_FIELDS = Object({
+    "name": Str(pattern=NAME, required=True, code="bad_name",
+                message="name: 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"),
+    "kind": Enum(NODE_KINDS, default="desktop", code="bad_kind"),
+    "group": Str(pattern=f"(?:{NAME})?", default="", code="bad_group",
+                 message="group: empty, or 1-63 characters like a name"),
+})
 
 
 def check_node_fields(name: Any, kind: Any, group: Any) -> tuple[str, str, str]:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ApiError(400, "bad_name", "name: 1-63 characters of letters, digits, '.', '_' or '-', "
-                                        "starting with a letter or digit")
-    if kind not in NODE_KINDS:
-        raise ApiError(400, "bad_kind", f"kind: expected one of {', '.join(NODE_KINDS)}")
-    if not isinstance(group, str) or len(group) > 64 or (group and not NAME_RE.fullmatch(group)):
-        raise ApiError(400, "bad_group", "group: empty, or 1-63 characters like a name")
-    return name, kind, group
+    """The fields checked by NODE_FIELDS (ApiError 400 bad_name, bad_kind or bad_group)."""
+    try:
+        fields = NODE_FIELDS.parse({"name": name, "kind": kind, "group": group})
+    except SchemaError as exc:
+        raise ApiError(exc.status, exc.code or "bad_field", exc.message) from None
+    return fields["name"], fields["kind"], fields["group"]
 
 
 def ever_connected(node: NodeState) -> bool:

@@ -1,4 +1,8 @@
-"""OpenAPI 3.1 document built from the route table, so the doc cannot drift from the routes."""
+"""OpenAPI 3.1 document built from the route table, so the doc cannot drift from the routes.
+
+Parameters and bodies come from the very schema objects that check each request (types, enums,
+bounds, defaults, what is required): see dvic_core/schema.py and central/routes.py.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,18 @@ from typing import Any
 
 from aiohttp import web
 
-from . import __version__
-from .auth import NODE, PUBLIC, RouteTable
-from .routes import routes
+from dvic_core.schema import Raw
 
-_TYPES = {"string": {"type": "string"}, "boolean": {"type": "boolean"}, "integer": {"type": "integer"}}
+from . import __version__
+from .auth import NODE, PUBLIC, RouteSpec, RouteTable
+from .routes import routes
+from .strictjson import json_response
 
 
 def build(table: RouteTable) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for spec in table.specs:
-        params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"{(\w+)}", spec.path)
-        ] + [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}} for name in spec.query]
-        op: dict[str, Any] = {
-            "summary": spec.summary,
-            "x-dvic-role": spec.role,
-            "responses": {"200": {"description": "OK"}, "4XX": {"$ref": "#/components/responses/Error"}},
-        }
-        if params:
-            op["parameters"] = params
-        if spec.role not in (PUBLIC, NODE):
-            op["security"] = [{"bearer": []}]
-        if spec.body:
-            op["requestBody"] = {"content": {"application/json": {"schema": {
-                "type": "object", "properties": {k: _TYPES.get(v, {}) for k, v in spec.body.items()},
-            }}}}
-        paths.setdefault(spec.path, {})[spec.method.lower()] = op
+        paths.setdefault(spec.path, {})[spec.method.lower()] = _operation(spec)
     return {
         "openapi": "3.1.0",
         "info": {"title": "DVIC Demo Monitor central API", "version": __version__},
@@ -48,6 +36,28 @@ def build(table: RouteTable) -> dict[str, Any]:
     }
 
 
+def _operation(spec: RouteSpec) -> dict[str, Any]:
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", spec.path)
+    ] + (spec.query.parameters() if spec.query is not None else [])
+    op: dict[str, Any] = {
+        "summary": spec.summary,
+        "x-dvic-role": spec.role,
+        "responses": {"200": {"description": "OK"}, "4XX": {"$ref": "#/components/responses/Error"}},
+    }
+    if params:
+        op["parameters"] = params
+    if spec.role not in (PUBLIC, NODE):
+        op["security"] = [{"bearer": []}]
+    if isinstance(spec.body, Raw):
+        op["requestBody"] = {"required": True, "content": {spec.body.content_type: {"schema": spec.body.openapi()}}}
+    elif spec.body is not None:
+        op["requestBody"] = {"required": not spec.optional_body,
+                             "content": {"application/json": {"schema": spec.body.openapi()}}}
+    return op
+
+
 @routes.route("GET", "/api/v1/openapi.json", role=PUBLIC, summary="This document")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(build(routes))
+    return json_response(build(routes))

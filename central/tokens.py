@@ -12,7 +12,7 @@ import secrets
 from aiohttp import web
 
 # The name of the account whose token came with the request, even when the call was refused (logs).
-CALLER_KEY = "dvic_caller"
+CALLER_KEY = web.RequestKey("caller", str)
 
 
 def new_token(prefix: str = "dvo") -> str:

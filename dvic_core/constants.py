@@ -12,6 +12,9 @@ PROTOCOL_VERSION = 1
 ROLES = ("viewer", "operator", "admin")
 RANK = {"pending": 0, "viewer": 1, "operator": 2, "admin": 3}
 
+# A node's name, matched whole (a group's, a supervised demo's too); the daemon's DEMO_NAME_RE copies it.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+
 # A node's state as the server shows it, and the kinds of machine a node can be.
 NODE_STATES = ("online", "offline", "maintenance", "failed", "new")
 NODE_KINDS = ("desktop", "raspberry", "esp32", "other")

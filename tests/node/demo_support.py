@@ -31,6 +31,8 @@ from aiohttp import web
 from daemon_support import REPO, DaemonProcess, write_bundle
 from node_support import Pki, start_app
 
+from central.messages import ProtocolError, parse_node_message
+
 DEMO_PROGRAM = r'''
 import os, signal, sys, time
 mode, tag = sys.argv[1], sys.argv[2]   # the tag only marks this test's processes in /proc
@@ -158,6 +160,7 @@ class DemoServer:
         self.ws: web.WebSocketResponse | None = None
         self.desired: list[dict[str, Any]] | None = None  # pushed after every welcome when set
         self.messages: list[dict[str, Any]] = []  # everything but `logs` and `metrics`, in arrival order
+        self.refused: list[str] = []  # frames the real server would refuse (and close the socket for)
         self.lines: list[dict[str, Any]] = []  # every log line
         self.releases: dict[str, Path] = {}
         self.requests: list[dict[str, Any]] = []  # release downloads: sha256, Range header, client cert seen
@@ -177,6 +180,8 @@ class DemoServer:
             await self.ws.close()
         assert self.runner is not None
         await self.runner.cleanup()
+        if exc[0] is None:
+            assert not self.refused, f"the daemon sent frames the server refuses: {self.refused}"
 
     def bundle(self) -> dict[str, Any]:
         return self.pki.bundle(self.base, keepalive_url="")
@@ -216,7 +221,7 @@ class DemoServer:
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
         await ws.prepare(request)
-        hello = json.loads((await ws.receive()).data)
+        hello = json.loads(self._checked((await ws.receive()).data))
         assert hello["type"] == "hello", hello
         await ws.send_json({"type": "welcome", "protocol": 1, "node_id": self.bundle()["node_id"], "name": "demo-node",
                             "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
@@ -228,7 +233,7 @@ class DemoServer:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
-            body = json.loads(msg.data)
+            body = json.loads(self._checked(msg.data))
             if body.get("type") == "logs":
                 self.lines.extend(body["lines"])
                 await ws.send_json({"type": "ack", "seq": body["lines"][-1]["seq"]})
@@ -239,6 +244,14 @@ class DemoServer:
         if self.ws is ws:
             self.ws = None
         return ws
+
+    def _checked(self, text: str) -> str:
+        """The frame, noted in `refused` when the server's validator (dvic_core/messages.py) refuses it."""
+        try:
+            parse_node_message(text)
+        except ProtocolError as exc:
+            self.refused.append(f"{exc.code}: {exc.message} in {text[:300]}")
+        return text
 
     def _notify(self) -> None:
         self.changed.set()

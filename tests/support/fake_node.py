@@ -14,6 +14,10 @@ from typing import Any
 
 import aiohttp
 
+from dvic_core.messages import SERVER, sent_by
+
+SERVER_MESSAGES = sent_by(SERVER)
+
 
 def client_ssl(bundle: dict[str, Any], *, with_cert: bool = True) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cadata=bundle["ca_pem"])
@@ -68,7 +72,12 @@ class FakeNode:
         msg = await self.ws.receive(timeout=timeout)
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ConnectionError(f"expected a text frame, got {msg.type!r} (close code {self.ws.close_code})")
-        return json.loads(msg.data)
+        message: dict[str, Any] = json.loads(msg.data)
+        # What the server sends a node fits its declaration (dvic_core/messages.py), or the test fails.
+        declared = SERVER_MESSAGES.get(str(message.get("type")))
+        assert declared is not None, f"the server sent an undeclared message type: {message}"
+        declared.parse(message)
+        return message
 
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Read until the server closes; returns the close code."""
