@@ -42,10 +42,11 @@ COMMAND_MODULES: dict[str, str] = {
     **{name: "actions" for name in ("reboot", "action", "actions", "maintenance", "update")},
     "release": "release",
     "add-node": "installer", "remove-node": "installer",
+    "channel": "notify", "route": "notify", "notifications": "notify",
 }
 # The modules in the order `dvic --help` lists their commands.
 MODULES = ("console", "login", "fleet", "history", "operators", "run", "commands", "shell", "actions", "release",
-           "installer")
+           "installer", "notify")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
@@ -98,9 +99,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # SUPPRESS so an absent option does not overwrite one given before the subcommand.
     common = Parser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
+    # allow_abbrev=False: this parser scans every word, the sub-command's too, and would take a
+    # sub-command's own option for an abbreviation of its own (`channel add --to` for --token).
     parser = Parser(
         prog="dvic",
         description="DVIC Demo Monitor: watch and drive the demo fleet. Without a command: the console.",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"dvic {__version__}")
     _connection_options(parser, None)

@@ -200,6 +200,17 @@ class AsyncClient:
     update = Endpoint(calls.update)
     release = Endpoint(calls.release)
     publish_release = Endpoint(calls.publish_release)
+    channels = Endpoint(calls.channels)
+    add_channel = Endpoint(calls.add_channel)
+    remove_channel = Endpoint(calls.remove_channel)
+    channel_test = Endpoint(calls.channel_test)
+    alert_routes = Endpoint(calls.alert_routes)
+    add_alert_route = Endpoint(calls.add_alert_route)
+    remove_alert_route = Endpoint(calls.remove_alert_route)
+    notifications = Endpoint(calls.notifications)
+    notification = Endpoint(calls.notification)
+    resend_notification = Endpoint(calls.resend_notification)
+    resend_failed = Endpoint(calls.resend_failed)
 
 
 class Stream:

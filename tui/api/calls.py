@@ -201,3 +201,55 @@ def publish_release(data: bytes) -> Request[Json]:
 def _given(**fields: object) -> Json:
     """A JSON body of the fields that are set."""
     return {k: v for k, v in fields.items() if v is not None}
+
+
+# -- notifications (docs/alerts.md "Notifications") ------------------------------------------------
+def channels() -> Request[list[Json]]:
+    """Every channel's public view (the server never returns a secret)."""
+    return Request("GET", "/channels", object_list("channels"))
+
+
+def add_channel(name: str, fields: Json) -> Request[Json]:
+    """`fields`: `kind` and the kind's settings and secrets; the answer holds no secret."""
+    return Request("POST", f"/channels/{seg(name)}", json_object, body=fields)
+
+
+def remove_channel(name: str) -> Request[Json]:
+    return Request("DELETE", f"/channels/{seg(name)}", json_object)
+
+
+def channel_test(name: str) -> Request[Json]:
+    """Sends a test message: `{"channel", "answer"}`; ApiError `delivery_failed` says why not."""
+    return Request("POST", f"/channels/{seg(name)}/test", json_object)
+
+
+def alert_routes() -> Request[Json]:
+    return Request("GET", "/alert-routes", page("routes"))
+
+
+def add_alert_route(channel: str, group: str, severity: str) -> Request[Json]:
+    return Request("POST", f"/channels/{seg(channel)}/routes", json_object,
+                   body={"group": group, "severity": severity})
+
+
+def remove_alert_route(route_id: int) -> Request[Json]:
+    return Request("DELETE", f"/alert-routes/{route_id}", json_object)
+
+
+def notifications(state: str | None = None, channel: str | None = None, cursor: str | None = None,
+                  limit: int | None = None) -> Request[Json]:
+    """One page, newest first: `{"notifications": [...], "counts": {...}, "next_cursor": ...}`."""
+    return Request("GET", "/notifications", page("notifications"),
+                   params(state=state, channel=channel, cursor=cursor, limit=limit))
+
+
+def notification(notification_id: int) -> Request[Json]:
+    return Request("GET", f"/notifications/{notification_id}", json_object)
+
+
+def resend_notification(notification_id: int) -> Request[Json]:
+    return Request("POST", f"/notifications/{notification_id}/resend", json_object)
+
+
+def resend_failed() -> Request[Json]:
+    return Request("POST", "/notifications/resend-failed", json_object)
