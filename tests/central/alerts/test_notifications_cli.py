@@ -155,6 +155,8 @@ async def test_failed_notifications_are_listed_and_resent(tmp_path: Path, receiv
         [row] = await async_wait_for(failed, timeout=20, what="the notification to fail")
         assert row["channel"] == "hook" and row["subjects"] == 3 and row["attempts"] == 2
         assert str(row["last_error"]).startswith("cannot connect to http://127.0.0.1:")
+        status, one = server.api("GET", "/api/v1/notifications/1", token=dvic.operator("vic", "viewer"))
+        assert status == 200 and [a["subject"] for a in one["alerts"]] == ["node:pi-0", "node:pi-1", "node:pi-2"]
         table = (await dvic("notifications")).out.splitlines()
         assert table[1].split()[:7] == ["1", "failed", "hook", "firing", "critical", "3", "2"]
         assert table[-1] == "pending 0, sent 0, failed 1"
