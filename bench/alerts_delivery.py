@@ -12,7 +12,7 @@ channels on real HTTP receivers (aiohttp on 127.0.0.1, in a thread of their own)
   target: one per route) and the subjects they list, the time each `submit` took (a DB commit:
   the engine never waits longer), and from the last submit to each message's arrival.
 - singles: `--singles` alerts one at a time (the next once the previous arrived): time from
-  `submit` to the receiver, at the default quiet time (2 s: how long a lone alert waits for
+  `submit` to the receiver, at the default quiet time (1.5 s: how long a lone alert waits for
   company) and with a 10 ms quiet time (what delivery itself costs: commit, claim, POST).
 """
 

@@ -38,9 +38,11 @@ class Notify:
 
     # Notices on the same route that start within `group_window` seconds go out as one message; a
     # group goes out early once nothing joined it for `group_quiet` seconds (one alert alone is
-    # not held back for the whole window).
+    # not held back for the whole window). 1.5 s: longer than the 1 s between the presence sweeps
+    # that notice a hall's nodes going offline one batch at a time (one message for all of them),
+    # short enough that a lone alert leaves within the "offline threshold plus 2 s".
     group_window: float = 10.0
-    group_quiet: float = 2.0
+    group_quiet: float = 1.5
     # Subject lines a message lists before "and K more".
     max_lines: int = 20
     # Tries per message; the n-th retry waits backoff * 2**(n-1) seconds (at most backoff_max).
