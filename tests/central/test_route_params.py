@@ -186,6 +186,8 @@ CASES = dict([
           Case(f"{V1}/operators/ghost/tokens", 404, "no_such_operator"),
           Case(f"{V1}/operators/op-x/tokens", 400, "bad_field",
                "expires_in: seconds from now, more than 0 and at most 315360000 (ten years)", body={"expires_in": -1}),
+          Case(f"{V1}/operators/op-x/tokens", 400, "unknown_field",
+               "unknown field 'expires' (did you mean 'expires_in'?)", body={"expires": 60}),
           Case(f"{V1}/operators/op-x/tokens", 201),
           Case(f"{V1}/operators/op-x/tokens", 201, body={"expires_in": 60})),
     cases("GET", f"{V1}/audit",
@@ -399,6 +401,23 @@ async def test_a_declared_field_refuses_a_wrong_value_before_the_handler(world: 
         assert status == 400, (spec.path, name, value, status, body)
         assert body["error"]["code"] == (schema.code or default), (spec.path, name, value, body)
         assert name in body["error"]["message"] or name in (schema.message or ""), (spec.path, name, body)
+
+
+def operator_bodies() -> list[RouteSpec]:
+    return [spec for spec in routes.specs
+            if spec.role != NODE and isinstance(spec.body, schemas.Object) and not isinstance(spec.body, schemas.Query)]
+
+
+@in_module_loop
+@pytest.mark.parametrize("spec", operator_bodies(), ids=lambda s: f"{s.method} {s.path}")
+async def test_an_operator_body_with_an_unknown_field_is_refused_naming_it(world: World, spec: RouteSpec) -> None:
+    """A misspelled field is an error, not a default taken in silence."""
+    path = re.sub(r"{(\w+)}", lambda m: {"node": "pi-a", "name": "op-x"}.get(m.group(1), "no-such-id"), spec.path)
+    token = "" if spec.role == "public" else world.tokens["admin"]
+    body = {**REQUIRED.get((spec.method, spec.path), {}), "zz_not_a_field": 1}
+    status, answer = await world.app.call(spec.method, path, body, token=token)
+    assert status == 400 and answer["error"]["code"] == "unknown_field", (spec.path, status, answer)
+    assert "'zz_not_a_field'" in answer["error"]["message"]
 
 
 def test_the_logs_group_parameter_is_declared() -> None:
