@@ -1,151 +1,58 @@
-"""Shared helpers of the node daemon tests: a throwaway PKI, TLS contexts and condition polling."""
+"""Shared helpers of the node daemon tests: a demo watcher with a recorder, a small server for an
+aiohttp app, a raw websocket peer."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import hashlib
-import ipaddress
 import ssl
 import struct
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import dvic_node
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 
-@dataclass
-class Pki:
-    """PEM material of a CA, a server certificate for 127.0.0.1 and a node (client) certificate."""
+class Recorder:
+    """What a DemoWatcher reports: its messages (demo states, events) and its errors."""
 
-    dir: Path
-    ca_pem: str
-    server_cert: Path
-    server_key: Path
-    node_cert_pem: str
-    node_key_pem: str
-    rogue_ca_pem: str  # another CA: trusting only it must fail against our server
-    rogue_node_cert_pem: str
-    rogue_node_key_pem: str
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.errors: list[str] = []
 
-    def server_context(self, require_client_cert: bool = True, expired: bool = False) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        if expired:
-            ctx.load_cert_chain(self.dir / "expired.crt", self.dir / "expired.key")
-        else:
-            ctx.load_cert_chain(self.server_cert, self.server_key)
-        if require_client_cert:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cadata=self.ca_pem)
-        return ctx
+    def emit(self, msg: dict) -> None:
+        self.messages.append(msg)
 
-    def bundle(self, url: str, **extra: object) -> dict:
-        """An enrollment bundle (docs/protocol.md section 1) for a server at `url` (https://...)."""
-        b = {
-            "format": "dvic-node-bundle/1", "node_id": "6b0f7c52-0000-4000-8000-000000000001",
-            "name": "test-node", "kind": "desktop", "group": "", "server_url": url,
-            "ws_url": url.replace("https://", "wss://").replace("http://", "ws://") + "/api/v1/node/ws",
-            "keepalive_url": url + "/api/v1/keepalive", "ca_pem": self.ca_pem, "ca_sha256": "",
-            "cert_pem": self.node_cert_pem, "key_pem": self.node_key_pem, "token": "node-token-1",
-            "interval": 5,
-        }
-        b.update(extra)
-        return b
+    def error(self, message: str, data: dict) -> None:
+        self.errors.append(message)
+
+    def states(self) -> dict[str, str]:
+        return {m["token"]: m["state"] for m in self.messages if m["type"] == "demo"}
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def demo_watcher(tmp_path: Path, *, restore: bool = False, per_owner: int = 0,
+                 total: int = 0) -> tuple[dvic_node.DemoWatcher, dvic_node.Spool, Recorder]:
+    """A DemoWatcher of tmp_path/logs spooling to tmp_path/spool; `restore`: with the demo states a
+    previous one left there; `per_owner`, `total`: other file bounds than the daemon's."""
+    spool = dvic_node.Spool(str(tmp_path / "spool"))
+    spool.open()
+    rec = Recorder()
+    w = dvic_node.DemoWatcher(spool, rec.emit, rec.error)
+    if restore:
+        w.restore_states()
+    w.set_logdirs([dvic_node.LogDir(str(tmp_path / "logs"))])
+    w.max_per_owner = per_owner or w.max_per_owner
+    w.max_files = total or w.max_files
+    return w, spool, rec
 
 
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
-          server: bool, expired: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=60 if expired else 0)
-    b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    else:
-        b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return b.sign(ca_key, hashes.SHA256()), key
-
-
-def make_pki(d: Path) -> Pki:
-    ca, ca_key = _ca("dvic test CA")
-    srv, srv_key = _leaf(ca, ca_key, "127.0.0.1", server=True)
-    node, node_key = _leaf(ca, ca_key, "6b0f7c52-0000-4000-8000-000000000001", server=False)
-    rogue, rogue_key = _ca("rogue CA")
-    rnode, rnode_key = _leaf(rogue, rogue_key, "rogue-node", server=False)
-    old, old_key = _leaf(ca, ca_key, "127.0.0.1", server=True, expired=True)
-    (d / "expired.crt").write_text(_pem(old))
-    (d / "expired.key").write_text(_key_pem(old_key))
-    (d / "server.crt").write_text(_pem(srv))
-    (d / "server.key").write_text(_key_pem(srv_key))
-    return Pki(dir=d, ca_pem=_pem(ca), server_cert=d / "server.crt", server_key=d / "server.key",
-               node_cert_pem=_pem(node), node_key_pem=_key_pem(node_key), rogue_ca_pem=_pem(rogue),
-               rogue_node_cert_pem=_pem(rnode), rogue_node_key_pem=_key_pem(rnode_key))
-
-
-async def wait_until(cond: Callable[[], object], timeout: float = 10.0,  # noqa: ASYNC109
-                     what: str = "condition") -> object:
-    """Poll `cond` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def wait_until_sync(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition",
-                    interval: float = 0.1) -> object:
-    """Poll `cond` (every `interval` s: conditions that page through the server's API are not free)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def step(w: dvic_node.DemoWatcher, times: int = 1) -> None:
+    """`times` rounds of what the daemon's loop does: find files, read them, check their writers."""
+    for _ in range(times):
+        w.scan()
+        w.poll()
+        w.check_liveness()
 
 
 async def start_app(app: web.Application, ssl_context: ssl.SSLContext | None = None,

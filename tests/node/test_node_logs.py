@@ -12,10 +12,12 @@ import textwrap
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dvic_node
 import pytest
+from node_support import Recorder, demo_watcher, step
 
 TOKEN = "0123456789abcdef"
 NODE_SCRIPT = Path(dvic_node.__file__).resolve()
@@ -237,18 +239,6 @@ def test_pid_liveness_checks_start_time() -> None:
 
 # -- DemoWatcher with real demo processes ------------------------------------------------------
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.errors: list[str] = []
-
-    def emit(self, msg: dict) -> None:
-        self.messages.append(msg)
-
-    def error(self, message: str, data: dict) -> None:
-        self.errors.append(message)
-
-
 @pytest.fixture
 def demo_proc() -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -259,19 +249,33 @@ def demo_proc() -> Iterator[subprocess.Popen[bytes]]:
         proc.wait()
 
 
-def make_watcher(tmp_path: Path) -> tuple[dvic_node.DemoWatcher, dvic_node.Spool, Recorder]:
-    spool = dvic_node.Spool(str(tmp_path / "spool"))
-    spool.open()
-    rec = Recorder()
-    w = dvic_node.DemoWatcher(spool, rec.emit, rec.error)
-    w.set_logdirs([dvic_node.LogDir(str(tmp_path / "logs"))])
-    return w, spool, rec
+def rotate(path: Path, content: bytes) -> None:
+    """What the writer does: the file becomes PATH.1 and a new one with `content` takes its name."""
+    os.replace(path, str(path) + ".1")
+    path.write_bytes(content)
 
 
-def step(w: dvic_node.DemoWatcher) -> None:
-    w.scan()
-    w.poll()
-    w.check_liveness()
+@dataclass
+class Watched:
+    """A demo's log file under tmp_path/logs (its process: demo_proc) and a watcher that has read it once."""
+
+    path: Path
+    watcher: dvic_node.DemoWatcher
+    spool: dvic_node.Spool
+    rec: Recorder
+
+    def msgs(self) -> list[str]:
+        return [ln["msg"] for ln in self.spool.read(1)]
+
+
+def watched(tmp_path: Path, pid: int, first: str) -> Watched:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    path.write_bytes(header(pid) + record(first))
+    w, spool, rec = demo_watcher(tmp_path)
+    step(w)
+    return Watched(path, w, spool, rec)
 
 
 def test_demo_lifecycle_lines_and_exit(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
@@ -281,7 +285,7 @@ def test_demo_lifecycle_lines_and_exit(tmp_path: Path, demo_proc: subprocess.Pop
     path.write_bytes(header(demo_proc.pid) + record("hello") + record("oops", "ERROR"))
     (logs / f"dvic_log_{TOKEN}.1").write_bytes(b"rotated files are never discovered\n")
     (logs / "dvic_log_NOTHEX0123456789").write_bytes(b"ignored\n")
-    w, spool, rec = make_watcher(tmp_path)
+    w, spool, rec = demo_watcher(tmp_path)
     step(w)
     assert [m["state"] for m in rec.messages] == ["started"]
     assert rec.messages[0]["name"] == "robot-arm" and rec.messages[0]["pid"] == demo_proc.pid
@@ -300,16 +304,10 @@ def test_demo_lifecycle_lines_and_exit(tmp_path: Path, demo_proc: subprocess.Pop
 
 
 def test_restart_neither_resends_nor_skips(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("one"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    with open(path, "ab") as f:
-        f.write(record("two"))
+    demo = watched(tmp_path, demo_proc.pid, "one")
+    append(demo.path, record("two"))
     # the daemon dies here (no checkpoint); the line arrives while it is down
-    w2, spool2, rec2 = make_watcher(tmp_path)
+    w2, spool2, rec2 = demo_watcher(tmp_path)
     step(w2)
     assert [ln["msg"] for ln in spool2.read(1)] == ["one", "two"]  # "one" not shipped twice
     assert rec2.messages == []  # a known alive demo is not "started" again
@@ -318,36 +316,22 @@ def test_restart_neither_resends_nor_skips(tmp_path: Path, demo_proc: subprocess
 
 def test_rotation_by_the_writer_keeps_identity_and_order(tmp_path: Path,
                                                          demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    with open(path, "ab") as f:
-        f.write(record("b"))
-    os.replace(path, str(path) + ".1")
-    path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
-    for _ in range(3):
-        step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c"]  # the new header is not a line
-    assert [m["state"] for m in rec.messages] == ["started"]
+    demo = watched(tmp_path, demo_proc.pid, "a")
+    append(demo.path, record("b"))
+    rotate(demo.path, header(demo_proc.pid, rotated=1) + record("c"))
+    step(demo.watcher, 3)
+    assert demo.msgs() == ["a", "b", "c"]  # the new header is not a line
+    assert [m["state"] for m in demo.rec.messages] == ["started"]
 
 
 def test_a_file_recreated_after_deletion_is_followed(tmp_path: Path,
                                                     demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("first life"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    path.unlink()
-    step(w)
-    path.write_bytes(header(demo_proc.pid) + record("second life"))
-    step(w)
-    step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["first life", "second life"]
+    demo = watched(tmp_path, demo_proc.pid, "first life")
+    demo.path.unlink()
+    step(demo.watcher)
+    demo.path.write_bytes(header(demo_proc.pid) + record("second life"))
+    step(demo.watcher, 2)
+    assert demo.msgs() == ["first life", "second life"]
 
 
 def test_late_discovery_reads_the_previous_file_first(tmp_path: Path,
@@ -357,26 +341,19 @@ def test_late_discovery_reads_the_previous_file_first(tmp_path: Path,
     path = logs / f"dvic_log_{TOKEN}"
     (logs / f"dvic_log_{TOKEN}.1").write_bytes(header(demo_proc.pid) + record("a") + record("b"))
     path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
-    w, spool, rec = make_watcher(tmp_path)
-    for _ in range(3):
-        step(w)
+    w, spool, rec = demo_watcher(tmp_path)
+    step(w, 3)
     assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c"]
     assert rec.errors == [] and [m["state"] for m in rec.messages] == ["started"]
 
 
 def test_rotations_never_read_are_reported(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    os.replace(path, str(path) + ".1")  # two rotations between two reads: rotated 1 was never seen
-    path.write_bytes(header(demo_proc.pid, rotated=2) + record("c"))
-    for _ in range(3):
-        step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["a", "c"]
-    (gap,) = [m for m in rec.messages if m["type"] == "event"]
+    demo = watched(tmp_path, demo_proc.pid, "a")
+    # two rotations between two reads: rotated 1 was never seen
+    rotate(demo.path, header(demo_proc.pid, rotated=2) + record("c"))
+    step(demo.watcher, 3)
+    assert demo.msgs() == ["a", "c"]
+    (gap,) = [m for m in demo.rec.messages if m["type"] == "event"]
     assert gap["kind"] == "log_gap" and "1 rotated log file(s) were never read" in gap["message"]
     assert gap["data"] == {"token": TOKEN, "demo": "robot-arm", "missed_files": 1, "from_rotation": 1,
                            "to_rotation": 1}
@@ -424,7 +401,7 @@ def test_broken_header_and_garbage_are_shipped_and_reported(tmp_path: Path) -> N
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / f"dvic_log_{TOKEN}").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage\n" + record("still here"))
-    w, spool, rec = make_watcher(tmp_path)
+    w, spool, rec = demo_watcher(tmp_path)
     step(w)
     step(w)
     msgs = [ln["msg"] for ln in spool.read(1)]
@@ -487,22 +464,13 @@ def test_permission_denied_is_reported_once_and_retried() -> None:
 
 def test_two_rotations_between_reads_read_the_skipped_file_first(tmp_path: Path,
                                                                  demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    with open(path, "ab") as f:
-        f.write(record("b"))  # still in the file we hold, read before the switch
-    os.replace(path, str(path) + ".1")
-    path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
-    os.replace(path, str(path) + ".1")  # rotation 1 is now .1; the file we hold is deleted
-    path.write_bytes(header(demo_proc.pid, rotated=2) + record("d"))
-    for _ in range(5):
-        step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c", "d"]
-    assert not [m for m in rec.messages if m["type"] == "event"] and rec.errors == []
+    demo = watched(tmp_path, demo_proc.pid, "a")
+    append(demo.path, record("b"))  # still in the file we hold, read before the switch
+    rotate(demo.path, header(demo_proc.pid, rotated=1) + record("c"))
+    rotate(demo.path, header(demo_proc.pid, rotated=2) + record("d"))  # rotation 1 is now .1; ours is deleted
+    step(demo.watcher, 5)
+    assert demo.msgs() == ["a", "b", "c", "d"]
+    assert not [m for m in demo.rec.messages if m["type"] == "event"] and demo.rec.errors == []
 
 
 # -- inotify: only the files that changed are read --------------------------------------------
@@ -522,7 +490,7 @@ def test_inotify_wakes_on_writes_rotations_and_new_files_and_leaves_idle_files_a
     logs.mkdir()
     path = logs / f"dvic_log_{TOKEN}"
     path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
+    w, spool, rec = demo_watcher(tmp_path)
     notify = dvic_node.Inotify()
     w.notify = notify
     try:
