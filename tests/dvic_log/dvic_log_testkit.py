@@ -1,16 +1,36 @@
-"""Helpers shared by the dvic_log tests: reading files back, following them, waiting with a deadline."""
+"""Helpers shared by the dvic_log tests: reading files back and following them (waits: tests/support/wait.py)."""
 
 import json
 import os
 import re
-import time
-from collections.abc import Callable
+import shutil
 from pathlib import Path
 from typing import Any
 
+
+def tool(name: str, install: str = ".ci/run installs it") -> str:
+    """Path of a tool the test needs; skipped without it, except on CI where it must be installed."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed ({install})")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def library_env(log_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a demo using a dvic_log library: this one's without DVIC_LOG_* settings, the
+    log directory `log_dir`, no pruning by age, and `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_LOG_")}
+    env.update(DVIC_LOG_DIR=str(log_dir), DVIC_LOG_KEEP_DAYS="0")
+    env.update(extra)
+    return env
+
+
 LIVE_NAME = re.compile(r"^dvic_log_[0-9a-f]{16}$")
 LIB_DIR = Path(__file__).resolve().parents[2] / "lib" / "python"
-PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
 
 
 def live_files(directory: Path) -> list[Path]:
@@ -42,20 +62,6 @@ def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     assert objs, f"empty file {path}"
     assert objs[0].get("dvic_log") == 1, objs[0]
     return objs[0], objs[1:]
-
-
-def wait_for(
-    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.01
-) -> Any:
-    """Poll condition every `interval` s until it returns something truthy; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Follower:

@@ -16,7 +16,9 @@ import dvic_log
 import pytest
 from dvic_log import _writer
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import LIB_DIR, Follower, live_files, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, Follower, live_files, read_file
+
+from tests.support.wait import wait_for
 
 
 def test_header_describes_this_process(log_dir: Path):
