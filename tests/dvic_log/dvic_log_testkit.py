@@ -3,7 +3,9 @@
 import json
 import os
 import re
+import resource
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,42 @@ class Follower:
 
     def headers(self) -> list[dict[str, Any]]:
         return [o for o in self.objects if "dvic_log" in o]
+
+
+def full_disk_run(proc: subprocess.Popen[str]) -> tuple[Path, dict[str, Any], str]:
+    """Take a writer (another language's library) through a full disk; (its file, its report, its stderr).
+
+    The writer prints its file's path, waits for a byte on stdin, writes 100 records, prints JSON
+    {"ok": [one bool per record], "torn": whether the file ends in a cut line}, waits again, then
+    writes "space is back". RLIMIT_FSIZE (prlimit on the running process) refuses bytes past 3000
+    meanwhile, as a full disk would, and is lifted as freeing space would.
+    """
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        path = Path(proc.stdout.readline().strip())
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+        proc.stdin.write("1")
+        proc.stdin.flush()
+        report: dict[str, Any] = json.loads(proc.stdout.readline())
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        proc.stdin.write("2")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        return path, report, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def check_full_disk(path: Path, report: dict[str, Any], stderr: str) -> None:
+    """What docs/log-format.md promises of a full disk: one line on stderr, every record from the first
+    refused one on refused, and once there is room the cut line finished before the next record."""
+    refused = [i for i, ok in enumerate(report["ok"]) if not ok]
+    assert refused and refused == list(range(refused[0], 100))  # from the first failure on
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dvic_log: cannot write to {path}: "), stderr
+    _, records = read_file(path)  # every line whole again
+    kept = [int(r["msg"].split()[1]) for r in records[:-1]]
+    # A cut line counts as refused for the caller, but it is finished, so it is in the file.
+    assert kept == list(range(refused[0] + (1 if report["torn"] else 0)))
+    assert records[-1]["msg"] == "space is back"

@@ -10,7 +10,6 @@ import json
 import os
 import pwd
 import random
-import resource
 import signal
 import socket
 import subprocess
@@ -20,7 +19,14 @@ from typing import Any
 import pytest
 from dvic_log._format import record_line
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import library_env, live_files, parse_lines, read_file, tool
+from dvic_log_testkit import (
+    check_full_disk,
+    full_disk_run,
+    library_env,
+    live_files,
+    read_file,
+    tool,
+)
 from test_dvic_log_js import documented_fit, random_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -261,30 +267,7 @@ def test_a_full_disk_is_reported_once_and_the_torn_line_is_finished_when_room_is
         [tool("mono", MONO), str(checks), "full-disk"], env=library_env(log_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
     )  # fmt: skip
-    try:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        path = Path(proc.stdout.readline().strip())
-        # As a full disk would: the kernel refuses bytes past 3000.
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
-        proc.stdin.write("1")
-        proc.stdin.flush()
-        report = json.loads(proc.stdout.readline())
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        proc.stdin.write("2")
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-        stderr = proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
-    refused = [i for i, ok in enumerate(report["ok"]) if not ok]
-    assert refused and refused == list(range(refused[0], 100))
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"dvic_log: cannot write to {path}: "), stderr
-    records = parse_lines(path.read_bytes())[1:]  # every line whole again
-    kept = [int(r["msg"].split()[1]) for r in records[:-1]]
-    assert kept == list(range(refused[0] + (1 if report["torn"] else 0)))
-    assert records[-1]["msg"] == "space is back"
+    check_full_disk(*full_disk_run(proc))
 
 
 def test_retention_removes_an_exited_writers_old_file_only(checks: Path, log_dir: Path):

@@ -8,7 +8,6 @@ the Python reader while it rotates and while the disk is full.
 import base64
 import json
 import random
-import resource
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,7 +16,15 @@ from typing import Any
 from dvic_log._format import TRUNCATION_MARK, record_line
 from dvic_log._prune import writer_alive
 from dvic_log._reader import Follower as ReferenceFollower
-from dvic_log_testkit import Follower, library_env, live_files, read_file, tool
+from dvic_log_testkit import (
+    Follower,
+    check_full_disk,
+    full_disk_run,
+    library_env,
+    live_files,
+    read_file,
+    tool,
+)
 
 from tests.support.wait import wait_for
 
@@ -228,30 +235,7 @@ def test_a_full_disk_is_reported_once_and_the_torn_line_is_finished_when_room_is
         [tool("node"), "-e", code], env=library_env(log_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        path = Path(proc.stdout.readline().strip())
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
-        proc.stdin.write("1")
-        proc.stdin.flush()
-        report: dict[str, Any] = json.loads(proc.stdout.readline())
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        proc.stdin.write("2")
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-        stderr = proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
-    refused = [i for i, ok in enumerate(report["ok"]) if not ok]
-    assert refused and refused == list(range(refused[0], 100))  # from the first failure on
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"dvic_log: cannot write to {path}: "), stderr
-    header, records = read_file(path)  # every line whole again
-    kept = [int(r["msg"].split()[1]) for r in records[:-1]]
-    # A cut line counts as refused for the caller, but it is finished, so it is in the file.
-    assert kept == list(range(refused[0] + (1 if report["torn"] else 0)))
-    assert records[-1]["msg"] == "space is back"
+    check_full_disk(*full_disk_run(proc))
 
 
 def test_liveness_fields_match_what_the_reader_checks(log_dir: Path):
