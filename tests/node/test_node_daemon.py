@@ -35,13 +35,6 @@ def own_central(tmp_path: Path) -> Iterator[CentralServer]:
         yield server
 
 
-@pytest.fixture
-def logs_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "logs"
-    d.mkdir()
-    return d
-
-
 def demo_lines(central: CentralServer, node_id: str) -> list[dict]:
     return all_logs(central, node_id, source="demo")
 

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,29 +49,11 @@ def plant(logs: Path, pid: int, *, pid_start: int | None = None, name: str = "pl
     return token
 
 
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    d = tmp_path / "logs"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def running() -> Iterator[subprocess.Popen[bytes]]:
-    """A process that stands for a running demo."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_path: Path, logs: Path) -> None:
+def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_path: Path, logs_dir: Path) -> None:
     me = os.getpid()
     now = time.time()
     # 200 files whose writer has exited (the pid's start time does not match), of one owner, one a second older
-    tokens = [plant(logs, me, pid_start=pid_start(me) + 1, mtime=now - i) for i in range(200)]
+    tokens = [plant(logs_dir, me, pid_start=pid_start(me) + 1, mtime=now - i) for i in range(200)]
     w, _, rec = demo_watcher(tmp_path, restore=True, per_owner=32, total=128)
     step(w)
     followed = {d.token for d in w.demos.values()}
@@ -84,10 +65,10 @@ def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_pat
     assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 32 and len(rec.errors) == 1
 
 
-def test_files_left_waiting_never_take_turns(tmp_path: Path, logs: Path) -> None:
+def test_files_left_waiting_never_take_turns(tmp_path: Path, logs_dir: Path) -> None:
     me = os.getpid()
     for _ in range(500):  # created as fast as can be: their times differ by less than a millisecond
-        plant(logs, me, pid_start=pid_start(me) + 1)
+        plant(logs_dir, me, pid_start=pid_start(me) + 1)
     w, _, rec = demo_watcher(tmp_path, restore=True, per_owner=8, total=128)
     step(w)
     followed = {d.token for d in w.demos.values()}
@@ -96,36 +77,36 @@ def test_files_left_waiting_never_take_turns(tmp_path: Path, logs: Path) -> None
     assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 8
 
 
-def test_running_demos_are_taken_first_and_never_pushed_out(tmp_path: Path, logs: Path,
-                                                            running: subprocess.Popen[bytes]) -> None:
+def test_running_demos_are_taken_first_and_never_pushed_out(tmp_path: Path, logs_dir: Path,
+                                                            demo_proc: subprocess.Popen[bytes]) -> None:
     me = os.getpid()
     now = time.time()
-    real = plant(logs, running.pid, pid_start=pid_start(running.pid), name="real", lines=3, mtime=now - 3600)
+    real = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="real", lines=3, mtime=now - 3600)
     for i in range(50):
-        plant(logs, me, pid_start=pid_start(me) + 1, mtime=now - i)  # newer, but their writer is gone
+        plant(logs_dir, me, pid_start=pid_start(me) + 1, mtime=now - i)  # newer, but their writer is gone
     w, spool, rec = demo_watcher(tmp_path, restore=True, per_owner=4, total=128)
     step(w)
     assert real in {d.token for d in w.demos.values()} and len(w.demos) == 4
     assert rec.states()[real] == "started"
     # a new file (newest of all) does not push the running demo out
-    plant(logs, me, pid_start=pid_start(me) + 1, mtime=now + 10)
+    plant(logs_dir, me, pid_start=pid_start(me) + 1, mtime=now + 10)
     step(w)
     assert real in {d.token for d in w.demos.values()} and len(w.demos) == 4
     assert [ln["msg"] for ln in spool.read(1) if ln["demo"] == real] == ["real line 0", "real line 1", "real line 2"]
 
 
-def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path, logs: Path,
-                                                                  running: subprocess.Popen[bytes]) -> None:
+def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path, logs_dir: Path,
+                                                                  demo_proc: subprocess.Popen[bytes]) -> None:
     me = os.getpid()
     gone = pid_start(me) + 1
     now = time.time()
-    first = plant(logs, me, pid_start=gone, name="first", lines=2, mtime=now - 20)
-    second = plant(logs, me, pid_start=gone, name="second", lines=2, mtime=now - 10)
+    first = plant(logs_dir, me, pid_start=gone, name="first", lines=2, mtime=now - 20)
+    second = plant(logs_dir, me, pid_start=gone, name="second", lines=2, mtime=now - 10)
     w, spool, rec = demo_watcher(tmp_path, restore=True, per_owner=2, total=128)
     step(w)
     assert {d.token for d in w.demos.values()} == {first, second}
     # a demo starts: the demo that exited first gives its place (its file was read to its end)
-    third = plant(logs, running.pid, pid_start=pid_start(running.pid), name="third", lines=2)
+    third = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="third", lines=2)
     step(w)
     assert {d.token for d in w.demos.values()} == {second, third}
     for _ in range(3):
@@ -145,12 +126,12 @@ def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path
 
 @as_root
 def test_files_planted_by_another_user_cannot_crowd_out_or_impersonate_a_running_demo(
-        tmp_path: Path, logs: Path, running: subprocess.Popen[bytes]) -> None:
+        tmp_path: Path, logs_dir: Path, demo_proc: subprocess.Popen[bytes]) -> None:
     now = time.time()
     # another user's files claim a running process that is not theirs (pid 1, and our own demo's pid)
     for i in range(100):
-        plant(logs, 1 if i % 2 else running.pid, uid=NOBODY, mtime=now - i)
-    real = plant(logs, running.pid, pid_start=pid_start(running.pid), name="real", lines=1, mtime=now - 3600)
+        plant(logs_dir, 1 if i % 2 else demo_proc.pid, uid=NOBODY, mtime=now - i)
+    real = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="real", lines=1, mtime=now - 3600)
     w, _, rec = demo_watcher(tmp_path, restore=True, per_owner=8, total=10)
     step(w)
     owners = sorted(d.owner[1] for d in w.demos.values())
@@ -160,7 +141,7 @@ def test_files_planted_by_another_user_cannot_crowd_out_or_impersonate_a_running
     assert set(states.values()) == {"exited"}  # a header naming another user's process is not that process
     assert len(rec.errors) == 1 and "of user nobody" in rec.errors[0]
     # a second real demo still finds a place: the total bound is full, an exited planted file gives its place
-    other = plant(logs, running.pid, pid_start=pid_start(running.pid), name="other", lines=1)
+    other = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="other", lines=1)
     step(w)
     assert {real, other} <= {d.token for d in w.demos.values()} and len(w.demos) == 10
 
@@ -172,14 +153,14 @@ def central(tmp_path: Path) -> Iterator[CentralServer]:
 
 
 def test_the_real_daemon_with_3000_planted_files_reports_at_most_its_bound(central: CentralServer, tmp_path: Path,
-                                                                          logs: Path) -> None:
+                                                                          logs_dir: Path) -> None:
     # What any local user can do in the shared log dir (security review M6): 3,000 files with big headers
-    # naming a running process. As root, they belong to another user, as an attacker's would.
+    # naming a demo_proc process. As root, they belong to another user, as an attacker's would.
     uid = NOBODY if os.geteuid() == 0 else None
     for i in range(3000):
-        plant(logs, 1, name=f"demo-{i}-" + "n" * 200, argv_items=64, uid=uid)
-    node_id, daemon = enrolled_daemon(central, tmp_path, logs, name="node-flood")
-    demo = Demo(logs, "real-demo", 20)  # a real demo (dvic_log), started after the flood
+        plant(logs_dir, 1, name=f"demo-{i}-" + "n" * 200, argv_items=64, uid=uid)
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, name="node-flood")
+    demo = Demo(logs_dir, "real-demo", 20)  # a real demo (dvic_log), started after the flood
     daemon.start()
     try:
         token = demo.wait_written()
@@ -202,11 +183,11 @@ def test_the_real_daemon_with_3000_planted_files_reports_at_most_its_bound(centr
     assert central.node(node_id)["demos"]["total"] <= bound
 
 
-def test_the_real_daemons_rates_stay_within_the_servers_limits(tmp_path: Path, logs: Path) -> None:
+def test_the_real_daemons_rates_stay_within_the_servers_limits(tmp_path: Path, logs_dir: Path) -> None:
     # One sample per interval, the backlog of an outage at once, keep-alives, demo states: nothing is limited.
     with CentralServer(tmp_path / "central", interval=0.1, offline_after=5.0) as server:
-        node_id, daemon = enrolled_daemon(server, tmp_path, logs, name="steady-node")
-        demos = [Demo(logs, f"demo-{i}", 5) for i in range(5)]
+        node_id, daemon = enrolled_daemon(server, tmp_path, logs_dir, name="steady-node")
+        demos = [Demo(logs_dir, f"demo-{i}", 5) for i in range(5)]
         daemon.start()
         try:
             wait_for(lambda: central_demos(server, node_id) == 5, 30, "the demos")

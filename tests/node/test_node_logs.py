@@ -6,12 +6,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +54,12 @@ def append(path: Path, data: bytes) -> None:
         w.write(data)
 
 
+def rotate(path: Path, content: bytes) -> None:
+    """What the writer does: the file becomes PATH.1 and a new one with `content` takes its name."""
+    os.replace(path, str(path) + ".1")
+    path.write_bytes(content)
+
+
 # -- FileFollower ------------------------------------------------------------------------------
 
 def test_growth_and_partial_lines(tmp_path: Path) -> None:
@@ -83,8 +87,7 @@ def test_rotation_drains_the_old_file_before_the_new(tmp_path: Path) -> None:
     f = following(p, b"old1\n")
     assert texts(f.read_lines()) == [b"old1"]
     append(p, b"old2\nunterminated")
-    os.rename(p, str(p) + ".1")
-    p.write_bytes(b"new1\n")
+    rotate(p, b"new1\n")
     old = f.position()
     assert texts(f.read_lines()) == [b"old2", b"unterminated"]  # nothing of the old file is lost
     assert f.position()["ino"] == old["ino"]  # one call never mixes two files
@@ -141,8 +144,7 @@ def test_resume_from_saved_position_and_from_rotated_file(tmp_path: Path) -> Non
     saved = g.position()
     g.close()
     append(p, b"d\n")
-    os.rename(p, str(p) + ".1")  # rotated while the daemon was down
-    p.write_bytes(b"e\n")
+    rotate(p, b"e\n")  # while the daemon was down
     h = dvic_node.FileFollower(str(p))
     h.open(saved)
     assert texts(h.read_lines()) == [b"d"]
@@ -238,22 +240,6 @@ def test_pid_liveness_checks_start_time() -> None:
 
 
 # -- DemoWatcher with real demo processes ------------------------------------------------------
-
-@pytest.fixture
-def demo_proc() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def rotate(path: Path, content: bytes) -> None:
-    """What the writer does: the file becomes PATH.1 and a new one with `content` takes its name."""
-    os.replace(path, str(path) + ".1")
-    path.write_bytes(content)
-
 
 @dataclass
 class Watched:
@@ -382,11 +368,9 @@ def test_a_line_written_just_before_a_rotation_or_deletion_is_not_lost(tmp_path:
     assert texts(f.read_lines()) == [record("a").rstrip(b"\n")]
 
     def append_then_move() -> None:
-        with open(path, "ab") as w:
-            w.write(record("b") + b"partial")
+        append(path, record("b") + b"partial")
         if then == "rotate":
-            os.replace(path, str(path) + ".1")
-            path.write_bytes(record("c"))
+            rotate(path, record("c"))
         else:
             path.unlink()
 
@@ -501,13 +485,11 @@ def test_inotify_wakes_on_writes_rotations_and_new_files_and_leaves_idle_files_a
         demo = w.demos[f"demo:{TOKEN}"]
         assert demo.watched_ino == os.stat(path).st_ino
         assert w.next_due() > time.monotonic() + 4  # an idle watched file waits for the kernel (5 s check)
-        with open(path, "ab") as f:
-            f.write(record("b"))
+        append(path, record("b"))
         inotify_step(w, notify)
         assert [ln["msg"] for ln in spool.read(1)] == ["a", "b"]
 
-        os.replace(path, str(path) + ".1")  # the writer rotates
-        path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
+        rotate(path, header(demo_proc.pid, rotated=1) + record("c"))  # the writer rotates
         for _ in range(3):
             inotify_step(w, notify)
         other = logs / "dvic_log_fedcba9876543210"  # a new demo is found without waiting for a scan

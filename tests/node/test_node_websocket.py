@@ -284,30 +284,20 @@ async def test_peer_closing_mid_frame_is_reported() -> None:
         assert info.value.code == 1006 and "mid-frame" in info.value.reason
 
 
-async def test_garbage_instead_of_http_is_an_error() -> None:
+@pytest.mark.parametrize(("answer", "refusal"), [
+    (b"\x00\x01garbage\r\n\r\n", "not an HTTP response"),
+    (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: bm9wZQ==\r\n\r\n",
+     "Sec-WebSocket-Accept"),
+], ids=["garbage-instead-of-http", "bad-accept-key"])
+async def test_a_bad_answer_to_the_upgrade_is_refused(answer: bytes, refusal: str) -> None:
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"\x00\x01garbage\r\n\r\n")
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(on_client, "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
-        with pytest.raises(dvic_node.WebSocketError, match="not an HTTP response"):
-            await dvic_node.ws_connect(f"ws://127.0.0.1:{port}/ws")
-
-
-async def test_bad_accept_key_is_refused() -> None:
-    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: bm9wZQ==\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
-    async with server:
-        port = server.sockets[0].getsockname()[1]
-        with pytest.raises(dvic_node.WebSocketError, match="Sec-WebSocket-Accept"):
+        with pytest.raises(dvic_node.WebSocketError, match=refusal):
             await dvic_node.ws_connect(f"ws://127.0.0.1:{port}/ws")
