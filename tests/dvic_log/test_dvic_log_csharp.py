@@ -19,14 +19,7 @@ from typing import Any
 import pytest
 from dvic_log._format import record_line
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import (
-    check_full_disk,
-    full_disk_run,
-    library_env,
-    live_files,
-    read_file,
-    tool,
-)
+from dvic_log_testkit import check_full_disk, library_env, live_files, read_file, tool
 from test_dvic_log_js import documented_fit, random_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -267,7 +260,7 @@ def test_a_full_disk_is_reported_once_and_the_torn_line_is_finished_when_room_is
         [tool("mono", MONO), str(checks), "full-disk"], env=library_env(log_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
     )  # fmt: skip
-    check_full_disk(*full_disk_run(proc))
+    check_full_disk(proc)
 
 
 def test_retention_removes_an_exited_writers_old_file_only(checks: Path, log_dir: Path):

@@ -148,8 +148,7 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
                           + b"".join(b'{"ts": %s, "level": "INFO", "msg": "ghost %d"}\n' % (now, i)
                                      for i in range(20000)))
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: any(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)), 30,
                  "the first ghost lines")
         vanishing.unlink()  # mid-read: the open descriptor still has all of it
@@ -174,21 +173,16 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
         assert any("broken header" in ln["msg"] and ln["unit"] == "dvic-node" and ln["level"] == "WARNING"
                    for ln in own)
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 def test_wrong_ca_keeps_running_and_says_why(central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
     (tmp_path / "rogue-pki").mkdir()
     rogue = make_pki(tmp_path / "rogue-pki")
     _, daemon = enrolled_daemon(central, tmp_path, logs_dir, bundle_overrides={"ca_pem": rogue.ca_pem})
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two failed attempts")
         assert "not trusted by the bundle's CA" in daemon.log()
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture
@@ -225,8 +219,7 @@ def test_full_disk_loses_nothing(central: CentralServer, tmp_path: Path, logs_di
     bundle = central.enroll(tmp_path.name)
     path = central.write_bundle(bundle, tmp_path / "node-full.json")
     daemon = DaemonProcess(path, small_disk / "state", logs_dir, log_path=tmp_path / "daemon.log")  # not full
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: "connected to" in daemon.log(), 20, "the daemon to connect")
         filler = fill(small_disk)
         demo = Demo(logs_dir, "while-full", 500)
@@ -239,8 +232,6 @@ def test_full_disk_loses_nothing(central: CentralServer, tmp_path: Path, logs_di
         assert [ln["msg"] for ln in demo_lines(central, bundle["node_id"])] == demo.expected()
         assert "spool: writable again" in daemon.log()
         demo.kill()
-    finally:
-        daemon.stop()
 
 
 def test_a_non_python_demo_run_through_the_dvic_log_wrapper(central: CentralServer, tmp_path: Path,
@@ -296,8 +287,7 @@ def test_system_log_lines_are_shipped_rate_bounded(central: CentralServer, tmp_p
     syslog.write_text("Nov 24 09:00:00 host old[1]: before the daemon: not shipped\n")
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=(
         "--system-log", str(syslog), "--system-log-rate", "5"))
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: "system logs: following" in daemon.log(), 20, "the syslog follower")
         wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
         with open(syslog, "a") as f:
@@ -309,23 +299,18 @@ def test_system_log_lines_are_shipped_rate_bounded(central: CentralServer, tmp_p
         assert len(lines) <= 200 + 5 * 30  # burst plus the rate over the test's length: never the flood
         wait_for(lambda: any("rate bound" in ln["msg"] for ln in all_logs(central, node_id, "daemon")),
                  30, "the skipped lines to be reported")
-    finally:
-        daemon.stop()
 
 
 def test_a_revoked_node_is_told_why_and_keeps_trying(central: CentralServer, tmp_path: Path,
                                                      logs_dir: Path) -> None:
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
         status, _ = central.api("DELETE", f"/api/v1/nodes/{node_id}")
         assert status in (200, 204)
         wait_for(lambda: "has been revoked" in daemon.log(), 20, "the refusal to be logged")
         assert "close 4403" in daemon.log() or "HTTP 403" in daemon.log()
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 def _refusal_times(server_log: str, marker: str) -> list[float]:
@@ -345,8 +330,7 @@ def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
         central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
     longest = 3.0
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--reconnect-max", str(longest)))
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
         status, _ = central.api("DELETE", f"/api/v1/nodes/{node_id}")
         assert status in (200, 204)
@@ -365,8 +349,6 @@ def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
         after = log[log.index("this node is revoked"):]
         assert "INFO reconnecting in" not in after and "INFO connection:" not in after
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 class _RefusingKeepAlive:
@@ -411,13 +393,10 @@ def test_a_keepalive_refused_as_revoked_is_sent_at_the_longest_delay(
     try:
         _, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--reconnect-max", str(longest)),
                                     bundle_overrides={"keepalive_url": refusing.url})
-        daemon.start()
-        try:
+        with daemon:
             wait_for(lambda: len(refusing.times) >= 4, 30, "four keep-alives")
             gaps = [round(b - a, 2) for a, b in pairwise(refusing.times[:4])]
             # The server's interval here is 1 s: a revoked answer stretches it to the longest delay.
             assert all(gap >= longest * 0.9 for gap in gaps), gaps
-        finally:
-            daemon.stop()
     finally:
         refusing.close()

@@ -180,8 +180,7 @@ def test_reboot_goes_through_its_states_and_demo_actions_run_as_configured(
     daemon = DaemonProcess(server.write_bundle(bundle, tmp_path / "b.json"), state, tmp_path / "logs",
                            extra=("--reboot-command", "kill -TERM $PPID"))
     monkeypatch.setenv("DVIC_NODE_TEST_BOOT_TIME", "1000.0")
-    daemon.start()
-    try:
+    with daemon:
         wait_for(lambda: server.node("remote-b")["connected"], 20, "remote-b connected")
         assert server.node("remote-b")["facts"]["boot_time"] == 1000.0
 
@@ -209,8 +208,6 @@ def test_reboot_goes_through_its_states_and_demo_actions_run_as_configured(
         final = wait_for(lambda: (a := action_of(server, "remote-b", action["id"]))["state"] == "done" and a,
                          30, "reboot done")
         assert "came back" in final["message"]
-    finally:
-        daemon.stop()
 
 
 def dvic_cli(server: CentralServer, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

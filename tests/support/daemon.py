@@ -90,6 +90,12 @@ class DaemonProcess(ManagedProcess):
         self.spawn(self.args, env=daemon_env(self.env), cwd=cwd, new_session=new_session)
         return self
 
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def check_alive(self) -> None:
         """DaemonError with the end of its log when the daemon is not running (any more)."""
         if not self.running():
