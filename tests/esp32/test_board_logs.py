@@ -66,6 +66,10 @@ class Board:
         assert line, f"the board exited ({self.proc.poll()})"
         return line
 
+    def info(self, *texts: str) -> None:
+        for text in texts:
+            self.log(20, text)
+
     def log(self, level: int, text: str | bytes) -> None:
         raw = text.encode() if isinstance(text, str) else text
         escaped = b"".join(b"\\x%02x" % b if b < 0x20 or b in b"\\" or b >= 0x80 and isinstance(text, bytes)
@@ -128,53 +132,57 @@ def board_node(boards_server: CentralServer, tmp_path: Path) -> tuple[CentralSer
     return boards_server, boards_server.enroll(tmp_path.name, kind="esp32")
 
 
+@pytest.fixture
+def board(board_binary: Path, board_node: tuple[CentralServer, dict[str, Any]]) -> Iterator[Board]:
+    """The test's board booted (a 4 KiB ring); it must exit cleanly at the end."""
+    with Board(board_binary, *board_node) as booted:
+        yield booted
+
+
 def stored(server: CentralServer, bundle: dict[str, Any]) -> list[dict[str, Any]]:
     """The board's demo lines the server stored, by seq."""
     return server.logs(node=bundle["name"], source="demo")
 
 
-def test_board_lines_are_stored_as_demo_lines_with_their_levels(board_binary: Path, board_node) -> None:
-    server, bundle = board_node
-    with Board(board_binary, server, bundle) as board:
-        status, body, answer = board.send()  # the first contact only learns where seq goes on
-        assert status == 200 and body["logs"]["lines"] == [] and answer["logs"] == {"last_seq": 0}
-        before = time.time()
-        board.log(20, "hello from the board")
-        board.log(40, 'motor "left" stalled\nretrying')
-        board.log(30, b"sensor sent \xff\xfe junk")
-        board.log(10, "x" * 300)  # longer than the ring keeps (120 bytes)
-        status, body, answer = board.send()
-        after = time.time()
-        assert status == 200 and answer["logs"] == {"last_seq": 4}
-        lines = stored(server, bundle)
-        assert [(line["seq"], line["level"], line["msg"]) for line in lines] == [
-            (1, "INFO", "hello from the board"),
-            (2, "ERROR", 'motor "left" stalled\nretrying'),
-            (3, "WARNING", "sensor sent \ufffd\ufffd junk"),
-            (4, "DEBUG", "x" * 120),
-        ]
-        token = board.stats()["token"]
-        assert {(line["unit"], line["demo"]) for line in lines} == {("board-demo", token)}
-        assert all(before - 1 <= line["ts"] <= after + 1 for line in lines)
-        assert body["logs"]["lines"][3]["truncated"] is True
-        assert board.stats()["count"] == 0
-        assert server.node(bundle["name"])["state"] == "online"
+def test_board_lines_are_stored_as_demo_lines_with_their_levels(board: Board) -> None:
+    server, bundle = board.server, board.bundle
+    status, body, answer = board.send()  # the first contact only learns where seq goes on
+    assert status == 200 and body["logs"]["lines"] == [] and answer["logs"] == {"last_seq": 0}
+    before = time.time()
+    board.log(20, "hello from the board")
+    board.log(40, 'motor "left" stalled\nretrying')
+    board.log(30, b"sensor sent \xff\xfe junk")
+    board.log(10, "x" * 300)  # longer than the ring keeps (120 bytes)
+    status, body, answer = board.send()
+    after = time.time()
+    assert status == 200 and answer["logs"] == {"last_seq": 4}
+    lines = stored(server, bundle)
+    assert [(line["seq"], line["level"], line["msg"]) for line in lines] == [
+        (1, "INFO", "hello from the board"),
+        (2, "ERROR", 'motor "left" stalled\nretrying'),
+        (3, "WARNING", "sensor sent \ufffd\ufffd junk"),
+        (4, "DEBUG", "x" * 120),
+    ]
+    token = board.stats()["token"]
+    assert {(line["unit"], line["demo"]) for line in lines} == {("board-demo", token)}
+    assert all(before - 1 <= line["ts"] <= after + 1 for line in lines)
+    assert body["logs"]["lines"][3]["truncated"] is True
+    assert board.stats()["count"] == 0
+    assert server.node(bundle["name"])["state"] == "online"
 
 
-def test_a_lost_answer_is_sent_again_and_stored_once(board_binary: Path, board_node) -> None:
-    server, bundle = board_node
-    with Board(board_binary, server, bundle) as board:
-        board.send()
-        board.log(20, "one")
-        board.log(20, "two")
-        status, _, answer = board.send(lose_answer=True)  # stored, but the board never hears so
-        assert status == 0 and answer["logs"]["last_seq"] == 2
-        assert board.stats()["count"] == 2
-        board.log(20, "three")
-        status, body, _ = board.send()
-        assert status == 200 and [line["seq"] for line in body["logs"]["lines"]] == [1, 2, 3]
-        assert [(line["seq"], line["msg"]) for line in stored(server, bundle)] == [(1, "one"), (2, "two"), (3, "three")]
-        assert board.stats()["count"] == 0
+def test_a_lost_answer_is_sent_again_and_stored_once(board: Board) -> None:
+    server, bundle = board.server, board.bundle
+    board.send()
+    board.info("one", "two")
+    status, _, answer = board.send(lose_answer=True)  # stored, but the board never hears so
+    assert status == 0 and answer["logs"]["last_seq"] == 2
+    assert board.stats()["count"] == 2
+    board.info("three")
+    status, body, _ = board.send()
+    assert status == 200 and [line["seq"] for line in body["logs"]["lines"]] == [1, 2, 3]
+    assert [(line["seq"], line["msg"]) for line in stored(server, bundle)] == [(1, "one"), (2, "two"), (3, "three")]
+    assert board.stats()["count"] == 0
 
 
 def test_a_full_ring_drops_the_oldest_and_the_server_records_the_gap(board_binary: Path, board_node) -> None:
@@ -200,8 +208,7 @@ def test_a_rebooted_board_goes_on_above_the_stored_lines(board_binary: Path, boa
     server, bundle = board_node
     with Board(board_binary, server, bundle) as first:
         first.send()
-        first.log(20, "before the reboot")
-        first.log(20, "still before")
+        first.info("before the reboot", "still before")
         assert first.send()[0] == 200
     with Board(board_binary, server, bundle) as second:
         _, _, answer = second.send()
@@ -214,19 +221,18 @@ def test_a_rebooted_board_goes_on_above_the_stored_lines(board_binary: Path, boa
         assert len({line["demo"] for line in lines}) == 2  # one token per boot
 
 
-def test_a_rate_limited_keepalive_keeps_the_lines_for_the_next_one(board_binary: Path, board_node) -> None:
-    server, bundle = board_node
-    with Board(board_binary, server, bundle) as board:
-        statuses = [board.send()[0] for _ in range(11)]  # the burst is 10 keep-alives per node
-        assert statuses[-1] == 429, statuses
-        board.log(20, "patient line")
-        status, body, answer = board.send()
-        assert status == 429 and answer["error"]["code"] == "rate_limited"
-        assert len(body["logs"]["lines"]) == 1 and board.stats()["count"] == 1 and stored(server, bundle) == []
-        board.log(20, "second line")
-        wait_for(lambda: board.send()[0] == 200, 30, "a keep-alive within the rate", interval=0.5)
-        assert [line["msg"] for line in stored(server, bundle)] == ["patient line", "second line"]
-        assert board.stats()["count"] == 0
+def test_a_rate_limited_keepalive_keeps_the_lines_for_the_next_one(board: Board) -> None:
+    server, bundle = board.server, board.bundle
+    statuses = [board.send()[0] for _ in range(11)]  # the burst is 10 keep-alives per node
+    assert statuses[-1] == 429, statuses
+    board.log(20, "patient line")
+    status, body, answer = board.send()
+    assert status == 429 and answer["error"]["code"] == "rate_limited"
+    assert len(body["logs"]["lines"]) == 1 and board.stats()["count"] == 1 and stored(server, bundle) == []
+    board.log(20, "second line")
+    wait_for(lambda: board.send()[0] == 200, 30, "a keep-alive within the rate", interval=0.5)
+    assert [line["msg"] for line in stored(server, bundle)] == ["patient line", "second line"]
+    assert board.stats()["count"] == 0
 
 
 @pytest.mark.parametrize(
