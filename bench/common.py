@@ -22,10 +22,17 @@ WHATIF_SERVER = "bench.whatif_server"  # dvic-central with a what-if applied at 
 SSL_BUFFER_ENV = "DVIC_BENCH_SSL_READ_BUFFER"  # read by bench/whatif_server.py
 
 
-def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
-    """The parser of `python3 -m bench.MODULE`, its help the module's docstring."""
-    return argparse.ArgumentParser(prog=f"python3 -m bench.{module}", description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(module: str, doc: str | None, *, nodes: int = 0, nodes_are: str = "simulated nodes",
+           interval: bool = False) -> argparse.ArgumentParser:
+    """The parser of `python3 -m bench.MODULE`, its help the module's docstring; with `nodes`, its
+    --nodes option (that default); with `interval`, --interval (each node's metrics, 5 s)."""
+    p = argparse.ArgumentParser(prog=f"python3 -m bench.{module}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if nodes:
+        p.add_argument("--nodes", type=positive_int, default=nodes, help=f"{nodes_are} ({nodes})")
+    if interval:
+        p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
+    return p
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

@@ -435,9 +435,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser("console", __doc__)
-    p.add_argument("--nodes", type=positive_int, default=2000, help="simulated nodes (2000)")
-    p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
+    p = parser("console", __doc__, nodes=2000, interval=True)
     p.add_argument("--measure", type=positive_float, default=30.0, help="seconds of the CPU window (30)")
     p.add_argument("--keys", type=positive_int, default=40, help="cursor keys pressed, one at a time (40)")
     p.add_argument("--key-gap", type=positive_float, default=0.3, help="seconds between key presses (0.3)")

@@ -207,11 +207,9 @@ def _add_results(report: Report, args: argparse.Namespace, results: list[dict[st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser("fleet", __doc__)
-    p.add_argument("--nodes", type=positive_int, default=2000, help="simulated nodes (2000)")
+    p = parser("fleet", __doc__, nodes=2000, interval=True)
     p.add_argument("--lines-per-s", type=positive_float, default=5.0, help="log lines per second per node (5)")
     p.add_argument("--duration", type=positive_float, default=60.0, help="seconds of sending (60)")
-    p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
     p.add_argument("--batching", choices=("daemon", "interval"), default="daemon",
                    help="how a node frames its lines: as the daemon does (at once while no frame awaits its "
                         "ack, else gathered until the ack or for 0.25 s; the default), or every --batch-interval")

@@ -196,8 +196,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser("ingest", __doc__)
-    p.add_argument("--nodes", type=positive_int, default=4, help="simulated nodes sending at once (default 4)")
+    p = parser("ingest", __doc__, nodes=4, nodes_are="simulated nodes sending at once")
     p.add_argument("--lines", type=positive_int, default=1_000_000, help="total lines (default 1,000,000)")
     p.add_argument("--batch", type=positive_int, default=500, help="lines per batch (protocol max 500)")
     p.add_argument("--window", type=positive_int, default=4, help="unacknowledged batches per node (default 4)")

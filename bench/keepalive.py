@@ -201,10 +201,9 @@ def _add_result(report: Report, client: str, r: dict[str, Any], before: procstat
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser("keepalive", __doc__)
+    p = common.parser("keepalive", __doc__, nodes=100, nodes_are="enrolled boards whose tokens are used")
     p.add_argument("--conns", type=positive_int, default=256, help="concurrent keep-alive connections (256)")
     p.add_argument("--duration", type=positive_float, default=15.0, help="seconds of load per client (15)")
-    p.add_argument("--nodes", type=positive_int, default=100, help="enrolled boards whose tokens are used (100)")
     p.add_argument("--client", choices=("auto", "wrk", "python", "both"), default="auto",
                    help="load generator: wrk if installed (auto), wrk, python, or both in turn")
     p.add_argument("--threads", type=positive_int, default=1, help="wrk threads (1: leave a core to the server)")
