@@ -4,9 +4,11 @@ real SQLite file through the real writer (security review M3)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from central import db, store
@@ -115,27 +117,31 @@ async def test_the_logs_row_cap_is_reached_in_one_pass(tmp_path):
         conn.close()
 
 
-def test_one_call_without_a_time_budget_deletes_everything_expired(tmp_path):
-    """What the review ran (store.apply_retention called once): 20,000 rows of 100,000 went."""
+@contextlib.contextmanager
+def _samples(tmp_path: Path, now: float, *, old: int, fresh: int) -> Iterator[sqlite3.Connection]:
+    """A migrated database holding `old` expired raw samples and `fresh` ones (no log lines), open."""
     path = asyncio.run(_migrated(tmp_path))
-    now = time.time()
-    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=100_000, fresh_samples=10)
+    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=old, fresh_samples=fresh)
     conn = sqlite3.connect(path)
     try:
-        deleted = store.apply_retention(now, DAY, 30 * DAY, 30 * DAY, 5_000_000, 90 * DAY, 365 * DAY)(conn)
-        conn.commit()
-        assert deleted["metrics_raw"] == 100_000
-        assert conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 10
+        yield conn
     finally:
         conn.close()
 
 
-def test_a_time_budget_stops_a_call_early_and_says_so(tmp_path):
-    path = asyncio.run(_migrated(tmp_path))
+def test_one_call_without_a_time_budget_deletes_everything_expired(tmp_path):
+    """What the review ran (store.apply_retention called once): 20,000 rows of 100,000 went."""
     now = time.time()
-    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=5_000, fresh_samples=0)
-    conn = sqlite3.connect(path)
-    try:
+    with _samples(tmp_path, now, old=100_000, fresh=10) as conn:
+        deleted = store.apply_retention(now, DAY, 30 * DAY, 30 * DAY, 5_000_000, 90 * DAY, 365 * DAY)(conn)
+        conn.commit()
+        assert deleted["metrics_raw"] == 100_000
+        assert conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 10
+
+
+def test_a_time_budget_stops_a_call_early_and_says_so(tmp_path):
+    now = time.time()
+    with _samples(tmp_path, now, old=5_000, fresh=0) as conn:
         run = store.apply_retention(now, DAY, 30 * DAY, 30 * DAY, 5_000_000, 90 * DAY, 365 * DAY,
                                     chunk=100, time_budget=0.0)
         first = run(conn)
@@ -144,8 +150,6 @@ def test_a_time_budget_stops_a_call_early_and_says_so(tmp_path):
         while not run(conn).done:
             calls += 1
         assert calls > 1 and conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 0
-    finally:
-        conn.close()
 
 
 async def test_a_pass_that_cannot_finish_says_retention_is_behind_until_it_catches_up(tmp_path, caplog):
