@@ -49,6 +49,21 @@ def following(path: Path, content: bytes) -> dvic_node.FileFollower:
     return follower
 
 
+def stopped(follower: dvic_node.FileFollower) -> dict:
+    """What a stopping daemon keeps of a file: its position, after reading what is there."""
+    follower.read_lines()
+    saved = follower.position()
+    follower.close()
+    return saved
+
+
+def resumed(path: Path, saved: dict) -> dvic_node.FileFollower:
+    """A follower of `path` opened at a position a previous run saved."""
+    follower = dvic_node.FileFollower(str(path))
+    follower.open(saved)
+    return follower
+
+
 def append(path: Path, data: bytes) -> None:
     with open(path, "ab") as w:
         w.write(data)
@@ -133,34 +148,24 @@ def test_deletion_drains_then_reports_gone(tmp_path: Path) -> None:
 
 def test_resume_from_saved_position_and_from_rotated_file(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    f = following(p, b"a\nb\n")
-    f.read_lines()
-    saved = f.position()
-    f.close()
+    saved = stopped(following(p, b"a\nb\n"))
     append(p, b"c\n")
-    g = dvic_node.FileFollower(str(p))
-    g.open(saved)
+    g = resumed(p, saved)
     assert texts(g.read_lines()) == [b"c"]  # neither re-sent nor skipped
-    saved = g.position()
-    g.close()
+    saved = stopped(g)
     append(p, b"d\n")
     rotate(p, b"e\n")  # while the daemon was down
-    h = dvic_node.FileFollower(str(p))
-    h.open(saved)
+    h = resumed(p, saved)
     assert texts(h.read_lines()) == [b"d"]
     assert texts(h.read_lines()) == [b"e"]
 
 
 def test_a_new_file_with_a_reused_inode_number_is_read_from_its_start(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    f = following(p, b"header one\nline\n")
-    f.read_lines()
-    saved = f.position()
-    f.close()
+    saved = stopped(following(p, b"header one\nline\n"))
     with open(p, "r+b") as w:  # same inode, other content: what a reused inode number looks like
         w.write(b"header TWO\nline\n")
-    g = dvic_node.FileFollower(str(p))
-    g.open(saved)
+    g = resumed(p, saved)
     assert texts(g.read_lines()) == [b"header TWO", b"line"]
 
 
