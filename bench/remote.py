@@ -326,7 +326,7 @@ async def connected_count(api: AsyncClient) -> int:
 async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_timeout: float,
                       pycache: Path, figures: Figures) -> None:
     server = bench_server(root / "central")
-    fleet = Fleet(root, python, how="source", timings=())  # N daemons, each in its own process group
+    fleet = Fleet(python, how="source", timings=())  # N daemons, each in its own process group
     try:
         server.start()
         bundles = []

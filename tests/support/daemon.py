@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .procs import ManagedProcess, stop_all
 from .server import REPO, CentralServer
@@ -105,7 +105,7 @@ class DaemonProcess(ManagedProcess):
 
 def enrolled_daemon(server: CentralServer, home: Path, log_dir: Path | None = None, *, name: str = "",
                     group: str = "", bundle_overrides: dict[str, object] | None = None,
-                    **options: object) -> tuple[str, DaemonProcess]:
+                    **options: Any) -> tuple[str, DaemonProcess]:
     """Enroll a node and make (not start) its daemon, its files under `home`: (node id, daemon).
 
     The name defaults to `home`'s (a test's tmp_path: unique in the session, so tests can share a
@@ -118,8 +118,7 @@ def enrolled_daemon(server: CentralServer, home: Path, log_dir: Path | None = No
         log_dir.mkdir(mode=0o755, exist_ok=True)
     bundle = {**server.enroll(name, group=group), **(bundle_overrides or {})}
     path = server.write_bundle(bundle, home / f"{name}.json")
-    daemon = DaemonProcess(path, home / f"state-{name}", log_dir, **options)  # type: ignore[arg-type]
-    return bundle["node_id"], daemon
+    return bundle["node_id"], DaemonProcess(path, home / f"state-{name}", log_dir, **options)
 
 
 def wait_connected(server: CentralServer, node: str, daemon: DaemonProcess, timeout: float = 30.0) -> None:
@@ -134,23 +133,20 @@ def wait_connected(server: CentralServer, node: str, daemon: DaemonProcess, time
 
 @contextlib.contextmanager
 def online_daemon(server: CentralServer, home: Path, log_dir: Path | None = None,
-                **options: object) -> Iterator[tuple[str, DaemonProcess]]:
+                  **options: Any) -> Iterator[tuple[str, DaemonProcess]]:
     """An enrolled node whose real daemon is connected: yields (node id, daemon); stopped afterwards.
     Arguments as enrolled_daemon's."""
-    node_id, daemon = enrolled_daemon(server, home, log_dir, **options)  # type: ignore[arg-type]
-    daemon.start()
-    try:
+    node_id, daemon = enrolled_daemon(server, home, log_dir, **options)
+    with daemon:
         wait_connected(server, node_id, daemon)
         yield node_id, daemon
-    finally:
-        daemon.stop()
 
 
 class Fleet:
-    """N daemons, each in its own process group, under `root`/NAME; `stop()` leaves none behind."""
+    """N daemons, each in its own process group; `stop()` leaves none behind (nor what they started).
+    `options` as DaemonProcess's."""
 
-    def __init__(self, root: Path, python: str | Path = sys.executable, **options: object) -> None:
-        self.root = root
+    def __init__(self, python: str | Path = sys.executable, **options: Any) -> None:
         self.python = python
         self.options = options
         self.daemons: list[DaemonProcess] = []
@@ -161,7 +157,7 @@ class Fleet:
             home = bundle.parent
             (home / "logs").mkdir(mode=0o755, exist_ok=True)
             daemon = DaemonProcess(bundle, home / "state", home / "logs", python=self.python,
-                                   log_path=home / "daemon.log", **self.options)  # type: ignore[arg-type]
+                                   log_path=home / "daemon.log", **self.options)
             self.daemons.append(daemon.start(new_session=True, cwd=home))
         return self
 

@@ -16,21 +16,21 @@ from .wait import WaitTimeout, wait_for
 STOP_GRACE_S = 15.0  # SIGTERM, then this long to exit (a server commits what it holds) before SIGKILL
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_GRACE_S, *, group: bool = False) -> int:
-    """SIGTERM (to its process group with `group`), wait up to `timeout` s, then SIGKILL; its exit code."""
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_GRACE_S) -> int:
+    """SIGTERM, wait up to `timeout` s, then SIGKILL; its exit code."""
     if proc.poll() is None:
-        _signal(proc, signal.SIGTERM, group)
+        _signal(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _signal(proc, signal.SIGKILL, group)
+            _signal(proc, signal.SIGKILL)
             proc.wait()
     return proc.returncode
 
 
-def kill_process(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
+def kill_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        _signal(proc, signal.SIGKILL, group)
+        _signal(proc, signal.SIGKILL)
     proc.wait()
 
 
@@ -54,7 +54,7 @@ def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout: float = STOP_GRA
         proc.wait(timeout=timeout)
 
 
-def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool) -> None:
+def _signal(proc: subprocess.Popen[bytes], sig: int, group: bool = False) -> None:
     try:
         if group:
             os.killpg(proc.pid, sig)
