@@ -28,8 +28,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from daemon_support import REPO, DaemonProcess, write_bundle
-from node_support import Pki, start_app
+from node_support import start_app
+
+from tests.support.daemon import DaemonProcess
+from tests.support.pki import Pki
+from tests.support.procs import pids_where, stat_fields
+from tests.support.server import REPO, write_bundle
 
 from central.messages import ProtocolError, parse_node_message
 
@@ -334,8 +338,8 @@ def demo_node(srv: DemoServer, tmp_path: Path, python: str = sys.executable, env
               extra: tuple[str, ...] = ()) -> Node:
     state, logs = tmp_path / "state", tmp_path / "logs"
     logs.mkdir(exist_ok=True)
-    bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
-    return Node(DaemonProcess(python, bundle, state, logs, extra, env=dict(env or {})), state, logs)
+    bundle = write_bundle(srv.bundle(), tmp_path / "bundle.json")
+    return Node(DaemonProcess(bundle, state, logs, python=python, extra=extra, env=dict(env or {})), state, logs)
 
 
 def control(node: Node, name: str, file: str, text: str) -> None:
@@ -348,18 +352,12 @@ def control(node: Node, name: str, file: str, text: str) -> None:
 
 def tagged_pids(tag: str) -> list[int]:
     """Live processes whose command line holds `tag` (this test's demo processes)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if tag.encode() in cmd and state != "Z":
-            out.append(int(name))
-    return sorted(out)
+    def alive(pid: int) -> bool:
+        fields = stat_fields(pid)
+        return fields is not None and fields[0] != "Z"
+
+    marked = pids_where(lambda cmd: tag.encode() in cmd.split(b"\0"))
+    return sorted(pid for pid in marked if alive(pid))
 
 
 def kill_demos(state: Path, tag: str = "") -> None:

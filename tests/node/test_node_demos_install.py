@@ -28,7 +28,8 @@ from demo_support import (
     new_tag,
     tagged_pids,
 )
-from node_support import Pki
+
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.slow  # real installs: each waits for a demo to become healthy (3 s)
 

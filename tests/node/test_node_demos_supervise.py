@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_support import DaemonProcess, write_bundle
 from demo_support import (
     DemoServer,
     Node,
@@ -34,7 +33,11 @@ from demo_support import (
     new_tag,
     tagged_pids,
 )
-from node_support import Pki, wait_until
+
+from tests.support.daemon import DaemonProcess
+from tests.support.pki import Pki
+from tests.support.server import write_bundle
+from tests.support.wait import async_wait_for
 
 pytestmark = pytest.mark.slow  # real demos: a healthy demo takes 3 s, a backoff takes seconds
 
@@ -115,7 +118,7 @@ async def test_a_killed_demo_runs_again_within_a_second_and_its_lines_survive_a_
             first = await healthy(srv, v1)
             os.kill(first["pid"], signal.SIGKILL)
             t0 = time.monotonic()
-            await wait_until(lambda: tagged_pids(tag) not in ([], [first["pid"]]), 5, "a new demo process")
+            await async_wait_for(lambda: tagged_pids(tag) not in ([], [first["pid"]]), 5, "a new demo process")
             assert time.monotonic() - t0 < 1.0  # polled every 20 ms
             again = await srv.status_is("robot", lambda s: s["pid"] not in (None, first["pid"]), 10, "a new pid")
             assert again["restarts"] == 1 and again["last_exit"]["signal"] == signal.SIGKILL
@@ -335,9 +338,9 @@ async def test_a_daemon_that_is_not_root_runs_its_demos_as_itself(pki: Pki, tmp_
         for d in (state, logs):
             d.mkdir(mode=0o700)
             os.chown(d, 65534, 65534)
-        bundle = write_bundle(nobody_dir / "bundle.json", srv.bundle())
+        bundle = write_bundle(srv.bundle(), nobody_dir / "bundle.json")
         os.chown(bundle, 65534, 65534)
-        node = Node(UnprivilegedDaemon("/usr/bin/python3", bundle, state, logs), state, logs)
+        node = Node(UnprivilegedDaemon(bundle, state, logs, python="/usr/bin/python3"), state, logs)
         node.daemon.log_path = tmp_path / "daemon.log"
         v1 = make_release(tmp_path, "robot", "1.0.0", python="/usr/bin/python3", tag=tag)
         as_root = make_release(tmp_path, "rooted", "1.0.0", python="/usr/bin/python3", tag=tag, user="root")
