@@ -1,17 +1,23 @@
 """Shared helpers of the node daemon tests: a demo watcher with a recorder, a small server for an
-aiohttp app, a raw websocket peer."""
+aiohttp app, what the stand-ins of the server's node websocket share, a raw websocket peer."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
+import json
 import ssl
 import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dvic_node
 from aiohttp import web
+
+from tests.support.wait import async_wait_for
 
 
 class Recorder:
@@ -66,6 +72,51 @@ async def start_app(app: web.Application, ssl_context: ssl.SSLContext | None = N
     real_port = sockets[0].getsockname()[1]
     scheme = "https" if ssl_context else "http"
     return runner, f"{scheme}://127.0.0.1:{real_port}"
+
+
+class StandIn:
+    """What the tests' stand-ins of the server's node websocket share: the daemon's hello answered with
+    a welcome, its one live connection (`ws`), sending to it, waiting for what it said, closing.
+    `async with` a subclass starts its app (`start`) on 127.0.0.1 and stops it."""
+
+    name = "stand-in"  # the node's name in the welcome
+
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+        self.ws: web.WebSocketResponse | None = None
+        self.connections = 0
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    async def welcome(self, request: web.Request, node_id: str) -> tuple[web.WebSocketResponse, dict[str, Any]]:
+        """Accept the daemon's websocket, read its hello and welcome it: (the websocket, the hello)."""
+        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
+        await ws.prepare(request)
+        hello = json.loads(self.checked((await ws.receive()).data))
+        assert hello["type"] == "hello", hello
+        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": node_id, "name": self.name,
+                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
+        self.ws = ws
+        self.connections += 1
+        return ws, hello
+
+    def checked(self, text: str) -> str:
+        """A frame the daemon sent, as it came; a stand-in that checks them says so here."""
+        return text
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None, "no daemon connected"
+        await self.ws.send_json(msg)
+
+    async def wait(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+        return await async_wait_for(cond, timeout, what, interval=0.01)
+
+    async def connected(self, count: int = 1, timeout: float = 30.0) -> None:
+        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
 
 
 # -- a raw websocket peer, to send what a well-behaved server never would -----------------------

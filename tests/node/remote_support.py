@@ -14,32 +14,31 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from node_support import start_app
+from node_support import StandIn, start_app
 
 from tests.support.daemon import NODE_SCRIPT, DaemonProcess
 from tests.support.server import write_bundle
-from tests.support.wait import async_wait_for
 
 NODE_ID = "6b0f7c52-0000-4000-8000-0000000000aa"
 QUIET = {"metrics", "demo", "event", "logs"}  # not remote-control replies
 
 
-class ScriptedServer:
+class ScriptedServer(StandIn):
     """`async with ScriptedServer() as srv:` serves /ws; `srv.send(...)`, `await srv.reply(...)`."""
 
+    name = "scripted"
+
     def __init__(self) -> None:
+        super().__init__()
         self.url = ""
-        self.runner: web.AppRunner | None = None
-        self.ws: web.WebSocketResponse | None = None
         self.hellos: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
-        self.connections = 0
         self.logs: list[tuple[float, dict[str, Any]]] = []  # (arrival time, `logs` message)
         self.files: dict[str, bytes] = {}  # served at /files/{name} (e.g. a daemon release)
         self.release_key: dict[str, Any] = {}
@@ -52,12 +51,6 @@ class ScriptedServer:
         self.runner, base = await start_app(app)
         self.url = base.replace("http://", "ws://") + "/ws"
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        assert self.runner is not None
-        await self.runner.cleanup()
 
     def bundle(self) -> dict[str, Any]:
         return {"format": "dvic-node-bundle/1", "node_id": NODE_ID, "name": "scripted", "kind": "desktop",
@@ -72,14 +65,8 @@ class ScriptedServer:
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def _handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
-        await ws.prepare(request)
-        hello = json.loads((await ws.receive()).data)
+        ws, hello = await self.welcome(request, NODE_ID)
         self.hellos.append(hello)
-        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": NODE_ID, "name": "scripted",
-                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
-        self.ws = ws
-        self.connections += 1
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
@@ -103,21 +90,11 @@ class ScriptedServer:
         if not ws.closed:
             await ws.send_json(ack)
 
-    async def send(self, msg: dict[str, Any]) -> None:
-        assert self.ws is not None, "no daemon connected"
-        await self.ws.send_json(msg)
-
     async def drop(self) -> None:
         """Close the daemon's connection, as a network loss would end it."""
         assert self.ws is not None
         ws, self.ws = self.ws, None
         await ws.close()
-
-    async def wait(self, cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-        return await async_wait_for(cond, timeout, what, interval=0.01)
-
-    async def connected(self, count: int = 1, timeout: float = 20.0) -> None:
-        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
 
     def of(self, rid: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [m for m in self.replies if m.get("id") == rid and (kind is None or m["type"] == kind)]

@@ -24,11 +24,10 @@ import pytest
 from demo_support import (
     DemoServer,
     Node,
-    Release,
     control,
     demo_env_manifest,
     demo_node,
-    kill_demos,
+    deployed,
     make_release,
     new_tag,
     tagged_pids,
@@ -42,15 +41,6 @@ from tests.support.wait import async_wait_for
 pytestmark = pytest.mark.slow  # real demos: a healthy demo takes 3 s, a backoff takes seconds
 
 
-async def stop(node: Node) -> None:
-    await asyncio.to_thread(node.daemon.stop)
-
-
-async def healthy(srv: DemoServer, release: Release, timeout: float = 60.0) -> dict:
-    result = await srv.install_result(release.name, release.version, timeout)
-    assert result["state"] == "healthy", result
-    return await srv.status_is(release.name, lambda s: s["version"] == release.version and s["state"] == "healthy"
-                               and s["pid"], 30, f"{release.name} {release.version} healthy")
 
 
 async def action(srv: DemoServer, verb: str, demo: str, timeout: float = 30.0) -> dict:
@@ -72,11 +62,8 @@ async def test_a_crashing_demo_restarts_at_once_then_backs_off_into_a_crash_loop
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path)
         v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1):
+            first = await srv.healthy(v1)
             control(node, "robot", "crashes", "6")  # the next 6 starts crash (exit 3) at once
             killed_at = time.time()
             os.kill(first["pid"], signal.SIGKILL)  # exit 1; then crashes: exits 2, 3, 4, 5 = a crash loop
@@ -100,9 +87,6 @@ async def test_a_crashing_demo_restarts_at_once_then_backs_off_into_a_crash_loop
             assert statuses[-1]["last_exit"]["signal"] is None
             killed = [s for s in statuses if s["last_exit"] and s["last_exit"]["signal"] == signal.SIGKILL]
             assert killed and killed[0]["restarts"] == 1  # the kill -9 was the first exit
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 async def test_a_killed_demo_runs_again_within_a_second_and_its_lines_survive_a_daemon_kill(
@@ -111,11 +95,8 @@ async def test_a_killed_demo_runs_again_within_a_second_and_its_lines_survive_a_
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path)
         v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1):
+            first = await srv.healthy(v1)
             os.kill(first["pid"], signal.SIGKILL)
             t0 = time.monotonic()
             await async_wait_for(lambda: tagged_pids(tag) not in ([], [first["pid"]]), 5, "a new demo process")
@@ -133,9 +114,6 @@ async def test_a_killed_demo_runs_again_within_a_second_and_its_lines_survive_a_
             assert tagged_pids(tag) == [again["pid"]]
             ups = [ln["msg"] for ln in srv.demo_lines("robot") if ln["msg"].startswith("up ")]
             assert len(ups) == 2  # started twice in all: the install, the restart after the kill
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 async def test_a_demo_that_ignores_sigterm_is_killed_after_stop_grace_s(pki: Pki, tmp_path: Path) -> None:
@@ -143,11 +121,8 @@ async def test_a_demo_that_ignores_sigterm_is_killed_after_stop_grace_s(pki: Pki
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path)
         v1 = make_release(tmp_path, "kiosk", "1.0.0", "ignore-term", tag=tag, stop_grace_s=2)
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1):
+            first = await srv.healthy(v1)
             t0 = time.monotonic()
             done = await action(srv, "stop_demo", "kiosk")
             took = time.monotonic() - t0
@@ -158,7 +133,7 @@ async def test_a_demo_that_ignores_sigterm_is_killed_after_stop_grace_s(pki: Pki
             stopped = await srv.status_is("kiosk", lambda s: s["state"] == "stopped", 10, "stopped")
             assert stopped["message"] == "stopped by an operator"
             # stopped by an operator: it stays stopped across a daemon restart, until start_demo
-            await stop(node)
+            await node.stop()
             node.daemon.start()
             await srv.connected(2)
             await asyncio.sleep(1.5)  # a supervision round or more: nothing may start (absence, not a sync)
@@ -168,9 +143,6 @@ async def test_a_demo_that_ignores_sigterm_is_killed_after_stop_grace_s(pki: Pki
             await srv.status_is("kiosk", lambda s: s["state"] == "healthy" and s["pid"] != first["pid"], 20,
                                 "running again")
             assert len(tagged_pids(tag)) == 1
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 async def test_restart_policies_on_failure_and_never(pki: Pki, tmp_path: Path) -> None:
@@ -179,12 +151,9 @@ async def test_restart_policies_on_failure_and_never(pki: Pki, tmp_path: Path) -
         node = demo_node(srv, tmp_path)
         soft = make_release(tmp_path, "soft", "1.0.0", tag=tag, keep=["state/"], restart="on-failure")
         once = make_release(tmp_path, "once", "1.0.0", tag=tag, keep=["state/"], restart="never")
-        srv.serve(soft, once)
-        await srv.push([soft.entry(), once.entry()])
-        node.daemon.start()
-        try:
-            s1 = await healthy(srv, soft)
-            await healthy(srv, once)
+        async with deployed(srv, node, tag, soft, once):
+            s1 = await srv.healthy(soft)
+            await srv.healthy(once)
             control(node, "soft", "exit", "1")  # a failure: on-failure restarts it
             again = await srv.status_is("soft", lambda s: s["pid"] not in (None, s1["pid"]), 20, "restarted")
             assert again["restarts"] == 1 and again["last_exit"]["code"] == 1
@@ -195,9 +164,6 @@ async def test_restart_policies_on_failure_and_never(pki: Pki, tmp_path: Path) -
             st = await srv.status_is("once", lambda s: s["state"] == "stopped", 20, "once stopped")
             assert st["message"] == "exited with status 2 (restart policy: never)" and st["last_exit"]["code"] == 2
             assert tagged_pids(tag) == []
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 async def test_health_follows_the_demos_dvic_log_heartbeats(pki: Pki, tmp_path: Path) -> None:
@@ -205,11 +171,8 @@ async def test_health_follows_the_demos_dvic_log_heartbeats(pki: Pki, tmp_path: 
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path)
         v1 = make_release(tmp_path, "robot", "1.0.0", "beat", tag=tag, heartbeat_s=2, env=demo_env_manifest())
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            up = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1):
+            up = await srv.healthy(v1)
             assert up["last_heartbeat"] and time.time() - up["last_heartbeat"] < 5
             os.kill(up["pid"], signal.SIGSTOP)  # alive but silent
             try:
@@ -224,9 +187,6 @@ async def test_health_follows_the_demos_dvic_log_heartbeats(pki: Pki, tmp_path: 
             recovered = await srv.wait(lambda: srv.events("demo_recovered"), 10, "demo_recovered")
             assert recovered[-1]["data"]["was"] == "unhealthy"
             assert srv.status("robot")["restarts"] == 0  # silence is not a crash: nothing was restarted
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 async def test_after_a_reboot_the_daemon_starts_its_demos_again(pki: Pki, tmp_path: Path) -> None:
@@ -234,11 +194,8 @@ async def test_after_a_reboot_the_daemon_starts_its_demos_again(pki: Pki, tmp_pa
     async with DemoServer(pki) as srv:
         node = demo_node(srv, tmp_path)
         v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, restart="never")
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1):
+            first = await srv.healthy(v1)
             # killed while the daemon is away, same boot: the restart policy (never) applies
             node.daemon.kill()
             os.kill(first["pid"], signal.SIGKILL)
@@ -256,9 +213,6 @@ async def test_after_a_reboot_the_daemon_starts_its_demos_again(pki: Pki, tmp_pa
             again = await srv.status_is("robot", lambda s: s["state"] == "healthy" and s["pid"] != first["pid"],
                                         30, "started after the reboot")
             assert tagged_pids(tag) == [again["pid"]]
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 async def test_a_demo_that_cannot_start_fails_with_the_reason(pki: Pki, tmp_path: Path) -> None:
@@ -266,10 +220,7 @@ async def test_a_demo_that_cannot_start_fails_with_the_reason(pki: Pki, tmp_path
         node = demo_node(srv, tmp_path)
         missing = make_release(tmp_path, "ghost", "1.0.0", run=["/nonexistent/ghost-demo", "--go"])
         stranger = make_release(tmp_path, "alien", "1.0.0", user="no-such-user-14n")
-        srv.serve(missing, stranger)
-        await srv.push([missing.entry(), stranger.entry()])
-        node.daemon.start()
-        try:
+        async with deployed(srv, node, "", missing, stranger):
             result = await srv.install_result("ghost", "1.0.0")
             assert result["state"] == "failed", result
             assert "cannot run /nonexistent/ghost-demo: No such file or directory" in result["message"]
@@ -277,9 +228,6 @@ async def test_a_demo_that_cannot_start_fails_with_the_reason(pki: Pki, tmp_path
             result = await srv.install_result("alien", "1.0.0")
             assert result["state"] == "failed" and "user 'no-such-user-14n' does not exist" in result["message"]
             assert [r["sha256"] for r in srv.requests] == [missing.sha256]  # refused before downloading
-        finally:
-            await stop(node)
-            kill_demos(node.state)
 
 
 async def test_actions_act_on_supervised_demos_and_demos_json_still_works(pki: Pki, tmp_path: Path) -> None:
@@ -290,11 +238,8 @@ async def test_actions_act_on_supervised_demos_and_demos_json_still_works(pki: P
         marker = tmp_path / "legacy-started"
         (node.state / "demos.json").write_text(json.dumps({"legacy": {"start": f"touch {marker}", "stop": "true"}}))
         v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1):
+            first = await srv.healthy(v1)
             done = await action(srv, "restart_demo", "robot")
             assert done[0]["state"] == "done" and "restarted" in done[0]["message"], done
             again = await srv.status_is("robot", lambda s: s["pid"] not in (None, first["pid"]), 10, "restarted")
@@ -305,9 +250,6 @@ async def test_actions_act_on_supervised_demos_and_demos_json_still_works(pki: P
             assert marker.exists()
             done = await action(srv, "stop_demo", "nobody-knows")
             assert done[0]["state"] == "failed" and "not configured" in done[0]["message"]
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
 class UnprivilegedDaemon(DaemonProcess):
@@ -344,11 +286,8 @@ async def test_a_daemon_that_is_not_root_runs_its_demos_as_itself(pki: Pki, tmp_
         node.daemon.log_path = tmp_path / "daemon.log"
         v1 = make_release(tmp_path, "robot", "1.0.0", python="/usr/bin/python3", tag=tag)
         as_root = make_release(tmp_path, "rooted", "1.0.0", python="/usr/bin/python3", tag=tag, user="root")
-        srv.serve(v1, as_root)
-        await srv.push([v1.entry(), as_root.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
+        async with deployed(srv, node, tag, v1, as_root):
+            first = await srv.healthy(v1)
             assert Path(f"/proc/{first['pid']}/status").read_text().split("Uid:")[1].split()[0] == "65534"
             up = await srv.wait(lambda: [ln for ln in srv.demo_lines("robot") if ln["msg"].startswith("up ")], 20,
                                 "the demo's first line")
@@ -360,6 +299,3 @@ async def test_a_daemon_that_is_not_root_runs_its_demos_as_itself(pki: Pki, tmp_
                                 "restarted")
             assert subprocess.run(["stat", "-c", "%U", str(node.current("robot"))], capture_output=True,
                                   text=True).stdout.strip() == "nobody"
-        finally:
-            await stop(node)
-            kill_demos(state, tag)
