@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,19 @@ from tests.support.pki import Pki, make_pki
 
 # test modules import node_support too: make this folder importable whatever pytest's import mode
 sys.path.insert(0, str(Path(__file__).parent))
+from demo_support import DemoRig, DemoServer, demo_node, new_tag  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+async def rig(pki: Pki, tmp_path: Path) -> AsyncIterator[DemoRig]:
+    """A stand-in server for supervised demos and a node for it (tests/node/demo_support.py)."""
+    async with DemoServer(pki) as srv:
+        yield DemoRig(srv, demo_node(srv, tmp_path), new_tag())
 
 
 @pytest.fixture

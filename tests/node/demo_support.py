@@ -330,6 +330,16 @@ async def deployed(srv: DemoServer, node: Node, tag: str, *releases: Release,
         kill_demos(node.state, tag)
 
 
+@dataclass
+class DemoRig:
+    """A test's DemoServer, the node (real daemon, not started) it serves, and the tag that marks the
+    test's demo processes (the `rig` fixture)."""
+
+    srv: DemoServer
+    node: Node
+    tag: str
+
+
 def control(node: Node, name: str, file: str, text: str) -> None:
     """Tell a running demo something through its kept directory (see DEMO_PROGRAM)."""
     path = node.demo_dir(name) / "data" / "state" / file
