@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import ssl
 import struct
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dvic_node
+import pytest
 from aiohttp import web
 
 from tests.support.wait import async_wait_for
@@ -72,6 +75,21 @@ async def start_app(app: web.Application, ssl_context: ssl.SSLContext | None = N
     real_port = sockets[0].getsockname()[1]
     scheme = "https" if ssl_context else "http"
     return runner, f"{scheme}://127.0.0.1:{real_port}"
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, mode: str) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs, `mode` e.g. "0700") mounted on `mount_point`, to fill up;
+    the test is skipped where mounting is not allowed."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode={mode}", "tmpfs", str(mount_point)],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
 
 
 class StandIn:

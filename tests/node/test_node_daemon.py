@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from daemon_support import REPO, Demo, all_logs, events, interpreters
+from node_support import small_tmpfs
 
 from tests.support.daemon import DaemonProcess, enrolled_daemon
 from tests.support.pki import make_pki
@@ -188,16 +189,8 @@ def test_wrong_ca_keeps_running_and_says_why(central: CentralServer, tmp_path: P
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs) to fill up; skipped where mounting is not allowed."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", "0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 def fill(directory: Path) -> Path:

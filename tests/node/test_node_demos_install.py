@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from demo_support import (
     new_tag,
     tagged_pids,
 )
+from node_support import small_tmpfs
 
 from tests.support.pki import Pki
 
@@ -186,16 +186,8 @@ async def test_each_bad_archive_member_is_refused_at_unpack(rig: DemoRig, tmp_pa
 def small_demos_disk(tmp_path: Path) -> Iterator[Path]:
     """STATE_DIR/demos on a real 1 MiB tmpfs (the rest of the state dir is not); skipped where mounting is
     not allowed."""
-    demos = tmp_path / "state" / "demos"
-    demos.mkdir(parents=True)
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0711", "tmpfs", str(demos)],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "state" / "demos", "0711") as demos:
         yield demos
-    finally:
-        subprocess.run(["umount", "-l", str(demos)], capture_output=True, timeout=30)
 
 
 async def test_a_full_disk_fails_the_install_and_leaves_the_running_release(rig: DemoRig, tmp_path: Path,
