@@ -12,7 +12,7 @@ from tests.support.daemon import enrolled_daemon, wait_connected
 from tests.support.procs import live_members, stat_fields
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tests.tui_remote.clikit import DvicRunner, PtyProcess, clean_env
+from tests.support.cli import DvicRunner, PtyProcess, clean_env
 
 
 def session_of(pid: int) -> int | None:

@@ -100,7 +100,7 @@ def test_size_falls_back_to_80x24_off_a_terminal():
         os.close(write_fd)
     master, slave = pty.openpty()
     try:
-        from tests.tui_remote.clikit import set_size
+        from tests.support.cli import set_size
 
         set_size(master, 132, 43)
         assert terminal.size(slave) == (132, 43)
