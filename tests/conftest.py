@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,47 +13,45 @@ from tests.support.cli import clean_env
 from tests.support.server import CentralServer
 
 
-@pytest.fixture
-def central_server(tmp_path: Path) -> Iterator[CentralServer]:
-    """A server of the test's own: for a test that restarts it or changes what every test would see
-    (a release, an account's role, a whole-fleet view)."""
-    server = CentralServer(tmp_path / "central").start()
+@contextmanager
+def running(data_dir: Path, **options: Any) -> Iterator[CentralServer]:
+    """A started server (CentralServer options), stopped at the end."""
+    server = CentralServer(data_dir, **options).start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def central_server(tmp_path: Path) -> Iterator[CentralServer]:
+    """A server of the test's own: for a test that restarts it or changes what every test would see
+    (a release, an account's role, a whole-fleet view)."""
+    with running(tmp_path / "central") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
     """One server for the tests of a module that only read, or enroll nodes and accounts of names
     no other test of the module uses (a server start costs one to two seconds)."""
-    server = CentralServer(tmp_path_factory.mktemp("shared") / "central").start()
-    try:
+    with running(tmp_path_factory.mktemp("shared") / "central") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
     """A server that lets people ask for an account (self-registration is off by default), shared
     by a module's tests as `shared_server` is."""
-    server = CentralServer(tmp_path_factory.mktemp("open") / "central", extra_args=("--self-register",)).start()
-    try:
+    with running(tmp_path_factory.mktemp("open") / "central", extra_args=("--self-register",)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def fast_central_server(tmp_path: Path) -> Iterator[CentralServer]:
     """Short interval and offline window, for presence tests."""
-    server = CentralServer(tmp_path / "central", interval=1.0, offline_after=2.0).start()
-    try:
+    with running(tmp_path / "central", interval=1.0, offline_after=2.0) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 from tui.api.config import Settings
 from tui.console.app import DvicApp
+from tui.console.screens.fleet import FleetScreen
 from tui.console.screens.node import NodeScreen
 from tui.console.widgets.log_view import LogView
 
@@ -58,6 +59,13 @@ async def shot_at(app: DvicApp, pilot: Pilot[Any], name: str, tmp_path: Path, si
     await pilot.resize_terminal(*back)
     await pilot.pause()
     return svg
+
+
+def fleet_of(app: DvicApp) -> tuple[FleetScreen, DataTable[Any]]:
+    """The screen on top, which must be the fleet, and its table."""
+    fleet = app.screen
+    assert isinstance(fleet, FleetScreen)
+    return fleet, fleet.query_one(DataTable)
 
 
 async def to_row(app: DvicApp, node_id: str) -> DataTable[Any]:

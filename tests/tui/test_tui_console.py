@@ -26,7 +26,7 @@ from tests.support.nodes import (
 )
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tests.tui.pilot import cell, log_text, make_app, open_node, row_ids, screen_text, to_row
+from tests.tui.pilot import cell, fleet_of, log_text, make_app, open_node, row_ids, screen_text, to_row
 from tui.console.screens.admin import AdminScreen
 from tui.console.screens.fleet import FILL_STEP, FleetScreen
 from tui.console.screens.logs import LogsScreen
@@ -46,9 +46,7 @@ async def test_fleet_lives_filters_and_sorts(central_server: CentralServer) -> N
     async with online_node(server, "pi-a") as a:
         app = make_app(server)
         async with app.run_test(size=(120, 30)) as pilot:
-            fleet = app.screen
-            assert isinstance(fleet, FleetScreen)
-            table = fleet.query_one(DataTable)
+            fleet, table = fleet_of(app)
             await async_wait_for(lambda: table.row_count == 2, what="two rows")
             a_id, b_id = a.bundle["node_id"], b["node_id"]
             assert fleet.shown_ids() == [b_id, a_id]  # sorted by name

@@ -19,7 +19,7 @@ from tests.support.nodes import (
 )
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tests.tui.pilot import cell, log_text, make_app, shot, shot_at
+from tests.tui.pilot import cell, fleet_of, log_text, make_app, shot, shot_at
 from tui.console.app import DvicApp
 from tui.console.screens.admin import AdminScreen
 from tui.console.screens.dialogs import ChoiceDialog, InputDialog
@@ -41,9 +41,7 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
                               node.line(HOSTILE, level="ERROR", demo=DEMO_TOKEN)])
         app = make_app(server)
         async with app.run_test(size=(80, 24)) as pilot:
-            fleet = app.screen
-            assert isinstance(fleet, FleetScreen)
-            table = fleet.query_one(DataTable)
+            fleet, table = fleet_of(app)
             await async_wait_for(lambda: table.row_count == 2, what="two nodes")
             nid = node.bundle["node_id"]
             assert fleet.shown_ids() == [other["node_id"], nid]  # by name
