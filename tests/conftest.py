@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,21 +11,11 @@ from tests.support.cli import clean_env
 from tests.support.server import CentralServer
 
 
-@contextmanager
-def running(data_dir: Path, **options: Any) -> Iterator[CentralServer]:
-    """A started server (CentralServer options), stopped at the end."""
-    server = CentralServer(data_dir, **options).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def central_server(tmp_path: Path) -> Iterator[CentralServer]:
     """A server of the test's own: for a test that restarts it or changes what every test would see
     (a release, an account's role, a whole-fleet view)."""
-    with running(tmp_path / "central") as server:
+    with CentralServer(tmp_path / "central") as server:
         yield server
 
 
@@ -35,7 +23,7 @@ def central_server(tmp_path: Path) -> Iterator[CentralServer]:
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
     """One server for the tests of a module that only read, or enroll nodes and accounts of names
     no other test of the module uses (a server start costs one to two seconds)."""
-    with running(tmp_path_factory.mktemp("shared") / "central") as server:
+    with CentralServer(tmp_path_factory.mktemp("shared") / "central") as server:
         yield server
 
 
@@ -43,14 +31,14 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralS
 def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
     """A server that lets people ask for an account (self-registration is off by default), shared
     by a module's tests as `shared_server` is."""
-    with running(tmp_path_factory.mktemp("open") / "central", extra_args=("--self-register",)) as server:
+    with CentralServer(tmp_path_factory.mktemp("open") / "central", extra_args=("--self-register",)) as server:
         yield server
 
 
 @pytest.fixture
 def fast_central_server(tmp_path: Path) -> Iterator[CentralServer]:
     """Short interval and offline window, for presence tests."""
-    with running(tmp_path / "central", interval=1.0, offline_after=2.0) as server:
+    with CentralServer(tmp_path / "central", interval=1.0, offline_after=2.0) as server:
         yield server
 
 

@@ -20,9 +20,6 @@ from central.routes import routes
 
 TESTS = Path(__file__).resolve().parent
 REGISTERS = {"add_get", "add_post", "add_put", "add_patch", "add_delete", "add_head", "add_route", "add_view"}
-# Fakes another workstream of issue 13 retires (the installer's tests, D2). Each entry must still
-# exist and still be a fake: when it goes, its entry goes too, and the list ends empty.
-NOT_YET_RETIRED = {"installer/fake_central.py"}
 
 
 def _template(path: str) -> str:
@@ -55,20 +52,6 @@ def fake_servers() -> dict[str, set[str]]:
     return found
 
 
-def imported_modules(source: Path) -> set[str]:
-    """Dotted names a module imports (relative imports resolved against its package)."""
-    package = ["tests", *source.relative_to(TESTS).parent.parts]
-    names = set()
-    for node in ast.walk(ast.parse(source.read_text(), str(source))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
-            names |= {module} | {f"{module}.{alias.name}" for alias in node.names}
-    return names
-
-
 def test_the_real_server_declares_operator_routes() -> None:
     # The check below is only as good as this list: the operator API is all there.
     assert {"/api/v1/nodes", "/api/v1/stream", "/api/v1/logs", "/api/v1/me"} <= operator_routes()
@@ -76,21 +59,6 @@ def test_the_real_server_declares_operator_routes() -> None:
 
 
 def test_no_test_module_serves_the_operator_api() -> None:
-    fakes = {name: hits for name, hits in fake_servers().items() if name not in NOT_YET_RETIRED}
+    fakes = fake_servers()
     assert not fakes, f"fake central servers in tests/ (use tests/support/server.py CentralServer): {fakes}"
 
-
-def test_no_test_imports_a_fake_server() -> None:
-    fakes = {"tests." + name.removesuffix(".py").replace("/", "."): name for name in fake_servers()}
-    importers = {}
-    for source in sorted(TESTS.rglob("*.py")):
-        used = {fakes[m] for m in imported_modules(source) if m in fakes} - NOT_YET_RETIRED
-        if used:
-            importers[source.relative_to(TESTS).as_posix()] = used
-    assert not importers, f"tests importing a fake server: {importers}"
-
-
-def test_the_fakes_still_to_retire_are_listed_only_while_they_exist() -> None:
-    fakes = fake_servers()
-    stale = sorted(name for name in NOT_YET_RETIRED if name not in fakes)
-    assert not stale, f"no longer a fake server (or gone): remove {stale} from NOT_YET_RETIRED"

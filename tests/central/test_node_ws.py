@@ -6,7 +6,6 @@ import json
 import resource
 import ssl
 import time
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -14,14 +13,6 @@ import pytest
 from tests.support.fake_node import FakeNode
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
-    """For the tests that enroll nodes of their own names and change nothing server-wide (the
-    full-disk tests have a server each: they make its writes fail)."""
-    with CentralServer(tmp_path_factory.mktemp("node-ws") / "central") as server:
-        yield server
 
 
 def state_of(server: CentralServer, name: str) -> str:

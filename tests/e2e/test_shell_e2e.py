@@ -8,11 +8,11 @@ import json
 import re
 from pathlib import Path
 
+from tests.support.cli import DvicRunner, PtyProcess, clean_env
 from tests.support.daemon import enrolled_daemon, wait_connected
 from tests.support.procs import live_members, stat_fields
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tests.support.cli import DvicRunner, PtyProcess, clean_env
 
 
 def session_of(pid: int) -> int | None:

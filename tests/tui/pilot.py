@@ -11,6 +11,7 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from tests.support.fake_node import FakeNode
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 from tui.api.config import Settings
@@ -74,6 +75,17 @@ async def to_row(app: DvicApp, node_id: str) -> DataTable[Any]:
     await async_wait_for(lambda: node_id in row_ids(table), what="the node's row")
     table.move_cursor(row=table.get_row_index(node_id))
     return table
+
+
+async def fleet_ready(app: DvicApp, *nodes: FakeNode) -> FleetScreen:
+    """The fleet with these nodes' rows, online, the cursor on the first one's."""
+    fleet = app.screen
+    assert isinstance(fleet, FleetScreen)
+    ids = [node.bundle["node_id"] for node in nodes]
+    await async_wait_for(lambda: all(app.fleet.nodes.get(i, {}).get("state") == "online" for i in ids),
+                         timeout=15, what="online")
+    await to_row(app, ids[0])
+    return fleet
 
 
 async def open_node(app: DvicApp, pilot: Pilot[Any], node_id: str) -> NodeScreen:

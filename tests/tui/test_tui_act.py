@@ -15,13 +15,12 @@ from textual.widgets import DataTable, Static
 from tests.support.nodes import HOSTILE, HOSTILE_SHOWN, demo
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
-from tests.tui.pilot import make_app, shot, shot_at, to_row
+from tests.tui.pilot import fleet_ready, make_app, shot, shot_at
 from tests.tui_remote.executor_node import UNKNOWN_DEMO, ExecutorNode
 from tui.console.app import DvicApp
 from tui.console.screens.actions import ActionsScreen
 from tui.console.screens.admin import AdminScreen
 from tui.console.screens.dialogs import ChoiceDialog, ConfirmDialog
-from tui.console.screens.fleet import FleetScreen
 from tui.console.screens.node import NodeScreen
 from tui.console.screens.run import RunScreen
 
@@ -30,17 +29,6 @@ def states(screen: RunScreen) -> dict[str, str]:
     """Node name -> state text as the run table shows them."""
     table: DataTable[Any] = screen.query_one("#run-table", DataTable)
     return {table.get_row_at(i)[0].plain: table.get_row_at(i)[1].plain for i in range(table.row_count)}
-
-
-async def fleet_ready(app: DvicApp, *nodes: ExecutorNode) -> FleetScreen:
-    """The fleet with these nodes' rows, online, the cursor on the first one's."""
-    fleet = app.screen
-    assert isinstance(fleet, FleetScreen)
-    ids = [node.bundle["node_id"] for node in nodes]
-    await async_wait_for(lambda: all(app.fleet.nodes.get(i, {}).get("state") == "online" for i in ids),
-                         timeout=15, what="online")
-    await to_row(app, ids[0])
-    return fleet
 
 
 async def confirm_and_wait(app: DvicApp, pilot: Pilot[object], state: str, what: str) -> DataTable[object]:
