@@ -225,7 +225,7 @@ async def test_demo_actions_recordings_and_refusals(shared_server: CentralServer
             assert nodes[0] == "pi-d" and nodes.count("pi-d") == 1  # newest first: the one session above
             await pilot.press("p")
             await async_wait_for(lambda: any("cannot replay" in str(n.message) for n in app._notifications),
-                           what="replay refused in a headless terminal")
+                                 what="replay refused in a headless terminal")
 
 
 async def test_viewer_cannot_act(shared_server: CentralServer) -> None:
@@ -242,5 +242,5 @@ async def test_viewer_cannot_act(shared_server: CentralServer) -> None:
             run.query_one("#run-input").value = "echo nope"  # type: ignore[attr-defined]
             await pilot.press("enter")
             await async_wait_for(lambda: any("run:" in str(n.message) and "forbidden" in str(n.message)
-                                       for n in app._notifications), what="refusal shown")
+                                             for n in app._notifications), what="refusal shown")
             assert isinstance(run, RunScreen) and run.command_id is None

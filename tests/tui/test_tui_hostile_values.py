@@ -96,7 +96,7 @@ async def test_real_server_samples_that_overflowed_do_not_crash_the_console(shar
         async with app.run_test(size=(160, 48)) as pilot:
             screen = await open_node(app, pilot, bundle["node_id"])
             await async_wait_for(lambda: "now 12%" in label(screen, "cpu") or "now 13%" in label(screen, "cpu"),
-                           what="the cpu chart")
+                                 what="the cpu chart")
             await pilot.pause()
             assert app.is_running and app.screen is screen
             assert all(v < 100 for v in spark(screen, "cpu"))

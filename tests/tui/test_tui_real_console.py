@@ -86,7 +86,7 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
             await pilot.press("m")
             await async_wait_for(lambda: server.node("pi-42")["state"] == "maintenance", what="maintenance on")
             await async_wait_for(lambda: "maintenance" in str(view.query_one("#node-title", Static).render()),
-                           what="title shows maintenance")
+                                 what="title shows maintenance")
             await async_wait_for(lambda: events.row_count > before, what="live state event")
 
             await pilot.press("l")
@@ -106,7 +106,7 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
                 await pilot.press(key)
             await pilot.press("enter")
             await async_wait_for(lambda: "calibrated" in log_text(logs) and "followed" not in log_text(logs),
-                           what="search results")
+                                 what="search results")
             await pilot.press("escape", "escape")
             assert isinstance(app.screen, FleetScreen)
 

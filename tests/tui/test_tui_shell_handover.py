@@ -31,7 +31,7 @@ async def test_shell_round_trip_from_the_console(
             keys("h")
             # capture-pane drops trailing blanks: the prompt "$ " shows as a line "$".
             await async_wait_for(lambda: "[dvic] shell on pi-s" in pane() and "\n$" in pane(), timeout=15,
-                           what="remote shell prompt")
+                                 what="remote shell prompt")
             keys("echo round-$((20+3))", "Enter")
             await async_wait_for(lambda: "round-23" in pane(), what="command output in the shell")
             assert "sort name" not in pane()  # the console's table is put away meanwhile
