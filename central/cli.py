@@ -56,6 +56,7 @@ def build_config(args: argparse.Namespace) -> Config:
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
+        alerts_interval=args.alerts_interval, alerts_reminder=args.alerts_reminder,
         connections=ConnectionLimits(
             head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
             max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
@@ -269,6 +270,12 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-client-bytes", type=_byte_size, default=Config.max_client_bytes, metavar="SIZE",
                    help=f"live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
                         f" (default {Config.max_client_bytes >> 20}M)")
+    p.add_argument("--alerts-interval", type=_positive_seconds, default=Config.alerts_interval, metavar="S",
+                   help=f"seconds between alert evaluation passes over every node; events (a node going"
+                        f" offline, a demo crash-looping) are evaluated at once (default {Config.alerts_interval:g})")
+    p.add_argument("--alerts-reminder", type=_positive_seconds, default=Config.alerts_reminder, metavar="S",
+                   help=f"seconds between reminders of an alert still firing unacknowledged"
+                        f" (default {Config.alerts_reminder:g})")
     limits = ConnectionLimits()
     p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
                    help=f"seconds for the TLS handshake, then for the first request's head, before a"

@@ -62,6 +62,11 @@ class Config:
     # The access log: "on" (every request; node keep-alives counted per minute), "all", or "off".
     access_log: str = "on"
 
+    # Alerts (docs/alerts.md): seconds between evaluation passes over every node, and between
+    # reminders of an alert still firing unacknowledged.
+    alerts_interval: float = 10.0
+    alerts_reminder: float = 3600.0
+
     # Demos kept per node, and how long an exited one is kept (docs/operations.md).
     max_demos: int = 128
     forget_demos_after: float = 24 * 3600

@@ -395,6 +395,7 @@ class NodeSession:
         if not fresh:
             return
         node.published_seq = max(line["seq"] for line in fresh)
+        self.services.alerts.observe_logs(node, fresh)
         bus = self.services.bus
         if bus.wants_logs(node.id):
             node_id, name = node.id, node.name
