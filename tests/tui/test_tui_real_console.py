@@ -52,9 +52,12 @@ async def test_fleet_node_and_logs_with_real_traffic(central_server: CentralServ
             assert cell(table, nid, "demos") == "1/2"
             assert "new" in cell(table, other["node_id"], "state")
             # Live metrics: the cell changes in place.
-            await node.send(metrics(cpu=77.0, temp=85.0))
+            await node.send(metrics(cpu=77.0, temp=85.0, disk=95.0))
             await async_wait_for(lambda: cell(table, nid, "cpu").startswith(" 77%"), what="live cpu")
-            await async_wait_for(lambda: "1 alerts" in str(fleet.query_one("#summary", Static).render()), what="alert")
+            # The header counts the server's firing alerts (disk_full fires at its next pass, within
+            # --alerts-interval, 10 s; temperature_high waits its 60 s).
+            await async_wait_for(lambda: "1 alerts" in str(fleet.query_one("#summary", Static).render()),
+                                 timeout=20, what="alert")
             svg = shot(app, "fleet-80x24", tmp_path)
             assert "pi-42" in svg and "desk-7" in svg
 
