@@ -7,6 +7,7 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ def build_config(args: argparse.Namespace) -> Config:
         register_total=args.register_total, access_log=args.access_log,
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
         alerts_interval=args.alerts_interval, alerts_reminder=args.alerts_reminder,
+        metrics_allow=tuple(args.metrics_allow or ()),
         connections=ConnectionLimits(
             head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
             max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
@@ -95,6 +97,14 @@ def _byte_size(text: str) -> int:
     if not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"expected a size such as 1048576, 512K or 32M, got {text!r}")
     return int(number) * _SIZE_UNITS[unit]
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an address or network such as 10.0.0.5 or 10.0.0.0/24, "
+                                         f"got {text!r}") from None
 
 
 def _url_host(host: str) -> str:
@@ -276,6 +286,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alerts-reminder", type=_positive_seconds, default=Config.alerts_reminder, metavar="S",
                    help=f"seconds between reminders of an alert still firing unacknowledged"
                         f" (default {Config.alerts_reminder:g})")
+    p.add_argument("--metrics-allow", type=_network, action="append", metavar="CIDR",
+                   help="a client network that may read GET /metrics without a token, e.g. the Prometheus"
+                        " server's 10.0.0.5/32 (repeatable; otherwise a viewer's token is needed)")
     limits = ConnectionLimits()
     p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
                    help=f"seconds for the TLS handshake, then for the first request's head, before a"

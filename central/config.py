@@ -66,6 +66,8 @@ class Config:
     # reminders of an alert still firing unacknowledged.
     alerts_interval: float = 10.0
     alerts_reminder: float = 3600.0
+    # Client networks that may read GET /metrics without a token (a Prometheus server), as CIDRs.
+    metrics_allow: tuple[str, ...] = ()
 
     # Demos kept per node, and how long an exited one is kept (docs/operations.md).
     max_demos: int = 128
