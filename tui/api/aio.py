@@ -200,6 +200,16 @@ class AsyncClient:
     update = Endpoint(calls.update)
     release = Endpoint(calls.release)
     publish_release = Endpoint(calls.publish_release)
+    alerts = Endpoint(calls.alerts)
+    alert = Endpoint(calls.alert)
+    ack_alert = Endpoint(calls.ack_alert)
+    silences = Endpoint(calls.silences)
+    add_silence = Endpoint(calls.add_silence)
+    remove_silence = Endpoint(calls.remove_silence)
+    rules = Endpoint(calls.rules)
+    add_rule = Endpoint(calls.add_rule)
+    set_rule = Endpoint(calls.set_rule)
+    remove_rule = Endpoint(calls.remove_rule)
 
 
 class Stream:
