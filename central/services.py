@@ -85,7 +85,7 @@ async def open_services(config: Config) -> Services:
     registry.load(await queries.nodes(), await queries.demos())
     release = ReleaseStore(config.data_dir)
     alerts = AlertEngine(writer, registry, bus, interval=config.alerts_interval, reminder_s=config.alerts_reminder,
-                         release=lambda: _release_version(release))
+                         history_s=config.retention.events_s, release=lambda: _release_version(release))
     services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
                         ActionHub(writer, registry), release, alerts)

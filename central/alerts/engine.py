@@ -46,6 +46,7 @@ LOG_BUDGET_S = 0.05
 LOG_BUDGET_WINDOW_S = 10.0
 LOG_SUSPEND_S = 600.0
 MAX_ACK_NOTE = 1000
+TRIM_EVERY_S = 3600.0
 
 
 class AlertError(Exception):
@@ -106,7 +107,7 @@ class LogRule:
 
 class AlertEngine:
     def __init__(self, writer: Writer, registry: Registry, bus: Bus, *, interval: float = 10.0,
-                 reminder_s: float = 3600.0, startup_grace_s: float | None = None,
+                 reminder_s: float = 3600.0, startup_grace_s: float | None = None, history_s: float = 90 * 86400.0,
                  release: Callable[[], str | None] = lambda: None, sink: NoticeSink | None = None,
                  quiet: QuietHook = never_quiet, clock: Callable[[], float] = time.time) -> None:
         self.writer = writer
@@ -114,6 +115,7 @@ class AlertEngine:
         self.bus = bus
         self.interval = interval
         self.reminder_s = reminder_s
+        self.history_s = history_s  # resolved alerts are kept this long (the events' retention)
         self.sink: NoticeSink = sink if sink is not None else LoggingSink()
         self.quiet = quiet
         self.clock = clock
@@ -189,6 +191,7 @@ class AlertEngine:
     async def run(self) -> None:
         """Evaluate every node each `interval`; nodes named by events at once in between."""
         next_full = time.monotonic()
+        next_trim = next_full + 60.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - time.monotonic()))
@@ -208,6 +211,19 @@ class AlertEngine:
                 log.exception("alert evaluation failed")
             if full:
                 next_full = time.monotonic() + self.interval
+            if time.monotonic() >= next_trim:
+                next_trim = time.monotonic() + TRIM_EVERY_S
+                await self._trim()
+
+    async def _trim(self) -> None:
+        before = self.clock() - self.history_s
+        try:
+            while await self.writer.submit(lambda conn: store.trim_history(conn, before)):
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # next hour, then
+            log.exception("trimming the alert history failed")
 
     def kick(self, node_id: str | None = None) -> None:
         """Evaluate this node (or everything) soon, not at the next interval."""

@@ -56,6 +56,19 @@ def add_event(conn: sqlite3.Connection, alert_id: int, ts: float, what: str, who
                  (alert_id, ts, what, who, note))
 
 
+def trim_history(conn: sqlite3.Connection, before: float, chunk: int = 5000) -> int:
+    """Forget alerts resolved before `before` (with their history) and silences that ended before it,
+    at most `chunk` alerts a call. Returns how many alerts went."""
+    ids = [row[0] for row in conn.execute(
+        "SELECT id FROM alerts WHERE state = 'resolved' AND resolved < ? ORDER BY id LIMIT ?", (before, chunk))]
+    if ids:
+        marks = ",".join("?" * len(ids))
+        conn.execute(f"DELETE FROM alert_events WHERE alert_id IN ({marks})", ids)
+        conn.execute(f"DELETE FROM alerts WHERE id IN ({marks})", ids)
+    conn.execute("DELETE FROM silences WHERE ends < ?", (before,))
+    return len(ids)
+
+
 def save_rule(conn: sqlite3.Connection, name: str, stock: bool, spec: Mapping[str, Any], ts: float, by: str) -> None:
     conn.execute(
         "INSERT INTO alert_rules (name, stock, spec, updated_at, updated_by) VALUES (?, ?, ?, ?, ?)"

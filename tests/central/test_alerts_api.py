@@ -186,3 +186,24 @@ def test_metrics_from_an_allowed_address_need_no_token(tmp_path: Path) -> None:
         assert status == 200 and "dvic_server_nodes_connected 0.0" in text
     finally:
         srv.stop()
+
+
+def test_a_board_logging_errors_in_its_keepalives_raises_log_errors(server: CentralServer) -> None:
+    import json
+    import urllib.request
+
+    bundle = server.enroll("esp-noisy", kind="esp32", group="hall-b")
+    lines = [{"seq": i + 1, "ms": 1000 + i, "level": "ERROR", "msg": f"i2c read failed ({i})"} for i in range(31)]
+    body = {"uptime": 12.0, "logs": {"v": 1, "token": "boot-1", "name": "sensor", "now_ms": 2000, "lines": lines}}
+    request = urllib.request.Request(server.url + "/api/v1/keepalive", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {bundle['token']}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, context=server.ssl_context, timeout=30) as answer:
+        assert answer.status == 200
+
+    def errors_alert() -> dict[str, Any] | None:
+        _, found = server.api("GET", "/api/v1/alerts?rule=log_errors", token=token(server, "viewer"))
+        return next((a for a in found["alerts"] if a["subject"] == "demo:esp-noisy/sensor"), None)
+
+    alert = wait_for(errors_alert, timeout=15, what="the board's log_errors alert")
+    assert "31 ERROR+ lines in the last minute" in alert["summary"] and alert["kind"] == "esp32"

@@ -422,3 +422,19 @@ async def test_stream_frames_for_changes_and_counts(rig: Rig) -> None:
     assert alert_frames[0]["change"] == "firing" and alert_frames[0]["alert"]["rule"] == "disk_full"
     assert [f["counts"] for f in decoded if f["type"] == "alerts"][-1] == {
         "firing": 1, "acknowledged": 0, "silenced": 0, "open": 1}
+
+
+async def test_resolved_alerts_and_ended_silences_are_forgotten_after_the_history_window(rig: Rig) -> None:
+    node = await rig.node("pi-old")
+    metrics(rig, node, disk=99.0)
+    await rig.engine.evaluate()
+    metrics(rig, node, disk=10.0)
+    await rig.engine.evaluate()
+    await rig.engine.add_silence(silence_request({"node": "pi-old", "for": "1h"}), "alice")
+    metrics(rig, node, disk=99.0)
+    await rig.engine.evaluate()  # a second alert, still open
+    rig.clock.advance(rig.engine.history_s + 7200)
+    await rig.engine._trim()
+    assert [r["state"] for r in await rig.rows("SELECT state FROM alerts")] == ["firing"]
+    assert len(await rig.rows("SELECT * FROM alert_events")) == 2  # the open alert's: fired, suppressed
+    assert await rig.rows("SELECT * FROM silences") == []
