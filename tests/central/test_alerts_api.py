@@ -207,3 +207,22 @@ def test_a_board_logging_errors_in_its_keepalives_raises_log_errors(server: Cent
 
     alert = wait_for(errors_alert, timeout=15, what="the board's log_errors alert")
     assert "31 ERROR+ lines in the last minute" in alert["summary"] and alert["kind"] == "esp32"
+
+
+async def test_a_supervised_demos_status_raises_and_clears_its_crash_loop(server: CentralServer) -> None:
+    status_of = {"type": "demo_status", "demo": "robot-arm", "version": "1.4.0", "pid": None, "restarts": 7,
+                 "since": time.time(), "last_exit": {"code": 1, "signal": None, "at": time.time()},
+                 "last_heartbeat": None, "message": "5 exits within 60 s"}
+    async with FakeNode(server.enroll("pi-loop", kind="raspberry", group="hall-y")) as node:
+        await node.connect()
+        await node.hello()
+
+        def crashloop() -> list[dict[str, Any]]:
+            _, body = server.api("GET", "/api/v1/alerts?rule=demo_crashloop&node=pi-loop", token=token(server, "viewer"))
+            return [a for a in body["alerts"] if a["subject"] == "demo:pi-loop/robot-arm"]
+
+        await node.send({**status_of, "state": "crashloop"})
+        [alert] = wait_for(crashloop, timeout=15, what="the crash-loop alert")
+        assert alert["severity"] == "critical" and alert["summary"] == "demo pi-loop/robot-arm is crash-looping"
+        await node.send({**status_of, "state": "healthy", "pid": 4242, "message": ""})
+        wait_for(lambda: not crashloop(), timeout=15, what="the alert resolved")
