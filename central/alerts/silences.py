@@ -19,7 +19,8 @@ MAX_SILENCE_S = 30 * 24 * 3600.0
 MAX_NOTE_CHARS = 1000
 
 # Issue 16 (venue calendar) plugs in here: True while notices of this group and severity must wait
-# (closed hours). Called once per notice the engine would send, so it must be quick and not block.
+# (closed hours). Called for each notice the engine would send and for each open alert whenever
+# alerts are counted or shown, so it must answer from memory, quickly.
 QuietHook = Callable[[str | None, str], bool]
 
 
