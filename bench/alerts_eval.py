@@ -20,7 +20,6 @@ would. Measured with the process's CPU time (the writer's thread included):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import time
 import uuid
@@ -35,7 +34,7 @@ from central.bus import Bus
 from central.registry import NodeState, Registry
 from central.writer import Writer
 
-from .common import add_common_args, positive_float, positive_int, work_dir
+from .common import add_common_args, parser, positive_float, positive_int, run_bench
 from .report import Report
 
 GROUPS = ("hall-a", "hall-b", "hall-c", "lab", "entrance")
@@ -171,20 +170,15 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python3 -m bench.alerts_eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=positive_int, default=2000, help="nodes in the registry (2000)")
-    parser.add_argument("--passes", type=positive_int, default=30, help="timed full passes (30)")
-    parser.add_argument("--operator-rules", type=int, default=9, help="operator rules beside the 11 stock ones (9)")
-    parser.add_argument("--interval", type=positive_float, default=10.0,
-                        help="seconds between passes, for the share of a core (10, the server's default)")
-    add_common_args(parser)
-    args = parser.parse_args()
-    with work_dir(args.work_dir, args.keep, "alerts") as work:
-        report = asyncio.run(measure(args, work))
-    report.emit(args.json)
+def main(argv: list[str] | None = None) -> int:
+    p = parser("alerts_eval", __doc__, nodes=2000, nodes_are="nodes in the registry")
+    p.add_argument("--passes", type=positive_int, default=30, help="timed full passes (30)")
+    p.add_argument("--operator-rules", type=int, default=9, help="operator rules beside the 11 stock ones (9)")
+    p.add_argument("--interval", type=positive_float, default=10.0,
+                   help="seconds between passes, for the share of a core (10, the server's default)")
+    add_common_args(p)
+    return run_bench(p.parse_args(argv), "alerts", measure)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -9,14 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.node.daemon_support import DaemonProcess, write_bundle
+from tests.support.daemon import online_daemon
 from tests.support.server import REPO, CentralServer
 from tests.support.wait import wait_for
 
@@ -39,23 +39,6 @@ def server(tmp_path: Path) -> Iterator[CentralServer]:
         yield server
     finally:
         server.stop()
-
-
-@contextmanager
-def online_daemon(server: CentralServer, home: Path, log_dir: Path | None = None) -> Iterator[tuple[str, DaemonProcess]]:
-    """A node named after `home`, enrolled, its real daemon connected: (node id, daemon); stopped afterwards."""
-    home.mkdir(parents=True, exist_ok=True)
-    if log_dir is None:
-        log_dir = home / "logs"
-        log_dir.mkdir(mode=0o755)
-    bundle = server.enroll(home.name)
-    daemon = DaemonProcess(sys.executable, write_bundle(home / "bundle.json", bundle), home / "state", log_dir)
-    daemon.start()
-    try:
-        wait_for(lambda: server.node(bundle["node_id"])["connected"], 30, f"{home.name} connected")
-        yield bundle["node_id"], daemon
-    finally:
-        daemon.stop()
 
 
 @asynccontextmanager
