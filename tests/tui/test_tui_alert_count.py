@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
+from tests.support.nodes import online_node
 from tests.support.server import CentralServer
-from tests.tui.realkit import online_node
-from tests.tui.tuifake import wait_for
+from tests.support.wait import async_wait_for
 from tui.api.config import Settings
 from tui.console.app import DvicApp
 from tui.console.screens.fleet import FleetScreen
@@ -37,10 +37,10 @@ async def test_a_node_offline_counts_in_the_header_from_the_servers_alerts(alert
             return str(fleet.query_one("#summary", Static).render())
 
         async with online_node(server, "pi-gone"):
-            await wait_for(lambda: "1 online" in summary(), what="the node online")
+            await async_wait_for(lambda: "1 online" in summary(), what="the node online")
             assert "0 alerts" in summary()
         # Its socket closed: offline at once, and the server's node_offline alert fires (the console's
         # own reckoning counts no offline node as an alert).
-        await wait_for(lambda: "1 offline" in summary(), what="the node offline")
-        await wait_for(lambda: "1 alerts" in summary(), within=15, what="the server's alert in the header")
+        await async_wait_for(lambda: "1 offline" in summary(), what="the node offline")
+        await async_wait_for(lambda: "1 alerts" in summary(), timeout=15, what="the server's alert in the header")
         assert app.fleet.server_alerts == 1 and not app.fleet.alerting

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_dvic, server_env
+from tests.support.nodes import connected, metrics
 from tests.support.server import CentralServer
-from tests.tui.clikit import run_dvic
-from tests.tui.realkit import connected, metrics
-from tests.tui.tuifake import wait_for
+from tests.support.wait import async_wait_for
 
 
 @pytest.fixture
@@ -24,12 +24,8 @@ def server(tmp_path: Path) -> Iterator[CentralServer]:
         srv.stop()
 
 
-def env_for(env: dict[str, str], server: CentralServer, token: str | None = None) -> dict[str, str]:
-    return dict(env, DVIC_SERVER=server.url, DVIC_TOKEN=token or server.admin_token, DVIC_CA=str(server.ca_path))
-
-
 async def test_alerts_ack_and_silence_from_the_command_line(server: CentralServer, dvic_env: dict[str, str]) -> None:
-    env = env_for(dvic_env, server)
+    env = server_env(dvic_env, server)
     res = await run_dvic(env, "alerts")
     assert res.code == 0 and "0 firing, 0 acknowledged, 0 silenced (no open alerts)" in res.out, res.err
 
@@ -40,7 +36,7 @@ async def test_alerts_ack_and_silence_from_the_command_line(server: CentralServe
             out = await run_dvic(env, "alerts", "--json")
             return any(a["rule"] == "disk_full" for a in json.loads(out.out)["alerts"])
 
-        await wait_for(firing, within=20, what="the disk alert")
+        await async_wait_for(firing, timeout=20, what="the disk alert")
         res = await run_dvic(env, "alerts")
         assert res.code == 0, res.err
         header, row = res.out.splitlines()[:2]
@@ -70,13 +66,13 @@ async def test_alerts_ack_and_silence_from_the_command_line(server: CentralServe
             out = await run_dvic(env, "alerts", "--all", "--json")
             return [a["state"] for a in json.loads(out.out)["alerts"]] == ["resolved"]
 
-        await wait_for(resolved, within=20, what="the alert resolved")
+        await async_wait_for(resolved, timeout=20, what="the alert resolved")
         res = await run_dvic(env, "silence", "add", "--for", "1h")
         assert res.code == 2 and "say what to silence" in res.err
 
 
 async def test_rules_from_the_command_line(server: CentralServer, dvic_env: dict[str, str]) -> None:
-    env = env_for(dvic_env, server)
+    env = server_env(dvic_env, server)
     res = await run_dvic(env, "rule", "list")
     assert res.code == 0, res.err
     disk = next(line for line in res.out.splitlines() if line.startswith("disk_full"))
@@ -109,7 +105,7 @@ async def test_rules_from_the_command_line(server: CentralServer, dvic_env: dict
     assert "hot-pis" in names and "usb" not in names
     # A viewer reads but changes nothing.
     status, body = server.api("POST", "/api/v1/operators", {"name": "watcher", "role": "viewer"})
-    viewer = env_for(dvic_env, server, body["token"])
+    viewer = server_env(dvic_env, server, body["token"])
     assert (await run_dvic(viewer, "rule", "list")).code == 0
     res = await run_dvic(viewer, "rule", "set", "hot-pis", "--disable")
     assert res.code == 1 and "needs the operator role" in res.err
