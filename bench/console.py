@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
+from .common import add_common_args, add_procs, parser, positive_float, positive_int, run_bench
 from .report import Report, latency_summary
 
 # The console's child process runs this module too: what only the bench's side needs (aiohttp
 # among it) is imported there, so the child's start-up is the console's own.
 if TYPE_CHECKING:
-    from .server import BenchServer
+    from tests.support.server import CentralServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -307,12 +307,12 @@ def explain_latency(report: Report, stamps: list[dict[str, Any]], keys: list[tup
                    f"{len(slow)} / {in_flush} / {in_gc}")
 
 
-async def time_node_list(server: BenchServer) -> float:
+async def time_node_list(server: CentralServer) -> float:
     """How long the loaded server takes to list every node: the part of start-up that is not the console's."""
     import aiohttp
 
     best = float("inf")
-    connector = aiohttp.TCPConnector(ssl=server.ssl_context())
+    connector = aiohttp.TCPConnector(ssl=server.ssl_context)
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         for _ in range(2):
@@ -324,22 +324,19 @@ async def time_node_list(server: BenchServer) -> float:
 
 
 async def run(args: argparse.Namespace, work: Path) -> Report:
-    from .enroll import enroll_fleet, save_fleet
-    from .server import BenchServer
+    from .common import bench_server
+    from .enroll import enroll_server_fleet, save_fleet
     from .workers import Worker
 
     report = Report("Operator console: live fleet on a real terminal", params={
         "nodes": args.nodes, "interval_s": args.interval, "terminal": f"{args.cols}x{args.rows}",
         "measure_s": args.measure, "keys": args.keys,
     })
-    server = BenchServer(work / "central").start()
+    server = bench_server(work / "central").start()
     workers: list[Worker] = []
     console: ConsoleProcess | None = None
     try:
-        creds = work / "nodes"
-        creds.mkdir()
-        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
-                                   prefix="sim", concurrency=32)
+        fleet = await enroll_server_fleet(server, work, args.nodes, prefix="sim", concurrency=32)
         fleet_file = work / "fleet.json"
         save_fleet(fleet, fleet_file)
         # Long enough for the settle time, start-up, the CPU window and the key presses.
@@ -438,10 +435,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.console", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=positive_int, default=2000, help="simulated nodes (2000)")
-    p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
+    p = parser("console", __doc__, nodes=2000, interval=True)
     p.add_argument("--measure", type=positive_float, default=30.0, help="seconds of the CPU window (30)")
     p.add_argument("--keys", type=positive_int, default=40, help="cursor keys pressed, one at a time (40)")
     p.add_argument("--key-gap", type=positive_float, default=0.3, help="seconds between key presses (0.3)")
@@ -449,7 +443,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of live load before the console starts (default: 1.5 x --interval)")
     p.add_argument("--cols", type=positive_int, default=160, help="terminal columns (160)")
     p.add_argument("--rows", type=positive_int, default=48, help="terminal rows (48)")
-    p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")
+    add_procs(p, 2)
     p.add_argument("--profile", metavar="FILE",
                    help="profile the console process into FILE: pyinstrument if FILE ends with .txt, "
                         ".html or .pyisession (pip install pyinstrument), else a cProfile (read it with python3 -m pstats)")
@@ -475,10 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args)
-    with work_dir(args.work_dir, args.keep, "console") as work:
-        report = asyncio.run(run(args, work))
-    report.emit(args.json)
-    return 0
+    return run_bench(args, "console", run)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.wait import wait_for
+
 from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .daemon_rig import (
-    NodeRig,
-    RigError,
-    demo_lines,
-    metric_samples,
-    start_demos,
-    stop_demos,
-    wait_until,
-)
+from .common import add_common_args, parser, positive_float, positive_int, run_bench
+from .daemon_rig import RIG_FAILURES, NodeRig, RigError, demo_lines, metric_samples, start_demos, stop_demos
 from .glances_probe import GlancesRun, glances_command, glances_version
 from .report import Report
 
@@ -71,7 +65,7 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
         if command is not None:
             report.params["glances"] = glances_version(command[0])
             glances = GlancesRun(command, work).start()
-            wait_until(lambda: _glances_up(glances), 60, "Glances' first sample")
+            wait_for(lambda: _glances_up(glances), 60, "Glances' first sample", interval=0.1)
         time.sleep(args.warmup)  # both past start-up (imports, first connection) before the window
 
         tracked = [procstat.PeakTracker(daemon.pid)] + ([procstat.PeakTracker(glances.pid)] if glances else [])
@@ -189,8 +183,7 @@ def _glances_up(glances: GlancesRun) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.daemon_footprint", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("daemon_footprint", __doc__)
     p.add_argument("--minutes", type=positive_float, default=2.0, help="length of the measured window")
     p.add_argument("--interval", type=positive_float, default=5.0,
                    help="metrics interval the server sets, and Glances' refresh (s)")
@@ -215,15 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with work_dir(args.work_dir, args.keep, "footprint") as work:
-        try:
-            report = measure(args, work)
-        except RigError as exc:
-            print(f"daemon_footprint: {exc}", file=sys.stderr)
-            return 1
-    report.emit(args.json)
-    return 0
+    return run_bench(parse_args(argv), "daemon_footprint", measure, run=None, fails=RIG_FAILURES)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import procstat
-from .common import add_common_args, positive_float, work_dir
-from .daemon_rig import LineCheck, NodeRig, RigError, check_lines, demo_lines, start_demos, stop_demos
+from .common import add_common_args, parser, positive_float, positive_int, run_bench
+from .daemon_rig import (
+    RIG_FAILURES,
+    LineCheck,
+    NodeRig,
+    RigError,
+    check_lines,
+    demo_lines,
+    start_demos,
+    stop_demos,
+)
 from .report import Report
 from .subscriber import LatencySubscriber
 
@@ -59,7 +68,7 @@ async def run_stream(rig: NodeRig, names: list[str], per_demo: int, rate_per_dem
             raise RigError("start the daemon before the stream")
         # the daemon has found every file (scan every 2 s) and read its header: timing starts after
         await asyncio.to_thread(rig.wait_demos_alive, len(names))
-        subscriber = LatencySubscriber(rig.server.url, rig.server.admin_token, rig.server.ssl_context())
+        subscriber = LatencySubscriber(rig.server.url, rig.server.admin_token, rig.server.ssl_context)
         await subscriber.start()
         subscriber.measure_from = 0.0  # every stamped line is timed: there is no warm-up to skip
         total = per_demo * len(names)
@@ -97,29 +106,42 @@ async def run_stream(rig: NodeRig, names: list[str], per_demo: int, rate_per_dem
         await asyncio.to_thread(stop_demos, demos)
 
 
-def add_stream_args(p: argparse.ArgumentParser, drain_timeout: float) -> None:
-    """The options bench.daemon_tailing and bench.line_latency share (after their load options)."""
-    p.add_argument("--drain-timeout", type=positive_float, default=drain_timeout,
-                   help="how long to wait for the last lines after the writers finish")
-    p.add_argument("--poll-interval", type=positive_float, default=None,
-                   help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
-    p.add_argument("--whatif-coalesce", type=float, metavar="S", default=None,
-                   help="run the unchanged daemon with COALESCE_S = S (bench/whatif_daemon.py; default 0.25 s)")
-    p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
-    add_common_args(p)
+async def stream_on_a_rig(args: argparse.Namespace, work: Path, report: Report, names: list[str], per_demo: int,
+                          rate_per_demo: float) -> StreamResult:
+    """run_stream on a fresh rig: the server, one node, its daemon as --python, --poll-interval and
+    --whatif-coalesce say; everything stopped afterwards."""
+    if args.whatif_coalesce is not None:
+        report.params["WHAT-IF daemon COALESCE_S"] = args.whatif_coalesce
+    rig = NodeRig(work, python=args.python, poll_interval=args.poll_interval, coalesce=args.whatif_coalesce)
+    try:
+        await asyncio.to_thread(rig.start_server)
+        await asyncio.to_thread(rig.start_daemon)
+        return await run_stream(rig, names, per_demo, rate_per_demo, args.drain_timeout)
+    finally:
+        await asyncio.to_thread(rig.close)
 
 
-def run_bench(args: argparse.Namespace, name: str, prefix: str,
-              measure: Callable[[argparse.Namespace, Path], Awaitable[Report]]) -> int:
-    """Run `measure` in a fresh work dir and print its report; 1 with the reason when the rig fails."""
-    with work_dir(args.work_dir, args.keep, prefix) as work:
-        try:
-            report = asyncio.run(measure(args, work))
-        except RigError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            return 1
-    report.emit(args.json)
-    return 0
+def stream_main(name: str, doc: str | None, measure: Callable[[argparse.Namespace, Path], Awaitable[Report]], *,
+                demos: int, rate: float, rate_is: str, drain_timeout: float) -> Callable[..., int]:
+    """main() of bench.`name`: its load (--demos, --rate lines/s `rate_is`, --duration), then the options
+    every stream benchmark has."""
+
+    def main(argv: list[str] | None = None) -> int:
+        p = parser(name, doc)
+        p.add_argument("--demos", type=positive_int, default=demos, help="demo processes (one file each)")
+        p.add_argument("--rate", type=positive_float, default=rate, help=f"lines per second, {rate_is}")
+        p.add_argument("--duration", type=positive_float, default=30.0, help="seconds of writing")
+        p.add_argument("--drain-timeout", type=positive_float, default=drain_timeout,
+                       help="how long to wait for the last lines after the writers finish")
+        p.add_argument("--poll-interval", type=positive_float, default=None,
+                       help="the daemon's --poll-interval (default: the daemon's own, 0.2 s)")
+        p.add_argument("--whatif-coalesce", type=float, metavar="S", default=None,
+                       help="run the unchanged daemon with COALESCE_S = S (bench/whatif_daemon.py; default 0.25 s)")
+        p.add_argument("--python", default=sys.executable, help="interpreter that runs the daemon")
+        add_common_args(p)
+        return run_bench(p.parse_args(argv), name, measure, fails=RIG_FAILURES)
+
+    return main
 
 
 def finish_report(report: Report, result: StreamResult) -> Report:

@@ -12,14 +12,11 @@ line reached the server exactly once.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 from . import procstat
-from .common import positive_float, positive_int
-from .daemon_rig import NodeRig
-from .daemon_stream import add_stream_args, finish_report, run_bench, run_stream
+from .daemon_stream import finish_report, stream_main, stream_on_a_rig
 from .report import Report, latency_summary
 
 TARGET_CPU_PERCENT = 10.0
@@ -31,16 +28,8 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
         "rate_lines_per_s": args.rate, "demos": args.demos, "duration_s": args.duration,
         "lines": per_demo * args.demos, "python": args.python,
     })
-    if args.whatif_coalesce is not None:
-        report.params["WHAT-IF daemon COALESCE_S"] = args.whatif_coalesce
-    rig = NodeRig(work, python=args.python, poll_interval=args.poll_interval, coalesce=args.whatif_coalesce)
-    try:
-        await asyncio.to_thread(rig.start_server)
-        await asyncio.to_thread(rig.start_daemon)
-        result = await run_stream(rig, [f"tail-{i:02d}" for i in range(args.demos)], per_demo,
-                                  args.rate / args.demos, args.drain_timeout)
-    finally:
-        await asyncio.to_thread(rig.close)
+    result = await stream_on_a_rig(args, work, report, [f"tail-{i:02d}" for i in range(args.demos)], per_demo,
+                                   args.rate / args.demos)
 
     w0, w1 = result.daemon_writing
     t0, t1 = result.daemon_total
@@ -65,18 +54,8 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
     return finish_report(report, result)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.daemon_tailing", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rate", type=positive_float, default=2000.0, help="lines per second, all demos together")
-    p.add_argument("--demos", type=positive_int, default=4, help="demo processes (one file each)")
-    p.add_argument("--duration", type=positive_float, default=30.0, help="seconds of writing")
-    add_stream_args(p, drain_timeout=60.0)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_bench(parse_args(argv), "daemon_tailing", "tailing", measure)
+main = stream_main("daemon_tailing", __doc__, measure, demos=4, rate=2000.0, rate_is="all demos together",
+                   drain_timeout=60.0)
 
 
 if __name__ == "__main__":

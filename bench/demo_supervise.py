@@ -27,15 +27,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.daemon import DaemonProcess
+from tests.support.pki import make_pki
+from tests.support.server import REPO, write_bundle
+
 from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
+from .common import add_common_args, parser, positive_float, positive_int, run_bench
 from .daemon_footprint import memory_split, on_cpu_s
-from .daemon_rig import REPO, DaemonRun, RigError
+from .daemon_rig import RIG_FAILURES, RigError
 from .report import Report, latency_summary
 
-sys.path[:0] = [str(REPO / "tests" / "node"), str(REPO / "node_script")]  # the stand-in server and its PKI
+sys.path[:0] = [str(REPO / "tests" / "node"), str(REPO / "node_script")]  # the stand-in server
 from demo_support import DemoServer, kill_demos, make_release, new_tag  # noqa: E402
-from node_support import make_pki  # noqa: E402
 
 TARGET_RESTART_S = 1.0
 TARGET_CPU_PERCENT = 0.3
@@ -79,7 +82,7 @@ def measure_restart(state: Path, name: str, timeout: float = 10.0) -> float:
     raise RigError(f"demo {name} was not running again within {timeout:.0f} s")
 
 
-async def run(args: argparse.Namespace, work: Path) -> Report:
+async def measure(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Supervised demos: first restart, idle footprint", params={
         "demos": args.demos, "minutes": args.minutes, "kills": args.kills, "python": args.python,
         "daemon": "through its launcher, from its bytecode, default timings"})
@@ -87,16 +90,14 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     names = [f"idle-{i:02d}" for i in range(args.demos)]
     (work / "pki").mkdir()
     async with DemoServer(make_pki(work / "pki")) as srv:
-        bundle = work / "bundle.json"
-        bundle.write_text(json.dumps(srv.bundle()))
-        bundle.chmod(0o600)
+        bundle = write_bundle(srv.bundle(), work / "bundle.json")
         releases = [make_release(work, n, "1.0.0", python=args.python, tag=tag) for n in names]
         srv.serve(*releases)
         await srv.push([r.entry() for r in releases])
         state, logs = work / "node-state", work / "logs"
         logs.mkdir()
-        daemon = DaemonRun(args.python, bundle, state, logs)
-        daemon.start()
+        daemon = DaemonProcess(bundle, state, logs, python=args.python, timings=(), how="compiled",
+                               log_path=work / "daemon.log").start(cwd=REPO)
         try:
             await srv.connected(1, 60)
             await all_healthy(srv, names, 120)
@@ -151,8 +152,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.demo_supervise", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("demo_supervise", __doc__)
     p.add_argument("--demos", type=positive_int, default=10, help="supervised idle demos")
     p.add_argument("--minutes", type=positive_float, default=1.0, help="length of the measured idle window")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds after all demos are healthy")
@@ -165,15 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with work_dir(args.work_dir, args.keep, "demos") as work:
-        try:
-            report = asyncio.run(run(args, work))
-        except RigError as exc:
-            print(f"demo_supervise: {exc}", file=sys.stderr)
-            return 1
-    report.emit(args.json)
-    return 0
+    return run_bench(parse_args(argv), "demo_supervise", measure, fails=RIG_FAILURES)
 
 
 if __name__ == "__main__":

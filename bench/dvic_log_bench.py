@@ -26,8 +26,9 @@ import dvic_log  # noqa: E402  (imported from the source tree above)
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def _timed(threads: int, per_thread: int, emit: Callable[[int], None]) -> float:
-    """Seconds for `threads` threads each calling emit() per_thread times."""
+def timed_threads(threads: int, per_thread: int, emit: Callable[[int], None]) -> float:
+    """Seconds for `threads` threads each calling emit(i) per_thread times, all let go at once.
+    (bench.dvic_log_langs and bench.dvic_log_js_csharp time the libraries with it too.)"""
     barrier = threading.Barrier(threads + 1)
 
     def work() -> None:
@@ -53,28 +54,28 @@ def _logger(name: str, handler: logging.Handler) -> logging.Logger:
     return logger
 
 
+def _through_logger(name: str, handler: logging.Handler, threads: int, per_thread: int, message: str) -> float:
+    logger = _logger(name, handler)
+    try:
+        return timed_threads(threads, per_thread, lambda i: logger.info(message, i))
+    finally:
+        handler.close()
+
+
 def bench_file_handler(directory: str, threads: int, per_thread: int, message: str) -> float:
     handler = logging.FileHandler(os.path.join(directory, "plain.log"))
     handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
-    logger = _logger("bench.plain", handler)
-    try:
-        return _timed(threads, per_thread, lambda i: logger.info(message, i))
-    finally:
-        handler.close()
+    return _through_logger("bench.plain", handler, threads, per_thread, message)
 
 
 def bench_dvic_handler(directory: str, threads: int, per_thread: int, message: str) -> float:
-    handler = dvic_log.DvicLogHandler("bench", directory=directory)
-    logger = _logger("bench.dvic", handler)
-    try:
-        return _timed(threads, per_thread, lambda i: logger.info(message, i))
-    finally:
-        handler.close()
+    return _through_logger("bench.dvic", dvic_log.DvicLogHandler("bench", directory=directory), threads, per_thread,
+                           message)
 
 
 def bench_dvic_direct(directory: str, threads: int, per_thread: int, message: str) -> float:
     with dvic_log.open_log("bench-direct", directory=directory) as log:
-        return _timed(threads, per_thread, lambda i: log.info(message % i))
+        return timed_threads(threads, per_thread, lambda i: log.info(message % i))
 
 
 Bench = Callable[[str, int, int, str], float]

@@ -19,8 +19,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,28 +27,17 @@ sys.path.insert(0, str(REPO / "lib" / "python"))
 
 import dvic_log  # noqa: E402  (the source tree's)
 
+from .dvic_log_bench import timed_threads  # noqa: E402
+
 MESSAGE = ("bench record with a plain ASCII message of exactly one hundred bytes: " + "x" * 100)[:100]
 
 
 def python_rate(directory: str, records: int, threads: int) -> float:
     log = dvic_log.open_log("bench-py", directory=directory)
     per_thread = records // threads
-    barrier = threading.Barrier(threads + 1)
-
-    def work() -> None:
-        barrier.wait()
-        for _ in range(per_thread):
-            log.write("INFO", MESSAGE)
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for w in workers:
-        w.join()
+    seconds = timed_threads(threads, per_thread, lambda _: log.write("INFO", MESSAGE))
     log.close()
-    return per_thread * threads / (time.perf_counter() - started)
+    return per_thread * threads / seconds
 
 
 def program_rate(command: list[str], directory: str, records: int, threads: int) -> float:

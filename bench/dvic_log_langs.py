@@ -18,14 +18,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib" / "python"))
 
 import dvic_log  # noqa: E402  (the source tree's)
+
+from .dvic_log_bench import timed_threads  # noqa: E402
 
 MESSAGE = ("bench record with a plain ASCII message of exactly one hundred bytes: " + "x" * 100)[:100]
 
@@ -42,21 +42,7 @@ def python_rate(directory: str, records: int, threads: int, through_logging: boo
         log = dvic_log.open_log("bench-py", directory=directory)
         emit = lambda: log.write("INFO", MESSAGE)  # noqa: E731
     per_thread = records // threads
-    barrier = threading.Barrier(threads + 1)
-
-    def work() -> None:
-        barrier.wait()
-        for _ in range(per_thread):
-            emit()
-
-    workers = [threading.Thread(target=work) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for w in workers:
-        w.join()
-    return per_thread * threads / (time.perf_counter() - started)
+    return per_thread * threads / timed_threads(threads, per_thread, lambda _: emit())
 
 
 def build(source: Path, out: Path, include: Path) -> None:

@@ -9,9 +9,12 @@ import ssl
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from tests.support.server import CentralServer
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ class Fleet:
 
 class EnrollError(RuntimeError):
     pass
+
+
+async def enroll_server_fleet(server: CentralServer, work: Path, count: int, **options: Any) -> Fleet:
+    """enroll_fleet on `server`, the nodes' credentials in `work`/nodes (made here)."""
+    creds = work / "nodes"
+    creds.mkdir()
+    return await enroll_fleet(server.url, server.admin_token, server.ca_path, count, creds, **options)
 
 
 async def enroll_fleet(url: str, admin_token: str, ca_path: Path, count: int, out_dir: Path, *,

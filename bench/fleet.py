@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,19 @@ from typing import Any
 from central.cli import run_event_loop
 
 from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .enroll import enroll_fleet, save_fleet
+from .common import (
+    add_common_args,
+    add_procs,
+    add_whatif_ssl_buffer,
+    bench_server,
+    parser,
+    positive_float,
+    positive_int,
+    query_db,
+    run_bench,
+)
+from .enroll import enroll_server_fleet, save_fleet
 from .report import Report, latency_summary
-from .server import BenchServer
 from .subscriber import LatencySubscriber
 from .workers import Worker
 
@@ -33,11 +41,7 @@ TARGET_RSS_MB = 400
 
 def stored_by_node(db_path: Path) -> dict[str, tuple[int, int]]:
     """node id -> (rows, highest seq) in the server's database."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT node_id, count(*), max(seq) FROM logs GROUP BY node_id").fetchall()
-    finally:
-        conn.close()
+    rows = query_db(db_path, "SELECT node_id, count(*), max(seq) FROM logs GROUP BY node_id")
     return {node: (int(count), int(top)) for node, count, top in rows}
 
 
@@ -55,16 +59,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         "interval_s": args.interval, "batching": args.batching,
         "batch_interval_s": args.batch_interval if args.batching == "interval" else "-", "procs": args.procs,
     })
-    if args.whatif_ssl_buffer:
-        report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
-    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
+    server = bench_server(work / "central", args.whatif_ssl_buffer, report).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
     try:
-        creds = work / "nodes"
-        creds.mkdir()
-        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
-                                   prefix="sim", concurrency=args.enroll_concurrency)
+        fleet = await enroll_server_fleet(server, work, args.nodes, prefix="sim",
+                                          concurrency=args.enroll_concurrency)
         report.add("enrollment (POST /api/v1/nodes)", f"{len(fleet.nodes):,} nodes in {fleet.seconds:.1f} s "
                    f"({fleet.rate:.0f}/s, {args.enroll_concurrency} at a time)")
         fleet_file = work / "fleet.json"
@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
             for err in r.get("errors", []):
                 report.note(f"connect error: {err}")
 
-        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context())
+        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context)
         await subscriber.start()
         idle = procstat.read(server.pid)
         report.add("server RSS, all connected, idle", round(idle.rss_bytes / 1e6, 1), "MB")
@@ -207,12 +207,9 @@ def _add_results(report: Report, args: argparse.Namespace, results: list[dict[st
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.fleet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=positive_int, default=2000, help="simulated nodes (2000)")
+    p = parser("fleet", __doc__, nodes=2000, interval=True)
     p.add_argument("--lines-per-s", type=positive_float, default=5.0, help="log lines per second per node (5)")
     p.add_argument("--duration", type=positive_float, default=60.0, help="seconds of sending (60)")
-    p.add_argument("--interval", type=positive_float, default=5.0, help="metrics interval per node, seconds (5)")
     p.add_argument("--batching", choices=("daemon", "interval"), default="daemon",
                    help="how a node frames its lines: as the daemon does (at once while no frame awaits its "
                         "ack, else gathered until the ack or for 0.25 s; the default), or every --batch-interval")
@@ -220,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="--batching interval: seconds between a node's log flushes (0.2)")
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds at the start not timed for latency (default: 10%% of --duration, at most 5)")
-    p.add_argument("--procs", type=positive_int, default=2, help="load-generator processes (2)")
+    add_procs(p, 2)
     p.add_argument("--enroll-concurrency", type=positive_int, default=32, help="enrollments in flight (32)")
     p.add_argument("--connect-concurrency", type=positive_int, default=64,
                    help="TLS connects in flight per process (64)")
@@ -228,13 +225,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after sending, wait this long at most for the last acks (30 s)")
     p.add_argument("--connect-timeout", type=positive_float, default=600.0,
                    help="give up when the nodes are not all connected after this (600 s)")
-    p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
-                   help="run the server with asyncio's per-connection TLS read buffer at BYTES instead of "
-                        "256 KiB (a proposed fix, see bench/whatif_server.py); 0 = the server as is")
+    add_whatif_ssl_buffer(p)
     add_common_args(p)
     args = p.parse_args(argv)
-    if args.whatif_ssl_buffer < 0:
-        p.error("--whatif-ssl-buffer: expected 0 or a size in bytes")
     if args.procs > args.nodes:
         p.error("--procs: more processes than nodes")
     if args.warmup is None:
@@ -245,11 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with work_dir(args.work_dir, args.keep, "fleet") as work:
-        report = run_event_loop(run(args, work))  # uvloop when installed, as the server and the nodes
-    report.emit(args.json)
-    return 0
+    # uvloop when installed, as the server and the nodes
+    return run_bench(parse_args(argv), "fleet", run, run=run_event_loop)
 
 
 if __name__ == "__main__":

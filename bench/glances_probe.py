@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.support.procs import stop_process
+
 # The daemon's metrics (protocol `metrics`): CPU total and per core, load, memory, swap, disk per
 # file system, temperatures, uptime, process count, network I/O. These are the Glances plugins
 # that collect the same; every other plugin is disabled so Glances does no extra work.
@@ -78,13 +80,6 @@ class GlancesRun:
         return "\n".join(self.err_path.read_text(errors="replace").splitlines()[-10:])
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
         self.proc = None

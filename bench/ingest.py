@@ -20,11 +20,18 @@ from pathlib import Path
 from central import db, store
 
 from . import procstat
-from .common import add_common_args, positive_int, work_dir
-from .enroll import Fleet, enroll_fleet, save_fleet
+from .common import (
+    add_common_args,
+    add_whatif_ssl_buffer,
+    bench_server,
+    parser,
+    positive_int,
+    query_db,
+    run_bench,
+)
+from .enroll import Fleet, enroll_server_fleet, save_fleet
 from .loglines import batch
 from .report import Report
-from .server import BenchServer
 from .workers import Worker
 
 TARGET_RATIO = 0.5
@@ -97,11 +104,7 @@ def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base
 
 
 def count_rows(path: Path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM logs").fetchone()[0])
-    finally:
-        conn.close()
+    return int(query_db(path, "SELECT count(*) FROM logs")[0][0])
 
 
 async def run(args: argparse.Namespace, work: Path) -> Report:
@@ -111,15 +114,10 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: sustained log ingest", params={
         "nodes": args.nodes, "lines": total, "batch": args.batch, "window": args.window,
     })
-    if args.whatif_ssl_buffer:
-        report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
-    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer).start()
+    server = bench_server(work / "central", args.whatif_ssl_buffer, report).start()
     worker: Worker | None = None
     try:
-        creds = work / "nodes"
-        creds.mkdir()
-        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
-                                   prefix="ingest")
+        fleet = await enroll_server_fleet(server, work, args.nodes, prefix="ingest")
         fleet_file = work / "fleet.json"
         save_fleet(fleet, fleet_file)
 
@@ -198,9 +196,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.ingest", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=positive_int, default=4, help="simulated nodes sending at once (default 4)")
+    p = parser("ingest", __doc__, nodes=4, nodes_are="simulated nodes sending at once")
     p.add_argument("--lines", type=positive_int, default=1_000_000, help="total lines (default 1,000,000)")
     p.add_argument("--batch", type=positive_int, default=500, help="lines per batch (protocol max 500)")
     p.add_argument("--window", type=positive_int, default=4, help="unacknowledged batches per node (default 4)")
@@ -208,8 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also time direct inserts with as many batches per commit as the server can group")
     p.add_argument("--fts-whatif", action="store_true",
                    help="also time direct inserts that fill the full-text index per commit instead of per row")
-    p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
-                   help="run the server with asyncio's per-connection TLS read buffer at BYTES (0: as is)")
+    add_whatif_ssl_buffer(p)
     p.add_argument("--timeout", type=float, default=600.0, help="give up on the server phase after this")
     add_common_args(p)
     args = p.parse_args(argv)
@@ -219,11 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    with work_dir(args.work_dir, args.keep, "ingest") as work:
-        report = asyncio.run(run(args, work))
-    report.emit(args.json)
-    return 0
+    return run_bench(parse_args(argv), "ingest", run)
 
 
 if __name__ == "__main__":

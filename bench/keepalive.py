@@ -14,7 +14,6 @@ import asyncio
 import json
 import re
 import shutil
-import sqlite3
 import ssl
 import subprocess
 from pathlib import Path
@@ -22,11 +21,10 @@ from typing import Any
 
 import aiohttp
 
-from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .enroll import enroll_fleet
+from . import common, procstat
+from .common import add_common_args, positive_float, positive_int
+from .enroll import enroll_server_fleet
 from .report import Report
-from .server import BenchServer
 from .workers import Worker
 
 TARGET_RPS = 5_000
@@ -126,11 +124,7 @@ async def run_python(url: str, ca: Path, tokens_file: Path, work: Path, conns: i
 
 
 def stored_keepalives(db_path: Path) -> int:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM metrics_raw WHERE name = 'rssi'").fetchone()[0])
-    finally:
-        conn.close()
+    return int(common.query_db(db_path, "SELECT count(*) FROM metrics_raw WHERE name = 'rssi'")[0][0])
 
 
 def pick_clients(choice: str) -> list[str]:
@@ -149,21 +143,16 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: keep-alives", params={
         "conns": args.conns, "duration_s": args.duration, "nodes": args.nodes, "clients": "+".join(clients),
     })
-    if args.whatif_ssl_buffer:
-        report.params["WHAT-IF asyncio TLS read buffer"] = args.whatif_ssl_buffer
     # Every simulated board connects from 127.0.0.1: lift the per-address bound above them
     # (a real lab's boards have their own addresses, or share a NAT: docs/operations.md).
-    server = BenchServer(work / "central", ssl_read_buffer=args.whatif_ssl_buffer,
-                         # A 1 ms interval (the shortest the limits honour) allows each board 2,000 keep-alives/s: the
-                         # bench's few boards stand for a fleet thousands of times larger.
-                         extra_args=("--max-connections-per-address", str(args.conns + 64),
-                                     "--interval", "0.001", "--offline-after", "3600")).start()
+    # A 1 ms interval (the shortest the limits honour) allows each board 2,000 keep-alives/s: the
+    # bench's few boards stand for a fleet thousands of times larger.
+    server = common.bench_server(work / "central", args.whatif_ssl_buffer, report, interval=0.001,
+                                 offline_after=3600,
+                                 extra_args=("--max-connections-per-address", str(args.conns + 64))).start()
     completed = 0
     try:
-        creds = work / "nodes"
-        creds.mkdir()
-        fleet = await enroll_fleet(server.url, server.admin_token, server.ca_path, args.nodes, creds,
-                                   prefix="esp")
+        fleet = await enroll_server_fleet(server, work, args.nodes, prefix="esp")
         tokens = [n.token for n in fleet.nodes]
         tokens_file = work / "tokens.json"
         tokens_file.write_text(json.dumps(tokens))
@@ -212,21 +201,16 @@ def _add_result(report: Report, client: str, r: dict[str, Any], before: procstat
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.keepalive", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.parser("keepalive", __doc__, nodes=100, nodes_are="enrolled boards whose tokens are used")
     p.add_argument("--conns", type=positive_int, default=256, help="concurrent keep-alive connections (256)")
     p.add_argument("--duration", type=positive_float, default=15.0, help="seconds of load per client (15)")
-    p.add_argument("--nodes", type=positive_int, default=100, help="enrolled boards whose tokens are used (100)")
     p.add_argument("--client", choices=("auto", "wrk", "python", "both"), default="auto",
                    help="load generator: wrk if installed (auto), wrk, python, or both in turn")
     p.add_argument("--threads", type=positive_int, default=1, help="wrk threads (1: leave a core to the server)")
-    p.add_argument("--procs", type=positive_int, default=1, help="Python load processes (1)")
-    p.add_argument("--whatif-ssl-buffer", type=int, default=0, metavar="BYTES",
-                   help="run the server with asyncio's per-connection TLS read buffer at BYTES (0: as is)")
+    common.add_procs(p, 1, "Python load processes")
+    common.add_whatif_ssl_buffer(p)
     add_common_args(p)
     args = p.parse_args(argv)
-    if args.whatif_ssl_buffer < 0:
-        p.error("--whatif-ssl-buffer: expected 0 or a size in bytes")
     if args.procs > args.conns:
         p.error("--procs: more processes than connections")
     return args
@@ -234,12 +218,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    clients = pick_clients(args.client)  # refuse a missing wrk before starting anything
-    del clients
-    with work_dir(args.work_dir, args.keep, "keepalive") as work:
-        report = asyncio.run(run(args, work))
-    report.emit(args.json)
-    return 0
+    pick_clients(args.client)  # refuse a missing wrk before starting anything
+    return common.run_bench(args, "keepalive", run)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,10 @@ file, the daemon's read (woken by inotify), its spool, the websocket, the server
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
-from .common import positive_float, positive_int
-from .daemon_rig import NodeRig
-from .daemon_stream import add_stream_args, finish_report, run_bench, run_stream
+from .daemon_stream import finish_report, stream_main, stream_on_a_rig
 from .report import Report, latency_summary
 
 TARGET_P99_S = 1.0
@@ -31,16 +28,8 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
         "demos": args.demos, "rate_per_demo": args.rate, "duration_s": args.duration,
         "lines": per_demo * args.demos, "python": args.python,
     })
-    if args.whatif_coalesce is not None:
-        report.params["WHAT-IF daemon COALESCE_S"] = args.whatif_coalesce
-    rig = NodeRig(work, python=args.python, poll_interval=args.poll_interval, coalesce=args.whatif_coalesce)
-    try:
-        await asyncio.to_thread(rig.start_server)
-        await asyncio.to_thread(rig.start_daemon)
-        result = await run_stream(rig, [f"lat-{i:02d}" for i in range(args.demos)], per_demo, args.rate,
-                                  args.drain_timeout)
-    finally:
-        await asyncio.to_thread(rig.close)
+    result = await stream_on_a_rig(args, work, report, [f"lat-{i:02d}" for i in range(args.demos)], per_demo,
+                                   args.rate)
 
     lat = latency_summary(result.latencies)
     report.add("lines written / timed on the stream", f"{result.written:,} / {len(result.latencies):,}",
@@ -58,18 +47,7 @@ async def measure(args: argparse.Namespace, work: Path) -> Report:
     return finish_report(report, result)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m bench.line_latency", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demos", type=positive_int, default=2, help="demo processes (one file each)")
-    p.add_argument("--rate", type=positive_float, default=10.0, help="lines per second per demo")
-    p.add_argument("--duration", type=positive_float, default=30.0, help="seconds of writing")
-    add_stream_args(p, drain_timeout=30.0)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_bench(parse_args(argv), "line_latency", "latency", measure)
+main = stream_main("line_latency", __doc__, measure, demos=2, rate=10.0, rate_is="per demo", drain_timeout=30.0)
 
 
 if __name__ == "__main__":

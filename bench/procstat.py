@@ -89,34 +89,35 @@ def _thread_cpu(pid: int, tid: int) -> float:
         return 0.0
 
 
+def _share(before: ProcSample, after: ProcSample, seconds: str) -> float:
+    """How much of the wall time between two samples the `seconds` counter grew, in percent."""
+    wall = after.at - before.at
+    return 100.0 * (getattr(after, seconds) - getattr(before, seconds)) / wall if wall > 0 else 0.0
+
+
 def cpu_percent(before: ProcSample, after: ProcSample) -> float:
     """Average CPU use between two samples, in percent of one core (200 = both cores of this machine)."""
-    wall = after.at - before.at
-    return 100.0 * (after.cpu_s - before.cpu_s) / wall if wall > 0 else 0.0
+    return _share(before, after, "cpu_s")
 
 
 def main_wait_percent(before: ProcSample, after: ProcSample) -> float:
     """Share of the wall time the event loop was runnable but had no CPU (machine oversubscribed)."""
-    wall = after.at - before.at
-    return 100.0 * (after.main_wait_s - before.main_wait_s) / wall if wall > 0 else 0.0
+    return _share(before, after, "main_wait_s")
 
 
 def machine_stall_percent(before: ProcSample, after: ProcSample) -> float:
     """Share of the wall time in which some task on the machine waited for a CPU (any process)."""
-    wall = after.at - before.at
-    return 100.0 * (after.machine_stall_s - before.machine_stall_s) / wall if wall > 0 else 0.0
+    return _share(before, after, "machine_stall_s")
 
 
 def all_wait_percent(before: ProcSample, after: ProcSample) -> float:
     """Run-queue wait of all the process's threads, in percent of the wall time (may exceed 100)."""
-    wall = after.at - before.at
-    return 100.0 * (after.all_wait_s - before.all_wait_s) / wall if wall > 0 else 0.0
+    return _share(before, after, "all_wait_s")
 
 
 def main_thread_percent(before: ProcSample, after: ProcSample) -> float:
     """Like cpu_percent, for the main thread only: near 100 means the event loop is the limit."""
-    wall = after.at - before.at
-    return 100.0 * (after.main_cpu_s - before.main_cpu_s) / wall if wall > 0 else 0.0
+    return _share(before, after, "main_cpu_s")
 
 
 def _kib(value: str) -> int:

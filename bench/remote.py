@@ -1,6 +1,6 @@
 """Remote-control benchmarks: `dvic run` round trip, shell keystroke-to-echo, `run --all` on N daemons.
 
-Everything is a real process on 127.0.0.1: dvic-central (bench/server.py), node daemons
+Everything is a real process on 127.0.0.1: dvic-central and node daemons (tests/support)
 (node_script/dvic_node.py, each with its own enrolled bundle, state dir and log dir) and, for the
 CLI figures, `dvic run` itself: the console script next to the interpreter (`.venv/bin/dvic`), a
 fresh process each time, as an operator types it. Its bytecode is cached (in the work dir, not the
@@ -37,14 +37,15 @@ from typing import Any
 import aiohttp
 
 from dvic_core.constants import RUN_FINAL
+from tests.support.daemon import Fleet
+from tests.support.server import REPO, CentralServer
 from tui.api import calls
 from tui.api.aio import AsyncClient
 from tui.api.config import Settings
 
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .daemon_rig import NODE_SCRIPT, REPO, NodeRig, RigError, enroll
+from .common import add_common_args, bench_server, positive_float, positive_int, work_dir
+from .daemon_rig import NodeRig, RigError, enroll
 from .procstat import machine_cpu_stall_s
-from .server import BenchServer
 
 ECHO_TIMEOUT = 5.0  # one keystroke's echo; far above any plausible figure, only guards a hang
 # Issue 4: `dvic run NODE -- true` round trip on loopback, in ms.
@@ -103,7 +104,7 @@ def verdict(stats: dict[str, float]) -> str:
     return f"{'PASS' if ok else 'FAIL'} (target p50 < {RUN_TARGET_P50_MS:.0f} ms, p99 < {RUN_TARGET_P99_MS:.0f} ms)"
 
 
-def settings_of(server: BenchServer) -> Settings:
+def settings_of(server: CentralServer) -> Settings:
     return Settings(server=server.url, token=server.admin_token, ca=str(server.ca_path))
 
 
@@ -115,7 +116,7 @@ def dvic_command() -> list[str]:
     return [str(script)]
 
 
-def cli_env(server: BenchServer, pycache: Path) -> dict[str, str]:
+def cli_env(server: CentralServer, pycache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {**env, "DVIC_SERVER": server.url, "DVIC_TOKEN": server.admin_token, "DVIC_CA": str(server.ca_path),
             "PYTHONPYCACHEPREFIX": str(pycache)}
@@ -156,7 +157,7 @@ async def run_to_end(api: AsyncClient, targets: dict[str, Any], argv: list[str])
     return list(runs.values()), elapsed
 
 
-async def api_round_trips(server: BenchServer, node: str, count: int) -> list[float]:
+async def api_round_trips(server: CentralServer, node: str, count: int) -> list[float]:
     samples: list[float] = []
     async with AsyncClient(settings_of(server)) as api:
         await run_to_end(api, {"nodes": [node]}, ["true"])  # warm-up: TLS session, imports on the node
@@ -168,7 +169,7 @@ async def api_round_trips(server: BenchServer, node: str, count: int) -> list[fl
     return samples
 
 
-def cli_round_trips(server: BenchServer, node: str, count: int, pycache: Path, also: str | None,
+def cli_round_trips(server: CentralServer, node: str, count: int, pycache: Path, also: str | None,
                     figures: Figures) -> None:
     """`dvic run NODE -- true` as a fresh process each time, plus its start-up shares: a bare
     `python3 -c pass`, then `python3 -c 'import tui.cli, tui.cmds.run'` (the run path's imports).
@@ -216,7 +217,7 @@ KEYS: list[tuple[bytes, bytes]] = [(b"x", b"x"), (b"\x7f", b"\x08")]
 READY = b"printf 'RE%sDY\\n' A\n"  # the output says READY; the echoed input does not
 
 
-async def remote_echo(server: BenchServer, node: str, count: int) -> list[float]:
+async def remote_echo(server: CentralServer, node: str, count: int) -> list[float]:
     samples: list[float] = []
     async with AsyncClient(settings_of(server)) as api:
         ws = await api.shell(node, 80, 24)
@@ -318,58 +319,14 @@ def local_echo(shell: str, count: int) -> list[float]:
 
 
 # -- 3. run --all on N daemons ------------------------------------------------------------------
-class Fleet:
-    """N dvic_node.py subprocesses, each in its own process group; `stop()` leaves none behind."""
-
-    def __init__(self, root: Path, python: str) -> None:
-        self.root = root
-        self.python = python
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, bundles: list[Path]) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the daemon is standard library only
-        for bundle in bundles:
-            home = bundle.parent
-            (home / "logs").mkdir(mode=0o755, exist_ok=True)
-            args = [self.python, str(NODE_SCRIPT), "--config", str(bundle), "--state-dir", str(home / "state"),
-                    "--log-dir", str(home / "logs"), "--system-log", "none", "--docker-socket", "none"]
-            with open(home / "daemon.log", "ab") as log:
-                self.procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                   cwd=home, start_new_session=True))
-
-    def dead(self) -> list[int]:
-        return [p.pid for p in self.procs if p.poll() is not None]
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every group and wait (bounded); then SIGKILL every group, whatever is left in it."""
-        self._signal_groups(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        # also reaches a command or shell a daemon left behind in its group after the daemon exited
-        self._signal_groups(signal.SIGKILL)
-        for proc in self.procs:
-            proc.wait(timeout=timeout)
-
-    def _signal_groups(self, sig: signal.Signals) -> None:
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass  # the whole group is gone already
-
-
 async def connected_count(api: AsyncClient) -> int:
     return sum(1 for n in await api.send(calls.nodes()) if n.get("connected"))
 
 
 async def fleet_phase(root: Path, count: int, repeats: int, python: str, online_timeout: float,
                       pycache: Path, figures: Figures) -> None:
-    server = BenchServer(root / "central")
-    fleet = Fleet(root, python)
+    server = bench_server(root / "central")
+    fleet = Fleet(python, how="source", timings=())  # N daemons, each in its own process group
     try:
         server.start()
         bundles = []

@@ -32,7 +32,7 @@ from central.services import trim_expired
 from central.store import FtsIndexer
 from central.writer import LogsDone, Writer
 
-from .common import add_common_args, positive_float, positive_int, work_dir
+from .common import add_common_args, parser, positive_float, positive_int, run_bench
 from .report import Report, latency_summary
 
 NODES = 2000
@@ -186,34 +186,36 @@ async def server_pass(path: Path, now: float, ingest_rate: int, slice_s: float, 
                    f"{s['p50'] * 1000:.1f} / {s['p99'] * 1000:.1f} / {s['max'] * 1000:.1f}", "ms")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=positive_int, default=500_000,
-                        help="expired log lines, and as many expired samples (500000)")
-    parser.add_argument("--ingest", type=positive_int, default=10_000,
-                        help="log lines/s arriving during the server pass (10000: the fleet target)")
-    parser.add_argument("--slice-ms", type=positive_int, default=25, help="writer time per retention slice (25)")
-    parser.add_argument("--calm", type=positive_float, default=5.0,
-                        help="seconds of ingest alone before the pass, to time the urgent write without it (5)")
-    add_common_args(parser)
-    args = parser.parse_args()
+def measure(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: retention", params={
         "expired rows": f"{args.rows:,} log lines + {args.rows:,} samples", "ingest": args.ingest,
         "slice_ms": args.slice_ms, "nodes": NODES,
     })
-    with work_dir(args.work_dir, args.keep, "retention") as work:
-        now = time.time()
-        source = work / "source.sqlite3"
-        started = time.perf_counter()
-        fill(source, args.rows, now)
-        report.note(f"database built in {time.perf_counter() - started:.0f} s")
-        for table, rate in statement_rates(copy_db(source, work / "statements.sqlite3"), now).items():
-            report.add(f"statements: {table}", rate, "rows/s")
-        for mode in ("polite", "catch-up"):
-            asyncio.run(server_pass(copy_db(source, work / f"{mode}.sqlite3"), now, args.ingest,
-                                    args.slice_ms / 1000, args.calm, mode, report))
-    report.emit(args.json)
+    now = time.time()
+    source = work / "source.sqlite3"
+    started = time.perf_counter()
+    fill(source, args.rows, now)
+    report.note(f"database built in {time.perf_counter() - started:.0f} s")
+    for table, rate in statement_rates(copy_db(source, work / "statements.sqlite3"), now).items():
+        report.add(f"statements: {table}", rate, "rows/s")
+    for mode in ("polite", "catch-up"):
+        asyncio.run(server_pass(copy_db(source, work / f"{mode}.sqlite3"), now, args.ingest,
+                                args.slice_ms / 1000, args.calm, mode, report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("retention", __doc__)
+    p.add_argument("--rows", type=positive_int, default=500_000,
+                   help="expired log lines, and as many expired samples (500000)")
+    p.add_argument("--ingest", type=positive_int, default=10_000,
+                   help="log lines/s arriving during the server pass (10000: the fleet target)")
+    p.add_argument("--slice-ms", type=positive_int, default=25, help="writer time per retention slice (25)")
+    p.add_argument("--calm", type=positive_float, default=5.0,
+                   help="seconds of ingest alone before the pass, to time the urgent write without it (5)")
+    add_common_args(p)
+    return run_bench(p.parse_args(argv), "retention", measure, run=None)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .server import REPO
+from tests.support.server import REPO
 
 
 class WorkerError(RuntimeError):

@@ -7,6 +7,7 @@ import asyncio
 import asyncio.sslproto
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ def build_config(args: argparse.Namespace) -> Config:
         self_register=args.self_register, register_per_address=args.register_per_address,
         register_total=args.register_total, access_log=args.access_log,
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
+        alerts_interval=args.alerts_interval, alerts_reminder=args.alerts_reminder,
+        metrics_allow=tuple(args.metrics_allow or ()),
         notify=Notify(
             group_window=args.notify_group_window, group_quiet=args.notify_group_quiet,
             max_lines=args.notify_max_lines, attempts=args.notify_attempts, backoff=args.notify_backoff,
@@ -99,6 +102,14 @@ def _byte_size(text: str) -> int:
     if not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"expected a size such as 1048576, 512K or 32M, got {text!r}")
     return int(number) * _SIZE_UNITS[unit]
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an address or network such as 10.0.0.5 or 10.0.0.0/24, "
+                                         f"got {text!r}") from None
 
 
 def _url_host(host: str) -> str:
@@ -274,6 +285,15 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-client-bytes", type=_byte_size, default=Config.max_client_bytes, metavar="SIZE",
                    help=f"live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
                         f" (default {Config.max_client_bytes >> 20}M)")
+    p.add_argument("--alerts-interval", type=_positive_seconds, default=Config.alerts_interval, metavar="S",
+                   help=f"seconds between alert evaluation passes over every node; events (a node going"
+                        f" offline, a demo crash-looping) are evaluated at once (default {Config.alerts_interval:g})")
+    p.add_argument("--alerts-reminder", type=_positive_seconds, default=Config.alerts_reminder, metavar="S",
+                   help=f"seconds between reminders of an alert still firing unacknowledged"
+                        f" (default {Config.alerts_reminder:g})")
+    p.add_argument("--metrics-allow", type=_network, action="append", metavar="CIDR",
+                   help="a client network that may read GET /metrics without a token, e.g. the Prometheus"
+                        " server's 10.0.0.5/32 (repeatable; otherwise a viewer's token is needed)")
     limits = ConnectionLimits()
     p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
                    help=f"seconds for the TLS handshake, then for the first request's head, before a"

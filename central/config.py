@@ -87,6 +87,12 @@ class Config:
     # The access log: "on" (every request; node keep-alives counted per minute), "all", or "off".
     access_log: str = "on"
 
+    # Alerts (docs/alerts.md): seconds between evaluation passes over every node, and between
+    # reminders of an alert still firing unacknowledged.
+    alerts_interval: float = 10.0
+    alerts_reminder: float = 3600.0
+    # Client networks that may read GET /metrics without a token (a Prometheus server), as CIDRs.
+    metrics_allow: tuple[str, ...] = ()
     notify: Notify = field(default_factory=Notify)
 
     # Demos kept per node, and how long an exited one is kept (docs/operations.md).

@@ -217,7 +217,64 @@ MIGRATIONS: list[str] = [
     CREATE INDEX metrics_1m_bucket ON metrics_1m (bucket);
     CREATE INDEX events_ts ON events (ts);
     """,
-    # 7: notifications (issue 15, delivery half; docs/alerts.md "Notifications"): channels (their
+    # 7: alerts (issue 15, rules half): operator rules and stock-rule tuning, alerts with their
+    # lifecycle (one open alert per rule and subject: the partial unique index), each alert's history,
+    # and silences (central/alerts/).
+    """
+    CREATE TABLE alert_rules (
+        name TEXT PRIMARY KEY,
+        stock INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        node_id TEXT,
+        node TEXT,
+        grp TEXT,
+        kind TEXT,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        started REAL NOT NULL,
+        resolved REAL,
+        acked_by TEXT,
+        acked_at REAL,
+        ack_note TEXT,
+        notified INTEGER NOT NULL DEFAULT 0,
+        last_notice REAL
+    );
+    CREATE UNIQUE INDEX alerts_open ON alerts (rule, subject) WHERE state != 'resolved';
+    CREATE INDEX alerts_started ON alerts (started);
+    CREATE TABLE alert_events (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        what TEXT NOT NULL,
+        who TEXT NOT NULL DEFAULT '',
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX alert_events_alert ON alert_events (alert_id, id);
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY,
+        grp TEXT,
+        node TEXT,
+        rule TEXT,
+        severity TEXT,
+        starts REAL NOT NULL,
+        ends REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        removed_at REAL,
+        removed_by TEXT
+    );
+    CREATE INDEX silences_ends ON silences (ends);
+    """,
+    # 8: notifications (issue 15, delivery half; docs/alerts.md "Notifications"): channels (their
     # secrets in a column no read for the API selects), routes from (group, minimum severity) to a
     # channel, and the delivery queue: one row per grouped message and channel, written before it
     # is tried, with the notices it lists.

@@ -297,7 +297,10 @@ class NodeSession:
     @node_message("demo_status")
     async def _supervised_demo(self, msg: dict[str, Any]) -> None:
         """A supervised demo's install or run state (issue 14): checked by its schema, then kept
-        nowhere yet; the server's deployments (which push demos_desired) will take these over."""
+        nowhere yet; the server's deployments (which push demos_desired) will take these over.
+        A run state tells the alert engine (crash loop, cannot start, healthy again)."""
+        if msg["type"] == "demo_status":
+            self.services.alerts.on_demo_status(self.node, msg)
 
     async def _allowed(self, kind: str) -> bool:
         """Within the node's limits for `kind`? If not, the frame is dropped (and counted)."""
@@ -395,6 +398,7 @@ class NodeSession:
         if not fresh:
             return
         node.published_seq = max(line["seq"] for line in fresh)
+        self.services.alerts.observe_logs(node, fresh)
         bus = self.services.bus
         if bus.wants_logs(node.id):
             node_id, name = node.id, node.name

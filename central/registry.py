@@ -52,6 +52,8 @@ class NodeState:
     daemon_version: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     sample: dict[str, Any] = field(default_factory=dict)
+    # The node's clock minus the server's when its latest metrics sample arrived (seconds).
+    clock_skew: float | None = None
     demos: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Server time of each demo's latest message: what forgetting and eviction go by.
     demo_seen: dict[str, float] = field(default_factory=dict)
@@ -116,6 +118,8 @@ class Registry:
         self._by_name: dict[str, NodeState] = {}
         self._by_fp: dict[str, NodeState] = {}
         self._by_token: dict[str, NodeState] = {}
+        # Called with every event stored (state changes, the node's own events): the alert engine.
+        self.event_observers: list[Callable[[NodeState | None, str, dict[str, Any]], None]] = []
 
     # -- loading and lookups -------------------------------------------------------------------
     def load(self, rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> None:
@@ -191,6 +195,8 @@ class Registry:
         ts = time.time() if now is None else now
         node_id = node.id if node else ""
         event_id = int(await self.writer.submit(store.after(also, store.insert_event(ts, node_id, kind, message, data))))
+        for observe in self.event_observers:
+            observe(node, kind, data)
         self.bus.publish({"type": "event", "event": {
             "id": event_id, "ts": ts, "node": node_id, "node_name": node.name if node else None,
             "kind": kind, "message": message, "data": data,
@@ -297,6 +303,8 @@ class Registry:
 
     # -- data from the node --------------------------------------------------------------------
     def set_metrics(self, node: NodeState, sample: dict[str, Any], series: dict[str, float]) -> None:
+        if sample is not node.sample and isinstance(sample.get("ts"), (int, float)):
+            node.clock_skew = sample["ts"] - time.time()  # a keep-alive passes the old sample: no news
         node.sample = sample
         node.metrics.update(series)
         self.publish_soon(node)

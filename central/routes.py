@@ -12,6 +12,7 @@ The OpenAPI document (openapi.py) is built from the same schemas.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from aiohttp import web
@@ -71,8 +72,23 @@ async def parse_params(request: web.Request, spec: RouteSpec) -> dict[str, Any]:
         if not isinstance(body, dict) and spec.body.expects is None:
             # (a body whose schema says what it expects instead, the keep-alive's, answers bad_field)
             raise ApiError(400, "bad_json", "body must be a JSON object")
+        if spec.role != NODE and isinstance(body, dict):
+            _refuse_unknown_fields(body, spec.body.fields)
         parsed.update(_checked(spec.body.parse, body, "bad_field"))
     return parsed
+
+
+def _refuse_unknown_fields(body: dict[str, Any], declared: dict[str, Any]) -> None:
+    """An operator's misspelled field would otherwise be dropped in silence (`expires` for
+    `expires_in` issued a token that never expires). Node messages stay lenient: a newer daemon
+    may send more."""
+    unknown = sorted(set(body) - set(declared))
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], list(declared), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else (
+        f" (this request takes {', '.join(sorted(declared))})" if declared else " (this request takes none)")
+    raise ApiError(400, "unknown_field", f"unknown field {unknown[0]!r}{hint}")
 
 
 def _checked(parse: Any, value: Any, default_code: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dvic_core.files import write_private
 from . import db, store
 from .actions import ActionHub
 from .alerts.dispatcher import Dispatcher
+from .alerts.engine import AlertEngine
 from .bus import Bus
 from .commands import CommandHub
 from .config import Config, Retention
@@ -52,6 +53,7 @@ class Services:
     tunnels: TunnelHub
     actions: ActionHub
     release: ReleaseStore
+    alerts: AlertEngine
     # The alert engine's NoticeSink: routes, groups and delivers notifications (started by services_ctx).
     notices: Dispatcher
     started_at: float = field(default_factory=time.time)
@@ -85,16 +87,28 @@ async def open_services(config: Config) -> Services:
     registry = Registry(writer, bus, config.offline_after, config.interval,
                         max_demos=config.max_demos, forget_demos_after=config.forget_demos_after)
     registry.load(await queries.nodes(), await queries.demos())
+    release = ReleaseStore(config.data_dir)
+    # The engine's notices go to the notification dispatcher (routes, grouping, the delivery queue).
+    notices = Dispatcher(writer, read_db, config.notify)
+    alerts = AlertEngine(writer, registry, bus, interval=config.alerts_interval, reminder_s=config.alerts_reminder,
+                         history_s=config.retention.events_s, release=lambda: _release_version(release),
+                         sink=notices)
     services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        ActionHub(writer, registry), ReleaseStore(config.data_dir),
-                        Dispatcher(writer, read_db, config.notify))
+                        ActionHub(writer, registry), release, alerts, notices)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
+    await alerts.load(read_db)
+    registry.event_observers.append(alerts.on_event)
     return services
+
+
+def _release_version(release: ReleaseStore) -> str | None:
+    current = release.current()
+    return current.version if current is not None else None
 
 
 async def close_services(services: Services) -> None:
@@ -215,6 +229,7 @@ def services_ctx(config: Config) -> Any:
         await services.notices.start()
         services.tasks.append(asyncio.create_task(_sweeper(services), name="dvic-sweeper"))
         services.tasks.append(asyncio.create_task(_retention(services), name="dvic-retention"))
+        services.tasks.append(asyncio.create_task(services.alerts.run(), name="dvic-alerts"))
         app[SERVICES] = services
         yield
         await close_services(services)

@@ -41,7 +41,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         sub.hang_up = transport.abort
     # Every frame to the client goes through its queue and `_pump`, so what it has not read is
     # counted against its budget and a client that stops reading never blocks this task.
-    sub.offer(encode_frame({"type": "hello", "nodes": [n.summary() for n in services.registry.all()]}))
+    sub.offer(encode_frame({"type": "hello", "nodes": [n.summary() for n in services.registry.all()],
+                            "alerts": services.alerts.counts()}))
     sender = asyncio.create_task(_pump(ws, sub))
     try:
         async for msg in ws:

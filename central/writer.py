@@ -73,6 +73,11 @@ class Writer:
         self._thread_id: int | None = None
         self.commits = 0
         self.ops = 0
+        # For GET /metrics (docs/alerts.md): log lines and metric samples taken, and how long the
+        # last commit took (with the lines and rows waiting, the writer's lag).
+        self.log_rows_total = 0
+        self.metric_samples_total = 0
+        self.last_commit_s = 0.0
         self._background: set[asyncio.Future[Any]] = set()
         self._metrics: list[tuple[str, str, float, float]] = []
         self._logs: list[_LogBatch] = []
@@ -90,6 +95,11 @@ class Writer:
     def _open(self) -> None:
         self._conn = connect_writer(self.path)
         self._thread_id = threading.get_ident()
+
+    @property
+    def queued(self) -> tuple[int, int]:
+        """(writes waiting for a commit, log lines waiting for a commit)."""
+        return self._queue.qsize(), self._log_rows_pending
 
     @property
     def holding_back(self) -> bool:
@@ -142,6 +152,7 @@ class Writer:
         if not series:
             return
         first = not self._metrics
+        self.metric_samples_total += len(series)
         self._metrics.extend((node_id, name, ts, value) for name, value in series.items())
         if first:
             self.submit_later(_nothing)  # make sure a commit comes soon, even if nothing else is queued
@@ -179,6 +190,7 @@ class Writer:
         first = not self._logs
         self._logs.append(batch)
         self._log_rows_pending += len(batch.rows)
+        self.log_rows_total += len(batch.rows)
         if first:
             self.submit_later(_nothing)  # make sure a commit comes soon
 
@@ -232,6 +244,7 @@ class Writer:
                 self._log_rows_pending = 0
                 self._logs_taken.set()
                 fns.insert(0, _insert_log_batches(logs))
+            commit_started = time.monotonic()
             try:
                 results = await loop.run_in_executor(self._executor, self._apply, fns)
             except StorageError as exc:
@@ -259,6 +272,7 @@ class Writer:
             # batches, told over several loop turns, after them.
             await _settle_log_batches(logs, logs_failure)
             last_commit = time.monotonic()
+            self.last_commit_s = last_commit - commit_started
 
     async def _hold_back(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
         """Waits `seconds`, or less if an urgent write comes or the writer closes."""

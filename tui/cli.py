@@ -41,12 +41,13 @@ COMMAND_MODULES: dict[str, str] = {
     "shell": "shell", "sessions": "shell", "replay": "shell",
     **{name: "actions" for name in ("reboot", "action", "actions", "maintenance", "update")},
     "release": "release",
+    **{name: "alerts" for name in ("alerts", "alert", "silence", "rule")},
     "add-node": "installer", "remove-node": "installer",
     "channel": "notify", "route": "notify", "notifications": "notify",
 }
 # The modules in the order `dvic --help` lists their commands.
 MODULES = ("console", "login", "fleet", "history", "operators", "run", "commands", "shell", "actions", "release",
-           "installer", "notify")
+           "alerts", "installer", "notify")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:

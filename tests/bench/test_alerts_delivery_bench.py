@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bench.test_bench_smoke import run_bench
+from tests.bench.benchkit import run_bench
 
 
 def test_alerts_delivery_smoke(tmp_path: Path) -> None:

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_bench(module: str, tmp_path: Path, *args: str, timeout: float = 90) -> dict[str, Any]:
-    out = tmp_path / "figures.json"
-    result = subprocess.run([sys.executable, "-m", module, *args, "--json", str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    doc = json.loads(out.read_text())
-    assert doc["figures"], doc
-    return doc
+from tests.bench.benchkit import REPO, run_bench
 
 
 @pytest.mark.parametrize("whatif", [[], ["--whatif-ssl-buffer", "16384"]], ids=["as-is", "whatif"])

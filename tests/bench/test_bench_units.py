@@ -134,15 +134,18 @@ print(conn.execute("SELECT count(*) FROM logs").fetchone()[0],
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    from bench.server import BenchServer, ServerError
+    from bench.common import bench_server
+    from tests.support.server import ServerError
 
     not_a_dir = tmp_path / "data"
     not_a_dir.write_text("a file where the data dir should be")
     with pytest.raises(ServerError, match="exists and is not a directory"):
-        BenchServer(not_a_dir).start(timeout=30)
+        bench_server(not_a_dir).start(timeout=30)
     assert not_a_dir.read_text() == "a file where the data dir should be"
     with pytest.raises(ServerError, match=r"exited with 2:(.|\n)*--interval"):
-        BenchServer(tmp_path / "central", extra_args=("--interval", "soon")).start(timeout=30)
+        bench_server(tmp_path / "central", extra_args=("--interval", "soon")).start(timeout=30)
+    with pytest.raises(ServerError, match=r"exited with 2:(.|\n)*--interval"):  # the what-if server too
+        bench_server(tmp_path / "whatif", 16384, extra_args=("--interval", "soon")).start(timeout=30)
 
 
 async def test_a_worker_that_dies_early_is_reported_with_its_log(tmp_path: Path) -> None:

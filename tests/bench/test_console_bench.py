@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchkit import REPO, measured, run_bench
 
 
 def test_console_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.console", "--nodes", "6", "--interval", "1", "--settle", "1.5",
-         "--measure", "1", "--keys", "3", "--key-gap", "0.1", "--procs", "1", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    figures = json.loads(out.read_text())["figures"]
+    figures = run_bench("bench.console", tmp_path, "--nodes", "6", "--interval", "1", "--settle", "1.5",
+                        "--measure", "1", "--keys", "3", "--key-gap", "0.1", "--procs", "1", timeout=120)["figures"]
     assert figures["simulated nodes connected"]["value"] == "6 of 6"
     assert figures["start-up to the first paint of the fleet with rows"]["value"] > 0, figures
     # CPU is read in clock ticks (10 ms): six quiet nodes for one second may cost less than one.
-    assert figures["console CPU, following the live fleet"]["value"] >= 0, figures
+    measured(figures, "console CPU, following the live fleet", "% of one core")
+    assert measured(figures, "console RSS", "MB") > 1  # sampled from the running console
     assert figures["  key presses timed"]["value"] == 3, figures
     # The console really drew on its terminal. (While following, a small quiet fleet may change
     # so few cells that the rate rounds to 0 KiB/s: cells are repainted only when they change.)
     assert figures["  terminal output before that (start-up, first paints)"]["value"] > 0
-    assert figures["terminal output"]["value"] >= 0
+    measured(figures, "terminal output", "KiB/s")
 
 
 def test_console_bench_rejects_bad_options() -> None:

@@ -11,23 +11,13 @@ from pathlib import Path
 import pytest
 
 from bench.remote import percentiles
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.benchkit import REPO
+from tests.support.procs import pids_where
 
 
 def daemons_under(path: Path) -> list[int]:
     """Pids of processes whose command line names a file under `path` (the fleet's bundles)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if str(path).encode() in cmdline and b"dvic_node.py" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return pids_where(lambda cmd: str(path).encode() in cmd and b"dvic_node.py" in cmd)
 
 
 @pytest.mark.timeout(180)

@@ -140,6 +140,7 @@ def test_a_running_example_shows_its_lines_and_heartbeat_in_dvic_logs_and_dvic_n
     """docs/libraries.md's C quick start, end to end: the example, the real daemon and server, the `dvic` CLI."""
     import sys
 
+    from tests.support.daemon import enrolled_daemon, wait_connected
     from tests.support.wait import wait_for
 
     need("g++")
@@ -148,21 +149,15 @@ def test_a_running_example_shows_its_lines_and_heartbeat_in_dvic_logs_and_dvic_n
          str(LIB / "examples/heartbeat_demo.cpp"), "-o", str(binary)])
     logs = tmp_path / "logs"
     logs.mkdir()
-    bundle = central_server.enroll("c-node")
-    bundle_path = central_server.write_bundle(bundle, tmp_path / "bundle.json")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(tmp_path / "daemon.log", "ab") as out:
-        daemon = subprocess.Popen(
-            [sys.executable, str(REPO / "node_script/dvic_node.py"), "--config", str(bundle_path),
-             "--state-dir", str(tmp_path / "state"), "--log-dir", str(logs), "--system-log", "none",
-             "--docker-socket", "none"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    _, daemon = enrolled_daemon(central_server, tmp_path, logs, name="c-node", timings=())
+    daemon.start()
     demo = None
     cli_env = dict(os.environ, DVIC_SERVER=central_server.url, DVIC_CA=str(central_server.ca_path),
                    DVIC_TOKEN=central_server.admin_token, DVIC_CONFIG_DIR=str(tmp_path / "cfg"),
                    XDG_CONFIG_HOME=str(tmp_path / "cfg"))
     dvic = str(Path(sys.executable).parent / "dvic")
     try:
-        wait_for(lambda: central_server.node("c-node").get("connected"), 30, "the daemon")
+        wait_connected(central_server, "c-node", daemon)
         demo = subprocess.Popen([str(binary), "30"], env=dict(os.environ, DVIC_LOG_DIR=str(logs)))
 
         def beating_row() -> str | None:
@@ -192,5 +187,4 @@ def test_a_running_example_shows_its_lines_and_heartbeat_in_dvic_logs_and_dvic_n
         if demo is not None and demo.poll() is None:
             demo.kill()
             demo.wait()
-        daemon.terminate()
-        daemon.wait(timeout=15)
+        daemon.stop()

@@ -147,8 +147,7 @@ async def test_a_metrics_flood_is_bounded_in_stored_rows_and_in_frames_to_a_view
 
 async def test_normal_rate_samples_and_a_reconnect_backlog_are_all_stored(tmp_path: Path):
     # The daemon's own behaviour: one sample per interval, and after an outage the last 720 it buffered at once.
-    server = CentralServer(tmp_path / "central", interval=0.5).start()
-    try:
+    with CentralServer(tmp_path / "central", interval=0.5) as server:
         bundle = server.enroll("steady")
         async with FakeNode(bundle) as node:
             await node.connect()
@@ -164,8 +163,6 @@ async def test_normal_rate_samples_and_a_reconnect_backlog_are_all_stored(tmp_pa
         wait_for(lambda: metric_rows(server, bundle["node_id"]) == (720 + 12) * SERIES, timeout=20,
                  what="every sample stored")
         assert node_events(server, "steady", "rate_limited") == []
-    finally:
-        server.stop()
 
 
 async def test_an_event_flood_is_bounded_per_node(central_server: CentralServer):
@@ -246,11 +243,8 @@ def detail_bytes(server: CentralServer, ref: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.fixture
 def small_demo_server(tmp_path: Path) -> Iterator[CentralServer]:
-    server = CentralServer(tmp_path / "central", extra_args=("--max-demos", "64")).start()
-    try:
+    with CentralServer(tmp_path / "central", extra_args=("--max-demos", "64")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_a_node_announcing_20000_demos_stays_bounded(small_demo_server: CentralServer):
@@ -289,8 +283,7 @@ async def test_a_node_announcing_20000_demos_stays_bounded(small_demo_server: Ce
 
 
 async def test_exited_demos_are_forgotten_after_the_age_in_memory_and_in_the_table(tmp_path: Path):
-    server = CentralServer(tmp_path / "central", extra_args=("--forget-demos-after", "2")).start()
-    try:
+    with CentralServer(tmp_path / "central", extra_args=("--forget-demos-after", "2")) as server:
         bundle = server.enroll("forgetful")
         async with FakeNode(bundle) as node:
             await node.connect()
@@ -308,13 +301,10 @@ async def test_exited_demos_are_forgotten_after_the_age_in_memory_and_in_the_tab
 
             wait_for(forgotten, timeout=20, what="the exited demo forgotten")
             assert server.node("forgetful")["demos"] == {"alive": 1, "total": 1}
-    finally:
-        server.stop()
 
 
 async def test_a_restart_with_a_lower_cap_trims_the_stored_demos(tmp_path: Path):
-    server = CentralServer(tmp_path / "central", extra_args=("--max-demos", "300")).start()
-    try:
+    with CentralServer(tmp_path / "central", extra_args=("--max-demos", "300")) as server:
         bundle = server.enroll("crowded")
         async with FakeNode(bundle) as node:
             await node.connect()
@@ -329,8 +319,6 @@ async def test_a_restart_with_a_lower_cap_trims_the_stored_demos(tmp_path: Path)
         wait_for(lambda: demo_rows(server, bundle["node_id"]) == 50, timeout=20, what="the table trimmed")
         detail = server.node("crowded")
         assert detail["demos"] == {"alive": 50, "total": 50}  # the exited ones went first
-    finally:
-        server.stop()
 
 
 # -- the rules themselves ------------------------------------------------------------------------

@@ -19,30 +19,30 @@ def state_of(server: CentralServer, name: str) -> str:
     return server.node(name)["state"]
 
 
-async def test_hello_welcome_and_node_goes_online_then_offline_when_it_leaves(central_server: CentralServer):
-    bundle = central_server.enroll("pi-1", kind="raspberry", group="hall-a")
-    assert state_of(central_server, "pi-1") == "new"
+async def test_hello_welcome_and_node_goes_online_then_offline_when_it_leaves(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-1", kind="raspberry", group="hall-a")
+    assert state_of(shared_server, "pi-1") == "new"
     async with FakeNode(bundle) as node:
         await node.connect()
         welcome = await node.hello(os="Debian 12", ips=["10.0.0.4"])
         assert welcome["node_id"] == bundle["node_id"]
         assert welcome["last_seq"] == 0
         assert welcome["settings"]["interval"] == 5.0
-        detail = central_server.node("pi-1")
+        detail = shared_server.node("pi-1")
         assert detail["state"] == "online" and detail["connected"] is True
         assert detail["facts"]["os"] == "Debian 12" and detail["daemon_version"] == "test-0"
     # A closed websocket with no keep-alive turns the node offline at once.
-    wait_for(lambda: state_of(central_server, "pi-1") == "offline", timeout=5, what="offline")
+    wait_for(lambda: state_of(shared_server, "pi-1") == "offline", timeout=5, what="offline")
 
     def messages() -> list[str]:
-        return [e["message"] for e in central_server.api("GET", "/api/v1/events?node=pi-1")[1]["events"]]
+        return [e["message"] for e in shared_server.api("GET", "/api/v1/events?node=pi-1")[1]["events"]]
 
     wait_for(lambda: any(m.startswith("online -> offline") for m in messages()), timeout=5, what="offline event")
     assert any(m.startswith("new -> online") for m in messages())
 
 
-async def test_log_lines_are_acked_after_commit_and_a_replay_is_stored_once(central_server: CentralServer):
-    bundle = central_server.enroll("pi-2")
+async def test_log_lines_are_acked_after_commit_and_a_replay_is_stored_once(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-2")
     async with FakeNode(bundle) as node:
         await node.connect()
         await node.hello()
@@ -52,7 +52,7 @@ async def test_log_lines_are_acked_after_commit_and_a_replay_is_stored_once(cent
         # The same lines again (a daemon that lost the ack) plus two new ones.
         ack = await node.send_logs(lines[5:] + [node.line("line 11"), node.line("line 12")])
         assert ack["seq"] == 12
-    status, body = central_server.api("GET", "/api/v1/logs?node=pi-2&limit=100")
+    status, body = shared_server.api("GET", "/api/v1/logs?node=pi-2&limit=100")
     assert status == 200
     seqs = sorted(line["seq"] for line in body["lines"])
     assert seqs == list(range(1, 13))
@@ -63,33 +63,33 @@ async def test_log_lines_are_acked_after_commit_and_a_replay_is_stored_once(cent
         assert welcome["last_seq"] == 12
 
 
-async def test_a_newer_connection_replaces_the_older_one(central_server: CentralServer):
-    bundle = central_server.enroll("pi-3")
+async def test_a_newer_connection_replaces_the_older_one(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-3")
     async with FakeNode(bundle) as first, FakeNode(bundle) as second:
         await first.connect()
         await first.hello()
         await second.connect()
         await second.hello()
         assert await first.closed() == 4409
-        assert central_server.node("pi-3")["connected"] is True
+        assert shared_server.node("pi-3")["connected"] is True
 
 
-async def test_no_client_certificate_is_refused_before_the_upgrade(central_server: CentralServer):
-    bundle = central_server.enroll("pi-4")
+async def test_no_client_certificate_is_refused_before_the_upgrade(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-4")
     async with FakeNode(bundle) as node:
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await node.connect(with_cert=False)
         assert info.value.status == 401
 
 
-async def test_certificate_from_another_ca_is_refused(central_server: CentralServer, tmp_path):
+async def test_certificate_from_another_ca_is_refused(shared_server: CentralServer, tmp_path):
     other = CentralServer(tmp_path / "other").start()
     try:
         foreign = other.enroll("pi-x")
     finally:
         other.stop()
     # Same server URL and CA as the real node, but a certificate the real CA never signed.
-    bundle = central_server.enroll("pi-5")
+    bundle = shared_server.enroll("pi-5")
     forged = {**bundle, "cert_pem": foreign["cert_pem"], "key_pem": foreign["key_pem"]}
     async with FakeNode(forged) as node:
         with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
@@ -97,29 +97,29 @@ async def test_certificate_from_another_ca_is_refused(central_server: CentralSer
             await node.hello()
 
 
-async def test_revoked_node_is_closed_and_refused(central_server: CentralServer):
-    bundle = central_server.enroll("pi-6")
+async def test_revoked_node_is_closed_and_refused(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-6")
     async with FakeNode(bundle) as node:
         await node.connect()
         await node.hello()
-        status, _ = central_server.api("DELETE", "/api/v1/nodes/pi-6")
+        status, _ = shared_server.api("DELETE", "/api/v1/nodes/pi-6")
         assert status == 200
         assert await node.closed() == 4403
     async with FakeNode(bundle) as node:
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await node.connect()
         assert info.value.status == 403
-    assert central_server.node("pi-6")["revoked"] is True
-    status, body = central_server.api("DELETE", "/api/v1/nodes/pi-6")
+    assert shared_server.node("pi-6")["revoked"] is True
+    status, body = shared_server.api("DELETE", "/api/v1/nodes/pi-6")
     assert status == 409 and body["error"]["code"] == "already_revoked"
     # The machine can be enrolled again under its name; the revoked record keeps its history.
-    again = central_server.enroll("pi-6")
-    assert again["node_id"] != bundle["node_id"] and central_server.node("pi-6")["state"] == "new"
-    assert central_server.node(bundle["node_id"])["name"].startswith("pi-6~revoked-")
+    again = shared_server.enroll("pi-6")
+    assert again["node_id"] != bundle["node_id"] and shared_server.node("pi-6")["state"] == "new"
+    assert shared_server.node(bundle["node_id"])["name"].startswith("pi-6~revoked-")
 
 
-async def test_metrics_demo_and_event_messages_reach_the_api(central_server: CentralServer):
-    bundle = central_server.enroll("pi-7")
+async def test_metrics_demo_and_event_messages_reach_the_api(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-7")
     async with FakeNode(bundle) as node:
         await node.connect()
         await node.hello()
@@ -131,20 +131,20 @@ async def test_metrics_demo_and_event_messages_reach_the_api(central_server: Cen
         await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
                          "state": "started", "started_at": now, "exited_at": None})
         await node.send({"type": "event", "kind": "failed", "message": "camera unplugged", "data": {}})
-        wait_for(lambda: state_of(central_server, "pi-7") == "failed", timeout=5, what="failed state")
-        detail = central_server.node("pi-7")
+        wait_for(lambda: state_of(shared_server, "pi-7") == "failed", timeout=5, what="failed state")
+        detail = shared_server.node("pi-7")
         assert detail["metrics"] == {"cpu": 42.0, "mem": 61.5, "disk": 80.0, "temp": 55.5, "load1": 0.5}
         assert detail["sample"]["cpu"]["per_core"] == [40.0, 44.0]
         assert detail["demos"] == {"alive": 1, "total": 1}
         assert detail["demos_list"][0]["name"] == "robot-arm"
         await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
                          "state": "exited", "started_at": now, "exited_at": now + 1})
-        wait_for(lambda: central_server.node("pi-7")["demos"]["alive"] == 0, timeout=5, what="demo exited")
-    status, body = central_server.api("GET", f"/api/v1/nodes/pi-7/metrics?from={now - 60}&to={now + 60}&step=1")
+        wait_for(lambda: shared_server.node("pi-7")["demos"]["alive"] == 0, timeout=5, what="demo exited")
+    status, body = shared_server.api("GET", f"/api/v1/nodes/pi-7/metrics?from={now - 60}&to={now + 60}&step=1")
     assert status == 200 and body["series"]["cpu"][0][1:] == [42.0, 42.0, 42.0]
-    status, body = central_server.api("GET", f"/api/v1/nodes/pi-7/metrics?from={now - 600}&to={now + 600}&step=60")
+    status, body = shared_server.api("GET", f"/api/v1/nodes/pi-7/metrics?from={now - 600}&to={now + 600}&step=60")
     assert status == 200 and body["series"]["disk"][0][3] == 80.0
-    _, events = central_server.api("GET", "/api/v1/events?node=pi-7")
+    _, events = shared_server.api("GET", "/api/v1/events?node=pi-7")
     kinds = {e["kind"] for e in events["events"]}
     assert {"demo_started", "demo_exited", "failed", "state"} <= kinds
 
@@ -181,8 +181,8 @@ async def test_silent_but_connected_node_goes_offline(fast_central_server: Centr
         wait_for(lambda: state_of(fast_central_server, "pi-8") == "online", timeout=5, what="online again")
 
 
-async def test_many_batches_in_flight_are_all_acked_in_order(central_server: CentralServer):
-    bundle = central_server.enroll("pi-9")
+async def test_many_batches_in_flight_are_all_acked_in_order(shared_server: CentralServer):
+    bundle = shared_server.enroll("pi-9")
     async with FakeNode(bundle) as node:
         await node.connect()
         await node.hello()
@@ -192,7 +192,7 @@ async def test_many_batches_in_flight_are_all_acked_in_order(central_server: Cen
         while acks[-1] < 2000:  # one ack may cover several batches committed together
             acks.append((await node.recv())["seq"])
         assert acks == sorted(set(acks)) and len(acks) <= 20 and all(a % 100 == 0 for a in acks)
-    _, body = central_server.api("GET", "/api/v1/logs?node=pi-9&limit=1")
+    _, body = shared_server.api("GET", "/api/v1/logs?node=pi-9&limit=1")
     assert body["lines"][0]["seq"] == 2000
 
 

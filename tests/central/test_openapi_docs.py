@@ -100,7 +100,7 @@ async def test_every_parameter_and_body_field_is_typed(served: dict[str, Any]) -
 
 
 # -- docs/protocol.md, section 4 -------------------------------------------------------------------
-ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/api/v1/[^`]*)` \| (\w+) \|([^|]*)\|")
+ROW = re.compile(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/api/v1/[^`]*|/metrics)` \| (\w+) \|([^|]*)\|")
 ROLE_WORDS = {"none": "public"}
 
 

@@ -8,6 +8,7 @@ import time
 
 import aiohttp
 
+from tests.central.streamkit import stream_seqs
 from tests.support.fake_node import FakeNode
 from tests.support.server import CentralServer
 
@@ -216,22 +217,14 @@ async def test_a_stream_client_that_stops_reading_is_cut_off_and_slows_nobody(tm
                 await ws.send_str(json.dumps({"type": "subscribe", "logs": ["*"]}))
                 assert json.loads((await ws.receive(timeout=5)).data)["type"] == "subscribed"
             # From here `slow` is not read: its socket fills, then its queue on the server.
-            seen: list[int] = []
-
-            async def read_fast() -> None:
-                while len(seen) < 40 * 500:
-                    msg = json.loads((await fast.receive(timeout=30)).data)
-                    if msg["type"] == "logs":
-                        seen.extend(line["seq"] for line in msg["lines"])
-
-            reader = asyncio.create_task(read_fast())
+            reader = asyncio.create_task(stream_seqs(fast, 40 * 500))
             async with FakeNode(bundle) as node:
                 await node.connect()
                 await node.hello()
                 for _ in range(40):  # 40 batches of 500 lines of 1 KB: about 20 MB to every subscriber
                     ack = await node.send_logs([node.line("x" * 1000) for _ in range(500)])
                 assert ack["seq"] == 40 * 500  # the node was acked all along
-            await asyncio.wait_for(reader, 60)
+            seen = await asyncio.wait_for(reader, 60)
             assert seen == list(range(1, 40 * 500 + 1))  # the reading client got every line, in order
             closed = None
             while closed is None:  # what the slow client had buffered, then the cut-off

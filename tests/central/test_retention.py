@@ -4,12 +4,14 @@ real SQLite file through the real writer (security review M3)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from central import db, store
+from central import store
 from central.bus import Bus
 from central.config import Retention
 from central.registry import Registry
@@ -20,13 +22,6 @@ DAY = 86_400.0
 EXPIRED = 120_000  # raw samples and log lines past their window (the old code deleted 20,000 a minute)
 EXPIRED_OTHER = 30_000  # one-minute aggregates and events
 
-
-async def _migrated(tmp_path: Path) -> Path:
-    path = tmp_path / "retention.sqlite3"
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    return path
 
 
 def _fill(path: Path, now: float, *, old_logs: int, fresh_logs: int, old_samples: int, fresh_samples: int,
@@ -63,8 +58,8 @@ def _count(path: Path, sql: str) -> int:
         conn.close()
 
 
-async def test_a_backlog_of_expired_rows_is_trimmed_in_one_pass_and_fresh_rows_stay(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_a_backlog_of_expired_rows_is_trimmed_in_one_pass_and_fresh_rows_stay(migrated_db: Path):
+    path = migrated_db
     now = time.time()
     _fill(path, now, old_logs=EXPIRED, fresh_logs=500, old_samples=EXPIRED, fresh_samples=700,
           old_others=EXPIRED_OTHER)
@@ -94,8 +89,8 @@ async def test_a_backlog_of_expired_rows_is_trimmed_in_one_pass_and_fresh_rows_s
     assert _count(path, "SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'fresh'") == 500
 
 
-async def test_the_logs_row_cap_is_reached_in_one_pass(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_the_logs_row_cap_is_reached_in_one_pass(migrated_db: Path):
+    path = migrated_db
     now = time.time()
     _fill(path, now, old_logs=0, fresh_logs=EXPIRED, old_samples=0, fresh_samples=0)
     writer = Writer(path)
@@ -115,27 +110,30 @@ async def test_the_logs_row_cap_is_reached_in_one_pass(tmp_path):
         conn.close()
 
 
-def test_one_call_without_a_time_budget_deletes_everything_expired(tmp_path):
-    """What the review ran (store.apply_retention called once): 20,000 rows of 100,000 went."""
-    path = asyncio.run(_migrated(tmp_path))
-    now = time.time()
-    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=100_000, fresh_samples=10)
+@contextlib.contextmanager
+def _samples(path: Path, now: float, *, old: int, fresh: int) -> Iterator[sqlite3.Connection]:
+    """A migrated database holding `old` expired raw samples and `fresh` ones (no log lines), open."""
+    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=old, fresh_samples=fresh)
     conn = sqlite3.connect(path)
     try:
-        deleted = store.apply_retention(now, DAY, 30 * DAY, 30 * DAY, 5_000_000, 90 * DAY, 365 * DAY)(conn)
-        conn.commit()
-        assert deleted["metrics_raw"] == 100_000
-        assert conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 10
+        yield conn
     finally:
         conn.close()
 
 
-def test_a_time_budget_stops_a_call_early_and_says_so(tmp_path):
-    path = asyncio.run(_migrated(tmp_path))
+def test_one_call_without_a_time_budget_deletes_everything_expired(migrated_db: Path):
+    """What the review ran (store.apply_retention called once): 20,000 rows of 100,000 went."""
     now = time.time()
-    _fill(path, now, old_logs=0, fresh_logs=0, old_samples=5_000, fresh_samples=0)
-    conn = sqlite3.connect(path)
-    try:
+    with _samples(migrated_db, now, old=100_000, fresh=10) as conn:
+        deleted = store.apply_retention(now, DAY, 30 * DAY, 30 * DAY, 5_000_000, 90 * DAY, 365 * DAY)(conn)
+        conn.commit()
+        assert deleted["metrics_raw"] == 100_000
+        assert conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 10
+
+
+def test_a_time_budget_stops_a_call_early_and_says_so(migrated_db: Path):
+    now = time.time()
+    with _samples(migrated_db, now, old=5_000, fresh=0) as conn:
         run = store.apply_retention(now, DAY, 30 * DAY, 30 * DAY, 5_000_000, 90 * DAY, 365 * DAY,
                                     chunk=100, time_budget=0.0)
         first = run(conn)
@@ -144,12 +142,10 @@ def test_a_time_budget_stops_a_call_early_and_says_so(tmp_path):
         while not run(conn).done:
             calls += 1
         assert calls > 1 and conn.execute("SELECT count(*) FROM metrics_raw").fetchone()[0] == 0
-    finally:
-        conn.close()
 
 
-async def test_a_pass_that_cannot_finish_says_retention_is_behind_until_it_catches_up(tmp_path, caplog):
-    path = await _migrated(tmp_path)
+async def test_a_pass_that_cannot_finish_says_retention_is_behind_until_it_catches_up(migrated_db: Path, caplog):
+    path = migrated_db
     now = time.time()
     _fill(path, now, old_logs=0, fresh_logs=0, old_samples=20_000, fresh_samples=0)
     writer = Writer(path)

@@ -186,11 +186,55 @@ CASES = dict([
           Case(f"{V1}/operators/ghost/tokens", 404, "no_such_operator"),
           Case(f"{V1}/operators/op-x/tokens", 400, "bad_field",
                "expires_in: seconds from now, more than 0 and at most 315360000 (ten years)", body={"expires_in": -1}),
+          Case(f"{V1}/operators/op-x/tokens", 400, "unknown_field",
+               "unknown field 'expires' (did you mean 'expires_in'?)", body={"expires": 60}),
           Case(f"{V1}/operators/op-x/tokens", 201),
           Case(f"{V1}/operators/op-x/tokens", 201, body={"expires_in": 60})),
     cases("GET", f"{V1}/audit",
           Case(f"{V1}/audit?limit=0", 400, "bad_query", "limit: expected an integer from 1 to 1000"),
           Case(f"{V1}/audit?limit=3", 200)),
+    # -- alerts (issue 15) ----------------------------------------------------------------------
+    cases("GET", f"{V1}/alerts",
+          Case(f"{V1}/alerts?all=maybe", 400, "bad_query", "all: expected one of 0, 1, false, true", who="viewer"),
+          Case(f"{V1}/alerts?all=1&cursor=x", 400, "bad_query", "~cursor: expected text matching", who="viewer"),
+          Case(f"{V1}/alerts", 200, who="viewer"),
+          Case(f"{V1}/alerts?all=1&limit=5", 200, who="viewer")),
+    cases("GET", f"{V1}/alerts/{{id}}",
+          Case(f"{V1}/alerts/12x", 404, "not_found", who="viewer"),
+          Case(f"{V1}/alerts/999", 404, "not_found", "no alert #999", who="viewer")),
+    cases("POST", f"{V1}/alerts/{{id}}/ack",
+          Case(f"{V1}/alerts/999/ack", 400, "bad_note", "note: expected a string", body={"note": 5}, who="operator"),
+          Case(f"{V1}/alerts/999/ack", 404, "not_found", "no open alert #999 (resolved, or never existed)",
+               body={"note": "on it"}, who="operator")),
+    cases("GET", f"{V1}/silences", Case(f"{V1}/silences", 200, who="viewer")),
+    cases("POST", f"{V1}/silences",
+          Case(f"{V1}/silences", 400, "bad_silence", "~a silence needs at least one of group, node, rule, severity",
+               body={"for": "1h"}, who="operator"),
+          Case(f"{V1}/silences", 400, "bad_duration", "~for: ", body={"group": "hall"}, who="operator"),
+          Case(f"{V1}/silences", 400, "bad_duration", "~for: expected 0 to 30d", body={"group": "hall", "for": "90d"},
+               who="operator"),
+          Case(f"{V1}/silences", 201, body={"group": "hall", "for": "1h", "note": "rewiring"}, who="operator")),
+    cases("DELETE", f"{V1}/silences/{{id}}",
+          Case(f"{V1}/silences/999", 404, "not_found", "no current silence #999", who="operator")),
+    cases("GET", f"{V1}/rules", Case(f"{V1}/rules", 200, who="viewer")),
+    cases("POST", f"{V1}/rules",
+          Case(f"{V1}/rules", 400, "unknown_metric", "~metric: unknown metric 'humidity'",
+               body={"name": "h", "type": "metric", "metric": "humidity", "threshold": 1}, who="operator"),
+          Case(f"{V1}/rules", 400, "bad_pattern", "~pattern: nested quantifiers",
+               body={"name": "l", "type": "log", "pattern": "(a+)+", "rate": 1}, who="operator"),
+          Case(f"{V1}/rules", 201, body={"name": "hot", "type": "metric", "metric": "temp", "threshold": 70},
+               who="operator")),
+    cases("PATCH", f"{V1}/rules/{{name}}",
+          Case(f"{V1}/rules/nope", 404, "not_found", body={"enabled": False}, who="operator"),
+          Case(f"{V1}/rules/disk_full", 400, "bad_duration", "~for: expected a duration", body={"for": "soon"},
+               who="operator"),
+          Case(f"{V1}/rules/disk_full", 200, body={"threshold": 92}, who="operator")),
+    cases("DELETE", f"{V1}/rules/{{name}}",
+          Case(f"{V1}/rules/nope", 404, "not_found", who="operator"),
+          Case(f"{V1}/rules/disk_full", 200, who="operator")),
+    cases("GET", "/metrics",
+          Case("/metrics", 401, "unauthenticated", who="none"),
+          Case("/metrics", 200, who="viewer")),
     # -- commands -------------------------------------------------------------------------------
     cases("POST", f"{V1}/commands",
           Case(f"{V1}/commands", 400, "bad_command", "give exactly one of 'argv' (list of strings) and 'shell' (string)",
@@ -414,6 +458,8 @@ REQUIRED = {
     ("POST", f"{V1}/register"): {"name": "reg-fields"},
     ("POST", f"{V1}/commands"): {"argv": ["true"], "nodes": ["pi-a"]},
     ("GET", f"{V1}/nodes/{{node}}/tunnel"): {"host": "x"},
+    ("POST", f"{V1}/rules"): {"name": "rule-fields", "type": "metric"},
+    ("POST", f"{V1}/silences"): {"for": "1h"},
     ("POST", f"{V1}/channels/{{name}}"): {"kind": "webhook"},
 }
 
@@ -450,6 +496,23 @@ async def test_a_declared_field_refuses_a_wrong_value_before_the_handler(world: 
         assert status == 400, (spec.path, name, value, status, body)
         assert body["error"]["code"] == (schema.code or default), (spec.path, name, value, body)
         assert name in body["error"]["message"] or name in (schema.message or ""), (spec.path, name, body)
+
+
+def operator_bodies() -> list[RouteSpec]:
+    return [spec for spec in routes.specs
+            if spec.role != NODE and isinstance(spec.body, schemas.Object) and not isinstance(spec.body, schemas.Query)]
+
+
+@in_module_loop
+@pytest.mark.parametrize("spec", operator_bodies(), ids=lambda s: f"{s.method} {s.path}")
+async def test_an_operator_body_with_an_unknown_field_is_refused_naming_it(world: World, spec: RouteSpec) -> None:
+    """A misspelled field is an error, not a default taken in silence."""
+    path = re.sub(r"{(\w+)}", lambda m: {"node": "pi-a", "name": "op-x"}.get(m.group(1), "no-such-id"), spec.path)
+    token = "" if spec.role == "public" else world.tokens["admin"]
+    body = {**REQUIRED.get((spec.method, spec.path), {}), "zz_not_a_field": 1}
+    status, answer = await world.app.call(spec.method, path, body, token=token)
+    assert status == 400 and answer["error"]["code"] == "unknown_field", (spec.path, status, answer)
+    assert "'zz_not_a_field'" in answer["error"]["message"]
 
 
 def test_the_logs_group_parameter_is_declared() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from central.bus import CUT_OFF_GRACE_S, MAX_FRAME_BYTES, SEND_STALL_S, Bus, _log_frames
+from tests.central.streamkit import stream_seqs
 from tests.support.fake_node import FakeNode
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
@@ -57,15 +58,7 @@ async def test_a_viewer_that_pings_but_never_reads_is_cut_off_and_the_others_car
             assert json.loads((await fast.receive(timeout=10)).data)["type"] == "hello"
             await fast.send_str(subscribe)
             assert json.loads((await fast.receive(timeout=10)).data)["type"] == "subscribed"
-            seen: list[int] = []
-
-            async def read_fast() -> None:
-                while len(seen) < BATCHES * 15:
-                    msg = json.loads((await fast.receive(timeout=30)).data)
-                    if msg["type"] == "logs":
-                        seen.extend(line["seq"] for line in msg["lines"])
-
-            reader = asyncio.create_task(read_fast())
+            reader = asyncio.create_task(stream_seqs(fast, BATCHES * 15))
             async with FakeNode(bundle) as node:
                 await node.connect()
                 await node.hello()
@@ -73,7 +66,7 @@ async def test_a_viewer_that_pings_but_never_reads_is_cut_off_and_the_others_car
                     lines = [node.line(f"{batch}:{i}:" + "y" * LINE) for i in range(15)]
                     ack = await node.send_logs(lines)
                 assert ack["seq"] == BATCHES * 15  # the node was acked all along
-                await asyncio.wait_for(reader, 120)
+                seen = await asyncio.wait_for(reader, 120)
                 assert seen == list(range(1, BATCHES * 15 + 1))  # the reading client got every line, in order
                 # The server hung up on the viewer that never read, though it kept pinging.
                 await asyncio.wait_for(hung_up.wait(), 30)

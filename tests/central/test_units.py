@@ -42,16 +42,9 @@ def test_metric_series_derivation():
     }
 
 
-async def _migrated(tmp_path: Path) -> Path:
-    path = tmp_path / "t.sqlite3"
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    return path
 
-
-async def test_writer_groups_commits_and_isolates_a_failing_write(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_writer_groups_commits_and_isolates_a_failing_write(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path, commit_interval=0.05)
     await writer.start()
     try:
@@ -70,8 +63,8 @@ async def test_writer_groups_commits_and_isolates_a_failing_write(tmp_path):
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 200  # the bad one left nothing
 
 
-async def test_writer_reports_a_full_disk_and_keeps_running(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_writer_reports_a_full_disk_and_keeps_running(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path, commit_interval=0.0)
     await writer.start()
     try:
@@ -97,8 +90,8 @@ def _line(seq: int, msg: str) -> dict:
     return {"seq": seq, "ts": 1000.0 + seq, "source": "demo", "demo": "cam", "level": "WARNING", "msg": msg}
 
 
-async def test_writer_merges_log_batches_exactly_once_and_keeps_any_text_whole(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_writer_merges_log_batches_exactly_once_and_keeps_any_text_whole(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path, commit_interval=0.05)
     await writer.start()
     texts = ["plain", "\x00starts with NUL", "mid\x00dle", "ünïcödé 日本語 🚀", 'quote " and \\ backslash', "line\nbreak"]
@@ -118,10 +111,10 @@ async def test_writer_merges_log_batches_exactly_once_and_keeps_any_text_whole(t
     assert conn.execute("SELECT level, demo, ts FROM logs WHERE node_id = 'node-0' AND seq = 7").fetchone() == (30, "cam", 1007.0)
 
 
-async def test_metric_samples_of_one_commit_add_up_in_their_minute(tmp_path):
+async def test_metric_samples_of_one_commit_add_up_in_their_minute(migrated_db: Path):
     """All samples of a commit go in as one statement per table: samples of the same node, series
     and minute in that one statement still fold into one min/avg/max row, as do later ones."""
-    path = await _migrated(tmp_path)
+    path = migrated_db
     writer = Writer(path, commit_interval=0.05)
     await writer.start()
     minute = 60 * 29_000_000
@@ -145,11 +138,11 @@ async def test_metric_samples_of_one_commit_add_up_in_their_minute(tmp_path):
     ]
 
 
-async def test_a_big_commit_settles_every_batch_in_order_across_loop_turns(tmp_path):
+async def test_a_big_commit_settles_every_batch_in_order_across_loop_turns(migrated_db: Path):
     """More node batches than are settled per loop turn: every one is stored and told so, the loop
     keeps turning while they are (other tasks run between chunks), and a write awaited in the same
     commit is answered before them."""
-    path = await _migrated(tmp_path)
+    path = migrated_db
     writer = Writer(path, commit_interval=0.05)
     await writer.start()
     told: list[int] = []
@@ -197,8 +190,8 @@ def test_rows_are_sent_to_sqlite_as_the_json_of_one_array():
     assert store._json_array(rows[:3]) == store._dumps(rows[:3])
 
 
-async def test_a_log_batch_that_cannot_be_stored_fails_alone(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_a_log_batch_that_cannot_be_stored_fails_alone(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path, commit_interval=0.05)
     await writer.start()
     try:
@@ -225,10 +218,10 @@ async def _until(condition, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_urgent_writes_do_not_wait_for_the_commit_interval(tmp_path):
+async def test_urgent_writes_do_not_wait_for_the_commit_interval(migrated_db: Path):
     """An hour between commits: a plain write is held back for it, an urgent one commits at once and
     takes the held-back write with it (submission order kept). 30 s deadlines only guard a hang."""
-    path = await _migrated(tmp_path)
+    path = migrated_db
     writer = Writer(path, commit_interval=3600)
     await writer.start()
 
@@ -275,8 +268,8 @@ async def test_bus_cuts_off_a_slow_subscriber_without_blocking_others():
     assert fast.queue.qsize() == 1
 
 
-async def test_retention_trims_old_rows_and_caps_logs(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_retention_trims_old_rows_and_caps_logs(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path)
     await writer.start()
     now = time.time()
@@ -297,8 +290,8 @@ async def test_retention_trims_old_rows_and_caps_logs(tmp_path):
     assert conn.execute("SELECT count(*) FROM logs_fts WHERE logs_fts MATCH 'm3'").fetchone()[0] == 0
 
 
-async def test_migrations_refuse_a_newer_database(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_migrations_refuse_a_newer_database(migrated_db: Path):
+    path = migrated_db
     sqlite3.connect(path).execute(f"PRAGMA user_version={db.SCHEMA_VERSION + 1}")
     conn = await db.connect(path)
     try:
@@ -323,8 +316,8 @@ def test_ca_is_created_once_and_signs_node_and_server_certificates(tmp_path):
     assert cert_path.read_bytes() != before
 
 
-async def test_fts_index_follows_batches_and_ignores_replayed_lines(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_fts_index_follows_batches_and_ignores_replayed_lines(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path, commit_interval=0.0)
     await writer.start()
     try:
@@ -365,8 +358,8 @@ def test_an_oversized_metrics_sample_is_refused_by_its_frame_size():
     assert info.value.close_code == 4001
 
 
-async def test_one_nodes_latest_lines_come_from_its_index_without_a_sort(tmp_path):
-    path = await _migrated(tmp_path)
+async def test_one_nodes_latest_lines_come_from_its_index_without_a_sort(migrated_db: Path):
+    path = migrated_db
     writer = Writer(path, commit_interval=0.001)
     await writer.start()
     try:

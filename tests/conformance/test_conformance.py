@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +17,13 @@ from typing import Any
 import pytest
 
 from tests.conformance import harness
+from tests.support.daemon import online_daemon
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
 SCRIPT = harness.load_script()
 EXPECTED = json.loads(harness.EXPECTED_PATH.read_text(encoding="utf-8"))
 DRIVERS = {d.name: d for d in harness.all_drivers()}
-DAEMON = harness.REPO / "node_script" / "dvic_node.py"
 
 
 class Built:
@@ -119,56 +116,21 @@ def test_the_reference_reader_reads_it_like_the_python_librarys(name: str, built
 
 @pytest.fixture(scope="module")
 def node_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CentralServer, str, Path]]:
-    """One real server and one real daemon (as on a node) following one log directory."""
+    """One real server and one real daemon (as on a node, default timings) following one log directory."""
     base = tmp_path_factory.mktemp("conformance-node")
-    server = CentralServer(base / "central").start()
     log_dir = base / "logs"
     log_dir.mkdir()
-    daemon = None
-    try:
-        bundle = server.enroll("conformance-node")
-        bundle_path = server.write_bundle(bundle, base / "bundle.json")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        with open(base / "daemon.log", "ab") as out:
-            daemon = subprocess.Popen(
-                [sys.executable, str(DAEMON), "--config", str(bundle_path), "--state-dir", str(base / "state"),
-                 "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none", "-v"],
-                stdout=out, stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-        wait_for(lambda: server.node(bundle["node_id"]).get("connected"), 30, "the daemon to connect", interval=0.2)
-        yield server, bundle["node_id"], log_dir
-    finally:
-        if daemon is not None:
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-        server.stop()
+    with CentralServer(base / "central") as server, \
+            online_daemon(server, base, log_dir, name="conformance-node", timings=("-v",)) as (node_id, _):
+        yield server, node_id, log_dir
 
 
 def demo_lines(server: CentralServer, node_id: str, token: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    cursor = None
-    for _ in range(100):  # bounded paging
-        query = {"node": node_id, "source": "demo", "demo": token, "limit": "1000"}
-        if cursor:
-            query["cursor"] = cursor
-        status, body = server.api("GET", "/api/v1/logs?" + urllib.parse.urlencode(query))
-        assert status == 200, body
-        out += body["lines"]
-        cursor = body.get("next_cursor")
-        if not cursor:
-            break
-    return sorted(out, key=lambda line: line["seq"])
+    return server.logs(node=node_id, source="demo", demo=token)
 
 
 def demo_state(server: CentralServer, node_id: str, token: str) -> dict[str, Any] | None:
-    for demo in server.node(node_id).get("demos_list") or []:
-        if demo.get("token") == token:
-            return demo
-    return None
+    return server.demo(node_id, token)
 
 
 @pytest.mark.parametrize("name", sorted(DRIVERS))

@@ -5,6 +5,7 @@ pytest suite does (header, records, Unicode, threads, fork, rotation, the run wr
 codes and signals) with plain asserts, prints one line per check and exits non-zero on failure.
 """
 
+import importlib.util
 import json
 import os
 import re
@@ -12,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
 
 
@@ -39,15 +39,17 @@ def fresh_dir(work, name):
     return path
 
 
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+def _support_wait_for():
+    """tests/support/wait.py's wait_for, loaded by its path: this script runs without pytest or the
+    project on sys.path (that file keeps to Python 3.8 for it)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "support", "wait.py")
+    spec = importlib.util.spec_from_file_location("dvic_tests_wait", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.wait_for
+
+
+wait_for = _support_wait_for()
 
 
 def check_logger_records(work):

@@ -1,16 +1,38 @@
-"""Helpers shared by the dvic_log tests: reading files back, following them, waiting with a deadline."""
+"""Helpers shared by the dvic_log tests: reading files back and following them (waits: tests/support/wait.py)."""
 
 import json
 import os
 import re
-import time
-from collections.abc import Callable
+import resource
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+
+def tool(name: str, install: str = ".ci/run installs it") -> str:
+    """Path of a tool the test needs; skipped without it, except on CI where it must be installed."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed ({install})")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def library_env(log_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a demo using a dvic_log library: this one's without DVIC_LOG_* settings, the
+    log directory `log_dir`, no pruning by age, and `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_LOG_")}
+    env.update(DVIC_LOG_DIR=str(log_dir), DVIC_LOG_KEEP_DAYS="0")
+    env.update(extra)
+    return env
+
+
 LIVE_NAME = re.compile(r"^dvic_log_[0-9a-f]{16}$")
 LIB_DIR = Path(__file__).resolve().parents[2] / "lib" / "python"
-PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
 
 
 def live_files(directory: Path) -> list[Path]:
@@ -42,20 +64,6 @@ def read_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     assert objs, f"empty file {path}"
     assert objs[0].get("dvic_log") == 1, objs[0]
     return objs[0], objs[1:]
-
-
-def wait_for(
-    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.01
-) -> Any:
-    """Poll condition every `interval` s until it returns something truthy; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Follower:
@@ -137,3 +145,53 @@ class Follower:
 
     def headers(self) -> list[dict[str, Any]]:
         return [o for o in self.objects if "dvic_log" in o]
+
+    def check_counted(self, total: int, typical_line: str) -> list[int]:
+        """After a writer wrote records "n=0".."n=<total-1>" through five rotations or more: each
+        record read once, in order, and lines missing only where the headers say the reader fell
+        more than two whole files behind (the scheduler decides). The numbers read."""
+        got = [int(r["msg"][2:]) for r in self.records()]
+        assert got == sorted(set(got)), "records out of order or duplicated"
+        assert self.switches >= 5
+        if self.missed_files == 0:
+            assert got == list(range(total))
+        else:
+            per_file = 64 * 1024 // len(typical_line)
+            assert len(got) >= total - self.missed_files * (per_file + 1)
+        return got
+
+
+def check_full_disk(proc: subprocess.Popen[str]) -> None:
+    """Take a writer (another language's library) through a full disk, and check what
+    docs/log-format.md promises: one line on stderr, every record from the first refused one on
+    refused, and once there is room the cut line finished before the next record.
+
+    The writer prints its file's path, waits for a byte on stdin, writes 100 records, prints JSON
+    {"ok": [one bool per record], "torn": whether the file ends in a cut line}, waits again, then
+    writes "space is back". RLIMIT_FSIZE (prlimit on the running process) refuses bytes past 3000
+    meanwhile, as a full disk would, and is lifted as freeing space would.
+    """
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        path = Path(proc.stdout.readline().strip())
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+        proc.stdin.write("1")
+        proc.stdin.flush()
+        report: dict[str, Any] = json.loads(proc.stdout.readline())
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        proc.stdin.write("2")
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    refused = [i for i, ok in enumerate(report["ok"]) if not ok]
+    assert refused and refused == list(range(refused[0], 100))  # from the first failure on
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dvic_log: cannot write to {path}: "), stderr
+    _, records = read_file(path)  # every line whole again
+    kept = [int(r["msg"].split()[1]) for r in records[:-1]]
+    # A cut line counts as refused for the caller, but it is finished, so it is in the file.
+    assert kept == list(range(refused[0] + (1 if report["torn"] else 0)))
+    assert records[-1]["msg"] == "space is back"

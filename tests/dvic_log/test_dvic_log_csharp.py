@@ -10,8 +10,6 @@ import json
 import os
 import pwd
 import random
-import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,26 +19,17 @@ from typing import Any
 import pytest
 from dvic_log._format import record_line
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import live_files, parse_lines, read_file
+from dvic_log_testkit import check_full_disk, library_env, live_files, read_file, tool
 from test_dvic_log_js import documented_fit, random_text
 
 REPO = Path(__file__).resolve().parents[2]
 CS_DIR = REPO / "lib" / "csharp"
-
-
-def tool(name: str) -> str:
-    """Path of a tool the test needs; skipped without it, except on CI where it must be installed."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/run installs mono-mcs and mono-runtime)")
-        pytest.skip(f"{name} is not installed")
-    return path
+MONO = ".ci/run installs mono-mcs and mono-runtime"
 
 
 def build(out: Path, *sources: Path, defines: tuple[str, ...] = (), target: str = "exe") -> Path:
     """Compile sources with mcs, warnings as errors, into out."""
-    cmd = [tool("mcs"), "-nologo", "-warnaserror", f"-target:{target}", f"-out:{out}",
+    cmd = [tool("mcs", MONO), "-nologo", "-warnaserror", f"-target:{target}", f"-out:{out}",
            *(f"-define:{d}" for d in defines), *map(str, sources)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -53,17 +42,10 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(out, CS_DIR / "DvicLog.cs", CS_DIR / "tests" / "LibraryChecks.cs", CS_DIR / "tests" / "MiniJson.cs")
 
 
-def cs_env(log_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DVIC_LOG_")}
-    env.update(DVIC_LOG_DIR=str(log_dir), DVIC_LOG_KEEP_DAYS="0")
-    env.update(extra)
-    return env
-
-
 def run(checks: Path, log_dir: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     # Run from the log directory: a path mixed up in a scenario lands there, never in the checkout.
     return subprocess.run(
-        [tool("mono"), str(checks), *args], env=cs_env(log_dir, **env), input=stdin, capture_output=True, text=True,
+        [tool("mono", MONO), str(checks), *args], env=library_env(log_dir, **env), input=stdin, capture_output=True, text=True,
         timeout=120, cwd=log_dir,
     )  # fmt: skip
 
@@ -75,7 +57,7 @@ def test_the_file_builds_alone_without_warnings(tmp_path: Path):
 def test_the_unity_handler_sends_debug_log_to_the_demo_log_and_on_to_unity(tmp_path: Path, log_dir: Path):
     exe = build(tmp_path / "unity.exe", CS_DIR / "DvicLog.cs", CS_DIR / "tests" / "UnityChecks.cs",
                 CS_DIR / "tests" / "UnityEngineStandIn.cs", defines=("DVIC_LOG_UNITY",))  # fmt: skip
-    done = subprocess.run([tool("mono"), str(exe)], env=cs_env(log_dir), capture_output=True, text=True, timeout=60)
+    done = subprocess.run([tool("mono", MONO), str(exe)], env=library_env(log_dir), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     *console, last = done.stdout.splitlines()
     assert console == [
@@ -101,7 +83,7 @@ def test_linux_uses_libc(checks: Path, log_dir: Path):
 
 def test_the_header_describes_the_process_and_the_file_is_0644_under_a_strict_umask(checks: Path, log_dir: Path):
     done = subprocess.run(
-        ["sh", "-c", f'umask 077 && exec "{tool("mono")}" "{checks}" header'], env=cs_env(log_dir), capture_output=True,
+        ["sh", "-c", f'umask 077 && exec "{tool("mono", MONO)}" "{checks}" header'], env=library_env(log_dir), capture_output=True,
         text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -275,33 +257,10 @@ def test_a_full_disk_is_reported_once_and_the_torn_line_is_finished_when_room_is
     # RLIMIT_FSIZE stands in for a full disk; mono, unlike python and node, does not ignore SIGXFSZ
     # itself, so the test starts it ignored (a real full disk sends no signal).
     proc = subprocess.Popen(
-        [tool("mono"), str(checks), "full-disk"], env=cs_env(log_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        [tool("mono", MONO), str(checks), "full-disk"], env=library_env(log_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),
     )  # fmt: skip
-    try:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        path = Path(proc.stdout.readline().strip())
-        # As a full disk would: the kernel refuses bytes past 3000.
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
-        proc.stdin.write("1")
-        proc.stdin.flush()
-        report = json.loads(proc.stdout.readline())
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        proc.stdin.write("2")
-        proc.stdin.close()
-        assert proc.wait(timeout=60) == 0
-        stderr = proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait()
-    refused = [i for i, ok in enumerate(report["ok"]) if not ok]
-    assert refused and refused == list(range(refused[0], 100))
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"dvic_log: cannot write to {path}: "), stderr
-    records = parse_lines(path.read_bytes())[1:]  # every line whole again
-    kept = [int(r["msg"].split()[1]) for r in records[:-1]]
-    assert kept == list(range(refused[0] + (1 if report["torn"] else 0)))
-    assert records[-1]["msg"] == "space is back"
+    check_full_disk(proc)
 
 
 def test_retention_removes_an_exited_writers_old_file_only(checks: Path, log_dir: Path):

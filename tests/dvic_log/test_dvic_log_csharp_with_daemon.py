@@ -7,16 +7,18 @@ levels and logger names, and its liveness (alive while it runs, exited after).
 import subprocess
 from pathlib import Path
 
-from dvic_log_testkit import headed_files, read_file, wait_for
-from test_dvic_log_csharp import CS_DIR, build, cs_env, tool
-from test_dvic_log_with_daemon import demo_lines, demo_state, node  # noqa: F401  (node is a fixture)
+from dvic_log_testkit import headed_files, library_env, read_file, tool
+from test_dvic_log_csharp import CS_DIR, MONO, build
+from test_dvic_log_with_daemon import demo_lines, demo_state, node, shown_exited  # noqa: F401  (node is a fixture)
+
+from tests.support.wait import wait_for
 
 
 def test_the_csharp_example_is_seen_with_its_levels_then_as_exited(node, log_dir: Path, tmp_path: Path):  # noqa: F811
     server, node_id = node
     exe = build(tmp_path / "demo.exe", CS_DIR / "DvicLog.cs", CS_DIR / "examples" / "Demo.cs")
     demo = subprocess.Popen(
-        [tool("mono"), str(exe), "cs-demo", "--readings", "12"], env=cs_env(log_dir), stdout=subprocess.DEVNULL,
+        [tool("mono", MONO), str(exe), "cs-demo", "--readings", "12"], env=library_env(log_dir), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -39,11 +41,7 @@ def test_the_csharp_example_is_seen_with_its_levels_then_as_exited(node, log_dir
         glitch = next(line for line in lines if line["level"] == "ERROR")
         assert glitch["msg"].startswith("simulated glitch\nSystem.TimeoutException: sensor timeout\n  at Demo.Main ")
 
-        def exited():
-            current = demo_state(server, node_id, header["token"])
-            return current if current and current["state"] == "exited" else None
-
-        assert wait_for(exited, 30, "the demo to show as exited", interval=0.2)["exited_at"] is not None
+        assert shown_exited(server, node_id, header["token"])["exited_at"] is not None
         assert demo.stderr is not None and demo.stderr.read() == b""
     finally:
         demo.kill()

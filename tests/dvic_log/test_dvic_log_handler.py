@@ -115,6 +115,12 @@ def test_odd_unicode_through_logging_gives_valid_utf8(log_dir: Path, fresh_logge
     assert raw["msg"] == "b'bytes \\xff\\xfe'"
 
 
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """A demo in its own Python process, with the library from the source tree."""
+    return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(LIB_DIR)),
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_dict_config_can_build_the_handler(log_dir: Path, fresh_logger_name: str):
     logging.config.dictConfig(
         {
@@ -145,13 +151,7 @@ def test_a_write_failure_is_reported_once_on_stderr_not_to_the_caller(log_dir: P
         print("demo still running")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=dict(os.environ, PYTHONPATH=str(LIB_DIR)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "demo still running\n"
     # 40 failed records, one line (docs/log-format.md "When logging fails"), no traceback per record
@@ -171,13 +171,7 @@ def test_logging_after_shutdown_still_reaches_the_same_file(log_dir: Path):
         log.info("during the run")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=dict(os.environ, PYTHONPATH=str(LIB_DIR)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script(script)
     assert result.returncode == 0 and result.stderr == ""
     (path,) = live_files(log_dir)
     assert [r["msg"] for r in read_file(path)[1]] == [

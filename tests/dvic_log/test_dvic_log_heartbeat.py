@@ -10,7 +10,9 @@ from pathlib import Path
 import dvic_log
 from dvic_log._reader import Follower, parse_line
 from dvic_log._show import format_entry
-from dvic_log_testkit import LIB_DIR, live_files, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, live_files, read_file
+
+from tests.support.wait import wait_for
 
 
 def run_demo(code: str, env: dict) -> subprocess.CompletedProcess:

@@ -9,16 +9,18 @@ import signal
 import subprocess
 from pathlib import Path
 
-from dvic_log_testkit import headed_files, read_file, wait_for
-from test_dvic_log_js import JS_DIR, node_env, tool
-from test_dvic_log_with_daemon import demo_lines, demo_state, node  # noqa: F401  (node is a fixture)
+from dvic_log_testkit import headed_files, library_env, read_file, tool
+from test_dvic_log_js import JS_DIR
+from test_dvic_log_with_daemon import demo_lines, demo_state, node, shown_exited  # noqa: F401  (node is a fixture)
+
+from tests.support.wait import wait_for
 
 
 def test_the_node_example_is_seen_with_its_levels_then_as_exited(node, log_dir: Path):  # noqa: F811
     server, node_id = node
     demo = subprocess.Popen(
         [tool("node"), str(JS_DIR / "examples" / "demo.js"), "js-demo"],
-        env=node_env(log_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=library_env(log_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         (path,) = wait_for(lambda: headed_files(log_dir), 20, "the demo's log file")
@@ -45,11 +47,7 @@ def test_the_node_example_is_seen_with_its_levels_then_as_exited(node, log_dir: 
         wait_for(lambda: any(line["msg"] == "stopping (SIGTERM)" for line in demo_lines(server, node_id, "js-demo")),
                  30, "the last line", interval=0.5)  # fmt: skip
 
-        def exited():
-            current = demo_state(server, node_id, header["token"])
-            return current if current and current["state"] == "exited" else None
-
-        assert wait_for(exited, 30, "the demo to show as exited", interval=0.2)["exited_at"] is not None
+        assert shown_exited(server, node_id, header["token"])["exited_at"] is not None
         assert demo.stderr is not None and demo.stderr.read() == b""
     finally:
         demo.kill()

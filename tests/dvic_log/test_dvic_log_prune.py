@@ -83,22 +83,16 @@ def test_symlinks_and_other_users_files_are_left_alone(log_dir: Path, tmp_path: 
     assert others is None or others.exists()
 
 
-def test_keep_days_zero_disables_retention(log_dir: Path, dead_process, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize(("keep_days", "age_days", "kept"), [("0", 365, True), ("1.5", 2, False)],
+                         ids=["zero-disables-retention", "older-than-that-goes"])
+def test_keep_days_from_the_environment(log_dir: Path, dead_process, monkeypatch: pytest.MonkeyPatch,
+                                        keep_days: str, age_days: float, kept: bool):
     pid, start = dead_process
-    path = plant(log_dir, "dvic_log_" + "5" * 16, pid, start, 365)
-    monkeypatch.setenv("DVIC_LOG_KEEP_DAYS", "0")
-    with dvic_log.open_log("no-retention"):
+    path = plant(log_dir, "dvic_log_" + "5" * 16, pid, start, age_days)
+    monkeypatch.setenv("DVIC_LOG_KEEP_DAYS", keep_days)
+    with dvic_log.open_log("retention-from-env"):
         pass
-    assert path.exists()
-
-
-def test_keep_days_from_the_environment(log_dir: Path, dead_process, monkeypatch: pytest.MonkeyPatch):
-    pid, start = dead_process
-    path = plant(log_dir, "dvic_log_" + "6" * 16, pid, start, 2)
-    monkeypatch.setenv("DVIC_LOG_KEEP_DAYS", "1.5")
-    with dvic_log.open_log("short-retention"):
-        pass
-    assert not path.exists()
+    assert path.exists() == kept
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ from pathlib import Path
 import dvic_log
 import pytest
 from dvic_log._reader import Follower, parse_line, read_header
-from dvic_log_testkit import LIB_DIR, wait_for
+from dvic_log_testkit import LIB_DIR
+
+from tests.support.wait import wait_for
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 from dvic_log._identity import read_pid_start
-from dvic_log_testkit import LIB_DIR, headed_files, live_files, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, headed_files, live_files, read_file
+
+from tests.support.wait import wait_for
 
 PY = sys.executable
 

@@ -1,76 +1,48 @@
 """dvic_log end to end: real demos -> real node daemon -> real central server -> operator API.
 
-The node daemon and the server are started exactly as in production (the daemon with the
-documented command line), so these tests pin the file contract between dvic_log and the daemon.
+The node daemon and the server are started as in production (the daemon as its systemd unit starts
+it, with its default timings), so these tests pin the file contract between dvic_log and the daemon.
 """
 
 import os
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dvic_log_testkit import LIB_DIR, headed_files, live_files, read_file, wait_for
+from dvic_log_testkit import LIB_DIR, headed_files, live_files, read_file
+
+from tests.support.daemon import online_daemon
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-DAEMON = REPO / "node_script" / "dvic_node.py"
 
 
 @pytest.fixture
 def node(central_server, tmp_path: Path, log_dir: Path):
     """An enrolled node whose daemon watches log_dir; yields (server, node id)."""
-    bundle = central_server.enroll("dvic-log-e2e")
-    bundle_path = central_server.write_bundle(bundle, tmp_path / "bundle.json")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(tmp_path / "daemon.log", "ab") as out:
-        daemon = subprocess.Popen(
-            [sys.executable, str(DAEMON), "--config", str(bundle_path), "--state-dir", str(tmp_path / "state"),
-             "--log-dir", str(log_dir), "--system-log", "none", "--docker-socket", "none", "-v"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )  # fmt: skip
-    try:
-        wait_for(
-            lambda: central_server.node(bundle["node_id"]).get("connected"),
-            30,
-            "the daemon to connect",
-            interval=0.2,
-        )
-        yield central_server, bundle["node_id"]
-    finally:
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+    with online_daemon(central_server, tmp_path, log_dir, name="dvic-log-e2e", timings=("-v",)) as (node_id, _):
+        yield central_server, node_id
 
 
 def demo_lines(server, node_id: str, unit: str) -> list[dict[str, Any]]:
-    """Every stored demo line of `unit`, oldest first (follows the API's pages)."""
-    out: list[dict[str, Any]] = []
-    cursor = None
-    for _ in range(100):  # bounded paging
-        query = {"node": node_id, "source": "demo", "limit": "1000"}
-        if cursor:
-            query["cursor"] = cursor
-        status, body = server.api("GET", "/api/v1/logs?" + urllib.parse.urlencode(query))
-        assert status == 200, body
-        out += [line for line in body["lines"] if line["unit"] == unit]
-        cursor = body.get("next_cursor")
-        if not cursor:
-            break
-    return sorted(out, key=lambda line: line["seq"])
+    """Every stored demo line of `unit`, oldest first."""
+    return [line for line in server.logs(node=node_id, source="demo") if line["unit"] == unit]
 
 
 def demo_state(server, node_id: str, token: str) -> dict[str, Any] | None:
-    for demo in server.node(node_id).get("demos_list") or []:
-        if demo.get("token") == token:
-            return demo
-    return None
+    return server.demo(node_id, token)
+
+
+def shown_exited(server, node_id: str, token: str) -> dict[str, Any]:
+    """The demo's state once the server shows it exited."""
+
+    def exited() -> dict[str, Any] | None:
+        state = demo_state(server, node_id, token)
+        return state if state and state["state"] == "exited" else None
+
+    return wait_for(exited, 30, "the demo to show as exited", interval=0.2)
 
 
 def env_for_demos() -> dict[str, str]:
@@ -130,11 +102,7 @@ def test_a_wrapped_program_is_followed_alive_and_then_exited(node, log_dir: Path
         )
         assert [m for _, m in got][-2:] == ["bye", f"{sys.executable} exited with status 0"]
 
-        def exited():
-            state = demo_state(server, node_id, token)
-            return state if state and state["state"] == "exited" else None
-
-        assert wait_for(exited, 30, "the demo to show as exited", interval=0.2)["exited_at"] is not None
+        assert shown_exited(server, node_id, token)["exited_at"] is not None
     finally:
         wrapper.kill()
         wrapper.wait()

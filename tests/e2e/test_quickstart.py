@@ -6,25 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.server import REPO
+from tests.support.server import REPO, CentralServer
 from tests.support.wait import wait_for
 
 
 def _api(data_dir: Path, path: str) -> dict:
-    info = json.loads((data_dir / "listen.json").read_text())
-    token = (data_dir / "admin.token").read_text().strip()
-    req = urllib.request.Request(info["url"] + path, headers={"Authorization": f"Bearer {token}"})
-    ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-        return json.loads(resp.read())
+    status, body = CentralServer.running_in(data_dir).api("GET", path)
+    assert status == 200, body
+    return body
 
 
 

@@ -66,6 +66,10 @@ class Board:
         assert line, f"the board exited ({self.proc.poll()})"
         return line
 
+    def info(self, *texts: str) -> None:
+        for text in texts:
+            self.log(20, text)
+
     def log(self, level: int, text: str | bytes) -> None:
         raw = text.encode() if isinstance(text, str) else text
         escaped = b"".join(b"\\x%02x" % b if b < 0x20 or b in b"\\" or b >= 0x80 and isinstance(text, bytes)
@@ -97,6 +101,12 @@ class Board:
             self.proc.stdin.close()
         assert self.proc.wait(timeout=30) == 0  # (the sanitizers exit non-zero on an error or a leak)
 
+    def __enter__(self) -> Board:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def post_keepalive(server: CentralServer, bundle: dict[str, Any], body: bytes) -> tuple[int, Any]:
     req = urllib.request.Request(bundle["keepalive_url"], data=body, method="POST",
@@ -109,130 +119,120 @@ def post_keepalive(server: CentralServer, bundle: dict[str, Any], body: bytes) -
         return exc.code, json.loads(exc.read() or b"null")
 
 
+@pytest.fixture(scope="module")
+def boards_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
+    """Shared by the tests: each enrolls its own board (their limits are per node)."""
+    with CentralServer(tmp_path_factory.mktemp("esp32") / "central") as server:
+        yield server
+
+
 @pytest.fixture
-def board_node(central_server: CentralServer) -> Iterator[tuple[CentralServer, dict[str, Any]]]:
-    yield central_server, central_server.enroll("board-1", kind="esp32")
+def board_node(boards_server: CentralServer, tmp_path: Path) -> tuple[CentralServer, dict[str, Any]]:
+    """The server and the bundle of a board enrolled for this test (named after it)."""
+    return boards_server, boards_server.enroll(tmp_path.name, kind="esp32")
 
 
-def stored(server: CentralServer, node: str = "board-1") -> list[dict[str, Any]]:
-    status, body = server.api("GET", "/api/v1/logs?" + urllib.parse.urlencode(
-        {"node": node, "source": "demo", "limit": "1000"}))
-    assert status == 200, body
-    return sorted(body["lines"], key=lambda line: line["seq"])
+@pytest.fixture
+def board(board_binary: Path, board_node: tuple[CentralServer, dict[str, Any]]) -> Iterator[Board]:
+    """The test's board booted (a 4 KiB ring); it must exit cleanly at the end."""
+    with Board(board_binary, *board_node) as booted:
+        yield booted
 
 
-def test_board_lines_are_stored_as_demo_lines_with_their_levels(board_binary: Path, board_node) -> None:
-    server, bundle = board_node
-    board = Board(board_binary, server, bundle)
-    try:
-        status, body, answer = board.send()  # the first contact only learns where seq goes on
-        assert status == 200 and body["logs"]["lines"] == [] and answer["logs"] == {"last_seq": 0}
-        before = time.time()
-        board.log(20, "hello from the board")
-        board.log(40, 'motor "left" stalled\nretrying')
-        board.log(30, b"sensor sent \xff\xfe junk")
-        board.log(10, "x" * 300)  # longer than the ring keeps (120 bytes)
-        status, body, answer = board.send()
-        after = time.time()
-        assert status == 200 and answer["logs"] == {"last_seq": 4}
-        lines = stored(server)
-        assert [(line["seq"], line["level"], line["msg"]) for line in lines] == [
-            (1, "INFO", "hello from the board"),
-            (2, "ERROR", 'motor "left" stalled\nretrying'),
-            (3, "WARNING", "sensor sent \ufffd\ufffd junk"),
-            (4, "DEBUG", "x" * 120),
-        ]
-        token = board.stats()["token"]
-        assert {(line["unit"], line["demo"]) for line in lines} == {("board-demo", token)}
-        assert all(before - 1 <= line["ts"] <= after + 1 for line in lines)
-        assert body["logs"]["lines"][3]["truncated"] is True
-        assert board.stats()["count"] == 0
-        assert server.node("board-1")["state"] == "online"
-    finally:
-        board.close()
+def stored(server: CentralServer, bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The board's demo lines the server stored, by seq."""
+    return server.logs(node=bundle["name"], source="demo")
 
 
-def test_a_lost_answer_is_sent_again_and_stored_once(board_binary: Path, board_node) -> None:
-    server, bundle = board_node
-    board = Board(board_binary, server, bundle)
-    try:
-        board.send()
-        board.log(20, "one")
-        board.log(20, "two")
-        status, _, answer = board.send(lose_answer=True)  # stored, but the board never hears so
-        assert status == 0 and answer["logs"]["last_seq"] == 2
-        assert board.stats()["count"] == 2
-        board.log(20, "three")
-        status, body, _ = board.send()
-        assert status == 200 and [line["seq"] for line in body["logs"]["lines"]] == [1, 2, 3]
-        assert [(line["seq"], line["msg"]) for line in stored(server)] == [(1, "one"), (2, "two"), (3, "three")]
-        assert board.stats()["count"] == 0
-    finally:
-        board.close()
+def test_board_lines_are_stored_as_demo_lines_with_their_levels(board: Board) -> None:
+    server, bundle = board.server, board.bundle
+    status, body, answer = board.send()  # the first contact only learns where seq goes on
+    assert status == 200 and body["logs"]["lines"] == [] and answer["logs"] == {"last_seq": 0}
+    before = time.time()
+    board.log(20, "hello from the board")
+    board.log(40, 'motor "left" stalled\nretrying')
+    board.log(30, b"sensor sent \xff\xfe junk")
+    board.log(10, "x" * 300)  # longer than the ring keeps (120 bytes)
+    status, body, answer = board.send()
+    after = time.time()
+    assert status == 200 and answer["logs"] == {"last_seq": 4}
+    lines = stored(server, bundle)
+    assert [(line["seq"], line["level"], line["msg"]) for line in lines] == [
+        (1, "INFO", "hello from the board"),
+        (2, "ERROR", 'motor "left" stalled\nretrying'),
+        (3, "WARNING", "sensor sent \ufffd\ufffd junk"),
+        (4, "DEBUG", "x" * 120),
+    ]
+    token = board.stats()["token"]
+    assert {(line["unit"], line["demo"]) for line in lines} == {("board-demo", token)}
+    assert all(before - 1 <= line["ts"] <= after + 1 for line in lines)
+    assert body["logs"]["lines"][3]["truncated"] is True
+    assert board.stats()["count"] == 0
+    assert server.node(bundle["name"])["state"] == "online"
+
+
+def test_a_lost_answer_is_sent_again_and_stored_once(board: Board) -> None:
+    server, bundle = board.server, board.bundle
+    board.send()
+    board.info("one", "two")
+    status, _, answer = board.send(lose_answer=True)  # stored, but the board never hears so
+    assert status == 0 and answer["logs"]["last_seq"] == 2
+    assert board.stats()["count"] == 2
+    board.info("three")
+    status, body, _ = board.send()
+    assert status == 200 and [line["seq"] for line in body["logs"]["lines"]] == [1, 2, 3]
+    assert [(line["seq"], line["msg"]) for line in stored(server, bundle)] == [(1, "one"), (2, "two"), (3, "three")]
+    assert board.stats()["count"] == 0
 
 
 def test_a_full_ring_drops_the_oldest_and_the_server_records_the_gap(board_binary: Path, board_node) -> None:
     server, bundle = board_node
-    board = Board(board_binary, server, bundle, ring_bytes=4 * SLOT_BYTES)
-    try:
+    with Board(board_binary, server, bundle, ring_bytes=4 * SLOT_BYTES) as board:
         board.send()
         for i in range(10):
             board.log(20, f"line {i}")
         assert board.stats()["dropped"] == 6
         status, body, _ = board.send()
         assert status == 200 and body["logs"]["gap"] == {"first_seq": 1, "last_seq": 6}
-        assert [(line["seq"], line["msg"]) for line in stored(server)] == [(7, "line 6"), (8, "line 7"),
+        assert [(line["seq"], line["msg"]) for line in stored(server, bundle)] == [(7, "line 6"), (8, "line 7"),
                                                                           (9, "line 8"), (10, "line 9")]
-        status, events = server.api("GET", "/api/v1/events?node=board-1&kind=log_gap")
+        status, events = server.api("GET", f"/api/v1/events?node={bundle['name']}&kind=log_gap")
         assert status == 200
         (event,) = events["events"]
         assert event["data"] == {"dropped": 6, "first_seq": 1, "last_seq": 6}
         _, body, _ = board.send()
         assert "gap" not in body["logs"]  # reported once
-    finally:
-        board.close()
 
 
 def test_a_rebooted_board_goes_on_above_the_stored_lines(board_binary: Path, board_node) -> None:
     server, bundle = board_node
-    first = Board(board_binary, server, bundle)
-    try:
+    with Board(board_binary, server, bundle) as first:
         first.send()
-        first.log(20, "before the reboot")
-        first.log(20, "still before")
+        first.info("before the reboot", "still before")
         assert first.send()[0] == 200
-    finally:
-        first.close()
-    second = Board(board_binary, server, bundle)
-    try:
+    with Board(board_binary, server, bundle) as second:
         _, _, answer = second.send()
         assert answer["logs"]["last_seq"] == 2
         second.log(40, "after the reboot")
         assert second.send()[0] == 200
-        lines = stored(server)
+        lines = stored(server, bundle)
         assert [(line["seq"], line["msg"]) for line in lines] == [
             (1, "before the reboot"), (2, "still before"), (3, "after the reboot")]
         assert len({line["demo"] for line in lines}) == 2  # one token per boot
-    finally:
-        second.close()
 
 
-def test_a_rate_limited_keepalive_keeps_the_lines_for_the_next_one(board_binary: Path, board_node) -> None:
-    server, bundle = board_node
-    board = Board(board_binary, server, bundle)
-    try:
-        statuses = [board.send()[0] for _ in range(11)]  # the burst is 10 keep-alives per node
-        assert statuses[-1] == 429, statuses
-        board.log(20, "patient line")
-        status, body, answer = board.send()
-        assert status == 429 and answer["error"]["code"] == "rate_limited"
-        assert len(body["logs"]["lines"]) == 1 and board.stats()["count"] == 1 and stored(server) == []
-        board.log(20, "second line")
-        wait_for(lambda: board.send()[0] == 200, 30, "a keep-alive within the rate", interval=0.5)
-        assert [line["msg"] for line in stored(server)] == ["patient line", "second line"]
-        assert board.stats()["count"] == 0
-    finally:
-        board.close()
+def test_a_rate_limited_keepalive_keeps_the_lines_for_the_next_one(board: Board) -> None:
+    server, bundle = board.server, board.bundle
+    statuses = [board.send()[0] for _ in range(11)]  # the burst is 10 keep-alives per node
+    assert statuses[-1] == 429, statuses
+    board.log(20, "patient line")
+    status, body, answer = board.send()
+    assert status == 429 and answer["error"]["code"] == "rate_limited"
+    assert len(body["logs"]["lines"]) == 1 and board.stats()["count"] == 1 and stored(server, bundle) == []
+    board.log(20, "second line")
+    wait_for(lambda: board.send()[0] == 200, 30, "a keep-alive within the rate", interval=0.5)
+    assert [line["msg"] for line in stored(server, bundle)] == ["patient line", "second line"]
+    assert board.stats()["count"] == 0
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def test_a_bad_logs_object_gets_a_clear_400_and_stores_nothing(board_node, logs:
     status, answer = post_keepalive(server, bundle, json.dumps({"uptime": 3, "logs": logs}).encode())
     assert status == 400 and answer["error"]["code"] == "bad_field", answer
     assert message in answer["error"]["message"]
-    assert stored(server) == []
+    assert stored(server, bundle) == []
 
 
 def test_a_body_near_64_kib_is_read_whole_and_stored(board_node) -> None:
@@ -285,7 +285,7 @@ def test_a_body_near_64_kib_is_read_whole_and_stored(board_node) -> None:
     finally:
         conn.close()
     assert status == 200 and answer["logs"]["last_seq"] == 300, answer
-    assert len(stored(server)) == 300
+    assert len(stored(server, bundle)) == 300
 
 
 def test_a_keepalive_body_over_64_kib_is_refused(board_node) -> None:
@@ -295,18 +295,15 @@ def test_a_keepalive_body_over_64_kib_is_refused(board_node) -> None:
     assert len(body) > 64 * 1024
     status, answer = post_keepalive(server, bundle, body)
     assert status == 413 and answer["error"]["code"] == "too_large"
-    assert stored(server) == []
+    assert stored(server, bundle) == []
 
 
 def test_enqueueing_a_record_takes_under_20_microseconds(board_binary: Path, board_node) -> None:
     server, bundle = board_node
-    board = Board(board_binary, server, bundle, ring_bytes=64 * 1024)
-    try:
+    with Board(board_binary, server, bundle, ring_bytes=64 * 1024) as board:
         board._write(b"bench 200000\n")
         ns = json.loads(board._line())["ns_per_log"]
         assert ns < 20_000, f"{ns:.0f} ns per record (sanitizers on)"
-    finally:
-        board.close()
 
 
 def test_the_core_builds_as_cpp11_too(tmp_path: Path) -> None:

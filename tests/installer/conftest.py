@@ -1,4 +1,4 @@
-"""Fixtures for the installer tests: a real sshd (target and jump), a test user, a fake central server."""
+"""Fixtures for the installer tests: a real sshd (target and jump), a test user, the real central server."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import hmac
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from installer import AddNodeRequest, Password, ServerSpec
 from installer.paths import DEFAULT_UNIT_TEMPLATE
+from tests.support.procs import cmdline, stop_pid
+from tests.support.server import CentralServer
 
-from .fake_central import FakeCentral
-from .sshd import Sshd, ensure_user
+from .sshd import Sshd, ensure_user, free_port
 
 HERE = Path(__file__).resolve().parent
 USER = "dvic-it"
@@ -112,11 +114,99 @@ def jump_sshd(ssh_user: str, jump_key: Path, tmp_path_factory: pytest.TempPathFa
     sshd.stop()
 
 
+@pytest.fixture(scope="session")
+def closed_port() -> int:
+    """A loopback port where nothing listens (free when the session began)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def session_central(target_sshd: Sshd, closed_port: int,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
+    """One real dvic-central for the add-node tests, each with its own account and node names.
+    Tunnels through a node may reach the target's sshd, and the closed port."""
+    with CentralServer(tmp_path_factory.mktemp("central") / "central", extra_args=(
+            "--tunnel-port", str(target_sshd.port), "--tunnel-port", str(closed_port))) as server:
+        yield server
+
+
+@dataclass
+class Central:
+    """The session's server as one test sees it: the test's own operator account, whose token the
+    installer uses, and the name of the test's node. What the installer asked of the server and
+    changed on it is what this account did: the access log and the audit trail say which."""
+
+    server: CentralServer
+    operator: str
+    token: str
+
+    @property
+    def name(self) -> str:
+        return self.operator  # the node the test adds is named after the test, like its account
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def spec(self, token: str = "") -> ServerSpec:
+        return ServerSpec(self.server.url, token or self.token, str(self.server.ca_path))
+
+    def account(self, role: str) -> str:
+        """A token of a further account of this test with `role`."""
+        name = f"{self.operator}-{role[:6]}"
+        status, body = self.server.api("POST", "/api/v1/operators", {"name": name, "role": role})
+        assert status == 201, body
+        return str(body["token"])
+
+    def requests(self, operator: str = "") -> list[tuple[str, str]]:
+        """(method, target) of this account's calls to the node API (/api/v1/nodes...), from the access log."""
+        calls = []
+        for line in self.server.log().splitlines():
+            if " dvic-central.access: " in line:
+                _, who, method, target = line.split(" dvic-central.access: ", 1)[1].split()[:4]
+                if who == (operator or self.operator) and target.startswith("/api/v1/nodes"):
+                    calls.append((method, target))
+        return calls
+
+    def audit(self) -> list[dict[str, Any]]:
+        """This account's audit rows, oldest first: every write it asked for, refused ones too."""
+        entries: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            status, body = self.server.api("GET", "/api/v1/audit?limit=1000" + (f"&cursor={cursor}" if cursor else ""))
+            assert status == 200, body
+            entries += [e for e in body["entries"] if e["operator"] == self.operator]
+            cursor = body["next_cursor"] or ""
+            if not cursor:
+                return entries[::-1]
+
+    def enrollments(self) -> list[int]:
+        """The HTTP status of each enrollment this account asked for."""
+        return [e["status"] for e in self.audit() if e["action"] == "POST /api/v1/nodes"]
+
+    def node(self, ref: str = "") -> dict[str, Any]:
+        return self.server.node(ref or self.name)
+
+    def nodes_named(self, name: str = "") -> list[dict[str, Any]]:
+        """Every node that has or had this name (a revoked one keeps it until the name is enrolled again)."""
+        status, body = self.server.api("GET", "/api/v1/nodes")
+        assert status == 200, body
+        return [n for n in body["nodes"] if n["name"] == (name or self.name)]
+
+
 @pytest.fixture
-async def central(tmp_path: Path) -> AsyncIterator[FakeCentral]:
-    server = await FakeCentral(tmp_path / "central").start()
-    yield server
-    await server.stop()
+def central(session_central: CentralServer, request: pytest.FixtureRequest) -> Central:
+    """The test's own operator account on the session's server (named after the test)."""
+    name = _test_name(request.node.name)
+    status, body = session_central.api("POST", "/api/v1/operators", {"name": name, "role": "operator"})
+    assert status == 201, body
+    return Central(session_central, name, body["token"])
+
+
+def _test_name(test: str) -> str:
+    """A node and account name for a test: unique in the session, fit for both (and a suffix)."""
+    stem = "".join(c if c.isalnum() else "-" for c in test.removeprefix("test_").lower())[:18].strip("-")
+    return f"{stem}-{secrets.token_hex(3)}"
 
 
 @pytest.fixture
@@ -143,41 +233,34 @@ def tree(root: Path) -> list[str]:
 
 
 def daemon_pid(root: Path) -> int | None:
+    """The daemon an install into `root` started (its pid file names it, its command line confirms)."""
     pidfile = root / "var/lib/dvic-node/dvic-node.pid"
     try:
         pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid if str(root / "opt/dvic-node/dvic_node.py").encode() in cmdline else None
+    return pid if str(root / "opt/dvic-node/dvic_node.py").encode() in cmdline(pid) else None
 
 
 def stop_daemon(root: Path) -> None:
     pid = daemon_pid(root)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    # daemon_pid() is None once it exited, even while it waits as a zombie for init to reap it.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and daemon_pid(root) == pid:
-        time.sleep(0.02)
-    if daemon_pid(root) == pid:
-        os.kill(pid, signal.SIGKILL)
+    if pid is not None:
+        # daemon_pid() is None once it exited, even while it waits as a zombie for init to reap it.
+        stop_pid(pid, lambda: daemon_pid(root) == pid)
 
 
 @pytest.fixture
 def make_request(
-    target_sshd: Sshd, central: FakeCentral, prefix: Path, unit_template: Path, tmp_path: Path,
+    target_sshd: Sshd, central: Central, prefix: Path, unit_template: Path, tmp_path: Path,
 ) -> Callable[..., AddNodeRequest]:
-    """An AddNodeRequest for the test target (direct, no systemd, in the prefix, stub daemon)."""
+    """An AddNodeRequest for the test target (direct, no systemd, in the prefix, the real daemon)."""
 
     def make(**overrides: object) -> AddNodeRequest:
         values: dict[str, object] = dict(
             host="127.0.0.1", port=target_sshd.port, user=USER, password=Password(PASSWORD.encode()),
-            server=ServerSpec(central.url, central.token, str(central.ca_path)),
-            name="pi-test", expect_host_key=target_sshd.fingerprint, known_hosts=tmp_path / "known_hosts",
-            prefix=str(prefix), init="none", daemon_source=HERE / "stub_daemon.py",
-            unit_template=unit_template, connect_timeout=10.0, online_timeout=20.0,
+            server=central.spec(), name=central.name, expect_host_key=target_sshd.fingerprint,
+            known_hosts=tmp_path / "known_hosts", prefix=str(prefix), init="none", unit_template=unit_template,
+            connect_timeout=10.0, online_timeout=20.0,
         )
         values.update(overrides)
         return AddNodeRequest(**values)  # type: ignore[arg-type]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from tests.support.procs import stop_process
+from tests.support.wait import WaitTimeout, wait_for
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -80,9 +83,9 @@ class Sshd:
             self.proc = subprocess.Popen([*self.ns_prefix, SSHD, "-D", "-e", "-f", str(config)],
                                          stdout=log, stderr=log)
             log.close()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.proc.poll() is None and not self._ready(port):
-                time.sleep(0.02)
+            with contextlib.suppress(WaitTimeout):
+                wait_for(lambda port=port: self.proc.poll() is not None or self._ready(port), 10, "sshd to listen",
+                         interval=0.02)
             if self.proc.poll() is None and self._ready(port):
                 self.port = port
                 return self
@@ -115,13 +118,7 @@ class Sshd:
 
     def _stop_proc(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, timeout=10)
             self.proc = None
 
 

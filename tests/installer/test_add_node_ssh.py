@@ -1,4 +1,5 @@
-"""add_node over real SSH (OpenSSH sshd on loopback) into a prefix on this machine, no systemd."""
+"""add_node over real SSH (OpenSSH sshd on loopback) into a prefix on this machine, no systemd, with the
+real dvic-central (one for the session: each test has its own account and node name) and the real daemon."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ from installer import (
     StepStatus,
     add_node,
 )
+from installer.flow import daemon_version
+from installer.paths import DEFAULT_DAEMON_SOURCE
+from tests.support.daemon import enrolled_daemon, online_daemon, wait_connected
+from tests.support.wait import wait_for
 
-from .conftest import daemon_pid, tree
-from .fake_central import FakeCentral
+from .conftest import Central, daemon_pid, tree
 from .sshd import Sshd
 
 
@@ -45,7 +49,7 @@ def _ended(steps: list[Step]) -> list[tuple[str, str]]:
 
 
 async def test_direct_install_comes_online(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     reported: list[Step] = []
     request = make_request()
@@ -58,7 +62,7 @@ async def test_direct_install_comes_online(
         pair for name in STEP_NAMES for pair in ((name, "running"), (name, "ok"))]
     assert all(s.duration > 0 for s in result.steps)
     assert not result.reused_identity
-    assert central.nodes[result.node_id]["state"] == "online"
+    assert central.node(result.node_id)["state"] == "online"
     assert request.password.wiped
 
     bundle = prefix / "etc/dvic-node/bundle.json"
@@ -70,31 +74,31 @@ async def test_direct_install_comes_online(
 
 
 async def test_jump_host(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, jump_sshd: Sshd, jump_key: Path,
+    make_request: Callable[..., AddNodeRequest], central: Central, jump_sshd: Sshd, jump_key: Path,
     prefix: Path,
 ) -> None:
     source = Jump(host="127.0.0.1", port=jump_sshd.port, user="dvic-it", client_keys=[str(jump_key)],
                   expect_host_key=jump_sshd.fingerprint)
     result = await add_node(make_request(source=source))
-    assert central.nodes[result.node_id]["state"] == "online"
+    assert central.node(result.node_id)["state"] == "online"
     assert "Accepted publickey for dvic-it" in jump_sshd.log_path.read_text()
     assert daemon_pid(prefix) is not None
 
 
 async def test_wrong_password_changes_nothing(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     from installer import Password
 
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(password=Password(b"not-the-password")))
     assert (err.value.step, err.value.code) == ("connect", "auth_failed")
-    assert central.requests == []
+    assert central.requests() == central.audit() == []
     assert tree(prefix) == []
 
 
 async def test_user_without_sudo_is_told_what_to_do(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     from .conftest import NOSUDO_USER
 
@@ -102,43 +106,43 @@ async def test_user_without_sudo_is_told_what_to_do(
         await add_node(make_request(user=NOSUDO_USER))
     assert (err.value.step, err.value.code) == ("check", "not_sudoer")
     assert "sudo" in err.value.hint
-    assert central.requests == [] and tree(prefix) == []
+    assert central.requests() == central.audit() == [] and tree(prefix) == []
 
 
 async def test_name_taken_at_the_server(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     from installer.api import CentralClient
 
     request = make_request()
     async with CentralClient(request.server) as api:
-        await api.enroll("pi-test", "desktop", "")
+        await api.enroll(central.name, "desktop", "")
     with pytest.raises(InstallerError) as err:
         await add_node(request)
     assert err.value.step == "enroll" and "remove-node" in err.value.hint
-    assert central.enroll_count() == 2 and len(central.nodes) == 1
+    assert central.enrollments() == [201, 409] and len(central.nodes_named()) == 1
     assert tree(prefix) == []
 
 
 async def test_missing_daemon_file_fails_before_anything(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, tmp_path: Path
 ) -> None:
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(daemon_source=tmp_path / "nope.py"))
     assert (err.value.step, err.value.code) == ("render", "missing_file")
-    assert central.requests == []
+    assert central.requests() == central.audit() == []
 
 
-async def test_remove_unknown_node(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
+async def test_remove_unknown_node(make_request: Callable[..., AddNodeRequest], central: Central) -> None:
     from installer import RemoveNodeRequest, remove_node
 
     with pytest.raises(InstallerError) as err:
-        await remove_node(RemoveNodeRequest(node="nope", server=make_request().server))
+        await remove_node(RemoveNodeRequest(node=central.name, server=make_request().server))
     assert (err.value.step, err.value.code) == ("revoke", "unknown_node")
 
 
 async def test_bad_token_or_role_fails_before_ssh(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd
 ) -> None:
     from dataclasses import replace
 
@@ -147,74 +151,68 @@ async def test_bad_token_or_role_fails_before_ssh(
     logins_before = target_sshd.log_path.read_text().count("Accepted password")
     with pytest.raises(InstallerError) as err:
         await add_node(request)
-    assert (err.value.step, err.value.code) == ("connect", "unauthorized") and "token" in err.value.hint
+    # the server's own code for an unknown token (the fake server said "unauthorized")
+    assert (err.value.step, err.value.code) == ("connect", "bad_token") and "token" in err.value.hint
 
-    central.role = "viewer"
+    viewer = central.account("viewer")
     with pytest.raises(InstallerError) as err:
-        await add_node(make_request())
+        await add_node(make_request(server=central.spec(viewer)))
     assert err.value.code == "http_403" and "'viewer'" in err.value.message
     assert target_sshd.log_path.read_text().count("Accepted password") == logins_before
-    assert central.requests == []
+    assert central.requests() == central.requests(f"{central.operator}-viewer") == central.audit() == []
 
 
-async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], central: FakeCentral) -> None:
+async def test_unreachable_target(make_request: Callable[..., AddNodeRequest], central: Central) -> None:
     from .sshd import free_port
 
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(port=free_port()))
     assert (err.value.step, err.value.code) == ("connect", "unreachable")
     assert "refused" in err.value.message and err.value.hint
-    assert central.requests == []
-
-
-async def _relay_node(central: FakeCentral, request: AddNodeRequest, online: bool = True) -> None:
-    from installer.api import CentralClient
-
-    async with CentralClient(request.server) as api:
-        bundle = await api.enroll("relay", "desktop", "")
-    central.nodes[bundle["node_id"]]["state"] = "online" if online else "offline"
+    assert central.requests() == central.audit() == []
 
 
 async def test_via_node(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, prefix: Path, tmp_path: Path
 ) -> None:
     from installer import ViaNode
 
-    request = make_request(source=ViaNode("relay"))
-    await _relay_node(central, request)
-    result = await add_node(request)
-    assert central.nodes[result.node_id]["state"] == "online" and daemon_pid(prefix) is not None
-    tunnels = [q for kind, _, q in central.requests if kind == "TUNNEL"]
+    relay = f"{central.name}-relay"
+    with online_daemon(central.server, tmp_path / "relay", name=relay):  # a node of the fleet, its real daemon
+        result = await add_node(make_request(source=ViaNode(relay)))
+    assert central.node(result.node_id)["state"] == "online" and daemon_pid(prefix) is not None
+    tunnels = [(e["target"], e["detail"]) for e in central.audit() if e["action"] == "tunnel"]
     # One stream for the host key check, one for the session itself.
-    assert tunnels == [{"host": "127.0.0.1", "port": str(target_sshd.port)}] * 2
+    assert tunnels == [(relay, {"host": "127.0.0.1", "port": target_sshd.port})] * 2
 
 
 async def test_via_node_failures_are_clear(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral
+    make_request: Callable[..., AddNodeRequest], central: Central, closed_port: int, tmp_path: Path
 ) -> None:
     from installer import ViaNode
 
-    from .sshd import free_port
-
-    request = make_request(source=ViaNode("relay"))
+    relay = f"{central.name}-relay"
     with pytest.raises(InstallerError) as err:
-        await add_node(request)
+        await add_node(make_request(source=ViaNode(relay)))
     assert (err.value.code, "dvic nodes" in err.value.hint) == ("via_unknown", True)
 
-    await _relay_node(central, request, online=False)
+    relay_id, daemon = enrolled_daemon(central.server, tmp_path / "relay", name=relay)  # its daemon not running
     with pytest.raises(InstallerError) as err:
-        await add_node(make_request(source=ViaNode("relay")))
+        await add_node(make_request(source=ViaNode(relay)))
     assert err.value.code == "via_offline" and "online node" in err.value.hint
 
-    next(iter(central.nodes.values()))["state"] = "online"
-    with pytest.raises(InstallerError) as err:
-        await add_node(make_request(source=ViaNode("relay"), port=free_port()))
+    try:
+        wait_connected(central.server, relay_id, daemon.start())
+        with pytest.raises(InstallerError) as err:  # a port the server allows, where nothing listens
+            await add_node(make_request(source=ViaNode(relay), port=closed_port))
+    finally:
+        daemon.stop()
     assert err.value.code == "unreachable" and "cannot reach 127.0.0.1:" in err.value.message
-    assert central.enroll_count() == 1  # only the relay: the failed adds enrolled nothing
+    assert central.enrollments() == []  # the failed adds enrolled nothing
 
 
 async def test_no_python_on_target(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, tmp_path: Path, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, tmp_path: Path, prefix: Path
 ) -> None:
     # A PATH holding every tool of this machine but Python.
     bare = tmp_path / "bin-without-python"
@@ -232,12 +230,12 @@ async def test_no_python_on_target(
     shutil.rmtree(others)
     assert (err.value.step, err.value.code) == ("check", "no_python")
     assert "python3" in err.value.message and "--python" in err.value.hint
-    assert central.enroll_count() == 0
+    assert central.enrollments() == []
     assert tree(prefix) == []
 
 
 async def test_unknown_host_key_needs_confirmation(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, tmp_path: Path
 ) -> None:
     known_hosts = tmp_path / "known_hosts"
     with pytest.raises(InstallerError) as err:
@@ -259,11 +257,11 @@ async def test_unknown_host_key_needs_confirmation(
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(expect_host_key="SHA256:" + "A" * 43))
     assert err.value.code == "host_key_mismatch"
-    assert not known_hosts.exists() and central.requests == []
+    assert not known_hosts.exists() and central.requests() == central.audit() == []
 
 
 async def test_a_pin_is_checked_even_when_known_hosts_has_the_key(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, jump_sshd: Sshd,
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, jump_sshd: Sshd,
     jump_key: Path, tmp_path: Path, prefix: Path,
 ) -> None:
     import asyncssh
@@ -291,12 +289,12 @@ async def test_a_pin_is_checked_even_when_known_hosts_has_the_key(
 
     assert target_sshd.log_path.read_text().count("Accepted password") == logins
     assert jump_sshd.log_path.read_text().count("Accepted publickey") == jump_logins
-    assert central.requests == [] and tree(prefix) == [] and store.path.read_text() == saved
+    assert central.requests() == central.audit() == [] and tree(prefix) == [] and store.path.read_text() == saved
 
 
 @pytest.mark.parametrize("pin", ["MD5:aa:bb", "SHA256:AAAA", "SHA256:" + "A" * 44])
 async def test_a_malformed_pin_fails_before_connecting(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, pin: str
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, pin: str
 ) -> None:
     connections = target_sshd.log_path.read_text().count("Connection from")
     for request in (make_request(expect_host_key=pin),
@@ -306,11 +304,11 @@ async def test_a_malformed_pin_fails_before_connecting(
         assert (err.value.step, err.value.code) == ("connect", "bad_pin")
         assert "is not a SHA256 fingerprint" in err.value.message and "--expect-" in err.value.hint
     assert target_sshd.log_path.read_text().count("Connection from") == connections
-    assert central.requests == []
+    assert central.requests() == central.audit() == []
 
 
 async def test_changed_host_key_aborts_loudly(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, ssh_user: str, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, ssh_user: str, tmp_path: Path
 ) -> None:
     from installer.hostkeys import KnownHosts, trusted_host_keys
 
@@ -332,11 +330,11 @@ async def test_changed_host_key_aborts_loudly(
     assert "HOST KEY CHANGED" in err.value.message and old in err.value.message
     assert sshd.fingerprint in err.value.message
     assert store.path.read_text() == saved
-    assert central.requests == []
+    assert central.requests() == central.audit() == []
 
 
 async def test_host_key_of_another_type_is_a_change(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, ssh_user: str, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, ssh_user: str, tmp_path: Path
 ) -> None:
     import subprocess
 
@@ -355,11 +353,11 @@ async def test_host_key_of_another_type_is_a_change(
     finally:
         sshd.stop()
     assert err.value.code == "host_key_changed" and "it now presents SHA256:" in err.value.message
-    assert central.requests == []
+    assert central.requests() == central.audit() == []
 
 
 async def test_rerun_repairs_in_place_with_the_same_identity(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path,
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, prefix: Path,
     tmp_path: Path,
 ) -> None:
     asked: list[str] = []
@@ -380,20 +378,20 @@ async def test_rerun_repairs_in_place_with_the_same_identity(
 
     second = await add_node(make_request(expect_host_key="", confirm_host_key=must_not_ask))
     assert second.reused_identity and second.node_id == first.node_id
-    assert central.enroll_count() == 1
+    assert central.enrollments() == [201]
     assert "kept the installed identity" in second.steps[2].message
     new_pid = daemon_pid(prefix)
     assert new_pid is not None and new_pid != old_pid
-    assert "keepalive" in (prefix / "opt/dvic-node/dvic_node.py").read_text()
+    assert (prefix / "opt/dvic-node/dvic_node.py").read_text() == DEFAULT_DAEMON_SOURCE.read_text()
 
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(name="another-name"))
     assert err.value.code == "name_mismatch" and first.node_id in err.value.hint
-    assert daemon_pid(prefix) == new_pid and central.enroll_count() == 1
+    assert daemon_pid(prefix) == new_pid and central.enrollments() == [201]
 
 
 async def test_daemon_that_dies_leaves_nothing_and_revokes(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path, tmp_path: Path
 ) -> None:
     dying = tmp_path / "dying.py"
     dying.write_text("import sys\nprint('cannot start: no luck')\nsys.exit(1)\n")
@@ -403,13 +401,12 @@ async def test_daemon_that_dies_leaves_nothing_and_revokes(
     assert (err.value.step, err.value.code) == ("install", "start_failed")
     assert "no luck" in err.value.message
     assert _ended(steps)[-2:] == [("install", "failed"), ("rollback", "ok")]
-    (node,) = central.nodes.values()
-    assert node["revoked"]
+    assert central.enrollments() == [201] and central.node()["revoked"] is True
     assert not (prefix / "opt").exists() and not (prefix / "etc").exists() and not (prefix / "var").exists()
 
 
 async def test_failed_upgrade_restores_the_running_install(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path, tmp_path: Path
 ) -> None:
     first = await add_node(make_request())
     daemon = prefix / "opt/dvic-node/dvic_node.py"
@@ -420,7 +417,7 @@ async def test_failed_upgrade_restores_the_running_install(
         await add_node(make_request(daemon_source=bad))
     assert err.value.code == "bad_daemon"
     assert daemon.read_text() == before and daemon_pid(prefix) is not None
-    assert not central.nodes[first.node_id]["revoked"]  # a kept identity is never revoked
+    assert central.node(first.node_id)["revoked"] is False  # a kept identity is never revoked
 
     dying = tmp_path / "dying.py"
     dying.write_text("raise SystemExit(2)\n")
@@ -428,11 +425,11 @@ async def test_failed_upgrade_restores_the_running_install(
         await add_node(make_request(daemon_source=dying))
     assert err.value.code == "start_failed"
     assert daemon.read_text() == before and daemon_pid(prefix) is not None  # rolled back and restarted
-    assert not central.nodes[first.node_id]["revoked"]
+    assert central.node(first.node_id)["revoked"] is False
 
 
 async def test_never_online_is_rolled_back_and_shows_the_daemons_last_lines(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path, tmp_path: Path
 ) -> None:
     silent = tmp_path / "silent.py"
     silent.write_text("import sys, time\nprint('connection: cannot reach the server (a marker)', file=sys.stderr, "
@@ -440,8 +437,7 @@ async def test_never_online_is_rolled_back_and_shows_the_daemons_last_lines(
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(daemon_source=silent, online_timeout=1.0))
     assert (err.value.step, err.value.code) == ("online", "timeout")
-    (node,) = central.nodes.values()
-    assert node["revoked"]
+    assert central.enrollments() == [201] and central.node()["revoked"] is True
     assert daemon_pid(prefix) is None and not (prefix / "opt/dvic-node").exists()
     # The rollback deleted the daemon's log: the error carries its end instead of pointing to it.
     assert not (prefix / "var/lib/dvic-node/daemon.out").exists()
@@ -450,7 +446,7 @@ async def test_never_online_is_rolled_back_and_shows_the_daemons_last_lines(
 
 
 async def test_remove_node_uninstalls(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, prefix: Path,
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, prefix: Path,
     tmp_path: Path,
 ) -> None:
     from installer import Password, RemoveNodeRequest, remove_node
@@ -458,18 +454,19 @@ async def test_remove_node_uninstalls(
     from .conftest import PASSWORD
 
     result = await add_node(make_request())
+    admin = central.spec(central.account("admin"))  # the node has connected: only an admin may revoke it
     # Revoked first, alone; then the uninstall on a second run (as after a failed uninstall).
-    assert [s.message for s in await remove_node(RemoveNodeRequest(node="pi-test", server=make_request().server))
-            ] == [f"revoked pi-test ({result.node_id})"]
+    assert [s.message for s in await remove_node(RemoveNodeRequest(node=central.name, server=admin))
+            ] == [f"revoked {central.name} ({result.node_id})"]
     request = RemoveNodeRequest(
-        node="pi-test", server=make_request().server, uninstall=True, host="127.0.0.1", user="dvic-it",
+        node=central.name, server=admin, uninstall=True, host="127.0.0.1", user="dvic-it",
         password=Password(PASSWORD.encode()), port=target_sshd.port, known_hosts=tmp_path / "known_hosts",
         prefix=str(prefix), init="none",
     )
     steps = await remove_node(request)
     assert "already revoked" in steps[0].message
     assert [(s.name, s.status.value) for s in steps] == [("revoke", "ok"), ("connect", "ok"), ("uninstall", "ok")]
-    assert central.nodes[result.node_id]["revoked"]
+    assert central.node(result.node_id)["revoked"] is True
     assert daemon_pid(prefix) is None
     # Only the shared parent directories (like /etc/systemd/system) stay.
     assert [p for p in tree(prefix) if not p.endswith("/")] == []
@@ -477,34 +474,34 @@ async def test_remove_node_uninstalls(
 
 
 async def test_online_means_the_installed_daemon_version(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path, tmp_path: Path
 ) -> None:
-    from .conftest import HERE
+    real = DEFAULT_DAEMON_SOURCE.read_text()
+    running = daemon_version(real)
+    # The installer takes a file's first VERSION line: this one claims 9.9.9 but runs (and says) `running`,
+    # as if an older daemon with this identity were still the one connected.
+    claims_newer = tmp_path / "claims-newer.py"
+    claims_newer.write_text(real.replace(f'VERSION = "{running}"', f'VERSION = "9.9.9"\nVERSION = "{running}"', 1))
 
-    versioned = tmp_path / "versioned.py"
-    versioned.write_text('VERSION = "9.9.9"\n' + (HERE / "stub_daemon.py").read_text())
-
-    def old_daemon_reports(step: Step) -> None:
-        # As if an older daemon with this identity were still the one connected.
+    def seen_online_first(step: Step) -> None:
+        # The installer's first look at the node comes after the server saw its daemon.
         if step.name == "online" and step.status == StepStatus.RUNNING:
-            for node in central.nodes.values():
-                node["daemon_version"] = "0.0.1"
+            wait_for(lambda: central.node()["state"] == "online", 20, "the daemon online")
 
+    admin = central.spec(central.account("admin"))  # the rollback revokes a node that connected: an admin's call
     with pytest.raises(InstallerError) as err:
-        await add_node(make_request(daemon_source=versioned, online_timeout=1.0), old_daemon_reports)
-    assert err.value.code == "timeout" and "running daemon 0.0.1, not 9.9.9" in err.value.message
+        await add_node(make_request(daemon_source=claims_newer, online_timeout=1.0, server=admin), seen_online_first)
+    assert err.value.code == "timeout" and f"running daemon {running}, not 9.9.9" in err.value.message
 
-    def new_daemon_reports(step: Step) -> None:
-        if step.name == "online" and step.status == StepStatus.RUNNING:
-            for node in central.nodes.values():
-                node["daemon_version"] = "9.9.9"
-
-    result = await add_node(make_request(daemon_source=versioned), new_daemon_reports)
-    assert central.nodes[result.node_id]["state"] == "online"
+    is_newer = tmp_path / "is-newer.py"
+    is_newer.write_text(real.replace(f'VERSION = "{running}"', 'VERSION = "9.9.9"', 1))
+    result = await add_node(make_request(daemon_source=is_newer, server=admin))
+    node = central.node(result.node_id)
+    assert (node["state"], node["daemon_version"]) == ("online", "9.9.9")
 
 
 async def test_cancelling_revokes_the_fresh_enrollment(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral
+    make_request: Callable[..., AddNodeRequest], central: Central
 ) -> None:
     task: asyncio.Task[object] | None = None
 
@@ -515,26 +512,24 @@ async def test_cancelling_revokes_the_fresh_enrollment(
     task = asyncio.create_task(add_node(make_request(), cancel_at_install))
     with pytest.raises(asyncio.CancelledError):
         await task
-    (node,) = central.nodes.values()
-    assert node["revoked"]
+    assert central.enrollments() == [201] and central.node()["revoked"] is True
 
 
 async def test_events_stream_for_a_server_endpoint(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, target_sshd: Sshd, tmp_path: Path,
+    make_request: Callable[..., AddNodeRequest], central: Central, target_sshd: Sshd, tmp_path: Path,
     prefix: Path, unit_template: Path,
 ) -> None:
     from dataclasses import replace
 
     from installer.events import add_node_events, parse_add_node_body
 
-    from .conftest import HERE, PASSWORD
+    from .conftest import PASSWORD
 
     server = make_request().server
     body = {"host": "127.0.0.1", "port": target_sshd.port, "user": "dvic-it", "password": PASSWORD,
-            "name": "from-form"}
+            "name": central.name}
     request = parse_add_node_body(body, server, known_hosts=tmp_path / "known_hosts")
-    request = replace(request, prefix=str(prefix), init="none", daemon_source=HERE / "stub_daemon.py",
-                      unit_template=unit_template)
+    request = replace(request, prefix=str(prefix), init="none", unit_template=unit_template)
     shown: list[str] = []
 
     async def operator_says_yes(prompt: HostKeyPrompt) -> bool:
@@ -549,7 +544,7 @@ async def test_events_stream_for_a_server_endpoint(
     steps = [(e["step"]["name"], e["step"]["status"]) for e in events if e["type"] == "step"]
     assert len(events) == len(steps) + 2
     assert steps == [pair for name in STEP_NAMES for pair in ((name, "running"), (name, "ok"))]
-    assert events[-1]["type"] == "done" and events[-1]["name"] == "from-form"
+    assert events[-1]["type"] == "done" and events[-1]["name"] == central.name
 
     failing = parse_add_node_body({**body, "port": 1}, server, known_hosts=tmp_path / "known_hosts")
     events = [e async for e in add_node_events(failing)]

@@ -24,7 +24,7 @@ from tests.support.fake_node import FakeNode
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
-from .conftest import PASSWORD, USER, daemon_pid, stop_daemon
+from .conftest import PASSWORD, USER, Central, daemon_pid, stop_daemon
 from .sshd import Sshd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,9 +90,10 @@ class Terminal:
         os.close(self.fd)
 
 
-def _env(server: CentralServer, unit_template: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "DVIC_SERVER": server.url, "DVIC_TOKEN": server.admin_token,
-            "DVIC_CA": str(server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
+def _env(central: Central, unit_template: Path, tmp_path: Path, token: str = "", **extra: str) -> dict[str, str]:
+    """The CLI's environment: the test's own account (or `token`) on the session's server."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "DVIC_SERVER": central.url, "DVIC_TOKEN": token or central.token,
+            "DVIC_CA": str(central.server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
             "XDG_CONFIG_HOME": str(tmp_path / "config"), **extra}
 
 
@@ -110,16 +111,10 @@ def _count(sshd: Sshd, what: str) -> int:
     return sshd.log_path.read_text(errors="replace").count(what)
 
 
-def _nodes(server: CentralServer) -> list[str]:
-    status, body = server.api("GET", "/api/v1/nodes")
-    assert status == 200, body
-    return [n["name"] for n in body["nodes"]]
-
-
 # --- the host key question (issue 12, item 1) ---------------------------------------------------
 
-def _add_node_on_terminal(target_sshd: Sshd, prefix: Path, env: dict[str, str]) -> Terminal:
-    term = Terminal(_installer("add-node", "127.0.0.1", "--name", "tty-node", "--user", USER,
+def _add_node_on_terminal(target_sshd: Sshd, prefix: Path, name: str, env: dict[str, str]) -> Terminal:
+    term = Terminal(_installer("add-node", "127.0.0.1", "--name", name, "--user", USER,
                                "--port", str(target_sshd.port), "--no-systemd", "--prefix", str(prefix)), env)
     term.expect("SSH password for")
     term.type(PASSWORD)  # getpass has turned echo off: it never shows
@@ -129,17 +124,17 @@ def _add_node_on_terminal(target_sshd: Sshd, prefix: Path, env: dict[str, str]) 
 
 @pytest.mark.timeout(180)
 def test_first_contact_yes_on_the_terminal_installs_and_stores_the_key(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
-    term = _add_node_on_terminal(target_sshd, prefix, _env(central_server, unit_template, tmp_path))
+    term = _add_node_on_terminal(target_sshd, prefix, central.name, _env(central, unit_template, tmp_path))
     try:
         assert f"The target host 127.0.0.1:{target_sshd.port} is not known yet." in term.text
         assert f"fingerprint is {target_sshd.fingerprint}." in term.text
         term.type("y")
         assert term.wait() == 0, term.text
-        assert "Node tty-node (" in term.text and "is online" in term.text
-        assert central_server.node("tty-node")["state"] == "online" and daemon_pid(prefix) is not None
+        assert f"Node {central.name} (" in term.text and "is online" in term.text
+        assert central.node()["state"] == "online" and daemon_pid(prefix) is not None
     finally:
         term.close()
         stop_daemon(prefix)
@@ -149,11 +144,11 @@ def test_first_contact_yes_on_the_terminal_installs_and_stores_the_key(
 
 
 def test_first_contact_no_on_the_terminal_changes_nothing(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
     logins = _count(target_sshd, "Accepted password")
-    term = _add_node_on_terminal(target_sshd, prefix, _env(central_server, unit_template, tmp_path))
+    term = _add_node_on_terminal(target_sshd, prefix, central.name, _env(central, unit_template, tmp_path))
     try:
         term.type("n")
         assert term.wait() == 1, term.text
@@ -163,15 +158,15 @@ def test_first_contact_no_on_the_terminal_changes_nothing(
         in term.text
     assert "nothing was changed on the target or the server" in term.text
     assert not (tmp_path / "config/dvic/known_hosts").exists()
-    assert _nodes(central_server) == [] and list(prefix.iterdir()) == []
+    assert central.audit() == central.nodes_named() == [] and list(prefix.iterdir()) == []
     assert _count(target_sshd, "Accepted password") == logins
 
 
 def test_first_contact_without_a_terminal_names_the_options_to_pass(
-    central_server: CentralServer, target_sshd: Sshd, jump_sshd: Sshd, jump_key: Path, unit_template: Path,
+    central: Central, target_sshd: Sshd, jump_sshd: Sshd, jump_key: Path, unit_template: Path,
     tmp_path: Path, prefix: Path,
 ) -> None:
-    env = _env(central_server, unit_template, tmp_path)
+    env = _env(central, unit_template, tmp_path)
     ssh = ["--user", USER, "--port", str(target_sshd.port), "--password-stdin", "--no-systemd",
            "--prefix", str(prefix)]
     direct = _without_terminal(_installer("add-node", "127.0.0.1", *ssh), env, PASSWORD + "\n")
@@ -183,7 +178,7 @@ def test_first_contact_without_a_terminal_names_the_options_to_pass(
     through = _without_terminal(_installer("add-node", "127.0.0.1", *ssh, *jump), env, PASSWORD + "\n")
     assert through.returncode == 1, through.stderr
     assert f"pass --expect-jump-host-key {jump_sshd.fingerprint}" in through.stderr
-    assert _nodes(central_server) == []
+    assert central.audit() == []
 
 
 # --- malformed pins (issue 12, item 2) ------------------------------------------------------------
@@ -213,16 +208,17 @@ def _remove(node: str, target_sshd: Sshd, prefix: Path, *more: str) -> list[str]
 
 
 def test_remove_node_with_a_wrong_password_says_the_node_is_revoked(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
-    node_id = central_server.enroll("wrong-pw")["node_id"]
-    run = _without_terminal(_remove("wrong-pw", target_sshd, prefix, "--host", "127.0.0.1", "--password-stdin"),
-                            _env(central_server, unit_template, tmp_path), "not-the-password\n")
+    name = central.name
+    node_id = central.server.enroll(name)["node_id"]  # by the admin: only an admin revokes it
+    run = _without_terminal(_remove(name, target_sshd, prefix, "--host", "127.0.0.1", "--password-stdin"),
+                            _env(central, unit_template, tmp_path, central.server.admin_token), "not-the-password\n")
     assert run.returncode == 1, run.stderr
-    assert central_server.node(node_id)["revoked"] is True
+    assert central.node(node_id)["revoked"] is True
     assert "refused the user name or password" in run.stderr
-    assert f"wrong-pw ({node_id}) is revoked at the server" in run.stderr
+    assert f"{name} ({node_id}) is revoked at the server" in run.stderr
     assert "nothing was changed on the target (its daemon, if it runs, was not removed)" in run.stderr
     assert "run the same dvic remove-node --uninstall command again" in run.stderr
     assert "nothing was changed on the target or the server" not in run.stderr
@@ -247,33 +243,36 @@ def _node_reporting(server: CentralServer, name: str, address: str) -> str:
 
 
 def test_remove_node_never_uses_a_reported_address_without_a_terminal(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
-    node_id = _node_reporting(central_server, "suspect", REPORTED)
+    suspect = central.name
+    node_id = _node_reporting(central.server, suspect, REPORTED)
     connections = _count(target_sshd, "Connection from")
-    run = _without_terminal(_remove("suspect", target_sshd, prefix, "--password-stdin"),
-                            _env(central_server, unit_template, tmp_path), PASSWORD + "\n")
+    run = _without_terminal(_remove(suspect, target_sshd, prefix, "--password-stdin"),
+                            _env(central, unit_template, tmp_path, central.server.admin_token), PASSWORD + "\n")
     assert run.returncode == 1, run.stderr
-    assert f"suspect ({node_id}) reported the address {REPORTED} itself" in run.stderr
+    assert f"{suspect} ({node_id}) reported the address {REPORTED} itself" in run.stderr
     assert f"then pass --host {REPORTED}; nothing was changed" in run.stderr
     assert _count(target_sshd, "Connection from") == connections  # the password went nowhere
-    assert central_server.node(node_id)["revoked"] is False
+    assert central.node(node_id)["revoked"] is False
 
 
 @pytest.mark.parametrize("answer", ["y", "n"])
 def test_remove_node_asks_before_using_the_address_the_node_reported(
-    answer: str, central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    answer: str, central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
-    node_id = _node_reporting(central_server, "suspect", REPORTED)
+    suspect = central.name
+    node_id = _node_reporting(central.server, suspect, REPORTED)
     connections = _count(target_sshd, "Connection from")
-    term = Terminal(_remove("suspect", target_sshd, prefix), _env(central_server, unit_template, tmp_path))
+    term = Terminal(_remove(suspect, target_sshd, prefix),
+                    _env(central, unit_template, tmp_path, central.server.admin_token))
     try:
         term.expect("SSH password for")
         term.type(PASSWORD)
         term.expect("send the SSH password there? [y/N] ")
-        assert f"suspect ({node_id}) reported its own address as {REPORTED}" in term.text
+        assert f"{suspect} ({node_id}) reported its own address as {REPORTED}" in term.text
         assert f"Connect to {USER}@{REPORTED}:{target_sshd.port}" in term.text
         term.type(answer)
         code = term.wait()
@@ -281,24 +280,24 @@ def test_remove_node_asks_before_using_the_address_the_node_reported(
         term.close()
     if answer == "n":
         assert code == 1, term.text
-        assert f"the address {REPORTED} reported by suspect ({node_id}) was not confirmed" in term.text
-        assert central_server.node(node_id)["revoked"] is False
+        assert f"the address {REPORTED} reported by {suspect} ({node_id}) was not confirmed" in term.text
+        assert central.node(node_id)["revoked"] is False
         assert _count(target_sshd, "Connection from") == connections
         return
     assert code == 0, term.text
     where = f"{USER}@{REPORTED}:{target_sshd.port}"
     assert f"connect   ...    connecting to {where} (the address the node reported, confirmed)" in term.text
     assert "connect   ok" in term.text and "uninstall ok" in term.text
-    assert central_server.node(node_id)["revoked"] is True
+    assert central.node(node_id)["revoked"] is True
 
 
 def test_remove_node_says_where_it_connects(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
-    central_server.enroll("plain")
-    run = _without_terminal(_remove("plain", target_sshd, prefix, "--host", "127.0.0.1", "--password-stdin"),
-                            _env(central_server, unit_template, tmp_path), PASSWORD + "\n")
+    central.server.enroll(central.name)
+    run = _without_terminal(_remove(central.name, target_sshd, prefix, "--host", "127.0.0.1", "--password-stdin"),
+                            _env(central, unit_template, tmp_path, central.server.admin_token), PASSWORD + "\n")
     assert run.returncode == 0, run.stderr
     assert f"  connect   ...    connecting to {USER}@127.0.0.1:{target_sshd.port}\n" in run.stdout
 
@@ -323,13 +322,13 @@ def test_printer_shows_escape_sequences_inert() -> None:
 
 
 def test_target_output_in_an_error_is_cleaned(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     prefix: Path,
 ) -> None:
     dying = tmp_path / "dying.py"
     dying.write_text(f"import sys\nprint({OSC52 + 'no luck'!r}, flush=True)\nsys.exit(1)\n")
-    env = _env(central_server, unit_template, tmp_path, DVIC_NODE_DAEMON=str(dying))
-    run = _without_terminal(_installer("add-node", "127.0.0.1", "--name", "osc", "--user", USER, "--port",
+    env = _env(central, unit_template, tmp_path, DVIC_NODE_DAEMON=str(dying))
+    run = _without_terminal(_installer("add-node", "127.0.0.1", "--name", central.name, "--user", USER, "--port",
                                        str(target_sshd.port), "--password-stdin", "--expect-host-key",
                                        target_sshd.fingerprint, "--no-systemd", "--prefix", str(prefix)),
                             env, PASSWORD + "\n")

@@ -23,6 +23,8 @@ from installer.demos import (
 )
 from installer.paths import DEFAULT_UNIT_TEMPLATE, NodeLayout
 from installer.render import RenderError, render_unit
+from tests.support.procs import group_alive, live_members
+from tests.support.wait import wait_for
 
 from .conftest import MINIMAL_UNIT
 
@@ -123,40 +125,6 @@ def _act(command: str) -> tuple[int, str]:
     return proc.returncode, proc.stdout.strip()
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return _members(pgid) != []
-
-
-def _members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            out.append(int(entry.name))
-    return out
-
-
-def _wait(condition: object, what: str, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_command_demo_starts_stops_and_restarts_as_a_group(tmp_path: Path) -> None:
     state = tmp_path / "state"
     marker = tmp_path / "marker.txt"
@@ -169,8 +137,9 @@ def test_command_demo_starts_stops_and_restarts_as_a_group(tmp_path: Path) -> No
         code, out = _act(entry["start"])
         assert code == 0 and "kiosk started" in out, out
         pgid = int(pidfile.read_text().split()[0])
-        _wait(lambda: len(_members(pgid)) == 2, "both processes of the demo")
-        _wait(lambda: marker.exists() and "to-out" in (state / "demos/kiosk.out").read_text(), "the demo's output")
+        wait_for(lambda: len(live_members(pgid)) == 2, 10, "both processes of the demo")
+        wait_for(lambda: marker.exists() and "to-out" in (state / "demos/kiosk.out").read_text(), 10,
+                 "the demo's output")
         assert marker.read_text() == "quoted 'ok'\n"
 
         code, out = _act(entry["start"])  # a second start is a no-op that says so
@@ -179,7 +148,7 @@ def test_command_demo_starts_stops_and_restarts_as_a_group(tmp_path: Path) -> No
 
         code, out = _act(entry["stop"])  # the whole group stops, not just its leader
         assert (code, out) == (0, "kiosk stopped")
-        assert not _group_alive(pgid) and not pidfile.exists()
+        assert not group_alive(pgid) and not pidfile.exists()
         code, out = _act(entry["stop"])
         assert (code, out) == (0, "kiosk is not running")
 
@@ -188,9 +157,9 @@ def test_command_demo_starts_stops_and_restarts_as_a_group(tmp_path: Path) -> No
             code, out = _act(entry[verb])
             assert code == 0, out
         pgid = int(pidfile.read_text().split()[0])
-        assert _group_alive(pgid)
+        assert group_alive(pgid)
     finally:
-        if pgid and _group_alive(pgid):
+        if pgid and group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
 
 

@@ -13,8 +13,7 @@ from installer import AddNodeRequest, InstallerError, add_node
 from installer.demos import Demo, demos_json
 from installer.paths import NodeLayout
 
-from .conftest import daemon_pid, tree
-from .fake_central import FakeCentral
+from .conftest import Central, daemon_pid, tree
 
 SHELL_USER = "nobody"  # present on every Debian system
 DEMOS = [Demo("arm", unit="robot-arm.service"), Demo("kiosk", command="/opt/kiosk/run --full")]
@@ -27,7 +26,7 @@ def _daemon_argv(prefix: Path) -> list[str]:
 
 
 async def test_demos_and_shell_user_land_on_the_node(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     layout = NodeLayout(str(prefix))
     result = await add_node(make_request(demos=DEMOS, shell_user=SHELL_USER))
@@ -47,7 +46,7 @@ async def test_demos_and_shell_user_land_on_the_node(
 
 
 async def test_rerun_keeps_demos_json_unless_demos_are_given(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path, tmp_path: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path, tmp_path: Path
 ) -> None:
     await add_node(make_request(demos=DEMOS))
     demos = prefix / "var/lib/dvic-node/demos.json"
@@ -70,23 +69,23 @@ async def test_rerun_keeps_demos_json_unless_demos_are_given(
     third = await add_node(make_request(demos=[Demo("new", unit="new.service")]))
     assert "demos.json written (1 demos)" in third.steps[4].message
     assert json.loads(demos.read_text()) == {"new": {"unit": "new.service"}}
-    assert central.enroll_count() == 1
+    assert central.enrollments() == [201]
 
 
 async def test_unknown_shell_user_fails_at_the_check_and_costs_nothing(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(shell_user="dvic-no-such-user", demos=DEMOS))
     assert (err.value.step, err.value.code) == ("check", "no_shell_user")
     assert "dvic-no-such-user does not exist" in err.value.message and "adduser" in err.value.hint
-    assert central.enroll_count() == 0 and tree(prefix) == []
+    assert central.enrollments() == [] and tree(prefix) == []
 
 
 async def test_bad_demo_in_a_request_is_refused_before_ssh(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, prefix: Path
 ) -> None:
     with pytest.raises(InstallerError) as err:
         await add_node(make_request(demos=[Demo("a", unit="a.service"), Demo("a", command="run")]))
     assert (err.value.step, err.value.code) == ("connect", "bad_request") and "twice" in err.value.message
-    assert central.requests == [] and tree(prefix) == []
+    assert central.requests() == central.audit() == [] and tree(prefix) == []

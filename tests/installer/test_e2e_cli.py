@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
-from .conftest import PASSWORD, USER, daemon_pid, stop_daemon
+from .conftest import PASSWORD, USER, Central, daemon_pid, stop_daemon
 from .sshd import Sshd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,6 +55,13 @@ def _processes_containing(secret: bytes) -> list[str]:
     return hits
 
 
+def dvic_env(central: Central, unit_template: Path, tmp_path: Path) -> dict[str, str]:
+    """`dvic`'s environment for the session's server (the admin's token: removing a node that
+    connected is an admin's call), its own config dir, and the unit template."""
+    return {"DVIC_SERVER": central.url, "DVIC_TOKEN": central.server.admin_token, "DVIC_CA": str(central.server.ca_path),
+            "DVIC_NODE_UNIT_TEMPLATE": str(unit_template), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
 def _dvic(args: list[str], env_extra: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **env_extra, "PYTHONPATH": str(REPO)}
     # Through the real `dvic` entry point (tui/cli.py registers the installer's subcommands).
@@ -72,28 +78,25 @@ PY38 = Path("/root/.pyenv/versions/3.8.18/bin/python3.8")
     pytest.param("real-py3.8", marks=pytest.mark.skipif(not PY38.exists(), reason="no Python 3.8 here")),
 ])
 def test_add_node_cli_real_server_then_no_trace_of_the_password(
-    daemon: str, central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
+    daemon: str, central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     prefix = tmp_path / "target-root"
     prefix.mkdir()
-    env = {
-        "DVIC_SERVER": central_server.url, "DVIC_TOKEN": central_server.admin_token,
-        "DVIC_CA": str(central_server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-    }
+    env = dvic_env(central, unit_template, tmp_path)
+    name = central.name
     ssh = ["--user", USER, "--port", str(target_sshd.port), "--password-stdin",
            "--expect-host-key", target_sshd.fingerprint, "--no-systemd", "--prefix", str(prefix)]
     python = ["--python", str(PY38)] if daemon == "real-py3.8" else []
     try:
-        added = _dvic(["add-node", "127.0.0.1", "--name", "e2e-node", "--group", "lab", *python, *ssh], env,
+        added = _dvic(["add-node", "127.0.0.1", "--name", name, "--group", "lab", *python, *ssh], env,
                       PASSWORD + "\n")
         print(added.stdout, added.stderr)  # the step timings, visible with pytest -s
         assert added.returncode == 0, added.stderr
         for step in ("connect", "check", "enroll", "render", "install", "online"):
             assert f"  {step}" in added.stdout
         assert "is online" in added.stdout
-        node = central_server.node("e2e-node")
+        node = central.node()
         assert node["state"] == "online" and node["group"] == "lab"
         assert (tmp_path / "config/dvic/known_hosts").exists()
         pid = daemon_pid(prefix)
@@ -105,14 +108,12 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
         again = _dvic(["add-node", "127.0.0.1", *python, *ssh], env, PASSWORD + "\n")
         assert again.returncode == 0, again.stderr
         assert "same identity" in again.stdout
-        assert central_server.node("e2e-node")["id"] == node["id"]
-        status, listing = central_server.api("GET", "/api/v1/nodes")
-        assert status == 200 and [n["name"] for n in listing["nodes"]].count("e2e-node") == 1
+        assert central.node()["id"] == node["id"]
+        assert len(central.nodes_named()) == 1
 
-        removed = _dvic(["remove-node", "e2e-node", "--uninstall", "--host", "127.0.0.1", *ssh], env,
-                        PASSWORD + "\n")
+        removed = _dvic(["remove-node", name, "--uninstall", "--host", "127.0.0.1", *ssh], env, PASSWORD + "\n")
         assert removed.returncode == 0, removed.stderr
-        assert central_server.node(node["id"])["revoked"] is True
+        assert central.node(node["id"])["revoked"] is True
         wait_for(lambda: daemon_pid(prefix) is None, timeout=10, what="the daemon to stop")
     finally:
         stop_daemon(prefix)
@@ -128,23 +129,21 @@ def test_add_node_cli_real_server_then_no_trace_of_the_password(
 
 
 def test_retry_after_a_failed_add_gets_the_same_name_again(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path
 ) -> None:
     prefix = tmp_path / "target-root"
     prefix.mkdir()
     dying = tmp_path / "dying.py"
     dying.write_text("raise SystemExit('no luck')\n")
-    env = {"DVIC_SERVER": central_server.url, "DVIC_TOKEN": central_server.admin_token,
-           "DVIC_CA": str(central_server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
-           "DVIC_NODE_DAEMON": str(dying), "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    args = ["add-node", "127.0.0.1", "--name", "retry-me", "--user", USER, "--port", str(target_sshd.port),
+    env = {**dvic_env(central, unit_template, tmp_path), "DVIC_NODE_DAEMON": str(dying)}
+    args = ["add-node", "127.0.0.1", "--name", central.name, "--user", USER, "--port", str(target_sshd.port),
             "--password-stdin", "--expect-host-key", target_sshd.fingerprint, "--no-systemd", "--prefix",
             str(prefix)]
     first = _dvic(args, env, PASSWORD + "\n")
     assert first.returncode == 1 and "no luck" in first.stderr
-    assert central_server.node("retry-me")["revoked"] is True  # the unused enrollment is revoked
-    first_id = central_server.node("retry-me")["id"]
+    assert central.node()["revoked"] is True  # the unused enrollment is revoked
+    first_id = central.node()["id"]
     second = _dvic(args, env, PASSWORD + "\n")
     # The revoked enrollment gave its name up: the retry enrolls again and fails for the real reason.
     assert second.returncode == 1 and "no luck" in second.stderr and "revoked node" not in second.stderr
-    assert central_server.node(first_id)["name"].startswith("retry-me~revoked-")
+    assert central.node(first_id)["name"].startswith(f"{central.name}~revoked-")

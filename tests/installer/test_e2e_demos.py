@@ -12,9 +12,9 @@ import pytest
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
-from .conftest import PASSWORD, USER, daemon_pid, stop_daemon
+from .conftest import PASSWORD, USER, Central, daemon_pid, stop_daemon
 from .sshd import Sshd
-from .test_e2e_cli import _dvic
+from .test_e2e_cli import _dvic, dvic_env
 
 
 def _action(server: CentralServer, node: str, kind: str, demo: str) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def _action(server: CentralServer, node: str, kind: str, demo: str) -> dict[str,
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group exists (not yet reaped ones too)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -40,40 +41,36 @@ def _group_alive(pgid: int) -> bool:
 
 @pytest.mark.timeout(120)
 def test_demo_cmd_start_stop_through_the_real_daemon(
-    central_server: CentralServer, target_sshd: Sshd, unit_template: Path, tmp_path: Path
+    central: Central, target_sshd: Sshd, unit_template: Path, tmp_path: Path, prefix: Path
 ) -> None:
-    prefix = tmp_path / "target-root"
-    prefix.mkdir()
     marker = tmp_path / "kiosk-ran"
-    env = {"DVIC_SERVER": central_server.url, "DVIC_TOKEN": central_server.admin_token,
-           "DVIC_CA": str(central_server.ca_path), "DVIC_NODE_UNIT_TEMPLATE": str(unit_template),
-           "XDG_CONFIG_HOME": str(tmp_path / "config")}
-    args = ["add-node", "127.0.0.1", "--name", "demo-node", "--user", USER, "--port", str(target_sshd.port),
+    node = central.name
+    args = ["add-node", "127.0.0.1", "--name", node, "--user", USER, "--port", str(target_sshd.port),
             "--password-stdin", "--expect-host-key", target_sshd.fingerprint, "--no-systemd",
             "--prefix", str(prefix), "--shell-user", "nobody",
             "--demo", "arm=robot-arm", "--demo-cmd", f"kiosk=echo \"it's on\" >{marker}; exec sleep 300"]
     pidfile = prefix / "var/lib/dvic-node/demos/kiosk.pid"
     try:
-        added = _dvic(args, env, PASSWORD + "\n")
+        added = _dvic(args, dvic_env(central, unit_template, tmp_path), PASSWORD + "\n")
         assert added.returncode == 0, added.stderr
         assert "demos.json written (2 demos)" in added.stdout
         pid = daemon_pid(prefix)
         assert pid is not None
         assert b"--shell-user\0nobody" in Path(f"/proc/{pid}/cmdline").read_bytes()
 
-        started = _action(central_server, "demo-node", "start_demo", "kiosk")
+        started = _action(central.server, node, "start_demo", "kiosk")
         assert started["state"] == "done", started
         pgid = int(pidfile.read_text().split()[0])
         wait_for(marker.exists, timeout=10, what="the demo to run")
         assert marker.read_text() == "it's on\n" and _group_alive(pgid)
 
-        restarted = _action(central_server, "demo-node", "restart_demo", "kiosk")  # stop, then start
+        restarted = _action(central.server, node, "restart_demo", "kiosk")  # stop, then start
         assert restarted["state"] == "done", restarted
         new_pgid = int(pidfile.read_text().split()[0])
         assert new_pgid != pgid and _group_alive(new_pgid)
         wait_for(lambda: not _group_alive(pgid), timeout=10, what="the old demo to be gone")
 
-        stopped = _action(central_server, "demo-node", "stop_demo", "kiosk")
+        stopped = _action(central.server, node, "stop_demo", "kiosk")
         assert stopped["state"] == "done", stopped
         assert not _group_alive(new_pgid) and not pidfile.exists()
     finally:

@@ -16,8 +16,7 @@ import pytest
 
 from installer import AddNodeRequest, add_node
 
-from .conftest import PASSWORD, daemon_pid
-from .fake_central import FakeCentral
+from .conftest import PASSWORD, Central, daemon_pid
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs the install script as root")
 
@@ -77,10 +76,10 @@ async def root_sshd() -> AsyncIterator[RootSshServer]:
 
 
 async def test_root_login_installs_without_sudo(
-    make_request: Callable[..., AddNodeRequest], central: FakeCentral, root_sshd: RootSshServer, prefix: Path
+    make_request: Callable[..., AddNodeRequest], central: Central, root_sshd: RootSshServer, prefix: Path
 ) -> None:
     result = await add_node(make_request(user="root", port=root_sshd.port, expect_host_key=root_sshd.fingerprint))
-    assert central.nodes[result.node_id]["state"] == "online"
+    assert central.node(result.node_id)["state"] == "online"
     assert daemon_pid(prefix) is not None
     assert not any("sudo -k" in c for c in root_sshd.commands)
     # As root the password is needed for the login only: it never goes down a command's stdin.

@@ -11,16 +11,15 @@ import json
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
 from .conftest import PASSWORD, USER, daemon_pid, stop_daemon
@@ -86,12 +85,9 @@ def test_the_wheel_ships_the_node_files_and_the_commands_run(wheel: Path, venv: 
 
 
 def _api(data_dir: Path, path: str) -> dict:
-    info = json.loads((data_dir / "listen.json").read_text())
-    token = (data_dir / "admin.token").read_text().strip()
-    req = urllib.request.Request(info["url"] + path, headers={"Authorization": f"Bearer {token}"})
-    ctx = ssl.create_default_context(cafile=str(data_dir / "ca.pem"))
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-        return json.loads(resp.read())
+    status, body = CentralServer.running_in(data_dir).api("GET", path)
+    assert status == 200, body
+    return body
 
 
 def _node_online(data_dir: Path, name: str) -> dict | None:

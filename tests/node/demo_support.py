@@ -12,6 +12,7 @@ N times, stays silent, ignores SIGTERM, logs heartbeats through dvic_log).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
@@ -21,17 +22,20 @@ import sys
 import tarfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from daemon_support import REPO, DaemonProcess, write_bundle
-from node_support import Pki, start_app
+from node_support import StandIn, start_app
 
 from central.messages import ProtocolError, parse_node_message
+from tests.support.daemon import DaemonProcess
+from tests.support.pki import Pki
+from tests.support.procs import pids_where, stat_fields
+from tests.support.server import REPO, write_bundle
 
 DEMO_PROGRAM = r'''
 import os, signal, sys, time
@@ -150,14 +154,15 @@ def demo_env_manifest() -> dict[str, str]:
     return {"PYTHONPATH": str(REPO / "lib" / "python")}
 
 
-class DemoServer:
+class DemoServer(StandIn):
     """`async with DemoServer(pki) as srv:` a node websocket and release downloads on https://127.0.0.1."""
 
+    name = "demo-node"
+
     def __init__(self, pki: Pki) -> None:
+        super().__init__()
         self.pki = pki
         self.base = ""
-        self.runner: web.AppRunner | None = None
-        self.ws: web.WebSocketResponse | None = None
         self.desired: list[dict[str, Any]] | None = None  # pushed after every welcome when set
         self.messages: list[dict[str, Any]] = []  # everything but `logs` and `metrics`, in arrival order
         self.refused: list[str] = []  # frames the real server would refuse (and close the socket for)
@@ -165,8 +170,6 @@ class DemoServer:
         self.releases: dict[str, Path] = {}
         self.requests: list[dict[str, Any]] = []  # release downloads: sha256, Range header, client cert seen
         self.cut: dict[str, int] = {}  # sha256 -> serve only this many bytes once, then drop the connection
-        self.connections = 0
-        self.changed = asyncio.Event()
 
     async def __aenter__(self) -> DemoServer:
         app = web.Application()
@@ -176,10 +179,7 @@ class DemoServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        assert self.runner is not None
-        await self.runner.cleanup()
+        await super().__aexit__(*exc)
         if exc[0] is None:
             assert not self.refused, f"the daemon sent frames the server refuses: {self.refused}"
 
@@ -196,15 +196,10 @@ class DemoServer:
         if self.ws is not None and not self.ws.closed:
             await self.ws.send_json({"type": "demos_desired", "id": str(uuid.uuid4()), "demos": entries})
 
-    async def send(self, msg: dict[str, Any]) -> None:
-        assert self.ws is not None, "no daemon connected"
-        await self.ws.send_json(msg)
-
     async def _release(self, request: web.Request) -> web.StreamResponse:
         sha = request.match_info["sha256"]
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         self.requests.append({"sha256": sha, "range": request.headers.get("Range"), "client_cert": bool(peer)})
-        self._notify()
         path = self.releases.get(sha)
         if path is None:
             return web.json_response({"error": {"code": "not_found", "message": "no such release"}}, status=404)
@@ -219,60 +214,30 @@ class DemoServer:
         return web.FileResponse(path)
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
-        await ws.prepare(request)
-        hello = json.loads(self._checked((await ws.receive()).data))
-        assert hello["type"] == "hello", hello
-        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": self.bundle()["node_id"], "name": "demo-node",
-                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
-        self.ws = ws
-        self.connections += 1
+        ws, _ = await self.welcome(request, self.bundle()["node_id"])
         if self.desired is not None:
             await ws.send_json({"type": "demos_desired", "id": str(uuid.uuid4()), "demos": self.desired})
-        self._notify()
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
-            body = json.loads(self._checked(msg.data))
+            body = json.loads(self.checked(msg.data))
             if body.get("type") == "logs":
                 self.lines.extend(body["lines"])
                 await ws.send_json({"type": "ack", "seq": body["lines"][-1]["seq"]})
             elif body.get("type") != "metrics":
                 body["_at"] = time.time()
                 self.messages.append(body)
-            self._notify()
         if self.ws is ws:
             self.ws = None
         return ws
 
-    def _checked(self, text: str) -> str:
+    def checked(self, text: str) -> str:
         """The frame, noted in `refused` when the server's validator (dvic_core/messages.py) refuses it."""
         try:
             parse_node_message(text)
         except ProtocolError as exc:
             self.refused.append(f"{exc.code}: {exc.message} in {text[:300]}")
         return text
-
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def wait(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = cond()
-            if value:
-                return value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            try:
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.25))
-            except TimeoutError:
-                pass
-
-    async def connected(self, count: int = 1, timeout: float = 30.0) -> None:
-        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
 
     # -- what the daemon said --
     def of(self, kind: str, demo: str | None = None) -> list[dict[str, Any]]:
@@ -285,6 +250,14 @@ class DemoServer:
     def install_states(self, demo: str, version: str | None = None) -> list[str]:
         states = [m["state"] for m in self.installs(demo, version)]
         return [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]  # progress repeats downloading
+
+    async def healthy(self, release: Release, timeout: float = 60.0) -> dict[str, Any]:
+        """The release installed and healthy: its demo_status (with the demo's pid)."""
+        result = await self.install_result(release.name, release.version, timeout)
+        assert result["state"] == "healthy", result
+        return await self.status_is(release.name, lambda s: s["version"] == release.version
+                                    and s["state"] == "healthy" and s["pid"], 30,
+                                    f"{release.name} {release.version} healthy")
 
     async def install_result(self, demo: str, version: str, timeout: float = 60.0) -> dict[str, Any]:
         """The final demo_install (healthy, failed, rolled_back) of that version."""
@@ -317,6 +290,10 @@ class Node:
     logs: Path
     extra_env: dict[str, str] = field(default_factory=dict)
 
+    async def stop(self) -> None:
+        """Stop the daemon without blocking the stand-in server (same event loop) that answers its close."""
+        await asyncio.to_thread(self.daemon.stop)
+
     def demo_dir(self, name: str) -> Path:
         return self.state / "demos" / name
 
@@ -334,8 +311,33 @@ def demo_node(srv: DemoServer, tmp_path: Path, python: str = sys.executable, env
               extra: tuple[str, ...] = ()) -> Node:
     state, logs = tmp_path / "state", tmp_path / "logs"
     logs.mkdir(exist_ok=True)
-    bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
-    return Node(DaemonProcess(python, bundle, state, logs, extra, env=dict(env or {})), state, logs)
+    bundle = write_bundle(srv.bundle(), tmp_path / "bundle.json")
+    return Node(DaemonProcess(bundle, state, logs, python=python, extra=extra, env=dict(env or {})), state, logs)
+
+
+@contextlib.asynccontextmanager
+async def deployed(srv: DemoServer, node: Node, tag: str, *releases: Release,
+                   push: list[dict[str, Any]] | None = None) -> AsyncIterator[Node]:
+    """The node's daemon started once `releases` are served and the desired set pushed (`push`, by
+    default every release); at the end the daemon stopped and the demos it left (tagged `tag`) killed."""
+    srv.serve(*releases)
+    await srv.push([r.entry() for r in releases] if push is None else push)
+    node.daemon.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+        kill_demos(node.state, tag)
+
+
+@dataclass
+class DemoRig:
+    """A test's DemoServer, the node (real daemon, not started) it serves, and the tag that marks the
+    test's demo processes (the `rig` fixture)."""
+
+    srv: DemoServer
+    node: Node
+    tag: str
 
 
 def control(node: Node, name: str, file: str, text: str) -> None:
@@ -348,18 +350,12 @@ def control(node: Node, name: str, file: str, text: str) -> None:
 
 def tagged_pids(tag: str) -> list[int]:
     """Live processes whose command line holds `tag` (this test's demo processes)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if tag.encode() in cmd and state != "Z":
-            out.append(int(name))
-    return sorted(out)
+    def alive(pid: int) -> bool:
+        fields = stat_fields(pid)
+        return fields is not None and fields[0] != "Z"
+
+    marked = pids_where(lambda cmd: tag.encode() in cmd.split(b"\0"))
+    return sorted(pid for pid in marked if alive(pid))
 
 
 def kill_demos(state: Path, tag: str = "") -> None:

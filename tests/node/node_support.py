@@ -1,151 +1,67 @@
-"""Shared helpers of the node daemon tests: a throwaway PKI, TLS contexts and condition polling."""
+"""Shared helpers of the node daemon tests: a demo watcher with a recorder, a small server for an
+aiohttp app, what the stand-ins of the server's node websocket share, a raw websocket peer."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
+import contextlib
 import hashlib
-import ipaddress
+import json
 import ssl
 import struct
+import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import dvic_node
+import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.support.wait import async_wait_for
 
 
-@dataclass
-class Pki:
-    """PEM material of a CA, a server certificate for 127.0.0.1 and a node (client) certificate."""
+class Recorder:
+    """What a DemoWatcher reports: its messages (demo states, events) and its errors."""
 
-    dir: Path
-    ca_pem: str
-    server_cert: Path
-    server_key: Path
-    node_cert_pem: str
-    node_key_pem: str
-    rogue_ca_pem: str  # another CA: trusting only it must fail against our server
-    rogue_node_cert_pem: str
-    rogue_node_key_pem: str
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+        self.errors: list[str] = []
 
-    def server_context(self, require_client_cert: bool = True, expired: bool = False) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        if expired:
-            ctx.load_cert_chain(self.dir / "expired.crt", self.dir / "expired.key")
-        else:
-            ctx.load_cert_chain(self.server_cert, self.server_key)
-        if require_client_cert:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cadata=self.ca_pem)
-        return ctx
+    def emit(self, msg: dict) -> None:
+        self.messages.append(msg)
 
-    def bundle(self, url: str, **extra: object) -> dict:
-        """An enrollment bundle (docs/protocol.md section 1) for a server at `url` (https://...)."""
-        b = {
-            "format": "dvic-node-bundle/1", "node_id": "6b0f7c52-0000-4000-8000-000000000001",
-            "name": "test-node", "kind": "desktop", "group": "", "server_url": url,
-            "ws_url": url.replace("https://", "wss://").replace("http://", "ws://") + "/api/v1/node/ws",
-            "keepalive_url": url + "/api/v1/keepalive", "ca_pem": self.ca_pem, "ca_sha256": "",
-            "cert_pem": self.node_cert_pem, "key_pem": self.node_key_pem, "token": "node-token-1",
-            "interval": 5,
-        }
-        b.update(extra)
-        return b
+    def error(self, message: str, data: dict) -> None:
+        self.errors.append(message)
+
+    def states(self) -> dict[str, str]:
+        return {m["token"]: m["state"] for m in self.messages if m["type"] == "demo"}
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def demo_watcher(tmp_path: Path, *, restore: bool = False, per_owner: int = 0,
+                 total: int = 0) -> tuple[dvic_node.DemoWatcher, dvic_node.Spool, Recorder]:
+    """A DemoWatcher of tmp_path/logs spooling to tmp_path/spool; `restore`: with the demo states a
+    previous one left there; `per_owner`, `total`: other file bounds than the daemon's."""
+    spool = dvic_node.Spool(str(tmp_path / "spool"))
+    spool.open()
+    rec = Recorder()
+    w = dvic_node.DemoWatcher(spool, rec.emit, rec.error)
+    if restore:
+        w.restore_states()
+    w.set_logdirs([dvic_node.LogDir(str(tmp_path / "logs"))])
+    w.max_per_owner = per_owner or w.max_per_owner
+    w.max_files = total or w.max_files
+    return w, spool, rec
 
 
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, cn: str,
-          server: bool, expired: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=60 if expired else 0)
-    b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
-    if server:
-        b = b.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    else:
-        b = b.add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    return b.sign(ca_key, hashes.SHA256()), key
-
-
-def make_pki(d: Path) -> Pki:
-    ca, ca_key = _ca("dvic test CA")
-    srv, srv_key = _leaf(ca, ca_key, "127.0.0.1", server=True)
-    node, node_key = _leaf(ca, ca_key, "6b0f7c52-0000-4000-8000-000000000001", server=False)
-    rogue, rogue_key = _ca("rogue CA")
-    rnode, rnode_key = _leaf(rogue, rogue_key, "rogue-node", server=False)
-    old, old_key = _leaf(ca, ca_key, "127.0.0.1", server=True, expired=True)
-    (d / "expired.crt").write_text(_pem(old))
-    (d / "expired.key").write_text(_key_pem(old_key))
-    (d / "server.crt").write_text(_pem(srv))
-    (d / "server.key").write_text(_key_pem(srv_key))
-    return Pki(dir=d, ca_pem=_pem(ca), server_cert=d / "server.crt", server_key=d / "server.key",
-               node_cert_pem=_pem(node), node_key_pem=_key_pem(node_key), rogue_ca_pem=_pem(rogue),
-               rogue_node_cert_pem=_pem(rnode), rogue_node_key_pem=_key_pem(rnode_key))
-
-
-async def wait_until(cond: Callable[[], object], timeout: float = 10.0,  # noqa: ASYNC109
-                     what: str = "condition") -> object:
-    """Poll `cond` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def wait_until_sync(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition",
-                    interval: float = 0.1) -> object:
-    """Poll `cond` (every `interval` s: conditions that page through the server's API are not free)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def step(w: dvic_node.DemoWatcher, times: int = 1) -> None:
+    """`times` rounds of what the daemon's loop does: find files, read them, check their writers."""
+    for _ in range(times):
+        w.scan()
+        w.poll()
+        w.check_liveness()
 
 
 async def start_app(app: web.Application, ssl_context: ssl.SSLContext | None = None,
@@ -159,6 +75,66 @@ async def start_app(app: web.Application, ssl_context: ssl.SSLContext | None = N
     real_port = sockets[0].getsockname()[1]
     scheme = "https" if ssl_context else "http"
     return runner, f"{scheme}://127.0.0.1:{real_port}"
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, mode: str) -> Iterator[Path]:
+    """A real 1 MiB file system (tmpfs, `mode` e.g. "0700") mounted on `mount_point`, to fill up;
+    the test is skipped where mounting is not allowed."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode={mode}", "tmpfs", str(mount_point)],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=30)
+
+
+class StandIn:
+    """What the tests' stand-ins of the server's node websocket share: the daemon's hello answered with
+    a welcome, its one live connection (`ws`), sending to it, waiting for what it said, closing.
+    `async with` a subclass starts its app (`start`) on 127.0.0.1 and stops it."""
+
+    name = "stand-in"  # the node's name in the welcome
+
+    def __init__(self) -> None:
+        self.runner: web.AppRunner | None = None
+        self.ws: web.WebSocketResponse | None = None
+        self.connections = 0
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    async def welcome(self, request: web.Request, node_id: str) -> tuple[web.WebSocketResponse, dict[str, Any]]:
+        """Accept the daemon's websocket, read its hello and welcome it: (the websocket, the hello)."""
+        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
+        await ws.prepare(request)
+        hello = json.loads(self.checked((await ws.receive()).data))
+        assert hello["type"] == "hello", hello
+        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": node_id, "name": self.name,
+                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
+        self.ws = ws
+        self.connections += 1
+        return ws, hello
+
+    def checked(self, text: str) -> str:
+        """A frame the daemon sent, as it came; a stand-in that checks them says so here."""
+        return text
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None, "no daemon connected"
+        await self.ws.send_json(msg)
+
+    async def wait(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+        return await async_wait_for(cond, timeout, what, interval=0.01)
+
+    async def connected(self, count: int = 1, timeout: float = 30.0) -> None:
+        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
 
 
 # -- a raw websocket peer, to send what a well-behaved server never would -----------------------

@@ -9,35 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from daemon_support import NODE_SCRIPT, DaemonProcess, write_bundle
-from node_support import start_app
+from node_support import StandIn, start_app
+
+from tests.support.daemon import NODE_SCRIPT, DaemonProcess
+from tests.support.server import write_bundle
 
 NODE_ID = "6b0f7c52-0000-4000-8000-0000000000aa"
 QUIET = {"metrics", "demo", "event", "logs"}  # not remote-control replies
 
 
-class ScriptedServer:
+class ScriptedServer(StandIn):
     """`async with ScriptedServer() as srv:` serves /ws; `srv.send(...)`, `await srv.reply(...)`."""
 
+    name = "scripted"
+
     def __init__(self) -> None:
+        super().__init__()
         self.url = ""
-        self.runner: web.AppRunner | None = None
-        self.ws: web.WebSocketResponse | None = None
         self.hellos: list[dict[str, Any]] = []
         self.replies: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
-        self.connections = 0
         self.logs: list[tuple[float, dict[str, Any]]] = []  # (arrival time, `logs` message)
         self.files: dict[str, bytes] = {}  # served at /files/{name} (e.g. a daemon release)
         self.release_key: dict[str, Any] = {}
@@ -50,12 +51,6 @@ class ScriptedServer:
         self.runner, base = await start_app(app)
         self.url = base.replace("http://", "ws://") + "/ws"
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        assert self.runner is not None
-        await self.runner.cleanup()
 
     def bundle(self) -> dict[str, Any]:
         return {"format": "dvic-node-bundle/1", "node_id": NODE_ID, "name": "scripted", "kind": "desktop",
@@ -70,15 +65,8 @@ class ScriptedServer:
         return web.Response(body=data) if data is not None else web.Response(status=404)
 
     async def _handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=2 * 1024 * 1024)
-        await ws.prepare(request)
-        hello = json.loads((await ws.receive()).data)
+        ws, hello = await self.welcome(request, NODE_ID)
         self.hellos.append(hello)
-        await ws.send_json({"type": "welcome", "protocol": 1, "node_id": NODE_ID, "name": "scripted",
-                            "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
-        self.ws = ws
-        self.connections += 1
-        self._notify()
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
@@ -93,7 +81,6 @@ class ScriptedServer:
                     await ws.send_json(ack)
             elif body.get("type") not in QUIET:
                 self.replies.append(body)
-                self._notify()
         if self.ws is ws:
             self.ws = None
         return ws
@@ -103,36 +90,11 @@ class ScriptedServer:
         if not ws.closed:
             await ws.send_json(ack)
 
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def send(self, msg: dict[str, Any]) -> None:
-        assert self.ws is not None, "no daemon connected"
-        await self.ws.send_json(msg)
-
     async def drop(self) -> None:
         """Close the daemon's connection, as a network loss would end it."""
         assert self.ws is not None
         ws, self.ws = self.ws, None
         await ws.close()
-
-    async def wait(self, cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = cond()
-            if value:
-                return value
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            try:
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
-            except TimeoutError:
-                pass
-
-    async def connected(self, count: int = 1, timeout: float = 20.0) -> None:
-        await self.wait(lambda: self.connections >= count and self.ws is not None, timeout, "the daemon to connect")
 
     def of(self, rid: str, kind: str | None = None) -> list[dict[str, Any]]:
         return [m for m in self.replies if m.get("id") == rid and (kind is None or m["type"] == kind)]
@@ -152,32 +114,29 @@ class ScriptedServer:
 
 
 def scripted_daemon(srv: ScriptedServer, tmp_path: Path, extra: tuple[str, ...] = (),
-                    copy_script: bool = False, python: str = sys.executable) -> DaemonProcess:
+                    copy_script: bool = False, python: str | Path = sys.executable) -> DaemonProcess:
     """The real daemon, configured for `srv` (optionally running from a copy of its file)."""
-    state = tmp_path / "state"
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
-    bundle = write_bundle(tmp_path / "bundle.json", srv.bundle())
-    daemon = DaemonProcess(python, bundle, state, logs, extra)
+    script = NODE_SCRIPT
     if copy_script:
-        copy = tmp_path / "opt" / "dvic_node.py"
-        copy.parent.mkdir(exist_ok=True)
-        shutil.copy(NODE_SCRIPT, copy)
-        daemon.script = copy
-    return daemon
+        script = tmp_path / "opt" / "dvic_node.py"
+        script.parent.mkdir(exist_ok=True)
+        shutil.copy(NODE_SCRIPT, script)
+    return DaemonProcess(write_bundle(srv.bundle(), tmp_path / "bundle.json"), tmp_path / "state", logs,
+                         python=python, extra=extra, script=script)
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live processes whose session id is `sid` (a shell's leader pid), from /proc."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+ScriptedNode = tuple[ScriptedServer, DaemonProcess]
+
+
+@contextlib.asynccontextmanager
+async def scripted_node(tmp_path: Path, **options: Any) -> AsyncIterator[ScriptedNode]:
+    """A ScriptedServer and the real daemon connected to it (options as scripted_daemon's)."""
+    async with ScriptedServer() as srv:
+        daemon = scripted_daemon(srv, tmp_path, **options).start()
         try:
-            raw = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw.rsplit(")", 1)[1].split()
-        if fields[3] == str(sid) and fields[0] != "Z":
-            out.append(int(name))
-    return out
+            await srv.connected()
+            yield srv, daemon
+        finally:
+            await asyncio.to_thread(daemon.stop)  # the server in this loop answers its close

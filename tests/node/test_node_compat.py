@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon_support import NODE_SCRIPT, interpreters
+from daemon_support import interpreters
+
+from tests.support.daemon import NODE_SCRIPT
 
 
 def imported_modules() -> dict[str, bool]:

@@ -11,38 +11,29 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from daemon_support import REPO, DaemonProcess, Demo, all_logs, events, interpreters, write_bundle
-from node_support import wait_until_sync
+from daemon_support import REPO, Demo, all_logs, events, interpreters
+from node_support import small_tmpfs
 
+from tests.support.daemon import DaemonProcess, enrolled_daemon
+from tests.support.pki import make_pki
 from tests.support.server import CentralServer
+from tests.support.wait import wait_for
+
+TIMINGS = {"interval": 1.0, "offline_after": 5.0}
 
 
-@pytest.fixture
-def central(tmp_path: Path) -> Iterator[CentralServer]:
-    server = CentralServer(tmp_path / "central", interval=1.0, offline_after=5.0).start()
-    try:
+@pytest.fixture(scope="module")
+def central(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
+    """Shared by the tests that enroll their own node (named after the test) and leave the server running."""
+    with CentralServer(tmp_path_factory.mktemp("node-daemon") / "central", **TIMINGS) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
-def logs_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "logs"
-    d.mkdir()
-    return d
-
-
-def enrolled_daemon(central: CentralServer, tmp_path: Path, logs_dir: Path, name: str = "node-a",
-                    python: str | None = None, extra: tuple[str, ...] = (),
-                    bundle_overrides: dict | None = None) -> tuple[str, DaemonProcess]:
-    import sys
-
-    bundle = central.enroll(name)
-    bundle.update(bundle_overrides or {})
-    path = write_bundle(tmp_path / f"{name}.json", bundle)
-    daemon = DaemonProcess(python or sys.executable, path, tmp_path / f"state-{name}", logs_dir, extra)
-    return bundle["node_id"], daemon
+def own_central(tmp_path: Path) -> Iterator[CentralServer]:
+    """A server of the test's own: it stops, kills and restarts it."""
+    with CentralServer(tmp_path / "central", **TIMINGS) as server:
+        yield server
 
 
 def demo_lines(central: CentralServer, node_id: str) -> list[dict]:
@@ -57,13 +48,13 @@ def test_node_online_metrics_lines_once_and_demo_exit(central: CentralServer, tm
     daemon.start()
     try:
         token = demo.wait_written()
-        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
-        detail = wait_until_sync(lambda: (d := central.node(node_id)).get("sample") and d, 20, "metrics")
+        wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+        detail = wait_for(lambda: (d := central.node(node_id)).get("sample") and d, 20, "metrics")
         assert "cpu" in detail["sample"] and "mem" in detail["sample"]
         assert detail["facts"]["hostname"] and detail["daemon_version"] == "0.1.0"
-        wait_until_sync(lambda: central.node(node_id)["facts"].get("firmware") == "dvic-node/0.1.0", 20,
-                        "a keep-alive POST")  # the server keeps the keep-alive's firmware as a fact
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 50, 20, "50 demo lines")
+        wait_for(lambda: central.node(node_id)["facts"].get("firmware") == "dvic-node/0.1.0", 20,
+                 "a keep-alive POST")  # the server keeps the keep-alive's firmware as a fact
+        wait_for(lambda: len(demo_lines(central, node_id)) >= 50, 20, "50 demo lines")
         lines = demo_lines(central, node_id)
         assert [ln["msg"] for ln in lines] == demo.expected()  # each exactly once, in order
         assert {(ln["unit"], ln["demo"], ln["level"]) for ln in lines} == {("robot-arm", token, "INFO")}
@@ -72,9 +63,9 @@ def test_node_online_metrics_lines_once_and_demo_exit(central: CentralServer, tm
             found = [d for d in central.node(node_id).get("demos_list", []) if d["token"] == token]
             return found[0]["state"] if found else ""
 
-        assert wait_until_sync(lambda: demo_state() in ("started", "alive"), 20, "demo alive")
+        assert wait_for(lambda: demo_state() in ("started", "alive"), 20, "demo alive")
         demo.finish()
-        wait_until_sync(lambda: demo_state() == "exited", 20, "demo exited")
+        wait_for(lambda: demo_state() == "exited", 20, "demo exited")
         assert daemon.running()
     finally:
         demo.kill()
@@ -84,20 +75,21 @@ def test_node_online_metrics_lines_once_and_demo_exit(central: CentralServer, tm
 
 @pytest.mark.parametrize("python", interpreters())
 def test_kill9_of_daemon_and_server_mid_stream_loses_and_duplicates_nothing(
-        central: CentralServer, tmp_path: Path, logs_dir: Path, python: str) -> None:
+        own_central: CentralServer, tmp_path: Path, logs_dir: Path, python: str) -> None:
+    central = own_central
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
     daemon.start()
     demo = Demo(logs_dir, "streamer", 3000, pause=0.001)
     try:
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 200, 30, "the stream to start")
+        wait_for(lambda: len(demo_lines(central, node_id)) >= 200, 30, "the stream to start")
         daemon.kill()  # kill -9 mid-stream
         daemon.start()
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 1200, 30, "the stream to resume",
-                        interval=0.2)
+        wait_for(lambda: len(demo_lines(central, node_id)) >= 1200, 30, "the stream to resume",
+                 interval=0.2)
         central.kill()  # kill -9 of the server mid-stream
         central.start()
         demo.wait_written()
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 3000, 60, "all 3000 lines", interval=0.3)
+        wait_for(lambda: len(demo_lines(central, node_id)) >= 3000, 60, "all 3000 lines", interval=0.3)
         lines = demo_lines(central, node_id)
         assert [ln["msg"] for ln in lines] == demo.expected()
         seqs = [ln["seq"] for ln in all_logs(central, node_id)]
@@ -108,18 +100,19 @@ def test_kill9_of_daemon_and_server_mid_stream_loses_and_duplicates_nothing(
         daemon.stop()
 
 
-def test_full_spool_drops_oldest_and_reports_the_gap(central: CentralServer, tmp_path: Path,
+def test_full_spool_drops_oldest_and_reports_the_gap(own_central: CentralServer, tmp_path: Path,
                                                      logs_dir: Path) -> None:
+    central = own_central
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--spool-max-bytes", "65536"))
     central.stop()  # the daemon starts offline and must keep collecting
     daemon.start()
     demo = Demo(logs_dir, "chatty", 3000)
     try:
         demo.wait_written()
-        wait_until_sync(lambda: "spool full" in daemon.log(), 30, "the spool to overflow")
+        wait_for(lambda: "spool full" in daemon.log(), 30, "the spool to overflow")
         central.start()
-        wait_until_sync(lambda: demo_lines(central, node_id)
-                        and demo_lines(central, node_id)[-1]["msg"] == demo.expected()[-1], 30, "the last line")
+        wait_for(lambda: demo_lines(central, node_id)
+                 and demo_lines(central, node_id)[-1]["msg"] == demo.expected()[-1], 30, "the last line")
         stored = demo_lines(central, node_id)
         msgs = [ln["msg"] for ln in stored]
         assert msgs == demo.expected()[-len(msgs):]  # the newest lines survive, once each, in order
@@ -132,7 +125,7 @@ def test_full_spool_drops_oldest_and_reports_the_gap(central: CentralServer, tmp
             return set(range(1, max(seqs) + 1)) - seqs - dropped
 
         # every seq is either stored or inside a reported gap
-        wait_until_sync(lambda: not unaccounted(), 20, "log_gap events covering every missing seq")
+        wait_for(lambda: not unaccounted(), 20, "log_gap events covering every missing seq")
         gaps = events(central, node_id, "log_gap")
         assert all(g["message"].startswith("spool full:") for g in gaps)
         assert daemon.running()
@@ -156,16 +149,15 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
                           + b"".join(b'{"ts": %s, "level": "INFO", "msg": "ghost %d"}\n' % (now, i)
                                      for i in range(20000)))
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, python=python)
-    daemon.start()
-    try:
-        wait_until_sync(lambda: any(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)), 30,
-                        "the first ghost lines")
+    with daemon:
+        wait_for(lambda: any(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)), 30,
+                 "the first ghost lines")
         vanishing.unlink()  # mid-read: the open descriptor still has all of it
-        wait_until_sync(lambda: sum(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)) == 20000, 60,
-                        "every line of the vanished file", interval=0.5)
+        wait_for(lambda: sum(ln["unit"] == "ghost" for ln in demo_lines(central, node_id)) == 20000, 60,
+                 "every line of the vanished file", interval=0.5)
         # The files are read independently: the huge one may still be on its way.
-        wait_until_sync(lambda: any(ln["msg"] == "after the huge line" for ln in demo_lines(central, node_id)), 60,
-                        "the line after the huge one", interval=0.5)
+        wait_for(lambda: any(ln["msg"] == "after the huge line" for ln in demo_lines(central, node_id)), 60,
+                 "the line after the huge one", interval=0.5)
         lines = demo_lines(central, node_id)
         by_demo: dict[str, list[str]] = {}
         for ln in lines:
@@ -175,45 +167,30 @@ def test_bad_log_files_are_reported_and_nothing_keepable_is_lost(central: Centra
         huge_msgs = by_demo["00000000000000cc"]
         assert huge_msgs[1] == "after the huge line"
         assert huge_msgs[0].startswith("yyyy") and len(huge_msgs[0].encode()) <= 64 * 1024
-        errors = wait_until_sync(lambda: events(central, node_id, "error"), 20, "error events")
+        errors = wait_for(lambda: events(central, node_id, "error"), 20, "error events")
         assert any("broken header" in e["message"] and "dvic_log_00000000000000aa" in e["message"]
                    for e in errors)
         own = all_logs(central, node_id, source="daemon")  # the daemon's own warnings are shipped too
         assert any("broken header" in ln["msg"] and ln["unit"] == "dvic-node" and ln["level"] == "WARNING"
                    for ln in own)
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 def test_wrong_ca_keeps_running_and_says_why(central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
-    from node_support import make_pki
-
     (tmp_path / "rogue-pki").mkdir()
     rogue = make_pki(tmp_path / "rogue-pki")
     _, daemon = enrolled_daemon(central, tmp_path, logs_dir, bundle_overrides={"ca_pem": rogue.ca_pem})
-    daemon.start()
-    try:
-        wait_until_sync(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two failed attempts")
+    with daemon:
+        wait_for(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two failed attempts")
         assert "not trusted by the bundle's CA" in daemon.log()
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB file system (tmpfs) to fill up; skipped where mounting is not allowed."""
-    mnt = tmp_path / "small-disk"
-    mnt.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small-disk", "0700") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 def fill(directory: Path) -> Path:
@@ -232,26 +209,22 @@ def fill(directory: Path) -> Path:
 
 
 def test_full_disk_loses_nothing(central: CentralServer, tmp_path: Path, logs_dir: Path, small_disk: Path) -> None:
-    bundle = central.enroll("node-full")
-    path = write_bundle(tmp_path / "node-full.json", bundle)
-    daemon = DaemonProcess(sys.executable, path, small_disk / "state", logs_dir)
-    daemon.log_path = tmp_path / "daemon.log"  # not on the full disk
-    daemon.start()
-    try:
-        wait_until_sync(lambda: "connected to" in daemon.log(), 20, "the daemon to connect")
+    bundle = central.enroll(tmp_path.name)
+    path = central.write_bundle(bundle, tmp_path / "node-full.json")
+    daemon = DaemonProcess(path, small_disk / "state", logs_dir, log_path=tmp_path / "daemon.log")  # not full
+    with daemon:
+        wait_for(lambda: "connected to" in daemon.log(), 20, "the daemon to connect")
         filler = fill(small_disk)
         demo = Demo(logs_dir, "while-full", 500)
         demo.wait_written()
-        wait_until_sync(lambda: "spool: cannot write" in daemon.log(), 20, "the daemon to notice the full disk")
+        wait_for(lambda: "spool: cannot write" in daemon.log(), 20, "the daemon to notice the full disk")
         assert daemon.running()
         assert demo_lines(central, bundle["node_id"]) == []  # nothing could be spooled, nothing was lost
         filler.unlink()
-        wait_until_sync(lambda: len(demo_lines(central, bundle["node_id"])) >= 500, 30, "the lines to follow")
+        wait_for(lambda: len(demo_lines(central, bundle["node_id"])) >= 500, 30, "the lines to follow")
         assert [ln["msg"] for ln in demo_lines(central, bundle["node_id"])] == demo.expected()
         assert "spool: writable again" in daemon.log()
         demo.kill()
-    finally:
-        daemon.stop()
 
 
 def test_a_non_python_demo_run_through_the_dvic_log_wrapper(central: CentralServer, tmp_path: Path,
@@ -267,11 +240,11 @@ def test_a_non_python_demo_run_through_the_dvic_log_wrapper(central: CentralServ
             found = [d for d in central.node(node_id).get("demos_list", []) if d["name"] == "shell-demo"]
             return found[0] if found else {}
 
-        assert wait_until_sync(lambda: demo().get("state") in ("started", "alive"), 20, "the wrapped demo alive")
+        assert wait_for(lambda: demo().get("state") in ("started", "alive"), 20, "the wrapped demo alive")
         wrapper.communicate(b"go\n", timeout=20)
         assert wrapper.returncode == 3
-        wait_until_sync(lambda: demo().get("state") == "exited", 20, "the wrapped demo exited")
-        lines = wait_until_sync(lambda: len(ls := demo_lines(central, node_id)) >= 3 and ls, 20, "its lines")
+        wait_for(lambda: demo().get("state") == "exited", 20, "the wrapped demo exited")
+        lines = wait_for(lambda: len(ls := demo_lines(central, node_id)) >= 3 and ls, 20, "its lines")
         assert [(ln["level"], ln["msg"]) for ln in lines[:2]] == [("INFO", "hello from sh"), ("ERROR", "oops")]
         assert {ln["unit"] for ln in lines} == {"shell-demo"}
     finally:
@@ -293,7 +266,7 @@ def test_lines_across_the_writers_rotations_arrive_once_in_order(central: Centra
     try:
         token = demo.wait_written()
         assert (logs_dir / f"dvic_log_{token}.1").exists()
-        wait_until_sync(lambda: len(demo_lines(central, node_id)) >= 2000, 60, "every line", interval=0.3)
+        wait_for(lambda: len(demo_lines(central, node_id)) >= 2000, 60, "every line", interval=0.3)
         assert [ln["msg"] for ln in demo_lines(central, node_id)] == demo.expected()
         assert not events(central, node_id, "error")
         assert ("inotify disabled" in daemon.log()) == (follow == "polling")
@@ -307,36 +280,30 @@ def test_system_log_lines_are_shipped_rate_bounded(central: CentralServer, tmp_p
     syslog.write_text("Nov 24 09:00:00 host old[1]: before the daemon: not shipped\n")
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=(
         "--system-log", str(syslog), "--system-log-rate", "5"))
-    daemon.start()
-    try:
-        wait_until_sync(lambda: "system logs: following" in daemon.log(), 20, "the syslog follower")
-        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+    with daemon:
+        wait_for(lambda: "system logs: following" in daemon.log(), 20, "the syslog follower")
+        wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
         with open(syslog, "a") as f:
             f.write("Nov 24 10:00:01 host sshd[42]: Accepted publickey for pi\n")
             for i in range(400):
                 f.write(f"Nov 24 10:00:02 host spam[7]: flood {i}\n")
-        lines = wait_until_sync(lambda: all_logs(central, node_id, source="system"), 20, "system lines")
+        lines = wait_for(lambda: all_logs(central, node_id, source="system"), 20, "system lines")
         assert (lines[0]["unit"], lines[0]["msg"]) == ("sshd", "Accepted publickey for pi")
         assert len(lines) <= 200 + 5 * 30  # burst plus the rate over the test's length: never the flood
-        wait_until_sync(lambda: any("rate bound" in ln["msg"] for ln in all_logs(central, node_id, "daemon")),
-                        30, "the skipped lines to be reported")
-    finally:
-        daemon.stop()
+        wait_for(lambda: any("rate bound" in ln["msg"] for ln in all_logs(central, node_id, "daemon")),
+                 30, "the skipped lines to be reported")
 
 
 def test_a_revoked_node_is_told_why_and_keeps_trying(central: CentralServer, tmp_path: Path,
                                                      logs_dir: Path) -> None:
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir)
-    daemon.start()
-    try:
-        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+    with daemon:
+        wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
         status, _ = central.api("DELETE", f"/api/v1/nodes/{node_id}")
         assert status in (200, 204)
-        wait_until_sync(lambda: "has been revoked" in daemon.log(), 20, "the refusal to be logged")
+        wait_for(lambda: "has been revoked" in daemon.log(), 20, "the refusal to be logged")
         assert "close 4403" in daemon.log() or "HTTP 403" in daemon.log()
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 def _refusal_times(server_log: str, marker: str) -> list[float]:
@@ -356,9 +323,8 @@ def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
         central: CentralServer, tmp_path: Path, logs_dir: Path) -> None:
     longest = 3.0
     node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--reconnect-max", str(longest)))
-    daemon.start()
-    try:
-        wait_until_sync(lambda: central.node(node_id)["state"] == "online", 20, "node online")
+    with daemon:
+        wait_for(lambda: central.node(node_id)["state"] == "online", 20, "node online")
         status, _ = central.api("DELETE", f"/api/v1/nodes/{node_id}")
         assert status in (200, 204)
         name = central.node(node_id)["name"]
@@ -368,7 +334,7 @@ def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
             times = _refusal_times(central.log(), repr(name))
             return times if len(times) >= 4 else None
 
-        times = wait_until_sync(four_refusals, 30, "four refused reconnects")
+        times = wait_for(four_refusals, 30, "four refused reconnects")
         gaps = [round(b - a, 2) for a, b in pairwise(times)]  # type: ignore[arg-type]
         assert all(gap >= longest * 0.9 for gap in gaps), gaps  # not climbing 1 s, 2 s, ... again
         log = daemon.log()
@@ -376,8 +342,6 @@ def test_a_revoked_node_reconnects_at_its_longest_delay_and_says_so_once(
         after = log[log.index("this node is revoked"):]
         assert "INFO reconnecting in" not in after and "INFO connection:" not in after
         assert daemon.running()
-    finally:
-        daemon.stop()
 
 
 class _RefusingKeepAlive:
@@ -422,13 +386,10 @@ def test_a_keepalive_refused_as_revoked_is_sent_at_the_longest_delay(
     try:
         _, daemon = enrolled_daemon(central, tmp_path, logs_dir, extra=("--reconnect-max", str(longest)),
                                     bundle_overrides={"keepalive_url": refusing.url})
-        daemon.start()
-        try:
-            wait_until_sync(lambda: len(refusing.times) >= 4, 30, "four keep-alives")
+        with daemon:
+            wait_for(lambda: len(refusing.times) >= 4, 30, "four keep-alives")
             gaps = [round(b - a, 2) for a, b in pairwise(refusing.times[:4])]
             # The server's interval here is 1 s: a revoked answer stretches it to the longest delay.
             assert all(gap >= longest * 0.9 for gap in gaps), gaps
-        finally:
-            daemon.stop()
     finally:
         refusing.close()

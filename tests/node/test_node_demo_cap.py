@@ -11,17 +11,18 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dvic_node
 import pytest
-from daemon_support import DaemonProcess, Demo, all_logs, events, write_bundle
-from node_support import wait_until_sync
+from daemon_support import Demo, all_logs, events
+from node_support import demo_watcher, step
 
+from tests.support.daemon import enrolled_daemon
 from tests.support.server import CentralServer
+from tests.support.wait import wait_for
 
 NOBODY = 65534
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to plant files owned by another user")
@@ -48,63 +49,12 @@ def plant(logs: Path, pid: int, *, pid_start: int | None = None, name: str = "pl
     return token
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.errors: list[str] = []
-
-    def emit(self, msg: dict) -> None:
-        self.messages.append(msg)
-
-    def error(self, message: str, data: dict) -> None:
-        self.errors.append(message)
-
-    def states(self) -> dict[str, str]:
-        return {m["token"]: m["state"] for m in self.messages if m["type"] == "demo"}
-
-
-def watcher(tmp_path: Path, per_owner: int, total: int = 128) -> tuple[dvic_node.DemoWatcher, dvic_node.Spool,
-                                                                         Recorder]:
-    spool = dvic_node.Spool(str(tmp_path / "spool"))
-    spool.open()
-    rec = Recorder()
-    w = dvic_node.DemoWatcher(spool, rec.emit, rec.error)
-    w.restore_states()
-    w.set_logdirs([dvic_node.LogDir(str(tmp_path / "logs"))])
-    w.max_per_owner, w.max_files = per_owner, total
-    return w, spool, rec
-
-
-def step(w: dvic_node.DemoWatcher) -> None:
-    w.scan()
-    w.poll()
-    w.check_liveness()
-
-
-@pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    d = tmp_path / "logs"
-    d.mkdir()
-    return d
-
-
-@pytest.fixture
-def running() -> Iterator[subprocess.Popen[bytes]]:
-    """A process that stands for a running demo."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_path: Path, logs: Path) -> None:
+def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_path: Path, logs_dir: Path) -> None:
     me = os.getpid()
     now = time.time()
     # 200 files whose writer has exited (the pid's start time does not match), of one owner, one a second older
-    tokens = [plant(logs, me, pid_start=pid_start(me) + 1, mtime=now - i) for i in range(200)]
-    w, _, rec = watcher(tmp_path, per_owner=32)
+    tokens = [plant(logs_dir, me, pid_start=pid_start(me) + 1, mtime=now - i) for i in range(200)]
+    w, _, rec = demo_watcher(tmp_path, restore=True, per_owner=32, total=128)
     step(w)
     followed = {d.token for d in w.demos.values()}
     assert followed == set(tokens[:32])  # the newest
@@ -115,11 +65,11 @@ def test_a_flood_of_files_is_followed_up_to_the_owner_bound_newest_first(tmp_pat
     assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 32 and len(rec.errors) == 1
 
 
-def test_files_left_waiting_never_take_turns(tmp_path: Path, logs: Path) -> None:
+def test_files_left_waiting_never_take_turns(tmp_path: Path, logs_dir: Path) -> None:
     me = os.getpid()
     for _ in range(500):  # created as fast as can be: their times differ by less than a millisecond
-        plant(logs, me, pid_start=pid_start(me) + 1)
-    w, _, rec = watcher(tmp_path, per_owner=8)
+        plant(logs_dir, me, pid_start=pid_start(me) + 1)
+    w, _, rec = demo_watcher(tmp_path, restore=True, per_owner=8, total=128)
     step(w)
     followed = {d.token for d in w.demos.values()}
     for _ in range(5):
@@ -127,36 +77,36 @@ def test_files_left_waiting_never_take_turns(tmp_path: Path, logs: Path) -> None
     assert {d.token for d in w.demos.values()} == followed and len(rec.messages) == 8
 
 
-def test_running_demos_are_taken_first_and_never_pushed_out(tmp_path: Path, logs: Path,
-                                                            running: subprocess.Popen[bytes]) -> None:
+def test_running_demos_are_taken_first_and_never_pushed_out(tmp_path: Path, logs_dir: Path,
+                                                            demo_proc: subprocess.Popen[bytes]) -> None:
     me = os.getpid()
     now = time.time()
-    real = plant(logs, running.pid, pid_start=pid_start(running.pid), name="real", lines=3, mtime=now - 3600)
+    real = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="real", lines=3, mtime=now - 3600)
     for i in range(50):
-        plant(logs, me, pid_start=pid_start(me) + 1, mtime=now - i)  # newer, but their writer is gone
-    w, spool, rec = watcher(tmp_path, per_owner=4)
+        plant(logs_dir, me, pid_start=pid_start(me) + 1, mtime=now - i)  # newer, but their writer is gone
+    w, spool, rec = demo_watcher(tmp_path, restore=True, per_owner=4, total=128)
     step(w)
     assert real in {d.token for d in w.demos.values()} and len(w.demos) == 4
     assert rec.states()[real] == "started"
     # a new file (newest of all) does not push the running demo out
-    plant(logs, me, pid_start=pid_start(me) + 1, mtime=now + 10)
+    plant(logs_dir, me, pid_start=pid_start(me) + 1, mtime=now + 10)
     step(w)
     assert real in {d.token for d in w.demos.values()} and len(w.demos) == 4
     assert [ln["msg"] for ln in spool.read(1) if ln["demo"] == real] == ["real line 0", "real line 1", "real line 2"]
 
 
-def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path, logs: Path,
-                                                                  running: subprocess.Popen[bytes]) -> None:
+def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path, logs_dir: Path,
+                                                                  demo_proc: subprocess.Popen[bytes]) -> None:
     me = os.getpid()
     gone = pid_start(me) + 1
     now = time.time()
-    first = plant(logs, me, pid_start=gone, name="first", lines=2, mtime=now - 20)
-    second = plant(logs, me, pid_start=gone, name="second", lines=2, mtime=now - 10)
-    w, spool, rec = watcher(tmp_path, per_owner=2)
+    first = plant(logs_dir, me, pid_start=gone, name="first", lines=2, mtime=now - 20)
+    second = plant(logs_dir, me, pid_start=gone, name="second", lines=2, mtime=now - 10)
+    w, spool, rec = demo_watcher(tmp_path, restore=True, per_owner=2, total=128)
     step(w)
     assert {d.token for d in w.demos.values()} == {first, second}
     # a demo starts: the demo that exited first gives its place (its file was read to its end)
-    third = plant(logs, running.pid, pid_start=pid_start(running.pid), name="third", lines=2)
+    third = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="third", lines=2)
     step(w)
     assert {d.token for d in w.demos.values()} == {second, third}
     for _ in range(3):
@@ -166,7 +116,7 @@ def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path
     assert sorted(shipped) == sorted(f"{n} line {i}" for n in ("first", "second", "third") for i in range(2))
     spool.checkpoint(force=True)
     # a restart takes the files on afresh: nothing is shipped twice, no exit is told twice
-    w2, spool2, rec2 = watcher(tmp_path, per_owner=2)
+    w2, spool2, rec2 = demo_watcher(tmp_path, restore=True, per_owner=2, total=128)
     for _ in range(3):
         step(w2)
     assert [ln["msg"] for ln in spool2.read(1)] == shipped
@@ -176,13 +126,13 @@ def test_an_exited_demo_gives_its_place_and_nothing_is_read_twice(tmp_path: Path
 
 @as_root
 def test_files_planted_by_another_user_cannot_crowd_out_or_impersonate_a_running_demo(
-        tmp_path: Path, logs: Path, running: subprocess.Popen[bytes]) -> None:
+        tmp_path: Path, logs_dir: Path, demo_proc: subprocess.Popen[bytes]) -> None:
     now = time.time()
     # another user's files claim a running process that is not theirs (pid 1, and our own demo's pid)
     for i in range(100):
-        plant(logs, 1 if i % 2 else running.pid, uid=NOBODY, mtime=now - i)
-    real = plant(logs, running.pid, pid_start=pid_start(running.pid), name="real", lines=1, mtime=now - 3600)
-    w, _, rec = watcher(tmp_path, per_owner=8, total=10)
+        plant(logs_dir, 1 if i % 2 else demo_proc.pid, uid=NOBODY, mtime=now - i)
+    real = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="real", lines=1, mtime=now - 3600)
+    w, _, rec = demo_watcher(tmp_path, restore=True, per_owner=8, total=10)
     step(w)
     owners = sorted(d.owner[1] for d in w.demos.values())
     assert real in {d.token for d in w.demos.values()} and owners == [0] + [NOBODY] * 8
@@ -191,43 +141,38 @@ def test_files_planted_by_another_user_cannot_crowd_out_or_impersonate_a_running
     assert set(states.values()) == {"exited"}  # a header naming another user's process is not that process
     assert len(rec.errors) == 1 and "of user nobody" in rec.errors[0]
     # a second real demo still finds a place: the total bound is full, an exited planted file gives its place
-    other = plant(logs, running.pid, pid_start=pid_start(running.pid), name="other", lines=1)
+    other = plant(logs_dir, demo_proc.pid, pid_start=pid_start(demo_proc.pid), name="other", lines=1)
     step(w)
     assert {real, other} <= {d.token for d in w.demos.values()} and len(w.demos) == 10
 
 
 @pytest.fixture
 def central(tmp_path: Path) -> Iterator[CentralServer]:
-    server = CentralServer(tmp_path / "central", interval=1.0, offline_after=5.0).start()
-    try:
+    with CentralServer(tmp_path / "central", interval=1.0, offline_after=5.0) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_the_real_daemon_with_3000_planted_files_reports_at_most_its_bound(central: CentralServer, tmp_path: Path,
-                                                                          logs: Path) -> None:
+                                                                          logs_dir: Path) -> None:
     # What any local user can do in the shared log dir (security review M6): 3,000 files with big headers
-    # naming a running process. As root, they belong to another user, as an attacker's would.
+    # naming a demo_proc process. As root, they belong to another user, as an attacker's would.
     uid = NOBODY if os.geteuid() == 0 else None
     for i in range(3000):
-        plant(logs, 1, name=f"demo-{i}-" + "n" * 200, argv_items=64, uid=uid)
-    bundle = central.enroll("node-flood")
-    node_id = bundle["node_id"]
-    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), tmp_path / "state", logs)
-    demo = Demo(logs, "real-demo", 20)  # a real demo (dvic_log), started after the flood
+        plant(logs_dir, 1, name=f"demo-{i}-" + "n" * 200, argv_items=64, uid=uid)
+    node_id, daemon = enrolled_daemon(central, tmp_path, logs_dir, name="node-flood")
+    demo = Demo(logs_dir, "real-demo", 20)  # a real demo (dvic_log), started after the flood
     daemon.start()
     try:
         token = demo.wait_written()
-        wait_until_sync(lambda: len([ln for ln in all_logs(central, node_id, "demo") if ln["demo"] == token]) == 20,
-                        60, "the real demo's lines")
-        detail = wait_until_sync(lambda: (d := central.node(node_id))["demos"]["total"] > 1 and d, 30, "demos")
+        wait_for(lambda: len([ln for ln in all_logs(central, node_id, "demo") if ln["demo"] == token]) == 20,
+                 60, "the real demo's lines")
+        detail = wait_for(lambda: (d := central.node(node_id))["demos"]["total"] > 1 and d, 30, "demos")
         bound = dvic_node.MAX_DEMO_FILES_PER_OWNER + 1  # the planted files' owner, and the real demo's
         assert detail["demos"]["total"] <= bound, detail["demos"]
         real = [d for d in detail["demos_list"] if d["token"] == token]
         assert real and real[0]["state"] in ("started", "alive")
-        wait_until_sync(lambda: any("not followed" in e["message"] for e in events(central, node_id, "error")),
-                        30, "the daemon's report of the files it does not follow")
+        wait_for(lambda: any("not followed" in e["message"] for e in events(central, node_id, "error")),
+                 30, "the daemon's report of the files it does not follow")
         assert daemon.proc is not None
         open_fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
         assert open_fds < bound + 40, open_fds  # not a descriptor per planted file
@@ -238,23 +183,20 @@ def test_the_real_daemon_with_3000_planted_files_reports_at_most_its_bound(centr
     assert central.node(node_id)["demos"]["total"] <= bound
 
 
-def test_the_real_daemons_rates_stay_within_the_servers_limits(tmp_path: Path, logs: Path) -> None:
+def test_the_real_daemons_rates_stay_within_the_servers_limits(tmp_path: Path, logs_dir: Path) -> None:
     # One sample per interval, the backlog of an outage at once, keep-alives, demo states: nothing is limited.
-    server = CentralServer(tmp_path / "central", interval=0.1, offline_after=5.0).start()
-    try:
-        bundle = server.enroll("steady-node")
-        node_id = bundle["node_id"]
-        daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), tmp_path / "state", logs)
-        demos = [Demo(logs, f"demo-{i}", 5) for i in range(5)]
+    with CentralServer(tmp_path / "central", interval=0.1, offline_after=5.0) as server:
+        node_id, daemon = enrolled_daemon(server, tmp_path, logs_dir, name="steady-node")
+        demos = [Demo(logs_dir, f"demo-{i}", 5) for i in range(5)]
         daemon.start()
         try:
-            wait_until_sync(lambda: central_demos(server, node_id) == 5, 30, "the demos")
+            wait_for(lambda: central_demos(server, node_id) == 5, 30, "the demos")
             server.stop()  # an outage: the daemon buffers its samples meanwhile
             outage = time.time()
             time.sleep(3)  # the outage's length (not a synchronisation: the daemon samples every 0.1 s meanwhile)
             back = time.time()
             server.start()
-            wait_until_sync(lambda: sample_gap(server, node_id, outage, back) < 1.0, 30, "the outage's samples")
+            wait_for(lambda: sample_gap(server, node_id, outage, back) < 1.0, 30, "the outage's samples")
         finally:
             for demo in demos:
                 demo.kill()
@@ -263,8 +205,6 @@ def test_the_real_daemons_rates_stay_within_the_servers_limits(tmp_path: Path, l
         assert "rate_limited" not in daemon.log()
         # The server's own warnings; its access log names the test's event queries (kind=rate_limited).
         assert [line for line in server.log().splitlines() if "rate_limited" in line and ".access:" not in line] == []
-    finally:
-        server.stop()
 
 
 def central_demos(server: CentralServer, node_id: str) -> int:

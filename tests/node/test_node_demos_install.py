@@ -7,10 +7,8 @@ gives it and records what the daemon reports, nothing more.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
-import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,26 +16,24 @@ from pathlib import Path
 import pytest
 from daemon_support import interpreters
 from demo_support import (
+    DemoRig,
     DemoServer,
     Node,
-    Release,
     add_bytes,
     demo_node,
-    kill_demos,
+    deployed,
     make_release,
     new_tag,
     tagged_pids,
 )
-from node_support import Pki
+from node_support import small_tmpfs
+
+from tests.support.pki import Pki
 
 pytestmark = pytest.mark.slow  # real installs: each waits for a demo to become healthy (3 s)
 
 STEPS = ["queued", "downloading", "verifying", "installing", "stopping_old", "starting", "healthy"]
 
-
-async def stop(node: Node) -> None:
-    """Stop the daemon without blocking the stand-in server (same event loop) that answers its close."""
-    await asyncio.to_thread(node.daemon.stop)
 
 
 def leftovers(node: Node, name: str) -> list[str]:
@@ -49,13 +45,6 @@ async def kill(node: Node) -> None:
     node.daemon.kill()
 
 
-async def healthy(srv: DemoServer, release: Release, timeout: float = 60.0) -> dict:
-    result = await srv.install_result(release.name, release.version, timeout)
-    assert result["state"] == "healthy", result
-    return await srv.status_is(release.name, lambda s: s["version"] == release.version and s["state"] == "healthy"
-                               and s["pid"], 30, f"{release.name} {release.version} healthy")
-
-
 @pytest.mark.parametrize("python", interpreters())
 async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tmp_path: Path, python: str) -> None:
     tag = new_tag()
@@ -63,12 +52,9 @@ async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tm
         node = demo_node(srv, tmp_path, python=python)
         v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
         v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag, keep=["state/"])
-        srv.serve(v1, v2)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
+        async with deployed(srv, node, tag, v1, v2, push=[v1.entry()]):
             await srv.connected()
-            first = await healthy(srv, v1)
+            first = await srv.healthy(v1)
             assert srv.install_states("robot", "1.0.0") == STEPS
             assert tagged_pids(tag) == [first["pid"]]
             assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
@@ -77,7 +63,7 @@ async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tm
             assert all(r["client_cert"] for r in srv.requests)  # downloaded as the node (mTLS)
 
             # a clean restart and a kill -9 of the daemon: the demo is re-adopted, never started twice
-            for restart in (stop, kill):
+            for restart in (Node.stop, kill):
                 said = len(srv.installs("robot", "1.0.0"))
                 statuses = len(srv.of("demo_status", "robot"))
                 await restart(node)
@@ -91,7 +77,7 @@ async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tm
 
             # the upgrade: the old release runs until the new one starts, then the new one alone
             await srv.push([v2.entry()])
-            second = await healthy(srv, v2)
+            second = await srv.healthy(v2)
             assert srv.install_states("robot", "2.0.0") == STEPS
             assert second["pid"] != first["pid"] and tagged_pids(tag) == [second["pid"]]
             assert node.current("robot").name == f"2.0.0-{v2.sha256[:8]}"
@@ -99,56 +85,37 @@ async def test_install_upgrade_and_daemon_restarts_keep_one_process(pki: Pki, tm
             releases = sorted(p.name for p in (node.demo_dir("robot") / "releases").iterdir())
             assert releases == [f"1.0.0-{v1.sha256[:8]}", f"2.0.0-{v2.sha256[:8]}"]  # the previous one stays
             assert not list((node.state / "downloads").iterdir())
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
 
 
-async def test_a_download_cut_in_the_middle_resumes_with_range(pki: Pki, tmp_path: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        big = os.urandom(900 * 1024)  # incompressible: the archive is about as large
-        v1 = make_release(tmp_path, "kiosk", "1.0.0", tag=tag, files={"assets.bin": big})
-        srv.serve(v1)
-        srv.cut[v1.sha256] = 300 * 1024
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            part = node.state / "downloads" / f"{v1.sha256}.part"
-            # between the cut and the next attempt the partial file waits, with what arrived
-            await srv.wait(lambda: part.exists() and part.stat().st_size == 300 * 1024 and len(srv.requests) == 1,
-                           30, "the partial download kept")
-            await healthy(srv, v1)
-            assert [r["range"] for r in srv.requests] == [None, f"bytes={300 * 1024}-"]
-            assert (node.current("kiosk") / "assets.bin").read_bytes() == big
-            assert not part.exists()
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
+async def test_a_download_cut_in_the_middle_resumes_with_range(rig: DemoRig, tmp_path: Path) -> None:
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    big = os.urandom(900 * 1024)  # incompressible: the archive is about as large
+    v1 = make_release(tmp_path, "kiosk", "1.0.0", tag=tag, files={"assets.bin": big})
+    srv.cut[v1.sha256] = 300 * 1024
+    async with deployed(srv, node, tag, v1):
+        part = node.state / "downloads" / f"{v1.sha256}.part"
+        # between the cut and the next attempt the partial file waits, with what arrived
+        await srv.wait(lambda: part.exists() and part.stat().st_size == 300 * 1024 and len(srv.requests) == 1,
+                       30, "the partial download kept")
+        await srv.healthy(v1)
+        assert [r["range"] for r in srv.requests] == [None, f"bytes={300 * 1024}-"]
+        assert (node.current("kiosk") / "assets.bin").read_bytes() == big
+        assert not part.exists()
 
 
-async def test_sha256_mismatch_is_refused_and_the_running_release_stays(pki: Pki, tmp_path: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag)
-        srv.serve(v1)
-        srv.releases["f" * 64] = v2.path  # the server hands out other bytes than the release's
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
-            await srv.push([dict(v2.entry(), sha256="f" * 64, url="/api/v1/node/releases/" + "f" * 64)])
-            result = await srv.install_result("robot", "2.0.0")
-            assert result["state"] == "failed" and "sha256 mismatch" in result["message"], result
-            assert tagged_pids(tag) == [first["pid"]]
-            assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
-            assert not (node.state / "downloads" / ("f" * 64 + ".part")).exists()  # a bad copy is not resumed
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
+async def test_sha256_mismatch_is_refused_and_the_running_release_stays(rig: DemoRig, tmp_path: Path) -> None:
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+    v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag)
+    srv.releases["f" * 64] = v2.path  # the server hands out other bytes than the release's
+    async with deployed(srv, node, tag, v1):
+        first = await srv.healthy(v1)
+        await srv.push([dict(v2.entry(), sha256="f" * 64, url="/api/v1/node/releases/" + "f" * 64)])
+        result = await srv.install_result("robot", "2.0.0")
+        assert result["state"] == "failed" and "sha256 mismatch" in result["message"], result
+        assert tagged_pids(tag) == [first["pid"]]
+        assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
+        assert not (node.state / "downloads" / ("f" * 64 + ".part")).exists()  # a bad copy is not resumed
 
 
 def hostile(kind: str) -> Callable[[tarfile.TarFile], None]:
@@ -197,211 +164,155 @@ HOSTILE = {  # kind -> what the failure message says
 }
 
 
-async def test_each_bad_archive_member_is_refused_at_unpack(pki: Pki, tmp_path: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
-            for i, (kind, reason) in enumerate(HOSTILE.items()):
-                bad = make_release(tmp_path, "robot", f"2.0.{i}", tag=tag, extra_members=hostile(kind))
-                srv.serve(bad)
-                limits = {"max_unpacked_bytes": 1024 * 1024, "max_members": 20}
-                await srv.push([bad.entry(**limits)])
-                result = await srv.install_result("robot", bad.version)
-                assert result["state"] == "failed" and reason in result["message"], (kind, result)
-                assert tagged_pids(tag) == [first["pid"]], kind  # the running release was not touched
-                assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}", kind
-                assert leftovers(node, "robot") == [], kind  # no half-written directory
-                assert not Path("/etc/evil").exists() and not (tmp_path / "evil").exists()
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
+async def test_each_bad_archive_member_is_refused_at_unpack(rig: DemoRig, tmp_path: Path) -> None:
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+    async with deployed(srv, node, tag, v1):
+        first = await srv.healthy(v1)
+        for i, (kind, reason) in enumerate(HOSTILE.items()):
+            bad = make_release(tmp_path, "robot", f"2.0.{i}", tag=tag, extra_members=hostile(kind))
+            srv.serve(bad)
+            limits = {"max_unpacked_bytes": 1024 * 1024, "max_members": 20}
+            await srv.push([bad.entry(**limits)])
+            result = await srv.install_result("robot", bad.version)
+            assert result["state"] == "failed" and reason in result["message"], (kind, result)
+            assert tagged_pids(tag) == [first["pid"]], kind  # the running release was not touched
+            assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}", kind
+            assert leftovers(node, "robot") == [], kind  # no half-written directory
+            assert not Path("/etc/evil").exists() and not (tmp_path / "evil").exists()
 
 
 @pytest.fixture
 def small_demos_disk(tmp_path: Path) -> Iterator[Path]:
     """STATE_DIR/demos on a real 1 MiB tmpfs (the rest of the state dir is not); skipped where mounting is
     not allowed."""
-    demos = tmp_path / "state" / "demos"
-    demos.mkdir(parents=True)
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0711", "tmpfs", str(demos)],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "state" / "demos", "0711") as demos:
         yield demos
-    finally:
-        subprocess.run(["umount", "-l", str(demos)], capture_output=True, timeout=30)
 
 
-async def test_a_full_disk_fails_the_install_and_leaves_the_running_release(pki: Pki, tmp_path: Path,
+async def test_a_full_disk_fails_the_install_and_leaves_the_running_release(rig: DemoRig, tmp_path: Path,
                                                                              small_demos_disk: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag, files={"video.bin": bytes(3 * 1024 * 1024)})
-        srv.serve(v1, v2)
-        await srv.push([v1.entry()])
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+    v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag, files={"video.bin": bytes(3 * 1024 * 1024)})
+    async with deployed(srv, node, tag, v1, v2, push=[v1.entry()]):
+        first = await srv.healthy(v1)
+        await srv.push([v2.entry()])
+        result = await srv.install_result("robot", "2.0.0")
+        assert result["state"] == "failed" and "disk full while unpacking" in result["message"], result
+        assert "No space left on device" in result["message"]
+        assert tagged_pids(tag) == [first["pid"]]
+        assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
+        assert leftovers(node, "robot") == []
+        # the space is back: a new deployment of a release that fits goes through
+        v3 = make_release(tmp_path, "robot", "3.0.0", tag=tag)
+        srv.serve(v3)
+        await srv.push([v3.entry()])
+        await srv.healthy(v3)
+
+
+async def test_a_release_that_never_becomes_healthy_is_rolled_back(rig: DemoRig, tmp_path: Path) -> None:
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+    v2 = make_release(tmp_path, "robot", "2.0.0", "silent", tag=tag, heartbeat_s=1, start_timeout_s=4)
+    async with deployed(srv, node, tag, v1, v2, push=[v1.entry()]):
+        first = await srv.healthy(v1)
+        entry = v2.entry()
+        await srv.push([entry])
+        result = await srv.install_result("robot", "2.0.0")
+        assert result["state"] == "rolled_back", result
+        assert "did not become healthy within 4 s" in result["message"]
+        assert "version 1.0.0 runs again" in result["message"]
+        back = await srv.status_is("robot", lambda s: s["version"] == "1.0.0" and s["state"] == "healthy",
+                                   30, "1.0.0 healthy again")
+        assert back["pid"] != first["pid"] and tagged_pids(tag) == [back["pid"]]
+        assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
+        assert not (node.demo_dir("robot") / "releases" / f"2.0.0-{v2.sha256[:8]}").exists()
+        # the same rollout pushed again (a reconnect): its result is said again, nothing is retried
+        downloads = len(srv.requests)
+        await srv.push([entry])
+        await srv.wait(lambda: len(srv.installs("robot", "2.0.0")) and srv.installs("robot", "2.0.0")[-1]
+                       is not result, 20, "the result said again")
+        assert srv.installs("robot", "2.0.0")[-1]["state"] == "rolled_back"
+        assert len(srv.requests) == downloads
+
+
+async def test_removed_from_the_desired_set_it_stops_and_its_data_stays(rig: DemoRig, tmp_path: Path) -> None:
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
+    async with deployed(srv, node, tag, v1):
+        await srv.healthy(v1)
+        await srv.push([{"name": "robot", "version": "x"}])  # a bad entry is not a removal
+        await srv.wait(lambda: [m for m in srv.installs("robot") if "bad demos_desired" in m["message"]], 20,
+                       "the bad entry refused")
+        assert len(tagged_pids(tag)) == 1
+        await node.stop()  # a demo the daemon took back after a restart is removed as well
         node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
-            await srv.push([v2.entry()])
-            result = await srv.install_result("robot", "2.0.0")
-            assert result["state"] == "failed" and "disk full while unpacking" in result["message"], result
-            assert "No space left on device" in result["message"]
-            assert tagged_pids(tag) == [first["pid"]]
-            assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
-            assert leftovers(node, "robot") == []
-            # the space is back: a new deployment of a release that fits goes through
-            v3 = make_release(tmp_path, "robot", "3.0.0", tag=tag)
-            srv.serve(v3)
-            await srv.push([v3.entry()])
-            await healthy(srv, v3)
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
+        await srv.connected(2)
+        await srv.push([])
+        await srv.wait(lambda: [m for m in srv.installs("robot") if m["state"] == "removed"], 30, "removed")
+        assert tagged_pids(tag) == []
+        assert srv.status("robot")["state"] == "stopped"
+        assert not (node.demo_dir("robot") / "releases").exists()
+        assert (node.demo_dir("robot") / "data" / "state" / "count").read_text() == "1"
 
 
-async def test_a_release_that_never_becomes_healthy_is_rolled_back(pki: Pki, tmp_path: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        v2 = make_release(tmp_path, "robot", "2.0.0", "silent", tag=tag, heartbeat_s=1, start_timeout_s=4)
-        srv.serve(v1, v2)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            first = await healthy(srv, v1)
-            entry = v2.entry()
-            await srv.push([entry])
-            result = await srv.install_result("robot", "2.0.0")
-            assert result["state"] == "rolled_back", result
-            assert "did not become healthy within 4 s" in result["message"]
-            assert "version 1.0.0 runs again" in result["message"]
-            back = await srv.status_is("robot", lambda s: s["version"] == "1.0.0" and s["state"] == "healthy",
-                                       30, "1.0.0 healthy again")
-            assert back["pid"] != first["pid"] and tagged_pids(tag) == [back["pid"]]
-            assert node.current("robot").name == f"1.0.0-{v1.sha256[:8]}"
-            assert not (node.demo_dir("robot") / "releases" / f"2.0.0-{v2.sha256[:8]}").exists()
-            # the same rollout pushed again (a reconnect): its result is said again, nothing is retried
-            downloads = len(srv.requests)
-            await srv.push([entry])
-            await srv.wait(lambda: len(srv.installs("robot", "2.0.0")) and srv.installs("robot", "2.0.0")[-1]
-                           is not result, 20, "the result said again")
-            assert srv.installs("robot", "2.0.0")[-1]["state"] == "rolled_back"
-            assert len(srv.requests) == downloads
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
-
-
-async def test_removed_from_the_desired_set_it_stops_and_its_data_stays(pki: Pki, tmp_path: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag, keep=["state/"])
-        srv.serve(v1)
-        await srv.push([v1.entry()])
-        node.daemon.start()
-        try:
-            await healthy(srv, v1)
-            await srv.push([{"name": "robot", "version": "x"}])  # a bad entry is not a removal
-            await srv.wait(lambda: [m for m in srv.installs("robot") if "bad demos_desired" in m["message"]], 20,
-                           "the bad entry refused")
-            assert len(tagged_pids(tag)) == 1
-            await stop(node)  # a demo the daemon took back after a restart is removed as well
-            node.daemon.start()
-            await srv.connected(2)
-            await srv.push([])
-            await srv.wait(lambda: [m for m in srv.installs("robot") if m["state"] == "removed"], 30, "removed")
-            assert tagged_pids(tag) == []
-            assert srv.status("robot")["state"] == "stopped"
-            assert not (node.demo_dir("robot") / "releases").exists()
-            assert (node.demo_dir("robot") / "data" / "state" / "count").read_text() == "1"
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
-
-
-async def test_a_new_push_supersedes_an_install_in_progress(pki: Pki, tmp_path: Path) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag)
-        srv.serve(v1, v2)
-        await srv.push([v1.entry()])
-        node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"] = "starting@2.0.0"  # 2.0.0 started, not yet healthy
-        node.daemon.start()
-        try:
-            await healthy(srv, v1)
-            await srv.push([v2.entry()])
-            await srv.wait(lambda: "test pause" in node.daemon.log(), 30, "2.0.0 starting")
-            assert node.current("robot").name.startswith("2.0.0")
-            said = len(srv.installs("robot", "1.0.0"))
-            await srv.push([v1.entry()])  # the operator goes back before 2.0.0 is done
-            result = await srv.install_result("robot", "2.0.0")
-            assert result["state"] == "failed" and result["message"] == "superseded by version 1.0.0", result
-            await srv.wait(lambda n=said: len(srv.installs("robot", "1.0.0")) > n, 30, "1.0.0 answered")
-            assert srv.installs("robot", "1.0.0")[-1]["state"] == "healthy"
-            back = await srv.status_is("robot", lambda s: s["version"] == "1.0.0" and s["state"] == "healthy", 30,
-                                       "1.0.0 running again")
-            assert tagged_pids(tag) == [back["pid"]]
-            assert node.current("robot").name.startswith("1.0.0")
-            assert not (node.demo_dir("robot") / "releases" / f"2.0.0-{v2.sha256[:8]}").exists()
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
+async def test_a_new_push_supersedes_an_install_in_progress(rig: DemoRig, tmp_path: Path) -> None:
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+    v2 = make_release(tmp_path, "robot", "2.0.0", tag=tag)
+    node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"] = "starting@2.0.0"  # 2.0.0 started, not yet healthy
+    async with deployed(srv, node, tag, v1, v2, push=[v1.entry()]):
+        await srv.healthy(v1)
+        await srv.push([v2.entry()])
+        await srv.wait(lambda: "test pause" in node.daemon.log(), 30, "2.0.0 starting")
+        assert node.current("robot").name.startswith("2.0.0")
+        said = len(srv.installs("robot", "1.0.0"))
+        await srv.push([v1.entry()])  # the operator goes back before 2.0.0 is done
+        result = await srv.install_result("robot", "2.0.0")
+        assert result["state"] == "failed" and result["message"] == "superseded by version 1.0.0", result
+        await srv.wait(lambda n=said: len(srv.installs("robot", "1.0.0")) > n, 30, "1.0.0 answered")
+        assert srv.installs("robot", "1.0.0")[-1]["state"] == "healthy"
+        back = await srv.status_is("robot", lambda s: s["version"] == "1.0.0" and s["state"] == "healthy", 30,
+                                   "1.0.0 running again")
+        assert tagged_pids(tag) == [back["pid"]]
+        assert node.current("robot").name.startswith("1.0.0")
+        assert not (node.demo_dir("robot") / "releases" / f"2.0.0-{v2.sha256[:8]}").exists()
 
 
 KILL_STATES = ["downloading", "verifying", "installing", "stopping_old", "starting", "rolling_back"]
 
 
 @pytest.mark.parametrize("state", KILL_STATES)
-async def test_kill_9_of_the_daemon_at_an_install_state_finishes_or_rolls_back(pki: Pki, tmp_path: Path,
+async def test_kill_9_of_the_daemon_at_an_install_state_finishes_or_rolls_back(rig: DemoRig, tmp_path: Path,
                                                                               state: str) -> None:
-    tag = new_tag()
-    async with DemoServer(pki) as srv:
-        node = demo_node(srv, tmp_path)
-        v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
-        mode = "silent" if state == "rolling_back" else "run"  # rolling back: 2.0.0 never becomes healthy
-        health = {"heartbeat_s": 1, "start_timeout_s": 3} if mode == "silent" else {}
-        v2 = make_release(tmp_path, "robot", "2.0.0", mode, tag=tag, files={"assets.bin": os.urandom(700 * 1024)},
-                          **health)  # several download chunks
-        srv.serve(v1, v2)
-        await srv.push([v1.entry()])
-        node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"] = f"{state}@2.0.0"
+    srv, node, tag = rig.srv, rig.node, rig.tag
+    v1 = make_release(tmp_path, "robot", "1.0.0", tag=tag)
+    mode = "silent" if state == "rolling_back" else "run"  # rolling back: 2.0.0 never becomes healthy
+    health = {"heartbeat_s": 1, "start_timeout_s": 3} if mode == "silent" else {}
+    v2 = make_release(tmp_path, "robot", "2.0.0", mode, tag=tag, files={"assets.bin": os.urandom(700 * 1024)},
+                      **health)  # several download chunks
+    node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"] = f"{state}@2.0.0"
+    async with deployed(srv, node, tag, v1, v2, push=[v1.entry()]):
+        await srv.healthy(v1)
+        await srv.push([v2.entry()])
+        await srv.wait(lambda: "test pause" in node.daemon.log(), 30, f"the pause at {state}")
+        node.daemon.kill()
+        if state == "installing":  # killed in the middle of unpacking: a half-written temp directory
+            assert leftovers(node, "robot") == [f".tmp-2.0.0-{v2.sha256[:8]}"]
+        del node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"]
         node.daemon.start()
-        try:
-            await healthy(srv, v1)
-            await srv.push([v2.entry()])
-            await srv.wait(lambda: "test pause" in node.daemon.log(), 30, f"the pause at {state}")
-            node.daemon.kill()
-            if state == "installing":  # killed in the middle of unpacking: a half-written temp directory
-                assert leftovers(node, "robot") == [f".tmp-2.0.0-{v2.sha256[:8]}"]
-            del node.daemon.env["DVIC_NODE_TEST_INSTALL_PAUSE"]
-            node.daemon.start()
-            result = await srv.install_result("robot", "2.0.0")
-            expected = "rolled_back" if state == "rolling_back" else "healthy"
-            assert result["state"] == expected, result
-            version = "1.0.0" if state == "rolling_back" else "2.0.0"
-            status = await srv.status_is("robot", lambda s: s["version"] == version and s["state"] == "healthy",
-                                         30, f"{version} healthy")
-            assert tagged_pids(tag) == [status["pid"]]  # one process: never two releases at once
-            current = node.current("robot")
-            assert current.name.startswith(version) and (current / "dvic-demo.toml").exists()
-            if version == "2.0.0":
-                assert (current / "assets.bin").stat().st_size == 700 * 1024
-            assert leftovers(node, "robot") == []
-            if state == "downloading":  # the partial download was resumed, not started again
-                assert [r["range"] for r in srv.requests if r["sha256"] == v2.sha256][-1].startswith("bytes=")
-        finally:
-            await stop(node)
-            kill_demos(node.state, tag)
+        result = await srv.install_result("robot", "2.0.0")
+        expected = "rolled_back" if state == "rolling_back" else "healthy"
+        assert result["state"] == expected, result
+        version = "1.0.0" if state == "rolling_back" else "2.0.0"
+        status = await srv.status_is("robot", lambda s: s["version"] == version and s["state"] == "healthy",
+                                     30, f"{version} healthy")
+        assert tagged_pids(tag) == [status["pid"]]  # one process: never two releases at once
+        current = node.current("robot")
+        assert current.name.startswith(version) and (current / "dvic-demo.toml").exists()
+        if version == "2.0.0":
+            assert (current / "assets.bin").stat().st_size == 700 * 1024
+        assert leftovers(node, "robot") == []
+        if state == "downloading":  # the partial download was resumed, not started again
+            assert [r["range"] for r in srv.requests if r["sha256"] == v2.sha256][-1].startswith("bytes=")

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import dvic_node
 import pytest
-from daemon_support import NODE_SCRIPT, interpreters
+from daemon_support import interpreters
 from dvic_log._reader import Follower
+
+from tests.support.daemon import NODE_SCRIPT
 
 
 def run_shim(tmp_path: Path, argv: list[str], python: str = sys.executable, **extra: object) -> tuple[int, dict]:

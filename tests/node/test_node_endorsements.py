@@ -12,8 +12,9 @@ from pathlib import Path
 
 import dvic_node
 import pytest
-from daemon_support import NODE_SCRIPT, interpreters
+from daemon_support import interpreters
 
+from tests.support.daemon import NODE_SCRIPT
 from tests.support.server import CentralServer
 
 # What the daemon's Updater runs when an update message carries no endorsements, in the daemon's

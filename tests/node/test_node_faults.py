@@ -5,12 +5,32 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import dvic_node
 import pytest
-from daemon_support import DaemonProcess, interpreters, write_bundle
-from node_support import Pki, accept_upgrade, read_client_frame, server_frame, wait_until
+from daemon_support import interpreters
+from node_support import accept_upgrade, read_client_frame, server_frame
+
+from tests.support.daemon import DaemonProcess
+from tests.support.pki import Pki
+from tests.support.server import write_bundle
+from tests.support.wait import async_wait_for
+
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def raw_peer_and_daemon(pki: Pki, tmp_path: Path, on_client: ClientHandler,
+                              python: str = sys.executable) -> tuple[asyncio.Server, DaemonProcess]:
+    """A TLS peer on 127.0.0.1 that answers with `on_client`, and a daemon (not started) sent to it."""
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=pki.server_context())
+    port = server.sockets[0].getsockname()[1]
+    bundle = pki.bundle(f"https://127.0.0.1:{port}")
+    del bundle["keepalive_url"]  # this peer only speaks websocket
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    return server, DaemonProcess(write_bundle(bundle, tmp_path / "b.json"), tmp_path / "state", logs, python=python)
 
 
 @pytest.mark.parametrize("python", interpreters())
@@ -54,20 +74,14 @@ async def test_daemon_survives_a_server_that_sends_garbage_then_recovers(pki: Pk
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=pki.server_context())
-    port = server.sockets[0].getsockname()[1]
-    bundle = pki.bundle(f"https://127.0.0.1:{port}")
-    del bundle["keepalive_url"]  # this peer only speaks websocket
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    daemon = DaemonProcess(python, write_bundle(tmp_path / "b.json", bundle), tmp_path / "state", logs)
+    server, daemon = await raw_peer_and_daemon(pki, tmp_path, on_client, python)
     async with server:
         daemon.start()
         try:
-            await wait_until(lambda: {"metrics", "unsupported"} <= {m["type"] for m in after_welcome}, 30,
-                             "metrics after three broken sessions")
+            await async_wait_for(lambda: {"metrics", "unsupported"} <= {m["type"] for m in after_welcome}, 30,
+                                 "metrics after three broken sessions")
             assert {"type": "unsupported", "id": "req-1", "what": "teleport"} in after_welcome
-            await wait_until(lambda: "beyond the last line sent" in daemon.log(), 10, "the bogus ack refused")
+            await async_wait_for(lambda: "beyond the last line sent" in daemon.log(), 10, "the bogus ack refused")
             log = daemon.log()
             assert "unknown opcode 3" in log
             assert "mid-frame" in log
@@ -92,17 +106,11 @@ async def test_refused_upgrade_is_logged_with_the_servers_reason(pki: Pki, tmp_p
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=pki.server_context())
-    port = server.sockets[0].getsockname()[1]
-    bundle = pki.bundle(f"https://127.0.0.1:{port}")
-    del bundle["keepalive_url"]
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "b.json", bundle), tmp_path / "state", logs)
+    server, daemon = await raw_peer_and_daemon(pki, tmp_path, on_client)
     async with server:
         daemon.start()
         try:
-            await wait_until(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two refusals")
+            await async_wait_for(lambda: daemon.log().count("reconnecting in") >= 2, 30, "two refusals")
             assert "HTTP 403 Forbidden" in daemon.log() and "has been revoked" in daemon.log()
             assert daemon.running()
         finally:

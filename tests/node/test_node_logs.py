@@ -6,16 +6,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 import zlib
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dvic_node
 import pytest
+from node_support import Recorder, demo_watcher, step
 
 TOKEN = "0123456789abcdef"
 NODE_SCRIPT = Path(dvic_node.__file__).resolve()
@@ -49,9 +49,30 @@ def following(path: Path, content: bytes) -> dvic_node.FileFollower:
     return follower
 
 
+def stopped(follower: dvic_node.FileFollower) -> dict:
+    """What a stopping daemon keeps of a file: its position, after reading what is there."""
+    follower.read_lines()
+    saved = follower.position()
+    follower.close()
+    return saved
+
+
+def resumed(path: Path, saved: dict) -> dvic_node.FileFollower:
+    """A follower of `path` opened at a position a previous run saved."""
+    follower = dvic_node.FileFollower(str(path))
+    follower.open(saved)
+    return follower
+
+
 def append(path: Path, data: bytes) -> None:
     with open(path, "ab") as w:
         w.write(data)
+
+
+def rotate(path: Path, content: bytes) -> None:
+    """What the writer does: the file becomes PATH.1 and a new one with `content` takes its name."""
+    os.replace(path, str(path) + ".1")
+    path.write_bytes(content)
 
 
 # -- FileFollower ------------------------------------------------------------------------------
@@ -81,8 +102,7 @@ def test_rotation_drains_the_old_file_before_the_new(tmp_path: Path) -> None:
     f = following(p, b"old1\n")
     assert texts(f.read_lines()) == [b"old1"]
     append(p, b"old2\nunterminated")
-    os.rename(p, str(p) + ".1")
-    p.write_bytes(b"new1\n")
+    rotate(p, b"new1\n")
     old = f.position()
     assert texts(f.read_lines()) == [b"old2", b"unterminated"]  # nothing of the old file is lost
     assert f.position()["ino"] == old["ino"]  # one call never mixes two files
@@ -128,35 +148,24 @@ def test_deletion_drains_then_reports_gone(tmp_path: Path) -> None:
 
 def test_resume_from_saved_position_and_from_rotated_file(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    f = following(p, b"a\nb\n")
-    f.read_lines()
-    saved = f.position()
-    f.close()
+    saved = stopped(following(p, b"a\nb\n"))
     append(p, b"c\n")
-    g = dvic_node.FileFollower(str(p))
-    g.open(saved)
+    g = resumed(p, saved)
     assert texts(g.read_lines()) == [b"c"]  # neither re-sent nor skipped
-    saved = g.position()
-    g.close()
+    saved = stopped(g)
     append(p, b"d\n")
-    os.rename(p, str(p) + ".1")  # rotated while the daemon was down
-    p.write_bytes(b"e\n")
-    h = dvic_node.FileFollower(str(p))
-    h.open(saved)
+    rotate(p, b"e\n")  # while the daemon was down
+    h = resumed(p, saved)
     assert texts(h.read_lines()) == [b"d"]
     assert texts(h.read_lines()) == [b"e"]
 
 
 def test_a_new_file_with_a_reused_inode_number_is_read_from_its_start(tmp_path: Path) -> None:
     p = tmp_path / "f"
-    f = following(p, b"header one\nline\n")
-    f.read_lines()
-    saved = f.position()
-    f.close()
+    saved = stopped(following(p, b"header one\nline\n"))
     with open(p, "r+b") as w:  # same inode, other content: what a reused inode number looks like
         w.write(b"header TWO\nline\n")
-    g = dvic_node.FileFollower(str(p))
-    g.open(saved)
+    g = resumed(p, saved)
     assert texts(g.read_lines()) == [b"header TWO", b"line"]
 
 
@@ -237,41 +246,27 @@ def test_pid_liveness_checks_start_time() -> None:
 
 # -- DemoWatcher with real demo processes ------------------------------------------------------
 
-class Recorder:
-    def __init__(self) -> None:
-        self.messages: list[dict] = []
-        self.errors: list[str] = []
+@dataclass
+class Watched:
+    """A demo's log file under tmp_path/logs (its process: demo_proc) and a watcher that has read it once."""
 
-    def emit(self, msg: dict) -> None:
-        self.messages.append(msg)
+    path: Path
+    watcher: dvic_node.DemoWatcher
+    spool: dvic_node.Spool
+    rec: Recorder
 
-    def error(self, message: str, data: dict) -> None:
-        self.errors.append(message)
-
-
-@pytest.fixture
-def demo_proc() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
+    def msgs(self) -> list[str]:
+        return [ln["msg"] for ln in self.spool.read(1)]
 
 
-def make_watcher(tmp_path: Path) -> tuple[dvic_node.DemoWatcher, dvic_node.Spool, Recorder]:
-    spool = dvic_node.Spool(str(tmp_path / "spool"))
-    spool.open()
-    rec = Recorder()
-    w = dvic_node.DemoWatcher(spool, rec.emit, rec.error)
-    w.set_logdirs([dvic_node.LogDir(str(tmp_path / "logs"))])
-    return w, spool, rec
-
-
-def step(w: dvic_node.DemoWatcher) -> None:
-    w.scan()
-    w.poll()
-    w.check_liveness()
+def watched(tmp_path: Path, pid: int, first: str) -> Watched:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    path = logs / f"dvic_log_{TOKEN}"
+    path.write_bytes(header(pid) + record(first))
+    w, spool, rec = demo_watcher(tmp_path)
+    step(w)
+    return Watched(path, w, spool, rec)
 
 
 def test_demo_lifecycle_lines_and_exit(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
@@ -281,7 +276,7 @@ def test_demo_lifecycle_lines_and_exit(tmp_path: Path, demo_proc: subprocess.Pop
     path.write_bytes(header(demo_proc.pid) + record("hello") + record("oops", "ERROR"))
     (logs / f"dvic_log_{TOKEN}.1").write_bytes(b"rotated files are never discovered\n")
     (logs / "dvic_log_NOTHEX0123456789").write_bytes(b"ignored\n")
-    w, spool, rec = make_watcher(tmp_path)
+    w, spool, rec = demo_watcher(tmp_path)
     step(w)
     assert [m["state"] for m in rec.messages] == ["started"]
     assert rec.messages[0]["name"] == "robot-arm" and rec.messages[0]["pid"] == demo_proc.pid
@@ -300,16 +295,10 @@ def test_demo_lifecycle_lines_and_exit(tmp_path: Path, demo_proc: subprocess.Pop
 
 
 def test_restart_neither_resends_nor_skips(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("one"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    with open(path, "ab") as f:
-        f.write(record("two"))
+    demo = watched(tmp_path, demo_proc.pid, "one")
+    append(demo.path, record("two"))
     # the daemon dies here (no checkpoint); the line arrives while it is down
-    w2, spool2, rec2 = make_watcher(tmp_path)
+    w2, spool2, rec2 = demo_watcher(tmp_path)
     step(w2)
     assert [ln["msg"] for ln in spool2.read(1)] == ["one", "two"]  # "one" not shipped twice
     assert rec2.messages == []  # a known alive demo is not "started" again
@@ -318,36 +307,22 @@ def test_restart_neither_resends_nor_skips(tmp_path: Path, demo_proc: subprocess
 
 def test_rotation_by_the_writer_keeps_identity_and_order(tmp_path: Path,
                                                          demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    with open(path, "ab") as f:
-        f.write(record("b"))
-    os.replace(path, str(path) + ".1")
-    path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
-    for _ in range(3):
-        step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c"]  # the new header is not a line
-    assert [m["state"] for m in rec.messages] == ["started"]
+    demo = watched(tmp_path, demo_proc.pid, "a")
+    append(demo.path, record("b"))
+    rotate(demo.path, header(demo_proc.pid, rotated=1) + record("c"))
+    step(demo.watcher, 3)
+    assert demo.msgs() == ["a", "b", "c"]  # the new header is not a line
+    assert [m["state"] for m in demo.rec.messages] == ["started"]
 
 
 def test_a_file_recreated_after_deletion_is_followed(tmp_path: Path,
                                                     demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("first life"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    path.unlink()
-    step(w)
-    path.write_bytes(header(demo_proc.pid) + record("second life"))
-    step(w)
-    step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["first life", "second life"]
+    demo = watched(tmp_path, demo_proc.pid, "first life")
+    demo.path.unlink()
+    step(demo.watcher)
+    demo.path.write_bytes(header(demo_proc.pid) + record("second life"))
+    step(demo.watcher, 2)
+    assert demo.msgs() == ["first life", "second life"]
 
 
 def test_late_discovery_reads_the_previous_file_first(tmp_path: Path,
@@ -357,26 +332,19 @@ def test_late_discovery_reads_the_previous_file_first(tmp_path: Path,
     path = logs / f"dvic_log_{TOKEN}"
     (logs / f"dvic_log_{TOKEN}.1").write_bytes(header(demo_proc.pid) + record("a") + record("b"))
     path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
-    w, spool, rec = make_watcher(tmp_path)
-    for _ in range(3):
-        step(w)
+    w, spool, rec = demo_watcher(tmp_path)
+    step(w, 3)
     assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c"]
     assert rec.errors == [] and [m["state"] for m in rec.messages] == ["started"]
 
 
 def test_rotations_never_read_are_reported(tmp_path: Path, demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    os.replace(path, str(path) + ".1")  # two rotations between two reads: rotated 1 was never seen
-    path.write_bytes(header(demo_proc.pid, rotated=2) + record("c"))
-    for _ in range(3):
-        step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["a", "c"]
-    (gap,) = [m for m in rec.messages if m["type"] == "event"]
+    demo = watched(tmp_path, demo_proc.pid, "a")
+    # two rotations between two reads: rotated 1 was never seen
+    rotate(demo.path, header(demo_proc.pid, rotated=2) + record("c"))
+    step(demo.watcher, 3)
+    assert demo.msgs() == ["a", "c"]
+    (gap,) = [m for m in demo.rec.messages if m["type"] == "event"]
     assert gap["kind"] == "log_gap" and "1 rotated log file(s) were never read" in gap["message"]
     assert gap["data"] == {"token": TOKEN, "demo": "robot-arm", "missed_files": 1, "from_rotation": 1,
                            "to_rotation": 1}
@@ -405,11 +373,9 @@ def test_a_line_written_just_before_a_rotation_or_deletion_is_not_lost(tmp_path:
     assert texts(f.read_lines()) == [record("a").rstrip(b"\n")]
 
     def append_then_move() -> None:
-        with open(path, "ab") as w:
-            w.write(record("b") + b"partial")
+        append(path, record("b") + b"partial")
         if then == "rotate":
-            os.replace(path, str(path) + ".1")
-            path.write_bytes(record("c"))
+            rotate(path, record("c"))
         else:
             path.unlink()
 
@@ -424,7 +390,7 @@ def test_broken_header_and_garbage_are_shipped_and_reported(tmp_path: Path) -> N
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / f"dvic_log_{TOKEN}").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00garbage\n" + record("still here"))
-    w, spool, rec = make_watcher(tmp_path)
+    w, spool, rec = demo_watcher(tmp_path)
     step(w)
     step(w)
     msgs = [ln["msg"] for ln in spool.read(1)]
@@ -487,22 +453,13 @@ def test_permission_denied_is_reported_once_and_retried() -> None:
 
 def test_two_rotations_between_reads_read_the_skipped_file_first(tmp_path: Path,
                                                                  demo_proc: subprocess.Popen[bytes]) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    path = logs / f"dvic_log_{TOKEN}"
-    path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
-    step(w)
-    with open(path, "ab") as f:
-        f.write(record("b"))  # still in the file we hold, read before the switch
-    os.replace(path, str(path) + ".1")
-    path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
-    os.replace(path, str(path) + ".1")  # rotation 1 is now .1; the file we hold is deleted
-    path.write_bytes(header(demo_proc.pid, rotated=2) + record("d"))
-    for _ in range(5):
-        step(w)
-    assert [ln["msg"] for ln in spool.read(1)] == ["a", "b", "c", "d"]
-    assert not [m for m in rec.messages if m["type"] == "event"] and rec.errors == []
+    demo = watched(tmp_path, demo_proc.pid, "a")
+    append(demo.path, record("b"))  # still in the file we hold, read before the switch
+    rotate(demo.path, header(demo_proc.pid, rotated=1) + record("c"))
+    rotate(demo.path, header(demo_proc.pid, rotated=2) + record("d"))  # rotation 1 is now .1; ours is deleted
+    step(demo.watcher, 5)
+    assert demo.msgs() == ["a", "b", "c", "d"]
+    assert not [m for m in demo.rec.messages if m["type"] == "event"] and demo.rec.errors == []
 
 
 # -- inotify: only the files that changed are read --------------------------------------------
@@ -522,7 +479,7 @@ def test_inotify_wakes_on_writes_rotations_and_new_files_and_leaves_idle_files_a
     logs.mkdir()
     path = logs / f"dvic_log_{TOKEN}"
     path.write_bytes(header(demo_proc.pid) + record("a"))
-    w, spool, rec = make_watcher(tmp_path)
+    w, spool, rec = demo_watcher(tmp_path)
     notify = dvic_node.Inotify()
     w.notify = notify
     try:
@@ -533,13 +490,11 @@ def test_inotify_wakes_on_writes_rotations_and_new_files_and_leaves_idle_files_a
         demo = w.demos[f"demo:{TOKEN}"]
         assert demo.watched_ino == os.stat(path).st_ino
         assert w.next_due() > time.monotonic() + 4  # an idle watched file waits for the kernel (5 s check)
-        with open(path, "ab") as f:
-            f.write(record("b"))
+        append(path, record("b"))
         inotify_step(w, notify)
         assert [ln["msg"] for ln in spool.read(1)] == ["a", "b"]
 
-        os.replace(path, str(path) + ".1")  # the writer rotates
-        path.write_bytes(header(demo_proc.pid, rotated=1) + record("c"))
+        rotate(path, header(demo_proc.pid, rotated=1) + record("c"))  # the writer rotates
         for _ in range(3):
             inotify_step(w, notify)
         other = logs / "dvic_log_fedcba9876543210"  # a new demo is found without waiting for a scan

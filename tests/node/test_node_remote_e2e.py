@@ -16,10 +16,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from daemon_support import REPO, DaemonProcess, write_bundle
-from node_support import wait_until_sync
+from daemon_support import REPO
 
+from tests.support.daemon import DaemonProcess, enrolled_daemon, wait_connected
 from tests.support.server import CentralServer
+from tests.support.wait import wait_for
 
 
 class EchoHandler(socketserver.BaseRequestHandler):
@@ -47,12 +48,8 @@ class Fleet:
         self.closed_port = free_port()
         self.server = CentralServer(tmp / "central", interval=1.0, extra_args=(
             "--tunnel-port", str(self.echo_port), "--tunnel-port", str(self.closed_port))).start()
-        bundle = self.server.enroll("remote-a")
-        self.node_id = bundle["node_id"]
-        (tmp / "logs").mkdir()
-        self.daemon = DaemonProcess(sys.executable, write_bundle(tmp / "remote-a.json", bundle), tmp / "state",
-                                    tmp / "logs").start()
-        wait_until_sync(lambda: self.server.node(self.node_id)["connected"], 20, "the daemon connected")
+        self.node_id, self.daemon = enrolled_daemon(self.server, tmp, name="remote-a")
+        wait_connected(self.server, self.node_id, self.daemon.start())
 
     def close(self) -> None:
         self.daemon.stop()
@@ -76,7 +73,7 @@ def finished(server: CentralServer, command_id: str, timeout: float = 30) -> dic
         assert status == 200, body
         return body if body["done"] else None
 
-    return wait_until_sync(done, timeout, "the command to finish", interval=0.1)  # type: ignore[return-value]
+    return wait_for(done, timeout, "the command to finish", interval=0.1)  # type: ignore[return-value]
 
 
 def test_a_command_runs_streams_and_is_stored(fleet: Fleet) -> None:
@@ -92,8 +89,8 @@ def test_a_command_runs_streams_and_is_stored(fleet: Fleet) -> None:
     assert finished(server, cmd["id"])["runs"][0]["state"] == "timeout"
 
     status, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["remote-a"], "timeout": 60, "shell": "sleep 30"})
-    wait_until_sync(lambda: server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]["state"] == "running",
-                    15, "the command running")
+    wait_for(lambda: server.api("GET", f"/api/v1/commands/{cmd['id']}")[1]["runs"][0]["state"] == "running",
+             15, "the command running")
     assert server.api("POST", f"/api/v1/commands/{cmd['id']}/cancel")[0] == 200
     assert finished(server, cmd["id"])["runs"][0]["state"] == "cancelled"
 
@@ -180,40 +177,37 @@ def test_reboot_goes_through_its_states_and_demo_actions_run_as_configured(
         "robot": {"unit": "dvic-test-no-such-unit.service"}}))
     # the simulated reboot: the daemon is stopped by its own reboot command; it comes back with a new boot time
     (tmp_path / "logs").mkdir()
-    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "b.json", bundle), state, tmp_path / "logs",
-                           ("--reboot-command", "kill -TERM $PPID"))
+    daemon = DaemonProcess(server.write_bundle(bundle, tmp_path / "b.json"), state, tmp_path / "logs",
+                           extra=("--reboot-command", "kill -TERM $PPID"))
     monkeypatch.setenv("DVIC_NODE_TEST_BOOT_TIME", "1000.0")
-    daemon.start()
-    try:
-        wait_until_sync(lambda: server.node("remote-b")["connected"], 20, "remote-b connected")
+    with daemon:
+        wait_for(lambda: server.node("remote-b")["connected"], 20, "remote-b connected")
         assert server.node("remote-b")["facts"]["boot_time"] == 1000.0
 
         status, action = server.api("POST", "/api/v1/nodes/remote-b/actions", {"action": "start_demo", "demo": "kiosk"})
         assert status == 201, action
-        wait_until_sync(lambda: action_of(server, "remote-b", action["id"])["state"] == "done", 20, "start done")
+        wait_for(lambda: action_of(server, "remote-b", action["id"])["state"] == "done", 20, "start done")
         assert started.read_text() == "yes\n"
         for kind, demo, words in (("stop_demo", "kiosk", "exit code 4: cannot stop"),
                                   ("restart_demo", "ghost", "'ghost' is not configured on this node"),
                                   ("restart_demo", "kiosk", "restart kiosk: exit code 4"),  # stop, then start
                                   ("start_demo", "robot", "start robot: ")):
             _, action = server.api("POST", "/api/v1/nodes/remote-b/actions", {"action": kind, "demo": demo})
-            final = wait_until_sync(lambda a=action: (x := action_of(server, "remote-b", a["id"]))["state"]
-                                    in ("done", "failed") and x, 20, f"{kind} {demo} final")
+            final = wait_for(lambda a=action: (x := action_of(server, "remote-b", a["id"]))["state"]
+                             in ("done", "failed") and x, 20, f"{kind} {demo} final")
             assert final["state"] == "failed" and words in final["message"], final
 
         _, action = server.api("POST", "/api/v1/nodes/remote-b/actions", {"action": "reboot"})
-        wait_until_sync(lambda: action_of(server, "remote-b", action["id"])["state"] == "in_progress", 20,
-                        "reboot in progress")
+        wait_for(lambda: action_of(server, "remote-b", action["id"])["state"] == "in_progress", 20,
+                 "reboot in progress")
         assert daemon.proc is not None
         daemon.proc.wait(timeout=30)  # the reboot command stopped it
         daemon.proc = None
         monkeypatch.setenv("DVIC_NODE_TEST_BOOT_TIME", "2000.0")
         daemon.start()
-        final = wait_until_sync(lambda: (a := action_of(server, "remote-b", action["id"]))["state"] == "done" and a,
-                                30, "reboot done")
+        final = wait_for(lambda: (a := action_of(server, "remote-b", action["id"]))["state"] == "done" and a,
+                         30, "reboot done")
         assert "came back" in final["message"]
-    finally:
-        daemon.stop()
 
 
 def dvic_cli(server: CentralServer, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

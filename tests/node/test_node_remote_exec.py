@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from daemon_support import PY38, DaemonProcess
-from remote_support import ScriptedServer, scripted_daemon
+from remote_support import ScriptedNode, ScriptedServer, scripted_node
+
+from tests.support.daemon import PY38
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[tuple[ScriptedServer, DaemonProcess]]:
-    async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path).start()
-        try:
-            await srv.connected()
-            yield srv, daemon
-        finally:
-            await asyncio.to_thread(daemon.stop)  # the server in this loop answers its close
+async def node(tmp_path: Path) -> AsyncIterator[ScriptedNode]:
+    async with scripted_node(tmp_path) as node:
+        yield node
 
 
 def rid() -> str:
@@ -35,7 +30,7 @@ async def run(srv: ScriptedServer, timeout: float = 30, **request: object) -> tu
     return r, await srv.reply(r, "exec_exit", timeout=timeout + 15)
 
 
-async def test_argv_and_shell_stream_output_and_exit_codes(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_argv_and_shell_stream_output_and_exit_codes(node: ScriptedNode) -> None:
     srv, _ = node
     r, exit_ = await run(srv, argv=["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert exit_["reason"] == "exited" and exit_["code"] == 3 and exit_["signal"] is None
@@ -61,14 +56,14 @@ async def test_argv_and_shell_stream_output_and_exit_codes(node: tuple[ScriptedS
 
 
 async def test_output_cap_says_truncated_and_the_command_still_finishes(
-        node: tuple[ScriptedServer, DaemonProcess]) -> None:
+        node: ScriptedNode) -> None:
     srv, _ = node
     r, exit_ = await run(srv, shell="head -c 300000 /dev/zero | tr '\\0' x; echo; echo done >&2", cap=1000)
     assert exit_["code"] == 0 and exit_["truncated"] is True and "truncated at 1000 bytes" in exit_["message"]
     assert len(srv.output(r).encode()) == 1000
 
 
-async def test_timeout_terms_then_kills_the_process_group(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_timeout_terms_then_kills_the_process_group(node: ScriptedNode) -> None:
     srv, _ = node
     # the group includes a child: both go
     r, exit_ = await run(srv, timeout=0.5, shell="sleep 60 & echo $!; wait")
@@ -78,7 +73,7 @@ async def test_timeout_terms_then_kills_the_process_group(node: tuple[ScriptedSe
 
 
 @pytest.mark.slow
-async def test_a_command_ignoring_sigterm_is_killed_5_s_later(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_a_command_ignoring_sigterm_is_killed_5_s_later(node: ScriptedNode) -> None:
     srv, _ = node
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -87,7 +82,7 @@ async def test_a_command_ignoring_sigterm_is_killed_5_s_later(node: tuple[Script
     assert 5.0 <= loop.time() - t0 < 15
 
 
-async def test_cancel_stops_a_running_command(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_cancel_stops_a_running_command(node: ScriptedNode) -> None:
     srv, _ = node
     r = rid()
     await srv.send({"type": "exec", "id": r, "argv": ["sleep", "60"], "shell": None, "timeout": 60, "cap": 1000})
@@ -100,7 +95,7 @@ async def test_cancel_stops_a_running_command(node: tuple[ScriptedServer, Daemon
     assert exit_["code"] == 0
 
 
-async def test_at_most_once_across_reconnects_and_restarts(node: tuple[ScriptedServer, DaemonProcess],
+async def test_at_most_once_across_reconnects_and_restarts(node: ScriptedNode,
                                                            tmp_path: Path) -> None:
     srv, daemon = node
     marker = tmp_path / "ran"
@@ -120,7 +115,7 @@ async def test_at_most_once_across_reconnects_and_restarts(node: tuple[ScriptedS
     assert request["id"] in (tmp_path / "state" / "exec_ids").read_text().split()
 
 
-async def test_output_waits_for_the_next_connection(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_output_waits_for_the_next_connection(node: ScriptedNode) -> None:
     srv, _ = node
     r = rid()
     await srv.send({"type": "exec", "id": r, "argv": None, "shell": "sleep 1; echo after", "timeout": 30, "cap": 100})
@@ -131,7 +126,7 @@ async def test_output_waits_for_the_next_connection(node: tuple[ScriptedServer, 
     assert exit_["code"] == 0 and srv.output(r) == "after\n"
 
 
-async def test_at_most_8_commands_at_once(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_at_most_8_commands_at_once(node: ScriptedNode) -> None:
     srv, _ = node
     ids = [rid() for _ in range(9)]
     for r in ids:
@@ -145,7 +140,7 @@ async def test_at_most_8_commands_at_once(node: tuple[ScriptedServer, DaemonProc
         assert (await srv.reply(r, "exec_exit"))["reason"] == "cancelled"
 
 
-async def test_a_chatty_command_does_not_block_other_requests(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_a_chatty_command_does_not_block_other_requests(node: ScriptedNode) -> None:
     srv, _ = node
     chatty = rid()
     await srv.send({"type": "exec", "id": chatty, "argv": ["yes", "a long line of output from a chatty command"],
@@ -159,7 +154,7 @@ async def test_a_chatty_command_does_not_block_other_requests(node: tuple[Script
 
 
 async def test_bad_requests_get_a_specific_answer_and_lose_nothing(
-        node: tuple[ScriptedServer, DaemonProcess]) -> None:
+        node: ScriptedNode) -> None:
     srv, daemon = node
     cases = {
         "exactly one of argv and shell": {"argv": ["true"], "shell": "true"},
@@ -181,38 +176,28 @@ async def test_bad_requests_get_a_specific_answer_and_lose_nothing(
     assert "bad exec request" in daemon.log()
 
 
-@pytest.mark.skipif(not os.path.exists(PY38), reason="python3.8 not installed")
+@pytest.mark.skipif(not PY38.exists(), reason="python3.8 not installed")
 async def test_remote_control_on_the_oldest_supported_python(tmp_path: Path) -> None:
-    async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path, python=PY38).start()
-        try:
-            await srv.connected()
-            r, exit_ = await run(srv, shell="echo $((6*7)); sleep 0.1; echo err >&2; exit 2")
-            assert (exit_["code"], srv.output(r, "stdout"), srv.output(r, "stderr")) == (2, "42\n", "err\n")
-            _, exit_ = await run(srv, timeout=0.5, argv=["sleep", "30"])
-            assert exit_["reason"] == "timeout"
-            shell = rid()
-            await srv.send({"type": "shell_open", "id": shell, "cols": 77, "rows": 21, "term": "xterm"})
-            await srv.reply(shell, "shell_opened")
-            await srv.shell_input(shell, "unset HISTFILE; stty size; exit 4\n")
-            assert (await srv.reply(shell, "shell_exit"))["code"] == 4
-            assert "21 77" in srv.shell_text(shell)
-            await srv.send({"type": "tunnel_open", "id": "t1", "host": "127.0.0.1", "port": 1})
-            assert "refused" in (await srv.reply("t1", "tunnel_closed"))["message"]
-        finally:
-            await asyncio.to_thread(daemon.stop)
+    async with scripted_node(tmp_path, python=PY38) as (srv, _):
+        r, exit_ = await run(srv, shell="echo $((6*7)); sleep 0.1; echo err >&2; exit 2")
+        assert (exit_["code"], srv.output(r, "stdout"), srv.output(r, "stderr")) == (2, "42\n", "err\n")
+        _, exit_ = await run(srv, timeout=0.5, argv=["sleep", "30"])
+        assert exit_["reason"] == "timeout"
+        shell = rid()
+        await srv.send({"type": "shell_open", "id": shell, "cols": 77, "rows": 21, "term": "xterm"})
+        await srv.reply(shell, "shell_opened")
+        await srv.shell_input(shell, "unset HISTFILE; stty size; exit 4\n")
+        assert (await srv.reply(shell, "shell_exit"))["code"] == 4
+        assert "21 77" in srv.shell_text(shell)
+        await srv.send({"type": "tunnel_open", "id": "t1", "host": "127.0.0.1", "port": 1})
+        assert "refused" in (await srv.reply("t1", "tunnel_closed"))["message"]
 
 
 async def test_no_command_runs_when_its_id_cannot_be_recorded(tmp_path: Path) -> None:
     (tmp_path / "state" / "exec_ids").mkdir(parents=True)  # where the journal file should be
     (tmp_path / "state").chmod(0o700)
     marker = tmp_path / "ran"
-    async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path).start()
-        try:
-            await srv.connected()
-            _, exit_ = await run(srv, shell=f"touch {marker}")
-            assert exit_["reason"] == "failed" and "command id journal" in exit_["message"], exit_
-            assert not marker.exists() and daemon.running()
-        finally:
-            await asyncio.to_thread(daemon.stop)
+    async with scripted_node(tmp_path) as (srv, daemon):
+        _, exit_ = await run(srv, shell=f"touch {marker}")
+        assert exit_["reason"] == "failed" and "command id journal" in exit_["message"], exit_
+        assert not marker.exists() and daemon.running()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import uuid
@@ -10,19 +9,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from daemon_support import DaemonProcess
-from remote_support import ScriptedServer, scripted_daemon, session_pids
+from remote_support import ScriptedNode, ScriptedServer, scripted_node
+
+from tests.support.procs import live_members
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[tuple[ScriptedServer, DaemonProcess]]:
-    async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path).start()
-        try:
-            await srv.connected()
-            yield srv, daemon
-        finally:
-            await asyncio.to_thread(daemon.stop)  # the server in this loop answers its close
+async def node(tmp_path: Path) -> AsyncIterator[ScriptedNode]:
+    async with scripted_node(tmp_path) as node:
+        yield node
 
 
 async def open_shell(srv: ScriptedServer, cols: int = 80, rows: int = 24, term: str = "xterm-256color") -> tuple[str, int]:
@@ -41,7 +36,7 @@ async def until_output(srv: ScriptedServer, rid: str, text: str, timeout: float 
 
 
 async def test_shell_sees_its_size_and_resizes_and_reports_the_exit_code(
-        node: tuple[ScriptedServer, DaemonProcess]) -> None:
+        node: ScriptedNode) -> None:
     srv, _ = node
     rid, pid = await open_shell(srv, cols=100, rows=30, term="vt100")
     await srv.shell_input(rid, "stty size; echo \"T=$TERM\"\n")
@@ -53,11 +48,11 @@ async def test_shell_sees_its_size_and_resizes_and_reports_the_exit_code(
     await srv.shell_input(rid, "tty; exit 3\n")
     exit_ = await srv.reply(rid, "shell_exit")
     assert exit_["code"] == 3 and "/dev/pts/" in srv.shell_text(rid)
-    assert not session_pids(pid)
+    assert not live_members(pid, "session")
 
 
 @pytest.mark.skipif(not shutil.which("vi"), reason="no vi on this machine")
-async def test_a_full_screen_editor_works(node: tuple[ScriptedServer, DaemonProcess], tmp_path: Path) -> None:
+async def test_a_full_screen_editor_works(node: ScriptedNode, tmp_path: Path) -> None:
     srv, _ = node
     rid, _ = await open_shell(srv, cols=90, rows=20)
     target = tmp_path / "edited.txt"
@@ -71,7 +66,7 @@ async def test_a_full_screen_editor_works(node: tuple[ScriptedServer, DaemonProc
     await srv.reply(rid, "shell_exit")
 
 
-async def test_close_and_connection_loss_leave_no_processes(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_close_and_connection_loss_leave_no_processes(node: ScriptedNode) -> None:
     srv, _ = node
     pids = []
     for closing in ("shell_close", "drop"):
@@ -79,7 +74,7 @@ async def test_close_and_connection_loss_leave_no_processes(node: tuple[Scripted
         # a background job in its own process group, a nohup'd one and a foreground one
         await srv.shell_input(rid, "set -m; sleep 301 & nohup sleep 302 >/dev/null 2>&1 & echo started; sleep 303\n")
         await until_output(srv, rid, "started")
-        await srv.wait(lambda pid=pid: len(session_pids(pid)) >= 4, what="the session's processes")
+        await srv.wait(lambda pid=pid: len(live_members(pid, "session")) >= 4, what="the session's processes")
         pids.append(pid)
         if closing == "shell_close":
             await srv.send({"type": "shell_close", "id": rid})
@@ -87,10 +82,10 @@ async def test_close_and_connection_loss_leave_no_processes(node: tuple[Scripted
         else:
             await srv.drop()
             await srv.connected(2)
-        await srv.wait(lambda pid=pid: not session_pids(pid), timeout=10, what=f"no processes left after {closing}")
+        await srv.wait(lambda pid=pid: not live_members(pid, "session"), timeout=10, what=f"no processes left after {closing}")
 
 
-async def test_at_most_4_shells_and_bad_requests_are_answered(node: tuple[ScriptedServer, DaemonProcess]) -> None:
+async def test_at_most_4_shells_and_bad_requests_are_answered(node: ScriptedNode) -> None:
     srv, daemon = node
     shells = [await open_shell(srv) for _ in range(4)]
     fifth = str(uuid.uuid4())
@@ -126,24 +121,14 @@ def other_login_user() -> str:
 @pytest.mark.skipif(os.geteuid() != 0 or not other_login_user(), reason="needs root and a second login user")
 async def test_root_daemon_drops_to_the_shell_user(tmp_path: Path) -> None:
     user = other_login_user()
-    async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path, ("--shell-user", user)).start()
-        try:
-            await srv.connected()
-            rid, _ = await open_shell(srv)
-            await srv.shell_input(rid, "echo \"me=$(id -un) groups=$(id -G) home=$HOME\"; exit\n")
-            await srv.reply(rid, "shell_exit")
-            text = srv.shell_text(rid)
-            assert f"me={user} " in text and "home=/" in text
-            assert " 0 " not in text.split("groups=")[-1].split("home=")[0] + " "  # root's group dropped
-        finally:
-            await asyncio.to_thread(daemon.stop)
-    async with ScriptedServer() as srv:
-        daemon = scripted_daemon(srv, tmp_path, ("--shell-user", "no-such-user-xyz")).start()
-        try:
-            await srv.connected()
-            rid = str(uuid.uuid4())
-            await srv.send({"type": "shell_open", "id": rid, "cols": 80, "rows": 24, "term": "xterm"})
-            assert "no user 'no-such-user-xyz'" in (await srv.reply(rid, "shell_exit"))["message"]
-        finally:
-            await asyncio.to_thread(daemon.stop)
+    async with scripted_node(tmp_path, extra=("--shell-user", user)) as (srv, _):
+        rid, _ = await open_shell(srv)
+        await srv.shell_input(rid, "echo \"me=$(id -un) groups=$(id -G) home=$HOME\"; exit\n")
+        await srv.reply(rid, "shell_exit")
+        text = srv.shell_text(rid)
+        assert f"me={user} " in text and "home=/" in text
+        assert " 0 " not in text.split("groups=")[-1].split("home=")[0] + " "  # root's group dropped
+    async with scripted_node(tmp_path, extra=("--shell-user", "no-such-user-xyz")) as (srv, _):
+        rid = str(uuid.uuid4())
+        await srv.send({"type": "shell_open", "id": rid, "cols": 80, "rows": 24, "term": "xterm"})
+        assert "no user 'no-such-user-xyz'" in (await srv.reply(rid, "shell_exit"))["message"]

@@ -84,7 +84,15 @@ def test_endorsement_chains_skip_garbage_and_stop_at_a_break(key: rsa.RSAPrivate
     assert dvic_node.follow_endorsements(public(key), None) == [public(key)]
 
 
-def test_versions_compare_numerically() -> None:
+VERSIONS = {"0.1.0": (0, 1, 0), "0.2.10": (0, 2, 10), "0.10.0": (0, 10, 0), "0.9.9": (0, 9, 9),
+            "1.0rc1": (1, 0), "1.0": (1, 0), "2": (2,), "1.0.0.1": (1, 0, 0, 1), "v1.2": (0, 2), "": (0,),
+            "1..3": (1, 0, 3), "10.0.0-beta": (10, 0, 0)}
+
+
+def test_versions_compare_numerically_as_the_server_compares() -> None:
+    from central.release import parse_version as servers
+
     assert dvic_node.parse_version("0.10.0") > dvic_node.parse_version("0.9.9")
-    assert dvic_node.parse_version("1.0rc1") == (1, 0)
-    assert dvic_node.parse_version("0.1.0") == dvic_node.parse_version("0.1.0")
+    assert {text: dvic_node.parse_version(text) for text in VERSIONS} == VERSIONS
+    # The daemon's copy (it is one file) must agree with the server's on every version.
+    assert {text: servers(text) for text in VERSIONS} == VERSIONS

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import signal
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,11 @@ from typing import Any
 
 import dvic_node
 import pytest
-from daemon_support import NODE_SCRIPT, DaemonProcess, write_bundle
-from node_support import wait_until_sync
 
+from tests.support.daemon import NODE_SCRIPT, enrolled_daemon, wait_connected
+from tests.support.procs import pids_where
 from tests.support.server import CentralServer
+from tests.support.wait import wait_for
 
 ORIGINAL = NODE_SCRIPT.read_bytes()
 
@@ -51,11 +51,8 @@ def publish(server: CentralServer, data: bytes) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralServer]:
-    srv = CentralServer(tmp_path_factory.mktemp("update") / "central", interval=1.0).start()
-    try:
+    with CentralServer(tmp_path_factory.mktemp("update") / "central", interval=1.0) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 class Node:
@@ -65,19 +62,15 @@ class Node:
                  deadline: float = 60) -> None:
         self.server = server
         self.name = name
-        bundle = server.enroll(name)
         self.file = tmp / "opt" / "dvic_node.py"
         self.file.parent.mkdir(parents=True)
         self.file.write_bytes(source)
-        (tmp / "logs").mkdir(parents=True)
-        self.state = tmp / "state"
-        self.daemon = DaemonProcess(sys.executable, write_bundle(tmp / "bundle.json", bundle), self.state,
-                                    tmp / "logs", ("--update-deadline", str(deadline)))
-        self.daemon.script = self.file
+        _, self.daemon = enrolled_daemon(server, tmp, name=name, script=self.file,
+                                         extra=("--update-deadline", str(deadline)))
+        self.state = self.daemon.state_dir
 
     def __enter__(self) -> Node:
-        self.daemon.start()
-        wait_until_sync(lambda: self.server.node(self.name)["connected"], 20, f"{self.name} connected")
+        wait_connected(self.server, self.name, self.daemon.start())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -94,7 +87,7 @@ class Node:
             found = next(a for a in acts["actions"] if a["id"] == action["id"])
             return found if found["state"] in ("done", "failed", "lost") else None
 
-        return wait_until_sync(final, 60, "the update to finish", interval=0.2)  # type: ignore[return-value]
+        return wait_for(final, 60, "the update to finish", interval=0.2)  # type: ignore[return-value]
 
 
 def test_a_signed_newer_release_rolls_out(server: CentralServer, tmp_path: Path) -> None:
@@ -108,7 +101,7 @@ def test_a_signed_newer_release_rolls_out(server: CentralServer, tmp_path: Path)
         assert (node.file.parent / "dvic_node.py.prev").read_bytes() == ORIGINAL
         assert bytecode_is_current(node.file)  # the restarted daemon started from the new bytecode
         assert node.daemon.proc.pid == pid and node.daemon.running()  # type: ignore[union-attr]  # re-executed
-        wait_until_sync(lambda: not (node.state / "update.json").exists(), 10, "the update confirmed")
+        wait_for(lambda: not (node.state / "update.json").exists(), 10, "the update confirmed")
         log = node.daemon.log()
         assert "verified" in log and "restarting into version 0.2.0" in log
 
@@ -147,12 +140,11 @@ def test_a_release_that_cannot_connect_is_rolled_back(server: CentralServer, tmp
         assert node.file.read_bytes() == ORIGINAL and bytecode_is_current(node.file)
         assert server.node("up-broken")["daemon_version"] == "0.1.0"
         assert node.daemon.proc.pid == pid and node.daemon.running()  # type: ignore[union-attr]
-        wait_until_sync(lambda: not (node.state / "update.json").exists(), 10, "the rollback reported")
+        wait_for(lambda: not (node.state / "update.json").exists(), 10, "the rollback reported")
 
 
 def test_key_rotation_endorsements_lead_from_the_pinned_key_to_the_new_one(tmp_path: Path) -> None:
-    srv = CentralServer(tmp_path / "central").start()
-    try:
+    with CentralServer(tmp_path / "central") as srv:
         pinned = srv.enroll("rot")["release_key"]
         publish(srv, variant("0.5.0"))
         assert srv.api("POST", "/api/v1/release/rotate-key")[0] == 201
@@ -168,20 +160,11 @@ def test_key_rotation_endorsements_lead_from_the_pinned_key_to_the_new_one(tmp_p
         forged = [dict(info["endorsements"][1])]
         assert dvic_node.follow_endorsements(pinned, forged) == [pinned]
         assert not dvic_node.rsa_verify_sha256(data[:-1] + b"#", signature, chain[-1])
-    finally:
-        srv.stop()
 
 
 def daemons_running(path: Path) -> list[int]:
     """Pids of processes running the daemon file `path` (the watchdog's replacement is not our child)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        try:
-            if d.name.isdigit() and str(path).encode() in (d / "cmdline").read_bytes().split(b"\0"):
-                out.append(int(d.name))
-        except OSError:
-            continue
-    return out
+    return pids_where(lambda cmd: str(path).encode() in cmd.split(b"\0"))
 
 
 def test_a_release_that_dies_at_start_is_restored_by_the_watchdog(server: CentralServer, tmp_path: Path,
@@ -202,7 +185,7 @@ def test_a_release_that_dies_at_start_is_restored_by_the_watchdog(server: Centra
         finally:
             for pid in daemons_running(node.file):
                 os.kill(pid, signal.SIGTERM)
-            wait_until_sync(lambda: not daemons_running(node.file), 20, "the restored daemon stopped")
+            wait_for(lambda: not daemons_running(node.file), 20, "the restored daemon stopped")
 
 
 async def test_an_endorsed_key_sent_with_the_update_is_followed_and_remembered(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import dvic_node
 import pytest
-from daemon_support import NODE_SCRIPT, interpreters
+from daemon_support import interpreters
+
+from tests.support.daemon import NODE_SCRIPT
 
 TEMPLATE = NODE_SCRIPT.parent / "dvic-node.service"
 PLACEHOLDERS = {"@PYTHON@", "@DAEMON@", "@BUNDLE@", "@STATE_DIR@"}

@@ -52,8 +52,8 @@ class FakeNode:
             autoping=True, heartbeat=None, max_msg_size=4 * 1024 * 1024,
         )
 
-    async def hello(self, **facts: Any) -> dict[str, Any]:
-        await self.send({"type": "hello", "protocol": 1, "daemon_version": "test-0",
+    async def hello(self, *, daemon_version: str = "test-0", **facts: Any) -> dict[str, Any]:
+        await self.send({"type": "hello", "protocol": 1, "daemon_version": daemon_version,
                          "facts": {"hostname": self.bundle["name"], **facts}})
         welcome = await self.recv()
         assert welcome["type"] == "welcome", welcome

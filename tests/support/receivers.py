@@ -142,8 +142,9 @@ class _MailHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 (aiosmtpd's name)
         login = session.auth_data if isinstance(session.auth_data, str) else None  # set by _authenticate
+        data = envelope.original_content or envelope.content or b""
         self.inbox.append(Mail(str(envelope.mail_from), [str(r) for r in envelope.rcpt_tos],
-                               bytes(envelope.original_content or envelope.content or b""), login))
+                               data.encode() if isinstance(data, str) else bytes(data), login))
         return "250 2.0.0 queued as test"
 
 

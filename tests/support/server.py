@@ -1,38 +1,63 @@
-"""A real dvic-central in a subprocess, for tests: started on 127.0.0.1 port 0 with a temp data dir."""
+"""A real dvic-central in a subprocess, for tests and benchmarks: 127.0.0.1 port 0, its own data dir.
+
+The benchmarks (bench/) start theirs with this class too: `module` runs a what-if variant of the
+server (bench/whatif_server.py) and `env` passes its settings.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
-import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from .wait import wait_for
+from .procs import ManagedProcess
+from .wait import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class CentralServer:
-    def __init__(self, data_dir: Path, *, interval: float = 5.0, offline_after: float = 15.0,
-                 extra_args: tuple[str, ...] = ()) -> None:
+class ServerError(RuntimeError):
+    """The server did not start, or died; the message carries the end of its log."""
+
+
+class CentralServer(ManagedProcess):
+    """`interval`/`offline_after` (seconds) are passed to `serve` when given; else the server's defaults."""
+
+    def __init__(self, data_dir: Path, *, interval: float | None = None, offline_after: float | None = None,
+                 extra_args: tuple[str, ...] = (), module: str = "central.cli",
+                 env: dict[str, str] | None = None, api_timeout: float = 30.0) -> None:
         self.data_dir = data_dir
         self.interval = interval
         self.offline_after = offline_after
         self.extra_args = extra_args
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.module = module
+        self.env = env or {}
+        self.api_timeout = api_timeout
         self.url = ""
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self._listen = ("127.0.0.1", 0)
 
+    @classmethod
+    def running_in(cls, data_dir: Path) -> CentralServer:
+        """The server another process started (`dvic-central up`) with this data dir: for its API."""
+        server = cls(data_dir)
+        server.url = json.loads((data_dir / "listen.json").read_text())["url"]
+        return server
+
     @property
     def ca_path(self) -> Path:
         return self.data_dir / "ca.pem"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "dvic.sqlite3"
 
     @property
     def admin_token(self) -> str:
@@ -42,49 +67,42 @@ class CentralServer:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_path))
 
-    def start(self) -> CentralServer:
+    def command(self) -> list[str]:
+        host, port = self._listen
+        timings = [*(("--interval", f"{self.interval:g}") if self.interval is not None else ()),
+                   *(("--offline-after", f"{self.offline_after:g}") if self.offline_after is not None else ())]
+        return [sys.executable, "-m", self.module, "--data-dir", str(self.data_dir), "serve",
+                "--listen", f"{host}:{port}", *timings, *self.extra_args]
+
+    def start(self, timeout: float = 60.0) -> CentralServer:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ServerError(f"data dir {self.data_dir} exists and is not a directory")
         listen_file = self.data_dir / "listen.json"
         listen_file.unlink(missing_ok=True)
-        host, port = self._listen
-        cmd = [
-            sys.executable, "-m", "central.cli", "--data-dir", str(self.data_dir), "serve",
-            "--listen", f"{host}:{port}", "--interval", str(self.interval),
-            "--offline-after", str(self.offline_after), *self.extra_args,
-        ]
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        env = {**os.environ, **self.env,
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = self.spawn(self.command(), env=env, cwd=REPO)
 
         def listening() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"dvic-central exited with {self.proc.returncode}:\n{self.log()}")
+            if proc.poll() is not None:
+                raise ServerError(f"dvic-central exited with {proc.returncode}:\n{self.log_tail()}")
             return listen_file.exists() and listen_file.stat().st_size > 0
 
-        wait_for(listening, timeout=30, what="dvic-central to listen")
+        try:
+            wait_for(listening, timeout, "dvic-central to listen")
+        except WaitTimeout:
+            self.kill()
+            raise ServerError(f"dvic-central did not listen within {timeout:g} s:\n{self.log_tail()}") from None
         self.url = json.loads(listen_file.read_text())["url"]
         # Restarts come back on the same port, as a real server would.
         self._listen = ("127.0.0.1", int(self.url.rsplit(":", 1)[1]))
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+    def __enter__(self) -> CentralServer:
+        return self.start()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
 
     def api(self, method: str, path: str, json_body: Any = None, token: str | None = None,
             *, json: Any = None) -> tuple[int, Any]:
@@ -94,45 +112,64 @@ class CentralServer:
         tok = self.admin_token if token is None else token
         if tok:
             headers["Authorization"] = f"Bearer {tok}"
-        req = urllib.request.Request(
-            self.url + path, method=method, headers=headers,
-            data=None if body is None else _dumps(body).encode(),
-        )
+        req = urllib.request.Request(self.url + path, method=method, headers=headers,
+                                     data=None if body is None else _dumps(body).encode())
         try:
-            with urllib.request.urlopen(req, context=self.ssl_context, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, _loads(raw)
+            with urllib.request.urlopen(req, context=self.ssl_context, timeout=self.api_timeout) as resp:
+                return resp.status, _loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, _loads(exc.read())
 
     def enroll(self, name: str, kind: str = "desktop", group: str = "") -> dict[str, Any]:
         status, bundle = self.api("POST", "/api/v1/nodes", {"name": name, "kind": kind, "group": group})
         if status != 201:
-            raise RuntimeError(f"enroll {name}: HTTP {status} {bundle}")
-        return bundle
+            raise ServerError(f"enroll {name}: HTTP {status} {bundle}")
+        return dict(bundle)
 
     def write_bundle(self, bundle: dict[str, Any], path: Path) -> Path:
-        path.write_text(_dumps(bundle))
-        path.chmod(0o600)
-        return path
+        return write_bundle(bundle, path)
+
+    def demo(self, node: str, token: str) -> dict[str, Any] | None:
+        """A node's demo (by its log token) as the server shows it; None while it does not."""
+        return next((d for d in self.node(node).get("demos_list") or [] if d.get("token") == token), None)
+
+    def logs(self, max_pages: int = 1000, **query: str) -> list[dict[str, Any]]:
+        """Every stored log line matching `query` (GET /api/v1/logs, every page), oldest first."""
+        lines: list[dict[str, Any]] = []
+        cursor = ""
+        for _ in range(max_pages):  # bounded paging
+            page = {"limit": "1000", **query, **({"cursor": cursor} if cursor else {})}
+            status, body = self.api("GET", "/api/v1/logs?" + urllib.parse.urlencode(page))
+            if status != 200:
+                raise ServerError(f"GET /api/v1/logs: HTTP {status} {body}")
+            lines.extend(body["lines"])
+            cursor = body.get("next_cursor") or ""
+            if not cursor:
+                return sorted(lines, key=lambda line: line["seq"])
+        raise ServerError(f"more than {max_pages} pages of logs for {query}")
 
     def node(self, ref: str) -> dict[str, Any]:
         status, body = self.api("GET", f"/api/v1/nodes/{ref}")
         if status != 200:
-            raise RuntimeError(f"node {ref}: HTTP {status} {body}")
-        return body
+            raise ServerError(f"node {ref}: HTTP {status} {body}")
+        return dict(body)
+
+
+def write_bundle(bundle: dict[str, Any], path: Path) -> Path:
+    """A bundle as a daemon reads it: a 0600 file (it holds the node's key)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # also when the file was there before
+        fh.write(_dumps(bundle))
+    return path
 
 
 def _dumps(value: Any) -> str:
-    import json as _json
-
-    return _json.dumps(value)
+    return json.dumps(value)
 
 
 def _loads(raw: bytes) -> Any:
-    import json as _json
-
     try:
-        return _json.loads(raw) if raw else None
+        return json.loads(raw) if raw else None
     except ValueError:
         return raw.decode(errors="replace")

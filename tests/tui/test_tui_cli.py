@@ -1,64 +1,63 @@
-"""The `dvic` command line against a server speaking the operator API, run as a real subprocess."""
+"""The `dvic` command line as a real subprocess against the real server, its nodes speaking the real protocol."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import ssl
 import stat
-import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from tests.tui.clikit import ROOT, run_dvic
-from tests.tui.tuifake import FakeCentral, wait_for
+from central.pki import CertificateAuthority
+from tests.support.cli import run_dvic, server_env, start_dvic
+from tests.support.nodes import HOSTILE, connected, demo, offline_node, online_node
+from tests.support.server import CentralServer
 from tui.api import pinning
 
-HOSTILE = "[link=http://x]x[/link] [/b] \x1b]52;c;aGk=\x07 \x1b[2J"
+
+async def test_nodes_table_and_json(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    server = shared_server
+    await offline_node(server, "desk-1", group="hall-t")
+    async with online_node(server, "pi-42", group="hall-t"):
+        env = server_env(dvic_env, server)
+        res = await run_dvic(env, "nodes", "--group", "hall-t")
+        assert res.code == 0, res.err
+        lines = res.out.splitlines()
+        assert lines[0].split() == ["NAME", "KIND", "GROUP", "STATE", "SEEN", "CPU", "MEM", "DISK", "TEMP",
+                                    "DEMOS", "VERSION"]
+        row = next(x for x in lines if x.startswith("pi-42"))
+        cols = row.split()
+        assert cols[:4] == ["pi-42", "raspberry", "hall-t", "online"] and cols[5:7] == ["12%", "50%"]
+        assert cols[4].endswith("s")  # seen a few seconds ago
+        assert "2 nodes: 1 offline, 1 online" in res.out
+
+        res = await run_dvic(env, "nodes", "--json", "--state", "offline", "--group", "hall-t")
+        doc = json.loads(res.out)
+        assert [n["name"] for n in doc["nodes"]] == ["desk-1"]
 
 
-def env_for(env: dict[str, str], server: FakeCentral, token: str | None = None) -> dict[str, str]:
-    env = dict(env, DVIC_SERVER=server.url, DVIC_TOKEN=token or server.admin_token)
-    if server.ca_path:
-        env["DVIC_CA"] = str(server.ca_path)
-    return env
+async def test_node_detail_escapes_hostile_text(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    async with online_node(shared_server, "evil", model=HOSTILE) as node:
+        await node.send(demo())
+        await node.send(demo("old-demo", "exited", token="00001111aaaabbbb", pid=99))
+        env = server_env(dvic_env, shared_server)
+        res = await run_dvic(env, "node", "evil")
+        assert res.code == 0, res.err
+        assert "\x1b" not in res.out and "\x07" not in res.out
+        assert "[link=http://x]x[/link] [/b]" in res.out
+        assert "robot-arm" in res.out and "exited" in res.out
+        res = await run_dvic(env, "node", node.bundle["node_id"], "--json")
+        assert json.loads(res.out)["facts"]["model"] == HOSTILE  # the data is kept; only terminals get it cleaned
 
 
-async def test_nodes_table_and_json(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    fake.add_node("pi-42", kind="raspberry", group="hall-a")
-    fake.add_node("desk-1", group="hall-b", state="offline")
-    env = env_for(dvic_env, fake)
-    res = await run_dvic(env, "nodes")
-    assert res.code == 0, res.err
-    lines = res.out.splitlines()
-    assert lines[0].split() == ["NAME", "KIND", "GROUP", "STATE", "SEEN", "CPU", "MEM", "DISK", "TEMP",
-                                "DEMOS", "VERSION"]
-    row = next(x for x in lines if x.startswith("pi-42"))
-    cols = row.split()
-    assert cols[:4] == ["pi-42", "raspberry", "hall-a", "online"] and cols[5:7] == ["12%", "50%"]
-    assert cols[4].endswith("s")  # seen a few seconds ago
-    assert "2 nodes: 1 offline, 1 online" in res.out
-
-    res = await run_dvic(env, "nodes", "--json", "--state", "offline")
-    doc = json.loads(res.out)
-    assert [n["name"] for n in doc["nodes"]] == ["desk-1"]
-
-
-async def test_node_detail_escapes_hostile_text(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    node = fake.add_node("evil")
-    node["facts"]["model"] = HOSTILE
-    res = await run_dvic(env_for(dvic_env, fake), "node", "evil")
-    assert res.code == 0, res.err
-    assert "\x1b" not in res.out and "\x07" not in res.out
-    assert "[link=http://x]x[/link] [/b]" in res.out
-    assert "robot-arm" in res.out and "exited" in res.out
-    res = await run_dvic(env_for(dvic_env, fake), "node", node["id"], "--json")
-    assert json.loads(res.out)["facts"]["model"] == HOSTILE
-
-
-async def test_unknown_node_and_bad_token_are_clear(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    res = await run_dvic(env_for(dvic_env, fake), "node", "nope")
-    assert res.code == 1 and "no such node" in res.err and "HTTP 404" in res.err
-    res = await run_dvic(env_for(dvic_env, fake, token="wrong"), "nodes")
+async def test_unknown_node_and_bad_token_are_clear(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    res = await run_dvic(server_env(dvic_env, shared_server), "node", "nope")
+    assert res.code == 1 and "no_such_node" in res.err and "'nope'" in res.err and "HTTP 404" in res.err
+    res = await run_dvic(server_env(dvic_env, shared_server, token="dvo_wrong"), "nodes")
     assert res.code == 1 and "HTTP 401" in res.err and "dvic login" in res.err
 
 
@@ -75,123 +74,139 @@ async def test_missing_settings_and_unreachable(dvic_env: dict[str, str], tmp_pa
     assert res.code == 2 and "cannot read time" in res.err
 
 
-async def test_logs_history_filters_and_json(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    node = fake.add_node("pi-42")
-    other = fake.add_node("pi-43")
-    await fake.add_logs(node["id"], [("INFO", "calibrated"), ("ERROR", "motor stalled\nat joint 3"),
-                                     ("DEBUG", HOSTILE)])
-    await fake.add_logs(other["id"], [("INFO", "other node")])
-    env = env_for(dvic_env, fake)
-    res = await run_dvic(env, "logs", "pi-42")
-    assert res.code == 0, res.err
-    lines = res.out.splitlines()
-    assert "calibrated" in lines[0] and "motor stalled" in lines[1]
-    assert lines[2].startswith("    at joint 3")  # continuation lines are indented
-    assert "[link=http://x]x[/link]" in res.out and "\x1b" not in res.out and "other node" not in res.out
+async def test_logs_history_filters_and_json(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    since = f"{time.time():.3f}"  # "every node" below: every node's lines from this test on
+    async with online_node(shared_server, "pi-logs") as node, online_node(shared_server, "pi-logs-2") as other:
+        await node.send_logs([node.line("calibrated"), node.line("motor stalled\nat joint 3", level="ERROR"),
+                              node.line(HOSTILE, level="DEBUG")])
+        await other.send_logs([other.line("other node")])
+        env = server_env(dvic_env, shared_server)
+        res = await run_dvic(env, "logs", "pi-logs")
+        assert res.code == 0, res.err
+        lines = res.out.splitlines()
+        assert "calibrated" in lines[0] and "motor stalled" in lines[1]
+        assert lines[2].startswith("    at joint 3")  # continuation lines are indented
+        assert "[link=http://x]x[/link]" in res.out and "\x1b" not in res.out and "other node" not in res.out
 
-    res = await run_dvic(env, "logs", "--level", "warn")
-    assert res.out.count("\n") == 2 and "pi-42" in res.out  # all nodes: a node column
-    res = await run_dvic(env, "logs", "--grep", "CALIBRATED", "--json")
-    doc = json.loads(res.out)
-    assert [x["msg"] for x in doc["lines"]] == ["calibrated"]
-    res = await run_dvic(env, "logs", "--json", "-n", "2")
-    assert [x["msg"] for x in json.loads(res.out)["lines"]] == [HOSTILE, "other node"]
+        res = await run_dvic(env, "logs", "--level", "warn", "--since", since)
+        assert res.out.count("\n") == 2 and "pi-logs" in res.out  # every node: a node column
+        res = await run_dvic(env, "logs", "--grep", "CALIBRATED", "--json", "--since", since)
+        doc = json.loads(res.out)
+        assert [x["msg"] for x in doc["lines"]] == ["calibrated"]
+        res = await run_dvic(env, "logs", "--json", "-n", "2", "--since", since)
+        assert [x["msg"] for x in json.loads(res.out)["lines"]] == [HOSTILE, "other node"]
 
 
-async def test_logs_follow_streams_new_lines_once(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    node = fake.add_node("pi-42")
-    await fake.add_logs(node["id"], [("INFO", "before")])
-    env = env_for(dvic_env, fake)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui", "logs", "pi-42", "--follow", "--json", "--level", "INFO",
-        env=env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+async def test_logs_follow_streams_new_lines_once(central_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    server = central_server  # restarted below
+    bundle = server.enroll("pi-42")
+    async with connected(bundle) as node:
+        await node.send_logs([node.line("before")])
+        proc = await start_dvic(server_env(dvic_env, server), "logs", "pi-42", "--follow", "--json", "--level", "INFO")
         assert proc.stdout is not None
-        first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
-        assert first["msg"] == "before"
-        await wait_for(lambda: any(node["id"] in s for s in fake.streams.values()), what="subscription")
-        await fake.add_logs(node["id"], [("DEBUG", "too low"), ("WARNING", "live one")])
-        second = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
-        assert second["msg"] == "live one"
-        # The server restarts its streams: the CLI reconnects, fills the gap, prints nothing twice.
-        await fake.drop_streams()
-        await fake.add_logs(node["id"], [("INFO", "during the gap")])
-        third = json.loads(await asyncio.wait_for(proc.stdout.readline(), 15))
-        assert third["msg"] == "during the gap"
-        await wait_for(lambda: any(node["id"] in s for s in fake.streams.values()), what="re-subscription")
-        await fake.add_logs(node["id"], [("INFO", "after")])
-        fourth = json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))
-        assert fourth["msg"] == "after"
-    finally:
-        proc.terminate()
-        await proc.wait()
+
+        async def next_line(timeout: float = 15) -> str:
+            assert proc.stdout is not None
+            return str(json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout))["msg"])
+
+        try:
+            # The history line, once the follower is subscribed (it subscribes before printing history).
+            assert await next_line(20) == "before"
+            await node.send_logs([node.line("too low", level="DEBUG"), node.line("live one", level="WARNING")])
+            assert await next_line() == "live one"
+            server.kill()  # the follower loses its stream
+            server.start()
+            async with connected(bundle) as again:
+                # Sent before or after the follower is back: from history or live, printed once.
+                await again.send_logs([again.line("during the gap")])
+                assert await next_line(30) == "during the gap"
+                await again.send_logs([again.line("after")])
+                assert await next_line() == "after"
+        finally:
+            proc.terminate()
+            await proc.wait()
 
 
-async def test_events_table(fake: FakeCentral, dvic_env: dict[str, str]) -> None:
-    node = fake.add_node("pi-42")
-    await fake.add_event(node["id"], "state", "offline -> online")
-    await fake.add_event(node["id"], "log_gap", "spool full: 120 lines dropped")
-    res = await run_dvic(env_for(dvic_env, fake), "events")
-    assert res.code == 0, res.err
-    lines = res.out.splitlines()
-    assert lines[0].split() == ["TIME", "AGE", "NODE", "KIND", "MESSAGE"]
-    assert "offline -> online" in lines[1] and "spool full" in lines[2]
-    res = await run_dvic(env_for(dvic_env, fake), "events", "--json")
-    assert [e["kind"] for e in json.loads(res.out)["events"]] == ["state", "log_gap"]
+async def test_events_table(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    async with online_node(shared_server, "pi-ev") as node:
+        await node.send({"type": "event", "kind": "log_gap", "message": "spool full: 120 lines dropped",
+                         "data": {"dropped": 120, "first_seq": 1000, "last_seq": 1119}})
+        env = server_env(dvic_env, shared_server)
+
+        async def events() -> list[str]:
+            doc = json.loads((await run_dvic(env, "events", "--node", "pi-ev", "--json")).out)
+            return [e["kind"] for e in doc["events"]]
+
+        assert await events() == ["enrolled", "state", "log_gap"]  # oldest first; the last is the node's own
+        res = await run_dvic(env, "events", "--node", "pi-ev")
+        assert res.code == 0, res.err
+        lines = res.out.splitlines()
+        assert lines[0].split() == ["TIME", "AGE", "NODE", "KIND", "MESSAGE"]
+        assert "new -> online" in lines[2] and "spool full" in lines[3]
 
 
-async def test_login_pins_ca_after_fingerprint(fake_tls: FakeCentral, dvic_env: dict[str, str]) -> None:
-    assert fake_tls.ca_path is not None
-    expected = pinning.from_pem_file(str(fake_tls.ca_path)).sha256
-    res = await run_dvic(dvic_env, "login", fake_tls.url, "--fingerprint", "00" * 32, "--token", "x")
+async def test_login_pins_ca_after_fingerprint(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    server = shared_server
+    expected = pinning.from_pem_file(str(server.ca_path)).sha256
+    res = await run_dvic(dvic_env, "login", server.url, "--fingerprint", "00" * 32, "--token", "x")
     assert res.code == 3 and "does not match" in res.err
     config = Path(dvic_env["XDG_CONFIG_HOME"]) / "dvic"
     assert not config.exists()  # nothing stored on a mismatch
     # No terminal to confirm on and no --yes: refused, nothing stored.
-    res = await run_dvic(dvic_env, "login", fake_tls.url, "--token", fake_tls.admin_token)
+    res = await run_dvic(dvic_env, "login", server.url, "--token", server.admin_token)
     assert res.code == 1 and "not trusted" in res.err and not config.exists()
 
-    res = await run_dvic(dvic_env, "login", fake_tls.url, "--fingerprint", pinning.pretty(expected),
-                         "--token", fake_tls.admin_token)
+    res = await run_dvic(dvic_env, "login", server.url, "--fingerprint", pinning.pretty(expected),
+                         "--token", server.admin_token)
     assert res.code == 0, res.err
     assert pinning.pretty(expected) in res.out and "as admin (role admin, active)" in res.out
     for name in ("ca.pem", "token", "config.json"):
         assert stat.S_IMODE(os.stat(config / name).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(config).st_mode) == 0o700
-    assert json.loads((config / "config.json").read_text()) == {"server": fake_tls.url, "ca_sha256": expected}
+    assert json.loads((config / "config.json").read_text()) == {"server": server.url, "ca_sha256": expected}
     # Later runs use the stored login; options and environment override it.
-    fake_tls.add_node("pi-42")
+    server.enroll("pi-login")
     res = await run_dvic(dvic_env, "nodes")
-    assert res.code == 0 and "pi-42" in res.out
+    assert res.code == 0 and "pi-login" in res.out
     res = await run_dvic(dvic_env, "nodes", "--token", "bad")
     assert res.code == 1 and "HTTP 401" in res.err
     res = await run_dvic(dict(dvic_env, DVIC_TOKEN="bad"), "nodes")
     assert res.code == 1
 
 
-async def test_wrong_ca_is_refused(fake_tls: FakeCentral, dvic_env: dict[str, str], tmp_path: Path) -> None:
-    other = await FakeCentral().start(tls_dir=tmp_path / "other-pki" if (tmp_path / "other-pki").mkdir() is None
-                                      else None)
+async def test_wrong_ca_is_refused(shared_server: CentralServer, dvic_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = CertificateAuthority(tmp_path / "other")  # what another server's data dir holds as ca.pem
+    res = await run_dvic(dvic_env, "nodes", "--server", shared_server.url, "--ca", str(other.cert_path),
+                         "--token", shared_server.admin_token)
+    assert res.code == 3 and "TLS verification" in res.err
+
+
+@asynccontextmanager
+async def without_its_ca(server: CentralServer) -> AsyncIterator[str]:
+    """A TLS listener with the server's own certificate and not its CA, as a TLS proxy set up with
+    the certificate alone serves it (the server itself sends its CA too); it answers nothing else."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(server.data_dir / "server.pem", server.data_dir / "server.key")
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0, ssl=ctx)
     try:
-        assert other.ca_path is not None
-        res = await run_dvic(dvic_env, "nodes", "--server", fake_tls.url, "--ca", str(other.ca_path),
-                             "--token", fake_tls.admin_token)
-        assert res.code == 3 and "TLS verification" in res.err
+        yield f"https://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
     finally:
-        await other.stop()
+        listener.close()
+        await listener.wait_closed()
 
 
 async def test_login_asks_for_the_ca_file_when_the_server_sends_no_chain(
-    dvic_env: dict[str, str], tmp_path: Path
+    shared_server: CentralServer, dvic_env: dict[str, str]
 ) -> None:
-    server = await FakeCentral().start(tls_dir=tmp_path, send_chain=False)
-    try:
-        res = await run_dvic(dvic_env, "login", server.url, "--yes", "--token", server.admin_token)
-        assert res.code == 3 and "--ca FILE" in res.err and "ca.pem" in res.err
-        assert server.ca_path is not None
-        res = await run_dvic(dvic_env, "login", server.url, "--ca", str(server.ca_path), "--yes",
-                             "--token", server.admin_token)
-        assert res.code == 0, res.err
-    finally:
-        await server.stop()
+    async with without_its_ca(shared_server) as url:
+        res = await run_dvic(dvic_env, "login", url, "--yes", "--token", shared_server.admin_token)
+    assert res.code == 3 and "--ca FILE" in res.err and "ca.pem" in res.err
+    assert not (Path(dvic_env["XDG_CONFIG_HOME"]) / "dvic").exists()
+    res = await run_dvic(dvic_env, "login", shared_server.url, "--ca", str(shared_server.ca_path), "--yes",
+                         "--token", shared_server.admin_token)
+    assert res.code == 0, res.err

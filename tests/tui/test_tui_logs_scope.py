@@ -4,10 +4,10 @@ says: its history holds the scope's lines even when other nodes or demos wrote m
 from __future__ import annotations
 
 from tests.support.fake_node import FakeNode
+from tests.support.nodes import DEMO_TOKEN, online_node
 from tests.support.server import CentralServer
-from tests.tui.realkit import DEMO_TOKEN, online_node
-from tests.tui.test_tui_act import fleet_ready, make_app
-from tests.tui.tuifake import wait_for
+from tests.support.wait import async_wait_for
+from tests.tui.pilot import fleet_ready, log_text, make_app
 from tui.console.screens.logs import HISTORY, LogsScreen
 from tui.console.widgets.log_view import LogView
 
@@ -19,10 +19,6 @@ async def more_than_a_page(node: FakeNode, text: str) -> None:
         await node.send_logs([node.line(f"{text} {i}", demo=OTHER_DEMO) for i in range(start, start + 100)])
 
 
-def shown(view: LogView) -> str:
-    return "\n".join("".join(seg.text for seg in strip) for strip in view.lines)
-
-
 async def test_group_and_demo_history_come_from_the_server(central_server: CentralServer) -> None:
     async with online_node(central_server, "pi-hall", group="hall-a") as hall, \
             online_node(central_server, "pi-lab", group="lab") as lab:
@@ -30,18 +26,18 @@ async def test_group_and_demo_history_come_from_the_server(central_server: Centr
         await more_than_a_page(lab, "lab line")  # another group's node wrote more since
         app = make_app(central_server)
         async with app.run_test(size=(120, 36)) as pilot:
-            await fleet_ready(app, 2)
+            await fleet_ready(app, hall, lab)
             app.open_logs(None, group="hall-a")
-            await wait_for(lambda: isinstance(app.screen, LogsScreen), what="group logs")
+            await async_wait_for(lambda: isinstance(app.screen, LogsScreen), what="group logs")
             await pilot.pause()
             view = app.screen.query_one(LogView)
-            await wait_for(lambda: "hall line 0" in shown(view), what="the group's older lines")
-            assert "lab line" not in shown(view)
+            await async_wait_for(lambda: "hall line 0" in log_text(view), what="the group's older lines")
+            assert "lab line" not in log_text(view)
             await pilot.press("escape")
             await more_than_a_page(hall, "other demo")  # another demo of the same node wrote more since
             app.open_logs(hall.bundle["node_id"], demo=DEMO_TOKEN)
-            await wait_for(lambda: isinstance(app.screen, LogsScreen), what="demo logs")
+            await async_wait_for(lambda: isinstance(app.screen, LogsScreen), what="demo logs")
             await pilot.pause()
             view = app.screen.query_one(LogView)
-            await wait_for(lambda: "hall line 2" in shown(view), what="the demo's lines")
-            assert "other demo" not in shown(view)
+            await async_wait_for(lambda: "hall line 2" in log_text(view), what="the demo's lines")
+            assert "other demo" not in log_text(view)

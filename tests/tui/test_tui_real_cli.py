@@ -6,25 +6,17 @@ import asyncio
 import json
 import os
 import re
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.support.cli import run_dvic, server_env, start_dvic
+from tests.support.nodes import HOSTILE, connected
 from tests.support.server import CentralServer
-from tests.tui.clikit import ROOT, run_dvic
-from tests.tui.realkit import HOSTILE, connected
-from tests.tui.tuifake import wait_for
+from tests.support.wait import async_wait_for
 from tui.api import pinning
 
 
-def env_for(env: dict[str, str], server: CentralServer, token: str | None = None) -> dict[str, str]:
-    return dict(env, DVIC_SERVER=server.url, DVIC_TOKEN=token or server.admin_token, DVIC_CA=str(server.ca_path))
-
-
 async def test_login_then_nodes_logs_follow_offline(central_server: CentralServer, dvic_env: dict[str, str]) -> None:
-    server = central_server
+    server = central_server  # restarted below
     expected = pinning.from_pem_file(str(server.ca_path)).sha256
     res = await run_dvic(dvic_env, "login", server.url, "--fingerprint", "ab" * 32, "--token", server.admin_token)
     assert res.code == 3 and "does not match" in res.err
@@ -47,10 +39,7 @@ async def test_login_then_nodes_logs_follow_offline(central_server: CentralServe
         res = await run_dvic(dvic_env, "logs", "pi-42", "--level", "error")
         assert res.out.count("\n") == 1 and "\x1b" not in res.out and "ERROR" in res.out
 
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tui", "logs", "pi-42", "--follow", "--json", "-n", "1",
-            env=dvic_env, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await start_dvic(dvic_env, "logs", "pi-42", "--follow", "--json", "-n", "1")
         assert proc.stdout is not None
         try:
             first = json.loads(await asyncio.wait_for(proc.stdout.readline(), 20))
@@ -76,19 +65,9 @@ async def test_login_then_nodes_logs_follow_offline(central_server: CentralServe
         res = await run_dvic(dvic_env, "nodes", "--state", "offline", "--json")
         return [n["name"] for n in json.loads(res.out)["nodes"]] == ["pi-42"]
 
-    await wait_for(offline, within=20, what="pi-42 offline")
+    await async_wait_for(offline, timeout=20, what="pi-42 offline")
     res = await run_dvic(dvic_env, "events", "--node", "pi-42")
     assert res.code == 0 and "online" in res.out
-
-
-@pytest.fixture
-def open_server(tmp_path: Path) -> Iterator[CentralServer]:
-    """A server that lets people ask for an account (self-registration is off by default)."""
-    server = CentralServer(tmp_path / "central", extra_args=("--self-register",)).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_register_approve_roles_tokens(open_server: CentralServer, dvic_env: dict[str, str]) -> None:
@@ -100,7 +79,7 @@ async def test_register_approve_roles_tokens(open_server: CentralServer, dvic_en
     assert f"dvic operators approve carol --code {code[1]}" in res.out
     res = await run_dvic(dvic_env, "nodes")
     assert res.code == 1 and "approval" in res.err
-    admin = env_for(dvic_env, server)
+    admin = server_env(dvic_env, server)
     res = await run_dvic(admin, "operators", "list", "--json")
     assert {"carol": "pending"} == {o["name"]: o["status"] for o in json.loads(res.out)["operators"]
                                      if o["name"] == "carol"}
@@ -121,7 +100,7 @@ async def test_register_approve_roles_tokens(open_server: CentralServer, dvic_en
     assert res.code == 1 and "HTTP 403" in res.err
     res = await run_dvic(admin, "operators", "add", "ops1", "--role", "operator")
     token = res.out.strip().split()[-1]
-    res = await run_dvic(env_for(dvic_env, server, token), "nodes", "--json")
+    res = await run_dvic(server_env(dvic_env, server, token), "nodes", "--json")
     assert res.code == 0 and json.loads(res.out) == {"nodes": []}
     res = await run_dvic(admin, "operators", "role", "carol", "operator")
     assert res.code == 0
@@ -129,7 +108,7 @@ async def test_register_approve_roles_tokens(open_server: CentralServer, dvic_en
     assert json.loads(res.out)["token"]
     res = await run_dvic(admin, "operators", "disable", "ops1")
     assert res.code == 0
-    res = await run_dvic(env_for(dvic_env, server, token), "nodes")
+    res = await run_dvic(server_env(dvic_env, server, token), "nodes")
     assert res.code == 1 and "HTTP 401" in res.err
     res = await run_dvic(admin, "operators", "approve", "ops1")
     assert res.code == 1 and "not_pending" in res.err
@@ -142,7 +121,7 @@ async def test_squatted_names_are_deleted_and_tokens_expire(open_server: Central
     server = open_server
     res = await run_dvic(dvic_env, "login", server.url, "--ca", str(server.ca_path), "--yes", "--register", "alice")
     assert res.code == 0, res.err
-    admin = env_for(dvic_env, server)
+    admin = server_env(dvic_env, server)
     res = await run_dvic(admin, "operators", "add", "alice")
     assert res.code == 1 and "name_taken" in res.err
     res = await run_dvic(admin, "operators", "delete", "alice")
@@ -158,9 +137,9 @@ async def test_squatted_names_are_deleted_and_tokens_expire(open_server: Central
     assert json.loads(res.out)["expires_at"] is None
 
 
-async def test_token_from_a_file_and_a_warning_for_argv(central_server: CentralServer, dvic_env: dict[str, str],
+async def test_token_from_a_file_and_a_warning_for_argv(shared_server: CentralServer, dvic_env: dict[str, str],
                                                         tmp_path: Path) -> None:
-    server = central_server
+    server = shared_server
     env = dict(dvic_env, DVIC_SERVER=server.url, DVIC_CA=str(server.ca_path))
     token_file = tmp_path / "token"
     token_file.write_text(server.admin_token + "\n")
@@ -199,16 +178,16 @@ async def test_plain_http_is_refused_off_loopback(dvic_env: dict[str, str], tmp_
     assert not os.path.exists(os.path.join(dvic_env.get("XDG_CONFIG_HOME", ""), "dvic", "token"))
 
 
-async def test_an_operator_removes_its_own_failed_enrollment(central_server: CentralServer,
+async def test_an_operator_removes_its_own_failed_enrollment(shared_server: CentralServer,
                                                              dvic_env: dict[str, str]) -> None:
-    server = central_server
+    server = shared_server
     _, olga = server.api("POST", "/api/v1/operators", {"name": "olga", "role": "operator"})
     _, otto = server.api("POST", "/api/v1/operators", {"name": "otto", "role": "operator"})
     # What a failed `dvic add-node` leaves behind when its rollback could not reach the server.
     assert server.api("POST", "/api/v1/nodes", {"name": "pi-left", "kind": "desktop"}, token=olga["token"])[0] == 201
-    res = await run_dvic(env_for(dvic_env, server, otto["token"]), "remove-node", "pi-left")
+    res = await run_dvic(server_env(dvic_env, server, otto["token"]), "remove-node", "pi-left")
     assert res.code == 1 and "ask an admin" in res.out + res.err, res.out + res.err
     assert not server.node("pi-left")["revoked"]
-    res = await run_dvic(env_for(dvic_env, server, olga["token"]), "remove-node", "pi-left")
+    res = await run_dvic(server_env(dvic_env, server, olga["token"]), "remove-node", "pi-left")
     assert res.code == 0, res.out + res.err
     assert server.node("pi-left")["revoked"]

@@ -8,12 +8,11 @@ from typing import Any
 
 from textual.widgets import DataTable
 
+from tests.support.cli import run_dvic, server_env
+from tests.support.nodes import online_node
 from tests.support.server import CentralServer
-from tests.tui.clikit import run_dvic
-from tests.tui.realkit import online_node
-from tests.tui.tuifake import wait_for
-from tui.api.config import Settings
-from tui.console.app import DvicApp
+from tests.support.wait import async_wait_for
+from tests.tui.pilot import make_app
 from tui.console.widgets.summary import SummaryBar
 
 
@@ -27,7 +26,7 @@ async def test_dvic_nodes_hides_revoked_nodes_unless_all(central_server: Central
                                                          dvic_env: dict[str, str]) -> None:
     server = central_server
     _with_a_revoked_node(server)
-    env = dict(dvic_env, DVIC_SERVER=server.url, DVIC_TOKEN=server.admin_token, DVIC_CA=str(server.ca_path))
+    env = server_env(dvic_env, server)
 
     res = await run_dvic(env, "nodes")
     assert res.code == 0, res.err
@@ -54,20 +53,20 @@ async def test_the_console_fleet_hides_revoked_nodes_until_r(central_server: Cen
     server = central_server
     _with_a_revoked_node(server)
     async with online_node(server, "pi-live"):
-        app = DvicApp(Settings(server.url, server.admin_token, str(server.ca_path)))
+        app = make_app(server)
         async with app.run_test(size=(160, 40)) as pilot:
             table = app.screen.query_one(DataTable)
-            await wait_for(lambda: _names(table) == {"pi-kept", "pi-live"}, what="the fleet without pi-gone")
+            await async_wait_for(lambda: _names(table) == {"pi-kept", "pi-live"}, what="the fleet without pi-gone")
             summary = str(app.screen.query_one(SummaryBar).render())
             assert "1 revoked" in summary and "1 offline" not in summary  # not counted as offline
 
             await pilot.press("R")
-            await wait_for(lambda: "pi-gone" in _names(table), what="pi-gone shown on request")
+            await async_wait_for(lambda: "pi-gone" in _names(table), what="pi-gone shown on request")
             row = next(table.get_row_at(i) for i in range(table.row_count) if table.get_row_at(i)[0].plain == "pi-gone")
             assert row[1].plain == "⊘ revoked"
             await pilot.press("R")
-            await wait_for(lambda: "pi-gone" not in _names(table), what="pi-gone hidden again")
+            await async_wait_for(lambda: "pi-gone" not in _names(table), what="pi-gone hidden again")
 
             # Revoked while the console watches: its row goes.
             assert server.api("DELETE", "/api/v1/nodes/pi-kept")[0] == 200
-            await wait_for(lambda: _names(table) == {"pi-live"}, what="pi-kept gone once revoked")
+            await async_wait_for(lambda: _names(table) == {"pi-live"}, what="pi-kept gone once revoked")

@@ -9,7 +9,6 @@ import asyncio
 import re
 import socket
 import ssl
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
+from tests.support.cli import DVIC, ROOT, server_env
 from tests.support.server import CentralServer
-from tests.tui.clikit import ROOT
 from tui.console.web import WebSetupError, origin_of, plan_listen
 
 NODE = "pi-web-7"  # enrolled before the console starts: its row proves the console reached the server
@@ -48,13 +47,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(server: CentralServer, base: dict[str, str]) -> dict[str, str]:
-    return dict(base, DVIC_SERVER=server.url, DVIC_TOKEN=server.admin_token, DVIC_CA=str(server.ca_path))
-
-
 async def _start(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui", "console", "--web", *args, env=env, cwd=str(ROOT),
+        *DVIC, "console", "--web", *args, env=env, cwd=str(ROOT),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
 
@@ -73,8 +68,9 @@ async def _read_banner(proc: asyncio.subprocess.Process) -> tuple[str, str]:
 @asynccontextmanager
 async def web_console(server: CentralServer, env: dict[str, str], *args: str,
                       ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[WebConsole]:
-    server.enroll(NODE, kind="raspberry", group="hall-w")
-    proc = await _start(_env(server, env), "--host", "127.0.0.1", *args)
+    if NODE not in [n["name"] for n in server.api("GET", "/api/v1/nodes")[1]["nodes"]]:
+        server.enroll(NODE, kind="raspberry", group="hall-w")
+    proc = await _start(server_env(env, server), "--host", "127.0.0.1", *args)
     try:
         base, secret_url = await _read_banner(proc)
         yield WebConsole(proc, base, secret_url, ssl_context or False)
@@ -117,8 +113,8 @@ async def _ws_refusal(http: aiohttp.ClientSession, console: WebConsole, headers:
     raise AssertionError(f"websocket accepted with {headers}")
 
 
-async def test_without_the_secret_nothing_is_served(central_server: CentralServer, dvic_env: dict[str, str]) -> None:
-    async with web_console(central_server, dvic_env, "--port", str(_free_port())) as console, \
+async def test_without_the_secret_nothing_is_served(shared_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    async with web_console(shared_server, dvic_env, "--port", str(_free_port())) as console, \
             aiohttp.ClientSession() as http:
         for path in ("/", "/static/js/textual.js", "/download/x"):
             async with http.get(console.base + path) as resp:
@@ -132,11 +128,11 @@ async def test_without_the_secret_nothing_is_served(central_server: CentralServe
 
 
 async def test_a_foreign_origin_is_refused_even_with_the_cookie(
-    central_server: CentralServer, dvic_env: dict[str, str]
+    shared_server: CentralServer, dvic_env: dict[str, str]
 ) -> None:
-    async with web_console(central_server, dvic_env, "--port", str(_free_port())) as console, \
+    async with web_console(shared_server, dvic_env, "--port", str(_free_port())) as console, \
             aiohttp.ClientSession() as http:
-        assert await _ws_refusal(http, console, {"Origin": "http://evil.example"}) in (401, 403)
+        assert await _ws_refusal(http, console, {"Origin": "http://evil.example"}) == 401  # no cookie yet
         cookie = await _sign_in(http, console)
         other_port = console.origin.rsplit(":", 1)[0] + ":1"
         for origin in ("http://evil.example", "null", other_port, console.origin.replace("127.0.0.1", "localhost"),
@@ -150,9 +146,9 @@ async def test_a_foreign_origin_is_refused_even_with_the_cookie(
 
 
 async def test_secret_then_own_origin_reaches_the_console(
-    central_server: CentralServer, dvic_env: dict[str, str]
+    shared_server: CentralServer, dvic_env: dict[str, str]
 ) -> None:
-    async with web_console(central_server, dvic_env, "--port", str(_free_port())) as console, \
+    async with web_console(shared_server, dvic_env, "--port", str(_free_port())) as console, \
             aiohttp.ClientSession() as http:
         cookie = await _sign_in(http, console)
         async with http.get(console.base + "/", headers=cookie) as resp:
@@ -170,11 +166,11 @@ async def test_secret_then_own_origin_reaches_the_console(
 
 
 async def test_tls_on_port_zero_secure_cookie_and_wss(
-    central_server: CentralServer, dvic_env: dict[str, str]
+    shared_server: CentralServer, dvic_env: dict[str, str]
 ) -> None:
-    data = central_server.data_dir  # the server's certificate is valid for 127.0.0.1
-    tls = ssl.create_default_context(cafile=str(central_server.ca_path))
-    async with web_console(central_server, dvic_env, "--port", "0", "--tls-cert", str(data / "server.pem"),
+    data = shared_server.data_dir  # the server's certificate is valid for 127.0.0.1
+    tls = ssl.create_default_context(cafile=str(shared_server.ca_path))
+    async with web_console(shared_server, dvic_env, "--port", "0", "--tls-cert", str(data / "server.pem"),
                            "--tls-key", str(data / "server.key"), ssl_context=tls) as console, \
             aiohttp.ClientSession() as http:
         assert console.base.startswith("https://127.0.0.1:") and not console.base.endswith(":0")
@@ -192,10 +188,10 @@ async def test_tls_on_port_zero_secure_cookie_and_wss(
 
 
 async def test_off_loopback_without_tls_is_refused_at_start(
-    central_server: CentralServer, dvic_env: dict[str, str]
+    shared_server: CentralServer, dvic_env: dict[str, str]
 ) -> None:
     # 192.0.2.1 (TEST-NET-1) is no address of this machine: nothing can listen there even by mistake.
-    proc = await _start(_env(central_server, dvic_env), "--host", "192.0.2.1", "--port", str(_free_port()))
+    proc = await _start(server_env(dvic_env, shared_server), "--host", "192.0.2.1", "--port", str(_free_port()))
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2, (out, err)
     assert b"--host 192.0.2.1 is not a loopback address" in err and b"--tls-cert FILE --tls-key FILE" in err
@@ -213,8 +209,8 @@ def test_plan_accepts_loopback_without_tls(host: str) -> None:
     assert plan_listen(host, 0).tls is None
 
 
-def test_plan_checks_tls_and_the_public_url(central_server: CentralServer) -> None:
-    cert, key = str(central_server.data_dir / "server.pem"), str(central_server.data_dir / "server.key")
+def test_plan_checks_tls_and_the_public_url(shared_server: CentralServer) -> None:
+    cert, key = str(shared_server.data_dir / "server.pem"), str(shared_server.data_dir / "server.key")
     with pytest.raises(WebSetupError, match="go together"):
         plan_listen("127.0.0.1", 0, tls_cert=cert)
     with pytest.raises(WebSetupError, match="cannot use --tls-cert"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.support.cli import DvicRunner
 from tests.support.server import CentralServer
-from tests.tui_remote.clikit import DvicRunner
 from tests.tui_remote.executor_node import UNKNOWN_DEMO, ExecutorNode
 
 
-async def test_reboot_wait_follows_the_node_coming_back(central_server: CentralServer, dvic: DvicRunner):
-    async with ExecutorNode(central_server.enroll("pi-r")) as node:
+async def test_reboot_wait_follows_the_node_coming_back(shared_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(shared_server.enroll("pi-r")) as node:
         res = await dvic("reboot", "pi-r", "--wait", "--timeout", "30")
         assert res.code == 0, res
         lines = res.out.splitlines()
@@ -25,8 +25,8 @@ async def test_reboot_wait_follows_the_node_coming_back(central_server: CentralS
     assert as_json["actions"][0]["state"] == "done"
 
 
-async def test_demo_actions_done_and_failed(central_server: CentralServer, dvic: DvicRunner):
-    async with ExecutorNode(central_server.enroll("pi-d")):
+async def test_demo_actions_done_and_failed(shared_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(shared_server.enroll("pi-d")):
         ok = await dvic("action", "pi-d", "restart-demo", "--demo", "robot-arm", "--wait")
         assert ok.code == 0 and "restart_demo robot-arm: done" in ok.out, ok
         bad = await dvic("action", "pi-d", "stop-demo", "--demo", UNKNOWN_DEMO, "--wait", "--json")
@@ -39,12 +39,12 @@ async def test_demo_actions_done_and_failed(central_server: CentralServer, dvic:
         assert wrong.code == 2 and "invalid choice" in wrong.err
 
 
-async def test_maintenance_refuses_operators_but_not_admins(central_server: CentralServer, dvic: DvicRunner):
+async def test_maintenance_refuses_operators_but_not_admins(shared_server: CentralServer, dvic: DvicRunner):
     operator = dvic.operator("olga", "operator")
-    async with ExecutorNode(central_server.enroll("pi-m")):
+    async with ExecutorNode(shared_server.enroll("pi-m")):
         on = await dvic("maintenance", "pi-m", "on", token=operator)
         assert on.code == 0 and "maintenance on" in on.out
-        assert central_server.node("pi-m")["state"] == "maintenance"
+        assert shared_server.node("pi-m")["state"] == "maintenance"
         refused = await dvic("run", "pi-m", "--", "true", token=operator)
         assert refused.code == 1 and "in maintenance" in refused.err
         shell = await dvic("shell", "pi-m", token=operator, stdin=b"")
@@ -57,7 +57,9 @@ async def test_maintenance_refuses_operators_but_not_admins(central_server: Cent
         assert again.code == 0
 
 
-async def test_update_and_release(central_server: CentralServer, dvic: DvicRunner, tmp_path: Path):
+async def test_update_and_release(central_server: CentralServer, dvic_env: dict[str, str], tmp_path: Path):
+    # A release is server-wide: this test has a server of its own.
+    dvic = DvicRunner(central_server, dvic_env)
     info = json.loads((await dvic("release", "--json")).out)
     shown = await dvic("release")
     assert f"version       {info['version']}" in shown.out and "RSA 3072 bits" in shown.out, shown.out

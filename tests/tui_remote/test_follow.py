@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
+from tests.support.cli import DvicRunner
 from tests.support.server import CentralServer
-from tests.tui_remote.clikit import DvicRunner
+from tests.support.wait import async_wait_for
 from tests.tui_remote.executor_node import ExecutorNode
 from tui.api.config import Settings
 from tui.api.sync import SyncClient
@@ -19,26 +19,24 @@ def _settings(server: CentralServer) -> Settings:
     return Settings(server=server.url, token=server.admin_token, ca=str(server.ca_path))
 
 
-async def _stored_output(server: CentralServer, cid: str, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        _, doc = server.api("GET", f"/api/v1/commands/{cid}")
-        if doc["runs"][0]["output"]:
-            return doc
-        assert time.monotonic() < deadline, "no output stored"
-        await asyncio.sleep(0.05)
+async def _stored_output(server: CentralServer, cid: str) -> dict:
+    def stored() -> dict | None:
+        doc = server.api("GET", f"/api/v1/commands/{cid}")[1]
+        return doc if doc["runs"][0]["output"] else None
+
+    return await async_wait_for(stored, timeout=15, what="output stored")
 
 
-async def test_output_before_the_stream_is_printed_once_and_in_order(central_server: CentralServer,
+async def test_output_before_the_stream_is_printed_once_and_in_order(shared_server: CentralServer,
                                                                      capsys: pytest.CaptureFixture[str]):
-    async with ExecutorNode(central_server.enroll("pi-f")):
+    async with ExecutorNode(shared_server.enroll("pi-f")):
         # The command starts and prints before anyone follows it; the rest comes while following.
-        status, started = central_server.api("POST", "/api/v1/commands", {
+        status, started = shared_server.api("POST", "/api/v1/commands", {
             "nodes": ["pi-f"], "shell": "echo first; sleep 1; echo second; echo third >&2; exit 5", "timeout": 30})
         assert status == 201
-        doc = await _stored_output(central_server, started["id"])
+        doc = await _stored_output(shared_server, started["id"])
         assert not doc["done"]
-        with SyncClient(_settings(central_server)) as api:
+        with SyncClient(_settings(shared_server)) as api:
             # `dvic run` follows with blocking calls; here in a thread, while the node serves on the loop.
             follower = CommandFollower(api, started, as_json=False)
             await asyncio.wait_for(asyncio.to_thread(follower.follow), 20)
@@ -49,18 +47,16 @@ async def test_output_before_the_stream_is_printed_once_and_in_order(central_ser
     assert captured.err.startswith("third\n")
 
 
-async def test_following_a_finished_command_prints_all_of_it(central_server: CentralServer,
+async def test_following_a_finished_command_prints_all_of_it(shared_server: CentralServer,
                                                              capsys: pytest.CaptureFixture[str]):
-    central_server.enroll("lab-off", group="g")
-    async with ExecutorNode(central_server.enroll("lab-on", group="g")):
-        status, started = central_server.api("POST", "/api/v1/commands", {
+    shared_server.enroll("lab-off", group="g")
+    async with ExecutorNode(shared_server.enroll("lab-on", group="g")):
+        status, started = shared_server.api("POST", "/api/v1/commands", {
             "group": "g", "argv": ["sh", "-c", "echo out; echo err >&2"]})
         assert status == 201
-        deadline = time.monotonic() + 15
-        while not central_server.api("GET", f"/api/v1/commands/{started['id']}")[1]["done"]:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-        with SyncClient(_settings(central_server)) as api:
+        await async_wait_for(lambda: shared_server.api("GET", f"/api/v1/commands/{started['id']}")[1]["done"],
+                             timeout=15, what="the command done")
+        with SyncClient(_settings(shared_server)) as api:
             follower = CommandFollower(api, started, as_json=False)
             await asyncio.wait_for(asyncio.to_thread(follower.follow), 20)
             assert follower.summary() == 255  # one node offline
@@ -70,7 +66,8 @@ async def test_following_a_finished_command_prints_all_of_it(central_server: Cen
     assert "lab-off  offline" in captured.err
 
 
-async def test_run_rides_out_a_server_restart(central_server: CentralServer, dvic: DvicRunner):
+async def test_run_rides_out_a_server_restart(central_server: CentralServer, dvic_env: dict[str, str]):
+    dvic = DvicRunner(central_server, dvic_env)  # the test restarts its server
     async with ExecutorNode(central_server.enroll("pi-rs")):
         proc = await dvic.start("run", "pi-rs", "--", "sh", "-c", "echo before; sleep 3; echo after")
         assert proc.stdout is not None

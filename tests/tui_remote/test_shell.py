@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from tests.support.cli import DvicRunner, PtyProcess
 from tests.support.server import CentralServer
-from tests.tui_remote.clikit import DvicRunner, PtyProcess
 from tests.tui_remote.executor_node import ExecutorNode
 
 
@@ -29,24 +29,24 @@ async def until_size(term: PtyProcess, cols: int, rows: int, timeout: float = 15
 
 
 async def interrupt_until(term: PtyProcess, line: bytes, shows: bytes, timeout: float = 15.0) -> None:
-    """Ctrl-C, then `line`, until `shows` appears: a Ctrl-C typed before the job is in the
-    foreground reaches the shell instead, so it is repeated (the queued line runs once it lands)."""
+    """Ctrl-C, then `line`, until `shows` appears. A Ctrl-C typed before the job is in the
+    foreground reaches the shell instead, and the next one that kills the job also flushes the
+    line typed ahead (the terminal drops its pending input on an interrupt): both are repeated."""
     deadline = time.monotonic() + timeout
-    term.type(b"\x03")
-    term.type(line)
     while True:
+        term.type(b"\x03")
+        term.type(line)
         try:
             await term.expect(shows, timeout=2.0)
             return
         except AssertionError:
             if time.monotonic() > deadline:
                 raise
-            term.type(b"\x03")
 
 
-async def test_shell_round_trip_resize_ctrl_c_and_exit_code(central_server: CentralServer, dvic: DvicRunner,
+async def test_shell_round_trip_resize_ctrl_c_and_exit_code(shared_server: CentralServer, dvic: DvicRunner,
                                                             dvic_env: dict[str, str], tmp_path: Path):
-    async with ExecutorNode(central_server.enroll("pi-sh")):
+    async with ExecutorNode(shared_server.enroll("pi-sh")):
         term = PtyProcess(dvic.argv(("shell", "pi-sh"), None), dvic_env, cols=100, rows=30)
         try:
             await term.expect(b"$ ")
@@ -81,9 +81,9 @@ async def test_shell_round_trip_resize_ctrl_c_and_exit_code(central_server: Cent
     assert nowhere.code == 2 and "cannot write" in nowhere.err
 
 
-async def test_shell_ends_cleanly_when_the_node_goes_away(central_server: CentralServer, dvic: DvicRunner,
+async def test_shell_ends_cleanly_when_the_node_goes_away(shared_server: CentralServer, dvic: DvicRunner,
                                                           dvic_env: dict[str, str]):
-    node = ExecutorNode(central_server.enroll("pi-gone"))
+    node = ExecutorNode(shared_server.enroll("pi-gone"))
     await node.__aenter__()
     term = PtyProcess(dvic.argv(("shell", "pi-gone"), None), dvic_env)
     try:
@@ -97,9 +97,9 @@ async def test_shell_ends_cleanly_when_the_node_goes_away(central_server: Centra
         await node.close()
 
 
-async def test_shell_on_offline_or_unknown_node_is_refused_clearly(central_server: CentralServer,
+async def test_shell_on_offline_or_unknown_node_is_refused_clearly(shared_server: CentralServer,
                                                                    dvic: DvicRunner):
-    central_server.enroll("pi-off")
+    shared_server.enroll("pi-off")
     offline = await dvic("shell", "pi-off", stdin=b"")
     assert offline.code == 1 and "'pi-off' is new: cannot open a shell" in offline.err, offline
     unknown = await dvic("shell", "pi-none", stdin=b"")
@@ -108,17 +108,17 @@ async def test_shell_on_offline_or_unknown_node_is_refused_clearly(central_serve
     assert missing.code == 1 and "no_such_session" in missing.err
 
 
-async def test_shell_with_piped_input_runs_the_script(central_server: CentralServer, dvic: DvicRunner):
-    async with ExecutorNode(central_server.enroll("pi-pipe")):
+async def test_shell_with_piped_input_runs_the_script(shared_server: CentralServer, dvic: DvicRunner):
+    async with ExecutorNode(shared_server.enroll("pi-pipe")):
         res = await dvic("shell", "pi-pipe", stdin=b"echo piped-$((2*3))\nexit 4\n")
     assert res.code == 4, res
     assert "piped-6" in res.out
 
 
-async def test_full_screen_vim_and_sigterm_restore_the_terminal(central_server: CentralServer, dvic: DvicRunner,
+async def test_full_screen_vim_and_sigterm_restore_the_terminal(shared_server: CentralServer, dvic: DvicRunner,
                                                                 dvic_env: dict[str, str], tmp_path: Path):
     target = tmp_path / "note.txt"
-    async with ExecutorNode(central_server.enroll("pi-vim")) as node:
+    async with ExecutorNode(shared_server.enroll("pi-vim")) as node:
         term = PtyProcess(dvic.argv(("shell", "pi-vim"), None), dvic_env, cols=90, rows=20)
         try:
             await term.expect(b"$ ")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncssh
 import pytest
@@ -39,10 +38,13 @@ async def _ssh_process(process: asyncssh.SSHServerProcess) -> None:
     process.exit(7)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Ports free a moment ago, all different (each socket held until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 @dataclass
@@ -50,32 +52,37 @@ class TunnelWorld:
     server: CentralServer
     echo_port: int
     ssh_port: int
-    closed_port: int
+    closed_port: int  # allowed, with nothing listening
 
     def settings(self, token: str | None = None) -> Settings:
         return Settings(server=self.server.url, token=token or self.server.admin_token, ca=str(self.server.ca_path))
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[TunnelWorld]:
-    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
-    ssh = await asyncssh.create_server(_SSHServer, "127.0.0.1", 0, process_factory=_ssh_process,
-                                       server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
-    echo_port = echo.sockets[0].getsockname()[1]
-    ssh_port = ssh.sockets[0].getsockname()[1]
-    closed_port = _free_port()
+@pytest.fixture(scope="module")
+def tunnel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TunnelWorld]:
+    """One server for the module, allowing tunnels to three ports chosen now."""
+    echo_port, ssh_port, closed_port = _free_ports(3)
     ports = [arg for p in (echo_port, ssh_port, closed_port) for arg in ("--tunnel-port", str(p))]
-    server = CentralServer(tmp_path / "central", extra_args=tuple(ports)).start()
+    server = CentralServer(tmp_path_factory.mktemp("tunnels") / "central", extra_args=tuple(ports)).start()
     try:
         yield TunnelWorld(server, echo_port, ssh_port, closed_port)
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def world(tunnel_server: TunnelWorld) -> AsyncIterator[TunnelWorld]:
+    """The module's server, with an echo server and an SSH server listening on two of its ports."""
+    echo = await asyncio.start_server(_echo, "127.0.0.1", tunnel_server.echo_port)
+    ssh = await asyncssh.create_server(_SSHServer, "127.0.0.1", tunnel_server.ssh_port, process_factory=_ssh_process,
+                                       server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")])
+    try:
+        yield tunnel_server
+    finally:
         echo.close()
         ssh.close()
         with contextlib.suppress(Exception):
             await echo.wait_closed()
-
-
 
 
 async def test_echo_through_the_node_both_ways_and_eof(world: TunnelWorld):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui_remote.clikit import DVIC, ROOT
+from tests.support.cli import DVIC, ROOT
 
 # Nothing listens there: a command that got as far as the network would fail with exit 3 instead.
 SERVER = "https://127.0.0.1:9"

@@ -198,6 +198,54 @@ def publish_release(data: bytes) -> Request[Json]:
     return Request("POST", "/release", json_object, data=data, content_type="text/x-python")
 
 
+# -- alerts (docs/alerts.md) ---------------------------------------------------------------------
+def alerts(everything: bool = False, node: str | None = None, rule: str | None = None, cursor: str | None = None,
+           limit: int | None = None) -> Request[Json]:
+    """Open alerts (firing first), or with `everything` the history too, newest first:
+    `{"alerts": [...], "counts": {...}, "next_cursor": ...}`."""
+    query = params(all="1" if everything else None, node=node, rule=rule, cursor=cursor, limit=limit)
+    return Request("GET", "/alerts", page("alerts"), query)
+
+
+def alert(alert_id: int) -> Request[Json]:
+    """One alert with its `history`."""
+    return Request("GET", f"/alerts/{int(alert_id)}", json_object)
+
+
+def ack_alert(alert_id: int, note: str) -> Request[Json]:
+    return Request("POST", f"/alerts/{int(alert_id)}/ack", json_object, body={"note": note})
+
+
+def silences() -> Request[list[Json]]:
+    return Request("GET", "/silences", object_list("silences"))
+
+
+def add_silence(matcher: Json, duration: str, note: str) -> Request[Json]:
+    """A silence of alerts matching every field of `matcher` (group, node, rule, severity) for `duration`."""
+    return Request("POST", "/silences", json_object, body={**matcher, "for": duration, "note": note})
+
+
+def remove_silence(silence_id: int) -> Request[Json]:
+    return Request("DELETE", f"/silences/{int(silence_id)}", json_object)
+
+
+def rules() -> Request[list[Json]]:
+    return Request("GET", "/rules", object_list("rules"))
+
+
+def add_rule(spec: Json) -> Request[Json]:
+    return Request("POST", "/rules", json_object, body=spec)
+
+
+def set_rule(name: str, settings: Json) -> Request[Json]:
+    return Request("PATCH", f"/rules/{seg(name)}", json_object, body=settings)
+
+
+def remove_rule(name: str) -> Request[Json]:
+    """Deletes an operator rule; a stock rule goes back to its defaults."""
+    return Request("DELETE", f"/rules/{seg(name)}", json_object)
+
+
 def _given(**fields: object) -> Json:
     """A JSON body of the fields that are set."""
     return {k: v for k, v in fields.items() if v is not None}

@@ -17,7 +17,7 @@ from tui.api.aio import AsyncClient
 from tui.api.errors import ApiError
 from tui.console.fleet import Fleet
 from tui.console.live import LiveFeed
-from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.console.messages import AlertCounts, Connected, Disconnected, EventArrived, LogsArrived
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.fleet import FleetScreen
 
@@ -149,6 +149,7 @@ class DvicApp(App[None]):
     def _connected(self, msg: Connected) -> None:
         self.connected, self.down_reason, self.down_fatal = True, "", False
         self.me = msg.me
+        self.fleet.set_server_alerts(msg.alerts)
         nodes, gone = self.fleet.replace(msg.nodes)
         self._each(lambda s: s.live_nodes(nodes, gone))
         self._each(lambda s: s.live_connection(True))
@@ -160,6 +161,11 @@ class DvicApp(App[None]):
         self.down_reason, self.retry_in, self.down_fatal = msg.reason, msg.retry_in, msg.fatal
         self._resume_gc()  # no fleet to show yet: collect as usual while waiting
         self._each(lambda s: s.live_connection(False, msg.reason, msg.retry_in, msg.fatal))
+
+    @on(AlertCounts)
+    def _alert_counts(self, msg: AlertCounts) -> None:
+        self.fleet.set_server_alerts(msg.counts)
+        self._each(lambda s: s.live_alerts())
 
     @on(LogsArrived)
     def _logs(self, msg: LogsArrived) -> None:

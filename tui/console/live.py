@@ -16,7 +16,7 @@ from textual.message import Message
 from tui.api.aio import AsyncClient, Stream
 from tui.api.errors import ApiError
 from tui.api.follow_logs import Backoff
-from tui.console.messages import Connected, Disconnected, EventArrived, LogsArrived
+from tui.console.messages import AlertCounts, Connected, Disconnected, EventArrived, LogsArrived
 
 REFUSED_WAIT_S = 30.0  # after a 401/403: retrying sooner would not change the answer
 
@@ -89,9 +89,11 @@ class LiveFeed:
             # snapshot, with no separate GET /nodes (docs/protocol.md 4.2). Every change after it
             # follows on the same socket, so none is missed.
             nodes = None
+            alerts = None
             async for msg in messages:
                 if msg.get("type") == "hello" and isinstance(msg.get("nodes"), list):
                     nodes = [n for n in msg["nodes"] if isinstance(n, dict) and "id" in n]
+                    alerts = msg.get("alerts") if isinstance(msg.get("alerts"), dict) else None
                     break
                 self._handle(msg)
             if nodes is None:
@@ -100,7 +102,7 @@ class LiveFeed:
             self.pending.clear()
             self.connected = True
             self._had_session = True
-            self.post(Connected(nodes, me))
+            self.post(Connected(nodes, me, alerts))
             async for msg in messages:
                 self._handle(msg)
             code = stream.close_code
@@ -132,6 +134,8 @@ class LiveFeed:
                 self.post(LogsArrived(node_id, lines))
         elif kind == "event" and isinstance(msg.get("event"), dict):
             self.post(EventArrived(msg["event"]))
+        elif kind == "alerts" and isinstance(msg.get("counts"), dict):
+            self.post(AlertCounts(msg["counts"]))
 
 
 def _drop(call: asyncio.Future[Any]) -> None:

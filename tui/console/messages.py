@@ -10,10 +10,11 @@ from textual.message import Message
 class Connected(Message):
     """The live stream is up and the node snapshot below was just fetched."""
 
-    def __init__(self, nodes: list[dict[str, Any]], me: dict[str, Any]) -> None:
+    def __init__(self, nodes: list[dict[str, Any]], me: dict[str, Any], alerts: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.nodes = nodes
         self.me = me
+        self.alerts = alerts  # the server's alert counts (None: a server without alerts)
 
 
 class Disconnected(Message):
@@ -24,6 +25,14 @@ class Disconnected(Message):
         self.reason = reason
         self.retry_in = retry_in
         self.fatal = fatal
+
+
+class AlertCounts(Message):
+    """The server's open alerts changed: {"firing", "acknowledged", "silenced", "open"}."""
+
+    def __init__(self, counts: dict[str, Any]) -> None:
+        super().__init__()
+        self.counts = counts
 
 
 class LogsArrived(Message):

@@ -46,52 +46,29 @@ static class MiniJson
         if (c == '{')
         {
             var obj = new Dictionary<string, object>();
-            i++;
-            Space(s, ref i);
-            if (s[i] == '}')
+            if (Opens(s, ref i, '}'))
             {
-                i++;
-                return obj;
-            }
-            for (;;)
-            {
-                Space(s, ref i);
-                string key = String(s, ref i);
-                Space(s, ref i);
-                Expect(s, ref i, ':');
-                obj[key] = Value(s, ref i);
-                Space(s, ref i);
-                if (s[i] == ',')
+                do
                 {
-                    i++;
-                    continue;
-                }
-                Expect(s, ref i, '}');
-                return obj;
+                    Space(s, ref i);
+                    string key = String(s, ref i);
+                    Space(s, ref i);
+                    Expect(s, ref i, ':');
+                    obj[key] = Value(s, ref i);
+                } while (More(s, ref i, '}'));
             }
+            return obj;
         }
         if (c == '[')
         {
             var list = new List<object>();
-            i++;
-            Space(s, ref i);
-            if (s[i] == ']')
+            if (Opens(s, ref i, ']'))
             {
-                i++;
-                return list;
+                do
+                    list.Add(Value(s, ref i));
+                while (More(s, ref i, ']'));
             }
-            for (;;)
-            {
-                list.Add(Value(s, ref i));
-                Space(s, ref i);
-                if (s[i] == ',')
-                {
-                    i++;
-                    continue;
-                }
-                Expect(s, ref i, ']');
-                return list;
-            }
+            return list;
         }
         if (c == '"')
             return String(s, ref i);
@@ -102,6 +79,32 @@ static class MiniJson
         while (i < s.Length && "+-0123456789.eE".IndexOf(s[i]) >= 0)
             i++;
         return double.Parse(s.Substring(start, i - start), NumberStyles.Float, CultureInfo.InvariantCulture);
+    }
+
+    // Past an opening bracket: false when the container closes at once (empty), else true.
+    static bool Opens(string s, ref int i, char close)
+    {
+        i++;
+        Space(s, ref i);
+        if (i < s.Length && s[i] == close)
+        {
+            i++;
+            return false;
+        }
+        return true;
+    }
+
+    // After a member or an element: true at a comma (another follows), false at the closing bracket.
+    static bool More(string s, ref int i, char close)
+    {
+        Space(s, ref i);
+        if (i < s.Length && s[i] == ',')
+        {
+            i++;
+            return true;
+        }
+        Expect(s, ref i, close);
+        return false;
     }
 
     static void Expect(string s, ref int i, char c)

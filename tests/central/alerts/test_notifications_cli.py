@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import DvicRunner, clean_env
 from tests.support.receivers import HttpReceiver
 from tests.support.server import REPO, CentralServer
 from tests.support.wait import async_wait_for, wait_for
-from tests.tui_remote.clikit import DvicRunner, clean_env
 
 from .helpers import smtp_server
 

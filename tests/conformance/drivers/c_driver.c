@@ -298,7 +298,6 @@ static void plain(dvic_log_t *log, int level, const char *msg) {
 
 static void write_op(const jv *op, const char *msg, size_t msg_len) {
     dvic_log_t *log = log_of(op);
-    dvic_log_record_t r;
     size_t logger_len = 0, exc_len = 0;
     const char *logger = jstr(op, "logger", &logger_len), *exc = jstr(op, "exc", &exc_len);
     int level = level_of(jstr(op, "level", NULL));
@@ -306,13 +305,7 @@ static void write_op(const jv *op, const char *msg, size_t msg_len) {
         plain(log, level, msg);
         return;
     }
-    r.level = level;
-    r.logger = logger;
-    r.logger_len = logger_len;
-    r.msg = msg;
-    r.msg_len = msg_len;
-    r.exc = exc;
-    r.exc_len = exc_len;
+    dvic_log_record_t r = {level, logger, logger_len, msg, msg_len, exc, exc_len};  /* in the documented order */
     dvic_log_write_record(log, &r);
 }
 

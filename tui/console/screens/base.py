@@ -32,6 +32,9 @@ class DvicScreen(Screen[None]):
     def live_tick(self) -> None:
         """Once a second, right after the node updates: periodic work painted in the same frame."""
 
+    def live_alerts(self) -> None:
+        """The server's alert counts changed (app.fleet.server_alerts)."""
+
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         """Log lines of a node this screen subscribed to."""
 

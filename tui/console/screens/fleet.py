@@ -301,6 +301,9 @@ class FleetScreen(DvicScreen):
         if gone or len(nodes) == len(self.dvic.fleet.nodes):  # a snapshot: show its counts at once
             self._update_summary()
 
+    def live_alerts(self) -> None:
+        self._summary_dirty = True  # the header's count, shown at the next tick
+
     # -- periodic work -----------------------------------------------------------------------
     def _viewport(self) -> tuple[int, int]:
         """Row indexes [first, last) on screen, with a margin so a short scroll finds rows ready."""

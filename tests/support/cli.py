@@ -1,4 +1,4 @@
-"""Runs the real `dvic` remote-control commands as subprocesses (pipes or a real PTY) for the tests."""
+"""Runs the real `dvic` command for the tests: on pipes, on a real PTY, or in a real terminal (tmux)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,24 @@ import contextlib
 import fcntl
 import os
 import pty
+import shutil
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.server import CentralServer
+from tests.support.wait import async_wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # The `dvic` command (tui/cli.py), its one entry point.
 DVIC = [sys.executable, "-m", "tui"]
+HAS_TMUX = shutil.which("tmux") is not None
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
@@ -31,6 +36,11 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def server_env(env: dict[str, str], server: CentralServer, token: str | None = None) -> dict[str, str]:
+    """`env` pointed at `server` through DVIC_SERVER/DVIC_TOKEN/DVIC_CA, as the admin unless `token`."""
+    return dict(env, DVIC_SERVER=server.url, DVIC_TOKEN=token or server.admin_token, DVIC_CA=str(server.ca_path))
+
+
 @dataclass
 class Result:
     code: int
@@ -38,33 +48,49 @@ class Result:
     err: str
 
 
+async def start_dvic(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`dvic ARGS` running on pipes (stdin empty), for a test that reads its output as it comes."""
+    return await asyncio.create_subprocess_exec(
+        *DVIC, *args, env=env, cwd=str(ROOT), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def run_dvic(env: dict[str, str], *args: str, stdin: bytes | None = None, limit: float = 30) -> Result:
+    """`dvic ARGS` to its end: exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *DVIC, *args, env=env, cwd=str(ROOT), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
 class DvicRunner:
+    """`dvic` against one server with its options on the command line, as the admin or another token."""
+
     def __init__(self, server: CentralServer, env: dict[str, str]) -> None:
         self.server = server
         self.env = env
 
-    def argv(self, args: tuple[str, ...], token: str | None) -> list[str]:
-        return [*DVIC, "--server", self.server.url, "--ca", str(self.server.ca_path),
+    def options(self, args: tuple[str, ...], token: str | None) -> list[str]:
+        return ["--server", self.server.url, "--ca", str(self.server.ca_path),
                 "--token", token or self.server.admin_token, *args]
 
+    def argv(self, args: tuple[str, ...], token: str | None) -> list[str]:
+        return [*DVIC, *self.options(args, token)]
+
     async def start(self, *args: str, token: str | None = None) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            *self.argv(args, token), env=self.env, cwd=str(ROOT), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        return await start_dvic(self.env, *self.options(args, token))
 
     async def __call__(self, *args: str, token: str | None = None, stdin: bytes | None = None,
                        limit: float = 30) -> Result:
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(args, token), env=self.env, cwd=str(ROOT), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(stdin), limit)
-        return Result(proc.returncode if proc.returncode is not None else -1, out.decode(), err.decode())
+        return await run_dvic(self.env, *self.options(args, token), stdin=stdin, limit=limit)
 
     def operator(self, name: str, role: str) -> str:
         """A new active account's token."""
         status, body = self.server.api("POST", "/api/v1/operators", {"name": name, "role": role})
         assert status == 201, body
-        return body["token"]
+        return str(body["token"])
 
 
 class PtyProcess:
@@ -74,8 +100,6 @@ class PtyProcess:
         self.master, slave = pty.openpty()
         set_size(self.master, cols, rows)
         self.saved = termios.tcgetattr(slave)
-        import subprocess
-
         self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdin=slave, stdout=slave, stderr=slave,
                                      start_new_session=True, preexec_fn=_controlling_tty)
         os.close(slave)
@@ -134,3 +158,42 @@ def set_size(fd: int, cols: int, rows: int) -> None:
 
 def _controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Tmux:
+    """The `dvic` console in a real terminal: a private tmux server with one 100x30 session."""
+
+    def __init__(self, socket_name: str) -> None:
+        self.base = ["tmux", "-L", socket_name, "-f", "/dev/null"]
+
+    def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        # tmux commands return at once: a plain blocking call is fine here.
+        return subprocess.run([*self.base, *args], capture_output=True, text=True, check=check, cwd=ROOT)
+
+    def pane(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "dvic").stdout
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", "dvic", *keys, check=True)
+
+    def ended(self) -> bool:
+        return self.run("has-session", "-t", "dvic").returncode != 0
+
+    @contextlib.contextmanager
+    def console(self, env: dict[str, str]) -> Iterator[Tmux]:
+        """Starts `dvic` (the console) in the session; the variables reach it through tmux's
+        environment (-e), as `dvic-central up` passes them. The tmux server goes at the end."""
+        cmd = ["new-session", "-d", "-s", "dvic", "-x", "100", "-y", "30"]
+        for key in ("DVIC_SERVER", "DVIC_TOKEN", "DVIC_CA", "XDG_CONFIG_HOME", "PYTHONPATH", "TERM"):
+            cmd += ["-e", f"{key}={env[key]}"]
+        subprocess.run([*self.base, *cmd, *DVIC], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+        try:
+            yield self
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the pane shows:\n{self.pane()}") from None
+        finally:
+            self.run("kill-server")
+
+    async def until(self, condition: Callable[[str], bool], what: str, timeout: float = 10.0) -> None:
+        """Waits until `condition(pane text)` holds."""
+        await async_wait_for(lambda: condition(self.pane()), timeout=timeout, what=what)
