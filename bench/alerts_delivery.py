@@ -34,7 +34,7 @@ from central.alerts.model import Alert, Notice
 from central.config import Config, Notify
 from central.writer import Writer
 
-from .common import add_common_args, positive_float, positive_int, work_dir
+from .common import add_common_args, parser, positive_float, positive_int, run_bench
 from .report import Report, latency_summary
 
 
@@ -164,37 +164,38 @@ async def singles(work: Path, settings: Notify, receiver: Receiver, count: int, 
         await close_dispatcher(writer, sink)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=positive_int, default=500, help="nodes going offline together (500)")
-    parser.add_argument("--sweeps", type=positive_int, default=5, help="sweeps of the engine that notice them (5)")
-    parser.add_argument("--sweep-every", type=positive_float, default=1.0,
-                        help="seconds between sweeps (1: the server's presence sweep)")
-    parser.add_argument("--singles", type=positive_int, default=20, help="lone alerts timed one by one (20)")
-    parser.add_argument("--window", type=positive_float, default=Notify.group_window,
-                        help=f"--notify-group-window ({Notify.group_window:g})")
-    parser.add_argument("--quiet", type=positive_float, default=Notify.group_quiet,
-                        help=f"--notify-group-quiet ({Notify.group_quiet:g})")
-    add_common_args(parser)
-    args = parser.parse_args()
+def measure(args: argparse.Namespace, work: Path) -> Report:
     settings = Notify(group_window=args.window, group_quiet=args.quiet)
     report = Report("Notifications: grouping and delivery", params={
         "nodes": args.nodes, "sweeps": f"{args.sweeps}, {args.sweep_every:g} s apart", "singles": args.singles,
         "group window": settings.group_window, "group quiet": settings.group_quiet,
     })
+    for name in ("burst", "singles", "singles-short"):
+        (work / name).mkdir()
     receiver = Receiver()
     try:
-        with work_dir(args.work_dir, args.keep, "alerts-delivery") as work:
-            for name in ("burst", "singles", "singles-short"):
-                (work / name).mkdir()
-            asyncio.run(burst(work / "burst", settings, receiver, args.nodes, args.sweeps, args.sweep_every, report))
-            asyncio.run(singles(work / "singles", settings, receiver, args.singles, "default", report))
-            asyncio.run(singles(work / "singles-short", replace(settings, group_quiet=0.01), receiver, args.singles,
-                                "short", report))
+        asyncio.run(burst(work / "burst", settings, receiver, args.nodes, args.sweeps, args.sweep_every, report))
+        asyncio.run(singles(work / "singles", settings, receiver, args.singles, "default", report))
+        asyncio.run(singles(work / "singles-short", replace(settings, group_quiet=0.01), receiver, args.singles,
+                            "short", report))
     finally:
         receiver.close()
-    report.emit(args.json)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("alerts_delivery", __doc__, nodes=500, nodes_are="nodes going offline together")
+    p.add_argument("--sweeps", type=positive_int, default=5, help="sweeps of the engine that notice them (5)")
+    p.add_argument("--sweep-every", type=positive_float, default=1.0,
+                   help="seconds between sweeps (1: the server's presence sweep)")
+    p.add_argument("--singles", type=positive_int, default=20, help="lone alerts timed one by one (20)")
+    p.add_argument("--window", type=positive_float, default=Notify.group_window,
+                   help=f"--notify-group-window ({Notify.group_window:g})")
+    p.add_argument("--quiet", type=positive_float, default=Notify.group_quiet,
+                   help=f"--notify-group-quiet ({Notify.group_quiet:g})")
+    add_common_args(p)
+    return run_bench(p.parse_args(argv), "alerts-delivery", measure, run=None)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
