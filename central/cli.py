@@ -26,7 +26,7 @@ from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
-from .config import Config, ConnectionLimits, is_loopback
+from .config import Config, ConnectionLimits, DemoLimits, is_loopback
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import LISTEN_FILE, admin_call, call_running, running_server
@@ -59,6 +59,9 @@ def build_config(args: argparse.Namespace) -> Config:
         max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
         alerts_interval=args.alerts_interval, alerts_reminder=args.alerts_reminder,
         metrics_allow=tuple(args.metrics_allow or ()),
+        demos=DemoLimits(max_release_bytes=args.max_release_bytes, max_unpacked_bytes=args.max_release_unpacked,
+                         max_members=args.max_release_members, keep_releases=args.keep_releases,
+                         install_timeout=args.demo_install_timeout),
         connections=ConnectionLimits(
             head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
             max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
@@ -289,6 +292,19 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-allow", type=_network, action="append", metavar="CIDR",
                    help="a client network that may read GET /metrics without a token, e.g. the Prometheus"
                         " server's 10.0.0.5/32 (repeatable; otherwise a viewer's token is needed)")
+    demos = DemoLimits()
+    p.add_argument("--max-release-bytes", type=_byte_size, default=demos.max_release_bytes, metavar="SIZE",
+                   help=f"largest demo release archive accepted, e.g. 500M (default {demos.max_release_bytes >> 30}G)")
+    p.add_argument("--max-release-unpacked", type=_byte_size, default=demos.max_unpacked_bytes, metavar="SIZE",
+                   help=f"file bytes a demo release may unpack to, checked at publish and on nodes"
+                        f" (default {demos.max_unpacked_bytes >> 30}G)")
+    p.add_argument("--max-release-members", type=_at_least_one, default=demos.max_members, metavar="N",
+                   help=f"members a demo release archive may hold (default {demos.max_members})")
+    p.add_argument("--keep-releases", type=_at_least_one, default=demos.keep_releases, metavar="N",
+                   help=f"unreferenced releases kept per demo, the newest first (default {demos.keep_releases})")
+    p.add_argument("--demo-install-timeout", type=_positive_seconds, default=demos.install_timeout, metavar="S",
+                   help=f"seconds an install may stay in one state without news before it is lost"
+                        f" (default {demos.install_timeout:g}; starting adds the release's start_timeout_s)")
     limits = ConnectionLimits()
     p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
                    help=f"seconds for the TLS handshake, then for the first request's head, before a"

@@ -272,6 +272,75 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX silences_ends ON silences (ends);
     """,
+    # 8: demos as first-class objects (issue 14, central/demos/): the release catalog, deployments
+    # (desired state per demo and scope), each node's part of a rollout, and supervised demos' status.
+    """
+    CREATE TABLE demo_releases (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        manifest TEXT NOT NULL,
+        unpacked_bytes INTEGER NOT NULL,
+        members INTEGER NOT NULL,
+        published_at REAL NOT NULL,
+        published_by TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX demo_releases_sha256 ON demo_releases (sha256);
+    CREATE TABLE demo_deployments (
+        id TEXT PRIMARY KEY,
+        demo TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        version TEXT,
+        scope TEXT NOT NULL,
+        target TEXT NOT NULL,
+        batch INTEGER,
+        released INTEGER NOT NULL DEFAULT 0,
+        previous_version TEXT,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        operator TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX demo_deployments_demo ON demo_deployments (demo, created_at);
+    CREATE TABLE demo_assignments (
+        demo TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        target TEXT NOT NULL,
+        version TEXT,
+        deployment_id TEXT NOT NULL,
+        PRIMARY KEY (demo, scope, target)
+    );
+    CREATE TABLE demo_rollout_nodes (
+        deployment_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        previous_version TEXT,
+        previous_rollout TEXT,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        bytes INTEGER,
+        total INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (deployment_id, node_id)
+    );
+    CREATE TABLE demo_status (
+        node_id TEXT NOT NULL,
+        demo TEXT NOT NULL,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        since REAL,
+        last_exit TEXT,
+        last_heartbeat REAL,
+        message TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (node_id, demo)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

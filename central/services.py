@@ -23,6 +23,10 @@ from .alerts.engine import AlertEngine
 from .bus import Bus
 from .commands import CommandHub
 from .config import Config, Retention
+from .demos import store as demo_store
+from .demos.archive import Limits as ArchiveLimits
+from .demos.catalog import Catalog
+from .demos.deployments import DeploymentHub
 from .pki import CertificateAuthority
 from .queries import Queries
 from .registry import Registry
@@ -53,6 +57,8 @@ class Services:
     actions: ActionHub
     release: ReleaseStore
     alerts: AlertEngine
+    catalog: Catalog
+    deployments: DeploymentHub
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -86,9 +92,10 @@ async def open_services(config: Config) -> Services:
     release = ReleaseStore(config.data_dir)
     alerts = AlertEngine(writer, registry, bus, interval=config.alerts_interval, reminder_s=config.alerts_reminder,
                          history_s=config.retention.events_s, release=lambda: _release_version(release))
+    catalog, deployments = await open_demos(config, writer, read_db, registry)
     services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        ActionHub(writer, registry), release, alerts)
+                        ActionHub(writer, registry), release, alerts, catalog, deployments)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
@@ -102,6 +109,21 @@ async def open_services(config: Config) -> Services:
 def _release_version(release: ReleaseStore) -> str | None:
     current = release.current()
     return current.version if current is not None else None
+
+
+async def open_demos(config: Config, writer: Writer, read_db: aiosqlite.Connection,
+                     registry: Registry) -> tuple[Catalog, DeploymentHub]:
+    """The release catalog and the deployments, loaded from the database (central/demos/)."""
+    d = config.demos
+    limits = ArchiveLimits(d.max_unpacked_bytes, d.max_members)
+    catalog = Catalog(config.data_dir, writer.submit, limits, d.max_release_bytes, d.keep_releases)
+    catalog.load(await demo_store.releases(read_db))
+    hub = DeploymentHub(writer.submit, registry, catalog, limits, d.install_timeout)
+    live = await demo_store.live_deployments(read_db)
+    hub.load(await demo_store.assignments(read_db), live,
+             await demo_store.rollout_nodes(read_db, [dep["id"] for dep in live]), await demo_store.statuses(read_db))
+    hub.start()
+    return catalog, hub
 
 
 async def close_services(services: Services) -> None:
