@@ -42,11 +42,12 @@ COMMAND_MODULES: dict[str, str] = {
     **{name: "actions" for name in ("reboot", "action", "actions", "maintenance", "update")},
     "release": "release",
     **{name: "alerts" for name in ("alerts", "alert", "silence", "rule")},
+    "demo": "demos", "deploy": "demos", "undeploy": "demos",
     "add-node": "installer", "remove-node": "installer",
 }
 # The modules in the order `dvic --help` lists their commands.
 MODULES = ("console", "login", "fleet", "history", "operators", "run", "commands", "shell", "actions", "release",
-           "alerts", "installer")
+           "alerts", "demos", "installer")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
