@@ -66,7 +66,7 @@ def member_path(raw: str) -> str | None:
 class _Bounded:
     """The decompressed stream, refusing to go past `limit` bytes (also reads tarfile makes itself)."""
 
-    def __init__(self, raw: IO[bytes], limit: int) -> None:
+    def __init__(self, raw: IO[bytes] | gzip.GzipFile, limit: int) -> None:
         self.raw = raw
         self.limit = limit
         self.count = 0
@@ -99,7 +99,7 @@ def check_archive(path: Path, limits: Limits) -> Contents:
         raise BadArchive(f"not a valid tar archive: {exc}") from None
 
 
-def _walk(raw: IO[bytes], limits: Limits) -> Contents:
+def _walk(raw: IO[bytes] | gzip.GzipFile, limits: Limits) -> Contents:
     # the stream itself: file content, plus headers and padding per member, plus slack
     stream_limit = limits.max_unpacked_bytes + 2048 * limits.max_members + MIB
     tar = tarfile.open(fileobj=_Bounded(raw, stream_limit), mode="r|",  # type: ignore[call-overload]
@@ -150,12 +150,13 @@ def _check_member(m: tarfile.TarInfo, name: str, kinds: dict[str, str]) -> str:
     if m.type in REGULAR:
         return "file"
     if m.issym():
-        target = m.linkname
-        resolved = os.path.normpath(os.path.join(os.path.dirname(name), target)) if target else ".."
-        if os.path.isabs(target) or resolved == ".." or resolved.startswith("../"):
-            raise BadArchive(what + f"a symlink to {target!r}, outside the release")
+        link = m.linkname
+        resolved = os.path.normpath(os.path.join(os.path.dirname(name), link)) if link else ".."
+        if os.path.isabs(link) or resolved == ".." or resolved.startswith("../"):
+            raise BadArchive(what + f"a symlink to {link!r}, outside the release")
         return "link"
     if m.islnk():
+        target: str | None
         try:
             target = member_path(m.linkname)
         except BadArchive:  # absolute, '..': outside the release in any case

@@ -492,8 +492,9 @@ class DeploymentHub:
             row = dep.nodes.get(node.id)
             if row is None or row.state in FINAL or row.state == "waiting":
                 continue
-            governs = dep.id in rollouts or (dep.kind == "undeploy" and self._winning(node, dep.demo) is not None
-                                             and self._winning(node, dep.demo).deployment_id == dep.id)
+            winning = self._winning(node, dep.demo)
+            governs = dep.id in rollouts or (dep.kind == "undeploy" and winning is not None
+                                             and winning.deployment_id == dep.id)
             if not governs:
                 await self._set_row(node, dep, row, "superseded", "another deployment now decides for this node")
                 continue
@@ -645,10 +646,12 @@ class DeploymentHub:
         node = self.registry.get(node_id)
         status = self.status.get((node_id, demo))
         effective = self._effective(node, demo) if node is not None else None
-        install = None
+        install: dict[str, Any] | None = None
+        latest = 0.0
         for dep in self.deployments.values():
             row = dep.nodes.get(node_id)
-            if dep.demo == demo and row is not None and (install is None or row.updated_at > install["updated_at"]):
+            if dep.demo == demo and row is not None and row.updated_at > latest:
+                latest = row.updated_at
                 install = {"deployment": dep.id, "version": dep.version, "state": row.state, "message": row.message,
                            "bytes": row.bytes, "total": row.total, "updated_at": row.updated_at}
         alive = status is not None and status["state"] in ("running", "healthy", "unhealthy") and status["pid"]
