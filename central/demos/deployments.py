@@ -623,8 +623,8 @@ class DeploymentHub:
 
     # -- views ---------------------------------------------------------------------------------
     def _publish(self, dep: Deployment) -> None:
-        view = self.deployment_view(dep)
-        self.registry.bus.publish({"type": "deployment", "deployment": view})
+        if self.registry.bus.subscriber_count:  # a view of every node row: only built for someone
+            self.registry.bus.publish({"type": "deployment", "deployment": self.deployment_view(dep)})
 
     def _node_name(self, node_id: str) -> str:
         node = self.registry.get(node_id)
