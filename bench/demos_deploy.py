@@ -43,6 +43,10 @@ from .server import BenchServer
 TARGET_S = 60.0
 TARGET_RSS_MB = 400.0
 MB = 1024 * 1024
+# Per node, the time between the first poll that saw one state and the first that saw the next
+# (polled every 0.25 s: a state shorter than that may be missed).
+PHASES = {"download": ("downloading", "verifying"), "verify": ("verifying", "installing"),
+          "unpack": ("installing", "starting"), "start to healthy": ("starting", "healthy")}
 DEMO = "import time\nprint('bench demo up', flush=True)\nwhile True:\n    time.sleep(3600)\n"
 
 
@@ -151,8 +155,13 @@ def run(root: Path, args: argparse.Namespace, report: Report) -> None:
         if status != 201:
             raise RigError(f"deploy: HTTP {status} {dep}")
 
+        first_seen: dict[str, dict[str, float]] = {}  # node -> state -> seconds after the request
+
         def ended() -> dict[str, Any] | None:
             _, doc = api(server, "GET", f"/api/v1/deployments/{dep['id']}")
+            now = time.perf_counter() - t0
+            for n in doc["nodes"]:
+                first_seen.setdefault(n["node"], {}).setdefault(n["state"], now)
             return doc if doc["state"] != "rolling" else None
 
         final = wait_until(ended, args.timeout, "the deployment to end", interval=0.25)
@@ -169,6 +178,11 @@ def run(root: Path, args: argparse.Namespace, report: Report) -> None:
         per_node = latency_summary([n["updated_at"] - start_wall for n in healthy])
         report.add("node healthy after (p50/p90/max)",
                    f"{per_node['p50']:.1f} / {per_node['p90']:.1f} / {per_node['max']:.1f}", "s")
+        for phase, (start, end) in PHASES.items():
+            spans = [seen[end] - seen[start] for seen in first_seen.values() if start in seen and end in seen]
+            if spans:
+                summary = latency_summary(spans)
+                report.add(f"  {phase} (p50/max)", f"{summary['p50']:.1f} / {summary['max']:.1f}", "s")
         peak_mb = sampler.tracker.peak_rss_bytes / MB
         report.add("server RSS peak", peak_mb, "MB", target=f"< {TARGET_RSS_MB:g} MB", ok=peak_mb < TARGET_RSS_MB)
         report.add("server CPU (publish + deploy)", procstat.cpu_percent(before, after), "% of a core")

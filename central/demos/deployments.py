@@ -216,7 +216,7 @@ class DeploymentHub:
         return rows
 
     def deployment_view(self, dep: Deployment) -> dict[str, Any]:
-        nodes = [{**asdict(r), "node_name": self._node_name(r.node_id)} for r in dep.nodes.values()]
+        nodes = [_node_view(r, self._node_name(r.node_id)) for r in dep.nodes.values()]
         nodes.sort(key=lambda r: (r["batch"], r["node_name"]))
         counts: dict[str, int] = {}
         for r in dep.nodes.values():
@@ -670,6 +670,14 @@ class DeploymentHub:
             "message": status["message"] if status else "",
             "install": install,
         }
+
+
+def _node_view(row: RolloutNode, name: str) -> dict[str, Any]:
+    out = asdict(row)
+    del out["deployment_id"]
+    out["node"] = out.pop("node_id")
+    out["node_name"] = name
+    return out
 
 
 def _all(writes: Iterable[Any]) -> Any:
