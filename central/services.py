@@ -118,7 +118,7 @@ async def open_demos(config: Config, writer: Writer, read_db: aiosqlite.Connecti
     limits = ArchiveLimits(d.max_unpacked_bytes, d.max_members)
     catalog = Catalog(config.data_dir, writer.submit, limits, d.max_release_bytes, d.keep_releases)
     catalog.load(await demo_store.releases(read_db))
-    hub = DeploymentHub(writer.submit, registry, catalog, limits, d.install_timeout)
+    hub = DeploymentHub(writer.submit, writer.submit_later, registry, catalog, limits, d.install_timeout)
     live = await demo_store.live_deployments(read_db)
     hub.load(await demo_store.assignments(read_db), live,
              await demo_store.rollout_nodes(read_db, [dep["id"] for dep in live]), await demo_store.statuses(read_db))

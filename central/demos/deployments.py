@@ -128,9 +128,10 @@ class Assignment:
 
 
 class DeploymentHub:
-    def __init__(self, submit: Submit, registry: Registry, catalog: Catalog, limits: Limits,
-                 install_timeout: float = DEFAULT_INSTALL_TIMEOUT_S) -> None:
+    def __init__(self, submit: Submit, submit_later: Callable[[Any], None], registry: Registry, catalog: Catalog,
+                 limits: Limits, install_timeout: float = DEFAULT_INSTALL_TIMEOUT_S) -> None:
         self.submit = submit
+        self.submit_later = submit_later
         self.registry = registry
         self.catalog = catalog
         self.limits = limits
@@ -266,35 +267,44 @@ class DeploymentHub:
             await self.push(node)
 
     async def on_install(self, node: NodeState, msg: dict[str, Any]) -> None:
+        """A node's `demo_install`: the row moves on. Nothing here waits for a commit while holding the
+        lock (every node's messages would queue behind each one); the row is written in order, in the
+        background, only when its state changes (download progress stays in memory)."""
+        state = msg["state"]
         async with self._lock:
             row = self._row_for(node, msg)
             if row is None:
                 return
             dep = self.deployments[row.deployment_id]
-            state = msg["state"]
             if state == "removed" and dep.kind != "undeploy":
                 return  # a removal answers an undeploy; a deploy's row keeps its state
+            if state == row.state and state in FINAL:
+                return  # a result repeated after a push that changed nothing for this demo
+            changed = state != row.state or msg["message"] != row.message
             row.state, row.message, row.updated_at = state, msg["message"], time.time()
             row.bytes, row.total = msg.get("bytes"), msg.get("total")
             if state in FINAL:
                 self._cancel_timer(row)
-                await self._final_event(node, dep, row)
             else:
                 self._arm_timer(dep, row)
-            await self.submit(store.save_rollout_nodes([asdict(row)]))
+            if changed:
+                self.submit_later(store.save_rollout_nodes([asdict(row)]))
             self._publish(dep)
             await self._advance(dep)
+        if state in FINAL:
+            await self._final_event(node, dep, row)
         if state == "removed":
             self.status.pop((node.id, msg["demo"]), None)
-            await self.submit(store.forget_status(node.id, msg["demo"]))
+            self.submit_later(store.forget_status(node.id, msg["demo"]))
 
     async def on_status(self, node: NodeState, msg: dict[str, Any]) -> None:
         row = {"node_id": node.id, "demo": msg["demo"], "version": msg["version"], "state": msg["state"],
                "pid": msg["pid"], "restarts": msg["restarts"], "since": msg["since"], "last_exit": msg["last_exit"],
                "last_heartbeat": msg["last_heartbeat"], "message": msg["message"], "updated_at": time.time()}
         self.status[(node.id, msg["demo"])] = row
-        await self.submit(store.save_status(row))
-        self.registry.bus.publish({"type": "demo_status", "node_name": node.name, **row})
+        self.submit_later(store.save_status(row))
+        if self.registry.bus.subscriber_count:
+            self.registry.bus.publish({"type": "demo_status", "node_name": node.name, **row})
 
     async def on_unsupported(self, node: NodeState, push_id: str) -> bool:
         """An old daemon answered a push with `unsupported`: its rollouts fail, saying why."""
@@ -504,7 +514,7 @@ class DeploymentHub:
                 self._publish(dep)
             self._arm_timer(dep, row)
         if changed:
-            await self.submit(store.save_rollout_nodes(asdict(r) for r in changed))
+            self.submit_later(store.save_rollout_nodes(asdict(r) for r in changed))
 
     async def _advance(self, dep: Deployment) -> None:
         """Release the next batch, or end the deployment, once the released rows allow it."""

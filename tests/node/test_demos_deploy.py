@@ -227,6 +227,10 @@ def test_an_offline_node_catches_up_and_undeploy_removes(fleet: Fleet) -> None:
     assert status_of(server, "lamp") == {}
     for node in GROUP:
         assert not (fleet.state_dir(node) / "demos" / "lamp" / "current").exists()
+    # every push makes the daemons repeat each demo's result: one event per node and deployment still
+    events = server.api("GET", "/api/v1/events?kind=demo_install_healthy&limit=1000")[1]["events"]
+    seen = [(e["node"], e["data"]["deployment"]) for e in events]
+    assert len(seen) == len(set(seen)) and len(seen) >= 9
 
 
 def test_a_demo_that_ignores_sigterm_is_replaced_after_its_grace(fleet: Fleet) -> None:
