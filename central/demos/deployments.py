@@ -262,7 +262,10 @@ class DeploymentHub:
 
     # -- node events ---------------------------------------------------------------------------
     async def on_hello(self, node: NodeState) -> None:
-        """After `welcome`: the node's desired set, and its rollouts that waited for it."""
+        """After `welcome`: the node's desired set, and its rollouts that waited for it. While no demo
+        is deployed anywhere there is nothing to say (nor to take away), and nothing is sent."""
+        if not self.assignments:
+            return
         async with self._lock:
             await self.push(node)
 
@@ -517,7 +520,10 @@ class DeploymentHub:
             self.submit_later(store.save_rollout_nodes(asdict(r) for r in changed))
 
     async def _advance(self, dep: Deployment) -> None:
-        """Release the next batch, or end the deployment, once the released rows allow it."""
+        """Release the next batch, or end the deployment, once the released rows allow it. A deployment
+        that was done with nodes offline is done again (or failed) once those have their result."""
+        if dep.state == "done":
+            await self._late_result(dep)
         while dep.state == "rolling":
             released = [r for r in dep.nodes.values() if r.batch <= dep.released]
             if any(r.state in IN_PROGRESS for r in released):
@@ -532,6 +538,20 @@ class DeploymentHub:
             offline = sum(1 for r in dep.nodes.values() if r.state == "offline")
             await self._end(dep, "done", f"{offline} node(s) offline: they converge when they come back"
                             if offline else "")
+
+    async def _late_result(self, dep: Deployment) -> None:
+        if any(r.state in IN_PROGRESS for r in dep.nodes.values()):
+            return
+        bad = [r for r in dep.nodes.values() if r.state in BAD]
+        if bad:
+            await self._fail(dep, bad)
+            return
+        offline = sum(1 for r in dep.nodes.values() if r.state == "offline")
+        message = f"{offline} node(s) offline: they converge when they come back" if offline else ""
+        if message != dep.message:
+            dep.message, dep.updated_at = message, time.time()
+            self.submit_later(store.save_deployment(dep.row()))
+            self._publish(dep)
 
     async def _release_next(self, dep: Deployment) -> None:
         dep.released += 1
@@ -583,12 +603,11 @@ class DeploymentHub:
 
     async def _set_row(self, node: NodeState, dep: Deployment, row: RolloutNode, state: str, message: str) -> None:
         row.state, row.message, row.updated_at = state, message, time.time()
-        if state in FINAL:
-            self._cancel_timer(row)
-            await self._final_event(node, dep, row)
-        await self.submit(store.save_rollout_nodes([asdict(row)]))
+        self._cancel_timer(row)
+        self.submit_later(store.save_rollout_nodes([asdict(row)]))
         self._publish(dep)
-        await self._advance(dep)
+        await self._advance(dep)  # before any await: a reader sees the row and its deployment agree
+        await self._final_event(node, dep, row)
 
     def _timeout(self, dep: Deployment, row: RolloutNode) -> float:
         release = self.catalog.get(dep.demo, dep.version) if dep.version else None
