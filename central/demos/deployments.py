@@ -301,7 +301,8 @@ class DeploymentHub:
             self.submit_later(store.forget_status(node.id, msg["demo"]))
 
     async def on_status(self, node: NodeState, msg: dict[str, Any]) -> None:
-        row = {"node_id": node.id, "demo": msg["demo"], "version": msg["version"], "state": msg["state"],
+        # (version: null from a daemon that has no release of it any more)
+        row = {"node_id": node.id, "demo": msg["demo"], "version": msg["version"] or "", "state": msg["state"],
                "pid": msg["pid"], "restarts": msg["restarts"], "since": msg["since"], "last_exit": msg["last_exit"],
                "last_heartbeat": msg["last_heartbeat"], "message": msg["message"], "updated_at": time.time()}
         self.status[(node.id, msg["demo"])] = row

@@ -100,6 +100,16 @@ async def test_a_node_that_never_answers_is_lost_and_a_later_report_replaces_los
         row = await async_wait_for(shown, 10, "the status shown")
         assert (row["version"], row["restarts"], row["pid"], row["last_exit"]["code"]) == ("1.0.0", 2, 42, 3)
         assert 4 <= row["uptime"] < 60
+        # a demo the daemon has no release of any more reports no version
+        await node.send({"type": "demo_status", "demo": "gone", "version": None, "state": "stopped", "pid": None,
+                         "restarts": 0, "since": None, "last_exit": None, "last_heartbeat": None, "message": "removed"})
+
+        async def stopped() -> dict[str, Any] | None:
+            rows = server.api("GET", "/api/v1/demos/status?demo=gone")[1]["status"]
+            return rows[0] if rows else None
+
+        row = await async_wait_for(stopped, 10, "the stopped demo shown")
+        assert (row["version"], row["state"], row["uptime"]) == ("", "stopped", None)
 
 
 @pytest.mark.parametrize("frame", [
