@@ -246,6 +246,47 @@ def remove_rule(name: str) -> Request[Json]:
     return Request("DELETE", f"/rules/{seg(name)}", json_object)
 
 
+# -- demo releases and deployments (docs/demos.md) ---------------------------------------------------
+def publish_demo(name: str | None = None, version: str | None = None) -> Request[Json]:
+    """A demo release; its body, the archive, is streamed from a file (`AsyncClient.upload`)."""
+    return Request("POST", "/demos/releases", json_object, params(name=name, version=version),
+                   content_type="application/gzip")
+
+
+def demos() -> Request[list[Json]]:
+    return Request("GET", "/demos", object_list("demos"))
+
+
+def demo_releases(name: str) -> Request[list[Json]]:
+    return Request("GET", f"/demos/{seg(name)}/releases", object_list("releases"))
+
+
+def demo_status(name: str | None = None) -> Request[list[Json]]:
+    return Request("GET", "/demos/status", object_list("status"), params(demo=name))
+
+
+def deploy(demo: str, version: str, target: Json, batch: int | None = None) -> Request[Json]:
+    """`target`: `{"node": N}`, `{"group": G}` or `{"all": True}`."""
+    return Request("POST", "/deployments", json_object, body={"demo": demo, "version": version, **target,
+                                                              **_given(batch=batch)})
+
+
+def undeploy(demo: str, target: Json) -> Request[Json]:
+    return Request("POST", "/deployments/undeploy", json_object, body={"demo": demo, **target})
+
+
+def rollback(demo: str, target: Json) -> Request[Json]:
+    return Request("POST", "/deployments/rollback", json_object, body={"demo": demo, **target})
+
+
+def deployments(demo: str | None = None, limit: int | None = None) -> Request[list[Json]]:
+    return Request("GET", "/deployments", object_list("deployments"), params(demo=demo, limit=limit))
+
+
+def deployment(deployment_id: str) -> Request[Json]:
+    return Request("GET", f"/deployments/{seg(deployment_id)}", json_object)
+
+
 def _given(**fields: object) -> Json:
     """A JSON body of the fields that are set."""
     return {k: v for k, v in fields.items() if v is not None}

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
+import tarfile
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui import fmt
-from tui.api.demos_client import DemosClient, pack_directory, temp_archive
-from tui.cmds.common import SettingsFn, UsageError, emit_json, say
+from tui.api import calls
+from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
 from tui.cmds.parsing import positive
 from tui.textsafe import clean
 
+if TYPE_CHECKING:
+    from tui.api.aio import AsyncClient
+
 Json = dict[str, Any]
 POLL_S = 1.0
+SKIPPED = {".git", "__pycache__", ".venv", ".mypy_cache", ".pytest_cache"}
 FOLLOW_LIMIT_S = 3600.0
 NAME_AT_VERSION = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]{0,62})@(\S+)")
 
@@ -99,6 +106,24 @@ def _target(args: argparse.Namespace) -> Json:
 
 
 # -- the catalog -------------------------------------------------------------------------------
+def pack_directory(directory: Path, out: Path) -> Path:
+    """`directory` as a tar.gz at `out`: its content at the archive's root (no leading folder);
+    version-control and cache folders left out; symlinks kept as links (the server checks them)."""
+    with tarfile.open(out, "w:gz") as tar:
+        for root, dirs, files in os.walk(directory):
+            dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
+            for name in dirs + sorted(files):
+                path = Path(root) / name
+                tar.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
+    return out
+
+
+def temp_archive() -> Path:
+    fd, name = tempfile.mkstemp(prefix="dvic-demo-", suffix=".tar.gz")
+    os.close(fd)
+    return Path(name)
+
+
 def _archive_of(path: Path) -> tuple[Path, bool]:
     """(the archive to upload, whether it was packed here and is to be deleted after)."""
     if not path.exists():
@@ -114,8 +139,9 @@ async def publish(args: argparse.Namespace, settings: SettingsFn) -> int:
     path, was_packed = await asyncio.to_thread(_archive_of, args.path)
     packed = path if was_packed else None
     try:
-        async with DemosClient(settings()) as api:
-            doc = await api.publish_demo(path, args.name, args.demo_version)
+        async with client(settings()) as api:
+            with path.open("rb") as archive:  # noqa: ASYNC230 - opening is instant; the upload streams it
+                doc = await api.upload(calls.publish_demo(args.name, args.demo_version), archive)
     finally:
         if packed is not None:
             packed.unlink(missing_ok=True)
@@ -129,7 +155,7 @@ async def publish(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def list_demos(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with DemosClient(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.demos()
     if args.json:
         emit_json({"demos": rows})
@@ -147,7 +173,7 @@ def _assignments(items: list[Json]) -> str:
 
 
 async def releases(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with DemosClient(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.demo_releases(args.name)
     if args.json:
         emit_json({"releases": rows})
@@ -159,7 +185,7 @@ async def releases(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def status(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with DemosClient(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.demo_status(args.name)
     if args.json:
         emit_json({"status": rows})
@@ -188,7 +214,7 @@ def _status_line(r: Json) -> list[object]:
 
 
 async def list_deployments(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with DemosClient(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.deployments(args.name)
     if args.json:
         emit_json({"deployments": rows})
@@ -200,7 +226,7 @@ async def list_deployments(args: argparse.Namespace, settings: SettingsFn) -> in
 
 
 async def show_deployment(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with DemosClient(settings()) as api:
+    async with client(settings()) as api:
         doc = await api.deployment(args.id)
     if args.json:
         emit_json(doc)
@@ -240,7 +266,7 @@ async def _change(args: argparse.Namespace, settings: SettingsFn, what: str, cal
     from tui.cmds.actions import confirm
 
     target = _target(args)
-    async with DemosClient(settings()) as api:
+    async with client(settings()) as api:
         await confirm(api, args, target, what)
         doc = await call(api, target)
         if args.json:
@@ -252,7 +278,7 @@ async def _change(args: argparse.Namespace, settings: SettingsFn, what: str, cal
         return await follow(api, doc, args.json, args.timeout)
 
 
-async def follow(api: DemosClient, doc: Json, as_json: bool, limit_s: float) -> int:
+async def follow(api: AsyncClient, doc: Json, as_json: bool, limit_s: float) -> int:
     """Print each node's state change until the deployment is done (0) or failed/superseded (1)."""
     seen = {n.get("node"): n.get("state") for n in doc.get("nodes") or []}
     deadline = time.monotonic() + limit_s
