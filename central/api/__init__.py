@@ -1,4 +1,4 @@
 """The operator API (/api/v1), one module per resource family; each declares its routes on
 central.routes with their roles and parameter schemas. Importing this package registers them all."""
 
-from . import actions, alerts, commands, history, nodes, operators, public, relays, release  # noqa: F401
+from . import actions, alerts, commands, demos, history, nodes, operators, public, relays, release  # noqa: F401
