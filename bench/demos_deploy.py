@@ -33,12 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tests.support.daemon import Fleet
+from tests.support.server import CentralServer
+from tests.support.wait import wait_for
+
 from . import procstat
-from .common import add_common_args, positive_float, positive_int, work_dir
-from .daemon_rig import RigError, api, enroll, wait_until
-from .remote import Fleet
+from .common import add_common_args, bench_server, positive_float, positive_int, run_bench
+from .daemon_rig import RIG_FAILURES, RigError, enroll
 from .report import Report, latency_summary
-from .server import BenchServer
 
 TARGET_S = 60.0
 TARGET_RSS_MB = 400.0
@@ -78,13 +80,13 @@ def _bytes(data: bytes) -> Any:
     return io.BytesIO(data)
 
 
-def publish(server: BenchServer, archive: Path) -> dict[str, Any]:
+def publish(server: CentralServer, archive: Path) -> dict[str, Any]:
     with archive.open("rb") as body:
         req = urllib.request.Request(server.url + "/api/v1/demos/releases", method="POST", data=body, headers={
             "Authorization": f"Bearer {server.admin_token}", "Content-Type": "application/gzip",
             "Content-Length": str(archive.stat().st_size)})
         try:
-            with urllib.request.urlopen(req, context=server.ssl_context(), timeout=600) as resp:
+            with urllib.request.urlopen(req, context=server.ssl_context, timeout=600) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise RigError(f"publish: HTTP {exc.code} {exc.read()[:300]!r}") from None
@@ -136,8 +138,8 @@ def kill_demos(root: Path) -> None:
 
 
 def run(root: Path, args: argparse.Namespace, report: Report) -> None:
-    server = BenchServer(root / "central", extra_args=("--demo-install-timeout", "600"))
-    fleet = Fleet(root, args.python)
+    server = bench_server(root / "central", extra_args=("--demo-install-timeout", "600"))
+    fleet = Fleet(args.python, how="source", timings=())  # the daemons' own timings, each in its own group
     try:
         server.start()
         bundles = []
@@ -152,10 +154,10 @@ def run(root: Path, args: argparse.Namespace, report: Report) -> None:
         def online() -> bool:
             if fleet.dead():
                 raise RigError(f"{len(fleet.dead())} daemon(s) exited; see {root}/node-*/daemon.log")
-            _, body = api(server, "GET", "/api/v1/nodes")
+            _, body = server.api("GET", "/api/v1/nodes")
             return sum(1 for n in body["nodes"] if n.get("connected")) == args.nodes
 
-        wait_until(online, args.timeout, f"{args.nodes} daemons online", interval=0.5)
+        wait_for(online, args.timeout, f"{args.nodes} daemons online", interval=0.5)
         archive = build_release(root / "bench-demo.tar.gz", args.size, args.python)
         sampler = RssSampler(server.pid)
         sampler.start()
@@ -163,7 +165,7 @@ def run(root: Path, args: argparse.Namespace, report: Report) -> None:
         t0 = time.perf_counter()
         published = publish(server, archive)
         report.add("publish (upload, hash, check)", time.perf_counter() - t0, "s")
-        daemon_pids = [p.pid for p in fleet.procs]
+        daemon_pids = [d.pid for d in fleet.daemons]
         daemons_before, machine_before, server_before = fleet_cpu_s(daemon_pids), machine_busy_s(), \
             procstat.read(server.pid)
         body: dict[str, Any] = {"demo": "bench-demo", "version": "1.0.0", "all": True}
@@ -171,20 +173,20 @@ def run(root: Path, args: argparse.Namespace, report: Report) -> None:
             body["batch"] = args.batch
         start_wall = time.time()
         t0 = time.perf_counter()
-        status, dep = api(server, "POST", "/api/v1/deployments", body)
+        status, dep = server.api("POST", "/api/v1/deployments", body)
         if status != 201:
             raise RigError(f"deploy: HTTP {status} {dep}")
 
         first_seen: dict[str, dict[str, float]] = {}  # node -> state -> seconds after the request
 
         def ended() -> dict[str, Any] | None:
-            _, doc = api(server, "GET", f"/api/v1/deployments/{dep['id']}")
+            _, doc = server.api("GET", f"/api/v1/deployments/{dep['id']}")
             now = time.perf_counter() - t0
             for n in doc["nodes"]:
                 first_seen.setdefault(n["node"], {}).setdefault(n["state"], now)
             return doc if doc["state"] != "rolling" else None
 
-        final = wait_until(ended, args.timeout, "the deployment to end", interval=0.25)
+        final = wait_for(ended, args.timeout, "the deployment to end", interval=0.25)
         elapsed = time.perf_counter() - t0
         after = procstat.read(server.pid)
         daemons_cpu = fleet_cpu_s(daemon_pids) - daemons_before
@@ -235,16 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds for each phase")
     add_common_args(parser)
     args = parser.parse_args(argv)
+    return run_bench(args, "demos-deploy", measure, run=None, fails=RIG_FAILURES)
+
+
+def measure(args: argparse.Namespace, root: Path) -> Report:
     report = Report("demo deploy to a fleet of real daemons",
                     params={"nodes": args.nodes, "size": f"{args.size:g} MiB", "batch": args.batch or "all"})
-    with work_dir(args.work_dir, args.keep, "demos-deploy") as root:
-        try:
-            run(root, args, report)
-        except RigError as exc:
-            print(f"bench.demos_deploy: {exc}", file=sys.stderr)
-            return 1
-    report.emit(args.json)
-    return 0
+    run(root, args, report)
+    return report
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import hashlib
 import os
 import signal
 import ssl
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import DaemonProcess, write_bundle
-from demo_support import Release, control, kill_demos, make_release
-from node_support import wait_until_sync
+from demo_support import Node, Release, control, kill_demos, make_release
 
+from tests.support.daemon import DaemonProcess
 from tests.support.releases import publish
-from tests.support.server import CentralServer
+from tests.support.server import CentralServer, write_bundle
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
 GROUP = ("hall-1", "hall-2", "hall-3")
@@ -53,15 +52,15 @@ class Fleet:
     def start(self, name: str, env: dict[str, str] | None = None) -> DaemonProcess:
         base = self.tmp / name
         (base / "logs").mkdir(parents=True, exist_ok=True)
-        bundle = write_bundle(base / "bundle.json", self.bundles[name])
-        daemon = DaemonProcess(sys.executable, bundle, base / "state", base / "logs", env=env).start()
+        bundle = write_bundle(self.bundles[name], base / "bundle.json")
+        daemon = DaemonProcess(bundle, base / "state", base / "logs", env=env).start()
         self.daemons[name] = daemon
         return daemon
 
     def wait_connected(self, name: str, connected: bool = True) -> None:
         node_id = self.bundles[name]["node_id"]
-        wait_until_sync(lambda: self.server.node(node_id)["connected"] is connected, 30,
-                        f"{name} to {'connect' if connected else 'disconnect'}")
+        wait_for(lambda: self.server.node(node_id)["connected"] is connected, 30,
+                 f"{name} to {'connect' if connected else 'disconnect'}")
 
     def release(self, name: str, version: str, mode: str = "run", **manifest: Any) -> Release:
         rel = make_release(self.tmp, name, version, mode, tag=TAG, **manifest)
@@ -101,7 +100,7 @@ def ended(server: CentralServer, dep_id: str, timeout: float = 60) -> dict[str, 
     def final() -> dict[str, Any] | None:
         dep = deployment(server, dep_id)
         return dep if dep["state"] != "rolling" else None
-    return wait_until_sync(final, timeout, f"deployment {dep_id} to end", interval=0.2)
+    return wait_for(final, timeout, f"deployment {dep_id} to end", interval=0.2)
 
 
 def status_of(server: CentralServer, demo: str) -> dict[str, dict[str, Any]]:
@@ -112,8 +111,8 @@ def status_of(server: CentralServer, demo: str) -> dict[str, dict[str, Any]]:
 
 def wait_status(server: CentralServer, demo: str, node: str, cond: Any, timeout: float = 30,
                 what: str = "") -> dict[str, Any]:
-    return wait_until_sync(lambda: (row := status_of(server, demo).get(node)) and cond(row) and row, timeout,
-                           what or f"{demo} on {node}", interval=0.1)
+    return wait_for(lambda: (row := status_of(server, demo).get(node)) and cond(row) and row, timeout,
+                    what or f"{demo} on {node}", interval=0.1)
 
 
 def test_deploy_to_a_node_survives_kill_9_and_crashes_and_rolls_back_a_bad_release(fleet: Fleet) -> None:
@@ -165,8 +164,6 @@ def _node_dirs(fleet: Fleet, node: str) -> Path:
 
 
 def _control(fleet: Fleet, node: str, demo: str, file: str, text: str) -> None:
-    from demo_support import Node
-
     control(Node(fleet.daemons[node], fleet.state_dir(node), fleet.tmp / node / "logs"), demo, file, text)
 
 
@@ -219,7 +216,7 @@ def test_an_offline_node_catches_up_and_undeploy_removes(fleet: Fleet) -> None:
     fleet.start("hall-3")
     fleet.wait_connected("hall-3")
     wait_status(server, "lamp", "hall-3", lambda r: r["state"] == "healthy", what="hall-3 converged")
-    wait_until_sync(lambda: deployment(server, dep["id"])["nodes"][2]["state"] == "healthy", 30, "hall-3's row")
+    wait_for(lambda: deployment(server, dep["id"])["nodes"][2]["state"] == "healthy", 30, "hall-3's row")
 
     gone = call(server, "/api/v1/deployments/undeploy", {"demo": "lamp", "group": "hall-a"})
     result = ended(server, gone["id"])
