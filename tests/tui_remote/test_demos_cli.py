@@ -1,4 +1,5 @@
-"""`dvic demo …`, `dvic deploy`, `dvic undeploy` against the real server (no daemon: nodes stay offline)."""
+"""`dvic demo …`, `dvic deploy`, `dvic undeploy` against the real server (no daemon: nodes stay offline).
+The module's tests share one server: names (nodes, accounts, demos) are each test's own."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+from tests.support.cli import ROOT, DvicRunner
 from tests.support.server import CentralServer
-from tests.tui_remote.clikit import ROOT, DvicRunner
 
 EXAMPLE = ROOT / "examples" / "hello-demo"
 
 
-async def test_publish_list_deploy_and_status(central_server: CentralServer, dvic: DvicRunner,
+async def test_publish_list_deploy_and_status(shared_server: CentralServer, dvic: DvicRunner,
                                               tmp_path: Path) -> None:
-    central_server.enroll("pi-1", group="hall-a")
-    central_server.enroll("pi-2", group="hall-a")
+    shared_server.enroll("pi-1", group="hall-a")
+    shared_server.enroll("pi-2", group="hall-a")
     work = tmp_path / "hello"
     shutil.copytree(EXAMPLE, work)
     (work / "__pycache__").mkdir()
@@ -61,8 +62,8 @@ async def test_publish_list_deploy_and_status(central_server: CentralServer, dvi
     assert shown.code == 0 and "pi-1" in shown.out and "BATCH" in shown.out
 
 
-async def test_errors_and_roles(central_server: CentralServer, dvic: DvicRunner, tmp_path: Path) -> None:
-    central_server.enroll("pi-9")
+async def test_errors_and_roles(shared_server: CentralServer, dvic: DvicRunner, tmp_path: Path) -> None:
+    shared_server.enroll("pi-9")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "dvic-demo.toml").write_text('name = "x"\nversion = "1.0.0"\nrun = ["a"]\nrestart = "often"\n')
