@@ -197,3 +197,29 @@ def test_node_updates_are_taken_oldest_first_in_shares() -> None:
     assert [n["id"] for n in feed.take_nodes(2)] == ["n0", "n1"]
     assert list(feed.pending) == ["n2", "n3", "n4"]
     assert [n["id"] for n in feed.take_nodes()] == ["n2", "n3", "n4"] and not feed.pending
+
+
+def test_alert_book_keeps_the_furthest_state_and_the_view_order() -> None:
+    from tui.console.alerts import AlertBook, order_key
+
+    book = AlertBook()
+    firing = {"id": 1, "rule": "disk_full", "node": "pi", "severity": "warning", "state": "firing", "started": 10.0}
+    acked = {**firing, "state": "acknowledged", "acked_by": "ann"}
+    assert book.apply(acked) and not book.apply(firing)  # a frame older than the read changes nothing
+    assert book.alerts[1]["acked_by"] == "ann"
+    now = 10_000.0
+    book.replace([acked, {**firing, "id": 2, "severity": "critical", "started": 5.0},
+                  {**firing, "id": 3, "silenced": True},
+                  {**firing, "id": 4, "state": "resolved", "resolved": now - 60},
+                  {**firing, "id": 5, "state": "resolved", "resolved": now - 7200}], now=now)
+    assert [a["id"] for a in book.ordered()] == [2, 3, 1, 4]  # firing, silenced, acknowledged, recent resolved
+    assert order_key(book.alerts[2]) < order_key(book.alerts[3])
+    assert AlertBook(node="other").apply(firing) is False
+
+
+def test_alert_table_columns_fit_80_and_grow_with_room() -> None:
+    from tui.console.widgets.alert_table import FIXED_WIDTH, column_widths
+
+    assert FIXED_WIDTH <= 80 and column_widths(80) == {"summary": 0}
+    wide = column_widths(120)
+    assert wide["rule"] == 18 and wide["subject"] == 20 and wide["summary"] >= 10
