@@ -113,6 +113,7 @@ class AlertsScreen(DvicScreen):
         self.live = LiveAlerts()
         self.book = self.live.book
         self.initial_tab = tab
+        self._detail_shown: str | None = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
@@ -173,6 +174,7 @@ class AlertsScreen(DvicScreen):
         for alert_id in self.book.prune():
             table.forget(alert_id)
         table.tick(self.book.alerts)
+        self._detail()  # its "acknowledged … ago"
         self._fill_silences(only_times=True)
 
     # -- rendering ----------------------------------------------------------------------------
@@ -182,19 +184,23 @@ class AlertsScreen(DvicScreen):
         if not self.live.loaded:
             text.append("reading…", style="dim")
         for state, label in (("firing", "firing"), ("silenced", "silenced"), ("acknowledged", "acknowledged"),
-                             ("resolved", "resolved in the last hour")):
+                             ("resolved", "resolved (1h)")):
             text.append(f" {counts[state]} {label} ", style=STATE_STYLE[state] if counts[state] else "dim")
             text.append("│", style="dim")
-        text.append(f" {len(self.book.silences)} silences", style="dim")
+        silences = len(self.book.silences)
+        text.append(f" {silences} silence{'' if silences == 1 else 's'}", style="magenta" if silences else "dim")
         self.query_one("#alerts-title", Static).update(text)
 
     def _detail(self) -> None:
+        """The line under the table: the selected alert whole (redrawn only when it reads differently)."""
         alert = self.selected_alert()
-        box = self.query_one("#alert-detail", Static)
         if alert is None:
-            box.update(Text("No alert: the server's rules find nothing wrong." if self.live.loaded else "", style="dim"))
+            text = Text("No alert: the server's rules find nothing wrong." if self.live.loaded else "", style="dim")
         else:
-            box.update(describe(alert))
+            text = describe(alert)
+        if text.plain != self._detail_shown:
+            self._detail_shown = text.plain
+            self.query_one("#alert-detail", Static).update(text)
 
     def _fill_silences(self, only_times: bool = False) -> None:
         table = self.query_one("#silence-table", DataTable)
