@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
 
     Args = argparse.Namespace | SimpleNamespace
+    # What a command's handler returns (None: success), at once or once awaited (most are coroutines).
+    ExitCode = int | None
 
 # The module of tui/cmds/ that registers each sub-command (its `add_parsers`). Only the module of the
 # command given is imported: start-up is part of every command's time (`dvic run` answers in tens
@@ -179,7 +181,7 @@ def _main(argv: list[str], command: str | None) -> int:
     return run_handler(lambda: handler(args, settings) if getattr(args, "handler", None) else handler(args))
 
 
-def run_handler(call: Callable[[], object]) -> int:
+def run_handler(call: Callable[[], ExitCode | Awaitable[ExitCode]]) -> int:
     """Runs a command's handler (awaiting it when it is a coroutine) and turns what it raises into
     `dvic`'s exit codes (docs/cli.md): 2 usage, 3 server unreachable or not the pinned one, 1 refused
     by the server, 130 interrupted."""
@@ -217,8 +219,8 @@ def run_handler(call: Callable[[], object]) -> int:
         return 0
 
 
-async def _awaited(result: object) -> object:
-    return await result  # type: ignore[misc]
+async def _awaited(result: Awaitable[ExitCode]) -> ExitCode:
+    return await result
 
 
 if __name__ == "__main__":
