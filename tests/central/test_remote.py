@@ -6,6 +6,7 @@ import base64
 import json
 
 import aiohttp
+import pytest
 
 from tests.support.nodes import greeted
 from tests.support.server import CentralServer
@@ -14,6 +15,15 @@ from tests.support.wait import wait_for
 
 def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def refused_shell(server: CentralServer, node: str) -> aiohttp.WSServerHandshakeError:
+    """Asks for a shell on `node` as admin; the server must refuse the upgrade. Returns the refusal."""
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{server.url}/api/v1/nodes/{node}/shell", headers=headers(server.admin_token),
+                                  ssl=server.ssl_context)
+    return refused.value
 
 
 async def test_command_runs_streams_output_and_reports_offline_nodes(central_server: CentralServer):
@@ -151,13 +161,7 @@ async def test_shell_relays_bytes_and_resizes_and_is_recorded(central_server: Ce
 async def test_shell_on_offline_node_is_refused_before_upgrade(central_server: CentralServer):
     server = central_server
     server.enroll("pi-off")
-    async with aiohttp.ClientSession() as http:
-        try:
-            await http.ws_connect(f"{server.url}/api/v1/nodes/pi-off/shell", headers=headers(server.admin_token),
-                                  ssl=server.ssl_context)
-            raise AssertionError("shell on an offline node was accepted")
-        except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 409
+    assert (await refused_shell(server, "pi-off")).status == 409
 
 
 async def test_late_stream_client_gets_stored_output_first_without_repeats(central_server: CentralServer):
@@ -192,13 +196,8 @@ async def test_server_restart_marks_unfinished_runs_lost_and_refusals_carry_a_he
     server.start()
     _, stored = server.api("GET", f"/api/v1/commands/{cmd['id']}")
     assert stored["runs"][0]["state"] == "lost" and "restarted" in stored["runs"][0]["message"]
-    async with aiohttp.ClientSession() as http:
-        try:
-            await http.ws_connect(f"{server.url}/api/v1/nodes/pi-restart/shell", headers=headers(server.admin_token),
-                                  ssl=server.ssl_context)
-            raise AssertionError("shell on an offline node was accepted")
-        except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 409 and exc.headers["X-Dvic-Error"].startswith("node_offline:")
+    refusal = await refused_shell(server, "pi-restart")
+    assert refusal.status == 409 and refusal.headers["X-Dvic-Error"].startswith("node_offline:")
     _, action = server.api("POST", "/api/v1/nodes/pi-restart/actions", {"action": "reboot"})
     status, got = server.api("GET", f"/api/v1/actions/{action['id']}")
     assert status == 200 and got["state"] == "failed" and got["node_name"] == "pi-restart"
