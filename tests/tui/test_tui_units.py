@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tui import fmt
 from tui.api.config import ConfigError, Store, config_dir, resolve
-from tui.cmds.common import parse_level, parse_time
+from tui.cmds.common import parse_level, parse_time, terminal_columns
 from tui.textsafe import clean, literal
 
 HOSTILE = ["[link=http://x]x[/link]", "[/b]", "\x1b]52;c;aGk=\x07", "\x1b[31mred\x1b[0m", "a\x9b2Jb",
@@ -70,6 +70,17 @@ def test_time_and_level_options() -> None:
     assert parse_level("warn") == "WARNING"
     with pytest.raises(argparse.ArgumentTypeError, match="unknown level"):
         parse_level("loud")
+
+
+def test_terminal_columns_without_a_terminal_or_a_stdout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("COLUMNS", "132")
+    assert terminal_columns() == 132
+    monkeypatch.delenv("COLUMNS")
+    with open(tmp_path / "out", "w") as not_a_tty:
+        monkeypatch.setattr("sys.__stdout__", not_a_tty)
+        assert terminal_columns() == 80
+    monkeypatch.setattr("sys.__stdout__", None)  # started without one (pythonw, a service)
+    assert terminal_columns() == 80
 
 
 def test_settings_precedence(tmp_path: Path) -> None:
