@@ -159,7 +159,7 @@ def describe_spans(spans: list[Span]) -> str:
     return ",".join(f"{clock(a)}-{clock(b)}" for a, b in spans) or "closed"
 
 
-def local_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
+def local_instant(day: date, minutes: int, tz: ZoneInfo, second: int = 0) -> datetime:
     """The UTC instant of local wall-clock time `minutes` on `day` in `tz`.
 
     Daylight-saving rules (docs/calendar.md): a time the clocks skip (02:30 on the spring-forward
@@ -168,8 +168,8 @@ def local_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
     next day's midnight.
     """
     if minutes >= 1440:
-        return local_instant(day + timedelta(days=1), minutes - 1440, tz)
-    naive = datetime.combine(day, time(minutes // 60, minutes % 60))
+        return local_instant(day + timedelta(days=1), minutes - 1440, tz, second)
+    naive = datetime.combine(day, time(minutes // 60, minutes % 60, second))
     first = naive.replace(tzinfo=tz, fold=0)
     utc = first.astimezone(UTC)
     if utc.astimezone(tz).replace(tzinfo=None) != naive:

@@ -22,11 +22,12 @@ MAX_OFFSET_MIN = 12 * 60
 class Moment:
     anchor: str  # "open", "close" or "at" (a fixed local time)
     minutes: int  # the offset from open/close, or the local time of day for "at"
+    second: int = 0  # "at" only: HH:MM:SS (a precise time, e.g. a few seconds ahead in a rehearsal)
 
     @property
     def text(self) -> str:
         if self.anchor == "at":
-            return clock(self.minutes)
+            return clock(self.minutes) + (f":{self.second:02d}" if self.second else "")
         if self.minutes == 0:
             return self.anchor
         sign = "+" if self.minutes > 0 else "-"
@@ -52,18 +53,24 @@ def parse_moment(text: str) -> Moment:
             raise HoursError(f"{text!r}: an offset from open or close is at most 12h")
         return Moment(m.group("anchor"), offset)
     if ":" in text:
-        minutes = parse_clock(text)
+        hh_mm, second = text, 0
+        if text.count(":") == 2:
+            hh_mm, _, ss = text.rpartition(":")
+            if not (len(ss) == 2 and ss.isdigit() and int(ss) < 60):
+                raise HoursError(f"{text!r}: seconds are 00 to 59, e.g. 03:00:30")
+            second = int(ss)
+        minutes = parse_clock(hh_mm)
         if minutes >= 1440:
             raise HoursError(f"{text!r}: a fixed time is from 00:00 to 23:59")
-        return Moment("at", minutes)
+        return Moment("at", minutes, second)
     raise HoursError(f"{text!r} is not a moment: write open, close, open-15m, close+30m, close+2h or a time "
-                     "such as 03:00")
+                     "such as 03:00 (or 03:00:30)")
 
 
 def occurrences_on(moment: Moment, hours: Hours, day: date) -> list[Occurrence]:
     """The moment's occurrences whose key is local date `day` (none on a closed day for open/close)."""
     if moment.anchor == "at":
-        return [Occurrence(day.isoformat(), local_instant(day, moment.minutes, hours.tz))]
+        return [Occurrence(day.isoformat(), local_instant(day, moment.minutes, hours.tz, moment.second))]
     out = []
     for index, (start, end) in enumerate(hours.intervals_on(day)):
         anchor = start if moment.anchor == "open" else end

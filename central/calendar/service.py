@@ -340,6 +340,11 @@ class Calendar:
                 best = upcoming
         return best
 
+    def next_of(self, rb: Runbook, after: float) -> float | None:
+        """When `rb` fires next (None: not within the next days)."""
+        occ = next_occurrence(rb.moment, self._hours_for(rb), datetime.fromtimestamp(after, UTC), NEXT_HORIZON_DAYS)
+        return occ.due.timestamp() if occ else None
+
     def _hours_for(self, rb: Runbook) -> Hours:
         return self.hours.get(rb.group) or Hours(self.settings.default_zone, {})
 

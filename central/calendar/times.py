@@ -21,6 +21,8 @@ def parse_when(text: str | float | int, now: float, tz: ZoneInfo) -> float:
     if isinstance(text, int | float):
         return float(text)
     text = text.strip()
+    if text.isascii() and text.replace(".", "", 1).isdigit():
+        return float(text)  # Unix seconds
     if text == "now":
         return now
     m = _RELATIVE.fullmatch(text)
