@@ -81,24 +81,31 @@ def test_hours_exceptions_and_who_may_change_them(central_server: CentralServer)
 
 
 # -- bookings ----------------------------------------------------------------------------------------
+def race_to_book(server: CentralServer, tokens: dict[str, str], node: str) -> dict[str, tuple[int, Any]]:
+    """Each operator asks for `node` for the next hour, both requests released at the same instant."""
+    barrier = threading.Barrier(len(tokens))
+    answers: dict[str, tuple[int, Any]] = {}
+
+    def book(who: str) -> None:
+        barrier.wait()
+        answers[who] = server.api("POST", "/api/v1/bookings", {"nodes": [node], "from": "now", "to": "+1h",
+                                                               "note": f"{who}'s project"}, token=tokens[who])
+
+    threads = [threading.Thread(target=book, args=(who,)) for who in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return answers
+
+
 def test_two_operators_booking_the_same_machine_at_the_same_moment_one_wins(central_server: CentralServer) -> None:
     server = central_server
     tokens = {"alice": operator(server, "alice"), "bob": operator(server, "bob")}
     for round_ in range(6):
-        server.enroll(f"pi-race-{round_}", group="lab")
-        barrier = threading.Barrier(2)
-        answers: dict[str, tuple[int, Any]] = {}
-
-        def book(who: str, node: str = f"pi-race-{round_}") -> None:
-            barrier.wait()
-            answers[who] = server.api("POST", "/api/v1/bookings", {"nodes": [node], "from": "now", "to": "+1h",
-                                                                   "note": f"{who}'s project"}, token=tokens[who])
-
-        threads = [threading.Thread(target=book, args=(who,)) for who in tokens]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        node = f"pi-race-{round_}"
+        server.enroll(node, group="lab")
+        answers = race_to_book(server, tokens, node)
         statuses = sorted(status for status, _ in answers.values())
         assert statuses == [201, 409], answers
         winner = next(who for who, (status, _) in answers.items() if status == 201)
