@@ -45,10 +45,11 @@ COMMAND_MODULES: dict[str, str] = {
     "release": "release",
     **{name: "alerts" for name in ("alerts", "alert", "silence", "rule")},
     "add-node": "installer", "remove-node": "installer",
+    **{name: "calendar" for name in ("calendar", "runbook", "book", "bookings")},
 }
 # The modules in the order `dvic --help` lists their commands.
 MODULES = ("console", "login", "fleet", "history", "operators", "run", "commands", "shell", "actions", "release",
-           "alerts", "installer")
+           "alerts", "calendar", "installer")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
@@ -101,8 +102,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # SUPPRESS so an absent option does not overwrite one given before the subcommand.
     common = Parser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
+    # No abbreviations at the top: the top parser reads every word, so a sub-command's `--to`
+    # (dvic book ... --to T) would be an ambiguous prefix of --token and --token-file there.
     parser = Parser(
-        prog="dvic",
+        prog="dvic", allow_abbrev=False,
         description="DVIC Demo Monitor: watch and drive the demo fleet. Without a command: the console.",
     )
     parser.add_argument("--version", action="version", version=f"dvic {__version__}")

@@ -209,7 +209,7 @@ def create_booking(holder: str, by: str, starts_at: float, ends_at: float, note:
 
 
 def cancel_booking(booking_id: int, now: float, by: str) -> WriteFn:
-    """Cancel: a booking that has begun ends now (its past stays in the history); a future one is dropped."""
+    """Cancel: the booking stops holding its machines at once; its row stays, as cancelled, in the history."""
     def run(conn: sqlite3.Connection) -> int:
         changed = conn.execute(
             "UPDATE bookings SET state = 'cancelled', cancelled_at = ?, cancelled_by = ? WHERE id = ? AND state = 'active'",
