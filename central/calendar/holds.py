@@ -59,6 +59,11 @@ class Holds:
                 del self._by_node[node_id]
         return next((h for h in live if h.starts_at <= at), None)
 
+    def view(self, node_id: str) -> dict[str, object] | None:
+        """Who holds the node now and until when (the fleet view's `booking`), or None."""
+        hold = self.holding(node_id)
+        return None if hold is None else {"id": hold.booking_id, "holder": hold.holder, "until": hold.ends_at}
+
     def refusal(self, node_id: str, node_name: str, operator: str, role: str, at: float | None = None) -> str | None:
         """Why `operator` may not act on this node now (None: it may): held by someone else's booking.
         Admins and the booking's holder may always act."""

@@ -126,6 +126,10 @@ def test_a_booking_holds_its_machines_for_its_holder_and_admins(central_server: 
     assert status == 201 and booking["holder"] == "alice" and len(booking["node_names"]) == 1, booking
     held = booking["node_names"][0]
     free = sorted({"pi-b1", "pi-b2", "pi-b3"} - {held})
+    # The fleet view says who holds a machine until when.
+    assert server.node(held)["booking"] == {"id": booking["id"], "holder": "alice", "until": booking["ends_at"]}
+    listed = {n["name"]: n["booking"] for n in server.api("GET", "/api/v1/nodes?group=lab")[1]["nodes"]}
+    assert listed[held] is not None and listed[free[0]] is None
 
     # Everyone else: 403 naming the booking, on every route that acts on a node.
     for method, path, body in (
