@@ -342,8 +342,11 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         created_by TEXT NOT NULL,
         cancelled_at REAL,
-        cancelled_by TEXT NOT NULL DEFAULT ''
+        cancelled_by TEXT NOT NULL DEFAULT '',
+        deploy_state TEXT NOT NULL DEFAULT '',
+        deploy_message TEXT NOT NULL DEFAULT ''
     );
+    CREATE INDEX bookings_deploy ON bookings (id) WHERE deploy != '' AND deploy_state IN ('', 'applied');
     CREATE INDEX bookings_live ON bookings (ends_at, starts_at) WHERE state = 'active';
     CREATE TABLE booking_nodes (
         booking_id INTEGER NOT NULL REFERENCES bookings (id),

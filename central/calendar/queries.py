@@ -9,7 +9,7 @@ from typing import Any
 import aiosqlite
 
 BOOKING_COLUMNS = ("b.id, b.holder, b.starts_at, b.ends_at, b.note, b.deploy, b.state, b.created_at, b.created_by,"
-                   " b.cancelled_at, b.cancelled_by")
+                   " b.cancelled_at, b.cancelled_by, b.deploy_state, b.deploy_message")
 
 
 class CalendarQueries:
@@ -109,6 +109,11 @@ class CalendarQueries:
         rows = await self._with_nodes(await self._all(f"SELECT {BOOKING_COLUMNS} FROM bookings b WHERE b.id = ?",
                                                       (booking_id,)))
         return rows[0] if rows else None
+
+    async def deploy_edges(self) -> list[dict[str, Any]]:
+        """Bookings whose deployment is still to apply (at the start) or to undo (at the end or cancel)."""
+        return await self._with_nodes(await self._all(
+            f"SELECT {BOOKING_COLUMNS} FROM bookings b WHERE b.deploy != '' AND b.deploy_state IN ('', 'applied')"))
 
     async def live_holds(self, now: float) -> list[tuple[int, str, str, float, float]]:
         """(booking id, holder, node id, start, end) of every live booking not over at `now`."""

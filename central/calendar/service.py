@@ -25,6 +25,7 @@ from ..commands import CommandHub
 from ..registry import NodeState, Registry
 from ..writer import Writer
 from . import store
+from .deploys import BookingDeploys
 from .holds import Holds
 from .hours import Hours, HoursError, describe_spans, parse_date, parse_spans, parse_week, zone
 from .moments import Moment, next_occurrence, occurrences_between, parse_moment
@@ -92,6 +93,7 @@ class Calendar:
         self.runner = Runner(writer, registry, actions, commands, self.holds, lambda: self.deployments)
         self.scheduler = Scheduler(writer, self.queries, self, self._fire, grace_s=self.settings.grace_s,
                                    tick_s=self.settings.tick_s)
+        self.booking_deploys = BookingDeploys(writer, self.queries, lambda: self.deployments, self.settings.tick_s)
         # Per runbook: (computed after, its next occurrence after that, None: none within the
         # horizon). An idle scheduler's wake-up then costs a comparison per runbook, not a calendar.
         self._next: dict[int, tuple[float, float | None]] = {}
@@ -100,8 +102,16 @@ class Calendar:
         zone(self.settings.default_zone)
         await self._load()
         await self.scheduler.start()
+        self.booking_deploys.start()
+
+    def use_deployments(self, deployments: Deployments) -> None:
+        """The deployments feature's wiring (issue 14): from now on, deploy steps and booked
+        deployments are accepted and carried out through it."""
+        self.deployments = deployments
+        self.booking_deploys.wake()
 
     async def close(self) -> None:
+        await self.booking_deploys.close()
         await self.scheduler.close()
         await self.runner.close()
 
@@ -423,6 +433,7 @@ class Calendar:
             raise ApiError(409, "not_enough_free", f"only {exc.free} matching machines are free then: ask for fewer, "
                                                     "or another time (dvic bookings --at ...)") from None
         self.holds.add(booking_id, holder, node_ids, starts_at, ends_at)
+        self.booking_deploys.wake()
         view = await self.queries.booking(booking_id)
         assert view is not None
         return self.booking_view(view)
@@ -459,6 +470,7 @@ class Calendar:
         await self._own_booking(booking_id, operator, role)
         await self.writer.submit(store.cancel_booking(booking_id, time.time(), operator), urgent=True)
         self.holds.drop(booking_id)
+        self.booking_deploys.wake()
         row = await self.queries.booking(booking_id)
         assert row is not None
         return self.booking_view(row)
@@ -478,6 +490,7 @@ class Calendar:
         except store.Conflict as exc:
             raise self._conflict(exc) from None
         self.holds.move_end(booking_id, ends_at)
+        self.booking_deploys.wake()
         fresh = await self.queries.booking(booking_id)
         assert fresh is not None
         return self.booking_view(fresh)

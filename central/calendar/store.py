@@ -233,6 +233,12 @@ def extend_booking(booking_id: int, node_ids: Sequence[str], starts_at: float, e
     return run
 
 
+def set_deploy_state(booking_id: int, state: str, message: str) -> WriteFn:
+    """A booking's deployment: '' (not applied yet), 'applied' (at its start), 'restored' (at its end)."""
+    return lambda conn: conn.execute("UPDATE bookings SET deploy_state = ?, deploy_message = ? WHERE id = ?",
+                                     (state, message[:2000], booking_id)).rowcount
+
+
 def insert_bookings_bulk(rows: Sequence[tuple[str, float, float, str, Sequence[str]]], now: float) -> WriteFn:
     """Many bookings at once without overlap checks: the benchmark's fixture (bench/calendar.py)."""
     def run(conn: sqlite3.Connection) -> int:
