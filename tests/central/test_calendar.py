@@ -294,3 +294,31 @@ def test_a_moment_due_while_the_server_is_down_fires_once_at_start_or_is_missed(
         assert missed["nodes"] == []
     finally:
         server.stop()
+
+
+def test_an_offline_node_is_caught_up_when_it_comes_back_within_the_window(central_server: CentralServer,
+                                                                           tmp_path: Path) -> None:
+    server = central_server
+    bundle = server.enroll("pi-late", group="hall")
+    marks = tmp_path / "ran.txt"
+    status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "morning", "at": "23:59",
+                                                           "steps": [f"run echo ran >> {marks}"], "catch_up": 120})
+    assert status == 201, body
+    status, firing = server.api("POST", "/api/v1/runbooks/hall/morning/run")
+    assert status == 201
+
+    def node_state() -> str:
+        nodes = server.api("GET", f"/api/v1/firings/{firing['id']}")[1]["nodes"]
+        return str(nodes[0]["state"]) if nodes else ""
+
+    wait_for(lambda: node_state() == "waiting", 10, "the offline node to wait for its catch-up")
+    (tmp_path / "logs").mkdir()
+    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), tmp_path / "state",
+                           tmp_path / "logs").start()
+    try:
+        (done,) = finished(server, "hall", "morning")
+        assert done["state"] == "done", done
+        assert done["nodes"][0]["state"] == "ok" and "(caught up)" in done["nodes"][0]["message"], done
+        assert marks.read_text() == "ran\n"
+    finally:
+        daemon.stop()
