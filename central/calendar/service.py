@@ -195,10 +195,11 @@ class Calendar:
                                                                              UTC)
         return not hours.is_open(when)
 
-    def quiet(self, group: str, severity: str) -> bool:
-        """The alerts engine's question: is this alert silenced by the calendar now? Non-critical
-        alerts of a closed group are (still recorded by the engine, not notified)."""
-        return severity != CRITICAL and self.is_closed(group)
+    def quiet(self, group: str | None, severity: str) -> bool:
+        """The alerts engine's quiet hook (central/alerts: `AlertEngine.quiet`): is this alert's
+        notice held back by the calendar now? Non-critical alerts of a closed group are (the engine
+        still records them). Answers from memory: the engine asks before every notice."""
+        return severity != CRITICAL and group is not None and self.is_closed(group)
 
     def group_view(self, group: str, days: int = 1, now: float | None = None) -> dict[str, Any]:
         hours = self.hours.get(group)
