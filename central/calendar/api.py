@@ -203,6 +203,8 @@ async def book(request: web.Request) -> web.Response:
     holder = p["holder"] or operator.name
     if holder != operator.name and operator.role != "admin":
         raise ApiError(403, "forbidden", "only admins may book for someone else: leave out holder")
+    if holder != operator.name and await services(request).queries.operator(holder) is None:
+        raise ApiError(404, "no_such_operator", f"no operator {holder!r} to book for")
     view = await _calendar(request).book(holder, operator.name, nodes=p["nodes"], group=p["group"], kind=p["kind"],
                                          count=p["count"], start=p["from"], end=p["to"], note=p["note"],
                                          deploy=p["deploy"])

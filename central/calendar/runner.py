@@ -4,7 +4,7 @@ Per node: a step that fails ends that node's run (its later steps are skipped) a
 others going; a node offline at the start is reported 'offline', or with a catch-up window waits
 ('waiting') and runs the node's steps when it comes back within the window; a node held by someone
 else's booking is left alone ('held'). Group steps (deploy, undeploy) change the group's desired
-state once, before the node steps that follow them. Every state is written as it happens
+state once, in their place: the node steps before them are over on every node first. Every state is written as it happens
 (firing_nodes), and the firing ends 'done' (every node ok), 'partial' or 'failed'.
 """
 
@@ -81,37 +81,59 @@ class Runner:
 
     async def _run(self, firing: Firing) -> None:
         await self.writer.submit(store.set_firing(firing.id, "running", time.time()))
-        nodes = [n for n in self.registry.all() if n.group == firing.group and not n.revoked and n.kind != "esp32"]
-        outcome: dict[str, str] = {}
-        now = time.time()
-        ready, waiting = [], []
-        for node in nodes:
-            hold = self.holds.holding(node.id, now)
-            if hold is not None and firing.by != hold.holder:
-                outcome[node.id] = "held"
-                await self._node(firing, node, "held", 0, f"held by booking {hold.booking_id} of {hold.holder}")
-            elif node.send is None:
-                if firing.catch_up_s > 0:
-                    waiting.append(node)
-                    await self._node(firing, node, "waiting", 0, f"{node.state}: will run if it comes back within "
-                                                                  f"{firing.catch_up_s:.0f} s")
+        outcome, ready, waiting = await self._sort_nodes(firing)
+        done: dict[str, list[str]] = {n.id: [] for n in ready}
+        group_error = ""
+        for index, step in enumerate(firing.steps):
+            if step["do"] in GROUP_STEPS:
+                group_error = await self._group_step(firing, step)
+                if group_error:
+                    break
+                continue
+            errors = await asyncio.gather(*(self._node_step(firing, node, index, step) for node in ready))
+            for node, error in zip(ready, errors, strict=True):
+                if error:
+                    outcome[node.id] = "failed"
                 else:
-                    outcome[node.id] = "offline"
-                    await self._node(firing, node, "offline", 0, f"node is {node.state}")
-            else:
-                ready.append(node)
-                await self._node(firing, node, "pending", 0, "")
-        group_error = await self._group_steps(firing)
+                    done[node.id].append(describe(step))
+            ready = [n for n, error in zip(ready, errors, strict=True) if not error]
         if group_error:
             for node in ready + waiting:
                 outcome[node.id] = "failed"
                 await self._node(firing, node, "failed", 0, group_error)
-            ready, waiting = [], []
-        results = await asyncio.gather(*(self._node_steps(firing, n) for n in ready),
-                                       *(self._catch_up(firing, n) for n in waiting))
-        for node, state in zip(ready + waiting, results, strict=True):
+            waiting = []
+        else:
+            for node in ready:
+                outcome[node.id] = "ok"
+                await self._node(firing, node, "ok", len(firing.steps), "; ".join(done[node.id]))
+        caught = await asyncio.gather(*(self._catch_up(firing, n) for n in waiting))
+        for node, state in zip(waiting, caught, strict=True):
             outcome[node.id] = state
         await self._finish(firing, outcome, group_error)
+
+    async def _sort_nodes(self, firing: Firing) -> tuple[dict[str, str], list[NodeState], list[NodeState]]:
+        """The group's nodes: (the outcome of those left alone, those to act on, those to wait for)."""
+        outcome: dict[str, str] = {}
+        ready, waiting = [], []
+        now = time.time()
+        for node in self.registry.all():
+            if node.group != firing.group or node.revoked or node.kind == "esp32":
+                continue
+            hold = self.holds.holding(node.id, now)
+            if hold is not None and firing.by != hold.holder:
+                outcome[node.id] = "held"
+                await self._node(firing, node, "held", 0, f"held by booking {hold.booking_id} of {hold.holder}")
+            elif node.send is None and firing.catch_up_s > 0:
+                waiting.append(node)
+                await self._node(firing, node, "waiting", 0,
+                                 f"{node.state}: runs if it comes back within {firing.catch_up_s:.0f} s")
+            elif node.send is None:
+                outcome[node.id] = "offline"
+                await self._node(firing, node, "offline", 0, f"node is {node.state}")
+            else:
+                ready.append(node)
+                await self._node(firing, node, "pending", 0, "")
+        return outcome, ready, waiting
 
     async def _finish(self, firing: Firing, outcome: dict[str, str], group_error: str) -> None:
         ok = sum(1 for s in outcome.values() if s == "ok")
@@ -130,50 +152,49 @@ class Runner:
             message = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         await self.writer.submit(store.set_firing(firing.id, state, time.time(), message))
 
-    async def _group_steps(self, firing: Firing) -> str:
-        """Run the group steps (once, not per node); returns the first failure ('' when all went)."""
-        for step in firing.steps:
-            if step["do"] not in GROUP_STEPS:
-                continue
-            deployments = self.deployments()
-            if deployments is None:
-                return f"{describe(step)}: this server has no deployments"
-            try:
-                if step["do"] == "deploy":
-                    await deployments.deploy(firing.group, step["demo"], step["version"], firing.by)
-                else:
-                    await deployments.undeploy(firing.group, step["demo"], firing.by)
-            except Exception as exc:  # the deployments feature says why
-                return f"{describe(step)}: {exc}"
+    async def _group_step(self, firing: Firing, step: dict[str, Any]) -> str:
+        """A group step (once for the group, not per node); returns why it failed ('' when it went)."""
+        deployments = self.deployments()
+        if deployments is None:
+            return f"{describe(step)}: this server has no deployments"
+        try:
+            if step["do"] == "deploy":
+                await deployments.deploy(firing.group, step["demo"], step["version"], firing.by)
+            else:
+                await deployments.undeploy(firing.group, step["demo"], firing.by)
+        except Exception as exc:  # the deployments feature says why
+            return f"{describe(step)}: {exc}"
         return ""
 
     async def _catch_up(self, firing: Firing, node: NodeState) -> str:
+        """A node offline at the moment: its steps (the group's were done) once it is back, if in time."""
         deadline = firing.due_at + firing.catch_up_s
         while node.send is None:
             if time.time() >= deadline:
                 await self._node(firing, node, "offline", 0, f"did not come back within {firing.catch_up_s:.0f} s")
                 return "offline"
             await asyncio.sleep(self.catch_up_poll_s)
-        return await self._node_steps(firing, node, caught_up=True)
-
-    async def _node_steps(self, firing: Firing, node: NodeState, caught_up: bool = False) -> str:
         done = []
         for index, step in enumerate(firing.steps):
             if step["do"] in GROUP_STEPS:
                 continue
-            await self._node(firing, node, "running", index, describe(step))
-            try:
-                error = await self._step(firing, node, step)
-            except Exception as exc:  # a node's failure is its own, never the others'
-                log.exception("runbook %s step %s on %s", firing.runbook, describe(step), node.name)
-                error = f"internal error: {exc}"
-            if error:
-                await self._node(firing, node, "failed", index, f"{describe(step)}: {error}")
+            if await self._node_step(firing, node, index, step):
                 return "failed"
             done.append(describe(step))
-        message = "; ".join(done) + (" (caught up)" if caught_up else "")
-        await self._node(firing, node, "ok", len(firing.steps), message)
+        await self._node(firing, node, "ok", len(firing.steps), "; ".join(done) + " (caught up)")
         return "ok"
+
+    async def _node_step(self, firing: Firing, node: NodeState, index: int, step: dict[str, Any]) -> str:
+        """One step on one node, its states written; returns why it failed ('' when it went)."""
+        await self._node(firing, node, "running", index, describe(step))
+        try:
+            error = await self._step(firing, node, step)
+        except Exception as exc:  # a node's failure is its own, never the others'
+            log.exception("runbook %s step %s on %s", firing.runbook, describe(step), node.name)
+            error = f"internal error: {exc}"
+        if error:
+            await self._node(firing, node, "failed", index, f"{describe(step)}: {error}")
+        return error
 
     async def _step(self, firing: Firing, node: NodeState, step: dict[str, Any]) -> str:
         """One step on one node; returns '' when it succeeded, else why not."""

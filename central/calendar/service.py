@@ -245,7 +245,7 @@ class Calendar:
     async def add_runbook(self, group: str, name: str, moment_text: str, step_texts: list[str], catch_up_s: float,
                           by: str) -> dict[str, Any]:
         group = self._known_group(group)
-        if not name or len(name) > MAX_NAME or not name.replace("-", "").replace("_", "").isalnum():
+        if not name or len(name) > MAX_NAME or not (name.isascii() and name.replace("-", "").replace("_", "").isalnum()):
             raise _bad("bad_name", "name: letters, digits, '-' or '_', at most 64")
         if not 0 <= catch_up_s <= MAX_CATCH_UP_S:
             raise _bad("bad_catch_up", f"catch_up: seconds from 0 to {MAX_CATCH_UP_S:.0f}")
@@ -301,7 +301,8 @@ class Calendar:
 
     def _fire(self, firing_id: int, runbook_id: int, due: float) -> None:
         rb = self.runbooks.get(runbook_id)
-        if rb is None:
+        if rb is None:  # deleted while its firing waited for a restart
+            self.writer.submit_later(store.set_firing(firing_id, "failed", time.time(), "the runbook was deleted"))
             return
         self._start(firing_id, rb, due, "calendar")
 

@@ -385,6 +385,8 @@ CASES = dict([
           Case(f"{V1}/bookings", 404, "no_such_node", body={"nodes": ["ghost"], "to": "+1h"}, who="operator"),
           Case(f"{V1}/bookings", 403, "forbidden", "only admins may book for someone else: leave out holder",
                body={"nodes": ["pi-b"], "to": "+1h", "holder": "admin"}, who="operator"),
+          Case(f"{V1}/bookings", 404, "no_such_operator", "no operator 'ghost' to book for",
+               body={"nodes": ["pi-b"], "to": "+1h", "holder": "ghost"}),
           # In the future: it holds nothing the other cases act on.
           Case(f"{V1}/bookings", 201, body={"nodes": ["pi-b"], "from": "+20d", "to": "+21d"}, who="operator"),
           Case(f"{V1}/bookings", 409, "booked", "~node 'pi-b' is already booked by booking 1 of 'who-operator'",
