@@ -206,16 +206,21 @@ def test_runbooks_fire_on_a_real_daemon_now_and_at_their_moment(central_server: 
                                                                   tmp_path: Path) -> None:
     server = central_server
     bundle = server.enroll("pi-hall", group="hall")
-    server.enroll("pi-away", group="hall")  # never connects: reported offline, the others go on
+    bare_bundle = server.enroll("pi-bare", group="hall")  # has no kiosk: its steps fail, the others go on
+    server.enroll("pi-away", group="hall")  # never connects: reported offline
     state, logs = tmp_path / "state", tmp_path / "logs"
     state.mkdir()
     logs.mkdir()
+    (tmp_path / "bare-logs").mkdir()
     marks = tmp_path / "kiosk.txt"
     (state / "demos.json").write_text(json.dumps({"kiosk": {"start": f"echo started >> {marks}",
                                                             "stop": f"echo stopped >> {marks}"}}))
     daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), state, logs).start()
+    bare = DaemonProcess(sys.executable, write_bundle(tmp_path / "bare.json", bare_bundle), tmp_path / "bare-state",
+                         tmp_path / "bare-logs").start()
     try:
-        wait_for(lambda: server.node("pi-hall")["connected"], 30, "the daemon to connect")
+        wait_for(lambda: server.node("pi-hall")["connected"] and server.node("pi-bare")["connected"], 30,
+                 "the daemons to connect")
         # The demo makes itself known (its dvic_log file), as the example demo does.
         subprocess.run([sys.executable, "-c", "import dvic_log; dvic_log.open_log('kiosk').info('hello')"],
                        env={**os.environ, "PYTHONPATH": str(REPO / "lib" / "python"), "DVIC_LOG_DIR": str(logs)},
@@ -236,9 +241,12 @@ def test_runbooks_fire_on_a_real_daemon_now_and_at_their_moment(central_server: 
         assert status == 201 and firing["trigger"] == "run-now", firing
         (done,) = finished(server, "hall", "closing")
         nodes = {n["node_name"]: n for n in done["nodes"]}
-        assert nodes["pi-hall"]["state"] == "ok", done
+        assert nodes["pi-hall"]["state"] == "ok" and nodes["pi-hall"]["message"] == "stop kiosk; run echo closed", done
+        assert nodes["pi-bare"]["state"] == "failed" and nodes["pi-bare"]["step"] == 0, done
+        assert "stop kiosk: failed: " in nodes["pi-bare"]["message"] and "not configured" in nodes["pi-bare"]["message"]
         assert nodes["pi-away"]["state"] == "offline", done
         assert done["state"] == "partial" and done["operator"] == "admin", done
+        assert done["message"] == "1 failed, 1 offline, 1 ok", done
         assert marks.read_text() == "stopped\n"
 
         due = time.time() + 4
@@ -248,12 +256,14 @@ def test_runbooks_fire_on_a_real_daemon_now_and_at_their_moment(central_server: 
         (done,) = finished(server, "hall", "opening")
         assert done["trigger"] == "schedule" and done["due_at"] == int(due), done
         assert done["started_at"] >= int(due)
-        assert {n["node_name"]: n["state"] for n in done["nodes"]} == {"pi-hall": "ok", "pi-away": "offline"}
+        assert {n["node_name"]: n["state"] for n in done["nodes"]} == {"pi-hall": "ok", "pi-bare": "failed",
+                                                                        "pi-away": "offline"}
         assert marks.read_text() == "stopped\nstarted\n"
         status, shown = server.api("GET", "/api/v1/runbooks/hall/opening")
         assert status == 200 and shown["steps"] == ["start kiosk"] and len(shown["firings"]) == 1
     finally:
         daemon.stop()
+        bare.stop()
 
 
 def test_a_moment_due_while_the_server_is_down_fires_once_at_start_or_is_missed(tmp_path: Path) -> None:
