@@ -99,6 +99,11 @@ class Scheduler:
             return 0  # the clock went back (or no time passed): everything before the mark is done
         after = max(self.scanned_to, now - LOOKBACK_S)
         claims = [self._claim(runbook_id, key, due, now) for runbook_id, key, due in self.plan.due_between(after, now)]
+        if not claims:
+            # Nothing due: the mark moves in memory only (an idle scheduler writes nothing). After a
+            # restart the scan starts from the stored mark and finds nothing more in between.
+            self.scanned_to = now
+            return 0
         fresh = await self.writer.submit(store.claim_occurrences(claims, now))
         self.scanned_to = now
         for firing_id, claim in fresh:
@@ -114,8 +119,11 @@ class Scheduler:
                      f"past the {self.grace_s:.0f} s grace window")
 
     def delay(self, now: float) -> float:
-        """Seconds to sleep from `now`: until the next occurrence, at most one tick."""
-        upcoming = self.plan.next_due(max(now, self.scanned_to))
+        """Seconds to sleep from `now`: until the next occurrence, at most one tick.
+
+        Asked from the scan mark, the time the next scan starts from: the plan's answer (cached per
+        runbook) then also tells that scan which runbooks have nothing due."""
+        upcoming = self.plan.next_due(self.scanned_to)
         if upcoming is None:
             return self.tick_s
         return min(self.tick_s, max(upcoming - now, 0.0))

@@ -19,4 +19,4 @@ def test_calendar_bench_smoke(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())["figures"]
     assert figures["GET /bookings?at=now: median"]["value"] > 0
     assert figures["bookings holding at now (rows answered)"]["value"] > 0
-    assert figures["scheduler wake-up, next moment cached"]["value"] > 0
+    assert figures["scheduler wake-up (scan and next sleep, real Scheduler), median of 50"]["value"] >= 0
