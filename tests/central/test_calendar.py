@@ -282,9 +282,14 @@ def test_a_moment_due_while_the_server_is_down_fires_once_at_start_or_is_missed(
         (fired,) = finished(server, "hall", "soon")
         assert fired["trigger"] == "schedule" and fired["state"] == "failed", fired  # its one node is offline
         assert [n["state"] for n in fired["nodes"]] == ["offline"]
-        # Once: another restart fires nothing again.
+        # Once: another restart fires nothing again. A booking holds across it too.
+        bob = operator(server, "bob")
+        status, booking = server.api("POST", "/api/v1/bookings", {"nodes": ["pi-r"], "to": "+1h"})
+        assert status == 201, booking
         server.stop()
         server.start()
+        status, body = server.api("POST", "/api/v1/commands", {"nodes": ["pi-r"], "argv": ["true"]}, token=bob)
+        assert status == 403 and f"booking {booking['id']} of 'admin'" in body["error"]["message"], body
         finished(server, "hall", "later")
         status, body = server.api("GET", "/api/v1/firings?group=hall")
         assert status == 200 and sorted(f["runbook"] for f in body["firings"]) == ["later", "soon"], body
