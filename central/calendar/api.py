@@ -16,8 +16,9 @@ from ..api.params import limit, services
 from ..auth import ApiError, current_operator
 from ..routes import params, routes
 from ..strictjson import json_response
+from .bookings import MAX_NOTE
 from .hours import HoursError, zone
-from .service import MAX_CATCH_UP_S, MAX_NAME, MAX_NOTE, Calendar
+from .service import MAX_CATCH_UP_S, MAX_NAME, Calendar
 from .times import parse_when
 
 MAX_LINES = 14
@@ -174,7 +175,7 @@ async def list_bookings(request: web.Request) -> web.Response:
             at = parse_when(p["at"], time.time(), zone(calendar.zone_of(p["group"])))
         except HoursError as exc:
             raise ApiError(400, "bad_time", f"at: {exc}") from None
-    rows = await calendar.bookings(at=at, holder=holder, limit=p["limit"])
+    rows = await calendar.bookings.listing(at=at, holder=holder, limit=p["limit"])
     if p["group"] is not None:
         members = {n.id for n in calendar.group_nodes(p["group"])}
         rows = [r for r in rows if members.intersection(r["nodes"])]
@@ -205,7 +206,7 @@ async def book(request: web.Request) -> web.Response:
         raise ApiError(403, "forbidden", "only admins may book for someone else: leave out holder")
     if holder != operator.name and await services(request).queries.operator(holder) is None:
         raise ApiError(404, "no_such_operator", f"no operator {holder!r} to book for")
-    view = await _calendar(request).book(holder, operator.name, nodes=p["nodes"], group=p["group"], kind=p["kind"],
+    view = await _calendar(request).bookings.book(holder, operator.name, nodes=p["nodes"], group=p["group"], kind=p["kind"],
                                          count=p["count"], start=p["from"], end=p["to"], note=p["note"],
                                          deploy=p["deploy"])
     return json_response(view, status=201)
@@ -218,14 +219,14 @@ async def get_booking(request: web.Request) -> web.Response:
     row = await calendar.queries.booking(booking_id)
     if row is None:
         raise ApiError(404, "no_such_booking", f"no booking {booking_id}")
-    return json_response(calendar.booking_view(row))
+    return json_response(calendar.bookings.view(row))
 
 
 @routes.route("POST", "/api/v1/bookings/{id}/cancel", role="operator",
               summary="Cancel a booking (its holder, or an admin)")
 async def cancel_booking(request: web.Request) -> web.Response:
     operator = current_operator(request)
-    return json_response(await _calendar(request).cancel(_booking_id(request), operator.name, operator.role))
+    return json_response(await _calendar(request).bookings.cancel(_booking_id(request), operator.name, operator.role))
 
 
 @routes.route("POST", "/api/v1/bookings/{id}/extend", role="operator",
@@ -233,5 +234,5 @@ async def cancel_booking(request: web.Request) -> web.Response:
               body=Object({"to": Str(min_len=1, max_len=64, required=True, code="bad_time", doc="the new end")}))
 async def extend_booking(request: web.Request) -> web.Response:
     operator = current_operator(request)
-    view = await _calendar(request).extend(_booking_id(request), params(request)["to"], operator.name, operator.role)
+    view = await _calendar(request).bookings.extend(_booking_id(request), params(request)["to"], operator.name, operator.role)
     return json_response(view)

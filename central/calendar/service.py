@@ -16,8 +16,6 @@ from typing import Any
 
 import aiosqlite
 
-from dvic_core.constants import NODE_KINDS
-
 from .. import store as central_store
 from ..actions import ActionHub
 from ..auth import ApiError
@@ -25,6 +23,7 @@ from ..commands import CommandHub
 from ..registry import NodeState, Registry
 from ..writer import Writer
 from . import store
+from .bookings import MAX_NOTE, Bookings
 from .deploys import BookingDeploys
 from .holds import Holds
 from .hours import Hours, HoursError, describe_spans, parse_date, parse_spans, parse_week, zone
@@ -34,14 +33,10 @@ from .queries import CalendarQueries
 from .runner import Firing, Runner
 from .scheduler import GRACE_S, TICK_S, Scheduler
 from .steps import GROUP_STEPS, StepError, describe, parse_steps
-from .times import parse_when
 
 log = logging.getLogger(__name__)
 
 MAX_BOOKING_S = 30 * 86400.0
-# A booking may start this long before now (the time it took to type the command).
-PAST_SLACK_S = 60.0
-MAX_NOTE = 500
 MAX_NAME = 64
 MAX_CATCH_UP_S = 12 * 3600.0
 CRITICAL = "critical"
@@ -94,6 +89,7 @@ class Calendar:
         self.scheduler = Scheduler(writer, self.queries, self, self._fire, grace_s=self.settings.grace_s,
                                    tick_s=self.settings.tick_s)
         self.booking_deploys = BookingDeploys(writer, self.queries, lambda: self.deployments, self.settings.tick_s)
+        self.bookings = Bookings(self)
         # Per runbook: (computed after, its next occurrence after that, None: none within the
         # horizon). An idle scheduler's wake-up then costs a comparison per runbook, not a calendar.
         self._next: dict[int, tuple[float, float | None]] = {}
@@ -131,7 +127,7 @@ class Calendar:
     def group_nodes(self, group: str) -> list[NodeState]:
         return [n for n in self.registry.all() if n.group == group and not n.revoked]
 
-    def _known_group(self, group: str) -> str:
+    def known_group(self, group: str) -> str:
         if not isinstance(group, str) or not group or len(group) > MAX_NAME:
             raise _bad("bad_group", "group: the name of a group of nodes")
         if not self.group_nodes(group) and group not in self.hours:
@@ -145,7 +141,7 @@ class Calendar:
 
     # -- opening hours --------------------------------------------------------------------------
     async def set_hours(self, group: str, lines: list[str], zone_name: str | None, by: str) -> dict[str, Any]:
-        group = self._known_group(group)
+        group = self.known_group(group)
         zone_name = zone_name or self.zone_of(group)
         try:
             zone(zone_name)
@@ -161,7 +157,7 @@ class Calendar:
         return self.group_view(group)
 
     async def set_exception(self, group: str, day_text: str, spans_text: str, note: str, by: str) -> dict[str, Any]:
-        group = self._known_group(group)
+        group = self.known_group(group)
         hours = self.hours.get(group)
         if hours is None:
             raise ApiError(409, "no_hours", f"group {group!r} has no opening hours yet: set them first "
@@ -228,7 +224,7 @@ class Calendar:
 
     def groups_view(self, group: str | None, days: int) -> list[dict[str, Any]]:
         if group is not None:
-            return [self.group_view(self._known_group(group), days)]
+            return [self.group_view(self.known_group(group), days)]
         return [self.group_view(g, days) for g in sorted(self.hours)]
 
     # -- runbooks -------------------------------------------------------------------------------
@@ -244,7 +240,7 @@ class Calendar:
 
     async def add_runbook(self, group: str, name: str, moment_text: str, step_texts: list[str], catch_up_s: float,
                           by: str) -> dict[str, Any]:
-        group = self._known_group(group)
+        group = self.known_group(group)
         if not name or len(name) > MAX_NAME or not (name.isascii() and name.replace("-", "").replace("_", "").isalnum()):
             raise _bad("bad_name", "name: letters, digits, '-' or '_', at most 64")
         if not 0 <= catch_up_s <= MAX_CATCH_UP_S:
@@ -360,157 +356,7 @@ class Calendar:
     def _hours_for(self, rb: Runbook) -> Hours:
         return self.hours.get(rb.group) or Hours(self.settings.default_zone, {})
 
-    # -- bookings ---------------------------------------------------------------------------------
+    # -- bookings (central/calendar/bookings.py) ---------------------------------------------------
     def refusal(self, node: NodeState, operator: str, role: str) -> str | None:
+        """Why `operator` may not act on `node` now because of a booking (None: it may)."""
         return self.holds.refusal(node.id, node.name, operator, role)
-
-    def _when(self, value: Any, what: str, now: float, group: str | None) -> float:
-        if value is None:
-            raise _bad("bad_time", f"{what}: give a time")
-        try:
-            return parse_when(value, now, zone(self.zone_of(group)))
-        except HoursError as exc:
-            raise _bad("bad_time", f"{what}: {exc}") from None
-
-    def _times(self, start: Any, end: Any, now: float, group: str | None) -> tuple[float, float]:
-        starts_at = self._when(start if start is not None else "now", "from", now, group)
-        ends_at = self._when(end, "to", now, group)
-        if ends_at <= starts_at:
-            raise _bad("bad_time", "to: the end comes before the start: give a later --to")
-        if starts_at < now - PAST_SLACK_S or ends_at <= now:
-            raise _bad("bad_time", "from: the booking is in the past: start now or later")
-        if ends_at - starts_at > self.settings.max_booking_s:
-            raise _bad("too_long", f"a booking lasts at most {self.settings.max_booking_s / 86400:g} days: "
-                                   "give an earlier --to (or book again later)")
-        return max(starts_at, now), ends_at
-
-    def _named_nodes(self, refs: list[str]) -> list[NodeState]:
-        nodes = []
-        for ref in refs:
-            node = self.registry.get(ref)
-            if node is None or node.revoked:
-                raise ApiError(404, "no_such_node", f"no node with id or name {ref!r}")
-            if node not in nodes:
-                nodes.append(node)
-        return nodes
-
-    def _matching(self, group: str, kind: str | None) -> list[NodeState]:
-        if kind is not None and kind not in NODE_KINDS:
-            raise _bad("bad_kind", f"kind: one of {', '.join(NODE_KINDS)}")
-        nodes = [n for n in self.group_nodes(self._known_group(group)) if kind is None or n.kind == kind]
-        # Online machines first: a booking is usually for using them now.
-        return sorted(nodes, key=lambda n: (not n.connected, n.name))
-
-    async def book(self, holder: str, by: str, *, nodes: list[str] | None = None, group: str | None = None,
-                   kind: str | None = None, count: int | None = None, start: Any = None, end: Any = None,
-                   note: str = "", deploy: str = "") -> dict[str, Any]:
-        now = time.time()
-        if len(note) > MAX_NOTE:
-            raise _bad("bad_note", f"note: at most {MAX_NOTE} characters")
-        if deploy:
-            self._check_deploy(deploy)
-        if nodes:
-            if group is not None or count is not None or kind is not None:
-                raise _bad("bad_targets", "give either node names, or --group with --count (and --kind), not both")
-            chosen = self._named_nodes(nodes)
-            starts_at, ends_at = self._times(start, end, now, chosen[0].group)
-            write = store.create_booking(holder, by, starts_at, ends_at, note, deploy, now, [n.id for n in chosen])
-        elif group is not None:
-            if count is None or isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise _bad("bad_count", "count: how many machines, 1 or more")
-            candidates = self._matching(group, kind)
-            if count > len(candidates):
-                what = f"{kind} machines" if kind else "machines"
-                raise _bad("too_many", f"group {group!r} has {len(candidates)} {what}: ask for at most {len(candidates)}")
-            starts_at, ends_at = self._times(start, end, now, group)
-            write = store.create_booking(holder, by, starts_at, ends_at, note, deploy, now,
-                                         [n.id for n in candidates], count)
-        else:
-            raise _bad("bad_targets", "give node names, or a group and a count")
-        try:
-            booking_id, node_ids = await self.writer.submit(write, urgent=True)
-        except store.Conflict as exc:
-            raise self._conflict(exc) from None
-        except store.NotEnoughFree as exc:
-            raise ApiError(409, "not_enough_free", f"only {exc.free} matching machines are free then: ask for fewer, "
-                                                    "or another time (dvic bookings --at ...)") from None
-        self.holds.add(booking_id, holder, node_ids, starts_at, ends_at)
-        self.booking_deploys.wake()
-        view = await self.queries.booking(booking_id)
-        assert view is not None
-        return self.booking_view(view)
-
-    def _check_deploy(self, deploy: str) -> None:
-        demo, at, version = deploy.partition("@")
-        if not demo or not at or not version:
-            raise _bad("bad_deploy", "deploy: write NAME@VERSION, e.g. kiosk@1.2.0")
-        if self.deployments is None:
-            raise ApiError(409, "no_deployments", NO_DEPLOYMENTS.format(what="book without --deploy"))
-        if not self.deployments.knows(demo, version):
-            raise _bad("unknown_demo", f"deploy: no release {deploy!r}: publish it first")
-
-    def _conflict(self, exc: store.Conflict) -> ApiError:
-        node = self.registry.get(exc.node_id)
-        name = node.name if node else exc.node_id
-        return ApiError(409, "booked", f"node {name!r} is already booked by booking {exc.booking_id} of "
-                                       f"{exc.holder!r} from {_utc(exc.starts_at)} to {_utc(exc.ends_at)}: "
-                                       "pick another time or machine")
-
-    async def _own_booking(self, booking_id: int, operator: str, role: str) -> dict[str, Any]:
-        row = await self.queries.booking(booking_id)
-        if row is None:
-            raise ApiError(404, "no_such_booking", f"no booking {booking_id}")
-        if row["holder"] != operator and role != "admin":
-            raise ApiError(403, "not_yours", f"booking {booking_id} is {row['holder']!r}'s: only they and admins "
-                                             "may change it")
-        if row["state"] != "active" or row["ends_at"] <= time.time():
-            raise ApiError(409, "booking_over", f"booking {booking_id} is {row['state']}"
-                                                f"{'' if row['state'] != 'active' else ' and over'}: nothing to change")
-        return row
-
-    async def cancel(self, booking_id: int, operator: str, role: str) -> dict[str, Any]:
-        await self._own_booking(booking_id, operator, role)
-        await self.writer.submit(store.cancel_booking(booking_id, time.time(), operator), urgent=True)
-        self.holds.drop(booking_id)
-        self.booking_deploys.wake()
-        row = await self.queries.booking(booking_id)
-        assert row is not None
-        return self.booking_view(row)
-
-    async def extend(self, booking_id: int, end: Any, operator: str, role: str) -> dict[str, Any]:
-        row = await self._own_booking(booking_id, operator, role)
-        now = time.time()
-        group = next((n.group for n in (self.registry.get(i) for i in row["nodes"]) if n is not None), None)
-        ends_at = self._when(end, "to", now, group)
-        if ends_at <= max(now, row["starts_at"]):
-            raise _bad("bad_time", "to: the new end is in the past or before the start: give a later --to")
-        if ends_at - row["starts_at"] > self.settings.max_booking_s:
-            raise _bad("too_long", f"a booking lasts at most {self.settings.max_booking_s / 86400:g} days")
-        try:
-            await self.writer.submit(store.extend_booking(booking_id, row["nodes"], row["starts_at"], ends_at),
-                                     urgent=True)
-        except store.Conflict as exc:
-            raise self._conflict(exc) from None
-        self.holds.move_end(booking_id, ends_at)
-        self.booking_deploys.wake()
-        fresh = await self.queries.booking(booking_id)
-        assert fresh is not None
-        return self.booking_view(fresh)
-
-    def booking_view(self, row: dict[str, Any]) -> dict[str, Any]:
-        names = []
-        for node_id in row["nodes"]:
-            node = self.registry.get(node_id)
-            names.append(node.name if node else node_id)
-        return {**row, "node_names": names}
-
-    async def bookings(self, *, at: float | None, holder: str | None, limit: int) -> list[dict[str, Any]]:
-        if at is not None:
-            rows = await self.queries.bookings_at(at, holder, limit)
-        else:
-            rows = await self.queries.bookings_from(time.time(), holder, limit)
-        return [self.booking_view(r) for r in rows]
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
