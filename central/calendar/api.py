@@ -5,6 +5,7 @@ audited by the auth middleware."""
 
 from __future__ import annotations
 
+import functools
 import time
 
 from aiohttp import web
@@ -13,16 +14,29 @@ from dvic_core.constants import NODE_KINDS
 from dvic_core.schema import Array, Enum, Int, Number, Object, Query, Str
 
 from ..api.params import limit, services
-from ..auth import ApiError, current_operator
+from ..auth import ApiError, Handler, current_operator
 from ..routes import params, routes
 from ..strictjson import json_response
 from .bookings import MAX_NOTE
+from .errors import CalendarError
 from .hours import HoursError, zone
 from .service import MAX_CATCH_UP_S, MAX_NAME, Calendar
 from .times import parse_when
 
 MAX_LINES = 14
 MAX_STEPS = 20
+
+
+def refusals_answered(handler: Handler) -> Handler:
+    """The calendar's refusals (CalendarError) answered as the API's JSON errors."""
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CalendarError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+
+    return answer
 
 
 def _calendar(request: web.Request) -> Calendar:
@@ -42,6 +56,7 @@ def _when(doc: str) -> Str:
 # -- opening hours -----------------------------------------------------------------------------------
 @routes.route("GET", "/api/v1/calendar", role="viewer", summary="Opening hours, exceptions and today's moments",
               query=Query({"group": _group(), "days": Int(min=1, max=31, default=1, doc="days shown from today")}))
+@refusals_answered
 async def show_calendar(request: web.Request) -> web.Response:
     p = params(request)
     return json_response({"groups": _calendar(request).groups_view(p["group"], p["days"])})
@@ -54,6 +69,7 @@ async def show_calendar(request: web.Request) -> web.Response:
                   "zone": Str(max_len=64, nullable=True, code="bad_hours",
                               doc="IANA time zone (default: the group's, else the server's --calendar-zone)"),
               }))
+@refusals_answered
 async def set_hours(request: web.Request) -> web.Response:
     p = params(request)
     view = await _calendar(request).set_hours(request.match_info["group"], p["hours"], p["zone"],
@@ -68,6 +84,7 @@ async def set_hours(request: web.Request) -> web.Response:
                                doc="'closed', ranges such as '09:00-22:00', or 'normal'"),
                   "note": Str(max_len=MAX_NOTE, default="", code="bad_note", doc="why (shown with the day)"),
               }))
+@refusals_answered
 async def set_exception(request: web.Request) -> web.Response:
     p = params(request)
     view = await _calendar(request).set_exception(request.match_info["group"], request.match_info["day"],
@@ -78,6 +95,7 @@ async def set_exception(request: web.Request) -> web.Response:
 # -- runbooks --------------------------------------------------------------------------------------------
 @routes.route("GET", "/api/v1/runbooks", role="viewer", summary="Runbooks (all, or a group's)",
               query=Query({"group": _group()}))
+@refusals_answered
 async def list_runbooks(request: web.Request) -> web.Response:
     group = params(request)["group"]
     books = [r.view() for r in sorted(_calendar(request).runbooks.values(), key=lambda r: (r.group, r.name))
@@ -98,6 +116,7 @@ async def list_runbooks(request: web.Request) -> web.Response:
                   "catch_up": Number(min=0, max=MAX_CATCH_UP_S, default=0, code="bad_catch_up",
                                      doc="seconds during which a node offline at the moment is caught up"),
               }))
+@refusals_answered
 async def add_runbook(request: web.Request) -> web.Response:
     p = params(request)
     view = await _calendar(request).add_runbook(p["group"], p["name"], p["at"], p["steps"], float(p["catch_up"]),
@@ -107,6 +126,7 @@ async def add_runbook(request: web.Request) -> web.Response:
 
 @routes.route("GET", "/api/v1/runbooks/{group}/{name}", role="viewer", summary="A runbook and its latest firings",
               query=Query({"limit": limit(20)}))
+@refusals_answered
 async def show_runbook(request: web.Request) -> web.Response:
     calendar = _calendar(request)
     rb = calendar.runbook_named(request.match_info["group"], request.match_info["name"])
@@ -115,12 +135,14 @@ async def show_runbook(request: web.Request) -> web.Response:
 
 
 @routes.route("DELETE", "/api/v1/runbooks/{group}/{name}", role="admin", summary="Delete a runbook (its history stays)")
+@refusals_answered
 async def delete_runbook(request: web.Request) -> web.Response:
     view = await _calendar(request).delete_runbook(request.match_info["group"], request.match_info["name"])
     return json_response(view)
 
 
 @routes.route("POST", "/api/v1/runbooks/{group}/{name}/run", role="admin", summary="Fire a runbook now")
+@refusals_answered
 async def run_now(request: web.Request) -> web.Response:
     calendar = _calendar(request)
     firing_id = await calendar.run_now(request.match_info["group"], request.match_info["name"],
@@ -132,6 +154,7 @@ async def run_now(request: web.Request) -> web.Response:
 @routes.route("GET", "/api/v1/firings", role="viewer", summary="Runbook firings, newest first (history)",
               query=Query({"group": _group(), "runbook": Str(max_len=MAX_NAME, doc="with group: one runbook"),
                            "limit": limit(50)}))
+@refusals_answered
 async def list_firings(request: web.Request) -> web.Response:
     calendar, p = _calendar(request), params(request)
     runbook_id = None
@@ -143,6 +166,7 @@ async def list_firings(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/api/v1/firings/{id}", role="viewer", summary="One firing and its per-node states")
+@refusals_answered
 async def get_firing(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     firing = await _calendar(request).queries.firing(int(raw)) if raw.isascii() and raw.isdigit() and len(raw) < 12 \
@@ -166,6 +190,7 @@ def _booking_id(request: web.Request) -> int:
                            "mine": Enum(("true", "false"), default="false", code="bad_query",
                                         doc="true: only the caller's"),
                            "group": _group(), "limit": limit(1000)}))
+@refusals_answered
 async def list_bookings(request: web.Request) -> web.Response:
     calendar, p = _calendar(request), params(request)
     holder = current_operator(request).name if p["mine"] == "true" else p["holder"]
@@ -199,6 +224,7 @@ async def list_bookings(request: web.Request) -> web.Response:
                   "holder": Str(min_len=1, max_len=64, nullable=True, code="bad_holder",
                                 doc="admins: book for this operator (default: the caller)"),
               }))
+@refusals_answered
 async def book(request: web.Request) -> web.Response:
     p, operator = params(request), current_operator(request)
     holder = p["holder"] or operator.name
@@ -213,6 +239,7 @@ async def book(request: web.Request) -> web.Response:
 
 
 @routes.route("GET", "/api/v1/bookings/{id}", role="viewer", summary="One booking")
+@refusals_answered
 async def get_booking(request: web.Request) -> web.Response:
     calendar = _calendar(request)
     booking_id = _booking_id(request)
@@ -224,6 +251,7 @@ async def get_booking(request: web.Request) -> web.Response:
 
 @routes.route("POST", "/api/v1/bookings/{id}/cancel", role="operator",
               summary="Cancel a booking (its holder, or an admin)")
+@refusals_answered
 async def cancel_booking(request: web.Request) -> web.Response:
     operator = current_operator(request)
     return json_response(await _calendar(request).bookings.cancel(_booking_id(request), operator.name, operator.role))
@@ -232,6 +260,7 @@ async def cancel_booking(request: web.Request) -> web.Response:
 @routes.route("POST", "/api/v1/bookings/{id}/extend", role="operator",
               summary="Move a booking's end (its holder, or an admin)",
               body=Object({"to": Str(min_len=1, max_len=64, required=True, code="bad_time", doc="the new end")}))
+@refusals_answered
 async def extend_booking(request: web.Request) -> web.Response:
     operator = current_operator(request)
     view = await _calendar(request).bookings.extend(_booking_id(request), params(request)["to"], operator.name, operator.role)

@@ -2,7 +2,7 @@
 
 Opened with the server's services (central/services.py): it loads hours, runbooks and live
 bookings, starts the scheduler, and answers the API (central/calendar/api.py) and the one
-booking check of remote control (`refusal`). Bad input raises ApiError with a message that says
+booking check of remote control (`refusal`). Bad input raises CalendarError (errors.py) with a message that says
 what to change. The alerts engine calls `quiet(group, severity)` (docs/calendar.md "Silencing").
 """
 
@@ -18,13 +18,13 @@ import aiosqlite
 
 from .. import store as central_store
 from ..actions import ActionHub
-from ..auth import ApiError
 from ..commands import CommandHub
 from ..registry import NodeState, Registry
 from ..writer import Writer
 from . import store
 from .bookings import MAX_NOTE, Bookings
 from .deploys import BookingDeploys
+from .errors import CalendarError, bad
 from .holds import Holds
 from .hours import Hours, HoursError, describe_spans, parse_date, parse_spans, parse_week, zone
 from .moments import Moment, next_occurrence, occurrences_between, parse_moment
@@ -68,9 +68,6 @@ class Runbook:
                 "created_at": self.created_at, "created_by": self.created_by}
 
 
-def _bad(code: str, message: str) -> ApiError:
-    return ApiError(400, code, message)
-
 
 class Calendar:
     def __init__(self, writer: Writer, read_db: aiosqlite.Connection, registry: Registry, actions: ActionHub,
@@ -89,7 +86,8 @@ class Calendar:
         self.scheduler = Scheduler(writer, self.queries, self, self._fire, grace_s=self.settings.grace_s,
                                    tick_s=self.settings.tick_s)
         self.booking_deploys = BookingDeploys(writer, self.queries, lambda: self.deployments, self.settings.tick_s)
-        self.bookings = Bookings(self)
+        self.bookings = Bookings(writer, self.queries, registry, self.holds, self.booking_deploys, self,
+                                 lambda: self.deployments, self.settings.max_booking_s)
         # Per runbook: (computed after, its next occurrence after that, None: none within the
         # horizon). An idle scheduler's wake-up then costs a comparison per runbook, not a calendar.
         self._next: dict[int, tuple[float, float | None]] = {}
@@ -129,10 +127,10 @@ class Calendar:
 
     def known_group(self, group: str) -> str:
         if not isinstance(group, str) or not group or len(group) > MAX_NAME:
-            raise _bad("bad_group", "group: the name of a group of nodes")
+            raise bad("bad_group", "group: the name of a group of nodes")
         if not self.group_nodes(group) and group not in self.hours:
             groups = sorted({n.group for n in self.registry.all() if n.group and not n.revoked})
-            raise ApiError(404, "no_such_group", f"no node is in group {group!r}; groups: {', '.join(groups) or 'none'}")
+            raise CalendarError(404, "no_such_group", f"no node is in group {group!r}; groups: {', '.join(groups) or 'none'}")
         return group
 
     def zone_of(self, group: str | None) -> str:
@@ -147,7 +145,7 @@ class Calendar:
             zone(zone_name)
             week = parse_week(lines)
         except HoursError as exc:
-            raise _bad("bad_hours", str(exc)) from None
+            raise bad("bad_hours", str(exc)) from None
         now = time.time()
         await self.writer.submit(store.set_hours(group, zone_name, week, now, by))
         old = self.hours.get(group)
@@ -160,16 +158,16 @@ class Calendar:
         group = self.known_group(group)
         hours = self.hours.get(group)
         if hours is None:
-            raise ApiError(409, "no_hours", f"group {group!r} has no opening hours yet: set them first "
+            raise CalendarError(409, "no_hours", f"group {group!r} has no opening hours yet: set them first "
                                             f"(dvic calendar hours {group} \"mon-fri 10:00-18:00\")")
         if len(note) > MAX_NOTE:
-            raise _bad("bad_note", f"note: at most {MAX_NOTE} characters")
+            raise bad("bad_note", f"note: at most {MAX_NOTE} characters")
         try:
             day = parse_date(day_text)
             reset = spans_text.strip().lower() in ("normal", "weekly", "default")
             spans = [] if reset else parse_spans(spans_text.strip().lower())
         except HoursError as exc:
-            raise _bad("bad_hours", str(exc)) from None
+            raise bad("bad_hours", str(exc)) from None
         exceptions = dict(hours.exceptions)
         if reset:
             await self.writer.submit(store.drop_exception(group, day.isoformat()))
@@ -236,29 +234,29 @@ class Calendar:
             if rb.group == group and rb.name == name:
                 return rb
         names = ", ".join(r.name for r in self._runbooks_of(group)) or "none"
-        raise ApiError(404, "no_such_runbook", f"no runbook {name!r} in group {group!r}; its runbooks: {names}")
+        raise CalendarError(404, "no_such_runbook", f"no runbook {name!r} in group {group!r}; its runbooks: {names}")
 
     async def add_runbook(self, group: str, name: str, moment_text: str, step_texts: list[str], catch_up_s: float,
                           by: str) -> dict[str, Any]:
         group = self.known_group(group)
         if not name or len(name) > MAX_NAME or not (name.isascii() and name.replace("-", "").replace("_", "").isalnum()):
-            raise _bad("bad_name", "name: letters, digits, '-' or '_', at most 64")
+            raise bad("bad_name", "name: letters, digits, '-' or '_', at most 64")
         if not 0 <= catch_up_s <= MAX_CATCH_UP_S:
-            raise _bad("bad_catch_up", f"catch_up: seconds from 0 to {MAX_CATCH_UP_S:.0f}")
+            raise bad("bad_catch_up", f"catch_up: seconds from 0 to {MAX_CATCH_UP_S:.0f}")
         try:
             moment = parse_moment(moment_text)
             steps = parse_steps(step_texts)
         except (HoursError, StepError) as exc:
-            raise _bad("bad_runbook", str(exc)) from None
+            raise bad("bad_runbook", str(exc)) from None
         if moment.anchor != "at" and group not in self.hours:
-            raise ApiError(409, "no_hours", f"{moment.text!r} is relative to the opening hours, and group {group!r} "
+            raise CalendarError(409, "no_hours", f"{moment.text!r} is relative to the opening hours, and group {group!r} "
                                             f"has none: set them first (dvic calendar hours {group} ...)")
         self._check_steps(group, steps)
         now = time.time()
         try:
             runbook_id = await self.writer.submit(store.add_runbook(group, name, moment.text, steps, catch_up_s, now, by))
         except store.Duplicate:
-            raise ApiError(409, "runbook_exists", f"group {group!r} already has a runbook {name!r}: "
+            raise CalendarError(409, "runbook_exists", f"group {group!r} already has a runbook {name!r}: "
                                                   "delete it first or pick another name") from None
         rb = Runbook(runbook_id, group, name, moment, steps, catch_up_s, now, by)
         self.runbooks[runbook_id] = rb
@@ -271,13 +269,13 @@ class Calendar:
         for step in steps:
             if step["do"] in GROUP_STEPS:
                 if self.deployments is None:
-                    raise ApiError(409, "no_deployments", NO_DEPLOYMENTS.format(what=f"remove the step {describe(step)!r}"))
+                    raise CalendarError(409, "no_deployments", NO_DEPLOYMENTS.format(what=f"remove the step {describe(step)!r}"))
                 if not self.deployments.knows(step["demo"], step.get("version")):
-                    raise _bad("unknown_demo", f"{describe(step)!r}: no such release: publish it first")
+                    raise bad("unknown_demo", f"{describe(step)!r}: no such release: publish it first")
             elif "demo" in step and step["demo"] not in known and not (
                     self.deployments is not None and self.deployments.knows(step["demo"])):
                 names = ", ".join(sorted(str(k) for k in known if k)) or "none"
-                raise _bad("unknown_demo", f"{describe(step)!r}: no node of group {group!r} has reported a demo named "
+                raise bad("unknown_demo", f"{describe(step)!r}: no node of group {group!r} has reported a demo named "
                                            f"{step['demo']!r} (known: {names}): check the name")
 
     async def delete_runbook(self, group: str, name: str) -> dict[str, Any]:
