@@ -316,6 +316,7 @@ MIGRATIONS: list[str] = [
         UNIQUE (runbook_id, occurrence)
     );
     CREATE INDEX firings_runbook ON firings (runbook_id, due_at);
+    CREATE INDEX firings_due ON firings (due_at);
     CREATE INDEX firings_state ON firings (state) WHERE state IN ('pending', 'running');
     CREATE TABLE firing_nodes (
         firing_id INTEGER NOT NULL REFERENCES firings (id),

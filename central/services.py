@@ -90,7 +90,8 @@ async def open_services(config: Config) -> Services:
                          history_s=config.retention.events_s, release=lambda: _release_version(release))
     commands, actions = CommandHub(writer), ActionHub(writer, registry)
     calendar = Calendar(writer, read_db, registry, actions, commands, CalendarSettings(
-        config.calendar_zone, config.calendar_grace, config.calendar_tick, config.max_booking))
+        config.calendar_zone, config.calendar_grace, config.calendar_tick, config.max_booking,
+        config.retention.events_s))
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
                         actions, release, alerts, calendar)

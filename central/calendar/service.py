@@ -8,6 +8,8 @@ what to change. The alerts engine calls `quiet(group, severity)` (docs/calendar.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ MAX_NAME = 64
 MAX_CATCH_UP_S = 12 * 3600.0
 CRITICAL = "critical"
 NEXT_HORIZON_DAYS = 8
+TRIM_EVERY_S = 3600.0
+TRIM_BATCH = 2000
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class CalendarSettings:
     grace_s: float = GRACE_S
     tick_s: float = TICK_S
     max_booking_s: float = MAX_BOOKING_S
+    # Firings are kept this long (the server's event retention), then deleted an hour at a time.
+    history_s: float = 90 * 86400.0
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Calendar:
         self.scheduler = Scheduler(writer, self.queries, self, self._fire, grace_s=self.settings.grace_s,
                                    tick_s=self.settings.tick_s)
         self.booking_deploys = BookingDeploys(writer, self.queries, lambda: self.deployments, self.settings.tick_s)
+        self._trimmer: asyncio.Task[None] | None = None
         self.bookings = Bookings(writer, self.queries, registry, self.holds, self.booking_deploys, self,
                                  lambda: self.deployments, self.settings.max_booking_s)
         # Per runbook: (computed after, its next occurrence after that, None: none within the
@@ -97,6 +104,7 @@ class Calendar:
         await self._load()
         await self.scheduler.start()
         self.booking_deploys.start()
+        self._trimmer = asyncio.create_task(self._trim_history(), name="dvic-calendar-history")
 
     def use_deployments(self, deployments: Deployments) -> None:
         """The deployments feature's wiring (issue 14): from now on, deploy steps and booked
@@ -105,9 +113,33 @@ class Calendar:
         self.booking_deploys.wake()
 
     async def close(self) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
         await self.booking_deploys.close()
         await self.scheduler.close()
         await self.runner.close()
+
+    async def _trim_history(self) -> None:
+        """Once an hour: firings older than the history window go, in bounded writes."""
+        while True:
+            try:
+                await self.trim_history(time.time() - self.settings.history_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a storage hiccup: the next pass tries again
+                log.exception("trimming the calendar's history failed")
+            await asyncio.sleep(TRIM_EVERY_S)
+
+    async def trim_history(self, before: float) -> int:
+        """Delete the firings due before `before` (finished ones), a bounded write at a time."""
+        deleted = 0
+        while True:
+            count = int(await self.writer.submit(store.trim_firings(before, TRIM_BATCH)))
+            deleted += count
+            if count < TRIM_BATCH:
+                return deleted
 
     async def _load(self) -> None:
         exceptions: dict[str, dict[date, list[tuple[int, int]]]] = {}

@@ -161,6 +161,22 @@ def settle_unfinished(now: float, grace_s: float) -> WriteFn:
     return run
 
 
+def trim_firings(before: float, limit: int = 2000) -> WriteFn:
+    """Delete up to `limit` finished firings due before `before`, with their per-node states (the
+    history's retention: a write of bounded size, repeated until it returns less than `limit`)."""
+    def run(conn: sqlite3.Connection) -> int:
+        ids = [r[0] for r in conn.execute(
+            "SELECT id FROM firings WHERE due_at < ? AND state NOT IN ('pending', 'running') ORDER BY due_at LIMIT ?",
+            (before, limit))]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            conn.execute(f"DELETE FROM firing_nodes WHERE firing_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM firings WHERE id IN ({marks})", ids)
+        return len(ids)
+
+    return run
+
+
 # -- bookings ------------------------------------------------------------------------------------
 def _first_conflict(conn: sqlite3.Connection, node_ids: Sequence[str], starts_at: float, ends_at: float,
                     exclude: int | None = None) -> Conflict | None:

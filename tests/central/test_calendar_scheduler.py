@@ -139,3 +139,24 @@ async def test_a_firing_the_server_was_running_is_interrupted_not_repeated(rig: 
     assert await restarted.start() == []
     await restarted.close()
     assert await rig.states() == [("2027-03-27", "interrupted")]
+
+
+@pytest.mark.asyncio
+async def test_old_finished_firings_are_trimmed_in_bounded_writes(rig: Rig) -> None:
+    from central.calendar import store
+
+    scheduler = rig.scheduler()
+    await scheduler.start()
+    await scheduler.close()
+    for day in range(3):  # three days' firings, the last one left pending (never started)
+        rig.now = TEN + day * DAY + 1
+        await scheduler.scan(rig.now)
+    for firing_id, _runbook, _due in rig.fired[:2]:
+        await rig.writer.submit(store.set_firing_node(firing_id, "n1", "pi", "ok", 1, "", rig.now))
+        await rig.writer.submit(store.set_firing(firing_id, "done", rig.now))
+    before = TEN + 3 * DAY
+    assert await rig.writer.submit(store.trim_firings(before, limit=1)) == 1
+    assert await rig.writer.submit(store.trim_firings(before, limit=1)) == 1
+    assert await rig.writer.submit(store.trim_firings(before, limit=1)) == 0  # the pending one stays
+    assert await rig.states() == [("2027-03-29", "pending")]
+    assert await rig.queries.firing_nodes([f[0] for f in rig.fired]) == {}
