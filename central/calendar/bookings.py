@@ -119,7 +119,7 @@ class Bookings:
             raise self._conflict(exc) from None
         except store.NotEnoughFree as exc:
             raise CalendarError(409, "not_enough_free", f"only {exc.free} matching machines are free then: ask for fewer, "
-                                                    "or another time (dvic bookings --at ...)") from None
+                                                        "or another time (dvic bookings --at ...)") from None
         self.holds.add(booking_id, holder, node_ids, starts_at, ends_at)
         self.deploys.wake()
         view = await self.queries.booking(booking_id)
@@ -149,10 +149,10 @@ class Bookings:
             raise CalendarError(404, "no_such_booking", f"no booking {booking_id}")
         if row["holder"] != operator and role != "admin":
             raise CalendarError(403, "not_yours", f"booking {booking_id} is {row['holder']!r}'s: only they and admins "
-                                             "may change it")
+                                                  "may change it")
         if row["state"] != "active" or row["ends_at"] <= time.time():
             raise CalendarError(409, "booking_over", f"booking {booking_id} is {row['state']}"
-                                                f"{'' if row['state'] != 'active' else ' and over'}: nothing to change")
+                                                     f"{'' if row['state'] != 'active' else ' and over'}: nothing to change")
         return row
 
     async def cancel(self, booking_id: int, operator: str, role: str) -> dict[str, Any]:

@@ -191,7 +191,7 @@ class Calendar:
         hours = self.hours.get(group)
         if hours is None:
             raise CalendarError(409, "no_hours", f"group {group!r} has no opening hours yet: set them first "
-                                            f"(dvic calendar hours {group} \"mon-fri 10:00-18:00\")")
+                                                 f"(dvic calendar hours {group} \"mon-fri 10:00-18:00\")")
         if len(note) > MAX_NOTE:
             raise bad("bad_note", f"note: at most {MAX_NOTE} characters")
         try:
@@ -282,14 +282,14 @@ class Calendar:
             raise bad("bad_runbook", str(exc)) from None
         if moment.anchor != "at" and group not in self.hours:
             raise CalendarError(409, "no_hours", f"{moment.text!r} is relative to the opening hours, and group {group!r} "
-                                            f"has none: set them first (dvic calendar hours {group} ...)")
+                                                 f"has none: set them first (dvic calendar hours {group} ...)")
         self._check_steps(group, steps)
         now = time.time()
         try:
             runbook_id = await self.writer.submit(store.add_runbook(group, name, moment.text, steps, catch_up_s, now, by))
         except store.Duplicate:
             raise CalendarError(409, "runbook_exists", f"group {group!r} already has a runbook {name!r}: "
-                                                  "delete it first or pick another name") from None
+                                                       "delete it first or pick another name") from None
         rb = Runbook(runbook_id, group, name, moment, steps, catch_up_s, now, by)
         self.runbooks[runbook_id] = rb
         self._changed()
