@@ -271,6 +271,7 @@ MIGRATIONS: list[str] = [
         removed_by TEXT
     );
     CREATE INDEX silences_ends ON silences (ends);
+    """,
     # 8: the venue calendar (central/calendar/, docs/calendar.md): opening hours per group and their
     # dated exceptions, runbooks and their firings (one row per occurrence: UNIQUE (runbook, key)
     # is what makes a moment fire once, also across restarts), per-node step states, bookings and

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.node.daemon_support import DaemonProcess, write_bundle
-from tests.support.server import REPO, CentralServer
+from tests.support.daemon import DaemonProcess
+from tests.support.server import REPO, CentralServer, write_bundle
 from tests.support.wait import wait_for
 
 
@@ -215,8 +215,8 @@ def test_runbooks_fire_on_a_real_daemon_now_and_at_their_moment(central_server: 
     marks = tmp_path / "kiosk.txt"
     (state / "demos.json").write_text(json.dumps({"kiosk": {"start": f"echo started >> {marks}",
                                                             "stop": f"echo stopped >> {marks}"}}))
-    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), state, logs).start()
-    bare = DaemonProcess(sys.executable, write_bundle(tmp_path / "bare.json", bare_bundle), tmp_path / "bare-state",
+    daemon = DaemonProcess(write_bundle(bundle, tmp_path / "node.json"), state, logs).start()
+    bare = DaemonProcess(write_bundle(bare_bundle, tmp_path / "bare.json"), tmp_path / "bare-state",
                          tmp_path / "bare-logs").start()
     try:
         wait_for(lambda: server.node("pi-hall")["connected"] and server.node("pi-bare")["connected"], 30,
@@ -328,7 +328,7 @@ def test_an_offline_node_is_caught_up_when_it_comes_back_within_the_window(centr
 
     wait_for(lambda: node_state() == "waiting", 10, "the offline node to wait for its catch-up")
     (tmp_path / "logs").mkdir()
-    daemon = DaemonProcess(sys.executable, write_bundle(tmp_path / "node.json", bundle), tmp_path / "state",
+    daemon = DaemonProcess(write_bundle(bundle, tmp_path / "node.json"), tmp_path / "state",
                            tmp_path / "logs").start()
     try:
         (done,) = finished(server, "hall", "morning")

@@ -104,3 +104,13 @@ async def test_quiet_outside_opening_hours_for_non_critical_alerts(app: InProces
     today = time.strftime("%Y-%m-%d", time.gmtime())
     status, _ = await app.call("PUT", f"/api/v1/calendar/hall/exceptions/{today}", {"hours": "00:00-24:00"})
     assert status == 200 and not calendar.quiet("hall", "warning")
+
+
+@pytest.mark.asyncio
+async def test_the_server_asks_the_calendar_before_an_alerts_notice(app: InProcess) -> None:
+    """Wired in the server: the alerts engine's quiet hook is the calendar's."""
+    await app.enroll("pi", group="hall")
+    status, _ = await app.call("PUT", "/api/v1/calendar/hall/hours", {"hours": ["daily closed"], "zone": "UTC"})
+    assert status == 200
+    assert app.services.alerts.quiet("hall", "warning") and not app.services.alerts.quiet("hall", "critical")
+    assert not app.services.alerts.quiet("lobby", "warning")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.support.cli import DvicRunner, clean_env
 from tests.support.server import CentralServer
-from tests.tui_remote.clikit import DvicRunner, clean_env
 
 
 async def test_hours_runbook_and_a_booking_from_the_command_line(central_server: CentralServer,
