@@ -92,6 +92,7 @@ async def open_services(config: Config) -> Services:
     calendar = Calendar(writer, read_db, registry, actions, commands, CalendarSettings(
         config.calendar_zone, config.calendar_grace, config.calendar_tick, config.max_booking,
         config.retention.events_s))
+    alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
                         actions, release, alerts, calendar)
