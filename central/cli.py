@@ -62,11 +62,23 @@ def build_config(args: argparse.Namespace) -> Config:
         demos=DemoLimits(max_release_bytes=args.max_release_bytes, max_unpacked_bytes=args.max_release_unpacked,
                          max_members=args.max_release_members, keep_releases=args.keep_releases,
                          install_timeout=args.demo_install_timeout),
+        calendar_zone=args.calendar_zone, calendar_grace=args.calendar_grace, calendar_tick=args.calendar_tick,
+        max_booking=args.max_booking_days * 86400,
         connections=ConnectionLimits(
             head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
             max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
         ),
     )
+
+
+def _zone_name(text: str) -> str:
+    from .calendar.hours import HoursError, zone
+
+    try:
+        zone(text)
+    except HoursError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _at_least_one(text: str) -> int:
@@ -305,6 +317,16 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo-install-timeout", type=_positive_seconds, default=demos.install_timeout, metavar="S",
                    help=f"seconds an install may stay in one state without news before it is lost"
                         f" (default {demos.install_timeout:g}; starting adds the release's start_timeout_s)")
+    p.add_argument("--calendar-zone", type=_zone_name, default=Config.calendar_zone, metavar="ZONE",
+                   help=f"IANA time zone of a group until its hours name one (default {Config.calendar_zone})")
+    p.add_argument("--calendar-grace", type=_positive_seconds, default=Config.calendar_grace, metavar="S",
+                   help="a runbook moment missed while the server was down fires at start-up if at most this"
+                        f" late, else it is recorded as missed (default {Config.calendar_grace:g})")
+    p.add_argument("--calendar-tick", type=_positive_seconds, default=Config.calendar_tick, metavar="S",
+                   help=f"the scheduler's longest sleep: how soon a wall-clock jump is noticed"
+                        f" (default {Config.calendar_tick:g})")
+    p.add_argument("--max-booking-days", type=_positive_seconds, default=Config.max_booking / 86400, metavar="D",
+                   help=f"longest booking, in days (default {Config.max_booking / 86400:g})")
     limits = ConnectionLimits()
     p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
                    help=f"seconds for the TLS handshake, then for the first request's head, before a"

@@ -88,6 +88,14 @@ class Config:
     forget_demos_after: float = 24 * 3600
     demos: DemoLimits = field(default_factory=DemoLimits)
 
+    # The venue calendar (docs/calendar.md): the zone of a group without hours of its own, the
+    # grace window for occurrences missed while the server was down, the scheduler's longest
+    # sleep (how soon a wall-clock jump is noticed), and the longest booking.
+    calendar_zone: str = "UTC"
+    calendar_grace: float = 600.0
+    calendar_tick: float = 60.0
+    max_booking: float = 30 * 86400.0
+
     def cert_hosts(self) -> list[str]:
         hosts = [self.host, *self.public_hosts]
         if self.host in ("0.0.0.0", "::", ""):

@@ -21,6 +21,7 @@ from . import db, store
 from .actions import ActionHub
 from .alerts.engine import AlertEngine
 from .bus import Bus
+from .calendar.service import Calendar, CalendarSettings
 from .commands import CommandHub
 from .config import Config, Retention
 from .demos import store as demo_store
@@ -59,6 +60,7 @@ class Services:
     alerts: AlertEngine
     catalog: Catalog
     deployments: DeploymentHub
+    calendar: Calendar
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -92,10 +94,15 @@ async def open_services(config: Config) -> Services:
     release = ReleaseStore(config.data_dir)
     alerts = AlertEngine(writer, registry, bus, interval=config.alerts_interval, reminder_s=config.alerts_reminder,
                          history_s=config.retention.events_s, release=lambda: _release_version(release))
+    commands, actions = CommandHub(writer), ActionHub(writer, registry)
+    calendar = Calendar(writer, read_db, registry, actions, commands, CalendarSettings(
+        config.calendar_zone, config.calendar_grace, config.calendar_tick, config.max_booking,
+        config.retention.events_s))
+    alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
     catalog, deployments = await open_demos(config, writer, read_db, registry)
-    services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
+    services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        ActionHub(writer, registry), release, alerts, catalog, deployments)
+                        actions, release, alerts, catalog, deployments, calendar)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
@@ -103,6 +110,7 @@ async def open_services(config: Config) -> Services:
     await writer.submit(store.lose_unfinished_actions(time.time()))
     await alerts.load(read_db)
     registry.event_observers.append(alerts.on_event)
+    await calendar.open()
     return services
 
 
@@ -127,6 +135,7 @@ async def open_demos(config: Config, writer: Writer, read_db: aiosqlite.Connecti
 
 
 async def close_services(services: Services) -> None:
+    await services.calendar.close()
     for task in services.tasks:
         task.cancel()
     for task in services.tasks:

@@ -25,6 +25,7 @@ from ..routes import params, routes
 from ..services import Services
 from ..strictjson import json_response
 from .params import limit, services
+from .rules import check_may_act
 
 SHA256 = r"[0-9a-f]{64}"
 MAX_BATCH = 100_000
@@ -70,14 +71,14 @@ def _target(p: dict[str, Any]) -> Target:
 
 
 def _resolved(svc: Services, target: Target, operator: Operator) -> Target:
-    """A node target by id (names can change); a node in maintenance is for admins only."""
+    """A node target by id (names can change); a node in maintenance, or booked by someone else,
+    is refused as for any action on it (rules.check_may_act)."""
     if target.scope != "node":
         return target
     node = svc.registry.get(target.value)
     if node is None:
         raise ApiError(404, "no_such_node", f"no node with id or name {target.value!r}")
-    if node.maintenance and operator.role != "admin":
-        raise ApiError(403, "maintenance", f"node {node.name!r} is in maintenance: only admins may act on it")
+    check_may_act(svc, node, operator)
     return Target("node", node.id)
 
 

@@ -244,6 +244,66 @@ def set_rule(name: str, settings: Json) -> Request[Json]:
 def remove_rule(name: str) -> Request[Json]:
     """Deletes an operator rule; a stock rule goes back to its defaults."""
     return Request("DELETE", f"/rules/{seg(name)}", json_object)
+# -- the venue calendar (docs/calendar.md) ---------------------------------------------------------
+def calendar(group: str | None = None, days: int | None = None) -> Request[list[Json]]:
+    return Request("GET", "/calendar", object_list("groups"), params(group=group, days=days))
+
+
+def set_hours(group: str, lines: list[str], zone: str | None = None) -> Request[Json]:
+    return Request("PUT", f"/calendar/{seg(group)}/hours", json_object, body=_given(hours=lines, zone=zone))
+
+
+def set_exception(group: str, day: str, hours: str, note: str | None = None) -> Request[Json]:
+    return Request("PUT", f"/calendar/{seg(group)}/exceptions/{seg(day)}", json_object,
+                   body=_given(hours=hours, note=note))
+
+
+def runbooks(group: str | None = None) -> Request[list[Json]]:
+    return Request("GET", "/runbooks", object_list("runbooks"), params(group=group))
+
+
+def add_runbook(group: str, name: str, at: str, steps: list[str], catch_up: float | None = None) -> Request[Json]:
+    return Request("POST", "/runbooks", json_object,
+                   body=_given(group=group, name=name, at=at, steps=steps, catch_up=catch_up))
+
+
+def runbook(group: str, name: str, limit: int | None = None) -> Request[Json]:
+    return Request("GET", f"/runbooks/{seg(group)}/{seg(name)}", json_object, params(limit=limit))
+
+
+def delete_runbook(group: str, name: str) -> Request[Json]:
+    return Request("DELETE", f"/runbooks/{seg(group)}/{seg(name)}", json_object)
+
+
+def run_runbook(group: str, name: str) -> Request[Json]:
+    return Request("POST", f"/runbooks/{seg(group)}/{seg(name)}/run", json_object)
+
+
+def firings(group: str | None = None, runbook: str | None = None, limit: int | None = None) -> Request[list[Json]]:
+    return Request("GET", "/firings", object_list("firings"), params(group=group, runbook=runbook, limit=limit))
+
+
+def firing(firing_id: int) -> Request[Json]:
+    return Request("GET", f"/firings/{firing_id}", json_object)
+
+
+def bookings(at: str | None = None, mine: bool = False, group: str | None = None,
+             holder: str | None = None) -> Request[list[Json]]:
+    return Request("GET", "/bookings", object_list("bookings"),
+                   params(at=at, mine="true" if mine else None, group=group, holder=holder))
+
+
+def book(fields: Json) -> Request[Json]:
+    """`fields`: nodes, or group/kind/count; from, to, note, deploy (docs/protocol.md section 4)."""
+    return Request("POST", "/bookings", json_object, body=_given(**fields))
+
+
+def cancel_booking(booking_id: int) -> Request[Json]:
+    return Request("POST", f"/bookings/{booking_id}/cancel", json_object)
+
+
+def extend_booking(booking_id: int, to: str) -> Request[Json]:
+    return Request("POST", f"/bookings/{booking_id}/extend", json_object, body={"to": to})
 
 
 # -- demo releases and deployments (docs/demos.md) ---------------------------------------------------
