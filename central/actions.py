@@ -57,6 +57,16 @@ class ActionHub:
         self.registry = registry
         self.pending: dict[str, Action] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Futures of callers waiting for an action's final state (a runbook step: central/calendar/).
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    async def finished(self, action: Action) -> Action:
+        """Wait for the action's final state (its deadline ends it as lost at the latest)."""
+        if action.state not in ACTION_FINAL:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(action.id, []).append(future)
+            await future
+        return action
 
     async def _save(self, action: Action, *, insert: bool = False, urgent: bool = False) -> None:
         write = (store.insert_action(dataclasses.asdict(action)) if insert
@@ -77,6 +87,9 @@ class ActionHub:
             timer = self._timers.pop(action.id, None)
             if timer is not None:
                 timer.cancel()
+            for future in self._waiters.pop(action.id, []):
+                if not future.done():
+                    future.set_result(None)
 
     async def request(self, node: NodeState, operator: str, kind: str, demo: str = "",
                       deadline_s: float | None = None, release: Release | None = None,

@@ -26,7 +26,7 @@ from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
-from .config import Config, ConnectionLimits, Notify, is_loopback
+from .config import Config, ConnectionLimits, DemoLimits, Notify, is_loopback
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import LISTEN_FILE, admin_call, call_running, running_server
@@ -64,11 +64,26 @@ def build_config(args: argparse.Namespace) -> Config:
             max_lines=args.notify_max_lines, attempts=args.notify_attempts, backoff=args.notify_backoff,
             timeout=args.notify_timeout, per_channel=args.notify_per_channel,
         ),
+        demos=DemoLimits(max_release_bytes=args.max_release_bytes, max_unpacked_bytes=args.max_release_unpacked,
+                         max_members=args.max_release_members, keep_releases=args.keep_releases,
+                         install_timeout=args.demo_install_timeout),
+        calendar_zone=args.calendar_zone, calendar_grace=args.calendar_grace, calendar_tick=args.calendar_tick,
+        max_booking=args.max_booking_days * 86400,
         connections=ConnectionLimits(
             head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
             max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
         ),
     )
+
+
+def _zone_name(text: str) -> str:
+    from .calendar.hours import HoursError, zone
+
+    try:
+        zone(text)
+    except HoursError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _at_least_one(text: str) -> int:
@@ -294,6 +309,29 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-allow", type=_network, action="append", metavar="CIDR",
                    help="a client network that may read GET /metrics without a token, e.g. the Prometheus"
                         " server's 10.0.0.5/32 (repeatable; otherwise a viewer's token is needed)")
+    demos = DemoLimits()
+    p.add_argument("--max-release-bytes", type=_byte_size, default=demos.max_release_bytes, metavar="SIZE",
+                   help=f"largest demo release archive accepted, e.g. 500M (default {demos.max_release_bytes >> 30}G)")
+    p.add_argument("--max-release-unpacked", type=_byte_size, default=demos.max_unpacked_bytes, metavar="SIZE",
+                   help=f"file bytes a demo release may unpack to, checked at publish and on nodes"
+                        f" (default {demos.max_unpacked_bytes >> 30}G)")
+    p.add_argument("--max-release-members", type=_at_least_one, default=demos.max_members, metavar="N",
+                   help=f"members a demo release archive may hold (default {demos.max_members})")
+    p.add_argument("--keep-releases", type=_at_least_one, default=demos.keep_releases, metavar="N",
+                   help=f"unreferenced releases kept per demo, the newest first (default {demos.keep_releases})")
+    p.add_argument("--demo-install-timeout", type=_positive_seconds, default=demos.install_timeout, metavar="S",
+                   help=f"seconds an install may stay in one state without news before it is lost"
+                        f" (default {demos.install_timeout:g}; starting adds the release's start_timeout_s)")
+    p.add_argument("--calendar-zone", type=_zone_name, default=Config.calendar_zone, metavar="ZONE",
+                   help=f"IANA time zone of a group until its hours name one (default {Config.calendar_zone})")
+    p.add_argument("--calendar-grace", type=_positive_seconds, default=Config.calendar_grace, metavar="S",
+                   help="a runbook moment missed while the server was down fires at start-up if at most this"
+                        f" late, else it is recorded as missed (default {Config.calendar_grace:g})")
+    p.add_argument("--calendar-tick", type=_positive_seconds, default=Config.calendar_tick, metavar="S",
+                   help=f"the scheduler's longest sleep: how soon a wall-clock jump is noticed"
+                        f" (default {Config.calendar_tick:g})")
+    p.add_argument("--max-booking-days", type=_positive_seconds, default=Config.max_booking / 86400, metavar="D",
+                   help=f"longest booking, in days (default {Config.max_booking / 86400:g})")
     limits = ConnectionLimits()
     p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
                    help=f"seconds for the TLS handshake, then for the first request's head, before a"

@@ -58,6 +58,20 @@ class Notify:
 
 
 @dataclass(frozen=True)
+class DemoLimits:
+    """Demo releases (central/demos/, docs/demos.md): what a release may be, how long installs may stall."""
+
+    max_release_bytes: int = 2 * 1024**3
+    # Archive limits checked at publish and sent to nodes, which check them again at unpack.
+    max_unpacked_bytes: int = 4 * 1024**3
+    max_members: int = 100_000
+    # Unreferenced releases kept per demo (the newest by publication).
+    keep_releases: int = 5
+    # Seconds without news in one install state before it is `lost` (`starting` adds start_timeout_s).
+    install_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path
     host: str = "127.0.0.1"
@@ -98,6 +112,15 @@ class Config:
     # Demos kept per node, and how long an exited one is kept (docs/operations.md).
     max_demos: int = 128
     forget_demos_after: float = 24 * 3600
+    demos: DemoLimits = field(default_factory=DemoLimits)
+
+    # The venue calendar (docs/calendar.md): the zone of a group without hours of its own, the
+    # grace window for occurrences missed while the server was down, the scheduler's longest
+    # sleep (how soon a wall-clock jump is noticed), and the longest booking.
+    calendar_zone: str = "UTC"
+    calendar_grace: float = 600.0
+    calendar_tick: float = 60.0
+    max_booking: float = 30 * 86400.0
 
     def cert_hosts(self) -> list[str]:
         hosts = [self.host, *self.public_hosts]

@@ -274,7 +274,164 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX silences_ends ON silences (ends);
     """,
-    # 8: notifications (issue 15, delivery half; docs/alerts.md "Notifications"): channels (their
+    # 8: the venue calendar (central/calendar/, docs/calendar.md): opening hours per group and their
+    # dated exceptions, runbooks and their firings (one row per occurrence: UNIQUE (runbook, key)
+    # is what makes a moment fire once, also across restarts), per-node step states, bookings and
+    # the nodes each holds (their times copied so an overlap is one indexed lookup per node).
+    """
+    CREATE TABLE cal_hours (
+        grp TEXT PRIMARY KEY,
+        zone TEXT NOT NULL,
+        week TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        updated_by TEXT NOT NULL
+    );
+    CREATE TABLE cal_exceptions (
+        grp TEXT NOT NULL,
+        day TEXT NOT NULL,
+        spans TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (grp, day)
+    ) WITHOUT ROWID;
+    CREATE TABLE runbooks (
+        id INTEGER PRIMARY KEY,
+        grp TEXT NOT NULL,
+        name TEXT NOT NULL,
+        moment TEXT NOT NULL,
+        steps TEXT NOT NULL,
+        catch_up_s REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        deleted_at REAL,
+        UNIQUE (grp, name)
+    );
+    CREATE TABLE firings (
+        id INTEGER PRIMARY KEY,
+        runbook_id INTEGER NOT NULL REFERENCES runbooks (id),
+        occurrence TEXT,
+        due_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        operator TEXT NOT NULL DEFAULT '',
+        started_at REAL,
+        finished_at REAL,
+        message TEXT NOT NULL DEFAULT '',
+        UNIQUE (runbook_id, occurrence)
+    );
+    CREATE INDEX firings_runbook ON firings (runbook_id, due_at);
+    CREATE INDEX firings_due ON firings (due_at);
+    CREATE INDEX firings_state ON firings (state) WHERE state IN ('pending', 'running');
+    CREATE TABLE firing_nodes (
+        firing_id INTEGER NOT NULL REFERENCES firings (id),
+        node_id TEXT NOT NULL,
+        node_name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        step INTEGER NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (firing_id, node_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE scheduler_state (
+        key TEXT PRIMARY KEY,
+        value REAL NOT NULL
+    );
+    CREATE TABLE bookings (
+        id INTEGER PRIMARY KEY,
+        holder TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        deploy TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT NOT NULL,
+        cancelled_at REAL,
+        cancelled_by TEXT NOT NULL DEFAULT '',
+        deploy_state TEXT NOT NULL DEFAULT '',
+        deploy_message TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX bookings_deploy ON bookings (id) WHERE deploy != '' AND deploy_state IN ('', 'applied');
+    CREATE INDEX bookings_live ON bookings (ends_at, starts_at) WHERE state = 'active';
+    CREATE TABLE booking_nodes (
+        booking_id INTEGER NOT NULL REFERENCES bookings (id),
+        node_id TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        live INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (booking_id, node_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX booking_nodes_node ON booking_nodes (node_id, ends_at) WHERE live = 1;
+    """,
+    # 9: demos as first-class objects (issue 14, central/demos/): the release catalog, deployments
+    # (desired state per demo and scope), each node's part of a rollout, and supervised demos' status.
+    """
+    CREATE TABLE demo_releases (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        manifest TEXT NOT NULL,
+        unpacked_bytes INTEGER NOT NULL,
+        members INTEGER NOT NULL,
+        published_at REAL NOT NULL,
+        published_by TEXT NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX demo_releases_sha256 ON demo_releases (sha256);
+    CREATE TABLE demo_deployments (
+        id TEXT PRIMARY KEY,
+        demo TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        version TEXT,
+        scope TEXT NOT NULL,
+        target TEXT NOT NULL,
+        batch INTEGER,
+        released INTEGER NOT NULL DEFAULT 0,
+        previous_version TEXT,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        operator TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX demo_deployments_demo ON demo_deployments (demo, created_at);
+    CREATE TABLE demo_assignments (
+        demo TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        target TEXT NOT NULL,
+        version TEXT,
+        deployment_id TEXT NOT NULL,
+        PRIMARY KEY (demo, scope, target)
+    );
+    CREATE TABLE demo_rollout_nodes (
+        deployment_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        previous_version TEXT,
+        previous_rollout TEXT,
+        state TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT '',
+        bytes INTEGER,
+        total INTEGER,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (deployment_id, node_id)
+    );
+    CREATE TABLE demo_status (
+        node_id TEXT NOT NULL,
+        demo TEXT NOT NULL,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        since REAL,
+        last_exit TEXT,
+        last_heartbeat REAL,
+        message TEXT NOT NULL DEFAULT '',
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (node_id, demo)
+    );
+    """,
+    # 10: notifications (issue 15, delivery half; docs/alerts.md "Notifications"): channels (their
     # secrets in a column no read for the API selects), routes from (group, minimum severity) to a
     # channel, and the delivery queue: one row per grouped message and channel, written before it
     # is tried, with the notices it lists.

@@ -260,6 +260,8 @@ class NodeSession:
         # Only now can the node take requests: it is `connected` from here on.
         node.send = self.send
         self.registry.publish(node)
+        # Its supervised demos' desired set (after welcome, as docs/protocol.md section 6 says).
+        await self.services.deployments.on_hello(node)
 
     @node_message("metrics")
     async def _metrics(self, msg: dict[str, Any]) -> None:
@@ -284,6 +286,8 @@ class NodeSession:
     async def _unsupported(self, msg: dict[str, Any]) -> None:
         """A request the node does not implement: the hub that owns the id hears of it."""
         s, rid = self.services, msg["id"]
+        if await s.deployments.on_unsupported(self.node, rid):
+            return  # an old daemon answering demos_desired
         owners: list[tuple[Container[str], ReplyHandler]] = [
             (s.commands.runs, s.commands.on_message), (s.shells.sessions, s.shells.on_message),
             (s.tunnels.tunnels, s.tunnels.on_message), (s.actions.pending, s.actions.on_message),
@@ -294,13 +298,16 @@ class NodeSession:
                 return
 
     @node_message("demo_install")
+    async def _demo_install(self, msg: dict[str, Any]) -> None:
+        """A supervised demo's install state (issue 14): the deployments track it."""
+        await self.services.deployments.on_install(self.node, msg)
+
     @node_message("demo_status")
-    async def _supervised_demo(self, msg: dict[str, Any]) -> None:
-        """A supervised demo's install or run state (issue 14): checked by its schema, then kept
-        nowhere yet; the server's deployments (which push demos_desired) will take these over.
-        A run state tells the alert engine (crash loop, cannot start, healthy again)."""
-        if msg["type"] == "demo_status":
-            self.services.alerts.on_demo_status(self.node, msg)
+    async def _demo_status(self, msg: dict[str, Any]) -> None:
+        """A supervised demo's run state: kept and shown by the deployments, and told to the alert
+        engine (crash loop, cannot start, healthy again)."""
+        self.services.alerts.on_demo_status(self.node, msg)
+        await self.services.deployments.on_status(self.node, msg)
 
     async def _allowed(self, kind: str) -> bool:
         """Within the node's limits for `kind`? If not, the frame is dropped (and counted)."""

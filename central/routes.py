@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dvic_core.schema import Raw, SchemaError
+from dvic_core.schema import Raw, SchemaError, Stream
 
 from .auth import NODE, ApiError, Handler, RouteSpec, RouteTable
 from .strictjson import JsonError, check_numbers, loads
@@ -65,7 +65,9 @@ async def parse_params(request: web.Request, spec: RouteSpec) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     if spec.query is not None:
         parsed.update(_checked(spec.query.parse, request.query, "bad_query"))
-    if isinstance(spec.body, Raw):
+    if isinstance(spec.body, Stream):
+        parsed["body"] = request.content  # read by the handler as it arrives, never whole
+    elif isinstance(spec.body, Raw):
         parsed["body"] = await _read_raw(request, spec.body)
     elif spec.body is not None:
         body = await _json_body(request, spec)

@@ -22,8 +22,13 @@ from .actions import ActionHub
 from .alerts.dispatcher import Dispatcher
 from .alerts.engine import AlertEngine
 from .bus import Bus
+from .calendar.service import Calendar, CalendarSettings
 from .commands import CommandHub
 from .config import Config, Retention
+from .demos import store as demo_store
+from .demos.archive import Limits as ArchiveLimits
+from .demos.catalog import Catalog
+from .demos.deployments import DeploymentHub
 from .pki import CertificateAuthority
 from .queries import Queries
 from .registry import Registry
@@ -56,6 +61,9 @@ class Services:
     alerts: AlertEngine
     # The alert engine's NoticeSink: routes, groups and delivers notifications (started by services_ctx).
     notices: Dispatcher
+    catalog: Catalog
+    deployments: DeploymentHub
+    calendar: Calendar
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -93,9 +101,15 @@ async def open_services(config: Config) -> Services:
     alerts = AlertEngine(writer, registry, bus, interval=config.alerts_interval, reminder_s=config.alerts_reminder,
                          history_s=config.retention.events_s, release=lambda: _release_version(release),
                          sink=notices)
-    services = Services(config, ca, writer, read_db, queries, registry, bus, CommandHub(writer),
+    commands, actions = CommandHub(writer), ActionHub(writer, registry)
+    calendar = Calendar(writer, read_db, registry, actions, commands, CalendarSettings(
+        config.calendar_zone, config.calendar_grace, config.calendar_tick, config.max_booking,
+        config.retention.events_s))
+    alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
+    catalog, deployments = await open_demos(config, writer, read_db, registry)
+    services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        ActionHub(writer, registry), release, alerts, notices)
+                        actions, release, alerts, notices, catalog, deployments, calendar)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
@@ -103,6 +117,7 @@ async def open_services(config: Config) -> Services:
     await writer.submit(store.lose_unfinished_actions(time.time()))
     await alerts.load(read_db)
     registry.event_observers.append(alerts.on_event)
+    await calendar.open()
     return services
 
 
@@ -111,7 +126,23 @@ def _release_version(release: ReleaseStore) -> str | None:
     return current.version if current is not None else None
 
 
+async def open_demos(config: Config, writer: Writer, read_db: aiosqlite.Connection,
+                     registry: Registry) -> tuple[Catalog, DeploymentHub]:
+    """The release catalog and the deployments, loaded from the database (central/demos/)."""
+    d = config.demos
+    limits = ArchiveLimits(d.max_unpacked_bytes, d.max_members)
+    catalog = Catalog(config.data_dir, writer.submit, limits, d.max_release_bytes, d.keep_releases)
+    catalog.load(await demo_store.releases(read_db))
+    hub = DeploymentHub(writer.submit, writer.submit_later, registry, catalog, limits, d.install_timeout)
+    live = await demo_store.live_deployments(read_db)
+    hub.load(await demo_store.assignments(read_db), live,
+             await demo_store.rollout_nodes(read_db, [dep["id"] for dep in live]), await demo_store.statuses(read_db))
+    hub.start()
+    return catalog, hub
+
+
 async def close_services(services: Services) -> None:
+    await services.calendar.close()
     for task in services.tasks:
         task.cancel()
     for task in services.tasks:

@@ -1,7 +1,7 @@
 """Schemas of what crosses the network, declared once: query parameters, request bodies, node messages.
 
 A schema is a tree of small objects (Str, Int, Number, Bool, Enum, Const, Json, Base64, Array,
-Csv, Object, Query, Raw). One declaration serves twice:
+Csv, Object, Query, Raw, Stream). One declaration serves twice:
 - `parse` checks a decoded JSON value (a Query: a query string's text values) and returns it
   cleaned, or raises SchemaError with the code and message the sender is shown;
 - `openapi` describes it (OpenAPI 3.1, i.e. JSON Schema), so the served API document is made of
@@ -462,6 +462,11 @@ class Raw(Schema):
 
     def describe(self) -> dict[str, Any]:
         return {"type": "string", "format": "binary", "maxLength": self.max_bytes}
+
+
+class Stream(Raw):
+    """A request body handed to the handler unread, as the request's stream (a demo release of up to
+    gigabytes: the handler writes it to disk as it arrives and enforces `max_bytes` itself)."""
 
 
 class Object(Schema):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +12,22 @@ import pytest
 
 from tests.support.cli import clean_env
 from tests.support.server import CentralServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Demo log files of the whole run go to a directory of its own, not to /tmp (dvic_log's and the
+    daemon's default), where this machine's own daemon (./up.sh) would ship them as its demos'.
+    Tests that need a directory of their own still set DVIC_LOG_DIR themselves."""
+    if "DVIC_LOG_DIR" not in os.environ:
+        os.environ["DVIC_LOG_DIR"] = _RUN_LOG_DIR[0] = tempfile.mkdtemp(prefix="dvic-test-logs.")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUN_LOG_DIR[0]:
+        shutil.rmtree(_RUN_LOG_DIR[0], ignore_errors=True)
+
+
+_RUN_LOG_DIR = [""]
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from types import SimpleNamespace
 
     Args = argparse.Namespace | SimpleNamespace
+    # What a command's handler returns (None: success), at once or once awaited (most are coroutines).
+    ExitCode = int | None
 
 # The module of tui/cmds/ that registers each sub-command (its `add_parsers`). Only the module of the
 # command given is imported: start-up is part of every command's time (`dvic run` answers in tens
@@ -42,12 +44,14 @@ COMMAND_MODULES: dict[str, str] = {
     **{name: "actions" for name in ("reboot", "action", "actions", "maintenance", "update")},
     "release": "release",
     **{name: "alerts" for name in ("alerts", "alert", "silence", "rule")},
+    "demo": "demos", "deploy": "demos", "undeploy": "demos",
     "add-node": "installer", "remove-node": "installer",
     "channel": "notify", "route": "notify", "notifications": "notify",
+    **{name: "calendar" for name in ("calendar", "runbook", "book", "bookings")},
 }
 # The modules in the order `dvic --help` lists their commands.
 MODULES = ("console", "login", "fleet", "history", "operators", "run", "commands", "shell", "actions", "release",
-           "alerts", "installer", "notify")
+           "alerts", "notify", "demos", "calendar", "installer")
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
@@ -100,12 +104,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     # SUPPRESS so an absent option does not overwrite one given before the subcommand.
     common = Parser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
-    # allow_abbrev=False: this parser scans every word, the sub-command's too, and would take a
-    # sub-command's own option for an abbreviation of its own (`channel add --to` for --token).
+    # No abbreviations at the top: the top parser reads every word, so a sub-command's `--to`
+    # (dvic book ... --to T) would be an ambiguous prefix of --token and --token-file there.
     parser = Parser(
-        prog="dvic",
+        prog="dvic", allow_abbrev=False,
         description="DVIC Demo Monitor: watch and drive the demo fleet. Without a command: the console.",
-        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"dvic {__version__}")
     _connection_options(parser, None)
@@ -183,7 +186,7 @@ def _main(argv: list[str], command: str | None) -> int:
     return run_handler(lambda: handler(args, settings) if getattr(args, "handler", None) else handler(args))
 
 
-def run_handler(call: Callable[[], object]) -> int:
+def run_handler(call: Callable[[], ExitCode | Awaitable[ExitCode]]) -> int:
     """Runs a command's handler (awaiting it when it is a coroutine) and turns what it raises into
     `dvic`'s exit codes (docs/cli.md): 2 usage, 3 server unreachable or not the pinned one, 1 refused
     by the server, 130 interrupted."""
@@ -221,8 +224,8 @@ def run_handler(call: Callable[[], object]) -> int:
         return 0
 
 
-async def _awaited(result: object) -> object:
-    return await result  # type: ignore[misc]
+async def _awaited(result: Awaitable[ExitCode]) -> ExitCode:
+    return await result
 
 
 if __name__ == "__main__":

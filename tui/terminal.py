@@ -14,13 +14,17 @@ import os
 import signal
 import termios
 import tty
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import Any
 
 import aiohttp
 
 READ_CHUNK = 64 * 1024
 EOT = b"\x04"  # what a terminal sends for Ctrl-D: ends the remote shell when stdin is not a tty
+# What `signal.signal` returns and takes back: a function, SIG_DFL or SIG_IGN (or None: set outside Python).
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 def size(fd: int) -> tuple[int, int]:
@@ -43,8 +47,8 @@ class RawMode:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.saved: list[object] | None = None
-        self._handlers: dict[int, object] = {}
+        self.saved: list[Any] | None = None  # termios attributes, as tcgetattr gives them
+        self._handlers: dict[int, SignalHandler] = {}
 
     def __enter__(self) -> RawMode:
         if os.isatty(self.fd):
@@ -64,7 +68,7 @@ class RawMode:
                 termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
             self.saved = None
         for sig, handler in self._handlers.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
         self._handlers.clear()
 
 

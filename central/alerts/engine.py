@@ -35,7 +35,17 @@ from .model import Alert, Notice, NoticeKind, NoticeSink
 from .patterns import MATCH_CHARS
 from .rules import MAX_OPERATOR_RULES, STOCK, Rule, RuleError, operator_rule, rule_from_row, stored_form, tune
 from .silences import QuietHook, Silence, SilenceRequest, never_quiet
-from .stock import CLEAR, EVALUATORS, FIRE, EvalContext, RateWindow, Reading, demo_subject, summary
+from .stock import (
+    CLEAR,
+    EVALUATORS,
+    FIRE,
+    LOG_WINDOW_S,
+    EvalContext,
+    RateWindow,
+    Reading,
+    demo_subject,
+    summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +301,11 @@ class AlertEngine:
         rule, regex, least = lr.rule, lr.regex, lr.min_level
         started = time.perf_counter()
         hits: dict[str, int] = {}
+        # Lines written before the window (a node shipping its backlog after an outage or a server
+        # restart) are not a rate now. Their `ts` is the node's clock: compare on it, skew applied.
+        oldest = now + (node.clock_skew or 0.0) - LOG_WINDOW_S
         for line in lines:
-            if LEVEL_NUMBERS[line["level"]] < least:
+            if LEVEL_NUMBERS[line["level"]] < least or line["ts"] < oldest:
                 continue
             source = line["source"]
             if regex is None:  # log_errors: demos only

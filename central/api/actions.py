@@ -11,7 +11,7 @@ from ..auth import ApiError, current_operator
 from ..routes import params, routes
 from ..strictjson import json_response
 from .params import find_node, limit, node_id, node_ref, services
-from .rules import audit, check_maintenance, outside_maintenance, resolve_targets, target_fields
+from .rules import actable, audit, check_may_act, resolve_targets, target_fields
 
 REQUESTABLE = tuple(a for a in ACTIONS if a != "update")  # an update goes through POST /api/v1/update
 
@@ -29,7 +29,7 @@ async def request_action(request: web.Request) -> web.Response:
     svc, p = services(request), params(request)
     operator = current_operator(request)
     node = find_node(request)
-    check_maintenance(node, operator)
+    check_may_act(svc, node, operator)
     await audit(svc, request, operator, p["action"], node.name, {"demo": p["demo"]})
     action = await svc.actions.request(node, operator.name, p["action"], p["demo"], p["timeout"])
     return json_response(action.view(), status=201)
@@ -60,7 +60,7 @@ async def update_nodes(request: web.Request) -> web.Response:
     if release is None:
         raise ApiError(409, "no_release", "the server holds no daemon release (POST /api/v1/release)")
     nodes, target = resolve_targets(svc, params(request))
-    nodes = outside_maintenance(nodes, target, operator)
+    nodes = actable(svc, nodes, target, operator)
     await audit(svc, request, operator, "update", target, {"version": release.version,
                                                            "nodes": [n.name for n in nodes]})
     url = svc.public_url() + "/api/v1/release/daemon"

@@ -22,7 +22,7 @@ from ..services import Services
 from ..stream import origin_allowed
 from ..strictjson import dumps, json_response
 from .params import limit, node_id, node_ref, services
-from .rules import audit, outside_maintenance, resolve_targets, target_fields
+from .rules import actable, audit, resolve_targets, target_fields
 
 MAX_TIMEOUT_S = 3600.0
 MAX_ARGV_BYTES = 64 * 1024
@@ -52,10 +52,11 @@ async def run_command(request: web.Request) -> web.Response:
     svc, p = services(request), params(request)
     operator = current_operator(request)
     nodes, target = resolve_targets(svc, p)
-    within = outside_maintenance(nodes, target, operator)
+    within = actable(svc, nodes, target, operator)
     if not within and not target.startswith("nodes:") and operator.role != "admin":
-        # Fleet-wide commands from operators skip nodes in maintenance instead of failing.
-        raise ApiError(403, "maintenance", f"every target is in maintenance ({len(nodes)} nodes)")
+        # Fleet-wide commands from operators skip nodes in maintenance or booked by others instead of failing.
+        raise ApiError(403, "maintenance", f"every target is in maintenance or booked by someone else "
+                                           f"({len(nodes)} nodes)")
     argv, shell, timeout = p["argv"], p["shell"], p["timeout"]
     # The audit row commits with the command, before anything is sent to a node.
     audit_row = store.insert_audit(time.time(), operator.name, "command", target, 0, request.remote or "",

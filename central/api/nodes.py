@@ -28,8 +28,9 @@ MAX_POINTS = 10_000  # per metric series in one answer
 async def list_nodes(request: web.Request) -> web.Response:
     p = params(request)
     state, kind, group = p["state"], p["kind"], p["group"]
+    calendar = services(request).calendar
     nodes = [
-        n.summary() for n in services(request).registry.all()
+        {**n.summary(), "booking": calendar.holds.view(n.id)} for n in services(request).registry.all()
         if (not state or n.state == state) and (not kind or n.kind == kind) and (group is None or n.group == group)
     ]
     return json_response({"nodes": nodes})
@@ -37,7 +38,8 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 @routes.route("GET", "/api/v1/nodes/{node}", role="viewer", summary="Node detail")
 async def node_detail(request: web.Request) -> web.Response:
-    return json_response(find_node(request).detail())
+    node = find_node(request)
+    return json_response({**node.detail(), "booking": services(request).calendar.holds.view(node.id)})
 
 
 @routes.route("POST", "/api/v1/nodes", role="operator", summary="Enroll a node; returns its bundle once",

@@ -1,4 +1,4 @@
-"""Rules every remote-control route shares: who is targeted, maintenance, and the audit row written
+"""Rules every remote-control route shares: who is targeted, who may act (maintenance, bookings), and the audit row written
 before anything is sent to a node (docs/protocol.md section 4)."""
 
 from __future__ import annotations
@@ -37,9 +37,23 @@ async def audit(services: Services, request: web.Request, operator: Operator, ac
                                                     request.remote or "", detail), urgent=True)
 
 
-def check_maintenance(node: NodeState, operator: Operator) -> None:
+def check_may_act(svc: Services, node: NodeState, operator: Operator) -> None:
+    """The one check before acting on a node (commands, shells, tunnels, actions, updates; deploys
+    call it too): a node in maintenance, or held by someone else's booking (docs/calendar.md), is
+    refused to all but admins (and, for a booking, its holder)."""
     if node.maintenance and operator.role != "admin":
         raise ApiError(403, "maintenance", f"node {node.name!r} is in maintenance: only admins may act on it")
+    held = svc.calendar.refusal(node, operator.name, operator.role)
+    if held is not None:
+        raise ApiError(403, "booked", held)
+
+
+def _may_act(svc: Services, node: NodeState, operator: Operator) -> bool:
+    try:
+        check_may_act(svc, node, operator)
+    except ApiError:
+        return False
+    return True
 
 
 def resolve_targets(services: Services, p: dict[str, Any]) -> tuple[list[NodeState], str]:
@@ -67,26 +81,25 @@ def resolve_targets(services: Services, p: dict[str, Any]) -> tuple[list[NodeSta
     return nodes, "nodes:" + ",".join(n.name for n in nodes)
 
 
-def outside_maintenance(nodes: list[NodeState], target: str, operator: Operator) -> list[NodeState]:
-    """Named nodes must not be in maintenance (403) unless the caller is an admin; a group or the
-    whole fleet from an operator skips the nodes in maintenance instead."""
+def actable(svc: Services, nodes: list[NodeState], target: str, operator: Operator) -> list[NodeState]:
+    """Named nodes must pass check_may_act (else 403); a group or the whole fleet skips the nodes
+    it refuses instead (in maintenance, or held by someone else's booking)."""
     if target.startswith("nodes:"):
         for node in nodes:
-            check_maintenance(node, operator)
+            check_may_act(svc, node, operator)
         return nodes
-    if operator.role == "admin":
-        return nodes
-    return [n for n in nodes if not n.maintenance]
+    return [n for n in nodes if _may_act(svc, n, operator)]
 
 
 def live_node_for(request: web.Request) -> tuple[Services, Operator, NodeState]:
-    """Common gate of the relayed websockets (shell, tunnel): origin, role, maintenance, node online."""
+    """Common gate of the relayed websockets (shell, tunnel): origin, role, maintenance and bookings."""
     if not origin_allowed(request):
         raise ApiError(403, "bad_origin", "origin not allowed")
     operator = current_operator(request)
     node = find_node(request)
-    check_maintenance(node, operator)
-    return services(request), operator, node
+    svc = services(request)
+    check_may_act(svc, node, operator)
+    return svc, operator, node
 
 
 def require_connected(node: NodeState, what: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -222,9 +222,8 @@ async def test_access_log_one_line_per_request_keepalives_summed_up(central_serv
     assert server.api("GET", "/api/v1/logs?node=pi-acc&token=s3cret-value&limit=5")[0] == 200
     for _ in range(3):
         assert server.api("POST", "/api/v1/keepalive", {}, token=bundle["token"])[0] == 200
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle):  # connects, says hello, leaves
+        pass
     line = wait_for(lambda: _line_with(server, "GET /api/v1/logs"), what="the access log line")
     assert "127.0.0.1 admin GET /api/v1/logs?node=pi-acc&token=***&limit=5 200 " in line and line.endswith(" ms")
     assert "s3cret-value" not in server.log()
@@ -287,9 +286,7 @@ async def test_an_operator_revokes_its_own_enrollment_until_the_node_connects(ce
 
     # Once the node has connected, it is in the fleet: only an admin revokes it, even after a restart.
     status, bundle = server.api("POST", "/api/v1/nodes", {"name": "pi-live", "kind": "desktop"}, token=olga)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle):
         status, body = server.api("DELETE", "/api/v1/nodes/pi-live", token=olga)
         assert status == 403 and body["error"]["code"] == "node_has_connected"
         assert "only an admin" in body["error"]["message"] and "dvic remove-node pi-live" in body["error"]["message"]

@@ -10,7 +10,7 @@ import urllib.request
 
 import aiohttp
 
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -33,27 +33,21 @@ def action_state(server: CentralServer, node: str) -> dict:
 async def test_reboot_is_done_only_when_the_node_comes_back_with_a_new_boot_time(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-boot")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello(boot_time=1000.0)
+    async with greeted(bundle, boot_time=1000.0) as node:
         status, action = server.api("POST", "/api/v1/nodes/pi-boot/actions", {"action": "reboot"})
         assert status == 201 and action["state"] == "requested"
         request = await node.recv()
         assert request == {"type": "action", "id": action["id"], "action": "reboot", "demo": None}
         await node.send({"type": "action_state", "id": action["id"], "state": "in_progress", "message": "rebooting"})
         wait_for(lambda: action_state(server, "pi-boot")["state"] == "in_progress", timeout=5, what="in progress")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello(boot_time=2000.0)
+    async with greeted(bundle, boot_time=2000.0) as node:
         wait_for(lambda: action_state(server, "pi-boot")["state"] == "done", timeout=5, what="reboot done")
 
 
 async def test_action_without_answer_is_lost_at_its_deadline(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-mute")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         status, _ = server.api("POST", "/api/v1/nodes/pi-mute/actions",
                                {"action": "restart_demo", "demo": "robot", "timeout": 1})
         assert status == 201
@@ -72,9 +66,7 @@ async def test_update_sends_a_signed_release_the_node_can_verify(central_server:
                                  headers={"Authorization": f"Bearer {server.admin_token}"})
     with urllib.request.urlopen(req, context=server.ssl_context) as resp:
         assert json.loads(resp.read())["version"] == "99.0.0"
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         status, body = server.api("POST", "/api/v1/update", {"nodes": ["pi-up"]})
         assert status == 201 and body["version"] == "99.0.0"
         update = await node.recv()
@@ -85,11 +77,7 @@ async def test_update_sends_a_signed_release_the_node_can_verify(central_server:
         assert verify_pkcs1_sha256(data, update["signature"], bundle["release_key"])
         assert not verify_pkcs1_sha256(data + b"#tampered", update["signature"], bundle["release_key"])
         await node.send({"type": "update_state", "id": update["id"], "state": "restarting", "message": ""})
-    node2 = FakeNode(bundle)
-    async with node2:
-        await node2.connect()
-        await node2.send({"type": "hello", "protocol": 1, "daemon_version": "99.0.0", "facts": {}})
-        await node2.recv()
+    async with greeted(bundle, daemon_version="99.0.0"):  # back, running the new release
         wait_for(lambda: action_state(server, "pi-up")["state"] == "done", timeout=5, what="update done")
 
 
@@ -126,9 +114,7 @@ async def test_tunnel_relays_tcp_bytes_through_the_node(central_server: CentralS
     server = central_server
     bundle = server.enroll("pi-tun")
     auth = {"Authorization": f"Bearer {server.admin_token}"}
-    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node, aiohttp.ClientSession() as http:
         try:
             await http.ws_connect(f"{server.url}/api/v1/nodes/pi-tun/tunnel?host=10.9.9.9&port=3306",
                                   headers=auth, ssl=server.ssl_context)

@@ -268,8 +268,8 @@ async def test_error_lines_per_minute_per_demo(rig: Rig) -> None:
     node = await rig.node("pi-9")
 
     def lines(n: int, level: str = "ERROR", unit: str = "robot", source: str = "demo") -> list[dict[str, object]]:
-        return [{"seq": i, "ts": 0.0, "source": source, "unit": unit, "demo": "t", "level": level, "msg": "boom"}
-                for i in range(n)]
+        return [{"seq": i, "ts": rig.clock(), "source": source, "unit": unit, "demo": "t", "level": level,
+                 "msg": "boom"} for i in range(n)]
 
     rig.engine.observe_logs(node, lines(30))
     rig.engine.observe_logs(node, lines(100, level="WARNING"))
@@ -284,12 +284,27 @@ async def test_error_lines_per_minute_per_demo(rig: Rig) -> None:
     assert rig.sink.take() == [("resolved", "log_errors", "demo:pi-9/robot")]
 
 
+async def test_a_backlog_of_old_error_lines_is_not_a_rate_now(rig: Rig) -> None:
+    """A node that reconnects ships what it wrote while away: those lines count by when they were
+    written (node clock, its skew applied), not by when they arrived."""
+    node = await rig.node("pi-8")
+    node.clock_skew = 3600.0  # the node's clock is an hour ahead
+    old = [{"seq": i, "ts": rig.clock() + 3600.0 - 120, "source": "demo", "unit": "robot", "demo": "t",
+            "level": "ERROR", "msg": "boom"} for i in range(100)]
+    rig.engine.observe_logs(node, old)
+    await rig.engine.evaluate()
+    assert rig.sink.take() == []
+    rig.engine.observe_logs(node, [{**line, "ts": rig.clock() + 3600.0 - 5} for line in old])
+    await rig.engine.evaluate()
+    assert rig.sink.take() == [("firing", "log_errors", "demo:pi-8/robot")]
+
+
 async def test_an_operator_log_rule_counts_matching_lines_in_its_scope(rig: Rig) -> None:
     a = await rig.node("pi-a", group="hall-a")
     b = await rig.node("pi-b", group="hall-b")
     await rig.engine.add_rule({"name": "usb-reset", "type": "log", "pattern": r"usb \d+-\d+: reset", "rate": 2,
                                "scope": {"group": "hall-a"}}, "alice")
-    line = {"seq": 1, "ts": 0.0, "source": "system", "unit": "kernel", "demo": "", "level": "INFO",
+    line = {"seq": 1, "ts": rig.clock(), "source": "system", "unit": "kernel", "demo": "", "level": "INFO",
             "msg": "usb 1-1: reset high-speed USB device"}
     for node in (a, b):
         rig.engine.observe_logs(node, [line, line, line, {**line, "msg": "usb hub found"}])
@@ -301,7 +316,7 @@ async def test_a_log_rule_over_its_matching_budget_is_suspended(rig: Rig, monkey
     node = await rig.node("pi-a")
     await rig.engine.add_rule({"name": "slowish", "type": "log", "pattern": "x.*y", "rate": 1}, "alice")
     monkeypatch.setattr(engine_module, "LOG_BUDGET_S", 0.0)  # any cost is over budget
-    line = {"seq": 1, "ts": 0.0, "source": "system", "unit": "u", "demo": "", "level": "INFO", "msg": "x y"}
+    line = {"seq": 1, "ts": rig.clock(), "source": "system", "unit": "u", "demo": "", "level": "INFO", "msg": "x y"}
     rig.engine.observe_logs(node, [line, line])
     assert "suspended" in rig.engine.rule_view(rig.engine.rules["slowish"])["suspended"]
     rig.engine.observe_logs(node, [line] * 5)  # not counted while suspended

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -50,9 +51,7 @@ async def test_malformed_messages_close_with_a_reason_and_keep_accepted_lines(
     central_server: CentralServer, name: str, frame: str, close_code: int, error_code: str
 ):
     bundle = central_server.enroll(name)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send_logs([node.line("accepted 1"), node.line("accepted 2")])
         await node.send_raw(frame)
         error = await node.recv()
@@ -87,9 +86,7 @@ async def test_wrong_protocol_version(central_server: CentralServer, name: str):
 
 async def test_oversized_frame_closes_1009_and_keeps_earlier_lines(central_server: CentralServer, name: str):
     bundle = central_server.enroll(name)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send_logs([node.line("before the flood")])
         await node.send_raw(json.dumps({"type": "logs", "lines": [node.line("x" * (1024 * 1024 + 10))]}))
         assert await node.closed() == 1009
@@ -99,9 +96,7 @@ async def test_oversized_frame_closes_1009_and_keeps_earlier_lines(central_serve
 
 async def test_too_many_lines_in_one_batch(central_server: CentralServer, name: str):
     bundle = central_server.enroll(name)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send({"type": "logs", "lines": [node.line("l") for _ in range(501)]})
         error = await node.recv()
         assert "500" in error["message"]
@@ -110,9 +105,7 @@ async def test_too_many_lines_in_one_batch(central_server: CentralServer, name: 
 
 async def test_long_line_is_truncated_to_64_kib_not_refused(central_server: CentralServer, name: str):
     bundle = central_server.enroll(name)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send_logs([node.line("é" * 40_000)])  # 80,000 bytes of UTF-8
     _, body = central_server.api("GET", f"/api/v1/logs?node={name}")
     stored = body["lines"][0]["msg"]
@@ -121,9 +114,7 @@ async def test_long_line_is_truncated_to_64_kib_not_refused(central_server: Cent
 
 async def test_lone_surrogates_are_stored_as_valid_text(central_server: CentralServer, name: str):
     bundle = central_server.enroll(name)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send_raw('{"type":"logs","lines":[{"seq":1,"ts":1.0,"source":"demo","level":"INFO","msg":"a\\ud800b"}]}')
         assert (await node.recv())["type"] == "ack"
     _, body = central_server.api("GET", f"/api/v1/logs?node={name}")

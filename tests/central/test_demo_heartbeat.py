@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -34,9 +34,7 @@ async def test_last_heartbeat_is_shown_kept_and_costs_no_table_write(central_ser
     server = central_server
     bundle = server.enroll("pi-beat")
     now = time.time()
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send(demo("started", now))
         wait_for(lambda: server.node("pi-beat")["demos"]["total"] == 1, 10, "the demo")
         assert shown(server)["last_heartbeat"] is None

@@ -23,6 +23,7 @@ import pytest
 from central.db import DB_FILE
 from central.messages import MAX_METRIC_ABS
 from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -179,9 +180,7 @@ NODE_CASES = {
 async def test_hostile_numbers_from_a_node_get_bad_message(server: CentralServer, frame: str) -> None:
     bundle = server.enroll(f"n-{time.monotonic_ns()}")
     logged = len(server.log())
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send_raw(frame)
         error = await node.recv()
         assert error["type"] == "error" and error["code"] == "bad_message" and error["message"], error
@@ -212,14 +211,10 @@ async def test_the_reviews_overflowing_samples_are_not_stored(server: CentralSer
     bundle = server.enroll("pi-l1")
     now = time.time()
     for ts in (now - 30, now - 2, now - 1):
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             await node.send({"type": "metrics", "ts": ts, "cpu": {"total": 1e308}})
             assert (await node.recv())["code"] == "bad_message"
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send({"type": "metrics", "ts": now, "cpu": {"total": 42.0}})
         # The writer commits in order: once this sample is in, anything sent before it would be too.
         wait_for(lambda: stored_extremes(server, bundle["node_id"])[0] == 42.0, what="the good sample")
@@ -250,9 +245,7 @@ async def test_samples_at_the_bound_are_kept_and_average_finitely(server: Centra
     bundle = server.enroll("pi-big-numbers")
     now = time.time()
     minute = now - now % 60 - 120  # two samples in one minute bucket: their average is a sum first
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         for ts in (minute + 1, minute + 2):
             await node.send({"type": "metrics", "ts": ts, "cpu": {"total": MAX_METRIC_ABS},
                              "net": {"rx_bytes": MAX_METRIC_ABS, "tx_bytes": -MAX_METRIC_ABS}})
@@ -303,15 +296,11 @@ async def test_api_and_stream_answers_are_strict_json(server: CentralServer, tok
     async with aiohttp.ClientSession() as http:
         stream = await http.ws_connect(server.url.replace("https", "wss") + "/api/v1/stream", ssl=server.ssl_context,
                                        headers={"Authorization": f"Bearer {tokens['viewer']}"})
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             # The review's frame (Python's json reads NaN/Infinity): refused, so stored nowhere.
             await node.send_raw('{"type":"event","kind":"note","message":"m","data":{"v":NaN,"w":Infinity}}')
             assert (await node.recv())["code"] == "bad_message"
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             await node.send({"type": "event", "kind": "note", "message": "marker", "data": {"v": 1.5}})
             while True:
                 msg = await stream.receive(timeout=10)

@@ -19,6 +19,7 @@ from central.messages import MAX_DEMO_HEADER_CHARS, parse_node_message
 from central.nodelimits import ABUSE_DROPS, EVENTS_BURST, KEEPALIVE_BURST, METRICS_BURST, NodeLimits
 from central.registry import PUBLISH_WINDOW_S
 from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for, wait_for
 
@@ -113,9 +114,7 @@ class Viewer:
 async def test_a_metrics_flood_is_bounded_in_stored_rows_and_in_frames_to_a_viewer(central_server: CentralServer):
     server = central_server  # interval 5 s: 2 samples per interval after a burst of METRICS_BURST
     bundle = server.enroll("flooder")
-    async with Viewer(server, "flooder") as viewer, FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with Viewer(server, "flooder") as viewer, greeted(bundle) as node:
         start_frames = viewer.frames
         started = time.monotonic()
         now = time.time()
@@ -149,9 +148,7 @@ async def test_normal_rate_samples_and_a_reconnect_backlog_are_all_stored(tmp_pa
     # The daemon's own behaviour: one sample per interval, and after an outage the last 720 it buffered at once.
     with CentralServer(tmp_path / "central", interval=0.5) as server:
         bundle = server.enroll("steady")
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             now = time.time()
             for i in range(720):  # the backlog, oldest first, as the daemon sends it after welcome
                 await node.send(sample(now - (720 - i) * 0.5))
@@ -168,9 +165,7 @@ async def test_normal_rate_samples_and_a_reconnect_backlog_are_all_stored(tmp_pa
 async def test_an_event_flood_is_bounded_per_node(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("chatty")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         frames = [json.dumps({"type": "event", "kind": "error", "message": f"event {i}", "data": {}})
                   for i in range(3000)]
         assert await flood(node, frames) == 3000
@@ -184,16 +179,13 @@ async def test_an_event_flood_is_bounded_per_node(central_server: CentralServer)
 
 async def test_sustained_abuse_closes_the_connection(central_server: CentralServer):
     bundle = central_server.enroll("abuser")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         text = json.dumps(sample(time.time()))
         await flood(node, [text] * (METRICS_BURST + ABUSE_DROPS + 500))
         assert await node.closed(timeout=60) == 4429
     # it may come back (and is bounded again)
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle):
+        pass
 
 
 def test_keepalives_beyond_the_rate_get_a_clear_429(central_server: CentralServer):
@@ -251,9 +243,7 @@ async def test_a_node_announcing_20000_demos_stays_bounded(small_demo_server: Ce
     server = small_demo_server
     bundle = server.enroll("many-demos")
     big = {f"k{j}": "v" * 256 for j in range(64)}  # the largest header the server took before
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         frames = [json.dumps(demo(f"t{i:06d}", header=big if i < 100 else None)) for i in range(20000)]
         await flood(node, frames)
         errors = []
@@ -268,9 +258,7 @@ async def test_a_node_announcing_20000_demos_stays_bounded(small_demo_server: Ce
     assert size < 64 * (MAX_DEMO_HEADER_CHARS + 400) + 20_000, size  # was 317 MiB for 19,000 demos
     assert all(len(json.dumps(d["header"])) <= MAX_DEMO_HEADER_CHARS for d in detail["demos_list"])
     assert demo_rows(server, bundle["node_id"]) == 64
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         # an exited demo makes room for a new one; a running one is never pushed out
         await node.send(demo("t000003", state="exited"))
         await node.send(demo("new-one"))
@@ -285,9 +273,7 @@ async def test_a_node_announcing_20000_demos_stays_bounded(small_demo_server: Ce
 async def test_exited_demos_are_forgotten_after_the_age_in_memory_and_in_the_table(tmp_path: Path):
     with CentralServer(tmp_path / "central", extra_args=("--forget-demos-after", "2")) as server:
         bundle = server.enroll("forgetful")
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             await node.send(demo("runs"))
             await node.send(demo("ended", state="exited"))
             # a reconnect's announcement of an exit older than the age is not recorded again
@@ -306,9 +292,7 @@ async def test_exited_demos_are_forgotten_after_the_age_in_memory_and_in_the_tab
 async def test_a_restart_with_a_lower_cap_trims_the_stored_demos(tmp_path: Path):
     with CentralServer(tmp_path / "central", extra_args=("--max-demos", "300")) as server:
         bundle = server.enroll("crowded")
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             await flood(node, [json.dumps(demo(f"t{i:04d}", state="exited" if i < 100 else "alive"))
                                for i in range(300)])
             await all_processed(node)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 
 VALID = json.loads((Path(__file__).parents[1] / "vectors" / "node_messages.json").read_text())["valid"]
@@ -17,9 +17,7 @@ async def test_every_valid_vector_is_taken_and_the_socket_stays_open(tmp_path: P
     server = CentralServer(tmp_path / "central").start()
     try:
         bundle = server.enroll("pi-vectors")
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             for message in VALID:
                 if message["type"] != "hello":
                     await node.send(message)

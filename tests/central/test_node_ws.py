@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -43,9 +44,7 @@ async def test_hello_welcome_and_node_goes_online_then_offline_when_it_leaves(sh
 
 async def test_log_lines_are_acked_after_commit_and_a_replay_is_stored_once(shared_server: CentralServer):
     bundle = shared_server.enroll("pi-2")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         lines = [node.line(f"line {i}") for i in range(1, 11)]
         ack = await node.send_logs(lines)
         assert ack["seq"] == 10
@@ -99,9 +98,7 @@ async def test_certificate_from_another_ca_is_refused(shared_server: CentralServ
 
 async def test_revoked_node_is_closed_and_refused(shared_server: CentralServer):
     bundle = shared_server.enroll("pi-6")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         status, _ = shared_server.api("DELETE", "/api/v1/nodes/pi-6")
         assert status == 200
         assert await node.closed() == 4403
@@ -120,9 +117,7 @@ async def test_revoked_node_is_closed_and_refused(shared_server: CentralServer):
 
 async def test_metrics_demo_and_event_messages_reach_the_api(shared_server: CentralServer):
     bundle = shared_server.enroll("pi-7")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         now = time.time()
         await node.send({"type": "metrics", "ts": now, "cpu": {"total": 42.0, "per_core": [40.0, 44.0]},
                          "mem": {"percent": 61.5}, "disks": [{"mount": "/", "percent": 30.0},
@@ -172,9 +167,7 @@ async def test_keepalive_keeps_a_node_online_after_its_socket_closes(fast_centra
 
 async def test_silent_but_connected_node_goes_offline(fast_central_server: CentralServer):
     bundle = fast_central_server.enroll("pi-8")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         wait_for(lambda: state_of(fast_central_server, "pi-8") == "offline", timeout=10, what="offline")
         # Speaking again brings it back.
         await node.send({"type": "metrics", "ts": time.time()})
@@ -183,9 +176,7 @@ async def test_silent_but_connected_node_goes_offline(fast_central_server: Centr
 
 async def test_many_batches_in_flight_are_all_acked_in_order(shared_server: CentralServer):
     bundle = shared_server.enroll("pi-9")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         for _ in range(20):
             await node.send({"type": "logs", "lines": [node.line(f"x{node.seq}") for _ in range(100)]})
         acks = [(await node.recv())["seq"]]
@@ -201,9 +192,7 @@ async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_i
     bundle = central_server.enroll("pi-full")
     wal = central_server.data_dir / "dvic.sqlite3-wal"
     batch_lines: list[dict] = []
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         await node.send_logs([node.line("before")])
         # A real write error: the server may not grow its files any more (SQLite sees EFBIG).
         pid = central_server.proc.pid
@@ -247,9 +236,7 @@ async def test_live_subscribers_see_each_line_once_across_replays_and_a_failed_s
                     if msg["type"] == "logs":
                         shown.extend(line["seq"] for line in msg["lines"])
 
-            async with FakeNode(bundle) as node:
-                await node.connect()
-                await node.hello()
+            async with greeted(bundle) as node:
                 lines = [node.line(f"line {i}") for i in range(1, 11)]
                 assert (await node.send_logs(lines))["seq"] == 10
                 assert (await node.send_logs(lines[5:] + [node.line("line 11")]))["seq"] == 11

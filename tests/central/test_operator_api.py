@@ -10,6 +10,7 @@ import aiohttp
 
 from tests.central.streamkit import stream_seqs
 from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 
 
@@ -121,9 +122,7 @@ def test_openapi_lists_every_route_with_its_role(central_server: CentralServer):
 async def test_log_search_filters_and_pagination(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-logs", group="hall-b")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         lines = [node.line(f"calibration step {i}", level="INFO") for i in range(30)]
         lines += [node.line("motor overheated: stopping", level="ERROR"),
                   node.line("kernel: usb 1-1 disconnect", source="system", unit="kernel", level="WARNING"),
@@ -163,9 +162,7 @@ async def test_stream_pushes_node_updates_and_subscribed_logs(central_server: Ce
             assert hello["type"] == "hello" and {n["name"] for n in hello["nodes"]} == {"pi-live", "pi-quiet"}
             await ws.send_str(json.dumps({"type": "subscribe", "logs": ["pi-live"]}))
             assert json.loads((await ws.receive(timeout=5)).data)["type"] == "subscribed"
-            async with FakeNode(bundle) as node, FakeNode(quiet) as other:
-                await node.connect()
-                await node.hello()
+            async with greeted(bundle) as node, FakeNode(quiet) as other:
                 await other.connect()
                 await other.hello()
                 sent = time.time()
@@ -218,9 +215,7 @@ async def test_a_stream_client_that_stops_reading_is_cut_off_and_slows_nobody(tm
                 assert json.loads((await ws.receive(timeout=5)).data)["type"] == "subscribed"
             # From here `slow` is not read: its socket fills, then its queue on the server.
             reader = asyncio.create_task(stream_seqs(fast, 40 * 500))
-            async with FakeNode(bundle) as node:
-                await node.connect()
-                await node.hello()
+            async with greeted(bundle) as node:
                 for _ in range(40):  # 40 batches of 500 lines of 1 KB: about 20 MB to every subscriber
                     ack = await node.send_logs([node.line("x" * 1000) for _ in range(500)])
                 assert ack["seq"] == 40 * 500  # the node was acked all along

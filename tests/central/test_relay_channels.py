@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -28,9 +28,7 @@ async def _open(http: aiohttp.ClientSession, server: CentralServer, what: str) -
 
 
 async def test_a_daemon_without_shells_or_tunnels_ends_each_as_its_kind(central_server: CentralServer) -> None:
-    async with FakeNode(central_server.enroll("pi-old")) as node, aiohttp.ClientSession() as http:
-        await node.connect()
-        await node.hello()
+    async with greeted(central_server.enroll("pi-old")) as node, aiohttp.ClientSession() as http:
         for attempt in range(5):  # more than the 4 shells a node may have open: each slot is freed
             shell = await _open(http, central_server, "shell")
             request = await node.recv()

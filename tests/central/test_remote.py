@@ -6,8 +6,9 @@ import base64
 import json
 
 import aiohttp
+import pytest
 
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -16,13 +17,20 @@ def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def refused_shell(server: CentralServer, node: str) -> aiohttp.WSServerHandshakeError:
+    """Asks for a shell on `node` as admin; the server must refuse the upgrade. Returns the refusal."""
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{server.url}/api/v1/nodes/{node}/shell", headers=headers(server.admin_token),
+                                  ssl=server.ssl_context)
+    return refused.value
+
+
 async def test_command_runs_streams_output_and_reports_offline_nodes(central_server: CentralServer):
     server = central_server
     online = server.enroll("pi-cmd", group="lab")
     server.enroll("pi-away", group="lab")
-    async with FakeNode(online) as node, aiohttp.ClientSession() as http:
-        await node.connect()
-        await node.hello()
+    async with greeted(online) as node, aiohttp.ClientSession() as http:
         status, cmd = server.api("POST", "/api/v1/commands", {"group": "lab", "argv": ["uname", "-a"], "timeout": 30})
         assert status == 201, cmd
         runs = {r["node_name"]: r for r in cmd["runs"]}
@@ -58,9 +66,7 @@ async def test_command_runs_streams_output_and_reports_offline_nodes(central_ser
 async def test_node_leaving_mid_command_marks_the_run_lost(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-gone")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-gone"], "shell": "sleep 100"})
         request = await node.recv()
         assert request["shell"] == "sleep 100"
@@ -76,9 +82,7 @@ async def test_node_leaving_mid_command_marks_the_run_lost(central_server: Centr
 async def test_cancel_reaches_the_node(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-cancel")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-cancel"], "argv": ["sleep", "60"]})
         request = await node.recv()
         status, _ = server.api("POST", f"/api/v1/commands/{cmd['id']}/cancel")
@@ -121,9 +125,7 @@ def test_viewers_and_bad_commands_are_refused(central_server: CentralServer):
 async def test_shell_relays_bytes_and_resizes_and_is_recorded(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-sh")
-    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node, aiohttp.ClientSession() as http:
         ws = await http.ws_connect(f"{server.url}/api/v1/nodes/pi-sh/shell?cols=100&rows=30",
                                    headers=headers(server.admin_token), ssl=server.ssl_context)
         opened = await node.recv()
@@ -159,21 +161,13 @@ async def test_shell_relays_bytes_and_resizes_and_is_recorded(central_server: Ce
 async def test_shell_on_offline_node_is_refused_before_upgrade(central_server: CentralServer):
     server = central_server
     server.enroll("pi-off")
-    async with aiohttp.ClientSession() as http:
-        try:
-            await http.ws_connect(f"{server.url}/api/v1/nodes/pi-off/shell", headers=headers(server.admin_token),
-                                  ssl=server.ssl_context)
-            raise AssertionError("shell on an offline node was accepted")
-        except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 409
+    assert (await refused_shell(server, "pi-off")).status == 409
 
 
 async def test_late_stream_client_gets_stored_output_first_without_repeats(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-late")
-    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node, aiohttp.ClientSession() as http:
         _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-late"], "argv": ["echo"]})
         rid = (await node.recv())["id"]
         await node.send({"type": "exec_started", "id": rid, "pid": 5})
@@ -195,22 +189,15 @@ async def test_late_stream_client_gets_stored_output_first_without_repeats(centr
 async def test_server_restart_marks_unfinished_runs_lost_and_refusals_carry_a_header(central_server: CentralServer):
     server = central_server
     bundle = server.enroll("pi-restart")
-    async with FakeNode(bundle) as node:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node:
         _, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["pi-restart"], "argv": ["sleep", "9"]})
         await node.recv()
         server.kill()  # mid-command, node still connected
     server.start()
     _, stored = server.api("GET", f"/api/v1/commands/{cmd['id']}")
     assert stored["runs"][0]["state"] == "lost" and "restarted" in stored["runs"][0]["message"]
-    async with aiohttp.ClientSession() as http:
-        try:
-            await http.ws_connect(f"{server.url}/api/v1/nodes/pi-restart/shell", headers=headers(server.admin_token),
-                                  ssl=server.ssl_context)
-            raise AssertionError("shell on an offline node was accepted")
-        except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 409 and exc.headers["X-Dvic-Error"].startswith("node_offline:")
+    refusal = await refused_shell(server, "pi-restart")
+    assert refusal.status == 409 and refusal.headers["X-Dvic-Error"].startswith("node_offline:")
     _, action = server.api("POST", "/api/v1/nodes/pi-restart/actions", {"action": "reboot"})
     status, got = server.api("GET", f"/api/v1/actions/{action['id']}")
     assert status == 200 and got["state"] == "failed" and got["node_name"] == "pi-restart"

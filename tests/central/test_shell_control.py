@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from central.shells import MAX_SESSIONS_PER_NODE, parse_resize
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -44,9 +44,7 @@ async def test_malformed_resize_frames_leave_no_shell_open(central_server: Centr
     url = f"{server.url}/api/v1/nodes/pi-sh/shell"
     auth = {"Authorization": f"Bearer {server.admin_token}"}
     assert len(MALFORMED) > MAX_SESSIONS_PER_NODE
-    async with FakeNode(bundle) as node, aiohttp.ClientSession() as http:
-        await node.connect()
-        await node.hello()
+    async with greeted(bundle) as node, aiohttp.ClientSession() as http:
         for text in MALFORMED:
             ws = await http.ws_connect(url, headers=auth, ssl=server.ssl_context)
             opened = await node.recv()

@@ -12,7 +12,7 @@ import aiohttp
 
 from central.bus import CUT_OFF_GRACE_S, MAX_FRAME_BYTES, SEND_STALL_S, Bus, _log_frames
 from tests.central.streamkit import stream_seqs
-from tests.support.fake_node import FakeNode
+from tests.support.nodes import greeted
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -59,9 +59,7 @@ async def test_a_viewer_that_pings_but_never_reads_is_cut_off_and_the_others_car
             await fast.send_str(subscribe)
             assert json.loads((await fast.receive(timeout=10)).data)["type"] == "subscribed"
             reader = asyncio.create_task(stream_seqs(fast, BATCHES * 15))
-            async with FakeNode(bundle) as node:
-                await node.connect()
-                await node.hello()
+            async with greeted(bundle) as node:
                 for batch in range(BATCHES):  # about 54 MB to each subscriber
                     lines = [node.line(f"{batch}:{i}:" + "y" * LINE) for i in range(15)]
                     ack = await node.send_logs(lines)

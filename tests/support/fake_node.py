@@ -37,6 +37,7 @@ class FakeNode:
         self.session: aiohttp.ClientSession | None = None
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.seq = 0
+        self.welcome: dict[str, Any] = {}  # the server's answer to the last hello
 
     async def __aenter__(self) -> FakeNode:
         self.session = aiohttp.ClientSession()
@@ -57,6 +58,7 @@ class FakeNode:
                          "facts": {"hostname": self.bundle["name"], **facts}})
         welcome = await self.recv()
         assert welcome["type"] == "welcome", welcome
+        self.welcome = welcome
         return welcome
 
     async def send(self, message: dict[str, Any]) -> None:

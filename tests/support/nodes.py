@@ -46,15 +46,23 @@ def demo(name: str = "robot-arm", state: str = "alive", token: str = DEMO_TOKEN,
 
 
 @asynccontextmanager
-async def connected(bundle: dict[str, Any], *, daemon_version: str = "test-0", **facts: Any) -> AsyncIterator[FakeNode]:
-    """Connects an enrolled node over mutual TLS, says hello (resuming its sequence numbers) and
-    sends one metrics sample (cpu 12.5 %, mem 50 %)."""
+async def greeted(bundle: dict[str, Any], **hello: Any) -> AsyncIterator[FakeNode]:
+    """Connects an enrolled node over mutual TLS and says hello (`hello`: its facts, daemon_version),
+    nothing more: for server tests that count or script every frame the node sends."""
     async with FakeNode(bundle) as node:
         await node.connect()
-        welcome = await node.hello(os="Debian GNU/Linux 12", kernel="6.1.0", arch="aarch64",
-                                   ips=["10.0.0.42"], macs=["dc:a6:32:00:00:01"],
-                                   boot_time=time.time() - 3600, daemon_version=daemon_version, **facts)
-        node.seq = int(welcome.get("last_seq") or 0)
+        await node.hello(**hello)
+        yield node
+
+
+@asynccontextmanager
+async def connected(bundle: dict[str, Any], *, daemon_version: str = "test-0", **facts: Any) -> AsyncIterator[FakeNode]:
+    """Connects an enrolled node over mutual TLS, says hello as a Raspberry Pi (resuming its sequence
+    numbers) and sends one metrics sample (cpu 12.5 %, mem 50 %)."""
+    async with greeted(bundle, os="Debian GNU/Linux 12", kernel="6.1.0", arch="aarch64", ips=["10.0.0.42"],
+                       macs=["dc:a6:32:00:00:01"], boot_time=time.time() - 3600, daemon_version=daemon_version,
+                       **facts) as node:
+        node.seq = int(node.welcome.get("last_seq") or 0)
         await node.send(metrics())
         yield node
 

@@ -9,8 +9,7 @@ from textual.pilot import Pilot
 from textual.widgets import Sparkline, Static
 
 from tests.support.cli import run_dvic, server_env
-from tests.support.fake_node import FakeNode
-from tests.support.nodes import connected, online_node
+from tests.support.nodes import connected, greeted, online_node
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 from tests.tui.pilot import make_app, open_node
@@ -87,9 +86,7 @@ async def test_real_server_samples_that_overflowed_do_not_crash_the_console(shar
     now = time.time()
     minute = now - now % 60
     for ts in (minute - 30, minute + 1, minute + 2):  # two in one minute: their average overflowed
-        async with FakeNode(bundle) as node:
-            await node.connect()
-            await node.hello()
+        async with greeted(bundle) as node:
             await node.send({"type": "metrics", "ts": ts, "cpu": {"total": 1e308}})
     async with connected(bundle) as node:  # says hello and sends a normal sample (cpu 12.5)
         app = make_app(server)

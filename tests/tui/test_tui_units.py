@@ -12,7 +12,7 @@ from rich.console import Console
 
 from tui import fmt
 from tui.api.config import ConfigError, Store, config_dir, resolve
-from tui.cmds.common import parse_level, parse_time
+from tui.cmds.common import parse_level, parse_time, terminal_columns
 from tui.textsafe import clean, literal
 
 HOSTILE = ["[link=http://x]x[/link]", "[/b]", "\x1b]52;c;aGk=\x07", "\x1b[31mred\x1b[0m", "a\x9b2Jb",
@@ -70,6 +70,17 @@ def test_time_and_level_options() -> None:
     assert parse_level("warn") == "WARNING"
     with pytest.raises(argparse.ArgumentTypeError, match="unknown level"):
         parse_level("loud")
+
+
+def test_terminal_columns_without_a_terminal_or_a_stdout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("COLUMNS", "132")
+    assert terminal_columns() == 132
+    monkeypatch.delenv("COLUMNS")
+    with open(tmp_path / "out", "w") as not_a_tty:
+        monkeypatch.setattr("sys.__stdout__", not_a_tty)
+        assert terminal_columns() == 80
+    monkeypatch.setattr("sys.__stdout__", None)  # started without one (pythonw, a service)
+    assert terminal_columns() == 80
 
 
 def test_settings_precedence(tmp_path: Path) -> None:
@@ -197,3 +208,29 @@ def test_node_updates_are_taken_oldest_first_in_shares() -> None:
     assert [n["id"] for n in feed.take_nodes(2)] == ["n0", "n1"]
     assert list(feed.pending) == ["n2", "n3", "n4"]
     assert [n["id"] for n in feed.take_nodes()] == ["n2", "n3", "n4"] and not feed.pending
+
+
+def test_alert_book_keeps_the_furthest_state_and_the_view_order() -> None:
+    from tui.console.alerts import AlertBook, order_key
+
+    book = AlertBook()
+    firing = {"id": 1, "rule": "disk_full", "node": "pi", "severity": "warning", "state": "firing", "started": 10.0}
+    acked = {**firing, "state": "acknowledged", "acked_by": "ann"}
+    assert book.apply(acked) and not book.apply(firing)  # a frame older than the read changes nothing
+    assert book.alerts[1]["acked_by"] == "ann"
+    now = 10_000.0
+    book.replace([acked, {**firing, "id": 2, "severity": "critical", "started": 5.0},
+                  {**firing, "id": 3, "silenced": True},
+                  {**firing, "id": 4, "state": "resolved", "resolved": now - 60},
+                  {**firing, "id": 5, "state": "resolved", "resolved": now - 7200}], now=now)
+    assert [a["id"] for a in book.ordered()] == [2, 3, 1, 4]  # firing, silenced, acknowledged, recent resolved
+    assert order_key(book.alerts[2]) < order_key(book.alerts[3])
+    assert AlertBook(node="other").apply(firing) is False
+
+
+def test_alert_table_columns_fit_80_and_grow_with_room() -> None:
+    from tui.console.widgets.alert_table import FIXED_WIDTH, column_widths
+
+    assert FIXED_WIDTH <= 80 and column_widths(80) == {"summary": 0}
+    wide = column_widths(120)
+    assert wide["rule"] == 18 and wide["subject"] == 20 and wide["summary"] >= 10

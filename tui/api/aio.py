@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Generic, ParamSpec, Self, TypeVar
 
 from tui.api import calls, refusals, tls
 from tui.api.config import Settings
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+UPLOAD_STALL_S = 120.0  # an upload that makes no progress this long is given up
 
 
 class Endpoint(Generic[P, R]):
@@ -110,6 +111,23 @@ class AsyncClient:
             async with self.session.request(req.method, f"{self.base}{API}{req.path}", params=req.params,
                                             data=data, headers={"Content-Type": content_type} if content_type else None
                                             ) as resp:
+                body = await resp.read()
+                return decode(req, resp.status, body, resp.headers.get(ERROR_HEADER, ""))
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise self._untrusted(exc) from exc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
+
+    async def upload(self, req: Request[R], source: BinaryIO) -> R:
+        """`req` with the open file `source` as its body, streamed (a demo release of up to
+        gigabytes): no overall deadline, but UPLOAD_STALL_S without progress ends it."""
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_S, sock_read=UPLOAD_STALL_S)
+        try:
+            async with self.session.request(req.method, f"{self.base}{API}{req.path}", params=req.params,
+                                            data=source, headers={"Content-Type": req.content_type},
+                                            timeout=timeout) as resp:
                 body = await resp.read()
                 return decode(req, resp.status, body, resp.headers.get(ERROR_HEADER, ""))
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -221,6 +239,14 @@ class AsyncClient:
     notification = Endpoint(calls.notification)
     resend_notification = Endpoint(calls.resend_notification)
     resend_failed = Endpoint(calls.resend_failed)
+    demos = Endpoint(calls.demos)
+    demo_releases = Endpoint(calls.demo_releases)
+    demo_status = Endpoint(calls.demo_status)
+    deploy = Endpoint(calls.deploy)
+    undeploy = Endpoint(calls.undeploy)
+    rollback = Endpoint(calls.rollback)
+    deployments = Endpoint(calls.deployments)
+    deployment = Endpoint(calls.deployment)
 
 
 class Stream:

@@ -244,6 +244,107 @@ def set_rule(name: str, settings: Json) -> Request[Json]:
 def remove_rule(name: str) -> Request[Json]:
     """Deletes an operator rule; a stock rule goes back to its defaults."""
     return Request("DELETE", f"/rules/{seg(name)}", json_object)
+# -- the venue calendar (docs/calendar.md) ---------------------------------------------------------
+def calendar(group: str | None = None, days: int | None = None) -> Request[list[Json]]:
+    return Request("GET", "/calendar", object_list("groups"), params(group=group, days=days))
+
+
+def set_hours(group: str, lines: list[str], zone: str | None = None) -> Request[Json]:
+    return Request("PUT", f"/calendar/{seg(group)}/hours", json_object, body=_given(hours=lines, zone=zone))
+
+
+def set_exception(group: str, day: str, hours: str, note: str | None = None) -> Request[Json]:
+    return Request("PUT", f"/calendar/{seg(group)}/exceptions/{seg(day)}", json_object,
+                   body=_given(hours=hours, note=note))
+
+
+def runbooks(group: str | None = None) -> Request[list[Json]]:
+    return Request("GET", "/runbooks", object_list("runbooks"), params(group=group))
+
+
+def add_runbook(group: str, name: str, at: str, steps: list[str], catch_up: float | None = None) -> Request[Json]:
+    return Request("POST", "/runbooks", json_object,
+                   body=_given(group=group, name=name, at=at, steps=steps, catch_up=catch_up))
+
+
+def runbook(group: str, name: str, limit: int | None = None) -> Request[Json]:
+    return Request("GET", f"/runbooks/{seg(group)}/{seg(name)}", json_object, params(limit=limit))
+
+
+def delete_runbook(group: str, name: str) -> Request[Json]:
+    return Request("DELETE", f"/runbooks/{seg(group)}/{seg(name)}", json_object)
+
+
+def run_runbook(group: str, name: str) -> Request[Json]:
+    return Request("POST", f"/runbooks/{seg(group)}/{seg(name)}/run", json_object)
+
+
+def firings(group: str | None = None, runbook: str | None = None, limit: int | None = None) -> Request[list[Json]]:
+    return Request("GET", "/firings", object_list("firings"), params(group=group, runbook=runbook, limit=limit))
+
+
+def firing(firing_id: int) -> Request[Json]:
+    return Request("GET", f"/firings/{firing_id}", json_object)
+
+
+def bookings(at: str | None = None, mine: bool = False, group: str | None = None,
+             holder: str | None = None) -> Request[list[Json]]:
+    return Request("GET", "/bookings", object_list("bookings"),
+                   params(at=at, mine="true" if mine else None, group=group, holder=holder))
+
+
+def book(fields: Json) -> Request[Json]:
+    """`fields`: nodes, or group/kind/count; from, to, note, deploy (docs/protocol.md section 4)."""
+    return Request("POST", "/bookings", json_object, body=_given(**fields))
+
+
+def cancel_booking(booking_id: int) -> Request[Json]:
+    return Request("POST", f"/bookings/{booking_id}/cancel", json_object)
+
+
+def extend_booking(booking_id: int, to: str) -> Request[Json]:
+    return Request("POST", f"/bookings/{booking_id}/extend", json_object, body={"to": to})
+
+
+# -- demo releases and deployments (docs/demos.md) ---------------------------------------------------
+def publish_demo(name: str | None = None, version: str | None = None) -> Request[Json]:
+    """A demo release; its body, the archive, is streamed from a file (`AsyncClient.upload`)."""
+    return Request("POST", "/demos/releases", json_object, params(name=name, version=version),
+                   content_type="application/gzip")
+
+
+def demos() -> Request[list[Json]]:
+    return Request("GET", "/demos", object_list("demos"))
+
+
+def demo_releases(name: str) -> Request[list[Json]]:
+    return Request("GET", f"/demos/{seg(name)}/releases", object_list("releases"))
+
+
+def demo_status(name: str | None = None) -> Request[list[Json]]:
+    return Request("GET", "/demos/status", object_list("status"), params(demo=name))
+
+
+def deploy(demo: str, version: str, target: Json, batch: int | None = None) -> Request[Json]:
+    """`target`: `{"node": N}`, `{"group": G}` or `{"all": True}`."""
+    return Request("POST", "/deployments", json_object, body={"demo": demo, "version": version, **target,
+                                                              **_given(batch=batch)})
+
+
+def undeploy(demo: str, target: Json) -> Request[Json]:
+    return Request("POST", "/deployments/undeploy", json_object, body={"demo": demo, **target})
+
+
+def rollback(demo: str, target: Json) -> Request[Json]:
+    return Request("POST", "/deployments/rollback", json_object, body={"demo": demo, **target})
+
+
+def deployments(demo: str | None = None, limit: int | None = None) -> Request[list[Json]]:
+    return Request("GET", "/deployments", object_list("deployments"), params(demo=demo, limit=limit))
+
+
+def deployment(deployment_id: str) -> Request[Json]:
+    return Request("GET", f"/deployments/{seg(deployment_id)}", json_object)
 
 
 def _given(**fields: object) -> Json:

@@ -17,7 +17,7 @@ from tui import fmt
 from tui.api.aio import AsyncClient, Stream
 from tui.api.errors import ApiError
 from tui.api.follow_command import ACTION_POLL_S, ActionTracker, needs_confirmation
-from tui.cmds.common import SettingsFn, emit_json, remote_client, say
+from tui.cmds.common import SettingsFn, client, emit_json, say
 from tui.cmds.parsing import positive
 from tui.cmds.run import check_answer, confirmation_question, targets_of, targets_options
 from tui.textsafe import clean
@@ -158,7 +158,7 @@ async def _open_stream(api: AsyncClient) -> Stream | None:
 
 async def request_action(args: argparse.Namespace, settings: SettingsFn) -> int:
     kind = ACTION_CHOICES.get(args.action, args.action)
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         stream = await _open_stream(api) if args.wait else None
         try:
             action = await api.request_action(args.node, kind, demo=args.demo, timeout=args.timeout)
@@ -175,7 +175,7 @@ async def request_action(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def list_actions(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.actions(node=args.node)
     if args.json:
         emit_json({"actions": rows})
@@ -188,7 +188,7 @@ async def list_actions(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def maintenance(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         doc = await api.set_maintenance(args.node, args.mode == "on")
     if args.json:
         emit_json(doc)
@@ -200,7 +200,7 @@ async def maintenance(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 async def update(args: argparse.Namespace, settings: SettingsFn) -> int:
     targets = targets_of(args, args.nodes)
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         await confirm(api, args, targets, "update the daemon")
         stream = await _open_stream(api) if args.wait else None
         try:

@@ -11,7 +11,7 @@ import sys
 from dvic_core.constants import RUN_FINAL
 from tui import fmt
 from tui.api.follow_command import command_text, run_status, state_text
-from tui.cmds.common import SettingsFn, emit_json, remote_client, say
+from tui.cmds.common import SettingsFn, client, emit_json, say
 from tui.cmds.run import OutputPrinter
 from tui.textsafe import clean
 
@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 
 async def list_commands(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.commands(node=args.node, limit=args.limit)
     if args.json:
         emit_json({"commands": rows})
@@ -43,7 +43,7 @@ async def list_commands(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def show_command(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         doc = await api.command(args.id)
     if args.json:
         emit_json(doc)

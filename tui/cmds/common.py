@@ -37,9 +37,12 @@ def terminal_columns() -> int:
         columns = 0
     if columns > 0:
         return columns
+    stdout = sys.__stdout__
+    if stdout is None:  # started without a stdout (pythonw, a service)
+        return 80
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
-    except (AttributeError, ValueError, OSError):
+        return os.get_terminal_size(stdout.fileno()).columns or 80
+    except (ValueError, OSError):
         return 80
 
 
@@ -99,8 +102,3 @@ def client(settings: Settings) -> AsyncClient:
     from tui.api.aio import AsyncClient  # not with this module: `dvic run` uses the stdlib transport
 
     return AsyncClient(settings)
-
-
-def remote_client(settings: Settings) -> AsyncClient:
-    """The client of the remote-control commands (commands, shells, actions, releases)."""
-    return client(settings)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tui import fmt
-from tui.cmds.common import SettingsFn, UsageError, emit_json, remote_client, say
+from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
 from tui.textsafe import clean
 
 
@@ -21,7 +21,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 
 async def release(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         if getattr(args, "release_command", None) == "publish":
             try:
                 data = args.file.read_bytes()

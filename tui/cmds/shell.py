@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tui import fmt, terminal
 from tui.api.follow_command import EXIT_UNREACHED
-from tui.cmds.common import SettingsFn, UsageError, emit_json, remote_client, say
+from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
 from tui.cmds.parsing import positive
 from tui.textsafe import clean
 
@@ -37,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 async def open_shell(args: argparse.Namespace, settings: SettingsFn) -> int:
     cols, rows = terminal.size(sys.stdout.fileno())
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         ws = await api.shell(args.node, cols, rows)
         with terminal.RawMode(sys.stdin.fileno()):
             end = await terminal.relay(ws, sys.stdin.fileno(), sys.stdout.fileno())
@@ -48,7 +48,7 @@ async def open_shell(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def list_sessions(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         rows = await api.sessions(node=args.node)
     if args.json:
         emit_json({"sessions": rows})
@@ -66,7 +66,7 @@ async def list_sessions(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def replay(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with remote_client(settings()) as api:
+    async with client(settings()) as api:
         cast = await api.recording(args.id)
     if args.out is not None:
         try:

@@ -17,7 +17,15 @@ from tui.api.aio import AsyncClient
 from tui.api.errors import ApiError
 from tui.console.fleet import Fleet
 from tui.console.live import LiveFeed
-from tui.console.messages import AlertCounts, Connected, Disconnected, EventArrived, LogsArrived
+from tui.console.messages import (
+    AlertChanged,
+    AlertCounts,
+    Connected,
+    Disconnected,
+    EventArrived,
+    LogsArrived,
+    SilenceChanged,
+)
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.fleet import FleetScreen
 
@@ -167,6 +175,14 @@ class DvicApp(App[None]):
         self.fleet.set_server_alerts(msg.counts)
         self._each(lambda s: s.live_alerts())
 
+    @on(AlertChanged)
+    def _alert_changed(self, msg: AlertChanged) -> None:
+        self._each(lambda s: s.live_alert(msg.change, msg.alert))
+
+    @on(SilenceChanged)
+    def _silence_changed(self, msg: SilenceChanged) -> None:
+        self._each(lambda s: s.live_silence(msg.change, msg.silence))
+
     @on(LogsArrived)
     def _logs(self, msg: LogsArrived) -> None:
         self._each(lambda s: s.live_logs(msg.node, msg.lines))
@@ -210,6 +226,11 @@ class DvicApp(App[None]):
         from tui.console.screens.add_node import AddNodeScreen
 
         self._push(AddNodeScreen())
+
+    def open_alerts(self, tab: str = "alerts") -> None:
+        from tui.console.screens.alerts import AlertsScreen
+
+        self._push(AlertsScreen(tab))
 
     def show_fleet(self) -> None:
         while len(self.screen_stack) > 2 or not isinstance(self.screen, FleetScreen):

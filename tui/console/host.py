@@ -21,6 +21,7 @@ class ConsoleHost(Protocol):
     settings: Settings
     api: AsyncClient
     fleet: Fleet
+    me: dict[str, Any]
     connected: bool
     down_reason: str
     retry_in: float
@@ -41,6 +42,8 @@ class ConsoleHost(Protocol):
     def open_admin(self) -> None: ...
 
     def open_add_node(self) -> None: ...
+
+    def open_alerts(self, tab: str = "alerts") -> None: ...
 
     def open_run(self, targets: dict[str, Any] | None = None, command_id: str | None = None) -> None: ...
 

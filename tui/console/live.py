@@ -16,7 +16,15 @@ from textual.message import Message
 from tui.api.aio import AsyncClient, Stream
 from tui.api.errors import ApiError
 from tui.api.follow_logs import Backoff
-from tui.console.messages import AlertCounts, Connected, Disconnected, EventArrived, LogsArrived
+from tui.console.messages import (
+    AlertChanged,
+    AlertCounts,
+    Connected,
+    Disconnected,
+    EventArrived,
+    LogsArrived,
+    SilenceChanged,
+)
 
 REFUSED_WAIT_S = 30.0  # after a 401/403: retrying sooner would not change the answer
 
@@ -136,6 +144,10 @@ class LiveFeed:
             self.post(EventArrived(msg["event"]))
         elif kind == "alerts" and isinstance(msg.get("counts"), dict):
             self.post(AlertCounts(msg["counts"]))
+        elif kind == "alert" and isinstance(msg.get("alert"), dict):
+            self.post(AlertChanged(str(msg.get("change") or ""), msg["alert"]))
+        elif kind == "silence" and isinstance(msg.get("silence"), dict):
+            self.post(SilenceChanged(str(msg.get("change") or ""), msg["silence"]))
 
 
 def _drop(call: asyncio.Future[Any]) -> None:

@@ -35,6 +35,24 @@ class AlertCounts(Message):
         self.counts = counts
 
 
+class AlertChanged(Message):
+    """An alert fired, was acknowledged, resolved or reminded of (the stream's `alert` frame)."""
+
+    def __init__(self, change: str, alert: dict[str, Any]) -> None:
+        super().__init__()
+        self.change = change
+        self.alert = alert
+
+
+class SilenceChanged(Message):
+    """A silence was added or removed (the stream's `silence` frame)."""
+
+    def __init__(self, change: str, silence: dict[str, Any]) -> None:
+        super().__init__()
+        self.change = change
+        self.silence = silence
+
+
 class LogsArrived(Message):
     def __init__(self, node: str, lines: list[dict[str, Any]]) -> None:
         super().__init__()

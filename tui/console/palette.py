@@ -20,6 +20,8 @@ class DvicCommands(Provider):
         app: ConsoleHost = self.app  # type: ignore[assignment]
         cmds: list[tuple[str, Callable[[], object], str]] = [
             ("Fleet view", app.show_fleet, "the table of every node"),
+            ("Alerts", app.open_alerts, "the server's alerts, firing first: acknowledge, silence"),
+            ("Silences", partial(app.open_alerts, "silences"), "silences of alerts: add, remove"),
             ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),
             ("Admin", app.open_admin, "operators, node revocation, audit trail"),
             ("Add node", app.open_add_node, "enroll a machine and install its daemon over SSH"),
@@ -48,7 +50,7 @@ class DvicCommands(Provider):
         return cmds
 
     async def discover(self) -> Hits:
-        for title, action, help_text in self._commands()[:6]:
+        for title, action, help_text in self._commands()[:7]:
             yield DiscoveryHit(title, action, help=help_text)
 
     async def search(self, query: str) -> Hits:

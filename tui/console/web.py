@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from tui.api.config import Settings
 
@@ -186,7 +187,7 @@ WRONG_SECRET = ("this secret is not the one of the running console: `dvic consol
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def guard(gate: Gate) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def guard(gate: Gate) -> Middleware:
     """The middleware in front of every textual-serve route: secret or cookie, then Origin."""
 
     @web.middleware

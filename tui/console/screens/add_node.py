@@ -196,7 +196,8 @@ class AddNodeScreen(DvicScreen):
         question = (f"First connection to the {prompt.role} {prompt.host}:{prompt.port}.\n"
                     f"Its {prompt.key_type} host key is {prompt.fingerprint}.\n"
                     "Trust it? Compare with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` on that machine.")
-        return bool(await self.app.push_screen_wait(ConfirmDialog(question, "Trust")))
+        trusted: bool = await self.app.push_screen_wait(ConfirmDialog(question, "Trust"))
+        return trusted
 
     def _progress(self, step: Any) -> None:
         table = self.query_one("#steps", DataTable)

@@ -35,6 +35,12 @@ class DvicScreen(Screen[None]):
     def live_alerts(self) -> None:
         """The server's alert counts changed (app.fleet.server_alerts)."""
 
+    def live_alert(self, change: str, alert: dict[str, Any]) -> None:
+        """An alert changed (the stream's `alert` frame: the whole alert as it is now)."""
+
+    def live_silence(self, change: str, silence: dict[str, Any]) -> None:
+        """A silence was added or removed."""
+
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         """Log lines of a node this screen subscribed to."""
 

@@ -1,12 +1,17 @@
-"""Small modal dialogs: confirm a destructive action, pick one option, type one line, show a secret once."""
+"""Small modal dialogs: confirm a destructive action, pick one option, type one line, fill a short form
+that the server checks, show a secret once."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList
+from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.textsafe import literal
@@ -110,4 +115,71 @@ class SecretDialog(ModalScreen[None]):
             yield Label("Shown once: copy it now. Enter or Escape closes.", classes="dim")
 
     def action_close(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One line of a FormDialog: `key` names the value, `label` is shown before the input."""
+
+    key: str
+    label: str
+    placeholder: str = ""
+    value: str = ""
+
+
+# Sends a form's values; returns None when done, else why not (shown in the dialog, which stays open).
+Submit = Callable[[dict[str, str]], Awaitable[str | None]]
+
+
+class FormDialog(ModalScreen[dict[str, str] | None]):
+    """A few one-line fields; Enter sends them with `submit`, escape cancels.
+
+    A refusal (the server's 400 or 403) is shown in the dialog and what was typed stays, so it can
+    be fixed and sent again; the dialog closes with the values once `submit` succeeds."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, fields: list[Field], submit: Submit) -> None:
+        super().__init__(classes="dialog")
+        self.title_text = title
+        self.fields = fields
+        self.submit = submit
+        self.sending = False
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box form-box"):
+            yield Label(literal(self.title_text, single_line=False), classes="dialog-title")
+            for f in self.fields:
+                with Horizontal(classes="form-row"):
+                    yield Label(f.label, classes="form-label")
+                    yield Input(value=f.value, placeholder=f.placeholder, id=f"field-{f.key}", compact=True)
+            yield Static(id="form-error")
+            yield Label("Enter sends, Escape cancels", classes="dim")
+
+    def on_mount(self) -> None:
+        empty = [i for i in self.query(Input) if not i.value]
+        (empty[0] if empty else self.query_one(Input)).focus()
+
+    def values(self) -> dict[str, str]:
+        return {f.key: self.query_one(f"#field-{f.key}", Input).value.strip() for f in self.fields}
+
+    async def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        if self.sending:
+            return
+        self.sending = True
+        error_box = self.query_one("#form-error", Static)
+        error_box.update(Text("sending…", style="dim"))
+        try:
+            values = self.values()
+            problem = await self.submit(values)
+        finally:
+            self.sending = False
+        if problem is None:
+            self.dismiss(values)
+        else:
+            error_box.update(literal(problem, style="bold red", single_line=False))
+
+    def action_cancel(self) -> None:
         self.dismiss(None)

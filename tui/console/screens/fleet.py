@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -30,7 +29,9 @@ from tui.console.screens.base import DvicScreen
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.fleet_table import FleetTable
 from tui.console.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
-from tui.console.widgets.tables import data_table
+from tui.console.widgets.tables import Cell, data_table
+from tui.console.widgets.tables import signature as _sig
+from tui.console.widgets.tables import sorted_cell as _cell
 from tui.textsafe import clean
 
 COLUMNS: list[tuple[str, str, int | None]] = [
@@ -43,24 +44,6 @@ STATIC_COLUMNS = frozenset({"name", "kind", "group"})  # a sort on these never n
 FRESH_S = 10  # a node seen this recently shows "<10s" in the Seen column
 ROWS_PER_FRAME = 12  # visible rows redrawn per frame for live updates (~40 cells, ~10 ms)
 FILL_STEP = 250  # new rows added per frame after the first screenful (~50 ms of work each)
-
-
-class Cell(Text):
-    """A table cell that remembers the value it sorts by (DataTable sorts on cell values)."""
-
-    sort_value: Any = None
-
-
-def _cell(plain: str, style: str, sort_value: Any) -> Cell:
-    """`plain` must already be safe (cleaned node text or our own formatting)."""
-    cell = Cell(plain, style=style, end="", no_wrap=True)
-    cell.sort_value = sort_value
-    return cell
-
-
-def _sig(cell: Text) -> tuple[Any, ...]:
-    """What a cell looks like, cheaply comparable: skip updates that would change nothing."""
-    return (cell.plain, str(cell.style), tuple((sp.start, sp.end, str(sp.style)) for sp in cell.spans))
 
 
 def _seen(node: dict[str, Any], now: float) -> str:
@@ -82,6 +65,7 @@ def _level_style(value: float | None, warn: float, bad: float) -> str:
 class FleetScreen(DvicScreen):
     BINDINGS = [
         Binding("enter", "open_node", "Open", show=True),
+        Binding("exclamation_mark", "alerts", "Alerts", key_display="!"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear", show=False),
         Binding("t", "cycle_state", "State"),
@@ -560,6 +544,9 @@ class FleetScreen(DvicScreen):
 
     def action_actions(self) -> None:
         self.dvic.open_actions()
+
+    def action_alerts(self) -> None:
+        self.dvic.open_alerts()
 
     def action_admin(self) -> None:
         self.dvic.open_admin()

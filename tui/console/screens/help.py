@@ -22,7 +22,8 @@ def key_table(title: str, bindings: list[Binding]) -> Table:
         if b.key in seen or not b.description:
             continue
         seen.add(b.key)
-        keys = ", ".join(k.replace("slash", "/").replace("question_mark", "?") for k in b.key.split(","))
+        keys = b.key_display or ", ".join(
+            k.replace("slash", "/").replace("question_mark", "?") for k in b.key.split(","))
         rows.append((keys, b.description))
     pairs = 2 if len(rows) > 8 else 1
     table = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0))

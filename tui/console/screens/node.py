@@ -1,4 +1,5 @@
-"""The node view: facts, metric history charts, demos with liveness, the node's logs and events."""
+"""The node view: facts, metric history charts, demos with liveness, the node's logs, events,
+commands, actions and alerts."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from tui import fmt
 from tui.api.errors import ApiError
 from tui.api.follow_command import command_text
 from tui.console.act import ACT_BINDINGS, ACTIONS, DEMO_ACTIONS
+from tui.console.alerts import LiveAlerts
 from tui.console.screens.actions import COLUMNS as ACTION_COLUMNS
 from tui.console.screens.actions import fill_actions_table
+from tui.console.screens.alerts import load_alerts, refusal
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ChoiceDialog
+from tui.console.widgets.alert_table import AlertTable
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.chart import MetricChart
 from tui.console.widgets.log_view import LogView
@@ -66,6 +70,7 @@ class NodeScreen(DvicScreen):
         *ACT_BINDINGS,
         Binding("c", "tab('commands')", "Commands", show=False),
         Binding("a", "tab('actions')", "Actions", show=False),
+        Binding("exclamation_mark", "tab('alerts')", "Alerts", key_display="!"),
     ]
 
     def __init__(self, node_id: str, tab: str = "overview") -> None:
@@ -73,6 +78,7 @@ class NodeScreen(DvicScreen):
         self.node_id = node_id
         self.initial_tab = tab
         self.actions: list[dict[str, Any]] = []
+        self.alerts = LiveAlerts()  # this node's alerts (by name: set on mount)
         self.detail: dict[str, Any] = {}
         self.range_index = 1
         self._last_detail = 0.0
@@ -98,6 +104,8 @@ class NodeScreen(DvicScreen):
                 yield data_table("cmd-table", COMMAND_COLUMNS)
             with TabPane("Actions", id="actions"):
                 yield data_table("node-actions", ACTION_COLUMNS)
+            with TabPane("Alerts", id="alerts"):
+                yield AlertTable(id="node-alerts")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -111,6 +119,8 @@ class NodeScreen(DvicScreen):
         self.load_metrics()
         self.load_history()
         self.load_acts()
+        self.alerts.book.node = str((node or {}).get("name") or self.node_id)
+        self.load_alerts()
 
     def log_subscription(self) -> list[str]:
         return [self.node_id]
@@ -177,6 +187,16 @@ class NodeScreen(DvicScreen):
                           key=str(cmd.get("id")))
         self._show_actions()
 
+    @work(exclusive=True, group="node-alerts")
+    async def load_alerts(self) -> None:
+        try:
+            await load_alerts(self.dvic.api, self.alerts)
+        except ApiError as exc:
+            self.notify(f"alerts: {refusal(exc)}", severity="error", markup=False)
+            return
+        self.query_one("#node-alerts", AlertTable).fill(self.alerts.book.ordered())
+        self._show_title()
+
     def _show_actions(self) -> None:
         version = str(self.detail.get("daemon_version") or "-")
         fill_actions_table(self.query_one("#node-actions", DataTable), self.actions, {self.node_id: version})
@@ -195,6 +215,9 @@ class NodeScreen(DvicScreen):
         text.append(f"  │ seen {fmt.age(d.get('last_seen'))} ago", style="dim")
         if d.get("revoked"):
             text.append("  REVOKED", style="bold red")
+        open_alerts = sum(1 for a in self.alerts.book.alerts.values() if a.get("state") != "resolved")
+        if open_alerts:
+            text.append(f"  │ ⚠ {open_alerts} alert{'s' if open_alerts > 1 else ''} (!)", style="bold yellow")
         self.query_one("#node-title", Static).update(text)
 
     def _show_facts(self) -> None:
@@ -262,6 +285,27 @@ class NodeScreen(DvicScreen):
                 self._show_title()
                 if demos_changed or time.monotonic() - self._last_detail > DETAIL_REFRESH * 6:
                     self.load_detail()
+
+    def live_alert(self, change: str, alert: dict[str, Any]) -> None:
+        shown = self.alerts.alert(alert)
+        if shown is not None:
+            self.query_one("#node-alerts", AlertTable).show(shown)
+            self._show_title()
+
+    def live_silence(self, change: str, silence: dict[str, Any]) -> None:
+        self.load_alerts()  # the server says which alerts a silence covers
+
+    def live_connection(self, connected: bool, reason: str = "", retry_in: float = 0.0, fatal: bool = False) -> None:
+        super().live_connection(connected, reason, retry_in, fatal)
+        if connected and self.is_mounted and self.alerts.loaded:
+            self.load_alerts()
+
+    def live_tick(self) -> None:
+        if self.alerts.loaded:
+            table = self.query_one("#node-alerts", AlertTable)
+            for alert_id in self.alerts.book.prune():
+                table.forget(alert_id)
+            table.tick(self.alerts.book.alerts)
 
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         if node == self.node_id:

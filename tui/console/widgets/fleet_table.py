@@ -69,7 +69,10 @@ class FleetTable(DataTable[Any]):
             self._changed.add((row_key, column_key))
         # Rows are one line high and none is fixed: row i is line i under the header. A row out of
         # sight needs no repaint (`_refresh_region` skips it); its caches are dropped all the same.
-        y = self._row_locations.get(row_key) + (self.header_height if self.show_header else 0)
+        line = self._row_locations.get(row_key)
+        if line is None:  # not placed yet: nothing of it is on screen
+            return
+        y = line + (self.header_height if self.show_header else 0)
         self._refresh_region(Region(0, y, max(self.size.width, self.virtual_size.width), 1))
 
     def _forget_changed(self) -> None:
