@@ -17,8 +17,10 @@ import contextlib
 import heapq
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import aiosqlite
 
@@ -84,6 +86,16 @@ class Dispatcher:
         await self.transport.close()
 
     # -- the engine's side ------------------------------------------------------------------------
+
+    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+        """NoticeSink: queue `notices` as deliveries inside the engine's commit (writer thread)."""
+        settings = self.settings
+        return store.enqueue(notices, time.time(), settings.group_window, settings.group_quiet)(conn)
+
+    def committed(self, persisted: object) -> None:
+        """NoticeSink: after that commit, hand the groups it created or moved to their workers."""
+        for item in cast("list[store.Scheduled]", persisted):
+            self._schedule(item)
 
     async def submit(self, notices: Sequence[Notice]) -> None:
         """Persist `notices` as queued deliveries and return (one commit). Raises the writer's

@@ -4,8 +4,8 @@ lifecycle (firing -> acknowledged -> resolved), silences, maintenance, quiet hou
 How it stays cheap (docs/alerts.md, docs/performance.md "Alerts"): every `interval` one pass reads
 each node's state in memory (no history query); events (a node going offline, a demo crash-looping)
 wake a pass over that node at once; text is built only when an alert starts; everything a pass
-changes is written in one commit. Notices go to the NoticeSink only after that commit, and never
-while the node is in maintenance, a silence matches or the quiet hook says so: such an alert is
+changes is written in one commit, together with the notices that tell of it (NoticeSink.persist).
+No notice is made while the node is in maintenance, a silence matches or the quiet hook says so: such an alert is
 still recorded and shown as silenced, and its firing notice goes out if it is still firing when
 the silence ends.
 """
@@ -97,10 +97,13 @@ class Changes:
 
 
 class LoggingSink:
-    """The default sink until a dispatcher is configured: notices go to the server log."""
+    """The sink when no dispatcher is configured: notices go to the server log."""
 
-    async def submit(self, notices: Sequence[Notice]) -> None:
-        for notice in notices:
+    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+        return list(notices)
+
+    def committed(self, persisted: object) -> None:
+        for notice in persisted if isinstance(persisted, list) else ():
             a = notice.alert
             log.info("alert notice %s: #%d %s %s [%s] %s", notice.kind, a.id, a.rule, a.subject, a.severity,
                      a.summary)
@@ -482,7 +485,7 @@ class AlertEngine:
         notices = [(t, k) for t, k in changes.notices]
         notices += [(t, "resolved") for t, _ in resolves if t.notified]
 
-        def write(conn: sqlite3.Connection) -> list[int]:
+        def write(conn: sqlite3.Connection) -> object:
             ids = [store.insert_alert(conn, t.alert, t.node_id) for t, _ in changes.opens]
             for tracked, reason in resolves:
                 store.resolve_alert(conn, tracked.alert.id, now, reason)
@@ -492,15 +495,17 @@ class AlertEngine:
                 store.record_notice(conn, tracked.alert.id, now, kind)
             for tracked, kind, why in changes.suppressed:
                 store.record_suppressed(conn, tracked.alert.id, now, kind, why)
-            return ids
+            # The notices themselves go in this same commit (NoticeSink): told exactly when stored.
+            told = [Notice(kind, replace(t.alert, state="resolved", resolved=now) if kind == "resolved" else t.alert,
+                           now) for t, kind in notices]
+            return self.sink.persist(conn, told) if told else None
 
         try:
-            await self.writer.submit(write)
+            persisted = await self.writer.submit(write)
         except BaseException:
             for tracked, _ in changes.opens:  # not stored: the next pass sees the condition again
                 tracked.alert = replace(tracked.alert, id=0)
             raise
-        told: list[Notice] = []
         for tracked, _node in changes.opens:
             self._track(tracked)
             self._publish(tracked, "firing")
@@ -511,19 +516,18 @@ class AlertEngine:
         for tracked, kind in notices:
             if kind != "resolved":
                 tracked.notified, tracked.last_notice = True, now
-            told.append(Notice(kind, tracked.alert, now))
             if kind == "reminder":
                 self._publish(tracked, "reminder")
         self._publish_counts()
-        await self._tell(told)
+        self._committed(persisted)
 
-    async def _tell(self, notices: list[Notice]) -> None:
-        if not notices:
+    def _committed(self, persisted: object) -> None:
+        if persisted is None:
             return
         try:
-            await self.sink.submit(notices)
+            self.sink.committed(persisted)
         except Exception:  # the dispatcher must not raise; if it does, evaluation goes on
-            log.exception("the notice sink refused %d notice(s)", len(notices))
+            log.exception("the notice sink failed after a commit (its notices are stored)")
 
     def _publish(self, tracked: Tracked, change: str, reason: str = "") -> None:
         frame: dict[str, Any] = {"type": "alert", "change": change, "alert": self.alert_view(tracked.alert)}
@@ -585,18 +589,20 @@ class AlertEngine:
             now = self.clock()
             tell = tracked.notified and self._suppressed(tracked.alert, now) is None
 
-            def write(conn: sqlite3.Connection) -> int:
+            acked = replace(tracked.alert, state="acknowledged", acked_by=who, acked_at=now, ack_note=note)
+
+            def write(conn: sqlite3.Connection) -> object:
                 changed = store.acknowledge(conn, alert_id, who, now, note)
                 if changed and tell:
                     store.record_notice(conn, alert_id, now, "acknowledged")
-                return changed
+                    return self.sink.persist(conn, [Notice("acknowledged", acked, now)])
+                return None
 
-            await self.writer.submit(write, urgent=True)
-            tracked.alert = replace(tracked.alert, state="acknowledged", acked_by=who, acked_at=now, ack_note=note)
+            persisted = await self.writer.submit(write, urgent=True)
+            tracked.alert = acked
             self._publish(tracked, "acknowledged")
             self._publish_counts()
-            if tell:
-                await self._tell([Notice("acknowledged", tracked.alert, now)])
+            self._committed(persisted)
             return tracked.alert
 
     async def add_silence(self, request: SilenceRequest, who: str) -> Silence:

@@ -5,6 +5,7 @@ grouping, channels, the delivery queue) decides WHERE and WHEN it goes. They mee
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -48,6 +49,14 @@ class Notice:
 
 
 class NoticeSink(Protocol):
-    async def submit(self, notices: Sequence[Notice]) -> None:
-        """Accept notices for delivery: persist them and return; never wait for a receiver and
-        never raise for a channel's failure."""
+    """Where the engine's notices go. The engine stores an alert's change and the notices that
+    tell of it in ONE commit (a crash between the two would lose a notice or send one for a change
+    that was never stored): `persist` runs inside that commit, `committed` after it."""
+
+    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+        """Store `notices` for delivery on `conn`, inside the engine's transaction. Runs on the
+        writer's thread: database work only, no event loop."""
+
+    def committed(self, persisted: object) -> None:
+        """On the event loop, once that commit is durable, with what `persist` returned: start
+        delivering. Must be quick and must not raise for a channel's failure."""

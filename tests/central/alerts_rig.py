@@ -3,12 +3,13 @@ the engine's clock is a value the test moves, so "for" durations and reminders n
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 
@@ -36,8 +37,11 @@ class Clock:
 class RecordingSink:
     notices: list[Notice] = field(default_factory=list)
 
-    async def submit(self, notices: Sequence[Notice]) -> None:
-        self.notices.extend(notices)
+    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+        return list(notices)
+
+    def committed(self, persisted: object) -> None:
+        self.notices.extend(cast("list[Notice]", persisted))
 
     def kinds(self) -> list[tuple[str, str, str]]:
         return [(n.kind, n.alert.rule, n.alert.subject) for n in self.notices]

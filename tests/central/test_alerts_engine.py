@@ -5,15 +5,19 @@ test_alerts_server.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from central.alerts import engine as engine_module
+from central.alerts.channels.spec import parse_channel
+from central.alerts.dispatcher import Dispatcher
 from central.alerts.engine import AlertError
 from central.alerts.rules import RuleError
 from central.alerts.silences import silence_request
+from central.config import Notify
 from tests.support.wait import async_wait_for
 
 from .alerts_rig import Rig, open_rig
@@ -453,3 +457,25 @@ async def test_resolved_alerts_and_ended_silences_are_forgotten_after_the_histor
     assert [r["state"] for r in await rig.rows("SELECT state FROM alerts")] == ["firing"]
     assert len(await rig.rows("SELECT * FROM alert_events")) == 2  # the open alert's: fired, suppressed
     assert await rig.rows("SELECT * FROM silences") == []
+
+
+async def test_an_alert_and_its_notification_are_stored_in_one_commit(rig: Rig) -> None:
+    """With the real dispatcher as the sink: the alert's row and the notification that tells of it
+    are one commit, so a crash between them can neither lose the notice nor tell of a change that
+    was never stored."""
+    dispatcher = Dispatcher(rig.writer, rig.read_db, Notify())
+    rig.engine.sink = dispatcher
+    try:
+        assert await dispatcher.add_channel(parse_channel("ops", "webhook", {"url": "http://127.0.0.1:9/x"}), "alice")
+        node = await rig.node("pi-1")
+        metrics(rig, node, disk=97.0)
+        before = rig.writer.commits
+        await rig.engine.evaluate()
+        assert rig.writer.commits == before + 1
+        alerts = await rig.rows("SELECT id, rule FROM alerts")
+        queued = await rig.rows("SELECT n.channel, nn.notice FROM notifications n "
+                                "JOIN notification_notices nn ON nn.notification_id = n.id")
+        assert [a["rule"] for a in alerts] == ["disk_full"]
+        assert [q["channel"] for q in queued] == ["ops"] and json.loads(queued[0]["notice"])["alert"]["id"] == alerts[0]["id"]
+    finally:
+        await dispatcher.close()
