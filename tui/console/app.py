@@ -21,6 +21,8 @@ from tui.console.messages import (
     AlertChanged,
     AlertCounts,
     Connected,
+    DemoStatusChanged,
+    DeploymentChanged,
     Disconnected,
     EventArrived,
     LogsArrived,
@@ -183,6 +185,14 @@ class DvicApp(App[None]):
     def _silence_changed(self, msg: SilenceChanged) -> None:
         self._each(lambda s: s.live_silence(msg.change, msg.silence))
 
+    @on(DemoStatusChanged)
+    def _demo_status(self, msg: DemoStatusChanged) -> None:
+        self._each(lambda s: s.live_demo_status(msg.status))
+
+    @on(DeploymentChanged)
+    def _deployment(self, msg: DeploymentChanged) -> None:
+        self._each(lambda s: s.live_deployment(msg.deployment))
+
     @on(LogsArrived)
     def _logs(self, msg: LogsArrived) -> None:
         self._each(lambda s: s.live_logs(msg.node, msg.lines))
@@ -231,6 +241,16 @@ class DvicApp(App[None]):
         from tui.console.screens.alerts import AlertsScreen
 
         self._push(AlertsScreen(tab))
+
+    def open_demos(self) -> None:
+        from tui.console.screens.demos import DemosScreen
+
+        self._push(DemosScreen())
+
+    def open_deployment(self, deployment_id: str, deployment: dict[str, Any] | None = None) -> None:
+        from tui.console.screens.demos import DeploymentScreen
+
+        self._push(DeploymentScreen(deployment_id, deployment))
 
     def show_fleet(self) -> None:
         while len(self.screen_stack) > 2 or not isinstance(self.screen, FleetScreen):

@@ -20,6 +20,8 @@ from tui.console.messages import (
     AlertChanged,
     AlertCounts,
     Connected,
+    DemoStatusChanged,
+    DeploymentChanged,
     Disconnected,
     EventArrived,
     LogsArrived,
@@ -148,6 +150,10 @@ class LiveFeed:
             self.post(AlertChanged(str(msg.get("change") or ""), msg["alert"]))
         elif kind == "silence" and isinstance(msg.get("silence"), dict):
             self.post(SilenceChanged(str(msg.get("change") or ""), msg["silence"]))
+        elif kind == "demo_status" and msg.get("node") and msg.get("demo"):
+            self.post(DemoStatusChanged(msg))
+        elif kind == "deployment" and isinstance(msg.get("deployment"), dict):
+            self.post(DeploymentChanged(msg["deployment"]))
 
 
 def _drop(call: asyncio.Future[Any]) -> None:

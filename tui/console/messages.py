@@ -53,6 +53,22 @@ class SilenceChanged(Message):
         self.silence = silence
 
 
+class DemoStatusChanged(Message):
+    """A node reported a supervised demo's status (the stream's `demo_status` frame)."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__()
+        self.status = status
+
+
+class DeploymentChanged(Message):
+    """A deployment or one of its nodes changed (the stream's `deployment` frame: the whole deployment)."""
+
+    def __init__(self, deployment: dict[str, Any]) -> None:
+        super().__init__()
+        self.deployment = deployment
+
+
 class LogsArrived(Message):
     def __init__(self, node: str, lines: list[dict[str, Any]]) -> None:
         super().__init__()

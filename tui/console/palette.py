@@ -21,6 +21,7 @@ class DvicCommands(Provider):
         cmds: list[tuple[str, Callable[[], object], str]] = [
             ("Fleet view", app.show_fleet, "the table of every node"),
             ("Alerts", app.open_alerts, "the server's alerts, firing first: acknowledge, silence"),
+            ("Demos", app.open_demos, "every supervised demo on every node: deploy, roll back"),
             ("Silences", partial(app.open_alerts, "silences"), "silences of alerts: add, remove"),
             ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),
             ("Admin", app.open_admin, "operators, node revocation, audit trail"),

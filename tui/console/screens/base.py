@@ -41,6 +41,12 @@ class DvicScreen(Screen[None]):
     def live_silence(self, change: str, silence: dict[str, Any]) -> None:
         """A silence was added or removed."""
 
+    def live_demo_status(self, status: dict[str, Any]) -> None:
+        """A supervised demo's status on a node (the stream's `demo_status` frame)."""
+
+    def live_deployment(self, deployment: dict[str, Any]) -> None:
+        """A deployment as it is now (the stream's `deployment` frame)."""
+
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         """Log lines of a node this screen subscribed to."""
 

@@ -66,6 +66,7 @@ class FleetScreen(DvicScreen):
     BINDINGS = [
         Binding("enter", "open_node", "Open", show=True),
         Binding("exclamation_mark", "alerts", "Alerts", key_display="!"),
+        Binding("d", "demos", "Demos"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear", show=False),
         Binding("t", "cycle_state", "State"),
@@ -547,6 +548,9 @@ class FleetScreen(DvicScreen):
 
     def action_alerts(self) -> None:
         self.dvic.open_alerts()
+
+    def action_demos(self) -> None:
+        self.dvic.open_demos()
 
     def action_admin(self) -> None:
         self.dvic.open_admin()

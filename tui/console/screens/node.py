@@ -26,6 +26,8 @@ from tui.console.screens.dialogs import ChoiceDialog
 from tui.console.widgets.alert_table import AlertTable
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.chart import MetricChart
+from tui.console.widgets.demo_table import STATE_STYLE as SUPERVISED_STYLE
+from tui.console.widgets.demo_table import state_text, uptime, version_text
 from tui.console.widgets.log_view import LogView
 from tui.console.widgets.summary import STATE_ICON, STATE_STYLE
 from tui.console.widgets.tables import data_table
@@ -36,7 +38,9 @@ RANGES = [("15m", 900, 15), ("1h", 3600, 60), ("24h", 86400, 900), ("7d", 604800
 CHARTS = [("cpu", "CPU"), ("mem", "Memory"), ("disk", "Disk"), ("temp", "Temperature")]
 DEMO_STYLE = {"alive": "green", "started": "cyan", "exited": "red"}
 DETAIL_REFRESH = 5.0
-DEMO_COLUMNS = (("name", "Demo"), ("state", "State"), ("pid", "PID"), ("since", "Since"), ("token", "Token"))
+DEMO_COLUMNS = (("name", "Demo"), ("state", "State"), ("pid", "PID"), ("since", "Since"), ("version", "Version"),
+                ("restarts", "↻"), ("heartbeat", "Beat"), ("token", "Token"))
+SUPERVISED = "supervised:"  # row keys of supervised demos (the others are keyed by their dvic_log token)
 EVENT_COLUMNS = (("time", "Time"), ("kind", "Kind"), ("message", "Message"))
 COMMAND_COLUMNS = (("time", "Time"), ("who", "Operator"), ("command", "Command"), ("ok", "OK"), ("state", "State"))
 
@@ -79,6 +83,7 @@ class NodeScreen(DvicScreen):
         self.initial_tab = tab
         self.actions: list[dict[str, Any]] = []
         self.alerts = LiveAlerts()  # this node's alerts (by name: set on mount)
+        self.supervised: dict[str, dict[str, Any]] = {}  # demo name -> its status row (docs/demos.md)
         self.detail: dict[str, Any] = {}
         self.range_index = 1
         self._last_detail = 0.0
@@ -121,6 +126,7 @@ class NodeScreen(DvicScreen):
         self.load_acts()
         self.alerts.book.node = str((node or {}).get("name") or self.node_id)
         self.load_alerts()
+        self.load_supervised()
 
     def log_subscription(self) -> list[str]:
         return [self.node_id]
@@ -197,6 +203,16 @@ class NodeScreen(DvicScreen):
         self.query_one("#node-alerts", AlertTable).fill(self.alerts.book.ordered())
         self._show_title()
 
+    @work(exclusive=True, group="node-supervised")
+    async def load_supervised(self) -> None:
+        try:
+            rows = await self.dvic.api.demo_status()
+        except ApiError as exc:
+            self.notify(f"demos: {refusal(exc)}", severity="error", markup=False)
+            return
+        self.supervised = {str(r.get("demo")): r for r in rows if str(r.get("node")) == self.node_id}
+        self._show_demos()
+
     def _show_actions(self) -> None:
         version = str(self.detail.get("daemon_version") or "-")
         fill_actions_table(self.query_one("#node-actions", DataTable), self.actions, {self.node_id: version})
@@ -247,8 +263,13 @@ class NodeScreen(DvicScreen):
         self.query_one("#facts", Static).update(text)
 
     def _show_demos(self) -> None:
+        """The supervised demos first (demo_status), then the ones that log through dvic_log."""
         table = self.query_one("#demo-table", DataTable)
+        current = self.selected_demo_key()
         table.clear()
+        now = time.time()
+        for name in sorted(self.supervised):
+            table.add_row(*self._supervised_cells(self.supervised[name], now), key=SUPERVISED + name)
         demos = _entries(self.detail, "demos_list")
         order = {"alive": 0, "started": 1, "exited": 2}
         for demo in sorted((x for x in demos if isinstance(x, dict)),
@@ -260,9 +281,34 @@ class NodeScreen(DvicScreen):
                 literal(("● " if state != "exited" else "○ ") + state, style=DEMO_STYLE.get(state, "")),
                 literal(demo.get("pid", "-")),
                 Text(fmt.age(since if isinstance(since, int | float) else None), style="dim"),
+                Text("-", style="dim"), Text("-", style="dim"), Text("-", style="dim"),
                 literal(demo.get("token", ""), style="dim"),
                 key=str(demo.get("token") or id(demo)),
             )
+        if current is not None and current in {str(k.value) for k in table.rows}:
+            table.move_cursor(row=table.get_row_index(current), scroll=False)
+
+    @staticmethod
+    def _supervised_cells(row: dict[str, Any], now: float) -> list[Text]:
+        state, style = state_text(row)
+        heartbeat = row.get("last_heartbeat")
+        return [literal(row.get("demo", "?")), literal(state, style=style), literal(row.get("pid") or "-"),
+                Text(uptime(row, now), style="dim"), literal(version_text(row)),
+                Text(str(row.get("restarts") or 0), style="yellow" if row.get("restarts") else "dim"),
+                Text(fmt.age(heartbeat if isinstance(heartbeat, int | float) else None, now), style="dim"),
+                Text("supervised", style=SUPERVISED_STYLE.get("running", "dim"))]
+
+    def _update_supervised(self, name: str) -> None:
+        """One supervised demo's row, cell by cell (a frame changes it; the table is not rebuilt)."""
+        table = self.query_one("#demo-table", DataTable)
+        key = SUPERVISED + name
+        if key not in {str(k.value) for k in table.rows}:
+            self._show_demos()
+            return
+        cells = self._supervised_cells(self.supervised[name], time.time())
+        for (column, _), value in zip(DEMO_COLUMNS, cells, strict=True):
+            if table.get_cell(key, column).plain != value.plain:
+                table.update_cell(key, column, value)
 
     def _show_range(self) -> None:
         text = Text("Range: ", style="bold")
@@ -299,13 +345,24 @@ class NodeScreen(DvicScreen):
         super().live_connection(connected, reason, retry_in, fatal)
         if connected and self.is_mounted and self.alerts.loaded:
             self.load_alerts()
+            self.load_supervised()
 
     def live_tick(self) -> None:
+        for name in self.supervised:  # their Since (uptime) and Beat
+            self._update_supervised(name)
         if self.alerts.loaded:
             table = self.query_one("#node-alerts", AlertTable)
             for alert_id in self.alerts.book.prune():
                 table.forget(alert_id)
             table.tick(self.alerts.book.alerts)
+
+    def live_demo_status(self, status: dict[str, Any]) -> None:
+        if str(status.get("node")) != self.node_id:
+            return
+        name = str(status.get("demo"))
+        row = self.supervised.setdefault(name, {"node": self.node_id, "demo": name})
+        row.update({k: v for k, v in status.items() if k != "type"})
+        self._update_supervised(name)
 
     def live_logs(self, node: str, lines: list[dict[str, Any]]) -> None:
         if node == self.node_id:
@@ -356,12 +413,19 @@ class NodeScreen(DvicScreen):
     def action_update(self) -> None:
         self.dvic.update_daemon({"nodes": [self.node_id]})
 
-    def selected_demo(self) -> str | None:
-        """The name of the demo under the cursor of the Demos tab."""
+    def selected_demo_key(self) -> str | None:
         table = self.query_one("#demo-table", DataTable)
         if table.row_count == 0:
             return None
-        key = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def selected_demo(self) -> str | None:
+        """The name of the demo under the cursor of the Demos tab."""
+        key = self.selected_demo_key()
+        if key is None:
+            return None
+        if key.startswith(SUPERVISED):
+            return key[len(SUPERVISED):]
         demos = _entries(self.detail, "demos_list")
         return next((str(d.get("name")) for d in demos if isinstance(d, dict) and str(d.get("token")) == key), None)
 
@@ -393,4 +457,5 @@ class NodeScreen(DvicScreen):
 
     @on(DataTable.RowSelected, "#demo-table")
     def _demo_selected(self, event: DataTable.RowSelected) -> None:
-        self.dvic.open_logs(self.node_id, demo=str(event.row_key.value))
+        key = str(event.row_key.value)
+        self.dvic.open_logs(self.node_id, demo=key.removeprefix(SUPERVISED))

@@ -1,0 +1,190 @@
+"""The supervised demos table of the Demos view: one row per demo and node (docs/demos.md "Status").
+
+As the alerts table: a `demo_status` frame changes the cells of its row that changed (FleetTable's
+in-place path), a row is added only when a demo appears on a node, the rows are re-sorted (demo,
+then node) once per tick when one was added, and the Uptime and Heartbeat columns of the rows in
+sight are brought up to date once a second.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textual.widgets.data_table import ColumnKey
+
+from tui import fmt
+from tui.console.widgets.fleet_table import FleetTable
+from tui.console.widgets.tables import Cell, signature, sorted_cell
+from tui.textsafe import clean
+
+DemoRow = dict[str, Any]  # a row of GET /api/v1/demos/status, kept up to date by `demo_status` frames
+
+COLUMNS: list[tuple[str, str, int]] = [
+    ("demo", "Demo", 12), ("node", "Node", 11), ("version", "Version", 8), ("state", "State", 11),
+    ("restarts", "↻", 3), ("uptime", "Uptime", 7), ("heartbeat", "Beat", 4), ("install", "Install", 0),
+    ("message", "Message", 0),
+]
+COLUMN_KEYS = [c[0] for c in COLUMNS]
+# At 80 columns Install gets what is left and the message is shown under the table; wider, both.
+FIXED_WIDTH = sum(w for _, _, w in COLUMNS) + 2 * len(COLUMNS) + 2
+INSTALL_WIDTH = 14
+STATE_STYLE = {"healthy": "green", "running": "cyan", "unhealthy": "yellow", "crashloop": "bold red",
+               "stopped": "dim", "failed": "bold red"}
+STATE_ICON = {"healthy": "●", "running": "◐", "unhealthy": "◌", "crashloop": "✖", "stopped": "○", "failed": "✖"}
+ALIVE = {"healthy", "running", "unhealthy", "crashloop"}
+INSTALL_STYLE = {"healthy": "green", "removed": "dim", "failed": "bold red", "rolled_back": "bold red",
+                 "lost": "bold red", "skipped": "dim", "superseded": "dim", "waiting": "dim", "offline": "dim"}
+
+
+def row_key(row: DemoRow) -> str:
+    return f"{row.get('node')}/{row.get('demo')}"
+
+
+def _text(value: Any) -> str:
+    return clean(value if value is not None else "-", single_line=True)
+
+
+def install_text(install: Any) -> str:
+    """An install state as the CLI says it: `downloading 40%` while bytes come in."""
+    if not isinstance(install, dict) or not install.get("state"):
+        return "-"
+    text = str(install["state"])
+    total, done = install.get("total"), install.get("bytes")
+    if text == "downloading" and isinstance(total, int) and total > 0 and isinstance(done, int):
+        text += f" {100 * done // total}%"
+    return text
+
+
+def state_text(row: DemoRow) -> tuple[str, str]:
+    """(what the State column says, its style): the node's state wins while it is not online."""
+    state = str(row.get("state") or "-")
+    if row.get("node_state") not in (None, "online"):
+        return f"{state} (node {row['node_state']})", "dim"
+    return f"{STATE_ICON.get(state, '?')} {state}", STATE_STYLE.get(state, "")
+
+
+def version_text(row: DemoRow) -> str:
+    version = str(row.get("version") or "-")
+    desired = row.get("desired_version")
+    return f"{version}→{desired}" if desired and desired != row.get("version") else version
+
+
+def uptime(row: DemoRow, now: float) -> str:
+    since = row.get("since")
+    if row.get("state") not in ALIVE or not isinstance(since, int | float):
+        return "-"
+    return fmt.duration(now - since)
+
+
+def demo_cells(row: DemoRow, now: float) -> dict[str, Cell]:
+    state, style = state_text(row)
+    install = install_text(row.get("install"))
+    heartbeat = row.get("last_heartbeat")
+    return {
+        "demo": sorted_cell(_text(row.get("demo")), "bold", (str(row.get("demo")), str(row.get("node_name")))),
+        "node": sorted_cell(_text(row.get("node_name") or row.get("node")), "", None),
+        "version": sorted_cell(_text(version_text(row)), "", None),
+        "state": sorted_cell(_text(state), style, None),
+        "restarts": sorted_cell(str(row.get("restarts") or 0), "yellow" if row.get("restarts") else "dim", None),
+        "uptime": sorted_cell(uptime(row, now), "dim", None),
+        "heartbeat": sorted_cell(fmt.age(heartbeat if isinstance(heartbeat, int | float) else None, now), "dim", None),
+        "install": sorted_cell(_text(install), INSTALL_STYLE.get(install, "yellow" if install != "-" else "dim"), None),
+        "message": sorted_cell(_text(row.get("message") or ""), "dim", None),
+    }
+
+
+class DemoTable(FleetTable):
+    """Rows keyed `node-id/demo`. `show` adds or changes one row; `tick` sorts and ages."""
+
+    TIMED = ("uptime", "heartbeat")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width or None)
+        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._resort = False
+
+    def on_resize(self) -> None:
+        spare = max(0, self.size.width - FIXED_WIDTH)
+        install = min(spare, INSTALL_WIDTH)
+        widths = {"install": install, "message": spare - install if spare - install >= 10 else 0}
+        changed = False
+        for key, width in widths.items():
+            column = self.columns[ColumnKey(key)]
+            if column.width != width:
+                column.width = width
+                changed = True
+        if changed:
+            self._clear_caches()
+            self._require_update_dimensions = True
+            self.refresh()
+
+    def show(self, row: DemoRow, now: float | None = None) -> None:
+        key = row_key(row)
+        cells = demo_cells(row, time.time() if now is None else now)
+        if key not in self._cells:
+            self.add_row(*(cells[k] for k in COLUMN_KEYS), key=key)
+            self._cells[key] = {k: signature(v) for k, v in cells.items()}
+            self._resort = True
+            return
+        before = self._cells[key]
+        changed = {}
+        for column, cell in cells.items():
+            sig = signature(cell)
+            if before[column] != sig:
+                changed[column] = cell
+                before[column] = sig
+        if changed:
+            self.update_cells(key, changed)
+
+    def forget(self, key: str) -> None:
+        if key in self._cells:
+            self.remove_row(key)
+            del self._cells[key]
+
+    def fill(self, rows: list[DemoRow]) -> None:
+        """Shows exactly these rows (after a fresh read), in order."""
+        now = time.time()
+        wanted = {row_key(r) for r in rows}
+        for key in [k for k in self._cells if k not in wanted]:
+            self.forget(key)
+        for row in rows:
+            self.show(row, now)
+        self.sort_now()
+
+    def sort_now(self) -> None:
+        self._resort = False
+        if not self.row_count:
+            return
+        current = self.selected_key()
+        self.sort("demo", key=lambda cell: cell.sort_value)
+        if current is not None:
+            self.move_cursor(row=self.get_row_index(current), scroll=False)
+
+    def tick(self, rows: dict[str, DemoRow]) -> None:
+        """Once a second: a pending re-sort, and the Uptime and Beat columns of the rows in sight."""
+        if self._resort:
+            self.sort_now()
+        top = int(self.scroll_offset.y)
+        now = time.time()
+        for shown in self.ordered_rows[top: top + self.size.height]:
+            key = str(shown.key.value)
+            row = rows.get(key)
+            if row is None or key not in self._cells:
+                continue
+            cells = demo_cells(row, now)
+            changed = {c: cells[c] for c in self.TIMED if self._cells[key][c] != signature(cells[c])}
+            if changed:
+                self.update_cells(key, changed)
+                for c, cell in changed.items():
+                    self._cells[key][c] = signature(cell)
+
+    def selected_key(self) -> str | None:
+        if not self.row_count:
+            return None
+        try:
+            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        except Exception:  # noqa: BLE001 - cursor outside the rows while the table changes
+            return None
