@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import OptionList, Static
+from textual.widgets import DataTable, OptionList, Static
 
 from tests.support.cli import run_dvic, server_env
 from tests.support.daemon import online_daemon
@@ -22,7 +22,6 @@ from tui.console.screens.demos import DemosScreen, DeployDialog, DeploymentScree
 from tui.console.screens.dialogs import ConfirmDialog
 from tui.console.screens.node import SUPERVISED, NodeScreen
 from tui.console.widgets.demo_table import DemoTable
-from tui.console.widgets.fleet_table import FleetTable
 
 pytestmark = pytest.mark.slow
 EXAMPLE = REPO / "examples" / "hello-demo"
@@ -83,7 +82,7 @@ async def progress_until(app: DvicApp, node_id: str, state: str) -> DeploymentSc
     await async_wait_for(lambda: isinstance(app.screen, DeploymentScreen), what="the deployment's progress")
     page = app.screen
     assert isinstance(page, DeploymentScreen)
-    table = page.query_one("#deployment-nodes", FleetTable)
+    table = page.query_one("#deployment-nodes", DataTable)
 
     def reached() -> bool:
         shown = cell(table, node_id, "state") if node_id in row_ids(table) else ""
@@ -137,6 +136,14 @@ async def test_demos_view_deploy_progress_rollback_and_node_tab(server: CentralS
                                      timeout=30, what="hello-demo healthy in the view")
                 assert [cell(table, key, c) for c in ("demo", "node", "version", "restarts")] == [
                     "hello-demo", NODE, "1.0.0", "0"]
+                # kill -9: the daemon restarts it; the frame changes the row (no read: no deployment ended).
+                status, body = server.api("GET", "/api/v1/demos/status?demo=hello-demo")
+                assert status == 200, body
+                os.kill(int(body["status"][0]["pid"]), signal.SIGKILL)
+                await async_wait_for(lambda: cell(table, key, "restarts") == "1", timeout=15,
+                                     what="the restart counted live")
+                await async_wait_for(lambda: cell(table, key, "state") == "● healthy", timeout=30,
+                                     what="healthy again")
                 shot(app, "demos-120x40", tmp_path)
                 await shot_at(app, pilot, "demos-80x24", tmp_path, (80, 24), (120, 40))
 

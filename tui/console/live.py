@@ -150,8 +150,11 @@ class LiveFeed:
             self.post(AlertChanged(str(msg.get("change") or ""), msg["alert"]))
         elif kind == "silence" and isinstance(msg.get("silence"), dict):
             self.post(SilenceChanged(str(msg.get("change") or ""), msg["silence"]))
-        elif kind == "demo_status" and msg.get("node") and msg.get("demo"):
-            self.post(DemoStatusChanged(msg))
+        elif kind == "demo_status" and msg.get("demo"):
+            # docs/protocol.md names the node `node`; the server sends its id as `node_id`: take either.
+            node = msg.get("node") or msg.get("node_id")
+            if node:
+                self.post(DemoStatusChanged({**msg, "node": str(node)}))
         elif kind == "deployment" and isinstance(msg.get("deployment"), dict):
             self.post(DeploymentChanged(msg["deployment"]))
 

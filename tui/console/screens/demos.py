@@ -29,7 +29,6 @@ from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog
 from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.demo_table import STATE_STYLE, DemoRow, DemoTable, install_text, row_key
-from tui.console.widgets.fleet_table import FleetTable
 from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
 
@@ -271,8 +270,9 @@ class DemosScreen(DvicScreen):
         for row in self.rows.values():
             counts[str(row.get("state"))] = counts.get(str(row.get("state")), 0) + 1
         demos = len({r.get("demo") for r in self.rows.values()})
-        text.append(f" {demos} demo{'' if demos == 1 else 's'} on {len(self.rows)} node slot"
-                    f"{'' if len(self.rows) == 1 else 's'} ", style="dim")
+        nodes = len({r.get("node") for r in self.rows.values()})
+        text.append(f" {demos} demo{'' if demos == 1 else 's'} on {nodes} node{'' if nodes == 1 else 's'} ",
+                    style="dim")
         for state in ("healthy", "running", "unhealthy", "crashloop", "failed", "stopped"):
             if counts.get(state):
                 text.append("│", style="dim")
@@ -412,7 +412,7 @@ class DeploymentScreen(DvicScreen):
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
         yield Static(id="deployment-title")
-        yield data_table("deployment-nodes", NODE_COLUMNS, cls=FleetTable)
+        yield data_table("deployment-nodes", NODE_COLUMNS)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -445,7 +445,7 @@ class DeploymentScreen(DvicScreen):
             return  # an older answer than a frame already shown
         self.deployment = doc
         self._title()
-        table = self.query_one("#deployment-nodes", FleetTable)
+        table = self.query_one("#deployment-nodes", DataTable)
         for node in doc.get("nodes") or []:
             key = str(node.get("node"))
             state = str(node.get("state") or "?")
@@ -456,8 +456,10 @@ class DeploymentScreen(DvicScreen):
             plain = tuple(c.plain for c in cells.values())
             if key not in self._shown:
                 table.add_row(*cells.values(), key=key)
-            elif self._shown[key] != plain:
-                table.update_cells(key, cells)
+            elif self._shown[key] != plain:  # a few nodes: the changed cells, each column as wide as it needs
+                for column, value in cells.items():
+                    if table.get_cell(key, column) != value:
+                        table.update_cell(key, column, value, update_width=True)
             self._shown[key] = plain
 
     @staticmethod
