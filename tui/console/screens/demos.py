@@ -150,7 +150,7 @@ class DeployDialog(ModalScreen[dict[str, Any] | None]):
         if not target.confirm:
             self.run_worker(self._send(release, target, batch), group="deploy-send")
             return
-        question = f"{self.title_text}: {release + ' ' if release else ''}on {target.label}?"
+        question = f"Deploy {release} to {target.label}?" if release else f"{self.title_text} on {target.label}?"
 
         def answered(yes: bool | None) -> None:
             if yes:
