@@ -54,6 +54,11 @@ class Target:
         return "node" not in self.body  # the one rule (docs/remote-control.md): a group or all asks
 
 
+def _stamp(deployment: dict[str, Any]) -> float:
+    updated = deployment.get("updated_at")
+    return float(updated) if isinstance(updated, int | float) else 0.0
+
+
 def node_name(row: DemoRow) -> str:
     return clean(row.get("node_name") or row.get("node") or "?", single_line=True)
 
@@ -441,7 +446,7 @@ class DeploymentScreen(DvicScreen):
 
     def _apply(self, doc: dict[str, Any]) -> None:
         """Takes the deployment as it is now: the title, and the cells of the nodes that changed."""
-        if doc.get("updated_at", 0) < self.deployment.get("updated_at", 0):
+        if _stamp(doc) < _stamp(self.deployment):
             return  # an older answer than a frame already shown
         self.deployment = doc
         self._title()
