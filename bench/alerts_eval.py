@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
@@ -46,8 +47,11 @@ class CountingSink:
     def __init__(self) -> None:
         self.notices = 0
 
-    async def submit(self, notices: Sequence[Notice]) -> None:
-        self.notices += len(notices)
+    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+        return len(notices)
+
+    def committed(self, persisted: object) -> None:
+        self.notices += persisted if isinstance(persisted, int) else 0
 
 
 def operator_rules(count: int) -> list[dict[str, Any]]:
