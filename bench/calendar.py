@@ -41,11 +41,11 @@ from central.calendar.queries import CalendarQueries
 from central.calendar.scheduler import TICK_S, Scheduler
 from central.calendar.service import Calendar, Runbook
 from central.writer import Writer
+from tests.support.server import REPO, CentralServer
 
 from . import procstat
-from .common import add_common_args, positive_int, work_dir
+from .common import add_common_args, bench_server, positive_int, work_dir
 from .report import Report, percentile
-from .server import REPO, BenchServer
 
 GROUPS = 20
 NODES_PER_GROUP = 10
@@ -102,7 +102,7 @@ async def seed(path: Path, bookings: int, runbooks: int, now: float) -> tuple[st
     return zone, nodes
 
 
-def query_times(server: BenchServer, count: int, at: float) -> tuple[list[float], int]:
+def query_times(server: CentralServer, count: int, at: float) -> tuple[list[float], int]:
     """Seconds per `GET /api/v1/bookings?at=`, on one keep-alive connection; and the rows answered."""
     host, port = server.url.removeprefix("https://").rsplit(":", 1)
     conn = http.client.HTTPSConnection(host, int(port), context=ssl.create_default_context(cafile=str(server.ca_path)))
@@ -123,7 +123,7 @@ def query_times(server: BenchServer, count: int, at: float) -> tuple[list[float]
     return times, rows
 
 
-def cli_times(server: BenchServer, runs: int, work: Path) -> list[float]:
+def cli_times(server: CentralServer, runs: int, work: Path) -> list[float]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CONFIG_HOME": str(work / "xdg"),
            "DVIC_TOKEN": server.admin_token}
     argv = [sys.executable, "-m", "tui", "--server", server.url, "--ca", str(server.ca_path),
@@ -136,7 +136,7 @@ def cli_times(server: BenchServer, runs: int, work: Path) -> list[float]:
     return out
 
 
-def idle_cpu(server: BenchServer, seconds: float) -> float:
+def idle_cpu(server: CentralServer, seconds: float) -> float:
     """The server's CPU time over `seconds` of no requests, as a fraction of one core."""
     time.sleep(2.0)  # start-up work (the first retention pass) out of the way
     first = procstat.read(server.pid)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         data = work / "central"
         data.mkdir()
         zone, _nodes = asyncio.run(seed(data / db.DB_FILE, args.bookings, args.runbooks, now))
-        with BenchServer(data).start() as server:
+        with bench_server(data) as server:
             early = now - args.bookings // (GROUPS * NODES_PER_GROUP) * PERIOD_DAYS / 2 * DAY + 2 * DAY
             for label, at in (("now", now), ("the first days (most rows end after it)", early)):
                 times, rows = query_times(server, args.queries, at)
