@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 # Four passes a second were tried: more CPU (fixed costs per pass) and more keys waiting for one.
 FLUSH_INTERVAL = 1.0
 FLUSH_STEP = 500  # node updates applied per frame; more wait for the next frames
+HOLDS_EVERY_S = 10.0  # how often the bookings holding now are read (the fleet's ⚑ marker)
 
 
 class DvicApp(App[None]):
@@ -93,6 +94,7 @@ class DvicApp(App[None]):
         await self.push_screen(FleetScreen())
         self.run_worker(self.feed.run(), name="live-feed", group="live", exclusive=True)
         self.set_interval(FLUSH_INTERVAL, self._flush_nodes)
+        self.set_interval(HOLDS_EVERY_S, self.refresh_holds)
 
     async def on_unmount(self) -> None:
         await self.api.close()
@@ -164,6 +166,7 @@ class DvicApp(App[None]):
         self._each(lambda s: s.live_nodes(nodes, gone))
         self._each(lambda s: s.live_connection(True))
         self.call_later(self.update_subscription)
+        self.refresh_holds()
 
     @on(Disconnected)
     def _disconnected(self, msg: Disconnected) -> None:
@@ -251,6 +254,44 @@ class DvicApp(App[None]):
         from tui.console.screens.demos import DeploymentScreen
 
         self._push(DeploymentScreen(deployment_id, deployment))
+
+    def open_today(self) -> None:
+        from tui.console.screens.today import TodayScreen
+
+        self._push(TodayScreen())
+
+    def refresh_holds(self) -> None:
+        """Reads the bookings holding now; the screens redraw the nodes whose holder changed."""
+        if not self.connected:
+            return
+
+        async def read() -> None:
+            from tui.api import calls
+
+            try:
+                bookings = await self.api.send(calls.bookings(at="now"))
+            except ApiError:
+                return  # a server without the calendar, or a hiccup: the next read tries again
+            changed = self.fleet.set_holds(bookings)
+            if changed:
+                self._each(lambda s: s.live_holds(changed))
+
+        self.run_worker(read(), group="holds", exclusive=True)
+
+    def book_machines(self, node_ids: list[str]) -> None:
+        """The booking form for these nodes (the fleet's `B`)."""
+        from tui.console.screens.today import book_machines
+
+        screen = self.screen
+        if not isinstance(screen, DvicScreen):
+            return
+        names = [str(self.fleet.nodes.get(n, {}).get("name", n)) for n in node_ids]
+
+        async def run() -> None:
+            if await book_machines(screen, names) is not None:
+                self.refresh_holds()
+
+        self.run_worker(run(), group="actions")
 
     def show_fleet(self) -> None:
         while len(self.screen_stack) > 2 or not isinstance(self.screen, FleetScreen):

@@ -111,6 +111,19 @@ class Fleet:
     # Alerts firing on the server (not acknowledged, not silenced): the header's count when the
     # server evaluates alerts (issue 15); None with an older server, which leaves the count above.
     server_alerts: int | None = None
+    # Who holds each booked node now (node id -> {"id", "holder", "until"}): read from the bookings
+    # API every few seconds (the stream's node summaries do not carry bookings).
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def set_holds(self, bookings: Iterable[dict[str, Any]]) -> list[str]:
+        """The bookings holding now; returns the ids of the nodes whose holder or end changed."""
+        fresh: dict[str, dict[str, Any]] = {}
+        for b in bookings:
+            for nid in b.get("nodes") or []:
+                fresh[str(nid)] = {"id": b.get("id"), "holder": b.get("holder"), "until": b.get("ends_at")}
+        changed = [nid for nid in set(fresh) | set(self.holds) if fresh.get(nid) != self.holds.get(nid)]
+        self.holds = fresh
+        return changed
 
     def set_server_alerts(self, counts: dict[str, Any] | None) -> None:
         firing = (counts or {}).get("firing")

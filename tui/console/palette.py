@@ -23,6 +23,8 @@ class DvicCommands(Provider):
             ("Alerts", app.open_alerts, "the server's alerts, firing first: acknowledge, silence"),
             ("Demos", app.open_demos, "every supervised demo on every node: deploy, roll back"),
             ("Silences", partial(app.open_alerts, "silences"), "silences of alerts: add, remove"),
+            ("Today", app.open_today, "per group: opening hours, runbooks and their outcome, bookings"),
+            ("Book machines", partial(app.book_machines, []), "by name, or a group and a count"),
             ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),
             ("Admin", app.open_admin, "operators, node revocation, audit trail"),
             ("Add node", app.open_add_node, "enroll a machine and install its daemon over SSH"),
@@ -48,6 +50,7 @@ class DvicCommands(Provider):
             cmds.append((f"Reboot node {name}", partial(app.request_action, [nid], "reboot"), "confirmed first"))
             cmds.append((f"Update daemon on {name}", partial(app.update_daemon, {"nodes": [nid]}), "confirmed"))
             cmds.append((f"Actions of node {name}", partial(app.open_actions, nid), ""))
+            cmds.append((f"Book node {name}", partial(app.book_machines, [nid]), "from, to, note"))
         return cmds
 
     async def discover(self) -> Hits:

@@ -32,6 +32,9 @@ class DvicScreen(Screen[None]):
     def live_tick(self) -> None:
         """Once a second, right after the node updates: periodic work painted in the same frame."""
 
+    def live_holds(self, node_ids: list[str]) -> None:
+        """Who holds these nodes (app.fleet.holds) changed: a booking started, ended or was cancelled."""
+
     def live_alerts(self) -> None:
         """The server's alert counts changed (app.fleet.server_alerts)."""
 

@@ -67,6 +67,7 @@ class FleetScreen(DvicScreen):
         Binding("enter", "open_node", "Open", show=True),
         Binding("exclamation_mark", "alerts", "Alerts", key_display="!"),
         Binding("d", "demos", "Demos"),
+        Binding("T", "today", "Today"),
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear", show=False),
         Binding("t", "cycle_state", "State"),
@@ -86,6 +87,7 @@ class FleetScreen(DvicScreen):
         Binding("U", "update_group", "Update group/all", show=False),
         Binding("A", "actions", "Actions", show=False),
         Binding("c", "clear_marks", "Clear marks", show=False),
+        Binding("B", "book", "Book…", show=False),
     ]
 
     def __init__(self) -> None:
@@ -130,6 +132,10 @@ class FleetScreen(DvicScreen):
                      "bold magenta" if nid in self.marked else "", SORT_KEYS["name"](node))
         if alerts(node):
             name.append(" ⚠", style="bold yellow")
+        hold = fleet.holds.get(nid)
+        if hold is not None:  # booked: mine in green, someone else's in magenta (they may not act on it)
+            mine = hold.get("holder") == self.dvic.me.get("name")
+            name.append(" ⚑", style="bold green" if mine else "bold magenta")
         if node.get("revoked"):  # shown only on request (R): it will never come back, whatever its state
             state_cell = _cell("⊘ revoked", "dim", SORT_KEYS["state"](node))
         else:
@@ -285,6 +291,12 @@ class FleetScreen(DvicScreen):
         self._summary_dirty = True
         if gone or len(nodes) == len(self.dvic.fleet.nodes):  # a snapshot: show its counts at once
             self._update_summary()
+
+    def live_holds(self, node_ids: list[str]) -> None:
+        nodes = self.dvic.fleet.nodes
+        for nid in node_ids:
+            if nid in nodes and nid in self._cells:
+                self._apply(nodes[nid], time.time())
 
     def live_alerts(self) -> None:
         self._summary_dirty = True  # the header's count, shown at the next tick
@@ -545,6 +557,12 @@ class FleetScreen(DvicScreen):
 
     def action_actions(self) -> None:
         self.dvic.open_actions()
+
+    def action_today(self) -> None:
+        self.dvic.open_today()
+
+    def action_book(self) -> None:
+        self.dvic.book_machines(self.targets())
 
     def action_alerts(self) -> None:
         self.dvic.open_alerts()
