@@ -33,7 +33,7 @@ STATE_ICON = {"open": "●", "closed": "○", "pending": "·", "running": "◌",
 def column_widths(width: int) -> dict[str, int]:
     """The What and Detail columns take the room the table has (What first, up to WIDE_WHAT)."""
     spare = max(0, width - FIXED_WIDTH)
-    grow = min(spare // 2, WIDE_WHAT - 30)
+    grow = min(spare // 3, WIDE_WHAT - 30)
     return {"what": 30 + grow, "detail": max(0, spare - grow)}
 
 
