@@ -24,7 +24,6 @@ class DvicCommands(Provider):
             ("Demos", app.open_demos, "every supervised demo on every node: deploy, roll back"),
             ("Silences", partial(app.open_alerts, "silences"), "silences of alerts: add, remove"),
             ("Today", app.open_today, "per group: opening hours, runbooks and their outcome, bookings"),
-            ("Book machines", partial(app.book_machines, []), "by name, or a group and a count"),
             ("Logs: all nodes", partial(app.open_logs, None), "follow every node's logs"),
             ("Admin", app.open_admin, "operators, node revocation, audit trail"),
             ("Add node", app.open_add_node, "enroll a machine and install its daemon over SSH"),
@@ -33,6 +32,7 @@ class DvicCommands(Provider):
             ("Actions: all nodes", app.open_actions, "reboots, demo actions and daemon updates, live"),
             ("Run a command on all nodes", partial(app.open_run, {"all": True}), "fleet-wide: confirmed first"),
             ("Update daemon: all nodes", partial(app.update_daemon, {"all": True}), "confirmed first"),
+            ("Book machines", partial(app.book_machines, []), "by name, or a group and a count"),
         ]
         for state in NODE_STATES:
             cmds.append((f"Filter fleet: state {state}", partial(app.filter_fleet, state=state), ""))
@@ -54,7 +54,7 @@ class DvicCommands(Provider):
         return cmds
 
     async def discover(self) -> Hits:
-        for title, action, help_text in self._commands()[:7]:
+        for title, action, help_text in self._commands()[:8]:
             yield DiscoveryHit(title, action, help=help_text)
 
     async def search(self, query: str) -> Hits:
