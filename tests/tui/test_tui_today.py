@@ -174,3 +174,10 @@ async def test_booking_from_the_console_a_second_operator_refused_and_cancelling
             await async_wait_for(lambda: key not in row_ids(table), what="the booking gone from the view")
             assert server.api("GET", "/api/v1/bookings")[1]["bookings"] == []
             assert any(f"booking #{booking['id']} cancelled" in str(n.message) for n in app._notifications)
+            # `B` on the fleet: the same form, for the node under the cursor.
+            await pilot.press("escape")
+            await fleet_ready(app, node)
+            await pilot.press("B")
+            dialog = await fill(app)
+            assert dialog.values()["nodes"] == "pi-desk" and dialog.values()["to"] == "+1h"
+            await pilot.press("escape")
