@@ -308,7 +308,9 @@ class DeploymentHub:
         self.status[(node.id, msg["demo"])] = row
         self.submit_later(store.save_status(row))
         if self.registry.bus.subscriber_count:
-            self.registry.bus.publish({"type": "demo_status", "node_name": node.name, **row})
+            # The stream names a node's id `node`, as every other frame does (docs/protocol.md).
+            frame = {k: v for k, v in row.items() if k != "node_id"}
+            self.registry.bus.publish({"type": "demo_status", "node": node.id, "node_name": node.name, **frame})
 
     async def on_unsupported(self, node: NodeState, push_id: str) -> bool:
         """An old daemon answered a push with `unsupported`: its rollouts fail, saying why."""

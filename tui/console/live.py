@@ -151,8 +151,7 @@ class LiveFeed:
         elif kind == "silence" and isinstance(msg.get("silence"), dict):
             self.post(SilenceChanged(str(msg.get("change") or ""), msg["silence"]))
         elif kind == "demo_status" and msg.get("demo"):
-            # docs/protocol.md names the node `node`; the server sends its id as `node_id`: take either.
-            node = msg.get("node") or msg.get("node_id")
+            node = msg.get("node")
             if node:
                 self.post(DemoStatusChanged({**msg, "node": str(node)}))
         elif kind == "deployment" and isinstance(msg.get("deployment"), dict):
