@@ -203,6 +203,33 @@ class DeploymentHub:
             raise DeployError(409, "no_previous", f"the previous release {demo} {previous} is no longer published")
         return await self.deploy(demo, previous, target, operator, kind="rollback")
 
+    async def clear_nodes(self, node_ids: Iterable[str], operator: str) -> list[str]:
+        """Drop every node-scope assignment of these nodes, so their group's (or the fleet's) desired
+        state applies again: unlike an undeploy, which writes "does not run here". Returns the
+        demos whose assignment was dropped (the calendar's booking end)."""
+        ids = set(node_ids)
+        async with self._lock:
+            keys = [k for k in self.assignments if k[1] == "node" and k[2] in ids]
+            if not keys:
+                return []
+            dropped = [self.assignments.pop(k) for k in keys]
+            writes: list[Any] = [store.delete_node_assignments(sorted(ids))]
+            for a in dropped:
+                dep = self.deployments.get(a.deployment_id)
+                if dep is not None and dep.state == "rolling":
+                    writes += self._supersede(dep, "the node's own assignment was cleared")
+            await self.submit(_all(writes), urgent=True)
+            self._forget_unreferenced()
+            demos = sorted({demo for demo, _, _ in keys})
+            for node_id in sorted({target for _, _, target in keys}):
+                node = self.registry.get(node_id)
+                await self.registry.record_event(node, "deployment_clear",
+                                                 f"{', '.join(demos)}: back to the group's desired state by {operator}",
+                                                 {"demos": demos})
+                if node is not None and node.connected:
+                    await self.push(node)
+            return demos
+
     def status_rows(self, demo: str | None = None) -> list[dict[str, Any]]:
         """Per node and supervised demo: desired and running version, health, restarts, install progress."""
         now = time.time()
@@ -276,7 +303,9 @@ class DeploymentHub:
         state = msg["state"]
         async with self._lock:
             row = self._row_for(node, msg)
-            if row is None:
+            if row is None:  # e.g. a removal after a node's own assignment was cleared (clear_nodes)
+                if state == "removed":
+                    self._forget_status(node, msg["demo"])
                 return
             dep = self.deployments[row.deployment_id]
             if state == "removed" and dep.kind != "undeploy":
@@ -297,8 +326,11 @@ class DeploymentHub:
         if state in FINAL:
             await self._final_event(node, dep, row)
         if state == "removed":
-            self.status.pop((node.id, msg["demo"]), None)
-            self.submit_later(store.forget_status(node.id, msg["demo"]))
+            self._forget_status(node, msg["demo"])
+
+    def _forget_status(self, node: NodeState, demo: str) -> None:
+        self.status.pop((node.id, demo), None)
+        self.submit_later(store.forget_status(node.id, demo))
 
     async def on_status(self, node: NodeState, msg: dict[str, Any]) -> None:
         # (version: null from a daemon that has no release of it any more)

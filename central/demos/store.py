@@ -84,6 +84,15 @@ def clear_assignments(demo: str) -> WriteFn:
     return run
 
 
+def delete_node_assignments(node_ids: Sequence[str]) -> WriteFn:
+    marks = ", ".join("?" * len(node_ids))
+
+    def run(conn: sqlite3.Connection) -> None:
+        conn.execute(f"DELETE FROM demo_assignments WHERE scope = 'node' AND target IN ({marks})", tuple(node_ids))
+
+    return run
+
+
 def save_rollout_nodes(rows: Iterable[dict[str, Any]]) -> WriteFn:
     values = [tuple(r[c] for c in ROLLOUT_COLUMNS) for r in rows]
 
