@@ -27,6 +27,7 @@ from .commands import CommandHub
 from .config import Config, Retention
 from .demos import store as demo_store
 from .demos.archive import Limits as ArchiveLimits
+from .demos.calendar_port import CalendarDeployments
 from .demos.catalog import Catalog
 from .demos.deployments import DeploymentHub
 from .pki import CertificateAuthority
@@ -107,6 +108,7 @@ async def open_services(config: Config) -> Services:
         config.retention.events_s))
     alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
     catalog, deployments = await open_demos(config, writer, read_db, registry)
+    calendar.use_deployments(CalendarDeployments(deployments, catalog))  # runbook deploy steps, --deploy bookings
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
                         actions, release, alerts, notices, catalog, deployments, calendar)

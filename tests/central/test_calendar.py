@@ -192,7 +192,7 @@ def test_bad_bookings_say_what_to_change(central_server: CentralServer) -> None:
         ({"nodes": ["pi-x"], "to": "tomorrow"}, "bad_time", "+30m"),
         ({"nodes": ["pi-nope"], "to": "+1h"}, "no_such_node", "pi-nope"),
         ({"group": "nowhere", "count": 1, "to": "+1h"}, "no_such_group", "nowhere"),
-        ({"nodes": ["pi-x"], "to": "+1h", "deploy": "kiosk@1.0"}, "no_deployments", "book without --deploy"),
+        ({"nodes": ["pi-x"], "to": "+1h", "deploy": "kiosk@1.0"}, "unknown_demo", "publish it first"),
         ({"to": "+1h"}, "bad_targets", "give node names"),
     ):
         status, body = server.api("POST", "/api/v1/bookings", sent)

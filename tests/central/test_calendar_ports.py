@@ -1,5 +1,5 @@
 """The calendar's ports on the in-process app: a deployments implementation plugged in (issue 14's
-Protocol, here a recorder standing in for the feature that is not merged yet) receives the deploy
+Protocol, here a recorder standing in for central.demos.calendar_port) receives the deploy
 steps and a booking's deployment at its start and end; the alerts' `quiet(group, severity)` hook."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from central.demos.calendar_port import CalendarDeployments
 from tests.support.wait import async_wait_for
 
 from .inproc import InProcess, in_process
@@ -52,6 +53,10 @@ async def app(tmp_path: Path) -> AsyncIterator[InProcess]:
 @pytest.mark.asyncio
 async def test_deploy_steps_and_booked_deployments_go_through_the_port(app: InProcess) -> None:
     node = await app.enroll("pi", group="hall")
+    # the server plugs in the real port (tests/node/test_calendar_deploy.py); a calendar without one
+    # (as it was built, before deployments landed) refuses deploy steps when they are created
+    assert isinstance(app.services.calendar.deployments, CalendarDeployments)
+    app.services.calendar.deployments = None
     status, body = await app.call("POST", "/api/v1/runbooks", {"group": "hall", "name": "ship", "at": "03:00",
                                                                "steps": ["deploy kiosk@2.0"]})
     assert status == 409 and body["error"]["code"] == "no_deployments", body  # refused until there is one

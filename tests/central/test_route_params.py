@@ -349,7 +349,7 @@ CASES = dict([
                body={"group": "hall", "name": "rb", "at": "03:00", "steps": ["launch x"]}),
           Case(f"{V1}/runbooks", 400, "unknown_demo", "~'start robot': no node of group 'hall' has reported",
                body={"group": "hall", "name": "rb", "at": "03:00", "steps": ["start robot"]}),
-          Case(f"{V1}/runbooks", 409, "no_deployments", "~this server has no deployments yet",
+          Case(f"{V1}/runbooks", 400, "unknown_demo", "~'deploy kiosk@1.0': no such release: publish it first",
                body={"group": "hall", "name": "rb", "at": "03:00", "steps": ["deploy kiosk@1.0"]}),
           Case(f"{V1}/runbooks", 403, "forbidden", body={"group": "hall", "name": "rb", "at": "03:00",
                                                          "steps": ["reboot"]}, who="operator"),
