@@ -4,12 +4,14 @@ audit, and desired state kept across a server restart."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.releases import archive, publish
 from tests.support.server import CentralServer
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +117,34 @@ def test_the_most_specific_target_wins_and_offline_nodes_wait(server: CentralSer
     assert one["state"] in ("done", "superseded") and len(one["nodes"]) == 3
     got, answer = server.api("GET", "/api/v1/deployments/nope")
     assert (got, answer["error"]["code"]) == (404, "no_such_deployment")
+
+
+def test_a_booking_end_clears_the_nodes_own_assignment_and_the_group_applies_again(tmp_path: Path) -> None:
+    """DeploymentHub.clear_nodes through the calendar (a booking's --deploy, then its cancel): unlike an
+    undeploy, the node's own assignment is gone (kept so across a restart); other nodes' pins stay."""
+    srv = CentralServer(tmp_path / "central").start()
+    try:
+        for name in ("c-1", "c-2"):
+            srv.enroll(name, group="hall-c")
+        for version in ("1.0.0", "2.0.0", "3.0.0"):
+            data = archive(tmp_path / f"arm-{version}.tar.gz", {"name": "arm", "version": version,
+                                                                "run": ["true"]}).read_bytes()
+            assert publish(srv, data)[0] == 201
+        assert post(srv, "", {"demo": "arm", "version": "1.0.0", "group": "hall-c"})[0] == 201
+        assert post(srv, "", {"demo": "arm", "version": "3.0.0", "node": "c-2"})[0] == 201
+        got, booking = srv.api("POST", "/api/v1/bookings", {"nodes": ["c-1"], "to": "+1h", "deploy": "arm@2.0.0"})
+        assert got == 201, booking
+        wait_for(lambda: desired(srv) == {"c-1": "2.0.0", "c-2": "3.0.0"}, 20, "the booking's release on c-1")
+        assert srv.api("POST", f"/api/v1/bookings/{booking['id']}/cancel")[0] == 200
+        wait_for(lambda: desired(srv) == {"c-1": "1.0.0", "c-2": "3.0.0"}, 20, "the group's release back on c-1")
+        _, body = srv.api("GET", "/api/v1/demos")
+        (arm,) = body["demos"]
+        assert sorted((a["scope"], a["target"], a["version"]) for a in arm["assignments"]) == [
+            ("group", "group hall-c", "1.0.0"), ("node", "node c-2", "3.0.0")], arm
+        events = srv.api("GET", "/api/v1/events?kind=deployment_clear")[1]["events"]
+        assert [e["message"] for e in events] == [f"arm: back to the group's desired state by booking:{booking['id']}"]
+        srv.stop()
+        srv.start()
+        assert desired(srv) == {"c-1": "1.0.0", "c-2": "3.0.0"}
+    finally:
+        srv.stop()
