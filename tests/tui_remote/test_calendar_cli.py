@@ -4,6 +4,7 @@ docs/calendar.md (hours, a runbook run now, a booking a second operator is refus
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.support.cli import DvicRunner, clean_env
@@ -29,6 +30,7 @@ async def test_hours_runbook_and_a_booking_from_the_command_line(central_server:
 
     done = await dvic("runbook", "add", "hall", "warmup", "--at", "open-15m", "--step", "run echo hi")
     assert done.code == 0 and "runbook hall/warmup at open-15m: run echo hi" in done.out, done.err
+    assert re.search(r"^next: \d{4}-\d\d-\d\d \d\d:\d\d [A-Z+-]\w*$", done.out, re.M), done.out  # its zone named
     listed = json.loads((await dvic("runbook", "list", "--json", token=bob)).out)["runbooks"]
     assert [(r["name"], r["moment"]) for r in listed] == [("warmup", "open-15m")]
     refused = await dvic("runbook", "run-now", "hall", "warmup", token=bob)

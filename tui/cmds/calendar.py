@@ -107,11 +107,12 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 # -- formatting ------------------------------------------------------------------------------------------
 def local(ts: float | None, zone: str | None = None) -> str:
-    """A time in the group's zone (else this machine's), to the minute."""
+    """A time in the group's zone (else this machine's, named: a runbook's group may have another), to
+    the minute."""
     if ts is None:
         return "-"
-    tz = ZoneInfo(zone) if zone else None
-    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M %Z").strip()
+    when = datetime.fromtimestamp(ts, ZoneInfo(zone)) if zone else datetime.fromtimestamp(ts).astimezone()
+    return when.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _c(value: object) -> str:
