@@ -148,7 +148,7 @@ class Bookings:
         if row is None:
             raise CalendarError(404, "no_such_booking", f"no booking {booking_id}")
         if row["holder"] != operator and role != "admin":
-            raise CalendarError(403, "not_yours", f"booking {booking_id} is {row['holder']!r}'s: only they and admins "
+            raise CalendarError(403, "not_yours", f"booking {booking_id} is held by {row['holder']!r}: only they and admins "
                                                   "may change it")
         if row["state"] != "active" or row["ends_at"] <= time.time():
             raise CalendarError(409, "booking_over", f"booking {booking_id} is {row['state']}"

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from tests.support.cli import DvicRunner, clean_env
+from tests.support.releases import archive, publish
 from tests.support.server import CentralServer
 
 
@@ -56,8 +57,16 @@ async def test_hours_runbook_and_a_booking_from_the_command_line(central_server:
     assert [b["id"] for b in json.loads((await dvic("bookings", "--at", "+90m", "--json")).out)["bookings"]] == \
         [booking["id"]]
     refused = await dvic("book", "cancel", str(booking["id"]), token=bob)
-    assert refused.code != 0 and "not_yours" in refused.err
+    assert refused.code != 0 and "not_yours" in refused.err and "is held by 'alice': only they" in refused.err
     done = await dvic("book", "cancel", str(booking["id"]), token=alice)
     assert done.code == 0 and "(cancelled)" in done.out
     done = await dvic("bookings")
     assert done.code == 0 and "no booking to come" in done.out
+
+    # a booking's release is shown with it, and how far it went
+    archive_path = archive(tmp_path / "kiosk.tar.gz", {"name": "kiosk", "version": "1.0.0", "run": ["true"]})
+    assert publish(server, archive_path.read_bytes())[0] == 201
+    done = await dvic("book", "pi-cli", "--from", "+1h", "--to", "+2h", "--deploy", "kiosk@1.0.0", token=alice)
+    assert done.code == 0 and "deploy kiosk@1.0.0 (at its start)" in done.out, done.err
+    done = await dvic("bookings")
+    assert done.code == 0 and "DEPLOY" in done.out and "kiosk@1.0.0 (at its start)" in done.out, done.out

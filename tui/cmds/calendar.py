@@ -139,7 +139,16 @@ def describe_booking(b: Json) -> str:
     return (f"#{b['id']} {_c(b['holder'])}: {', '.join(_c(n) for n in b.get('node_names', []))} "
             f"from {local(b['starts_at'])} to {local(b['ends_at'])}" + (f" ({_c(b['state'])})" if b["state"] != "active"
                                                                        else "")
+            + (f"  deploy {deploy_text(b)}" if b.get("deploy") else "")
             + (f"  {_c(b['note'])}" if b.get("note") else ""))
+
+
+def deploy_text(b: Json) -> str:
+    """A booking's release and how far it went (applied at its start, restored at its end)."""
+    if not b.get("deploy"):
+        return ""
+    state = b.get("deploy_state") or "at its start"
+    return f"{_c(b['deploy'])} ({_c(state)})"
 
 
 def firing_rows(firings: list[Json]) -> str:
@@ -297,8 +306,8 @@ async def list_bookings(args: argparse.Namespace, settings: SettingsFn) -> int:
         say("no booking" + (" then" if args.at else " to come"))
         return 0
     now = time.time()
-    say(fmt.table(["ID", "HOLDER", "MACHINES", "FROM", "TO", "NOTE"],
+    say(fmt.table(["ID", "HOLDER", "MACHINES", "FROM", "TO", "DEPLOY", "NOTE"],
                   [[str(b["id"]), _c(b["holder"]), ", ".join(_c(n) for n in b["node_names"]),
                     local(b["starts_at"]) + (" (now)" if b["starts_at"] <= now < b["ends_at"] else ""),
-                    local(b["ends_at"]), _c(b.get("note", ""))] for b in rows]))
+                    local(b["ends_at"]), deploy_text(b), _c(b.get("note", ""))] for b in rows]))
     return 0
