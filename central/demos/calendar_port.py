@@ -9,7 +9,7 @@ booking's end drops the node-scope assignments so the group's desired state appl
 from __future__ import annotations
 
 from .catalog import Catalog
-from .deployments import DeploymentHub, Target
+from .deployments import DeployError, DeploymentHub, Target
 
 
 class CalendarDeployments:
@@ -33,8 +33,18 @@ class CalendarDeployments:
         return f"deployment {dep.id}: {demo} removed from group {group}"
 
     async def deploy_nodes(self, node_ids: list[str], demo: str, version: str, by: str) -> str:
-        ids = [(await self.hub.deploy(demo, version, Target("node", node_id), by)).id for node_id in node_ids]
-        return f"{demo} {version} desired on {len(ids)} node(s) (deployment(s) {', '.join(ids)})"
+        """Each node on its own: one the hub refuses (revoked since the booking was made) does not
+        keep the others from the release, and those are restored at the end as usual."""
+        ids, refused = [], []
+        for node_id in node_ids:
+            try:
+                ids.append((await self.hub.deploy(demo, version, Target("node", node_id), by)).id)
+            except DeployError as exc:
+                refused.append(exc.message)
+        if not ids:
+            raise DeployError(409, "not_deployed", "; ".join(refused) or "no node to deploy to")
+        return (f"{demo} {version} desired on {len(ids)} node(s) (deployment(s) {', '.join(ids)})"
+                + (f"; refused: {'; '.join(refused)}" if refused else ""))
 
     async def restore_nodes(self, node_ids: list[str], by: str) -> str:
         demos = await self.hub.clear_nodes(node_ids, by)

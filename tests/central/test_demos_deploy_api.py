@@ -148,3 +148,26 @@ def test_a_booking_end_clears_the_nodes_own_assignment_and_the_group_applies_aga
         assert desired(srv) == {"c-1": "1.0.0", "c-2": "3.0.0"}
     finally:
         srv.stop()
+
+
+def test_a_booked_node_revoked_before_the_start_does_not_keep_the_others_from_the_release(tmp_path: Path) -> None:
+    srv = CentralServer(tmp_path / "central").start()
+    try:
+        for name in ("d-1", "d-2"):
+            srv.enroll(name, group="hall-d")
+        data = archive(tmp_path / "arm.tar.gz", {"name": "arm", "version": "2.0.0", "run": ["true"]}).read_bytes()
+        assert publish(srv, data)[0] == 201
+        got, booking = srv.api("POST", "/api/v1/bookings", {"nodes": ["d-1", "d-2"], "from": "+3s", "to": "+1h",
+                                                            "deploy": "arm@2.0.0"})
+        assert got == 201, booking
+        assert srv.api("DELETE", "/api/v1/nodes/d-2")[0] == 200
+        applied = wait_for(lambda: (b := srv.api("GET", f"/api/v1/bookings/{booking['id']}")[1])["deploy_state"]
+                           and b, 20, "the booking's start")
+        assert applied["deploy_state"] == "applied", applied
+        assert "arm 2.0.0 desired on 1 node(s)" in applied["deploy_message"], applied
+        assert "refused: node 'd-2' is revoked" in applied["deploy_message"], applied
+        assert desired(srv) == {"d-1": "2.0.0"}
+        assert srv.api("POST", f"/api/v1/bookings/{booking['id']}/cancel")[0] == 200
+        wait_for(lambda: desired(srv) == {}, 20, "d-1 back to no arm")
+    finally:
+        srv.stop()
