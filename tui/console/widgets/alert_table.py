@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from textual.widgets.data_table import ColumnKey, RowKey
+from textual.widgets.data_table import RowKey
 
 from tui import fmt
 from tui.console.alerts import Alert, order_key, shown_state, subject_label
-from tui.console.widgets.fleet_table import FleetTable
-from tui.console.widgets.tables import Cell, signature, sorted_cell
+from tui.console.widgets.keyed_table import KeyedTable
+from tui.console.widgets.tables import Cell, sorted_cell
 from tui.textsafe import clean
 
 COLUMNS: list[tuple[str, str, int | None]] = [
@@ -69,62 +69,32 @@ def alert_cells(alert: Alert, now: float) -> dict[str, Cell]:
     }
 
 
-class AlertTable(FleetTable):
+class AlertTable(KeyedTable):
     """Rows keyed by alert id. `show` and `forget` change one row; `tick` sorts and ages."""
 
+    SORT_COLUMN = "severity"
+    COLUMN_KEYS = COLUMN_KEYS
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(zebra_stripes=True, **kwargs)
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
-        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}
-        self._places: dict[str, tuple[Any, ...]] = {}
         self._resort = False
 
     def on_resize(self) -> None:
         widths = column_widths(self.size.width)
         for key, _, width in COLUMNS:
             widths.setdefault(key, width or 0)
-        changed = False
-        for key, width in widths.items():
-            column = self.columns[ColumnKey(key)]
-            if column.width != width:
-                column.width = width
-                changed = True
-        if changed:
-            self._clear_caches()
-            self._require_update_dimensions = True
-            self.refresh()
+        self.set_widths(widths)
 
     def show(self, alert: Alert, now: float | None = None) -> None:
         """Adds the alert's row or changes the cells of it that changed."""
-        key = str(alert["id"])
         cells = alert_cells(alert, time.time() if now is None else now)
-        place = cells["severity"].sort_value
-        if key not in self._cells:
-            self.add_row(*(cells[k] for k in COLUMN_KEYS), key=key)
-            self._cells[key] = {k: signature(v) for k, v in cells.items()}
-            self._places[key] = place
+        if self.put(str(alert["id"]), cells, cells["severity"].sort_value):
             self._resort = True
-            return
-        before = self._cells[key]
-        changed = {}
-        for column, cell in cells.items():
-            sig = signature(cell)
-            if before[column] != sig:
-                changed[column] = cell
-                before[column] = sig
-        if self._places[key] != place:
-            changed["severity"] = cells["severity"]  # the new sort value, even when it reads the same
-            self._places[key] = place
-            self._resort = True
-        if changed:
-            self.update_cells(key, changed)
 
     def forget(self, alert_id: int | str) -> None:
-        key = str(alert_id)
-        if key in self._cells:
-            self.remove_row(key)
-            del self._cells[key], self._places[key]
+        self.drop(str(alert_id))
 
     def fill(self, alerts: list[Alert]) -> None:
         """Shows exactly these alerts (after a fresh read), in order."""
@@ -138,36 +108,17 @@ class AlertTable(FleetTable):
 
     def sort_now(self) -> None:
         self._resort = False
-        if not self.row_count:
-            return
-        current = self.selected_key()
-        self.sort("severity", key=lambda cell: cell.sort_value)
-        if current is not None:
-            self.move_cursor(row=self.get_row_index(current), scroll=False)
+        self.sort_rows()
 
     def tick(self, alerts: dict[int, Alert]) -> None:
         """Once a second: a pending re-sort, and the Since column of the rows in sight."""
         if self._resort:
             self.sort_now()
-        top = int(self.scroll_offset.y)
         now = time.time()
-        for row in self.ordered_rows[top: top + self.size.height]:
-            key = str(row.key.value)
+        for key in self.visible_keys():
             alert = alerts.get(int(key))
-            if alert is None or key not in self._cells:
-                continue
-            cell = sorted_cell(since(alert, now), "dim", None)
-            if self._cells[key]["since"] != signature(cell):
-                self.update_cells(key, {"since": cell})
-                self._cells[key]["since"] = signature(cell)
-
-    def selected_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - cursor outside the rows while the table changes
-            return None
+            if alert is not None and key in self._cells:
+                self.update_timed(key, {"since": sorted_cell(since(alert, now), "dim", None)}, ("since",))
 
     def has(self, key: RowKey | str) -> bool:
         return str(key.value if isinstance(key, RowKey) else key) in self._cells

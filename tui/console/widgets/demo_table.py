@@ -11,11 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from textual.widgets.data_table import ColumnKey
-
 from tui import fmt
-from tui.console.widgets.fleet_table import FleetTable
-from tui.console.widgets.tables import Cell, signature, sorted_cell
+from tui.console.widgets.keyed_table import KeyedTable
+from tui.console.widgets.tables import Cell, sorted_cell
 from tui.textsafe import clean
 
 DemoRow = dict[str, Any]  # a row of GET /api/v1/demos/status, kept up to date by `demo_status` frames
@@ -94,55 +92,30 @@ def demo_cells(row: DemoRow, now: float) -> dict[str, Cell]:
     }
 
 
-class DemoTable(FleetTable):
+class DemoTable(KeyedTable):
     """Rows keyed `node-id/demo`. `show` adds or changes one row; `tick` sorts and ages."""
 
+    SORT_COLUMN = "demo"
+    COLUMN_KEYS = COLUMN_KEYS
     TIMED = ("uptime", "heartbeat")
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(zebra_stripes=True, **kwargs)
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width or None)
-        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._resort = False
 
     def on_resize(self) -> None:
         spare = max(0, self.size.width - FIXED_WIDTH)
         install = min(spare, INSTALL_WIDTH)
-        widths = {"install": install, "message": spare - install if spare - install >= 10 else 0}
-        changed = False
-        for key, width in widths.items():
-            column = self.columns[ColumnKey(key)]
-            if column.width != width:
-                column.width = width
-                changed = True
-        if changed:
-            self._clear_caches()
-            self._require_update_dimensions = True
-            self.refresh()
+        self.set_widths({"install": install, "message": spare - install if spare - install >= 10 else 0})
 
     def show(self, row: DemoRow, now: float | None = None) -> None:
-        key = row_key(row)
-        cells = demo_cells(row, time.time() if now is None else now)
-        if key not in self._cells:
-            self.add_row(*(cells[k] for k in COLUMN_KEYS), key=key)
-            self._cells[key] = {k: signature(v) for k, v in cells.items()}
+        if self.put(row_key(row), demo_cells(row, time.time() if now is None else now)):
             self._resort = True
-            return
-        before = self._cells[key]
-        changed = {}
-        for column, cell in cells.items():
-            sig = signature(cell)
-            if before[column] != sig:
-                changed[column] = cell
-                before[column] = sig
-        if changed:
-            self.update_cells(key, changed)
 
     def forget(self, key: str) -> None:
-        if key in self._cells:
-            self.remove_row(key)
-            del self._cells[key]
+        self.drop(key)
 
     def fill(self, rows: list[DemoRow]) -> None:
         """Shows exactly these rows (after a fresh read), in order."""
@@ -156,35 +129,15 @@ class DemoTable(FleetTable):
 
     def sort_now(self) -> None:
         self._resort = False
-        if not self.row_count:
-            return
-        current = self.selected_key()
-        self.sort("demo", key=lambda cell: cell.sort_value)
-        if current is not None:
-            self.move_cursor(row=self.get_row_index(current), scroll=False)
+        self.sort_rows()
 
     def tick(self, rows: dict[str, DemoRow]) -> None:
         """Once a second: a pending re-sort, and the Uptime and Beat columns of the rows in sight."""
         if self._resort:
             self.sort_now()
-        top = int(self.scroll_offset.y)
         now = time.time()
-        for shown in self.ordered_rows[top: top + self.size.height]:
-            key = str(shown.key.value)
+        for key in self.visible_keys():
             row = rows.get(key)
-            if row is None or key not in self._cells:
-                continue
-            cells = demo_cells(row, now)
-            changed = {c: cells[c] for c in self.TIMED if self._cells[key][c] != signature(cells[c])}
-            if changed:
-                self.update_cells(key, changed)
-                for c, cell in changed.items():
-                    self._cells[key][c] = signature(cell)
+            if row is not None and key in self._cells:
+                self.update_timed(key, demo_cells(row, now), self.TIMED)
 
-    def selected_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - cursor outside the rows while the table changes
-            return None

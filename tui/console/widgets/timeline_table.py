@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual.widgets.data_table import ColumnKey
-
 from tui.console.today import Entry
-from tui.console.widgets.fleet_table import FleetTable
-from tui.console.widgets.tables import Cell, signature, sorted_cell
+from tui.console.widgets.keyed_table import KeyedTable
+from tui.console.widgets.tables import Cell, sorted_cell
 
 COLUMNS: list[tuple[str, str, int | None]] = [
     ("time", "Time", 5), ("what", "What", 30), ("state", "State", 11), ("nodes", "Nodes", 8), ("detail", "Detail", 0),
@@ -52,75 +50,32 @@ def entry_cells(entry: Entry) -> dict[str, Cell]:
     }
 
 
-class TimelineTable(FleetTable):
+class TimelineTable(KeyedTable):
     """Rows keyed by entry key; `fill` shows exactly the entries of a fresh read."""
 
+    SORT_COLUMN = "time"
+    COLUMN_KEYS = COLUMN_KEYS
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
+        super().__init__(zebra_stripes=False, **kwargs)
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
-        self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}
-        self._places: dict[str, tuple[Any, ...]] = {}
         self.entries: dict[str, Entry] = {}
 
     def on_resize(self) -> None:
-        changed = False
-        for key, width in column_widths(self.size.width).items():
-            column = self.columns[ColumnKey(key)]
-            if column.width != width:
-                column.width = width
-                changed = True
-        if changed:
-            self._clear_caches()
-            self._require_update_dimensions = True
-            self.refresh()
+        self.set_widths(column_widths(self.size.width))
 
     def fill(self, entries: list[Entry]) -> None:
         wanted = {e.key for e in entries}
         for key in [k for k in self._cells if k not in wanted]:
-            self.remove_row(key)
-            del self._cells[key], self._places[key], self.entries[key]
+            self.drop(key)
+            del self.entries[key]
         resort = False
         for entry in entries:
-            resort = self._show(entry) or resort
-        if resort and self.row_count:
-            current = self.selected_key()
-            self.sort("time", key=lambda cell: cell.sort_value)
-            if current is not None and current in self._cells:
-                self.move_cursor(row=self.get_row_index(current), scroll=False)
-
-    def _show(self, entry: Entry) -> bool:
-        """Adds the entry's row or changes its cells that changed; True when its place changed."""
-        key = entry.key
-        self.entries[key] = entry
-        cells = entry_cells(entry)
-        if key not in self._cells:
-            self.add_row(*(cells[k] for k in COLUMN_KEYS), key=key)
-            self._cells[key] = {k: signature(v) for k, v in cells.items()}
-            self._places[key] = entry.place
-            return True
-        before = self._cells[key]
-        changed = {}
-        for column, cell in cells.items():
-            sig = signature(cell)
-            if before[column] != sig:
-                changed[column] = cell
-                before[column] = sig
-        moved = self._places[key] != entry.place
-        if moved:
-            changed["time"] = cells["time"]  # the new sort value, even when it reads the same
-            self._places[key] = entry.place
-        if changed:
-            self.update_cells(key, changed)
-        return moved
-
-    def selected_key(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
-        except Exception:  # noqa: BLE001 - cursor outside the rows while the table changes
-            return None
+            self.entries[entry.key] = entry
+            resort = self.put(entry.key, entry_cells(entry), entry.place) or resort
+        if resort:
+            self.sort_rows()
 
     def selected(self) -> Entry | None:
         key = self.selected_key()
