@@ -18,7 +18,7 @@ from tui.api.aio import AsyncClient, Stream
 from tui.api.errors import ApiError
 from tui.api.follow_command import ACTION_POLL_S, ActionTracker, needs_confirmation
 from tui.cmds.common import SettingsFn, client, emit_json, say
-from tui.cmds.parsing import positive
+from tui.cmds.parsing import listing, positive
 from tui.cmds.run import check_answer, confirmation_question, targets_of, targets_options
 from tui.textsafe import clean
 
@@ -40,10 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     _action_options(p)
     p.set_defaults(handler=request_action)
 
-    p = sub.add_parser("actions", parents=[parent], help="tracked actions and their states")
-    p.add_argument("--node", help="only this node's actions")
-    p.add_argument("--json", action="store_true", help='print {"actions": [...]}')
-    p.set_defaults(handler=list_actions)
+    listing(sub, parent, "actions", "tracked actions and their states", list_actions)
 
     p = sub.add_parser("maintenance", parents=[parent], help="put a node in or out of maintenance")
     p.add_argument("node", help="node name or UUID")

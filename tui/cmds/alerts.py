@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from tui import fmt
-from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
+from tui.cmds.common import SettingsFn, UsageError, client, emit, emit_json, say
+from tui.cmds.parsing import action, action_parsers
 from tui.textsafe import clean
 
 SEVERITIES = ("critical", "warning", "info")
@@ -44,40 +45,26 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_alerts)
 
-    p = sub.add_parser("alert", parents=[parent], help="one alert: show it with its history, or acknowledge it")
-    ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
-    q = ops.add_parser("show", parents=[parent], help="the alert and its history")
-    q.add_argument("id", type=int)
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("ack", parents=[parent], help="acknowledge: reminders stop, others see who is on it")
+    ops = action_parsers(sub, parent, "alert", "one alert: show it with its history, or acknowledge it", run_alert)
+    action(ops, parent, "show", "the alert and its history").add_argument("id", type=int)
+    q = action(ops, parent, "ack", "acknowledge: reminders stop, others see who is on it")
     q.add_argument("id", type=int)
     q.add_argument("--note", required=True, help="what you are doing about it (shown with the alert)")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_alert)
 
-    p = sub.add_parser("silence", parents=[parent], help="hold notices back for matching alerts for a while")
-    ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
-    q = ops.add_parser("list", parents=[parent], help="current silences")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("add", parents=[parent], help="silence alerts matching every option given")
+    ops = action_parsers(sub, parent, "silence", "hold notices back for matching alerts for a while", run_silence)
+    action(ops, parent, "list", "current silences")
+    q = action(ops, parent, "add", "silence alerts matching every option given")
     q.add_argument("--group")
     q.add_argument("--node")
     q.add_argument("--rule")
     q.add_argument("--severity", choices=SEVERITIES)
     q.add_argument("--for", dest="for_", required=True, metavar="DURATION", help="e.g. 2h (at most 30d)")
     q.add_argument("--note", default="", help="why (shown with the silence and its alerts)")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("remove", parents=[parent], help="end a silence now")
-    q.add_argument("id", type=int)
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_silence)
+    action(ops, parent, "remove", "end a silence now").add_argument("id", type=int)
 
-    p = sub.add_parser("rule", parents=[parent], help="alert rules: list, add, tune, remove")
-    ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
-    q = ops.add_parser("list", parents=[parent], help="stock and operator rules with their settings")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("add", parents=[parent], help="a metric threshold (--metric) or a log pattern (--log)")
-    q.add_argument("name")
+    ops = action_parsers(sub, parent, "rule", "alert rules: list, add, tune, remove", run_rule)
+    action(ops, parent, "list", "stock and operator rules with their settings")
+    q = action(ops, parent, "add", "a metric threshold (--metric) or a log pattern (--log)", "name")
     what = q.add_mutually_exclusive_group(required=True)
     what.add_argument("--metric", help="cpu, mem, swap, disk, temp, load1, uptime, procs, net_rx, net_tx, "
                                        "free_mem, rssi or clock_skew")
@@ -90,21 +77,14 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
                    help="--log: count only lines at least this level")
     _rule_options(q)
     _scope_options(q)
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("set", parents=[parent], help="tune a rule (stock rules too)")
-    q.add_argument("name")
+    q = action(ops, parent, "set", "tune a rule (stock rules too)", "name")
     q.add_argument("--threshold", type=float, metavar="VALUE", help="where it fires (a log rule: the rate)")
     _rule_options(q)
     on = q.add_mutually_exclusive_group()
     on.add_argument("--enable", dest="enabled", action="store_const", const=True)
     on.add_argument("--disable", dest="enabled", action="store_const", const=False)
     _scope_options(q, everywhere=True)
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("remove", parents=[parent],
-                       help="delete an operator rule, or put a stock rule back to its defaults")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_rule)
+    action(ops, parent, "remove", "delete an operator rule, or put a stock rule back to its defaults", "name")
 
 
 # -- alerts ----------------------------------------------------------------------------------------
@@ -173,22 +153,15 @@ async def run_silence(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         if args.op == "list":
             silences = await api.silences()
-            if args.json:
-                emit_json({"silences": silences})
-            else:
-                say(silences_table(silences, time.time()) if silences else "no current silences")
-            return 0
+            return emit(args, {"silences": silences},
+                        silences_table(silences, time.time()) if silences else "no current silences")
         if args.op == "add":
             doc = await api.add_silence(matcher, args.for_, args.note)
         else:
             doc = await api.remove_silence(args.id)
-    if args.json:
-        emit_json(doc)
-    elif args.op == "add":
-        say(f"silence #{doc.get('id')} ({_matcher(doc)}) until {fmt.stamp(doc.get('ends'))}")
-    else:
-        say(f"silence #{doc.get('id')} ended")
-    return 0
+    if args.op == "add":
+        return emit(args, doc, f"silence #{doc.get('id')} ({_matcher(doc)}) until {fmt.stamp(doc.get('ends'))}")
+    return emit(args, doc, f"silence #{doc.get('id')} ended")
 
 
 def _matcher(silence: dict[str, Any]) -> str:
@@ -260,11 +233,7 @@ async def run_rule(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         if args.op == "list":
             rules = await api.rules()
-            if args.json:
-                emit_json({"rules": rules})
-            else:
-                say(rules_table(rules))
-            return 0
+            return emit(args, {"rules": rules}, rules_table(rules))
         if args.op == "add":
             doc = await api.add_rule(body)
         elif args.op == "set":

@@ -12,16 +12,14 @@ from dvic_core.constants import RUN_FINAL
 from tui import fmt
 from tui.api.follow_command import command_text, run_status, state_text
 from tui.cmds.common import SettingsFn, client, emit_json, say
+from tui.cmds.parsing import listing
 from tui.cmds.run import OutputPrinter
 from tui.textsafe import clean
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("commands", parents=[parent], help="recent commands")
-    p.add_argument("--node", help="only commands that ran on this node")
+    p = listing(sub, parent, "commands", "recent commands", list_commands, "only commands that ran on this node")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    p.add_argument("--json", action="store_true", help='print {"commands": [...]}')
-    p.set_defaults(handler=list_commands)
 
     p = sub.add_parser("command", parents=[parent], help="one command: per-node results and stored output")
     p.add_argument("id", help="the command id (from `dvic commands`)")

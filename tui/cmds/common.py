@@ -92,6 +92,15 @@ def emit_json(doc: Any, out: TextIO | None = None) -> None:
     out.flush()
 
 
+def emit(args: Any, doc: Any, text: str) -> int:
+    """The API's document with --json, else the text for people; the command's exit code (0)."""
+    if args.json:
+        emit_json(doc)
+    else:
+        say(text)
+    return 0
+
+
 def say(text: str, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     out.write(text + "\n")

@@ -11,7 +11,8 @@ from typing import Any
 
 from tui import fmt
 from tui.api.aio import AsyncClient
-from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
+from tui.cmds.common import SettingsFn, UsageError, client, emit, emit_json, say
+from tui.cmds.parsing import action, action_parsers
 from tui.textsafe import clean
 
 URL_KINDS = ("webhook", "ntfy", "slack", "mattermost", "discord")
@@ -37,12 +38,10 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 def _channel_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     # allow_abbrev=False: `add --to` is an option of `add`, not an abbreviation of --token here.
-    p = sub.add_parser("channel", parents=[parent], help="notification channels: webhook, ntfy, chat, e-mail",
-                       allow_abbrev=False)
-    ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
-    q = ops.add_parser("add", parents=[parent], help="add a channel (operator)",
-                       description="Add a notification channel: give exactly one of the kinds.")
-    q.add_argument("name")
+    ops = action_parsers(sub, parent, "channel", "notification channels: webhook, ntfy, chat, e-mail", run_channel,
+                         allow_abbrev=False)
+    q = action(ops, parent, "add", "add a channel (operator)", "name",
+               description="Add a notification channel: give exactly one of the kinds.")
     kinds = q.add_mutually_exclusive_group(required=True)
     for kind in URL_KINDS:
         kinds.add_argument(f"--{kind}", metavar="URL", help=f"a {kind} URL" + (
@@ -65,32 +64,18 @@ def _channel_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentP
                           help="smtp: no TLS, for a relay on the lab's network (not with --user)")
     q.add_argument("--channel-ca", type=Path, metavar="FILE",
                    help="PEM certificates to trust for this channel's TLS (a lab's own CA)")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("list", parents=[parent], help="every channel (secrets are never shown)")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("test", parents=[parent], help="send a test message now and show the receiver's answer")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("remove", parents=[parent], help="remove a channel and its routes (operator)")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_channel)
+    action(ops, parent, "list", "every channel (secrets are never shown)")
+    action(ops, parent, "test", "send a test message now and show the receiver's answer", "name")
+    action(ops, parent, "remove", "remove a channel and its routes (operator)", "name")
 
 
 def _route_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("route", parents=[parent], help="routes from (group, severity) to channels")
-    ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
-    q = ops.add_parser("add", parents=[parent], help="send a group's notices at or above a severity to a channel")
-    q.add_argument("channel")
+    ops = action_parsers(sub, parent, "route", "routes from (group, severity) to channels", run_route)
+    q = action(ops, parent, "add", "send a group's notices at or above a severity to a channel", "channel")
     q.add_argument("--group", default="*", help="a group, '*' for any (the default), '' for nodes without one")
     q.add_argument("--severity", choices=SEVERITIES, default="*", help="the lowest severity it takes (default: all)")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("list", parents=[parent], help="every route")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("remove", parents=[parent], help="remove a route")
-    q.add_argument("id", type=int)
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_route)
+    action(ops, parent, "list", "every route")
+    action(ops, parent, "remove", "remove a route").add_argument("id", type=int)
 
 
 # -- channel ---------------------------------------------------------------------------------------
@@ -100,11 +85,8 @@ async def run_channel(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         if args.op == "list":
             channels = await api.channels()
-            if args.json:
-                emit_json({"channels": channels})
-            else:
-                say(_channels_table(channels) if channels else "no channels: add one with dvic channel add NAME --webhook URL")
-            return 0
+            return emit(args, {"channels": channels}, _channels_table(channels) if channels
+                        else "no channels: add one with dvic channel add NAME --webhook URL")
         if args.op == "add":
             doc = await api.add_channel(args.name, fields)
             message = f"added {doc.get('kind')} channel {args.name}: {_target(doc)}"
@@ -116,11 +98,7 @@ async def run_channel(args: argparse.Namespace, settings: SettingsFn) -> int:
         else:
             doc = await api.remove_channel(args.name)
             message = f"removed channel {args.name} and its routes"
-    if args.json:
-        emit_json(doc)
-    else:
-        say(message)
-    return 0
+    return emit(args, doc, message)
 
 
 def channel_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,15 +190,8 @@ async def run_route(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         if args.op == "list":
             doc = await api.alert_routes()
-            if args.json:
-                emit_json(doc)
-            elif not doc["routes"]:
-                say("no routes: every channel receives every notification")
-            else:
-                say(fmt.table(["ID", "GROUP", "SEVERITY", "CHANNEL"], [
-                    [r.get("id"), _group(r.get("group")), _severity(r.get("severity")),
-                     clean(r.get("channel", ""), single_line=True)] for r in doc["routes"]], right=[0]))
-            return 0
+            return emit(args, doc, _routes_table(doc["routes"]) if doc["routes"]
+                        else "no routes: every channel receives every notification")
         if args.op == "add":
             doc = await api.add_alert_route(args.channel, args.group, args.severity)
             message = (f"route {doc.get('id')}: {_group(args.group)}, {_severity(args.severity)} -> {args.channel}"
@@ -228,11 +199,13 @@ async def run_route(args: argparse.Namespace, settings: SettingsFn) -> int:
         else:
             doc = await api.remove_alert_route(args.id)
             message = f"removed route {args.id}"
-    if args.json:
-        emit_json(doc)
-    else:
-        say(message)
-    return 0
+    return emit(args, doc, message)
+
+
+def _routes_table(routes: list[dict[str, Any]]) -> str:
+    return fmt.table(["ID", "GROUP", "SEVERITY", "CHANNEL"], [
+        [r.get("id"), _group(r.get("group")), _severity(r.get("severity")),
+         clean(r.get("channel", ""), single_line=True)] for r in routes], right=[0])
 
 
 def _group(group: object) -> str:
@@ -254,11 +227,8 @@ async def run_notifications(args: argparse.Namespace, settings: SettingsFn) -> i
                 resent = list((await api.resend_failed()).get("resent") or [])
             else:
                 resent = [i for n in args.ids for i in (await api.resend_notification(n)).get("resent") or []]
-            if args.json:
-                emit_json({"resent": resent})
-            else:
-                say(f"queued again: {', '.join(map(str, resent))}" if resent else "nothing to send again")
-            return 0
+            return emit(args, {"resent": resent},
+                        f"queued again: {', '.join(map(str, resent))}" if resent else "nothing to send again")
         if not 1 <= args.limit <= 1000:
             raise UsageError("--limit: from 1 to 1000")
         state = "failed" if args.failed else args.state

@@ -12,7 +12,8 @@ from typing import Any
 from dvic_core.constants import ROLES
 from tui import fmt
 from tui.api.aio import AsyncClient
-from tui.cmds.common import _RELATIVE, _UNIT, SettingsFn, UsageError, client, emit_json, say
+from tui.cmds.common import _RELATIVE, _UNIT, SettingsFn, UsageError, client, emit, emit_json, say
+from tui.cmds.parsing import action, action_parsers
 from tui.textsafe import clean
 
 
@@ -26,49 +27,30 @@ def parse_expiry(value: str) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("operators", parents=[parent], help="manage operator accounts (admin)")
-    ops = p.add_subparsers(dest="op", required=True, metavar="ACTION")
-    q = ops.add_parser("list", parents=[parent], help="every account with its role and status")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("add", parents=[parent], help="create an active account; prints its token once")
-    q.add_argument("name")
+    ops = action_parsers(sub, parent, "operators", "manage operator accounts (admin)", run_operators)
+    action(ops, parent, "list", "every account with its role and status")
+    q = action(ops, parent, "add", "create an active account; prints its token once", "name")
     q.add_argument("--role", choices=ROLES, default="viewer")
-    q.add_argument("--expires", type=parse_expiry, metavar="LIFETIME",
-                   help="the token stops working after this long, e.g. 30d (default: no expiry)")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("approve", parents=[parent], help="activate a pending (self-registered) account")
-    q.add_argument("name")
+    _expires_option(q)
+    q = action(ops, parent, "approve", "activate a pending (self-registered) account", "name")
     q.add_argument("--role", choices=ROLES, default="viewer")
     q.add_argument("--code", help="the one-time code the person was shown when registering (asked for if omitted)")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("role", parents=[parent], help="change an account's role")
-    q.add_argument("name")
-    q.add_argument("role", choices=ROLES)
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("disable", parents=[parent], help="disable an account and all its tokens")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("delete", parents=[parent],
-                       help="delete a pending or disabled account and its tokens; its name becomes free")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true")
-    q = ops.add_parser("token", parents=[parent], help="issue a new token for an account (shown once)")
-    q.add_argument("name")
+    action(ops, parent, "role", "change an account's role", "name").add_argument("role", choices=ROLES)
+    action(ops, parent, "disable", "disable an account and all its tokens", "name")
+    action(ops, parent, "delete", "delete a pending or disabled account and its tokens; its name becomes free", "name")
+    _expires_option(action(ops, parent, "token", "issue a new token for an account (shown once)", "name"))
+
+
+def _expires_option(q: argparse.ArgumentParser) -> None:
     q.add_argument("--expires", type=parse_expiry, metavar="LIFETIME",
                    help="the token stops working after this long, e.g. 30d (default: no expiry)")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_operators)
 
 
 async def run_operators(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         if args.op == "list":
             ops = await api.operators()
-            if args.json:
-                emit_json({"operators": ops})
-            else:
-                say(_operators_table(ops, time.time()))
-            return 0
+            return emit(args, {"operators": ops}, _operators_table(ops, time.time()))
         if args.op == "add":
             doc = await api.add_operator(args.name, args.role, args.expires)
         elif args.op == "approve":

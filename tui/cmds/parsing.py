@@ -42,3 +42,32 @@ def positive(value: str) -> float:
     if not number > 0:
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {value!r}")
     return number
+
+
+def action_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser,  # type: ignore[type-arg]
+                   name: str, help: str, handler: Any, **kwargs: Any) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """`dvic NAME ACTION ...`: a command whose first word says what to do (the handler reads `args.op`)."""
+    p = sub.add_parser(name, parents=[parent], help=help, **kwargs)
+    p.set_defaults(handler=handler)
+    ops: argparse._SubParsersAction = p.add_subparsers(dest="op", required=True, metavar="ACTION")  # type: ignore[type-arg]
+    return ops
+
+
+def action(ops: argparse._SubParsersAction, parent: argparse.ArgumentParser,  # type: ignore[type-arg]
+           name: str, help: str, *positionals: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """One ACTION of such a command: its plain positionals, and --json (the API's document instead of text)."""
+    q: argparse.ArgumentParser = ops.add_parser(name, parents=[parent], help=help, **kwargs)
+    for positional in positionals:
+        q.add_argument(positional)
+    q.add_argument("--json", action="store_true")
+    return q
+
+
+def listing(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser,  # type: ignore[type-arg]
+            name: str, help: str, handler: Any, node_help: str | None = None) -> argparse.ArgumentParser:
+    """`dvic actions|sessions|commands`: a list of records, optionally of one node, as a table or JSON."""
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=[parent], help=help)
+    p.add_argument("--node", help=node_help or f"only this node's {name}")
+    p.add_argument("--json", action="store_true", help=f'print {{"{name}": [...]}}')
+    p.set_defaults(handler=handler)
+    return p

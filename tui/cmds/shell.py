@@ -13,7 +13,7 @@ from pathlib import Path
 from tui import fmt, terminal
 from tui.api.follow_command import EXIT_UNREACHED
 from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
-from tui.cmds.parsing import positive
+from tui.cmds.parsing import listing, positive
 from tui.textsafe import clean
 
 
@@ -22,10 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p.add_argument("node", help="node name or UUID")
     p.set_defaults(handler=open_shell)
 
-    p = sub.add_parser("sessions", parents=[parent], help="recorded shell sessions")
-    p.add_argument("--node", help="only this node's sessions")
-    p.add_argument("--json", action="store_true", help='print {"sessions": [...]}')
-    p.set_defaults(handler=list_sessions)
+    listing(sub, parent, "sessions", "recorded shell sessions", list_sessions)
 
     p = sub.add_parser("replay", parents=[parent], help="play a recorded shell session in this terminal")
     p.add_argument("id", help="the session id (from `dvic sessions`)")
