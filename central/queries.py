@@ -24,6 +24,16 @@ class QueryError(ValueError):
     """A query parameter the caller got wrong; the message says which and why."""
 
 
+def given(*terms: tuple[str, Any]) -> tuple[list[str], list[Any]]:
+    """The clauses of the (clause, value) terms whose value is given (not None), and their values."""
+    kept = [(clause, value) for clause, value in terms if value is not None]
+    return [clause for clause, _ in kept], [value for _, value in kept]
+
+
+def where_sql(clauses: list[str]) -> str:
+    return " WHERE " + " AND ".join(clauses) if clauses else ""
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[dict[str, Any]]
@@ -116,18 +126,10 @@ class Queries:
         self, *, node_id: str | None = None, kind: str | None = None, since: float | None = None,
         until: float | None = None, cursor: str | None = None, limit: int = 100,
     ) -> Page:
-        where: list[str] = []
-        params: list[Any] = []
-        for clause, value in (("e.node_id = ?", node_id), ("e.kind = ?", kind), ("e.ts >= ?", since),
-                              ("e.ts < ?", until), ("e.id < ?", before_id(cursor))):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        sql = (
-            "SELECT e.*, n.name AS node_name FROM events e LEFT JOIN nodes n ON n.id = e.node_id"
-            + (" WHERE " + " AND ".join(where) if where else "")
-            + " ORDER BY e.id DESC LIMIT ?"
-        )
+        where, params = given(("e.node_id = ?", node_id), ("e.kind = ?", kind), ("e.ts >= ?", since),
+                              ("e.ts < ?", until), ("e.id < ?", before_id(cursor)))
+        sql = ("SELECT e.*, n.name AS node_name FROM events e LEFT JOIN nodes n ON n.id = e.node_id"
+               + where_sql(where) + " ORDER BY e.id DESC LIMIT ?")
         params.append(limit + 1)
         async with self.db.execute(sql, params) as cur:
             rows = list(await cur.fetchall())
@@ -345,28 +347,14 @@ def log_query(
     cursor: str | None = None, limit: int = 100, demo: str | None = None,
 ) -> tuple[str, list[Any]]:
     """The SQL and parameters of a log query (one row more than `limit`: is there a next page?)."""
-    where: list[str] = []
-    params: list[Any] = []
+    if min_level and min_level.upper() not in LEVEL_NUMBERS:
+        raise QueryError(f"level: expected one of {', '.join(LEVELS)}")
+    where, params = given(("l.source = ?", source or None), ("l.demo = ?", demo or None),
+                          ("l.level >= ?", LEVEL_NUMBERS[min_level.upper()] if min_level else None),
+                          ("l.ts >= ?", since), ("l.ts < ?", until))
     if node_ids is not None:
-        where.append(f"l.node_id IN ({','.join('?' * len(node_ids))})")
-        params += node_ids
-    if source:
-        where.append("l.source = ?")
-        params.append(source)
-    if demo:
-        where.append("l.demo = ?")
-        params.append(demo)
-    if min_level:
-        if min_level.upper() not in LEVEL_NUMBERS:
-            raise QueryError(f"level: expected one of {', '.join(LEVELS)}")
-        where.append("l.level >= ?")
-        params.append(LEVEL_NUMBERS[min_level.upper()])
-    if since is not None:
-        where.append("l.ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("l.ts < ?")
-        params.append(until)
+        where.insert(0, f"l.node_id IN ({','.join('?' * len(node_ids))})")
+        params[:0] = node_ids
     # One node's lines come newest first from UNIQUE (node_id, seq): a node's seq grows with the
     # row id (lines are stored in the order the node numbered them; a replay is not stored
     # again), so it is the same order as id without sorting all of the node's lines. Its pages
@@ -384,7 +372,7 @@ def log_query(
     sql = (
         "SELECT l.id, l.node_id, n.name AS node_name, l.seq, l.ts, l.source, l.unit, l.demo, l.level, l.msg"
         f" FROM logs l{joins} LEFT JOIN nodes n ON n.id = l.node_id"
-        + (" WHERE " + " AND ".join(where) if where else "")
+        + where_sql(where)
         + (" ORDER BY l.seq DESC LIMIT ?" if one_node else " ORDER BY l.id DESC LIMIT ?")
     )
     return sql, params + [limit + 1]

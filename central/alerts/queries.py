@@ -7,6 +7,7 @@ from typing import Any
 
 import aiosqlite
 
+from ..queries import given, where_sql
 from .model import Alert
 from .silences import Silence
 
@@ -32,13 +33,8 @@ async def open_alerts(db: aiosqlite.Connection) -> list[dict[str, Any]]:
 async def alert_history(db: aiosqlite.Connection, *, before_id: int | None = None, limit: int = 100,
                         node: str | None = None, rule: str | None = None) -> list[Alert]:
     """Alerts newest first (resolved ones included), for `dvic alerts --all`."""
-    where, params = [], []
-    for clause, value in (("id < ?", before_id), ("node = ?", node), ("rule = ?", rule)):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    sql = (f"SELECT {ALERT_COLUMNS} FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
-           + " ORDER BY id DESC LIMIT ?")
+    where, params = given(("id < ?", before_id), ("node = ?", node), ("rule = ?", rule))
+    sql = f"SELECT {ALERT_COLUMNS} FROM alerts" + where_sql(where) + " ORDER BY id DESC LIMIT ?"
     async with db.execute(sql, (*params, limit)) as cur:
         return [alert_from_row(r) for r in await cur.fetchall()]
 

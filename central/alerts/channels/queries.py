@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 
+from ...queries import given, where_sql
 from ..routing import Route
 from .message import notice_from_json
 from .spec import Channel
@@ -76,18 +77,9 @@ def _notification(row: Any) -> dict[str, Any]:
 async def notifications(db: aiosqlite.Connection, *, state: str | None = None, channel: str | None = None,
                         before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Newest first; `before`: only ids below it (the next page)."""
-    where, params = ["1"], []  # type: list[str], list[Any]
-    if state is not None:
-        where.append("state = ?")
-        params.append(state)
-    if channel is not None:
-        where.append("channel = ?")
-        params.append(channel)
-    if before is not None:
-        where.append("id < ?")
-        params.append(before)
+    where, params = given(("state = ?", state), ("channel = ?", channel), ("id < ?", before))
     params.append(max(1, min(limit, MAX_PAGE)))
-    async with db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE {' AND '.join(where)}"
+    async with db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications{where_sql(where)}"
                           " ORDER BY id DESC LIMIT ?", params) as cur:
         return [_notification(r) async for r in cur]
 
