@@ -22,6 +22,7 @@ from dvic_core.constants import RANK, ROLES
 from dvic_core.schema import Object, Query, Raw
 
 from . import accounts, store
+from .errors import Refusal
 from .strictjson import json_response
 from .tokens import CALLER_KEY, bearer, hash_token
 
@@ -47,14 +48,8 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
                          headers={"X-Dvic-Error": header})
 
 
-class ApiError(Exception):
+class ApiError(Refusal):
     """Raised by handlers; turned into the documented JSON error body."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

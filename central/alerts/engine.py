@@ -27,6 +27,7 @@ import aiosqlite
 from dvic_core.constants import LEVEL_NUMBERS
 
 from ..bus import Bus
+from ..errors import Refusal
 from ..registry import NodeState, Registry
 from ..release import parse_version
 from ..writer import Writer
@@ -59,12 +60,8 @@ MAX_ACK_NOTE = 1000
 TRIM_EVERY_S = 3600.0
 
 
-class AlertError(Exception):
+class AlertError(Refusal):
     """A refused operator request (the API turns it into status + code + message)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS, NODE_KINDS
 
+from ..errors import BadInput
 from .model import SEVERITIES, Severity
 from .patterns import PatternError, compile_pattern
 
@@ -30,11 +31,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-class RuleError(ValueError):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class RuleError(BadInput):
+    pass
 
 
 def parse_duration(value: Any, what: str = "for", limit: float = MAX_FOR_S) -> float:

@@ -54,8 +54,6 @@ def _engine(request: web.Request) -> AlertEngine:
 
 
 def _refused(exc: RuleError | AlertError) -> ApiError:
-    if isinstance(exc, RuleError):
-        return ApiError(400, exc.code, exc.message)
     return ApiError(exc.status, exc.code, exc.message)
 
 

@@ -81,7 +81,7 @@ async def add_channel(request: web.Request) -> web.Response:
     try:
         channel = parse_channel(name, p["kind"], _channel_fields(p))
     except ChannelInvalid as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+        raise ApiError(exc.status, exc.code, exc.message) from None
     if not await services(request).notices.add_channel(channel, current_operator(request).name):
         raise ApiError(409, "channel_exists", f"a channel named {name!r} exists: remove it first to change it")
     return json_response(channel.public(), status=201)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from ...errors import BadInput
+
 ChannelKind = Literal["webhook", "ntfy", "slack", "mattermost", "discord", "smtp"]
 CHANNEL_KINDS: tuple[ChannelKind, ...] = ("webhook", "ntfy", "slack", "mattermost", "discord", "smtp")
 URL_KINDS: tuple[ChannelKind, ...] = ("webhook", "ntfy", "slack", "mattermost", "discord")
@@ -31,13 +33,8 @@ MAX_RECIPIENTS = 20
 MAX_CA_PEM = 64 * 1024
 
 
-class ChannelInvalid(ValueError):
+class ChannelInvalid(BadInput):
     """An operator's channel definition that cannot work; `code` is the API's error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
