@@ -6,6 +6,8 @@ from __future__ import annotations
 
 
 class Refusal(Exception):
+    """`status`: the HTTP status (for a node's message, the websocket close code: central/messages.py)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status

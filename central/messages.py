@@ -29,6 +29,7 @@ from dvic_core.messages import (
 )
 from dvic_core.schema import SchemaError
 
+from .errors import Refusal
 from .strictjson import JsonError, check_numbers, loads
 
 __all__ = ["MAX_BATCH_LINES", "MAX_CHUNK_BYTES", "MAX_FRAME_BYTES", "MAX_KEEPALIVE_BYTES", "MAX_METRIC_ABS",
@@ -43,12 +44,12 @@ _PARSERS = {name: message.schema.parser() for name, message in NODE_MESSAGES.ite
 CLOSE_CODES = {"bad_version": CLOSE_BAD_VERSION}
 
 
-class ProtocolError(Exception):
-    def __init__(self, close_code: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.close_code = close_code
-        self.code = code
-        self.message = message
+class ProtocolError(Refusal):
+    """A node's message refused: the connection closes with `status` as its websocket close code."""
+
+    @property
+    def close_code(self) -> int:
+        return self.status
 
 
 def _bad(message: str) -> ProtocolError:
