@@ -1,27 +1,16 @@
 """Bridge to the standard logging module: DvicLogHandler and get_logger()."""
 
 import logging
-import os
 import sys
-import threading
 from typing import Any, Optional, Tuple, Union
 
 from ._config import ConfigError, check_name
+from ._forksafe import ForkSafeLock
 from ._writer import LogFile
 
 _MAX_LOGGER_CHARS = 200
 _DEFAULT_FORMATTER = logging.Formatter()
-_get_logger_lock = threading.Lock()
-
-
-def _reset_lock_after_fork() -> None:
-    # Another thread may have held it at fork time; in the child it would never be released.
-    global _get_logger_lock
-    _get_logger_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_lock_after_fork)
+_get_logger_lock = ForkSafeLock()
 
 
 class DvicLogHandler(logging.Handler):

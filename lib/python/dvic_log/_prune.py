@@ -11,10 +11,10 @@ import json
 import os
 import re
 import stat
-import threading
 import time
 from typing import Any, Dict, Optional, Set
 
+from ._forksafe import ForkSafeLock
 from ._identity import read_pid_start
 
 # The live name, its rotated copy, and a rotation's file in preparation (left by a crash).
@@ -24,16 +24,7 @@ _HEADER_BYTES = 64 * 1024
 _MAX_ENTRIES = 20000
 
 _done: Set[str] = set()
-_done_lock = threading.Lock()
-
-
-def _reset_lock_after_fork() -> None:
-    global _done_lock
-    _done_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_lock_after_fork)
+_done_lock = ForkSafeLock()
 
 
 def _read_header(path: str) -> Optional[Dict[str, Any]]:
