@@ -133,12 +133,7 @@ class LogFile:
                 self._reopen_after_fork()
             if len(line) > self._max_line:
                 line = fit_record(make_record(*fields), self._max_line)
-            self._check_vanished()
-            if self._pending:
-                self._finish_pending()
-            if self._size + len(line) > self.max_bytes:
-                self._rotate()
-            self._write_line(line)
+            self._append(line)
 
     def heartbeat(self) -> bool:
         """Say the demo is alive: a heartbeat record, at most one per second (more calls are free).
@@ -155,13 +150,7 @@ class LogFile:
                 self._last_heartbeat = None
             if self._last_heartbeat is not None and now - self._last_heartbeat < HEARTBEAT_MIN_INTERVAL:
                 return False
-            line = heartbeat_line(time.time())
-            self._check_vanished()
-            if self._pending:
-                self._finish_pending()
-            if self._size + len(line) > self.max_bytes:
-                self._rotate()
-            self._write_line(line)
+            self._append(heartbeat_line(time.time()))
             self._last_heartbeat = now
             return True
 
@@ -317,6 +306,15 @@ class LogFile:
             except OSError:
                 pass
         self._open_stream(current_identity())
+
+    def _append(self, line: bytes) -> None:
+        """Write one line, into a new file if this one vanished or the line would pass the cap."""
+        self._check_vanished()
+        if self._pending:
+            self._finish_pending()
+        if self._size + len(line) > self.max_bytes:
+            self._rotate()
+        self._write_line(line)
 
     def _write_line(self, line: bytes) -> None:
         fd = self._fd
