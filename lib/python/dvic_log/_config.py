@@ -1,7 +1,7 @@
 """Settings of the library: the log directory and the size cap, from arguments or the environment."""
 
 import os
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, Tuple
 
 DEFAULT_DIR = "/tmp"
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -40,22 +40,29 @@ def resolve_dir(directory: Optional[str] = None, environ: Optional[Mapping[str, 
     return directory
 
 
+def _argument_or_env(
+    value: object, name: str, environ: Optional[Mapping[str, str]], env_name: str,
+    parse: Callable[[str], object], expected: str,
+) -> Optional[Tuple[object, str]]:
+    """The argument and its name, else the environment variable's value and its name; None if neither is set."""
+    if value is not None:
+        return value, name
+    env = os.environ if environ is None else environ
+    raw = env.get(env_name, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse(raw), env_name
+    except ValueError:
+        raise ConfigError("dvic_log: %s=%r is not %s" % (env_name, raw, expected)) from None
+
+
 def resolve_max_bytes(max_bytes: Optional[int] = None, environ: Optional[Mapping[str, str]] = None) -> int:
     """Return the per-file cap: the argument, else $DVIC_LOG_MAX_BYTES, else 8 MiB."""
-    env = os.environ if environ is None else environ
-    source = "max_bytes"
-    value: object = max_bytes
-    if value is None:
-        raw = env.get(ENV_MAX_BYTES, "").strip()
-        if not raw:
-            return DEFAULT_MAX_BYTES
-        source = ENV_MAX_BYTES
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(
-                "dvic_log: %s=%r is not a whole number of bytes" % (ENV_MAX_BYTES, raw)
-            ) from None
+    found = _argument_or_env(max_bytes, "max_bytes", environ, ENV_MAX_BYTES, int, "a whole number of bytes")
+    if found is None:
+        return DEFAULT_MAX_BYTES
+    value, source = found
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError("dvic_log: %s must be an int, not %s" % (source, type(value).__name__))
     if value < MIN_MAX_BYTES:
@@ -67,18 +74,10 @@ def resolve_keep_seconds(
     keep_days: Optional[float] = None, environ: Optional[Mapping[str, str]] = None
 ) -> float:
     """Return the retention period in seconds: the argument, else $DVIC_LOG_KEEP_DAYS, else 7 days."""
-    env = os.environ if environ is None else environ
-    source = "keep_days"
-    value: object = keep_days
-    if value is None:
-        raw = env.get(ENV_KEEP_DAYS, "").strip()
-        if not raw:
-            return DEFAULT_KEEP_DAYS * 86400
-        source = ENV_KEEP_DAYS
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError("dvic_log: %s=%r is not a number of days" % (ENV_KEEP_DAYS, raw)) from None
+    found = _argument_or_env(keep_days, "keep_days", environ, ENV_KEEP_DAYS, float, "a number of days")
+    if found is None:
+        return DEFAULT_KEEP_DAYS * 86400
+    value, source = found
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError("dvic_log: %s must be a number of days, not %s" % (source, type(value).__name__))
     if not value >= 0 or value == float("inf"):  # also refuses NaN
