@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO, Generic, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, ParamSpec, Self, TypeVar
 
 from tui.api import calls, refusals, tls
 from tui.api.config import Settings
@@ -104,19 +104,8 @@ class AsyncClient:
     async def send(self, req: Request[R]) -> R:
         """The decoded answer; `ApiError` with the server's code and message for a refusal,
         `Unreachable` when there is no answer (or the pinned-CA check failed)."""
-        import aiohttp
-
         data, content_type = payload(req)
-        try:
-            async with self.session.request(req.method, f"{self.base}{API}{req.path}", params=req.params,
-                                            data=data, headers={"Content-Type": content_type} if content_type else None
-                                            ) as resp:
-                body = await resp.read()
-                return decode(req, resp.status, body, resp.headers.get(ERROR_HEADER, ""))
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise self._untrusted(exc) from exc
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise Unreachable(f"cannot reach {self.base}: {exc or type(exc).__name__}") from exc
+        return await self._send(req, data=data, headers={"Content-Type": content_type} if content_type else None)
 
     async def upload(self, req: Request[R], source: BinaryIO) -> R:
         """`req` with the open file `source` as its body, streamed (a demo release of up to
@@ -124,10 +113,15 @@ class AsyncClient:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_S, sock_read=UPLOAD_STALL_S)
+        return await self._send(req, data=source, headers={"Content-Type": req.content_type}, timeout=timeout)
+
+    async def _send(self, req: Request[R], **options: Any) -> R:
+        """`req` with `options` (body, headers, timeout) to aiohttp: the decoded answer, or our errors."""
+        import aiohttp
+
         try:
             async with self.session.request(req.method, f"{self.base}{API}{req.path}", params=req.params,
-                                            data=source, headers={"Content-Type": req.content_type},
-                                            timeout=timeout) as resp:
+                                            **options) as resp:
                 body = await resp.read()
                 return decode(req, resp.status, body, resp.headers.get(ERROR_HEADER, ""))
         except aiohttp.ClientConnectorCertificateError as exc:
