@@ -64,9 +64,14 @@ def where_is(where: str, key: str | int | None) -> str:
     return f"{where}.{key}" if where else key
 
 
+def given(**values: Any) -> dict[str, Any]:
+    """The values that are set (not None): a document's optional keys."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _given(out: dict[str, Any], **values: Any) -> dict[str, Any]:
     """`out` with the values that are not None (an OpenAPI description's optional keywords)."""
-    out.update((k, v) for k, v in values.items() if v is not None)
+    out.update(given(**values))
     return out
 
 

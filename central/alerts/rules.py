@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS, NODE_KINDS
+from dvic_core.schema import given
 
 from ..errors import BadInput
 from .model import SEVERITIES, Severity
@@ -116,12 +117,7 @@ class Rule:
         }
         if self.threshold is not None:
             out.update(threshold=self.threshold, clear=self.clear_at, op=self.op)
-        if self.metric is not None:
-            out["metric"] = self.metric
-        if self.pattern is not None:
-            out["pattern"] = self.pattern
-        if self.level is not None:
-            out["level"] = self.level
+        out.update(given(metric=self.metric, pattern=self.pattern, level=self.level))
         return out
 
 

@@ -10,6 +10,7 @@ import argparse
 import time
 from typing import Any
 
+from dvic_core.schema import given
 from tui import fmt
 from tui.cmds.common import SettingsFn, UsageError, client, emit, emit_json, say
 from tui.cmds.parsing import action, action_parsers
@@ -205,17 +206,7 @@ def rule_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _tuning(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if args.for_ is not None:
-        out["for"] = args.for_
-    if args.severity is not None:
-        out["severity"] = args.severity
-    if args.clear is not None:
-        out["clear"] = args.clear
-    scope = _scope(args)
-    if scope is not None:
-        out["scope"] = scope
-    return out
+    return given(**{"for": args.for_}, severity=args.severity, clear=args.clear, scope=_scope(args))
 
 
 async def run_rule(args: argparse.Namespace, settings: SettingsFn) -> int:
