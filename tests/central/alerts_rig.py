@@ -76,6 +76,11 @@ class Rig:
             node.daemon_version = self.release[0]
         return node
 
+    async def after(self, seconds: float) -> None:
+        """The clock moves on `seconds`, then the engine makes a pass."""
+        self.clock.advance(seconds)
+        await self.engine.evaluate()
+
     async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         async with self.read_db.execute(sql, args) as cur:
             return [dict(r) for r in await cur.fetchall()]
