@@ -190,6 +190,12 @@ class SmtpServer:
         self.auth_attempts.append(login)
         return AuthResult(success=self.users.get(login) == password, handled=False, auth_data=login)
 
+    def __enter__(self) -> SmtpServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._server is not None:
             self._loop.run(self._stop(self._server))

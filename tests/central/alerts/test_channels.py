@@ -134,8 +134,7 @@ async def test_receiver_down_is_explained(receiver: HttpReceiver) -> None:
 
 
 async def test_email_over_starttls_with_auth(tmp_path: Path) -> None:
-    server = smtp_server(tmp_path, "starttls", {"alice": "pw-1"})
-    try:
+    with smtp_server(tmp_path, "starttls", {"alice": "pw-1"}) as server:
         fields = {"host": "localhost", "port": server.port, "security": "starttls", "to": ["ops@lab.test"],
                   "from": "dvic@lab.test", "user": "alice", "password": "pw-1", "ca_pem": server.ca_pem}
         answer = await deliver("smtp", fields, grouped(25))
@@ -147,13 +146,10 @@ async def test_email_over_starttls_with_auth(tmp_path: Path) -> None:
         assert email["Auto-Submitted"] == "auto-generated" and email["To"] == "ops@lab.test"
         body = email.get_content()
         assert "pi-0 offline for 95 s (node:pi-0, group hall-a)" in body and "and 20 more" in body
-    finally:
-        server.close()
 
 
 async def test_email_text_in_any_language_is_7bit_on_the_wire(tmp_path: Path) -> None:
-    server = smtp_server(tmp_path, "plain")
-    try:
+    with smtp_server(tmp_path, "plain") as server:
         message = Message(id=3, kind="firing", notices=(notice("pi-1", summary="température 85 °C — 日本"),))
         await deliver("smtp", {"host": "127.0.0.1", "port": server.port, "to": "ops@lab.test", "security": "plain"},
                       message)
@@ -162,25 +158,19 @@ async def test_email_text_in_any_language_is_7bit_on_the_wire(tmp_path: Path) ->
         email = mail.message()
         assert email["Subject"] == "[DVIC] FIRING (critical): température 85 °C — 日本"
         assert email.get_content().startswith("température 85 °C — 日本 (node:pi-1, group hall-a)")
-    finally:
-        server.close()
 
 
 async def test_email_over_implicit_tls(tmp_path: Path) -> None:
-    server = smtp_server(tmp_path, "tls", {"bob": "pw-2"})
-    try:
+    with smtp_server(tmp_path, "tls", {"bob": "pw-2"}) as server:
         fields = {"host": "127.0.0.1", "port": server.port, "security": "tls", "to": "ops@lab.test",
                   "user": "bob", "password": "pw-2", "ca_pem": server.ca_pem}
         await deliver("smtp", fields, channel_test_message())
         [mail] = server.inbox
         assert mail.login == "bob" and mail.message()["Subject"] == "[DVIC] TEST: DVIC notification test"
-    finally:
-        server.close()
 
 
 async def test_smtp_refusing_auth_is_a_clear_permanent_error(tmp_path: Path) -> None:
-    server = smtp_server(tmp_path, "starttls", {"alice": "right"})
-    try:
+    with smtp_server(tmp_path, "starttls", {"alice": "right"}) as server:
         fields = {"host": "127.0.0.1", "port": server.port, "to": "ops@lab.test", "user": "alice",
                   "password": "wrong", "ca_pem": server.ca_pem}
         with pytest.raises(DeliveryFailed) as caught:
@@ -188,29 +178,21 @@ async def test_smtp_refusing_auth_is_a_clear_permanent_error(tmp_path: Path) -> 
         assert caught.value.permanent
         assert caught.value.message.startswith(f"SMTP server 127.0.0.1:{server.port} refused the login of user 'alice': 535")
         assert "wrong" not in caught.value.message and server.inbox == []
-    finally:
-        server.close()
 
 
 async def test_smtp_without_starttls_is_refused_not_sent_in_clear(tmp_path: Path) -> None:
-    server = smtp_server(tmp_path, "plain")
-    try:
+    with smtp_server(tmp_path, "plain") as server:
         fields = {"host": "127.0.0.1", "port": server.port, "to": "ops@lab.test", "security": "starttls"}
         with pytest.raises(DeliveryFailed, match="does not offer STARTTLS"):
             await deliver("smtp", fields, channel_test_message())
         fields["security"] = "plain"  # a relay on the lab's network, chosen explicitly
         assert (await deliver("smtp", fields, channel_test_message())).startswith("250")
-    finally:
-        server.close()
 
 
 async def test_smtp_untrusted_certificate_and_down_server(tmp_path: Path) -> None:
-    server = smtp_server(tmp_path, "starttls")
-    port = server.port
-    try:
+    with smtp_server(tmp_path, "starttls") as server:
+        port = server.port
         with pytest.raises(DeliveryFailed, match="TLS certificate not trusted"):
             await deliver("smtp", {"host": "127.0.0.1", "port": port, "to": "ops@lab.test"}, channel_test_message())
-    finally:
-        server.close()
     with pytest.raises(DeliveryFailed, match=f"cannot connect to SMTP server 127.0.0.1:{port}: connection refused"):
         await deliver("smtp", {"host": "127.0.0.1", "port": port, "to": "ops@lab.test"}, channel_test_message())
