@@ -123,15 +123,19 @@ async def test_500_then_success_is_retried_with_backoff(database: Database, rece
     assert all(gap >= 0.04 for gap in gaps)  # backoff, not a tight loop
 
 
+async def the_failed_one(database: Database) -> dict[str, Any]:
+    async def failed() -> list[dict[str, Any]]:
+        return await rows(database, state="failed")
+    [row] = await async_wait_for(failed, what="the notification to fail")
+    return row
+
+
 async def test_failed_after_the_last_try_then_resent(database: Database, receiver: HttpReceiver) -> None:
     receiver.mode = "fail"
     async with dispatcher(database) as sink:
         await add_webhook(sink, "a", receiver)
         await sink.submit([notice()])
-
-        async def failed() -> list[dict[str, Any]]:
-            return await rows(database, state="failed")
-        [row] = await async_wait_for(failed, what="the notification to fail")
+        row = await the_failed_one(database)
         assert row["attempts"] == FAST.attempts == len(receiver.requests)
         assert row["last_error"].endswith("answered HTTP 500 receiver broken")
         receiver.mode = "ok"
@@ -147,10 +151,7 @@ async def test_a_gone_webhook_is_not_retried(database: Database, receiver: HttpR
     async with dispatcher(database) as sink:
         await add_webhook(sink, "a", receiver)
         await sink.submit([notice()])
-
-        async def failed() -> list[dict[str, Any]]:
-            return await rows(database, state="failed")
-        [row] = await async_wait_for(failed, what="the notification to fail")
+        row = await the_failed_one(database)
     assert row["attempts"] == 1 and "HTTP 410" in row["last_error"]
 
 
