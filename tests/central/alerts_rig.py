@@ -76,10 +76,11 @@ class Rig:
             node.daemon_version = self.release[0]
         return node
 
-    async def after(self, seconds: float) -> None:
-        """The clock moves on `seconds`, then the engine makes a pass."""
+    async def after(self, seconds: float) -> list[tuple[str, str, str]]:
+        """The clock moves on `seconds`, then the engine makes a pass: the notices not taken yet."""
         self.clock.advance(seconds)
         await self.engine.evaluate()
+        return self.sink.take()
 
     async def rows(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         async with self.read_db.execute(sql, args) as cur:

@@ -45,8 +45,7 @@ async def test_disk_full_fires_once_and_clears_only_below_the_clear_threshold(ri
     # Hovering between clear (85) and fire (90): still the same alert, no new notice.
     for value in (89.0, 90.5, 86.0, 95.0):
         metrics(rig, node, disk=value)
-        await rig.after(10)
-    assert rig.sink.take() == []
+        assert await rig.after(10) == []
     assert [a.id for a in rig.engine.open_alerts()] == [alert.id]
 
     metrics(rig, node, disk=84.0)
@@ -70,15 +69,13 @@ async def test_for_duration_must_hold_above_the_threshold(rig: Rig) -> None:
     node = await rig.node("pi-1")
     metrics(rig, node, mem=96.0)  # memory_high: 95 %, for 60 s
     await rig.engine.evaluate()
-    await rig.after(40)
+    assert await rig.after(40) == []
     metrics(rig, node, mem=93.0)  # in the band: the "for" starts over
-    await rig.after(10)
+    assert await rig.after(10) == []
     metrics(rig, node, mem=96.0)
-    await rig.after(10)
-    await rig.after(59)
-    assert rig.sink.take() == []
-    await rig.after(1)
-    assert rig.sink.take() == [("firing", "memory_high", "node:pi-1")]
+    assert await rig.after(10) == []
+    assert await rig.after(59) == []
+    assert await rig.after(1) == [("firing", "memory_high", "node:pi-1")]
 
 
 async def test_a_node_going_offline_is_told_at_once_by_its_event(rig: Rig) -> None:
@@ -115,8 +112,7 @@ async def test_maintenance_raises_nothing_and_ends_open_alerts(rig: Rig) -> None
     await rig.engine.evaluate()
     assert rig.sink.take() == [("resolved", "disk_full", "node:pi-3")]
     metrics(rig, node, disk=99.0, temp=95.0)
-    await rig.after(3600)
-    assert rig.sink.take() == [] and rig.engine.open_alerts() == []
+    assert await rig.after(3600) == [] and rig.engine.open_alerts() == []
     [row] = await rig.rows("SELECT note FROM alert_events WHERE what = 'resolved'")
     assert row["note"] == "node in maintenance"
 
@@ -138,8 +134,7 @@ async def test_a_silence_suppresses_notices_but_the_alert_is_recorded_and_shown_
     assert row == {"what": "suppressed_firing", "note": f"silence {silence.id}"}
 
     # Reminders are suppressed too; when the silence goes, the firing notice goes out.
-    await rig.after(601)
-    assert rig.sink.take() == [("reminder", "disk_full", "node:pi-b")]
+    assert await rig.after(601) == [("reminder", "disk_full", "node:pi-b")]
     await rig.engine.remove_silence(silence.id, "alice")
     await rig.engine.evaluate()
     assert rig.sink.take() == [("firing", "disk_full", "node:pi-a")]
@@ -152,8 +147,7 @@ async def test_a_silence_ends_by_itself(rig: Rig) -> None:
     metrics(rig, node, disk=99.0)
     await rig.engine.evaluate()
     assert rig.sink.take() == []
-    await rig.after(30 * 60)
-    assert rig.sink.take() == [("firing", "disk_full", "node:pi-a")]
+    assert await rig.after(30 * 60) == [("firing", "disk_full", "node:pi-a")]
     assert rig.engine.current_silences() == []
 
 
@@ -163,12 +157,9 @@ async def test_reminders_while_firing_unacknowledged_then_acknowledge(rig: Rig) 
     await rig.engine.evaluate()
     [alert] = rig.engine.open_alerts()
     rig.sink.take()
-    await rig.after(599)
-    assert rig.sink.take() == []
-    await rig.after(1)
-    assert rig.sink.take() == [("reminder", "disk_full", "node:pi-4")]
-    await rig.after(300)
-    assert rig.sink.take() == []  # counted from the last notice
+    assert await rig.after(599) == []
+    assert await rig.after(1) == [("reminder", "disk_full", "node:pi-4")]
+    assert await rig.after(300) == []  # counted from the last notice
 
     acked = await rig.engine.acknowledge(alert.id, "alice", "replacing the SD card")
     assert (acked.state, acked.acked_by, acked.ack_note, acked.acked_at) == (
@@ -177,8 +168,7 @@ async def test_reminders_while_firing_unacknowledged_then_acknowledge(rig: Rig) 
     with pytest.raises(AlertError) as refused:
         await rig.engine.acknowledge(alert.id, "bob", "")
     assert refused.value.code == "already_acknowledged"
-    await rig.after(3600)
-    assert rig.sink.take() == []  # no reminders once acknowledged
+    assert await rig.after(3600) == []  # no reminders once acknowledged
     [row] = await rig.rows("SELECT state, acked_by, ack_note FROM alerts WHERE id = ?", alert.id)
     assert row == {"state": "acknowledged", "acked_by": "alice", "ack_note": "replacing the SD card"}
     metrics(rig, node, disk=50.0)
@@ -220,9 +210,8 @@ async def test_the_daemons_demo_events_raise_and_clear_crashloop_and_unhealthy(r
     # A supervised demo's status (demos issue): healthy clears what it had, failed cannot start.
     rig.engine.on_demo_status(node, {"demo": "cam", "state": "healthy"})
     rig.engine.on_demo_status(node, {"demo": "kiosk", "state": "failed", "message": "no such file"})
-    await rig.after(30)
-    assert sorted(rig.sink.take()) == [("firing", "demo_exited", "demo:pi-6/kiosk"),
-                                       ("resolved", "demo_unhealthy", "demo:pi-6/cam")]
+    assert sorted(await rig.after(30)) == [("firing", "demo_exited", "demo:pi-6/kiosk"),
+                                           ("resolved", "demo_unhealthy", "demo:pi-6/cam")]
 
 
 async def test_a_demo_that_exited_and_did_not_come_back(rig: Rig) -> None:
@@ -233,10 +222,8 @@ async def test_a_demo_that_exited_and_did_not_come_back(rig: Rig) -> None:
     rig.registry.set_demo(node, run, now)
     await rig.engine.evaluate()
     rig.registry.set_demo(node, {**run, "state": "exited", "exited_at": now + 1}, now + 1)
-    await rig.after(20)
-    assert rig.sink.take() == []  # demo_exited waits 30 s for a new run
-    await rig.after(11)
-    assert rig.sink.take() == [("firing", "demo_exited", "demo:pi-7/robot")]
+    assert await rig.after(20) == []  # demo_exited waits 30 s for a new run
+    assert await rig.after(11) == [("firing", "demo_exited", "demo:pi-7/robot")]
     rig.registry.set_demo(node, {**run, "token": "t2", "pid": 11, "started_at": rig.clock()}, rig.clock())
     await rig.engine.evaluate()
     assert rig.sink.take() == [("resolved", "demo_exited", "demo:pi-7/robot")]
@@ -247,8 +234,7 @@ async def test_exits_from_before_the_server_started_open_nothing(rig: Rig) -> No
     old = rig.clock() - 3600
     rig.registry.set_demo(node, {"token": "t1", "name": "old", "pid": 1, "state": "exited", "started_at": old - 10,
                                  "exited_at": old, "header": {}}, old)
-    await rig.after(120)
-    assert rig.sink.take() == []
+    assert await rig.after(120) == []
 
 
 async def test_error_lines_per_minute_per_demo(rig: Rig) -> None:
@@ -266,8 +252,7 @@ async def test_error_lines_per_minute_per_demo(rig: Rig) -> None:
     rig.engine.observe_logs(node, lines(1, level="CRITICAL"))
     await rig.engine.evaluate()
     assert rig.sink.take() == [("firing", "log_errors", "demo:pi-9/robot")]
-    await rig.after(61)
-    assert rig.sink.take() == [("resolved", "log_errors", "demo:pi-9/robot")]
+    assert await rig.after(61) == [("resolved", "log_errors", "demo:pi-9/robot")]
 
 
 async def test_a_backlog_of_old_error_lines_is_not_a_rate_now(rig: Rig) -> None:
