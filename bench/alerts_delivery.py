@@ -33,6 +33,7 @@ from central.alerts.dispatcher import Dispatcher
 from central.alerts.model import Alert, Notice
 from central.config import Config, Notify
 from central.writer import Writer
+from tests.support.database import started_writer
 
 from .common import add_common_args, parser, positive_float, positive_int, run_bench
 from .report import Report, latency_summary
@@ -92,11 +93,7 @@ async def wait_until(condition: object, timeout: float) -> bool:
 
 async def open_dispatcher(data_dir: Path, settings: Notify) -> tuple[Writer, Dispatcher]:
     path = data_dir / db.DB_FILE  # data_dir made by main (no blocking calls in the loop)
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path, Config.commit_interval)
-    await writer.start()
+    writer = await started_writer(path, Config.commit_interval)
     read_db = await db.connect(path)
     sink = Dispatcher(writer, read_db, settings)
     await sink.start()

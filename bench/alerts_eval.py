@@ -34,6 +34,7 @@ from central.alerts.model import Notice
 from central.bus import Bus
 from central.registry import NodeState, Registry
 from central.writer import Writer
+from tests.support.database import started_writer
 
 from .common import add_common_args, parser, positive_float, positive_int, run_bench
 from .report import Report
@@ -80,11 +81,7 @@ def sample(node: NodeState, rng: random.Random, hover: bool) -> dict[str, float]
 
 async def build(work: Path, nodes: int, rules: int) -> tuple[Writer, Registry, AlertEngine, CountingSink]:
     path = work / db.DB_FILE
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path)
-    await writer.start()
+    writer = await started_writer(path)
     registry = Registry(writer, Bus(), offline_after=15, keepalive_interval=5)
     now = time.time()
     rng = random.Random(15)

@@ -40,7 +40,7 @@ from central.calendar.moments import parse_moment
 from central.calendar.queries import CalendarQueries
 from central.calendar.scheduler import TICK_S, Scheduler
 from central.calendar.service import Calendar, Runbook
-from central.writer import Writer
+from tests.support.database import started_writer
 from tests.support.server import REPO, CentralServer
 
 from . import procstat
@@ -64,11 +64,7 @@ def local_noon_zone(now: float) -> str:
 
 
 async def seed(path: Path, bookings: int, runbooks: int, now: float) -> tuple[str, list[tuple[str, str]]]:
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path)
-    await writer.start()
+    writer = await started_writer(path)
     zone = local_noon_zone(now)
     nodes: list[tuple[str, str]] = []
     rng = random.Random(7)
@@ -162,11 +158,7 @@ async def wake_cost(runbooks: int, zone: str, now: float, work: Path) -> tuple[f
     """Seconds of CPU one wake-up of the idle scheduler takes (its scan and its next sleep, as its
     loop does them, on the real Scheduler), and a recomputation after hours or runbooks change."""
     path = work / "scheduler.sqlite3"
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path)
-    await writer.start()
+    writer = await started_writer(path)
     read = await db.connect(path, read_only=True)
     calendar = planner(runbooks, zone, now)
     scheduler = Scheduler(writer, CalendarQueries(read), calendar, lambda *firing: None)

@@ -50,11 +50,7 @@ class DirectResult:
 
 
 async def create_schema(path: Path) -> None:
-    conn = await db.connect(path)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
+    await db.create(path)
 
 
 def insert_direct(path: Path, fleet: Fleet, lines_per_node: int, size: int, base_ts: float,

@@ -43,9 +43,7 @@ COMMIT_INTERVAL_S = Config.commit_interval
 
 
 async def migrated(path: Path) -> None:
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
+    await db.create(path)
 
 
 def fill(path: Path, rows: int, now: float) -> None:

@@ -45,13 +45,7 @@ def make_rows(total: int, nodes: int) -> Rows:
 
 def fresh_db(work: Path, extra: tuple[str, ...] = ()) -> sqlite3.Connection:
     path = work / f"bench-{uuid.uuid4().hex[:8]}.sqlite3"
-
-    async def migrate() -> None:
-        conn = await db.connect(path)
-        await db.migrate(conn)
-        await conn.close()
-
-    asyncio.run(migrate())
+    asyncio.run(db.create(path))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "temp_store=MEMORY", "wal_autocheckpoint=16384"):
         conn.execute(f"PRAGMA {pragma}")

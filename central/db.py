@@ -534,6 +534,15 @@ async def connect(path: Path, *, read_only: bool = False) -> aiosqlite.Connectio
     return db
 
 
+async def create(path: Path) -> None:
+    """The database at `path` (made if missing) brought to SCHEMA_VERSION, then closed."""
+    conn = await connect(path)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
 async def migrate(db: aiosqlite.Connection) -> int:
     """Bring the schema to SCHEMA_VERSION; refuse a database from a newer release."""
     async with db.execute("PRAGMA user_version") as cur:

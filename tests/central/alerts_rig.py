@@ -19,6 +19,7 @@ from central.alerts.model import Notice
 from central.bus import Bus
 from central.registry import NodeState, Registry
 from central.writer import Writer
+from tests.support.database import started_writer
 
 
 class Clock:
@@ -102,11 +103,7 @@ def make_engine(rig: Rig) -> AlertEngine:
 
 async def open_rig(tmp_path: Path) -> AsyncIterator[Rig]:
     path = tmp_path / db.DB_FILE
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path, commit_interval=0.0)
-    await writer.start()
+    writer = await started_writer(path, commit_interval=0.0)
     read_db = await db.connect(path)
     bus = Bus()
     registry = Registry(writer, bus, offline_after=15, keepalive_interval=5)

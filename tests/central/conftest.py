@@ -13,7 +13,5 @@ from central import db
 async def migrated_db(tmp_path: Path) -> Path:
     """A real SQLite database in tmp_path with the server's current schema, closed."""
     path = tmp_path / "central.sqlite3"
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
+    await db.create(path)
     return path

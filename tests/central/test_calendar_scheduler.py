@@ -16,6 +16,7 @@ from central.calendar.moments import next_occurrence, occurrences_between, parse
 from central.calendar.queries import CalendarQueries
 from central.calendar.scheduler import Scheduler
 from central.writer import Writer
+from tests.support.database import started_writer
 
 DAY = 86400.0
 T0 = datetime(2027, 3, 27, 9, 0, tzinfo=UTC).timestamp()  # 09:00 UTC, the eve of Paris's spring forward
@@ -58,11 +59,7 @@ class Rig:
 @pytest_asyncio.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     path = tmp_path / db.DB_FILE
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path)
-    await writer.start()
+    writer = await started_writer(path)
     read = await db.connect(path, read_only=True)
     # A runbook row for the firings to refer to.
     await writer.submit(lambda c: c.execute(

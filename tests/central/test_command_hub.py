@@ -7,21 +7,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from central import db
 from central.commands import CommandHub
 from central.registry import NodeState
 from central.writer import Writer
+from tests.support.database import started_writer
 from tests.support.wait import async_wait_for
 
 
 async def _writer(tmp_path: Path) -> Writer:
-    path = tmp_path / "t.sqlite3"
-    conn = await db.connect(path)
-    await db.migrate(conn)
-    await conn.close()
-    writer = Writer(path, commit_interval=0.0)
-    await writer.start()
-    return writer
+    return await started_writer(tmp_path / "t.sqlite3", commit_interval=0.0)
 
 
 def _node(name: str, send: Any) -> NodeState:

@@ -12,6 +12,7 @@ import aiosqlite
 from central import db
 from central.alerts.model import Alert, Notice, NoticeKind, Severity
 from central.writer import Writer
+from tests.support.database import started_writer
 from tests.support.receivers import SmtpServer
 
 
@@ -36,13 +37,7 @@ class Database:
 async def open_database(data_dir: Path) -> Database:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / db.DB_FILE
-    conn = await db.connect(path)
-    try:
-        await db.migrate(conn)
-    finally:
-        await conn.close()
-    writer = Writer(path, 0.005)
-    await writer.start()
+    writer = await started_writer(path, 0.005)
     read_db = await db.connect(path)
     return Database(path, writer, read_db)
 
