@@ -17,7 +17,7 @@ from tui import fmt
 from tui.api.aio import AsyncClient, Stream
 from tui.api.errors import ApiError
 from tui.api.follow_command import ACTION_POLL_S, ActionTracker, needs_confirmation
-from tui.cmds.common import SettingsFn, client, emit_json, say
+from tui.cmds.common import SettingsFn, client, emit_json, say, show_list
 from tui.cmds.parsing import listing, positive
 from tui.cmds.run import check_answer, confirmation_question, targets_of, targets_options
 from tui.textsafe import clean
@@ -172,16 +172,14 @@ async def request_action(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def list_actions(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.actions(node=args.node)
-    if args.json:
-        emit_json({"actions": rows})
-        return 0
+    return await show_list(args, settings, "actions", lambda api: api.actions(node=args.node), _actions_table)
+
+
+def _actions_table(rows: list[Json]) -> str:
     table = [[r.get("id", ""), r.get("node_name") or r.get("node_id", ""), r.get("action", ""), r.get("demo") or "-",
               r.get("state", ""), fmt.stamp(r.get("requested_at")), fmt.stamp(r.get("updated_at")),
               r.get("operator", ""), r.get("message") or ""] for r in rows]
-    say(fmt.table(["ID", "NODE", "ACTION", "DEMO", "STATE", "REQUESTED", "UPDATED", "BY", "MESSAGE"], table))
-    return 0
+    return fmt.table(["ID", "NODE", "ACTION", "DEMO", "STATE", "REQUESTED", "UPDATED", "BY", "MESSAGE"], table)
 
 
 async def maintenance(args: argparse.Namespace, settings: SettingsFn) -> int:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from dvic_core.constants import RUN_FINAL
 from tui import fmt
 from tui.api.follow_command import command_text, run_status, state_text
-from tui.cmds.common import SettingsFn, client, emit_json, say
+from tui.cmds.common import SettingsFn, client, emit_json, say, show_list
 from tui.cmds.parsing import listing
 from tui.cmds.run import OutputPrinter
 from tui.textsafe import clean
@@ -28,16 +29,15 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
 
 
 async def list_commands(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.commands(node=args.node, limit=args.limit)
-    if args.json:
-        emit_json({"commands": rows})
-        return 0
+    return await show_list(args, settings, "commands", lambda api: api.commands(node=args.node, limit=args.limit),
+                           _commands_table)
+
+
+def _commands_table(rows: list[dict[str, Any]]) -> str:
     table = [[r.get("id", ""), fmt.stamp(r.get("created_at")), r.get("operator", ""), r.get("target", ""),
               command_text(r)[:60], f"{r.get('ok') or 0}/{r.get('nodes') or 0}",
               "done" if r.get("done") else "running"] for r in rows]
-    say(fmt.table(["ID", "WHEN", "OPERATOR", "TARGET", "COMMAND", "OK", "STATE"], table))
-    return 0
+    return fmt.table(["ID", "WHEN", "OPERATOR", "TARGET", "COMMAND", "OK", "STATE"], table)
 
 
 async def show_command(args: argparse.Namespace, settings: SettingsFn) -> int:

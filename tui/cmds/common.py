@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from dvic_core.constants import LEVELS
 from tui.api.config import Settings
@@ -99,6 +99,15 @@ def emit(args: Any, doc: Any, text: str) -> int:
     else:
         say(text)
     return 0
+
+
+async def show_list(args: Any, settings: SettingsFn, key: str,
+                    fetch: Callable[[AsyncClient], Awaitable[list[Any]]],
+                    table: Callable[[list[Any]], str]) -> int:
+    """`dvic actions|sessions|commands`: the records `fetch` reads, as {key: [...]} with --json, else a table."""
+    async with client(settings()) as api:
+        rows = await fetch(api)
+    return emit(args, {key: rows}, "" if args.json else table(rows))
 
 
 def say(text: str, out: TextIO | None = None) -> None:

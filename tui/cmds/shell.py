@@ -9,10 +9,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tui import fmt, terminal
 from tui.api.follow_command import EXIT_UNREACHED
-from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
+from tui.cmds.common import SettingsFn, UsageError, client, say, show_list
 from tui.cmds.parsing import listing, positive
 from tui.textsafe import clean
 
@@ -45,11 +46,10 @@ async def open_shell(args: argparse.Namespace, settings: SettingsFn) -> int:
 
 
 async def list_sessions(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.sessions(node=args.node)
-    if args.json:
-        emit_json({"sessions": rows})
-        return 0
+    return await show_list(args, settings, "sessions", lambda api: api.sessions(node=args.node), _sessions_table)
+
+
+def _sessions_table(rows: list[dict[str, Any]]) -> str:
     now = time.time()
     table = []
     for r in rows:
@@ -58,8 +58,7 @@ async def list_sessions(args: argparse.Namespace, settings: SettingsFn) -> int:
         table.append([r.get("id", ""), r.get("node_name") or r.get("node_id", ""), r.get("operator", ""),
                       fmt.stamp(r.get("started_at")), length + ("" if ended else " (open)"),
                       "-" if r.get("exit_code") is None else r["exit_code"], fmt.size(r.get("bytes_out"))])
-    say(fmt.table(["ID", "NODE", "OPERATOR", "STARTED", "LENGTH", "EXIT", "OUTPUT"], table, right=(5, 6)))
-    return 0
+    return fmt.table(["ID", "NODE", "OPERATOR", "STARTED", "LENGTH", "EXIT", "OUTPUT"], table, right=(5, 6))
 
 
 async def replay(args: argparse.Namespace, settings: SettingsFn) -> int:
