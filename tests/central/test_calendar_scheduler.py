@@ -51,6 +51,14 @@ class Rig:
         return Scheduler(self.writer, self.queries, OneMoment(), lambda *f: self.fired.append(f),
                          grace_s=600, tick_s=60, clock=lambda: self.now)
 
+    async def start(self) -> tuple[Scheduler, list[tuple[int, int, float]]]:
+        """A scheduler started as at a server start (with what it fired again then), and stopped:
+        the test moves the clock and scans itself."""
+        scheduler = self.scheduler()
+        fired = await scheduler.start()
+        await scheduler.close()
+        return scheduler, fired
+
     async def states(self) -> list[tuple[str, str]]:
         rows = await self.queries.firings(None, 100)
         return sorted((r["occurrence"], r["state"]) for r in rows)
@@ -74,9 +82,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 @pytest.mark.asyncio
 async def test_each_occurrence_fires_once_whatever_the_wall_clock_does(rig: Rig) -> None:
-    scheduler = rig.scheduler()
-    await scheduler.start()  # the first start schedules nothing before now
-    await scheduler.close()  # its loop stops: the test moves the clock and scans itself
+    scheduler, _ = await rig.start()  # the first start schedules nothing before now
     assert rig.fired == [] and scheduler.delay(rig.now) == 60  # idle: one tick at most
     rig.now = TEN - 5
     assert scheduler.delay(rig.now) == 5  # sleeps until the moment, not a tick
@@ -100,22 +106,17 @@ async def test_each_occurrence_fires_once_whatever_the_wall_clock_does(rig: Rig)
 
 @pytest.mark.asyncio
 async def test_a_restart_fires_what_never_started_once_and_no_more(rig: Rig) -> None:
-    first = rig.scheduler()
-    await first.start()
-    await first.close()
+    first, _ = await rig.start()
     rig.now = TEN + 1
     await first.scan(rig.now)  # recorded and handed to a runner that never started it (a crash)
     assert len(rig.fired) == 1
 
     rig.now = TEN + 120  # back two minutes later: within the grace window
-    second = rig.scheduler()
-    assert [f[2] for f in await second.start()] == [TEN]  # fired again, the one time it runs
-    await second.close()
+    _, fired = await rig.start()
+    assert [f[2] for f in fired] == [TEN]  # fired again, the one time it runs
     # It never started this time either; the next start is past the grace window: missed.
     rig.now = TEN + 3600
-    third = rig.scheduler()
-    assert await third.start() == []
-    await third.close()
+    assert (await rig.start())[1] == []
     assert len(rig.fired) == 2
     assert await rig.states() == [("2027-03-27", "missed")]
 
@@ -124,17 +125,13 @@ async def test_a_restart_fires_what_never_started_once_and_no_more(rig: Rig) -> 
 async def test_a_firing_the_server_was_running_is_interrupted_not_repeated(rig: Rig) -> None:
     from central.calendar import store
 
-    first = rig.scheduler()
-    await first.start()
-    await first.close()
+    first, _ = await rig.start()
     rig.now = TEN + 1
     await first.scan(rig.now)
     firing_id = rig.fired[0][0]
     await rig.writer.submit(store.set_firing(firing_id, "running", rig.now))
     rig.now = TEN + 60
-    restarted = rig.scheduler()
-    assert await restarted.start() == []
-    await restarted.close()
+    assert (await rig.start())[1] == []
     assert await rig.states() == [("2027-03-27", "interrupted")]
 
 
@@ -142,9 +139,7 @@ async def test_a_firing_the_server_was_running_is_interrupted_not_repeated(rig: 
 async def test_old_finished_firings_are_trimmed_in_bounded_writes(rig: Rig) -> None:
     from central.calendar import store
 
-    scheduler = rig.scheduler()
-    await scheduler.start()
-    await scheduler.close()
+    scheduler, _ = await rig.start()
     for day in range(3):  # three days' firings, the last one left pending (never started)
         rig.now = TEN + day * DAY + 1
         await scheduler.scan(rig.now)
