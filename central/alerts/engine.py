@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -62,6 +62,18 @@ TRIM_EVERY_S = 3600.0
 
 class AlertError(Refusal):
     """A refused operator request (the API turns it into status + code + message)."""
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def found(items: Mapping[K, V], key: K, missing: str) -> V:
+    """items[key], or the 404 an operator's request on something gone gets."""
+    item = items.get(key)
+    if item is None:
+        raise AlertError(404, "not_found", missing)
+    return item
 
 
 @dataclass(eq=False)
@@ -577,9 +589,7 @@ class AlertEngine:
         if len(note) > MAX_ACK_NOTE:
             raise AlertError(400, "bad_note", f"note: at most {MAX_ACK_NOTE} characters")
         async with self._lock:
-            tracked = self._by_id.get(alert_id)
-            if tracked is None:
-                raise AlertError(404, "not_found", f"no open alert #{alert_id} (resolved, or never existed)")
+            tracked = found(self._by_id, alert_id, f"no open alert #{alert_id} (resolved, or never existed)")
             if tracked.alert.state == "acknowledged":
                 a = tracked.alert
                 raise AlertError(409, "already_acknowledged", f"alert #{alert_id} was acknowledged by {a.acked_by}")
@@ -619,9 +629,7 @@ class AlertEngine:
 
     async def remove_silence(self, silence_id: int, who: str) -> Silence:
         async with self._lock:
-            silence = self.silences.get(silence_id)
-            if silence is None:
-                raise AlertError(404, "not_found", f"no current silence #{silence_id}")
+            silence = found(self.silences, silence_id, f"no current silence #{silence_id}")
             now = self.clock()
             await self.writer.submit(lambda conn: store.remove_silence(conn, silence_id, now, who), urgent=True)
             del self.silences[silence_id]
@@ -649,9 +657,7 @@ class AlertEngine:
 
     async def set_rule(self, name: str, settings: Mapping[str, Any], who: str) -> Rule:
         async with self._lock:
-            current = self.rules.get(name)
-            if current is None:
-                raise AlertError(404, "not_found", f"no rule named {name!r} (`dvic rule list` shows them)")
+            current = found(self.rules, name, f"no rule named {name!r} (`dvic rule list` shows them)")
             if current.stock:
                 merged = {**self._tuning.get(name, {}), **settings}
                 rule = tune(STOCK[name], merged)
@@ -666,9 +672,7 @@ class AlertEngine:
     async def remove_rule(self, name: str, who: str) -> Rule:
         """An operator rule is deleted; a stock rule goes back to its defaults."""
         async with self._lock:
-            current = self.rules.get(name)
-            if current is None:
-                raise AlertError(404, "not_found", f"no rule named {name!r}")
+            current = found(self.rules, name, f"no rule named {name!r}")
             await self.writer.submit(lambda conn: store.delete_rule(conn, name), urgent=True)
             if current.stock:
                 self.rules[name] = STOCK[name]
