@@ -44,45 +44,38 @@ def open_via_node(source: ViaNode, via: ViaFactory | None) -> NodeTunnel:
     return via(source)
 
 
+# A failure to connect: (what was raised, code, what happened, what to do); the first that matches
+# says it. Placeholders: {where} the machine, {source} the one connecting, {reason}/{error} asyncssh's
+# and the OS's words.
+_FAILURES: tuple[tuple[type[BaseException], str, str, str], ...] = (
+    (asyncssh.PermissionDenied, "auth_failed", "the {where} refused the user name or password",
+     "check the user name and password"),
+    (asyncssh.HostKeyNotVerifiable, "host_key_changed", "the {where} host key changed during the connection: {reason}",
+     "run again; if it persists, check the machine's host key on its console"),
+    (asyncssh.ChannelOpenError, "unreachable", "{source} cannot reach the {where}: {reason}",
+     "check the address and port from the source machine; is sshd running on the target?"),
+    (asyncio.TimeoutError, "timeout", "no SSH answer from the {where} in time",
+     "check the address, the port and any firewall between the source and the target"),
+    (ConnectionRefusedError, "unreachable", "connection refused by the {where}",
+     "is sshd running there and listening on that port (--port)?"),
+    (OSError, "unreachable", "cannot reach the {where}: {error}",
+     "check the address and the network route from the source"),
+    (asyncssh.Error, "ssh_error", "SSH error with the {where}: {reason}", ""),
+)
+
+
 def _describe(exc: BaseException, role: str, host: str, port: int, via: str) -> InstallerError:
+    if role == "jump" and isinstance(exc, asyncssh.PermissionDenied):
+        return InstallerError(
+            "connect", "jump_auth_failed", f"the jump host {host}:{port} refused our SSH keys",
+            "load the right key into ssh-agent or pass --jump-identity FILE",
+        )
     where = f"{role} {host}:{port}" + (f" (through {via})" if via else "")
-    if isinstance(exc, asyncssh.PermissionDenied):
-        if role == "jump":
-            return InstallerError(
-                "connect", "jump_auth_failed", f"the jump host {host}:{port} refused our SSH keys",
-                "load the right key into ssh-agent or pass --jump-identity FILE",
-            )
-        return InstallerError(
-            "connect", "auth_failed", f"the {where} refused the user name or password",
-            "check the user name and password",
-        )
-    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return InstallerError(
-            "connect", "host_key_changed", f"the {where} host key changed during the connection: {exc.reason}",
-            "run again; if it persists, check the machine's host key on its console",
-        )
-    if isinstance(exc, asyncssh.ChannelOpenError):
-        return InstallerError(
-            "connect", "unreachable", f"{via or 'the source'} cannot reach the {where}: {exc.reason}",
-            "check the address and port from the source machine; is sshd running on the target?",
-        )
-    if isinstance(exc, asyncio.TimeoutError):
-        return InstallerError(
-            "connect", "timeout", f"no SSH answer from the {where} in time",
-            "check the address, the port and any firewall between the source and the target",
-        )
-    if isinstance(exc, ConnectionRefusedError):
-        return InstallerError(
-            "connect", "unreachable", f"connection refused by the {where}",
-            "is sshd running there and listening on that port (--port)?",
-        )
-    if isinstance(exc, OSError):
-        return InstallerError(
-            "connect", "unreachable", f"cannot reach the {where}: {exc.strerror or exc}",
-            "check the address and the network route from the source",
-        )
-    if isinstance(exc, asyncssh.Error):
-        return InstallerError("connect", "ssh_error", f"SSH error with the {where}: {exc.reason}", "")
+    for kind, code, message, hint in _FAILURES:
+        if isinstance(exc, kind):
+            text = message.format(where=where, source=via or "the source", reason=getattr(exc, "reason", ""),
+                                  error=getattr(exc, "strerror", None) or exc)
+            return InstallerError("connect", code, text, hint)
     raise exc
 
 
