@@ -103,53 +103,53 @@ async def open_target(
             via = f"node {source.node}"
         elif isinstance(source, Jump):
             via = f"jump host {source.host}:{source.port}"
-            try:
-                keys = await trusted_host_keys(
-                    known_hosts, role="jump", host=source.host, port=source.port,
-                    expected=source.expect_host_key, confirm=confirm, tunnel=None, connect_timeout=connect_timeout,
-                )
-                tunnel = await asyncssh.connect(
-                    source.host, source.port,
-                    username=source.user or (),
-                    known_hosts=(keys, [], []),
-                    client_keys=source.client_keys if source.client_keys is not None else (),
-                    preferred_auth=("publickey",),
-                    config=None,
-                    connect_timeout=connect_timeout,
-                    login_timeout=connect_timeout,
-                )
-            except InstallerError:
-                raise
-            except (TimeoutError, asyncssh.Error, OSError) as exc:
-                raise _describe(exc, "jump", source.host, source.port, "") from exc
+            tunnel = await _connect(
+                known_hosts, "jump", source.host, source.port, source.expect_host_key, confirm, None, "",
+                connect_timeout,
+                username=source.user or (),
+                client_keys=source.client_keys if source.client_keys is not None else (),
+                preferred_auth=("publickey",),
+            )
             stack.push_async_callback(_close, tunnel)
         elif not isinstance(source, Direct):
             raise TypeError(f"unknown source {source!r}")
 
-        try:
-            keys = await trusted_host_keys(
-                known_hosts, role="target", host=host, port=port,
-                expected=expect_host_key, confirm=confirm, tunnel=tunnel, connect_timeout=connect_timeout,
-            )
-            conn = await asyncssh.connect(
-                host, port,
-                tunnel=tunnel if tunnel is not None else (),
-                username=user,
-                password=password.text(),
-                known_hosts=(keys, [], []),
-                client_keys=None,  # the target is reached with the password only
-                agent_path=None,
-                preferred_auth=("password", "keyboard-interactive"),
-                config=None,
-                connect_timeout=connect_timeout,
-                login_timeout=connect_timeout,
-            )
-        except InstallerError:
-            raise
-        except (TimeoutError, asyncssh.Error, OSError) as exc:
-            raise _describe(exc, "target", host, port, via) from exc
+        conn = await _connect(
+            known_hosts, "target", host, port, expect_host_key, confirm, tunnel, via, connect_timeout,
+            username=user,
+            password=password.text(),
+            client_keys=None,  # the target is reached with the password only
+            agent_path=None,
+            preferred_auth=("password", "keyboard-interactive"),
+        )
         stack.push_async_callback(_close, conn)
         yield conn
+
+
+async def _connect(
+    known_hosts: KnownHosts, role: str, host: str, port: int, expected: str, confirm: ConfirmHostKey | None,
+    tunnel: Any, via: str, connect_timeout: float, **auth: Any,
+) -> asyncssh.SSHClientConnection:
+    """An authenticated connection to the jump host or the target, its host key checked first
+    (installer/hostkeys.py); a failure as the InstallerError that says what to do."""
+    try:
+        keys = await trusted_host_keys(
+            known_hosts, role=role, host=host, port=port,
+            expected=expected, confirm=confirm, tunnel=tunnel, connect_timeout=connect_timeout,
+        )
+        return await asyncssh.connect(
+            host, port,
+            tunnel=tunnel if tunnel is not None else (),
+            known_hosts=(keys, [], []),
+            config=None,
+            connect_timeout=connect_timeout,
+            login_timeout=connect_timeout,
+            **auth,
+        )
+    except InstallerError:
+        raise
+    except (TimeoutError, asyncssh.Error, OSError) as exc:
+        raise _describe(exc, role, host, port, via) from exc
 
 
 async def _close(conn: asyncssh.SSHClientConnection) -> None:
