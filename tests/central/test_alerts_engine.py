@@ -15,9 +15,11 @@ from central.alerts import engine as engine_module
 from central.alerts.channels.spec import parse_channel
 from central.alerts.dispatcher import Dispatcher
 from central.alerts.engine import AlertError
+from central.alerts.model import Alert
 from central.alerts.rules import RuleError
 from central.alerts.silences import silence_request
 from central.config import Notify
+from central.registry import NodeState
 from tests.support.wait import async_wait_for
 
 from .alerts_rig import Rig, open_rig
@@ -151,12 +153,18 @@ async def test_a_silence_ends_by_itself(rig: Rig) -> None:
     assert rig.engine.current_silences() == []
 
 
-async def test_reminders_while_firing_unacknowledged_then_acknowledge(rig: Rig) -> None:
-    node = await rig.node("pi-4")
+async def disk_full(rig: Rig, name: str) -> tuple[NodeState, Alert]:
+    """A node whose disk_full alert fires (its firing notice taken)."""
+    node = await rig.node(name)
     metrics(rig, node, disk=99.0)
     await rig.engine.evaluate()
     [alert] = rig.engine.open_alerts()
     rig.sink.take()
+    return node, alert
+
+
+async def test_reminders_while_firing_unacknowledged_then_acknowledge(rig: Rig) -> None:
+    node, alert = await disk_full(rig, "pi-4")
     assert await rig.after(599) == []
     assert await rig.after(1) == [("reminder", "disk_full", "node:pi-4")]
     assert await rig.after(300) == []  # counted from the last notice
@@ -180,11 +188,7 @@ async def test_reminders_while_firing_unacknowledged_then_acknowledge(rig: Rig) 
 
 
 async def test_open_alerts_survive_a_restart_without_a_second_notice(rig: Rig) -> None:
-    node = await rig.node("pi-5")
-    metrics(rig, node, disk=99.0)
-    await rig.engine.evaluate()
-    [alert] = rig.engine.open_alerts()
-    rig.sink.take()
+    node, alert = await disk_full(rig, "pi-5")
     engine = await rig.restart()
     await engine.evaluate()
     assert rig.sink.take() == []
