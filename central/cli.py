@@ -27,6 +27,7 @@ from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
 from .config import Config, ConnectionLimits, DemoLimits, Notify, is_loopback
+from .dbconn import DatabaseUnavailable, target
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import LISTEN_FILE, admin_call, call_running, running_server
@@ -49,7 +50,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 def build_config(args: argparse.Namespace) -> Config:
     host, port = args.listen
     return Config(
-        data_dir=Path(args.data_dir).expanduser(), host=host, port=port, tls=not args.insecure_http,
+        data_dir=Path(args.data_dir).expanduser(), database=args.database, host=host, port=port, tls=not args.insecure_http,
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)),
@@ -256,7 +257,10 @@ def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    run_event_loop(serve(build_config(args)))
+    try:
+        run_event_loop(serve(build_config(args)))
+    except DatabaseUnavailable as exc:
+        raise SystemExit(f"dvic-central: {exc}") from None
     return 0
 
 
@@ -266,7 +270,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console)
 
 
+def _database(value: str) -> str:
+    try:
+        target(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database", type=_database, default=os.environ.get("DVIC_DATABASE", ""), metavar="URL",
+                   help="postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, or sqlite:PATH (default: the SQLite file"
+                        " in the data dir; env DVIC_DATABASE)")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8443; port 0 picks a free one)")
     p.add_argument("--insecure-http", action="store_true",

@@ -74,6 +74,9 @@ class DemoLimits:
 @dataclass(frozen=True)
 class Config:
     data_dir: Path
+    # Where state and history live: "" (or sqlite:PATH) the embedded SQLite file in data_dir, or a
+    # PostgreSQL server, postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (docs/operations.md).
+    database: str = ""
     host: str = "127.0.0.1"
     port: int = 8443
     tls: bool = True

@@ -1,23 +1,70 @@
-"""SQLite schema and migrations (the database file is created and brought up to date on start), and
-the connection settings every connection of the server takes (`configure`).
+"""Schema and migrations for both engines (the database is created and brought up to date on
+start), the SQLite connection settings (`configure`), and opening the writer's and the reads'
+connections for a database `Target` (central/dbconn.py: an SQLite file or a PostgreSQL URL).
 
-SQL lives in three modules: this one (schema, PRAGMAs), store.py (writes) and queries.py (reads);
+The schema is one list of steps (`MIGRATIONS`). Each step is DDL in a portable subset, rendered
+as is for SQLite and by `postgresql_ddl` for PostgreSQL (BIGINT for INTEGER, DOUBLE PRECISION for
+REAL, identity ids...), plus per-engine parts only where the engines differ for real (SQLite's
+FTS5 table and its triggers, PostgreSQL's text-search index). SQLite keeps the version in
+PRAGMA user_version; PostgreSQL in the table `schema_version`, each step in one transaction, under
+an advisory lock so replicas starting together migrate once.
+
+SQL lives in a few modules: this one (schema, PRAGMAs), store.py (writes) and queries.py (reads);
 tests/central/test_sql_placement.py keeps it there."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
+
+from .dbconn import (
+    DatabaseUnavailable,
+    PgWriteConn,
+    ReadDB,
+    SqliteReadDB,
+    Target,
+    WriterConn,
+    connect_sqlite_writer,
+    mask_url,
+    open_pg_reads,
+    target,
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One schema step: portable DDL for both engines, then each engine's own part."""
+
+    both: str = ""
+    sqlite: str = ""
+    postgresql: str = ""
+
+    def render(self, dialect: str) -> str:
+        if dialect == "sqlite":
+            return self.both + self.sqlite
+        return postgresql_ddl(self.both) + self.postgresql
+
+
+# PostgreSQL's own text search over log lines (SQLite's is the FTS5 table logs_fts): an expression
+# index the log query's `to_tsvector('simple', msg) @@ ...` uses (queries.log_query). 'simple':
+# lower-cased words, no stemming, as FTS5's unicode61 tokenizer does.
+LOGS_SEARCH_PG = """
+    CREATE INDEX logs_search ON logs USING GIN (to_tsvector('simple', msg));
+    """
 
 DB_FILE = "dvic.sqlite3"
 
 # Each entry moves the schema from version i to i+1. Never edit a released step: append one.
-MIGRATIONS: list[str] = [
-    """
+MIGRATIONS: list[Step] = [
+    Step(
+        """
     CREATE TABLE nodes (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -49,13 +96,6 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX logs_node_ts ON logs (node_id, ts);
     CREATE INDEX logs_ts ON logs (ts);
-    CREATE VIRTUAL TABLE logs_fts USING fts5(msg, content='logs', content_rowid='id');
-    CREATE TRIGGER logs_ai AFTER INSERT ON logs BEGIN
-        INSERT INTO logs_fts (rowid, msg) VALUES (new.id, new.msg);
-    END;
-    CREATE TRIGGER logs_ad AFTER DELETE ON logs BEGIN
-        INSERT INTO logs_fts (logs_fts, rowid, msg) VALUES ('delete', old.id, old.msg);
-    END;
     CREATE TABLE metrics_raw (
         node_id TEXT NOT NULL,
         name TEXT NOT NULL,
@@ -121,8 +161,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_ts ON audit (ts);
     """,
+        sqlite="""
+    CREATE VIRTUAL TABLE logs_fts USING fts5(msg, content='logs', content_rowid='id');
+    CREATE TRIGGER logs_ai AFTER INSERT ON logs BEGIN
+        INSERT INTO logs_fts (rowid, msg) VALUES (new.id, new.msg);
+    END;
+    CREATE TRIGGER logs_ad AFTER DELETE ON logs BEGIN
+        INSERT INTO logs_fts (logs_fts, rowid, msg) VALUES ('delete', old.id, old.msg);
+    END;
+    """,
+        postgresql=LOGS_SEARCH_PG),
     # 2: remote control (commands and their per-node runs, shell sessions, tracked actions).
-    """
+    Step("""
     CREATE TABLE commands (
         id TEXT PRIMARY KEY,
         created_at REAL NOT NULL,
@@ -183,24 +233,24 @@ MIGRATIONS: list[str] = [
         boot_time REAL
     );
     CREATE INDEX actions_node ON actions (node_id, requested_at);
-    """,
+    """),
     # 3: index log lines in the FTS table once per batch (store.insert_logs), not by a per-row
     # trigger: the trigger alone halved ingest throughput.
-    """
+    Step(sqlite="""
     DROP TRIGGER logs_ai;
-    """,
+    """),
     # 4: one per-node index on logs instead of two. With a fleet's lines interleaved, each per-node
     # index costs a scattered page write per line; UNIQUE (node_id, seq) already orders a node's
     # lines (seq grows with id for a node), so the log query reads a node's latest lines from it
     # and logs_node_ts only cost the writer a third of its time (docs/performance.md).
-    """
+    Step("""
     DROP INDEX logs_node_ts;
-    """,
+    """),
     # 5: accounts and enrollments (docs/security.md): who enrolled a node (an operator may revoke
     # its own enrollment while the node has never connected), operator token expiry and coarse
     # last use, and the one-time code a self-registered account must tell the approving admin
     # (only its hash is kept; the row goes when the account is approved or deleted).
-    """
+    Step("""
     ALTER TABLE nodes ADD COLUMN enrolled_by TEXT NOT NULL DEFAULT '';
     ALTER TABLE tokens ADD COLUMN expires_at REAL;
     ALTER TABLE tokens ADD COLUMN last_used_at REAL;
@@ -210,17 +260,17 @@ MIGRATIONS: list[str] = [
         remote TEXT NOT NULL DEFAULT '',
         created_at REAL NOT NULL
     );
-    """,
+    """),
     # 6: retention deletes in short chunks, oldest first (store.apply_retention): without an index
     # on the time column each chunk of one-minute aggregates or events scanned the whole table.
-    """
+    Step("""
     CREATE INDEX metrics_1m_bucket ON metrics_1m (bucket);
     CREATE INDEX events_ts ON events (ts);
-    """,
+    """),
     # 7: alerts (issue 15, rules half): operator rules and stock-rule tuning, alerts with their
     # lifecycle (one open alert per rule and subject: the partial unique index), each alert's history,
     # and silences (central/alerts/).
-    """
+    Step("""
     CREATE TABLE alert_rules (
         name TEXT PRIMARY KEY,
         stock INTEGER NOT NULL,
@@ -273,12 +323,12 @@ MIGRATIONS: list[str] = [
         removed_by TEXT
     );
     CREATE INDEX silences_ends ON silences (ends);
-    """,
+    """),
     # 8: the venue calendar (central/calendar/, docs/calendar.md): opening hours per group and their
     # dated exceptions, runbooks and their firings (one row per occurrence: UNIQUE (runbook, key)
     # is what makes a moment fire once, also across restarts), per-node step states, bookings and
     # the nodes each holds (their times copied so an overlap is one indexed lookup per node).
-    """
+    Step("""
     CREATE TABLE cal_hours (
         grp TEXT PRIMARY KEY,
         zone TEXT NOT NULL,
@@ -361,10 +411,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (booking_id, node_id)
     ) WITHOUT ROWID;
     CREATE INDEX booking_nodes_node ON booking_nodes (node_id, ends_at) WHERE live = 1;
-    """,
+    """),
     # 9: demos as first-class objects (issue 14, central/demos/): the release catalog, deployments
     # (desired state per demo and scope), each node's part of a rollout, and supervised demos' status.
-    """
+    Step("""
     CREATE TABLE demo_releases (
         name TEXT NOT NULL,
         version TEXT NOT NULL,
@@ -430,12 +480,12 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL,
         PRIMARY KEY (node_id, demo)
     );
-    """,
+    """),
     # 10: notifications (issue 15, delivery half; docs/alerts.md "Notifications"): channels (their
     # secrets in a column no read for the API selects), routes from (group, minimum severity) to a
     # channel, and the delivery queue: one row per grouped message and channel, written before it
     # is tried, with the notices it lists.
-    """
+    Step("""
     CREATE TABLE channels (
         name TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
@@ -480,10 +530,8 @@ MIGRATIONS: list[str] = [
         notice TEXT NOT NULL
     );
     CREATE INDEX notification_notices_of ON notification_notices (notification_id, id);
-    """,
+    """),
 ]
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def make_private(path: Path) -> None:
@@ -496,13 +544,15 @@ def make_private(path: Path) -> None:
             os.chmod(path.with_name(name), 0o600)
 
 
+_C = TypeVar("_C", bound=sqlite3.Connection)
+
 # The writer checkpoints every 64 MiB of WAL instead of 4 MiB: the pages a busy fleet rewrites at
 # every commit (each node's tail in the per-node indexes) are then copied to the database once per
 # checkpoint instead of sixteen times.
 WAL_CHECKPOINT_PAGES = 16384
 
 
-def configure(conn: sqlite3.Connection, *, writer: bool = False, read_only: bool = False) -> sqlite3.Connection:
+def configure(conn: _C, *, writer: bool = False, read_only: bool = False) -> _C:
     """The settings of a server connection: the writer's (`writer`), the reads' (`read_only`) or
     the one that migrates the schema (neither). Returns `conn`."""
     conn.execute("PRAGMA journal_mode=WAL")
@@ -521,41 +571,90 @@ def configure(conn: sqlite3.Connection, *, writer: bool = False, read_only: bool
     return conn
 
 
-def connect_writer(path: Path) -> sqlite3.Connection:
-    """The writer's connection (standard sqlite3, used on the writer's one thread)."""
-    return configure(sqlite3.connect(path, isolation_level=None, check_same_thread=True), writer=True)
+def connect_writer(where: Target | Path | str) -> WriterConn:
+    """The writer's connection, used on the writer's one thread: for SQLite the standard sqlite3
+    connection itself; for PostgreSQL an asyncpg connection run by a private event loop."""
+    found = target(where)
+    if found.dialect == "sqlite":
+        assert found.path is not None
+        return configure(connect_sqlite_writer(found.path), writer=True)
+    conn = PgWriteConn(found.url)
+    conn.open()
+    return conn
 
 
-async def connect(path: Path, *, read_only: bool = False) -> aiosqlite.Connection:
+async def connect(path: Path, *, read_only: bool = False) -> SqliteReadDB:
     """An aiosqlite connection, configured on its own thread before it is handed out."""
-    db = await aiosqlite.Connection(
+    db = SqliteReadDB(
         lambda: configure(sqlite3.connect(path, isolation_level=None), read_only=read_only), iter_chunk_size=64)
+    await db  # starts its thread and connects
     db.row_factory = aiosqlite.Row
     return db
 
 
-async def create(path: Path) -> None:
-    """The database at `path` (made if missing) brought to SCHEMA_VERSION, then closed."""
-    conn = await connect(path)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+async def open_reads(where: Target | Path | str) -> ReadDB:
+    """The reads' connection: a read-only aiosqlite connection, or an asyncpg pool."""
+    found = target(where)
+    if found.dialect == "sqlite":
+        assert found.path is not None
+        return await connect(found.path, read_only=True)
+    return await open_pg_reads(found.url)
+
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# -- PostgreSQL rendering of the portable DDL -------------------------------------------------------
+_PG_TYPES = [
+    # An SQLite rowid alias: a generated 64-bit id (a value given explicitly is still taken).
+    (re.compile(r"\bINTEGER PRIMARY KEY\b"), "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+    # Timestamps in ms, sizes, counts: 64 bits (SQLite's INTEGER is 64-bit).
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    # A clustering hint of SQLite's; PostgreSQL tables have no rowid to drop.
+    (re.compile(r"\)\s*WITHOUT ROWID"), ")"),
+]
+
+
+def postgresql_ddl(portable: str) -> str:
+    """Portable DDL as PostgreSQL takes it."""
+    for pattern, replacement in _PG_TYPES:
+        portable = pattern.sub(replacement, portable)
+    return portable
+
+
+# -- creating and migrating --------------------------------------------------------------------------
+async def create(where: Target | Path | str) -> None:
+    """The database at `where` (an SQLite file, made if missing, or a PostgreSQL database) brought to
+    SCHEMA_VERSION."""
+    found = target(where)
+    if found.dialect == "sqlite":
+        assert found.path is not None
+        conn = await connect(found.path)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        return
+    await migrate_postgresql(found.url)
+
+
+def _too_new(version: int) -> RuntimeError:
+    return RuntimeError(
+        f"database schema version {version} is newer than this server ({SCHEMA_VERSION}): upgrade the server")
 
 
 async def migrate(db: aiosqlite.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION; refuse a database from a newer release."""
+    """Bring an SQLite schema to SCHEMA_VERSION; refuse a database from a newer release."""
     async with db.execute("PRAGMA user_version") as cur:
         row = await cur.fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {version} is newer than this server ({SCHEMA_VERSION}): upgrade the server"
-        )
+        raise _too_new(version)
     for step in range(version, SCHEMA_VERSION):
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(MIGRATIONS[step]):
+            for statement in _statements(MIGRATIONS[step].render("sqlite")):
                 await db.execute(statement)
             await db.execute(f"PRAGMA user_version={step + 1}")
             await db.execute("COMMIT")
@@ -563,6 +662,48 @@ async def migrate(db: aiosqlite.Connection) -> int:
             await db.execute("ROLLBACK")
             raise
     return SCHEMA_VERSION
+
+
+# Key of the advisory lock held while migrating (any fixed number the application owns).
+MIGRATION_LOCK = 0x64766963  # "dvic"
+
+
+async def migrate_postgresql(url: str) -> int:
+    """Bring a PostgreSQL schema to SCHEMA_VERSION, one transaction per step, under an advisory lock
+    (two replicas starting at once: the second waits, then finds the work done)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except Exception as exc:
+        raise DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {str(exc).strip() or type(exc).__name__}") \
+            from exc
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            if version > SCHEMA_VERSION:
+                raise _too_new(version)
+            for step in range(version, SCHEMA_VERSION):
+                async with conn.transaction():
+                    for statement in _statements(MIGRATIONS[step].render("postgresql")):
+                        await conn.execute(statement)
+                    await conn.execute("DELETE FROM schema_version")
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", step + 1)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    finally:
+        await conn.close()
+    return SCHEMA_VERSION
+
+
+async def prepare(where: Target) -> None:
+    """At server start: the database made if missing (SQLite: a private file) and migrated."""
+    if where.dialect == "sqlite":
+        assert where.path is not None
+        make_private(where.path)
+    await create(where)
 
 
 def _statements(script: str) -> list[str]:
@@ -579,3 +720,4 @@ def _statements(script: str) -> list[str]:
 
 def _complete(sql: str) -> bool:
     return sqlite3.complete_statement(sql)
+

@@ -6,7 +6,6 @@ the returned bundle (docs/protocol.md section 1).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from typing import Any
@@ -16,6 +15,7 @@ from dvic_core.schema import Enum, Object, SchemaError, Str
 
 from . import accounts, store
 from .auth import ApiError
+from .dbconn import CONFLICTS, WriteConn
 from .registry import NodeState
 from .services import Services
 from .tokens import hash_token, new_token
@@ -71,13 +71,13 @@ async def enroll_node(services: Services, name: Any, kind: Any = "desktop", grou
                                hash_token(token))
     remember_who = accounts.set_enrolled_by(node_id, by)
 
-    def write(conn: sqlite3.Connection) -> None:
+    def write(conn: WriteConn) -> None:
         create(conn)
         remember_who(conn)
 
     try:
         await services.writer.submit(write)
-    except sqlite3.IntegrityError:
+    except CONFLICTS:
         raise ApiError(409, "name_taken", f"a node named {name!r} already exists") from None
     node = NodeState(
         id=node_id, name=name, kind=kind, group=group, created_at=now, cert_fp=issued.fingerprint,

@@ -9,10 +9,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from dvic_core.constants import LEVEL_NUMBERS, LEVELS
 
+from .dbconn import ReadDB
 from .messages import MAX_METRIC_ABS
 from .strictjson import MAX_INT
 
@@ -82,7 +81,7 @@ def fts_query(text: str) -> str:
 
 
 class Queries:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: ReadDB) -> None:
         self.db = db
 
     async def nodes(self) -> list[dict[str, Any]]:
@@ -271,24 +270,24 @@ class Queries:
 
 
 # -- accounts and enrollments (schema step 5), over the read-only connection -----------------------
-async def registration(db: aiosqlite.Connection, name: str) -> dict[str, Any] | None:
+async def registration(db: ReadDB, name: str) -> dict[str, Any] | None:
     async with db.execute("SELECT * FROM registrations WHERE name = ?", (name,)) as cur:
         row = await cur.fetchone()
     return dict(row) if row else None
 
 
-async def registrations(db: aiosqlite.Connection) -> dict[str, dict[str, Any]]:
+async def registrations(db: ReadDB) -> dict[str, dict[str, Any]]:
     async with db.execute("SELECT name, remote, created_at FROM registrations") as cur:
         return {row["name"]: dict(row) for row in await cur.fetchall()}
 
 
-async def pending_count(db: aiosqlite.Connection) -> int:
+async def pending_count(db: ReadDB) -> int:
     async with db.execute("SELECT count(*) FROM operators WHERE status = 'pending'") as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
-async def token_owner(db: aiosqlite.Connection, token_hash: str) -> dict[str, Any] | None:
+async def token_owner(db: ReadDB, token_hash: str) -> dict[str, Any] | None:
     """The account of an unrevoked token, with the token's expiry and last use."""
     sql = (
         "SELECT o.name, o.role, o.status, t.expires_at, t.last_used_at FROM tokens t"
@@ -299,7 +298,7 @@ async def token_owner(db: aiosqlite.Connection, token_hash: str) -> dict[str, An
     return dict(row) if row else None
 
 
-async def token_summaries(db: aiosqlite.Connection, now: float) -> dict[str, dict[str, Any]]:
+async def token_summaries(db: ReadDB, now: float) -> dict[str, dict[str, Any]]:
     """Per operator: the last use of any of its tokens and the soonest expiry of a usable one."""
     sql = (
         "SELECT operator, max(last_used_at) AS last_used_at,"
@@ -310,7 +309,7 @@ async def token_summaries(db: aiosqlite.Connection, now: float) -> dict[str, dic
         return {row["operator"]: dict(row) for row in await cur.fetchall()}
 
 
-async def enrolled_by(db: aiosqlite.Connection, node_id: str) -> str:
+async def enrolled_by(db: ReadDB, node_id: str) -> str:
     async with db.execute("SELECT enrolled_by FROM nodes WHERE id = ?", (node_id,)) as cur:
         row = await cur.fetchone()
     return str(row[0]) if row and row[0] else ""

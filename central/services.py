@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
 from aiohttp import web
 
 import node_script
@@ -25,6 +24,7 @@ from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
 from .commands import CommandHub
 from .config import Config, Retention
+from .dbconn import ReadDB, Target, target
 from .demos import store as demo_store
 from .demos.archive import Limits as ArchiveLimits
 from .demos.calendar_port import CalendarDeployments
@@ -50,7 +50,7 @@ class Services:
     config: Config
     ca: CertificateAuthority
     writer: Writer
-    read_db: aiosqlite.Connection
+    read_db: ReadDB
     queries: Queries
     registry: Registry
     bus: Bus
@@ -81,16 +81,15 @@ async def open_services(config: Config) -> Services:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.data_dir, 0o700)
     ca = CertificateAuthority(config.data_dir)
-    path = config.data_dir / db.DB_FILE
-    db.make_private(path)
-    migrate_conn = await db.connect(path)
-    try:
-        await db.migrate(migrate_conn)
-    finally:
-        await migrate_conn.close()
-    writer = Writer(path, config.commit_interval)
+    where = database_target(config)
+    await db.prepare(where)
+    writer = Writer(where, config.commit_interval)
     await writer.start()
-    read_db = await db.connect(path, read_only=True)
+    try:
+        read_db = await db.open_reads(where)
+    except BaseException:
+        await writer.close()
+        raise
     queries = Queries(read_db)
     bus = Bus(config.max_client_queue, client_byte_budget=config.max_client_bytes)
     registry = Registry(writer, bus, config.offline_after, config.interval,
@@ -123,12 +122,17 @@ async def open_services(config: Config) -> Services:
     return services
 
 
+def database_target(config: Config) -> Target:
+    """The database of this server: --database, else the SQLite file in the data dir."""
+    return target(config.database) if config.database else target(config.data_dir / db.DB_FILE)
+
+
 def _release_version(release: ReleaseStore) -> str | None:
     current = release.current()
     return current.version if current is not None else None
 
 
-async def open_demos(config: Config, writer: Writer, read_db: aiosqlite.Connection,
+async def open_demos(config: Config, writer: Writer, read_db: ReadDB,
                      registry: Registry) -> tuple[Catalog, DeploymentHub]:
     """The release catalog and the deployments, loaded from the database (central/demos/)."""
     d = config.demos

@@ -1,33 +1,37 @@
 """Write operations: each function returns a closure the batching writer runs inside a group commit.
 
-Plain functions over `sqlite3.Connection` so they are unit-testable without a server.
+Plain functions over the engine-neutral `WriteConn` (central/dbconn.py) so they are unit-testable
+without a server. The SQL is portable (docs/architecture.md, "Storage engines"); the few
+statements that differ per engine (the bulk log and metric inserts, retention) pick by
+`dialect_of(conn)`, each pair side by side.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS
 
-WriteFn = Callable[[sqlite3.Connection], Any]
+from .dbconn import WriteConn, dialect_of, new_row_id
+
+WriteFn = Callable[[WriteConn], Any]
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _changes(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> WriteFn:
+def _changes(sql: str, params: Sequence[Any]) -> WriteFn:
     """A write of one statement; its result is the number of rows the statement changed."""
     return lambda conn: conn.execute(sql, params).rowcount
 
 
-def _new_row(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> WriteFn:
+def _new_row(sql: str, params: Sequence[Any]) -> WriteFn:
     """A write of one INSERT; its result is the new row's id."""
-    return lambda conn: int(conn.execute(sql, params).lastrowid or 0)
+    return lambda conn: new_row_id(conn, sql, params)
 
 
 def after(also: WriteFn | None, write: WriteFn) -> WriteFn:
@@ -35,7 +39,7 @@ def after(also: WriteFn | None, write: WriteFn) -> WriteFn:
     if also is None:
         return write
 
-    def run(conn: sqlite3.Connection) -> Any:
+    def run(conn: WriteConn) -> Any:
         also(conn)
         return write(conn)
 
@@ -46,7 +50,7 @@ def create_node(
     node_id: str, name: str, kind: str, group: str, created_at: float, cert_fp: str, cert_pem: str,
     token_hash: str,
 ) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "INSERT INTO nodes (id, name, kind, grp, created_at, cert_fp, cert_pem, token_hash, state, state_since)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'new', ?)",
@@ -61,21 +65,21 @@ def revoke_node(node_id: str, ts: float) -> WriteFn:
 
 
 def rename_node(node_id: str, name: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute("UPDATE nodes SET name = ? WHERE id = ?", (name, node_id))
 
     return run
 
 
 def set_maintenance(node_id: str, on: bool) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute("UPDATE nodes SET maintenance = ? WHERE id = ?", (1 if on else 0, node_id))
 
     return run
 
 
 def save_presence(node_id: str, state: str, state_since: float, last_seen: float | None) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "UPDATE nodes SET state = ?, state_since = ?, last_seen = ? WHERE id = ?",
             (state, state_since, last_seen, node_id),
@@ -85,7 +89,7 @@ def save_presence(node_id: str, state: str, state_since: float, last_seen: float
 
 
 def save_hello(node_id: str, facts: Mapping[str, Any], daemon_version: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "UPDATE nodes SET facts = ?, daemon_version = ? WHERE id = ?",
             (_dumps(dict(facts)), daemon_version, node_id),
@@ -95,7 +99,7 @@ def save_hello(node_id: str, facts: Mapping[str, Any], daemon_version: str) -> W
 
 
 def merge_facts(node_id: str, facts: Mapping[str, Any]) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         row = conn.execute("SELECT facts FROM nodes WHERE id = ?", (node_id,)).fetchone()
         current = json.loads(row[0]) if row and row[0] else {}
         current.update(facts)
@@ -122,6 +126,17 @@ _INSERT_LOG_ROWS = (
 _INSERT_LOG_ROW = (
     "INSERT OR IGNORE INTO logs (node_id, seq, ts, source, unit, demo, level, msg) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# PostgreSQL: the same, as one array per column (unnest): one statement and one round trip per
+# commit, typed arrays so the server parses no JSON.
+_INSERT_LOG_ROWS_PG = (
+    "INSERT INTO logs (node_id, seq, ts, source, unit, demo, level, msg)"
+    " SELECT * FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS DOUBLE PRECISION[]), CAST(? AS TEXT[]),"
+    " CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]))"
+    " AS r (node_id, seq, ts, source, unit, demo, level, msg)"
+    " ORDER BY node_id, seq ON CONFLICT (node_id, seq) DO NOTHING"
+)
+# PostgreSQL text cannot hold NUL: a NUL in a line is stored as U+FFFD (docs/operations.md).
+_NUL_FREE = str.maketrans({"\x00": "\ufffd"})
 
 
 def log_rows(node_id: str, lines: Sequence[Mapping[str, Any]]) -> list[LogRow]:
@@ -133,15 +148,25 @@ def log_rows(node_id: str, lines: Sequence[Mapping[str, Any]]) -> list[LogRow]:
     ]
 
 
-def insert_log_rows(conn: sqlite3.Connection, rows: Sequence[LogRow]) -> int:
+def insert_log_rows(conn: WriteConn, rows: Sequence[LogRow]) -> int:
     """Store rows; a replayed (node, seq) is ignored, so storage is exactly once. Returns rows added."""
     if not rows:
         return 0
+    if dialect_of(conn) == "postgresql":
+        return _insert_log_rows_pg(conn, rows)
     # The full-text index is filled once per transaction by FtsIndexer, not here.
     if any("\x00" in row[7] for row in rows):
         # SQLite's JSON functions end a string at NUL: such (rare) lines go in one by one, whole.
         return conn.executemany(_INSERT_LOG_ROW, rows).rowcount
     return conn.execute(_INSERT_LOG_ROWS, (_json_array(rows),)).rowcount
+
+
+def _insert_log_rows_pg(conn: WriteConn, rows: Sequence[LogRow]) -> int:
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    if any("\x00" in msg for msg in columns[7]):
+        columns[7] = [msg.translate(_NUL_FREE) for msg in columns[7]]
+    columns[2] = [float(ts) for ts in columns[2]]
+    return conn.execute(_INSERT_LOG_ROWS_PG, columns).rowcount
 
 
 ROWS_PER_DUMP = 1000
@@ -173,7 +198,9 @@ class FtsIndexer:
         self.mark: int | None = None
         self._pending: int | None = None
 
-    def before_commit(self, conn: sqlite3.Connection) -> None:
+    def before_commit(self, conn: WriteConn) -> None:
+        if dialect_of(conn) != "sqlite":
+            return  # PostgreSQL's text search is an expression index, kept up to date by the server
         if self.mark is None:
             self.mark = conn.execute("SELECT coalesce(max(id), 0) FROM logs_fts_docsize").fetchone()[0]
         top = conn.execute("SELECT coalesce(max(id), 0) FROM logs").fetchone()[0]
@@ -214,9 +241,33 @@ _UPSERT_METRICS_1M = (
 )
 
 
+# PostgreSQL: arrays per column; the minute aggregates are summed per key first, since one
+# statement may not update the same row twice there.
+_INSERT_METRICS_RAW_PG = (
+    "INSERT INTO metrics_raw (node_id, name, ts, value) SELECT * FROM unnest(CAST(? AS TEXT[]),"
+    " CAST(? AS TEXT[]), CAST(? AS DOUBLE PRECISION[]), CAST(? AS DOUBLE PRECISION[]))"
+)
+_UPSERT_METRICS_1M_PG = (
+    "INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count)"
+    " SELECT node_id, name, bucket, min(value), avg(value), max(value), count(*) FROM unnest(CAST(? AS TEXT[]),"
+    " CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS DOUBLE PRECISION[])) AS s (node_id, name, bucket, value)"
+    " GROUP BY node_id, name, bucket"
+    " ON CONFLICT (node_id, name, bucket) DO UPDATE SET"
+    " min = least(metrics_1m.min, excluded.min), max = greatest(metrics_1m.max, excluded.max),"
+    " avg = (metrics_1m.avg * metrics_1m.count + excluded.avg * excluded.count) / (metrics_1m.count + excluded.count),"
+    " count = metrics_1m.count + excluded.count"
+)
+
+
 def insert_metric_rows(raw: Sequence[tuple[str, str, float, float]]) -> WriteFn:
     """Many samples (node, name, ts, value) in two statements: how the writer stores a commit's worth."""
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
+        if dialect_of(conn) == "postgresql":
+            nodes, names, stamps, values = ([*column] for column in zip(*raw, strict=True))
+            stamps, values = [float(ts) for ts in stamps], [float(v) for v in values]
+            conn.execute(_INSERT_METRICS_RAW_PG, (nodes, names, stamps, values))
+            conn.execute(_UPSERT_METRICS_1M_PG, (nodes, names, [int(ts // 60) * 60 for ts in stamps], values))
+            return
         # Each sample with its minute bucket: (node, name, ts, value, bucket).
         text = _json_array([(node_id, name, ts, value, int(ts // 60) * 60) for node_id, name, ts, value in raw])
         conn.execute(_INSERT_METRICS_RAW, (text,))
@@ -226,18 +277,15 @@ def insert_metric_rows(raw: Sequence[tuple[str, str, float, float]]) -> WriteFn:
 
 
 def insert_event(ts: float, node_id: str, kind: str, message: str, data: Mapping[str, Any]) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> int:
-        cur = conn.execute(
-            "INSERT INTO events (ts, node_id, kind, message, data) VALUES (?, ?, ?, ?, ?)",
-            (ts, node_id, kind, message, _dumps(dict(data))),
-        )
-        return int(cur.lastrowid or 0)
+    def run(conn: WriteConn) -> int:
+        return new_row_id(conn, "INSERT INTO events (ts, node_id, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+                          (ts, node_id, kind, message, _dumps(dict(data))))
 
     return run
 
 
 def upsert_demo(node_id: str, demo: Mapping[str, Any], ts: float) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "INSERT INTO demos (node_id, token, name, pid, state, started_at, exited_at, header, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -255,7 +303,7 @@ def upsert_demo(node_id: str, demo: Mapping[str, Any], ts: float) -> WriteFn:
 
 def forget_exited_demos(before: float) -> WriteFn:
     """Exited demos last heard of before `before` (the registry forgets the same ones in memory)."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         return conn.execute("DELETE FROM demos WHERE state = 'exited' AND updated_at < ?", (before,)).rowcount
 
     return run
@@ -263,7 +311,7 @@ def forget_exited_demos(before: float) -> WriteFn:
 
 def forget_demos(node_id: str, tokens: Sequence[str]) -> WriteFn:
     """These demos of one node (evicted to make room, or above the cap)."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         return conn.executemany(
             "DELETE FROM demos WHERE node_id = ? AND token = ?", [(node_id, token) for token in tokens]
         ).rowcount
@@ -277,7 +325,7 @@ def upsert_demo_evicting(node_id: str, demo: Mapping[str, Any], ts: float, evict
 
 
 def create_operator(name: str, role: str, status: str, ts: float, approved_by: str = "") -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "INSERT INTO operators (name, role, status, created_at, approved_by) VALUES (?, ?, ?, ?, ?)",
             (name, role, status, ts, approved_by),
@@ -288,7 +336,7 @@ def create_operator(name: str, role: str, status: str, ts: float, approved_by: s
 
 def update_operator(name: str, *, role: str | None = None, status: str | None = None,
                     approved_by: str | None = None) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         sets: list[str] = []
         params: list[Any] = []
         for column, value in (("role", role), ("status", status), ("approved_by", approved_by)):
@@ -304,7 +352,7 @@ def update_operator(name: str, *, role: str | None = None, status: str | None = 
 
 
 def add_token(token_hash: str, operator: str, ts: float, label: str = "") -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "INSERT INTO tokens (hash, operator, created_at, label) VALUES (?, ?, ?, ?)",
             (token_hash, operator, ts, label),
@@ -319,12 +367,10 @@ def revoke_tokens(operator: str, ts: float) -> WriteFn:
 
 def insert_audit(ts: float, operator: str, action: str, target: str, status: int, remote: str,
                  detail: Mapping[str, Any]) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> int:
-        cur = conn.execute(
-            "INSERT INTO audit (ts, operator, action, target, status, remote, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (ts, operator, action, target, status, remote, _dumps(dict(detail))),
-        )
-        return int(cur.lastrowid or 0)
+    def run(conn: WriteConn) -> int:
+        return new_row_id(
+            conn, "INSERT INTO audit (ts, operator, action, target, status, remote, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ts, operator, action, target, status, remote, _dumps(dict(detail))))
 
     return run
 
@@ -342,7 +388,7 @@ def drop_registration(name: str) -> WriteFn:
 def delete_operator(name: str) -> WriteFn:
     """Remove an account with its tokens; its name becomes free. The audit trail keeps its rows."""
 
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         conn.execute("DELETE FROM registrations WHERE name = ?", (name,))
         conn.execute("DELETE FROM tokens WHERE operator = ?", (name,))
         return conn.execute("DELETE FROM operators WHERE name = ?", (name,)).rowcount
@@ -373,7 +419,7 @@ def create_command(command_id: str, created_at: float, operator: str, argv: list
                    timeout: float, target: str, runs: Sequence[tuple[str, str]]) -> WriteFn:
     """A command and its runs, given as (run id, node id), each in state pending."""
 
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "INSERT INTO commands (id, created_at, operator, argv, shell, timeout, target) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (command_id, created_at, operator, json.dumps(argv) if argv is not None else None, shell, timeout,
@@ -390,13 +436,13 @@ def save_run(current: Callable[[], Mapping[str, Any]]) -> WriteFn:
     when queued: a write queued without waiting (the run started) may commit after the run ended,
     and must then store the end, not the start over it."""
 
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         row = current()
         return conn.execute(
-            "UPDATE command_runs SET state = :state, code = :code, signal = :signal, message = :message,"
-            " started_at = :started_at, finished_at = :finished_at, output_bytes = :output_bytes,"
-            " truncated = :truncated WHERE id = :run_id",
-            {**row, "truncated": int(row["truncated"])},
+            "UPDATE command_runs SET state = ?, code = ?, signal = ?, message = ?, started_at = ?, finished_at = ?,"
+            " output_bytes = ?, truncated = ? WHERE id = ?",
+            (row["state"], row["code"], row["signal"], row["message"], row["started_at"], row["finished_at"],
+             row["output_bytes"], int(row["truncated"]), row["run_id"]),
         ).rowcount
 
     return run
@@ -428,10 +474,10 @@ def lose_unfinished_actions(ts: float) -> WriteFn:
 
 def insert_action(action: Mapping[str, Any]) -> WriteFn:
     """A new tracked action, its fields named as the columns (as `dataclasses.asdict(actions.Action)`)."""
-    return _changes(
-        "INSERT INTO actions (id, node_id, operator, action, demo, state, message, requested_at, updated_at,"
-        " deadline, boot_time) VALUES (:id, :node_id, :operator, :action, :demo, :state, :message, :requested_at,"
-        " :updated_at, :deadline, :boot_time)", dict(action))
+    columns = ("id", "node_id", "operator", "action", "demo", "state", "message", "requested_at", "updated_at",
+               "deadline", "boot_time")
+    return _changes(f"INSERT INTO actions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    tuple(action[column] for column in columns))
 
 
 def update_action(action_id: str, state: str, message: str, updated_at: float) -> WriteFn:
@@ -454,7 +500,7 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
     or `time_budget` seconds are spent: the caller keeps each commit short by giving a budget and
     coming back until `done` (services.trim_expired)."""
 
-    def run(conn: sqlite3.Connection) -> Trimmed:
+    def run(conn: WriteConn) -> Trimmed:
         started = time.perf_counter()
         deleted = Trimmed()
 
@@ -471,12 +517,13 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
                     deleted.done = False
                     return False
 
-        # Only rows already in the full-text index (FtsIndexer fills it at commit): deleting a row
-        # the index has not seen would feed it a 'delete' for a document it does not hold.
-        indexed = conn.execute("SELECT coalesce(max(id), 0) FROM logs_fts_docsize").fetchone()[0]
+        indexed = _last_indexed_log(conn)
+        # metrics_raw has no key of its own: each engine's row address.
+        row_key = "rowid" if dialect_of(conn) == "sqlite" else "ctid"
         steps: list[tuple[str, str, Callable[[], Iterable[Any]], str]] = [
-            ("metrics_raw", "ts < ?", lambda: (now - raw_metrics_s,), "rowid"),
-            ("metrics_1m", "bucket < ?", lambda: (now - metrics_1m_s,), "node_id, name, bucket"),
+            ("metrics_raw", "ts < ?", lambda: (now - raw_metrics_s,), row_key),
+            ("metrics_1m", "bucket < CAST(? AS DOUBLE PRECISION)", lambda: (now - metrics_1m_s,),
+             "node_id, name, bucket"),
             ("logs", "ts < ? AND id <= ?", lambda: (now - logs_s, indexed), "id"),
             # ids grow with arrival, so beyond the cap the oldest rows have the smallest ids.
             ("logs", "id <= ? AND id <= ?", lambda: (_logs_cap_cutoff(conn, logs_max_rows), indexed), "id"),
@@ -492,7 +539,16 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
     return run
 
 
-def _logs_cap_cutoff(conn: sqlite3.Connection, logs_max_rows: int) -> int:
+def _last_indexed_log(conn: WriteConn) -> int:
+    """The newest log id retention may delete. SQLite: only rows already in the full-text index
+    (FtsIndexer fills it at commit): deleting a row the index has not seen would feed it a
+    'delete' for a document it does not hold. PostgreSQL's index is kept by the server: any."""
+    if dialect_of(conn) != "sqlite":
+        return 2**63 - 1
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM logs_fts_docsize").fetchone()[0])
+
+
+def _logs_cap_cutoff(conn: WriteConn, logs_max_rows: int) -> int:
     """The highest log id to delete so that at most `logs_max_rows` remain (0: nothing to delete)."""
     low, high = conn.execute("SELECT min(id), max(id) FROM logs").fetchone()
     if high is None or high - low + 1 <= logs_max_rows:

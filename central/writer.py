@@ -1,13 +1,15 @@
 """The one batching writer: every write to the database goes through here (group commit).
 
-Callers submit small functions that run against a `sqlite3.Connection` (store.py's `WriteFn`s: the
-SQL is there; this module only opens, commits and rolls back); the writer runs all queued
+Callers submit small functions that run against a `WriteConn` (store.py's `WriteFn`s: the SQL is
+there; this module only opens, commits and rolls back); the writer runs all queued
 functions in one transaction on its own thread, commits, and only then resolves each caller's
 future. So "awaited" means "durably committed", which is what a node's ack promises.
 
 Why a dedicated thread with the standard `sqlite3` instead of aiosqlite here: a group commit is
 then one thread hop for the whole batch instead of one per statement, which is what makes
 tens of thousands of log lines per second cheap. Reads use aiosqlite (see `queries.py`).
+On PostgreSQL the same thread drives an asyncpg connection on a private event loop
+(dbconn.PgWriteConn): the batching, the savepoint per write and acks-after-commit are the same.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .db import connect_writer
+from .dbconn import DatabaseUnavailable, Target, WriteConn, WriterConn
 from .store import FtsIndexer, LogRow, WriteFn, insert_log_rows, insert_metric_rows, log_rows
 
 log = logging.getLogger(__name__)
@@ -62,13 +64,13 @@ class _LogBatch:
 
 
 class Writer:
-    def __init__(self, path: Path, commit_interval: float = 0.02) -> None:
+    def __init__(self, path: Target | Path | str, commit_interval: float = 0.02) -> None:
         self.path = path
         self.fts = FtsIndexer()
         self.commit_interval = commit_interval
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue(QUEUE_LIMIT)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvic-writer")
-        self._conn: sqlite3.Connection | None = None
+        self._conn: WriterConn | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread_id: int | None = None
         self.commits = 0
@@ -122,7 +124,7 @@ class Writer:
             self._conn = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, fn: Callable[[sqlite3.Connection], T], *, urgent: bool = False) -> T:
+    async def submit(self, fn: Callable[[WriteConn], T], *, urgent: bool = False) -> T:
         """Run `fn` inside the next group commit; returns its result once committed.
 
         An exception raised by `fn` is re-raised here and undoes only that function's changes.
@@ -234,7 +236,7 @@ class Writer:
                 batch.append(op)
             self._urgent_queued -= sum(1 for op in batch if op.urgent)
             live = [op for op in batch if not op.future.cancelled()]
-            fns = [op.fn for op in live]
+            fns: list[Callable[[WriterConn], Any]] = [op.fn for op in live]
             # Metric samples and waiting log batches go first, each as one write.
             samples, self._metrics = self._metrics, []
             if samples:
@@ -288,81 +290,79 @@ class Writer:
         if self._spacing is not None and not self._spacing.done():
             self._spacing.set_result(None)
 
-    def _apply(self, fns: list[WriteFn]) -> list[tuple[bool, Any]]:
+    def _apply(self, fns: list[Callable[[WriterConn], Any]]) -> list[tuple[bool, Any]]:
         conn = self._conn
         assert conn is not None
         results: list[tuple[bool, Any]] = []
+        failures: tuple[type[BaseException], ...] = (*conn.errors, DatabaseUnavailable)
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.begin()
             for fn in fns:
-                conn.execute("SAVEPOINT op")
+                conn.savepoint("op")
                 try:
                     value = fn(conn)
                 except Exception as exc:  # one bad write must not sink the others
                     if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back (e.g. disk full): the batch is lost.
+                        # The engine rolled the whole transaction back (e.g. disk full, connection
+                        # lost): the batch is lost.
                         raise StorageError(f"database write failed: {exc}") from exc
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if _storage_failure(exc):
+                    conn.rollback_to("op")
+                    conn.release("op")
+                    if conn.storage_failure(exc):
                         log.error("database write failed: %s", exc)
                         exc = StorageError(f"database write failed: {exc}")
                     results.append((False, exc))
                 else:
-                    conn.execute("RELEASE op")
+                    conn.release("op")
                     results.append((True, value))
             self.fts.before_commit(conn)
-            conn.execute("COMMIT")
+            conn.commit()
             self.fts.committed()
         except StorageError:
             self.fts.rolled_back()
-            log.error("database transaction rolled back by SQLite; %d writes failed", len(fns))
+            self._give_up(conn)
+            log.error("database transaction rolled back; %d writes failed", len(fns))
             raise
-        except sqlite3.Error as exc:
+        except failures as exc:
             self.fts.rolled_back()
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            self._give_up(conn)
             log.error("database commit failed: %s", exc)
             raise StorageError(f"database commit failed: {exc}") from exc
         self.commits += 1
         self.ops += len(fns)
         return results
 
+    @staticmethod
+    def _give_up(conn: WriterConn) -> None:
+        """Leave the failed transaction (if the engine has not already)."""
+        gone: tuple[type[BaseException], ...] = (*conn.errors, DatabaseUnavailable)
+        try:
+            conn.rollback()
+        except gone:  # the connection is gone: nothing to roll back
+            pass
 
-# Primary SQLite result codes that mean "the storage is unwell", not "this write was wrong":
-# BUSY, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN.
-_STORAGE_CODES = {5, 7, 8, 10, 11, 13, 14}
 
-
-def _storage_failure(exc: BaseException) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(exc, sqlite3.OperationalError) and code is not None and (code & 0xFF) in _STORAGE_CODES
-
-
-def _insert_log_batches(batches: list[_LogBatch]) -> WriteFn:
+def _insert_log_batches(batches: list[_LogBatch]) -> Callable[[WriterConn], Any]:
     """All waiting log batches in one statement; if that fails, batch by batch, so one bad batch
     fails alone (its node gets no ack and resends) instead of failing every node's lines."""
 
-    def run(conn: sqlite3.Connection) -> Any:
+    def run(conn: WriterConn) -> Any:
         try:
             insert_log_rows(conn, [row for batch in batches for row in batch.rows])
         except Exception as exc:
-            if not conn.in_transaction or _storage_failure(exc):
+            if not conn.in_transaction or conn.storage_failure(exc):
                 raise
-            conn.execute("ROLLBACK TO op")
+            conn.rollback_to("op")
             for batch in batches:
-                conn.execute("SAVEPOINT one")
+                conn.savepoint("one")
                 try:
                     insert_log_rows(conn, batch.rows)
                 except Exception as one_exc:
-                    if not conn.in_transaction or _storage_failure(one_exc):
+                    if not conn.in_transaction or conn.storage_failure(one_exc):
                         raise
-                    conn.execute("ROLLBACK TO one")
+                    conn.rollback_to("one")
                     batch.error = one_exc
-                conn.execute("RELEASE one")
+                conn.release("one")
 
     return run
 
@@ -385,5 +385,5 @@ async def _settle_log_batches(batches: list[_LogBatch], failure: Exception | Non
                 log.exception("log batch callback failed")
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
+def _nothing(conn: WriteConn) -> None:
     """A no-op write: asks the writer for a commit (see Writer.add_metrics)."""

@@ -17,14 +17,12 @@ import contextlib
 import heapq
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import cast
 
-import aiosqlite
-
 from ..config import Notify
+from ..dbconn import ReadDB, WriteConn
 from ..writer import Writer
 from .channels import queries, store
 from .channels.message import Message, channel_test_message
@@ -55,7 +53,7 @@ def retry_delay(settings: Notify, attempts: int) -> float:
 
 
 class Dispatcher:
-    def __init__(self, writer: Writer, read_db: aiosqlite.Connection, settings: Notify,
+    def __init__(self, writer: Writer, read_db: ReadDB, settings: Notify,
                  transport: Transport | None = None) -> None:
         self.writer = writer
         self.read_db = read_db
@@ -87,7 +85,7 @@ class Dispatcher:
 
     # -- the engine's side ------------------------------------------------------------------------
 
-    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+    def persist(self, conn: WriteConn, notices: Sequence[Notice]) -> object:
         """NoticeSink: queue `notices` as deliveries inside the engine's commit (writer thread)."""
         settings = self.settings
         return store.enqueue(notices, time.time(), settings.group_window, settings.group_quiet)(conn)

@@ -16,17 +16,15 @@ import asyncio
 import contextlib
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from dvic_core.constants import LEVEL_NUMBERS
 
 from ..bus import Bus
+from ..dbconn import ReadDB, WriteConn
 from ..errors import Refusal
 from ..registry import NodeState, Registry
 from ..release import parse_version
@@ -108,7 +106,7 @@ class Changes:
 class LoggingSink:
     """The sink when no dispatcher is configured: notices go to the server log."""
 
-    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+    def persist(self, conn: WriteConn, notices: Sequence[Notice]) -> object:
         return list(notices)
 
     def committed(self, persisted: object) -> None:
@@ -165,7 +163,7 @@ class AlertEngine:
         self._rebuild()
 
     # -- loading ---------------------------------------------------------------------------------
-    async def load(self, db: aiosqlite.Connection) -> None:
+    async def load(self, db: ReadDB) -> None:
         """Rules, open alerts and current silences from the database (at start)."""
         for row in await queries.rules(db):
             try:
@@ -494,7 +492,7 @@ class AlertEngine:
         notices = [(t, k) for t, k in changes.notices]
         notices += [(t, "resolved") for t, _ in resolves if t.notified]
 
-        def write(conn: sqlite3.Connection) -> object:
+        def write(conn: WriteConn) -> object:
             ids = [store.insert_alert(conn, t.alert, t.node_id) for t, _ in changes.opens]
             for tracked, reason in resolves:
                 store.resolve_alert(conn, tracked.alert.id, now, reason)
@@ -598,7 +596,7 @@ class AlertEngine:
 
             acked = replace(tracked.alert, state="acknowledged", acked_by=who, acked_at=now, ack_note=note)
 
-            def write(conn: sqlite3.Connection) -> object:
+            def write(conn: WriteConn) -> object:
                 changed = store.acknowledge(conn, alert_id, who, now, note)
                 if changed and tell:
                     store.record_notice(conn, alert_id, now, "acknowledged")

@@ -5,10 +5,11 @@ grouping, channels, the delivery queue) decides WHERE and WHEN it goes. They mee
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from ..dbconn import WriteConn
 
 Severity = Literal["critical", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "warning", "info")
@@ -53,7 +54,7 @@ class NoticeSink(Protocol):
     tell of it in ONE commit (a crash between the two would lose a notice or send one for a change
     that was never stored): `persist` runs inside that commit, `committed` after it."""
 
-    def persist(self, conn: sqlite3.Connection, notices: Sequence[Notice]) -> object:
+    def persist(self, conn: WriteConn, notices: Sequence[Notice]) -> object:
         """Store `notices` for delivery on `conn`, inside the engine's transaction. Runs on the
         writer's thread: database work only, no event loop."""
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiosqlite
-
+from ..dbconn import ReadDB
 from ..queries import given, where_sql
 from .model import Alert
 from .silences import Silence
@@ -22,7 +21,7 @@ def alert_from_row(row: Any) -> Alert:
                  acked_at=row["acked_at"], ack_note=row["ack_note"])
 
 
-async def open_alerts(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def open_alerts(db: ReadDB) -> list[dict[str, Any]]:
     """Every alert not resolved, with the engine's bookkeeping (node_id, notified, last_notice)."""
     async with db.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE state != 'resolved' ORDER BY id") as cur:
         rows = await cur.fetchall()
@@ -30,7 +29,7 @@ async def open_alerts(db: aiosqlite.Connection) -> list[dict[str, Any]]:
              "last_notice": r["last_notice"]} for r in rows]
 
 
-async def alert_history(db: aiosqlite.Connection, *, before_id: int | None = None, limit: int = 100,
+async def alert_history(db: ReadDB, *, before_id: int | None = None, limit: int = 100,
                         node: str | None = None, rule: str | None = None) -> list[Alert]:
     """Alerts newest first (resolved ones included), for `dvic alerts --all`."""
     where, params = given(("id < ?", before_id), ("node = ?", node), ("rule = ?", rule))
@@ -39,26 +38,26 @@ async def alert_history(db: aiosqlite.Connection, *, before_id: int | None = Non
         return [alert_from_row(r) for r in await cur.fetchall()]
 
 
-async def alert(db: aiosqlite.Connection, alert_id: int) -> Alert | None:
+async def alert(db: ReadDB, alert_id: int) -> Alert | None:
     async with db.execute(f"SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)) as cur:
         row = await cur.fetchone()
     return alert_from_row(row) if row else None
 
 
-async def alert_events(db: aiosqlite.Connection, alert_id: int) -> list[dict[str, Any]]:
+async def alert_events(db: ReadDB, alert_id: int) -> list[dict[str, Any]]:
     async with db.execute("SELECT ts, what, who, note FROM alert_events WHERE alert_id = ? ORDER BY id",
                           (alert_id,)) as cur:
         return [dict(r) for r in await cur.fetchall()]
 
 
-async def rules(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def rules(db: ReadDB) -> list[dict[str, Any]]:
     async with db.execute("SELECT name, stock, spec, updated_at, updated_by FROM alert_rules ORDER BY name") as cur:
         rows = await cur.fetchall()
     return [{"name": r["name"], "stock": bool(r["stock"]), "spec": json.loads(r["spec"]),
              "updated_at": r["updated_at"], "updated_by": r["updated_by"]} for r in rows]
 
 
-async def silences(db: aiosqlite.Connection, since: float) -> list[Silence]:
+async def silences(db: ReadDB, since: float) -> list[Silence]:
     """Silences not removed that end after `since` (the ones that can still matter)."""
     async with db.execute("SELECT * FROM silences WHERE ends > ? AND removed_at IS NULL ORDER BY id",
                           (since,)) as cur:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from dvic_core.schema import Enum, Number, Object, Query, Str
 
 from .. import accounts, store
 from ..auth import ApiError, current_operator
+from ..dbconn import CONFLICTS, WriteConn
 from ..queries import QueryError
 from ..routes import params, routes
 from ..services import Services
@@ -43,7 +43,7 @@ async def create_operator(services: Services, name: str, role: str, status: str,
     token = new_token()
     now = time.time()
 
-    def create(conn: sqlite3.Connection) -> None:
+    def create(conn: WriteConn) -> None:
         store.create_operator(name, role, status, now, approved_by=by)(conn)
         _add_token(token, name, now, "created", expires_at)(conn)
         if also is not None:
@@ -51,13 +51,13 @@ async def create_operator(services: Services, name: str, role: str, status: str,
 
     try:
         await services.writer.submit(create)
-    except sqlite3.IntegrityError:
+    except CONFLICTS:
         raise ApiError(409, "name_taken", f"an operator named {name!r} already exists") from None
     return token
 
 
 def _add_token(token: str, name: str, now: float, label: str, expires_at: float | None) -> store.WriteFn:
-    def add(conn: sqlite3.Connection) -> None:
+    def add(conn: WriteConn) -> None:
         store.add_token(hash_token(token), name, now, label=label)(conn)
         if expires_at is not None:
             accounts.set_token_expiry(hash_token(token), expires_at)(conn)
@@ -123,7 +123,7 @@ async def approve_operator(request: web.Request) -> web.Response:
             raise ApiError(403, "wrong_code", f"that is not the code {name!r} was given: nothing changed; "
                                               "check it with the person, or delete the account if nobody has it")
 
-    def approve(conn: sqlite3.Connection) -> None:
+    def approve(conn: WriteConn) -> None:
         store.update_operator(name, role=p["role"], status="active", approved_by=current_operator(request).name)(conn)
         accounts.drop_registration(name)(conn)
 
@@ -152,7 +152,7 @@ async def disable_operator(request: web.Request) -> web.Response:
         raise ApiError(409, "self_disable", "an admin cannot disable their own account")
     now = time.time()
 
-    def disable(conn: sqlite3.Connection) -> None:
+    def disable(conn: WriteConn) -> None:
         store.update_operator(name, status="disabled")(conn)
         store.revoke_tokens(name, now)(conn)
 

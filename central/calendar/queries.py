@@ -6,14 +6,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
+from ..dbconn import ReadDB
 
 BOOKING_COLUMNS = ("b.id, b.holder, b.starts_at, b.ends_at, b.note, b.deploy, b.state, b.created_at, b.created_by,"
                    " b.cancelled_at, b.cancelled_by, b.deploy_state, b.deploy_message")
 
 
 class CalendarQueries:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: ReadDB) -> None:
         self.db = db
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

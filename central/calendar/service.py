@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import aiosqlite
-
 from .. import store as central_store
 from ..actions import ActionHub
 from ..commands import CommandHub
+from ..dbconn import ReadDB
 from ..registry import NodeState, Registry
 from ..writer import Writer
 from . import store
@@ -76,7 +75,7 @@ class Runbook:
 
 
 class Calendar:
-    def __init__(self, writer: Writer, read_db: aiosqlite.Connection, registry: Registry, actions: ActionHub,
+    def __init__(self, writer: Writer, read_db: ReadDB, registry: Registry, actions: ActionHub,
                  commands: CommandHub, settings: CalendarSettings | None = None) -> None:
         self.writer = writer
         self.queries = CalendarQueries(read_db)

@@ -8,11 +8,11 @@ at the same instant are decided there, one after the other.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..dbconn import WriteConn, new_row_id
 from ..store import WriteFn
 
 
@@ -66,16 +66,15 @@ def drop_exception(grp: str, day: str) -> WriteFn:
 # -- runbooks and firings ------------------------------------------------------------------------
 def add_runbook(grp: str, name: str, moment: str, steps: list[dict[str, Any]], catch_up_s: float, ts: float,
                 by: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         taken = conn.execute("SELECT 1 FROM runbooks WHERE grp = ? AND name = ? AND deleted_at IS NULL",
                              (grp, name)).fetchone()
         if taken:
             raise Duplicate(name)
         # A deleted runbook's name is free again: the old row keeps its history under a new name.
         conn.execute("UPDATE runbooks SET name = name || '~' || id WHERE grp = ? AND name = ?", (grp, name))
-        return int(conn.execute(
-            "INSERT INTO runbooks (grp, name, moment, steps, catch_up_s, created_at, created_by)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", (grp, name, moment, _dumps(steps), catch_up_s, ts, by)).lastrowid or 0)
+        return new_row_id(conn, "INSERT INTO runbooks (grp, name, moment, steps, catch_up_s, created_at, created_by)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?)", (grp, name, moment, _dumps(steps), catch_up_s, ts, by))
 
     return run
 
@@ -102,18 +101,19 @@ def claim_occurrences(claims: Sequence[Claim], scanned_to: float) -> WriteFn:
     Returns the ids of the rows this call created with state 'pending', each with its claim: an
     occurrence already recorded (the UNIQUE key) is not returned again, so it fires once.
     """
-    def run(conn: sqlite3.Connection) -> list[tuple[int, Claim]]:
+    def run(conn: WriteConn) -> list[tuple[int, Claim]]:
         fresh: list[tuple[int, Claim]] = []
         for claim in claims:
-            cur = conn.execute(
+            row = conn.execute(
                 "INSERT INTO firings (runbook_id, occurrence, due_at, state, trigger, message)"
-                " VALUES (?, ?, ?, ?, 'schedule', ?) ON CONFLICT (runbook_id, occurrence) DO NOTHING",
-                (claim.runbook_id, claim.occurrence, claim.due_at, claim.state, claim.message))
-            if cur.rowcount and claim.state == "pending":
-                fresh.append((int(cur.lastrowid or 0), claim))
+                " VALUES (?, ?, ?, ?, 'schedule', ?) ON CONFLICT (runbook_id, occurrence) DO NOTHING RETURNING id",
+                (claim.runbook_id, claim.occurrence, claim.due_at, claim.state, claim.message)).fetchone()
+            if row is not None and claim.state == "pending":
+                fresh.append((int(row[0]), claim))
         # The mark only moves forward: a wall clock set back does not rescan what is done.
         conn.execute("INSERT INTO scheduler_state (key, value) VALUES ('scanned_to', ?)"
-                     " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)", (scanned_to,))
+                     " ON CONFLICT (key) DO UPDATE SET value = CASE WHEN excluded.value > scheduler_state.value"
+                     " THEN excluded.value ELSE scheduler_state.value END", (scanned_to,))
         return fresh
 
     return run
@@ -121,9 +121,9 @@ def claim_occurrences(claims: Sequence[Claim], scanned_to: float) -> WriteFn:
 
 def add_firing(runbook_id: int, due_at: float, trigger: str, operator: str) -> WriteFn:
     """A firing that is not a scheduled occurrence (run-now): no key, never deduplicated."""
-    return lambda conn: int(conn.execute(
-        "INSERT INTO firings (runbook_id, occurrence, due_at, state, trigger, operator) VALUES (?, NULL, ?, 'pending', ?, ?)",
-        (runbook_id, due_at, trigger, operator)).lastrowid or 0)
+    return lambda conn: new_row_id(
+        conn, "INSERT INTO firings (runbook_id, occurrence, due_at, state, trigger, operator)"
+        " VALUES (?, NULL, ?, 'pending', ?, ?)", (runbook_id, due_at, trigger, operator))
 
 
 def set_firing(firing_id: int, state: str, ts: float, message: str = "") -> WriteFn:
@@ -146,7 +146,7 @@ def settle_unfinished(now: float, grace_s: float) -> WriteFn:
     """At start-up: a firing the last run left running is 'interrupted' (its steps may have gone out:
     it is never repeated); one recorded but not started fires now if still within the grace window,
     else it is 'missed'. Returns (id, runbook id, due) of those still to fire."""
-    def run(conn: sqlite3.Connection) -> list[tuple[int, int, float]]:
+    def run(conn: WriteConn) -> list[tuple[int, int, float]]:
         conn.execute("UPDATE firings SET state = 'interrupted', finished_at = ?,"
                      " message = 'the server stopped while it ran' WHERE state = 'running'", (now,))
         conn.execute("UPDATE firing_nodes SET state = 'interrupted', updated_at = ? WHERE state IN"
@@ -164,7 +164,7 @@ def settle_unfinished(now: float, grace_s: float) -> WriteFn:
 def trim_firings(before: float, limit: int = 2000) -> WriteFn:
     """Delete up to `limit` finished firings due before `before`, with their per-node states (the
     history's retention: a write of bounded size, repeated until it returns less than `limit`)."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM firings WHERE due_at < ? AND state NOT IN ('pending', 'running') ORDER BY due_at LIMIT ?",
             (before, limit))]
@@ -178,7 +178,7 @@ def trim_firings(before: float, limit: int = 2000) -> WriteFn:
 
 
 # -- bookings ------------------------------------------------------------------------------------
-def _first_conflict(conn: sqlite3.Connection, node_ids: Sequence[str], starts_at: float, ends_at: float,
+def _first_conflict(conn: WriteConn, node_ids: Sequence[str], starts_at: float, ends_at: float,
                     exclude: int | None = None) -> Conflict | None:
     marks = ",".join("?" * len(node_ids))
     row = conn.execute(
@@ -189,7 +189,7 @@ def _first_conflict(conn: sqlite3.Connection, node_ids: Sequence[str], starts_at
     return Conflict(int(row[0]), row[1], row[2], row[3], row[4]) if row else None
 
 
-def _busy(conn: sqlite3.Connection, node_ids: Sequence[str], starts_at: float, ends_at: float) -> set[str]:
+def _busy(conn: WriteConn, node_ids: Sequence[str], starts_at: float, ends_at: float) -> set[str]:
     marks = ",".join("?" * len(node_ids))
     return {r[0] for r in conn.execute(
         f"SELECT DISTINCT node_id FROM booking_nodes WHERE node_id IN ({marks}) AND live = 1"
@@ -202,7 +202,7 @@ def create_booking(holder: str, by: str, starts_at: float, ends_at: float, note:
 
     Raises Conflict (the first booking in the way) or NotEnoughFree; returns (id, the booked node ids).
     """
-    def run(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+    def run(conn: WriteConn) -> tuple[int, list[str]]:
         if count is None:
             conflict = _first_conflict(conn, node_ids, starts_at, ends_at)
             if conflict is not None:
@@ -214,9 +214,9 @@ def create_booking(holder: str, by: str, starts_at: float, ends_at: float, note:
             if len(free) < count:
                 raise NotEnoughFree(len(free))
             chosen = free[:count]
-        booking_id = int(conn.execute(
-            "INSERT INTO bookings (holder, starts_at, ends_at, note, deploy, state, created_at, created_by)"
-            " VALUES (?, ?, ?, ?, ?, 'active', ?, ?)", (holder, starts_at, ends_at, note, deploy, now, by)).lastrowid or 0)
+        booking_id = new_row_id(
+            conn, "INSERT INTO bookings (holder, starts_at, ends_at, note, deploy, state, created_at, created_by)"
+            " VALUES (?, ?, ?, ?, ?, 'active', ?, ?)", (holder, starts_at, ends_at, note, deploy, now, by))
         conn.executemany("INSERT INTO booking_nodes (booking_id, node_id, starts_at, ends_at) VALUES (?, ?, ?, ?)",
                          [(booking_id, n, starts_at, ends_at) for n in chosen])
         return booking_id, chosen
@@ -226,7 +226,7 @@ def create_booking(holder: str, by: str, starts_at: float, ends_at: float, note:
 
 def cancel_booking(booking_id: int, now: float, by: str) -> WriteFn:
     """Cancel: the booking stops holding its machines at once; its row stays, as cancelled, in the history."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         changed = conn.execute(
             "UPDATE bookings SET state = 'cancelled', cancelled_at = ?, cancelled_by = ? WHERE id = ? AND state = 'active'",
             (now, by, booking_id)).rowcount
@@ -238,7 +238,7 @@ def cancel_booking(booking_id: int, now: float, by: str) -> WriteFn:
 
 def extend_booking(booking_id: int, node_ids: Sequence[str], starts_at: float, ends_at: float) -> WriteFn:
     """Move a booking's end (longer or shorter); raises Conflict when the new end overlaps another."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         conflict = _first_conflict(conn, node_ids, starts_at, ends_at, exclude=booking_id)
         if conflict is not None:
             raise conflict
@@ -257,11 +257,11 @@ def set_deploy_state(booking_id: int, state: str, message: str) -> WriteFn:
 
 def insert_bookings_bulk(rows: Sequence[tuple[str, float, float, str, Sequence[str]]], now: float) -> WriteFn:
     """Many bookings at once without overlap checks: the benchmark's fixture (bench/calendar.py)."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         for holder, starts_at, ends_at, note, node_ids in rows:
-            booking_id = conn.execute(
-                "INSERT INTO bookings (holder, starts_at, ends_at, note, deploy, state, created_at, created_by)"
-                " VALUES (?, ?, ?, ?, '', 'active', ?, ?)", (holder, starts_at, ends_at, note, now, holder)).lastrowid
+            booking_id = new_row_id(
+                conn, "INSERT INTO bookings (holder, starts_at, ends_at, note, deploy, state, created_at, created_by)"
+                " VALUES (?, ?, ?, ?, '', 'active', ?, ?)", (holder, starts_at, ends_at, note, now, holder))
             conn.executemany("INSERT INTO booking_nodes (booking_id, node_id, starts_at, ends_at) VALUES (?, ?, ?, ?)",
                              [(booking_id, n, starts_at, ends_at) for n in node_ids])
         return len(rows)

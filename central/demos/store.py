@@ -4,13 +4,12 @@ the read-only connection. Tables: schema step 7 in central/db.py."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import aiosqlite
+from ..dbconn import ReadDB, WriteConn
 
-WriteFn = Any  # Callable[[sqlite3.Connection], T], as central/store.py's WriteFn
+WriteFn = Any  # Callable[[WriteConn], T], as central/store.py's WriteFn
 
 RELEASE_COLUMNS = ("name", "version", "sha256", "size", "manifest", "unpacked_bytes", "members", "published_at",
                    "published_by")
@@ -30,7 +29,7 @@ def _insert(table: str, columns: Sequence[str], replace: bool = True) -> str:
 def add_release(row: dict[str, Any]) -> WriteFn:
     """Insert a release unless its name and version exist. Returns the sha256 already stored under
     them (the caller compares) or None when the row is new."""
-    def run(conn: sqlite3.Connection) -> str | None:
+    def run(conn: WriteConn) -> str | None:
         found = conn.execute("SELECT sha256 FROM demo_releases WHERE name = ? AND version = ?",
                              (row["name"], row["version"])).fetchone()
         if found is not None:
@@ -47,7 +46,7 @@ def delete_releases(keys: Iterable[tuple[str, str]]) -> WriteFn:
     """Delete releases by (name, version); returns the sha256s that no release holds any more."""
     keys = list(keys)
 
-    def run(conn: sqlite3.Connection) -> list[str]:
+    def run(conn: WriteConn) -> list[str]:
         orphans: list[str] = []
         for name, version in keys:
             found = conn.execute("SELECT sha256 FROM demo_releases WHERE name = ? AND version = ?",
@@ -63,14 +62,14 @@ def delete_releases(keys: Iterable[tuple[str, str]]) -> WriteFn:
 
 
 def save_deployment(dep: dict[str, Any]) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(_insert("demo_deployments", DEPLOYMENT_COLUMNS), tuple(dep[c] for c in DEPLOYMENT_COLUMNS))
 
     return run
 
 
 def set_assignment(demo: str, scope: str, target: str, version: str | None, deployment_id: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute("INSERT OR REPLACE INTO demo_assignments (demo, scope, target, version, deployment_id)"
                      " VALUES (?, ?, ?, ?, ?)", (demo, scope, target, version, deployment_id))
 
@@ -78,7 +77,7 @@ def set_assignment(demo: str, scope: str, target: str, version: str | None, depl
 
 
 def clear_assignments(demo: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute("DELETE FROM demo_assignments WHERE demo = ?", (demo,))
 
     return run
@@ -87,7 +86,7 @@ def clear_assignments(demo: str) -> WriteFn:
 def delete_node_assignments(node_ids: Sequence[str]) -> WriteFn:
     marks = ", ".join("?" * len(node_ids))
 
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(f"DELETE FROM demo_assignments WHERE scope = 'node' AND target IN ({marks})", tuple(node_ids))
 
     return run
@@ -96,7 +95,7 @@ def delete_node_assignments(node_ids: Sequence[str]) -> WriteFn:
 def save_rollout_nodes(rows: Iterable[dict[str, Any]]) -> WriteFn:
     values = [tuple(r[c] for c in ROLLOUT_COLUMNS) for r in rows]
 
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.executemany(_insert("demo_rollout_nodes", ROLLOUT_COLUMNS), values)
 
     return run
@@ -105,55 +104,55 @@ def save_rollout_nodes(rows: Iterable[dict[str, Any]]) -> WriteFn:
 def save_status(row: dict[str, Any]) -> WriteFn:
     values = {**row, "last_exit": json.dumps(row["last_exit"]) if row.get("last_exit") is not None else None}
 
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(_insert("demo_status", STATUS_COLUMNS), tuple(values.get(c) for c in STATUS_COLUMNS))
 
     return run
 
 
 def forget_status(node_id: str, demo: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute("DELETE FROM demo_status WHERE node_id = ? AND demo = ?", (node_id, demo))
 
     return run
 
 
 # -- reads -------------------------------------------------------------------------------------
-async def _rows(db: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+async def _rows(db: ReadDB, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     async with db.execute(sql, params) as cur:
         return [dict(r) for r in await cur.fetchall()]
 
 
-async def releases(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def releases(db: ReadDB) -> list[dict[str, Any]]:
     rows = await _rows(db, "SELECT * FROM demo_releases ORDER BY name, published_at")
     for row in rows:
         row["manifest"] = json.loads(row["manifest"])
     return rows
 
 
-async def assignments(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def assignments(db: ReadDB) -> list[dict[str, Any]]:
     return await _rows(db, "SELECT * FROM demo_assignments")
 
 
-async def live_deployments(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def live_deployments(db: ReadDB) -> list[dict[str, Any]]:
     """The deployments the server follows after a start: those an assignment names, and rolling ones."""
     return await _rows(db, "SELECT * FROM demo_deployments WHERE state = 'rolling'"
                            " OR id IN (SELECT deployment_id FROM demo_assignments) ORDER BY created_at")
 
 
-async def deployments(db: aiosqlite.Connection, demo: str | None, limit: int) -> list[dict[str, Any]]:
+async def deployments(db: ReadDB, demo: str | None, limit: int) -> list[dict[str, Any]]:
     if demo is None:
         return await _rows(db, "SELECT * FROM demo_deployments ORDER BY created_at DESC LIMIT ?", (limit,))
     return await _rows(db, "SELECT * FROM demo_deployments WHERE demo = ? ORDER BY created_at DESC LIMIT ?",
                        (demo, limit))
 
 
-async def deployment(db: aiosqlite.Connection, deployment_id: str) -> dict[str, Any] | None:
+async def deployment(db: ReadDB, deployment_id: str) -> dict[str, Any] | None:
     rows = await _rows(db, "SELECT * FROM demo_deployments WHERE id = ?", (deployment_id,))
     return rows[0] if rows else None
 
 
-async def rollout_nodes(db: aiosqlite.Connection, deployment_ids: Sequence[str]) -> list[dict[str, Any]]:
+async def rollout_nodes(db: ReadDB, deployment_ids: Sequence[str]) -> list[dict[str, Any]]:
     if not deployment_ids:
         return []
     marks = ", ".join("?" * len(deployment_ids))
@@ -161,7 +160,7 @@ async def rollout_nodes(db: aiosqlite.Connection, deployment_ids: Sequence[str])
                        tuple(deployment_ids))
 
 
-async def statuses(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def statuses(db: ReadDB) -> list[dict[str, Any]]:
     rows = await _rows(db, "SELECT * FROM demo_status")
     for row in rows:
         row["last_exit"] = json.loads(row["last_exit"]) if row["last_exit"] else None

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from central import db
+from tests.support.postgres import Cluster, PostgresUnavailable, shared_cluster
 
 
 @pytest.fixture
@@ -15,3 +16,12 @@ async def migrated_db(tmp_path: Path) -> Path:
     path = tmp_path / "central.sqlite3"
     await db.create(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Cluster:
+    """This test process's throw-away PostgreSQL cluster (tests/support/postgres.py)."""
+    try:
+        return shared_cluster()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))

@@ -1,6 +1,7 @@
 """SQL lives in three modules of central/: db.py (schema, PRAGMAs), store.py (writes, as WriteFns for
 the one writer) and queries.py (reads); a feature package (central/alerts/, ...) may hold its own
-store.py and queries.py. The writer only opens, commits and rolls back: it may run
+store.py and queries.py. central/dbconn.py (the engine-neutral connections) runs the statements
+it is handed. The writer only opens, commits and rolls back: it may run
 transaction verbs and nothing else. Any other module that runs a statement, or holds SQL text,
 fails here (an AST scan, so comments and docstrings do not count)."""
 
@@ -52,6 +53,8 @@ def test_sql_is_only_in_db_store_and_queries() -> None:
     found: list[str] = []
     for path in sorted(CENTRAL.rglob("*.py")):
         relative = path.relative_to(CENTRAL).as_posix()
+        if relative == "dbconn.py":
+            continue
         if path.name not in SQL_MODULES or (path.name == "db.py" and relative != "db.py"):
             found += sql_outside_its_modules(path, relative)
     assert not found, "SQL belongs in central/db.py, a store.py or a queries.py:\n" + "\n".join(found)

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiosqlite
-
+from ...dbconn import ReadDB
 from ...queries import given, where_sql
 from ..routing import Route
 from .message import notice_from_json
@@ -20,7 +19,7 @@ from .store import FAILED, PENDING
 MAX_PAGE = 500
 
 
-async def channels(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def channels(db: ReadDB) -> list[dict[str, Any]]:
     """Every channel's public view, with when and by whom it was added."""
     out = []
     async with db.execute("SELECT name, kind, settings, created_at, created_by FROM channels ORDER BY name") as cur:
@@ -34,7 +33,7 @@ async def channels(db: aiosqlite.Connection) -> list[dict[str, Any]]:
     return out
 
 
-async def _secret_names(db: aiosqlite.Connection) -> dict[str, list[str]]:
+async def _secret_names(db: ReadDB) -> dict[str, list[str]]:
     """Which secrets each channel has set (names only: json_each never hands the values to Python)."""
     names: dict[str, list[str]] = {}
     async with db.execute(
@@ -45,20 +44,20 @@ async def _secret_names(db: aiosqlite.Connection) -> dict[str, list[str]]:
     return names
 
 
-async def channel_with_secrets(db: aiosqlite.Connection, name: str) -> Channel | None:
+async def channel_with_secrets(db: ReadDB, name: str) -> Channel | None:
     """The whole channel, secrets included: for the server's own use (sending), never for an answer."""
     async with db.execute("SELECT name, kind, settings, secrets FROM channels WHERE name = ?", (name,)) as cur:
         row = await cur.fetchone()
     return None if row is None else Channel(row[0], row[1], json.loads(row[2]), json.loads(row[3]))
 
 
-async def routes(db: aiosqlite.Connection) -> list[dict[str, Any]]:
+async def routes(db: ReadDB) -> list[dict[str, Any]]:
     async with db.execute("SELECT id, grp, severity, channel, created_at, created_by FROM alert_routes ORDER BY id") as cur:
         return [{"id": r[0], "group": r[1], "severity": r[2], "channel": r[3], "created_at": r[4],
                  "created_by": r[5]} async for r in cur]
 
 
-async def route_list(db: aiosqlite.Connection) -> list[Route]:
+async def route_list(db: ReadDB) -> list[Route]:
     async with db.execute("SELECT id, grp, severity, channel FROM alert_routes ORDER BY id") as cur:
         return [Route(int(r[0]), r[1], r[2], r[3]) async for r in cur]
 
@@ -74,7 +73,7 @@ def _notification(row: Any) -> dict[str, Any]:
     return out
 
 
-async def notifications(db: aiosqlite.Connection, *, state: str | None = None, channel: str | None = None,
+async def notifications(db: ReadDB, *, state: str | None = None, channel: str | None = None,
                         before: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Newest first; `before`: only ids below it (the next page)."""
     where, params = given(("state = ?", state), ("channel = ?", channel), ("id < ?", before))
@@ -84,7 +83,7 @@ async def notifications(db: aiosqlite.Connection, *, state: str | None = None, c
         return [_notification(r) async for r in cur]
 
 
-async def notification(db: aiosqlite.Connection, notification_id: int) -> dict[str, Any] | None:
+async def notification(db: ReadDB, notification_id: int) -> dict[str, Any] | None:
     """One notification with the subjects it lists."""
     async with db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE id = ?",
                           (notification_id,)) as cur:
@@ -100,7 +99,7 @@ async def notification(db: aiosqlite.Connection, notification_id: int) -> dict[s
     return out
 
 
-async def counts(db: aiosqlite.Connection) -> dict[str, int]:
+async def counts(db: ReadDB) -> dict[str, int]:
     """Notifications per state (pending ones are the queue: /metrics shows them)."""
     out = {PENDING: 0, FAILED: 0, "sent": 0}
     async with db.execute("SELECT state, count(*) FROM notifications GROUP BY state") as cur:

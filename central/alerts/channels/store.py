@@ -6,17 +6,17 @@ are made here, on the writer's thread, one at a time."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ...dbconn import WriteConn, new_row_id
 from ..model import SEVERITIES, Notice
 from ..routing import Route, targets
 from .message import notice_from_json, notice_json
 from .spec import Channel
 
-WriteFn = Callable[[sqlite3.Connection], Any]
+WriteFn = Callable[[WriteConn], Any]
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
 NOTIFICATION_STATES = (PENDING, SENT, FAILED)
@@ -52,16 +52,12 @@ class Claim:
 
 def add_channel(channel: Channel, ts: float, operator: str) -> WriteFn:
     """Insert; False when the name is taken."""
-    def run(conn: sqlite3.Connection) -> bool:
-        try:
-            conn.execute(
-                "INSERT INTO channels (name, kind, settings, secrets, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)",
-                (channel.name, channel.kind, _dumps(dict(channel.settings)), _dumps(dict(channel.secrets)), ts,
-                 operator),
-            )
-        except sqlite3.IntegrityError:
-            return False
-        return True
+    def run(conn: WriteConn) -> bool:
+        return conn.execute(
+            "INSERT INTO channels (name, kind, settings, secrets, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (name) DO NOTHING",
+            (channel.name, channel.kind, _dumps(dict(channel.settings)), _dumps(dict(channel.secrets)), ts, operator),
+        ).rowcount == 1
 
     return run
 
@@ -69,7 +65,7 @@ def add_channel(channel: Channel, ts: float, operator: str) -> WriteFn:
 def remove_channel(name: str, ts: float) -> WriteFn:
     """Delete the channel and its routes; what it still had queued is kept as failed (visible).
     Returns whether it existed."""
-    def run(conn: sqlite3.Connection) -> bool:
+    def run(conn: WriteConn) -> bool:
         if conn.execute("DELETE FROM channels WHERE name = ?", (name,)).rowcount == 0:
             return False
         conn.execute(
@@ -83,29 +79,27 @@ def remove_channel(name: str, ts: float) -> WriteFn:
 
 def add_route(group: str, severity: str, channel: str, ts: float, operator: str) -> WriteFn:
     """Returns the new route's id, None when the channel does not exist, 0 when the route does."""
-    def run(conn: sqlite3.Connection) -> int | None:
+    def run(conn: WriteConn) -> int | None:
         if conn.execute("SELECT 1 FROM channels WHERE name = ?", (channel,)).fetchone() is None:
             return None
-        try:
-            cur = conn.execute(
-                "INSERT INTO alert_routes (grp, severity, channel, created_at, created_by) VALUES (?, ?, ?, ?, ?)",
-                (group, severity, channel, ts, operator),
-            )
-        except sqlite3.IntegrityError:
-            return 0
-        return int(cur.lastrowid or 0)
+        row = conn.execute(
+            "INSERT INTO alert_routes (grp, severity, channel, created_at, created_by) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (grp, severity, channel) DO NOTHING RETURNING id",
+            (group, severity, channel, ts, operator),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     return run
 
 
 def remove_route(route_id: int) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> bool:
+    def run(conn: WriteConn) -> bool:
         return conn.execute("DELETE FROM alert_routes WHERE id = ?", (route_id,)).rowcount > 0
 
     return run
 
 
-def _routes(conn: sqlite3.Connection) -> list[Route]:
+def _routes(conn: WriteConn) -> list[Route]:
     return [Route(int(r[0]), r[1], r[2], r[3])
             for r in conn.execute("SELECT id, grp, severity, channel FROM alert_routes ORDER BY id")]
 
@@ -117,7 +111,7 @@ def enqueue(notices: Sequence[Notice], now: float, window: float, quiet: float) 
     open (younger than `window`, not yet sealed), else opens one. A group is due when nothing has
     joined it for `quiet` seconds, and at the latest `window` after it opened.
     Returns the groups created or moved, for the channel workers."""
-    def run(conn: sqlite3.Connection) -> list[Scheduled]:
+    def run(conn: WriteConn) -> list[Scheduled]:
         routes = _routes(conn)
         channels = [r[0] for r in conn.execute("SELECT name FROM channels ORDER BY name")]
         groups: dict[tuple[str, str], _Group] = {}
@@ -157,7 +151,7 @@ class _Group:
         self.severity = min(self.severity, notice.alert.severity, key=SEVERITIES.index)
 
 
-def _open_group(conn: sqlite3.Connection, channel: str, key: str, notice: Notice, now: float,
+def _open_group(conn: WriteConn, channel: str, key: str, notice: Notice, now: float,
                 window: float) -> _Group:
     """The channel's open group for `key`, or a new one."""
     row = conn.execute(
@@ -169,19 +163,19 @@ def _open_group(conn: sqlite3.Connection, channel: str, key: str, notice: Notice
     if row is not None:
         return _Group(int(row[0]), float(row[1]), row[2])
     until = now + window
-    cur = conn.execute(
-        "INSERT INTO notifications (channel, group_key, kind, severity, state, subjects, created_at, group_until,"
-        " due_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
+    new_id = new_row_id(
+        conn, "INSERT INTO notifications (channel, group_key, kind, severity, state, subjects, created_at,"
+        " group_until, due_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?)",
         (channel, key, notice.kind, notice.alert.severity, PENDING, now, until, until, now),
     )
-    return _Group(int(cur.lastrowid or 0), until, notice.alert.severity)
+    return _Group(new_id, until, notice.alert.severity)
 
 
 def claim(notification_id: int, now: float) -> WriteFn:
     """Seal the group (nothing joins it any more) and read what to send; or say when it is due
     (a notice joined and moved it) with a float, or None when there is nothing to send (sent,
     failed, or its channel is gone, which fails it)."""
-    def run(conn: sqlite3.Connection) -> Claim | float | None:
+    def run(conn: WriteConn) -> Claim | float | None:
         row = conn.execute(
             "SELECT n.state, n.due_at, n.kind, n.attempts, n.created_at, n.channel, c.kind, c.settings, c.secrets"
             " FROM notifications n LEFT JOIN channels c ON c.name = n.channel WHERE n.id = ?",
@@ -205,7 +199,7 @@ def claim(notification_id: int, now: float) -> WriteFn:
 
 
 def record_sent(notification_id: int, now: float, answer: str) -> WriteFn:
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "UPDATE notifications SET state = ?, attempts = attempts + 1, answer = ?, last_error = '', sent_at = ?,"
             " updated_at = ? WHERE id = ? AND state = ?",
@@ -217,7 +211,7 @@ def record_sent(notification_id: int, now: float, answer: str) -> WriteFn:
 
 def record_failure(notification_id: int, now: float, error: str, retry_at: float | None) -> WriteFn:
     """One failed attempt: due again at `retry_at`, or failed for good when it is None."""
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: WriteConn) -> None:
         conn.execute(
             "UPDATE notifications SET state = ?, attempts = attempts + 1, last_error = ?, due_at = ?, updated_at = ?"
             " WHERE id = ? AND state = ?",
@@ -231,7 +225,7 @@ def record_failure(notification_id: int, now: float, error: str, retry_at: float
 def resend(notification_ids: Sequence[int] | None, now: float) -> WriteFn:
     """Queue sent or failed notifications again, with a fresh count of attempts; None: every failed one.
     Returns the rescheduled ones (a pending one, or one whose channel is gone, is left alone)."""
-    def run(conn: sqlite3.Connection) -> list[Scheduled]:
+    def run(conn: WriteConn) -> list[Scheduled]:
         if notification_ids is None:
             rows = conn.execute("SELECT n.id, n.channel FROM notifications n JOIN channels c ON c.name = n.channel"
                                 " WHERE n.state = ?", (FAILED,)).fetchall()
@@ -251,7 +245,7 @@ def resend(notification_ids: Sequence[int] | None, now: float) -> WriteFn:
 
 def pending() -> WriteFn:
     """Every queued notification (at start-up: what a stop or a crash left behind)."""
-    def run(conn: sqlite3.Connection) -> list[Scheduled]:
+    def run(conn: WriteConn) -> list[Scheduled]:
         return [Scheduled(int(r[0]), r[1], float(r[2])) for r in conn.execute(
             "SELECT id, channel, due_at FROM notifications WHERE state = ? ORDER BY due_at, id", (PENDING,))]
 
@@ -260,7 +254,7 @@ def pending() -> WriteFn:
 
 def forget_before(before: float, limit: int = 1000) -> WriteFn:
     """Delete up to `limit` sent or failed notifications last updated before `before` (retention)."""
-    def run(conn: sqlite3.Connection) -> int:
+    def run(conn: WriteConn) -> int:
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM notifications WHERE state != ? AND updated_at < ? ORDER BY id LIMIT ?",
             (PENDING, before, limit))]

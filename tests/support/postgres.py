@@ -1,0 +1,220 @@
+"""A throw-away PostgreSQL cluster for the tests and benchmarks: `initdb` into a temp dir, `pg_ctl
+start` on 127.0.0.1 at a free port (its unix socket in the same temp dir), stopped and removed at
+the end. The distribution's server binaries are enough (`apt-get install postgresql`; the system
+service is neither needed nor touched).
+
+initdb and postgres refuse to run as root: when the tests run as root (CI), the cluster runs as the
+`postgres` system user the Debian package creates (else `nobody`), which owns the temp dir.
+
+One cluster per process (`shared_cluster`, stopped at exit); each test gets a fresh database
+(`fresh_database`), copied from a template that is migrated once: CREATE DATABASE ... TEMPLATE is
+much faster than running every migration again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .wait import wait_for
+
+SUPERUSER = "dvic"
+# The environment switch of the API / end-to-end tests: `postgresql` runs their servers on the
+# shared cluster (tests/support/server.py); unset or `sqlite`, on today's SQLite file.
+TEST_DATABASE_ENV = "DVIC_TEST_DATABASE"
+
+
+class PostgresUnavailable(RuntimeError):
+    """No PostgreSQL server binaries on this machine (the message says how to get them)."""
+
+
+def bindir() -> Path:
+    """Where initdb, pg_ctl and psql are: `pg_config --bindir`, else the newest /usr/lib/postgresql/*/bin."""
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        found = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+        if (found / "initdb").exists():
+            return found
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if not candidates:
+        raise PostgresUnavailable("no PostgreSQL server binaries (initdb): apt-get install postgresql")
+    return Path(candidates[-1]).parent
+
+
+def wanted() -> bool:
+    """True when the API / end-to-end tests are asked to run on PostgreSQL (DVIC_TEST_DATABASE)."""
+    return os.environ.get(TEST_DATABASE_ENV, "sqlite").lower() in ("postgresql", "postgres", "pg")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The unprivileged user to run the cluster as when we are root; None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise PostgresUnavailable("running as root and neither a 'postgres' nor a 'nobody' user exists for initdb")
+
+
+@dataclass
+class Cluster:
+    """A running throw-away cluster; `url(name)` for a database in it."""
+
+    root: Path
+    port: int
+    bin: Path
+    user: pwd.struct_passwd | None
+    template: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "server.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, argv: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {}
+        if self.user is not None:
+            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root,
+                              env={**os.environ, "LC_ALL": "C.UTF-8"}, check=False, **kwargs)  # type: ignore[call-overload]
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}:\n{proc.stdout}{proc.stderr}"
+                               + self.log_tail())
+        return proc  # type: ignore[no-any-return]
+
+    def log_tail(self) -> str:
+        try:
+            return "\n-- server log --\n" + self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def sql(self, statement: str, database: str = "postgres") -> str:
+        """Run one statement with psql (synchronous: usable from sync and async tests alike)."""
+        return self._run([str(self.bin / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                          "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database,
+                          "-c", statement]).stdout
+
+    def create_database(self, name: str | None = None, template: str | None = None) -> str:
+        """A new empty database (or a copy of `template`); returns its URL."""
+        name = name or f"t_{uuid.uuid4().hex[:16]}"
+        self.sql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        return self.url(name)
+
+    def fresh_database(self) -> str:
+        """A new database with the server's current schema (a copy of a template migrated once)."""
+        with self._lock:
+            if self.template is None:
+                name = f"dvic_template_{uuid.uuid4().hex[:8]}"
+                url = self.create_database(name)
+                _migrate(url)
+                self.template = name
+        return self.create_database(template=self.template)
+
+    def stop(self) -> None:
+        if self.data.exists():
+            try:
+                self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+            except RuntimeError:
+                pass  # already stopped
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_cluster(settings: tuple[str, ...] = ()) -> Cluster:
+    """initdb + pg_ctl start in a new temp dir; `settings` are extra `-c name=value` server options."""
+    user = _run_as()
+    root = Path(tempfile.mkdtemp(prefix="dvic-pg-"))
+    if user is not None:
+        os.chown(root, user.pw_uid, user.pw_gid)
+    cluster = Cluster(root, 0, bindir(), user)
+    try:
+        cluster._run([str(cluster.bin / "initdb"), "-D", str(cluster.data), "-U", SUPERUSER, "--auth=trust",
+                      "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], timeout=120)
+        options = ["-c listen_addresses=127.0.0.1", f"-k {root}",
+                   # Throw-away data: durability costs time here and protects nothing.
+                   "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+                   "-c max_connections=300", *(f"-c {s}" for s in settings)]
+        for _ in range(5):  # a free port can be taken by someone else before postgres binds it
+            cluster.port = _free_port()
+            try:
+                cluster._run([str(cluster.bin / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.log_path),
+                              "-w", "-t", "60", "-o", " ".join([f"-p {cluster.port}", *options]), "start"],
+                             timeout=90)
+                break
+            except RuntimeError:
+                if "could not bind" not in cluster.log_tail():
+                    raise
+        else:
+            raise RuntimeError("PostgreSQL could not bind a free port" + cluster.log_tail())
+        wait_for(lambda: _accepts(cluster.port), 30, "PostgreSQL to accept connections")
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _migrate(url: str) -> None:
+    """The server's schema into the database at `url`, on a thread of its own (callers may be
+    inside a running event loop)."""
+    from central import db  # late: tests/support is importable without the server's dependencies
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(db.create(url))
+        except BaseException as exc:  # re-raised on the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="dvic-pg-migrate")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+_shared: Cluster | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_cluster() -> Cluster:
+    """This process's cluster, started on first use and stopped when the process exits."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = start_cluster()
+            atexit.register(_shared.stop)
+        return _shared
