@@ -1,5 +1,6 @@
-"""Read side of the store: history queries over a read-only aiosqlite connection (WAL lets them
-run beside the writer)."""
+"""Read side of the store: history queries over the read connection (dbconn.ReadDB: a read-only
+aiosqlite connection, which WAL lets run beside the writer, or an asyncpg pool). The SQL is
+portable; the full-text search and the metric buckets differ per engine (`db.dialect`)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,22 @@ def fts_query(text: str) -> str:
     return " AND ".join(quoted)
 
 
+_TS_PART = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def tsquery(text: str) -> str:
+    """User text -> a safe PostgreSQL `to_tsquery` text with the meaning of `fts_query`: every word
+    must appear, the last one as a prefix. A word FTS5 would split (`foo_bar`) is a phrase of its
+    parts. Only letters and digits reach the query, each quoted, so nothing is syntax."""
+    tokens = _FTS_TOKEN.findall(text)[:16]
+    words = [parts for parts in (_TS_PART.findall(t) for t in tokens) if parts]
+    if not words:
+        raise QueryError("q: give at least one word to search for")
+    phrases = [[f"'{part.lower()}'" for part in parts] for parts in words]
+    phrases[-1][-1] += ":*"
+    return " & ".join("(" + " <-> ".join(parts) + ")" for parts in phrases)
+
+
 class Queries:
     def __init__(self, db: ReadDB) -> None:
         self.db = db
@@ -111,7 +128,7 @@ class Queries:
         cursor: str | None = None, limit: int = 100, demo: str | None = None,
     ) -> Page:
         sql, params = log_query(node_ids=node_ids, source=source, min_level=min_level, text=text, since=since,
-                                until=until, cursor=cursor, limit=limit, demo=demo)
+                                until=until, cursor=cursor, limit=limit, demo=demo, dialect=self.db.dialect)
         async with self.db.execute(sql, params) as cur:
             rows = list(await cur.fetchall())
         items = [log_row(r) for r in rows[:limit]]
@@ -150,15 +167,19 @@ class Queries:
             name_filter = f" AND name IN ({','.join('?' * len(names))})"
             params += names
         if step < 60:
+            # The sample's bucket: SQLite's CAST truncates (ts >= 0: the floor); PostgreSQL's rounds.
+            bucket = (f"CAST(ts / {step} AS INTEGER) * {step}" if self.db.dialect == "sqlite"
+                      else f"CAST(floor(ts / {step}) AS BIGINT) * {step}")
             sql = (
-                f"SELECT name, CAST(ts / {step} AS INTEGER) * {step} AS b, min(value), avg(value), max(value)"
+                f"SELECT name, {bucket} AS b, min(value), avg(value), max(value)"
                 f" FROM metrics_raw WHERE node_id = ? AND ts >= ? AND ts < ?{name_filter} AND abs(value) <= {bound}"
                 " GROUP BY name, b ORDER BY name, b"
             )
         else:
             sql = (
                 f"SELECT name, (bucket / {step}) * {step} AS b, min(min), sum(avg * count) / sum(count), max(max)"
-                f" FROM metrics_1m WHERE node_id = ? AND bucket >= ? AND bucket < ?{name_filter}"
+                f" FROM metrics_1m WHERE node_id = ? AND bucket >= CAST(? AS DOUBLE PRECISION)"
+                f" AND bucket < CAST(? AS DOUBLE PRECISION){name_filter}"
                 f" AND abs(min) <= {bound} AND abs(max) <= {bound} AND abs(avg) <= {bound}"
                 " GROUP BY name, b ORDER BY name, b"
             )
@@ -183,7 +204,8 @@ class Queries:
 
     # -- remote control history ---------------------------------------------------------------
     async def recent_commands(self, node_id: str | None, limit: int) -> list[dict[str, Any]]:
-        sql = ("SELECT c.*, count(r.id) AS nodes, sum(r.state = 'exited' AND r.code = 0) AS ok"
+        sql = ("SELECT c.*, count(r.id) AS nodes,"
+               " CAST(sum(CASE WHEN r.state = 'exited' AND r.code = 0 THEN 1 ELSE 0 END) AS BIGINT) AS ok"
                " FROM commands c JOIN command_runs r ON r.command_id = c.id"
                + (" WHERE c.id IN (SELECT command_id FROM command_runs WHERE node_id = ?)" if node_id else "")
                + " GROUP BY c.id ORDER BY c.created_at DESC LIMIT ?")
@@ -343,7 +365,7 @@ def pages_by_seq(node_ids: list[str] | None) -> bool:
 def log_query(
     *, node_ids: list[str] | None = None, source: str | None = None, min_level: str | None = None,
     text: str | None = None, since: float | None = None, until: float | None = None,
-    cursor: str | None = None, limit: int = 100, demo: str | None = None,
+    cursor: str | None = None, limit: int = 100, demo: str | None = None, dialect: str = "sqlite",
 ) -> tuple[str, list[Any]]:
     """The SQL and parameters of a log query (one row more than `limit`: is there a next page?)."""
     if min_level and min_level.upper() not in LEVEL_NUMBERS:
@@ -364,10 +386,14 @@ def log_query(
         where.append(f"l.{before[0]} < ?")
         params.append(before[1])
     joins = ""
-    if text:
+    if text and dialect == "sqlite":
         joins = " JOIN logs_fts f ON f.rowid = l.id"
         where.append("logs_fts MATCH ?")
         params.append(fts_query(text))
+    elif text:
+        # The expression of the GIN index logs_search (db.LOGS_SEARCH_PG).
+        where.append("to_tsvector('simple', l.msg) @@ to_tsquery('simple', ?)")
+        params.append(tsquery(text))
     sql = (
         "SELECT l.id, l.node_id, n.name AS node_name, l.seq, l.ts, l.source, l.unit, l.demo, l.level, l.msg"
         f" FROM logs l{joins} LEFT JOIN nodes n ON n.id = l.node_id"

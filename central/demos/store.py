@@ -21,9 +21,19 @@ STATUS_COLUMNS = ("node_id", "demo", "version", "state", "pid", "restarts", "sin
                   "message", "updated_at")
 
 
+# Each table's key: a row saved again replaces the one with the same key (an upsert, on both engines).
+KEYS = {"demo_releases": ("name", "version"), "demo_deployments": ("id",),
+        "demo_rollout_nodes": ("deployment_id", "node_id"), "demo_status": ("node_id", "demo"),
+        "demo_assignments": ("demo", "scope", "target")}
+
+
 def _insert(table: str, columns: Sequence[str], replace: bool = True) -> str:
-    verb = "INSERT OR REPLACE" if replace else "INSERT"
-    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    if not replace:
+        return sql
+    key = KEYS[table]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return f"{sql} ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
 
 
 def add_release(row: dict[str, Any]) -> WriteFn:
@@ -70,8 +80,8 @@ def save_deployment(dep: dict[str, Any]) -> WriteFn:
 
 def set_assignment(demo: str, scope: str, target: str, version: str | None, deployment_id: str) -> WriteFn:
     def run(conn: WriteConn) -> None:
-        conn.execute("INSERT OR REPLACE INTO demo_assignments (demo, scope, target, version, deployment_id)"
-                     " VALUES (?, ?, ?, ?, ?)", (demo, scope, target, version, deployment_id))
+        conn.execute(_insert("demo_assignments", ("demo", "scope", "target", "version", "deployment_id")),
+                     (demo, scope, target, version, deployment_id))
 
     return run
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from . import postgres
 from .procs import ManagedProcess
 from .wait import WaitTimeout, wait_for
 
@@ -28,12 +29,19 @@ class ServerError(RuntimeError):
 
 
 class CentralServer(ManagedProcess):
-    """`interval`/`offline_after` (seconds) are passed to `serve` when given; else the server's defaults."""
+    """`interval`/`offline_after` (seconds) are passed to `serve` when given; else the server's defaults.
+
+    `database`: the server's --database URL. None: the SQLite file in the data dir, or, when
+    DVIC_TEST_DATABASE=postgresql, a fresh database on this process's throw-away PostgreSQL
+    cluster (tests/support/postgres.py), kept across restarts of this server."""
 
     def __init__(self, data_dir: Path, *, interval: float | None = None, offline_after: float | None = None,
                  extra_args: tuple[str, ...] = (), module: str = "central.cli",
-                 env: dict[str, str] | None = None, api_timeout: float = 30.0) -> None:
+                 env: dict[str, str] | None = None, api_timeout: float = 30.0, database: str | None = None) -> None:
         self.data_dir = data_dir
+        if database is None and postgres.wanted():
+            database = postgres.shared_cluster().fresh_database()
+        self.database = database
         self.interval = interval
         self.offline_after = offline_after
         self.extra_args = extra_args
@@ -71,8 +79,9 @@ class CentralServer(ManagedProcess):
         host, port = self._listen
         timings = [*(("--interval", f"{self.interval:g}") if self.interval is not None else ()),
                    *(("--offline-after", f"{self.offline_after:g}") if self.offline_after is not None else ())]
+        database = ("--database", self.database) if self.database else ()
         return [sys.executable, "-m", self.module, "--data-dir", str(self.data_dir), "serve",
-                "--listen", f"{host}:{port}", *timings, *self.extra_args]
+                "--listen", f"{host}:{port}", *database, *timings, *self.extra_args]
 
     def start(self, timeout: float = 60.0) -> CentralServer:
         if self.data_dir.exists() and not self.data_dir.is_dir():

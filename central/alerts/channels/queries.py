@@ -36,9 +36,11 @@ async def channels(db: ReadDB) -> list[dict[str, Any]]:
 async def _secret_names(db: ReadDB) -> dict[str, list[str]]:
     """Which secrets each channel has set (names only: json_each never hands the values to Python)."""
     names: dict[str, list[str]] = {}
-    async with db.execute(
-        "SELECT c.name, j.key FROM channels c, json_each(c.secrets) j WHERE j.key != 'url' ORDER BY c.name, j.key"
-    ) as cur:
+    sql = ("SELECT c.name, j.key FROM channels c, json_each(c.secrets) j WHERE j.key != 'url' ORDER BY c.name, j.key"
+           if db.dialect == "sqlite" else
+           "SELECT c.name, k FROM channels c, jsonb_object_keys(CAST(c.secrets AS JSONB)) AS k WHERE k != 'url'"
+           " ORDER BY c.name, k")
+    async with db.execute(sql) as cur:
         async for row in cur:
             names.setdefault(row[0], []).append(row[1])
     return names
