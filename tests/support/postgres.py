@@ -24,10 +24,16 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
 
 from .wait import wait_for
+
+T = TypeVar("T")
 
 SUPERUSER = "dvic"
 # The environment switch of the API / end-to-end tests: `postgresql` runs their servers on the
@@ -183,19 +189,41 @@ def _migrate(url: str) -> None:
     inside a running event loop)."""
     from central import db  # late: tests/support is importable without the server's dependencies
 
+    _on_own_thread(lambda: db.create(url))
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Rows of one statement (`?` placeholders) on the database at `url` (synchronous)."""
+    from central.dbconn import numbered
+
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
+        finally:
+            await conn.close()
+
+    return _on_own_thread(run)
+
+
+def _on_own_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion on a new event loop on a thread of its own (the caller may be
+    inside a running loop)."""
+    results: list[T] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(db.create(url))
+            results.append(asyncio.run(make()))
         except BaseException as exc:  # re-raised on the caller's thread
             errors.append(exc)
 
-    thread = threading.Thread(target=run, name="dvic-pg-migrate")
+    thread = threading.Thread(target=run, name="dvic-pg-sync")
     thread.start()
     thread.join()
     if errors:
         raise errors[0]
+    return results[0]
 
 
 def _accepts(port: int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import ssl
 import sys
 import urllib.error
@@ -66,6 +67,17 @@ class CentralServer(ManagedProcess):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "dvic.sqlite3"
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only statement (`?` placeholders) on this server's database, whichever
+        engine it is: for tests that check what was stored."""
+        if not self.database:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+            try:
+                return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+            finally:
+                conn.close()
+        return postgres.query(self.database, sql, params)
 
     @property
     def admin_token(self) -> str:
