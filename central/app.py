@@ -10,8 +10,10 @@ from . import accounts, api, nodehub, openapi, store, stream  # noqa: F401  (mod
 from .accesslog import AccessLog
 from .auth import ApiError, Handler, auth_middleware, error_response
 from .config import Config
+from .dbconn import DatabaseUnavailable
 from .routes import install
 from .services import SERVICES, services_ctx
+from .writer import StorageError
 
 API_MAX_BODY = 256 * 1024
 
@@ -23,6 +25,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except (StorageError, DatabaseUnavailable) as exc:
+        # The database is away (a PostgreSQL server down or unreachable, a disk full): nothing was
+        # changed; the same request succeeds once it is back.
+        return error_response(503, "storage", f"storage unavailable, try again later: {exc}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -323,10 +323,7 @@ class PgWriteConn:
         self._verb("RELEASE SAVEPOINT " + name)
 
     def storage_failure(self, exc: BaseException) -> bool:
-        state = getattr(exc, "sqlstate", None)
-        if isinstance(state, str):
-            return state[:2] in _PG_STORAGE_CLASSES
-        return isinstance(exc, self.errors + (DatabaseUnavailable,))
+        return unavailable(exc)
 
     def close(self) -> None:
         try:
@@ -337,6 +334,14 @@ class PgWriteConn:
         finally:
             self._conn = None
             self._loop.close()
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True when `exc` says the PostgreSQL server or the link to it is unwell (not the statement)."""
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in _PG_STORAGE_CLASSES
+    return isinstance(exc, (asyncpg.InterfaceError, OSError, asyncio.TimeoutError, DatabaseUnavailable))
 
 
 def _reason(exc: BaseException) -> str:
@@ -407,7 +412,12 @@ class PgReadDB:
 
     @contextlib.asynccontextmanager
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None, /) -> AsyncIterator[_FetchedCursor]:
-        rows = await self.pool.fetch(numbered(sql), *(parameters or ()))
+        try:
+            rows = await self.pool.fetch(numbered(sql), *(parameters or ()))
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            raise DatabaseUnavailable(f"the database {mask_url(self.url)} is unavailable: {_reason(exc)}") from exc
         yield _FetchedCursor(rows)
 
     async def close(self) -> None:

@@ -90,6 +90,7 @@ class Cluster:
     bin: Path
     user: pwd.struct_passwd | None
     template: str | None = None
+    options: tuple[str, ...] = ()
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -142,6 +143,16 @@ class Cluster:
                 self.template = name
         return self.create_database(template=self.template)
 
+    def start_server(self) -> None:
+        """pg_ctl start (again, on the same port: a server coming back after `stop_server`)."""
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60",
+                   "-o", " ".join([f"-p {self.port}", *self.options]), "start"], timeout=90)
+        wait_for(lambda: _accepts(self.port), 30, "PostgreSQL to accept connections")
+
+    def stop_server(self) -> None:
+        """pg_ctl stop -m fast: the server goes away (its data stays), as in an outage."""
+        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
     def stop(self) -> None:
         if self.data.exists():
             try:
@@ -161,23 +172,20 @@ def start_cluster(settings: tuple[str, ...] = ()) -> Cluster:
     try:
         cluster._run([str(cluster.bin / "initdb"), "-D", str(cluster.data), "-U", SUPERUSER, "--auth=trust",
                       "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], timeout=120)
-        options = ["-c listen_addresses=127.0.0.1", f"-k {root}",
-                   # Throw-away data: durability costs time here and protects nothing.
-                   "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-                   "-c max_connections=300", *(f"-c {s}" for s in settings)]
+        cluster.options = ("-c listen_addresses=127.0.0.1", f"-k {root}",
+                           # Throw-away data: durability costs time here and protects nothing.
+                           "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+                           "-c max_connections=300", *(f"-c {s}" for s in settings))
         for _ in range(5):  # a free port can be taken by someone else before postgres binds it
             cluster.port = _free_port()
             try:
-                cluster._run([str(cluster.bin / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.log_path),
-                              "-w", "-t", "60", "-o", " ".join([f"-p {cluster.port}", *options]), "start"],
-                             timeout=90)
+                cluster.start_server()
                 break
             except RuntimeError:
                 if "could not bind" not in cluster.log_tail():
                     raise
         else:
             raise RuntimeError("PostgreSQL could not bind a free port" + cluster.log_tail())
-        wait_for(lambda: _accepts(cluster.port), 30, "PostgreSQL to accept connections")
     except BaseException:
         cluster.stop()
         raise
