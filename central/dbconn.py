@@ -134,7 +134,9 @@ def dialect_of(conn: WriteConn) -> str:
 
 
 class WriterConn(WriteConn, Protocol):
-    """The writer's own view: the transaction verbs and how to tell a storage failure."""
+    """The writer's own view: a transaction's start and end, and how to tell a storage failure.
+    (Savepoints are statements, `SAVEPOINT x` / `ROLLBACK TO x` / `RELEASE x`: the same text on
+    both engines.)"""
 
     @property
     def dialect(self) -> str: ...
@@ -149,12 +151,6 @@ class WriterConn(WriteConn, Protocol):
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
-
-    def savepoint(self, name: str) -> None: ...
-
-    def rollback_to(self, name: str) -> None: ...
-
-    def release(self, name: str) -> None: ...
 
     def storage_failure(self, exc: BaseException) -> bool: ...
 
@@ -176,6 +172,9 @@ class SqliteWriteConn(sqlite3.Connection):
     """The writer's sqlite3 connection itself (made by `sqlite3.connect(factory=...)`): statements
     go straight to sqlite3, as before; only the transaction verbs are methods."""
 
+    # No instance __dict__: every `conn.execute` of every write then finds the method as fast as
+    # on sqlite3.Connection itself.
+    __slots__ = ()
     dialect = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
@@ -188,15 +187,6 @@ class SqliteWriteConn(sqlite3.Connection):
     def rollback(self) -> None:
         if self.in_transaction:
             self.execute("ROLLBACK")
-
-    def savepoint(self, name: str) -> None:
-        self.execute("SAVEPOINT " + name)
-
-    def rollback_to(self, name: str) -> None:
-        self.execute("ROLLBACK TO " + name)
-
-    def release(self, name: str) -> None:
-        self.execute("RELEASE " + name)
 
     def storage_failure(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
@@ -312,15 +302,6 @@ class PgWriteConn:
     def rollback(self) -> None:
         if self.in_transaction:
             self._verb("ROLLBACK")
-
-    def savepoint(self, name: str) -> None:
-        self._verb("SAVEPOINT " + name)
-
-    def rollback_to(self, name: str) -> None:
-        self._verb("ROLLBACK TO SAVEPOINT " + name)
-
-    def release(self, name: str) -> None:
-        self._verb("RELEASE SAVEPOINT " + name)
 
     def storage_failure(self, exc: BaseException) -> bool:
         return unavailable(exc)

@@ -295,10 +295,12 @@ class Writer:
         assert conn is not None
         results: list[tuple[bool, Any]] = []
         failures: tuple[type[BaseException], ...] = (*conn.errors, DatabaseUnavailable)
+        # Per write, the savepoint verbs run as statements: the same text on both engines, and on
+        # SQLite straight into sqlite3 (the writer's hot path costs what it did).
         try:
             conn.begin()
             for fn in fns:
-                conn.savepoint("op")
+                conn.execute("SAVEPOINT op")
                 try:
                     value = fn(conn)
                 except Exception as exc:  # one bad write must not sink the others
@@ -306,14 +308,14 @@ class Writer:
                         # The engine rolled the whole transaction back (e.g. disk full, connection
                         # lost): the batch is lost.
                         raise StorageError(f"database write failed: {exc}") from exc
-                    conn.rollback_to("op")
-                    conn.release("op")
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
                     if conn.storage_failure(exc):
                         log.error("database write failed: %s", exc)
                         exc = StorageError(f"database write failed: {exc}")
                     results.append((False, exc))
                 else:
-                    conn.release("op")
+                    conn.execute("RELEASE op")
                     results.append((True, value))
             self.fts.before_commit(conn)
             conn.commit()
@@ -352,17 +354,17 @@ def _insert_log_batches(batches: list[_LogBatch]) -> Callable[[WriterConn], Any]
         except Exception as exc:
             if not conn.in_transaction or conn.storage_failure(exc):
                 raise
-            conn.rollback_to("op")
+            conn.execute("ROLLBACK TO op")
             for batch in batches:
-                conn.savepoint("one")
+                conn.execute("SAVEPOINT one")
                 try:
                     insert_log_rows(conn, batch.rows)
                 except Exception as one_exc:
                     if not conn.in_transaction or conn.storage_failure(one_exc):
                         raise
-                    conn.rollback_to("one")
+                    conn.execute("ROLLBACK TO one")
                     batch.error = one_exc
-                conn.release("one")
+                conn.execute("RELEASE one")
 
     return run
 
