@@ -41,6 +41,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -88,12 +89,37 @@ def wait_port(port: int, deadline_s: float) -> None:
             time.sleep(0.05)
 
 
-class Postgres:
-    """A throw-away cluster in `home`, as an unprivileged user when we are root (initdb refuses root)."""
+def process_cpu(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of a process (with `reaped`, plus its waited-for children's); 0 if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    ticks = sum(int(f) for f in fields[11:15 if reaped else 13])  # utime stime [cutime cstime]
+    return ticks / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.data = home / "data"
+
+def children_of(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent:
+                out.append(int(entry.name))
+    return out
+
+
+class Postgres:
+    """A throw-away cluster in a temp dir of its own (the work dir's parents may be closed to the
+    cluster's user), as an unprivileged user when we are root (initdb refuses root)."""
+
+    def __init__(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="dvic-bench-pg-"))
+        self.data = self.home / "data"
         self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else ""
 
@@ -108,11 +134,9 @@ class Postgres:
         subprocess.run(argv, check=True, capture_output=True, timeout=120)
 
     def init(self) -> None:
-        self.home.mkdir()
         if self.user:
             pw = pwd.getpwnam(self.user)
             os.chown(self.home, pw.pw_uid, pw.pw_gid)
-            os.chmod(self.home.parent, 0o711)  # let the user reach its directory, not read ours
         self._run("initdb", "-D", str(self.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync")
 
     def start(self) -> None:
@@ -122,9 +146,20 @@ class Postgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def remove(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def cpu_seconds(self) -> float:
+        """CPU used so far by the postmaster, its live backends and those it has reaped."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        total = process_cpu(postmaster, reaped=True)
+        for pid in children_of(postmaster):
+            total += process_cpu(pid)
+        return total
+
     def version(self) -> str:
         out = subprocess.run([str(PG_BIN / "postgres"), "--version"], capture_output=True, text=True)
-        return out.stdout.strip().rsplit(" ", 1)[-1]
+        return out.stdout.split()[2]  # postgres (PostgreSQL) 15.18 (Debian ...)
 
 
 class Nats:
@@ -162,6 +197,10 @@ class Nats:
                 self.proc.kill()
                 self.proc.wait(10)
             self.proc = None
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return process_cpu(self.proc.pid)
 
     def varz(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor}/varz", timeout=5) as resp:
@@ -603,11 +642,14 @@ def child(role: str, bus: str, url: str, scenario: str, p: dict[str, Any], ready
             assert ready is not None
             return await stuck_listener(url, p, ready.set)
         client = await connect(bus, url, reconnect=p.get("reconnect", False))
+        start = time.process_time()
         try:
             if role == "send":
-                return await SENDERS[scenario](client, p)
-            assert ready is not None
-            return await RECEIVERS[scenario](client, p, ready.set)
+                result = await SENDERS[scenario](client, p)
+            else:
+                assert ready is not None
+                result = await RECEIVERS[scenario](client, p, ready.set)
+            return {**result, "cpu_s": time.process_time() - start}
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -683,14 +725,20 @@ def rounds_of(args: argparse.Namespace) -> Iterator[tuple[int, tuple[str, ...]]]
         yield r, BUSES if r % 2 == 0 else BUSES[::-1]
 
 
-def measure_logs(args: argparse.Namespace, urls: dict[str, str], tally: Tally) -> None:
+def measure_logs(args: argparse.Namespace, servers: dict[str, Any], urls: dict[str, str], tally: Tally) -> None:
     for rate in [*args.rates, 0]:
         label = f"{rate:,} lines/s" if rate else "unthrottled"
         for _, order in rounds_of(args):
             for bus in order:
                 load = os.getloadavg()[0]
+                cpu_before = servers[bus].cpu_seconds()
                 got = Pair(bus, urls[bus], "logs", {"rate": rate, "seconds": args.seconds}).run()
                 sent, recv = got["send"], got["receive"]
+                # CPU shares over the sender's run (% of one core): the bus server's, A's and B's
+                share = 100 / sent["elapsed"]
+                tally.add(f"logs {label}: server CPU", bus, (servers[bus].cpu_seconds() - cpu_before) * share, load)
+                tally.add(f"logs {label}: replica A CPU", bus, sent["cpu_s"] * share, load)
+                tally.add(f"logs {label}: replica B CPU", bus, recv["cpu_s"] * share, load)
                 tally.add(f"logs {label}: delivered", bus, recv["rate"], load)
                 tally.add(f"logs {label}: lost", bus, sent["sent"] - recv["lines"], load)
                 tally.add(f"logs {label}: messages/s", bus, sent["messages"] / sent["elapsed"], load)
@@ -869,12 +917,17 @@ def put(report: Report, tally: Tally, name: str, unit: str, *, lower_is_better: 
 
 def measure(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Between replicas: PostgreSQL LISTEN/NOTIFY vs NATS")
-    pg, nats = Postgres(work / "pg"), Nats(work / "nats")
-    pg.init()
-    nats.init()
+    pg, nats = Postgres(), Nats(work / "nats")
+    report.params["postgres dir"] = str(pg.home)
+    try:
+        pg.init()
+        nats.init()
+        pg.start()
+    except BaseException:
+        pg.remove()
+        raise
     servers: dict[str, Any] = {"postgres": pg, "nats": nats}
     urls = {"postgres": pg.url, "nats": nats.url}
-    pg.start()
     try:
         nats.start()
         try:
@@ -882,7 +935,7 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
                                  nats_server=nats.version())
             asyncio.run(create_table(pg.url))
             tally = Tally()
-            measure_logs(args, urls, tally)
+            measure_logs(args, servers, urls, tally)
             measure_rpc_shell_presence(args, urls, tally)
             measure_writes(args, urls, tally)
             for rate in [*args.rates, 0]:
@@ -893,6 +946,8 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
                     put(report, tally, f"logs {label}: p50", "ms", lower_is_better=True)
                     put(report, tally, f"logs {label}: p99", "ms", lower_is_better=True)
                 put(report, tally, f"logs {label}: lost", "lines", lower_is_better=None)
+                for who in ("server", "replica A", "replica B"):
+                    put(report, tally, f"logs {label}: {who} CPU", "% of a core", lower_is_better=True)
             put(report, tally, "rpc: p50", "ms", lower_is_better=True)
             put(report, tally, "rpc: p99", "ms", lower_is_better=True)
             for label in ("1 MiB/s", "unthrottled"):
@@ -918,6 +973,7 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             pg.stop()
+        pg.remove()
     return report
 
 
