@@ -265,7 +265,7 @@ class PgClient(Client):
             try:
                 await self.open()
                 return
-            except (OSError, Exception):  # the server still starting: CannotConnectNow, refused
+            except Exception:  # the server still starting (CannotConnectNow) or not listening yet
                 await asyncio.sleep(0.25)
 
     async def publish(self, channel: str, payloads: list[str] | list[bytes]) -> None:
@@ -802,8 +802,8 @@ def measure_stuck(args: argparse.Namespace, servers: dict[str, Any], urls: dict[
     before = pg_queue_usage(urls["postgres"])
     got = Pair("postgres", urls["postgres"], "logs", {"rate": rate, "seconds": seconds},
                extra=[("stuck", {"hold_s": seconds + 5})]).run()
-    after = got["stuck"]["usage"]
-    per_s = (after - before) / (seconds + 5)
+    after = got["stuck"]["usage"]  # read before the stuck session let go, after the sender ended
+    per_s = (after - before) / got["send"]["elapsed"]
     full_h = (1 - after) / per_s / 3600 if per_s > 0 else float("inf")
     report.add(f"postgres stuck listener: queue usage after {seconds:.0f} s at {rate:,} lines/s",
                after * 100, f"% of the queue (load {load:.2f}); full in {full_h:.1f} h at that rate, "
@@ -938,31 +938,7 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
             measure_logs(args, servers, urls, tally)
             measure_rpc_shell_presence(args, urls, tally)
             measure_writes(args, urls, tally)
-            for rate in [*args.rates, 0]:
-                label = f"{rate:,} lines/s" if rate else "unthrottled"
-                put(report, tally, f"logs {label}: delivered", "lines/s", lower_is_better=False)
-                put(report, tally, f"logs {label}: messages/s", "sent/s", lower_is_better=None)
-                if rate:  # unthrottled, the publisher outruns the receiver: its latency is a queue's
-                    put(report, tally, f"logs {label}: p50", "ms", lower_is_better=True)
-                    put(report, tally, f"logs {label}: p99", "ms", lower_is_better=True)
-                put(report, tally, f"logs {label}: lost", "lines", lower_is_better=None)
-                for who in ("server", "replica A", "replica B"):
-                    put(report, tally, f"logs {label}: {who} CPU", "% of a core", lower_is_better=True)
-            put(report, tally, "rpc: p50", "ms", lower_is_better=True)
-            put(report, tally, "rpc: p99", "ms", lower_is_better=True)
-            for label in ("1 MiB/s", "unthrottled"):
-                put(report, tally, f"shell {label}: MiB/s", "MiB/s", lower_is_better=False)
-                if label != "unthrottled":
-                    put(report, tally, f"shell {label}: p50", "ms", lower_is_better=True)
-                    put(report, tally, f"shell {label}: p99", "ms", lower_is_better=True)
-            put(report, tally, "presence burst: all received after", "ms", lower_is_better=True)
-            put(report, tally, "presence burst: p99", "ms", lower_is_better=True)
-            put(report, tally, "presence burst: lost", "changes", lower_is_better=None)
-            for case in ("alone", "notify in each", "beside NOTIFY load"):
-                put(report, tally, f"writes {case}", "commits/s", lower_is_better=None)
-            alone = tally.median("writes alone", "postgres")
-            for case in ("notify in each", "beside NOTIFY load"):
-                report.add(f"writes {case} / alone", tally.median(f"writes {case}", "postgres") / alone, "x")
+            report_tally(args, report, tally)
             report.add("NOTIFY payload limit", pg_payload_limit(pg.url))
             if args.stuck_seconds:
                 measure_stuck(args, servers, urls, report)
@@ -975,6 +951,35 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
             pg.stop()
         pg.remove()
     return report
+
+
+def report_tally(args: argparse.Namespace, report: Report, tally: Tally) -> None:
+    """The interleaved measures' medians, per bus, with NATS's ratio where both ran."""
+    for rate in [*args.rates, 0]:
+        label = f"{rate:,} lines/s" if rate else "unthrottled"
+        put(report, tally, f"logs {label}: delivered", "lines/s", lower_is_better=False)
+        put(report, tally, f"logs {label}: messages/s", "sent/s", lower_is_better=None)
+        if rate:  # unthrottled, the publisher outruns the receiver: its latency is a queue's
+            put(report, tally, f"logs {label}: p50", "ms", lower_is_better=True)
+            put(report, tally, f"logs {label}: p99", "ms", lower_is_better=True)
+        put(report, tally, f"logs {label}: lost", "lines", lower_is_better=None)
+        for who in ("server", "replica A", "replica B"):
+            put(report, tally, f"logs {label}: {who} CPU", "% of a core", lower_is_better=True)
+    put(report, tally, "rpc: p50", "ms", lower_is_better=True)
+    put(report, tally, "rpc: p99", "ms", lower_is_better=True)
+    for label in ("1 MiB/s", "unthrottled"):
+        put(report, tally, f"shell {label}: MiB/s", "MiB/s", lower_is_better=False)
+        if label != "unthrottled":
+            put(report, tally, f"shell {label}: p50", "ms", lower_is_better=True)
+            put(report, tally, f"shell {label}: p99", "ms", lower_is_better=True)
+    put(report, tally, "presence burst: all received after", "ms", lower_is_better=True)
+    put(report, tally, "presence burst: p99", "ms", lower_is_better=True)
+    put(report, tally, "presence burst: lost", "changes", lower_is_better=None)
+    for case in ("alone", "notify in each", "beside NOTIFY load"):
+        put(report, tally, f"writes {case}", "commits/s", lower_is_better=None)
+    alone = tally.median("writes alone", "postgres")
+    for case in ("notify in each", "beside NOTIFY load"):
+        report.add(f"writes {case} / alone", tally.median(f"writes {case}", "postgres") / alone, "x")
 
 
 async def create_table(url: str) -> None:
