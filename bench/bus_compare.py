@@ -61,7 +61,7 @@ BUSES = ("postgres", "nats")
 NODES = 2000
 TICK_S = 0.02  # the stream gathers lines for 20 ms (central/stream.py)
 PG_CHUNK = 7900  # NOTIFY refuses payloads of 8,000 bytes or more
-NATS_CHUNK = 1_000_000  # nats-server's default max_payload (1 MiB)
+NATS_CHUNK = 1_000_000  # under nats-server's default max_payload (1 MiB)
 WARMUP_S = 0.5
 SHELL_FRAME = 4096
 PRESENCE_GROUP = 100
@@ -949,7 +949,10 @@ def measure(args: argparse.Namespace, work: Path) -> Report:
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             pg.stop()
-        pg.remove()
+        if args.keep:
+            print(f"PostgreSQL cluster kept: {pg.home}")
+        else:
+            pg.remove()
     return report
 
 
