@@ -141,6 +141,9 @@ class DeploymentHub:
         self.status: dict[tuple[str, str], dict[str, Any]] = {}  # (node id, demo) -> demo_status
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._pushes: dict[str, str] = {}  # push id -> node id (an old daemon answers `unsupported`)
+        # deployment id -> why some nodes of its scope are not in it (a more specific assignment
+        # decides for them), said again in its final message
+        self._held: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     # -- loading -------------------------------------------------------------------------------
@@ -449,6 +452,10 @@ class DeploymentHub:
         self.deployments[dep.id] = dep
         # the nodes this deployment now governs (a more specific assignment keeps the others)
         governed = [n for n in nodes if self._winning(n, demo) is self.assignments[key]]
+        held = [n for n in nodes if n not in governed]
+        if held:
+            self._held[dep.id] = self._held_note(held)
+            dep.message = self._held[dep.id]
         self._plan(dep, governed, before, release)
         superseded = [self.deployments[a.deployment_id] for a in (old, *removed.values())
                       if a is not None and a.deployment_id in self.deployments]
@@ -522,6 +529,7 @@ class DeploymentHub:
                 for row in dep.nodes.values():
                     self._cancel_timer(row)
                 del self.deployments[dep_id]
+        self._held = {k: v for k, v in self._held.items() if k in self.deployments}
 
     # -- pushing and advancing ---------------------------------------------------------------------
     async def push(self, node: NodeState) -> None:
@@ -570,9 +578,7 @@ class DeploymentHub:
             if dep.released < dep.last_batch:
                 await self._release_next(dep)
                 continue
-            offline = sum(1 for r in dep.nodes.values() if r.state == "offline")
-            await self._end(dep, "done", f"{offline} node(s) offline: they converge when they come back"
-                            if offline else "")
+            await self._end(dep, "done", self._done_message(dep))
 
     async def _late_result(self, dep: Deployment) -> None:
         if any(r.state in IN_PROGRESS for r in dep.nodes.values()):
@@ -581,12 +587,26 @@ class DeploymentHub:
         if bad:
             await self._fail(dep, bad)
             return
-        offline = sum(1 for r in dep.nodes.values() if r.state == "offline")
-        message = f"{offline} node(s) offline: they converge when they come back" if offline else ""
+        message = self._done_message(dep)
         if message != dep.message:
             dep.message, dep.updated_at = message, time.time()
             self.submit_later(store.save_deployment(dep.row()))
             self._publish(dep)
+
+    def _done_message(self, dep: Deployment) -> str:
+        offline = sum(1 for r in dep.nodes.values() if r.state == "offline")
+        parts = [f"{offline} node(s) offline: they converge when they come back"] if offline else []
+        if dep.id in self._held:
+            parts.append(self._held[dep.id])
+        return "; ".join(parts)
+
+    def _held_note(self, held: list[NodeState]) -> str:
+        """Why a group or fleet deployment leaves these nodes as they are: a node-level assignment (a
+        `--node` deploy, or a booking's) decides for them, whatever the group gets."""
+        names = sorted(n.name for n in held)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return (f"{len(held)} node(s) left as they are: a node-level deployment or a booking decides for them"
+                f" ({shown})")
 
     async def _release_next(self, dep: Deployment) -> None:
         dep.released += 1

@@ -81,6 +81,8 @@ def test_the_most_specific_target_wins_and_offline_nodes_wait(server: CentralSer
     # a group deployment does not take over a node with its own assignment
     got, again = post(server, "", {"demo": "arm", "version": "1.0.0", "group": "hall-a"})
     assert [n["node_name"] for n in again["nodes"]] == ["a-1"]
+    assert again["message"] == ("1 node(s) offline: they converge when they come back; 1 node(s) left as they are:"
+                                " a node-level deployment or a booking decides for them (a-2)")
     assert desired(server) == {"a-1": "1.0.0", "a-2": "2.0.0", "b-1": "1.0.0"}
 
     # rollback: hall-a goes back to what it ran before (1.1.0); a-2 to the group's version before it
