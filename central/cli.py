@@ -220,6 +220,8 @@ def cmd_node_add(args: argparse.Namespace) -> int:
                                                  args.group))
         except ApiError as exc:
             raise SystemExit(f"error: {exc.message}") from None
+        except DatabaseUnavailable as exc:
+            raise SystemExit(f"dvic-central: {exc}") from None
     out = Path(args.out)
     write_private(out, (json.dumps(bundle, indent=2) + "\n").encode())
     print(f"enrolled {bundle['name']} ({bundle['node_id']}); bundle written to {out} (mode 0600, keep it secret)")
@@ -271,6 +273,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _database(value: str) -> str:
+    if not value:
+        return value  # the SQLite file in the data dir
     try:
         target(value)
     except ValueError as exc:

@@ -5,7 +5,6 @@ the access log, and an operator undoing its own enrollment (docs/security.md).""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,9 +74,7 @@ def test_approval_needs_the_code_the_requester_was_shown(open_server: CentralSer
     assert server.api("GET", "/api/v1/nodes", token=token)[0] == 200
     assert "needs_code" not in operator_row(server, "alice")  # type: ignore[operator]
     # The code is stored hashed and forgotten once used.
-    db = sqlite3.connect(server.data_dir / "dvic.sqlite3")
-    assert db.execute("SELECT count(*) FROM registrations").fetchone() == (0,)
-    db.close()
+    assert server.query("SELECT count(*) FROM registrations") == [(0,)]
 
 
 async def test_registration_is_rate_limited_per_address_and_in_total(open_server: CentralServer):
@@ -203,7 +200,10 @@ def test_refused_calls_leave_audit_rows_and_log_lines(central_server: CentralSer
     wait_for(lambda: "refused a request from 127.0.0.1" in server.log(), what="the 401 logged")
     server.stop()
     assert guess not in server.log()
-    raw = (server.data_dir / "dvic.sqlite3").read_bytes() + _wal(server)
+    if server.database:  # PostgreSQL: every table the refusal could have written to
+        raw = repr([server.query(f"SELECT * FROM {table}") for table in ("audit", "tokens", "events")]).encode()
+    else:
+        raw = (server.data_dir / "dvic.sqlite3").read_bytes() + _wal(server)
     assert guess.encode() not in raw and _sha256(guess).encode() not in raw
 
 

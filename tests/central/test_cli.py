@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import postgres
 from tests.support.server import REPO, CentralServer
 
 
@@ -24,8 +25,9 @@ def test_first_start_creates_a_private_data_dir(central_server: CentralServer):
     for name in ("admin.token", "ca.key", "server.key"):
         assert (data / name).stat().st_mode & 0o777 == 0o600, name
     assert (data / "ca.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
-    conn = sqlite3.connect(data / "dvic.sqlite3")
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if not central_server.database:
+        conn = sqlite3.connect(data / "dvic.sqlite3")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert "admin.token" in central_server.log() and central_server.admin_token not in central_server.log()
 
 
@@ -40,7 +42,8 @@ def test_node_add_through_the_running_server_writes_a_private_bundle(central_ser
     assert bundle["ws_url"] == central_server.url.replace("https://", "wss://") + "/api/v1/node/ws"
     assert central_server.node("pi-cli")["kind"] == "raspberry"
     # The server keeps the certificate but never the private key or the clear token.
-    dump = "\n".join(sqlite3.connect(central_server.data_dir / "dvic.sqlite3").iterdump())
+    dump = (repr(central_server.query("SELECT * FROM nodes")).replace("\\n", "\n") if central_server.database
+            else "\n".join(sqlite3.connect(central_server.data_dir / "dvic.sqlite3").iterdump()))
     assert "PRIVATE KEY" not in dump and bundle["token"] not in dump
     assert bundle["cert_pem"].strip() in dump
     result = run_cli("--data-dir", str(central_server.data_dir), "node", "add", "pi-cli", "--out",
@@ -53,14 +56,16 @@ def test_node_add_through_the_running_server_writes_a_private_bundle(central_ser
 
 def test_node_add_with_the_server_stopped(tmp_path: Path):
     data = tmp_path / "central"
+    database = postgres.shared_cluster().fresh_database() if postgres.wanted() else None
+    on = ("--database", database) if database else ()
     result = run_cli("--data-dir", str(data), "node", "add", "pi-off", "--out", str(tmp_path / "b.json"))
     assert result.returncode != 0 and "--server-url" in result.stderr
     result = run_cli("--data-dir", str(data), "node", "add", "pi-off", "--server-url", "https://10.1.2.3:8443",
-                     "--out", str(tmp_path / "b.json"))
+                     "--out", str(tmp_path / "b.json"), *on)
     assert result.returncode == 0, result.stderr
     bundle = json.loads((tmp_path / "b.json").read_text())
     assert bundle["keepalive_url"] == "https://10.1.2.3:8443/api/v1/keepalive"
-    server = CentralServer(data).start()
+    server = CentralServer(data, database=database).start()
     try:
         assert server.node("pi-off")["state"] == "new"
     finally:

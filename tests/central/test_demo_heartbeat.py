@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from tests.support.nodes import greeted
@@ -26,8 +25,7 @@ def shown(server: CentralServer) -> dict:
 
 
 def table_row(server: CentralServer) -> tuple:
-    with sqlite3.connect(f"file:{server.data_dir / 'dvic.sqlite3'}?mode=ro", uri=True) as db:
-        return db.execute("SELECT state, updated_at FROM demos WHERE token = ?", (TOKEN,)).fetchone()
+    return server.query("SELECT state, updated_at FROM demos WHERE token = ?", (TOKEN,))[0]
 
 
 async def test_last_heartbeat_is_shown_kept_and_costs_no_table_write(central_server: CentralServer) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from central.db import DB_FILE
 from central.messages import MAX_METRIC_ABS
+from tests.support import postgres
 from tests.support.fake_node import FakeNode
 from tests.support.nodes import greeted
 from tests.support.server import CentralServer
@@ -66,12 +67,10 @@ def cursor(text: str) -> str:
 
 def stored_extremes(server: CentralServer, node_id: str) -> tuple[float, float]:
     """A node's largest magnitude in raw samples and minute aggregates, read from the database."""
-    with sqlite3.connect(f"file:{server.data_dir / DB_FILE}?mode=ro", uri=True) as db:
-        raw = db.execute("SELECT coalesce(max(abs(value)), 0) FROM metrics_raw WHERE node_id = ?",
-                         (node_id,)).fetchone()[0]
-        agg = db.execute("SELECT coalesce(max(max(abs(min), abs(avg), abs(max))), 0) FROM metrics_1m"
-                         " WHERE node_id = ?", (node_id,)).fetchone()[0]
-    return raw, agg
+    [(raw,)] = server.query("SELECT coalesce(max(abs(value)), 0) FROM metrics_raw WHERE node_id = ?", (node_id,))
+    [extremes] = server.query("SELECT coalesce(max(abs(min)), 0), coalesce(max(abs(avg)), 0), coalesce(max(abs(max)), 0)"
+                              " FROM metrics_1m WHERE node_id = ?", (node_id,))
+    return raw, max(extremes)
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +262,7 @@ async def test_samples_at_the_bound_are_kept_and_average_finitely(server: Centra
         assert series["cpu"][0][1:] == [MAX_METRIC_ABS] * 3 and series["net_tx"][0][1:] == [-MAX_METRIC_ABS] * 3
 
 
+@pytest.mark.skipif(postgres.wanted(), reason="only an SQLite database can be older than the bound")
 def test_out_of_range_rows_of_an_older_database_are_left_out(tmp_path: Path) -> None:
     """A database written before the bound may hold 1e308 samples: the API still answers finite JSON."""
     srv = CentralServer(tmp_path / "central").start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -35,11 +34,7 @@ SERIES = 10
 
 
 def count(server: CentralServer, sql: str, *params: Any) -> int:
-    db = sqlite3.connect(f"file:{server.data_dir / 'dvic.sqlite3'}?mode=ro", uri=True)
-    try:
-        return int(db.execute(sql, params).fetchone()[0])
-    finally:
-        db.close()
+    return int(server.query(sql, params)[0][0])
 
 
 def metric_rows(server: CentralServer, node_id: str) -> int:

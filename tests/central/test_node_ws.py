@@ -10,6 +10,7 @@ import time
 import aiohttp
 import pytest
 
+from tests.support import postgres
 from tests.support.fake_node import FakeNode
 from tests.support.nodes import greeted
 from tests.support.server import CentralServer
@@ -187,6 +188,7 @@ async def test_many_batches_in_flight_are_all_acked_in_order(shared_server: Cent
     assert body["lines"][0]["seq"] == 2000
 
 
+@pytest.mark.skipif(postgres.wanted(), reason="fills SQLite's files; PostgreSQL going away: test_pg_outage.py")
 async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_is_stored_once(
         central_server: CentralServer):
     bundle = central_server.enroll("pi-full")
@@ -215,6 +217,7 @@ async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_i
     assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 302))
 
 
+@pytest.mark.skipif(postgres.wanted(), reason="fails a store by filling SQLite's files")
 async def test_live_subscribers_see_each_line_once_across_replays_and_a_failed_store(
         central_server: CentralServer):
     # Lines go to subscribers when received, before their commit: a replayed batch, and a batch

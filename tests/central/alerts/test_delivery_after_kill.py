@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.support import postgres
 from tests.support.receivers import HttpReceiver
 from tests.support.server import REPO, CentralServer
 from tests.support.wait import wait_for
@@ -21,6 +24,7 @@ def attempts(data_dir: Path) -> int:
     return int(row[0] or 0)
 
 
+@pytest.mark.skipif(postgres.wanted(), reason="the harness queues into the data dir's SQLite file")
 def test_pending_notifications_survive_kill_9_and_go_out_after_start(tmp_path: Path,
                                                                       receiver: HttpReceiver) -> None:
     data_dir = tmp_path / "central"
