@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ..dbconn import mask_url
+from . import queries
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,8 @@ class Leadership:
                     if self.running[name].done():
                         self._job_ended(name)
                     continue
-                got = await asyncio.wait_for(
-                    conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_id(name)),
-                    self.check_timeout)
+                got = await asyncio.wait_for(queries.try_advisory_lock(conn, LOCK_CLASS, lock_id(name)),
+                                             self.check_timeout)
                 if got:
                     log.info("leader %s: runs %s", self.replica, name)
                     self.gained += 1
@@ -124,7 +124,7 @@ class Leadership:
                 # The fence: proving the session every check_timeout (or sooner) bounds how long a
                 # replica cut off from the database keeps running jobs another may have taken.
                 await asyncio.sleep(min(left, self.check_timeout / 2))
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), self.check_timeout)
+                await asyncio.wait_for(queries.ping(conn), self.check_timeout)
 
     def _job_ended(self, name: str) -> None:
         """A job's loop returned or raised: it is started again at the next try (it keeps the lock)."""
@@ -144,11 +144,9 @@ async def holders(conn: Any, jobs: Iterable[str]) -> dict[str, str]:
     """Which replica runs each of `jobs` now ({job: replica}), from pg_locks: for diagnostics and
     the tests. (pg_locks shows the lock's keys as oids: unsigned.)"""
     by_objid = {lock_id(job) & 0xFFFF_FFFF: job for job in jobs}
-    rows = await conn.fetch(
-        "SELECT l.objid::bigint AS objid, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.classid::bigint = $1 AND l.granted", LOCK_CLASS)
-    return {by_objid[row["objid"]]: row["application_name"].removeprefix(APPLICATION + " ")
-            for row in rows if row["objid"] in by_objid}
+    held = await queries.advisory_holders(conn, LOCK_CLASS)
+    return {by_objid[objid]: application.removeprefix(APPLICATION + " ")
+            for objid, application in held.items() if objid in by_objid}
 
 
 class Solo:

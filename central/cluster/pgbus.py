@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dbconn import mask_url
+from . import queries
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class PgBus:
             try:
                 conn = await self._publisher()
                 # One statement: the parts of a message are delivered together, in order.
-                await conn.execute("SELECT pg_notify($1, part) FROM unnest($2::text[]) AS part", channel, payloads)
+                await queries.notify_all(conn, channel, payloads)
             except Exception as exc:  # refused, reset, timed out: the next publish connects again
                 await self._drop_publisher()
                 raise BusError(f"the bus ({mask_url(self.url)}) could not send on {channel}: {exc}") from exc
