@@ -27,7 +27,8 @@ from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
 from .config import Config, ConnectionLimits, DemoLimits, Notify, is_loopback
-from .dbconn import DatabaseUnavailable, target
+from .db import DB_FILE
+from .dbconn import DatabaseUnavailable, Target, target
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import LISTEN_FILE, admin_call, call_running, running_server
@@ -272,6 +273,34 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .transfer import run
+
+    source = args.source or Path(args.data_dir).expanduser() / DB_FILE
+    return run(source, args.destination)
+
+
+def _sqlite_source(value: str) -> Path:
+    found = _typed_target(value)
+    if found.path is None:
+        raise argparse.ArgumentTypeError(f"give the SQLite database as sqlite:PATH, not {found.masked}")
+    return found.path
+
+
+def _postgresql_target(value: str) -> str:
+    found = _typed_target(value)
+    if found.dialect != "postgresql":
+        raise argparse.ArgumentTypeError("give the target as postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+    return found.url
+
+
+def _typed_target(value: str) -> Target:
+    try:
+        return target(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _database(value: str) -> str:
     if not value:
         return value  # the SQLite file in the data dir
@@ -416,6 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = node.add_parser("list", help="list nodes")
     p.set_defaults(func=cmd_node_list)
 
+    p = sub.add_parser("migrate", help="move this installation's SQLite database to PostgreSQL",
+                       description="Copy every table of an SQLite database into an empty PostgreSQL database, in"
+                                   " one transaction (docs/operations.md, Outgrowing one server).")
+    p.add_argument("--from", dest="source", metavar="sqlite:PATH", type=_sqlite_source,
+                   help="the SQLite database (default: dvic.sqlite3 in the data dir)")
+    p.add_argument("--to", dest="destination", metavar="postgresql://...", type=_postgresql_target, required=True,
+                   help="the PostgreSQL database, empty (made with the server's schema if it has none)")
+    p.set_defaults(func=cmd_migrate)
+
     p = sub.add_parser("up", help="quick start: server + this machine's daemon + console")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT")
     p.add_argument("--no-console", action="store_true", help="keep running without opening the console")
@@ -426,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"serve", "node", "up", "-h", "--help", "--version"}
+    known = {"serve", "node", "migrate", "up", "-h", "--help", "--version"}
     # `dvic-central --data-dir D --listen H:P` (no sub-command) means serve.
     if not any(a in known for a in argv):
         argv = [*_globals(argv), "serve", *_rest(argv)]
