@@ -9,7 +9,6 @@ what to change. The alerts engine calls `quiet(group, severity)` (docs/calendar.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from .. import store as central_store
 from ..actions import ActionHub
 from ..commands import CommandHub
 from ..registry import NodeState, Registry
+from ..tasks import cancel_and_wait
 from ..writer import Writer
 from . import store
 from .bookings import MAX_NOTE, Bookings
@@ -113,10 +113,7 @@ class Calendar:
         self.booking_deploys.wake()
 
     async def close(self) -> None:
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._trimmer
+        await cancel_and_wait(self._trimmer)
         await self.booking_deploys.close()
         await self.scheduler.close()
         await self.runner.close()
