@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tui import fmt
 from tui.api import calls
-from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
+from tui.cmds.common import SettingsFn, UsageError, client, emit, emit_json, say, show_list
 from tui.cmds.parsing import command, positive
 from tui.textsafe import clean
 
@@ -150,26 +150,22 @@ def _assignments(items: list[Json]) -> str:
 
 
 async def releases(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.demo_releases(args.name)
-    if args.json:
-        emit_json({"releases": rows})
-        return 0
+    return await show_list(args, settings, "releases", lambda api: api.demo_releases(args.name), _releases_table)
+
+
+def _releases_table(rows: list[Json]) -> str:
     table = [[r.get("version"), fmt.size(r.get("size")), str(r.get("sha256", ""))[:12], fmt.stamp(r.get("published_at")),
               r.get("published_by"), "yes" if r.get("referenced") else "-"] for r in rows]
-    say(fmt.table(["VERSION", "SIZE", "SHA256", "PUBLISHED", "BY", "IN USE"], table, right=(1,)))
-    return 0
+    return fmt.table(["VERSION", "SIZE", "SHA256", "PUBLISHED", "BY", "IN USE"], table, right=(1,))
 
 
 async def status(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.demo_status(args.name)
-    if args.json:
-        emit_json({"status": rows})
-        return 0
-    say(fmt.table(["DEMO", "NODE", "VERSION", "STATE", "RESTARTS", "UPTIME", "HEARTBEAT", "INSTALL", "MESSAGE"],
-                  [_status_line(r) for r in rows], right=(4,)))
-    return 0
+    return await show_list(args, settings, "status", lambda api: api.demo_status(args.name), _status_table)
+
+
+def _status_table(rows: list[Json]) -> str:
+    return fmt.table(["DEMO", "NODE", "VERSION", "STATE", "RESTARTS", "UPTIME", "HEARTBEAT", "INSTALL", "MESSAGE"],
+                     [_status_line(r) for r in rows], right=(4,))
 
 
 def _status_line(r: Json) -> list[object]:
@@ -191,25 +187,19 @@ def _status_line(r: Json) -> list[object]:
 
 
 async def list_deployments(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.deployments(args.name)
-    if args.json:
-        emit_json({"deployments": rows})
-        return 0
+    return await show_list(args, settings, "deployments", lambda api: api.deployments(args.name), _deployments_table)
+
+
+def _deployments_table(rows: list[Json]) -> str:
     table = [[d.get("id"), d.get("demo"), d.get("kind"), d.get("version") or "-", d.get("target_name"),
               d.get("state"), fmt.stamp(d.get("created_at")), d.get("operator"), d.get("message") or ""] for d in rows]
-    say(fmt.table(["ID", "DEMO", "KIND", "VERSION", "TARGET", "STATE", "CREATED", "BY", "MESSAGE"], table))
-    return 0
+    return fmt.table(["ID", "DEMO", "KIND", "VERSION", "TARGET", "STATE", "CREATED", "BY", "MESSAGE"], table)
 
 
 async def show_deployment(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         doc = await api.deployment(args.id)
-    if args.json:
-        emit_json(doc)
-    else:
-        say(_deployment_text(doc))
-    return 0
+    return emit(args, doc, "" if args.json else _deployment_text(doc))
 
 
 def _deployment_text(doc: Json) -> str:

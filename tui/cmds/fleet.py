@@ -8,7 +8,7 @@ from typing import Any
 
 from dvic_core.constants import NODE_KINDS, NODE_STATES
 from tui import fmt
-from tui.cmds.common import SettingsFn, client, emit_json, say
+from tui.cmds.common import SettingsFn, client, emit, emit_json, say
 from tui.cmds.parsing import command
 from tui.textsafe import clean
 
@@ -121,8 +121,4 @@ def describe_node(d: dict[str, Any], now: float) -> str:
 async def run_node(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         detail = await api.node(args.node)
-    if args.json:
-        emit_json(detail)
-    else:
-        say(describe_node(detail, time.time()))
-    return 0
+    return emit(args, detail, "" if args.json else describe_node(detail, time.time()))
