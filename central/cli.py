@@ -37,6 +37,7 @@ from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 SSL_READ_BUFFER = 16 * 1024
 DEFAULT_DATA_DIR = "~/.local/share/dvic-central"
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 log = logging.getLogger("dvic-central")
 
 
@@ -70,23 +71,24 @@ def _zone_name(text: str) -> str:
 
 
 def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    value = _number(text, float, "a number of seconds")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _number(text: str, kind: Callable[[str], N], expected: str) -> N:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
@@ -254,15 +256,15 @@ class Setting:
     """A `serve` option that sets one Config field (`field`), or one field of a Config part (`part.field`).
 
     The default is the field's; its parser follows from the field's type (a whole number >= 1, a
-    positive number of seconds) unless `parse` names another; "{default}" in `help` shows the default
-    as the option takes it (32M, 2G, 0.5).
+    positive number of seconds) unless `parse` names another, and the metavar from the parser;
+    "{default}" in `help` shows the default as the option takes it (32M, 2G, 0.5).
     """
 
     flag: str
     field: str
-    metavar: str
     help: str
     parse: Callable[[str], Any] | None = None
+    metavar: str = ""
 
     @property
     def dest(self) -> str:
@@ -275,69 +277,81 @@ class Setting:
         parse = self.parse or _PARSERS[_field_types(type(owner) if part else Config)[name]]
         shown = _size_text(default) if parse is _byte_size else f"{default:g}" if parse is _positive_seconds \
             else str(default)
-        p.add_argument(self.flag, type=parse, default=default, metavar=self.metavar,
+        p.add_argument(self.flag, type=parse, default=default, metavar=self.metavar or _METAVARS[parse],
                        help=self.help.format(default=shown))
 
 
 PARTS: dict[str, Callable[..., Any]] = {"notify": Notify, "demos": DemoLimits, "connections": ConnectionLimits}
-N = Notify  # the notification settings below (docs/operations.md "Notifications")
 SETTINGS = (
-    Setting("--max-client-queue", "max_client_queue", "FRAMES",
-            "live-stream frames queued for one client before it is cut off as too slow (default {default})"),
-    Setting("--register-per-address", "register_per_address", "N",
+    Setting("--max-client-queue", "max_client_queue",
+            "live-stream frames queued for one client before it is cut off as too slow (default {default})",
+            metavar="FRAMES"),
+    Setting("--register-per-address", "register_per_address",
             "with --self-register: attempts per hour from one address (default {default})"),
-    Setting("--register-total", "register_total", "N",
+    Setting("--register-total", "register_total",
             "with --self-register: new accounts per hour in total (default {default})"),
-    Setting("--max-demos", "max_demos", "N", "demos kept per node; past it an exited one makes room, a new one"
-                                             " is refused when all run (default {default})"),
-    Setting("--forget-demos-after", "forget_demos_after", "S", "seconds after its exit a demo is forgotten"
-            " (default {default}: the daemon re-announces the exits of the last 24 h)"),
-    Setting("--max-client-bytes", "max_client_bytes", "SIZE", "live-stream bytes queued for one client before it"
-            " is cut off as too slow, e.g. 64M (default {default})", parse=_byte_size),
-    Setting("--alerts-interval", "alerts_interval", "S", "seconds between alert evaluation passes over every"
-            " node; events (a node going offline, a demo crash-looping) are evaluated at once (default {default})"),
-    Setting("--alerts-reminder", "alerts_reminder", "S",
+    Setting("--max-demos", "max_demos",
+            "demos kept per node; past it an exited one makes room, a new one is refused when all run"
+            " (default {default})"),
+    Setting("--forget-demos-after", "forget_demos_after",
+            "seconds after its exit a demo is forgotten (default {default}: the daemon re-announces the exits"
+            " of the last 24 h)"),
+    Setting("--max-client-bytes", "max_client_bytes",
+            "live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
+            " (default {default})", parse=_byte_size),
+    Setting("--alerts-interval", "alerts_interval",
+            "seconds between alert evaluation passes over every node; events (a node going offline, a demo"
+            " crash-looping) are evaluated at once (default {default})"),
+    Setting("--alerts-reminder", "alerts_reminder",
             "seconds between reminders of an alert still firing unacknowledged (default {default})"),
-    Setting("--max-release-bytes", "demos.max_release_bytes", "SIZE",
+    Setting("--max-release-bytes", "demos.max_release_bytes",
             "largest demo release archive accepted, e.g. 500M (default {default})", parse=_byte_size),
-    Setting("--max-release-unpacked", "demos.max_unpacked_bytes", "SIZE", "file bytes a demo release may unpack"
-            " to, checked at publish and on nodes (default {default})", parse=_byte_size),
-    Setting("--max-release-members", "demos.max_members", "N",
+    Setting("--max-release-unpacked", "demos.max_unpacked_bytes",
+            "file bytes a demo release may unpack to, checked at publish and on nodes (default {default})",
+            parse=_byte_size),
+    Setting("--max-release-members", "demos.max_members",
             "members a demo release archive may hold (default {default})"),
-    Setting("--keep-releases", "demos.keep_releases", "N",
+    Setting("--keep-releases", "demos.keep_releases",
             "unreferenced releases kept per demo, the newest first (default {default})"),
-    Setting("--demo-install-timeout", "demos.install_timeout", "S", "seconds an install may stay in one state"
-            " without news before it is lost (default {default}; starting adds the release's start_timeout_s)"),
-    Setting("--calendar-zone", "calendar_zone", "ZONE",
+    Setting("--demo-install-timeout", "demos.install_timeout",
+            "seconds an install may stay in one state without news before it is lost (default {default};"
+            " starting adds the release's start_timeout_s)"),
+    Setting("--calendar-zone", "calendar_zone",
             "IANA time zone of a group until its hours name one (default {default})", parse=_zone_name),
-    Setting("--calendar-grace", "calendar_grace", "S", "a runbook moment missed while the server was down fires"
-            " at start-up if at most this late, else it is recorded as missed (default {default})"),
-    Setting("--calendar-tick", "calendar_tick", "S",
+    Setting("--calendar-grace", "calendar_grace",
+            "a runbook moment missed while the server was down fires at start-up if at most this late, else"
+            " it is recorded as missed (default {default})"),
+    Setting("--calendar-tick", "calendar_tick",
             "the scheduler's longest sleep: how soon a wall-clock jump is noticed (default {default})"),
-    Setting("--header-timeout", "connections.head_timeout", "S", "seconds for the TLS handshake, then for the"
-            " first request's head, before a connection is dropped (default {default})"),
-    Setting("--idle-timeout", "connections.idle_timeout", "S",
+    Setting("--header-timeout", "connections.head_timeout",
+            "seconds for the TLS handshake, then for the first request's head, before a connection is dropped"
+            " (default {default})"),
+    Setting("--idle-timeout", "connections.idle_timeout",
             "seconds a kept-alive connection may wait for its next request (default {default})"),
-    Setting("--max-connections", "connections.max_connections", "N", "open connections in all (default"
-            " {default}; the open-file limit must allow it, see docs/operations.md)"),
-    Setting("--max-connections-per-address", "connections.max_per_address", "N",
+    Setting("--max-connections", "connections.max_connections",
+            "open connections in all (default {default}; the open-file limit must allow it, see"
+            " docs/operations.md)"),
+    Setting("--max-connections-per-address", "connections.max_per_address",
             "open connections from one client address, not counting nodes (default {default})"),
-    Setting("--notify-group-window", "notify.group_window", "S",
+    # Notification delivery (docs/operations.md "Notifications").
+    Setting("--notify-group-window", "notify.group_window",
             "notices on one route starting within S seconds go out as one message (default {default})"),
-    Setting("--notify-group-quiet", "notify.group_quiet", "S",
+    Setting("--notify-group-quiet", "notify.group_quiet",
             "a group goes out once nothing joined it for S seconds (default {default})"),
-    Setting("--notify-max-lines", "notify.max_lines", "N",
+    Setting("--notify-max-lines", "notify.max_lines",
             "subjects a message lists before 'and K more' (default {default})"),
-    Setting("--notify-attempts", "notify.attempts", "N",
+    Setting("--notify-attempts", "notify.attempts",
             "tries per message before it is kept as failed (default {default})"),
-    Setting("--notify-backoff", "notify.backoff", "S", "wait before the first retry, doubled at each"
-            f" (at most {N.backoff_max:g} s; default {{default}})"),
-    Setting("--notify-timeout", "notify.timeout", "S",
+    Setting("--notify-backoff", "notify.backoff",
+            f"wait before the first retry, doubled at each (at most {Notify.backoff_max:g} s; default {{default}})"),
+    Setting("--notify-timeout", "notify.timeout",
             "seconds a receiver has to answer one attempt (default {default})"),
-    Setting("--notify-per-channel", "notify.per_channel", "N",
+    Setting("--notify-per-channel", "notify.per_channel",
             "attempts in flight at once for one channel (default {default})"),
 )
 _PARSERS: dict[str, Callable[[str], Any]] = {"int": _at_least_one, "float": _positive_seconds}
+_METAVARS: dict[Callable[[str], Any], str] = {_at_least_one: "N", _positive_seconds: "S", _byte_size: "SIZE",
+                                              _zone_name: "ZONE"}
 
 
 def _field_types(cls: type) -> dict[str, str]:
