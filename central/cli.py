@@ -272,16 +272,21 @@ class Setting:
 
     def add_to(self, p: argparse.ArgumentParser) -> None:
         part, _, name = self.field.rpartition(".")
-        owner = PARTS[part]() if part else Config
-        default = getattr(owner, name)
-        parse = self.parse or _PARSERS[_field_types(type(owner) if part else Config)[name]]
-        shown = _size_text(default) if parse is _byte_size else f"{default:g}" if parse is _positive_seconds \
-            else str(default)
+        owner = PARTS[part] if part else Config
+        default = getattr(owner, name)  # a dataclass field's default is its class attribute
+        parse = self.parse or _PARSERS[_field_types(owner)[name]]
         p.add_argument(self.flag, type=parse, default=default, metavar=self.metavar or _METAVARS[parse],
-                       help=self.help.format(default=shown))
+                       help=self.help.format(default=_shown(default, parse)))
 
 
-PARTS: dict[str, Callable[..., Any]] = {"notify": Notify, "demos": DemoLimits, "connections": ConnectionLimits}
+def _shown(default: Any, parse: Callable[[str], Any]) -> str:
+    """A default as its option takes it: 32M, 2G, 0.5, UTC."""
+    if parse is _byte_size:
+        return _size_text(default)
+    return f"{default:g}" if parse is _positive_seconds else str(default)
+
+
+PARTS: dict[str, type] = {"notify": Notify, "demos": DemoLimits, "connections": ConnectionLimits}
 SETTINGS = (
     Setting("--max-client-queue", "max_client_queue",
             "live-stream frames queued for one client before it is cut off as too slow (default {default})",
