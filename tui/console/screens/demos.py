@@ -18,7 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Input, Label, OptionList, Static
+from textual.widgets import DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui import fmt
@@ -26,7 +26,6 @@ from tui.api.errors import ApiError
 from tui.console.screens.alerts import refusal
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog, Dialog
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.demo_table import STATE_STYLE, DemoRow, DemoTable, install_text, row_key
 from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
@@ -193,12 +192,10 @@ class DemosScreen(DvicScreen):
         self.last_deployment: str | None = None
         self._detail_shown: str | None = None
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="demos-title")
         yield DemoTable(id="demo-status-table")
         yield Static(id="demo-detail")
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -411,11 +408,9 @@ class DeploymentScreen(DvicScreen):
         self.trail: dict[str, list[str]] = {}  # each node's states as this screen saw them
         self._shown: dict[str, tuple[str, ...]] = {}
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="deployment-title")
         yield data_table("deployment-nodes", NODE_COLUMNS)
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()
