@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import sys
 import tarfile
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.daemon import Fleet
+from tests.support.demos import kill_demos as kill_node_demos
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
 
@@ -123,18 +123,9 @@ def fleet_cpu_s(pids: list[int]) -> float:
 
 
 def kill_demos(root: Path) -> None:
-    """Supervised demos run in sessions of their own and outlive their daemon by design: end them."""
-    for proc_json in root.glob("node-*/state/demos/*/proc.json"):
-        try:
-            proc = json.loads(proc_json.read_text())
-        except (OSError, ValueError):
-            continue
-        for pid, group in ((proc.get("pid"), True), (proc.get("shim_pid"), False)):
-            if isinstance(pid, int) and pid > 0:
-                try:
-                    os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+    """End the demos every node of the fleet started (they outlive their daemons by design)."""
+    for state in root.glob("node-*/state"):
+        kill_node_demos(state)
 
 
 def run(root: Path, args: argparse.Namespace, report: Report) -> None:

@@ -13,7 +13,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 SSL_READ_BUFFER = 16 * 1024
 DEFAULT_DATA_DIR = "~/.local/share/dvic-central"
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 log = logging.getLogger("dvic-central")
 
 
@@ -54,27 +56,9 @@ def build_config(args: argparse.Namespace) -> Config:
         data_dir=Path(args.data_dir).expanduser(), database=args.database, host=host, port=port, tls=not args.insecure_http,
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
-        tunnel_ports=tuple(args.tunnel_port or (22,)),
-        max_client_queue=args.max_client_queue, max_client_bytes=args.max_client_bytes,
-        self_register=args.self_register, register_per_address=args.register_per_address,
-        register_total=args.register_total, access_log=args.access_log,
-        max_demos=args.max_demos, forget_demos_after=args.forget_demos_after,
-        alerts_interval=args.alerts_interval, alerts_reminder=args.alerts_reminder,
-        metrics_allow=tuple(args.metrics_allow or ()),
-        notify=Notify(
-            group_window=args.notify_group_window, group_quiet=args.notify_group_quiet,
-            max_lines=args.notify_max_lines, attempts=args.notify_attempts, backoff=args.notify_backoff,
-            timeout=args.notify_timeout, per_channel=args.notify_per_channel,
-        ),
-        demos=DemoLimits(max_release_bytes=args.max_release_bytes, max_unpacked_bytes=args.max_release_unpacked,
-                         max_members=args.max_release_members, keep_releases=args.keep_releases,
-                         install_timeout=args.demo_install_timeout),
-        calendar_zone=args.calendar_zone, calendar_grace=args.calendar_grace, calendar_tick=args.calendar_tick,
-        max_booking=args.max_booking_days * 86400,
-        connections=ConnectionLimits(
-            head_timeout=args.header_timeout, idle_timeout=args.idle_timeout,
-            max_connections=args.max_connections, max_per_address=args.max_connections_per_address,
-        ),
+        tunnel_ports=tuple(args.tunnel_port or (22,)), self_register=args.self_register,
+        access_log=args.access_log, metrics_allow=tuple(args.metrics_allow or ()),
+        max_booking=args.max_booking_days * 86400, **_settings(args),
     )
 
 
@@ -89,23 +73,24 @@ def _zone_name(text: str) -> str:
 
 
 def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    value = _number(text, float, "a number of seconds")
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _number(text: str, kind: Callable[[str], N], expected: str) -> N:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
@@ -302,13 +287,137 @@ def _typed_target(value: str) -> Target:
 
 
 def _database(value: str) -> str:
-    if not value:
-        return value  # the SQLite file in the data dir
-    try:
-        target(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value:  # (empty: the SQLite file in the data dir)
+        _typed_target(value)
     return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A `serve` option that sets one Config field (`field`), or one field of a Config part (`part.field`).
+
+    The default is the field's; its parser follows from the field's type (a whole number >= 1, a
+    positive number of seconds) unless `parse` names another, and the metavar from the parser;
+    "{default}" in `help` shows the default as the option takes it (32M, 2G, 0.5).
+    """
+
+    flag: str
+    field: str
+    help: str
+    parse: Callable[[str], Any] | None = None
+    metavar: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def add_to(self, p: argparse.ArgumentParser) -> None:
+        part, _, name = self.field.rpartition(".")
+        owner = PARTS[part] if part else Config
+        default = getattr(owner, name)  # a dataclass field's default is its class attribute
+        parse = self.parse or _PARSERS[_field_types(owner)[name]]
+        p.add_argument(self.flag, type=parse, default=default, metavar=self.metavar or _METAVARS[parse],
+                       help=self.help.format(default=_shown(default, parse)))
+
+
+def _shown(default: Any, parse: Callable[[str], Any]) -> str:
+    """A default as its option takes it: 32M, 2G, 0.5, UTC."""
+    if parse is _byte_size:
+        return _size_text(default)
+    return f"{default:g}" if parse is _positive_seconds else str(default)
+
+
+PARTS: dict[str, type] = {"notify": Notify, "demos": DemoLimits, "connections": ConnectionLimits}
+SETTINGS = (
+    Setting("--max-client-queue", "max_client_queue",
+            "live-stream frames queued for one client before it is cut off as too slow (default {default})",
+            metavar="FRAMES"),
+    Setting("--register-per-address", "register_per_address",
+            "with --self-register: attempts per hour from one address (default {default})"),
+    Setting("--register-total", "register_total",
+            "with --self-register: new accounts per hour in total (default {default})"),
+    Setting("--max-demos", "max_demos",
+            "demos kept per node; past it an exited one makes room, a new one is refused when all run"
+            " (default {default})"),
+    Setting("--forget-demos-after", "forget_demos_after",
+            "seconds after its exit a demo is forgotten (default {default}: the daemon re-announces the exits"
+            " of the last 24 h)"),
+    Setting("--max-client-bytes", "max_client_bytes",
+            "live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
+            " (default {default})", parse=_byte_size),
+    Setting("--alerts-interval", "alerts_interval",
+            "seconds between alert evaluation passes over every node; events (a node going offline, a demo"
+            " crash-looping) are evaluated at once (default {default})"),
+    Setting("--alerts-reminder", "alerts_reminder",
+            "seconds between reminders of an alert still firing unacknowledged (default {default})"),
+    Setting("--max-release-bytes", "demos.max_release_bytes",
+            "largest demo release archive accepted, e.g. 500M (default {default})", parse=_byte_size),
+    Setting("--max-release-unpacked", "demos.max_unpacked_bytes",
+            "file bytes a demo release may unpack to, checked at publish and on nodes (default {default})",
+            parse=_byte_size),
+    Setting("--max-release-members", "demos.max_members",
+            "members a demo release archive may hold (default {default})"),
+    Setting("--keep-releases", "demos.keep_releases",
+            "unreferenced releases kept per demo, the newest first (default {default})"),
+    Setting("--demo-install-timeout", "demos.install_timeout",
+            "seconds an install may stay in one state without news before it is lost (default {default};"
+            " starting adds the release's start_timeout_s)"),
+    Setting("--calendar-zone", "calendar_zone",
+            "IANA time zone of a group until its hours name one (default {default})", parse=_zone_name),
+    Setting("--calendar-grace", "calendar_grace",
+            "a runbook moment missed while the server was down fires at start-up if at most this late, else"
+            " it is recorded as missed (default {default})"),
+    Setting("--calendar-tick", "calendar_tick",
+            "the scheduler's longest sleep: how soon a wall-clock jump is noticed (default {default})"),
+    Setting("--header-timeout", "connections.head_timeout",
+            "seconds for the TLS handshake, then for the first request's head, before a connection is dropped"
+            " (default {default})"),
+    Setting("--idle-timeout", "connections.idle_timeout",
+            "seconds a kept-alive connection may wait for its next request (default {default})"),
+    Setting("--max-connections", "connections.max_connections",
+            "open connections in all (default {default}; the open-file limit must allow it, see"
+            " docs/operations.md)"),
+    Setting("--max-connections-per-address", "connections.max_per_address",
+            "open connections from one client address, not counting nodes (default {default})"),
+    # Notification delivery (docs/operations.md "Notifications").
+    Setting("--notify-group-window", "notify.group_window",
+            "notices on one route starting within S seconds go out as one message (default {default})"),
+    Setting("--notify-group-quiet", "notify.group_quiet",
+            "a group goes out once nothing joined it for S seconds (default {default})"),
+    Setting("--notify-max-lines", "notify.max_lines",
+            "subjects a message lists before 'and K more' (default {default})"),
+    Setting("--notify-attempts", "notify.attempts",
+            "tries per message before it is kept as failed (default {default})"),
+    Setting("--notify-backoff", "notify.backoff",
+            f"wait before the first retry, doubled at each (at most {Notify.backoff_max:g} s; default {{default}})"),
+    Setting("--notify-timeout", "notify.timeout",
+            "seconds a receiver has to answer one attempt (default {default})"),
+    Setting("--notify-per-channel", "notify.per_channel",
+            "attempts in flight at once for one channel (default {default})"),
+)
+_PARSERS: dict[str, Callable[[str], Any]] = {"int": _at_least_one, "float": _positive_seconds}
+_METAVARS: dict[Callable[[str], Any], str] = {_at_least_one: "N", _positive_seconds: "S", _byte_size: "SIZE",
+                                              _zone_name: "ZONE"}
+
+
+def _field_types(cls: type) -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(cls)}
+
+
+def _size_text(size: int) -> str:
+    """A byte size as _byte_size reads it, in the largest unit that divides it: 33554432 -> 32M."""
+    unit = next(u for u in ("G", "M", "K", "") if size % _SIZE_UNITS[u] == 0)
+    return f"{size // _SIZE_UNITS[unit]}{unit}"
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Config's keyword arguments from the SETTINGS options (a part's fields as that part)."""
+    top: dict[str, Any] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    for s in SETTINGS:
+        part, _, name = s.field.rpartition(".")
+        (parts.setdefault(part, {}) if part else top)[name] = getattr(args, s.dest)
+    return top | {part: PARTS[part](**values) for part, values in parts.items()}
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
@@ -326,95 +435,18 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline-after", type=_positive_seconds, default=15.0, help="seconds of silence before offline")
     p.add_argument("--tunnel-port", type=int, action="append", metavar="PORT",
                    help="TCP port a tunnel through a node may reach (repeatable; default 22)")
-    p.add_argument("--max-client-queue", type=_at_least_one, default=Config.max_client_queue, metavar="FRAMES",
-                   help=f"live-stream frames queued for one client before it is cut off as too slow"
-                        f" (default {Config.max_client_queue})")
     p.add_argument("--self-register", action="store_true",
                    help="let people ask for an account (POST /api/v1/register); off by default")
-    p.add_argument("--register-per-address", type=_at_least_one, default=Config.register_per_address, metavar="N",
-                   help=f"with --self-register: attempts per hour from one address (default"
-                        f" {Config.register_per_address})")
-    p.add_argument("--register-total", type=_at_least_one, default=Config.register_total, metavar="N",
-                   help=f"with --self-register: new accounts per hour in total (default {Config.register_total})")
     p.add_argument("--access-log", choices=ACCESS_LOG_MODES, default=Config.access_log,
                    help="one log line per request: on (node keep-alives summed up per minute; the default),"
                         " all, or off")
-    p.add_argument("--max-demos", type=_at_least_one, default=Config.max_demos, metavar="N",
-                   help=f"demos kept per node; past it an exited one makes room, a new one is refused when all"
-                        f" run (default {Config.max_demos})")
-    p.add_argument("--forget-demos-after", type=_positive_seconds, default=Config.forget_demos_after, metavar="S",
-                   help="seconds after its exit a demo is forgotten (default 86400: the daemon re-announces"
-                        " the exits of the last 24 h)")
-    p.add_argument("--max-client-bytes", type=_byte_size, default=Config.max_client_bytes, metavar="SIZE",
-                   help=f"live-stream bytes queued for one client before it is cut off as too slow, e.g. 64M"
-                        f" (default {Config.max_client_bytes >> 20}M)")
-    p.add_argument("--alerts-interval", type=_positive_seconds, default=Config.alerts_interval, metavar="S",
-                   help=f"seconds between alert evaluation passes over every node; events (a node going"
-                        f" offline, a demo crash-looping) are evaluated at once (default {Config.alerts_interval:g})")
-    p.add_argument("--alerts-reminder", type=_positive_seconds, default=Config.alerts_reminder, metavar="S",
-                   help=f"seconds between reminders of an alert still firing unacknowledged"
-                        f" (default {Config.alerts_reminder:g})")
     p.add_argument("--metrics-allow", type=_network, action="append", metavar="CIDR",
                    help="a client network that may read GET /metrics without a token, e.g. the Prometheus"
                         " server's 10.0.0.5/32 (repeatable; otherwise a viewer's token is needed)")
-    demos = DemoLimits()
-    p.add_argument("--max-release-bytes", type=_byte_size, default=demos.max_release_bytes, metavar="SIZE",
-                   help=f"largest demo release archive accepted, e.g. 500M (default {demos.max_release_bytes >> 30}G)")
-    p.add_argument("--max-release-unpacked", type=_byte_size, default=demos.max_unpacked_bytes, metavar="SIZE",
-                   help=f"file bytes a demo release may unpack to, checked at publish and on nodes"
-                        f" (default {demos.max_unpacked_bytes >> 30}G)")
-    p.add_argument("--max-release-members", type=_at_least_one, default=demos.max_members, metavar="N",
-                   help=f"members a demo release archive may hold (default {demos.max_members})")
-    p.add_argument("--keep-releases", type=_at_least_one, default=demos.keep_releases, metavar="N",
-                   help=f"unreferenced releases kept per demo, the newest first (default {demos.keep_releases})")
-    p.add_argument("--demo-install-timeout", type=_positive_seconds, default=demos.install_timeout, metavar="S",
-                   help=f"seconds an install may stay in one state without news before it is lost"
-                        f" (default {demos.install_timeout:g}; starting adds the release's start_timeout_s)")
-    p.add_argument("--calendar-zone", type=_zone_name, default=Config.calendar_zone, metavar="ZONE",
-                   help=f"IANA time zone of a group until its hours name one (default {Config.calendar_zone})")
-    p.add_argument("--calendar-grace", type=_positive_seconds, default=Config.calendar_grace, metavar="S",
-                   help="a runbook moment missed while the server was down fires at start-up if at most this"
-                        f" late, else it is recorded as missed (default {Config.calendar_grace:g})")
-    p.add_argument("--calendar-tick", type=_positive_seconds, default=Config.calendar_tick, metavar="S",
-                   help=f"the scheduler's longest sleep: how soon a wall-clock jump is noticed"
-                        f" (default {Config.calendar_tick:g})")
+    for setting in SETTINGS:
+        setting.add_to(p)
     p.add_argument("--max-booking-days", type=_positive_seconds, default=Config.max_booking / 86400, metavar="D",
                    help=f"longest booking, in days (default {Config.max_booking / 86400:g})")
-    limits = ConnectionLimits()
-    p.add_argument("--header-timeout", type=_positive_seconds, default=limits.head_timeout, metavar="S",
-                   help=f"seconds for the TLS handshake, then for the first request's head, before a"
-                        f" connection is dropped (default {limits.head_timeout:g})")
-    p.add_argument("--idle-timeout", type=_positive_seconds, default=limits.idle_timeout, metavar="S",
-                   help=f"seconds a kept-alive connection may wait for its next request"
-                        f" (default {limits.idle_timeout:g})")
-    p.add_argument("--max-connections", type=_at_least_one, default=limits.max_connections, metavar="N",
-                   help=f"open connections in all (default {limits.max_connections}; the open-file limit"
-                        f" must allow it, see docs/operations.md)")
-    p.add_argument("--max-connections-per-address", type=_at_least_one, default=limits.max_per_address,
-                   metavar="N", help=f"open connections from one client address, not counting nodes"
-                                     f" (default {limits.max_per_address})")
-    _add_notify_options(p)
-
-
-def _add_notify_options(p: argparse.ArgumentParser) -> None:
-    """Notification delivery (docs/operations.md "Notifications")."""
-    n = Notify()
-    p.add_argument("--notify-group-window", type=_positive_seconds, default=n.group_window, metavar="S",
-                   help=f"notices on one route starting within S seconds go out as one message"
-                        f" (default {n.group_window:g})")
-    p.add_argument("--notify-group-quiet", type=_positive_seconds, default=n.group_quiet, metavar="S",
-                   help=f"a group goes out once nothing joined it for S seconds (default {n.group_quiet:g})")
-    p.add_argument("--notify-max-lines", type=_at_least_one, default=n.max_lines, metavar="N",
-                   help=f"subjects a message lists before 'and K more' (default {n.max_lines})")
-    p.add_argument("--notify-attempts", type=_at_least_one, default=n.attempts, metavar="N",
-                   help=f"tries per message before it is kept as failed (default {n.attempts})")
-    p.add_argument("--notify-backoff", type=_positive_seconds, default=n.backoff, metavar="S",
-                   help=f"wait before the first retry, doubled at each (at most {n.backoff_max:g} s;"
-                        f" default {n.backoff:g})")
-    p.add_argument("--notify-timeout", type=_positive_seconds, default=n.timeout, metavar="S",
-                   help=f"seconds a receiver has to answer one attempt (default {n.timeout:g})")
-    p.add_argument("--notify-per-channel", type=_at_least_one, default=n.per_channel, metavar="N",
-                   help=f"attempts in flight at once for one channel (default {n.per_channel})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 
@@ -15,6 +14,7 @@ from .auth import error_response
 from .bus import Subscriber, encode_frame
 from .routes import routes
 from .services import SERVICES
+from .tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 MAX_CLIENT_FRAME = 64 * 1024
@@ -67,9 +67,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             sub.offer(encode_frame({"type": "subscribed", "logs": sorted(ids)}))
     finally:
         services.bus.unsubscribe(sub)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        await cancel_and_wait(sender)
     return ws
 
 

@@ -23,6 +23,7 @@ from typing import cast
 
 from ..config import Notify
 from ..dbconn import ReadDB, WriteConn
+from ..tasks import cancel_and_wait
 from ..writer import Writer
 from .channels import queries, store
 from .channels.message import Message, channel_test_message
@@ -76,11 +77,7 @@ class Dispatcher:
         workers = list(self._workers.values())
         self._workers.clear()
         await asyncio.gather(*(worker.stop(grace) for worker in workers))
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         await self.transport.close()
 
     # -- the engine's side ------------------------------------------------------------------------
@@ -242,11 +239,7 @@ class ChannelWorker:
         in_flight = list(self._in_flight.values())
         if in_flight and grace > 0:
             await asyncio.wait(in_flight, timeout=grace)
-        for task in in_flight:
-            task.cancel()
-        for task in [self._task, *in_flight]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._task, *in_flight)
 
     async def _run(self) -> None:
         while True:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..tasks import cancel_and_wait
 from ..writer import Writer
 from . import store
 from .ports import Deployments
@@ -39,11 +40,8 @@ class BookingDeploys:
         self._task = asyncio.create_task(self._loop(), name="dvic-calendar-booking-deploys")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def wake(self) -> None:
         self._wake.set()

@@ -4,13 +4,11 @@ nothing of HTTP requests or of central.auth."""
 
 from __future__ import annotations
 
+from ..errors import Refusal
 
-class CalendarError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+
+class CalendarError(Refusal):
+    """A refused calendar request (status, code, message: the shape every refusal has)."""
 
 
 def bad(code: str, message: str) -> CalendarError:

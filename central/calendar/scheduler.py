@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from ..tasks import cancel_and_wait
 from ..writer import Writer
 from . import store
 from .queries import CalendarQueries
@@ -83,11 +84,8 @@ class Scheduler:
         return list(resumed)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def wake(self) -> None:
         """Hours or runbooks changed: work out the next occurrence again."""

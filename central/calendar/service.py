@@ -9,7 +9,6 @@ what to change. The alerts engine calls `quiet(group, severity)` (docs/calendar.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ..actions import ActionHub
 from ..commands import CommandHub
 from ..dbconn import ReadDB
 from ..registry import NodeState, Registry
+from ..tasks import cancel_and_wait
 from ..writer import Writer
 from . import store
 from .bookings import MAX_NOTE, Bookings
@@ -112,10 +112,7 @@ class Calendar:
         self.booking_deploys.wake()
 
     async def close(self) -> None:
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._trimmer
+        await cancel_and_wait(self._trimmer)
         await self.booking_deploys.close()
         await self.scheduler.close()
         await self.runner.close()

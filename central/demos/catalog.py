@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import Refusal
 from . import store
 from .archive import BadArchive, Limits, check_archive
 from .manifest import ManifestError, parse_manifest, version_key
@@ -35,12 +36,8 @@ WRITE_BATCH = 1024 * 1024  # bytes handed to the worker thread at once (hash + w
 Submit = Callable[..., Any]
 
 
-class PublishError(Exception):
+class PublishError(Refusal):
     """Refused publication: HTTP status, error code and a message that says what to change."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import Refusal
 from ..registry import NodeState, Registry
 from . import store
 from .archive import Limits
@@ -57,12 +58,8 @@ MAX_DESIRED = 64  # the daemon refuses a larger set (docs/protocol.md section 6)
 Submit = Callable[..., Awaitable[Any]]
 
 
-class DeployError(Exception):
+class DeployError(Refusal):
     """A refused deployment: HTTP status, error code, and what to change."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
 
 
 @dataclass(frozen=True)

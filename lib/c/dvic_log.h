@@ -1222,6 +1222,19 @@ static char *dl_check_name(const char *name) {
     return dl_strndup(name + start, end - start);
 }
 
+/* Frees what a handle holds in memory, and the handle (its file is closed already). */
+static void dl_release(struct dvic_log *log) {
+    pthread_mutex_destroy(&log->mu);
+    dl_identity_free(&log->id);
+    dl_free(&log->pending);
+    dl_free(&log->line);
+    dl_free(&log->scratch);
+    free(log->dir);
+    free(log->name);
+    free(log->path);
+    free(log);
+}
+
 DVIC_LOG_DEF dvic_log_t *dvic_log_open_in(const char *name, const char *directory, long long max_bytes) {
     struct dvic_log *log;
     struct stat st;
@@ -1302,13 +1315,7 @@ DVIC_LOG_DEF dvic_log_t *dvic_log_open_in(const char *name, const char *director
     dl_prune_once(log->dir);
     return log;
 fail:
-    dl_identity_free(&log->id);
-    dl_free(&log->scratch);
-    pthread_mutex_destroy(&log->mu);
-    free(log->dir);
-    free(log->name);
-    free(log->path);
-    free(log);
+    dl_release(log);
     return NULL;
 }
 
@@ -1333,15 +1340,7 @@ DVIC_LOG_DEF void dvic_log_close(dvic_log_t *log) {
     if (log->fd >= 0 && log->pending.n && log->pid == DL_CAST(long, getpid())) dl_finish_pending(log);
     if (log->fd >= 0) close(log->fd);
     pthread_mutex_unlock(&log->mu);
-    pthread_mutex_destroy(&log->mu);
-    dl_identity_free(&log->id);
-    dl_free(&log->pending);
-    dl_free(&log->line);
-    dl_free(&log->scratch);
-    free(log->dir);
-    free(log->name);
-    free(log->path);
-    free(log);
+    dl_release(log);
 }
 
 #endif /* DVIC_LOG_IMPLEMENTATION */

@@ -30,6 +30,22 @@ def utc_clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
 
 
+def runbook(server: CentralServer, name: str, at: str, *steps: str, status: int = 201, **more: Any) -> Any:
+    """Add a runbook to group hall; the server's answer, once its status is `status`."""
+    got, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": name, "at": at, "steps": list(steps),
+                                                         **more})
+    assert got == status, body
+    return body
+
+
+def down_past(server: CentralServer, moment: float, margin: float, what: str) -> None:
+    """Stop the server before `moment`, start it again once `moment + margin` has passed."""
+    server.stop()
+    assert time.time() < moment, "stopped after the moment: this run proves nothing"
+    wait_for(lambda: time.time() > moment + margin, 10, what)
+    server.start()
+
+
 def firings(server: CentralServer, group: str, name: str) -> list[dict[str, Any]]:
     status, body = server.api("GET", f"/api/v1/firings?group={group}&runbook={name}")
     assert status == 200, body
@@ -230,16 +246,12 @@ def test_runbooks_fire_on_a_real_daemon_now_and_at_their_moment(central_server: 
                        check=True)
         wait_for(lambda: server.node("pi-hall")["demos"]["total"] >= 1, 30, "the demo to be reported")
 
-        status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "warmup", "at": "open-15m",
-                                                               "steps": ["start kiosk"]})
-        assert status == 409 and body["error"]["code"] == "no_hours", body  # relative to hours it does not have
-        status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "x", "at": "03:00",
-                                                               "steps": ["start robot"]})
-        assert status == 400 and body["error"]["code"] == "unknown_demo" and "known: kiosk" in body["error"]["message"]
+        body = runbook(server, "warmup", "open-15m", "start kiosk", status=409)
+        assert body["error"]["code"] == "no_hours", body  # relative to hours it does not have
+        body = runbook(server, "x", "03:00", "start robot", status=400)
+        assert body["error"]["code"] == "unknown_demo" and "known: kiosk" in body["error"]["message"]
 
-        status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "closing", "at": "23:59",
-                                                               "steps": ["stop kiosk", "run echo closed"]})
-        assert status == 201, body
+        runbook(server, "closing", "23:59", "stop kiosk", "run echo closed")
         status, firing = server.api("POST", "/api/v1/runbooks/hall/closing/run")
         assert status == 201 and firing["trigger"] == "run-now", firing
         (done,) = finished(server, "hall", "closing")
@@ -253,9 +265,7 @@ def test_runbooks_fire_on_a_real_daemon_now_and_at_their_moment(central_server: 
         assert marks.read_text() == "stopped\n"
 
         due = time.time() + 4
-        status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "opening",
-                                                               "at": utc_clock(due), "steps": ["start kiosk"]})
-        assert status == 201, body
+        runbook(server, "opening", utc_clock(due), "start kiosk")
         (done,) = finished(server, "hall", "opening")
         assert done["trigger"] == "schedule" and done["due_at"] == int(due), done
         assert done["started_at"] >= int(due)
@@ -275,13 +285,8 @@ def test_a_moment_due_while_the_server_is_down_fires_once_at_start_or_is_missed(
         server.enroll("pi-r", group="hall")
         soon = time.time() + 5
         for name, at in (("soon", soon), ("later", soon + 1)):
-            status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": name, "at": utc_clock(at),
-                                                                   "steps": ["run true"]})
-            assert status == 201, body
-        server.stop()
-        assert time.time() < soon, "stopped after the moment: this run proves nothing"
-        wait_for(lambda: time.time() > soon + 2, 10, "the moments to pass with the server down")
-        server.start()
+            runbook(server, name, utc_clock(at), "run true")
+        down_past(server, soon, 2, "the moments to pass with the server down")
         (fired,) = finished(server, "hall", "soon")
         assert fired["trigger"] == "schedule" and fired["state"] == "failed", fired  # its one node is offline
         assert [n["state"] for n in fired["nodes"]] == ["offline"]
@@ -300,13 +305,8 @@ def test_a_moment_due_while_the_server_is_down_fires_once_at_start_or_is_missed(
         # Past the grace window: recorded as missed, never fired.
         server.extra_args = ("--calendar-grace", "1")
         late = time.time() + 4
-        status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "late", "at": utc_clock(late),
-                                                               "steps": ["run true"]})
-        assert status == 201, body
-        server.stop()
-        assert time.time() < late, "stopped after the moment: this run proves nothing"
-        wait_for(lambda: time.time() > late + 3, 10, "the moment to pass beyond the grace window")
-        server.start()
+        runbook(server, "late", utc_clock(late), "run true")
+        down_past(server, late, 3, "the moment to pass beyond the grace window")
         (missed,) = finished(server, "hall", "late")
         assert missed["state"] == "missed" and "grace window" in missed["message"], missed
         assert missed["nodes"] == []
@@ -319,9 +319,7 @@ def test_an_offline_node_is_caught_up_when_it_comes_back_within_the_window(centr
     server = central_server
     bundle = server.enroll("pi-late", group="hall")
     marks = tmp_path / "ran.txt"
-    status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "morning", "at": "23:59",
-                                                           "steps": [f"run echo ran >> {marks}"], "catch_up": 120})
-    assert status == 201, body
+    runbook(server, "morning", "23:59", f"run echo ran >> {marks}", catch_up=120)
     status, firing = server.api("POST", "/api/v1/runbooks/hall/morning/run")
     assert status == 201
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.demos import kill_demos
 from tests.support.server import REPO
 from tests.support.wait import wait_for
 
@@ -66,22 +67,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield s
     finally:
         s.close()
-        _kill_leftover_demos(tmp_path / "dvic" / "node-state")
-
-
-def _kill_leftover_demos(state: Path) -> None:
-    """Supervised demos outlive their daemon by design: end this test's."""
-    for proc_json in state.glob("demos/*/proc.json"):
-        try:
-            proc = json.loads(proc_json.read_text())
-        except (OSError, ValueError):
-            continue
-        for pid in (proc.get("pid"), proc.get("shim_pid")):
-            if isinstance(pid, int) and pid > 0:
-                try:
-                    os.killpg(pid, signal.SIGKILL) if pid == proc.get("pid") else os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        kill_demos(tmp_path / "dvic" / "node-state")
 
 
 def _alive(pid: int) -> bool:

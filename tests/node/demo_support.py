@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
-import os
-import signal
 import sys
 import tarfile
 import time
@@ -33,8 +30,9 @@ from node_support import StandIn, start_app
 
 from central.messages import ProtocolError, parse_node_message
 from tests.support.daemon import DaemonProcess
+from tests.support.demos import kill_demos
 from tests.support.pki import Pki
-from tests.support.procs import pids_where, stat_fields
+from tests.support.releases import add_file, toml_of
 from tests.support.server import REPO, write_bundle
 
 DEMO_PROGRAM = r'''
@@ -110,26 +108,6 @@ class Release:
         return out
 
 
-def toml_of(manifest: dict[str, Any]) -> str:
-    """A dvic-demo.toml for the manifest (the daemon reads the JSON the server sends; the file is in the
-    archive as published)."""
-    lines = []
-    for key, value in manifest.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {json.dumps(value)}")
-    for key, value in manifest.items():
-        if isinstance(value, dict):
-            lines.append(f"[{key}]")
-            lines.extend(f"{k} = {json.dumps(v)}" for k, v in value.items())
-    return "\n".join(lines) + "\n"
-
-
-def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-    tar.addfile(info, io.BytesIO(data))
-
-
 def make_release(directory: Path, name: str, version: str, mode: str = "run", arg: str = "",
                  python: str = sys.executable, tag: str = "", extra_members: Callable[[tarfile.TarFile], None]
                  | None = None, files: dict[str, bytes] | None = None, **manifest: Any) -> Release:
@@ -139,10 +117,10 @@ def make_release(directory: Path, name: str, version: str, mode: str = "run", ar
     doc.update(manifest)
     path = directory / f"{name}-{version}-{uuid.uuid4().hex[:6]}.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        add_bytes(tar, "dvic-demo.toml", toml_of(doc).encode())
-        add_bytes(tar, "demo.py", DEMO_PROGRAM.encode(), 0o755)
+        add_file(tar, "dvic-demo.toml", toml_of(doc).encode())
+        add_file(tar, "demo.py", DEMO_PROGRAM.encode(), 0o755)
         for fname, data in (files or {}).items():
-            add_bytes(tar, fname, data)
+            add_file(tar, fname, data)
         if extra_members is not None:
             extra_members(tar)
     data = path.read_bytes()
@@ -348,35 +326,6 @@ def control(node: Node, name: str, file: str, text: str) -> None:
     tmp.rename(path)
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes whose command line holds `tag` (this test's demo processes)."""
-    def alive(pid: int) -> bool:
-        fields = stat_fields(pid)
-        return fields is not None and fields[0] != "Z"
-
-    marked = pids_where(lambda cmd: tag.encode() in cmd.split(b"\0"))
-    return sorted(pid for pid in marked if alive(pid))
-
-
-def kill_demos(state: Path, tag: str = "") -> None:
-    """End every shim and demo the test's daemon started (they outlive the daemon by design)."""
-    for proc_json in (state / "demos").glob("*/proc.json") if (state / "demos").exists() else []:
-        try:
-            proc = json.loads(proc_json.read_text())
-        except (OSError, ValueError):
-            continue
-        for pid, group in ((proc.get("pid"), True), (proc.get("shim_pid"), False)):
-            if isinstance(pid, int) and pid > 0:
-                try:
-                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-    if tag:
-        for pid in tagged_pids(tag):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def new_tag() -> str:

@@ -7,6 +7,7 @@ times. Everything is observed the way an operator does: the API's deployments an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -77,11 +78,8 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("deploy-e2e"))
-    try:
+    with contextlib.closing(Fleet(tmp_path_factory.mktemp("deploy-e2e"))) as f:
         yield f
-    finally:
-        f.close()
 
 
 def call(server: CentralServer, path: str, body: dict[str, Any], status: int = 201) -> dict[str, Any]:

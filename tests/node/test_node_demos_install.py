@@ -19,16 +19,16 @@ from demo_support import (
     DemoRig,
     DemoServer,
     Node,
-    add_bytes,
     demo_node,
     deployed,
     make_release,
     new_tag,
-    tagged_pids,
 )
 from node_support import small_tmpfs
 
+from tests.support.demos import tagged_pids
 from tests.support.pki import Pki
+from tests.support.releases import add_file
 
 pytestmark = pytest.mark.slow  # real installs: each waits for a demo to become healthy (3 s)
 
@@ -123,9 +123,9 @@ def hostile(kind: str) -> Callable[[tarfile.TarFile], None]:
     def add(tar: tarfile.TarFile) -> None:
         info = tarfile.TarInfo()
         if kind == "absolute":
-            add_bytes(tar, "/etc/evil", b"x")
+            add_file(tar, "/etc/evil", b"x")
         elif kind == "dotdot":
-            add_bytes(tar, "lib/../../evil", b"x")
+            add_file(tar, "lib/../../evil", b"x")
         elif kind == "symlink-out":
             info.name, info.type, info.linkname = "escape", tarfile.SYMTYPE, "../../../../etc"
             tar.addfile(info)
@@ -135,7 +135,7 @@ def hostile(kind: str) -> Callable[[tarfile.TarFile], None]:
         elif kind == "below-symlink":
             info.name, info.type, info.linkname = "inside", tarfile.SYMTYPE, "lib"
             tar.addfile(info)
-            add_bytes(tar, "inside/file", b"x")
+            add_file(tar, "inside/file", b"x")
         elif kind == "hardlink-out":
             info.name, info.type, info.linkname = "passwd", tarfile.LNKTYPE, "/etc/passwd"
             tar.addfile(info)
@@ -146,10 +146,10 @@ def hostile(kind: str) -> Callable[[tarfile.TarFile], None]:
             info.name, info.type = "pipe", tarfile.FIFOTYPE
             tar.addfile(info)
         elif kind == "size-bomb":  # 8 MiB of zeros, a few KiB compressed, against a 1 MiB limit
-            add_bytes(tar, "zeros.bin", bytes(8 * 1024 * 1024))
+            add_file(tar, "zeros.bin", bytes(8 * 1024 * 1024))
         elif kind == "count-bomb":
             for i in range(40):
-                add_bytes(tar, f"many/{i}", b"")
+                add_file(tar, f"many/{i}", b"")
         elif kind == "header-bomb":  # a 2 MiB pax header (tarfile would hold it whole in memory)
             info.name, info.pax_headers = "huge", {"comment": "x" * (2 * 1024 * 1024)}
             tar.addfile(info, io.BytesIO(b""))

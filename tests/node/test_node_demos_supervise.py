@@ -31,10 +31,10 @@ from demo_support import (
     deployed,
     make_release,
     new_tag,
-    tagged_pids,
 )
 
 from tests.support.daemon import DaemonProcess
+from tests.support.demos import tagged_pids
 from tests.support.pki import Pki
 from tests.support.server import write_bundle
 from tests.support.wait import async_wait_for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -60,11 +61,8 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    f = Fleet(tmp_path_factory.mktemp("remote-e2e"))
-    try:
+    with contextlib.closing(Fleet(tmp_path_factory.mktemp("remote-e2e"))) as f:
         yield f
-    finally:
-        f.close()
 
 
 def finished(server: CentralServer, command_id: str, timeout: float = 30) -> dict[str, Any]:

@@ -97,6 +97,12 @@ class HttpReceiver:
         self.stop()
         self._loop.close()
 
+    def __enter__(self) -> HttpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         received = Received(request.method, request.path_qs, dict(request.headers), await request.read())
         mode = self.mode

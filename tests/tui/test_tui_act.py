@@ -171,7 +171,7 @@ async def test_maintenance_toggle_and_update_confirmation(shared_server: Central
             await async_wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="update confirmation")
             dialog = app.screen
             assert isinstance(dialog, ConfirmDialog)
-            assert "Update the daemon on pi-u to release" in dialog.question and "Running now" in dialog.question
+            assert "Update the daemon on pi-u to release" in dialog.title_text and "Running now" in dialog.title_text
             await pilot.press("n")
             await async_wait_for(lambda: app.screen is fleet, what="back to fleet")
             assert shared_server.api("GET", "/api/v1/actions?node=pi-u")[1]["actions"] == []

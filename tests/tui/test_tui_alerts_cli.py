@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.support.cli import run_dvic, server_env
 from tests.support.nodes import connected, metrics
@@ -14,22 +10,12 @@ from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[CentralServer]:
-    # A scripted node sends only what the test says: a long offline window keeps it online meanwhile.
-    srv = CentralServer(tmp_path / "central", offline_after=60.0, extra_args=("--alerts-interval", "0.5")).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-async def test_alerts_ack_and_silence_from_the_command_line(server: CentralServer, dvic_env: dict[str, str]) -> None:
-    env = server_env(dvic_env, server)
+async def test_alerts_ack_and_silence_from_the_command_line(alerting_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    env = server_env(dvic_env, alerting_server)
     res = await run_dvic(env, "alerts")
     assert res.code == 0 and "0 firing, 0 acknowledged, 0 silenced (no open alerts)" in res.out, res.err
 
-    async with connected(server.enroll("pi-hot", kind="raspberry", group="hall-a")) as node:
+    async with connected(alerting_server.enroll("pi-hot", kind="raspberry", group="hall-a")) as node:
         await node.send(metrics(disk=97.0))
 
         async def firing() -> bool:
@@ -71,8 +57,8 @@ async def test_alerts_ack_and_silence_from_the_command_line(server: CentralServe
         assert res.code == 2 and "say what to silence" in res.err
 
 
-async def test_rules_from_the_command_line(server: CentralServer, dvic_env: dict[str, str]) -> None:
-    env = server_env(dvic_env, server)
+async def test_rules_from_the_command_line(alerting_server: CentralServer, dvic_env: dict[str, str]) -> None:
+    env = server_env(dvic_env, alerting_server)
     res = await run_dvic(env, "rule", "list")
     assert res.code == 0, res.err
     disk = next(line for line in res.out.splitlines() if line.startswith("disk_full"))
@@ -104,8 +90,8 @@ async def test_rules_from_the_command_line(server: CentralServer, dvic_env: dict
     names = {r["name"] for r in json.loads(res.out)["rules"]}
     assert "hot-pis" in names and "usb" not in names
     # A viewer reads but changes nothing.
-    status, body = server.api("POST", "/api/v1/operators", {"name": "watcher", "role": "viewer"})
-    viewer = server_env(dvic_env, server, body["token"])
+    status, body = alerting_server.api("POST", "/api/v1/operators", {"name": "watcher", "role": "viewer"})
+    viewer = server_env(dvic_env, alerting_server, body["token"])
     assert (await run_dvic(viewer, "rule", "list")).code == 0
     res = await run_dvic(viewer, "rule", "set", "hot-pis", "--disable")
     assert res.code == 1 and "needs the operator role" in res.err

@@ -3,10 +3,8 @@ alerts arrive live, `a` acknowledges with a note, silences are added and removed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from tests.support.cli import run_dvic, server_env
@@ -19,16 +17,6 @@ from tui.console.screens.alerts import AlertsScreen
 from tui.console.screens.dialogs import ConfirmDialog, FormDialog
 from tui.console.screens.node import NodeScreen
 from tui.console.widgets.alert_table import AlertTable
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[CentralServer]:
-    # A scripted node sends only what the test says: a long offline window keeps it online meanwhile.
-    srv = CentralServer(tmp_path / "central", offline_after=60.0, extra_args=("--alerts-interval", "0.5")).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def alerts_screen(app: DvicApp) -> AlertsScreen:
@@ -56,10 +44,10 @@ def error_of(dialog: FormDialog) -> str:
     return str(dialog.query_one("#form-error", Static).render())
 
 
-async def test_alerts_view_live_ack_and_silences(server: CentralServer, dvic_env: dict[str, str],
+async def test_alerts_view_live_ack_and_silences(alerting_server: CentralServer, dvic_env: dict[str, str],
                                                  tmp_path: Path) -> None:
-    app = make_app(server)
-    async with app.run_test(size=(120, 40)) as pilot, online_node(server, "pi-hot") as node:
+    app = make_app(alerting_server)
+    async with app.run_test(size=(120, 40)) as pilot, online_node(alerting_server, "pi-hot") as node:
         await fleet_ready(app, node)
         await pilot.press("exclamation_mark")
         await async_wait_for(lambda: isinstance(app.screen, AlertsScreen) and app.screen.live.loaded,
@@ -88,7 +76,7 @@ async def test_alerts_view_live_ack_and_silences(server: CentralServer, dvic_env
         assert cell(table, alert_id, "by") == "admin"
         detail = str(view.query_one("#alert-detail", Static).render())
         assert "acknowledged by admin" in detail and "new SD card tomorrow" in detail
-        res = await run_dvic(server_env(dvic_env, server), "alert", "show", alert_id)
+        res = await run_dvic(server_env(dvic_env, alerting_server), "alert", "show", alert_id)
         assert res.code == 0 and "acknowledged by admin" in res.out and "new SD card tomorrow" in res.out, res.err
         await pilot.press("a")  # an acknowledged alert is not acknowledged again
         await async_wait_for(lambda: any("only a firing alert" in str(n.message) for n in app._notifications),
@@ -106,7 +94,7 @@ async def test_alerts_view_live_ack_and_silences(server: CentralServer, dvic_env
         await async_wait_for(lambda: app.screen is view, what="the dialog closed")
         silences = view.query_one("#silence-table", DataTable)
         await async_wait_for(lambda: silences.row_count == 1, what="the silence listed")
-        status, body = server.api("GET", "/api/v1/silences")
+        status, body = alerting_server.api("GET", "/api/v1/silences")
         assert status == 200 and [(s["node"], s["rule"], s["note"]) for s in body["silences"]] == [
             ("pi-hot", "disk_full", "rewiring")]
         silence_id = str(body["silences"][0]["id"])
@@ -120,7 +108,7 @@ async def test_alerts_view_live_ack_and_silences(server: CentralServer, dvic_env
         await async_wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="the confirmation")
         await pilot.press("y")
         await async_wait_for(lambda: silences.row_count == 0, what="the silence gone")
-        assert server.api("GET", "/api/v1/silences")[1]["silences"] == []
+        assert alerting_server.api("GET", "/api/v1/silences")[1]["silences"] == []
 
         # The node view shows the node's alerts, same columns.
         await pilot.press("escape")
@@ -140,11 +128,11 @@ async def test_alerts_view_live_ack_and_silences(server: CentralServer, dvic_env
                              what="resolved live")
 
 
-async def test_a_viewer_sees_alerts_and_the_servers_refusals(server: CentralServer) -> None:
-    status, body = server.api("POST", "/api/v1/operators", {"name": "vera", "role": "viewer"})
+async def test_a_viewer_sees_alerts_and_the_servers_refusals(alerting_server: CentralServer) -> None:
+    status, body = alerting_server.api("POST", "/api/v1/operators", {"name": "vera", "role": "viewer"})
     assert status == 201, body
-    app = make_app(server, token=body["token"])
-    async with app.run_test(size=(100, 30)) as pilot, online_node(server, "pi-full") as node:
+    app = make_app(alerting_server, token=body["token"])
+    async with app.run_test(size=(100, 30)) as pilot, online_node(alerting_server, "pi-full") as node:
         await node.send(metrics(disk=97.0))
         await fleet_ready(app, node)
         await pilot.press("exclamation_mark")
@@ -167,6 +155,6 @@ async def test_a_viewer_sees_alerts_and_the_servers_refusals(server: CentralServ
         assert "this needs the operator role; 'vera' is viewer" in said
         said = await refused("n", note="quiet")
         assert "this needs the operator role" in said
-        status, alert = server.api("GET", f"/api/v1/alerts/{alert_id}")
-        assert alert["state"] == "firing" and server.api("GET", "/api/v1/silences")[1]["silences"] == []
+        status, alert = alerting_server.api("GET", f"/api/v1/alerts/{alert_id}")
+        assert alert["state"] == "firing" and alerting_server.api("GET", "/api/v1/silences")[1]["silences"] == []
         assert cell(table, alert_id, "state") == "● firing"

@@ -7,10 +7,8 @@ their own; the others share the module's and look only at their own nodes.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey, RowKey
 
@@ -214,16 +212,6 @@ async def test_bad_token_says_not_authorized(shared_server: CentralServer) -> No
         banner = app.screen.query_one(ConnectionBanner)
         assert "Connecting" in str(banner.render())
         await async_wait_for(lambda: "Not authorized" in str(banner.render()), what="banner")
-
-
-@pytest.fixture
-def quiet_server(tmp_path: Path) -> Iterator[CentralServer]:
-    """A server of the test's own on which keep-alive nodes stay online through the test."""
-    server = CentralServer(tmp_path / "central", offline_after=300.0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_a_changed_cell_is_repainted_alone(quiet_server: CentralServer, tmp_path: Path) -> None:

@@ -3,10 +3,8 @@ Demos tab (issue 14), against the real server and a real daemon running examples
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from textual.widgets import DataTable, OptionList, Static
 
 from tests.support.cli import run_dvic, server_env
 from tests.support.daemon import online_daemon
+from tests.support.demos import kill_demos
 from tests.support.server import REPO, CentralServer
 from tests.support.wait import async_wait_for
 from tests.tui.pilot import cell, make_app, open_node, row_ids, screen_text, shot, shot_at, to_row
@@ -26,30 +25,6 @@ from tui.console.widgets.demo_table import DemoTable
 pytestmark = pytest.mark.slow
 EXAMPLE = REPO / "examples" / "hello-demo"
 NODE = "pi-demo"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[CentralServer]:
-    srv = CentralServer(tmp_path / "central").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-def kill_demos(state: Path) -> None:
-    """Supervised demos outlive their daemon by design: end this test's."""
-    for proc_json in state.glob("demos/*/proc.json"):
-        try:
-            proc = json.loads(proc_json.read_text())
-        except (OSError, ValueError):
-            continue
-        for pid, group in ((proc.get("pid"), True), (proc.get("shim_pid"), False)):
-            if isinstance(pid, int) and pid > 0:
-                try:
-                    (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-                except OSError:
-                    pass
 
 
 async def publish(server: CentralServer, dvic_env: dict[str, str], *extra: str) -> None:
@@ -101,14 +76,14 @@ def error_of(dialog: DeployDialog) -> str:
     return str(dialog.query_one("#deploy-error", Static).render())
 
 
-async def test_demos_view_deploy_progress_rollback_and_node_tab(server: CentralServer, dvic_env: dict[str, str],
+async def test_demos_view_deploy_progress_rollback_and_node_tab(central_server: CentralServer, dvic_env: dict[str, str],
                                                                 tmp_path: Path) -> None:
-    await publish(server, dvic_env)
-    await publish(server, dvic_env, "--version", "1.1.0")
+    await publish(central_server, dvic_env)
+    await publish(central_server, dvic_env, "--version", "1.1.0")
     home = tmp_path / NODE
     try:
-        with online_daemon(server, home, group="hall-a") as (node_id, _daemon):
-            app = make_app(server)
+        with online_daemon(central_server, home, group="hall-a") as (node_id, _daemon):
+            app = make_app(central_server)
             async with app.run_test(size=(120, 40)) as pilot:
                 await to_row(app, node_id)
                 await pilot.press("d")
@@ -137,7 +112,7 @@ async def test_demos_view_deploy_progress_rollback_and_node_tab(server: CentralS
                 assert [cell(table, key, c) for c in ("demo", "node", "version", "restarts")] == [
                     "hello-demo", NODE, "1.0.0", "0"]
                 # kill -9: the daemon restarts it; the frame changes the row (no read: no deployment ended).
-                status, body = server.api("GET", "/api/v1/demos/status?demo=hello-demo")
+                status, body = central_server.api("GET", "/api/v1/demos/status?demo=hello-demo")
                 assert status == 200, body
                 os.kill(int(body["status"][0]["pid"]), signal.SIGKILL)
                 await async_wait_for(lambda: cell(table, key, "restarts") == "1", timeout=15,
@@ -186,13 +161,13 @@ async def test_demos_view_deploy_progress_rollback_and_node_tab(server: CentralS
         kill_demos(home / f"state-{NODE}")
 
 
-async def test_a_viewer_is_refused_in_the_dialog_with_the_servers_message(server: CentralServer,
+async def test_a_viewer_is_refused_in_the_dialog_with_the_servers_message(central_server: CentralServer,
                                                                           dvic_env: dict[str, str]) -> None:
-    await publish(server, dvic_env)
-    status, body = server.api("POST", "/api/v1/operators", {"name": "vera", "role": "viewer"})
+    await publish(central_server, dvic_env)
+    status, body = central_server.api("POST", "/api/v1/operators", {"name": "vera", "role": "viewer"})
     assert status == 201, body
-    server.enroll("pi-far")
-    app = make_app(server, token=body["token"])
+    central_server.enroll("pi-far")
+    app = make_app(central_server, token=body["token"])
     async with app.run_test(size=(100, 30)) as pilot:
         await async_wait_for(lambda: app.connected and app.fleet.nodes, what="the fleet")
         await pilot.press("d")
@@ -205,5 +180,5 @@ async def test_a_viewer_is_refused_in_the_dialog_with_the_servers_message(server
         assert isinstance(app.screen, DeployDialog)
         await pilot.press("escape")
         await async_wait_for(lambda: isinstance(app.screen, DemosScreen), what="back to the view")
-    status, deployments = server.api("GET", "/api/v1/deployments")
+    status, deployments = central_server.api("GET", "/api/v1/deployments")
     assert status == 200 and deployments["deployments"] == []

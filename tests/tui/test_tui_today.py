@@ -4,10 +4,8 @@ second operator's console refused with the server's message, and cancelling."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from textual.widgets import DataTable, Input, Static
 
 from tests.support.nodes import online_node
@@ -18,16 +16,6 @@ from tui.console.app import DvicApp
 from tui.console.screens.dialogs import ConfirmDialog, FormDialog
 from tui.console.screens.today import FiringScreen, TodayScreen
 from tui.console.widgets.timeline_table import TimelineTable
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[CentralServer]:
-    # A scripted node sends only what the test says: a long offline window keeps it online meanwhile.
-    srv = CentralServer(tmp_path / "central", offline_after=60.0).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def operator(server: CentralServer, name: str) -> str:
@@ -66,13 +54,13 @@ def booking_rows(table: TimelineTable) -> list[str]:
     return sorted(k for k in row_ids(table) if k.startswith("b:"))
 
 
-async def test_today_shows_hours_and_a_runbooks_firing(server: CentralServer, tmp_path: Path) -> None:
-    app = make_app(server)
-    async with app.run_test(size=(120, 40)) as pilot, online_node(server, "pi-hall", group="hall") as node:
-        status, body = server.api("PUT", "/api/v1/calendar/hall/hours", {"hours": ["daily 10:00-18:00"],
+async def test_today_shows_hours_and_a_runbooks_firing(quiet_server: CentralServer, tmp_path: Path) -> None:
+    app = make_app(quiet_server)
+    async with app.run_test(size=(120, 40)) as pilot, online_node(quiet_server, "pi-hall", group="hall") as node:
+        status, body = quiet_server.api("PUT", "/api/v1/calendar/hall/hours", {"hours": ["daily 10:00-18:00"],
                                                                           "zone": "Europe/Paris"})
         assert status == 200, body
-        status, body = server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "warmup", "at": "open-15m",
+        status, body = quiet_server.api("POST", "/api/v1/runbooks", {"group": "hall", "name": "warmup", "at": "open-15m",
                                                                "steps": ["maintenance off"]})
         assert status == 201, body
         await fleet_ready(app, node)
@@ -86,7 +74,7 @@ async def test_today_shows_hours_and_a_runbooks_firing(server: CentralServer, tm
         assert cell(table, moment, "state") in ("· pending", "not fired")
 
         # Run now: the firing shows up by itself (the view reads the API every few seconds), done.
-        status, firing = server.api("POST", "/api/v1/runbooks/hall/warmup/run")
+        status, firing = quiet_server.api("POST", "/api/v1/runbooks/hall/warmup/run")
         assert status == 201, firing
         key = f"f:{firing['id']}"
         await async_wait_for(lambda: key in row_ids(table) and cell(table, key, "state") == "✔ done", timeout=20,
@@ -110,12 +98,12 @@ async def test_today_shows_hours_and_a_runbooks_firing(server: CentralServer, tm
         await async_wait_for(lambda: app.screen is view, what="back to the Today view")
 
 
-async def test_booking_from_the_console_a_second_operator_refused_and_cancelling(server: CentralServer,
+async def test_booking_from_the_console_a_second_operator_refused_and_cancelling(quiet_server: CentralServer,
                                                                                   tmp_path: Path) -> None:
-    olga, otto = operator(server, "olga"), operator(server, "otto")
-    async with online_node(server, "pi-desk", group="lab") as node:
+    olga, otto = operator(quiet_server, "olga"), operator(quiet_server, "otto")
+    async with online_node(quiet_server, "pi-desk", group="lab") as node:
         node_id = node.bundle["node_id"]
-        app = make_app(server, token=olga)
+        app = make_app(quiet_server, token=olga)
         async with app.run_test(size=(120, 40)) as pilot:
             await fleet_ready(app, node)
             view, table = await open_today(app, pilot)
@@ -127,7 +115,7 @@ async def test_booking_from_the_console_a_second_operator_refused_and_cancelling
             await shot_at(app, pilot, "today-book-80x24", tmp_path, (80, 24), (120, 40))
             await pilot.press("enter")
             await async_wait_for(lambda: app.screen is view, what="the form closed")
-            (booking,) = server.api("GET", "/api/v1/bookings")[1]["bookings"]
+            (booking,) = quiet_server.api("GET", "/api/v1/bookings")[1]["bookings"]
             assert booking["holder"] == "olga" and booking["note"] == "kiosk trial" and booking["nodes"] == [node_id]
             key = f"b:{booking['id']}:lab"
             await async_wait_for(lambda: key in row_ids(table), what="the booking in the view")
@@ -140,7 +128,7 @@ async def test_booking_from_the_console_a_second_operator_refused_and_cancelling
 
         # A second operator: booking the same machine is refused with the server's word, in the
         # dialog; cancelling olga's booking too.
-        app = make_app(server, token=otto)
+        app = make_app(quiet_server, token=otto)
         async with app.run_test(size=(100, 30)) as pilot:
             await fleet_ready(app, node)
             view, table = await open_today(app, pilot)
@@ -160,10 +148,10 @@ async def test_booking_from_the_console_a_second_operator_refused_and_cancelling
             await pilot.press("y")
             await async_wait_for(lambda: any("not_yours" in str(n.message) for n in app._notifications),
                                  what="otto may not cancel olga's booking")
-            assert server.api("GET", "/api/v1/bookings")[1]["bookings"][0]["state"] == "active"
+            assert quiet_server.api("GET", "/api/v1/bookings")[1]["bookings"][0]["state"] == "active"
 
         # Olga cancels it.
-        app = make_app(server, token=olga)
+        app = make_app(quiet_server, token=olga)
         async with app.run_test(size=(100, 30)) as pilot:
             await fleet_ready(app, node)
             view, table = await open_today(app, pilot)
@@ -172,7 +160,7 @@ async def test_booking_from_the_console_a_second_operator_refused_and_cancelling
             await async_wait_for(lambda: isinstance(app.screen, ConfirmDialog), what="the confirmation")
             await pilot.press("y")
             await async_wait_for(lambda: key not in row_ids(table), what="the booking gone from the view")
-            assert server.api("GET", "/api/v1/bookings")[1]["bookings"] == []
+            assert quiet_server.api("GET", "/api/v1/bookings")[1]["bookings"] == []
             assert any(f"booking #{booking['id']} cancelled" in str(n.message) for n in app._notifications)
             # `B` on the fleet: the same form, for the node under the cursor.
             await pilot.press("escape")

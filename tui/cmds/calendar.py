@@ -16,76 +16,57 @@ from dvic_core.constants import NODE_KINDS
 from tui import fmt
 from tui.api import calls
 from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
+from tui.cmds.parsing import command
 from tui.textsafe import clean
 
 Json = dict[str, Any]
+ANSWER = "print the server's answer"  # the --json of a command that changes something
 WHEN = "ISO 8601 in the group's zone (2027-01-10T09:00), now, or +30m, +2h, +1d"
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("calendar", parents=[parent], help="opening hours and exceptions per group")
     verbs = p.add_subparsers(dest="verb", metavar="show|hours|except")
-    show = verbs.add_parser("show", parents=[parent], help="hours, exceptions and today's moments")
+    show = command(verbs, parent, "show", "hours, exceptions and today's moments", show_calendar,
+                   json='print {"groups": [...]}')
     show.add_argument("--group", help="only this group")
     show.add_argument("--week", action="store_true", help="the next 7 days, not only today")
-    show.add_argument("--json", action="store_true", help='print {"groups": [...]}')
-    show.set_defaults(handler=show_calendar)
-    hours = verbs.add_parser("hours", parents=[parent], help="set a group's weekly hours (admin)")
-    hours.add_argument("group")
+    hours = command(verbs, parent, "hours", "set a group's weekly hours (admin)", set_hours, "group",
+                    json=ANSWER)
     hours.add_argument("lines", nargs="+", metavar="HOURS", help='e.g. "mon-fri 10:00-18:00" "sat 14:00-18:00"')
     hours.add_argument("--zone", help="IANA time zone, e.g. Europe/Paris (default: the group's or the server's)")
-    hours.add_argument("--json", action="store_true", help="print the server's answer")
-    hours.set_defaults(handler=set_hours)
-    exc = verbs.add_parser("except", parents=[parent], help="one date's hours: closed, 09:00-22:00, or normal")
-    exc.add_argument("group")
+    exc = command(verbs, parent, "except", "one date's hours: closed, 09:00-22:00, or normal", set_exception,
+                  "group", json=ANSWER)
     exc.add_argument("day", metavar="YYYY-MM-DD")
     exc.add_argument("hours", metavar="HOURS", help="closed, ranges such as 09:00-22:00, or normal")
     exc.add_argument("--note", help="why (shown with the day)")
-    exc.add_argument("--json", action="store_true", help="print the server's answer")
-    exc.set_defaults(handler=set_exception)
     p.set_defaults(handler=show_calendar, group=None, week=False, json=False)
 
     p = sub.add_parser("runbook", parents=[parent], help="steps fired at calendar moments")
     verbs = p.add_subparsers(dest="verb", metavar="add|list|show|run-now|history|delete")
-    add = verbs.add_parser("add", parents=[parent], help="add a runbook (admin)")
-    add.add_argument("group")
-    add.add_argument("name")
+    add = command(verbs, parent, "add", "add a runbook (admin)", add_runbook, "group", "name", json=ANSWER)
     add.add_argument("--at", required=True, metavar="MOMENT", help="open, close, open-15m, close+30m or 03:00")
     add.add_argument("--step", action="append", required=True, metavar="STEP", dest="steps",
                      help="start DEMO, stop DEMO, restart DEMO, reboot, run COMMAND, maintenance on|off, "
                           "deploy DEMO@VERSION, undeploy DEMO (repeat, in order)")
     add.add_argument("--catch-up", type=float, metavar="S",
                      help="seconds during which a node offline at the moment still gets the steps when it comes back")
-    add.add_argument("--json", action="store_true", help="print the server's answer")
-    add.set_defaults(handler=add_runbook)
-    lst = verbs.add_parser("list", parents=[parent], help="the runbooks")
-    lst.add_argument("--group", help="only this group")
-    lst.add_argument("--json", action="store_true", help='print {"runbooks": [...]}')
-    lst.set_defaults(handler=list_runbooks)
-    one = verbs.add_parser("show", parents=[parent], help="a runbook, its next moment and latest firings")
-    one.add_argument("group")
-    one.add_argument("name")
-    one.add_argument("--json", action="store_true", help="print the server's answer")
-    one.set_defaults(handler=show_runbook)
-    now = verbs.add_parser("run-now", parents=[parent], help="fire a runbook now (admin)")
-    now.add_argument("group")
-    now.add_argument("name")
-    now.add_argument("--wait", action="store_true", help="follow the firing until it ends")
-    now.add_argument("--json", action="store_true", help="print the firing")
-    now.set_defaults(handler=run_now)
-    hist = verbs.add_parser("history", parents=[parent], help="firings, newest first")
+    command(verbs, parent, "list", "the runbooks", list_runbooks,
+            json='print {"runbooks": [...]}').add_argument("--group", help="only this group")
+    command(verbs, parent, "show", "a runbook, its next moment and latest firings", show_runbook, "group", "name",
+            json=ANSWER)
+    command(verbs, parent, "run-now", "fire a runbook now (admin)", run_now, "group", "name",
+            json="print the firing").add_argument("--wait", action="store_true", help="follow the firing until it ends")
+    hist = command(verbs, parent, "history", "firings, newest first", runbook_history,
+                   json='print {"firings": [...]}')
     hist.add_argument("group", nargs="?")
     hist.add_argument("name", nargs="?")
     hist.add_argument("--limit", type=int, default=20)
-    hist.add_argument("--json", action="store_true", help='print {"firings": [...]}')
-    hist.set_defaults(handler=runbook_history)
-    rm = verbs.add_parser("delete", parents=[parent], help="delete a runbook (admin; its history stays)")
-    rm.add_argument("group")
-    rm.add_argument("name")
-    rm.set_defaults(handler=delete_runbook)
+    command(verbs, parent, "delete", "delete a runbook (admin; its history stays)", delete_runbook, "group", "name")
     p.set_defaults(handler=list_runbooks, group=None, json=False)
 
-    p = sub.add_parser("book", parents=[parent], help="book machines (or: book cancel ID, book extend ID --to T)")
+    p = command(sub, parent, "book", "book machines (or: book cancel ID, book extend ID --to T)", book,
+                json="print the booking")
     p.add_argument("nodes", nargs="*", metavar="NODE", help="node names, or cancel ID, or extend ID")
     p.add_argument("--group", help="book --count machines of this group")
     p.add_argument("--kind", choices=NODE_KINDS, help="with --group: only this kind")
@@ -94,15 +75,12 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p.add_argument("--to", metavar="T", help=f"end: {WHEN}")
     p.add_argument("--deploy", metavar="NAME@VERSION", help="deploy this on the machines while booked")
     p.add_argument("--note", help="what for (shown to others)")
-    p.add_argument("--json", action="store_true", help="print the booking")
-    p.set_defaults(handler=book)
 
-    p = sub.add_parser("bookings", parents=[parent], help="bookings not over yet, or holding at a time")
+    p = command(sub, parent, "bookings", "bookings not over yet, or holding at a time", list_bookings,
+                json='print {"bookings": [...]}')
     p.add_argument("--mine", action="store_true", help="only mine")
     p.add_argument("--at", metavar="T", help=f"holding at this time: {WHEN}")
     p.add_argument("--group", help="only bookings of this group's machines")
-    p.add_argument("--json", action="store_true", help='print {"bookings": [...]}')
-    p.set_defaults(handler=list_bookings)
 
 
 # -- formatting ------------------------------------------------------------------------------------------

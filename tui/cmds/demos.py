@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from tui import fmt
 from tui.api import calls
-from tui.cmds.common import SettingsFn, UsageError, client, emit_json, say
-from tui.cmds.parsing import positive
+from tui.cmds.common import SettingsFn, UsageError, client, emit, emit_json, say, show_list
+from tui.cmds.parsing import command, positive
 from tui.textsafe import clean
 
 if TYPE_CHECKING:
@@ -37,54 +37,31 @@ def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser
     p = sub.add_parser("demo", parents=[parent], help="demo releases: publish, list, status, rollback")
     dsub = p.add_subparsers(dest="demo_command", metavar="COMMAND", required=True)
 
-    q = dsub.add_parser("publish", parents=[parent], help="upload a release (a tar.gz, or a directory packed here)")
+    q = command(dsub, parent, "publish", "upload a release (a tar.gz, or a directory packed here)", publish,
+                json="print the server's answer")
     q.add_argument("path", type=Path, help="the release: a .tar.gz, or a directory holding dvic-demo.toml")
     q.add_argument("--name", help="publish under this name (instead of the manifest's)")
     q.add_argument("--version", dest="demo_version", metavar="VERSION",
                    help="publish as this version (instead of the manifest's)")
-    q.add_argument("--json", action="store_true", help="print the server's answer")
-    q.set_defaults(handler=publish)
+    command(dsub, parent, "list", "published demos and where they are deployed", list_demos,
+            json='print {"demos": [...]}')
+    command(dsub, parent, "releases", "the releases of a demo", releases, "name", json='print {"releases": [...]}')
+    command(dsub, parent, "status", "supervised demos per node: version, health, restarts", status,
+            json='print {"status": [...]}').add_argument("name", nargs="?", help="only this demo")
+    _target_options(command(dsub, parent, "rollback", "go back to the version a target ran before", rollback,
+                            "name"))
+    command(dsub, parent, "deployments", "deployments, newest first", list_deployments,
+            json='print {"deployments": [...]}').add_argument("name", nargs="?", help="only this demo's")
+    command(dsub, parent, "deployment", "one deployment and each node's install state", show_deployment, "id",
+            json="print the deployment")
 
-    q = dsub.add_parser("list", parents=[parent], help="published demos and where they are deployed")
-    q.add_argument("--json", action="store_true", help='print {"demos": [...]}')
-    q.set_defaults(handler=list_demos)
-
-    q = dsub.add_parser("releases", parents=[parent], help="the releases of a demo")
-    q.add_argument("name")
-    q.add_argument("--json", action="store_true", help='print {"releases": [...]}')
-    q.set_defaults(handler=releases)
-
-    q = dsub.add_parser("status", parents=[parent], help="supervised demos per node: version, health, restarts")
-    q.add_argument("name", nargs="?", help="only this demo")
-    q.add_argument("--json", action="store_true", help='print {"status": [...]}')
-    q.set_defaults(handler=status)
-
-    q = dsub.add_parser("rollback", parents=[parent], help="go back to the version a target ran before")
-    q.add_argument("name")
-    _target_options(q)
-    q.set_defaults(handler=rollback)
-
-    q = dsub.add_parser("deployments", parents=[parent], help="deployments, newest first")
-    q.add_argument("name", nargs="?", help="only this demo's")
-    q.add_argument("--json", action="store_true", help='print {"deployments": [...]}')
-    q.set_defaults(handler=list_deployments)
-
-    q = dsub.add_parser("deployment", parents=[parent], help="one deployment and each node's install state")
-    q.add_argument("id")
-    q.add_argument("--json", action="store_true", help="print the deployment")
-    q.set_defaults(handler=show_deployment)
-
-    p = sub.add_parser("deploy", parents=[parent], help="make a node, a group or all nodes run a demo release")
+    p = command(sub, parent, "deploy", "make a node, a group or all nodes run a demo release", deploy)
     p.add_argument("release", metavar="NAME@VERSION")
     _target_options(p)
     p.add_argument("--batch", type=int, metavar="K",
                    help="canaries: the first K nodes, the rest only once those are healthy")
-    p.set_defaults(handler=deploy)
-
-    p = sub.add_parser("undeploy", parents=[parent], help="stop and remove a demo on a node, a group or all nodes")
-    p.add_argument("name")
-    _target_options(p)
-    p.set_defaults(handler=undeploy)
+    _target_options(command(sub, parent, "undeploy", "stop and remove a demo on a node, a group or all nodes",
+                            undeploy, "name"))
 
 
 def _target_options(p: argparse.ArgumentParser) -> None:
@@ -173,26 +150,22 @@ def _assignments(items: list[Json]) -> str:
 
 
 async def releases(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.demo_releases(args.name)
-    if args.json:
-        emit_json({"releases": rows})
-        return 0
+    return await show_list(args, settings, "releases", lambda api: api.demo_releases(args.name), _releases_table)
+
+
+def _releases_table(rows: list[Json]) -> str:
     table = [[r.get("version"), fmt.size(r.get("size")), str(r.get("sha256", ""))[:12], fmt.stamp(r.get("published_at")),
               r.get("published_by"), "yes" if r.get("referenced") else "-"] for r in rows]
-    say(fmt.table(["VERSION", "SIZE", "SHA256", "PUBLISHED", "BY", "IN USE"], table, right=(1,)))
-    return 0
+    return fmt.table(["VERSION", "SIZE", "SHA256", "PUBLISHED", "BY", "IN USE"], table, right=(1,))
 
 
 async def status(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.demo_status(args.name)
-    if args.json:
-        emit_json({"status": rows})
-        return 0
-    say(fmt.table(["DEMO", "NODE", "VERSION", "STATE", "RESTARTS", "UPTIME", "HEARTBEAT", "INSTALL", "MESSAGE"],
-                  [_status_line(r) for r in rows], right=(4,)))
-    return 0
+    return await show_list(args, settings, "status", lambda api: api.demo_status(args.name), _status_table)
+
+
+def _status_table(rows: list[Json]) -> str:
+    return fmt.table(["DEMO", "NODE", "VERSION", "STATE", "RESTARTS", "UPTIME", "HEARTBEAT", "INSTALL", "MESSAGE"],
+                     [_status_line(r) for r in rows], right=(4,))
 
 
 def _status_line(r: Json) -> list[object]:
@@ -214,25 +187,19 @@ def _status_line(r: Json) -> list[object]:
 
 
 async def list_deployments(args: argparse.Namespace, settings: SettingsFn) -> int:
-    async with client(settings()) as api:
-        rows = await api.deployments(args.name)
-    if args.json:
-        emit_json({"deployments": rows})
-        return 0
+    return await show_list(args, settings, "deployments", lambda api: api.deployments(args.name), _deployments_table)
+
+
+def _deployments_table(rows: list[Json]) -> str:
     table = [[d.get("id"), d.get("demo"), d.get("kind"), d.get("version") or "-", d.get("target_name"),
               d.get("state"), fmt.stamp(d.get("created_at")), d.get("operator"), d.get("message") or ""] for d in rows]
-    say(fmt.table(["ID", "DEMO", "KIND", "VERSION", "TARGET", "STATE", "CREATED", "BY", "MESSAGE"], table))
-    return 0
+    return fmt.table(["ID", "DEMO", "KIND", "VERSION", "TARGET", "STATE", "CREATED", "BY", "MESSAGE"], table)
 
 
 async def show_deployment(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         doc = await api.deployment(args.id)
-    if args.json:
-        emit_json(doc)
-    else:
-        say(_deployment_text(doc))
-    return 0
+    return emit(args, doc, "" if args.json else _deployment_text(doc))
 
 
 def _deployment_text(doc: Json) -> str:

@@ -8,23 +8,19 @@ from typing import Any
 
 from dvic_core.constants import NODE_KINDS, NODE_STATES
 from tui import fmt
-from tui.cmds.common import SettingsFn, client, emit_json, say
+from tui.cmds.common import SettingsFn, client, emit, emit_json, say
+from tui.cmds.parsing import command
 from tui.textsafe import clean
 
 
 def add_parsers(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("nodes", parents=[parent], help="list the nodes of the fleet")
+    p = command(sub, parent, "nodes", "list the nodes of the fleet", run_nodes,
+                json='print {"nodes": [...]} as the API returns it')
     p.add_argument("--group", help="only this group")
     p.add_argument("--kind", choices=NODE_KINDS, help="only this kind")
     p.add_argument("--state", choices=NODE_STATES, help="only this state")
     p.add_argument("--all", action="store_true", help="also revoked nodes (hidden by default)")
-    p.add_argument("--json", action="store_true", help='print {"nodes": [...]} as the API returns it')
-    p.set_defaults(handler=run_nodes)
-
-    p = sub.add_parser("node", parents=[parent], help="show one node (name or UUID)")
-    p.add_argument("node")
-    p.add_argument("--json", action="store_true", help="print the node detail document")
-    p.set_defaults(handler=run_node)
+    command(sub, parent, "node", "show one node (name or UUID)", run_node, "node", json="print the node detail document")
 
 
 def shown_state(n: dict[str, Any]) -> str:
@@ -125,8 +121,4 @@ def describe_node(d: dict[str, Any], now: float) -> str:
 async def run_node(args: argparse.Namespace, settings: SettingsFn) -> int:
     async with client(settings()) as api:
         detail = await api.node(args.node)
-    if args.json:
-        emit_json(detail)
-    else:
-        say(describe_node(detail, time.time()))
-    return 0
+    return emit(args, detail, "" if args.json else describe_node(detail, time.time()))

@@ -63,6 +63,20 @@ def action(ops: argparse._SubParsersAction, parent: argparse.ArgumentParser,  # 
     return q
 
 
+def command(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser,  # type: ignore[type-arg]
+            name: str, help: str, handler: Any, *positionals: str, json: str | None = None) -> argparse.ArgumentParser:
+    """One command (or one verb of a command): its plain positionals, the handler that runs it and, when
+    `json` (its help) is given, --json: the API's document instead of text. Its other options are
+    added to what it returns."""
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=[parent], help=help)
+    for positional in positionals:
+        p.add_argument(positional)
+    if json is not None:
+        p.add_argument("--json", action="store_true", help=json)
+    p.set_defaults(handler=handler)
+    return p
+
+
 def listing(sub: argparse._SubParsersAction, parent: argparse.ArgumentParser,  # type: ignore[type-arg]
             name: str, help: str, handler: Any, node_help: str | None = None) -> argparse.ArgumentParser:
     """`dvic actions|sessions|commands`: a list of records, optionally of one node, as a table or JSON."""

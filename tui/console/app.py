@@ -17,17 +17,7 @@ from tui.api.aio import AsyncClient
 from tui.api.errors import ApiError
 from tui.console.fleet import Fleet
 from tui.console.live import LiveFeed
-from tui.console.messages import (
-    AlertChanged,
-    AlertCounts,
-    Connected,
-    DemoStatusChanged,
-    DeploymentChanged,
-    Disconnected,
-    EventArrived,
-    LogsArrived,
-    SilenceChanged,
-)
+from tui.console.messages import AlertCounts, Connected, Disconnected, ForScreens
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.fleet import FleetScreen
 
@@ -180,29 +170,9 @@ class DvicApp(App[None]):
         self.fleet.set_server_alerts(msg.counts)
         self._each(lambda s: s.live_alerts())
 
-    @on(AlertChanged)
-    def _alert_changed(self, msg: AlertChanged) -> None:
-        self._each(lambda s: s.live_alert(msg.change, msg.alert))
-
-    @on(SilenceChanged)
-    def _silence_changed(self, msg: SilenceChanged) -> None:
-        self._each(lambda s: s.live_silence(msg.change, msg.silence))
-
-    @on(DemoStatusChanged)
-    def _demo_status(self, msg: DemoStatusChanged) -> None:
-        self._each(lambda s: s.live_demo_status(msg.status))
-
-    @on(DeploymentChanged)
-    def _deployment(self, msg: DeploymentChanged) -> None:
-        self._each(lambda s: s.live_deployment(msg.deployment))
-
-    @on(LogsArrived)
-    def _logs(self, msg: LogsArrived) -> None:
-        self._each(lambda s: s.live_logs(msg.node, msg.lines))
-
-    @on(EventArrived)
-    def _event(self, msg: EventArrived) -> None:
-        self._each(lambda s: s.live_event(msg.event))
+    @on(ForScreens)
+    def _for_screens(self, msg: ForScreens) -> None:
+        self._each(msg.deliver)
 
     async def update_subscription(self) -> None:
         """Subscribes to the union of the log tails the open screens want."""

@@ -16,17 +16,8 @@ from textual.message import Message
 from tui.api.aio import AsyncClient, Stream
 from tui.api.errors import ApiError
 from tui.api.follow_logs import Backoff
-from tui.console.messages import (
-    AlertChanged,
-    AlertCounts,
-    Connected,
-    DemoStatusChanged,
-    DeploymentChanged,
-    Disconnected,
-    EventArrived,
-    LogsArrived,
-    SilenceChanged,
-)
+from tui.console.messages import AlertCounts, Connected, Disconnected, ForScreens
+from tui.console.screens.base import DvicScreen
 
 REFUSED_WAIT_S = 30.0  # after a 401/403: retrying sooner would not change the answer
 
@@ -141,21 +132,21 @@ class LiveFeed:
                 if isinstance(line, dict):
                     by_node.setdefault(str(msg.get("node") or line.get("node", "")), []).append(line)
             for node_id, lines in by_node.items():
-                self.post(LogsArrived(node_id, lines))
+                self.post(ForScreens(DvicScreen.live_logs, node_id, lines))
         elif kind == "event" and isinstance(msg.get("event"), dict):
-            self.post(EventArrived(msg["event"]))
+            self.post(ForScreens(DvicScreen.live_event, msg["event"]))
         elif kind == "alerts" and isinstance(msg.get("counts"), dict):
             self.post(AlertCounts(msg["counts"]))
         elif kind == "alert" and isinstance(msg.get("alert"), dict):
-            self.post(AlertChanged(str(msg.get("change") or ""), msg["alert"]))
+            self.post(ForScreens(DvicScreen.live_alert, str(msg.get("change") or ""), msg["alert"]))
         elif kind == "silence" and isinstance(msg.get("silence"), dict):
-            self.post(SilenceChanged(str(msg.get("change") or ""), msg["silence"]))
+            self.post(ForScreens(DvicScreen.live_silence, str(msg.get("change") or ""), msg["silence"]))
         elif kind == "demo_status" and msg.get("demo"):
             node = msg.get("node")
             if node:
-                self.post(DemoStatusChanged({**msg, "node": str(node)}))
+                self.post(ForScreens(DvicScreen.live_demo_status, {**msg, "node": str(node)}))
         elif kind == "deployment" and isinstance(msg.get("deployment"), dict):
-            self.post(DeploymentChanged(msg["deployment"]))
+            self.post(ForScreens(DvicScreen.live_deployment, msg["deployment"]))
 
 
 def _drop(call: asyncio.Future[Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from textual.message import Message
@@ -35,48 +36,15 @@ class AlertCounts(Message):
         self.counts = counts
 
 
-class AlertChanged(Message):
-    """An alert fired, was acknowledged, resolved or reminded of (the stream's `alert` frame)."""
+class ForScreens(Message):
+    """A stream frame every screen on the stack hears as it is: `hook` names the DvicScreen hook
+    (live_alert, live_silence, live_demo_status, live_deployment, live_logs, live_event), and the
+    app calls each screen's own `hook` with `args`."""
 
-    def __init__(self, change: str, alert: dict[str, Any]) -> None:
+    def __init__(self, hook: Callable[..., object], *args: Any) -> None:
         super().__init__()
-        self.change = change
-        self.alert = alert
+        self.hook = hook.__name__
+        self.args = args
 
-
-class SilenceChanged(Message):
-    """A silence was added or removed (the stream's `silence` frame)."""
-
-    def __init__(self, change: str, silence: dict[str, Any]) -> None:
-        super().__init__()
-        self.change = change
-        self.silence = silence
-
-
-class DemoStatusChanged(Message):
-    """A node reported a supervised demo's status (the stream's `demo_status` frame)."""
-
-    def __init__(self, status: dict[str, Any]) -> None:
-        super().__init__()
-        self.status = status
-
-
-class DeploymentChanged(Message):
-    """A deployment or one of its nodes changed (the stream's `deployment` frame: the whole deployment)."""
-
-    def __init__(self, deployment: dict[str, Any]) -> None:
-        super().__init__()
-        self.deployment = deployment
-
-
-class LogsArrived(Message):
-    def __init__(self, node: str, lines: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.node = node
-        self.lines = lines
-
-
-class EventArrived(Message):
-    def __init__(self, event: dict[str, Any]) -> None:
-        super().__init__()
-        self.event = event
+    def deliver(self, screen: object) -> None:
+        getattr(screen, self.hook)(*self.args)  # the screen's override, not the base class's hook

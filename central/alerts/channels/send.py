@@ -8,7 +8,7 @@ import asyncio
 import smtplib
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -31,6 +31,37 @@ class DeliveryFailed(Exception):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+
+
+# What a failure to deliver means to an operator, the first matching row winning: the exception
+# type and its sentence, from the exception, where it went (never a URL's path) and the timeout.
+Explain = Callable[[Any, str, float], str]
+HTTP_FAILURES: tuple[tuple[type[BaseException], Explain], ...] = (
+    (TimeoutError, lambda exc, where, timeout: f"{where} gave no answer within {timeout:g} s"),
+    (aiohttp.ClientConnectorCertificateError,
+     lambda exc, where, _: f"{where}: TLS certificate not trusted ({exc.certificate_error})"),
+    (aiohttp.ClientConnectorError,
+     lambda exc, where, _: f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}"),
+    (aiohttp.ServerDisconnectedError, lambda exc, where, _: f"{where} closed the connection without answering"),
+    (aiohttp.ClientPayloadError, lambda exc, where, _: f"{where} closed the connection in the middle of its answer"),
+    (aiohttp.ClientError, lambda exc, where, _: f"{where}: {type(exc).__name__}"),
+    (OSError, lambda exc, where, _: f"{where}: {type(exc).__name__}"),
+)
+SMTP_FAILURES: tuple[tuple[type[BaseException], Explain], ...] = (
+    (ssl.SSLCertVerificationError, lambda exc, where, _: f"{where}: TLS certificate not trusted ({exc.verify_message})"),
+    (ssl.SSLError, lambda exc, where, _: f"{where}: TLS failed ({exc.reason or exc})"),
+    (smtplib.SMTPServerDisconnected, lambda exc, where, _: f"{where} closed the connection"),
+    (TimeoutError, lambda exc, where, timeout: f"{where} gave no answer within {timeout:g} s"),
+    (ConnectionRefusedError, lambda exc, where, _: f"cannot connect to {where}: connection refused"),
+    (OSError, lambda exc, where, _: f"cannot connect to {where}: {exc.strerror or exc}"),
+)
+
+
+def explained(exc: BaseException, failures: tuple[tuple[type[BaseException], Explain], ...], where: str,
+              timeout: float) -> DeliveryFailed:
+    """The DeliveryFailed (worth another try) that the first row of `failures` matching `exc` says."""
+    explain = next(explain for kind, explain in failures if isinstance(exc, kind))
+    return DeliveryFailed(explain(exc, where, timeout))
 
 
 class Transport:
@@ -83,18 +114,8 @@ class Transport:
             ) as response:
                 answer = clean((await response.content.read(ANSWER_BYTES)).decode(errors="replace"), 200)
                 status = response.status
-        except TimeoutError:
-            raise DeliveryFailed(f"{where} gave no answer within {self.timeout:g} s") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise DeliveryFailed(f"{where}: TLS certificate not trusted ({exc.certificate_error})") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise DeliveryFailed(f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}") from None
-        except aiohttp.ServerDisconnectedError:
-            raise DeliveryFailed(f"{where} closed the connection without answering") from None
-        except aiohttp.ClientPayloadError:
-            raise DeliveryFailed(f"{where} closed the connection in the middle of its answer") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise DeliveryFailed(f"{where}: {type(exc).__name__}") from None
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise explained(exc, HTTP_FAILURES, where, self.timeout) from None
         text = f"HTTP {status}" + (f" {answer}" if answer else "")
         if 200 <= status < 300:
             return text
@@ -140,20 +161,8 @@ def _smtp_send(settings: Mapping[str, Any], password: str, email: EmailMessage, 
     except smtplib.SMTPResponseException as exc:
         raise DeliveryFailed(f"{where} answered {exc.smtp_code} {_text(exc.smtp_error)}",
                              permanent=500 <= exc.smtp_code < 600) from None
-    except ssl.SSLCertVerificationError as exc:
-        raise DeliveryFailed(f"{where}: TLS certificate not trusted ({exc.verify_message})") from None
-    except ssl.SSLError as exc:
-        raise DeliveryFailed(f"{where}: TLS failed ({exc.reason or exc})") from None
-    except smtplib.SMTPServerDisconnected:
-        raise DeliveryFailed(f"{where} closed the connection") from None
-    except TimeoutError:
-        raise DeliveryFailed(f"{where} gave no answer within {timeout:g} s") from None
-    except ConnectionRefusedError:
-        raise DeliveryFailed(f"cannot connect to {where}: connection refused") from None
-    except OSError as exc:
-        raise DeliveryFailed(f"cannot connect to {where}: {exc.strerror or exc}") from None
-    except smtplib.SMTPException as exc:
-        raise DeliveryFailed(f"{where}: {clean(str(exc), 200)}") from None
+    except OSError as exc:  # SSL, SMTP and timeout errors are OSErrors
+        raise explained(exc, SMTP_FAILURES, where, timeout) from None
 
 
 def _login(client: smtplib.SMTP, where: str, user: str, password: str) -> None:

@@ -53,17 +53,34 @@ function resolveDir(directory, env = process.env) {
   return directory;
 }
 
+/**
+ * A setting given as an option or in the environment: the option when given, else the environment
+ * variable read by `parse` (which throws on text it cannot read), else undefined: the default.
+ * `source` says which one it was, for the messages.
+ */
+function optionOrEnv(option, optionName, env, envName, parse) {
+  if (option !== undefined && option !== null) return { value: option, source: optionName };
+  const raw = envValue(env, envName).replace(STRIP, '');
+  return raw ? { value: parse(raw), source: envName } : undefined;
+}
+
+function parseWholeBytes(raw) {
+  if (!PY_INT.test(raw)) throw new ConfigError(`dvic_log: ${ENV_MAX_BYTES}='${raw}' is not a whole number of bytes`);
+  return Number(raw.replace(/_/g, ''));
+}
+
+function parseDays(raw) {
+  if (!PY_FLOAT.test(raw) && !PY_FLOAT_WORD.test(raw)) throw new ConfigError(`dvic_log: ${ENV_KEEP_DAYS}='${raw}' is not a number of days`);
+  const lower = raw.toLowerCase().replace(/^[+-]/, '');
+  if (lower.startsWith('inf')) return raw.startsWith('-') ? -Infinity : Infinity;
+  return lower === 'nan' ? NaN : Number(raw.replace(/_/g, ''));
+}
+
 /** The per-file cap: the option, else $DVIC_LOG_MAX_BYTES, else 8 MiB; at least 4096. */
 function resolveMaxBytes(maxBytes, env = process.env) {
-  let source = 'maxBytes';
-  let value = maxBytes;
-  if (value === undefined || value === null) {
-    const raw = envValue(env, ENV_MAX_BYTES).replace(STRIP, '');
-    if (!raw) return DEFAULT_MAX_BYTES;
-    source = ENV_MAX_BYTES;
-    if (!PY_INT.test(raw)) throw new ConfigError(`dvic_log: ${ENV_MAX_BYTES}='${raw}' is not a whole number of bytes`);
-    value = Number(raw.replace(/_/g, ''));
-  }
+  const given = optionOrEnv(maxBytes, 'maxBytes', env, ENV_MAX_BYTES, parseWholeBytes);
+  if (!given) return DEFAULT_MAX_BYTES;
+  const { value, source } = given;
   if (typeof value !== 'number' || !Number.isInteger(value)) {
     throw new ConfigError(`dvic_log: ${source} must be a whole number, not ${typeof value}`);
   }
@@ -75,17 +92,9 @@ function resolveMaxBytes(maxBytes, env = process.env) {
 
 /** Retention in seconds: the option, else $DVIC_LOG_KEEP_DAYS, else 7 days; 0 keeps forever. */
 function resolveKeepSeconds(keepDays, env = process.env) {
-  let source = 'keepDays';
-  let value = keepDays;
-  if (value === undefined || value === null) {
-    const raw = envValue(env, ENV_KEEP_DAYS).replace(STRIP, '');
-    if (!raw) return DEFAULT_KEEP_DAYS * 86400;
-    source = ENV_KEEP_DAYS;
-    if (!PY_FLOAT.test(raw) && !PY_FLOAT_WORD.test(raw)) throw new ConfigError(`dvic_log: ${ENV_KEEP_DAYS}='${raw}' is not a number of days`);
-    const lower = raw.toLowerCase().replace(/^[+-]/, '');
-    value = lower.startsWith('inf') ? Infinity : lower === 'nan' ? NaN : Number(raw.replace(/_/g, ''));
-    if (raw.startsWith('-') && lower.startsWith('inf')) value = -Infinity;
-  }
+  const given = optionOrEnv(keepDays, 'keepDays', env, ENV_KEEP_DAYS, parseDays);
+  if (!given) return DEFAULT_KEEP_DAYS * 86400;
+  const { value, source } = given;
   if (typeof value !== 'number') {
     throw new ConfigError(`dvic_log: ${source} must be a number of days, not ${typeof value}`);
   }

@@ -24,17 +24,12 @@ async def database(tmp_path: Path) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def receiver() -> Iterator[HttpReceiver]:
-    server = HttpReceiver().start()
-    try:
+    with HttpReceiver() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def second_receiver() -> Iterator[HttpReceiver]:
-    server = HttpReceiver().start()
-    try:
+    """Another receiver, for a test that sends to two."""
+    with HttpReceiver() as server:
         yield server
-    finally:
-        server.close()

@@ -104,14 +104,11 @@ async def test_slack_mattermost_discord_formats(receiver: HttpReceiver) -> None:
 
 async def test_webhook_https_with_the_labs_own_ca(tmp_path: Path) -> None:
     ca_pem, server_ssl = tls_for_tests(tmp_path / "tls")
-    receiver = HttpReceiver(server_ssl).start()
-    try:
+    with HttpReceiver(server_ssl) as receiver:
         url = f"https://localhost:{receiver.port}/hook"
         assert await deliver("webhook", {"url": url, "ca_pem": ca_pem}, grouped(1)) == "HTTP 200 ok"
         with pytest.raises(DeliveryFailed, match="TLS certificate not trusted"):
             await deliver("webhook", {"url": url}, grouped(1))
-    finally:
-        receiver.close()
 
 
 @pytest.mark.parametrize(("mode", "expected", "permanent"), [

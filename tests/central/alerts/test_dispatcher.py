@@ -38,6 +38,14 @@ async def add_webhook(sink: Dispatcher, name: str, receiver: HttpReceiver) -> No
     assert await sink.add_channel(parse_channel(name, "webhook", {"url": f"{receiver.url}/{name}"}), "alice")
 
 
+@asynccontextmanager
+async def one_webhook(database: Database, receiver: HttpReceiver, settings: Notify = FAST) -> AsyncIterator[Dispatcher]:
+    """A running dispatcher with one webhook channel, "a", to `receiver`."""
+    async with dispatcher(database, settings) as sink:
+        await add_webhook(sink, "a", receiver)
+        yield sink
+
+
 async def rows(database: Database, **filters: Any) -> list[dict[str, Any]]:
     return await queries.notifications(database.read_db, **filters)
 
@@ -50,8 +58,7 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 10.0) 
 
 async def test_without_routes_every_channel_gets_every_notice(database: Database, receiver: HttpReceiver,
                                                               second_receiver: HttpReceiver) -> None:
-    async with dispatcher(database) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver) as sink:
         await add_webhook(sink, "b", second_receiver)
         await sink.submit([notice("pi-1", group=None, severity="info")])
         await until(lambda: receiver.got() and second_receiver.got(), "both channels to receive the notice")
@@ -85,8 +92,7 @@ async def test_500_nodes_offline_is_one_message_per_route(database: Database, re
 
 async def test_a_window_later_is_another_message(database: Database, receiver: HttpReceiver) -> None:
     settings = Notify(group_window=0.6, group_quiet=0.6)
-    async with dispatcher(database, settings) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver, settings) as sink:
         await sink.submit([notice("pi-1")])
         await sink.submit([notice("pi-2")])
         await until(lambda: receiver.got(1), "the first group")
@@ -99,8 +105,7 @@ async def test_a_window_later_is_another_message(database: Database, receiver: H
 
 
 async def test_one_alert_alone_goes_out_after_the_quiet_time(database: Database, receiver: HttpReceiver) -> None:
-    async with dispatcher(database, Notify(group_window=30.0, group_quiet=0.2)) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver, Notify(group_window=30.0, group_quiet=0.2)) as sink:
         started = time.monotonic()
         await sink.submit([notice("pi-1")])
         await until(receiver.got, "the notification", timeout=5)
@@ -109,8 +114,7 @@ async def test_one_alert_alone_goes_out_after_the_quiet_time(database: Database,
 
 async def test_500_then_success_is_retried_with_backoff(database: Database, receiver: HttpReceiver) -> None:
     receiver.mode = "fail"
-    async with dispatcher(database) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver) as sink:
         await sink.submit([notice()])
         await until(lambda: len(receiver.requests) >= 2, "two failed attempts")
         receiver.mode = "ok"
@@ -132,8 +136,7 @@ async def the_failed_one(database: Database) -> dict[str, Any]:
 
 async def test_failed_after_the_last_try_then_resent(database: Database, receiver: HttpReceiver) -> None:
     receiver.mode = "fail"
-    async with dispatcher(database) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver) as sink:
         await sink.submit([notice()])
         row = await the_failed_one(database)
         assert row["attempts"] == FAST.attempts == len(receiver.requests)
@@ -148,8 +151,7 @@ async def test_failed_after_the_last_try_then_resent(database: Database, receive
 
 async def test_a_gone_webhook_is_not_retried(database: Database, receiver: HttpReceiver) -> None:
     receiver.mode = "gone"
-    async with dispatcher(database) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver) as sink:
         await sink.submit([notice()])
         row = await the_failed_one(database)
     assert row["attempts"] == 1 and "HTTP 410" in row["last_error"]
@@ -158,8 +160,7 @@ async def test_a_gone_webhook_is_not_retried(database: Database, receiver: HttpR
 async def test_a_receiver_down_then_restarted_gets_it(database: Database, receiver: HttpReceiver) -> None:
     receiver.stop()
     settings = Notify(group_window=0.2, group_quiet=0.1, attempts=20, backoff=0.1, backoff_max=0.3)
-    async with dispatcher(database, settings) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver, settings) as sink:
         await sink.submit([notice()])
 
         async def tried_twice() -> bool:
@@ -190,8 +191,7 @@ async def test_a_broken_receiver_blocks_neither_submit_nor_other_channels(
 
 async def test_pending_notifications_outlive_the_dispatcher(database: Database, receiver: HttpReceiver) -> None:
     receiver.stop()
-    async with dispatcher(database, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
         await sink.submit([notice("pi-1"), notice("pi-2")])
 
         async def tried() -> bool:
@@ -213,8 +213,7 @@ async def test_pending_notifications_outlive_the_dispatcher(database: Database, 
 
 async def test_removing_a_channel_keeps_its_queue_as_failed(database: Database, receiver: HttpReceiver) -> None:
     receiver.stop()
-    async with dispatcher(database, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
         await sink.add_route("*", "*", "a", "alice")
         await sink.submit([notice()])
         assert await sink.remove_channel("a")
@@ -225,8 +224,7 @@ async def test_removing_a_channel_keeps_its_queue_as_failed(database: Database, 
 
 
 async def test_route_errors(database: Database, receiver: HttpReceiver) -> None:
-    async with dispatcher(database) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver) as sink:
         assert not await sink.add_channel(parse_channel("a", "webhook", {"url": receiver.url}), "bob")
         route = await sink.add_route("hall-a", "warning", "a", "alice")
         with pytest.raises(RouteInvalid, match="exists"):
@@ -253,8 +251,7 @@ async def test_routes_take_a_minimum_severity(database: Database, receiver: Http
 
 
 async def test_channel_test_reports_the_answer(database: Database, receiver: HttpReceiver) -> None:
-    async with dispatcher(database) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver) as sink:
         assert await sink.test("a") == "HTTP 200 ok"
         assert receiver.accepted[0].json()["kind"] == "test"
         with pytest.raises(LookupError):
@@ -263,8 +260,7 @@ async def test_channel_test_reports_the_answer(database: Database, receiver: Htt
 
 async def test_pending_notifications_counts_the_queue(database: Database, receiver: HttpReceiver) -> None:
     receiver.stop()
-    async with dispatcher(database, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
-        await add_webhook(sink, "a", receiver)
+    async with one_webhook(database, receiver, Notify(group_window=0.2, group_quiet=0.1, backoff=30)) as sink:
         assert sink.pending_notifications() == 0
         await sink.submit([notice("pi-1"), notice("pi-2", "resolved")])
         assert sink.pending_notifications() == 2  # two groups: firing, resolved

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,8 @@ SECRET = "hmac-key-0123456789"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[CentralServer]:
-    central = CentralServer(tmp_path / "central").start()
-    try:
-        yield central
-    finally:
-        central.stop()
-
-
-@pytest.fixture
-def dvic(server: CentralServer, tmp_path: Path) -> DvicRunner:
-    return DvicRunner(server, clean_env(tmp_path))
+def dvic(central_server: CentralServer, tmp_path: Path) -> DvicRunner:
+    return DvicRunner(central_server, clean_env(tmp_path))
 
 
 def secret_file(tmp_path: Path, name: str, value: str) -> str:
@@ -49,7 +39,7 @@ def secret_file(tmp_path: Path, name: str, value: str) -> str:
     return str(path)
 
 
-async def test_a_webhook_channel_from_add_to_remove(server: CentralServer, dvic: DvicRunner, receiver: HttpReceiver,
+async def test_a_webhook_channel_from_add_to_remove(central_server: CentralServer, dvic: DvicRunner, receiver: HttpReceiver,
                                                     tmp_path: Path) -> None:
     ops, viewer = dvic.operator("ops", "operator"), dvic.operator("eve", "viewer")
     url = f"{receiver.url}/hooks/TOKEN-IN-PATH"
@@ -96,7 +86,7 @@ async def test_a_webhook_channel_from_add_to_remove(server: CentralServer, dvic:
     assert removed.out == "removed channel hook and its routes\n"
     assert (await dvic("channel", "list", token=viewer)).out.startswith("no channels")
 
-    status, audit = server.api("GET", "/api/v1/audit?limit=100")
+    status, audit = central_server.api("GET", "/api/v1/audit?limit=100")
     rows = [(e["operator"], e["action"], e["target"], e["status"]) for e in audit["entries"]]
     assert ("ops", "POST /api/v1/channels/{name}", "name=hook", 201) in rows
     assert ("eve", "POST /api/v1/channels/{name}", "name=mine", 403) in rows
@@ -104,11 +94,11 @@ async def test_a_webhook_channel_from_add_to_remove(server: CentralServer, dvic:
     assert ("ops", "POST /api/v1/channels/{name}/routes", "name=hook", 201) in rows
     assert ("ops", "DELETE /api/v1/channels/{name}", "name=hook", 200) in rows
     # The secret and the URL's token went nowhere an operator or a log reader could see them.
-    everything = listed.out + table + json.dumps(audit) + server.log()
+    everything = listed.out + table + json.dumps(audit) + central_server.log()
     assert SECRET not in everything and "TOKEN-IN-PATH" not in everything
 
 
-async def test_smtp_that_refuses_the_login_is_a_clear_error(server: CentralServer, dvic: DvicRunner,
+async def test_smtp_that_refuses_the_login_is_a_clear_error(central_server: CentralServer, dvic: DvicRunner,
                                                             tmp_path: Path) -> None:
     mail = smtp_server(tmp_path, "starttls", {"alice": "right-password"})
     ca = tmp_path / "smtp-ca.pem"

@@ -14,14 +14,13 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tui import fmt
 from tui.api.errors import ApiError
 from tui.api.follow_command import ACTION_POLL_S, ActionTracker, action_final
 from tui.console.act import ACTION_STYLE
 from tui.console.screens.base import DvicScreen
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.tables import data_table
 from tui.textsafe import literal
 
@@ -62,11 +61,9 @@ class ActionsScreen(DvicScreen):
         self._last = 0.0
         self._shown_versions: dict[str, str] = {}  # the daemon versions the table shows
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="actions-title")
         yield data_table("actions-table", COLUMNS)
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -18,12 +18,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, DataTable, Input, Label, Select, Static, TextArea
 
 from dvic_core.constants import NODE_KINDS
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog
-from tui.console.widgets.banner import ConnectionBanner
 from tui.textsafe import literal
 
 STEPS = ("connect", "check", "enroll", "render", "install", "online")
@@ -62,8 +61,7 @@ class AddNodeScreen(DvicScreen):
         self.error: Any = None
         self.request: Any = None
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(Text("Add a node: enroll it and install its daemon over SSH", style="bold"), id="add-title")
         with VerticalScroll(id="add-form"):
             with Horizontal(classes="form-row"):
@@ -109,7 +107,6 @@ class AddNodeScreen(DvicScreen):
             steps.add_column("", key="message")
             yield steps
             yield Static(id="add-result")
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

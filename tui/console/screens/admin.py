@@ -10,14 +10,13 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from dvic_core.constants import ROLES
 from tui import fmt
 from tui.api.errors import ApiError
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ChoiceDialog, ConfirmDialog, InputDialog, SecretDialog
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.tables import data_table
 from tui.textsafe import literal
 
@@ -54,8 +53,7 @@ class AdminScreen(DvicScreen):
         super().__init__(id="admin")
         self.operators: list[dict[str, Any]] = []
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="admin-status")
         with TabbedContent(initial="ops"):
             with TabPane("Operators", id="ops"):
@@ -66,7 +64,6 @@ class AdminScreen(DvicScreen):
                 yield data_table("audit-table", AUDIT_COLUMNS, zebra=False)
             with TabPane("Recordings", id="recordings"):
                 yield data_table("session-table", SESSION_COLUMNS)
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

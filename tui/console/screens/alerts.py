@@ -15,7 +15,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from tui import fmt
 from tui.api.aio import AsyncClient
@@ -24,7 +24,6 @@ from tui.console.alerts import MATCHERS, RECENT_S, Alert, LiveAlerts, Silence, m
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog, Field, FormDialog
 from tui.console.widgets.alert_table import STATE_STYLE, AlertTable
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.tables import data_table
 from tui.textsafe import literal
 
@@ -115,8 +114,7 @@ class AlertsScreen(DvicScreen):
         self.initial_tab = tab
         self._detail_shown: str | None = None
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="alerts-title")
         with TabbedContent(initial=self.initial_tab):
             with TabPane("Alerts", id="alerts"):
@@ -124,7 +122,6 @@ class AlertsScreen(DvicScreen):
                 yield Static(id="alert-detail")
             with TabPane("Silences", id="silences"):
                 yield data_table("silence-table", SILENCE_COLUMNS)
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

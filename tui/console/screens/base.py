@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from textual.app import ComposeResult
 from textual.screen import Screen
+from textual.widgets import Footer
 
 from tui.console.widgets.banner import ConnectionBanner
 
@@ -13,7 +15,16 @@ if TYPE_CHECKING:
 
 
 class DvicScreen(Screen[None]):
-    """A console screen. The app calls the `live_*` hooks of every screen on its stack."""
+    """A console screen: the connection banner, the screen's `body`, the footer. The app calls the
+    `live_*` hooks of every screen on its stack."""
+
+    def compose(self) -> ComposeResult:
+        yield ConnectionBanner()
+        yield from self.body()
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        raise NotImplementedError
 
     @property
     def dvic(self) -> ConsoleHost:

@@ -17,17 +17,15 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Label, OptionList, Static
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui import fmt
 from tui.api.errors import ApiError
 from tui.console.screens.alerts import refusal
 from tui.console.screens.base import DvicScreen
-from tui.console.screens.dialogs import ConfirmDialog
-from tui.console.widgets.banner import ConnectionBanner
+from tui.console.screens.dialogs import ConfirmDialog, Dialog
 from tui.console.widgets.demo_table import STATE_STYLE, DemoRow, DemoTable, install_text, row_key
 from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
@@ -67,40 +65,38 @@ def node_name(row: DemoRow) -> str:
 Send = Callable[[str | None, Target, int | None], Awaitable[dict[str, Any]]]
 
 
-class DeployDialog(ModalScreen[dict[str, Any] | None]):
+class DeployDialog(Dialog[dict[str, Any] | None]):
     """Pick a release (for a deploy), a target and an optional batch; Enter on the target sends.
 
     A group or all nodes is confirmed first. The server's refusal (403, 404, 409...) stays in the
     dialog; it closes with the deployment once the server accepted it."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    BOX_CLASSES = "dialog-box form-box"
 
     def __init__(self, title: str, releases: list[str] | None, current: str | None, targets: list[Target],
                  send: Send) -> None:
-        super().__init__(classes="dialog")
-        self.title_text = title
+        super().__init__(title)
         self.releases = releases
         self.current = current
         self.targets = targets
         self.send = send
         self.sending = False
 
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog-box form-box"):
-            yield Label(literal(self.title_text), classes="dialog-title")
-            if self.releases is not None:
-                yield Label("Release", classes="dim")
-                yield OptionList(*[Option(literal(r), id=r) for r in self.releases], id="deploy-releases")
-            yield Label("Target", classes="dim")
-            yield OptionList(*[Option(literal(t.label), id=str(i)) for i, t in enumerate(self.targets)],
-                             id="deploy-targets")
-            if self.releases is not None:
-                with Horizontal(classes="form-row"):
-                    yield Label("Batch", classes="form-label")
-                    yield Input(placeholder="canary size (empty: every node at once)", id="deploy-batch",
-                                compact=True)
-            yield Static(id="deploy-error")
-            yield Label("Tab moves, Enter on a target sends, Escape cancels", classes="dim")
+    def body(self) -> ComposeResult:
+        if self.releases is not None:
+            yield Label("Release", classes="dim")
+            yield OptionList(*[Option(literal(r), id=r) for r in self.releases], id="deploy-releases")
+        yield Label("Target", classes="dim")
+        yield OptionList(*[Option(literal(t.label), id=str(i)) for i, t in enumerate(self.targets)],
+                         id="deploy-targets")
+        if self.releases is not None:
+            with Horizontal(classes="form-row"):
+                yield Label("Batch", classes="form-label")
+                yield Input(placeholder="canary size (empty: every node at once)", id="deploy-batch",
+                            compact=True)
+        yield Static(id="deploy-error")
+        yield Label("Tab moves, Enter on a target sends, Escape cancels", classes="dim")
 
     def on_mount(self) -> None:
         if self.releases is not None:
@@ -196,12 +192,10 @@ class DemosScreen(DvicScreen):
         self.last_deployment: str | None = None
         self._detail_shown: str | None = None
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="demos-title")
         yield DemoTable(id="demo-status-table")
         yield Static(id="demo-detail")
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -414,11 +408,9 @@ class DeploymentScreen(DvicScreen):
         self.trail: dict[str, list[str]] = {}  # each node's states as this screen saw them
         self._shown: dict[str, tuple[str, ...]] = {}
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="deployment-title")
         yield data_table("deployment-nodes", NODE_COLUMNS)
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

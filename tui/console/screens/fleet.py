@@ -18,7 +18,7 @@ from typing import Any
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import DataTable, Input
 from textual.widgets.data_table import RowKey
 
 from dvic_core.constants import NODE_STATES
@@ -26,7 +26,6 @@ from tui import fmt
 from tui.console.act import ACT_BINDINGS
 from tui.console.fleet import SORT_KEYS, Filter, alerts, cycle, metric
 from tui.console.screens.base import DvicScreen
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.fleet_table import FleetTable
 from tui.console.widgets.summary import STATE_ICON, STATE_STYLE, SummaryBar
 from tui.console.widgets.tables import Cell, data_table
@@ -103,13 +102,11 @@ class FleetScreen(DvicScreen):
         self._freshen_due = False  # a step of visible stale rows is scheduled for the next frame
         self._backlog: dict[str, None] = {}  # ids of matching nodes waiting for their row, in sorted order
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield SummaryBar(id="summary")
         yield Input(placeholder="filter: name, group, kind, state, version — Enter keeps, Escape clears",
                     id="filter")
         yield data_table("nodes", COLUMNS, cls=FleetTable)
-        yield Footer()
 
     def on_mount(self) -> None:
         self._table = self.query_one(FleetTable)

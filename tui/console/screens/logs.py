@@ -13,12 +13,11 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Input, Static
 
 from tui.api import calls
 from tui.api.errors import ApiError
 from tui.console.screens.base import DvicScreen
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.log_view import LogView
 from tui.textsafe import literal
 
@@ -43,12 +42,10 @@ class LogsScreen(DvicScreen):
         self.query_text = ""
         self._was_down = False
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="logs-status")
         yield Input(placeholder="search (server full-text) — Enter searches, Escape cancels", id="search")
         yield LogView(with_node=self.node_id is None, id="log")
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

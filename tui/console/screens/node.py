@@ -11,7 +11,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Footer, Label, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Label, Static, TabbedContent, TabPane
 
 from tui import fmt
 from tui.api.errors import ApiError
@@ -24,7 +24,6 @@ from tui.console.screens.alerts import load_alerts, refusal
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ChoiceDialog
 from tui.console.widgets.alert_table import AlertTable
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.chart import MetricChart
 from tui.console.widgets.demo_table import STATE_STYLE as SUPERVISED_STYLE
 from tui.console.widgets.demo_table import state_text, uptime, version_text
@@ -88,8 +87,7 @@ class NodeScreen(DvicScreen):
         self.range_index = 1
         self._last_detail = 0.0
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="node-title")
         with TabbedContent(initial=self.initial_tab):
             with TabPane("Overview", id="overview"), Horizontal():
@@ -111,7 +109,6 @@ class NodeScreen(DvicScreen):
                 yield data_table("node-actions", ACTION_COLUMNS)
             with TabPane("Alerts", id="alerts"):
                 yield AlertTable(id="node-alerts")
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

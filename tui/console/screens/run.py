@@ -16,7 +16,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input, RichLog, Static
+from textual.widgets import DataTable, Input, RichLog, Static
 
 from tui.api.aio import AsyncClient
 from tui.api.errors import ApiError, StreamClosed, Unreachable
@@ -31,7 +31,6 @@ from tui.api.follow_command import (
 from tui.console.act import RUN_STYLE
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.tables import data_table
 from tui.textsafe import clean, literal
 
@@ -64,13 +63,11 @@ class RunScreen(DvicScreen):
     def api(self) -> AsyncClient:
         return self.dvic.api
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="run-title")
         yield Input(placeholder="shell command, run with /bin/sh -c on each node — Enter runs", id="run-input")
         yield data_table("run-table", COLUMNS)
         yield RichLog(id="run-output", markup=False, highlight=False, wrap=True, max_lines=MAX_SHOWN)
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

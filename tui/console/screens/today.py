@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tui import fmt
 from tui.api import calls
@@ -25,7 +25,6 @@ from tui.console.screens.alerts import refusal
 from tui.console.screens.base import DvicScreen
 from tui.console.screens.dialogs import ConfirmDialog, Field, FormDialog
 from tui.console.today import Entry, Json, timeline
-from tui.console.widgets.banner import ConnectionBanner
 from tui.console.widgets.tables import data_table
 from tui.console.widgets.timeline_table import STATE_STYLE, TimelineTable
 from tui.textsafe import clean, literal
@@ -181,12 +180,10 @@ class TodayScreen(DvicScreen):
         self._reading = False
         self._detail_shown: str | None = None
 
-    def compose(self) -> ComposeResult:
-        yield ConnectionBanner()
+    def body(self) -> ComposeResult:
         yield Static(id="today-title")
         yield TimelineTable(id="timeline")
         yield Static(id="today-detail")
-        yield Footer()
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -29,7 +29,6 @@ COLUMNS: list[tuple[str, str, int | None]] = [
 FIXED_WIDTH = sum(w or 0 for _, _, w in COLUMNS) + 2 * len(COLUMNS) + 2
 MIN_SUMMARY = 10
 WIDE = {"rule": 18, "subject": 20}
-COLUMN_KEYS = [c[0] for c in COLUMNS]
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 STATE_STYLE = {"firing": "bold red", "silenced": "magenta", "acknowledged": "yellow", "resolved": "green"}
 STATE_ICON = {"firing": "●", "silenced": "◌", "acknowledged": "◐", "resolved": "✔"}
@@ -73,13 +72,7 @@ class AlertTable(KeyedTable):
     """Rows keyed by alert id. `show` and `forget` change one row; `tick` sorts and ages."""
 
     SORT_COLUMN = "severity"
-    COLUMN_KEYS = COLUMN_KEYS
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(zebra_stripes=True, **kwargs)
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
-        self._resort = False
+    COLUMNS = COLUMNS
 
     def on_resize(self) -> None:
         widths = column_widths(self.size.width)
@@ -98,22 +91,11 @@ class AlertTable(KeyedTable):
 
     def fill(self, alerts: list[Alert]) -> None:
         """Shows exactly these alerts (after a fresh read), in order."""
-        now = time.time()
-        wanted = {str(a["id"]) for a in alerts}
-        for key in [k for k in self._cells if k not in wanted]:
-            self.forget(key)
-        for alert in alerts:
-            self.show(alert, now)
-        self.sort_now()
-
-    def sort_now(self) -> None:
-        self._resort = False
-        self.sort_rows()
+        self.refill({str(a["id"]): a for a in alerts}, self.show)
 
     def tick(self, alerts: dict[int, Alert]) -> None:
         """Once a second: a pending re-sort, and the Since column of the rows in sight."""
-        if self._resort:
-            self.sort_now()
+        self.sort_if_moved()
         now = time.time()
         for key in self.visible_keys():
             alert = alerts.get(int(key))

@@ -18,14 +18,13 @@ from tui.textsafe import clean
 
 DemoRow = dict[str, Any]  # a row of GET /api/v1/demos/status, kept up to date by `demo_status` frames
 
-COLUMNS: list[tuple[str, str, int]] = [
+COLUMNS: list[tuple[str, str, int | None]] = [
     ("demo", "Demo", 12), ("node", "Node", 11), ("version", "Version", 8), ("state", "State", 11),
-    ("restarts", "↻", 3), ("uptime", "Uptime", 7), ("heartbeat", "Beat", 4), ("install", "Install", 0),
-    ("message", "Message", 0),
+    ("restarts", "↻", 3), ("uptime", "Uptime", 7), ("heartbeat", "Beat", 4), ("install", "Install", None),
+    ("message", "Message", None),
 ]
-COLUMN_KEYS = [c[0] for c in COLUMNS]
 # At 80 columns Install gets what is left and the message is shown under the table; wider, both.
-FIXED_WIDTH = sum(w for _, _, w in COLUMNS) + 2 * len(COLUMNS) + 2
+FIXED_WIDTH = sum(w or 0 for _, _, w in COLUMNS) + 2 * len(COLUMNS) + 2
 INSTALL_WIDTH = 14
 STATE_STYLE = {"healthy": "green", "running": "cyan", "unhealthy": "yellow", "crashloop": "bold red",
                "stopped": "dim", "failed": "bold red"}
@@ -96,14 +95,8 @@ class DemoTable(KeyedTable):
     """Rows keyed `node-id/demo`. `show` adds or changes one row; `tick` sorts and ages."""
 
     SORT_COLUMN = "demo"
-    COLUMN_KEYS = COLUMN_KEYS
+    COLUMNS = COLUMNS
     TIMED = ("uptime", "heartbeat")
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(zebra_stripes=True, **kwargs)
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width or None)
-        self._resort = False
 
     def on_resize(self) -> None:
         spare = max(0, self.size.width - FIXED_WIDTH)
@@ -119,22 +112,11 @@ class DemoTable(KeyedTable):
 
     def fill(self, rows: list[DemoRow]) -> None:
         """Shows exactly these rows (after a fresh read), in order."""
-        now = time.time()
-        wanted = {row_key(r) for r in rows}
-        for key in [k for k in self._cells if k not in wanted]:
-            self.forget(key)
-        for row in rows:
-            self.show(row, now)
-        self.sort_now()
-
-    def sort_now(self) -> None:
-        self._resort = False
-        self.sort_rows()
+        self.refill({row_key(r): r for r in rows}, self.show)
 
     def tick(self, rows: dict[str, DemoRow]) -> None:
         """Once a second: a pending re-sort, and the Uptime and Beat columns of the rows in sight."""
-        if self._resort:
-            self.sort_now()
+        self.sort_if_moved()
         now = time.time()
         for key in self.visible_keys():
             row = rows.get(key)

@@ -4,22 +4,32 @@ row must move. The Alerts, Demos and Today views show their lists with it."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 
 from textual.widgets.data_table import ColumnKey
 
 from tui.console.widgets.fleet_table import FleetTable
 from tui.console.widgets.tables import Cell, signature
 
+Item = TypeVar("Item")
+
 
 class KeyedTable(FleetTable):
     SORT_COLUMN = ""                # the column whose cells' sort_value orders the rows
-    COLUMN_KEYS: list[str] = []     # the columns in display order
+    # (key, label, width) of the columns in display order; a width of None fits the content.
+    COLUMNS: list[tuple[str, str, int | None]] = []
+    ZEBRA_STRIPES = True
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=self.ZEBRA_STRIPES, **kwargs)
         self._cells: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._places: dict[str, Any] = {}
+        self._resort = False  # a row's place changed since the last sort
+        self.column_keys = [key for key, _, _ in self.COLUMNS]
+        for key, label, width in self.COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     def set_widths(self, widths: dict[str, int]) -> None:
         """Columns to these widths; one re-layout when any changed."""
@@ -37,7 +47,7 @@ class KeyedTable(FleetTable):
     def put(self, key: str, cells: dict[str, Cell], place: Any = None) -> bool:
         """Adds the row or updates its changed cells; True when it is new or its place changed."""
         if key not in self._cells:
-            self.add_row(*(cells[k] for k in self.COLUMN_KEYS), key=key)
+            self.add_row(*(cells[k] for k in self.column_keys), key=key)
             self._cells[key] = {k: signature(v) for k, v in cells.items()}
             self._places[key] = place
             return True
@@ -69,6 +79,30 @@ class KeyedTable(FleetTable):
         if key in self._cells:
             self.remove_row(key)
             del self._cells[key], self._places[key]
+
+    def keep_only(self, keys: Collection[str]) -> list[str]:
+        """Drops every row whose key is not in `keys`; the keys dropped."""
+        gone = [key for key in self._cells if key not in keys]
+        for key in gone:
+            self.drop(key)
+        return gone
+
+    def refill(self, items: Mapping[str, Item], show: Callable[[Item, float], None]) -> None:
+        """Shows exactly `items` (key -> item, after a fresh read) through `show`, in order."""
+        now = time.time()
+        self.keep_only(items)
+        for item in items.values():
+            show(item, now)
+        self.sort_now()
+
+    def sort_now(self) -> None:
+        self._resort = False
+        self.sort_rows()
+
+    def sort_if_moved(self) -> None:
+        """The re-sort a moved row asked for (a table sorts at most once a tick)."""
+        if self._resort:
+            self.sort_now()
 
     def sort_rows(self) -> None:
         """Sorts by SORT_COLUMN, the cursor staying on the row it was on."""

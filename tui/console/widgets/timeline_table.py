@@ -16,7 +16,6 @@ from tui.console.widgets.tables import Cell, sorted_cell
 COLUMNS: list[tuple[str, str, int | None]] = [
     ("time", "Time", 5), ("what", "What", 30), ("state", "State", 11), ("nodes", "Nodes", 8), ("detail", "Detail", 0),
 ]
-COLUMN_KEYS = [c[0] for c in COLUMNS]
 FIXED_WIDTH = sum(w or 0 for _, _, w in COLUMNS) + 2 * len(COLUMNS) + 2
 WIDE_WHAT = 44
 STATE_STYLE = {
@@ -54,21 +53,18 @@ class TimelineTable(KeyedTable):
     """Rows keyed by entry key; `fill` shows exactly the entries of a fresh read."""
 
     SORT_COLUMN = "time"
-    COLUMN_KEYS = COLUMN_KEYS
+    COLUMNS = COLUMNS
+    ZEBRA_STRIPES = False
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(zebra_stripes=False, **kwargs)
-        for key, label, width in COLUMNS:
-            self.add_column(label, key=key, width=width)
+        super().__init__(**kwargs)
         self.entries: dict[str, Entry] = {}
 
     def on_resize(self) -> None:
         self.set_widths(column_widths(self.size.width))
 
     def fill(self, entries: list[Entry]) -> None:
-        wanted = {e.key for e in entries}
-        for key in [k for k in self._cells if k not in wanted]:
-            self.drop(key)
+        for key in self.keep_only({e.key for e in entries}):
             del self.entries[key]
         resort = False
         for entry in entries:
