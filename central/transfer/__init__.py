@@ -83,7 +83,7 @@ async def _plan(src: sqlite3.Connection, conn: Any) -> tuple[list[str], dict[str
             raise TransferError(f"the target database already holds data (table {table}): give an empty database;"
                                 " nothing was copied")
     order = _parents_first(source_tables, await queries.pg_references(conn))
-    source_columns = {t: {row[1] for row in src.execute(f'PRAGMA table_info("{t}")')} for t in source_tables}
+    source_columns = {t: set(queries.sqlite_columns(src, t)) for t in source_tables}
     return order, {t: [(name, kind) for name, kind in target[t] if name in source_columns[t]] for t in order}
 
 

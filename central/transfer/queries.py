@@ -18,8 +18,8 @@ def sqlite_tables(conn: sqlite3.Connection) -> list[str]:
     return [name for (name,) in rows if not any(name.startswith(v + "_") for v in virtual)]
 
 
-def sqlite_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+def sqlite_columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]
 
 
 def sqlite_count(conn: sqlite3.Connection, table: str) -> int:
