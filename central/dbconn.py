@@ -215,6 +215,10 @@ def _status_count(status: str | None) -> int:
     return int(last) if last.isdigit() else -1
 
 
+# Statements that read or change rows (prepared once, then cached per connection).
+_ROWS_STATEMENT = re.compile(r"\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
 class _Rows:
     """A finished statement's rows and row count (a WriteCursor)."""
 
@@ -276,6 +280,10 @@ class PgWriteConn:
         return stmt
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> _Rows:
+        if not params and not _ROWS_STATEMENT.match(sql):
+            # DDL, savepoints: run once in the simple protocol, never kept as prepared statements
+            # (a partition made or dropped, a temporary table, would leave stale ones behind).
+            return _Rows([], _status_count(self._run(self._conn.execute(sql))))
         stmt = self._prepared(sql)
         rows = self._run(stmt.fetch(*params))
         return _Rows(rows, _status_count(stmt.get_statusmsg()))

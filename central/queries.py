@@ -391,7 +391,7 @@ def log_query(
         where.append("logs_fts MATCH ?")
         params.append(fts_query(text))
     elif text:
-        # The expression of the GIN index logs_search (db.LOGS_SEARCH_PG).
+        # The expression of the GIN index logs_search (db.HISTORY_PG).
         where.append("to_tsvector('simple', l.msg) @@ to_tsquery('simple', ?)")
         params.append(tsquery(text))
     sql = (

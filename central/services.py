@@ -85,6 +85,7 @@ async def open_services(config: Config) -> Services:
     await db.prepare(where)
     writer = Writer(where, config.commit_interval)
     await writer.start()
+    await writer.submit(store.prepare_partitions(time.time()))  # PostgreSQL: today's and the next days'
     try:
         read_db = await db.open_reads(where)
     except BaseException:
