@@ -87,6 +87,10 @@ async def test_full_text_search_matches_words_and_a_prefix_safely(opened: tuple[
     assert await found("sensor_timeout") == [2]
     assert await found('"minus OR') == [4]  # the user's quotes and operators are words, not syntax
     assert await found("nothing-like-this") == []
+    lines = _lines(5, 1, msg="GET host.example.com/var/log/x.log took 12.3 ms")
+    await writer.add_logs("node-a", lines)
+    # Parts of names, paths and numbers are words on both engines (as FTS5 splits them).
+    assert await found("example") == await found("log x") == await found("12") == await found("example.com") == [5]
 
 
 async def test_metric_samples_aggregate_per_minute_across_commits(opened: tuple[Writer, ReadDB]) -> None:
