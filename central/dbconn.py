@@ -207,6 +207,14 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
     return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
+def _text_safe(params: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a NUL in a text parameter is stored as
+    U+FFFD instead of failing the write (docs/operations.md, "PostgreSQL")."""
+    if any(isinstance(p, str) and "\x00" in p for p in params):
+        return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+    return params
+
+
 def _status_count(status: str | None) -> int:
     """Rows a command touched, from its status tag ("INSERT 0 5", "UPDATE 3", "DELETE 0"...)."""
     if not status:
@@ -285,14 +293,14 @@ class PgWriteConn:
             # (a partition made or dropped, a temporary table, would leave stale ones behind).
             return _Rows([], _status_count(self._run(self._conn.execute(sql))))
         stmt = self._prepared(sql)
-        rows = self._run(stmt.fetch(*params))
+        rows = self._run(stmt.fetch(*_text_safe(params)))
         return _Rows(rows, _status_count(stmt.get_statusmsg()))
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> _Rows:
         stmt = self._prepared(sql)
         count = 0
         for one in params:
-            self._run(stmt.fetch(*one))
+            self._run(stmt.fetch(*_text_safe(one)))
             count += max(0, _status_count(stmt.get_statusmsg()))
         return _Rows([], count)
 
@@ -402,7 +410,7 @@ class PgReadDB:
     @contextlib.asynccontextmanager
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None, /) -> AsyncIterator[_FetchedCursor]:
         try:
-            rows = await self.pool.fetch(numbered(sql), *(parameters or ()))
+            rows = await self.pool.fetch(numbered(sql), *_text_safe(tuple(parameters or ())))
         except Exception as exc:
             if not unavailable(exc):
                 raise

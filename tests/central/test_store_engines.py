@@ -174,6 +174,14 @@ async def test_a_line_with_a_nul_is_stored(opened: tuple[Writer, ReadDB], engine
     assert msgs == [f"before{nul}after 1", f"before{nul}after 2"]
 
 
+async def test_command_output_with_a_nul_is_stored(opened: tuple[Writer, ReadDB], engine: Target) -> None:
+    writer, reads = opened
+    await writer.submit(store.create_command("c1", time.time(), "admin", ["cat"], None, 5.0, "n1", [("r1", "n1")]))
+    assert await writer.submit(store.add_command_output("r1", "stdout", "bin\x00ary")) > 0
+    nul = "\x00" if engine.dialect == "sqlite" else "\ufffd"
+    assert [row[0] for row in await _rows(reads, "SELECT data FROM command_output")] == [f"bin{nul}ary"]
+
+
 async def test_facts_merge_and_json_columns_round_trip(opened: tuple[Writer, ReadDB]) -> None:
     writer, reads = opened
     now = time.time()
