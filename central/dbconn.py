@@ -12,7 +12,8 @@ whether the database is the embedded SQLite file or a PostgreSQL server (docs/ar
   access. SQLite: one read-only aiosqlite connection; PostgreSQL: an asyncpg pool.
 
 SQL is written once with `?` placeholders; the PostgreSQL side turns them into `$1..$n`
-(`numbered`). The few statements that must differ per engine pick by `conn.dialect`.
+(`numbered`). The few statements that must differ per engine pick by `dialect_of(conn)` (writes)
+or `db.dialect` (reads).
 
 This module runs statements it is handed and the transaction verbs; it holds no other SQL
 (tests/central/test_sql_placement.py).
