@@ -12,7 +12,8 @@ whether the database is the embedded SQLite file or a PostgreSQL server (docs/ar
   access. SQLite: one read-only aiosqlite connection; PostgreSQL: an asyncpg pool.
 
 SQL is written once with `?` placeholders; the PostgreSQL side turns them into `$1..$n`
-(`numbered`). The few statements that must differ per engine pick by `conn.dialect`.
+(`numbered`). The few statements that must differ per engine pick by `dialect_of(conn)` (writes)
+or `db.dialect` (reads).
 
 This module runs statements it is handed and the transaction verbs; it holds no other SQL
 (tests/central/test_sql_placement.py).
@@ -207,12 +208,24 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
     return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
+def _text_safe(params: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL text cannot hold NUL (SQLite's can): a NUL in a text parameter is stored as
+    U+FFFD instead of failing the write (docs/operations.md, "PostgreSQL")."""
+    if any(isinstance(p, str) and "\x00" in p for p in params):
+        return [p.replace("\x00", "\ufffd") if isinstance(p, str) else p for p in params]
+    return params
+
+
 def _status_count(status: str | None) -> int:
     """Rows a command touched, from its status tag ("INSERT 0 5", "UPDATE 3", "DELETE 0"...)."""
     if not status:
         return -1
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else -1
+
+
+# Statements that read or change rows (prepared once, then cached per connection).
+_ROWS_STATEMENT = re.compile(r"\s*(SELECT|WITH|INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
 class _Rows:
@@ -276,15 +289,19 @@ class PgWriteConn:
         return stmt
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> _Rows:
+        if not params and not _ROWS_STATEMENT.match(sql):
+            # DDL, savepoints: run once in the simple protocol, never kept as prepared statements
+            # (a partition made or dropped, a temporary table, would leave stale ones behind).
+            return _Rows([], _status_count(self._run(self._conn.execute(sql))))
         stmt = self._prepared(sql)
-        rows = self._run(stmt.fetch(*params))
+        rows = self._run(stmt.fetch(*_text_safe(params)))
         return _Rows(rows, _status_count(stmt.get_statusmsg()))
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> _Rows:
         stmt = self._prepared(sql)
         count = 0
         for one in params:
-            self._run(stmt.fetch(*one))
+            self._run(stmt.fetch(*_text_safe(one)))
             count += max(0, _status_count(stmt.get_statusmsg()))
         return _Rows([], count)
 
@@ -394,7 +411,7 @@ class PgReadDB:
     @contextlib.asynccontextmanager
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None, /) -> AsyncIterator[_FetchedCursor]:
         try:
-            rows = await self.pool.fetch(numbered(sql), *(parameters or ()))
+            rows = await self.pool.fetch(numbered(sql), *_text_safe(tuple(parameters or ())))
         except Exception as exc:
             if not unavailable(exc):
                 raise

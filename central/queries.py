@@ -12,6 +12,7 @@ from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS, LEVELS
 
+from .db import PG_LOG_WORDS
 from .dbconn import ReadDB
 from .messages import MAX_METRIC_ABS
 from .strictjson import MAX_INT
@@ -391,8 +392,8 @@ def log_query(
         where.append("logs_fts MATCH ?")
         params.append(fts_query(text))
     elif text:
-        # The expression of the GIN index logs_search (db.LOGS_SEARCH_PG).
-        where.append("to_tsvector('simple', l.msg) @@ to_tsquery('simple', ?)")
+        # The expression of the GIN index logs_search (db.HISTORY_PG).
+        where.append(PG_LOG_WORDS.format(msg="l.msg") + " @@ to_tsquery('simple', ?)")
         params.append(tsquery(text))
     sql = (
         "SELECT l.id, l.node_id, n.name AS node_name, l.seq, l.ts, l.source, l.unit, l.demo, l.level, l.msg"

@@ -82,9 +82,11 @@ async def open_services(config: Config) -> Services:
     os.chmod(config.data_dir, 0o700)
     ca = CertificateAuthority(config.data_dir)
     where = database_target(config)
+    log.info("database: %s", where.masked)
     await db.prepare(where)
     writer = Writer(where, config.commit_interval)
     await writer.start()
+    await writer.submit(store.prepare_partitions(time.time()))  # PostgreSQL: today's and the next days'
     try:
         read_db = await db.open_reads(where)
     except BaseException:

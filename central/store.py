@@ -8,13 +8,16 @@ statements that differ per engine (the bulk log and metric inserts, retention) p
 
 from __future__ import annotations
 
+import calendar
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS
 
+from .db import PARTITIONED
 from .dbconn import WriteConn, dialect_of, new_row_id
 
 WriteFn = Callable[[WriteConn], Any]
@@ -133,7 +136,7 @@ _INSERT_LOG_ROWS_PG = (
     " SELECT * FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS DOUBLE PRECISION[]), CAST(? AS TEXT[]),"
     " CAST(? AS TEXT[]), CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS TEXT[]))"
     " AS r (node_id, seq, ts, source, unit, demo, level, msg)"
-    " ORDER BY node_id, seq ON CONFLICT (node_id, seq) DO NOTHING"
+    " ORDER BY node_id, seq ON CONFLICT (node_id, seq, ts) DO NOTHING"
 )
 # PostgreSQL text cannot hold NUL: a NUL in a line is stored as U+FFFD (docs/operations.md).
 _NUL_FREE = str.maketrans({"\x00": "\ufffd"})
@@ -504,9 +507,10 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
         started = time.perf_counter()
         deleted = Trimmed()
 
-        def trim(table: str, where: str, params: Iterable[Any], key: str = "rowid") -> bool:
-            """Delete chunk by chunk; False if the time budget ran out first."""
-            sql = f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {where} LIMIT {chunk})"
+        def trim(table: str, source: str, where: str, params: Iterable[Any], key: str) -> bool:
+            """Delete from `source` (`table` or one of its partitions) chunk by chunk; False if the
+            time budget ran out first."""
+            sql = f"DELETE FROM {source} WHERE ({key}) IN (SELECT {key} FROM {source} WHERE {where} LIMIT {chunk})"
             args = tuple(params)
             while True:
                 count = conn.execute(sql, args).rowcount
@@ -518,25 +522,111 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
                     return False
 
         indexed = _last_indexed_log(conn)
-        # metrics_raw has no key of its own: each engine's row address.
-        row_key = "rowid" if dialect_of(conn) == "sqlite" else "ctid"
-        steps: list[tuple[str, str, Callable[[], Iterable[Any]], str]] = [
-            ("metrics_raw", "ts < ?", lambda: (now - raw_metrics_s,), row_key),
-            ("metrics_1m", "bucket < CAST(? AS DOUBLE PRECISION)", lambda: (now - metrics_1m_s,),
-             "node_id, name, bucket"),
-            ("logs", "ts < ? AND id <= ?", lambda: (now - logs_s, indexed), "id"),
+        windows = {"metrics_raw": now - raw_metrics_s, "metrics_1m": now - metrics_1m_s, "logs": now - logs_s}
+        if dialect_of(conn) == "sqlite":
+            # metrics_raw has no key of its own: its row address.
+            where = {"metrics_raw": ("metrics_raw", "rowid"), "metrics_1m": ("metrics_1m", "node_id, name, bucket"),
+                     "logs": ("logs", "id")}
+        else:
+            # PostgreSQL: whole days past their window go at once, by dropping their partitions
+            # (a day is kept until all of it is expired); what is left to delete row by row is in
+            # the DEFAULT partitions (rows outside the days made).
+            ensure_partitions(conn, now)
+            for table, cutoff in windows.items():
+                deleted[table] = deleted.get(table, 0) + _drop_partitions_before(conn, table, cutoff)
+            where = {table: (f"{table}_default", "ctid") for table in windows}
+        steps: list[tuple[str, str, str, Callable[[], Iterable[Any]], str]] = [
+            ("metrics_raw", *where["metrics_raw"], lambda: (windows["metrics_raw"],), "ts < ?"),
+            ("metrics_1m", *where["metrics_1m"], lambda: (windows["metrics_1m"],),
+             "bucket < CAST(? AS DOUBLE PRECISION)"),
+            ("logs", *where["logs"], lambda: (windows["logs"], indexed), "ts < ? AND id <= ?"),
             # ids grow with arrival, so beyond the cap the oldest rows have the smallest ids.
-            ("logs", "id <= ? AND id <= ?", lambda: (_logs_cap_cutoff(conn, logs_max_rows), indexed), "id"),
-            ("events", "ts < ?", lambda: (now - events_s,), "id"),
-            ("audit", "ts < ?", lambda: (now - audit_s,), "id"),
+            ("logs", "logs", "id", lambda: (_logs_cap_cutoff(conn, logs_max_rows), indexed), "id <= ? AND id <= ?"),
+            ("events", "events", "id", lambda: (now - events_s,), "ts < ?"),
+            ("audit", "audit", "id", lambda: (now - audit_s,), "ts < ?"),
         ]
-        for table, where, params, key in steps:
-            if not trim(table, where, params(), key):
+        for table, source, key, params, condition in steps:
+            if not trim(table, source, condition, params(), key):
                 break
         deleted.seconds = time.perf_counter() - started
         return deleted
 
     return run
+
+
+# -- PostgreSQL's day partitions of logs and metrics (db.HISTORY_PG) --------------------------------
+DAY_S = 86_400
+# Days made ahead of today (and yesterday, for clocks a little behind): a line's day exists before
+# its first line comes, so the DEFAULT partition only takes the odd far-off timestamp.
+PARTITION_DAYS_AHEAD = 2
+_PARTITION_NAME = re.compile(r"_p(\d{8})$")
+
+
+def partition_days(conn: WriteConn, table: str) -> dict[int, str]:
+    """The day partitions of `table`: day start (Unix time, UTC) -> partition name."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = CAST(CAST(? AS TEXT) AS regclass)", (table,)).fetchall()
+    days: dict[int, str] = {}
+    for (name,) in rows:
+        found = _PARTITION_NAME.search(name)
+        if found and name == f"{table}_p{found.group(1)}":
+            days[calendar.timegm(time.strptime(found.group(1), "%Y%m%d"))] = name
+    return days
+
+
+def ensure_partitions(conn: WriteConn, now: float) -> int:
+    """Make the day partitions of yesterday, today and PARTITION_DAYS_AHEAD days on (PostgreSQL; a
+    no-op on SQLite). Rows of a new day already in the DEFAULT partition move into it. Returns the
+    partitions made."""
+    if dialect_of(conn) == "sqlite":
+        return 0
+    today = int(now // DAY_S) * DAY_S
+    made = 0
+    for table, column in PARTITIONED.items():
+        have = partition_days(conn, table)
+        for day in range(today - DAY_S, today + (PARTITION_DAYS_AHEAD + 1) * DAY_S, DAY_S):
+            if day not in have:
+                _make_partition(conn, table, column, day)
+                made += 1
+    return made
+
+
+def _make_partition(conn: WriteConn, table: str, column: str, day: int) -> None:
+    name = f"{table}_p{time.strftime('%Y%m%d', time.gmtime(day))}"
+    default, bounds = f"{table}_default", f"{column} >= {day} AND {column} < {day + DAY_S}"
+    create = f"CREATE TABLE {name} PARTITION OF {table} FOR VALUES FROM ({day}) TO ({day + DAY_S})"
+    if conn.execute(f"SELECT 1 FROM {default} WHERE {bounds} LIMIT 1").fetchone() is None:
+        conn.execute(create)
+        return
+    # The DEFAULT partition may not keep rows of a range given to a new partition: move them.
+    conn.execute(f"CREATE TEMP TABLE dvic_moving (LIKE {table})")
+    conn.execute(f"WITH moved AS (DELETE FROM {default} WHERE {bounds} RETURNING *)"
+                 " INSERT INTO dvic_moving SELECT * FROM moved")
+    conn.execute(create)
+    conn.execute(f"INSERT INTO {table} SELECT * FROM dvic_moving")
+    conn.execute("DROP TABLE dvic_moving")
+
+
+def _drop_partitions_before(conn: WriteConn, table: str, cutoff: float) -> int:
+    """Drop the day partitions of `table` wholly before `cutoff`; the rows they held (the
+    planner's estimate once the table has been analyzed, else counted)."""
+    rows = 0
+    for day, name in sorted(partition_days(conn, table).items()):
+        if day + DAY_S > cutoff:
+            break
+        estimate = conn.execute("SELECT reltuples FROM pg_class WHERE oid = CAST(CAST(? AS TEXT) AS regclass)",
+                                (name,)).fetchone()[0]
+        if estimate is None or estimate < 0:
+            estimate = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        conn.execute(f"DROP TABLE {name}")
+        rows += int(estimate)
+    return rows
+
+
+def prepare_partitions(now: float) -> WriteFn:
+    """ensure_partitions as a write (at start; then each retention pass makes the days ahead)."""
+    return lambda conn: ensure_partitions(conn, now)
 
 
 def _last_indexed_log(conn: WriteConn) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.bench.benchkit import REPO, run_bench
+from tests.support.postgres import PostgresUnavailable, bindir
 
 
 @pytest.mark.parametrize("whatif", [[], ["--whatif-ssl-buffer", "16384"]], ids=["as-is", "whatif"])
@@ -21,6 +22,18 @@ def test_ingest_smoke(tmp_path: Path, whatif: list[str]) -> None:
     assert figures["lines sent / acked / stored"]["ok"] is True
     assert figures["acks received"]["value"] >= 2
     for name in ("direct SQLite inserts", "through the server (acked)", "server / direct"):
+        assert figures[name]["value"] > 0
+
+
+def test_ingest_smoke_on_postgresql(tmp_path: Path) -> None:
+    try:
+        bindir()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    doc = run_bench("bench.ingest", tmp_path, "--nodes", "2", "--lines", "2000", "--engine", "postgresql")
+    figures = doc["figures"]
+    assert figures["lines sent / acked / stored"]["ok"] is True
+    for name in ("direct PostgreSQL COPY", "through the server (acked)", "server / direct"):
         assert figures[name]["value"] > 0
 
 

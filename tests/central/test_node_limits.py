@@ -203,8 +203,11 @@ def test_keepalives_beyond_the_rate_get_a_clear_429(central_server: CentralServe
     refused = next(a for a in answers if a[0] == 429)
     assert refused[1]["error"]["code"] == "rate_limited" and "every 5 s" in refused[1]["error"]["message"]
     assert refused[2] == "5"
-    stored = count(server, "SELECT count(*) FROM metrics_raw WHERE node_id = ?", bundle["node_id"])
-    assert stored == statuses.count(200)
+    # Samples commit after their answer (history, acknowledged to nobody): wait for the writer.
+    accepted = statuses.count(200)
+    wait_for(lambda: count(server, "SELECT count(*) FROM metrics_raw WHERE node_id = ?", bundle["node_id"])
+             >= accepted, 10, "the accepted samples to be stored")
+    assert count(server, "SELECT count(*) FROM metrics_raw WHERE node_id = ?", bundle["node_id"]) == accepted
 
 
 # -- M6: demos per node --------------------------------------------------------------------------

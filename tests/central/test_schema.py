@@ -69,12 +69,16 @@ async def test_postgresql_migrates_once_when_two_servers_start_together(pg_clust
     conn = await asyncpg.connect(url)
     try:
         assert await conn.fetchval("SELECT version FROM schema_version") == db.SCHEMA_VERSION
-        tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = {r[0] for r in await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND NOT relispartition"
+            " AND relnamespace = CAST('public' AS regnamespace)")}
+        partitioned = {r[0] for r in await conn.fetch("SELECT relname FROM pg_class WHERE relkind = 'p'")}
     finally:
         await conn.close()
     sqlite_tables = {o[1] for o in json.loads(GOLDEN.read_text())["objects"] if o[0] == "table"}
     # Every table but SQLite's full-text ones (PostgreSQL searches with an index on logs.msg).
     assert tables - {"schema_version"} == {t for t in sqlite_tables if not t.startswith("logs_fts")}
+    assert partitioned == {"logs", "metrics_raw", "metrics_1m"}
 
 
 async def test_postgresql_refuses_a_database_from_a_newer_release(pg_cluster: Cluster) -> None:

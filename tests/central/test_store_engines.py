@@ -87,6 +87,10 @@ async def test_full_text_search_matches_words_and_a_prefix_safely(opened: tuple[
     assert await found("sensor_timeout") == [2]
     assert await found('"minus OR') == [4]  # the user's quotes and operators are words, not syntax
     assert await found("nothing-like-this") == []
+    lines = _lines(5, 1, msg="GET host.example.com/var/log/x.log took 12.3 ms")
+    await writer.add_logs("node-a", lines)
+    # Parts of names, paths and numbers are words on both engines (as FTS5 splits them).
+    assert await found("example") == await found("log x") == await found("12") == await found("example.com") == [5]
 
 
 async def test_metric_samples_aggregate_per_minute_across_commits(opened: tuple[Writer, ReadDB]) -> None:
@@ -168,6 +172,14 @@ async def test_a_line_with_a_nul_is_stored(opened: tuple[Writer, ReadDB], engine
     msgs = [row[0] for row in await _rows(reads, "SELECT msg FROM logs ORDER BY seq")]
     nul = "\x00" if engine.dialect == "sqlite" else "\ufffd"
     assert msgs == [f"before{nul}after 1", f"before{nul}after 2"]
+
+
+async def test_command_output_with_a_nul_is_stored(opened: tuple[Writer, ReadDB], engine: Target) -> None:
+    writer, reads = opened
+    await writer.submit(store.create_command("c1", time.time(), "admin", ["cat"], None, 5.0, "n1", [("r1", "n1")]))
+    assert await writer.submit(store.add_command_output("r1", "stdout", "bin\x00ary")) > 0
+    nul = "\x00" if engine.dialect == "sqlite" else "\ufffd"
+    assert [row[0] for row in await _rows(reads, "SELECT data FROM command_output")] == [f"bin{nul}ary"]
 
 
 async def test_facts_merge_and_json_columns_round_trip(opened: tuple[Writer, ReadDB]) -> None:

@@ -213,14 +213,8 @@ def central_demos(server: CentralServer, node_id: str) -> int:
 
 def sample_gap(server: CentralServer, node_id: str, start: float, end: float) -> float:
     """The longest time between two stored cpu samples of the node from start to end."""
-    import sqlite3
-
-    db = sqlite3.connect(f"file:{server.data_dir / 'dvic.sqlite3'}?mode=ro", uri=True)
-    try:
-        stamps = [row[0] for row in db.execute(
-            "SELECT ts FROM metrics_raw WHERE node_id = ? AND name = 'cpu' AND ts BETWEEN ? AND ? ORDER BY ts",
-            (node_id, start - 1, end + 1))]
-    finally:
-        db.close()
+    stamps = [row[0] for row in server.query(
+        "SELECT ts FROM metrics_raw WHERE node_id = ? AND name = 'cpu' AND ts BETWEEN ? AND ? ORDER BY ts",
+        (node_id, start - 1, end + 1))]
     points = [start, *stamps, end]
     return max(b - a for a, b in itertools.pairwise(points))

@@ -135,13 +135,13 @@ class Cluster:
 
     def fresh_database(self) -> str:
         """A new database with the server's current schema (a copy of a template migrated once)."""
-        with self._lock:
+        with self._lock:  # one copy at a time: a template may have no other user while it is copied
             if self.template is None:
                 name = f"dvic_template_{uuid.uuid4().hex[:8]}"
                 url = self.create_database(name)
                 _migrate(url)
                 self.template = name
-        return self.create_database(template=self.template)
+            return self.create_database(template=self.template)
 
     def start_server(self) -> None:
         """pg_ctl start (again, on the same port: a server coming back after `stop_server`)."""
