@@ -624,6 +624,18 @@ def _drop_partitions_before(conn: WriteConn, table: str, cutoff: float) -> int:
     return rows
 
 
+def ensure_day_partitions(conn: WriteConn, table: str, days: Iterable[int]) -> int:
+    """The day partitions of `table` for these days (day starts, Unix time, UTC) that do not exist
+    yet: for rows older than ensure_partitions' window (`dvic-central migrate` moving history).
+    Returns the partitions made."""
+    have = partition_days(conn, table)
+    made = 0
+    for day in sorted(set(days) - set(have)):
+        _make_partition(conn, table, PARTITIONED[table], day)
+        made += 1
+    return made
+
+
 def prepare_partitions(now: float) -> WriteFn:
     """ensure_partitions as a write (at start; then each retention pass makes the days ahead)."""
     return lambda conn: ensure_partitions(conn, now)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import db
+from .. import db, store
 from ..dbconn import DatabaseUnavailable, mask_url
 from . import queries
 
@@ -53,6 +53,9 @@ async def move(source: Path, url: str, *, batch: int = BATCH_ROWS, progress: Pro
     conn = await asyncpg.connect(url)
     try:
         order, columns = await _plan(src, conn)
+        days = {table: queries.sqlite_days(src, table, column) for table, column in db.PARTITIONED.items()
+                if table in columns}
+        await asyncio.to_thread(_make_days, url, days)
         moved: list[Moved] = []
         async with conn.transaction():
             for table in order:
@@ -85,6 +88,20 @@ async def _plan(src: sqlite3.Connection, conn: Any) -> tuple[list[str], dict[str
     order = _parents_first(source_tables, await queries.pg_references(conn))
     source_columns = {t: set(queries.sqlite_columns(src, t)) for t in source_tables}
     return order, {t: [(name, kind) for name, kind in target[t] if name in source_columns[t]] for t in order}
+
+
+def _make_days(url: str, days: dict[str, list[int]]) -> None:
+    """A day partition for every day the source's history covers (else old rows would all land in
+    the DEFAULT partition, which retention trims row by row instead of dropping days). Committed
+    before the copy: a failed move leaves empty partitions, which retention drops in time."""
+    conn = db.connect_writer(url)
+    try:
+        conn.begin()
+        for table, wanted in days.items():
+            store.ensure_day_partitions(conn, table, wanted)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def _parents_first(tables: list[str], references: list[tuple[str, str]]) -> list[str]:

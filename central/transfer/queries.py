@@ -22,6 +22,13 @@ def sqlite_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]
 
 
+def sqlite_days(conn: sqlite3.Connection, table: str, column: str) -> list[int]:
+    """The days (their start, Unix time, UTC) the rows of `table` fall on, by `column`."""
+    rows = conn.execute(f'SELECT DISTINCT CAST("{column}" / 86400 AS INTEGER) * 86400 FROM "{table}"'
+                        f' WHERE "{column}" IS NOT NULL').fetchall()
+    return [int(day) for (day,) in rows]
+
+
 def sqlite_count(conn: sqlite3.Connection, table: str) -> int:
     return int(conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
 

@@ -40,6 +40,9 @@ def served_on_sqlite(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     lines = [{"seq": i, "ts": now - 60 + i * 0.01, "source": "demo", "demo": "arm", "level": "INFO",
               "msg": f"line {i} ünïcode" + (" with\x00nul" if i == 7 else "")} for i in range(1, 2501)]
     store.insert_logs(ids["pc-1"], lines)(conn)
+    old = [{"seq": i, "ts": now - 10 * 86400 + i, "source": "daemon", "level": "WARNING", "msg": f"old {i}"}
+           for i in range(1, 4)]
+    store.insert_logs(ids["pc-2"], old)(conn)  # ten days ago: before the days a server start makes
     store.insert_metrics(ids["pc-2"], now - 30, {"cpu": 12.5, "mem": 40.0})(conn)
     conn.execute("COMMIT")
     conn.close()
@@ -52,7 +55,10 @@ def test_an_installation_moves_to_postgresql_and_serves_from_it(tmp_path: Path, 
     done = migrate("--from", f"sqlite:{data / DB_FILE}", "--to", url)
     assert done.returncode == 0, done.stderr
     assert "moved " in done.stdout and f"to {url}" in done.stdout
-    assert any(line.split() == ["logs", "2,500"] for line in done.stdout.splitlines()), done.stdout
+    assert any(line.split() == ["logs", "2,503"] for line in done.stdout.splitlines()), done.stdout
+    old_day = time.strftime("%Y%m%d", time.gmtime(time.time() - 10 * 86400))
+    assert query(url, f"SELECT count(*) FROM logs_p{old_day}") == [(3,)]  # history in its own day
+    assert query(url, "SELECT count(*) FROM logs_default") == [(0,)]
 
     with CentralServer(data, database=url) as server:
         assert sorted(n["name"] for n in server.api("GET", "/api/v1/nodes")[1]["nodes"]) == ["pc-1", "pc-2"]
@@ -78,7 +84,7 @@ def test_a_target_with_data_is_refused_and_left_as_it_was(tmp_path: Path, pg_clu
     again = migrate("--from", f"sqlite:{data / DB_FILE}", "--to", url)
     assert again.returncode == 1
     assert "already holds data (table " in again.stderr and "nothing was copied" in again.stderr
-    assert query(url, "SELECT count(*) FROM logs") == [(2500,)]
+    assert query(url, "SELECT count(*) FROM logs") == [(2503,)]
 
 
 def test_a_value_the_target_cannot_hold_keeps_nothing(tmp_path: Path, pg_cluster: Cluster) -> None:
