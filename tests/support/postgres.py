@@ -21,6 +21,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -91,6 +92,7 @@ class Cluster:
     user: pwd.struct_passwd | None
     template: str | None = None
     options: tuple[str, ...] = ()
+    watchdog: subprocess.Popen[bytes] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -160,6 +162,19 @@ class Cluster:
             except RuntimeError:
                 pass  # already stopped
         shutil.rmtree(self.root, ignore_errors=True)
+        if self.watchdog is not None and self.watchdog.stdin is not None:
+            self.watchdog.stdin.close()  # its work is done: it exits
+            self.watchdog.wait(timeout=30)
+            self.watchdog = None
+
+    def watch(self) -> None:
+        """Stop and remove the cluster when this process ends, however it ends (kill -9 included):
+        a child reads a pipe only this process holds, and cleans up when the pipe closes. A
+        cluster left running would outlive the tests (pg_ctl starts it as a daemon)."""
+        as_user = [] if self.user is None else [str(self.user.pw_uid), str(self.user.pw_gid)]
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self.bin / "pg_ctl"), str(self.data), str(self.root), *as_user],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def start_cluster(settings: tuple[str, ...] = ()) -> Cluster:
@@ -186,10 +201,25 @@ def start_cluster(settings: tuple[str, ...] = ()) -> Cluster:
                     raise
         else:
             raise RuntimeError("PostgreSQL could not bind a free port" + cluster.log_tail())
+        cluster.watch()
     except BaseException:
         cluster.stop()
         raise
     return cluster
+
+
+# The watchdog (Cluster.watch): waits for EOF on stdin, then stops the cluster (as its user) and
+# removes its directory. argv: pg_ctl, data dir, root dir, [uid, gid].
+_WATCHDOG = """
+import os, shutil, subprocess, sys
+sys.stdin.buffer.read()
+pg_ctl, data, root = sys.argv[1:4]
+ids = [int(x) for x in sys.argv[4:6]]
+if os.path.isdir(data):
+    kwargs = {"user": ids[0], "group": ids[1], "extra_groups": []} if ids else {}
+    subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True, **kwargs)
+shutil.rmtree(root, ignore_errors=True)
+"""
 
 
 def _migrate(url: str) -> None:
