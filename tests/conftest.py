@@ -36,6 +36,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_RUN_LOG_DIR[0], ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A report's captured log may hold a lone surrogate (tests log odd text on purpose): an xdist worker
+    sends its reports as UTF-8, which cannot carry one, and the worker would die with every test it had
+    left. Show such characters escaped (\\udcff) instead; nothing else of the report changes."""
+    report.sections = [(title, _utf8_safe(text)) for title, text in report.sections]
+
+
+def _utf8_safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 _RUN_LOG_DIR = [""]  # made by this process: removed by it at the end
 # The run's directory as the controller made it, inherited by the xdist workers it starts.
 _RUN_LOG_DIR_VAR = "DVIC_TEST_RUN_LOG_DIR"
