@@ -17,9 +17,18 @@ from tests.support.server import CentralServer
 def pytest_configure(config: pytest.Config) -> None:
     """Demo log files of the whole run go to a directory of its own, not to /tmp (dvic_log's and the
     daemon's default), where this machine's own daemon (./up.sh) would ship them as its demos'.
-    Tests that need a directory of their own still set DVIC_LOG_DIR themselves."""
+    Tests that need a directory of their own still set DVIC_LOG_DIR themselves.
+
+    Under pytest-xdist each worker gets a directory of its own inside the run's, so no two tests
+    running at once share one; the run's directory (made by the controller) goes at the end."""
     if "DVIC_LOG_DIR" not in os.environ:
-        os.environ["DVIC_LOG_DIR"] = _RUN_LOG_DIR[0] = tempfile.mkdtemp(prefix="dvic-test-logs.")
+        os.environ["DVIC_LOG_DIR"] = os.environ[_RUN_LOG_DIR_VAR] = _RUN_LOG_DIR[0] = \
+            tempfile.mkdtemp(prefix="dvic-test-logs.")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker and os.environ["DVIC_LOG_DIR"] == os.environ.get(_RUN_LOG_DIR_VAR):
+        own = Path(os.environ["DVIC_LOG_DIR"]) / worker
+        own.mkdir(exist_ok=True)
+        os.environ["DVIC_LOG_DIR"] = str(own)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -27,7 +36,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_RUN_LOG_DIR[0], ignore_errors=True)
 
 
-_RUN_LOG_DIR = [""]
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A report's captured log may hold a lone surrogate (tests log odd text on purpose): an xdist worker
+    sends its reports as UTF-8, which cannot carry one, and the worker would die with every test it had
+    left. Show such characters escaped (\\udcff) instead; nothing else of the report changes."""
+    report.sections = [(title, _utf8_safe(text)) for title, text in report.sections]
+
+
+def _utf8_safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_RUN_LOG_DIR = [""]  # made by this process: removed by it at the end
+# The run's directory as the controller made it, inherited by the xdist workers it starts.
+_RUN_LOG_DIR_VAR = "DVIC_TEST_RUN_LOG_DIR"
 
 
 @pytest.fixture

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.procs import stop_process
@@ -122,8 +124,26 @@ class Sshd:
             self.proc = None
 
 
+@contextlib.contextmanager
+def _users_lock() -> Iterator[None]:
+    """Other test sessions and pytest-xdist workers add the same users at the same moment: useradd and
+    chpasswd fail ("cannot lock /etc/passwd") while another holds the lock, so they take turns."""
+    LOCK_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(LOCK_DIR / "users.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+LOCK_DIR = Path("/var/lib/dvic-it-tests")  # root-only, as the key the password comes from (conftest.py)
+
+
 def ensure_user(name: str, password: str, sudo: bool = True) -> None:
     """Create the test user if missing and set its password (idempotent; the password goes via stdin)."""
+    with _users_lock():
+        _ensure_user(name, password, sudo)
+
+
+def _ensure_user(name: str, password: str, sudo: bool) -> None:
     # Other test sessions may do the same at the same moment: every step tolerates that.
     if subprocess.run(["id", name], capture_output=True).returncode != 0:
         made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name], capture_output=True)

@@ -164,7 +164,9 @@ class Tmux:
     """The `dvic` console in a real terminal: a private tmux server with one 100x30 session."""
 
     def __init__(self, socket_name: str) -> None:
-        self.base = ["tmux", "-L", socket_name, "-f", "/dev/null"]
+        # tmux's sockets are one directory per user: the pid keeps two test runs (or xdist workers)
+        # that name a session alike off each other's server.
+        self.base = ["tmux", "-L", f"{socket_name}-{os.getpid()}", "-f", "/dev/null"]
 
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         # tmux commands return at once: a plain blocking call is fine here.
