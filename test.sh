@@ -19,6 +19,5 @@ run_tests "$@"
 if ! printf '%s\n' "$@" | grep -q '^tests'; then
     DVIC_TEST_DATABASE=postgresql run_tests "$@" \
         tests/central/test_operator_api.py tests/central/test_node_ws.py tests/central/test_alerts_api.py \
-        tests/central/test_calendar.py tests/central/test_demos_deploy_api.py tests/central/test_remote.py \
-        tests/central/test_transfer.py tests/e2e
+        tests/central/test_calendar.py tests/central/test_demos_deploy_api.py tests/central/test_remote.py tests/e2e
 fi
