@@ -5,6 +5,7 @@ Not the daemon: it lets a test send exactly the frames it wants, good or bad.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import tempfile
@@ -38,6 +39,11 @@ class FakeNode:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.seq = 0
         self.welcome: dict[str, Any] = {}  # the server's answer to the last hello
+        # With `keep_reading`, a task reads every frame as a daemon does (so the server's pings are
+        # answered while the test does something else) into `_inbox`; recv() and closed() read there.
+        self._inbox: asyncio.Queue[aiohttp.WSMessage] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._last: aiohttp.WSMessage | None = None
 
     async def __aenter__(self) -> FakeNode:
         self.session = aiohttp.ClientSession()
@@ -52,6 +58,34 @@ class FakeNode:
             self.bundle["ws_url"], ssl=client_ssl(self.bundle, with_cert=with_cert), headers=headers,
             autoping=True, heartbeat=None, max_msg_size=4 * 1024 * 1024,
         )
+
+    def keep_reading(self) -> None:
+        """Read (and so answer pings) all the time from now on, as a real daemon does: a node that
+        reads only when the test expects a frame is closed by the server's heartbeat when the test
+        spends longer than that elsewhere (a console test taking screenshots on a busy machine)."""
+        assert self.ws is not None and self._reader is None
+        self._inbox = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read_all(self.ws, self._inbox))
+
+    @staticmethod
+    async def _read_all(ws: aiohttp.ClientWebSocketResponse, inbox: asyncio.Queue[aiohttp.WSMessage]) -> None:
+        while True:
+            msg = await ws.receive()
+            inbox.put_nowait(msg)
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.ERROR):
+                return
+
+    async def _next(self, timeout: float) -> aiohttp.WSMessage:
+        assert self.ws is not None
+        if self._inbox is None:
+            return await self.ws.receive(timeout=timeout)
+        if self._inbox.empty() and self._last is not None:
+            return self._last  # the connection is over: as ws.receive() answers then
+        msg = await asyncio.wait_for(self._inbox.get(), timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            self._last = msg
+        return msg
 
     async def hello(self, *, daemon_version: str = "test-0", **facts: Any) -> dict[str, Any]:
         await self.send({"type": "hello", "protocol": 1, "daemon_version": daemon_version,
@@ -71,7 +105,7 @@ class FakeNode:
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         assert self.ws is not None
-        msg = await self.ws.receive(timeout=timeout)
+        msg = await self._next(timeout)
         if msg.type != aiohttp.WSMsgType.TEXT:
             raise ConnectionError(f"expected a text frame, got {msg.type!r} (close code {self.ws.close_code})")
         message: dict[str, Any] = json.loads(msg.data)
@@ -85,7 +119,7 @@ class FakeNode:
         """Read until the server closes; returns the close code."""
         assert self.ws is not None
         while True:
-            msg = await self.ws.receive(timeout=timeout)
+            msg = await self._next(timeout)
             if msg.type == aiohttp.WSMsgType.CLOSE:
                 # The code the server sent (close_code may say 1006 if our reply raced its hang-up).
                 return int(msg.data)
@@ -108,7 +142,10 @@ class FakeNode:
 
     async def close(self) -> None:
         if self.ws is not None and not self.ws.closed:
-            await self.ws.close()
+            await self.ws.close()  # (ends a reading task's receive() too: aiohttp hands it a CLOSING)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, 10)
+            self._reader = None
         if self.session is not None:
             await self.session.close()
             self.session = None

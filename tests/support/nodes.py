@@ -58,11 +58,12 @@ async def greeted(bundle: dict[str, Any], **hello: Any) -> AsyncIterator[FakeNod
 @asynccontextmanager
 async def connected(bundle: dict[str, Any], *, daemon_version: str = "test-0", **facts: Any) -> AsyncIterator[FakeNode]:
     """Connects an enrolled node over mutual TLS, says hello as a Raspberry Pi (resuming its sequence
-    numbers) and sends one metrics sample (cpu 12.5 %, mem 50 %)."""
+    numbers), keeps reading as a daemon does and sends one metrics sample (cpu 12.5 %, mem 50 %)."""
     async with greeted(bundle, os="Debian GNU/Linux 12", kernel="6.1.0", arch="aarch64", ips=["10.0.0.42"],
                        macs=["dc:a6:32:00:00:01"], boot_time=time.time() - 3600, daemon_version=daemon_version,
                        **facts) as node:
         node.seq = int(node.welcome.get("last_seq") or 0)
+        node.keep_reading()  # as a daemon: the server's pings are answered whatever the test does
         await node.send(metrics())
         yield node
 
