@@ -96,10 +96,10 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         "batch_interval_s": args.batch_interval if args.batching == "interval" else "-", "procs": args.procs,
     })
     # The server's connection bound (and so its open-file limit, central/listener.py) must take the
-    # whole fleet, the subscriber and some room.
+    # whole fleet and the subscriber (the server lowers it to fit a lower hard open-file limit).
     options: dict[str, Any] = {"module": WHATIF_SERVER} if args.memprobe is not None else {}
     server = bench_server(work / "central", args.whatif_ssl_buffer, report,
-                          extra_args=("--max-connections", str(max(10_000, args.nodes + 1_000))),
+                          extra_args=("--max-connections", str(max(10_000, args.nodes + 100))),
                           env=server_env(args), **options).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
@@ -125,6 +125,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
                 "--source-address", source_address(i),
             ], work))
             first += count
+        # The subscriber first: once the nodes fill --max-connections, a tenth of it is theirs alone.
+        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context)
+        await subscriber.start()
         connect_started = time.monotonic()
         for w in workers:
             await w.start()
@@ -137,8 +140,6 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
             for err in r.get("errors", []):
                 report.note(f"connect error: {err}")
 
-        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context)
-        await subscriber.start()
         idle = procstat.read(server.pid)
         report.add("server RSS, all connected, idle", round(idle.rss_bytes / 1e6, 1), "MB")
         await probe_memory(args, server.pid, report, "all connected, idle")
