@@ -156,12 +156,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         before = procstat.read(server.pid)
         await asyncio.sleep(max(0.0, go + args.duration - time.monotonic()))
         after = procstat.read(server.pid)
+        await probe_memory(args, server.pid, report, "all connected, at the end of the sending")
         results = [await w.expect("result", timeout=args.duration + args.drain_timeout + 120) for w in workers]
         for w in workers:
             await w.finish()
         workers = []
         await sampler
-        await probe_memory(args, server.pid, report, "all connected, after the run")
         acked_total = sum(r.get("lines_acked", 0) for r in results)
         await subscriber.wait_for_lines(acked_total, timeout=15)
         peak = procstat.read(server.pid)
@@ -276,7 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="run the server with this in its environment (e.g. MALLOC_ARENA_MAX=2); repeatable")
     p.add_argument("--memprobe", type=Path, metavar="DIR",
-                   help="have the server write memory probes into DIR (enrolled; connected; after the run): "
+                   help="have the server write memory probes into DIR (enrolled; all connected; at the end of the "
+                        "sending, still connected): "
                         "compare them with python3 -m bench.memprobe")
     p.add_argument("--tracemalloc", type=non_negative_int, default=0, metavar="FRAMES",
                    help="with --memprobe: trace Python's allocations, FRAMES deep (slows the server)")
