@@ -240,6 +240,9 @@ def _add_results(report: Report, args: argparse.Namespace, results: list[dict[st
     report.add("server peak RSS (VmHWM, whole run)", round(peak.peak_rss_bytes / 1e6, 1), "MB",
                target=f"< {TARGET_RSS_MB} MB", ok=peak.peak_rss_bytes < TARGET_RSS_MB * 1e6)
     report.add("server RSS at the end", round(peak.rss_bytes / 1e6, 1), "MB")
+    # The figures above include the nodes' disconnection at the end; these are the steady state.
+    report.add("server RSS, all connected, end of sending", round(after.rss_bytes / 1e6, 1), "MB")
+    report.add("server peak RSS while sending (1 s samples)", round(tracker.peak_rss_bytes / 1e6, 1), "MB")
     report.add("server CPU, all threads", round(procstat.cpu_percent(before, after), 1), "% of one core")
     report.add("server CPU, event loop", round(procstat.main_thread_percent(before, after), 1), "% of one core")
     report.add("event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
