@@ -121,13 +121,59 @@ def compare(before: Path, after: Path, per: int, top: int) -> None:
         return
     snap_a = tracemalloc.Snapshot.load(str(trace_a))
     snap_b = tracemalloc.Snapshot.load(str(trace_b))
-    print("\nallocations per connection grouped by traceback (innermost frames last):")
+    print("\ntraced allocations per connection by where they were made:")
+    for name, size in sorted(by_category(snap_a, snap_b).items(), key=lambda kv: -kv[1]):
+        print(f"  {size / per:9,.0f} B  {name}")
+    print("\nallocations per connection grouped by traceback (innermost frame first):")
     for stat in snap_b.compare_to(snap_a, "traceback")[:top]:
         if stat.size_diff <= 0:
             continue
         print(f"  {stat.size_diff / per:9,.0f} B {stat.count_diff / per:7.2f} blocks")
         for line in stat.traceback.format(limit=6, most_recent_first=True):
             print(f"      {line.strip()}")
+
+
+# Where an allocation is charged: the innermost frame of its traceback in one of these files.
+# Allocations made by C code the event loop calls (uvloop: its TLS read buffer, transports,
+# timers) have no frame of their own; they land in "uvloop, called from the loop".
+CATEGORIES = (
+    ("aiohttp/_websocket/", "aiohttp websocket (reader, writer, queue)"),
+    ("aiohttp/web_ws.py", "aiohttp websocket (reader, writer, queue)"),
+    ("aiohttp/", "aiohttp request and connection handler"),
+    ("multidict/", "aiohttp request and connection handler"),
+    ("yarl/", "aiohttp request and connection handler"),
+    ("/ssl.py", "ssl module (peer certificate as a dict)"),
+    ("central/nodehub.py", "node session (central/nodehub.py)"),
+    ("central/registry.py", "per-node state (central/registry.py)"),
+    ("central/nodelimits.py", "per-node state (central/registry.py)"),
+    ("central/messages.py", "per-node state (central/registry.py)"),
+    ("central/strictjson.py", "per-node state (central/registry.py)"),
+    ("json/", "per-node state (central/registry.py)"),
+    ("central/", "rest of central/"),
+    ("asyncio/", "asyncio (tasks, events, handles)"),
+)
+
+
+# Frames every allocation made from the event loop has beneath it.
+OUTER_FRAMES = ("asyncio/runners.py", "uvloop/__init__.py", "central/cli.py", "bench/whatif_server.py")
+
+
+def category(trace: tracemalloc.Traceback) -> str:
+    for frame in reversed(trace):  # innermost first
+        if frame.filename.endswith(OUTER_FRAMES):
+            continue
+        for part, name in CATEGORIES:
+            if part in frame.filename:
+                return name
+    return "uvloop, called from the loop (TLS read buffer, transports, timers)"
+
+
+def by_category(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for stat in after.compare_to(before, "traceback"):
+        name = category(stat.traceback)
+        sizes[name] = sizes.get(name, 0) + stat.size_diff
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
