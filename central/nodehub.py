@@ -190,6 +190,9 @@ class NodeSession:
                 elif msg.type == WSMsgType.ERROR:
                     reason = f"websocket error: {self.ws.exception()}"
                     break
+                # Not kept while the node is quiet: a frame may be 1 MiB (a batch sent after a
+                # reconnect), and 20,000 sessions each holding their last one would be gigabytes.
+                del msg
         except ProtocolError as exc:
             reason = f"protocol error: {exc.message}"
             log.warning("node %s: %s", node.name, exc.message)
