@@ -35,7 +35,7 @@ from .common import (
     run_bench,
 )
 from .enroll import enroll_server_fleet, save_fleet
-from .memprobe import PROBE_ENV
+from .memprobe import PROBE_ENV, TRACE_ENV
 from .report import Report, latency_summary
 from .subscriber import LatencySubscriber
 from .workers import Worker
@@ -64,7 +64,7 @@ def server_env(args: argparse.Namespace) -> dict[str, str]:
     if args.memprobe is not None:
         env[PROBE_ENV] = str(args.memprobe)
         if args.tracemalloc:
-            env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
+            env[TRACE_ENV] = str(args.tracemalloc)
     return env
 
 
@@ -283,7 +283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "sending, still connected): "
                         "compare them with python3 -m bench.memprobe")
     p.add_argument("--tracemalloc", type=non_negative_int, default=0, metavar="FRAMES",
-                   help="with --memprobe: trace Python's allocations, FRAMES deep (slows the server)")
+                   help="with --memprobe: trace Python's allocations from the first probe on, FRAMES deep "
+                        "(slows the server)")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.procs > args.nodes:

@@ -1,7 +1,7 @@
 """Where a server's memory goes: snapshots taken inside dvic-central on a signal, compared offline.
 
-The server runs as `bench.whatif_server` with DVIC_BENCH_MEMPROBE=DIR (and PYTHONTRACEMALLOC=FRAMES
-to trace Python's allocations). Each SIGUSR2 writes DIR/probe-K.json: RSS, the C heap as glibc
+The server runs as `bench.whatif_server` with DVIC_BENCH_MEMPROBE=DIR (and DVIC_BENCH_MEMPROBE_TRACE=FRAMES
+to trace Python's allocations from the first probe on). Each SIGUSR2 writes DIR/probe-K.json: RSS, the C heap as glibc
 counts it (mallinfo2: what OpenSSL and uvloop allocate is only there), the memory tracemalloc
 traced, and the live objects by type (count and sys.getsizeof); with tracing on, DIR/probe-K.trace
 too (a tracemalloc snapshot). `python3 -m bench.memprobe A B --per N` prints B - A per connection:
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 PROBE_ENV = "DVIC_BENCH_MEMPROBE"
+TRACE_ENV = "DVIC_BENCH_MEMPROBE_TRACE"  # FRAMES: trace Python's allocations from the first probe on
 
 
 class _MallInfo2(ctypes.Structure):
@@ -72,9 +73,13 @@ def tls_sessions_cached() -> int:
     return sum(obj.session_stats().get("number", 0) for obj in gc.get_objects() if isinstance(obj, ssl.SSLContext))
 
 
-def write_probe(directory: Path) -> Path:
+def write_probe(directory: Path, trace_frames: int = 0) -> Path:
+    """Write the next probe; the first one starts tracing when asked (`trace_frames`): later probes
+    then see every allocation made since, without slowing the server's start-up."""
     index = len(list(directory.glob("probe-*.json")))
     base = directory / f"probe-{index}"
+    if trace_frames and not tracemalloc.is_tracing():
+        tracemalloc.start(trace_frames)
     gc.collect()
     info: dict[str, Any] = {"rss": _rss(), "c_heap": c_heap(), "objects": objects_by_type(),
                             "tls_sessions_cached": tls_sessions_cached()}
@@ -92,7 +97,8 @@ def install_from_env() -> None:
         return
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGUSR2, lambda _sig, _frame: write_probe(path))
+    frames = int(os.environ.get(TRACE_ENV, "0") or 0)
+    signal.signal(signal.SIGUSR2, lambda _sig, _frame: write_probe(path, frames))
 
 
 def _load(base: Path) -> dict[str, Any]:
