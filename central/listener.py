@@ -254,7 +254,7 @@ def fd_budget(limits: ConnectionLimits, soft: int, hard: int) -> tuple[int, Conn
 # so the most one read returns. uvloop's TLS layer keeps what its reads needed for the connection's
 # life: with Linux's default (autotuned up to megabytes) a node that once sent a 500 KB batch
 # (catching up after a reconnect) held about 550 KB of the server's memory from then on, 20,000
-# of them 11 GB; with this, about 200 KB (docs/performance.md, "memory per node"). A node's
+# of them 11 GB; with this, about 250 KB (docs/performance.md, "memory per node"). A node's
 # throughput is then about 16 KB per round trip: 16 MB/s at 1 ms, 0.8 MB/s at 20 ms, for log
 # batches of at most 1 MiB. Operators' connections (uploads) keep the default.
 NODE_RECEIVE_BUFFER_BYTES = 16 * 1024
@@ -269,11 +269,11 @@ class BufferedReads(asyncio.BufferedProtocol):
     """aiohttp's connection handler behind a buffered protocol, for its reads.
 
     Handed a plain protocol, the TLS layer (uvloop's and asyncio's) decrypts each read into a new
-    bytes object of its maximum read size (uvloop: 256 KiB) and shrinks it: one large allocation
-    per frame that leaves the C heap fragmented, most of it resident, more after every burst of
-    traffic. A buffered protocol gets the bytes decrypted into one shared buffer instead, and the
-    handler receives a copy of just those bytes (docs/performance.md, "memory per node").
-    Everything else is passed on unchanged.
+    bytes object of its maximum read size (uvloop: 256 KiB) and then shrinks it: a large
+    allocation per frame, carved out of the C heap wherever a free 256 KiB run is. A buffered
+    protocol gets the bytes decrypted into one shared buffer instead, and the handler receives a
+    copy of just those bytes (docs/performance.md, "memory per node"). Everything else is passed
+    on unchanged.
     """
 
     __slots__ = ("handler",)
