@@ -22,7 +22,6 @@ import ipaddress
 import json
 import logging
 import resource
-import socket
 import ssl
 import time
 from collections import Counter
@@ -90,8 +89,6 @@ class ConnectionGuard:
         if reason is not None:
             self._refuse(transport, address, reason)
             return
-        if node:
-            _shrink_receive_buffer(transport)
         timer = asyncio.get_running_loop().call_later(self.limits.head_timeout, self._head_overdue, handler)
         self._open[handler] = _Conn(address, node, timer)
         if not node:
@@ -139,16 +136,6 @@ class ConnectionGuard:
         transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                         b"Retry-After: 10\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         transport.close()
-
-
-def _shrink_receive_buffer(transport: asyncio.Transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NODE_RECEIVE_BUFFER_BYTES)
-    except OSError as exc:  # the connection is already gone: nothing to keep small
-        log.debug("SO_RCVBUF not set: %s", exc)
 
 
 class MalformedRequestLog(logging.Filter):
@@ -249,15 +236,6 @@ def fd_budget(limits: ConnectionLimits, soft: int, hard: int) -> tuple[int, Conn
         return new_soft, limits
     return new_soft, replace(limits, max_connections=max(1, new_soft - reserve))
 
-
-# The kernel's receive buffer of a node's connection (it doubles it for its own bookkeeping), and
-# so the most one read returns. uvloop's TLS layer keeps what its reads needed for the connection's
-# life: with Linux's default (autotuned up to megabytes) a node that once sent a 500 KB batch
-# (catching up after a reconnect) held about 550 KB of the server's memory from then on, 20,000
-# of them 11 GB; with this, about 250 KB (docs/performance.md, "memory per node"). A node's
-# throughput is then about 16 KB per round trip: 16 MB/s at 1 ms, 0.8 MB/s at 20 ms, for log
-# batches of at most 1 MiB. Operators' connections (uploads) keep the default.
-NODE_RECEIVE_BUFFER_BYTES = 16 * 1024
 
 # What every connection's reads are decrypted into (BufferedReads): one for the process, since
 # the event loop handles one read at a time and the handler copies what it is given.
