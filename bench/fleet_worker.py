@@ -112,6 +112,7 @@ class SimNode:
             text = f"{loglines.message(self.creds.index, seq)} sent={sent_at:.6f}"
             lines.append(loglines.line(self.creds.index, seq, made_at, text))
         frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
+        assert self.ws is not None  # the callers send only on an open websocket
         self.unacked.append((self.seq + count, time.monotonic()))
         await self.ws.send_str(frame)
         self.seq += count

@@ -102,7 +102,8 @@ def install_from_env() -> None:
 
 
 def _load(base: Path) -> dict[str, Any]:
-    return json.loads(Path(str(base) + ".json").read_text())
+    probe: dict[str, Any] = json.loads(Path(str(base) + ".json").read_text())
+    return probe
 
 
 def compare(before: Path, after: Path, per: int, top: int) -> None:
