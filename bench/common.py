@@ -57,7 +57,7 @@ def bench_server(data_dir: Path, whatif_ssl_buffer: int = 0, report: Report | No
     """A CentralServer (not started) as shipped, or with the --whatif-ssl-buffer what-if applied (and
     said so in the report's parameters)."""
     if whatif_ssl_buffer:
-        options.update(module=WHATIF_SERVER, env={SSL_BUFFER_ENV: str(whatif_ssl_buffer)})
+        options.update(module=WHATIF_SERVER, env={**options.get("env", {}), SSL_BUFFER_ENV: str(whatif_ssl_buffer)})
         if report is not None:
             report.params["WHAT-IF asyncio TLS read buffer"] = whatif_ssl_buffer
     return CentralServer(data_dir, api_timeout=60.0, **options)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ from central.cli import run_event_loop
 
 from . import procstat
 from .common import (
+    WHATIF_SERVER,
     add_common_args,
     add_procs,
     add_whatif_ssl_buffer,
     bench_server,
+    non_negative_int,
     parser,
     positive_float,
     positive_int,
@@ -31,6 +35,7 @@ from .common import (
     run_bench,
 )
 from .enroll import enroll_server_fleet, save_fleet
+from .memprobe import PROBE_ENV, TRACE_ENV
 from .report import Report, latency_summary
 from .subscriber import LatencySubscriber
 from .workers import Worker
@@ -53,13 +58,49 @@ async def sample_peak(tracker: procstat.PeakTracker, until: float) -> None:
         await asyncio.sleep(1.0)
 
 
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """The server's extra environment: --server-env, and the memory probe's switches."""
+    env = dict(item.split("=", 1) for item in args.server_env)
+    if args.memprobe is not None:
+        env[PROBE_ENV] = str(args.memprobe)
+        if args.tracemalloc:
+            env[TRACE_ENV] = str(args.tracemalloc)
+    return env
+
+
+async def probe_memory(args: argparse.Namespace, pid: int, report: Report, when: str) -> None:
+    """--memprobe: have the server write a probe (bench/memprobe.py) and wait for it (bounded)."""
+    if args.memprobe is None:
+        return
+    index = len(list(args.memprobe.glob("probe-*.json")))
+    os.kill(pid, signal.SIGUSR2)
+    done = args.memprobe / f"probe-{index}.json"
+    for _ in range(1200):  # a snapshot of 20,000 connections with tracing on takes a while
+        if done.exists():
+            report.note(f"memory probe {done.with_suffix('')}: {when}")
+            return
+        await asyncio.sleep(0.5)
+    report.note(f"memory probe {done} not written in 600 s ({when})")
+
+
+def source_address(worker: int) -> str:
+    """Each worker connects from its own loopback address, 127.0.0.2 and up: one address has ~28,000
+    ephemeral ports (net.ipv4.ip_local_port_range) towards the server's address and port."""
+    return f"127.0.0.{2 + worker % 250}"
+
+
 async def run(args: argparse.Namespace, work: Path) -> Report:
     report = Report("Central server: fleet of simulated nodes", params={
         "nodes": args.nodes, "lines_per_s": args.lines_per_s, "duration_s": args.duration,
         "interval_s": args.interval, "batching": args.batching,
         "batch_interval_s": args.batch_interval if args.batching == "interval" else "-", "procs": args.procs,
     })
-    server = bench_server(work / "central", args.whatif_ssl_buffer, report).start()
+    # The server's connection bound (and so its open-file limit, central/listener.py) must take the
+    # whole fleet and the subscriber (the server lowers it to fit a lower hard open-file limit).
+    options: dict[str, Any] = {"module": WHATIF_SERVER} if args.memprobe is not None else {}
+    server = bench_server(work / "central", args.whatif_ssl_buffer, report,
+                          extra_args=("--max-connections", str(max(10_000, args.nodes + 100))),
+                          env=server_env(args), **options).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
     try:
@@ -70,6 +111,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         fleet_file = work / "fleet.json"
         save_fleet(fleet, fleet_file)
         report.add("server RSS after enrollment", round(procstat.read(server.pid).rss_bytes / 1e6, 1), "MB")
+        await probe_memory(args, server.pid, report, "enrolled, none connected")
 
         share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
         first = 0
@@ -80,8 +122,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
                 "--batching", args.batching,
                 "--interval", str(args.interval), "--duration", str(args.duration), "--warmup", str(args.warmup),
                 "--connect-concurrency", str(args.connect_concurrency), "--drain-timeout", str(args.drain_timeout),
+                "--source-address", source_address(i),
             ], work))
             first += count
+        # The subscriber first: once the nodes fill --max-connections, a tenth of it is theirs alone.
+        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context)
+        await subscriber.start()
         connect_started = time.monotonic()
         for w in workers:
             await w.start()
@@ -94,10 +140,10 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
             for err in r.get("errors", []):
                 report.note(f"connect error: {err}")
 
-        subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context)
-        await subscriber.start()
         idle = procstat.read(server.pid)
         report.add("server RSS, all connected, idle", round(idle.rss_bytes / 1e6, 1), "MB")
+        await probe_memory(args, server.pid, report, "all connected, idle")
+        idle = procstat.read(server.pid)
 
         tracker = procstat.PeakTracker(server.pid)
         go_wall = time.time()
@@ -110,6 +156,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         before = procstat.read(server.pid)
         await asyncio.sleep(max(0.0, go + args.duration - time.monotonic()))
         after = procstat.read(server.pid)
+        await probe_memory(args, server.pid, report, "all connected, at the end of the sending")
         results = [await w.expect("result", timeout=args.duration + args.drain_timeout + 120) for w in workers]
         for w in workers:
             await w.finish()
@@ -193,6 +240,9 @@ def _add_results(report: Report, args: argparse.Namespace, results: list[dict[st
     report.add("server peak RSS (VmHWM, whole run)", round(peak.peak_rss_bytes / 1e6, 1), "MB",
                target=f"< {TARGET_RSS_MB} MB", ok=peak.peak_rss_bytes < TARGET_RSS_MB * 1e6)
     report.add("server RSS at the end", round(peak.rss_bytes / 1e6, 1), "MB")
+    # The figures above include the nodes' disconnection at the end; these are the steady state.
+    report.add("server RSS, all connected, end of sending", round(after.rss_bytes / 1e6, 1), "MB")
+    report.add("server peak RSS while sending (1 s samples)", round(tracker.peak_rss_bytes / 1e6, 1), "MB")
     report.add("server CPU, all threads", round(procstat.cpu_percent(before, after), 1), "% of one core")
     report.add("server CPU, event loop", round(procstat.main_thread_percent(before, after), 1), "% of one core")
     report.add("event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
@@ -226,10 +276,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=positive_float, default=600.0,
                    help="give up when the nodes are not all connected after this (600 s)")
     add_whatif_ssl_buffer(p)
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="run the server with this in its environment (e.g. MALLOC_ARENA_MAX=2); repeatable")
+    p.add_argument("--memprobe", type=Path, metavar="DIR",
+                   help="have the server write memory probes into DIR (enrolled; all connected; at the end of the "
+                        "sending, still connected): "
+                        "compare them with python3 -m bench.memprobe")
+    p.add_argument("--tracemalloc", type=non_negative_int, default=0, metavar="FRAMES",
+                   help="with --memprobe: trace Python's allocations from the first probe on, FRAMES deep "
+                        "(slows the server)")
     add_common_args(p)
     args = p.parse_args(argv)
     if args.procs > args.nodes:
         p.error("--procs: more processes than nodes")
+    for item in args.server_env:
+        if "=" not in item:
+            p.error(f"--server-env: expected KEY=VALUE, got {item!r}")
+    if args.memprobe is not None:
+        args.memprobe = args.memprobe.resolve()
+        args.memprobe.mkdir(parents=True, exist_ok=True)
     if args.warmup is None:
         args.warmup = min(5.0, args.duration / 10)
     if not 0 <= args.warmup < args.duration:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import resource
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -32,6 +33,7 @@ from .workers import emit, wait_for_go
 from .wsnode import NodeConnectError, connect_node
 
 TICK_S = 0.01
+FD_SPARE = 64
 COALESCE_S = 0.25  # as the daemon's COALESCE_S
 
 
@@ -110,6 +112,7 @@ class SimNode:
             text = f"{loglines.message(self.creds.index, seq)} sent={sent_at:.6f}"
             lines.append(loglines.line(self.creds.index, seq, made_at, text))
         frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
+        assert self.ws is not None  # the callers send only on an open websocket
         self.unacked.append((self.seq + count, time.monotonic()))
         await self.ws.send_str(frame)
         self.seq += count
@@ -239,9 +242,33 @@ async def drain(nodes: list[SimNode], timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's open-file limit to `needed` (the soft one up to the hard one; the hard
+    one too when the process may, e.g. as root); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed or soft == resource.RLIM_INFINITY:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed
+        except (ValueError, OSError):
+            pass  # unprivileged: as far as the hard limit goes
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
 async def main(args: argparse.Namespace, fleet_nodes: list[NodeCreds], ca_path: str) -> int:
     nodes = [SimNode(c) for c in fleet_nodes[args.start:args.start + args.count]]
-    connector = aiohttp.TCPConnector(limit=0)
+    # One socket per node, plus the interpreter's own files.
+    limit = raise_fd_limit(len(nodes) + FD_SPARE)
+    if limit < len(nodes) + FD_SPARE:
+        print(f"open-file limit {limit}: fewer than {len(nodes)} nodes can connect", file=sys.stderr)
+    # A source address of its own (127.0.0.x): each holds ~28,000 ephemeral ports towards the
+    # server's one address and port (net.ipv4.ip_local_port_range), too few for 20,000+ nodes.
+    local_addr = (args.source_address, 0) if args.source_address else None
+    connector = aiohttp.TCPConnector(limit=0, local_addr=local_addr)
     async with aiohttp.ClientSession(connector=connector) as session:
         started = time.monotonic()
         errors = await connect_all(session, ca_path, nodes, args.connect_concurrency)
@@ -287,6 +314,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connect-concurrency", type=int, default=64)
     p.add_argument("--drain-timeout", type=float, default=15.0)
     p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument("--source-address", default="", help="connect from this local address (127.0.0.x)")
     return p.parse_args()
 
 

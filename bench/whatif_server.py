@@ -7,6 +7,8 @@
   websocket costs about a quarter of a megabyte. This sets another size (the server itself sets
   a smaller one, see central/cli.py; 262144 measures the default).
 
+- DVIC_BENCH_MEMPROBE=DIR: SIGUSR2 writes a memory probe into DIR (bench/memprobe.py).
+
 The server code itself (central/) is not touched; without the variable this is dvic-central.
 Used by the `--whatif-ssl-buffer` option of bench.fleet, bench.ingest and bench.keepalive.
 Earlier what-ifs (metrics not awaited, the FTS index filled per batch) became the server's own
@@ -21,6 +23,8 @@ import os
 
 from central.cli import main
 
+from .memprobe import install_from_env
+
 SSL_BUFFER_ENV = "DVIC_BENCH_SSL_READ_BUFFER"
 
 
@@ -28,4 +32,5 @@ if __name__ == "__main__":
     size = int(os.environ.get(SSL_BUFFER_ENV, "0") or 0)
     if size > 0:
         asyncio.sslproto.SSLProtocol.max_size = size
+    install_from_env()
     raise SystemExit(main())

@@ -237,6 +237,50 @@ def fd_budget(limits: ConnectionLimits, soft: int, hard: int) -> tuple[int, Conn
     return new_soft, replace(limits, max_connections=max(1, new_soft - reserve))
 
 
+# What every connection's reads are decrypted into (BufferedReads): one for the process, since
+# the event loop handles one read at a time and the handler copies what it is given.
+READ_BUFFER_BYTES = 64 * 1024
+_read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+
+
+class BufferedReads(asyncio.BufferedProtocol):
+    """aiohttp's connection handler behind a buffered protocol, for its reads.
+
+    Handed a plain protocol, the TLS layer (uvloop's and asyncio's) decrypts each read into a new
+    bytes object of its maximum read size (uvloop: 256 KiB) and then shrinks it: a large
+    allocation per frame, carved out of the C heap wherever a free 256 KiB run is. A buffered
+    protocol gets the bytes decrypted into one shared buffer instead, and the handler receives a
+    copy of just those bytes (docs/performance.md, "memory per node"). Everything else is passed
+    on unchanged.
+    """
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: asyncio.Protocol) -> None:
+        self.handler = handler
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.handler.data_received(_read_buffer[:nbytes].tobytes())
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handler.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts."""
 
@@ -263,5 +307,5 @@ class GuardedSite(web.BaseSite):
             tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._handshake_timeout,
                    "ssl_shutdown_timeout": self._handshake_timeout}
         self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, backlog=self._backlog, **tls,
+            lambda: BufferedReads(server()), self._host, self._port, backlog=self._backlog, **tls,
         )

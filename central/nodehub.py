@@ -147,7 +147,14 @@ async def node_websocket(request: web.Request) -> web.StreamResponse:
 
 
 class NodeSession:
-    """One connected node: reads, validates and stores its messages in order."""
+    """One connected node: reads, validates and stores its messages in order.
+
+    There is one per connected node (20,000 on one server): slots, and what only a node that sends
+    logs needs (the acker and its events, each event holding a deque) is made on its first batch.
+    """
+
+    __slots__ = ("services", "registry", "node", "ws", "greeted", "_closing", "_in_flight", "_settled",
+                 "_settled_event", "_room", "_acker")
 
     def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse) -> None:
         self.services = services
@@ -160,8 +167,8 @@ class NodeSession:
         self._in_flight = 0
         # (highest seq of a batch, why it was not stored or None), per batch one commit settled
         self._settled: list[tuple[int, Exception | None]] = []
-        self._settled_event = asyncio.Event()
-        self._room = asyncio.Event()
+        self._settled_event: asyncio.Event | None = None  # with the acker
+        self._room: asyncio.Event | None = None  # when a read first waits for room
         self._acker: asyncio.Task[None] | None = None
 
     def _request_close(self, code: int, reason: str) -> None:
@@ -183,6 +190,9 @@ class NodeSession:
                 elif msg.type == WSMsgType.ERROR:
                     reason = f"websocket error: {self.ws.exception()}"
                     break
+                # Not kept while the node is quiet: a frame may be 1 MiB (a batch sent after a
+                # reconnect), and 20,000 sessions each holding their last one would be gigabytes.
+                del msg
         except ProtocolError as exc:
             reason = f"protocol error: {exc.message}"
             log.warning("node %s: %s", node.name, exc.message)
@@ -382,10 +392,14 @@ class NodeSession:
         while self._in_flight >= MAX_BATCHES_IN_FLIGHT:
             if self._closing is not None:
                 return  # no ack will come: the node sends these lines again when it reconnects
+            if self._room is None:
+                self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
         if self._acker is None:
-            self._acker = asyncio.create_task(self._ack_when_committed(), name=f"acks {self.node.name}")
+            self._settled_event = asyncio.Event()
+            self._acker = asyncio.create_task(self._ack_when_committed(self._settled_event),
+                                              name=f"acks {self.node.name}")
         self._in_flight += 1
         # Only the batch's highest seq waits for the commit: the ack needs nothing else.
         last_seq = max(line["seq"] for line in lines)
@@ -418,7 +432,12 @@ class NodeSession:
 
     def _committed(self, last_seq: int, error: Exception | None) -> None:
         self._settled.append((last_seq, error))
-        self._settled_event.set()  # wakes the acker once for everything one commit settled
+        if self._settled_event is not None:  # made with the acker, before the first batch is queued
+            self._settled_event.set()  # wakes the acker once for everything one commit settled
+
+    def _make_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
 
     async def _stop_after_failed_store(self, error: Exception) -> None:
         """No ack for lines that were not stored: close, and the node sends them again later."""
@@ -429,16 +448,16 @@ class NodeSession:
         else:  # a batch the database refused
             log.error("node %s: log batch not stored: %s", self.node.name, error)
             self._request_close(CLOSE_STORAGE, "log batch not stored")
-        self._room.set()  # a read waiting for room sees the session closing
+        self._make_room()  # a read waiting for room sees the session closing
 
-    async def _ack_when_committed(self) -> None:
+    async def _ack_when_committed(self, settled_event: asyncio.Event) -> None:
         """Acknowledge committed batches in order."""
         while True:
-            await self._settled_event.wait()
-            self._settled_event.clear()
+            await settled_event.wait()
+            settled_event.clear()
             settled, self._settled = self._settled, []
             self._in_flight -= len(settled)
-            self._room.set()
+            self._make_room()
             for _, error in settled:
                 if error is not None:
                     await self._stop_after_failed_store(error)
