@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiosqlite
 import asyncpg
@@ -169,7 +169,31 @@ def new_row_id(conn: WriteConn, insert: str, params: Sequence[Any]) -> int:
 _SQLITE_STORAGE_CODES = {5, 7, 8, 10, 11, 13, 14}
 
 
-class SqliteWriteConn(sqlite3.Connection):
+class _TransactionVerbs:
+    """The writer's transaction verbs, the same on both engines: each connection runs a verb its own
+    way (`_verb`) and says how a write transaction begins (`BEGIN`)."""
+
+    __slots__ = ()
+    BEGIN = "BEGIN"
+    if TYPE_CHECKING:  # (sqlite3's own attribute; PgWriteConn's property)
+        @property
+        def in_transaction(self) -> bool: ...
+
+    def _verb(self, sql: str) -> None:
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        self._verb(self.BEGIN)
+
+    def commit(self) -> None:
+        self._verb("COMMIT")
+
+    def rollback(self) -> None:
+        if self.in_transaction:
+            self._verb("ROLLBACK")
+
+
+class SqliteWriteConn(_TransactionVerbs, sqlite3.Connection):
     """The writer's sqlite3 connection itself (made by `sqlite3.connect(factory=...)`): statements
     go straight to sqlite3, as before; only the transaction verbs are methods."""
 
@@ -178,16 +202,10 @@ class SqliteWriteConn(sqlite3.Connection):
     __slots__ = ()
     dialect = "sqlite"
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    BEGIN = "BEGIN IMMEDIATE"
 
-    def begin(self) -> None:
-        self.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self.execute("COMMIT")
-
-    def rollback(self) -> None:
-        if self.in_transaction:
-            self.execute("ROLLBACK")
+    def _verb(self, sql: str) -> None:
+        self.execute(sql)
 
     def storage_failure(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
@@ -247,7 +265,7 @@ class _Rows:
         return iter(self._rows)
 
 
-class PgWriteConn:
+class PgWriteConn(_TransactionVerbs):
     """The writer's PostgreSQL connection: an asyncpg connection driven by a private event loop
     owned by the writer thread. Every call runs to completion before it returns. A lost connection
     is made again at the next transaction (the batch in flight fails: its callers are not told
@@ -311,14 +329,7 @@ class PgWriteConn:
     def begin(self) -> None:
         if self._conn is None or self._conn.is_closed():
             self.open()  # raises DatabaseUnavailable while the server is away
-        self._verb("BEGIN")
-
-    def commit(self) -> None:
-        self._verb("COMMIT")
-
-    def rollback(self) -> None:
-        if self.in_transaction:
-            self._verb("ROLLBACK")
+        super().begin()
 
     def storage_failure(self, exc: BaseException) -> bool:
         return unavailable(exc)

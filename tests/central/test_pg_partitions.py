@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from central import db, store
+from central import store
 from central.dbconn import ReadDB
 from central.store import DAY_S
 from central.writer import Writer
+from tests.support.database import opened_store
 from tests.support.postgres import Cluster
 
 NOW = 1_900_000_000.0  # far from the real clock: only the days these tests make exist
@@ -22,15 +23,8 @@ TODAY = int(NOW // DAY_S) * DAY_S
 
 @pytest.fixture
 async def pg(pg_cluster: Cluster) -> AsyncIterator[tuple[Writer, ReadDB]]:
-    url = pg_cluster.fresh_database()
-    writer = Writer(url, commit_interval=0.005)
-    await writer.start()
-    reads = await db.open_reads(url)
-    try:
-        yield writer, reads
-    finally:
-        await writer.close()
-        await reads.close()
+    async with opened_store(pg_cluster.fresh_database()) as store:
+        yield store
 
 
 async def _rows(reads: ReadDB, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:

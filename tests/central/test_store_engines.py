@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from central import db, store
+from central import store
 from central.dbconn import CONFLICTS, ReadDB, Target, target
 from central.queries import Queries
 from central.writer import Writer
+from tests.support.database import opened_store
 from tests.support.postgres import Cluster
 
 
@@ -32,15 +33,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
 
 @pytest.fixture
 async def opened(engine: Target) -> AsyncIterator[tuple[Writer, ReadDB]]:
-    await db.create(engine)
-    writer = Writer(engine, commit_interval=0.005)
-    await writer.start()
-    reads = await db.open_reads(engine)
-    try:
-        yield writer, reads
-    finally:
-        await writer.close()
-        await reads.close()
+    async with opened_store(engine) as store:
+        yield store
 
 
 def _lines(first: int, count: int, msg: str = "frame {seq} done") -> list[dict[str, Any]]:
