@@ -27,6 +27,7 @@ from . import __version__
 from .accesslog import MODES as ACCESS_LOG_MODES
 from .app import create_app
 from .auth import ApiError
+from .cluster.replica import ReplicaNameError, check_replica_name
 from .config import Config, ConnectionLimits, DemoLimits, Notify, is_loopback
 from .db import DB_FILE
 from .dbconn import DatabaseUnavailable, Target, target
@@ -53,7 +54,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 def build_config(args: argparse.Namespace) -> Config:
     host, port = args.listen
     return Config(
-        data_dir=Path(args.data_dir).expanduser(), database=args.database, host=host, port=port, tls=not args.insecure_http,
+        data_dir=Path(args.data_dir).expanduser(), database=args.database, replica=args.replica, host=host, port=port, tls=not args.insecure_http,
         public_hosts=tuple(args.public_host or ()), public_url=args.public_url or "",
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)), self_register=args.self_register,
@@ -286,6 +287,13 @@ def _typed_target(value: str) -> Target:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _replica_name(value: str) -> str:
+    try:
+        return check_replica_name(value)
+    except ReplicaNameError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _database(value: str) -> str:
     if value:  # (empty: the SQLite file in the data dir)
         _typed_target(value)
@@ -424,6 +432,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--database", type=_database, default=os.environ.get("DVIC_DATABASE", ""), metavar="URL",
                    help="postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, or sqlite:PATH (default: the SQLite file"
                         " in the data dir; env DVIC_DATABASE)")
+    p.add_argument("--replica", type=_replica_name, default=os.environ.get("DVIC_REPLICA", ""), metavar="NAME",
+                   help="this server's name among replicas sharing one PostgreSQL (default: the host's name;"
+                        " env DVIC_REPLICA)")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8443; port 0 picks a free one)")
     p.add_argument("--insecure-http", action="store_true",

@@ -77,6 +77,9 @@ class Config:
     # Where state and history live: "" (or sqlite:PATH) the embedded SQLite file in data_dir, or a
     # PostgreSQL server, postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (docs/operations.md).
     database: str = ""
+    # This server's name among replicas sharing one PostgreSQL (central/cluster/replica.py); "" =
+    # the host's name.
+    replica: str = ""
     host: str = "127.0.0.1"
     port: int = 8443
     tls: bool = True

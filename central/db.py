@@ -578,6 +578,24 @@ MIGRATIONS: list[Step] = [
     );
     CREATE INDEX notification_notices_of ON notification_notices (notification_id, id);
     """),
+    # 11: several replicas on one PostgreSQL (issue 18; docs/architecture.md "Several replicas"):
+    # which replica holds a node's session and the session's number (each hello takes the next:
+    # of two racing sessions the newer wins), and each replica's heartbeat. On SQLite the one
+    # server fills them the same way.
+    Step("""
+    CREATE TABLE node_sessions (
+        node_id TEXT PRIMARY KEY REFERENCES nodes (id) ON DELETE CASCADE,
+        replica TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        since REAL NOT NULL
+    );
+    CREATE TABLE replicas (
+        name TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        heartbeat_at REAL NOT NULL,
+        stopped_at REAL
+    );
+    """),
 ]
 
 

@@ -22,6 +22,7 @@ from .alerts.dispatcher import Dispatcher
 from .alerts.engine import AlertEngine
 from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
+from .cluster.replica import Cluster, default_replica_name, open_cluster
 from .commands import CommandHub
 from .config import Config, Retention
 from .dbconn import ReadDB, Target, target
@@ -65,6 +66,8 @@ class Services:
     catalog: Catalog
     deployments: DeploymentHub
     calendar: Calendar
+    # This replica's name and the bus to the other replicas (a local one on SQLite).
+    cluster: Cluster
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -110,9 +113,11 @@ async def open_services(config: Config) -> Services:
     alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
     catalog, deployments = await open_demos(config, writer, read_db, registry)
     calendar.use_deployments(CalendarDeployments(deployments, catalog))  # runbook deploy steps, --deploy bookings
+    cluster = open_cluster(config.replica or default_replica_name(),
+                           where.url if where.dialect == "postgresql" else None)
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        actions, release, alerts, notices, catalog, deployments, calendar)
+                        actions, release, alerts, notices, catalog, deployments, calendar, cluster)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     await ensure_admin(services)
@@ -157,6 +162,7 @@ async def close_services(services: Services) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await services.notices.close()
+    await services.cluster.bus.close()
     await services.writer.close()
     await services.read_db.close()
 
@@ -264,6 +270,13 @@ async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed
 def services_ctx(config: Config) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
+        try:
+            await services.cluster.bus.start()
+        except BaseException:
+            await close_services(services)
+            raise
+        log.info("replica %s (%s)", services.cluster.replica,
+                 "sharing PostgreSQL with any others" if services.cluster.shared else "the only server")
         # What a stop or a crash left queued is sent now.
         await services.notices.start()
         services.tasks.append(asyncio.create_task(_sweeper(services), name="dvic-sweeper"))

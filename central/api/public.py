@@ -20,7 +20,7 @@ from .params import services
 async def health(request: web.Request) -> web.Response:
     svc = services(request)
     return json_response({"ok": True, "version": __version__, "nodes": len(svc.registry),
-                          "uptime": time.time() - svc.started_at})
+                          "uptime": time.time() - svc.started_at, "replica": svc.cluster.replica})
 
 
 def registration_gate(request: web.Request) -> None:
