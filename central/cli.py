@@ -288,6 +288,8 @@ def _typed_target(value: str) -> Target:
 
 
 def _replica_name(value: str) -> str:
+    if not value:  # the default (argparse passes a string default through here too): the host's name
+        return ""
     try:
         return check_replica_name(value)
     except ReplicaNameError as exc:
