@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from central.cluster.leader import holders
 from tests.support.daemon import enrolled_daemon, wait_connected
@@ -49,8 +50,9 @@ async def _all_held(url: str, only: str = "") -> dict[str, str] | None:
     return now
 
 
-async def test_kill_9_of_a_replica_its_node_reconnects_to_the_other_and_is_never_shown_offline(
-        tmp_path: Path, pg_cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", ["kill -9", "stop"])
+async def test_when_a_replica_dies_or_stops_its_node_reconnects_to_the_other_and_is_never_shown_offline(
+        tmp_path: Path, pg_cluster: Cluster, how: str) -> None:
     with Replicas(tmp_path / "data", pg_cluster.fresh_database(), count=2, interval=1, offline_after=6) as servers:
         r1, r2 = servers
         with balanced([r1, r2]) as balancer:  # new connections go to r1 while it lives, then to r2
@@ -60,11 +62,15 @@ async def test_kill_9_of_a_replica_its_node_reconnects_to_the_other_and_is_never
                 with daemon:
                     wait_connected(r2, node_id, daemon)  # held by r1, shown connected on r2
                     assert r1.query("SELECT replica FROM node_sessions WHERE node_id = ?", (node_id,)) == [("r1",)]
-                    r1.kill()
+                    if how == "stop":
+                        r1.stop()  # SIGTERM: it says it stops before its node sockets close
+                    else:
+                        r1.kill()
                     await async_wait_for(lambda: r2.query("SELECT replica FROM node_sessions WHERE node_id = ?",
                                                           (node_id,)) == [("r2",)], 30, "the node to reconnect to r2")
-                    # r2 declares r1 gone (3 s of silence) and leads the orphan sweep: still online.
-                    await async_wait_for(lambda: "replica r1 silent" in r2.log(), 30, "r2 to see r1 gone")
+                    # r2 declares r1 gone (3 s of silence, or told) and leads the orphan sweep: still online.
+                    gone = "replica r1 stopped" if how == "stop" else "replica r1 silent"
+                    await async_wait_for(lambda: gone in r2.log(), 30, "r2 to see r1 gone")
                     await async_wait_for(lambda: "runs offline" in r2.log(), 30, "r2 to run the orphan sweep")
                     await async_wait_for(lambda: r2.node(node_id)["connected"], 30, "the node connected on r2")
                     assert r2.node(node_id)["state"] == "online"
