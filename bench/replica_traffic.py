@@ -63,14 +63,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         fleet = await enroll_server_fleet(r1, work, args.nodes, prefix="sim", concurrency=32)
         fleet_file = work / "fleet.json"
         save_fleet(fleet, fleet_file)
-        share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
-        first = 0
-        for i, count in enumerate(share):
-            workers.append(Worker(f"fleet-worker-{i}", "bench.fleet_worker", [
-                "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
-                "--lines-per-s", str(args.lines_per_s), "--interval", str(args.interval),
-                "--duration", str(args.duration), "--warmup", str(args.warmup)], work))
-            first += count
+        workers = [Worker(f"fleet-worker-{i}", "bench.fleet_worker", [
+            "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
+            *_node_options(args)], work) for i, (first, count) in enumerate(_slices(args.nodes, args.procs))]
         async with StreamClient(r2, logs=["*"]) as stream:
             for w in workers:
                 await w.start()
@@ -97,6 +92,17 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         await listener.close()
         replicas.stop()
     return report
+
+
+def _slices(nodes: int, procs: int) -> list[tuple[int, int]]:
+    """(first node, how many) for each of `procs` load processes."""
+    bounds = [nodes * i // procs for i in range(procs + 1)]
+    return [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(procs)]
+
+
+def _node_options(args: argparse.Namespace) -> list[str]:
+    return ["--lines-per-s", str(args.lines_per_s), "--interval", str(args.interval),
+            "--duration", str(args.duration), "--warmup", str(args.warmup)]
 
 
 def _add(report: Report, counter: Counter, seconds: float, nodes: int) -> None:

@@ -4,8 +4,11 @@ operator's stream on the other."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from dvic_core.constants import CLOSE_REPLACED
 from tests.support import postgres
@@ -138,16 +141,51 @@ async def test_after_a_gap_on_the_bus_a_replica_reads_presence_again_from_the_ta
         two_replicas: list[CentralServer]) -> None:
     r1, r2 = two_replicas
     bundle = enrolled_on_both(r1, r2, "pi-gap")
-    node_id = bundle["node_id"]
-    assert r2.database
+    node_id, database = bundle["node_id"], r2.database or ""
     async with connected(bundle):
         await async_wait_for(lambda: shown(r2, node_id)["state"] == "online", 20, "r2 to show the node online")
         # Something only the tables know (no replica announced it), then r2's listening session is
         # lost: when it listens again, it reads the tables again.
-        postgres.query(r2.database, "UPDATE nodes SET maintenance = 1 WHERE id = ?", (node_id,))
-        assert postgres.query(r2.database, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                           " WHERE application_name = 'dvic-central bus r2'") == [(True,)]
+        postgres.query(database, "UPDATE nodes SET maintenance = 1 WHERE id = ?", (node_id,))
+        assert postgres.query(database, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                        " WHERE application_name = 'dvic-central bus r2'") == [(True,)]
         await async_wait_for(lambda: shown(r2, node_id)["state"] == "maintenance", 20,
                              "r2 to read the node's state again after the gap")
         assert shown(r2, node_id)["connected"]
     assert "gap (the listening session was opened again)" in r2.log()
+
+
+async def test_lines_travel_between_replicas_only_while_a_stream_client_wants_them(
+        two_replicas: list[CentralServer]) -> None:
+    r1, r2 = two_replicas
+    bundle = enrolled_on_both(r1, r2, "pi-quiet")
+    node_id = bundle["node_id"]
+    carried: list[str] = []
+    beats: list[float] = []
+
+    def heard(_conn: object, _pid: int, channel: str, payload: str) -> None:
+        if channel == "dvic_logs":
+            carried.append(payload)
+        elif '"from":"r1"' in payload and '"beat"' in payload:
+            beats.append(time.time())
+
+    listener = await asyncpg.connect(r1.database or "")
+    try:
+        await listener.add_listener("dvic_logs", heard)
+        await listener.add_listener("dvic_events", heard)
+        async with StreamClient(r2), connected(bundle) as node:  # r2's client wants no lines
+            await node.send_logs([node.line(f"unwanted {i}") for i in range(20)])
+            acked = time.time()
+            # r1 flushes what it has every 30 ms and beats every second: a beat sent after the ack
+            # comes after any lines it would have sent.
+            await async_wait_for(lambda: [b for b in beats if b > acked + 0.1], 20, "a heartbeat of r1")
+            assert carried == []
+            async with StreamClient(r2, logs=[node_id]) as stream:
+                async def shown_on_r2() -> bool:
+                    await node.send({"type": "logs", "lines": [node.line("wanted")]})
+                    return bool(stream.log_seqs(node_id))
+
+                await async_wait_for(shown_on_r2, 20, "lines to travel once wanted", interval=0.2)
+            assert carried and all('"unwanted' not in payload for payload in carried)
+    finally:
+        await listener.close()
