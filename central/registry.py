@@ -67,6 +67,8 @@ class NodeState:
     # The live websocket handler's close callback and sender, set while the node is connected.
     disconnect: Callable[[int, str], None] | None = None
     send: Callable[[dict[str, Any]], Awaitable[bool]] | None = None
+    replica: str = ""  # the replica holding the node's session ("" none); see central/cluster/presence
+    epoch: int = 0  # that session's number (node_sessions.epoch): of two racing sessions the newer wins
 
     @property
     def connected(self) -> bool:
