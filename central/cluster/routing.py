@@ -107,23 +107,15 @@ class Bus(Protocol):
 
 
 @dataclass(eq=False)
-class Remote:
-    """On the requesting replica: a relay through `owner` (numbers sent to it, received from it)."""
-    owner: str
+class Relay:
+    """One relay as one side sees it: `peer` is the replica holding the node (on the requesting
+    side, in `Router.remote`) or the one that asked (on the node's side, in `Router.relayed`);
+    the messages numbered so far each way."""
+    peer: str
     node_id: str
     hub: str
     sent: int = 0
     received: int = 0
-
-
-@dataclass(eq=False)
-class Relayed:
-    """On the node's replica: a relay for `requester` (numbers received from it, sent to it)."""
-    requester: str
-    node_id: str
-    hub: str
-    received: int = 0
-    sent: int = 0
 
 
 class Lanes:
@@ -188,8 +180,8 @@ class Router:
         self.replica = bus.replica
         self.nodes = nodes
         self.hubs = hubs
-        self.remote: dict[str, Remote] = {}
-        self.relayed: dict[str, Relayed] = {}
+        self.remote: dict[str, Relay] = {}
+        self.relayed: dict[str, Relay] = {}
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._lanes = Lanes()
         self._misses: dict[str, int] = {}
@@ -228,7 +220,7 @@ class Router:
 
     async def _open_remote(self, node: NodeState, owner: str, rid: str, hub: str,
                            msg: dict[str, Any]) -> dict[str, Any]:
-        remote = self.remote[rid] = Remote(owner, node.id, hub)
+        remote = self.remote[rid] = Relay(owner, node.id, hub)
         token = uuid.uuid4().hex
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._acks[token] = future
@@ -255,7 +247,7 @@ class Router:
         try:
             await self._to_owner(remote, rid, msg)
         except BusError as exc:
-            log.warning("routing: %s for %s through %s not sent: %s", msg.get("type"), rid, remote.owner, exc)
+            log.warning("routing: %s for %s through %s not sent: %s", msg.get("type"), rid, remote.peer, exc)
             return False
         return True
 
@@ -263,13 +255,13 @@ class Router:
         """The hub is done with `rid`: what still comes for it is dropped."""
         self.remote.pop(rid, None)
 
-    async def _to_owner(self, remote: Remote, rid: str, msg: dict[str, Any], ack: str = "") -> None:
+    async def _to_owner(self, remote: Relay, rid: str, msg: dict[str, Any], ack: str = "") -> None:
         n, remote.sent = remote.sent, remote.sent + 1  # numbered in the order published (no await between)
         body: dict[str, Any] = {"route": "to_node", "from": self.replica, "node": remote.node_id, "rid": rid,
                                 "hub": remote.hub, "n": n, "msg": msg}
         if ack:
             body["ack"] = ack
-        await self.bus.publish(channel_of(remote.owner), body)
+        await self.bus.publish(channel_of(remote.peer), body)
 
     # -- the node's side (nodehub calls these) -----------------------------------------------------
     async def forwarded(self, node: NodeState, msg: dict[str, Any]) -> bool:
@@ -287,9 +279,9 @@ class Router:
         body = {"route": "from_node", "from": self.replica, "node": node.id, "rid": rid, "n": n,
                 "msg": plain, "bytes": names}
         try:
-            await self.bus.publish(channel_of(relayed.requester), body)
+            await self.bus.publish(channel_of(relayed.peer), body)
         except BusError as exc:  # the requester learns it from its next ping (a count missing)
-            log.warning("routing: %s for %s to %s not sent: %s", msg.get("type"), rid, relayed.requester, exc)
+            log.warning("routing: %s for %s to %s not sent: %s", msg.get("type"), rid, relayed.peer, exc)
         return True
 
     async def node_disconnected(self, node: NodeState, why: str) -> None:
@@ -298,7 +290,7 @@ class Router:
         for rid, relayed in list(self.relayed.items()):
             if relayed.node_id == node.id:
                 del self.relayed[rid]
-                ended.setdefault(relayed.requester, []).append(rid)
+                ended.setdefault(relayed.peer, []).append(rid)
         for requester, rids in ended.items():
             await self._tell_ended(requester, rids, why)
 
@@ -333,9 +325,9 @@ class Router:
             if node is None or node.send is None:
                 self._spawn(self._ack(requester, ack, False, self._not_here(node, node_id), node))
                 return
-            relayed = self.relayed[rid] = Relayed(requester, node_id, str(message.get("hub")))
+            relayed = self.relayed[rid] = Relay(requester, node_id, str(message.get("hub")))
             self._watch_peers()
-        if relayed is None or relayed.requester != requester or relayed.node_id != node_id:
+        if relayed is None or relayed.peer != requester or relayed.node_id != node_id:
             if relayed is None:
                 self._spawn(self._tell_ended(requester, [rid], f"replica {self.replica} no longer relays it"))
             return
@@ -373,16 +365,16 @@ class Router:
     def _on_from_node(self, message: dict[str, Any]) -> None:
         rid = str(message.get("rid"))
         remote = self.remote.get(rid)
-        if remote is None or remote.owner != message.get("from") or remote.node_id != message.get("node"):
+        if remote is None or remote.peer != message.get("from") or remote.node_id != message.get("node"):
             return  # a relay already over here (its end was sent to the owner)
         if message.get("n") != remote.received:
-            self._end_remote(rid, f"output from replica {remote.owner} was lost on the bus: session closed")
+            self._end_remote(rid, f"output from replica {remote.peer} was lost on the bus: session closed")
             return
         remote.received += 1
         msg = _decode(message.get("msg") or {}, list(message.get("bytes") or ()))
         self._lanes.put(remote.node_id, lambda: self._deliver(remote, rid, msg))
 
-    async def _deliver(self, remote: Remote, rid: str, msg: dict[str, Any]) -> None:
+    async def _deliver(self, remote: Relay, rid: str, msg: dict[str, Any]) -> None:
         node = self.nodes(remote.node_id)
         if node is None:
             return
@@ -396,13 +388,13 @@ class Router:
         if remote is not None:
             self._lanes.put(remote.node_id, lambda: self.hubs.ended(remote.hub, rid, why))
 
-    def _relay_broken(self, rid: str, relayed: Relayed, why: str) -> None:
+    def _relay_broken(self, rid: str, relayed: Relay, why: str) -> None:
         """Messages of a relay were lost on their way here: the node ends its side, the requester too."""
         self.relayed.pop(rid, None)
         self._close_on_node(rid, relayed)
-        self._spawn(self._tell_ended(relayed.requester, [rid], f"{why}: session closed"))
+        self._spawn(self._tell_ended(relayed.peer, [rid], f"{why}: session closed"))
 
-    def _close_on_node(self, rid: str, relayed: Relayed) -> None:
+    def _close_on_node(self, rid: str, relayed: Relay) -> None:
         close = CLOSE_FOR.get(relayed.hub)
         node = self.nodes(relayed.node_id)
         if close is None or node is None:
@@ -421,7 +413,7 @@ class Router:
             self._watch = asyncio.get_running_loop().create_task(self._watching(), name="dvic-routing-watch")
 
     def peers(self) -> set[str]:
-        return {r.owner for r in self.remote.values()} | {r.requester for r in self.relayed.values()}
+        return {r.peer for r in self.remote.values()} | {r.peer for r in self.relayed.values()}
 
     async def _watching(self) -> None:
         while self.remote or self.relayed:
@@ -430,14 +422,14 @@ class Router:
             await asyncio.gather(*(self._ping(peer) for peer in self.peers()))
 
     def _drop_finished(self) -> None:
-        """Remote relays whose hub is done with them (a final answer, a cancelled open)."""
+        """Relay relays whose hub is done with them (a final answer, a cancelled open)."""
         for rid, remote in list(self.remote.items()):
             if not self.hubs.holds(remote.hub, rid):
                 del self.remote[rid]
 
     async def _ping(self, peer: str) -> None:
-        mine = {rid: r.sent for rid, r in self.remote.items() if r.owner == peer}
-        theirs = {rid: r.sent for rid, r in self.relayed.items() if r.requester == peer}
+        mine = {rid: r.sent for rid, r in self.remote.items() if r.peer == peer}
+        theirs = {rid: r.sent for rid, r in self.relayed.items() if r.peer == peer}
         try:
             answer = await self.bus.request(peer, PING, {"from": self.replica, "holding": mine, "asking": theirs},
                                             timeout=PING_TIMEOUT_S)
@@ -459,10 +451,10 @@ class Router:
         self._misses.pop(peer, None)
         how = "stopped" if silent else "cannot be reached"
         for rid, remote in list(self.remote.items()):
-            if remote.owner == peer:
+            if remote.peer == peer:
                 self._end_remote(rid, f"the replica relaying this session ({peer}) {how}")
         for rid, relayed in list(self.relayed.items()):
-            if relayed.requester == peer:
+            if relayed.peer == peer:
                 log.warning("routing: replica %s %s: closing %s %s on the node", peer, how, relayed.hub, rid)
                 del self.relayed[rid]
                 self._close_on_node(rid, relayed)
@@ -475,14 +467,14 @@ class Router:
         for rid, count in holding.items():  # the asker sent these to nodes here
             relayed = self.relayed.get(rid)
             # Fewer than the asker had sent when it asked: some were lost (more: sent since).
-            if relayed is None or relayed.requester != asker or relayed.received < count:
+            if relayed is None or relayed.peer != asker or relayed.received < count:
                 lost.append(rid)
-                if relayed is not None and relayed.requester == asker:
+                if relayed is not None and relayed.peer == asker:
                     self._relay_broken(rid, relayed, f"a message from replica {asker} was lost on the bus")
         asking: Mapping[str, int] = body.get("asking") or {}
         for rid, count in asking.items():  # the asker relays these to hubs here
             remote = self.remote.get(rid)
-            if remote is None or remote.owner != asker:
+            if remote is None or remote.peer != asker:
                 lost.append(rid)
             elif remote.received < count:
                 lost.append(rid)

@@ -120,7 +120,7 @@ async def test_a_node_that_moved_is_followed_once_to_its_new_replica(make: Any) 
     r2.hubs.open.add("c1")
     assert await r2.router.open(r2.nodes["n1"], "c1", "commands", {"type": "exec", "id": "c1"}) is None
     assert r1.sent == [] and [m["id"] for m in r3.sent] == ["c1"]
-    assert r2.router.remote["c1"].owner == "r3"
+    assert r2.router.remote["c1"].peer == "r3"
 
 
 async def test_an_owner_replica_that_is_gone_is_an_error_not_a_hang(make: Any) -> None:
