@@ -319,6 +319,9 @@ class Router:
         to the node in order in the node's lane."""
         rid, requester, node_id = str(message.get("rid")), str(message.get("from")), str(message.get("node"))
         msg, ack = message.get("msg") or {}, str(message.get("ack") or "")
+        if not isinstance(msg, dict) or msg.get("id") != rid:
+            log.warning("routing: a message from %s for %s that is not about it: ignored", requester, rid)
+            return
         relayed = self.relayed.get(rid)
         node = self.nodes(node_id)
         if relayed is None and ack:
@@ -419,7 +422,10 @@ class Router:
         while self.remote or self.relayed:
             await asyncio.sleep(PING_S)
             self._drop_finished()
-            await asyncio.gather(*(self._ping(peer) for peer in self.peers()))
+            peers = self.peers()
+            for gone in set(self._misses) - peers:  # misses count in a row, while relaying
+                del self._misses[gone]
+            await asyncio.gather(*(self._ping(peer) for peer in peers))
 
     def _drop_finished(self) -> None:
         """Relay relays whose hub is done with them (a final answer, a cancelled open)."""
