@@ -215,10 +215,10 @@ class NodeSession:
                 node.send = None
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                await self.services.router.node_disconnected(node, f"node {node.name} went offline ({reason})")
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
                 await self.services.tunnels.node_disconnected(node)
-                await self.services.router.node_disconnected(node, f"node {node.name} went offline ({reason})")
                 await self.registry.disconnected(node, reason)
 
     async def send(self, message: dict[str, Any]) -> bool:

@@ -121,9 +121,9 @@ async def open_services(config: Config) -> Services:
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
                         actions, release, alerts, notices, catalog, deployments, calendar, cluster)
-    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions))
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
+    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions))
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
