@@ -5,7 +5,9 @@ lines a second. `--batching daemon` sends them as node_script/dvic_node.py does 
 once while no `logs` frame awaits its ack; while one does, lines gather until that ack or for at
 most COALESCE_S); `--batching interval` flushes every `batch-interval` seconds. Each line's
 text ends with `sent=<unix time>` stamped just before its frame is written, so a subscriber can
-measure the time from a line leaving its node to reaching it.
+measure the time from a line leaving its node to reaching it. With `--replicas` (bench/failover.py)
+node i connects to the i-th of several servers and, when its connection is lost, connects to the
+next one and sends again every line not yet acknowledged, as the daemon resends its spool.
 Run by bench/fleet.py (stdin/stdout protocol of bench/workers.py), never by hand.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import math
 import resource
@@ -22,6 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -59,9 +63,19 @@ class SimNode:
     last_send: float = 0.0
     deadline_booked: bool = False
     all_acked: list[SimNode] | None = field(default=None, repr=False)
+    # --replicas: how to connect again after a loss, and the lines sent and not yet acknowledged.
+    failover: Failover | None = field(default=None, repr=False)
+    unacked_lines: deque[dict[str, Any]] = field(default_factory=deque, repr=False)
 
     async def read(self) -> None:
-        """Count acks until the connection ends (the server's pings are answered by aiohttp)."""
+        """Count acks until the connection ends (the server's pings are answered by aiohttp); with
+        --replicas, connect to the next server then and go on."""
+        while True:
+            await self._read_one_connection()
+            if self.failover is None or self.failover.stopping or not await self.failover.reconnect(self):
+                return
+
+    async def _read_one_connection(self) -> None:
         assert self.ws is not None
         async for msg in self.ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
@@ -70,6 +84,8 @@ class SimNode:
             if reply.get("type") == "ack":
                 self.acks += 1
                 self.acked = max(self.acked, int(reply["seq"]))
+                while self.unacked_lines and self.unacked_lines[0]["seq"] <= self.acked:
+                    self.unacked_lines.popleft()
                 now = time.monotonic()
                 while self.unacked and self.unacked[0][0] <= self.acked:
                     _, sent = self.unacked.popleft()
@@ -114,8 +130,13 @@ class SimNode:
         frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
         assert self.ws is not None  # the callers send only on an open websocket
         self.unacked.append((self.seq + count, time.monotonic()))
+        kept = self.failover is not None  # numbered even if this send fails: they go again after a reconnect
+        if kept:
+            self.unacked_lines.extend(lines)
+            self.seq += count
         await self.ws.send_str(frame)
-        self.seq += count
+        if not kept:
+            self.seq += count
         self.frames += 1
         return count
 
@@ -125,6 +146,47 @@ class SimNode:
         await self.ws.send_str(json.dumps(loglines.metrics(time.time(), self.creds.index, self.metrics_sent)))
         self.metrics_sent += 1
         self.next_metrics += interval
+
+
+@dataclass(eq=False)
+class Failover:
+    """--replicas: the servers a node may reach; a lost node tries them in turn from the next one."""
+
+    session: aiohttp.ClientSession
+    ca_path: str
+    bases: list[str]  # wss://host:port of each server
+    retry_s: float = 0.5
+    give_up_s: float = 120.0
+    stopping: bool = False
+    # (node id, seconds from the loss to the next welcome) for every reconnect, and nodes that gave up.
+    reconnects: list[tuple[str, float]] = field(default_factory=list)
+    gave_up: list[str] = field(default_factory=list)
+
+    def url_for(self, creds: NodeCreds, attempt: int) -> str:
+        path = creds.ws_url.split("/", 3)[3]
+        return f"{self.bases[(creds.index + attempt) % len(self.bases)]}/{path}"
+
+    async def reconnect(self, node: SimNode) -> bool:
+        """Connect `node` again (the next server first) and resend what was not acknowledged."""
+        lost_at = time.monotonic()
+        node.unacked.clear()  # their ack times would include the outage
+        for attempt in range(1, 10_000):
+            if self.stopping or time.monotonic() - lost_at > self.give_up_s:
+                break
+            creds = dataclasses.replace(node.creds, ws_url=self.url_for(node.creds, attempt))
+            try:
+                node.ws, _ = await connect_node(self.session, self.ca_path, creds)
+            except (NodeConnectError, aiohttp.ClientError, OSError, TimeoutError):
+                await asyncio.sleep(self.retry_s)
+                continue
+            self.reconnects.append((node.creds.node_id, time.monotonic() - lost_at))
+            if node.unacked_lines:
+                lines = list(node.unacked_lines)
+                node.unacked.append((lines[-1]["seq"], time.monotonic()))
+                await _unless_closed(node.ws.send_str(json.dumps({"type": "logs", "lines": lines})))
+            return True
+        self.gave_up.append(node.creds.node_id)
+        return False
 
 
 async def connect_all(session: aiohttp.ClientSession, ca_path: str, nodes: list[SimNode],
@@ -270,6 +332,11 @@ async def main(args: argparse.Namespace, fleet_nodes: list[NodeCreds], ca_path: 
     local_addr = (args.source_address, 0) if args.source_address else None
     connector = aiohttp.TCPConnector(limit=0, local_addr=local_addr)
     async with aiohttp.ClientSession(connector=connector) as session:
+        failover = Failover(session, ca_path, args.replicas.split(",")) if args.replicas else None
+        if failover is not None:
+            for node in nodes:
+                node.failover = failover
+                node.creds = dataclasses.replace(node.creds, ws_url=failover.url_for(node.creds, 0))
         started = time.monotonic()
         errors = await connect_all(session, ca_path, nodes, args.connect_concurrency)
         emit("ready", connected=sum(1 for n in nodes if n.ws is not None), failed=len(errors),
@@ -283,6 +350,8 @@ async def main(args: argparse.Namespace, fleet_nodes: list[NodeCreds], ca_path: 
         send_seconds = time.time() - sent_from
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         await drain(nodes, args.drain_timeout)
+        if failover is not None:
+            failover.stopping = True
         dropped = {n.creds.node_id: n.close_code for n in nodes if n.ws is not None and n.ws.closed}
         await asyncio.wait_for(asyncio.gather(*(n.ws.close() for n in nodes if n.ws is not None),
                                               return_exceptions=True), 30)
@@ -296,7 +365,8 @@ async def main(args: argparse.Namespace, fleet_nodes: list[NodeCreds], ca_path: 
          sent_by_node={n.creds.node_id: n.seq for n in nodes},
          acked_by_node={n.creds.node_id: n.acked for n in nodes},
          ack_latencies_ms=[round(v * 1000, 2) for v in ack_latencies],
-         cpu_s=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime))
+         cpu_s=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+         reconnects=failover.reconnects if failover else [], gave_up=failover.gave_up if failover else [])
     return 0
 
 
@@ -315,6 +385,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=15.0)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--source-address", default="", help="connect from this local address (127.0.0.x)")
+    p.add_argument("--replicas", default="", help="wss://HOST:PORT,...: servers to spread over and fail over to")
     return p.parse_args()
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import ssl
 import time
+from typing import Any
 
 import aiohttp
 
@@ -13,8 +14,12 @@ STAMP = " sent="
 
 
 class LatencySubscriber:
-    def __init__(self, url: str, token: str, ssl_context: ssl.SSLContext) -> None:
+    """With `track`, also the (node, seq) of every line received and every event frame."""
+
+    def __init__(self, url: str, token: str, ssl_context: ssl.SSLContext, track: bool = False) -> None:
         self.url = url
+        self.seen: set[tuple[str, int]] | None = set() if track else None
+        self.events: list[dict[str, Any]] = []
         self.token = token
         self.ssl_context = ssl_context
         self.measure_from = float("inf")  # wall time; lines sent earlier are counted, not timed
@@ -55,10 +60,14 @@ class LatencySubscriber:
             frame = json.loads(msg.data)
             if frame.get("type") != "logs":
                 self.other_frames += 1
+                if self.seen is not None and frame.get("type") == "event":
+                    self.events.append(frame["event"])
                 continue
             self.frames += 1
             for line in frame["lines"]:
                 self.lines += 1
+                if self.seen is not None:
+                    self.seen.add((line["node"], line["seq"]))
                 text = line.get("msg", "")
                 cut = text.rfind(STAMP)
                 if cut < 0:

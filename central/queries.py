@@ -107,6 +107,11 @@ class Queries:
             rows = await cur.fetchall()
         return [dict(r) for r in rows]
 
+    async def node(self, node_id: str) -> dict[str, Any] | None:
+        async with self.db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)) as cur:
+            row = await cur.fetchone()
+        return dict(row) if row is not None else None
+
     async def demos(self, node_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM demos" + (" WHERE node_id = ?" if node_id else "") + " ORDER BY started_at"
         async with self.db.execute(sql, (node_id,) if node_id else ()) as cur:

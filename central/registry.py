@@ -122,25 +122,47 @@ class Registry:
         self._by_token: dict[str, NodeState] = {}
         # Called with every event stored (state changes, the node's own events): the alert engine.
         self.event_observers: list[Callable[[NodeState | None, str, dict[str, Any]], None]] = []
+        # Called with the id of a node whose record (name, credentials, maintenance, revocation)
+        # changed here, after it is stored: the other replicas reload it (central/cluster/records.py).
+        self.record_observers: list[Callable[[str], None]] = []
 
     # -- loading and lookups -------------------------------------------------------------------
     def load(self, rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> None:
         for row in rows:
-            node = NodeState(
-                id=row["id"], name=row["name"], kind=row["kind"], group=row["grp"],
-                created_at=row["created_at"], cert_fp=row["cert_fp"] or "", token_hash=row["token_hash"] or "",
-                revoked=row["revoked_at"] is not None, maintenance=bool(row["maintenance"]),
-                # After a server restart nobody is connected yet: what was online is offline now.
-                liveness="new" if row["state"] == "new" else ("failed" if row["state"] == "failed" else "offline"),
-                state_since=row["state_since"] or row["created_at"], last_seen=row["last_seen"],
-                facts=json.loads(row["facts"] or "{}"), daemon_version=row["daemon_version"] or "",
-            )
-            self._index(node)
+            self._index(_node_from_row(row))
         for demo in demos:
             owner = self._by_id.get(demo["node_id"])
             if owner is not None:
                 owner.demos[demo["token"]] = _demo_view(demo)
                 owner.demo_seen[demo["token"]] = demo["updated_at"]
+
+    def refresh(self, row: dict[str, Any]) -> NodeState:
+        """Apply a node's row as another replica changed it (central/cluster/records.py): a new
+        enrollment, a rename, a re-enrollment's new credentials, maintenance, a revocation (which
+        also ends the node's session here). Live clients see the change."""
+        node = self._by_id.get(row["id"])
+        if node is None:
+            node = _node_from_row(row)
+            self._index(node)
+            self.bus.publish({"type": "node", "node": node.summary()})
+            return node
+        fresh = _node_from_row(row)
+        for index, key in ((self._by_name, node.name), (self._by_fp, node.cert_fp), (self._by_token, node.token_hash)):
+            if index.get(key) is node:
+                del index[key]
+        node.name, node.kind, node.group = fresh.name, fresh.kind, fresh.group
+        node.cert_fp, node.token_hash, node.maintenance = fresh.cert_fp, fresh.token_hash, fresh.maintenance
+        if fresh.revoked and not node.revoked:
+            node.revoked = True
+            if node.disconnect is not None:
+                node.disconnect(CLOSE_REVOKED, "node revoked")
+        self._index(node)
+        self.publish(node)
+        return node
+
+    def _changed(self, node: NodeState) -> None:
+        for observe in self.record_observers:
+            observe(node.id)
 
     def _index(self, node: NodeState) -> None:
         self._by_id[node.id] = node
@@ -153,6 +175,7 @@ class Registry:
     def add(self, node: NodeState) -> None:
         self._index(node)
         self.bus.publish({"type": "node", "node": node.summary()})
+        self._changed(node)
 
     async def rename(self, node: NodeState, new_name: str) -> None:
         await self.writer.submit(store.rename_node(node.id, new_name))
@@ -160,6 +183,7 @@ class Registry:
         node.name = new_name
         self._by_name[new_name] = node
         self.publish(node)
+        self._changed(node)
 
     def all(self) -> list[NodeState]:
         return sorted(self._by_id.values(), key=lambda n: n.name)
@@ -279,11 +303,13 @@ class Registry:
         await self.record_event(node, "state", f"{before} -> {node.state} (by {by})",
                                 {"from": before, "to": node.state, "by": by}, now)
         self.publish(node)
+        self._changed(node)
 
     async def revoke(self, node: NodeState, by: str) -> None:
         now = time.time()
         await self.writer.submit(store.revoke_node(node.id, now))
         node.revoked = True
+        self._changed(node)  # first: the other replicas end its sessions there too
         if node.disconnect is not None:
             node.disconnect(CLOSE_REVOKED, "node revoked")
         await self.record_event(node, "revoked", f"revoked by {by}", {"by": by}, now)
@@ -369,6 +395,18 @@ class Registry:
             await self.writer.submit(store.forget_exited_demos(cutoff))
         for node_id, tokens in trimmed.items():
             await self.writer.submit(store.forget_demos(node_id, tokens))
+
+
+def _node_from_row(row: dict[str, Any]) -> NodeState:
+    return NodeState(
+        id=row["id"], name=row["name"], kind=row["kind"], group=row["grp"],
+        created_at=row["created_at"], cert_fp=row["cert_fp"] or "", token_hash=row["token_hash"] or "",
+        revoked=row["revoked_at"] is not None, maintenance=bool(row["maintenance"]),
+        # After a server restart nobody is connected yet: what was online is offline now.
+        liveness="new" if row["state"] == "new" else ("failed" if row["state"] == "failed" else "offline"),
+        state_since=row["state_since"] or row["created_at"], last_seen=row["last_seen"],
+        facts=json.loads(row["facts"] or "{}"), daemon_version=row["daemon_version"] or "",
+    )
 
 
 def _demo_view(demo: dict[str, Any]) -> dict[str, Any]:

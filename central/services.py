@@ -22,6 +22,7 @@ from .alerts.dispatcher import Dispatcher
 from .alerts.engine import AlertEngine
 from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
+from .cluster.records import NodeRecords
 from .cluster.replica import Cluster, default_replica_name, open_cluster
 from .cluster.routing import Router, ServiceHubs, wire
 from .commands import CommandHub
@@ -275,6 +276,8 @@ async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed
 def services_ctx(config: Config) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
+        records = NodeRecords(services.cluster, services.registry, services.queries)
+        records.start()
         try:
             await services.cluster.bus.start()
         except BaseException:
@@ -289,6 +292,7 @@ def services_ctx(config: Config) -> Any:
         services.tasks.append(asyncio.create_task(services.alerts.run(), name="dvic-alerts"))
         app[SERVICES] = services
         yield
+        await records.close()
         await close_services(services)
 
     return ctx

@@ -1,0 +1,191 @@
+"""Several replicas on one PostgreSQL, a fleet spread over them, one replica killed -9 mid-run.
+
+    python3 -m bench.failover [--nodes 6000] [--replicas 3] [--lines-per-s 0.5] [--duration 90] [--kill-after 30]
+
+Starts a throw-away PostgreSQL cluster (initdb, tests/support/postgres.py) and `--replicas` real
+`dvic-central` processes on it sharing one data dir, enrolls the nodes, spreads them over the
+replicas (node i on replica i mod N) from separate processes, and follows every node's logs on a
+stream of the last replica. After `--kill-after` seconds the first replica is killed with SIGKILL:
+its nodes connect to the next replica and send again what was not acknowledged, as the daemon
+resends its spool. Measures what issue 18 asks: every node online again as a surviving replica
+shows it (within 30 s), no acknowledged line missing from the database, the subscriber got every
+acknowledged line, and no node shown offline meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from central.cli import run_event_loop
+from tests.support import postgres
+from tests.support.server import CentralServer
+
+from .common import add_common_args, add_procs, parser, positive_float, positive_int, run_bench
+from .enroll import enroll_server_fleet, save_fleet
+from .fleet import source_address
+from .report import Report, latency_summary
+from .subscriber import LatencySubscriber
+from .workers import Worker
+
+TARGET_ONLINE_S = 30.0
+
+
+def start_replicas(work: Path, url: str, count: int, max_connections: int) -> list[CentralServer]:
+    """`count` servers on the database at `url`, one data dir (started one after the other: they
+    share its listen.json), each with a log of its own."""
+    servers: list[CentralServer] = []
+    for i in range(count):
+        name = f"r{i + 1}"
+        server = CentralServer(work / "central", database=url, api_timeout=60.0,
+                               extra_args=("--replica", name, "--max-connections", str(max_connections)))
+        server.log_path = work / f"{name}.log"
+        servers.append(server.start())
+    return servers
+
+
+def wss(server: CentralServer) -> str:
+    return "wss://" + server.url.split("://", 1)[1]
+
+
+async def watch_presence(server: CentralServer, ids: set[str], since: float, until: float) -> float | None:
+    """Seconds after `since` when `server` first lists every node of `ids` online (None: not by `until`)."""
+    while time.monotonic() < until:
+        status, body = await asyncio.to_thread(server.api, "GET", "/api/v1/nodes")
+        if status == 200:
+            online = {n["id"] for n in body["nodes"] if n["state"] == "online" and n["connected"]}
+            if ids <= online:
+                return time.monotonic() - since
+        await asyncio.sleep(0.5)
+    return None
+
+
+def stored(url: str) -> tuple[dict[str, int], int]:
+    """node id -> lines stored, and how many (node, seq) are stored more than once."""
+    rows = postgres.query(url, "SELECT node_id, count(*), count(DISTINCT seq) FROM logs GROUP BY node_id")
+    return {node: int(distinct) for node, _, distinct in rows}, sum(int(c) - int(d) for _, c, d in rows)
+
+
+async def run(args: argparse.Namespace, work: Path) -> Report:
+    report = Report("Replicas: one killed -9 under load", params={
+        "nodes": args.nodes, "replicas": args.replicas, "lines_per_s": args.lines_per_s,
+        "duration_s": args.duration, "kill_after_s": args.kill_after, "procs": args.procs})
+    cluster = postgres.start_cluster()
+    url = cluster.fresh_database()
+    servers: list[CentralServer] = []
+    workers: list[Worker] = []
+    subscriber: LatencySubscriber | None = None
+    try:
+        servers = start_replicas(work, url, args.replicas, args.nodes + 200)
+        victim, watcher = servers[0], servers[-1]
+        fleet = await enroll_server_fleet(victim, work, args.nodes, prefix="sim", concurrency=32)
+        fleet_file = work / "fleet.json"
+        save_fleet(fleet, fleet_file)
+        bases = ",".join(wss(s) for s in servers)
+        share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
+        first = 0
+        for i, count in enumerate(share):
+            workers.append(Worker(f"failover-worker-{i}", "bench.fleet_worker", [
+                "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
+                "--lines-per-s", str(args.lines_per_s), "--interval", str(args.interval),
+                "--duration", str(args.duration), "--warmup", "0", "--drain-timeout", "60",
+                "--source-address", source_address(i), "--replicas", bases], work))
+            first += count
+        subscriber = LatencySubscriber(watcher.url, watcher.admin_token, watcher.ssl_context, track=True)
+        await subscriber.start()
+        for w in workers:
+            await w.start()
+        ready = [await w.expect("ready", timeout=600) for w in workers]
+        connected = sum(r["connected"] for r in ready)
+        report.add("nodes connected", f"{connected:,} of {args.nodes:,}", target="all", ok=connected == args.nodes)
+        everyone = {n.node_id for n in fleet.nodes}
+        seen_all = await watch_presence(watcher, everyone, time.monotonic(), time.monotonic() + 120)
+        report.add(f"every node online as {watcher.extra_args[1]} shows it",
+                   "yes" if seen_all is not None else "no", target="yes", ok=seen_all is not None)
+        subscriber.measure_from = time.time()
+        for w in workers:
+            await w.send("go")
+        await asyncio.sleep(args.kill_after)
+        killed_at_wall, killed_at = time.time(), time.monotonic()
+        os.kill(victim.pid, signal.SIGKILL)
+        victims = {n.node_id for n in fleet.nodes if n.index % args.replicas == 0}
+        back = await watch_presence(watcher, everyone, killed_at, killed_at + 120)
+        report.add(f"all {len(victims):,} nodes of the killed replica online again", "never in 120 s" if back is None
+                   else round(back, 1), "s after the kill", target=f"< {TARGET_ONLINE_S:.0f} s",
+                   ok=back is not None and back < TARGET_ONLINE_S)
+        results = [await w.expect("result", timeout=args.duration + 300) for w in workers]
+        for w in workers:
+            await w.finish()
+        workers = []
+        acked_by_node: dict[str, int] = {}
+        for r in results:
+            acked_by_node.update(r.get("acked_by_node", {}))
+        acked = sum(acked_by_node.values())
+        await subscriber.wait_for_lines(acked, timeout=30)
+        await subscriber.stop()
+        _add_results(report, results, acked_by_node, subscriber, url, killed_at_wall)
+    finally:
+        for w in workers:
+            w.kill()
+        if subscriber is not None:
+            await subscriber.stop()
+        for server in servers:
+            server.stop()
+        cluster.stop()
+    return report
+
+
+def _add_results(report: Report, results: list[dict[str, Any]], acked_by_node: dict[str, int],
+                 sub: LatencySubscriber, url: str, killed_at: float) -> None:
+    reconnects = sorted(seconds for r in results for _, seconds in r.get("reconnects", []))
+    gave_up = [node for r in results for node in r.get("gave_up", [])]
+    rc = latency_summary(reconnects)
+    report.add("nodes that reconnected (loss -> welcome) p50 / p99 / max",
+               f"{len(reconnects):,}: {rc['p50']:.2f} / {rc['p99']:.2f} / {rc['max']:.2f}", "s")
+    report.add("nodes that could not reconnect", len(gave_up), target="0", ok=not gave_up)
+    rows, twice = stored(url)
+    lost = {node: seq - rows.get(node, 0) for node, seq in acked_by_node.items() if rows.get(node, 0) < seq}
+    sent = sum(r.get("lines_sent", 0) for r in results)
+    acked = sum(acked_by_node.values())
+    report.add("lines sent / acked / stored", f"{sent:,} / {acked:,} / {sum(rows.values()):,}")
+    report.add("acked lines missing from the database", sum(lost.values()), target="0", ok=not lost)
+    report.add("lines stored twice", twice, target="0", ok=twice == 0)
+    assert sub.seen is not None
+    missed = sum(1 for node, top in acked_by_node.items() for seq in range(1, top + 1) if (node, seq) not in sub.seen)
+    report.add("acked lines the subscriber on a survivor never got", missed, target="0", ok=missed == 0)
+    lat = latency_summary(sub.latencies)
+    report.add("latency node -> subscriber p50 / p99 (whole run, failover included)",
+               f"{lat['p50'] * 1000:.1f} / {lat['p99'] * 1000:.1f}", "ms")
+    offline = [e for e in sub.events if e.get("kind") == "state" and (e.get("data") or {}).get("to") == "offline"
+               and e.get("ts", 0) >= killed_at]
+    report.add("nodes shown offline after the kill", len({e.get("node") for e in offline}), target="0",
+               ok=not offline)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser("failover", __doc__, nodes=6000, interval=True)
+    p.add_argument("--replicas", type=positive_int, default=3, help="dvic-central replicas (3)")
+    p.add_argument("--lines-per-s", type=positive_float, default=0.5, help="log lines per second per node (0.5)")
+    p.add_argument("--duration", type=positive_float, default=90.0, help="seconds of sending (90)")
+    p.add_argument("--kill-after", type=positive_float, default=30.0, help="kill -9 the first replica after (30 s)")
+    add_procs(p, 3)
+    add_common_args(p)
+    args = p.parse_args(argv)
+    if args.replicas < 2:
+        p.error("--replicas: at least 2 (one is killed)")
+    if args.kill_after >= args.duration:
+        p.error("--kill-after: must be shorter than --duration")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_bench(parse_args(argv), "failover", run, run=run_event_loop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
