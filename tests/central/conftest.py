@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from central import db
 from tests.support.postgres import Cluster, PostgresUnavailable, shared_cluster
+from tests.support.replicas import Replicas
+from tests.support.server import CentralServer
 
 
 @pytest.fixture
@@ -25,3 +28,11 @@ def pg_cluster() -> Cluster:
         return shared_cluster()
     except PostgresUnavailable as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def two_replicas(tmp_path: Path, pg_cluster: Cluster) -> Iterator[list[CentralServer]]:
+    """Two real servers, r1 and r2 (`--replica`), on one fresh PostgreSQL database and one data dir
+    (tests/support/replicas.py), offline after 3 s of silence."""
+    with Replicas(tmp_path / "data", pg_cluster.fresh_database(), count=2, interval=1, offline_after=3) as servers:
+        yield servers

@@ -34,11 +34,14 @@ class CentralServer(ManagedProcess):
 
     `database`: the server's --database URL. None: the SQLite file in the data dir, or, when
     DVIC_TEST_DATABASE=postgresql, a fresh database on this process's throw-away PostgreSQL
-    cluster (tests/support/postgres.py), kept across restarts of this server."""
+    cluster (tests/support/postgres.py), kept across restarts of this server.
+    `name`: several servers sharing one data dir (replicas, tests/support/replicas.py) each keep
+    their own log file, named after it."""
 
     def __init__(self, data_dir: Path, *, interval: float | None = None, offline_after: float | None = None,
                  extra_args: tuple[str, ...] = (), module: str = "central.cli",
-                 env: dict[str, str] | None = None, api_timeout: float = 30.0, database: str | None = None) -> None:
+                 env: dict[str, str] | None = None, api_timeout: float = 30.0, database: str | None = None,
+                 name: str = "") -> None:
         self.data_dir = data_dir
         if database is None and postgres.wanted():
             database = postgres.shared_cluster().fresh_database()
@@ -50,7 +53,8 @@ class CentralServer(ManagedProcess):
         self.env = env or {}
         self.api_timeout = api_timeout
         self.url = ""
-        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        self.name = name
+        self.log_path = data_dir.parent / f"{data_dir.name}{'-' + name if name else ''}-server.log"
         self._listen = ("127.0.0.1", 0)
 
     @classmethod
