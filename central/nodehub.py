@@ -88,7 +88,8 @@ def _hub_handler(services: Services, hub: str) -> ReplyHandler:
 
 def _to_hub(hub: str) -> SessionHandler:
     async def reply(session: NodeSession, msg: dict[str, Any]) -> None:
-        await _hub_handler(session.services, hub)(session.node, msg)
+        if not await session.services.router.forwarded(session.node, msg):  # else asked for by another replica
+            await _hub_handler(session.services, hub)(session.node, msg)
 
     return reply
 
@@ -215,6 +216,7 @@ class NodeSession:
                 node.send = None
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                await self.services.router.node_disconnected(node, f"node {node.name} went offline ({reason})")
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
                 await self.services.tunnels.node_disconnected(node)
@@ -302,8 +304,8 @@ class NodeSession:
     async def _unsupported(self, msg: dict[str, Any]) -> None:
         """A request the node does not implement: the hub that owns the id hears of it."""
         s, rid = self.services, msg["id"]
-        if await s.deployments.on_unsupported(self.node, rid):
-            return  # an old daemon answering demos_desired
+        if await s.deployments.on_unsupported(self.node, rid) or await s.router.forwarded(self.node, msg):
+            return  # an old daemon answering demos_desired, or a request from another replica
         owners: list[tuple[Container[str], ReplyHandler]] = [
             (s.commands.runs, s.commands.on_message), (s.shells.sessions, s.shells.on_message),
             (s.tunnels.tunnels, s.tunnels.on_message), (s.actions.pending, s.actions.on_message),

@@ -27,6 +27,7 @@ from .cluster.leader import Leadership, Solo
 from .cluster.presence import Presence
 from .cluster.records import NodeRecords
 from .cluster.replica import Cluster, default_replica_name, open_cluster
+from .cluster.routing import Router, ServiceHubs, wire
 from .commands import CommandHub
 from .config import Config, Retention
 from .dbconn import ReadDB, Target, target
@@ -80,6 +81,8 @@ class Services:
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # The hubs' way to a node on another replica (central/cluster/routing.py).
+    router: Router = field(init=False)
 
     def public_url(self) -> str:
         return (self.config.public_url or self.base_url).rstrip("/")
@@ -130,6 +133,7 @@ async def open_services(config: Config) -> Services:
                         actions, release, alerts, notices, catalog, deployments, calendar, cluster, presence)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
+    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions))
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
@@ -175,6 +179,7 @@ async def close_services(services: Services) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await services.notices.close()
+    await services.router.close()
     await services.cluster.bus.close()
     await services.writer.close()
     await services.read_db.close()
