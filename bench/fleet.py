@@ -317,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.procs > args.nodes:
         p.error("--procs: more processes than nodes")
+    if args.database is not None and not args.database.startswith(("postgresql://", "postgres://")):
+        p.error("--database: expected a postgresql:// URL (SQLite is the default: leave --database out)")
     for item in args.server_env:
         if "=" not in item:
             p.error(f"--server-env: expected KEY=VALUE, got {item!r}")
