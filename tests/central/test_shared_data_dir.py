@@ -85,11 +85,12 @@ def test_a_replica_stopping_leaves_the_listen_file_of_another(tmp_path: Path, pg
     data = tmp_path / "data"
     with _replicas_one_after_the_other(tmp_path, pg_cluster) as (r1, r2):
         assert _listen(data)["pid"] == r2.pid  # the replica that started last
-        assert _listen(data, "listen-r1.json")["url"] == r1.url
-        assert _listen(data, "listen-r2.json")["url"] == r2.url
+        r1_file = _listen(data, "listen-r1.json")
         r1.stop()
         assert _listen(data)["pid"] == r2.pid, "r1's stop removed r2's listen.json"
+        assert r1_file is not None and r1_file["url"] == r1.url
         assert _listen(data, "listen-r1.json") is None
+        assert _listen(data, "listen-r2.json")["url"] == r2.url
         listed = _dvic_central(data, "node", "list")
         assert listed.returncode == 0, listed.stderr
         r2.stop()
@@ -141,11 +142,13 @@ def test_a_replica_starting_leaves_an_upload_in_progress_alone(tmp_path: Path, p
         go = threading.Event()
         with ThreadPoolExecutor(1) as pool:
             upload = pool.submit(_held_upload, r1, _release(tmp_path, "1.0.0"), go)
-            wait_for(lambda: len(list(uploads.iterdir())) == 2, 30, "r1 to receive the upload")
-            r2.start()
-            assert not (uploads / "left-by-a-kill.part").exists(), "r2 kept a stale upload"
-            assert len(list(uploads.iterdir())) == 1, "r2 removed r1's upload in progress"
-            go.set()
+            try:
+                wait_for(lambda: len(list(uploads.iterdir())) == 2, 30, "r1 to receive the upload")
+                r2.start()
+                assert not (uploads / "left-by-a-kill.part").exists(), "r2 kept a stale upload"
+                assert len(list(uploads.iterdir())) == 1, "r2 removed r1's upload in progress"
+            finally:
+                go.set()
             status, body = upload.result(120)
         assert status == 201, body
         assert r1.api("GET", "/api/v1/demos/robot-arm/releases")[1]["releases"][0]["version"] == "1.0.0"
@@ -170,15 +173,15 @@ def test_each_replica_keeps_its_own_server_certificate(tmp_path: Path, pg_cluste
               for name in ("r1", "r2"))
     try:
         first = _presented(r1.start())
-        _presented(r2.start())
-        for server in (r1, r2):
-            presented = _presented(server)
-            assert presented == _pem_cert(data / f"server-{server.name}.pem")
-            assert f"{server.name}.lab.test" in _names(presented)
-            presented.verify_directly_issued_by(_pem_cert(data / "ca.pem"))
-        assert not (data / "server.pem").exists()
+        r2.start()
         r1.stop()
         assert _presented(r1.start()) == first, "r1's certificate was reissued: r2's start rewrote it"
+        for server in (r1, r2):
+            presented = _presented(server)
+            assert f"{server.name}.lab.test" in _names(presented)
+            assert presented == _pem_cert(data / f"server-{server.name}.pem")
+            presented.verify_directly_issued_by(_pem_cert(data / "ca.pem"))
+        assert not (data / "server.pem").exists()
     finally:
         r1.stop()
         r2.stop()
