@@ -40,13 +40,18 @@ class Replicas:
                         for i in range(1, count + 1)]
 
     def start(self) -> list[CentralServer]:
-        try:
+        with self._stopped_on_failure():
             for server in self.servers:
                 server.start()
+        return self.servers
+
+    @contextlib.contextmanager
+    def _stopped_on_failure(self) -> Iterator[None]:
+        try:
+            yield
         except BaseException:
             self.stop()
             raise
-        return self.servers
 
     def start_together(self) -> list[CentralServer]:
         """Start every server at the same instant (first-start races on one data dir): each child
@@ -57,7 +62,7 @@ class Replicas:
             gate.bind(str(gate_path))
             gate.listen(len(self.servers))
             gate.settimeout(120)
-            try:
+            with self._stopped_on_failure():
                 for server in self.servers:
                     server.command = _gated(server.command, gate_path)  # type: ignore[method-assign]
                     server.launch()
@@ -68,9 +73,6 @@ class Replicas:
                     conn.close()
                 for server in self.servers:
                     server.wait_listening()
-            except BaseException:
-                self.stop()
-                raise
         return self.servers
 
     def stop(self) -> None:
