@@ -18,6 +18,7 @@ from typing import Any
 from dvic_core.constants import ACTION_FINAL
 
 from . import store
+from .cluster.routing import LOCAL, Route
 from .registry import NodeState, Registry
 from .release import Release
 from .writer import Writer
@@ -59,6 +60,8 @@ class ActionHub:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Futures of callers waiting for an action's final state (a runbook step: central/calendar/).
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # To the node's own session, or through the replica holding it (central/cluster/routing.py).
+        self.route: Route = LOCAL
 
     async def finished(self, action: Action) -> Action:
         """Wait for the action's final state (its deadline ends it as lost at the latest)."""
@@ -84,6 +87,7 @@ class ActionHub:
                                          {"action": action.action, "id": action.id, "state": state})
         if state in ACTION_FINAL:
             self.pending.pop(action.id, None)
+            self.route.forget(action.id)
             timer = self._timers.pop(action.id, None)
             if timer is not None:
                 timer.cancel()
@@ -102,7 +106,7 @@ class ActionHub:
                         release.version if release else "")
         await self._save(action, insert=True, urgent=True)  # the operator's request waits on it
         self.pending[action.id] = action
-        if node.send is None:
+        if not self.route.reachable(node):
             await self._set(action, "failed", f"node {node.name} is {node.state}")
             return action
         if kind == "update":
@@ -113,8 +117,9 @@ class ActionHub:
                        "endorsements": endorsements or []}
         else:
             message = {"type": "action", "id": action.id, "action": kind, "demo": demo or None}
-        if not await node.send(message):
-            await self._set(action, "failed", "node connection closed while sending")
+        why = await self.route.open(node, action.id, "updates" if kind == "update" else "actions", message)
+        if why is not None:
+            await self._set(action, "failed", why)
             return action
         loop = asyncio.get_running_loop()
         self._timers[action.id] = loop.call_later(deadline_s, lambda: asyncio.ensure_future(self._expire(action)))

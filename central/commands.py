@@ -18,6 +18,7 @@ from typing import Any
 from dvic_core.constants import RUN_FINAL
 
 from . import store
+from .cluster.routing import LOCAL, Route
 from .registry import NodeState
 from .writer import Writer
 
@@ -84,6 +85,8 @@ class CommandHub:
         self.commands: dict[str, Command] = {}
         self.runs: dict[str, Run] = {}
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        # To the node's own session, or through the replica holding it (central/cluster/routing.py).
+        self.route: Route = LOCAL
 
     def running_on(self, node_id: str) -> int:
         return sum(1 for r in self.runs.values() if r.node_id == node_id and r.state in ("pending", "running"))
@@ -107,13 +110,13 @@ class CommandHub:
         for run in list(cmd.runs.values()):
             self.runs[run.id] = run
             node = by_id[run.node_id]
-            if node.send is None:
+            if not self.route.reachable(node):
                 await self._finish(run, "offline", message=f"node {node.name} is {node.state}")
             elif self.running_on(node.id) > MAX_RUNNING_PER_NODE:
                 await self._finish(run, "refused", message=f"node {node.name} already runs "
                                                             f"{MAX_RUNNING_PER_NODE} commands")
             else:
-                sends.append(self._send_exec(run, node.send, {
+                sends.append(self._send_exec(run, node, {
                     "type": "exec", "id": run.id, "argv": argv, "shell": shell, "timeout": timeout,
                     "cap": OUTPUT_CAP}))
         # All at once: a node that does not read its socket (a send waiting for room) must not
@@ -122,12 +125,13 @@ class CommandHub:
         self._check_done(cmd)
         return cmd
 
-    async def _send_exec(self, run: Run, send: SendFn, request: dict[str, Any]) -> None:
+    async def _send_exec(self, run: Run, node: NodeState, request: dict[str, Any]) -> None:
         # The deadline runs from now, so a send that never completes still ends the run as lost.
         self._deadlines[run.id] = asyncio.get_running_loop().call_later(
             request["timeout"] + DEADLINE_GRACE_S, self._expire_soon, run)
-        if not await send(request):
-            await self._finish(run, "lost", message="node connection closed while sending")
+        why = await self.route.open(node, run.id, "commands", request)
+        if why is not None:
+            await self._finish(run, "lost", message=why)
 
     def _expire_soon(self, run: Run) -> None:
         asyncio.ensure_future(self._expire(run))
@@ -141,8 +145,8 @@ class CommandHub:
             if run.state in RUN_FINAL:
                 continue
             node = nodes.get(run.node_id)
-            if node is not None and node.send is not None:
-                await node.send({"type": "cancel", "id": run.id})
+            if node is not None:
+                await self.route.send(node, run.id, {"type": "cancel", "id": run.id})
 
     def _publish(self, cmd: Command, event: dict[str, Any]) -> None:
         for queue in list(cmd.watchers):
@@ -174,6 +178,7 @@ class CommandHub:
         timer = self._deadlines.pop(run.id, None)
         if timer is not None:
             timer.cancel()
+        self.route.forget(run.id)
         await self._save_run(run)
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
@@ -228,6 +233,12 @@ class CommandHub:
         cmd = self.commands.get(run.command_id)
         if cmd is not None:
             self._publish(cmd, output_event(chunk, run.id, run.node_id, run.node_name, stream, data))
+
+    async def lost(self, run_id: str, why: str) -> None:
+        """The run's node can no longer answer (its replica said so, or stopped)."""
+        run = self.runs.get(run_id)
+        if run is not None:
+            await self._finish(run, "lost", message=why)
 
     async def node_disconnected(self, node: NodeState) -> None:
         for run in [r for r in self.runs.values() if r.node_id == node.id and r.state not in RUN_FINAL]:

@@ -88,7 +88,8 @@ def _hub_handler(services: Services, hub: str) -> ReplyHandler:
 
 def _to_hub(hub: str) -> SessionHandler:
     async def reply(session: NodeSession, msg: dict[str, Any]) -> None:
-        await _hub_handler(session.services, hub)(session.node, msg)
+        if not await session.services.router.forwarded(session.node, msg):  # else asked for by another replica
+            await _hub_handler(session.services, hub)(session.node, msg)
 
     return reply
 
@@ -153,7 +154,7 @@ class NodeSession:
     logs needs (the acker and its events, each event holding a deque) is made on its first batch.
     """
 
-    __slots__ = ("services", "registry", "node", "ws", "greeted", "_closing", "_in_flight", "_settled",
+    __slots__ = ("services", "registry", "node", "ws", "greeted", "epoch", "_closing", "_in_flight", "_settled",
                  "_settled_event", "_room", "_acker")
 
     def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse) -> None:
@@ -162,6 +163,7 @@ class NodeSession:
         self.node = node
         self.ws = ws
         self.greeted = False
+        self.epoch = 0  # the session's number, from its hello (central/cluster/presence.py)
         self._closing: asyncio.Task[Any] | None = None
         # Log batches in the writer (count) and those whose commit is over, in order.
         self._in_flight = 0
@@ -214,10 +216,12 @@ class NodeSession:
                 node.send = None
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                await self.services.router.node_disconnected(node, f"node {node.name} went offline ({reason})")
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
                 await self.services.tunnels.node_disconnected(node)
-                await self.registry.disconnected(node, reason)
+                if await self.services.presence.session_ended(node, self.epoch):
+                    await self.registry.disconnected(node, reason)
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Send a request to the node (from any task); False when the connection is gone."""
@@ -251,7 +255,8 @@ class NodeSession:
     @node_message(HELLO)
     async def _hello(self, msg: dict[str, Any]) -> None:
         node = self.node
-        await self.registry.hello(node, msg["facts"], msg["daemon_version"])
+        self.epoch = await self.registry.hello(node, msg["facts"], msg["daemon_version"],
+                                               self.services.cluster.replica)
         self.greeted = True
         await self.services.actions.on_hello(node)
         last_seq = await self.services.queries.last_seq(node.id)
@@ -268,6 +273,9 @@ class NodeSession:
             "server_time": time.time(),
         })
         # Only now can the node take requests: it is `connected` from here on.
+        if not self.services.presence.session_greeted(node, self.epoch):
+            self._request_close(CLOSE_REPLACED, "replaced by a newer session on another replica")
+            return
         node.send = self.send
         self.registry.publish(node)
         # Its supervised demos' desired set (after welcome, as docs/protocol.md section 6 says).
@@ -296,8 +304,8 @@ class NodeSession:
     async def _unsupported(self, msg: dict[str, Any]) -> None:
         """A request the node does not implement: the hub that owns the id hears of it."""
         s, rid = self.services, msg["id"]
-        if await s.deployments.on_unsupported(self.node, rid):
-            return  # an old daemon answering demos_desired
+        if await s.deployments.on_unsupported(self.node, rid) or await s.router.forwarded(self.node, msg):
+            return  # an old daemon answering demos_desired, or a request from another replica
         owners: list[tuple[Container[str], ReplyHandler]] = [
             (s.commands.runs, s.commands.on_message), (s.shells.sessions, s.shells.on_message),
             (s.tunnels.tunnels, s.tunnels.on_message), (s.actions.pending, s.actions.on_message),

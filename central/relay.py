@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from aiohttp import WSMsgType, web
 
 from .bus import SEND_STALL_S
+from .cluster.routing import LOCAL, Route
 from .registry import NodeState
 from .strictjson import dumps
 
@@ -126,18 +127,17 @@ class Channel:
     def start_pump(self, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> asyncio.Task[None]:
         return asyncio.create_task(pump_to_client(self.to_client, ws, self.final_frame, hang_up, self.kind))
 
-    async def to_node(self, ws: web.WebSocketResponse,
+    async def to_node(self, ws: web.WebSocketResponse, route: Route,
                       on_text: Callable[[str], Awaitable[None]] | None = None) -> None:
-        """The client's binary frames to the node, CHUNK bytes a message, until the client or the
-        channel ends; its text frames to `on_text` (ignored without one)."""
+        """The client's binary frames to the node (by `route`), CHUNK bytes a message, until the
+        client or the channel ends; its text frames to `on_text` (ignored without one)."""
         async for msg in ws:
             if self.ended.is_set():
                 break
             if msg.type == WSMsgType.BINARY:
                 for i in range(0, len(msg.data), CHUNK):
                     data = base64.b64encode(msg.data[i:i + CHUNK]).decode()
-                    if self.node.send is None or not await self.node.send(
-                            {"type": self.input_type, "id": self.id, "data": data}):
+                    if not await route.send(self.node, self.id, {"type": self.input_type, "id": self.id, "data": data}):
                         break
             elif msg.type == WSMsgType.TEXT and on_text is not None:
                 await on_text(msg.data)
@@ -151,6 +151,8 @@ class ChannelHub(Generic[C]):
 
     def __init__(self) -> None:
         self.channels: dict[str, C] = {}
+        # To the node's own session, or through the replica holding it (central/cluster/routing.py).
+        self.route: Route = LOCAL
 
     def open_on(self, node_id: str) -> int:
         return sum(1 for c in self.channels.values() if c.node.id == node_id)
@@ -184,8 +186,9 @@ class ChannelHub(Generic[C]):
         channel.opened.set()
         self.channels.pop(channel.id, None)
         channel.to_client_nowait(None)
-        if tell_node and channel.node.send is not None:
-            await channel.node.send({"type": f"{channel.kind}_close", "id": channel.id})
+        if tell_node:
+            await self.route.send(channel.node, channel.id, {"type": f"{channel.kind}_close", "id": channel.id})
+        self.route.forget(channel.id)
         return True
 
     async def node_disconnected(self, node: NodeState) -> None:

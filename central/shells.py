@@ -122,18 +122,17 @@ class ShellHub(ChannelHub[ShellSession]):
     async def relay(self, session: ShellSession, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> None:
         """Pump bytes between the client websocket and the node until either side ends.
         `hang_up` drops the client's connection (used when it stops reading)."""
-        node = session.node
-        assert node.send is not None
         stopped_reading: list[bool] = []
 
         def hang_up_client() -> None:
             stopped_reading.append(True)
             hang_up()
 
-        sent = await node.send({"type": "shell_open", "id": session.id, "cols": session.cols,
-                                "rows": session.rows, "term": "xterm-256color"})
-        if not sent:
-            await self.end(session, "node connection closed while opening the shell")
+        why = await self.route.open(session.node, session.id, "shells", {
+            "type": "shell_open", "id": session.id, "cols": session.cols, "rows": session.rows,
+            "term": "xterm-256color"})
+        if why is not None:
+            await self.end(session, f"{why} (opening the shell)", tell_node=False)
         pump = session.start_pump(ws, hang_up_client)
         ending = "the session ended on a server error"
         try:
@@ -144,7 +143,7 @@ class ShellHub(ChannelHub[ShellSession]):
             if not session.ended.is_set():
                 async with stall_guard(hang_up_client, "shell"):
                     await ws.send_str(dumps({"type": "opened", "session": session.id}))
-            await session.to_node(ws, lambda text: self._control(session, text))
+            await session.to_node(ws, self.route, lambda text: self._control(session, text))
             ending = "client closed the session"
         except ConnectionError:
             ending = "client connection lost"  # e.g. an answer to its ping that could not be sent
@@ -159,8 +158,8 @@ class ShellHub(ChannelHub[ShellSession]):
             return  # a garbled control frame is ignored; terminal bytes go as binary frames
         session.cols, session.rows = size
         session.record("r", f"{size[0]}x{size[1]}")
-        if session.node.send is not None:
-            await session.node.send({"type": "shell_resize", "id": session.id, "cols": size[0], "rows": size[1]})
+        await self.route.send(session.node, session.id,
+                              {"type": "shell_resize", "id": session.id, "cols": size[0], "rows": size[1]})
 
 
 def _dimension(value: Any) -> int | None:

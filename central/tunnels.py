@@ -58,10 +58,10 @@ class TunnelHub(ChannelHub[Tunnel]):
     async def relay(self, tunnel: Tunnel, ws: web.WebSocketResponse, hang_up: Callable[[], None]) -> None:
         """Pump bytes between the client websocket and the node's TCP connection until either side
         ends. `hang_up` drops the client's connection (used when it stops reading)."""
-        node = tunnel.node
-        if node.send is None or not await node.send(
-                {"type": "tunnel_open", "id": tunnel.id, "host": tunnel.host, "port": tunnel.port}):
-            await self.end(tunnel, "node connection closed", tell_node=False)
+        why = await self.route.open(tunnel.node, tunnel.id, "tunnels",
+                                    {"type": "tunnel_open", "id": tunnel.id, "host": tunnel.host, "port": tunnel.port})
+        if why is not None:
+            await self.end(tunnel, why, tell_node=False)
         try:
             await asyncio.wait_for(tunnel.opened.wait(), OPEN_TIMEOUT_S)
         except TimeoutError:
@@ -79,7 +79,7 @@ class TunnelHub(ChannelHub[Tunnel]):
             return
         pump = tunnel.start_pump(ws, hang_up)
         try:
-            await tunnel.to_node(ws)
+            await tunnel.to_node(ws, self.route)
         except ConnectionError:
             ending = "client connection lost"
         finally:

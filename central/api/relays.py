@@ -25,7 +25,7 @@ MAX_RELAY_FRAME = 256 * 1024
 async def shell(request: web.Request) -> web.StreamResponse:
     svc, operator, node = live_node_for(request)
     cols, rows = params(request)["cols"], params(request)["rows"]
-    require_connected(node, "shell")
+    require_connected(node, "shell", svc.router.reachable(node))
     if svc.shells.open_on(node.id) >= MAX_SESSIONS_PER_NODE:
         raise ApiError(429, "too_many_sessions", f"node {node.name!r} already has {MAX_SESSIONS_PER_NODE} shells open")
     await audit(svc, request, operator, "shell", node.name, {"cols": cols, "rows": rows})
@@ -70,7 +70,7 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
     if port not in svc.config.tunnel_ports:
         allowed = ", ".join(map(str, svc.config.tunnel_ports))
         raise ApiError(403, "port_not_allowed", f"tunnels may reach ports {allowed} only (--tunnel-port)")
-    require_connected(node, "tunnel")
+    require_connected(node, "tunnel", svc.router.reachable(node))
     if svc.tunnels.open_on(node.id) >= MAX_TUNNELS_PER_NODE:
         raise ApiError(429, "too_many_tunnels", f"node {node.name!r} already has {MAX_TUNNELS_PER_NODE} tunnels open")
     await audit(svc, request, operator, "tunnel", node.name, {"host": host, "port": port})

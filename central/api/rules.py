@@ -102,6 +102,7 @@ def live_node_for(request: web.Request) -> tuple[Services, Operator, NodeState]:
     return svc, operator, node
 
 
-def require_connected(node: NodeState, what: str) -> None:
-    if node.send is None:
+def require_connected(node: NodeState, what: str, reachable: bool) -> None:
+    """`reachable`: connected here or to another replica (central/cluster/routing.py)."""
+    if not reachable:
         raise ApiError(409, "node_offline", f"node {node.name!r} is {node.state}: no {what} possible")

@@ -6,30 +6,19 @@ import contextlib
 import json
 import os
 import socket
-import socketserver
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from daemon_support import REPO
 
 from tests.support.daemon import DaemonProcess, enrolled_daemon, wait_connected
+from tests.support.operator_ws import echo_server, echoed, finished, read_until, session, ws_text
 from tests.support.server import CentralServer
 from tests.support.wait import wait_for
-
-
-class EchoHandler(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            if data.startswith(b"quit"):
-                return
-            self.request.sendall(data)
 
 
 def free_port() -> int:
@@ -42,9 +31,7 @@ class Fleet:
     """One server that allows tunnels to an echo port and a closed port, and one connected daemon."""
 
     def __init__(self, tmp: Path) -> None:
-        self.echo = socketserver.ThreadingTCPServer(("127.0.0.1", 0), EchoHandler)
-        self.echo.daemon_threads = True
-        threading.Thread(target=self.echo.serve_forever, daemon=True).start()
+        self.echo = echo_server()
         self.echo_port = self.echo.server_address[1]
         self.closed_port = free_port()
         self.server = CentralServer(tmp / "central", interval=1.0, extra_args=(
@@ -65,15 +52,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         yield f
 
 
-def finished(server: CentralServer, command_id: str, timeout: float = 30) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        status, body = server.api("GET", f"/api/v1/commands/{command_id}")
-        assert status == 200, body
-        return body if body["done"] else None
-
-    return wait_for(done, timeout, "the command to finish", interval=0.1)  # type: ignore[return-value]
-
-
 def test_a_command_runs_streams_and_is_stored(fleet: Fleet) -> None:
     server = fleet.server
     status, cmd = server.api("POST", "/api/v1/commands", {"nodes": ["remote-a"], "timeout": 20,
@@ -91,31 +69,6 @@ def test_a_command_runs_streams_and_is_stored(fleet: Fleet) -> None:
              15, "the command running")
     assert server.api("POST", f"/api/v1/commands/{cmd['id']}/cancel")[0] == 200
     assert finished(server, cmd["id"])["runs"][0]["state"] == "cancelled"
-
-
-async def ws_text(ws: aiohttp.ClientWebSocketResponse, timeout: float = 15) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # skips binary frames
-        msg = await ws.receive(timeout=deadline - time.monotonic())
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            return json.loads(msg.data)
-        assert msg.type == aiohttp.WSMsgType.BINARY, msg
-    raise AssertionError("no text frame")
-
-
-async def read_until(ws: aiohttp.ClientWebSocketResponse, needle: bytes, timeout: float = 15) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        msg = await ws.receive(timeout=max(0.01, deadline - time.monotonic()))
-        assert msg.type == aiohttp.WSMsgType.BINARY, (msg, seen[-300:])
-        seen += msg.data
-    return seen
-
-
-def session(server: CentralServer) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.admin_token}"},
-                                 connector=aiohttp.TCPConnector(ssl=server.ssl_context))
 
 
 async def test_a_shell_through_the_server(fleet: Fleet) -> None:
@@ -140,13 +93,7 @@ async def test_a_tunnel_to_an_echo_server_and_a_refused_port(fleet: Fleet) -> No
                                    params={"host": "127.0.0.1", "port": str(fleet.echo_port)}) as ws:
             assert (await ws_text(ws))["type"] == "opened"
             payload = bytes(range(256)) * 800  # 200 KiB: several 48 KiB frames each way
-            await ws.send_bytes(payload)
-            got = b""
-            while len(got) < len(payload):
-                msg = await ws.receive(timeout=15)
-                assert msg.type == aiohttp.WSMsgType.BINARY, msg
-                got += msg.data
-            assert got == payload
+            assert await echoed(ws, payload) == payload
             await ws.send_bytes(b"quit")  # the echo server hangs up: the node says so
             end = await ws_text(ws)
             assert end["type"] == "closed" and f"127.0.0.1:{fleet.echo_port}" in end["message"]
