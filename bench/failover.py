@@ -103,10 +103,11 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         killed_at_wall, killed_at = time.time(), time.monotonic()
         os.kill(victim.pid, signal.SIGKILL)
         victims = {n.node_id for n in fleet.nodes if n.index % args.replicas == 0}
-        back = await watch_presence(watcher, everyone, killed_at, killed_at + 120)
-        report.add(f"all {len(victims):,} nodes of the killed replica online again", "never in 120 s" if back is None
-                   else round(back, 1), "s after the kill", target=f"< {TARGET_ONLINE_S:.0f} s",
-                   ok=back is not None and back < TARGET_ONLINE_S)
+        # (a survivor keeps showing the killed replica's nodes online while they reconnect: what
+        # counts is that they are connected again, below from the nodes' side, and never offline)
+        listed = await watch_presence(watcher, everyone, killed_at, killed_at + 120)
+        report.add("every node listed online by a survivor after the kill", "never in 120 s" if listed is None
+                   else round(listed, 1), "s after the kill", target="yes", ok=listed is not None)
         results = [await w.expect("result", timeout=args.duration + 300) for w in workers]
         for w in workers:
             await w.finish()
@@ -117,6 +118,11 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         acked = sum(acked_by_node.values())
         await subscriber.wait_for_lines(acked, timeout=30)
         await subscriber.stop()
+        moved = {node: seconds for r in results for node, seconds in r.get("reconnects", [])}
+        slowest = max((moved.get(node, float("inf")) for node in victims), default=0.0)
+        report.add(f"all {len(victims):,} nodes of the killed replica connected to another (loss -> welcome)",
+                   round(slowest, 2) if slowest != float("inf") else "not all", "s",
+                   target=f"< {TARGET_ONLINE_S:.0f} s", ok=slowest < TARGET_ONLINE_S)
         _add_results(report, results, acked_by_node, subscriber, url,
                      (killed_at_wall, killed_at_wall + args.duration - args.kill_after))
     finally:

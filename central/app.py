@@ -12,7 +12,7 @@ from .auth import ApiError, Handler, auth_middleware, error_response
 from .config import Config
 from .dbconn import DatabaseUnavailable
 from .routes import install
-from .services import SERVICES, services_ctx
+from .services import SERVICES, services_ctx, stop_presence
 from .writer import StorageError
 
 API_MAX_BODY = 256 * 1024
@@ -56,4 +56,5 @@ def create_app(config: Config) -> web.Application:
     app[accounts.REGISTRATION] = accounts.RegistrationGate(
         config.self_register, config.register_per_address, config.register_total, config.max_pending)
     app.cleanup_ctx.append(services_ctx(config))
+    app.on_shutdown.append(stop_presence)  # before the node sockets close (central/services.py)
     return app

@@ -154,7 +154,7 @@ class NodeSession:
     logs needs (the acker and its events, each event holding a deque) is made on its first batch.
     """
 
-    __slots__ = ("services", "registry", "node", "ws", "greeted", "_closing", "_in_flight", "_settled",
+    __slots__ = ("services", "registry", "node", "ws", "greeted", "epoch", "_closing", "_in_flight", "_settled",
                  "_settled_event", "_room", "_acker")
 
     def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse) -> None:
@@ -163,6 +163,7 @@ class NodeSession:
         self.node = node
         self.ws = ws
         self.greeted = False
+        self.epoch = 0  # the session's number, from its hello (central/cluster/presence.py)
         self._closing: asyncio.Task[Any] | None = None
         # Log batches in the writer (count) and those whose commit is over, in order.
         self._in_flight = 0
@@ -219,7 +220,8 @@ class NodeSession:
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
                 await self.services.tunnels.node_disconnected(node)
-                await self.registry.disconnected(node, reason)
+                if await self.services.presence.session_ended(node, self.epoch):
+                    await self.registry.disconnected(node, reason)
 
     async def send(self, message: dict[str, Any]) -> bool:
         """Send a request to the node (from any task); False when the connection is gone."""
@@ -253,7 +255,8 @@ class NodeSession:
     @node_message(HELLO)
     async def _hello(self, msg: dict[str, Any]) -> None:
         node = self.node
-        await self.registry.hello(node, msg["facts"], msg["daemon_version"])
+        self.epoch = await self.registry.hello(node, msg["facts"], msg["daemon_version"],
+                                               self.services.cluster.replica)
         self.greeted = True
         await self.services.actions.on_hello(node)
         last_seq = await self.services.queries.last_seq(node.id)
@@ -270,6 +273,9 @@ class NodeSession:
             "server_time": time.time(),
         })
         # Only now can the node take requests: it is `connected` from here on.
+        if not self.services.presence.session_greeted(node, self.epoch):
+            self._request_close(CLOSE_REPLACED, "replaced by a newer session on another replica")
+            return
         node.send = self.send
         self.registry.publish(node)
         # Its supervised demos' desired set (after welcome, as docs/protocol.md section 6 says).

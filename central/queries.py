@@ -108,9 +108,19 @@ class Queries:
         return [dict(r) for r in rows]
 
     async def node(self, node_id: str) -> dict[str, Any] | None:
+        """One node's row (as `nodes` gives them): a node another replica enrolled."""
         async with self.db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)) as cur:
             row = await cur.fetchone()
         return dict(row) if row is not None else None
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Every node's latest session with its replica's heartbeat (replicas: issue 18): node_id,
+        replica ('' none), epoch, heartbeat_at and stopped_at of that replica (None if unknown)."""
+        async with self.db.execute(
+                "SELECT s.node_id, s.replica, s.epoch, r.heartbeat_at, r.stopped_at FROM node_sessions s"
+                " LEFT JOIN replicas r ON r.name = s.replica") as cur:
+            rows = await cur.fetchall()
+        return [dict(r) for r in rows]
 
     async def demos(self, node_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM demos" + (" WHERE node_id = ?" if node_id else "") + " ORDER BY started_at"

@@ -72,8 +72,9 @@ class NodeState:
 
     @property
     def connected(self) -> bool:
-        """Greeted and able to take requests (a socket still before its hello does not count)."""
-        return self.send is not None
+        """Greeted and able to take requests (a socket still before its hello does not count), here
+        (`send`) or on another replica (`replica`, set from the moment the session is greeted)."""
+        return self.send is not None or bool(self.replica)
 
     @property
     def state(self) -> str:
@@ -179,11 +180,16 @@ class Registry:
 
     async def rename(self, node: NodeState, new_name: str) -> None:
         await self.writer.submit(store.rename_node(node.id, new_name))
-        self._by_name.pop(node.name, None)
-        node.name = new_name
-        self._by_name[new_name] = node
+        self.renamed(node, new_name)
         self.publish(node)
         self._changed(node)
+
+    def renamed(self, node: NodeState, new_name: str) -> None:
+        """The node's name is `new_name` from now on (stored already)."""
+        if self._by_name.get(node.name) is node:
+            del self._by_name[node.name]
+        node.name = new_name
+        self._by_name[new_name] = node
 
     def all(self) -> list[NodeState]:
         return sorted(self._by_id.values(), key=lambda n: n.name)
@@ -267,15 +273,19 @@ class Registry:
         node.last_keepalive = now
         await self.heard(node, now)
 
-    async def hello(self, node: NodeState, facts: dict[str, Any], daemon_version: str) -> None:
+    async def hello(self, node: NodeState, facts: dict[str, Any], daemon_version: str, replica: str = "") -> int:
+        """A new session of the node, on `replica`: returns its epoch (also in `node.epoch`)."""
         node.facts = facts
         node.daemon_version = daemon_version
-        await self.writer.submit(store.save_hello(node.id, facts, daemon_version))
+        now = time.time()
+        epoch = int(await self.writer.submit(store.save_hello(node.id, facts, daemon_version, replica, now)))
+        node.epoch = max(node.epoch, epoch)
         now = time.time()
         node.last_seen = now
         # A hello is a fresh start: a node that had reported itself failed is online again.
         await self._transition(node, "online", now)
         self.publish(node)
+        return epoch
 
     async def report_failed(self, node: NodeState, reason: str) -> None:
         await self._transition(node, "failed", time.time(), reason)
@@ -317,10 +327,13 @@ class Registry:
             await self._transition(node, "offline", now, "revoked")
         self.publish(node)
 
-    async def sweep(self, now: float | None = None) -> None:
-        """Turn nodes that have been silent for longer than offline_after offline; forget old demos."""
+    async def sweep(self, now: float | None = None, owns: Callable[[NodeState], bool] | None = None) -> None:
+        """Turn nodes that have been silent for longer than offline_after offline; forget old demos.
+        `owns`: only the nodes whose presence this caller keeps (replicas: central/cluster/presence.py)."""
         now = time.time() if now is None else now
         for node in list(self._by_id.values()):
+            if owns is not None and not owns(node):
+                continue
             if node.liveness == "online" and (node.last_seen or 0) < now - self.offline_after:
                 silent = now - (node.last_seen or now)
                 await self._transition(node, "offline", now, f"silent for {silent:.0f} s")

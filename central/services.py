@@ -22,6 +22,9 @@ from .alerts.dispatcher import Dispatcher
 from .alerts.engine import AlertEngine
 from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
+from .cluster.fanout import SharedBus
+from .cluster.leader import Leadership, Solo
+from .cluster.presence import Presence
 from .cluster.records import NodeRecords
 from .cluster.replica import Cluster, default_replica_name, open_cluster
 from .cluster.routing import Router, ServiceHubs, wire
@@ -70,6 +73,10 @@ class Services:
     calendar: Calendar
     # This replica's name and the bus to the other replicas (a local one on SQLite).
     cluster: Cluster
+    # Who holds which node's session, shared with the other replicas (central/cluster/presence.py).
+    presence: Presence
+    # The jobs that run once among replicas (Leadership on PostgreSQL, Solo on SQLite): started by services_ctx.
+    jobs: Leadership | Solo | None = None
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -100,7 +107,10 @@ async def open_services(config: Config) -> Services:
         await writer.close()
         raise
     queries = Queries(read_db)
-    bus = Bus(config.max_client_queue, client_byte_budget=config.max_client_bytes)
+    cluster = open_cluster(config.replica or default_replica_name(),
+                           where.url if where.dialect == "postgresql" else None)
+    # The local fan-out to operator clients; with replicas, also to theirs (cluster/fanout.py).
+    bus = SharedBus(config.max_client_queue, client_byte_budget=config.max_client_bytes)
     registry = Registry(writer, bus, config.offline_after, config.interval,
                         max_demos=config.max_demos, forget_demos_after=config.forget_demos_after)
     registry.load(await queries.nodes(), await queries.demos())
@@ -117,11 +127,10 @@ async def open_services(config: Config) -> Services:
     alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
     catalog, deployments = await open_demos(config, writer, read_db, registry)
     calendar.use_deployments(CalendarDeployments(deployments, catalog))  # runbook deploy steps, --deploy bookings
-    cluster = open_cluster(config.replica or default_replica_name(),
-                           where.url if where.dialect == "postgresql" else None)
+    presence = Presence(cluster, registry, bus, writer, queries)
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
                         ShellHub(writer, config.data_dir / "recordings"), TunnelHub(),
-                        actions, release, alerts, notices, catalog, deployments, calendar, cluster)
+                        actions, release, alerts, notices, catalog, deployments, calendar, cluster, presence)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
     services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions))
@@ -130,7 +139,7 @@ async def open_services(config: Config) -> Services:
     await writer.submit(store.lose_unfinished_actions(time.time()))
     await alerts.load(read_db)
     registry.event_observers.append(alerts.on_event)
-    await calendar.open()
+    await calendar.open(jobs=not cluster.shared)  # with replicas, the leader's job (once_only_jobs)
     return services
 
 
@@ -160,6 +169,9 @@ async def open_demos(config: Config, writer: Writer, read_db: ReadDB,
 
 
 async def close_services(services: Services) -> None:
+    if services.jobs is not None:
+        await services.jobs.close()
+    await services.presence.stop()
     await services.calendar.close()
     for task in services.tasks:
         task.cancel()
@@ -187,11 +199,13 @@ async def ensure_admin(services: Services) -> str | None:
 
 
 async def _sweeper(services: Services) -> None:
-    """Presence sweep once a second."""
+    """Presence sweep once a second: of every node, or with replicas of the nodes whose session this
+    one holds (the others': their replica's, or the leader's orphan sweep)."""
+    owns = services.presence.holds if services.cluster.shared else None
     while True:
         await asyncio.sleep(1.0)
         try:
-            await services.registry.sweep()
+            await services.registry.sweep(owns=owns)
         except asyncio.CancelledError:
             raise
         except Exception:  # the sweeper must outlive a transient storage error
@@ -273,6 +287,26 @@ async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed
     return now_behind
 
 
+def once_only_jobs(services: Services) -> Leadership | Solo:
+    """The jobs that must run once among replicas: on PostgreSQL each on the replica holding its
+    advisory lock (cluster/leader.py), the calendar's and the sweep of nodes no replica holds
+    included; on SQLite all here, as they always did."""
+    jobs = {"retention": lambda: _retention(services), "alerts": services.alerts.run}
+    cluster = services.cluster
+    if not cluster.shared:
+        return Solo(jobs)
+    jobs |= {"calendar": services.calendar.run_jobs, "offline": services.presence.sweep_orphans}
+    return Leadership(database_target(services.config).url, cluster.replica, jobs)
+
+
+async def stop_presence(app: web.Application) -> None:
+    """aiohttp's on_shutdown, before the node sockets close: a replica stopping cleanly says so, so
+    that its nodes are not turned offline as their sessions end (they reconnect elsewhere)."""
+    services = app.get(SERVICES)
+    if services is not None and services.cluster.shared:
+        await services.presence.stop()
+
+
 def services_ctx(config: Config) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
@@ -285,11 +319,17 @@ def services_ctx(config: Config) -> Any:
             raise
         log.info("replica %s (%s)", services.cluster.replica,
                  "sharing PostgreSQL with any others" if services.cluster.shared else "the only server")
+        if services.cluster.shared:
+            try:
+                await services.presence.start()
+            except BaseException:
+                await close_services(services)
+                raise
         # What a stop or a crash left queued is sent now.
         await services.notices.start()
         services.tasks.append(asyncio.create_task(_sweeper(services), name="dvic-sweeper"))
-        services.tasks.append(asyncio.create_task(_retention(services), name="dvic-retention"))
-        services.tasks.append(asyncio.create_task(services.alerts.run(), name="dvic-alerts"))
+        services.jobs = once_only_jobs(services)
+        services.jobs.start()
         app[SERVICES] = services
         yield
         await records.close()

@@ -91,12 +91,51 @@ def save_presence(node_id: str, state: str, state_since: float, last_seen: float
     return run
 
 
-def save_hello(node_id: str, facts: Mapping[str, Any], daemon_version: str) -> WriteFn:
-    def run(conn: WriteConn) -> None:
+def save_hello(node_id: str, facts: Mapping[str, Any], daemon_version: str, replica: str = "",
+               now: float = 0.0) -> WriteFn:
+    """The node's facts, and its new session on `replica`: returns the session's epoch (one more
+    than the last session's, on any replica: of two racing sessions the newer wins)."""
+    def run(conn: WriteConn) -> int:
         conn.execute(
             "UPDATE nodes SET facts = ?, daemon_version = ? WHERE id = ?",
             (_dumps(dict(facts)), daemon_version, node_id),
         )
+        row = conn.execute(
+            "INSERT INTO node_sessions (node_id, replica, epoch, since) VALUES (?, ?, 1, ?)"
+            " ON CONFLICT (node_id) DO UPDATE SET replica = excluded.replica, epoch = node_sessions.epoch + 1,"
+            " since = excluded.since RETURNING epoch", (node_id, replica, now)).fetchone()
+        return int(row[0])
+
+    return run
+
+
+def end_session(node_id: str, epoch: int) -> WriteFn:
+    """The node's session `epoch` is over: no replica holds it (unless a newer one took over)."""
+    def run(conn: WriteConn) -> None:
+        conn.execute("UPDATE node_sessions SET replica = '' WHERE node_id = ? AND epoch = ?", (node_id, epoch))
+
+    return run
+
+
+def replica_heartbeat(name: str, now: float, *, started: bool = False) -> WriteFn:
+    """This replica is alive (`started`: it has just started, whatever an earlier run left)."""
+    def run(conn: WriteConn) -> None:
+        if started:
+            conn.execute(
+                "INSERT INTO replicas (name, started_at, heartbeat_at, stopped_at) VALUES (?, ?, ?, NULL)"
+                " ON CONFLICT (name) DO UPDATE SET started_at = excluded.started_at,"
+                " heartbeat_at = excluded.heartbeat_at, stopped_at = NULL", (name, now, now))
+        else:
+            conn.execute("UPDATE replicas SET heartbeat_at = ? WHERE name = ?", (now, name))
+
+    return run
+
+
+def replica_stopped(name: str, now: float) -> WriteFn:
+    """This replica stops cleanly; the sessions it held are over."""
+    def run(conn: WriteConn) -> None:
+        conn.execute("UPDATE replicas SET stopped_at = ?, heartbeat_at = ? WHERE name = ?", (now, now, name))
+        conn.execute("UPDATE node_sessions SET replica = '' WHERE replica = ?", (name,))
 
     return run
 

@@ -98,12 +98,32 @@ class Calendar:
         # horizon). An idle scheduler's wake-up then costs a comparison per runbook, not a calendar.
         self._next: dict[int, tuple[float, float | None]] = {}
 
-    async def open(self) -> None:
+    async def open(self, *, jobs: bool = True) -> None:
+        """Load the calendar; `jobs`: also start its scheduler, booked deployments and history
+        trimming (with several replicas only the leader runs them: `run_jobs`)."""
         zone(self.settings.default_zone)
         await self._load()
+        if jobs:
+            await self._start_jobs()
+
+    async def _start_jobs(self) -> None:
         await self.scheduler.start()
         self.booking_deploys.start()
         self._trimmer = asyncio.create_task(self._trim_history(), name="dvic-calendar-history")
+
+    async def _stop_jobs(self) -> None:
+        await cancel_and_wait(self._trimmer)
+        self._trimmer = None
+        await self.booking_deploys.close()
+        await self.scheduler.close()
+
+    async def run_jobs(self) -> None:
+        """The calendar's once-only work on the replica leading it, until cancelled."""
+        await self._start_jobs()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self._stop_jobs()
 
     def use_deployments(self, deployments: Deployments) -> None:
         """The deployments feature's wiring (issue 14): from now on, deploy steps and booked
@@ -112,9 +132,7 @@ class Calendar:
         self.booking_deploys.wake()
 
     async def close(self) -> None:
-        await cancel_and_wait(self._trimmer)
-        await self.booking_deploys.close()
-        await self.scheduler.close()
+        await self._stop_jobs()
         await self.runner.close()
 
     async def _trim_history(self) -> None:

@@ -1,3 +1,3 @@
-"""Several `dvic-central` replicas on one PostgreSQL (issue 18): which replica runs the jobs that
-must run once (leader.py) and the bus between replicas (pgbus.py); not yet wired into the server
-(docs/architecture.md, "Once-only jobs")."""
+"""Several `dvic-central` replicas on one PostgreSQL (issue 18): this server's name and bus
+(replica.py, pgbus.py), shared presence (presence.py), the live stream across replicas
+(fanout.py) and the jobs that run once (leader.py). docs/architecture.md "Several replicas"."""

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from .server import CentralServer
-from .wait import async_wait_for
+from .wait import async_wait_for, wait_for
 
 
 class Replicas:
@@ -58,7 +58,7 @@ class Replicas:
         self.stop()
 
 
-def toward_fields(server: CentralServer) -> dict[str, str]:
+def toward_fields(server: CentralServer) -> dict[str, object]:
     """The bundle fields that point a node at `server` (enrolled on any replica: same CA, same node)."""
     return {"server_url": server.url, "ws_url": server.url.replace("https://", "wss://", 1) + "/api/v1/node/ws"}
 
@@ -192,3 +192,17 @@ def balanced(servers: Sequence[CentralServer]) -> Iterator[Balancer]:
 
     with Balancer(backends) as balancer:
         yield balancer
+
+
+def known_on(server: CentralServer, node: str, timeout: float = 20.0) -> dict[str, Any]:
+    """Until `server` knows the node (enrolled through another replica); returns its detail."""
+    def known() -> dict[str, Any]:
+        status, body = server.api("GET", f"/api/v1/nodes/{node}")
+        return dict(body) if status == 200 else {}
+
+    return wait_for(known, timeout, f"{server.name or server.url} to know node {node}")
+
+
+def behind(balancer: Balancer) -> dict[str, object]:
+    """The bundle fields that point a node at the balancer (so at whichever replica is alive)."""
+    return {"server_url": balancer.url(), "ws_url": balancer.url().replace("https://", "wss://", 1) + "/api/v1/node/ws"}
