@@ -1,11 +1,14 @@
 """Fleet simulator: N nodes over real mutual-TLS websockets, timed from node to an operator's stream.
 
     python3 -m bench.fleet [--nodes 2000] [--lines-per-s 5] [--duration 60] [--interval 5]
+                           [--engine postgresql | --database postgresql://...]
 
 Starts a real server, enrolls the nodes through the API (concurrently, timed), runs them from
 separate processes (--procs), and subscribes to every node's logs on GET /api/v1/stream. Prints
 the node-to-subscriber latency (p50/p99/max), the server's RSS and CPU, acks, and lines sent vs
-stored (read from the database after the server stopped).
+stored (read from the database after the server stopped). `--engine postgresql` runs the server on
+a throw-away PostgreSQL cluster (initdb, durable settings, as bench.ingest) and adds PostgreSQL's
+CPU; `--database URL` on an existing empty database.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from central.cli import run_event_loop
+from tests.support.postgres import Cluster, start_cluster
+from tests.support.server import CentralServer
 
 from . import procstat
+from .bus_compare import children_of, process_cpu
 from .common import (
     WHATIF_SERVER,
     add_common_args,
@@ -31,10 +37,10 @@ from .common import (
     parser,
     positive_float,
     positive_int,
-    query_db,
     run_bench,
 )
 from .enroll import enroll_server_fleet, save_fleet
+from .ingest import DURABLE
 from .memprobe import PROBE_ENV, TRACE_ENV
 from .report import Report, latency_summary
 from .subscriber import LatencySubscriber
@@ -44,10 +50,18 @@ TARGET_P99_S = 0.250
 TARGET_RSS_MB = 400
 
 
-def stored_by_node(db_path: Path) -> dict[str, tuple[int, int]]:
-    """node id -> (rows, highest seq) in the server's database."""
-    rows = query_db(db_path, "SELECT node_id, count(*), max(seq) FROM logs GROUP BY node_id")
+def stored_by_node(server: CentralServer) -> dict[str, tuple[int, int]]:
+    """node id -> (rows, highest seq) in the server's database, either engine."""
+    rows = server.query("SELECT node_id, count(*), max(seq) FROM logs GROUP BY node_id")
     return {node: (int(count), int(top)) for node, count, top in rows}
+
+
+def postgres_cpu_s(cluster: Cluster | None) -> float:
+    """CPU seconds so far of the throw-away cluster: postmaster, its backends, and those it reaped."""
+    if cluster is None:
+        return 0.0
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    return process_cpu(postmaster, reaped=True) + sum(process_cpu(pid) for pid in children_of(postmaster))
 
 
 async def sample_peak(tracker: procstat.PeakTracker, until: float) -> None:
@@ -94,13 +108,16 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         "nodes": args.nodes, "lines_per_s": args.lines_per_s, "duration_s": args.duration,
         "interval_s": args.interval, "batching": args.batching,
         "batch_interval_s": args.batch_interval if args.batching == "interval" else "-", "procs": args.procs,
+        "database": args.engine if args.database is None else "postgresql (--database)",
     })
+    cluster: Cluster | None = start_cluster(DURABLE) if args.engine == "postgresql" else None
+    database = cluster.fresh_database() if cluster is not None else args.database
     # The server's connection bound (and so its open-file limit, central/listener.py) must take the
     # whole fleet and the subscriber (the server lowers it to fit a lower hard open-file limit).
     options: dict[str, Any] = {"module": WHATIF_SERVER} if args.memprobe is not None else {}
     server = bench_server(work / "central", args.whatif_ssl_buffer, report,
                           extra_args=("--max-connections", str(max(10_000, args.nodes + 100))),
-                          env=server_env(args), **options).start()
+                          env=server_env(args), database=database, **options).start()
     workers: list[Worker] = []
     subscriber: LatencySubscriber | None = None
     try:
@@ -153,9 +170,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
             await w.send("go")
         sampler = asyncio.create_task(sample_peak(tracker, go + args.duration))
         await asyncio.sleep(args.warmup)
-        before = procstat.read(server.pid)
+        before, pg_before = procstat.read(server.pid), postgres_cpu_s(cluster)
         await asyncio.sleep(max(0.0, go + args.duration - time.monotonic()))
-        after = procstat.read(server.pid)
+        after, pg_after = procstat.read(server.pid), postgres_cpu_s(cluster)
         await probe_memory(args, server.pid, report, "all connected, at the end of the sending")
         results = [await w.expect("result", timeout=args.duration + args.drain_timeout + 120) for w in workers]
         for w in workers:
@@ -172,9 +189,15 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         if subscriber is not None:
             await subscriber.stop()
         server.stop()
-
-    stored = stored_by_node(server.db_path)
+    try:
+        stored = stored_by_node(server)
+    finally:
+        if cluster is not None:
+            cluster.stop()
     _add_results(report, args, results, subscriber, stored, before, after, peak, tracker, connected)
+    if cluster is not None:
+        report.add("PostgreSQL CPU (postmaster + backends)",
+                   round(100 * (pg_after - pg_before) / (after.at - before.at), 1), "% of one core")
     rows = sum(count for count, _ in stored.values())
     if rows:
         # CPU time does not grow when the machine is busy with other work, unlike latency: it says
@@ -276,6 +299,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=positive_float, default=600.0,
                    help="give up when the nodes are not all connected after this (600 s)")
     add_whatif_ssl_buffer(p)
+    engine = p.add_mutually_exclusive_group()
+    engine.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the server's database: its SQLite file, or PostgreSQL on a throw-away cluster (initdb)")
+    engine.add_argument("--database", metavar="postgresql://...",
+                        help="the server's --database: an existing, empty PostgreSQL database (its CPU is not measured)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="run the server with this in its environment (e.g. MALLOC_ARENA_MAX=2); repeatable")
     p.add_argument("--memprobe", type=Path, metavar="DIR",
@@ -289,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.procs > args.nodes:
         p.error("--procs: more processes than nodes")
+    if args.database is not None and not args.database.startswith(("postgresql://", "postgres://")):
+        p.error("--database: expected a postgresql:// URL (SQLite is the default: leave --database out)")
     for item in args.server_env:
         if "=" not in item:
             p.error(f"--server-env: expected KEY=VALUE, got {item!r}")

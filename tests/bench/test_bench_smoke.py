@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.benchkit import REPO, run_bench
+from tests.bench.benchkit import REPO, measured, run_bench
 from tests.support.postgres import PostgresUnavailable, bindir
 
 
@@ -67,6 +67,22 @@ def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     assert figures["subscriber lines received"]["ok"] is True
     assert figures["  timed lines (after warm-up)"]["value"] > 0
     assert figures["connections dropped during the run"]["value"] == 0
+
+
+def test_fleet_smoke_on_postgresql(tmp_path: Path) -> None:
+    try:
+        bindir()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1",
+                    "--engine", "postgresql")
+    figures = doc["figures"]
+    assert doc["params"]["database"] == "postgresql"
+    assert figures["nodes connected (mTLS websocket + hello)"]["ok"] is True
+    assert figures["lines sent / acked / stored"]["ok"] is True  # counted in PostgreSQL, not a SQLite file
+    assert figures["acked lines missing from the database"]["value"] == 0
+    assert figures["subscriber lines received"]["ok"] is True
+    measured(figures, "PostgreSQL CPU (postmaster + backends)", "% of one core")
 
 
 def test_writer_paths_smoke() -> None:

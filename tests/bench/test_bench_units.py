@@ -90,6 +90,8 @@ def run_bench(module: str, *args: str, timeout: float = 60) -> subprocess.Comple
     ("bench.keepalive", ["--duration", "-1"], "expected a number > 0"),
     ("bench.fleet", ["--nodes", "2", "--procs", "3"], "more processes than nodes"),
     ("bench.fleet", ["--duration", "2", "--warmup", "3"], "shorter than --duration"),
+    ("bench.fleet", ["--database", "sqlite:/tmp/x.sqlite3"], "expected a postgresql:// URL"),
+    ("bench.fleet", ["--engine", "postgresql", "--database", "postgresql://u@127.0.0.1/d"], "not allowed with"),
 ])
 def test_bad_options_get_a_specific_error(module: str, args: list[str], message: str) -> None:
     result = run_bench(module, *args)
