@@ -94,6 +94,7 @@ class Hubs(Protocol):
     def holds(self, hub: str, rid: str) -> bool: ...
     async def deliver(self, hub: str, node: NodeState, msg: dict[str, Any]) -> None: ...
     async def ended(self, hub: str, rid: str, why: str) -> None: ...
+    async def close(self) -> None: ...
 
 
 class Bus(Protocol):
@@ -498,6 +499,7 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await self._lanes.close()
+        await self.hubs.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -542,7 +544,10 @@ class ServiceHubs:
             if tunnel is not None:
                 await self.tunnels.end(tunnel, why, tell_node=False)
         # An action goes on: a reboot or an update ends its session by design; its deadline or the
-        # node's hello decides.
+        # node's next session decides (ActionHub._watch_returns).
+
+    async def close(self) -> None:
+        await self.actions.close()
 
 
 def wire(bus: Bus, nodes: Callable[[str], NodeState | None], hubs: ServiceHubs) -> Router:

@@ -39,6 +39,9 @@ class Taken:
         self.open.discard(rid)
         self.ends[rid] = why
 
+    async def close(self) -> None:
+        pass
+
 
 @dataclass
 class Replica:

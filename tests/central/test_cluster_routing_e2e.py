@@ -154,6 +154,32 @@ def test_an_action_on_r2_gets_the_nodes_answer(pair: TwoReplicas) -> None:
     assert got["state"] == "failed" and "'ghost' is not configured on this node" in got["message"], got
 
 
+def test_a_reboot_asked_on_r2_is_done_when_the_node_comes_back_on_r1(pair: TwoReplicas, tmp_path: Path) -> None:
+    """Its hello reaches r1; r2, which tracks the action, learns the new session from shared presence."""
+    r1, r2 = pair.r1, pair.r2
+    node_id, daemon = enrolled_daemon(r1, tmp_path / "rebooting", name="routed-reboot",
+                                      bundle_overrides=toward_fields(r1), env={"DVIC_NODE_TEST_BOOT_TIME": "1000.0"},
+                                      extra=("--reboot-command", "kill -TERM $PPID"))  # the daemon stops itself
+    with daemon:
+        wait_connected(r1, node_id, daemon)
+        wait_for(lambda: connected_on(r2, "routed-reboot"), 30, "r2 to see the node")
+        status, action = r2.api("POST", "/api/v1/nodes/routed-reboot/actions", {"action": "reboot"})
+        assert status == 201, action
+
+        def state() -> str:
+            return str(r2.api("GET", f"/api/v1/actions/{action['id']}")[1]["state"])
+
+        wait_for(lambda: state() == "in_progress", 20, "the reboot in progress")
+        assert daemon.proc is not None
+        daemon.proc.wait(timeout=30)
+        daemon.proc = None
+        daemon.env["DVIC_NODE_TEST_BOOT_TIME"] = "2000.0"  # booted again
+        daemon.start()
+        wait_for(lambda: state() == "done", 30, "the reboot done on r2")
+    final = r2.api("GET", f"/api/v1/actions/{action['id']}")[1]
+    assert "came back" in final["message"], final
+
+
 async def test_bad_input_unknown_node_and_offline_everywhere(pair: TwoReplicas) -> None:
     r2 = pair.r2
     status, body = r2.api("POST", "/api/v1/commands", {"nodes": ["no-such-node"], "argv": ["true"]})
