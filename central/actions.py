@@ -19,7 +19,7 @@ from typing import Any
 from dvic_core.constants import ACTION_FINAL
 
 from . import store
-from .cluster.routing import LOCAL, Route
+from .cluster.routing import LOCAL, Route, unreachable
 from .registry import NodeState, Registry
 from .release import Release
 from .writer import Writer
@@ -116,7 +116,7 @@ class ActionHub:
         await self._save(action, insert=True, urgent=True)  # the operator's request waits on it
         self.pending[action.id] = action
         if not self.route.reachable(node):
-            await self._set(action, "failed", f"node {node.name} is {node.state}")
+            await self._set(action, "failed", unreachable(node))
             return action
         if kind == "update":
             assert release is not None

@@ -138,8 +138,10 @@ async def test_an_owner_replica_that_is_gone_is_an_error_not_a_hang(make: Any) -
 async def test_a_node_offline_everywhere_is_not_reachable(make: Any) -> None:
     r2 = await make("r2")
     node = r2.nodes["n1"]
-    node.liveness = "offline"
     assert not r2.router.reachable(node)
+    assert await r2.router.open(node, "c1", "commands", {"type": "exec", "id": "c1"}) == (
+        "node pc-1 is online but has no connection to any server right now: try again shortly")  # its replica died
+    node.liveness = "offline"
     assert await r2.router.open(node, "c1", "commands", {"type": "exec", "id": "c1"}) == "node pc-1 is offline"
 
 
