@@ -82,7 +82,8 @@ def fresh_pair(tmp_path: Path) -> Iterator[TwoReplicas]:
 def run_on(server: CentralServer, node: str, **command: Any) -> dict[str, Any]:
     status, cmd = server.api("POST", "/api/v1/commands", {"nodes": [node], "timeout": 20, **command})
     assert status == 201, cmd
-    return finished(server, cmd["id"])["runs"][0]
+    run: dict[str, Any] = finished(server, cmd["id"])["runs"][0]
+    return run
 
 
 def test_a_command_on_r2_runs_on_the_node_of_r1_with_its_output_and_exit_code(pair: TwoReplicas) -> None:
@@ -150,7 +151,7 @@ def test_an_action_on_r2_gets_the_nodes_answer(pair: TwoReplicas) -> None:
         got = r2.api("GET", f"/api/v1/actions/{action['id']}")[1]
         return got if got["state"] in ("done", "failed") else None
 
-    got = wait_for(final, 20, "the action's final state", interval=0.1)
+    got: dict[str, Any] = wait_for(final, 20, "the action's final state", interval=0.1)
     assert got["state"] == "failed" and "'ghost' is not configured on this node" in got["message"], got
 
 
@@ -230,8 +231,11 @@ async def test_r1_killed_while_a_shell_runs_through_it_ends_the_session_on_r2(
     term = PtyProcess(DvicRunner(p.r2, env).argv(("shell", p.name), None), env)  # the operator's terminal, on r2
     try:
         term.type(b'unset HISTFILE; echo "pid=$$"\r')
-        await async_wait_for(lambda: term.read_some() or re.search(rb"[\r\n]pid=\d+\r\n", term.output), 30,
-                             "the node's shell to say its pid")
+        def said_pid() -> bool:
+            term.read_some()
+            return re.search(rb"[\r\n]pid=\d+\r\n", term.output) is not None
+
+        await async_wait_for(said_pid, 30, "the node's shell to say its pid")
         shell_pid = shell_pid_of(term.output)
         assert shell_pid in daemon_children(p.daemon)
         started = time.monotonic()
