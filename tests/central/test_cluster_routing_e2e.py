@@ -22,7 +22,7 @@ from tests.support.daemon import DaemonProcess, enrolled_daemon, wait_connected
 from tests.support.operator_ws import echo_server, echoed, finished, read_until, session, ws_text
 from tests.support.postgres import PostgresUnavailable, shared_cluster
 from tests.support.procs import live_members, stat_fields
-from tests.support.replicas import Replicas, toward_fields
+from tests.support.replicas import Replicas, balanced, behind, toward_fields
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for, wait_for
 
@@ -273,3 +273,29 @@ async def test_r2_killed_while_its_shell_runs_through_r1_closes_the_shell_on_the
     await async_wait_for(lambda: not live_members(shell_pid, "session"), 20,
                          "r1 to close the shell of the replica that stopped")
     assert p.daemon.running() and connected_on(p.r1, p.name) and daemon_children(p.daemon) == []
+
+
+async def test_behind_a_balancer_the_operator_on_r2_reaches_the_node_again_once_it_moved_there(
+        tmp_path: Path) -> None:
+    """The daemon dials the balancer (r1 first); r1 dies under the operator's shell on r2: the
+    shell ends with the message, the node reconnects to r2, and a new shell there is local."""
+    with Replicas(tmp_path / "data", database(), count=2, interval=1, offline_after=5) as (r1, r2), \
+            balanced([r1, r2]) as balancer:
+        node_id, daemon = enrolled_daemon(r1, tmp_path / "lb-node", name="lb-node", bundle_overrides=behind(balancer))
+        with daemon:
+            wait_connected(r1, node_id, daemon)
+            wait_for(lambda: connected_on(r2, "lb-node"), 30, "r2 to see the node")
+            async with session(r2) as http:
+                ws, shell_pid = await open_shell_and_pid(http, r2, "lb-node")
+                r1.kill()
+                end = await ws_text(ws, timeout=30)
+                await ws.close()
+                assert end["type"] == "exit" and end["message"] == "the replica relaying this session (r1) stopped", end
+                await async_wait_for(lambda: not live_members(shell_pid, "session"), 15, "the old shell to end")
+                wait_connected(r2, node_id, daemon)  # through the balancer, to the replica left
+                ws, _ = await open_shell_and_pid(http, r2, "lb-node")
+                await ws.send_bytes(b"echo $((6*7)); exit 3\n")
+                await read_until(ws, b"42")
+                end = await ws_text(ws)
+                assert (end["type"], end["code"]) == ("exit", 3), end
+                await ws.close()
