@@ -134,7 +134,8 @@ async def open_services(config: Config) -> Services:
                         actions, release, alerts, notices, catalog, deployments, calendar, cluster, presence)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
-    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions))
+    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions),
+                           presence.peers)
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
