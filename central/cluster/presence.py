@@ -363,10 +363,3 @@ class Presence:
         if not replica or replica == self.replica or session["stopped_at"] is not None:
             return False
         return session["heartbeat_at"] is not None and now - float(session["heartbeat_at"]) <= self.silent_s
-
-    # -- for tests and /metrics ------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        return {"replica": self.replica, "peers": {p.name: {"gone": p.gone, "logs": sorted(p.logs)}
-                                                   for p in self.peers.values()},
-                "sent": dict(self.outbox.sent)}
-
