@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,10 @@ class Presence:
         self.outbox = Outbox(cluster.bus, self.replica, self._view)
         self._tasks: list[asyncio.Task[None]] = []
         self._learning: set[str] = set()
+        # Every node's lines wanted here for a job this replica leads (the alert engine's log rules),
+        # and who is given the lines other replicas send then.
+        self.jobs_want_lines: Callable[[], bool] = lambda: False
+        self.line_observers: list[Callable[[NodeState, list[dict[str, Any]]], None]] = []
         bus.attach(self)
         cluster.bus.subscribe(EVENTS, self._on_events)
         cluster.bus.subscribe(LOGS, self._on_logs)
@@ -160,8 +165,8 @@ class Presence:
         return view
 
     def wants(self) -> list[str]:
-        """Node ids (or "*") whose lines this replica's stream clients want."""
-        return sorted(self.bus.local_interest())
+        """Node ids (or "*") whose lines this replica wants: its stream clients', or all for a job."""
+        return ["*"] if self.jobs_want_lines() else sorted(self.bus.local_interest())
 
     def remote_wants(self, node_id: str) -> bool:
         return any(not p.gone and ("*" in p.logs or node_id in p.logs) for p in self.peers.values())
@@ -323,6 +328,9 @@ class Presence:
             if fresh:
                 node.published_seq = max(line["seq"] for line in fresh)
                 self.bus.publish_logs_local(node_id, fresh)
+                if self.jobs_want_lines():
+                    for observe in self.line_observers:
+                        observe(node, fresh)
 
     def _on_gap(self) -> None:
         self.outbox.spawn(self.reload())
