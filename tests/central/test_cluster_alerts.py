@@ -6,22 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from central.cluster.leader import holders
 from tests.support.nodes import connected
 from tests.support.postgres import Cluster
-from tests.support.replicas import Replicas, StreamClient, known_on, toward
+from tests.support.replicas import Replicas, StreamClient, job_leader, known_on, toward
 from tests.support.wait import async_wait_for
-
-
-async def alerts_leader(url: str) -> str:
-    conn = await asyncpg.connect(url)
-    try:
-        return (await holders(conn, ["alerts"])).get("alerts", "")
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("rule_on", ["leader", "other"])
@@ -30,7 +20,7 @@ async def test_a_log_rule_fires_for_a_node_on_one_replica_with_the_rule_added_on
     url = pg_cluster.fresh_database()
     with Replicas(tmp_path / "data", url, count=2, interval=1, offline_after=3,
                   extra_args=("--alerts-interval", "0.5")) as servers:
-        leading = await async_wait_for(lambda: alerts_leader(url), 30, "a replica to lead the alerts")
+        leading = await async_wait_for(lambda: job_leader(servers[0], "alerts"), 30, "a replica to lead the alerts")
         leader, other = sorted(servers, key=lambda s: s.name != leading)
         # The rule is added through one replica, the node is held by the other.
         with_rule, with_node = (leader, other) if rule_on == "leader" else (other, leader)
