@@ -121,12 +121,15 @@ class Presence:
         if not self.cluster.shared:
             node.replica = ""
             return True
-        if not epoch or node.epoch != epoch:
-            return False  # never greeted, or replaced by a newer session (here or elsewhere)
+        if epoch and node.epoch != epoch:
+            return False  # replaced by a newer session (here or elsewhere): that one keeps the node
+        if not epoch and node.replica not in ("", self.replica):
+            return False  # never greeted, and the node is held by another replica
         node.replica = ""
         if self.stopping:
             return False
-        await self.writer.submit(store.end_session(node.id, epoch))
+        if epoch:
+            await self.writer.submit(store.end_session(node.id, epoch))
         return True
 
     def holds(self, node: NodeState) -> bool:
@@ -137,7 +140,7 @@ class Presence:
         """No live replica holds the node's session: the leader's orphan sweep keeps its presence."""
         if node.send is not None:
             return False
-        if not node.replica:
+        if node.replica in ("", self.replica):
             return True
         peer = self.peers.get(node.replica)
         return peer is not None and peer.gone

@@ -192,3 +192,18 @@ async def test_lines_travel_between_replicas_only_while_a_stream_client_wants_th
             assert carried and all('"unwanted' not in payload for payload in carried)
     finally:
         await listener.close()
+
+
+async def test_a_new_connection_that_leaves_before_its_hello_leaves_the_node_offline_as_on_one_server(
+        two_replicas: list[CentralServer]) -> None:
+    r1, r2 = two_replicas
+    bundle = enrolled_on_both(r1, r2, "pi-twice")
+    node_id = bundle["node_id"]
+    async with connected(bundle) as first:
+        await async_wait_for(lambda: shown(r2, node_id)["connected"], 20, "r2 to show the node connected")
+        async with FakeNode(bundle) as second:
+            await second.connect()  # on the same replica: the first is replaced, then this one leaves
+            assert await first.closed(20) == CLOSE_REPLACED
+    await async_wait_for(lambda: [shown(s, node_id)["state"] for s in (r1, r2)] == ["offline", "offline"], 20,
+                         "both replicas to show the node offline")
+    assert not shown(r1, node_id)["connected"] and not shown(r2, node_id)["connected"]
