@@ -42,6 +42,7 @@ from .queries import Queries
 from .registry import Registry
 from .release import ReleaseStore
 from .shells import ShellHub
+from .tasks import cancel_and_wait
 from .tokens import hash_token, new_token
 from .tunnels import TunnelHub
 from .writer import Writer
@@ -299,8 +300,37 @@ def once_only_jobs(services: Services) -> Leadership | Solo:
     cluster = services.cluster
     if not cluster.shared:
         return Solo(jobs)
-    jobs |= {"calendar": services.calendar.run_jobs, "offline": services.presence.sweep_orphans}
-    return Leadership(database_target(services.config).url, cluster.replica, jobs)
+    jobs |= {"alerts": lambda: _lead_alerts(services), "calendar": services.calendar.run_jobs,
+             "offline": services.presence.sweep_orphans}
+    leadership = Leadership(database_target(services.config).url, cluster.replica, jobs)
+    # Leading the alerts with log rules, this replica wants every node's lines (to count them).
+    services.presence.jobs_want_lines = lambda: "alerts" in leadership.held and services.alerts.watches_logs
+    services.presence.line_observers.append(services.alerts.observe_logs)
+    return leadership
+
+
+# While it leads, the alert engine reads rules, silences and open alerts again this often: other
+# replicas' operators change them through their own engines.
+ALERTS_RELOAD_S = 10.0
+
+
+async def _lead_alerts(services: Services) -> None:
+    """The alert engine on the replica leading it (PostgreSQL): first what was changed elsewhere
+    (the last leader's alerts, rules and silences added through other replicas), then its loop."""
+    alerts = services.alerts
+    await alerts.reload(services.read_db)
+    evaluating = asyncio.create_task(alerts.run(), name="dvic-alerts")
+    try:
+        while True:
+            await asyncio.sleep(ALERTS_RELOAD_S)
+            try:
+                await alerts.reload(services.read_db)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database away for a moment: the next round reads again
+                log.exception("reloading the alert engine failed")
+    finally:
+        await cancel_and_wait(evaluating)
 
 
 async def stop_presence(app: web.Application) -> None:

@@ -184,6 +184,21 @@ class AlertEngine:
         self._rebuild()
         self._publish_counts()
 
+    async def reload(self, db: ReadDB) -> None:
+        """Rules, silences and open alerts read again, as at start (conditions pending their "for"
+        are kept): with several replicas, the leading engine takes what others changed."""
+        async with self._lock:
+            self.rules, self._tuning, self._by_id = dict(STOCK), {}, {}
+            for na in self._nodes.values():
+                na.open.clear()
+            self._nodes = {node_id: na for node_id, na in self._nodes.items() if na.pending}
+            await self.load(db)
+
+    @property
+    def watches_logs(self) -> bool:
+        """Some rule counts log lines (observe_logs has work to do)."""
+        return bool(self._log_rules)
+
     def _rebuild(self) -> None:
         order = sorted(self.rules.values(), key=lambda r: (not r.stock, r.name))
         self._evaluators = [(r, EVALUATORS[r.type]) for r in order if r.enabled]

@@ -118,7 +118,13 @@ class Calendar:
         await self.scheduler.close()
 
     async def run_jobs(self) -> None:
-        """The calendar's once-only work on the replica leading it, until cancelled."""
+        """The calendar's once-only work on the replica leading it, until cancelled: first the
+        calendar read again (another replica may have changed hours or runbooks)."""
+        self.hours.clear()
+        self.hours_meta.clear()
+        self.runbooks.clear()
+        self._next.clear()
+        await self._load()
         await self._start_jobs()
         try:
             await asyncio.Event().wait()
