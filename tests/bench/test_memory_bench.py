@@ -1,4 +1,4 @@
-"""bench.memprobe --tls: OpenSSL's share of a node connection, measured in-process."""
+"""The memory benches: bench.memprobe --tls (OpenSSL's share of a node connection) and bench.conn_floor."""
 
 from __future__ import annotations
 
@@ -42,3 +42,17 @@ def test_without_probes_or_tls_the_usage_says_what_to_give() -> None:
                             text=True, timeout=60)
     assert result.returncode == 2
     assert "give two probes" in result.stderr
+
+
+def test_conn_floor_holds_its_connections_and_reports_per_connection() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.conn_floor", "--conns", "20"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "20 mutual-TLS websockets held" in result.stdout and "KB per connection" in result.stdout
+
+
+def test_conn_floor_refuses_a_count_it_cannot_hold() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.conn_floor", "--conns", "0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--conns: between 1 and 20000" in result.stderr
