@@ -10,6 +10,7 @@ per connection: no HTTP request, no websocket objects, no timers, no per-node st
 process opens --conns connections with a node certificate, sends the upgrade and one 600-byte
 masked text frame (a hello's size), and holds them. Prints the server's RSS before and after, per
 connection. Compare with bench.fleet's "RSS, all connected, idle" per node (docs/performance.md).
+`--plain`: the same over plain TCP, what is left when TLS ends outside the process.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ class HeldConnection(asyncio.BufferedProtocol):
         HeldConnection.held.discard(self)
 
 
-async def _serve(data_dir: Path) -> None:
+async def _serve(data_dir: Path, plain: bool) -> None:
     from central.pki import CertificateAuthority
 
-    context = CertificateAuthority(data_dir).server_ssl_context(["127.0.0.1"])
+    context = None if plain else CertificateAuthority(data_dir).server_ssl_context(["127.0.0.1"])
     server = await asyncio.get_running_loop().create_server(HeldConnection, "127.0.0.1", 0, ssl=context,
                                                             backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -81,10 +82,11 @@ def _masked_text_frame(payload: bytes) -> bytes:
     return b"\x81" + bytes([0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked
 
 
-async def _hold(port: int, count: int, data_dir: Path) -> None:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cafile=str(data_dir / "node-ca.crt"))
-    context.load_cert_chain(data_dir / "node.crt", data_dir / "node.key")
+async def _hold(port: int, count: int, data_dir: Path, plain: bool) -> None:
+    context = None if plain else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if context is not None:
+        context.load_verify_locations(cafile=str(data_dir / "node-ca.crt"))
+        context.load_cert_chain(data_dir / "node.crt", data_dir / "node.key")
     frame = _masked_text_frame(b'{"type":"hello"' + b" " * (HELLO_BYTES - 16) + b"}")
     gate = asyncio.Semaphore(64)
     held = []
@@ -122,7 +124,7 @@ def _run_loop(loop_name: str, main: object) -> None:
         asyncio.run(main)  # type: ignore[arg-type]
 
 
-def measure(conns: int, loop_name: str) -> dict[str, float]:
+def measure(conns: int, loop_name: str, plain: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dvic-conn-floor-") as tmp:
         data_dir = Path(tmp)
         from central.pki import CertificateAuthority
@@ -132,7 +134,8 @@ def measure(conns: int, loop_name: str) -> dict[str, float]:
         (data_dir / "node.crt").write_text(node.cert_pem)
         (data_dir / "node.key").write_text(node.key_pem)
         (data_dir / "node-ca.crt").write_bytes(ca.cert_path.read_bytes())
-        base = [sys.executable, "-m", "bench.conn_floor", "--loop", loop_name, "--data-dir", tmp]
+        base = [sys.executable, "-m", "bench.conn_floor", "--loop", loop_name, "--data-dir", tmp,
+                *(["--plain"] if plain else [])]
         server = subprocess.Popen([*base, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         client = None
         try:
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conns", type=int, default=5000, help="connections to hold (5000; one source address)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--plain", action="store_true", help="plain TCP: no TLS in the process")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--hold", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -169,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--conns: between 1 and 20000")
     _raise_fd_limit()
     if args.serve:
-        _run_loop(args.loop, _serve(args.data_dir))
+        _run_loop(args.loop, _serve(args.data_dir, args.plain))
         return 0
     if args.hold is not None:
-        _run_loop(args.loop, _hold(args.hold, args.conns, args.data_dir))
+        _run_loop(args.loop, _hold(args.hold, args.conns, args.data_dir, args.plain))
         return 0
-    figures = measure(args.conns, args.loop)
-    print(f"stand-in server ({args.loop}), {args.conns} mutual-TLS websockets held: RSS {figures['before_mb']:.1f}"
+    figures = measure(args.conns, args.loop, args.plain)
+    kind = "plain-TCP" if args.plain else "mutual-TLS"
+    print(f"stand-in server ({args.loop}), {args.conns} {kind} websockets held: RSS {figures['before_mb']:.1f}"
           f" -> {figures['after_mb']:.1f} MB, {figures['per_conn_kb']:.1f} KB per connection")
     return 0
 

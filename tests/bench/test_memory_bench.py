@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.memprobe import SSL_MODE_RELEASE_BUFFERS, ssl_ctx_mode
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,11 +46,12 @@ def test_without_probes_or_tls_the_usage_says_what_to_give() -> None:
     assert "give two probes" in result.stderr
 
 
-def test_conn_floor_holds_its_connections_and_reports_per_connection() -> None:
-    result = subprocess.run([sys.executable, "-m", "bench.conn_floor", "--conns", "20"], cwd=REPO,
+@pytest.mark.parametrize("options, kind", [([], "mutual-TLS"), (["--plain"], "plain-TCP")])
+def test_conn_floor_holds_its_connections_and_reports_per_connection(options: list[str], kind: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.conn_floor", "--conns", "20", *options], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "20 mutual-TLS websockets held" in result.stdout and "KB per connection" in result.stdout
+    assert f"20 {kind} websockets held" in result.stdout and "KB per connection" in result.stdout
 
 
 def test_conn_floor_refuses_a_count_it_cannot_hold() -> None:
