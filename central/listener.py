@@ -281,6 +281,21 @@ class BufferedReads(asyncio.BufferedProtocol):
         self.handler.resume_writing()
 
 
+def release_http_parser(request: web.BaseRequest) -> bool:
+    """Drop the connection's HTTP parser once its websocket upgrade is accepted.
+
+    From then on every byte goes to the websocket reader, and aiohttp never uses the HTTP parser
+    again, but keeps it, with what it held of the request head, until the connection ends: about
+    1.7 KB per node websocket (docs/performance.md, "memory per node"). aiohttp checks for a
+    missing parser on every path after an upgrade. True when dropped; False, changing nothing,
+    when the connection is not upgraded or aiohttp no longer has these attributes."""
+    protocol = request.protocol
+    if getattr(protocol, "_payload_parser", None) is None or getattr(protocol, "_parser", None) is None:
+        return False
+    protocol._parser = None
+    return True
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts."""
 

@@ -24,6 +24,7 @@ from dvic_core.messages import KEEPALIVE
 from . import store
 from .auth import NODE, error_response
 from .boardlogs import store_board_logs
+from .listener import release_http_parser
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -141,6 +142,7 @@ async def node_websocket(request: web.Request) -> web.StreamResponse:
     node = who
     ws = web.WebSocketResponse(heartbeat=NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
+    release_http_parser(request)  # kept by aiohttp for the connection's life, never used again
     session = NodeSession(services, node, ws)
     await session.run()
     return ws
