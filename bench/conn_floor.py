@@ -121,6 +121,11 @@ def _run_loop(loop_name: str, main: object) -> None:
 
         uvloop.run(main)  # type: ignore[arg-type]
     else:
+        import asyncio.sslproto
+
+        from central.cli import SSL_READ_BUFFER
+
+        asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER  # as the server sets it on asyncio
         asyncio.run(main)  # type: ignore[arg-type]
 
 
