@@ -286,11 +286,14 @@ def release_http_parser(request: web.BaseRequest) -> bool:
 
     From then on every byte goes to the websocket reader, and aiohttp never uses the HTTP parser
     again, but keeps it, with what it held of the request head, until the connection ends: about
-    1.7 KB per node websocket (docs/performance.md, "memory per node"). aiohttp checks for a
-    missing parser on every path after an upgrade. True when dropped; False, changing nothing,
-    when the connection is not upgraded or aiohttp no longer has these attributes."""
+    1.7 KB per node websocket (docs/performance.md, "memory per node"). Once upgraded, aiohttp
+    checks for a missing parser on every path (pausing reads skips it). True when dropped; False,
+    changing nothing, when the connection is not upgraded or aiohttp no longer has these attributes."""
     protocol = request.protocol
-    if getattr(protocol, "_payload_parser", None) is None or getattr(protocol, "_parser", None) is None:
+    upgraded = getattr(protocol, "_upgraded", None) is True
+    if not upgraded or getattr(protocol, "_payload_parser", None) is None:
+        return False
+    if getattr(protocol, "_parser", None) is None:
         return False
     protocol._parser = None
     return True
