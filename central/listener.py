@@ -254,15 +254,18 @@ class BufferedReads(asyncio.BufferedProtocol):
     on unchanged.
     """
 
-    __slots__ = ("handler",)
+    __slots__ = ("handler", "last_read")
 
     def __init__(self, handler: asyncio.Protocol) -> None:
         self.handler = handler
+        # When the peer last sent anything (time.monotonic()): node heartbeats go by it (central/heartbeats.py).
+        self.last_read = time.monotonic()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_read = time.monotonic()
         self.handler.data_received(_read_buffer[:nbytes].tobytes())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -297,6 +300,12 @@ def release_http_parser(request: web.BaseRequest) -> bool:
         return False
     protocol._parser = None
     return True
+
+
+def buffered_reads(transport: asyncio.BaseTransport | None) -> BufferedReads | None:
+    """The BufferedReads a connection's reads go through, if it came through a GuardedSite."""
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, BufferedReads) else None
 
 
 class GuardedSite(web.BaseSite):

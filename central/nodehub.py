@@ -21,10 +21,10 @@ from dvic_core.constants import (
 )
 from dvic_core.messages import KEEPALIVE
 
-from . import store
+from . import heartbeats, store
 from .auth import NODE, error_response
 from .boardlogs import store_board_logs
-from .listener import release_http_parser
+from .listener import buffered_reads, release_http_parser
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -140,11 +140,20 @@ async def node_websocket(request: web.Request) -> web.StreamResponse:
         log.warning("node websocket refused from %s: %s", request.remote, who.text)
         return who
     node = who
-    ws = web.WebSocketResponse(heartbeat=NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    # Heartbeats by one sweep for every node (central/heartbeats.py), not two timers per node; on
+    # a connection that did not come through the server's listener, aiohttp's own.
+    reads = buffered_reads(request.transport)
+    ws = web.WebSocketResponse(heartbeat=None if reads else NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     release_http_parser(request)  # kept by aiohttp for the connection's life, never used again
-    session = NodeSession(services, node, ws)
-    await session.run()
+    transport = request.transport
+    watched = heartbeats.watch(ws, reads, transport, NODE_HEARTBEAT_S) if reads and transport else None
+    session = NodeSession(services, node, ws, watched)
+    try:
+        await session.run()
+    finally:
+        if watched is not None:
+            heartbeats.unwatch(watched)
     return ws
 
 
@@ -155,14 +164,16 @@ class NodeSession:
     logs needs (the acker and its events, each event holding a deque) is made on its first batch.
     """
 
-    __slots__ = ("services", "registry", "node", "ws", "greeted", "_closing", "_in_flight", "_settled",
-                 "_settled_event", "_room", "_acker")
+    __slots__ = ("services", "registry", "node", "ws", "heartbeat", "greeted", "_closing", "_in_flight",
+                 "_settled", "_settled_event", "_room", "_acker")
 
-    def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse) -> None:
+    def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse,
+                 heartbeat: heartbeats.Watched | None = None) -> None:
         self.services = services
         self.registry = services.registry
         self.node = node
         self.ws = ws
+        self.heartbeat = heartbeat  # None: aiohttp's heartbeat
         self.greeted = False
         self._closing: asyncio.Task[Any] | None = None
         # Log batches in the writer (count) and those whose commit is over, in order.
@@ -216,6 +227,8 @@ class NodeSession:
                 node.send = None
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                elif self.heartbeat is not None and self.heartbeat.silent:
+                    reason = f"websocket error: {self.heartbeat.sweep.reason}"
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
                 await self.services.tunnels.node_disconnected(node)
