@@ -51,9 +51,6 @@ class Heartbeats:
         self._task: asyncio.Task[None] | None = None
         self._pings: set[asyncio.Task[None]] = set()
 
-    def __len__(self) -> int:
-        return len(self._watched)
-
     def watch(self, ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.BaseTransport) -> Watched:
         watched = Watched(self, ws, reads, transport)
         self._watched.add(watched)
