@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 
@@ -49,7 +48,6 @@ class Heartbeats:
         self.reason = f"No PONG received after {self.pong_wait} seconds"  # aiohttp's words
         self._watched: set[Watched] = set()
         self._task: asyncio.Task[None] | None = None
-        self._pings: set[asyncio.Task[None]] = set()
 
     def watch(self, ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.BaseTransport) -> Watched:
         watched = Watched(self, ws, reads, transport)
@@ -68,9 +66,13 @@ class Heartbeats:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.step)
-            self.sweep(time.monotonic())
+            due = self.sweep(time.monotonic())
+            if due:
+                await self._ping(due)
 
-    def sweep(self, now: float) -> None:
+    def sweep(self, now: float) -> list[web.WebSocketResponse]:
+        """Drop the nodes that did not answer; the websockets to ping now."""
+        due = []
         for watched in list(self._watched):  # a drop may end a session, and unwatch it, before this ends
             last_read = watched.reads.last_read
             if watched.ping_sent:
@@ -81,23 +83,23 @@ class Heartbeats:
                 watched.ping_sent = 0.0
             if now - last_read >= self.interval:
                 watched.ping_sent = now
-                self._ping(watched.ws)
+                due.append(watched.ws)
+        return due
 
     def _drop(self, watched: Watched) -> None:
         watched.silent = True
         # Abort, as for a dead peer: a TLS close would wait for its close_notify.
         watched.transport.abort()
 
-    def _ping(self, ws: web.WebSocketResponse) -> None:
-        task = asyncio.get_running_loop().create_task(ws.ping())
-        self._pings.add(task)
-        task.add_done_callback(self._pinged)
-
-    def _pinged(self, task: asyncio.Task[Any]) -> None:
-        self._pings.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The connection is closing: its session ends on its own.
-            log.debug("heartbeat ping not sent: %s", task.exception())
+    async def _ping(self, sockets: list[web.WebSocketResponse]) -> None:
+        # Together: one waiting for room in a full send buffer holds up no other, nor the next
+        # sweep for longer than a step. A ping that fails belongs to a closing connection, whose
+        # session ends on its own.
+        pings = asyncio.gather(*(ws.ping() for ws in sockets), return_exceptions=True)
+        try:
+            await asyncio.wait_for(pings, self.step)
+        except TimeoutError:
+            log.debug("heartbeat pings still waiting for room after %.1f s", self.step)
 
 
 _by_loop: dict[asyncio.AbstractEventLoop, Heartbeats] = {}
