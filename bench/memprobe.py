@@ -6,6 +6,11 @@ counts it (mallinfo2: what OpenSSL and uvloop allocate is only there), the memor
 traced, and the live objects by type (count and sys.getsizeof); with tracing on, DIR/probe-K.trace
 too (a tracemalloc snapshot). `python3 -m bench.memprobe A B --per N` prints B - A per connection:
 objects by type, then the allocations grouped by traceback.
+
+`python3 -m bench.memprobe --tls N` measures OpenSSL alone, in this process: N mutual-TLS
+handshakes over memory BIOs (as uvloop's and asyncio's TLS layers do them) against the server's
+own context (`central.pki`), the C heap per server connection kept, for the settings it varies,
+and the mode OpenSSL has on that context (read through libssl).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,14 +190,163 @@ def by_category(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> di
     return sizes
 
 
+SSL_CTRL_MODE = 33  # SSL_CTX_get_mode is a macro over SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, 0, NULL)
+SSL_MODE_RELEASE_BUFFERS = 0x10
+
+
+def ssl_ctx_mode(context: ssl.SSLContext) -> int | None:
+    """OpenSSL's mode bits on `context` (SSL_CTX_get_mode), or None when they cannot be read safely.
+
+    CPython gives no handle on its SSL_CTX; it is the first field after the object header. That
+    pointer is trusted only when OpenSSL, asked through it, returns the verify mode and options
+    Python reports for the same context."""
+    try:
+        libssl = ctypes.CDLL(ctypes.util.find_library("ssl") or "libssl.so.3")
+        libssl.SSL_CTX_ctrl.restype = ctypes.c_long
+        libssl.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        libssl.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+        libssl.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
+        libssl.SSL_CTX_get_options.restype = ctypes.c_uint64
+        libssl.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+    except (OSError, AttributeError):
+        return None
+    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    if not pointer or libssl.SSL_CTX_get_options(pointer) != int(context.options):
+        return None
+    if libssl.SSL_CTX_get_verify_mode(pointer) != _openssl_verify_mode(context):
+        return None
+    return int(libssl.SSL_CTX_ctrl(pointer, SSL_CTRL_MODE, 0, None))
+
+
+def _openssl_verify_mode(context: ssl.SSLContext) -> int:
+    # SSL_VERIFY_NONE 0, PEER 1, FAIL_IF_NO_PEER_CERT 2 (CERT_REQUIRED sets both)
+    return {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 3}[context.verify_mode]
+
+
+_Pair = tuple[ssl.SSLObject, ssl.MemoryBIO, ssl.MemoryBIO]
+
+
+def _move(source: _Pair, target: _Pair) -> None:
+    data = source[2].read()
+    if data:
+        target[1].write(data)
+
+
+def _drain(side: _Pair) -> None:
+    while True:
+        try:
+            side[0].read(65536)
+        except ssl.SSLWantReadError:
+            return
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, request: bytes) -> tuple[_Pair, _Pair]:
+    """One connection over memory BIOs: handshake, `request` to the server, a short answer back."""
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    s = (server.wrap_bio(s_in, s_out, server_side=True), s_in, s_out)
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = (client.wrap_bio(c_in, c_out, server_hostname="127.0.0.1"), c_in, c_out)
+    done = {id(s): False, id(c): False}
+    for _ in range(10):
+        for side in (c, s):
+            if not done[id(side)]:
+                try:
+                    side[0].do_handshake()
+                    done[id(side)] = True
+                except ssl.SSLWantReadError:
+                    pass
+        _move(c, s)
+        _move(s, c)
+        if all(done.values()):
+            break
+    c[0].write(request)
+    _move(c, s)
+    _drain(s)
+    s[0].write(b"HTTP/1.1 101 Switching Protocols\r\n" + b"x" * 120 + b"\r\n\r\n")
+    _move(s, c)
+    _drain(c)
+    return s, c
+
+
+def tls_per_connection(count: int, server: ssl.SSLContext, client: ssl.SSLContext,
+                       request: bytes = b"GET / HTTP/1.1\r\n" + b"h" * 300 + b"\r\n\r\n") -> float:
+    """C heap bytes each server-side connection keeps after `count` handshakes (clients freed)."""
+    gc.collect()
+    before = c_heap().get("in_use", 0)
+    kept = [_handshake(server, client, request)[0] for _ in range(count)]
+    gc.collect()
+    held = c_heap().get("in_use", 0) - before
+    del kept  # measured while alive
+    return held / count
+
+
+def tls_report(count: int) -> None:
+    """OpenSSL's share of a node connection, and what changes it (see the module doc)."""
+    from central.pki import CertificateAuthority
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = CertificateAuthority(Path(tmp))
+        node = ca.issue_node("00000000-0000-4000-8000-000000000000")
+        (Path(tmp) / "node.crt").write_text(node.cert_pem)
+        (Path(tmp) / "node.key").write_text(node.key_pem)
+
+        def server(tune: Callable[[ssl.SSLContext], None] = lambda _c: None) -> ssl.SSLContext:
+            context = ca.server_ssl_context(["127.0.0.1"])
+            tune(context)
+            return context
+
+        def client(with_cert: bool = True, tls12: bool = False) -> ssl.SSLContext:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_verify_locations(cafile=str(ca.cert_path))
+            if with_cert:
+                context.load_cert_chain(Path(tmp) / "node.crt", Path(tmp) / "node.key")
+            if tls12:
+                context.maximum_version = ssl.TLSVersion.TLSv1_2
+            return context
+
+        mode = ssl_ctx_mode(server())
+        shown = "unreadable" if mode is None else f"{mode:#x}, SSL_MODE_RELEASE_BUFFERS " + (
+            "set" if mode & SSL_MODE_RELEASE_BUFFERS else "NOT set")
+        print(f"{ssl.OPENSSL_VERSION}; the server context's mode: {shown}")
+        print(f"C heap kept per server connection, {count} connections:")
+        rows: list[tuple[str, float]] = [
+            ("as the server runs (TLS 1.3, node certificate)", tls_per_connection(count, server(), client())),
+            ("no client certificate", tls_per_connection(count, server(), client(with_cert=False))),
+            ("TLS 1.2", tls_per_connection(count, server(), client(tls12=True))),
+            ("no session tickets (num_tickets = 0)",
+             tls_per_connection(count, server(lambda c: setattr(c, "num_tickets", 0)), client())),
+            ("after one 60 KB write from the node", tls_per_connection(
+                count, server(), client(), request=b"GET / HTTP/1.1\r\n" + b"h" * 60_000 + b"\r\n\r\n")),
+        ]
+        for name, size in rows:
+            print(f"  {size / 1024:7.1f} KiB  {name}")
+        fresh = []
+        context = server()
+        gc.collect()
+        start = c_heap().get("in_use", 0)
+        for _ in range(count):
+            fresh.append(context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True))
+        gc.collect()
+        print(f"  {(c_heap().get('in_use', 0) - start) / count / 1024:7.1f} KiB  an SSL object and its two"
+              " memory BIOs before the handshake")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m bench.memprobe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("before", type=Path, help="a probe's path without its suffix (DIR/probe-0)")
-    p.add_argument("after", type=Path)
+    p.add_argument("before", type=Path, nargs="?", help="a probe's path without its suffix (DIR/probe-0)")
+    p.add_argument("after", type=Path, nargs="?")
     p.add_argument("--per", type=int, default=1, help="divide by this many connections")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--tls", type=int, metavar="N", help="measure OpenSSL's part over N in-process handshakes instead")
     args = p.parse_args(argv)
+    if args.tls is not None:
+        if args.tls < 1:
+            p.error("--tls: give a number of connections, 1 or more")
+        tls_report(args.tls)
+        return 0
+    if args.before is None or args.after is None:
+        p.error("give two probes (DIR/probe-0 DIR/probe-1), or --tls N")
     compare(args.before, args.after, max(1, args.per), args.top)
     return 0
 

@@ -254,15 +254,18 @@ class BufferedReads(asyncio.BufferedProtocol):
     on unchanged.
     """
 
-    __slots__ = ("handler",)
+    __slots__ = ("handler", "last_read")
 
     def __init__(self, handler: asyncio.Protocol) -> None:
         self.handler = handler
+        # When the peer last sent anything (time.monotonic()): node heartbeats go by it (central/heartbeats.py).
+        self.last_read = time.monotonic()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_read = time.monotonic()
         self.handler.data_received(_read_buffer[:nbytes].tobytes())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -279,6 +282,30 @@ class BufferedReads(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.handler.resume_writing()
+
+
+def release_http_parser(request: web.BaseRequest) -> bool:
+    """Drop the connection's HTTP parser once its websocket upgrade is accepted.
+
+    From then on every byte goes to the websocket reader, and aiohttp never uses the HTTP parser
+    again, but keeps it, with what it held of the request head, until the connection ends: about
+    1.7 KB per node websocket (docs/performance.md, "memory per node"). Once upgraded, aiohttp
+    checks for a missing parser on every path (pausing reads skips it). True when dropped; False,
+    changing nothing, when the connection is not upgraded or aiohttp no longer has these attributes."""
+    protocol = request.protocol
+    upgraded = getattr(protocol, "_upgraded", None) is True
+    if not upgraded or getattr(protocol, "_payload_parser", None) is None:
+        return False
+    if getattr(protocol, "_parser", None) is None:
+        return False
+    protocol._parser = None
+    return True
+
+
+def buffered_reads(transport: asyncio.BaseTransport | None) -> BufferedReads | None:
+    """The BufferedReads a connection's reads go through, if it came through a GuardedSite."""
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol if isinstance(protocol, BufferedReads) else None
 
 
 class GuardedSite(web.BaseSite):

@@ -21,9 +21,10 @@ from dvic_core.constants import (
 )
 from dvic_core.messages import KEEPALIVE
 
-from . import store
+from . import heartbeats, store
 from .auth import NODE, error_response
 from .boardlogs import store_board_logs
+from .listener import buffered_reads, release_http_parser
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -140,10 +141,20 @@ async def node_websocket(request: web.Request) -> web.StreamResponse:
         log.warning("node websocket refused from %s: %s", request.remote, who.text)
         return who
     node = who
-    ws = web.WebSocketResponse(heartbeat=NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    # Heartbeats by one sweep for every node (central/heartbeats.py), not two timers per node; on
+    # a connection that did not come through the server's listener, aiohttp's own.
+    reads = buffered_reads(request.transport)
+    ws = web.WebSocketResponse(heartbeat=None if reads else NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
-    session = NodeSession(services, node, ws)
-    await session.run()
+    release_http_parser(request)  # kept by aiohttp for the connection's life, never used again
+    transport = request.transport
+    watched = heartbeats.watch(ws, reads, transport, NODE_HEARTBEAT_S) if reads and transport else None
+    session = NodeSession(services, node, ws, watched)
+    try:
+        await session.run()
+    finally:
+        if watched is not None:
+            heartbeats.unwatch(watched)
     return ws
 
 
@@ -154,14 +165,16 @@ class NodeSession:
     logs needs (the acker and its events, each event holding a deque) is made on its first batch.
     """
 
-    __slots__ = ("services", "registry", "node", "ws", "greeted", "epoch", "_closing", "_in_flight", "_settled",
-                 "_settled_event", "_room", "_acker")
+    __slots__ = ("services", "registry", "node", "ws", "heartbeat", "greeted", "epoch", "_closing", "_in_flight",
+                 "_settled", "_settled_event", "_room", "_acker")
 
-    def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse) -> None:
+    def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse,
+                 heartbeat: heartbeats.Watched | None = None) -> None:
         self.services = services
         self.registry = services.registry
         self.node = node
         self.ws = ws
+        self.heartbeat = heartbeat  # None: aiohttp's heartbeat
         self.greeted = False
         self.epoch = 0  # the session's number, from its hello (central/cluster/presence.py)
         self._closing: asyncio.Task[Any] | None = None
@@ -216,6 +229,8 @@ class NodeSession:
                 node.send = None
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
+                elif self.heartbeat is not None and self.heartbeat.silent:
+                    reason = f"websocket error: {self.heartbeat.sweep.reason}"
                 await self.services.router.node_disconnected(node, f"node {node.name} went offline ({reason})")
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
