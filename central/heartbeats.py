@@ -29,7 +29,7 @@ class Watched:
     __slots__ = ("sweep", "ws", "reads", "transport", "ping_sent", "silent")
 
     def __init__(self, sweep: Heartbeats, ws: web.WebSocketResponse, reads: BufferedReads,
-                 transport: asyncio.BaseTransport) -> None:
+                 transport: asyncio.Transport) -> None:
         self.sweep = sweep
         self.ws = ws
         self.reads = reads
@@ -49,7 +49,7 @@ class Heartbeats:
         self._watched: set[Watched] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self, ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.BaseTransport) -> Watched:
+    def watch(self, ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.Transport) -> Watched:
         watched = Watched(self, ws, reads, transport)
         self._watched.add(watched)
         if self._task is None:
@@ -105,7 +105,7 @@ class Heartbeats:
 _by_loop: dict[asyncio.AbstractEventLoop, Heartbeats] = {}
 
 
-def watch(ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.BaseTransport,
+def watch(ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.Transport,
           interval: float) -> Watched:
     """Put a node websocket under the running loop's sweep (made on first use)."""
     loop = asyncio.get_running_loop()
