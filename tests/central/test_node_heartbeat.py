@@ -23,7 +23,9 @@ STEP = NODE_HEARTBEAT_S / 4  # the sweep's step
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[CentralServer]:
-    with CentralServer(tmp_path / "central") as running:
+    # Presence's own sweep (offline after 15 s of silence by default) would race the heartbeat's
+    # drop (15 s, up to two steps later): here only the heartbeat ends a silent node.
+    with CentralServer(tmp_path / "central", offline_after=120) as running:
         yield running
 
 
