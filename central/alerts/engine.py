@@ -160,9 +160,33 @@ class AlertEngine:
         self._counts: dict[str, int] = {}
         self.passes = 0
         self.last_pass_s = 0.0
+        # On a replica not leading the feature areas: the leader's counts, from its `alerts` frames
+        # (this engine's own state is not kept up to date there).
+        self.leaders_counts: dict[str, int] | None = None
         self._rebuild()
 
     # -- loading ---------------------------------------------------------------------------------
+    async def reload(self, db: ReadDB) -> None:
+        """Forget everything and load again (a replica gaining the features lead: what it had in
+        memory may be stale). Log-rule counts and demo flags start again from the next lines."""
+        self.rules = dict(STOCK)
+        self._tuning.clear()
+        self.suspended.clear()
+        self.silences.clear()
+        self._nodes.clear()
+        self._by_id.clear()
+        self._dirty.clear()
+        self.ctx.log_counts.clear()
+        self.ctx.demo_flags.clear()
+        self._counts = {}
+        self.leaders_counts = None
+        await self.load(db)
+        self.kick()
+
+    def wants_logs(self) -> bool:
+        """Some log rule watches lines (the leader then asks the other replicas for every node's)."""
+        return bool(self._log_rules)
+
     async def load(self, db: ReadDB) -> None:
         """Rules, open alerts and current silences from the database (at start)."""
         for row in await queries.rules(db):
@@ -543,6 +567,8 @@ class AlertEngine:
         self.bus.publish(frame)
 
     def counts(self) -> dict[str, int]:
+        if self.leaders_counts is not None:
+            return dict(self.leaders_counts)
         now = self.clock()
         firing = acknowledged = silenced = 0
         for tracked in self._by_id.values():

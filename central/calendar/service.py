@@ -106,6 +106,14 @@ class Calendar:
         if jobs:
             await self._start_jobs()
 
+    async def reload(self) -> None:
+        """Forget and load again (a replica gaining the features lead: its copy may be stale)."""
+        self.hours.clear()
+        self.hours_meta.clear()
+        self.runbooks.clear()
+        self._next.clear()
+        await self._load()
+
     async def _start_jobs(self) -> None:
         await self.scheduler.start()
         self.booking_deploys.start()

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ class Peer:
     heartbeat_at: float  # its clock at its last heartbeat (wall time: last_seen of its nodes)
     logs: frozenset[str] = frozenset()  # node ids (or "*") whose lines its stream clients want
     gone: bool = False  # silent for SILENT_S, or stopped: holds no session
+    said: dict[str, Any] | None = None  # what else its last heartbeat said (`announce`: e.g. what it leads)
 
 
 class Presence:
@@ -74,6 +76,12 @@ class Presence:
         self.outbox = Outbox(cluster.bus, self.replica, self._view)
         self._tasks: list[asyncio.Task[None]] = []
         self._learning: set[str] = set()
+        # Hooks for the feature areas (central/cluster/features.py): more for the heartbeat to say,
+        # more log interest than the stream clients', and what to do with lines and frames from others.
+        self.announce: list[Callable[[], dict[str, Any]]] = []
+        self.log_interest: list[Callable[[], Iterable[str]]] = []
+        self.line_observers: list[Callable[[NodeState, list[dict[str, Any]]], None]] = []
+        self.frame_observers: list[Callable[[dict[str, Any]], None]] = []
         bus.attach(self)
         cluster.bus.subscribe(EVENTS, self._on_events)
         cluster.bus.subscribe(LOGS, self._on_logs)
@@ -160,8 +168,18 @@ class Presence:
         return view
 
     def wants(self) -> list[str]:
-        """Node ids (or "*") whose lines this replica's stream clients want."""
-        return sorted(self.bus.local_interest())
+        """Node ids (or "*") whose lines this replica wants: its stream clients', and its hooks'."""
+        wanted = set(self.bus.local_interest())
+        for interest in self.log_interest:
+            wanted.update(interest())
+        return sorted(wanted)
+
+    def beat_now(self) -> None:
+        """A heartbeat at once (a stream client's log choice, or what this replica leads, changed)."""
+        beat: dict[str, Any] = {"at": time.time(), "logs": self.wants()}
+        for say in self.announce:
+            beat.update(say())
+        self.outbox.beat(beat)
 
     def remote_wants(self, node_id: str) -> bool:
         return any(not p.gone and ("*" in p.logs or node_id in p.logs) for p in self.peers.values())
@@ -169,7 +187,7 @@ class Presence:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            self.outbox.beat({"at": time.time(), "logs": self.wants()})
+            self.beat_now()
             self._find_silent()
             try:
                 await self.writer.submit(store.replica_heartbeat(self.replica, time.time()))
@@ -188,6 +206,7 @@ class Presence:
         if isinstance(beat, dict):
             peer.heartbeat_at = float(beat.get("at") or time.time())
             peer.logs = frozenset(str(x) for x in beat.get("logs") or ())
+            peer.said = beat
         for view in message.get("views") or ():
             self._apply(sender, view)
         for frame in message.get("frames") or ():
@@ -282,6 +301,8 @@ class Presence:
     def _show(self, frame: dict[str, Any]) -> None:
         """Another replica's live frame (an event, an alert, a deployment) to our stream clients."""
         self.bus.publish_local(frame)
+        for observe_frame in self.frame_observers:
+            observe_frame(frame)
         if frame.get("type") == "event":
             event = frame.get("event") or {}
             node = self.registry.get(str(event.get("node") or "")) if event.get("node") else None
@@ -323,10 +344,12 @@ class Presence:
             if fresh:
                 node.published_seq = max(line["seq"] for line in fresh)
                 self.bus.publish_logs_local(node_id, fresh)
+                for observe in self.line_observers:
+                    observe(node, fresh)
 
     def _on_gap(self) -> None:
         self.outbox.spawn(self.reload())
-        self.outbox.beat({"at": time.time(), "logs": self.wants()})
+        self.beat_now()
 
     async def reload(self) -> None:
         """Read presence again from the tables (at start, after a gap): the nodes others enrolled,
