@@ -46,6 +46,9 @@ from .stock import (
     summary,
 )
 
+# Rules whose readings are counts of log lines over LOG_WINDOW_S.
+LOG_TYPES = frozenset({"log", "log_errors"})
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (rule, subject)
@@ -163,6 +166,9 @@ class AlertEngine:
         # On a replica not leading the feature areas: the leader's counts, from its `alerts` frames
         # (this engine's own state is not kept up to date there).
         self.leaders_counts: dict[str, int] | None = None
+        # Until then log-rule counts are younger than their window (a reload started them again):
+        # they may open an alert but not end one (it would end and fire again, notified twice).
+        self.logs_full_from = 0.0
         self._rebuild()
 
     # -- loading ---------------------------------------------------------------------------------
@@ -180,6 +186,7 @@ class AlertEngine:
         self.ctx.demo_flags.clear()
         self._counts = {}
         self.leaders_counts = None
+        self.logs_full_from = self.clock() + LOG_WINDOW_S
         await self.load(db)
         self.kick()
 
@@ -416,7 +423,12 @@ class AlertEngine:
             if readings is None:
                 held.add(rule.name)
                 continue
+            warming = rule.type in LOG_TYPES and now < self.logs_full_from
+            if warming:
+                held.add(rule.name)
             for reading in readings:
+                if warming and reading[1] != FIRE:
+                    continue
                 if reading[1] == CLEAR and na is None:
                     continue  # the common case: nothing wrong, nothing open
                 if na is None:

@@ -136,6 +136,12 @@ class Features:
         await s.alerts.reload(s.read_db)
         await s.calendar.reload()
         await load_demos(s.read_db, s.catalog, s.deployments)
+        # The demo flags of the alert engine (crash loop, cannot start) from the stored statuses: an
+        # open demo alert is then still true, not ended and raised again.
+        for (node_id, _demo), row in list(s.deployments.status.items()):
+            node = s.registry.get(node_id)
+            if node is not None:
+                s.alerts.on_demo_status(node, row)
 
     async def _push_in_progress(self) -> None:
         """Nodes with a rollout row in progress get their desired set again: what they reported while
