@@ -33,7 +33,7 @@ from .db import DB_FILE
 from .dbconn import DatabaseUnavailable, Target, target
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
-from .local import LISTEN_FILE, admin_call, call_running, running_server
+from .local import admin_call, announce, call_running, running_server, withdraw
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
@@ -153,7 +153,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     ConnectionGuard.install(runner.server, limits)
     MalformedRequestLog.install()
     services = app[SERVICES]
-    ssl_ctx = services.ca.server_ssl_context(config.cert_hosts()) if config.tls else None
+    ssl_ctx = services.ca.server_ssl_context(config.cert_hosts(), config.replica) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
                        handshake_timeout=limits.head_timeout)
     await site.start()
@@ -162,7 +162,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     dial = config.host if config.host not in ("0.0.0.0", "::") else (config.public_hosts or config.cert_hosts())[0]
     services.base_url = f"{scheme}://{_url_host(dial)}:{port}"
     info = {"url": services.base_url, "pid": os.getpid(), "tls": config.tls, "version": __version__}
-    (config.data_dir / LISTEN_FILE).write_text(json.dumps(info) + "\n")
+    await asyncio.to_thread(announce, config.data_dir, config.replica, info)
     log.info("dvic-central %s listening on %s (data dir %s)", __version__, services.base_url, config.data_dir)
     token_file = config.data_dir / ADMIN_TOKEN_FILE
     print(f"dvic-central listening on {services.base_url}", flush=True)
@@ -179,8 +179,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     try:
         await stop.wait()
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            (config.data_dir / LISTEN_FILE).unlink()
+        await asyncio.to_thread(withdraw, config.data_dir, config.replica, info)
         await runner.cleanup()
 
 

@@ -22,10 +22,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 # Re-exported: central/cli.py and central/devstack.py write node bundles with it.
 from dvic_core.files import write_private as write_private
 
+from .datadir import data_dir_lock
+
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
+PUBLIC_MODE = 0o644  # certificates: not secret
 
 _CA_YEARS = 20
 _SERVER_DAYS = 825
@@ -74,16 +77,22 @@ class IssuedNode:
 
 
 class CertificateAuthority:
-    """The CA in a data dir: created on first use, loaded afterwards."""
+    """The CA in a data dir: created on first use, loaded afterwards.
+
+    Made and loaded under the data dir's lock (central/datadir.py): of several servers starting
+    at once on a new shared data dir, one makes the CA and the others load it.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.cert_path = data_dir / CA_CERT
         key_path = data_dir / CA_KEY
-        if not self.cert_path.exists():
-            self._create(key_path)
-        self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-        loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        with data_dir_lock(data_dir):
+            if not self.cert_path.exists():
+                self._create(key_path)
+            cert_data, key_data = self.cert_path.read_bytes(), key_path.read_bytes()
+        self.cert = x509.load_pem_x509_certificate(cert_data)
+        loaded = serialization.load_pem_private_key(key_data, password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{key_path}: expected an EC private key")
         self.key = loaded
@@ -113,7 +122,8 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         write_private(key_path, _key_pem(key))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        # The certificate last: its presence says the pair is complete.
+        write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=PUBLIC_MODE)
 
     @property
     def pem(self) -> str:
@@ -139,9 +149,18 @@ class CertificateAuthority:
             )
         )
 
-    def ensure_server_cert(self, hosts: list[str]) -> tuple[Path, Path]:
-        """A server certificate valid for every host we listen on; reissued when the set changes."""
-        cert_path, key_path = self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
+    def server_cert_paths(self, replica: str = "") -> tuple[Path, Path]:
+        """server.pem/server.key; server-NAME.pem/.key for a replica named with --replica, so that
+        replicas sharing a data dir, each with its own listen address, do not reissue each
+        other's certificate at every start."""
+        if not replica:
+            return self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
+        return self.data_dir / f"server-{replica}.pem", self.data_dir / f"server-{replica}.key"
+
+    def ensure_server_cert(self, hosts: list[str], replica: str = "") -> tuple[Path, Path]:
+        """A server certificate valid for every host we listen on; reissued when the set changes.
+        Call under the data dir's lock (server_ssl_context does): the pair is two files."""
+        cert_path, key_path = self.server_cert_paths(replica)
         wanted = _san_entries(hosts)
         if cert_path.exists() and key_path.exists():
             current = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -161,7 +180,7 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         write_private(key_path, _key_pem(key))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=PUBLIC_MODE)
         return cert_path, key_path
 
     def issue_node(self, node_id: str) -> IssuedNode:
@@ -174,13 +193,14 @@ class CertificateAuthority:
         )
         return IssuedNode(node_id, cert_pem(cert), _key_pem(key).decode(), cert_fingerprint(cert))
 
-    def server_ssl_context(self, hosts: list[str]) -> ssl.SSLContext:
+    def server_ssl_context(self, hosts: list[str], replica: str = "") -> ssl.SSLContext:
         """TLS for the listener: client certificates are optional on the socket (operators have
-        none) and required, per route, by the node websocket."""
-        cert_path, key_path = self.ensure_server_cert(hosts)
+        none) and required, per route, by the node websocket. The certificate is loaded once:
+        a later rewrite of the files does not change what a running server presents."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(cert_path, key_path)
+        with data_dir_lock(self.data_dir):  # another process may be writing the same pair
+            ctx.load_cert_chain(*self.ensure_server_cert(hosts, replica))
         ctx.load_verify_locations(cafile=str(self.cert_path))
         ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from dvic_core.files import write_private
 
+from .datadir import data_dir_lock
+
 RELEASE_KEY = "release.key"
 RELEASE_DIR = "daemon"
 VERSION_RE = re.compile(rb'^(?:__version__|VERSION)\s*=\s*["\']([0-9A-Za-z.+-]+)["\']', re.M)
@@ -90,9 +92,11 @@ class ReleaseStore:
         self.dir = data_dir / RELEASE_DIR
         # publish() may run in a worker thread: one writer of the key and the release at a time.
         self._lock = threading.RLock()
-        if not self.key_path.exists():
-            self._write_key(rsa.generate_private_key(public_exponent=65537, key_size=3072))
-        self.key = self._load_key()
+        # Servers sharing a data dir and starting at once: one makes the key, the others load it.
+        with data_dir_lock(data_dir):
+            if not self.key_path.exists():
+                self._write_key(rsa.generate_private_key(public_exponent=65537, key_size=3072))
+            self.key = self._load_key()
 
     def _write_key(self, key: rsa.RSAPrivateKey) -> None:
         write_private(self.key_path, key.private_bytes(
@@ -166,15 +170,17 @@ class ReleaseStore:
         return Release(path=self.dir / "dvic_node.py", **meta)
 
     def ensure_published(self, source: Path) -> Release | None:
-        """On start: publish the daemon shipped with the server when it is newer than the held one."""
+        """On start: publish the daemon shipped with the server when it is newer than the held one
+        (under the data dir's lock: servers sharing it may start at once)."""
         if not source.exists():
             return self.current()
         data = source.read_bytes()
-        current = self.current()
-        try:
-            shipped = daemon_version(data)
-        except ReleaseError:
+        with data_dir_lock(self.data_dir):
+            current = self.current()
+            try:
+                shipped = daemon_version(data)
+            except ReleaseError:
+                return current
+            if current is None or parse_version(shipped) > parse_version(current.version):
+                return self.publish(data)
             return current
-        if current is None or parse_version(shipped) > parse_version(current.version):
-            return self.publish(data)
-        return current

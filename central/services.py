@@ -32,6 +32,7 @@ from .cluster.replica import Cluster, default_replica_name, open_cluster
 from .cluster.routing import Router, ServiceHubs, wire
 from .commands import CommandHub
 from .config import Config, Retention
+from .datadir import data_dir_lock_async
 from .dbconn import ReadDB, Target, target
 from .demos import store as demo_store
 from .demos.archive import Limits as ArchiveLimits
@@ -200,14 +201,16 @@ async def close_services(services: Services) -> None:
 
 
 async def ensure_admin(services: Services) -> str | None:
-    """First start: create the `admin` operator and its token file (0600). Returns the new token."""
-    if await services.queries.operator("admin") is not None:
-        return None
-    token = new_token()
-    now = time.time()
-    await services.writer.submit(store.create_operator("admin", "admin", "active", now, approved_by="setup"))
-    await services.writer.submit(store.add_token(hash_token(token), "admin", now, label="first start"))
-    write_private(services.config.data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
+    """First start: create the `admin` operator and its token file (0600). Returns the new token.
+    Under the data dir's lock: of replicas starting at once on it, one creates them."""
+    async with data_dir_lock_async(services.config.data_dir):
+        if await services.queries.operator("admin") is not None:
+            return None
+        token = new_token()
+        now = time.time()
+        await services.writer.submit(store.create_operator("admin", "admin", "active", now, approved_by="setup"))
+        await services.writer.submit(store.add_token(hash_token(token), "admin", now, label="first start"))
+        write_private(services.config.data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
     log.warning("first start: admin token written to %s (mode 0600)", services.config.data_dir / ADMIN_TOKEN_FILE)
     return token
 

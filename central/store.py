@@ -598,6 +598,7 @@ DAY_S = 86_400
 # Days made ahead of today (and yesterday, for clocks a little behind): a line's day exists before
 # its first line comes, so the DEFAULT partition only takes the odd far-off timestamp.
 PARTITION_DAYS_AHEAD = 2
+PARTITION_LOCK = 0x64766970  # advisory lock key while making partitions ("dvip"; db.MIGRATION_LOCK is "dvic")
 _PARTITION_NAME = re.compile(r"_p(\d{8})$")
 
 
@@ -620,6 +621,9 @@ def ensure_partitions(conn: WriteConn, now: float) -> int:
     partitions made."""
     if dialect_of(conn) == "sqlite":
         return 0
+    # Replicas starting together would each create the same partitions (and deadlock on the
+    # parents' locks): one at a time, until this transaction commits; the next then finds them.
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (PARTITION_LOCK,))
     today = int(now // DAY_S) * DAY_S
     made = 0
     for table, column in PARTITIONED.items():

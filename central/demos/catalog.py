@@ -4,12 +4,17 @@ Archives live content-addressed in `DATA_DIR/releases/sha256/<hex>`; their name,
 (as JSON), size and sha256 in the database (`demo_releases`), and in memory for the deployments.
 A release is immutable: the same name and version with other bytes is refused (409); with the same
 bytes, publishing again is a no-op.
+
+An upload in progress is a file in `DATA_DIR/releases/uploads/` that the receiving process holds
+an flock on from its creation to its end; at start a server removes only the files nobody holds
+(left by a crash or a kill), not those another server sharing the data dir is receiving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..datadir import data_dir_lock
 from ..errors import Refusal
 from . import store
 from .archive import BadArchive, Limits, check_archive
@@ -61,6 +67,7 @@ class Release:
 class Catalog:
     def __init__(self, data_dir: Path, submit: Submit, limits: Limits, max_release_bytes: int = DEFAULT_MAX_RELEASE_BYTES,
                  keep_unreferenced: int = DEFAULT_KEEP_UNREFERENCED) -> None:
+        self.data_dir = data_dir
         self.dir = data_dir / RELEASES_DIR
         self.uploads = data_dir / UPLOADS_DIR
         for d in (self.dir, self.uploads):
@@ -70,9 +77,15 @@ class Catalog:
         self.max_release_bytes = max_release_bytes
         self.keep_unreferenced = keep_unreferenced
         self.by_name: dict[str, dict[str, Release]] = {}
-        # uploads cut short by a previous process (a crash, a kill) leave nothing behind
-        for stale in self.uploads.iterdir():
-            stale.unlink(missing_ok=True)
+        self._remove_stale_uploads()
+
+    def _remove_stale_uploads(self) -> None:
+        """Uploads cut short by a process that ended (a crash, a kill) leave nothing behind; those
+        another server sharing the data dir is receiving stay (it holds their lock)."""
+        with data_dir_lock(self.data_dir):  # no upload is created and not yet locked meanwhile
+            for path in self.uploads.iterdir():
+                if not _held(path):
+                    path.unlink(missing_ok=True)
 
     def load(self, rows: list[dict[str, Any]]) -> None:
         """The releases stored (at start; again, from scratch, on gaining the features lead)."""
@@ -104,8 +117,9 @@ class Catalog:
         if content_length is not None and content_length > self.max_release_bytes:
             raise self._too_large()
         tmp = self.uploads / f"{uuid.uuid4().hex}.part"
+        out = await asyncio.to_thread(self._new_upload, tmp)
         try:
-            sha256, size = await self._receive(body, tmp)
+            sha256, size = await self._receive(body, out)
             contents = await asyncio.to_thread(self._check, tmp, name, version)
             manifest = contents[0]
             release = Release(manifest["name"], manifest["version"], sha256, size, manifest, contents[1],
@@ -113,29 +127,36 @@ class Catalog:
             return await self._keep(release, tmp)
         finally:
             tmp.unlink(missing_ok=True)
+            out.close()  # its lock last: the file is gone or kept by then
 
     def _too_large(self) -> PublishError:
         return PublishError(413, "too_large", f"a release is at most {self.max_release_bytes} bytes "
                                               "(dvic-central serve --max-release-bytes)")
 
-    async def _receive(self, body: AsyncIterator[bytes], tmp: Path) -> tuple[str, int]:
+    def _new_upload(self, tmp: Path) -> IO[bytes]:
+        """The upload's file, created and locked as one step for _remove_stale_uploads."""
+        with data_dir_lock(self.data_dir):
+            out = open(tmp, "xb")  # closed by publish
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX)
+        return out
+
+    async def _receive(self, body: AsyncIterator[bytes], out: IO[bytes]) -> tuple[str, int]:
         digest = hashlib.sha256()
         size = 0
         pending: list[bytes] = []
         pending_size = 0
-        out = await asyncio.to_thread(open, tmp, "xb")
-        with out:
-            async for chunk in body:
-                size += len(chunk)
-                if size > self.max_release_bytes:
-                    raise self._too_large()
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= WRITE_BATCH:
-                    await asyncio.to_thread(_absorb, out, digest, pending)
-                    pending, pending_size = [], 0
-            await asyncio.to_thread(_absorb, out, digest, pending)
-            await asyncio.to_thread(os.fsync, out.fileno())
+        async for chunk in body:
+            size += len(chunk)
+            if size > self.max_release_bytes:
+                raise self._too_large()
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= WRITE_BATCH:
+                await asyncio.to_thread(_absorb, out, digest, pending)
+                pending, pending_size = [], 0
+        await asyncio.to_thread(_absorb, out, digest, pending)
+        await asyncio.to_thread(out.flush)
+        await asyncio.to_thread(os.fsync, out.fileno())
         if size == 0:
             raise PublishError(400, "bad_archive", "the body is empty: send the release's tar.gz")
         return digest.hexdigest(), size
@@ -198,6 +219,21 @@ class Catalog:
                 self.path(sha).unlink()
         log.info("retention removed demo releases %s", ", ".join(f"{r.name} {r.version}" for r in gone))
         return gone
+
+
+def _held(path: Path) -> bool:
+    """Whether a process holds the upload's lock (is receiving it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone, or not a plain file of ours (a symlink): removed all the same
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _absorb(out: IO[bytes], digest: Any, chunks: list[bytes]) -> None:

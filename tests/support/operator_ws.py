@@ -37,12 +37,12 @@ def echo_server() -> socketserver.ThreadingTCPServer:
 def finished(server: CentralServer, command_id: str, timeout: float = 30) -> dict[str, Any]:
     """The command once `done`, with its runs and their stored output."""
 
-    def done() -> dict[str, Any] | None:
+    def done() -> dict[str, Any]:
         status, body = server.api("GET", f"/api/v1/commands/{command_id}")
         assert status == 200, body
-        return body if body["done"] else None
+        return dict(body) if body["done"] else {}
 
-    return wait_for(done, timeout, "the command to finish", interval=0.1)  # type: ignore[no-any-return]
+    return wait_for(done, timeout, "the command to finish", interval=0.1)
 
 
 def session(server: CentralServer) -> aiohttp.ClientSession:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -39,12 +40,39 @@ class Replicas:
                         for i in range(1, count + 1)]
 
     def start(self) -> list[CentralServer]:
-        try:
+        with self._stopped_on_failure():
             for server in self.servers:
                 server.start()
+        return self.servers
+
+    @contextlib.contextmanager
+    def _stopped_on_failure(self) -> Iterator[None]:
+        try:
+            yield
         except BaseException:
             self.stop()
             raise
+
+    def start_together(self) -> list[CentralServer]:
+        """Start every server at the same instant (first-start races on one data dir): each child
+        imports the server, reports at a gate (a Unix socket) and waits there; all are let
+        through at once when all have reported."""
+        with tempfile.TemporaryDirectory(prefix="dvic-gate-") as gate_dir, socket.socket(socket.AF_UNIX) as gate:
+            gate_path = Path(gate_dir) / "gate"
+            gate.bind(str(gate_path))
+            gate.listen(len(self.servers))
+            gate.settimeout(120)
+            with self._stopped_on_failure():
+                for server in self.servers:
+                    server.command = _gated(server.command, gate_path)  # type: ignore[method-assign]
+                    server.launch()
+                    del server.command  # a restart goes straight in
+                waiting = [gate.accept()[0] for _ in self.servers]
+                for conn in waiting:
+                    conn.sendall(b"go")
+                    conn.close()
+                for server in self.servers:
+                    server.wait_listening()
         return self.servers
 
     def stop(self) -> None:
@@ -56,6 +84,24 @@ class Replicas:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+# A child at the gate: the server's module imported (the slow part of starting), then wait for the
+# go, then run its `main` with the server's arguments.
+_GATED = ("import importlib, socket, sys\n"
+          "gate, module = sys.argv[1:3]\n"
+          "main = importlib.import_module(module).main\n"
+          "s = socket.socket(socket.AF_UNIX); s.connect(gate); s.recv(1); s.close()\n"
+          "sys.exit(main(sys.argv[3:]))\n")
+
+
+def _gated(command: Callable[[], list[str]], gate: Path) -> Callable[[], list[str]]:
+    """`command` (python -m MODULE ARGS...) run through _GATED."""
+    def gated() -> list[str]:
+        python, dash_m, module, *args = command()
+        assert dash_m == "-m", command()
+        return [python, "-c", _GATED, str(gate), module, *args]
+    return gated
 
 
 def toward_fields(server: CentralServer) -> dict[str, object]:

@@ -99,14 +99,31 @@ class CentralServer(ManagedProcess):
         return [sys.executable, "-m", self.module, "--data-dir", str(self.data_dir), "serve",
                 "--listen", f"{host}:{port}", *database, *timings, *self.extra_args]
 
+    @property
+    def listen_file(self) -> Path:
+        """Where this server says where it listens: listen.json, or listen-NAME.json for a
+        replica named with --replica (listen.json then names the replica that started last)."""
+        args = list(self.extra_args)
+        replica = args[args.index("--replica") + 1] if "--replica" in args else ""
+        return self.data_dir / (f"listen-{replica}.json" if replica else "listen.json")
+
     def start(self, timeout: float = 60.0) -> CentralServer:
+        self.launch()
+        return self.wait_listening(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to listen (wait_listening): several servers
+        can start at once."""
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ServerError(f"data dir {self.data_dir} exists and is not a directory")
-        listen_file = self.data_dir / "listen.json"
-        listen_file.unlink(missing_ok=True)
+        self.listen_file.unlink(missing_ok=True)
         env = {**os.environ, **self.env,
                "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = self.spawn(self.command(), env=env, cwd=REPO)
+        self.spawn(self.command(), env=env, cwd=REPO)
+
+    def wait_listening(self, timeout: float = 60.0) -> CentralServer:
+        proc, listen_file = self.proc, self.listen_file
+        assert proc is not None, "launch() first"
 
         def listening() -> bool:
             if proc.poll() is not None:
