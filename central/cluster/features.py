@@ -212,14 +212,16 @@ class Features:
                      self.replica, kind, node_id, message.get("from"))
             return
         self.received[str(kind)] = self.received.get(str(kind), 0) + 1
-        self._lanes.put(node_id, lambda: self._take(str(kind), node_id, msg))  # in order, per node
+        holder = str(message.get("from") or "")
+        self._lanes.put(node_id, lambda: self._take(str(kind), node_id, msg, holder))  # in order, per node
 
-    async def _take(self, kind: str, node_id: str, msg: dict[str, Any]) -> None:
+    async def _take(self, kind: str, node_id: str, msg: dict[str, Any], holder: str) -> None:
         node = self.services.registry.get(node_id)
         if node is None or not self.leading:
             return
         try:
             if kind == "hello":
+                self._seen_connected(node, holder)
                 await self.hello(node)
             elif kind == "demo_install":
                 await self.demo_install(node, msg)
@@ -230,6 +232,12 @@ class Features:
         except Exception:  # one bad message must not stop the node's lane
             log.exception("replica %s: %s of node %s failed", self.replica, kind, node_id)
 
+    def _seen_connected(self, node: NodeState, holder: str) -> None:
+        """A hello passed on may come before the holder's view of the node (sent in its next 30 ms
+        window): the holder greeted the session, so the node is connected there (the view, when it
+        comes, says the same), and its desired set goes there."""
+        if not node.connected and holder:
+            node.replica = holder
     def _log_interest(self) -> Iterable[str]:
         return ("*",) if self.leading and self.services.alerts.wants_logs() else ()
 

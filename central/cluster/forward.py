@@ -42,6 +42,8 @@ FEATURE_PREFIXES = (
     "/api/v1/demos", "/api/v1/deployments",
 )
 VIA_HEADER = "X-Dvic-Forwarded-By"
+# On a forwarded answer: the replica that answered it (the leader).
+ANSWERED_HEADER = "X-Dvic-Answered-By"
 CONNECT_TIMEOUT_S = 2.0
 # Between two reads of the leader's answer; a channel test waits for a receiver, a release upload
 # for the leader to check the archive.
@@ -51,8 +53,7 @@ REQUEST_HEADERS = ("Authorization", "Content-Type", "Content-Length", "Accept", 
                    "User-Agent")
 # Passed back: what a client of the API reads (our error header among them).
 RESPONSE_HEADERS = ("Content-Type", "Content-Disposition", "Content-Range", "Accept-Ranges", "ETag",
-                    "Last-Modified", "Cache-Control", "Location", "Retry-After", "X-Dvic-Error",
-                    "X-Dvic-Replica")
+                    "Last-Modified", "Cache-Control", "Location", "Retry-After", "X-Dvic-Error")
 CHUNK = 256 * 1024
 
 
@@ -106,12 +107,13 @@ class Forwarder:
             return leader_unavailable(f"replica {leader}, which leads the feature areas (at {url}), could not "
                                       f"be reached from replica {self.replica}: {why}; try again")
         try:  # (a leader lost while its answer streams: the caller sees the answer cut short)
-            return await self._relay(request, answer)
+            return await self._relay(request, answer, leader)
         finally:
             answer.release()
 
-    async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, answer: aiohttp.ClientResponse, leader: str) -> web.StreamResponse:
         headers = {name: answer.headers[name] for name in RESPONSE_HEADERS if name in answer.headers}
+        headers[ANSWERED_HEADER] = leader
         if answer.content_length is not None and answer.content_length <= CHUNK:
             return web.Response(status=answer.status, headers=headers, body=await answer.read())
         response = web.StreamResponse(status=answer.status, headers=headers)

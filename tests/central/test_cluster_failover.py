@@ -40,7 +40,9 @@ async def test_once_only_jobs_run_on_one_replica_and_move_when_it_dies(two_repli
     leader.kill()  # kill -9: its session ends with it, and so do its locks
     moved: dict[str, str] = await async_wait_for(lambda: _all_held(url, only=other.name), 30, "the jobs to move")
     assert set(moved.values()) == {other.name}
-    assert "runs retention" in other.log() and "runs features" in other.log()
+    # (the lock is taken a moment before the line saying so is written)
+    await async_wait_for(lambda: "runs retention" in other.log() and "runs features" in other.log(), 10,
+                         "the other to say it runs them")
 
 
 async def _all_held(url: str, only: str = "") -> dict[str, str] | None:
