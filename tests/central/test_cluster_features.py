@@ -240,14 +240,18 @@ def demo_row(server: CentralServer, node: str) -> dict[str, Any] | None:
     return next((r for r in body["status"] if r["node_name"] == node), None)
 
 
-async def test_a_deployment_through_the_other_replica_reaches_a_daemon_held_elsewhere(
+async def test_a_deployment_through_the_other_replica_reaches_daemons_held_elsewhere(
         replicas: list[CentralServer], tmp_path: Path) -> None:
     leader, other = await leader_and_other(replicas, "demos")
-    home = tmp_path / "pi-demo"
-    # The daemon is on the replica that does not lead: the leader's demos_desired goes through it,
-    # the daemon's install and status come back through it.
-    node_id, daemon = enrolled_daemon(other, home, name="pi-demo", bundle_overrides=toward_fields(other))
+    homes = [tmp_path / "pi-demo", tmp_path / "pi-late"]
+    # The daemons are on the replica that does not lead: the leader's demos_desired goes through it,
+    # the daemons' install and status reports come back through it.
+    node_id, daemon = enrolled_daemon(other, homes[0], name="pi-demo", group="hall-d",
+                                      bundle_overrides=toward_fields(other))
+    late_id, late = enrolled_daemon(other, homes[1], name="pi-late", group="hall-d",
+                                    bundle_overrides=toward_fields(other))
     known_on(leader, node_id)
+    known_on(leader, late_id)
     try:
         with daemon:
             wait_connected(other, node_id, daemon)
@@ -255,7 +259,7 @@ async def test_a_deployment_through_the_other_replica_reaches_a_daemon_held_else
             status, release = publish(other, demo_release(tmp_path, "1.0.0"))  # streamed through to the leader
             assert status == 201, release
             status, dep = other.api("POST", "/api/v1/deployments", {"demo": "sleeper", "version": "1.0.0",
-                                                                    "node": "pi-demo"})
+                                                                    "group": "hall-d"})
             assert status == 201, dep
 
             def done(server: CentralServer) -> dict[str, Any] | None:
@@ -266,12 +270,18 @@ async def test_a_deployment_through_the_other_replica_reaches_a_daemon_held_else
             final = await until(lambda: done(other), 60, "the deployment to end")
             assert final["state"] == "done", final
             assert done(leader) == final
-            for server in (leader, other):
-                row = await until(lambda s=server: (r := demo_row(s, "pi-demo")) and r["state"] in ("running", "healthy")
-                               and r, 30, f"the demo's status through {server.name}")
-                assert row["version"] == "1.0.0"
+            # A node of the group that connects later (to the other replica) gets it from its hello.
+            with late:
+                wait_connected(other, late_id, late)
+                for server in (leader, other):
+                    for name in ("pi-demo", "pi-late"):
+                        row = await until(lambda s=server, n=name: (r := demo_row(s, n))
+                                          and r["state"] in ("running", "healthy") and r,
+                                          60, f"the demo's status on {name} through {server.name}")
+                        assert row["version"] == "1.0.0"
     finally:
-        kill_demos(home / "state", TAG)
+        for home in homes:
+            kill_demos(home / "state", TAG)
 
 
 async def test_killing_the_leader_moves_the_features_which_reload_and_carry_on(
