@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
-from .forward import Forwarder
+from .fanout import EVENTS
+from .forward import LEADER_WAIT_S, Forwarder
 from .pgbus import BusError, NoReply, channel_of
 from .routing import Lanes
 
@@ -72,6 +73,7 @@ class Features:
         self.received: dict[str, int] = {}  # node inputs taken from other replicas, per kind (tests)
         self._lanes = Lanes()
         self._background: set[asyncio.Task[None]] = set()
+        self._news = asyncio.Event()  # set when who leads may have changed (wait_for_leader)
         # The HTTPS client to the leader for operators' calls (central/cluster/forward.py).
         self.forwarder = Forwarder(services.ca.cert_path, self.replica)
         if not self.shared:
@@ -79,6 +81,7 @@ class Features:
         bus, presence = services.cluster.bus, services.presence
         bus.subscribe(channel_of(self.replica), self._on_input)
         bus.subscribe(HOLDS_CHANNEL, self._on_holds)
+        bus.subscribe(EVENTS, self._on_events)  # (after Presence's handler: its peers are up to date)
         bus.on_gap(lambda: self._spawn(self._reload_holds()))
         bus.responder(RELEASE_CHECK, self._answer_release)
         presence.announce.append(self._announce)
@@ -99,6 +102,22 @@ class Features:
         newest = max(heard, key=lambda p: p.heard)
         return Leader(newest.name, str(newest.said[JOB]))  # type: ignore[index]
 
+    async def wait_for_leader(self, timeout: float) -> Leader | None:
+        """The leader, waiting up to `timeout` s for one to be known (a start, a change of leader)."""
+        deadline = time.monotonic() + timeout
+        leader = self.leader()
+        while leader is None and (left := deadline - time.monotonic()) > 0:
+            self._news.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), left)
+            leader = self.leader()
+        return leader
+
+    def _on_events(self, message: dict[str, Any]) -> None:
+        beat = message.get("beat")
+        if message.get("stopping") or (isinstance(beat, dict) and beat.get(JOB)):
+            self._news.set()
+
     def why_no_leader(self) -> str:
         gone = [p.name for p in self.services.presence.peers.values() if p.gone and p.said and p.said.get(JOB)]
         last = f" (the last leader, replica {gone[0]}, is gone)" if gone else ""
@@ -116,6 +135,7 @@ class Features:
             await self._reload()
             self.leading = True
             self.gained += 1
+            self._news.set()
             s.presence.beat_now()
             await s.notices.start()
             s.deployments.start()
@@ -254,7 +274,9 @@ class Features:
         """May `node` download this release? The leader's deployments decide (LeaderUnavailable)."""
         if self.leading:
             return self.services.deployments.allowed_release(node, sha256)
-        leader = self.leader()
+        leader = await self.wait_for_leader(LEADER_WAIT_S)
+        if self.leading:
+            return self.services.deployments.allowed_release(node, sha256)
         if leader is None:
             raise LeaderUnavailable(self.why_no_leader())
         try:

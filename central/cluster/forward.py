@@ -45,6 +45,9 @@ VIA_HEADER = "X-Dvic-Forwarded-By"
 # On a forwarded answer: the replica that answered it (the leader).
 ANSWERED_HEADER = "X-Dvic-Answered-By"
 CONNECT_TIMEOUT_S = 2.0
+# How long a call waits for a leader to be known before it is refused (a start, a change of leader
+# after a replica died: 2-4 s in the tests).
+LEADER_WAIT_S = 5.0
 # Between two reads of the leader's answer; a channel test waits for a receiver, a release upload
 # for the leader to check the archive.
 READ_TIMEOUT_S = 60.0
@@ -142,7 +145,9 @@ def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.A
             return leader_unavailable(f"replica {features.replica} was asked by replica "
                                       f"{request.headers[VIA_HEADER]} as the features leader, but does not "
                                       "lead them (the lead is moving): try again")
-        leader = features.leader()
+        leader = await features.wait_for_leader(LEADER_WAIT_S)
+        if features.leading:  # (it became the leader meanwhile)
+            return await handler(request)
         if leader is None or not leader.url:
             return leader_unavailable(features.why_no_leader())
         return await features.forwarder.forward(request, leader.replica, leader.url)
