@@ -126,14 +126,19 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         _add_results(report, results, acked_by_node, subscriber, url,
                      (killed_at_wall, killed_at_wall + args.duration - args.kill_after))
     finally:
-        for w in workers:
-            w.kill()
-        if subscriber is not None:
-            await subscriber.stop()
-        for server in servers:
-            server.stop()
+        await _stop_all(workers, subscriber, servers)
         cluster.stop()
     return report
+
+
+async def _stop_all(workers: list[Worker], subscriber: LatencySubscriber | None, servers: list[CentralServer]) -> None:
+    """What a run started, in the reverse order: the load, the stream, the replicas."""
+    for w in workers:
+        w.kill()
+    if subscriber is not None:
+        await subscriber.stop()
+    for server in servers:
+        server.stop()
 
 
 def _add_results(report: Report, results: list[dict[str, Any]], acked_by_node: dict[str, int],
@@ -172,7 +177,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-after", type=positive_float, default=30.0, help="kill -9 the first replica after (30 s)")
     add_procs(p, 3)
     add_common_args(p)
-    args = p.parse_args(argv)
+    return _checked(p, p.parse_args(argv))
+
+
+def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.replicas < 2:
         p.error("--replicas: at least 2 (one is killed)")
     if args.kill_after >= args.duration:

@@ -8,6 +8,7 @@ when it says hello with the target daemon version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from dvic_core.constants import ACTION_FINAL
 
 from . import store
-from .cluster.routing import LOCAL, Route
+from .cluster.routing import LOCAL, Route, unreachable
 from .registry import NodeState, Registry
 from .release import Release
 from .writer import Writer
@@ -26,6 +27,8 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = {"reboot": 600.0, "update": 300.0}
+# How often a reboot or an update of a node on another replica looks for the node's new session.
+RETURN_CHECK_S = 1.0
 
 
 @dataclass(eq=False)
@@ -62,6 +65,11 @@ class ActionHub:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         # To the node's own session, or through the replica holding it (central/cluster/routing.py).
         self.route: Route = LOCAL
+        # Reboots and updates asked of a node on another replica: its session's epoch when asked.
+        # Its next hello goes to whichever replica it reaches; shared presence brings the new
+        # session (and its facts) here, and that is what completes them (`_watch_returns`).
+        self._away: dict[str, int] = {}
+        self._returns: asyncio.Task[None] | None = None
 
     async def finished(self, action: Action) -> Action:
         """Wait for the action's final state (its deadline ends it as lost at the latest)."""
@@ -88,6 +96,7 @@ class ActionHub:
         if state in ACTION_FINAL:
             self.pending.pop(action.id, None)
             self.route.forget(action.id)
+            self._away.pop(action.id, None)
             timer = self._timers.pop(action.id, None)
             if timer is not None:
                 timer.cancel()
@@ -107,7 +116,7 @@ class ActionHub:
         await self._save(action, insert=True, urgent=True)  # the operator's request waits on it
         self.pending[action.id] = action
         if not self.route.reachable(node):
-            await self._set(action, "failed", f"node {node.name} is {node.state}")
+            await self._set(action, "failed", unreachable(node))
             return action
         if kind == "update":
             assert release is not None
@@ -123,7 +132,31 @@ class ActionHub:
             return action
         loop = asyncio.get_running_loop()
         self._timers[action.id] = loop.call_later(deadline_s, lambda: asyncio.ensure_future(self._expire(action)))
+        if kind in ("reboot", "update") and node.send is None:
+            self._away[action.id] = node.epoch
+            if self._returns is None or self._returns.done():
+                self._returns = loop.create_task(self._watch_returns(), name="dvic-actions-returns")
         return action
+
+    async def _watch_returns(self) -> None:
+        """A node of another replica with a newer session than when asked said hello somewhere:
+        the same check as a hello here (on_hello)."""
+        while self._away:
+            await asyncio.sleep(RETURN_CHECK_S)
+            for action_id, epoch in list(self._away.items()):
+                action = self.pending.get(action_id)
+                node = self.registry.get(action.node_id) if action is not None else None
+                if action is None or node is None:
+                    self._away.pop(action_id, None)
+                elif node.epoch > epoch and node.connected:
+                    self._away[action_id] = node.epoch
+                    await self.on_hello(node)
+
+    async def close(self) -> None:
+        if self._returns is not None:
+            self._returns.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._returns
 
     async def _expire(self, action: Action) -> None:
         if action.state not in ACTION_FINAL:

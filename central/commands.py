@@ -18,7 +18,7 @@ from typing import Any
 from dvic_core.constants import RUN_FINAL
 
 from . import store
-from .cluster.routing import LOCAL, Route
+from .cluster.routing import LOCAL, Route, unreachable
 from .registry import NodeState
 from .writer import Writer
 
@@ -111,7 +111,7 @@ class CommandHub:
             self.runs[run.id] = run
             node = by_id[run.node_id]
             if not self.route.reachable(node):
-                await self._finish(run, "offline", message=f"node {node.name} is {node.state}")
+                await self._finish(run, "offline", message=unreachable(node))
             elif self.running_on(node.id) > MAX_RUNNING_PER_NODE:
                 await self._finish(run, "refused", message=f"node {node.name} already runs "
                                                             f"{MAX_RUNNING_PER_NODE} commands")

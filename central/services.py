@@ -138,7 +138,8 @@ async def open_services(config: Config) -> Services:
                         actions, release, alerts, notices, catalog, deployments, calendar, cluster, presence)
     # The daemon shipped beside this server becomes the release nodes update to (when newer).
     services.release.ensure_published(SHIPPED_DAEMON)
-    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions))
+    services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions),
+                           presence.peers)
     deployments.deliver = services.router.deliver  # demos_desired to a node wherever its session is
     services.features = Features(services)
     await ensure_admin(services)

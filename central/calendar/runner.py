@@ -22,6 +22,7 @@ from dvic_core.constants import ACTION_FINAL
 from ..actions import ActionHub
 from ..commands import CommandHub
 from ..registry import NodeState, Registry
+from ..tasks import Background
 from ..writer import Writer
 from . import store
 from .holds import Holds
@@ -58,17 +59,13 @@ class Runner:
         self.holds = holds
         self.deployments = deployments
         self.catch_up_poll_s = catch_up_poll_s
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.firings = Background("a calendar firing")
 
     def start(self, firing: Firing) -> None:
-        task = asyncio.create_task(self.run(firing), name=f"dvic-firing-{firing.id}")
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.firings.spawn(self.run(firing), name=f"dvic-firing-{firing.id}")
 
     async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.firings.close()
 
     async def run(self, firing: Firing) -> None:
         try:

@@ -28,12 +28,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
+from ..tasks import Background
 from .fanout import EVENTS
 from .forward import LEADER_WAIT_S, Forwarder
 from .pgbus import BusError, NoReply, channel_of
@@ -72,7 +73,7 @@ class Features:
         self.gained = 0  # times this replica took the lead (tests)
         self.received: dict[str, int] = {}  # node inputs taken from other replicas, per kind (tests)
         self._lanes = Lanes()
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = Background("the feature areas' background work")
         self._news = asyncio.Event()  # set when who leads may have changed (wait_for_leader)
         # The HTTPS client to the leader for operators' calls (central/cluster/forward.py).
         self.forwarder = Forwarder(services.ca.cert_path, self.replica)
@@ -314,14 +315,10 @@ class Features:
             log.exception("replica %s: could not read the booking holds", self.replica)
 
     # -- life ------------------------------------------------------------------------------------
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._background.spawn(work)
 
     async def close(self) -> None:
         await self.forwarder.close()
         await self._lanes.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._background.close()

@@ -10,12 +10,12 @@ On SQLite there is no other replica: nothing is sent.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from ..queries import Queries
 from ..registry import Registry
+from ..tasks import Background
 from .pgbus import BusError
 from .replica import Cluster
 
@@ -29,7 +29,7 @@ class NodeRecords:
         self.cluster = cluster
         self.registry = registry
         self.queries = queries
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background("a node record from another replica")
         self.applied = 0  # records applied from other replicas (tests)
 
     def start(self) -> None:
@@ -37,13 +37,17 @@ class NodeRecords:
         if not self.cluster.shared:
             return
         self.cluster.bus.subscribe(CHANNEL, self._heard)
-        self.cluster.bus.on_gap(lambda: self._spawn(self._reload_all()))
-        self.registry.record_observers.append(lambda node_id: self._spawn(self._tell(node_id)))
+        self.cluster.bus.on_gap(self._gap)
+        self.registry.record_observers.append(self._changed_here)
+
+    def _gap(self) -> None:
+        self._background.spawn(self._reload_all())
+
+    def _changed_here(self, node_id: str) -> None:
+        self._background.spawn(self._tell(node_id))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.close()
 
     async def _tell(self, node_id: str) -> None:
         try:
@@ -53,7 +57,7 @@ class NodeRecords:
 
     def _heard(self, message: dict[str, Any]) -> None:
         if message.get("replica") != self.cluster.replica and isinstance(message.get("node"), str):
-            self._spawn(self._apply(message["node"]))
+            self._background.spawn(self._apply(message["node"]))
 
     async def _apply(self, node_id: str) -> None:
         row = await self.queries.node(node_id)
@@ -64,13 +68,3 @@ class NodeRecords:
     async def _reload_all(self) -> None:
         for row in await self.queries.nodes():
             self.registry.refresh(row)
-
-    def _spawn(self, work: Any) -> None:
-        task = asyncio.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("node record from another replica not applied", exc_info=task.exception())

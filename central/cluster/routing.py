@@ -29,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 ACK_TIMEOUT_S = 2.0
 PING_S = 1.5
+LOOK_S = 0.5  # how often the replicas relayed with are looked up in shared presence (gone?)
 PING_TIMEOUT_S = 2.0
 MISSES_BEFORE_GONE = 2  # one slow answer on a busy machine must not end every shell
 PING = "routing_ping"
@@ -68,6 +70,14 @@ class Route(Protocol):
     def forget(self, rid: str) -> None: ...
 
 
+def unreachable(node: NodeState) -> str:
+    """Why nothing can be sent to `node`: its state, or, when it still shows online (its replica
+    stopped and it has not reconnected yet, or only its keep-alives come), that it has no session."""
+    if node.state in ("new", "offline"):
+        return f"node {node.name} is {node.state}"
+    return f"node {node.name} is {node.state} but has no connection to any server right now: try again shortly"
+
+
 class LocalRoute:
     """Every node on this server (SQLite, or a hub made on its own in a test)."""
 
@@ -76,7 +86,7 @@ class LocalRoute:
 
     async def open(self, node: NodeState, rid: str, hub: str, msg: dict[str, Any]) -> str | None:
         if node.send is None:
-            return f"node {node.name} is {node.state}"
+            return unreachable(node)
         return None if await node.send(msg) else "node connection closed while sending"
 
     async def send(self, node: NodeState, rid: str, msg: dict[str, Any]) -> bool:
@@ -95,6 +105,7 @@ class Hubs(Protocol):
     def holds(self, hub: str, rid: str) -> bool: ...
     async def deliver(self, hub: str, node: NodeState, msg: dict[str, Any]) -> None: ...
     async def ended(self, hub: str, rid: str, why: str) -> None: ...
+    async def close(self) -> None: ...
 
 
 class Bus(Protocol):
@@ -176,8 +187,13 @@ class Router:
     """See the module's docstring. One per server: `bus` is the cluster's (LocalBus carries
     nothing: every node is then local and this is LocalRoute with bookkeeping that stays empty)."""
 
-    def __init__(self, bus: Bus, nodes: Callable[[str], NodeState | None], hubs: Hubs) -> None:
+    def __init__(self, bus: Bus, nodes: Callable[[str], NodeState | None], hubs: Hubs,
+                 peers: Mapping[str, Any] | None = None) -> None:
         self.bus = bus
+        # Shared presence's view of the other replicas (central/cluster/presence.py `Peer.gone`:
+        # silent for 3 s, or said it stops): a relay through one that is gone ends without waiting
+        # for two unanswered pings.
+        self.presence_peers: Mapping[str, Any] = peers if peers is not None else {}
         self.replica = bus.replica
         self.nodes = nodes
         self.hubs = hubs
@@ -451,8 +467,15 @@ class Router:
         return {r.peer for r in self.remote.values()} | {r.peer for r in self.relayed.values()}
 
     async def _watching(self) -> None:
+        last_ping = time.monotonic()
         while self.remote or self.relayed:
-            await asyncio.sleep(PING_S)
+            await asyncio.sleep(LOOK_S)
+            for peer in self.peers():
+                if getattr(self.presence_peers.get(peer), "gone", False):
+                    self._peer_gone(peer, True)
+            if time.monotonic() - last_ping < PING_S:
+                continue
+            last_ping = time.monotonic()
             self._drop_finished()
             peers = self.peers()
             for gone in set(self._misses) - peers:  # misses count in a row, while relaying
@@ -530,6 +553,7 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await self._lanes.close()
+        await self.hubs.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -574,12 +598,16 @@ class ServiceHubs:
             if tunnel is not None:
                 await self.tunnels.end(tunnel, why, tell_node=False)
         # An action goes on: a reboot or an update ends its session by design; its deadline or the
-        # node's hello decides.
+        # node's next session decides (ActionHub._watch_returns).
+
+    async def close(self) -> None:
+        await self.actions.close()
 
 
-def wire(bus: Bus, nodes: Callable[[str], NodeState | None], hubs: ServiceHubs) -> Router:
-    """The server's router, set as the hubs' route."""
-    router = Router(bus, nodes, hubs)
+def wire(bus: Bus, nodes: Callable[[str], NodeState | None], hubs: ServiceHubs,
+         peers: Mapping[str, Any] | None = None) -> Router:
+    """The server's router, set as the hubs' route; `peers`: shared presence's other replicas."""
+    router = Router(bus, nodes, hubs, peers)
     for hub in (hubs.commands, hubs.shells, hubs.tunnels, hubs.actions):
         hub.route = router
     return router

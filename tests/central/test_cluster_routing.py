@@ -39,6 +39,9 @@ class Taken:
         self.open.discard(rid)
         self.ends[rid] = why
 
+    async def close(self) -> None:
+        pass
+
 
 @dataclass
 class Replica:
@@ -69,11 +72,11 @@ async def make(pg_cluster: Cluster) -> AsyncIterator[Any]:
     url = pg_cluster.create_database()
     made: list[Replica] = []
 
-    async def replica(name: str, node_on: str = "") -> Replica:
+    async def replica(name: str, node_on: str = "", peers: dict[str, Any] | None = None) -> Replica:
         bus = PgBus(url, name, reconnect_s=0.1)
         hubs = Taken()
         nodes = {"n1": _node(node_on)}
-        rep = Replica(bus, Router(bus, nodes.get, hubs), hubs, nodes)
+        rep = Replica(bus, Router(bus, nodes.get, hubs, peers), hubs, nodes)
         await bus.start()
         made.append(rep)
         return rep
@@ -135,8 +138,10 @@ async def test_an_owner_replica_that_is_gone_is_an_error_not_a_hang(make: Any) -
 async def test_a_node_offline_everywhere_is_not_reachable(make: Any) -> None:
     r2 = await make("r2")
     node = r2.nodes["n1"]
-    node.liveness = "offline"
     assert not r2.router.reachable(node)
+    assert await r2.router.open(node, "c1", "commands", {"type": "exec", "id": "c1"}) == (
+        "node pc-1 is online but has no connection to any server right now: try again shortly")  # its replica died
+    node.liveness = "offline"
     assert await r2.router.open(node, "c1", "commands", {"type": "exec", "id": "c1"}) == "node pc-1 is offline"
 
 
@@ -149,6 +154,23 @@ async def test_the_relaying_replica_stopping_ends_the_session_with_a_clear_messa
     await r1.bus.close()  # as a killed process: no goodbye
     await async_wait_for(lambda: "s1" in r2.hubs.ends, 15, "the session ended on the requester")
     assert r2.hubs.ends["s1"] == "the replica relaying this session (r1) stopped"
+
+
+async def test_a_replica_shared_presence_counts_gone_ends_its_relays_without_waiting_for_pings(make: Any) -> None:
+    @dataclass
+    class Peer:  # as central/cluster/presence.py keeps another replica
+        gone: bool = False
+
+    presence = {"r1": Peer()}
+    r1, r2 = await make("r1"), await make("r2", node_on="r1", peers=presence)
+    r1.hold("n1")
+    r2.hubs.open.add("s1")
+    assert await r2.router.open(r2.nodes["n1"], "s1", "shells", {"type": "shell_open", "id": "s1"}) is None
+    presence["r1"].gone = True  # r1 still answers pings: only presence says it is gone
+    started = time.monotonic()
+    await async_wait_for(lambda: "s1" in r2.hubs.ends, 5, "the session ended")
+    assert r2.hubs.ends["s1"] == "the replica relaying this session (r1) stopped"
+    assert time.monotonic() - started < 1.5
 
 
 async def test_the_requesting_replica_stopping_closes_the_shell_on_the_node(make: Any) -> None:
