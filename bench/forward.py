@@ -96,19 +96,25 @@ async def measure(servers: dict[str, CentralServer], args: argparse.Namespace) -
                 data = release_bytes(args.upload_mib, f"1.{round_no}.{len(samples[side]['upload'])}-{side[:1]}")
                 took, _ = await timed(http, "POST", server.url + "/api/v1/demos/releases", token, data=data)
                 samples[side]["upload"].append(took)
-            print(f"round {round_no + 1}/{args.rounds} done, load {os.getloadavg()[0]:.1f}", flush=True)
+            print(f"round {round_no + 1}/{args.rounds} done, load {loads()}", flush=True)
     return samples
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python3 -m bench.forward", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=positive_int, default=5, help="alternating rounds (leader, then the other)")
     p.add_argument("--calls", type=positive_int, default=100, help="reads (and as many writes) per side per round")
     p.add_argument("--upload-mib", type=positive_int, default=16, help="size of the release uploaded per round")
     add_common_args(p)
-    args = p.parse_args(argv)
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load before: {load_before}")
+    return p
+
+
+def loads() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run(args: argparse.Namespace) -> tuple[dict[str, CentralServer], dict[str, dict[str, list[float]]]]:
+    """Two replicas: the samples of the leader called directly and of the other one forwarding."""
     with work_dir(args.work_dir, args.keep, "forward") as work:
         url = shared_cluster().fresh_database()
         with Replicas(work / "data", url, count=2, extra_args=("--max-release-bytes", str(1 << 30))) as (r1, r2):
@@ -117,24 +123,34 @@ def main(argv: list[str] | None = None) -> int:
             wait_for(lambda: other.api("GET", "/api/v1/rules")[0] == 200, 30, "the other replica to forward",
                      interval=0.1)
             sides = {f"direct ({leader.name})": leader, f"forwarded ({other.name} to {leader.name})": other}
-            samples = asyncio.run(measure(sides, args))
-    figures: dict[str, dict[str, dict[str, float]]] = {}
-    for side, got in samples.items():
-        figures[side] = {what: percentiles(values) for what, values in got.items()}
-        print(f"{side}: GET /api/v1/rules:           {fmt(figures[side]['read'])}")
-        print(f"{side}: POST/DELETE a silence:       {fmt(figures[side]['write'])}")
-        mib_s = [args.upload_mib / s for s in got["upload"]]
-        print(f"{side}: {args.upload_mib} MiB release upload: {fmt(figures[side]['upload'])}, "
-              f"{min(mib_s):.0f}-{max(mib_s):.0f} MiB/s")
+            return sides, asyncio.run(measure(sides, args))
+
+
+def report(sides: dict[str, CentralServer], samples: dict[str, dict[str, list[float]]],
+           upload_mib: int) -> dict[str, dict[str, dict[str, float]]]:
+    figures = {side: {what: percentiles(values) for what, values in got.items()} for side, got in samples.items()}
     for side, server in sides.items():
-        print(f"{side}: answered by {sorted(ANSWERED.get(server.url, set()))} ('': the replica called)")
+        rates = [upload_mib / s for s in samples[side]["upload"]]
+        print(f"{side}: GET /api/v1/rules:           {fmt(figures[side]['read'])}\n"
+              f"{side}: POST/DELETE a silence:       {fmt(figures[side]['write'])}\n"
+              f"{side}: {upload_mib} MiB release upload: {fmt(figures[side]['upload'])}, "
+              f"{min(rates):.0f}-{max(rates):.0f} MiB/s\n"
+              f"{side}: answered by {sorted(ANSWERED.get(server.url, set()))} ('': the replica called)")
     direct, forwarded = (figures[s] for s in sides)
     for what in ("read", "write", "upload"):
         print(f"added by forwarding, {what}: p50 {forwarded[what]['p50'] - direct[what]['p50']:+.1f} ms, "
               f"p99 {forwarded[what]['p99'] - direct[what]['p99']:+.1f} ms")
-    print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    load_before = loads()
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, load before: {load_before}")
+    figures = report(*run(args), args.upload_mib)
     if args.json:
         Path(args.json).write_text(json.dumps({"load_before": load_before, "figures": figures}, indent=2))
+    print(f"load after: {loads()}")
     return 0
 
 
