@@ -46,7 +46,7 @@ VIA_HEADER = "X-Dvic-Forwarded-By"
 ANSWERED_HEADER = "X-Dvic-Answered-By"
 CONNECT_TIMEOUT_S = 2.0
 # How long a call waits for a leader to be known before it is refused (a start, a change of leader
-# after a replica died: 2-4 s in the tests).
+# after a replica was killed: 1.7-1.9 s on this machine, docs/operations.md).
 LEADER_WAIT_S = 5.0
 # Between two reads of the leader's answer; a channel test waits for a receiver, a release upload
 # for the leader to check the archive.
