@@ -156,8 +156,7 @@ def leader_passes(server: CentralServer) -> float:
     raise AssertionError("no dvic_server_alert_passes_total in /metrics")
 
 
-async def test_no_leader_is_a_clear_503_and_calls_go_through_once_one_leads(replicas: list[CentralServer],
-                                                                            pg_cluster: Cluster) -> None:
+async def test_no_leader_is_a_clear_503_and_calls_go_through_once_one_leads(replicas: list[CentralServer]) -> None:
     r1, r2 = replicas
     await leader_and_other(replicas)
     conn = await asyncpg.connect(r1.database or "")
@@ -258,6 +257,11 @@ async def test_a_deployment_through_the_other_replica_reaches_daemons_held_elsew
             await until(lambda: leader.node(node_id)["connected"], 20, "the leader to see the node connected")
             status, release = publish(other, demo_release(tmp_path, "1.0.0"))  # streamed through to the leader
             assert status == 201, release
+            # (without a Content-Length too: passed on chunked as it comes)
+            status, chunked = publish(other, demo_release(tmp_path, "1.0.1"), chunked=True)
+            assert status == 201 and chunked["version"] == "1.0.1", chunked
+            assert [r["version"] for r in leader.api("GET", "/api/v1/demos/sleeper/releases")[1]["releases"]] == [
+                "1.0.0", "1.0.1"]
             status, dep = other.api("POST", "/api/v1/deployments", {"demo": "sleeper", "version": "1.0.0",
                                                                     "group": "hall-d"})
             assert status == 201, dep
