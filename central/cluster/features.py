@@ -92,26 +92,27 @@ class Features:
         services.calendar.holds.changed = self._holds_changed
 
     # -- who leads -------------------------------------------------------------------------------
-    def leader(self) -> Leader | None:
-        """The replica leading now as this one knows it (itself, or the last to announce it)."""
+    def leader(self, other_than: str = "") -> Leader | None:
+        """The replica leading now as this one knows it (itself, or the last to announce it), not
+        `other_than` (one found unreachable)."""
         if self.leading:
             return Leader(self.replica, self.services.base_url)
-        heard = [p for p in self.services.presence.peers.values()
-                 if not p.gone and p.said and isinstance(p.said.get(JOB), str) and p.said[JOB]]
+        heard = [p for p in self.services.presence.peers.values() if not p.gone and p.name != other_than
+                 and p.said and isinstance(p.said.get(JOB), str) and p.said[JOB]]
         if not heard:
             return None
         newest = max(heard, key=lambda p: p.heard)
         return Leader(newest.name, str(newest.said[JOB]))  # type: ignore[index]
 
-    async def wait_for_leader(self, timeout: float) -> Leader | None:
+    async def wait_for_leader(self, timeout: float, other_than: str = "") -> Leader | None:
         """The leader, waiting up to `timeout` s for one to be known (a start, a change of leader)."""
         deadline = time.monotonic() + timeout
-        leader = self.leader()
+        leader = self.leader(other_than)
         while leader is None and (left := deadline - time.monotonic()) > 0:
             self._news.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._news.wait(), left)
-            leader = self.leader()
+            leader = self.leader(other_than)
         return leader
 
     def _on_events(self, message: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ REQUEST_HEADERS = ("Authorization", "Content-Type", "Content-Length", "Accept", 
 RESPONSE_HEADERS = ("Content-Type", "Content-Disposition", "Content-Range", "Accept-Ranges", "ETag",
                     "Last-Modified", "Cache-Control", "Location", "Retry-After", "X-Dvic-Error")
 CHUNK = 256 * 1024
+SAFE_METHODS = ("GET", "HEAD")
 
 
 def feature_route(spec: RouteSpec) -> bool:
@@ -65,6 +66,10 @@ def feature_route(spec: RouteSpec) -> bool:
     if spec.role in (NODE, PUBLIC):
         return False
     return any(spec.path == p or spec.path.startswith(p + "/") for p in FEATURE_PREFIXES)
+
+
+class Unreachable(Exception):
+    """The leader could not be reached: no answer of it began."""
 
 
 def leader_unavailable(message: str) -> web.Response:
@@ -95,6 +100,7 @@ class Forwarder:
             await self._session.close()
 
     async def forward(self, request: web.Request, leader: str, url: str) -> web.StreamResponse:
+        """The leader's answer; Unreachable when no answer began (nothing of it was relayed)."""
         headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
         headers[VIA_HEADER] = self.replica
         body: Any = request.content if request.body_exists else None
@@ -107,8 +113,8 @@ class Forwarder:
             log.warning("replica %s: %s %s not forwarded to replica %s (%s): %s", self.replica, request.method,
                         request.path, leader, url, exc or type(exc).__name__)
             why = str(exc) or type(exc).__name__
-            return leader_unavailable(f"replica {leader}, which leads the feature areas (at {url}), could not "
-                                      f"be reached from replica {self.replica}: {why}; try again")
+            raise Unreachable(f"replica {leader}, which leads the feature areas (at {url}), could not be reached "
+                              f"from replica {self.replica}: {why}; try again") from None
         try:  # (a leader lost while its answer streams: the caller sees the answer cut short)
             return await self._relay(request, answer, leader)
         finally:
@@ -145,16 +151,20 @@ def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.A
             return leader_unavailable(f"replica {features.replica} was asked by replica "
                                       f"{request.headers[VIA_HEADER]} as the features leader, but does not "
                                       "lead them (the lead is moving): try again")
-        leader = await features.wait_for_leader(LEADER_WAIT_S)
-        if features.leading:  # (it became the leader meanwhile)
-            return await handler(request)
-        if leader is None or not leader.url:
-            return leader_unavailable(features.why_no_leader())
-        return await features.forwarder.forward(request, leader.replica, leader.url)
+        tried = ""
+        while True:
+            leader = await features.wait_for_leader(LEADER_WAIT_S, other_than=tried)
+            if features.leading:  # (it became the leader meanwhile)
+                return await handler(request)
+            if leader is None or not leader.url:
+                return leader_unavailable(features.why_no_leader())
+            try:
+                return await features.forwarder.forward(request, leader.replica, leader.url)
+            except Unreachable as exc:
+                # The leader may have died a moment ago (the others hear it within 3 s, another leads
+                # 2 s later): a read waits for the next one; a change is not sent twice.
+                if tried or request.method not in SAFE_METHODS:
+                    return leader_unavailable(str(exc))
+                tried = leader.replica
 
     return middleware
-
-
-def routes_forwarded(specs: Iterable[RouteSpec]) -> list[str]:
-    """`METHOD path` of every route forwarded (docs, tests)."""
-    return sorted(f"{s.method} {s.path}" for s in specs if feature_route(s))

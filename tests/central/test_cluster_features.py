@@ -298,6 +298,9 @@ async def test_killing_the_leader_moves_the_features_which_reload_and_carry_on(
     async with logging_node(toward(first, other), "BOOM"):
         await until(lambda: firing_notices(receiver, "boom"), 30, "the first alert's notification")
         leader.kill()  # kill -9: its lock session ends with it
+        # A read through the survivor at once waits for the next leader instead of failing.
+        status, listed = await asyncio.to_thread(other.api, "GET", "/api/v1/alerts")
+        assert status == 200, listed
         await until(lambda: "leads the feature areas" in other.log(), 30, "the other to lead")
         # It reloaded: the open alert is known, acknowledged through it, and not notified again.
         fired = await until(lambda: alert_of(other, "boom", "pi-one"), 20, "the open alert on the new leader")
