@@ -19,7 +19,7 @@ from typing import Any
 from dvic_core.constants import ACTION_FINAL
 
 from . import store
-from .cluster.routing import LOCAL, Route, unreachable
+from .cluster.route import LOCAL, Route, unreachable
 from .registry import NodeState, Registry
 from .release import Release
 from .writer import Writer

@@ -18,7 +18,7 @@ from typing import Any
 from dvic_core.constants import RUN_FINAL
 
 from . import store
-from .cluster.routing import LOCAL, Route, unreachable
+from .cluster.route import LOCAL, Route, unreachable
 from .registry import NodeState
 from .writer import Writer
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from aiohttp import WSMsgType, web
 
 from .bus import SEND_STALL_S
-from .cluster.routing import LOCAL, Route
+from .cluster.route import LOCAL, Route
 from .registry import NodeState
 from .strictjson import dumps
 

@@ -175,6 +175,13 @@ class AlertEngine:
     async def reload(self, db: ReadDB) -> None:
         """Forget everything and load again (a replica gaining the features lead: what it had in
         memory may be stale). Log-rule counts and demo flags start again from the next lines."""
+        async with self._lock:
+            self._forget()
+            self.logs_full_from = self.clock() + LOG_WINDOW_S
+            await self.load(db)
+        self.kick()
+
+    def _forget(self) -> None:
         self.rules = dict(STOCK)
         self._tuning.clear()
         self.suspended.clear()
@@ -186,13 +193,6 @@ class AlertEngine:
         self.ctx.demo_flags.clear()
         self._counts = {}
         self.leaders_counts = None
-        self.logs_full_from = self.clock() + LOG_WINDOW_S
-        await self.load(db)
-        self.kick()
-
-    def wants_logs(self) -> bool:
-        """Some log rule watches lines (the leader then asks the other replicas for every node's)."""
-        return bool(self._log_rules)
 
     async def load(self, db: ReadDB) -> None:
         """Rules, open alerts and current silences from the database (at start)."""
@@ -214,6 +214,11 @@ class AlertEngine:
         self.silences = {s.id: s for s in await queries.silences(db, now)}
         self._rebuild()
         self._publish_counts()
+
+    @property
+    def watches_logs(self) -> bool:
+        """Some rule counts log lines (observe_logs has work to do)."""
+        return bool(self._log_rules)
 
     def _rebuild(self) -> None:
         order = sorted(self.rules.values(), key=lambda r: (not r.stock, r.name))

@@ -126,7 +126,8 @@ class Calendar:
         await self.scheduler.close()
 
     async def run_jobs(self) -> None:
-        """The calendar's once-only work on the replica leading it, until cancelled."""
+        """The calendar's once-only work on the replica leading the feature areas, until cancelled
+        (it read the calendar again first: `reload`)."""
         await self._start_jobs()
         try:
             await asyncio.Event().wait()

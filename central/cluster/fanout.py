@@ -17,15 +17,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..bus import Bus
 from ..registry import NodeState
 from .pgbus import BusError
 from .replica import ReplicaBus
-
-if TYPE_CHECKING:
-    from .presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +149,21 @@ class Outbox:
             await self.bus.publish(LOGS, {"from": self.replica, "lines": lines})
 
 
+class Sharing(Protocol):
+    """What the shared fan-out needs of shared presence (central/cluster/presence.py)."""
+
+    outbox: Outbox
+
+    def wants(self) -> list[str]: ...
+    def remote_wants(self, node_id: str) -> bool: ...
+
+
 class SharedBus(Bus):
     """The local fan-out (central/bus.py), whose publications also go to the other replicas."""
 
-    presence: Presence | None = None
+    presence: Sharing | None = None
 
-    def attach(self, presence: Presence) -> None:
+    def attach(self, presence: Sharing) -> None:
         self.presence = presence
 
     def publish(self, message: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,7 @@ class Features:
         bus.on_gap(lambda: self._spawn(self._reload_holds()))
         bus.responder(RELEASE_CHECK, self._answer_release)
         presence.announce.append(self._announce)
-        presence.log_interest.append(self._log_interest)
+        presence.jobs_want_lines = self._wants_every_line
         presence.line_observers.append(self._lines_from_elsewhere)
         presence.frame_observers.append(self._frame_from_elsewhere)
         services.calendar.holds.changed = self._holds_changed
@@ -260,8 +260,8 @@ class Features:
         comes, says the same), and its desired set goes there."""
         if not node.connected and holder:
             node.replica = holder
-    def _log_interest(self) -> Iterable[str]:
-        return ("*",) if self.leading and self.services.alerts.wants_logs() else ()
+    def _wants_every_line(self) -> bool:
+        return self.leading and self.services.alerts.watches_logs
 
     def _lines_from_elsewhere(self, node: NodeState, lines: list[dict[str, Any]]) -> None:
         self.observe_logs(node, lines)

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,11 +76,13 @@ class Presence:
         self.outbox = Outbox(cluster.bus, self.replica, self._view)
         self._tasks: list[asyncio.Task[None]] = []
         self._learning: set[str] = set()
-        # Hooks for the feature areas (central/cluster/features.py): more for the heartbeat to say,
-        # more log interest than the stream clients', and what to do with lines and frames from others.
-        self.announce: list[Callable[[], dict[str, Any]]] = []
-        self.log_interest: list[Callable[[], Iterable[str]]] = []
+        # Every node's lines wanted here for a job this replica leads (the alert engine's log rules),
+        # and who is given the lines other replicas send then.
+        self.jobs_want_lines: Callable[[], bool] = lambda: False
         self.line_observers: list[Callable[[NodeState, list[dict[str, Any]]], None]] = []
+        # What else this replica's heartbeat says (what it leads: central/cluster/features.py), and
+        # who else is given the live frames of other replicas.
+        self.announce: list[Callable[[], dict[str, Any]]] = []
         self.frame_observers: list[Callable[[dict[str, Any]], None]] = []
         bus.attach(self)
         cluster.bus.subscribe(EVENTS, self._on_events)
@@ -124,12 +126,15 @@ class Presence:
         if not self.cluster.shared:
             node.replica = ""
             return True
-        if not epoch or node.epoch != epoch:
-            return False  # never greeted, or replaced by a newer session (here or elsewhere)
+        if epoch and node.epoch != epoch:
+            return False  # replaced by a newer session (here or elsewhere): that one keeps the node
+        if not epoch and node.replica not in ("", self.replica):
+            return False  # never greeted, and the node is held by another replica
         node.replica = ""
         if self.stopping:
             return False
-        await self.writer.submit(store.end_session(node.id, epoch))
+        if epoch:
+            await self.writer.submit(store.end_session(node.id, epoch))
         return True
 
     def holds(self, node: NodeState) -> bool:
@@ -140,7 +145,7 @@ class Presence:
         """No live replica holds the node's session: the leader's orphan sweep keeps its presence."""
         if node.send is not None:
             return False
-        if not node.replica:
+        if node.replica in ("", self.replica):
             return True
         peer = self.peers.get(node.replica)
         return peer is not None and peer.gone
@@ -168,11 +173,8 @@ class Presence:
         return view
 
     def wants(self) -> list[str]:
-        """Node ids (or "*") whose lines this replica wants: its stream clients', and its hooks'."""
-        wanted = set(self.bus.local_interest())
-        for interest in self.log_interest:
-            wanted.update(interest())
-        return sorted(wanted)
+        """Node ids (or "*") whose lines this replica wants: its stream clients', or all for a job."""
+        return ["*"] if self.jobs_want_lines() else sorted(self.bus.local_interest())
 
     def beat_now(self) -> None:
         """A heartbeat at once (a stream client's log choice, or what this replica leads, changed)."""
@@ -344,8 +346,9 @@ class Presence:
             if fresh:
                 node.published_seq = max(line["seq"] for line in fresh)
                 self.bus.publish_logs_local(node_id, fresh)
-                for observe in self.line_observers:
-                    observe(node, fresh)
+                if self.jobs_want_lines():
+                    for observe in self.line_observers:
+                        observe(node, fresh)
 
     def _on_gap(self) -> None:
         self.outbox.spawn(self.reload())
@@ -386,10 +389,3 @@ class Presence:
         if not replica or replica == self.replica or session["stopped_at"] is not None:
             return False
         return session["heartbeat_at"] is not None and now - float(session["heartbeat_at"]) <= self.silent_s
-
-    # -- for tests and /metrics ------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        return {"replica": self.replica, "peers": {p.name: {"gone": p.gone, "logs": sorted(p.logs)}
-                                                   for p in self.peers.values()},
-                "sent": dict(self.outbox.sent)}
-

@@ -39,6 +39,7 @@ from dvic_core.constants import ACTION_FINAL
 
 from ..registry import NodeState
 from .pgbus import BusError, NoReply, channel_of
+from .route import LOCAL
 
 if TYPE_CHECKING:
     from ..actions import ActionHub
@@ -61,42 +62,6 @@ FINAL_FROM_NODE = {"exec_exit", "shell_exit", "tunnel_closed", "unsupported"}
 CLOSE_FOR = {"commands": "cancel", "shells": "shell_close", "tunnels": "tunnel_close"}
 
 
-class Route(Protocol):
-    """How a hub reaches a node, wherever its session is (Router; LOCAL without other replicas)."""
-
-    def reachable(self, node: NodeState) -> bool: ...
-    async def open(self, node: NodeState, rid: str, hub: str, msg: dict[str, Any]) -> str | None: ...
-    async def send(self, node: NodeState, rid: str, msg: dict[str, Any]) -> bool: ...
-    def forget(self, rid: str) -> None: ...
-
-
-def unreachable(node: NodeState) -> str:
-    """Why nothing can be sent to `node`: its state, or, when it still shows online (its replica
-    stopped and it has not reconnected yet, or only its keep-alives come), that it has no session."""
-    if node.state in ("new", "offline"):
-        return f"node {node.name} is {node.state}"
-    return f"node {node.name} is {node.state} but has no connection to any server right now: try again shortly"
-
-
-class LocalRoute:
-    """Every node on this server (SQLite, or a hub made on its own in a test)."""
-
-    def reachable(self, node: NodeState) -> bool:
-        return node.send is not None
-
-    async def open(self, node: NodeState, rid: str, hub: str, msg: dict[str, Any]) -> str | None:
-        if node.send is None:
-            return unreachable(node)
-        return None if await node.send(msg) else "node connection closed while sending"
-
-    async def send(self, node: NodeState, rid: str, msg: dict[str, Any]) -> bool:
-        return node.send is not None and await node.send(msg)
-
-    def forget(self, rid: str) -> None:
-        pass
-
-
-LOCAL = LocalRoute()
 
 
 class Hubs(Protocol):

@@ -14,7 +14,7 @@ from dvic_core.constants import CLOSE_REPLACED
 from tests.support import postgres
 from tests.support.fake_node import FakeNode
 from tests.support.nodes import connected, metrics
-from tests.support.replicas import StreamClient, known_on, toward
+from tests.support.replicas import StreamClient, job_leader, known_on, toward
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 
@@ -157,8 +157,11 @@ async def test_after_a_gap_on_the_bus_a_replica_reads_presence_again_from_the_ta
 
 async def test_lines_travel_between_replicas_only_while_a_stream_client_wants_them(
         two_replicas: list[CentralServer]) -> None:
-    r1, r2 = two_replicas
-    bundle = enrolled_on_both(r1, r2, "pi-quiet")
+    # The node on the replica leading the alerts (the other one then wants every node's lines for
+    # the stock log_errors rule), the stream clients on the other.
+    leading = await async_wait_for(lambda: job_leader(two_replicas[0], "features"), 30, "the alerts' leader")
+    holder, viewer = sorted(two_replicas, key=lambda s: s.name != leading)
+    bundle = toward(enrolled_on_both(viewer, holder, "pi-quiet"), holder)
     node_id = bundle["node_id"]
     carried: list[str] = []
     beats: list[float] = []
@@ -166,26 +169,41 @@ async def test_lines_travel_between_replicas_only_while_a_stream_client_wants_th
     def heard(_conn: object, _pid: int, channel: str, payload: str) -> None:
         if channel == "dvic_logs":
             carried.append(payload)
-        elif '"from":"r1"' in payload and '"beat"' in payload:
+        elif f'"from":"{holder.name}"' in payload and '"beat"' in payload:
             beats.append(time.time())
 
-    listener = await asyncpg.connect(r1.database or "")
+    listener = await asyncpg.connect(holder.database or "")
     try:
         await listener.add_listener("dvic_logs", heard)
         await listener.add_listener("dvic_events", heard)
-        async with StreamClient(r2), connected(bundle) as node:  # r2's client wants no lines
+        async with StreamClient(viewer), connected(bundle) as node:  # the viewer's client wants no lines
             await node.send_logs([node.line(f"unwanted {i}") for i in range(20)])
             acked = time.time()
-            # r1 flushes what it has every 30 ms and beats every second: a beat sent after the ack
-            # comes after any lines it would have sent.
-            await async_wait_for(lambda: [b for b in beats if b > acked + 0.1], 20, "a heartbeat of r1")
+            # The holder flushes what it has every 30 ms and beats every second: a beat sent after
+            # the ack comes after any lines it would have sent.
+            await async_wait_for(lambda: [b for b in beats if b > acked + 0.1], 20, "a heartbeat of the holder")
             assert carried == []
-            async with StreamClient(r2, logs=[node_id]) as stream:
-                async def shown_on_r2() -> bool:
+            async with StreamClient(viewer, logs=[node_id]) as stream:
+                async def shown_on_viewer() -> bool:
                     await node.send({"type": "logs", "lines": [node.line("wanted")]})
                     return bool(stream.log_seqs(node_id))
 
-                await async_wait_for(shown_on_r2, 20, "lines to travel once wanted", interval=0.2)
+                await async_wait_for(shown_on_viewer, 20, "lines to travel once wanted", interval=0.2)
             assert carried and all('"unwanted' not in payload for payload in carried)
     finally:
         await listener.close()
+
+
+async def test_a_new_connection_that_leaves_before_its_hello_leaves_the_node_offline_as_on_one_server(
+        two_replicas: list[CentralServer]) -> None:
+    r1, r2 = two_replicas
+    bundle = enrolled_on_both(r1, r2, "pi-twice")
+    node_id = bundle["node_id"]
+    async with connected(bundle) as first:
+        await async_wait_for(lambda: shown(r2, node_id)["connected"], 20, "r2 to show the node connected")
+        async with FakeNode(bundle) as second:
+            await second.connect()  # on the same replica: the first is replaced, then this one leaves
+            assert await first.closed(20) == CLOSE_REPLACED
+    await async_wait_for(lambda: [shown(s, node_id)["state"] for s in (r1, r2)] == ["offline", "offline"], 20,
+                         "both replicas to show the node offline")
+    assert not shown(r1, node_id)["connected"] and not shown(r2, node_id)["connected"]

@@ -252,3 +252,16 @@ def known_on(server: CentralServer, node: str, timeout: float = 20.0) -> dict[st
 def behind(balancer: Balancer) -> dict[str, object]:
     """The bundle fields that point a node at the balancer (so at whichever replica is alive)."""
     return {"server_url": balancer.url(), "ws_url": balancer.url().replace("https://", "wss://", 1) + "/api/v1/node/ws"}
+
+
+async def job_leader(server: CentralServer, job: str) -> str:
+    """The replica running `job` now ("" none), from PostgreSQL's advisory locks (cluster/leader.py)."""
+    import asyncpg
+
+    from central.cluster.leader import holders
+
+    conn = await asyncpg.connect(server.database or "")
+    try:
+        return (await holders(conn, [job])).get(job, "")
+    finally:
+        await conn.close()
