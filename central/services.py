@@ -34,7 +34,6 @@ from .commands import CommandHub
 from .config import Config, Retention
 from .datadir import data_dir_lock_async
 from .dbconn import ReadDB, Target, target
-from .demos import store as demo_store
 from .demos.archive import Limits as ArchiveLimits
 from .demos.calendar_port import CalendarDeployments
 from .demos.catalog import Catalog
@@ -169,18 +168,10 @@ async def open_demos(config: Config, writer: Writer, read_db: ReadDB, registry: 
     limits = ArchiveLimits(d.max_unpacked_bytes, d.max_members)
     catalog = Catalog(config.data_dir, writer.submit, limits, d.max_release_bytes, d.keep_releases)
     hub = DeploymentHub(writer.submit, writer.submit_later, registry, catalog, limits, d.install_timeout)
-    await load_demos(read_db, catalog, hub)
+    await hub.read(read_db)
     if start:
         hub.start()
     return catalog, hub
-
-
-async def load_demos(read_db: ReadDB, catalog: Catalog, hub: DeploymentHub) -> None:
-    """Releases, assignments, live deployments and demo statuses from the database (replacing any)."""
-    catalog.load(await demo_store.releases(read_db))
-    live = await demo_store.live_deployments(read_db)
-    hub.load(await demo_store.assignments(read_db), live,
-             await demo_store.rollout_nodes(read_db, [dep["id"] for dep in live]), await demo_store.statuses(read_db))
 
 
 async def close_services(services: Services) -> None:

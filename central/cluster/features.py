@@ -30,18 +30,24 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
 from ..tasks import Background
 from .fanout import EVENTS
-from .forward import LEADER_WAIT_S, Forwarder
 from .pgbus import BusError, NoReply, channel_of
 from .routing import Lanes
 
 if TYPE_CHECKING:
-    from ..services import Services
+    from ..alerts.dispatcher import Dispatcher
+    from ..alerts.engine import AlertEngine
+    from ..calendar.service import Calendar
+    from ..dbconn import ReadDB
+    from ..demos.deployments import DeploymentHub
+    from ..registry import Registry
+    from .presence import Presence
+    from .replica import Cluster
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,30 @@ INPUT = "features"  # the key of a node input on the leader's channel
 HOLDS_CHANNEL = "dvic_features"
 RELEASE_CHECK = "features_release"
 KINDS = ("hello", "demo_install", "demo_status", "unsupported")
+# How long a call waits for a leader to be known before it is refused (a start, a change of leader
+# after a replica was killed: 1.7-1.9 s on this machine, docs/operations.md).
+LEADER_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
 class Leader:
     replica: str
     url: str
+
+
+class Services(Protocol):
+    """What the feature areas are made of (central/services.py's Services; a Protocol: services.py
+    imports this module)."""
+
+    cluster: Cluster
+    presence: Presence
+    registry: Registry
+    read_db: ReadDB
+    alerts: AlertEngine
+    notices: Dispatcher
+    calendar: Calendar
+    deployments: DeploymentHub
+    base_url: str  # where this replica listens (set once it does)
 
 
 class LeaderUnavailable(Exception):
@@ -75,8 +99,6 @@ class Features:
         self._lanes = Lanes()
         self._background = Background("the feature areas' background work")
         self._news = asyncio.Event()  # set when who leads may have changed (wait_for_leader)
-        # The HTTPS client to the leader for operators' calls (central/cluster/forward.py).
-        self.forwarder = Forwarder(services.ca.cert_path, self.replica)
         if not self.shared:
             return
         bus, presence = services.cluster.bus, services.presence
@@ -152,12 +174,10 @@ class Features:
                 s.presence.beat_now()
 
     async def _reload(self) -> None:
-        from ..services import load_demos  # (services imports this module)
-
         s = self.services
         await s.alerts.reload(s.read_db)
         await s.calendar.reload()
-        await load_demos(s.read_db, s.catalog, s.deployments)
+        await s.deployments.read(s.read_db)
         # The demo flags of the alert engine (crash loop, cannot start) from the stored statuses: an
         # open demo alert is then still true, not ended and raised again.
         for (node_id, _demo), row in list(s.deployments.status.items()):
@@ -320,6 +340,5 @@ class Features:
         self._background.spawn(work)
 
     async def close(self) -> None:
-        await self.forwarder.close()
         await self._lanes.close()
         await self._background.close()

@@ -23,15 +23,13 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ..auth import NODE, PUBLIC, Handler, RouteSpec, error_response
-
-if TYPE_CHECKING:
-    from .features import Features
+from .features import LEADER_WAIT_S, Features
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +43,6 @@ VIA_HEADER = "X-Dvic-Forwarded-By"
 # On a forwarded answer: the replica that answered it (the leader).
 ANSWERED_HEADER = "X-Dvic-Answered-By"
 CONNECT_TIMEOUT_S = 2.0
-# How long a call waits for a leader to be known before it is refused (a start, a change of leader
-# after a replica was killed: 1.7-1.9 s on this machine, docs/operations.md).
-LEADER_WAIT_S = 5.0
 # Between two reads of the leader's answer; a channel test waits for a receiver, a release upload
 # for the leader to check the archive.
 READ_TIMEOUT_S = 60.0
@@ -80,9 +75,8 @@ class Forwarder:
     """The HTTPS client to the leader: one pooled session, checking the leader's certificate against
     the installation's CA (and its address against the certificate)."""
 
-    def __init__(self, ca_file: Path, replica: str) -> None:
+    def __init__(self, ca_file: Path) -> None:
         self.ca_file = ca_file
-        self.replica = replica
         self.forwarded = 0  # calls passed to the leader (tests, bench)
         self._session: aiohttp.ClientSession | None = None
 
@@ -95,14 +89,15 @@ class Forwarder:
                 auto_decompress=False)
         return self._session
 
-    async def close(self) -> None:
+    async def close(self, _app: web.Application | None = None) -> None:
+        """(also aiohttp's on_cleanup)"""
         if self._session is not None:
             await self._session.close()
 
-    async def forward(self, request: web.Request, leader: str, url: str) -> web.StreamResponse:
+    async def forward(self, request: web.Request, via: str, leader: str, url: str) -> web.StreamResponse:
         """The leader's answer; Unreachable when no answer began (nothing of it was relayed)."""
         headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
-        headers[VIA_HEADER] = self.replica
+        headers[VIA_HEADER] = via
         body: Any = request.content if request.body_exists else None
         target = url.rstrip("/") + request.rel_url.raw_path_qs
         self.forwarded += 1
@@ -110,11 +105,11 @@ class Forwarder:
             answer = await self.session().request(request.method, target, headers=headers, data=body,
                                                   allow_redirects=False)
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-            log.warning("replica %s: %s %s not forwarded to replica %s (%s): %s", self.replica, request.method,
+            log.warning("replica %s: %s %s not forwarded to replica %s (%s): %s", via, request.method,
                         request.path, leader, url, exc or type(exc).__name__)
             why = str(exc) or type(exc).__name__
             raise Unreachable(f"replica {leader}, which leads the feature areas (at {url}), could not be reached "
-                              f"from replica {self.replica}: {why}; try again") from None
+                              f"from replica {via}: {why}; try again") from None
         try:  # (a leader lost while its answer streams: the caller sees the answer cut short)
             return await self._relay(request, answer, leader)
         finally:
@@ -135,7 +130,8 @@ class Forwarder:
         return response
 
 
-def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.Application], Features]) -> Any:
+def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.Application], Features],
+                       forwarder: Forwarder) -> Any:
     """aiohttp middleware: see the module's docstring. Placed before the auth middleware;
     `features_of` finds the server's Features (opened with the app, after the middleware is made)."""
     routes = {route for route, spec in specs.items() if feature_route(spec)}
@@ -159,7 +155,7 @@ def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.A
             if leader is None or not leader.url:
                 return leader_unavailable(features.why_no_leader())
             try:
-                return await features.forwarder.forward(request, leader.replica, leader.url)
+                return await forwarder.forward(request, features.replica, leader.replica, leader.url)
             except Unreachable as exc:
                 # The leader may have died a moment ago (the others hear it within 3 s, another leads
                 # 2 s later): a read waits for the next one; a change is not sent twice.

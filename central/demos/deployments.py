@@ -167,6 +167,14 @@ class DeploymentHub:
         for s in statuses:
             self.status[(s["node_id"], s["demo"])] = s
 
+    async def read(self, read_db: Any) -> None:
+        """Releases, assignments, live deployments and demo statuses from the database, replacing
+        what was here (at start; on gaining the features lead with several replicas)."""
+        self.catalog.load(await store.releases(read_db))
+        live = await store.live_deployments(read_db)
+        self.load(await store.assignments(read_db), live,
+                  await store.rollout_nodes(read_db, [dep["id"] for dep in live]), await store.statuses(read_db))
+
     def start(self) -> None:
         """After loading: rows a previous process was following get their timeouts again."""
         for dep in self.deployments.values():
