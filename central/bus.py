@@ -110,8 +110,9 @@ class Bus:
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)
 
-    def subscriptions_changed(self) -> None:
-        """A client's choice of log lines changed (the replicas' bus announces it: cluster/fanout.py)."""
+    async def subscriptions_changed(self) -> None:
+        """A client's choice of log lines changed (with replicas, the others are told and have applied
+        it when this returns: cluster/fanout.py)."""
 
     @property
     def subscriber_count(self) -> int:

@@ -162,6 +162,12 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     dial = config.host if config.host not in ("0.0.0.0", "::") else (config.public_hosts or config.cert_hosts())[0]
     services.base_url = f"{scheme}://{_url_host(dial)}:{port}"
     info = {"url": services.base_url, "pid": os.getpid(), "tls": config.tls, "version": __version__}
+    # A stop asked for from now on is a clean one: it takes back the listen files written next.
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     await asyncio.to_thread(announce, config.data_dir, config.replica, info)
     log.info("dvic-central %s listening on %s (data dir %s)", __version__, services.base_url, config.data_dir)
     token_file = config.data_dir / ADMIN_TOKEN_FILE
@@ -171,11 +177,6 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     tune_interpreter()
     if ready is not None:
         ready.set()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

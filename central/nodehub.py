@@ -260,6 +260,7 @@ class NodeSession:
         self.greeted = True
         await self.services.actions.on_hello(node)
         last_seq = await self.services.queries.last_seq(node.id)
+        await self.services.presence.catch_up(node, last_seq)  # what another replica stored (replicas)
         # Lines already stored were shown before (or before this server started): not again.
         node.published_seq = max(node.published_seq, last_seq)
         await self._send({

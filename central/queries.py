@@ -138,6 +138,16 @@ class Queries:
             row = await cur.fetchone()
         return int(row[0] or 0) if row else 0
 
+    async def lines_after(self, node_id: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """The node's stored lines above `after_seq`, oldest first, at most `limit`, in the stream's
+        fields (a replica catching its clients up on what another replica stored)."""
+        async with self.db.execute(
+                "SELECT seq, ts, source, unit, demo, level, msg FROM logs WHERE node_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?", (node_id, after_seq, limit)) as cur:
+            rows = await cur.fetchall()
+        return [{"seq": r["seq"], "ts": r["ts"], "source": r["source"], "unit": r["unit"], "demo": r["demo"],
+                 "level": LEVEL_NAMES.get(r["level"], "INFO"), "msg": r["msg"]} for r in rows]
+
     async def logs(
         self, *, node_ids: list[str] | None = None, source: str | None = None, min_level: str | None = None,
         text: str | None = None, since: float | None = None, until: float | None = None,

@@ -64,12 +64,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 node = services.registry.get(ref)
                 ids.add("*" if ref == "*" else (node.id if node else ref))
             sub.log_nodes = frozenset(ids)
-            services.bus.subscriptions_changed()
+            await services.bus.subscriptions_changed()  # lines from now on, whichever replica has the node
             sub.offer(encode_frame({"type": "subscribed", "logs": sorted(ids)}))
     finally:
-        services.bus.unsubscribe(sub)
-        if sub.log_nodes:
-            services.bus.subscriptions_changed()
+        services.bus.unsubscribe(sub)  # (the others stop sending its lines after the next heartbeat)
         await cancel_and_wait(sender)
     return ws
 

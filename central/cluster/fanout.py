@@ -45,6 +45,7 @@ class Outbox:
         self._frames: list[dict[str, Any]] = []
         self._lines: dict[str, list[dict[str, Any]]] = {}
         self._beat: dict[str, Any] | None = None
+        self._acks: dict[str, int] = {}
         self._sent_parts: dict[str, tuple[int, int]] = {}  # node id: what its facts and demos were sent as
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -92,6 +93,12 @@ class Outbox:
             self._beat = beat
             self._wake.set()
 
+    def ack(self, replica: str, interest: int) -> None:
+        """`replica`'s wish for lines number `interest` is applied here."""
+        if not self._closed:
+            self._acks[replica] = interest
+            self._wake.set()
+
     def presence_of(self, node: NodeState, replica: str) -> dict[str, Any]:
         """The presence part of a node's view, sent by the replica keeping its presence. Facts and
         demos only when they changed since this replica last sent them (the others read them from
@@ -131,6 +138,7 @@ class Outbox:
         frames, self._frames = self._frames, []
         lines, self._lines = self._lines, {}
         beat, self._beat = self._beat, None
+        acks, self._acks = self._acks, {}
         message: dict[str, Any] = {"from": self.replica, **extra}
         views = [v for v in map(self.view, nodes) if v is not None]
         if views:
@@ -139,6 +147,8 @@ class Outbox:
             message["frames"] = frames
         if beat is not None:
             message["beat"] = beat
+        if acks:
+            message["acks"] = acks
         if len(message) > 1:
             self.sent["events"] += 1
             self.sent["views"] += len(views)
@@ -156,6 +166,7 @@ class Sharing(Protocol):
 
     def wants(self) -> list[str]: ...
     def remote_wants(self, node_id: str) -> bool: ...
+    async def announce_interest(self) -> None: ...
 
 
 class SharedBus(Bus):
@@ -201,6 +212,6 @@ class SharedBus(Bus):
             wanted |= sub.log_nodes
         return {"*"} if "*" in wanted else wanted
 
-    def subscriptions_changed(self) -> None:
+    async def subscriptions_changed(self) -> None:
         if self.presence is not None:
-            self.presence.outbox.beat({"logs": self.presence.wants()})
+            await self.presence.announce_interest()

@@ -19,7 +19,10 @@ part (name, maintenance, revoked: stored by whoever changed them) anyone sends. 
   nodes: they keep their state, their last_seen raised to its last heartbeat (they were
   connected then), until they reconnect elsewhere (a newer epoch) or the leader's orphan sweep
   (`sweep_orphans`, once-only) turns them offline `offline_after` later;
-- after any gap on the bus, presence is read again from `nodes` and `node_sessions`.
+- after any gap on the bus, presence is read again from `nodes` and `node_sessions`;
+- a stream client's wish for lines is numbered and acknowledged by every live replica before it
+  is told `subscribed`; a new session relays first what its previous replica stored but may not
+  have relayed (`catch_up`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 SILENT_S = 3.0
+INTEREST_WAIT_S = 2.0
+# A new session's catch-up of lines stored by its previous replica and perhaps never relayed:
+# beyond this many, the stream clients read the history (as after any gap).
+CATCH_UP_MAX = 5000
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Peer:
     heard: float  # monotonic time of its last message
     heartbeat_at: float  # its clock at its last heartbeat (wall time: last_seen of its nodes)
     logs: frozenset[str] = frozenset()  # node ids (or "*") whose lines its stream clients want
+    interest: int = 0  # the number of its latest wish for lines, acknowledged to it
     gone: bool = False  # silent for SILENT_S, or stopped: holds no session
     said: dict[str, Any] | None = None  # what else its last heartbeat said (`announce`: e.g. what it leads)
 
@@ -84,6 +92,10 @@ class Presence:
         # who else is given the live frames of other replicas.
         self.announce: list[Callable[[], dict[str, Any]]] = []
         self.frame_observers: list[Callable[[dict[str, Any]], None]] = []
+        # Our wishes for lines are numbered; each peer acknowledges the latest it has applied.
+        self._interest = 0
+        self._acked: dict[str, int] = {}
+        self._acked_changed = asyncio.Event()
         bus.attach(self)
         cluster.bus.subscribe(EVENTS, self._on_events)
         cluster.bus.subscribe(LOGS, self._on_logs)
@@ -137,6 +149,22 @@ class Presence:
             await self.writer.submit(store.end_session(node.id, epoch))
         return True
 
+    async def catch_up(self, node: NodeState, last_seq: int) -> None:
+        """A session greeted here: the lines the node's previous replica stored but may not have
+        relayed (it died before its outbox left) go to the stream clients that want them, here and
+        on the others (each shows a line once, after its own high-water mark)."""
+        behind = last_seq - node.published_seq
+        if not self.cluster.shared or behind <= 0 or node.published_seq == 0:
+            return  # nothing shown of this node yet: its clients read its history
+        if behind <= CATCH_UP_MAX and self.bus.wants_logs(node.id):
+            lines = await self.queries.lines_after(node.id, node.published_seq, behind)
+            for line in lines:
+                line.update(node=node.id, node_name=node.name)
+            fresh = [line for line in lines if line["seq"] > node.published_seq]
+            if fresh:
+                node.published_seq = fresh[-1]["seq"]
+                self.bus.publish_logs(node.id, fresh)
+
     def holds(self, node: NodeState) -> bool:
         """This replica holds the node's session: its own sweep keeps its presence."""
         return node.send is not None
@@ -177,11 +205,8 @@ class Presence:
         return ["*"] if self.jobs_want_lines() else sorted(self.bus.local_interest())
 
     def beat_now(self) -> None:
-        """A heartbeat at once (a stream client's log choice, or what this replica leads, changed)."""
-        beat: dict[str, Any] = {"at": time.time(), "logs": self.wants()}
-        for say in self.announce:
-            beat.update(say())
-        self.outbox.beat(beat)
+        """A heartbeat at once (what this replica leads changed: central/cluster/features.py)."""
+        self._beat()
 
     def remote_wants(self, node_id: str) -> bool:
         return any(not p.gone and ("*" in p.logs or node_id in p.logs) for p in self.peers.values())
@@ -189,7 +214,7 @@ class Presence:
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            self.beat_now()
+            self._beat()
             self._find_silent()
             try:
                 await self.writer.submit(store.replica_heartbeat(self.replica, time.time()))
@@ -209,6 +234,14 @@ class Presence:
             peer.heartbeat_at = float(beat.get("at") or time.time())
             peer.logs = frozenset(str(x) for x in beat.get("logs") or ())
             peer.said = beat
+            interest = int(beat.get("interest") or 0)
+            if interest != peer.interest:  # applied from now on: tell it, so its client may rely on it
+                peer.interest = interest
+                self.outbox.ack(sender, interest)
+        acked = (message.get("acks") or {}).get(self.replica)
+        if isinstance(acked, int):
+            self._acked[sender] = acked
+            self._acked_changed.set()
         for view in message.get("views") or ():
             self._apply(sender, view)
         for frame in message.get("frames") or ():
@@ -352,7 +385,31 @@ class Presence:
 
     def _on_gap(self) -> None:
         self.outbox.spawn(self.reload())
-        self.beat_now()
+        self._beat()
+
+    def _beat(self) -> None:
+        beat: dict[str, Any] = {"at": time.time(), "logs": self.wants(), "interest": self._interest}
+        for say in self.announce:
+            beat.update(say())
+        self.outbox.beat(beat)
+
+    async def announce_interest(self, timeout: float = INTEREST_WAIT_S) -> None:
+        """Tell the other replicas which lines this one wants now, and wait (at most `timeout`) until
+        every live one has applied it: a stream client told `subscribed` gets every line from then
+        on, as on one server, whichever replica holds the node."""
+        self._interest += 1
+        wanted = self._interest
+        self._beat()
+        deadline = time.monotonic() + timeout
+        while any(not p.gone and self._acked.get(p.name, 0) < wanted for p in self.peers.values()):
+            self._acked_changed.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("replica %s: not every replica acknowledged a stream client's lines within %.0f s",
+                            self.replica, timeout)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked_changed.wait(), left)
 
     async def reload(self) -> None:
         """Read presence again from the tables (at start, after a gap): the nodes others enrolled,
