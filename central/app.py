@@ -9,8 +9,10 @@ from aiohttp import web
 from . import accounts, api, nodehub, openapi, store, stream  # noqa: F401  (modules register their routes)
 from .accesslog import AccessLog
 from .auth import ApiError, Handler, auth_middleware, error_response
+from .cluster.forward import Forwarder, forward_middleware
 from .config import Config
 from .dbconn import DatabaseUnavailable
+from .pki import CA_CERT
 from .routes import install
 from .services import SERVICES, services_ctx, stop_presence
 from .writer import StorageError
@@ -52,6 +54,10 @@ def create_app(config: Config) -> web.Application:
 
     access = AccessLog(config.access_log) if config.access_log != "off" else None
     app.middlewares.append(errors_middleware)
+    # With replicas: a feature area's call on a replica not leading them goes to the one that does.
+    forwarder = Forwarder(config.data_dir / CA_CERT)
+    app.middlewares.append(forward_middleware(specs, lambda a: a[SERVICES].features, forwarder))
+    app.on_cleanup.append(forwarder.close)
     app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later, access=access))
     app[accounts.REGISTRATION] = accounts.RegistrationGate(
         config.self_register, config.register_per_address, config.register_total, config.max_pending)

@@ -52,7 +52,7 @@ def _publish_live(services: Services, node: NodeState, lines: list[dict[str, Any
     if not fresh:
         return
     node.published_seq = max(line["seq"] for line in fresh)
-    services.alerts.observe_logs(node, fresh)
+    services.features.observe_logs(node, fresh)
     if services.bus.wants_logs(node.id):
         services.bus.publish_logs(node.id, [
             {"node": node.id, "node_name": node.name, "seq": line["seq"], "ts": line["ts"], "source": "demo",

@@ -295,7 +295,7 @@ class NodeSession:
         node.send = self.send
         self.registry.publish(node)
         # Its supervised demos' desired set (after welcome, as docs/protocol.md section 6 says).
-        await self.services.deployments.on_hello(node)
+        await self.services.features.hello(node)  # (on the features leader, wherever that is)
 
     @node_message("metrics")
     async def _metrics(self, msg: dict[str, Any]) -> None:
@@ -320,7 +320,7 @@ class NodeSession:
     async def _unsupported(self, msg: dict[str, Any]) -> None:
         """A request the node does not implement: the hub that owns the id hears of it."""
         s, rid = self.services, msg["id"]
-        if await s.deployments.on_unsupported(self.node, rid) or await s.router.forwarded(self.node, msg):
+        if await s.features.unsupported(self.node, msg) or await s.router.forwarded(self.node, msg):
             return  # an old daemon answering demos_desired, or a request from another replica
         owners: list[tuple[Container[str], ReplyHandler]] = [
             (s.commands.runs, s.commands.on_message), (s.shells.sessions, s.shells.on_message),
@@ -334,14 +334,13 @@ class NodeSession:
     @node_message("demo_install")
     async def _demo_install(self, msg: dict[str, Any]) -> None:
         """A supervised demo's install state (issue 14): the deployments track it."""
-        await self.services.deployments.on_install(self.node, msg)
+        await self.services.features.demo_install(self.node, msg)
 
     @node_message("demo_status")
     async def _demo_status(self, msg: dict[str, Any]) -> None:
         """A supervised demo's run state: kept and shown by the deployments, and told to the alert
         engine (crash loop, cannot start, healthy again)."""
-        self.services.alerts.on_demo_status(self.node, msg)
-        await self.services.deployments.on_status(self.node, msg)
+        await self.services.features.demo_status(self.node, msg)
 
     async def _allowed(self, kind: str) -> bool:
         """Within the node's limits for `kind`? If not, the frame is dropped (and counted)."""
@@ -443,7 +442,7 @@ class NodeSession:
         if not fresh:
             return
         node.published_seq = max(line["seq"] for line in fresh)
-        self.services.alerts.observe_logs(node, fresh)
+        self.services.features.observe_logs(node, fresh)
         bus = self.services.bus
         if bus.wants_logs(node.id):
             node_id, name = node.id, node.name

@@ -23,6 +23,8 @@ from .alerts.engine import AlertEngine
 from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
 from .cluster.fanout import SharedBus
+from .cluster.features import JOB as FEATURES_JOB
+from .cluster.features import Features
 from .cluster.leader import Leadership, Solo
 from .cluster.presence import Presence
 from .cluster.records import NodeRecords
@@ -32,7 +34,6 @@ from .commands import CommandHub
 from .config import Config, Retention
 from .datadir import data_dir_lock_async
 from .dbconn import ReadDB, Target, target
-from .demos import store as demo_store
 from .demos.archive import Limits as ArchiveLimits
 from .demos.calendar_port import CalendarDeployments
 from .demos.catalog import Catalog
@@ -42,7 +43,6 @@ from .queries import Queries
 from .registry import Registry
 from .release import ReleaseStore
 from .shells import ShellHub
-from .tasks import cancel_and_wait
 from .tokens import hash_token, new_token
 from .tunnels import TunnelHub
 from .writer import Writer
@@ -85,6 +85,8 @@ class Services:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     # The hubs' way to a node on another replica (central/cluster/routing.py).
     router: Router = field(init=False)
+    # Where the feature areas live with several replicas: the features leader (cluster/features.py).
+    features: Features = field(init=False)
 
     def public_url(self) -> str:
         return (self.config.public_url or self.base_url).rstrip("/")
@@ -127,7 +129,7 @@ async def open_services(config: Config) -> Services:
         config.calendar_zone, config.calendar_grace, config.calendar_tick, config.max_booking,
         config.retention.events_s))
     alerts.quiet = calendar.quiet  # outside opening hours, non-critical notices are held back
-    catalog, deployments = await open_demos(config, writer, read_db, registry)
+    catalog, deployments = await open_demos(config, writer, read_db, registry, start=not cluster.shared)
     calendar.use_deployments(CalendarDeployments(deployments, catalog))  # runbook deploy steps, --deploy bookings
     presence = Presence(cluster, registry, bus, writer, queries)
     services = Services(config, ca, writer, read_db, queries, registry, bus, commands,
@@ -137,6 +139,8 @@ async def open_services(config: Config) -> Services:
     services.release.ensure_published(SHIPPED_DAEMON)
     services.router = wire(cluster.bus, registry.get, ServiceHubs(commands, services.shells, services.tunnels, actions),
                            presence.peers)
+    deployments.deliver = services.router.deliver  # demos_desired to a node wherever its session is
+    services.features = Features(services)
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
@@ -156,18 +160,17 @@ def _release_version(release: ReleaseStore) -> str | None:
     return current.version if current is not None else None
 
 
-async def open_demos(config: Config, writer: Writer, read_db: ReadDB,
-                     registry: Registry) -> tuple[Catalog, DeploymentHub]:
-    """The release catalog and the deployments, loaded from the database (central/demos/)."""
+async def open_demos(config: Config, writer: Writer, read_db: ReadDB, registry: Registry,
+                     *, start: bool = True) -> tuple[Catalog, DeploymentHub]:
+    """The release catalog and the deployments, loaded from the database (central/demos/); `start`:
+    follow the rollouts now (with replicas the features leader does, once it leads)."""
     d = config.demos
     limits = ArchiveLimits(d.max_unpacked_bytes, d.max_members)
     catalog = Catalog(config.data_dir, writer.submit, limits, d.max_release_bytes, d.keep_releases)
-    catalog.load(await demo_store.releases(read_db))
     hub = DeploymentHub(writer.submit, writer.submit_later, registry, catalog, limits, d.install_timeout)
-    live = await demo_store.live_deployments(read_db)
-    hub.load(await demo_store.assignments(read_db), live,
-             await demo_store.rollout_nodes(read_db, [dep["id"] for dep in live]), await demo_store.statuses(read_db))
-    hub.start()
+    await hub.read(read_db)
+    if start:
+        hub.start()
     return catalog, hub
 
 
@@ -175,6 +178,7 @@ async def close_services(services: Services) -> None:
     if services.jobs is not None:
         await services.jobs.close()
     await services.presence.stop()
+    await services.features.close()
     await services.calendar.close()
     for task in services.tasks:
         task.cancel()
@@ -294,43 +298,15 @@ async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed
 
 def once_only_jobs(services: Services) -> Leadership | Solo:
     """The jobs that must run once among replicas: on PostgreSQL each on the replica holding its
-    advisory lock (cluster/leader.py), the calendar's and the sweep of nodes no replica holds
-    included; on SQLite all here, as they always did."""
-    jobs = {"retention": lambda: _retention(services), "alerts": services.alerts.run}
+    advisory lock (cluster/leader.py): retention, the sweep of nodes no replica holds, and the
+    feature areas (alert evaluation, notification delivery, the calendar's jobs, rollouts: the
+    features leader, cluster/features.py); on SQLite all here, as they always did."""
+    jobs = {"retention": lambda: _retention(services)}
     cluster = services.cluster
     if not cluster.shared:
-        return Solo(jobs)
-    jobs |= {"alerts": lambda: _lead_alerts(services), "calendar": services.calendar.run_jobs,
-             "offline": services.presence.sweep_orphans}
-    leadership = Leadership(database_target(services.config).url, cluster.replica, jobs)
-    # Leading the alerts with log rules, this replica wants every node's lines (to count them).
-    services.presence.jobs_want_lines = lambda: "alerts" in leadership.held and services.alerts.watches_logs
-    services.presence.line_observers.append(services.alerts.observe_logs)
-    return leadership
-
-
-# While it leads, the alert engine reads rules, silences and open alerts again this often: other
-# replicas' operators change them through their own engines.
-ALERTS_RELOAD_S = 10.0
-
-
-async def _lead_alerts(services: Services) -> None:
-    """The alert engine on the replica leading it (PostgreSQL): first what was changed elsewhere
-    (the last leader's alerts, rules and silences added through other replicas), then its loop."""
-    alerts = services.alerts
-    await alerts.reload(services.read_db)
-    evaluating = asyncio.create_task(alerts.run(), name="dvic-alerts")
-    try:
-        while True:
-            await asyncio.sleep(ALERTS_RELOAD_S)
-            try:
-                await alerts.reload(services.read_db)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the database away for a moment: the next round reads again
-                log.exception("reloading the alert engine failed")
-    finally:
-        await cancel_and_wait(evaluating)
+        return Solo(jobs | {"alerts": services.alerts.run})
+    jobs |= {"offline": services.presence.sweep_orphans, FEATURES_JOB: services.features.lead}
+    return Leadership(database_target(services.config).url, cluster.replica, jobs)
 
 
 async def stop_presence(app: web.Application) -> None:
@@ -359,8 +335,9 @@ def services_ctx(config: Config) -> Any:
             except BaseException:
                 await close_services(services)
                 raise
-        # What a stop or a crash left queued is sent now.
-        await services.notices.start()
+        if not services.cluster.shared:  # (with replicas: by the features leader, once it leads)
+            # What a stop or a crash left queued is sent now.
+            await services.notices.start()
         services.tasks.append(asyncio.create_task(_sweeper(services), name="dvic-sweeper"))
         services.jobs = once_only_jobs(services)
         services.jobs.start()

@@ -65,7 +65,9 @@ class Dispatcher:
         self._closed = False
 
     async def start(self) -> None:
-        """Schedule what was left pending (a restart, a crash) and start the retention task."""
+        """Schedule what was left pending (a restart, a crash) and start the retention task. With
+        several replicas only the features leader delivers: this runs when it gains the lead."""
+        self._closed = False
         for item in await self.writer.submit(store.pending()):
             self._schedule(item)
         self._tasks.append(asyncio.create_task(self._retention(), name="dvic-notify-retention"))
@@ -79,6 +81,16 @@ class Dispatcher:
         await asyncio.gather(*(worker.stop(grace) for worker in workers))
         await cancel_and_wait(*self._tasks)
         await self.transport.close()
+
+    async def pause(self) -> None:
+        """Stop delivering (the features lead is lost); what is queued stays pending in the database
+        for the replica that leads next. The transport stays open for a later `start`."""
+        self._closed = True
+        workers = list(self._workers.values())
+        self._workers.clear()
+        await asyncio.gather(*(worker.stop() for worker in workers))
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(*tasks)
 
     # -- the engine's side ------------------------------------------------------------------------
 

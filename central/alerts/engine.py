@@ -46,6 +46,9 @@ from .stock import (
     summary,
 )
 
+# Rules whose readings are counts of log lines over LOG_WINDOW_S.
+LOG_TYPES = frozenset({"log", "log_errors"})
+
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (rule, subject)
@@ -160,9 +163,37 @@ class AlertEngine:
         self._counts: dict[str, int] = {}
         self.passes = 0
         self.last_pass_s = 0.0
+        # On a replica not leading the feature areas: the leader's counts, from its `alerts` frames
+        # (this engine's own state is not kept up to date there).
+        self.leaders_counts: dict[str, int] | None = None
+        # Until then log-rule counts are younger than their window (a reload started them again):
+        # they may open an alert but not end one (it would end and fire again, notified twice).
+        self.logs_full_from = 0.0
         self._rebuild()
 
     # -- loading ---------------------------------------------------------------------------------
+    async def reload(self, db: ReadDB) -> None:
+        """Forget everything and load again (a replica gaining the features lead: what it had in
+        memory may be stale). Log-rule counts and demo flags start again from the next lines."""
+        async with self._lock:
+            self._forget()
+            self.logs_full_from = self.clock() + LOG_WINDOW_S
+            await self.load(db)
+        self.kick()
+
+    def _forget(self) -> None:
+        self.rules = dict(STOCK)
+        self._tuning.clear()
+        self.suspended.clear()
+        self.silences.clear()
+        self._nodes.clear()
+        self._by_id.clear()
+        self._dirty.clear()
+        self.ctx.log_counts.clear()
+        self.ctx.demo_flags.clear()
+        self._counts = {}
+        self.leaders_counts = None
+
     async def load(self, db: ReadDB) -> None:
         """Rules, open alerts and current silences from the database (at start)."""
         for row in await queries.rules(db):
@@ -183,16 +214,6 @@ class AlertEngine:
         self.silences = {s.id: s for s in await queries.silences(db, now)}
         self._rebuild()
         self._publish_counts()
-
-    async def reload(self, db: ReadDB) -> None:
-        """Rules, silences and open alerts read again, as at start (conditions pending their "for"
-        are kept): with several replicas, the leading engine takes what others changed."""
-        async with self._lock:
-            self.rules, self._tuning, self._by_id = dict(STOCK), {}, {}
-            for na in self._nodes.values():
-                na.open.clear()
-            self._nodes = {node_id: na for node_id, na in self._nodes.items() if na.pending}
-            await self.load(db)
 
     @property
     def watches_logs(self) -> bool:
@@ -407,7 +428,12 @@ class AlertEngine:
             if readings is None:
                 held.add(rule.name)
                 continue
+            warming = rule.type in LOG_TYPES and now < self.logs_full_from
+            if warming:
+                held.add(rule.name)
             for reading in readings:
+                if warming and reading[1] != FIRE:
+                    continue
                 if reading[1] == CLEAR and na is None:
                     continue  # the common case: nothing wrong, nothing open
                 if na is None:
@@ -558,6 +584,8 @@ class AlertEngine:
         self.bus.publish(frame)
 
     def counts(self) -> dict[str, int]:
+        if self.leaders_counts is not None:
+            return dict(self.leaders_counts)
         now = self.clock()
         firing = acknowledged = silenced = 0
         for tracked in self._by_id.values():

@@ -152,5 +152,7 @@ def _server(out: Exposition, registry: Registry, engine: AlertEngine, writer: Wr
                (("", float(pending)),))
     out.family("dvic_server_alert_pass_seconds", "gauge", "wall time of the last full alert evaluation pass",
                (("", engine.last_pass_s),))
+    out.family("dvic_server_alert_passes_total", "counter", "alert evaluation passes run here (with replicas: "
+               "only the features leader evaluates)", (("", float(engine.passes)),))
     out.family("dvic_server_uptime_seconds", "gauge", "seconds since the server started",
                (("", time.time() - started_at),))

@@ -16,6 +16,7 @@ from dvic_core.schema import Bool, Int, Object, Query, Schema, Str, Stream
 
 from .. import store
 from ..auth import NODE, ApiError, Operator, current_operator
+from ..cluster.features import LeaderUnavailable
 from ..config import DemoLimits
 from ..demos.catalog import PublishError
 from ..demos.deployments import DeployError, Target
@@ -222,7 +223,11 @@ async def node_release(request: web.Request) -> web.StreamResponse:
     if isinstance(who, web.Response):
         return who
     sha256 = request.match_info["sha256"]
-    if re.fullmatch(SHA256, sha256) is None or not svc.deployments.allowed_release(who, sha256):
+    try:  # (with replicas, the features leader's deployments decide)
+        allowed = re.fullmatch(SHA256, sha256) is not None and await svc.features.allowed_release(who, sha256)
+    except LeaderUnavailable as exc:
+        raise ApiError(503, "leader_unavailable", str(exc)) from None
+    if not allowed:
         raise ApiError(404, "no_such_release", "no such release in this node's desired set")
     path = svc.catalog.path(sha256)
     if not path.exists():

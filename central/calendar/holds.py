@@ -6,6 +6,7 @@ decides overlaps inside the writer); this index follows each committed change an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,6 +22,8 @@ class Hold:
 class Holds:
     def __init__(self) -> None:
         self._by_node: dict[str, list[Hold]] = {}
+        # Called after each change made here (with replicas: the others reload theirs).
+        self.changed: Callable[[], None] = lambda: None
 
     def load(self, rows: list[tuple[int, str, str, float, float]]) -> None:
         self._by_node.clear()
@@ -30,6 +33,7 @@ class Holds:
     def add(self, booking_id: int, holder: str, node_ids: list[str], starts_at: float, ends_at: float) -> None:
         for node_id in node_ids:
             self._by_node.setdefault(node_id, []).append(Hold(booking_id, holder, node_id, starts_at, ends_at))
+        self.changed()
 
     def drop(self, booking_id: int) -> None:
         for node_id, holds in list(self._by_node.items()):
@@ -38,12 +42,14 @@ class Holds:
                 self._by_node[node_id] = kept
             else:
                 del self._by_node[node_id]
+        self.changed()
 
     def move_end(self, booking_id: int, ends_at: float) -> None:
         for node_id, holds in self._by_node.items():
             self._by_node[node_id] = [
                 Hold(h.booking_id, h.holder, h.node_id, h.starts_at, ends_at) if h.booking_id == booking_id else h
                 for h in holds]
+        self.changed()
 
     def holding(self, node_id: str, at: float | None = None) -> Hold | None:
         """The booking that holds `node_id` at `at` (now by default); forgets the ones that are over."""

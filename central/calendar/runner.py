@@ -120,11 +120,11 @@ class Runner:
             if hold is not None and firing.by != hold.holder:
                 outcome[node.id] = "held"
                 await self._node(firing, node, "held", 0, f"held by booking {hold.booking_id} of {hold.holder}")
-            elif node.send is None and firing.catch_up_s > 0:
+            elif not node.connected and firing.catch_up_s > 0:
                 waiting.append(node)
                 await self._node(firing, node, "waiting", 0,
                                  f"{node.state}: runs if it comes back within {firing.catch_up_s:.0f} s")
-            elif node.send is None:
+            elif not node.connected:  # (connected to another replica: reached through the routing)
                 outcome[node.id] = "offline"
                 await self._node(firing, node, "offline", 0, f"node is {node.state}")
             else:
@@ -166,7 +166,7 @@ class Runner:
     async def _catch_up(self, firing: Firing, node: NodeState) -> str:
         """A node offline at the moment: its steps (the group's were done) once it is back, if in time."""
         deadline = firing.due_at + firing.catch_up_s
-        while node.send is None:
+        while not node.connected:
             if time.time() >= deadline:
                 await self._node(firing, node, "offline", 0, f"did not come back within {firing.catch_up_s:.0f} s")
                 return "offline"

@@ -106,6 +106,14 @@ class Calendar:
         if jobs:
             await self._start_jobs()
 
+    async def reload(self) -> None:
+        """Forget and load again (a replica gaining the features lead: its copy may be stale)."""
+        self.hours.clear()
+        self.hours_meta.clear()
+        self.runbooks.clear()
+        self._next.clear()
+        await self._load()
+
     async def _start_jobs(self) -> None:
         await self.scheduler.start()
         self.booking_deploys.start()
@@ -118,13 +126,8 @@ class Calendar:
         await self.scheduler.close()
 
     async def run_jobs(self) -> None:
-        """The calendar's once-only work on the replica leading it, until cancelled: first the
-        calendar read again (another replica may have changed hours or runbooks)."""
-        self.hours.clear()
-        self.hours_meta.clear()
-        self.runbooks.clear()
-        self._next.clear()
-        await self._load()
+        """The calendar's once-only work on the replica leading the feature areas, until cancelled
+        (it read the calendar again first: `reload`)."""
         await self._start_jobs()
         try:
             await asyncio.Event().wait()

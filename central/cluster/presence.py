@@ -63,6 +63,7 @@ class Peer:
     logs: frozenset[str] = frozenset()  # node ids (or "*") whose lines its stream clients want
     interest: int = 0  # the number of its latest wish for lines, acknowledged to it
     gone: bool = False  # silent for SILENT_S, or stopped: holds no session
+    said: dict[str, Any] | None = None  # what else its last heartbeat said (`announce`: e.g. what it leads)
 
 
 class Presence:
@@ -87,6 +88,10 @@ class Presence:
         # and who is given the lines other replicas send then.
         self.jobs_want_lines: Callable[[], bool] = lambda: False
         self.line_observers: list[Callable[[NodeState, list[dict[str, Any]]], None]] = []
+        # What else this replica's heartbeat says (what it leads: central/cluster/features.py), and
+        # who else is given the live frames of other replicas.
+        self.announce: list[Callable[[], dict[str, Any]]] = []
+        self.frame_observers: list[Callable[[dict[str, Any]], None]] = []
         # Our wishes for lines are numbered; each peer acknowledges the latest it has applied.
         self._interest = 0
         self._acked: dict[str, int] = {}
@@ -199,6 +204,10 @@ class Presence:
         """Node ids (or "*") whose lines this replica wants: its stream clients', or all for a job."""
         return ["*"] if self.jobs_want_lines() else sorted(self.bus.local_interest())
 
+    def beat_now(self) -> None:
+        """A heartbeat at once (what this replica leads changed: central/cluster/features.py)."""
+        self._beat()
+
     def remote_wants(self, node_id: str) -> bool:
         return any(not p.gone and ("*" in p.logs or node_id in p.logs) for p in self.peers.values())
 
@@ -224,6 +233,7 @@ class Presence:
         if isinstance(beat, dict):
             peer.heartbeat_at = float(beat.get("at") or time.time())
             peer.logs = frozenset(str(x) for x in beat.get("logs") or ())
+            peer.said = beat
             interest = int(beat.get("interest") or 0)
             if interest != peer.interest:  # applied from now on: tell it, so its client may rely on it
                 peer.interest = interest
@@ -326,6 +336,8 @@ class Presence:
     def _show(self, frame: dict[str, Any]) -> None:
         """Another replica's live frame (an event, an alert, a deployment) to our stream clients."""
         self.bus.publish_local(frame)
+        for observe_frame in self.frame_observers:
+            observe_frame(frame)
         if frame.get("type") == "event":
             event = frame.get("event") or {}
             node = self.registry.get(str(event.get("node") or "")) if event.get("node") else None
@@ -376,7 +388,10 @@ class Presence:
         self._beat()
 
     def _beat(self) -> None:
-        self.outbox.beat({"at": time.time(), "logs": self.wants(), "interest": self._interest})
+        beat: dict[str, Any] = {"at": time.time(), "logs": self.wants(), "interest": self._interest}
+        for say in self.announce:
+            beat.update(say())
+        self.outbox.beat(beat)
 
     async def announce_interest(self, timeout: float = INTEREST_WAIT_S) -> None:
         """Tell the other replicas which lines this one wants now, and wait (at most `timeout`) until

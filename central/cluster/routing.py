@@ -13,7 +13,8 @@ Messages on `dvic_r_<replica>` (PgBus), keyed `route`:
 - `to_node` R -> O: {node, rid, n, msg, from, ack?}: `ack` asks O to say whether it was sent;
 - `ack` O -> R: {ack, sent, why, owner}: `owner` is where O believes the node went;
 - `from_node` O -> R: {node, rid, n, msg, bytes}: `bytes` names the fields that were bytes (base64);
-- `ended` either way: {rids, why}: the other side's relays of those ids are over.
+- `ended` either way: {rids, why}: the other side's relays of those ids are over;
+- `deliver` any -> O: {node, msg}: one message for the node, no relay, no answer (`Router.deliver`).
 `n` numbers each relay's messages in each direction: a number skipped means bytes were lost between
 the replicas, and the relay ends with a message instead of going on corrupted. Every PING_S each
 replica asks every replica it relays with (request `routing_ping`) which ids it still has and how
@@ -236,6 +237,22 @@ class Router:
         """The hub is done with `rid`: what still comes for it is dropped."""
         self.remote.pop(rid, None)
 
+    async def deliver(self, node: NodeState, msg: dict[str, Any]) -> bool:
+        """One message for the node that starts no relay and waits for no answer here (the feature
+        leader's `demos_desired`: the node's answers reach the leader as node inputs). Sent on the
+        node's session here, else handed to the replica holding it, which sends it in the node's lane;
+        False when neither could take it."""
+        owner = self.owner(node)
+        if owner is None:
+            return node.send is not None and await node.send(msg)
+        try:
+            await self.bus.publish(channel_of(owner), {"route": "deliver", "from": self.replica, "node": node.id,
+                                                       "msg": msg})
+        except BusError as exc:
+            log.warning("routing: %s for node %s through %s not sent: %s", msg.get("type"), node.name, owner, exc)
+            return False
+        return True
+
     async def _to_owner(self, remote: Relay, rid: str, msg: dict[str, Any], ack: str = "") -> None:
         n, remote.sent = remote.sent, remote.sent + 1  # numbered in the order published (no await between)
         body: dict[str, Any] = {"route": "to_node", "from": self.replica, "node": remote.node_id, "rid": rid,
@@ -291,9 +308,24 @@ class Router:
             future = self._acks.get(str(message.get("ack")))
             if future is not None and not future.done():
                 future.set_result(message)
+        elif kind == "deliver":
+            self._on_deliver(message)
         elif kind == "ended":
             for rid in message.get("rids") or ():
                 self._end_remote(str(rid), str(message.get("why") or "ended by the node's replica"))
+
+    def _on_deliver(self, message: dict[str, Any]) -> None:
+        node_id, msg = str(message.get("node")), message.get("msg")
+        if not isinstance(msg, dict):
+            return
+
+        async def send() -> None:
+            node = self.nodes(node_id)
+            if node is None or node.send is None or not await node.send(msg):
+                log.info("routing: %s from %s for node %s not sent: not connected here", msg.get("type"),
+                         message.get("from"), node_id)
+
+        self._lanes.put(node_id, send)
 
     def _on_to_node(self, message: dict[str, Any]) -> None:
         """Counted and checked at once, on arrival (a ping answered later sees these counts); sent

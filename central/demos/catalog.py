@@ -88,6 +88,8 @@ class Catalog:
                     path.unlink(missing_ok=True)
 
     def load(self, rows: list[dict[str, Any]]) -> None:
+        """The releases stored (at start; again, from scratch, on gaining the features lead)."""
+        self.by_name.clear()
         for row in rows:
             self._add(Release(**row))
 

@@ -142,10 +142,20 @@ class DeploymentHub:
         # decides for them), said again in its final message
         self._held: dict[str, str] = {}
         self._lock = asyncio.Lock()
+        # How a message reaches a node wherever its session is (the router's `deliver`, set by the
+        # server); None: only a node connected here.
+        self.deliver: Callable[[NodeState, dict[str, Any]], Awaitable[bool]] | None = None
 
     # -- loading -------------------------------------------------------------------------------
     def load(self, assignments: list[dict[str, Any]], deployments: list[dict[str, Any]],
              rollout_rows: list[dict[str, Any]], statuses: list[dict[str, Any]]) -> None:
+        """What is stored (at start; again, from scratch, on gaining the features lead)."""
+        self.stop()
+        self.assignments.clear()
+        self.deployments.clear()
+        self.status.clear()
+        self._pushes.clear()
+        self._held.clear()
         for a in assignments:
             self.assignments[(a["demo"], a["scope"], a["target"])] = Assignment(a["version"], a["deployment_id"])
         for d in deployments:
@@ -157,12 +167,26 @@ class DeploymentHub:
         for s in statuses:
             self.status[(s["node_id"], s["demo"])] = s
 
+    async def read(self, read_db: Any) -> None:
+        """Releases, assignments, live deployments and demo statuses from the database, replacing
+        what was here (at start; on gaining the features lead with several replicas)."""
+        self.catalog.load(await store.releases(read_db))
+        live = await store.live_deployments(read_db)
+        self.load(await store.assignments(read_db), live,
+                  await store.rollout_nodes(read_db, [dep["id"] for dep in live]), await store.statuses(read_db))
+
     def start(self) -> None:
         """After loading: rows a previous process was following get their timeouts again."""
         for dep in self.deployments.values():
             for row in dep.nodes.values():
                 if row.state in IN_PROGRESS:
                     self._arm_timer(dep, row)
+
+    def stop(self) -> None:
+        """No more timeouts from here (the features lead is lost: the next leader arms its own)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
 
     # -- the plain API -------------------------------------------------------------------------
     async def deploy(self, demo: str, version: str, target: Target, operator: str, batch: int | None = None,
@@ -531,13 +555,13 @@ class DeploymentHub:
     # -- pushing and advancing ---------------------------------------------------------------------
     async def push(self, node: NodeState) -> None:
         """Send the node its complete desired set; start tracking the rows it now works on."""
-        if node.send is None:
+        if not node.connected:
             return
         entries = self.desired(node)
         push_id = str(uuid.uuid4())
         self._pushes = {k: v for k, v in self._pushes.items() if v != node.id}
         self._pushes[push_id] = node.id
-        if not await node.send({"type": "demos_desired", "id": push_id, "demos": entries}):
+        if not await self._send(node, {"type": "demos_desired", "id": push_id, "demos": entries}):
             return
         rollouts = {e["rollout"] for e in entries}
         changed: list[RolloutNode] = []
@@ -558,6 +582,11 @@ class DeploymentHub:
             self._arm_timer(dep, row)
         if changed:
             self.submit_later(store.save_rollout_nodes(asdict(r) for r in changed))
+
+    async def _send(self, node: NodeState, msg: dict[str, Any]) -> bool:
+        if self.deliver is not None:
+            return await self.deliver(node, msg)
+        return node.send is not None and await node.send(msg)
 
     async def _advance(self, dep: Deployment) -> None:
         """Release the next batch, or end the deployment, once the released rows allow it. A deployment

@@ -1,5 +1,5 @@
-"""Alert evaluation with several replicas (issue 18): it runs on the replica leading the `alerts`
-job, which counts the log lines of nodes held by the others (they travel to it on the bus) and
+"""Alert evaluation with several replicas (issue 18): it runs on the replica leading the `features`
+job (the features leader), which counts the log lines of nodes held by the others (they travel to it on the bus) and
 takes the rules added through the others. Real servers on one PostgreSQL, real node connections."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ async def test_a_log_rule_fires_for_a_node_on_one_replica_with_the_rule_added_on
     url = pg_cluster.fresh_database()
     with Replicas(tmp_path / "data", url, count=2, interval=1, offline_after=3,
                   extra_args=("--alerts-interval", "0.5")) as servers:
-        leading = await async_wait_for(lambda: job_leader(servers[0], "alerts"), 30, "a replica to lead the alerts")
+        leading = await async_wait_for(lambda: job_leader(servers[0], "features"), 30, "a replica to lead the alerts")
         leader, other = sorted(servers, key=lambda s: s.name != leading)
         # The rule is added through one replica, the node is held by the other.
         with_rule, with_node = (leader, other) if rule_on == "leader" else (other, leader)
@@ -38,6 +38,6 @@ async def test_a_log_rule_fires_for_a_node_on_one_replica_with_the_rule_added_on
                            for f in stream.of_type("alert"))
 
             await async_wait_for(fired, 40, "the door-jam alert, on the other replica's stream", interval=1.0)
-        assert "runs alerts" in leader.log() and "runs alerts" not in other.log()
+        assert "runs features" in leader.log() and "runs features" not in other.log()
         rows = leader.query("SELECT count(*) FROM alerts WHERE rule = 'door-jam'")
         assert rows == [(1,)], rows  # raised once, by the leading engine alone

@@ -16,7 +16,7 @@ from tests.support.replicas import Replicas, StreamClient, balanced, behind, kno
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 
-JOBS = ("retention", "alerts", "calendar", "offline")
+JOBS = ("retention", "features", "offline")
 
 
 async def held(url: str) -> dict[str, str]:
@@ -42,8 +42,8 @@ async def test_once_only_jobs_run_on_one_replica_and_move_when_it_dies(two_repli
     leader.kill()  # kill -9: its session ends with it, and so do its locks
     moved: dict[str, str] = await async_wait_for(lambda: _all_held(url, only=other.name), 30, "the jobs to move")
     assert set(moved.values()) == {other.name}
-    await async_wait_for(lambda: "runs retention" in other.log() and "runs alerts" in other.log(), 20,
-                         f"{other.name} to say it runs retention and alerts")
+    await async_wait_for(lambda: "runs retention" in other.log() and "runs features" in other.log(), 20,
+                         f"{other.name} to say it runs retention and features")
 
 
 async def _all_held(url: str, only: str = "") -> dict[str, str] | None:

@@ -159,7 +159,7 @@ async def test_lines_travel_between_replicas_only_while_a_stream_client_wants_th
         two_replicas: list[CentralServer]) -> None:
     # The node on the replica leading the alerts (the other one then wants every node's lines for
     # the stock log_errors rule), the stream clients on the other.
-    leading = await async_wait_for(lambda: job_leader(two_replicas[0], "alerts"), 30, "the alerts' leader")
+    leading = await async_wait_for(lambda: job_leader(two_replicas[0], "features"), 30, "the alerts' leader")
     holder, viewer = sorted(two_replicas, key=lambda s: s.name != leading)
     bundle = toward(enrolled_on_both(viewer, holder, "pi-quiet"), holder)
     node_id = bundle["node_id"]
