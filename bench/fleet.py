@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         idle = procstat.read(server.pid)
         report.add("server RSS, all connected, idle", round(idle.rss_bytes / 1e6, 1), "MB")
         await probe_memory(args, server.pid, report, "all connected, idle")
-        idle = procstat.read(server.pid)
+        idle, pg_idle = procstat.read(server.pid), postgres_cpu_s(cluster)
 
         tracker = procstat.PeakTracker(server.pid)
         go_wall = time.time()
@@ -181,7 +181,7 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         await sampler
         acked_total = sum(r.get("lines_acked", 0) for r in results)
         await subscriber.wait_for_lines(acked_total, timeout=15)
-        peak = procstat.read(server.pid)
+        peak, pg_end = procstat.read(server.pid), postgres_cpu_s(cluster)
         await subscriber.stop()
     finally:
         for w in workers:
@@ -206,6 +206,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         report.add("server CPU per 1,000 lines (all its work)", round(per_line * 1e6, 1), "ms")
         report.add("  => lines/s one free core could carry", round(1 / per_line) if per_line > 0 else 0,
                    "lines/s")
+        if cluster is not None:  # every line stored, however late: comparable across machine loads
+            report.add("PostgreSQL CPU per 1,000 lines (all its work)", round((pg_end - pg_idle) / rows * 1e6, 1),
+                       "ms")
     return report
 
 

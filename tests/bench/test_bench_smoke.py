@@ -83,6 +83,7 @@ def test_fleet_smoke_on_postgresql(tmp_path: Path) -> None:
     assert figures["acked lines missing from the database"]["value"] == 0
     assert figures["subscriber lines received"]["ok"] is True
     measured(figures, "PostgreSQL CPU (postmaster + backends)", "% of one core")
+    measured(figures, "PostgreSQL CPU per 1,000 lines (all its work)", "ms")
 
 
 def test_writer_paths_smoke() -> None:
