@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from tests.support.server import CentralServer
 
 from .common import add_common_args, add_procs, parser, positive_float, positive_int, run_bench
 from .enroll import enroll_server_fleet, save_fleet
-from .fleet import source_address
+from .fleet import fleet_workers
 from .report import Report, latency_summary
 from .subscriber import LatencySubscriber
 from .workers import Worker
@@ -83,15 +84,9 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         fleet_file = work / "fleet.json"
         save_fleet(fleet, fleet_file)
         bases = ",".join(wss(s) for s in servers)
-        share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
-        first = 0
-        for i, count in enumerate(share):
-            workers.append(Worker(f"failover-worker-{i}", "bench.fleet_worker", [
-                "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
-                "--lines-per-s", str(args.lines_per_s), "--interval", str(args.interval),
-                "--duration", str(args.duration), "--warmup", "0", "--drain-timeout", "60",
-                "--source-address", source_address(i), "--replicas", bases], work))
-            first += count
+        workers = fleet_workers("failover-worker", fleet_file, args.nodes, args.procs, work, [
+            "--lines-per-s", str(args.lines_per_s), "--interval", str(args.interval), "--duration", str(args.duration),
+            "--warmup", "0", "--drain-timeout", "60", "--replicas", bases])
         subscriber = LatencySubscriber(watcher.url, watcher.admin_token, watcher.ssl_context, track=True)
         await subscriber.start()
         for w in workers:
@@ -192,11 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_bench(parse_args(argv), "failover", run, run=run_event_loop)
 
 
+# What the options must also satisfy, and what to say when they do not.
+RULES: tuple[tuple[Callable[[argparse.Namespace], bool], str], ...] = (
+    (lambda a: a.replicas >= 2, "--replicas: at least 2 (one is killed)"),
+    (lambda a: a.kill_after < a.duration, "--kill-after: must be shorter than --duration"),
+)
+
+
 def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    if args.replicas < 2:
-        p.error("--replicas: at least 2 (one is killed)")
-    if args.kill_after >= args.duration:
-        p.error("--kill-after: must be shorter than --duration")
+    for holds, otherwise in RULES:
+        if not holds(args):
+            p.error(otherwise)
     return args
 
 

@@ -97,6 +97,20 @@ async def probe_memory(args: argparse.Namespace, pid: int, report: Report, when:
     report.note(f"memory probe {done} not written in 600 s ({when})")
 
 
+def fleet_workers(name: str, fleet_file: Path, nodes: int, procs: int, work: Path, options: list[str]) -> list[Worker]:
+    """`procs` bench.fleet_worker processes (not started) sharing the fleet's nodes as evenly as can
+    be, each from its own source address, with `options`."""
+    workers: list[Worker] = []
+    first = 0
+    for i in range(procs):
+        count = nodes // procs + (1 if i < nodes % procs else 0)
+        workers.append(Worker(f"{name}-{i}", "bench.fleet_worker", [
+            "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
+            "--source-address", source_address(i), *options], work))
+        first += count
+    return workers
+
+
 def source_address(worker: int) -> str:
     """Each worker connects from its own loopback address, 127.0.0.2 and up: one address has ~28,000
     ephemeral ports (net.ipv4.ip_local_port_range) towards the server's address and port."""
@@ -130,18 +144,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         report.add("server RSS after enrollment", round(procstat.read(server.pid).rss_bytes / 1e6, 1), "MB")
         await probe_memory(args, server.pid, report, "enrolled, none connected")
 
-        share = [args.nodes // args.procs + (1 if i < args.nodes % args.procs else 0) for i in range(args.procs)]
-        first = 0
-        for i, count in enumerate(share):
-            workers.append(Worker(f"fleet-worker-{i}", "bench.fleet_worker", [
-                "--fleet", str(fleet_file), "--start", str(first), "--count", str(count),
-                "--lines-per-s", str(args.lines_per_s), "--batch-interval", str(args.batch_interval),
-                "--batching", args.batching,
-                "--interval", str(args.interval), "--duration", str(args.duration), "--warmup", str(args.warmup),
-                "--connect-concurrency", str(args.connect_concurrency), "--drain-timeout", str(args.drain_timeout),
-                "--source-address", source_address(i),
-            ], work))
-            first += count
+        workers = fleet_workers("fleet-worker", fleet_file, args.nodes, args.procs, work, [
+            "--lines-per-s", str(args.lines_per_s), "--batch-interval", str(args.batch_interval),
+            "--batching", args.batching,
+            "--interval", str(args.interval), "--duration", str(args.duration), "--warmup", str(args.warmup),
+            "--connect-concurrency", str(args.connect_concurrency), "--drain-timeout", str(args.drain_timeout),
+        ])
         # The subscriber first: once the nodes fill --max-connections, a tenth of it is theirs alone.
         subscriber = LatencySubscriber(server.url, server.admin_token, server.ssl_context)
         await subscriber.start()
