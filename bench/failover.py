@@ -187,6 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     return run_bench(parse_args(argv), "failover", run, run=run_event_loop)
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = parser("failover", __doc__, nodes=6000, interval=True)
+    p.add_argument("--replicas", type=positive_int, default=3, help="dvic-central replicas (3)")
+    p.add_argument("--lines-per-s", type=positive_float, default=0.5, help="log lines per second per node (0.5)")
+    p.add_argument("--duration", type=positive_float, default=90.0, help="seconds of sending (90)")
+    p.add_argument("--kill-after", type=positive_float, default=30.0, help="kill -9 the first replica after (30 s)")
+    add_procs(p, 3)
+    add_common_args(p)
+    return _checked(p, p.parse_args(argv))
+
+
 # What the options must also satisfy, and what to say when they do not.
 RULES: tuple[tuple[Callable[[argparse.Namespace], bool], str], ...] = (
     (lambda a: a.replicas >= 2, "--replicas: at least 2 (one is killed)"),
@@ -199,17 +210,6 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         if not holds(args):
             p.error(otherwise)
     return args
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = parser("failover", __doc__, nodes=6000, interval=True)
-    p.add_argument("--replicas", type=positive_int, default=3, help="dvic-central replicas (3)")
-    p.add_argument("--lines-per-s", type=positive_float, default=0.5, help="log lines per second per node (0.5)")
-    p.add_argument("--duration", type=positive_float, default=90.0, help="seconds of sending (90)")
-    p.add_argument("--kill-after", type=positive_float, default=30.0, help="kill -9 the first replica after (30 s)")
-    add_procs(p, 3)
-    add_common_args(p)
-    return _checked(p, p.parse_args(argv))
 
 
 if __name__ == "__main__":
