@@ -123,9 +123,6 @@ class Registry:
         self._by_token: dict[str, NodeState] = {}
         # Called with every event stored (state changes, the node's own events): the alert engine.
         self.event_observers: list[Callable[[NodeState | None, str, dict[str, Any]], None]] = []
-        # Called with the id of a node whose record (name, credentials, maintenance, revocation)
-        # changed here, after it is stored: the other replicas reload it (central/cluster/records.py).
-        self.record_observers: list[Callable[[str], None]] = []
 
     # -- loading and lookups -------------------------------------------------------------------
     def load(self, rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> None:
@@ -136,34 +133,6 @@ class Registry:
             if owner is not None:
                 owner.demos[demo["token"]] = _demo_view(demo)
                 owner.demo_seen[demo["token"]] = demo["updated_at"]
-
-    def refresh(self, row: dict[str, Any]) -> NodeState:
-        """Apply a node's row as another replica changed it (central/cluster/records.py): a new
-        enrollment, a rename, a re-enrollment's new credentials, maintenance, a revocation (which
-        also ends the node's session here). Live clients see the change."""
-        node = self._by_id.get(row["id"])
-        if node is None:
-            node = _node_from_row(row)
-            self._index(node)
-            self.bus.publish({"type": "node", "node": node.summary()})
-            return node
-        fresh = _node_from_row(row)
-        for index, key in ((self._by_name, node.name), (self._by_fp, node.cert_fp), (self._by_token, node.token_hash)):
-            if index.get(key) is node:
-                del index[key]
-        node.name, node.kind, node.group = fresh.name, fresh.kind, fresh.group
-        node.cert_fp, node.token_hash, node.maintenance = fresh.cert_fp, fresh.token_hash, fresh.maintenance
-        if fresh.revoked and not node.revoked:
-            node.revoked = True
-            if node.disconnect is not None:
-                node.disconnect(CLOSE_REVOKED, "node revoked")
-        self._index(node)
-        self.publish(node)
-        return node
-
-    def _changed(self, node: NodeState) -> None:
-        for observe in self.record_observers:
-            observe(node.id)
 
     def _index(self, node: NodeState) -> None:
         self._by_id[node.id] = node
@@ -176,13 +145,11 @@ class Registry:
     def add(self, node: NodeState) -> None:
         self._index(node)
         self.bus.publish({"type": "node", "node": node.summary()})
-        self._changed(node)
 
     async def rename(self, node: NodeState, new_name: str) -> None:
         await self.writer.submit(store.rename_node(node.id, new_name))
         self.renamed(node, new_name)
         self.publish(node)
-        self._changed(node)
 
     def renamed(self, node: NodeState, new_name: str) -> None:
         """The node's name is `new_name` from now on (stored already)."""
@@ -313,13 +280,11 @@ class Registry:
         await self.record_event(node, "state", f"{before} -> {node.state} (by {by})",
                                 {"from": before, "to": node.state, "by": by}, now)
         self.publish(node)
-        self._changed(node)
 
     async def revoke(self, node: NodeState, by: str) -> None:
         now = time.time()
         await self.writer.submit(store.revoke_node(node.id, now))
         node.revoked = True
-        self._changed(node)  # first: the other replicas end its sessions there too
         if node.disconnect is not None:
             node.disconnect(CLOSE_REVOKED, "node revoked")
         await self.record_event(node, "revoked", f"revoked by {by}", {"by": by}, now)

@@ -27,7 +27,6 @@ from .cluster.features import JOB as FEATURES_JOB
 from .cluster.features import Features
 from .cluster.leader import Leadership, Solo
 from .cluster.presence import Presence
-from .cluster.records import NodeRecords
 from .cluster.replica import Cluster, default_replica_name, open_cluster
 from .cluster.routing import Router, ServiceHubs, wire
 from .commands import CommandHub
@@ -320,8 +319,6 @@ async def stop_presence(app: web.Application) -> None:
 def services_ctx(config: Config) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         services = await open_services(config)
-        records = NodeRecords(services.cluster, services.registry, services.queries)
-        records.start()
         try:
             await services.cluster.bus.start()
         except BaseException:
@@ -343,7 +340,6 @@ def services_ctx(config: Config) -> Any:
         services.jobs.start()
         app[SERVICES] = services
         yield
-        await records.close()
         await close_services(services)
 
     return ctx

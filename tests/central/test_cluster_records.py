@@ -1,4 +1,4 @@
-"""Node records across replicas (central/cluster/records.py): two real servers on one PostgreSQL
+"""Node records across replicas (shared presence, central/cluster/presence.py): two real servers on one PostgreSQL
 database and one data dir; a node enrolled, renamed, put in maintenance or revoked through one is
 known so by the other at once, and may connect to it (or is refused and cut off there)."""
 
