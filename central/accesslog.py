@@ -101,10 +101,13 @@ class _Line:
             self.status = exc.status  # aiohttp's 404/405/413, answered by the errors middleware
         request = self.request
         url = request.rel_url
-        log.info("%s %s %s %s %d %.1f ms", request.remote or "-",
-                 self.identity or request.get(CALLER_KEY, "-"), request.method,
-                 loggable_target(url.raw_path, url.raw_query_string), self.status,
-                 (time.monotonic() - self.started) * 1000)
+        write_line(request.remote or "-", self.identity or request.get(CALLER_KEY, "-"), request.method,
+                   loggable_target(url.raw_path, url.raw_query_string), self.status, self.started)
+
+
+def write_line(remote: str, identity: str, method: str, target: str, status: int, started: float) -> None:
+    """One request's line (`started`: its time.monotonic() when it came)."""
+    log.info("%s %s %s %s %d %.1f ms", remote, identity, method, target, status, (time.monotonic() - started) * 1000)
 
 
 class AccessLog:
@@ -120,3 +123,7 @@ class AccessLog:
         self.tally.flush()
         # A node websocket's transport is gone once it closes: say who it is first.
         return _Line(request, _node_identity(request) if node else "")
+
+
+# The server's access log, for what is served below aiohttp (node links, central/nodehub.py).
+ACCESS_LOG = web.AppKey("access_log", AccessLog)

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from . import accounts, api, nodehub, openapi, store, stream  # noqa: F401  (modules register their routes)
-from .accesslog import AccessLog
+from .accesslog import ACCESS_LOG, AccessLog
 from .auth import ApiError, Handler, auth_middleware, error_response
 from .cluster.forward import Forwarder, forward_middleware
 from .config import Config
@@ -53,6 +53,8 @@ def create_app(config: Config) -> web.Application:
         app[SERVICES].writer.submit_later(fn)
 
     access = AccessLog(config.access_log) if config.access_log != "off" else None
+    if access is not None:
+        app[ACCESS_LOG] = access
     app.middlewares.append(errors_middleware)
     # With replicas: a feature area's call on a replica not leading them goes to the one that does.
     forwarder = Forwarder(config.data_dir / CA_CERT)
@@ -63,4 +65,8 @@ def create_app(config: Config) -> web.Application:
         config.self_register, config.register_per_address, config.register_total, config.max_pending)
     app.cleanup_ctx.append(services_ctx(config))
     app.on_shutdown.append(stop_presence)  # before the node sockets close (central/services.py)
+    # Node websockets served below aiohttp (the listener's upgrade): closed at a stop, their
+    # sessions ended, before the services close.
+    app[nodehub.NODE_DOOR] = door = nodehub.NodeDoor(app)
+    app.on_shutdown.append(door.close_all)
     return app

@@ -34,6 +34,7 @@ from .dbconn import DatabaseUnavailable, Target, target
 from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import admin_call, announce, call_running, running_server, withdraw
+from .nodehub import NODE_DOOR
 from .pki import write_private
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
@@ -150,12 +151,11 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
                            keepalive_timeout=limits.idle_timeout)
     await runner.setup()
     assert runner.server is not None
-    ConnectionGuard.install(runner.server, limits)
     MalformedRequestLog.install()
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts(), config.replica) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
-                       handshake_timeout=limits.head_timeout)
+                       guard=ConnectionGuard(limits), upgrade=app[NODE_DOOR])
     await site.start()
     port = runner.addresses[0][1]
     scheme = "https" if config.tls else "http"

@@ -3,8 +3,10 @@
 aiohttp closes a kept-alive connection that stays idle (`keepalive_timeout`, our idle timeout),
 but nothing closes a connection that finished TLS and never sends a whole request head, nor bounds
 how many connections are open: a few hundred idle sockets used up the server's file descriptors.
-`ConnectionGuard` hooks aiohttp's low-level `Server`, which sees every connection come and go
-and every request head arrive, so it costs nothing per websocket frame:
+Every connection starts in a `Doorway` (its first protocol), which reads the first request head
+and then hands the connection to aiohttp or, for a node's websocket, to a link served below
+aiohttp (central/nodelink.py); `ConnectionGuard` counts what the doorways admit, so it costs
+nothing per request or websocket frame:
 - the TLS handshake must end within `head_timeout` (asyncio's `ssl_handshake_timeout`), then the
   first request's head must arrive within `head_timeout` again, or the connection is dropped;
 - beyond `max_connections` open connections, or `max_per_address` from one client address for
@@ -27,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -44,86 +46,52 @@ FD_RESERVE = 256
 REFUSAL_LOG_EVERY_S = 60.0
 
 
-@dataclass
-class _Conn:
-    address: str
-    node: bool  # presented a client certificate our CA signed
-    head_timer: asyncio.TimerHandle | None
-
-
 class ConnectionGuard:
-    """Counts, limits and times out the connections of one aiohttp `Server` (see the module doc)."""
+    """Counts, limits and times out the connections of one listener (see the module doc).
 
-    @classmethod
-    def install(cls, server: web.Server, limits: ConnectionLimits) -> ConnectionGuard:
-        """Guard every connection `server` gets from now on (before the listener starts)."""
-        return cls(server, limits)
+    Each connection's first protocol (`Doorway`) is admitted here when it is made, and released
+    when it is lost; the doorway starts the head timer and stops it when the first head is whole.
+    """
 
-    def __init__(self, server: web.Server, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
-        self._server = server
-        self._open: dict[RequestHandler, _Conn] = {}
+        self._open: set[Doorway] = set()
         self._per_address: Counter[str] = Counter()
         self.refused = 0
         self.timed_out = 0
         self._last_refusal_log = -REFUSAL_LOG_EVERY_S
-        # aiohttp offers no per-connection hook; its Server is told of every connection by each
-        # RequestHandler, and builds every request through `request_factory` (read by handlers
-        # when created: this must run before the listener starts).
-        self._server_made = server.connection_made
-        self._server_lost = server.connection_lost
-        self._make_request = server.request_factory
-        server.connection_made = self._connection_made  # type: ignore[method-assign]
-        server.connection_lost = self._connection_lost  # type: ignore[method-assign]
-        server.request_factory = self._request_factory
 
     @property
     def open_count(self) -> int:
         return len(self._open)
 
-    def _connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        self._server_made(handler, transport)
-        address = address_key(transport.get_extra_info("peername"))
-        node = bool(transport.get_extra_info("peercert"))
+    def admit(self, conn: Doorway, transport: asyncio.Transport) -> bool:
+        """Count a new connection, or answer it 503 and close it (False)."""
+        conn.address = address = address_key(transport.get_extra_info("peername"))
+        conn.node = node = bool(transport.get_extra_info("peercert"))
         reason = refusal(self.limits, len(self._open), self._per_address[address], node)
         if reason is not None:
             self._refuse(transport, address, reason)
-            return
-        timer = asyncio.get_running_loop().call_later(self.limits.head_timeout, self._head_overdue, handler)
-        self._open[handler] = _Conn(address, node, timer)
+            return False
+        self._open.add(conn)
         if not node:
             self._per_address[address] += 1
+        return True
 
-    def _connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        self._server_lost(handler, exc)
-        conn = self._open.pop(handler, None)
-        if conn is None:
+    def release(self, conn: Doorway) -> None:
+        if conn not in self._open:
             return
-        if conn.head_timer is not None:
-            conn.head_timer.cancel()
+        self._open.discard(conn)
         if not conn.node:
             self._per_address[conn.address] -= 1
             if self._per_address[conn.address] <= 0:
                 del self._per_address[conn.address]
 
-    def _request_factory(self, message: Any, payload: Any, protocol: RequestHandler, writer: Any,
-                         task: Any) -> web.BaseRequest:
-        conn = self._open.get(protocol)
-        if conn is not None and conn.head_timer is not None:
-            conn.head_timer.cancel()
-            conn.head_timer = None
-        return self._make_request(message, payload, protocol, writer, task)
-
-    def _head_overdue(self, handler: RequestHandler) -> None:
-        conn = self._open.get(handler)
-        if conn is None:
-            return
-        conn.head_timer = None
+    def head_overdue(self, conn: Doorway) -> None:
         self.timed_out += 1
         log.debug("no request head from %s within %.0f s: dropped", conn.address, self.limits.head_timeout)
         # Abort, not close: a TLS close would wait for the client's close_notify.
-        if handler.transport is not None:
-            handler.transport.abort()
+        conn.abort()
 
     def _refuse(self, transport: asyncio.Transport, address: str, reason: str) -> None:
         self.refused += 1
@@ -237,51 +205,224 @@ def fd_budget(limits: ConnectionLimits, soft: int, hard: int) -> tuple[int, Conn
     return new_soft, replace(limits, max_connections=max(1, new_soft - reserve))
 
 
-# What every connection's reads are decrypted into (BufferedReads): one for the process, since
-# the event loop handles one read at a time and the handler copies what it is given.
+# What every connection's reads are decrypted into (Doorway): one for the process, since the
+# event loop handles one read at a time and what is kept of a read is copied out of it.
 READ_BUFFER_BYTES = 64 * 1024
 _read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
+# The most of a first request head the doorway holds while it waits for the head's end; a longer
+# head goes to aiohttp as it is (aiohttp's own limits apply), the head timer still running.
+HEAD_LIMIT = 16 * 1024
 
 
-class BufferedReads(asyncio.BufferedProtocol):
-    """aiohttp's connection handler behind a buffered protocol, for its reads.
+@dataclass(slots=True)
+class RequestHead:
+    """A first request head an upgrade may take (`Upgrade.take`): names lower-cased."""
 
-    Handed a plain protocol, the TLS layer (uvloop's and asyncio's) decrypts each read into a new
-    bytes object of its maximum read size (uvloop: 256 KiB) and then shrinks it: a large
-    allocation per frame, carved out of the C heap wherever a free 256 KiB run is. A buffered
-    protocol gets the bytes decrypted into one shared buffer instead, and the handler receives a
-    copy of just those bytes (docs/performance.md, "memory per node"). Everything else is passed
-    on unchanged.
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+
+
+def parse_head(raw: bytes) -> RequestHead | None:
+    """The request line and headers of `raw` (a head ending in an empty line), or None when it is
+    anything but plain: obsolete line folding, a line without a colon, a repeated header, bytes
+    outside Latin-1 printables. None leaves the request to aiohttp, which answers it as always."""
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            break
+        name, colon, value = line.partition(":")
+        name = name.lower()
+        if not colon or not name or name != name.strip() or name in headers or not line.isprintable():
+            return None
+        headers[name] = value.strip()
+    return RequestHead(parts[0], parts[1], parts[2], headers)
+
+
+def head_end(data: bytes | bytearray) -> int:
+    """Where the first request head in `data` ends (after its empty line), or -1."""
+    crlf, lf = data.find(b"\r\n\r\n"), data.find(b"\n\n")
+    ends = [at + 4 for at in (crlf,) if at >= 0] + [at + 2 for at in (lf,) if at >= 0]
+    return min(ends) if ends else -1
+
+
+class Link(Protocol):
+    """A connection's upper protocol after an upgrade taken below aiohttp (central/nodelink.py)."""
+
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+
+class Upgrade(Protocol):
+    """Requests the listener may serve itself instead of aiohttp (central/nodehub.py NodeDoor)."""
+
+    prefix: bytes  # how the request line of such a request starts
+
+    def take(self, head: RequestHead, transport: asyncio.Transport) -> Link | None:
+        """Answer the request and return what reads the connection from now on, or None for aiohttp."""
+
+
+@dataclass(frozen=True)
+class Door:
+    """What every connection's doorway shares: aiohttp's server, the guard, the upgrade."""
+
+    server: web.Server
+    guard: ConnectionGuard
+    upgrade: Upgrade | None
+
+
+# Doorway states
+_HEAD, _AIOHTTP, _LINK, _GONE = 0, 1, 2, 3
+
+
+class Doorway(asyncio.BufferedProtocol):
+    """Every connection's protocol: reads its first request head, then hands the connection on.
+
+    A head the upgrade takes (a node's websocket: central/nodehub.py) makes the connection a link
+    that reads it from then on; anything else goes to aiohttp's connection handler as it came
+    (connection_made, then the bytes read so far), which serves it and every later request on it.
+    The doorway counts the connection with the guard, bounds the time to the first head's end,
+    and stays in between: the TLS layer (uvloop's, asyncio's: the buffered protocol calls; a plain
+    one: data_received) decrypts every read into one shared buffer, aiohttp gets a copy of the
+    bytes read, a link reads them in place.
     """
 
-    __slots__ = ("handler", "last_read")
+    __slots__ = ("door", "transport", "state", "head", "timer", "handler", "link", "address", "node")
 
-    def __init__(self, handler: asyncio.Protocol) -> None:
-        self.handler = handler
-        # When the peer last sent anything (time.monotonic()): node heartbeats go by it (central/heartbeats.py).
-        self.last_read = time.monotonic()
+    def __init__(self, door: Door) -> None:
+        self.door = door
+        self.transport: asyncio.Transport | None = None
+        self.state = _HEAD
+        self.head: bytearray | None = None  # a first head not whole yet
+        self.timer: asyncio.TimerHandle | None = None
+        self.handler: RequestHandler | None = None
+        self.link: Link | None = None
+        self.address = ""
+        self.node = False  # presented a client certificate our CA signed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods)
+        self.transport = transport = cast(asyncio.Transport, transport)
+        guard = self.door.guard
+        if not guard.admit(self, transport):
+            self.state = _GONE
+            return
+        self.timer = asyncio.get_running_loop().call_later(guard.limits.head_timeout, guard.head_overdue, self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_read = time.monotonic()
-        self.handler.data_received(_read_buffer[:nbytes].tobytes())
+        self.data_received(_read_buffer[:nbytes])
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.handler.connection_made(transport)
+    def data_received(self, data: bytes | memoryview) -> None:  # type: ignore[override]
+        state = self.state
+        if state == _LINK:
+            assert self.link is not None
+            self.link.feed(data)
+        elif state == _AIOHTTP:
+            assert self.handler is not None
+            chunk = bytes(data)
+            if self.timer is not None:
+                self._watch_head_end(chunk)
+            self.handler.data_received(chunk)
+        elif state == _HEAD:
+            self._first_bytes(bytes(data))
+
+    def _first_bytes(self, data: bytes) -> None:
+        if self.head is not None:
+            self.head += data
+            data = bytes(self.head)
+        end = head_end(data)
+        if end < 0:
+            if len(data) > HEAD_LIMIT:
+                self.head = bytearray(data[-3:])
+                self._to_aiohttp(data)
+            elif self.head is None:
+                self.head = bytearray(data)
+            return
+        self.head = None
+        self._stop_timer()
+        upgrade = self.door.upgrade
+        link = None
+        if upgrade is not None and data.startswith(upgrade.prefix):
+            parsed = parse_head(data[:end])
+            if parsed is not None:
+                assert self.transport is not None
+                link = upgrade.take(parsed, self.transport)
+        if link is None:
+            self._to_aiohttp(data)
+            return
+        self.link, self.state = link, _LINK
+        if len(data) > end:
+            link.feed(data[end:])
+
+    def _watch_head_end(self, chunk: bytes) -> None:
+        """A long first head went to aiohttp before its end: stop the timer when the end comes."""
+        window = bytes(self.head or b"") + chunk
+        if head_end(window) >= 0:
+            self.head = None
+            self._stop_timer()
+        else:
+            self.head = bytearray(window[-3:])
+
+    def _to_aiohttp(self, data: bytes) -> None:
+        handler = self.handler = self.door.server()
+        self.state = _AIOHTTP
+        assert self.transport is not None
+        handler.connection_made(self.transport)
+        if data:
+            handler.data_received(data)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def abort(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.handler.connection_lost(exc)
+        self._stop_timer()
+        self.door.guard.release(self)
+        state, self.state = self.state, _GONE
+        if state == _AIOHTTP and self.handler is not None:
+            self.handler.connection_lost(exc)
+        elif state == _LINK and self.link is not None:
+            self.link.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        return self.handler.eof_received()
+        if self.state == _HEAD:  # a half-close before a whole first head: aiohttp answers it, as before
+            self._stop_timer()
+            self._to_aiohttp(bytes(self.head or b""))
+            self.head = None
+        if self.state == _AIOHTTP and self.handler is not None:
+            return self.handler.eof_received()
+        return None  # a link: the transport closes, the link hears connection_lost
 
     def pause_writing(self) -> None:
-        self.handler.pause_writing()
+        if self.state == _AIOHTTP and self.handler is not None:
+            self.handler.pause_writing()
+        elif self.state == _LINK and self.link is not None:
+            self.link.pause_writing()
 
     def resume_writing(self) -> None:
-        self.handler.resume_writing()
+        if self.state == _AIOHTTP and self.handler is not None:
+            self.handler.resume_writing()
+        elif self.state == _LINK and self.link is not None:
+            self.link.resume_writing()
 
 
 def release_http_parser(request: web.BaseRequest) -> bool:
@@ -302,21 +443,17 @@ def release_http_parser(request: web.BaseRequest) -> bool:
     return True
 
 
-def buffered_reads(transport: asyncio.BaseTransport | None) -> BufferedReads | None:
-    """The BufferedReads a connection's reads go through, if it came through a GuardedSite."""
-    protocol = transport.get_protocol() if transport is not None else None
-    return protocol if isinstance(protocol, BufferedReads) else None
-
-
 class GuardedSite(web.BaseSite):
-    """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts."""
+    """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts, the
+    connection guard, and the upgrade served below aiohttp (every connection starts in a Doorway)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 backlog: int, handshake_timeout: float) -> None:
+                 backlog: int, guard: ConnectionGuard, upgrade: Upgrade | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
-        self._handshake_timeout = handshake_timeout
+        self._guard = guard
+        self._upgrade = upgrade
 
     @property
     def name(self) -> str:
@@ -331,8 +468,9 @@ class GuardedSite(web.BaseSite):
         if self._ssl_context is not None:
             # A client that never finishes the handshake, or never answers our close_notify,
             # holds a socket only this long.
-            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._handshake_timeout,
-                   "ssl_shutdown_timeout": self._handshake_timeout}
+            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._guard.limits.head_timeout,
+                   "ssl_shutdown_timeout": self._guard.limits.head_timeout}
+        door = Door(server, self._guard, self._upgrade)
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: BufferedReads(server()), self._host, self._port, backlog=self._backlog, **tls,
+            lambda: Doorway(door), self._host, self._port, backlog=self._backlog, **tls,
         )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Container
@@ -22,9 +25,10 @@ from dvic_core.constants import (
 from dvic_core.messages import KEEPALIVE
 
 from . import heartbeats, store
+from .accesslog import ACCESS_LOG, loggable_target, write_line
 from .auth import NODE, error_response
 from .boardlogs import store_board_logs
-from .listener import buffered_reads, release_http_parser
+from .listener import RequestHead, release_http_parser
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -42,6 +46,7 @@ from .nodelimits import (
     METRICS_BURST,
     METRICS_PER_INTERVAL,
 )
+from .nodelink import NodeLink, NodeSocket
 from .pki import der_fingerprint
 from .registry import NodeState
 from .routes import node_params, routes
@@ -105,8 +110,7 @@ def _register_replies() -> None:
 _register_replies()
 
 
-def _peer_fingerprint(request: web.Request) -> str | None:
-    transport = request.transport
+def _peer_fingerprint(transport: asyncio.BaseTransport | None) -> str | None:
     ssl_object = transport.get_extra_info("ssl_object") if transport else None
     if ssl_object is None:
         return None
@@ -117,7 +121,7 @@ def _peer_fingerprint(request: web.Request) -> str | None:
 def authenticate_node(services: Services, request: web.Request) -> NodeState | web.Response:
     """Who is this node? Its certificate over TLS; its token only in plain-HTTP development mode."""
     if services.config.tls:
-        fp = _peer_fingerprint(request)
+        fp = _peer_fingerprint(request.transport)
         if fp is None:
             return error_response(401, "no_client_certificate", "the node websocket needs a client certificate")
         node = services.registry.by_fingerprint(fp)
@@ -133,29 +137,126 @@ def authenticate_node(services: Services, request: web.Request) -> NodeState | w
     return node
 
 
-@routes.route("GET", "/api/v1/node/ws", role=NODE, summary="Node websocket (protocol v1, mutual TLS)")
+NODE_WS_PATH = "/api/v1/node/ws"
+
+
+@routes.route("GET", NODE_WS_PATH, role=NODE, summary="Node websocket (protocol v1, mutual TLS)")
 async def node_websocket(request: web.Request) -> web.StreamResponse:
+    """A node's websocket through aiohttp: what `NodeDoor` does not take below it (every refusal;
+    plain-HTTP development mode; a connection that did not come through the server's listener)."""
     services = request.app[SERVICES]
     who = authenticate_node(services, request)
     if isinstance(who, web.Response):
         log.warning("node websocket refused from %s: %s", request.remote, who.text)
         return who
-    node = who
-    # Heartbeats by one sweep for every node (central/heartbeats.py), not two timers per node; on
-    # a connection that did not come through the server's listener, aiohttp's own.
-    reads = buffered_reads(request.transport)
-    ws = web.WebSocketResponse(heartbeat=None if reads else NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+    ws = web.WebSocketResponse(heartbeat=NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     release_http_parser(request)  # kept by aiohttp for the connection's life, never used again
-    transport = request.transport
-    watched = heartbeats.watch(ws, reads, transport, NODE_HEARTBEAT_S) if reads and transport else None
-    session = NodeSession(services, node, ws, watched)
-    try:
-        await session.run()
-    finally:
-        if watched is not None:
-            heartbeats.unwatch(watched)
+    await NodeSession(services, who, ws).run()
     return ws
+
+
+# RFC 6455 1.3: what the server appends to the node's key for Sec-WebSocket-Accept.
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# At a server's stop, how long node links get to close and their sessions to end (aiohttp's
+# shutdown timeout for the requests it serves); then what is left is cancelled.
+STOP_WAIT_S = 5.0
+CLOSE_GOING_AWAY = 1001
+
+
+def websocket_accept(headers: dict[str, str]) -> str | None:
+    """Sec-WebSocket-Accept for a plain websocket upgrade (RFC 6455 4.2.1), or None for anything
+    else: a bad or missing key or version, a subprotocol asked for, a body."""
+    if headers.get("upgrade", "").lower() != "websocket":
+        return None
+    if "upgrade" not in (token.strip().lower() for token in headers.get("connection", "").split(",")):
+        return None
+    if headers.get("sec-websocket-version") != "13" or headers.keys() & {
+            "sec-websocket-protocol", "content-length", "transfer-encoding"}:
+        return None
+    key = headers.get("sec-websocket-key", "")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except (binascii.Error, ValueError):
+        return None
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+class NodeDoor:
+    """Node websockets served below aiohttp (the listener's `Upgrade`, central/listener.py).
+
+    An upgrade to the node websocket over TLS whose client certificate is an enrolled node that
+    is not revoked is answered 101 here, and the connection becomes a `NodeLink`
+    (central/nodelink.py) read by the node's session: no aiohttp request, handler, middleware or
+    websocket objects for as long as the node is connected (docs/performance.md, "memory per
+    node"). Everything else, every refusal included, goes to aiohttp's route above, which answers
+    and logs it as it always did. The access log gets the same line as from the route (`node:NAME
+    GET /api/v1/node/ws 101`, when the websocket closes).
+    """
+
+    prefix = b"GET " + NODE_WS_PATH.encode()
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.sessions: dict[NodeLink, asyncio.Task[None]] = {}
+        self.stopping = False
+
+    def take(self, head: RequestHead, transport: asyncio.Transport) -> NodeLink | None:
+        path, _, query = head.target.partition("?")
+        if path != NODE_WS_PATH or head.method != "GET" or head.version != "HTTP/1.1" or self.stopping:
+            return None
+        accept = websocket_accept(head.headers)
+        services = self.app.get(SERVICES)
+        if accept is None or services is None or not services.config.tls:
+            return None
+        fp = _peer_fingerprint(transport)
+        node = services.registry.by_fingerprint(fp) if fp else None
+        if node is None or node.revoked:
+            return None  # the route refuses it: the same answer, log line and access line as ever
+        transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                        b"Sec-WebSocket-Accept: %s\r\n\r\n" % accept.encode())
+        link = NodeLink(transport, MAX_FRAME_BYTES)
+        heartbeats.watch(link, NODE_HEARTBEAT_S)
+        task = asyncio.get_running_loop().create_task(NodeSession(services, node, link, link).run())
+        self.sessions[link] = task
+        access = self.app.get(ACCESS_LOG)
+        line = None
+        if access is not None:
+            access.tally.flush()
+            peer = transport.get_extra_info("peername")
+            remote = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+            line = (remote, f"node:{node.name}", loggable_target(path, query), time.monotonic())
+        task.add_done_callback(partial(self._ended, link, line))
+        return link
+
+    def _ended(self, link: NodeLink, line: tuple[str, str, str, float] | None, task: asyncio.Task[None]) -> None:
+        self.sessions.pop(link, None)
+        heartbeats.unwatch(link)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node session failed", exc_info=task.exception())
+            link.abort()
+        if line is not None:
+            remote, identity, target, started = line
+            write_line(remote, identity, "GET", target, 101, started)
+
+    async def close_all(self, app: web.Application) -> None:
+        """At a stop (aiohttp's on_shutdown): close every node link (1001) and end its session."""
+        self.stopping = True
+        if not self.sessions:
+            return
+        links = list(self.sessions)
+        closes = [asyncio.ensure_future(link.close(code=CLOSE_GOING_AWAY, message=b"server shutting down"))
+                  for link in links]
+        _, late = await asyncio.wait([*self.sessions.values(), *closes], timeout=STOP_WAIT_S)
+        for task in late:
+            task.cancel()
+        for link in links:
+            link.abort()
+        await asyncio.gather(*late, return_exceptions=True)
+
+
+NODE_DOOR = web.AppKey("node_door", NodeDoor)
 
 
 class NodeSession:
@@ -168,8 +269,8 @@ class NodeSession:
     __slots__ = ("services", "registry", "node", "ws", "heartbeat", "greeted", "epoch", "_closing", "_in_flight",
                  "_settled", "_settled_event", "_room", "_acker")
 
-    def __init__(self, services: Services, node: NodeState, ws: web.WebSocketResponse,
-                 heartbeat: heartbeats.Watched | None = None) -> None:
+    def __init__(self, services: Services, node: NodeState, ws: NodeSocket,
+                 heartbeat: heartbeats.Beating | None = None) -> None:
         self.services = services
         self.registry = services.registry
         self.node = node
@@ -230,7 +331,7 @@ class NodeSession:
                 if self.ws.close_code == 1009:
                     reason = f"frame larger than {MAX_FRAME_BYTES} bytes"
                 elif self.heartbeat is not None and self.heartbeat.silent:
-                    reason = f"websocket error: {self.heartbeat.sweep.reason}"
+                    reason = f"websocket error: {heartbeats.silence_reason(NODE_HEARTBEAT_S)}"
                 await self.services.router.node_disconnected(node, f"node {node.name} went offline ({reason})")
                 await self.services.commands.node_disconnected(node)
                 await self.services.shells.node_disconnected(node)
