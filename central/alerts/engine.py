@@ -249,8 +249,11 @@ class AlertEngine:
         next_full = time.monotonic()
         next_trim = next_full + 60.0
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that comes
+            # as the event is set (a node going offline as the server stops), and the job never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - time.monotonic()))
+                async with asyncio.timeout(max(0.0, next_full - time.monotonic())):
+                    await self._wake.wait()
             self._wake.clear()
             full = self._full or time.monotonic() >= next_full
             try:
