@@ -212,7 +212,7 @@ async def test_a_protocol_error_closes_with_its_code(shared_server: CentralServe
         assert got == code
         assert await node.hung_up()
     wait_for(lambda: shared_server.node(name)["state"] == "offline", what="offline")
-    if code == 1009:  # (the same reason as through aiohttp)
+    if code == 1009:  # the session's reason for 1009 (through aiohttp it got aiohttp's exception text)
         assert f"frame larger than {MAX_FRAME_BYTES} bytes" in _reasons(shared_server, name)
 
 
