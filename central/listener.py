@@ -87,6 +87,13 @@ class ConnectionGuard:
             if self._per_address[conn.address] <= 0:
                 del self._per_address[conn.address]
 
+    def drop_waiting(self) -> None:
+        """At a stop: drop the connections still waiting for their first head (aiohttp's shutdown
+        closes the connections it serves, the node door its links)."""
+        for conn in list(self._open):
+            if conn.waiting:
+                conn.abort()
+
     def head_overdue(self, conn: Doorway) -> None:
         self.timed_out += 1
         log.debug("no request head from %s within %.0f s: dropped", conn.address, self.limits.head_timeout)
@@ -389,6 +396,11 @@ class Doorway(asyncio.BufferedProtocol):
             self.timer.cancel()
             self.timer = None
 
+    @property
+    def waiting(self) -> bool:
+        """Still reading the first request head."""
+        return self.state == _HEAD
+
     def abort(self) -> None:
         self.timer = None
         if self.transport is not None:
@@ -454,6 +466,10 @@ class GuardedSite(web.BaseSite):
         self._port = port
         self._guard = guard
         self._upgrade = upgrade
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._guard.drop_waiting()
 
     @property
     def name(self) -> str:
