@@ -222,23 +222,25 @@ class NodeDoor:
         self.sessions[link] = task
         access = self.app.get(ACCESS_LOG)
         line = None
-        if access is not None:
+        if access is not None:  # what its line needs, kept for the connection's life: little
             access.tally.flush()
             peer = transport.get_extra_info("peername")
             remote = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
-            line = (remote, f"node:{node.name}", loggable_target(path, query), time.monotonic())
-        task.add_done_callback(partial(self._ended, link, line))
+            target = loggable_target(path, query) if query else NODE_WS_PATH
+            line = (remote, target, time.monotonic())
+        task.add_done_callback(partial(self._ended, link, node, line))
         return link
 
-    def _ended(self, link: NodeLink, line: tuple[str, str, str, float] | None, task: asyncio.Task[None]) -> None:
+    def _ended(self, link: NodeLink, node: NodeState, line: tuple[str, str, float] | None,
+               task: asyncio.Task[None]) -> None:
         self.sessions.pop(link, None)
         heartbeats.unwatch(link)
         if not task.cancelled() and task.exception() is not None:
-            log.error("node session failed", exc_info=task.exception())
+            log.error("node %s: session failed", node.name, exc_info=task.exception())
             link.abort()
         if line is not None:
-            remote, identity, target, started = line
-            write_line(remote, identity, "GET", target, 101, started)
+            remote, target, started = line
+            write_line(remote, f"node:{node.name}", "GET", target, 101, started)
 
     async def close_all(self, app: web.Application) -> None:
         """At a stop (aiohttp's on_shutdown): close every node link (1001) and end its session."""
