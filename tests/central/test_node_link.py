@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from central.messages import MAX_FRAME_BYTES
@@ -330,3 +331,34 @@ async def test_a_stopping_server_closes_node_links_with_1001(tmp_path: Path):
                                  what="the server gone")
     finally:
         server.stop()
+
+
+async def test_what_the_server_sends_a_node_that_stops_reading_waits_for_it(shared_server: CentralServer):
+    """An operator pours bytes into a tunnel whose node stopped reading: the server's sends to the
+    node wait for its buffer to drain, so the server stops reading the operator instead of holding
+    everything in memory."""
+    bundle = shared_server.enroll("tunnel-mute")
+    assert shared_server.proc is not None
+    flood = 256 * 1024 * 1024
+    status, body = shared_server.api("POST", "/api/v1/operators", {"name": "tunneler", "role": "operator"})
+    assert status == 201, body
+    headers = {"Authorization": f"Bearer {body['token']}"}
+    async with raw_node(shared_server, bundle) as node, aiohttp.ClientSession() as http:
+        await node.greet("tunnel-mute")
+        url = shared_server.url.replace("https://", "wss://") + "/api/v1/nodes/tunnel-mute/tunnel?host=127.0.0.1&port=22"
+        async with http.ws_connect(url, headers=headers, ssl=shared_server.ssl_context) as ws:
+            request = await node.next_text()
+            assert request["type"] == "tunnel_open", request
+            node.send(frame(TEXT, json.dumps({"type": "tunnel_opened", "id": request["id"]}).encode()))
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "opened"
+            before = _rss(shared_server.proc.pid)
+            chunk, sent = b"t" * 65536, 0  # the node reads none of it from here on
+            while sent < flood:
+                try:
+                    await asyncio.wait_for(ws.send_bytes(chunk), 5)
+                except TimeoutError:
+                    break  # the server stopped reading us
+                sent += len(chunk)
+            grown = _rss(shared_server.proc.pid) - before
+            assert sent < flood, "the server kept reading what it could not send on"
+            assert grown < 48 * 1024 * 1024, f"{grown:,} bytes of server memory for {sent:,} bytes sent"
