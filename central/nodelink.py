@@ -172,6 +172,7 @@ class NodeLink:
             return False
         self._open = False
         self._inbox, self._inbox_bytes = None, 0  # what the session did not take is dropped, as aiohttp does
+        self._resume(_INBOX_FULL)  # the node's close frame must be read
         self._end()
         if self.transport.is_closing():
             self.close_code = self.close_code or 1006
