@@ -362,3 +362,33 @@ async def test_what_the_server_sends_a_node_that_stops_reading_waits_for_it(shar
             grown = _rss(shared_server.proc.pid) - before
             assert sent < flood, "the server kept reading what it could not send on"
             assert grown < 48 * 1024 * 1024, f"{grown:,} bytes of server memory for {sent:,} bytes sent"
+
+
+async def test_an_upgrade_the_door_does_not_take_is_served_by_aiohttp_as_before(shared_server: CentralServer):
+    """A node's upgrade with a subprotocol asked for: left to aiohttp's route (the same node, the
+    same session), which the node cannot tell from a link but by aiohttp's own headers."""
+    bundle = shared_server.enroll("via-aiohttp")
+    node = await RawNode.open(shared_server, bundle)
+    try:
+        key = base64.b64encode(os.urandom(16)).decode()
+        node.send(upgrade_head(key).replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: x-test\r\n\r\n"))
+        head = await asyncio.wait_for(node.reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 101 ") and b"aiohttp" in head  # aiohttp's Server header
+        await node.greet("via-aiohttp")
+        node.send(frame(PING, b"aio"))
+        assert await node.read_frame() == (True, PONG, b"aio")
+    finally:
+        node.close()
+
+
+async def test_plain_http_development_mode_serves_node_websockets_through_aiohttp(tmp_path: Path):
+    server = CentralServer(tmp_path / "central", extra_args=("--insecure-http",)).start()
+    try:
+        bundle = server.enroll("pi-dev")
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                bundle["ws_url"], headers={"Authorization": f"Bearer {bundle['token']}"}) as ws:
+            await ws.send_str(hello("pi-dev").decode())
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
+        wait_for(lambda: _access_line(server, "node:pi-dev GET /api/v1/node/ws 101"), what="the access line")
+    finally:
+        server.stop()
