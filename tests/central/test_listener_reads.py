@@ -1,6 +1,7 @@
-"""The listener's reads (central/listener.py BufferedReads): every connection's TLS reads are
-decrypted into one shared buffer and handed on as a copy. Frames many times that buffer's size,
-from several nodes at once, must arrive whole and unmixed."""
+"""The listener's reads (central/listener.py Doorway): every connection's TLS reads are
+decrypted into one shared buffer, handed on as a copy to aiohttp and read in place by a node link
+(central/nodelink.py). Frames many times that buffer's size, from several nodes at once, must
+arrive whole and unmixed."""
 
 from __future__ import annotations
 
