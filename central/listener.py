@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
-from .proxyproto import Balancers, Front, Peer
+from .proxyproto import Balancers, Peer, ProxyListener
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,6 @@ class GuardedSite(web.BaseSite):
         self._port = port
         self._handshake_timeout = handshake_timeout
         self._proxy_from = proxy_from
-        self.front: Front | None = None
 
     @property
     def name(self) -> str:
@@ -331,10 +330,10 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         if self._proxy_from:
-            self.front = Front(self._proxy_from, lambda transport, source: _serve(server(), transport, source),
-                               self._ssl_context, self._handshake_timeout)
-            self._server = await asyncio.get_running_loop().create_server(
-                self.front.protocol, self._host, self._port, backlog=self._backlog)
+            listener = ProxyListener(self._proxy_from, lambda source: _client_at(server(), source),
+                                     self._ssl_context, self._handshake_timeout)
+            await listener.start(self._host, self._port, self._backlog)
+            self._server = listener  # type: ignore[assignment]  # what aiohttp reads of a Server
             return
         tls: dict[str, Any] = {}
         if self._ssl_context is not None:
@@ -347,12 +346,10 @@ class GuardedSite(web.BaseSite):
         )
 
 
-def _serve(handler: RequestHandler, transport: asyncio.BaseTransport, source: Peer | None) -> None:
-    """A connection past its PROXY header and TLS (proxyproto.Front) handed to aiohttp as
-    create_server would, with the client's address where aiohttp keeps the peer's (its
-    handler's cached `peername`: request.remote, the access log, ConnectionGuard)."""
+def _client_at(handler: RequestHandler, source: Peer | None) -> BufferedReads:
+    """The protocol of a connection from behind a balancer (proxyproto.ProxyListener), the client's
+    address kept where aiohttp keeps the peer's (its handler's cached `peername`: request.remote,
+    the access log, ConnectionGuard)."""
     if source is not None:
         handler._cache["peername"] = source
-    reads = BufferedReads(handler)
-    transport.set_protocol(reads)
-    reads.connection_made(transport)
+    return BufferedReads(handler)

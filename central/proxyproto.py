@@ -5,17 +5,17 @@ Behind HAProxy in `mode tcp` every connection comes from HAProxy's address, so p
 the audit log and the access log would all see one client. With `send-proxy-v2` HAProxy starts each
 connection to a replica with a binary header naming the client's address, then passes the client's
 bytes (TLS included) untouched. The header comes before the TLS ClientHello, so it is read from the
-raw socket first and TLS is started after it (`loop.start_tls`).
+raw socket first and TLS is started after it.
 
 Only a connection from a listed address may, and must, start with the header: from anywhere else a
 client could claim any address. So a connection from a listed address that sends anything else, or
-not all of it within the handshake timeout, is closed (one log line a minute says why and how many);
+not all of it within the handshake timeout, is closed (a log line says why, once a minute for each reason);
 any other connection is served as without the option, and a PROXY header from it is not a TLS
 ClientHello (or a request line) and is refused by TLS (or answered 400).
 
-Parsing is a plain function (`header_length`, `parse_header`); `ProxyFront` is the protocol that
-reads exactly the header's bytes from the socket (a buffered protocol given a buffer of the size
-still missing, so nothing after the header is read) and then hands the connection to the server.
+Parsing is a plain function (`header_length`, `parse_header`); `ProxyListener` accepts the
+connections, reads exactly the header's bytes from a balancer's socket, and hands every connection
+to the event loop for TLS and the server's protocol (as `create_server` would).
 """
 
 from __future__ import annotations
@@ -135,176 +135,120 @@ class Balancers:
         return any(address in network for network in self.networks)
 
 
-class Front:
-    """What every connection of a listener with `--proxy-protocol-from` goes through first: the
-    header read from a listed address, then TLS (or plain HTTP) handed to `serve`, which makes the
-    server's protocol for a transport and the client's address (None: the connection's own)."""
+class ProxyListener:
+    """A listening socket whose connections from `balancers` start with a PROXY header.
 
-    def __init__(self, balancers: Balancers, serve: Callable[[asyncio.BaseTransport, Peer | None], None],
+    It accepts connections itself: one from a listed address has its header read from the raw
+    socket (exactly its bytes, nothing of the TLS after it), within `timeout` counted from the
+    accept; then every connection, listed or not, is handed to the event loop as an accepted
+    socket (`connect_accepted_socket`: TLS and the server's protocol, as `create_server` does for
+    its own). `make_protocol(source)` makes the server's protocol for a client at `source` (None:
+    the connection's own address). Exposes what aiohttp's site reads of an asyncio Server."""
+
+    def __init__(self, balancers: Balancers, make_protocol: Callable[[Peer | None], asyncio.BaseProtocol],
                  ssl_context: ssl.SSLContext | None, timeout: float) -> None:
         self.balancers = balancers
-        self.serve = serve
+        self.make_protocol = make_protocol
         self.ssl_context = ssl_context
         self.timeout = timeout
         self.refused = 0
-        self._last_log = -LOG_EVERY_S
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self.sockets: tuple[socket.socket, ...] = ()
+        self._last_log: dict[str, float] = {}  # by the reason's first words: each kind told once a minute
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def protocol(self) -> ProxyFront:
-        return ProxyFront(self)
+    async def start(self, host: str, port: int, backlog: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.create_server((host, port), family=family, backlog=backlog)
+        listening.setblocking(False)
+        self.sockets = (listening,)
+        self._spawn(self._accept(listening))
 
-    def refuse(self, transport: asyncio.BaseTransport, peer: Any, reason: str) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._last_log >= LOG_EVERY_S:
-            self._last_log = now
-            log.warning("connection from %s closed: %s (--proxy-protocol-from; %d so far, told once a minute)",
-                        _address(peer), reason, self.refused)
-        transport.abort()
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for listening in self.sockets:
+            listening.close()
 
-    def hand_over(self, transport: Any, source: Peer | None) -> None:
-        """Past the header (or none expected): TLS, then the server's protocol."""
-        if self.ssl_context is None:
-            self.serve(transport, source)
-            transport.resume_reading()
-            return
-        task = asyncio.get_running_loop().create_task(self._start_tls(transport, source))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
+    async def wait_closed(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
 
-    async def _start_tls(self, transport: Any, source: Peer | None) -> None:
-        assert self.ssl_context is not None
-        early = EarlyBytes()
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listening)
+            except OSError as exc:  # out of file descriptors: the connection waits in the backlog
+                log.warning("accepting a connection failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            self._spawn(self._serve(conn, peer))
+
+    async def _serve(self, conn: socket.socket, peer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        source: Peer | None = None
+        if self.balancers.listed(peer):
+            try:
+                source = await asyncio.wait_for(self._read_header(loop, conn), self.timeout)
+            except _Refused as exc:
+                self._refuse(conn, peer, str(exc))
+                return
+            except TimeoutError:
+                self._refuse(conn, peer, f"no whole PROXY header within {self.timeout:g} s")
+                return
+            except OSError:
+                conn.close()
+                return
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                transport, early, self.ssl_context, server_side=True,
-                ssl_handshake_timeout=self.timeout, ssl_shutdown_timeout=self.timeout)
-        except OSError as exc:  # a failed or overdue handshake (start_tls closed the socket)
-            log.debug("TLS handshake from %s failed: %s", _address(transport.get_extra_info("peername")), exc)
-            transport.abort()
-            return
-        if tls is None or early.lost:
-            return
-        self.serve(tls, source)
-        early.pass_on(tls)
+            await loop.connect_accepted_socket(
+                lambda: self.make_protocol(source), conn, ssl=self.ssl_context,
+                **({"ssl_handshake_timeout": self.timeout, "ssl_shutdown_timeout": self.timeout}
+                   if self.ssl_context is not None else {}))
+        except OSError as exc:  # a failed or overdue TLS handshake (the loop closed the socket)
+            log.debug("TLS handshake from %s failed: %s", _address(peer), exc)
 
-
-class ProxyFront(asyncio.BufferedProtocol):
-    """One connection until its header is read: reads exactly the header's bytes (16, then the
-    rest it announces), within the front's timeout counted from the connection (a slow sender
-    gains nothing)."""
-
-    __slots__ = ("front", "transport", "buffer", "got", "need", "timer")
-
-    def __init__(self, front: Front) -> None:
-        self.front = front
-        self.transport: Any = None
-        self.buffer = bytearray(FIXED_BYTES)
-        self.got = 0
-        self.need = FIXED_BYTES
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: Any) -> None:  # uvloop's transports are no asyncio.Transport
-        transport.pause_reading()  # nothing is read before it is known who reads it
-        if not self.front.balancers.listed(transport.get_extra_info("peername")):
-            self.front.hand_over(transport, None)
-            return
-        self.transport = transport
-        self.timer = asyncio.get_running_loop().call_later(self.front.timeout, self._overdue)
-        transport.resume_reading()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return memoryview(self.buffer)[self.got:self.need]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.got += nbytes
-        if self.got < self.need:
-            return
+    async def _read_header(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Peer | None:
+        """The client's address from the header (None: the connection's own)."""
+        buffer = bytearray(FIXED_BYTES)
+        await _read_exactly(loop, conn, buffer, 0)
         try:
-            if self.need == FIXED_BYTES:
-                self.need = header_length(self.buffer)
-                self.buffer = self.buffer + bytes(self.need - FIXED_BYTES)  # (the read may still hold a view of the old one)
-                if self.got < self.need:
-                    return
-            header = parse_header(bytes(self.buffer))
+            whole = header_length(buffer)
+            buffer += bytes(whole - FIXED_BYTES)
+            await _read_exactly(loop, conn, buffer, FIXED_BYTES)
+            return parse_header(bytes(buffer)).source
         except ProxyHeaderError as exc:
-            self._end(str(exc))
+            raise _Refused(str(exc)) from None
+
+    def _refuse(self, conn: socket.socket, peer: Any, reason: str) -> None:
+        conn.close()
+        if not reason:  # connected and closed without a byte: a TCP health check
             return
-        self._stop_timer()
-        transport = self.transport
-        assert transport is not None
-        self.transport = None
-        transport.pause_reading()
-        self.front.hand_over(transport, header.source)
-
-    def eof_received(self) -> bool:
-        if self.got:
-            self._end(f"the connection ended inside the PROXY header ({self.got} bytes)")
-        else:  # a TCP health check: connect, close
-            self._end("")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_timer()
-        self.transport = None
-
-    def _overdue(self) -> None:
-        self.timer = None
-        self._end(f"no whole PROXY header within {self.front.timeout:g} s ({self.got} bytes)")
-
-    def _end(self, reason: str) -> None:
-        self._stop_timer()
-        transport, self.transport = self.transport, None
-        if transport is None:
-            return
-        if reason:
-            self.front.refuse(transport, transport.get_extra_info("peername"), reason)
-        else:
-            transport.abort()
-
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.refused += 1
+        now, kind = time.monotonic(), " ".join(reason.split()[:3])
+        if now - self._last_log.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
+            self._last_log[kind] = now
+            log.warning("connection from %s closed: %s (--proxy-protocol-from; %d refused so far,"
+                        " each reason told once a minute)", _address(peer), reason, self.refused)
 
 
-class EarlyBytes(asyncio.Protocol):
-    """The protocol above TLS until `start_tls` returns: what the client sent right after its
-    handshake (decrypted in the same read that completed it) is kept for the server's protocol."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.eof = False
-        self.lost = False
-
-    def data_received(self, data: bytes) -> None:
-        self.chunks.append(bytes(data))
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        return True  # the server's protocol decides once it has the transport
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-    def pass_on(self, transport: Any) -> None:
-        protocol = transport.get_protocol()
-        for chunk in self.chunks:
-            _deliver(protocol, chunk)
-        if self.eof and not protocol.eof_received():  # type: ignore[attr-defined]
-            transport.close()
+class _Refused(Exception):
+    """Why a connection from a balancer is closed ("": quietly, a health check)."""
 
 
-def _deliver(protocol: asyncio.BaseProtocol, data: bytes) -> None:
-    if isinstance(protocol, asyncio.BufferedProtocol):
-        while data:
-            buffer = protocol.get_buffer(len(data))
-            size = min(len(buffer), len(data))
-            buffer[:size] = data[:size]
-            protocol.buffer_updated(size)
-            data = data[size:]
-    else:
-        protocol.data_received(data)  # type: ignore[attr-defined]
+async def _read_exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, buffer: bytearray, start: int) -> None:
+    view = memoryview(buffer)
+    got = start
+    while got < len(buffer):
+        n = await loop.sock_recv_into(conn, view[got:])
+        if n == 0:
+            raise _Refused(f"the connection ended inside the PROXY header ({got} bytes)" if got else "")
+        got += n
 
 
 def _address(peer: Any) -> str:
