@@ -22,13 +22,15 @@ async def tls_connect(port: int, context: ssl.SSLContext, source: str, before: b
 
 
 async def tls_ask(port: int, context: ssl.SSLContext, source: str, token: str, *, before: bytes = b"",
-                  method: str = "GET", path: str = "/api/v1/health", body: bytes = b"") -> tuple[int, dict[str, object]]:
-    """One request on a connection of its own: (status, JSON body)."""
+                  method: str = "GET", path: str = "/api/v1/health", body: bytes = b"",
+                  extra_headers: bytes = b"") -> tuple[int, dict[str, object]]:
+    """One request on a connection of its own: (status, JSON body); `extra_headers`: header lines
+    (each ending in CRLF) added to the request's."""
     reader, writer = await tls_connect(port, context, source, before)
     try:
         writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                      f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                     f"Content-Length: {len(body)}\r\n".encode() + extra_headers + b"\r\n" + body)
         answer = await asyncio.wait_for(reader.read(), 20)
     finally:
         writer.close()
