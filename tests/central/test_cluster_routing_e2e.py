@@ -304,8 +304,23 @@ async def test_behind_a_balancer_the_operator_on_r2_reaches_the_node_again_once_
 async def test_the_per_node_limits_count_the_sessions_of_every_replica(pair: TwoReplicas) -> None:
     """Every session to a node goes through the replica holding it (r1), which counts them all: two
     shells opened on r1 and two on r2 fill the node's four, whichever replica asks for a fifth; the
-    same for commands (eight running)."""
+    same for tunnels (eight) and running commands (eight). (The daemon has limits of its own, 4
+    shells, 16 tunnels, 8 commands, with messages of its own: the server's come first.)"""
     r1, r2, name = pair.r1, pair.r2, pair.name
+    tunnel = f"/api/v1/nodes/{name}/tunnel?host=127.0.0.1&port={pair.echo_port}"
+    async with contextlib.AsyncExitStack() as stack:
+        for server in (r1,) * 4 + (r2,) * 4:
+            http = await stack.enter_async_context(session(server))
+            ws = await stack.enter_async_context(http.ws_connect(server.url + tunnel))
+            assert (await ws_text(ws))["type"] == "opened"
+        async with session(r2) as http, http.ws_connect(r2.url + tunnel) as ws:
+            refused = await ws_text(ws)
+            assert f"node '{name}' already has 8 tunnels open" in refused.get("message", ""), refused
+        async with session(r1) as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(r1.url + tunnel)
+            assert caught.value.status == 429
+
     async with contextlib.AsyncExitStack() as stack:
         for server in (r1, r1, r2, r2):
             http = await stack.enter_async_context(session(server))
