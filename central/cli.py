@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -122,6 +123,13 @@ def _proxy_sources(text: str) -> tuple[str, ...]:
         return parse_sources(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _https_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise argparse.ArgumentTypeError(f"expected the server's base URL such as https://monitor.lab:8443, got {text!r}")
+    return text.rstrip("/")
 
 
 def _url_host(host: str) -> str:
@@ -265,7 +273,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .devstack import run_local_stack
 
-    return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console)
+    return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console,
+                           server_url=args.server_url or "")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -516,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="quick start: server + this machine's daemon + console")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT")
     p.add_argument("--no-console", action="store_true", help="keep running without opening the console")
+    p.add_argument("--server-url", type=_https_url, metavar="URL",
+                   help="start no server: use the one at URL, e.g. the load balancer in front of replicas"
+                        " (the data dir's admin token and ca.pem are used), and point this machine's daemon"
+                        " and console at it")
     p.set_defaults(func=cmd_up)
     return parser
 

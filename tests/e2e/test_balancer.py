@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import re
 import shutil
@@ -224,3 +225,33 @@ async def test_the_servers_see_each_clients_own_address_through_the_balancer(bal
         for _, writer in held:
             writer.close()
     assert "127.0.0.2" not in "".join(re.findall(r"access: .*", server.log())), "HAProxy's own address logged"
+
+
+def test_up_points_this_machines_daemon_at_the_balancer(tmp_path: Path) -> None:
+    """`dvic-central up --server-url BALANCER`: no server of its own; this machine enrolled through
+    the balancer, its daemon dialing the balancer even though the server's own --public-url (none
+    here) would name the server itself."""
+    port = _free_port()
+    balancer_url = f"https://127.0.0.1:{port}"
+    with CentralServer(tmp_path / "central", extra_args=("--proxy-protocol-from", HAPROXY_SOURCE)) as server, \
+            Balancer(tmp_path / "haproxy", f"127.0.0.1:{port}", [server.url.removeprefix("https://")]) as balancer:
+        via = copy.copy(server)
+        via.url = balancer_url
+        wait_for(lambda: answers(via), 30, "the server to answer through haproxy", interval=0.1)
+        up = ManagedProcess()
+        up.log_path = tmp_path / "up.log"
+        up.spawn([sys.executable, "-m", "central.cli", "--data-dir", str(server.data_dir), "up",
+                  "--server-url", balancer_url, "--no-console"], cwd=REPO,
+                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            bundle_path = server.data_dir / "local-node.json"
+            wait_for(bundle_path.exists, 60, "this machine enrolled")
+            bundle = json.loads(bundle_path.read_text())
+            assert bundle["server_url"] == balancer_url and bundle["ws_url"] == \
+                balancer_url.replace("https", "wss") + "/api/v1/node/ws", bundle
+            wait_for(lambda: server.node(bundle["node_id"]).get("connected"), 60, "this machine's daemon connected")
+            balancer.stop()  # its connection runs through haproxy: without haproxy it is gone
+            wait_for(lambda: not server.node(bundle["node_id"])["connected"], 30, "the daemon to be cut off")
+        finally:
+            up.stop()
+        assert "starting the central server" not in up.log_tail()
