@@ -59,6 +59,8 @@ async def test_a_forwarded_call_is_audited_with_the_operators_address(replicas: 
                                  method="POST", path="/api/v1/rules", body=BAD_RULE)
     assert status == 400, body
     assert rule_audits(leader) == [("admin", OPERATOR)]  # not the forwarding replica's 127.0.0.1
+    await async_wait_for(lambda: f"access: {OPERATOR} admin POST /api/v1/rules 400" in leader.log(), 10,
+                         "the leader's access log line with the operator's address")
 
 
 async def test_the_forwarding_header_from_anyone_else_is_not_believed(replicas: list[CentralServer]) -> None:

@@ -8,6 +8,8 @@ import asyncio
 import re
 import ssl
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from central.proxyproto import (
     parse_sources,
 )
 from tests.support.rawclient import Connection, tls_ask, tls_connect
-from tests.support.server import CentralServer
+from tests.support.server import REPO, CentralServer
 from tests.support.wait import async_wait_for
 
 BALANCER = "127.0.0.3"  # the listed address (the test connects from it as a balancer would; server.api: 127.0.0.1)
@@ -168,3 +170,14 @@ async def test_other_addresses_are_served_as_before_and_cannot_claim_one(server:
         await ask(server, CLIENT, claiming("10.66.66.66", server), "POST", "/api/v1/nodes", b'{"name": ""}')
     assert "10.66.66.66" not in server.log()
     assert all(e["remote"] != "10.66.66.66" for e in server.api("GET", "/api/v1/audit?limit=20")[1]["entries"])
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["serve", "--proxy-protocol-from", "10.0.0.2,haproxy.lab"],
+     "expected addresses or networks such as 10.0.0.2 or 10.0.0.0/24, separated by commas; got 'haproxy.lab'"),
+    (["up", "--server-url", "monitor.lab:8443"], "expected the server's base URL such as https://monitor.lab:8443"),
+])
+def test_bad_option_values_are_named(tmp_path: Path, args: list[str], says: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "central.cli", "--data-dir", str(tmp_path / "d"), *args],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and says in result.stderr, result.stderr
