@@ -38,6 +38,7 @@ FIXED_BYTES = 16  # signature, version and command, family and transport, length
 # The addresses (36 bytes for IPv6) and the TLVs HAProxy may add (`proxy-v2-options`): far below.
 MAX_ADDRESS_BYTES = 2048
 LOG_EVERY_S = 60.0
+ACCEPT_RETRY_S = 0.1  # after a failed accept (no file descriptor left): the backlog holds the client
 
 Peer = tuple[str, int]
 
@@ -184,8 +185,8 @@ class ProxyListener:
             try:
                 conn, peer = await loop.sock_accept(listening)
             except OSError as exc:  # out of file descriptors: the connection waits in the backlog
-                log.warning("accepting a connection failed: %s", exc)
-                await asyncio.sleep(0.1)
+                self._log_once_a_minute("accepting", "accepting a connection failed: %s (retried)", exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
                 continue
             conn.setblocking(False)
             self._spawn(self._serve(conn, peer))
@@ -202,9 +203,12 @@ class ProxyListener:
             except TimeoutError:
                 self._refuse(conn, peer, f"no whole PROXY header within {self.timeout:g} s")
                 return
-            except OSError:
+            except OSError:  # reset by the peer
                 conn.close()
                 return
+            except BaseException:  # the server stopping: the socket is still ours
+                conn.close()
+                raise
         try:
             await loop.connect_accepted_socket(
                 lambda: self.make_protocol(source), conn, ssl=self.ssl_context,
@@ -219,7 +223,7 @@ class ProxyListener:
         await _read_exactly(loop, conn, buffer, 0)
         try:
             whole = header_length(buffer)
-            buffer += bytes(whole - FIXED_BYTES)
+            buffer = buffer + bytes(whole - FIXED_BYTES)  # (a new one: the loop may still hold a view of the old)
             await _read_exactly(loop, conn, buffer, FIXED_BYTES)
             return parse_header(bytes(buffer)).source
         except ProxyHeaderError as exc:
@@ -230,11 +234,15 @@ class ProxyListener:
         if not reason:  # connected and closed without a byte: a TCP health check
             return
         self.refused += 1
-        now, kind = time.monotonic(), " ".join(reason.split()[:3])
+        self._log_once_a_minute(" ".join(reason.split()[:3]),
+                                "connection from %s closed: %s (--proxy-protocol-from; %d refused so far,"
+                                " each reason told once a minute)", _address(peer), reason, self.refused)
+
+    def _log_once_a_minute(self, kind: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
         if now - self._last_log.get(kind, -LOG_EVERY_S) >= LOG_EVERY_S:
             self._last_log[kind] = now
-            log.warning("connection from %s closed: %s (--proxy-protocol-from; %d refused so far,"
-                        " each reason told once a minute)", _address(peer), reason, self.refused)
+            log.warning(message, *args)
 
 
 class _Refused(Exception):
