@@ -95,11 +95,13 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
     server_proc: subprocess.Popen[bytes] | None = None
     daemon_proc: subprocess.Popen[bytes] | None = None
     try:
-        info = {"url": server_url.rstrip("/")} if server_url else running_server(data_dir)
+        running = None if server_url else running_server(data_dir)
+        info: dict[str, Any]
         if server_url:
+            info = {"url": server_url.rstrip("/")}
             print(f"using the central server at {server_url} (no server started here)", flush=True)
             admin_call(data_dir, info, calls.nodes())  # reachable, and this data dir's token and CA fit
-        elif info is None:
+        elif running is None:
             (data_dir / LISTEN_FILE).unlink(missing_ok=True)
             log_path = data_dir / "server.log"
             host, port = listen
@@ -112,6 +114,7 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
             print(f"starting the central server (log: {log_path}) ...", flush=True)
             info = _wait_listening(data_dir, server_proc, log_path)
         else:
+            info = running
             print(f"using the central server already running on {info['url']}", flush=True)
         url = info["url"]
 

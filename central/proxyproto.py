@@ -55,13 +55,13 @@ class ProxyHeader:
     source: Peer | None
 
 
-def header_length(fixed: bytes) -> int:
+def header_length(fixed: bytes | bytearray) -> int:
     """The whole header's length in bytes, from its first 16."""
     if len(fixed) < FIXED_BYTES or fixed[:12] != SIGNATURE:
         raise ProxyHeaderError("the connection does not start with a PROXY protocol v2 header")
     if fixed[12] >> 4 != 2:
         raise ProxyHeaderError(f"PROXY protocol version {fixed[12] >> 4} (only 2 is accepted)")
-    length = struct.unpack_from("!H", fixed, 14)[0]
+    length: int = struct.unpack_from("!H", fixed, 14)[0]
     if length > MAX_ADDRESS_BYTES:
         raise ProxyHeaderError(f"PROXY header of {length} bytes past its first 16 (at most {MAX_ADDRESS_BYTES})")
     return FIXED_BYTES + length
