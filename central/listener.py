@@ -36,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
+from .proxyproto import Balancers, Peer, ProxyListener
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class ConnectionGuard:
 
     def admit(self, conn: Doorway, transport: asyncio.Transport) -> bool:
         """Count a new connection, or answer it 503 and close it (False)."""
-        conn.address = address = address_key(transport.get_extra_info("peername"))
+        # The client's address: from a PROXY header if any (proxyproto.py), else the socket's peer.
+        conn.address = address = address_key(conn.source or transport.get_extra_info("peername"))
         conn.node = node = bool(transport.get_extra_info("peercert"))
         reason = refusal(self.limits, len(self._open), self._per_address[address], node)
         if reason is not None:
@@ -275,8 +277,9 @@ class Upgrade(Protocol):
 
     prefix: bytes  # how the request line of such a request starts
 
-    def take(self, head: RequestHead, transport: asyncio.Transport) -> Link | None:
-        """Answer the request and return what reads the connection from now on, or None for aiohttp."""
+    def take(self, head: RequestHead, transport: asyncio.Transport, source: Peer | None) -> Link | None:
+        """Answer the request and return what reads the connection from now on, or None for aiohttp
+        (`source`: the client's address from a PROXY header, None for the socket's peer)."""
 
 
 @dataclass(frozen=True)
@@ -304,10 +307,11 @@ class Doorway(asyncio.BufferedProtocol):
     bytes read, a link reads them in place.
     """
 
-    __slots__ = ("door", "transport", "state", "head", "timer", "handler", "link", "address", "node")
+    __slots__ = ("door", "source", "transport", "state", "head", "timer", "handler", "link", "address", "node")
 
-    def __init__(self, door: Door) -> None:
+    def __init__(self, door: Door, source: Peer | None = None) -> None:
         self.door = door
+        self.source = source  # the client's address from a PROXY header (proxyproto.py), if any
         self.transport: asyncio.Transport | None = None
         self.state = _HEAD
         self.head: bytearray | None = None  # a first head not whole yet
@@ -366,7 +370,7 @@ class Doorway(asyncio.BufferedProtocol):
             parsed = parse_head(data[:end])
             if parsed is not None:
                 assert self.transport is not None
-                link = upgrade.take(parsed, self.transport)
+                link = upgrade.take(parsed, self.transport, self.source)
         if link is None:
             self._to_aiohttp(data)
             return
@@ -385,6 +389,9 @@ class Doorway(asyncio.BufferedProtocol):
 
     def _to_aiohttp(self, data: bytes) -> None:
         handler = self.handler = self.door.server()
+        if self.source is not None:
+            # Where aiohttp keeps the peer's address (request.remote, the access log).
+            handler._cache["peername"] = self.source
         self.state = _AIOHTTP
         assert self.transport is not None
         handler.connection_made(self.transport)
@@ -460,12 +467,14 @@ class GuardedSite(web.BaseSite):
     connection guard, and the upgrade served below aiohttp (every connection starts in a Doorway)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 backlog: int, guard: ConnectionGuard, upgrade: Upgrade | None = None) -> None:
+                 backlog: int, guard: ConnectionGuard, upgrade: Upgrade | None = None,
+                 proxy_from: Balancers | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._guard = guard
         self._upgrade = upgrade
+        self._proxy_from = proxy_from
 
     async def stop(self) -> None:
         await super().stop()
@@ -480,13 +489,20 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
+        door = Door(server, self._guard, self._upgrade)
+        if self._proxy_from:
+            listener = ProxyListener(self._proxy_from, lambda source: Doorway(door, source),
+                                     self._ssl_context, self._guard.limits.head_timeout)
+            await listener.start(self._host, self._port, self._backlog)
+            self._server = listener  # type: ignore[assignment]  # what aiohttp reads of a Server
+            return
         tls: dict[str, Any] = {}
         if self._ssl_context is not None:
             # A client that never finishes the handshake, or never answers our close_notify,
             # holds a socket only this long.
             tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._guard.limits.head_timeout,
                    "ssl_shutdown_timeout": self._guard.limits.head_timeout}
-        door = Door(server, self._guard, self._upgrade)
         self._server = await asyncio.get_running_loop().create_server(
             lambda: Doorway(door), self._host, self._port, backlog=self._backlog, **tls,
         )
+

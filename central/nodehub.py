@@ -48,6 +48,7 @@ from .nodelimits import (
 )
 from .nodelink import NodeLink, NodeSocket
 from .pki import der_fingerprint
+from .proxyproto import Peer
 from .registry import NodeState
 from .routes import node_params, routes
 from .services import SERVICES, Services
@@ -202,7 +203,7 @@ class NodeDoor:
         self.sessions: dict[NodeLink, asyncio.Task[None]] = {}
         self.stopping = False
 
-    def take(self, head: RequestHead, transport: asyncio.Transport) -> NodeLink | None:
+    def take(self, head: RequestHead, transport: asyncio.Transport, source: Peer | None) -> NodeLink | None:
         path, _, query = head.target.partition("?")
         if path != NODE_WS_PATH or head.method != "GET" or head.version != "HTTP/1.1" or self.stopping:
             return None
@@ -224,7 +225,7 @@ class NodeDoor:
         line = None
         if access is not None:  # what its line needs, kept for the connection's life: little
             access.tally.flush()
-            peer = transport.get_extra_info("peername")
+            peer = source or transport.get_extra_info("peername")  # (the client's, behind a balancer)
             remote = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
             target = loggable_target(path, query) if query else NODE_WS_PATH
             line = (remote, target, time.monotonic())
