@@ -214,7 +214,8 @@ async def test_a_protocol_error_closes_with_its_code(shared_server: CentralServe
         assert await node.hung_up()
     wait_for(lambda: shared_server.node(name)["state"] == "offline", what="offline")
     if code == 1009:  # the session's reason for 1009 (through aiohttp it got aiohttp's exception text)
-        assert f"frame larger than {MAX_FRAME_BYTES} bytes" in _reasons(shared_server, name)
+        wait_for(lambda: f"frame larger than {MAX_FRAME_BYTES} bytes" in _reasons(shared_server, name),
+                 what="the offline event's reason")
 
 
 async def test_a_binary_message_is_refused_as_before(shared_server: CentralServer):
