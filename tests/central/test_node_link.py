@@ -21,7 +21,9 @@ import aiohttp
 import pytest
 
 from central.messages import MAX_FRAME_BYTES
+from central.proxyproto import build_header
 from tests.support.fake_node import client_ssl
+from tests.support.rawclient import tls_connect
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for, wait_for
 
@@ -391,5 +393,29 @@ async def test_plain_http_development_mode_serves_node_websockets_through_aiohtt
             await ws.send_str(hello("pi-dev").decode())
             assert json.loads((await ws.receive(timeout=10)).data)["type"] == "welcome"
         wait_for(lambda: _access_line(server, "node:pi-dev GET /api/v1/node/ws 101"), what="the access line")
+    finally:
+        server.stop()
+
+
+async def test_a_node_behind_a_balancer_is_logged_at_its_own_address(tmp_path: Path):
+    """With --proxy-protocol-from the PROXY header's client address is the node link's: the access
+    line names it, and the node is not counted against the balancer's per-address limit."""
+    balancer = "127.0.0.3"
+    server = CentralServer(tmp_path / "central", extra_args=(
+        "--proxy-protocol-from", balancer, "--max-connections-per-address", "1")).start()
+    try:
+        bundle = server.enroll("behind")
+        port = int(server.url.rsplit(":", 1)[1])
+        header = build_header(("10.9.8.7", 40000), ("127.0.0.1", port))
+        nodes = []
+        for _ in range(2):  # two connections of the node through one balancer: not refused
+            reader, writer = await tls_connect(port, client_ssl(bundle), balancer, header)
+            node = RawNode(reader, writer)
+            await node.handshake()
+            nodes.append(node)
+        await nodes[1].greet("behind")
+        for node in nodes:
+            node.close()
+        wait_for(lambda: _access_line(server, "10.9.8.7 node:behind GET /api/v1/node/ws 101 "), what="the access line")
     finally:
         server.stop()
