@@ -336,7 +336,7 @@ class Doorway(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.data_received(_read_buffer[:nbytes])
 
-    def data_received(self, data: bytes | memoryview) -> None:  # type: ignore[override]
+    def data_received(self, data: bytes | memoryview) -> None:
         state = self.state
         if state == _LINK:
             assert self.link is not None
@@ -428,7 +428,7 @@ class Doorway(asyncio.BufferedProtocol):
             self._to_aiohttp(bytes(self.head or b""))
             self.head = None
         if self.state == _AIOHTTP and self.handler is not None:
-            return self.handler.eof_received()
+            self.handler.eof_received()  # aiohttp's answer is None: the transport closes the connection
         return None  # a link: the transport closes, the link hears connection_lost
 
     def pause_writing(self) -> None:

@@ -26,6 +26,7 @@ import logging
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMessage, WSMsgType
@@ -42,6 +43,7 @@ _SENDABLE_CODES = frozenset(range(1000, 1015)) - {1004, 1005, 1006}
 # Why reads are paused (bits): the session's inbox is full; our own writes are.
 _INBOX_FULL, _WRITES_PAUSED = 1, 2
 
+_mask_in_place: Callable[[bytes, bytearray], None] | None
 try:  # aiohttp's compiled unmasking (in place, on a bytearray), when its build has it
     from aiohttp._websocket.helpers import websocket_mask as _mask_in_place
 except ImportError:  # pragma: no cover - aiohttp without the helper
@@ -199,7 +201,7 @@ class NodeLink:
 
     # -- the transport's side (called by the listener's protocol) -----------------------------------
 
-    def feed(self, data: bytes | memoryview) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes read from the node (a view is only valid during this call: what is kept is copied)."""
         self.last_read = time.monotonic()
         if self._ended and self._close_wait is None:
