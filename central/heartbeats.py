@@ -4,7 +4,7 @@ aiohttp's heartbeat gives every websocket a ping timer and a pong timer and sche
 on every read that arrives: about 1.8 KB per connected node, and a callback per frame (20,000
 nodes: docs/performance.md, "memory per node"). One task per event loop does the same job here:
 every `interval / 4` it pings each watched node from which nothing was read for `interval` (its
-pings and pongs count: the reads are timed where they arrive, `listener.BufferedReads`), and
+pings and pongs count: the reads are timed where they arrive, `tlsconn.TlsConnection`), and
 drops a node from which nothing was read within `interval / 2` of that ping, as aiohttp does,
 with aiohttp's reason; the sweep's step makes both happen up to `interval / 4` later than
 aiohttp's timers would. The sweep runs only while some node is watched.
@@ -18,7 +18,7 @@ import time
 
 from aiohttp import web
 
-from .listener import BufferedReads
+from .listener import ReadTimes
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Watched:
 
     __slots__ = ("sweep", "ws", "reads", "transport", "ping_sent", "silent")
 
-    def __init__(self, sweep: Heartbeats, ws: web.WebSocketResponse, reads: BufferedReads,
+    def __init__(self, sweep: Heartbeats, ws: web.WebSocketResponse, reads: ReadTimes,
                  transport: asyncio.Transport) -> None:
         self.sweep = sweep
         self.ws = ws
@@ -49,7 +49,7 @@ class Heartbeats:
         self._watched: set[Watched] = set()
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self, ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.Transport) -> Watched:
+    def watch(self, ws: web.WebSocketResponse, reads: ReadTimes, transport: asyncio.Transport) -> Watched:
         watched = Watched(self, ws, reads, transport)
         self._watched.add(watched)
         if self._task is None:
@@ -105,7 +105,7 @@ class Heartbeats:
 _by_loop: dict[asyncio.AbstractEventLoop, Heartbeats] = {}
 
 
-def watch(ws: web.WebSocketResponse, reads: BufferedReads, transport: asyncio.Transport,
+def watch(ws: web.WebSocketResponse, reads: ReadTimes, transport: asyncio.Transport,
           interval: float) -> Watched:
     """Put a node websocket under the running loop's sweep (made on first use)."""
     loop = asyncio.get_running_loop()

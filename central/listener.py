@@ -5,7 +5,7 @@ but nothing closes a connection that finished TLS and never sends a whole reques
 how many connections are open: a few hundred idle sockets used up the server's file descriptors.
 `ConnectionGuard` hooks aiohttp's low-level `Server`, which sees every connection come and go
 and every request head arrive, so it costs nothing per websocket frame:
-- the TLS handshake must end within `head_timeout` (asyncio's `ssl_handshake_timeout`), then the
+- the TLS handshake must end within `head_timeout` (`GuardedSite`'s `handshake_timeout`), then the
   first request's head must arrive within `head_timeout` again, or the connection is dropped;
 - beyond `max_connections` open connections, or `max_per_address` from one client address for
   connections without a node certificate, a new connection is answered 503 and closed. Nodes are
@@ -27,13 +27,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
+from .tlsconn import TlsConnection, TlsListener
 
 log = logging.getLogger(__name__)
 
@@ -237,21 +238,23 @@ def fd_budget(limits: ConnectionLimits, soft: int, hard: int) -> tuple[int, Conn
     return new_soft, replace(limits, max_connections=max(1, new_soft - reserve))
 
 
-# What every connection's reads are decrypted into (BufferedReads): one for the process, since
+class ReadTimes(Protocol):
+    """Where a connection's reads are timed (node heartbeats go by it: central/heartbeats.py)."""
+
+    last_read: float  # time.monotonic() of the last bytes from the peer
+
+
+# What every plain-HTTP connection's reads go into (BufferedReads): one for the process, since
 # the event loop handles one read at a time and the handler copies what it is given.
 READ_BUFFER_BYTES = 64 * 1024
 _read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
 
 
 class BufferedReads(asyncio.BufferedProtocol):
-    """aiohttp's connection handler behind a buffered protocol, for its reads.
-
-    Handed a plain protocol, the TLS layer (uvloop's and asyncio's) decrypts each read into a new
-    bytes object of its maximum read size (uvloop: 256 KiB) and then shrinks it: a large
-    allocation per frame, carved out of the C heap wherever a free 256 KiB run is. A buffered
-    protocol gets the bytes decrypted into one shared buffer instead, and the handler receives a
-    copy of just those bytes (docs/performance.md, "memory per node"). Everything else is passed
-    on unchanged.
+    """aiohttp's connection handler behind a buffered protocol, on plain HTTP (`--insecure-http`):
+    reads go into one shared buffer, the handler gets a copy of just the bytes read, and they are
+    timed for the heartbeats. With TLS, `central.tlsconn.TlsConnection` does all of this.
+    Everything else is passed on unchanged.
     """
 
     __slots__ = ("handler", "last_read")
@@ -302,14 +305,18 @@ def release_http_parser(request: web.BaseRequest) -> bool:
     return True
 
 
-def buffered_reads(transport: asyncio.BaseTransport | None) -> BufferedReads | None:
-    """The BufferedReads a connection's reads go through, if it came through a GuardedSite."""
+def read_times(transport: asyncio.BaseTransport | None) -> ReadTimes | None:
+    """Where a connection's reads are timed, if it came through a GuardedSite: its TLS layer, or
+    on plain HTTP its BufferedReads."""
+    if isinstance(transport, TlsConnection):
+        return transport
     protocol = transport.get_protocol() if transport is not None else None
     return protocol if isinstance(protocol, BufferedReads) else None
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts."""
+    """A TCP site like aiohttp's TCPSite, with TLS done by central.tlsconn over plain TCP
+    transports, bounded by the handshake and shutdown timeouts."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
                  backlog: int, handshake_timeout: float) -> None:
@@ -327,12 +334,15 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        tls: dict[str, Any] = {}
+        factory: Callable[[], asyncio.BaseProtocol]
         if self._ssl_context is not None:
             # A client that never finishes the handshake, or never answers our close_notify,
             # holds a socket only this long.
-            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._handshake_timeout,
-                   "ssl_shutdown_timeout": self._handshake_timeout}
+            factory = TlsListener(self._ssl_context, server, handshake_timeout=self._handshake_timeout,
+                                  shutdown_timeout=self._handshake_timeout)
+        else:
+            def factory() -> asyncio.BaseProtocol:
+                return BufferedReads(server())
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: BufferedReads(server()), self._host, self._port, backlog=self._backlog, **tls,
+            factory, self._host, self._port, backlog=self._backlog,
         )

@@ -24,7 +24,7 @@ from dvic_core.messages import KEEPALIVE
 from . import heartbeats, store
 from .auth import NODE, error_response
 from .boardlogs import store_board_logs
-from .listener import buffered_reads, release_http_parser
+from .listener import read_times, release_http_parser
 from .messages import (
     MAX_BATCH_LINES,
     MAX_FRAME_BYTES,
@@ -143,7 +143,7 @@ async def node_websocket(request: web.Request) -> web.StreamResponse:
     node = who
     # Heartbeats by one sweep for every node (central/heartbeats.py), not two timers per node; on
     # a connection that did not come through the server's listener, aiohttp's own.
-    reads = buffered_reads(request.transport)
+    reads = read_times(request.transport)
     ws = web.WebSocketResponse(heartbeat=None if reads else NODE_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     await ws.prepare(request)
     release_http_parser(request)  # kept by aiohttp for the connection's life, never used again
