@@ -209,6 +209,7 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
     def _decrypt(self) -> None:
         """Hand up every whole record in the incoming BIO, while the upper protocol reads."""
         sslobj = self._ssl
+        incoming = self._incoming
         filled = 0
         while self._state == OPEN and not self._reading_paused:
             try:
@@ -228,6 +229,8 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
                 self._eof = self._eof or EOF_SEEN
                 break
             filled += count
+            if not incoming.pending and not sslobj.pending():  # type: ignore[union-attr]
+                break  # all read: spare the exception another read would end with
             if filled > len(_clear) - RECORD_BYTES:
                 filled = self._deliver(filled)
         self._deliver(filled)
@@ -263,8 +266,7 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
         self._encrypt(memoryview(data))
 
     def writelines(self, list_of_data: Any) -> None:
-        for data in list_of_data:
-            self.write(data)
+        self.write(b"".join(list_of_data))  # one run of full records, not a short record per piece
 
     def _encrypt(self, view: memoryview) -> None:
         """Encrypt a record at a time, each straight into the TCP transport's buffer."""
@@ -274,6 +276,10 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
             return
         sent = 0
         try:
+            if len(view) <= RECORD_BYTES:  # most writes: one record
+                sent = sslobj.write(view)  # type: ignore[union-attr]
+                self._plain.write(outgoing.read())  # type: ignore[union-attr]
+                return
             while sent < len(view):
                 sent += sslobj.write(view[sent:sent + RECORD_BYTES])  # type: ignore[union-attr]
                 self._plain.write(outgoing.read())  # type: ignore[union-attr]
