@@ -233,11 +233,14 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
                 break  # all read: spare the exception another read would end with
             if filled > len(_clear) - RECORD_BYTES:
                 filled = self._deliver(filled)
-        self._deliver(filled)
+        if filled:
+            self._deliver(filled)
         if self._backlog and self._state == OPEN:
             self._write_backlog()  # a renegotiation the writes waited on may be over
-        self._flush()  # what reading made OpenSSL send (key updates, renegotiation)
-        self._tell_eof()
+        if self._outgoing is not None and self._outgoing.pending:
+            self._flush()  # what reading made OpenSSL send (key updates, renegotiation)
+        if self._eof == EOF_SEEN:
+            self._tell_eof()
 
     def _deliver(self, filled: int) -> int:
         """Give the upper protocol the first `filled` decrypted bytes (a copy); 0, the new fill."""
@@ -263,6 +266,14 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
         if self._backlog:
             self._backlog.append(memoryview(data))
             return
+        if len(data) <= RECORD_BYTES and not self._plain.is_closing():
+            try:  # most writes: one record, straight through
+                self._ssl.write(data)  # type: ignore[union-attr]
+            except ssl.SSLError:
+                pass  # the general path below tells why, and keeps what waits
+            else:
+                self._plain.write(self._outgoing.read())  # type: ignore[union-attr]
+                return
         self._encrypt(memoryview(data))
 
     def writelines(self, list_of_data: Any) -> None:
@@ -276,10 +287,6 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
             return
         sent = 0
         try:
-            if len(view) <= RECORD_BYTES:  # most writes: one record
-                sent = sslobj.write(view)  # type: ignore[union-attr]
-                self._plain.write(outgoing.read())  # type: ignore[union-attr]
-                return
             while sent < len(view):
                 sent += sslobj.write(view[sent:sent + RECORD_BYTES])  # type: ignore[union-attr]
                 self._plain.write(outgoing.read())  # type: ignore[union-attr]
