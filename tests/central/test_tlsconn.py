@@ -470,3 +470,30 @@ def test_extra_info_is_what_aiohttp_and_the_server_ask_for(pki: Pki, loop: str):
             await connected
 
     run_on(loop, main)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_reset_from_the_client_ends_the_connection_once(pki: Pki, loop: str):
+    def client(port: int) -> None:
+        sock = connect(port, client_context(pki))
+        sock.sendall(b"x" * 100_000)
+        assert sock.recv(1) == b"y"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # linger 0: an RST, no close_notify, no FIN
+
+    async def main() -> None:
+        def reply(upper: Upper, data: bytes) -> None:
+            if len(upper.received) == 100_000:
+                upper.transport.write(b"y" + b"z" * 1_000_000)  # type: ignore[union-attr]
+
+        async with Listening(pki, lambda: Upper(reply)) as listening:
+            await asyncio.to_thread(client, listening.port)
+            upper = await listening.one()
+            await async_wait_for(lambda: "lost" in upper.events, what="connection_lost")
+            assert upper.events.count("lost") == 1 and "eof" not in upper.events
+            assert upper.transport is not None and upper.transport.is_closing()
+            upper.transport.write(b"after the end")  # dropped, no error
+            upper.transport.close()
+            assert upper.events.count("lost") == 1
+
+    run_on(loop, main)
