@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
+from .proxyproto import Balancers, Peer, ProxyListener
 from .tlsconn import TlsConnection, TlsListener
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ConnectionGuard:
 
     def _connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self._server_made(handler, transport)
-        address = address_key(transport.get_extra_info("peername"))
+        address = address_key(handler.peername)  # the client's, from a PROXY header if any (proxyproto.py)
         node = bool(transport.get_extra_info("peercert"))
         reason = refusal(self.limits, len(self._open), self._per_address[address], node)
         if reason is not None:
@@ -319,11 +320,12 @@ class GuardedSite(web.BaseSite):
     transports, bounded by the handshake and shutdown timeouts."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 backlog: int, handshake_timeout: float) -> None:
+                 backlog: int, handshake_timeout: float, proxy_from: Balancers | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
+        self._proxy_from = proxy_from
 
     @property
     def name(self) -> str:
@@ -334,15 +336,38 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        factory: Callable[[], asyncio.BaseProtocol]
+        tls: TlsListener | None = None
         if self._ssl_context is not None:
             # A client that never finishes the handshake, or never answers our close_notify,
             # holds a socket only this long.
-            factory = TlsListener(self._ssl_context, server, handshake_timeout=self._handshake_timeout,
-                                  shutdown_timeout=self._handshake_timeout)
+            tls = TlsListener(self._ssl_context, server, handshake_timeout=self._handshake_timeout,
+                              shutdown_timeout=self._handshake_timeout)
+        if self._proxy_from:
+            # The loop gets plain TCP sockets from it; TLS is the protocol made for each.
+            listener = ProxyListener(self._proxy_from, lambda source: _client_at(server, tls, source),
+                                     None, self._handshake_timeout)
+            await listener.start(self._host, self._port, self._backlog)
+            self._server = listener  # type: ignore[assignment]  # what aiohttp reads of a Server
+            return
+        factory: Callable[[], asyncio.BaseProtocol]
+        if tls is not None:
+            factory = tls
         else:
             def factory() -> asyncio.BaseProtocol:
                 return BufferedReads(server())
         self._server = await asyncio.get_running_loop().create_server(
             factory, self._host, self._port, backlog=self._backlog,
         )
+
+
+def _client_at(server: web.Server, tls: TlsListener | None, source: Peer | None) -> asyncio.BaseProtocol:
+    """The protocol of a connection from behind a balancer (proxyproto.ProxyListener), the client's
+    address kept where aiohttp keeps the peer's (its handler's cached `peername`: request.remote,
+    the access log, ConnectionGuard). With TLS, the handler is made once the handshake is over."""
+    def handler() -> RequestHandler:
+        made = server()
+        if source is not None:
+            made._cache["peername"] = source
+        return made
+
+    return TlsConnection(tls, handler) if tls is not None else BufferedReads(handler())

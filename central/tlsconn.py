@@ -86,12 +86,15 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
     # asyncio's loop.sendfile writes through this transport (never the socket: it is encrypted).
     _sendfile_compatible = constants._SendfileMode.FALLBACK
 
-    def __init__(self, listener: TlsListener) -> None:
+    def __init__(self, listener: TlsListener, make_protocol: Callable[[], asyncio.Protocol] | None = None) -> None:
+        """`make_protocol`: what makes this connection's upper protocol, if not the listener's
+        factory (a connection from behind a balancer: central/listener.py `_client_at`)."""
         # No super().__init__(): it would give every connection an `_extra` dict and limits of its
         # own, both of which live in the TCP transport here.
         self._listener = listener
         self._plain: Any = None  # uvloop's TCP transport is no asyncio.Transport subclass
-        self._protocol: Any = None
+        # Until the handshake is over: what makes the upper protocol (None: the listener's factory).
+        self._protocol: Any = make_protocol
         self._ssl: ssl.SSLObject | None = None
         self._incoming: ssl.MemoryBIO | None = None
         self._outgoing: ssl.MemoryBIO | None = None
@@ -124,8 +127,8 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.last_read = time.monotonic()
         if self._state == HANDSHAKE:
-            # Bytes the peer sends before its ClientHello (a PROXY protocol header from a listed
-            # balancer) would be taken off here, before the incoming BIO sees them.
+            # (A balancer's PROXY protocol header is read before the connection gets here:
+            # central/proxyproto.py.)
             self._incoming.write(_wire_view[:nbytes])  # type: ignore[union-attr]
             self._handshake()
         elif self._state == OPEN:
@@ -200,7 +203,7 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
             self.abort()
 
     def _connect_app(self) -> None:
-        self._protocol = self._listener.protocol_factory()
+        self._protocol = (self._protocol or self._listener.protocol_factory)()
         self._app_connected = True
         self._protocol.connection_made(self)
 
@@ -445,7 +448,7 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol  # type: ignore[no-any-return]
+        return self._protocol if self._state != HANDSHAKE else None  # type: ignore[return-value]
 
     def _peer(self) -> str:
         peername = self._plain.get_extra_info("peername") if self._plain is not None else None
