@@ -1,11 +1,12 @@
 """The memory floor of a node connection on this stack: what a server that does nothing but hold
 mutual-TLS websockets costs per connection, to bound what a leaner node path could save.
 
-    python3 -m bench.conn_floor [--conns 5000] [--loop uvloop]
+    python3 -m bench.conn_floor [--conns 5000] [--loop uvloop] [--tls central|loop] [--plain]
 
 Starts a stand-in server (this module, `--serve`) on 127.0.0.1 with the real server's TLS context
-(`central.pki`, a client certificate verified against the CA), reading through a buffered protocol
-as the real listener does, answering each websocket upgrade with 101 and keeping one small object
+(`central.pki`, a client certificate verified against the CA) and the real server's TLS layer
+(`central.tlsconn` over the loop's plain TCP transports; `--tls loop`: the event loop's own TLS,
+what the server used before, reading through a buffered protocol), answering each websocket upgrade with 101 and keeping one small object
 per connection: no HTTP request, no websocket objects, no timers, no per-node state. A client
 process opens --conns connections with a node certificate, sends the upgrade and one 600-byte
 masked text frame (a hello's size), and holds them. Prints the server's RSS before and after, per
@@ -66,12 +67,40 @@ class HeldConnection(asyncio.BufferedProtocol):
         HeldConnection.held.discard(self)
 
 
-async def _serve(data_dir: Path, plain: bool) -> None:
+class HeldAboveTls(asyncio.Protocol):
+    """The same above central.tlsconn, which hands up a copy of what it decrypted."""
+
+    __slots__ = ("transport", "upgraded")
+    held: set[HeldAboveTls] = set()
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        HeldAboveTls.held.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.upgraded and b"\r\n\r\n" in data:
+            self.upgraded = True
+            self.transport.write(SWITCHING)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        HeldAboveTls.held.discard(self)
+
+
+async def _serve(data_dir: Path, plain: bool, tls: str) -> None:
     from central.pki import CertificateAuthority
+    from central.tlsconn import TlsListener
 
     context = None if plain else CertificateAuthority(data_dir).server_ssl_context(["127.0.0.1"])
-    server = await asyncio.get_running_loop().create_server(HeldConnection, "127.0.0.1", 0, ssl=context,
-                                                            backlog=4096)
+    loop = asyncio.get_running_loop()
+    if context is not None and tls == "central":  # as central/listener.py GuardedSite does
+        listener = TlsListener(context, HeldAboveTls, handshake_timeout=10.0, shutdown_timeout=10.0)
+        server = await loop.create_server(listener, "127.0.0.1", 0, backlog=4096)
+    else:
+        server = await loop.create_server(HeldConnection, "127.0.0.1", 0, ssl=context, backlog=4096)
     print(server.sockets[0].getsockname()[1], flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
 
@@ -129,7 +158,7 @@ def _run_loop(loop_name: str, main: object) -> None:
         asyncio.run(main)  # type: ignore[arg-type]
 
 
-def measure(conns: int, loop_name: str, plain: bool) -> dict[str, float]:
+def measure(conns: int, loop_name: str, plain: bool, tls: str = "central") -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="dvic-conn-floor-") as tmp:
         data_dir = Path(tmp)
         from central.pki import CertificateAuthority
@@ -139,7 +168,7 @@ def measure(conns: int, loop_name: str, plain: bool) -> dict[str, float]:
         (data_dir / "node.crt").write_text(node.cert_pem)
         (data_dir / "node.key").write_text(node.key_pem)
         (data_dir / "node-ca.crt").write_bytes(ca.cert_path.read_bytes())
-        base = [sys.executable, "-m", "bench.conn_floor", "--loop", loop_name, "--data-dir", tmp,
+        base = [sys.executable, "-m", "bench.conn_floor", "--loop", loop_name, "--data-dir", tmp, "--tls", tls,
                 *(["--plain"] if plain else [])]
         server = subprocess.Popen([*base, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         client = None
@@ -169,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conns", type=int, default=5000, help="connections to hold (5000; one source address)")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--tls", choices=("central", "loop"), default="central",
+                   help="whose TLS: the server's own layer (central/tlsconn.py) or the event loop's")
     p.add_argument("--plain", action="store_true", help="plain TCP: no TLS in the process")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--hold", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -178,14 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--conns: between 1 and 20000")
     _raise_fd_limit()
     if args.serve:
-        _run_loop(args.loop, _serve(args.data_dir, args.plain))
+        _run_loop(args.loop, _serve(args.data_dir, args.plain, args.tls))
         return 0
     if args.hold is not None:
         _run_loop(args.loop, _hold(args.hold, args.conns, args.data_dir, args.plain))
         return 0
-    figures = measure(args.conns, args.loop, args.plain)
+    figures = measure(args.conns, args.loop, args.plain, args.tls)
     kind = "plain-TCP" if args.plain else "mutual-TLS"
-    print(f"stand-in server ({args.loop}), {args.conns} {kind} websockets held: RSS {figures['before_mb']:.1f}"
+    whose = "" if args.plain else (", TLS by central/tlsconn.py" if args.tls == "central" else ", the loop's TLS")
+    print(f"stand-in server ({args.loop}{whose}), {args.conns} {kind} websockets held: RSS {figures['before_mb']:.1f}"
           f" -> {figures['after_mb']:.1f} MB, {figures['per_conn_kb']:.1f} KB per connection")
     return 0
 

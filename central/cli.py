@@ -157,8 +157,8 @@ def tune_interpreter() -> None:
 async def serve(config: Config, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     if not config.tls and not is_loopback(config.host):
         raise SystemExit("plain HTTP (--insecure-http) is only allowed on a loopback address")
-    # asyncio gives every TLS connection a 256 KiB read buffer (Python 3.11): 2,000 idle nodes
-    # cost 630 MB. Node frames are small; 16 KiB keeps them at about 200 MB (bench/fleet.py).
+    # asyncio gives every TLS connection a 256 KiB read buffer (Python 3.11). The listener's TLS is
+    # central/tlsconn.py's now; this still bounds TLS connections the server itself opens on asyncio's loop.
     asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
     app = create_app(config)
     limits = fit_to_fd_limit(config.connections)
@@ -250,8 +250,8 @@ def cmd_node_list(args: argparse.Namespace) -> int:
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run the server on uvloop when it is installed (DVIC_EVENT_LOOP=asyncio: the standard loop).
 
-    At 2,000 nodes uvloop's TLS transport saves about a tenth of the event loop's time
-    (docs/performance.md); everything else behaves the same on either loop.
+    At 2,000 nodes uvloop saved about a tenth of the event loop's time (its TLS transport then; TLS
+    is central/tlsconn.py's now, on either loop: docs/performance.md); everything else behaves the same.
     """
     if os.environ.get("DVIC_EVENT_LOOP", "").lower() != "asyncio":
         try:

@@ -7,7 +7,7 @@ Every connection starts in a `Doorway` (its first protocol), which reads the fir
 and then hands the connection to aiohttp or, for a node's websocket, to a link served below
 aiohttp (central/nodelink.py); `ConnectionGuard` counts what the doorways admit, so it costs
 nothing per request or websocket frame:
-- the TLS handshake must end within `head_timeout` (asyncio's `ssl_handshake_timeout`), then the
+- the TLS handshake must end within `head_timeout` (central/tlsconn.py), then the
   first request's head must arrive within `head_timeout` again, or the connection is dropped;
 - beyond `max_connections` open connections, or `max_per_address` from one client address for
   connections without a node certificate, a new connection is answered 503 and closed. Nodes are
@@ -37,6 +37,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
 from .proxyproto import Balancers, Peer, ProxyListener
+from .tlsconn import TlsConnection, TlsListener
 
 log = logging.getLogger(__name__)
 
@@ -302,9 +303,9 @@ class Doorway(asyncio.BufferedProtocol):
     that reads it from then on; anything else goes to aiohttp's connection handler as it came
     (connection_made, then the bytes read so far), which serves it and every later request on it.
     The doorway counts the connection with the guard, bounds the time to the first head's end,
-    and stays in between: the TLS layer (uvloop's, asyncio's: the buffered protocol calls; a plain
-    one: data_received) decrypts every read into one shared buffer, aiohttp gets a copy of the
-    bytes read, a link reads them in place.
+    and stays in between: the TLS layer (central/tlsconn.py: data_received) decrypts every read
+    into one shared buffer, as the loop reads plain HTTP into one (the buffered protocol calls);
+    aiohttp gets a copy of the bytes read, a link reads them in place.
     """
 
     __slots__ = ("door", "source", "transport", "state", "head", "timer", "handler", "link", "address", "node")
@@ -322,7 +323,7 @@ class Doorway(asyncio.BufferedProtocol):
         self.node = False  # presented a client certificate our CA signed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods)
+        # (uvloop's TCP transport and tlsconn's are no asyncio.Transport subclasses, but have their methods)
         self.transport = transport = cast(asyncio.Transport, transport)
         guard = self.door.guard
         if not guard.admit(self, transport):
@@ -490,19 +491,30 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         door = Door(server, self._guard, self._upgrade)
+        tls: TlsListener | None = None
+        if self._ssl_context is not None:
+            # TLS is ours (central/tlsconn.py) over the loop's plain TCP. A client that never
+            # finishes the handshake, or never answers our close_notify, holds a socket only this long.
+            timeout = self._guard.limits.head_timeout
+            tls = TlsListener(self._ssl_context, lambda: Doorway(door), handshake_timeout=timeout,
+                              shutdown_timeout=timeout)
         if self._proxy_from:
-            listener = ProxyListener(self._proxy_from, lambda source: Doorway(door, source),
-                                     self._ssl_context, self._guard.limits.head_timeout)
+            # The loop gets plain TCP sockets from it; TLS is the protocol made for each.
+            listener = ProxyListener(self._proxy_from, lambda source: _behind_balancer(door, tls, source),
+                                     None, self._guard.limits.head_timeout)
             await listener.start(self._host, self._port, self._backlog)
             self._server = listener  # type: ignore[assignment]  # what aiohttp reads of a Server
             return
-        tls: dict[str, Any] = {}
-        if self._ssl_context is not None:
-            # A client that never finishes the handshake, or never answers our close_notify,
-            # holds a socket only this long.
-            tls = {"ssl": self._ssl_context, "ssl_handshake_timeout": self._guard.limits.head_timeout,
-                   "ssl_shutdown_timeout": self._guard.limits.head_timeout}
+        factory: Callable[[], asyncio.BaseProtocol] = tls if tls is not None else (lambda: Doorway(door))
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: Doorway(door), self._host, self._port, backlog=self._backlog, **tls,
+            factory, self._host, self._port, backlog=self._backlog,
         )
+
+
+def _behind_balancer(door: Door, tls: TlsListener | None, source: Peer | None) -> asyncio.BaseProtocol:
+    """The protocol of a connection from behind a balancer (proxyproto.ProxyListener): its doorway
+    knows the client's address from the PROXY header; with TLS, made once the handshake is over."""
+    if tls is None:
+        return Doorway(door, source)
+    return TlsConnection(tls, lambda: Doorway(door, source))
 

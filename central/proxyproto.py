@@ -15,7 +15,8 @@ ClientHello (or a request line) and is refused by TLS (or answered 400).
 
 Parsing is a plain function (`header_length`, `parse_header`); `ProxyListener` accepts the
 connections, reads exactly the header's bytes from a balancer's socket, and hands every connection
-to the event loop for TLS and the server's protocol (as `create_server` would).
+to the event loop with the server's protocol (as `create_server` would); the server's listener
+passes no TLS context, its protocol being the TLS layer (central/tlsconn.py).
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class ProxyListener:
     It accepts connections itself: one from a listed address has its header read from the raw
     socket (exactly its bytes, nothing of the TLS after it), within `timeout` counted from the
     accept; then every connection, listed or not, is handed to the event loop as an accepted
-    socket (`connect_accepted_socket`: TLS and the server's protocol, as `create_server` does for
-    its own). `make_protocol(source)` makes the server's protocol for a client at `source` (None:
+    socket (`connect_accepted_socket`: TLS if given `ssl_context`, and the server's protocol, as
+    `create_server` does for its own). `make_protocol(source)` makes the server's protocol for a client at `source` (None:
     the connection's own address). Exposes what aiohttp's site reads of an asyncio Server."""
 
     def __init__(self, balancers: Balancers, make_protocol: Callable[[Peer | None], asyncio.BaseProtocol],

@@ -46,7 +46,8 @@ def test_without_probes_or_tls_the_usage_says_what_to_give() -> None:
     assert "give two probes" in result.stderr
 
 
-@pytest.mark.parametrize("options, kind", [([], "mutual-TLS"), (["--plain"], "plain-TCP")])
+@pytest.mark.parametrize("options, kind", [([], "mutual-TLS"), (["--tls", "loop"], "mutual-TLS"),
+                                           (["--plain"], "plain-TCP")])
 def test_conn_floor_holds_its_connections_and_reports_per_connection(options: list[str], kind: str) -> None:
     result = subprocess.run([sys.executable, "-m", "bench.conn_floor", "--conns", "20", *options], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
