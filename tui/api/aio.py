@@ -253,6 +253,19 @@ class Stream:
     async def subscribe(self, logs: list[str]) -> None:
         await self.ws.send_json({"type": "subscribe", "logs": logs})
 
+    async def subscribed(self, logs: list[str]) -> list[Json]:
+        """Subscribe and wait for the server's `subscribed`: from then on every line of those nodes
+        is either in the history read next or sent live (docs/protocol.md 4.2), whichever replica
+        holds the node. Returns the messages that came first, to handle after that history (all of
+        them when the stream closed first: iterating it then ends at once)."""
+        await self.subscribe(logs)
+        early: list[Json] = []
+        async for doc in messages(self.ws):
+            if doc.get("type") == "subscribed":
+                break
+            early.append(doc)
+        return early
+
     async def close(self) -> None:
         await self.ws.close()
 
