@@ -32,6 +32,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..alerts import queries as alert_queries
+from ..alerts.engine import DEMO_FLAG_EVENTS, DemoFact
 from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
 from ..tasks import Background
@@ -178,12 +180,13 @@ class Features:
         await s.alerts.reload(s.read_db)
         await s.calendar.reload()
         await s.deployments.read(s.read_db)
-        # The demo flags of the alert engine (crash loop, cannot start) from the stored statuses: an
-        # open demo alert is then still true, not ended and raised again.
-        for (node_id, _demo), row in list(s.deployments.status.items()):
-            node = s.registry.get(node_id)
-            if node is not None:
-                s.alerts.on_demo_status(node, row)
+        # The demo flags of the alert engine (crash loop, unhealthy, cannot start) from the stored
+        # demo events and statuses: an open demo alert is then still true, not ended and raised again.
+        events = await alert_queries.demo_flag_events(s.read_db, DEMO_FLAG_EVENTS)
+        s.alerts.rebuild_demo_flags(
+            [DemoFact(e["ts"], e["node_id"], e["kind"], e["data"]) for e in events]
+            + [DemoFact(float(row["updated_at"]), node_id, "demo_status", row)
+               for (node_id, _demo), row in list(s.deployments.status.items())])
 
     async def _push_in_progress(self) -> None:
         """Nodes with a rollout row in progress get their desired set again: what they reported while

@@ -22,7 +22,7 @@ from central.cluster.leader import LOCK_CLASS, holders, lock_id
 from tests.support.daemon import enrolled_daemon, wait_connected
 from tests.support.demos import kill_demos
 from tests.support.fake_node import FakeNode
-from tests.support.nodes import connected
+from tests.support.nodes import connected, metrics
 from tests.support.postgres import Cluster
 from tests.support.receivers import HttpReceiver
 from tests.support.releases import archive, publish
@@ -325,3 +325,42 @@ async def test_killing_the_leader_moves_the_features_which_reload_and_carry_on(
     assert told == [("demo:pi-one/demo-a", 1), ("demo:pi-two/demo-a", 1)], told
     # Nor ended and raised again by the new leader (its log counts start again from nothing).
     assert not [n for n in list(receiver.accepted) if n.json()["kind"] == "resolved"], receiver.accepted
+
+
+@contextlib.asynccontextmanager
+async def reporting_node(bundle: dict[str, Any]) -> AsyncIterator[FakeNode]:
+    """A node that sends its metrics every 0.5 s while the block runs (online through a failover)."""
+    async with connected(bundle) as node:
+        async def keep_reporting() -> None:
+            while True:
+                await node.send(metrics())
+                await asyncio.sleep(0.5)  # (a load, not a synchronisation: the tests wait for conditions)
+
+        task = asyncio.create_task(keep_reporting())
+        try:
+            yield node
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_a_new_leader_keeps_a_demo_alert_raised_by_the_daemons_events_open(
+        replicas: list[CentralServer]) -> None:
+    leader, other = await leader_and_other(replicas)
+    bundle = other.enroll("pi-crash", kind="raspberry", group="hall-a")
+    known_on(leader, bundle["node_id"])
+    async with reporting_node(toward(bundle, other)) as node:
+        # The daemon's supervisor says the demo crash-loops (an event, stored; no demo_status).
+        await node.send({"type": "event", "kind": "demo_crashloop", "message": "demo robot 1.0: 5 exits within 60 s",
+                         "data": {"demo": "robot", "version": "1.0", "restarts": 5}})
+        fired = await until(lambda: alert_of(other, "demo_crashloop", "pi-crash"), 30, "the crash-loop alert")
+        leader.kill()
+        await until(lambda: "leads the feature areas" in other.log(), 30, "the other to lead")
+        passes = leader_passes(other)
+        await until(lambda: leader_passes(other) >= passes + 4, 30, "a few evaluations on the new leader")
+        # The new leader rebuilt the demo's flag from the stored event: the alert is still the open one.
+        kept = alert_of(other, "demo_crashloop", "pi-crash")
+        assert kept is not None and kept["id"] == fired["id"] and kept["state"] == "firing", kept
+    rows = other.query("SELECT id, state FROM alerts WHERE rule = 'demo_crashloop'")
+    assert rows == [(fired["id"], "firing")], rows
