@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..alerts import queries as alert_queries
 from ..alerts.engine import DEMO_FLAG_EVENTS, DemoFact
+from ..alerts.metrics_export import NO_FIGURES, AlertFigures
 from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
 from ..tasks import Background
@@ -57,6 +58,7 @@ JOB = "features"
 INPUT = "features"  # the key of a node input on the leader's channel
 HOLDS_CHANNEL = "dvic_features"
 RELEASE_CHECK = "features_release"
+ALERT_FIGURES = "features_alert_figures"
 KINDS = ("hello", "demo_install", "demo_status", "unsupported")
 # How long a call waits for a leader to be known before it is refused (a start, a change of leader
 # after a replica was killed: 1.7-1.9 s on this machine, docs/operations.md).
@@ -109,6 +111,7 @@ class Features:
         bus.subscribe(EVENTS, self._on_events)  # (after Presence's handler: its peers are up to date)
         bus.on_gap(lambda: self._spawn(self._reload_holds()))
         bus.responder(RELEASE_CHECK, self._answer_release)
+        bus.responder(ALERT_FIGURES, self._answer_alert_figures)
         presence.announce.append(self._announce)
         presence.jobs_want_lines = self._wants_every_line
         presence.line_observers.append(self._lines_from_elsewhere)
@@ -317,6 +320,31 @@ class Features:
         allowed = self.leading and node is not None and self.services.deployments.allowed_release(
             node, str(body.get("sha256")))
         return {"allowed": allowed}
+
+    # -- the alert part of GET /metrics ------------------------------------------------------------
+    async def alert_figures(self) -> AlertFigures | None:
+        """The alert figures /metrics shows: None on the leader (its own); else the leader's, asked on
+        the bus (NO_FIGURES when no leader answers within 2 s: the families are left out, never
+        this replica's stale ones)."""
+        if self.leading:
+            return None
+        leader = self.leader()
+        if leader is not None:
+            try:
+                answer = await self.services.cluster.bus.request(leader.replica, ALERT_FIGURES, {})
+                if answer.get("leading"):
+                    return AlertFigures.from_dict(answer)
+            except (NoReply, BusError, KeyError, TypeError, ValueError) as exc:
+                log.warning("replica %s: /metrics without the alert figures: replica %s did not give them: %s",
+                            self.replica, leader.replica, exc)
+                return NO_FIGURES
+        log.warning("replica %s: /metrics without the alert figures: %s", self.replica, self.why_no_leader())
+        return NO_FIGURES
+
+    def _answer_alert_figures(self, _body: dict[str, Any]) -> dict[str, Any]:
+        if not self.leading:
+            return {"leading": False}
+        return {"leading": True, **AlertFigures.of(self.services.alerts).as_dict()}
 
     # -- booking holds on every replica ----------------------------------------------------------
     def _holds_changed(self) -> None:

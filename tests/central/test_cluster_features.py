@@ -143,14 +143,17 @@ async def test_a_rule_and_an_ack_through_the_other_replica_act_on_the_leader_onc
     assert audited == [(1,)]
 
 
-def leader_passes(server: CentralServer) -> float:
-    """The alert engine's evaluation passes, from the leader's /metrics."""
+def metrics_text(server: CentralServer) -> str:
     import urllib.request
 
     request = urllib.request.Request(server.url + "/metrics", headers={"Authorization": f"Bearer {server.admin_token}"})
     with urllib.request.urlopen(request, context=server.ssl_context, timeout=10) as resp:
-        text = resp.read().decode()
-    for line in text.splitlines():
+        return str(resp.read().decode())
+
+
+def leader_passes(server: CentralServer) -> float:
+    """The alert engine's evaluation passes, from the leader's /metrics."""
+    for line in metrics_text(server).splitlines():
         if line.startswith("dvic_server_alert_passes_total"):
             return float(line.split()[-1])
     raise AssertionError("no dvic_server_alert_passes_total in /metrics")
@@ -364,3 +367,39 @@ async def test_a_new_leader_keeps_a_demo_alert_raised_by_the_daemons_events_open
         assert kept is not None and kept["id"] == fired["id"] and kept["state"] == "firing", kept
     rows = other.query("SELECT id, state FROM alerts WHERE rule = 'demo_crashloop'")
     assert rows == [(fired["id"], "firing")], rows
+
+
+def alert_series(server: CentralServer) -> dict[str, str]:
+    """{subject: state} of the `dvic_alert` series in the server's /metrics, and each `dvic_alerts` count
+    as {"count:STATE": value}."""
+    out: dict[str, str] = {}
+    for line in metrics_text(server).splitlines():
+        if line.startswith("dvic_alert{"):
+            labels = dict(part.split("=", 1) for part in line[len("dvic_alert{"):line.index("}")].split(","))
+            out[labels["subject"].strip('"')] = labels["state"].strip('"')
+        elif line.startswith("dvic_alerts{"):
+            state = line.split('"')[1]
+            out[f"count:{state}"] = line.split()[-1]
+    return out
+
+
+async def test_metrics_on_a_replica_not_leading_show_the_leaders_alerts(replicas: list[CentralServer]) -> None:
+    leader, other = await leader_and_other(replicas)
+    bundle = other.enroll("pi-scraped", kind="raspberry", group="hall-a")
+    known_on(leader, bundle["node_id"])
+    subject = "demo:pi-scraped/robot"
+    async with reporting_node(toward(bundle, other)) as node:
+        await node.send({"type": "event", "kind": "demo_crashloop", "message": "demo robot 1.0: 5 exits within 60 s",
+                         "data": {"demo": "robot", "version": "1.0", "restarts": 5}})
+        fired = await until(lambda: alert_of(other, "demo_crashloop", "pi-scraped"), 30, "the crash-loop alert")
+        # A scrape of the replica that does not lead shows the leader's open alerts (its own engine
+        # does not evaluate there), the same as a scrape of the leader.
+        shown = await until(lambda: (a := alert_series(other)).get(subject) == "firing" and a, 20,
+                            "the alert on the other's /metrics")
+        assert shown["count:firing"] == alert_series(leader)["count:firing"] == "1.0", shown
+        status, acked = other.api("POST", f"/api/v1/alerts/{fired['id']}/ack", {"note": "seen"})
+        assert status == 200, acked
+        shown = await until(lambda: (a := alert_series(other)).get(subject) == "acknowledged" and a, 20,
+                            "the acknowledgement on the other's /metrics")
+        assert shown["count:acknowledged"] == "1.0" and shown["count:firing"] == "0.0", shown
+        assert shown == alert_series(leader)
