@@ -26,6 +26,7 @@ import contextlib
 import functools
 import re
 import sqlite3
+import sys
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -34,13 +35,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import aiosqlite
-import asyncpg
 
 Dialect = Literal["sqlite", "postgresql"]
 
-# A write broke a UNIQUE, FOREIGN KEY or NOT NULL rule (a name taken...), on either engine: raised
-# by Writer.submit to the caller, the rest of the group commit unharmed.
-CONFLICTS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, asyncpg.IntegrityConstraintViolationError)
+
+def _asyncpg() -> Any:
+    """asyncpg, imported on first use: an installation on SQLite never loads it (2 MB of a server's RSS)."""
+    import asyncpg
+
+    return asyncpg
+
+
+def conflicts() -> tuple[type[Exception], ...]:
+    """What a write that broke a UNIQUE, FOREIGN KEY or NOT NULL rule (a name taken...) raises from
+    Writer.submit to its caller, on either engine, the rest of the group commit unharmed: `except
+    conflicts():`. asyncpg's error is named only once asyncpg is loaded (no PostgreSQL write ran before)."""
+    pg = sys.modules.get("asyncpg")
+    if pg is None:
+        return (sqlite3.IntegrityError,)
+    return (sqlite3.IntegrityError, pg.IntegrityConstraintViolationError)
 
 
 # -- where the database is ----------------------------------------------------------------------
@@ -223,6 +236,7 @@ PG_COMMAND_TIMEOUT_S = 60.0
 
 
 def _pg_errors() -> tuple[type[BaseException], ...]:
+    asyncpg = _asyncpg()
     return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
@@ -283,7 +297,7 @@ class PgWriteConn(_TransactionVerbs):
     def open(self) -> None:
         try:
             self._conn = self._loop.run_until_complete(
-                asyncpg.connect(self.url, command_timeout=PG_COMMAND_TIMEOUT_S, timeout=10))
+                _asyncpg().connect(self.url, command_timeout=PG_COMMAND_TIMEOUT_S, timeout=10))
         except Exception as exc:
             raise DatabaseUnavailable(f"cannot connect to {mask_url(self.url)}: {_reason(exc)}") from exc
         self._statements.clear()
@@ -350,7 +364,9 @@ def unavailable(exc: BaseException) -> bool:
     state = getattr(exc, "sqlstate", None)
     if isinstance(state, str):
         return state[:2] in _PG_STORAGE_CLASSES
-    return isinstance(exc, (asyncpg.InterfaceError, OSError, asyncio.TimeoutError, DatabaseUnavailable))
+    pg = sys.modules.get("asyncpg")
+    link_errors = (pg.InterfaceError,) if pg is not None else ()
+    return isinstance(exc, (*link_errors, OSError, asyncio.TimeoutError, DatabaseUnavailable))
 
 
 def _reason(exc: BaseException) -> str:
@@ -435,7 +451,7 @@ class PgReadDB:
 
 async def open_pg_reads(url: str, *, min_size: int = 1, max_size: int = 8) -> PgReadDB:
     try:
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=10,
+        pool = await _asyncpg().create_pool(url, min_size=min_size, max_size=max_size, timeout=10,
                                          command_timeout=PG_COMMAND_TIMEOUT_S)
     except Exception as exc:
         raise DatabaseUnavailable(f"cannot connect to {mask_url(url)}: {_reason(exc)}") from exc

@@ -15,7 +15,7 @@ from dvic_core.schema import Enum, Object, SchemaError, Str
 
 from . import accounts, store
 from .auth import ApiError
-from .dbconn import CONFLICTS, WriteConn
+from .dbconn import WriteConn, conflicts
 from .registry import NodeState
 from .services import Services
 from .tokens import hash_token, new_token
@@ -77,7 +77,7 @@ async def enroll_node(services: Services, name: Any, kind: Any = "desktop", grou
 
     try:
         await services.writer.submit(write)
-    except CONFLICTS:
+    except conflicts():
         raise ApiError(409, "name_taken", f"a node named {name!r} already exists") from None
     node = NodeState(
         id=node_id, name=name, kind=kind, group=group, created_at=now, cert_fp=issued.fingerprint,

@@ -12,7 +12,7 @@ from dvic_core.schema import Enum, Number, Object, Query, Str
 
 from .. import accounts, store
 from ..auth import ApiError, current_operator
-from ..dbconn import CONFLICTS, WriteConn
+from ..dbconn import WriteConn, conflicts
 from ..queries import QueryError
 from ..routes import params, routes
 from ..services import Services
@@ -51,7 +51,7 @@ async def create_operator(services: Services, name: str, role: str, status: str,
 
     try:
         await services.writer.submit(create)
-    except CONFLICTS:
+    except conflicts():
         raise ApiError(409, "name_taken", f"an operator named {name!r} already exists") from None
     return token
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from central import store
-from central.dbconn import CONFLICTS, ReadDB, Target, target
+from central.dbconn import ReadDB, Target, conflicts, target
 from central.queries import Queries
 from central.writer import Writer
 from tests.support.database import opened_store
@@ -117,7 +117,7 @@ async def test_a_failed_write_fails_alone_and_the_commit_keeps_the_rest(opened: 
     writer, reads = opened
     now = time.time()
     await writer.submit(store.create_operator("alice", "operator", "active", now))
-    with pytest.raises(CONFLICTS):
+    with pytest.raises(conflicts()):
         await writer.submit(store.create_operator("alice", "admin", "active", now))
     await writer.submit(store.create_operator("bob", "viewer", "active", now))
     names = [row["name"] for row in await Queries(reads).operators()]
