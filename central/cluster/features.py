@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +40,7 @@ from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
 from ..tasks import Background
 from .fanout import EVENTS
+from .inputs import ACK, Acks, Held, Input, Taken
 from .pgbus import BusError, NoReply, channel_of
 from .routing import Lanes
 
@@ -63,6 +65,7 @@ KINDS = ("hello", "demo_install", "demo_status", "unsupported")
 # How long a call waits for a leader to be known before it is refused (a start, a change of leader
 # after a replica was killed: 1.7-1.9 s on this machine, docs/operations.md).
 LEADER_WAIT_S = 5.0
+HELD_CHECK_S = 0.5  # how often inputs waiting for an acknowledgement look for a leader
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,12 @@ class Features:
         self._lanes = Lanes()
         self._background = Background("the feature areas' background work")
         self._news = asyncio.Event()  # set when who leads may have changed (wait_for_leader)
+        # Node inputs passed to a leader and not yet acknowledged, and what this replica took as leader.
+        self._held = Held()
+        self._resender: asyncio.Task[None] | None = None
+        self._run = uuid.uuid4().hex[:12]  # this process's inputs are numbered from 1: a restart is a new run
+        self._taken = Taken()
+        self._acks = Acks(self._send_acks)
         if not self.shared:
             return
         bus, presence = services.cluster.bus, services.presence
@@ -162,6 +171,7 @@ class Features:
         s = self.services
         try:
             await self._reload()
+            self._taken.clear()
             self.leading = True
             self.gained += 1
             self._news.set()
@@ -236,32 +246,74 @@ class Features:
             self.services.alerts.observe_logs(node, lines)
 
     async def _to_leader(self, kind: str, node: NodeState, msg: dict[str, Any]) -> None:
+        """Pass a node input to the leader, and keep it until the leader acknowledges it (inputs.py):
+        sent again to the next leader when this one dies first, or when none leads yet."""
+        held = self._held.add(kind, node.id, msg)
         leader = self.leader()
         if leader is None:
-            log.warning("replica %s: %s of node %s not passed on: %s", self.replica, kind, node.name,
-                        self.why_no_leader())
-            return
-        body = {INPUT: kind, "from": self.replica, "node": node.id, "msg": msg}
+            log.info("replica %s: %s of node %s waits for a leader: %s", self.replica, kind, node.name,
+                     self.why_no_leader())
+        else:
+            await self._send(held, leader.replica)
+        if self._resender is None or self._resender.done():
+            self._resender = asyncio.create_task(self._resend_held(), name="dvic-features-held")
+
+    async def _send(self, held: Input, leader: str) -> None:
+        body = {INPUT: held.kind, "from": self.replica, "run": self._run, "id": held.id, "node": held.node_id,
+                "msg": held.msg, "again": bool(held.sent_to)}
+        held.sent_to, held.sent_at = leader, time.monotonic()
         try:
-            await self.services.cluster.bus.publish(channel_of(leader.replica), body)
+            await self.services.cluster.bus.publish(channel_of(leader), body)
         except BusError as exc:
-            log.warning("replica %s: %s of node %s not passed on to %s: %s", self.replica, kind, node.name,
-                        leader.replica, exc)
+            log.warning("replica %s: %s of node %s not passed on to %s yet: %s", self.replica, held.kind,
+                        held.node_id, leader, exc)
+
+    async def _resend_held(self) -> None:
+        """While inputs wait for an acknowledgement: to the leader known now, or taken here once this
+        replica leads."""
+        while self._held:
+            await asyncio.sleep(HELD_CHECK_S)  # (a poll while inputs wait: nothing else to wake it)
+            if self.leading:
+                for held in self._held.take_all():
+                    self._lanes.put(held.node_id, lambda h=held: self._take(h.kind, h.node_id, h.msg, ""))
+                continue
+            leader = self.leader()
+            if leader is not None:
+                for held in self._held.due(leader.replica, time.monotonic()):
+                    await self._send(held, leader.replica)
 
     def _on_input(self, message: dict[str, Any]) -> None:
+        if isinstance(message.get(ACK), list):
+            self._held.acked([i for i in message[ACK] if isinstance(i, int)])
+            return
         kind = message.get(INPUT)
         if kind not in KINDS:
             return  # the router's messages share this channel
         node_id, msg = str(message.get("node")), message.get("msg")
         if not isinstance(msg, dict):
             return
+        holder = str(message.get("from") or "")
         if not self.leading:
-            log.info("replica %s: %s of node %s from %s, but this replica does not lead: dropped",
-                     self.replica, kind, node_id, message.get("from"))
+            log.info("replica %s: %s of node %s from %s, but this replica does not lead: not taken (it is "
+                     "sent again to the leader)", self.replica, kind, node_id, holder)
+            return
+        input_id, run = message.get("id"), str(message.get("run") or "")
+        if isinstance(input_id, int) and not self._taken.first_time(run, node_id, input_id):
+            self._acks.add(holder, input_id)  # a copy sent again, or overtaken by a newer one: taken
             return
         self.received[str(kind)] = self.received.get(str(kind), 0) + 1
-        holder = str(message.get("from") or "")
-        self._lanes.put(node_id, lambda: self._take(str(kind), node_id, msg, holder))  # in order, per node
+
+        async def take() -> None:
+            # (a hello sent again may be older than the holder's news of the node: no guess from it)
+            await self._take(str(kind), node_id, msg, "" if message.get("again") else holder)
+            if isinstance(input_id, int) and self.leading:
+                self._acks.add(holder, input_id)
+
+        self._lanes.put(node_id, take)  # in order, per node
+
+    async def _send_acks(self, replica: str, ids: list[int]) -> None:
+        with contextlib.suppress(BusError):  # not acknowledged: the replica sends them again, taken once
+            await self.services.cluster.bus.publish(channel_of(replica), {ACK: ids})
 
     async def _take(self, kind: str, node_id: str, msg: dict[str, Any], holder: str) -> None:
         node = self.services.registry.get(node_id)
@@ -371,5 +423,9 @@ class Features:
         self._background.spawn(work)
 
     async def close(self) -> None:
+        if self._resender is not None:
+            self._resender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resender
         await self._lanes.close()
         await self._background.close()

@@ -403,3 +403,56 @@ async def test_metrics_on_a_replica_not_leading_show_the_leaders_alerts(replicas
                             "the acknowledgement on the other's /metrics")
         assert shown["count:acknowledged"] == "1.0" and shown["count:firing"] == "0.0", shown
         assert shown == alert_series(leader)
+
+
+def crashloop_status(demo: str) -> dict[str, Any]:
+    return {"type": "demo_status", "demo": demo, "version": "1.0.0", "state": "crashloop", "pid": None,
+            "restarts": 5, "since": time.time(), "last_exit": {"code": 1, "signal": None, "at": time.time()},
+            "last_heartbeat": None, "message": "5 exits within 60 s"}
+
+
+def status_row(server: CentralServer, demo: str, node: str) -> dict[str, Any] | None:
+    status, body = server.api("GET", f"/api/v1/demos/status?demo={demo}")
+    return next((r for r in body["status"] if r["node_name"] == node), None) if status == 200 else None
+
+
+async def test_a_node_input_sent_while_no_replica_leads_is_taken_by_the_next_leader(
+        replicas: list[CentralServer]) -> None:
+    r1, r2 = replicas
+    await leader_and_other(replicas)
+    bundle = r1.enroll("pi-meanwhile", kind="raspberry", group="hall-a")
+    known_on(r2, bundle["node_id"])
+    conn = await asyncpg.connect(r1.database or "")
+    try:
+        async with reporting_node(toward(bundle, r2)) as node:
+            # Nobody leads: the leader's lock session ends and an outsider takes the lock first.
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                               " WHERE application_name LIKE 'dvic-central leader %'")
+            await until(lambda: conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
+                                              lock_id("features")), 20, "the outsider to take the lock")
+            await until(lambda: r2.api("GET", "/api/v1/alerts")[0] == 503, 20, "r2 to know nobody leads")
+            await node.send(crashloop_status("robot"))
+            await until(lambda: "demo_status of node pi-meanwhile" in r2.log(), 20, "r2 to have the input")
+            await conn.close()  # the outsider goes: a replica takes the lead, and the input
+            row = await until(lambda: status_row(r2, "robot", "pi-meanwhile"), 30, "the status on the leader")
+            assert row["state"] == "crashloop", row
+            await until(lambda: alert_of(r2, "demo_crashloop", "pi-meanwhile"), 30, "the crash-loop alert")
+    finally:
+        await conn.close()
+
+
+async def test_a_node_input_sent_to_a_leader_that_just_died_is_taken_by_the_next_one(
+        replicas: list[CentralServer]) -> None:
+    leader, other = await leader_and_other(replicas)
+    bundle = other.enroll("pi-late-news", kind="raspberry", group="hall-a")
+    known_on(leader, bundle["node_id"])
+    async with reporting_node(toward(bundle, other)) as node:
+        await until(lambda: leader.node(bundle["node_id"])["connected"], 20, "the leader to see the node")
+        leader.kill()
+        # The other still takes the dead replica for the leader (its last heartbeat is fresh): the
+        # input goes to it, and nobody answers.
+        await node.send(crashloop_status("robot"))
+        await until(lambda: "leads the feature areas" in other.log(), 30, "the other to lead")
+        row = await until(lambda: status_row(other, "robot", "pi-late-news"), 30, "the status on the new leader")
+        assert row["state"] == "crashloop", row
+        await until(lambda: alert_of(other, "demo_crashloop", "pi-late-news"), 30, "the crash-loop alert")
