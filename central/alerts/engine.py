@@ -232,6 +232,11 @@ class AlertEngine:
         """Some rule counts log lines (observe_logs has work to do)."""
         return bool(self._log_rules)
 
+    @property
+    def least_log_level(self) -> int:
+        """The lowest level a log rule counts (lines below it are never counted)."""
+        return min((lr.min_level for lr in self._log_rules), default=0)
+
     def _rebuild(self) -> None:
         order = sorted(self.rules.values(), key=lambda r: (not r.stock, r.name))
         self._evaluators = [(r, EVALUATORS[r.type]) for r in order if r.enabled]

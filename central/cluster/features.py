@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..alerts import queries as alert_queries
 from ..alerts.engine import DEMO_FLAG_EVENTS, DemoFact
 from ..alerts.metrics_export import NO_FIGURES, AlertFigures
+from ..alerts.stock import LOG_WINDOW_S
 from ..demos.deployments import IN_PROGRESS
 from ..registry import NodeState
 from ..tasks import Background
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from ..calendar.service import Calendar
     from ..dbconn import ReadDB
     from ..demos.deployments import DeploymentHub
+    from ..queries import Queries
     from ..registry import Registry
     from .presence import Presence
     from .replica import Cluster
@@ -65,6 +68,11 @@ KINDS = ("hello", "demo_install", "demo_status", "unsupported")
 # How long a call waits for a leader to be known before it is refused (a start, a change of leader
 # after a replica was killed: 1.7-1.9 s on this machine, docs/operations.md).
 LEADER_WAIT_S = 5.0
+# The log rules' last window read from the table by a new leader: lines whose node clock is up to
+# this much behind still come (the engine drops those outside the window by the node's skew), at
+# most this many.
+STORED_LINES_SKEW_S = 300.0
+STORED_LINES_MAX = 200_000
 HELD_CHECK_S = 0.5  # how often inputs waiting for an acknowledgement look for a leader
 
 
@@ -82,6 +90,7 @@ class Services(Protocol):
     presence: Presence
     registry: Registry
     read_db: ReadDB
+    queries: Queries
     alerts: AlertEngine
     notices: Dispatcher
     calendar: Calendar
@@ -112,6 +121,10 @@ class Features:
         self._run = uuid.uuid4().hex[:12]  # this process's inputs are numbered from 1: a restart is a new run
         self._taken = Taken()
         self._acks = Acks(self._send_acks)
+        # The log rules' lines: the last seq counted per node, and the lines kept aside while the
+        # stored ones are read (before leading).
+        self._counted: dict[str, int] = {}
+        self._gathered: list[tuple[NodeState, list[dict[str, Any]]]] | None = None
         if not self.shared:
             return
         bus, presence = services.cluster.bus, services.presence
@@ -172,6 +185,8 @@ class Features:
         try:
             await self._reload()
             self._taken.clear()
+            self._counted.clear()
+            self._gathered = [] if s.alerts.watches_logs else None  # (see _count_stored_lines)
             self.leading = True
             self.gained += 1
             self._news.set()
@@ -180,9 +195,10 @@ class Features:
             s.deployments.start()
             self._spawn(self._push_in_progress())
             log.info("replica %s leads the feature areas (alerts, notifications, calendar, demos)", self.replica)
-            await asyncio.gather(s.alerts.run(), s.calendar.run_jobs())
+            await asyncio.gather(s.alerts.run(), s.calendar.run_jobs(), self._count_stored_lines())
         finally:
             self.leading = False
+            self._gathered = None
             s.deployments.stop()
             await s.notices.pause()
             if not s.presence.stopping:
@@ -200,6 +216,42 @@ class Features:
             [DemoFact(e["ts"], e["node_id"], e["kind"], e["data"]) for e in events]
             + [DemoFact(float(row["updated_at"]), node_id, "demo_status", row)
                for (node_id, _demo), row in list(s.deployments.status.items())])
+
+    async def _count_stored_lines(self) -> None:
+        """Once leading, the log rules' counts of the last window from the stored lines, so that a
+        line sent while no replica led (or to the leader that died) still counts. Every replica is
+        first asked for every node's lines, and acknowledges once what it accepted before is
+        stored: a line is then either in what is read here or relayed to this replica, kept aside
+        meanwhile (`observe_logs`) and counted after (once per node and seq)."""
+        if self._gathered is None:
+            return
+        s = self.services
+        try:
+            await s.presence.announce_interest()
+            since = time.time() - LOG_WINDOW_S - STORED_LINES_SKEW_S
+            lines = await s.queries.recent_lines(since, s.alerts.least_log_level, STORED_LINES_MAX)
+            if len(lines) >= STORED_LINES_MAX:
+                log.warning("replica %s: the log rules count only the first %d lines of the last window",
+                            self.replica, STORED_LINES_MAX)
+            for node_id, of_node in itertools.groupby(lines, key=lambda line: str(line["node_id"])):
+                node = s.registry.get(node_id)
+                if node is not None:
+                    self._count(node, list(of_node))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # counted from the lines that come then, as before
+            log.exception("replica %s: could not read the last window's lines for the log rules", self.replica)
+        gathered, self._gathered = self._gathered, None
+        for node, kept in gathered or ():
+            self._count(node, kept)
+
+    def _count(self, node: NodeState, lines: list[dict[str, Any]]) -> None:
+        """Lines for the log rules, each once (a line read from the table may also come relayed)."""
+        last = self._counted.get(node.id, 0)
+        fresh = [line for line in lines if line["seq"] > last]
+        if fresh:
+            self._counted[node.id] = max(line["seq"] for line in fresh)
+            self.services.alerts.observe_logs(node, fresh)
 
     async def _push_in_progress(self) -> None:
         """Nodes with a rollout row in progress get their desired set again: what they reported while
@@ -241,9 +293,12 @@ class Features:
         return False
 
     def observe_logs(self, node: NodeState, lines: list[dict[str, Any]]) -> None:
-        """Lines of a node held here; the leader's log rules get other replicas' lines on dvic_logs."""
-        if self.leading:
-            self.services.alerts.observe_logs(node, lines)
+        """Lines of a node held here; the leader's log rules get other replicas' lines on dvic_logs
+        (kept aside while a replica about to lead reads the last window's: `_count_stored_lines`)."""
+        if self._gathered is not None:
+            self._gathered.append((node, lines))
+        elif self.leading:
+            self._count(node, lines)
 
     async def _to_leader(self, kind: str, node: NodeState, msg: dict[str, Any]) -> None:
         """Pass a node input to the leader, and keep it until the leader acknowledges it (inputs.py):
@@ -339,7 +394,7 @@ class Features:
         if not node.connected and holder:
             node.replica = holder
     def _wants_every_line(self) -> bool:
-        return self.leading and self.services.alerts.watches_logs
+        return (self.leading or self._gathered is not None) and self.services.alerts.watches_logs
 
     def _lines_from_elsewhere(self, node: NodeState, lines: list[dict[str, Any]]) -> None:
         self.observe_logs(node, lines)

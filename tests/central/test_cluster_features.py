@@ -456,3 +456,27 @@ async def test_a_node_input_sent_to_a_leader_that_just_died_is_taken_by_the_next
         row = await until(lambda: status_row(other, "robot", "pi-late-news"), 30, "the status on the new leader")
         assert row["state"] == "crashloop", row
         await until(lambda: alert_of(other, "demo_crashloop", "pi-late-news"), 30, "the crash-loop alert")
+
+
+async def test_log_lines_sent_while_no_replica_leads_count_for_the_next_leaders_log_rules(
+        replicas: list[CentralServer], receiver: HttpReceiver) -> None:
+    r1, r2 = replicas
+    await leader_and_other(replicas)
+    add_channel_and_rule(r1, receiver, "boom", "BOOM")
+    bundle = r1.enroll("pi-unheard", kind="raspberry", group="hall-a")
+    known_on(r2, bundle["node_id"])
+    conn = await asyncpg.connect(r1.database or "")
+    try:
+        async with reporting_node(toward(bundle, r2)) as node:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                               " WHERE application_name LIKE 'dvic-central leader %'")
+            await until(lambda: conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
+                                              lock_id("features")), 20, "the outsider to take the lock")
+            await until(lambda: r2.api("GET", "/api/v1/alerts")[0] == 503, 20, "r2 to know nobody leads")
+            # Five matching lines (over the rule's rate of 1 a minute), stored while nobody counts, then none.
+            await node.send_logs([node.line(f"BOOM {i}", level="ERROR") for i in range(5)])
+            await conn.close()  # the outsider goes: a replica takes the lead and counts the last minute
+            fired = await until(lambda: alert_of(r2, "boom", "pi-unheard"), 30, "the log alert on the next leader")
+            assert fired["state"] == "firing", fired
+    finally:
+        await conn.close()
