@@ -266,30 +266,39 @@ class Features:
 
     # -- node inputs (nodehub calls these on the replica holding the node) -------------------------
     async def hello(self, node: NodeState) -> None:
-        if self.leading:
-            await self.services.deployments.on_hello(node)
-        else:
-            await self._to_leader("hello", node, {})
+        await self._input("hello", node, {})
 
     async def demo_install(self, node: NodeState, msg: dict[str, Any]) -> None:
-        if self.leading:
-            await self.services.deployments.on_install(node, msg)
-        else:
-            await self._to_leader("demo_install", node, msg)
+        await self._input("demo_install", node, msg)
 
     async def demo_status(self, node: NodeState, msg: dict[str, Any]) -> None:
-        if self.leading:
-            self.services.alerts.on_demo_status(node, msg)
-            await self.services.deployments.on_status(node, msg)
-        else:
-            await self._to_leader("demo_status", node, msg)
+        await self._input("demo_status", node, msg)
 
     async def unsupported(self, node: NodeState, msg: dict[str, Any]) -> bool:
         """An old daemon's `unsupported`: True when it answered a push of the deployments. Elsewhere
         than on the leader the push ids are not known: it goes to the leader too (rare)."""
-        if self.leading:
-            return await self.services.deployments.on_unsupported(node, str(msg.get("id")))
-        await self._to_leader("unsupported", node, msg)
+        return await self._input("unsupported", node, msg)
+
+    async def _input(self, kind: str, node: NodeState, msg: dict[str, Any]) -> bool:
+        if not self.leading:
+            await self._to_leader(kind, node, msg)
+            return False
+        # Numbered as the held ones: one of those older than this, taken after it, is skipped.
+        self._taken.first_time(self._run, node.id, self._held.number())
+        return await self._apply(kind, node, msg)
+
+    async def _apply(self, kind: str, node: NodeState, msg: dict[str, Any]) -> bool:
+        """A node input on the leader (True: an `unsupported` answered a push of the deployments)."""
+        s = self.services
+        if kind == "hello":
+            await s.deployments.on_hello(node)
+        elif kind == "demo_install":
+            await s.deployments.on_install(node, msg)
+        elif kind == "demo_status":
+            s.alerts.on_demo_status(node, msg)
+            await s.deployments.on_status(node, msg)
+        else:
+            return await s.deployments.on_unsupported(node, str(msg.get("id")))
         return False
 
     def observe_logs(self, node: NodeState, lines: list[dict[str, Any]]) -> None:
@@ -330,12 +339,18 @@ class Features:
             await asyncio.sleep(HELD_CHECK_S)  # (a poll while inputs wait: nothing else to wake it)
             if self.leading:
                 for held in self._held.take_all():
-                    self._lanes.put(held.node_id, lambda h=held: self._take(h.kind, h.node_id, h.msg, ""))
+                    self._lanes.put(held.node_id, lambda h=held: self._take_held_here(h))
                 continue
             leader = self.leader()
             if leader is not None:
                 for held in self._held.due(leader.replica, time.monotonic()):
                     await self._send(held, leader.replica)
+
+    async def _take_held_here(self, held: Input) -> None:
+        """An input this replica held, now that it leads: once, unless a newer one of the node came
+        first (checked when its turn comes: the node's newer inputs are taken at once here)."""
+        if self.leading and self._taken.first_time(self._run, held.node_id, held.id):
+            await self._take(held.kind, held.node_id, held.msg, "")
 
     def _on_input(self, message: dict[str, Any]) -> None:
         if isinstance(message.get(ACK), list):
@@ -377,13 +392,7 @@ class Features:
         try:
             if kind == "hello":
                 self._seen_connected(node, holder)
-                await self.hello(node)
-            elif kind == "demo_install":
-                await self.demo_install(node, msg)
-            elif kind == "demo_status":
-                await self.demo_status(node, msg)
-            else:
-                await self.unsupported(node, msg)
+            await self._apply(kind, node, msg)
         except Exception:  # one bad message must not stop the node's lane
             log.exception("replica %s: %s of node %s failed", self.replica, kind, node_id)
 

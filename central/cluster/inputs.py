@@ -50,8 +50,13 @@ class Held:
     def __len__(self) -> int:
         return len(self._inputs)
 
-    def add(self, kind: str, node_id: str, msg: dict[str, Any]) -> Input:
+    def number(self) -> int:
+        """The next input number (one taken at once by this replica leading is numbered too)."""
         self._next += 1
+        return self._next
+
+    def add(self, kind: str, node_id: str, msg: dict[str, Any]) -> Input:
+        self.number()
         held = self._inputs[self._next] = Input(self._next, kind, node_id, msg)
         if len(self._inputs) > self.max_held:
             oldest = next(iter(self._inputs))
