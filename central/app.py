@@ -12,7 +12,6 @@ from .auth import ApiError, Handler, auth_middleware, error_response
 from .cluster.forward import Forwarder, forward_middleware
 from .config import Config
 from .dbconn import DatabaseUnavailable
-from .pki import CA_CERT
 from .routes import install
 from .services import SERVICES, services_ctx, stop_presence
 from .writer import StorageError
@@ -55,7 +54,7 @@ def create_app(config: Config) -> web.Application:
     access = AccessLog(config.access_log) if config.access_log != "off" else None
     app.middlewares.append(errors_middleware)
     # With replicas: a feature area's call on a replica not leading them goes to the one that does.
-    forwarder = Forwarder(config.data_dir / CA_CERT)
+    forwarder = Forwarder(lambda replica: app[SERVICES].ca.replica_client_context(replica))
     app.middlewares.append(forward_middleware(specs, lambda a: a[SERVICES].features, forwarder))
     app.on_cleanup.append(forwarder.close)
     app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later, access=access))

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,6 +36,7 @@ from .enroll import enroll_node
 from .listener import ConnectionGuard, GuardedSite, MalformedRequestLog, fit_to_fd_limit
 from .local import admin_call, announce, call_running, running_server, withdraw
 from .pki import write_private
+from .proxyproto import Balancers, parse_sources
 from .services import ADMIN_TOKEN_FILE, SERVICES, close_services, open_services
 
 SSL_READ_BUFFER = 16 * 1024
@@ -59,6 +61,7 @@ def build_config(args: argparse.Namespace) -> Config:
         interval=args.interval, offline_after=args.offline_after,
         tunnel_ports=tuple(args.tunnel_port or (22,)), self_register=args.self_register,
         access_log=args.access_log, metrics_allow=tuple(args.metrics_allow or ()),
+        proxy_protocol_from=args.proxy_protocol_from,
         max_booking=args.max_booking_days * 86400, **_settings(args),
     )
 
@@ -115,6 +118,20 @@ def _network(text: str) -> str:
                                          f"got {text!r}") from None
 
 
+def _proxy_sources(text: str) -> tuple[str, ...]:
+    try:
+        return parse_sources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _https_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise argparse.ArgumentTypeError(f"expected the server's base URL such as https://monitor.lab:8443, got {text!r}")
+    return text.rstrip("/")
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -155,7 +172,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts(), config.replica) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
-                       handshake_timeout=limits.head_timeout)
+                       handshake_timeout=limits.head_timeout, proxy_from=Balancers(config.proxy_protocol_from))
     await site.start()
     port = runner.addresses[0][1]
     scheme = "https" if config.tls else "http"
@@ -256,7 +273,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from .devstack import run_local_stack
 
-    return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console)
+    return run_local_stack(Path(args.data_dir).expanduser(), args.listen, console=not args.no_console,
+                           server_url=args.server_url or "")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -456,6 +474,11 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-allow", type=_network, action="append", metavar="CIDR",
                    help="a client network that may read GET /metrics without a token, e.g. the Prometheus"
                         " server's 10.0.0.5/32 (repeatable; otherwise a viewer's token is needed)")
+    p.add_argument("--proxy-protocol-from", type=_proxy_sources, metavar="ADDR[,ADDR|CIDR...]",
+                   default=os.environ.get("DVIC_PROXY_PROTOCOL_FROM", ""),
+                   help="the load balancers' addresses: each connection from them must start with a PROXY"
+                        " protocol v2 header naming the client (HAProxy's send-proxy-v2); no other address"
+                        " may send one (env DVIC_PROXY_PROTOCOL_FROM)")
     for setting in SETTINGS:
         setting.add_to(p)
     p.add_argument("--max-booking-days", type=_positive_seconds, default=Config.max_booking / 86400, metavar="D",
@@ -502,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="quick start: server + this machine's daemon + console")
     p.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 8443), metavar="HOST:PORT")
     p.add_argument("--no-console", action="store_true", help="keep running without opening the console")
+    p.add_argument("--server-url", type=_https_url, metavar="URL",
+                   help="start no server: use the one at URL, e.g. the load balancer in front of replicas"
+                        " (the data dir's admin token and ca.pem are used), and point this machine's daemon"
+                        " and console at it")
     p.set_defaults(func=cmd_up)
     return parser
 

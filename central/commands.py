@@ -18,7 +18,7 @@ from typing import Any
 from dvic_core.constants import RUN_FINAL
 
 from . import store
-from .cluster.route import LOCAL, Route, unreachable
+from .cluster.route import LOCAL, Refusal, Route, unreachable
 from .registry import NodeState
 from .writer import Writer
 
@@ -112,7 +112,7 @@ class CommandHub:
             node = by_id[run.node_id]
             if not self.route.reachable(node):
                 await self._finish(run, "offline", message=unreachable(node))
-            elif self.running_on(node.id) > MAX_RUNNING_PER_NODE:
+            elif self.running_on(node.id) + self.route.relayed_on(node.id, "commands") > MAX_RUNNING_PER_NODE:
                 await self._finish(run, "refused", message=f"node {node.name} already runs "
                                                             f"{MAX_RUNNING_PER_NODE} commands")
             else:
@@ -131,7 +131,7 @@ class CommandHub:
             request["timeout"] + DEADLINE_GRACE_S, self._expire_soon, run)
         why = await self.route.open(node, run.id, "commands", request)
         if why is not None:
-            await self._finish(run, "lost", message=why)
+            await self._finish(run, "refused" if isinstance(why, Refusal) else "lost", message=why)
 
     def _expire_soon(self, run: Run) -> None:
         asyncio.ensure_future(self._expire(run))

@@ -113,6 +113,9 @@ class Config:
     alerts_reminder: float = 3600.0
     # Client networks that may read GET /metrics without a token (a Prometheus server), as CIDRs.
     metrics_allow: tuple[str, ...] = ()
+    # Load balancers' addresses (networks) whose connections start with a PROXY protocol v2 header
+    # naming the client (central/proxyproto.py); empty: no header is read from anyone.
+    proxy_protocol_from: tuple[str, ...] = ()
     notify: Notify = field(default_factory=Notify)
 
     # Demos kept per node, and how long an exited one is kept (docs/operations.md).

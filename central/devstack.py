@@ -60,11 +60,31 @@ def _stop(proc: subprocess.Popen[bytes] | None, what: str) -> None:
         proc.wait()
 
 
+def _write_bundle(path: Path, bundle: dict[str, Any]) -> None:
+    from .pki import write_private
+
+    write_private(path, (json.dumps(bundle, indent=2) + "\n").encode())
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = True) -> int:
+def _pointed_at(bundle: dict[str, Any], url: str) -> dict[str, Any]:
+    """The bundle with the node dialing `url` (a balancer in front of replicas): same identity."""
+    base = url.rstrip("/")
+    ws = base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+    return {**bundle, "server_url": base, "ws_url": ws + "/api/v1/node/ws"}
+
+
+def _dials(bundle: dict[str, Any], url: str) -> bool:
+    return bool(bundle.get("server_url") == url.rstrip("/") and str(bundle.get("ws_url", "")).startswith(
+        url.rstrip("/").replace("https://", "wss://", 1).replace("http://", "ws://", 1)))
+
+
+def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = True, server_url: str = "") -> int:
+    """`server_url`: start no server, use the one (or the balancer in front of replicas) at that
+    URL with the data dir's admin token and CA, and point this machine's daemon at it."""
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop what we started: the
     # children run in their own sessions, so nothing else would.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -75,8 +95,13 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
     server_proc: subprocess.Popen[bytes] | None = None
     daemon_proc: subprocess.Popen[bytes] | None = None
     try:
-        info = running_server(data_dir)
-        if info is None:
+        running = None if server_url else running_server(data_dir)
+        info: dict[str, Any]
+        if server_url:
+            info = {"url": server_url.rstrip("/")}
+            print(f"using the central server at {server_url} (no server started here)", flush=True)
+            admin_call(data_dir, info, calls.nodes())  # reachable, and this data dir's token and CA fit
+        elif running is None:
             (data_dir / LISTEN_FILE).unlink(missing_ok=True)
             log_path = data_dir / "server.log"
             host, port = listen
@@ -89,13 +114,18 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
             print(f"starting the central server (log: {log_path}) ...", flush=True)
             info = _wait_listening(data_dir, server_proc, log_path)
         else:
+            info = running
             print(f"using the central server already running on {info['url']}", flush=True)
         url = info["url"]
 
         bundle_path = data_dir / LOCAL_BUNDLE
         if bundle_path.exists():
             bundle = json.loads(bundle_path.read_text())
-            if not bundle["ws_url"].startswith(url.replace("https://", "wss://").replace("http://", "ws://")):
+            if server_url and not _dials(bundle, server_url):
+                bundle = _pointed_at(bundle, server_url)
+                _write_bundle(bundle_path, bundle)
+                print(f"this machine's node now dials {server_url} ({bundle_path})", flush=True)
+            elif not bundle["ws_url"].startswith(url.replace("https://", "wss://").replace("http://", "ws://")):
                 print(f"note: {bundle_path} points at {bundle['server_url']}, the server is on {url}",
                       file=sys.stderr)
         else:
@@ -106,9 +136,9 @@ def run_local_stack(data_dir: Path, listen: tuple[str, int], console: bool = Tru
             while name in taken:
                 name, n = f"{base}-{n}", n + 1
             bundle = admin_call(data_dir, info, calls.enroll(name, "desktop", "local"))
-            from .pki import write_private
-
-            write_private(bundle_path, (json.dumps(bundle, indent=2) + "\n").encode())
+            if server_url:  # the replicas' --public-url may name one of them: this machine dials what it was told
+                bundle = _pointed_at(bundle, server_url)
+            _write_bundle(bundle_path, bundle)
             print(f"enrolled this machine as node {name!r}", flush=True)
 
         if DAEMON.exists():

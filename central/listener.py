@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .config import ConnectionLimits
+from .proxyproto import Balancers, Peer, ProxyListener
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class ConnectionGuard:
 
     def _connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         self._server_made(handler, transport)
-        address = address_key(transport.get_extra_info("peername"))
+        address = address_key(handler.peername)  # the client's, from a PROXY header if any (proxyproto.py)
         node = bool(transport.get_extra_info("peercert"))
         reason = refusal(self.limits, len(self._open), self._per_address[address], node)
         if reason is not None:
@@ -312,11 +313,12 @@ class GuardedSite(web.BaseSite):
     """A TCP site like aiohttp's TCPSite, plus the TLS handshake and shutdown timeouts."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, ssl_context: ssl.SSLContext | None,
-                 backlog: int, handshake_timeout: float) -> None:
+                 backlog: int, handshake_timeout: float, proxy_from: Balancers | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
         self._handshake_timeout = handshake_timeout
+        self._proxy_from = proxy_from
 
     @property
     def name(self) -> str:
@@ -327,6 +329,12 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
+        if self._proxy_from:
+            listener = ProxyListener(self._proxy_from, lambda source: _client_at(server(), source),
+                                     self._ssl_context, self._handshake_timeout)
+            await listener.start(self._host, self._port, self._backlog)
+            self._server = listener  # type: ignore[assignment]  # what aiohttp reads of a Server
+            return
         tls: dict[str, Any] = {}
         if self._ssl_context is not None:
             # A client that never finishes the handshake, or never answers our close_notify,
@@ -336,3 +344,12 @@ class GuardedSite(web.BaseSite):
         self._server = await asyncio.get_running_loop().create_server(
             lambda: BufferedReads(server()), self._host, self._port, backlog=self._backlog, **tls,
         )
+
+
+def _client_at(handler: RequestHandler, source: Peer | None) -> BufferedReads:
+    """The protocol of a connection from behind a balancer (proxyproto.ProxyListener), the client's
+    address kept where aiohttp keeps the peer's (its handler's cached `peername`: request.remote,
+    the access log, ConnectionGuard)."""
+    if source is not None:
+        handler._cache["peername"] = source
+    return BufferedReads(handler)

@@ -11,8 +11,10 @@ import datetime as dt
 import hashlib
 import ipaddress
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,6 +34,8 @@ PUBLIC_MODE = 0o644  # certificates: not secret
 
 _CA_YEARS = 20
 _SERVER_DAYS = 825
+# The common name of a replica's client certificate (node certificates carry their node's UUID).
+REPLICA_CN_PREFIX = "dvic-replica:"
 _NODE_YEARS = 10
 
 
@@ -193,6 +197,25 @@ class CertificateAuthority:
         )
         return IssuedNode(node_id, cert_pem(cert), _key_pem(key).decode(), cert_fingerprint(cert))
 
+    def replica_client_context(self, replica: str) -> ssl.SSLContext:
+        """TLS for one replica calling another (cluster/forward.py): the other's certificate checked
+        against this CA, and a client certificate naming this replica (CN `dvic-replica:NAME`),
+        made now in memory: only a holder of the CA key can make one, and node certificates are
+        named by their UUID, so a server seeing it knows the caller is a replica."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            self._leaf(REPLICA_CN_PREFIX + replica, key.public_key(), _SERVER_DAYS)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        ctx = ssl.create_default_context(cafile=str(self.cert_path))
+        with tempfile.TemporaryDirectory(prefix="dvic-replica-") as tmp:  # (ssl loads a key from a file only)
+            cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            write_private(key_file, _key_pem(key))
+            write_private(cert_file, cert.public_bytes(serialization.Encoding.PEM))
+            ctx.load_cert_chain(cert_file, key_file)
+        return ctx
+
     def server_ssl_context(self, hosts: list[str], replica: str = "") -> ssl.SSLContext:
         """TLS for the listener: client certificates are optional on the socket (operators have
         none) and required, per route, by the node websocket. The certificate is loaded once:
@@ -204,6 +227,15 @@ class CertificateAuthority:
         ctx.load_verify_locations(cafile=str(self.cert_path))
         ctx.verify_mode = ssl.CERT_OPTIONAL
         return ctx
+
+
+def replica_of_peer(peercert: dict[str, Any] | None) -> str:
+    """The replica a verified client certificate names (CA.replica_client_context), "" if none."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName" and str(value).startswith(REPLICA_CN_PREFIX):
+                return str(value)[len(REPLICA_CN_PREFIX):]
+    return ""
 
 
 def _san_entries(hosts: list[str]) -> list[x509.GeneralName]:

@@ -26,7 +26,8 @@ async def shell(request: web.Request) -> web.StreamResponse:
     svc, operator, node = live_node_for(request)
     cols, rows = params(request)["cols"], params(request)["rows"]
     require_connected(node, "shell", svc.router.reachable(node))
-    if svc.shells.open_on(node.id) >= MAX_SESSIONS_PER_NODE:
+    # Every replica's shells on the node, where its session is (cluster/routing.py `relayed_on`).
+    if svc.shells.open_on(node.id) + svc.router.relayed_on(node.id, "shells") >= MAX_SESSIONS_PER_NODE:
         raise ApiError(429, "too_many_sessions", f"node {node.name!r} already has {MAX_SESSIONS_PER_NODE} shells open")
     await audit(svc, request, operator, "shell", node.name, {"cols": cols, "rows": rows})
     session = await svc.shells.create(node, operator.name, cols, rows)
@@ -71,7 +72,7 @@ async def tunnel(request: web.Request) -> web.StreamResponse:
         allowed = ", ".join(map(str, svc.config.tunnel_ports))
         raise ApiError(403, "port_not_allowed", f"tunnels may reach ports {allowed} only (--tunnel-port)")
     require_connected(node, "tunnel", svc.router.reachable(node))
-    if svc.tunnels.open_on(node.id) >= MAX_TUNNELS_PER_NODE:
+    if svc.tunnels.open_on(node.id) + svc.router.relayed_on(node.id, "tunnels") >= MAX_TUNNELS_PER_NODE:
         raise ApiError(429, "too_many_tunnels", f"node {node.name!r} already has {MAX_TUNNELS_PER_NODE} tunnels open")
     await audit(svc, request, operator, "tunnel", node.name, {"host": host, "port": port})
     tun = svc.tunnels.create(node, host, port)

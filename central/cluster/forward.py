@@ -19,16 +19,17 @@ replica that has just lost the lead answers 503 instead (`VIA_HEADER` marks it).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ..auth import NODE, PUBLIC, Handler, RouteSpec, error_response
+from ..pki import replica_of_peer
 from .features import LEADER_WAIT_S, Features
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ FEATURE_PREFIXES = (
     "/api/v1/demos", "/api/v1/deployments",
 )
 VIA_HEADER = "X-Dvic-Forwarded-By"
+# The operator's address as the forwarding replica saw it: believed only on a connection whose
+# client certificate is a replica's (pki.replica_of_peer), never from anyone else.
+CLIENT_HEADER = "X-Dvic-Client-Address"
 # On a forwarded answer: the replica that answered it (the leader).
 ANSWERED_HEADER = "X-Dvic-Answered-By"
 CONNECT_TIMEOUT_S = 2.0
@@ -75,14 +79,14 @@ class Forwarder:
     """The HTTPS client to the leader: one pooled session, checking the leader's certificate against
     the installation's CA (and its address against the certificate)."""
 
-    def __init__(self, ca_file: Path) -> None:
-        self.ca_file = ca_file
+    def __init__(self, tls_of: Callable[[str], ssl.SSLContext]) -> None:
+        self.tls_of = tls_of  # this replica's client TLS (CA.replica_client_context), by its name
         self.forwarded = 0  # calls passed to the leader (tests, bench)
         self._session: aiohttp.ClientSession | None = None
 
-    def session(self) -> aiohttp.ClientSession:
+    def session(self, replica: str) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            context = ssl.create_default_context(cafile=str(self.ca_file))
+            context = self.tls_of(replica)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=context, limit=64),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S),
@@ -98,11 +102,12 @@ class Forwarder:
         """The leader's answer; Unreachable when no answer began (nothing of it was relayed)."""
         headers = {name: request.headers[name] for name in REQUEST_HEADERS if name in request.headers}
         headers[VIA_HEADER] = via
+        headers[CLIENT_HEADER] = request.remote or ""
         body: Any = request.content if request.body_exists else None
         target = url.rstrip("/") + request.rel_url.raw_path_qs
         self.forwarded += 1
         try:
-            answer = await self.session().request(request.method, target, headers=headers, data=body,
+            answer = await self.session(via).request(request.method, target, headers=headers, data=body,
                                                   allow_redirects=False)
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             log.warning("replica %s: %s %s not forwarded to replica %s (%s): %s", via, request.method,
@@ -130,6 +135,20 @@ class Forwarder:
         return response
 
 
+def as_called(request: web.Request) -> web.Request:
+    """A call forwarded by a replica, as its operator made it: the operator's address (for the
+    audit, the access log and the per-address refusals) when the connection's client certificate
+    is a replica's; any other caller's CLIENT_HEADER is ignored."""
+    claimed = request.headers.get(CLIENT_HEADER, "")
+    if not claimed or not replica_of_peer(request.transport.get_extra_info("peercert") if request.transport else None):
+        return request
+    try:
+        address = str(ipaddress.ip_address(claimed))
+    except ValueError:
+        return request
+    return request.clone(remote=address)
+
+
 def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.Application], Features],
                        forwarder: Forwarder) -> Any:
     """aiohttp middleware: see the module's docstring. Placed before the auth middleware;
@@ -142,7 +161,7 @@ def forward_middleware(specs: dict[Any, RouteSpec], features_of: Callable[[web.A
             return await handler(request)
         features = features_of(request.app)
         if features.leading:
-            return await handler(request)
+            return await handler(as_called(request))
         if VIA_HEADER in request.headers:
             return leader_unavailable(f"replica {features.replica} was asked by replica "
                                       f"{request.headers[VIA_HEADER]} as the features leader, but does not "

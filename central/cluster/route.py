@@ -18,6 +18,12 @@ class Route(Protocol):
     async def open(self, node: NodeState, rid: str, hub: str, msg: dict[str, Any]) -> str | None: ...
     async def send(self, node: NodeState, rid: str, msg: dict[str, Any]) -> bool: ...
     def forget(self, rid: str) -> None: ...
+    def relayed_on(self, node_id: str, hub: str) -> int: ...
+
+
+class Refusal(str):
+    """Why `Route.open` did not send: the replica holding the node refused it (a per-node limit
+    reached, counting what every replica opened there), not a failure to reach the node."""
 
 
 def unreachable(node: NodeState) -> str:
@@ -44,6 +50,9 @@ class LocalRoute:
 
     def forget(self, rid: str) -> None:
         pass
+
+    def relayed_on(self, node_id: str, hub: str) -> int:
+        return 0  # nothing is opened here for another replica
 
 
 LOCAL = LocalRoute()

@@ -37,9 +37,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dvic_core.constants import ACTION_FINAL
 
+from ..commands import MAX_RUNNING_PER_NODE
 from ..registry import NodeState
+from ..shells import MAX_SESSIONS_PER_NODE
+from ..tunnels import MAX_TUNNELS_PER_NODE
 from .pgbus import BusError, NoReply, channel_of
-from .route import LOCAL
+from .route import LOCAL, Refusal
 
 if TYPE_CHECKING:
     from ..actions import ActionHub
@@ -70,6 +73,7 @@ class Hubs(Protocol):
     def holds(self, hub: str, rid: str) -> bool: ...
     async def deliver(self, hub: str, node: NodeState, msg: dict[str, Any]) -> None: ...
     async def ended(self, hub: str, rid: str, why: str) -> None: ...
+    def refusal(self, hub: str, node: NodeState, relayed: int) -> str | None: ...
     async def close(self) -> None: ...
 
 
@@ -191,6 +195,8 @@ class Router:
         answer = await self._open_remote(node, owner, rid, hub, msg)
         if answer.get("sent"):
             return None
+        if answer.get("refused"):  # the node's limit, counted where every replica's sessions are
+            return Refusal(str(answer.get("why")))
         moved = str(answer.get("owner") or "")
         if moved and moved not in (owner, self.replica):  # the owner knows where it went: once more there
             answer = await self._open_remote(node, moved, rid, hub, msg)
@@ -236,6 +242,12 @@ class Router:
     def forget(self, rid: str) -> None:
         """The hub is done with `rid`: what still comes for it is dropped."""
         self.remote.pop(rid, None)
+
+    def relayed_on(self, node_id: str, hub: str) -> int:
+        """How many of `hub`'s relays to this replica's node other replicas have open here: with
+        the hub's own, every one open on the node, since every session to a node goes through the
+        replica holding it (the per-node limits count them all here)."""
+        return sum(1 for r in self.relayed.values() if r.node_id == node_id and r.hub == hub)
 
     async def deliver(self, node: NodeState, msg: dict[str, Any]) -> bool:
         """One message for the node that starts no relay and waits for no answer here (the feature
@@ -341,7 +353,12 @@ class Router:
             if node is None or node.send is None:
                 self._spawn(self._ack(requester, ack, False, self._not_here(node, node_id), node))
                 return
-            relayed = self.relayed[rid] = Relay(requester, node_id, str(message.get("hub")))
+            hub = str(message.get("hub"))
+            refused = self.hubs.refusal(hub, node, self.relayed_on(node_id, hub))
+            if refused is not None:
+                self._spawn(self._ack(requester, ack, False, refused, None, refused=True))
+                return
+            relayed = self.relayed[rid] = Relay(requester, node_id, hub)
             self._watch_peers()
         if relayed is None or relayed.peer != requester or relayed.node_id != node_id:
             if relayed is None:
@@ -371,8 +388,11 @@ class Router:
         elsewhere = f" (now on replica {node.replica})" if node.replica and node.replica != self.replica else ""
         return f"node {node.name} is no longer connected to replica {self.replica}{elsewhere}: try again"
 
-    async def _ack(self, requester: str, token: str, sent: bool, why: str, node: NodeState | None) -> None:
+    async def _ack(self, requester: str, token: str, sent: bool, why: str, node: NodeState | None,
+                   refused: bool = False) -> None:
         body: dict[str, Any] = {"route": "ack", "ack": token, "sent": sent, "why": why, "from": self.replica}
+        if refused:
+            body["refused"] = True
         if not sent and node is not None:
             body["owner"] = node.replica  # where the node went, as this replica knows it
         with contextlib.suppress(BusError):
@@ -549,6 +569,20 @@ class ServiceHubs:
         handler = {"commands": self.commands.on_message, "shells": self.shells.on_message,
                    "tunnels": self.tunnels.on_message}.get(hub, self.actions.on_message)
         await handler(node, msg)
+
+    def refusal(self, hub: str, node: NodeState, relayed: int) -> str | None:
+        """Why one more of `hub`'s sessions may not open on `node`, held here: its per-node limit
+        counts this replica's own and the `relayed` ones other replicas opened through it."""
+        if hub == "commands":
+            if self.commands.running_on(node.id) + relayed >= MAX_RUNNING_PER_NODE:
+                return f"node {node.name} already runs {MAX_RUNNING_PER_NODE} commands"
+        elif hub == "shells":
+            if self.shells.open_on(node.id) + relayed >= MAX_SESSIONS_PER_NODE:
+                return f"node {node.name!r} already has {MAX_SESSIONS_PER_NODE} shells open"
+        elif hub == "tunnels":
+            if self.tunnels.open_on(node.id) + relayed >= MAX_TUNNELS_PER_NODE:
+                return f"node {node.name!r} already has {MAX_TUNNELS_PER_NODE} tunnels open"
+        return None
 
     async def ended(self, hub: str, rid: str, why: str) -> None:
         """The relay is over on the node's side (node gone, its replica stopped, bytes lost)."""

@@ -59,3 +59,11 @@ def test_conn_floor_refuses_a_count_it_cannot_hold() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--conns: between 1 and 20000" in result.stderr
+
+
+def test_proxy_conns_reports_the_three_ways_in() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.proxy_conns", "--conns", "10"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for mode in ("without the option", "with it, an address not listed", "with it, from the balancer"):
+        assert mode in result.stdout and "KB per connection" in result.stdout, result.stdout

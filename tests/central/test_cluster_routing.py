@@ -39,6 +39,9 @@ class Taken:
         self.open.discard(rid)
         self.ends[rid] = why
 
+    def refusal(self, hub: str, node: NodeState, relayed: int) -> str | None:
+        return None
+
     async def close(self) -> None:
         pass
 

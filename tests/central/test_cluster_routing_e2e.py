@@ -299,3 +299,56 @@ async def test_behind_a_balancer_the_operator_on_r2_reaches_the_node_again_once_
                 end = await ws_text(ws)
                 assert (end["type"], end["code"]) == ("exit", 3), end
                 await ws.close()
+
+
+async def test_the_per_node_limits_count_the_sessions_of_every_replica(pair: TwoReplicas) -> None:
+    """Every session to a node goes through the replica holding it (r1), which counts them all: two
+    shells opened on r1 and two on r2 fill the node's four, whichever replica asks for a fifth; the
+    same for tunnels (eight) and running commands (eight). (The daemon has limits of its own, 4
+    shells, 16 tunnels, 8 commands, with messages of its own: the server's come first.)"""
+    r1, r2, name = pair.r1, pair.r2, pair.name
+    tunnel = f"/api/v1/nodes/{name}/tunnel?host=127.0.0.1&port={pair.echo_port}"
+    async with contextlib.AsyncExitStack() as stack:
+        for server in (r1,) * 4 + (r2,) * 4:
+            http = await stack.enter_async_context(session(server))
+            ws = await stack.enter_async_context(http.ws_connect(server.url + tunnel))
+            assert (await ws_text(ws))["type"] == "opened"
+        async with session(r2) as http, http.ws_connect(r2.url + tunnel) as ws:
+            refused = await ws_text(ws)
+            assert f"node '{name}' already has 8 tunnels open" in refused.get("message", ""), refused
+        async with session(r1) as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(r1.url + tunnel)
+            assert caught.value.status == 429
+
+    async with contextlib.AsyncExitStack() as stack:
+        for server in (r1, r1, r2, r2):
+            http = await stack.enter_async_context(session(server))
+            ws = await stack.enter_async_context(http.ws_connect(f"{server.url}/api/v1/nodes/{name}/shell"))
+            assert (await ws_text(ws))["type"] == "opened"
+        async with session(r2) as http, http.ws_connect(f"{r2.url}/api/v1/nodes/{name}/shell") as ws:
+            refused = await ws_text(ws)
+            assert f"node '{name}' already has 4 shells open" in refused.get("message", ""), refused
+        async with session(r1) as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+                await http.ws_connect(f"{r1.url}/api/v1/nodes/{name}/shell")
+            assert caught.value.status == 429
+
+    started = []
+    for server in (r1,) * 4 + (r2,) * 4:
+        status, cmd = server.api("POST", "/api/v1/commands", {"nodes": [name], "timeout": 60, "shell": "sleep 30"})
+        assert status == 201, cmd
+        started.append((server, cmd["id"]))
+    try:
+        for server, cid in started:
+            wait_for(lambda s=server, c=cid: s.api("GET", f"/api/v1/commands/{c}")[1]["runs"][0]["state"] == "running",
+                     20, "the command running")
+        for server in (r2, r1):
+            status, cmd = server.api("POST", "/api/v1/commands", {"nodes": [name], "timeout": 20, "shell": "true"})
+            run = finished(server, cmd["id"])["runs"][0]
+            assert (run["state"], run["message"]) == ("refused", f"node {name} already runs 8 commands"), run
+    finally:
+        for server, cid in started:
+            server.api("POST", f"/api/v1/commands/{cid}/cancel")
+        for server, cid in started:
+            finished(server, cid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import re
 import shutil
@@ -25,19 +26,25 @@ from tests.support.cli import DvicRunner, clean_env
 from tests.support.daemon import DaemonProcess, wait_connected
 from tests.support.postgres import _free_port
 from tests.support.procs import ManagedProcess
+from tests.support.rawclient import tls_ask, tls_connect
 from tests.support.server import REPO, CentralServer
 from tests.support.wait import async_wait_for, wait_for
 
 HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 SHIPPED = REPO / "deploy" / "haproxy.cfg"
 LIB_DIR = REPO / "lib" / "python"
+# HAProxy connects to the servers from this address, which they list in --proxy-protocol-from (the
+# tests' own calls to a server, from 127.0.0.1, are then not a balancer's); clients connect to HAProxy
+# from other loopback addresses, which the servers must see (deploy/haproxy.cfg's send-proxy-v2).
+HAPROXY_SOURCE = "127.0.0.2"
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (apt-get install haproxy)")
 
 
 def config_for_test(shipped: str, bind: str, servers: list[str], check_every: str = "100ms") -> str:
     """The shipped config with this test's addresses: its `bind` address, one `server` line per
-    server, and no `global` section (that one runs a syslog-logging daemon as the haproxy user).
+    server (connecting from HAPROXY_SOURCE, the address the servers list in --proxy-protocol-from),
+    and no `global` section (that one runs a syslog-logging daemon as the haproxy user).
     Health checks come `check_every` instead of every 5 s: many of them during a test."""
     out = ["global", "    maxconn 1000", ""]
     in_global = False
@@ -53,7 +60,7 @@ def config_for_test(shipped: str, bind: str, servers: list[str], check_every: st
             continue
         out.append(line)
         if line.strip().startswith("default-server "):
-            out += [f"    server replica{i} {address}" for i, address in enumerate(servers, 1)]
+            out += [f"    server replica{i} {address} source {HAPROXY_SOURCE}" for i, address in enumerate(servers, 1)]
     return "\n".join(out) + "\n"
 
 
@@ -97,7 +104,9 @@ def balanced(tmp_path: Path) -> Iterator[Balanced]:
     port = _free_port()
     public = f"https://127.0.0.1:{port}"
     # --public-url: the bundles of nodes enrolled through the balancer point at the balancer.
-    with CentralServer(tmp_path / "central", extra_args=("--public-url", public)) as server:
+    with CentralServer(tmp_path / "central", extra_args=(
+            "--public-url", public, "--proxy-protocol-from", HAPROXY_SOURCE, "--max-connections-per-address", "3",
+            "--access-log", "all")) as server:
         backend = server.url.removeprefix("https://")
         with Balancer(tmp_path / "haproxy", f"127.0.0.1:{port}", [backend]) as balancer:
             via = copy.copy(server)
@@ -193,3 +202,56 @@ async def test_a_node_reconnects_through_the_balancer_when_its_server_comes_back
         wait_connected(via, bundle["node_id"], daemon, timeout=60)
     finally:
         daemon.stop()
+
+
+async def test_the_servers_see_each_clients_own_address_through_the_balancer(balanced: Balanced) -> None:
+    """send-proxy-v2 in the shipped config: audit rows, the access log and the per-address limit
+    see the client's address, not HAProxy's."""
+    server, via, _ = balanced
+    port = int(via.url.rsplit(":", 1)[1])
+    status, _ = await tls_ask(port, server.ssl_context, "127.0.0.5", server.admin_token,
+                              method="POST", path="/api/v1/nodes", body=b'{"name": ""}')
+    assert status == 400
+    entry = server.api("GET", "/api/v1/audit?limit=1")[1]["entries"][0]
+    assert entry["action"] == "POST /api/v1/nodes" and entry["remote"] == "127.0.0.5", entry
+    await async_wait_for(lambda: "access: 127.0.0.5 admin POST /api/v1/nodes 400" in server.log(), 10,
+                         "the access log line with the client's address")
+
+    held = [await tls_connect(port, server.ssl_context, "127.0.0.6") for _ in range(3)]
+    try:
+        assert (await tls_ask(port, server.ssl_context, "127.0.0.6", server.admin_token))[0] == 503
+        assert (await tls_ask(port, server.ssl_context, "127.0.0.7", server.admin_token))[0] == 200
+    finally:
+        for _, writer in held:
+            writer.close()
+    assert "127.0.0.2" not in "".join(re.findall(r"access: .*", server.log())), "HAProxy's own address logged"
+
+
+def test_up_points_this_machines_daemon_at_the_balancer(tmp_path: Path) -> None:
+    """`dvic-central up --server-url BALANCER`: no server of its own; this machine enrolled through
+    the balancer, its daemon dialing the balancer even though the server's own --public-url (none
+    here) would name the server itself."""
+    port = _free_port()
+    balancer_url = f"https://127.0.0.1:{port}"
+    with CentralServer(tmp_path / "central", extra_args=("--proxy-protocol-from", HAPROXY_SOURCE)) as server, \
+            Balancer(tmp_path / "haproxy", f"127.0.0.1:{port}", [server.url.removeprefix("https://")]) as balancer:
+        via = copy.copy(server)
+        via.url = balancer_url
+        wait_for(lambda: answers(via), 30, "the server to answer through haproxy", interval=0.1)
+        up = ManagedProcess()
+        up.log_path = tmp_path / "up.log"
+        up.spawn([sys.executable, "-m", "central.cli", "--data-dir", str(server.data_dir), "up",
+                  "--server-url", balancer_url, "--no-console"], cwd=REPO,
+                 env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            bundle_path = server.data_dir / "local-node.json"
+            wait_for(bundle_path.exists, 60, "this machine enrolled")
+            bundle = json.loads(bundle_path.read_text())
+            assert bundle["server_url"] == balancer_url and bundle["ws_url"] == \
+                balancer_url.replace("https", "wss") + "/api/v1/node/ws", bundle
+            wait_for(lambda: server.node(bundle["node_id"]).get("connected"), 60, "this machine's daemon connected")
+            balancer.stop()  # its connection runs through haproxy: without haproxy it is gone
+            wait_for(lambda: not server.node(bundle["node_id"])["connected"], 30, "the daemon to be cut off")
+        finally:
+            up.stop()
+        assert "starting the central server" not in up.log_tail()
