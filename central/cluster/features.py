@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..alerts import queries as alert_queries
@@ -339,7 +340,7 @@ class Features:
             await asyncio.sleep(HELD_CHECK_S)  # (a poll while inputs wait: nothing else to wake it)
             if self.leading:
                 for held in self._held.take_all():
-                    self._lanes.put(held.node_id, lambda h=held: self._take_held_here(h))
+                    self._lanes.put(held.node_id, partial(self._take_held_here, held))
                 continue
             leader = self.leader()
             if leader is not None:

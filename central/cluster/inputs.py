@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,7 @@ class Held:
 class Acks:
     """The leader's acknowledgements, gathered per replica for ACK_GATHER_S into one message."""
 
-    def __init__(self, send: Callable[[str, list[int]], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[str, list[int]], Coroutine[Any, Any, None]]) -> None:
         self._send = send
         self._waiting: dict[str, list[int]] = {}
         self._flush: asyncio.TimerHandle | None = None
