@@ -186,7 +186,8 @@ class AlertEngine:
     # -- loading ---------------------------------------------------------------------------------
     async def reload(self, db: ReadDB) -> None:
         """Forget everything and load again (a replica gaining the features lead: what it had in
-        memory may be stale). Log-rule counts and demo flags start again from the next lines."""
+        memory may be stale). Log-rule counts and demo flags start again empty (the features leader
+        then rebuilds them from what is stored: central/cluster/features.py)."""
         async with self._lock:
             self._forget()
             self.logs_full_from = self.clock() + LOG_WINDOW_S

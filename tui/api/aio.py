@@ -11,7 +11,7 @@ aiohttp is imported when a client opens, not with this module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, ParamSpec, Self, TypeVar
 
@@ -258,12 +258,15 @@ class Stream:
         is either in the history read next or sent live (docs/protocol.md 4.2), whichever replica
         holds the node. Returns the messages that came first, to handle after that history (all of
         them when the stream closed first: iterating it then ends at once)."""
+        import contextlib
+
         await self.subscribe(logs)
         early: list[Json] = []
-        async for doc in messages(self.ws):
-            if doc.get("type") == "subscribed":
-                break
-            early.append(doc)
+        async with contextlib.aclosing(messages(self.ws)) as docs:
+            async for doc in docs:
+                if doc.get("type") == "subscribed":
+                    break
+                early.append(doc)
         return early
 
     async def close(self) -> None:
@@ -279,7 +282,7 @@ class Stream:
         self.close_code = self.ws.close_code
 
 
-async def messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[Json]:
+async def messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncGenerator[Json, None]:
     """The JSON objects a websocket receives, until it closes or fails (other frames are skipped)."""
     import aiohttp
 
