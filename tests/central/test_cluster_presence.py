@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from dvic_core.constants import CLOSE_REPLACED
 from tests.support import postgres
@@ -93,13 +94,16 @@ async def test_a_follow_on_r2_gets_r1s_lines_live_in_order_once(two_replicas: li
         node.seq, node.seq)
 
 
+@pytest.mark.parametrize("holder", ["r1", "r2"])
 async def test_a_line_accepted_just_before_a_subscription_is_in_the_history_read_once_subscribed(
-        two_replicas: list[CentralServer]) -> None:
-    """A client told `subscribed` reads history, then follows live (`dvic logs --follow`): a line r1
-    accepted just before r2's client's wish reached it is not relayed, so it must be in that history,
-    even while r1's commit is slow (here a lock holds r1's insert of lines back)."""
+        two_replicas: list[CentralServer], holder: str) -> None:
+    """A client told `subscribed` reads history, then follows live (`dvic logs --follow`): a line the
+    node's replica accepted just before the client's wish applied there is not sent live, so it must
+    be in that history, even while that replica's commit is slow (here a lock holds its insert of
+    lines back). The node on r1 (another replica than the client's) or on r2 (the client's own, as
+    on one server)."""
     r1, r2 = two_replicas
-    bundle = enrolled_on_both(r1, r2, "pi-edge")
+    bundle = toward(enrolled_on_both(r1, r2, "pi-edge"), r1 if holder == "r1" else r2)
     node_id = bundle["node_id"]
     url = r1.database or ""
     blocker, watcher = await asyncpg.connect(url), await asyncpg.connect(url)
