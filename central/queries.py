@@ -148,6 +148,16 @@ class Queries:
         return [{"seq": r["seq"], "ts": r["ts"], "source": r["source"], "unit": r["unit"], "demo": r["demo"],
                  "level": LEVEL_NAMES.get(r["level"], "INFO"), "msg": r["msg"]} for r in rows]
 
+    async def recent_lines(self, since: float, min_level: int, limit: int) -> list[dict[str, Any]]:
+        """Stored lines with a `ts` from `since` on and a level of at least `min_level`, by node then
+        seq, at most `limit` (a new features leader counting the last window for its log rules)."""
+        async with self.db.execute(
+                "SELECT node_id, seq, ts, source, unit, demo, level, msg FROM logs WHERE ts >= ? AND level >= ?"
+                " ORDER BY node_id, seq LIMIT ?", (since, min_level, limit)) as cur:
+            rows = await cur.fetchall()
+        return [{"node_id": r["node_id"], "seq": r["seq"], "ts": r["ts"], "source": r["source"], "unit": r["unit"],
+                 "demo": r["demo"], "level": LEVEL_NAMES.get(r["level"], "INFO"), "msg": r["msg"]} for r in rows]
+
     async def logs(
         self, *, node_ids: list[str] | None = None, source: str | None = None, min_level: str | None = None,
         text: str | None = None, since: float | None = None, until: float | None = None,

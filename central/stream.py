@@ -13,8 +13,9 @@ from dvic_core.constants import CLOSE_MALFORMED, CLOSE_TOO_SLOW, OPERATOR_HEARTB
 from .auth import error_response
 from .bus import Subscriber, encode_frame
 from .routes import routes
-from .services import SERVICES
+from .services import SERVICES, Services
 from .tasks import cancel_and_wait
+from .writer import StorageError
 
 log = logging.getLogger(__name__)
 MAX_CLIENT_FRAME = 64 * 1024
@@ -65,11 +66,22 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 ids.add("*" if ref == "*" else (node.id if node else ref))
             sub.log_nodes = frozenset(ids)
             await services.bus.subscriptions_changed()  # lines from now on, whichever replica has the node
+            await _accepted_lines_stored(services)
             sub.offer(encode_frame({"type": "subscribed", "logs": sorted(ids)}))
     finally:
         services.bus.unsubscribe(sub)  # (the others stop sending its lines after the next heartbeat)
         await cancel_and_wait(sender)
     return ws
+
+
+async def _accepted_lines_stored(services: Services) -> None:
+    """Lines accepted before the subscription took effect were not sent to this client (nor relayed
+    to this replica): their commit comes first, so that a client reading history once told
+    `subscribed` finds them there (a line is either in the history it reads then, or sent live)."""
+    try:
+        await services.writer.barrier()
+    except StorageError as exc:  # not stored yet either way: the nodes send them again
+        log.warning("subscription answered before earlier lines were stored: %s", exc)
 
 
 async def _pump(ws: web.WebSocketResponse, sub: Subscriber) -> None:

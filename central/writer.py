@@ -145,6 +145,11 @@ class Writer:
             self._end_hold_back()
         return await future
 
+    async def barrier(self) -> None:
+        """Returns once everything queued before this call (writes, log batches) is committed: one
+        commit takes every waiting log batch. Raises StorageError as `submit`."""
+        await self.submit(_nothing)
+
     def add_metrics(self, node_id: str, ts: float, series: dict[str, float]) -> None:
         """Queue metric samples for the next commit without waiting for it.
 

@@ -48,6 +48,18 @@ from .stock import (
 
 # Rules whose readings are counts of log lines over LOG_WINDOW_S.
 LOG_TYPES = frozenset({"log", "log_errors"})
+# The daemon's events that raise or clear a demo's flag (demo_crashloop, demo_unhealthy).
+DEMO_FLAG_EVENTS = ("demo_crashloop", "demo_unhealthy", "demo_recovered")
+
+
+@dataclass(frozen=True)
+class DemoFact:
+    """A stored demo event or demo status, as `rebuild_demo_flags` takes it."""
+
+    at: float
+    node_id: str
+    kind: str  # an event's kind, or "demo_status"
+    data: Mapping[str, Any]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +186,8 @@ class AlertEngine:
     # -- loading ---------------------------------------------------------------------------------
     async def reload(self, db: ReadDB) -> None:
         """Forget everything and load again (a replica gaining the features lead: what it had in
-        memory may be stale). Log-rule counts and demo flags start again from the next lines."""
+        memory may be stale). Log-rule counts and demo flags start again empty (the features leader
+        then rebuilds them from what is stored: central/cluster/features.py)."""
         async with self._lock:
             self._forget()
             self.logs_full_from = self.clock() + LOG_WINDOW_S
@@ -219,6 +232,11 @@ class AlertEngine:
     def watches_logs(self) -> bool:
         """Some rule counts log lines (observe_logs has work to do)."""
         return bool(self._log_rules)
+
+    @property
+    def least_log_level(self) -> int:
+        """The lowest level a log rule counts (lines below it are never counted)."""
+        return min((lr.min_level for lr in self._log_rules), default=0)
 
     def _rebuild(self) -> None:
         order = sorted(self.rules.values(), key=lambda r: (not r.stock, r.name))
@@ -293,41 +311,59 @@ class AlertEngine:
         self._wake.set()
 
     # -- hooks the server calls ------------------------------------------------------------------
-    def on_event(self, node: NodeState | None, kind: str, data: Mapping[str, Any]) -> None:
-        """Every stored event (Registry.event_observers): presence changes and the daemon's demo events."""
+    def on_event(self, node: NodeState | None, kind: str, data: Mapping[str, Any], at: float | None = None) -> None:
+        """Every stored event (Registry.event_observers): presence changes and the daemon's demo events
+        (`at`: when it happened, for events read again from the table)."""
         if node is None:
             return
-        if kind in ("demo_crashloop", "demo_unhealthy"):
-            demo = data.get("demo")
-            if isinstance(demo, str) and demo:
-                self._flag(node.id, kind, demo, True)
-        elif kind == "demo_recovered":
-            demo, was = data.get("demo"), data.get("was")
-            if isinstance(demo, str) and was in ("crashloop", "unhealthy"):
-                self._flag(node.id, f"demo_{was}", demo, False)
+        if kind in DEMO_FLAG_EVENTS:
+            self._flag_from_event(node.id, kind, data, at)
         elif kind not in ("state", "revoked", "demo_exited", "demo_started"):
             return
         self.kick(node.id)
 
-    def on_demo_status(self, node: NodeState, msg: Mapping[str, Any]) -> None:
+    def _flag_from_event(self, node_id: str, kind: str, data: Mapping[str, Any], at: float | None) -> None:
+        demo = data.get("demo")
+        if not isinstance(demo, str) or not demo:
+            return
+        if kind in ("demo_crashloop", "demo_unhealthy"):
+            self._flag(node_id, kind, demo, True, at)
+        elif data.get("was") in ("crashloop", "unhealthy"):  # demo_recovered
+            self._flag(node_id, f"demo_{data['was']}", demo, False)
+
+    def on_demo_status(self, node: NodeState, msg: Mapping[str, Any], at: float | None = None) -> None:
         """A supervised demo's `demo_status` (docs/protocol.md section 6): crashloop and cannot-start
         raise their alerts; a healthy, running or stopped demo clears what it had."""
         demo, state = msg.get("demo"), msg.get("state")
         if not isinstance(demo, str) or not demo:
             return
         if state == "crashloop":
-            self._flag(node.id, "demo_crashloop", demo, True)
+            self._flag(node.id, "demo_crashloop", demo, True, at)
         elif state == "failed":
-            self._flag(node.id, "demo_exited", demo, True)
+            self._flag(node.id, "demo_exited", demo, True, at)
         elif state in ("healthy", "running", "stopped"):
             for rule in ("demo_crashloop", "demo_unhealthy", "demo_exited"):
                 self._flag(node.id, rule, demo, False)
         self.kick(node.id)
 
-    def _flag(self, node_id: str, rule: str, demo: str, on: bool) -> None:
+    def rebuild_demo_flags(self, history: Iterable[DemoFact]) -> None:
+        """The demo flags again from what is stored (a replica gaining the features lead): the demo
+        events and the demos' statuses, taken in the order they happened, as they came then. An open
+        demo alert is then still true, not ended and raised again."""
+        self.ctx.demo_flags.clear()
+        for fact in sorted(history, key=lambda f: f.at):
+            if fact.kind == "demo_status":
+                node = self.registry.get(fact.node_id)
+                if node is not None:
+                    self.on_demo_status(node, fact.data, fact.at)
+            else:
+                self._flag_from_event(fact.node_id, fact.kind, fact.data, fact.at)
+        self.kick()
+
+    def _flag(self, node_id: str, rule: str, demo: str, on: bool, at: float | None = None) -> None:
         flags = self.ctx.demo_flags.setdefault(node_id, {}).setdefault(rule, {})
         if on:
-            flags.setdefault(demo, self.clock())
+            flags.setdefault(demo, self.clock() if at is None else at)
         else:
             flags.pop(demo, None)
 

@@ -1,7 +1,9 @@
 """`GET /metrics`: the fleet's gauges and the server's own health in Prometheus' text format (0.0.4).
 
 Everything comes from memory (the registry, the alert engine, the writer's and bus's counters): a
-scrape reads no history. Names and labels are listed in docs/alerts.md ("Prometheus").
+scrape reads no history. With several replicas the alert part is the features leader's, asked on
+the bus by a replica not leading (central/cluster/features.py `alert_figures`). Names and labels
+are listed in docs/alerts.md ("Prometheus").
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from dvic_core.constants import NODE_STATES
 
@@ -75,8 +78,43 @@ def _node_labels(node: NodeState) -> str:
     return _labels(node=node.name, group=node.group, kind=node.kind)
 
 
-def render(registry: Registry, engine: AlertEngine, writer: Writer, bus: Bus, started_at: float) -> str:
+@dataclass(frozen=True)
+class AlertFigures:
+    """The alert part of /metrics: open alerts by state, one label set per open alert, and the
+    notifications waiting for delivery. With several replicas the features leader's (it evaluates
+    and delivers; central/cluster/features.py asks it for them), as plain JSON-able values."""
+
+    counts: dict[str, int]
+    alerts: list[dict[str, str]]
+    pending_notifications: int
+
+    @classmethod
+    def of(cls, engine: AlertEngine) -> AlertFigures:
+        """This replica's own figures (one server, or the features leader)."""
+        sink = engine.sink
+        pending = sink.pending_notifications() if isinstance(sink, PendingNotifications) else 0
+        alerts = [{"rule": a.rule, "subject": a.subject, "node": a.node or "", "group": a.group or "",
+                   "severity": a.severity,
+                   "state": "silenced" if engine.silenced_by(a) and a.state == "firing" else a.state}
+                  for a in engine.open_alerts()]
+        return cls(engine.counts(), alerts, pending)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts, "alerts": self.alerts, "pending_notifications": self.pending_notifications}
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> AlertFigures:
+        return cls({str(k): int(v) for k, v in dict(body["counts"]).items()},
+                   [{str(k): str(v) for k, v in dict(a).items()} for a in body["alerts"]],
+                   int(body["pending_notifications"]))
+
+
+def render(registry: Registry, engine: AlertEngine, writer: Writer, bus: Bus, started_at: float,
+           figures: AlertFigures | None = None) -> str:
+    """The exposition; `figures`: the alert part when it is not this replica's (None: it is; an
+    empty one leaves the alert families out, the leader could not be asked)."""
     out = Exposition()
+    figures = AlertFigures.of(engine) if figures is None else figures
     nodes = [n for n in registry.all() if not n.revoked]
     labels = {n.id: _node_labels(n) for n in nodes}
     out.family("dvic_node_up", "gauge", "1 while the node is online (heard from within --offline-after)",
@@ -97,9 +135,14 @@ def render(registry: Registry, engine: AlertEngine, writer: Writer, bus: Bus, st
                    ((labels[n.id], n.metrics[series]) for n in nodes if series in n.metrics))
     out.family("dvic_demo_up", "gauge", "1 while the latest run of the demo is alive, 0 once it exited",
                _demos(nodes))
-    _alerts(out, engine)
-    _server(out, registry, engine, writer, bus, started_at)
+    if figures is not NO_FIGURES:
+        _alerts(out, figures)
+    _server(out, registry, engine, writer, bus, started_at, figures)
     return out.text()
+
+
+# The leader could not be asked: the alert families are left out of the scrape (not shown stale).
+NO_FIGURES = AlertFigures({}, [], 0)
 
 
 def _demos(nodes: list[NodeState]) -> Iterable[tuple[str, float]]:
@@ -114,19 +157,15 @@ def _demos(nodes: list[NodeState]) -> Iterable[tuple[str, float]]:
             yield _labels(node=node.name, group=node.group, kind=node.kind, demo=name), 1.0 if alive else 0.0
 
 
-def _alerts(out: Exposition, engine: AlertEngine) -> None:
-    counts = engine.counts()
+def _alerts(out: Exposition, figures: AlertFigures) -> None:
+    counts = figures.counts
     out.family("dvic_alerts", "gauge", "open alerts by state (firing: neither acknowledged nor silenced)",
-               ((_labels(state=state), float(counts[state])) for state in ("firing", "acknowledged", "silenced")))
-    alerts = engine.open_alerts()
-    out.family("dvic_alert", "gauge", "1 per open alert",
-               ((_labels(rule=a.rule, subject=a.subject, node=a.node or "", group=a.group or "",
-                         severity=a.severity, state="silenced" if engine.silenced_by(a) and a.state == "firing"
-                         else a.state), 1.0) for a in alerts))
+               ((_labels(state=state), float(counts.get(state, 0))) for state in ("firing", "acknowledged", "silenced")))
+    out.family("dvic_alert", "gauge", "1 per open alert", ((_labels(**a), 1.0) for a in figures.alerts))
 
 
 def _server(out: Exposition, registry: Registry, engine: AlertEngine, writer: Writer, bus: Bus,
-            started_at: float) -> None:
+            started_at: float, figures: AlertFigures) -> None:
     nodes = registry.all()
     states = Counter(n.state for n in nodes if not n.revoked)
     out.family("dvic_server_nodes", "gauge", "enrolled nodes (not revoked) by state",
@@ -146,10 +185,9 @@ def _server(out: Exposition, registry: Registry, engine: AlertEngine, writer: Wr
                (("", writer.last_commit_s),))
     out.family("dvic_server_stream_clients", "gauge", "live-stream clients connected",
                (("", float(bus.subscriber_count)),))
-    sink = engine.sink
-    pending = sink.pending_notifications() if isinstance(sink, PendingNotifications) else 0
-    out.family("dvic_server_notifications_pending", "gauge", "notifications waiting for delivery",
-               (("", float(pending)),))
+    if figures is not NO_FIGURES:
+        out.family("dvic_server_notifications_pending", "gauge", "notifications waiting for delivery",
+                   (("", float(figures.pending_notifications)),))
     out.family("dvic_server_alert_pass_seconds", "gauge", "wall time of the last full alert evaluation pass",
                (("", engine.last_pass_s),))
     out.family("dvic_server_alert_passes_total", "counter", "alert evaluation passes run here (with replicas: "

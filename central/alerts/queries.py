@@ -70,3 +70,14 @@ def silence_from_row(row: Any) -> Silence:
                    created_by=row["created_by"], created_at=row["created_at"], group=row["grp"], node=row["node"],
                    rule=row["rule"], severity=row["severity"], removed_at=row["removed_at"],
                    removed_by=row["removed_by"])
+
+
+async def demo_flag_events(db: ReadDB, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The stored events of these kinds (the daemon's demo_crashloop, demo_unhealthy, demo_recovered),
+    oldest first: a new features leader rebuilds the demo flags from them."""
+    marks = ", ".join("?" for _ in kinds)
+    async with db.execute(f"SELECT ts, node_id, kind, data FROM events WHERE kind IN ({marks}) ORDER BY id",
+                          kinds) as cur:
+        rows = await cur.fetchall()
+    return [{"ts": float(r["ts"]), "node_id": r["node_id"], "kind": r["kind"], "data": json.loads(r["data"] or "{}")}
+            for r in rows]

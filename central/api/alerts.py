@@ -210,7 +210,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         refusal = await _viewer_refusal(request, svc)
         if refusal is not None:
             return refusal
-    text = render(svc.registry, svc.alerts, svc.writer, svc.bus, svc.started_at)
+    figures = await svc.features.alert_figures()  # with several replicas: the features leader's
+    text = render(svc.registry, svc.alerts, svc.writer, svc.bus, svc.started_at, figures)
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -20,9 +20,10 @@ part (name, maintenance, revoked: stored by whoever changed them) anyone sends. 
   connected then), until they reconnect elsewhere (a newer epoch) or the leader's orphan sweep
   (`sweep_orphans`, once-only) turns them offline `offline_after` later;
 - after any gap on the bus, presence is read again from `nodes` and `node_sessions`;
-- a stream client's wish for lines is numbered and acknowledged by every live replica before it
-  is told `subscribed`; a new session relays first what its previous replica stored but may not
-  have relayed (`catch_up`).
+- a stream client's wish for lines is numbered and acknowledged by every live replica, once the
+  lines it accepted before applying the wish are committed (not relayed, they are then in
+  history), before the client is told `subscribed`; a new session relays first what its
+  previous replica stored but may not have relayed (`catch_up`).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class Presence:
             interest = int(beat.get("interest") or 0)
             if interest != peer.interest:  # applied from now on: tell it, so its client may rely on it
                 peer.interest = interest
-                self.outbox.ack(sender, interest)
+                self.outbox.spawn(self._ack_once_stored(sender, interest))
         acked = (message.get("acks") or {}).get(self.replica)
         if isinstance(acked, int):
             self._acked[sender] = acked
@@ -248,6 +249,16 @@ class Presence:
             self._show(frame)
         if message.get("stopping"):
             self._peer_gone(peer, "stopped")
+
+    async def _ack_once_stored(self, sender: str, interest: int) -> None:
+        """Acknowledge a wish for lines once the lines accepted here before it applied are stored:
+        those were not relayed, and the client told `subscribed` then reads them from history."""
+        try:
+            await self.writer.barrier()
+        except Exception as exc:  # not stored yet either way (the nodes send them again): do not hold the client
+            log.warning("replica %s: acknowledging replica %s's wish for lines before earlier lines were stored: %s",
+                        self.replica, sender, exc)
+        self.outbox.ack(sender, interest)
 
     def _heard(self, name: str) -> Peer:
         peer = self.peers.get(name)

@@ -4,11 +4,14 @@ operator's stream on the other."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from dvic_core.constants import CLOSE_REPLACED
 from tests.support import postgres
@@ -16,7 +19,7 @@ from tests.support.fake_node import FakeNode
 from tests.support.nodes import connected, metrics
 from tests.support.replicas import StreamClient, job_leader, known_on, toward
 from tests.support.server import CentralServer
-from tests.support.wait import async_wait_for
+from tests.support.wait import WaitTimeout, async_wait_for
 
 
 def enrolled_on_both(r1: CentralServer, r2: CentralServer, name: str) -> dict[str, Any]:
@@ -89,6 +92,55 @@ async def test_a_follow_on_r2_gets_r1s_lines_live_in_order_once(two_replicas: li
     assert seqs[-300:] == list(range(first, first + 300))
     assert r2.query("SELECT count(*), count(DISTINCT seq) FROM logs WHERE node_id = ?", (node_id,))[0] == (
         node.seq, node.seq)
+
+
+@pytest.mark.parametrize("holder", ["r1", "r2"])
+async def test_a_line_accepted_just_before_a_subscription_is_in_the_history_read_once_subscribed(
+        two_replicas: list[CentralServer], holder: str) -> None:
+    """A client told `subscribed` reads history, then follows live (`dvic logs --follow`): a line the
+    node's replica accepted just before the client's wish applied there is not sent live, so it must
+    be in that history, even while that replica's commit is slow (here a lock holds its insert of
+    lines back). The node on r1 (another replica than the client's) or on r2 (the client's own, as
+    on one server)."""
+    r1, r2 = two_replicas
+    bundle = toward(enrolled_on_both(r1, r2, "pi-edge"), r1 if holder == "r1" else r2)
+    node_id = bundle["node_id"]
+    url = r1.database or ""
+    blocker, watcher = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        async with connected(bundle) as node, StreamClient(r2) as stream:
+            await node.send_logs([node.line("stored before")])  # (the ack comes after its commit)
+            locked = blocker.transaction()
+            await locked.start()
+            await blocker.execute("LOCK TABLE logs IN EXCLUSIVE MODE")
+            await node.send({"type": "logs", "lines": [node.line("just before")]})
+            await async_wait_for(lambda: watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"),
+                20, "r1's commit of the line to wait for the lock")
+
+            async def history_once_subscribed() -> list[str]:
+                await async_wait_for(lambda: stream.of_type("subscribed"), 20, "subscribed")
+                status, body = await asyncio.to_thread(r2.api, "GET", f"/api/v1/logs?node={node_id}&limit=50")
+                assert status == 200, body
+                return [line["msg"] for line in body["lines"]]
+
+            await stream.subscribe([node_id])
+            reading = asyncio.create_task(history_once_subscribed())
+            # r1's commit stays held back a second (the scenario: a slow commit), then goes.
+            with contextlib.suppress(WaitTimeout):
+                await async_wait_for(reading.done, 1.0, "the client to read history")
+            await locked.commit()
+            history = await reading
+
+            def live() -> list[str]:
+                return [line["msg"] for f in stream.of_type("logs") for line in f["lines"] if line["node"] == node_id]
+
+            with contextlib.suppress(WaitTimeout):
+                await async_wait_for(lambda: "just before" in history + live(), 10, "the line, stored or live")
+            assert "just before" in history + live(), (history, live())
+    finally:
+        await blocker.close()
+        await watcher.close()
 
 
 async def test_racing_sessions_one_wins_the_other_is_closed_and_no_line_is_doubled(

@@ -133,9 +133,14 @@ class StreamClient:
         self._reader = asyncio.create_task(self._read(self._ws))
         await async_wait_for(lambda: self.of_type("hello"), 20, "the stream's hello")
         if self.logs:
-            await self._ws.send_str(json.dumps({"type": "subscribe", "logs": self.logs}))
+            await self.subscribe(self.logs)
             await async_wait_for(lambda: self.of_type("subscribed"), 20, "the stream's subscribed")
         return self
+
+    async def subscribe(self, logs: Sequence[str]) -> None:
+        """Ask for these nodes' lines (the answer, `subscribed`, comes into `frames`)."""
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps({"type": "subscribe", "logs": list(logs)}))
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ws is not None:

@@ -11,7 +11,7 @@ aiohttp is imported when a client opens, not with this module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Generic, ParamSpec, Self, TypeVar
 
@@ -253,6 +253,22 @@ class Stream:
     async def subscribe(self, logs: list[str]) -> None:
         await self.ws.send_json({"type": "subscribe", "logs": logs})
 
+    async def subscribed(self, logs: list[str]) -> list[Json]:
+        """Subscribe and wait for the server's `subscribed`: from then on every line of those nodes
+        is either in the history read next or sent live (docs/protocol.md 4.2), whichever replica
+        holds the node. Returns the messages that came first, to handle after that history (all of
+        them when the stream closed first: iterating it then ends at once)."""
+        import contextlib
+
+        await self.subscribe(logs)
+        early: list[Json] = []
+        async with contextlib.aclosing(messages(self.ws)) as docs:
+            async for doc in docs:
+                if doc.get("type") == "subscribed":
+                    break
+                early.append(doc)
+        return early
+
     async def close(self) -> None:
         await self.ws.close()
 
@@ -266,7 +282,7 @@ class Stream:
         self.close_code = self.ws.close_code
 
 
-async def messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncIterator[Json]:
+async def messages(ws: aiohttp.ClientWebSocketResponse) -> AsyncGenerator[Json, None]:
     """The JSON objects a websocket receives, until it closes or fails (other frames are skipped)."""
     import aiohttp
 

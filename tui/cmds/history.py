@@ -106,16 +106,18 @@ async def _follow(api: AsyncClient, args: argparse.Namespace, follower: LogFollo
             await asyncio.sleep(delay)  # back-off between reconnect attempts, not synchronisation
             continue
         try:
-            # Subscribe before reading history so no line falls between the two; duplicates are
-            # dropped by (node, seq).
-            await stream.subscribe([follower.filter.node] if follower.filter.node else ["*"])
+            # Subscribed (the server's answer, not only the request: with several replicas a
+            # wish takes effect everywhere a moment later) before reading history, so no line
+            # falls between the two; duplicates are dropped by (node, seq).
+            early = await stream.subscribed([follower.filter.node] if follower.filter.node else ["*"])
             pages = follower.history(args.limit, args.since, args.until) if first else follower.gap()
             first = False
             _show(follower.take(await _history(api, pages), filtered=False), args, with_node)
             backoff.reset()
+            for msg in early:
+                _show_live(msg, follower, args, with_node)
             async for msg in stream:
-                if msg.get("type") == "logs" and isinstance(msg.get("lines"), list):
-                    _show(follower.take(m for m in msg["lines"] if isinstance(m, dict)), args, with_node)
+                _show_live(msg, follower, args, with_node)
         except Unreachable as exc:
             print(f"dvic: {exc.message}", file=sys.stderr)
         except ApiError as exc:
@@ -126,6 +128,11 @@ async def _follow(api: AsyncClient, args: argparse.Namespace, follower: LogFollo
             await stream.close()
         print(f"dvic: live stream closed (code {stream.close_code}); reconnecting", file=sys.stderr)
         await asyncio.sleep(backoff.next())
+
+
+def _show_live(msg: dict[str, Any], follower: LogFollower, args: argparse.Namespace, with_node: bool) -> None:
+    if msg.get("type") == "logs" and isinstance(msg.get("lines"), list):
+        _show(follower.take(m for m in msg["lines"] if isinstance(m, dict)), args, with_node)
 
 
 async def run_events(args: argparse.Namespace, settings: SettingsFn) -> int:
