@@ -146,8 +146,11 @@ async def test_shell_relays_bytes_and_resizes_and_is_recorded(central_server: Ce
         assert final["type"] == "exit" and final["code"] == 0
         assert (await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         await ws.close()
-    _, sessions = server.api("GET", "/api/v1/sessions")
-    assert sessions["sessions"][0]["id"] == sid and sessions["sessions"][0]["exit_code"] == 0
+    # (the operator is told of the exit as it arrives; its record follows with the writer's commit)
+    recorded = wait_for(lambda: next((one for one in server.api("GET", "/api/v1/sessions")[1]["sessions"]
+                                      if one["id"] == sid and one["exit_code"] is not None), None),
+                        what="the session's exit recorded")
+    assert recorded["exit_code"] == 0
     cast = (server.data_dir / "recordings" / f"{sid}.cast").read_text().splitlines()
     header = json.loads(cast[0])
     assert header["version"] == 2 and header["width"] == 100
