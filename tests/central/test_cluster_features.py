@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,21 +91,28 @@ def alert_of(server: CentralServer, rule: str, node: str) -> dict[str, Any] | No
 
 
 @contextlib.asynccontextmanager
-async def logging_node(bundle: dict[str, Any], text: str) -> AsyncIterator[FakeNode]:
-    """A node that logs an ERROR line containing `text` every 0.2 s while the block runs."""
+async def sending_node(bundle: dict[str, Any], every: float,
+                       message: Callable[[FakeNode], dict[str, Any]]) -> AsyncIterator[FakeNode]:
+    """A node that sends `message(node)` every `every` seconds while the block runs."""
     async with connected(bundle) as node:
-        async def keep_logging() -> None:
+        async def keep_sending() -> None:
             while True:
-                await node.send({"type": "logs", "lines": [node.line(f"{text} {node.seq + 1}", level="ERROR")]})
-                await asyncio.sleep(0.2)  # (a load, not a synchronisation: the tests wait for conditions)
+                await node.send(message(node))
+                await asyncio.sleep(every)  # (a load, not a synchronisation: the tests wait for conditions)
 
-        task = asyncio.create_task(keep_logging())
+        task = asyncio.create_task(keep_sending())
         try:
             yield node
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def logging_node(bundle: dict[str, Any], text: str) -> contextlib.AbstractAsyncContextManager[FakeNode]:
+    """A node that logs an ERROR line containing `text` every 0.2 s while the block runs."""
+    return sending_node(bundle, 0.2, lambda node: {
+        "type": "logs", "lines": [node.line(f"{text} {node.seq + 1}", level="ERROR")]})
 
 
 def add_channel_and_rule(via: CentralServer, receiver: HttpReceiver, rule: str, pattern: str) -> None:
@@ -330,22 +337,9 @@ async def test_killing_the_leader_moves_the_features_which_reload_and_carry_on(
     assert not [n for n in list(receiver.accepted) if n.json()["kind"] == "resolved"], receiver.accepted
 
 
-@contextlib.asynccontextmanager
-async def reporting_node(bundle: dict[str, Any]) -> AsyncIterator[FakeNode]:
+def reporting_node(bundle: dict[str, Any]) -> contextlib.AbstractAsyncContextManager[FakeNode]:
     """A node that sends its metrics every 0.5 s while the block runs (online through a failover)."""
-    async with connected(bundle) as node:
-        async def keep_reporting() -> None:
-            while True:
-                await node.send(metrics())
-                await asyncio.sleep(0.5)  # (a load, not a synchronisation: the tests wait for conditions)
-
-        task = asyncio.create_task(keep_reporting())
-        try:
-            yield node
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    return sending_node(bundle, 0.5, lambda node: metrics())
 
 
 async def test_a_new_leader_keeps_a_demo_alert_raised_by_the_daemons_events_open(
@@ -416,6 +410,15 @@ def status_row(server: CentralServer, demo: str, node: str) -> dict[str, Any] | 
     return next((r for r in body["status"] if r["node_name"] == node), None) if status == 200 else None
 
 
+async def outsider_takes_the_lead(conn: asyncpg.Connection, watcher: CentralServer) -> None:
+    """Nobody leads: the leader's lock session ends and an outsider (`conn`) takes the lock first."""
+    await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                       " WHERE application_name LIKE 'dvic-central leader %'")
+    await until(lambda: conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS, lock_id("features")),
+                20, "the outsider to take the lock")
+    await until(lambda: watcher.api("GET", "/api/v1/alerts")[0] == 503, 20, "the replica to know nobody leads")
+
+
 async def test_a_node_input_sent_while_no_replica_leads_is_taken_by_the_next_leader(
         replicas: list[CentralServer]) -> None:
     r1, r2 = replicas
@@ -425,14 +428,11 @@ async def test_a_node_input_sent_while_no_replica_leads_is_taken_by_the_next_lea
     conn = await asyncpg.connect(r1.database or "")
     try:
         async with reporting_node(toward(bundle, r2)) as node:
-            # Nobody leads: the leader's lock session ends and an outsider takes the lock first.
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                               " WHERE application_name LIKE 'dvic-central leader %'")
-            await until(lambda: conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
-                                              lock_id("features")), 20, "the outsider to take the lock")
-            await until(lambda: r2.api("GET", "/api/v1/alerts")[0] == 503, 20, "r2 to know nobody leads")
+            await outsider_takes_the_lead(conn, r2)
             await node.send(crashloop_status("robot"))
-            await until(lambda: "demo_status of node pi-meanwhile" in r2.log(), 20, "r2 to have the input")
+            # Held by r2 ("waits for a leader"), or, if r2 still took r1 for the leader, refused by r1.
+            await until(lambda: "demo_status of node pi-meanwhile" in r2.log()
+                        or f"demo_status of node {bundle['node_id']} from r2" in r1.log(), 20, "r2 to have the input")
             await conn.close()  # the outsider goes: a replica takes the lead, and the input
             row = await until(lambda: status_row(r2, "robot", "pi-meanwhile"), 30, "the status on the leader")
             assert row["state"] == "crashloop", row
@@ -468,11 +468,7 @@ async def test_log_lines_sent_while_no_replica_leads_count_for_the_next_leaders_
     conn = await asyncpg.connect(r1.database or "")
     try:
         async with reporting_node(toward(bundle, r2)) as node:
-            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                               " WHERE application_name LIKE 'dvic-central leader %'")
-            await until(lambda: conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_CLASS,
-                                              lock_id("features")), 20, "the outsider to take the lock")
-            await until(lambda: r2.api("GET", "/api/v1/alerts")[0] == 503, 20, "r2 to know nobody leads")
+            await outsider_takes_the_lead(conn, r2)
             # Five matching lines (over the rule's rate of 1 a minute), stored while nobody counts, then none.
             await node.send_logs([node.line(f"BOOM {i}", level="ERROR") for i in range(5)])
             await conn.close()  # the outsider goes: a replica takes the lead and counts the last minute
