@@ -501,7 +501,7 @@ class GuardedSite(web.BaseSite):
         if self._proxy_from:
             # The loop gets plain TCP sockets from it; TLS is the protocol made for each.
             listener = ProxyListener(self._proxy_from, lambda source: _behind_balancer(door, tls, source),
-                                     None, self._guard.limits.head_timeout)
+                                     self._guard.limits.head_timeout)
             await listener.start(self._host, self._port, self._backlog)
             self._server = listener  # type: ignore[assignment]  # what aiohttp reads of a Server
             return

@@ -25,7 +25,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -143,15 +142,13 @@ class ProxyListener:
     It accepts connections itself: one from a listed address has its header read from the raw
     socket (exactly its bytes, nothing of the TLS after it), within `timeout` counted from the
     accept; then every connection, listed or not, is handed to the event loop as an accepted
-    socket (`connect_accepted_socket`: TLS if given `ssl_context`, and the server's protocol, as
-    `create_server` does for its own). `make_protocol(source)` makes the server's protocol for a client at `source` (None:
+    socket (`connect_accepted_socket`, plain TCP: TLS is the protocol's, central/tlsconn.py). `make_protocol(source)` makes the server's protocol for a client at `source` (None:
     the connection's own address). Exposes what aiohttp's site reads of an asyncio Server."""
 
     def __init__(self, balancers: Balancers, make_protocol: Callable[[Peer | None], asyncio.BaseProtocol],
-                 ssl_context: ssl.SSLContext | None, timeout: float) -> None:
+                 timeout: float) -> None:
         self.balancers = balancers
         self.make_protocol = make_protocol
-        self.ssl_context = ssl_context
         self.timeout = timeout
         self.refused = 0
         self.sockets: tuple[socket.socket, ...] = ()
@@ -211,12 +208,9 @@ class ProxyListener:
                 conn.close()
                 raise
         try:
-            await loop.connect_accepted_socket(
-                lambda: self.make_protocol(source), conn, ssl=self.ssl_context,
-                **({"ssl_handshake_timeout": self.timeout, "ssl_shutdown_timeout": self.timeout}
-                   if self.ssl_context is not None else {}))
-        except OSError as exc:  # a failed or overdue TLS handshake (the loop closed the socket)
-            log.debug("TLS handshake from %s failed: %s", _address(peer), exc)
+            await loop.connect_accepted_socket(lambda: self.make_protocol(source), conn)
+        except OSError as exc:  # the socket failed before the loop took it
+            log.debug("connection from %s not taken: %s", _address(peer), exc)
 
     async def _read_header(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> Peer | None:
         """The client's address from the header (None: the connection's own)."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from asyncio import constants, transports
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -97,7 +96,7 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
     """
 
     __slots__ = ("_listener", "_plain", "_protocol", "_ssl", "_incoming", "_outgoing", "_state",
-                 "_timer", "_backlog", "_reading_paused", "_eof", "_app_connected", "last_read")
+                 "_timer", "_backlog", "_reading_paused", "_eof", "_app_connected")
 
     # asyncio's loop.sendfile writes through this transport (never the socket: it is encrypted).
     _sendfile_compatible = constants._SendfileMode.FALLBACK
@@ -121,8 +120,6 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
         self._eof = NO_EOF  # the peer's close_notify or the end of its TCP stream
         self._app_connected = False  # the upper protocol got connection_made, not yet connection_lost
         self._protocol_paused = False
-        # When the peer last sent anything (time.monotonic()): node heartbeats go by it (central/heartbeats.py).
-        self.last_read = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<TlsConnection {self._peer()} state={self._state}>"
@@ -141,7 +138,6 @@ class TlsConnection(transports._FlowControlMixin, asyncio.BufferedProtocol):
         return _wire_view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_read = time.monotonic()
         if self._state == HANDSHAKE:
             # (A balancer's PROXY protocol header is read before the connection gets here:
             # central/proxyproto.py.)
