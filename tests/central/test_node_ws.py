@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sqlite3
 import ssl
 import time
 
@@ -215,6 +216,40 @@ async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_i
         assert ack["seq"] == 301
     _, body = central_server.api("GET", "/api/v1/logs?node=pi-full&limit=500")
     assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 302))
+
+
+@pytest.mark.skipif(postgres.wanted(), reason="a SQLite trigger refuses the batch")
+async def test_a_batch_the_database_refuses_closes_the_node_and_nothing_after_it_is_acked(
+        central_server: CentralServer):
+    """A batch the database refuses (a trigger here; the other batches of its commit are stored) is
+    not acked, nor is any batch after it, stored or not (an ack is cumulative), and the node is
+    closed: it resends them all when it reconnects."""
+    bundle = central_server.enroll("pi-refused")
+    db = sqlite3.connect(central_server.db_path)
+    try:
+        async with greeted(bundle) as node:
+            assert (await node.send_logs([node.line("before")]))["seq"] == 1
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON logs WHEN NEW.msg = 'refuse me' "
+                       "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+            db.commit()
+            refused = [node.line("refuse me")]
+            later = [[node.line(f"after {i}")] for i in range(20)]  # in its commit or in later ones
+            await node.send({"type": "logs", "lines": refused})
+            for lines in later:
+                await node.send({"type": "logs", "lines": lines})
+            assert node.ws is not None
+            msg = await node.ws.receive(timeout=10)
+            assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1011, "log batch not stored"), msg
+        db.execute("DROP TRIGGER refuse")
+        db.commit()
+        async with FakeNode(bundle) as node:
+            await node.connect()
+            assert (await node.hello())["last_seq"] >= 1
+            assert (await node.send_logs(refused + [line for lines in later for line in lines]))["seq"] == 22
+    finally:
+        db.close()
+    _, body = central_server.api("GET", "/api/v1/logs?node=pi-refused&limit=100")
+    assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 23))
 
 
 @pytest.mark.skipif(postgres.wanted(), reason="fails a store by filling SQLite's files")
