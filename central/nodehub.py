@@ -658,7 +658,7 @@ async def keepalive(request: web.Request) -> web.Response:
     now = time.time()
     if series:
         services.writer.add_metrics(node.id, now, series)
-        services.registry.set_metrics(node, node.sample, series)
+        services.registry.set_metrics(node, None, series)
     if facts and any(node.facts.get(k) != v for k, v in facts.items()):
         node.facts.update(facts)
         await services.writer.submit(store.merge_facts(node.id, facts))

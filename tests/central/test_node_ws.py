@@ -121,17 +121,25 @@ async def test_metrics_demo_and_event_messages_reach_the_api(shared_server: Cent
     bundle = shared_server.enroll("pi-7")
     async with greeted(bundle) as node:
         now = time.time()
-        await node.send({"type": "metrics", "ts": now, "cpu": {"total": 42.0, "per_core": [40.0, 44.0]},
-                         "mem": {"percent": 61.5}, "disks": [{"mount": "/", "percent": 30.0},
-                                                             {"mount": "/data", "percent": 80.0}],
-                         "temps": [{"name": "cpu", "celsius": 55.5}], "load": [0.5, 0.4, 0.3]})
+        sample = {"type": "metrics", "ts": now, "cpu": {"total": 42.0, "per_core": [40.0, 44.0]},
+                  "mem": {"percent": 61.5}, "disks": [{"mount": "/", "percent": 30.0}, {"mount": "/data", "percent": 80.0}],
+                  "temps": [{"name": "cpu", "celsius": 55.5}], "load": [0.5, 0.4, 0.3], "throttled": "0x0",
+                  "uptime": 12, "procs": 140, "net": {"rx_bytes": 10, "tx_bytes": 20}}
+        await node.send(sample)
         await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
                          "state": "started", "started_at": now, "exited_at": None})
         await node.send({"type": "event", "kind": "failed", "message": "camera unplugged", "data": {}})
         wait_for(lambda: state_of(shared_server, "pi-7") == "failed", timeout=5, what="failed state")
         detail = shared_server.node("pi-7")
         assert detail["metrics"] == {"cpu": 42.0, "mem": 61.5, "disk": 80.0, "temp": 55.5, "load1": 0.5}
-        assert detail["sample"]["cpu"]["per_core"] == [40.0, 44.0]
+        assert detail["sample"] == sample  # as sent (kept marshalled: central/registry.py)
+        # A keep-alive's metrics join the node's; its latest sample stays the one the node sent.
+        async with aiohttp.ClientSession() as http, http.post(
+                bundle["keepalive_url"], json={"rssi": -61}, headers={"Authorization": f"Bearer {bundle['token']}"},
+                ssl=shared_server.ssl_context) as resp:
+            assert resp.status == 200
+        detail = shared_server.node("pi-7")
+        assert detail["all_metrics"]["rssi"] == -61.0 and detail["sample"] == sample
         assert detail["demos"] == {"alive": 1, "total": 1}
         assert detail["demos_list"][0]["name"] == "robot-arm"
         await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
