@@ -67,6 +67,11 @@ class Outbox:
         for task in list(self._background):
             task.cancel()
 
+    @property
+    def waiting(self) -> int:
+        """Node views, frames and nodes' line batches queued for the next message."""
+        return len(self._nodes) + len(self._frames) + len(self._lines)
+
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)

@@ -97,7 +97,8 @@ class Presence:
         self._interest = 0
         self._acked: dict[str, int] = {}
         self._acked_changed = asyncio.Event()
-        bus.attach(self)
+        if cluster.shared:  # (one server: nobody to send to, and nothing would send what is queued)
+            bus.attach(self)
         cluster.bus.subscribe(EVENTS, self._on_events)
         cluster.bus.subscribe(LOGS, self._on_logs)
         cluster.bus.on_gap(self._on_gap)
