@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from ..bus import Bus
+from ..bus import Bus, Subscriber
 from ..registry import NodeState
 from .pgbus import BusError
 from .replica import ReplicaBus
@@ -171,6 +171,8 @@ class Sharing(Protocol):
 
     def wants(self) -> list[str]: ...
     def remote_wants(self, node_id: str) -> bool: ...
+    def remote_audience(self) -> bool: ...
+    def beat_now(self) -> None: ...
     async def announce_interest(self) -> None: ...
 
 
@@ -181,6 +183,22 @@ class SharedBus(Bus):
 
     def attach(self, presence: Sharing) -> None:
         self.presence = presence
+
+    def subscribe(self) -> Subscriber:
+        sub = super().subscribe()
+        if self.presence is not None and self.subscriber_count == 1:
+            self.presence.beat_now()  # the others now build frames for this replica's clients too
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        had = self.subscriber_count
+        super().unsubscribe(sub)
+        if self.presence is not None and had == 1 and self.subscriber_count == 0:
+            self.presence.beat_now()
+
+    def has_audience(self) -> bool:
+        """Stream clients here, or on another live replica (its heartbeat says it has some)."""
+        return super().has_audience() or (self.presence is not None and self.presence.remote_audience())
 
     def publish(self, message: dict[str, Any]) -> None:
         super().publish(message)

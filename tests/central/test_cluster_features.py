@@ -26,7 +26,7 @@ from tests.support.nodes import connected, metrics
 from tests.support.postgres import Cluster
 from tests.support.receivers import HttpReceiver
 from tests.support.releases import archive, publish
-from tests.support.replicas import Replicas, known_on, toward, toward_fields
+from tests.support.replicas import Replicas, StreamClient, known_on, toward, toward_fields
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 
@@ -476,3 +476,31 @@ async def test_log_lines_sent_while_no_replica_leads_count_for_the_next_leaders_
             assert fired["state"] == "firing", fired
     finally:
         await conn.close()
+
+
+async def test_deployment_and_demo_status_frames_reach_stream_clients_of_a_replica_not_leading(
+        replicas: list[CentralServer], tmp_path: Path) -> None:
+    """The leader has no stream client of its own; the other's stream still gets the frames the
+    leader makes of a node's demo_status and of a deployment (they used to be built only for the
+    leader's own clients, so nobody elsewhere saw them)."""
+    leader, other = await leader_and_other(replicas, "demos")
+    bundle = other.enroll("pi-frames", kind="raspberry", group="hall-f")
+    known_on(leader, bundle["node_id"])
+    status, release = publish(other, demo_release(tmp_path, "1.0.0"))
+    assert status == 201, release
+    async with StreamClient(other) as stream, \
+            sending_node(toward(bundle, other), 0.5, lambda node: crashloop_status("robot")) as node:
+        shown = await until(lambda: next((f for f in stream.of_type("demo_status")
+                                          if f["node"] == bundle["node_id"]), None),
+                            20, "the node's demo_status frame on the other replica's stream")
+        assert shown["demo"] == "robot" and shown["state"] == "crashloop", shown
+        status, dep = other.api("POST", "/api/v1/deployments", {"demo": "sleeper", "version": "1.0.0",
+                                                                "group": "hall-f"})
+        assert status == 201, dep
+        # The node reports the install (as a daemon does): the rollout's row changes on the leader.
+        await node.send({"type": "demo_install", "demo": "sleeper", "version": "1.0.0", "rollout": dep["id"],
+                         "state": "downloading", "message": "", "bytes": 10, "total": 100})
+        frame = await until(lambda: next((f for f in stream.of_type("deployment")
+                                          if f["deployment"]["id"] == dep["id"]), None),
+                            20, "the deployment's frame on the other replica's stream")
+        assert frame["deployment"]["nodes"][0]["state"] == "downloading", frame
