@@ -1,0 +1,92 @@
+"""The per-address budgets with several replicas (issue 18; central/cluster/attempts.py, docs/security.md):
+an address spraying its attempts over the replicas behind a balancer gets the budget it gets
+from one server, not one per replica. Real replicas on one PostgreSQL; the clients on other
+loopback addresses (127.0.0.0/8 is all this machine's)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.postgres import Cluster
+from tests.support.replicas import Replicas
+from tests.support.server import CentralServer
+
+ATTACKER = "127.0.0.7"
+PER_ADDRESS = 3
+TOTAL = 4
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_cluster: Cluster) -> Iterator[list[CentralServer]]:
+    with Replicas(tmp_path / "data", pg_cluster.fresh_database(), count=2,
+                  extra_args=("--self-register", "--register-per-address", str(PER_ADDRESS),
+                              "--register-total", str(TOTAL))) as servers:
+        yield servers
+
+
+async def call(server: CentralServer, source: str, method: str, path: str, body: Any = None,
+               token: str = "") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """One call from `source` on a connection of its own: (status, JSON body, headers)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), ssl=server.ssl_context, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, http.request(
+            method, server.url + path, json=body, headers=headers) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def register(server: CentralServer, name: str, source: str = ATTACKER) -> tuple[int, dict[str, Any],
+                                                                                      dict[str, str]]:
+    return await call(server, source, "POST", "/api/v1/register", {"name": name})
+
+
+async def test_registration_attempts_from_one_address_are_counted_over_every_replica(
+        replicas: list[CentralServer]) -> None:
+    r1, r2 = replicas
+    # Every attempt counts, well-formed or not, whichever replica takes it.
+    assert (await register(r1, "bad name"))[0] == 400
+    assert (await register(r2, "alpha"))[0] == 201
+    assert (await register(r1, "beta"))[0] == 201
+    for server in (r2, r1):  # the budget is spent: both replicas say so
+        status, body, headers = await register(server, "gamma")
+        assert status == 429 and body["error"]["code"] == "rate_limited", body
+        assert "at most 3 an hour (--register-per-address)" in body["error"]["message"], body
+        assert 3000 < int(headers["Retry-After"]) <= 3600, headers
+    # Another address still has its own attempts.
+    assert (await register(r2, "delta", source="127.0.0.8"))[0] == 201
+    pending = r1.query("SELECT count(*) FROM operators WHERE status = 'pending'")
+    assert pending == [(3,)]
+
+
+async def test_attempts_made_at_once_on_both_replicas_are_counted_one_after_the_other(
+        replicas: list[CentralServer]) -> None:
+    r1, r2 = replicas
+    answers = await asyncio.gather(*(register(r1 if i % 2 else r2, f"racer{i}") for i in range(10)))
+    assert sorted(status for status, _, _ in answers) == [201] * PER_ADDRESS + [429] * (10 - PER_ADDRESS)
+
+
+async def test_accounts_created_are_counted_in_total_over_every_replica(replicas: list[CentralServer]) -> None:
+    r1, r2 = replicas
+    for i in range(TOTAL):
+        status, body, _ = await register((r1, r2)[i % 2], f"user{i}", source=f"127.0.1.{i + 1}")
+        assert status == 201, body
+    for server in (r1, r2):
+        status, body, headers = await register(server, "one-more", source="127.0.1.99")
+        assert status == 429 and "at most 4 an hour on this server (--register-total)" in body["error"]["message"], body
+        assert int(headers["Retry-After"]) > 3000, headers
+
+
+async def test_anonymous_refusals_audited_per_address_are_counted_over_every_replica(
+        replicas: list[CentralServer]) -> None:
+    r1, r2 = replicas
+    for i in range(30):  # a guessed token on a state-changing call, sprayed over both replicas
+        status, body, _ = await call((r1, r2)[i % 2], ATTACKER, "POST", "/api/v1/operators",
+                                     {"name": f"x{i}", "role": "admin"}, token=f"dvo_guess{i}")
+        assert status == 401 and body["error"]["code"] == "bad_token", body
+    rows = r1.query("SELECT count(*) FROM audit WHERE operator = 'anonymous' AND remote = ?", (ATTACKER,))
+    assert rows == [(10,)]  # as from one server (each replica alone allowed 10)
