@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
+from central.cluster.attempts import PURGE_EVERY_S, Budget, SharedAttempts
 from tests.support.postgres import Cluster
 from tests.support.replicas import Replicas
 from tests.support.server import CentralServer
+from tests.support.wait import async_wait_for
 
 ATTACKER = "127.0.0.7"
 PER_ADDRESS = 3
@@ -90,3 +93,38 @@ async def test_anonymous_refusals_audited_per_address_are_counted_over_every_rep
         assert status == 401 and body["error"]["code"] == "bad_token", body
     rows = r1.query("SELECT count(*) FROM audit WHERE operator = 'anonymous' AND remote = ?", (ATTACKER,))
     assert rows == [(10,)]  # as from one server (each replica alone allowed 10)
+
+
+async def test_a_shared_refusal_is_remembered_until_the_budget_has_room(pg_cluster: Cluster) -> None:
+    """Against the database itself: what is counted, what it answers when full, and that a flood
+    against a full budget asks the database once, not once per attempt."""
+    url = pg_cluster.fresh_database()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        clock = [1000.0]
+        attempts = SharedAttempts(pool, url, clock=lambda: clock[0])
+        budget = Budget("test", 2, 60.0)
+        assert await attempts.take(budget, "a") is None
+        assert await attempts.take(budget, "a") is None
+        full = await attempts.take(budget, "a")
+        assert full is not None and full.budget == budget and 55 < full.wait <= 60, full
+        asked = attempts.asked
+        for _ in range(100):
+            assert (await attempts.take(budget, "a")) is not None
+        assert attempts.asked == asked  # remembered: no transaction per refused attempt
+        assert await attempts.take(budget, "b") is None  # another subject, its own budget
+        # A budget checked beside another: counted against the first only when both have room.
+        total = Budget("test-total", 1, 60.0)
+        await attempts.note(total, "")
+        full = await attempts.take(budget, "c", also=[(total, "")])
+        assert full is not None and full.budget == total, full
+        assert await pool.fetchval("SELECT count(*) FROM attempts WHERE subject = 'c'") == 0
+        # Rows outside every window go, at most once an hour per replica.
+        await pool.execute("INSERT INTO attempts (scope, subject, at) VALUES ('test', 'old', 1.0)")
+        clock[0] += PURGE_EVERY_S
+        assert await attempts.take(budget, "d") is None
+        await async_wait_for(lambda: pool.fetchval("SELECT count(*) = 0 FROM attempts WHERE subject = 'old'"), 10,
+                             "the old attempt to be deleted")
+        assert await pool.fetchval("SELECT count(*) FROM attempts") == 5  # a, a, b, the total's note, d
+    finally:
+        await pool.close()
