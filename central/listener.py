@@ -48,15 +48,26 @@ FD_RESERVE = 256
 REFUSAL_LOG_EVERY_S = 60.0
 
 
+class SharedCounts(Protocol):
+    """The per-address counts of the other replicas (central/cluster/conns.py)."""
+
+    def elsewhere(self, address: str) -> int: ...
+
+    def changed(self, address: str, count: int) -> None: ...
+
+
 class ConnectionGuard:
     """Counts, limits and times out the connections of one listener (see the module doc).
 
     Each connection's first protocol (`Doorway`) is admitted here when it is made, and released
     when it is lost; the doorway starts the head timer and stops it when the first head is whole.
+    With several replicas (`shared`), an address's connections on the others count toward
+    `max_per_address` too, and this one's are told to them.
     """
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, shared: SharedCounts | None = None) -> None:
         self.limits = limits
+        self.shared = shared
         self._open: set[Doorway] = set()
         self._per_address: Counter[str] = Counter()
         self.refused = 0
@@ -72,13 +83,19 @@ class ConnectionGuard:
         # The client's address: from a PROXY header if any (proxyproto.py), else the socket's peer.
         conn.address = address = address_key(conn.source or transport.get_extra_info("peername"))
         conn.node = node = bool(transport.get_extra_info("peercert"))
-        reason = refusal(self.limits, len(self._open), self._per_address[address], node)
+        here = self._per_address[address]
+        elsewhere = self.shared.elsewhere(address) if self.shared is not None and not node else 0
+        reason = refusal(self.limits, len(self._open), here + elsewhere, node)
         if reason is not None:
+            if elsewhere and here < self.limits.max_per_address:
+                reason += f": {elsewhere} of them on other replicas"
             self._refuse(transport, address, reason)
             return False
         self._open.add(conn)
         if not node:
             self._per_address[address] += 1
+            if self.shared is not None:
+                self.shared.changed(address, self._per_address[address])
         return True
 
     def release(self, conn: Doorway) -> None:
@@ -87,8 +104,11 @@ class ConnectionGuard:
         self._open.discard(conn)
         if not conn.node:
             self._per_address[conn.address] -= 1
-            if self._per_address[conn.address] <= 0:
+            left = self._per_address[conn.address]
+            if left <= 0:
                 del self._per_address[conn.address]
+            if self.shared is not None:
+                self.shared.changed(conn.address, max(left, 0))
 
     def drop_waiting(self) -> None:
         """At a stop: drop the connections still waiting for their first head (aiohttp's shutdown

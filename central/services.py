@@ -23,6 +23,7 @@ from .alerts.engine import AlertEngine
 from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
 from .cluster.attempts import SharedAttempts
+from .cluster.conns import SharedConnections
 from .cluster.fanout import SharedBus
 from .cluster.features import JOB as FEATURES_JOB
 from .cluster.features import Features
@@ -79,8 +80,10 @@ class Services:
     presence: Presence
     # The jobs that run once among replicas (Leadership on PostgreSQL, Solo on SQLite): started by services_ctx.
     jobs: Leadership | Solo | None = None
-    # With replicas: the brute-force budgets counted with the others (cluster/attempts.py); None on SQLite.
+    # With replicas: the brute-force budgets counted with the others (cluster/attempts.py), and the
+    # per-address connection counts (cluster/conns.py); None on SQLite.
     attempts: SharedAttempts | None = None
+    connections: SharedConnections | None = None
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -146,6 +149,7 @@ async def open_services(config: Config) -> Services:
     if cluster.shared:
         assert isinstance(read_db, PgReadDB)
         services.attempts = SharedAttempts(read_db.pool, where.url)
+        services.connections = SharedConnections(cluster.bus, presence)
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
@@ -194,6 +198,8 @@ async def close_services(services: Services) -> None:
     await services.router.close()
     if services.attempts is not None:
         await services.attempts.close()
+    if services.connections is not None:
+        await services.connections.close()
     await services.cluster.bus.close()
     await services.writer.close()
     await services.read_db.close()

@@ -46,6 +46,9 @@ class Outbox:
         self._lines: dict[str, list[dict[str, Any]]] = {}
         self._beat: dict[str, Any] | None = None
         self._acks: dict[str, int] = {}
+        # Other parts of a message, each asked at send time (given whether a heartbeat goes with
+        # it) for the fields it adds: the shared connection counts (conns.py).
+        self.parts: list[Callable[[bool], dict[str, Any]]] = []
         self._sent_parts: dict[str, tuple[int, int]] = {}  # node id: what its facts and demos were sent as
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -96,6 +99,11 @@ class Outbox:
     def beat(self, beat: dict[str, Any]) -> None:
         if not self._closed:
             self._beat = beat
+            self._wake.set()
+
+    def poke(self) -> None:
+        """A part has something to say: a message goes at the end of this window."""
+        if not self._closed:
             self._wake.set()
 
     def ack(self, replica: str, interest: int) -> None:
@@ -154,6 +162,8 @@ class Outbox:
             message["beat"] = beat
         if acks:
             message["acks"] = acks
+        for part in self.parts:
+            message.update(part(beat is not None))
         if len(message) > 1:
             self.sent["events"] += 1
             self.sent["views"] += len(views)

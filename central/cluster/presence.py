@@ -94,6 +94,8 @@ class Presence:
         # who else is given the live frames of other replicas.
         self.announce: list[Callable[[], dict[str, Any]]] = []
         self.frame_observers: list[Callable[[dict[str, Any]], None]] = []
+        # Who is told a replica is gone (its name): it holds nothing any more (conns.py).
+        self.peer_observers: list[Callable[[str], None]] = []
         # Our wishes for lines are numbered; each peer acknowledges the latest it has applied.
         self._interest = 0
         self._acked: dict[str, int] = {}
@@ -293,6 +295,8 @@ class Presence:
         held = [n for n in self.registry.all() if n.replica == peer.name and n.send is None]
         log.warning("replica %s: replica %s %s: its %d node(s) are held by none until they reconnect",
                     self.replica, peer.name, why, len(held))
+        for observe in self.peer_observers:
+            observe(peer.name)
         for node in held:
             node.replica = ""
             node.last_seen = max(node.last_seen or 0.0, peer.heartbeat_at)

@@ -6,6 +6,7 @@ loopback addresses (127.0.0.0/8 is all this machine's)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,111 @@ async def test_a_shared_refusal_is_remembered_until_the_budget_has_room(pg_clust
         assert await pool.fetchval("SELECT count(*) FROM attempts") == 5  # a, a, b, the total's note, d
     finally:
         await pool.close()
+
+
+# -- connections per address ---------------------------------------------------------------------
+CLIENT = "127.0.0.9"
+MAX_PER_ADDRESS = 3
+Held = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def limited(tmp_path: Path, pg_cluster: Cluster) -> Replicas:
+    return Replicas(tmp_path / "data", pg_cluster.fresh_database(), count=2,
+                    extra_args=("--max-connections-per-address", str(MAX_PER_ADDRESS)))
+
+
+async def ask_health(server: CentralServer, source: str = CLIENT) -> tuple[int, str, Held]:
+    """A connection from `source` that asks for /api/v1/health and stays open (kept alive, and so
+    counted, when admitted): (status, the refusal's message or "", the connection)."""
+    port = int(server.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", port, ssl=server.ssl_context, local_addr=(source, 0)), 10)
+    writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    status = int(head.split()[1])
+    return status, body["error"]["message"] if status != 200 else "", (reader, writer)
+
+
+async def hold(server: CentralServer, count: int) -> list[Held]:
+    held = []
+    for _ in range(count):
+        status, why, conn = await ask_health(server)
+        assert status == 200, why
+        held.append(conn)
+    return held
+
+
+async def refused_with(server: CentralServer, expected: str, timeout: float = 20) -> str:
+    """Until a new connection from CLIENT to `server` is refused (each one admitted meanwhile is
+    closed again at once); the refusal's message, which must hold `expected`."""
+    async def refused() -> str:
+        status, why, (_, writer) = await ask_health(server)
+        writer.close()
+        return why if status == 503 else ""
+
+    why = await async_wait_for(refused, timeout, f"{server.name} to refuse a connection from {CLIENT}", interval=0.2)
+    assert expected in why, why
+    return str(why)
+
+
+async def admitted(server: CentralServer, timeout: float = 20) -> Held:
+    """Until a new connection from CLIENT to `server` is admitted; that connection (kept open)."""
+    async def admit() -> Held | None:
+        status, _, conn = await ask_health(server)
+        if status == 200:
+            return conn
+        conn[1].close()
+        return None
+
+    conn: Held = await async_wait_for(admit, timeout, f"{server.name} to admit a connection from {CLIENT}",
+                                      interval=0.2)
+    return conn
+
+
+def close_all(conns: list[Held]) -> None:
+    for _, writer in conns:
+        writer.close()
+
+
+async def test_connections_from_one_address_are_counted_over_every_replica(
+        tmp_path: Path, pg_cluster: Cluster) -> None:
+    with limited(tmp_path, pg_cluster) as (r1, r2):
+        on_r1 = await hold(r1, MAX_PER_ADDRESS)
+        try:
+            # r2 hears of them: the address has its connections already.
+            await refused_with(r2, f"{MAX_PER_ADDRESS} connections are already open from this address"
+                                   f" (--max-connections-per-address): {MAX_PER_ADDRESS} of them on other replicas")
+            status, why, conn = await ask_health(r1)  # and r1 counts its own as before
+            conn[1].close()
+            assert status == 503 and "other replicas" not in why, why
+            # Another address is not concerned; nodes are not counted.
+            status, _, conn = await ask_health(r2, source="127.0.0.10")
+            conn[1].close()
+            assert status == 200
+            # One closed on r1: r2 hears of it and admits one.
+            on_r1.pop()[1].close()
+            on_r2 = [await admitted(r2)]
+            await refused_with(r1, "1 of them on other replicas")
+            close_all(on_r2)
+        finally:
+            close_all(on_r1)
+
+
+async def test_a_replica_gone_holds_no_connections_and_one_starting_late_learns_the_others(
+        tmp_path: Path, pg_cluster: Cluster) -> None:
+    replicas = limited(tmp_path, pg_cluster)
+    r1, r2 = replicas.servers
+    try:
+        r1.start()
+        on_r1 = await hold(r1, MAX_PER_ADDRESS)
+        # r2 starts after the connections were counted: it asks r1 for all its counts.
+        r2.start()
+        await refused_with(r2, f"{MAX_PER_ADDRESS} of them on other replicas")
+        # r1 killed: its counts go with it (its clients reconnect elsewhere and are counted there).
+        r1.kill()
+        close_all(on_r1)
+        close_all([await admitted(r2, timeout=30) for _ in range(MAX_PER_ADDRESS)])
+    finally:
+        replicas.stop()
