@@ -163,6 +163,8 @@ class SharedConnections:
                 self._set(theirs, address, 0)
         for address, count in counts.items():
             self._set(theirs, address, count)
+        log.info("replica %s: read replica %s's connection counts again: %d address(es) hold some",
+                 self.replica, sender, len(counts))
 
     def _peer_gone(self, name: str) -> None:
         """A replica gone holds no connections."""

@@ -231,6 +231,7 @@ async def test_a_replica_gone_holds_no_connections_and_one_starting_late_learns_
         # r2 starts after the connections were counted: it asks r1 for all its counts.
         r2.start()
         await refused_with(r2, f"{MAX_PER_ADDRESS} of them on other replicas")
+        assert "read replica r1's connection counts again: 1 address(es) hold some" in r2.log()
         # r1 killed: its counts go with it (its clients reconnect elsewhere and are counted there).
         r1.kill()
         close_all(on_r1)
