@@ -363,6 +363,29 @@ async def test_a_new_leader_keeps_a_demo_alert_raised_by_the_daemons_events_open
     assert rows == [(fired["id"], "firing")], rows
 
 
+async def test_a_new_leader_keeps_a_demo_exited_alert_from_a_failed_status_open(
+        replicas: list[CentralServer]) -> None:
+    """A demo that cannot start (`demo_status` failed) keeps its demo_exited alert across a change of
+    leader: the flag is rebuilt from the stored status, not ended and raised again."""
+    leader, other = await leader_and_other(replicas)
+    status, body = other.api("PATCH", "/api/v1/rules/demo_exited", {"for": "0s"})
+    assert status == 200, body
+    bundle = other.enroll("pi-fails", kind="raspberry", group="hall-a")
+    known_on(leader, bundle["node_id"])
+    async with reporting_node(toward(bundle, other)) as node:
+        await node.send({**crashloop_status("robot"), "state": "failed", "message": "cannot start: no such file"})
+        fired = await until(lambda: (a := alert_of(other, "demo_exited", "pi-fails")) and a["state"] == "firing" and a,
+                            30, "the demo_exited alert")
+        leader.kill()
+        await until(lambda: "leads the feature areas" in other.log(), 30, "the other to lead")
+        passes = leader_passes(other)
+        await until(lambda: leader_passes(other) >= passes + 4, 30, "a few evaluations on the new leader")
+        kept = alert_of(other, "demo_exited", "pi-fails")
+        assert kept is not None and kept["id"] == fired["id"] and kept["state"] == "firing", kept
+    rows = other.query("SELECT id, state FROM alerts WHERE rule = 'demo_exited'")
+    assert rows == [(fired["id"], "firing")], rows
+
+
 def alert_series(server: CentralServer) -> dict[str, str]:
     """{subject: state} of the `dvic_alert` series in the server's /metrics, and each `dvic_alerts` count
     as {"count:STATE": value}."""
