@@ -14,7 +14,9 @@ nothing per request or websocket frame:
   exempt from the per-address bound (a lab's nodes often share one NAT address), and a tenth of
   `max_connections` is kept for them alone, so a flood of anonymous connections cannot keep a
   node from reconnecting. A connection is counted once its TLS handshake is over (its client
-  certificate is known then); until then only the handshake timeout bounds it.
+  certificate is known then); until then only the handshake timeout bounds it. With several
+  replicas an address's connections on the others count toward `max_per_address` too
+  (central/cluster/conns.py).
 """
 
 from __future__ import annotations
