@@ -85,12 +85,9 @@ class ConnectionGuard:
         # The client's address: from a PROXY header if any (proxyproto.py), else the socket's peer.
         conn.address = address = address_key(conn.source or transport.get_extra_info("peername"))
         conn.node = node = bool(transport.get_extra_info("peercert"))
-        here = self._per_address[address]
         elsewhere = self.shared.elsewhere(address) if self.shared is not None and not node else 0
-        reason = refusal(self.limits, len(self._open), here + elsewhere, node)
+        reason = refusal(self.limits, len(self._open), self._per_address[address], node, elsewhere)
         if reason is not None:
-            if elsewhere and here < self.limits.max_per_address:
-                reason += f": {elsewhere} of them on other replicas"
             self._refuse(transport, address, reason)
             return False
         self._open.add(conn)
@@ -177,8 +174,10 @@ class MalformedRequestLog(logging.Filter):
         return True
 
 
-def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, node: bool) -> str | None:
-    """Why a new connection is refused, or None to let it in."""
+def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, node: bool,
+            elsewhere: int = 0) -> str | None:
+    """Why a new connection is refused, or None to let it in (`elsewhere`: the address's
+    connections on the other replicas)."""
     if open_total >= limits.max_connections:
         return f"the server has {limits.max_connections} connections open (--max-connections)"
     if node:
@@ -187,8 +186,9 @@ def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, n
     if open_total >= anonymous_cap:
         return (f"the server has {open_total} connections open; the rest of --max-connections"
                 f" ({limits.max_connections}) is kept for nodes")
-    if open_from_address >= limits.max_per_address:
-        return f"{limits.max_per_address} connections are already open from this address (--max-connections-per-address)"
+    if open_from_address + elsewhere >= limits.max_per_address:
+        reason = f"{limits.max_per_address} connections are already open from this address (--max-connections-per-address)"
+        return reason + (f": {elsewhere} of them on other replicas" if elsewhere else "")
     return None
 
 
