@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ class SharedAttempts:
     """
 
     def __init__(self, pool: Any, url: str, *, max_remembered: int = 10_000,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.pool = pool
         self.url = url
         self.max_remembered = max_remembered
