@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import marshal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ class NodeState:
     # numbers took 3.1 KB a node, the bytes 0.5 KB; marshal takes 1.5 us a sample where JSON takes
     # 7.5 (the bytes never leave this process, and hold only what a validated JSON message holds).
     sample_data: bytes = b""
+    # Its one field the server reads (the pi_throttled alert, every pass over every node), kept
+    # beside it so that reading it decodes nothing.
+    throttled: str | None = None
     # The node's clock minus the server's when its latest metrics sample arrived (seconds).
     clock_skew: float | None = None
     demos: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -82,6 +86,11 @@ class NodeState:
     @sample.setter
     def sample(self, sample: dict[str, Any]) -> None:
         self.sample_data = marshal.dumps(sample) if sample else b""
+        throttled = sample.get("throttled")
+        if isinstance(throttled, str):  # "0x0" from nearly every Pi: one string for them all
+            self.throttled = sys.intern(throttled) if len(throttled) <= 16 else throttled
+        else:
+            self.throttled = None
 
     @property
     def connected(self) -> bool:
