@@ -2795,8 +2795,12 @@ def kill_session(sid: int, sig: int) -> None:
             pass
 
 
-async def wait_fd(fd: int, writable: bool = False) -> None:
-    """Wait until a non-blocking fd is readable (or writable) without a thread."""
+async def wait_fd(fd: int, writable: bool = False, closed: Callable[[], bool] = lambda: False) -> None:
+    """Wait until a non-blocking fd is readable (or writable) without a thread.
+
+    `closed` says whether the fd's owner has closed it meanwhile (removing this wait's registration
+    before the close): its number may then be another file's already, e.g. a command's output pipe
+    opened just after, whose registration must stay."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
@@ -2808,7 +2812,8 @@ async def wait_fd(fd: int, writable: bool = False) -> None:
     try:
         await fut
     finally:
-        (loop.remove_writer if writable else loop.remove_reader)(fd)
+        if not closed():
+            (loop.remove_writer if writable else loop.remove_reader)(fd)
 
 
 def tail_text(data: bytes, limit: int = 500) -> str:
@@ -3165,9 +3170,9 @@ class ShellManager:
         hung = asyncio.ensure_future(s.ended.wait())
         try:
             while not s.closed:
-                reader = asyncio.ensure_future(wait_fd(s.master))
+                reader = asyncio.ensure_future(wait_fd(s.master, closed=lambda: s.closed))
                 await asyncio.wait([reader, exited, hung], return_when=asyncio.FIRST_COMPLETED)
-                if not reader.done():
+                if s.closed or not reader.done():  # hung up: s.master may be another file's number now
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
                     if not s.closed:  # the shell exited: send what is left, then hang up
@@ -3200,6 +3205,8 @@ class ShellManager:
 
     async def _drain(self, s: ShellSession) -> None:
         for _ in range(64):  # bounded: at most 3 MiB of late output
+            if s.closed:  # hung up while sending: s.master may be another file's number now
+                return
             try:
                 data = os.read(s.master, MAX_PAYLOAD)
             except OSError:
@@ -3221,7 +3228,7 @@ class ShellManager:
                 try:
                     n = os.write(s.master, bytes(s.input[:MAX_PAYLOAD]))
                 except BlockingIOError:
-                    await wait_fd(s.master, writable=True)
+                    await wait_fd(s.master, writable=True, closed=lambda: s.closed)
                     continue
                 except OSError:
                     return
@@ -3272,7 +3279,9 @@ class ShellManager:
         kill_session(s.proc.pid, signal.SIGHUP)
         kill_session(s.proc.pid, signal.SIGCONT)
         loop = asyncio.get_running_loop()
-        loop.remove_reader(s.master)  # before the close: the fd number may be reused at once
+        # before the close: the number may be reused at once, and the waits on it (wait_fd, told by
+        # s.closed) then leave alone what is registered under it
+        loop.remove_reader(s.master)
         loop.remove_writer(s.master)
         try:
             os.close(s.master)
