@@ -128,13 +128,15 @@ async def test_a_background_child_holding_the_pipes_does_not_hold_up_the_end(nod
                     "timeout": 60, "cap": 100})
     await srv.reply(r, "exec_started")
     child = int(await srv.wait(lambda: srv.output(r).strip()))
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    await asyncio.to_thread(fifo.write_text, "go\n")
-    exit_ = await srv.reply(r, "exec_exit", timeout=15)
-    assert (exit_["reason"], exit_["code"]) == ("exited", 0) and loop.time() - t0 < 10, exit_
-    assert Path(f"/proc/{child}").exists()  # left running, as documented
-    os.kill(child, signal.SIGKILL)
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.to_thread(fifo.write_text, "go\n")
+        exit_ = await srv.reply(r, "exec_exit", timeout=15)
+        assert (exit_["reason"], exit_["code"]) == ("exited", 0) and loop.time() - t0 < 10, exit_
+        assert Path(f"/proc/{child}").exists()  # left running, as documented
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 async def test_at_most_once_across_reconnects_and_restarts(node: ScriptedNode,
