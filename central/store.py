@@ -333,7 +333,8 @@ _ACCUMULATE = (
 )
 # How many accumulated rows (pass, node, name, minute) a commit merges into metrics_1m.
 ROLLUP_SLICE_ROWS = 1000
-# Seconds between the starts of two rollup passes.
+# A rollup pass starts at the first commit of each period of this many seconds (wall clock): a
+# pass right after each minute's end finds most series with samples of that one minute only.
 ROLLUP_EVERY_S = 60.0
 
 
@@ -358,7 +359,7 @@ class _RollupPosition:
     open: int
     flushing: int | None = None
     after: str | None = None
-    started: float = 0.0  # time.monotonic() of the last pass's start
+    started: float = 0.0  # when the last pass started (MetricRollup.clock)
 
 
 class MetricRollup:
@@ -382,9 +383,11 @@ class MetricRollup:
     `rolled_back`.
     """
 
-    def __init__(self, every_s: float = ROLLUP_EVERY_S, slice_rows: int = ROLLUP_SLICE_ROWS) -> None:
+    def __init__(self, every_s: float = ROLLUP_EVERY_S, slice_rows: int = ROLLUP_SLICE_ROWS,
+                 clock: Callable[[], float] = time.time) -> None:
         self.every_s = every_s
         self.slice_rows = slice_rows
+        self.clock = clock  # (bench.writer_paths runs it on the samples' time)
         self._at: _RollupPosition | None = None  # None: not started, or PostgreSQL
         self._next: _RollupPosition | None = None  # the position once this transaction commits
         self.passes = 0  # passes finished (tests, diagnostics)
@@ -398,7 +401,7 @@ class MetricRollup:
         conn.execute("DELETE FROM temp.metrics_acc")
         done, upto, node = _rollup_state(conn)
         top = _top_raw_rowid(conn)
-        at = _RollupPosition(seen=top, upto=upto, open=1, started=time.monotonic())
+        at = _RollupPosition(seen=top, upto=upto, open=1, started=self.clock())
         if upto > done:
             at.flushing, at.open, at.after = 1, 2, node
             _accumulate(conn, 1, done, upto, after=node)
@@ -418,15 +421,21 @@ class MetricRollup:
             at.seen = top
         while True:
             if at.flushing is None:
-                if at.seen == at.upto or not (everything or time.monotonic() - at.started >= self.every_s):
+                if at.seen == at.upto or not (everything or self._due(at.started)):
                     break
                 conn.execute("UPDATE metrics_rollup SET upto = ?, node = NULL", (at.seen,))
                 at.upto, at.flushing, at.open, at.after = at.seen, at.open, at.open + 1, None
-                at.started = time.monotonic()
+                at.started = self.clock()
             self._merge_slice(conn, at)
             if not everything:
                 break
         self._next = at
+
+    def _due(self, started: float) -> bool:
+        """A new period has begun since the last pass started."""
+        if self.every_s <= 0:
+            return True
+        return self.clock() // self.every_s > started // self.every_s
 
     def _merge_slice(self, conn: WriteConn, at: _RollupPosition) -> None:
         """Merge the next nodes' rows of the pass under way into metrics_1m (about slice_rows rows,

@@ -94,6 +94,24 @@ def test_writer_paths_smoke() -> None:
     assert result.stdout.count("ms CPU per 1,000 lines") == 2
 
 
+def test_writer_paths_metrics_smoke() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.writer_paths", "--metrics", "--nodes", "20", "--minutes", "1.5"],
+                            cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ms CPU per 1,000 samples") == 5
+
+
+def test_writer_paths_metrics_smoke_on_postgresql() -> None:
+    try:
+        bindir()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    result = subprocess.run([sys.executable, "-m", "bench.writer_paths", "--metrics", "--engine", "postgresql",
+                             "--nodes", "20", "--minutes", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ms CPU per 1,000 samples, PostgreSQL") == 4
+
+
 def test_retention_smoke(tmp_path: Path) -> None:
     doc = run_bench("bench.retention", tmp_path, "--rows", "3000", "--ingest", "500", "--calm", "0.5")
     figures = doc["figures"]

@@ -185,7 +185,7 @@ def test_retention_keeps_the_samples_not_rolled_up_yet(migrated_db: Path) -> Non
     """A sample whose minute is not in metrics_1m yet stays, however old it is (a node with its clock
     a day behind): deleted now, a restart would rebuild the accumulator without it."""
     path, now = migrated_db, 1_800_000_000.0
-    rollup = MetricRollup(every_s=3600)
+    rollup = MetricRollup(every_s=math.inf)  # no pass until told
     conn = started(path, rollup)
     commit(conn, rollup, [("a", "cpu", now - 3 * 86_400, 1.0), ("a", "cpu", now, 2.0)])
     conn.begin()

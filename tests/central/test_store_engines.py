@@ -6,6 +6,7 @@ metric aggregates, full-text search, retention, a failed write failing alone."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -87,7 +88,7 @@ async def test_full_text_search_matches_words_and_a_prefix_safely(opened: tuple[
     assert await found("example") == await found("log x") == await found("12") == await found("example.com") == [5]
 
 
-@pytest.mark.parametrize("roll_up_every_s", [3600.0, 0.0])
+@pytest.mark.parametrize("roll_up_every_s", [math.inf, 0.0])
 async def test_metric_samples_aggregate_per_minute_across_commits(opened: tuple[Writer, ReadDB],
                                                                   roll_up_every_s: float) -> None:
     """The same minutes whether SQLite has rolled the samples up into metrics_1m yet or not (the
