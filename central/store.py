@@ -295,6 +295,8 @@ def insert_metric_rows(raw: Sequence[tuple[str, str, float, float]]) -> WriteFn:
     Their one-minute min/avg/max: on PostgreSQL in the same statement; on SQLite the writer's
     MetricRollup rolls them up later (readers add the samples not rolled yet: queries.metrics)."""
     def run(conn: WriteConn) -> None:
+        if not raw:
+            return
         if dialect_of(conn) == "postgresql":
             # (asyncpg takes an int where a double is expected: no conversion pass.)
             conn.execute(_INSERT_METRICS_PG, [[*column] for column in zip(*raw, strict=True)])
