@@ -47,7 +47,6 @@ from central.store import FtsIndexer
 from tests.support.postgres import start_cluster
 
 from . import loglines
-from .fleet import postgres_cpu_s
 from .ingest import DURABLE
 
 Rows = list[list[object]]
@@ -164,26 +163,41 @@ def history_db(work: Path, nodes: list[str], start: float) -> Path:
     path = work / "history.sqlite3"
     asyncio.run(db.create(path))
     conn = db.configure(sqlite3.connect(path, isolation_level=None), writer=True)
+    fill_history(conn, nodes, start, HISTORY_RAW_MIN, HISTORY_1M_MIN)
+    conn.close()
+    return path
+
+
+def fill_history(conn: sqlite3.Connection, nodes: list[str], start: float, raw_minutes: int,
+                 minute_minutes: int) -> int:
+    """The metrics history of a fleet that has run up to `start`, as a running server holds it: a
+    bench.loglines sample (10 series) of every node every 10 s for `raw_minutes`, spread over each
+    10 s in arrival order, and `minute_minutes` of minute aggregates per series, all rolled up
+    (schema step 12, when the database has it). Committed and checkpointed; returns the raw rows."""
     conn.execute("CREATE TEMP TABLE bench_nodes (i INTEGER PRIMARY KEY, id TEXT)")
     conn.executemany("INSERT INTO bench_nodes VALUES (?, ?)", list(enumerate(nodes)))
     conn.execute("CREATE TEMP TABLE bench_names (k INTEGER PRIMARY KEY, name TEXT)")
     conn.executemany("INSERT INTO bench_names VALUES (?, ?)", list(enumerate(series_names())))
-    frames = HISTORY_RAW_MIN * 6
+    frames = raw_minutes * 6
     conn.execute("BEGIN")
-    conn.execute(  # every 10 s, in arrival order: the nodes spread over each 10 s
-        f"WITH RECURSIVE f(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM f WHERE j < {frames - 1})"
-        f" INSERT INTO metrics_raw SELECT n.id, m.name, {start - HISTORY_RAW_MIN * 60} + f.j * 10"
-        f" + n.i * 10.0 / {len(nodes)}, (f.j + m.k) % 50 FROM f, bench_nodes n, bench_names m ORDER BY f.j, n.i, m.k")
     conn.execute(
-        f"WITH RECURSIVE b(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM b WHERE j < {HISTORY_1M_MIN})"
-        f" INSERT INTO metrics_1m SELECT n.id, m.name, {int(start)} - b.j * 60, 1, 2, 3, 6"
+        f"WITH RECURSIVE f(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM f WHERE j < {frames - 1})"
+        f" INSERT INTO metrics_raw SELECT n.id, m.name, {start - raw_minutes * 60} + f.j * 10"
+        f" + n.i * 10.0 / {len(nodes)}, (f.j + m.k) % 50 FROM f, bench_nodes n, bench_names m"
+        " ORDER BY f.j, n.i, m.k")
+    rows = int(conn.execute("SELECT changes()").fetchone()[0])
+    conn.execute(
+        f"WITH RECURSIVE b(j) AS (SELECT 1 UNION ALL SELECT j + 1 FROM b WHERE j < {minute_minutes})"
+        f" INSERT INTO metrics_1m SELECT n.id, m.name, {int(start) // 60 * 60} - b.j * 60, 1, 2, 3, 6"
         " FROM bench_nodes n, bench_names m, b ORDER BY 1, 2, 3")
-    conn.execute("UPDATE metrics_rollup SET done = (SELECT max(rowid) FROM metrics_raw),"
-                 " upto = (SELECT max(rowid) FROM metrics_raw)")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'metrics_rollup'").fetchone():
+        conn.execute("UPDATE metrics_rollup SET done = (SELECT max(rowid) FROM metrics_raw),"
+                     " upto = (SELECT max(rowid) FROM metrics_raw)")
     conn.execute("COMMIT")
+    conn.execute("DROP TABLE bench_nodes")
+    conn.execute("DROP TABLE bench_names")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    return path
+    return rows
 
 
 def fleet_samples(nodes: list[str], start: float, minutes: float, interval: float) -> list[Sample]:
@@ -308,6 +322,8 @@ def before_pg(conn: Any, rows: list[Sample]) -> None:
 def pg_metrics_main(args: argparse.Namespace, samples: list[Sample], per_commit: int) -> None:
     """The writer thread's CPU (Python, asyncpg) and PostgreSQL's per 1,000 samples, each path on a
     fresh database of a throw-away cluster (durable settings, as bench.ingest)."""
+    from .fleet import postgres_cpu_s  # (bench.fleet imports this module)
+
     cluster = start_cluster(DURABLE)
     try:
         runs: list[tuple[str, InsertSamples, tuple[str, ...]]] = [

@@ -324,14 +324,23 @@ _ACC_TABLE = (
     " bucket INTEGER NOT NULL, min REAL NOT NULL, sum REAL NOT NULL, max REAL NOT NULL, count INTEGER NOT NULL,"
     " PRIMARY KEY (pass, node_id, name, bucket)) WITHOUT ROWID"
 )
-# Raw rows with rowid in (?, ?] (and of nodes after ?, when given) added to pass ?.
-_ACCUMULATE = (
-    "INSERT INTO temp.metrics_acc (pass, node_id, name, bucket, min, sum, max, count)"
-    f" SELECT ?, node_id, name, {SQLITE_MINUTE} AS minute, min(value), sum(value), max(value), count(*)"
-    " FROM metrics_raw WHERE rowid > ? AND rowid <= ?{nodes} GROUP BY node_id, name, minute"
+# Raw rows with rowid in (?, ?] (and of nodes after ?, when given) added to pass ?: a commit's row
+# by row (each series has about one sample per commit: summing them first cost more than it saved);
+# a range to reload at start summed per minute first (a series has many samples there).
+_ACC_ADD = (
     " ON CONFLICT (pass, node_id, name, bucket) DO UPDATE SET"
     " min = min(metrics_acc.min, excluded.min), max = max(metrics_acc.max, excluded.max),"
     " sum = metrics_acc.sum + excluded.sum, count = metrics_acc.count + excluded.count"
+)
+_ACCUMULATE = (
+    "INSERT INTO temp.metrics_acc (pass, node_id, name, bucket, min, sum, max, count)"
+    f" SELECT ?, node_id, name, {SQLITE_MINUTE}, value, value, value, 1"
+    " FROM metrics_raw WHERE rowid > ? AND rowid <= ?{nodes}" + _ACC_ADD
+)
+_ACCUMULATE_GROUPED = (
+    "INSERT INTO temp.metrics_acc (pass, node_id, name, bucket, min, sum, max, count)"
+    f" SELECT ?, node_id, name, {SQLITE_MINUTE} AS minute, min(value), sum(value), max(value), count(*)"
+    " FROM metrics_raw WHERE rowid > ? AND rowid <= ?{nodes} GROUP BY node_id, name, minute" + _ACC_ADD
 )
 # How many accumulated rows (pass, node, name, minute) a commit merges into metrics_1m.
 ROLLUP_SLICE_ROWS = 1000
@@ -406,8 +415,8 @@ class MetricRollup:
         at = _RollupPosition(seen=top, upto=upto, open=1, started=self.clock())
         if upto > done:
             at.flushing, at.open, at.after = 1, 2, node
-            _accumulate(conn, 1, done, upto, after=node)
-        _accumulate(conn, at.open, upto, top)
+            _accumulate(conn, 1, done, upto, after=node, grouped=True)
+        _accumulate(conn, at.open, upto, top, grouped=True)
         self._next = at
 
     def before_commit(self, conn: WriteConn, *, everything: bool = False) -> None:
@@ -475,13 +484,15 @@ def _acc_rows(pass_id: int, after: str | None, upto: str | None = None) -> tuple
     return where, (pass_id, *(v for v in (after, upto) if v is not None))
 
 
-def _accumulate(conn: WriteConn, pass_id: int, above: int, upto: int, after: str | None = None) -> None:
+def _accumulate(conn: WriteConn, pass_id: int, above: int, upto: int, after: str | None = None,
+                grouped: bool = False) -> None:
     """The raw rows with a rowid in (above, upto] (of the nodes after `after`, if given) into the
-    accumulator's pass `pass_id`."""
+    accumulator's pass `pass_id` (`grouped`: summed per minute first)."""
     if upto <= above:
         return
     nodes = " AND node_id > ?" if after is not None else ""
-    conn.execute(_ACCUMULATE.format(nodes=nodes), (pass_id, above, upto, *((after,) if after is not None else ())))
+    sql = _ACCUMULATE_GROUPED if grouped else _ACCUMULATE
+    conn.execute(sql.format(nodes=nodes), (pass_id, above, upto, *((after,) if after is not None else ())))
 
 
 def roll_up_metrics(conn: WriteConn) -> None:

@@ -56,8 +56,9 @@ def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
     assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
 
 
-@pytest.mark.parametrize("whatif", [[], ["--batching", "interval"], ["--whatif-ssl-buffer", "16384"]],
-                         ids=["as-is", "interval-batching", "whatif-ssl-buffer"])
+@pytest.mark.parametrize("whatif", [[], ["--batching", "interval"], ["--whatif-ssl-buffer", "16384"],
+                                    ["--history-minutes", "2"]],
+                         ids=["as-is", "interval-batching", "whatif-ssl-buffer", "history"])
 def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1", *whatif)
     figures = doc["figures"]
@@ -67,6 +68,9 @@ def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     assert figures["subscriber lines received"]["ok"] is True
     assert figures["  timed lines (after warm-up)"]["value"] > 0
     assert figures["connections dropped during the run"]["value"] == 0
+    measured(figures, "server CPU, busiest other thread (the writer)", "% of one core")
+    if "--history-minutes" in whatif:
+        assert figures["metrics history stored first (server stopped)"]["value"].startswith("600 raw samples")  # 5 nodes x 10 series x 12
 
 
 def test_fleet_smoke_on_postgresql(tmp_path: Path) -> None:
