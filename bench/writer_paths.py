@@ -18,7 +18,7 @@ Metric samples (`--metrics`): `--nodes` nodes sending a bench.loglines sample (1
 writer's at 20,000 nodes), into a database already holding the history a running fleet has: 10
 minutes of raw samples and two hours of minute aggregates per series (without them every page
 would still be in SQLite's cache and a sample would cost a fraction of what it does). Prints the
-CPU per 1,000 samples and the p99 and longest commit of: the path before schema step 12 (each sample
+CPU per 1,000 samples and the p99 and longest commit of: the path before schema step 13 (each sample
 upserted into its minute, index (node_id, name, ts)); its raw insert alone; the path now
 (store.insert_metric_rows, the rollup once a minute of the samples' time in slices); and the
 JSON text alone. `--engine postgresql`: the writer thread's CPU (Python and asyncpg) and
@@ -140,7 +140,7 @@ Sample = tuple[str, str, float, float]
 InsertSamples = Callable[[Any, list[Sample]], object]  # (a writer connection, a commit's samples)
 HISTORY_RAW_MIN = 10  # minutes of raw samples already stored per series
 HISTORY_1M_MIN = 120  # minute aggregates already stored per series
-# The statements of before schema step 12: each sample upserted into its minute, in the same commit.
+# The statements of before schema step 13: each sample upserted into its minute, in the same commit.
 BEFORE_RAW = ("INSERT INTO metrics_raw (node_id, name, ts, value)"
               " SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)")
 BEFORE_1M = (
@@ -150,7 +150,7 @@ BEFORE_1M = (
     " min = min(metrics_1m.min, excluded.min), max = max(metrics_1m.max, excluded.max),"
     " avg = (metrics_1m.avg * metrics_1m.count + excluded.avg) / (metrics_1m.count + 1),"
     " count = metrics_1m.count + 1")
-BEFORE_INDEXES = ("DROP INDEX metrics_raw_node_ts",  # the raw samples' index as it was before step 12
+BEFORE_INDEXES = ("DROP INDEX metrics_raw_node_ts",  # the raw samples' index as it was before step 13
                   "CREATE INDEX metrics_raw_key ON metrics_raw (node_id, name, ts)")
 
 
@@ -173,7 +173,7 @@ def fill_history(conn: sqlite3.Connection, nodes: list[str], start: float, raw_m
     """The metrics history of a fleet that has run up to `start`, as a running server holds it: a
     bench.loglines sample (10 series) of every node every 10 s for `raw_minutes`, spread over each
     10 s in arrival order, and `minute_minutes` of minute aggregates per series, all rolled up
-    (schema step 12, when the database has it). Committed and checkpointed; returns the raw rows."""
+    (schema step 13, when the database has it). Committed and checkpointed; returns the raw rows."""
     conn.execute("CREATE TEMP TABLE bench_nodes (i INTEGER PRIMARY KEY, id TEXT)")
     conn.executemany("INSERT INTO bench_nodes VALUES (?, ?)", list(enumerate(nodes)))
     conn.execute("CREATE TEMP TABLE bench_names (k INTEGER PRIMARY KEY, name TEXT)")
@@ -299,7 +299,7 @@ def metrics_main(args: argparse.Namespace) -> None:
                   f" {system:.1f}); commits p99 {p99:.0f} ms, longest {longest:.0f} ms")
 
 
-# PostgreSQL before schema step 12: the samples' columns sent twice, minutes computed in Python.
+# PostgreSQL before schema step 13: the samples' columns sent twice, minutes computed in Python.
 BEFORE_RAW_PG = ("INSERT INTO metrics_raw (node_id, name, ts, value) SELECT * FROM unnest(CAST(? AS TEXT[]),"
                  " CAST(? AS TEXT[]), CAST(? AS DOUBLE PRECISION[]), CAST(? AS DOUBLE PRECISION[]))")
 BEFORE_1M_PG = (

@@ -603,7 +603,20 @@ MIGRATIONS: list[Step] = [
         stopped_at REAL
     );
     """),
-    # 12: metric samples cost the writer less than half of what they did (docs/performance.md,
+    # 12: attempts counted against a budget by every replica alike (issue 18; central/cluster/attempts.py,
+    # docs/security.md): self-registrations per client address and in total, anonymous refusals
+    # audited per address. One row per attempt counted, at the database's clock; rows older than a
+    # day are deleted. The one server on SQLite counts in its memory, as before: the table stays empty.
+    Step("""
+    CREATE TABLE attempts (
+        scope TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX attempts_subject ON attempts (scope, subject, at);
+    CREATE INDEX attempts_at ON attempts (at);
+    """),
+    # 13: metric samples cost the writer less than half of what they did (docs/performance.md,
     # "Metric samples"). SQLite rolls the one-minute aggregates up from the raw samples
     # (store.MetricRollup) instead of upserting one per sample; metrics_rollup holds how far: every
     # raw row with a rowid up to `done` is in metrics_1m, and so are those up to `upto` of the nodes

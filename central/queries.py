@@ -99,7 +99,7 @@ def tsquery(text: str) -> str:
 
 
 # SQLite: the minutes (as metrics_1m holds them) of a node's raw samples that store.MetricRollup has
-# not rolled up yet (db step 12's metrics_rollup: not up to `done`, nor up to `upto` for a node
+# not rolled up yet (db step 13's metrics_rollup: not up to `done`, nor up to `upto` for a node
 # up to `node`), read in the same statement as metrics_1m, so from the same snapshot. A sample's
 # minute starts at most 60 s before it: ts from `since` to `until` + 60 finds every minute in range.
 _NOT_ROLLED_MINUTES = (

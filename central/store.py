@@ -350,7 +350,7 @@ ROLLUP_EVERY_S = 60.0
 
 
 def _rollup_state(conn: WriteConn) -> tuple[int, int, str | None]:
-    """(done, upto, node) of metrics_rollup (schema step 12)."""
+    """(done, upto, node) of metrics_rollup (schema step 13)."""
     done, upto, node = conn.execute("SELECT done, upto, node FROM metrics_rollup").fetchone()
     return int(done), int(upto), node
 
@@ -383,7 +383,7 @@ class MetricRollup:
     rows per commit (node by node), so a minute row is written about once instead of once per sample.
 
     Exactly once, also across kill -9: every raw row is rolled in the commit that records so in
-    metrics_rollup (db step 12): a pass covers the rows up to a rowid (`upto`), node range by node
+    metrics_rollup (db step 13): a pass covers the rows up to a rowid (`upto`), node range by node
     range, and records the last node merged; at its end every row up to `upto` is `done`. The
     accumulator is lost with the process; `start` rebuilds it from the raw rows not rolled yet.
     Raw rowids only grow: retention keeps the row at `done` (store.apply_retention), so SQLite never
