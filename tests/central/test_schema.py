@@ -15,7 +15,7 @@ from central import db
 from tests.support.postgres import Cluster
 
 GOLDEN = Path(__file__).with_name("sqlite_schema_v10.json")
-# Objects of the golden schema that later steps drop (12: the raw samples' (node, series, ts) index).
+# Objects of the golden schema that later steps drop (13: the raw samples' (node, series, ts) index).
 DROPPED_SINCE_V10 = {"metrics_raw_key"}
 
 
