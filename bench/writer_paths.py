@@ -3,7 +3,7 @@ metric sample costs.
 
     python3 -m bench.writer_paths [--rows 30000] [--per-commit 100] [--nodes 2000]
     python3 -m bench.writer_paths --metrics [--nodes 5000] [--minutes 2] [--interval 10] [--per-commit 500]
-                                  [--engine postgresql]
+                                  [--fresh] [--engine postgresql]
 
 Log lines: inserts the same rows into a fresh database (the server's schema) the way the writer
 thread does, while the main thread spins in Python the way a busy event loop does, for two paths:
@@ -17,7 +17,8 @@ Metric samples (`--metrics`): `--nodes` nodes sending a bench.loglines sample (1
 `--interval` s, `--minutes` of them in arrival order, `--per-commit` samples per commit (the
 writer's at 20,000 nodes), into a database already holding the history a running fleet has: 10
 minutes of raw samples and two hours of minute aggregates per series (without them every page
-would still be in SQLite's cache and a sample would cost a fraction of what it does). Prints the
+would still be in SQLite's cache and a sample would cost a fraction of what it does; `--fresh`:
+into an empty database, as the first minutes of a bench.fleet run). Prints the
 CPU per 1,000 samples and the p99 and longest commit of: the path before schema step 13 (each sample
 upserted into its minute, index (node_id, name, ts)); its raw insert alone; the path now
 (store.insert_metric_rows, the rollup once a minute of the samples' time in slices); and the
@@ -281,11 +282,14 @@ def metrics_main(args: argparse.Namespace) -> None:
               " into empty tables ==")
         pg_metrics_main(args, samples, per_commit)
         return
+    into = ("into an empty database" if args.fresh else
+            f"on {HISTORY_RAW_MIN} min of raw samples and {HISTORY_1M_MIN} min of minute aggregates per series")
     print(f"== Writer metric samples: {args.nodes:,} nodes x {len(series_names())} series every {args.interval:g} s,"
-          f" {len(samples):,} samples ({args.minutes:g} min), {per_commit} per commit, on {HISTORY_RAW_MIN} min of"
-          f" raw samples and {HISTORY_1M_MIN} min of minute aggregates per series ==")
+          f" {len(samples):,} samples ({args.minutes:g} min), {per_commit} per commit, {into} ==")
     with tempfile.TemporaryDirectory(prefix="dvic-bench-metrics-") as tmp:
-        base = history_db(Path(tmp), nodes, start)
+        base = Path(tmp) / "fresh.sqlite3" if args.fresh else history_db(Path(tmp), nodes, start)
+        if args.fresh:
+            asyncio.run(db.create(base))
         runs: list[tuple[str, InsertSamples, store.MetricRollup | None, tuple[str, ...]]] = [
             ("before: raw + a minute upsert per sample", before, None, BEFORE_INDEXES),
             ("before: its raw insert alone", before_raw_alone, None, BEFORE_INDEXES),
@@ -364,6 +368,8 @@ def main() -> None:
     parser.add_argument("--metrics", action="store_true", help="metric samples instead of log lines")
     parser.add_argument("--minutes", type=float, default=2.0, help="--metrics: minutes of samples measured (2)")
     parser.add_argument("--interval", type=float, default=10.0, help="--metrics: seconds between a node's samples (10)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="--metrics: into an empty database (a fleet bench's first minutes), not on a history")
     parser.add_argument("--engine", choices=("sqlite", "postgresql"), default="sqlite",
                         help="--metrics: the store (postgresql: a throw-away cluster, tests/support/postgres.py)")
     args = parser.parse_args()
