@@ -106,6 +106,13 @@ HISTORY_PG = """
 # The tables partitioned by day on PostgreSQL, and the column each is partitioned by.
 PARTITIONED = {"logs": "ts", "metrics_raw": "ts", "metrics_1m": "bucket"}
 
+# The minute of a raw sample on SQLite, floor(ts / 60) * 60 as an integer (CAST truncates towards
+# zero: a negative ts that is not a whole minute is one minute lower). The SQLite rollup into
+# metrics_1m (store.MetricRollup) and the read of the samples not rolled yet (queries.metrics)
+# use this same expression, so both put a sample in the same minute.
+SQLITE_MINUTE = ("(CAST(ts / 60 AS INTEGER) * 60"
+                 " - (CASE WHEN ts < CAST(ts / 60 AS INTEGER) * 60 THEN 60 ELSE 0 END))")
+
 DB_FILE = "dvic.sqlite3"
 
 # Each entry moves the schema from version i to i+1. Never edit a released step: append one.
@@ -608,6 +615,28 @@ MIGRATIONS: list[Step] = [
     );
     CREATE INDEX attempts_subject ON attempts (scope, subject, at);
     CREATE INDEX attempts_at ON attempts (at);
+    """),
+    # 13: metric samples cost the writer less than half of what they did (docs/performance.md,
+    # "Metric samples"). SQLite rolls the one-minute aggregates up from the raw samples
+    # (store.MetricRollup) instead of upserting one per sample; metrics_rollup holds how far: every
+    # raw row with a rowid up to `done` is in metrics_1m, and so are those up to `upto` of the nodes
+    # up to `node` (a rollup pass under way; NULL: none yet). One row; the rows there already were
+    # rolled one by one. PostgreSQL aggregates at each commit and leaves it empty.
+    # The raw samples' per-node index holds (node, ts) instead of (node, series, ts): the samples of
+    # a node's frame then go to one index page instead of one each (the query of a node's raw
+    # samples reads its time range either way, and filters series). Building it over a day of raw
+    # samples takes a while once (about 1.5 s per million samples, docs/operations.md).
+    Step("""
+    CREATE TABLE metrics_rollup (
+        done INTEGER NOT NULL,
+        upto INTEGER NOT NULL,
+        node TEXT
+    );
+    DROP INDEX metrics_raw_key;
+    CREATE INDEX metrics_raw_node_ts ON metrics_raw (node_id, ts);
+    """, sqlite="""
+    INSERT INTO metrics_rollup (done, upto, node)
+        SELECT coalesce(max(rowid), 0), coalesce(max(rowid), 0), NULL FROM metrics_raw;
     """),
 ]
 
