@@ -616,7 +616,7 @@ MIGRATIONS: list[Step] = [
     CREATE INDEX attempts_subject ON attempts (scope, subject, at);
     CREATE INDEX attempts_at ON attempts (at);
     """),
-    # 13: metric samples cost the writer less than half of what they did (docs/performance.md,
+    # 13: metric samples cost the writer about two fifths of what they did (docs/performance.md,
     # "Metric samples"). SQLite rolls the one-minute aggregates up from the raw samples
     # (store.MetricRollup) instead of upserting one per sample; metrics_rollup holds how far: every
     # raw row with a rowid up to `done` is in metrics_1m, and so are those up to `upto` of the nodes
