@@ -307,7 +307,7 @@ class Features:
         (kept aside while a replica about to lead reads the last window's: `_count_stored_lines`)."""
         if self._gathered is not None:
             self._gathered.append((node, lines))
-        elif self.leading:
+        elif self.leading and self.services.alerts.watches_logs:  # (every line of every node: skip early)
             self._count(node, lines)
 
     async def _to_leader(self, kind: str, node: NodeState, msg: dict[str, Any]) -> None:

@@ -397,6 +397,39 @@ async def test_one_commit_for_a_hall_going_dark(rig: Rig) -> None:
     assert rig.writer.commits - commits == 1
 
 
+async def test_a_full_pass_gives_the_event_loop_turns(rig: Rig) -> None:
+    """A pass over a large fleet must not hold the loop (the nodes' frames and acks) from start to end."""
+    nodes = [await rig.node(f"n{i:03}") for i in range(300)]
+    for node in nodes:
+        metrics(rig, node, disk=95.0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticks_seen: list[int] = []
+    evaluate_node = rig.engine._evaluate_node
+
+    def counting(node: NodeState, now: float, changes: engine_module.Changes) -> None:
+        ticks_seen.append(ticks)
+        evaluate_node(node, now, changes)
+
+    rig.engine._evaluate_node = counting  # type: ignore[method-assign]
+    rig.engine.pass_slice_s = 0.0  # a turn after every 64 nodes
+    ticking = asyncio.create_task(ticker())
+    try:
+        await asyncio.sleep(0)
+        await rig.engine.evaluate()
+    finally:
+        ticking.cancel()
+    assert len(ticks_seen) == 300
+    assert len(set(ticks_seen)) >= 300 // 64  # the loop ran other tasks between the slices
+    assert len(rig.sink.take()) == 300  # and the pass still judged every node, in one commit
+
+
 async def test_stream_frames_for_changes_and_counts(rig: Rig) -> None:
     sub = rig.bus.subscribe()
     node = await rig.node("pi-s")

@@ -18,6 +18,7 @@ from central.strictjson import MAX_DEPTH, JsonError, check_numbers, dumps, loads
     ('{"v": ' + "9" * 5000 + "}", "too many digits"),
     ("{oops", "Expecting property name"),
     (b'{"a": "\xff"}', "can't decode byte 0xff"),
+    ('\ufeff{"a": 1}', "BOM"),
 ])
 def test_loads_refuses_what_is_not_strict_json(text: str | bytes, reason: str) -> None:
     with pytest.raises(JsonError, match=reason):
@@ -34,6 +35,20 @@ def test_loads_refuses_what_is_not_strict_json(text: str | bytes, reason: str) -
 def test_check_numbers_refuses(value: object, reason: str) -> None:
     with pytest.raises(JsonError, match=reason):
         check_numbers(value)
+
+
+def test_loads_reads_what_json_loads_reads() -> None:
+    for text in ('{"a": [1, 2.5, "x"]}', b'{"a": [1, 2.5, "x"]}', '{"a": [1, 2.5, "x"]}'.encode("utf-16"),
+                 '"\u00e9t\u00e9"'.encode(), '["\u00e9"]'.encode("utf-32")):
+        assert loads(text) == json.loads(text)
+
+
+def test_dumps_options_are_kept_apart() -> None:
+    value = {"b": "\u00e9", "a": [1, 2.0]}
+    assert dumps(value) == '{"b": "\\u00e9", "a": [1, 2.0]}'
+    assert dumps(value, separators=(",", ":")) == '{"b":"\\u00e9","a":[1,2.0]}'
+    assert dumps(value, separators=(",", ":"), ensure_ascii=False) == '{"b":"\u00e9","a":[1,2.0]}'
+    assert dumps(value) == '{"b": "\\u00e9", "a": [1, 2.0]}'  # the first encoder again, unchanged
 
 
 def test_check_numbers_accepts_the_limits() -> None:
