@@ -66,6 +66,10 @@ class SimNode:
     # --replicas: how to connect again after a loss, and the lines sent and not yet acknowledged.
     failover: Failover | None = field(default=None, repr=False)
     unacked_lines: deque[dict[str, Any]] = field(default_factory=deque, repr=False)
+    encoder: loglines.LineEncoder = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.encoder = loglines.LineEncoder(self.creds.index)
 
     async def read(self) -> None:
         """Count acks until the connection ends (the server's pings are answered by aiohttp); with
@@ -122,15 +126,19 @@ class SimNode:
 
     async def _send_lines(self, made: list[float], sent_at: float) -> int:
         count = len(made)
-        lines = []
-        for k, made_at in enumerate(made):
-            seq = self.seq + 1 + k
-            text = f"{loglines.message(self.creds.index, seq)} sent={sent_at:.6f}"
-            lines.append(loglines.line(self.creds.index, seq, made_at, text))
-        frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
+        kept = self.failover is not None  # numbered even if this send fails: they go again after a reconnect
+        if kept:  # --replicas keeps the lines to send again
+            lines = []
+            for k, made_at in enumerate(made):
+                seq = self.seq + 1 + k
+                text = f"{loglines.message(self.creds.index, seq)} sent={sent_at:.6f}"
+                lines.append(loglines.line(self.creds.index, seq, made_at, text))
+            frame = json.dumps({"type": "logs", "lines": lines}, separators=(",", ":"))
+        else:  # the same text, from parts encoded once (bench/loglines.py, LineEncoder)
+            encode = self.encoder.encode
+            frame = loglines.logs_frame([encode(self.seq + 1 + k, made_at, sent_at) for k, made_at in enumerate(made)])
         assert self.ws is not None  # the callers send only on an open websocket
         self.unacked.append((self.seq + count, time.monotonic()))
-        kept = self.failover is not None  # numbered even if this send fails: they go again after a reconnect
         if kept:
             self.unacked_lines.extend(lines)
             self.seq += count

@@ -309,16 +309,44 @@ async def say_if_behind(registry: Registry, behind: bool, trimmed: store.Trimmed
     return now_behind
 
 
+# PostgreSQL: how often the logs' text index takes the words waiting in its pending list (db.merge_log_words).
+LOG_WORDS_MERGE_EVERY_S = 1.0
+
+
+async def _merge_log_words(services: Services) -> None:
+    """Merge the words of new log lines into PostgreSQL's text index, in bulk, off the writer's
+    path (schema step 14). A failure is said once, not every second; the writer merges by itself
+    when the pending list reaches its limit, so nothing waits on this job."""
+    failing = False
+    while True:
+        await asyncio.sleep(LOG_WORDS_MERGE_EVERY_S)
+        try:
+            await db.merge_log_words(services.read_db)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the job must outlive a transient storage error
+            if not failing:
+                log.warning("merging the log text index's pending words failed (retrying every %.0f s): %s",
+                            LOG_WORDS_MERGE_EVERY_S, exc)
+            failing = True
+        else:
+            if failing:
+                log.info("merging the log text index's pending words works again")
+            failing = False
+
+
 def once_only_jobs(services: Services) -> Leadership | Solo:
     """The jobs that must run once among replicas: on PostgreSQL each on the replica holding its
-    advisory lock (cluster/leader.py): retention, the sweep of nodes no replica holds, and the
-    feature areas (alert evaluation, notification delivery, the calendar's jobs, rollouts: the
-    features leader, cluster/features.py); on SQLite all here, as they always did."""
+    advisory lock (cluster/leader.py): retention, the sweep of nodes no replica holds, merging the
+    logs' text index (PostgreSQL's own), and the feature areas (alert evaluation, notification
+    delivery, the calendar's jobs, rollouts: the features leader, cluster/features.py); on SQLite
+    all here, as they always did."""
     jobs = {"retention": lambda: _retention(services)}
     cluster = services.cluster
     if not cluster.shared:
         return Solo(jobs | {"alerts": services.alerts.run})
-    jobs |= {"offline": services.presence.sweep_orphans, FEATURES_JOB: services.features.lead}
+    jobs |= {"offline": services.presence.sweep_orphans, FEATURES_JOB: services.features.lead,
+             "log-words": lambda: _merge_log_words(services)}
     return Leadership(database_target(services.config).url, cluster.replica, jobs)
 
 

@@ -65,6 +65,21 @@ def test_same_node_and_seq_give_the_same_line() -> None:
     assert loglines.message(5, 10) != loglines.message(6, 10)
 
 
+def test_pre_encoded_lines_are_the_text_json_dumps_makes() -> None:
+    """The fleet's nodes send frames from pre-encoded parts (bench/loglines.py, LineEncoder): the
+    same bytes as encoding each line's dict, so the server sees what it saw before."""
+    for node in (0, 7, 1234, 19_999):
+        encoder = loglines.LineEncoder(node)
+        for seq in (1, 2, 19, 20, 4095, 123_457):
+            for ts in (1.7e9, 1_765_000_000.0004, 1_765_000_000.1235, 99.9999):
+                sent = ts + 0.25
+                made = [loglines.line(node, seq, ts, f"{loglines.message(node, seq)} sent={sent:.6f}")]
+                expected = json.dumps({"type": "logs", "lines": made}, separators=(",", ":"))
+                assert loglines.logs_frame([encoder.encode(seq, ts, sent)]) == expected
+    frame = loglines.logs_frame([loglines.LineEncoder(3).encode(seq, 1.7e9, 1.7e9) for seq in (1, 2, 3)])
+    assert [line["seq"] for line in parse_node_message(frame)["lines"]] == [1, 2, 3]
+
+
 def test_report_renders_targets_and_writes_json(tmp_path: Path) -> None:
     report = Report("demo", params={"nodes": 5})
     report.add("rate", 12345.6, "lines/s", target=">= 10,000", ok=True)

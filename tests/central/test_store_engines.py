@@ -88,6 +88,30 @@ async def test_full_text_search_matches_words_and_a_prefix_safely(opened: tuple[
     assert await found("example") == await found("log x") == await found("12") == await found("example.com") == [5]
 
 
+async def test_search_splits_words_at_any_punctuation_and_white_space_as_fts5_does(opened: tuple[Writer, ReadDB]) -> None:
+    """Non-ASCII punctuation and spaces split words as ASCII ones do, on both engines (PostgreSQL's
+    index leaves white space to its parser since schema step 14: the same words as before)."""
+    writer, reads = opened
+    lines = _lines(1, 5)
+    lines[0]["msg"] = "valve\u2014open after 3\u00b7retries"  # em dash, middle dot
+    lines[1]["msg"] = "\u00e9tat \u00abcritique\u00bb \u3000gripper\u3000stalled"  # guillemets, ideographic space
+    lines[2]["msg"] = "tab\tseparated\r\nlines \x01ctl\x7fdel"
+    lines[3]["msg"] = "no\u00a0break space, a\u2009thin one"
+    lines[4]["msg"] = "valve open"
+    await writer.add_logs("node-a", lines)
+    queries = Queries(reads)
+
+    async def found(text: str) -> list[int]:
+        return sorted(line["seq"] for line in (await queries.logs(text=text)).items)
+
+    assert await found("open") == [1, 5]
+    assert await found("valve_open") == [1, 5]  # a phrase: the words next to each other
+    assert await found("retries 3") == [1]
+    assert await found("critique") == await found("gripper stalled") == [2]
+    assert await found("separated lines") == await found("ctl") == await found("del") == [3]
+    assert await found("break") == await found("thin one") == [4]
+
+
 @pytest.mark.parametrize("roll_up_every_s", [math.inf, 0.0])
 async def test_metric_samples_aggregate_per_minute_across_commits(opened: tuple[Writer, ReadDB],
                                                                   roll_up_every_s: float) -> None:
