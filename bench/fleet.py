@@ -17,10 +17,12 @@ import argparse
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from central import db
 from central.cli import run_event_loop
 from tests.support.postgres import Cluster, start_cluster
 from tests.support.server import CentralServer
@@ -45,6 +47,7 @@ from .memprobe import PROBE_ENV, TRACE_ENV
 from .report import Report, latency_summary
 from .subscriber import LatencySubscriber
 from .workers import Worker
+from .writer_paths import fill_history
 
 TARGET_P99_S = 0.250
 TARGET_RSS_MB = 400
@@ -70,6 +73,20 @@ async def sample_peak(tracker: procstat.PeakTracker, until: float) -> None:
         if time.monotonic() >= until or tracker.sample() is None:
             return
         await asyncio.sleep(1.0)
+
+
+def store_history(server: CentralServer, nodes: list[str], minutes: int) -> int:
+    """The metrics history of a fleet that has been running (bench.writer_paths.fill_history) written
+    into the stopped server's SQLite file, then the server started again: the samples of the run
+    then land in tables and indexes the size of a running server's, not in empty ones."""
+    server.stop()
+    conn = db.configure(sqlite3.connect(server.db_path, isolation_level=None), writer=True)
+    try:
+        rows = fill_history(conn, nodes, time.time(), minutes, minutes)
+    finally:
+        conn.close()
+    server.start()
+    return rows
 
 
 def server_env(args: argparse.Namespace) -> dict[str, str]:
@@ -142,6 +159,12 @@ async def run(args: argparse.Namespace, work: Path) -> Report:
         fleet_file = work / "fleet.json"
         save_fleet(fleet, fleet_file)
         report.add("server RSS after enrollment", round(procstat.read(server.pid).rss_bytes / 1e6, 1), "MB")
+        if args.history_minutes:
+            started = time.monotonic()
+            rows = await asyncio.to_thread(store_history, server, [node.node_id for node in fleet.nodes],
+                                           args.history_minutes)
+            report.add("metrics history stored first (server stopped)", f"{rows:,} raw samples, {args.history_minutes}"
+                       f" min of them and of minute aggregates per series, in {time.monotonic() - started:.0f} s")
         await probe_memory(args, server.pid, report, "enrolled, none connected")
 
         workers = fleet_workers("fleet-worker", fleet_file, args.nodes, args.procs, work, [
@@ -279,6 +302,8 @@ def _add_results(report: Report, args: argparse.Namespace, results: list[dict[st
     report.add("server peak RSS while sending (1 s samples)", round(tracker.peak_rss_bytes / 1e6, 1), "MB")
     report.add("server CPU, all threads", round(procstat.cpu_percent(before, after), 1), "% of one core")
     report.add("server CPU, event loop", round(procstat.main_thread_percent(before, after), 1), "% of one core")
+    report.add("server CPU, busiest other thread (the writer)",
+               round(procstat.busiest_other_thread_percent(before, after), 1), "% of one core")
     report.add("event loop waiting for a CPU", round(procstat.main_wait_percent(before, after), 1), "% of the time")
     report.add("server, all threads waiting for a CPU", round(procstat.all_wait_percent(before, after), 1),
                "% of the time (summed)")
@@ -315,6 +340,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the server's database: its SQLite file, or PostgreSQL on a throw-away cluster (initdb)")
     engine.add_argument("--database", metavar="postgresql://...",
                         help="the server's --database: an existing, empty PostgreSQL database (its CPU is not measured)")
+    p.add_argument("--history-minutes", type=non_negative_int, default=0, metavar="MIN",
+                   help="SQLite: before the run, store MIN minutes of every node's metrics (raw samples and minute "
+                        "aggregates, as a running server holds them; the server stopped meanwhile)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="run the server with this in its environment (e.g. MALLOC_ARENA_MAX=2); repeatable")
     p.add_argument("--memprobe", type=Path, metavar="DIR",
@@ -328,6 +356,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.procs > args.nodes:
         p.error("--procs: more processes than nodes")
+    if args.history_minutes and (args.engine != "sqlite" or args.database is not None):
+        p.error("--history-minutes: SQLite only")
     if args.database is not None and not args.database.startswith(("postgresql://", "postgres://")):
         p.error("--database: expected a postgresql:// URL (SQLite is the default: leave --database out)")
     for item in args.server_env:

@@ -5,12 +5,12 @@
 On a throw-away PostgreSQL cluster (initdb, durable settings, as bench.ingest), with fleet-like
 messages (bench/loglines.py plus the `sent=` stamp bench.fleet's nodes add):
 - the word split alone: PostgreSQL's CPU per 1,000 messages for each expression (one SELECT over
-  them all, the best of --rounds): schema step 1's, step 12's, translate() of ASCII punctuation,
+  them all, the best of --rounds): schema step 1's, step 14's, translate() of ASCII punctuation,
   and PostgreSQL's own parser alone (which keeps hosts, paths and numbers whole: not FTS5's words);
 - the writer's insert: the server's own bulk insert (store.insert_log_rows through the writer's
   connection) of --rows rows in commits of --per-commit at --rate rows/s, into `logs` as step 1
   indexed it (the writer merges the pending list when it crosses PostgreSQL's default 4 MB), as
-  step 12 does (16 MB, merged every --merge-every seconds by another connection, as the server's
+  step 14 does (16 MB, merged every --merge-every seconds by another connection, as the server's
   `log-words` job once a second), and without a text index (the floor): CPU per 1,000 rows of the writer's backend, of the
   merging one and of all of PostgreSQL, and each commit's time (p50 / p99 / max).
 """
@@ -42,19 +42,19 @@ NODES = 2000
 _PUNCTUATION = string.punctuation.replace("'", "''").replace("{", "{{").replace("}", "}}")
 SPLITS = {
     "step 1: regexp_replace of every run of non-alphanumerics": db._PG_LOG_WORDS_V1,
-    "step 12: regexp_replace of punctuation runs, white space to the parser": db._PG_LOG_WORDS_V12,
+    "step 14: regexp_replace of punctuation runs, white space to the parser": db._PG_LOG_WORDS_V14,
     "translate() of ASCII punctuation to spaces":
         f"to_tsvector('simple', translate({{msg}}, '{_PUNCTUATION}', '{' ' * len(string.punctuation)}'))",
     "PostgreSQL's parser alone (not FTS5's words)": "to_tsvector('simple', {msg})",
     "  step 1's regexp_replace alone": "regexp_replace({msg}, '[^[:alnum:]]+', ' ', 'g')",
-    "  step 12's regexp_replace alone": "regexp_replace({msg}, '[^[:alnum:][:space:]]+', ' ', 'g')",
+    "  step 14's regexp_replace alone": "regexp_replace({msg}, '[^[:alnum:][:space:]]+', ' ', 'g')",
 }
-# The text index the insert runs with: (index DDL after the step-12 schema's index is dropped, or
-# None for step 12 as made; merge the pending list from another connection, as the job does).
+# The text index the insert runs with: (index DDL after the step-14 schema's index is dropped, or
+# None for step 14 as made; merge the pending list from another connection, as the job does).
 INDEXES: dict[str, tuple[str | None, bool]] = {
     "step 1: writer merges at 4 MB": (
         "CREATE INDEX logs_search ON logs USING GIN (" + db._PG_LOG_WORDS_V1.format(msg="msg") + ")", False),
-    "step 12: 16 MB, merged by the job": (None, True),
+    "step 14: 16 MB, merged by the job": (None, True),
     "no text index (the floor)": ("", False),
 }
 
@@ -197,7 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=positive_float, default=10_000.0, help="rows/s offered to the writer (10,000)")
     p.add_argument("--rounds", type=positive_int, default=3, help="rounds of the word-split timing (3)")
     p.add_argument("--merge-every", type=positive_float, default=services.LOG_WORDS_MERGE_EVERY_S,
-                   help="seconds between merges of step 12's pending list (the server's: %(default)s)")
+                   help="seconds between merges of step 14's pending list (the server's: %(default)s)")
     add_common_args(p)
     return p.parse_args(argv)
 

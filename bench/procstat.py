@@ -21,6 +21,8 @@ class ProcSample:
     main_wait_s: float = 0.0
     machine_stall_s: float = 0.0  # see machine_cpu_stall_s
     all_wait_s: float = 0.0  # run-queue wait summed over every thread of the process
+    # CPU seconds of each thread but the main one, by thread id (see busiest_other_thread_percent).
+    other_threads_cpu_s: tuple[tuple[int, float], ...] = ()
 
 
 def read(pid: int) -> ProcSample:
@@ -47,6 +49,7 @@ def read(pid: int) -> ProcSample:
         main_wait_s=_run_queue_wait(pid),
         machine_stall_s=machine_cpu_stall_s(),
         all_wait_s=sum(_run_queue_wait(pid, int(tid)) for tid in _tasks(pid)),
+        other_threads_cpu_s=tuple((int(tid), _thread_cpu(pid, int(tid))) for tid in _tasks(pid) if int(tid) != pid),
     )
 
 
@@ -118,6 +121,16 @@ def all_wait_percent(before: ProcSample, after: ProcSample) -> float:
 def main_thread_percent(before: ProcSample, after: ProcSample) -> float:
     """Like cpu_percent, for the main thread only: near 100 means the event loop is the limit."""
     return _share(before, after, "main_cpu_s")
+
+
+def busiest_other_thread_percent(before: ProcSample, after: ProcSample) -> float:
+    """CPU of the busiest thread but the main one between two samples, in percent of one core: in
+    the server under a fleet's load, the writer thread (its storage work, most of it outside the GIL)."""
+    wall = after.at - before.at
+    if wall <= 0:
+        return 0.0
+    was = dict(before.other_threads_cpu_s)
+    return max((100.0 * (cpu - was.get(tid, 0.0)) / wall for tid, cpu in after.other_threads_cpu_s), default=0.0)
 
 
 def _kib(value: str) -> int:

@@ -70,6 +70,10 @@ def fill(path: Path, rows: int, now: float) -> None:
         fts.before_commit(conn)
         conn.execute("COMMIT")
         fts.committed()
+    # The samples' minutes rolled up, as a running server's are (store.MetricRollup; retention
+    # deletes rolled-up samples only).
+    conn.execute("UPDATE metrics_rollup SET done = (SELECT max(rowid) FROM metrics_raw),"
+                 " upto = (SELECT max(rowid) FROM metrics_raw)")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 

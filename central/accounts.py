@@ -16,6 +16,7 @@ from collections import deque
 
 from aiohttp import web
 
+from .cluster.attempts import Budget, Full, SharedAttempts
 from .queries import enrolled_by as enrolled_by
 from .queries import pending_count as pending_count
 from .queries import registration as registration
@@ -37,6 +38,9 @@ CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 8
 # How often a token's last use is written at most: a write per request would double the writes.
 LAST_USE_RESOLUTION_S = 60.0
+# The registration budgets' names in the shared count (central/cluster/attempts.py).
+REGISTER_SCOPE = "register"
+REGISTERED_SCOPE = "registered"
 # Longest expiry an operator token may be given at creation (ten years: "never" is no expiry).
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400.0
 
@@ -105,6 +109,8 @@ class RegistrationGate:
 
     Per client address every attempt counts (names cannot be probed quickly); in total only
     accounts actually created count, and the pending accounts waiting for an admin are capped.
+    With several replicas (`shared`, on PostgreSQL) the budgets are counted with the others
+    (central/cluster/attempts.py): an address gets the same attempts through any number of them.
     """
 
     WINDOW_S = 3600.0
@@ -114,17 +120,43 @@ class RegistrationGate:
         self.max_pending = max_pending
         self.per_address = SlidingLimit(per_address, self.WINDOW_S)
         self.total = SlidingLimit(total, self.WINDOW_S)
+        self.address_budget = Budget(REGISTER_SCOPE, per_address, self.WINDOW_S)
+        self.total_budget = Budget(REGISTERED_SCOPE, total, self.WINDOW_S)
+        self.shared: SharedAttempts | None = None
 
     def attempt(self, remote: str, now: float | None = None) -> float:
-        """Counts an attempt from `remote`; returns 0 when it may proceed, else seconds to wait."""
+        """Counts an attempt from `remote` here; returns 0 when it may proceed, else seconds to wait."""
         now = time.monotonic() if now is None else now
-        wait = max(self.per_address.retry_after(remote, now), self.total.retry_after("", now))
-        if wait == 0:
+        full = self._full_here(remote, now)
+        if full is None:
             self.per_address.add(remote, now)
-        return wait
+        return 0.0 if full is None else full.wait
+
+    async def admit(self, remote: str) -> Full | None:
+        """Counts an attempt from `remote` (here, and with replicas on all of them): None when it
+        may proceed, else the budget that is full and for how long."""
+        now = time.monotonic()
+        full = self._full_here(remote, now)
+        if full is None and self.shared is not None:
+            # This replica's own count is a part of the shared one: only what passes it is asked.
+            full = await self.shared.take(self.address_budget, remote, also=[(self.total_budget, "")])
+        if full is None:
+            self.per_address.add(remote, now)
+        return full
+
+    def _full_here(self, remote: str, now: float) -> Full | None:
+        full = max(Full(self.address_budget, self.per_address.retry_after(remote, now)),
+                   Full(self.total_budget, self.total.retry_after("", now)), key=lambda f: f.wait)
+        return full if full.wait > 0 else None
 
     def created(self, now: float | None = None) -> None:
         self.total.add("", time.monotonic() if now is None else now)
+
+    async def count_created(self) -> None:
+        """An account was created: counted against the total (with replicas, on all of them)."""
+        self.created()
+        if self.shared is not None:
+            await self.shared.note(self.total_budget, "")
 
 
 REGISTRATION = web.AppKey("registration", RegistrationGate)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from . import accounts, api, nodehub, openapi, store, stream  # noqa: F401  (modules register their routes)
 from .accesslog import ACCESS_LOG, AccessLog
-from .auth import ApiError, Handler, auth_middleware, error_response
+from .auth import ApiError, Handler, Refusals, auth_middleware, error_response
 from .cluster.forward import Forwarder, forward_middleware
 from .config import Config
 from .dbconn import DatabaseUnavailable
@@ -25,7 +25,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return exc.response()
     except (StorageError, DatabaseUnavailable) as exc:
         # The database is away (a PostgreSQL server down or unreachable, a disk full): nothing was
         # changed; the same request succeeds once it is back.
@@ -59,10 +59,17 @@ def create_app(config: Config) -> web.Application:
     forwarder = Forwarder(lambda replica: app[SERVICES].ca.replica_client_context(replica))
     app.middlewares.append(forward_middleware(specs, lambda a: a[SERVICES].features, forwarder))
     app.on_cleanup.append(forwarder.close)
-    app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later, access=access))
-    app[accounts.REGISTRATION] = accounts.RegistrationGate(
+    refusals = Refusals()
+    app.middlewares.append(auth_middleware(specs, lookup, submit, submit_later, refusals, access=access))
+    registration = app[accounts.REGISTRATION] = accounts.RegistrationGate(
         config.self_register, config.register_per_address, config.register_total, config.max_pending)
     app.cleanup_ctx.append(services_ctx(config))
+
+    async def share_budgets(app: web.Application) -> None:
+        """With replicas, the brute-force budgets are counted with the others (after services_ctx)."""
+        refusals.shared = registration.shared = app[SERVICES].attempts
+
+    app.on_startup.append(share_budgets)
     app.on_shutdown.append(stop_presence)  # before the node sockets close (central/services.py)
     # Node websockets served below aiohttp (the listener's upgrade): closed at a stop, their
     # sessions ended, before the services close.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from dvic_core.constants import RANK, ROLES
 from dvic_core.schema import Object, Query, Raw
 
 from . import accounts, store
+from .cluster.attempts import Budget, SharedAttempts
 from .errors import Refusal
 from .strictjson import json_response
 from .tokens import CALLER_KEY, bearer, hash_token
@@ -41,15 +43,26 @@ def same_secret(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def error_response(status: int, code: str, message: str, retry_after: float | None = None,
+                   **extra: Any) -> web.Response:
     # The header repeats the reason for websocket clients, whose libraries drop a refused upgrade's body.
     header = f"{code}: {message}".encode("ascii", "replace").decode()[:300]
-    return json_response({"error": {"code": code, "message": message, **extra}}, status=status,
-                         headers={"X-Dvic-Error": header})
+    headers = {"X-Dvic-Error": header}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return json_response({"error": {"code": code, "message": message, **extra}}, status=status, headers=headers)
 
 
 class ApiError(Refusal):
-    """Raised by handlers; turned into the documented JSON error body."""
+    """Raised by handlers; turned into the documented JSON error body (`retry_after`: seconds until
+    the same call may succeed, sent as Retry-After)."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(status, code, message)
+        self.retry_after = retry_after
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message, self.retry_after)
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,7 @@ class RouteSpec:
     body_limit: tuple[int, str] | None = None
     # Runs before the parameters are parsed: a gate whose answer must not depend on the input
     # (self-registration counts every attempt, well-formed or not).
-    gate: Callable[[web.Request], None] | None = None
+    gate: Callable[[web.Request], Awaitable[None]] | None = None
     # Declared audit=False: the handler writes its own audit row (remote control, before acting).
     audited_by_handler: bool = False
 
@@ -110,7 +123,7 @@ class RouteTable:
     def route(self, method: str, path: str, *, role: str, summary: str, audit: bool | None = None,
               query: Query | None = None, body: Object | Raw | None = None, optional_body: bool = False,
               body_limit: tuple[int, str] | None = None,
-              gate: Callable[[web.Request], None] | None = None) -> Callable[[Handler], Handler]:
+              gate: Callable[[web.Request], Awaitable[None]] | None = None) -> Callable[[Handler], Handler]:
         if role not in (PUBLIC, NODE, PENDING, *ROLES):
             raise ValueError(f"unknown role {role!r} for {method} {path}")
         if query is not None and isinstance(body, Object) and set(query.fields) & set(body.fields):
@@ -148,6 +161,8 @@ SubmitWrite = Callable[[store.WriteFn], Awaitable[Any]]
 SubmitLater = Callable[[store.WriteFn], None]
 # Who a refused call without a known token is recorded as.
 ANONYMOUS = "anonymous"
+# The anonymous audit budget's name in the shared count (central/cluster/attempts.py).
+AUDIT_SCOPE = "anonymous_audit"
 log = logging.getLogger("dvic-central.auth")
 
 
@@ -157,19 +172,23 @@ class Refusals:
     The first refusal from an address in a window is logged at once and the rest as one count when
     the window is over, so a token-guessing loop costs one log line a minute. Refused calls by
     nobody known get at most AUDIT_PER_WINDOW audit rows per address and window: the audit trail
-    records the attempt without letting an anonymous flood write a row per request. Guessed tokens
-    are never kept, not even hashed.
+    records the attempt without letting an anonymous flood write a row per request. With several
+    replicas (`shared`, on PostgreSQL) that budget is also counted with the others (a sliding
+    minute: central/cluster/attempts.py), so an address spraying refusals over the replicas gets no
+    more rows than from one server. Guessed tokens are never kept, not even hashed.
     """
 
     WINDOW_S = 60.0
     AUDIT_PER_WINDOW = 10
+    AUDIT = Budget(AUDIT_SCOPE, AUDIT_PER_WINDOW, WINDOW_S)
 
     def __init__(self, max_addresses: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_addresses = max_addresses
         self.clock = clock
-        # address -> [window start, 401s, anonymous refusals audited or not]
+        # address -> [window start, 401s, anonymous refusals, of which audited]
         self._windows: dict[str, list[float]] = {}
         self._last_sweep = clock()
+        self.shared: SharedAttempts | None = None
 
     def unauthenticated(self, remote: str) -> None:
         window = self._window(remote)
@@ -178,9 +197,23 @@ class Refusals:
             log.warning("refused a request from %s: missing, unknown or expired token", remote or "?")
 
     def may_audit_anonymous(self, remote: str) -> bool:
+        """Counts an anonymous refusal from `remote`: may it have an audit row (this server's budget)?"""
         window = self._window(remote)
         window[2] += 1
-        return window[2] <= self.AUDIT_PER_WINDOW
+        if window[3] >= self.AUDIT_PER_WINDOW:
+            return False
+        window[3] += 1
+        return True
+
+    async def audit_anonymous(self, remote: str) -> bool:
+        """may_audit_anonymous, and with replicas the budget they share too."""
+        if not self.may_audit_anonymous(remote):
+            return False
+        window = self._windows[remote]
+        if self.shared is None or await self.shared.take(self.AUDIT, remote) is None:
+            return True
+        window[3] -= 1  # not audited after all: the other replicas used the address's budget
+        return False
 
     def sweep(self) -> None:
         """Report and forget the windows that are over (cheap: does work once per window)."""
@@ -206,16 +239,16 @@ class Refusals:
             # Still full (refusals from very many addresses): the oldest half is reported early.
             for old in list(self._windows)[: max(len(self._windows) - self.max_addresses // 2, 0)]:
                 self._report(old, self._windows.pop(old))
-        window = self._windows[remote] = [now, 0, 0]
+        window = self._windows[remote] = [now, 0, 0, 0]
         return window
 
     def _report(self, remote: str, window: list[float]) -> None:
         if window[1] > 1:
             log.warning("refused %d requests from %s in %.0f s: missing, unknown or expired token",
                         window[1], remote or "?", self.WINDOW_S)
-        if window[2] > self.AUDIT_PER_WINDOW:
+        if window[2] > window[3]:
             log.warning("%d refused calls from %s were not audited (at most %d per %.0f s per address)",
-                        window[2] - self.AUDIT_PER_WINDOW, remote or "?", self.AUDIT_PER_WINDOW, self.WINDOW_S)
+                        window[2] - window[3], remote or "?", self.AUDIT_PER_WINDOW, self.WINDOW_S)
 
 
 def error_code(response: web.StreamResponse) -> str:
@@ -274,7 +307,7 @@ def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: Su
         remote = request.remote or ""
         if response.status == 401:
             refusals.unauthenticated(remote)
-        if spec.changes_state and (operator is not None or refusals.may_audit_anonymous(remote)):
+        if spec.changes_state and (operator is not None or await refusals.audit_anonymous(remote)):
             # The token's hash prefix tells an admin which token was used; the token is not kept.
             detail = {"token": hash_token(token)[:8]} if token and operator is not None else {}
             await audit(request, spec, operator.name if operator else ANONYMOUS, response, detail)
@@ -290,7 +323,7 @@ def auth_middleware(specs: dict[Any, RouteSpec], lookup: LookupToken, submit: Su
             if response.status == 401:
                 refusals.unauthenticated(request.remote or "")
             if spec.audit and spec.role == PUBLIC and (
-                    response.status < 400 or refusals.may_audit_anonymous(request.remote or "")):
+                    response.status < 400 or await refusals.audit_anonymous(request.remote or "")):
                 await audit(request, spec, ANONYMOUS, response, {})
             return response
         token = bearer(request)
@@ -343,4 +376,4 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return exc.response()

@@ -118,6 +118,11 @@ class Bus:
     def subscriber_count(self) -> int:
         return len(self._subscribers)
 
+    def has_audience(self) -> bool:
+        """Is any stream client, here or (with replicas) on another replica, shown what is published
+        now? (Lets callers skip building frames nobody gets.)"""
+        return bool(self._subscribers)
+
     def _watch(self) -> None:
         self._watch_handle = None
         loop = asyncio.get_running_loop()

@@ -172,7 +172,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, stop: asynci
     services = app[SERVICES]
     ssl_ctx = services.ca.server_ssl_context(config.cert_hosts(), config.replica) if config.tls else None
     site = GuardedSite(runner, config.host, config.port, ssl_context=ssl_ctx, backlog=4096,
-                       guard=ConnectionGuard(limits), upgrade=app[NODE_DOOR],
+                       guard=ConnectionGuard(limits, services.connections), upgrade=app[NODE_DOOR],
                        proxy_from=Balancers(config.proxy_protocol_from))
     await site.start()
     port = runner.addresses[0][1]

@@ -14,7 +14,9 @@ nothing per request or websocket frame:
   exempt from the per-address bound (a lab's nodes often share one NAT address), and a tenth of
   `max_connections` is kept for them alone, so a flood of anonymous connections cannot keep a
   node from reconnecting. A connection is counted once its TLS handshake is over (its client
-  certificate is known then); until then only the handshake timeout bounds it.
+  certificate is known then); until then only the handshake timeout bounds it. With several
+  replicas an address's connections on the others count toward `max_per_address` too
+  (central/cluster/conns.py).
 """
 
 from __future__ import annotations
@@ -48,15 +50,26 @@ FD_RESERVE = 256
 REFUSAL_LOG_EVERY_S = 60.0
 
 
+class SharedCounts(Protocol):
+    """The per-address counts of the other replicas (central/cluster/conns.py)."""
+
+    def elsewhere(self, address: str) -> int: ...
+
+    def changed(self, address: str, count: int) -> None: ...
+
+
 class ConnectionGuard:
     """Counts, limits and times out the connections of one listener (see the module doc).
 
     Each connection's first protocol (`Doorway`) is admitted here when it is made, and released
     when it is lost; the doorway starts the head timer and stops it when the first head is whole.
+    With several replicas (`shared`), an address's connections on the others count toward
+    `max_per_address` too, and this one's are told to them.
     """
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, shared: SharedCounts | None = None) -> None:
         self.limits = limits
+        self.shared = shared
         self._open: set[Doorway] = set()
         self._per_address: Counter[str] = Counter()
         self.refused = 0
@@ -72,13 +85,16 @@ class ConnectionGuard:
         # The client's address: from a PROXY header if any (proxyproto.py), else the socket's peer.
         conn.address = address = address_key(conn.source or transport.get_extra_info("peername"))
         conn.node = node = bool(transport.get_extra_info("peercert"))
-        reason = refusal(self.limits, len(self._open), self._per_address[address], node)
+        elsewhere = self.shared.elsewhere(address) if self.shared is not None and not node else 0
+        reason = refusal(self.limits, len(self._open), self._per_address[address], node, elsewhere)
         if reason is not None:
             self._refuse(transport, address, reason)
             return False
         self._open.add(conn)
         if not node:
             self._per_address[address] += 1
+            if self.shared is not None:
+                self.shared.changed(address, self._per_address[address])
         return True
 
     def release(self, conn: Doorway) -> None:
@@ -87,8 +103,11 @@ class ConnectionGuard:
         self._open.discard(conn)
         if not conn.node:
             self._per_address[conn.address] -= 1
-            if self._per_address[conn.address] <= 0:
+            left = self._per_address[conn.address]
+            if left <= 0:
                 del self._per_address[conn.address]
+            if self.shared is not None:
+                self.shared.changed(conn.address, max(left, 0))
 
     def drop_waiting(self) -> None:
         """At a stop: drop the connections still waiting for their first head (aiohttp's shutdown
@@ -155,8 +174,10 @@ class MalformedRequestLog(logging.Filter):
         return True
 
 
-def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, node: bool) -> str | None:
-    """Why a new connection is refused, or None to let it in."""
+def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, node: bool,
+            elsewhere: int = 0) -> str | None:
+    """Why a new connection is refused, or None to let it in (`elsewhere`: the address's
+    connections on the other replicas)."""
     if open_total >= limits.max_connections:
         return f"the server has {limits.max_connections} connections open (--max-connections)"
     if node:
@@ -165,8 +186,9 @@ def refusal(limits: ConnectionLimits, open_total: int, open_from_address: int, n
     if open_total >= anonymous_cap:
         return (f"the server has {open_total} connections open; the rest of --max-connections"
                 f" ({limits.max_connections}) is kept for nodes")
-    if open_from_address >= limits.max_per_address:
-        return f"{limits.max_per_address} connections are already open from this address (--max-connections-per-address)"
+    if open_from_address + elsewhere >= limits.max_per_address:
+        reason = f"{limits.max_per_address} connections are already open from this address (--max-connections-per-address)"
+        return reason + (f": {elsewhere} of them on other replicas" if elsewhere else "")
     return None
 
 

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 # the node's socket until a commit catches up (TCP backpressure).
 MAX_BATCHES_IN_FLIGHT = 64
 STORAGE_ERROR = {"type": "error", "code": "storage", "message": "storage unavailable, retry later"}
+STORAGE_ERROR_TEXT = dumps(STORAGE_ERROR, separators=(",", ":"))
 # The one message a node may (and must) send first.
 HELLO = "hello"
 
@@ -265,12 +266,12 @@ NODE_DOOR = web.AppKey("node_door", NodeDoor)
 class NodeSession:
     """One connected node: reads, validates and stores its messages in order.
 
-    There is one per connected node (20,000 on one server): slots, and what only a node that sends
-    logs needs (the acker and its events, each event holding a deque) is made on its first batch.
+    There is one per connected node (20,000 on one server): slots, and no task, event or list of
+    its own for acks (see `_committed`); the event a read waits on for room is made when first needed.
     """
 
     __slots__ = ("services", "registry", "node", "ws", "heartbeat", "greeted", "epoch", "_closing", "_in_flight",
-                 "_settled", "_settled_event", "_room", "_acker")
+                 "_stored_seq", "_settle_due", "_store_failed", "_room", "_sending")
 
     def __init__(self, services: Services, node: NodeState, ws: NodeSocket,
                  heartbeat: heartbeats.Beating | None = None) -> None:
@@ -282,17 +283,24 @@ class NodeSession:
         self.greeted = False
         self.epoch = 0  # the session's number, from its hello (central/cluster/presence.py)
         self._closing: asyncio.Task[Any] | None = None
-        # Log batches in the writer (count) and those whose commit is over, in order.
+        # Log batches in the writer, not yet settled by a commit (MAX_BATCHES_IN_FLIGHT).
         self._in_flight = 0
-        # (highest seq of a batch, why it was not stored or None), per batch one commit settled
-        self._settled: list[tuple[int, Exception | None]] = []
-        self._settled_event: asyncio.Event | None = None  # with the acker
+        # The highest seq of the batches stored since the last ack (0: none); acks are cumulative.
+        self._stored_seq = 0
+        self._settle_due = False  # `_settle` is scheduled for this turn of the loop
+        self._store_failed = False  # a batch was not stored: no ack ever again on this connection
         self._room: asyncio.Event | None = None  # when a read first waits for room
-        self._acker: asyncio.Task[None] | None = None
+        # aiohttp's websocket only (no `send_now`): the last of the sends started without waiting.
+        self._sending: asyncio.Future[None] | None = None
 
     def _request_close(self, code: int, reason: str) -> None:
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self.ws.close(code=code, message=reason.encode()[:120]))
+            self._closing = asyncio.ensure_future(self._close(code, reason, self._sending))
+
+    async def _close(self, code: int, reason: str, before: asyncio.Future[None] | None) -> None:
+        if before is not None:  # what was sent before the close goes before it (a storage error)
+            await asyncio.wait([before])
+        await self.ws.close(code=code, message=reason.encode()[:120])
 
     async def run(self) -> None:
         node = self.node
@@ -323,9 +331,9 @@ class NodeSession:
             await self._send(STORAGE_ERROR)
             await self.ws.close(code=CLOSE_STORAGE, message=b"storage unavailable")
         finally:
-            if self._acker is not None:
-                self._acker.cancel()  # the socket is gone: unsent acks are replayed by the node
-                await asyncio.gather(self._acker, return_exceptions=True)
+            if self._sending is not None:
+                self._sending.cancel()  # the socket is gone: the node resends what was not acked
+                await asyncio.gather(self._sending, return_exceptions=True)
             if self._closing is not None:
                 await asyncio.gather(self._closing, return_exceptions=True)
             if node.disconnect == self._request_close:
@@ -361,6 +369,25 @@ class NodeSession:
                 await self.ws.send_str(text)
             except (ConnectionError, RuntimeError):
                 pass
+
+    def _send_soon(self, text: str) -> None:
+        """Send from a callback, in order with what this method sent before: at once on a node link;
+        through a task on aiohttp's websocket (plain-HTTP development mode and the route's fallback),
+        each after the one before it."""
+        ws = self.ws
+        if isinstance(ws, NodeLink):
+            if not ws.closed:
+                try:
+                    ws.send_now(text)
+                except ConnectionError:
+                    pass
+            return
+        self._sending = asyncio.ensure_future(self._send_after(self._sending, text))
+
+    async def _send_after(self, before: asyncio.Future[None] | None, text: str) -> None:
+        if before is not None:
+            await asyncio.wait([before])
+        await self._send_text(text)
 
     async def handle(self, text: str) -> None:
         msg = parse_node_message(text)
@@ -523,10 +550,6 @@ class NodeSession:
                 self._room = asyncio.Event()
             self._room.clear()
             await self._room.wait()
-        if self._acker is None:
-            self._settled_event = asyncio.Event()
-            self._acker = asyncio.create_task(self._ack_when_committed(self._settled_event),
-                                              name=f"acks {self.node.name}")
         self._in_flight += 1
         # Only the batch's highest seq waits for the commit: the ack needs nothing else.
         last_seq = max(line["seq"] for line in lines)
@@ -558,40 +581,47 @@ class NodeSession:
             ])
 
     def _committed(self, last_seq: int, error: Exception | None) -> None:
-        self._settled.append((last_seq, error))
-        if self._settled_event is not None:  # made with the acker, before the first batch is queued
-            self._settled_event.set()  # wakes the acker once for everything one commit settled
+        """The writer's word on one batch, after its commit (batches are settled in the order queued).
+
+        No task per node waits for this (20,000 of them, each with its coroutine, events and
+        deques, were 2 KB a node): the batch is counted here, and one call in the next turn of the
+        loop (`_settle`) acks everything the commit stored for this node, or closes the connection.
+        """
+        self._in_flight -= 1
+        if error is not None:
+            if not self._store_failed:
+                self._store_failed = True
+                self._stop_after_failed_store(error)
+        elif last_seq > self._stored_seq:
+            self._stored_seq = last_seq
+        if not self._settle_due:
+            self._settle_due = True
+            asyncio.get_running_loop().call_soon(self._settle)
+
+    def _settle(self) -> None:
+        """One cumulative ack for what the commits since the last call stored; room for more batches."""
+        self._settle_due = False
+        seq, self._stored_seq = self._stored_seq, 0
+        # After a batch that was not stored, no ack at all: it would cover that batch's lines too.
+        if seq and not self._store_failed:
+            # The daemon may now forget these lines. (A resent batch of lines acked before gets its
+            # ack too, lower than the last one: the daemon waits for an answer to each batch.)
+            self._send_soon(f'{{"type":"ack","seq":{seq}}}')
+        self._make_room()
 
     def _make_room(self) -> None:
         if self._room is not None:
             self._room.set()
 
-    async def _stop_after_failed_store(self, error: Exception) -> None:
+    def _stop_after_failed_store(self, error: Exception) -> None:
         """No ack for lines that were not stored: close, and the node sends them again later."""
         if isinstance(error, StorageError):
             log.error("node %s: %s", self.node.name, error)
-            await self._send(STORAGE_ERROR)
+            self._send_soon(STORAGE_ERROR_TEXT)
             self._request_close(CLOSE_STORAGE, "storage unavailable")
         else:  # a batch the database refused
             log.error("node %s: log batch not stored: %s", self.node.name, error)
             self._request_close(CLOSE_STORAGE, "log batch not stored")
-        self._make_room()  # a read waiting for room sees the session closing
-
-    async def _ack_when_committed(self, settled_event: asyncio.Event) -> None:
-        """Acknowledge committed batches in order."""
-        while True:
-            await settled_event.wait()
-            settled_event.clear()
-            settled, self._settled = self._settled, []
-            self._in_flight -= len(settled)
-            self._make_room()
-            for _, error in settled:
-                if error is not None:
-                    await self._stop_after_failed_store(error)
-                    return
-            # Acks are cumulative: one for every batch this commit stored. The daemon may now
-            # forget these lines.
-            await self._send_text(f'{{"type":"ack","seq":{max(seq for seq, _ in settled)}}}')
 
 
 def _only_heartbeat_changed(known: dict[str, Any] | None, msg: dict[str, Any]) -> bool:
@@ -628,7 +658,7 @@ async def keepalive(request: web.Request) -> web.Response:
     now = time.time()
     if series:
         services.writer.add_metrics(node.id, now, series)
-        services.registry.set_metrics(node, node.sample, series)
+        services.registry.set_metrics(node, None, series)
     if facts and any(node.facts.get(k) != v for k, v in facts.items()):
         node.facts.update(facts)
         await services.writer.submit(store.merge_facts(node.id, facts))

@@ -15,7 +15,8 @@ answered and the connection closed; reserved bits, unknown opcodes, bad control 
 close codes are protocol errors (1002). No extension is negotiated. Flow control both ways: while
 the session has `INBOX_BYTES` of messages waiting, or while the transport's send buffer is over its
 high-water mark, nothing more is read from the node (TCP holds it back); a send waits for the
-buffer to drain. Heartbeats are central/heartbeats.py's sweep (`last_read`, `ping`, `abort`): a
+buffer to drain (`send_now`, what the session's acks use, does not: an ack answers a batch read,
+and nothing is read meanwhile). Heartbeats are central/heartbeats.py's sweep (`last_read`, `ping`, `abort`): a
 link has no timer and no task of its own (the session's task reads it).
 """
 
@@ -158,10 +159,19 @@ class NodeLink:
             self._waiter = waiter
         return waiter
 
-    async def send_str(self, data: str, compress: int | None = None) -> None:
+    def send_now(self, data: str) -> None:
+        """Send a text message without waiting for the send buffer to drain.
+
+        For what the session sends on its own (acks): no task or future per send. Bounded without
+        the wait: while the send buffer is over its high-water mark nothing is read from the node,
+        so no new batch comes in to be acked (see the module doc).
+        """
         if not self._open or self.transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
         self.transport.write(frame(OP_TEXT, data.encode()))
+
+    async def send_str(self, data: str, compress: int | None = None) -> None:
+        self.send_now(data)
         if self._paused & _WRITES_PAUSED:
             if self._drain is None:
                 self._drain = asyncio.get_running_loop().create_future()

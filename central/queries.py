@@ -12,7 +12,7 @@ from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS, LEVELS
 
-from .db import PG_LOG_WORDS
+from .db import PG_LOG_WORDS, SQLITE_MINUTE
 from .dbconn import ReadDB
 from .messages import MAX_METRIC_ABS
 from .strictjson import MAX_INT
@@ -96,6 +96,19 @@ def tsquery(text: str) -> str:
     phrases = [[f"'{part.lower()}'" for part in parts] for parts in words]
     phrases[-1][-1] += ":*"
     return " & ".join("(" + " <-> ".join(parts) + ")" for parts in phrases)
+
+
+# SQLite: the minutes (as metrics_1m holds them) of a node's raw samples that store.MetricRollup has
+# not rolled up yet (db step 13's metrics_rollup: not up to `done`, nor up to `upto` for a node
+# up to `node`), read in the same statement as metrics_1m, so from the same snapshot. A sample's
+# minute starts at most 60 s before it: ts from `since` to `until` + 60 finds every minute in range.
+_NOT_ROLLED_MINUTES = (
+    f"SELECT name, {SQLITE_MINUTE} AS bucket, min(value) AS min, avg(value) AS avg, max(value) AS max,"
+    " count(*) AS count FROM metrics_raw WHERE node_id = ? AND ts >= ? AND ts < ? + 60{names}"
+    " AND abs(value) <= {bound} AND rowid > (SELECT CASE WHEN r.node IS NOT NULL AND ? <= r.node"
+    " THEN r.upto ELSE r.done END FROM metrics_rollup r)"
+    " GROUP BY name, bucket HAVING bucket >= ? AND bucket < ?"
+)
 
 
 class Queries:
@@ -212,12 +225,18 @@ class Queries:
                 " GROUP BY name, b ORDER BY name, b"
             )
         else:
+            minutes = (
+                f"SELECT name, bucket, min, avg, max, count FROM metrics_1m WHERE node_id = ?"
+                f" AND bucket >= CAST(? AS DOUBLE PRECISION) AND bucket < CAST(? AS DOUBLE PRECISION){name_filter}"
+                f" AND abs(min) <= {bound} AND abs(max) <= {bound} AND abs(avg) <= {bound}"
+            )
+            if self.db.dialect == "sqlite":
+                # With the minutes of the raw samples not rolled up yet (store.MetricRollup).
+                minutes += " UNION ALL " + _NOT_ROLLED_MINUTES.format(names=name_filter, bound=bound)
+                params += [node_id, since, until, *(names or ()), node_id, since, until]
             sql = (
                 f"SELECT name, (bucket / {step}) * {step} AS b, min(min), sum(avg * count) / sum(count), max(max)"
-                f" FROM metrics_1m WHERE node_id = ? AND bucket >= CAST(? AS DOUBLE PRECISION)"
-                f" AND bucket < CAST(? AS DOUBLE PRECISION){name_filter}"
-                f" AND abs(min) <= {bound} AND abs(max) <= {bound} AND abs(avg) <= {bound}"
-                " GROUP BY name, b ORDER BY name, b"
+                f" FROM ({minutes}) AS m GROUP BY name, b ORDER BY name, b"
             )
         series: dict[str, list[list[float]]] = {}
         async with self.db.execute(sql, params) as cur:

@@ -53,7 +53,7 @@ def _with_params(spec: RouteSpec) -> Handler:
 
     async def parse_then_handle(request: web.Request) -> web.StreamResponse:
         if spec.gate is not None:
-            spec.gate(request)
+            await spec.gate(request)
         request[PARAMS] = await parse_params(request, spec)
         return await handler(request)
 

@@ -22,6 +22,8 @@ from .alerts.dispatcher import Dispatcher
 from .alerts.engine import AlertEngine
 from .bus import Bus
 from .calendar.service import Calendar, CalendarSettings
+from .cluster.attempts import SharedAttempts
+from .cluster.conns import SharedConnections
 from .cluster.fanout import SharedBus
 from .cluster.features import JOB as FEATURES_JOB
 from .cluster.features import Features
@@ -32,7 +34,7 @@ from .cluster.routing import Router, ServiceHubs, wire
 from .commands import CommandHub
 from .config import Config, Retention
 from .datadir import data_dir_lock_async
-from .dbconn import ReadDB, Target, target
+from .dbconn import PgReadDB, ReadDB, Target, target
 from .demos.archive import Limits as ArchiveLimits
 from .demos.calendar_port import CalendarDeployments
 from .demos.catalog import Catalog
@@ -78,6 +80,10 @@ class Services:
     presence: Presence
     # The jobs that run once among replicas (Leadership on PostgreSQL, Solo on SQLite): started by services_ctx.
     jobs: Leadership | Solo | None = None
+    # With replicas: the brute-force budgets counted with the others (cluster/attempts.py), and the
+    # per-address connection counts (cluster/conns.py); None on SQLite.
+    attempts: SharedAttempts | None = None
+    connections: SharedConnections | None = None
     started_at: float = field(default_factory=time.time)
     # Set by the listener once bound; used for bundle URLs when no public_url is configured.
     base_url: str = ""
@@ -140,6 +146,10 @@ async def open_services(config: Config) -> Services:
                            presence.peers)
     deployments.deliver = services.router.deliver  # demos_desired to a node wherever its session is
     services.features = Features(services)
+    if cluster.shared:
+        assert isinstance(read_db, PgReadDB)
+        services.attempts = SharedAttempts(read_db.pool, where.url)
+        services.connections = SharedConnections(cluster.bus, presence)
     await ensure_admin(services)
     await writer.submit(store.lose_unfinished_runs(time.time()))
     await writer.submit(store.lose_unfinished_actions(time.time()))
@@ -186,6 +196,10 @@ async def close_services(services: Services) -> None:
             await task
     await services.notices.close()
     await services.router.close()
+    if services.attempts is not None:
+        await services.attempts.close()
+    if services.connections is not None:
+        await services.connections.close()
     await services.cluster.bus.close()
     await services.writer.close()
     await services.read_db.close()
@@ -301,7 +315,7 @@ LOG_WORDS_MERGE_EVERY_S = 1.0
 
 async def _merge_log_words(services: Services) -> None:
     """Merge the words of new log lines into PostgreSQL's text index, in bulk, off the writer's
-    path (schema step 12). A failure is said once, not every second; the writer merges by itself
+    path (schema step 14). A failure is said once, not every second; the writer merges by itself
     when the pending list reaches its limit, so nothing waits on this job."""
     failing = False
     while True:

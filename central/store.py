@@ -13,11 +13,12 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dvic_core.constants import LEVEL_NUMBERS
 
-from .db import PARTITIONED
+from .db import PARTITIONED, SQLITE_MINUTE
 from .dbconn import WriteConn, dialect_of, new_row_id
 
 WriteFn = Callable[[WriteConn], Any]
@@ -260,40 +261,28 @@ class FtsIndexer:
 
 
 def insert_metrics(node_id: str, ts: float, series: Mapping[str, float]) -> WriteFn:
-    """Raw samples plus the one-minute min/avg/max aggregate, updated in the same commit."""
+    """One node's samples, as `insert_metric_rows`."""
     return insert_metric_rows([(node_id, name, ts, value) for name, value in series.items()])
 
 
 # Like the log rows, a commit's samples go in as one JSON array per statement: one GIL release
 # for all of them instead of one per sample (2,000 nodes send ~4,000 samples a second; row by
-# row, a fifth of the writer thread's time went in handing the GIL back and forth).
+# row, a fifth of the writer thread's time went in handing the GIL back and forth). Sorted by node
+# then time, the commit's samples of a node land one after the other in metrics_raw_node_ts.
 _INSERT_METRICS_RAW = (
     "INSERT INTO metrics_raw (node_id, name, ts, value)"
-    " SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?)"
+    " SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?) ORDER BY value->>0, value->>2"
 )
-# `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT, not to a join. Rows
-# of one statement are upserted one after the other, so two samples of the same minute add up.
-_UPSERT_METRICS_1M = (
-    "INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count)"
-    " SELECT value->>0, value->>1, value->>4, value->>3, value->>3, value->>3, 1 FROM json_each(?) WHERE true"
-    " ON CONFLICT (node_id, name, bucket) DO UPDATE SET"
-    " min = min(metrics_1m.min, excluded.min), max = max(metrics_1m.max, excluded.max),"
-    " avg = (metrics_1m.avg * metrics_1m.count + excluded.avg) / (metrics_1m.count + 1),"
-    " count = metrics_1m.count + 1"
-)
-
-
-# PostgreSQL: arrays per column; the minute aggregates are summed per key first, since one
-# statement may not update the same row twice there.
-_INSERT_METRICS_RAW_PG = (
-    "INSERT INTO metrics_raw (node_id, name, ts, value) SELECT * FROM unnest(CAST(? AS TEXT[]),"
-    " CAST(? AS TEXT[]), CAST(? AS DOUBLE PRECISION[]), CAST(? AS DOUBLE PRECISION[]))"
-)
-_UPSERT_METRICS_1M_PG = (
-    "INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count)"
-    " SELECT node_id, name, bucket, min(value), avg(value), max(value), count(*) FROM unnest(CAST(? AS TEXT[]),"
-    " CAST(? AS TEXT[]), CAST(? AS BIGINT[]), CAST(? AS DOUBLE PRECISION[])) AS s (node_id, name, bucket, value)"
-    " GROUP BY node_id, name, bucket"
+# PostgreSQL: the samples as one array per column, stored and summed into their minutes by one
+# statement (the arrays are sent once). The minutes are summed per key first: one statement may
+# not update the same row twice there.
+_INSERT_METRICS_PG = (
+    "WITH s (node_id, name, ts, value) AS (SELECT * FROM unnest(CAST(? AS TEXT[]), CAST(? AS TEXT[]),"
+    " CAST(? AS DOUBLE PRECISION[]), CAST(? AS DOUBLE PRECISION[]))),"
+    " raw AS (INSERT INTO metrics_raw (node_id, name, ts, value) SELECT * FROM s ORDER BY node_id, ts)"
+    " INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count)"
+    " SELECT node_id, name, CAST(floor(ts / 60) AS BIGINT) * 60 AS minute, min(value), avg(value), max(value),"
+    " count(*) FROM s GROUP BY node_id, name, minute"
     " ON CONFLICT (node_id, name, bucket) DO UPDATE SET"
     " min = least(metrics_1m.min, excluded.min), max = greatest(metrics_1m.max, excluded.max),"
     " avg = (metrics_1m.avg * metrics_1m.count + excluded.avg * excluded.count) / (metrics_1m.count + excluded.count),"
@@ -302,20 +291,227 @@ _UPSERT_METRICS_1M_PG = (
 
 
 def insert_metric_rows(raw: Sequence[tuple[str, str, float, float]]) -> WriteFn:
-    """Many samples (node, name, ts, value) in two statements: how the writer stores a commit's worth."""
+    """Many samples (node, name, ts, value) in one statement: how the writer stores a commit's worth.
+    Their one-minute min/avg/max: on PostgreSQL in the same statement; on SQLite the writer's
+    MetricRollup rolls them up later (readers add the samples not rolled yet: queries.metrics)."""
     def run(conn: WriteConn) -> None:
-        if dialect_of(conn) == "postgresql":
-            nodes, names, stamps, values = ([*column] for column in zip(*raw, strict=True))
-            stamps, values = [float(ts) for ts in stamps], [float(v) for v in values]
-            conn.execute(_INSERT_METRICS_RAW_PG, (nodes, names, stamps, values))
-            conn.execute(_UPSERT_METRICS_1M_PG, (nodes, names, [int(ts // 60) * 60 for ts in stamps], values))
+        if not raw:
             return
-        # Each sample with its minute bucket: (node, name, ts, value, bucket).
-        text = _json_array([(node_id, name, ts, value, int(ts // 60) * 60) for node_id, name, ts, value in raw])
-        conn.execute(_INSERT_METRICS_RAW, (text,))
-        conn.execute(_UPSERT_METRICS_1M, (text,))
+        if dialect_of(conn) == "postgresql":
+            # (asyncpg takes an int where a double is expected: no conversion pass.)
+            conn.execute(_INSERT_METRICS_PG, [[*column] for column in zip(*raw, strict=True)])
+            return
+        conn.execute(_INSERT_METRICS_RAW, (_json_array(raw),))
 
     return run
+
+
+# -- SQLite's one-minute aggregates: rolled up from the raw samples --------------------------------
+# A merging upsert of aggregates (min, avg, max, count) into metrics_1m; `excluded.avg` is the
+# aggregate's own average. `AND true`: the SELECT's WHERE tells SQLite's parser that ON CONFLICT
+# belongs to the INSERT, not to a join.
+_MERGE_INTO_1M = (
+    " ON CONFLICT (node_id, name, bucket) DO UPDATE SET"
+    " min = min(metrics_1m.min, excluded.min), max = max(metrics_1m.max, excluded.max),"
+    " avg = (metrics_1m.avg * metrics_1m.count + excluded.avg * excluded.count) / (metrics_1m.count + excluded.count),"
+    " count = metrics_1m.count + excluded.count"
+)
+# The writer's accumulator: the aggregates of the raw rows not rolled yet, per pass (MetricRollup),
+# in memory (temp_store=MEMORY) and in the writer's transactions (a rolled-back commit takes its
+# part back with it). Lost with the process: rebuilt from the raw rows at start.
+_ACC_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS metrics_acc (pass INTEGER NOT NULL, node_id TEXT NOT NULL, name TEXT NOT NULL,"
+    " bucket INTEGER NOT NULL, min REAL NOT NULL, sum REAL NOT NULL, max REAL NOT NULL, count INTEGER NOT NULL,"
+    " PRIMARY KEY (pass, node_id, name, bucket)) WITHOUT ROWID"
+)
+# Raw rows with rowid in (?, ?] (and of nodes after ?, when given) added to pass ?: a commit's row
+# by row (each series has about one sample per commit: summing them first cost more than it saved);
+# a range to reload at start summed per minute first (a series has many samples there).
+_ACC_ADD = (
+    " ON CONFLICT (pass, node_id, name, bucket) DO UPDATE SET"
+    " min = min(metrics_acc.min, excluded.min), max = max(metrics_acc.max, excluded.max),"
+    " sum = metrics_acc.sum + excluded.sum, count = metrics_acc.count + excluded.count"
+)
+_ACCUMULATE = (
+    "INSERT INTO temp.metrics_acc (pass, node_id, name, bucket, min, sum, max, count)"
+    f" SELECT ?, node_id, name, {SQLITE_MINUTE}, value, value, value, 1"
+    " FROM metrics_raw WHERE rowid > ? AND rowid <= ?{nodes}" + _ACC_ADD
+)
+_ACCUMULATE_GROUPED = (
+    "INSERT INTO temp.metrics_acc (pass, node_id, name, bucket, min, sum, max, count)"
+    f" SELECT ?, node_id, name, {SQLITE_MINUTE} AS minute, min(value), sum(value), max(value), count(*)"
+    " FROM metrics_raw WHERE rowid > ? AND rowid <= ?{nodes} GROUP BY node_id, name, minute" + _ACC_ADD
+)
+# How many accumulated rows (pass, node, name, minute) a commit merges into metrics_1m.
+ROLLUP_SLICE_ROWS = 1000
+# A rollup pass starts at the first commit of each period of this many seconds (wall clock): a
+# pass right after each minute's end finds most series with samples of that one minute only.
+ROLLUP_EVERY_S = 60.0
+
+
+def _rollup_state(conn: WriteConn) -> tuple[int, int, str | None]:
+    """(done, upto, node) of metrics_rollup (schema step 13)."""
+    done, upto, node = conn.execute("SELECT done, upto, node FROM metrics_rollup").fetchone()
+    return int(done), int(upto), node
+
+
+def _top_raw_rowid(conn: WriteConn) -> int:
+    return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM metrics_raw").fetchone()[0])
+
+
+@dataclass
+class _RollupPosition:
+    """Where the writer's rollup stands (MetricRollup): raw rows up to rowid `seen` are rolled or in
+    the accumulator: those of a pass under way (`flushing`, rowids up to `upto`, merged for the
+    nodes up to `after`) and those since (`open`, rowids in (`upto`, `seen`])."""
+
+    seen: int
+    upto: int
+    open: int
+    flushing: int | None = None
+    after: str | None = None
+    started: float = 0.0  # when the last pass started (MetricRollup.clock)
+
+
+class MetricRollup:
+    """SQLite's one-minute aggregates, rolled up from the raw samples by the writer.
+
+    Upserting each sample's minute row cost the writer more than the sample itself: every series'
+    current minute sits on its own page of metrics_1m, so each sample read and wrote a page. Here
+    each commit adds its raw rows to an accumulator in memory (`metrics_acc`, summed per node, series
+    and minute), and once a minute a pass merges what it holds into metrics_1m, ROLLUP_SLICE_ROWS
+    rows per commit (node by node), so a minute row is written about once instead of once per sample.
+
+    Exactly once, also across kill -9: every raw row is rolled in the commit that records so in
+    metrics_rollup (db step 13): a pass covers the rows up to a rowid (`upto`), node range by node
+    range, and records the last node merged; at its end every row up to `upto` is `done`. The
+    accumulator is lost with the process; `start` rebuilds it from the raw rows not rolled yet.
+    Raw rowids only grow: retention keeps the row at `done` (store.apply_retention), so SQLite never
+    hands a rolled row's rowid to a new sample. Readers add the rows not rolled yet to metrics_1m
+    (queries.metrics). PostgreSQL aggregates at each commit (insert_metric_rows): no-op there.
+
+    Used like FtsIndexer: `before_commit` in the writer's transaction, then `committed` or
+    `rolled_back`.
+    """
+
+    def __init__(self, every_s: float = ROLLUP_EVERY_S, slice_rows: int = ROLLUP_SLICE_ROWS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.every_s = every_s
+        self.slice_rows = slice_rows
+        self.clock = clock  # (bench.writer_paths runs it on the samples' time)
+        self._at: _RollupPosition | None = None  # None: not started, or PostgreSQL
+        self._next: _RollupPosition | None = None  # the position once this transaction commits
+        self.passes = 0  # passes finished (tests, diagnostics)
+
+    def start(self, conn: WriteConn) -> None:
+        """In the writer's first transaction: the accumulator made and filled with the raw rows not
+        rolled yet (a pass cut short by a crash goes on where it stopped)."""
+        if dialect_of(conn) != "sqlite":
+            return
+        conn.execute(_ACC_TABLE)
+        conn.execute("DELETE FROM temp.metrics_acc")
+        done, upto, node = _rollup_state(conn)
+        top = _top_raw_rowid(conn)
+        at = _RollupPosition(seen=top, upto=upto, open=1, started=self.clock())
+        if upto > done:
+            at.flushing, at.open, at.after = 1, 2, node
+            _accumulate(conn, 1, done, upto, after=node, grouped=True)
+        _accumulate(conn, at.open, upto, top, grouped=True)
+        self._next = at
+
+    def before_commit(self, conn: WriteConn, *, everything: bool = False) -> None:
+        """Add this transaction's raw rows to the accumulator; start a pass when one is due, and
+        merge one slice of the pass under way. `everything`: roll up all (the writer closing)."""
+        at = self._at
+        if at is None or dialect_of(conn) != "sqlite":
+            return
+        at = replace(at)
+        top = _top_raw_rowid(conn)
+        if top > at.seen:
+            _accumulate(conn, at.open, at.seen, top)
+            at.seen = top
+        while True:
+            if at.flushing is None:
+                if at.seen == at.upto or not (everything or self._due(at.started)):
+                    break
+                conn.execute("UPDATE metrics_rollup SET upto = ?, node = NULL", (at.seen,))
+                at.upto, at.flushing, at.open, at.after = at.seen, at.open, at.open + 1, None
+                at.started = self.clock()
+            self._merge_slice(conn, at)
+            if not everything:
+                break
+        self._next = at
+
+    def _due(self, started: float) -> bool:
+        """A new period has begun since the last pass started."""
+        if self.every_s <= 0:
+            return True
+        return self.clock() // self.every_s > started // self.every_s
+
+    def _merge_slice(self, conn: WriteConn, at: _RollupPosition) -> None:
+        """Merge the next nodes' rows of the pass under way into metrics_1m (about slice_rows rows,
+        whole nodes), and record so; the pass's last slice also ends it."""
+        assert at.flushing is not None
+        where, params = _acc_rows(at.flushing, at.after)
+        row = conn.execute(f"SELECT node_id FROM temp.metrics_acc WHERE {where} ORDER BY node_id LIMIT 1 OFFSET ?",
+                           (*params, self.slice_rows - 1)).fetchone()
+        last = row[0] if row is not None else None  # None: the rest of the pass
+        where, params = _acc_rows(at.flushing, at.after, last)
+        conn.execute("INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count)"
+                     f" SELECT node_id, name, bucket, min, sum / count, max, count FROM temp.metrics_acc"
+                     f" WHERE {where} AND true" + _MERGE_INTO_1M, params)
+        conn.execute(f"DELETE FROM temp.metrics_acc WHERE {where}", params)
+        if last is not None:
+            conn.execute("UPDATE metrics_rollup SET node = ?", (last,))
+            at.after = last
+            return
+        conn.execute("UPDATE metrics_rollup SET done = upto, node = NULL")
+        at.flushing, at.after = None, None
+        self.passes += 1
+
+    def committed(self) -> None:
+        if self._next is not None:
+            self._at, self._next = self._next, None
+
+    def rolled_back(self) -> None:
+        self._next = None
+
+
+def _acc_rows(pass_id: int, after: str | None, upto: str | None = None) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its parameters) of pass `pass_id`'s accumulated rows of the nodes after
+    `after` up to `upto` (None: no bound)."""
+    where = "pass = ?" + (" AND node_id > ?" if after is not None else "") + (" AND node_id <= ?" if upto is not None else "")
+    return where, (pass_id, *(v for v in (after, upto) if v is not None))
+
+
+def _accumulate(conn: WriteConn, pass_id: int, above: int, upto: int, after: str | None = None,
+                grouped: bool = False) -> None:
+    """The raw rows with a rowid in (above, upto] (of the nodes after `after`, if given) into the
+    accumulator's pass `pass_id` (`grouped`: summed per minute first)."""
+    if upto <= above:
+        return
+    nodes = " AND node_id > ?" if after is not None else ""
+    sql = _ACCUMULATE_GROUPED if grouped else _ACCUMULATE
+    conn.execute(sql.format(nodes=nodes), (pass_id, above, upto, *((after,) if after is not None else ())))
+
+
+def roll_up_metrics(conn: WriteConn) -> None:
+    """SQLite: every raw row not rolled up yet merged into metrics_1m now (a database leaving for
+    PostgreSQL: `dvic-central migrate`; never while a writer runs, whose accumulator holds them too)."""
+    if dialect_of(conn) != "sqlite":
+        return
+    done, upto, node = _rollup_state(conn)
+    top = _top_raw_rowid(conn)
+    for above, below, after in ((done, upto, node), (upto, top, None)):
+        if below <= above:
+            continue
+        nodes, params = (" AND node_id > ?", (after,)) if after is not None else ("", ())
+        conn.execute(
+            "INSERT INTO metrics_1m (node_id, name, bucket, min, avg, max, count)"
+            f" SELECT node_id, name, {SQLITE_MINUTE} AS minute, min(value), avg(value), max(value), count(*)"
+            f" FROM metrics_raw WHERE rowid > ? AND rowid <= ?{nodes} GROUP BY node_id, name, minute"
+            + _MERGE_INTO_1M, (above, below, *params))
+    conn.execute("UPDATE metrics_rollup SET done = ?, upto = ?, node = NULL", (top, top))
 
 
 def insert_event(ts: float, node_id: str, kind: str, message: str, data: Mapping[str, Any]) -> WriteFn:
@@ -562,10 +758,14 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
 
         indexed = _last_indexed_log(conn)
         windows = {"metrics_raw": now - raw_metrics_s, "metrics_1m": now - metrics_1m_s, "logs": now - logs_s}
+        raw_expired: tuple[str, Callable[[], tuple[Any, ...]]] = ("ts < ?", lambda: (windows["metrics_raw"],))
         if dialect_of(conn) == "sqlite":
-            # metrics_raw has no key of its own: its row address.
+            # metrics_raw has no key of its own: its row address. Only samples rolled up into
+            # metrics_1m, and never the one at `done` (MetricRollup: rowids must only grow).
             where = {"metrics_raw": ("metrics_raw", "rowid"), "metrics_1m": ("metrics_1m", "node_id, name, bucket"),
                      "logs": ("logs", "id")}
+            rolled = _rollup_state(conn)[0]
+            raw_expired = ("ts < ? AND rowid < ?", lambda: (windows["metrics_raw"], rolled))
         else:
             # PostgreSQL: whole days past their window go at once, by dropping their partitions
             # (a day is kept until all of it is expired); what is left to delete row by row is in
@@ -575,7 +775,7 @@ def apply_retention(now: float, raw_metrics_s: float, metrics_1m_s: float, logs_
                 deleted[table] = deleted.get(table, 0) + _drop_partitions_before(conn, table, cutoff)
             where = {table: (f"{table}_default", "ctid") for table in windows}
         steps: list[tuple[str, str, str, Callable[[], Iterable[Any]], str]] = [
-            ("metrics_raw", *where["metrics_raw"], lambda: (windows["metrics_raw"],), "ts < ?"),
+            ("metrics_raw", *where["metrics_raw"], raw_expired[1], raw_expired[0]),
             ("metrics_1m", *where["metrics_1m"], lambda: (windows["metrics_1m"],),
              "bucket < CAST(? AS DOUBLE PRECISION)"),
             ("logs", *where["logs"], lambda: (windows["logs"], indexed), "ts < ? AND id <= ?"),

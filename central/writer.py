@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from .db import connect_writer
 from .dbconn import DatabaseUnavailable, Target, WriteConn, WriterConn
-from .store import FtsIndexer, LogRow, WriteFn, insert_log_rows, insert_metric_rows, log_rows
+from .store import FtsIndexer, LogRow, MetricRollup, WriteFn, insert_log_rows, insert_metric_rows, log_rows
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,12 @@ class _LogBatch:
 
 
 class Writer:
-    def __init__(self, path: Target | Path | str, commit_interval: float = 0.02) -> None:
+    def __init__(self, path: Target | Path | str, commit_interval: float = 0.02,
+                 rollup: MetricRollup | None = None) -> None:
         self.path = path
         self.fts = FtsIndexer()
+        # SQLite's one-minute metric aggregates, rolled up from the raw samples at commits.
+        self.rollup = rollup or MetricRollup()
         self.commit_interval = commit_interval
         self._queue: asyncio.Queue[_Op | None] = asyncio.Queue(QUEUE_LIMIT)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dvic-writer")
@@ -95,7 +98,20 @@ class Writer:
         self._task = asyncio.create_task(self._run(), name="dvic-writer")
 
     def _open(self) -> None:
-        self._conn = connect_writer(self.path)
+        conn = connect_writer(self.path)
+        if conn.dialect == "sqlite":
+            try:
+                started = time.monotonic()
+                conn.begin()
+                self.rollup.start(conn)
+                conn.commit()
+                self.rollup.committed()
+            except BaseException:
+                conn.close()
+                raise
+            if time.monotonic() - started > 1:
+                log.info("metric samples not rolled up yet reloaded in %.1f s", time.monotonic() - started)
+        self._conn = conn
         self._thread_id = threading.get_ident()
 
     @property
@@ -120,9 +136,19 @@ class Writer:
             self._task = None
         loop = asyncio.get_running_loop()
         if self._conn is not None:
+            if self._conn.dialect == "sqlite":
+                await loop.run_in_executor(self._executor, self._roll_up_everything)
             await loop.run_in_executor(self._executor, self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
+
+    def _roll_up_everything(self) -> None:
+        """At a clean stop: every metric sample's minute into metrics_1m (a start after a crash
+        would rebuild the accumulator from the raw rows instead)."""
+        try:
+            self._apply([], roll_up_everything=True)
+        except StorageError:
+            pass  # logged; the samples stay in metrics_raw, and the next start rolls them up
 
     async def submit(self, fn: Callable[[WriteConn], T], *, urgent: bool = False) -> T:
         """Run `fn` inside the next group commit; returns its result once committed.
@@ -295,7 +321,8 @@ class Writer:
         if self._spacing is not None and not self._spacing.done():
             self._spacing.set_result(None)
 
-    def _apply(self, fns: list[Callable[[WriterConn], Any]]) -> list[tuple[bool, Any]]:
+    def _apply(self, fns: list[Callable[[WriterConn], Any]], *,
+               roll_up_everything: bool = False) -> list[tuple[bool, Any]]:
         conn = self._conn
         assert conn is not None
         results: list[tuple[bool, Any]] = []
@@ -323,15 +350,19 @@ class Writer:
                     conn.execute("RELEASE op")
                     results.append((True, value))
             self.fts.before_commit(conn)
+            self.rollup.before_commit(conn, everything=roll_up_everything)
             conn.commit()
             self.fts.committed()
+            self.rollup.committed()
         except StorageError:
             self.fts.rolled_back()
+            self.rollup.rolled_back()
             self._give_up(conn)
             log.error("database transaction rolled back; %d writes failed", len(fns))
             raise
         except failures as exc:
             self.fts.rolled_back()
+            self.rollup.rolled_back()
             self._give_up(conn)
             log.error("database commit failed: %s", exc)
             raise StorageError(f"database commit failed: {exc}") from exc

@@ -2795,8 +2795,12 @@ def kill_session(sid: int, sig: int) -> None:
             pass
 
 
-async def wait_fd(fd: int, writable: bool = False) -> None:
-    """Wait until a non-blocking fd is readable (or writable) without a thread."""
+async def wait_fd(fd: int, writable: bool = False, closed: Callable[[], bool] = lambda: False) -> None:
+    """Wait until a non-blocking fd is readable (or writable) without a thread.
+
+    `closed` says whether the fd's owner has closed it meanwhile (removing this wait's registration
+    before the close): its number may then be another file's already, e.g. a command's output pipe
+    opened just after, whose registration must stay."""
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
@@ -2808,7 +2812,8 @@ async def wait_fd(fd: int, writable: bool = False) -> None:
     try:
         await fut
     finally:
-        (loop.remove_writer if writable else loop.remove_reader)(fd)
+        if not closed():
+            (loop.remove_writer if writable else loop.remove_reader)(fd)
 
 
 def tail_text(data: bytes, limit: int = 500) -> str:
@@ -2902,6 +2907,29 @@ class ExecJournal:
             self.lines = len(self.ids)
 
 
+class CommandProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """The streams of create_subprocess_exec, and `exited`, set as soon as the process has exited:
+    Process.wait() also waits for its pipes to close on newer Pythons (3.12, late 3.11 releases), and a
+    background child holding them must not hold up the command's end (the pipes get PIPE_GRACE)."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+async def start_command(argv: List[str]) -> Tuple["asyncio.subprocess.Process", CommandProtocol]:
+    """`argv` in a new session, stdin /dev/null, stdout and stderr piped (64 KiB buffered each)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: CommandProtocol(64 * KIB, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    return asyncio.subprocess.Process(transport, protocol, loop), protocol
+
+
 class RunningCommand:
     def __init__(self, rid: str, proc: "asyncio.subprocess.Process") -> None:
         self.id = rid
@@ -2930,7 +2958,8 @@ class CommandRunner:
         self.spawn = spawn
         self.max_running = max_running
         self.running = {}  # type: Dict[str, RunningCommand]
-        self.starting = 0
+        # accepted, their process not there yet: id -> a cancel came meanwhile (applied once it is)
+        self.starting = {}  # type: Dict[str, bool]
 
     async def _exit(self, rid: str, reason: str, message: str, code: Optional[int] = None,
                     sig: Optional[int] = None, truncated: bool = False, wait: float = 0.0) -> None:
@@ -2958,7 +2987,7 @@ class CommandRunner:
         except RequestError as exc:
             await self._exit(rid, "failed", "bad request: %s" % exc)
             return
-        if len(self.running) + self.starting >= self.max_running:
+        if len(self.running) + len(self.starting) >= self.max_running:
             await self._exit(rid, "refused", "this node already runs %d commands (the limit)" % self.max_running)
             return
         try:
@@ -2967,7 +2996,7 @@ class CommandRunner:
             await self._exit(rid, "failed", "cannot record the command id in %s: %s" % (self.journal.path,
                                                                                       exc.strerror or exc))
             return
-        self.starting += 1
+        self.starting[rid] = False
         self.spawn(self._run(rid, argv, float(timeout) if timeout else None, cap))
 
     @staticmethod
@@ -2989,20 +3018,30 @@ class CommandRunner:
         if cmd is not None:
             LOG.info("command %s: cancelled by the server", rid)
             cmd.stop("cancelled")
+        elif rid in self.starting:  # the cancel came with the exec: stopped as soon as it runs, if ever
+            LOG.info("command %s: cancelled by the server while starting", rid)
+            self.starting[rid] = True
 
     async def _run(self, rid: str, argv: List[str], timeout: Optional[float], cap: int) -> None:
+        started = None  # type: Optional[Tuple[asyncio.subprocess.Process, CommandProtocol]]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=64 * KIB)
+            if not self.starting[rid]:  # else cancelled before its turn came: never started
+                started = await start_command(argv)
         except OSError as exc:
             await self._exit(rid, "failed", "cannot run %s: %s" % (argv[0], exc.strerror or exc), wait=30)
             return
         finally:
-            self.starting -= 1
+            cancelled = self.starting.pop(rid)
+        if started is None:
+            LOG.info("command %s: cancelled before it started", rid)
+            await self._exit(rid, "cancelled", "cancelled before it started", wait=300)
+            return
+        proc, protocol = started
         cmd = RunningCommand(rid, proc)
         self.running[rid] = cmd
         LOG.info("command %s: started pid %d: %s", rid, proc.pid, " ".join(argv)[:200])
+        if cancelled:  # while its process was being made
+            cmd.stop("cancelled")
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, cmd.stop, "timeout") if timeout else None
         budget = {"left": cap, "truncated": False}
@@ -3010,7 +3049,9 @@ class CommandRunner:
             await self.link.send({"type": "exec_started", "id": rid, "pid": proc.pid}, 30)
             pumps = [asyncio.ensure_future(self._pump(rid, proc.stdout, "stdout", budget)),  # type: ignore[arg-type]
                      asyncio.ensure_future(self._pump(rid, proc.stderr, "stderr", budget))]  # type: ignore[arg-type]
-            rc = await proc.wait()
+            await protocol.exited.wait()
+            rc = proc.returncode
+            assert rc is not None
             # a background child may keep the pipes open: read what comes for a moment, then stop
             _, late = await asyncio.wait(pumps, timeout=PIPE_GRACE)
             for p in late:
@@ -3165,9 +3206,9 @@ class ShellManager:
         hung = asyncio.ensure_future(s.ended.wait())
         try:
             while not s.closed:
-                reader = asyncio.ensure_future(wait_fd(s.master))
+                reader = asyncio.ensure_future(wait_fd(s.master, closed=lambda: s.closed))
                 await asyncio.wait([reader, exited, hung], return_when=asyncio.FIRST_COMPLETED)
-                if not reader.done():
+                if s.closed or not reader.done():  # hung up: s.master may be another file's number now
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
                     if not s.closed:  # the shell exited: send what is left, then hang up
@@ -3200,6 +3241,8 @@ class ShellManager:
 
     async def _drain(self, s: ShellSession) -> None:
         for _ in range(64):  # bounded: at most 3 MiB of late output
+            if s.closed:  # hung up while sending: s.master may be another file's number now
+                return
             try:
                 data = os.read(s.master, MAX_PAYLOAD)
             except OSError:
@@ -3221,7 +3264,7 @@ class ShellManager:
                 try:
                     n = os.write(s.master, bytes(s.input[:MAX_PAYLOAD]))
                 except BlockingIOError:
-                    await wait_fd(s.master, writable=True)
+                    await wait_fd(s.master, writable=True, closed=lambda: s.closed)
                     continue
                 except OSError:
                     return
@@ -3272,7 +3315,9 @@ class ShellManager:
         kill_session(s.proc.pid, signal.SIGHUP)
         kill_session(s.proc.pid, signal.SIGCONT)
         loop = asyncio.get_running_loop()
-        loop.remove_reader(s.master)  # before the close: the fd number may be reused at once
+        # before the close: the number may be reused at once, and the waits on it (wait_fd, told by
+        # s.closed) then leave alone what is registered under it
+        loop.remove_reader(s.master)
         loop.remove_writer(s.master)
         try:
             os.close(s.master)

@@ -110,7 +110,7 @@ def clock_skew(rule: Rule, node: NodeState, ctx: EvalContext) -> Iterable[Readin
 def pi_throttled(rule: Rule, node: NodeState, ctx: EvalContext) -> Iterable[Reading] | None:
     if node.liveness != "online":
         return None
-    flags = throttle_flags(node.sample.get("throttled"))
+    flags = throttle_flags(node.throttled)
     if flags is None:
         return ()
     return ((node_subject(node), FIRE if flags & 0xF else CLEAR, float(flags), None),)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 from aiohttp import web
@@ -23,15 +24,21 @@ async def health(request: web.Request) -> web.Response:
                           "uptime": time.time() - svc.started_at, "replica": svc.cluster.replica})
 
 
-def registration_gate(request: web.Request) -> None:
+async def registration_gate(request: web.Request) -> None:
     """Registration open, and this address within its attempts: every attempt counts, well-formed or not."""
     gate = request.app[accounts.REGISTRATION]
     if not gate.enabled:
         raise ApiError(403, "registration_closed",
                        "self-registration is off on this server: ask an admin to create your account")
-    wait = gate.attempt(request.remote or "")
-    if wait:
-        raise ApiError(429, "rate_limited", f"too many registrations: try again in {wait / 60:.0f} min")
+    full = await gate.admit(request.remote or "")
+    if full is None:
+        return
+    limit, minutes = full.budget.limit, max(1, math.ceil(full.wait / 60))
+    if full.budget == gate.address_budget:
+        why = f"too many registration attempts from this address: at most {limit} an hour (--register-per-address)"
+    else:
+        why = f"too many accounts registered: at most {limit} an hour on this server (--register-total)"
+    raise ApiError(429, "rate_limited", f"{why}; try again in {minutes} min", retry_after=full.wait)
 
 
 @routes.route("POST", "/api/v1/register", role=PUBLIC,
@@ -47,7 +54,7 @@ async def register(request: web.Request) -> web.Response:
     token = await create_operator(svc, name, "viewer", "pending",
                                   also=accounts.add_registration(name, accounts.hash_code(code), request.remote or "",
                                                                  time.time()))
-    request.app[accounts.REGISTRATION].created()
+    await request.app[accounts.REGISTRATION].count_created()
     return json_response({
         "name": name, "status": "pending", "token": token, "code": code,
         "message": f"account created; tell an admin your code {code}: they need it to approve you",

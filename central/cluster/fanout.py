@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from ..bus import Bus
+from ..bus import Bus, Subscriber
 from ..registry import NodeState
 from .pgbus import BusError
 from .replica import ReplicaBus
@@ -46,6 +46,9 @@ class Outbox:
         self._lines: dict[str, list[dict[str, Any]]] = {}
         self._beat: dict[str, Any] | None = None
         self._acks: dict[str, int] = {}
+        # Other parts of a message, each asked at send time (given whether a heartbeat goes with
+        # it) for the fields it adds: the shared connection counts (conns.py).
+        self.parts: list[Callable[[bool], dict[str, Any]]] = []
         self._sent_parts: dict[str, tuple[int, int]] = {}  # node id: what its facts and demos were sent as
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -66,6 +69,11 @@ class Outbox:
             await self._flush(final or {})
         for task in list(self._background):
             task.cancel()
+
+    @property
+    def waiting(self) -> int:
+        """Node views, frames and nodes' line batches queued for the next message."""
+        return len(self._nodes) + len(self._frames) + len(self._lines)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -91,6 +99,11 @@ class Outbox:
     def beat(self, beat: dict[str, Any]) -> None:
         if not self._closed:
             self._beat = beat
+            self._wake.set()
+
+    def poke(self) -> None:
+        """A part has something to say: a message goes at the end of this window."""
+        if not self._closed:
             self._wake.set()
 
     def ack(self, replica: str, interest: int) -> None:
@@ -149,6 +162,8 @@ class Outbox:
             message["beat"] = beat
         if acks:
             message["acks"] = acks
+        for part in self.parts:
+            message.update(part(beat is not None))
         if len(message) > 1:
             self.sent["events"] += 1
             self.sent["views"] += len(views)
@@ -166,6 +181,8 @@ class Sharing(Protocol):
 
     def wants(self) -> list[str]: ...
     def remote_wants(self, node_id: str) -> bool: ...
+    def remote_audience(self) -> bool: ...
+    def beat_now(self) -> None: ...
     async def announce_interest(self) -> None: ...
 
 
@@ -176,6 +193,22 @@ class SharedBus(Bus):
 
     def attach(self, presence: Sharing) -> None:
         self.presence = presence
+
+    def subscribe(self) -> Subscriber:
+        sub = super().subscribe()
+        if self.presence is not None and self.subscriber_count == 1:
+            self.presence.beat_now()  # the others now build frames for this replica's clients too
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        had = self.subscriber_count
+        super().unsubscribe(sub)
+        if self.presence is not None and had == 1 and self.subscriber_count == 0:
+            self.presence.beat_now()
+
+    def has_audience(self) -> bool:
+        """Stream clients here, or on another live replica (its heartbeat says it has some)."""
+        return super().has_audience() or (self.presence is not None and self.presence.remote_audience())
 
     def publish(self, message: dict[str, Any]) -> None:
         super().publish(message)

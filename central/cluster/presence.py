@@ -63,6 +63,7 @@ class Peer:
     heartbeat_at: float  # its clock at its last heartbeat (wall time: last_seen of its nodes)
     logs: frozenset[str] = frozenset()  # node ids (or "*") whose lines its stream clients want
     interest: int = 0  # the number of its latest wish for lines, acknowledged to it
+    clients: bool = False  # it has stream clients: frames built only for someone are built for them too
     gone: bool = False  # silent for SILENT_S, or stopped: holds no session
     said: dict[str, Any] | None = None  # what else its last heartbeat said (`announce`: e.g. what it leads)
 
@@ -93,11 +94,14 @@ class Presence:
         # who else is given the live frames of other replicas.
         self.announce: list[Callable[[], dict[str, Any]]] = []
         self.frame_observers: list[Callable[[dict[str, Any]], None]] = []
+        # Who is told a replica is gone (its name): it holds nothing any more (conns.py).
+        self.peer_observers: list[Callable[[str], None]] = []
         # Our wishes for lines are numbered; each peer acknowledges the latest it has applied.
         self._interest = 0
         self._acked: dict[str, int] = {}
         self._acked_changed = asyncio.Event()
-        bus.attach(self)
+        if cluster.shared:  # (one server: nobody to send to, and nothing would send what is queued)
+            bus.attach(self)
         cluster.bus.subscribe(EVENTS, self._on_events)
         cluster.bus.subscribe(LOGS, self._on_logs)
         cluster.bus.on_gap(self._on_gap)
@@ -212,6 +216,11 @@ class Presence:
     def remote_wants(self, node_id: str) -> bool:
         return any(not p.gone and ("*" in p.logs or node_id in p.logs) for p in self.peers.values())
 
+    def remote_audience(self) -> bool:
+        """Another live replica has stream clients (frames built only for someone: deployments,
+        demo statuses)."""
+        return any(p.clients and not p.gone for p in self.peers.values())
+
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
@@ -234,6 +243,7 @@ class Presence:
         if isinstance(beat, dict):
             peer.heartbeat_at = float(beat.get("at") or time.time())
             peer.logs = frozenset(str(x) for x in beat.get("logs") or ())
+            peer.clients = bool(beat.get("clients"))
             peer.said = beat
             interest = int(beat.get("interest") or 0)
             if interest != peer.interest:  # applied from now on: tell it, so its client may rely on it
@@ -281,9 +291,12 @@ class Presence:
         """`peer` holds no session any more: its nodes keep their state, seen until its last beat."""
         peer.gone = True
         peer.logs = frozenset()
+        peer.clients = False
         held = [n for n in self.registry.all() if n.replica == peer.name and n.send is None]
         log.warning("replica %s: replica %s %s: its %d node(s) are held by none until they reconnect",
                     self.replica, peer.name, why, len(held))
+        for observe in self.peer_observers:
+            observe(peer.name)
         for node in held:
             node.replica = ""
             node.last_seen = max(node.last_seen or 0.0, peer.heartbeat_at)
@@ -399,7 +412,8 @@ class Presence:
         self._beat()
 
     def _beat(self) -> None:
-        beat: dict[str, Any] = {"at": time.time(), "logs": self.wants(), "interest": self._interest}
+        beat: dict[str, Any] = {"at": time.time(), "logs": self.wants(), "interest": self._interest,
+                                "clients": self.bus.subscriber_count > 0}
         for say in self.announce:
             beat.update(say())
         self.outbox.beat(beat)

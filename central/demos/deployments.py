@@ -363,7 +363,7 @@ class DeploymentHub:
                "last_heartbeat": msg["last_heartbeat"], "message": msg["message"], "updated_at": time.time()}
         self.status[(node.id, msg["demo"])] = row
         self.submit_later(store.save_status(row))
-        if self.registry.bus.subscriber_count:
+        if self.registry.bus.has_audience():
             # The stream names a node's id `node`, as every other frame does (docs/protocol.md).
             frame = {k: v for k, v in row.items() if k != "node_id"}
             self.registry.bus.publish({"type": "demo_status", "node": node.id, "node_name": node.name, **frame})
@@ -733,7 +733,7 @@ class DeploymentHub:
 
     # -- views ---------------------------------------------------------------------------------
     def _publish(self, dep: Deployment) -> None:
-        if self.registry.bus.subscriber_count:  # a view of every node row: only built for someone
+        if self.registry.bus.has_audience():  # a view of every node row: only built for someone (any replica's)
             self.registry.bus.publish({"type": "deployment", "deployment": self.deployment_view(dep)})
 
     def _node_name(self, node_id: str) -> str:

@@ -46,6 +46,7 @@ async def move(source: Path, url: str, *, batch: int = BATCH_ROWS, progress: Pro
     """Copy the SQLite database at `source` (a file that exists: `run` checks) into the empty
     PostgreSQL database at `url`."""
     await db.create(source)  # this release's schema (as the server's start would)
+    await asyncio.to_thread(_roll_up_metrics, source)
     await db.create(url)
     import asyncpg
 
@@ -88,6 +89,19 @@ async def _plan(src: sqlite3.Connection, conn: Any) -> tuple[list[str], dict[str
     order = _parents_first(source_tables, await queries.pg_references(conn))
     source_columns = {t: set(queries.sqlite_columns(src, t)) for t in source_tables}
     return order, {t: [(name, kind) for name, kind in target[t] if name in source_columns[t]] for t in order}
+
+
+def _roll_up_metrics(source: Path) -> None:
+    """The source's metric samples not rolled up into their minutes yet (a server that was killed
+    leaves some: store.MetricRollup) rolled up, so the minutes copied are whole: PostgreSQL keeps
+    its minutes up to date at each commit and reads no samples for them."""
+    conn = db.connect_writer(source)
+    try:
+        conn.begin()
+        store.roll_up_metrics(conn)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def _make_days(url: str, days: dict[str, list[int]]) -> None:

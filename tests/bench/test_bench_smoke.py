@@ -56,8 +56,9 @@ def test_keepalive_smoke_with_wrk(tmp_path: Path) -> None:
     assert doc["figures"]["[wrk] non-2xx responses"]["value"] == 0
 
 
-@pytest.mark.parametrize("whatif", [[], ["--batching", "interval"], ["--whatif-ssl-buffer", "16384"]],
-                         ids=["as-is", "interval-batching", "whatif-ssl-buffer"])
+@pytest.mark.parametrize("whatif", [[], ["--batching", "interval"], ["--whatif-ssl-buffer", "16384"],
+                                    ["--history-minutes", "2"]],
+                         ids=["as-is", "interval-batching", "whatif-ssl-buffer", "history"])
 def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     doc = run_bench("bench.fleet", tmp_path, "--nodes", "5", "--duration", "2", "--interval", "1", *whatif)
     figures = doc["figures"]
@@ -67,6 +68,9 @@ def test_fleet_smoke(tmp_path: Path, whatif: list[str]) -> None:
     assert figures["subscriber lines received"]["ok"] is True
     assert figures["  timed lines (after warm-up)"]["value"] > 0
     assert figures["connections dropped during the run"]["value"] == 0
+    measured(figures, "server CPU, busiest other thread (the writer)", "% of one core")
+    if "--history-minutes" in whatif:
+        assert figures["metrics history stored first (server stopped)"]["value"].startswith("600 raw samples")  # 5 nodes x 10 series x 12
 
 
 def test_fleet_smoke_on_postgresql(tmp_path: Path) -> None:
@@ -92,6 +96,24 @@ def test_writer_paths_smoke() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("rows/s with a busy main thread") == 2
     assert result.stdout.count("ms CPU per 1,000 lines") == 2
+
+
+def test_writer_paths_metrics_smoke() -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.writer_paths", "--metrics", "--nodes", "20", "--minutes", "1.5"],
+                            cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ms CPU per 1,000 samples") == 5
+
+
+def test_writer_paths_metrics_smoke_on_postgresql() -> None:
+    try:
+        bindir()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    result = subprocess.run([sys.executable, "-m", "bench.writer_paths", "--metrics", "--engine", "postgresql",
+                             "--nodes", "20", "--minutes", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ms CPU per 1,000 samples, PostgreSQL") == 4
 
 
 def test_retention_smoke(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """bench.pg_textindex at a tiny size on a real PostgreSQL: every word split and every index variant
-is measured, and the merging connection runs only with step 12's index."""
+is measured, and the merging connection runs only with step 14's index."""
 
 from __future__ import annotations
 

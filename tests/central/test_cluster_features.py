@@ -26,7 +26,7 @@ from tests.support.nodes import connected, metrics
 from tests.support.postgres import Cluster
 from tests.support.receivers import HttpReceiver
 from tests.support.releases import archive, publish
-from tests.support.replicas import Replicas, known_on, toward, toward_fields
+from tests.support.replicas import Replicas, StreamClient, known_on, toward, toward_fields
 from tests.support.server import CentralServer
 from tests.support.wait import async_wait_for
 
@@ -363,6 +363,29 @@ async def test_a_new_leader_keeps_a_demo_alert_raised_by_the_daemons_events_open
     assert rows == [(fired["id"], "firing")], rows
 
 
+async def test_a_new_leader_keeps_a_demo_exited_alert_from_a_failed_status_open(
+        replicas: list[CentralServer]) -> None:
+    """A demo that cannot start (`demo_status` failed) keeps its demo_exited alert across a change of
+    leader: the flag is rebuilt from the stored status, not ended and raised again."""
+    leader, other = await leader_and_other(replicas)
+    status, body = other.api("PATCH", "/api/v1/rules/demo_exited", {"for": "0s"})
+    assert status == 200, body
+    bundle = other.enroll("pi-fails", kind="raspberry", group="hall-a")
+    known_on(leader, bundle["node_id"])
+    async with reporting_node(toward(bundle, other)) as node:
+        await node.send({**crashloop_status("robot"), "state": "failed", "message": "cannot start: no such file"})
+        fired = await until(lambda: (a := alert_of(other, "demo_exited", "pi-fails")) and a["state"] == "firing" and a,
+                            30, "the demo_exited alert")
+        leader.kill()
+        await until(lambda: "leads the feature areas" in other.log(), 30, "the other to lead")
+        passes = leader_passes(other)
+        await until(lambda: leader_passes(other) >= passes + 4, 30, "a few evaluations on the new leader")
+        kept = alert_of(other, "demo_exited", "pi-fails")
+        assert kept is not None and kept["id"] == fired["id"] and kept["state"] == "firing", kept
+    rows = other.query("SELECT id, state FROM alerts WHERE rule = 'demo_exited'")
+    assert rows == [(fired["id"], "firing")], rows
+
+
 def alert_series(server: CentralServer) -> dict[str, str]:
     """{subject: state} of the `dvic_alert` series in the server's /metrics, and each `dvic_alerts` count
     as {"count:STATE": value}."""
@@ -476,3 +499,31 @@ async def test_log_lines_sent_while_no_replica_leads_count_for_the_next_leaders_
             assert fired["state"] == "firing", fired
     finally:
         await conn.close()
+
+
+async def test_deployment_and_demo_status_frames_reach_stream_clients_of_a_replica_not_leading(
+        replicas: list[CentralServer], tmp_path: Path) -> None:
+    """The leader has no stream client of its own; the other's stream still gets the frames the
+    leader makes of a node's demo_status and of a deployment (they used to be built only for the
+    leader's own clients, so nobody elsewhere saw them)."""
+    leader, other = await leader_and_other(replicas, "demos")
+    bundle = other.enroll("pi-frames", kind="raspberry", group="hall-f")
+    known_on(leader, bundle["node_id"])
+    status, release = publish(other, demo_release(tmp_path, "1.0.0"))
+    assert status == 201, release
+    async with StreamClient(other) as stream, \
+            sending_node(toward(bundle, other), 0.5, lambda node: crashloop_status("robot")) as node:
+        shown = await until(lambda: next((f for f in stream.of_type("demo_status")
+                                          if f["node"] == bundle["node_id"]), None),
+                            20, "the node's demo_status frame on the other replica's stream")
+        assert shown["demo"] == "robot" and shown["state"] == "crashloop", shown
+        status, dep = other.api("POST", "/api/v1/deployments", {"demo": "sleeper", "version": "1.0.0",
+                                                                "group": "hall-f"})
+        assert status == 201, dep
+        # The node reports the install (as a daemon does): the rollout's row changes on the leader.
+        await node.send({"type": "demo_install", "demo": "sleeper", "version": "1.0.0", "rollout": dep["id"],
+                         "state": "downloading", "message": "", "bytes": 10, "total": 100})
+        frame = await until(lambda: next((f for f in stream.of_type("deployment")
+                                          if f["deployment"]["id"] == dep["id"]), None),
+                            20, "the deployment's frame on the other replica's stream")
+        assert frame["deployment"]["nodes"][0]["state"] == "downloading", frame

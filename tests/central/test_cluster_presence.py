@@ -13,6 +13,14 @@ from typing import Any
 import asyncpg
 import pytest
 
+from central import db
+from central.cluster.fanout import SharedBus
+from central.cluster.presence import Presence
+from central.cluster.replica import open_cluster
+from central.dbconn import target
+from central.queries import Queries
+from central.registry import Registry
+from central.writer import Writer
 from dvic_core.constants import CLOSE_REPLACED
 from tests.support import postgres
 from tests.support.fake_node import FakeNode
@@ -259,3 +267,26 @@ async def test_a_new_connection_that_leaves_before_its_hello_leaves_the_node_off
     await async_wait_for(lambda: [shown(s, node_id)["state"] for s in (r1, r2)] == ["offline", "offline"], 20,
                          "both replicas to show the node offline")
     assert not shown(r1, node_id)["connected"] and not shown(r2, node_id)["connected"]
+
+
+async def test_one_server_on_sqlite_queues_nothing_for_replicas_it_does_not_have(tmp_path: Path) -> None:
+    """On SQLite there is no other replica and the outbox never sends: what the fan-out publishes
+    must not pile up in it (every event and alert frame of a server's life did)."""
+    where = target(tmp_path / db.DB_FILE)
+    await db.prepare(where)
+    writer = Writer(where)
+    await writer.start()
+    read_db = await db.open_reads(where)
+    try:
+        bus = SharedBus()
+        presence = Presence(open_cluster("solo", None), Registry(writer, bus, 15.0, 5.0), bus, writer,
+                            Queries(read_db))
+        client = bus.subscribe()
+        for i in range(50):
+            bus.publish({"type": "event", "event": {"node": None, "kind": "retention", "message": f"m{i}"}})
+            bus.publish({"type": "node", "node": {"id": f"n{i}"}})
+        assert client.queue.qsize() == 100  # the one server's own clients get every frame
+        assert presence.outbox.waiting == 0
+    finally:
+        await read_db.close()
+        await writer.close()

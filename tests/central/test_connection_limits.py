@@ -217,6 +217,11 @@ def test_refusal_rules():
     assert "kept for nodes" in (refusal(limits, 90, 0, node=False) or "")
     assert refusal(limits, 99, 50, node=True) is None
     assert "--max-connections" in (refusal(limits, 100, 0, node=True) or "")
+    # With replicas: the address's connections on the others count too, and the refusal says so.
+    assert refusal(limits, 10, 1, node=False, elsewhere=3) is None
+    assert (refusal(limits, 10, 2, node=False, elsewhere=3) or "").endswith(": 3 of them on other replicas")
+    assert refusal(limits, 10, 0, node=True, elsewhere=9) is None
+    assert "other replicas" not in (refusal(limits, 90, 0, node=False, elsewhere=1) or "")
 
 
 def test_connections_are_counted_per_ipv4_address_and_per_ipv6_64():

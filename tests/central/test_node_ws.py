@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sqlite3
 import ssl
 import time
 
@@ -120,17 +121,25 @@ async def test_metrics_demo_and_event_messages_reach_the_api(shared_server: Cent
     bundle = shared_server.enroll("pi-7")
     async with greeted(bundle) as node:
         now = time.time()
-        await node.send({"type": "metrics", "ts": now, "cpu": {"total": 42.0, "per_core": [40.0, 44.0]},
-                         "mem": {"percent": 61.5}, "disks": [{"mount": "/", "percent": 30.0},
-                                                             {"mount": "/data", "percent": 80.0}],
-                         "temps": [{"name": "cpu", "celsius": 55.5}], "load": [0.5, 0.4, 0.3]})
+        sample = {"type": "metrics", "ts": now, "cpu": {"total": 42.0, "per_core": [40.0, 44.0]},
+                  "mem": {"percent": 61.5}, "disks": [{"mount": "/", "percent": 30.0}, {"mount": "/data", "percent": 80.0}],
+                  "temps": [{"name": "cpu", "celsius": 55.5}], "load": [0.5, 0.4, 0.3], "throttled": "0x0",
+                  "uptime": 12, "procs": 140, "net": {"rx_bytes": 10, "tx_bytes": 20}}
+        await node.send(sample)
         await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
                          "state": "started", "started_at": now, "exited_at": None})
         await node.send({"type": "event", "kind": "failed", "message": "camera unplugged", "data": {}})
         wait_for(lambda: state_of(shared_server, "pi-7") == "failed", timeout=5, what="failed state")
         detail = shared_server.node("pi-7")
         assert detail["metrics"] == {"cpu": 42.0, "mem": 61.5, "disk": 80.0, "temp": 55.5, "load1": 0.5}
-        assert detail["sample"]["cpu"]["per_core"] == [40.0, 44.0]
+        assert detail["sample"] == sample  # as sent (kept marshalled: central/registry.py)
+        # A keep-alive's metrics join the node's; its latest sample stays the one the node sent.
+        async with aiohttp.ClientSession() as http, http.post(
+                bundle["keepalive_url"], json={"rssi": -61}, headers={"Authorization": f"Bearer {bundle['token']}"},
+                ssl=shared_server.ssl_context) as resp:
+            assert resp.status == 200
+        detail = shared_server.node("pi-7")
+        assert detail["all_metrics"]["rssi"] == -61.0 and detail["sample"] == sample
         assert detail["demos"] == {"alive": 1, "total": 1}
         assert detail["demos_list"][0]["name"] == "robot-arm"
         await node.send({"type": "demo", "token": "0123456789abcdef", "name": "robot-arm", "pid": 4242,
@@ -215,6 +224,40 @@ async def test_a_full_disk_closes_the_node_without_an_ack_and_the_resent_batch_i
         assert ack["seq"] == 301
     _, body = central_server.api("GET", "/api/v1/logs?node=pi-full&limit=500")
     assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 302))
+
+
+@pytest.mark.skipif(postgres.wanted(), reason="a SQLite trigger refuses the batch")
+async def test_a_batch_the_database_refuses_closes_the_node_and_nothing_after_it_is_acked(
+        central_server: CentralServer):
+    """A batch the database refuses (a trigger here; the other batches of its commit are stored) is
+    not acked, nor is any batch after it, stored or not (an ack is cumulative), and the node is
+    closed: it resends them all when it reconnects."""
+    bundle = central_server.enroll("pi-refused")
+    db = sqlite3.connect(central_server.db_path)
+    try:
+        async with greeted(bundle) as node:
+            assert (await node.send_logs([node.line("before")]))["seq"] == 1
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON logs WHEN NEW.msg = 'refuse me' "
+                       "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+            db.commit()
+            refused = [node.line("refuse me")]
+            later = [[node.line(f"after {i}")] for i in range(20)]  # in its commit or in later ones
+            await node.send({"type": "logs", "lines": refused})
+            for lines in later:
+                await node.send({"type": "logs", "lines": lines})
+            assert node.ws is not None
+            msg = await node.ws.receive(timeout=10)
+            assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1011, "log batch not stored"), msg
+        db.execute("DROP TRIGGER refuse")
+        db.commit()
+        async with FakeNode(bundle) as node:
+            await node.connect()
+            assert (await node.hello())["last_seq"] >= 1
+            assert (await node.send_logs(refused + [line for lines in later for line in lines]))["seq"] == 22
+    finally:
+        db.close()
+    _, body = central_server.api("GET", "/api/v1/logs?node=pi-refused&limit=100")
+    assert sorted(line["seq"] for line in body["lines"]) == list(range(1, 23))
 
 
 @pytest.mark.skipif(postgres.wanted(), reason="fails a store by filling SQLite's files")

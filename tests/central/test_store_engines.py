@@ -6,6 +6,7 @@ metric aggregates, full-text search, retention, a failed write failing alone."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,7 +90,7 @@ async def test_full_text_search_matches_words_and_a_prefix_safely(opened: tuple[
 
 async def test_search_splits_words_at_any_punctuation_and_white_space_as_fts5_does(opened: tuple[Writer, ReadDB]) -> None:
     """Non-ASCII punctuation and spaces split words as ASCII ones do, on both engines (PostgreSQL's
-    index leaves white space to its parser since schema step 12: the same words as before)."""
+    index leaves white space to its parser since schema step 14: the same words as before)."""
     writer, reads = opened
     lines = _lines(1, 5)
     lines[0]["msg"] = "valve\u2014open after 3\u00b7retries"  # em dash, middle dot
@@ -111,8 +112,13 @@ async def test_search_splits_words_at_any_punctuation_and_white_space_as_fts5_do
     assert await found("break") == await found("thin one") == [4]
 
 
-async def test_metric_samples_aggregate_per_minute_across_commits(opened: tuple[Writer, ReadDB]) -> None:
+@pytest.mark.parametrize("roll_up_every_s", [math.inf, 0.0])
+async def test_metric_samples_aggregate_per_minute_across_commits(opened: tuple[Writer, ReadDB],
+                                                                  roll_up_every_s: float) -> None:
+    """The same minutes whether SQLite has rolled the samples up into metrics_1m yet or not (the
+    reads add those it has not: store.MetricRollup); PostgreSQL keeps metrics_1m up to date."""
     writer, reads = opened
+    writer.rollup.every_s = roll_up_every_s
     minute = 1_700_000_040  # a multiple of 60
     writer.add_metrics("node-a", minute + 1, {"cpu": 10.0, "load": 1})
     await writer.submit(store.insert_metrics("node-a", minute + 2, {"cpu": 30.0}))
@@ -167,6 +173,7 @@ async def test_a_command_history_counts_its_successful_runs(opened: tuple[Writer
 
 async def test_retention_deletes_what_is_past_its_window(opened: tuple[Writer, ReadDB]) -> None:
     writer, reads = opened
+    writer.rollup.every_s = 0  # SQLite: samples rolled up at every commit (retention deletes rolled ones only)
     now = 1_800_000_000.0
     old, fresh = now - 10 * 86_400, now - 60
     await writer.add_logs("node-a", [{**line, "ts": old} for line in _lines(1, 30)]

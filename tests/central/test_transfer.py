@@ -43,6 +43,7 @@ def served_on_sqlite(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     old = [{"seq": i, "ts": now - 10 * 86400 + i, "source": "daemon", "level": "WARNING", "msg": f"old {i}"}
            for i in range(1, 4)]
     store.insert_logs(ids["pc-2"], old)(conn)  # ten days ago: before the days a server start makes
+    # Samples not rolled up into their minutes yet, as a server killed -9 leaves them (store.MetricRollup).
     store.insert_metrics(ids["pc-2"], now - 30, {"cpu": 12.5, "mem": 40.0})(conn)
     conn.execute("COMMIT")
     conn.close()
@@ -75,6 +76,9 @@ def test_an_installation_moves_to_postgresql_and_serves_from_it(tmp_path: Path, 
         ids_seen = [e["id"] for e in events["events"]]
         assert len(ids_seen) == len(set(ids_seen))
     assert query(url, "SELECT count(*) FROM metrics_raw") == [(2,)]
+    # Their minutes were rolled up before the copy: PostgreSQL reads minutes from metrics_1m only.
+    assert sorted(query(url, "SELECT name, min, avg, max, count FROM metrics_1m WHERE node_id = ?", (ids["pc-2"],))) \
+        == [("cpu", 12.5, 12.5, 12.5, 1), ("mem", 40.0, 40.0, 40.0, 1)]
 
 
 def test_a_target_with_data_is_refused_and_left_as_it_was(tmp_path: Path, pg_cluster: Cluster) -> None:

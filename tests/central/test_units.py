@@ -15,6 +15,7 @@ from central.bus import Bus
 from central.messages import ProtocolError, metric_series, parse_node_message
 from central.pki import CertificateAuthority, pem_fingerprint
 from central.queries import Queries, QueryError, encode_cursor, log_query
+from central.store import MetricRollup
 from central.writer import SETTLE_PER_TURN, StorageError, Writer
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "node_messages.json").read_text())
@@ -270,7 +271,8 @@ async def test_bus_cuts_off_a_slow_subscriber_without_blocking_others():
 
 async def test_retention_trims_old_rows_and_caps_logs(migrated_db: Path):
     path = migrated_db
-    writer = Writer(path)
+    # Samples rolled up into their minutes at every commit: retention deletes rolled samples only.
+    writer = Writer(path, rollup=MetricRollup(every_s=0))
     await writer.start()
     now = time.time()
     try:

@@ -24,9 +24,10 @@ import pytest
 
 from tests.support.cli import DvicRunner, clean_env
 from tests.support.daemon import DaemonProcess, wait_connected
-from tests.support.postgres import _free_port
+from tests.support.postgres import PostgresUnavailable, _free_port, shared_cluster
 from tests.support.procs import ManagedProcess
-from tests.support.rawclient import tls_ask, tls_connect
+from tests.support.rawclient import Connection, tls_ask, tls_connect
+from tests.support.replicas import Replicas
 from tests.support.server import REPO, CentralServer
 from tests.support.wait import async_wait_for, wait_for
 
@@ -225,6 +226,52 @@ async def test_the_servers_see_each_clients_own_address_through_the_balancer(bal
         for _, writer in held:
             writer.close()
     assert "127.0.0.2" not in "".join(re.findall(r"access: .*", server.log())), "HAProxy's own address logged"
+
+
+async def held_on(port: int, server: CentralServer, source: str) -> tuple[str, Connection]:
+    """A kept-alive connection from `source` through the balancer: (the replica that answered its
+    health check, the connection, still open and counted)."""
+    reader, writer = await tls_connect(port, server.ssl_context, source)
+    writer.write(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+    return str(body["replica"]), (reader, writer)
+
+
+async def test_an_address_holds_its_connections_per_address_over_all_replicas_behind_haproxy(
+        tmp_path: Path) -> None:
+    """Two replicas behind the shipped config (leastconn spreads one address's connections over
+    both): the address gets --max-connections-per-address in all, not on each replica."""
+    try:
+        database = shared_cluster().fresh_database()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    port = _free_port()
+    with Replicas(tmp_path / "data", database, count=2, extra_args=(
+            "--public-url", f"https://127.0.0.1:{port}", "--proxy-protocol-from", HAPROXY_SOURCE,
+            "--max-connections-per-address", "3")) as servers, \
+            Balancer(tmp_path / "haproxy", f"127.0.0.1:{port}",
+                     [s.url.removeprefix("https://") for s in servers]) as balancer:
+        via = copy.copy(servers[0])
+        via.url = f"https://127.0.0.1:{port}"
+        wait_for(lambda: balancer.running() and answers(via), 30, "the replicas to answer through haproxy",
+                 interval=0.1)
+        held = [await held_on(port, via, "127.0.0.6") for _ in range(3)]
+        try:
+            assert {replica for replica, _ in held} == {"r1", "r2"}, held  # spread over both
+            # Once each replica has heard of the other's, a fourth is refused, whichever takes it.
+            async def refused() -> bool:
+                return (await tls_ask(port, via.ssl_context, "127.0.0.6", via.admin_token))[0] == 503
+
+            await async_wait_for(refused, 10, "a fourth connection from 127.0.0.6 to be refused", interval=0.2)
+            for _ in range(4):
+                assert (await tls_ask(port, via.ssl_context, "127.0.0.6", via.admin_token))[0] == 503
+            assert (await tls_ask(port, via.ssl_context, "127.0.0.7", via.admin_token))[0] == 200
+        finally:
+            for _, (_, writer) in held:
+                writer.close()
 
 
 def test_up_points_this_machines_daemon_at_the_balancer(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import socket
 import ssl
 import struct
 import subprocess
@@ -102,6 +103,7 @@ class StandIn:
     def __init__(self) -> None:
         self.runner: web.AppRunner | None = None
         self.ws: web.WebSocketResponse | None = None
+        self.sock: Any = None  # the live connection's TCP socket (see send_together)
         self.connections = 0
 
     async def __aexit__(self, *exc: object) -> None:
@@ -119,6 +121,7 @@ class StandIn:
         await ws.send_json({"type": "welcome", "protocol": 1, "node_id": node_id, "name": self.name,
                             "settings": {"interval": 5}, "last_seq": 0, "server_time": time.time()})
         self.ws = ws
+        self.sock = request.transport.get_extra_info("socket") if request.transport is not None else None
         self.connections += 1
         return ws, hello
 
@@ -129,6 +132,17 @@ class StandIn:
     async def send(self, msg: dict[str, Any]) -> None:
         assert self.ws is not None, "no daemon connected"
         await self.ws.send_json(msg)
+
+    async def send_together(self, msgs: list[dict[str, Any]]) -> None:
+        """Send `msgs` in one TCP segment (the socket corked while they are written): the daemon reads
+        them in one go and handles them one after another, with nothing of its own in between."""
+        assert self.ws is not None and self.sock is not None, "no daemon connected"
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        try:
+            for msg in msgs:
+                await self.ws.send_json(msg)
+        finally:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     async def wait(self, cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
         return await async_wait_for(cond, timeout, what, interval=0.01)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,6 +95,48 @@ async def test_cancel_stops_a_running_command(node: ScriptedNode) -> None:
     await srv.send({"type": "cancel", "id": rid()})  # unknown id: nothing happens, nothing breaks
     _, exit_ = await run(srv, argv=["true"])
     assert exit_["code"] == 0
+
+
+async def test_a_cancel_arriving_with_its_exec_stops_the_command(node: ScriptedNode, tmp_path: Path) -> None:
+    """The cancel is read before the command's process exists (both in one TCP segment): it is not
+    forgotten (the command used to run to its end): the command never starts."""
+    srv, daemon = node
+    marker = tmp_path / "ran"
+    r = rid()
+    await srv.send_together([
+        {"type": "exec", "id": r, "argv": None, "shell": f"touch {marker}; sleep 30", "timeout": 60, "cap": 100},
+        {"type": "cancel", "id": r}])
+    exit_ = await srv.reply(r, "exec_exit", timeout=10)
+    assert (exit_["reason"], exit_["message"]) == ("cancelled", "cancelled before it started"), exit_
+    assert not srv.of(r, "exec_started") and not marker.exists()
+    await srv.send({"type": "exec", "id": r, "argv": ["true"], "shell": None, "timeout": 10, "cap": 100})
+    await srv.wait(lambda: len(srv.of(r, "exec_exit")) == 2, what="the second answer")
+    assert srv.of(r, "exec_exit")[1]["reason"] == "duplicate"  # at most once: its id was recorded
+    assert "cancelled before it started" in daemon.log()
+
+
+async def test_a_background_child_holding_the_pipes_does_not_hold_up_the_end(node: ScriptedNode,
+                                                                              tmp_path: Path) -> None:
+    """The command's end is its process's exit; its pipes get 2 s more (newer Pythons' Process.wait()
+    waits for the pipes too: the run lasted as long as the background child). The command exits when
+    the test writes to its FIFO, after exec_started: the daemon is waiting for it by then."""
+    srv, _ = node
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    r = rid()
+    await srv.send({"type": "exec", "id": r, "argv": None, "shell": f"sleep 30 & echo $!; read line < {fifo}",
+                    "timeout": 60, "cap": 100})
+    await srv.reply(r, "exec_started")
+    child = int(await srv.wait(lambda: srv.output(r).strip()))
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.to_thread(fifo.write_text, "go\n")
+        exit_ = await srv.reply(r, "exec_exit", timeout=15)
+        assert (exit_["reason"], exit_["code"]) == ("exited", 0) and loop.time() - t0 < 10, exit_
+        assert Path(f"/proc/{child}").exists()  # left running, as documented
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 async def test_at_most_once_across_reconnects_and_restarts(node: ScriptedNode,

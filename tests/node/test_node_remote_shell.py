@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from remote_support import ScriptedNode, ScriptedServer, scripted_node
 
+from tests.support.daemon import PY38
 from tests.support.procs import live_members
 
 
@@ -132,3 +134,29 @@ async def test_root_daemon_drops_to_the_shell_user(tmp_path: Path) -> None:
         rid = str(uuid.uuid4())
         await srv.send({"type": "shell_open", "id": rid, "cols": 80, "rows": 24, "term": "xterm"})
         assert "no user 'no-such-user-xyz'" in (await srv.reply(rid, "shell_exit"))["message"]
+
+
+
+@pytest.mark.parametrize("python", [sys.executable, PY38], ids=["python", "python3.8"])
+async def test_commands_started_as_shells_close_keep_their_output_and_their_end(tmp_path: Path, python: Path) -> None:
+    """Closing a shell frees its PTY's descriptor number at once, and a command started right then may
+    get that number for its output pipe. The closed shell's reader, cancelled a moment later, must not
+    take the pipe's registration with it: the command's output would be lost and, cancelled, its end
+    never noticed (Python >= 3.11 waits for the pipes too): its run never finished, its slot never freed.
+    The closes and the commands arrive together, so the events come in the same order on every run."""
+    if not Path(python).exists():
+        pytest.skip(f"{python} not installed")
+    async with scripted_node(tmp_path, python=python) as (srv, _):
+        shells = [(await open_shell(srv))[0] for _ in range(4)]
+        commands = [str(uuid.uuid4()) for _ in range(3)]
+        await srv.send_together([{"type": "shell_close", "id": rid} for rid in shells] + [
+            {"type": "exec", "id": rid, "argv": None, "shell": f"echo {rid}; sleep 30", "timeout": 60, "cap": 1000}
+            for rid in commands])
+        for rid in commands:
+            await srv.reply(rid, "exec_started")
+            await srv.send({"type": "cancel", "id": rid})
+        for rid in commands:
+            exit_ = await srv.reply(rid, "exec_exit", timeout=10)
+            assert (exit_["reason"], srv.output(rid)) == ("cancelled", rid + "\n"), exit_
+        for rid in shells:
+            await srv.reply(rid, "shell_exit")
