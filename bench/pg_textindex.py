@@ -49,7 +49,7 @@ SPLITS = {
     "  step 1's regexp_replace alone": "regexp_replace({msg}, '[^[:alnum:]]+', ' ', 'g')",
     "  step 14's regexp_replace alone": "regexp_replace({msg}, '[^[:alnum:][:space:]]+', ' ', 'g')",
 }
-# The text index the insert runs with: (index DDL after the step-12 schema's index is dropped, or
+# The text index the insert runs with: (index DDL after the step-14 schema's index is dropped, or
 # None for step 14 as made; merge the pending list from another connection, as the job does).
 INDEXES: dict[str, tuple[str | None, bool]] = {
     "step 1: writer merges at 4 MB": (
