@@ -347,7 +347,9 @@ class Presence:
         if isinstance(seen, (int, float)):
             node.last_seen = max(node.last_seen or 0.0, float(seen))
         node.metrics = dict(p.get("metrics") or node.metrics)
-        node.sample = dict(p.get("sample") or node.sample)
+        sample = p.get("sample")
+        if sample and isinstance(sample, dict):  # (none: the one kept stays, not decoded and stored again)
+            node.sample = sample
         if isinstance(p.get("clock_skew"), (int, float)):
             node.clock_skew = float(p["clock_skew"])
         node.daemon_version = str(p.get("daemon_version") or node.daemon_version)
